@@ -1,0 +1,106 @@
+/*
+ * sl_config — the JSON configuration: parsed, validated, immutable.
+ *
+ * sl_config_load() reads the whole file with jansson, walks it once and
+ * reports every problem it finds, each as "JSON.PATH: sentence", so an
+ * operator fixes a config in one pass.  The result is read-only and shared
+ * by every thread for the life of the process.
+ */
+#ifndef SL_CONFIG_H
+#define SL_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+struct sl_pattern;
+
+enum sl_rule_kind {
+    SL_RULE_RATE,         /* at most `limit` per `window_us` */
+    SL_RULE_CONCURRENCY,  /* at most `limit` in flight */
+};
+
+enum sl_per_kind {
+    SL_PER_NONE,
+    SL_PER_CAPTURE,       /* one bucket per value of a path capture */
+    SL_PER_HEADER,        /* one bucket per value of a request header */
+};
+
+enum sl_on_limit {
+    SL_ON_LIMIT_REJECT,
+};
+
+struct sl_rule {
+    char *name;
+    size_t index;                 /* position in its upstream's rules */
+    char **methods;               /* upper-case method names; NULL = all */
+    size_t nmethods;
+    struct sl_pattern *path;      /* NULL = every path */
+    enum sl_per_kind per_kind;
+    char *per_text;               /* as written: "{publisher}", "header:X-App" */
+    char *per_header;             /* header name for SL_PER_HEADER */
+    int per_capture;              /* capture index for SL_PER_CAPTURE */
+    enum sl_rule_kind kind;
+    uint64_t limit;               /* calls per window, or concurrent calls */
+    int64_t window_us;            /* rate rules only */
+};
+
+struct sl_upstream_conf {
+    char *name;
+    size_t index;                 /* position in the config's upstreams */
+    char *prefix;                 /* "/leads"; "/" routes everything */
+    size_t prefix_len;
+    char *url;                    /* base URL, no trailing '/' */
+    enum sl_on_limit on_limit;
+    bool tls_verify;
+    char *ca_file;                /* NULL = system store */
+    int64_t connect_timeout_us;
+    int64_t timeout_us;           /* whole exchange; 0 = none */
+    struct sl_rule *rules;
+    size_t nrules;
+};
+
+struct sl_config {
+    char *listen;                 /* "host:port" as written */
+    char *listen_host;            /* NULL or "" = all addresses */
+    int listen_port;
+    char *store;                  /* "memory" */
+    uint64_t memory_limit;        /* bytes of limit state, memory store */
+    int workers;                  /* 0 = one per CPU */
+    bool access_log;
+    int64_t shutdown_timeout_us;  /* in-flight calls get this long at stop */
+    int64_t client_timeout_us;    /* idle client connection timeout */
+    unsigned max_connections;
+    struct sl_upstream_conf *upstreams;
+    size_t nupstreams;
+};
+
+/* A list of human-readable error lines, each "path: sentence". */
+struct sl_errors {
+    char **lines;
+    size_t count;
+};
+
+void sl_errors_add(struct sl_errors *errs, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+void sl_errors_free(struct sl_errors *errs);
+
+/*
+ * Load and validate the file at PATH.  Environment overrides
+ * (SLUICE_LISTEN, SLUICE_STORE) are applied when APPLY_ENV is true.
+ * Returns 0 and sets *out (caller frees with sl_config_free), or -1 with
+ * at least one line added to ERRS.
+ */
+int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
+                   struct sl_errors *errs);
+
+/* The same from a string (NAME is used in syntax error messages). */
+int sl_config_parse(const char *text, const char *name, bool apply_env,
+                    struct sl_config **out, struct sl_errors *errs);
+
+void sl_config_free(struct sl_config *config);
+
+/* Split "host:port", "[v6]:port" or ":port".  Returns 0 or -1. */
+int sl_config_split_listen(const char *text, char **host, int *port);
+
+#endif

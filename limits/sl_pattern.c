@@ -1,0 +1,248 @@
+/*
+ * sl_pattern — compile a rule's path pattern into tokens and match paths.
+ *
+ * A pattern is a short array of tokens (literal, star, double star,
+ * capture).  Matching is a backtracking walk over tokens and path bytes;
+ * patterns are written by operators and short, and the number of star
+ * tokens is capped at compile time, so the worst case stays small even on
+ * an adversarial 8 KiB path.  Captures are slices into the caller's path,
+ * so matching allocates nothing and a compiled pattern is shared by all
+ * worker threads read-only.
+ */
+#include "sl_pattern.h"
+
+#include <ctype.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define SL_PATTERN_MAX_STARS 4
+
+enum sl_tok_kind {
+    SL_TOK_LITERAL,
+    SL_TOK_STAR,     /* any run without '/' */
+    SL_TOK_DSTAR,    /* any run, '/' included */
+    SL_TOK_CAPTURE,  /* one non-empty segment */
+};
+
+struct sl_tok {
+    enum sl_tok_kind kind;
+    const char *lit;  /* literal bytes (into pattern->text) */
+    size_t lit_len;
+    int capture;      /* capture slot for SL_TOK_CAPTURE */
+};
+
+struct sl_pattern {
+    char *text;                                  /* owned copy of the source */
+    struct sl_tok *toks;                         /* owned */
+    size_t ntoks;
+    int ncaptures;
+    char *names[SL_PATTERN_MAX_CAPTURES];        /* owned capture names */
+    int bare_tail;                               /* ends in "/" then "**" */
+};
+
+static int sl_match_from(const struct sl_pattern *p, size_t ti,
+                         const char *s, size_t pos, size_t len,
+                         struct sl_capture *caps, int bare_tail);
+
+void sl_pattern_free(struct sl_pattern *p)
+{
+    if (p == NULL)
+        return;
+    for (int i = 0; i < p->ncaptures; i++)
+        free(p->names[i]);
+    free(p->toks);
+    free(p->text);
+    free(p);
+}
+
+struct sl_pattern *sl_pattern_compile(const char *text, const char **error)
+{
+    struct sl_pattern *p;
+    size_t n = strlen(text), i = 0;
+    int stars = 0;
+
+    *error = NULL;
+    if (n == 0 || text[0] != '/') {
+        *error = "must start with \"/\"";
+        return NULL;
+    }
+    p = calloc(1, sizeof(*p));
+    if (p == NULL)
+        goto oom;
+    p->text = strdup(text);
+    p->toks = calloc(n + 1, sizeof(*p->toks));
+    if (p->text == NULL || p->toks == NULL)
+        goto oom;
+
+    while (i < n) {
+        struct sl_tok *t = &p->toks[p->ntoks];
+        char c = p->text[i];
+
+        if (c == '*') {
+            if (i + 1 < n && p->text[i + 1] == '*') {
+                if (i + 2 < n && p->text[i + 2] == '*') {
+                    *error = "\"***\" is not a pattern; use \"*\" or \"**\"";
+                    goto fail;
+                }
+                t->kind = SL_TOK_DSTAR;
+                i += 2;
+            } else {
+                t->kind = SL_TOK_STAR;
+                i += 1;
+            }
+            if (++stars > SL_PATTERN_MAX_STARS) {
+                *error = "has more than 4 wildcards";
+                goto fail;
+            }
+            if (p->ntoks > 0 && p->toks[p->ntoks - 1].kind != SL_TOK_LITERAL &&
+                p->toks[p->ntoks - 1].kind != SL_TOK_CAPTURE) {
+                *error = "has two wildcards in a row";
+                goto fail;
+            }
+            p->ntoks++;
+        } else if (c == '{') {
+            const char *close = strchr(p->text + i, '}');
+            size_t name_len;
+
+            if (close == NULL) {
+                *error = "has a \"{\" without a closing \"}\"";
+                goto fail;
+            }
+            name_len = (size_t)(close - (p->text + i + 1));
+            if (name_len == 0) {
+                *error = "has an empty capture name \"{}\"";
+                goto fail;
+            }
+            for (size_t k = 0; k < name_len; k++) {
+                char ch = p->text[i + 1 + k];
+                if (!isalnum((unsigned char)ch) && ch != '_' && ch != '-') {
+                    *error = "has a capture name with characters other than "
+                             "letters, digits, \"_\" and \"-\"";
+                    goto fail;
+                }
+            }
+            if (p->text[i - 1] != '/' || (close[1] != '\0' && close[1] != '/')) {
+                *error = "has a capture that is not a whole segment "
+                         "(write \"/{name}/\")";
+                goto fail;
+            }
+            if (p->ncaptures == SL_PATTERN_MAX_CAPTURES) {
+                *error = "has more than 8 captures";
+                goto fail;
+            }
+            for (int k = 0; k < p->ncaptures; k++) {
+                if (strlen(p->names[k]) == name_len &&
+                    memcmp(p->names[k], p->text + i + 1, name_len) == 0) {
+                    *error = "uses the same capture name twice";
+                    goto fail;
+                }
+            }
+            p->names[p->ncaptures] = strndup(p->text + i + 1, name_len);
+            if (p->names[p->ncaptures] == NULL)
+                goto oom;
+            t->kind = SL_TOK_CAPTURE;
+            t->capture = p->ncaptures++;
+            p->ntoks++;
+            i = (size_t)(close - p->text) + 1;
+        } else if (c == '}') {
+            *error = "has a \"}\" without an opening \"{\"";
+            goto fail;
+        } else {
+            size_t start = i;
+            while (i < n && p->text[i] != '*' && p->text[i] != '{' &&
+                   p->text[i] != '}')
+                i++;
+            t->kind = SL_TOK_LITERAL;
+            t->lit = p->text + start;
+            t->lit_len = i - start;
+            p->ntoks++;
+        }
+    }
+    p->bare_tail = p->ntoks >= 2 && p->toks[p->ntoks - 1].kind == SL_TOK_DSTAR &&
+                   p->toks[p->ntoks - 2].kind == SL_TOK_LITERAL &&
+                   p->toks[p->ntoks - 2].lit[p->toks[p->ntoks - 2].lit_len - 1] == '/';
+    return p;
+
+oom:
+    *error = "out of memory";
+fail:
+    sl_pattern_free(p);
+    return NULL;
+}
+
+/* Try to match tokens [ti..] against s[pos..len). */
+static int sl_match_from(const struct sl_pattern *p, size_t ti,
+                         const char *s, size_t pos, size_t len,
+                         struct sl_capture *caps, int bare_tail)
+{
+    while (ti < p->ntoks) {
+        const struct sl_tok *t = &p->toks[ti];
+
+        switch (t->kind) {
+        case SL_TOK_LITERAL: {
+            size_t want = t->lit_len;
+
+            /* Second pass for a trailing "/" "**" matching "/a": drop the final '/'
+             * of the literal before the trailing "**" and stop there. */
+            if (bare_tail && ti + 2 == p->ntoks)
+                want--;
+            if (len - pos < want || memcmp(s + pos, t->lit, want) != 0)
+                return 0;
+            if (bare_tail && ti + 2 == p->ntoks)
+                return pos + want == len;
+            pos += want;
+            ti++;
+            break;
+        }
+        case SL_TOK_CAPTURE: {
+            size_t end = pos;
+            while (end < len && s[end] != '/')
+                end++;
+            if (end == pos)
+                return 0;
+            if (caps != NULL) {
+                caps[t->capture].ptr = s + pos;
+                caps[t->capture].len = end - pos;
+            }
+            pos = end;
+            ti++;
+            break;
+        }
+        case SL_TOK_STAR:
+        case SL_TOK_DSTAR: {
+            /* Last token: the rest must be acceptable as a whole. */
+            if (ti + 1 == p->ntoks) {
+                if (t->kind == SL_TOK_DSTAR)
+                    return 1;
+                return memchr(s + pos, '/', len - pos) == NULL;
+            }
+            for (size_t end = pos; end <= len; end++) {
+                if (sl_match_from(p, ti + 1, s, end, len, caps, bare_tail))
+                    return 1;
+                if (end < len && s[end] == '/' && t->kind == SL_TOK_STAR)
+                    return 0;
+            }
+            return 0;
+        }
+        }
+    }
+    return pos == len;
+}
+
+int sl_pattern_match(const struct sl_pattern *p, const char *path, size_t len,
+                     struct sl_capture *captures)
+{
+    if (sl_match_from(p, 0, path, 0, len, captures, 0))
+        return 1;
+    return p->bare_tail && sl_match_from(p, 0, path, 0, len, captures, 1);
+}
+
+int sl_pattern_capture_index(const struct sl_pattern *p, const char *name)
+{
+    for (int i = 0; i < p->ncaptures; i++)
+        if (strcmp(p->names[i], name) == 0)
+            return i;
+    return -1;
+}
+
+const char *sl_pattern_text(const struct sl_pattern *p) { return p->text; }

@@ -1,0 +1,146 @@
+/*
+ * sl_store — where limit state lives, behind one small interface.
+ *
+ * The proxy matches a call against its upstream's rules (sl_match), which
+ * yields an sl_check: the list of (rule, bucket key) the call falls under.
+ * A store decides the whole check in one atomic step: either every rule has
+ * room and the call is recorded in all of them, or nothing is recorded and
+ * the decision names the rule that will make the caller wait the longest.
+ *
+ * Decisions are delivered through a callback so that a networked store can
+ * answer later; the memory store answers before sl_store_decide() returns.
+ * A callback is never called when sl_store_decide() returned an error.
+ *
+ * Concurrency rules hand back a lease: the in-flight slots the call holds.
+ * The proxy gives it back with sl_store_release() when the response has
+ * been relayed or the client went away.
+ */
+#ifndef SL_STORE_H
+#define SL_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_config.h"
+
+#define SL_MAX_HITS 64
+
+/* One rule a call falls under, and the bucket it counts in. */
+struct sl_hit {
+    const struct sl_rule *rule;
+    const char *key;        /* per value (NUL-terminated), "" without "per" */
+    size_t key_len;
+};
+
+/* Everything a store needs to decide one call. */
+struct sl_check {
+    const struct sl_upstream_conf *upstream;
+    size_t nhits;
+    struct sl_hit hits[SL_MAX_HITS];
+    char *keys;             /* owned storage behind hits[].key */
+};
+
+enum sl_verdict {
+    SL_VERDICT_ALLOW,       /* forwarded; recorded in every rule */
+    SL_VERDICT_DENY,        /* over a limit; nothing recorded */
+    SL_VERDICT_UNAVAILABLE, /* the store cannot decide (full, down) */
+};
+
+struct sl_decision {
+    enum sl_verdict verdict;
+    /* DENY: the rule with the longest wait.  ALLOW: the rate rule with the
+     * least room left (for RateLimit headers), or NULL. */
+    const struct sl_rule *rule;
+    int64_t wait_us;        /* DENY: until `rule` has room */
+    uint64_t remaining;     /* calls left in `rule` after this one */
+    int64_t reset_us;       /* until `rule` gets room back */
+    const char *reason;     /* UNAVAILABLE: a static sentence */
+};
+
+struct sl_lease;
+struct sl_store;
+
+/*
+ * Ownership: LEASE (may be NULL) passes to the callee, which must hand it
+ * back with sl_store_release() exactly once.
+ */
+typedef void (*sl_decide_cb)(void *arg, const struct sl_decision *decision,
+                             struct sl_lease *lease);
+
+struct sl_store_ops {
+    int (*decide)(struct sl_store *store, const struct sl_check *check,
+                  sl_decide_cb cb, void *arg);
+    void (*release)(struct sl_store *store, struct sl_lease *lease);
+    void (*tick)(struct sl_store *store);
+    void (*destroy)(struct sl_store *store);
+};
+
+struct sl_store {
+    const struct sl_store_ops *ops;
+};
+
+/* Returns 0 (the callback has been or will be called) or a negative code. */
+static inline int sl_store_decide(struct sl_store *s, const struct sl_check *c,
+                                  sl_decide_cb cb, void *arg)
+{
+    return s->ops->decide(s, c, cb, arg);
+}
+
+static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
+{
+    if (lease != NULL)
+        s->ops->release(s, lease);
+}
+
+/* Housekeeping (reclaiming idle state); call about ten times a second. */
+static inline void sl_store_tick(struct sl_store *s) { s->ops->tick(s); }
+
+static inline void sl_store_destroy(struct sl_store *s)
+{
+    if (s != NULL)
+        s->ops->destroy(s);
+}
+
+/* ---- rule matching ---- */
+
+/* What the matcher needs to know about a call; no HTTP library types. */
+struct sl_call {
+    const char *method;
+    const char *path;       /* upstream path, percent-decoded, no query */
+    size_t path_len;
+    /* Value of request header NAME, or NULL when absent. */
+    const char *(*header)(void *ctx, const char *name);
+    void *header_ctx;
+};
+
+/*
+ * Fill CHECK with every rule of UPSTREAM that CALL falls under.
+ * Returns 0, or -1 when out of memory.  Free with sl_check_clear().
+ */
+int sl_match(const struct sl_upstream_conf *upstream, const struct sl_call *call,
+             struct sl_check *check);
+
+void sl_check_clear(struct sl_check *check);
+
+/* ---- memory store ---- */
+
+/* Monotonic microseconds; replaceable for tests. */
+typedef int64_t (*sl_clock_fn)(void *arg);
+
+int64_t sl_clock_monotonic(void *arg);
+
+/*
+ * An in-process store shared by all worker threads.  MEMORY_LIMIT bounds
+ * the bytes of limit state.  CLOCK may be NULL for the monotonic clock.
+ * Returns NULL when out of memory.
+ */
+struct sl_store *sl_store_memory_new(const struct sl_config *config,
+                                     sl_clock_fn clock, void *clock_arg);
+
+/* Bytes of limit state held now (for tests and stats). */
+uint64_t sl_store_memory_bytes(struct sl_store *store);
+
+/* Buckets held now (for tests and stats). */
+size_t sl_store_memory_keys(struct sl_store *store);
+
+#endif

@@ -1,0 +1,407 @@
+/*
+ * sl_store_memory — the embedded store: exact limit state in this process.
+ *
+ * Layout: one table per upstream, each a chained hash of buckets keyed by
+ * (rule index, per value), each guarded by the table's mutex.  A call only
+ * ever touches its own upstream's rules, so the table lock is the whole
+ * atomic step: look at every bucket, and only if all have room, record the
+ * call in all of them.  Critical sections are a few hash lookups and ring
+ * operations; workers on different upstreams never contend.
+ *
+ * Buckets: a rate bucket is a sliding log (sl_window); a concurrency bucket
+ * is a counter of leases.  A bucket is reclaimed by the sweeper once its
+ * log is empty and no lease pins it, so idle keys cost nothing.
+ *
+ * Memory bound: every byte of buckets and logs is accounted against
+ * `memory_limit`.  When a *new* bucket would exceed it, the table is swept
+ * at once; if there is still no room the call is answered UNAVAILABLE (the
+ * proxy says 503) rather than evicting live state, because evicting a log
+ * with calls in its window would let the quota overshoot.  Existing
+ * buckets keep working.
+ *
+ * Time: CLOCK_MONOTONIC, so wall-clock steps never shift a window.
+ */
+#include "sl_store.h"
+
+#include "sl_duration.h"
+#include "sl_window.h"
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#define SL_MEM_INITIAL_SLOTS 64
+#define SL_MEM_SWEEP_SLOTS 4096   /* slots examined per table per tick */
+
+struct sl_mem_bucket {
+    struct sl_mem_bucket *next;   /* hash chain */
+    uint32_t hash;
+    uint32_t rule;                /* rule index within the upstream */
+    uint64_t inflight;            /* concurrency: leases held */
+    struct sl_window win;         /* rate: admission log */
+    size_t key_len;
+    char key[];                   /* per value, NUL-terminated */
+};
+
+struct sl_mem_table {
+    pthread_mutex_t lock;
+    const struct sl_upstream_conf *up;
+    struct sl_mem_bucket **slots; /* owned */
+    size_t nslots;                /* power of two */
+    size_t count;
+    size_t sweep_cursor;
+};
+
+struct sl_mem_store {
+    struct sl_store base;
+    struct sl_mem_table *tables;  /* one per upstream, owned */
+    size_t ntables;
+    _Atomic uint64_t bytes;       /* accounted bytes of state */
+    _Atomic size_t keys;
+    uint64_t limit;               /* memory_limit */
+    sl_clock_fn clock;
+    void *clock_arg;
+};
+
+/* The slots a call holds in concurrency buckets (pins them). */
+struct sl_lease {
+    struct sl_mem_table *table;
+    size_t n;
+    struct sl_mem_bucket *buckets[];
+};
+
+static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
+                         size_t max_slots, int64_t now);
+
+int64_t sl_clock_monotonic(void *arg)
+{
+    struct timespec ts;
+
+    (void)arg;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+static uint32_t sl_mem_hash(uint32_t rule, const char *key, size_t len)
+{
+    uint32_t h = 2166136261u ^ rule;
+
+    h *= 16777619u;
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)key[i];
+        h *= 16777619u;
+    }
+    return h;
+}
+
+static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
+{
+    return sizeof(*b) + b->key_len + 1 + sl_window_bytes(&b->win);
+}
+
+static struct sl_mem_bucket *sl_mem_find(struct sl_mem_table *t, uint32_t rule,
+                                         const char *key, size_t len,
+                                         uint32_t hash)
+{
+    struct sl_mem_bucket *b = t->slots[hash & (t->nslots - 1)];
+
+    for (; b != NULL; b = b->next)
+        if (b->hash == hash && b->rule == rule && b->key_len == len &&
+            memcmp(b->key, key, len) == 0)
+            return b;
+    return NULL;
+}
+
+static void sl_mem_grow(struct sl_mem_table *t)
+{
+    size_t n = t->nslots * 2;
+    struct sl_mem_bucket **slots = calloc(n, sizeof(*slots));
+
+    if (slots == NULL)
+        return;  /* longer chains, still correct */
+    for (size_t i = 0; i < t->nslots; i++) {
+        struct sl_mem_bucket *b = t->slots[i], *next;
+        for (; b != NULL; b = next) {
+            next = b->next;
+            b->next = slots[b->hash & (n - 1)];
+            slots[b->hash & (n - 1)] = b;
+        }
+    }
+    free(t->slots);
+    t->slots = slots;
+    t->nslots = n;
+    t->sweep_cursor = 0;
+}
+
+/* Create a bucket, or NULL when over the memory limit or out of memory. */
+static struct sl_mem_bucket *sl_mem_create(struct sl_mem_store *s,
+                                           struct sl_mem_table *t, uint32_t rule,
+                                           const char *key, size_t len,
+                                           uint32_t hash, int64_t now)
+{
+    struct sl_mem_bucket *b;
+    size_t need = sizeof(*b) + len + 1;
+
+    (void)now;
+    if (atomic_load(&s->bytes) + need > s->limit)
+        return NULL;
+    b = calloc(1, need);
+    if (b == NULL)
+        return NULL;
+    b->hash = hash;
+    b->rule = rule;
+    b->key_len = len;
+    memcpy(b->key, key, len);
+    b->key[len] = '\0';
+    if (t->count + 1 > t->nslots)
+        sl_mem_grow(t);
+    b->next = t->slots[hash & (t->nslots - 1)];
+    t->slots[hash & (t->nslots - 1)] = b;
+    t->count++;
+    atomic_fetch_add(&s->bytes, need);
+    atomic_fetch_add(&s->keys, 1);
+    return b;
+}
+
+/* Reclaim idle buckets among MAX_SLOTS slots from the cursor. Lock held. */
+static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
+                         size_t max_slots, int64_t now)
+{
+    for (size_t n = 0; n < max_slots && n < t->nslots; n++) {
+        struct sl_mem_bucket **pp = &t->slots[t->sweep_cursor];
+
+        while (*pp != NULL) {
+            struct sl_mem_bucket *b = *pp;
+            const struct sl_rule *r = &t->up->rules[b->rule];
+            int idle = b->inflight == 0;
+
+            if (idle && r->kind == SL_RULE_RATE) {
+                sl_window_prune(&b->win, r->window_us, now);
+                idle = b->win.count == 0;
+            }
+            if (!idle) {
+                pp = &b->next;
+                continue;
+            }
+            *pp = b->next;
+            atomic_fetch_sub(&s->bytes, sl_mem_bucket_bytes(b));
+            atomic_fetch_sub(&s->keys, 1);
+            sl_window_free(&b->win);
+            free(b);
+            t->count--;
+        }
+        t->sweep_cursor = (t->sweep_cursor + 1) & (t->nslots - 1);
+    }
+}
+
+/* Undo the records of hits [0, n) after a failure in the recording phase. */
+static void sl_mem_undo(struct sl_mem_bucket **bk, const struct sl_check *c,
+                        size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (c->hits[i].rule->kind == SL_RULE_RATE)
+            sl_window_undo(&bk[i]->win);
+        else
+            bk[i]->inflight--;
+    }
+}
+
+static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
+                         sl_decide_cb cb, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = &s->tables[c->upstream->index];
+    struct sl_mem_bucket *bk[SL_MAX_HITS];
+    uint32_t hashes[SL_MAX_HITS];
+    struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
+    struct sl_lease *lease = NULL;
+    size_t nconc = 0, recorded = 0;
+    int64_t now;
+
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+
+    /* Near the memory bound: reclaim idle buckets of this table first (never
+     * during the phases below, which hold pointers to buckets). */
+    if (atomic_load(&s->bytes) + c->nhits * 512 > s->limit)
+        sl_mem_sweep(s, t, t->nslots, now);
+
+    /* Phase one: look, write nothing. */
+    for (size_t i = 0; i < c->nhits; i++) {
+        const struct sl_rule *r = c->hits[i].rule;
+        int64_t wait = 0;
+
+        hashes[i] = sl_mem_hash((uint32_t)r->index, c->hits[i].key,
+                                c->hits[i].key_len);
+        bk[i] = sl_mem_find(t, (uint32_t)r->index, c->hits[i].key,
+                            c->hits[i].key_len, hashes[i]);
+        if (r->kind == SL_RULE_CONCURRENCY) {
+            nconc++;
+            /* Nobody can say when a slot frees; one second is the hint. */
+            if (bk[i] != NULL && bk[i]->inflight >= r->limit)
+                wait = SL_USEC_PER_SEC;
+        } else if (bk[i] != NULL) {
+            wait = sl_window_wait(&bk[i]->win, r->limit, r->window_us, now);
+        }
+        if (wait > 0 && (d.verdict != SL_VERDICT_DENY || wait > d.wait_us)) {
+            d.verdict = SL_VERDICT_DENY;
+            d.rule = r;
+            d.wait_us = wait;
+            d.remaining = 0;
+            d.reset_us = wait;
+        }
+    }
+    if (d.verdict == SL_VERDICT_DENY)
+        goto out;
+
+    if (nconc > 0) {
+        lease = malloc(sizeof(*lease) + nconc * sizeof(lease->buckets[0]));
+        if (lease == NULL)
+            goto unavailable;
+        lease->table = t;
+        lease->n = 0;
+    }
+
+    /* Phase two: every rule has room; record the call in all of them. */
+    for (size_t i = 0; i < c->nhits; i++) {
+        const struct sl_rule *r = c->hits[i].rule;
+
+        if (bk[i] == NULL) {
+            bk[i] = sl_mem_create(s, t, (uint32_t)r->index, c->hits[i].key,
+                                  c->hits[i].key_len, hashes[i], now);
+            if (bk[i] == NULL)
+                goto rollback;
+        }
+        if (r->kind == SL_RULE_CONCURRENCY) {
+            bk[i]->inflight++;
+            lease->buckets[lease->n++] = bk[i];
+        } else {
+            size_t before = sl_window_bytes(&bk[i]->win);
+            if (sl_window_record(&bk[i]->win, r->limit, now) != 0)
+                goto rollback;
+            atomic_fetch_add(&s->bytes, sl_window_bytes(&bk[i]->win) - before);
+        }
+        recorded = i + 1;
+    }
+
+    /* Report the rate rule with the least room left. */
+    for (size_t i = 0; i < c->nhits; i++) {
+        const struct sl_rule *r = c->hits[i].rule;
+        uint64_t rem;
+
+        if (r->kind != SL_RULE_RATE)
+            continue;
+        rem = sl_window_remaining(&bk[i]->win, r->limit, r->window_us, now);
+        if (d.rule == NULL || rem < d.remaining) {
+            d.rule = r;
+            d.remaining = rem;
+            d.reset_us = sl_window_next_expiry(&bk[i]->win, r->window_us, now);
+        }
+    }
+    goto out;
+
+rollback:
+    sl_mem_undo(bk, c, recorded);
+unavailable:
+    free(lease);
+    lease = NULL;
+    d.verdict = SL_VERDICT_UNAVAILABLE;
+    d.rule = NULL;
+    d.reason = "the memory store is full (raise memory_limit)";
+out:
+    pthread_mutex_unlock(&t->lock);
+    cb(arg, &d, lease);
+    return 0;
+}
+
+static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
+{
+    (void)store;
+    pthread_mutex_lock(&lease->table->lock);
+    for (size_t i = 0; i < lease->n; i++)
+        lease->buckets[i]->inflight--;
+    pthread_mutex_unlock(&lease->table->lock);
+    free(lease);
+}
+
+static void sl_mem_tick(struct sl_store *store)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+
+    for (size_t i = 0; i < s->ntables; i++) {
+        struct sl_mem_table *t = &s->tables[i];
+        pthread_mutex_lock(&t->lock);
+        sl_mem_sweep(s, t, SL_MEM_SWEEP_SLOTS, s->clock(s->clock_arg));
+        pthread_mutex_unlock(&t->lock);
+    }
+}
+
+static void sl_mem_destroy(struct sl_store *store)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+
+    for (size_t i = 0; i < s->ntables; i++) {
+        struct sl_mem_table *t = &s->tables[i];
+        for (size_t k = 0; k < t->nslots; k++) {
+            struct sl_mem_bucket *b = t->slots[k], *next;
+            for (; b != NULL; b = next) {
+                next = b->next;
+                sl_window_free(&b->win);
+                free(b);
+            }
+        }
+        free(t->slots);
+        pthread_mutex_destroy(&t->lock);
+    }
+    free(s->tables);
+    free(s);
+}
+
+static const struct sl_store_ops sl_mem_ops = {
+    .decide = sl_mem_decide,
+    .release = sl_mem_release,
+    .tick = sl_mem_tick,
+    .destroy = sl_mem_destroy,
+};
+
+struct sl_store *sl_store_memory_new(const struct sl_config *config,
+                                     sl_clock_fn clock, void *clock_arg)
+{
+    struct sl_mem_store *s = calloc(1, sizeof(*s));
+
+    if (s == NULL)
+        return NULL;
+    s->base.ops = &sl_mem_ops;
+    s->limit = config->memory_limit;
+    s->clock = clock ? clock : sl_clock_monotonic;
+    s->clock_arg = clock_arg;
+    s->tables = calloc(config->nupstreams, sizeof(*s->tables));
+    if (s->tables == NULL)
+        goto fail;
+    for (size_t i = 0; i < config->nupstreams; i++) {
+        struct sl_mem_table *t = &s->tables[i];
+        t->up = &config->upstreams[i];
+        t->slots = calloc(SL_MEM_INITIAL_SLOTS, sizeof(*t->slots));
+        if (t->slots == NULL)
+            goto fail;
+        t->nslots = SL_MEM_INITIAL_SLOTS;
+        pthread_mutex_init(&t->lock, NULL);
+        s->ntables = i + 1;
+    }
+    return &s->base;
+fail:
+    sl_mem_destroy(&s->base);
+    return NULL;
+}
+
+uint64_t sl_store_memory_bytes(struct sl_store *store)
+{
+    return atomic_load(&((struct sl_mem_store *)store)->bytes);
+}
+
+size_t sl_store_memory_keys(struct sl_store *store)
+{
+    return atomic_load(&((struct sl_mem_store *)store)->keys);
+}

@@ -1,0 +1,123 @@
+/*
+ * sl_window — exact sliding-log window (see sl_window.h for the contract).
+ *
+ * Why it is exact: every admitted call is logged with its time, and a call
+ * is admitted only if fewer than N logged calls are younger than W.  Take
+ * any half-open interval [a, a + W) and the calls admitted in it, in order;
+ * when the last of them was admitted at t < a + W, all the others were in
+ * (t - W, t], so at most N - 1 of them existed: at most N in total.
+ *
+ * Memory: 8 bytes per call in the window, at most 8 * N per bucket; the
+ * ring starts small and doubles, so a huge limit that is never approached
+ * costs little.  Entries are pruned lazily on every access.
+ */
+#include "sl_window.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SL_WINDOW_MIN_CAP 4
+
+static int sl_window_grow(struct sl_window *w, uint64_t limit)
+{
+    uint64_t want = w->cap ? (uint64_t)w->cap * 2 : SL_WINDOW_MIN_CAP;
+    int64_t *times;
+
+    if (want > limit)
+        want = limit;
+    if (want > UINT32_MAX)
+        want = UINT32_MAX;
+    if (want <= w->cap)
+        return -1;
+    times = malloc((size_t)want * sizeof(*times));
+    if (times == NULL)
+        return -1;
+    /* Unroll the ring so the oldest entry lands at index 0. */
+    for (uint32_t i = 0; i < w->count; i++)
+        times[i] = w->times[(w->head + i) % w->cap];
+    free(w->times);
+    w->times = times;
+    w->cap = (uint32_t)want;
+    w->head = 0;
+    return 0;
+}
+
+void sl_window_prune(struct sl_window *w, int64_t window_us, int64_t now)
+{
+    int64_t horizon = now - window_us;
+
+    while (w->count > 0 && w->times[w->head] <= horizon) {
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
+    }
+    if (w->count == 0)
+        w->head = 0;
+}
+
+int64_t sl_window_wait(struct sl_window *w, uint64_t limit, int64_t window_us,
+                       int64_t now)
+{
+    sl_window_prune(w, window_us, now);
+    if (w->count < limit)
+        return 0;
+    /* Full: room exactly when the (count - limit + 1)-th oldest expires.
+     * count never exceeds limit, so that is the oldest. */
+    return w->times[w->head] + window_us - now;
+}
+
+int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
+{
+    if (w->count == w->cap && sl_window_grow(w, limit) != 0)
+        return -1;
+    /* A clock that stepped back must not reorder the log: clamp. */
+    if (w->count > 0) {
+        int64_t newest = w->times[(w->head + w->count - 1) % w->cap];
+        if (now < newest)
+            now = newest;
+    }
+    w->times[(w->head + w->count) % w->cap] = now;
+    w->count++;
+    return 0;
+}
+
+void sl_window_undo(struct sl_window *w)
+{
+    if (w->count > 0)
+        w->count--;
+}
+
+uint64_t sl_window_remaining(struct sl_window *w, uint64_t limit,
+                             int64_t window_us, int64_t now)
+{
+    sl_window_prune(w, window_us, now);
+    return w->count >= limit ? 0 : limit - w->count;
+}
+
+int64_t sl_window_next_expiry(const struct sl_window *w, int64_t window_us,
+                              int64_t now)
+{
+    int64_t t;
+
+    if (w->count == 0)
+        return 0;
+    t = w->times[w->head] + window_us - now;
+    return t > 0 ? t : 0;
+}
+
+int64_t sl_window_newest(const struct sl_window *w)
+{
+    if (w->count == 0)
+        return INT64_MIN;
+    return w->times[(w->head + w->count - 1) % w->cap];
+}
+
+size_t sl_window_bytes(const struct sl_window *w)
+{
+    return (size_t)w->cap * sizeof(int64_t);
+}
+
+void sl_window_free(struct sl_window *w)
+{
+    free(w->times);
+    memset(w, 0, sizeof(*w));
+}

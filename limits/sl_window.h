@@ -1,0 +1,62 @@
+/*
+ * sl_window — the exact rolling window ("at most N calls in any interval of
+ * length W"), as pure arithmetic on a log of admission times.
+ *
+ * The log keeps the admission times still inside the window, oldest first,
+ * in a ring that grows on demand up to N entries.  A call at time t may be
+ * admitted iff fewer than N logged times lie in (t - W, t].  When the log is
+ * full the next admission is possible exactly at oldest + W, which is the
+ * honest Retry-After.  No function here reads a clock: `now` is always an
+ * argument, in microseconds of any monotonic time base.
+ */
+#ifndef SL_WINDOW_H
+#define SL_WINDOW_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct sl_window {
+    int64_t *times;     /* ring of admission times (owned), capacity `cap` */
+    uint32_t cap;       /* allocated slots, <= limit */
+    uint32_t head;      /* index of the oldest entry */
+    uint32_t count;     /* entries logged (after the last prune) */
+};
+
+/* Forget entries that left the window at NOW (time <= now - window). */
+void sl_window_prune(struct sl_window *w, int64_t window_us, int64_t now);
+
+/*
+ * Microseconds from NOW until one more call fits: 0 if it fits now.
+ * Prunes first.  LIMIT >= 1.
+ */
+int64_t sl_window_wait(struct sl_window *w, uint64_t limit, int64_t window_us,
+                       int64_t now);
+
+/*
+ * Log an admission at NOW.  The caller has checked sl_window_wait() == 0.
+ * Returns 0, or -1 if the ring could not grow (out of memory; nothing
+ * changed).
+ */
+int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
+
+/* Take back the newest admission (rolls back a failed all-or-nothing
+ * step).  No-op on an empty log. */
+void sl_window_undo(struct sl_window *w);
+
+/* Calls that still fit in the window at NOW (limit - logged). Prunes first. */
+uint64_t sl_window_remaining(struct sl_window *w, uint64_t limit,
+                             int64_t window_us, int64_t now);
+
+/* Microseconds until the oldest logged call leaves the window (0 if none). */
+int64_t sl_window_next_expiry(const struct sl_window *w, int64_t window_us,
+                              int64_t now);
+
+/* Newest logged time, or INT64_MIN when empty. */
+int64_t sl_window_newest(const struct sl_window *w);
+
+/* Bytes held by the ring. */
+size_t sl_window_bytes(const struct sl_window *w);
+
+void sl_window_free(struct sl_window *w);
+
+#endif

@@ -1,0 +1,172 @@
+/*
+ * sl_main — the sluice command: parse arguments, load the configuration,
+ * build the store, start one worker per core, wait for a signal.
+ *
+ * Signals are blocked in every thread and taken synchronously by the main
+ * thread with sigwait(), so no handler ever runs inside a library call.
+ * SIGTERM/SIGINT ask each worker to stop accepting and drain; SIGPIPE is
+ * ignored (a client that vanished is an error return, not a death).
+ */
+#include "sl_proxy.h"
+
+#include "sl_log.h"
+
+#include <getopt.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#ifndef SLUICE_VERSION
+#define SLUICE_VERSION "0.0.0"
+#endif
+
+static void sl_usage(FILE *out)
+{
+    fprintf(out,
+            "usage: sluice -c FILE [--check]\n"
+            "\n"
+            "A caller-side API quota proxy: forwards HTTP calls to configured\n"
+            "upstreams and enforces their rate, concurrency and quota limits.\n"
+            "\n"
+            "  -c, --config FILE   configuration file (JSON)\n"
+            "      --check         validate the configuration and exit:\n"
+            "                      0 if valid, 1 with every error found\n"
+            "  -v, --verbose       log debug lines too\n"
+            "  -V, --version       print the version and exit\n"
+            "  -h, --help          print this help and exit\n"
+            "\n"
+            "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
+            "overrides \"store\".\n");
+}
+
+int main(int argc, char **argv)
+{
+    static const struct option opts[] = {
+        {"config", required_argument, NULL, 'c'},
+        {"check", no_argument, NULL, 'k'},
+        {"verbose", no_argument, NULL, 'v'},
+        {"version", no_argument, NULL, 'V'},
+        {"help", no_argument, NULL, 'h'},
+        {NULL, 0, NULL, 0},
+    };
+    const char *config_path = NULL;
+    bool check_only = false;
+    struct sl_errors errs = {0};
+    struct sl_config *config = NULL;
+    struct sl_proxy proxy = {0};
+    sigset_t sigs;
+    int opt, sig, started = 0, rc = 1;
+
+    while ((opt = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
+        switch (opt) {
+        case 'c':
+            config_path = optarg;
+            break;
+        case 'k':
+            check_only = true;
+            break;
+        case 'v':
+            sl_log_set_level(SL_LOG_DEBUG);
+            break;
+        case 'V':
+            printf("sluice %s (libmicrohttpd %s, %s)\n", SLUICE_VERSION,
+                   MHD_get_version(), curl_version());
+            return 0;
+        case 'h':
+            sl_usage(stdout);
+            return 0;
+        default:
+            sl_usage(stderr);
+            return 2;
+        }
+    }
+    if (config_path == NULL || optind != argc) {
+        sl_usage(stderr);
+        return 2;
+    }
+    if (sl_config_load(config_path, true, &config, &errs) != 0) {
+        fprintf(stderr, "sluice: %s: %zu error%s in the configuration:\n",
+                config_path, errs.count, errs.count == 1 ? "" : "s");
+        for (size_t i = 0; i < errs.count; i++)
+            fprintf(stderr, "  %s\n", errs.lines[i]);
+        sl_errors_free(&errs);
+        return 1;
+    }
+    if (check_only) {
+        printf("%s: configuration is valid (%zu upstream%s)\n", config_path,
+               config->nupstreams, config->nupstreams == 1 ? "" : "s");
+        sl_config_free(config);
+        return 0;
+    }
+
+    /* Every thread created from here inherits this mask. */
+    sigemptyset(&sigs);
+    sigaddset(&sigs, SIGTERM);
+    sigaddset(&sigs, SIGINT);
+    sigaddset(&sigs, SIGHUP);
+    pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    signal(SIGPIPE, SIG_IGN);
+
+    if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+        sl_error("cannot initialise libcurl");
+        goto out;
+    }
+    proxy.config = config;
+    proxy.store = sl_store_memory_new(config, NULL, NULL);
+    if (proxy.store == NULL) {
+        sl_error("cannot create the memory store");
+        goto out;
+    }
+    proxy.nworkers = config->workers > 0 ? config->workers
+                                         : (int)sysconf(_SC_NPROCESSORS_ONLN);
+    if (proxy.nworkers < 1)
+        proxy.nworkers = 1;
+    proxy.workers = calloc((size_t)proxy.nworkers, sizeof(*proxy.workers));
+    if (proxy.workers == NULL)
+        goto out;
+    for (int i = 0; i < proxy.nworkers; i++) {
+        if (sl_worker_init(&proxy.workers[i], &proxy, i) != 0) {
+            sl_error("cannot start worker %d on %s", i, config->listen);
+            sl_worker_cleanup(&proxy.workers[i]);
+            goto stop;
+        }
+        if (sl_worker_start(&proxy.workers[i]) != 0) {
+            sl_worker_cleanup(&proxy.workers[i]);
+            goto stop;
+        }
+        started++;
+    }
+    sl_info("sluice %s listening on %s with %d worker%s, store %s, %zu upstream%s",
+            SLUICE_VERSION, config->listen, proxy.nworkers,
+            proxy.nworkers == 1 ? "" : "s", config->store, config->nupstreams,
+            config->nupstreams == 1 ? "" : "s");
+    for (;;) {
+        if (sigwait(&sigs, &sig) != 0)
+            continue;
+        if (sig == SIGHUP) {
+            sl_info("SIGHUP ignored: restart sluice to load a new configuration");
+            continue;
+        }
+        sl_info("%s received: finishing calls in flight",
+                sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        break;
+    }
+    rc = 0;
+stop:
+    for (int i = 0; i < started; i++)
+        sl_worker_request_stop(&proxy.workers[i]);
+    for (int i = 0; i < started; i++) {
+        sl_worker_join(&proxy.workers[i]);
+        sl_worker_cleanup(&proxy.workers[i]);
+    }
+    if (rc == 0)
+        sl_info("stopped");
+out:
+    free(proxy.workers);
+    sl_store_destroy(proxy.store);
+    sl_config_free(config);
+    curl_global_cleanup();
+    return rc;
+}

@@ -1,0 +1,120 @@
+/*
+ * sl_proxy — the HTTP side of sluice: workers, their event loops, requests.
+ *
+ * One worker per core, sharing nothing on the hot path (as NGINX does).
+ * Each worker thread owns an epoll loop, its own libmicrohttpd daemon
+ * (external polling, its own SO_REUSEPORT listening socket), its own
+ * libcurl multi handle (socket interface, keep-alive pool), and every
+ * request accepted on its daemon.  All callbacks for a request therefore
+ * run on the thread that owns it; the only structure shared by workers is
+ * the limit store, which does its own locking.
+ *
+ * Headers only; no libmicrohttpd or libcurl types leak into limits/.
+ */
+#ifndef SL_PROXY_H
+#define SL_PROXY_H
+
+#include <curl/curl.h>
+#include <microhttpd.h>
+#include <pthread.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "sl_config.h"
+#include "sl_store.h"
+
+struct sl_worker;
+struct sl_request;
+
+/* The process: config and store, shared read-only by workers. */
+struct sl_proxy {
+    const struct sl_config *config;
+    struct sl_store *store;
+    struct sl_worker *workers;    /* owned array */
+    int nworkers;
+};
+
+/* What an epoll registration points at. */
+enum sl_watch_kind {
+    SL_WATCH_MHD,       /* the daemon's own epoll fd */
+    SL_WATCH_CURL,      /* a socket libcurl asked us to watch */
+    SL_WATCH_WAKE,      /* the worker's eventfd (stop requests) */
+    SL_WATCH_CLIENT,    /* a suspended client's socket, for hang-ups */
+};
+
+struct sl_watch {
+    enum sl_watch_kind kind;
+    int fd;
+    void *obj;          /* sl_worker or sl_request */
+};
+
+struct sl_worker {
+    int id;
+    struct sl_proxy *proxy;
+    pthread_t thread;
+    int epfd;
+    int listen_fd;                /* handed to MHD, which closes it */
+    struct MHD_Daemon *mhd;
+    struct sl_watch mhd_watch;
+    struct sl_watch wake_watch;
+    CURLM *multi;
+    int64_t curl_deadline_ms;     /* -1: no curl timer armed */
+    bool mhd_kick;                /* a connection was resumed: run MHD now */
+    _Atomic bool stop;            /* set by the main thread */
+    bool quiesced;
+    int64_t stop_deadline_ms;
+    int64_t next_tick_ms;
+    struct sl_request *requests;  /* live requests (list head) */
+    unsigned long nrequests;
+    CURL **easy_pool;             /* idle easy handles for reuse */
+    int npool;
+};
+
+/* sl_worker.c */
+int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id);
+int sl_worker_start(struct sl_worker *w);
+void sl_worker_request_stop(struct sl_worker *w);
+void sl_worker_join(struct sl_worker *w);
+void sl_worker_cleanup(struct sl_worker *w);
+int64_t sl_now_ms(void);
+CURL *sl_worker_get_easy(struct sl_worker *w);
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy);
+/* Watch / unwatch a client socket for hang-up while its call is held. */
+int sl_worker_watch_client(struct sl_worker *w, struct sl_watch *watch);
+void sl_worker_unwatch_client(struct sl_worker *w, struct sl_watch *watch);
+
+/* sl_request.c: the MHD callbacks, and curl completion. */
+void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c);
+enum MHD_Result sl_request_handle(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls);
+void sl_request_completed(void *cls, struct MHD_Connection *conn,
+                          void **con_cls, enum MHD_RequestTerminationCode toe);
+void sl_request_transfer_done(struct sl_request *req, CURLcode result);
+void sl_request_client_gone(struct sl_request *req);
+/* Worker shutting down: resume every suspended request so it can close. */
+void sl_request_abort_all(struct sl_worker *w);
+
+/* sl_respond.c: synthetic responses and header helpers. */
+struct sl_error_reply {
+    unsigned status;
+    const char *error;            /* machine code: "no_route", ... */
+    const char *upstream;         /* NULL when none */
+    const char *message;          /* human sentence */
+    int64_t retry_after_s;        /* > 0 adds Retry-After */
+};
+
+struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
+struct MHD_Response *sl_respond_limited(const struct sl_upstream_conf *up,
+                                        const struct sl_decision *d);
+/* Add RateLimit-Policy / RateLimit for decision D to RESP. */
+void sl_respond_ratelimit_headers(struct MHD_Response *resp,
+                                  const struct sl_decision *d);
+/* Hop-by-hop per RFC 9110 7.6.1 (plus framing headers we regenerate). */
+bool sl_header_is_hop_by_hop(const char *name, size_t len);
+/* Does the comma-separated Connection header value name NAME? */
+bool sl_header_connection_lists(const char *connection, const char *name,
+                                size_t len);
+
+#endif

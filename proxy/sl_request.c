@@ -1,0 +1,1143 @@
+/*
+ * sl_request — one call's life, from request line to last response byte.
+ *
+ *   uri_log     MHD saw the request line: allocate the request and keep the
+ *               raw request target (byte-exact path and query).
+ *   handle #1   headers are in: route by prefix (404 if none), refuse
+ *               dot-segments (400), match rules, ask the store.  Allowed:
+ *               start the upstream transfer at once, before the body has
+ *               been read.  Denied: queue the 429 now (a client sending
+ *               "Expect: 100-continue" never uploads its body).
+ *   handle #n   body bytes: copied into a bounded buffer that libcurl's
+ *               read callback drains.  When the buffer is full the MHD
+ *               connection is suspended; curl's read callback resumes it.
+ *               When it is empty curl's send side is paused; new bytes
+ *               unpause it.
+ *   handle last the body is complete: if the upstream's response headers
+ *               are in, queue the response; otherwise suspend until they
+ *               are (or the transfer failed: 502/504).
+ *   response    the body streams through a second bounded buffer: curl's
+ *               write callback fills it (pausing curl's receive side when
+ *               full), MHD's content reader drains it (suspending the
+ *               connection when empty).  A response that completed before
+ *               it was queued is handed to MHD as one buffer.
+ *   completed   MHD is done with the connection's request (relayed, client
+ *               gone, or shutdown): abort the transfer if it still runs,
+ *               give back concurrency slots, write the access log line.
+ *
+ * Ownership: the request belongs to its MHD connection and is freed only in
+ * the completion callback (or, if the store's answer is still outstanding
+ * then, by the decision callback).  The easy handle is owned by the request
+ * while it is in the multi, and goes back to the worker's pool when the
+ * transfer ends.  Every callback runs on the worker thread that owns the
+ * connection.
+ *
+ * While suspended, MHD ignores the socket, so the client's socket is
+ * watched for EPOLLRDHUP: a client that hangs up while held or while
+ * waiting for its upstream is forgotten at once, and its upstream transfer
+ * aborted.
+ */
+#include "sl_proxy.h"
+
+#include "sl_duration.h"
+#include "sl_log.h"
+
+#include <arpa/inet.h>
+#include <ctype.h>
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
+#define SL_CURL_BUFSIZE (64 * 1024)
+
+/* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
+struct sl_buf {
+    char *data;
+    size_t cap, rpos, wpos;
+};
+
+enum sl_phase {
+    SL_PHASE_NEW,       /* request line seen, headers not yet handled */
+    SL_PHASE_ACTIVE,    /* routed and decided */
+};
+
+enum sl_susp {
+    SL_SUSP_NONE,
+    SL_SUSP_DECIDE,     /* waiting for the store */
+    SL_SUSP_UPLOAD,     /* upload buffer full */
+    SL_SUSP_HEADERS,    /* body sent, waiting for response headers */
+    SL_SUSP_BODY,       /* response buffer empty */
+    SL_SUSP_ABORT,      /* resumed only to be closed */
+};
+
+/* One upstream response header line, "Name: value" split in place. */
+struct sl_hdr {
+    struct sl_hdr *next;
+    size_t name_len;
+    char *value;        /* points into line */
+    char line[];
+};
+
+struct sl_request {
+    struct sl_request *prev, *next;   /* worker's list of live requests */
+    struct sl_worker *w;
+    struct MHD_Connection *conn;
+    char *uri;                        /* raw request target (owned) */
+    const char *method;               /* MHD-owned, valid until completion */
+    const struct sl_upstream_conf *up;
+    enum sl_phase phase;
+
+    bool suspended;
+    enum sl_susp susp;
+    struct sl_watch client_watch;
+    bool watching;
+    bool client_gone;
+
+    struct sl_check check;            /* rules matched (owned keys) */
+    struct sl_decision decision;
+    struct sl_lease *lease;           /* owned, released at completion */
+    bool deciding;                    /* store's answer outstanding */
+    bool orphaned;                    /* completed while deciding */
+
+    struct MHD_Response *pending;     /* synthetic response to queue */
+    unsigned pending_status;
+
+    CURL *easy;                       /* owned while the transfer runs */
+    struct curl_slist *req_headers;
+    bool has_body;
+    bool up_done;                     /* client body fully received */
+    bool up_paused;                   /* curl send side paused */
+    struct sl_buf upload;             /* client body towards curl */
+
+    long status;                      /* upstream status (final) */
+    struct sl_hdr *hdrs, **hdrs_tail;
+    bool headers_ready;
+    int64_t content_length;           /* -1 unknown */
+    struct sl_buf down;
+    bool down_paused;                 /* curl receive side paused */
+    bool xfer_done;
+    CURLcode result;
+    bool queued;
+    char errbuf[CURL_ERROR_SIZE];
+
+    int64_t start_ms;
+    unsigned status_sent;
+    const char *outcome;              /* for the access log */
+    uint64_t bytes_out;
+};
+
+static void sl_req_decided(void *arg, const struct sl_decision *d,
+                           struct sl_lease *lease);
+static void sl_req_suspend(struct sl_request *req, enum sl_susp why);
+static void sl_req_resume(struct sl_request *req);
+static void sl_req_update_pause(struct sl_request *req);
+static void sl_req_abort_transfer(struct sl_request *req);
+static void sl_req_free(struct sl_request *req);
+
+/* ---- buffers ---- */
+
+static size_t sl_buf_len(const struct sl_buf *b) { return b->wpos - b->rpos; }
+
+/* Room for N more bytes within SL_BUF_MAX (an empty buffer always fits). */
+static bool sl_buf_fits(const struct sl_buf *b, size_t n)
+{
+    return sl_buf_len(b) == 0 || sl_buf_len(b) + n <= SL_BUF_MAX;
+}
+
+/* Append up to N bytes; returns how many were taken. */
+static size_t sl_buf_put(struct sl_buf *b, const char *src, size_t n)
+{
+    size_t len = sl_buf_len(b);
+    size_t room = len >= SL_BUF_MAX ? 0 : SL_BUF_MAX - len;
+
+    if (len == 0)
+        room = n > SL_BUF_MAX ? n : SL_BUF_MAX;
+    if (n > room)
+        n = room;
+    if (n == 0)
+        return 0;
+    if (b->rpos > 0 && b->wpos + n > b->cap) {
+        memmove(b->data, b->data + b->rpos, len);
+        b->rpos = 0;
+        b->wpos = len;
+    }
+    if (b->wpos + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 16384;
+        char *d;
+        while (cap < b->wpos + n)
+            cap *= 2;
+        d = realloc(b->data, cap);
+        if (d == NULL)
+            return 0;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->wpos, src, n);
+    b->wpos += n;
+    return n;
+}
+
+static size_t sl_buf_take(struct sl_buf *b, char *dst, size_t max)
+{
+    size_t n = sl_buf_len(b);
+
+    if (n > max)
+        n = max;
+    memcpy(dst, b->data + b->rpos, n);
+    b->rpos += n;
+    if (b->rpos == b->wpos)
+        b->rpos = b->wpos = 0;
+    return n;
+}
+
+static void sl_buf_free(struct sl_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- suspension and hang-up watching ---- */
+
+static void sl_req_suspend(struct sl_request *req, enum sl_susp why)
+{
+    const union MHD_ConnectionInfo *ci;
+
+    if (req->suspended) {
+        req->susp = why;
+        return;
+    }
+    MHD_suspend_connection(req->conn);
+    req->suspended = true;
+    req->susp = why;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci != NULL && !req->watching) {
+        req->client_watch.kind = SL_WATCH_CLIENT;
+        req->client_watch.fd = ci->connect_fd;
+        req->client_watch.obj = req;
+        req->watching = sl_worker_watch_client(req->w, &req->client_watch) == 0;
+    }
+}
+
+static void sl_req_resume(struct sl_request *req)
+{
+    if (!req->suspended)
+        return;
+    if (req->watching) {
+        sl_worker_unwatch_client(req->w, &req->client_watch);
+        req->watching = false;
+    }
+    req->suspended = false;
+    req->susp = SL_SUSP_NONE;
+    MHD_resume_connection(req->conn);
+    req->w->mhd_kick = true;
+}
+
+void sl_request_client_gone(struct sl_request *req)
+{
+    if (req->client_gone)
+        return;
+    req->client_gone = true;
+    if (req->outcome == NULL || strcmp(req->outcome, "forwarded") == 0)
+        req->outcome = "client_gone";
+    sl_req_abort_transfer(req);
+    sl_req_resume(req);
+}
+
+void sl_request_abort_all(struct sl_worker *w)
+{
+    for (struct sl_request *r = w->requests; r != NULL; r = r->next) {
+        if (!r->suspended)
+            continue;
+        r->client_gone = true;
+        r->outcome = "shutdown";
+        sl_req_abort_transfer(r);
+        sl_req_resume(r);
+    }
+}
+
+/* ---- synthetic responses ---- */
+
+static void sl_req_set_pending(struct sl_request *req, unsigned status,
+                               struct MHD_Response *resp, const char *outcome)
+{
+    if (req->pending != NULL)
+        MHD_destroy_response(req->pending);
+    req->pending = resp;
+    req->pending_status = status;
+    req->outcome = outcome;
+}
+
+static void sl_req_error(struct sl_request *req, unsigned status,
+                         const char *error, const char *message,
+                         int64_t retry_after, const char *outcome)
+{
+    struct sl_error_reply e = {
+        .status = status,
+        .error = error,
+        .upstream = req->up ? req->up->name : NULL,
+        .message = message,
+        .retry_after_s = retry_after,
+    };
+    sl_req_set_pending(req, status, sl_respond_error(&e), outcome);
+}
+
+/* Queue the pending synthetic response. */
+static enum MHD_Result sl_req_queue_pending(struct sl_request *req)
+{
+    enum MHD_Result rc;
+
+    if (req->pending == NULL)
+        return MHD_NO;  /* could not even build it: drop the connection */
+    rc = MHD_queue_response(req->conn, req->pending_status, req->pending);
+    MHD_destroy_response(req->pending);
+    req->pending = NULL;
+    req->queued = true;
+    req->status_sent = req->pending_status;
+    return rc;
+}
+
+/* ---- upstream transfer: libcurl callbacks ---- */
+
+static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t len = size * nitems, n = len;
+    struct sl_hdr *h;
+    char *colon;
+
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+        const char *sp = memchr(line, ' ', n);
+        /* A new status line: an interim (1xx) response's headers go away. */
+        req->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        while (req->hdrs != NULL) {
+            h = req->hdrs;
+            req->hdrs = h->next;
+            free(h);
+        }
+        req->hdrs_tail = &req->hdrs;
+        req->content_length = -1;
+        return len;
+    }
+    if (n == 0) {
+        if (req->status >= 200) {
+            req->headers_ready = true;
+            if (req->susp == SL_SUSP_HEADERS)
+                sl_req_resume(req);
+        }
+        return len;
+    }
+    if (req->status < 200)
+        return len;
+    if ((line[0] == ' ' || line[0] == '\t'))
+        return len;  /* obsolete line folding: dropped, as RFC 9112 allows */
+    colon = memchr(line, ':', n);
+    if (colon == NULL || colon == line)
+        return len;
+    h = malloc(sizeof(*h) + n + 1);
+    if (h == NULL)
+        return 0;  /* aborts the transfer: 502 */
+    memcpy(h->line, line, n);
+    h->line[n] = '\0';
+    h->next = NULL;
+    h->name_len = (size_t)(colon - line);
+    h->value = h->line + h->name_len + 1;
+    while (*h->value == ' ' || *h->value == '\t')
+        h->value++;
+    /* Trailing whitespace of the value is not part of it. */
+    for (char *e = h->line + n; e > h->value && (e[-1] == ' ' || e[-1] == '\t');)
+        *--e = '\0';
+    if (h->name_len == 14 && strncasecmp(h->line, "Content-Length", 14) == 0)
+        req->content_length = strtoll(h->value, NULL, 10);
+    *req->hdrs_tail = h;
+    req->hdrs_tail = &h->next;
+    return len;
+}
+
+static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t n = size * nmemb;
+
+    if (req->client_gone)
+        return 0;  /* aborts the transfer */
+    if (!sl_buf_fits(&req->down, n)) {
+        req->down_paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (sl_buf_put(&req->down, data, n) != n)
+        return 0;  /* out of memory: abort rather than corrupt the body */
+    if (req->susp == SL_SUSP_BODY)
+        sl_req_resume(req);
+    return n;
+}
+
+static size_t sl_curl_read(char *dst, size_t size, size_t nitems, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t n = sl_buf_take(&req->upload, dst, size * nitems);
+
+    if (n > 0) {
+        if (req->susp == SL_SUSP_UPLOAD)
+            sl_req_resume(req);
+        return n;
+    }
+    if (req->up_done)
+        return 0;
+    req->up_paused = true;
+    return CURL_READFUNC_PAUSE;
+}
+
+/* Apply up_paused / down_paused to the easy handle. */
+static void sl_req_update_pause(struct sl_request *req)
+{
+    int mask = (req->up_paused ? CURLPAUSE_SEND : 0) |
+               (req->down_paused ? CURLPAUSE_RECV : 0);
+
+    if (req->easy != NULL && !req->xfer_done)
+        curl_easy_pause(req->easy, mask);
+}
+
+static void sl_req_abort_transfer(struct sl_request *req)
+{
+    if (req->easy == NULL)
+        return;
+    curl_multi_remove_handle(req->w->multi, req->easy);
+    sl_worker_put_easy(req->w, req->easy);
+    req->easy = NULL;
+    req->xfer_done = true;
+    req->result = CURLE_ABORTED_BY_CALLBACK;
+}
+
+void sl_request_transfer_done(struct sl_request *req, CURLcode result)
+{
+    char msg[CURL_ERROR_SIZE + 128];
+
+    curl_multi_remove_handle(req->w->multi, req->easy);
+    sl_worker_put_easy(req->w, req->easy);
+    req->easy = NULL;
+    req->xfer_done = true;
+    req->result = result;
+    if (!req->headers_ready) {
+        const char *why = req->errbuf[0] ? req->errbuf : curl_easy_strerror(result);
+        if (result == CURLE_OK)
+            why = "the upstream's response was not HTTP";
+        if (result == CURLE_OPERATION_TIMEDOUT) {
+            snprintf(msg, sizeof(msg), "upstream \"%s\" timed out: %s",
+                     req->up->name, why);
+            sl_req_error(req, MHD_HTTP_GATEWAY_TIMEOUT, "upstream_timeout", msg,
+                         0, "upstream_timeout");
+        } else {
+            snprintf(msg, sizeof(msg), "upstream \"%s\" failed: %s",
+                     req->up->name, why);
+            sl_req_error(req, MHD_HTTP_BAD_GATEWAY, "upstream_error", msg, 0,
+                         "upstream_error");
+        }
+        sl_warn("upstream %s: %s %s: %s", req->up->name, req->method,
+                req->up->prefix, why);
+    } else if (result != CURLE_OK) {
+        req->outcome = "upstream_truncated";
+        sl_warn("upstream %s: response cut short: %s", req->up->name,
+                req->errbuf[0] ? req->errbuf : curl_easy_strerror(result));
+    }
+    if (req->suspended && req->susp != SL_SUSP_DECIDE)
+        sl_req_resume(req);
+}
+
+/* ---- request headers towards the upstream ---- */
+
+struct sl_hdr_ctx {
+    struct sl_request *req;
+    const char *connection;     /* the client's Connection header */
+    const char *xff;            /* the client's X-Forwarded-For */
+    bool has_accept;
+    bool failed;
+};
+
+static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
+                                          const char *name, const char *value)
+{
+    struct sl_hdr_ctx *ctx = cls;
+    size_t nlen = strlen(name);
+    struct curl_slist *l;
+    char *line;
+
+    (void)kind;
+    if (sl_header_is_hop_by_hop(name, nlen) ||
+        sl_header_connection_lists(ctx->connection, name, nlen) ||
+        strcasecmp(name, "Host") == 0 || strcasecmp(name, "Expect") == 0 ||
+        strcasecmp(name, "X-Forwarded-For") == 0 ||
+        strcasecmp(name, "X-Forwarded-Proto") == 0)
+        return MHD_YES;
+    if (strcasecmp(name, "Accept") == 0)
+        ctx->has_accept = true;
+    /* curl sends "Name;" as a header with an empty value. */
+    if (value == NULL || *value == '\0') {
+        if (asprintf(&line, "%s;", name) < 0)
+            line = NULL;
+    } else if (asprintf(&line, "%s: %s", name, value) < 0) {
+        line = NULL;
+    }
+    if (line == NULL) {
+        ctx->failed = true;
+        return MHD_NO;
+    }
+    l = curl_slist_append(ctx->req->req_headers, line);
+    free(line);
+    if (l == NULL) {
+        ctx->failed = true;
+        return MHD_NO;
+    }
+    ctx->req->req_headers = l;
+    return MHD_YES;
+}
+
+static int sl_add_header(struct sl_request *req, const char *line)
+{
+    struct curl_slist *l = curl_slist_append(req->req_headers, line);
+
+    if (l == NULL)
+        return -1;
+    req->req_headers = l;
+    return 0;
+}
+
+static int sl_req_build_headers(struct sl_request *req)
+{
+    struct sl_hdr_ctx ctx = {.req = req};
+    const union MHD_ConnectionInfo *ci;
+    char ip[INET6_ADDRSTRLEN] = "unknown";
+    char *line;
+    int rc;
+
+    ctx.connection = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Connection");
+    ctx.xff = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                          "X-Forwarded-For");
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sl_copy_req_header,
+                              &ctx);
+    if (ctx.failed)
+        return -1;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
+                      sizeof(ip));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
+                      sizeof(ip));
+    }
+    if (ctx.xff != NULL && *ctx.xff)
+        rc = asprintf(&line, "X-Forwarded-For: %s, %s", ctx.xff, ip);
+    else
+        rc = asprintf(&line, "X-Forwarded-For: %s", ip);
+    if (rc < 0)
+        return -1;
+    rc = sl_add_header(req, line);
+    free(line);
+    if (rc != 0 || sl_add_header(req, "X-Forwarded-Proto: http") != 0)
+        return -1;
+    /* Keep libcurl from inventing headers the client did not send. */
+    if (sl_add_header(req, "Expect:") != 0)
+        return -1;
+    if (!ctx.has_accept && sl_add_header(req, "Accept:") != 0)
+        return -1;
+    return 0;
+}
+
+/* Start the upstream transfer.  Returns 0, or -1 (caller answers 502/503). */
+static int sl_req_start_transfer(struct sl_request *req, const char *url)
+{
+    const struct sl_upstream_conf *up = req->up;
+    const char *cl, *te;
+    CURL *e;
+
+    if (sl_req_build_headers(req) != 0)
+        return -1;
+    e = sl_worker_get_easy(req->w);
+    if (e == NULL)
+        return -1;
+    req->easy = e;
+    req->content_length = -1;
+    req->hdrs_tail = &req->hdrs;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_curl_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->req_headers);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->errbuf);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(up->connect_timeout_us / 1000));
+    if (up->timeout_us > 0)
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
+    if (up->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+
+    cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
+    te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                     "Transfer-Encoding");
+    req->has_body = cl != NULL || te != NULL;
+    if (strcmp(req->method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    }
+    if (req->has_body && strcmp(req->method, "HEAD") != 0) {
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, sl_curl_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, req);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                         cl != NULL && te == NULL ? (curl_off_t)strtoll(cl, NULL, 10)
+                                                  : (curl_off_t)-1);
+    } else {
+        req->up_done = true;
+    }
+    if (curl_multi_add_handle(req->w->multi, e) != CURLM_OK) {
+        sl_worker_put_easy(req->w, e);
+        req->easy = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- routing ---- */
+
+static const struct sl_upstream_conf *sl_route(const struct sl_config *c,
+                                               const char *path, size_t len)
+{
+    const struct sl_upstream_conf *best = NULL;
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *u = &c->upstreams[i];
+        size_t pl = u->prefix_len;
+
+        if (pl == 1) {  /* "/" routes everything */
+            if (best == NULL)
+                best = u;
+            continue;
+        }
+        if (len < pl || memcmp(path, u->prefix, pl) != 0)
+            continue;
+        if (len > pl && path[pl] != '/')
+            continue;
+        if (best == NULL || pl > best->prefix_len)
+            best = u;
+    }
+    return best;
+}
+
+static int sl_hexval(char c)
+{
+    if (c >= '0' && c <= '9')
+        return c - '0';
+    c = (char)tolower((unsigned char)c);
+    if (c >= 'a' && c <= 'f')
+        return c - 'a' + 10;
+    return -1;
+}
+
+/*
+ * Percent-decode PATH into OUT for rule matching, keeping "%2F" encoded so
+ * segments stay segments.  Returns the length, or -1 for a malformed escape.
+ */
+static long sl_decode_path(const char *path, size_t len, char *out)
+{
+    size_t o = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        if (path[i] == '%') {
+            int hi, lo;
+            if (i + 2 >= len)
+                return -1;
+            hi = sl_hexval(path[i + 1]);
+            lo = sl_hexval(path[i + 2]);
+            if (hi < 0 || lo < 0)
+                return -1;
+            if (hi * 16 + lo == '/' || hi * 16 + lo == 0) {
+                memcpy(out + o, path + i, 3);
+                o += 3;
+            } else {
+                out[o++] = (char)(hi * 16 + lo);
+            }
+            i += 2;
+        } else {
+            out[o++] = path[i];
+        }
+    }
+    out[o] = '\0';
+    return (long)o;
+}
+
+/* Does the decoded path hold a "." or ".." segment? */
+static bool sl_has_dot_segment(const char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        size_t start, seg;
+        if (p[i] != '/')
+            continue;
+        start = i + 1;
+        seg = 0;
+        while (start + seg < len && p[start + seg] != '/')
+            seg++;
+        if ((seg == 1 && p[start] == '.') ||
+            (seg == 2 && p[start] == '.' && p[start + 1] == '.'))
+            return true;
+    }
+    return false;
+}
+
+static const char *sl_call_header(void *ctx, const char *name)
+{
+    return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
+}
+
+/*
+ * A synthetic answer is ready at the first call.  Queueing it now makes MHD
+ * close the connection (the body is unread), so when the body is absent or
+ * small and already on its way, answer at the final call instead and keep
+ * the connection alive.  A client that asked "Expect: 100-continue" is
+ * answered at once and never sends its body.
+ */
+static enum MHD_Result sl_req_answer_early(struct sl_request *req)
+{
+    const char *cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Content-Length");
+    const char *te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Transfer-Encoding");
+    const char *ex = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Expect");
+
+    if (te == NULL && ex == NULL &&
+        (cl == NULL || strtoll(cl, NULL, 10) <= 65536))
+        return MHD_YES;  /* sl_req_try_respond() queues it at the final call */
+    return sl_req_queue_pending(req);
+}
+
+/* First call: route, match, decide.  Returns what the handler returns. */
+static enum MHD_Result sl_req_begin(struct sl_request *req)
+{
+    const struct sl_config *c = req->w->proxy->config;
+    const char *q = strchr(req->uri, '?');
+    size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
+    const char *rest;
+    size_t rest_len;
+    char *decoded = NULL;
+    long dlen;
+    char msg[256];
+    struct sl_call call;
+    int rc;
+
+    req->phase = SL_PHASE_ACTIVE;
+    for (const char *p = req->uri; *p; p++) {
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
+            sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                         "the request target holds control characters", 0,
+                         "bad_request");
+            return sl_req_answer_early(req);
+        }
+    }
+    if (req->uri[0] != '/') {
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     "sluice is a reverse proxy: the request target must be a "
+                     "path starting with \"/\"", 0, "bad_request");
+        return sl_req_answer_early(req);
+    }
+    req->up = sl_route(c, req->uri, plen);
+    if (req->up == NULL) {
+        snprintf(msg, sizeof(msg), "no upstream is configured for this path "
+                 "(%.*s)", plen > 120 ? 120 : (int)plen, req->uri);
+        sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
+        return sl_req_answer_early(req);
+    }
+    rest = req->uri + (req->up->prefix_len == 1 ? 0 : req->up->prefix_len);
+    rest_len = plen - (size_t)(rest - req->uri);
+
+    decoded = malloc(rest_len + 2);
+    if (decoded == NULL)
+        goto oom;
+    if (rest_len == 0) {
+        strcpy(decoded, "/");
+        dlen = 1;
+    } else {
+        dlen = sl_decode_path(rest, rest_len, decoded);
+    }
+    if (dlen < 0 || sl_has_dot_segment(decoded, (size_t)dlen)) {
+        free(decoded);
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     dlen < 0 ? "the path holds a malformed percent-escape"
+                              : "the path holds a \".\" or \"..\" segment",
+                     0, "bad_request");
+        return sl_req_answer_early(req);
+    }
+    call.method = req->method;
+    call.path = decoded;
+    call.path_len = (size_t)dlen;
+    call.header = sl_call_header;
+    call.header_ctx = req->conn;
+    rc = sl_match(req->up, &call, &req->check);
+    free(decoded);
+    if (rc != 0)
+        goto oom;
+
+    req->deciding = true;
+    if (sl_store_decide(req->w->proxy->store, &req->check, sl_req_decided, req)
+        != 0) {
+        req->deciding = false;
+        sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                     "the limit store cannot decide this call", 1,
+                     "store_error");
+        return sl_req_answer_early(req);
+    }
+    if (req->deciding) {
+        sl_req_suspend(req, SL_SUSP_DECIDE);
+        return MHD_YES;
+    }
+    if (req->pending != NULL)
+        return sl_req_answer_early(req);
+    return MHD_YES;
+
+oom:
+    sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                 "sluice is out of memory", 1, "out_of_memory");
+    return sl_req_answer_early(req);
+}
+
+/* The store's answer.  May run inside sl_store_decide(). */
+static void sl_req_decided(void *arg, const struct sl_decision *d,
+                           struct sl_lease *lease)
+{
+    struct sl_request *req = arg;
+    const struct sl_upstream_conf *up = req->up;
+    const char *q;
+    char *url = NULL;
+    size_t rest_off;
+
+    req->deciding = false;
+    req->lease = lease;
+    req->decision = *d;
+    if (req->orphaned) {
+        /* MHD finished with the connection while the store was deciding. */
+        sl_store_release(req->w->proxy->store, req->lease);
+        req->lease = NULL;
+        sl_req_free(req);
+        return;
+    }
+    if (req->client_gone) {
+        sl_req_resume(req);
+        return;
+    }
+    switch (d->verdict) {
+    case SL_VERDICT_DENY:
+        sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
+                           sl_respond_limited(up, d), "rejected");
+        break;
+    case SL_VERDICT_UNAVAILABLE:
+        sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "limit_state_unavailable",
+                     d->reason, 1, "store_error");
+        break;
+    case SL_VERDICT_ALLOW:
+        q = strchr(req->uri, '?');
+        rest_off = up->prefix_len == 1 ? 0 : up->prefix_len;
+        {
+            const char *rest = req->uri + rest_off;
+            bool empty = rest[0] == '\0' || rest[0] == '?';
+            const char *base_path = strchr(strstr(up->url, "://") + 3, '/');
+            /* "/leads" alone maps to the base URL, or "/" without a path. */
+            if (asprintf(&url, "%s%s%s", up->url,
+                         empty && base_path == NULL ? "/" : "", rest) < 0)
+                url = NULL;
+        }
+        (void)q;
+        if (url == NULL || sl_req_start_transfer(req, url) != 0) {
+            sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                         "sluice could not start the upstream call", 1,
+                         "out_of_memory");
+        } else {
+            req->outcome = "forwarded";
+        }
+        free(url);
+        break;
+    }
+    if (req->susp == SL_SUSP_DECIDE)
+        sl_req_resume(req);
+}
+
+/* ---- the response towards the client ---- */
+
+static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct sl_request *req = cls;
+    size_t n;
+
+    (void)pos;
+    if (req->client_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    n = sl_buf_take(&req->down, buf, max);
+    if (n > 0) {
+        req->bytes_out += n;
+        if (req->down_paused && sl_buf_fits(&req->down, SL_CURL_BUFSIZE)) {
+            req->down_paused = false;
+            sl_req_update_pause(req);
+        }
+        return (ssize_t)n;
+    }
+    if (req->xfer_done)
+        return req->result == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM
+                                       : MHD_CONTENT_READER_END_WITH_ERROR;
+    if (req->down_paused) {
+        req->down_paused = false;
+        sl_req_update_pause(req);
+        if (sl_buf_len(&req->down) > 0)
+            return (ssize_t)sl_buf_take(&req->down, buf, max);
+    }
+    sl_req_suspend(req, SL_SUSP_BODY);
+    return 0;
+}
+
+/* Lowest "r=" in a RateLimit field value, or -1. */
+static long long sl_ratelimit_r(const char *v)
+{
+    long long best = -1;
+
+    for (const char *p = v; (p = strstr(p, "r=")) != NULL; p += 2) {
+        if (p != v && p[-1] != ';' && p[-1] != ' ')
+            continue;
+        long long r = strtoll(p + 2, NULL, 10);
+        if (best < 0 || r < best)
+            best = r;
+    }
+    return best;
+}
+
+static enum MHD_Result sl_req_respond(struct sl_request *req)
+{
+    const char *connection = NULL;
+    struct MHD_Response *resp;
+    bool is_head = strcmp(req->method, "HEAD") == 0;
+    bool ours = req->decision.rule != NULL &&
+                req->decision.rule->kind == SL_RULE_RATE;
+    enum MHD_Result rc;
+
+    for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
+        if (h->name_len == 10 && strncasecmp(h->line, "Connection", 10) == 0)
+            connection = h->value;
+        /* The upstream's own report wins when it is stricter than ours. */
+        if (ours && h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
+            long long r = sl_ratelimit_r(h->value);
+            if (r >= 0 && (unsigned long long)r <= req->decision.remaining)
+                ours = false;
+        }
+    }
+    if (req->xfer_done && req->result == CURLE_OK && !is_head) {
+        resp = MHD_create_response_from_buffer(sl_buf_len(&req->down),
+                                               req->down.data + req->down.rpos,
+                                               MHD_RESPMEM_MUST_COPY);
+        req->bytes_out = sl_buf_len(&req->down);
+    } else {
+        uint64_t size = req->content_length >= 0 ? (uint64_t)req->content_length
+                                                 : MHD_SIZE_UNKNOWN;
+        resp = MHD_create_response_from_callback(size, 32 * 1024,
+                                                 sl_req_read_body, req, NULL);
+    }
+    if (resp == NULL)
+        return MHD_NO;
+    for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
+        char save = h->line[h->name_len];
+        if (sl_header_is_hop_by_hop(h->line, h->name_len) ||
+            sl_header_connection_lists(connection, h->line, h->name_len))
+            continue;
+        if (ours && ((h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) ||
+                     (h->name_len == 16 &&
+                      strncasecmp(h->line, "RateLimit-Policy", 16) == 0)))
+            continue;
+        h->line[h->name_len] = '\0';
+        if (MHD_add_response_header(resp, h->line, h->value) != MHD_YES)
+            sl_debug("upstream %s: header %s not relayed", req->up->name, h->line);
+        h->line[h->name_len] = save;
+    }
+    if (ours)
+        sl_respond_ratelimit_headers(resp, &req->decision);
+    rc = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+    MHD_destroy_response(resp);
+    req->queued = true;
+    req->status_sent = (unsigned)req->status;
+    return rc;
+}
+
+/* Body complete (or never expected): answer now or wait for the upstream. */
+static enum MHD_Result sl_req_try_respond(struct sl_request *req)
+{
+    if (req->queued)
+        return MHD_YES;
+    if (req->pending != NULL)
+        return sl_req_queue_pending(req);
+    if (req->headers_ready)
+        return sl_req_respond(req);
+    if (req->xfer_done || req->easy == NULL)
+        return MHD_NO;  /* no transfer and no answer to give: close */
+    sl_req_suspend(req, SL_SUSP_HEADERS);
+    return MHD_YES;
+}
+
+static enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
+                                     size_t *size)
+{
+    /* Nothing to forward to (answered already, or the upstream finished):
+     * read and drop the body so the connection stays usable. */
+    if (req->easy == NULL || req->xfer_done || req->pending != NULL) {
+        *size = 0;
+        return MHD_YES;
+    }
+    while (*size > 0) {
+        size_t n = sl_buf_put(&req->upload, data, *size);
+        if (n == 0)
+            break;
+        data += n;
+        *size -= n;
+        if (req->up_paused) {
+            req->up_paused = false;
+            sl_req_update_pause(req);  /* may drain the buffer at once */
+        }
+    }
+    if (*size > 0)
+        sl_req_suspend(req, SL_SUSP_UPLOAD);
+    return MHD_YES;
+}
+
+/* ---- MHD callbacks ---- */
+
+void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
+{
+    struct sl_worker *w = cls;
+    struct sl_request *req = calloc(1, sizeof(*req));
+
+    if (req == NULL)
+        return NULL;
+    req->uri = strdup(uri);
+    if (req->uri == NULL) {
+        free(req);
+        return NULL;
+    }
+    req->w = w;
+    req->conn = c;
+    req->start_ms = sl_now_ms();
+    req->content_length = -1;
+    req->next = w->requests;
+    if (w->requests != NULL)
+        w->requests->prev = req;
+    w->requests = req;
+    w->nrequests++;
+    return req;
+}
+
+enum MHD_Result sl_request_handle(void *cls, struct MHD_Connection *conn,
+                                  const char *url, const char *method,
+                                  const char *version, const char *upload_data,
+                                  size_t *upload_data_size, void **con_cls)
+{
+    struct sl_request *req = *con_cls;
+
+    (void)cls;
+    (void)url;
+    (void)version;
+    if (req == NULL)
+        return MHD_NO;  /* out of memory when the request line came in */
+    if (req->phase == SL_PHASE_NEW) {
+        req->method = method;
+        req->conn = conn;
+        return sl_req_begin(req);
+    }
+    if (req->client_gone)
+        return MHD_NO;
+    if (*upload_data_size > 0)
+        return sl_req_upload(req, upload_data, upload_data_size);
+    if (!req->up_done) {
+        req->up_done = true;
+        if (req->up_paused) {
+            req->up_paused = false;
+            sl_req_update_pause(req);
+        }
+    }
+    return sl_req_try_respond(req);
+}
+
+static void sl_req_free(struct sl_request *req)
+{
+    struct sl_worker *w = req->w;
+
+    if (req->prev != NULL)
+        req->prev->next = req->next;
+    else
+        w->requests = req->next;
+    if (req->next != NULL)
+        req->next->prev = req->prev;
+    w->nrequests--;
+    while (req->hdrs != NULL) {
+        struct sl_hdr *h = req->hdrs;
+        req->hdrs = h->next;
+        free(h);
+    }
+    if (req->pending != NULL)
+        MHD_destroy_response(req->pending);
+    curl_slist_free_all(req->req_headers);
+    sl_check_clear(&req->check);
+    sl_buf_free(&req->upload);
+    sl_buf_free(&req->down);
+    free(req->uri);
+    free(req);
+}
+
+void sl_request_completed(void *cls, struct MHD_Connection *conn,
+                          void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    struct sl_request *req = *con_cls;
+    struct sl_worker *w = cls;
+    const char *q;
+
+    (void)conn;
+    if (req == NULL)
+        return;
+    *con_cls = NULL;
+    if (req->watching) {
+        sl_worker_unwatch_client(w, &req->client_watch);
+        req->watching = false;
+    }
+    sl_req_abort_transfer(req);
+    sl_store_release(w->proxy->store, req->lease);
+    req->lease = NULL;
+    if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
+        strcmp(req->outcome, "forwarded") == 0)
+        req->outcome = "client_gone";
+    if (w->proxy->config->access_log && req->phase != SL_PHASE_NEW) {
+        q = strchr(req->uri, '?');
+        sl_info("access upstream=%s method=%s path=%.*s status=%u outcome=%s "
+                "rule=%s bytes_out=%llu ms=%lld",
+                req->up ? req->up->name : "-", req->method ? req->method : "-",
+                (int)(q ? q - req->uri : (long)strlen(req->uri)), req->uri,
+                req->status_sent, req->outcome ? req->outcome : "-",
+                req->decision.verdict == SL_VERDICT_DENY && req->decision.rule
+                    ? req->decision.rule->name : "-",
+                (unsigned long long)req->bytes_out,
+                (long long)(sl_now_ms() - req->start_ms));
+    }
+    if (req->deciding) {
+        /* The store still holds a pointer: its callback frees the lease. */
+        req->orphaned = true;
+        return;
+    }
+    sl_req_free(req);
+}

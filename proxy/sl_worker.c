@@ -1,0 +1,414 @@
+/*
+ * sl_worker — one event loop per worker thread.
+ *
+ * The loop owns an epoll set holding:
+ *   - libmicrohttpd's own epoll fd (the daemon runs with external polling:
+ *     we call MHD_run() when it is readable, when its timeout expires, and
+ *     after any connection was resumed);
+ *   - every socket libcurl asks to watch (CURLMOPT_SOCKETFUNCTION), driven
+ *     with curl_multi_socket_action(); curl's timer is a deadline folded
+ *     into the epoll_wait timeout (CURLMOPT_TIMERFUNCTION);
+ *   - an eventfd the main thread writes to ask for a graceful stop;
+ *   - the sockets of suspended client connections, watched for EPOLLRDHUP,
+ *     because libmicrohttpd does not notice a client that hangs up while
+ *     its connection is suspended.
+ *
+ * Nothing blocks: a request waiting for its upstream is a suspended MHD
+ * connection plus an easy handle in the multi, nothing more.
+ *
+ * Graceful stop: the daemon is quiesced (its listening socket leaves the
+ * kernel's SO_REUSEPORT group, so new connections go to nobody and the
+ * other sockets close too), in-flight calls get `shutdown_timeout` to
+ * finish, then every remaining suspended connection is resumed and closed
+ * and the daemon stopped.
+ */
+#include "sl_proxy.h"
+
+#include "sl_log.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <netinet/in.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SL_EASY_POOL_MAX 256
+#define SL_TICK_MS 100
+
+int64_t sl_now_ms(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+/* ---- libcurl socket interface ---- */
+
+static int sl_curl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
+                             void *socketp)
+{
+    struct sl_worker *w = userp;
+    struct sl_watch *watch = socketp;
+    struct epoll_event ev = {0};
+
+    (void)easy;
+    if (what == CURL_POLL_REMOVE) {
+        if (watch != NULL) {
+            epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
+            curl_multi_assign(w->multi, s, NULL);
+            free(watch);
+        }
+        return 0;
+    }
+    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) |
+                (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (watch == NULL) {
+        watch = calloc(1, sizeof(*watch));
+        if (watch == NULL)
+            return -1;
+        watch->kind = SL_WATCH_CURL;
+        watch->fd = s;
+        watch->obj = w;
+        ev.data.ptr = watch;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
+            free(watch);
+            return -1;
+        }
+        curl_multi_assign(w->multi, s, watch);
+    } else {
+        ev.data.ptr = watch;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
+            epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev);
+    }
+    return 0;
+}
+
+static int sl_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct sl_worker *w = userp;
+
+    (void)multi;
+    w->curl_deadline_ms = timeout_ms < 0 ? -1 : sl_now_ms() + timeout_ms;
+    return 0;
+}
+
+/* Collect finished transfers. */
+static void sl_worker_curl_done(struct sl_worker *w)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
+        struct sl_request *req = NULL;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&req);
+        if (req != NULL)
+            sl_request_transfer_done(req, msg->data.result);
+    }
+}
+
+CURL *sl_worker_get_easy(struct sl_worker *w)
+{
+    if (w->npool > 0)
+        return w->easy_pool[--w->npool];
+    return curl_easy_init();
+}
+
+/* Ownership: EASY passes to the pool (it must not be in the multi). */
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy)
+{
+    if (w->npool < SL_EASY_POOL_MAX && w->easy_pool != NULL) {
+        curl_easy_reset(easy);
+        w->easy_pool[w->npool++] = easy;
+    } else {
+        curl_easy_cleanup(easy);
+    }
+}
+
+int sl_worker_watch_client(struct sl_worker *w, struct sl_watch *watch)
+{
+    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = watch};
+
+    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, watch->fd, &ev);
+}
+
+void sl_worker_unwatch_client(struct sl_worker *w, struct sl_watch *watch)
+{
+    epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
+}
+
+/* ---- listening socket ---- */
+
+static int sl_listen_socket(const struct sl_config *c)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char port[16];
+    int fd = -1, one = 1, rc;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
+    snprintf(port, sizeof(port), "%d", c->listen_port);
+    rc = getaddrinfo(c->listen_host && *c->listen_host ? c->listen_host : NULL,
+                     port, &hints, &res);
+    if (rc != 0) {
+        sl_error("listen %s: %s", c->listen, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        goto fail;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+        goto fail;
+    if (res->ai_family == AF_INET6)
+        setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+    if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
+        goto fail;
+    if (listen(fd, 1024) != 0)
+        goto fail;
+    freeaddrinfo(res);
+    return fd;
+fail:
+    sl_error("listen %s: %s", c->listen, strerror(errno));
+    if (fd >= 0)
+        close(fd);
+    freeaddrinfo(res);
+    return -1;
+}
+
+static void sl_mhd_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    size_t n;
+
+    (void)cls;
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    sl_warn("http: %s", buf);
+}
+
+int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
+{
+    const struct sl_config *c = proxy->config;
+    const union MHD_DaemonInfo *info;
+    struct epoll_event ev = {0};
+    int efd;
+
+    memset(w, 0, sizeof(*w));
+    w->id = id;
+    w->proxy = proxy;
+    w->curl_deadline_ms = -1;
+    w->epfd = epoll_create1(EPOLL_CLOEXEC);
+    w->listen_fd = -1;
+    if (w->epfd < 0)
+        return -1;
+    w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(CURL *));
+
+    w->listen_fd = sl_listen_socket(c);
+    if (w->listen_fd < 0)
+        return -1;
+    w->mhd = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
+            MHD_USE_ERROR_LOG,
+        0, NULL, NULL, sl_request_handle, w,
+        MHD_OPTION_EXTERNAL_LOGGER, sl_mhd_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, w->listen_fd,
+        MHD_OPTION_URI_LOG_CALLBACK, sl_request_uri_log, w,
+        MHD_OPTION_NOTIFY_COMPLETED, sl_request_completed, w,
+        MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
+        MHD_OPTION_CONNECTION_TIMEOUT,
+        (unsigned int)(c->client_timeout_us / 1000000),
+        MHD_OPTION_END);
+    if (w->mhd == NULL) {
+        sl_error("worker %d: cannot start the HTTP daemon", id);
+        close(w->listen_fd);
+        w->listen_fd = -1;
+        return -1;
+    }
+    info = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (info == NULL)
+        return -1;
+    w->mhd_watch.kind = SL_WATCH_MHD;
+    w->mhd_watch.fd = info->epoll_fd;
+    w->mhd_watch.obj = w;
+    ev.events = EPOLLIN;
+    ev.data.ptr = &w->mhd_watch;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, info->epoll_fd, &ev) != 0)
+        return -1;
+
+    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (efd < 0)
+        return -1;
+    w->wake_watch.kind = SL_WATCH_WAKE;
+    w->wake_watch.fd = efd;
+    w->wake_watch.obj = w;
+    ev.events = EPOLLIN;
+    ev.data.ptr = &w->wake_watch;
+    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, efd, &ev) != 0)
+        return -1;
+
+    w->multi = curl_multi_init();
+    if (w->multi == NULL)
+        return -1;
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sl_curl_socket_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, sl_curl_timer_cb);
+    curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
+    /* The keep-alive pool towards upstreams. */
+    curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 512L);
+    return 0;
+}
+
+static int sl_worker_timeout(struct sl_worker *w, int64_t now)
+{
+    int64_t t = w->next_tick_ms - now;
+    MHD_UNSIGNED_LONG_LONG mhd_ms;
+
+    if (w->mhd_kick)
+        return 0;
+    if (w->curl_deadline_ms >= 0 && w->curl_deadline_ms - now < t)
+        t = w->curl_deadline_ms - now;
+    if (w->mhd != NULL && MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES &&
+        (int64_t)mhd_ms < t)
+        t = (int64_t)mhd_ms;
+    if (w->stop && w->stop_deadline_ms - now < t)
+        t = w->stop_deadline_ms - now;
+    return t < 0 ? 0 : (int)t;
+}
+
+static void sl_worker_begin_stop(struct sl_worker *w)
+{
+    MHD_socket fd;
+
+    if (w->quiesced)
+        return;
+    w->quiesced = true;
+    w->stop_deadline_ms =
+        sl_now_ms() + w->proxy->config->shutdown_timeout_us / 1000;
+    fd = MHD_quiesce_daemon(w->mhd);
+    if (fd != MHD_INVALID_SOCKET)
+        close(fd);
+    if (w->id == 0)
+        sl_info("stopping: no new connections; %lu calls in flight on worker 0",
+                w->nrequests);
+}
+
+static void *sl_worker_main(void *arg)
+{
+    struct sl_worker *w = arg;
+    struct epoll_event evs[64];
+    int running;
+
+    w->next_tick_ms = sl_now_ms() + SL_TICK_MS;
+    for (;;) {
+        int64_t now = sl_now_ms();
+        int n = epoll_wait(w->epfd, evs, 64, sl_worker_timeout(w, now));
+        bool run_mhd = w->mhd_kick;
+
+        if (n < 0 && errno != EINTR) {
+            sl_error("worker %d: epoll_wait: %s", w->id, strerror(errno));
+            break;
+        }
+        w->mhd_kick = false;
+        for (int i = 0; i < n; i++) {
+            struct sl_watch *watch = evs[i].data.ptr;
+            uint32_t e = evs[i].events;
+            int flags = 0;
+
+            switch (watch->kind) {
+            case SL_WATCH_MHD:
+                run_mhd = true;
+                break;
+            case SL_WATCH_CURL:
+                if (e & EPOLLIN)
+                    flags |= CURL_CSELECT_IN;
+                if (e & EPOLLOUT)
+                    flags |= CURL_CSELECT_OUT;
+                if (e & (EPOLLERR | EPOLLHUP))
+                    flags |= CURL_CSELECT_ERR;
+                curl_multi_socket_action(w->multi, watch->fd, flags, &running);
+                break;
+            case SL_WATCH_WAKE: {
+                uint64_t v;
+                if (read(watch->fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
+                    sl_warn("worker %d: eventfd read: %s", w->id, strerror(errno));
+                break;
+            }
+            case SL_WATCH_CLIENT:
+                sl_request_client_gone(watch->obj);
+                run_mhd = true;
+                break;
+            }
+        }
+        now = sl_now_ms();
+        if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
+            w->curl_deadline_ms = -1;
+            curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        }
+        sl_worker_curl_done(w);
+        (void)run_mhd;
+        MHD_run(w->mhd);
+        if (now >= w->next_tick_ms) {
+            w->next_tick_ms = now + SL_TICK_MS;
+            if (w->id == 0)
+                sl_store_tick(w->proxy->store);
+        }
+        if (w->stop) {
+            sl_worker_begin_stop(w);
+            if (w->nrequests == 0 || now >= w->stop_deadline_ms)
+                break;
+        }
+    }
+    if (w->nrequests > 0)
+        sl_warn("worker %d: shutdown_timeout reached; closing %lu calls in flight",
+                w->id, w->nrequests);
+    /* Resume every held connection (MHD forbids stopping with any suspended)
+     * and let the daemon close them. */
+    sl_request_abort_all(w);
+    MHD_run(w->mhd);
+    sl_worker_curl_done(w);
+    MHD_stop_daemon(w->mhd);
+    w->mhd = NULL;
+    return NULL;
+}
+
+int sl_worker_start(struct sl_worker *w)
+{
+    return pthread_create(&w->thread, NULL, sl_worker_main, w) == 0 ? 0 : -1;
+}
+
+void sl_worker_request_stop(struct sl_worker *w)
+{
+    uint64_t one = 1;
+
+    w->stop = true;
+    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0)
+        sl_warn("worker %d: cannot wake: %s", w->id, strerror(errno));
+}
+
+void sl_worker_join(struct sl_worker *w) { pthread_join(w->thread, NULL); }
+
+void sl_worker_cleanup(struct sl_worker *w)
+{
+    if (w->mhd != NULL)
+        MHD_stop_daemon(w->mhd);
+    if (w->multi != NULL)
+        curl_multi_cleanup(w->multi);
+    for (int i = 0; i < w->npool; i++)
+        curl_easy_cleanup(w->easy_pool[i]);
+    free(w->easy_pool);
+    if (w->wake_watch.fd > 0)
+        close(w->wake_watch.fd);
+    if (w->epfd >= 0)
+        close(w->epfd);
+}
