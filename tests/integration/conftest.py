@@ -1,0 +1,36 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from harness import Sluice, Upstream  # noqa: E402
+
+
+@pytest.fixture
+def upstream():
+    up = Upstream()
+    yield up
+    up.close()
+
+
+@pytest.fixture
+def sluice():
+    """Factory: sluice(config) starts one; all are stopped (and must exit 0)."""
+    started = []
+
+    def start(config, **kw):
+        s = Sluice(config, **kw)
+        started.append(s)
+        return s
+
+    yield start
+    errors = []
+    for s in started:
+        try:
+            s.stop()
+        except AssertionError as e:
+            errors.append(str(e))
+    if errors:
+        pytest.fail("\n".join(errors))

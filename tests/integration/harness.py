@@ -1,0 +1,283 @@
+"""Test harness: a scripted upstream and a real sluice process on free ports.
+
+The upstream is a threaded HTTP/1.1 server that records every request it
+receives (arrival time, method, raw target, headers, body length and hash)
+and behaves as the request's X-Test-* headers ask:
+
+  X-Test-Status: N          answer with status N
+  X-Test-Delay: SECONDS     sleep before answering
+  X-Test-Body-Size: N       answer with N bytes (a deterministic pattern)
+  X-Test-Chunked: 1         answer with chunked transfer coding
+  X-Test-Resp-Header: H: V  add a response header (repeatable)
+
+Without X-Test-Body-Size the answer is a JSON echo of what arrived.
+"""
+import hashlib
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+SLUICE_BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pattern_bytes(n):
+    """N bytes of a fixed, non-repeating-at-64K pattern, generated in chunks."""
+    block = bytes((i * 7 + 13) % 251 for i in range(65521))
+    while n > 0:
+        piece = block[: min(n, len(block))]
+        n -= len(piece)
+        yield piece
+
+
+def pattern_sha256(n):
+    h = hashlib.sha256()
+    for piece in pattern_bytes(n):
+        h.update(piece)
+    return h.hexdigest()
+
+
+class Record:
+    def __init__(self, t, method, target, headers, body_len, body_sha, peer):
+        self.t = t
+        self.peer = peer
+        self.method = method
+        self.target = target
+        self.headers = headers
+        self.body_len = body_len
+        self.body_sha = body_sha
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt, *args):
+        pass
+
+    def _read_body(self):
+        h = hashlib.sha256()
+        n = 0
+        te = self.headers.get("Transfer-Encoding", "")
+        if "chunked" in te.lower():
+            while True:
+                line = self.rfile.readline()
+                size = int(line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    while self.rfile.readline() not in (b"\r\n", b"\n", b""):
+                        pass
+                    break
+                left = size
+                while left:
+                    piece = self.rfile.read(min(left, 65536))
+                    if not piece:
+                        raise ConnectionError("short chunk")
+                    h.update(piece)
+                    n += len(piece)
+                    left -= len(piece)
+                self.rfile.readline()
+        else:
+            left = int(self.headers.get("Content-Length", "0") or 0)
+            while left:
+                piece = self.rfile.read(min(left, 65536))
+                if not piece:
+                    raise ConnectionError("short body")
+                h.update(piece)
+                n += len(piece)
+                left -= len(piece)
+        return n, h.hexdigest()
+
+    def _handle(self):
+        up = self.server.owner
+        arrived = time.monotonic()
+        with up.lock:
+            up.active += 1
+            up.max_active = max(up.max_active, up.active)
+        try:
+            body_len, body_sha = self._read_body()
+            rec = Record(arrived, self.command, self.path, list(self.headers.items()),
+                         body_len, body_sha, self.client_address[1])
+            with up.lock:
+                up.records.append(rec)
+            delay = float(self.headers.get("X-Test-Delay", "0"))
+            if delay:
+                time.sleep(delay)
+            status = int(self.headers.get("X-Test-Status", "200"))
+            extra = self.headers.get_all("X-Test-Resp-Header") or []
+            size = self.headers.get("X-Test-Body-Size")
+            chunked = self.headers.get("X-Test-Chunked") == "1"
+            if size is None:
+                payload = json.dumps({
+                    "method": self.command,
+                    "target": self.path,
+                    "headers": [[k, v] for k, v in self.headers.items()],
+                    "body_len": body_len,
+                    "body_sha256": body_sha,
+                }).encode()
+                chunks = [payload]
+                total = len(payload)
+                ctype = "application/json"
+            else:
+                total = int(size)
+                chunks = pattern_bytes(total)
+                ctype = "application/octet-stream"
+            self.send_response(status)
+            self.send_header("Content-Type", ctype)
+            for h in extra:
+                name, _, value = h.partition(":")
+                self.send_header(name.strip(), value.strip())
+            if self.command == "HEAD" or status in (204, 304):
+                self.send_header("Content-Length", str(total))
+                self.end_headers()
+                return
+            if chunked:
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                for c in chunks:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(c), c))
+                self.wfile.write(b"0\r\n\r\n")
+            else:
+                self.send_header("Content-Length", str(total))
+                self.end_headers()
+                for c in chunks:
+                    self.wfile.write(c)
+        finally:
+            with up.lock:
+                up.active -= 1
+
+    do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
+
+
+class Upstream:
+    """A recording HTTP/1.1 upstream on a free loopback port."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.records = []
+        self.active = 0
+        self.max_active = 0
+        self.port = free_port()
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
+        self.server.daemon_threads = True
+        self.server.request_queue_size = 256
+        self.server.owner = self
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def count(self, pred=lambda r: True):
+        with self.lock:
+            return sum(1 for r in self.records if pred(r))
+
+    def times(self, pred=lambda r: True):
+        with self.lock:
+            return sorted(r.t for r in self.records if pred(r))
+
+    def reset(self):
+        with self.lock:
+            self.records = []
+            self.max_active = 0
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+class Sluice:
+    """The real sluice binary, started on a config, stopped with SIGTERM."""
+
+    def __init__(self, config, env=None, workers=None):
+        self.port = free_port()
+        config = dict(config)
+        config.setdefault("listen", "127.0.0.1:%d" % self.port)
+        if workers is not None:
+            config["workers"] = workers
+        self.dir = tempfile.mkdtemp(prefix="sluice-test-")
+        self.config_path = os.path.join(self.dir, "sluice.json")
+        with open(self.config_path, "w") as f:
+            json.dump(config, f)
+        self.log_path = os.path.join(self.dir, "sluice.log")
+        self.log = open(self.log_path, "w")
+        full_env = dict(os.environ)
+        full_env.update(env or {})
+        self.proc = subprocess.Popen([SLUICE_BIN, "-c", self.config_path],
+                                     stdout=self.log, stderr=subprocess.STDOUT,
+                                     env=full_env)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError("sluice exited early:\n" + self.read_log())
+            try:
+                socket.create_connection(("127.0.0.1", self.port), 0.2).close()
+                return
+            except OSError:
+                time.sleep(0.05)
+        self.proc.kill()
+        raise RuntimeError("sluice did not start:\n" + self.read_log())
+
+    def read_log(self):
+        self.log.flush()
+        with open(self.log_path) as f:
+            return f.read()
+
+    def conn(self, timeout=30):
+        return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
+
+    def request(self, method, path, body=None, headers=None, timeout=30):
+        """One call on a new connection: (status, headers dict, body bytes)."""
+        c = self.conn(timeout)
+        try:
+            c.request(method, path, body=body, headers=headers or {})
+            r = c.getresponse()
+            data = r.read()
+            return r.status, {k.lower(): v for k, v in r.getheaders()}, data
+        finally:
+            c.close()
+
+    def vm_hwm_kib(self):
+        with open("/proc/%d/status" % self.proc.pid) as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+        return -1
+
+    def stop(self, expect_code=0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                raise AssertionError("sluice did not stop on SIGTERM:\n" + self.read_log())
+        self.log.close()
+        code = self.proc.returncode
+        if expect_code is not None and code != expect_code:
+            raise AssertionError("sluice exited with %s:\n%s" % (code, self.read_log()))
+        return code
+
+
+def max_in_window(times, window):
+    """Largest number of times inside any half-open interval of length WINDOW."""
+    best = 0
+    j = 0
+    for i, t in enumerate(times):
+        while times[j] <= t - window:
+            j += 1
+        best = max(best, i - j + 1)
+    return best
