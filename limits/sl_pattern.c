@@ -2,16 +2,20 @@
  * sl_pattern — compile a rule's path pattern into tokens and match paths.
  *
  * A pattern is a short array of tokens (literal, star, double star,
- * capture).  Matching is a backtracking walk over tokens and path bytes;
- * patterns are written by operators and short, and the number of star
- * tokens is capped at compile time, so the worst case stays small even on
- * an adversarial 8 KiB path.  Captures are slices into the caller's path,
+ * capture).  Matching is a backtracking walk over tokens and path bytes.
+ * Backtracking alone is exponential in the number of wildcards on a
+ * hostile path, so every failure "the tokens after wildcard k cannot match
+ * from byte i" is remembered in a bitmap (at most 4 wildcards, paths of at
+ * most SL_PATTERN_MAX_PATH bytes): each (k, i) is tried once, which bounds
+ * a match at O(wildcards * len^2) bit tests in the worst case and O(len)
+ * in practice.  Captures are slices into the caller's path,
  * so matching allocates nothing and a compiled pattern is shared by all
  * worker threads read-only.
  */
 #include "sl_pattern.h"
 
 #include <ctype.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -26,6 +30,7 @@ enum sl_tok_kind {
 
 struct sl_tok {
     enum sl_tok_kind kind;
+    int star;         /* wildcard number, for SL_TOK_STAR / SL_TOK_DSTAR */
     const char *lit;  /* literal bytes (into pattern->text) */
     size_t lit_len;
     int capture;      /* capture slot for SL_TOK_CAPTURE */
@@ -40,9 +45,17 @@ struct sl_pattern {
     int bare_tail;                               /* ends in "/" then "**" */
 };
 
+#define SL_MEMO_WORDS ((SL_PATTERN_MAX_PATH + 1 + 63) / 64)
+
+/* Per-match scratch: failed (wildcard, end) pairs. */
+struct sl_memo {
+    uint64_t dead[SL_PATTERN_MAX_STARS][SL_MEMO_WORDS];
+};
+
 static int sl_match_from(const struct sl_pattern *p, size_t ti,
                          const char *s, size_t pos, size_t len,
-                         struct sl_capture *caps, int bare_tail);
+                         struct sl_capture *caps, int bare_tail,
+                         struct sl_memo *memo);
 
 void sl_pattern_free(struct sl_pattern *p)
 {
@@ -90,6 +103,7 @@ struct sl_pattern *sl_pattern_compile(const char *text, const char **error)
                 t->kind = SL_TOK_STAR;
                 i += 1;
             }
+            t->star = stars;
             if (++stars > SL_PATTERN_MAX_STARS) {
                 *error = "has more than 4 wildcards";
                 goto fail;
@@ -173,7 +187,8 @@ fail:
 /* Try to match tokens [ti..] against s[pos..len). */
 static int sl_match_from(const struct sl_pattern *p, size_t ti,
                          const char *s, size_t pos, size_t len,
-                         struct sl_capture *caps, int bare_tail)
+                         struct sl_capture *caps, int bare_tail,
+                         struct sl_memo *memo)
 {
     while (ti < p->ntoks) {
         const struct sl_tok *t = &p->toks[ti];
@@ -217,8 +232,14 @@ static int sl_match_from(const struct sl_pattern *p, size_t ti,
                 return memchr(s + pos, '/', len - pos) == NULL;
             }
             for (size_t end = pos; end <= len; end++) {
-                if (sl_match_from(p, ti + 1, s, end, len, caps, bare_tail))
-                    return 1;
+                uint64_t *word = &memo->dead[t->star][end / 64];
+                uint64_t bit = UINT64_C(1) << (end % 64);
+                if (!(*word & bit)) {
+                    if (sl_match_from(p, ti + 1, s, end, len, caps, bare_tail,
+                                      memo))
+                        return 1;
+                    *word |= bit;
+                }
                 if (end < len && s[end] == '/' && t->kind == SL_TOK_STAR)
                     return 0;
             }
@@ -232,9 +253,17 @@ static int sl_match_from(const struct sl_pattern *p, size_t ti,
 int sl_pattern_match(const struct sl_pattern *p, const char *path, size_t len,
                      struct sl_capture *captures)
 {
-    if (sl_match_from(p, 0, path, 0, len, captures, 0))
+    struct sl_memo memo;
+
+    if (len > SL_PATTERN_MAX_PATH)
+        return 0;
+    memset(&memo, 0, sizeof(memo));
+    if (sl_match_from(p, 0, path, 0, len, captures, 0, &memo))
         return 1;
-    return p->bare_tail && sl_match_from(p, 0, path, 0, len, captures, 1);
+    if (!p->bare_tail)
+        return 0;
+    memset(&memo, 0, sizeof(memo));
+    return sl_match_from(p, 0, path, 0, len, captures, 1, &memo);
 }
 
 int sl_pattern_capture_index(const struct sl_pattern *p, const char *name)

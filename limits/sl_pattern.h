@@ -13,6 +13,8 @@
 #include <stddef.h>
 
 #define SL_PATTERN_MAX_CAPTURES 8
+/* Longer paths never match (the proxy answers 414 before matching). */
+#define SL_PATTERN_MAX_PATH 8192
 
 struct sl_pattern;
 

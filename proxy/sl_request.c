@@ -41,6 +41,7 @@
 
 #include "sl_duration.h"
 #include "sl_log.h"
+#include "sl_pattern.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -185,6 +186,8 @@ static size_t sl_buf_take(struct sl_buf *b, char *dst, size_t max)
 
     if (n > max)
         n = max;
+    if (n == 0)
+        return 0;
     memcpy(dst, b->data + b->rpos, n);
     b->rpos += n;
     if (b->rpos == b->wpos)
@@ -754,6 +757,12 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
                      "sluice is a reverse proxy: the request target must be a "
                      "path starting with \"/\"", 0, "bad_request");
+        return sl_req_answer_early(req);
+    }
+    if (plen > SL_PATTERN_MAX_PATH) {
+        sl_req_error(req, MHD_HTTP_URI_TOO_LONG, "uri_too_long",
+                     "the request path is longer than 8192 bytes", 0,
+                     "bad_request");
         return sl_req_answer_early(req);
     }
     req->up = sl_route(c, req->uri, plen);

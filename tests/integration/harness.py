@@ -160,6 +160,16 @@ class _Handler(BaseHTTPRequestHandler):
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+    def handle_error(self, request, client_address):
+        # Clients that hang up mid-exchange are part of the tests; count them.
+        with self.owner.lock:
+            self.owner.errors += 1
+
+
 class Upstream:
     """A recording HTTP/1.1 upstream on a free loopback port."""
 
@@ -168,10 +178,9 @@ class Upstream:
         self.records = []
         self.active = 0
         self.max_active = 0
+        self.errors = 0
         self.port = free_port()
-        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), _Handler)
-        self.server.daemon_threads = True
-        self.server.request_queue_size = 256
+        self.server = _Server(("127.0.0.1", self.port), _Handler)
         self.server.owner = self
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -201,8 +210,8 @@ class Upstream:
 class Sluice:
     """The real sluice binary, started on a config, stopped with SIGTERM."""
 
-    def __init__(self, config, env=None, workers=None):
-        self.port = free_port()
+    def __init__(self, config, env=None, workers=None, port=None):
+        self.port = port or free_port()
         config = dict(config)
         config.setdefault("listen", "127.0.0.1:%d" % self.port)
         if workers is not None:
@@ -231,9 +240,19 @@ class Sluice:
         raise RuntimeError("sluice did not start:\n" + self.read_log())
 
     def read_log(self):
-        self.log.flush()
+        if not self.log.closed:
+            self.log.flush()
         with open(self.log_path) as f:
             return f.read()
+
+    def wait_log(self, needle, timeout=5):
+        """The log once it contains NEEDLE (lines are written at completion)."""
+        deadline = time.time() + timeout
+        while True:
+            log = self.read_log()
+            if needle in log or time.time() > deadline:
+                return log
+            time.sleep(0.02)
 
     def conn(self, timeout=30):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -249,12 +268,15 @@ class Sluice:
         finally:
             c.close()
 
-    def vm_hwm_kib(self):
+    def proc_status_kib(self, field):
         with open("/proc/%d/status" % self.proc.pid) as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1])
-        return -1
+        raise KeyError(field)
+
+    def vm_hwm_kib(self):
+        return self.proc_status_kib("VmHWM")
 
     def stop(self, expect_code=0):
         if self.proc.poll() is None:

@@ -69,9 +69,9 @@ def test_request_headers_host_and_forwarded(upstream, sluice):
         assert hop not in h
     assert h.get("connection", "keep-alive").lower() != "x-hop"
     # Secrets never reach the log.
-    log = sl.read_log()
+    log = sl.wait_log("path=/up/h ")
+    assert "path=/up/h " in log
     assert "secret-token" not in log
-    assert "/up/h" in log
 
 
 def test_status_and_response_headers_pass_through(upstream, sluice):
@@ -162,6 +162,8 @@ def test_keep_alive_on_both_sides(upstream, sluice):
 def test_50mb_bodies_both_ways_stream_in_bounded_memory(upstream, sluice):
     sl = sluice(simple(upstream))
     size = 50 * 1024 * 1024
+    assert sl.request("GET", "/up/warm")[0] == 200
+    baseline = sl.proc_status_kib("VmRSS")
     # Upload with Content-Length, streamed from a generator.
     c = sl.conn(timeout=120)
     c.putrequest("PUT", "/up/big")
@@ -190,8 +192,9 @@ def test_50mb_bodies_both_ways_stream_in_bounded_memory(upstream, sluice):
     assert got == size
     assert h.hexdigest() == pattern_sha256(size)
     c.close()
-    # Neither body was held whole: peak resident memory stays far below 50 MB.
-    assert sl.vm_hwm_kib() < 40 * 1024, sl.vm_hwm_kib()
+    # Neither body was held whole: the peak grew by far less than 50 MB.
+    growth = sl.vm_hwm_kib() - baseline
+    assert growth < 16 * 1024, (baseline, sl.vm_hwm_kib())
 
 
 def test_unknown_prefix_is_404_and_never_proxied(upstream, sluice):

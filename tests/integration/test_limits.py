@@ -195,7 +195,7 @@ def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice):
     t0 = time.monotonic()
     assert sl.request("GET", "/leads/now")[0] == 200
     assert time.monotonic() - t0 < 1.5
-    assert "client_gone" in sl.read_log()
+    assert "outcome=client_gone" in sl.wait_log("outcome=client_gone")
 
 
 def test_rolling_window_exact_under_load(upstream, sluice):

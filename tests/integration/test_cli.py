@@ -1,0 +1,173 @@
+"""The command line: --check, errors, environment overrides, signals."""
+import glob
+import json
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+from harness import ROOT, SLUICE_BIN, Sluice, free_port
+
+
+def run(args, env=None):
+    e = dict(os.environ)
+    e.update(env or {})
+    return subprocess.run([SLUICE_BIN] + args, capture_output=True, text=True,
+                          env=e, timeout=30)
+
+
+def write(text):
+    fd, path = tempfile.mkstemp(suffix=".json")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return path
+
+
+def test_version_and_help():
+    r = run(["--version"])
+    assert r.returncode == 0 and r.stdout.startswith("sluice ")
+    r = run(["--help"])
+    assert r.returncode == 0 and "--check" in r.stdout
+    r = run([])
+    assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_example_configs_are_valid():
+    examples = glob.glob(os.path.join(ROOT, "deploy", "examples", "*.json"))
+    assert len(examples) >= 3
+    for path in examples:
+        r = run(["--check", "-c", path])
+        assert r.returncode == 0, (path, r.stderr)
+        assert "valid" in r.stdout
+
+
+def test_check_lists_every_error_with_its_json_path():
+    path = write(json.dumps({
+        "listen": "nowhere",
+        "colour": "blue",
+        "upstreams": [{
+            "name": "leads", "prefix": "leads", "url": "ftp://x",
+            "on_limit": "explode",
+            "rules": [
+                {"name": "a", "limit": 10, "window": "5m"},
+                {"name": "b", "limit": 0, "window": "1s"},
+                {"name": "c", "limit": 5, "window": "5x"},
+                {"name": "d", "path": "/a/{x", "limit": 1, "window": "1s"},
+                {"name": "e", "per": "{nope}", "limit": 1, "window": "1s"},
+                {"name": "a", "concurrency": 2, "limt": 3},
+                {"name": "g", "methods": "GET", "limit": 1, "window": "1s"},
+            ],
+        }],
+    }))
+    r = run(["--check", "-c", path])
+    assert r.returncode == 1
+    err = r.stderr
+    for expected in [
+        'listen: "nowhere" is not HOST:PORT',
+        "colour: unknown key",
+        'upstreams[0].prefix: "leads" must start with "/"',
+        'upstreams[0].url: "ftp://x" must be an http:// or https:// URL',
+        'upstreams[0].on_limit: "explode" is not supported',
+        "upstreams[0].rules[1].limit: 0 must be between 1 and",
+        'upstreams[0].rules[2].window: "5x" is not a duration',
+        'upstreams[0].rules[3].path: "/a/{x" has a "{" without a closing "}"',
+        'upstreams[0].rules[4].per: "{nope}" names no capture',
+        'upstreams[0].rules[5].name: "a" is already the name of rules[0]',
+        "upstreams[0].rules[5].limt: unknown key",
+        "upstreams[0].rules[6].methods: must be a non-empty array",
+    ]:
+        assert expected in err, (expected, err)
+
+
+def test_syntax_error_names_line_and_column():
+    path = write('{\n  "upstreams": [\n    {"name": "x",, }\n  ]\n}\n')
+    r = run(["--check", "-c", path])
+    assert r.returncode == 1
+    assert "%s:3:" % path in r.stderr
+
+
+def test_missing_file_and_duplicate_keys():
+    r = run(["--check", "-c", "/nonexistent/sluice.json"])
+    assert r.returncode == 1 and "cannot open" in r.stderr
+    path = write('{"upstreams": [], "upstreams": []}')
+    r = run(["--check", "-c", path])
+    assert r.returncode == 1 and "duplicate" in r.stderr
+
+
+def test_environment_overrides(upstream):
+    port = free_port()
+    cfg = {"listen": "127.0.0.1:1", "upstreams": [
+        {"name": "up", "prefix": "/up", "url": upstream.url}]}
+    s = Sluice(cfg, env={"SLUICE_LISTEN": "127.0.0.1:%d" % port}, port=port)
+    try:
+        status, h, body = s.request("GET", "/up/x")
+        assert status == 200
+    finally:
+        s.stop()
+    r = run(["--check", "-c", write(json.dumps(cfg))],
+            env={"SLUICE_STORE": "bogus://x"})
+    assert r.returncode == 1 and "SLUICE_STORE" in r.stderr
+
+
+def test_port_in_use_is_a_clear_error(upstream):
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    port = holder.getsockname()[1]
+    path = write(json.dumps({"listen": "127.0.0.1:%d" % port, "upstreams": [
+        {"name": "up", "prefix": "/up", "url": upstream.url}]}))
+    try:
+        r = subprocess.run([SLUICE_BIN, "-c", path], capture_output=True, text=True,
+                           timeout=10)
+    finally:
+        holder.close()
+    assert r.returncode == 1
+    assert "Address already in use" in r.stderr
+
+
+def test_sigterm_finishes_calls_in_flight(upstream):
+    s = Sluice({"upstreams": [{"name": "up", "prefix": "/up", "url": upstream.url}]})
+    result = {}
+
+    def slow():
+        result["r"] = s.request("GET", "/up/slow", headers={"X-Test-Delay": "1"})
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    s.proc.send_signal(signal.SIGTERM)
+    t.join()
+    assert result["r"][0] == 200
+    assert s.stop() == 0
+    # No new connections after the stop.
+    try:
+        socket.create_connection(("127.0.0.1", s.port), 0.5).close()
+        refused = False
+    except OSError:
+        refused = True
+    assert refused
+
+
+def test_shutdown_timeout_bounds_the_drain(upstream):
+    s = Sluice({"shutdown_timeout": "500ms",
+                "upstreams": [{"name": "up", "prefix": "/up", "url": upstream.url}]})
+    result = {}
+
+    def slow():
+        try:
+            result["r"] = s.request("GET", "/up/slow", headers={"X-Test-Delay": "5"})
+        except Exception as e:  # the connection is closed on us
+            result["e"] = e
+
+    t = threading.Thread(target=slow)
+    t.start()
+    time.sleep(0.3)
+    t0 = time.monotonic()
+    s.proc.send_signal(signal.SIGTERM)
+    assert s.stop() == 0
+    assert time.monotonic() - t0 < 3
+    t.join()
+    assert "e" in result

@@ -1,0 +1,142 @@
+/* Unit tests: configuration parsing and validation messages. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "sl_config.h"
+#include "sl_duration.h"
+
+static int has_error(const struct sl_errors *e, const char *needle)
+{
+    for (size_t i = 0; i < e->count; i++)
+        if (strstr(e->lines[i], needle) != NULL)
+            return 1;
+    return 0;
+}
+
+static void test_full_example(void **state)
+{
+    const char *text =
+        "{\"listen\": \"127.0.0.1:8080\", \"store\": \"memory\", \"upstreams\": [{"
+        "\"name\": \"leads\", \"prefix\": \"/leads\", \"url\": \"https://api.leads.example/\","
+        "\"on_limit\": \"reject\", \"rules\": ["
+        "{\"name\": \"logins\", \"methods\": [\"post\"], \"path\": \"/api/v2/login\", \"limit\": 100, \"window\": \"5m\"},"
+        "{\"name\": \"per\", \"path\": \"/p/{publisher}/**\", \"per\": \"{publisher}\", \"limit\": 50, \"window\": 60},"
+        "{\"name\": \"app\", \"per\": \"header:X-App\", \"limit\": 5, \"window\": \"250ms\"},"
+        "{\"name\": \"in-flight\", \"concurrency\": 10}]}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    assert_int_equal(e.count, 0);
+    assert_int_equal(c->listen_port, 8080);
+    assert_string_equal(c->listen_host, "127.0.0.1");
+    assert_int_equal(c->nupstreams, 1);
+    const struct sl_upstream_conf *u = &c->upstreams[0];
+    assert_string_equal(u->url, "https://api.leads.example");  /* trailing '/' dropped */
+    assert_int_equal(u->prefix_len, 6);
+    assert_true(u->tls_verify);
+    assert_int_equal(u->nrules, 4);
+    assert_string_equal(u->rules[0].methods[0], "POST");
+    assert_int_equal(u->rules[0].window_us, 300 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[1].per_kind, SL_PER_CAPTURE);
+    assert_int_equal(u->rules[1].per_capture, 0);
+    assert_int_equal(u->rules[1].window_us, 60 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[2].per_kind, SL_PER_HEADER);
+    assert_string_equal(u->rules[2].per_header, "X-App");
+    assert_int_equal(u->rules[3].kind, SL_RULE_CONCURRENCY);
+    assert_int_equal(u->rules[3].limit, 10);
+    sl_config_free(c);
+}
+
+static void test_errors_carry_json_paths(void **state)
+{
+    const char *text =
+        "{\"upstreams\": [{\"name\": \"a\", \"prefix\": \"/a\", \"url\": \"http://x\","
+        "\"rules\": [{\"limit\": 1, \"window\": \"1s\"}, {\"limit\": 1, \"window\": \"1s\"},"
+        "{\"name\": \"w\", \"limit\": 5, \"window\": \"5x\"}]},"
+        "{\"name\": \"a\", \"prefix\": \"/a\", \"url\": \"http://y\"}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
+    assert_null(c);
+    assert_true(has_error(&e, "upstreams[0].rules[2].window: \"5x\" is not a duration"));
+    assert_true(has_error(&e, "upstreams[1].name: \"a\" is already the name of upstreams[0]"));
+    assert_true(has_error(&e, "upstreams[1].prefix: \"/a\" is already the prefix"));
+    assert_false(has_error(&e, "rules[1].name"));  /* default names differ */
+    sl_errors_free(&e);
+}
+
+static void test_syntax_error_position(void **state)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+    assert_int_equal(sl_config_parse("{\n\"listen\": ,\n}", "f.json", false, &c, &e), -1);
+    assert_int_equal(e.count, 1);
+    assert_true(strncmp(e.lines[0], "f.json:2:", 9) == 0);
+    sl_errors_free(&e);
+}
+
+static void test_rule_shape_errors(void **state)
+{
+    const char *text =
+        "{\"upstreams\": [{\"name\": \"a\", \"prefix\": \"/a/\", \"url\": \"http://x?q\","
+        "\"tls_verify\": \"yes\", \"rules\": ["
+        "{\"name\": \"r0\", \"limit\": 5},"
+        "{\"name\": \"r1\", \"concurrency\": 2, \"window\": \"1s\"},"
+        "{\"name\": \"r2\", \"limit\": 1.5, \"window\": \"1s\"},"
+        "{\"name\": \"r3\", \"per\": \"cookie:x\", \"limit\": 1, \"window\": \"1s\"},"
+        "{\"name\": \"bad name\", \"limit\": 1, \"window\": \"0s\"}]}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
+    assert_true(has_error(&e, "upstreams[0].prefix"));
+    assert_true(has_error(&e, "upstreams[0].url"));
+    assert_true(has_error(&e, "upstreams[0].tls_verify: \"yes\" is not true or false"));
+    assert_true(has_error(&e, "upstreams[0].rules[0]: a rule needs \"limit\" and \"window\""));
+    assert_true(has_error(&e, "upstreams[0].rules[1]: a rule has either"));
+    assert_true(has_error(&e, "upstreams[0].rules[2].limit: 1.5 is not a whole number"));
+    assert_true(has_error(&e, "upstreams[0].rules[3].per: \"cookie:x\" must be"));
+    assert_true(has_error(&e, "upstreams[0].rules[4].name"));
+    assert_true(has_error(&e, "upstreams[0].rules[4].window: \"0s\" must be more than zero"));
+    sl_errors_free(&e);
+}
+
+static void test_listen_forms(void **state)
+{
+    char *host;
+    int port;
+    (void)state;
+    assert_int_equal(sl_config_split_listen("[::1]:9000", &host, &port), 0);
+    assert_string_equal(host, "::1");
+    assert_int_equal(port, 9000);
+    free(host);
+    assert_int_equal(sl_config_split_listen(":8080", &host, &port), 0);
+    assert_string_equal(host, "");
+    free(host);
+    assert_int_equal(sl_config_split_listen("::1:80", &host, &port), -1);
+    assert_int_equal(sl_config_split_listen("host:0", &host, &port), -1);
+    assert_int_equal(sl_config_split_listen("host:99999", &host, &port), -1);
+    assert_int_equal(sl_config_split_listen("host", &host, &port), -1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_full_example),
+        cmocka_unit_test(test_errors_carry_json_paths),
+        cmocka_unit_test(test_syntax_error_position),
+        cmocka_unit_test(test_rule_shape_errors),
+        cmocka_unit_test(test_listen_forms),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

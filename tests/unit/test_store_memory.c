@@ -1,0 +1,244 @@
+/* Unit tests: the memory store's decisions, on a fake clock. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "sl_config.h"
+#include "sl_duration.h"
+#include "sl_store.h"
+
+#define S SL_USEC_PER_SEC
+
+static int64_t fake_now;
+
+static int64_t fake_clock(void *arg)
+{
+    (void)arg;
+    return fake_now;
+}
+
+struct result {
+    struct sl_decision d;
+    struct sl_lease *lease;
+    int calls;
+};
+
+static void on_decision(void *arg, const struct sl_decision *d, struct sl_lease *l)
+{
+    struct result *r = arg;
+    r->d = *d;
+    r->lease = l;
+    r->calls++;
+}
+
+struct fixture {
+    struct sl_config *config;
+    struct sl_store *store;
+};
+
+static const char *hdr_app;
+
+static const char *lookup(void *ctx, const char *name)
+{
+    (void)ctx;
+    return strcmp(name, "X-App") == 0 ? hdr_app : NULL;
+}
+
+static struct result call(struct fixture *f, const char *method, const char *path)
+{
+    struct sl_call c = {method, path, strlen(path), lookup, NULL};
+    struct sl_check chk;
+    struct result r = {0};
+
+    assert_int_equal(sl_match(&f->config->upstreams[0], &c, &chk), 0);
+    assert_int_equal(sl_store_decide(f->store, &chk, on_decision, &r), 0);
+    assert_int_equal(r.calls, 1);  /* the memory store answers at once */
+    sl_check_clear(&chk);
+    return r;
+}
+
+static int setup(void **state, const char *json)
+{
+    struct fixture *f = calloc(1, sizeof(*f));
+    struct sl_errors e = {0};
+
+    if (sl_config_parse(json, "t", false, &f->config, &e) != 0) {
+        for (size_t i = 0; i < e.count; i++)
+            print_error("%s\n", e.lines[i]);
+        return -1;
+    }
+    f->store = sl_store_memory_new(f->config, fake_clock, NULL);
+    fake_now = 1000 * S;
+    *state = f;
+    return 0;
+}
+
+static int setup_leads(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"leads\", \"prefix\": \"/l\", \"url\": \"http://x\","
+        "\"rules\": ["
+        "{\"name\": \"logins\", \"methods\": [\"POST\"], \"path\": \"/login\", \"limit\": 2, \"window\": \"1m\"},"
+        "{\"name\": \"per-pub\", \"path\": \"/pub/{p}/**\", \"per\": \"{p}\", \"limit\": 1, \"window\": \"10s\"},"
+        "{\"name\": \"per-app\", \"path\": \"/app\", \"per\": \"header:X-App\", \"limit\": 1, \"window\": \"10s\"},"
+        "{\"name\": \"all\", \"limit\": 4, \"window\": \"1m\"},"
+        "{\"name\": \"conc\", \"path\": \"/slow\", \"concurrency\": 1}]}]}");
+}
+
+static int setup_tiny(void **state)
+{
+    return setup(state,
+        "{\"memory_limit\": 65536, \"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\","
+        "\"url\": \"http://x\", \"rules\": [{\"name\": \"per\", \"per\": \"header:X-App\","
+        "\"limit\": 1, \"window\": \"10s\"}]}]}");
+}
+
+static int teardown(void **state)
+{
+    struct fixture *f = *state;
+    sl_store_destroy(f->store);
+    sl_config_free(f->config);
+    free(f);
+    return 0;
+}
+
+static void test_all_or_nothing(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "POST", "/login");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "logins");
+    assert_int_equal(r.d.wait_us, 60 * S);
+    /* The denied login took nothing from "all": two of four remain. */
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_string_equal(r.d.rule->name, "all");
+    assert_int_equal(r.d.remaining, 1);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "all");
+}
+
+static void test_longest_wait_names_the_rule(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+    fake_now += 30 * S;
+    assert_int_equal(call(f, "GET", "/a").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/a").d.verdict, SL_VERDICT_ALLOW);
+    /* Both "logins" (room in 30 s) and "all" (room in 30 s, after the
+     * first login leaves) are full; the wait is the longer. */
+    fake_now += 1 * S;
+    r = call(f, "POST", "/login");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.wait_us, 29 * S);
+    fake_now += 29 * S;
+    r = call(f, "POST", "/login");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+}
+
+static void test_per_buckets(void **state)
+{
+    struct fixture *f = *state;
+
+    assert_int_equal(call(f, "GET", "/pub/A/x").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/pub/A/y").d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(call(f, "GET", "/pub/B/y").d.verdict, SL_VERDICT_ALLOW);
+    hdr_app = "crm";
+    assert_int_equal(call(f, "GET", "/app").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/app").d.verdict, SL_VERDICT_DENY);
+    hdr_app = NULL;  /* no header: the empty value is a bucket of its own */
+    assert_int_equal(call(f, "GET", "/app").d.verdict, SL_VERDICT_ALLOW);
+    hdr_app = "billing";  /* its bucket has room, but "all" (4) is full */
+    struct result r = call(f, "GET", "/app");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "all");
+    hdr_app = NULL;
+}
+
+static void test_concurrency_leases(void **state)
+{
+    struct fixture *f = *state;
+    struct result a, b;
+
+    a = call(f, "GET", "/slow");
+    assert_int_equal(a.d.verdict, SL_VERDICT_ALLOW);
+    assert_non_null(a.lease);
+    b = call(f, "GET", "/slow");
+    assert_int_equal(b.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(b.d.rule->name, "conc");
+    assert_null(b.lease);
+    sl_store_release(f->store, a.lease);
+    b = call(f, "GET", "/slow");
+    assert_int_equal(b.d.verdict, SL_VERDICT_ALLOW);
+    sl_store_release(f->store, b.lease);
+}
+
+static void test_idle_keys_are_reclaimed(void **state)
+{
+    struct fixture *f = *state;
+    char path[64];
+
+    for (int i = 0; i < 3; i++) {
+        snprintf(path, sizeof(path), "/pub/%d/x", i);
+        call(f, "GET", path);
+    }
+    assert_true(sl_store_memory_keys(f->store) >= 4);
+    fake_now += 120 * S;
+    sl_store_tick(f->store);
+    assert_int_equal(sl_store_memory_keys(f->store), 0);
+    assert_int_equal(sl_store_memory_bytes(f->store), 0);
+}
+
+static void test_memory_bound_refuses_new_keys(void **state)
+{
+    struct fixture *f = *state;
+    char app[32];
+    int allowed = 0, unavailable = 0;
+
+    for (int i = 0; i < 2000; i++) {
+        struct result r;
+        snprintf(app, sizeof(app), "app-%d", i);
+        hdr_app = app;
+        r = call(f, "GET", "/x");
+        if (r.d.verdict == SL_VERDICT_ALLOW)
+            allowed++;
+        else if (r.d.verdict == SL_VERDICT_UNAVAILABLE)
+            unavailable++;
+    }
+    hdr_app = NULL;
+    assert_true(allowed > 100);
+    assert_true(unavailable > 0);
+    assert_true(sl_store_memory_bytes(f->store) <= 65536);
+    /* Once the windows pass, the space comes back. */
+    fake_now += 11 * S;
+    hdr_app = "late";
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    hdr_app = NULL;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_all_or_nothing, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_longest_wait_names_the_rule, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_per_buckets, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_concurrency_leases, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_idle_keys_are_reclaimed, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_memory_bound_refuses_new_keys, setup_tiny, teardown),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}

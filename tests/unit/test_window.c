@@ -1,0 +1,100 @@
+/* Unit tests: the exact sliding-log window, on a fake clock. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <cmocka.h>
+
+#include "sl_window.h"
+
+#define S 1000000   /* one second in microseconds */
+
+static void test_admits_limit_then_waits_for_oldest(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(sl_window_wait(&w, 3, 10 * S, 100 * S + i * S), 0);
+        assert_int_equal(sl_window_record(&w, 3, 100 * S + i * S), 0);
+    }
+    /* Full at t=102.5s: room when the call of t=100s leaves, at t=110s. */
+    assert_int_equal(sl_window_wait(&w, 3, 10 * S, 102 * S + S / 2), 7 * S + S / 2);
+    assert_int_equal(sl_window_remaining(&w, 3, 10 * S, 103 * S), 0);
+    /* One microsecond early: still full.  On time: room for one. */
+    assert_int_equal(sl_window_wait(&w, 3, 10 * S, 110 * S - 1), 1);
+    assert_int_equal(sl_window_wait(&w, 3, 10 * S, 110 * S), 0);
+    assert_int_equal(sl_window_remaining(&w, 3, 10 * S, 110 * S), 1);
+    assert_int_equal(sl_window_next_expiry(&w, 10 * S, 110 * S), 1 * S);
+    sl_window_free(&w);
+}
+
+/* Property: with random arrivals, no half-open interval of length W ever
+ * holds more than N admissions. */
+static void test_never_more_than_n_in_any_window(void **state)
+{
+    struct sl_window w = {0};
+    int64_t admitted[5000];
+    int n_adm = 0;
+    const uint64_t N = 7;
+    const int64_t W = 250000;
+    int64_t t = 0;
+    (void)state;
+    srand(42);
+    for (int i = 0; i < 20000 && n_adm < 5000; i++) {
+        t += rand() % 20000;
+        if (sl_window_wait(&w, N, W, t) == 0) {
+            assert_int_equal(sl_window_record(&w, N, t), 0);
+            admitted[n_adm++] = t;
+        }
+    }
+    assert_true(n_adm > 100);
+    for (int i = 0, j = 0; i < n_adm; i++) {
+        while (admitted[j] <= admitted[i] - W)
+            j++;
+        assert_true((uint64_t)(i - j + 1) <= N);
+    }
+    sl_window_free(&w);
+}
+
+static void test_undo_and_clock_step_back(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    assert_int_equal(sl_window_record(&w, 2, 50 * S), 0);
+    assert_int_equal(sl_window_record(&w, 2, 51 * S), 0);
+    sl_window_undo(&w);
+    assert_int_equal(sl_window_remaining(&w, 2, 10 * S, 52 * S), 1);
+    /* A time before the newest entry is clamped to it: order is kept. */
+    assert_int_equal(sl_window_record(&w, 2, 40 * S), 0);
+    assert_int_equal(sl_window_newest(&w), 50 * S);
+    sl_window_free(&w);
+}
+
+static void test_ring_grows_only_with_use(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    assert_int_equal(sl_window_record(&w, 100000000, 1), 0);
+    assert_true(sl_window_bytes(&w) <= 64);
+    for (int i = 0; i < 1000; i++)
+        assert_int_equal(sl_window_record(&w, 100000000, 2 + i), 0);
+    assert_true(sl_window_bytes(&w) >= 1001 * 8);
+    assert_true(sl_window_bytes(&w) <= 2048 * 8);
+    /* Entries leave the window and the log empties. */
+    sl_window_prune(&w, 10, 5000);
+    assert_int_equal(w.count, 0);
+    assert_int_equal(sl_window_newest(&w), INT64_MIN);
+    sl_window_free(&w);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_admits_limit_then_waits_for_oldest),
+        cmocka_unit_test(test_never_more_than_n_in_any_window),
+        cmocka_unit_test(test_undo_and_clock_step_back),
+        cmocka_unit_test(test_ring_grows_only_with_use),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
