@@ -45,7 +45,22 @@ enum sl_watch_kind {
 struct sl_watch {
     enum sl_watch_kind kind;
     int fd;
-    void *obj;          /* sl_worker or sl_request */
+    void *obj;          /* sl_worker or sl_conn */
+    uint32_t events;    /* SL_WATCH_CURL: events registered in epoll */
+    uint32_t wanted;    /* SL_WATCH_CURL: events libcurl asks for now */
+    bool registered;    /* SL_WATCH_CURL: present in the epoll set */
+};
+
+/*
+ * One client connection.  Its socket sits in the worker's epoll set for its
+ * whole life, edge-triggered on EPOLLRDHUP only: no event while the client
+ * behaves, one when it hangs up.  Registering once per connection (not per
+ * suspension) keeps the hot path free of epoll_ctl calls.
+ */
+struct sl_conn {
+    struct sl_watch watch;
+    bool hung_up;                 /* the client closed its side */
+    struct sl_request *req;       /* the request in progress, if any */
 };
 
 struct sl_worker {
@@ -68,6 +83,8 @@ struct sl_worker {
     unsigned long nrequests;
     CURL **easy_pool;             /* idle easy handles for reuse */
     int npool;
+    struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
+    int ncurl_fds;
 };
 
 /* sl_worker.c */
@@ -78,10 +95,12 @@ void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
 int64_t sl_now_ms(void);
 CURL *sl_worker_get_easy(struct sl_worker *w);
+/* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
+int sl_worker_close_socket(void *clientp, curl_socket_t s);
 void sl_worker_put_easy(struct sl_worker *w, CURL *easy);
-/* Watch / unwatch a client socket for hang-up while its call is held. */
-int sl_worker_watch_client(struct sl_worker *w, struct sl_watch *watch);
-void sl_worker_unwatch_client(struct sl_worker *w, struct sl_watch *watch);
+void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
+                                 void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe);
 
 /* sl_request.c: the MHD callbacks, and curl completion. */
 void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c);
@@ -93,6 +112,8 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
                           void **con_cls, enum MHD_RequestTerminationCode toe);
 void sl_request_transfer_done(struct sl_request *req, CURLcode result);
 void sl_request_client_gone(struct sl_request *req);
+/* The client of connection C hung up (from the worker's epoll). */
+void sl_request_conn_hung_up(struct sl_conn *c);
 /* Worker shutting down: resume every suspended request so it can close. */
 void sl_request_abort_all(struct sl_worker *w);
 

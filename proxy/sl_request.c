@@ -92,8 +92,7 @@ struct sl_request {
 
     bool suspended;
     enum sl_susp susp;
-    struct sl_watch client_watch;
-    bool watching;
+    struct sl_conn *sconn;            /* the connection's watch, or NULL */
     bool client_gone;
 
     struct sl_check check;            /* rules matched (owned keys) */
@@ -203,10 +202,12 @@ static void sl_buf_free(struct sl_buf *b)
 
 /* ---- suspension and hang-up watching ---- */
 
+/*
+ * Suspend the connection.  The client's socket is already watched for
+ * hang-ups (sl_conn); one that hung up before this point is handled now.
+ */
 static void sl_req_suspend(struct sl_request *req, enum sl_susp why)
 {
-    const union MHD_ConnectionInfo *ci;
-
     if (req->suspended) {
         req->susp = why;
         return;
@@ -214,23 +215,22 @@ static void sl_req_suspend(struct sl_request *req, enum sl_susp why)
     MHD_suspend_connection(req->conn);
     req->suspended = true;
     req->susp = why;
-    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CONNECTION_FD);
-    if (ci != NULL && !req->watching) {
-        req->client_watch.kind = SL_WATCH_CLIENT;
-        req->client_watch.fd = ci->connect_fd;
-        req->client_watch.obj = req;
-        req->watching = sl_worker_watch_client(req->w, &req->client_watch) == 0;
-    }
+    if (req->sconn != NULL && req->sconn->hung_up)
+        sl_request_client_gone(req);
+}
+
+void sl_request_conn_hung_up(struct sl_conn *c)
+{
+    c->hung_up = true;
+    /* A running connection notices by itself; a suspended one cannot. */
+    if (c->req != NULL && c->req->suspended)
+        sl_request_client_gone(c->req);
 }
 
 static void sl_req_resume(struct sl_request *req)
 {
     if (!req->suspended)
         return;
-    if (req->watching) {
-        sl_worker_unwatch_client(req->w, &req->client_watch);
-        req->watching = false;
-    }
     req->suspended = false;
     req->susp = SL_SUSP_NONE;
     MHD_resume_connection(req->conn);
@@ -464,9 +464,9 @@ static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
                                           const char *name, const char *value)
 {
     struct sl_hdr_ctx *ctx = cls;
-    size_t nlen = strlen(name);
+    size_t nlen = strlen(name), vlen;
     struct curl_slist *l;
-    char *line;
+    char stack[1024], *line = stack;
 
     (void)kind;
     if (sl_header_is_hop_by_hop(name, nlen) ||
@@ -477,19 +477,25 @@ static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
         return MHD_YES;
     if (strcasecmp(name, "Accept") == 0)
         ctx->has_accept = true;
-    /* curl sends "Name;" as a header with an empty value. */
-    if (value == NULL || *value == '\0') {
-        if (asprintf(&line, "%s;", name) < 0)
-            line = NULL;
-    } else if (asprintf(&line, "%s: %s", name, value) < 0) {
-        line = NULL;
+    vlen = value != NULL ? strlen(value) : 0;
+    if (nlen + vlen + 3 > sizeof(stack)) {
+        line = malloc(nlen + vlen + 3);
+        if (line == NULL) {
+            ctx->failed = true;
+            return MHD_NO;
+        }
     }
-    if (line == NULL) {
-        ctx->failed = true;
-        return MHD_NO;
+    memcpy(line, name, nlen);
+    if (vlen == 0) {
+        /* curl sends "Name;" as a header with an empty value. */
+        memcpy(line + nlen, ";", 2);
+    } else {
+        memcpy(line + nlen, ": ", 2);
+        memcpy(line + nlen + 2, value, vlen + 1);
     }
     l = curl_slist_append(ctx->req->req_headers, line);
-    free(line);
+    if (line != stack)
+        free(line);
     if (l == NULL) {
         ctx->failed = true;
         return MHD_NO;
@@ -569,9 +575,14 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
     req->hdrs_tail = &req->hdrs;
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, sl_worker_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, req->w);
     curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
     curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* Upstream traffic goes straight to the upstream: an http_proxy in the
+     * environment must not reroute it (and is not looked up per call). */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
@@ -1044,6 +1055,13 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
     req->w = w;
     req->conn = c;
     req->start_ms = sl_now_ms();
+    {
+        const union MHD_ConnectionInfo *ci =
+            MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
+        req->sconn = ci != NULL ? ci->socket_context : NULL;
+        if (req->sconn != NULL)
+            req->sconn->req = req;
+    }
     req->content_length = -1;
     req->next = w->requests;
     if (w->requests != NULL)
@@ -1121,10 +1139,9 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
     if (req == NULL)
         return;
     *con_cls = NULL;
-    if (req->watching) {
-        sl_worker_unwatch_client(w, &req->client_watch);
-        req->watching = false;
-    }
+    if (req->sconn != NULL && req->sconn->req == req)
+        req->sconn->req = NULL;
+    req->sconn = NULL;
     sl_req_abort_transfer(req);
     sl_store_release(w->proxy->store, req->lease);
     req->lease = NULL;

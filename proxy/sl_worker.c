@@ -50,43 +50,86 @@ int64_t sl_now_ms(void)
 
 /* ---- libcurl socket interface ---- */
 
+/*
+ * libcurl says which events a socket needs; it says CURL_POLL_REMOVE when a
+ * transfer ends even though the connection stays in its keep-alive pool.
+ * Removing and re-adding a pooled socket around every call would cost two
+ * epoll_ctl calls per request, so a socket stays registered until libcurl
+ * closes it (sl_worker_close_socket) or it turns readable while no
+ * transfer wants it (the upstream closed an idle connection).
+ */
+static struct sl_watch *sl_curl_watch(struct sl_worker *w, curl_socket_t s)
+{
+    if (s < 0)
+        return NULL;
+    if (s >= w->ncurl_fds) {
+        int n = w->ncurl_fds ? w->ncurl_fds : 256;
+        struct sl_watch **t;
+        while (n <= s)
+            n *= 2;
+        t = realloc(w->curl_fds, (size_t)n * sizeof(*t));
+        if (t == NULL)
+            return NULL;
+        memset(t + w->ncurl_fds, 0, (size_t)(n - w->ncurl_fds) * sizeof(*t));
+        w->curl_fds = t;
+        w->ncurl_fds = n;
+    }
+    if (w->curl_fds[s] == NULL) {
+        struct sl_watch *watch = calloc(1, sizeof(*watch));
+        if (watch == NULL)
+            return NULL;
+        watch->kind = SL_WATCH_CURL;
+        watch->fd = s;
+        watch->obj = w;
+        w->curl_fds[s] = watch;
+    }
+    return w->curl_fds[s];
+}
+
 static int sl_curl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
                              void *socketp)
 {
     struct sl_worker *w = userp;
-    struct sl_watch *watch = socketp;
+    struct sl_watch *watch = sl_curl_watch(w, s);
     struct epoll_event ev = {0};
 
     (void)easy;
+    (void)socketp;
+    if (watch == NULL)
+        return -1;
     if (what == CURL_POLL_REMOVE) {
-        if (watch != NULL) {
-            epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
-            curl_multi_assign(w->multi, s, NULL);
-            free(watch);
-        }
+        watch->wanted = 0;
         return 0;
     }
-    ev.events = (what & CURL_POLL_IN ? EPOLLIN : 0) |
-                (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (watch == NULL) {
-        watch = calloc(1, sizeof(*watch));
-        if (watch == NULL)
+    watch->wanted = (what & CURL_POLL_IN ? EPOLLIN : 0) |
+                    (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (watch->registered && watch->events == watch->wanted)
+        return 0;
+    ev.events = watch->wanted;
+    ev.data.ptr = watch;
+    if (epoll_ctl(w->epfd, watch->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s,
+                  &ev) != 0) {
+        /* The fd may have been closed and reused behind our back. */
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
+            epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
             return -1;
-        watch->kind = SL_WATCH_CURL;
-        watch->fd = s;
-        watch->obj = w;
-        ev.data.ptr = watch;
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) != 0) {
-            free(watch);
-            return -1;
-        }
-        curl_multi_assign(w->multi, s, watch);
-    } else {
-        ev.data.ptr = watch;
-        if (epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev) != 0 && errno == ENOENT)
-            epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev);
     }
+    watch->registered = true;
+    watch->events = watch->wanted;
     return 0;
+}
+
+int sl_worker_close_socket(void *clientp, curl_socket_t s)
+{
+    struct sl_worker *w = clientp;
+
+    if (s >= 0 && s < w->ncurl_fds && w->curl_fds[s] != NULL) {
+        if (w->curl_fds[s]->registered)
+            epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
+        free(w->curl_fds[s]);
+        w->curl_fds[s] = NULL;
+    }
+    return close(s);
 }
 
 static int sl_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
@@ -132,16 +175,38 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy)
     }
 }
 
-int sl_worker_watch_client(struct sl_worker *w, struct sl_watch *watch)
+void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
+                                 void **socket_context,
+                                 enum MHD_ConnectionNotificationCode toe)
 {
-    struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET, .data.ptr = watch};
+    struct sl_worker *w = cls;
+    struct sl_conn *c = *socket_context;
+    const union MHD_ConnectionInfo *ci;
 
-    return epoll_ctl(w->epfd, EPOLL_CTL_ADD, watch->fd, &ev);
-}
-
-void sl_worker_unwatch_client(struct sl_worker *w, struct sl_watch *watch)
-{
-    epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
+    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
+        struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET};
+        ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
+        c = calloc(1, sizeof(*c));
+        if (c == NULL || ci == NULL) {
+            free(c);  /* no hang-up detection for this one; still served */
+            return;
+        }
+        c->watch.kind = SL_WATCH_CLIENT;
+        c->watch.fd = ci->connect_fd;
+        c->watch.obj = c;
+        ev.data.ptr = &c->watch;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->watch.fd, &ev) != 0) {
+            free(c);
+            return;
+        }
+        *socket_context = c;
+        return;
+    }
+    if (c == NULL)
+        return;
+    epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->watch.fd, NULL);
+    free(c);
+    *socket_context = NULL;
 }
 
 /* ---- listening socket ---- */
@@ -218,13 +283,14 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->listen_fd < 0)
         return -1;
     w->mhd = MHD_start_daemon(
-        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_SUPPRESS_DATE_NO_CLOCK |
-            MHD_USE_ERROR_LOG,
+        MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME |
+            MHD_USE_SUPPRESS_DATE_NO_CLOCK | MHD_USE_ERROR_LOG,
         0, NULL, NULL, sl_request_handle, w,
         MHD_OPTION_EXTERNAL_LOGGER, sl_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, w->listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, sl_request_uri_log, w,
         MHD_OPTION_NOTIFY_COMPLETED, sl_request_completed, w,
+        MHD_OPTION_NOTIFY_CONNECTION, sl_worker_notify_connection, w,
         MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)(c->client_timeout_us / 1000000),
@@ -330,6 +396,13 @@ static void *sl_worker_main(void *arg)
                 run_mhd = true;
                 break;
             case SL_WATCH_CURL:
+                if (watch->wanted == 0) {
+                    /* An idle pooled connection stirred (closed by the
+                     * upstream): stop watching until libcurl asks again. */
+                    epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
+                    watch->registered = false;
+                    break;
+                }
                 if (e & EPOLLIN)
                     flags |= CURL_CSELECT_IN;
                 if (e & EPOLLOUT)
@@ -345,19 +418,41 @@ static void *sl_worker_main(void *arg)
                 break;
             }
             case SL_WATCH_CLIENT:
-                sl_request_client_gone(watch->obj);
-                run_mhd = true;
+                sl_request_conn_hung_up(watch->obj);
                 break;
             }
         }
-        now = sl_now_ms();
-        if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
-            w->curl_deadline_ms = -1;
-            curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+        /* Work that is due now (curl's zero timer after a new transfer, a
+         * resumed MHD connection) is done in this pass, not after another
+         * epoll_wait: a call crosses the loop fewer times. */
+        for (int round = 0; round < 8; round++) {
+            bool progress = false;
+
+            now = sl_now_ms();
+            if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
+                w->curl_deadline_ms = -1;
+                curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0,
+                                         &running);
+                progress = true;
+            }
+            sl_worker_curl_done(w);
+            /* MHD keeps connections with pending work on an internal
+             * ready list that neither its epoll fd nor MHD_get_timeout()
+             * reflects: run it on the first round of every pass, and again
+             * whenever a connection was resumed. */
+            if (round == 0 || run_mhd || w->mhd_kick || w->stop) {
+                run_mhd = false;
+                w->mhd_kick = false;
+                MHD_run(w->mhd);
+                progress = true;
+            }
+            /* Go round again only for work that is due right now. */
+            now = sl_now_ms();
+            if (!progress || w->stop ||
+                !(w->mhd_kick ||
+                  (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
+                break;
         }
-        sl_worker_curl_done(w);
-        (void)run_mhd;
-        MHD_run(w->mhd);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
             if (w->id == 0)
@@ -404,6 +499,9 @@ void sl_worker_cleanup(struct sl_worker *w)
         MHD_stop_daemon(w->mhd);
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
+    for (int i = 0; i < w->ncurl_fds; i++)
+        free(w->curl_fds[i]);
+    free(w->curl_fds);
     for (int i = 0; i < w->npool; i++)
         curl_easy_cleanup(w->easy_pool[i]);
     free(w->easy_pool);
