@@ -82,6 +82,7 @@ struct sl_worker {
     struct sl_request *requests;  /* live requests (list head) */
     unsigned long nrequests;
     CURL **easy_pool;             /* idle easy handles for reuse */
+    size_t *easy_pool_up;         /* the upstream each was last used for */
     int npool;
     struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
     int ncurl_fds;
@@ -94,10 +95,10 @@ void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
 int64_t sl_now_ms(void);
-CURL *sl_worker_get_easy(struct sl_worker *w);
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);
-void sl_worker_put_easy(struct sl_worker *w, CURL *easy);
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream);
 void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
                                  void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe);

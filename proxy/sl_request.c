@@ -409,7 +409,7 @@ static void sl_req_abort_transfer(struct sl_request *req)
     if (req->easy == NULL)
         return;
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy);
+    sl_worker_put_easy(req->w, req->easy, req->up->index);
     req->easy = NULL;
     req->xfer_done = true;
     req->result = CURLE_ABORTED_BY_CALLBACK;
@@ -420,7 +420,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     char msg[CURL_ERROR_SIZE + 128];
 
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy);
+    sl_worker_put_easy(req->w, req->easy, req->up->index);
     req->easy = NULL;
     req->xfer_done = true;
     req->result = result;
@@ -567,7 +567,7 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
 
     if (sl_req_build_headers(req) != 0)
         return -1;
-    e = sl_worker_get_easy(req->w);
+    e = sl_worker_get_easy(req->w, up->index);
     if (e == NULL)
         return -1;
     req->easy = e;
@@ -594,8 +594,7 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
     curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
     curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
                      (long)(up->connect_timeout_us / 1000));
-    if (up->timeout_us > 0)
-        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
     if (up->ca_file != NULL)
@@ -605,6 +604,10 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
     te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
                                      "Transfer-Encoding");
     req->has_body = cl != NULL || te != NULL;
+    /* The handle may come from the pool: restate the method from scratch
+     * (HTTPGET clears UPLOAD and NOBODY). */
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (char *)NULL);
     if (strcmp(req->method, "HEAD") == 0) {
         curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
     } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
@@ -621,7 +624,7 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
         req->up_done = true;
     }
     if (curl_multi_add_handle(req->w->multi, e) != CURLM_OK) {
-        sl_worker_put_easy(req->w, e);
+        sl_worker_put_easy(req->w, e, up->index);
         req->easy = NULL;
         return -1;
     }

@@ -157,18 +157,30 @@ static void sl_worker_curl_done(struct sl_worker *w)
     }
 }
 
-CURL *sl_worker_get_easy(struct sl_worker *w)
+/*
+ * Easy handles are reused without curl_easy_reset(), which would rebuild
+ * the handle's state on every call: a handle last used for the same
+ * upstream has every option that varies per call set again by the caller
+ * (sl_req_start_transfer); one from another upstream (other TLS settings)
+ * is reset first.
+ */
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream)
 {
-    if (w->npool > 0)
-        return w->easy_pool[--w->npool];
-    return curl_easy_init();
+    CURL *e;
+
+    if (w->npool == 0)
+        return curl_easy_init();
+    e = w->easy_pool[--w->npool];
+    if (w->easy_pool_up[w->npool] != upstream)
+        curl_easy_reset(e);
+    return e;
 }
 
 /* Ownership: EASY passes to the pool (it must not be in the multi). */
-void sl_worker_put_easy(struct sl_worker *w, CURL *easy)
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream)
 {
     if (w->npool < SL_EASY_POOL_MAX && w->easy_pool != NULL) {
-        curl_easy_reset(easy);
+        w->easy_pool_up[w->npool] = upstream;
         w->easy_pool[w->npool++] = easy;
     } else {
         curl_easy_cleanup(easy);
@@ -278,6 +290,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->epfd < 0)
         return -1;
     w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(CURL *));
+    w->easy_pool_up = calloc(SL_EASY_POOL_MAX, sizeof(size_t));
+    if (w->easy_pool == NULL || w->easy_pool_up == NULL)
+        return -1;
 
     w->listen_fd = sl_listen_socket(c);
     if (w->listen_fd < 0)
@@ -505,6 +520,7 @@ void sl_worker_cleanup(struct sl_worker *w)
     for (int i = 0; i < w->npool; i++)
         curl_easy_cleanup(w->easy_pool[i]);
     free(w->easy_pool);
+    free(w->easy_pool_up);
     if (w->wake_watch.fd > 0)
         close(w->wake_watch.fd);
     if (w->epfd >= 0)
