@@ -143,7 +143,7 @@ awk '
                    p50[n] - p50["direct"], p99[n] - p99["direct"], rps[n] / rps["nginx"], bad[n]
         }
     }' "$TMP/results"
-if grep -q "error" "$TMP/sluice.log"; then
-    echo "sluice logged errors:" >&2
+if grep -Eq "Z (warn|error) " "$TMP/sluice.log"; then
+    echo "sluice logged warnings or errors:" >&2
     cat "$TMP/sluice.log" >&2
 fi

@@ -271,6 +271,12 @@ static void sl_mhd_log(void *cls, const char *fmt, va_list ap)
     n = strlen(buf);
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         buf[--n] = '\0';
+    /* MHD's words for a connection sluice closed on purpose (its client
+     * left mid-call, or shutdown): the access log already says so. */
+    if (strstr(buf, "Application reported internal error") != NULL) {
+        sl_debug("http: %s", buf);
+        return;
+    }
     sl_warn("http: %s", buf);
 }
 
