@@ -492,10 +492,103 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     }
 }
 
+static char *sl_pct_decode(const char *s, size_t len)
+{
+    char *out = malloc(len + 1), *o = out;
+
+    if (out == NULL)
+        return NULL;
+    for (size_t i = 0; i < len; i++) {
+        if (s[i] == '%' && i + 2 < len &&
+            isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
+            char hex[3] = {s[i + 1], s[i + 2], 0};
+            *o++ = (char)strtol(hex, NULL, 16);
+            i += 2;
+        } else {
+            *o++ = s[i];
+        }
+    }
+    *o = '\0';
+    return out;
+}
+
+int sl_config_parse_redis_url(const char *url, struct sl_config *c,
+                              const char **why)
+{
+    const char *p, *at, *slash, *host, *colon;
+    size_t hlen;
+    char *end;
+    long v;
+
+    if (strncmp(url, "rediss://", 9) == 0) {
+        *why = "TLS to Redis (rediss://) is not supported: the hiredis 0.14 "
+               "library sluice is built on has no TLS; use redis:// on a "
+               "private network or a local TLS tunnel (e.g. stunnel)";
+        return -1;
+    }
+    if (strncmp(url, "redis://", 8) != 0) {
+        *why = "is not a store: use \"memory\" or \"redis://[:password@]host:port[/db]\"";
+        return -1;
+    }
+    p = url + 8;
+    slash = strchr(p, '/');
+    at = memchr(p, '@', slash ? (size_t)(slash - p) : strlen(p));
+    if (at != NULL) {
+        const char *cred_colon = memchr(p, ':', (size_t)(at - p));
+        if (cred_colon == NULL) {
+            *why = "has credentials without a ':' (write redis://:password@host or "
+                   "redis://user:password@host)";
+            return -1;
+        }
+        if (cred_colon > p)
+            c->redis_user = sl_pct_decode(p, (size_t)(cred_colon - p));
+        c->redis_password = sl_pct_decode(cred_colon + 1, (size_t)(at - cred_colon - 1));
+        p = at + 1;
+    }
+    host = p;
+    hlen = slash ? (size_t)(slash - p) : strlen(p);
+    c->redis_port = 6379;
+    if (hlen > 0 && host[0] == '[') {
+        const char *close = memchr(host, ']', hlen);
+        if (close == NULL) {
+            *why = "has an unclosed IPv6 address";
+            return -1;
+        }
+        c->redis_host = strndup(host + 1, (size_t)(close - host - 1));
+        colon = close + 1 < host + hlen && close[1] == ':' ? close + 1 : NULL;
+    } else {
+        colon = memchr(host, ':', hlen);
+        c->redis_host = strndup(host, colon ? (size_t)(colon - host) : hlen);
+    }
+    if (c->redis_host == NULL || c->redis_host[0] == '\0') {
+        *why = "has no host";
+        return -1;
+    }
+    if (colon != NULL) {
+        v = strtol(colon + 1, &end, 10);
+        if (end != host + hlen || v < 1 || v > 65535) {
+            *why = "has a port that is not a number from 1 to 65535";
+            return -1;
+        }
+        c->redis_port = (int)v;
+    }
+    if (slash != NULL && slash[1] != '\0') {
+        v = strtol(slash + 1, &end, 10);
+        if (*end != '\0' || v < 0 || v > 1000000) {
+            *why = "has a database that is not a number (redis://host:port/0)";
+            return -1;
+        }
+        c->redis_db = (int)v;
+    }
+    return 0;
+}
+
 static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                           struct sl_errors *errs)
 {
-    static const char *const keys[] = {"listen", "store", "memory_limit", "workers",
+    static const char *const keys[] = {"listen", "store", "store_prefix",
+                                       "on_store_error", "store_timeout",
+                                       "concurrency_lease", "memory_limit", "workers",
                                        "access_log", "shutdown_timeout",
                                        "client_timeout", "max_connections",
                                        "upstreams", NULL};
@@ -535,10 +628,58 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     if (env != NULL && *env)
         s = env;
     c->store = strdup(s);
-    if (strcmp(s, "memory") != 0)
-        sl_errors_add(errs, "store%s: \"%s\" is not a store this version "
-                      "supports (use \"memory\")",
-                      env && *env ? " (from SLUICE_STORE)" : "", s);
+    if (strcmp(s, "memory") == 0) {
+        c->store_kind = SL_STORE_MEMORY;
+    } else {
+        const char *why = NULL;
+        c->store_kind = SL_STORE_REDIS;
+        if (sl_config_parse_redis_url(s, c, &why) != 0) {
+            /* Never echo a URL that may hold a password. */
+            sl_errors_add(errs, "store%s: %s", env && *env ? " (from SLUICE_STORE)" : "",
+                          why);
+            if (strncmp(s, "redis", 5) != 0)
+                sl_errors_add(errs, "store: \"%.40s\" is neither \"memory\" nor a "
+                              "redis:// URL", s);
+        }
+    }
+
+    c->store_prefix = strdup("sluice:");
+    v = json_object_get(root, "store_prefix");
+    if (v != NULL && sl_get_string(v, "store_prefix", &s, errs) == 0) {
+        if (strpbrk(s, "{}") != NULL || strlen(s) > 64)
+            sl_errors_add(errs, "store_prefix: \"%s\" must be at most 64 "
+                          "characters without '{' or '}' (sluice adds its own "
+                          "hash tags)", s);
+        else {
+            free(c->store_prefix);
+            c->store_prefix = strdup(s);
+        }
+    }
+    c->on_store_error = SL_STORE_ERROR_LOCAL;
+    v = json_object_get(root, "on_store_error");
+    if (v != NULL && sl_get_string(v, "on_store_error", &s, errs) == 0) {
+        if (strcmp(s, "local") == 0)
+            c->on_store_error = SL_STORE_ERROR_LOCAL;
+        else if (strcmp(s, "deny") == 0)
+            c->on_store_error = SL_STORE_ERROR_DENY;
+        else if (strcmp(s, "allow") == 0)
+            c->on_store_error = SL_STORE_ERROR_ALLOW;
+        else
+            sl_errors_add(errs, "on_store_error: \"%s\" must be \"local\", "
+                          "\"deny\" or \"allow\"", s);
+    }
+    c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
+    v = json_object_get(root, "store_timeout");
+    if (v != NULL &&
+        sl_get_duration(v, "store_timeout", 0, &c->store_timeout_us, errs) == 0 &&
+        c->store_timeout_us < SL_USEC_PER_MSEC)
+        sl_errors_add(errs, "store_timeout: must be at least 1ms");
+    c->lease_ttl_us = 10 * SL_USEC_PER_SEC;
+    v = json_object_get(root, "concurrency_lease");
+    if (v != NULL &&
+        sl_get_duration(v, "concurrency_lease", 0, &c->lease_ttl_us, errs) == 0 &&
+        c->lease_ttl_us < 300 * SL_USEC_PER_MSEC)
+        sl_errors_add(errs, "concurrency_lease: must be at least 300ms");
 
     v = json_object_get(root, "memory_limit");
     if (v != NULL) {
@@ -711,5 +852,9 @@ void sl_config_free(struct sl_config *c)
     free(c->listen);
     free(c->listen_host);
     free(c->store);
+    free(c->redis_host);
+    free(c->redis_user);
+    free(c->redis_password);
+    free(c->store_prefix);
     free(c);
 }

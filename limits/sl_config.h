@@ -30,6 +30,18 @@ enum sl_on_limit {
     SL_ON_LIMIT_REJECT,
 };
 
+enum sl_store_kind {
+    SL_STORE_MEMORY,
+    SL_STORE_REDIS,
+};
+
+/* What a call gets while the shared store cannot answer. */
+enum sl_on_store_error {
+    SL_STORE_ERROR_LOCAL,   /* the same rules, enforced per instance */
+    SL_STORE_ERROR_DENY,    /* 503 */
+    SL_STORE_ERROR_ALLOW,   /* forwarded, uncounted */
+};
+
 struct sl_rule {
     char *name;
     size_t index;                 /* position in its upstream's rules */
@@ -64,7 +76,17 @@ struct sl_config {
     char *listen;                 /* "host:port" as written */
     char *listen_host;            /* NULL or "" = all addresses */
     int listen_port;
-    char *store;                  /* "memory" */
+    char *store;                  /* as written: "memory", "redis://..." */
+    enum sl_store_kind store_kind;
+    char *redis_host;             /* SL_STORE_REDIS: host name or address */
+    int redis_port;
+    char *redis_user;             /* NULL: AUTH with the password only */
+    char *redis_password;         /* NULL: no AUTH */
+    int redis_db;
+    char *store_prefix;           /* key prefix, default "sluice:" */
+    enum sl_on_store_error on_store_error;
+    int64_t store_timeout_us;     /* one Redis round trip, at most */
+    int64_t lease_ttl_us;         /* concurrency lease life without renewal */
     uint64_t memory_limit;        /* bytes of limit state, memory store */
     int workers;                  /* 0 = one per CPU */
     bool access_log;
@@ -99,6 +121,13 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
                     struct sl_config **out, struct sl_errors *errs);
 
 void sl_config_free(struct sl_config *config);
+
+/*
+ * Parse "redis://[[user]:password@]host[:port][/db]" into C (redis_* fields).
+ * Returns 0, or -1 with a sentence in *why.
+ */
+int sl_config_parse_redis_url(const char *url, struct sl_config *c,
+                              const char **why);
 
 /* Split "host:port", "[v6]:port" or ":port".  Returns 0 or -1. */
 int sl_config_split_listen(const char *text, char **host, int *port);

@@ -18,6 +18,7 @@
 #ifndef SL_STORE_H
 #define SL_STORE_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -72,6 +73,9 @@ struct sl_store_ops {
                   sl_decide_cb cb, void *arg);
     void (*release)(struct sl_store *store, struct sl_lease *lease);
     void (*tick)(struct sl_store *store);
+    /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
+     * May be NULL (no timers). */
+    int64_t (*timers)(struct sl_store *store, int64_t now_ms);
     void (*destroy)(struct sl_store *store);
 };
 
@@ -94,6 +98,11 @@ static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
 
 /* Housekeeping (reclaiming idle state); call about ten times a second. */
 static inline void sl_store_tick(struct sl_store *s) { s->ops->tick(s); }
+
+static inline int64_t sl_store_timers(struct sl_store *s, int64_t now_ms)
+{
+    return s->ops->timers != NULL ? s->ops->timers(s, now_ms) : -1;
+}
 
 static inline void sl_store_destroy(struct sl_store *s)
 {
@@ -136,6 +145,29 @@ int64_t sl_clock_monotonic(void *arg);
  */
 struct sl_store *sl_store_memory_new(const struct sl_config *config,
                                      sl_clock_fn clock, void *clock_arg);
+
+/* ---- Redis store ---- */
+
+/* The worker's event loop, as a store sees it. */
+typedef void (*sl_io_cb)(void *arg, bool readable, bool writable);
+
+struct sl_loop {
+    void *ctx;
+    /* Watch FD (add, or change interest).  Returns 0 or -1. */
+    int (*watch)(void *ctx, int fd, bool want_read, bool want_write,
+                 sl_io_cb cb, void *arg);
+    void (*unwatch)(void *ctx, int fd);
+};
+
+/*
+ * A Redis store for one worker: its own connection, driven by LOOP, used
+ * only from that worker's thread.  LOCAL (may be NULL) is the memory store
+ * used while Redis is unreachable with on_store_error "local"; it is shared
+ * and not owned.  Connecting starts at the first sl_store_timers() call.
+ */
+struct sl_store *sl_store_redis_new(const struct sl_config *config,
+                                    struct sl_store *local,
+                                    const struct sl_loop *loop, int worker_id);
 
 /* Bytes of limit state held now (for tests and stats). */
 uint64_t sl_store_memory_bytes(struct sl_store *store);

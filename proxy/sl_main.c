@@ -114,8 +114,8 @@ int main(int argc, char **argv)
         goto out;
     }
     proxy.config = config;
-    proxy.store = sl_store_memory_new(config, NULL, NULL);
-    if (proxy.store == NULL) {
+    proxy.memory = sl_store_memory_new(config, NULL, NULL);
+    if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");
         goto out;
     }
@@ -138,10 +138,19 @@ int main(int argc, char **argv)
         }
         started++;
     }
-    sl_info("sluice %s listening on %s with %d worker%s, store %s, %zu upstream%s",
-            SLUICE_VERSION, config->listen, proxy.nworkers,
-            proxy.nworkers == 1 ? "" : "s", config->store, config->nupstreams,
-            config->nupstreams == 1 ? "" : "s");
+    if (config->store_kind == SL_STORE_REDIS)
+        sl_info("sluice %s listening on %s with %d worker%s, store redis %s:%d "
+                "(db %d, prefix \"%s\"), %zu upstream%s",
+                SLUICE_VERSION, config->listen, proxy.nworkers,
+                proxy.nworkers == 1 ? "" : "s", config->redis_host,
+                config->redis_port, config->redis_db, config->store_prefix,
+                config->nupstreams, config->nupstreams == 1 ? "" : "s");
+    else
+        sl_info("sluice %s listening on %s with %d worker%s, store memory, "
+                "%zu upstream%s",
+                SLUICE_VERSION, config->listen, proxy.nworkers,
+                proxy.nworkers == 1 ? "" : "s", config->nupstreams,
+                config->nupstreams == 1 ? "" : "s");
     for (;;) {
         if (sigwait(&sigs, &sig) != 0)
             continue;
@@ -165,7 +174,7 @@ stop:
         sl_info("stopped");
 out:
     free(proxy.workers);
-    sl_store_destroy(proxy.store);
+    sl_store_destroy(proxy.memory);
     sl_config_free(config);
     curl_global_cleanup();
     return rc;

@@ -29,7 +29,9 @@ struct sl_request;
 /* The process: config and store, shared read-only by workers. */
 struct sl_proxy {
     const struct sl_config *config;
-    struct sl_store *store;
+    /* The memory store: the store itself with "store": "memory", the local
+     * fallback with Redis.  Shared by all workers. */
+    struct sl_store *memory;
     struct sl_worker *workers;    /* owned array */
     int nworkers;
 };
@@ -39,7 +41,9 @@ enum sl_watch_kind {
     SL_WATCH_MHD,       /* the daemon's own epoll fd */
     SL_WATCH_CURL,      /* a socket libcurl asked us to watch */
     SL_WATCH_WAKE,      /* the worker's eventfd (stop requests) */
-    SL_WATCH_CLIENT,    /* a suspended client's socket, for hang-ups */
+    SL_WATCH_CLIENT,    /* a client's socket, for hang-ups */
+    SL_WATCH_STORE,     /* the store's connection (Redis) */
+    SL_WATCH_DEAD,      /* retired this pass; freed after the event batch */
 };
 
 struct sl_watch {
@@ -48,7 +52,10 @@ struct sl_watch {
     void *obj;          /* sl_worker or sl_conn */
     uint32_t events;    /* SL_WATCH_CURL: events registered in epoll */
     uint32_t wanted;    /* SL_WATCH_CURL: events libcurl asks for now */
-    bool registered;    /* SL_WATCH_CURL: present in the epoll set */
+    bool registered;    /* SL_WATCH_CURL/STORE: present in the epoll set */
+    sl_io_cb io_cb;     /* SL_WATCH_STORE: the store's handler */
+    void *io_arg;
+    struct sl_watch *next_dead;   /* SL_WATCH_DEAD: the retired list */
 };
 
 /*
@@ -58,7 +65,7 @@ struct sl_watch {
  * suspension) keeps the hot path free of epoll_ctl calls.
  */
 struct sl_conn {
-    struct sl_watch watch;
+    struct sl_watch watch;        /* first member: freed through it */
     bool hung_up;                 /* the client closed its side */
     struct sl_request *req;       /* the request in progress, if any */
 };
@@ -66,6 +73,8 @@ struct sl_conn {
 struct sl_worker {
     int id;
     struct sl_proxy *proxy;
+    struct sl_store *store;       /* this worker's view of the limit store */
+    struct sl_watch store_watch;  /* the store's socket, if it has one */
     pthread_t thread;
     int epfd;
     int listen_fd;                /* handed to MHD, which closes it */
@@ -74,6 +83,7 @@ struct sl_worker {
     struct sl_watch wake_watch;
     CURLM *multi;
     int64_t curl_deadline_ms;     /* -1: no curl timer armed */
+    int64_t store_deadline_ms;    /* -1: no store timer armed */
     bool mhd_kick;                /* a connection was resumed: run MHD now */
     _Atomic bool stop;            /* set by the main thread */
     bool quiesced;
@@ -85,6 +95,7 @@ struct sl_worker {
     size_t *easy_pool_up;         /* the upstream each was last used for */
     int npool;
     struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
+    struct sl_watch *dead;        /* retired watches, freed after a batch */
     int ncurl_fds;
 };
 

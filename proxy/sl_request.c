@@ -817,7 +817,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
         goto oom;
 
     req->deciding = true;
-    if (sl_store_decide(req->w->proxy->store, &req->check, sl_req_decided, req)
+    if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
         != 0) {
         req->deciding = false;
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
@@ -854,7 +854,7 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
     req->decision = *d;
     if (req->orphaned) {
         /* MHD finished with the connection while the store was deciding. */
-        sl_store_release(req->w->proxy->store, req->lease);
+        sl_store_release(req->w->store, req->lease);
         req->lease = NULL;
         sl_req_free(req);
         return;
@@ -1146,7 +1146,7 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
         req->sconn->req = NULL;
     req->sconn = NULL;
     sl_req_abort_transfer(req);
-    sl_store_release(w->proxy->store, req->lease);
+    sl_store_release(w->store, req->lease);
     req->lease = NULL;
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
         strcmp(req->outcome, "forwarded") == 0)

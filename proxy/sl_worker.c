@@ -124,9 +124,14 @@ int sl_worker_close_socket(void *clientp, curl_socket_t s)
     struct sl_worker *w = clientp;
 
     if (s >= 0 && s < w->ncurl_fds && w->curl_fds[s] != NULL) {
-        if (w->curl_fds[s]->registered)
+        struct sl_watch *watch = w->curl_fds[s];
+        if (watch->registered)
             epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
-        free(w->curl_fds[s]);
+        /* Events of the batch being dispatched may still point at it:
+         * retire it, free it once the batch is done. */
+        watch->kind = SL_WATCH_DEAD;
+        watch->next_dead = w->dead;
+        w->dead = watch;
         w->curl_fds[s] = NULL;
     }
     return close(s);
@@ -217,8 +222,53 @@ void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
     if (c == NULL)
         return;
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->watch.fd, NULL);
-    free(c);
+    /* The watch is the connection's first member: retiring it frees C
+     * after the current event batch, never under a pending event. */
+    c->watch.kind = SL_WATCH_DEAD;
+    c->watch.next_dead = w->dead;
+    w->dead = &c->watch;
     *socket_context = NULL;
+}
+
+/* ---- the event loop as the store sees it ---- */
+
+static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
+                         sl_io_cb cb, void *arg)
+{
+    struct sl_worker *w = ctx;
+    struct sl_watch *watch = &w->store_watch;
+    struct epoll_event ev = {0};
+    int op;
+
+    /* A new socket (reconnection) replaces the old registration. */
+    if (watch->registered && watch->fd != fd) {
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
+        watch->registered = false;
+    }
+    watch->kind = SL_WATCH_STORE;
+    watch->fd = fd;
+    watch->obj = w;
+    watch->io_cb = cb;
+    watch->io_arg = arg;
+    ev.events = (want_read ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0);
+    ev.data.ptr = watch;
+    op = watch->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    if (epoll_ctl(w->epfd, op, fd, &ev) != 0 &&
+        epoll_ctl(w->epfd, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
+                  &ev) != 0)
+        return -1;
+    watch->registered = true;
+    return 0;
+}
+
+static void sl_loop_unwatch(void *ctx, int fd)
+{
+    struct sl_worker *w = ctx;
+
+    if (w->store_watch.registered && w->store_watch.fd == fd) {
+        epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
+        w->store_watch.registered = false;
+    }
 }
 
 /* ---- listening socket ---- */
@@ -291,6 +341,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->id = id;
     w->proxy = proxy;
     w->curl_deadline_ms = -1;
+    w->store_deadline_ms = -1;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->listen_fd = -1;
     if (w->epfd < 0)
@@ -347,6 +398,14 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->multi = curl_multi_init();
     if (w->multi == NULL)
         return -1;
+    if (c->store_kind == SL_STORE_REDIS) {
+        struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch};
+        w->store = sl_store_redis_new(c, proxy->memory, &loop, id);
+        if (w->store == NULL)
+            return -1;
+    } else {
+        w->store = proxy->memory;
+    }
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETFUNCTION, sl_curl_socket_cb);
     curl_multi_setopt(w->multi, CURLMOPT_SOCKETDATA, w);
     curl_multi_setopt(w->multi, CURLMOPT_TIMERFUNCTION, sl_curl_timer_cb);
@@ -370,6 +429,8 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         t = (int64_t)mhd_ms;
     if (w->stop && w->stop_deadline_ms - now < t)
         t = w->stop_deadline_ms - now;
+    if (w->store_deadline_ms >= 0 && w->store_deadline_ms - now < t)
+        t = w->store_deadline_ms - now;
     return t < 0 ? 0 : (int)t;
 }
 
@@ -388,6 +449,15 @@ static void sl_worker_begin_stop(struct sl_worker *w)
     if (w->id == 0)
         sl_info("stopping: no new connections; %lu calls in flight on worker 0",
                 w->nrequests);
+}
+
+static void sl_worker_free_dead(struct sl_worker *w)
+{
+    while (w->dead != NULL) {
+        struct sl_watch *d = w->dead;
+        w->dead = d->next_dead;
+        free(d);
+    }
 }
 
 static void *sl_worker_main(void *arg)
@@ -441,8 +511,15 @@ static void *sl_worker_main(void *arg)
             case SL_WATCH_CLIENT:
                 sl_request_conn_hung_up(watch->obj);
                 break;
+            case SL_WATCH_STORE:
+                watch->io_cb(watch->io_arg, (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0,
+                             (e & EPOLLOUT) != 0);
+                break;
+            case SL_WATCH_DEAD:
+                break;  /* its socket was closed earlier in this batch */
             }
         }
+        sl_worker_free_dead(w);
         /* Work that is due now (curl's zero timer after a new transfer, a
          * resumed MHD connection) is done in this pass, not after another
          * epoll_wait: a call crosses the loop fewer times. */
@@ -474,10 +551,11 @@ static void *sl_worker_main(void *arg)
                   (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
                 break;
         }
+        w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
             if (w->id == 0)
-                sl_store_tick(w->proxy->store);
+                sl_store_tick(w->proxy->memory);
         }
         if (w->stop) {
             sl_worker_begin_stop(w);
@@ -495,6 +573,10 @@ static void *sl_worker_main(void *arg)
     sl_worker_curl_done(w);
     MHD_stop_daemon(w->mhd);
     w->mhd = NULL;
+    /* A Redis store belongs to this thread: close it here. */
+    if (w->store != w->proxy->memory)
+        sl_store_destroy(w->store);
+    w->store = NULL;
     return NULL;
 }
 
@@ -518,11 +600,15 @@ void sl_worker_cleanup(struct sl_worker *w)
 {
     if (w->mhd != NULL)
         MHD_stop_daemon(w->mhd);
+    if (w->store != NULL && w->store != w->proxy->memory)
+        sl_store_destroy(w->store);
+    w->store = NULL;
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     for (int i = 0; i < w->ncurl_fds; i++)
         free(w->curl_fds[i]);
     free(w->curl_fds);
+    sl_worker_free_dead(w);
     for (int i = 0; i < w->npool; i++)
         curl_easy_cleanup(w->easy_pool[i]);
     free(w->easy_pool);
