@@ -196,7 +196,7 @@ static void sl_redis_mark_down(struct sl_redis *r, const char *why)
         return;
     r->outage = true;
     if (atomic_fetch_add(&sl_redis_down_workers, 1) == 0)
-        sl_error("store: redis %s:%d unreachable (%s); %s until it is back",
+        sl_error("store: redis %s:%d unreachable (%s); %s until it answers again",
                  r->config->redis_host, r->config->redis_port, why,
                  policy[r->config->on_store_error]);
 }

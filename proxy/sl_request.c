@@ -99,6 +99,7 @@ struct sl_request {
     struct sl_decision decision;
     struct sl_lease *lease;           /* owned, released at completion */
     bool deciding;                    /* store's answer outstanding */
+    bool replay_headers;              /* MHD will repeat the headers call */
     bool orphaned;                    /* completed while deciding */
 
     struct MHD_Response *pending;     /* synthetic response to queue */
@@ -400,8 +401,14 @@ static void sl_req_update_pause(struct sl_request *req)
     int mask = (req->up_paused ? CURLPAUSE_SEND : 0) |
                (req->down_paused ? CURLPAUSE_RECV : 0);
 
-    if (req->easy != NULL && !req->xfer_done)
+    if (req->easy != NULL && !req->xfer_done) {
         curl_easy_pause(req->easy, mask);
+        /* libcurl 7.88 does not always re-arm the multi timer when a
+         * transfer is unpaused from outside its callbacks: drive it in this
+         * loop pass ourselves. */
+        if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
+            req->w->curl_deadline_ms = sl_now_ms();
+    }
 }
 
 static void sl_req_abort_transfer(struct sl_request *req)
@@ -826,6 +833,9 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
         return sl_req_answer_early(req);
     }
     if (req->deciding) {
+        /* Suspended inside the headers call: after the resume MHD calls
+         * the handler for the headers again before any body bytes. */
+        req->replay_headers = true;
         sl_req_suspend(req, SL_SUSP_DECIDE);
         return MHD_YES;
     }
@@ -1093,6 +1103,17 @@ enum MHD_Result sl_request_handle(void *cls, struct MHD_Connection *conn,
     }
     if (req->client_gone)
         return MHD_NO;
+    if (req->replay_headers && *upload_data_size == 0) {
+        /* The repeated headers call: answer a denial now (or after a small
+         * body), or let the body flow towards the started transfer. */
+        req->replay_headers = false;
+        if (req->pending != NULL)
+            return sl_req_answer_early(req);
+        if (req->easy == NULL && !req->xfer_done)
+            return MHD_NO;
+        return MHD_YES;
+    }
+    req->replay_headers = false;
     if (*upload_data_size > 0)
         return sl_req_upload(req, upload_data, upload_data_size);
     if (!req->up_done) {

@@ -467,6 +467,8 @@ static void *sl_worker_main(void *arg)
     int running;
 
     w->next_tick_ms = sl_now_ms() + SL_TICK_MS;
+    /* Connect the store (Redis) before the first call can arrive. */
+    w->store_deadline_ms = sl_store_timers(w->store, sl_now_ms());
     for (;;) {
         int64_t now = sl_now_ms();
         int n = epoll_wait(w->epfd, evs, 64, sl_worker_timeout(w, now));

@@ -5,7 +5,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import Sluice, Upstream  # noqa: E402
+from harness import RedisServer, Sluice, Upstream  # noqa: E402
 
 
 @pytest.fixture
@@ -34,3 +34,10 @@ def sluice():
             errors.append(str(e))
     if errors:
         pytest.fail("\n".join(errors))
+
+
+@pytest.fixture
+def redis():
+    r = RedisServer()
+    yield r
+    r.stop()

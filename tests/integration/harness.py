@@ -63,6 +63,7 @@ class Record:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body go out as separate writes
 
     def log_message(self, fmt, *args):
         pass
@@ -303,3 +304,44 @@ def max_in_window(times, window):
             j += 1
         best = max(best, i - j + 1)
     return best
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port (no persistence)."""
+
+    def __init__(self, port=None):
+        self.port = port or free_port()
+        self.proc = None
+        self.start()
+
+    @property
+    def url(self):
+        return "redis://127.0.0.1:%d" % self.port
+
+    def start(self):
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 10
+        while time.time() < deadline:
+            try:
+                if self.cli("PING") == "PONG":
+                    return
+            except (OSError, subprocess.CalledProcessError):
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def cli(self, *args):
+        out = subprocess.run(["redis-cli", "-p", str(self.port)] + [str(a) for a in args],
+                             capture_output=True, text=True, timeout=10, check=True)
+        return out.stdout.strip()
+
+    def kill(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        self.kill()

@@ -1,0 +1,217 @@
+"""The Redis store: one quota shared exactly by several sluice instances."""
+import json
+import os
+import signal
+import threading
+import time
+
+from harness import max_in_window
+
+
+def cfg(up, redis, rules, **top):
+    c = {"store": redis.url, "upstreams": [
+        {"name": "leads", "prefix": "/leads", "url": up.url, "rules": rules}]}
+    c.update(top)
+    return c
+
+
+def hammer(instances, seconds, per_instance=3, path="/leads/x", pause=0.005):
+    """Clients spread over INSTANCES, as fast as they can for SECONDS."""
+    stop = time.monotonic() + seconds
+    results = []
+    lock = threading.Lock()
+
+    def run(sl):
+        c = sl.conn()
+        while time.monotonic() < stop:
+            c.request("GET", path)
+            r = c.getresponse()
+            r.read()
+            with lock:
+                results.append((sl.port, r.status))
+            if r.status != 200:
+                time.sleep(pause)
+        c.close()
+
+    ts = [threading.Thread(target=run, args=(sl,))
+          for sl in instances for _ in range(per_instance)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results
+
+
+def test_three_instances_share_one_exact_window(upstream, redis, sluice):
+    n, w = 40, 2.0
+    conf = cfg(upstream, redis, [{"name": "all", "limit": n, "window": "2s"}])
+    instances = [sluice(conf) for _ in range(3)]
+    results = hammer(instances, 6.5)
+    times = upstream.times()
+    ok = [port for port, s in results if s == 200]
+    # Never more than N in any interval of W (minus arrival jitter).
+    assert max_in_window(times, w - 0.015) <= n
+    # Demand exceeded the quota: the windows starting at 0, 2, 4 and 6 s were
+    # all used, at least 95% of them.
+    assert len(times) >= 0.95 * n * 4, len(times)
+    assert len(ok) == len(times)
+    # Every instance forwarded some: they really shared one quota.
+    assert len({p for p in ok}) == 3
+
+
+def test_all_or_nothing_and_per_buckets_across_instances(upstream, redis, sluice):
+    conf = cfg(upstream, redis, [
+        {"name": "logins", "methods": ["POST"], "path": "/login", "limit": 2, "window": "1m"},
+        {"name": "per-pub", "path": "/pub/{p}/**", "per": "{p}", "limit": 1, "window": "1m"},
+        {"name": "all", "limit": 6, "window": "1m"},
+    ])
+    a, b = sluice(conf), sluice(conf)
+    logins = [x.request("POST", "/leads/login", body=b"{}")[0] for x in (a, b, a, b)]
+    assert logins == [200, 200, 429, 429]
+    pubs = [a.request("GET", "/leads/pub/A/x")[0], b.request("GET", "/leads/pub/A/y")[0],
+            b.request("GET", "/leads/pub/B/y")[0]]
+    assert pubs == [200, 429, 200]
+    # 2 logins + 2 publisher calls recorded in "all"; rejected ones took nothing.
+    rest = [x.request("GET", "/leads/other")[0] for x in (a, b, a)]
+    assert rest == [200, 200, 429]
+    status, h, body = b.request("GET", "/leads/other")
+    assert status == 429
+    assert json.loads(body)["rule"] == "all"
+    assert 55 <= int(h["retry-after"]) <= 60
+    assert h["ratelimit"] == '"all";r=0;t=%s' % h["retry-after"]
+    assert upstream.count() == 6
+
+
+def test_shared_concurrency(upstream, redis, sluice):
+    conf = cfg(upstream, redis, [{"name": "in-flight", "concurrency": 3}])
+    instances = [sluice(conf) for _ in range(3)]
+    statuses = []
+    lock = threading.Lock()
+
+    def call(sl):
+        s, h, b = sl.request("GET", "/leads/slow", headers={"X-Test-Delay": "1"})
+        with lock:
+            statuses.append(s)
+
+    ts = [threading.Thread(target=call, args=(sl,)) for sl in instances for _ in range(3)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert sorted(statuses) == [200] * 3 + [429] * 6
+    assert upstream.max_active <= 3
+    # Released on completion: all three slots are free again.
+    assert redis.cli("KEYS", "*") == ""
+
+
+def test_keys_carry_hash_tags_and_expire(upstream, redis, sluice):
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 5, "window": "1s"}],
+                    store_prefix="app1:"))
+    assert sl.request("GET", "/leads/x")[0] == 200
+    keys = redis.cli("KEYS", "*").split()
+    assert keys == ["app1:{leads}:r:1:w:"]
+    ttl = int(redis.cli("PTTL", keys[0]))
+    assert 0 < ttl <= 2000
+    time.sleep(2.2)
+    assert redis.cli("KEYS", "*") == ""
+
+
+def test_script_flush_costs_one_retry(upstream, redis, sluice):
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 4, "window": "1m"}]))
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(2)] == [200, 200]
+    redis.cli("SCRIPT", "FLUSH")
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(3)] == [200, 200, 429]
+    assert "unreachable" not in sl.read_log()
+
+
+def outage(upstream, redis, sluice, policy):
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 3, "window": "1m"}],
+                    on_store_error=policy, store_timeout="100ms"))
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(2)] == [200, 200]
+    redis.kill()
+    during = [sl.request("GET", "/leads/x") for _ in range(5)]
+    return sl, during
+
+
+def assert_resumes(sl, redis):
+    redis.start()  # same port, empty: no keys, no scripts
+    deadline = time.monotonic() + 3
+    back = "is back; limits are shared again"
+    while time.monotonic() < deadline and back not in sl.read_log():
+        sl.request("GET", "/leads/ping")
+        time.sleep(0.1)
+    log = sl.read_log()
+    assert back in log
+    assert log.count("unreachable") == 1  # once per outage, not per call
+    # Shared again: the decisions are recorded in the new Redis.
+    before = int(redis.cli("ZCARD", "sluice:{leads}:r:1:w:") or 0)
+    sl.request("GET", "/leads/x")
+    assert int(redis.cli("ZCARD", "sluice:{leads}:r:1:w:")) == before + 1
+
+
+def test_redis_down_local_policy_enforces_limits_in_memory(upstream, redis, sluice):
+    sl, during = outage(upstream, redis, sluice, "local")
+    # The local store starts empty: 3 more, then the same rule rejects.
+    assert [s for s, h, b in during] == [200, 200, 200, 429, 429]
+    assert json.loads(during[3][2])["rule"] == "w"
+    assert_resumes(sl, redis)
+
+
+def test_redis_down_deny_policy_answers_503(upstream, redis, sluice):
+    sl, during = outage(upstream, redis, sluice, "deny")
+    for status, h, body in during:
+        assert status == 503
+        assert h["retry-after"] == "1"
+        e = json.loads(body)
+        assert e["error"] == "limit_state_unavailable"
+        assert "Redis" in e["message"]
+    assert upstream.count() == 2
+    assert_resumes(sl, redis)
+
+
+def test_redis_down_allow_policy_forwards_uncounted(upstream, redis, sluice):
+    sl, during = outage(upstream, redis, sluice, "allow")
+    assert [s for s, h, b in during] == [200] * 5
+    assert upstream.count() == 7
+    assert_resumes(sl, redis)
+
+
+def test_slow_redis_times_out_and_falls_back(upstream, redis, sluice):
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 100, "window": "1m"}],
+                    on_store_error="allow", store_timeout="150ms"))
+    assert sl.request("GET", "/leads/x")[0] == 200
+    redis.proc.send_signal(signal.SIGSTOP)  # alive but silent
+    try:
+        t0 = time.monotonic()
+        assert sl.request("GET", "/leads/x")[0] == 200
+        assert time.monotonic() - t0 < 1.0
+        assert "no answer within store_timeout" in sl.wait_log("no answer within")
+    finally:
+        redis.proc.send_signal(signal.SIGCONT)
+
+
+def test_killed_instance_gives_its_slots_back(upstream, redis, sluice):
+    conf = cfg(upstream, redis, [{"name": "in-flight", "concurrency": 2}],
+               concurrency_lease="1s")
+    a, b = sluice(conf), sluice(conf)
+
+    def slow():
+        try:
+            a.request("GET", "/leads/slow", headers={"X-Test-Delay": "8"}, timeout=20)
+        except Exception:
+            pass  # its sluice is killed under it
+
+    ts = [threading.Thread(target=slow) for _ in range(2)]
+    for t in ts:
+        t.start()
+    time.sleep(1.5)  # past one lease period: renewals keep the slots held
+    assert b.request("GET", "/leads/now")[0] == 429
+    os.kill(a.proc.pid, signal.SIGKILL)
+    a.proc.wait()
+    t0 = time.monotonic()
+    while b.request("GET", "/leads/now")[0] != 200:
+        assert time.monotonic() - t0 < 3, "slots of the dead instance never came back"
+        time.sleep(0.1)
+    a.proc = type("Gone", (), {"poll": lambda self: 0, "returncode": 0})()
+    for t in ts:
+        t.join()
