@@ -6,6 +6,8 @@
 #   haproxy    wrk -> haproxy (http-reuse always) -> upstream
 #   sluice     wrk -> sluice, memory store, a rule matching every call
 #              that never triggers -> upstream
+#   sluice-redis  the same with the Redis store (a local redis-server),
+#              so every call costs one Lua script run in Redis
 # Prints requests/s and p50/p99 latency for each, the ratios against
 # NGINX, and the latency added over calling the upstream directly.
 #
@@ -33,7 +35,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-UP=$(port); NG=$(port); HA=$(port); SL=$(port)
+UP=$(port); NG=$(port); HA=$(port); SL=$(port); SR=$(port); RD=$(port)
 
 cat > "$TMP/upstream.conf" <<CONF
 worker_processes 1;
@@ -99,11 +101,18 @@ cat > "$TMP/sluice.json" <<CONF
 }
 CONF
 
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SR\", \"store\": \"redis:\/\/127.0.0.1:$RD\"/" \
+    "$TMP/sluice.json" > "$TMP/sluice-redis.json"
+
+redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no \
+    --loglevel warning >/dev/null & PIDS="$PIDS $!"
 nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err" & PIDS="$PIDS $!"
 nginx -c "$TMP/proxy.conf" -e "$TMP/proxy.err" & PIDS="$PIDS $!"
 haproxy -q -f "$TMP/haproxy.cfg" & PIDS="$PIDS $!"
 "$SLUICE_BIN" -c "$TMP/sluice.json" 2>"$TMP/sluice.log" & PIDS="$PIDS $!"
-for p in $UP $NG $HA $SL; do
+sleep 0.3  # redis-server up before the second sluice connects
+"$SLUICE_BIN" -c "$TMP/sluice-redis.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
+for p in $UP $NG $HA $SL $SR; do
     i=0
     until curl -fsS -o /dev/null "http://127.0.0.1:$p/up/x" 2>/dev/null ||
           curl -fsS -o /dev/null "http://127.0.0.1:$p/x" 2>/dev/null; do
@@ -132,14 +141,15 @@ echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORK
     run nginx "http://127.0.0.1:$NG/up/x"
     run haproxy "http://127.0.0.1:$HA/up/x"
     run sluice "http://127.0.0.1:$SL/up/x"
+    run sluice-redis "http://127.0.0.1:$SR/up/x"
 } > "$TMP/results"
 awk '
     { rps[$1] = $2; p50[$1] = $3; p99[$1] = $4; bad[$1] = $5; order[NR] = $1 }
     END {
-        printf "%-8s %12s %10s %10s %12s %12s %8s %8s\n", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "x nginx", "non-2xx"
+        printf "%-12s %12s %10s %10s %12s %12s %8s %8s\n", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "x nginx", "non-2xx"
         for (i = 1; i <= NR; i++) {
             n = order[i]
-            printf "%-8s %12.0f %10.3f %10.3f %12.3f %12.3f %8.2f %8s\n", n, rps[n], p50[n], p99[n],
+            printf "%-12s %12.0f %10.3f %10.3f %12.3f %12.3f %8.2f %8s\n", n, rps[n], p50[n], p99[n],
                    p50[n] - p50["direct"], p99[n] - p99["direct"], rps[n] / rps["nginx"], bad[n]
         }
     }' "$TMP/results"

@@ -16,9 +16,15 @@
  * the same operation is sent again as EVAL).  Phase one looks at every
  * bucket and writes nothing; phase two records the call in all of them.
  * Time is Redis's TIME inside the script: instances' clocks never matter.
- * Rate buckets are sorted sets of admission times (score: microseconds)
- * with unique members, so two calls in the same microsecond both count;
- * concurrency buckets are sorted sets of leases whose score is their
+ * A rate bucket is a LIST of admission times in microseconds, newest at
+ * the head, holding at most `limit` entries: a call fits iff the list is
+ * shorter than `limit` or its limit-th newest entry has left the window
+ * (O(1): LLEN, LINDEX), which is the sliding log of the memory store
+ * (docs/design.md) in Redis form.  Entries that left the window are popped
+ * from the tail when a call is recorded, so LLEN is the count in the window
+ * and every admission is its own entry (two calls in the same microsecond
+ * both count).  About 10 bytes per logged call.  Concurrency buckets are
+ * sorted sets of leases (unique members) whose score is their
  * expiry, renewed by the holder every concurrency_lease/3, so the slots of
  * an instance that died come back by themselves.  Every key gets its TTL
  * in the same script, so idle keys disappear.  All keys of one upstream
@@ -48,52 +54,80 @@
 #include <unistd.h>
 
 #define SL_REDIS_BACKOFF_MIN_MS 50
+#define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_BACKOFF_MAX_MS 1000
 
+/*
+ * The decision script.  One run decides a batch of calls (those that
+ * arrived in one event-loop pass), each all-or-nothing, in order:
+ *   KEYS    the buckets of call 1, then of call 2, ...
+ *   ARGV    base, lease_us, ncalls, then per call: nrules, then per rule:
+ *           kind ('r' rate, 'c' concurrency), limit, window_us
+ * A call's unique member is base..':'..call_number.  The reply holds, per
+ * call, {1, best_rule, remaining, reset_us} or {0, denying_rule, wait_us}.
+ */
 static const char sl_redis_decide_lua[] =
     "local t = redis.call('TIME')\n"
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local member, lease = ARGV[1], tonumber(ARGV[2])\n"
-    "local deny, wait = 0, 0\n"
-    "for i = 1, #KEYS do\n"
-    "  local b = 3 + (i - 1) * 3\n"
-    "  local kind, limit, win = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])\n"
-    "  local w = 0\n"
-    "  if kind == 'r' then\n"
-    "    local used = redis.call('ZCOUNT', KEYS[i], '(' .. (now - win), '+inf')\n"
-    "    if used >= limit then\n"
-    "      local e = redis.call('ZRANGEBYSCORE', KEYS[i], '(' .. (now - win), '+inf',\n"
-    "                           'WITHSCORES', 'LIMIT', used - limit, 1)\n"
-    "      w = tonumber(e[2]) + win - now\n"
-    "      if w < 1 then w = 1 end\n"
+    "local base, lease, ncalls = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local a, k, out = 4, 1, {}\n"
+    "for c = 1, ncalls do\n"
+    "  local n = tonumber(ARGV[a])\n"
+    "  a = a + 1\n"
+    "  local deny, wait = 0, 0\n"
+    "  for i = 0, n - 1 do\n"
+    "    local key, kind = KEYS[k + i], ARGV[a + 3 * i]\n"
+    "    local limit, win = tonumber(ARGV[a + 3 * i + 1]), tonumber(ARGV[a + 3 * i + 2])\n"
+    "    local w = 0\n"
+    "    if kind == 'r' then\n"
+    "      local len = redis.call('LLEN', key)\n"
+    "      if len >= limit then\n"
+    "        local idx = limit - 1\n"
+    "        if len == limit then idx = -1 end\n"
+    "        local e = tonumber(redis.call('LINDEX', key, idx))\n"
+    "        if e > now - win then w = e + win - now end\n"
+    "      end\n"
+    "    elseif redis.call('ZCOUNT', key, '(' .. now, '+inf') >= limit then\n"
+    "      w = 1000000\n"
     "    end\n"
-    "  elseif redis.call('ZCOUNT', KEYS[i], '(' .. now, '+inf') >= limit then\n"
-    "    w = 1000000\n"
+    "    if w > wait then deny, wait = i + 1, w end\n"
     "  end\n"
-    "  if w > wait then deny, wait = i, w end\n"
-    "end\n"
-    "if deny > 0 then return {0, deny, wait} end\n"
-    "local best, rem, reset = 0, 0, 0\n"
-    "for i = 1, #KEYS do\n"
-    "  local b = 3 + (i - 1) * 3\n"
-    "  local kind, limit, win = ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])\n"
-    "  if kind == 'r' then\n"
-    "    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now - win)\n"
-    "    redis.call('ZADD', KEYS[i], now, member)\n"
-    "    redis.call('PEXPIRE', KEYS[i], math.ceil(win / 1000) + 1000)\n"
-    "    local left = limit - redis.call('ZCARD', KEYS[i])\n"
-    "    if left < 0 then left = 0 end\n"
-    "    if best == 0 or left < rem then\n"
-    "      local first = redis.call('ZRANGE', KEYS[i], 0, 0, 'WITHSCORES')\n"
-    "      best, rem, reset = i, left, tonumber(first[2]) + win - now\n"
-    "    end\n"
+    "  if deny > 0 then\n"
+    "    out[c] = {0, deny, wait}\n"
     "  else\n"
-    "    redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', now)\n"
-    "    redis.call('ZADD', KEYS[i], now + lease, member)\n"
-    "    redis.call('PEXPIRE', KEYS[i], math.ceil(lease / 1000) * 2 + 1000)\n"
+    "    local member = base .. ':' .. c\n"
+    "    local best, rem, reset = 0, 0, 0\n"
+    "    for i = 0, n - 1 do\n"
+    "      local key, kind = KEYS[k + i], ARGV[a + 3 * i]\n"
+    "      local limit, win = tonumber(ARGV[a + 3 * i + 1]), tonumber(ARGV[a + 3 * i + 2])\n"
+    "      if kind == 'r' then\n"
+    "        local tail = redis.call('LINDEX', key, -1)\n"
+    "        while tail and tonumber(tail) <= now - win do\n"
+    "          redis.call('RPOP', key)\n"
+    "          tail = redis.call('LINDEX', key, -1)\n"
+    "        end\n"
+    "        local len = redis.call('LPUSH', key, now)\n"
+    "        if len > limit then\n"
+    "          redis.call('LTRIM', key, 0, limit - 1)\n"
+    "          len = limit\n"
+    "          tail = redis.call('LINDEX', key, -1)\n"
+    "        end\n"
+    "        redis.call('PEXPIRE', key, math.ceil(win / 1000) + 1000)\n"
+    "        local left = limit - len\n"
+    "        if best == 0 or left < rem then\n"
+    "          best, rem, reset = i + 1, left, (tonumber(tail) or now) + win - now\n"
+    "        end\n"
+    "      else\n"
+    "        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)\n"
+    "        redis.call('ZADD', key, now + lease, member)\n"
+    "        redis.call('PEXPIRE', key, math.ceil(lease / 1000) * 2 + 1000)\n"
+    "      end\n"
+    "    end\n"
+    "    out[c] = {1, best, rem, reset}\n"
     "  end\n"
+    "  a, k = a + 3 * n, k + n\n"
     "end\n"
-    "return {1, best, rem, reset}\n";
+    "return out\n";
 
 static const char sl_redis_renew_lua[] =
     "local t = redis.call('TIME')\n"
@@ -126,12 +160,17 @@ struct sl_redis_op {
     struct sl_redis *r;
     enum sl_redis_op_kind kind;
     int64_t deadline_ms;
-    /* SL_OP_DECIDE */
+    /* one call of a batch */
     const struct sl_check *check;   /* owned by the caller until cb */
     sl_decide_cb cb;
     void *arg;
-    bool eval;                      /* sent as EVAL (script body) */
     char member[64];
+    /* SL_OP_DECIDE: a batch of calls of one upstream */
+    bool eval;                      /* sent as EVAL (script body) */
+    size_t upstream;
+    size_t ncalls;
+    struct sl_redis_op *calls[SL_REDIS_BATCH_MAX];
+    char base[48];
 };
 
 /* Slots of one call in concurrency buckets (a struct sl_lease to callers). */
@@ -166,6 +205,7 @@ struct sl_redis {
     uint64_t counter;                     /* for unique members */
     char instance[24];
     struct sl_redis_lease *leases;        /* live leases (renewal list) */
+    struct sl_redis_op **pending;         /* per upstream: batch being built */
     int64_t next_renew_ms;
     int64_t last_error_log_ms;
 };
@@ -175,6 +215,7 @@ static _Atomic int sl_redis_down_workers;
 
 static void sl_redis_fail(struct sl_redis *r, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
+static void sl_redis_flush(struct sl_redis *r, size_t upstream);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 
 static int64_t sl_redis_now_ms(void)
@@ -496,61 +537,96 @@ static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
     cb(arg, &d, (struct sl_lease *)lease);
 }
 
-static int sl_redis_send_decide(struct sl_redis *r, struct sl_redis_op *op)
+/* Send a batch as one script run.  Returns 0, or -1 (nothing sent). */
+static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_op *b)
 {
-    const struct sl_check *c = op->check;
-    size_t n = c->nhits, argc = 3 + n + 2 + 3 * n;
-    const char **argv = calloc(argc, sizeof(*argv));
-    size_t *lens = calloc(argc, sizeof(*lens));
-    char *nums = calloc(n + 1, 3 * 24);
-    char nkeys[24], lease_ttl[24];
-    size_t a = 0;
+    size_t nkeys_total = 0, argc, a = 0, k = 0, nnum = 0;
+    const char **argv;
+    size_t *lens;
+    char *nums, nkeys[24], lease_ttl[24], ncalls[24];
     int rc = -1;
 
+    for (size_t i = 0; i < b->ncalls; i++)
+        nkeys_total += b->calls[i]->check->nhits;
+    argc = 3 + nkeys_total + 3 + b->ncalls + 3 * nkeys_total;
+    argv = calloc(argc, sizeof(*argv));
+    lens = calloc(argc, sizeof(*lens));
+    nums = calloc(b->ncalls + 2 * nkeys_total + 1, 24);
     if (argv == NULL || lens == NULL || nums == NULL)
         goto out;
-    op->eval = op->eval || r->sha[0] == '\0';
-    argv[a] = op->eval ? "EVAL" : "EVALSHA";
+    b->eval = b->eval || r->sha[0] == '\0';
+    argv[a] = b->eval ? "EVAL" : "EVALSHA";
     lens[a] = strlen(argv[a]);
     a++;
-    argv[a] = op->eval ? sl_redis_decide_lua : r->sha;
+    argv[a] = b->eval ? sl_redis_decide_lua : r->sha;
     lens[a] = strlen(argv[a]);
     a++;
-    snprintf(nkeys, sizeof(nkeys), "%zu", n);
+    snprintf(nkeys, sizeof(nkeys), "%zu", nkeys_total);
     argv[a] = nkeys;
     lens[a++] = strlen(nkeys);
-    for (size_t i = 0; i < n; i++) {
-        argv[a] = sl_redis_key(r, c, &c->hits[i], &lens[a]);
-        if (argv[a] == NULL)
-            goto out;
-        a++;
+    for (size_t i = 0; i < b->ncalls; i++) {
+        const struct sl_check *c = b->calls[i]->check;
+        for (size_t h = 0; h < c->nhits; h++, k++) {
+            argv[a] = sl_redis_key(r, c, &c->hits[h], &lens[a]);
+            if (argv[a] == NULL)
+                goto out;
+            a++;
+        }
     }
-    argv[a] = op->member;
-    lens[a++] = strlen(op->member);
+    argv[a] = b->base;
+    lens[a++] = strlen(b->base);
     snprintf(lease_ttl, sizeof(lease_ttl), "%lld", (long long)r->config->lease_ttl_us);
     argv[a] = lease_ttl;
     lens[a++] = strlen(lease_ttl);
-    for (size_t i = 0; i < n; i++) {
-        const struct sl_rule *rule = c->hits[i].rule;
-        char *lim = nums + i * 72, *win = lim + 24;
-        argv[a] = rule->kind == SL_RULE_RATE ? "r" : "c";
-        lens[a++] = 1;
-        snprintf(lim, 24, "%llu", (unsigned long long)rule->limit);
-        argv[a] = lim;
-        lens[a++] = strlen(lim);
-        snprintf(win, 24, "%lld", (long long)rule->window_us);
-        argv[a] = win;
-        lens[a++] = strlen(win);
+    snprintf(ncalls, sizeof(ncalls), "%zu", b->ncalls);
+    argv[a] = ncalls;
+    lens[a++] = strlen(ncalls);
+    for (size_t i = 0; i < b->ncalls; i++) {
+        const struct sl_check *c = b->calls[i]->check;
+        char *num = nums + 24 * nnum++;
+        snprintf(num, 24, "%zu", c->nhits);
+        argv[a] = num;
+        lens[a++] = strlen(num);
+        for (size_t h = 0; h < c->nhits; h++) {
+            const struct sl_rule *rule = c->hits[h].rule;
+            char *lim = nums + 24 * nnum++, *win = nums + 24 * nnum++;
+            argv[a] = rule->kind == SL_RULE_RATE ? "r" : "c";
+            lens[a++] = 1;
+            snprintf(lim, 24, "%llu", (unsigned long long)rule->limit);
+            argv[a] = lim;
+            lens[a++] = strlen(lim);
+            snprintf(win, 24, "%lld", (long long)rule->window_us);
+            argv[a] = win;
+            lens[a++] = strlen(win);
+        }
     }
-    rc = sl_redis_send(r, op, (int)a, argv, lens);
+    rc = sl_redis_send(r, b, (int)a, argv, lens);
 out:
     if (argv != NULL)
-        for (size_t i = 0; i < n; i++)
+        for (size_t i = 0; i < k; i++)
             free((char *)argv[3 + i]);
     free(argv);
     free(lens);
     free(nums);
     return rc;
+}
+
+/* Every call of batch B falls back; B is freed. */
+static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_op *b)
+{
+    for (size_t i = 0; i < b->ncalls; i++) {
+        struct sl_redis_op *call = b->calls[i];
+        sl_redis_fallback(r, call->check, call->cb, call->arg);
+        free(call);
+    }
+    free(b);
+}
+
+static void sl_redis_batch_free(struct sl_redis_op *b)
+{
+    for (size_t i = 0; i < b->ncalls; i++)
+        free(b->calls[i]);
+    free(b);
 }
 
 static bool sl_redis_usable(const struct sl_redis *r)
@@ -562,11 +638,36 @@ static bool sl_redis_usable(const struct sl_redis *r)
            (r->state == SL_REDIS_CONNECTING && !r->outage);
 }
 
+/* Send the batch being built for UPSTREAM (if any). */
+static void sl_redis_flush(struct sl_redis *r, size_t upstream)
+{
+    struct sl_redis_op *b = r->pending[upstream];
+
+    if (b == NULL)
+        return;
+    r->pending[upstream] = NULL;
+    if (!sl_redis_usable(r) || sl_redis_send_batch(r, b) != 0)
+        sl_redis_batch_fallback(r, b);
+}
+
+static void sl_redis_flush_all(struct sl_redis *r)
+{
+    for (size_t i = 0; i < r->config->nupstreams; i++)
+        sl_redis_flush(r, i);
+}
+
+/*
+ * Calls are not sent one by one: those decided in one event-loop pass are
+ * collected per upstream and sent as one script run when the pass ends
+ * (sl_redis_timers), which divides Redis's per-command cost and sluice's
+ * syscalls by the batch size at the price of nothing (the pass was going
+ * to end before any reply could arrive anyway).
+ */
 static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
                            sl_decide_cb cb, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_redis_op *op;
+    struct sl_redis_op *op, *batch;
 
     if (c->nhits == 0) {
         struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
@@ -577,22 +678,33 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
+    batch = r->pending[c->upstream->index];
+    if (batch == NULL) {
+        batch = calloc(1, sizeof(*batch));
+        if (batch == NULL) {
+            sl_redis_fallback(r, c, cb, arg);
+            return 0;
+        }
+        batch->r = r;
+        batch->kind = SL_OP_DECIDE;
+        batch->upstream = c->upstream->index;
+        snprintf(batch->base, sizeof(batch->base), "%s:%d:%llu", r->instance,
+                 r->worker_id, (unsigned long long)++r->counter);
+        r->pending[c->upstream->index] = batch;
+    }
     op = calloc(1, sizeof(*op));
     if (op == NULL) {
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
     op->r = r;
-    op->kind = SL_OP_DECIDE;
     op->check = c;
     op->cb = cb;
     op->arg = arg;
-    snprintf(op->member, sizeof(op->member), "%s:%d:%llu", r->instance,
-             r->worker_id, (unsigned long long)++r->counter);
-    if (sl_redis_send_decide(r, op) != 0) {
-        free(op);
-        sl_redis_fallback(r, c, cb, arg);
-    }
+    batch->calls[batch->ncalls++] = op;
+    snprintf(op->member, sizeof(op->member), "%s:%zu", batch->base, batch->ncalls);
+    if (batch->ncalls == SL_REDIS_BATCH_MAX)
+        sl_redis_flush(r, c->upstream->index);
     return 0;
 }
 
@@ -615,6 +727,7 @@ static long long sl_reply_int(const redisReply *rep, size_t i)
     return rep->element[i]->integer;
 }
 
+/* Turn one call's part of a batch reply into its decision. */
 static void sl_redis_decided(struct sl_redis *r, struct sl_redis_op *op,
                              redisReply *rep)
 {
@@ -694,27 +807,36 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         break;
     case SL_OP_DECIDE:
         if (rep == NULL) {
-            sl_redis_fallback(r, op->check, op->cb, op->arg);
-        } else if (rep->type == REDIS_REPLY_ERROR) {
+            sl_redis_batch_fallback(r, op);
+            return;
+        }
+        if (rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
                 !r->freeing && r->ac != NULL) {
                 /* Script cache flushed (restart, SCRIPT FLUSH): resend this
-                 * one with the body, and learn the SHA again for the rest. */
+                 * batch with the body, and learn the SHA again for the rest. */
                 if (r->sha[0] != '\0') {
                     r->sha[0] = '\0';
                     r->renew_sha[0] = '\0';
                     sl_redis_load_scripts(r);
                 }
                 op->eval = true;
-                if (sl_redis_send_decide(r, op) == 0)
-                    return;  /* OP lives on */
+                if (sl_redis_send_batch(r, op) == 0)
+                    return;  /* the batch lives on */
             }
             sl_redis_log_error(r, "the decision script", rep->str);
-            sl_redis_fallback(r, op->check, op->cb, op->arg);
-        } else {
-            sl_redis_decided(r, op, rep);
+            sl_redis_batch_fallback(r, op);
+            return;
         }
-        break;
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != op->ncalls) {
+            sl_redis_log_error(r, "the decision script", "unexpected reply shape");
+            sl_redis_batch_fallback(r, op);
+            return;
+        }
+        for (size_t i = 0; i < op->ncalls; i++)
+            sl_redis_decided(r, op->calls[i], rep->element[i]);
+        sl_redis_batch_free(op);
+        return;
     case SL_OP_RENEW:
     case SL_OP_RELEASE:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
@@ -821,6 +943,7 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     int64_t renew_every = r->config->lease_ttl_us / 3000;
 
 #define SL_NEXT(t) do { if (next < 0 || (t) < next) next = (t); } while (0)
+    sl_redis_flush_all(r);
     if (r->state == SL_REDIS_DOWN && now >= r->reconnect_at_ms)
         sl_redis_connect(r);
     if (r->state == SL_REDIS_CONNECTING && now >= r->connect_deadline_ms)
@@ -856,6 +979,14 @@ static void sl_redis_destroy(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
 
+    for (size_t i = 0; i < r->config->nupstreams; i++) {
+        if (r->pending[i] != NULL) {
+            struct sl_redis_op *b = r->pending[i];
+            r->pending[i] = NULL;
+            sl_redis_batch_fallback(r, b);
+        }
+    }
+
     if (r->ac != NULL) {
         /* Flush what is queued (lease releases) for a moment, then close. */
         int done = 0;
@@ -878,6 +1009,7 @@ static void sl_redis_destroy(struct sl_store *store)
         free(l);
     }
     sl_redis_mark_up(r);  /* keep the process-wide count right */
+    free(r->pending);
     free(r);
 }
 
@@ -906,6 +1038,11 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->fd = -1;
     r->state = SL_REDIS_DOWN;
     r->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    r->pending = calloc(config->nupstreams, sizeof(*r->pending));
+    if (r->pending == NULL) {
+        free(r);
+        return NULL;
+    }
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         uint64_t t = (uint64_t)sl_redis_now_ms() ^ ((uint64_t)getpid() << 20);
         memcpy(rnd, &t, sizeof(rnd));

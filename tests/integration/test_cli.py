@@ -171,3 +171,15 @@ def test_shutdown_timeout_bounds_the_drain(upstream):
     assert time.monotonic() - t0 < 3
     t.join()
     assert "e" in result
+
+
+def test_check_refuses_rediss_with_a_reason(upstream):
+    path = write(json.dumps({"store": "rediss://:pw@cache:6380", "upstreams": [
+        {"name": "up", "prefix": "/up", "url": upstream.url}]}))
+    r = run(["--check", "-c", path])
+    assert r.returncode == 1
+    assert "TLS to Redis (rediss://) is not supported" in r.stderr
+    assert "pw@" not in r.stderr
+    ok = write(json.dumps({"store": "redis://127.0.0.1:6379/1", "upstreams": [
+        {"name": "up", "prefix": "/up", "url": upstream.url}]}))
+    assert run(["--check", "-c", ok]).returncode == 0

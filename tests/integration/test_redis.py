@@ -110,6 +110,7 @@ def test_keys_carry_hash_tags_and_expire(upstream, redis, sluice):
     assert sl.request("GET", "/leads/x")[0] == 200
     keys = redis.cli("KEYS", "*").split()
     assert keys == ["app1:{leads}:r:1:w:"]
+    assert redis.cli("TYPE", keys[0]) == "list"
     ttl = int(redis.cli("PTTL", keys[0]))
     assert 0 < ttl <= 2000
     time.sleep(2.2)
@@ -144,9 +145,9 @@ def assert_resumes(sl, redis):
     assert back in log
     assert log.count("unreachable") == 1  # once per outage, not per call
     # Shared again: the decisions are recorded in the new Redis.
-    before = int(redis.cli("ZCARD", "sluice:{leads}:r:1:w:") or 0)
+    before = int(redis.cli("LLEN", "sluice:{leads}:r:1:w:") or 0)
     sl.request("GET", "/leads/x")
-    assert int(redis.cli("ZCARD", "sluice:{leads}:r:1:w:")) == before + 1
+    assert int(redis.cli("LLEN", "sluice:{leads}:r:1:w:")) == before + 1
 
 
 def test_redis_down_local_policy_enforces_limits_in_memory(upstream, redis, sluice):
@@ -215,3 +216,16 @@ def test_killed_instance_gives_its_slots_back(upstream, redis, sluice):
     a.proc = type("Gone", (), {"poll": lambda self: 0, "returncode": 0})()
     for t in ts:
         t.join()
+
+
+def test_window_edges_in_redis_match_the_memory_store(upstream, redis, sluice):
+    """Calls in one microsecond all count; the log never holds more than limit."""
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 5, "window": "1s"}]))
+    statuses = [s for _, s in hammer([sl], 0.5, per_instance=6, pause=0.001)]
+    assert statuses.count(200) == 5
+    assert int(redis.cli("LLEN", "sluice:{leads}:r:1:w:")) == 5
+    time.sleep(1.05)
+    # The window moved: exactly five more fit, and the old entries are gone.
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(6)] == [200] * 5 + [429]
+    assert int(redis.cli("LLEN", "sluice:{leads}:r:1:w:")) == 5
+    assert upstream.count() == 10

@@ -129,6 +129,81 @@ static void test_listen_forms(void **state)
     assert_int_equal(sl_config_split_listen("host", &host, &port), -1);
 }
 
+static void test_redis_urls(void **state)
+{
+    struct sl_config c;
+    const char *why;
+    (void)state;
+
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("redis://10.0.0.5:6380/2", &c, &why), 0);
+    assert_string_equal(c.redis_host, "10.0.0.5");
+    assert_int_equal(c.redis_port, 6380);
+    assert_int_equal(c.redis_db, 2);
+    assert_null(c.redis_password);
+    free(c.redis_host);
+
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("redis://:s%40cret@cache", &c, &why), 0);
+    assert_string_equal(c.redis_host, "cache");
+    assert_int_equal(c.redis_port, 6379);
+    assert_null(c.redis_user);
+    assert_string_equal(c.redis_password, "s@cret");
+    free(c.redis_host);
+    free(c.redis_password);
+
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("redis://app:pw@[::1]:7000", &c, &why), 0);
+    assert_string_equal(c.redis_host, "::1");
+    assert_int_equal(c.redis_port, 7000);
+    assert_string_equal(c.redis_user, "app");
+    assert_string_equal(c.redis_password, "pw");
+    free(c.redis_host);
+    free(c.redis_user);
+    free(c.redis_password);
+
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("rediss://h:6379", &c, &why), -1);
+    assert_non_null(strstr(why, "TLS"));
+    const char *bad[] = {"redis://", "redis://h:0", "redis://h:99999", "redis://h/x",
+                         "redis://user@h", "http://h", NULL};
+    for (int i = 0; bad[i]; i++) {
+        memset(&c, 0, sizeof(c));
+        assert_int_equal(sl_config_parse_redis_url(bad[i], &c, &why), -1);
+        free(c.redis_host);
+        free(c.redis_user);
+        free(c.redis_password);
+    }
+}
+
+static void test_store_settings(void **state)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+    assert_int_equal(sl_config_parse(
+        "{\"store\": \"redis://127.0.0.1:6379\", \"store_prefix\": \"prod:\","
+        "\"on_store_error\": \"deny\", \"store_timeout\": \"50ms\","
+        "\"concurrency_lease\": \"3s\", \"upstreams\": [{\"name\": \"a\","
+        "\"prefix\": \"/a\", \"url\": \"http://x\"}]}", "t", false, &c, &e), 0);
+    assert_int_equal(c->store_kind, SL_STORE_REDIS);
+    assert_string_equal(c->store_prefix, "prod:");
+    assert_int_equal(c->on_store_error, SL_STORE_ERROR_DENY);
+    assert_int_equal(c->store_timeout_us, 50000);
+    assert_int_equal(c->lease_ttl_us, 3000000);
+    sl_config_free(c);
+    assert_int_equal(sl_config_parse(
+        "{\"store\": \"redis://:hunter2@h:1/x\", \"store_prefix\": \"{x}\","
+        "\"on_store_error\": \"maybe\", \"upstreams\": [{\"name\": \"a\","
+        "\"prefix\": \"/a\", \"url\": \"http://x\"}]}", "t", false, &c, &e), -1);
+    assert_true(has_error(&e, "store: has a database that is not a number"));
+    assert_true(has_error(&e, "store_prefix"));
+    assert_true(has_error(&e, "on_store_error: \"maybe\""));
+    for (size_t i = 0; i < e.count; i++)
+        assert_null(strstr(e.lines[i], "hunter2"));  /* never echo a password */
+    sl_errors_free(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -137,6 +212,8 @@ int main(void)
         cmocka_unit_test(test_syntax_error_position),
         cmocka_unit_test(test_rule_shape_errors),
         cmocka_unit_test(test_listen_forms),
+        cmocka_unit_test(test_redis_urls),
+        cmocka_unit_test(test_store_settings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
