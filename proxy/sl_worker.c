@@ -323,7 +323,8 @@ static void sl_mhd_log(void *cls, const char *fmt, va_list ap)
         buf[--n] = '\0';
     /* MHD's words for a connection sluice closed on purpose (its client
      * left mid-call, or shutdown): the access log already says so. */
-    if (strstr(buf, "Application reported internal error") != NULL) {
+    if (strstr(buf, "Application reported internal error") != NULL ||
+        strstr(buf, "closed by remote side with incomplete request") != NULL) {
         sl_debug("http: %s", buf);
         return;
     }
