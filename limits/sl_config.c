@@ -30,6 +30,8 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_errors *errs);
 static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
                           struct sl_errors *errs);
+static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
+                           struct sl_errors *errs);
 
 void sl_errors_add(struct sl_errors *errs, const char *fmt, ...)
 {
@@ -213,11 +215,30 @@ int sl_config_split_listen(const char *text, char **host, int *port)
     return 0;
 }
 
+static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
+                           struct sl_errors *errs)
+{
+    const char *s;
+
+    if (sl_get_string(v, path, &s, errs) != 0)
+        return -1;
+    if (strcmp(s, "reject") == 0)
+        *out = SL_ON_LIMIT_REJECT;
+    else if (strcmp(s, "queue") == 0)
+        *out = SL_ON_LIMIT_QUEUE;
+    else {
+        sl_errors_add(errs, "%s: \"%s\" must be \"reject\" or \"queue\"", path, s);
+        return -1;
+    }
+    return 0;
+}
+
 static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
                           struct sl_errors *errs)
 {
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
-                                       "window", "concurrency", NULL};
+                                       "window", "concurrency", "on_limit",
+                                       "max_wait", NULL};
     char sub[768];
     json_t *v;
     const char *s;
@@ -324,6 +345,19 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
         }
     }
 
+    v = json_object_get(jr, "on_limit");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.on_limit", path);
+        sl_get_on_limit(v, sub, &r->on_limit, errs);
+        r->on_limit_set = true;
+    }
+    v = json_object_get(jr, "max_wait");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.max_wait", path);
+        if (sl_get_duration(v, sub, 0, &r->max_wait_us, errs) == 0)
+            r->max_wait_set = true;
+    }
+
     v = json_object_get(jr, "per");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.per", path);
@@ -353,6 +387,7 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_errors *errs)
 {
     static const char *const keys[] = {"name", "prefix", "url", "on_limit",
+                                       "max_wait", "max_queue",
                                        "tls_verify", "ca_file", "connect_timeout",
                                        "timeout", "rules", NULL};
     char sub[768];
@@ -426,13 +461,21 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     v = json_object_get(ju, "on_limit");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.on_limit", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strcmp(s, "reject") == 0)
-                u->on_limit = SL_ON_LIMIT_REJECT;
-            else
-                sl_errors_add(errs, "%s: \"%s\" is not supported (use \"reject\")",
-                              sub, s);
-        }
+        sl_get_on_limit(v, sub, &u->on_limit, errs);
+    }
+    u->max_wait_us = 30 * SL_USEC_PER_SEC;
+    v = json_object_get(ju, "max_wait");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.max_wait", path);
+        sl_get_duration(v, sub, 0, &u->max_wait_us, errs);
+    }
+    u->max_queue = 10000;
+    v = json_object_get(ju, "max_queue");
+    if (v != NULL) {
+        long long n;
+        snprintf(sub, sizeof(sub), "%s.max_queue", path);
+        if (sl_get_int(v, sub, 0, 10000000LL, &n, errs) == 0)
+            u->max_queue = (unsigned)n;
     }
     v = json_object_get(ju, "tls_verify");
     if (v != NULL) {
@@ -482,6 +525,10 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                 snprintf(rsub, sizeof(rsub), "%.120s[%zu]", sub, i);
                 u->rules[i].index = i;
                 sl_parse_rule(jr, rsub, &u->rules[i], errs);
+                if (!u->rules[i].on_limit_set)
+                    u->rules[i].on_limit = u->on_limit;
+                if (!u->rules[i].max_wait_set)
+                    u->rules[i].max_wait_us = u->max_wait_us;
                 for (size_t k = 0; k < i; k++)
                     if (u->rules[i].name && u->rules[k].name &&
                         strcmp(u->rules[i].name, u->rules[k].name) == 0)

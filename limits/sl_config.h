@@ -27,7 +27,8 @@ enum sl_per_kind {
 };
 
 enum sl_on_limit {
-    SL_ON_LIMIT_REJECT,
+    SL_ON_LIMIT_REJECT,     /* 429 at once */
+    SL_ON_LIMIT_QUEUE,      /* hold the call until there is room */
 };
 
 enum sl_store_kind {
@@ -55,6 +56,9 @@ struct sl_rule {
     enum sl_rule_kind kind;
     uint64_t limit;               /* calls per window, or concurrent calls */
     int64_t window_us;            /* rate rules only */
+    enum sl_on_limit on_limit;    /* the upstream's unless overridden */
+    int64_t max_wait_us;          /* queue mode: longest hold */
+    bool on_limit_set, max_wait_set; /* given on the rule itself */
 };
 
 struct sl_upstream_conf {
@@ -64,6 +68,8 @@ struct sl_upstream_conf {
     size_t prefix_len;
     char *url;                    /* base URL, no trailing '/' */
     enum sl_on_limit on_limit;
+    int64_t max_wait_us;          /* queue mode: longest hold (default 30s) */
+    unsigned max_queue;           /* queue mode: held calls per instance */
     bool tls_verify;
     char *ca_file;                /* NULL = system store */
     int64_t connect_timeout_us;

@@ -126,6 +126,10 @@ int main(int argc, char **argv)
     proxy.workers = calloc((size_t)proxy.nworkers, sizeof(*proxy.workers));
     if (proxy.workers == NULL)
         goto out;
+    proxy.waitlists = sl_waitlists_new(config->nupstreams, sl_worker_wake_queue,
+                                       &proxy);
+    if (proxy.waitlists == NULL)
+        goto out;
     for (int i = 0; i < proxy.nworkers; i++) {
         if (sl_worker_init(&proxy.workers[i], &proxy, i) != 0) {
             sl_error("cannot start worker %d on %s", i, config->listen);
@@ -174,6 +178,7 @@ stop:
         sl_info("stopped");
 out:
     free(proxy.workers);
+    sl_waitlists_free(proxy.waitlists);
     sl_store_destroy(proxy.memory);
     sl_config_free(config);
     curl_global_cleanup();

@@ -21,6 +21,7 @@
 #include <stdint.h>
 
 #include "sl_config.h"
+#include "sl_queue.h"
 #include "sl_store.h"
 
 struct sl_worker;
@@ -34,6 +35,7 @@ struct sl_proxy {
     struct sl_store *memory;
     struct sl_worker *workers;    /* owned array */
     int nworkers;
+    struct sl_waitlists *waitlists; /* queue mode, shared by workers */
 };
 
 /* What an epoll registration points at. */
@@ -89,6 +91,10 @@ struct sl_worker {
     bool quiesced;
     int64_t stop_deadline_ms;
     int64_t next_tick_ms;
+    struct sl_queue queue;        /* calls held in queue mode */
+    bool queue_kick;              /* something freed room: pump now */
+    _Atomic bool remote_kick;     /* set by another worker: pump now */
+    int64_t queue_next_ms;        /* next retry or deadline, -1: none */
     struct sl_request *requests;  /* live requests (list head) */
     unsigned long nrequests;
     CURL **easy_pool;             /* idle easy handles for reuse */
@@ -101,6 +107,8 @@ struct sl_worker {
 
 /* sl_worker.c */
 int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id);
+/* sl_wake_fn for the shared wait lists: wake worker ID to pump its queue. */
+void sl_worker_wake_queue(void *proxy, int id);
 int sl_worker_start(struct sl_worker *w);
 void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
@@ -128,6 +136,10 @@ void sl_request_client_gone(struct sl_request *req);
 void sl_request_conn_hung_up(struct sl_conn *c);
 /* Worker shutting down: resume every suspended request so it can close. */
 void sl_request_abort_all(struct sl_worker *w);
+/* Ask the store again for held calls that are due; expire overdue ones. */
+void sl_request_pump(struct sl_worker *w, int64_t now_ms);
+/* Shutting down: answer every held call 503. */
+void sl_request_release_held(struct sl_worker *w);
 
 /* sl_respond.c: synthetic responses and header helpers. */
 struct sl_error_reply {

@@ -70,6 +70,7 @@ enum sl_susp {
     SL_SUSP_UPLOAD,     /* upload buffer full */
     SL_SUSP_HEADERS,    /* body sent, waiting for response headers */
     SL_SUSP_BODY,       /* response buffer empty */
+    SL_SUSP_HELD,       /* queue mode: waiting for room */
     SL_SUSP_ABORT,      /* resumed only to be closed */
 };
 
@@ -100,6 +101,10 @@ struct sl_request {
     struct sl_lease *lease;           /* owned, released at completion */
     bool deciding;                    /* store's answer outstanding */
     bool replay_headers;              /* MHD will repeat the headers call */
+    struct sl_held held;              /* its place in the queue */
+    bool is_held;
+    struct sl_decision last_deny;     /* why it is held */
+    int64_t held_since_ms;
     bool orphaned;                    /* completed while deciding */
 
     struct MHD_Response *pending;     /* synthetic response to queue */
@@ -136,6 +141,11 @@ static void sl_req_resume(struct sl_request *req);
 static void sl_req_update_pause(struct sl_request *req);
 static void sl_req_abort_transfer(struct sl_request *req);
 static void sl_req_free(struct sl_request *req);
+static void sl_req_error(struct sl_request *req, unsigned status,
+                         const char *error, const char *message,
+                         int64_t retry_after, const char *outcome);
+static void sl_req_set_pending(struct sl_request *req, unsigned status,
+                               struct MHD_Response *resp, const char *outcome);
 
 /* ---- buffers ---- */
 
@@ -729,6 +739,139 @@ static const char *sl_call_header(void *ctx, const char *name)
     return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
 }
 
+/* ---- queue mode ---- */
+
+#define SL_QUEUE_POLL_MS 50   /* retry interval for concurrency slots */
+
+static void sl_req_unhold(struct sl_request *req)
+{
+    if (!req->is_held)
+        return;
+    sl_queue_remove(&req->w->queue, &req->held);
+    req->is_held = false;
+}
+
+/*
+ * D denied the call and its rule is in queue mode: hold it, or keep holding
+ * it with a new retry time.  Returns 0 when held, -1 when it must get the
+ * 429 now (queue full, shutting down, or no room before max_wait ends).
+ */
+static int sl_req_hold(struct sl_request *req, const struct sl_decision *d)
+{
+    struct sl_worker *w = req->w;
+    const struct sl_hit *waiting = NULL;
+    int64_t now = sl_now_ms(), wait_ms;
+
+    if (w->stop || d->rule == NULL || d->rule->on_limit != SL_ON_LIMIT_QUEUE)
+        return -1;
+    for (size_t i = 0; i < req->check.nhits; i++)
+        if (req->check.hits[i].rule == d->rule)
+            waiting = &req->check.hits[i];
+    if (waiting == NULL)
+        return -1;
+    /* Room in a rate window comes back at a known time; a concurrency slot
+     * freed here kicks the queue, one freed by another instance is polled. */
+    wait_ms = d->rule->kind == SL_RULE_RATE ? (d->wait_us + 999) / 1000
+                                            : SL_QUEUE_POLL_MS;
+    if (wait_ms < 1)
+        wait_ms = 1;
+    if (!req->is_held) {
+        if (sl_queue_count(&w->queue, req->up->index) >= req->up->max_queue)
+            return -1;
+        req->held.upstream = req->up->index;
+        req->held.check = &req->check;
+        req->held.waiting = waiting;
+        req->held.owner = req;
+        req->held.deadline_ms = now + d->rule->max_wait_us / 1000;
+        req->held_since_ms = now;
+        if (d->rule->kind == SL_RULE_RATE && now + wait_ms > req->held.deadline_ms)
+            return -1;  /* it cannot fit before max_wait: say so now */
+        if (sl_queue_add(&w->queue, &req->held) != 0)
+            return -1;
+        req->is_held = true;
+    } else {
+        if (d->rule->kind == SL_RULE_RATE && now + wait_ms > req->held.deadline_ms)
+            return -1;
+        if (sl_queue_rewait(&w->queue, &req->held, waiting) != 0)
+            return -1;
+    }
+    req->held.retry_at_ms = now + wait_ms;
+    req->held.deciding = false;
+    req->held.parked = false;
+    req->last_deny = *d;
+    return 0;
+}
+
+/* Answer a held call that has waited max_wait: reject mode's 429. */
+static void sl_req_expire(struct sl_request *req, int64_t now)
+{
+    struct sl_decision d = req->last_deny;
+    int64_t left = req->held.retry_at_ms - now;
+
+    sl_req_unhold(req);
+    d.verdict = SL_VERDICT_DENY;
+    d.wait_us = (left > 0 ? left : 1) * 1000;
+    req->decision = d;
+    sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
+                       sl_respond_limited(req->up, &d), "rejected");
+    sl_req_resume(req);
+}
+
+/*
+ * Ask the store again for the held calls that are due and first in their
+ * bucket's wait list (process-wide arrival order); answer the overdue.  A
+ * due call that is not first parks: the worker holding the call before it
+ * wakes this one when that call leaves.
+ */
+void sl_request_pump(struct sl_worker *w, int64_t now)
+{
+    for (size_t u = 0; u < w->queue.nupstreams; u++) {
+        struct sl_held *h, *next;
+
+        for (h = w->queue.heads[u]; h != NULL; h = next) {
+            struct sl_request *req = h->owner;
+
+            next = h->next;
+            if (h->deciding)
+                continue;
+            if (now >= h->deadline_ms) {
+                sl_req_expire(req, now);
+                continue;
+            }
+            if (!h->parked && now < h->retry_at_ms)
+                continue;
+            if (!sl_queue_is_head(&w->queue, h)) {
+                h->parked = true;
+                continue;
+            }
+            h->parked = false;
+            h->deciding = true;
+            req->deciding = true;
+            if (sl_store_decide(w->store, &req->check, sl_req_decided, req) != 0) {
+                req->deciding = false;
+                h->deciding = false;
+                sl_req_unhold(req);
+                sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                             "the limit store cannot decide this call", 1,
+                             "store_error");
+                sl_req_resume(req);
+            }
+        }
+    }
+}
+
+void sl_request_release_held(struct sl_worker *w)
+{
+    for (struct sl_request *r = w->requests; r != NULL; r = r->next) {
+        if (!r->is_held || r->held.deciding)
+            continue;
+        sl_req_unhold(r);
+        sl_req_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",
+                     "sluice is shutting down; retry the call", 1, "shutdown");
+        sl_req_resume(r);
+    }
+}
+
 /*
  * A synthetic answer is ready at the first call.  Queueing it now makes MHD
  * close the connection (the body is unread), so when the body is absent or
@@ -823,6 +966,18 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
     if (rc != 0)
         goto oom;
 
+    /* Held calls wait for one of this call's buckets: queue behind them. */
+    {
+        const struct sl_hit *blocked = sl_queue_blocks(&req->w->queue, &req->check);
+        if (blocked != NULL) {
+            struct sl_decision d = {.verdict = SL_VERDICT_DENY, .rule = blocked->rule};
+            if (sl_req_hold(req, &d) == 0) {
+                req->replay_headers = true;
+                sl_req_suspend(req, SL_SUSP_HELD);
+                return MHD_YES;
+            }
+        }
+    }
     req->deciding = true;
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
         != 0) {
@@ -832,11 +987,11 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
                      "store_error");
         return sl_req_answer_early(req);
     }
-    if (req->deciding) {
+    if (req->deciding || req->is_held) {
         /* Suspended inside the headers call: after the resume MHD calls
          * the handler for the headers again before any body bytes. */
         req->replay_headers = true;
-        sl_req_suspend(req, SL_SUSP_DECIDE);
+        sl_req_suspend(req, req->deciding ? SL_SUSP_DECIDE : SL_SUSP_HELD);
         return MHD_YES;
     }
     if (req->pending != NULL)
@@ -860,6 +1015,7 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
     size_t rest_off;
 
     req->deciding = false;
+    req->held.deciding = false;
     req->lease = lease;
     req->decision = *d;
     if (req->orphaned) {
@@ -875,14 +1031,23 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
     }
     switch (d->verdict) {
     case SL_VERDICT_DENY:
+        if (sl_req_hold(req, d) == 0)
+            break;  /* queue mode: held until there is room */
+        sl_req_unhold(req);
         sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
                            sl_respond_limited(up, d), "rejected");
         break;
     case SL_VERDICT_UNAVAILABLE:
+        sl_req_unhold(req);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "limit_state_unavailable",
                      d->reason, 1, "store_error");
         break;
     case SL_VERDICT_ALLOW:
+        if (req->is_held) {
+            /* Released: the next held call of its bucket may fit too. */
+            sl_req_unhold(req);
+            req->w->queue_kick = true;
+        }
         q = strchr(req->uri, '?');
         rest_off = up->prefix_len == 1 ? 0 : up->prefix_len;
         {
@@ -905,7 +1070,12 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
         free(url);
         break;
     }
-    if (req->susp == SL_SUSP_DECIDE)
+    if (req->is_held) {
+        if (req->susp == SL_SUSP_DECIDE)
+            req->susp = SL_SUSP_HELD;  /* stays suspended, body unread */
+        return;
+    }
+    if (req->susp == SL_SUSP_DECIDE || req->susp == SL_SUSP_HELD)
         sl_req_resume(req);
 }
 
@@ -1167,8 +1337,12 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
         req->sconn->req = NULL;
     req->sconn = NULL;
     sl_req_abort_transfer(req);
-    sl_store_release(w->store, req->lease);
-    req->lease = NULL;
+    sl_req_unhold(req);
+    if (req->lease != NULL) {
+        sl_store_release(w->store, req->lease);
+        req->lease = NULL;
+        w->queue_kick = true;  /* a concurrency slot is free */
+    }
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
         strcmp(req->outcome, "forwarded") == 0)
         req->outcome = "client_gone";

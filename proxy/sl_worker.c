@@ -35,6 +35,7 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -399,6 +400,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->multi = curl_multi_init();
     if (w->multi == NULL)
         return -1;
+    w->queue_next_ms = -1;
+    if (sl_queue_init(&w->queue, c->nupstreams, id, proxy->waitlists) != 0)
+        return -1;
     if (c->store_kind == SL_STORE_REDIS) {
         struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch};
         w->store = sl_store_redis_new(c, proxy->memory, &loop, id);
@@ -432,6 +436,10 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         t = w->stop_deadline_ms - now;
     if (w->store_deadline_ms >= 0 && w->store_deadline_ms - now < t)
         t = w->store_deadline_ms - now;
+    if (w->queue_kick)
+        t = 0;
+    else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
+        t = w->queue_next_ms - now;
     return t < 0 ? 0 : (int)t;
 }
 
@@ -447,6 +455,7 @@ static void sl_worker_begin_stop(struct sl_worker *w)
     fd = MHD_quiesce_daemon(w->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
+    sl_request_release_held(w);
     if (w->id == 0)
         sl_info("stopping: no new connections; %lu calls in flight on worker 0",
                 w->nrequests);
@@ -554,6 +563,14 @@ static void *sl_worker_main(void *arg)
                   (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
                 break;
         }
+        /* Held calls first: their renewed decisions join this pass's batch. */
+        if (atomic_exchange(&w->remote_kick, false))
+            w->queue_kick = true;
+        if (w->queue.total > 0 &&
+            (w->queue_kick || (w->queue_next_ms >= 0 && now >= w->queue_next_ms)))
+            sl_request_pump(w, now);
+        w->queue_kick = false;
+        w->queue_next_ms = sl_queue_next_ms(&w->queue);
         w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
@@ -588,6 +605,17 @@ int sl_worker_start(struct sl_worker *w)
     return pthread_create(&w->thread, NULL, sl_worker_main, w) == 0 ? 0 : -1;
 }
 
+void sl_worker_wake_queue(void *arg, int id)
+{
+    struct sl_proxy *proxy = arg;
+    struct sl_worker *w = &proxy->workers[id];
+    uint64_t one = 1;
+
+    atomic_store(&w->remote_kick, true);
+    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        sl_warn("worker %d: cannot wake: %s", id, strerror(errno));
+}
+
 void sl_worker_request_stop(struct sl_worker *w)
 {
     uint64_t one = 1;
@@ -616,6 +644,7 @@ void sl_worker_cleanup(struct sl_worker *w)
         curl_easy_cleanup(w->easy_pool[i]);
     free(w->easy_pool);
     free(w->easy_pool_up);
+    sl_queue_free(&w->queue);
     if (w->wake_watch.fd > 0)
         close(w->wake_watch.fd);
     if (w->epfd >= 0)

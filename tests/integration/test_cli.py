@@ -70,7 +70,7 @@ def test_check_lists_every_error_with_its_json_path():
         "colour: unknown key",
         'upstreams[0].prefix: "leads" must start with "/"',
         'upstreams[0].url: "ftp://x" must be an http:// or https:// URL',
-        'upstreams[0].on_limit: "explode" is not supported',
+        'upstreams[0].on_limit: "explode" must be "reject" or "queue"',
         "upstreams[0].rules[1].limit: 0 must be between 1 and",
         'upstreams[0].rules[2].window: "5x" is not a duration',
         'upstreams[0].rules[3].path: "/a/{x" has a "{" without a closing "}"',

@@ -1,0 +1,290 @@
+/*
+ * sl_queue — see sl_queue.h.  The shared wait lists are a chained hash of
+ * buckets keyed by (rule, per value), each a doubly linked list of held
+ * calls sorted by ticket, under one mutex.  A bucket is freed when its
+ * last waiter leaves.
+ */
+#include "sl_queue.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define SL_WAIT_SLOTS 1024
+
+struct sl_wbucket {
+    struct sl_wbucket *next;      /* hash chain */
+    const struct sl_rule *rule;   /* identifies upstream and rule */
+    struct sl_held *head, *tail;  /* waiters by ticket */
+    size_t key_len;
+    char key[];
+};
+
+struct sl_waitlists {
+    pthread_mutex_t lock;
+    struct sl_wbucket *slots[SL_WAIT_SLOTS];
+    _Atomic unsigned *counts;     /* held calls per upstream */
+    size_t nupstreams;
+    _Atomic unsigned total;
+    uint64_t next_ticket;
+    sl_wake_fn wake;
+    void *wake_arg;
+};
+
+static size_t sl_whash(const struct sl_rule *rule, const char *key, size_t len)
+{
+    uint64_t h = (uint64_t)(uintptr_t)rule * 0x9E3779B97F4A7C15ull;
+
+    for (size_t i = 0; i < len; i++)
+        h = (h ^ (unsigned char)key[i]) * 0x100000001B3ull;
+    return (size_t)(h ^ (h >> 29)) & (SL_WAIT_SLOTS - 1);
+}
+
+/* Lock held. */
+static struct sl_wbucket **sl_wfind(struct sl_waitlists *wl,
+                                    const struct sl_hit *hit)
+{
+    struct sl_wbucket **pp = &wl->slots[sl_whash(hit->rule, hit->key, hit->key_len)];
+
+    for (; *pp != NULL; pp = &(*pp)->next)
+        if ((*pp)->rule == hit->rule && (*pp)->key_len == hit->key_len &&
+            memcmp((*pp)->key, hit->key, hit->key_len) == 0)
+            return pp;
+    return pp;
+}
+
+/* Insert H into the wait list of HIT by ticket.  Lock held. */
+static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
+                    const struct sl_hit *hit)
+{
+    struct sl_wbucket **pp = sl_wfind(wl, hit), *b = *pp;
+    struct sl_held *after;
+
+    if (b == NULL) {
+        b = calloc(1, sizeof(*b) + hit->key_len);
+        if (b == NULL)
+            return -1;
+        b->rule = hit->rule;
+        b->key_len = hit->key_len;
+        memcpy(b->key, hit->key, hit->key_len);
+        *pp = b;
+    }
+    after = b->tail;
+    while (after != NULL && after->ticket > h->ticket)
+        after = after->wprev;
+    h->wprev = after;
+    h->wnext = after != NULL ? after->wnext : b->head;
+    if (h->wnext != NULL)
+        h->wnext->wprev = h;
+    else
+        b->tail = h;
+    if (after != NULL)
+        after->wnext = h;
+    else
+        b->head = h;
+    h->bucket = b;
+    return 0;
+}
+
+/* Remove H from its wait list; wake the new head's worker.  Lock held. */
+static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
+{
+    struct sl_wbucket *b = h->bucket;
+    bool was_head = b->head == h;
+
+    if (h->wprev != NULL)
+        h->wprev->wnext = h->wnext;
+    else
+        b->head = h->wnext;
+    if (h->wnext != NULL)
+        h->wnext->wprev = h->wprev;
+    else
+        b->tail = h->wprev;
+    h->wprev = h->wnext = NULL;
+    h->bucket = NULL;
+    if (b->head == NULL) {
+        struct sl_wbucket **pp = &wl->slots[sl_whash(b->rule, b->key, b->key_len)];
+        while (*pp != b)
+            pp = &(*pp)->next;
+        *pp = b->next;
+        free(b);
+    } else if (was_head) {
+        wl->wake(wl->wake_arg, b->head->worker);
+    }
+}
+
+struct sl_waitlists *sl_waitlists_new(size_t nupstreams, sl_wake_fn wake,
+                                      void *wake_arg)
+{
+    struct sl_waitlists *wl = calloc(1, sizeof(*wl));
+
+    if (wl == NULL)
+        return NULL;
+    wl->counts = calloc(nupstreams, sizeof(*wl->counts));
+    if (wl->counts == NULL) {
+        free(wl);
+        return NULL;
+    }
+    pthread_mutex_init(&wl->lock, NULL);
+    wl->nupstreams = nupstreams;
+    wl->wake = wake;
+    wl->wake_arg = wake_arg;
+    return wl;
+}
+
+void sl_waitlists_free(struct sl_waitlists *wl)
+{
+    if (wl == NULL)
+        return;
+    for (size_t i = 0; i < SL_WAIT_SLOTS; i++) {
+        while (wl->slots[i] != NULL) {
+            struct sl_wbucket *b = wl->slots[i];
+            wl->slots[i] = b->next;
+            free(b);
+        }
+    }
+    pthread_mutex_destroy(&wl->lock);
+    free((void *)wl->counts);
+    free(wl);
+}
+
+int sl_queue_init(struct sl_queue *q, size_t nupstreams, int worker,
+                  struct sl_waitlists *shared)
+{
+    memset(q, 0, sizeof(*q));
+    q->heads = calloc(nupstreams, sizeof(*q->heads));
+    q->tails = calloc(nupstreams, sizeof(*q->tails));
+    q->nupstreams = nupstreams;
+    q->worker = worker;
+    q->shared = shared;
+    if (q->heads == NULL || q->tails == NULL) {
+        sl_queue_free(q);
+        return -1;
+    }
+    return 0;
+}
+
+void sl_queue_free(struct sl_queue *q)
+{
+    free(q->heads);
+    free(q->tails);
+    q->heads = q->tails = NULL;
+}
+
+unsigned sl_queue_count(const struct sl_queue *q, size_t upstream)
+{
+    return atomic_load(&q->shared->counts[upstream]);
+}
+
+int sl_queue_add(struct sl_queue *q, struct sl_held *h)
+{
+    struct sl_waitlists *wl = q->shared;
+    int rc;
+
+    h->worker = q->worker;
+    pthread_mutex_lock(&wl->lock);
+    h->ticket = ++wl->next_ticket;
+    rc = sl_wjoin(wl, h, h->waiting);
+    pthread_mutex_unlock(&wl->lock);
+    if (rc != 0)
+        return -1;
+    atomic_fetch_add(&wl->counts[h->upstream], 1);
+    atomic_fetch_add(&wl->total, 1);
+    h->next = NULL;
+    h->prev = q->tails[h->upstream];
+    if (h->prev != NULL)
+        h->prev->next = h;
+    else
+        q->heads[h->upstream] = h;
+    q->tails[h->upstream] = h;
+    q->total++;
+    return 0;
+}
+
+int sl_queue_rewait(struct sl_queue *q, struct sl_held *h,
+                    const struct sl_hit *waiting)
+{
+    struct sl_waitlists *wl = q->shared;
+    const struct sl_hit *old = h->waiting;
+    int rc = 0;
+
+    if (waiting == old)
+        return 0;
+    pthread_mutex_lock(&wl->lock);
+    sl_wleave(wl, h);
+    h->waiting = waiting;
+    if (sl_wjoin(wl, h, waiting) != 0) {
+        h->waiting = old;
+        rc = sl_wjoin(wl, h, old);  /* its old bucket may be gone: re-create */
+        if (rc == 0)
+            rc = -1;
+    }
+    pthread_mutex_unlock(&wl->lock);
+    return rc;
+}
+
+void sl_queue_remove(struct sl_queue *q, struct sl_held *h)
+{
+    struct sl_waitlists *wl = q->shared;
+
+    pthread_mutex_lock(&wl->lock);
+    if (h->bucket != NULL)
+        sl_wleave(wl, h);
+    pthread_mutex_unlock(&wl->lock);
+    atomic_fetch_sub(&wl->counts[h->upstream], 1);
+    atomic_fetch_sub(&wl->total, 1);
+    if (h->prev != NULL)
+        h->prev->next = h->next;
+    else
+        q->heads[h->upstream] = h->next;
+    if (h->next != NULL)
+        h->next->prev = h->prev;
+    else
+        q->tails[h->upstream] = h->prev;
+    h->prev = h->next = NULL;
+    q->total--;
+}
+
+bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h)
+{
+    struct sl_waitlists *wl = q->shared;
+    bool head;
+
+    pthread_mutex_lock(&wl->lock);
+    head = h->bucket != NULL && h->bucket->head == h;
+    pthread_mutex_unlock(&wl->lock);
+    return head;
+}
+
+const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
+                                     const struct sl_check *c)
+{
+    struct sl_waitlists *wl = q->shared;
+    const struct sl_hit *found = NULL;
+
+    if (atomic_load(&wl->counts[c->upstream->index]) == 0)
+        return NULL;  /* the common case: nothing held, no lock */
+    pthread_mutex_lock(&wl->lock);
+    for (size_t i = 0; i < c->nhits && found == NULL; i++)
+        if (*sl_wfind(wl, &c->hits[i]) != NULL)
+            found = &c->hits[i];
+    pthread_mutex_unlock(&wl->lock);
+    return found;
+}
+
+int64_t sl_queue_next_ms(const struct sl_queue *q)
+{
+    int64_t next = -1;
+
+    if (q->total == 0)
+        return -1;
+    for (size_t u = 0; u < q->nupstreams; u++) {
+        for (const struct sl_held *h = q->heads[u]; h != NULL; h = h->next) {
+            int64_t t = h->deciding || h->parked ? h->deadline_ms
+                        : h->retry_at_ms < h->deadline_ms ? h->retry_at_ms
+                                                          : h->deadline_ms;
+            if (next < 0 || t < next)
+                next = t;
+        }
+    }
+    return next;
+}

@@ -1,0 +1,87 @@
+/*
+ * sl_queue — calls held in queue mode.
+ *
+ * Two structures.  Per worker, a FIFO per upstream of the calls that
+ * worker holds (it owns their connections and their timers).  Per process,
+ * shared by the workers under one mutex, a wait list per bucket (rule, per
+ * value): the held calls waiting for room in that bucket, in arrival
+ * order (a process-wide ticket).  Only the head of a bucket's wait list may
+ * ask the store again, and a new call for a bucket with waiters joins the
+ * end of the list instead of asking: so calls of one bucket are served in
+ * arrival order within an instance, whichever worker accepted them.  When
+ * a head leaves, the worker holding the next one is woken.
+ *
+ * The shared part is touched only when a call is held, released, or
+ * arrives while calls are held: the hot path of an unlimited call only
+ * reads one counter.
+ */
+#ifndef SL_QUEUE_H
+#define SL_QUEUE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_store.h"
+
+struct sl_waitlists;
+
+/* A held call's place in the queues (embedded in the request). */
+struct sl_held {
+    struct sl_held *prev, *next;  /* the worker's FIFO of its upstream */
+    struct sl_held *wprev, *wnext;/* its bucket's wait list (shared) */
+    struct sl_wbucket *bucket;    /* the bucket it waits on (shared) */
+    uint64_t ticket;              /* arrival order, process-wide */
+    size_t upstream;
+    int worker;                   /* the worker that holds it */
+    const struct sl_check *check; /* the buckets the call counts in */
+    const struct sl_hit *waiting; /* the bucket it waits for (in check) */
+    int64_t retry_at_ms;          /* ask the store again then */
+    int64_t deadline_ms;          /* max_wait runs out then */
+    bool deciding;                /* a renewed decision is out */
+    bool parked;                  /* due, but not first in its bucket */
+    void *owner;                  /* the request */
+};
+
+/* Wakes worker ID (another thread) so it pumps its queue. */
+typedef void (*sl_wake_fn)(void *arg, int worker);
+
+struct sl_queue {
+    struct sl_held **heads, **tails;  /* per upstream (owned arrays) */
+    size_t nupstreams;
+    unsigned total;                   /* calls this worker holds */
+    int worker;
+    struct sl_waitlists *shared;      /* not owned */
+};
+
+/* The process-wide part.  Returns NULL when out of memory. */
+struct sl_waitlists *sl_waitlists_new(size_t nupstreams, sl_wake_fn wake,
+                                      void *wake_arg);
+void sl_waitlists_free(struct sl_waitlists *wl);
+
+int sl_queue_init(struct sl_queue *q, size_t nupstreams, int worker,
+                  struct sl_waitlists *shared);
+void sl_queue_free(struct sl_queue *q);
+
+/* Calls held for UPSTREAM by the whole process. */
+unsigned sl_queue_count(const struct sl_queue *q, size_t upstream);
+
+/* Hold H (upstream, check, waiting and times set).  0 or -1 (OOM). */
+int sl_queue_add(struct sl_queue *q, struct sl_held *h);
+void sl_queue_remove(struct sl_queue *q, struct sl_held *h);
+/* H now waits on WAITING (keeping its place by arrival).  0 or -1 (OOM). */
+int sl_queue_rewait(struct sl_queue *q, struct sl_held *h,
+                    const struct sl_hit *waiting);
+/* Is H first in its bucket's wait list? */
+bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h);
+
+/* A bucket of C that held calls wait on, or NULL. */
+const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
+                                     const struct sl_check *c);
+
+/* Earliest retry or deadline among this worker's held calls, or -1. */
+int64_t sl_queue_next_ms(const struct sl_queue *q);
+
+#endif
