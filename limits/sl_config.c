@@ -238,7 +238,7 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
 {
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
-                                       "max_wait", NULL};
+                                       "max_wait", "sync", NULL};
     char sub[768];
     json_t *v;
     const char *s;
@@ -358,6 +358,27 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
             r->max_wait_set = true;
     }
 
+    v = json_object_get(jr, "sync");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.sync", path);
+        if (sl_get_string(v, sub, &s, errs) == 0) {
+            if (strcmp(s, "sforce-limit-info") == 0)
+                r->sync = SL_SYNC_SFORCE;
+            else if (strcmp(s, "x-ratelimit") == 0)
+                r->sync = SL_SYNC_XRATELIMIT;
+            else if (strcmp(s, "ratelimit") == 0)
+                r->sync = SL_SYNC_RATELIMIT;
+            else if (strcmp(s, "shopify") == 0)
+                r->sync = SL_SYNC_SHOPIFY;
+            else
+                sl_errors_add(errs, "%s: \"%s\" must be \"sforce-limit-info\", "
+                              "\"x-ratelimit\", \"ratelimit\" or \"shopify\"", sub, s);
+            if (r->sync != SL_SYNC_NONE && r->kind != SL_RULE_RATE)
+                sl_errors_add(errs, "%s: only a rule with \"limit\" and \"window\" "
+                              "can follow the provider's count", sub);
+        }
+    }
+
     v = json_object_get(jr, "per");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.per", path);
@@ -387,7 +408,9 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_errors *errs)
 {
     static const char *const keys[] = {"name", "prefix", "url", "on_limit",
-                                       "max_wait", "max_queue",
+                                       "max_wait", "max_queue", "limit_signals",
+                                       "default_pause", "retry_on_limit",
+                                       "retry_unsafe",
                                        "tls_verify", "ca_file", "connect_timeout",
                                        "timeout", "rules", NULL};
     char sub[768];
@@ -477,6 +500,75 @@ static void sl_parse_upstream(json_t *ju, const char *path,
         if (sl_get_int(v, sub, 0, 10000000LL, &n, errs) == 0)
             u->max_queue = (unsigned)n;
     }
+    u->default_pause_us = 60 * SL_USEC_PER_SEC;
+    v = json_object_get(ju, "default_pause");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.default_pause", path);
+        sl_get_duration(v, sub, 0, &u->default_pause_us, errs);
+    }
+    v = json_object_get(ju, "retry_on_limit");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.retry_on_limit", path);
+        sl_get_bool(v, sub, &u->retry_on_limit, errs);
+    }
+    v = json_object_get(ju, "retry_unsafe");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.retry_unsafe", path);
+        sl_get_bool(v, sub, &u->retry_unsafe, errs);
+    }
+    v = json_object_get(ju, "limit_signals");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.limit_signals", path);
+        if (!json_is_array(v) || json_array_size(v) > 16) {
+            sl_errors_add(errs, "%s: must be an array of at most 16 signals", sub);
+        } else if (json_array_size(v) > 0) {
+            size_t i;
+            json_t *js;
+            u->signals = calloc(json_array_size(v), sizeof(*u->signals));
+            json_array_foreach(v, i, js) {
+                static const char *const skeys[] = {"status", "body_contains", "pause",
+                                                    NULL};
+                char ssub[900];
+                long long st;
+                json_t *f;
+                snprintf(ssub, sizeof(ssub), "%.200s[%zu]", sub, i);
+                if (!json_is_object(js) || u->signals == NULL) {
+                    sl_errors_add(errs, "%s: a signal must be an object", ssub);
+                    continue;
+                }
+                sl_check_keys(js, ssub, skeys, errs);
+                struct sl_limit_signal *sg = &u->signals[u->nsignals++];
+                sg->pause_us = -1;
+                f = json_object_get(js, "status");
+                if (f == NULL)
+                    sl_errors_add(errs, "%s.status: is required", ssub);
+                else {
+                    char fsub[960];
+                    snprintf(fsub, sizeof(fsub), "%s.status", ssub);
+                    if (sl_get_int(f, fsub, 100, 599, &st, errs) == 0)
+                        sg->status = (unsigned)st;
+                }
+                f = json_object_get(js, "body_contains");
+                if (f != NULL) {
+                    char fsub[960];
+                    snprintf(fsub, sizeof(fsub), "%s.body_contains", ssub);
+                    if (sl_get_string(f, fsub, &s, errs) == 0) {
+                        if (*s == '\0' || strlen(s) > 1024)
+                            sl_errors_add(errs, "%s: must be 1 to 1024 characters", fsub);
+                        else
+                            sg->body_contains = strdup(s);
+                    }
+                }
+                f = json_object_get(js, "pause");
+                if (f != NULL) {
+                    char fsub[960];
+                    snprintf(fsub, sizeof(fsub), "%s.pause", ssub);
+                    sl_get_duration(f, fsub, 0, &sg->pause_us, errs);
+                }
+            }
+        }
+    }
+
     v = json_object_get(ju, "tls_verify");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.tls_verify", path);
@@ -537,6 +629,17 @@ static void sl_parse_upstream(json_t *ju, const char *path,
             }
         }
     }
+    /* The implicit pause rule (after the rules: its index is nrules). */
+    u->pause_rule.name = strdup("upstream-pause");
+    u->pause_rule.index = u->nrules;
+    u->pause_rule.kind = SL_RULE_PAUSE;
+    u->pause_rule.limit = 1;
+    u->pause_rule.per_capture = -1;
+    u->pause_rule.on_limit = u->on_limit;
+    u->pause_rule.max_wait_us = u->max_wait_us;
+    for (size_t i = 0; i < u->nsignals; i++)
+        if (u->signals[i].pause_us < 0)
+            u->signals[i].pause_us = u->default_pause_us;
 }
 
 static char *sl_pct_decode(const char *s, size_t len)
@@ -894,6 +997,10 @@ void sl_config_free(struct sl_config *c)
         for (size_t k = 0; k < u->nrules; k++)
             sl_rule_free(&u->rules[k]);
         free(u->rules);
+        free(u->pause_rule.name);
+        for (size_t k = 0; k < u->nsignals; k++)
+            free(u->signals[k].body_contains);
+        free(u->signals);
     }
     free(c->upstreams);
     free(c->listen);

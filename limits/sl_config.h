@@ -18,6 +18,23 @@ struct sl_pattern;
 enum sl_rule_kind {
     SL_RULE_RATE,         /* at most `limit` per `window_us` */
     SL_RULE_CONCURRENCY,  /* at most `limit` in flight */
+    SL_RULE_PAUSE,        /* the upstream asked us to stop until a time */
+};
+
+/* Where a rule reads the provider's own count of what is left. */
+enum sl_sync_kind {
+    SL_SYNC_NONE,
+    SL_SYNC_SFORCE,       /* Sforce-Limit-Info: api-usage=USED/MAX */
+    SL_SYNC_XRATELIMIT,   /* X-RateLimit-Remaining */
+    SL_SYNC_RATELIMIT,    /* RateLimit (draft 11) or RateLimit-Remaining */
+    SL_SYNC_SHOPIFY,      /* X-Shopify-Shop-Api-Call-Limit: USED/MAX */
+};
+
+/* A response that means "over the limit" although it is not a 429. */
+struct sl_limit_signal {
+    unsigned status;
+    char *body_contains;          /* NULL: the status alone */
+    int64_t pause_us;             /* when no Retry-After comes with it */
 };
 
 enum sl_per_kind {
@@ -59,6 +76,7 @@ struct sl_rule {
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */
+    enum sl_sync_kind sync;       /* follow the provider's usage report */
 };
 
 struct sl_upstream_conf {
@@ -76,7 +94,22 @@ struct sl_upstream_conf {
     int64_t timeout_us;           /* whole exchange; 0 = none */
     struct sl_rule *rules;
     size_t nrules;
+    /* Implicit rule every call of the upstream counts in: the pause the
+     * provider asked for (429/503 with Retry-After, limit signals). */
+    struct sl_rule pause_rule;
+    struct sl_limit_signal *signals;
+    size_t nsignals;
+    int64_t default_pause_us;     /* 429 without Retry-After */
+    bool retry_on_limit;          /* resend after the pause */
+    bool retry_unsafe;            /* ... even non-idempotent methods */
 };
+
+/* Rule INDEX of U; INDEX == nrules is the pause rule. */
+static inline const struct sl_rule *sl_upstream_rule(
+    const struct sl_upstream_conf *u, size_t index)
+{
+    return index < u->nrules ? &u->rules[index] : &u->pause_rule;
+}
 
 struct sl_config {
     char *listen;                 /* "host:port" as written */

@@ -36,7 +36,7 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
 
     memset(check, 0, sizeof(*check));
     check->upstream = up;
-    for (size_t i = 0; i < up->nrules && n < SL_MAX_HITS; i++) {
+    for (size_t i = 0; i < up->nrules && n < SL_MAX_HITS - 1; i++) {
         const struct sl_rule *r = &up->rules[i];
 
         if (!sl_rule_method_ok(r, call->method))
@@ -60,6 +60,12 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
         total += lens[n] + 1;
         n++;
     }
+    /* Every call counts in its upstream's pause bucket. */
+    vals[n] = "";
+    lens[n] = 0;
+    check->hits[n].rule = &up->pause_rule;
+    total += 1;
+    n++;
     check->keys = malloc(total ? total : 1);
     if (check->keys == NULL)
         return -1;

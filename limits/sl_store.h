@@ -24,7 +24,7 @@
 
 #include "sl_config.h"
 
-#define SL_MAX_HITS 64
+#define SL_MAX_HITS 65  /* 64 rules and the upstream's pause */
 
 /* One rule a call falls under, and the bucket it counts in. */
 struct sl_hit {
@@ -72,6 +72,13 @@ struct sl_store_ops {
     int (*decide)(struct sl_store *store, const struct sl_check *check,
                   sl_decide_cb cb, void *arg);
     void (*release)(struct sl_store *store, struct sl_lease *lease);
+    /* Stop every call of UPSTREAM for DURATION (the provider said so). */
+    void (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
+                  int64_t duration_us);
+    /* The provider reports REMAINING calls left for HIT's bucket: make
+     * sure the bucket has no more room than that. */
+    void (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
+                 const struct sl_hit *hit, uint64_t remaining);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -94,6 +101,19 @@ static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
 {
     if (lease != NULL)
         s->ops->release(s, lease);
+}
+
+static inline void sl_store_pause(struct sl_store *s,
+                                  const struct sl_upstream_conf *u, int64_t us)
+{
+    s->ops->pause(s, u, us);
+}
+
+static inline void sl_store_sync(struct sl_store *s,
+                                 const struct sl_upstream_conf *u,
+                                 const struct sl_hit *hit, uint64_t remaining)
+{
+    s->ops->sync(s, u, hit, remaining);
 }
 
 /* Housekeeping (reclaiming idle state); call about ten times a second. */

@@ -40,6 +40,7 @@ struct sl_mem_bucket {
     uint32_t hash;
     uint32_t rule;                /* rule index within the upstream */
     uint64_t inflight;            /* concurrency: leases held */
+    int64_t paused_until;         /* pause: calls wait until then */
     struct sl_window win;         /* rate: admission log */
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
@@ -174,10 +175,12 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
 
         while (*pp != NULL) {
             struct sl_mem_bucket *b = *pp;
-            const struct sl_rule *r = &t->up->rules[b->rule];
+            const struct sl_rule *r = sl_upstream_rule(t->up, b->rule);
             int idle = b->inflight == 0;
 
-            if (idle && r->kind == SL_RULE_RATE) {
+            if (r->kind == SL_RULE_PAUSE)
+                idle = b->paused_until <= now;
+            else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, r->window_us, now);
                 idle = b->win.count == 0;
             }
@@ -203,7 +206,7 @@ static void sl_mem_undo(struct sl_mem_bucket **bk, const struct sl_check *c,
     for (size_t i = 0; i < n; i++) {
         if (c->hits[i].rule->kind == SL_RULE_RATE)
             sl_window_undo(&bk[i]->win);
-        else
+        else if (c->hits[i].rule->kind == SL_RULE_CONCURRENCY)
             bk[i]->inflight--;
     }
 }
@@ -237,7 +240,10 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                                 c->hits[i].key_len);
         bk[i] = sl_mem_find(t, (uint32_t)r->index, c->hits[i].key,
                             c->hits[i].key_len, hashes[i]);
-        if (r->kind == SL_RULE_CONCURRENCY) {
+        if (r->kind == SL_RULE_PAUSE) {
+            if (bk[i] != NULL && bk[i]->paused_until > now)
+                wait = bk[i]->paused_until - now;
+        } else if (r->kind == SL_RULE_CONCURRENCY) {
             nconc++;
             /* Nobody can say when a slot frees; one second is the hint. */
             if (bk[i] != NULL && bk[i]->inflight >= r->limit)
@@ -268,6 +274,10 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     for (size_t i = 0; i < c->nhits; i++) {
         const struct sl_rule *r = c->hits[i].rule;
 
+        if (r->kind == SL_RULE_PAUSE) {
+            recorded = i + 1;  /* nothing to record, nothing to undo */
+            continue;
+        }
         if (bk[i] == NULL) {
             bk[i] = sl_mem_create(s, t, (uint32_t)r->index, c->hits[i].key,
                                   c->hits[i].key_len, hashes[i], now);
@@ -326,6 +336,63 @@ static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
     free(lease);
 }
 
+/* Find or create the bucket of HIT.  Lock held.  NULL when full. */
+static struct sl_mem_bucket *sl_mem_bucket_for(struct sl_mem_store *s,
+                                               struct sl_mem_table *t,
+                                               const struct sl_rule *r,
+                                               const char *key, size_t len,
+                                               int64_t now)
+{
+    uint32_t hash = sl_mem_hash((uint32_t)r->index, key, len);
+    struct sl_mem_bucket *b = sl_mem_find(t, (uint32_t)r->index, key, len, hash);
+
+    return b != NULL ? b : sl_mem_create(s, t, (uint32_t)r->index, key, len, hash, now);
+}
+
+static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                         int64_t duration_us)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = &s->tables[up->index];
+    struct sl_mem_bucket *b;
+    int64_t now;
+
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    b = sl_mem_bucket_for(s, t, &up->pause_rule, "", 0, now);
+    if (b != NULL && now + duration_us > b->paused_until)
+        b->paused_until = now + duration_us;
+    pthread_mutex_unlock(&t->lock);
+}
+
+static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up,
+                        const struct sl_hit *hit, uint64_t remaining)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = &s->tables[up->index];
+    const struct sl_rule *r = hit->rule;
+    struct sl_mem_bucket *b;
+    int64_t now;
+
+    if (r->kind != SL_RULE_RATE)
+        return;
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len, now);
+    if (b != NULL) {
+        /* Calls made outside sluice: log them as made now. */
+        uint64_t room = sl_window_remaining(&b->win, r->limit, r->window_us, now);
+        while (room > remaining) {
+            size_t before = sl_window_bytes(&b->win);
+            if (sl_window_record(&b->win, r->limit, now) != 0)
+                break;
+            atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+            room--;
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
 static void sl_mem_tick(struct sl_store *store)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
@@ -362,6 +429,8 @@ static void sl_mem_destroy(struct sl_store *store)
 static const struct sl_store_ops sl_mem_ops = {
     .decide = sl_mem_decide,
     .release = sl_mem_release,
+    .pause = sl_mem_pause,
+    .sync = sl_mem_sync,
     .tick = sl_mem_tick,
     .destroy = sl_mem_destroy,
 };

@@ -87,6 +87,9 @@ static const char sl_redis_decide_lua[] =
     "        local e = tonumber(redis.call('LINDEX', key, idx))\n"
     "        if e > now - win then w = e + win - now end\n"
     "      end\n"
+    "    elseif kind == 'p' then\n"
+    "      local u = tonumber(redis.call('GET', key) or 0)\n"
+    "      if u > now then w = u - now end\n"
     "    elseif redis.call('ZCOUNT', key, '(' .. now, '+inf') >= limit then\n"
     "      w = 1000000\n"
     "    end\n"
@@ -117,7 +120,7 @@ static const char sl_redis_decide_lua[] =
     "        if best == 0 or left < rem then\n"
     "          best, rem, reset = i + 1, left, (tonumber(tail) or now) + win - now\n"
     "        end\n"
-    "      else\n"
+    "      elseif kind == 'c' then\n"
     "        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)\n"
     "        redis.call('ZADD', key, now + lease, member)\n"
     "        redis.call('PEXPIRE', key, math.ceil(lease / 1000) * 2 + 1000)\n"
@@ -138,6 +141,31 @@ static const char sl_redis_renew_lua[] =
     "  redis.call('PEXPIRE', KEYS[i], math.ceil(ttl / 1000) * 2 + 1000)\n"
     "end\n"
     "return 1\n";
+
+static const char sl_redis_pause_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local d = tonumber(ARGV[1])\n"
+    "local u = tonumber(t[1]) * 1000000 + tonumber(t[2]) + d\n"
+    "if u > tonumber(redis.call('GET', KEYS[1]) or 0) then\n"
+    "  redis.call('SET', KEYS[1], u, 'PX', math.ceil(d / 1000) + 1000)\n"
+    "end\n"
+    "return 1\n";
+
+/* Pad a rate bucket with "now" entries until at most ARGV[3] calls fit. */
+static const char sl_redis_sync_lua[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local limit, win, remaining = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local key = KEYS[1]\n"
+    "local tail = redis.call('LINDEX', key, -1)\n"
+    "while tail and tonumber(tail) <= now - win do\n"
+    "  redis.call('RPOP', key)\n"
+    "  tail = redis.call('LINDEX', key, -1)\n"
+    "end\n"
+    "local add = limit - remaining - redis.call('LLEN', key)\n"
+    "for i = 1, add do redis.call('LPUSH', key, now) end\n"
+    "if add > 0 then redis.call('PEXPIRE', key, math.ceil(win / 1000) + 1000) end\n"
+    "return add\n";
 
 enum sl_redis_state {
     SL_REDIS_DOWN,          /* no context; reconnect at reconnect_at */
@@ -473,7 +501,9 @@ static char *sl_redis_key(const struct sl_redis *r, const struct sl_check *c,
     if (k == NULL)
         return NULL;
     n = snprintf(k, cap, "%s{%s}:%c:%zu:%s:", r->config->store_prefix,
-                 c->upstream->name, rule->kind == SL_RULE_RATE ? 'r' : 'c',
+                 c->upstream->name,
+                 rule->kind == SL_RULE_RATE ? 'r'
+                 : rule->kind == SL_RULE_PAUSE ? 'p' : 'c',
                  strlen(rule->name), rule->name);
     memcpy(k + n, h->key, h->key_len);
     *len = (size_t)n + h->key_len;
@@ -590,7 +620,8 @@ static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_op *b)
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_rule *rule = c->hits[h].rule;
             char *lim = nums + 24 * nnum++, *win = nums + 24 * nnum++;
-            argv[a] = rule->kind == SL_RULE_RATE ? "r" : "c";
+            argv[a] = rule->kind == SL_RULE_RATE ? "r"
+                      : rule->kind == SL_RULE_PAUSE ? "p" : "c";
             lens[a++] = 1;
             snprintf(lim, 24, "%llu", (unsigned long long)rule->limit);
             argv[a] = lim;
@@ -843,7 +874,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             if (strncmp(rep->str, "NOSCRIPT", 8) == 0)
                 r->renew_sha[0] = '\0';
             sl_redis_log_error(r, op->kind == SL_OP_RENEW ? "a lease renewal"
-                                                           : "a lease release",
+                                                           : "a release, pause or sync",
                                rep->str);
         }
         break;
@@ -934,6 +965,85 @@ static void sl_redis_release(struct sl_store *store, struct sl_lease *lease)
     free(l);
 }
 
+/* Run a small script whose answer does not matter (errors are logged). */
+static void sl_redis_fire(struct sl_redis *r, const char *script, const char *key,
+                          size_t key_len, int nargs, const char **args)
+{
+    const char *argv[8];
+    size_t lens[8];
+    struct sl_redis_op *op = calloc(1, sizeof(*op));
+    int a = 0;
+
+    if (op == NULL)
+        return;
+    op->r = r;
+    op->kind = SL_OP_RELEASE;
+    argv[a] = "EVAL";
+    lens[a++] = 4;
+    argv[a] = script;
+    lens[a] = strlen(script);
+    a++;
+    argv[a] = "1";
+    lens[a++] = 1;
+    argv[a] = key;
+    lens[a++] = key_len;
+    for (int i = 0; i < nargs; i++) {
+        argv[a] = args[i];
+        lens[a++] = strlen(args[i]);
+    }
+    if (sl_redis_send(r, op, a, argv, lens) != 0)
+        free(op);
+}
+
+static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                           int64_t duration_us)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_check c = {.upstream = up};
+    struct sl_hit hit = {.rule = &up->pause_rule, .key = "", .key_len = 0};
+    char dur[24], *key;
+    size_t len;
+
+    /* The local store pauses too: it decides while Redis cannot. */
+    if (r->local != NULL)
+        sl_store_pause(r->local, up, duration_us);
+    if (!sl_redis_usable(r))
+        return;
+    key = sl_redis_key(r, &c, &hit, &len);
+    if (key == NULL)
+        return;
+    snprintf(dur, sizeof(dur), "%lld", (long long)duration_us);
+    const char *args[] = {dur};
+    sl_redis_fire(r, sl_redis_pause_lua, key, len, 1, args);
+    free(key);
+}
+
+static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *up,
+                          const struct sl_hit *hit, uint64_t remaining)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_check c = {.upstream = up};
+    char lim[24], win[24], rem[24], *key;
+    size_t len;
+
+    if (hit->rule->kind != SL_RULE_RATE)
+        return;
+    if (!sl_redis_usable(r)) {
+        if (r->local != NULL && r->config->on_store_error == SL_STORE_ERROR_LOCAL)
+            sl_store_sync(r->local, up, hit, remaining);
+        return;
+    }
+    key = sl_redis_key(r, &c, hit, &len);
+    if (key == NULL)
+        return;
+    snprintf(lim, sizeof(lim), "%llu", (unsigned long long)hit->rule->limit);
+    snprintf(win, sizeof(win), "%lld", (long long)hit->rule->window_us);
+    snprintf(rem, sizeof(rem), "%llu", (unsigned long long)remaining);
+    const char *args[] = {lim, win, rem};
+    sl_redis_fire(r, sl_redis_sync_lua, key, len, 3, args);
+    free(key);
+}
+
 /* ---- timers ---- */
 
 static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
@@ -1016,6 +1126,8 @@ static void sl_redis_destroy(struct sl_store *store)
 static const struct sl_store_ops sl_redis_ops = {
     .decide = sl_redis_decide,
     .release = sl_redis_release,
+    .pause = sl_redis_pause,
+    .sync = sl_redis_sync,
     .tick = sl_redis_tick,
     .timers = sl_redis_timers,
     .destroy = sl_redis_destroy,

@@ -96,6 +96,8 @@ struct sl_worker {
     _Atomic bool remote_kick;     /* set by another worker: pump now */
     int64_t queue_next_ms;        /* next retry or deadline, -1: none */
     struct sl_request *requests;  /* live requests (list head) */
+    unsigned long malformed_reports;  /* provider usage reports ignored */
+    int64_t malformed_logged_ms;
     unsigned long nrequests;
     CURL **easy_pool;             /* idle easy handles for reuse */
     size_t *easy_pool_up;         /* the upstream each was last used for */

@@ -51,6 +51,8 @@
 #include <strings.h>
 
 #define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
+#define SL_SIGNAL_PEEK (64 * 1024)  /* body bytes searched for limit signals */
+#define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
 #define SL_CURL_BUFSIZE (64 * 1024)
 
 /* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
@@ -105,6 +107,12 @@ struct sl_request {
     bool is_held;
     struct sl_decision last_deny;     /* why it is held */
     int64_t held_since_ms;
+    bool feedback_done;               /* provider's signals read */
+    bool want_body;                   /* a signal needs the body's start */
+    char *saved;                      /* request body kept for a retry */
+    size_t saved_len;
+    bool saved_ok;                    /* the whole body is in `saved` */
+    int retries;
     bool orphaned;                    /* completed while deciding */
 
     struct MHD_Response *pending;     /* synthetic response to queue */
@@ -384,7 +392,8 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
     }
     if (sl_buf_put(&req->down, data, n) != n)
         return 0;  /* out of memory: abort rather than corrupt the body */
-    if (req->susp == SL_SUSP_BODY)
+    if (req->susp == SL_SUSP_BODY ||
+        (req->want_body && sl_buf_len(&req->down) >= SL_SIGNAL_PEEK))
         sl_req_resume(req);
     return n;
 }
@@ -630,6 +639,8 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
     } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     }
+    if (req->retries == 0)
+        req->saved_ok = up->retry_on_limit;
     if (req->has_body && strcmp(req->method, "HEAD") != 0) {
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, sl_curl_read);
@@ -756,13 +767,15 @@ static void sl_req_unhold(struct sl_request *req)
  * it with a new retry time.  Returns 0 when held, -1 when it must get the
  * 429 now (queue full, shutting down, or no room before max_wait ends).
  */
-static int sl_req_hold(struct sl_request *req, const struct sl_decision *d)
+static int sl_req_hold(struct sl_request *req, const struct sl_decision *d,
+                       bool force)
 {
     struct sl_worker *w = req->w;
     const struct sl_hit *waiting = NULL;
     int64_t now = sl_now_ms(), wait_ms;
 
-    if (w->stop || d->rule == NULL || d->rule->on_limit != SL_ON_LIMIT_QUEUE)
+    if (w->stop || d->rule == NULL ||
+        (d->rule->on_limit != SL_ON_LIMIT_QUEUE && !force))
         return -1;
     for (size_t i = 0; i < req->check.nhits; i++)
         if (req->check.hits[i].rule == d->rule)
@@ -771,8 +784,8 @@ static int sl_req_hold(struct sl_request *req, const struct sl_decision *d)
         return -1;
     /* Room in a rate window comes back at a known time; a concurrency slot
      * freed here kicks the queue, one freed by another instance is polled. */
-    wait_ms = d->rule->kind == SL_RULE_RATE ? (d->wait_us + 999) / 1000
-                                            : SL_QUEUE_POLL_MS;
+    wait_ms = d->rule->kind != SL_RULE_CONCURRENCY ? (d->wait_us + 999) / 1000
+                                                   : SL_QUEUE_POLL_MS;
     if (wait_ms < 1)
         wait_ms = 1;
     if (!req->is_held) {
@@ -784,13 +797,13 @@ static int sl_req_hold(struct sl_request *req, const struct sl_decision *d)
         req->held.owner = req;
         req->held.deadline_ms = now + d->rule->max_wait_us / 1000;
         req->held_since_ms = now;
-        if (d->rule->kind == SL_RULE_RATE && now + wait_ms > req->held.deadline_ms)
+        if (d->rule->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
             return -1;  /* it cannot fit before max_wait: say so now */
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
         req->is_held = true;
     } else {
-        if (d->rule->kind == SL_RULE_RATE && now + wait_ms > req->held.deadline_ms)
+        if (d->rule->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
             return -1;
         if (sl_queue_rewait(&w->queue, &req->held, waiting) != 0)
             return -1;
@@ -971,7 +984,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
         const struct sl_hit *blocked = sl_queue_blocks(&req->w->queue, &req->check);
         if (blocked != NULL) {
             struct sl_decision d = {.verdict = SL_VERDICT_DENY, .rule = blocked->rule};
-            if (sl_req_hold(req, &d) == 0) {
+            if (sl_req_hold(req, &d, false) == 0) {
                 req->replay_headers = true;
                 sl_req_suspend(req, SL_SUSP_HELD);
                 return MHD_YES;
@@ -1031,8 +1044,9 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
     }
     switch (d->verdict) {
     case SL_VERDICT_DENY:
-        if (sl_req_hold(req, d) == 0)
-            break;  /* queue mode: held until there is room */
+        /* Queue mode holds; so does a call already held for a retry. */
+        if (sl_req_hold(req, d, req->is_held && req->retries > 0) == 0)
+            break;
         sl_req_unhold(req);
         sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
                            sl_respond_limited(up, d), "rejected");
@@ -1181,6 +1195,246 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
     return rc;
 }
 
+/* ---- what the provider says: limit signals and usage reports ---- */
+
+static const char *sl_resp_header(const struct sl_request *req, const char *name)
+{
+    size_t len = strlen(name);
+
+    for (const struct sl_hdr *h = req->hdrs; h != NULL; h = h->next)
+        if (h->name_len == len && strncasecmp(h->line, name, len) == 0)
+            return h->value;
+    return NULL;
+}
+
+/* A whole non-negative number, or -1. */
+static long long sl_parse_count(const char *s, const char **end)
+{
+    long long v = 0;
+    const char *p = s;
+
+    while (*p == ' ')
+        p++;
+    if (*p < '0' || *p > '9')
+        return -1;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (v > 1000000000000LL)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    if (end != NULL)
+        *end = p;
+    return v;
+}
+
+/* "USED/MAX" -> MAX - USED, or -1. */
+static long long sl_parse_used_max(const char *s)
+{
+    const char *p;
+    long long used = sl_parse_count(s, &p), max;
+
+    if (used < 0 || *p != '/')
+        return -1;
+    max = sl_parse_count(p + 1, &p);
+    if (max < 0 || (*p != '\0' && *p != ',' && *p != ' ' && *p != ';'))
+        return -1;
+    return used >= max ? 0 : max - used;
+}
+
+/* Calls left according to the provider's report for SYNC, -1 if absent,
+ * -2 if present but malformed. */
+static long long sl_provider_remaining(const struct sl_request *req,
+                                       enum sl_sync_kind sync)
+{
+    const char *v, *p, *end;
+    long long n;
+
+    switch (sync) {
+    case SL_SYNC_SFORCE:
+        if ((v = sl_resp_header(req, "Sforce-Limit-Info")) == NULL)
+            return -1;
+        for (p = v; (p = strstr(p, "api-usage=")) != NULL; p += 10)
+            if (p == v || p[-1] == ' ' || p[-1] == ',')
+                break;  /* not "per-app-api-usage=" */
+        if (p == NULL)
+            return -2;
+        n = sl_parse_used_max(p + 10);
+        return n < 0 ? -2 : n;
+    case SL_SYNC_XRATELIMIT:
+        if ((v = sl_resp_header(req, "X-RateLimit-Remaining")) == NULL)
+            return -1;
+        n = sl_parse_count(v, &end);
+        return n < 0 || (*end != '\0' && *end != ' ') ? -2 : n;
+    case SL_SYNC_RATELIMIT:
+        if ((v = sl_resp_header(req, "RateLimit")) != NULL) {
+            n = sl_ratelimit_r(v);
+            return n < 0 ? -2 : n;
+        }
+        if ((v = sl_resp_header(req, "RateLimit-Remaining")) == NULL)
+            return -1;
+        n = sl_parse_count(v, &end);
+        return n < 0 || (*end != '\0' && *end != ' ') ? -2 : n;
+    case SL_SYNC_SHOPIFY:
+        if ((v = sl_resp_header(req, "X-Shopify-Shop-Api-Call-Limit")) == NULL)
+            return -1;
+        n = sl_parse_used_max(v);
+        return n < 0 ? -2 : n;
+    case SL_SYNC_NONE:
+        break;
+    }
+    return -1;
+}
+
+/* Retry-After as microseconds from now: seconds or an HTTP-date; -1. */
+static int64_t sl_retry_after_us(const char *v)
+{
+    const char *end;
+    long long s;
+    time_t when;
+
+    if (v == NULL)
+        return -1;
+    s = sl_parse_count(v, &end);
+    if (s >= 0 && (*end == '\0' || *end == ' '))
+        return s > 86400LL * 7 ? 86400LL * 7 * SL_USEC_PER_SEC : s * SL_USEC_PER_SEC;
+    when = curl_getdate(v, NULL);
+    if (when == (time_t)-1)
+        return -1;
+    s = (long long)(when - time(NULL));
+    return s <= 0 ? 0 : (s > 86400LL * 7 ? 86400LL * 7 : s) * SL_USEC_PER_SEC;
+}
+
+static bool sl_method_idempotent(const char *m)
+{
+    static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT",
+                                       "DELETE", NULL};
+    for (const char *const *i = idem; *i; i++)
+        if (strcmp(*i, m) == 0)
+            return true;
+    return false;
+}
+
+enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
+
+/*
+ * The response headers are in: follow the provider's usage reports, and
+ * pause the upstream if the response says "over the limit".  WAIT: a
+ * signal needs the start of the body first.  RETRY: hold the call and send
+ * it again after the pause (retry_on_limit).
+ */
+static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_out)
+{
+    const struct sl_upstream_conf *up = req->up;
+    const char *ra_text = sl_resp_header(req, "Retry-After");
+    int64_t ra = sl_retry_after_us(ra_text), pause = -1;
+    const char *why = NULL;
+
+    for (size_t i = 0; i < up->nsignals; i++) {
+        const struct sl_limit_signal *sg = &up->signals[i];
+        if (sg->status != (unsigned)req->status)
+            continue;
+        if (sg->body_contains != NULL) {
+            size_t have = sl_buf_len(&req->down);
+            if (!req->xfer_done && have < SL_SIGNAL_PEEK) {
+                req->want_body = true;
+                return SL_FEEDBACK_WAIT;
+            }
+            if (have == 0 || memmem(req->down.data + req->down.rpos,
+                                    have < SL_SIGNAL_PEEK ? have : SL_SIGNAL_PEEK,
+                                    sg->body_contains, strlen(sg->body_contains)) == NULL)
+                continue;
+        }
+        pause = ra >= 0 ? ra : sg->pause_us;
+        why = "a configured limit signal";
+        break;
+    }
+    req->want_body = false;
+    req->feedback_done = true;
+
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_rule *r = req->check.hits[i].rule;
+        long long left;
+        if (r->sync == SL_SYNC_NONE)
+            continue;
+        left = sl_provider_remaining(req, r->sync);
+        if (left == -2) {
+            req->w->malformed_reports++;
+            if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
+                req->w->malformed_logged_ms = sl_now_ms();
+                sl_warn("upstream %s: ignored a malformed usage report for rule "
+                        "\"%s\" (%lu on this worker so far)", up->name, r->name,
+                        req->w->malformed_reports);
+            }
+        } else if (left >= 0) {
+            sl_store_sync(req->w->store, up, &req->check.hits[i], (uint64_t)left);
+        }
+    }
+
+    if (pause < 0 && (req->status == 429 || req->status == 503) && ra >= 0) {
+        pause = ra;
+        why = "Retry-After";
+    } else if (pause < 0 && req->status == 429) {
+        pause = up->default_pause_us;
+        why = "429 without Retry-After";
+    }
+    if (pause <= 0)
+        return SL_FEEDBACK_DONE;
+    sl_store_pause(req->w->store, up, pause);
+    sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
+            up->name, req->status, why, (double)pause / SL_USEC_PER_SEC);
+    *pause_out = pause;
+    if (up->retry_on_limit && req->retries < 3 && req->up_done &&
+        (!req->has_body || req->saved_ok) &&
+        (up->retry_unsafe || sl_method_idempotent(req->method)) &&
+        pause <= up->max_wait_us &&
+        sl_queue_count(&req->w->queue, up->index) < up->max_queue)
+        return SL_FEEDBACK_RETRY;
+    return SL_FEEDBACK_DONE;
+}
+
+/* Drop the signal response and hold the call until the pause is over. */
+static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
+{
+    struct sl_decision d = {.verdict = SL_VERDICT_DENY,
+                            .rule = &req->up->pause_rule, .wait_us = pause};
+
+    sl_req_abort_transfer(req);
+    while (req->hdrs != NULL) {
+        struct sl_hdr *h = req->hdrs;
+        req->hdrs = h->next;
+        free(h);
+    }
+    req->hdrs_tail = &req->hdrs;
+    req->down.rpos = req->down.wpos = 0;
+    req->headers_ready = false;
+    req->xfer_done = false;
+    req->down_paused = false;
+    req->up_paused = false;
+    req->result = CURLE_OK;
+    req->status = 0;
+    req->content_length = -1;
+    req->feedback_done = false;
+    req->errbuf[0] = '\0';
+    curl_slist_free_all(req->req_headers);
+    req->req_headers = NULL;
+    if (req->lease != NULL) {
+        sl_store_release(req->w->store, req->lease);
+        req->lease = NULL;
+        req->w->queue_kick = true;
+    }
+    req->upload.rpos = req->upload.wpos = 0;
+    if (req->saved_len > 0 && sl_buf_put(&req->upload, req->saved, req->saved_len)
+        != req->saved_len)
+        return MHD_NO;
+    req->retries++;
+    if (sl_req_hold(req, &d, true) != 0)
+        return MHD_NO;
+    sl_info("upstream %s: call held for a retry after the pause (retry %d)",
+            req->up->name, req->retries);
+    sl_req_suspend(req, SL_SUSP_HELD);
+    return MHD_YES;
+}
+
 /* Body complete (or never expected): answer now or wait for the upstream. */
 static enum MHD_Result sl_req_try_respond(struct sl_request *req)
 {
@@ -1188,6 +1442,18 @@ static enum MHD_Result sl_req_try_respond(struct sl_request *req)
         return MHD_YES;
     if (req->pending != NULL)
         return sl_req_queue_pending(req);
+    if (req->headers_ready && !req->feedback_done) {
+        int64_t pause = 0;
+        switch (sl_req_feedback(req, &pause)) {
+        case SL_FEEDBACK_WAIT:
+            sl_req_suspend(req, SL_SUSP_HEADERS);
+            return MHD_YES;
+        case SL_FEEDBACK_RETRY:
+            return sl_req_retry(req, pause);
+        case SL_FEEDBACK_DONE:
+            break;
+        }
+    }
     if (req->headers_ready)
         return sl_req_respond(req);
     if (req->xfer_done || req->easy == NULL)
@@ -1209,6 +1475,21 @@ static enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
         size_t n = sl_buf_put(&req->upload, data, *size);
         if (n == 0)
             break;
+        if (req->saved_ok) {
+            /* Keep a copy for a retry after a pause; big bodies are not. */
+            char *s = req->saved_len + n <= SL_SAVE_MAX
+                          ? realloc(req->saved, req->saved_len + n) : NULL;
+            if (s == NULL) {
+                free(req->saved);
+                req->saved = NULL;
+                req->saved_len = 0;
+                req->saved_ok = false;
+            } else {
+                memcpy(s + req->saved_len, data, n);
+                req->saved = s;
+                req->saved_len += n;
+            }
+        }
         data += n;
         *size -= n;
         if (req->up_paused) {
@@ -1318,6 +1599,7 @@ static void sl_req_free(struct sl_request *req)
     sl_check_clear(&req->check);
     sl_buf_free(&req->upload);
     sl_buf_free(&req->down);
+    free(req->saved);
     free(req->uri);
     free(req);
 }

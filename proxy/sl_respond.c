@@ -109,7 +109,13 @@ struct MHD_Response *sl_respond_limited(const struct sl_upstream_conf *up,
     json_object_set_new(body, "upstream", json_string(up->name));
     json_object_set_new(body, "rule", json_string(r->name));
     json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
-    if (r->kind == SL_RULE_RATE) {
+    if (r->kind == SL_RULE_PAUSE) {
+        json_object_set_new(body, "error", json_string("upstream_paused"));
+        json_object_set_new(body, "window", json_null());
+        snprintf(msg, sizeof(msg),
+                 "upstream \"%s\" asked callers to pause (it signalled a limit); "
+                 "retry in %llds", up->name, (long long)retry);
+    } else if (r->kind == SL_RULE_RATE) {
         json_object_set_new(body, "window",
                             json_real((double)r->window_us / SL_USEC_PER_SEC));
         snprintf(msg, sizeof(msg),

@@ -52,6 +52,7 @@ def pattern_sha256(n):
 
 class Record:
     def __init__(self, t, method, target, headers, body_len, body_sha, peer):
+        self.status = None
         self.t = t
         self.peer = peer
         self.method = method
@@ -117,6 +118,20 @@ class _Handler(BaseHTTPRequestHandler):
                 time.sleep(delay)
             status = int(self.headers.get("X-Test-Status", "200"))
             extra = self.headers.get_all("X-Test-Resp-Header") or []
+            # A scripted answer (the test's up.script), consumed in order.
+            with up.lock:
+                step = up.script.pop(0) if up.script else None
+                rec.status = status if step is None else step.get("status", 200)
+            if step is not None:
+                body = step.get("body", b"")
+                self.send_response(step.get("status", 200))
+                for hdr in step.get("headers", []):
+                    name, _, value = hdr.partition(":")
+                    self.send_header(name.strip(), value.strip())
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+                return
             size = self.headers.get("X-Test-Body-Size")
             chunked = self.headers.get("X-Test-Chunked") == "1"
             if size is None:
@@ -177,6 +192,7 @@ class Upstream:
     def __init__(self):
         self.lock = threading.Lock()
         self.records = []
+        self.script = []  # list of {"status", "headers", "body"} answers
         self.active = 0
         self.max_active = 0
         self.errors = 0
