@@ -311,6 +311,21 @@ class Sluice:
         return code
 
 
+def parallel(n, fn):
+    """Run fn(0..n-1) on n threads at once; their results, in order."""
+    out = [None] * n
+
+    def run(i):
+        out[i] = fn(i)
+
+    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return out
+
+
 def max_in_window(times, window):
     """Largest number of times inside any half-open interval of length WINDOW."""
     best = 0

@@ -4,7 +4,7 @@ import json
 import threading
 import time
 
-from harness import max_in_window
+from harness import max_in_window, parallel
 
 
 def up_conf(up, rules, **extra):
@@ -12,19 +12,6 @@ def up_conf(up, rules, **extra):
     u.update(extra)
     return u
 
-
-def parallel(n, fn):
-    out = [None] * n
-
-    def run(i):
-        out[i] = fn(i)
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return out
 
 
 def ok_count(up):

@@ -6,7 +6,7 @@ import socket
 import threading
 import time
 
-from harness import max_in_window, pattern_bytes, pattern_sha256
+from harness import max_in_window, parallel, pattern_bytes, pattern_sha256
 
 
 def conf(up, rules, store=None, **upstream):
@@ -18,19 +18,6 @@ def conf(up, rules, store=None, **upstream):
         c["store"] = store
     return c
 
-
-def parallel(n, fn):
-    out = [None] * n
-
-    def run(i):
-        out[i] = fn(i)
-
-    ts = [threading.Thread(target=run, args=(i,)) for i in range(n)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return out
 
 
 def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice):
