@@ -204,6 +204,53 @@ static void test_store_settings(void **state)
     sl_errors_free(&e);
 }
 
+static void test_queue_and_feedback_settings(void **state)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+    assert_int_equal(sl_config_parse(
+        "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/crm\", \"url\": \"http://x\","
+        "\"on_limit\": \"queue\", \"max_wait\": \"5s\", \"max_queue\": 7,"
+        "\"default_pause\": \"2s\", \"retry_on_limit\": true,"
+        "\"limit_signals\": [{\"status\": 403, \"body_contains\": \"LIMIT\"},"
+        "                    {\"status\": 420, \"pause\": \"9s\"}],"
+        "\"rules\": [{\"name\": \"d\", \"limit\": 10, \"window\": \"1d\", \"sync\": \"sforce-limit-info\","
+        "             \"on_limit\": \"reject\"},"
+        "            {\"name\": \"c\", \"concurrency\": 2, \"max_wait\": \"1s\"}]}]}",
+        "t", false, &c, &e), 0);
+    const struct sl_upstream_conf *u = &c->upstreams[0];
+    assert_int_equal(u->on_limit, SL_ON_LIMIT_QUEUE);
+    assert_int_equal(u->max_wait_us, 5 * SL_USEC_PER_SEC);
+    assert_int_equal(u->max_queue, 7);
+    assert_true(u->retry_on_limit);
+    assert_int_equal(u->nsignals, 2);
+    assert_string_equal(u->signals[0].body_contains, "LIMIT");
+    assert_int_equal(u->signals[0].pause_us, 2 * SL_USEC_PER_SEC);  /* default_pause */
+    assert_int_equal(u->signals[1].pause_us, 9 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[0].on_limit, SL_ON_LIMIT_REJECT);     /* overridden */
+    assert_int_equal(u->rules[0].sync, SL_SYNC_SFORCE);
+    assert_int_equal(u->rules[1].on_limit, SL_ON_LIMIT_QUEUE);      /* inherited */
+    assert_int_equal(u->rules[1].max_wait_us, SL_USEC_PER_SEC);
+    assert_int_equal(u->pause_rule.kind, SL_RULE_PAUSE);
+    assert_int_equal(u->pause_rule.index, 2);
+    assert_ptr_equal(sl_upstream_rule(u, 2), &u->pause_rule);
+    sl_config_free(c);
+
+    assert_int_equal(sl_config_parse(
+        "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/crm\", \"url\": \"http://x\","
+        "\"on_limit\": \"wait\", \"limit_signals\": [{\"body_contains\": \"\"}],"
+        "\"rules\": [{\"concurrency\": 2, \"sync\": \"shopify\"},"
+        "            {\"limit\": 1, \"window\": \"1s\", \"sync\": \"github\"}]}]}",
+        "t", false, &c, &e), -1);
+    assert_true(has_error(&e, "upstreams[0].on_limit: \"wait\" must be \"reject\" or \"queue\""));
+    assert_true(has_error(&e, "upstreams[0].limit_signals[0].status: is required"));
+    assert_true(has_error(&e, "upstreams[0].limit_signals[0].body_contains: must be"));
+    assert_true(has_error(&e, "upstreams[0].rules[0].sync: only a rule with"));
+    assert_true(has_error(&e, "upstreams[0].rules[1].sync: \"github\" must be"));
+    sl_errors_free(&e);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +261,7 @@ int main(void)
         cmocka_unit_test(test_listen_forms),
         cmocka_unit_test(test_redis_urls),
         cmocka_unit_test(test_store_settings),
+        cmocka_unit_test(test_queue_and_feedback_settings),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -230,6 +230,52 @@ static void test_memory_bound_refuses_new_keys(void **state)
     hdr_app = NULL;
 }
 
+static void test_pause_denies_every_call_until_it_ends(void **state)
+{
+    struct fixture *f = *state;
+    const struct sl_upstream_conf *up = &f->config->upstreams[0];
+    struct result r;
+
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    sl_store_pause(f->store, up, 5 * S);
+    fake_now += 2 * S;
+    r = call(f, "GET", "/y");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_ptr_equal(r.d.rule, &up->pause_rule);
+    assert_int_equal(r.d.wait_us, 3 * S);
+    /* A shorter pause never shortens the running one. */
+    sl_store_pause(f->store, up, 1 * S);
+    assert_int_equal(call(f, "GET", "/y").d.wait_us, 3 * S);
+    fake_now += 3 * S;
+    assert_int_equal(call(f, "GET", "/z").d.verdict, SL_VERDICT_ALLOW);
+    /* The two paused calls recorded nothing: this is the third in "all"
+     * (limit 4), so one is left. */
+    assert_int_equal(call(f, "GET", "/z").d.remaining, 1);
+}
+
+static void test_sync_leaves_what_the_provider_reports(void **state)
+{
+    struct fixture *f = *state;
+    const struct sl_upstream_conf *up = &f->config->upstreams[0];
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL};
+    struct sl_check chk;
+    const struct sl_hit *all = NULL;
+
+    assert_int_equal(sl_match(up, &c, &chk), 0);
+    for (size_t i = 0; i < chk.nhits; i++)
+        if (strcmp(chk.hits[i].rule->name, "all") == 0)
+            all = &chk.hits[i];
+    assert_non_null(all);
+    sl_store_sync(f->store, up, all, 1);   /* the provider says: 1 left */
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    sl_store_sync(f->store, up, all, 3);   /* more than we have: no change */
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    fake_now += 61 * S;                    /* the padding leaves the window */
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    sl_check_clear(&chk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -239,6 +285,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrency_leases, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_idle_keys_are_reclaimed, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bound_refuses_new_keys, setup_tiny, teardown),
+        cmocka_unit_test_setup_teardown(test_pause_denies_every_call_until_it_ends, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_leaves_what_the_provider_reports, setup_leads, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
