@@ -9,8 +9,10 @@
  * operations; workers on different upstreams never contend.
  *
  * Buckets: a rate bucket is a sliding log (sl_window); a concurrency bucket
- * is a counter of leases.  A bucket is reclaimed by the sweeper once its
- * log is empty and no lease pins it, so idle keys cost nothing.
+ * is a counter of leases; the upstream's pause bucket holds the time until
+ * which the provider asked us to stop.  A bucket is reclaimed by the
+ * sweeper once its log is empty, no lease pins it and no pause runs, so
+ * idle keys cost nothing.
  *
  * Memory bound: every byte of buckets and logs is accounted against
  * `memory_limit`.  When a *new* bucket would exceed it, the table is swept

@@ -7,15 +7,21 @@
  *               dot-segments (400), match rules, ask the store.  Allowed:
  *               start the upstream transfer at once, before the body has
  *               been read.  Denied: queue the 429 now (a client sending
- *               "Expect: 100-continue" never uploads its body).
+ *               "Expect: 100-continue" never uploads its body), or, in
+ *               queue mode, hold the call: the connection stays suspended
+ *               inside this call, body unread, until sl_request_pump()
+ *               has the store decide again (see sl_queue.h).  After any
+ *               suspension inside this call MHD repeats it once resumed.
  *   handle #n   body bytes: copied into a bounded buffer that libcurl's
  *               read callback drains.  When the buffer is full the MHD
  *               connection is suspended; curl's read callback resumes it.
  *               When it is empty curl's send side is paused; new bytes
  *               unpause it.
  *   handle last the body is complete: if the upstream's response headers
- *               are in, queue the response; otherwise suspend until they
- *               are (or the transfer failed: 502/504).
+ *               are in, read the provider's feedback (usage reports, limit
+ *               signals: pause the upstream, maybe hold the call for a
+ *               retry), then queue the response; otherwise suspend until
+ *               they are (or the transfer failed: 502/504).
  *   response    the body streams through a second bounded buffer: curl's
  *               write callback fills it (pausing curl's receive side when
  *               full), MHD's content reader drains it (suspending the
@@ -32,10 +38,10 @@
  * transfer ends.  Every callback runs on the worker thread that owns the
  * connection.
  *
- * While suspended, MHD ignores the socket, so the client's socket is
- * watched for EPOLLRDHUP: a client that hangs up while held or while
- * waiting for its upstream is forgotten at once, and its upstream transfer
- * aborted.
+ * While suspended, MHD ignores the socket, so each client socket is
+ * watched for EPOLLRDHUP for the life of its connection (sl_conn): a client
+ * that hangs up while held or while waiting for its upstream is forgotten
+ * at once, and its upstream transfer aborted.
  */
 #include "sl_proxy.h"
 
