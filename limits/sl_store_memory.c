@@ -142,12 +142,11 @@ static void sl_mem_grow(struct sl_mem_table *t)
 static struct sl_mem_bucket *sl_mem_create(struct sl_mem_store *s,
                                            struct sl_mem_table *t, uint32_t rule,
                                            const char *key, size_t len,
-                                           uint32_t hash, int64_t now)
+                                           uint32_t hash)
 {
     struct sl_mem_bucket *b;
     size_t need = sizeof(*b) + len + 1;
 
-    (void)now;
     if (atomic_load(&s->bytes) + need > s->limit)
         return NULL;
     b = calloc(1, need);
@@ -282,7 +281,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         }
         if (bk[i] == NULL) {
             bk[i] = sl_mem_create(s, t, (uint32_t)r->index, c->hits[i].key,
-                                  c->hits[i].key_len, hashes[i], now);
+                                  c->hits[i].key_len, hashes[i]);
             if (bk[i] == NULL)
                 goto rollback;
         }
@@ -342,13 +341,12 @@ static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
 static struct sl_mem_bucket *sl_mem_bucket_for(struct sl_mem_store *s,
                                                struct sl_mem_table *t,
                                                const struct sl_rule *r,
-                                               const char *key, size_t len,
-                                               int64_t now)
+                                               const char *key, size_t len)
 {
     uint32_t hash = sl_mem_hash((uint32_t)r->index, key, len);
     struct sl_mem_bucket *b = sl_mem_find(t, (uint32_t)r->index, key, len, hash);
 
-    return b != NULL ? b : sl_mem_create(s, t, (uint32_t)r->index, key, len, hash, now);
+    return b != NULL ? b : sl_mem_create(s, t, (uint32_t)r->index, key, len, hash);
 }
 
 static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *up,
@@ -361,7 +359,7 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
 
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
-    b = sl_mem_bucket_for(s, t, &up->pause_rule, "", 0, now);
+    b = sl_mem_bucket_for(s, t, &up->pause_rule, "", 0);
     if (b != NULL && now + duration_us > b->paused_until)
         b->paused_until = now + duration_us;
     pthread_mutex_unlock(&t->lock);
@@ -380,7 +378,7 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
         return;
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
-    b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len, now);
+    b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len);
     if (b != NULL) {
         /* Calls made outside sluice: log them as made now. */
         uint64_t room = sl_window_remaining(&b->win, r->limit, r->window_us, now);

@@ -195,7 +195,6 @@ struct sl_redis_op {
     char member[64];
     /* SL_OP_DECIDE: a batch of calls of one upstream */
     bool eval;                      /* sent as EVAL (script body) */
-    size_t upstream;
     size_t ncalls;
     struct sl_redis_op *calls[SL_REDIS_BATCH_MAX];
     char base[48];
@@ -718,7 +717,6 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         }
         batch->r = r;
         batch->kind = SL_OP_DECIDE;
-        batch->upstream = c->upstream->index;
         snprintf(batch->base, sizeof(batch->base), "%s:%d:%llu", r->instance,
                  r->worker_id, (unsigned long long)++r->counter);
         r->pending[c->upstream->index] = batch;

@@ -94,7 +94,7 @@ struct sl_worker {
     struct sl_queue queue;        /* calls held in queue mode */
     bool queue_kick;              /* something freed room: pump now */
     _Atomic bool remote_kick;     /* set by another worker: pump now */
-    int64_t queue_next_ms;        /* next retry or deadline, -1: none */
+    int64_t queue_next_ms;        /* next retry or deadline (or earlier), -1: none */
     struct sl_request *requests;  /* live requests (list head) */
     unsigned long malformed_reports;  /* provider usage reports ignored */
     int64_t malformed_logged_ms;

@@ -79,7 +79,6 @@ enum sl_susp {
     SL_SUSP_HEADERS,    /* body sent, waiting for response headers */
     SL_SUSP_BODY,       /* response buffer empty */
     SL_SUSP_HELD,       /* queue mode: waiting for room */
-    SL_SUSP_ABORT,      /* resumed only to be closed */
 };
 
 /* One upstream response header line, "Name: value" split in place. */
@@ -112,7 +111,6 @@ struct sl_request {
     struct sl_held held;              /* its place in the queue */
     bool is_held;
     struct sl_decision last_deny;     /* why it is held */
-    int64_t held_since_ms;
     bool feedback_done;               /* provider's signals read */
     bool want_body;                   /* a signal needs the body's start */
     char *saved;                      /* request body kept for a retry */
@@ -751,6 +749,12 @@ static bool sl_has_dot_segment(const char *p, size_t len)
     return false;
 }
 
+/* The raw request target past the upstream's prefix (path and query). */
+static const char *sl_req_rest(const struct sl_request *req)
+{
+    return req->uri + (req->up->prefix_len == 1 ? 0 : req->up->prefix_len);
+}
+
 static const char *sl_call_header(void *ctx, const char *name)
 {
     return MHD_lookup_connection_value(ctx, MHD_HEADER_KIND, name);
@@ -802,7 +806,6 @@ static int sl_req_hold(struct sl_request *req, const struct sl_decision *d,
         req->held.waiting = waiting;
         req->held.owner = req;
         req->held.deadline_ms = now + d->rule->max_wait_us / 1000;
-        req->held_since_ms = now;
         if (d->rule->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
             return -1;  /* it cannot fit before max_wait: say so now */
         if (sl_queue_add(&w->queue, &req->held) != 0)
@@ -818,6 +821,12 @@ static int sl_req_hold(struct sl_request *req, const struct sl_decision *d,
     req->held.deciding = false;
     req->held.parked = false;
     req->last_deny = *d;
+    {
+        int64_t due = req->held.retry_at_ms < req->held.deadline_ms
+                          ? req->held.retry_at_ms : req->held.deadline_ms;
+        if (w->queue_next_ms < 0 || due < w->queue_next_ms)
+            w->queue_next_ms = due;
+    }
     return 0;
 }
 
@@ -955,7 +964,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
         sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
         return sl_req_answer_early(req);
     }
-    rest = req->uri + (req->up->prefix_len == 1 ? 0 : req->up->prefix_len);
+    rest = sl_req_rest(req);
     rest_len = plen - (size_t)(rest - req->uri);
 
     decoded = malloc(rest_len + 2);
@@ -1029,9 +1038,7 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
 {
     struct sl_request *req = arg;
     const struct sl_upstream_conf *up = req->up;
-    const char *q;
     char *url = NULL;
-    size_t rest_off;
 
     req->deciding = false;
     req->held.deciding = false;
@@ -1068,10 +1075,8 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
             sl_req_unhold(req);
             req->w->queue_kick = true;
         }
-        q = strchr(req->uri, '?');
-        rest_off = up->prefix_len == 1 ? 0 : up->prefix_len;
         {
-            const char *rest = req->uri + rest_off;
+            const char *rest = sl_req_rest(req);
             bool empty = rest[0] == '\0' || rest[0] == '?';
             const char *base_path = strchr(strstr(up->url, "://") + 3, '/');
             /* "/leads" alone maps to the base URL, or "/" without a path. */
@@ -1079,7 +1084,6 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
                          empty && base_path == NULL ? "/" : "", rest) < 0)
                 url = NULL;
         }
-        (void)q;
         if (url == NULL || sl_req_start_transfer(req, url) != 0) {
             sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
                          "sluice could not start the upstream call", 1,

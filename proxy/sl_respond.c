@@ -19,7 +19,7 @@
 #include <strings.h>
 #include <time.h>
 
-static struct MHD_Response *sl_respond_json(json_t *body, unsigned status)
+static struct MHD_Response *sl_respond_json(json_t *body)
 {
     struct MHD_Response *resp;
     char date[64];
@@ -27,7 +27,6 @@ static struct MHD_Response *sl_respond_json(json_t *body, unsigned status)
     struct tm tm;
     char *text;
 
-    (void)status;
     text = json_dumps(body, JSON_COMPACT);
     json_decref(body);
     if (text == NULL)
@@ -61,7 +60,7 @@ struct MHD_Response *sl_respond_error(const struct sl_error_reply *e)
     json_object_set_new(body, "message", json_string(e->message));
     if (e->retry_after_s > 0)
         json_object_set_new(body, "retry_after", json_integer(e->retry_after_s));
-    resp = sl_respond_json(body, e->status);
+    resp = sl_respond_json(body);
     if (resp != NULL && e->retry_after_s > 0) {
         snprintf(ra, sizeof(ra), "%lld", (long long)e->retry_after_s);
         MHD_add_response_header(resp, "Retry-After", ra);
@@ -135,7 +134,7 @@ struct MHD_Response *sl_respond_limited(const struct sl_upstream_conf *up,
     }
     json_object_set_new(body, "retry_after", json_integer(retry));
     json_object_set_new(body, "message", json_string(msg));
-    resp = sl_respond_json(body, MHD_HTTP_TOO_MANY_REQUESTS);
+    resp = sl_respond_json(body);
     if (resp == NULL)
         return NULL;
     snprintf(ra, sizeof(ra), "%lld", (long long)retry);

@@ -566,11 +566,17 @@ static void *sl_worker_main(void *arg)
         /* Held calls first: their renewed decisions join this pass's batch. */
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
-        if (w->queue.total > 0 &&
-            (w->queue_kick || (w->queue_next_ms >= 0 && now >= w->queue_next_ms)))
+        /* The earliest retry or deadline is walked for only after a pump;
+         * holding a call lowers it (sl_req_hold).  A value left early by a
+         * call that went away costs one pump that finds nothing. */
+        if (w->queue.total == 0) {
+            w->queue_next_ms = -1;
+        } else if (w->queue_kick ||
+                   (w->queue_next_ms >= 0 && now >= w->queue_next_ms)) {
             sl_request_pump(w, now);
+            w->queue_next_ms = sl_queue_next_ms(&w->queue);
+        }
         w->queue_kick = false;
-        w->queue_next_ms = sl_queue_next_ms(&w->queue);
         w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
