@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from harness import max_in_window
+from harness import max_in_window, parallel
 
 
 def one(up, rules, **extra):
@@ -155,19 +155,12 @@ def test_per_capture_and_per_header_buckets(upstream, sluice):
 
 def test_concurrency_limit(upstream, sluice):
     sl = sluice(one(upstream, [{"name": "in-flight", "concurrency": 3}]))
-    statuses = []
-    lock = threading.Lock()
 
-    def call():
+    def call(i):
         s, h, b = sl.request("GET", "/leads/slow", headers={"X-Test-Delay": "1"})
-        with lock:
-            statuses.append((s, h.get("retry-after")))
+        return s, h.get("retry-after")
 
-    ts = [threading.Thread(target=call) for _ in range(8)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    statuses = parallel(8, call)
     ok = [s for s in statuses if s[0] == 200]
     limited = [s for s in statuses if s[0] == 429]
     assert len(ok) == 3
@@ -175,13 +168,7 @@ def test_concurrency_limit(upstream, sluice):
     assert all(r == "1" for _, r in limited)
     assert upstream.max_active <= 3
     # Slots came back once the responses were relayed.
-    statuses.clear()
-    ts = [threading.Thread(target=call) for _ in range(3)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    assert [s for s, _ in statuses] == [200, 200, 200]
+    assert [s for s, _ in parallel(3, call)] == [200, 200, 200]
 
 
 def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice):
@@ -216,11 +203,7 @@ def test_rolling_window_exact_under_load(upstream, sluice):
                 time.sleep(0.002)
         c.close()
 
-    ts = [threading.Thread(target=hammer) for _ in range(6)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
+    parallel(6, lambda i: hammer())
     times = upstream.times()
     # Arrival jitter between sluice and the upstream is allowed: a few ms.
     assert max_in_window(times, w - 0.01) <= n
