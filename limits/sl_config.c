@@ -621,6 +621,7 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                     u->rules[i].on_limit = u->on_limit;
                 if (!u->rules[i].max_wait_set)
                     u->rules[i].max_wait_us = u->max_wait_us;
+                u->rules[i].span_us = u->rules[i].window_us + u->margin_us;
                 for (size_t k = 0; k < i; k++)
                     if (u->rules[i].name && u->rules[k].name &&
                         strcmp(u->rules[i].name, u->rules[k].name) == 0)

@@ -72,11 +72,18 @@ struct sl_rule {
     int per_capture;              /* capture index for SL_PER_CAPTURE */
     enum sl_rule_kind kind;
     uint64_t limit;               /* calls per window, or concurrent calls */
-    int64_t window_us;            /* rate rules only */
+    int64_t window_us;            /* rate rules only, as configured */
+    /* What admission uses: window_us plus the upstream's margin, so that
+     * calls stamped when sent stay `window_us` apart at the provider even
+     * with that much network jitter (see README, "margin"). */
+    int64_t span_us;
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */
     enum sl_sync_kind sync;       /* follow the provider's usage report */
+    /* sync: while the provider's last report says "nothing left", let one
+     * call through this often to learn its count again (0: never). */
+    int64_t sync_probe_us;
 };
 
 struct sl_upstream_conf {
@@ -102,6 +109,14 @@ struct sl_upstream_conf {
     int64_t default_pause_us;     /* 429 without Retry-After */
     bool retry_on_limit;          /* resend after the pause */
     bool retry_unsafe;            /* ... even non-idempotent methods */
+    int64_t margin_us;            /* jitter allowance added to rate windows */
+    bool path_case_sensitive;     /* rules match letter case exactly */
+    /* The answer to an over-limit call (default: 429 with sluice's JSON).
+     * reject_body is a template: {upstream} {rule} {limit} {window}
+     * {retry_after} {message} are replaced (JSON-escaped). */
+    unsigned reject_status;
+    char *reject_body;            /* NULL: sluice's JSON body */
+    char *reject_content_type;    /* NULL: application/json */
 };
 
 /* Rule INDEX of U; INDEX == nrules is the pause rule. */
@@ -132,6 +147,14 @@ struct sl_config {
     int64_t shutdown_timeout_us;  /* in-flight calls get this long at stop */
     int64_t client_timeout_us;    /* idle client connection timeout */
     unsigned max_connections;
+    /* A client must send a request's whole header block within this long
+     * after its request line (and the first request line within this long
+     * after connecting); slow-header clients are disconnected. */
+    int64_t header_timeout_us;
+    int64_t max_retry_after_us;   /* bound on Retry-After sent; 0 = none */
+    /* Redis store, on_store_error "local": the fraction of each limit this
+     * instance may use on its own while Redis is away. */
+    double local_share;
     struct sl_upstream_conf *upstreams;
     size_t nupstreams;
 };

@@ -14,15 +14,45 @@
 
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
+/* Methods are matched whatever their case: "get" must not dodge a GET rule
+ * (the method is forwarded as the client wrote it). */
 static int sl_rule_method_ok(const struct sl_rule *r, const char *method)
 {
     if (r->methods == NULL)
         return 1;
     for (size_t i = 0; i < r->nmethods; i++)
-        if (strcmp(r->methods[i], method) == 0)
+        if (strcasecmp(r->methods[i], method) == 0)
             return 1;
     return 0;
+}
+
+/* Does R's path pattern match CALL's path, in either trailing form? */
+static int sl_rule_path_ok(const struct sl_upstream_conf *up,
+                           const struct sl_rule *r, const struct sl_call *call,
+                           struct sl_capture *caps)
+{
+    int fold = !up->path_case_sensitive;
+    char with_slash[SL_PATTERN_MAX_PATH + 2];
+
+    if (r->path == NULL)
+        return 1;
+    if (sl_pattern_match_fold(r->path, call->path, call->path_len, caps, fold))
+        return 1;
+    if (!call->trailing_slash || call->path_len + 1 > SL_PATTERN_MAX_PATH ||
+        (call->path_len == 1 && call->path[0] == '/'))
+        return 0;
+    memcpy(with_slash, call->path, call->path_len);
+    with_slash[call->path_len] = '/';
+    if (!sl_pattern_match_fold(r->path, with_slash, call->path_len + 1, caps, fold))
+        return 0;
+    /* Captures point into the local copy: re-aim them at the caller's path
+     * (a capture never holds the added '/', which ends the copy). */
+    for (int i = 0; caps != NULL && i < SL_PATTERN_MAX_CAPTURES; i++)
+        if (caps[i].ptr >= with_slash && caps[i].ptr < with_slash + call->path_len + 1)
+            caps[i].ptr = call->path + (caps[i].ptr - with_slash);
+    return 1;
 }
 
 int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
@@ -41,8 +71,7 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
 
         if (!sl_rule_method_ok(r, call->method))
             continue;
-        if (r->path != NULL &&
-            !sl_pattern_match(r->path, call->path, call->path_len, caps))
+        if (!sl_rule_path_ok(up, r, call, caps))
             continue;
         vals[n] = "";
         lens[n] = 0;

@@ -32,12 +32,14 @@ struct sl_tok {
     enum sl_tok_kind kind;
     int star;         /* wildcard number, for SL_TOK_STAR / SL_TOK_DSTAR */
     const char *lit;  /* literal bytes (into pattern->text) */
+    const char *lit_fold; /* the same, lower-cased (into pattern->folded) */
     size_t lit_len;
     int capture;      /* capture slot for SL_TOK_CAPTURE */
 };
 
 struct sl_pattern {
     char *text;                                  /* owned copy of the source */
+    char *folded;                                /* text, ASCII lower-cased */
     struct sl_tok *toks;                         /* owned */
     size_t ntoks;
     int ncaptures;
@@ -47,8 +49,9 @@ struct sl_pattern {
 
 #define SL_MEMO_WORDS ((SL_PATTERN_MAX_PATH + 1 + 63) / 64)
 
-/* Per-match scratch: failed (wildcard, end) pairs. */
+/* Per-match scratch: failed (wildcard, end) pairs, and the case rule. */
 struct sl_memo {
+    int fold;                 /* compare literals lower-cased */
     uint64_t dead[SL_PATTERN_MAX_STARS][SL_MEMO_WORDS];
 };
 
@@ -65,6 +68,7 @@ void sl_pattern_free(struct sl_pattern *p)
         free(p->names[i]);
     free(p->toks);
     free(p->text);
+    free(p->folded);
     free(p);
 }
 
@@ -83,9 +87,13 @@ struct sl_pattern *sl_pattern_compile(const char *text, const char **error)
     if (p == NULL)
         goto oom;
     p->text = strdup(text);
+    p->folded = strdup(text);
     p->toks = calloc(n + 1, sizeof(*p->toks));
-    if (p->text == NULL || p->toks == NULL)
+    if (p->text == NULL || p->folded == NULL || p->toks == NULL)
         goto oom;
+    for (char *c = p->folded; *c; c++)
+        if (*c >= 'A' && *c <= 'Z')
+            *c = (char)(*c - 'A' + 'a');
 
     while (i < n) {
         struct sl_tok *t = &p->toks[p->ntoks];
@@ -168,6 +176,7 @@ struct sl_pattern *sl_pattern_compile(const char *text, const char **error)
                 i++;
             t->kind = SL_TOK_LITERAL;
             t->lit = p->text + start;
+            t->lit_fold = p->folded + start;
             t->lit_len = i - start;
             p->ntoks++;
         }
@@ -201,7 +210,8 @@ static int sl_match_from(const struct sl_pattern *p, size_t ti,
              * of the literal before the trailing "**" and stop there. */
             if (bare_tail && ti + 2 == p->ntoks)
                 want--;
-            if (len - pos < want || memcmp(s + pos, t->lit, want) != 0)
+            if (len - pos < want ||
+                memcmp(s + pos, memo->fold ? t->lit_fold : t->lit, want) != 0)
                 return 0;
             if (bare_tail && ti + 2 == p->ntoks)
                 return pos + want == len;
@@ -250,20 +260,28 @@ static int sl_match_from(const struct sl_pattern *p, size_t ti,
     return pos == len;
 }
 
-int sl_pattern_match(const struct sl_pattern *p, const char *path, size_t len,
-                     struct sl_capture *captures)
+int sl_pattern_match_fold(const struct sl_pattern *p, const char *path,
+                          size_t len, struct sl_capture *captures, int fold)
 {
     struct sl_memo memo;
 
     if (len > SL_PATTERN_MAX_PATH)
         return 0;
     memset(&memo, 0, sizeof(memo));
+    memo.fold = fold;
     if (sl_match_from(p, 0, path, 0, len, captures, 0, &memo))
         return 1;
     if (!p->bare_tail)
         return 0;
     memset(&memo, 0, sizeof(memo));
+    memo.fold = fold;
     return sl_match_from(p, 0, path, 0, len, captures, 1, &memo);
+}
+
+int sl_pattern_match(const struct sl_pattern *p, const char *path, size_t len,
+                     struct sl_capture *captures)
+{
+    return sl_pattern_match_fold(p, path, len, captures, 0);
 }
 
 int sl_pattern_capture_index(const struct sl_pattern *p, const char *name)

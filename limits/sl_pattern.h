@@ -41,6 +41,14 @@ void sl_pattern_free(struct sl_pattern *pattern);
 int sl_pattern_match(const struct sl_pattern *pattern, const char *path,
                      size_t len, struct sl_capture *captures);
 
+/*
+ * The same with FOLD set: the pattern's literals are compared lower-cased
+ * (ASCII), for a PATH that the caller lower-cased (sl_path's
+ * SL_PATH_FOLD_CASE).  Captures keep the path's bytes.
+ */
+int sl_pattern_match_fold(const struct sl_pattern *pattern, const char *path,
+                          size_t len, struct sl_capture *captures, int fold);
+
 /* Index of capture NAME, or -1. */
 int sl_pattern_capture_index(const struct sl_pattern *pattern, const char *name);
 

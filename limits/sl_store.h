@@ -11,9 +11,17 @@
  * answer later; the memory store answers before sl_store_decide() returns.
  * A callback is never called when sl_store_decide() returned an error.
  *
- * Concurrency rules hand back a lease: the in-flight slots the call holds.
- * The proxy gives it back with sl_store_release() when the response has
- * been relayed or the client went away.
+ * An allowed call gets a lease: what it holds in the store.  For a rate
+ * rule that is a *reservation*, not yet a logged call: the call counts
+ * against the limit from the decision on, but its time is written only
+ * when its request is actually sent upstream (sl_store_commit(), called
+ * when the connection to the provider is ready), so windows are kept on
+ * the clock that counts, the provider's, and not on admission times that
+ * may precede the send by a connection set-up and a TLS handshake.  A
+ * reservation that is never committed (the upstream could not be reached,
+ * the client left first) is given back by sl_store_release() and costs
+ * nothing.  For a concurrency rule the lease is the in-flight slot, held
+ * until sl_store_release() when the upstream exchange ends.
  */
 #ifndef SL_STORE_H
 #define SL_STORE_H
@@ -71,14 +79,28 @@ typedef void (*sl_decide_cb)(void *arg, const struct sl_decision *decision,
 struct sl_store_ops {
     int (*decide)(struct sl_store *store, const struct sl_check *check,
                   sl_decide_cb cb, void *arg);
+    /* The request is being sent now: log the lease's rate reservations
+     * stamped now.  Idempotent; the lease stays the caller's. */
+    void (*commit)(struct sl_store *store, struct sl_lease *lease);
+    /* Give back what the lease holds: concurrency slots, and reservations
+     * never committed.  Frees the lease. */
     void (*release)(struct sl_store *store, struct sl_lease *lease);
     /* Stop every call of UPSTREAM for DURATION (the provider said so). */
     void (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
                   int64_t duration_us);
-    /* The provider reports REMAINING calls left for HIT's bucket: make
-     * sure the bucket has no more room than that. */
+    /*
+     * The provider reports REMAINING calls left for HIT's bucket, in its
+     * answer to a call sent AGE_US ago.  From then on the bucket's room is
+     * at most REMAINING minus the calls sent after that call (and minus
+     * reservations), until a newer report replaces it or one span has
+     * passed since that call was sent (everything the provider counted
+     * then has left its window).  A later report may give room back.
+     * While a report leaves no room, one call is let through every
+     * rule->sync_probe_us to learn the provider's count again.  O(1) in
+     * the limit.
+     */
     void (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
-                 const struct sl_hit *hit, uint64_t remaining);
+                 const struct sl_hit *hit, uint64_t remaining, int64_t age_us);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -97,6 +119,12 @@ static inline int sl_store_decide(struct sl_store *s, const struct sl_check *c,
     return s->ops->decide(s, c, cb, arg);
 }
 
+static inline void sl_store_commit(struct sl_store *s, struct sl_lease *lease)
+{
+    if (lease != NULL)
+        s->ops->commit(s, lease);
+}
+
 static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
 {
     if (lease != NULL)
@@ -111,9 +139,10 @@ static inline void sl_store_pause(struct sl_store *s,
 
 static inline void sl_store_sync(struct sl_store *s,
                                  const struct sl_upstream_conf *u,
-                                 const struct sl_hit *hit, uint64_t remaining)
+                                 const struct sl_hit *hit, uint64_t remaining,
+                                 int64_t age_us)
 {
-    s->ops->sync(s, u, hit, remaining);
+    s->ops->sync(s, u, hit, remaining, age_us);
 }
 
 /* Housekeeping (reclaiming idle state); call about ten times a second. */
@@ -134,12 +163,17 @@ static inline void sl_store_destroy(struct sl_store *s)
 
 /* What the matcher needs to know about a call; no HTTP library types. */
 struct sl_call {
-    const char *method;
-    const char *path;       /* upstream path, percent-decoded, no query */
+    const char *method;     /* matched case-insensitively */
+    /* The upstream path in sl_path's canonical form (lower-cased unless
+     * the upstream's path_case is "sensitive"), no query. */
+    const char *path;
     size_t path_len;
     /* Value of request header NAME, or NULL when absent. */
     const char *(*header)(void *ctx, const char *name);
     void *header_ctx;
+    /* The path ended in '/' before canonicalization: a rule matches when
+     * it matches either form, so neither spelling dodges it. */
+    bool trailing_slash;
 };
 
 /*
@@ -173,10 +207,15 @@ typedef void (*sl_io_cb)(void *arg, bool readable, bool writable);
 
 struct sl_loop {
     void *ctx;
-    /* Watch FD (add, or change interest).  Returns 0 or -1. */
+    /* Watch FD (add, or change interest).  Returns 0 or -1.  A store may
+     * watch several descriptors at once; each is identified by its fd. */
     int (*watch)(void *ctx, int fd, bool want_read, bool want_write,
                  sl_io_cb cb, void *arg);
     void (*unwatch)(void *ctx, int fd);
+    /* Another instance freed room in bucket (RULE of UPSTREAM, KEY): held
+     * calls waiting for it may ask again now.  May be NULL. */
+    void (*room)(void *ctx, const struct sl_upstream_conf *upstream,
+                 const struct sl_rule *rule, const char *key, size_t key_len);
 };
 
 /*
@@ -188,6 +227,14 @@ struct sl_loop {
 struct sl_store *sl_store_redis_new(const struct sl_config *config,
                                     struct sl_store *local,
                                     const struct sl_loop *loop, int worker_id);
+
+/*
+ * Log the call of CHECK in every rate bucket of MEMORY (a memory store)
+ * at its clock's now, without deciding: a Redis store mirrors the calls
+ * its instance sends, so that its local fallback starts from what this
+ * instance really spent.  A full bucket is left as it is.
+ */
+void sl_store_memory_record(struct sl_store *memory, const struct sl_check *check);
 
 /* Bytes of limit state held now (for tests and stats). */
 uint64_t sl_store_memory_bytes(struct sl_store *store);

@@ -42,7 +42,17 @@ struct sl_mem_bucket {
     uint32_t hash;
     uint32_t rule;                /* rule index within the upstream */
     uint64_t inflight;            /* concurrency: leases held */
+    uint64_t reserved;            /* rate: admitted, not yet sent */
+    uint64_t sent;                /* rate: calls logged, ever (for sync) */
     int64_t paused_until;         /* pause: calls wait until then */
+    /* rate with sync: the provider's last report.  Room is at most
+     * report_left - (sent - report_sent) - reserved until report_until. */
+    bool report;                  /* a report is in force */
+    int64_t report_left;          /* reported room, minus calls sent after
+                                   * the reporting call and before the report */
+    uint64_t report_sent;         /* `sent` when the report came */
+    int64_t report_until;         /* one span after the reporting call */
+    int64_t probe_at;             /* next call let through to learn more */
     struct sl_window win;         /* rate: admission log */
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
@@ -64,15 +74,23 @@ struct sl_mem_store {
     _Atomic uint64_t bytes;       /* accounted bytes of state */
     _Atomic size_t keys;
     uint64_t limit;               /* memory_limit */
+    double share;                 /* of each limit this store may grant */
     sl_clock_fn clock;
     void *clock_arg;
 };
 
-/* The slots a call holds in concurrency buckets (pins them). */
+/* One bucket a call holds something in: a reservation or a slot. */
+struct sl_lease_slot {
+    struct sl_mem_bucket *bucket;
+    const struct sl_rule *rule;
+    bool committed;               /* rate: logged (no longer reserved) */
+};
+
+/* What a call holds (pins its buckets against the sweeper). */
 struct sl_lease {
     struct sl_mem_table *table;
     size_t n;
-    struct sl_mem_bucket *buckets[];
+    struct sl_lease_slot slots[];
 };
 
 static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
@@ -177,13 +195,13 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
         while (*pp != NULL) {
             struct sl_mem_bucket *b = *pp;
             const struct sl_rule *r = sl_upstream_rule(t->up, b->rule);
-            int idle = b->inflight == 0;
+            int idle = b->inflight == 0 && b->reserved == 0;
 
             if (r->kind == SL_RULE_PAUSE)
                 idle = b->paused_until <= now;
             else if (idle && r->kind == SL_RULE_RATE) {
-                sl_window_prune(&b->win, r->window_us, now);
-                idle = b->win.count == 0;
+                sl_window_prune(&b->win, r->span_us, now);
+                idle = b->win.count == 0 && (!b->report || b->report_until <= now);
             }
             if (!idle) {
                 pp = &b->next;
@@ -200,16 +218,85 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
     }
 }
 
-/* Undo the records of hits [0, n) after a failure in the recording phase. */
-static void sl_mem_undo(struct sl_mem_bucket **bk, const struct sl_check *c,
-                        size_t n)
+/* A limit scaled by the store's share (the local fallback of Redis). */
+static uint64_t sl_mem_limit(const struct sl_mem_store *s, uint64_t limit)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (c->hits[i].rule->kind == SL_RULE_RATE)
-            sl_window_undo(&bk[i]->win);
-        else if (c->hits[i].rule->kind == SL_RULE_CONCURRENCY)
-            bk[i]->inflight--;
+    if (s->share >= 1.0)
+        return limit;
+    return (uint64_t)((double)limit * s->share);
+}
+
+/*
+ * Room the provider's last report leaves in B (rate rule R with sync), or
+ * INT64_MAX when no report is in force.  Lock held.
+ */
+static int64_t sl_mem_report_room(struct sl_mem_bucket *b, int64_t now)
+{
+    if (!b->report)
+        return INT64_MAX;
+    if (now >= b->report_until) {
+        b->report = false;  /* all it counted has left the provider's window */
+        return INT64_MAX;
     }
+    return b->report_left - (int64_t)(b->sent - b->report_sent) -
+           (int64_t)b->reserved;
+}
+
+/*
+ * Phase one for one rate bucket: microseconds until a call fits (0: now).
+ * *PROBE is set when the call fits only as the provider-count probe.
+ */
+static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
+                                struct sl_mem_bucket *b, const struct sl_rule *r,
+                                int64_t now, bool *probe)
+{
+    uint64_t limit = sl_mem_limit(s, r->limit);
+    int64_t wait, room;
+
+    *probe = false;
+    if (limit == 0)
+        return r->span_us;  /* this instance has no share of it */
+    if (b == NULL)
+        return 0;
+    wait = sl_window_wait_reserved(&b->win, limit, b->reserved, r->span_us, now);
+    room = sl_mem_report_room(b, now);
+    if (wait == 0 && room <= 0) {
+        /* Our own log has room, the provider's report has none. */
+        if (r->sync_probe_us > 0 && now >= b->probe_at) {
+            *probe = true;
+            return 0;
+        }
+        wait = b->report_until - now;
+        if (r->sync_probe_us > 0 && b->probe_at - now < wait)
+            wait = b->probe_at - now;
+    }
+    return wait;
+}
+
+/* Calls left in rate bucket B after this one (for RateLimit headers). */
+static uint64_t sl_mem_rate_remaining(const struct sl_mem_store *s,
+                                      struct sl_mem_bucket *b,
+                                      const struct sl_rule *r, int64_t now)
+{
+    uint64_t limit = sl_mem_limit(s, r->limit);
+    uint64_t used = b->win.count + b->reserved;
+    int64_t room = sl_mem_report_room(b, now);
+    uint64_t left = used >= limit ? 0 : limit - used;
+
+    if (room < (int64_t)left)
+        left = room > 0 ? (uint64_t)room : 0;
+    return left;
+}
+
+/* Give back slot I of LEASE (reservation or concurrency).  Lock held. */
+static void sl_mem_unhold(struct sl_lease *lease, size_t i)
+{
+    struct sl_lease_slot *sl = &lease->slots[i];
+
+    if (sl->rule->kind == SL_RULE_CONCURRENCY)
+        sl->bucket->inflight--;
+    else if (!sl->committed)
+        sl->bucket->reserved--;
 }
 
 static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
@@ -219,9 +306,10 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     struct sl_mem_table *t = &s->tables[c->upstream->index];
     struct sl_mem_bucket *bk[SL_MAX_HITS];
     uint32_t hashes[SL_MAX_HITS];
+    bool probe[SL_MAX_HITS];
     struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
     struct sl_lease *lease = NULL;
-    size_t nconc = 0, recorded = 0;
+    size_t nheld = 0;
     int64_t now;
 
     pthread_mutex_lock(&t->lock);
@@ -237,6 +325,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         const struct sl_rule *r = c->hits[i].rule;
         int64_t wait = 0;
 
+        probe[i] = false;
         hashes[i] = sl_mem_hash((uint32_t)r->index, c->hits[i].key,
                                 c->hits[i].key_len);
         bk[i] = sl_mem_find(t, (uint32_t)r->index, c->hits[i].key,
@@ -245,12 +334,14 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             if (bk[i] != NULL && bk[i]->paused_until > now)
                 wait = bk[i]->paused_until - now;
         } else if (r->kind == SL_RULE_CONCURRENCY) {
-            nconc++;
+            uint64_t limit = sl_mem_limit(s, r->limit);
+            nheld++;
             /* Nobody can say when a slot frees; one second is the hint. */
-            if (bk[i] != NULL && bk[i]->inflight >= r->limit)
+            if (limit == 0 || (bk[i] != NULL && bk[i]->inflight >= limit))
                 wait = SL_USEC_PER_SEC;
-        } else if (bk[i] != NULL) {
-            wait = sl_window_wait(&bk[i]->win, r->limit, r->window_us, now);
+        } else {
+            nheld++;
+            wait = sl_mem_rate_wait(s, bk[i], r, now, &probe[i]);
         }
         if (wait > 0 && (d.verdict != SL_VERDICT_DENY || wait > d.wait_us)) {
             d.verdict = SL_VERDICT_DENY;
@@ -260,41 +351,39 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.reset_us = wait;
         }
     }
-    if (d.verdict == SL_VERDICT_DENY)
+    if (d.verdict == SL_VERDICT_DENY || nheld == 0)
         goto out;
 
-    if (nconc > 0) {
-        lease = malloc(sizeof(*lease) + nconc * sizeof(lease->buckets[0]));
-        if (lease == NULL)
-            goto unavailable;
-        lease->table = t;
-        lease->n = 0;
-    }
+    lease = malloc(sizeof(*lease) + nheld * sizeof(lease->slots[0]));
+    if (lease == NULL)
+        goto unavailable;
+    lease->table = t;
+    lease->n = 0;
 
-    /* Phase two: every rule has room; record the call in all of them. */
+    /* Phase two: every rule has room; hold it in all of them. */
     for (size_t i = 0; i < c->nhits; i++) {
         const struct sl_rule *r = c->hits[i].rule;
+        struct sl_lease_slot *sl;
 
-        if (r->kind == SL_RULE_PAUSE) {
-            recorded = i + 1;  /* nothing to record, nothing to undo */
+        if (r->kind == SL_RULE_PAUSE)
             continue;
-        }
         if (bk[i] == NULL) {
             bk[i] = sl_mem_create(s, t, (uint32_t)r->index, c->hits[i].key,
                                   c->hits[i].key_len, hashes[i]);
             if (bk[i] == NULL)
                 goto rollback;
         }
+        sl = &lease->slots[lease->n++];
+        sl->bucket = bk[i];
+        sl->rule = r;
+        sl->committed = false;
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
-            lease->buckets[lease->n++] = bk[i];
         } else {
-            size_t before = sl_window_bytes(&bk[i]->win);
-            if (sl_window_record(&bk[i]->win, r->limit, now) != 0)
-                goto rollback;
-            atomic_fetch_add(&s->bytes, sl_window_bytes(&bk[i]->win) - before);
+            bk[i]->reserved++;
+            if (probe[i])
+                bk[i]->probe_at = now + r->sync_probe_us;
         }
-        recorded = i + 1;
     }
 
     /* Report the rate rule with the least room left. */
@@ -304,17 +393,20 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
 
         if (r->kind != SL_RULE_RATE)
             continue;
-        rem = sl_window_remaining(&bk[i]->win, r->limit, r->window_us, now);
+        rem = sl_mem_rate_remaining(s, bk[i], r, now);
         if (d.rule == NULL || rem < d.remaining) {
             d.rule = r;
             d.remaining = rem;
-            d.reset_us = sl_window_next_expiry(&bk[i]->win, r->window_us, now);
+            d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
+            if (d.reset_us == 0 && bk[i]->reserved > 0)
+                d.reset_us = r->span_us;
         }
     }
     goto out;
 
 rollback:
-    sl_mem_undo(bk, c, recorded);
+    for (size_t i = 0; i < lease->n; i++)
+        sl_mem_unhold(lease, i);
 unavailable:
     free(lease);
     lease = NULL;
@@ -327,12 +419,45 @@ out:
     return 0;
 }
 
+/* Log one call in rate bucket B at NOW (room was checked).  Lock held. */
+static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                       const struct sl_rule *r, int64_t now)
+{
+    size_t before = sl_window_bytes(&b->win);
+
+    sl_window_prune(&b->win, r->span_us, now);
+    /* A full log stays as it is: nothing more could fit in it anyway. */
+    if (b->win.count >= r->limit || sl_window_record(&b->win, r->limit, now) != 0)
+        return;
+    b->sent++;
+    atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+}
+
+static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = lease->table;
+    int64_t now;
+
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    for (size_t i = 0; i < lease->n; i++) {
+        struct sl_lease_slot *sl = &lease->slots[i];
+        if (sl->rule->kind != SL_RULE_RATE || sl->committed)
+            continue;
+        sl->committed = true;
+        sl->bucket->reserved--;
+        sl_mem_log(s, sl->bucket, sl->rule, now);
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
 static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
 {
     (void)store;
     pthread_mutex_lock(&lease->table->lock);
     for (size_t i = 0; i < lease->n; i++)
-        lease->buckets[i]->inflight--;
+        sl_mem_unhold(lease, i);
     pthread_mutex_unlock(&lease->table->lock);
     free(lease);
 }
@@ -365,30 +490,61 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
     pthread_mutex_unlock(&t->lock);
 }
 
+/*
+ * The provider's report replaces the last one: O(log n) here (calls sent
+ * after the reporting call are found by binary search in the log), O(1)
+ * per decision after.  Whatever the limit, nothing is padded.
+ */
 static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up,
-                        const struct sl_hit *hit, uint64_t remaining)
+                        const struct sl_hit *hit, uint64_t remaining,
+                        int64_t age_us)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = &s->tables[up->index];
     const struct sl_rule *r = hit->rule;
     struct sl_mem_bucket *b;
-    int64_t now;
+    int64_t now, sent_at;
 
     if (r->kind != SL_RULE_RATE)
         return;
+    if (age_us < 0)
+        age_us = 0;
+    if (remaining > r->limit)
+        remaining = r->limit;
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len);
     if (b != NULL) {
-        /* Calls made outside sluice: log them as made now. */
-        uint64_t room = sl_window_remaining(&b->win, r->limit, r->window_us, now);
-        while (room > remaining) {
-            size_t before = sl_window_bytes(&b->win);
-            if (sl_window_record(&b->win, r->limit, now) != 0)
-                break;
-            atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
-            room--;
-        }
+        sent_at = now - age_us;
+        sl_window_prune(&b->win, r->span_us, now);
+        b->report = true;
+        /* Calls sent after the reporting call were not in its count. */
+        b->report_left = (int64_t)remaining -
+                         (int64_t)sl_window_count_after(&b->win, sent_at);
+        b->report_sent = b->sent;
+        b->report_until = sent_at + r->span_us;
+        if (sl_mem_report_room(b, now) <= 0)
+            b->probe_at = now + r->sync_probe_us;
+    }
+    pthread_mutex_unlock(&t->lock);
+}
+
+void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = &s->tables[c->upstream->index];
+    int64_t now;
+
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    for (size_t i = 0; i < c->nhits; i++) {
+        const struct sl_rule *r = c->hits[i].rule;
+        struct sl_mem_bucket *b;
+        if (r->kind != SL_RULE_RATE)
+            continue;
+        b = sl_mem_bucket_for(s, t, r, c->hits[i].key, c->hits[i].key_len);
+        if (b != NULL)
+            sl_mem_log(s, b, r, now);
     }
     pthread_mutex_unlock(&t->lock);
 }
@@ -428,6 +584,7 @@ static void sl_mem_destroy(struct sl_store *store)
 
 static const struct sl_store_ops sl_mem_ops = {
     .decide = sl_mem_decide,
+    .commit = sl_mem_commit,
     .release = sl_mem_release,
     .pause = sl_mem_pause,
     .sync = sl_mem_sync,
@@ -444,6 +601,10 @@ struct sl_store *sl_store_memory_new(const struct sl_config *config,
         return NULL;
     s->base.ops = &sl_mem_ops;
     s->limit = config->memory_limit;
+    /* As Redis's fallback, each instance grants only its share. */
+    s->share = config->store_kind == SL_STORE_REDIS ? config->local_share : 1.0;
+    if (s->share <= 0.0 || s->share > 1.0)
+        s->share = 1.0;
     s->clock = clock ? clock : sl_clock_monotonic;
     s->clock_arg = clock_arg;
     s->tables = calloc(config->nupstreams, sizeof(*s->tables));

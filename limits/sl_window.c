@@ -65,6 +65,38 @@ int64_t sl_window_wait(struct sl_window *w, uint64_t limit, int64_t window_us,
     return w->times[w->head] + window_us - now;
 }
 
+int64_t sl_window_wait_reserved(struct sl_window *w, uint64_t limit,
+                                uint64_t reserved, int64_t window_us,
+                                int64_t now)
+{
+    uint64_t k;
+
+    sl_window_prune(w, window_us, now);
+    if (w->count + reserved < limit)
+        return 0;
+    /* Room when the (count + reserved - limit + 1)-th oldest entry leaves:
+     * index k from the oldest, if it is a logged entry at all. */
+    k = w->count + reserved - limit;
+    if (k >= w->count)
+        return window_us;
+    return w->times[(w->head + k) % w->cap] + window_us - now;
+}
+
+uint32_t sl_window_count_after(const struct sl_window *w, int64_t t)
+{
+    uint32_t lo = 0, hi = w->count;
+
+    /* First index (oldest = 0) whose time is > t; the log is ordered. */
+    while (lo < hi) {
+        uint32_t mid = lo + (hi - lo) / 2;
+        if (w->times[(w->head + mid) % w->cap] > t)
+            hi = mid;
+        else
+            lo = mid + 1;
+    }
+    return w->count - lo;
+}
+
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
 {
     if (w->count == w->cap && sl_window_grow(w, limit) != 0)

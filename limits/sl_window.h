@@ -33,6 +33,19 @@ int64_t sl_window_wait(struct sl_window *w, uint64_t limit, int64_t window_us,
                        int64_t now);
 
 /*
+ * Like sl_window_wait(), with RESERVED calls admitted but not yet logged
+ * counting against LIMIT: one more fits iff logged + reserved < limit.
+ * When the reservations alone fill the limit, room comes back no later
+ * than one window after they are logged; WINDOW_US is returned.
+ */
+int64_t sl_window_wait_reserved(struct sl_window *w, uint64_t limit,
+                                uint64_t reserved, int64_t window_us,
+                                int64_t now);
+
+/* Logged times strictly later than T (binary search; no pruning). */
+uint32_t sl_window_count_after(const struct sl_window *w, int64_t t);
+
+/*
  * Log an admission at NOW.  The caller has checked sl_window_wait() == 0.
  * Returns 0, or -1 if the ring could not grow (out of memory; nothing
  * changed).

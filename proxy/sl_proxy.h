@@ -27,6 +27,8 @@
 struct sl_worker;
 struct sl_request;
 
+#define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
+
 /* The process: config and store, shared read-only by workers. */
 struct sl_proxy {
     const struct sl_config *config;
@@ -70,13 +72,20 @@ struct sl_conn {
     struct sl_watch watch;        /* first member: freed through it */
     bool hung_up;                 /* the client closed its side */
     struct sl_request *req;       /* the request in progress, if any */
+    /* Slow-client deadline: the request line and headers must be in by
+     * then (see sl_worker.c); on one of the worker's two deadline lists. */
+    int dlist;                    /* SL_DL_NONE, SL_DL_HEADERS, SL_DL_IDLE */
+    int64_t deadline_ms;
+    struct sl_conn *dprev, *dnext;
 };
+
+enum { SL_DL_NONE = -1, SL_DL_HEADERS = 0, SL_DL_IDLE = 1 };
 
 struct sl_worker {
     int id;
     struct sl_proxy *proxy;
     struct sl_store *store;       /* this worker's view of the limit store */
-    struct sl_watch store_watch;  /* the store's socket, if it has one */
+    struct sl_watch store_watch[SL_STORE_WATCHES]; /* the store's sockets */
     pthread_t thread;
     int epfd;
     int listen_fd;                /* handed to MHD, which closes it */
@@ -99,6 +108,11 @@ struct sl_worker {
     unsigned long malformed_reports;  /* provider usage reports ignored */
     int64_t malformed_logged_ms;
     unsigned long nrequests;
+    /* Connections with a slow-client deadline, one FIFO per timeout (each
+     * list's deadlines are set as now + one constant, so they are sorted). */
+    struct sl_conn *dl_head[2], *dl_tail[2];
+    unsigned long slow_closed;    /* connections cut for slow headers */
+    int64_t slow_logged_ms;
     CURL **easy_pool;             /* idle easy handles for reuse */
     size_t *easy_pool_up;         /* the upstream each was last used for */
     int npool;
@@ -123,6 +137,10 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream);
 void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
                                  void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe);
+/* Give C's client until now + the timeout of LIST (header_timeout for
+ * SL_DL_HEADERS, client_timeout for SL_DL_IDLE) to send its next request
+ * line and headers; SL_DL_NONE: no deadline (headers are in). */
+void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list);
 
 /* sl_request.c: the MHD callbacks, and curl completion. */
 void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c);
@@ -136,6 +154,8 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result);
 void sl_request_client_gone(struct sl_request *req);
 /* The client of connection C hung up (from the worker's epoll). */
 void sl_request_conn_hung_up(struct sl_conn *c);
+/* Connection C is going away: its request must not reach it any more. */
+void sl_request_conn_closed(struct sl_conn *c);
 /* Worker shutting down: resume every suspended request so it can close. */
 void sl_request_abort_all(struct sl_worker *w);
 /* Ask the store again for held calls that are due; expire overdue ones. */
@@ -153,8 +173,13 @@ struct sl_error_reply {
 };
 
 struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
-struct MHD_Response *sl_respond_limited(const struct sl_upstream_conf *up,
+/* The over-limit answer: the upstream's reject template or sluice's JSON,
+ * with Retry-After (bounded by max_retry_after) and RateLimit fields. */
+struct MHD_Response *sl_respond_limited(const struct sl_config *c,
+                                        const struct sl_upstream_conf *up,
                                         const struct sl_decision *d);
+/* RateLimit saying "nothing left for PAUSE_US" (the provider said stop). */
+void sl_respond_pause_headers(struct MHD_Response *resp, int64_t pause_us);
 /* Add RateLimit-Policy / RateLimit for decision D to RESP. */
 void sl_respond_ratelimit_headers(struct MHD_Response *resp,
                                   const struct sl_decision *d);

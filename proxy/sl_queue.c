@@ -15,6 +15,7 @@ struct sl_wbucket {
     struct sl_wbucket *next;      /* hash chain */
     const struct sl_rule *rule;   /* identifies upstream and rule */
     struct sl_held *head, *tail;  /* waiters by ticket */
+    unsigned n;                   /* waiters */
     size_t key_len;
     char key[];
 };
@@ -82,6 +83,7 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
     else
         b->head = h;
     h->bucket = b;
+    b->n++;
     return 0;
 }
 
@@ -101,6 +103,7 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
         b->tail = h->wprev;
     h->wprev = h->wnext = NULL;
     h->bucket = NULL;
+    b->n--;
     if (b->head == NULL) {
         struct sl_wbucket **pp = &wl->slots[sl_whash(b->rule, b->key, b->key_len)];
         while (*pp != b)
@@ -184,6 +187,8 @@ int sl_queue_add(struct sl_queue *q, struct sl_held *h)
     pthread_mutex_lock(&wl->lock);
     h->ticket = ++wl->next_ticket;
     rc = sl_wjoin(wl, h, h->waiting);
+    /* The newest ticket joins at the end: everyone else is ahead. */
+    h->ahead = rc == 0 ? h->bucket->n - 1 : 0;
     pthread_mutex_unlock(&wl->lock);
     if (rc != 0)
         return -1;
@@ -269,6 +274,23 @@ const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
             found = &c->hits[i];
     pthread_mutex_unlock(&wl->lock);
     return found;
+}
+
+void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
+                       const char *key, size_t key_len)
+{
+    struct sl_hit hit = {.rule = rule, .key = key, .key_len = key_len};
+    struct sl_wbucket *b;
+
+    if (atomic_load(&wl->total) == 0)
+        return;  /* nobody is held: no lock */
+    pthread_mutex_lock(&wl->lock);
+    b = *sl_wfind(wl, &hit);
+    if (b != NULL && b->head != NULL) {
+        atomic_store(&b->head->kicked, true);
+        wl->wake(wl->wake_arg, b->head->worker);
+    }
+    pthread_mutex_unlock(&wl->lock);
 }
 
 int64_t sl_queue_next_ms(const struct sl_queue *q)

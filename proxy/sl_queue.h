@@ -42,6 +42,8 @@ struct sl_held {
     int64_t deadline_ms;          /* max_wait runs out then */
     bool deciding;                /* a renewed decision is out */
     bool parked;                  /* due, but not first in its bucket */
+    _Atomic bool kicked;          /* room appeared in its bucket: ask now */
+    unsigned ahead;               /* waiters ahead of it when it joined */
     void *owner;                  /* the request */
 };
 
@@ -80,6 +82,14 @@ bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h);
 /* A bucket of C that held calls wait on, or NULL. */
 const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
                                      const struct sl_check *c);
+
+/*
+ * Room appeared in bucket (RULE, KEY) (a slot or reservation given back,
+ * by this instance or, through the store, by another): the first call
+ * waiting for it asks the store again at once.  Any thread.
+ */
+void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
+                       const char *key, size_t key_len);
 
 /* Earliest retry or deadline among this worker's held calls, or -1. */
 int64_t sl_queue_next_ms(const struct sl_queue *q);

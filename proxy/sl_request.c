@@ -47,6 +47,7 @@
 
 #include "sl_duration.h"
 #include "sl_log.h"
+#include "sl_path.h"
 #include "sl_pattern.h"
 
 #include <arpa/inet.h>
@@ -105,7 +106,13 @@ struct sl_request {
 
     struct sl_check check;            /* rules matched (owned keys) */
     struct sl_decision decision;
-    struct sl_lease *lease;           /* owned, released at completion */
+    struct sl_lease *lease;           /* owned, released when the upstream
+                                       * exchange ends */
+    bool committed;                   /* the lease's reservations are logged */
+    int64_t decided_us;               /* when the store allowed it */
+    int64_t sent_us;                  /* when its request went upstream */
+    bool signalled;                   /* the response said "over the limit" */
+    int64_t signal_pause_us;          /* ... and asked for this pause */
     bool deciding;                    /* store's answer outstanding */
     bool replay_headers;              /* MHD will repeat the headers call */
     struct sl_held held;              /* its place in the queue */
@@ -131,6 +138,10 @@ struct sl_request {
 
     long status;                      /* upstream status (final) */
     struct sl_hdr *hdrs, **hdrs_tail;
+    size_t hdr_bytes;                 /* of the final response's headers */
+    unsigned resp_cl_lines, resp_te_lines;
+    bool resp_cl_bad;                 /* unreadable or differing lengths */
+    const char *resp_error;           /* why sluice refused the response */
     bool headers_ready;
     int64_t content_length;           /* -1 unknown */
     struct sl_buf down;
@@ -242,6 +253,13 @@ static void sl_req_suspend(struct sl_request *req, enum sl_susp why)
         sl_request_client_gone(req);
 }
 
+void sl_request_conn_closed(struct sl_conn *c)
+{
+    if (c->req != NULL && c->req->sconn == c)
+        c->req->sconn = NULL;
+    c->req = NULL;
+}
+
 void sl_request_conn_hung_up(struct sl_conn *c)
 {
     c->hung_up = true;
@@ -309,6 +327,18 @@ static void sl_req_error(struct sl_request *req, unsigned status,
     sl_req_set_pending(req, status, sl_respond_error(&e), outcome);
 }
 
+/* The over-limit answer for decision D (the upstream's reject status). */
+static void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
+{
+    unsigned status = req->up->reject_status ? req->up->reject_status
+                                             : MHD_HTTP_TOO_MANY_REQUESTS;
+
+    req->decision = *d;
+    sl_req_set_pending(req, status,
+                       sl_respond_limited(req->w->proxy->config, req->up, d),
+                       "rejected");
+}
+
 /* Queue the pending synthetic response. */
 static enum MHD_Result sl_req_queue_pending(struct sl_request *req)
 {
@@ -326,6 +356,40 @@ static enum MHD_Result sl_req_queue_pending(struct sl_request *req)
 
 /* ---- upstream transfer: libcurl callbacks ---- */
 
+/* Upstream response headers sluice relays at most (NGINX's default
+ * proxy_buffer_size is 4-8 KiB); they must fit the client connection's
+ * memory pool beside the request's. */
+#define SL_RESP_HEADERS_MAX (16 * 1024)
+
+/* Record a Content-Length value of the upstream's response. */
+static void sl_resp_content_length(struct sl_request *req, const char *v)
+{
+    long long n = 0;
+    const char *p = v;
+
+    if (*p < '0' || *p > '9')
+        req->resp_cl_bad = true;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (n > (INT64_MAX - 9) / 10) {
+            req->resp_cl_bad = true;
+            break;
+        }
+        n = n * 10 + (*p - '0');
+    }
+    if (*p != '\0')
+        req->resp_cl_bad = true;
+    if (req->resp_cl_lines > 0 && n != req->content_length)
+        req->resp_cl_bad = true;
+    req->resp_cl_lines++;
+    req->content_length = n;
+}
+
+/*
+ * One line of the upstream's response head.  Returning 0 aborts the
+ * transfer; with resp_error set, the client gets 502 saying why: a
+ * response whose framing is ambiguous (RFC 9112 6.3) or whose headers
+ * could not be relayed is never passed on as if it were fine.
+ */
 static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
 {
     struct sl_request *req = ud;
@@ -346,10 +410,25 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
         }
         req->hdrs_tail = &req->hdrs;
         req->content_length = -1;
+        req->hdr_bytes = 0;
+        req->resp_cl_lines = req->resp_te_lines = 0;
+        req->resp_cl_bad = false;
         return len;
     }
     if (n == 0) {
         if (req->status >= 200) {
+            if (req->resp_te_lines > 0 && req->resp_cl_lines > 0) {
+                req->resp_error = "the upstream's response has both "
+                                  "Content-Length and Transfer-Encoding";
+                return 0;
+            }
+            if (req->resp_cl_bad) {
+                req->resp_error = "the upstream's response has an invalid or "
+                                  "conflicting Content-Length";
+                return 0;
+            }
+            if (req->resp_te_lines > 0)
+                req->content_length = -1;  /* libcurl decodes the chunks */
             req->headers_ready = true;
             if (req->susp == SL_SUSP_HEADERS)
                 sl_req_resume(req);
@@ -358,14 +437,25 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
     }
     if (req->status < 200)
         return len;
+    req->hdr_bytes += n + 2;
+    if (req->hdr_bytes > SL_RESP_HEADERS_MAX) {
+        req->resp_error = "the upstream's response headers exceed 16 KiB";
+        return 0;
+    }
+    if (memchr(line, '\0', n) != NULL) {
+        req->resp_error = "the upstream's response headers hold a NUL byte";
+        return 0;
+    }
     if ((line[0] == ' ' || line[0] == '\t'))
         return len;  /* obsolete line folding: dropped, as RFC 9112 allows */
     colon = memchr(line, ':', n);
     if (colon == NULL || colon == line)
         return len;
     h = malloc(sizeof(*h) + n + 1);
-    if (h == NULL)
+    if (h == NULL) {
+        req->resp_error = "sluice is out of memory";
         return 0;  /* aborts the transfer: 502 */
+    }
     memcpy(h->line, line, n);
     h->line[n] = '\0';
     h->next = NULL;
@@ -377,10 +467,42 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
     for (char *e = h->line + n; e > h->value && (e[-1] == ' ' || e[-1] == '\t');)
         *--e = '\0';
     if (h->name_len == 14 && strncasecmp(h->line, "Content-Length", 14) == 0)
-        req->content_length = strtoll(h->value, NULL, 10);
+        sl_resp_content_length(req, h->value);
+    else if (h->name_len == 17 && strncasecmp(h->line, "Transfer-Encoding", 17) == 0)
+        req->resp_te_lines++;
     *req->hdrs_tail = h;
     req->hdrs_tail = &h->next;
     return len;
+}
+
+/*
+ * libcurl has a connection (set up, TLS done) and is about to write the
+ * request: this is the moment the provider's clock starts for this call,
+ * so the store logs the call's reservations now.  A call whose connection
+ * took so long that its reservation may have lapsed is not sent at all.
+ */
+static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
+                          int primary_port, int local_port)
+{
+    struct sl_request *req = ud;
+    int64_t now = sl_clock_monotonic(NULL);
+
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    if (req->committed)
+        return CURL_PREREQFUNC_OK;  /* libcurl retried on a fresh connection */
+    if (req->lease != NULL &&
+        now - req->decided_us > req->up->connect_timeout_us + SL_USEC_PER_SEC) {
+        req->resp_error = "the upstream connection took longer than "
+                          "connect_timeout; the call was not sent";
+        return CURL_PREREQFUNC_ABORT;
+    }
+    sl_store_commit(req->w->store, req->lease);
+    req->committed = true;
+    req->sent_us = now;
+    return CURL_PREREQFUNC_OK;
 }
 
 static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
@@ -434,6 +556,28 @@ static void sl_req_update_pause(struct sl_request *req)
     }
 }
 
+/*
+ * Give back what the call holds in the store: its concurrency slots, and
+ * its rate reservations if the request was never sent.  Held calls waiting
+ * for those buckets ask again at once.
+ */
+static void sl_req_release_lease(struct sl_request *req)
+{
+    struct sl_worker *w = req->w;
+
+    if (req->lease == NULL)
+        return;
+    sl_store_release(w->store, req->lease);
+    req->lease = NULL;
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_hit *h = &req->check.hits[i];
+        if (h->rule->kind == SL_RULE_CONCURRENCY ||
+            (h->rule->kind == SL_RULE_RATE && !req->committed))
+            sl_waitlists_room(w->proxy->waitlists, h->rule, h->key, h->key_len);
+    }
+    w->queue_kick = true;
+}
+
 static void sl_req_abort_transfer(struct sl_request *req)
 {
     if (req->easy == NULL)
@@ -443,21 +587,32 @@ static void sl_req_abort_transfer(struct sl_request *req)
     req->easy = NULL;
     req->xfer_done = true;
     req->result = CURLE_ABORTED_BY_CALLBACK;
+    sl_req_release_lease(req);
 }
 
 void sl_request_transfer_done(struct sl_request *req, CURLcode result)
 {
-    char msg[CURL_ERROR_SIZE + 128];
+    char msg[CURL_ERROR_SIZE + 256];
+    const char *q = strchr(req->uri, '?');
+    int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
 
     curl_multi_remove_handle(req->w->multi, req->easy);
     sl_worker_put_easy(req->w, req->easy, req->up->index);
     req->easy = NULL;
     req->xfer_done = true;
     req->result = result;
+    /* The provider is done with the call: concurrency slots free now, not
+     * when a slow client has finished reading (or sending). */
+    sl_req_release_lease(req);
     if (!req->headers_ready) {
         const char *why = req->errbuf[0] ? req->errbuf : curl_easy_strerror(result);
-        if (result == CURLE_OK)
+        if (req->resp_error != NULL)
+            why = req->resp_error;
+        else if (result == CURLE_OK)
             why = "the upstream's response was not HTTP";
+        else if (result == CURLE_OUT_OF_MEMORY && strstr(why, "header") != NULL)
+            why = "the upstream's response headers are too large "
+                  "(a header line over 100 KiB)";
         if (result == CURLE_OPERATION_TIMEDOUT) {
             snprintf(msg, sizeof(msg), "upstream \"%s\" timed out: %s",
                      req->up->name, why);
@@ -469,8 +624,8 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
             sl_req_error(req, MHD_HTTP_BAD_GATEWAY, "upstream_error", msg, 0,
                          "upstream_error");
         }
-        sl_warn("upstream %s: %s %s: %s", req->up->name, req->method,
-                req->up->prefix, why);
+        sl_warn("upstream %s: %s %.*s: %s", req->up->name, req->method,
+                plen > 200 ? 200 : plen, req->uri, why);
     } else if (result != CURLE_OK) {
         req->outcome = "upstream_truncated";
         sl_warn("upstream %s: response cut short: %s", req->up->name,
@@ -614,6 +769,8 @@ static int sl_req_start_transfer(struct sl_request *req, const char *url)
      * environment must not reroute it (and is not looked up per call). */
     curl_easy_setopt(e, CURLOPT_PROXY, "");
     curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, sl_curl_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
     curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
     curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_curl_write);
@@ -689,66 +846,6 @@ static const struct sl_upstream_conf *sl_route(const struct sl_config *c,
     return best;
 }
 
-static int sl_hexval(char c)
-{
-    if (c >= '0' && c <= '9')
-        return c - '0';
-    c = (char)tolower((unsigned char)c);
-    if (c >= 'a' && c <= 'f')
-        return c - 'a' + 10;
-    return -1;
-}
-
-/*
- * Percent-decode PATH into OUT for rule matching, keeping "%2F" encoded so
- * segments stay segments.  Returns the length, or -1 for a malformed escape.
- */
-static long sl_decode_path(const char *path, size_t len, char *out)
-{
-    size_t o = 0;
-
-    for (size_t i = 0; i < len; i++) {
-        if (path[i] == '%') {
-            int hi, lo;
-            if (i + 2 >= len)
-                return -1;
-            hi = sl_hexval(path[i + 1]);
-            lo = sl_hexval(path[i + 2]);
-            if (hi < 0 || lo < 0)
-                return -1;
-            if (hi * 16 + lo == '/' || hi * 16 + lo == 0) {
-                memcpy(out + o, path + i, 3);
-                o += 3;
-            } else {
-                out[o++] = (char)(hi * 16 + lo);
-            }
-            i += 2;
-        } else {
-            out[o++] = path[i];
-        }
-    }
-    out[o] = '\0';
-    return (long)o;
-}
-
-/* Does the decoded path hold a "." or ".." segment? */
-static bool sl_has_dot_segment(const char *p, size_t len)
-{
-    for (size_t i = 0; i < len; i++) {
-        size_t start, seg;
-        if (p[i] != '/')
-            continue;
-        start = i + 1;
-        seg = 0;
-        while (start + seg < len && p[start + seg] != '/')
-            seg++;
-        if ((seg == 1 && p[start] == '.') ||
-            (seg == 2 && p[start] == '.' && p[start + 1] == '.'))
-            return true;
-    }
-    return false;
-}
-
 /* The raw request target past the upstream's prefix (path and query). */
 static const char *sl_req_rest(const struct sl_request *req)
 {
@@ -775,27 +872,28 @@ static void sl_req_unhold(struct sl_request *req)
 /*
  * D denied the call and its rule is in queue mode: hold it, or keep holding
  * it with a new retry time.  Returns 0 when held, -1 when it must get the
- * 429 now (queue full, shutting down, or no room before max_wait ends).
+ * 429 now (queue full, shutting down, or no room before max_wait ends: then
+ * D's wait is raised to the earliest time room can come, for Retry-After).
  */
-static int sl_req_hold(struct sl_request *req, const struct sl_decision *d,
-                       bool force)
+static int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
 {
     struct sl_worker *w = req->w;
     const struct sl_hit *waiting = NULL;
+    const struct sl_rule *r = d->rule;
     int64_t now = sl_now_ms(), wait_ms;
 
-    if (w->stop || d->rule == NULL ||
-        (d->rule->on_limit != SL_ON_LIMIT_QUEUE && !force))
+    if (w->stop || r == NULL || (r->on_limit != SL_ON_LIMIT_QUEUE && !force))
         return -1;
     for (size_t i = 0; i < req->check.nhits; i++)
-        if (req->check.hits[i].rule == d->rule)
+        if (req->check.hits[i].rule == r)
             waiting = &req->check.hits[i];
     if (waiting == NULL)
         return -1;
     /* Room in a rate window comes back at a known time; a concurrency slot
-     * freed here kicks the queue, one freed by another instance is polled. */
-    wait_ms = d->rule->kind != SL_RULE_CONCURRENCY ? (d->wait_us + 999) / 1000
-                                                   : SL_QUEUE_POLL_MS;
+     * freed anywhere wakes the first waiter (sl_waitlists_room); the poll
+     * is only a safety net. */
+    wait_ms = r->kind != SL_RULE_CONCURRENCY ? (d->wait_us + 999) / 1000
+                                             : SL_QUEUE_POLL_MS;
     if (wait_ms < 1)
         wait_ms = 1;
     if (!req->is_held) {
@@ -805,14 +903,28 @@ static int sl_req_hold(struct sl_request *req, const struct sl_decision *d,
         req->held.check = &req->check;
         req->held.waiting = waiting;
         req->held.owner = req;
-        req->held.deadline_ms = now + d->rule->max_wait_us / 1000;
-        if (d->rule->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
-            return -1;  /* it cannot fit before max_wait: say so now */
+        req->held.deadline_ms = now + r->max_wait_us / 1000;
+        atomic_store(&req->held.kicked, false);
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
         req->is_held = true;
+        if (r->kind == SL_RULE_RATE) {
+            /* Those ahead in its bucket go first, `limit` per span: its
+             * turn cannot come before this.  Say so now, not at max_wait. */
+            int64_t span_ms = (r->span_us + 999) / 1000;
+            int64_t earliest = now + wait_ms +
+                               (int64_t)(req->held.ahead / r->limit) * span_ms;
+            if (earliest > req->held.deadline_ms) {
+                sl_req_unhold(req);
+                d->wait_us = (earliest - now) * 1000;
+                return -1;
+            }
+        } else if (r->kind == SL_RULE_PAUSE && now + wait_ms > req->held.deadline_ms) {
+            sl_req_unhold(req);
+            return -1;
+        }
     } else {
-        if (d->rule->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
+        if (r->kind != SL_RULE_CONCURRENCY && now + wait_ms > req->held.deadline_ms)
             return -1;
         if (sl_queue_rewait(&w->queue, &req->held, waiting) != 0)
             return -1;
@@ -839,9 +951,7 @@ static void sl_req_expire(struct sl_request *req, int64_t now)
     sl_req_unhold(req);
     d.verdict = SL_VERDICT_DENY;
     d.wait_us = (left > 0 ? left : 1) * 1000;
-    req->decision = d;
-    sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
-                       sl_respond_limited(req->up, &d), "rejected");
+    sl_req_limited(req, &d);
     sl_req_resume(req);
 }
 
@@ -866,13 +976,14 @@ void sl_request_pump(struct sl_worker *w, int64_t now)
                 sl_req_expire(req, now);
                 continue;
             }
-            if (!h->parked && now < h->retry_at_ms)
+            if (!h->parked && !atomic_load(&h->kicked) && now < h->retry_at_ms)
                 continue;
             if (!sl_queue_is_head(&w->queue, h)) {
                 h->parked = true;
                 continue;
             }
             h->parked = false;
+            atomic_store(&h->kicked, false);
             h->deciding = true;
             req->deciding = true;
             if (sl_store_decide(w->store, &req->check, sl_req_decided, req) != 0) {
@@ -922,28 +1033,181 @@ static enum MHD_Result sl_req_answer_early(struct sl_request *req)
     return sl_req_queue_pending(req);
 }
 
-/* First call: route, match, decide.  Returns what the handler returns. */
-static enum MHD_Result sl_req_begin(struct sl_request *req)
+/* ---- request hygiene (RFC 9112) ---- */
+
+struct sl_framing {
+    unsigned hosts;                 /* Host header lines */
+    unsigned te_lines;              /* Transfer-Encoding header lines */
+    bool te_chunked;                /* ... and its value is "chunked" */
+    unsigned cl_lines;
+    bool cl_bad;                    /* not a plain decimal, or they differ */
+    unsigned long long cl;
+    const char *bad;                /* the first problem found, or NULL */
+};
+
+static bool sl_is_tchar(unsigned char c)
+{
+    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
+           (c >= 'A' && c <= 'Z') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+/* Trim spaces and tabs around [*s, *s + *n). */
+static void sl_trim(const char **s, size_t *n)
+{
+    while (*n > 0 && (**s == ' ' || **s == '\t')) {
+        (*s)++;
+        (*n)--;
+    }
+    while (*n > 0 && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t'))
+        (*n)--;
+}
+
+static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
+                                         const char *key, size_t key_size,
+                                         const char *value, size_t value_size)
+{
+    struct sl_framing *f = cls;
+    const char *v = value != NULL ? value : "";
+    size_t vn = value != NULL ? value_size : 0;
+
+    (void)kind;
+    if (key_size == 0 || strlen(key) != key_size) {
+        f->bad = "a header name is empty or holds a NUL byte";
+        return MHD_NO;
+    }
+    for (size_t i = 0; i < key_size; i++) {
+        if (!sl_is_tchar((unsigned char)key[i])) {
+            f->bad = "a header name holds a character that is not allowed "
+                     "(whitespace, a control character or a separator)";
+            return MHD_NO;
+        }
+    }
+    for (size_t i = 0; i < vn; i++) {
+        unsigned char c = (unsigned char)v[i];
+        if ((c < 0x20 && c != '\t') || c == 0x7f) {
+            f->bad = c == '\r' || c == '\n'
+                         ? "a header value holds a bare CR or LF (line folding "
+                           "or a broken line ending)"
+                         : "a header value holds a NUL or control character";
+            return MHD_NO;
+        }
+    }
+    if (strcasecmp(key, "Host") == 0) {
+        f->hosts++;
+    } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        f->te_lines++;
+        sl_trim(&v, &vn);
+        f->te_chunked = vn == 7 && strncasecmp(v, "chunked", 7) == 0;
+    } else if (strcasecmp(key, "Content-Length") == 0) {
+        unsigned long long n = 0;
+        sl_trim(&v, &vn);
+        if (vn == 0 || vn > 19)
+            f->cl_bad = true;
+        for (size_t i = 0; i < vn && !f->cl_bad; i++) {
+            if (v[i] < '0' || v[i] > '9')
+                f->cl_bad = true;
+            else
+                n = n * 10 + (unsigned)(v[i] - '0');
+        }
+        if (f->cl_lines > 0 && n != f->cl)
+            f->cl_bad = true;
+        f->cl = n;
+        f->cl_lines++;
+    }
+    return MHD_YES;
+}
+
+/*
+ * Is the request framed beyond doubt, and its header block clean?  Returns
+ * 0, or the status to answer (400, 501) with *WHY set; such an answer
+ * closes the connection, since what follows on it cannot be trusted.
+ */
+static unsigned sl_req_check_framing(struct sl_request *req, const char *version,
+                                     const char **why)
+{
+    struct sl_framing f = {0};
+
+    if (strlen(req->method) == 0) {
+        *why = "the request has no method";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    for (const char *m = req->method; *m; m++) {
+        if (!sl_is_tchar((unsigned char)*m)) {
+            *why = "the method holds a character that is not allowed";
+            return MHD_HTTP_BAD_REQUEST;
+        }
+    }
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, sl_framing_header, &f);
+    if (f.bad != NULL) {
+        *why = f.bad;
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (version != NULL && strcmp(version, "HTTP/1.0") != 0 && f.hosts != 1) {
+        *why = f.hosts == 0 ? "an HTTP/1.1 request needs a Host header"
+                            : "the request has more than one Host header";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.hosts > 1) {
+        *why = "the request has more than one Host header";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.te_lines > 0 && f.cl_lines > 0) {
+        *why = "the request has both Transfer-Encoding and Content-Length";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    if (f.te_lines > 1 || (f.te_lines == 1 && !f.te_chunked)) {
+        *why = "sluice accepts only \"Transfer-Encoding: chunked\" request bodies";
+        return MHD_HTTP_NOT_IMPLEMENTED;
+    }
+    if (f.cl_bad) {
+        *why = "the request's Content-Length is not one decimal number";
+        return MHD_HTTP_BAD_REQUEST;
+    }
+    return 0;
+}
+
+/* Answer STATUS now and close the connection: its framing is in doubt. */
+static enum MHD_Result sl_req_refuse(struct sl_request *req, unsigned status,
+                                     const char *error, const char *message)
+{
+    sl_req_error(req, status, error, message, 0, "bad_request");
+    if (req->pending != NULL)
+        MHD_add_response_header(req->pending, MHD_HTTP_HEADER_CONNECTION, "close");
+    return sl_req_queue_pending(req);
+}
+
+/* First call: check, route, match, decide.  Returns what the handler returns. */
+static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
 {
     const struct sl_config *c = req->w->proxy->config;
     const char *q = strchr(req->uri, '?');
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
-    const char *rest;
-    size_t rest_len;
-    char *decoded = NULL;
-    long dlen;
+    const char *rest, *why;
+    size_t rest_len, canon_len;
+    char *canon = NULL;
     char msg[256];
     struct sl_call call;
+    bool trailing;
+    unsigned status;
     int rc;
 
     req->phase = SL_PHASE_ACTIVE;
+    status = sl_req_check_framing(req, version, &why);
+    if (status != 0)
+        return sl_req_refuse(req, status,
+                             status == MHD_HTTP_NOT_IMPLEMENTED
+                                 ? "unsupported_transfer_coding" : "bad_request",
+                             why);
     for (const char *p = req->uri; *p; p++) {
-        if ((unsigned char)*p <= 0x20 || *p == 0x7f) {
-            sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
-                         "the request target holds control characters", 0,
-                         "bad_request");
-            return sl_req_answer_early(req);
-        }
+        if ((unsigned char)*p <= 0x20 || *p == 0x7f)
+            return sl_req_refuse(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                 "the request target holds control characters "
+                                 "or spaces");
+        /* A fragment is never sent to a server: what a client put after
+         * '#' would not be forwarded, yet could sway matching. */
+        if (*p == '#')
+            return sl_req_refuse(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                                 "the request target holds a fragment ('#')");
     }
     if (req->uri[0] != '/') {
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
@@ -957,8 +1221,30 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
                      "bad_request");
         return sl_req_answer_early(req);
     }
+    canon = malloc(plen + 2);
+    if (canon == NULL)
+        goto oom;
+    /* The whole path, canonical: it must route where the raw one does, or
+     * some server could read the target as another upstream's. */
+    rc = sl_path_canonical(req->uri, plen, 0, canon, &canon_len, NULL);
+    if (rc != SL_PATH_OK) {
+        free(canon);
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     sl_path_strerror(rc), 0, "bad_request");
+        return sl_req_answer_early(req);
+    }
     req->up = sl_route(c, req->uri, plen);
+    if (sl_route(c, canon, canon_len) != req->up) {
+        free(canon);
+        req->up = NULL;
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     "the path routes differently once decoded and normalized "
+                     "(encoded or doubled slashes, backslashes or \";\" around "
+                     "the prefix)", 0, "bad_request");
+        return sl_req_answer_early(req);
+    }
     if (req->up == NULL) {
+        free(canon);
         snprintf(msg, sizeof(msg), "no upstream is configured for this path "
                  "(%.*s)", plen > 120 ? 120 : (int)plen, req->uri);
         sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
@@ -966,31 +1252,23 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
     }
     rest = sl_req_rest(req);
     rest_len = plen - (size_t)(rest - req->uri);
-
-    decoded = malloc(rest_len + 2);
-    if (decoded == NULL)
-        goto oom;
-    if (rest_len == 0) {
-        strcpy(decoded, "/");
-        dlen = 1;
-    } else {
-        dlen = sl_decode_path(rest, rest_len, decoded);
-    }
-    if (dlen < 0 || sl_has_dot_segment(decoded, (size_t)dlen)) {
-        free(decoded);
+    rc = sl_path_canonical(rest, rest_len,
+                           req->up->path_case_sensitive ? 0 : SL_PATH_FOLD_CASE,
+                           canon, &canon_len, &trailing);
+    if (rc != SL_PATH_OK) {
+        free(canon);
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
-                     dlen < 0 ? "the path holds a malformed percent-escape"
-                              : "the path holds a \".\" or \"..\" segment",
-                     0, "bad_request");
+                     sl_path_strerror(rc), 0, "bad_request");
         return sl_req_answer_early(req);
     }
     call.method = req->method;
-    call.path = decoded;
-    call.path_len = (size_t)dlen;
+    call.path = canon;
+    call.path_len = canon_len;
     call.header = sl_call_header;
     call.header_ctx = req->conn;
+    call.trailing_slash = trailing;
     rc = sl_match(req->up, &call, &req->check);
-    free(decoded);
+    free(canon);
     if (rc != 0)
         goto oom;
 
@@ -1003,6 +1281,13 @@ static enum MHD_Result sl_req_begin(struct sl_request *req)
                 req->replay_headers = true;
                 sl_req_suspend(req, SL_SUSP_HELD);
                 return MHD_YES;
+            }
+            if (blocked->rule->on_limit == SL_ON_LIMIT_QUEUE) {
+                /* Its turn cannot come in time, or the queue is full. */
+                if (d.wait_us <= 0)
+                    d.wait_us = SL_USEC_PER_SEC;
+                sl_req_limited(req, &d);
+                return sl_req_answer_early(req);
             }
         }
     }
@@ -1043,11 +1328,12 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
     req->deciding = false;
     req->held.deciding = false;
     req->lease = lease;
+    req->committed = false;
+    req->decided_us = sl_clock_monotonic(NULL);
     req->decision = *d;
     if (req->orphaned) {
         /* MHD finished with the connection while the store was deciding. */
-        sl_store_release(req->w->store, req->lease);
-        req->lease = NULL;
+        sl_req_release_lease(req);
         sl_req_free(req);
         return;
     }
@@ -1056,14 +1342,15 @@ static void sl_req_decided(void *arg, const struct sl_decision *d,
         return;
     }
     switch (d->verdict) {
-    case SL_VERDICT_DENY:
+    case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
-        if (sl_req_hold(req, d, req->is_held && req->retries > 0) == 0)
+        struct sl_decision dd = *d;
+        if (sl_req_hold(req, &dd, req->is_held && req->retries > 0) == 0)
             break;
         sl_req_unhold(req);
-        sl_req_set_pending(req, MHD_HTTP_TOO_MANY_REQUESTS,
-                           sl_respond_limited(up, d), "rejected");
+        sl_req_limited(req, &dd);
         break;
+    }
     case SL_VERDICT_UNAVAILABLE:
         sl_req_unhold(req);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "limit_state_unavailable",
@@ -1155,17 +1442,20 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
     const char *connection = NULL;
     struct MHD_Response *resp;
     bool is_head = strcmp(req->method, "HEAD") == 0;
+    /* Never advertise room on the answer that says stop. */
     bool ours = req->decision.rule != NULL &&
-                req->decision.rule->kind == SL_RULE_RATE;
+                req->decision.rule->kind == SL_RULE_RATE && !req->signalled;
+    bool theirs = false;
     enum MHD_Result rc;
 
     for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
         if (h->name_len == 10 && strncasecmp(h->line, "Connection", 10) == 0)
             connection = h->value;
-        /* The upstream's own report wins when it is stricter than ours. */
-        if (ours && h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
+        if (h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
             long long r = sl_ratelimit_r(h->value);
-            if (r >= 0 && (unsigned long long)r <= req->decision.remaining)
+            theirs = true;
+            /* The upstream's own report wins when it is stricter than ours. */
+            if (ours && r >= 0 && (unsigned long long)r <= req->decision.remaining)
                 ours = false;
         }
     }
@@ -1198,8 +1488,17 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
     }
     if (ours)
         sl_respond_ratelimit_headers(resp, &req->decision);
+    else if (req->signalled && !theirs)
+        sl_respond_pause_headers(resp, req->signal_pause_us);
     rc = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
+    if (rc != MHD_YES) {
+        /* MHD could not take it (its per-connection memory): close rather
+         * than leave the client without an answer it can trust. */
+        sl_warn("upstream %s: its response could not be relayed (headers too "
+                "large for the connection)", req->up->name);
+        return MHD_NO;
+    }
     req->queued = true;
     req->status_sent = (unsigned)req->status;
     return rc;
@@ -1376,7 +1675,12 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
                         req->w->malformed_reports);
             }
         } else if (left >= 0) {
-            sl_store_sync(req->w->store, up, &req->check.hits[i], (uint64_t)left);
+            const struct sl_hit *hit = &req->check.hits[i];
+            int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
+            sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
+            /* A report may give room back: the first waiter asks again. */
+            sl_waitlists_room(req->w->proxy->waitlists, hit->rule, hit->key,
+                              hit->key_len);
         }
     }
 
@@ -1389,6 +1693,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     }
     if (pause <= 0)
         return SL_FEEDBACK_DONE;
+    req->signalled = true;
+    req->signal_pause_us = pause;
     sl_store_pause(req->w->store, up, pause);
     sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
             up->name, req->status, why, (double)pause / SL_USEC_PER_SEC);
@@ -1427,11 +1733,12 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
     req->errbuf[0] = '\0';
     curl_slist_free_all(req->req_headers);
     req->req_headers = NULL;
-    if (req->lease != NULL) {
-        sl_store_release(req->w->store, req->lease);
-        req->lease = NULL;
-        req->w->queue_kick = true;
-    }
+    req->hdr_bytes = 0;
+    req->resp_cl_lines = req->resp_te_lines = 0;
+    req->resp_cl_bad = false;
+    req->resp_error = NULL;
+    req->signalled = false;
+    sl_req_release_lease(req);
     req->upload.rpos = req->upload.wpos = 0;
     if (req->saved_len > 0 && sl_buf_put(&req->upload, req->saved, req->saved_len)
         != req->saved_len)
@@ -1535,6 +1842,8 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
         req->sconn = ci != NULL ? ci->socket_context : NULL;
         if (req->sconn != NULL)
             req->sconn->req = req;
+        /* The request line is in: the headers have header_timeout. */
+        sl_conn_deadline(w, req->sconn, SL_DL_HEADERS);
     }
     req->content_length = -1;
     req->next = w->requests;
@@ -1554,13 +1863,13 @@ enum MHD_Result sl_request_handle(void *cls, struct MHD_Connection *conn,
 
     (void)cls;
     (void)url;
-    (void)version;
     if (req == NULL)
         return MHD_NO;  /* out of memory when the request line came in */
     if (req->phase == SL_PHASE_NEW) {
         req->method = method;
         req->conn = conn;
-        return sl_req_begin(req);
+        sl_conn_deadline(req->w, req->sconn, SL_DL_NONE);
+        return sl_req_begin(req, version);
     }
     if (req->client_gone)
         return MHD_NO;
@@ -1625,16 +1934,15 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
     if (req == NULL)
         return;
     *con_cls = NULL;
-    if (req->sconn != NULL && req->sconn->req == req)
+    if (req->sconn != NULL && req->sconn->req == req) {
         req->sconn->req = NULL;
+        /* Keep-alive: the next request line within client_timeout. */
+        sl_conn_deadline(w, req->sconn, SL_DL_IDLE);
+    }
     req->sconn = NULL;
     sl_req_abort_transfer(req);
     sl_req_unhold(req);
-    if (req->lease != NULL) {
-        sl_store_release(w->store, req->lease);
-        req->lease = NULL;
-        w->queue_kick = true;  /* a concurrency slot is free */
-    }
+    sl_req_release_lease(req);
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
         strcmp(req->outcome, "forwarded") == 0)
         req->outcome = "client_gone";

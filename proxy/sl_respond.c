@@ -19,12 +19,24 @@
 #include <strings.h>
 #include <time.h>
 
-static struct MHD_Response *sl_respond_json(json_t *body)
+/* Date, Content-Type and Cache-Control of every answer sluice writes. */
+static void sl_respond_common_headers(struct MHD_Response *resp,
+                                      const char *content_type)
 {
-    struct MHD_Response *resp;
     char date[64];
     time_t now = time(NULL);
     struct tm tm;
+
+    gmtime_r(&now, &tm);
+    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
+    MHD_add_response_header(resp, "Date", date);
+    MHD_add_response_header(resp, "Content-Type", content_type);
+    MHD_add_response_header(resp, "Cache-Control", "no-store");
+}
+
+static struct MHD_Response *sl_respond_json(json_t *body)
+{
+    struct MHD_Response *resp;
     char *text;
 
     text = json_dumps(body, JSON_COMPACT);
@@ -38,11 +50,7 @@ static struct MHD_Response *sl_respond_json(json_t *body)
         free(text);
         return NULL;
     }
-    gmtime_r(&now, &tm);
-    strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S GMT", &tm);
-    MHD_add_response_header(resp, "Date", date);
-    MHD_add_response_header(resp, "Content-Type", "application/json");
-    MHD_add_response_header(resp, "Cache-Control", "no-store");
+    sl_respond_common_headers(resp, "application/json");
     return resp;
 }
 
@@ -93,57 +101,193 @@ void sl_respond_ratelimit_headers(struct MHD_Response *resp,
     MHD_add_response_header(resp, "RateLimit", buf);
 }
 
-struct MHD_Response *sl_respond_limited(const struct sl_upstream_conf *up,
+void sl_respond_pause_headers(struct MHD_Response *resp, int64_t pause_us)
+{
+    char buf[96];
+
+    snprintf(buf, sizeof(buf), "\"upstream-pause\";r=0;t=%lld",
+             (long long)sl_retry_after(pause_us));
+    MHD_add_response_header(resp, "RateLimit", buf);
+}
+
+/* A growing string for the reject template. */
+struct sl_strbuf {
+    char *data;
+    size_t len, cap;
+    bool failed;
+};
+
+static void sl_sb_put(struct sl_strbuf *b, const char *p, size_t n)
+{
+    if (b->failed)
+        return;
+    if (b->len + n + 1 > b->cap) {
+        size_t cap = (b->cap ? b->cap * 2 : 256) + n;
+        char *t = realloc(b->data, cap);
+        if (t == NULL) {
+            b->failed = true;
+            return;
+        }
+        b->data = t;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->len, p, n);
+    b->len += n;
+    b->data[b->len] = '\0';
+}
+
+/* V as the inside of a JSON string: the template is usually JSON. */
+static void sl_sb_put_escaped(struct sl_strbuf *b, const char *v)
+{
+    for (; *v; v++) {
+        char e[8];
+        if (*v == '"' || *v == '\\') {
+            e[0] = '\\';
+            e[1] = *v;
+            sl_sb_put(b, e, 2);
+        } else if ((unsigned char)*v < 0x20) {
+            snprintf(e, sizeof(e), "\\u%04x", (unsigned char)*v);
+            sl_sb_put(b, e, 6);
+        } else {
+            sl_sb_put(b, v, 1);
+        }
+    }
+}
+
+/*
+ * Render the upstream's reject template: "{name}" replaced by its value
+ * (JSON-escaped), "{{" and "}}" as braces.  The configuration check has
+ * refused unknown names.  Returns a malloc'ed string or NULL.
+ */
+static char *sl_render_reject(const char *tpl, const char *const *names,
+                              const char *const *values, size_t n)
+{
+    struct sl_strbuf b = {0};
+
+    sl_sb_put(&b, "", 0);
+    for (const char *p = tpl; *p && !b.failed;) {
+        if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
+            sl_sb_put(&b, p, 1);
+            p += 2;
+            continue;
+        }
+        if (p[0] == '{') {
+            size_t i;
+            for (i = 0; i < n; i++) {
+                size_t nl = strlen(names[i]);
+                if (strncmp(p + 1, names[i], nl) == 0 && p[1 + nl] == '}') {
+                    sl_sb_put_escaped(&b, values[i]);
+                    p += nl + 2;
+                    break;
+                }
+            }
+            if (i < n)
+                continue;
+        }
+        sl_sb_put(&b, p, 1);
+        p++;
+    }
+    if (b.failed) {
+        free(b.data);
+        return NULL;
+    }
+    return b.data;
+}
+
+/* Retry-After for WAIT, bounded by max_retry_after (0: no bound). */
+static int64_t sl_retry_after_bounded(const struct sl_config *c, int64_t wait_us)
+{
+    int64_t retry = sl_retry_after(wait_us);
+    int64_t max = c->max_retry_after_us > 0
+                      ? sl_duration_ceil_seconds(c->max_retry_after_us) : 0;
+
+    return max > 0 && retry > max ? max : retry;
+}
+
+struct MHD_Response *sl_respond_limited(const struct sl_config *c,
+                                        const struct sl_upstream_conf *up,
                                         const struct sl_decision *d)
 {
     const struct sl_rule *r = d->rule;
-    int64_t retry = sl_retry_after(d->wait_us);
-    json_t *body = json_object();
+    int64_t retry = sl_retry_after_bounded(c, d->wait_us);
+    json_t *body;
     struct MHD_Response *resp;
-    char msg[512], ra[32];
+    char msg[512], ra[32], lim[32], win[32], rs[32];
 
-    if (body == NULL)
-        return NULL;
-    json_object_set_new(body, "error", json_string("rate_limited"));
-    json_object_set_new(body, "upstream", json_string(up->name));
-    json_object_set_new(body, "rule", json_string(r->name));
-    json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
     if (r->kind == SL_RULE_PAUSE) {
-        json_object_set_new(body, "error", json_string("upstream_paused"));
-        json_object_set_new(body, "window", json_null());
         snprintf(msg, sizeof(msg),
                  "upstream \"%s\" asked callers to pause (it signalled a limit); "
                  "retry in %llds", up->name, (long long)retry);
+        win[0] = lim[0] = '\0';
     } else if (r->kind == SL_RULE_RATE) {
-        json_object_set_new(body, "window",
-                            json_real((double)r->window_us / SL_USEC_PER_SEC));
+        sl_duration_format(r->window_us, win, sizeof(win));
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
         snprintf(msg, sizeof(msg),
-                 "rule \"%s\" of upstream \"%s\" allows %llu calls per %.3gs; "
+                 "rule \"%s\" of upstream \"%s\" allows %llu calls per %s; "
                  "retry in %llds",
-                 r->name, up->name, (unsigned long long)r->limit,
-                 (double)r->window_us / SL_USEC_PER_SEC, (long long)retry);
+                 r->name, up->name, (unsigned long long)r->limit, win,
+                 (long long)retry);
     } else {
-        json_object_set_new(body, "window", json_null());
-        json_object_set_new(body, "concurrency",
-                            json_integer((json_int_t)r->limit));
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
+        win[0] = '\0';
         snprintf(msg, sizeof(msg),
                  "rule \"%s\" of upstream \"%s\" allows %llu calls in flight; "
                  "retry in %llds",
                  r->name, up->name, (unsigned long long)r->limit,
                  (long long)retry);
     }
-    json_object_set_new(body, "retry_after", json_integer(retry));
-    json_object_set_new(body, "message", json_string(msg));
-    resp = sl_respond_json(body);
-    if (resp == NULL)
-        return NULL;
+    snprintf(rs, sizeof(rs), "%lld", (long long)retry);
+
+    if (up->reject_body != NULL) {
+        static const char *const names[] = {"upstream", "rule", "limit",
+                                            "window", "retry_after", "message"};
+        const char *values[] = {up->name, r->name, lim, win, rs, msg};
+        char *text = sl_render_reject(up->reject_body, names, values, 6);
+        if (text == NULL)
+            return NULL;
+        resp = MHD_create_response_from_buffer(strlen(text), text,
+                                               MHD_RESPMEM_MUST_FREE);
+        if (resp == NULL) {
+            free(text);
+            return NULL;
+        }
+        sl_respond_common_headers(resp, up->reject_content_type != NULL
+                                            ? up->reject_content_type
+                                            : "application/json");
+    } else {
+        body = json_object();
+        if (body == NULL)
+            return NULL;
+        json_object_set_new(body, "error", json_string(r->kind == SL_RULE_PAUSE
+                                                           ? "upstream_paused"
+                                                           : "rate_limited"));
+        json_object_set_new(body, "upstream", json_string(up->name));
+        json_object_set_new(body, "rule", json_string(r->name));
+        if (r->kind == SL_RULE_RATE) {
+            json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
+            json_object_set_new(body, "window",
+                                json_real((double)r->window_us / SL_USEC_PER_SEC));
+        } else if (r->kind == SL_RULE_CONCURRENCY) {
+            json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
+            json_object_set_new(body, "window", json_null());
+            json_object_set_new(body, "concurrency",
+                                json_integer((json_int_t)r->limit));
+        }
+        json_object_set_new(body, "retry_after", json_integer(retry));
+        json_object_set_new(body, "message", json_string(msg));
+        resp = sl_respond_json(body);
+        if (resp == NULL)
+            return NULL;
+    }
     snprintf(ra, sizeof(ra), "%lld", (long long)retry);
     MHD_add_response_header(resp, "Retry-After", ra);
     if (r->kind == SL_RULE_RATE) {
         struct sl_decision hd = *d;
         hd.remaining = 0;
-        hd.reset_us = retry * SL_USEC_PER_SEC;
+        hd.reset_us = d->wait_us;
         sl_respond_ratelimit_headers(resp, &hd);
+    } else if (r->kind == SL_RULE_PAUSE) {
+        sl_respond_pause_headers(resp, d->wait_us);
     }
     return resp;
 }

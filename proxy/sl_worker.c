@@ -193,6 +193,75 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream)
     }
 }
 
+/* ---- slow clients ---- */
+
+/*
+ * libmicrohttpd's connection timeout is an idle timeout: every byte
+ * received resets it, so a client trickling one header byte every few
+ * seconds holds its connection (and its 32 KiB) forever.  sluice adds
+ * deadlines of its own, as NGINX's client_header_timeout does: from
+ * accepting a connection, and from a request line, the headers must be
+ * complete within header_timeout; after a completed request, the next
+ * request line must come within client_timeout.  A connection past its
+ * deadline is shut down (shutdown(2), not close: the descriptor stays
+ * libmicrohttpd's, which sees the end of the stream and closes it).
+ */
+static void sl_conn_unlist(struct sl_worker *w, struct sl_conn *c)
+{
+    if (c->dlist == SL_DL_NONE)
+        return;
+    if (c->dprev != NULL)
+        c->dprev->dnext = c->dnext;
+    else
+        w->dl_head[c->dlist] = c->dnext;
+    if (c->dnext != NULL)
+        c->dnext->dprev = c->dprev;
+    else
+        w->dl_tail[c->dlist] = c->dprev;
+    c->dprev = c->dnext = NULL;
+    c->dlist = SL_DL_NONE;
+}
+
+void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list)
+{
+    const struct sl_config *cf = w->proxy->config;
+
+    if (c == NULL)
+        return;
+    sl_conn_unlist(w, c);
+    if (list == SL_DL_NONE)
+        return;
+    c->dlist = list;
+    c->deadline_ms = sl_now_ms() + (list == SL_DL_HEADERS ? cf->header_timeout_us
+                                                          : cf->client_timeout_us) / 1000;
+    c->dnext = NULL;
+    c->dprev = w->dl_tail[list];
+    if (c->dprev != NULL)
+        c->dprev->dnext = c;
+    else
+        w->dl_head[list] = c;
+    w->dl_tail[list] = c;
+}
+
+static void sl_worker_expire_conns(struct sl_worker *w, int64_t now)
+{
+    for (int l = 0; l < 2; l++) {
+        struct sl_conn *c;
+        while ((c = w->dl_head[l]) != NULL && c->deadline_ms <= now) {
+            sl_conn_unlist(w, c);
+            shutdown(c->watch.fd, SHUT_RDWR);
+            w->slow_closed++;
+        }
+    }
+    if (w->slow_closed > 0 && now - w->slow_logged_ms >= 10000) {
+        sl_warn("worker %d: closed %lu connection%s that did not send a request's "
+                "headers in time (header_timeout / client_timeout)", w->id,
+                w->slow_closed, w->slow_closed == 1 ? "" : "s");
+        w->slow_logged_ms = now;
+        w->slow_closed = 0;
+    }
+}
+
 void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
                                  void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe)
@@ -212,16 +281,21 @@ void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
         c->watch.kind = SL_WATCH_CLIENT;
         c->watch.fd = ci->connect_fd;
         c->watch.obj = c;
+        c->dlist = SL_DL_NONE;
         ev.data.ptr = &c->watch;
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->watch.fd, &ev) != 0) {
             free(c);
             return;
         }
         *socket_context = c;
+        sl_conn_deadline(w, c, SL_DL_HEADERS);
         return;
     }
     if (c == NULL)
         return;
+    if (c->req != NULL)
+        sl_request_conn_closed(c);
+    sl_conn_unlist(w, c);
     epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->watch.fd, NULL);
     /* The watch is the connection's first member: retiring it frees C
      * after the current event batch, never under a pending event. */
@@ -237,14 +311,21 @@ static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
                          sl_io_cb cb, void *arg)
 {
     struct sl_worker *w = ctx;
-    struct sl_watch *watch = &w->store_watch;
+    struct sl_watch *watch = NULL, *free_slot = NULL;
     struct epoll_event ev = {0};
     int op;
 
-    /* A new socket (reconnection) replaces the old registration. */
-    if (watch->registered && watch->fd != fd) {
-        epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
-        watch->registered = false;
+    for (int i = 0; i < SL_STORE_WATCHES; i++) {
+        struct sl_watch *s = &w->store_watch[i];
+        if (s->registered && s->fd == fd)
+            watch = s;
+        else if (!s->registered && free_slot == NULL)
+            free_slot = s;
+    }
+    if (watch == NULL) {
+        if (free_slot == NULL)
+            return -1;
+        watch = free_slot;
     }
     watch->kind = SL_WATCH_STORE;
     watch->fd = fd;
@@ -254,6 +335,7 @@ static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
     ev.events = (want_read ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0);
     ev.data.ptr = watch;
     op = watch->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
+    /* The fd may have been closed and reused behind our back. */
     if (epoll_ctl(w->epfd, op, fd, &ev) != 0 &&
         epoll_ctl(w->epfd, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
                   &ev) != 0)
@@ -262,13 +344,25 @@ static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
     return 0;
 }
 
+static void sl_loop_room(void *ctx, const struct sl_upstream_conf *up,
+                         const struct sl_rule *rule, const char *key, size_t len)
+{
+    struct sl_worker *w = ctx;
+
+    (void)up;
+    sl_waitlists_room(w->proxy->waitlists, rule, key, len);
+}
+
 static void sl_loop_unwatch(void *ctx, int fd)
 {
     struct sl_worker *w = ctx;
 
-    if (w->store_watch.registered && w->store_watch.fd == fd) {
-        epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
-        w->store_watch.registered = false;
+    for (int i = 0; i < SL_STORE_WATCHES; i++) {
+        struct sl_watch *s = &w->store_watch[i];
+        if (s->registered && s->fd == fd) {
+            epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
+            s->registered = false;
+        }
     }
 }
 
@@ -404,7 +498,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (sl_queue_init(&w->queue, c->nupstreams, id, proxy->waitlists) != 0)
         return -1;
     if (c->store_kind == SL_STORE_REDIS) {
-        struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch};
+        struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch, sl_loop_room};
         w->store = sl_store_redis_new(c, proxy->memory, &loop, id);
         if (w->store == NULL)
             return -1;
@@ -580,6 +674,7 @@ static void *sl_worker_main(void *arg)
         w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
+            sl_worker_expire_conns(w, now);
             if (w->id == 0)
                 sl_store_tick(w->proxy->memory);
         }

@@ -49,9 +49,10 @@ static const char *lookup(void *ctx, const char *name)
     return strcmp(name, "X-App") == 0 ? hdr_app : NULL;
 }
 
-static struct result call(struct fixture *f, const char *method, const char *path)
+/* Decide a call and keep what it holds (not sent yet: nothing logged). */
+static struct result call_keep(struct fixture *f, const char *method, const char *path)
 {
-    struct sl_call c = {method, path, strlen(path), lookup, NULL};
+    struct sl_call c = {method, path, strlen(path), lookup, NULL, false};
     struct sl_check chk;
     struct result r = {0};
 
@@ -59,6 +60,19 @@ static struct result call(struct fixture *f, const char *method, const char *pat
     assert_int_equal(sl_store_decide(f->store, &chk, on_decision, &r), 0);
     assert_int_equal(r.calls, 1);  /* the memory store answers at once */
     sl_check_clear(&chk);
+    return r;
+}
+
+/* A whole call: decided, sent at once (logged now), finished. */
+static struct result call(struct fixture *f, const char *method, const char *path)
+{
+    struct result r = call_keep(f, method, path);
+
+    if (r.lease != NULL) {
+        sl_store_commit(f->store, r.lease);
+        sl_store_release(f->store, r.lease);
+        r.lease = NULL;
+    }
     return r;
 }
 
@@ -174,15 +188,16 @@ static void test_concurrency_leases(void **state)
     struct fixture *f = *state;
     struct result a, b;
 
-    a = call(f, "GET", "/slow");
+    a = call_keep(f, "GET", "/slow");
     assert_int_equal(a.d.verdict, SL_VERDICT_ALLOW);
     assert_non_null(a.lease);
-    b = call(f, "GET", "/slow");
+    sl_store_commit(f->store, a.lease);
+    b = call_keep(f, "GET", "/slow");
     assert_int_equal(b.d.verdict, SL_VERDICT_DENY);
     assert_string_equal(b.d.rule->name, "conc");
     assert_null(b.lease);
     sl_store_release(f->store, a.lease);
-    b = call(f, "GET", "/slow");
+    b = call_keep(f, "GET", "/slow");
     assert_int_equal(b.d.verdict, SL_VERDICT_ALLOW);
     sl_store_release(f->store, b.lease);
 }
@@ -253,26 +268,172 @@ static void test_pause_denies_every_call_until_it_ends(void **state)
     assert_int_equal(call(f, "GET", "/z").d.remaining, 1);
 }
 
+/* The hit of rule NAME for a GET of PATH (the check is the caller's). */
+static const struct sl_hit *hit_of(struct fixture *f, struct sl_check *chk,
+                                   const char *path, const char *name)
+{
+    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false};
+
+    assert_int_equal(sl_match(&f->config->upstreams[0], &c, chk), 0);
+    for (size_t i = 0; i < chk->nhits; i++)
+        if (strcmp(chk->hits[i].rule->name, name) == 0)
+            return &chk->hits[i];
+    fail();
+    return NULL;
+}
+
 static void test_sync_leaves_what_the_provider_reports(void **state)
 {
     struct fixture *f = *state;
     const struct sl_upstream_conf *up = &f->config->upstreams[0];
-    struct sl_call c = {"GET", "/x", 2, lookup, NULL};
     struct sl_check chk;
-    const struct sl_hit *all = NULL;
+    const struct sl_hit *all = hit_of(f, &chk, "/x", "all");
 
-    assert_int_equal(sl_match(up, &c, &chk), 0);
-    for (size_t i = 0; i < chk.nhits; i++)
-        if (strcmp(chk.hits[i].rule->name, "all") == 0)
-            all = &chk.hits[i];
-    assert_non_null(all);
-    sl_store_sync(f->store, up, all, 1);   /* the provider says: 1 left */
+    sl_store_sync(f->store, up, all, 1, 0);   /* the provider says: 1 left */
     assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
     assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
-    sl_store_sync(f->store, up, all, 3);   /* more than we have: no change */
-    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
-    fake_now += 61 * S;                    /* the padding leaves the window */
+    /* A newer report gives room back, but never more than our own count
+     * leaves (4 per minute, 1 used). */
+    sl_store_sync(f->store, up, all, 100, 0);
+    assert_int_equal(call(f, "GET", "/x").d.remaining, 2);
     assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    sl_check_clear(&chk);
+}
+
+/* Calls sent after the reporting call are not in the provider's count. */
+static void test_sync_counts_calls_sent_after_the_report(void **state)
+{
+    struct fixture *f = *state;
+    const struct sl_upstream_conf *up = &f->config->upstreams[0];
+    struct sl_check chk;
+    const struct sl_hit *all = hit_of(f, &chk, "/x", "all");
+
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);  /* reporter */
+    fake_now += 1 * S;
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);  /* after it */
+    fake_now += 1 * S;
+    /* The reporter's answer, 2 s after it was sent: "2 left" (it did not
+     * see the second call): so 1 is left. */
+    sl_store_sync(f->store, up, all, 2, 2 * S);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    sl_check_clear(&chk);
+}
+
+static int setup_sync(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/c\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"daily\", \"limit\": 50000000, \"window\": \"1d\","
+        " \"sync\": \"x-ratelimit\", \"sync_probe\": \"10s\"}]}]}");
+}
+
+/* A report of "nothing left" on a huge limit costs O(1), a probe goes
+ * through every sync_probe, and the provider's next word gives room back. */
+static void test_sync_probe_and_o1(void **state)
+{
+    struct fixture *f = *state;
+    const struct sl_upstream_conf *up = &f->config->upstreams[0];
+    struct sl_check chk;
+    const struct sl_hit *daily = hit_of(f, &chk, "/x", "daily");
+    struct result r;
+
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    sl_store_sync(f->store, up, daily, 0, 0);
+    assert_true(sl_store_memory_bytes(f->store) < 4096);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.wait_us, 10 * S);          /* the next probe */
+    fake_now += 10 * S;
+    r = call_keep(f, "GET", "/x");                  /* the probe */
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    sl_store_commit(f->store, r.lease);
+    sl_store_release(f->store, r.lease);
+    fake_now += 1 * S;
+    sl_store_sync(f->store, up, daily, 500, 1 * S);  /* its answer */
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.remaining, 498);
+    assert_true(sl_store_memory_bytes(f->store) < 4096);
+    sl_check_clear(&chk);
+}
+
+/* Admitted calls count from the decision on; their time is the send. */
+static void test_reservations(void **state)
+{
+    struct fixture *f = *state;
+    struct result a, b, c;
+
+    a = call_keep(f, "POST", "/login");
+    b = call_keep(f, "POST", "/login");
+    assert_int_equal(a.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(b.d.verdict, SL_VERDICT_ALLOW);
+    c = call_keep(f, "POST", "/login");
+    assert_int_equal(c.d.verdict, SL_VERDICT_DENY);  /* both reserved */
+    /* B is never sent (no connection): it costs nothing. */
+    sl_store_release(f->store, b.lease);
+    fake_now += 10 * S;                               /* A's connection took 10 s */
+    sl_store_commit(f->store, a.lease);
+    sl_store_commit(f->store, a.lease);               /* idempotent */
+    sl_store_release(f->store, a.lease);
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+    c = call_keep(f, "POST", "/login");
+    assert_int_equal(c.d.verdict, SL_VERDICT_DENY);
+    /* Room comes one window after A was *sent*, not decided. */
+    assert_int_equal(c.d.wait_us, 60 * S);
+    fake_now += 60 * S - 1;
+    assert_int_equal(call_keep(f, "POST", "/login").d.verdict, SL_VERDICT_DENY);
+    fake_now += 1;
+    assert_int_equal(call(f, "POST", "/login").d.verdict, SL_VERDICT_ALLOW);
+}
+
+static int setup_margin(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"margin\": \"50ms\", \"rules\": [{\"name\": \"w\", \"limit\": 1, \"window\": \"1s\"}]}]}");
+}
+
+static void test_margin_widens_the_window(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+
+    assert_int_equal(call(f, "GET", "/a").d.verdict, SL_VERDICT_ALLOW);
+    r = call_keep(f, "GET", "/a");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.wait_us, S + 50000);
+    fake_now += S;
+    assert_int_equal(call_keep(f, "GET", "/a").d.verdict, SL_VERDICT_DENY);
+    fake_now += 50000;
+    assert_int_equal(call(f, "GET", "/a").d.verdict, SL_VERDICT_ALLOW);
+}
+
+static int setup_share(void **state)
+{
+    return setup(state,
+        "{\"store\": \"redis://127.0.0.1:1\", \"local_share\": 0.5, \"upstreams\": [{"
+        "\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"w\", \"limit\": 10, \"window\": \"1m\"}]}]}");
+}
+
+/* As Redis's fallback, the memory store grants its share, counting what
+ * this instance sent through Redis (mirrored with sl_store_memory_record). */
+static void test_local_share_and_mirror(void **state)
+{
+    struct fixture *f = *state;
+    struct sl_check chk;
+    int allowed = 0;
+
+    hit_of(f, &chk, "/a", "w");
+    sl_store_memory_record(f->store, &chk);
+    sl_store_memory_record(f->store, &chk);
+    for (int i = 0; i < 10; i++)
+        allowed += call(f, "GET", "/a").d.verdict == SL_VERDICT_ALLOW;
+    assert_int_equal(allowed, 3);   /* 5 (half of 10) minus the 2 mirrored */
     sl_check_clear(&chk);
 }
 
@@ -287,6 +448,11 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_memory_bound_refuses_new_keys, setup_tiny, teardown),
         cmocka_unit_test_setup_teardown(test_pause_denies_every_call_until_it_ends, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_sync_leaves_what_the_provider_reports, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_counts_calls_sent_after_the_report, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_sync_probe_and_o1, setup_sync, teardown),
+        cmocka_unit_test_setup_teardown(test_reservations, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_margin_widens_the_window, setup_margin, teardown),
+        cmocka_unit_test_setup_teardown(test_local_share_and_mirror, setup_share, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,60 @@
+/*
+ * sl_path — the one canonical form of a request path, for routing checks
+ * and rule matching.
+ *
+ * A rule must not be dodged by spelling.  Servers and frameworks disagree
+ * on what two paths are "the same endpoint": most decode percent-escapes
+ * (some %2F too, a few twice), many treat a backslash as a slash, Java
+ * servers drop ";params" from segments, nearly all merge repeated slashes,
+ * many ignore a trailing slash or letter case.  So sluice matches rules on
+ * a form in which every such spelling of one endpoint is the same string,
+ * and refuses a path that any of these readings would resolve outside the
+ * upstream's base path.  What is forwarded is the request target exactly
+ * as the client sent it; only matching and refusing use this form.
+ *
+ * The canonical form of PATH (the part before '?'):
+ *   1. percent-escapes decoded, all of them (%2F is a '/');
+ *   2. '\' read as '/';
+ *   3. in each segment, everything from the first ';' dropped;
+ *   4. empty segments dropped (repeated slashes merged);
+ *   5. a trailing '/' dropped (the root stays "/");
+ *   6. with SL_PATH_FOLD_CASE, ASCII letters lower-cased.
+ * Refused (the caller answers 400):
+ *   - a malformed escape ('%' not followed by two hex digits);
+ *   - a decoded NUL or other control character (0x00-0x1f, 0x7f);
+ *   - a segment made only of dots ("." "..", "..."), after steps 1-3;
+ *   - a decoded path that still holds an escape of '%', '.', '/', '\' or
+ *     ';' ("%252e"): a server that decodes twice would read it as one.
+ * Pure functions: no allocation, no I/O, thread-safe.
+ */
+#ifndef SL_PATH_H
+#define SL_PATH_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#define SL_PATH_FOLD_CASE 0x1u
+
+enum sl_path_status {
+    SL_PATH_OK = 0,
+    SL_PATH_BAD_ESCAPE = -1,      /* '%' without two hex digits */
+    SL_PATH_CONTROL = -2,         /* a (decoded) control character */
+    SL_PATH_DOT_SEGMENT = -3,     /* ".", ".." (in any spelling) */
+    SL_PATH_DOUBLE_ENCODED = -4,  /* "%25" hiding '%', '.', '/', '\' or ';' */
+    SL_PATH_NOT_ABSOLUTE = -5,    /* does not start with '/' */
+};
+
+/*
+ * Canonicalize the LEN bytes at PATH (no query) into OUT, which must hold
+ * at least LEN + 2 bytes; OUT is NUL-terminated and *OUT_LEN set.  When
+ * TRAILING is not NULL it says whether the path ended in a separator
+ * (before step 5), so a matcher can also try the form with a trailing '/'.
+ * Returns SL_PATH_OK or a negative status (OUT is then unspecified).
+ */
+int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
+                      size_t *out_len, bool *trailing);
+
+/* A human sentence for a negative status. */
+const char *sl_path_strerror(int status);
+
+#endif

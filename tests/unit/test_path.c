@@ -1,0 +1,211 @@
+/* Unit tests: canonical request paths (sl_path) and matching through them. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "sl_config.h"
+#include "sl_path.h"
+#include "sl_store.h"
+
+static int canon(const char *in, unsigned flags, char *out, bool *trailing)
+{
+    size_t n;
+    return sl_path_canonical(in, strlen(in), flags, out, &n, trailing);
+}
+
+/* Every spelling in a group reaches the same canonical form. */
+static void test_spellings_of_one_endpoint(void **state)
+{
+    static const char *const login[] = {
+        "/api/v2/login", "/api/v2/login/", "//api//v2///login", "/api/v2/login;jsessionid=1",
+        "/api;x/v2/login", "/api%2Fv2/login", "/api%2fv2%2flogin", "/api\\v2\\login",
+        "/api%5Cv2/login", "/%61pi/v2/log%69n", "/API/V2/LOGIN", "/Api/v2/Login/;x",
+        "/api/v2/login%3Bfoo",
+    };
+    char out[64];
+    bool trailing;
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(login) / sizeof(login[0]); i++) {
+        assert_int_equal(canon(login[i], SL_PATH_FOLD_CASE, out, &trailing), SL_PATH_OK);
+        assert_string_equal(out, "/api/v2/login");
+    }
+    assert_int_equal(canon("/api/v2/login/", 0, out, &trailing), SL_PATH_OK);
+    assert_true(trailing);
+    assert_int_equal(canon("/api/v2/login", 0, out, &trailing), SL_PATH_OK);
+    assert_false(trailing);
+    /* Without folding, case is kept. */
+    assert_int_equal(canon("/API/v2", 0, out, NULL), SL_PATH_OK);
+    assert_string_equal(out, "/API/v2");
+    assert_int_equal(canon("", 0, out, &trailing), SL_PATH_OK);
+    assert_string_equal(out, "/");
+    assert_int_equal(canon("/", 0, out, &trailing), SL_PATH_OK);
+    assert_string_equal(out, "/");
+    assert_false(trailing);
+    assert_int_equal(canon("///;x", 0, out, &trailing), SL_PATH_OK);
+    assert_string_equal(out, "/");
+}
+
+/* Every spelling of a dot segment is refused, wherever it stands. */
+static void test_dot_segments_in_every_spelling(void **state)
+{
+    static const char *const bad[] = {
+        "/..", "/../secret", "/a/../../secret", "/a/./b", "/.", "/a/..",
+        "/..%2Fsecret", "/%2e%2e/secret", "/%2E%2E%2Fsecret", "/.%2e/x", "/%2e./x",
+        "/..;/secret", "/..;x/secret", "/a/%2e%2e;/b", "/..\\secret", "/..%5csecret",
+        "/a\\..\\b", "/...", "/.. /x", "/%2e%2e%20/x", "/%2e",
+    };
+    char out[64];
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        print_message("%s\n", bad[i]);
+        assert_int_equal(canon(bad[i], 0, out, NULL), SL_PATH_DOT_SEGMENT);
+    }
+    /* Dots inside a segment are ordinary characters. */
+    assert_int_equal(canon("/v2.1/a..b/.well-known/x.", 0, out, NULL), SL_PATH_OK);
+    assert_string_equal(out, "/v2.1/a..b/.well-known/x.");
+}
+
+static void test_refused_encodings(void **state)
+{
+    char out[64];
+    (void)state;
+
+    assert_int_equal(canon("/a%2", 0, out, NULL), SL_PATH_BAD_ESCAPE);
+    assert_int_equal(canon("/a%", 0, out, NULL), SL_PATH_BAD_ESCAPE);
+    assert_int_equal(canon("/a%zz", 0, out, NULL), SL_PATH_BAD_ESCAPE);
+    assert_int_equal(canon("/a%u002e", 0, out, NULL), SL_PATH_BAD_ESCAPE);
+    assert_int_equal(canon("/a%00b", 0, out, NULL), SL_PATH_CONTROL);
+    assert_int_equal(canon("/a%0d%0ab", 0, out, NULL), SL_PATH_CONTROL);
+    assert_int_equal(canon("/a\tb", 0, out, NULL), SL_PATH_CONTROL);
+    assert_int_equal(canon("/a%7fb", 0, out, NULL), SL_PATH_CONTROL);
+    /* Double encoding of structure: a server decoding twice reads "..". */
+    assert_int_equal(canon("/%252e%252e/secret", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a%252Fb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a%255cb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a%253bb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a%2525", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    /* An encoded percent followed by anything else is just a percent. */
+    assert_int_equal(canon("/100%25/off", 0, out, NULL), SL_PATH_OK);
+    assert_string_equal(out, "/100%/off");
+    assert_int_equal(canon("a/b", 0, out, NULL), SL_PATH_NOT_ABSOLUTE);
+    assert_non_null(sl_path_strerror(SL_PATH_DOUBLE_ENCODED));
+}
+
+/* Non-ASCII bytes pass through untouched (and are never folded). */
+static void test_utf8_kept(void **state)
+{
+    char out[64];
+    (void)state;
+
+    assert_int_equal(canon("/caf%C3%A9/\xc3\x89", SL_PATH_FOLD_CASE, out, NULL), SL_PATH_OK);
+    assert_string_equal(out, "/caf\xc3\xa9/\xc3\x89");
+}
+
+/* ---- matching through the canonical form ---- */
+
+static const char *no_header(void *ctx, const char *name)
+{
+    (void)ctx;
+    (void)name;
+    return NULL;
+}
+
+static size_t hits_for(const struct sl_config *c, const char *method,
+                       const char *raw, const char *want_rule)
+{
+    char out[256];
+    size_t n, found = 0;
+    bool trailing;
+    struct sl_check chk;
+    const struct sl_upstream_conf *up = &c->upstreams[0];
+    struct sl_call call;
+
+    assert_int_equal(sl_path_canonical(raw, strlen(raw),
+                                       up->path_case_sensitive ? 0 : SL_PATH_FOLD_CASE,
+                                       out, &n, &trailing), SL_PATH_OK);
+    call.method = method;
+    call.path = out;
+    call.path_len = n;
+    call.header = no_header;
+    call.header_ctx = NULL;
+    call.trailing_slash = trailing;
+    assert_int_equal(sl_match(up, &call, &chk), 0);
+    for (size_t i = 0; i < chk.nhits; i++)
+        if (strcmp(chk.hits[i].rule->name, want_rule) == 0)
+            found++;
+    sl_check_clear(&chk);
+    return found;
+}
+
+static void test_rules_cannot_be_dodged_by_spelling(void **state)
+{
+    const char *text =
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": ["
+        "{\"name\": \"login\", \"methods\": [\"POST\"], \"path\": \"/api/v2*/Login\","
+        " \"limit\": 1, \"window\": \"5m\"},"
+        "{\"name\": \"dir\", \"path\": \"/files/*\", \"limit\": 1, \"window\": \"5m\"},"
+        "{\"name\": \"lead\", \"path\": \"/p/{pub}/lead/{id}\", \"per\": \"{pub}\","
+        " \"limit\": 1, \"window\": \"5m\"}]}]}";
+    static const char *const logins[] = {
+        "/api/v2/login", "/api/v2/login/", "//api/v2//login", "/api/v2/login;x=1",
+        "/api%2Fv2/login", "/api\\v2\\login", "/API/V2/LOGIN", "/api/v2.1/login/",
+        "/%61pi/v2/login", "/api/v2/login%3B",
+    };
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    for (size_t i = 0; i < sizeof(logins) / sizeof(logins[0]); i++) {
+        print_message("%s\n", logins[i]);
+        assert_int_equal(hits_for(c, "POST", logins[i], "login"), 1);
+        assert_int_equal(hits_for(c, "post", logins[i], "login"), 1);
+        assert_int_equal(hits_for(c, "pOsT", logins[i], "login"), 1);
+    }
+    assert_int_equal(hits_for(c, "GET", "/api/v2/login", "login"), 0);
+    /* "/files/*" matches "/files/" (empty star) in either trailing form. */
+    assert_int_equal(hits_for(c, "GET", "/files/", "dir"), 1);
+    assert_int_equal(hits_for(c, "GET", "/files/a", "dir"), 1);
+    assert_int_equal(hits_for(c, "GET", "/files//a/", "dir"), 1);
+    assert_int_equal(hits_for(c, "GET", "/p/ACME/lead/7/", "lead"), 1);
+    sl_config_free(c);
+}
+
+static void test_case_sensitive_upstream(void **state)
+{
+    const char *text =
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"path_case\": \"sensitive\", \"rules\": ["
+        "{\"name\": \"login\", \"path\": \"/Login\", \"limit\": 1, \"window\": \"5m\"}]}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    assert_true(c->upstreams[0].path_case_sensitive);
+    assert_int_equal(hits_for(c, "GET", "/Login", "login"), 1);
+    assert_int_equal(hits_for(c, "GET", "//Login/", "login"), 1);
+    assert_int_equal(hits_for(c, "GET", "/login", "login"), 0);
+    sl_config_free(c);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_spellings_of_one_endpoint),
+        cmocka_unit_test(test_dot_segments_in_every_spelling),
+        cmocka_unit_test(test_refused_encodings),
+        cmocka_unit_test(test_utf8_kept),
+        cmocka_unit_test(test_rules_cannot_be_dodged_by_spelling),
+        cmocka_unit_test(test_case_sensitive_upstream),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
