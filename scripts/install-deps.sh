@@ -6,7 +6,7 @@ SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
       libjansson-dev libhiredis-dev libcmocka-dev redis-server python3
-      python3-pytest curl ca-certificates"
+      python3-pytest curl ca-certificates openssl clang"
 if [ "${1:-}" = "--bench" ]; then
     PKGS="$PKGS nginx-light haproxy wrk"
 fi

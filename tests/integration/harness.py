@@ -11,12 +11,20 @@ and behaves as the request's X-Test-* headers ask:
   X-Test-Resp-Header: H: V  add a response header (repeatable)
 
 Without X-Test-Body-Size the answer is a JSON echo of what arrived.
+Upstream(tls=True) serves HTTPS with a throw-away certificate (its CA file
+is up.ca_file); Upstream(close=True) closes every connection after one
+answer, so each call needs a fresh connection (and TLS handshake).
+DelayRelay sits between sluice and an upstream and delays every piece of
+data towards the upstream by a random time, like a jittery network.
 """
 import hashlib
 import http.client
 import json
 import os
+import random
+import shutil
 import signal
+import ssl
 import socket
 import subprocess
 import tempfile
@@ -150,6 +158,9 @@ class _Handler(BaseHTTPRequestHandler):
                 chunks = pattern_bytes(total)
                 ctype = "application/octet-stream"
             self.send_response(status)
+            if up.close_each:
+                self.send_header("Connection", "close")
+                self.close_connection = True
             self.send_header("Content-Type", ctype)
             for h in extra:
                 name, _, value = h.partition(":")
@@ -186,25 +197,63 @@ class _Server(ThreadingHTTPServer):
             self.owner.errors += 1
 
 
+def make_cert(directory):
+    """A self-signed certificate for 127.0.0.1: (cert path, key path)."""
+    cert = os.path.join(directory, "cert.pem")
+    key = os.path.join(directory, "key.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes",
+                    "-keyout", key, "-out", cert, "-days", "2", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1"],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+class _TLSServer(_Server):
+    """The handshake runs on the request's thread, not in accept()."""
+
+    def __init__(self, addr, handler, context):
+        self.context = context
+        super().__init__(addr, handler)
+
+    def finish_request(self, request, client_address):
+        try:
+            conn = self.context.wrap_socket(request, server_side=True)
+        except (ssl.SSLError, OSError):
+            return
+        super().finish_request(conn, client_address)
+
+
 class Upstream:
     """A recording HTTP/1.1 upstream on a free loopback port."""
 
-    def __init__(self):
+    def __init__(self, tls=False, close=False):
         self.lock = threading.Lock()
         self.records = []
         self.script = []  # list of {"status", "headers", "body"} answers
         self.active = 0
         self.max_active = 0
         self.errors = 0
+        self.close_each = close
+        self.tls = tls
         self.port = free_port()
-        self.server = _Server(("127.0.0.1", self.port), _Handler)
+        self.dir = None
+        self.ca_file = None
+        if tls:
+            self.dir = tempfile.mkdtemp(prefix="sluice-tls-")
+            cert, key = make_cert(self.dir)
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(cert, key)
+            self.ca_file = cert
+            self.server = _TLSServer(("127.0.0.1", self.port), _Handler, ctx)
+        else:
+            self.server = _Server(("127.0.0.1", self.port), _Handler)
         self.server.owner = self
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
 
     @property
     def url(self):
-        return "http://127.0.0.1:%d" % self.port
+        return "%s://127.0.0.1:%d" % ("https" if self.tls else "http", self.port)
 
     def count(self, pred=lambda r: True):
         with self.lock:
@@ -222,6 +271,71 @@ class Upstream:
     def close(self):
         self.server.shutdown()
         self.server.server_close()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class DelayRelay:
+    """A TCP relay to 127.0.0.1:TARGET_PORT that holds every piece of data
+    on its way to the target for a random time in [0, MAX_DELAY] seconds
+    (in order within a connection), as a jittery network would."""
+
+    def __init__(self, target_port, max_delay, seed=1):
+        self.target_port = target_port
+        self.max_delay = max_delay
+        self.rng = random.Random(seed)
+        self.rng_lock = threading.Lock()
+        self.port = free_port()
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(256)
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _delay(self):
+        with self.rng_lock:
+            return self.rng.uniform(0, self.max_delay)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(client,), daemon=True).start()
+
+    def _pipe(self, src, dst, delayed):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if delayed:
+                    time.sleep(self._delay())
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _serve(self, client):
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=self._pipe, args=(upstream, client, False),
+                         daemon=True).start()
+        self._pipe(client, upstream, True)
+
+    def close(self):
+        self.closed = True
+        self.sock.close()
 
 
 class Sluice:

@@ -171,7 +171,7 @@ static void test_rules_cannot_be_dodged_by_spelling(void **state)
         assert_int_equal(hits_for(c, "pOsT", logins[i], "login"), 1);
     }
     assert_int_equal(hits_for(c, "GET", "/api/v2/login", "login"), 0);
-    /* "/files/*" matches "/files/" (empty star) in either trailing form. */
+    /* The "files" rule (a star after "/files/") matches "/files/" too. */
     assert_int_equal(hits_for(c, "GET", "/files/", "dir"), 1);
     assert_int_equal(hits_for(c, "GET", "/files/a", "dir"), 1);
     assert_int_equal(hits_for(c, "GET", "/files//a/", "dir"), 1);
