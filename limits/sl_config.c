@@ -6,46 +6,132 @@
  * so `sluice --check` lists everything wrong at once.  Unknown keys are
  * errors too: a typo such as "limt" must not silently disable a quota.
  * Syntax errors come from jansson with line and column.
+ *
+ * What is refused, beyond types and ranges, is what would make a rule
+ * silently useless or the proxy unsafe:
+ *   - a path pattern or prefix that can never equal a canonical request
+ *     path (sl_path.h: decoded, '\' as '/', ";params" dropped, slashes
+ *     merged, dot segments refused): "//", dot segments, '%', '\', ';'.
+ *     Such a rule would look configured and count nothing;
+ *   - an upstream URL whose host or base path another parser could read
+ *     differently ("http://h%2F../x"): only plain host names, IPv4
+ *     addresses and bracketed IPv6 literals, and plain path characters;
+ *   - durations no one means (a 30-day connect timeout), a CA file with
+ *     no certificate in it, names and messages with control characters;
+ *   - a reject body template naming a placeholder that does not exist,
+ *     or (for a JSON content type) not JSON once filled in.
+ * Every value echoed in an error line goes through sl_quote(), so a
+ * control character in a config never reaches a terminal or a log raw.
+ *
+ * Duplicate names and prefixes are found with hash sets (jansson objects
+ * keyed by the name), so a config with 50,000 upstreams checks in linear
+ * time.
  */
 #include "sl_config.h"
 
 #include "sl_duration.h"
 #include "sl_pattern.h"
 
+#include <arpa/inet.h>
 #include <ctype.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <jansson.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #define SL_DEFAULT_LISTEN "127.0.0.1:8080"
 #define SL_DEFAULT_MEMORY_LIMIT (UINT64_C(64) << 20)
 
+#define SL_SECONDS(n) ((int64_t)(n) * SL_USEC_PER_SEC)
+#define SL_MINUTES(n) (SL_SECONDS(n) * 60)
+#define SL_HOURS(n) (SL_MINUTES(n) * 60)
+#define SL_DAYS(n) (SL_HOURS(n) * 24)
+
+/* Longest reject body template, and longest echoed value in an error. */
+#define SL_REJECT_BODY_MAX 8192
+#define SL_QUOTE_MAX 60
+
+/* The names a reject body template may use (sl_upstream_conf.reject_body). */
+static const char *const sl_reject_placeholders[] = {
+    "upstream", "rule", "limit", "window", "retry_after", "message", NULL,
+};
+
 static void sl_check_keys(json_t *obj, const char *path,
                           const char *const *allowed, struct sl_errors *errs);
 static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_errors *errs);
-static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
+static void sl_parse_rule(json_t *jr, const char *path,
+                          const struct sl_upstream_conf *u, struct sl_rule *r,
                           struct sl_errors *errs);
 static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
                            struct sl_errors *errs);
 
+/* ---- character classes (ASCII only, whatever the locale says) ---- */
+
+static bool sl_is_alnum(unsigned char c)
+{
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+static bool sl_is_digit(unsigned char c)
+{
+    return c >= '0' && c <= '9';
+}
+
+/* RFC 9110 tchar. */
+static bool sl_is_tchar(unsigned char c)
+{
+    return sl_is_alnum(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
+}
+
+static bool sl_is_token(const char *s)
+{
+    if (*s == '\0')
+        return false;
+    for (; *s; s++)
+        if (!sl_is_tchar((unsigned char)*s))
+            return false;
+    return true;
+}
+
+/*
+ * RFC 3986 pchar without percent-encoding and ';' (which sl_path drops
+ * with what follows it): unreserved, the other sub-delims, ':' and '@'.
+ * STAR says whether '*' is allowed too.
+ */
+static bool sl_is_plain_pchar(unsigned char c, bool star)
+{
+    if (sl_is_alnum(c) || (c != '\0' && strchr("-._~!$&'()+,=:@", c) != NULL))
+        return true;
+    return star && c == '*';
+}
+
+/*
+ * The array grows to 8 lines, then doubles whenever COUNT reaches a power
+ * of two: amortized O(1) per line without a capacity field.
+ */
 void sl_errors_add(struct sl_errors *errs, const char *fmt, ...)
 {
     char buf[1024];
-    char **lines;
     va_list ap;
 
     va_start(ap, fmt);
     vsnprintf(buf, sizeof(buf), fmt, ap);
     va_end(ap);
-    lines = realloc(errs->lines, (errs->count + 1) * sizeof(*lines));
-    if (lines == NULL)
-        return;
-    errs->lines = lines;
+    if (errs->count == 0 || (errs->count >= 8 &&
+                             (errs->count & (errs->count - 1)) == 0)) {
+        size_t cap = errs->count == 0 ? 8 : errs->count * 2;
+        char **lines = realloc(errs->lines, cap * sizeof(*lines));
+        if (lines == NULL)
+            return;
+        errs->lines = lines;
+    }
     errs->lines[errs->count] = strdup(buf);
     if (errs->lines[errs->count] != NULL)
         errs->count++;
@@ -60,20 +146,69 @@ void sl_errors_free(struct sl_errors *errs)
     errs->count = 0;
 }
 
+/* ---- echoing values in error lines ---- */
+
+/*
+ * S in double quotes for an error line, into BUF (LEN >= 16): '"' and '\'
+ * escaped, every byte outside printable ASCII written as \n, \t or \xHH,
+ * cut after SL_QUOTE_MAX bytes of S with "...".  Returns BUF.
+ */
+static const char *sl_quote(const char *s, char *buf, size_t len)
+{
+    size_t o = 0, i;
+
+    buf[o++] = '"';
+    for (i = 0; s[i] != '\0' && i < SL_QUOTE_MAX && o + 8 < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c == '"' || c == '\\')
+            o += (size_t)snprintf(buf + o, len - o, "\\%c", c);
+        else if (c == '\n')
+            o += (size_t)snprintf(buf + o, len - o, "\\n");
+        else if (c == '\t')
+            o += (size_t)snprintf(buf + o, len - o, "\\t");
+        else if (c < 0x20 || c >= 0x7f)
+            o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
+        else
+            buf[o++] = (char)c;
+    }
+    if (s[i] != '\0')
+        o += (size_t)snprintf(buf + o, len - o, "...");
+    buf[o++] = '"';
+    buf[o] = '\0';
+    return buf;
+}
+
 /* Render a JSON value briefly for an error message: "5x", 12, true. */
 static void sl_json_brief(json_t *v, char *buf, size_t len)
 {
-    char *s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT);
+    char *s;
 
+    if (json_is_string(v)) {
+        sl_quote(json_string_value(v), buf, len);
+        return;
+    }
+    s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
     if (s == NULL) {
         snprintf(buf, len, "(value)");
         return;
     }
-    if (strlen(s) > 60)
+    if (strlen(s) > SL_QUOTE_MAX)
         snprintf(buf, len, "%.57s...", s);
     else
         snprintf(buf, len, "%s", s);
     free(s);
+}
+
+/* C as a reader would name it: "' '" is "a space", 0x0a is "byte 0x0a". */
+static const char *sl_char_name(unsigned char c, char *buf, size_t len)
+{
+    if (c == ' ')
+        snprintf(buf, len, "a space");
+    else if (c > 0x20 && c < 0x7f)
+        snprintf(buf, len, "'%c'", c);
+    else
+        snprintf(buf, len, "byte 0x%02x", c);
+    return buf;
 }
 
 static void sl_check_keys(json_t *obj, const char *path,
@@ -83,31 +218,57 @@ static void sl_check_keys(json_t *obj, const char *path,
     json_t *v;
 
     json_object_foreach(obj, key, v) {
-        int ok = 0;
+        bool known = false, plain = *key != '\0' && strlen(key) <= SL_QUOTE_MAX;
+        char q[96];
         for (const char *const *a = allowed; *a != NULL; a++)
             if (strcmp(*a, key) == 0)
-                ok = 1;
-        if (!ok)
-            sl_errors_add(errs, "%s%s%s: unknown key", path, *path ? "." : "",
-                          key);
+                known = true;
+        if (known)
+            continue;
+        /* A plain key reads best as part of the path; others are quoted. */
+        for (const char *c = key; *c; c++)
+            if (!sl_is_alnum((unsigned char)*c) && *c != '_' && *c != '-')
+                plain = false;
+        if (plain)
+            sl_errors_add(errs, "%s%s%s: unknown key", path, *path ? "." : "", key);
+        else
+            sl_errors_add(errs, "%s: unknown key %s", *path ? path : "(root)",
+                          sl_quote(key, q, sizeof(q)));
     }
 }
 
+/* ---- typed values ---- */
+
 /*
- * Read a duration from V (string with unit, or number of seconds).
- * Returns 0 and sets *out, or adds an error and returns -1.
+ * Read a duration from V (a string with a unit, or a number of seconds)
+ * into *out.  It must lie in [MIN, MAX]; ZERO_OK also lets 0 through
+ * below MIN (the settings where 0 means "none" or "never").
+ * Returns 0, or adds an error and returns -1.
  */
-static int sl_get_duration(json_t *v, const char *path, int allow_zero,
-                           int64_t *out, struct sl_errors *errs)
+static int sl_get_duration(json_t *v, const char *path, int64_t min, int64_t max,
+                           bool zero_ok, int64_t *out, struct sl_errors *errs)
 {
-    char brief[80];
+    char brief[96], bound[SL_DURATION_FORMAT_MAX];
     int rc = -1;
 
-    if (json_is_string(v))
-        rc = sl_duration_parse(json_string_value(v), out);
-    else if (json_is_number(v))
-        rc = sl_duration_from_seconds(json_number_value(v), out);
     sl_json_brief(v, brief, sizeof(brief));
+    if (json_is_string(v)) {
+        rc = sl_duration_parse(json_string_value(v), out);
+    } else if (json_is_integer(v)) {
+        /* Exact for every integer: no detour through a double. */
+        json_int_t n = json_integer_value(v);
+        rc = n > SL_DURATION_MAX / SL_USEC_PER_SEC ||
+             n < -(SL_DURATION_MAX / SL_USEC_PER_SEC) ? -2 : 0;
+        if (rc == 0)
+            *out = (int64_t)n * SL_USEC_PER_SEC;
+    } else if (json_is_real(v)) {
+        rc = sl_duration_from_seconds(json_real_value(v), out) == 0 ? 0 : -2;
+    }
+    if (rc == -2 || (rc == 0 && *out > max)) {
+        sl_duration_format(max, bound, sizeof(bound));
+        sl_errors_add(errs, "%s: %s is too long: at most %s", path, brief, bound);
+        return -1;
+    }
     if (rc != 0) {
         sl_errors_add(errs,
                       "%s: %s is not a duration (write e.g. \"250ms\", \"10s\", "
@@ -115,9 +276,15 @@ static int sl_get_duration(json_t *v, const char *path, int allow_zero,
                       path, brief);
         return -1;
     }
-    if (*out < 0 || (*out == 0 && !allow_zero)) {
+    if (*out < 0 || (*out == 0 && !zero_ok)) {
         sl_errors_add(errs, "%s: %s must be %s", path, brief,
-                      allow_zero ? "zero or more" : "more than zero");
+                      zero_ok ? "zero or more" : "more than zero");
+        return -1;
+    }
+    if (*out < min && !(*out == 0 && zero_ok)) {
+        sl_duration_format(min, bound, sizeof(bound));
+        sl_errors_add(errs, "%s: %s is too short: at least %s%s", path, brief,
+                      bound, zero_ok ? " (or 0)" : "");
         return -1;
     }
     return 0;
@@ -127,7 +294,7 @@ static int sl_get_duration(json_t *v, const char *path, int allow_zero,
 static int sl_get_int(json_t *v, const char *path, long long min, long long max,
                       long long *out, struct sl_errors *errs)
 {
-    char brief[80];
+    char brief[96];
 
     sl_json_brief(v, brief, sizeof(brief));
     if (!json_is_integer(v)) {
@@ -146,7 +313,7 @@ static int sl_get_int(json_t *v, const char *path, long long min, long long max,
 static int sl_get_string(json_t *v, const char *path, const char **out,
                          struct sl_errors *errs)
 {
-    char brief[80];
+    char brief[96];
 
     if (!json_is_string(v)) {
         sl_json_brief(v, brief, sizeof(brief));
@@ -160,7 +327,7 @@ static int sl_get_string(json_t *v, const char *path, const char **out,
 static int sl_get_bool(json_t *v, const char *path, bool *out,
                        struct sl_errors *errs)
 {
-    char brief[80];
+    char brief[96];
 
     if (!json_is_boolean(v)) {
         sl_json_brief(v, brief, sizeof(brief));
@@ -171,14 +338,33 @@ static int sl_get_bool(json_t *v, const char *path, bool *out,
     return 0;
 }
 
-static int sl_is_token(const char *s)
+/*
+ * The flaw of the path P (LEN bytes) that sl_path's canonical form would
+ * erase or refuse: "//" (merged), a segment of dots (refused; DOTS_ONLY
+ * refuses "..." too, as sl_path does, else only "." and "..").
+ * Returns a sentence, or NULL.
+ */
+static const char *sl_segment_flaw(const char *p, size_t len, bool dots_only)
 {
-    if (*s == '\0')
-        return 0;
-    for (; *s; s++)
-        if (!isalnum((unsigned char)*s) && strchr("!#$%&'*+-.^_`|~", *s) == NULL)
-            return 0;
-    return 1;
+    size_t start = 0;
+
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && p[i] != '/')
+            continue;
+        size_t seg = i - start;
+        if (i < len && i > 0 && seg == 0)
+            return "holds \"//\" (an empty segment)";
+        if (seg > 0) {
+            size_t dots = 0;
+            while (dots < seg && p[start + dots] == '.')
+                dots++;
+            if (dots == seg && (dots_only || seg <= 2))
+                return dots_only ? "holds a segment of dots (\".\", \"..\")"
+                                 : "holds a \".\" or \"..\" segment";
+        }
+        start = i + 1;
+    }
+    return NULL;
 }
 
 int sl_config_split_listen(const char *text, char **host, int *port)
@@ -204,9 +390,12 @@ int sl_config_split_listen(const char *text, char **host, int *port)
         if (memchr(text, ':', hlen) != NULL)
             return -1;  /* bare IPv6 without brackets */
     }
+    /* Digits only: strtol alone would take " 80" and "+80". */
+    if (!sl_is_digit((unsigned char)colon[1]))
+        return -1;
     errno = 0;
     p = strtol(colon + 1, &end, 10);
-    if (colon[1] == '\0' || *end != '\0' || errno != 0 || p < 1 || p > 65535)
+    if (*end != '\0' || errno != 0 || p < 1 || p > 65535)
         return -1;
     *host = strndup(hstart, hlen);
     if (*host == NULL)
@@ -219,6 +408,7 @@ static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
                            struct sl_errors *errs)
 {
     const char *s;
+    char q[96];
 
     if (sl_get_string(v, path, &s, errs) != 0)
         return -1;
@@ -227,83 +417,214 @@ static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
     else if (strcmp(s, "queue") == 0)
         *out = SL_ON_LIMIT_QUEUE;
     else {
-        sl_errors_add(errs, "%s: \"%s\" must be \"reject\" or \"queue\"", path, s);
+        sl_errors_add(errs, "%s: %s must be \"reject\" or \"queue\"", path,
+                      sl_quote(s, q, sizeof(q)));
         return -1;
     }
     return 0;
 }
 
-static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
+/* ---- rules ---- */
+
+/*
+ * The first flaw that keeps pattern TEXT from ever matching a canonical
+ * path, or NULL.  (Syntax errors are sl_pattern_compile()'s to report.)
+ */
+static const char *sl_pattern_flaw(const char *text, char *buf, size_t len)
+{
+    char cn[24];
+
+    /* A literal or capture first can never match the leading '/'. */
+    if (text[0] != '/' && text[0] != '*')
+        return "must start with \"/\" (or a \"*\" wildcard)";
+    for (const char *c = text; *c; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u <= 0x20 || u == 0x7f || strchr("\\;%?#", u) != NULL) {
+            snprintf(buf, len, "holds %s, which no request path has once "
+                     "canonical (decoded, '\\' as '/', \";params\" removed, "
+                     "no query)", sl_char_name(u, cn, sizeof(cn)));
+            return buf;
+        }
+    }
+    return sl_segment_flaw(text, strlen(text), true);
+}
+
+static void sl_parse_rule_name(json_t *v, const char *sub, struct sl_rule *r,
+                               struct sl_errors *errs)
+{
+    const char *s;
+    char q[96];
+    bool ok;
+
+    if (v == NULL) {
+        char def[32];
+        snprintf(def, sizeof(def), "rule-%zu", r->index);
+        r->name = strdup(def);
+        return;
+    }
+    if (sl_get_string(v, sub, &s, errs) != 0)
+        return;
+    /* It goes into RateLimit headers and log lines: visible ASCII only. */
+    ok = *s != '\0' && strlen(s) <= 64;
+    for (const char *c = s; *c && ok; c++)
+        if (*c < 0x21 || *c > 0x7e || strchr("\"\\;,=", *c) != NULL)
+            ok = false;
+    if (!ok)
+        sl_errors_add(errs, "%s: %s must be 1 to 64 visible ASCII characters "
+                      "(no spaces, control characters, quotes, backslashes, "
+                      "';', ',' or '=')", sub, sl_quote(s, q, sizeof(q)));
+    else
+        r->name = strdup(s);
+}
+
+static void sl_parse_methods(json_t *v, const char *sub, struct sl_rule *r,
+                             struct sl_errors *errs)
+{
+    size_t i;
+    json_t *m;
+    const char *s;
+
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        sl_errors_add(errs, "%s: must be a non-empty array of method names", sub);
+        return;
+    }
+    r->methods = calloc(json_array_size(v), sizeof(char *));
+    json_array_foreach(v, i, m) {
+        char msub[800], q[96];
+        snprintf(msub, sizeof(msub), "%s[%zu]", sub, i);
+        if (sl_get_string(m, msub, &s, errs) != 0)
+            continue;
+        if (!sl_is_token(s) || strlen(s) > 32) {
+            sl_errors_add(errs, "%s: %s is not a method name", msub,
+                          sl_quote(s, q, sizeof(q)));
+            continue;
+        }
+        if (r->methods == NULL)
+            continue;
+        /* Matching is case-insensitive: the request's method is compared
+         * upper-cased against these. */
+        r->methods[r->nmethods] = strdup(s);
+        for (char *c = r->methods[r->nmethods]; c && *c; c++)
+            if (*c >= 'a' && *c <= 'z')
+                *c = (char)(*c - 'a' + 'A');
+        if (r->methods[r->nmethods] != NULL)
+            r->nmethods++;
+    }
+}
+
+static void sl_parse_sync(json_t *jr, const char *path, struct sl_rule *r,
+                          struct sl_errors *errs)
+{
+    char sub[800], q[96];
+    const char *s;
+    json_t *v = json_object_get(jr, "sync");
+    json_t *jp = json_object_get(jr, "sync_probe");
+
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.sync", path);
+        if (sl_get_string(v, sub, &s, errs) == 0) {
+            if (strcmp(s, "sforce-limit-info") == 0)
+                r->sync = SL_SYNC_SFORCE;
+            else if (strcmp(s, "x-ratelimit") == 0)
+                r->sync = SL_SYNC_XRATELIMIT;
+            else if (strcmp(s, "ratelimit") == 0)
+                r->sync = SL_SYNC_RATELIMIT;
+            else if (strcmp(s, "shopify") == 0)
+                r->sync = SL_SYNC_SHOPIFY;
+            else
+                sl_errors_add(errs, "%s: %s must be \"sforce-limit-info\", "
+                              "\"x-ratelimit\", \"ratelimit\" or \"shopify\"", sub,
+                              sl_quote(s, q, sizeof(q)));
+            if (r->sync != SL_SYNC_NONE && r->kind != SL_RULE_RATE)
+                sl_errors_add(errs, "%s: only a rule with \"limit\" and \"window\" "
+                              "can follow the provider's count", sub);
+        }
+    }
+    if (v != NULL)
+        r->sync_probe_us = SL_SECONDS(60);
+    if (jp != NULL) {
+        snprintf(sub, sizeof(sub), "%s.sync_probe", path);
+        if (v == NULL)
+            sl_errors_add(errs, "%s: only a rule with \"sync\" probes the "
+                          "provider's count", sub);
+        else
+            sl_get_duration(jp, sub, SL_SECONDS(1), SL_DURATION_MAX, true,
+                            &r->sync_probe_us, errs);
+    }
+}
+
+static void sl_parse_per(json_t *v, const char *sub, struct sl_rule *r,
+                         struct sl_errors *errs)
+{
+    const char *s;
+    char q[96];
+    size_t len;
+
+    if (sl_get_string(v, sub, &s, errs) != 0)
+        return;
+    len = strlen(s);
+    r->per_text = strdup(s);
+    if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
+        r->per_kind = SL_PER_HEADER;
+        r->per_header = strdup(s + 7);
+    } else if (len > 2 && s[0] == '{' && s[len - 1] == '}') {
+        char name[128];
+        snprintf(name, sizeof(name), "%.*s", (int)(len - 2), s + 1);
+        r->per_kind = SL_PER_CAPTURE;
+        if (r->path == NULL ||
+            (r->per_capture = sl_pattern_capture_index(r->path, name)) < 0)
+            sl_errors_add(errs, "%s: %s names no capture of this rule's path",
+                          sub, sl_quote(s, q, sizeof(q)));
+    } else {
+        sl_errors_add(errs, "%s: %s must be \"{capture}\" or \"header:NAME\"",
+                      sub, sl_quote(s, q, sizeof(q)));
+    }
+}
+
+/* Parse rule JR of upstream U (whose margin and defaults are known). */
+static void sl_parse_rule(json_t *jr, const char *path,
+                          const struct sl_upstream_conf *u, struct sl_rule *r,
                           struct sl_errors *errs)
 {
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
-                                       "max_wait", "sync", NULL};
-    char sub[768];
+                                       "max_wait", "sync", "sync_probe", NULL};
+    char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
     long long n;
     int64_t d;
 
     r->per_capture = -1;
+    r->on_limit = u->on_limit;
+    r->max_wait_us = u->max_wait_us;
     if (!json_is_object(jr)) {
         sl_errors_add(errs, "%s: a rule must be an object", path);
         return;
     }
     sl_check_keys(jr, path, keys, errs);
 
-    v = json_object_get(jr, "name");
     snprintf(sub, sizeof(sub), "%s.name", path);
-    if (v == NULL) {
-        char def[32];
-        snprintf(def, sizeof(def), "rule-%zu", r->index);
-        r->name = strdup(def);
-    } else if (sl_get_string(v, sub, &s, errs) == 0) {
-        if (*s == '\0' || strpbrk(s, "\"\\;,= ") != NULL ||
-            strlen(s) > 64)
-            sl_errors_add(errs, "%s: \"%s\" must be 1 to 64 characters without "
-                          "quotes, backslashes, spaces, ';', ',' or '='", sub, s);
-        else
-            r->name = strdup(s);
-    }
+    sl_parse_rule_name(json_object_get(jr, "name"), sub, r, errs);
 
     v = json_object_get(jr, "methods");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.methods", path);
-        if (!json_is_array(v) || json_array_size(v) == 0) {
-            sl_errors_add(errs, "%s: must be a non-empty array of method names",
-                          sub);
-        } else {
-            size_t i;
-            json_t *m;
-            r->methods = calloc(json_array_size(v), sizeof(char *));
-            json_array_foreach(v, i, m) {
-                char msub[800];
-                snprintf(msub, sizeof(msub), "%s[%zu]", sub, i);
-                if (sl_get_string(m, msub, &s, errs) != 0)
-                    continue;
-                if (!sl_is_token(s)) {
-                    sl_errors_add(errs, "%s: \"%s\" is not a method name", msub, s);
-                    continue;
-                }
-                if (r->methods == NULL)
-                    continue;
-                r->methods[r->nmethods] = strdup(s);
-                for (char *c = r->methods[r->nmethods]; c && *c; c++)
-                    *c = (char)toupper((unsigned char)*c);
-                r->nmethods++;
-            }
-        }
+        sl_parse_methods(v, sub, r, errs);
     }
 
     v = json_object_get(jr, "path");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.path", path);
         if (sl_get_string(v, sub, &s, errs) == 0) {
-            const char *why;
-            r->path = sl_pattern_compile(s, &why);
+            const char *flaw;
+            r->path = sl_pattern_compile(s, &flaw);
             if (r->path == NULL)
-                sl_errors_add(errs, "%s: \"%s\" %s", sub, s, why);
+                sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)),
+                              flaw);
+            else if ((flaw = sl_pattern_flaw(s, why, sizeof(why))) != NULL)
+                sl_errors_add(errs, "%s: %s %s: the rule could never match", sub,
+                              sl_quote(s, q, sizeof(q)), flaw);
         }
     }
 
@@ -332,17 +653,13 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
         }
         if (jw != NULL) {
             snprintf(sub, sizeof(sub), "%s.window", path);
-            if (sl_get_duration(jw, sub, 0, &d, errs) == 0) {
-                if (d > 366 * 86400 * SL_USEC_PER_SEC)
-                    sl_errors_add(errs, "%s: a window longer than 366 days is "
-                                  "not supported", sub);
-                else if (d < SL_USEC_PER_MSEC)
-                    sl_errors_add(errs, "%s: a window shorter than 1ms is not "
-                                  "supported", sub);
-                else
-                    r->window_us = d;
-            }
+            if (sl_get_duration(jw, sub, SL_USEC_PER_MSEC, SL_DAYS(366), false,
+                                &d, errs) == 0)
+                r->window_us = d;
         }
+        /* Stamped when sent, counted by the provider on arrival: the
+         * margin absorbs the jitter between the two (README, "margin"). */
+        r->span_us = r->window_us + u->margin_us;
     }
 
     v = json_object_get(jr, "on_limit");
@@ -354,90 +671,498 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
     v = json_object_get(jr, "max_wait");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.max_wait", path);
-        if (sl_get_duration(v, sub, 0, &r->max_wait_us, errs) == 0)
+        if (sl_get_duration(v, sub, 0, SL_HOURS(24), false, &r->max_wait_us,
+                            errs) == 0)
             r->max_wait_set = true;
     }
 
-    v = json_object_get(jr, "sync");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.sync", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strcmp(s, "sforce-limit-info") == 0)
-                r->sync = SL_SYNC_SFORCE;
-            else if (strcmp(s, "x-ratelimit") == 0)
-                r->sync = SL_SYNC_XRATELIMIT;
-            else if (strcmp(s, "ratelimit") == 0)
-                r->sync = SL_SYNC_RATELIMIT;
-            else if (strcmp(s, "shopify") == 0)
-                r->sync = SL_SYNC_SHOPIFY;
-            else
-                sl_errors_add(errs, "%s: \"%s\" must be \"sforce-limit-info\", "
-                              "\"x-ratelimit\", \"ratelimit\" or \"shopify\"", sub, s);
-            if (r->sync != SL_SYNC_NONE && r->kind != SL_RULE_RATE)
-                sl_errors_add(errs, "%s: only a rule with \"limit\" and \"window\" "
-                              "can follow the provider's count", sub);
-        }
-    }
+    sl_parse_sync(jr, path, r, errs);
 
     v = json_object_get(jr, "per");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.per", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            size_t len = strlen(s);
-            r->per_text = strdup(s);
-            if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
-                r->per_kind = SL_PER_HEADER;
-                r->per_header = strdup(s + 7);
-            } else if (len > 2 && s[0] == '{' && s[len - 1] == '}') {
-                char name[128];
-                snprintf(name, sizeof(name), "%.*s", (int)(len - 2), s + 1);
-                r->per_kind = SL_PER_CAPTURE;
-                if (r->path == NULL ||
-                    (r->per_capture = sl_pattern_capture_index(r->path, name)) < 0)
-                    sl_errors_add(errs, "%s: \"%s\" names no capture of this "
-                                  "rule's path", sub, s);
-            } else {
-                sl_errors_add(errs, "%s: \"%s\" must be \"{capture}\" or "
-                              "\"header:NAME\"", sub, s);
+        sl_parse_per(v, sub, r, errs);
+    }
+}
+
+/* ---- upstreams ---- */
+
+/* Is H (LEN bytes) a host name (labels of letters, digits, '-', '_'; an
+ * optional final '.') or, when its last label is numeric, a plain IPv4
+ * dotted quad (no "10.1", no "010.0.0.1": resolvers read those apart)? */
+static bool sl_valid_host(const char *h, size_t len)
+{
+    size_t start = 0, labels = 0;
+    bool numeric_last = false;
+
+    if (len > 0 && h[len - 1] == '.')
+        len--;
+    if (len == 0 || len > 253)
+        return false;
+    for (size_t i = 0; i <= len; i++) {
+        if (i < len && h[i] != '.') {
+            unsigned char c = (unsigned char)h[i];
+            if (!sl_is_alnum(c) && c != '-' && c != '_')
+                return false;
+            continue;
+        }
+        size_t n = i - start;
+        if (n == 0 || n > 63 || h[start] == '-' || h[i - 1] == '-')
+            return false;
+        numeric_last = true;
+        for (size_t k = start; k < i; k++)
+            if (!sl_is_digit((unsigned char)h[k]))
+                numeric_last = false;
+        labels++;
+        start = i + 1;
+    }
+    if (!numeric_last)
+        return true;
+    char v4[16];
+    struct in_addr a;
+    if (len >= sizeof(v4) || h[len] == '.')
+        return false;
+    memcpy(v4, h, len);
+    v4[len] = '\0';
+    /* inet_pton takes exactly four decimal parts, each 0-255. */
+    if (labels != 4 || inet_pton(AF_INET, v4, &a) != 1)
+        return false;
+    for (size_t i = 0; i < len; i++)
+        if (h[i] == '0' && (i == 0 || h[i - 1] == '.') && i + 1 < len &&
+            h[i + 1] != '.')
+            return false;
+    return true;
+}
+
+/*
+ * Check upstream URL S.  Returns NULL, or a sentence (static or in BUF)
+ * saying what is wrong.  *base is set to the length of S without its
+ * trailing slashes.
+ */
+static const char *sl_url_flaw(const char *s, char *buf, size_t len, size_t *base)
+{
+    const char *rest, *host, *path, *end;
+    size_t hlen;
+    char cn[24];
+
+    if (strncmp(s, "http://", 7) == 0)
+        rest = s + 7;
+    else if (strncmp(s, "https://", 8) == 0)
+        rest = s + 8;
+    else
+        return "must be an http:// or https:// URL with a host and no query "
+               "or fragment";
+    path = rest + strcspn(rest, "/?#");
+    if (*path == '?' || *path == '#' || strpbrk(path, "?#") != NULL)
+        return "must be an http:// or https:// URL with a host and no query "
+               "or fragment";
+    if (memchr(rest, '@', (size_t)(path - rest)) != NULL)
+        return "holds a user name or password ('@'): give credentials as "
+               "request headers, not in the URL";
+    /* Host: [v6], name or IPv4; then an optional port. */
+    host = rest;
+    if (*host == '[') {
+        char v6[64];
+        struct in6_addr a6;
+        const char *close = memchr(host, ']', (size_t)(path - host));
+        hlen = close ? (size_t)(close - host - 1) : 0;
+        if (close == NULL || hlen == 0 || hlen >= sizeof(v6))
+            return "has an IPv6 address that is not a bracketed literal "
+                   "(\"http://[2001:db8::1]:8080\")";
+        memcpy(v6, host + 1, hlen);
+        v6[hlen] = '\0';
+        if (inet_pton(AF_INET6, v6, &a6) != 1)
+            return "has an IPv6 address that is not valid (zone IDs such as "
+                   "%eth0 are not supported)";
+        end = close + 1;
+    } else {
+        end = host;
+        while (end < path && *end != ':')
+            end++;
+        if (end == host)
+            return "must be an http:// or https:// URL with a host and no query "
+                   "or fragment";
+        if (!sl_valid_host(host, (size_t)(end - host)))
+            return "has a host that is neither a host name (letters, digits, "
+                   "'-', '.'), an IPv4 address nor a bracketed IPv6 address";
+    }
+    if (end < path) {
+        long port = 0;
+        const char *p = end + 1;
+        if (*end != ':' || p == path || path - p > 5)
+            return "has a port that is not a number from 1 to 65535";
+        for (; p < path; p++) {
+            if (!sl_is_digit((unsigned char)*p))
+                return "has a port that is not a number from 1 to 65535";
+            port = port * 10 + (*p - '0');
+        }
+        if (port < 1 || port > 65535)
+            return "has a port that is not a number from 1 to 65535";
+    }
+    /* Base path: trailing slashes dropped, the rest plain. */
+    *base = strlen(s);
+    while (*base > (size_t)(path - s) && s[*base - 1] == '/')
+        (*base)--;
+    for (const char *c = path; c < s + *base; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u != '/' && !sl_is_plain_pchar(u, true)) {
+            snprintf(buf, len, "has %s in its path: write the base path "
+                     "plainly (letters, digits, - . _ ~ ! $ & ' ( ) * + , = "
+                     ": @ /), without escapes, ';' or spaces",
+                     sl_char_name(u, cn, sizeof(cn)));
+            return buf;
+        }
+    }
+    const char *flaw = sl_segment_flaw(path, (size_t)(s + *base - path), false);
+    if (flaw != NULL) {
+        snprintf(buf, len, "%s in its path", flaw);
+        return buf;
+    }
+    return NULL;
+}
+
+/* Check prefix S (see the README: matched at a '/' boundary). */
+static const char *sl_prefix_flaw(const char *s, char *buf, size_t len)
+{
+    size_t n = strlen(s);
+    char cn[24];
+
+    if (n == 0 || s[0] != '/')
+        return "must start with \"/\"";
+    if (n > 1 && s[n - 1] == '/')
+        return "must not end with \"/\" (unless it is \"/\")";
+    for (const char *c = s; *c; c++) {
+        unsigned char u = (unsigned char)*c;
+        if (u != '/' && !sl_is_plain_pchar(u, false)) {
+            snprintf(buf, len, "holds %s: a prefix is plain path characters "
+                     "(letters, digits, - . _ ~ ! $ & ' ( ) + , = : @ /), "
+                     "without '*', escapes, ';', '?', '#' or spaces",
+                     sl_char_name(u, cn, sizeof(cn)));
+            return buf;
+        }
+    }
+    return sl_segment_flaw(s, n, true);
+}
+
+/* Does CT (a valid media type) name JSON: "json" or "...+json" subtype? */
+static bool sl_media_is_json(const char *ct)
+{
+    const char *slash = strchr(ct, '/');
+    size_t n;
+
+    if (slash == NULL)
+        return false;
+    n = strcspn(slash + 1, "; \t");
+    return (n == 4 && strncasecmp(slash + 1, "json", 4) == 0) ||
+           (n > 5 && strncasecmp(slash + 1 + n - 5, "+json", 5) == 0);
+}
+
+/*
+ * Is S a media type a header can carry: token "/" token, then optional
+ * parameters (; name=token or ; name="quoted"), nothing else (no CR/LF)?
+ */
+static bool sl_valid_media_type(const char *s)
+{
+    const char *p = s;
+
+    if (strlen(s) > 256)
+        return false;
+    for (int part = 0; part < 2; part++) {
+        const char *t = p;
+        while (sl_is_tchar((unsigned char)*p))
+            p++;
+        if (p == t)
+            return false;
+        if (part == 0 && *p++ != '/')
+            return false;
+    }
+    while (*p) {
+        while (*p == ' ' || *p == '\t')
+            p++;
+        if (*p++ != ';')
+            return false;
+        while (*p == ' ' || *p == '\t')
+            p++;
+        const char *t = p;
+        while (sl_is_tchar((unsigned char)*p))
+            p++;
+        if (p == t || *p++ != '=')
+            return false;
+        if (*p == '"') {
+            for (p++; *p != '"'; p++) {
+                unsigned char c = (unsigned char)*p;
+                if (c == '\\' && p[1] >= 0x20 && p[1] < 0x7f)
+                    p++;
+                else if (c == '\0' || (c < 0x20 && c != '\t') || c >= 0x7f)
+                    return false;
             }
+            p++;
+        } else {
+            t = p;
+            while (sl_is_tchar((unsigned char)*p))
+                p++;
+            if (p == t)
+                return false;
+        }
+    }
+    return true;
+}
+
+/*
+ * Check reject body template S at SUB: every {word} must be a known
+ * placeholder ("{{" and "}}" are literal braces, as sl_respond renders
+ * them).  When JSON_BODY, the body with every placeholder replaced by 0
+ * (which reads as a number, or as text inside quotes) must be JSON.
+ */
+static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
+                                 struct sl_errors *errs)
+{
+    char *filled;
+    size_t o = 0, n = strlen(s);
+    int unknown = 0;
+    char q[96];
+
+    if (n > SL_REJECT_BODY_MAX) {
+        sl_errors_add(errs, "%s: is %zu bytes long: at most 8 KiB", sub, n);
+        return;
+    }
+    filled = malloc(n + 1);
+    if (filled == NULL) {
+        sl_errors_add(errs, "%s: out of memory", sub);
+        return;
+    }
+    for (const char *p = s; *p;) {
+        if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
+            filled[o++] = *p;
+            p += 2;
+            continue;
+        }
+        if (p[0] == '{') {
+            size_t w = 1;
+            while (sl_is_alnum((unsigned char)p[w]) || p[w] == '_')
+                w++;
+            if (w > 1 && p[w] == '}') {
+                const char *const *ph = sl_reject_placeholders;
+                while (*ph && (strlen(*ph) != w - 1 || strncmp(*ph, p + 1, w - 1)))
+                    ph++;
+                if (*ph == NULL && unknown++ < 5) {
+                    char word[80];
+                    snprintf(word, sizeof(word), "%.*s", (int)(w + 1 < 70 ? w + 1 : 70), p);
+                    sl_errors_add(errs, "%s: %s is not a placeholder: use "
+                                  "{upstream}, {rule}, {limit}, {window}, "
+                                  "{retry_after} or {message} (\"{{\" for a "
+                                  "literal \"{\")", sub, sl_quote(word, q, sizeof(q)));
+                }
+                filled[o++] = '0';
+                p += w + 1;
+                continue;
+            }
+        }
+        filled[o++] = *p++;
+    }
+    filled[o] = '\0';
+    if (json_body && unknown == 0) {
+        json_error_t jerr;
+        json_t *j = json_loads(filled, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
+                               &jerr);
+        if (j == NULL)
+            sl_errors_add(errs, "%s: is not JSON once its placeholders are filled "
+                          "in (%s, at character %d); write a literal \"}}\" as "
+                          "\"}}}}\", or set \"content_type\" if the body is not "
+                          "JSON", sub, jerr.text, jerr.position);
+        json_decref(j);
+    }
+    free(filled);
+}
+
+static void sl_parse_reject(json_t *v, const char *path, struct sl_upstream_conf *u,
+                            struct sl_errors *errs)
+{
+    static const char *const keys[] = {"status", "body", "content_type", NULL};
+    char sub[800], q[96];
+    const char *s;
+    json_t *f;
+    long long n;
+    bool json_body = true;
+
+    if (!json_is_object(v)) {
+        sl_errors_add(errs, "%s: must be an object: {\"status\": 429, \"body\": "
+                      "\"...\", \"content_type\": \"application/json\"}", path);
+        return;
+    }
+    sl_check_keys(v, path, keys, errs);
+    f = json_object_get(v, "status");
+    if (f != NULL) {
+        snprintf(sub, sizeof(sub), "%s.status", path);
+        if (sl_get_int(f, sub, 400, 599, &n, errs) == 0)
+            u->reject_status = (unsigned)n;
+    }
+    f = json_object_get(v, "content_type");
+    if (f != NULL) {
+        snprintf(sub, sizeof(sub), "%s.content_type", path);
+        if (sl_get_string(f, sub, &s, errs) != 0) {
+            json_body = false;
+        } else if (!sl_valid_media_type(s)) {
+            sl_errors_add(errs, "%s: %s is not a media type (\"type/subtype\", "
+                          "e.g. \"application/json\" or \"text/plain; "
+                          "charset=utf-8\")", sub, sl_quote(s, q, sizeof(q)));
+            json_body = false;
+        } else {
+            u->reject_content_type = strdup(s);
+            json_body = sl_media_is_json(s);
+        }
+        if (json_object_get(v, "body") == NULL)
+            sl_errors_add(errs, "%s: applies only with \"body\" (sluice's own "
+                          "body is JSON)", sub);
+    }
+    f = json_object_get(v, "body");
+    if (f != NULL) {
+        snprintf(sub, sizeof(sub), "%s.body", path);
+        if (sl_get_string(f, sub, &s, errs) == 0) {
+            size_t before = errs->count;
+            sl_check_reject_body(s, sub, json_body, errs);
+            if (errs->count == before)
+                u->reject_body = strdup(s);
         }
     }
 }
 
-static void sl_parse_upstream(json_t *ju, const char *path,
-                              struct sl_upstream_conf *u, struct sl_errors *errs)
+static void sl_parse_signals(json_t *v, const char *sub, struct sl_upstream_conf *u,
+                             struct sl_errors *errs)
 {
-    static const char *const keys[] = {"name", "prefix", "url", "on_limit",
-                                       "max_wait", "max_queue", "limit_signals",
-                                       "default_pause", "retry_on_limit",
-                                       "retry_unsafe",
-                                       "tls_verify", "ca_file", "connect_timeout",
-                                       "timeout", "rules", NULL};
-    char sub[768];
-    json_t *v;
+    static const char *const skeys[] = {"status", "body_contains", "pause", NULL};
+    size_t i;
+    json_t *js;
     const char *s;
 
-    u->tls_verify = true;
-    u->connect_timeout_us = 5 * SL_USEC_PER_SEC;
-    u->timeout_us = 60 * SL_USEC_PER_SEC;
-    if (!json_is_object(ju)) {
-        sl_errors_add(errs, "%s: an upstream must be an object", path);
+    if (!json_is_array(v) || json_array_size(v) > 16) {
+        sl_errors_add(errs, "%s: must be an array of at most 16 signals", sub);
         return;
     }
-    sl_check_keys(ju, path, keys, errs);
+    if (json_array_size(v) == 0)
+        return;
+    u->signals = calloc(json_array_size(v), sizeof(*u->signals));
+    json_array_foreach(v, i, js) {
+        char ssub[900], fsub[960];
+        long long st;
+        json_t *f;
+        snprintf(ssub, sizeof(ssub), "%.200s[%zu]", sub, i);
+        if (!json_is_object(js) || u->signals == NULL) {
+            sl_errors_add(errs, "%s: a signal must be an object", ssub);
+            continue;
+        }
+        sl_check_keys(js, ssub, skeys, errs);
+        struct sl_limit_signal *sg = &u->signals[u->nsignals++];
+        sg->pause_us = -1;
+        f = json_object_get(js, "status");
+        snprintf(fsub, sizeof(fsub), "%s.status", ssub);
+        if (f == NULL)
+            sl_errors_add(errs, "%s: is required", fsub);
+        else if (sl_get_int(f, fsub, 100, 599, &st, errs) == 0)
+            sg->status = (unsigned)st;
+        f = json_object_get(js, "body_contains");
+        if (f != NULL) {
+            snprintf(fsub, sizeof(fsub), "%s.body_contains", ssub);
+            if (sl_get_string(f, fsub, &s, errs) == 0) {
+                if (*s == '\0' || strlen(s) > 1024)
+                    sl_errors_add(errs, "%s: must be 1 to 1024 characters", fsub);
+                else
+                    sg->body_contains = strdup(s);
+            }
+        }
+        f = json_object_get(js, "pause");
+        if (f != NULL) {
+            snprintf(fsub, sizeof(fsub), "%s.pause", ssub);
+            sl_get_duration(f, fsub, 0, SL_DAYS(7), false, &sg->pause_us, errs);
+        }
+    }
+}
+
+/*
+ * Check that FILE is a readable regular file with at least one PEM
+ * certificate in it.  Returns NULL, or a sentence in BUF.  Reads at most
+ * 16 MiB; opened non-blocking so a FIFO or a device never stalls --check.
+ */
+static const char *sl_ca_file_flaw(const char *file, char *buf, size_t len)
+{
+    static const char begin[] = "-----BEGIN CERTIFICATE-----";
+    const char *result = NULL;
+    struct stat st;
+    FILE *f = NULL;
+    char *line = NULL;
+    size_t cap = 0, total = 0;
+    ssize_t n;
+    int fd;
+
+    fd = open(file, O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK);
+    if (fd < 0) {
+        snprintf(buf, len, "cannot be read: %s", strerror(errno));
+        result = buf;
+        goto out;
+    }
+    if (fstat(fd, &st) != 0) {
+        snprintf(buf, len, "cannot be read: %s", strerror(errno));
+        result = buf;
+        goto out;
+    }
+    if (S_ISDIR(st.st_mode)) {
+        result = "is a directory: name one PEM file (a bundle of certificates)";
+        goto out;
+    }
+    if (!S_ISREG(st.st_mode)) {
+        result = "is not a regular file";
+        goto out;
+    }
+    f = fdopen(fd, "r");
+    if (f == NULL) {
+        snprintf(buf, len, "cannot be read: %s", strerror(errno));
+        result = buf;
+        goto out;
+    }
+    fd = -1;
+    result = "holds no PEM certificate (no \"-----BEGIN CERTIFICATE-----\" line)";
+    while (total < (16u << 20) && (n = getline(&line, &cap, f)) > 0) {
+        total += (size_t)n;
+        while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r' ||
+                         line[n - 1] == ' ' || line[n - 1] == '\t'))
+            line[--n] = '\0';
+        if (strcmp(line, begin) == 0) {
+            result = NULL;
+            goto out;
+        }
+    }
+    if (ferror(f)) {
+        snprintf(buf, len, "cannot be read: %s", strerror(errno));
+        result = buf;
+    }
+out:
+    free(line);
+    if (f != NULL)
+        fclose(f);
+    if (fd >= 0)
+        close(fd);
+    return result;
+}
+
+static void sl_parse_upstream_id(json_t *ju, const char *path,
+                                 struct sl_upstream_conf *u, struct sl_errors *errs)
+{
+    char sub[768], q[96], why[320];
+    const char *s, *flaw;
+    json_t *v;
 
     snprintf(sub, sizeof(sub), "%s.name", path);
     v = json_object_get(ju, "name");
     if (v == NULL)
         sl_errors_add(errs, "%s: is required", sub);
     else if (sl_get_string(v, sub, &s, errs) == 0) {
-        int ok = *s != '\0' && strlen(s) <= 64;
+        bool ok = *s != '\0' && strlen(s) <= 64;
         for (const char *c = s; *c; c++)
-            if (!isalnum((unsigned char)*c) && !strchr("-_.", *c))
-                ok = 0;
+            if (!sl_is_alnum((unsigned char)*c) && !strchr("-_.", *c))
+                ok = false;
         if (!ok)
-            sl_errors_add(errs, "%s: \"%s\" must be 1 to 64 letters, digits, "
-                          "'-', '_' or '.'", sub, s);
+            sl_errors_add(errs, "%s: %s must be 1 to 64 letters, digits, "
+                          "'-', '_' or '.'", sub, sl_quote(s, q, sizeof(q)));
         else
             u->name = strdup(s);
     }
@@ -447,15 +1172,11 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     if (v == NULL)
         sl_errors_add(errs, "%s: is required", sub);
     else if (sl_get_string(v, sub, &s, errs) == 0) {
-        size_t len = strlen(s);
-        if (len == 0 || s[0] != '/' || strpbrk(s, "?#* \t") != NULL ||
-            (len > 1 && s[len - 1] == '/'))
-            sl_errors_add(errs, "%s: \"%s\" must start with \"/\", not end with "
-                          "\"/\" (unless it is \"/\") and hold no '?', '#', '*' "
-                          "or spaces", sub, s);
+        if ((flaw = sl_prefix_flaw(s, why, sizeof(why))) != NULL)
+            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
         else {
             u->prefix = strdup(s);
-            u->prefix_len = len;
+            u->prefix_len = strlen(s);
         }
     }
 
@@ -464,35 +1185,55 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     if (v == NULL)
         sl_errors_add(errs, "%s: is required", sub);
     else if (sl_get_string(v, sub, &s, errs) == 0) {
-        const char *rest = NULL;
-        if (strncmp(s, "http://", 7) == 0)
-            rest = s + 7;
-        else if (strncmp(s, "https://", 8) == 0)
-            rest = s + 8;
-        if (rest == NULL || *rest == '\0' || *rest == '/' ||
-            strpbrk(s, "?# \t\r\n") != NULL) {
-            sl_errors_add(errs, "%s: \"%s\" must be an http:// or https:// URL "
-                          "with a host and no query or fragment", sub, s);
-        } else {
-            size_t len = strlen(s);
-            while (len > 0 && s[len - 1] == '/' && s + len - 1 > rest)
-                len--;
-            u->url = strndup(s, len);
-        }
+        size_t base = 0;
+        if ((flaw = sl_url_flaw(s, why, sizeof(why), &base)) != NULL)
+            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
+        else
+            u->url = strndup(s, base);
     }
+}
+
+static void sl_parse_upstream(json_t *ju, const char *path,
+                              struct sl_upstream_conf *u, struct sl_errors *errs)
+{
+    static const char *const keys[] = {"name", "prefix", "url", "on_limit",
+                                       "max_wait", "max_queue", "limit_signals",
+                                       "default_pause", "retry_on_limit",
+                                       "retry_unsafe", "tls_verify", "ca_file",
+                                       "connect_timeout", "timeout", "margin",
+                                       "path_case", "reject", "rules", NULL};
+    char sub[768], q[96], why[256];
+    json_t *v;
+    const char *s;
+
+    u->tls_verify = true;
+    u->connect_timeout_us = SL_SECONDS(5);
+    u->timeout_us = SL_SECONDS(60);
+    u->max_wait_us = SL_SECONDS(30);
+    u->max_queue = 10000;
+    u->default_pause_us = SL_SECONDS(60);
+    u->reject_status = 429;
+    u->pause_rule.name = strdup("upstream-pause");
+    u->pause_rule.kind = SL_RULE_PAUSE;
+    u->pause_rule.limit = 1;
+    u->pause_rule.per_capture = -1;
+    if (!json_is_object(ju)) {
+        sl_errors_add(errs, "%s: an upstream must be an object", path);
+        return;
+    }
+    sl_check_keys(ju, path, keys, errs);
+    sl_parse_upstream_id(ju, path, u, errs);
 
     v = json_object_get(ju, "on_limit");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.on_limit", path);
         sl_get_on_limit(v, sub, &u->on_limit, errs);
     }
-    u->max_wait_us = 30 * SL_USEC_PER_SEC;
     v = json_object_get(ju, "max_wait");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.max_wait", path);
-        sl_get_duration(v, sub, 0, &u->max_wait_us, errs);
+        sl_get_duration(v, sub, 0, SL_HOURS(24), false, &u->max_wait_us, errs);
     }
-    u->max_queue = 10000;
     v = json_object_get(ju, "max_queue");
     if (v != NULL) {
         long long n;
@@ -500,11 +1241,10 @@ static void sl_parse_upstream(json_t *ju, const char *path,
         if (sl_get_int(v, sub, 0, 10000000LL, &n, errs) == 0)
             u->max_queue = (unsigned)n;
     }
-    u->default_pause_us = 60 * SL_USEC_PER_SEC;
     v = json_object_get(ju, "default_pause");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.default_pause", path);
-        sl_get_duration(v, sub, 0, &u->default_pause_us, errs);
+        sl_get_duration(v, sub, 0, SL_DAYS(7), false, &u->default_pause_us, errs);
     }
     v = json_object_get(ju, "retry_on_limit");
     if (v != NULL) {
@@ -519,54 +1259,7 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     v = json_object_get(ju, "limit_signals");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.limit_signals", path);
-        if (!json_is_array(v) || json_array_size(v) > 16) {
-            sl_errors_add(errs, "%s: must be an array of at most 16 signals", sub);
-        } else if (json_array_size(v) > 0) {
-            size_t i;
-            json_t *js;
-            u->signals = calloc(json_array_size(v), sizeof(*u->signals));
-            json_array_foreach(v, i, js) {
-                static const char *const skeys[] = {"status", "body_contains", "pause",
-                                                    NULL};
-                char ssub[900];
-                long long st;
-                json_t *f;
-                snprintf(ssub, sizeof(ssub), "%.200s[%zu]", sub, i);
-                if (!json_is_object(js) || u->signals == NULL) {
-                    sl_errors_add(errs, "%s: a signal must be an object", ssub);
-                    continue;
-                }
-                sl_check_keys(js, ssub, skeys, errs);
-                struct sl_limit_signal *sg = &u->signals[u->nsignals++];
-                sg->pause_us = -1;
-                f = json_object_get(js, "status");
-                if (f == NULL)
-                    sl_errors_add(errs, "%s.status: is required", ssub);
-                else {
-                    char fsub[960];
-                    snprintf(fsub, sizeof(fsub), "%s.status", ssub);
-                    if (sl_get_int(f, fsub, 100, 599, &st, errs) == 0)
-                        sg->status = (unsigned)st;
-                }
-                f = json_object_get(js, "body_contains");
-                if (f != NULL) {
-                    char fsub[960];
-                    snprintf(fsub, sizeof(fsub), "%s.body_contains", ssub);
-                    if (sl_get_string(f, fsub, &s, errs) == 0) {
-                        if (*s == '\0' || strlen(s) > 1024)
-                            sl_errors_add(errs, "%s: must be 1 to 1024 characters", fsub);
-                        else
-                            sg->body_contains = strdup(s);
-                    }
-                }
-                f = json_object_get(js, "pause");
-                if (f != NULL) {
-                    char fsub[960];
-                    snprintf(fsub, sizeof(fsub), "%s.pause", ssub);
-                    sl_get_duration(f, fsub, 0, &sg->pause_us, errs);
-                }
-            }
-        }
+        sl_parse_signals(v, sub, u, errs);
     }
 
     v = json_object_get(ju, "tls_verify");
@@ -578,9 +1271,10 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.ca_file", path);
         if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (access(s, R_OK) != 0)
-                sl_errors_add(errs, "%s: \"%s\" cannot be read: %s", sub, s,
-                              strerror(errno));
+            const char *flaw = sl_ca_file_flaw(s, why, sizeof(why));
+            if (flaw != NULL)
+                sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)),
+                              flaw);
             else
                 u->ca_file = strdup(s);
         }
@@ -588,12 +1282,34 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     v = json_object_get(ju, "connect_timeout");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.connect_timeout", path);
-        sl_get_duration(v, sub, 0, &u->connect_timeout_us, errs);
+        sl_get_duration(v, sub, 0, SL_MINUTES(10), false, &u->connect_timeout_us,
+                        errs);
     }
     v = json_object_get(ju, "timeout");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.timeout", path);
-        sl_get_duration(v, sub, 1, &u->timeout_us, errs);
+        sl_get_duration(v, sub, 0, SL_HOURS(24), true, &u->timeout_us, errs);
+    }
+    v = json_object_get(ju, "margin");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.margin", path);
+        sl_get_duration(v, sub, 0, SL_SECONDS(10), true, &u->margin_us, errs);
+    }
+    v = json_object_get(ju, "path_case");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.path_case", path);
+        if (sl_get_string(v, sub, &s, errs) == 0) {
+            if (strcmp(s, "sensitive") == 0)
+                u->path_case_sensitive = true;
+            else if (strcmp(s, "insensitive") != 0)
+                sl_errors_add(errs, "%s: %s must be \"insensitive\" or "
+                              "\"sensitive\"", sub, sl_quote(s, q, sizeof(q)));
+        }
+    }
+    v = json_object_get(ju, "reject");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.reject", path);
+        sl_parse_reject(v, sub, u, errs);
     }
 
     v = json_object_get(ju, "rules");
@@ -605,43 +1321,44 @@ static void sl_parse_upstream(json_t *ju, const char *path,
             sl_errors_add(errs, "%s: at most 64 rules per upstream", sub);
         } else if (json_array_size(v) > 0) {
             size_t i;
-            json_t *jr;
+            json_t *jr, *names = json_object();
             u->rules = calloc(json_array_size(v), sizeof(*u->rules));
-            if (u->rules == NULL) {
+            if (u->rules == NULL || names == NULL) {
                 sl_errors_add(errs, "%s: out of memory", sub);
+                json_decref(names);
                 return;
             }
             u->nrules = json_array_size(v);
             json_array_foreach(v, i, jr) {
                 char rsub[160];
+                struct sl_rule *r = &u->rules[i];
+                json_t *prev;
                 snprintf(rsub, sizeof(rsub), "%.120s[%zu]", sub, i);
-                u->rules[i].index = i;
-                sl_parse_rule(jr, rsub, &u->rules[i], errs);
-                if (!u->rules[i].on_limit_set)
-                    u->rules[i].on_limit = u->on_limit;
-                if (!u->rules[i].max_wait_set)
-                    u->rules[i].max_wait_us = u->max_wait_us;
-                u->rules[i].span_us = u->rules[i].window_us + u->margin_us;
-                for (size_t k = 0; k < i; k++)
-                    if (u->rules[i].name && u->rules[k].name &&
-                        strcmp(u->rules[i].name, u->rules[k].name) == 0)
-                        sl_errors_add(errs, "%s.name: \"%s\" is already the name "
-                                      "of rules[%zu]", rsub, u->rules[i].name, k);
+                r->index = i;
+                sl_parse_rule(jr, rsub, u, r, errs);
+                if (r->name == NULL)
+                    continue;
+                if ((prev = json_object_get(names, r->name)) != NULL)
+                    sl_errors_add(errs, "%s.name: %s is already the name "
+                                  "of rules[%lld]", rsub, sl_quote(r->name, q, sizeof(q)),
+                                  (long long)json_integer_value(prev));
+                else
+                    json_object_set_new(names, r->name, json_integer((json_int_t)i));
             }
+            json_decref(names);
         }
     }
-    /* The implicit pause rule (after the rules: its index is nrules). */
-    u->pause_rule.name = strdup("upstream-pause");
+    /* The implicit pause rule (after the rules: its index is nrules).  It
+     * has no window, so no span. */
     u->pause_rule.index = u->nrules;
-    u->pause_rule.kind = SL_RULE_PAUSE;
-    u->pause_rule.limit = 1;
-    u->pause_rule.per_capture = -1;
     u->pause_rule.on_limit = u->on_limit;
     u->pause_rule.max_wait_us = u->max_wait_us;
     for (size_t i = 0; i < u->nsignals; i++)
         if (u->signals[i].pause_us < 0)
             u->signals[i].pause_us = u->default_pause_us;
 }
+
+/* ---- the store ---- */
 
 static char *sl_pct_decode(const char *s, size_t len)
 {
@@ -663,12 +1380,27 @@ static char *sl_pct_decode(const char *s, size_t len)
     return out;
 }
 
+/* A decimal number of digits only (strtol alone takes " 5" and "+5"),
+ * from P to END, at most MAX.  Returns it, or -1. */
+static long sl_plain_number(const char *p, const char *end, long max)
+{
+    long v = 0;
+
+    if (p >= end)
+        return -1;
+    for (; p < end; p++) {
+        if (!sl_is_digit((unsigned char)*p) || v > max)
+            return -1;
+        v = v * 10 + (*p - '0');
+    }
+    return v > max ? -1 : v;
+}
+
 int sl_config_parse_redis_url(const char *url, struct sl_config *c,
                               const char **why)
 {
     const char *p, *at, *slash, *host, *colon;
     size_t hlen;
-    char *end;
     long v;
 
     if (strncmp(url, "rediss://", 9) == 0) {
@@ -706,7 +1438,13 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
             return -1;
         }
         c->redis_host = strndup(host + 1, (size_t)(close - host - 1));
-        colon = close + 1 < host + hlen && close[1] == ':' ? close + 1 : NULL;
+        colon = close + 1;
+        if (colon < host + hlen && *colon != ':') {
+            *why = "has something other than \":port\" after the IPv6 address";
+            return -1;
+        }
+        if (colon == host + hlen)
+            colon = NULL;
     } else {
         colon = memchr(host, ':', hlen);
         c->redis_host = strndup(host, colon ? (size_t)(colon - host) : hlen);
@@ -716,16 +1454,16 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
         return -1;
     }
     if (colon != NULL) {
-        v = strtol(colon + 1, &end, 10);
-        if (end != host + hlen || v < 1 || v > 65535) {
+        v = sl_plain_number(colon + 1, host + hlen, 65535);
+        if (v < 1) {
             *why = "has a port that is not a number from 1 to 65535";
             return -1;
         }
         c->redis_port = (int)v;
     }
     if (slash != NULL && slash[1] != '\0') {
-        v = strtol(slash + 1, &end, 10);
-        if (*end != '\0' || v < 0 || v > 1000000) {
+        v = sl_plain_number(slash + 1, slash + strlen(slash), 1000000);
+        if (v < 0) {
             *why = "has a database that is not a number (redis://host:port/0)";
             return -1;
         }
@@ -734,42 +1472,14 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
     return 0;
 }
 
-static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
-                          struct sl_errors *errs)
+/* ---- the whole file ---- */
+
+static void sl_parse_store(json_t *root, bool apply_env, struct sl_config *c,
+                           struct sl_errors *errs)
 {
-    static const char *const keys[] = {"listen", "store", "store_prefix",
-                                       "on_store_error", "store_timeout",
-                                       "concurrency_lease", "memory_limit", "workers",
-                                       "access_log", "shutdown_timeout",
-                                       "client_timeout", "max_connections",
-                                       "upstreams", NULL};
     const char *s, *env;
+    char q[96];
     json_t *v;
-    long long n;
-
-    c->memory_limit = SL_DEFAULT_MEMORY_LIMIT;
-    c->access_log = true;
-    c->shutdown_timeout_us = 10 * SL_USEC_PER_SEC;
-    c->client_timeout_us = 60 * SL_USEC_PER_SEC;
-    c->max_connections = 10000;
-    if (!json_is_object(root)) {
-        sl_errors_add(errs, "(root): the configuration must be a JSON object");
-        return;
-    }
-    sl_check_keys(root, "", keys, errs);
-
-    s = SL_DEFAULT_LISTEN;
-    v = json_object_get(root, "listen");
-    if (v != NULL)
-        sl_get_string(v, "listen", &s, errs);
-    env = apply_env ? getenv("SLUICE_LISTEN") : NULL;
-    if (env != NULL && *env)
-        s = env;
-    c->listen = strdup(s);
-    if (sl_config_split_listen(s, &c->listen_host, &c->listen_port) != 0)
-        sl_errors_add(errs, "listen%s: \"%s\" is not HOST:PORT (e.g. "
-                      "\"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\")",
-                      env && *env ? " (from SLUICE_LISTEN)" : "", s);
 
     s = "memory";
     v = json_object_get(root, "store");
@@ -788,9 +1498,9 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
             /* Never echo a URL that may hold a password. */
             sl_errors_add(errs, "store%s: %s", env && *env ? " (from SLUICE_STORE)" : "",
                           why);
-            if (strncmp(s, "redis", 5) != 0)
-                sl_errors_add(errs, "store: \"%.40s\" is neither \"memory\" nor a "
-                              "redis:// URL", s);
+            if (strncmp(s, "redis", 5) != 0 && strchr(s, '@') == NULL)
+                sl_errors_add(errs, "store: %s is neither \"memory\" nor a "
+                              "redis:// URL", sl_quote(s, q, sizeof(q)));
         }
     }
 
@@ -798,9 +1508,9 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     v = json_object_get(root, "store_prefix");
     if (v != NULL && sl_get_string(v, "store_prefix", &s, errs) == 0) {
         if (strpbrk(s, "{}") != NULL || strlen(s) > 64)
-            sl_errors_add(errs, "store_prefix: \"%s\" must be at most 64 "
+            sl_errors_add(errs, "store_prefix: %s must be at most 64 "
                           "characters without '{' or '}' (sluice adds its own "
-                          "hash tags)", s);
+                          "hash tags)", sl_quote(s, q, sizeof(q)));
         else {
             free(c->store_prefix);
             c->store_prefix = strdup(s);
@@ -816,21 +1526,127 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         else if (strcmp(s, "allow") == 0)
             c->on_store_error = SL_STORE_ERROR_ALLOW;
         else
-            sl_errors_add(errs, "on_store_error: \"%s\" must be \"local\", "
-                          "\"deny\" or \"allow\"", s);
+            sl_errors_add(errs, "on_store_error: %s must be \"local\", "
+                          "\"deny\" or \"allow\"", sl_quote(s, q, sizeof(q)));
     }
-    c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
     v = json_object_get(root, "store_timeout");
-    if (v != NULL &&
-        sl_get_duration(v, "store_timeout", 0, &c->store_timeout_us, errs) == 0 &&
-        c->store_timeout_us < SL_USEC_PER_MSEC)
-        sl_errors_add(errs, "store_timeout: must be at least 1ms");
-    c->lease_ttl_us = 10 * SL_USEC_PER_SEC;
+    if (v != NULL)
+        sl_get_duration(v, "store_timeout", SL_USEC_PER_MSEC, SL_SECONDS(60),
+                        false, &c->store_timeout_us, errs);
     v = json_object_get(root, "concurrency_lease");
-    if (v != NULL &&
-        sl_get_duration(v, "concurrency_lease", 0, &c->lease_ttl_us, errs) == 0 &&
-        c->lease_ttl_us < 300 * SL_USEC_PER_MSEC)
-        sl_errors_add(errs, "concurrency_lease: must be at least 300ms");
+    if (v != NULL)
+        sl_get_duration(v, "concurrency_lease", 300 * SL_USEC_PER_MSEC,
+                        SL_HOURS(1), false, &c->lease_ttl_us, errs);
+    v = json_object_get(root, "local_share");
+    if (v != NULL) {
+        char brief[96];
+        sl_json_brief(v, brief, sizeof(brief));
+        if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
+            json_number_value(v) > 1.0)
+            sl_errors_add(errs, "local_share: %s must be a number more than 0 "
+                          "and at most 1 (the fraction of each limit one "
+                          "instance uses while Redis is away)", brief);
+        else
+            c->local_share = json_number_value(v);
+    }
+}
+
+/*
+ * The upstreams, with duplicate names and prefixes found through two
+ * hash sets (name -> index), not by comparing every pair.
+ */
+static void sl_parse_upstreams(json_t *v, struct sl_config *c,
+                               struct sl_errors *errs)
+{
+    json_t *names = NULL, *prefixes = NULL, *prev;
+    char q[96];
+
+    if (v == NULL || !json_is_array(v) || json_array_size(v) == 0) {
+        sl_errors_add(errs, "upstreams: must be a non-empty array of upstreams");
+        return;
+    }
+    c->upstreams = calloc(json_array_size(v), sizeof(*c->upstreams));
+    names = json_object();
+    prefixes = json_object();
+    if (c->upstreams == NULL || names == NULL || prefixes == NULL) {
+        sl_errors_add(errs, "upstreams: out of memory");
+        goto out;
+    }
+    c->nupstreams = json_array_size(v);
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        char path[64];
+        struct sl_upstream_conf *u = &c->upstreams[i];
+        snprintf(path, sizeof(path), "upstreams[%zu]", i);
+        u->index = i;
+        sl_parse_upstream(json_array_get(v, i), path, u, errs);
+        if (u->name != NULL) {
+            if ((prev = json_object_get(names, u->name)) != NULL)
+                sl_errors_add(errs, "%s.name: %s is already the name of "
+                              "upstreams[%lld]", path, sl_quote(u->name, q, sizeof(q)),
+                              (long long)json_integer_value(prev));
+            else
+                json_object_set_new(names, u->name, json_integer((json_int_t)i));
+        }
+        if (u->prefix != NULL) {
+            if ((prev = json_object_get(prefixes, u->prefix)) != NULL)
+                sl_errors_add(errs, "%s.prefix: %s is already the prefix of "
+                              "upstreams[%lld]", path, sl_quote(u->prefix, q, sizeof(q)),
+                              (long long)json_integer_value(prev));
+            else
+                json_object_set_new(prefixes, u->prefix, json_integer((json_int_t)i));
+        }
+    }
+out:
+    json_decref(names);
+    json_decref(prefixes);
+}
+
+static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
+                          struct sl_errors *errs)
+{
+    static const char *const keys[] = {"listen", "store", "store_prefix",
+                                       "on_store_error", "store_timeout",
+                                       "concurrency_lease", "local_share",
+                                       "memory_limit", "workers", "access_log",
+                                       "shutdown_timeout", "client_timeout",
+                                       "header_timeout", "max_retry_after",
+                                       "max_connections", "upstreams", NULL};
+    const char *s, *env;
+    char q[96];
+    json_t *v;
+    long long n;
+
+    c->memory_limit = SL_DEFAULT_MEMORY_LIMIT;
+    c->access_log = true;
+    c->shutdown_timeout_us = SL_SECONDS(10);
+    c->client_timeout_us = SL_SECONDS(60);
+    c->header_timeout_us = SL_SECONDS(10);
+    c->max_retry_after_us = SL_HOURS(1);
+    c->local_share = 1.0;
+    c->max_connections = 10000;
+    c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
+    c->lease_ttl_us = SL_SECONDS(10);
+    if (!json_is_object(root)) {
+        sl_errors_add(errs, "(root): the configuration must be a JSON object");
+        return;
+    }
+    sl_check_keys(root, "", keys, errs);
+
+    s = SL_DEFAULT_LISTEN;
+    v = json_object_get(root, "listen");
+    if (v != NULL)
+        sl_get_string(v, "listen", &s, errs);
+    env = apply_env ? getenv("SLUICE_LISTEN") : NULL;
+    if (env != NULL && *env)
+        s = env;
+    c->listen = strdup(s);
+    if (sl_config_split_listen(s, &c->listen_host, &c->listen_port) != 0)
+        sl_errors_add(errs, "listen%s: %s is not HOST:PORT (e.g. "
+                      "\"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\")",
+                      env && *env ? " (from SLUICE_LISTEN)" : "",
+                      sl_quote(s, q, sizeof(q)));
+
+    sl_parse_store(root, apply_env, c, errs);
 
     v = json_object_get(root, "memory_limit");
     if (v != NULL) {
@@ -839,7 +1655,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         else if (!json_is_string(v) ||
                  sl_size_parse(json_string_value(v), &c->memory_limit) != 0 ||
                  c->memory_limit == 0) {
-            char brief[80];
+            char brief[96];
             sl_json_brief(v, brief, sizeof(brief));
             sl_errors_add(errs, "memory_limit: %s is not a size (write e.g. "
                           "\"64MB\" or a number of bytes)", brief);
@@ -855,44 +1671,25 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         sl_get_bool(v, "access_log", &c->access_log, errs);
     v = json_object_get(root, "shutdown_timeout");
     if (v != NULL)
-        sl_get_duration(v, "shutdown_timeout", 1, &c->shutdown_timeout_us, errs);
+        sl_get_duration(v, "shutdown_timeout", 0, SL_HOURS(1), true,
+                        &c->shutdown_timeout_us, errs);
     v = json_object_get(root, "client_timeout");
-    if (v != NULL &&
-        sl_get_duration(v, "client_timeout", 0, &c->client_timeout_us, errs) == 0 &&
-        c->client_timeout_us < SL_USEC_PER_SEC)
-        sl_errors_add(errs, "client_timeout: must be at least 1s");
+    if (v != NULL)
+        sl_get_duration(v, "client_timeout", SL_SECONDS(1), SL_HOURS(24), false,
+                        &c->client_timeout_us, errs);
+    v = json_object_get(root, "header_timeout");
+    if (v != NULL)
+        sl_get_duration(v, "header_timeout", 100 * SL_USEC_PER_MSEC, SL_HOURS(1),
+                        false, &c->header_timeout_us, errs);
+    v = json_object_get(root, "max_retry_after");
+    if (v != NULL)
+        sl_get_duration(v, "max_retry_after", SL_SECONDS(1), SL_DURATION_MAX, true,
+                        &c->max_retry_after_us, errs);
     v = json_object_get(root, "max_connections");
     if (v != NULL && sl_get_int(v, "max_connections", 1, 1000000, &n, errs) == 0)
         c->max_connections = (unsigned)n;
 
-    v = json_object_get(root, "upstreams");
-    if (v == NULL || !json_is_array(v) || json_array_size(v) == 0) {
-        sl_errors_add(errs, "upstreams: must be a non-empty array of upstreams");
-        return;
-    }
-    c->upstreams = calloc(json_array_size(v), sizeof(*c->upstreams));
-    if (c->upstreams == NULL) {
-        sl_errors_add(errs, "upstreams: out of memory");
-        return;
-    }
-    c->nupstreams = json_array_size(v);
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        char path[64];
-        struct sl_upstream_conf *u = &c->upstreams[i];
-        snprintf(path, sizeof(path), "upstreams[%zu]", i);
-        u->index = i;
-        sl_parse_upstream(json_array_get(v, i), path, u, errs);
-        for (size_t k = 0; k < i; k++) {
-            if (u->name && c->upstreams[k].name &&
-                strcmp(u->name, c->upstreams[k].name) == 0)
-                sl_errors_add(errs, "%s.name: \"%s\" is already the name of "
-                              "upstreams[%zu]", path, u->name, k);
-            if (u->prefix && c->upstreams[k].prefix &&
-                strcmp(u->prefix, c->upstreams[k].prefix) == 0)
-                sl_errors_add(errs, "%s.prefix: \"%s\" is already the prefix of "
-                              "upstreams[%zu]", path, u->prefix, k);
-        }
-    }
+    sl_parse_upstreams(json_object_get(root, "upstreams"), c, errs);
 }
 
 int sl_config_parse(const char *text, const char *name, bool apply_env,
@@ -932,7 +1729,7 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
     FILE *f = fopen(path, "rb");
     char *text = NULL;
     size_t len = 0, cap = 0;
-    int rc;
+    int rc = -1;
 
     *out = NULL;
     if (f == NULL) {
@@ -945,12 +1742,12 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
             cap = cap ? cap * 2 : 8192;
             if (cap > (16u << 20)) {
                 sl_errors_add(errs, "%s: larger than 16 MiB", path);
-                goto fail;
+                goto out;
             }
             t = realloc(text, cap);
             if (t == NULL) {
                 sl_errors_add(errs, "%s: out of memory", path);
-                goto fail;
+                goto out;
             }
             text = t;
         }
@@ -961,17 +1758,14 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
     }
     if (ferror(f)) {
         sl_errors_add(errs, "%s: read error: %s", path, strerror(errno));
-        goto fail;
+        goto out;
     }
     text[len] = '\0';
-    fclose(f);
     rc = sl_config_parse(text, path, apply_env, out, errs);
+out:
+    fclose(f);
     free(text);
     return rc;
-fail:
-    fclose(f);
-    free(text);
-    return -1;
 }
 
 static void sl_rule_free(struct sl_rule *r)
@@ -1002,6 +1796,8 @@ void sl_config_free(struct sl_config *c)
         for (size_t k = 0; k < u->nsignals; k++)
             free(u->signals[k].body_contains);
         free(u->signals);
+        free(u->reject_body);
+        free(u->reject_content_type);
     }
     free(c->upstreams);
     free(c->listen);
