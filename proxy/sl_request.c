@@ -46,6 +46,7 @@
 #include "sl_proxy.h"
 
 #include "sl_duration.h"
+#include "sl_feedback.h"
 #include "sl_log.h"
 #include "sl_path.h"
 #include "sl_pattern.h"
@@ -501,7 +502,9 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     }
     sl_store_commit(req->w->store, req->lease);
     req->committed = true;
-    req->sent_us = now;
+    /* After the commit: the call's own log entry is not "sent after" the
+     * moment its answer will be reported from (sl_store_sync). */
+    req->sent_us = sl_clock_monotonic(NULL);
     return CURL_PREREQFUNC_OK;
 }
 
@@ -1422,21 +1425,6 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     return 0;
 }
 
-/* Lowest "r=" in a RateLimit field value, or -1. */
-static long long sl_ratelimit_r(const char *v)
-{
-    long long best = -1;
-
-    for (const char *p = v; (p = strstr(p, "r=")) != NULL; p += 2) {
-        if (p != v && p[-1] != ';' && p[-1] != ' ')
-            continue;
-        long long r = strtoll(p + 2, NULL, 10);
-        if (best < 0 || r < best)
-            best = r;
-    }
-    return best;
-}
-
 static enum MHD_Result sl_req_respond(struct sl_request *req)
 {
     const char *connection = NULL;
@@ -1452,7 +1440,7 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
         if (h->name_len == 10 && strncasecmp(h->line, "Connection", 10) == 0)
             connection = h->value;
         if (h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
-            long long r = sl_ratelimit_r(h->value);
+            long long r = sl_feedback_ratelimit_r(h->value);
             theirs = true;
             /* The upstream's own report wins when it is stricter than ours. */
             if (ours && r >= 0 && (unsigned long long)r <= req->decision.remaining)
@@ -1516,101 +1504,10 @@ static const char *sl_resp_header(const struct sl_request *req, const char *name
     return NULL;
 }
 
-/* A whole non-negative number, or -1. */
-static long long sl_parse_count(const char *s, const char **end)
+/* sl_header_fn over the upstream's response headers. */
+static const char *sl_resp_header_cb(void *ctx, const char *name)
 {
-    long long v = 0;
-    const char *p = s;
-
-    while (*p == ' ')
-        p++;
-    if (*p < '0' || *p > '9')
-        return -1;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (v > 1000000000000LL)
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    if (end != NULL)
-        *end = p;
-    return v;
-}
-
-/* "USED/MAX" -> MAX - USED, or -1. */
-static long long sl_parse_used_max(const char *s)
-{
-    const char *p;
-    long long used = sl_parse_count(s, &p), max;
-
-    if (used < 0 || *p != '/')
-        return -1;
-    max = sl_parse_count(p + 1, &p);
-    if (max < 0 || (*p != '\0' && *p != ',' && *p != ' ' && *p != ';'))
-        return -1;
-    return used >= max ? 0 : max - used;
-}
-
-/* Calls left according to the provider's report for SYNC, -1 if absent,
- * -2 if present but malformed. */
-static long long sl_provider_remaining(const struct sl_request *req,
-                                       enum sl_sync_kind sync)
-{
-    const char *v, *p, *end;
-    long long n;
-
-    switch (sync) {
-    case SL_SYNC_SFORCE:
-        if ((v = sl_resp_header(req, "Sforce-Limit-Info")) == NULL)
-            return -1;
-        for (p = v; (p = strstr(p, "api-usage=")) != NULL; p += 10)
-            if (p == v || p[-1] == ' ' || p[-1] == ',')
-                break;  /* not "per-app-api-usage=" */
-        if (p == NULL)
-            return -2;
-        n = sl_parse_used_max(p + 10);
-        return n < 0 ? -2 : n;
-    case SL_SYNC_XRATELIMIT:
-        if ((v = sl_resp_header(req, "X-RateLimit-Remaining")) == NULL)
-            return -1;
-        n = sl_parse_count(v, &end);
-        return n < 0 || (*end != '\0' && *end != ' ') ? -2 : n;
-    case SL_SYNC_RATELIMIT:
-        if ((v = sl_resp_header(req, "RateLimit")) != NULL) {
-            n = sl_ratelimit_r(v);
-            return n < 0 ? -2 : n;
-        }
-        if ((v = sl_resp_header(req, "RateLimit-Remaining")) == NULL)
-            return -1;
-        n = sl_parse_count(v, &end);
-        return n < 0 || (*end != '\0' && *end != ' ') ? -2 : n;
-    case SL_SYNC_SHOPIFY:
-        if ((v = sl_resp_header(req, "X-Shopify-Shop-Api-Call-Limit")) == NULL)
-            return -1;
-        n = sl_parse_used_max(v);
-        return n < 0 ? -2 : n;
-    case SL_SYNC_NONE:
-        break;
-    }
-    return -1;
-}
-
-/* Retry-After as microseconds from now: seconds or an HTTP-date; -1. */
-static int64_t sl_retry_after_us(const char *v)
-{
-    const char *end;
-    long long s;
-    time_t when;
-
-    if (v == NULL)
-        return -1;
-    s = sl_parse_count(v, &end);
-    if (s >= 0 && (*end == '\0' || *end == ' '))
-        return s > 86400LL * 7 ? 86400LL * 7 * SL_USEC_PER_SEC : s * SL_USEC_PER_SEC;
-    when = curl_getdate(v, NULL);
-    if (when == (time_t)-1)
-        return -1;
-    s = (long long)(when - time(NULL));
-    return s <= 0 ? 0 : (s > 86400LL * 7 ? 86400LL * 7 : s) * SL_USEC_PER_SEC;
+    return sl_resp_header(ctx, name);
 }
 
 static bool sl_method_idempotent(const char *m)
@@ -1635,7 +1532,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
 {
     const struct sl_upstream_conf *up = req->up;
     const char *ra_text = sl_resp_header(req, "Retry-After");
-    int64_t ra = sl_retry_after_us(ra_text), pause = -1;
+    int64_t ra = sl_feedback_retry_after_us(ra_text, time(NULL)), pause = -1;
     const char *why = NULL;
 
     for (size_t i = 0; i < up->nsignals; i++) {
@@ -1665,8 +1562,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         long long left;
         if (r->sync == SL_SYNC_NONE)
             continue;
-        left = sl_provider_remaining(req, r->sync);
-        if (left == -2) {
+        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req);
+        if (left == SL_FEEDBACK_MALFORMED) {
             req->w->malformed_reports++;
             if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
                 req->w->malformed_logged_ms = sl_now_ms();

@@ -212,7 +212,7 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
     int64_t retry = sl_retry_after_bounded(c, d->wait_us);
     json_t *body;
     struct MHD_Response *resp;
-    char msg[512], ra[32], lim[32], win[32], rs[32];
+    char msg[512], ra[32], lim[32], win[SL_DURATION_FORMAT_MAX], rs[32];
 
     if (r->kind == SL_RULE_PAUSE) {
         snprintf(msg, sizeof(msg),
