@@ -187,6 +187,17 @@ static void sl_json_brief(json_t *v, char *buf, size_t len)
         sl_quote(json_string_value(v), buf, len);
         return;
     }
+    if (json_is_real(v)) {
+        /* As written: the shortest form that reads back the same
+         * (jansson would print 0.1 as 0.10000000000000001). */
+        double d = json_real_value(v);
+        for (int prec = 1; prec <= 17; prec++) {
+            snprintf(buf, len, "%.*g", prec, d);
+            if (strtod(buf, NULL) == d)
+                break;
+        }
+        return;
+    }
     s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
     if (s == NULL) {
         snprintf(buf, len, "(value)");
@@ -257,10 +268,10 @@ static int sl_get_duration(json_t *v, const char *path, int64_t min, int64_t max
     } else if (json_is_integer(v)) {
         /* Exact for every integer: no detour through a double. */
         json_int_t n = json_integer_value(v);
-        rc = n > SL_DURATION_MAX / SL_USEC_PER_SEC ||
-             n < -(SL_DURATION_MAX / SL_USEC_PER_SEC) ? -2 : 0;
+        rc = n > SL_DURATION_MAX / SL_USEC_PER_SEC ? -2 : 0;
+        /* Any negative is refused below; its size does not matter. */
         if (rc == 0)
-            *out = (int64_t)n * SL_USEC_PER_SEC;
+            *out = n < 0 ? -1 : (int64_t)n * SL_USEC_PER_SEC;
     } else if (json_is_real(v)) {
         rc = sl_duration_from_seconds(json_real_value(v), out) == 0 ? 0 : -2;
     }
@@ -434,9 +445,6 @@ static const char *sl_pattern_flaw(const char *text, char *buf, size_t len)
 {
     char cn[24];
 
-    /* A literal or capture first can never match the leading '/'. */
-    if (text[0] != '/' && text[0] != '*')
-        return "must start with \"/\" (or a \"*\" wildcard)";
     for (const char *c = text; *c; c++) {
         unsigned char u = (unsigned char)*c;
         if (u <= 0x20 || u == 0x7f || strchr("\\;%?#", u) != NULL) {

@@ -3,8 +3,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 #include <cmocka.h>
 
 #include "sl_config.h"
@@ -251,6 +253,722 @@ static void test_queue_and_feedback_settings(void **state)
     sl_errors_free(&e);
 }
 
+
+/* ---- helpers for one-upstream configs ---- */
+
+/* Parse a config whose root holds ROOT_FIELDS (may be "") and one
+ * upstream "u" holding UP_FIELDS (may be ""). */
+static int parse_with(const char *root_fields, const char *up_fields,
+                      struct sl_config **c, struct sl_errors *e)
+{
+    size_t n = strlen(root_fields) + strlen(up_fields) + 256;
+    char *text = malloc(n);
+    int rc;
+
+    assert_non_null(text);
+    snprintf(text, n, "{%s%s\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", "
+             "\"url\": \"http://x\"%s%s}]}", root_fields, *root_fields ? "," : "",
+             *up_fields ? "," : "", up_fields);
+    rc = sl_config_parse(text, "t", false, c, e);
+    free(text);
+    return rc;
+}
+
+/* The config parses without errors; the caller frees *c. */
+static struct sl_config *parse_ok(const char *root_fields, const char *up_fields)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c = NULL;
+
+    if (parse_with(root_fields, up_fields, &c, &e) != 0) {
+        for (size_t i = 0; i < e.count; i++)
+            print_error("unexpected: %s\n", e.lines[i]);
+        fail();
+    }
+    assert_int_equal(e.count, 0);
+    return c;
+}
+
+/* Every error line is printable ASCII: values are escaped when echoed. */
+static void assert_lines_printable(const struct sl_errors *e)
+{
+    for (size_t i = 0; i < e->count; i++)
+        for (const char *p = e->lines[i]; *p; p++)
+            if (*p < 0x20 || *p > 0x7e) {
+                print_error("raw byte 0x%02x in: %s\n", (unsigned char)*p, e->lines[i]);
+                fail();
+            }
+}
+
+/* The config fails with an error line containing NEEDLE. */
+static void parse_fails(const char *root_fields, const char *up_fields,
+                        const char *needle)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c = NULL;
+
+    assert_int_equal(parse_with(root_fields, up_fields, &c, &e), -1);
+    assert_null(c);
+    if (!has_error(&e, needle)) {
+        print_error("wanted \"%s\" among:\n", needle);
+        for (size_t i = 0; i < e.count; i++)
+            print_error("  %s\n", e.lines[i]);
+        fail();
+    }
+    assert_lines_printable(&e);
+    sl_errors_free(&e);
+}
+
+static void test_new_key_defaults(void **state)
+{
+    (void)state;
+    struct sl_config *c = parse_ok("",
+        "\"rules\": [{\"name\": \"r\", \"limit\": 5, \"window\": \"1m\"},"
+        "{\"name\": \"s\", \"limit\": 5, \"window\": \"1h\", \"sync\": \"x-ratelimit\"},"
+        "{\"name\": \"c\", \"concurrency\": 3}]");
+    const struct sl_upstream_conf *u = &c->upstreams[0];
+    assert_int_equal(c->header_timeout_us, 10 * SL_USEC_PER_SEC);
+    assert_int_equal(c->max_retry_after_us, 3600 * SL_USEC_PER_SEC);
+    assert_true(c->local_share == 1.0);
+    assert_int_equal(u->margin_us, 0);
+    assert_false(u->path_case_sensitive);
+    assert_int_equal(u->reject_status, 429);
+    assert_null(u->reject_body);
+    assert_null(u->reject_content_type);
+    assert_int_equal(u->rules[0].span_us, 60 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[0].sync_probe_us, 0);
+    assert_int_equal(u->rules[1].sync_probe_us, 60 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[2].span_us, 0);
+    assert_int_equal(u->pause_rule.span_us, 0);
+    sl_config_free(c);
+}
+
+static void test_new_keys_spellings(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+
+    c = parse_ok("\"header_timeout\": \"250ms\", \"max_retry_after\": \"30m\","
+                 "\"local_share\": 0.25",
+                 "\"margin\": \"150ms\", \"path_case\": \"sensitive\","
+                 "\"rules\": [{\"name\": \"r\", \"limit\": 5, \"window\": \"5m\"},"
+                 "{\"name\": \"s\", \"limit\": 5, \"window\": 1.5, \"sync\": \"shopify\","
+                 " \"sync_probe\": \"5m\"},"
+                 "{\"name\": \"t\", \"limit\": 5, \"window\": \"1d\", \"sync\": \"ratelimit\","
+                 " \"sync_probe\": 0}]");
+    const struct sl_upstream_conf *u = &c->upstreams[0];
+    assert_int_equal(c->header_timeout_us, 250000);
+    assert_int_equal(c->max_retry_after_us, 1800 * SL_USEC_PER_SEC);
+    assert_true(c->local_share == 0.25);
+    assert_int_equal(u->margin_us, 150000);
+    assert_true(u->path_case_sensitive);
+    assert_int_equal(u->rules[0].window_us, 300 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[0].span_us, 300 * SL_USEC_PER_SEC + 150000);
+    assert_int_equal(u->rules[1].span_us, 1500000 + 150000);
+    assert_int_equal(u->rules[1].sync_probe_us, 300 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[2].sync_probe_us, 0);   /* never probe */
+    assert_int_equal(u->rules[2].span_us, 86400 * SL_USEC_PER_SEC + 150000);
+    sl_config_free(c);
+
+    /* Numbers of seconds, integer local_share, 0 = no bound, the other case. */
+    c = parse_ok("\"header_timeout\": 0.1, \"max_retry_after\": 0, \"local_share\": 1",
+                 "\"margin\": 0.2, \"path_case\": \"insensitive\"");
+    assert_int_equal(c->header_timeout_us, 100000);
+    assert_int_equal(c->max_retry_after_us, 0);
+    assert_true(c->local_share == 1.0);
+    assert_int_equal(c->upstreams[0].margin_us, 200000);
+    assert_false(c->upstreams[0].path_case_sensitive);
+    sl_config_free(c);
+
+    c = parse_ok("\"header_timeout\": \"1h\", \"max_retry_after\": \"0s\","
+                 "\"local_share\": 1e-3", "\"margin\": \"10s\"");
+    assert_int_equal(c->header_timeout_us, 3600 * SL_USEC_PER_SEC);
+    assert_int_equal(c->max_retry_after_us, 0);
+    assert_true(c->local_share == 0.001);
+    assert_int_equal(c->upstreams[0].margin_us, 10 * SL_USEC_PER_SEC);
+    sl_config_free(c);
+
+    c = parse_ok("\"max_retry_after\": 1", "\"margin\": 0");
+    assert_int_equal(c->max_retry_after_us, SL_USEC_PER_SEC);
+    assert_int_equal(c->upstreams[0].margin_us, 0);
+    sl_config_free(c);
+}
+
+static void test_new_keys_errors(void **state)
+{
+    (void)state;
+    parse_fails("\"header_timeout\": \"50ms\"", "",
+                "header_timeout: \"50ms\" is too short: at least 100ms");
+    parse_fails("\"header_timeout\": \"2h\"", "",
+                "header_timeout: \"2h\" is too long: at most 1h");
+    parse_fails("\"header_timeout\": 0", "", "header_timeout: 0 must be more than zero");
+    parse_fails("\"header_timeout\": \"soon\"", "", "header_timeout: \"soon\" is not a duration");
+    parse_fails("\"max_retry_after\": \"500ms\"", "",
+                "max_retry_after: \"500ms\" is too short: at least 1s (or 0)");
+    parse_fails("\"max_retry_after\": -5", "", "max_retry_after: -5 must be zero or more");
+    parse_fails("\"local_share\": 0", "", "local_share: 0 must be a number more than 0 and at most 1");
+    parse_fails("\"local_share\": 1.5", "", "local_share: 1.5 must be");
+    parse_fails("\"local_share\": -0.1", "", "local_share: -0.1 must be");
+    parse_fails("\"local_share\": \"0.5\"", "", "local_share: \"0.5\" must be");
+    parse_fails("\"local_share\": true", "", "local_share: true must be");
+    parse_fails("", "\"margin\": \"11s\"", "upstreams[0].margin: \"11s\" is too long: at most 10s");
+    parse_fails("", "\"margin\": \"-1s\"", "upstreams[0].margin: \"-1s\" is not a duration");
+    parse_fails("", "\"margin\": -1", "upstreams[0].margin: -1 must be zero or more");
+    parse_fails("", "\"path_case\": \"Sensitive\"",
+                "upstreams[0].path_case: \"Sensitive\" must be \"insensitive\" or \"sensitive\"");
+    parse_fails("", "\"path_case\": false", "upstreams[0].path_case: false is not a string");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1s\", \"sync_probe\": \"5s\"}]",
+                "upstreams[0].rules[0].sync_probe: only a rule with \"sync\" probes");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1s\", \"sync\": \"shopify\","
+                "\"sync_probe\": \"500ms\"}]",
+                "upstreams[0].rules[0].sync_probe: \"500ms\" is too short: at least 1s (or 0)");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1s\", \"sync\": \"shopify\","
+                "\"sync_probe\": \"never\"}]",
+                "upstreams[0].rules[0].sync_probe: \"never\" is not a duration");
+}
+
+static void test_reject(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+
+    /* The CRM's own answer, with the placeholders the README lists. */
+    c = parse_ok("", "\"reject\": {\"status\": 403, \"body\": "
+                 "\"[{\\\"errorCode\\\":\\\"REQUEST_LIMIT_EXCEEDED\\\",\\\"message\\\":\\\"{message}\\\"}]\"}");
+    assert_int_equal(c->upstreams[0].reject_status, 403);
+    assert_string_equal(c->upstreams[0].reject_body,
+        "[{\"errorCode\":\"REQUEST_LIMIT_EXCEEDED\",\"message\":\"{message}\"}]");
+    assert_null(c->upstreams[0].reject_content_type);
+    sl_config_free(c);
+
+    c = parse_ok("", "\"reject\": {\"status\": 503, \"body\": \"{\\\"u\\\": \\\"{upstream}\\\","
+                 " \\\"r\\\": \\\"{rule}\\\", \\\"l\\\": {limit}, \\\"w\\\": \\\"{window}\\\","
+                 " \\\"after\\\": {retry_after}}\", \"content_type\": \"application/problem+json\"}");
+    assert_int_equal(c->upstreams[0].reject_status, 503);
+    assert_string_equal(c->upstreams[0].reject_content_type, "application/problem+json");
+    sl_config_free(c);
+
+    /* Not JSON: "{{" and "}}" are literal braces; parameters are allowed. */
+    c = parse_ok("", "\"reject\": {\"body\": \"slow down {{{rule}}}: {message}\","
+                 "\"content_type\": \"text/plain; charset=utf-8\"}");
+    assert_int_equal(c->upstreams[0].reject_status, 429);
+    assert_string_equal(c->upstreams[0].reject_content_type, "text/plain; charset=utf-8");
+    sl_config_free(c);
+
+    c = parse_ok("", "\"reject\": {\"body\": \"x\", \"content_type\": "
+                 "\"text/plain;format=\\\"a b\\\"\"}");
+    sl_config_free(c);
+
+    /* Nested objects in JSON: "}}" must be doubled. */
+    c = parse_ok("", "\"reject\": {\"body\": \"{\\\"e\\\": {\\\"m\\\": \\\"{message}\\\"}}}}\"}");
+    sl_config_free(c);
+    c = parse_ok("", "\"reject\": {\"status\": 429}");
+    assert_null(c->upstreams[0].reject_body);
+    sl_config_free(c);
+
+    parse_fails("", "\"reject\": {\"body\": \"{\\\"e\\\": {\\\"m\\\": \\\"{message}\\\"}}\"}",
+                "upstreams[0].reject.body: is not JSON once its placeholders are filled in");
+    parse_fails("", "\"reject\": {\"body\": \"Too many requests\"}",
+                "set \"content_type\" if the body is not JSON");
+    parse_fails("", "\"reject\": {\"body\": \"{\\\"m\\\": \\\"{retry}\\\"}\"}",
+                "upstreams[0].reject.body: \"{retry}\" is not a placeholder");
+    parse_fails("", "\"reject\": {\"body\": \"{Message} {message} {retry_after_s}\","
+                "\"content_type\": \"text/plain\"}",
+                "upstreams[0].reject.body: \"{Message}\" is not a placeholder");
+    parse_fails("", "\"reject\": {\"body\": \"{Message} {message} {retry_after_s}\","
+                "\"content_type\": \"text/plain\"}",
+                "upstreams[0].reject.body: \"{retry_after_s}\" is not a placeholder");
+    parse_fails("", "\"reject\": {\"status\": 200}",
+                "upstreams[0].reject.status: 200 must be between 400 and 599");
+    parse_fails("", "\"reject\": {\"status\": 600}", "upstreams[0].reject.status: 600 must be");
+    parse_fails("", "\"reject\": {\"status\": \"429\"}",
+                "upstreams[0].reject.status: \"429\" is not a whole number");
+    parse_fails("", "\"reject\": {\"status\": 429.5}", "upstreams[0].reject.status: 429.5 is not");
+    parse_fails("", "\"reject\": 429", "upstreams[0].reject: must be an object");
+    parse_fails("", "\"reject\": {\"code\": 429}", "upstreams[0].reject.code: unknown key");
+    parse_fails("", "\"reject\": {\"body\": 5}", "upstreams[0].reject.body: 5 is not a string");
+    parse_fails("", "\"reject\": {\"body\": \"x\", \"content_type\": \"text/plain\\r\\nX-Evil: 1\"}",
+                "upstreams[0].reject.content_type: \"text/plain\\x0d\\nX-Evil: 1\" is not a media type");
+    parse_fails("", "\"reject\": {\"body\": \"x\", \"content_type\": \"json\"}",
+                "upstreams[0].reject.content_type: \"json\" is not a media type");
+    parse_fails("", "\"reject\": {\"body\": \"x\", \"content_type\": \"text/\"}",
+                "is not a media type");
+    parse_fails("", "\"reject\": {\"body\": \"x\", \"content_type\": \"text/plain;\"}",
+                "is not a media type");
+    parse_fails("", "\"reject\": {\"body\": \"x\", \"content_type\": \"te xt/plain\"}",
+                "is not a media type");
+    parse_fails("", "\"reject\": {\"content_type\": \"text/plain\"}",
+                "upstreams[0].reject.content_type: applies only with \"body\"");
+
+    /* 8 KiB of body is the most. */
+    char *up = malloc(9000 + 64);
+    assert_non_null(up);
+    strcpy(up, "\"reject\": {\"content_type\": \"text/plain\", \"body\": \"");
+    size_t o = strlen(up);
+    memset(up + o, 'x', 8192);
+    strcpy(up + o + 8192, "\"}");
+    c = parse_ok("", up);
+    assert_int_equal(strlen(c->upstreams[0].reject_body), 8192);
+    sl_config_free(c);
+    memset(up + o, 'x', 8193);
+    strcpy(up + o + 8193, "\"}");
+    parse_fails("", up, "upstreams[0].reject.body: is 8193 bytes long: at most 8 KiB");
+    free(up);
+}
+
+static void test_rule_names_printable_ascii(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+    c = parse_ok("", "\"rules\": [{\"name\": \"a-Z_0.9~!$&'()*+/:<>?@[]^`{|}\","
+                 " \"limit\": 1, \"window\": \"1s\"}]");
+    sl_config_free(c);
+    static const char *const bad[] = {
+        "caf\\u00e9", "tab\\there", "bell\\u0007", "del\\u007f", "new\\nline",
+        "cr\\r", " lead", "sp ace", "semi;colon", "com,ma", "eq=", "quo\\\"te",
+        "back\\\\slash", "", "x2345678901234567890123456789012345678901234567890123456789012345",
+        "nul\\u0000", "\\u2028",
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char up[256];
+        snprintf(up, sizeof(up), "\"rules\": [{\"name\": \"%s\", \"limit\": 1,"
+                 " \"window\": \"1s\"}]", bad[i]);
+        print_message("%s\n", bad[i]);
+        /* (A NUL in a string is a syntax error in jansson's strict mode.) */
+        parse_fails("", up, strcmp(bad[i], "nul\\u0000") == 0 ? "t:1:"
+                                                             : "upstreams[0].rules[0].name: ");
+    }
+    parse_fails("", "\"rules\": [{\"name\": \"caf\\u00e9\", \"limit\": 1, \"window\": \"1s\"}]",
+                "upstreams[0].rules[0].name: \"caf\\xc3\\xa9\" must be 1 to 64 visible ASCII");
+    parse_fails("", "\"rules\": [{\"name\": \"a\\u001b[31mred\", \"limit\": 1, \"window\": \"1s\"}]",
+                "\"a\\x1b[31mred\" must be");
+}
+
+static void test_methods_any_case(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+    c = parse_ok("", "\"rules\": [{\"methods\": [\"get\", \"Post\", \"pAtCh\", \"PROPFIND\"],"
+                 " \"limit\": 1, \"window\": \"1s\"}]");
+    const struct sl_rule *r = &c->upstreams[0].rules[0];
+    assert_int_equal(r->nmethods, 4);
+    assert_string_equal(r->methods[0], "GET");
+    assert_string_equal(r->methods[1], "POST");
+    assert_string_equal(r->methods[2], "PATCH");
+    assert_string_equal(r->methods[3], "PROPFIND");
+    sl_config_free(c);
+    parse_fails("", "\"rules\": [{\"methods\": [\"GE T\"], \"limit\": 1, \"window\": \"1s\"}]",
+                "upstreams[0].rules[0].methods[0]: \"GE T\" is not a method name");
+    parse_fails("", "\"rules\": [{\"methods\": [\"G\\u00c9T\"], \"limit\": 1, \"window\": \"1s\"}]",
+                "upstreams[0].rules[0].methods[0]: \"G\\xc3\\x89T\" is not a method name");
+    parse_fails("", "\"rules\": [{\"methods\": [\"\"], \"limit\": 1, \"window\": \"1s\"}]",
+                "upstreams[0].rules[0].methods[0]: \"\" is not a method name");
+}
+
+static void test_prefixes(void **state)
+{
+    (void)state;
+    static const char *const good[] = {
+        "/", "/a", "/a/b-c_d.e~f", "/v1:beta", "/@me", "/a!$&'()+,=", "/.well-known",
+        "/a..b", "/A/B",
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char text[256];
+        struct sl_errors e = {0};
+        struct sl_config *c;
+        snprintf(text, sizeof(text), "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"%s\","
+                 " \"url\": \"http://x\"}]}", good[i]);
+        print_message("%s\n", good[i]);
+        assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+        sl_config_free(c);
+    }
+    static const struct { const char *prefix, *why; } bad[] = {
+        {"leads", "must start with \"/\""},
+        {"", "must start with \"/\""},
+        {"/a/", "must not end with \"/\""},
+        {"/a%2Fb", "holds '%'"},
+        {"/a%2e%2e", "holds '%'"},
+        {"/a b", "holds a space"},
+        {"/a\\\\b", "holds '\\'"},
+        {"/a;b", "holds ';'"},
+        {"/a?b", "holds '?'"},
+        {"/a#b", "holds '#'"},
+        {"/a*", "holds '*'"},
+        {"/a\\tb", "holds byte 0x09"},
+        {"/a\\r\\nb", "holds byte 0x0d"},
+        {"/caf\\u00e9", "holds byte 0xc3"},
+        {"/a//b", "holds \"//\""},
+        {"//a", "holds \"//\""},
+        {"/a/./b", "holds a segment of dots"},
+        {"/a/..", "holds a segment of dots"},
+        {"/..", "holds a segment of dots"},
+        {"/.", "holds a segment of dots"},
+        {"/a/...", "holds a segment of dots"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[256], want[128];
+        struct sl_errors e = {0};
+        struct sl_config *c;
+        snprintf(text, sizeof(text), "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"%s\","
+                 " \"url\": \"http://x\"}]}", bad[i].prefix);
+        print_message("%s\n", bad[i].prefix);
+        assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
+        snprintf(want, sizeof(want), "upstreams[0].prefix: ");
+        assert_true(has_error(&e, want));
+        if (!has_error(&e, bad[i].why)) {
+            print_error("%s\n", e.lines[0]);
+            fail();
+        }
+        assert_lines_printable(&e);
+        sl_errors_free(&e);
+    }
+}
+
+static void test_dead_patterns(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+    c = parse_ok("", "\"rules\": [{\"path\": \"/a/{x}/**\", \"limit\": 1, \"window\": \"1s\"},"
+                 "{\"path\": \"/files/*\", \"limit\": 1, \"window\": \"1s\"},"
+                 "{\"path\": \"/caf\\u00e9/x.json\", \"limit\": 1, \"window\": \"1s\"},"
+                 "{\"path\": \"/v1.2/a..b/{id}\", \"limit\": 1, \"window\": \"1s\"},"
+                 "{\"path\": \"/\", \"limit\": 1, \"window\": \"1s\"}]");
+    sl_config_free(c);
+    static const struct { const char *path, *why; } bad[] = {
+        {"//a", "holds \"//\""},
+        {"/a//b", "holds \"//\""},
+        {"/a/**//b", "holds \"//\""},
+        {"/a/./b", "holds a segment of dots"},
+        {"/a/../b", "holds a segment of dots"},
+        {"/..", "holds a segment of dots"},
+        {"/a/...", "holds a segment of dots"},
+        {"/a\\\\b", "holds '\\'"},
+        {"/a;jsessionid=1", "holds ';'"},
+        {"/a%2Fb", "holds '%'"},
+        {"/a%20b", "holds '%'"},
+        {"/a?x=1", "holds '?'"},
+        {"/a#top", "holds '#'"},
+        {"/a b", "holds a space"},
+        {"/a\\tb", "holds byte 0x09"},
+        {"/a\\u007f", "holds byte 0x7f"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char up[256], want[200];
+        snprintf(up, sizeof(up), "\"rules\": [{\"path\": \"%s\", \"limit\": 1,"
+                 " \"window\": \"1s\"}]", bad[i].path);
+        print_message("%s\n", bad[i].path);
+        snprintf(want, sizeof(want), "upstreams[0].rules[0].path: ");
+        parse_fails("", up, want);
+        parse_fails("", up, bad[i].why);
+        parse_fails("", up, "the rule could never match");
+    }
+    parse_fails("", "\"rules\": [{\"path\": \"api/login\", \"limit\": 1, \"window\": \"1s\"}]",
+                "upstreams[0].rules[0].path: \"api/login\" must start with \"/\"");
+}
+
+static void test_upstream_urls(void **state)
+{
+    (void)state;
+    static const struct { const char *url, *stored; } good[] = {
+        {"http://h", "http://h"},
+        {"https://api.example.com/", "https://api.example.com"},
+        {"http://127.0.0.1:9000", "http://127.0.0.1:9000"},
+        {"http://[::1]:8080/base/", "http://[::1]:8080/base"},
+        {"http://[2001:db8::a:1]", "http://[2001:db8::a:1]"},
+        {"http://[::ffff:10.0.0.1]:1/x", "http://[::ffff:10.0.0.1]:1/x"},
+        {"https://h.example./x", "https://h.example./x"},
+        {"http://my_service:80", "http://my_service:80"},
+        {"http://h/base/v1.2/x-y~z", "http://h/base/v1.2/x-y~z"},
+        {"http://h:65535", "http://h:65535"},
+        {"http://h/a@b/c:d/e*f", "http://h/a@b/c:d/e*f"},
+        {"http://h/...x", "http://h/...x"},
+        {"http://0.0.0.0", "http://0.0.0.0"},
+        {"http://10.0.0.1.nip.io", "http://10.0.0.1.nip.io"},
+    };
+    for (size_t i = 0; i < sizeof(good) / sizeof(good[0]); i++) {
+        char up[256];
+        struct sl_config *c;
+        struct sl_errors e = {0};
+        snprintf(up, sizeof(up), "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\","
+                 " \"url\": \"%s\"}]}", good[i].url);
+        print_message("%s\n", good[i].url);
+        assert_int_equal(sl_config_parse(up, "t", false, &c, &e), 0);
+        assert_string_equal(c->upstreams[0].url, good[i].stored);
+        sl_config_free(c);
+    }
+    static const struct { const char *url, *why; } bad[] = {
+        {"http://h%2F../x", "has a host that is neither"},
+        {"http://h/%2e%2e/x", "has '%' in its path"},
+        {"http://h/a/../x", "holds a \".\" or \"..\" segment in its path"},
+        {"http://h/./x", "segment in its path"},
+        {"http://h/a/..", "segment in its path"},
+        {"http://h//x", "holds \"//\""},
+        {"http://h/a\\\\b", "has '\\' in its path"},
+        {"http://h/a;b", "has ';' in its path"},
+        {"http://h/a b", "has a space in its path"},
+        {"http://h/a\\tb", "has byte 0x09 in its path"},
+        {"http://h/caf\\u00e9", "has byte 0xc3 in its path"},
+        {"http://u:p@h/", "holds a user name or password"},
+        {"http://u@h", "holds a user name or password"},
+        {"http://h:0", "has a port that is not"},
+        {"http://h:65536", "has a port that is not"},
+        {"http://h:", "has a port that is not"},
+        {"http://h:8o", "has a port that is not"},
+        {"http://h:+80", "has a port that is not"},
+        {"http://h:000080", "has a port that is not"},
+        {"http://[::1", "IPv6"},
+        {"http://[::1]x", "has a port that is not"},
+        {"http://[fe80::1%25eth0]", "IPv6"},
+        {"http://[zz::1]", "IPv6"},
+        {"http://[]", "IPv6"},
+        {"http://::1", "must be an http:// or https:// URL"},
+        {"http://-h", "has a host that is neither"},
+        {"http://h-.example", "has a host that is neither"},
+        {"http://a..b", "has a host that is neither"},
+        {"http://.a", "has a host that is neither"},
+        {"http://1.2.3", "has a host that is neither"},
+        {"http://256.1.1.1", "has a host that is neither"},
+        {"http://010.0.0.1", "has a host that is neither"},
+        {"http://1.2.3.4.", "has a host that is neither"},
+        {"http://123", "has a host that is neither"},
+        {"http://caf\\u00e9.example", "has a host that is neither"},
+        {"http://h\\r\\nX: y", "has a host that is neither"},
+        {"http://h\\\\evil", "has a host that is neither"},
+        {"ftp://x", "must be an http:// or https:// URL"},
+        {"HTTP://x", "must be an http:// or https:// URL"},
+        {"http://", "must be an http:// or https:// URL"},
+        {"http:///x", "must be an http:// or https:// URL"},
+        {"http://h?q", "must be an http:// or https:// URL"},
+        {"http://h/x#f", "must be an http:// or https:// URL"},
+    };
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        char text[256];
+        struct sl_errors e = {0};
+        struct sl_config *c;
+        snprintf(text, sizeof(text), "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\","
+                 " \"url\": \"%s\"}]}", bad[i].url);
+        print_message("%s\n", bad[i].url);
+        assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
+        assert_int_equal(e.count, 1);
+        assert_non_null(strstr(e.lines[0], "upstreams[0].url: \""));
+        if (strstr(e.lines[0], bad[i].why) == NULL) {
+            print_error("%s\n", e.lines[0]);
+            fail();
+        }
+        assert_lines_printable(&e);
+        sl_errors_free(&e);
+    }
+}
+
+static void test_duration_bounds(void **state)
+{
+    struct sl_config *c;
+    (void)state;
+    /* The longest accepted of each. */
+    c = parse_ok("\"store_timeout\": \"60s\", \"concurrency_lease\": \"1h\","
+                 "\"shutdown_timeout\": \"1h\", \"client_timeout\": \"24h\"",
+                 "\"default_pause\": \"7d\", \"max_wait\": \"24h\", \"connect_timeout\": \"10m\","
+                 "\"timeout\": \"24h\", \"limit_signals\": [{\"status\": 403, \"pause\": 604800}],"
+                 "\"rules\": [{\"limit\": 1, \"window\": \"366d\", \"max_wait\": 86400}]");
+    const struct sl_upstream_conf *u = &c->upstreams[0];
+    assert_int_equal(c->store_timeout_us, 60 * SL_USEC_PER_SEC);
+    assert_int_equal(c->lease_ttl_us, 3600 * SL_USEC_PER_SEC);
+    assert_int_equal(c->shutdown_timeout_us, 3600 * SL_USEC_PER_SEC);
+    assert_int_equal(c->client_timeout_us, 86400 * SL_USEC_PER_SEC);
+    assert_int_equal(u->default_pause_us, 7 * 86400 * SL_USEC_PER_SEC);
+    assert_int_equal(u->signals[0].pause_us, 7 * 86400 * SL_USEC_PER_SEC);
+    assert_int_equal(u->max_wait_us, 86400 * SL_USEC_PER_SEC);
+    assert_int_equal(u->rules[0].max_wait_us, 86400 * SL_USEC_PER_SEC);
+    assert_int_equal(u->connect_timeout_us, 600 * SL_USEC_PER_SEC);
+    assert_int_equal(u->timeout_us, 86400 * SL_USEC_PER_SEC);
+    sl_config_free(c);
+
+    c = parse_ok("\"shutdown_timeout\": 0", "\"timeout\": 0, "
+                 "\"rules\": [{\"limit\": 1, \"window\": 0.001}, {\"limit\": 1, \"window\": 0.1}]");
+    assert_int_equal(c->shutdown_timeout_us, 0);
+    assert_int_equal(c->upstreams[0].timeout_us, 0);
+    assert_int_equal(c->upstreams[0].rules[0].window_us, 1000);
+    assert_int_equal(c->upstreams[0].rules[1].window_us, 100000);   /* exact */
+    sl_config_free(c);
+
+    parse_fails("", "\"default_pause\": \"8d\"", "upstreams[0].default_pause: \"8d\" is too long: at most 7d");
+    parse_fails("", "\"limit_signals\": [{\"status\": 403, \"pause\": \"30d\"}]",
+                "upstreams[0].limit_signals[0].pause: \"30d\" is too long: at most 7d");
+    parse_fails("", "\"max_wait\": \"25h\"", "upstreams[0].max_wait: \"25h\" is too long: at most 1d");
+    parse_fails("", "\"rules\": [{\"concurrency\": 1, \"max_wait\": \"2d\"}]",
+                "upstreams[0].rules[0].max_wait: \"2d\" is too long: at most 1d");
+    parse_fails("", "\"connect_timeout\": \"11m\"", "upstreams[0].connect_timeout: \"11m\" is too long: at most 10m");
+    parse_fails("", "\"connect_timeout\": 601", "upstreams[0].connect_timeout: 601 is too long: at most 10m");
+    parse_fails("", "\"timeout\": \"25h\"", "upstreams[0].timeout: \"25h\" is too long: at most 1d");
+    parse_fails("\"store_timeout\": \"61s\"", "", "store_timeout: \"61s\" is too long: at most 1m");
+    parse_fails("\"store_timeout\": \"0.5ms\"", "", "store_timeout: \"0.5ms\" is too short: at least 1ms");
+    parse_fails("\"concurrency_lease\": \"2h\"", "", "concurrency_lease: \"2h\" is too long: at most 1h");
+    parse_fails("\"concurrency_lease\": \"100ms\"", "", "concurrency_lease: \"100ms\" is too short: at least 300ms");
+    parse_fails("\"shutdown_timeout\": \"61m\"", "", "shutdown_timeout: \"61m\" is too long: at most 1h");
+    parse_fails("\"client_timeout\": \"2d\"", "", "client_timeout: \"2d\" is too long: at most 1d");
+    parse_fails("\"client_timeout\": 0.5", "", "client_timeout: 0.5 is too short: at least 1s");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"367d\"}]",
+                "upstreams[0].rules[0].window: \"367d\" is too long: at most 366d");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"0.5ms\"}]",
+                "upstreams[0].rules[0].window: \"0.5ms\" is too short: at least 1ms");
+    /* Beyond what sluice can count at all: still a clean sentence. */
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"99999999999999999999999d\"}]",
+                "upstreams[0].rules[0].window: \"99999999999999999999999d\" is too long: at most 366d");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": 9223372036854775807}]",
+                "upstreams[0].rules[0].window: 9223372036854775807 is too long");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": -9223372036854775807}]",
+                "upstreams[0].rules[0].window: -9223372036854775807 must be more than zero");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": 1e300}]",
+                "upstreams[0].rules[0].window: 1e+300 is too long");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1e3s\"}]",
+                "upstreams[0].rules[0].window: \"1e3s\" is not a duration");
+    parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \".5s\"}]",
+                "upstreams[0].rules[0].window: \".5s\" is not a duration");
+}
+
+/* A unique temporary directory for ca_file tests. */
+static void write_file(const char *path, const char *text)
+{
+    FILE *f = fopen(path, "w");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static void test_ca_file(void **state)
+{
+    char dir[] = "/tmp/sl-test-ca-XXXXXX", pem[64], crlf[64], none[64], up[256];
+    struct sl_config *c;
+    (void)state;
+
+    assert_non_null(mkdtemp(dir));
+    snprintf(pem, sizeof(pem), "%s/ca.pem", dir);
+    snprintf(crlf, sizeof(crlf), "%s/crlf.pem", dir);
+    snprintf(none, sizeof(none), "%s/key.pem", dir);
+    write_file(pem, "# bundle\n-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n");
+    write_file(crlf, "-----BEGIN CERTIFICATE-----\r\nMIIB\r\n-----END CERTIFICATE-----\r\n");
+    write_file(none, "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n");
+
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s\"", pem);
+    c = parse_ok("", up);
+    assert_string_equal(c->upstreams[0].ca_file, pem);
+    sl_config_free(c);
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s\"", crlf);
+    c = parse_ok("", up);
+    sl_config_free(c);
+
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s\"", none);
+    parse_fails("", up, "holds no PEM certificate");
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s\"", dir);
+    parse_fails("", up, "is a directory");
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s/missing.pem\"", dir);
+    parse_fails("", up, "cannot be read: No such file or directory");
+    parse_fails("", "\"ca_file\": \"/dev/null\"", "upstreams[0].ca_file: \"/dev/null\" is not a regular file");
+    write_file(none, "");
+    snprintf(up, sizeof(up), "\"ca_file\": \"%s\"", none);
+    parse_fails("", up, "holds no PEM certificate");
+
+    unlink(pem);
+    unlink(crlf);
+    unlink(none);
+    rmdir(dir);
+}
+
+/* Values with control characters are echoed escaped, never raw. */
+static void test_errors_never_echo_raw_bytes(void **state)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+    assert_int_equal(sl_config_parse(
+        "{\"listen\": \"\\u001b]0;pwned\\u0007\", \"colo\\nr\": 1, \"upstreams\": [{"
+        "\"name\": \"a\\rb\", \"prefix\": \"/\\u0000x\", \"url\": \"http://h/\\u009b\","
+        "\"on_limit\": \"q\\tq\", \"rules\": [{\"per\": \"\\u00ff\", \"limit\": 1, \"window\": \"1\\ns\"}]}]}",
+        "t", false, &c, &e), -1);
+    assert_true(e.count >= 1);
+    assert_lines_printable(&e);
+    sl_errors_free(&e);
+
+    assert_int_equal(sl_config_parse(
+        "{\"colo\\nr\": 1, \"upstreams\": [{"
+        "\"name\": \"a\\rb\", \"prefix\": \"/\\u0001x\", \"url\": \"http://h/\\u009b\","
+        "\"on_limit\": \"q\\tq\", \"rules\": [{\"per\": \"\\u00ff\", \"limit\": 1, \"window\": \"1\\ns\"}]}]}",
+        "t", false, &c, &e), -1);
+    assert_true(has_error(&e, "(root): unknown key \"colo\\nr\""));
+    assert_true(has_error(&e, "upstreams[0].name: \"a\\x0db\" must be"));
+    assert_true(has_error(&e, "upstreams[0].prefix: \"/\\x01x\" holds byte 0x01"));
+    assert_true(has_error(&e, "upstreams[0].url: \"http://h/\\xc2\\x9b\" has byte 0xc2"));
+    assert_true(has_error(&e, "upstreams[0].on_limit: \"q\\tq\" must be"));
+    assert_true(has_error(&e, "upstreams[0].rules[0].window: \"1\\ns\" is not a duration"));
+    assert_lines_printable(&e);
+    sl_errors_free(&e);
+}
+
+/* 50,000 upstreams: duplicates are found through hash sets, not pairs. */
+static void test_many_upstreams(void **state)
+{
+    const size_t n = 50000;
+    size_t cap = n * 96 + 256, o = 0;
+    char *text = malloc(cap);
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_non_null(text);
+    o += (size_t)snprintf(text + o, cap - o, "{\"upstreams\": [");
+    for (size_t i = 0; i < n; i++)
+        o += (size_t)snprintf(text + o, cap - o,
+                              "%s{\"name\": \"u%zu\", \"prefix\": \"/p/%zu\", "
+                              "\"url\": \"http://h%zu\"}", i ? "," : "", i, i, i);
+    snprintf(text + o, cap - o, "]}");
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    assert_int_equal(c->nupstreams, n);
+    assert_string_equal(c->upstreams[n - 1].prefix, "/p/49999");
+    sl_config_free(c);
+
+    /* The last two reuse a name and a prefix of early ones. */
+    o -= 0;
+    snprintf(text + o, cap - o, ",{\"name\": \"u7\", \"prefix\": \"/q\", \"url\": \"http://h\"},"
+             "{\"name\": \"v\", \"prefix\": \"/p/12\", \"url\": \"http://h\"}]}");
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
+    assert_int_equal(e.count, 2);
+    assert_true(has_error(&e, "upstreams[50000].name: \"u7\" is already the name of upstreams[7]"));
+    assert_true(has_error(&e, "upstreams[50001].prefix: \"/p/12\" is already the prefix of upstreams[12]"));
+    sl_errors_free(&e);
+    free(text);
+}
+
+static void test_duplicate_rule_names(void **state)
+{
+    (void)state;
+    parse_fails("", "\"rules\": [{\"name\": \"x\", \"concurrency\": 1},"
+                "{\"name\": \"y\", \"concurrency\": 1}, {\"name\": \"x\", \"concurrency\": 2}]",
+                "upstreams[0].rules[2].name: \"x\" is already the name of rules[0]");
+    /* A default name taken by hand counts too. */
+    parse_fails("", "\"rules\": [{\"concurrency\": 1}, {\"name\": \"rule-0\", \"concurrency\": 1}]",
+                "upstreams[0].rules[1].name: \"rule-0\" is already the name of rules[0]");
+}
+
+static void test_store_and_listen_numbers_are_digits(void **state)
+{
+    struct sl_config cf;
+    const char *why;
+    char *host;
+    int port;
+    (void)state;
+    assert_int_equal(sl_config_split_listen("h: 80", &host, &port), -1);
+    assert_int_equal(sl_config_split_listen("h:+80", &host, &port), -1);
+    assert_int_equal(sl_config_split_listen("h:", &host, &port), -1);
+    static const char *const bad[] = {"redis://h: 1", "redis://h:+1", "redis://h:1/ 2",
+                                      "redis://h:1/+2", "redis://[::1]x", "redis://h:99999999999999999999", NULL};
+    for (int i = 0; bad[i]; i++) {
+        memset(&cf, 0, sizeof(cf));
+        print_message("%s\n", bad[i]);
+        assert_int_equal(sl_config_parse_redis_url(bad[i], &cf, &why), -1);
+        free(cf.redis_host);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -262,6 +980,21 @@ int main(void)
         cmocka_unit_test(test_redis_urls),
         cmocka_unit_test(test_store_settings),
         cmocka_unit_test(test_queue_and_feedback_settings),
+        cmocka_unit_test(test_new_key_defaults),
+        cmocka_unit_test(test_new_keys_spellings),
+        cmocka_unit_test(test_new_keys_errors),
+        cmocka_unit_test(test_reject),
+        cmocka_unit_test(test_rule_names_printable_ascii),
+        cmocka_unit_test(test_methods_any_case),
+        cmocka_unit_test(test_prefixes),
+        cmocka_unit_test(test_dead_patterns),
+        cmocka_unit_test(test_upstream_urls),
+        cmocka_unit_test(test_duration_bounds),
+        cmocka_unit_test(test_ca_file),
+        cmocka_unit_test(test_errors_never_echo_raw_bytes),
+        cmocka_unit_test(test_many_upstreams),
+        cmocka_unit_test(test_duplicate_rule_names),
+        cmocka_unit_test(test_store_and_listen_numbers_are_digits),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
