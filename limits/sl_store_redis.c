@@ -2,39 +2,118 @@
  * sl_store_redis — one quota shared exactly by every sluice instance.
  *
  * Each worker thread owns one of these: a hiredis asynchronous connection
- * driven by the worker's own event loop (through struct sl_loop), so every
- * reply is handled on the thread that asked.  Many decisions are in flight
- * on one connection at once (pipelining); replies arrive in order, which
- * is what makes the FIFO of pending operations below both the bookkeeping
- * and the timeout mechanism: hiredis 0.14 has no command timeouts, so when
- * the oldest pending operation is older than `store_timeout`, the
- * connection is declared dead, freed (every pending operation is answered
- * with a NULL reply and falls back), and re-established with backoff.
+ * (the main link) and a second one subscribed to room notices (the
+ * subscriber link), both driven by the worker's event loop through struct
+ * sl_loop, so every reply is handled on the thread that asked.  Many
+ * commands are in flight on the main link at once (pipelining); replies
+ * arrive in order, so the FIFO of pending operations below is both the
+ * bookkeeping and the timeout mechanism: hiredis 0.14 has no command
+ * timeouts, so when the oldest pending operation is older than
+ * `store_timeout`, the link is declared dead, freed (every pending
+ * operation is answered with a NULL reply and falls back), and
+ * re-established with backoff.
  *
- * One round trip per decision.  All rules a call matches go to one Lua
- * script run (EVALSHA; on NOSCRIPT, after a Redis restart or SCRIPT FLUSH,
- * the same operation is sent again as EVAL).  Phase one looks at every
- * bucket and writes nothing; phase two records the call in all of them.
- * Time is Redis's TIME inside the script: instances' clocks never matter.
- * A rate bucket is a LIST of admission times in microseconds, newest at
- * the head, holding at most `limit` entries: a call fits iff the list is
- * shorter than `limit` or its limit-th newest entry has left the window
- * (O(1): LLEN, LINDEX), which is the sliding log of the memory store
- * (docs/design.md) in Redis form.  Entries that left the window are popped
- * from the tail when a call is recorded, so LLEN is the count in the window
- * and every admission is its own entry (two calls in the same microsecond
- * both count).  About 10 bytes per logged call.  Concurrency buckets are
- * sorted sets of leases (unique members) whose score is their
+ * Decisions.  All rules a call matches go to one Lua script run; calls
+ * decided in one loop pass are batched per upstream into one run (one round
+ * trip per decision, however many calls share it).  Phase one looks at
+ * every bucket and writes nothing; phase two takes room in all of them.
+ * Time is Redis's TIME inside the scripts: instances' clocks never matter.
+ *
+ * Rate buckets, three keys with the upstream's hash tag:
+ *   r  LIST of send times (µs of Redis time), newest at the head, at most
+ *      `limit` long, ordered (a stamp is never earlier than the head);
+ *   v  ZSET of reservations: member = the call, score = when it lapses;
+ *   s  HASH, rules with `sync` only: the provider's last usage report.
+ * An allowed call gets a *reservation* (ZADD v), not a log entry: it counts
+ * from the decision on, and is logged only when its request is actually
+ * sent (ops->commit, at libcurl's PREREQFUNCTION), so the window runs on the
+ * clock that counts, the provider's.  A call fits iff the entries in
+ * (now - span, now] plus the live reservations are fewer than `limit`
+ * (span = window + the upstream's margin): with m = limit - reservations,
+ * iff the list is shorter than m or its m-th newest entry has left the
+ * span; O(1) (ZCARD, LLEN, LINDEX).  The commit script removes the
+ * reservation and, only if it was still there, pops stale tail entries and
+ * LPUSHes the stamp: Redis TIME minus the local delay between
+ * sl_store_commit() and the moment the batch was written, so never earlier
+ * than the real send.  A reservation whose time lapses uncommitted (its
+ * instance died between decision and send, or the commit was lost) is
+ * turned, by the next script that sees it, into a log entry stamped then:
+ * it counts as sent, the safe side.  The lapse time is connect_timeout +
+ * 2 store_timeout + 1 s after the decision: the proxy sends within
+ * connect_timeout (+ 1 s) of the decision or not at all, and the commit
+ * reaches Redis within one store_timeout after that or the link is
+ * declared dead.
+ *
+ * Concurrency buckets (c) are sorted sets of leases whose score is their
  * expiry, renewed by the holder every concurrency_lease/3, so the slots of
- * an instance that died come back by themselves.  Every key gets its TTL
- * in the same script, so idle keys disappear.  All keys of one upstream
- * share a hash tag ({upstream}), so the script runs on one Redis Cluster
- * slot.
+ * an instance that died come back by themselves.  The pause bucket (p) is a
+ * string holding the time until which the provider asked us to stop.
+ * Every key has a TTL set by the scripts, so idle keys disappear.
+ *
+ * Given-up decisions are never recorded.  A batch carries a deadline in
+ * Redis time: (local time it is written + store_timeout) + offset_low,
+ * where offset_low is a lower bound of (Redis clock - local monotonic
+ * clock), learned from TIME at connect and from the `now` every script
+ * returns (offset_low = redis_now - local time the reply was received,
+ * aged by 1 ms per second for clock drift).  The deadline is therefore never
+ * later, in Redis time, than the moment this instance gives the batch up;
+ * a script that runs past it (Redis was stopped, busy, or the network
+ * stalled) writes nothing and answers "expired".  The last gap -- a script
+ * that ran in time but whose reply comes back too late -- is closed by an
+ * undo: when the link is given up, every unanswered batch's members are
+ * removed again by a script written behind it on the same connection
+ * (Redis runs a connection's commands in order, so the undo runs after the
+ * decision, if that ever runs).  Pause and sync compute their effect from
+ * min(TIME, deadline), so running late neither stretches a pause nor moves
+ * a report's cutoff past the real send.  Commit and release are safe late:
+ * a commit stamped late keeps its call in the window longer (stricter), and
+ * a commit that finds its reservation already turned into an entry logs
+ * nothing more; a release only removes this call's own members, so running
+ * late only holds room longer.  Commits, releases and pauses that could
+ * not be sent while Redis was unusable are owed and sent when it answers
+ * again (bounded; past the bound, reservations and leases lapse by
+ * themselves, on the safe side).
+ *
+ * Sync.  ops->sync stores the report (left = reported room minus the calls
+ * logged after the reporting call, `sent` = calls committed since, `until`
+ * = its send time + span, `probe`); decisions subtract `sent` and the live
+ * reservations from `left`: O(1) whatever the limit.  Counting the calls
+ * logged after the reporting call walks only the list entries newer than
+ * the cutoff, which is the send time minus store_timeout (one call counted
+ * twice is the safe side).  While a report leaves no room, one call per
+ * sync_probe goes through to learn the provider's count again.
+ *
+ * Room notices.  When a release frees a concurrency slot of a full bucket,
+ * cancels a reservation, or a report gives room back, the script PUBLISHes
+ * the bucket's key on `<store_prefix>room`; every worker of every instance
+ * is subscribed and tells its proxy (sl_loop.room), so calls held for that
+ * bucket ask again at once instead of polling.  The subscriber link's
+ * failures never affect decisions.
  *
  * When Redis cannot answer, on_store_error decides: "local" enforces the
- * same rules in this instance's memory store, "deny" answers UNAVAILABLE,
+ * same rules in this process's memory store, "deny" answers UNAVAILABLE,
  * "allow" forwards uncounted.  The outage is logged once per process (not
  * per call, not per worker), and so is the recovery.
+ *
+ * What "local" guarantees.  Every call this instance sends through Redis is
+ * also recorded in the memory store (at commit, on the local clock), and
+ * the memory store grants each limit times local_share while it stands in
+ * for Redis.  So, during an outage, in any window each instance sends at
+ * most floor(local_share x limit) calls, counting the calls it sent
+ * through Redis in that window (an instance that already sent more than its
+ * share through Redis sends nothing more until they leave the window).
+ * With N instances and local_share <= 1/N, the fleet stays within the
+ * limit in every window that lies inside the outage.  A window that spans
+ * the outage's start may also hold the other instances' calls made through
+ * Redis before it (at most `limit` of them in all): at most limit +
+ * (N - 1) x floor(local_share x limit) < 2 x limit.  Calls sent locally are
+ * logged in Redis, at their real send time, once it answers again (owed
+ * entries, best effort: an instance that dies or exceeds the bound before
+ * Redis returns loses them), so a window that spans the outage's end is
+ * exact for the calls decided by Redis after it.  Each instance's share
+ * is counted on its own clock; instances that are cut off from Redis while
+ * others are not (a partition) each add up to their share on top of what
+ * Redis grants.
  */
 #include "sl_store.h"
 
@@ -44,7 +123,9 @@
 #include <errno.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
+#include <limits.h>
 #include <poll.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -54,161 +135,394 @@
 #include <unistd.h>
 
 #define SL_REDIS_BACKOFF_MIN_MS 50
-#define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_BACKOFF_MAX_MS 1000
+#define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
+#define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
+#define SL_REDIS_CLOCK_REFRESH_US (2 * SL_USEC_PER_SEC)
+/* Bound on the drift between Redis's clock and ours: 1 ms per second. */
+#define SL_REDIS_DRIFT_DIV 1000
+
+/* ---- Lua ---- */
+
+/* Shared by the scripts below: the time, number formatting, and logging
+ * N sends at STAMP in rate list L (pops stale entries, keeps the list
+ * ordered and at most LIMIT long, refreshes its TTL). */
+#define SL_LUA_PRELUDE                                                         \
+    "local t = redis.call('TIME')\n"                                           \
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
+    "local function fmt(x) return string.format('%.0f', x) end\n"             \
+    "local function log(l, stamp, n, limit, span)\n"                           \
+    "  local tail = redis.call('LINDEX', l, -1)\n"                             \
+    "  while tail and tonumber(tail) <= now - span do\n"                       \
+    "    redis.call('RPOP', l)\n"                                              \
+    "    tail = redis.call('LINDEX', l, -1)\n"                                 \
+    "  end\n"                                                                  \
+    "  local head = redis.call('LINDEX', l, 0)\n"                              \
+    "  if head and tonumber(head) > stamp then stamp = tonumber(head) end\n"   \
+    "  local len = 0\n"                                                        \
+    "  for i = 1, n do len = redis.call('LPUSH', l, fmt(stamp)) end\n"         \
+    "  if len > limit then redis.call('LTRIM', l, 0, limit - 1) end\n"         \
+    "  redis.call('PEXPIRE', l, fmt(math.ceil(span / 1000) + 1000))\n"              \
+    "end\n"
 
 /*
- * The decision script.  One run decides a batch of calls (those that
- * arrived in one event-loop pass), each all-or-nothing, in order:
- *   KEYS    the buckets of call 1, then of call 2, ...
- *   ARGV    base, lease_us, ncalls, then per call: nrules, then per rule:
- *           kind ('r' rate, 'c' concurrency), limit, window_us
- * A call's unique member is base..':'..call_number.  The reply holds, per
- * call, {1, best_rule, remaining, reset_us} or {0, denying_rule, wait_us}.
+ * The decision script: one run decides a batch of calls, each
+ * all-or-nothing, in order.
+ *   KEYS  per call, per rule: rate r, v [, s if sync]; concurrency c; pause p
+ *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), ncalls,
+ *         then per call: nrules, then per rule: kind, limit, span_us,
+ *         probe_us (-1: no sync)
+ * A call's member is base..':'..call_number.  Reply: {now, 0} when past the
+ * deadline (nothing written), else {now, 1, per call: {1, best_rule,
+ * remaining, reset_us} or {0, denying_rule, wait_us}}.
  */
-static const char sl_redis_decide_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local base, lease, ncalls = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local a, k, out = 4, 1, {}\n"
-    "for c = 1, ncalls do\n"
+static const char sl_lua_decide[] =
+    SL_LUA_PRELUDE
+    "local deadline = tonumber(ARGV[4])\n"
+    "if deadline > 0 and now > deadline then return {now, 0} end\n"
+    "local base, lease, rttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local out, a, k = {now, 1}, 6, 1\n"
+    "for c = 1, tonumber(ARGV[5]) do\n"
     "  local n = tonumber(ARGV[a])\n"
     "  a = a + 1\n"
-    "  local deny, wait = 0, 0\n"
-    "  for i = 0, n - 1 do\n"
-    "    local key, kind = KEYS[k + i], ARGV[a + 3 * i]\n"
-    "    local limit, win = tonumber(ARGV[a + 3 * i + 1]), tonumber(ARGV[a + 3 * i + 2])\n"
+    "  local member, deny, wait, st, ka = base .. ':' .. c, 0, 0, {}, k\n"
+    /* phase one: look (lapsed reservations become entries: they count
+     * the same, so this is no decision) */
+    "  for i = 1, n do\n"
+    "    local p = a + 4 * (i - 1)\n"
+    "    local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
+    "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
     "    local w = 0\n"
     "    if kind == 'r' then\n"
-    "      local len = redis.call('LLEN', key)\n"
-    "      if len >= limit then\n"
-    "        local idx = limit - 1\n"
-    "        if len == limit then idx = -1 end\n"
-    "        local e = tonumber(redis.call('LINDEX', key, idx))\n"
-    "        if e > now - win then w = e + win - now end\n"
+    "      local l, v, s = KEYS[ka], KEYS[ka + 1], nil\n"
+    "      ka = ka + 2\n"
+    "      if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
+    "      local nres = redis.call('ZCARD', v)\n"
+    "      if nres > 0 then\n"
+    "        local gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
+    "        if gone > 0 then\n"
+    "          nres = nres - gone\n"
+    "          log(l, now, gone, limit, span)\n"
+    "          if s and redis.call('EXISTS', s) == 1 then\n"
+    "            redis.call('HINCRBY', s, 'sent', gone)\n"
+    "          end\n"
+    "        end\n"
     "      end\n"
+    "      local len, m = redis.call('LLEN', l), limit - nres\n"
+    "      if m <= 0 then w = span\n"
+    "      elseif len >= m then\n"
+    "        local e = tonumber(redis.call('LINDEX', l, m - 1))\n"
+    "        if e > now - span then w = e + span - now end\n"
+    "      end\n"
+    "      local room, isprobe = nil, false\n"
+    "      if s then\n"
+    "        local h = redis.call('HMGET', s, 'left', 'sent', 'until', 'probe')\n"
+    "        if h[1] and tonumber(h[3]) > now then\n"
+    "          room = tonumber(h[1]) - tonumber(h[2] or 0) - nres\n"
+    "          if w == 0 and room <= 0 then\n"
+    "            local pa = tonumber(h[4] or 0)\n"
+    "            if probe > 0 and now >= pa then isprobe = true\n"
+    "            else\n"
+    "              w = tonumber(h[3]) - now\n"
+    "              if probe > 0 and pa - now < w then w = pa - now end\n"
+    "            end\n"
+    "          end\n"
+    "        end\n"
+    "      end\n"
+    "      st[i] = {len, nres, room, isprobe}\n"
     "    elseif kind == 'p' then\n"
-    "      local u = tonumber(redis.call('GET', key) or 0)\n"
+    "      local u = tonumber(redis.call('GET', KEYS[ka]) or 0)\n"
+    "      ka = ka + 1\n"
     "      if u > now then w = u - now end\n"
-    "    elseif redis.call('ZCOUNT', key, '(' .. now, '+inf') >= limit then\n"
-    "      w = 1000000\n"
+    "    else\n"
+    "      if redis.call('ZCOUNT', KEYS[ka], '(' .. fmt(now), '+inf') >= limit then\n"
+    "        w = 1000000\n"
+    "      end\n"
+    "      ka = ka + 1\n"
     "    end\n"
-    "    if w > wait then deny, wait = i + 1, w end\n"
+    "    if w > wait then deny, wait = i, w end\n"
     "  end\n"
     "  if deny > 0 then\n"
-    "    out[c] = {0, deny, wait}\n"
+    "    out[#out + 1] = {0, deny, wait}\n"
     "  else\n"
-    "    local member = base .. ':' .. c\n"
+    /* phase two: take room in every bucket */
     "    local best, rem, reset = 0, 0, 0\n"
-    "    for i = 0, n - 1 do\n"
-    "      local key, kind = KEYS[k + i], ARGV[a + 3 * i]\n"
-    "      local limit, win = tonumber(ARGV[a + 3 * i + 1]), tonumber(ARGV[a + 3 * i + 2])\n"
+    "    ka = k\n"
+    "    for i = 1, n do\n"
+    "      local p = a + 4 * (i - 1)\n"
+    "      local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
+    "        tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
     "      if kind == 'r' then\n"
-    "        local tail = redis.call('LINDEX', key, -1)\n"
-    "        while tail and tonumber(tail) <= now - win do\n"
-    "          redis.call('RPOP', key)\n"
-    "          tail = redis.call('LINDEX', key, -1)\n"
+    "        local l, v, s = KEYS[ka], KEYS[ka + 1], nil\n"
+    "        ka = ka + 2\n"
+    "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
+    "        local len, nres, room = st[i][1], st[i][2], st[i][3]\n"
+    "        local tail = redis.call('LINDEX', l, -1)\n"
+    "        while tail and tonumber(tail) <= now - span do\n"
+    "          redis.call('RPOP', l)\n"
+    "          len = len - 1\n"
+    "          tail = redis.call('LINDEX', l, -1)\n"
     "        end\n"
-    "        local len = redis.call('LPUSH', key, now)\n"
-    "        if len > limit then\n"
-    "          redis.call('LTRIM', key, 0, limit - 1)\n"
-    "          len = limit\n"
-    "          tail = redis.call('LINDEX', key, -1)\n"
-    "        end\n"
-    "        redis.call('PEXPIRE', key, math.ceil(win / 1000) + 1000)\n"
-    "        local left = limit - len\n"
+    "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
+    "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + span) / 1000) + 1000))\n"
+    "        if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
+    "        local used, left = len + nres + 1, 0\n"
+    "        if used < limit then left = limit - used end\n"
+    "        if room and room - 1 < left then left = math.max(room - 1, 0) end\n"
     "        if best == 0 or left < rem then\n"
-    "          best, rem, reset = i + 1, left, (tonumber(tail) or now) + win - now\n"
+    "          best, rem, reset = i, left, span\n"
+    "          if tail then reset = math.max(tonumber(tail) + span - now, 0) end\n"
     "        end\n"
-    "      elseif kind == 'c' then\n"
-    "        redis.call('ZREMRANGEBYSCORE', key, '-inf', now)\n"
-    "        redis.call('ZADD', key, now + lease, member)\n"
-    "        redis.call('PEXPIRE', key, math.ceil(lease / 1000) * 2 + 1000)\n"
+    "      elseif kind == 'p' then\n"
+    "        ka = ka + 1\n"
+    "      else\n"
+    "        local key = KEYS[ka]\n"
+    "        ka = ka + 1\n"
+    "        redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))\n"
+    "        redis.call('ZADD', key, fmt(now + lease), member)\n"
+    "        redis.call('PEXPIRE', key, fmt(math.ceil(lease / 1000) * 2 + 1000))\n"
     "      end\n"
     "    end\n"
-    "    out[c] = {1, best, rem, reset}\n"
+    "    out[#out + 1] = {1, best, rem, reset}\n"
     "  end\n"
-    "  a, k = a + 3 * n, k + n\n"
+    "  a, k = a + 4 * n, ka\n"
     "end\n"
     "return out\n";
 
-static const char sl_redis_renew_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local ttl = tonumber(ARGV[2])\n"
-    "local exp = tonumber(t[1]) * 1000000 + tonumber(t[2]) + ttl\n"
+/*
+ * Log sent calls.  KEYS: per call, per rate rule: r, v [, s].  ARGV: ncalls,
+ * then per call: member ("" for a call decided locally during an outage:
+ * logged unconditionally), delay_us, nrules, then per rule: limit,
+ * span_us, sync (0/1).  A call with a member is logged only if its
+ * reservation was still there.  Reply: now.
+ */
+static const char sl_lua_commit[] =
+    SL_LUA_PRELUDE
+    "local a, k = 2, 1\n"
+    "for c = 1, tonumber(ARGV[1]) do\n"
+    "  local member, delay, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
+    "  a = a + 3\n"
+    "  for i = 1, n do\n"
+    "    local limit, span, sync = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'\n"
+    "    a = a + 3\n"
+    "    local l, v, s = KEYS[k], KEYS[k + 1], nil\n"
+    "    k = k + 2\n"
+    "    if sync then s = KEYS[k]; k = k + 1 end\n"
+    "    local stamp = now - delay\n"
+    "    local go\n"
+    "    if member == '' then go = stamp > now - span\n"
+    "    else go = redis.call('ZREM', v, member) == 1 end\n"
+    "    if go then\n"
+    "      log(l, stamp, 1, limit, span)\n"
+    "      if s and redis.call('EXISTS', s) == 1 then redis.call('HINCRBY', s, 'sent', 1) end\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "return now\n";
+
+/*
+ * Remove members: releases (concurrency slots, reservations never sent) and
+ * undos.  KEYS: sorted sets.  ARGV: channel, then per key: member, limit.
+ * A key whose member was there is published on the channel when its set
+ * held at least `limit` members before (0: always), i.e. when someone may
+ * be waiting for it.  Reply: now.
+ */
+static const char sl_lua_release[] =
+    SL_LUA_PRELUDE
     "for i = 1, #KEYS do\n"
-    "  redis.call('ZADD', KEYS[i], 'XX', exp, ARGV[1])\n"
-    "  redis.call('PEXPIRE', KEYS[i], math.ceil(ttl / 1000) * 2 + 1000)\n"
+    "  local lim = tonumber(ARGV[2 * i + 1])\n"
+    "  local before = 0\n"
+    "  if lim > 0 then before = redis.call('ZCARD', KEYS[i]) end\n"
+    "  if redis.call('ZREM', KEYS[i], ARGV[2 * i]) == 1 and before >= lim then\n"
+    "    redis.call('PUBLISH', ARGV[1], KEYS[i])\n"
+    "  end\n"
     "end\n"
-    "return 1\n";
+    "return now\n";
 
-static const char sl_redis_pause_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local d = tonumber(ARGV[1])\n"
-    "local u = tonumber(t[1]) * 1000000 + tonumber(t[2]) + d\n"
-    "if u > tonumber(redis.call('GET', KEYS[1]) or 0) then\n"
-    "  redis.call('SET', KEYS[1], u, 'PX', math.ceil(d / 1000) + 1000)\n"
+/* Renew a call's concurrency leases (XX: a lapsed lease stays lapsed).
+ * KEYS: sets.  ARGV: member, lease_us.  Reply: now. */
+static const char sl_lua_renew[] =
+    SL_LUA_PRELUDE
+    "local ttl = tonumber(ARGV[2])\n"
+    "for i = 1, #KEYS do\n"
+    "  redis.call('ZADD', KEYS[i], 'XX', fmt(now + ttl), ARGV[1])\n"
+    "  redis.call('PEXPIRE', KEYS[i], fmt(math.ceil(ttl / 1000) * 2 + 1000))\n"
     "end\n"
-    "return 1\n";
+    "return now\n";
 
-/* Pad a rate bucket with "now" entries until at most ARGV[3] calls fit. */
-static const char sl_redis_sync_lua[] =
-    "local t = redis.call('TIME')\n"
-    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
-    "local limit, win, remaining = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local key = KEYS[1]\n"
-    "local tail = redis.call('LINDEX', key, -1)\n"
-    "while tail and tonumber(tail) <= now - win do\n"
-    "  redis.call('RPOP', key)\n"
-    "  tail = redis.call('LINDEX', key, -1)\n"
+/* Pause the upstream.  KEYS: p.  ARGV: duration_us, deadline.  Counted
+ * from min(now, deadline): a pause that arrives late is not stretched. */
+static const char sl_lua_pause[] =
+    SL_LUA_PRELUDE
+    "local d, deadline = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "local eff = now\n"
+    "if deadline > 0 and deadline < now then eff = deadline end\n"
+    "local u = eff + d\n"
+    "if u > now and u > tonumber(redis.call('GET', KEYS[1]) or 0) then\n"
+    "  redis.call('SET', KEYS[1], fmt(u), 'PX', fmt(math.ceil((u - now) / 1000) + 1000))\n"
     "end\n"
-    "local add = limit - remaining - redis.call('LLEN', key)\n"
-    "for i = 1, add do redis.call('LPUSH', key, now) end\n"
-    "if add > 0 then redis.call('PEXPIRE', key, math.ceil(win / 1000) + 1000) end\n"
-    "return add\n";
+    "return now\n";
+
+/*
+ * The provider's usage report.  KEYS: r, v, s.  ARGV: remaining, age_us,
+ * allowance_us, span_us, limit, probe_us, deadline, channel.  With eff =
+ * min(now, deadline), the reporting call was sent at the latest at
+ * eff - age and (allowance = store_timeout) not before eff - age -
+ * allowance: entries after the earliest are counted as not in the report
+ * (a walk over those entries only), and the report holds until the latest
+ * + span.  Publishes s when it gives room back.  Reply: now.
+ */
+static const char sl_lua_sync[] =
+    SL_LUA_PRELUDE
+    "local l, v, s = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local remaining, age, allow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    "local span, limit, probe = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])\n"
+    "local deadline, eff = tonumber(ARGV[7]), now\n"
+    "if deadline > 0 and deadline < now then eff = deadline end\n"
+    "local cutoff, untl = eff - age - allow, eff - age + span\n"
+    "if untl <= now then\n"
+    "  redis.call('DEL', s)\n"
+    "  return now\n"
+    "end\n"
+    "if remaining > limit then remaining = limit end\n"
+    "local after, i, more = 0, 0, true\n"
+    "while more do\n"
+    "  local chunk = redis.call('LRANGE', l, i, i + 63)\n"
+    "  if #chunk == 0 then break end\n"
+    "  for j = 1, #chunk do\n"
+    "    if tonumber(chunk[j]) > cutoff then after = after + 1\n"
+    "    else more = false; break end\n"
+    "  end\n"
+    "  i = i + 64\n"
+    "end\n"
+    "local nres = redis.call('ZCOUNT', v, '(' .. fmt(now), '+inf')\n"
+    "local old = redis.call('HMGET', s, 'left', 'sent', 'until')\n"
+    "local oldroom = nil\n"
+    "if old[1] and tonumber(old[3]) > now then\n"
+    "  oldroom = tonumber(old[1]) - tonumber(old[2] or 0) - nres\n"
+    "end\n"
+    "local left = remaining - after\n"
+    "redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl))\n"
+    "local room = left - nres\n"
+    "if room <= 0 then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
+    "redis.call('PEXPIRE', s, fmt(math.ceil((untl - now) / 1000) + 1000))\n"
+    "if room > 0 and oldroom and room > oldroom then\n"
+    "  redis.call('PUBLISH', ARGV[8], s)\n"
+    "end\n"
+    "return now\n";
+
+enum sl_redis_script {
+    SL_LUA_DECIDE,
+    SL_LUA_COMMIT,
+    SL_LUA_RELEASE,
+    SL_LUA_RENEW,
+    SL_LUA_PAUSE,
+    SL_LUA_SYNC,
+    SL_LUA_COUNT,
+};
+
+static const char *const sl_redis_lua[SL_LUA_COUNT] = {
+    sl_lua_decide, sl_lua_commit, sl_lua_release,
+    sl_lua_renew, sl_lua_pause, sl_lua_sync,
+};
+
+/* ---- types ---- */
 
 enum sl_redis_state {
-    SL_REDIS_DOWN,          /* no context; reconnect at reconnect_at */
+    SL_REDIS_DOWN,          /* no context; reconnect at reconnect_at_ms */
     SL_REDIS_CONNECTING,    /* context, connect(2) in progress */
     SL_REDIS_UP,            /* connected */
 };
 
 enum sl_redis_op_kind {
     SL_OP_SETUP,            /* AUTH, SELECT, SCRIPT LOAD */
+    SL_OP_CLOCK,            /* TIME */
     SL_OP_DECIDE,
-    SL_OP_RENEW,
-    SL_OP_RELEASE,
+    SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
 };
 
 struct sl_redis;
 
-/* One command in flight.  Owned by the FIFO until its reply. */
-struct sl_redis_op {
-    struct sl_redis_op *next;
-    struct sl_redis *r;
-    enum sl_redis_op_kind kind;
-    int64_t deadline_ms;
-    /* one call of a batch */
-    const struct sl_check *check;   /* owned by the caller until cb */
-    sl_decide_cb cb;
-    void *arg;
-    char member[64];
-    /* SL_OP_DECIDE: a batch of calls of one upstream */
-    bool eval;                      /* sent as EVAL (script body) */
-    size_t ncalls;
-    struct sl_redis_op *calls[SL_REDIS_BATCH_MAX];
-    char base[48];
+/* Arguments of a command, copied into one buffer. */
+struct sl_args {
+    char *buf;              /* owned */
+    size_t len, cap;
+    size_t *ends;           /* owned: argument i ends at ends[i] */
+    size_t n, ncap;
+    bool oom;               /* an append failed: do not send */
 };
 
-/* Slots of one call in concurrency buckets (a struct sl_lease to callers). */
+/* One connection: the main link or the subscriber. */
+struct sl_redis_link {
+    struct sl_redis *r;
+    bool sub;               /* the subscriber link */
+    redisAsyncContext *ac;
+    enum sl_redis_state state;
+    bool freeing;           /* inside redisAsyncFree */
+    bool want_read, want_write;
+    int fd;                 /* watched descriptor, or -1 */
+    int64_t reconnect_at_ms;
+    int64_t connect_deadline_ms;
+    int backoff_ms;
+};
+
+/* One command in flight on the main link.  Owned by the FIFO until its
+ * reply. */
+struct sl_redis_op {
+    struct sl_redis_op *next;       /* FIFO, or a chain of pending batches */
+    struct sl_redis *r;
+    enum sl_redis_op_kind kind;
+    int64_t deadline_us;            /* local give-up time */
+    char *sha_dst;                  /* SL_OP_SETUP: where SCRIPT LOAD's SHA goes */
+    int script;                     /* SL_LUA_*, for script ops */
+    bool eval;                      /* sent with the script body */
+    struct sl_args keys, args;      /* kept for a resend after NOSCRIPT */
+};
+
+/* One call of a decision batch. */
+struct sl_redis_call {
+    const struct sl_check *check;   /* the caller's until cb */
+    sl_decide_cb cb;
+    void *arg;
+};
+
+/* The calls of one upstream decided by one script run. */
+struct sl_redis_batch {
+    struct sl_redis_op op;          /* first: a batch is an op */
+    const struct sl_upstream_conf *up;
+    size_t ncalls;
+    struct sl_redis_call calls[SL_REDIS_BATCH_MAX];
+    char base[48];                  /* members are base:1, base:2, ... */
+};
+
+/*
+ * What one allowed call holds (a struct sl_lease to callers).  It copies
+ * the call's rate and concurrency hits (the caller's check may be freed
+ * first) for commits, releases, renewals and the local mirror.  Owned by
+ * the caller until sl_store_release(); then by the store while it still
+ * owes Redis a commit or a release, else freed.
+ */
 struct sl_redis_lease {
-    struct sl_redis_lease *prev, *next;   /* live list, for renewal */
+    struct sl_redis_lease *prev, *next;   /* r->leases, or r->owed */
+    bool listed;                          /* on one of them */
+    bool released;                        /* on r->owed: the store's */
     struct sl_lease *local;               /* decided locally: its lease */
-    bool live;                            /* on the live list */
-    char member[64];
-    size_t nkeys;
-    char *keys[SL_MAX_HITS];              /* owned */
-    size_t key_lens[SL_MAX_HITS];
+    const struct sl_upstream_conf *up;
+    bool committed;                       /* sl_store_commit() was called */
+    bool commit_owed;                     /* ... not yet written to Redis */
+    bool in_batch;                        /* in r->commits[up] */
+    bool release_owed;                    /* release not yet written */
+    bool has_rate, has_conc;
+    int64_t commit_us;                    /* local time of the commit */
+    char member[64];                      /* "" when decided locally */
+    size_t nhits;
+    struct sl_hit hits[];                 /* keys stored after the array */
+};
+
+/* Commits made in this loop pass, per upstream. */
+struct sl_redis_commits {
+    struct sl_redis_lease **leases;       /* owned array, not the leases */
+    size_t n, cap;
 };
 
 struct sl_redis {
@@ -217,39 +531,121 @@ struct sl_redis {
     struct sl_store *local;               /* shared memory store, not owned */
     struct sl_loop loop;
     int worker_id;
-    redisAsyncContext *ac;
-    enum sl_redis_state state;
-    bool freeing;                         /* inside redisAsyncFree */
+    struct sl_redis_link main;            /* decisions and updates */
+    struct sl_redis_link sub;             /* SUBSCRIBE <prefix>room */
     bool outage;                          /* this worker counts as down */
-    bool want_read, want_write;
-    int fd;
-    int64_t reconnect_at_ms;
-    int64_t connect_deadline_ms;
-    int backoff_ms;
     struct sl_redis_op *fifo_head, *fifo_tail;
-    char sha[41];                         /* of the decide script, "" unknown */
-    char renew_sha[41];
+    char sha[SL_LUA_COUNT][41];           /* "" unknown */
+    char channel[128];                    /* <prefix>room */
+    /* offset_low: (Redis µs - local µs) is at least
+     * off_value - (now - off_at) / SL_REDIS_DRIFT_DIV */
+    bool have_offset;
+    int64_t off_value, off_at;
+    int64_t last_sample_us;
+    bool clock_asked;                     /* a TIME is in flight */
     uint64_t counter;                     /* for unique members */
     char instance[24];
-    struct sl_redis_lease *leases;        /* live leases (renewal list) */
-    struct sl_redis_op **pending;         /* per upstream: batch being built */
+    struct sl_redis_lease *leases;        /* the callers' leases */
+    struct sl_redis_lease *owed;          /* released, still owing Redis */
+    size_t nowed;                         /* leases that owe something */
+    struct sl_redis_batch **pending;      /* per upstream: batches being built */
+    struct sl_redis_commits *commits;     /* per upstream */
+    int64_t *owed_pause_until;            /* per upstream, local µs; 0: none */
     int64_t next_renew_ms;
     int64_t last_error_log_ms;
+    uint64_t expired;                     /* batches Redis answered "expired" */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
 
-static void sl_redis_fail(struct sl_redis *r, const char *why);
+static void sl_redis_fail(struct sl_redis_link *link, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
 static void sl_redis_flush(struct sl_redis *r, size_t upstream);
+static void sl_redis_flush_all(struct sl_redis *r);
+static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream);
+static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
+                              sl_decide_cb cb, void *arg);
+static bool sl_redis_usable(const struct sl_redis *r);
 
-static int64_t sl_redis_now_ms(void)
+static int64_t sl_redis_now_us(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+static int64_t sl_redis_now_ms(void)
+{
+    return sl_redis_now_us() / 1000;
+}
+
+/* ---- Redis's clock ---- */
+
+/* The lower bound of (Redis time - local time) at local time NOW. */
+static int64_t sl_redis_offset(const struct sl_redis *r, int64_t now)
+{
+    return r->off_value - (now - r->off_at) / SL_REDIS_DRIFT_DIV;
+}
+
+/*
+ * Redis said REDIS_NOW (before this reply was sent); it is now LOCAL_NOW
+ * here, so REDIS_NOW - LOCAL_NOW is a lower bound of the offset.  A bound
+ * much lower than the one kept means Redis's clock stepped back (or this
+ * reply was slow): lowering it is always safe.
+ */
+static void sl_redis_learn_clock(struct sl_redis *r, int64_t redis_now,
+                                 int64_t local_now)
+{
+    int64_t s = redis_now - local_now, cur;
+
+    r->last_sample_us = local_now;
+    if (!r->have_offset) {
+        r->have_offset = true;
+        r->off_value = s;
+        r->off_at = local_now;
+        return;
+    }
+    cur = sl_redis_offset(r, local_now);
+    if (s > cur || s < cur - r->config->store_timeout_us) {
+        r->off_value = s;
+        r->off_at = local_now;
+    }
+}
+
+/* Deadline, in Redis time, for a command written now (0: none known). */
+static int64_t sl_redis_deadline(const struct sl_redis *r, int64_t now)
+{
+    if (!r->have_offset)
+        return 0;
+    return now + r->config->store_timeout_us + sl_redis_offset(r, now);
+}
+
+/* The `now` a script reply starts with (integer, or an array's first). */
+static void sl_redis_sample(struct sl_redis *r, const redisReply *rep)
+{
+    if (rep == NULL)
+        return;
+    if (rep->type == REDIS_REPLY_ARRAY && rep->elements > 0)
+        rep = rep->element[0];
+    if (rep->type == REDIS_REPLY_INTEGER && rep->integer > 0)
+        sl_redis_learn_clock(r, rep->integer, sl_redis_now_us());
+}
+
+/* The answer to TIME: {seconds, microseconds}. */
+static void sl_redis_sample_time(struct sl_redis *r, const redisReply *rep)
+{
+    int64_t t;
+
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 2 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        rep->element[1]->type != REDIS_REPLY_STRING)
+        return;
+    t = strtoll(rep->element[0]->str, NULL, 10) * SL_USEC_PER_SEC +
+        strtoll(rep->element[1]->str, NULL, 10);
+    sl_redis_learn_clock(r, t, sl_redis_now_us());
 }
 
 /* ---- outage bookkeeping ---- */
@@ -279,12 +675,127 @@ static void sl_redis_mark_up(struct sl_redis *r)
                 r->config->redis_host, r->config->redis_port);
 }
 
+/* ---- command arguments ---- */
+
+static void sl_args_free(struct sl_args *a)
+{
+    free(a->buf);
+    free(a->ends);
+    memset(a, 0, sizeof(*a));
+}
+
+/* Append one argument made of two pieces (P2 may be NULL). */
+static void sl_args_add2(struct sl_args *a, const char *p1, size_t n1,
+                         const char *p2, size_t n2)
+{
+    size_t n = n1 + n2;
+
+    if (a->oom)
+        return;
+    if (a->len + n > a->cap) {
+        size_t cap = a->cap ? a->cap : 256;
+        char *buf;
+        while (cap < a->len + n)
+            cap *= 2;
+        buf = realloc(a->buf, cap);
+        if (buf == NULL) {
+            a->oom = true;
+            return;
+        }
+        a->buf = buf;
+        a->cap = cap;
+    }
+    if (a->n == a->ncap) {
+        size_t ncap = a->ncap ? a->ncap * 2 : 16;
+        size_t *ends = realloc(a->ends, ncap * sizeof(*ends));
+        if (ends == NULL) {
+            a->oom = true;
+            return;
+        }
+        a->ends = ends;
+        a->ncap = ncap;
+    }
+    if (n1 > 0)
+        memcpy(a->buf + a->len, p1, n1);
+    if (n2 > 0)
+        memcpy(a->buf + a->len + n1, p2, n2);
+    a->len += n;
+    a->ends[a->n++] = a->len;
+}
+
+static void sl_args_add(struct sl_args *a, const char *p, size_t n)
+{
+    sl_args_add2(a, p, n, NULL, 0);
+}
+
+static void sl_args_str(struct sl_args *a, const char *s)
+{
+    sl_args_add(a, s, strlen(s));
+}
+
+static void sl_args_int(struct sl_args *a, long long v)
+{
+    char num[24];
+    int n = snprintf(num, sizeof(num), "%lld", v);
+    sl_args_add(a, num, (size_t)n);
+}
+
+/*
+ * Append the key "<prefix>{<upstream>}:<type>:<len>:<rule>:<per>".  TYPE is
+ * r (rate log), v (reservations), s (sync report), c (concurrency) or p
+ * (pause).  The upstream's name (no braces) is the hash tag, so all keys of
+ * one upstream share a Redis Cluster slot; the rule's name carries its
+ * length, so a per value cannot be mistaken for part of it.
+ */
+static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
+                        const struct sl_upstream_conf *up,
+                        const struct sl_rule *rule, char type, const char *per,
+                        size_t per_len)
+{
+    char head[512];
+    int n = snprintf(head, sizeof(head), "%s{%s}:%c:%zu:%s:",
+                     r->config->store_prefix, up->name, type, strlen(rule->name),
+                     rule->name);
+
+    if (n < 0 || (size_t)n >= sizeof(head)) {
+        a->oom = true;
+        return;
+    }
+    sl_args_add2(a, head, (size_t)n, per, per_len);
+}
+
+/* The bucket keys of HIT, in the order the scripts take them. */
+static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
+                               const struct sl_upstream_conf *up,
+                               const struct sl_hit *h)
+{
+    const struct sl_rule *rule = h->rule;
+
+    switch (rule->kind) {
+    case SL_RULE_RATE:
+        sl_args_key(a, r, up, rule, 'r', h->key, h->key_len);
+        sl_args_key(a, r, up, rule, 'v', h->key, h->key_len);
+        if (rule->sync != SL_SYNC_NONE) {
+            sl_args_key(a, r, up, rule, 's', h->key, h->key_len);
+            return 3;
+        }
+        return 2;
+    case SL_RULE_CONCURRENCY:
+        sl_args_key(a, r, up, rule, 'c', h->key, h->key_len);
+        return 1;
+    case SL_RULE_PAUSE:
+        sl_args_key(a, r, up, rule, 'p', h->key, h->key_len);
+        return 1;
+    }
+    return 0;
+}
+
 /* ---- FIFO of commands in flight ---- */
 
 static void sl_redis_push(struct sl_redis *r, struct sl_redis_op *op)
 {
     op->next = NULL;
-    op->deadline_ms = sl_redis_now_ms() + r->config->store_timeout_us / 1000;
+    op->deadline_us = sl_redis_now_us() + r->config->store_timeout_us;
     if (r->fifo_tail != NULL)
         r->fifo_tail->next = op;
     else
@@ -308,142 +819,249 @@ static void sl_redis_pop(struct sl_redis *r, struct sl_redis_op *op)
         r->fifo_tail = prev;
 }
 
+static void sl_redis_op_free(struct sl_redis_op *op)
+{
+    sl_args_free(&op->keys);
+    sl_args_free(&op->args);
+    free(op);
+}
+
+/*
+ * Write OP on the main link: a plain command (ARGS only) for setup ops, or
+ * EVALSHA/EVAL of its script with KEYS and ARGS.  Returns 0 (OP is in the
+ * FIFO; its reply reaches sl_redis_on_reply) or -1 (nothing sent).
+ */
+static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
+{
+    size_t argc = 0, n = op->args.n + op->keys.n + 3;
+    const char **argv = NULL;
+    size_t *lens = NULL;
+    char nkeys[24];
+    int rc = -1;
+
+    if (r->main.ac == NULL || op->keys.oom || op->args.oom)
+        return -1;
+    argv = malloc(n * sizeof(*argv));
+    lens = malloc(n * sizeof(*lens));
+    if (argv == NULL || lens == NULL)
+        goto out;
+    if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT) {
+        op->eval = op->eval || r->sha[op->script][0] == '\0';
+        argv[argc] = op->eval ? "EVAL" : "EVALSHA";
+        lens[argc] = strlen(argv[argc]);
+        argc++;
+        argv[argc] = op->eval ? sl_redis_lua[op->script] : r->sha[op->script];
+        lens[argc] = strlen(argv[argc]);
+        argc++;
+        snprintf(nkeys, sizeof(nkeys), "%zu", op->keys.n);
+        argv[argc] = nkeys;
+        lens[argc++] = strlen(nkeys);
+    }
+    for (size_t i = 0; i < op->keys.n; i++, argc++) {
+        size_t start = i ? op->keys.ends[i - 1] : 0;
+        argv[argc] = op->keys.buf + start;
+        lens[argc] = op->keys.ends[i] - start;
+    }
+    for (size_t i = 0; i < op->args.n; i++, argc++) {
+        size_t start = i ? op->args.ends[i - 1] : 0;
+        argv[argc] = op->args.buf + start;
+        lens[argc] = op->args.ends[i] - start;
+    }
+    if (redisAsyncCommandArgv(r->main.ac, sl_redis_on_reply, op, (int)argc, argv,
+                              lens) != REDIS_OK)
+        goto out;
+    sl_redis_push(r, op);
+    rc = 0;
+out:
+    free(argv);
+    free(lens);
+    return rc;
+}
+
+/* Send a script op whose reply only needs logging; frees it on failure. */
+static void sl_redis_send_script(struct sl_redis *r, struct sl_redis_op *op)
+{
+    if (sl_redis_send(r, op) != 0)
+        sl_redis_op_free(op);
+}
+
+static struct sl_redis_op *sl_redis_script_op(struct sl_redis *r, int script)
+{
+    struct sl_redis_op *op = calloc(1, sizeof(*op));
+
+    if (op == NULL)
+        return NULL;
+    op->r = r;
+    op->kind = SL_OP_SCRIPT;
+    op->script = script;
+    return op;
+}
+
 /* ---- event loop adapter for hiredis ---- */
 
 static void sl_redis_io(void *arg, bool readable, bool writable)
 {
-    struct sl_redis *r = arg;
-    redisAsyncContext *ac = r->ac;
+    struct sl_redis_link *link = arg;
+    redisAsyncContext *ac = link->ac;
 
     if (ac == NULL)
         return;
     if (readable)
         redisAsyncHandleRead(ac);
     /* The read may have freed the context. */
-    if (writable && r->ac == ac)
+    if (writable && link->ac == ac)
         redisAsyncHandleWrite(ac);
 }
 
-static void sl_redis_ev_update(struct sl_redis *r)
+static void sl_redis_ev_update(struct sl_redis_link *link)
 {
-    if (r->fd < 0)
+    struct sl_redis *r = link->r;
+
+    if (link->fd < 0)
         return;
-    if (r->want_read || r->want_write)
-        r->loop.watch(r->loop.ctx, r->fd, r->want_read, r->want_write,
-                      sl_redis_io, r);
+    if (link->want_read || link->want_write)
+        r->loop.watch(r->loop.ctx, link->fd, link->want_read, link->want_write,
+                      sl_redis_io, link);
     else
-        r->loop.unwatch(r->loop.ctx, r->fd);
+        r->loop.unwatch(r->loop.ctx, link->fd);
 }
 
-static void sl_redis_add_read(void *p) { struct sl_redis *r = p; r->want_read = true; sl_redis_ev_update(r); }
-static void sl_redis_del_read(void *p) { struct sl_redis *r = p; r->want_read = false; sl_redis_ev_update(r); }
-static void sl_redis_add_write(void *p) { struct sl_redis *r = p; r->want_write = true; sl_redis_ev_update(r); }
-static void sl_redis_del_write(void *p) { struct sl_redis *r = p; r->want_write = false; sl_redis_ev_update(r); }
+static void sl_redis_add_read(void *p)
+{
+    struct sl_redis_link *link = p;
+    link->want_read = true;
+    sl_redis_ev_update(link);
+}
+
+static void sl_redis_del_read(void *p)
+{
+    struct sl_redis_link *link = p;
+    link->want_read = false;
+    sl_redis_ev_update(link);
+}
+
+static void sl_redis_add_write(void *p)
+{
+    struct sl_redis_link *link = p;
+    link->want_write = true;
+    sl_redis_ev_update(link);
+}
+
+static void sl_redis_del_write(void *p)
+{
+    struct sl_redis_link *link = p;
+    link->want_write = false;
+    sl_redis_ev_update(link);
+}
 
 static void sl_redis_cleanup(void *p)
 {
-    struct sl_redis *r = p;
+    struct sl_redis_link *link = p;
 
-    r->want_read = r->want_write = false;
-    if (r->fd >= 0)
-        r->loop.unwatch(r->loop.ctx, r->fd);
-    r->fd = -1;
+    link->want_read = link->want_write = false;
+    if (link->fd >= 0)
+        link->r->loop.unwatch(link->r->loop.ctx, link->fd);
+    link->fd = -1;
 }
 
 /* ---- connection life ---- */
 
-static void sl_redis_schedule_reconnect(struct sl_redis *r)
+static void sl_redis_schedule_reconnect(struct sl_redis_link *link)
 {
-    r->ac = NULL;
-    r->state = SL_REDIS_DOWN;
-    r->reconnect_at_ms = sl_redis_now_ms() + r->backoff_ms;
-    r->backoff_ms *= 2;
-    if (r->backoff_ms > SL_REDIS_BACKOFF_MAX_MS)
-        r->backoff_ms = SL_REDIS_BACKOFF_MAX_MS;
+    link->ac = NULL;
+    link->fd = -1;
+    link->state = SL_REDIS_DOWN;
+    link->reconnect_at_ms = sl_redis_now_ms() + link->backoff_ms;
+    link->backoff_ms *= 2;
+    if (link->backoff_ms > SL_REDIS_BACKOFF_MAX_MS)
+        link->backoff_ms = SL_REDIS_BACKOFF_MAX_MS;
 }
 
 static void sl_redis_on_connect(const redisAsyncContext *ac, int status)
 {
-    struct sl_redis *r = ac->data;
+    struct sl_redis_link *link = ac->data;
 
     if (status != REDIS_OK) {
         /* hiredis frees the context after this returns. */
-        sl_redis_mark_down(r, ac->errstr[0] ? ac->errstr : "connection failed");
-        sl_redis_schedule_reconnect(r);
+        if (!link->sub)
+            sl_redis_mark_down(link->r,
+                               ac->errstr[0] ? ac->errstr : "connection failed");
+        sl_redis_schedule_reconnect(link);
         return;
     }
-    r->state = SL_REDIS_UP;
-    r->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    link->state = SL_REDIS_UP;
+    link->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
 }
 
 static void sl_redis_on_disconnect(const redisAsyncContext *ac, int status)
 {
-    struct sl_redis *r = ac->data;
+    struct sl_redis_link *link = ac->data;
 
     (void)status;
-    if (r->freeing)
+    if (link->freeing)
         return;  /* sl_redis_fail() is handling it */
-    sl_redis_mark_down(r, ac->errstr[0] ? ac->errstr : "connection closed");
-    sl_redis_schedule_reconnect(r);
+    if (!link->sub)
+        sl_redis_mark_down(link->r, ac->errstr[0] ? ac->errstr : "connection closed");
+    sl_redis_schedule_reconnect(link);
 }
 
-/* Send a command; the reply reaches sl_redis_on_reply with OP. */
-static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op, int argc,
-                         const char **argv, const size_t *lens)
-{
-    if (redisAsyncCommandArgv(r->ac, sl_redis_on_reply, op, argc, argv, lens)
-        != REDIS_OK)
-        return -1;
-    sl_redis_push(r, op);
-    return 0;
-}
-
-/* A setup command; a SCRIPT LOAD stores the SHA it returns in SHA_DST. */
-static void sl_redis_send_setup(struct sl_redis *r, int argc, const char **argv,
-                                char *sha_dst)
+/* A setup command (no script); SHA_DST receives SCRIPT LOAD's answer. */
+static void sl_redis_send_setup(struct sl_redis *r, enum sl_redis_op_kind kind,
+                                int argc, const char **argv, char *sha_dst)
 {
     struct sl_redis_op *op = calloc(1, sizeof(*op));
-    size_t lens[4];
 
     if (op == NULL)
         return;
     op->r = r;
-    op->kind = SL_OP_SETUP;
-    op->arg = sha_dst;
+    op->kind = kind;
+    op->sha_dst = sha_dst;
     for (int i = 0; i < argc; i++)
-        lens[i] = strlen(argv[i]);
-    if (sl_redis_send(r, op, argc, argv, lens) != 0)
-        free(op);
+        sl_args_str(&op->args, argv[i]);
+    if (sl_redis_send(r, op) != 0)
+        sl_redis_op_free(op);
 }
 
 static void sl_redis_load_scripts(struct sl_redis *r)
 {
-    const char *decide[] = {"SCRIPT", "LOAD", sl_redis_decide_lua};
-    const char *renew[] = {"SCRIPT", "LOAD", sl_redis_renew_lua};
-
-    sl_redis_send_setup(r, 3, decide, r->sha);
-    sl_redis_send_setup(r, 3, renew, r->renew_sha);
+    for (int i = 0; i < SL_LUA_COUNT; i++) {
+        const char *argv[] = {"SCRIPT", "LOAD", sl_redis_lua[i]};
+        sl_redis_send_setup(r, SL_OP_SETUP, 3, argv, r->sha[i]);
+    }
 }
 
-static void sl_redis_connect(struct sl_redis *r)
+static void sl_redis_ask_clock(struct sl_redis *r)
 {
+    const char *argv[] = {"TIME"};
+
+    r->clock_asked = true;
+    sl_redis_send_setup(r, SL_OP_CLOCK, 1, argv, NULL);
+}
+
+static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privdata);
+
+/* Start connecting LINK: its context, loop hooks and first commands. */
+static void sl_redis_connect(struct sl_redis_link *link)
+{
+    struct sl_redis *r = link->r;
     const struct sl_config *c = r->config;
     redisAsyncContext *ac;
 
     ac = redisAsyncConnect(c->redis_host, c->redis_port);
     if (ac == NULL || ac->err) {
-        sl_redis_mark_down(r, ac ? ac->errstr : "out of memory");
+        if (!link->sub)
+            sl_redis_mark_down(r, ac ? ac->errstr : "out of memory");
         if (ac != NULL)
             redisAsyncFree(ac);
-        sl_redis_schedule_reconnect(r);
+        sl_redis_schedule_reconnect(link);
         return;
     }
-    r->ac = ac;
-    r->state = SL_REDIS_CONNECTING;
-    r->connect_deadline_ms = sl_redis_now_ms() + c->store_timeout_us / 1000;
-    r->fd = ac->c.fd;
-    ac->data = r;
-    ac->ev.data = r;
+    link->ac = ac;
+    link->state = SL_REDIS_CONNECTING;
+    link->connect_deadline_ms = sl_redis_now_ms() + c->store_timeout_us / 1000;
+    link->fd = ac->c.fd;
+    ac->data = link;
+    ac->ev.data = link;
     ac->ev.addRead = sl_redis_add_read;
     ac->ev.delRead = sl_redis_del_read;
     ac->ev.addWrite = sl_redis_add_write;
@@ -451,67 +1069,128 @@ static void sl_redis_connect(struct sl_redis *r)
     ac->ev.cleanup = sl_redis_cleanup;
     redisAsyncSetConnectCallback(ac, sl_redis_on_connect);
     redisAsyncSetDisconnectCallback(ac, sl_redis_on_disconnect);
+
+    if (link->sub) {
+        /* Nobody answers on a subscribed link but the messages: no FIFO.
+         * Keep-alive notices a peer that vanished without a word. */
+        redisEnableKeepAlive(&ac->c);
+        if (c->redis_password != NULL) {
+            if (c->redis_user != NULL)
+                redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", c->redis_user,
+                                  c->redis_password);
+            else
+                redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->redis_password);
+        }
+        redisAsyncCommand(ac, sl_redis_on_message, link, "SUBSCRIBE %s", r->channel);
+        return;
+    }
+
     /* Queued now, written as soon as the connection is up. */
     if (c->redis_password != NULL) {
         if (c->redis_user != NULL) {
             const char *argv[] = {"AUTH", c->redis_user, c->redis_password};
-            sl_redis_send_setup(r, 3, argv, NULL);
+            sl_redis_send_setup(r, SL_OP_SETUP, 3, argv, NULL);
         } else {
             const char *argv[] = {"AUTH", c->redis_password};
-            sl_redis_send_setup(r, 2, argv, NULL);
+            sl_redis_send_setup(r, SL_OP_SETUP, 2, argv, NULL);
         }
     }
     if (c->redis_db != 0) {
         char db[16];
         snprintf(db, sizeof(db), "%d", c->redis_db);
         const char *argv[] = {"SELECT", db};
-        sl_redis_send_setup(r, 2, argv, NULL);
+        sl_redis_send_setup(r, SL_OP_SETUP, 2, argv, NULL);
     }
+    /* The clock first: its answer also says the link works again. */
+    sl_redis_ask_clock(r);
     sl_redis_load_scripts(r);
 }
 
-/* Give up on the connection: every pending operation falls back. */
-static void sl_redis_fail(struct sl_redis *r, const char *why)
+/*
+ * Undo, behind batch B on the same connection, whatever B's decisions took:
+ * Redis runs one connection's commands in order, so this runs after B if B
+ * ever runs.  Nothing if B ran past its deadline (it wrote nothing).
+ */
+static void sl_redis_undo_batch(struct sl_redis *r, struct sl_redis_batch *b)
 {
-    redisAsyncContext *ac = r->ac;
+    struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_RELEASE);
 
-    sl_redis_mark_down(r, why);
+    if (op == NULL)
+        return;
+    sl_args_str(&op->args, r->channel);
+    for (size_t i = 0; i < b->ncalls; i++) {
+        const struct sl_check *c = b->calls[i].check;
+        char member[64];
+        int mlen = snprintf(member, sizeof(member), "%s:%zu", b->base, i + 1);
+        for (size_t h = 0; h < c->nhits; h++) {
+            const struct sl_hit *hit = &c->hits[h];
+            char type = hit->rule->kind == SL_RULE_RATE ? 'v'
+                        : hit->rule->kind == SL_RULE_CONCURRENCY ? 'c' : 0;
+            if (type == 0)
+                continue;
+            sl_args_key(&op->keys, r, b->up, hit->rule, type, hit->key, hit->key_len);
+            sl_args_add(&op->args, member, (size_t)mlen);
+            sl_args_int(&op->args, 0);
+        }
+    }
+    if (op->keys.n == 0) {
+        sl_redis_op_free(op);
+        return;
+    }
+    sl_redis_send_script(r, op);
+}
+
+/*
+ * Give up on LINK.  For the main link: every unanswered decision batch is
+ * undone behind itself, what can be written is written (without waiting),
+ * and every pending operation is answered with a NULL reply (decisions
+ * fall back).
+ */
+static void sl_redis_fail(struct sl_redis_link *link, const char *why)
+{
+    struct sl_redis *r = link->r;
+    redisAsyncContext *ac = link->ac;
+
+    if (!link->sub)
+        sl_redis_mark_down(r, why);
     if (ac == NULL)
         return;
-    r->freeing = true;
+    if (!link->sub) {
+        struct sl_redis_op *op, *last = r->fifo_tail;
+        int done = 0;
+        for (op = r->fifo_head; op != NULL; op = op->next) {
+            if (op->kind == SL_OP_DECIDE)
+                sl_redis_undo_batch(r, (struct sl_redis_batch *)op);
+            if (op == last)
+                break;
+        }
+        if (link->state == SL_REDIS_UP)
+            (void)redisBufferWrite(&ac->c, &done);
+    }
+    link->freeing = true;
+    link->ac = NULL;
     redisAsyncFree(ac);  /* pending callbacks run now, with NULL replies */
-    r->freeing = false;
-    r->fd = -1;
-    sl_redis_schedule_reconnect(r);
+    link->freeing = false;
+    sl_redis_schedule_reconnect(link);
+}
+
+/* Process replies that have already arrived (before giving up on them). */
+static void sl_redis_read_ready(struct sl_redis_link *link)
+{
+    struct pollfd pfd;
+
+    if (link->ac == NULL || link->state != SL_REDIS_UP)
+        return;
+    pfd.fd = link->ac->c.fd;
+    pfd.events = POLLIN;
+    pfd.revents = 0;
+    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
+        redisAsyncHandleRead(link->ac);
 }
 
 /* ---- decisions ---- */
 
-/* Build "<prefix>{<upstream>}:<r|c>:<len>:<rule>:<per>" into a new buffer. */
-static char *sl_redis_key(const struct sl_redis *r, const struct sl_check *c,
-                          const struct sl_hit *h, size_t *len)
-{
-    const struct sl_rule *rule = h->rule;
-    size_t cap = strlen(r->config->store_prefix) + strlen(c->upstream->name) +
-                 strlen(rule->name) + h->key_len + 48;
-    char *k = malloc(cap);
-    int n;
-
-    if (k == NULL)
-        return NULL;
-    n = snprintf(k, cap, "%s{%s}:%c:%zu:%s:", r->config->store_prefix,
-                 c->upstream->name,
-                 rule->kind == SL_RULE_RATE ? 'r'
-                 : rule->kind == SL_RULE_PAUSE ? 'p' : 'c',
-                 strlen(rule->name), rule->name);
-    memcpy(k + n, h->key, h->key_len);
-    *len = (size_t)n + h->key_len;
-    return k;
-}
-
 /* Decide through the local fallback (or the configured policy). */
-static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
-                              sl_decide_cb cb, void *arg);
 
 struct sl_capture_decision {
     struct sl_decision d;
@@ -526,6 +1205,85 @@ static void sl_redis_capture(void *arg, const struct sl_decision *d,
     cap->d = *d;
     cap->lease = lease;
     cap->called = 1;
+}
+
+static void sl_redis_list_add(struct sl_redis_lease **head, struct sl_redis_lease *l)
+{
+    l->prev = NULL;
+    l->next = *head;
+    if (*head != NULL)
+        (*head)->prev = l;
+    *head = l;
+    l->listed = true;
+}
+
+static void sl_redis_unlist(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    if (!l->listed)
+        return;
+    if (l->prev != NULL)
+        l->prev->next = l->next;
+    else if (l->released)
+        r->owed = l->next;
+    else
+        r->leases = l->next;
+    if (l->next != NULL)
+        l->next->prev = l->prev;
+    l->prev = l->next = NULL;
+    l->listed = false;
+}
+
+/*
+ * A lease for the rate and concurrency hits of C, with MEMBER ("" for a
+ * local decision), on r->leases.  NULL when out of memory.
+ */
+static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
+                                                 const struct sl_check *c,
+                                                 const char *member)
+{
+    struct sl_redis_lease *l;
+    size_t n = 0, bytes = 0;
+    char *keys;
+
+    for (size_t i = 0; i < c->nhits; i++) {
+        if (c->hits[i].rule->kind == SL_RULE_PAUSE)
+            continue;
+        n++;
+        bytes += c->hits[i].key_len + 1;
+    }
+    l = calloc(1, sizeof(*l) + n * sizeof(l->hits[0]) + bytes);
+    if (l == NULL)
+        return NULL;
+    l->up = c->upstream;
+    snprintf(l->member, sizeof(l->member), "%s", member);
+    keys = (char *)&l->hits[n];
+    for (size_t i = 0; i < c->nhits; i++) {
+        const struct sl_hit *h = &c->hits[i];
+        struct sl_hit *d;
+        if (h->rule->kind == SL_RULE_PAUSE)
+            continue;
+        d = &l->hits[l->nhits++];
+        d->rule = h->rule;
+        memcpy(keys, h->key, h->key_len);
+        keys[h->key_len] = '\0';
+        d->key = keys;
+        d->key_len = h->key_len;
+        keys += h->key_len + 1;
+        if (h->rule->kind == SL_RULE_RATE)
+            l->has_rate = true;
+        else
+            l->has_conc = true;
+    }
+    sl_redis_list_add(&r->leases, l);
+    return l;
+}
+
+static void sl_redis_lease_free(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    sl_redis_unlist(r, l);
+    if (l->commit_owed || l->release_owed)
+        r->nowed--;
+    free(l);
 }
 
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
@@ -552,10 +1310,11 @@ static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
         }
         d = cap.d;
         if (cap.lease != NULL) {
-            lease = calloc(1, sizeof(*lease));
+            lease = sl_redis_lease_new(r, c, "");
             if (lease == NULL) {
                 sl_store_release(r->local, cap.lease);
                 d.verdict = SL_VERDICT_UNAVAILABLE;
+                d.rule = NULL;
                 d.reason = "out of memory";
             } else {
                 lease->local = cap.lease;
@@ -566,124 +1325,96 @@ static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
     cb(arg, &d, (struct sl_lease *)lease);
 }
 
-/* Send a batch as one script run.  Returns 0, or -1 (nothing sent). */
-static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_op *b)
+/* Build batch B's script arguments (KEYS, ARGV) for writing now. */
+static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b)
 {
-    size_t nkeys_total = 0, argc, a = 0, k = 0, nnum = 0;
-    const char **argv;
-    size_t *lens;
-    char *nums, nkeys[24], lease_ttl[24], ncalls[24];
-    int rc = -1;
+    const struct sl_upstream_conf *up = b->up;
+    struct sl_args *k = &b->op.keys, *a = &b->op.args;
+    int64_t reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us +
+                      SL_USEC_PER_SEC;
 
-    for (size_t i = 0; i < b->ncalls; i++)
-        nkeys_total += b->calls[i]->check->nhits;
-    argc = 3 + nkeys_total + 3 + b->ncalls + 3 * nkeys_total;
-    argv = calloc(argc, sizeof(*argv));
-    lens = calloc(argc, sizeof(*lens));
-    nums = calloc(b->ncalls + 2 * nkeys_total + 1, 24);
-    if (argv == NULL || lens == NULL || nums == NULL)
-        goto out;
-    b->eval = b->eval || r->sha[0] == '\0';
-    argv[a] = b->eval ? "EVAL" : "EVALSHA";
-    lens[a] = strlen(argv[a]);
-    a++;
-    argv[a] = b->eval ? sl_redis_decide_lua : r->sha;
-    lens[a] = strlen(argv[a]);
-    a++;
-    snprintf(nkeys, sizeof(nkeys), "%zu", nkeys_total);
-    argv[a] = nkeys;
-    lens[a++] = strlen(nkeys);
+    sl_args_free(k);
+    sl_args_free(a);
+    sl_args_str(a, b->base);
+    sl_args_int(a, r->config->lease_ttl_us);
+    sl_args_int(a, reserve);
+    sl_args_int(a, sl_redis_deadline(r, sl_redis_now_us()));
+    sl_args_int(a, (long long)b->ncalls);
     for (size_t i = 0; i < b->ncalls; i++) {
-        const struct sl_check *c = b->calls[i]->check;
-        for (size_t h = 0; h < c->nhits; h++, k++) {
-            argv[a] = sl_redis_key(r, c, &c->hits[h], &lens[a]);
-            if (argv[a] == NULL)
-                goto out;
-            a++;
-        }
-    }
-    argv[a] = b->base;
-    lens[a++] = strlen(b->base);
-    snprintf(lease_ttl, sizeof(lease_ttl), "%lld", (long long)r->config->lease_ttl_us);
-    argv[a] = lease_ttl;
-    lens[a++] = strlen(lease_ttl);
-    snprintf(ncalls, sizeof(ncalls), "%zu", b->ncalls);
-    argv[a] = ncalls;
-    lens[a++] = strlen(ncalls);
-    for (size_t i = 0; i < b->ncalls; i++) {
-        const struct sl_check *c = b->calls[i]->check;
-        char *num = nums + 24 * nnum++;
-        snprintf(num, 24, "%zu", c->nhits);
-        argv[a] = num;
-        lens[a++] = strlen(num);
+        const struct sl_check *c = b->calls[i].check;
+        sl_args_int(a, (long long)c->nhits);
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_rule *rule = c->hits[h].rule;
-            char *lim = nums + 24 * nnum++, *win = nums + 24 * nnum++;
-            argv[a] = rule->kind == SL_RULE_RATE ? "r"
-                      : rule->kind == SL_RULE_PAUSE ? "p" : "c";
-            lens[a++] = 1;
-            snprintf(lim, 24, "%llu", (unsigned long long)rule->limit);
-            argv[a] = lim;
-            lens[a++] = strlen(lim);
-            snprintf(win, 24, "%lld", (long long)rule->window_us);
-            argv[a] = win;
-            lens[a++] = strlen(win);
+            sl_args_hit_keys(k, r, up, &c->hits[h]);
+            sl_args_str(a, rule->kind == SL_RULE_RATE ? "r"
+                           : rule->kind == SL_RULE_PAUSE ? "p" : "c");
+            sl_args_int(a, (long long)rule->limit);
+            sl_args_int(a, rule->kind == SL_RULE_RATE ? rule->span_us : 0);
+            sl_args_int(a, rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE
+                               ? rule->sync_probe_us : -1);
         }
     }
-    rc = sl_redis_send(r, b, (int)a, argv, lens);
-out:
-    if (argv != NULL)
-        for (size_t i = 0; i < k; i++)
-            free((char *)argv[3 + i]);
-    free(argv);
-    free(lens);
-    free(nums);
-    return rc;
+}
+
+/* Send batch B as one script run.  Returns 0, or -1 (nothing sent). */
+static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_batch *b)
+{
+    sl_redis_batch_args(r, b);
+    return sl_redis_send(r, &b->op);
 }
 
 /* Every call of batch B falls back; B is freed. */
-static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_op *b)
-{
-    for (size_t i = 0; i < b->ncalls; i++) {
-        struct sl_redis_op *call = b->calls[i];
-        sl_redis_fallback(r, call->check, call->cb, call->arg);
-        free(call);
-    }
-    free(b);
-}
-
-static void sl_redis_batch_free(struct sl_redis_op *b)
+static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_batch *b)
 {
     for (size_t i = 0; i < b->ncalls; i++)
-        free(b->calls[i]);
-    free(b);
+        sl_redis_fallback(r, b->calls[i].check, b->calls[i].cb, b->calls[i].arg);
+    sl_redis_op_free(&b->op);
 }
 
 static bool sl_redis_usable(const struct sl_redis *r)
 {
-    if (r->ac == NULL)
+    if (r->main.ac == NULL || r->main.freeing)
         return false;
-    /* While in an outage, calls do not wait on a reconnection attempt. */
-    return r->state == SL_REDIS_UP ||
-           (r->state == SL_REDIS_CONNECTING && !r->outage);
+    /* While in an outage, calls do not wait on a reconnection attempt:
+     * the link is used again once Redis has answered on it. */
+    return !r->outage && (r->main.state == SL_REDIS_UP ||
+                          r->main.state == SL_REDIS_CONNECTING);
 }
 
-/* Send the batch being built for UPSTREAM (if any). */
+/* Send the batches being built for UPSTREAM (if any). */
 static void sl_redis_flush(struct sl_redis *r, size_t upstream)
 {
-    struct sl_redis_op *b = r->pending[upstream];
+    struct sl_redis_batch *b = r->pending[upstream], *rev = NULL;
 
     if (b == NULL)
         return;
+    /* A deadline needs Redis's clock: wait for the TIME asked at connect
+     * (bounded by store_timeout like any command). */
+    if (sl_redis_usable(r) && !r->have_offset)
+        return;
     r->pending[upstream] = NULL;
-    if (!sl_redis_usable(r) || sl_redis_send_batch(r, b) != 0)
-        sl_redis_batch_fallback(r, b);
+    /* The chain is newest first: send the oldest first. */
+    while (b != NULL) {
+        struct sl_redis_batch *next = (struct sl_redis_batch *)b->op.next;
+        b->op.next = &rev->op;
+        rev = b;
+        b = next;
+    }
+    while (rev != NULL) {
+        struct sl_redis_batch *next = (struct sl_redis_batch *)rev->op.next;
+        rev->op.next = NULL;
+        if (!sl_redis_usable(r) || sl_redis_send_batch(r, rev) != 0)
+            sl_redis_batch_fallback(r, rev);
+        rev = next;
+    }
 }
 
 static void sl_redis_flush_all(struct sl_redis *r)
 {
-    for (size_t i = 0; i < r->config->nupstreams; i++)
+    for (size_t i = 0; i < r->config->nupstreams; i++) {
         sl_redis_flush(r, i);
+        sl_redis_flush_commits(r, i);
+    }
 }
 
 /*
@@ -697,7 +1428,8 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
                            sl_decide_cb cb, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_redis_op *op, *batch;
+    struct sl_redis_batch *batch;
+    size_t u = c->upstream->index;
 
     if (c->nhits == 0) {
         struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
@@ -708,32 +1440,31 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
-    batch = r->pending[c->upstream->index];
-    if (batch == NULL) {
-        batch = calloc(1, sizeof(*batch));
-        if (batch == NULL) {
+    batch = r->pending[u];
+    if (batch == NULL || batch->ncalls == SL_REDIS_BATCH_MAX) {
+        /* A full batch is still here only while Redis's clock is not known
+         * yet: chain a new one in front of it. */
+        struct sl_redis_batch *nb = calloc(1, sizeof(*nb));
+        if (nb == NULL) {
             sl_redis_fallback(r, c, cb, arg);
             return 0;
         }
-        batch->r = r;
-        batch->kind = SL_OP_DECIDE;
-        snprintf(batch->base, sizeof(batch->base), "%s:%d:%llu", r->instance,
+        nb->op.r = r;
+        nb->op.kind = SL_OP_DECIDE;
+        nb->op.script = SL_LUA_DECIDE;
+        nb->op.next = batch != NULL ? &batch->op : NULL;
+        nb->up = c->upstream;
+        snprintf(nb->base, sizeof(nb->base), "%s:%d:%llu", r->instance,
                  r->worker_id, (unsigned long long)++r->counter);
-        r->pending[c->upstream->index] = batch;
+        r->pending[u] = nb;
+        batch = nb;
     }
-    op = calloc(1, sizeof(*op));
-    if (op == NULL) {
-        sl_redis_fallback(r, c, cb, arg);
-        return 0;
-    }
-    op->r = r;
-    op->check = c;
-    op->cb = cb;
-    op->arg = arg;
-    batch->calls[batch->ncalls++] = op;
-    snprintf(op->member, sizeof(op->member), "%s:%zu", batch->base, batch->ncalls);
+    batch->calls[batch->ncalls].check = c;
+    batch->calls[batch->ncalls].cb = cb;
+    batch->calls[batch->ncalls].arg = arg;
+    batch->ncalls++;
     if (batch->ncalls == SL_REDIS_BATCH_MAX)
-        sl_redis_flush(r, c->upstream->index);
+        sl_redis_flush(r, u);
     return 0;
 }
 
@@ -756,24 +1487,25 @@ static long long sl_reply_int(const redisReply *rep, size_t i)
     return rep->element[i]->integer;
 }
 
-/* Turn one call's part of a batch reply into its decision. */
-static void sl_redis_decided(struct sl_redis *r, struct sl_redis_op *op,
-                             redisReply *rep)
+/* Turn call I of batch B's reply into its decision. */
+static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
+                             size_t i, redisReply *rep)
 {
-    const struct sl_check *c = op->check;
+    const struct sl_redis_call *call = &b->calls[i];
+    const struct sl_check *c = call->check;
     struct sl_decision d = {0};
     struct sl_redis_lease *lease = NULL;
     long long idx;
 
     if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 3) {
         sl_redis_log_error(r, "the decision script", "unexpected reply shape");
-        sl_redis_fallback(r, c, op->cb, op->arg);
+        sl_redis_fallback(r, c, call->cb, call->arg);
         return;
     }
     idx = sl_reply_int(rep, 1);
     if (sl_reply_int(rep, 0) == 0) {
         if (idx < 1 || (size_t)idx > c->nhits) {
-            sl_redis_fallback(r, c, op->cb, op->arg);
+            sl_redis_fallback(r, c, call->cb, call->arg);
             return;
         }
         d.verdict = SL_VERDICT_DENY;
@@ -781,35 +1513,23 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_op *op,
         d.wait_us = sl_reply_int(rep, 2);
         d.reset_us = d.wait_us;
     } else {
+        char member[64];
         d.verdict = SL_VERDICT_ALLOW;
         if (idx >= 1 && (size_t)idx <= c->nhits && rep->elements >= 4) {
             d.rule = c->hits[idx - 1].rule;
             d.remaining = (uint64_t)sl_reply_int(rep, 2);
             d.reset_us = sl_reply_int(rep, 3);
         }
-        for (size_t i = 0; i < c->nhits; i++) {
-            if (c->hits[i].rule->kind != SL_RULE_CONCURRENCY)
-                continue;
-            if (lease == NULL) {
-                lease = calloc(1, sizeof(*lease));
-                if (lease == NULL)
-                    break;  /* the slot expires by itself */
-                memcpy(lease->member, op->member, sizeof(lease->member));
-            }
-            lease->keys[lease->nkeys] =
-                sl_redis_key(r, c, &c->hits[i], &lease->key_lens[lease->nkeys]);
-            if (lease->keys[lease->nkeys] != NULL)
-                lease->nkeys++;
-        }
-        if (lease != NULL) {
-            lease->live = true;
-            lease->next = r->leases;
-            if (r->leases != NULL)
-                r->leases->prev = lease;
-            r->leases = lease;
+        snprintf(member, sizeof(member), "%s:%zu", b->base, i + 1);
+        lease = sl_redis_lease_new(r, c, member);
+        /* Out of memory: no lease; the reservation lapses into an entry and
+         * the slot expires, both on the safe side. */
+        if (lease != NULL && lease->nhits == 0) {
+            sl_redis_lease_free(r, lease);
+            lease = NULL;
         }
     }
-    op->cb(op->arg, &d, (struct sl_lease *)lease);
+    call->cb(call->arg, &d, (struct sl_lease *)lease);
 }
 
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
@@ -820,8 +1540,19 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
 
     (void)ac;
     sl_redis_pop(r, op);
-    if (rep != NULL && rep->type != REDIS_REPLY_ERROR)
-        sl_redis_mark_up(r);
+    if (rep != NULL && rep->type != REDIS_REPLY_ERROR) {
+        if (op->kind == SL_OP_CLOCK)
+            sl_redis_sample_time(r, rep);
+        else
+            sl_redis_sample(r, rep);
+        if (r->outage) {
+            /* Redis answers again: calls use it from now on, and what was
+             * owed while it could not is written behind this. */
+            sl_redis_mark_up(r);
+            if (r->nowed > 0 || r->owed != NULL)
+                sl_redis_settle_owed(r);
+        }
+    }
     switch (op->kind) {
     case SL_OP_SETUP:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
@@ -829,124 +1560,271 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             sl_redis_mark_down(r, rep->str);
             sl_redis_log_error(r, "connection setup", rep->str);
         } else if (rep != NULL && rep->type == REDIS_REPLY_STRING && rep->len == 40 &&
-                   op->arg != NULL) {
-            memcpy(op->arg, rep->str, 40);
-            ((char *)op->arg)[40] = '\0';
+                   op->sha_dst != NULL) {
+            memcpy(op->sha_dst, rep->str, 40);
+            op->sha_dst[40] = '\0';
         }
         break;
-    case SL_OP_DECIDE:
+    case SL_OP_CLOCK:
+        r->clock_asked = false;
+        if (r->have_offset && rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
+            /* Batches waiting for the clock go now. */
+            if (!r->main.freeing)
+                for (size_t i = 0; i < r->config->nupstreams; i++)
+                    sl_redis_flush(r, i);
+        } else if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
+            sl_redis_mark_down(r, rep->str);
+            sl_redis_log_error(r, "connection setup", rep->str);
+        }
+        break;
+    case SL_OP_DECIDE: {
+        struct sl_redis_batch *b = (struct sl_redis_batch *)op;
         if (rep == NULL) {
-            sl_redis_batch_fallback(r, op);
+            sl_redis_batch_fallback(r, b);
             return;
         }
         if (rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
-                !r->freeing && r->ac != NULL) {
+                !r->main.freeing && r->main.ac != NULL) {
                 /* Script cache flushed (restart, SCRIPT FLUSH): resend this
-                 * batch with the body, and learn the SHA again for the rest. */
-                if (r->sha[0] != '\0') {
-                    r->sha[0] = '\0';
-                    r->renew_sha[0] = '\0';
+                 * batch with the body, and learn the SHAs again. */
+                if (r->sha[SL_LUA_DECIDE][0] != '\0') {
+                    memset(r->sha, 0, sizeof(r->sha));
                     sl_redis_load_scripts(r);
                 }
                 op->eval = true;
-                if (sl_redis_send_batch(r, op) == 0)
+                if (sl_redis_send_batch(r, b) == 0)
                     return;  /* the batch lives on */
             }
             sl_redis_log_error(r, "the decision script", rep->str);
-            sl_redis_batch_fallback(r, op);
+            sl_redis_batch_fallback(r, b);
             return;
         }
-        if (rep->type != REDIS_REPLY_ARRAY || rep->elements != op->ncalls) {
+        if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 2 ||
+            (sl_reply_int(rep, 1) == 1 && rep->elements != 2 + b->ncalls)) {
             sl_redis_log_error(r, "the decision script", "unexpected reply shape");
-            sl_redis_batch_fallback(r, op);
+            sl_redis_batch_fallback(r, b);
             return;
         }
-        for (size_t i = 0; i < op->ncalls; i++)
-            sl_redis_decided(r, op->calls[i], rep->element[i]);
-        sl_redis_batch_free(op);
+        if (sl_reply_int(rep, 1) != 1) {
+            /* Redis ran it past its deadline, having written nothing: we
+             * may have given up on it, so it must not count. */
+            r->expired++;
+            sl_redis_batch_fallback(r, b);
+            return;
+        }
+        for (size_t i = 0; i < b->ncalls; i++)
+            sl_redis_decided(r, b, i, rep->element[2 + i]);
+        sl_redis_op_free(op);
         return;
-    case SL_OP_RENEW:
-    case SL_OP_RELEASE:
+    }
+    case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
-            if (strncmp(rep->str, "NOSCRIPT", 8) == 0)
-                r->renew_sha[0] = '\0';
-            sl_redis_log_error(r, op->kind == SL_OP_RENEW ? "a lease renewal"
-                                                           : "a release, pause or sync",
-                               rep->str);
+            if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
+                !r->main.freeing && r->main.ac != NULL) {
+                if (r->sha[op->script][0] != '\0') {
+                    memset(r->sha, 0, sizeof(r->sha));
+                    sl_redis_load_scripts(r);
+                }
+                op->eval = true;
+                if (sl_redis_send(r, op) == 0)
+                    return;
+            }
+            sl_redis_log_error(r, "an update script", rep->str);
         }
         break;
     }
-    free(op);
+    sl_redis_op_free(op);
 }
 
-/* ---- leases ---- */
+/* ---- leases: commit, release, renewal ---- */
 
-static void sl_redis_unlink_lease(struct sl_redis *r, struct sl_redis_lease *l)
+/* Mark L as owing Redis something (counted once). */
+static void sl_redis_owe(struct sl_redis *r, struct sl_redis_lease *l, bool commit,
+                         bool release)
 {
-    if (!l->live)
-        return;
-    if (l->prev != NULL)
-        l->prev->next = l->next;
-    else
-        r->leases = l->next;
-    if (l->next != NULL)
-        l->next->prev = l->prev;
-    l->live = false;
+    bool before = l->commit_owed || l->release_owed;
+
+    l->commit_owed = l->commit_owed || commit;
+    l->release_owed = l->release_owed || release;
+    if (!before && (l->commit_owed || l->release_owed))
+        r->nowed++;
 }
 
-static void sl_redis_lease_cmd(struct sl_redis *r, struct sl_redis_lease *l,
-                               enum sl_redis_op_kind kind)
+static void sl_redis_paid(struct sl_redis *r, struct sl_redis_lease *l, bool commit,
+                          bool release)
 {
-    const char *argv[SL_MAX_HITS + 5];
-    size_t lens[SL_MAX_HITS + 5];
-    char nkeys[24], ttl[24];
-    struct sl_redis_op *op;
-    int a = 0;
+    bool before = l->commit_owed || l->release_owed;
 
-    if (!sl_redis_usable(r) || l->nkeys == 0)
-        return;  /* the lease expires by itself */
-    op = calloc(1, sizeof(*op));
-    if (op == NULL)
+    if (commit)
+        l->commit_owed = false;
+    if (release)
+        l->release_owed = false;
+    if (before && !(l->commit_owed || l->release_owed))
+        r->nowed--;
+}
+
+/* Put L's commit into this pass's batch for its upstream. */
+static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    struct sl_redis_commits *cs = &r->commits[l->up->index];
+
+    if (l->in_batch)
         return;
-    op->r = r;
-    op->kind = kind;
-    if (kind == SL_OP_RELEASE) {
-        /* One key per ZREM; Cluster-safe since all share one hash tag. */
-        for (size_t i = 0; i < l->nkeys; i++) {
-            struct sl_redis_op *rop = i == 0 ? op : calloc(1, sizeof(*rop));
-            const char *rv[3] = {"ZREM", l->keys[i], l->member};
-            size_t rl[3] = {4, l->key_lens[i], strlen(l->member)};
-            if (rop == NULL)
-                return;
-            rop->r = r;
-            rop->kind = kind;
-            if (sl_redis_send(r, rop, 3, rv, rl) != 0)
-                free(rop);
+    if (cs->n == cs->cap) {
+        size_t cap = cs->cap ? cs->cap * 2 : 16;
+        struct sl_redis_lease **p = realloc(cs->leases, cap * sizeof(*p));
+        if (p == NULL)
+            return;  /* stays owed */
+        cs->leases = p;
+        cs->cap = cap;
+    }
+    cs->leases[cs->n++] = l;
+    l->in_batch = true;
+}
+
+/*
+ * Write this pass's commits for UPSTREAM as one script run.  The stamp of
+ * each is Redis's TIME minus the time since its sl_store_commit(), measured
+ * now, when the batch is written: never earlier than the real send.
+ */
+static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream)
+{
+    struct sl_redis_commits *cs = &r->commits[upstream];
+    struct sl_redis_op *op = NULL;
+    int64_t now = sl_redis_now_us();
+
+    if (cs->n == 0)
+        return;
+    if (sl_redis_usable(r))
+        op = sl_redis_script_op(r, SL_LUA_COMMIT);
+    if (op != NULL) {
+        sl_args_int(&op->args, (long long)cs->n);
+        for (size_t i = 0; i < cs->n; i++) {
+            struct sl_redis_lease *l = cs->leases[i];
+            size_t nrate = 0;
+            for (size_t h = 0; h < l->nhits; h++)
+                nrate += l->hits[h].rule->kind == SL_RULE_RATE;
+            sl_args_str(&op->args, l->member);
+            sl_args_int(&op->args, now - l->commit_us);
+            sl_args_int(&op->args, (long long)nrate);
+            for (size_t h = 0; h < l->nhits; h++) {
+                const struct sl_rule *rule = l->hits[h].rule;
+                if (rule->kind != SL_RULE_RATE)
+                    continue;
+                sl_args_hit_keys(&op->keys, r, l->up, &l->hits[h]);
+                sl_args_int(&op->args, (long long)rule->limit);
+                sl_args_int(&op->args, rule->span_us);
+                sl_args_str(&op->args, rule->sync != SL_SYNC_NONE ? "1" : "0");
+            }
         }
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            op = NULL;
+        }
+    }
+    for (size_t i = 0; i < cs->n; i++) {
+        struct sl_redis_lease *l = cs->leases[i];
+        l->in_batch = false;
+        if (op != NULL) {
+            sl_redis_paid(r, l, true, false);
+            if (l->released && !l->release_owed)
+                sl_redis_lease_free(r, l);
+        }
+    }
+    cs->n = 0;
+}
+
+/* Record L's rate hits in the memory store (the local fallback's view of
+ * what this instance sent). */
+static void sl_redis_mirror(struct sl_redis *r, const struct sl_redis_lease *l)
+{
+    struct sl_check c;
+
+    if (r->local == NULL || r->config->on_store_error != SL_STORE_ERROR_LOCAL)
         return;
+    c.upstream = l->up;
+    c.nhits = 0;
+    c.keys = NULL;
+    for (size_t i = 0; i < l->nhits; i++)
+        if (l->hits[i].rule->kind == SL_RULE_RATE)
+            c.hits[c.nhits++] = l->hits[i];
+    if (c.nhits > 0)
+        sl_store_memory_record(r->local, &c);
+}
+
+static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
+
+    if (l->committed)
+        return;
+    l->committed = true;
+    l->commit_us = sl_redis_now_us();
+    if (l->local != NULL)
+        sl_store_commit(r->local, l->local);
+    else
+        sl_redis_mirror(r, l);
+    if (!l->has_rate)
+        return;
+    /* Decided by Redis: log it there.  Decided locally: log it there too,
+     * once Redis answers, so windows that span the outage's end see it. */
+    sl_redis_owe(r, l, true, false);
+    if (sl_redis_usable(r))
+        sl_redis_queue_commit(r, l);
+}
+
+/* Write L's release: its concurrency slots, and its reservations if the
+ * call was never sent.  Returns 0, or -1 (not written). */
+static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    struct sl_redis_op *op;
+
+    if (!sl_redis_usable(r))
+        return -1;
+    op = sl_redis_script_op(r, SL_LUA_RELEASE);
+    if (op == NULL)
+        return -1;
+    sl_args_str(&op->args, r->channel);
+    for (size_t i = 0; i < l->nhits; i++) {
+        const struct sl_hit *h = &l->hits[i];
+        if (h->rule->kind == SL_RULE_CONCURRENCY) {
+            sl_args_key(&op->keys, r, l->up, h->rule, 'c', h->key, h->key_len);
+            sl_args_str(&op->args, l->member);
+            sl_args_int(&op->args, (long long)h->rule->limit);
+        } else if (h->rule->kind == SL_RULE_RATE && !l->committed) {
+            sl_args_key(&op->keys, r, l->up, h->rule, 'v', h->key, h->key_len);
+            sl_args_str(&op->args, l->member);
+            sl_args_int(&op->args, 0);
+        }
     }
-    bool eval = r->renew_sha[0] == '\0';
-    argv[a] = eval ? "EVAL" : "EVALSHA";
-    lens[a] = strlen(argv[a]);
-    a++;
-    argv[a] = eval ? sl_redis_renew_lua : r->renew_sha;
-    lens[a] = strlen(argv[a]);
-    a++;
-    snprintf(nkeys, sizeof(nkeys), "%zu", l->nkeys);
-    argv[a] = nkeys;
-    lens[a++] = strlen(nkeys);
-    for (size_t i = 0; i < l->nkeys; i++) {
-        argv[a] = l->keys[i];
-        lens[a++] = l->key_lens[i];
+    if (op->keys.n == 0) {
+        sl_redis_op_free(op);
+        return 0;
     }
-    argv[a] = l->member;
-    lens[a++] = strlen(l->member);
-    snprintf(ttl, sizeof(ttl), "%lld", (long long)r->config->lease_ttl_us);
-    argv[a] = ttl;
-    lens[a++] = strlen(ttl);
-    if (sl_redis_send(r, op, a, argv, lens) != 0)
-        free(op);
+    if (sl_redis_send(r, op) != 0) {
+        sl_redis_op_free(op);
+        return -1;
+    }
+    return 0;
+}
+
+/* Keep released lease L while it owes Redis something (bounded). */
+static void sl_redis_keep_owed(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    sl_redis_unlist(r, l);
+    l->released = true;
+    sl_redis_list_add(&r->owed, l);
+    if (r->nowed > SL_REDIS_OWED_MAX) {
+        /* Drop the oldest: its reservations and slots lapse by themselves
+         * (on the safe side); a local call's entry is lost. */
+        struct sl_redis_lease *o = r->owed;
+        while (o != NULL && o->next != NULL)
+            o = o->next;
+        if (o != NULL && o != l && !o->in_batch)
+            sl_redis_lease_free(r, o);
+    }
 }
 
 static void sl_redis_release(struct sl_store *store, struct sl_lease *lease)
@@ -954,123 +1832,249 @@ static void sl_redis_release(struct sl_store *store, struct sl_lease *lease)
     struct sl_redis *r = (struct sl_redis *)store;
     struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
 
-    if (l->local != NULL)
+    if (l->in_batch)
+        sl_redis_flush_commits(r, l->up->index);  /* no pointer left behind */
+    if (l->local != NULL) {
         sl_store_release(r->local, l->local);
-    sl_redis_unlink_lease(r, l);
-    sl_redis_lease_cmd(r, l, SL_OP_RELEASE);
-    for (size_t i = 0; i < l->nkeys; i++)
-        free(l->keys[i]);
-    free(l);
+        l->local = NULL;
+    } else if (sl_redis_send_release(r, l) != 0) {
+        sl_redis_owe(r, l, false, true);
+    }
+    if (l->commit_owed || l->release_owed)
+        sl_redis_keep_owed(r, l);
+    else
+        sl_redis_lease_free(r, l);
 }
 
-/* Run a small script whose answer does not matter (errors are logged). */
-static void sl_redis_fire(struct sl_redis *r, const char *script, const char *key,
-                          size_t key_len, int nargs, const char **args)
+/*
+ * Redis answers again: write what could not be written while it did not
+ * (commits, including locally decided calls, releases, the last pause).
+ */
+static void sl_redis_settle_owed(struct sl_redis *r)
 {
-    const char *argv[8];
-    size_t lens[8];
-    struct sl_redis_op *op = calloc(1, sizeof(*op));
-    int a = 0;
+    struct sl_redis_lease *l, *next;
+    int64_t now = sl_redis_now_us();
 
+    if (!sl_redis_usable(r))
+        return;
+    for (l = r->leases; l != NULL; l = l->next)
+        if (l->commit_owed)
+            sl_redis_queue_commit(r, l);
+    for (l = r->owed; l != NULL; l = l->next)
+        if (l->commit_owed)
+            sl_redis_queue_commit(r, l);
+    for (size_t i = 0; i < r->config->nupstreams; i++)
+        sl_redis_flush_commits(r, i);
+    for (l = r->owed; l != NULL; l = next) {
+        next = l->next;
+        if (l->release_owed && sl_redis_send_release(r, l) == 0)
+            sl_redis_paid(r, l, false, true);
+        if (!l->commit_owed && !l->release_owed)
+            sl_redis_lease_free(r, l);
+    }
+    for (size_t i = 0; i < r->config->nupstreams; i++) {
+        int64_t left = r->owed_pause_until[i] - now;
+        r->owed_pause_until[i] = 0;
+        if (left > 0)
+            sl_store_pause(&r->base, &r->config->upstreams[i], left);
+    }
+}
+
+static void sl_redis_renew(struct sl_redis *r, struct sl_redis_lease *l)
+{
+    struct sl_redis_op *op;
+
+    if (!l->has_conc || l->local != NULL || !sl_redis_usable(r))
+        return;  /* the lease expires by itself */
+    op = sl_redis_script_op(r, SL_LUA_RENEW);
     if (op == NULL)
         return;
-    op->r = r;
-    op->kind = SL_OP_RELEASE;
-    argv[a] = "EVAL";
-    lens[a++] = 4;
-    argv[a] = script;
-    lens[a] = strlen(script);
-    a++;
-    argv[a] = "1";
-    lens[a++] = 1;
-    argv[a] = key;
-    lens[a++] = key_len;
-    for (int i = 0; i < nargs; i++) {
-        argv[a] = args[i];
-        lens[a++] = strlen(args[i]);
+    for (size_t i = 0; i < l->nhits; i++) {
+        const struct sl_hit *h = &l->hits[i];
+        if (h->rule->kind == SL_RULE_CONCURRENCY)
+            sl_args_key(&op->keys, r, l->up, h->rule, 'c', h->key, h->key_len);
     }
-    if (sl_redis_send(r, op, a, argv, lens) != 0)
-        free(op);
+    sl_args_str(&op->args, l->member);
+    sl_args_int(&op->args, r->config->lease_ttl_us);
+    sl_redis_send_script(r, op);
 }
+
+/* ---- provider feedback ---- */
 
 static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
                            int64_t duration_us)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_check c = {.upstream = up};
-    struct sl_hit hit = {.rule = &up->pause_rule, .key = "", .key_len = 0};
-    char dur[24], *key;
-    size_t len;
+    int64_t now = sl_redis_now_us();
+    struct sl_redis_op *op;
 
     /* The local store pauses too: it decides while Redis cannot. */
     if (r->local != NULL)
         sl_store_pause(r->local, up, duration_us);
-    if (!sl_redis_usable(r))
+    if (!sl_redis_usable(r)) {
+        /* Tell the other instances once Redis answers again. */
+        if (now + duration_us > r->owed_pause_until[up->index])
+            r->owed_pause_until[up->index] = now + duration_us;
         return;
-    key = sl_redis_key(r, &c, &hit, &len);
-    if (key == NULL)
+    }
+    op = sl_redis_script_op(r, SL_LUA_PAUSE);
+    if (op == NULL)
         return;
-    snprintf(dur, sizeof(dur), "%lld", (long long)duration_us);
-    const char *args[] = {dur};
-    sl_redis_fire(r, sl_redis_pause_lua, key, len, 1, args);
-    free(key);
+    sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
+    sl_args_int(&op->args, duration_us);
+    sl_args_int(&op->args, sl_redis_deadline(r, now));
+    sl_redis_send_script(r, op);
 }
 
 static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *up,
-                          const struct sl_hit *hit, uint64_t remaining)
+                          const struct sl_hit *hit, uint64_t remaining,
+                          int64_t age_us)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_check c = {.upstream = up};
-    char lim[24], win[24], rem[24], *key;
-    size_t len;
+    const struct sl_rule *rule = hit->rule;
+    struct sl_redis_op *op;
 
-    if (hit->rule->kind != SL_RULE_RATE)
+    if (rule->kind != SL_RULE_RATE)
         return;
-    if (!sl_redis_usable(r)) {
-        if (r->local != NULL && r->config->on_store_error == SL_STORE_ERROR_LOCAL)
-            sl_store_sync(r->local, up, hit, remaining);
+    if (age_us < 0)
+        age_us = 0;
+    /* The local fallback learns the provider's count too. */
+    if (r->local != NULL && r->config->on_store_error == SL_STORE_ERROR_LOCAL)
+        sl_store_sync(r->local, up, hit, remaining, age_us);
+    if (!sl_redis_usable(r))
         return;
+    op = sl_redis_script_op(r, SL_LUA_SYNC);
+    if (op == NULL)
+        return;
+    sl_args_key(&op->keys, r, up, rule, 'r', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, up, rule, 'v', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, up, rule, 's', hit->key, hit->key_len);
+    sl_args_int(&op->args, remaining > (uint64_t)LLONG_MAX ? LLONG_MAX
+                                                           : (long long)remaining);
+    sl_args_int(&op->args, age_us);
+    sl_args_int(&op->args, r->config->store_timeout_us);
+    sl_args_int(&op->args, rule->span_us);
+    sl_args_int(&op->args, (long long)rule->limit);
+    sl_args_int(&op->args, rule->sync_probe_us);
+    sl_args_int(&op->args, sl_redis_deadline(r, sl_redis_now_us()));
+    sl_args_str(&op->args, r->channel);
+    sl_redis_send_script(r, op);
+}
+
+/* ---- room notices ---- */
+
+/* Parse a published key "<prefix>{<up>}:<t>:<len>:<rule>:<per>" and tell the
+ * proxy which bucket has room. */
+static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privdata)
+{
+    struct sl_redis_link *link = privdata;
+    struct sl_redis *r = link->r;
+    const redisReply *rep = reply, *msg;
+    const char *p, *end, *close;
+    size_t plen = strlen(r->config->store_prefix), rlen;
+    const struct sl_upstream_conf *up = NULL;
+    const struct sl_rule *rule = NULL;
+    char *num_end;
+
+    (void)ac;
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
+        rep->element[0]->type != REDIS_REPLY_STRING ||
+        strcmp(rep->element[0]->str, "message") != 0 ||
+        rep->element[2]->type != REDIS_REPLY_STRING || r->loop.room == NULL)
+        return;
+    msg = rep->element[2];
+    p = msg->str;
+    end = msg->str + msg->len;
+    if ((size_t)(end - p) < plen + 2 || memcmp(p, r->config->store_prefix, plen) != 0)
+        return;
+    p += plen;
+    if (*p++ != '{' || (close = memchr(p, '}', (size_t)(end - p))) == NULL)
+        return;
+    for (size_t i = 0; i < r->config->nupstreams; i++) {
+        const struct sl_upstream_conf *u = &r->config->upstreams[i];
+        if (strlen(u->name) == (size_t)(close - p) && memcmp(u->name, p, (size_t)(close - p)) == 0) {
+            up = u;
+            break;
+        }
     }
-    key = sl_redis_key(r, &c, hit, &len);
-    if (key == NULL)
+    p = close + 1;
+    /* ":<t>:" */
+    if (up == NULL || end - p < 4 || p[0] != ':' || p[2] != ':')
         return;
-    snprintf(lim, sizeof(lim), "%llu", (unsigned long long)hit->rule->limit);
-    snprintf(win, sizeof(win), "%lld", (long long)hit->rule->window_us);
-    snprintf(rem, sizeof(rem), "%llu", (unsigned long long)remaining);
-    const char *args[] = {lim, win, rem};
-    sl_redis_fire(r, sl_redis_sync_lua, key, len, 3, args);
-    free(key);
+    p += 3;
+    errno = 0;
+    rlen = strtoul(p, &num_end, 10);
+    if (errno != 0 || num_end == p || num_end >= end || *num_end != ':')
+        return;
+    p = num_end + 1;
+    if ((size_t)(end - p) < rlen + 1 || p[rlen] != ':')
+        return;
+    for (size_t i = 0; i < up->nrules; i++) {
+        const struct sl_rule *ru = &up->rules[i];
+        if (strlen(ru->name) == rlen && memcmp(ru->name, p, rlen) == 0) {
+            rule = ru;
+            break;
+        }
+    }
+    if (rule == NULL)
+        return;  /* an instance with another config: nothing of ours */
+    p += rlen + 1;
+    r->loop.room(r->loop.ctx, up, rule, p, (size_t)(end - p));
 }
 
 /* ---- timers ---- */
 
+static int64_t sl_redis_link_timers(struct sl_redis_link *link, int64_t now_ms)
+{
+    if (link->state == SL_REDIS_DOWN && now_ms >= link->reconnect_at_ms)
+        sl_redis_connect(link);
+    if (link->state == SL_REDIS_CONNECTING && now_ms >= link->connect_deadline_ms)
+        sl_redis_fail(link, "connect timed out");
+    if (link->state == SL_REDIS_DOWN)
+        return link->reconnect_at_ms;
+    if (link->state == SL_REDIS_CONNECTING)
+        return link->connect_deadline_ms;
+    return -1;
+}
+
 static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    int64_t next = -1;
+    int64_t next = -1, t;
     int64_t renew_every = r->config->lease_ttl_us / 3000;
+    int64_t now_us = sl_redis_now_us();
 
-#define SL_NEXT(t) do { if (next < 0 || (t) < next) next = (t); } while (0)
+#define SL_NEXT(x) do { if ((x) >= 0 && (next < 0 || (x) < next)) next = (x); } while (0)
     sl_redis_flush_all(r);
-    if (r->state == SL_REDIS_DOWN && now >= r->reconnect_at_ms)
-        sl_redis_connect(r);
-    if (r->state == SL_REDIS_CONNECTING && now >= r->connect_deadline_ms)
-        sl_redis_fail(r, "connect timed out");
-    if (r->fifo_head != NULL && now >= r->fifo_head->deadline_ms)
-        sl_redis_fail(r, "no answer within store_timeout");
+    t = sl_redis_link_timers(&r->main, now);
+    SL_NEXT(t);
+    if (r->fifo_head != NULL && now_us >= r->fifo_head->deadline_us) {
+        /* Replies that are already here are not given up on. */
+        sl_redis_read_ready(&r->main);
+        if (r->fifo_head != NULL && sl_redis_now_us() >= r->fifo_head->deadline_us)
+            sl_redis_fail(&r->main, "no answer within store_timeout");
+        t = sl_redis_link_timers(&r->main, now);
+        SL_NEXT(t);
+    }
+    if (r->loop.room != NULL) {
+        t = sl_redis_link_timers(&r->sub, now);
+        SL_NEXT(t);
+    }
     if (now >= r->next_renew_ms) {
         r->next_renew_ms = now + (renew_every > 0 ? renew_every : 1);
         for (struct sl_redis_lease *l = r->leases; l != NULL; l = l->next)
-            sl_redis_lease_cmd(r, l, SL_OP_RENEW);
+            sl_redis_renew(r, l);
     }
-    if (r->state == SL_REDIS_DOWN)
-        SL_NEXT(r->reconnect_at_ms);
-    if (r->state == SL_REDIS_CONNECTING)
-        SL_NEXT(r->connect_deadline_ms);
+    /* Keep the clock bound fresh while idle (it loosens by drift). */
+    if (sl_redis_usable(r) && r->main.state == SL_REDIS_UP && !r->clock_asked &&
+        now_us - r->last_sample_us >= SL_REDIS_CLOCK_REFRESH_US)
+        sl_redis_ask_clock(r);
     if (r->fifo_head != NULL)
-        SL_NEXT(r->fifo_head->deadline_ms);
+        SL_NEXT((r->fifo_head->deadline_us + 999) / 1000);
     if (r->leases != NULL)
         SL_NEXT(r->next_renew_ms);
+    if (sl_redis_usable(r) && r->main.state == SL_REDIS_UP && !r->clock_asked)
+        SL_NEXT((r->last_sample_us + SL_REDIS_CLOCK_REFRESH_US) / 1000 + 1);
 #undef SL_NEXT
     return next;
 }
@@ -1083,46 +2087,57 @@ static void sl_redis_tick(struct sl_store *store)
         sl_store_tick(r->local);
 }
 
+static void sl_redis_close(struct sl_redis_link *link)
+{
+    if (link->ac == NULL)
+        return;
+    link->freeing = true;
+    redisAsyncFree(link->ac);
+    link->ac = NULL;
+    link->freeing = false;
+}
+
 static void sl_redis_destroy(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
 
     for (size_t i = 0; i < r->config->nupstreams; i++) {
-        if (r->pending[i] != NULL) {
-            struct sl_redis_op *b = r->pending[i];
-            r->pending[i] = NULL;
+        while (r->pending[i] != NULL) {
+            struct sl_redis_batch *b = r->pending[i];
+            r->pending[i] = (struct sl_redis_batch *)b->op.next;
             sl_redis_batch_fallback(r, b);
         }
+        sl_redis_flush_commits(r, i);
     }
-
-    if (r->ac != NULL) {
-        /* Flush what is queued (lease releases) for a moment, then close. */
+    if (r->main.ac != NULL) {
+        /* Flush what is queued (commits, releases) for a moment, then close. */
         int done = 0;
-        for (int i = 0; i < 20 && r->state == SL_REDIS_UP && !done; i++) {
-            struct pollfd pfd = {.fd = r->ac->c.fd, .events = POLLOUT};
-            if (redisBufferWrite(&r->ac->c, &done) != REDIS_OK)
+        for (int i = 0; i < 20 && r->main.state == SL_REDIS_UP && !done; i++) {
+            struct pollfd pfd = {.fd = r->main.ac->c.fd, .events = POLLOUT};
+            if (redisBufferWrite(&r->main.ac->c, &done) != REDIS_OK)
                 break;
             if (!done)
                 poll(&pfd, 1, 5);
         }
-        r->freeing = true;
-        redisAsyncFree(r->ac);
-        r->ac = NULL;
+        sl_redis_close(&r->main);
     }
-    while (r->leases != NULL) {
-        struct sl_redis_lease *l = r->leases;
-        sl_redis_unlink_lease(r, l);
-        for (size_t i = 0; i < l->nkeys; i++)
-            free(l->keys[i]);
-        free(l);
-    }
+    sl_redis_close(&r->sub);
+    while (r->leases != NULL)
+        sl_redis_lease_free(r, r->leases);
+    while (r->owed != NULL)
+        sl_redis_lease_free(r, r->owed);
     sl_redis_mark_up(r);  /* keep the process-wide count right */
+    for (size_t i = 0; i < r->config->nupstreams; i++)
+        free(r->commits[i].leases);
+    free(r->commits);
+    free(r->owed_pause_until);
     free(r->pending);
     free(r);
 }
 
 static const struct sl_store_ops sl_redis_ops = {
     .decide = sl_redis_decide,
+    .commit = sl_redis_commit,
     .release = sl_redis_release,
     .pause = sl_redis_pause,
     .sync = sl_redis_sync,
@@ -1145,16 +2160,25 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->local = local;
     r->loop = *loop;
     r->worker_id = worker_id;
-    r->fd = -1;
-    r->state = SL_REDIS_DOWN;
-    r->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    r->main.r = r;
+    r->main.fd = -1;
+    r->main.state = SL_REDIS_DOWN;
+    r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    r->sub = r->main;
+    r->sub.sub = true;
+    snprintf(r->channel, sizeof(r->channel), "%sroom", config->store_prefix);
     r->pending = calloc(config->nupstreams, sizeof(*r->pending));
-    if (r->pending == NULL) {
+    r->commits = calloc(config->nupstreams, sizeof(*r->commits));
+    r->owed_pause_until = calloc(config->nupstreams, sizeof(*r->owed_pause_until));
+    if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL) {
+        free(r->pending);
+        free(r->commits);
+        free(r->owed_pause_until);
         free(r);
         return NULL;
     }
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
-        uint64_t t = (uint64_t)sl_redis_now_ms() ^ ((uint64_t)getpid() << 20);
+        uint64_t t = (uint64_t)sl_redis_now_us() ^ ((uint64_t)getpid() << 20);
         memcpy(rnd, &t, sizeof(rnd));
     }
     snprintf(r->instance, sizeof(r->instance), "%02x%02x%02x%02x%02x%02x-%d", rnd[0],
