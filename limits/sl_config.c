@@ -149,18 +149,21 @@ void sl_errors_free(struct sl_errors *errs)
 /* ---- echoing values in error lines ---- */
 
 /*
- * S in double quotes for an error line, into BUF (LEN >= 16): '"' and '\'
- * escaped, every byte outside printable ASCII written as \n, \t or \xHH,
- * cut after SL_QUOTE_MAX bytes of S with "...".  Returns BUF.
+ * S for an error line, into BUF (LEN >= 16): '"' and '\\' escaped when
+ * QUOTED (and the whole in double quotes), every byte outside printable
+ * ASCII written as \\n, \\t or \\xHH, cut after MAX bytes of S (or when
+ * BUF is full) with "...".  Returns BUF.
  */
-static const char *sl_quote(const char *s, char *buf, size_t len)
+static const char *sl_escape(const char *s, size_t max, bool quoted, char *buf,
+                             size_t len)
 {
     size_t o = 0, i;
 
-    buf[o++] = '"';
-    for (i = 0; s[i] != '\0' && i < SL_QUOTE_MAX && o + 8 < len; i++) {
+    if (quoted)
+        buf[o++] = '"';
+    for (i = 0; s[i] != '\0' && i < max && o + 8 < len; i++) {
         unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
+        if (quoted && (c == '"' || c == '\\'))
             o += (size_t)snprintf(buf + o, len - o, "\\%c", c);
         else if (c == '\n')
             o += (size_t)snprintf(buf + o, len - o, "\\n");
@@ -173,9 +176,16 @@ static const char *sl_quote(const char *s, char *buf, size_t len)
     }
     if (s[i] != '\0')
         o += (size_t)snprintf(buf + o, len - o, "...");
-    buf[o++] = '"';
+    if (quoted)
+        buf[o++] = '"';
     buf[o] = '\0';
     return buf;
+}
+
+/* S in double quotes, escaped and cut at SL_QUOTE_MAX bytes. */
+static const char *sl_quote(const char *s, char *buf, size_t len)
+{
+    return sl_escape(s, SL_QUOTE_MAX, true, buf, len);
 }
 
 /* Render a JSON value briefly for an error message: "5x", 12, true. */
@@ -1711,8 +1721,13 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
     *out = NULL;
     root = json_loads(text, JSON_REJECT_DUPLICATES, &jerr);
     if (root == NULL) {
-        sl_errors_add(errs, "%s:%d:%d: %s", name, jerr.line, jerr.column,
-                      jerr.text);
+        /* jansson quotes the offending bytes ("near '\x15'") raw. */
+        char ename[512], etext[4 * JSON_ERROR_TEXT_LENGTH];
+        sl_errors_add(errs, "%s:%d:%d: %s",
+                      sl_escape(name, 400, false, ename, sizeof(ename)),
+                      jerr.line, jerr.column,
+                      sl_escape(jerr.text, sizeof(jerr.text), false, etext,
+                                sizeof(etext)));
         return -1;
     }
     c = calloc(1, sizeof(*c));

@@ -902,6 +902,15 @@ static void test_errors_never_echo_raw_bytes(void **state)
     assert_true(has_error(&e, "upstreams[0].rules[0].window: \"1\\ns\" is not a duration"));
     assert_lines_printable(&e);
     sl_errors_free(&e);
+
+    /* jansson's own syntax messages quote the bad bytes: escaped too
+     * (found by fuzz_config). */
+    assert_int_equal(sl_config_parse("{\"name\"\x15\xf4\x1b[2J}", "f\x1b.json", false,
+                                     &c, &e), -1);
+    assert_int_equal(e.count, 1);
+    assert_true(strncmp(e.lines[0], "f\\x1b.json:1:", 13) == 0);
+    assert_lines_printable(&e);
+    sl_errors_free(&e);
 }
 
 /* 50,000 upstreams: duplicates are found through hash sets, not pairs. */
