@@ -523,8 +523,8 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
                          (int64_t)sl_window_count_after(&b->win, sent_at);
         b->report_sent = b->sent;
         b->report_until = sent_at + r->span_us;
-        if (sl_mem_report_room(b, now) <= 0)
-            b->probe_at = now + r->sync_probe_us;
+        /* The next probe comes one interval after the latest word. */
+        b->probe_at = now + r->sync_probe_us;
     }
     pthread_mutex_unlock(&t->lock);
 }

@@ -261,17 +261,24 @@ bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h)
 }
 
 const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
-                                     const struct sl_check *c)
+                                     const struct sl_check *c,
+                                     int64_t *head_retry_ms)
 {
     struct sl_waitlists *wl = q->shared;
     const struct sl_hit *found = NULL;
 
+    *head_retry_ms = -1;
     if (atomic_load(&wl->counts[c->upstream->index]) == 0)
         return NULL;  /* the common case: nothing held, no lock */
     pthread_mutex_lock(&wl->lock);
-    for (size_t i = 0; i < c->nhits && found == NULL; i++)
-        if (*sl_wfind(wl, &c->hits[i]) != NULL)
+    for (size_t i = 0; i < c->nhits && found == NULL; i++) {
+        struct sl_wbucket *b = *sl_wfind(wl, &c->hits[i]);
+        if (b != NULL) {
             found = &c->hits[i];
+            /* Another worker's field, read as an estimate only. */
+            *head_retry_ms = b->head->retry_at_ms;
+        }
+    }
     pthread_mutex_unlock(&wl->lock);
     return found;
 }

@@ -79,9 +79,11 @@ int sl_queue_rewait(struct sl_queue *q, struct sl_held *h,
 /* Is H first in its bucket's wait list? */
 bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h);
 
-/* A bucket of C that held calls wait on, or NULL. */
+/* A bucket of C that held calls wait on, or NULL; *HEAD_RETRY_MS is when
+ * the first of them asks the store again (an estimate), or -1. */
 const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
-                                     const struct sl_check *c);
+                                     const struct sl_check *c,
+                                     int64_t *head_retry_ms);
 
 /*
  * Room appeared in bucket (RULE, KEY) (a slot or reservation given back,

@@ -1277,9 +1277,14 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
 
     /* Held calls wait for one of this call's buckets: queue behind them. */
     {
-        const struct sl_hit *blocked = sl_queue_blocks(&req->w->queue, &req->check);
+        int64_t head_retry, now_ms = sl_now_ms();
+        const struct sl_hit *blocked = sl_queue_blocks(&req->w->queue, &req->check,
+                                                       &head_retry);
         if (blocked != NULL) {
-            struct sl_decision d = {.verdict = SL_VERDICT_DENY, .rule = blocked->rule};
+            /* It waits at least as long as the first in line. */
+            struct sl_decision d = {
+                .verdict = SL_VERDICT_DENY, .rule = blocked->rule,
+                .wait_us = head_retry > now_ms ? (head_retry - now_ms) * 1000 : 0};
             if (sl_req_hold(req, &d, false) == 0) {
                 req->replay_headers = true;
                 sl_req_suspend(req, SL_SUSP_HELD);

@@ -213,13 +213,31 @@ def test_rolling_window_exact_under_load(upstream, sluice):
 
 
 def test_windows_of_minutes_and_days_coexist(upstream, sluice):
-    sl = sluice(one(upstream, [
+    conf = one(upstream, [
         {"name": "daily", "limit": 5, "window": "1d"},
         {"name": "fast", "limit": 100, "window": "250ms"},
         {"name": "secs", "limit": 1000, "window": 86400},
-    ]))
+    ])
+    conf["max_retry_after"] = 0  # no bound: the honest day-long wait
+    sl = sluice(conf)
     statuses = [sl.request("GET", "/leads/d")[0] for _ in range(7)]
     assert statuses == [200] * 5 + [429] * 2
     status, h, body = sl.request("GET", "/leads/d")
     assert json.loads(body)["rule"] == "daily"
     assert int(h["retry-after"]) > 86000
+    assert "per 1d" in json.loads(body)["message"]
+
+
+def test_retry_after_is_bounded_by_max_retry_after(upstream, sluice):
+    for bound, want in (("10s", 10), ("1h", 3600), ("90m", 5400)):
+        conf = one(upstream, [{"name": "daily", "limit": 1, "window": "1d"}])
+        conf["max_retry_after"] = bound
+        sl = sluice(conf)
+        assert sl.request("GET", "/leads/d")[0] == 200
+        status, h, body = sl.request("GET", "/leads/d")
+        assert status == 429
+        assert int(h["retry-after"]) == want
+        assert json.loads(body)["retry_after"] == want
+        # RateLimit's t= still tells when room really comes back.
+        assert "t=86400" in h["ratelimit"] or "t=86399" in h["ratelimit"]
+        sl.stop()
