@@ -983,11 +983,14 @@ static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
         json_error_t jerr;
         json_t *j = json_loads(filled, JSON_DECODE_ANY | JSON_REJECT_DUPLICATES,
                                &jerr);
+        char etext[4 * JSON_ERROR_TEXT_LENGTH];
         if (j == NULL)
             sl_errors_add(errs, "%s: is not JSON once its placeholders are filled "
                           "in (%s, at character %d); write a literal \"}}\" as "
                           "\"}}}}\", or set \"content_type\" if the body is not "
-                          "JSON", sub, jerr.text, jerr.position);
+                          "JSON", sub, sl_escape(jerr.text, sizeof(jerr.text), false,
+                                                 etext, sizeof(etext)),
+                          jerr.position);
         json_decref(j);
     }
     free(filled);
