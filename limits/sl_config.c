@@ -213,10 +213,8 @@ static void sl_json_brief(json_t *v, char *buf, size_t len)
         snprintf(buf, len, "(value)");
         return;
     }
-    if (strlen(s) > SL_QUOTE_MAX)
-        snprintf(buf, len, "%.57s...", s);
-    else
-        snprintf(buf, len, "%s", s);
+    /* JSON leaves DEL (0x7f) raw: escape it like the rest. */
+    sl_escape(s, SL_QUOTE_MAX, false, buf, len);
     free(s);
 }
 

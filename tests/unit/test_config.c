@@ -417,6 +417,9 @@ static void test_new_keys_errors(void **state)
     parse_fails("", "\"path_case\": \"Sensitive\"",
                 "upstreams[0].path_case: \"Sensitive\" must be \"insensitive\" or \"sensitive\"");
     parse_fails("", "\"path_case\": false", "upstreams[0].path_case: false is not a string");
+    /* An object echoed with a DEL byte inside (found by fuzz_config). */
+    parse_fails("", "\"path_case\": {\"a\": \"\\u007f\"}",
+                "upstreams[0].path_case: {\"a\":\"\\x7f\"} is not a string");
     parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1s\", \"sync_probe\": \"5s\"}]",
                 "upstreams[0].rules[0].sync_probe: only a rule with \"sync\" probes");
     parse_fails("", "\"rules\": [{\"limit\": 1, \"window\": \"1s\", \"sync\": \"shopify\","
