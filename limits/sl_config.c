@@ -1754,10 +1754,12 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
     char *text = NULL;
     size_t len = 0, cap = 0;
     int rc = -1;
+    char epath[512];
 
     *out = NULL;
+    sl_escape(path, 400, false, epath, sizeof(epath));
     if (f == NULL) {
-        sl_errors_add(errs, "%s: cannot open: %s", path, strerror(errno));
+        sl_errors_add(errs, "%s: cannot open: %s", epath, strerror(errno));
         return -1;
     }
     for (;;) {
@@ -1765,12 +1767,12 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
             char *t;
             cap = cap ? cap * 2 : 8192;
             if (cap > (16u << 20)) {
-                sl_errors_add(errs, "%s: larger than 16 MiB", path);
+                sl_errors_add(errs, "%s: larger than 16 MiB", epath);
                 goto out;
             }
             t = realloc(text, cap);
             if (t == NULL) {
-                sl_errors_add(errs, "%s: out of memory", path);
+                sl_errors_add(errs, "%s: out of memory", epath);
                 goto out;
             }
             text = t;
@@ -1781,7 +1783,7 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
             break;
     }
     if (ferror(f)) {
-        sl_errors_add(errs, "%s: read error: %s", path, strerror(errno));
+        sl_errors_add(errs, "%s: read error: %s", epath, strerror(errno));
         goto out;
     }
     text[len] = '\0';
