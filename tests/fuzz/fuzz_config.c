@@ -14,11 +14,14 @@
  * The same bytes are also tried as a bare duration ("0.25d"), which must
  * round-trip the same way when it parses.
  *
- * Build (clang only): see the SLUICE_FUZZ option, or
+ * Build and run (clang only):
+ *   CC=clang cmake -S . -B build-fuzz -DSLUICE_FUZZ=ON
+ *   cmake --build build-fuzz --target fuzz_config
+ *   build-fuzz/fuzz_config -max_total_time=60 NEW_DIR tests/fuzz/corpus/config
+ * (new inputs go to NEW_DIR; the seed corpus stays as committed), or by hand:
  *   clang -g -O1 -fsanitize=fuzzer,address,undefined -D_GNU_SOURCE \
  *     -Ilimits -Icommon tests/fuzz/fuzz_config.c limits/sl_config.c \
  *     limits/sl_duration.c limits/sl_pattern.c -ljansson -lm -o fuzz_config
- *   ./fuzz_config tests/fuzz/corpus/config
  */
 #include "sl_config.h"
 #include "sl_duration.h"
