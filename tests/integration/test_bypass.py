@@ -1,0 +1,269 @@
+"""No bypass by spelling: what a rule matches and what is forwarded are the
+same request, and no spelling leaves the upstream's base path.
+
+Requests here are written byte for byte on raw sockets: a client library
+could normalize a target before it ever reached sluice.
+"""
+import json
+import re
+import socket
+
+import pytest
+
+from harness import Upstream
+
+LOGIN = {"name": "login", "methods": ["POST"], "path": "/api/v2/login",
+         "limit": 2, "window": "1m"}
+
+
+def leads(up, rules=(), **extra):
+    u = {"name": "leads", "prefix": "/leads", "url": up.url + "/base", "rules": list(rules)}
+    u.update(extra)
+    return u
+
+
+def raw(sl, method, target, body=b"", headers=(), timeout=10):
+    """Send one request exactly as given; (status, headers, body) of the answer."""
+    head = "%s %s HTTP/1.1\r\nHost: sluice.test\r\nConnection: close\r\n" % (method, target)
+    for h in headers:
+        head += h + "\r\n"
+    if body or method.upper() in ("POST", "PUT", "PATCH"):
+        head += "Content-Length: %d\r\n" % len(body)
+    data = head.encode("latin-1") + b"\r\n" + body
+    s = socket.create_connection(("127.0.0.1", sl.port), timeout=timeout)
+    try:
+        s.sendall(data)
+        buf = b""
+        while b"\r\n\r\n" not in buf:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            buf += piece
+        assert b"\r\n\r\n" in buf, "no answer to %s %r: %r" % (method, target, buf[:200])
+        top, _, rest = buf.partition(b"\r\n\r\n")
+        lines = top.decode("latin-1").split("\r\n")
+        status = int(lines[0].split()[1])
+        hdrs = {}
+        for line in lines[1:]:
+            k, _, v = line.partition(":")
+            hdrs[k.strip().lower()] = v.strip()
+        n = int(hdrs.get("content-length", "0"))
+        while len(rest) < n:
+            piece = s.recv(65536)
+            if not piece:
+                break
+            rest += piece
+        return status, hdrs, rest[:n]
+    finally:
+        s.close()
+
+
+def error_of(body):
+    try:
+        return json.loads(body).get("error")
+    except (ValueError, AttributeError):
+        return None
+
+
+ESCAPES = [
+    "/leads/..%2Fsecret",
+    "/leads/..%2fsecret",
+    "/leads/%2e%2e%2fsecret",
+    "/leads/%2E%2E/secret",
+    "/leads/.%2e/secret",
+    "/leads/%2e./secret",
+    "/leads/..;/secret",
+    "/leads/..;x=1/secret",
+    "/leads/..\\secret",
+    "/leads/..%5csecret",
+    "/leads/..%5Csecret",
+    "/leads/%252e%252e/secret",
+    "/leads/%252e%252e%252fsecret",
+    "/leads/..%252fsecret",
+    "/leads/a/../../secret",
+    "/leads/a/%2e%2e/%2e%2e/secret",
+    "/leads/./x",
+    "/leads/%2e/x",
+    "/leads/x/..",
+    "/leads/x/%2e%2e?q=1",
+    "/leads/..",
+    "/leads/...",
+    "/leads/..%00/secret",
+    "/leads/%2e%2e%00/secret",
+]
+
+
+def test_no_escape_from_the_base_path(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [LOGIN])]})
+    failures = []
+    for target in ESCAPES:
+        for method in ("GET", "POST"):
+            status, h, body = raw(sl, method, target)
+            if status != 400 or error_of(body) != "bad_request":
+                failures.append((method, target, status, body[:200]))
+    assert failures == []
+    assert upstream.count() == 0, [r.target for r in upstream.records]
+    # The same upstream is reachable, under its base path.
+    assert raw(sl, "GET", "/leads/ok")[0] == 200
+    assert [r.target for r in upstream.records] == ["/base/ok"]
+
+
+@pytest.mark.parametrize("method,target", [
+    ("POST", "/leads/api/v2/login#x"),
+    ("POST", "/leads/api/v2/login#"),
+    ("GET", "/leads/x?a=1#frag"),
+    ("GET", "/leads/api/v2/login#/../../secret"),
+    ("POST", "/leads/other#/api/v2/login"),
+])
+def test_fragment_is_refused(upstream, sluice, method, target):
+    sl = sluice({"upstreams": [leads(upstream, [LOGIN])]})
+    status, h, body = raw(sl, method, target, body=b"{}" if method == "POST" else b"")
+    assert status == 400, (target, status, body)
+    assert error_of(body) == "bad_request"
+    assert upstream.count() == 0
+
+
+# Spellings of "POST /api/v2/login" that many servers read as that endpoint.
+LOGIN_SPELLINGS = [
+    ("POST", "/leads/api/v2/login/"),
+    ("POST", "/leads/api/v2/login//"),
+    ("POST", "/leads/api//v2/login"),
+    ("POST", "/leads//api/v2/login"),
+    ("POST", "/leads///api///v2///login"),
+    ("POST", "/leads/api/v2/login;jsessionid=x"),
+    ("POST", "/leads/api;x=1/v2/login"),
+    ("POST", "/leads/api/v2;/login"),
+    ("POST", "/leads/api/v2/login;/"),
+    ("POST", "/leads/API/V2/LOGIN"),
+    ("POST", "/leads/Api/v2/Login"),
+    ("POST", "/leads/api%2Fv2%2Flogin"),
+    ("POST", "/leads/api%2fv2/login"),
+    ("POST", "/leads/api\\v2\\login"),
+    ("POST", "/leads/api/v2%5clogin"),
+    ("POST", "/leads/api/v2%5Clogin"),
+    ("POST", "/leads/api/v2/%6Cogin"),
+    ("POST", "/leads/api/v2/%6cogin"),
+    ("POST", "/leads/%61%70%69/%76%32/%6C%6F%67%69%6E"),
+    ("POST", "/leads/api/v2/login?x=1"),
+    ("POST", "/leads/api/v2/login?"),
+    ("POST", "/leads/API%2F%2Fv2\\Login;a=b/?q"),
+    ("post", "/leads/api/v2/login"),
+    ("Post", "/leads/api/v2/login"),
+    ("pOsT", "/leads/api//v2/LOGIN/"),
+]
+
+
+def test_no_spelling_dodges_a_rule(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [LOGIN])]})
+    for _ in range(2):
+        assert raw(sl, "POST", "/leads/api/v2/login", body=b"{}")[0] == 200
+    failures = []
+    for method, target in LOGIN_SPELLINGS:
+        status, h, body = raw(sl, method, target, body=b"{}")
+        try:
+            e = json.loads(body)
+        except ValueError:
+            e = {}
+        if status != 429 or e.get("error") != "rate_limited" or e.get("rule") != "login":
+            failures.append((method, target, status, body[:200]))
+    assert failures == []
+    # Only the two plain logins ever reached the provider.
+    assert upstream.count() == 2, [(r.method, r.target) for r in upstream.records]
+    # Other endpoints and methods are not the login rule's.
+    assert raw(sl, "GET", "/leads/api/v2/login")[0] == 200
+    assert raw(sl, "POST", "/leads/api/v2/logins", body=b"{}")[0] == 200
+    assert raw(sl, "POST", "/leads/api/v2/login/x", body=b"{}")[0] == 200
+
+
+# Allowed calls: what went upstream is the base path plus exactly the bytes
+# the client sent after the prefix.
+FORWARDED = [
+    "/api//v2/Login;x=1",
+    "//api/v2/login",
+    "/api/v2/%6Cogin?q=%2F&r=a%20b",
+    "/API%2Fv2%2flogin/",
+    "/api/v2/login;jsessionid=ABC?x=%3B",
+    "/api\\v2\\login",
+    "/api/v2%5clogin",
+    "/%61pi/v2/login//",
+]
+
+
+def test_allowed_calls_are_forwarded_byte_for_byte(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [dict(LOGIN, limit=100)])]})
+    failures = []
+    for i, rest in enumerate(FORWARDED):
+        status, h, body = raw(sl, "POST", "/leads" + rest, body=b"{}")
+        assert status == 200, (rest, status, body[:200])
+        # Every spelling counted in the login rule (its budget shrinks by one).
+        m = re.match(r'"login";r=(\d+);t=', h.get("ratelimit", ""))
+        if m is None or int(m.group(1)) != 99 - i:
+            failures.append(("not counted", rest, h.get("ratelimit")))
+        got = upstream.records[i].target
+        if got != "/base" + rest:
+            failures.append(("forwarded as", rest, got))
+    assert failures == []
+    assert upstream.count() == len(FORWARDED)
+
+
+def test_path_case_sensitive_upstream(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [LOGIN], path_case="sensitive")]})
+    for _ in range(2):
+        assert raw(sl, "POST", "/leads/api/v2/login", body=b"{}")[0] == 200
+    # Another letter case is another endpoint there: not the login rule's.
+    for target in ("/leads/API/v2/login", "/leads/api/v2/LOGIN", "/leads/Api/V2/Login"):
+        status, h, body = raw(sl, "POST", target, body=b"{}")
+        assert status == 200, (target, status, body[:200])
+    # Every other spelling still counts.
+    for target in ("/leads/api//v2/login", "/leads/api/v2/login/", "/leads/api/v2/%6Cogin",
+                   "/leads/api%2Fv2%2Flogin", "/leads/api/v2/login;x=1",
+                   "/leads/api\\v2\\login"):
+        status, h, body = raw(sl, "POST", target, body=b"{}")
+        assert status == 429, (target, status, body[:200])
+        assert json.loads(body)["rule"] == "login"
+    assert [r.target for r in upstream.records][2:] == [
+        "/base/API/v2/login", "/base/api/v2/LOGIN", "/base/Api/V2/Login"]
+
+
+# Targets that route to the catch-all as written but to /leads once decoded
+# and normalized (a server reading them so would serve the login endpoint).
+REROUTED = [
+    "//leads/api/v2/login",
+    "///leads/api/v2/login",
+    "/lead%73/api/v2/login",
+    "/%6Ceads/api/v2/login",
+    "/leads%2Fapi/v2/login",
+    "/leads%2fapi/v2/login",
+    "/leads%5capi/v2/login",
+    "/leads\\api/v2/login",
+    "/leads;x=1/api/v2/login",
+    "/leads;/api/v2/login",
+]
+
+
+def test_no_route_around_a_prefix(sluice):
+    guarded, other = Upstream(), Upstream()
+    try:
+        sl = sluice({"upstreams": [
+            {"name": "leads", "prefix": "/leads", "url": guarded.url, "rules": [LOGIN]},
+            {"name": "other", "prefix": "/", "url": other.url},
+        ]})
+        for _ in range(2):
+            assert raw(sl, "POST", "/leads/api/v2/login", body=b"{}")[0] == 200
+        failures = []
+        for target in REROUTED:
+            for method in ("POST", "GET"):
+                status, h, body = raw(sl, method, target,
+                                      body=b"{}" if method == "POST" else b"")
+                if status != 400 or error_of(body) != "bad_request":
+                    failures.append((method, target, status, body[:200]))
+        assert failures == []
+        assert other.count() == 0, [r.target for r in other.records]
+        assert guarded.count() == 2
+        # The catch-all itself works.
+        assert raw(sl, "GET", "/elsewhere/x")[0] == 200
+        assert raw(sl, "GET", "/leadsx/api/v2/login")[0] == 200
+        assert [r.target for r in other.records] == ["/elsewhere/x", "/leadsx/api/v2/login"]
+    finally:
+        guarded.close()
+        other.close()
