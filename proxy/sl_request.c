@@ -613,7 +613,9 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
             why = req->resp_error;
         else if (result == CURLE_OK)
             why = "the upstream's response was not HTTP";
-        else if (result == CURLE_OUT_OF_MEMORY && strstr(why, "header") != NULL)
+        else if (result == CURLE_OUT_OF_MEMORY && req->status > 0)
+            /* libcurl refuses a header line over 100 KiB this way, before
+             * sluice's own 16 KiB bound sees it. */
             why = "the upstream's response headers are too large "
                   "(a header line over 100 KiB)";
         if (result == CURLE_OPERATION_TIMEDOUT) {

@@ -152,8 +152,9 @@ def assert_resumes(sl, redis):
 
 def test_redis_down_local_policy_enforces_limits_in_memory(upstream, redis, sluice):
     sl, during = outage(upstream, redis, sluice, "local")
-    # The local store starts empty: 3 more, then the same rule rejects.
-    assert [s for s, h, b in during] == [200, 200, 200, 429, 429]
+    # The local store starts from what this instance sent through Redis
+    # (2 of 3): one more, then the same rule rejects.
+    assert [s for s, h, b in during] == [200, 429, 429, 429, 429]
     assert json.loads(during[3][2])["rule"] == "w"
     assert_resumes(sl, redis)
 
