@@ -6,13 +6,14 @@ recording upstream, and asserts what a user would see: statuses, what the
 upstream received and when, and what Redis holds.
 """
 import json
+import socket
 import subprocess
 import threading
 import time
 
 import pytest
 
-from harness import RedisServer, max_in_window, parallel
+from harness import DelayRelay, RedisServer, Upstream, max_in_window, parallel
 
 
 class DebugRedis(RedisServer):
@@ -33,6 +34,45 @@ class DebugRedis(RedisServer):
                 pass
             time.sleep(0.05)
         raise RuntimeError("redis-server did not start")
+
+
+class SlowSetupRelay(DelayRelay):
+    """A TCP relay that, while armed, holds the first flight a client sends
+    on a new connection (the TLS ClientHello) for HOLD seconds, and nothing
+    else: a call on such a connection is sent HOLD after it was admitted,
+    and arrives as soon as it is sent (a slow connection set-up)."""
+
+    def __init__(self, target_port, hold):
+        super().__init__(target_port, 0.0)
+        self.hold = hold
+        self.armed = True
+
+    def _serve(self, client):
+        try:
+            upstream = socket.create_connection(("127.0.0.1", self.target_port))
+        except OSError:
+            client.close()
+            return
+        threading.Thread(target=self._pipe, args=(upstream, client, False),
+                         daemon=True).start()
+        first = True
+        try:
+            while True:
+                data = client.recv(65536)
+                if not data:
+                    break
+                if first and self.armed:
+                    time.sleep(self.hold)
+                first = False
+                upstream.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (client, upstream):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 @pytest.fixture
@@ -349,3 +389,39 @@ def test_three_instances_exact_at_the_upstream_in_queue_mode(upstream, redis, sl
     # On Redis's clock: never more than 10 entries within any span
     # (window + margin) -- the rule the store enforces.
     assert max_in_window([s / 1e6 for s in stamps], 2.1) <= 10
+
+
+def test_windows_run_from_the_send_not_the_admission(redis, sluice):
+    """The first ten calls wait 0.4 s for their connections before being sent;
+    the next ones connect at once.  Logged when admitted, the first ten would
+    leave the window 0.4 s early and the next ten would arrive at the
+    provider within 1.7 s of them."""
+    up = Upstream(tls=True, close=True)
+    relay = SlowSetupRelay(up.port, 0.4)
+    try:
+        # Nothing is delayed after the send: the margin covers only the
+        # upstream's own recording jitter (see the test above).
+        conf = {"store": redis.url, "upstreams": [{
+            "name": "leads", "prefix": "/leads",
+            "url": "https://127.0.0.1:%d" % relay.port, "ca_file": up.ca_file,
+            "on_limit": "queue", "max_wait": "30s", "margin": "100ms",
+            "rules": [{"name": "w", "limit": 10, "window": "2s"}]}]}
+        instances = [sluice(conf) for _ in range(3)]
+        done = []
+
+        def burst():
+            done.extend(parallel(20, lambda i: instances[i % 3].request(
+                "GET", "/leads/x", timeout=40)[0]))
+
+        t = threading.Thread(target=burst)
+        t.start()
+        time.sleep(1.0)
+        relay.armed = False  # the first ten are on their way; the rest connect fast
+        t.join()
+        assert done == [200] * 20
+        times = up.times()
+        assert len(times) == 20
+        assert max_in_window(times, 2.0) <= 10, [round(x - times[0], 3) for x in times]
+    finally:
+        relay.close()
+        up.close()
