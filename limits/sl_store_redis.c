@@ -1396,7 +1396,7 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     /* The chain is newest first: send the oldest first. */
     while (b != NULL) {
         struct sl_redis_batch *next = (struct sl_redis_batch *)b->op.next;
-        b->op.next = &rev->op;
+        b->op.next = rev != NULL ? &rev->op : NULL;
         rev = b;
         b = next;
     }
