@@ -145,18 +145,14 @@
 /* ---- Lua ---- */
 
 /* Shared by the scripts below: the time, number formatting, and logging
- * N sends at STAMP in rate list L (pops stale entries, keeps the list
- * ordered and at most LIMIT long, refreshes its TTL). */
+ * N sends at STAMP in rate list L (keeps the list ordered and at most LIMIT
+ * long, refreshes its TTL).  Stale entries are popped by decisions; the
+ * LIMIT newest entries are all a decision ever looks at. */
 #define SL_LUA_PRELUDE                                                         \
     "local t = redis.call('TIME')\n"                                           \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
     "local function fmt(x) return string.format('%.0f', x) end\n"             \
     "local function log(l, stamp, n, limit, span)\n"                           \
-    "  local tail = redis.call('LINDEX', l, -1)\n"                             \
-    "  while tail and tonumber(tail) <= now - span do\n"                       \
-    "    redis.call('RPOP', l)\n"                                              \
-    "    tail = redis.call('LINDEX', l, -1)\n"                                 \
-    "  end\n"                                                                  \
     "  local head = redis.call('LINDEX', l, 0)\n"                              \
     "  if head and tonumber(head) > stamp then stamp = tonumber(head) end\n"   \
     "  local len = 0\n"                                                        \
@@ -549,6 +545,10 @@ struct sl_redis {
     struct sl_redis_lease *owed;          /* released, still owing Redis */
     size_t nowed;                         /* leases that owe something */
     struct sl_redis_batch **pending;      /* per upstream: batches being built */
+    /* Upstreams with a batch or commits to write at the end of the pass
+     * (two lists swapped while flushing; is_dirty says who is on one). */
+    size_t *dirty, *dirty_spare, ndirty;
+    bool *is_dirty;
     struct sl_redis_commits *commits;     /* per upstream */
     int64_t *owed_pause_until;            /* per upstream, local µs; 0: none */
     int64_t next_renew_ms;
@@ -569,6 +569,14 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
+
+static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
+{
+    if (r->is_dirty[upstream])
+        return;
+    r->is_dirty[upstream] = true;
+    r->dirty[r->ndirty++] = upstream;
+}
 
 static int64_t sl_redis_now_us(void)
 {
@@ -1409,11 +1417,25 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     }
 }
 
+/* Write every upstream's pending batches and commits (those on the dirty
+ * list: a loop pass costs nothing per idle upstream). */
 static void sl_redis_flush_all(struct sl_redis *r)
 {
-    for (size_t i = 0; i < r->config->nupstreams; i++) {
-        sl_redis_flush(r, i);
-        sl_redis_flush_commits(r, i);
+    size_t *list = r->dirty, n = r->ndirty;
+
+    /* Flushing may dirty upstreams again (callbacks decide new calls, a
+     * batch waits for the clock): they go on the other list. */
+    r->dirty = r->dirty_spare;
+    r->dirty_spare = list;
+    r->ndirty = 0;
+    for (size_t i = 0; i < n; i++)
+        r->is_dirty[list[i]] = false;
+    for (size_t i = 0; i < n; i++) {
+        size_t u = list[i];
+        sl_redis_flush(r, u);
+        sl_redis_flush_commits(r, u);
+        if (r->pending[u] != NULL || r->commits[u].n > 0)
+            sl_redis_mark_dirty(r, u);
     }
 }
 
@@ -1458,6 +1480,7 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
                  r->worker_id, (unsigned long long)++r->counter);
         r->pending[u] = nb;
         batch = nb;
+        sl_redis_mark_dirty(r, u);
     }
     batch->calls[batch->ncalls].check = c;
     batch->calls[batch->ncalls].cb = cb;
@@ -1570,8 +1593,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         if (r->have_offset && rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
             /* Batches waiting for the clock go now. */
             if (!r->main.freeing)
-                for (size_t i = 0; i < r->config->nupstreams; i++)
-                    sl_redis_flush(r, i);
+                sl_redis_flush_all(r);
         } else if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             sl_redis_mark_down(r, rep->str);
             sl_redis_log_error(r, "connection setup", rep->str);
@@ -1610,6 +1632,13 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             /* Redis ran it past its deadline, having written nothing: we
              * may have given up on it, so it must not count. */
             r->expired++;
+            if (sl_redis_now_ms() - r->last_error_log_ms >= 1000) {
+                r->last_error_log_ms = sl_redis_now_ms();
+                sl_warn("store: redis ran decisions past their deadline "
+                        "(store_timeout; %llu batches so far on worker %d): "
+                        "on_store_error decided them", (unsigned long long)r->expired,
+                        r->worker_id);
+            }
             sl_redis_batch_fallback(r, b);
             return;
         }
@@ -1681,6 +1710,7 @@ static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
     }
     cs->leases[cs->n++] = l;
     l->in_batch = true;
+    sl_redis_mark_dirty(r, l->up->index);
 }
 
 /*
@@ -2097,6 +2127,16 @@ static void sl_redis_close(struct sl_redis_link *link)
     link->freeing = false;
 }
 
+static void sl_redis_free_arrays(struct sl_redis *r)
+{
+    free(r->pending);
+    free(r->commits);
+    free(r->owed_pause_until);
+    free(r->dirty);
+    free(r->dirty_spare);
+    free(r->is_dirty);
+}
+
 static void sl_redis_destroy(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
@@ -2129,9 +2169,7 @@ static void sl_redis_destroy(struct sl_store *store)
     sl_redis_mark_up(r);  /* keep the process-wide count right */
     for (size_t i = 0; i < r->config->nupstreams; i++)
         free(r->commits[i].leases);
-    free(r->commits);
-    free(r->owed_pause_until);
-    free(r->pending);
+    sl_redis_free_arrays(r);
     free(r);
 }
 
@@ -2170,10 +2208,12 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->pending = calloc(config->nupstreams, sizeof(*r->pending));
     r->commits = calloc(config->nupstreams, sizeof(*r->commits));
     r->owed_pause_until = calloc(config->nupstreams, sizeof(*r->owed_pause_until));
-    if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL) {
-        free(r->pending);
-        free(r->commits);
-        free(r->owed_pause_until);
+    r->dirty = calloc(config->nupstreams, sizeof(*r->dirty));
+    r->dirty_spare = calloc(config->nupstreams, sizeof(*r->dirty_spare));
+    r->is_dirty = calloc(config->nupstreams, sizeof(*r->is_dirty));
+    if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL ||
+        r->dirty == NULL || r->dirty_spare == NULL || r->is_dirty == NULL) {
+        sl_redis_free_arrays(r);
         free(r);
         return NULL;
     }
