@@ -108,6 +108,9 @@ struct sl_worker {
     unsigned long malformed_reports;  /* provider usage reports ignored */
     int64_t malformed_logged_ms;
     unsigned long nrequests;
+    /* libmicrohttpd is the release whose in-place request parsing
+     * sl_request.c checks byte by byte (0.9.75). */
+    bool raw_head_check;
     /* Connections with a slow-client deadline, one FIFO per timeout (each
      * list's deadlines are set as now + one constant, so they are sorted). */
     struct sl_conn *dl_head[2], *dl_tail[2];

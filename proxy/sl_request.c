@@ -96,6 +96,7 @@ struct sl_request {
     struct sl_worker *w;
     struct MHD_Connection *conn;
     char *uri;                        /* raw request target (owned) */
+    const char *raw_uri;              /* ... where MHD parsed it (its buffer) */
     const char *method;               /* MHD-owned, valid until completion */
     const struct sl_upstream_conf *up;
     enum sl_phase phase;
@@ -1100,8 +1101,10 @@ static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
     if (strcasecmp(key, "Host") == 0) {
         f->hosts++;
     } else if (strcasecmp(key, "Transfer-Encoding") == 0) {
+        /* Exactly "chunked": libmicrohttpd decodes chunks only then (it
+         * keeps trailing whitespace), and anything else would reach us as
+         * an unframed body. */
         f->te_lines++;
-        sl_trim(&v, &vn);
         f->te_chunked = vn == 7 && strncasecmp(v, "chunked", 7) == 0;
     } else if (strcasecmp(key, "Content-Length") == 0) {
         unsigned long long n = 0;
@@ -1120,6 +1123,101 @@ static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
         f->cl_lines++;
     }
     return MHD_YES;
+}
+
+/* Past one line terminator as libmicrohttpd leaves it in place (CRLF or a
+ * bare LF, overwritten with NULs) when the next line starts at NEXT. */
+static bool sl_raw_terminator(const char *p, const char *next)
+{
+    return (next == p + 1 && p[0] == '\0') ||
+           (next == p + 2 && p[0] == '\0' && p[1] == '\0');
+}
+
+struct sl_raw_walk {
+    const char *pos;                /* where the next header line must start */
+    const char *end;                /* end of the request head */
+    bool bad;
+};
+
+static enum MHD_Result sl_raw_header(void *cls, enum MHD_ValueKind kind,
+                                     const char *key, size_t key_size,
+                                     const char *value, size_t value_size)
+{
+    struct sl_raw_walk *wk = cls;
+    const char *p;
+
+    (void)kind;
+    /* The line starts right after the previous one's terminator. */
+    if (!sl_raw_terminator(wk->pos, key) || value == NULL) {
+        wk->bad = true;
+        return MHD_NO;
+    }
+    /* The name, its colon (now a NUL), optional whitespace, the value. */
+    p = key + key_size;
+    if (p >= wk->end || *p != '\0') {
+        wk->bad = true;
+        return MHD_NO;
+    }
+    for (p++; p < value && (*p == ' ' || *p == '\t'); p++)
+        ;
+    if (p != value || value + value_size > wk->end) {
+        wk->bad = true;
+        return MHD_NO;
+    }
+    wk->pos = value + value_size;
+    return MHD_YES;
+}
+
+/*
+ * libmicrohttpd 0.9.75 reads a request head in place: the request line and
+ * header lines stay where they arrived, their separators overwritten with
+ * NULs, and every name and value points into that block.  Some of what it
+ * tolerates is invisible in the strings it hands over: a NUL byte cuts a
+ * target, method or value short (the rest is silently dropped), and a
+ * folded (obs-fold) line is glued onto the header *name*.  Walking the
+ * block, every byte must be accounted for by the strings and their
+ * separators; anything left over is one of those and the request is
+ * refused.  Returns NULL when the head is clean, or why it is not.  Only
+ * for the libmicrohttpd release whose parser this describes.
+ */
+static const char *sl_req_check_raw_head(struct sl_request *req,
+                                         const char *version)
+{
+    const union MHD_ConnectionInfo *ci;
+    struct sl_raw_walk wk;
+    const char *p, *start = req->method;
+    size_t n;
+
+    if (!req->w->raw_head_check || version == NULL || req->raw_uri == NULL)
+        return NULL;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    if (ci == NULL)
+        return NULL;
+    wk.end = start + ci->header_size;
+    /* "METHOD" NUL [spaces] "target" NUL "version" */
+    p = start + strlen(start);
+    if (p >= wk.end || *p != '\0')
+        return "the request line is malformed";
+    for (p++; p < wk.end && *p == ' '; p++)
+        ;
+    if (p != req->raw_uri)
+        return "the method holds a NUL byte";
+    if (req->raw_uri + strlen(req->uri) != version - 1)
+        return "the request target holds a NUL byte";
+    wk.pos = version + strlen(version);
+    wk.bad = false;
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, sl_raw_header, &wk);
+    if (wk.bad)
+        return "the request head holds a NUL byte, a folded (obs-fold) line "
+               "or a malformed header line";
+    /* The last line's terminator and the empty line, and nothing else. */
+    n = (size_t)(wk.end - wk.pos);
+    if (n < 2 || n > 4)
+        return "the request head holds a NUL byte or a malformed line";
+    for (p = wk.pos; p < wk.end; p++)
+        if (*p != '\0')
+            return "the request head holds a NUL byte or a malformed line";
+    return NULL;
 }
 
 /*
@@ -1142,6 +1240,8 @@ static unsigned sl_req_check_framing(struct sl_request *req, const char *version
             return MHD_HTTP_BAD_REQUEST;
         }
     }
+    if ((*why = sl_req_check_raw_head(req, version)) != NULL)
+        return MHD_HTTP_BAD_REQUEST;
     MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, sl_framing_header, &f);
     if (f.bad != NULL) {
         *why = f.bad;
@@ -1739,6 +1839,7 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
     }
     req->w = w;
     req->conn = c;
+    req->raw_uri = uri;
     req->start_ms = sl_now_ms();
     {
         const union MHD_ConnectionInfo *ci =

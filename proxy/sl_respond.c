@@ -241,7 +241,21 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
     if (up->reject_body != NULL) {
         static const char *const names[] = {"upstream", "rule", "limit",
                                             "window", "retry_after", "message"};
-        const char *values[] = {up->name, r->name, lim, win, rs, msg};
+        /* A pause has no limit or window, a concurrency rule no window:
+         * "null" keeps a JSON template valid. */
+        char secs[48] = "null";
+        if (r->kind == SL_RULE_RATE) {
+            /* {window} in seconds, a JSON number ("300", "0.25"). */
+            int n = snprintf(secs, sizeof(secs), "%lld.%06lld",
+                             (long long)(r->window_us / SL_USEC_PER_SEC),
+                             (long long)(r->window_us % SL_USEC_PER_SEC));
+            while (n > 0 && secs[n - 1] == '0')
+                secs[--n] = '\0';
+            if (n > 0 && secs[n - 1] == '.')
+                secs[--n] = '\0';
+        }
+        const char *values[] = {up->name, r->name, lim[0] ? lim : "null", secs,
+                                rs, msg};
         char *text = sl_render_reject(up->reject_body, names, values, 6);
         if (text == NULL)
             return NULL;

@@ -491,6 +491,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, efd, &ev) != 0)
         return -1;
 
+    w->raw_head_check = strcmp(MHD_get_version(), "0.9.75") == 0;
     w->multi = curl_multi_init();
     if (w->multi == NULL)
         return -1;
