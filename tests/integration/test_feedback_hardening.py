@@ -190,7 +190,8 @@ def test_custom_reject_answer(upstream, sluice):
 
 
 def test_custom_reject_answer_with_every_field(upstream, sluice):
-    tpl = ('{{"u":"{upstream}","r":"{rule}","l":{limit},"w":"{window}",'
+    # {window} is the window in seconds, a JSON number.
+    tpl = ('{{"u":"{upstream}","r":"{rule}","l":{limit},"w":{window},'
            '"ra":{retry_after},"m":"{message}"}}')
     sl = sluice({"upstreams": [up_conf(
         upstream, [{"name": "all", "limit": 1, "window": "30s"}],
@@ -201,7 +202,7 @@ def test_custom_reject_answer_with_every_field(upstream, sluice):
     e = json.loads(body)
     ra = int(h["retry-after"])
     assert {k: e[k] for k in ("u", "r", "l", "w", "ra")} == {
-        "u": "crm", "r": "all", "l": 1, "w": "30s", "ra": ra}
+        "u": "crm", "r": "all", "l": 1, "w": 30, "ra": ra}
     assert "retry in %ds" % ra in e["m"]
 
 
