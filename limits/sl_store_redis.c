@@ -144,6 +144,42 @@
 
 /* ---- Lua ---- */
 
+/*
+ * Log sent calls: the commit section, ARGV from A and KEYS from K, returns
+ * where the next section starts.  KEYS: per call, per rate rule: r, v
+ * [, s].  ARGV: ncalls, then per call: member ("" for a call decided
+ * locally during an outage: logged unconditionally), delay_us, nrules,
+ * then per rule: limit, span_us, sync (0/1).  A call with a member is
+ * logged only if its reservation was still there; its stamp is now minus
+ * the delay since it was sent.
+ */
+#define SL_LUA_COMMITS                                                         \
+    "local function commits(a, k)\n"                                           \
+    "  local n = tonumber(ARGV[a])\n"                                          \
+    "  a = a + 1\n"                                                            \
+    "  for c = 1, n do\n"                                                      \
+    "    local member, delay, nr = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n" \
+    "    a = a + 3\n"                                                          \
+    "    for i = 1, nr do\n"                                                   \
+    "      local limit, span, sync = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'\n" \
+    "      a = a + 3\n"                                                        \
+    "      local l, v, s = KEYS[k], KEYS[k + 1], nil\n"                        \
+    "      k = k + 2\n"                                                        \
+    "      if sync then s = KEYS[k]; k = k + 1 end\n"                          \
+    "      local stamp, go = now - delay, false\n"                             \
+    "      if member == '' then go = stamp > now - span\n"                     \
+    "      else go = redis.call('ZREM', v, member) == 1 end\n"                 \
+    "      if go then\n"                                                       \
+    "        log(l, stamp, 1, limit, span)\n"                                  \
+    "        if s and redis.call('EXISTS', s) == 1 then\n"                     \
+    "          redis.call('HINCRBY', s, 'sent', 1)\n"                          \
+    "        end\n"                                                            \
+    "      end\n"                                                              \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  return a, k\n"                                                          \
+    "end\n"
+
 /* Shared by the scripts below: the time, number formatting, and logging
  * N sends at STAMP in rate list L (keeps the list ordered and at most LIMIT
  * long, refreshes its TTL).  Stale entries are popped by decisions; the
@@ -159,26 +195,31 @@
     "  for i = 1, n do len = redis.call('LPUSH', l, fmt(stamp)) end\n"         \
     "  if len > limit then redis.call('LTRIM', l, 0, limit - 1) end\n"         \
     "  redis.call('PEXPIRE', l, fmt(math.ceil(span / 1000) + 1000))\n"              \
-    "end\n"
+    "end\n"                                                                    \
+    SL_LUA_COMMITS
 
 /*
- * The decision script: one run decides a batch of calls, each
- * all-or-nothing, in order.
- *   KEYS  per call, per rule: rate r, v [, s if sync]; concurrency c; pause p
- *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), ncalls,
- *         then per call: nrules, then per rule: kind, limit, span_us,
- *         probe_us (-1: no sync)
+ * The decision script: one run logs the upstream's calls sent in this loop
+ * pass (the commit section, first: safe however late it runs), then
+ * decides a batch of calls, each all-or-nothing, in order.
+ *   KEYS  the commit section's, then per call, per rule: rate r, v [, s if
+ *         sync]; concurrency c; pause p
+ *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
+ *         commit section, ncalls, then per call: nrules, then per rule:
+ *         kind, limit, span_us, probe_us (-1: no sync)
  * A call's member is base..':'..call_number.  Reply: {now, 0} when past the
- * deadline (nothing written), else {now, 1, per call: {1, best_rule,
+ * deadline (no decision written), else {now, 1, per call: {1, best_rule,
  * remaining, reset_us} or {0, denying_rule, wait_us}}.
  */
 static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
     "local deadline = tonumber(ARGV[4])\n"
+    "local a, k = commits(5, 1)\n"
     "if deadline > 0 and now > deadline then return {now, 0} end\n"
     "local base, lease, rttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
-    "local out, a, k = {now, 1}, 6, 1\n"
-    "for c = 1, tonumber(ARGV[5]) do\n"
+    "local out, ncalls = {now, 1}, tonumber(ARGV[a])\n"
+    "a = a + 1\n"
+    "for c = 1, ncalls do\n"
     "  local n = tonumber(ARGV[a])\n"
     "  a = a + 1\n"
     "  local member, deny, wait, st, ka = base .. ':' .. c, 0, 0, {}, k\n"
@@ -285,35 +326,11 @@ static const char sl_lua_decide[] =
     "end\n"
     "return out\n";
 
-/*
- * Log sent calls.  KEYS: per call, per rate rule: r, v [, s].  ARGV: ncalls,
- * then per call: member ("" for a call decided locally during an outage:
- * logged unconditionally), delay_us, nrules, then per rule: limit,
- * span_us, sync (0/1).  A call with a member is logged only if its
- * reservation was still there.  Reply: now.
- */
+/* Log sent calls (when no decision batch of the upstream carries them):
+ * the commit section alone.  Reply: now. */
 static const char sl_lua_commit[] =
     SL_LUA_PRELUDE
-    "local a, k = 2, 1\n"
-    "for c = 1, tonumber(ARGV[1]) do\n"
-    "  local member, delay, n = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n"
-    "  a = a + 3\n"
-    "  for i = 1, n do\n"
-    "    local limit, span, sync = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'\n"
-    "    a = a + 3\n"
-    "    local l, v, s = KEYS[k], KEYS[k + 1], nil\n"
-    "    k = k + 2\n"
-    "    if sync then s = KEYS[k]; k = k + 1 end\n"
-    "    local stamp = now - delay\n"
-    "    local go\n"
-    "    if member == '' then go = stamp > now - span\n"
-    "    else go = redis.call('ZREM', v, member) == 1 end\n"
-    "    if go then\n"
-    "      log(l, stamp, 1, limit, span)\n"
-    "      if s and redis.call('EXISTS', s) == 1 then redis.call('HINCRBY', s, 'sent', 1) end\n"
-    "    end\n"
-    "  end\n"
-    "end\n"
+    "commits(1, 1)\n"
     "return now\n";
 
 /*
@@ -564,6 +581,10 @@ static void sl_redis_load_scripts(struct sl_redis *r);
 static void sl_redis_flush(struct sl_redis *r, size_t upstream);
 static void sl_redis_flush_all(struct sl_redis *r);
 static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream);
+static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
+                                 struct sl_args *keys, struct sl_args *args);
+static void sl_redis_commits_written(struct sl_redis *r, size_t upstream,
+                                     bool written);
 static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
@@ -1333,8 +1354,10 @@ static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
     cb(arg, &d, (struct sl_lease *)lease);
 }
 
-/* Build batch B's script arguments (KEYS, ARGV) for writing now. */
-static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b)
+/* Build batch B's script arguments (KEYS, ARGV) for writing now, with
+ * the upstream's commits of this pass when WITH_COMMITS. */
+static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
+                                bool with_commits)
 {
     const struct sl_upstream_conf *up = b->up;
     struct sl_args *k = &b->op.keys, *a = &b->op.args;
@@ -1347,6 +1370,10 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b)
     sl_args_int(a, r->config->lease_ttl_us);
     sl_args_int(a, reserve);
     sl_args_int(a, sl_redis_deadline(r, sl_redis_now_us()));
+    if (with_commits)
+        sl_redis_commit_args(r, up->index, k, a);
+    else
+        sl_args_int(a, 0);
     sl_args_int(a, (long long)b->ncalls);
     for (size_t i = 0; i < b->ncalls; i++) {
         const struct sl_check *c = b->calls[i].check;
@@ -1364,11 +1391,18 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b)
     }
 }
 
-/* Send batch B as one script run.  Returns 0, or -1 (nothing sent). */
+/* Send batch B as one script run, carrying the upstream's commits of this
+ * pass if any are waiting.  Returns 0, or -1 (nothing sent). */
 static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_batch *b)
 {
-    sl_redis_batch_args(r, b);
-    return sl_redis_send(r, &b->op);
+    bool with = r->commits[b->up->index].n > 0;
+
+    sl_redis_batch_args(r, b, with);
+    if (sl_redis_send(r, &b->op) != 0)
+        return -1;
+    if (with)
+        sl_redis_commits_written(r, b->up->index, true);
+    return 0;
 }
 
 /* Every call of batch B falls back; B is freed. */
@@ -1614,8 +1648,10 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
                     memset(r->sha, 0, sizeof(r->sha));
                     sl_redis_load_scripts(r);
                 }
+                /* The same arguments: its commits are in them, and its
+                 * deadline only gets closer. */
                 op->eval = true;
-                if (sl_redis_send_batch(r, b) == 0)
+                if (sl_redis_send(r, op) == 0)
                     return;  /* the batch lives on */
             }
             sl_redis_log_error(r, "the decision script", rep->str);
@@ -1714,55 +1750,74 @@ static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
 }
 
 /*
- * Write this pass's commits for UPSTREAM as one script run.  The stamp of
- * each is Redis's TIME minus the time since its sl_store_commit(), measured
- * now, when the batch is written: never earlier than the real send.
+ * Append this pass's commits for UPSTREAM (the commit section of the
+ * scripts).  The stamp of each is Redis's TIME minus the time since its
+ * sl_store_commit(), measured now, when they are written: never earlier
+ * than the real send.
  */
-static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream)
+static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
+                                 struct sl_args *keys, struct sl_args *args)
 {
     struct sl_redis_commits *cs = &r->commits[upstream];
-    struct sl_redis_op *op = NULL;
     int64_t now = sl_redis_now_us();
 
-    if (cs->n == 0)
-        return;
-    if (sl_redis_usable(r))
-        op = sl_redis_script_op(r, SL_LUA_COMMIT);
-    if (op != NULL) {
-        sl_args_int(&op->args, (long long)cs->n);
-        for (size_t i = 0; i < cs->n; i++) {
-            struct sl_redis_lease *l = cs->leases[i];
-            size_t nrate = 0;
-            for (size_t h = 0; h < l->nhits; h++)
-                nrate += l->hits[h].rule->kind == SL_RULE_RATE;
-            sl_args_str(&op->args, l->member);
-            sl_args_int(&op->args, now - l->commit_us);
-            sl_args_int(&op->args, (long long)nrate);
-            for (size_t h = 0; h < l->nhits; h++) {
-                const struct sl_rule *rule = l->hits[h].rule;
-                if (rule->kind != SL_RULE_RATE)
-                    continue;
-                sl_args_hit_keys(&op->keys, r, l->up, &l->hits[h]);
-                sl_args_int(&op->args, (long long)rule->limit);
-                sl_args_int(&op->args, rule->span_us);
-                sl_args_str(&op->args, rule->sync != SL_SYNC_NONE ? "1" : "0");
-            }
-        }
-        if (sl_redis_send(r, op) != 0) {
-            sl_redis_op_free(op);
-            op = NULL;
+    sl_args_int(args, (long long)cs->n);
+    for (size_t i = 0; i < cs->n; i++) {
+        struct sl_redis_lease *l = cs->leases[i];
+        size_t nrate = 0;
+        for (size_t h = 0; h < l->nhits; h++)
+            nrate += l->hits[h].rule->kind == SL_RULE_RATE;
+        sl_args_str(args, l->member);
+        sl_args_int(args, now - l->commit_us);
+        sl_args_int(args, (long long)nrate);
+        for (size_t h = 0; h < l->nhits; h++) {
+            const struct sl_rule *rule = l->hits[h].rule;
+            if (rule->kind != SL_RULE_RATE)
+                continue;
+            sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
+            sl_args_int(args, (long long)rule->limit);
+            sl_args_int(args, rule->span_us);
+            sl_args_str(args, rule->sync != SL_SYNC_NONE ? "1" : "0");
         }
     }
+}
+
+/* The commits appended by sl_redis_commit_args() were written (WRITTEN),
+ * or stay owed. */
+static void sl_redis_commits_written(struct sl_redis *r, size_t upstream,
+                                     bool written)
+{
+    struct sl_redis_commits *cs = &r->commits[upstream];
+
     for (size_t i = 0; i < cs->n; i++) {
         struct sl_redis_lease *l = cs->leases[i];
         l->in_batch = false;
-        if (op != NULL) {
+        if (written) {
             sl_redis_paid(r, l, true, false);
             if (l->released && !l->release_owed)
                 sl_redis_lease_free(r, l);
         }
     }
     cs->n = 0;
+}
+
+/* Write this pass's commits for UPSTREAM as a script run of their own. */
+static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream)
+{
+    struct sl_redis_op *op = NULL;
+
+    if (r->commits[upstream].n == 0)
+        return;
+    if (sl_redis_usable(r))
+        op = sl_redis_script_op(r, SL_LUA_COMMIT);
+    if (op != NULL) {
+        sl_redis_commit_args(r, upstream, &op->keys, &op->args);
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            op = NULL;
+        }
+    }
+    sl_redis_commits_written(r, upstream, op != NULL);
 }
 
 /* Record L's rate hits in the memory store (the local fallback's view of
