@@ -425,3 +425,45 @@ def test_windows_run_from_the_send_not_the_admission(redis, sluice):
     finally:
         relay.close()
         up.close()
+
+
+def test_an_instance_killed_between_decision_and_send_still_counts(redis, sluice):
+    """Its reservation holds the room, then lapses into an entry: the call
+    might have reached the provider, so it counts as sent."""
+    up = Upstream(tls=True, close=True)
+    relay = SlowSetupRelay(up.port, 10.0)  # the connection never gets ready
+    try:
+        conf = {"store": redis.url, "store_timeout": "100ms", "upstreams": [{
+            "name": "leads", "prefix": "/leads",
+            "url": "https://127.0.0.1:%d" % relay.port, "ca_file": up.ca_file,
+            "connect_timeout": "2s",
+            "rules": [{"name": "w", "limit": 1, "window": "30s"}]}]}
+        a, b = sluice(conf), sluice(conf)
+        t0 = time.monotonic()
+        threading.Thread(target=lambda: _quiet(a.request, "GET", "/leads/x", timeout=5),
+                         daemon=True).start()
+        assert wait_for(lambda: keys(redis, "v"), 2)
+        a.proc.kill()
+        a.proc.wait()
+        a.proc = type("Gone", (), {"poll": lambda self: 0, "returncode": 0})()
+        # The reservation counts for the other instance...
+        assert b.request("GET", "/leads/x")[0] == 429
+        # ...until it lapses (connect_timeout + 2 x store_timeout + 1 s after
+        # the decision), when the next decision turns it into an entry.
+        time.sleep(max(0.0, t0 + 3.4 - time.monotonic()))
+        status, h, body = b.request("GET", "/leads/x")
+        assert status == 429
+        assert int(redis.cli("LLEN", RATE)) == 1
+        assert keys(redis, "v") == []
+        assert 26 <= int(h["retry-after"]) <= 30
+        assert up.count() == 0
+    finally:
+        relay.close()
+        up.close()
+
+
+def _quiet(fn, *args, **kw):
+    try:
+        return fn(*args, **kw)
+    except Exception:
+        return None
