@@ -1,0 +1,897 @@
+/*
+ * sl_relay — the upstream exchange of an allowed call.
+ *
+ * The transfer starts as soon as the call is allowed, before the request
+ * body has been read.  Body bytes go through a bounded buffer that
+ * libcurl's read callback drains: when it is full the MHD connection is
+ * suspended (curl's read callback resumes it); when it is empty curl's send
+ * side is paused (new bytes unpause it).  The response streams through a
+ * second bounded buffer the other way: curl's write callback fills it
+ * (pausing curl's receive side when full), MHD's content reader drains it
+ * (suspending the connection when empty).  A response that completed
+ * before it was queued is handed to MHD as one buffer.
+ *
+ * libcurl's pre-request callback marks the moment the request is written
+ * to a ready connection (after connect and TLS): the store logs the call's
+ * reservations then, on the clock the provider counts by.  The response
+ * head is checked as it arrives (ambiguous framing, oversized headers:
+ * 502), and before it is relayed the provider's feedback is read: usage
+ * reports (sync), limit signals that pause the upstream, and with
+ * retry_on_limit the call may be held and sent again after the pause.
+ * What the call holds in the store is given back when the transfer ends:
+ * the provider is done with it, whatever the client still does.
+ *
+ * The easy handle is owned by the request while it is in the multi, and
+ * goes back to the worker's pool when the transfer ends.
+ */
+#include "sl_request.h"
+
+#include "sl_duration.h"
+#include "sl_feedback.h"
+#include "sl_log.h"
+
+#include <arpa/inet.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <time.h>
+
+static enum MHD_Result sl_req_respond(struct sl_request *req);
+
+/* ---- buffers ---- */
+
+size_t sl_buf_len(const struct sl_buf *b) { return b->wpos - b->rpos; }
+
+/* Room for N more bytes within SL_BUF_MAX (an empty buffer always fits). */
+static bool sl_buf_fits(const struct sl_buf *b, size_t n)
+{
+    return sl_buf_len(b) == 0 || sl_buf_len(b) + n <= SL_BUF_MAX;
+}
+
+/* Append up to N bytes; returns how many were taken. */
+static size_t sl_buf_put(struct sl_buf *b, const char *src, size_t n)
+{
+    size_t len = sl_buf_len(b);
+    size_t room = len >= SL_BUF_MAX ? 0 : SL_BUF_MAX - len;
+
+    if (len == 0)
+        room = n > SL_BUF_MAX ? n : SL_BUF_MAX;
+    if (n > room)
+        n = room;
+    if (n == 0)
+        return 0;
+    if (b->rpos > 0 && b->wpos + n > b->cap) {
+        memmove(b->data, b->data + b->rpos, len);
+        b->rpos = 0;
+        b->wpos = len;
+    }
+    if (b->wpos + n > b->cap) {
+        size_t cap = b->cap ? b->cap : 16384;
+        char *d;
+        while (cap < b->wpos + n)
+            cap *= 2;
+        d = realloc(b->data, cap);
+        if (d == NULL)
+            return 0;
+        b->data = d;
+        b->cap = cap;
+    }
+    memcpy(b->data + b->wpos, src, n);
+    b->wpos += n;
+    return n;
+}
+
+static size_t sl_buf_take(struct sl_buf *b, char *dst, size_t max)
+{
+    size_t n = sl_buf_len(b);
+
+    if (n > max)
+        n = max;
+    if (n == 0)
+        return 0;
+    memcpy(dst, b->data + b->rpos, n);
+    b->rpos += n;
+    if (b->rpos == b->wpos)
+        b->rpos = b->wpos = 0;
+    return n;
+}
+
+void sl_buf_free(struct sl_buf *b)
+{
+    free(b->data);
+    memset(b, 0, sizeof(*b));
+}
+
+/* ---- upstream transfer: libcurl callbacks ---- */
+
+/* Upstream response headers sluice relays at most (NGINX's default
+ * proxy_buffer_size is 4-8 KiB); they must fit the client connection's
+ * memory pool beside the request's. */
+#define SL_RESP_HEADERS_MAX (16 * 1024)
+
+/* Record a Content-Length value of the upstream's response. */
+static void sl_resp_content_length(struct sl_request *req, const char *v)
+{
+    long long n = 0;
+    const char *p = v;
+
+    if (*p < '0' || *p > '9')
+        req->resp_cl_bad = true;
+    for (; *p >= '0' && *p <= '9'; p++) {
+        if (n > (INT64_MAX - 9) / 10) {
+            req->resp_cl_bad = true;
+            break;
+        }
+        n = n * 10 + (*p - '0');
+    }
+    if (*p != '\0')
+        req->resp_cl_bad = true;
+    if (req->resp_cl_lines > 0 && n != req->content_length)
+        req->resp_cl_bad = true;
+    req->resp_cl_lines++;
+    req->content_length = n;
+}
+
+/*
+ * One line of the upstream's response head.  Returning 0 aborts the
+ * transfer; with resp_error set, the client gets 502 saying why: a
+ * response whose framing is ambiguous (RFC 9112 6.3) or whose headers
+ * could not be relayed is never passed on as if it were fine.
+ */
+static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t len = size * nitems, n = len;
+    struct sl_hdr *h;
+    char *colon;
+
+    while (n > 0 && (line[n - 1] == '\n' || line[n - 1] == '\r'))
+        n--;
+    if (len >= 5 && strncmp(line, "HTTP/", 5) == 0) {
+        const char *sp = memchr(line, ' ', n);
+        /* A new status line: an interim (1xx) response's headers go away. */
+        req->status = sp ? strtol(sp + 1, NULL, 10) : 0;
+        while (req->hdrs != NULL) {
+            h = req->hdrs;
+            req->hdrs = h->next;
+            free(h);
+        }
+        req->hdrs_tail = &req->hdrs;
+        req->content_length = -1;
+        req->hdr_bytes = 0;
+        req->resp_cl_lines = req->resp_te_lines = 0;
+        req->resp_cl_bad = false;
+        return len;
+    }
+    if (n == 0) {
+        if (req->status >= 200) {
+            if (req->resp_te_lines > 0 && req->resp_cl_lines > 0) {
+                req->resp_error = "the upstream's response has both "
+                                  "Content-Length and Transfer-Encoding";
+                return 0;
+            }
+            if (req->resp_cl_bad) {
+                req->resp_error = "the upstream's response has an invalid or "
+                                  "conflicting Content-Length";
+                return 0;
+            }
+            if (req->resp_te_lines > 0)
+                req->content_length = -1;  /* libcurl decodes the chunks */
+            req->headers_ready = true;
+            if (req->susp == SL_SUSP_HEADERS)
+                sl_req_resume(req);
+        }
+        return len;
+    }
+    if (req->status < 200)
+        return len;
+    req->hdr_bytes += n + 2;
+    if (req->hdr_bytes > SL_RESP_HEADERS_MAX) {
+        req->resp_error = "the upstream's response headers exceed 16 KiB";
+        return 0;
+    }
+    if (memchr(line, '\0', n) != NULL) {
+        req->resp_error = "the upstream's response headers hold a NUL byte";
+        return 0;
+    }
+    if ((line[0] == ' ' || line[0] == '\t'))
+        return len;  /* obsolete line folding: dropped, as RFC 9112 allows */
+    colon = memchr(line, ':', n);
+    if (colon == NULL || colon == line)
+        return len;
+    h = malloc(sizeof(*h) + n + 1);
+    if (h == NULL) {
+        req->resp_error = "sluice is out of memory";
+        return 0;  /* aborts the transfer: 502 */
+    }
+    memcpy(h->line, line, n);
+    h->line[n] = '\0';
+    h->next = NULL;
+    h->name_len = (size_t)(colon - line);
+    h->value = h->line + h->name_len + 1;
+    while (*h->value == ' ' || *h->value == '\t')
+        h->value++;
+    /* Trailing whitespace of the value is not part of it. */
+    for (char *e = h->line + n; e > h->value && (e[-1] == ' ' || e[-1] == '\t');)
+        *--e = '\0';
+    if (h->name_len == 14 && strncasecmp(h->line, "Content-Length", 14) == 0)
+        sl_resp_content_length(req, h->value);
+    else if (h->name_len == 17 && strncasecmp(h->line, "Transfer-Encoding", 17) == 0)
+        req->resp_te_lines++;
+    *req->hdrs_tail = h;
+    req->hdrs_tail = &h->next;
+    return len;
+}
+
+/*
+ * libcurl has a connection (set up, TLS done) and is about to write the
+ * request: this is the moment the provider's clock starts for this call,
+ * so the store logs the call's reservations now.  A call whose connection
+ * took so long that its reservation may have lapsed is not sent at all.
+ */
+static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
+                          int primary_port, int local_port)
+{
+    struct sl_request *req = ud;
+    int64_t now = sl_clock_monotonic(NULL);
+
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    if (req->committed)
+        return CURL_PREREQFUNC_OK;  /* libcurl retried on a fresh connection */
+    if (req->lease != NULL &&
+        now - req->decided_us > req->up->connect_timeout_us + SL_USEC_PER_SEC) {
+        req->resp_error = "the upstream connection took longer than "
+                          "connect_timeout; the call was not sent";
+        return CURL_PREREQFUNC_ABORT;
+    }
+    sl_store_commit(req->w->store, req->lease);
+    req->committed = true;
+    /* After the commit: the call's own log entry is not "sent after" the
+     * moment its answer will be reported from (sl_store_sync). */
+    req->sent_us = sl_clock_monotonic(NULL);
+    return CURL_PREREQFUNC_OK;
+}
+
+static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t n = size * nmemb;
+
+    if (req->client_gone)
+        return 0;  /* aborts the transfer */
+    if (!sl_buf_fits(&req->down, n)) {
+        req->down_paused = true;
+        return CURL_WRITEFUNC_PAUSE;
+    }
+    if (sl_buf_put(&req->down, data, n) != n)
+        return 0;  /* out of memory: abort rather than corrupt the body */
+    if (req->susp == SL_SUSP_BODY ||
+        (req->want_body && sl_buf_len(&req->down) >= SL_SIGNAL_PEEK))
+        sl_req_resume(req);
+    return n;
+}
+
+static size_t sl_curl_read(char *dst, size_t size, size_t nitems, void *ud)
+{
+    struct sl_request *req = ud;
+    size_t n = sl_buf_take(&req->upload, dst, size * nitems);
+
+    if (n > 0) {
+        if (req->susp == SL_SUSP_UPLOAD)
+            sl_req_resume(req);
+        return n;
+    }
+    if (req->up_done)
+        return 0;
+    req->up_paused = true;
+    return CURL_READFUNC_PAUSE;
+}
+
+/* Apply up_paused / down_paused to the easy handle. */
+void sl_req_update_pause(struct sl_request *req)
+{
+    int mask = (req->up_paused ? CURLPAUSE_SEND : 0) |
+               (req->down_paused ? CURLPAUSE_RECV : 0);
+
+    if (req->easy != NULL && !req->xfer_done) {
+        curl_easy_pause(req->easy, mask);
+        /* libcurl 7.88 does not always re-arm the multi timer when a
+         * transfer is unpaused from outside its callbacks: drive it in this
+         * loop pass ourselves. */
+        if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
+            req->w->curl_deadline_ms = sl_now_ms();
+    }
+}
+
+/*
+ * Give back what the call holds in the store: its concurrency slots, and
+ * its rate reservations if the request was never sent.  Held calls waiting
+ * for those buckets ask again at once.
+ */
+void sl_req_release_lease(struct sl_request *req)
+{
+    struct sl_worker *w = req->w;
+
+    if (req->lease == NULL)
+        return;
+    sl_store_release(w->store, req->lease);
+    req->lease = NULL;
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_hit *h = &req->check.hits[i];
+        if (h->rule->kind == SL_RULE_CONCURRENCY ||
+            (h->rule->kind == SL_RULE_RATE && !req->committed))
+            sl_waitlists_room(w->proxy->waitlists, h->rule, h->key, h->key_len);
+    }
+    w->queue_kick = true;
+}
+
+void sl_req_abort_transfer(struct sl_request *req)
+{
+    if (req->easy == NULL)
+        return;
+    curl_multi_remove_handle(req->w->multi, req->easy);
+    sl_worker_put_easy(req->w, req->easy, req->up->index);
+    req->easy = NULL;
+    req->xfer_done = true;
+    req->result = CURLE_ABORTED_BY_CALLBACK;
+    sl_req_release_lease(req);
+}
+
+void sl_request_transfer_done(struct sl_request *req, CURLcode result)
+{
+    char msg[CURL_ERROR_SIZE + 256];
+    const char *q = strchr(req->uri, '?');
+    int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
+
+    curl_multi_remove_handle(req->w->multi, req->easy);
+    sl_worker_put_easy(req->w, req->easy, req->up->index);
+    req->easy = NULL;
+    req->xfer_done = true;
+    req->result = result;
+    /* The provider is done with the call: concurrency slots free now, not
+     * when a slow client has finished reading (or sending). */
+    sl_req_release_lease(req);
+    if (!req->headers_ready) {
+        const char *why = req->errbuf[0] ? req->errbuf : curl_easy_strerror(result);
+        if (req->resp_error != NULL)
+            why = req->resp_error;
+        else if (result == CURLE_OK)
+            why = "the upstream's response was not HTTP";
+        else if (result == CURLE_OUT_OF_MEMORY && req->status > 0)
+            /* libcurl refuses a header line over 100 KiB this way, before
+             * sluice's own 16 KiB bound sees it. */
+            why = "the upstream's response headers are too large "
+                  "(a header line over 100 KiB)";
+        if (result == CURLE_OPERATION_TIMEDOUT) {
+            snprintf(msg, sizeof(msg), "upstream \"%s\" timed out: %s",
+                     req->up->name, why);
+            sl_req_error(req, MHD_HTTP_GATEWAY_TIMEOUT, "upstream_timeout", msg,
+                         0, "upstream_timeout");
+        } else {
+            snprintf(msg, sizeof(msg), "upstream \"%s\" failed: %s",
+                     req->up->name, why);
+            sl_req_error(req, MHD_HTTP_BAD_GATEWAY, "upstream_error", msg, 0,
+                         "upstream_error");
+        }
+        sl_warn("upstream %s: %s %.*s: %s", req->up->name, req->method,
+                plen > 200 ? 200 : plen, req->uri, why);
+    } else if (result != CURLE_OK) {
+        req->outcome = "upstream_truncated";
+        sl_warn("upstream %s: response cut short: %s", req->up->name,
+                req->errbuf[0] ? req->errbuf : curl_easy_strerror(result));
+    }
+    if (req->suspended && req->susp != SL_SUSP_DECIDE)
+        sl_req_resume(req);
+}
+
+/* ---- request headers towards the upstream ---- */
+
+struct sl_hdr_ctx {
+    struct sl_request *req;
+    const char *connection;     /* the client's Connection header */
+    const char *xff;            /* the client's X-Forwarded-For */
+    bool has_accept;
+    bool failed;
+};
+
+static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
+                                          const char *name, const char *value)
+{
+    struct sl_hdr_ctx *ctx = cls;
+    size_t nlen = strlen(name), vlen;
+    struct curl_slist *l;
+    char stack[1024], *line = stack;
+
+    (void)kind;
+    if (sl_header_is_hop_by_hop(name, nlen) ||
+        sl_header_connection_lists(ctx->connection, name, nlen) ||
+        strcasecmp(name, "Host") == 0 || strcasecmp(name, "Expect") == 0 ||
+        strcasecmp(name, "X-Forwarded-For") == 0 ||
+        strcasecmp(name, "X-Forwarded-Proto") == 0)
+        return MHD_YES;
+    if (strcasecmp(name, "Accept") == 0)
+        ctx->has_accept = true;
+    vlen = value != NULL ? strlen(value) : 0;
+    if (nlen + vlen + 3 > sizeof(stack)) {
+        line = malloc(nlen + vlen + 3);
+        if (line == NULL) {
+            ctx->failed = true;
+            return MHD_NO;
+        }
+    }
+    memcpy(line, name, nlen);
+    if (vlen == 0) {
+        /* curl sends "Name;" as a header with an empty value. */
+        memcpy(line + nlen, ";", 2);
+    } else {
+        memcpy(line + nlen, ": ", 2);
+        memcpy(line + nlen + 2, value, vlen + 1);
+    }
+    l = curl_slist_append(ctx->req->req_headers, line);
+    if (line != stack)
+        free(line);
+    if (l == NULL) {
+        ctx->failed = true;
+        return MHD_NO;
+    }
+    ctx->req->req_headers = l;
+    return MHD_YES;
+}
+
+static int sl_add_header(struct sl_request *req, const char *line)
+{
+    struct curl_slist *l = curl_slist_append(req->req_headers, line);
+
+    if (l == NULL)
+        return -1;
+    req->req_headers = l;
+    return 0;
+}
+
+static int sl_req_build_headers(struct sl_request *req)
+{
+    struct sl_hdr_ctx ctx = {.req = req};
+    const union MHD_ConnectionInfo *ci;
+    char ip[INET6_ADDRSTRLEN] = "unknown";
+    char *line;
+    int rc;
+
+    ctx.connection = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Connection");
+    ctx.xff = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                          "X-Forwarded-For");
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sl_copy_req_header,
+                              &ctx);
+    if (ctx.failed)
+        return -1;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci != NULL && ci->client_addr != NULL) {
+        const struct sockaddr *sa = ci->client_addr;
+        if (sa->sa_family == AF_INET)
+            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
+                      sizeof(ip));
+        else if (sa->sa_family == AF_INET6)
+            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
+                      sizeof(ip));
+    }
+    if (ctx.xff != NULL && *ctx.xff)
+        rc = asprintf(&line, "X-Forwarded-For: %s, %s", ctx.xff, ip);
+    else
+        rc = asprintf(&line, "X-Forwarded-For: %s", ip);
+    if (rc < 0)
+        return -1;
+    rc = sl_add_header(req, line);
+    free(line);
+    if (rc != 0 || sl_add_header(req, "X-Forwarded-Proto: http") != 0)
+        return -1;
+    /* Keep libcurl from inventing headers the client did not send. */
+    if (sl_add_header(req, "Expect:") != 0)
+        return -1;
+    if (!ctx.has_accept && sl_add_header(req, "Accept:") != 0)
+        return -1;
+    return 0;
+}
+
+/* Start the upstream transfer.  Returns 0, or -1 (caller answers 502/503). */
+int sl_req_start_transfer(struct sl_request *req, const char *url)
+{
+    const struct sl_upstream_conf *up = req->up;
+    const char *cl, *te;
+    CURL *e;
+
+    if (sl_req_build_headers(req) != 0)
+        return -1;
+    e = sl_worker_get_easy(req->w, up->index);
+    if (e == NULL)
+        return -1;
+    req->easy = e;
+    req->content_length = -1;
+    req->hdrs_tail = &req->hdrs;
+    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, sl_worker_close_socket);
+    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, req->w);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    /* Upstream traffic goes straight to the upstream: an http_proxy in the
+     * environment must not reroute it (and is not looked up per call). */
+    curl_easy_setopt(e, CURLOPT_PROXY, "");
+    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, sl_curl_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
+    curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_curl_write);
+    curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->req_headers);
+    curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->errbuf);
+    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                     (long)(up->connect_timeout_us / 1000));
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
+    if (up->ca_file != NULL)
+        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+
+    cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
+    te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                     "Transfer-Encoding");
+    req->has_body = cl != NULL || te != NULL;
+    /* The handle may come from the pool: restate the method from scratch
+     * (HTTPGET clears UPLOAD and NOBODY). */
+    curl_easy_setopt(e, CURLOPT_HTTPGET, 1L);
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, (char *)NULL);
+    if (strcmp(req->method, "HEAD") == 0) {
+        curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+    } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
+        curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+    }
+    if (req->retries == 0)
+        req->saved_ok = up->retry_on_limit;
+    if (req->has_body && strcmp(req->method, "HEAD") != 0) {
+        curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
+        curl_easy_setopt(e, CURLOPT_READFUNCTION, sl_curl_read);
+        curl_easy_setopt(e, CURLOPT_READDATA, req);
+        curl_easy_setopt(e, CURLOPT_INFILESIZE_LARGE,
+                         cl != NULL && te == NULL ? (curl_off_t)strtoll(cl, NULL, 10)
+                                                  : (curl_off_t)-1);
+    } else {
+        req->up_done = true;
+    }
+    if (curl_multi_add_handle(req->w->multi, e) != CURLM_OK) {
+        sl_worker_put_easy(req->w, e, up->index);
+        req->easy = NULL;
+        return -1;
+    }
+    return 0;
+}
+
+/* ---- the response towards the client ---- */
+
+static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
+{
+    struct sl_request *req = cls;
+    size_t n;
+
+    (void)pos;
+    if (req->client_gone)
+        return MHD_CONTENT_READER_END_WITH_ERROR;
+    n = sl_buf_take(&req->down, buf, max);
+    if (n > 0) {
+        req->bytes_out += n;
+        if (req->down_paused && sl_buf_fits(&req->down, SL_CURL_BUFSIZE)) {
+            req->down_paused = false;
+            sl_req_update_pause(req);
+        }
+        return (ssize_t)n;
+    }
+    if (req->xfer_done)
+        return req->result == CURLE_OK ? MHD_CONTENT_READER_END_OF_STREAM
+                                       : MHD_CONTENT_READER_END_WITH_ERROR;
+    if (req->down_paused) {
+        req->down_paused = false;
+        sl_req_update_pause(req);
+        if (sl_buf_len(&req->down) > 0)
+            return (ssize_t)sl_buf_take(&req->down, buf, max);
+    }
+    sl_req_suspend(req, SL_SUSP_BODY);
+    return 0;
+}
+
+static enum MHD_Result sl_req_respond(struct sl_request *req)
+{
+    const char *connection = NULL;
+    struct MHD_Response *resp;
+    bool is_head = strcmp(req->method, "HEAD") == 0;
+    /* Never advertise room on the answer that says stop. */
+    bool ours = req->decision.rule != NULL &&
+                req->decision.rule->kind == SL_RULE_RATE && !req->signalled;
+    bool theirs = false;
+    enum MHD_Result rc;
+
+    for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
+        if (h->name_len == 10 && strncasecmp(h->line, "Connection", 10) == 0)
+            connection = h->value;
+        if (h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
+            long long r = sl_feedback_ratelimit_r(h->value);
+            theirs = true;
+            /* The upstream's own report wins when it is stricter than ours. */
+            if (ours && r >= 0 && (unsigned long long)r <= req->decision.remaining)
+                ours = false;
+        }
+    }
+    if (req->xfer_done && req->result == CURLE_OK && !is_head) {
+        resp = MHD_create_response_from_buffer(sl_buf_len(&req->down),
+                                               req->down.data + req->down.rpos,
+                                               MHD_RESPMEM_MUST_COPY);
+        req->bytes_out = sl_buf_len(&req->down);
+    } else {
+        uint64_t size = req->content_length >= 0 ? (uint64_t)req->content_length
+                                                 : MHD_SIZE_UNKNOWN;
+        resp = MHD_create_response_from_callback(size, 32 * 1024,
+                                                 sl_req_read_body, req, NULL);
+    }
+    if (resp == NULL)
+        return MHD_NO;
+    for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
+        char save = h->line[h->name_len];
+        if (sl_header_is_hop_by_hop(h->line, h->name_len) ||
+            sl_header_connection_lists(connection, h->line, h->name_len))
+            continue;
+        if (ours && ((h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) ||
+                     (h->name_len == 16 &&
+                      strncasecmp(h->line, "RateLimit-Policy", 16) == 0)))
+            continue;
+        h->line[h->name_len] = '\0';
+        if (MHD_add_response_header(resp, h->line, h->value) != MHD_YES)
+            sl_debug("upstream %s: header %s not relayed", req->up->name, h->line);
+        h->line[h->name_len] = save;
+    }
+    if (ours)
+        sl_respond_ratelimit_headers(resp, &req->decision);
+    else if (req->signalled && !theirs)
+        sl_respond_pause_headers(resp, req->signal_pause_us);
+    rc = MHD_queue_response(req->conn, (unsigned)req->status, resp);
+    MHD_destroy_response(resp);
+    if (rc != MHD_YES) {
+        /* MHD could not take it (its per-connection memory): close rather
+         * than leave the client without an answer it can trust. */
+        sl_warn("upstream %s: its response could not be relayed (headers too "
+                "large for the connection)", req->up->name);
+        return MHD_NO;
+    }
+    req->queued = true;
+    req->status_sent = (unsigned)req->status;
+    return rc;
+}
+
+/* ---- what the provider says: limit signals and usage reports ---- */
+
+static const char *sl_resp_header(const struct sl_request *req, const char *name)
+{
+    size_t len = strlen(name);
+
+    for (const struct sl_hdr *h = req->hdrs; h != NULL; h = h->next)
+        if (h->name_len == len && strncasecmp(h->line, name, len) == 0)
+            return h->value;
+    return NULL;
+}
+
+/* sl_header_fn over the upstream's response headers. */
+static const char *sl_resp_header_cb(void *ctx, const char *name)
+{
+    return sl_resp_header(ctx, name);
+}
+
+static bool sl_method_idempotent(const char *m)
+{
+    static const char *const idem[] = {"GET", "HEAD", "OPTIONS", "TRACE", "PUT",
+                                       "DELETE", NULL};
+    for (const char *const *i = idem; *i; i++)
+        if (strcmp(*i, m) == 0)
+            return true;
+    return false;
+}
+
+enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
+
+/*
+ * The response headers are in: follow the provider's usage reports, and
+ * pause the upstream if the response says "over the limit".  WAIT: a
+ * signal needs the start of the body first.  RETRY: hold the call and send
+ * it again after the pause (retry_on_limit).
+ */
+static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_out)
+{
+    const struct sl_upstream_conf *up = req->up;
+    const char *ra_text = sl_resp_header(req, "Retry-After");
+    int64_t ra = sl_feedback_retry_after_us(ra_text, time(NULL)), pause = -1;
+    const char *why = NULL;
+
+    for (size_t i = 0; i < up->nsignals; i++) {
+        const struct sl_limit_signal *sg = &up->signals[i];
+        if (sg->status != (unsigned)req->status)
+            continue;
+        if (sg->body_contains != NULL) {
+            size_t have = sl_buf_len(&req->down);
+            if (!req->xfer_done && have < SL_SIGNAL_PEEK) {
+                req->want_body = true;
+                return SL_FEEDBACK_WAIT;
+            }
+            if (have == 0 || memmem(req->down.data + req->down.rpos,
+                                    have < SL_SIGNAL_PEEK ? have : SL_SIGNAL_PEEK,
+                                    sg->body_contains, strlen(sg->body_contains)) == NULL)
+                continue;
+        }
+        pause = ra >= 0 ? ra : sg->pause_us;
+        why = "a configured limit signal";
+        break;
+    }
+    req->want_body = false;
+    req->feedback_done = true;
+
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_rule *r = req->check.hits[i].rule;
+        long long left;
+        if (r->sync == SL_SYNC_NONE)
+            continue;
+        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req);
+        if (left == SL_FEEDBACK_MALFORMED) {
+            req->w->malformed_reports++;
+            if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
+                req->w->malformed_logged_ms = sl_now_ms();
+                sl_warn("upstream %s: ignored a malformed usage report for rule "
+                        "\"%s\" (%lu on this worker so far)", up->name, r->name,
+                        req->w->malformed_reports);
+            }
+        } else if (left >= 0) {
+            const struct sl_hit *hit = &req->check.hits[i];
+            int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
+            sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
+            /* A report may give room back: the first waiter asks again. */
+            sl_waitlists_room(req->w->proxy->waitlists, hit->rule, hit->key,
+                              hit->key_len);
+        }
+    }
+
+    if (pause < 0 && (req->status == 429 || req->status == 503) && ra >= 0) {
+        pause = ra;
+        why = "Retry-After";
+    } else if (pause < 0 && req->status == 429) {
+        pause = up->default_pause_us;
+        why = "429 without Retry-After";
+    }
+    if (pause <= 0)
+        return SL_FEEDBACK_DONE;
+    req->signalled = true;
+    req->signal_pause_us = pause;
+    sl_store_pause(req->w->store, up, pause);
+    sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
+            up->name, req->status, why, (double)pause / SL_USEC_PER_SEC);
+    *pause_out = pause;
+    if (up->retry_on_limit && req->retries < 3 && req->up_done &&
+        (!req->has_body || req->saved_ok) &&
+        (up->retry_unsafe || sl_method_idempotent(req->method)) &&
+        pause <= up->max_wait_us &&
+        sl_queue_count(&req->w->queue, up->index) < up->max_queue)
+        return SL_FEEDBACK_RETRY;
+    return SL_FEEDBACK_DONE;
+}
+
+/* Drop the signal response and hold the call until the pause is over. */
+static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
+{
+    struct sl_decision d = {.verdict = SL_VERDICT_DENY,
+                            .rule = &req->up->pause_rule, .wait_us = pause};
+
+    sl_req_abort_transfer(req);
+    while (req->hdrs != NULL) {
+        struct sl_hdr *h = req->hdrs;
+        req->hdrs = h->next;
+        free(h);
+    }
+    req->hdrs_tail = &req->hdrs;
+    req->down.rpos = req->down.wpos = 0;
+    req->headers_ready = false;
+    req->xfer_done = false;
+    req->down_paused = false;
+    req->up_paused = false;
+    req->result = CURLE_OK;
+    req->status = 0;
+    req->content_length = -1;
+    req->feedback_done = false;
+    req->errbuf[0] = '\0';
+    curl_slist_free_all(req->req_headers);
+    req->req_headers = NULL;
+    req->hdr_bytes = 0;
+    req->resp_cl_lines = req->resp_te_lines = 0;
+    req->resp_cl_bad = false;
+    req->resp_error = NULL;
+    req->signalled = false;
+    sl_req_release_lease(req);
+    req->upload.rpos = req->upload.wpos = 0;
+    if (req->saved_len > 0 && sl_buf_put(&req->upload, req->saved, req->saved_len)
+        != req->saved_len)
+        return MHD_NO;
+    req->retries++;
+    if (sl_req_hold(req, &d, true) != 0)
+        return MHD_NO;
+    sl_info("upstream %s: call held for a retry after the pause (retry %d)",
+            req->up->name, req->retries);
+    sl_req_suspend(req, SL_SUSP_HELD);
+    return MHD_YES;
+}
+
+/* Body complete (or never expected): answer now or wait for the upstream. */
+enum MHD_Result sl_req_try_respond(struct sl_request *req)
+{
+    if (req->queued)
+        return MHD_YES;
+    if (req->pending != NULL)
+        return sl_req_queue_pending(req);
+    if (req->headers_ready && !req->feedback_done) {
+        int64_t pause = 0;
+        switch (sl_req_feedback(req, &pause)) {
+        case SL_FEEDBACK_WAIT:
+            sl_req_suspend(req, SL_SUSP_HEADERS);
+            return MHD_YES;
+        case SL_FEEDBACK_RETRY:
+            return sl_req_retry(req, pause);
+        case SL_FEEDBACK_DONE:
+            break;
+        }
+    }
+    if (req->headers_ready)
+        return sl_req_respond(req);
+    if (req->xfer_done || req->easy == NULL)
+        return MHD_NO;  /* no transfer and no answer to give: close */
+    sl_req_suspend(req, SL_SUSP_HEADERS);
+    return MHD_YES;
+}
+
+enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
+                                     size_t *size)
+{
+    /* Nothing to forward to (answered already, or the upstream finished):
+     * read and drop the body so the connection stays usable. */
+    if (req->easy == NULL || req->xfer_done || req->pending != NULL) {
+        *size = 0;
+        return MHD_YES;
+    }
+    while (*size > 0) {
+        size_t n = sl_buf_put(&req->upload, data, *size);
+        if (n == 0)
+            break;
+        if (req->saved_ok) {
+            /* Keep a copy for a retry after a pause; big bodies are not. */
+            char *s = req->saved_len + n <= SL_SAVE_MAX
+                          ? realloc(req->saved, req->saved_len + n) : NULL;
+            if (s == NULL) {
+                free(req->saved);
+                req->saved = NULL;
+                req->saved_len = 0;
+                req->saved_ok = false;
+            } else {
+                memcpy(s + req->saved_len, data, n);
+                req->saved = s;
+                req->saved_len += n;
+            }
+        }
+        data += n;
+        *size -= n;
+        if (req->up_paused) {
+            req->up_paused = false;
+            sl_req_update_pause(req);  /* may drain the buffer at once */
+        }
+    }
+    if (*size > 0)
+        sl_req_suspend(req, SL_SUSP_UPLOAD);
+    return MHD_YES;
+}
+

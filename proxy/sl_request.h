@@ -1,0 +1,162 @@
+/*
+ * sl_request.h — the request, as the files of one call's life share it.
+ *
+ * A call's life is split by phase, one file each:
+ *   sl_request.c  accept and decide: MHD's callbacks, routing, matching,
+ *                 the store's decision, synthetic answers, suspension;
+ *   sl_framing.c  what a request head must look like before it is trusted;
+ *   sl_relay.c    the upstream exchange: libcurl's callbacks, bodies both
+ *                 ways, the response, the provider's feedback and retries;
+ *   sl_hold.c     queue mode: holding a call, asking again, expiring.
+ * Everything here is internal to proxy/ (sl_proxy.h is the worker's view).
+ * All of it runs on the worker thread that owns the connection.
+ */
+#ifndef SL_REQUEST_H
+#define SL_REQUEST_H
+
+#include "sl_proxy.h"
+
+#define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
+#define SL_SIGNAL_PEEK (64 * 1024)  /* body bytes searched for limit signals */
+#define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
+#define SL_CURL_BUFSIZE (64 * 1024)
+
+/* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
+struct sl_buf {
+    char *data;
+    size_t cap, rpos, wpos;
+};
+
+enum sl_phase {
+    SL_PHASE_NEW,       /* request line seen, headers not yet handled */
+    SL_PHASE_ACTIVE,    /* routed and decided */
+};
+
+enum sl_susp {
+    SL_SUSP_NONE,
+    SL_SUSP_DECIDE,     /* waiting for the store */
+    SL_SUSP_UPLOAD,     /* upload buffer full */
+    SL_SUSP_HEADERS,    /* body sent, waiting for response headers */
+    SL_SUSP_BODY,       /* response buffer empty */
+    SL_SUSP_HELD,       /* queue mode: waiting for room */
+};
+
+/* One upstream response header line, "Name: value" split in place. */
+struct sl_hdr {
+    struct sl_hdr *next;
+    size_t name_len;
+    char *value;        /* points into line */
+    char line[];
+};
+
+struct sl_request {
+    struct sl_request *prev, *next;   /* worker's list of live requests */
+    struct sl_worker *w;
+    struct MHD_Connection *conn;
+    char *uri;                        /* raw request target (owned) */
+    const char *raw_uri;              /* ... where MHD parsed it (its buffer) */
+    const char *method;               /* MHD-owned, valid until completion */
+    const struct sl_upstream_conf *up;
+    enum sl_phase phase;
+
+    bool suspended;
+    enum sl_susp susp;
+    struct sl_conn *sconn;            /* the connection's watch, or NULL */
+    bool client_gone;
+
+    struct sl_check check;            /* rules matched (owned keys) */
+    struct sl_decision decision;
+    struct sl_lease *lease;           /* owned, released when the upstream
+                                       * exchange ends */
+    bool committed;                   /* the lease's reservations are logged */
+    int64_t decided_us;               /* when the store allowed it */
+    int64_t sent_us;                  /* when its request went upstream */
+    bool signalled;                   /* the response said "over the limit" */
+    int64_t signal_pause_us;          /* ... and asked for this pause */
+    bool deciding;                    /* store's answer outstanding */
+    bool replay_headers;              /* MHD will repeat the headers call */
+    struct sl_held held;              /* its place in the queue */
+    bool is_held;
+    struct sl_decision last_deny;     /* why it is held */
+    bool feedback_done;               /* provider's signals read */
+    bool want_body;                   /* a signal needs the body's start */
+    char *saved;                      /* request body kept for a retry */
+    size_t saved_len;
+    bool saved_ok;                    /* the whole body is in `saved` */
+    int retries;
+    bool orphaned;                    /* completed while deciding */
+
+    struct MHD_Response *pending;     /* synthetic response to queue */
+    unsigned pending_status;
+
+    CURL *easy;                       /* owned while the transfer runs */
+    struct curl_slist *req_headers;
+    bool has_body;
+    bool up_done;                     /* client body fully received */
+    bool up_paused;                   /* curl send side paused */
+    struct sl_buf upload;             /* client body towards curl */
+
+    long status;                      /* upstream status (final) */
+    struct sl_hdr *hdrs, **hdrs_tail;
+    size_t hdr_bytes;                 /* of the final response's headers */
+    unsigned resp_cl_lines, resp_te_lines;
+    bool resp_cl_bad;                 /* unreadable or differing lengths */
+    const char *resp_error;           /* why sluice refused the response */
+    bool headers_ready;
+    int64_t content_length;           /* -1 unknown */
+    struct sl_buf down;
+    bool down_paused;                 /* curl receive side paused */
+    bool xfer_done;
+    CURLcode result;
+    bool queued;
+    char errbuf[CURL_ERROR_SIZE];
+
+    int64_t start_ms;
+    unsigned status_sent;
+    const char *outcome;              /* for the access log */
+    uint64_t bytes_out;
+};
+
+/* sl_request.c */
+void sl_req_suspend(struct sl_request *req, enum sl_susp why);
+void sl_req_resume(struct sl_request *req);
+void sl_req_set_pending(struct sl_request *req, unsigned status,
+                        struct MHD_Response *resp, const char *outcome);
+void sl_req_error(struct sl_request *req, unsigned status, const char *error,
+                  const char *message, int64_t retry_after, const char *outcome);
+/* The over-limit answer for decision D (the upstream's reject status). */
+void sl_req_limited(struct sl_request *req, const struct sl_decision *d);
+enum MHD_Result sl_req_queue_pending(struct sl_request *req);
+/* sl_decide_cb: the store's answer for a call (may run inside
+ * sl_store_decide()). */
+void sl_req_decided(void *arg, const struct sl_decision *d,
+                    struct sl_lease *lease);
+/* The raw request target past the upstream's prefix (path and query). */
+const char *sl_req_rest(const struct sl_request *req);
+
+/* sl_framing.c: 0, or the status to answer (400, 501) with *WHY set. */
+unsigned sl_req_check_framing(struct sl_request *req, const char *version,
+                              const char **why);
+
+/* sl_relay.c */
+size_t sl_buf_len(const struct sl_buf *b);
+void sl_buf_free(struct sl_buf *b);
+/* Start the upstream transfer to URL.  Returns 0, or -1 (answer 503). */
+int sl_req_start_transfer(struct sl_request *req, const char *url);
+void sl_req_abort_transfer(struct sl_request *req);
+void sl_req_update_pause(struct sl_request *req);
+void sl_req_release_lease(struct sl_request *req);
+/* Body bytes from the client towards the transfer. */
+enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
+                              size_t *size);
+/* The body is complete (or none): answer now or wait for the upstream. */
+enum MHD_Result sl_req_try_respond(struct sl_request *req);
+
+/* sl_hold.c */
+#define SL_QUEUE_POLL_MS 50   /* safety-net retry for concurrency slots */
+/* Hold the call denied by D (queue mode, or FORCE).  0 held, -1 answer
+ * the 429 now (D's wait may have been raised to the honest one). */
+int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force);
+void sl_req_unhold(struct sl_request *req);
+
+#endif
