@@ -138,6 +138,7 @@
 #define SL_REDIS_BACKOFF_MAX_MS 1000
 #define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
+#define SL_REDIS_UNDO_MAX 1000      /* batches to undo on the next connection */
 #define SL_REDIS_CLOCK_REFRESH_US (2 * SL_USEC_PER_SEC)
 /* Bound on the drift between Redis's clock and ours: 1 ms per second. */
 #define SL_REDIS_DRIFT_DIV 1000
@@ -561,6 +562,8 @@ struct sl_redis {
     struct sl_redis_lease *leases;        /* the callers' leases */
     struct sl_redis_lease *owed;          /* released, still owing Redis */
     size_t nowed;                         /* leases that owe something */
+    struct sl_redis_op *undo;             /* undos for the next connection */
+    size_t nundo;
     struct sl_redis_batch **pending;      /* per upstream: batches being built */
     /* Upstreams with a batch or commits to write at the end of the pass
      * (two lists swapped while flushing; is_dirty says who is on one). */
@@ -1135,17 +1138,15 @@ static void sl_redis_connect(struct sl_redis_link *link)
     sl_redis_load_scripts(r);
 }
 
-/*
- * Undo, behind batch B on the same connection, whatever B's decisions took:
- * Redis runs one connection's commands in order, so this runs after B if B
- * ever runs.  Nothing if B ran past its deadline (it wrote nothing).
- */
-static void sl_redis_undo_batch(struct sl_redis *r, struct sl_redis_batch *b)
+/* A script op removing every member batch B's decisions may have taken,
+ * or NULL (out of memory, or nothing to remove). */
+static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
+                                            const struct sl_redis_batch *b)
 {
     struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_RELEASE);
 
     if (op == NULL)
-        return;
+        return NULL;
     sl_args_str(&op->args, r->channel);
     for (size_t i = 0; i < b->ncalls; i++) {
         const struct sl_check *c = b->calls[i].check;
@@ -1162,11 +1163,41 @@ static void sl_redis_undo_batch(struct sl_redis *r, struct sl_redis_batch *b)
             sl_args_int(&op->args, 0);
         }
     }
-    if (op->keys.n == 0) {
+    if (op->keys.n == 0 || op->keys.oom || op->args.oom) {
         sl_redis_op_free(op);
-        return;
+        return NULL;
     }
-    sl_redis_send_script(r, op);
+    return op;
+}
+
+/*
+ * Undo, behind batch B on the same connection, whatever B's decisions took:
+ * Redis runs one connection's commands in order, so this runs after B if B
+ * ever runs.  Nothing if B ran past its deadline (it wrote nothing).
+ */
+static void sl_redis_undo_batch(struct sl_redis *r, struct sl_redis_batch *b)
+{
+    struct sl_redis_op *op = sl_redis_undo_op(r, b);
+
+    if (op != NULL)
+        sl_redis_send_script(r, op);
+}
+
+/*
+ * The connection dropped under batch B (Redis closed it, or the network
+ * failed) before its answer: B may have run.  Redis drops what it had not
+ * read from a closed connection, so B will not run later: undoing it on the
+ * next connection, whenever that runs, is safe.  Bounded.
+ */
+static void sl_redis_owe_undo(struct sl_redis *r, struct sl_redis_batch *b)
+{
+    struct sl_redis_op *op;
+
+    if (r->nundo >= SL_REDIS_UNDO_MAX || (op = sl_redis_undo_op(r, b)) == NULL)
+        return;  /* its reservations lapse into entries, its slots expire */
+    op->next = r->undo;
+    r->undo = op;
+    r->nundo++;
 }
 
 /*
@@ -1606,7 +1637,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             /* Redis answers again: calls use it from now on, and what was
              * owed while it could not is written behind this. */
             sl_redis_mark_up(r);
-            if (r->nowed > 0 || r->owed != NULL)
+            if (r->nowed > 0 || r->owed != NULL || r->undo != NULL)
                 sl_redis_settle_owed(r);
         }
     }
@@ -1636,6 +1667,10 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
     case SL_OP_DECIDE: {
         struct sl_redis_batch *b = (struct sl_redis_batch *)op;
         if (rep == NULL) {
+            /* Not given up by us (sl_redis_fail() wrote the undo then):
+             * the connection dropped. */
+            if (!r->main.freeing)
+                sl_redis_owe_undo(r, b);
             sl_redis_batch_fallback(r, b);
             return;
         }
@@ -1942,6 +1977,12 @@ static void sl_redis_settle_owed(struct sl_redis *r)
 
     if (!sl_redis_usable(r))
         return;
+    while (r->undo != NULL) {
+        struct sl_redis_op *op = r->undo;
+        r->undo = op->next;
+        r->nundo--;
+        sl_redis_send_script(r, op);
+    }
     for (l = r->leases; l != NULL; l = l->next)
         if (l->commit_owed)
             sl_redis_queue_commit(r, l);
@@ -2221,6 +2262,11 @@ static void sl_redis_destroy(struct sl_store *store)
         sl_redis_lease_free(r, r->leases);
     while (r->owed != NULL)
         sl_redis_lease_free(r, r->owed);
+    while (r->undo != NULL) {
+        struct sl_redis_op *op = r->undo;
+        r->undo = op->next;
+        sl_redis_op_free(op);
+    }
     sl_redis_mark_up(r);  /* keep the process-wide count right */
     for (size_t i = 0; i < r->config->nupstreams; i++)
         free(r->commits[i].leases);
