@@ -31,11 +31,12 @@
  * (now - span, now] plus the live reservations are fewer than `limit`
  * (span = window + the upstream's margin): with m = limit - reservations,
  * iff the list is shorter than m or its m-th newest entry has left the
- * span; O(1) (ZCARD, LLEN, LINDEX).  The commit script removes the
- * reservation and, only if it was still there, pops stale tail entries and
- * LPUSHes the stamp: Redis TIME minus the local delay between
+ * span; O(1) (ZCARD, LLEN, LINDEX).  Commits made in one loop pass are
+ * written together, inside the upstream's decision batch of that pass if
+ * there is one: each removes its reservation and, only if it was still
+ * there, LPUSHes its stamp -- Redis TIME minus the local delay between
  * sl_store_commit() and the moment the batch was written, so never earlier
- * than the real send.  A reservation whose time lapses uncommitted (its
+ * than the real send (decisions pop stale entries from the tail).  A reservation whose time lapses uncommitted (its
  * instance died between decision and send, or the commit was lost) is
  * turned, by the next script that sees it, into a log entry stamped then:
  * it counts as sent, the safe side.  The lapse time is connect_timeout +
@@ -97,23 +98,28 @@
  *
  * What "local" guarantees.  Every call this instance sends through Redis is
  * also recorded in the memory store (at commit, on the local clock), and
- * the memory store grants each limit times local_share while it stands in
- * for Redis.  So, during an outage, in any window each instance sends at
- * most floor(local_share x limit) calls, counting the calls it sent
- * through Redis in that window (an instance that already sent more than its
- * share through Redis sends nothing more until they leave the window).
- * With N instances and local_share <= 1/N, the fleet stays within the
- * limit in every window that lies inside the outage.  A window that spans
- * the outage's start may also hold the other instances' calls made through
- * Redis before it (at most `limit` of them in all): at most limit +
- * (N - 1) x floor(local_share x limit) < 2 x limit.  Calls sent locally are
- * logged in Redis, at their real send time, once it answers again (owed
- * entries, best effort: an instance that dies or exceeds the bound before
- * Redis returns loses them), so a window that spans the outage's end is
- * exact for the calls decided by Redis after it.  Each instance's share
- * is counted on its own clock; instances that are cut off from Redis while
- * others are not (a partition) each add up to their share on top of what
- * Redis grants.
+ * the memory store grants each limit times local_share (rounded down)
+ * while it stands in for Redis.  So, while an instance cannot use Redis, a
+ * call it decides locally fits only if its own calls in the span before it
+ * -- sent through Redis or locally -- are fewer than
+ * f = floor(local_share x limit): in any window, an instance that is in an
+ * outage sends at most f calls, counting the calls it sent through Redis in
+ * that window (one that already sent more than f through Redis sends
+ * nothing more until they leave the window).  With N instances and
+ * local_share <= 1/N, the fleet stays within the limit in every window
+ * that lies inside the outage (N x f <= limit).  A window that spans the
+ * outage's start may also hold the other instances' calls made through
+ * Redis before it: at most limit + (N - 1) x f < 2 x limit in all.  Calls
+ * sent locally are logged in Redis once it answers again, stamped at their
+ * send (or at the list's newest entry, if later): each instance writes its
+ * owed entries on its first answer from Redis (within about a second of
+ * Redis answering again, the reconnection backoff), so windows that span
+ * the outage's end are exact from then on for the calls Redis decides.
+ * Owed entries are best effort: an instance that dies before Redis comes
+ * back, or owes more than SL_REDIS_OWED_MAX, loses them.  Instances cut off
+ * from Redis while others are not (a partition) each add up to f per window
+ * on top of what Redis grants.  "deny" sends nothing while Redis is away;
+ * "allow" sends without counting, in Redis or locally.
  */
 #include "sl_store.h"
 
@@ -1037,21 +1043,25 @@ static void sl_redis_on_disconnect(const redisAsyncContext *ac, int status)
     sl_redis_schedule_reconnect(link);
 }
 
-/* A setup command (no script); SHA_DST receives SCRIPT LOAD's answer. */
-static void sl_redis_send_setup(struct sl_redis *r, enum sl_redis_op_kind kind,
-                                int argc, const char **argv, char *sha_dst)
+/* A setup command (no script); SHA_DST receives SCRIPT LOAD's answer.
+ * Returns 0 (written), or -1. */
+static int sl_redis_send_setup(struct sl_redis *r, enum sl_redis_op_kind kind,
+                               int argc, const char **argv, char *sha_dst)
 {
     struct sl_redis_op *op = calloc(1, sizeof(*op));
 
     if (op == NULL)
-        return;
+        return -1;
     op->r = r;
     op->kind = kind;
     op->sha_dst = sha_dst;
     for (int i = 0; i < argc; i++)
         sl_args_str(&op->args, argv[i]);
-    if (sl_redis_send(r, op) != 0)
+    if (sl_redis_send(r, op) != 0) {
         sl_redis_op_free(op);
+        return -1;
+    }
+    return 0;
 }
 
 static void sl_redis_load_scripts(struct sl_redis *r)
@@ -1066,8 +1076,7 @@ static void sl_redis_ask_clock(struct sl_redis *r)
 {
     const char *argv[] = {"TIME"};
 
-    r->clock_asked = true;
-    sl_redis_send_setup(r, SL_OP_CLOCK, 1, argv, NULL);
+    r->clock_asked = sl_redis_send_setup(r, SL_OP_CLOCK, 1, argv, NULL) == 0;
 }
 
 static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privdata);
