@@ -244,7 +244,7 @@ def test_two_instances_each_use_their_share_during_an_outage(upstream, redis, sl
     conf = cfg(upstream, redis, [{"name": "w", "limit": 20, "window": "1m"}],
                store_timeout="100ms", local_share=0.5)
     a, b = sluice(conf), sluice(conf)
-    # Both are connected (a call each would spend quota: ask for nothing).
+    # Let both connect (without a call: the history stays empty).
     time.sleep(0.3)
     redis.kill()
     got = parallel(2, lambda i: [(a, b)[i].request("GET", "/leads/x")[0]
