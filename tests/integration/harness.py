@@ -305,14 +305,24 @@ class DelayRelay:
                 return
             threading.Thread(target=self._serve, args=(client,), daemon=True).start()
 
-    def _pipe(self, src, dst, delayed):
+    def forward(self, data, towards_target, first):
+        """What to pass on of DATA (None: cut the connection).  FIRST: the
+        first piece in this direction.  Subclasses script other networks."""
+        if towards_target:
+            time.sleep(self._delay())
+        return data
+
+    def _pipe(self, src, dst, towards_target):
+        first = True
         try:
             while True:
                 data = src.recv(65536)
                 if not data:
                     break
-                if delayed:
-                    time.sleep(self._delay())
+                data = self.forward(data, towards_target, first)
+                first = False
+                if data is None:
+                    break
                 dst.sendall(data)
         except OSError:
             pass

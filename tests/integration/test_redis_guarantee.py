@@ -47,32 +47,10 @@ class SlowSetupRelay(DelayRelay):
         self.hold = hold
         self.armed = True
 
-    def _serve(self, client):
-        try:
-            upstream = socket.create_connection(("127.0.0.1", self.target_port))
-        except OSError:
-            client.close()
-            return
-        threading.Thread(target=self._pipe, args=(upstream, client, False),
-                         daemon=True).start()
-        first = True
-        try:
-            while True:
-                data = client.recv(65536)
-                if not data:
-                    break
-                if first and self.armed:
-                    time.sleep(self.hold)
-                first = False
-                upstream.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (client, upstream):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def forward(self, data, towards_target, first):
+        if towards_target and first and self.armed:
+            time.sleep(self.hold)
+        return data
 
 
 class CutRelay(DelayRelay):
@@ -84,27 +62,12 @@ class CutRelay(DelayRelay):
         self.cut_next = False
         self.cut_lock = threading.Lock()
 
-    def _pipe(self, src, dst, delayed):
-        if delayed:  # towards Redis: as is
-            return super()._pipe(src, dst, delayed)
-        try:
-            while True:
-                data = src.recv(65536)
-                if not data:
-                    break
-                with self.cut_lock:
-                    cut, self.cut_next = self.cut_next, False
-                if cut:
-                    break
-                dst.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for s in (src, dst):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+    def forward(self, data, towards_target, first):
+        if towards_target:  # towards Redis: as is
+            return data
+        with self.cut_lock:
+            cut, self.cut_next = self.cut_next, False
+        return None if cut else data
 
 
 @pytest.fixture
