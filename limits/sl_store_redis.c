@@ -36,8 +36,9 @@
  * there is one: each removes its reservation and, only if it was still
  * there, LPUSHes its stamp -- Redis TIME minus the local delay between
  * sl_store_commit() and the moment the batch was written, so never earlier
- * than the real send (decisions pop stale entries from the tail).  A reservation whose time lapses uncommitted (its
- * instance died between decision and send, or the commit was lost) is
+ * than the real send (decisions pop stale entries from the tail).  A
+ * reservation whose time lapses uncommitted (its instance died between
+ * decision and send, or the commit was lost) is
  * turned, by the next script that sees it, into a log entry stamped then:
  * it counts as sent, the safe side.  The lapse time is connect_timeout +
  * 2 store_timeout + 1 s after the decision: the proxy sends within
