@@ -57,21 +57,20 @@ static long sl_path_decode(const char *path, size_t len, char *out)
     return (long)o;
 }
 
-/* Does the decoded text still hold an escape a second decoding would turn
- * into a character that changes the path's structure? */
+/*
+ * Does the decoded text still hold an escape ("%XX"), which a server that
+ * decodes twice would read as another character ("le%2561d" is "lead" to
+ * it, and could dodge a rule)?  Or an overlong UTF-8 lead byte (0xC0,
+ * 0xC1: never valid UTF-8), which some old decoders read as '.' or '/'?
+ */
 static bool sl_path_double_encoded(const char *p, size_t len)
 {
-    for (size_t i = 0; i + 2 < len; i++) {
-        int hi, lo, c;
-        if (p[i] != '%')
-            continue;
-        hi = sl_path_hex((unsigned char)p[i + 1]);
-        lo = sl_path_hex((unsigned char)p[i + 2]);
-        if (hi < 0 || lo < 0)
-            continue;
-        c = hi * 16 + lo;
-        if (c == '%' || c == '.' || c == '/' || c == '\\' || c == ';' ||
-            sl_path_is_control((unsigned char)c))
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)p[i];
+        if (c == 0xc0 || c == 0xc1)
+            return true;
+        if (c == '%' && i + 2 < len && sl_path_hex((unsigned char)p[i + 1]) >= 0 &&
+            sl_path_hex((unsigned char)p[i + 2]) >= 0)
             return true;
     }
     return false;
@@ -169,7 +168,8 @@ const char *sl_path_strerror(int status)
     case SL_PATH_DOT_SEGMENT:
         return "the path holds a \".\" or \"..\" segment (in some spelling)";
     case SL_PATH_DOUBLE_ENCODED:
-        return "the path holds a double-encoded '%', '.', '/', '\\' or ';'";
+        return "the path holds a double-encoded character (\"%25\" followed by "
+               "an escape) or an overlong UTF-8 byte";
     case SL_PATH_NOT_ABSOLUTE:
         return "the path does not start with \"/\"";
     }

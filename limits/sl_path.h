@@ -23,8 +23,10 @@
  *   - a malformed escape ('%' not followed by two hex digits);
  *   - a decoded NUL or other control character (0x00-0x1f, 0x7f);
  *   - a segment made only of dots ("." "..", "..."), after steps 1-3;
- *   - a decoded path that still holds an escape of '%', '.', '/', '\' or
- *     ';' ("%252e"): a server that decodes twice would read it as one.
+ *   - a decoded path that still holds an escape ("%252e", "le%2561d"): a
+ *     server that decodes twice would read it as another character; and
+ *     the overlong UTF-8 lead bytes 0xC0 and 0xC1 ("%c0%ae" is '.' to
+ *     some old decoders).
  * Pure functions: no allocation, no I/O, thread-safe.
  */
 #ifndef SL_PATH_H
@@ -40,7 +42,7 @@ enum sl_path_status {
     SL_PATH_BAD_ESCAPE = -1,      /* '%' without two hex digits */
     SL_PATH_CONTROL = -2,         /* a (decoded) control character */
     SL_PATH_DOT_SEGMENT = -3,     /* ".", ".." (in any spelling) */
-    SL_PATH_DOUBLE_ENCODED = -4,  /* "%25" hiding '%', '.', '/', '\' or ';' */
+    SL_PATH_DOUBLE_ENCODED = -4,  /* "%25XX", or an overlong UTF-8 byte */
     SL_PATH_NOT_ABSOLUTE = -5,    /* does not start with '/' */
 };
 

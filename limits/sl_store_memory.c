@@ -380,6 +380,15 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
         } else {
+            size_t before = sl_window_bytes(&bk[i]->win);
+            /* The log's slot for this call is taken now, so that logging
+             * it when it is sent cannot fail. */
+            if (sl_window_ensure(&bk[i]->win, r->limit,
+                                 (uint64_t)bk[i]->win.count + bk[i]->reserved + 1) != 0) {
+                lease->n--;
+                goto rollback;
+            }
+            atomic_fetch_add(&s->bytes, sl_window_bytes(&bk[i]->win) - before);
             bk[i]->reserved++;
             if (probe[i])
                 bk[i]->probe_at = now + r->sync_probe_us;

@@ -1723,6 +1723,16 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             sl_redis_batch_fallback(r, b);
             return;
         }
+        if (sl_redis_now_us() > op->deadline_us) {
+            /* The answer is in, but later than store_timeout (this process
+             * was stalled: paused, throttled, swapped): the reservations it
+             * granted may lapse before a call so late could be sent, so it
+             * is treated as given up.  Undone behind itself; decided by
+             * on_store_error. */
+            sl_redis_undo_batch(r, b);
+            sl_redis_batch_fallback(r, b);
+            return;
+        }
         for (size_t i = 0; i < b->ncalls; i++)
             sl_redis_decided(r, b, i, rep->element[2 + i]);
         sl_redis_op_free(op);

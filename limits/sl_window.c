@@ -97,6 +97,16 @@ uint32_t sl_window_count_after(const struct sl_window *w, int64_t t)
     return w->count - lo;
 }
 
+int sl_window_ensure(struct sl_window *w, uint64_t limit, uint64_t need)
+{
+    if (need > limit)
+        need = limit;
+    while (w->cap < need)
+        if (sl_window_grow(w, limit) != 0)
+            return -1;
+    return 0;
+}
+
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
 {
     if (w->count == w->cap && sl_window_grow(w, limit) != 0)

@@ -52,6 +52,13 @@ uint32_t sl_window_count_after(const struct sl_window *w, int64_t t);
  */
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
 
+/*
+ * Make room for NEED entries (at most LIMIT) without logging any: a
+ * reservation gets its slot when it is granted, so logging it when its
+ * call is sent cannot fail.  Returns 0, or -1 when out of memory.
+ */
+int sl_window_ensure(struct sl_window *w, uint64_t limit, uint64_t need);
+
 /* Take back the newest admission (rolls back a failed all-or-nothing
  * step).  No-op on an empty log. */
 void sl_window_undo(struct sl_window *w);

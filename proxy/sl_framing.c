@@ -234,6 +234,11 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
         *why = "the request has more than one Host header";
         return MHD_HTTP_BAD_REQUEST;
     }
+    if (f.te_lines > 0 && version != NULL && strcmp(version, "HTTP/1.0") == 0) {
+        /* RFC 9112 6.1: faulty framing from an HTTP/1.0 client. */
+        *why = "an HTTP/1.0 request cannot use Transfer-Encoding";
+        return MHD_HTTP_BAD_REQUEST;
+    }
     if (f.te_lines > 0 && f.cl_lines > 0) {
         *why = "the request has both Transfer-Encoding and Content-Length";
         return MHD_HTTP_BAD_REQUEST;

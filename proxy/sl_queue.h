@@ -38,7 +38,8 @@ struct sl_held {
     int worker;                   /* the worker that holds it */
     const struct sl_check *check; /* the buckets the call counts in */
     const struct sl_hit *waiting; /* the bucket it waits for (in check) */
-    int64_t retry_at_ms;          /* ask the store again then */
+    /* Ask the store again then (other workers read it as an estimate). */
+    _Atomic int64_t retry_at_ms;
     int64_t deadline_ms;          /* max_wait runs out then */
     bool deciding;                /* a renewed decision is out */
     bool parked;                  /* due, but not first in its bucket */

@@ -820,8 +820,12 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
         != req->saved_len)
         return MHD_NO;
     req->retries++;
-    if (sl_req_hold(req, &d, true) != 0)
-        return MHD_NO;
+    if (sl_req_hold(req, &d, true) != 0) {
+        /* Cannot hold it (queue full, stopping): the provider's word still
+         * reaches the client, as sluice's own "paused" answer. */
+        sl_req_limited(req, &d);
+        return sl_req_queue_pending(req);
+    }
     sl_info("upstream %s: call held for a retry after the pause (retry %d)",
             req->up->name, req->retries);
     sl_req_suspend(req, SL_SUSP_HELD);

@@ -398,6 +398,9 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         return;
     }
     if (req->client_gone) {
+        /* Nothing will be sent: give back what the store just granted. */
+        sl_req_release_lease(req);
+        sl_req_unhold(req);
         sl_req_resume(req);
         return;
     }

@@ -492,6 +492,10 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         return -1;
 
     w->raw_head_check = strcmp(MHD_get_version(), "0.9.75") == 0;
+    if (!w->raw_head_check && id == 0)
+        sl_warn("libmicrohttpd %s is not 0.9.75: the byte-by-byte check of "
+                "request heads (NUL bytes, folded lines) is off; the other "
+                "framing checks still apply", MHD_get_version());
     w->multi = curl_multi_init();
     if (w->multi == NULL)
         return -1;

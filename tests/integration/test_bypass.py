@@ -90,7 +90,28 @@ ESCAPES = [
     "/leads/...",
     "/leads/..%00/secret",
     "/leads/%2e%2e%00/secret",
+    # Overlong UTF-8 for '.' and '/', read as such by some old decoders.
+    "/leads/%c0%ae%c0%ae/secret",
+    "/leads/..%c0%afsecret",
 ]
+
+
+# A server that decodes twice reads these as the login endpoint: one
+# decoding must leave no escape behind, or the rule is dodged.
+DOUBLE_ENCODED = [
+    "/leads/api/v2/log%2569n",
+    "/leads/api/v2/%256Cogin",
+    "/leads/api%252Fv2/login",
+    "/leads/api/v2/login%253Bx",
+]
+
+
+def test_double_encoded_spellings_are_refused(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [LOGIN])]})
+    for target in DOUBLE_ENCODED:
+        status, _, body = sl.request("POST", target)
+        assert (status, error_of(body)) == (400, "bad_request"), target
+    assert upstream.count() == 0
 
 
 def test_no_escape_from_the_base_path(upstream, sluice):

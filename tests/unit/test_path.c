@@ -91,6 +91,14 @@ static void test_refused_encodings(void **state)
     assert_int_equal(canon("/a%255cb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
     assert_int_equal(canon("/a%253bb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
     assert_int_equal(canon("/a%2525", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    /* Any escape left after one decoding: "le%2561d" is "lead" to a server
+     * that decodes twice. */
+    assert_int_equal(canon("/le%2561d-result", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/%2541pi", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    /* Overlong UTF-8 for '.' and '/'. */
+    assert_int_equal(canon("/%c0%ae%c0%ae/x", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a%c0%afb", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
+    assert_int_equal(canon("/a\xc1\x9c" "b", 0, out, NULL), SL_PATH_DOUBLE_ENCODED);
     /* An encoded percent followed by anything else is just a percent. */
     assert_int_equal(canon("/100%25/off", 0, out, NULL), SL_PATH_OK);
     assert_string_equal(out, "/100%/off");
