@@ -90,6 +90,13 @@ static bool sl_path_dot_segment(const char *s, size_t n)
     return dot;
 }
 
+void sl_path_fold(char *p, size_t len)
+{
+    for (size_t i = 0; i < len; i++)
+        if (p[i] >= 'A' && p[i] <= 'Z')
+            p[i] = (char)(p[i] - 'A' + 'a');
+}
+
 int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
                       size_t *out_len, bool *trailing)
 {
@@ -137,12 +144,8 @@ int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
         if (sl_path_dot_segment(out + start, keep - start))
             return SL_PATH_DOT_SEGMENT;
         out[o++] = '/';
-        for (size_t k = start; k < keep; k++) {
-            char c = out[k];
-            if ((flags & SL_PATH_FOLD_CASE) && c >= 'A' && c <= 'Z')
-                c = (char)(c - 'A' + 'a');
-            out[o++] = c;
-        }
+        memmove(out + o, out + start, keep - start);
+        o += keep - start;
         last_empty = false;
     }
     if (o == 0) {
@@ -150,6 +153,8 @@ int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
         last_empty = false;
     }
     out[o] = '\0';
+    if (flags & SL_PATH_FOLD_CASE)
+        sl_path_fold(out, o);
     *out_len = o;
     if (trailing != NULL)
         *trailing = last_empty;

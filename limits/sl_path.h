@@ -56,6 +56,9 @@ enum sl_path_status {
 int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
                       size_t *out_len, bool *trailing);
 
+/* Lower-case the ASCII letters of the LEN bytes at P (step 6 above). */
+void sl_path_fold(char *p, size_t len);
+
 /* A human sentence for a negative status. */
 const char *sl_path_strerror(int status);
 

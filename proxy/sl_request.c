@@ -237,8 +237,8 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     const struct sl_config *c = req->w->proxy->config;
     const char *q = strchr(req->uri, '?');
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
-    const char *rest, *why;
-    size_t rest_len, canon_len;
+    const char *path, *why;
+    size_t canon_len, skip, path_len;
     char *canon = NULL;
     char msg[256];
     struct sl_call call;
@@ -281,7 +281,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
         goto oom;
     /* The whole path, canonical: it must route where the raw one does, or
      * some server could read the target as another upstream's. */
-    rc = sl_path_canonical(req->uri, plen, 0, canon, &canon_len, NULL);
+    rc = sl_path_canonical(req->uri, plen, 0, canon, &canon_len, &trailing);
     if (rc != SL_PATH_OK) {
         free(canon);
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
@@ -305,20 +305,22 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
         sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
         return sl_req_answer_early(req);
     }
-    rest = sl_req_rest(req);
-    rest_len = plen - (size_t)(rest - req->uri);
-    rc = sl_path_canonical(rest, rest_len,
-                           req->up->path_case_sensitive ? 0 : SL_PATH_FOLD_CASE,
-                           canon, &canon_len, &trailing);
-    if (rc != SL_PATH_OK) {
-        free(canon);
-        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
-                     sl_path_strerror(rc), 0, "bad_request");
-        return sl_req_answer_early(req);
+    /* Prefixes are canonical themselves (--check), and the canonical path
+     * routes where the raw one does: so past the prefix it is the
+     * canonical form of the rest, "/" when the rest is empty. */
+    skip = req->up->prefix_len == 1 ? 0 : req->up->prefix_len;
+    path = canon + skip;
+    path_len = canon_len - skip;
+    if (path_len == 0) {
+        path = "/";
+        path_len = 1;
+        trailing = false;
+    } else if (!req->up->path_case_sensitive) {
+        sl_path_fold(canon + skip, path_len);
     }
     call.method = req->method;
-    call.path = canon;
-    call.path_len = canon_len;
+    call.path = path;
+    call.path_len = path_len;
     call.header = sl_call_header;
     call.header_ctx = req->conn;
     call.trailing_slash = trailing;
