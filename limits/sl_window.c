@@ -57,12 +57,7 @@ void sl_window_prune(struct sl_window *w, int64_t window_us, int64_t now)
 int64_t sl_window_wait(struct sl_window *w, uint64_t limit, int64_t window_us,
                        int64_t now)
 {
-    sl_window_prune(w, window_us, now);
-    if (w->count < limit)
-        return 0;
-    /* Full: room exactly when the (count - limit + 1)-th oldest expires.
-     * count never exceeds limit, so that is the oldest. */
-    return w->times[w->head] + window_us - now;
+    return sl_window_wait_reserved(w, limit, 0, window_us, now);
 }
 
 int64_t sl_window_wait_reserved(struct sl_window *w, uint64_t limit,
@@ -120,12 +115,6 @@ int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
     w->times[(w->head + w->count) % w->cap] = now;
     w->count++;
     return 0;
-}
-
-void sl_window_undo(struct sl_window *w)
-{
-    if (w->count > 0)
-        w->count--;
 }
 
 uint64_t sl_window_remaining(struct sl_window *w, uint64_t limit,

@@ -59,10 +59,6 @@ int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
  */
 int sl_window_ensure(struct sl_window *w, uint64_t limit, uint64_t need);
 
-/* Take back the newest admission (rolls back a failed all-or-nothing
- * step).  No-op on an empty log. */
-void sl_window_undo(struct sl_window *w);
-
 /* Calls that still fit in the window at NOW (limit - logged). Prunes first. */
 uint64_t sl_window_remaining(struct sl_window *w, uint64_t limit,
                              int64_t window_us, int64_t now);

@@ -57,17 +57,37 @@ static void test_never_more_than_n_in_any_window(void **state)
     sl_window_free(&w);
 }
 
-static void test_undo_and_clock_step_back(void **state)
+static void test_clock_step_back(void **state)
 {
     struct sl_window w = {0};
     (void)state;
     assert_int_equal(sl_window_record(&w, 2, 50 * S), 0);
-    assert_int_equal(sl_window_record(&w, 2, 51 * S), 0);
-    sl_window_undo(&w);
     assert_int_equal(sl_window_remaining(&w, 2, 10 * S, 52 * S), 1);
     /* A time before the newest entry is clamped to it: order is kept. */
     assert_int_equal(sl_window_record(&w, 2, 40 * S), 0);
     assert_int_equal(sl_window_newest(&w), 50 * S);
+    sl_window_free(&w);
+}
+
+/* Reservations count against the limit; logged times are searched. */
+static void test_reservations_and_count_after(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    assert_int_equal(sl_window_record(&w, 3, 10 * S), 0);
+    assert_int_equal(sl_window_record(&w, 3, 11 * S), 0);
+    /* One logged slot left: one reservation fills it. */
+    assert_int_equal(sl_window_wait_reserved(&w, 3, 0, 10 * S, 12 * S), 0);
+    assert_int_equal(sl_window_wait_reserved(&w, 3, 1, 10 * S, 12 * S), 8 * S);
+    /* Two reservations: room when the second-oldest entry leaves. */
+    assert_int_equal(sl_window_wait_reserved(&w, 3, 2, 10 * S, 12 * S), 9 * S);
+    /* Reservations alone fill it: at most one window after they are sent. */
+    assert_int_equal(sl_window_wait_reserved(&w, 3, 3, 10 * S, 12 * S), 10 * S);
+    assert_int_equal(sl_window_ensure(&w, 3, 3), 0);
+    assert_true(w.cap >= 3);
+    assert_int_equal(sl_window_count_after(&w, 9 * S), 2);
+    assert_int_equal(sl_window_count_after(&w, 10 * S), 1);
+    assert_int_equal(sl_window_count_after(&w, 11 * S), 0);
     sl_window_free(&w);
 }
 
@@ -93,7 +113,8 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_admits_limit_then_waits_for_oldest),
         cmocka_unit_test(test_never_more_than_n_in_any_window),
-        cmocka_unit_test(test_undo_and_clock_step_back),
+        cmocka_unit_test(test_clock_step_back),
+        cmocka_unit_test(test_reservations_and_count_after),
         cmocka_unit_test(test_ring_grows_only_with_use),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
