@@ -30,6 +30,7 @@
 #include "sl_config.h"
 
 #include "sl_duration.h"
+#include "sl_http.h"
 #include "sl_pattern.h"
 
 #include <arpa/inet.h>
@@ -85,17 +86,12 @@ static bool sl_is_digit(unsigned char c)
 }
 
 /* RFC 9110 tchar. */
-static bool sl_is_tchar(unsigned char c)
-{
-    return sl_is_alnum(c) || (c != '\0' && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
 static bool sl_is_token(const char *s)
 {
     if (*s == '\0')
         return false;
     for (; *s; s++)
-        if (!sl_is_tchar((unsigned char)*s))
+        if (!sl_http_tchar((unsigned char)*s))
             return false;
     return true;
 }
@@ -885,7 +881,7 @@ static bool sl_valid_media_type(const char *s)
         return false;
     for (int part = 0; part < 2; part++) {
         const char *t = p;
-        while (sl_is_tchar((unsigned char)*p))
+        while (sl_http_tchar((unsigned char)*p))
             p++;
         if (p == t)
             return false;
@@ -900,7 +896,7 @@ static bool sl_valid_media_type(const char *s)
         while (*p == ' ' || *p == '\t')
             p++;
         const char *t = p;
-        while (sl_is_tchar((unsigned char)*p))
+        while (sl_http_tchar((unsigned char)*p))
             p++;
         if (p == t || *p++ != '=')
             return false;
@@ -915,7 +911,7 @@ static bool sl_valid_media_type(const char *s)
             p++;
         } else {
             t = p;
-            while (sl_is_tchar((unsigned char)*p))
+            while (sl_http_tchar((unsigned char)*p))
                 p++;
             if (p == t)
                 return false;

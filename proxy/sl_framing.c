@@ -14,6 +14,8 @@
  */
 #include "sl_request.h"
 
+#include "sl_http.h"
+
 #include <string.h>
 #include <strings.h>
 
@@ -25,26 +27,9 @@ struct sl_framing {
     bool te_chunked;                /* ... and its value is "chunked" */
     unsigned cl_lines;
     bool cl_bad;                    /* not a plain decimal, or they differ */
-    unsigned long long cl;
+    int64_t cl;
     const char *bad;                /* the first problem found, or NULL */
 };
-
-static bool sl_is_tchar(unsigned char c)
-{
-    return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'z') ||
-           (c >= 'A' && c <= 'Z') || (c != 0 && strchr("!#$%&'*+-.^_`|~", c) != NULL);
-}
-
-/* Trim spaces and tabs around [*s, *s + *n). */
-static void sl_trim(const char **s, size_t *n)
-{
-    while (*n > 0 && (**s == ' ' || **s == '\t')) {
-        (*s)++;
-        (*n)--;
-    }
-    while (*n > 0 && ((*s)[*n - 1] == ' ' || (*s)[*n - 1] == '\t'))
-        (*n)--;
-}
 
 static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
                                          const char *key, size_t key_size,
@@ -60,7 +45,7 @@ static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
         return MHD_NO;
     }
     for (size_t i = 0; i < key_size; i++) {
-        if (!sl_is_tchar((unsigned char)key[i])) {
+        if (!sl_http_tchar((unsigned char)key[i])) {
             f->bad = "a header name holds a character that is not allowed "
                      "(whitespace, a control character or a separator)";
             return MHD_NO;
@@ -85,17 +70,9 @@ static enum MHD_Result sl_framing_header(void *cls, enum MHD_ValueKind kind,
         f->te_lines++;
         f->te_chunked = vn == 7 && strncasecmp(v, "chunked", 7) == 0;
     } else if (strcasecmp(key, "Content-Length") == 0) {
-        unsigned long long n = 0;
-        sl_trim(&v, &vn);
-        if (vn == 0 || vn > 19)
-            f->cl_bad = true;
-        for (size_t i = 0; i < vn && !f->cl_bad; i++) {
-            if (v[i] < '0' || v[i] > '9')
-                f->cl_bad = true;
-            else
-                n = n * 10 + (unsigned)(v[i] - '0');
-        }
-        if (f->cl_lines > 0 && n != f->cl)
+        int64_t n = -1;
+        if (sl_http_content_length(v, vn, &n) != 0 ||
+            (f->cl_lines > 0 && n != f->cl))
             f->cl_bad = true;
         f->cl = n;
         f->cl_lines++;
@@ -213,7 +190,7 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
         return MHD_HTTP_BAD_REQUEST;
     }
     for (const char *m = req->method; *m; m++) {
-        if (!sl_is_tchar((unsigned char)*m)) {
+        if (!sl_http_tchar((unsigned char)*m)) {
             *why = "the method holds a character that is not allowed";
             return MHD_HTTP_BAD_REQUEST;
         }

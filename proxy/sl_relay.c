@@ -28,6 +28,7 @@
 
 #include "sl_duration.h"
 #include "sl_feedback.h"
+#include "sl_http.h"
 #include "sl_log.h"
 
 #include <arpa/inet.h>
@@ -112,21 +113,10 @@ void sl_buf_free(struct sl_buf *b)
 /* Record a Content-Length value of the upstream's response. */
 static void sl_resp_content_length(struct sl_request *req, const char *v)
 {
-    long long n = 0;
-    const char *p = v;
+    int64_t n = -1;
 
-    if (*p < '0' || *p > '9')
-        req->resp_cl_bad = true;
-    for (; *p >= '0' && *p <= '9'; p++) {
-        if (n > (INT64_MAX - 9) / 10) {
-            req->resp_cl_bad = true;
-            break;
-        }
-        n = n * 10 + (*p - '0');
-    }
-    if (*p != '\0')
-        req->resp_cl_bad = true;
-    if (req->resp_cl_lines > 0 && n != req->content_length)
+    if (sl_http_content_length(v, strlen(v), &n) != 0 ||
+        (req->resp_cl_lines > 0 && n != req->content_length))
         req->resp_cl_bad = true;
     req->resp_cl_lines++;
     req->content_length = n;
