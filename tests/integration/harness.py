@@ -473,10 +473,13 @@ class RedisServer:
     def url(self):
         return "redis://127.0.0.1:%d" % self.port
 
+    EXTRA_ARGS = ()  # more redis-server options, for subclasses
+
     def start(self):
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--loglevel", "warning"],
+             "--save", "", "--appendonly", "no", "--loglevel", "warning",
+             *self.EXTRA_ARGS],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.time() + 10
         while time.time() < deadline:
