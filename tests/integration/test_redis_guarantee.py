@@ -319,9 +319,11 @@ def test_sync_report_counts_calls_sent_after_the_reporting_call(upstream, redis,
                                                                  sluice):
     """A report of 3 left, answered to a call other calls overtook: those calls
     were not in the provider's count, so fewer than 3 remain."""
+    # One worker, as in the test above: the report and the calls after it
+    # share one Redis link, which keeps their order.
     sl = sluice(cfg(upstream, redis,
                     [{"name": "m", "limit": 1000, "window": "1m",
-                      "sync": "x-ratelimit", "sync_probe": "0s"}]))
+                      "sync": "x-ratelimit", "sync_probe": "0s"}]), workers=1)
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/leads/slow", headers={"X-Test-Delay": "0.5",
                                        "X-Test-Resp-Header": "X-RateLimit-Remaining: 3"}))
