@@ -15,7 +15,88 @@ static enum sl_log_level sl_log_min = SL_LOG_INFO;
 
 static const char *const sl_log_names[] = {"debug", "info", "warn", "error"};
 
+static int sl_log_json_on;
+
 void sl_log_set_level(enum sl_log_level level) { sl_log_min = level; }
+
+void sl_log_set_json(int on) { sl_log_json_on = on; }
+
+int sl_log_is_json(void) { return sl_log_json_on; }
+
+void sl_log_json_escape(char *buf, size_t cap, size_t *pos, const char *s,
+                        size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t p = *pos;
+
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)s[i];
+        char esc[7];
+        size_t n = 0;
+        if (c == '"' || c == '\\') {
+            esc[n++] = '\\';
+            esc[n++] = (char)c;
+        } else if (c < 0x20 || c == 0x7f) {
+            esc[n++] = '\\';
+            esc[n++] = 'u';
+            esc[n++] = '0';
+            esc[n++] = '0';
+            esc[n++] = hex[c >> 4];
+            esc[n++] = hex[c & 15];
+        } else {
+            esc[n++] = (char)c;
+        }
+        if (p + n + 1 > cap)
+            break;
+        memcpy(buf + p, esc, n);
+        p += n;
+    }
+    if (p < cap)
+        buf[p] = '\0';
+    *pos = p;
+}
+
+/* "TIME" and the level, as the start of a JSON line. */
+static size_t sl_log_json_head(char *line, size_t cap, enum sl_log_level level)
+{
+    struct timespec ts;
+    struct tm tm;
+    size_t len;
+    int n;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    len = strftime(line, cap, "{\"time\":\"%Y-%m-%dT%H:%M:%S", &tm);
+    n = snprintf(line + len, cap - len, ".%03ldZ\",\"level\":\"%s\",",
+                 ts.tv_nsec / 1000000L, sl_log_names[level]);
+    return n > 0 ? len + (size_t)n : len;
+}
+
+static void sl_log_write(char *line, size_t len, size_t cap, int json)
+{
+    if (len > cap - 3)
+        len = cap - 3;
+    if (json)
+        line[len++] = '}';
+    line[len++] = '\n';
+    /* A failed log write has nowhere to be reported; ignore it. */
+    if (write(STDERR_FILENO, line, len) < 0)
+        return;
+}
+
+void sl_log_json(enum sl_log_level level, const char *fields)
+{
+    char line[4096];
+    size_t len;
+
+    if (level < sl_log_min)
+        return;
+    len = sl_log_json_head(line, sizeof(line), level);
+    len += (size_t)snprintf(line + len, sizeof(line) - len, "%s", fields);
+    if (len >= sizeof(line))
+        return;  /* a truncated object would not parse: drop it */
+    sl_log_write(line, len, sizeof(line), 1);
+}
 
 void sl_log(enum sl_log_level level, const char *fmt, ...)
 {
@@ -28,6 +109,21 @@ void sl_log(enum sl_log_level level, const char *fmt, ...)
 
     if (level < sl_log_min)
         return;
+    if (sl_log_json_on) {
+        char msg[1800];
+        va_start(ap, fmt);
+        n = vsnprintf(msg, sizeof(msg), fmt, ap);
+        va_end(ap);
+        len = sl_log_json_head(line, sizeof(line), level);
+        memcpy(line + len, "\"msg\":\"", 7);
+        len += 7;
+        sl_log_json_escape(line, sizeof(line) - 4, &len, msg,
+                           n < 0 ? 0 : (size_t)n < sizeof(msg) ? (size_t)n
+                                                              : sizeof(msg) - 1);
+        line[len++] = '"';
+        sl_log_write(line, len, sizeof(line), 1);
+        return;
+    }
     clock_gettime(CLOCK_REALTIME, &ts);
     gmtime_r(&ts.tv_sec, &tm);
     len = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);

@@ -10,6 +10,8 @@
 #ifndef SL_LOG_H
 #define SL_LOG_H
 
+#include <stddef.h>
+
 enum sl_log_level {
     SL_LOG_DEBUG = 0,
     SL_LOG_INFO,
@@ -19,6 +21,20 @@ enum sl_log_level {
 
 /* Lines below this level are dropped.  Default: SL_LOG_INFO. */
 void sl_log_set_level(enum sl_log_level level);
+
+/* One JSON object per line instead of text ("log_format": "json"):
+ * {"time": ..., "level": ..., "msg": ...}. */
+void sl_log_set_json(int on);
+int sl_log_is_json(void);
+
+/* Write FIELDS (JSON members without braces, e.g. "\"a\":1") as one
+ * JSON line with time and level first. */
+void sl_log_json(enum sl_log_level level, const char *fields);
+
+/* Append S (LEN bytes) JSON-escaped, without quotes, at *POS of BUF (CAP
+ * bytes, kept NUL-terminated; truncated, never split inside an escape). */
+void sl_log_json_escape(char *buf, size_t cap, size_t *pos, const char *s,
+                        size_t len);
 
 void sl_log(enum sl_log_level level, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

@@ -70,6 +70,8 @@ static void sl_parse_upstream(json_t *ju, const char *path,
 static void sl_parse_rule(json_t *jr, const char *path,
                           const struct sl_upstream_conf *u, struct sl_rule *r,
                           struct sl_errors *errs);
+static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
+                         char **header, struct sl_errors *errs);
 static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
                            struct sl_errors *errs);
 
@@ -1216,7 +1218,8 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                                        "default_pause", "retry_on_limit",
                                        "retry_unsafe", "tls_verify", "ca_file",
                                        "connect_timeout", "timeout", "margin",
-                                       "path_case", "reject", "rules", NULL};
+                                       "path_case", "reject", "rules", "app",
+                                       "forward_app_header", NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -1320,6 +1323,17 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                 sl_errors_add(errs, "%s: %s must be \"insensitive\" or "
                               "\"sensitive\"", sub, sl_quote(s, q, sizeof(q)));
         }
+    }
+    v = json_object_get(ju, "app");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.app", path);
+        sl_parse_app(v, sub, &u->app_kind, &u->app_header, errs);
+    }
+    v = json_object_get(ju, "forward_app_header");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.forward_app_header", path);
+        if (sl_get_bool(v, sub, &u->forward_app_header, errs) == 0)
+            u->forward_app_set = true;
     }
     v = json_object_get(ju, "reject");
     if (v != NULL) {
@@ -1570,6 +1584,313 @@ static void sl_parse_store(json_t *root, bool apply_env, struct sl_config *c,
  * The upstreams, with duplicate names and prefixes found through two
  * hash sets (name -> index), not by comparing every pair.
  */
+/* ---- app identity, the admin listener, alerts ---- */
+
+/* "app": "header:NAME", "client_ip" or "none". */
+static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
+                         char **header, struct sl_errors *errs)
+{
+    const char *s;
+    char q[96];
+
+    if (sl_get_string(v, path, &s, errs) != 0)
+        return;
+    if (strcmp(s, "client_ip") == 0) {
+        *kind = SL_APP_CLIENT_IP;
+    } else if (strcmp(s, "none") == 0) {
+        *kind = SL_APP_NOBODY;
+    } else if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7) &&
+               strlen(s + 7) <= 64) {
+        *kind = SL_APP_HEADER;
+        free(*header);
+        *header = strdup(s + 7);
+    } else {
+        sl_errors_add(errs, "%s: %s must be \"header:NAME\", \"client_ip\" or "
+                      "\"none\"", path, sl_quote(s, q, sizeof(q)));
+    }
+}
+
+/* Is HOST (as in "listen") an address only this machine can reach? */
+static bool sl_host_is_loopback(const char *host)
+{
+    if (host == NULL || *host == '\0')
+        return false;  /* every address */
+    return strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 ||
+           strncmp(host, "127.", 4) == 0;
+}
+
+/* A threshold in (0, 1].  Returns 0, or adds an error and returns -1. */
+static int sl_get_ratio(json_t *v, const char *path, double *out,
+                        struct sl_errors *errs)
+{
+    char brief[96];
+
+    if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
+        json_number_value(v) > 1.0) {
+        sl_json_brief(v, brief, sizeof(brief));
+        sl_errors_add(errs, "%s: %s must be a number above 0 and at most 1 "
+                      "(a fraction of the limit)", path, brief);
+        return -1;
+    }
+    *out = json_number_value(v);
+    return 0;
+}
+
+static void sl_parse_admin(json_t *v, struct sl_config *c, struct sl_errors *errs)
+{
+    static const char *const keys[] = {"listen", "token", "warn", "critical",
+                                       "top", NULL};
+    const char *s;
+    char q[96];
+    json_t *f;
+    long long n;
+
+    if (v == NULL)
+        return;
+    if (!json_is_object(v)) {
+        sl_errors_add(errs, "admin: must be an object such as "
+                      "{\"listen\": \"127.0.0.1:9901\"}");
+        return;
+    }
+    sl_check_keys(v, "admin", keys, errs);
+    f = json_object_get(v, "listen");
+    if (f == NULL) {
+        sl_errors_add(errs, "admin.listen: missing (e.g. \"127.0.0.1:9901\")");
+    } else if (sl_get_string(f, "admin.listen", &s, errs) == 0) {
+        c->admin_listen = strdup(s);
+        if (sl_config_split_listen(s, &c->admin_host, &c->admin_port) != 0)
+            sl_errors_add(errs, "admin.listen: %s is not HOST:PORT (e.g. "
+                          "\"127.0.0.1:9901\")", sl_quote(s, q, sizeof(q)));
+    }
+    f = json_object_get(v, "token");
+    if (f != NULL && sl_get_string(f, "admin.token", &s, errs) == 0) {
+        bool ok = strlen(s) >= 16 && strlen(s) <= 256;
+        for (const char *p = s; ok && *p; p++)
+            ok = *p > 0x20 && *p < 0x7f;
+        if (!ok)
+            sl_errors_add(errs, "admin.token: must be 16 to 256 printable "
+                          "characters without spaces");
+        else
+            c->admin_token = strdup(s);
+    }
+    if (c->admin_listen != NULL && c->admin_port > 0 && c->admin_token == NULL &&
+        f == NULL && !sl_host_is_loopback(c->admin_host))
+        sl_errors_add(errs, "admin.token: required because admin.listen %s is "
+                      "not a loopback address: anyone who can reach it could "
+                      "read usage and app names (set a token of 16+ characters, "
+                      "or listen on 127.0.0.1)", sl_quote(c->admin_listen, q,
+                                                           sizeof(q)));
+    if (c->admin_listen != NULL && c->listen != NULL &&
+        c->admin_port == c->listen_port && c->admin_port > 0 &&
+        strcmp(c->admin_host ? c->admin_host : "",
+               c->listen_host ? c->listen_host : "") == 0)
+        sl_errors_add(errs, "admin.listen: must differ from listen (%s)",
+                      sl_quote(c->listen, q, sizeof(q)));
+    f = json_object_get(v, "warn");
+    if (f != NULL)
+        sl_get_ratio(f, "admin.warn", &c->warn_at, errs);
+    f = json_object_get(v, "critical");
+    if (f != NULL)
+        sl_get_ratio(f, "admin.critical", &c->critical_at, errs);
+    if (c->warn_at >= c->critical_at)
+        sl_errors_add(errs, "admin.warn: must be below admin.critical (%g >= %g)",
+                      c->warn_at, c->critical_at);
+    f = json_object_get(v, "top");
+    if (f != NULL && sl_get_int(f, "admin.top", 1, 1000, &n, errs) == 0)
+        c->status_top = (unsigned)n;
+}
+
+static int sl_double_cmp(const void *a, const void *b)
+{
+    double x = *(const double *)a, y = *(const double *)b;
+
+    return x < y ? -1 : x > y;
+}
+
+/* Add the thresholds of A to every rule it names (after the upstreams). */
+static int sl_alert_apply(struct sl_config *c, const struct sl_alert_conf *a)
+{
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        for (size_t k = 0; k < c->upstreams[i].nrules; k++) {
+            struct sl_rule *r = &c->upstreams[i].rules[k];
+            bool named = a->rules == NULL;
+            double *at;
+            for (size_t j = 0; !named && j < a->nrules; j++)
+                named = strcmp(a->rules[j], r->name) == 0;
+            if (!named)
+                continue;
+            at = realloc(r->alert_at, (r->nalert_at + a->nat) * sizeof(*at));
+            if (at == NULL)
+                return -1;
+            r->alert_at = at;
+            for (size_t j = 0; j < a->nat; j++) {
+                bool dup = false;
+                for (size_t m = 0; m < r->nalert_at; m++)
+                    dup = dup || r->alert_at[m] == a->at[j];
+                if (!dup)
+                    r->alert_at[r->nalert_at++] = a->at[j];
+            }
+            qsort(r->alert_at, r->nalert_at, sizeof(double), sl_double_cmp);
+        }
+    }
+    return 0;
+}
+
+static bool sl_config_has_rule(const struct sl_config *c, const char *name)
+{
+    for (size_t i = 0; i < c->nupstreams; i++)
+        for (size_t k = 0; k < c->upstreams[i].nrules; k++)
+            if (c->upstreams[i].rules[k].name != NULL &&
+                strcmp(c->upstreams[i].rules[k].name, name) == 0)
+                return true;
+    return false;
+}
+
+static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
+                           struct sl_alert_conf *a, struct sl_errors *errs)
+{
+    static const char *const keys[] = {"url", "at", "rules", "events", "headers",
+                                       NULL};
+    static const double defaults[] = {0.8, 0.9, 1.0};
+    char sub[160], q[96], why[256];
+    const char *s, *flaw, *key;
+    size_t i, base;
+    json_t *v, *e;
+
+    a->on_pause = a->on_store = true;
+    if (!json_is_object(ja)) {
+        sl_errors_add(errs, "%s: an alert must be an object such as "
+                      "{\"url\": \"http://hooks.example/x\"}", path);
+        return;
+    }
+    sl_check_keys(ja, path, keys, errs);
+    snprintf(sub, sizeof(sub), "%s.url", path);
+    v = json_object_get(ja, "url");
+    if (v == NULL) {
+        sl_errors_add(errs, "%s: missing (the webhook to POST to)", sub);
+    } else if (sl_get_string(v, sub, &s, errs) == 0) {
+        flaw = sl_url_flaw(s, why, sizeof(why), &base);
+        if (flaw != NULL)
+            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
+        else
+            a->url = strdup(s);
+    }
+    snprintf(sub, sizeof(sub), "%s.at", path);
+    v = json_object_get(ja, "at");
+    if (v == NULL) {
+        a->at = malloc(sizeof(defaults));
+        if (a->at != NULL) {
+            memcpy(a->at, defaults, sizeof(defaults));
+            a->nat = 3;
+        }
+    } else if (!json_is_array(v) || json_array_size(v) == 0 ||
+               json_array_size(v) > 16) {
+        sl_errors_add(errs, "%s: must be an array of 1 to 16 thresholds such "
+                      "as [0.8, 0.9, 1.0]", sub);
+    } else if ((a->at = calloc(json_array_size(v), sizeof(double))) != NULL) {
+        json_array_foreach(v, i, e) {
+            char esub[200];
+            snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+            if (sl_get_ratio(e, esub, &a->at[a->nat], errs) == 0)
+                a->nat++;
+        }
+        qsort(a->at, a->nat, sizeof(double), sl_double_cmp);
+    }
+    snprintf(sub, sizeof(sub), "%s.rules", path);
+    v = json_object_get(ja, "rules");
+    if (v != NULL) {
+        if (!json_is_array(v) || json_array_size(v) == 0) {
+            sl_errors_add(errs, "%s: must be a non-empty array of rule names "
+                          "(omit it for every rule)", sub);
+        } else if ((a->rules = calloc(json_array_size(v), sizeof(char *))) != NULL) {
+            json_array_foreach(v, i, e) {
+                char esub[200];
+                snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+                if (sl_get_string(e, esub, &s, errs) != 0)
+                    continue;
+                if (!sl_config_has_rule(c, s))
+                    sl_errors_add(errs, "%s: %s is not the name of any rule",
+                                  esub, sl_quote(s, q, sizeof(q)));
+                a->rules[a->nrules++] = strdup(s);
+            }
+        }
+    }
+    snprintf(sub, sizeof(sub), "%s.events", path);
+    v = json_object_get(ja, "events");
+    if (v != NULL) {
+        a->on_pause = a->on_store = false;
+        if (!json_is_array(v)) {
+            sl_errors_add(errs, "%s: must be an array of \"pause\" and \"store\"",
+                          sub);
+        } else {
+            json_array_foreach(v, i, e) {
+                char esub[200];
+                snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+                if (sl_get_string(e, esub, &s, errs) != 0)
+                    continue;
+                if (strcmp(s, "pause") == 0)
+                    a->on_pause = true;
+                else if (strcmp(s, "store") == 0)
+                    a->on_store = true;
+                else
+                    sl_errors_add(errs, "%s: %s must be \"pause\" or \"store\"",
+                                  esub, sl_quote(s, q, sizeof(q)));
+            }
+        }
+    }
+    snprintf(sub, sizeof(sub), "%s.headers", path);
+    v = json_object_get(ja, "headers");
+    if (v != NULL) {
+        if (!json_is_object(v)) {
+            sl_errors_add(errs, "%s: must be an object of header names and "
+                          "values", sub);
+            return;
+        }
+        a->headers = calloc(json_object_size(v) + 1, sizeof(char *));
+        json_object_foreach(v, key, e) {
+            char line[1024];
+            bool ok = json_is_string(e);
+            if (a->headers == NULL)
+                break;
+            for (const char *p = ok ? json_string_value(e) : ""; ok && *p; p++)
+                ok = (unsigned char)*p >= 0x20 && *p != 0x7f;
+            if (!sl_is_token(key) || !ok ||
+                strlen(key) + strlen(json_string_value(e)) + 3 > sizeof(line)) {
+                sl_errors_add(errs, "%s.%s: must be a header name with a string "
+                              "value (no control characters, under 1 KiB)",
+                              sub, sl_quote(key, q, sizeof(q)));
+                continue;
+            }
+            snprintf(line, sizeof(line), "%s: %s", key, json_string_value(e));
+            a->headers[a->nheaders++] = strdup(line);
+        }
+    }
+}
+
+static void sl_parse_alerts(json_t *v, struct sl_config *c, struct sl_errors *errs)
+{
+    if (v == NULL)
+        return;
+    if (!json_is_array(v) || json_array_size(v) > 32) {
+        sl_errors_add(errs, "alerts: must be an array of at most 32 receivers "
+                      "such as [{\"url\": \"http://hooks.example/x\"}]");
+        return;
+    }
+    c->alerts = calloc(json_array_size(v) + 1, sizeof(*c->alerts));
+    if (c->alerts == NULL) {
+        sl_errors_add(errs, "alerts: out of memory");
+        return;
+    }
+    for (size_t i = 0; i < json_array_size(v); i++) {
+        char path[32];
+        snprintf(path, sizeof(path), "alerts[%zu]", i);
+        sl_parse_alert(json_array_get(v, i), path, c, &c->alerts[i], errs);
+        c->nalerts = i + 1;
+        if (sl_alert_apply(c, &c->alerts[i]) != 0)
+            sl_errors_add(errs, "%s: out of memory", path);
+    }
+}
+
 static void sl_parse_upstreams(json_t *v, struct sl_config *c,
                                struct sl_errors *errs)
 {
@@ -1625,7 +1946,9 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                                        "memory_limit", "workers", "access_log",
                                        "shutdown_timeout", "client_timeout",
                                        "header_timeout", "max_retry_after",
-                                       "max_connections", "upstreams", NULL};
+                                       "max_connections", "upstreams", "app",
+                                       "forward_app_header", "max_apps",
+                                       "log_format", "admin", "alerts", NULL};
     const char *s, *env;
     char q[96];
     json_t *v;
@@ -1641,6 +1964,11 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     c->max_connections = 10000;
     c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
     c->lease_ttl_us = SL_SECONDS(10);
+    c->app_kind = SL_APP_NOBODY;
+    c->max_apps = 100;
+    c->warn_at = 0.8;
+    c->critical_at = 0.9;
+    c->status_top = 20;
     if (!json_is_object(root)) {
         sl_errors_add(errs, "(root): the configuration must be a JSON object");
         return;
@@ -1704,7 +2032,37 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     if (v != NULL && sl_get_int(v, "max_connections", 1, 1000000, &n, errs) == 0)
         c->max_connections = (unsigned)n;
 
+    v = json_object_get(root, "app");
+    if (v != NULL)
+        sl_parse_app(v, "app", &c->app_kind, &c->app_header, errs);
+    v = json_object_get(root, "forward_app_header");
+    if (v != NULL)
+        sl_get_bool(v, "forward_app_header", &c->forward_app_header, errs);
+    v = json_object_get(root, "max_apps");
+    if (v != NULL && sl_get_int(v, "max_apps", 1, 10000, &n, errs) == 0)
+        c->max_apps = (unsigned)n;
+    v = json_object_get(root, "log_format");
+    if (v != NULL && sl_get_string(v, "log_format", &s, errs) == 0) {
+        if (strcmp(s, "json") == 0)
+            c->log_format = SL_LOG_FORMAT_JSON;
+        else if (strcmp(s, "text") != 0)
+            sl_errors_add(errs, "log_format: %s must be \"text\" or \"json\"",
+                          sl_quote(s, q, sizeof(q)));
+    }
+    sl_parse_admin(json_object_get(root, "admin"), c, errs);
+
     sl_parse_upstreams(json_object_get(root, "upstreams"), c, errs);
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        struct sl_upstream_conf *u = &c->upstreams[i];
+        if (u->app_kind == SL_APP_UNSET) {
+            u->app_kind = c->app_kind;
+            if (c->app_header != NULL)
+                u->app_header = strdup(c->app_header);
+        }
+        if (!u->forward_app_set)
+            u->forward_app_header = c->forward_app_header;
+    }
+    sl_parse_alerts(json_object_get(root, "alerts"), c, errs);
 }
 
 int sl_config_parse(const char *text, const char *name, bool apply_env,
@@ -1799,6 +2157,7 @@ static void sl_rule_free(struct sl_rule *r)
     sl_pattern_free(r->path);
     free(r->per_text);
     free(r->per_header);
+    free(r->alert_at);
 }
 
 void sl_config_free(struct sl_config *c)
@@ -1820,7 +2179,24 @@ void sl_config_free(struct sl_config *c)
         free(u->signals);
         free(u->reject_body);
         free(u->reject_content_type);
+        free(u->app_header);
     }
+    for (size_t i = 0; i < c->nalerts; i++) {
+        struct sl_alert_conf *a = &c->alerts[i];
+        free(a->url);
+        free(a->at);
+        for (size_t k = 0; k < a->nrules; k++)
+            free(a->rules[k]);
+        free(a->rules);
+        for (size_t k = 0; k < a->nheaders; k++)
+            free(a->headers[k]);
+        free(a->headers);
+    }
+    free(c->alerts);
+    free(c->app_header);
+    free(c->admin_listen);
+    free(c->admin_host);
+    free(c->admin_token);
     free(c->upstreams);
     free(c->listen);
     free(c->listen_host);

@@ -60,6 +60,32 @@ enum sl_on_store_error {
     SL_STORE_ERROR_ALLOW,   /* forwarded, uncounted */
 };
 
+/* Which app a call comes from (see sl_apps.h). */
+enum sl_app_kind {
+    SL_APP_UNSET,         /* upstream: as the top level says */
+    SL_APP_NOBODY,        /* every call counts as app "-" */
+    SL_APP_HEADER,        /* the value of a request header */
+    SL_APP_CLIENT_IP,     /* the peer address */
+};
+
+enum sl_log_format {
+    SL_LOG_FORMAT_TEXT,   /* one key=value line per call */
+    SL_LOG_FORMAT_JSON,   /* one JSON object per line */
+};
+
+/* One webhook receiver of threshold and event alerts. */
+struct sl_alert_conf {
+    char *url;
+    double *at;                   /* thresholds (0-1], ascending */
+    size_t nat;
+    char **rules;                 /* rule names; NULL = every rule */
+    size_t nrules;
+    bool on_pause;                /* the provider paused an upstream */
+    bool on_store;                /* the shared store went down or came back */
+    char **headers;               /* "Name: value" lines sent with each POST */
+    size_t nheaders;
+};
+
 struct sl_rule {
     char *name;
     size_t index;                 /* position in its upstream's rules */
@@ -84,6 +110,10 @@ struct sl_rule {
     /* sync: while the provider's last report says "nothing left", let one
      * call through this often to learn its count again (0: never). */
     int64_t sync_probe_us;
+    /* Alert thresholds on this rule: the union of every receiver's `at`
+     * that names it, ascending (the store tracks which were crossed). */
+    double *alert_at;
+    size_t nalert_at;
 };
 
 struct sl_upstream_conf {
@@ -117,6 +147,10 @@ struct sl_upstream_conf {
     unsigned reject_status;
     char *reject_body;            /* NULL: sluice's JSON body */
     char *reject_content_type;    /* NULL: application/json */
+    enum sl_app_kind app_kind;    /* never SL_APP_UNSET once loaded */
+    char *app_header;             /* SL_APP_HEADER: its name */
+    bool forward_app_header;      /* keep that header on the forwarded call */
+    bool forward_app_set;         /* ... given on the upstream itself */
 };
 
 /* Rule INDEX of U; INDEX == nrules is the pause rule. */
@@ -157,6 +191,20 @@ struct sl_config {
     double local_share;
     struct sl_upstream_conf *upstreams;
     size_t nupstreams;
+    enum sl_app_kind app_kind;    /* top level "app" */
+    char *app_header;
+    bool forward_app_header;
+    unsigned max_apps;            /* distinct app names tracked */
+    enum sl_log_format log_format;
+    /* The admin listener (off when admin_listen is NULL). */
+    char *admin_listen;
+    char *admin_host;
+    int admin_port;
+    char *admin_token;            /* NULL: no token (loopback only) */
+    double warn_at, critical_at;  /* utilization bands */
+    unsigned status_top;          /* busiest buckets shown per `per` rule */
+    struct sl_alert_conf *alerts;
+    size_t nalerts;
 };
 
 /* A list of human-readable error lines, each "path: sentence". */

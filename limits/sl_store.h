@@ -44,6 +44,8 @@ struct sl_hit {
 /* Everything a store needs to decide one call. */
 struct sl_check {
     const struct sl_upstream_conf *upstream;
+    uint16_t app;           /* the caller's app id (sl_apps) */
+    const char *app_name;   /* ... and its name (owned by sl_apps) */
     size_t nhits;
     struct sl_hit hits[SL_MAX_HITS];
     char *keys;             /* owned storage behind hits[].key */
@@ -68,6 +70,79 @@ struct sl_decision {
 
 struct sl_lease;
 struct sl_store;
+struct sl_apps;
+
+/* ---- usage snapshots: what an operator sees ---- */
+
+struct sl_usage_app {
+    char *name;             /* owned by the snapshot */
+    uint64_t calls;         /* sent in the window (rate rules) */
+};
+
+/* One bucket as the store sees it now. */
+struct sl_usage {
+    char *key;              /* per value, "" without per (owned) */
+    uint64_t used;          /* rate: sent in the span + reserved; concurrency:
+                             * in flight */
+    uint64_t reserved;      /* rate: admitted, not yet sent */
+    uint64_t remaining;     /* calls that fit now (the provider's last report
+                             * may leave fewer than limit - used) */
+    int64_t resets_in_us;   /* rate: until the oldest counted call leaves the
+                             * window (room comes back then); -1: n/a */
+    int64_t report_left;    /* rate with sync: the report's room, -1: none */
+    struct sl_usage_app *apps;  /* owned; busiest first */
+    size_t napps;
+    /* SL_SNAP_ALERTS: thresholds of rule->alert_at reached at the last
+     * snapshot that tracked alerts (fleet-wide with Redis), and now. */
+    unsigned level_was, level;
+};
+
+/* One rule: its busiest buckets (all of them without `per`: just one). */
+struct sl_rule_usage {
+    const struct sl_rule *rule;
+    size_t nbuckets;        /* buckets live in the store */
+    size_t n;               /* buckets below, busiest first */
+    struct sl_usage *buckets;   /* owned */
+};
+
+struct sl_upstream_usage {
+    const struct sl_upstream_conf *up;
+    int64_t paused_us;      /* the provider's pause left, 0: none */
+    char pause_reason[96];  /* why, when paused */
+    /* SL_SNAP_ALERTS: this pause began since the last snapshot that
+     * tracked alerts (fleet-wide with Redis): alert once for it. */
+    bool pause_new;
+    struct sl_rule_usage *rules; /* owned, one per rule (rule index) */
+};
+
+struct sl_snapshot {
+    size_t nups;
+    struct sl_upstream_usage *ups; /* owned, one per upstream */
+};
+
+enum {
+    SL_SNAP_ALERTS = 1,     /* update the alert levels (else read only) */
+};
+
+struct sl_snapshot_req {
+    unsigned top;           /* buckets per `per` rule, busiest first */
+    unsigned flags;         /* SL_SNAP_* */
+    const struct sl_apps *apps; /* names for the memory store's app ids */
+};
+
+/* Ownership: SNAP (NULL when the store could not answer) passes to the
+ * callee, which frees it with sl_snapshot_free(). */
+typedef void (*sl_snapshot_cb)(void *arg, struct sl_snapshot *snap,
+                               const char *error);
+
+/* An empty snapshot for CONFIG's upstreams and rules, or NULL (OOM). */
+struct sl_snapshot *sl_snapshot_new(const struct sl_config *config);
+void sl_snapshot_free(struct sl_snapshot *snap);
+/* Keep the TOP busiest of RU's buckets (by used, then key), freeing the
+ * rest; buckets whose alert level moved are always kept. */
+void sl_snapshot_trim(struct sl_rule_usage *ru, unsigned top);
+/* Sort U's apps busiest first. */
+void sl_snapshot_sort_apps(struct sl_usage *u);
 
 /*
  * Ownership: LEASE (may be NULL) passes to the callee, which must hand it
@@ -87,7 +162,7 @@ struct sl_store_ops {
     void (*release)(struct sl_store *store, struct sl_lease *lease);
     /* Stop every call of UPSTREAM for DURATION (the provider said so). */
     void (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
-                  int64_t duration_us);
+                  int64_t duration_us, const char *reason);
     /*
      * The provider reports REMAINING calls left for HIT's bucket, in its
      * answer to a call sent AGE_US ago.  From then on the bucket's room is
@@ -106,6 +181,14 @@ struct sl_store_ops {
      * May be NULL (no timers). */
     int64_t (*timers)(struct sl_store *store, int64_t now_ms);
     void (*destroy)(struct sl_store *store);
+    /* Read every upstream's usage (see struct sl_snapshot).  Never takes
+     * quota.  Returns 0 (CB has been or will be called) or a negative
+     * code. */
+    int (*snapshot)(struct sl_store *store, const struct sl_snapshot_req *req,
+                    sl_snapshot_cb cb, void *arg);
+    /* Is the store answering (Redis up, or its fallback in force)?  May be
+     * NULL: always. */
+    bool (*ready)(struct sl_store *store);
 };
 
 struct sl_store {
@@ -132,9 +215,17 @@ static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
 }
 
 static inline void sl_store_pause(struct sl_store *s,
-                                  const struct sl_upstream_conf *u, int64_t us)
+                                  const struct sl_upstream_conf *u, int64_t us,
+                                  const char *reason)
 {
-    s->ops->pause(s, u, us);
+    s->ops->pause(s, u, us, reason);
+}
+
+static inline int sl_store_snapshot(struct sl_store *s,
+                                    const struct sl_snapshot_req *req,
+                                    sl_snapshot_cb cb, void *arg)
+{
+    return s->ops->snapshot(s, req, cb, arg);
 }
 
 static inline void sl_store_sync(struct sl_store *s,
@@ -227,6 +318,18 @@ struct sl_loop {
 struct sl_store *sl_store_redis_new(const struct sl_config *config,
                                     struct sl_store *local,
                                     const struct sl_loop *loop, int worker_id);
+
+/* Is this process's Redis store in an outage (any worker)?  *SINCE_MS
+ * (may be NULL): wall-clock ms when it began. */
+bool sl_store_redis_down(int64_t *since_ms);
+
+/* Redis failures (link losses, refused scripts) since the process began. */
+uint64_t sl_store_redis_errors(void);
+
+static inline bool sl_store_ready(struct sl_store *s)
+{
+    return s->ops->ready == NULL || s->ops->ready(s);
+}
 
 /*
  * Log the call of CHECK in every rate bucket of MEMORY (a memory store)

@@ -28,7 +28,10 @@
 #include "sl_duration.h"
 #include "sl_window.h"
 
+#include "sl_apps.h"
+
 #include <pthread.h>
+#include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
@@ -53,6 +56,7 @@ struct sl_mem_bucket {
     uint64_t report_sent;         /* `sent` when the report came */
     int64_t report_until;         /* one span after the reporting call */
     int64_t probe_at;             /* next call let through to learn more */
+    unsigned alert_level;         /* alert thresholds reached, last looked */
     struct sl_window win;         /* rate: admission log */
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
@@ -65,6 +69,8 @@ struct sl_mem_table {
     size_t nslots;                /* power of two */
     size_t count;
     size_t sweep_cursor;
+    char pause_reason[96];        /* why the provider's pause was set */
+    int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
 
 struct sl_mem_store {
@@ -77,6 +83,7 @@ struct sl_mem_store {
     double share;                 /* of each limit this store may grant */
     sl_clock_fn clock;
     void *clock_arg;
+    const struct sl_config *config;
 };
 
 /* One bucket a call holds something in: a reservation or a slot. */
@@ -89,6 +96,7 @@ struct sl_lease_slot {
 /* What a call holds (pins its buckets against the sweeper). */
 struct sl_lease {
     struct sl_mem_table *table;
+    uint16_t app;                 /* the caller's app: tags its log entries */
     size_t n;
     struct sl_lease_slot slots[];
 };
@@ -358,6 +366,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     if (lease == NULL)
         goto unavailable;
     lease->table = t;
+    lease->app = c->app;
     lease->n = 0;
 
     /* Phase two: every rule has room; hold it in all of them. */
@@ -430,13 +439,14 @@ out:
 
 /* Log one call in rate bucket B at NOW (room was checked).  Lock held. */
 static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
-                       const struct sl_rule *r, int64_t now)
+                       const struct sl_rule *r, int64_t now, uint16_t app)
 {
     size_t before = sl_window_bytes(&b->win);
 
     sl_window_prune(&b->win, r->span_us, now);
     /* A full log stays as it is: nothing more could fit in it anyway. */
-    if (b->win.count >= r->limit || sl_window_record(&b->win, r->limit, now) != 0)
+    if (b->win.count >= r->limit ||
+        sl_window_record_tag(&b->win, r->limit, now, app) != 0)
         return;
     b->sent++;
     atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
@@ -456,7 +466,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             continue;
         sl->committed = true;
         sl->bucket->reserved--;
-        sl_mem_log(s, sl->bucket, sl->rule, now);
+        sl_mem_log(s, sl->bucket, sl->rule, now, lease->app);
     }
     pthread_mutex_unlock(&t->lock);
 }
@@ -484,7 +494,7 @@ static struct sl_mem_bucket *sl_mem_bucket_for(struct sl_mem_store *s,
 }
 
 static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *up,
-                         int64_t duration_us)
+                         int64_t duration_us, const char *reason)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = &s->tables[up->index];
@@ -494,8 +504,11 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, &up->pause_rule, "", 0);
-    if (b != NULL && now + duration_us > b->paused_until)
+    if (b != NULL && now + duration_us > b->paused_until) {
         b->paused_until = now + duration_us;
+        snprintf(t->pause_reason, sizeof(t->pause_reason), "%s",
+                 reason != NULL ? reason : "");
+    }
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -553,7 +566,7 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
             continue;
         b = sl_mem_bucket_for(s, t, r, c->hits[i].key, c->hits[i].key_len);
         if (b != NULL)
-            sl_mem_log(s, b, r, now);
+            sl_mem_log(s, b, r, now, c->app);
     }
     pthread_mutex_unlock(&t->lock);
 }
@@ -591,6 +604,174 @@ static void sl_mem_destroy(struct sl_store *store)
     free(s);
 }
 
+/* Thresholds of R's alert_at that USED reaches. */
+static unsigned sl_mem_level(const struct sl_rule *r, uint64_t used)
+{
+    unsigned level = 0;
+
+    for (size_t i = 0; i < r->nalert_at; i++)
+        /* used / limit >= at, in integers where it matters: at 1.0 the
+         * limit itself must be reached, never a rounding below it. */
+        if ((double)used >= r->alert_at[i] * (double)r->limit - 1e-9)
+            level = (unsigned)i + 1;
+    return level;
+}
+
+/* Fill U from bucket B of rule R (B may be NULL: nothing held).  Lock held. */
+static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
+                        const struct sl_rule *r, int64_t now,
+                        const struct sl_snapshot_req *req, uint64_t *tally,
+                        size_t ntally, struct sl_usage *u)
+{
+    uint64_t limit = sl_mem_limit(s, r->limit);
+
+    u->key = strdup(b != NULL ? b->key : "");
+    if (u->key == NULL)
+        return -1;
+    u->resets_in_us = -1;
+    u->report_left = -1;
+    if (r->kind == SL_RULE_CONCURRENCY) {
+        u->used = b != NULL ? b->inflight : 0;
+    } else if (b != NULL) {
+        int64_t room;
+        sl_window_prune(&b->win, r->span_us, now);
+        u->used = b->win.count + b->reserved;
+        u->reserved = b->reserved;
+        u->resets_in_us = sl_window_next_expiry(&b->win, r->span_us, now);
+        if (b->win.count == 0)
+            u->resets_in_us = b->reserved > 0 ? r->span_us : 0;
+        room = sl_mem_report_room(b, now);
+        if (room != INT64_MAX)
+            u->report_left = room > 0 ? room : 0;
+        if (ntally > 0 && b->win.count > 0) {
+            size_t napps = 0;
+            memset(tally, 0, ntally * sizeof(*tally));
+            sl_window_tally(&b->win, tally, ntally);
+            for (size_t i = 0; i < ntally; i++)
+                napps += tally[i] > 0;
+            u->apps = calloc(napps, sizeof(*u->apps));
+            if (u->apps == NULL)
+                return -1;
+            for (size_t i = 0; i < ntally; i++) {
+                if (tally[i] == 0)
+                    continue;
+                u->apps[u->napps].name = strdup(sl_apps_name(req->apps, (uint16_t)i));
+                u->apps[u->napps].calls = tally[i];
+                if (u->apps[u->napps++].name == NULL)
+                    return -1;
+            }
+            sl_snapshot_sort_apps(u);
+        }
+    } else {
+        u->resets_in_us = 0;
+    }
+    u->remaining = u->used >= limit ? 0 : limit - u->used;
+    if (u->report_left >= 0 && (uint64_t)u->report_left < u->remaining)
+        u->remaining = (uint64_t)u->report_left;
+    u->level = sl_mem_level(r, u->used);
+    u->level_was = u->level;
+    if (b != NULL) {
+        u->level_was = b->alert_level;
+        if (req->flags & SL_SNAP_ALERTS)
+            b->alert_level = u->level;
+    }
+    return 0;
+}
+
+/* Append a bucket to RU.  NULL when out of memory. */
+static struct sl_usage *sl_mem_push_usage(struct sl_rule_usage *ru, size_t *cap)
+{
+    if (ru->n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 8;
+        struct sl_usage *nb = realloc(ru->buckets, ncap * sizeof(*nb));
+        if (nb == NULL)
+            return NULL;
+        ru->buckets = nb;
+        *cap = ncap;
+    }
+    memset(&ru->buckets[ru->n], 0, sizeof(ru->buckets[0]));
+    return &ru->buckets[ru->n++];
+}
+
+static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
+                                 const struct sl_snapshot_req *req,
+                                 struct sl_upstream_usage *uu)
+{
+    const struct sl_upstream_conf *up = t->up;
+    size_t ntally = req->apps != NULL ? sl_apps_count(req->apps) : 1;
+    uint64_t *tally = calloc(ntally, sizeof(*tally));
+    size_t *cap = calloc(up->nrules + 1, sizeof(*cap));
+    int64_t now;
+    int rc = -1;
+
+    if (tally == NULL || cap == NULL)
+        goto out;
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    for (size_t k = 0; k < t->nslots; k++) {
+        for (struct sl_mem_bucket *b = t->slots[k]; b != NULL; b = b->next) {
+            const struct sl_rule *r = sl_upstream_rule(up, b->rule);
+            struct sl_usage *u;
+            if (r->kind == SL_RULE_PAUSE) {
+                if (b->paused_until > now) {
+                    uu->paused_us = b->paused_until - now;
+                    snprintf(uu->pause_reason, sizeof(uu->pause_reason), "%s",
+                             t->pause_reason);
+                    /* A pause extended while it runs is the same pause. */
+                    if ((req->flags & SL_SNAP_ALERTS) &&
+                        t->pause_alerted_until != b->paused_until) {
+                        uu->pause_new = t->pause_alerted_until <= now;
+                        t->pause_alerted_until = b->paused_until;
+                    }
+                }
+                continue;
+            }
+            uu->rules[b->rule].nbuckets++;
+            u = sl_mem_push_usage(&uu->rules[b->rule], &cap[b->rule]);
+            if (u == NULL || sl_mem_usage(s, b, r, now, req, tally, ntally, u) != 0)
+                goto unlock;
+        }
+    }
+    /* A rule without `per` always shows its one bucket, used or not. */
+    for (size_t k = 0; k < up->nrules; k++) {
+        struct sl_usage *u;
+        if (up->rules[k].per_kind != SL_PER_NONE || uu->rules[k].n > 0)
+            continue;
+        u = sl_mem_push_usage(&uu->rules[k], &cap[k]);
+        if (u == NULL || sl_mem_usage(s, NULL, &up->rules[k], now, req, tally,
+                                      ntally, u) != 0)
+            goto unlock;
+    }
+    rc = 0;
+unlock:
+    pthread_mutex_unlock(&t->lock);
+    for (size_t k = 0; k < up->nrules; k++)
+        sl_snapshot_trim(&uu->rules[k], up->rules[k].per_kind != SL_PER_NONE
+                                            ? req->top : 1);
+out:
+    free(tally);
+    free(cap);
+    return rc;
+}
+
+static int sl_mem_snapshot(struct sl_store *store, const struct sl_snapshot_req *req,
+                           sl_snapshot_cb cb, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_snapshot *snap = sl_snapshot_new(s->config);
+
+    if (snap == NULL)
+        return -1;
+    for (size_t i = 0; i < s->ntables; i++) {
+        if (sl_mem_snapshot_table(s, &s->tables[i], req, &snap->ups[i]) != 0) {
+            sl_snapshot_free(snap);
+            return -1;
+        }
+    }
+    cb(arg, snap, NULL);
+    return 0;
+}
+
 static const struct sl_store_ops sl_mem_ops = {
     .decide = sl_mem_decide,
     .commit = sl_mem_commit,
@@ -599,6 +780,7 @@ static const struct sl_store_ops sl_mem_ops = {
     .sync = sl_mem_sync,
     .tick = sl_mem_tick,
     .destroy = sl_mem_destroy,
+    .snapshot = sl_mem_snapshot,
 };
 
 struct sl_store *sl_store_memory_new(const struct sl_config *config,
@@ -610,6 +792,7 @@ struct sl_store *sl_store_memory_new(const struct sl_config *config,
         return NULL;
     s->base.ops = &sl_mem_ops;
     s->limit = config->memory_limit;
+    s->config = config;
     /* As Redis's fallback, each instance grants only its share. */
     s->share = config->store_kind == SL_STORE_REDIS ? config->local_share : 1.0;
     if (s->share <= 0.0 || s->share > 1.0)

@@ -124,6 +124,7 @@
  */
 #include "sl_store.h"
 
+#include "sl_apps.h"
 #include "sl_duration.h"
 #include "sl_log.h"
 
@@ -146,6 +147,7 @@
 #define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
 #define SL_REDIS_UNDO_MAX 1000      /* batches to undo on the next connection */
+#define SL_REDIS_SNAP_CANDIDATES 1000 /* `per` buckets a snapshot looks at */
 #define SL_REDIS_CLOCK_REFRESH_US (2 * SL_USEC_PER_SEC)
 /* Bound on the drift between Redis's clock and ours: 1 ms per second. */
 #define SL_REDIS_DRIFT_DIV 1000
@@ -154,33 +156,39 @@
 
 /*
  * Log sent calls: the commit section, ARGV from A and KEYS from K, returns
- * where the next section starts.  KEYS: per call, per rate rule: r, v
- * [, s].  ARGV: ncalls, then per call: member ("" for a call decided
- * locally during an outage: logged unconditionally), delay_us, nrules,
- * then per rule: limit, span_us, sync (0/1).  A call with a member is
- * logged only if its reservation was still there; its stamp is now minus
- * the delay since it was sent.
+ * where the next section starts.  KEYS: per call, per rate rule: r, v, a
+ * [, s if sync] [, k if per].  ARGV: ncalls, then per call: member (""
+ * for a call decided locally during an outage: logged unconditionally),
+ * delay_us, app, nrules, then per rule: limit, span_us, flags (1: sync, 2:
+ * per).  A call with a member is logged only if its reservation was still
+ * there; its stamp is now minus the delay since it was sent.  A `per`
+ * bucket's r key is (re)entered in its rule's index k, scored by now.
  */
 #define SL_LUA_COMMITS                                                         \
     "local function commits(a, k)\n"                                           \
     "  local n = tonumber(ARGV[a])\n"                                          \
     "  a = a + 1\n"                                                            \
     "  for c = 1, n do\n"                                                      \
-    "    local member, delay, nr = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n" \
-    "    a = a + 3\n"                                                          \
+    "    local member, delay, app, nr = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])\n" \
+    "    a = a + 4\n"                                                          \
     "    for i = 1, nr do\n"                                                   \
-    "      local limit, span, sync = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1'\n" \
+    "      local limit, span, flags = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n" \
     "      a = a + 3\n"                                                        \
-    "      local l, v, s = KEYS[k], KEYS[k + 1], nil\n"                        \
-    "      k = k + 2\n"                                                        \
-    "      if sync then s = KEYS[k]; k = k + 1 end\n"                          \
+    "      local l, v, ap, s, idx = KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil\n" \
+    "      k = k + 3\n"                                                        \
+    "      if flags % 2 == 1 then s = KEYS[k]; k = k + 1 end\n"                \
+    "      if flags >= 2 then idx = KEYS[k]; k = k + 1 end\n"                  \
     "      local stamp, go = now - delay, false\n"                             \
     "      if member == '' then go = stamp > now - span\n"                     \
     "      else go = redis.call('ZREM', v, member) == 1 end\n"                 \
     "      if go then\n"                                                       \
-    "        log(l, stamp, 1, limit, span)\n"                                  \
+    "        log(l, ap, stamp, 1, limit, span, app)\n"                         \
     "        if s and redis.call('EXISTS', s) == 1 then\n"                     \
     "          redis.call('HINCRBY', s, 'sent', 1)\n"                          \
+    "        end\n"                                                            \
+    "        if idx then\n"                                                    \
+    "          redis.call('ZADD', idx, fmt(now), l)\n"                         \
+    "          redis.call('PEXPIRE', idx, fmt(math.ceil(span / 1000) + 1000))\n" \
     "        end\n"                                                            \
     "      end\n"                                                              \
     "    end\n"                                                                \
@@ -189,20 +197,36 @@
     "end\n"
 
 /* Shared by the scripts below: the time, number formatting, and logging
- * N sends at STAMP in rate list L (keeps the list ordered and at most LIMIT
- * long, refreshes its TTL).  Stale entries are popped by decisions; the
- * LIMIT newest entries are all a decision ever looks at. */
+ * N sends at STAMP by APP in rate list L and its app list AP (keeps both
+ * ordered newest first, at most LIMIT long, index for index the same
+ * calls; refreshes their TTLs).  Stale entries are popped by decisions;
+ * the LIMIT newest entries are all a decision ever looks at. */
 #define SL_LUA_PRELUDE                                                         \
     "local t = redis.call('TIME')\n"                                           \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
     "local function fmt(x) return string.format('%.0f', x) end\n"             \
-    "local function log(l, stamp, n, limit, span)\n"                           \
+    "local function log(l, ap, stamp, n, limit, span, app)\n"                  \
     "  local head = redis.call('LINDEX', l, 0)\n"                              \
     "  if head and tonumber(head) > stamp then stamp = tonumber(head) end\n"   \
-    "  local len = 0\n"                                                        \
-    "  for i = 1, n do len = redis.call('LPUSH', l, fmt(stamp)) end\n"         \
-    "  if len > limit then redis.call('LTRIM', l, 0, limit - 1) end\n"         \
-    "  redis.call('PEXPIRE', l, fmt(math.ceil(span / 1000) + 1000))\n"              \
+    "  local len, alen = redis.call('LLEN', l), redis.call('LLEN', ap)\n"     \
+    "  if alen > len then\n"                                                   \
+    "    if len > 0 then redis.call('LTRIM', ap, 0, len - 1) else redis.call('DEL', ap) end\n" \
+    "  end\n"                                                                  \
+    "  if alen < len then\n"                                                   \
+    "    redis.call('DEL', ap)\n"                                              \
+    "    for i = 1, len do redis.call('RPUSH', ap, '-') end\n"                 \
+    "  end\n"                                                                  \
+    "  for i = 1, n do\n"                                                      \
+    "    len = redis.call('LPUSH', l, fmt(stamp))\n"                           \
+    "    redis.call('LPUSH', ap, app)\n"                                       \
+    "  end\n"                                                                  \
+    "  if len > limit then\n"                                                  \
+    "    redis.call('LTRIM', l, 0, limit - 1)\n"                               \
+    "    redis.call('LTRIM', ap, 0, limit - 1)\n"                              \
+    "  end\n"                                                                  \
+    "  local ttl = fmt(math.ceil(span / 1000) + 1000)\n"                       \
+    "  redis.call('PEXPIRE', l, ttl)\n"                                        \
+    "  redis.call('PEXPIRE', ap, ttl)\n"                                       \
     "end\n"                                                                    \
     SL_LUA_COMMITS
 
@@ -210,11 +234,12 @@
  * The decision script: one run logs the upstream's calls sent in this loop
  * pass (the commit section, first: safe however late it runs), then
  * decides a batch of calls, each all-or-nothing, in order.
- *   KEYS  the commit section's, then per call, per rule: rate r, v [, s if
- *         sync]; concurrency c; pause p
+ *   KEYS  the commit section's, then per call, per rule: rate r, v, a
+ *         [, s if sync]; concurrency c [, k if per]; pause p
  *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
  *         commit section, ncalls, then per call: nrules, then per rule:
- *         kind, limit, span_us, probe_us (-1: no sync)
+ *         kind, limit, span_us, probe_us (-1: no sync; concurrency: -2
+ *         when the bucket is entered in its rule's index k)
  * A call's member is base..':'..call_number.  Reply: {now, 0} when past the
  * deadline (no decision written), else {now, 1, per call: {1, best_rule,
  * remaining, reset_us} or {0, denying_rule, wait_us}}.
@@ -239,15 +264,15 @@ static const char sl_lua_decide[] =
     "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
     "    local w = 0\n"
     "    if kind == 'r' then\n"
-    "      local l, v, s = KEYS[ka], KEYS[ka + 1], nil\n"
-    "      ka = ka + 2\n"
+    "      local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
+    "      ka = ka + 3\n"
     "      if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
     "      local nres = redis.call('ZCARD', v)\n"
     "      if nres > 0 then\n"
     "        local gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
     "        if gone > 0 then\n"
     "          nres = nres - gone\n"
-    "          log(l, now, gone, limit, span)\n"
+    "          log(l, ap, now, gone, limit, span, '-')\n"
     "          if s and redis.call('EXISTS', s) == 1 then\n"
     "            redis.call('HINCRBY', s, 'sent', gone)\n"
     "          end\n"
@@ -284,6 +309,7 @@ static const char sl_lua_decide[] =
     "        w = 1000000\n"
     "      end\n"
     "      ka = ka + 1\n"
+    "      if probe == -2 then ka = ka + 1 end\n"
     "    end\n"
     "    if w > wait then deny, wait = i, w end\n"
     "  end\n"
@@ -298,15 +324,19 @@ static const char sl_lua_decide[] =
     "      local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
     "        tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
     "      if kind == 'r' then\n"
-    "        local l, v, s = KEYS[ka], KEYS[ka + 1], nil\n"
-    "        ka = ka + 2\n"
+    "        local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
+    "        ka = ka + 3\n"
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
     "        local len, nres, room = st[i][1], st[i][2], st[i][3]\n"
-    "        local tail = redis.call('LINDEX', l, -1)\n"
+    "        local tail, popped = redis.call('LINDEX', l, -1), false\n"
     "        while tail and tonumber(tail) <= now - span do\n"
     "          redis.call('RPOP', l)\n"
-    "          len = len - 1\n"
+    "          len, popped = len - 1, true\n"
     "          tail = redis.call('LINDEX', l, -1)\n"
+    "        end\n"
+    /* the app list keeps the same calls, index for index from the head */
+    "        if popped then\n"
+    "          if len > 0 then redis.call('LTRIM', ap, 0, len - 1) else redis.call('DEL', ap) end\n"
     "        end\n"
     "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
     "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + span) / 1000) + 1000))\n"
@@ -326,6 +356,11 @@ static const char sl_lua_decide[] =
     "        redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))\n"
     "        redis.call('ZADD', key, fmt(now + lease), member)\n"
     "        redis.call('PEXPIRE', key, fmt(math.ceil(lease / 1000) * 2 + 1000))\n"
+    "        if probe == -2 then\n"
+    "          redis.call('ZADD', KEYS[ka], fmt(now + lease), key)\n"
+    "          redis.call('PEXPIRE', KEYS[ka], fmt(math.ceil(lease / 1000) * 2 + 1000))\n"
+    "          ka = ka + 1\n"
+    "        end\n"
     "      end\n"
     "    end\n"
     "    out[#out + 1] = {1, best, rem, reset}\n"
@@ -371,8 +406,9 @@ static const char sl_lua_renew[] =
     "end\n"
     "return now\n";
 
-/* Pause the upstream.  KEYS: p.  ARGV: duration_us, deadline.  Counted
- * from min(now, deadline): a pause that arrives late is not stretched. */
+/* Pause the upstream.  KEYS: p, w.  ARGV: duration_us, deadline, reason.
+ * Counted from min(now, deadline): a pause that arrives late is not
+ * stretched.  w keeps the reason as long as the pause lasts. */
 static const char sl_lua_pause[] =
     SL_LUA_PRELUDE
     "local d, deadline = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
@@ -381,6 +417,7 @@ static const char sl_lua_pause[] =
     "local u = eff + d\n"
     "if u > now and u > tonumber(redis.call('GET', KEYS[1]) or 0) then\n"
     "  redis.call('SET', KEYS[1], fmt(u), 'PX', fmt(math.ceil((u - now) / 1000) + 1000))\n"
+    "  redis.call('SET', KEYS[2], ARGV[3], 'PX', fmt(math.ceil((u - now) / 1000) + 1000))\n"
     "end\n"
     "return now\n";
 
@@ -432,6 +469,165 @@ static const char sl_lua_sync[] =
     "end\n"
     "return now\n";
 
+/*
+ * What an operator sees of one upstream; never takes quota (it only drops
+ * index entries and alert levels that are stale, and with ARGV alerts
+ * records the levels it reports).
+ *   KEYS  x (alert levels: HASH rule\nper -> level), p, w, then per rule
+ *         without per: rate r, v, a [, s]; concurrency c; per rule with
+ *         per: k (its index: member = the bucket's r or c key)
+ *   ARGV  alerts (0/1), top, candidates, x_ttl_ms, nrules, then per rule:
+ *         kind, per (0/1), limit, span_us, sync (0/1), name, nlevels,
+ *         levels..., heads r, v, a, s, c (keys without the per value)
+ * Reply: {now, paused_until, reason, pause_new, per rule: {nbuckets,
+ * {bucket, ...}}}
+ * with bucket = {key, used, reserved, remaining, resets_in_us,
+ * report_left, level_was, level, {app, calls, app, calls, ...}}.
+ */
+static const char sl_lua_snapshot[] =
+    SL_LUA_PRELUDE
+    "local alerts, top, cand, xttl = ARGV[1] == '1', tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]\n"
+    "local nrules, a, k = tonumber(ARGV[5]), 6, 4\n"
+    "local pu = tonumber(redis.call('GET', KEYS[2]) or 0)\n"
+    "local out = {now, pu, redis.call('GET', KEYS[3]) or '', 0}\n"
+    /* a pause is alerted once, by whoever sees it first; extending a
+     * running pause is the same pause */
+    "if alerts and pu > now then\n"
+    "  local seen = tonumber(redis.call('HGET', KEYS[1], '\\npause') or 0)\n"
+    "  if seen ~= pu then\n"
+    "    if seen <= now then out[4] = 1 end\n"
+    "    redis.call('HSET', KEYS[1], '\\npause', fmt(pu))\n"
+    "    redis.call('PEXPIRE', KEYS[1], xttl)\n"
+    "  end\n"
+    "end\n"
+    /* entries of list l newer than horizon (newest first: binary search) */
+    "local function newer(l, horizon)\n"
+    "  local lo, hi = 0, redis.call('LLEN', l)\n"
+    "  while lo < hi do\n"
+    "    local mid = math.floor((lo + hi) / 2)\n"
+    "    if tonumber(redis.call('LINDEX', l, mid)) > horizon then lo = mid + 1 else hi = mid end\n"
+    "  end\n"
+    "  return lo\n"
+    "end\n"
+    "local function figures(kind, key, r, v, ap, s, c, limit, span)\n"
+    "  local f = {key = key, used = 0, res = 0, resets = -1, left = -1, n = 0, ap = ap}\n"
+    "  if kind == 'r' then\n"
+    "    f.n = newer(r, now - span)\n"
+    "    f.res = redis.call('ZCARD', v)\n"
+    "    f.used = f.n + f.res\n"
+    "    if f.n > 0 then\n"
+    "      f.resets = math.max(tonumber(redis.call('LINDEX', r, f.n - 1)) + span - now, 0)\n"
+    "    elseif f.res > 0 then f.resets = span else f.resets = 0 end\n"
+    "    if s then\n"
+    "      local h = redis.call('HMGET', s, 'left', 'sent', 'until')\n"
+    "      if h[1] and tonumber(h[3]) > now then\n"
+    "        f.left = math.max(tonumber(h[1]) - tonumber(h[2] or 0) - f.res, 0)\n"
+    "      end\n"
+    "    end\n"
+    "  else\n"
+    "    f.used = redis.call('ZCOUNT', c, '(' .. fmt(now), '+inf')\n"
+    "  end\n"
+    "  return f\n"
+    "end\n"
+    "local function emit(f, limit, name, levels)\n"
+    "  local rem = math.max(limit - f.used, 0)\n"
+    "  if f.left >= 0 and f.left < rem then rem = f.left end\n"
+    "  local level = 0\n"
+    "  for i = 1, #levels do\n"
+    "    if f.used >= levels[i] * limit - 1e-9 then level = i end\n"
+    "  end\n"
+    "  local field = name .. '\\n' .. f.key\n"
+    "  local was = level\n"
+    "  if #levels > 0 then\n"
+    /* level:time of the last look; a level not looked at for 10 minutes
+     * (its bucket left the index) is forgotten */
+    "    local v = redis.call('HGET', KEYS[1], field)\n"
+    "    was = 0\n"
+    "    if v then\n"
+    "      local lv, at = string.match(v, '^(%d+):(%d+)$')\n"
+    "      if lv and now - tonumber(at) <= 600000000 then was = tonumber(lv) end\n"
+    "    end\n"
+    "    if alerts then\n"
+    "      if level == 0 then\n"
+    "        if v then redis.call('HDEL', KEYS[1], field) end\n"
+    "      else redis.call('HSET', KEYS[1], field, level .. ':' .. fmt(now)) end\n"
+    "      redis.call('PEXPIRE', KEYS[1], xttl)\n"
+    "    end\n"
+    "  end\n"
+    "  local apps = {}\n"
+    "  if f.n > 0 then\n"
+    "    local tally, names = {}, {}\n"
+    "    local list = redis.call('LRANGE', f.ap, 0, f.n - 1)\n"
+    "    for i = 1, #list do\n"
+    "      local x = list[i]\n"
+    "      if not tally[x] then tally[x] = 0; names[#names + 1] = x end\n"
+    "      tally[x] = tally[x] + 1\n"
+    "    end\n"
+    "    if #list < f.n then\n"
+    "      if not tally['-'] then tally['-'] = 0; names[#names + 1] = '-' end\n"
+    "      tally['-'] = tally['-'] + f.n - #list\n"
+    "    end\n"
+    "    for i = 1, #names do apps[#apps + 1] = names[i]; apps[#apps + 1] = tally[names[i]] end\n"
+    "  end\n"
+    "  return {f.key, f.used, f.res, rem, f.resets, f.left, was, level, apps}\n"
+    "end\n"
+    "for i = 1, nrules do\n"
+    "  local kind, per, limit, span, sync, name = ARGV[a], ARGV[a + 1] == '1',\n"
+    "    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1', ARGV[a + 5]\n"
+    "  local nl, levels = tonumber(ARGV[a + 6]), {}\n"
+    "  for j = 1, nl do levels[j] = tonumber(ARGV[a + 6 + j]) end\n"
+    "  a = a + 7 + nl\n"
+    "  local hr, hv, ha, hs, hc = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
+    "  a = a + 5\n"
+    "  local rule = {}\n"
+    "  if not per then\n"
+    "    local f\n"
+    "    if kind == 'r' then\n"
+    "      local s = nil\n"
+    "      if sync then s = KEYS[k + 3] end\n"
+    "      f = figures(kind, '', KEYS[k], KEYS[k + 1], KEYS[k + 2], s, nil, limit, span)\n"
+    "      k = k + 3\n"
+    "      if sync then k = k + 1 end\n"
+    "    else\n"
+    "      f = figures(kind, '', nil, nil, nil, nil, KEYS[k], limit, span)\n"
+    "      k = k + 1\n"
+    "    end\n"
+    "    rule = {1, {emit(f, limit, name, levels)}}\n"
+    "  else\n"
+    "    local idx = KEYS[k]\n"
+    "    k = k + 1\n"
+    "    if kind == 'r' then redis.call('ZREMRANGEBYSCORE', idx, '-inf', fmt(now - span))\n"
+    "    else redis.call('ZREMRANGEBYSCORE', idx, '-inf', fmt(now)) end\n"
+    "    local total = redis.call('ZCARD', idx)\n"
+    "    local members = redis.call('ZREVRANGE', idx, 0, cand - 1)\n"
+    "    local fs = {}\n"
+    "    for j = 1, #members do\n"
+    "      local m = members[j]\n"
+    "      local f\n"
+    "      if kind == 'r' then\n"
+    "        local key = string.sub(m, #hr + 1)\n"
+    "        local s = nil\n"
+    "        if sync then s = hs .. key end\n"
+    "        f = figures(kind, key, m, hv .. key, ha .. key, s, nil, limit, span)\n"
+    "      else\n"
+    "        f = figures(kind, string.sub(m, #hc + 1), nil, nil, nil, nil, m, limit, span)\n"
+    "      end\n"
+    "      fs[#fs + 1] = f\n"
+    "    end\n"
+    "    table.sort(fs, function(x, y)\n"
+    "      if x.used ~= y.used then return x.used > y.used end\n"
+    "      return x.key < y.key end)\n"
+    "    local list = {}\n"
+    "    for j = 1, #fs do\n"
+    "      local e = emit(fs[j], limit, name, levels)\n"
+    "      if (j <= top and e[2] > 0) or e[7] ~= e[8] then list[#list + 1] = e end\n"
+    "    end\n"
+    "    rule = {total, list}\n"
+    "  end\n"
+    "  out[#out + 1] = rule\n"
+    "end\n"
+    "return out\n";
+
 enum sl_redis_script {
     SL_LUA_DECIDE,
     SL_LUA_COMMIT,
@@ -439,12 +635,13 @@ enum sl_redis_script {
     SL_LUA_RENEW,
     SL_LUA_PAUSE,
     SL_LUA_SYNC,
+    SL_LUA_SNAPSHOT,
     SL_LUA_COUNT,
 };
 
 static const char *const sl_redis_lua[SL_LUA_COUNT] = {
     sl_lua_decide, sl_lua_commit, sl_lua_release,
-    sl_lua_renew, sl_lua_pause, sl_lua_sync,
+    sl_lua_renew, sl_lua_pause, sl_lua_sync, sl_lua_snapshot,
 };
 
 /* ---- types ---- */
@@ -460,6 +657,7 @@ enum sl_redis_op_kind {
     SL_OP_CLOCK,            /* TIME */
     SL_OP_DECIDE,
     SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
+    SL_OP_SNAPSHOT,         /* one upstream of a usage snapshot */
 };
 
 struct sl_redis;
@@ -498,6 +696,17 @@ struct sl_redis_op {
     int script;                     /* SL_LUA_*, for script ops */
     bool eval;                      /* sent with the script body */
     struct sl_args keys, args;      /* kept for a resend after NOSCRIPT */
+    struct sl_redis_snap *snap;     /* SL_OP_SNAPSHOT: what it fills */
+    size_t upstream;                /* ... for this upstream */
+};
+
+/* A usage snapshot being gathered: one script run per upstream. */
+struct sl_redis_snap {
+    struct sl_snapshot *snap;       /* owned until handed to cb */
+    size_t pending;                 /* runs not yet answered */
+    const char *error;              /* the first failure, or NULL */
+    sl_snapshot_cb cb;
+    void *arg;
 };
 
 /* One call of a decision batch. */
@@ -536,6 +745,8 @@ struct sl_redis_lease {
     bool has_rate, has_conc;
     int64_t commit_us;                    /* local time of the commit */
     char member[64];                      /* "" when decided locally */
+    char app[SL_APP_NAME_MAX + 1];        /* the caller's app */
+    uint16_t app_id;                      /* ... its id, for the mirror */
     size_t nhits;
     struct sl_hit hits[];                 /* keys stored after the array */
 };
@@ -597,6 +808,8 @@ static void sl_redis_commits_written(struct sl_redis *r, size_t upstream,
                                      bool written);
 static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                const redisReply *rep);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
@@ -689,6 +902,34 @@ static void sl_redis_sample_time(struct sl_redis *r, const redisReply *rep)
 
 /* ---- outage bookkeeping ---- */
 
+/* Failures seen talking to Redis, by every worker (for /metrics). */
+static _Atomic uint64_t sl_redis_errors;
+
+uint64_t sl_store_redis_errors(void)
+{
+    return atomic_load(&sl_redis_errors);
+}
+
+/* Wall-clock ms when this process's outage began (0: none). */
+static _Atomic int64_t sl_redis_down_since_ms;
+
+static int64_t sl_wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+bool sl_store_redis_down(int64_t *since_ms)
+{
+    int64_t since = atomic_load(&sl_redis_down_since_ms);
+
+    if (since_ms != NULL)
+        *since_ms = since;
+    return atomic_load(&sl_redis_down_workers) > 0;
+}
+
 static void sl_redis_mark_down(struct sl_redis *r, const char *why)
 {
     static const char *const policy[] = {
@@ -698,10 +939,12 @@ static void sl_redis_mark_down(struct sl_redis *r, const char *why)
     if (r->outage)
         return;
     r->outage = true;
-    if (atomic_fetch_add(&sl_redis_down_workers, 1) == 0)
+    if (atomic_fetch_add(&sl_redis_down_workers, 1) == 0) {
+        atomic_store(&sl_redis_down_since_ms, sl_wall_ms());
         sl_error("store: redis %s:%d unreachable (%s); %s until it answers again",
                  r->config->redis_host, r->config->redis_port, why,
                  policy[r->config->on_store_error]);
+    }
 }
 
 static void sl_redis_mark_up(struct sl_redis *r)
@@ -709,9 +952,11 @@ static void sl_redis_mark_up(struct sl_redis *r)
     if (!r->outage)
         return;
     r->outage = false;
-    if (atomic_fetch_sub(&sl_redis_down_workers, 1) == 1)
+    if (atomic_fetch_sub(&sl_redis_down_workers, 1) == 1) {
+        atomic_store(&sl_redis_down_since_ms, 0);
         sl_info("store: redis %s:%d is back; limits are shared again",
                 r->config->redis_host, r->config->redis_port);
+    }
 }
 
 /* ---- command arguments ---- */
@@ -781,8 +1026,9 @@ static void sl_args_int(struct sl_args *a, long long v)
 
 /*
  * Append the key "<prefix>{<upstream>}:<type>:<len>:<rule>:<per>".  TYPE is
- * r (rate log), v (reservations), s (sync report), c (concurrency) or p
- * (pause).  The upstream's name (no braces) is the hash tag, so all keys of
+ * r (rate log), v (reservations), a (the apps of r's entries), s (sync
+ * report), c (concurrency), p (pause), w (why paused) or, with an empty
+ * per value, k (the index of a `per` rule's live buckets).  The upstream's name (no braces) is the hash tag, so all keys of
  * one upstream share a Redis Cluster slot; the rule's name carries its
  * length, so a per value cannot be mistaken for part of it.
  */
@@ -814,13 +1060,18 @@ static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
     case SL_RULE_RATE:
         sl_args_key(a, r, up, rule, 'r', h->key, h->key_len);
         sl_args_key(a, r, up, rule, 'v', h->key, h->key_len);
+        sl_args_key(a, r, up, rule, 'a', h->key, h->key_len);
         if (rule->sync != SL_SYNC_NONE) {
             sl_args_key(a, r, up, rule, 's', h->key, h->key_len);
-            return 3;
+            return 4;
         }
-        return 2;
+        return 3;
     case SL_RULE_CONCURRENCY:
         sl_args_key(a, r, up, rule, 'c', h->key, h->key_len);
+        if (rule->per_kind != SL_PER_NONE) {
+            sl_args_key(a, r, up, rule, 'k', "", 0);
+            return 2;
+        }
         return 1;
     case SL_RULE_PAUSE:
         sl_args_key(a, r, up, rule, 'p', h->key, h->key_len);
@@ -884,7 +1135,8 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     lens = malloc(n * sizeof(*lens));
     if (argv == NULL || lens == NULL)
         goto out;
-    if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT) {
+    if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT ||
+        op->kind == SL_OP_SNAPSHOT) {
         op->eval = op->eval || r->sha[op->script][0] == '\0';
         argv[argc] = op->eval ? "EVAL" : "EVALSHA";
         lens[argc] = strlen(argv[argc]);
@@ -1221,6 +1473,7 @@ static void sl_redis_fail(struct sl_redis_link *link, const char *why)
     struct sl_redis *r = link->r;
     redisAsyncContext *ac = link->ac;
 
+    atomic_fetch_add(&sl_redis_errors, 1);
     if (!link->sub)
         sl_redis_mark_down(r, why);
     if (ac == NULL)
@@ -1326,6 +1579,8 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
         return NULL;
     l->up = c->upstream;
     snprintf(l->member, sizeof(l->member), "%s", member);
+    snprintf(l->app, sizeof(l->app), "%s", c->app_name != NULL ? c->app_name : "-");
+    l->app_id = c->app;
     keys = (char *)&l->hits[n];
     for (size_t i = 0; i < c->nhits; i++) {
         const struct sl_hit *h = &c->hits[i];
@@ -1426,8 +1681,11 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
                            : rule->kind == SL_RULE_PAUSE ? "p" : "c");
             sl_args_int(a, (long long)rule->limit);
             sl_args_int(a, rule->kind == SL_RULE_RATE ? rule->span_us : 0);
-            sl_args_int(a, rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE
-                               ? rule->sync_probe_us : -1);
+            if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
+                sl_args_int(a, rule->sync_probe_us);
+            else
+                sl_args_int(a, rule->kind == SL_RULE_CONCURRENCY &&
+                                       rule->per_kind != SL_PER_NONE ? -2 : -1);
         }
     }
 }
@@ -1569,6 +1827,7 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
 static void sl_redis_log_error(struct sl_redis *r, const char *what,
                                const char *msg)
 {
+    atomic_fetch_add(&sl_redis_errors, 1);
     int64_t now = sl_redis_now_ms();
 
     /* At most one line per second per worker. */
@@ -1738,6 +1997,16 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         sl_redis_op_free(op);
         return;
     }
+    case SL_OP_SNAPSHOT:
+        if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
+            strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
+            r->main.ac != NULL) {
+            op->eval = true;
+            if (sl_redis_send(r, op) == 0)
+                return;
+        }
+        sl_redis_snap_reply(r, op, rep);
+        break;
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
@@ -1824,15 +2093,19 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             nrate += l->hits[h].rule->kind == SL_RULE_RATE;
         sl_args_str(args, l->member);
         sl_args_int(args, now - l->commit_us);
+        sl_args_str(args, l->app);
         sl_args_int(args, (long long)nrate);
         for (size_t h = 0; h < l->nhits; h++) {
             const struct sl_rule *rule = l->hits[h].rule;
+            bool per = rule->per_kind != SL_PER_NONE;
             if (rule->kind != SL_RULE_RATE)
                 continue;
             sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
+            if (per)
+                sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, rule->span_us);
-            sl_args_str(args, rule->sync != SL_SYNC_NONE ? "1" : "0");
+            sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0));
         }
     }
 }
@@ -1884,6 +2157,8 @@ static void sl_redis_mirror(struct sl_redis *r, const struct sl_redis_lease *l)
     if (r->local == NULL || r->config->on_store_error != SL_STORE_ERROR_LOCAL)
         return;
     c.upstream = l->up;
+    c.app = l->app_id;
+    c.app_name = l->app;
     c.nhits = 0;
     c.keys = NULL;
     for (size_t i = 0; i < l->nhits; i++)
@@ -2022,7 +2297,8 @@ static void sl_redis_settle_owed(struct sl_redis *r)
         int64_t left = r->owed_pause_until[i] - now;
         r->owed_pause_until[i] = 0;
         if (left > 0)
-            sl_store_pause(&r->base, &r->config->upstreams[i], left);
+            sl_store_pause(&r->base, &r->config->upstreams[i], left,
+                           "the provider asked to stop (during a store outage)");
     }
 }
 
@@ -2048,7 +2324,7 @@ static void sl_redis_renew(struct sl_redis *r, struct sl_redis_lease *l)
 /* ---- provider feedback ---- */
 
 static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
-                           int64_t duration_us)
+                           int64_t duration_us, const char *reason)
 {
     struct sl_redis *r = (struct sl_redis *)store;
     int64_t now = sl_redis_now_us();
@@ -2056,7 +2332,7 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
 
     /* The local store pauses too: it decides while Redis cannot. */
     if (r->local != NULL)
-        sl_store_pause(r->local, up, duration_us);
+        sl_store_pause(r->local, up, duration_us, reason);
     if (!sl_redis_usable(r)) {
         /* Tell the other instances once Redis answers again. */
         if (now + duration_us > r->owed_pause_until[up->index])
@@ -2067,8 +2343,10 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
     if (op == NULL)
         return;
     sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
+    sl_args_key(&op->keys, r, up, &up->pause_rule, 'w', "", 0);
     sl_args_int(&op->args, duration_us);
     sl_args_int(&op->args, sl_redis_deadline(r, now));
+    sl_args_str(&op->args, reason != NULL ? reason : "");
     sl_redis_send_script(r, op);
 }
 
@@ -2294,6 +2572,241 @@ static void sl_redis_destroy(struct sl_store *store)
     free(r);
 }
 
+/* ---- usage snapshots ---- */
+
+/* One run of the snapshot script for UPSTREAM (see sl_lua_snapshot). */
+static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
+                                            const struct sl_upstream_conf *up,
+                                            const struct sl_snapshot_req *req)
+{
+    struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_SNAPSHOT);
+    struct sl_args *k, *a;
+    int64_t maxspan = 0;
+
+    if (op == NULL)
+        return NULL;
+    op->kind = SL_OP_SNAPSHOT;
+    op->upstream = up->index;
+    k = &op->keys;
+    a = &op->args;
+    sl_args_key(k, r, up, &up->pause_rule, 'x', "", 0);
+    sl_args_key(k, r, up, &up->pause_rule, 'p', "", 0);
+    sl_args_key(k, r, up, &up->pause_rule, 'w', "", 0);
+    for (size_t i = 0; i < up->nrules; i++)
+        if (up->rules[i].span_us > maxspan)
+            maxspan = up->rules[i].span_us;
+    sl_args_str(a, req->flags & SL_SNAP_ALERTS ? "1" : "0");
+    sl_args_int(a, req->top);
+    sl_args_int(a, SL_REDIS_SNAP_CANDIDATES);
+    /* Alert levels outlive the longest window by ten minutes. */
+    sl_args_int(a, maxspan / 1000 + 600000);
+    sl_args_int(a, (long long)up->nrules);
+    for (size_t i = 0; i < up->nrules; i++) {
+        const struct sl_rule *rule = &up->rules[i];
+        bool per = rule->per_kind != SL_PER_NONE;
+        bool rate = rule->kind == SL_RULE_RATE;
+        static const char types[] = "rvasc";
+        if (per) {
+            sl_args_key(k, r, up, rule, 'k', "", 0);
+        } else {
+            struct sl_hit h = {.rule = rule, .key = "", .key_len = 0};
+            sl_args_hit_keys(k, r, up, &h);
+        }
+        sl_args_str(a, rate ? "r" : "c");
+        sl_args_str(a, per ? "1" : "0");
+        sl_args_int(a, (long long)rule->limit);
+        sl_args_int(a, rate ? rule->span_us : 0);
+        sl_args_str(a, rate && rule->sync != SL_SYNC_NONE ? "1" : "0");
+        sl_args_str(a, rule->name);
+        sl_args_int(a, (long long)rule->nalert_at);
+        for (size_t j = 0; j < rule->nalert_at; j++) {
+            char num[32];
+            snprintf(num, sizeof(num), "%.6f", rule->alert_at[j]);
+            sl_args_str(a, num);
+        }
+        for (size_t t = 0; t < 5; t++)
+            sl_args_key(a, r, up, rule, types[t], "", 0);
+    }
+    return op;
+}
+
+static char *sl_reply_strdup(const redisReply *rep)
+{
+    char *s;
+
+    if (rep == NULL || (rep->type != REDIS_REPLY_STRING &&
+                        rep->type != REDIS_REPLY_STATUS))
+        return strdup("");
+    s = malloc(rep->len + 1);
+    if (s != NULL) {
+        memcpy(s, rep->str, rep->len);
+        s[rep->len] = '\0';
+    }
+    return s;
+}
+
+/* Fill U from the script's bucket reply E.  Returns 0 or -1. */
+static int sl_redis_snap_bucket(const redisReply *e, struct sl_usage *u)
+{
+    const redisReply *apps;
+
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 9)
+        return -1;
+    u->key = sl_reply_strdup(e->element[0]);
+    u->used = (uint64_t)sl_reply_int(e, 1);
+    u->reserved = (uint64_t)sl_reply_int(e, 2);
+    u->remaining = (uint64_t)sl_reply_int(e, 3);
+    u->resets_in_us = sl_reply_int(e, 4);
+    u->report_left = sl_reply_int(e, 5);
+    u->level_was = (unsigned)sl_reply_int(e, 6);
+    u->level = (unsigned)sl_reply_int(e, 7);
+    apps = e->element[8];
+    if (u->key == NULL || apps->type != REDIS_REPLY_ARRAY)
+        return -1;
+    if (apps->elements >= 2) {
+        u->apps = calloc(apps->elements / 2, sizeof(*u->apps));
+        if (u->apps == NULL)
+            return -1;
+        for (size_t i = 0; i + 1 < apps->elements; i += 2) {
+            u->apps[u->napps].name = sl_reply_strdup(apps->element[i]);
+            u->apps[u->napps].calls = (uint64_t)sl_reply_int(apps, i + 1);
+            if (u->apps[u->napps++].name == NULL)
+                return -1;
+        }
+        sl_snapshot_sort_apps(u);
+    }
+    return 0;
+}
+
+/* Read one upstream's reply into the snapshot.  Returns 0 or -1. */
+static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
+                              const redisReply *rep)
+{
+    const struct sl_upstream_conf *up = uu->up;
+    int64_t now, until;
+
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4 + up->nrules)
+        return -1;
+    uu->pause_new = sl_reply_int(rep, 3) == 1;
+    now = sl_reply_int(rep, 0);
+    until = sl_reply_int(rep, 1);
+    if (until > now) {
+        const redisReply *w = rep->element[2];
+        uu->paused_us = until - now;
+        if (w->type == REDIS_REPLY_STRING)
+            snprintf(uu->pause_reason, sizeof(uu->pause_reason), "%.*s",
+                     (int)w->len, w->str);
+    }
+    (void)r;
+    for (size_t i = 0; i < up->nrules; i++) {
+        const redisReply *ru = rep->element[4 + i], *list;
+        struct sl_rule_usage *out = &uu->rules[i];
+        if (ru->type != REDIS_REPLY_ARRAY || ru->elements != 2 ||
+            ru->element[1]->type != REDIS_REPLY_ARRAY)
+            return -1;
+        list = ru->element[1];
+        out->nbuckets = (size_t)sl_reply_int(ru, 0);
+        if (list->elements == 0)
+            continue;
+        out->buckets = calloc(list->elements, sizeof(*out->buckets));
+        if (out->buckets == NULL)
+            return -1;
+        for (size_t b = 0; b < list->elements; b++) {
+            out->n++;
+            if (sl_redis_snap_bucket(list->element[b], &out->buckets[b]) != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                const redisReply *rep)
+{
+    struct sl_redis_snap *rs = op->snap;
+
+    if (rep == NULL)
+        rs->error = rs->error ? rs->error : "redis did not answer";
+    else if (rep->type == REDIS_REPLY_ERROR) {
+        sl_redis_log_error(r, "the snapshot script", rep->str);
+        rs->error = rs->error ? rs->error : "redis refused the snapshot script";
+    } else if (rs->error == NULL &&
+               sl_redis_snap_fill(r, &rs->snap->ups[op->upstream], rep) != 0)
+        rs->error = "unexpected snapshot reply (or out of memory)";
+    if (--rs->pending > 0)
+        return;
+    if (rs->error != NULL) {
+        sl_snapshot_free(rs->snap);
+        rs->snap = NULL;
+    }
+    rs->cb(rs->arg, rs->snap, rs->error);
+    free(rs);
+}
+
+static int sl_redis_snapshot(struct sl_store *store, const struct sl_snapshot_req *req,
+                             sl_snapshot_cb cb, void *arg)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_snap *rs;
+    size_t n = r->config->nupstreams;
+
+    if (!sl_redis_usable(r) || r->main.state != SL_REDIS_UP)
+        return -1;
+    rs = calloc(1, sizeof(*rs));
+    if (rs == NULL)
+        return -1;
+    rs->snap = sl_snapshot_new(r->config);
+    if (rs->snap == NULL) {
+        free(rs);
+        return -1;
+    }
+    rs->cb = cb;
+    rs->arg = arg;
+    /* Held until every run is written, so no reply completes it early. */
+    rs->pending = 1;
+    for (size_t i = 0; i < n; i++) {
+        struct sl_redis_op *op = sl_redis_snap_op(r, &r->config->upstreams[i], req);
+        if (op == NULL) {
+            rs->error = "out of memory";
+            break;
+        }
+        op->snap = rs;
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            rs->error = "redis is unreachable";
+            break;
+        }
+        rs->pending++;
+    }
+    if (rs->pending == 1 && rs->error != NULL) {
+        /* Nothing was written: fail without a callback. */
+        sl_snapshot_free(rs->snap);
+        free(rs);
+        return -1;
+    }
+    /* Drop the hold: the callback runs when the last reply is in. */
+    if (--rs->pending == 0) {
+        if (rs->error != NULL) {
+            sl_snapshot_free(rs->snap);
+            rs->snap = NULL;
+        }
+        rs->cb(rs->arg, rs->snap, rs->error);
+        free(rs);
+    }
+    return 0;
+}
+
+static bool sl_redis_ready(struct sl_store *store)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+
+    if (!r->outage && r->main.state == SL_REDIS_UP)
+        return true;
+    /* The configured fallback decides calls while Redis is away; "deny"
+     * answers every call 503, so the instance is not ready. */
+    return r->outage && r->config->on_store_error != SL_STORE_ERROR_DENY;
+}
+
 static const struct sl_store_ops sl_redis_ops = {
     .decide = sl_redis_decide,
     .commit = sl_redis_commit,
@@ -2303,6 +2816,8 @@ static const struct sl_store_ops sl_redis_ops = {
     .tick = sl_redis_tick,
     .timers = sl_redis_timers,
     .destroy = sl_redis_destroy,
+    .snapshot = sl_redis_snapshot,
+    .ready = sl_redis_ready,
 };
 
 struct sl_store *sl_store_redis_new(const struct sl_config *config,

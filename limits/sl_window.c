@@ -22,6 +22,7 @@ static int sl_window_grow(struct sl_window *w, uint64_t limit)
 {
     uint64_t want = w->cap ? (uint64_t)w->cap * 2 : SL_WINDOW_MIN_CAP;
     int64_t *times;
+    uint16_t *tags;
 
     if (want > limit)
         want = limit;
@@ -29,14 +30,19 @@ static int sl_window_grow(struct sl_window *w, uint64_t limit)
         want = UINT32_MAX;
     if (want <= w->cap)
         return -1;
-    times = malloc((size_t)want * sizeof(*times));
+    /* One block: the times, then the tags. */
+    times = malloc((size_t)want * (sizeof(*times) + sizeof(*tags)));
     if (times == NULL)
         return -1;
+    tags = (uint16_t *)(times + want);
     /* Unroll the ring so the oldest entry lands at index 0. */
-    for (uint32_t i = 0; i < w->count; i++)
+    for (uint32_t i = 0; i < w->count; i++) {
         times[i] = w->times[(w->head + i) % w->cap];
+        tags[i] = w->tags[(w->head + i) % w->cap];
+    }
     free(w->times);
     w->times = times;
+    w->tags = tags;
     w->cap = (uint32_t)want;
     w->head = 0;
     return 0;
@@ -104,6 +110,20 @@ int sl_window_ensure(struct sl_window *w, uint64_t limit, uint64_t need)
 
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
 {
+    return sl_window_record_tag(w, limit, now, 0);
+}
+
+void sl_window_tally(const struct sl_window *w, uint64_t *counts, size_t n)
+{
+    for (uint32_t i = 0; n > 0 && i < w->count; i++) {
+        uint16_t t = w->tags[(w->head + i) % w->cap];
+        counts[t < n ? t : n - 1]++;
+    }
+}
+
+int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
+                         uint16_t tag)
+{
     if (w->count == w->cap && sl_window_grow(w, limit) != 0)
         return -1;
     /* A clock that stepped back must not reorder the log: clamp. */
@@ -113,6 +133,7 @@ int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now)
             now = newest;
     }
     w->times[(w->head + w->count) % w->cap] = now;
+    w->tags[(w->head + w->count) % w->cap] = tag;
     w->count++;
     return 0;
 }
@@ -144,7 +165,7 @@ int64_t sl_window_newest(const struct sl_window *w)
 
 size_t sl_window_bytes(const struct sl_window *w)
 {
-    return (size_t)w->cap * sizeof(int64_t);
+    return (size_t)w->cap * (sizeof(int64_t) + sizeof(uint16_t));
 }
 
 void sl_window_free(struct sl_window *w)

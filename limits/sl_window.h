@@ -17,6 +17,7 @@
 
 struct sl_window {
     int64_t *times;     /* ring of admission times (owned), capacity `cap` */
+    uint16_t *tags;     /* ring of the calls' app ids, in the same block */
     uint32_t cap;       /* allocated slots, <= limit */
     uint32_t head;      /* index of the oldest entry */
     uint32_t count;     /* entries logged (after the last prune) */
@@ -51,6 +52,14 @@ uint32_t sl_window_count_after(const struct sl_window *w, int64_t t);
  * changed).
  */
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
+
+/* The same, tagging the entry with TAG (the call's app id). */
+int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
+                         uint16_t tag);
+
+/* Add one to COUNTS[tag] for each logged entry (tags >= N count in
+ * COUNTS[N - 1]).  No pruning. */
+void sl_window_tally(const struct sl_window *w, uint64_t *counts, size_t n);
 
 /*
  * Make room for NEED entries (at most LIMIT) without logging any: a

@@ -27,6 +27,9 @@ void sl_req_unhold(struct sl_request *req)
         return;
     sl_queue_remove(&req->w->queue, &req->held);
     req->is_held = false;
+    req->held_ms += sl_now_ms() - req->held.since_ms;
+    sl_hist_observe(&req->w->metrics.held[req->up->index], sl_hist_held_bounds,
+                    (sl_now_ms() - req->held.since_ms) * 1000);
 }
 
 /*
@@ -64,10 +67,12 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
         req->held.waiting = waiting;
         req->held.owner = req;
         req->held.deadline_ms = now + r->max_wait_us / 1000;
+        req->held.since_ms = now;
         atomic_store(&req->held.kicked, false);
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
         req->is_held = true;
+        sl_metrics_call(&w->metrics, req->up, SL_OUT_QUEUED);
         if (r->kind == SL_RULE_RATE) {
             /* Those ahead in its bucket go first, `limit` per span: its
              * turn cannot come before this.  Say so now, not at max_wait. */
@@ -111,6 +116,7 @@ static void sl_req_expire(struct sl_request *req, int64_t now)
     sl_req_unhold(req);
     d.verdict = SL_VERDICT_DENY;
     d.wait_us = (left > 0 ? left : 1) * 1000;
+    req->expired = true;
     sl_req_limited(req, &d);
     sl_req_resume(req);
 }

@@ -9,6 +9,7 @@
  */
 #include "sl_proxy.h"
 
+#include "sl_apps.h"
 #include "sl_log.h"
 
 #include <getopt.h>
@@ -16,6 +17,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #ifndef SLUICE_VERSION
@@ -114,6 +116,17 @@ int main(int argc, char **argv)
         goto out;
     }
     proxy.config = config;
+    sl_log_set_json(config->log_format == SL_LOG_FORMAT_JSON);
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        proxy.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    proxy.apps = sl_apps_new(config->max_apps);
+    if (proxy.apps == NULL) {
+        sl_error("out of memory");
+        goto out;
+    }
     proxy.memory = sl_store_memory_new(config, NULL, NULL);
     if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");
@@ -180,6 +193,7 @@ out:
     free(proxy.workers);
     sl_waitlists_free(proxy.waitlists);
     sl_store_destroy(proxy.memory);
+    sl_apps_free(proxy.apps);
     sl_config_free(config);
     curl_global_cleanup();
     return rc;

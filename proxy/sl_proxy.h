@@ -21,11 +21,15 @@
 #include <stdint.h>
 
 #include "sl_config.h"
+#include "sl_metrics.h"
 #include "sl_queue.h"
 #include "sl_store.h"
 
 struct sl_worker;
 struct sl_request;
+struct sl_apps;
+struct sl_admin;
+struct sl_alerts;
 
 #define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
 
@@ -38,6 +42,8 @@ struct sl_proxy {
     struct sl_worker *workers;    /* owned array */
     int nworkers;
     struct sl_waitlists *waitlists; /* queue mode, shared by workers */
+    struct sl_apps *apps;         /* app names seen, shared by workers */
+    int64_t started_ms;           /* wall clock, for uptime */
 };
 
 /* What an epoll registration points at. */
@@ -47,6 +53,7 @@ enum sl_watch_kind {
     SL_WATCH_WAKE,      /* the worker's eventfd (stop requests) */
     SL_WATCH_CLIENT,    /* a client's socket, for hang-ups */
     SL_WATCH_STORE,     /* the store's connection (Redis) */
+    SL_WATCH_ADMIN,     /* the admin listener's MHD epoll fd (worker 0) */
     SL_WATCH_DEAD,      /* retired this pass; freed after the event batch */
 };
 
@@ -116,6 +123,11 @@ struct sl_worker {
     struct sl_conn *dl_head[2], *dl_tail[2];
     unsigned long slow_closed;    /* connections cut for slow headers */
     int64_t slow_logged_ms;
+    struct sl_metrics metrics;    /* this worker's counters (/metrics) */
+    /* Worker 0 only: the admin listener and the alert sender. */
+    struct sl_admin *admin;
+    struct sl_watch admin_watch;
+    struct sl_alerts *alerts;
     CURL **easy_pool;             /* idle easy handles for reuse */
     size_t *easy_pool_up;         /* the upstream each was last used for */
     int npool;

@@ -156,10 +156,11 @@ int sl_queue_init(struct sl_queue *q, size_t nupstreams, int worker,
     memset(q, 0, sizeof(*q));
     q->heads = calloc(nupstreams, sizeof(*q->heads));
     q->tails = calloc(nupstreams, sizeof(*q->tails));
+    q->oldest_ms = calloc(nupstreams, sizeof(*q->oldest_ms));
     q->nupstreams = nupstreams;
     q->worker = worker;
     q->shared = shared;
-    if (q->heads == NULL || q->tails == NULL) {
+    if (q->heads == NULL || q->tails == NULL || q->oldest_ms == NULL) {
         sl_queue_free(q);
         return -1;
     }
@@ -170,7 +171,21 @@ void sl_queue_free(struct sl_queue *q)
 {
     free(q->heads);
     free(q->tails);
+    free((void *)q->oldest_ms);
     q->heads = q->tails = NULL;
+    q->oldest_ms = NULL;
+}
+
+int64_t sl_queue_oldest_ms(const struct sl_queue *q, size_t upstream)
+{
+    return q->oldest_ms != NULL ? atomic_load(&q->oldest_ms[upstream]) : 0;
+}
+
+static void sl_queue_publish_oldest(struct sl_queue *q, size_t upstream)
+{
+    struct sl_held *h = q->heads[upstream];
+
+    atomic_store(&q->oldest_ms[upstream], h != NULL ? h->since_ms : 0);
 }
 
 unsigned sl_queue_count(const struct sl_queue *q, size_t upstream)
@@ -202,6 +217,7 @@ int sl_queue_add(struct sl_queue *q, struct sl_held *h)
         q->heads[h->upstream] = h;
     q->tails[h->upstream] = h;
     q->total++;
+    sl_queue_publish_oldest(q, h->upstream);
     return 0;
 }
 
@@ -247,6 +263,7 @@ void sl_queue_remove(struct sl_queue *q, struct sl_held *h)
         q->tails[h->upstream] = h->prev;
     h->prev = h->next = NULL;
     q->total--;
+    sl_queue_publish_oldest(q, h->upstream);
 }
 
 bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h)

@@ -41,6 +41,7 @@ struct sl_held {
     /* Ask the store again then (other workers read it as an estimate). */
     _Atomic int64_t retry_at_ms;
     int64_t deadline_ms;          /* max_wait runs out then */
+    int64_t since_ms;             /* held since (CLOCK_MONOTONIC ms) */
     bool deciding;                /* a renewed decision is out */
     bool parked;                  /* due, but not first in its bucket */
     _Atomic bool kicked;          /* room appeared in its bucket: ask now */
@@ -55,6 +56,9 @@ struct sl_queue {
     struct sl_held **heads, **tails;  /* per upstream (owned arrays) */
     size_t nupstreams;
     unsigned total;                   /* calls this worker holds */
+    /* Per upstream: since when this worker's oldest held call waits (0:
+     * none); read by the admin listener on another thread. */
+    _Atomic int64_t *oldest_ms;
     int worker;
     struct sl_waitlists *shared;      /* not owned */
 };
@@ -67,6 +71,10 @@ void sl_waitlists_free(struct sl_waitlists *wl);
 int sl_queue_init(struct sl_queue *q, size_t nupstreams, int worker,
                   struct sl_waitlists *shared);
 void sl_queue_free(struct sl_queue *q);
+
+/* Since when the oldest call Q holds for UPSTREAM waits (ms), or 0.
+ * Any thread. */
+int64_t sl_queue_oldest_ms(const struct sl_queue *q, size_t upstream);
 
 /* Calls held for UPSTREAM by the whole process. */
 unsigned sl_queue_count(const struct sl_queue *q, size_t upstream);

@@ -326,6 +326,11 @@ void sl_req_abort_transfer(struct sl_request *req)
     sl_worker_put_easy(req->w, req->easy, req->up->index);
     req->easy = NULL;
     req->xfer_done = true;
+    if (req->sent_us > 0) {
+        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        sl_hist_observe(&req->w->metrics.latency[req->up->index],
+                        sl_hist_latency_bounds, req->upstream_us);
+    }
     req->result = CURLE_ABORTED_BY_CALLBACK;
     sl_req_release_lease(req);
 }
@@ -340,6 +345,11 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     sl_worker_put_easy(req->w, req->easy, req->up->index);
     req->easy = NULL;
     req->xfer_done = true;
+    if (req->sent_us > 0) {
+        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        sl_hist_observe(&req->w->metrics.latency[req->up->index],
+                        sl_hist_latency_bounds, req->upstream_us);
+    }
     req->result = result;
     /* The provider is done with the call: concurrency slots free now, not
      * when a slow client has finished reading (or sending). */
@@ -401,6 +411,10 @@ static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
         strcasecmp(name, "Host") == 0 || strcasecmp(name, "Expect") == 0 ||
         strcasecmp(name, "X-Forwarded-For") == 0 ||
         strcasecmp(name, "X-Forwarded-Proto") == 0)
+        return MHD_YES;
+    /* The app-identifying header is sluice's, not the provider's. */
+    if (ctx->req->up->app_kind == SL_APP_HEADER && !ctx->req->up->forward_app_header &&
+        strcasecmp(name, ctx->req->up->app_header) == 0)
         return MHD_YES;
     if (strcasecmp(name, "Accept") == 0)
         ctx->has_accept = true;
@@ -761,7 +775,12 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         return SL_FEEDBACK_DONE;
     req->signalled = true;
     req->signal_pause_us = pause;
-    sl_store_pause(req->w->store, up, pause);
+    {
+        char reason[96];
+        snprintf(reason, sizeof(reason), "status %ld, %s", req->status, why);
+        sl_store_pause(req->w->store, up, pause, reason);
+    }
+    sl_metric_add(&req->w->metrics.pauses[up->index], 1);
     sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
             up->name, req->status, why, (double)pause / SL_USEC_PER_SEC);
     *pause_out = pause;

@@ -32,15 +32,19 @@
  */
 #include "sl_request.h"
 
+#include "sl_apps.h"
 #include "sl_duration.h"
 #include "sl_log.h"
 #include "sl_path.h"
 #include "sl_pattern.h"
 
+#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 
 static void sl_req_free(struct sl_request *req);
+static void sl_req_identify_app(struct sl_request *req);
+static void sl_req_client_address(struct sl_request *req);
 
 /* ---- suspension and hang-up watching ---- */
 
@@ -121,6 +125,13 @@ void sl_req_set_pending(struct sl_request *req, unsigned status,
     req->outcome = outcome;
 }
 
+/* Count the call's synthetic answer STATUS in the worker's metrics. */
+static void sl_req_count_error(struct sl_request *req, unsigned status)
+{
+    sl_metrics_call(&req->w->metrics, req->up,
+                    status >= 500 ? SL_OUT_ERROR : SL_OUT_INVALID);
+}
+
 void sl_req_error(struct sl_request *req, unsigned status,
                          const char *error, const char *message,
                          int64_t retry_after, const char *outcome)
@@ -132,6 +143,7 @@ void sl_req_error(struct sl_request *req, unsigned status,
         .message = message,
         .retry_after_s = retry_after,
     };
+    sl_req_count_error(req, status);
     sl_req_set_pending(req, status, sl_respond_error(&e), outcome);
 }
 
@@ -141,10 +153,16 @@ void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
     unsigned status = req->up->reject_status ? req->up->reject_status
                                              : MHD_HTTP_TOO_MANY_REQUESTS;
 
+    enum sl_outcome o = req->expired ? SL_OUT_EXPIRED
+                        : d->rule != NULL && d->rule->kind == SL_RULE_PAUSE
+                            ? SL_OUT_PAUSED : SL_OUT_REJECTED;
+
     req->decision = *d;
+    sl_metrics_call(&req->w->metrics, req->up, o);
     sl_req_set_pending(req, status,
                        sl_respond_limited(req->w->proxy->config, req->up, d),
-                       "rejected");
+                       req->expired ? "expired" : o == SL_OUT_PAUSED ? "paused"
+                                                                     : "rejected");
 }
 
 /* Queue the pending synthetic response. */
@@ -328,6 +346,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     free(canon);
     if (rc != 0)
         goto oom;
+    sl_req_identify_app(req);
 
     /* Held calls wait for one of this call's buckets: queue behind them. */
     {
@@ -379,6 +398,74 @@ oom:
     return sl_req_answer_early(req);
 }
 
+/* Count decision D by rule; an allowed call by app in each of its rules. */
+static void sl_req_count_decision(struct sl_request *req,
+                                  const struct sl_decision *d)
+{
+    struct sl_metrics *m = &req->w->metrics;
+    size_t up = req->up->index;
+
+    if (d->verdict == SL_VERDICT_DENY && d->rule != NULL) {
+        sl_metric_add(&m->decisions[sl_metrics_slot(m, up, d->rule->index) * 2 + 1], 1);
+        return;
+    }
+    if (d->verdict != SL_VERDICT_ALLOW)
+        return;
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_rule *r = req->check.hits[i].rule;
+        size_t slot;
+        if (r->kind == SL_RULE_PAUSE)
+            continue;
+        slot = sl_metrics_slot(m, up, r->index);
+        sl_metric_add(&m->decisions[slot * 2], 1);
+        if (req->check.app < m->napps)
+            sl_metric_add(&m->app_calls[slot * m->napps + req->check.app], 1);
+    }
+}
+
+/* The peer's address as text into req->client ("" when unknown). */
+static void sl_req_client_address(struct sl_request *req)
+{
+    const union MHD_ConnectionInfo *ci;
+
+    if (req->client[0] != '\0' || req->conn == NULL)
+        return;
+    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
+    if (ci == NULL || ci->client_addr == NULL)
+        return;
+    if (ci->client_addr->sa_family == AF_INET)
+        inet_ntop(AF_INET, &((const struct sockaddr_in *)ci->client_addr)->sin_addr,
+                  req->client, sizeof(req->client));
+    else if (ci->client_addr->sa_family == AF_INET6)
+        inet_ntop(AF_INET6,
+                  &((const struct sockaddr_in6 *)ci->client_addr)->sin6_addr,
+                  req->client, sizeof(req->client));
+}
+
+/* Which app the call comes from (its upstream's "app" setting). */
+static void sl_req_identify_app(struct sl_request *req)
+{
+    struct sl_apps *apps = req->w->proxy->apps;
+    const char *v = NULL;
+    uint16_t id = SL_APP_NONE;
+
+    switch (req->up->app_kind) {
+    case SL_APP_HEADER:
+        v = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                        req->up->app_header);
+        id = sl_apps_id(apps, v, v != NULL ? strlen(v) : 0);
+        break;
+    case SL_APP_CLIENT_IP:
+        sl_req_client_address(req);
+        id = sl_apps_id(apps, req->client, strlen(req->client));
+        break;
+    default:
+        break;
+    }
+    req->check.app = id;
+    req->check.app_name = sl_apps_name(apps, id);
+}
+
 /* The store's answer.  May run inside sl_store_decide(). */
 void sl_req_decided(void *arg, const struct sl_decision *d,
                     struct sl_lease *lease)
@@ -386,6 +473,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     struct sl_request *req = arg;
     const struct sl_upstream_conf *up = req->up;
     char *url = NULL;
+    bool released;
 
     req->deciding = false;
     req->held.deciding = false;
@@ -406,6 +494,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         sl_req_resume(req);
         return;
     }
+    sl_req_count_decision(req, d);
     switch (d->verdict) {
     case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
@@ -422,6 +511,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
                      d->reason, 1, "store_error");
         break;
     case SL_VERDICT_ALLOW:
+        released = req->is_held;
         if (req->is_held) {
             /* Released: the next held call of its bucket may fit too. */
             sl_req_unhold(req);
@@ -442,6 +532,8 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
                          "out_of_memory");
         } else {
             req->outcome = "forwarded";
+            sl_metrics_call(&req->w->metrics, up,
+                            released ? SL_OUT_RELEASED : SL_OUT_FORWARDED);
         }
         free(url);
         break;
@@ -560,12 +652,92 @@ static void sl_req_free(struct sl_request *req)
     free(req);
 }
 
+/*
+ * The access line: who called (client address, app), what (upstream,
+ * method, path without its query), what came of it, the `per` bucket and
+ * the room left in the tightest rule, and where the time went (held in the
+ * queue, upstream, total).  Never a query string, header or body.
+ */
+static void sl_req_access_log(struct sl_request *req)
+{
+    const struct sl_decision *d = &req->decision;
+    const struct sl_rule *rule = d->rule;
+    const char *q = strchr(req->uri, '?');
+    size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
+    const char *per = "-";
+    char remaining[24] = "-", up_ms[24] = "-";
+    int64_t total = sl_now_ms() - req->start_ms;
+
+    sl_req_client_address(req);
+    if (rule != NULL && rule->kind != SL_RULE_PAUSE) {
+        for (size_t i = 0; i < req->check.nhits; i++)
+            if (req->check.hits[i].rule == rule && rule->per_kind != SL_PER_NONE)
+                per = req->check.hits[i].key;
+        if (d->verdict == SL_VERDICT_ALLOW && rule->kind == SL_RULE_RATE)
+            snprintf(remaining, sizeof(remaining), "%llu",
+                     (unsigned long long)d->remaining);
+        else if (d->verdict == SL_VERDICT_DENY)
+            snprintf(remaining, sizeof(remaining), "0");
+    }
+    if (req->sent_us > 0)
+        snprintf(up_ms, sizeof(up_ms), "%.1f", (double)req->upstream_us / 1000.0);
+    if (plen > 1024)
+        plen = 1024;
+    if (sl_log_is_json()) {
+        char f[3072];
+        size_t n = 0;
+#define SL_F_STR(name, s, len)                                                  \
+        do {                                                                    \
+            n += (size_t)snprintf(f + n, sizeof(f) - n, "%s\"" name "\":\"",   \
+                                  n ? "," : "");                                \
+            sl_log_json_escape(f, sizeof(f) - 8, &n, (s), (len));               \
+            n += (size_t)snprintf(f + n, sizeof(f) - n, "\"");                  \
+        } while (0)
+        n += (size_t)snprintf(f, sizeof(f), "\"msg\":\"access\"");
+        SL_F_STR("client", req->client[0] ? req->client : "-",
+                 strlen(req->client[0] ? req->client : "-"));
+        SL_F_STR("app", req->check.app_name ? req->check.app_name : "-",
+                 strlen(req->check.app_name ? req->check.app_name : "-"));
+        SL_F_STR("upstream", req->up ? req->up->name : "-",
+                 strlen(req->up ? req->up->name : "-"));
+        SL_F_STR("method", req->method ? req->method : "-",
+                 strlen(req->method ? req->method : "-"));
+        SL_F_STR("path", req->uri, plen);
+        n += (size_t)snprintf(f + n, sizeof(f) - n, ",\"status\":%u",
+                              req->status_sent);
+        SL_F_STR("outcome", req->outcome ? req->outcome : "-",
+                 strlen(req->outcome ? req->outcome : "-"));
+        SL_F_STR("rule", rule ? rule->name : "-", strlen(rule ? rule->name : "-"));
+        SL_F_STR("per", per, strlen(per));
+        n += (size_t)snprintf(f + n, sizeof(f) - n,
+                              ",\"remaining\":%s,\"held_ms\":%lld,"
+                              "\"upstream_ms\":%s,\"ms\":%lld,\"bytes_out\":%llu",
+                              strcmp(remaining, "-") ? remaining : "null",
+                              (long long)req->held_ms,
+                              strcmp(up_ms, "-") ? up_ms : "null", (long long)total,
+                              (unsigned long long)req->bytes_out);
+#undef SL_F_STR
+        if (n < sizeof(f))
+            sl_log_json(SL_LOG_INFO, f);
+        return;
+    }
+    sl_info("access client=%s app=%s upstream=%s method=%s path=%.*s status=%u "
+            "outcome=%s rule=%s per=%s remaining=%s held_ms=%lld upstream_ms=%s "
+            "ms=%lld bytes_out=%llu",
+            req->client[0] ? req->client : "-",
+            req->check.app_name ? req->check.app_name : "-",
+            req->up ? req->up->name : "-", req->method ? req->method : "-",
+            (int)plen, req->uri, req->status_sent,
+            req->outcome ? req->outcome : "-", rule ? rule->name : "-", per,
+            remaining, (long long)req->held_ms, up_ms, (long long)total,
+            (unsigned long long)req->bytes_out);
+}
+
 void sl_request_completed(void *cls, struct MHD_Connection *conn,
                           void **con_cls, enum MHD_RequestTerminationCode toe)
 {
     struct sl_request *req = *con_cls;
     struct sl_worker *w = cls;
-    const char *q;
 
     (void)conn;
     if (req == NULL)
@@ -583,18 +755,8 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
         strcmp(req->outcome, "forwarded") == 0)
         req->outcome = "client_gone";
-    if (w->proxy->config->access_log && req->phase != SL_PHASE_NEW) {
-        q = strchr(req->uri, '?');
-        sl_info("access upstream=%s method=%s path=%.*s status=%u outcome=%s "
-                "rule=%s bytes_out=%llu ms=%lld",
-                req->up ? req->up->name : "-", req->method ? req->method : "-",
-                (int)(q ? q - req->uri : (long)strlen(req->uri)), req->uri,
-                req->status_sent, req->outcome ? req->outcome : "-",
-                req->decision.verdict == SL_VERDICT_DENY && req->decision.rule
-                    ? req->decision.rule->name : "-",
-                (unsigned long long)req->bytes_out,
-                (long long)(sl_now_ms() - req->start_ms));
-    }
+    if (w->proxy->config->access_log && req->phase != SL_PHASE_NEW)
+        sl_req_access_log(req);
     if (req->deciding) {
         /* The store still holds a pointer: its callback frees the lease. */
         req->orphaned = true;

@@ -14,6 +14,7 @@
 #ifndef SL_REQUEST_H
 #define SL_REQUEST_H
 
+#include "sl_metrics.h"
 #include "sl_proxy.h"
 
 #define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
@@ -112,6 +113,10 @@ struct sl_request {
     char errbuf[CURL_ERROR_SIZE];
 
     int64_t start_ms;
+    int64_t held_ms;                  /* time spent held in the queue */
+    int64_t upstream_us;              /* send to the exchange's end */
+    bool expired;                     /* held past max_wait */
+    char client[48];                  /* the peer's address, for app/logs */
     unsigned status_sent;
     const char *outcome;              /* for the access log */
     uint64_t bytes_out;

@@ -24,6 +24,9 @@
  */
 #include "sl_proxy.h"
 
+#include "sl_admin.h"
+#include "sl_alerts.h"
+
 #include "sl_log.h"
 
 #include <arpa/inet.h>
@@ -156,6 +159,8 @@ static void sl_worker_curl_done(struct sl_worker *w)
     while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
         struct sl_request *req = NULL;
         if (msg->msg != CURLMSG_DONE)
+            continue;
+        if (sl_alerts_done(w->alerts, msg->easy_handle, msg->data.result))
             continue;
         curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&req);
         if (req != NULL)
@@ -516,6 +521,25 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
     /* The keep-alive pool towards upstreams. */
     curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 512L);
+    if (sl_metrics_init(&w->metrics, c) != 0)
+        return -1;
+    if (id == 0 && c->admin_listen != NULL) {
+        w->admin = sl_admin_new(w);
+        if (w->admin == NULL)
+            return -1;
+        w->admin_watch.kind = SL_WATCH_ADMIN;
+        w->admin_watch.fd = sl_admin_fd(w->admin);
+        w->admin_watch.obj = w->admin;
+        ev.events = EPOLLIN;
+        ev.data.ptr = &w->admin_watch;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->admin_watch.fd, &ev) != 0)
+            return -1;
+    }
+    if (id == 0 && c->nalerts > 0) {
+        w->alerts = sl_alerts_new(w);
+        if (w->alerts == NULL)
+            return -1;
+    }
     return 0;
 }
 
@@ -535,6 +559,13 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         t = w->stop_deadline_ms - now;
     if (w->store_deadline_ms >= 0 && w->store_deadline_ms - now < t)
         t = w->store_deadline_ms - now;
+    if (w->admin != NULL) {
+        int64_t at = sl_admin_timeout(w->admin);
+        if (at >= 0 && at < t)
+            t = at;
+    }
+    if (w->alerts != NULL && sl_alerts_next_ms(w->alerts) - now < t)
+        t = sl_alerts_next_ms(w->alerts) - now;
     if (w->queue_kick)
         t = 0;
     else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
@@ -582,6 +613,7 @@ static void *sl_worker_main(void *arg)
         int64_t now = sl_now_ms();
         int n = epoll_wait(w->epfd, evs, 64, sl_worker_timeout(w, now));
         bool run_mhd = w->mhd_kick;
+        bool run_admin = false;
 
         if (n < 0 && errno != EINTR) {
             sl_error("worker %d: epoll_wait: %s", w->id, strerror(errno));
@@ -625,6 +657,9 @@ static void *sl_worker_main(void *arg)
             case SL_WATCH_STORE:
                 watch->io_cb(watch->io_arg, (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0,
                              (e & EPOLLOUT) != 0);
+                break;
+            case SL_WATCH_ADMIN:
+                run_admin = true;
                 break;
             case SL_WATCH_DEAD:
                 break;  /* its socket was closed earlier in this batch */
@@ -676,6 +711,10 @@ static void *sl_worker_main(void *arg)
             w->queue_next_ms = sl_queue_next_ms(&w->queue);
         }
         w->queue_kick = false;
+        if (w->admin != NULL && (run_admin || sl_admin_timeout(w->admin) == 0))
+            sl_admin_run(w->admin);
+        if (w->alerts != NULL)
+            sl_alerts_run(w->alerts, now);
         w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
@@ -699,10 +738,15 @@ static void *sl_worker_main(void *arg)
     sl_worker_curl_done(w);
     MHD_stop_daemon(w->mhd);
     w->mhd = NULL;
-    /* A Redis store belongs to this thread: close it here. */
+    sl_admin_free(w->admin);
+    w->admin = NULL;
+    /* A Redis store belongs to this thread: close it here (its pending
+     * snapshots are answered now, while the alerts still exist). */
     if (w->store != w->proxy->memory)
         sl_store_destroy(w->store);
     w->store = NULL;
+    sl_alerts_free(w->alerts);
+    w->alerts = NULL;
     return NULL;
 }
 
@@ -737,9 +781,14 @@ void sl_worker_cleanup(struct sl_worker *w)
 {
     if (w->mhd != NULL)
         MHD_stop_daemon(w->mhd);
+    sl_admin_free(w->admin);
+    w->admin = NULL;
     if (w->store != NULL && w->store != w->proxy->memory)
         sl_store_destroy(w->store);
     w->store = NULL;
+    sl_alerts_free(w->alerts);
+    w->alerts = NULL;
+    sl_metrics_free(&w->metrics);
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
     for (int i = 0; i < w->ncurl_fds; i++)

@@ -252,14 +252,14 @@ static void test_pause_denies_every_call_until_it_ends(void **state)
     struct result r;
 
     assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
-    sl_store_pause(f->store, up, 5 * S);
+    sl_store_pause(f->store, up, 5 * S, "test");
     fake_now += 2 * S;
     r = call(f, "GET", "/y");
     assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
     assert_ptr_equal(r.d.rule, &up->pause_rule);
     assert_int_equal(r.d.wait_us, 3 * S);
     /* A shorter pause never shortens the running one. */
-    sl_store_pause(f->store, up, 1 * S);
+    sl_store_pause(f->store, up, 1 * S, "test");
     assert_int_equal(call(f, "GET", "/y").d.wait_us, 3 * S);
     fake_now += 3 * S;
     assert_int_equal(call(f, "GET", "/z").d.verdict, SL_VERDICT_ALLOW);

@@ -1,0 +1,1015 @@
+/*
+ * sl_admin — see sl_admin.h.
+ *
+ * A request for /status or /metrics asks worker 0's store for a snapshot.
+ * The memory store answers before sl_store_snapshot() returns; Redis
+ * answers later, so the connection is suspended and resumed from the
+ * snapshot's callback (both on worker 0's thread).  When the shared store
+ * cannot answer, the figures are those of this instance's memory store
+ * (the local fallback's view), and say so ("figures": "local").
+ *
+ * Everything an admin request reads besides the snapshot is either
+ * configuration (immutable), a process-wide atomic (queue depths, the
+ * Redis outage flag), or a worker's counters read with relaxed loads.
+ */
+#include "sl_admin.h"
+
+#include "sl_alerts.h"
+#include "sl_apps.h"
+#include "sl_duration.h"
+#include "sl_log.h"
+#include "sl_proxy.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <jansson.h>
+#include <math.h>
+#include <netdb.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#ifndef SLUICE_VERSION
+#define SLUICE_VERSION "0.0.0"
+#endif
+
+/* The usage page, embedded at build time (cmake/embed.cmake). */
+extern const unsigned char sl_admin_page[];
+extern const unsigned long sl_admin_page_len;
+
+enum sl_admin_what {
+    SL_ADMIN_STATUS,
+    SL_ADMIN_METRICS,
+};
+
+/* An admin request waiting for (or answered by) a snapshot. */
+struct sl_admin_req {
+    struct sl_admin_req *prev, *next;   /* a->reqs */
+    struct sl_admin *a;
+    struct MHD_Connection *conn;
+    enum sl_admin_what what;
+    bool waiting;                       /* the store's callback is due */
+    bool suspended;
+    bool gone;                          /* MHD finished with it first */
+    struct MHD_Response *resp;          /* the answer, once built */
+    unsigned status;
+};
+
+struct sl_admin {
+    struct sl_worker *w;
+    const struct sl_config *config;
+    struct MHD_Daemon *mhd;
+    int fd;                             /* the daemon's epoll fd */
+    bool kick;                          /* a connection was resumed */
+    struct sl_admin_req *reqs;
+};
+
+static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
+
+/* ---- small helpers ---- */
+
+static double sl_wall_now(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* "2026-11-24T14:32:05Z" for UNIX seconds T. */
+static void sl_iso_time(double t, char *buf, size_t len)
+{
+    time_t s = (time_t)t;
+    struct tm tm;
+
+    gmtime_r(&s, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+static const char *sl_band(const struct sl_config *c, double utilization)
+{
+    if (utilization >= c->critical_at)
+        return "critical";
+    if (utilization >= c->warn_at)
+        return "warn";
+    return "ok";
+}
+
+static double sl_ratio(uint64_t used, uint64_t limit)
+{
+    if (limit == 0)
+        return used > 0 ? 1.0 : 0.0;
+    return (double)used / (double)limit;
+}
+
+/* Seconds, rounded to the millisecond. */
+static double sl_secs(int64_t us)
+{
+    return round((double)us / 1000.0) / 1000.0;
+}
+
+/* Constant-time comparison of A (LEN bytes) with the NUL-terminated B. */
+static bool sl_token_equal(const char *a, size_t len, const char *b)
+{
+    size_t blen = strlen(b);
+    unsigned char diff = (unsigned char)(len != blen);
+
+    for (size_t i = 0; i < blen; i++)
+        diff |= (unsigned char)((i < len ? a[i] : 0) ^ b[i]);
+    return diff == 0;
+}
+
+/* Decode standard base64 S (LEN bytes) into OUT (CAP bytes).  Returns the
+ * decoded length, or -1. */
+static long sl_base64_decode(const char *s, size_t len, char *out, size_t cap)
+{
+    static const char tab[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    unsigned acc = 0;
+    int bits = 0;
+    size_t n = 0;
+
+    for (size_t i = 0; i < len; i++) {
+        const char *p;
+        if (s[i] == '=')
+            break;
+        p = memchr(tab, s[i], 64);
+        if (p == NULL || s[i] == '\0')
+            return -1;
+        acc = (acc << 6) | (unsigned)(p - tab);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            if (n + 1 >= cap)
+                return -1;
+            out[n++] = (char)((acc >> bits) & 0xff);
+        }
+    }
+    out[n] = '\0';
+    return (long)n;
+}
+
+/* Does the request carry the admin token (Bearer, or Basic password)? */
+static bool sl_admin_authorized(const struct sl_admin *a,
+                                struct MHD_Connection *conn)
+{
+    const char *h, *token = a->config->admin_token;
+    char dec[600];
+    long n;
+
+    if (token == NULL)
+        return true;
+    h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Authorization");
+    if (h == NULL)
+        return false;
+    if (strncasecmp(h, "Bearer ", 7) == 0) {
+        h += 7;
+        while (*h == ' ')
+            h++;
+        return sl_token_equal(h, strlen(h), token);
+    }
+    if (strncasecmp(h, "Basic ", 6) == 0) {
+        const char *colon;
+        h += 6;
+        while (*h == ' ')
+            h++;
+        n = sl_base64_decode(h, strlen(h), dec, sizeof(dec));
+        if (n < 0 || (colon = memchr(dec, ':', (size_t)n)) == NULL)
+            return false;
+        return sl_token_equal(colon + 1, (size_t)(dec + n - colon - 1), token);
+    }
+    return false;
+}
+
+static struct MHD_Response *sl_text(const char *text, const char *type)
+{
+    struct MHD_Response *r = MHD_create_response_from_buffer(
+        strlen(text), (void *)text, MHD_RESPMEM_MUST_COPY);
+
+    if (r != NULL) {
+        MHD_add_response_header(r, "Content-Type", type);
+        MHD_add_response_header(r, "Cache-Control", "no-store");
+    }
+    return r;
+}
+
+/* Take ownership of BUF (LEN bytes, malloc'd). */
+static struct MHD_Response *sl_owned(char *buf, size_t len, const char *type)
+{
+    struct MHD_Response *r =
+        MHD_create_response_from_buffer(len, buf, MHD_RESPMEM_MUST_FREE);
+
+    if (r == NULL) {
+        free(buf);
+        return NULL;
+    }
+    MHD_add_response_header(r, "Content-Type", type);
+    MHD_add_response_header(r, "Cache-Control", "no-store");
+    return r;
+}
+
+static enum MHD_Result sl_queue(struct MHD_Connection *conn, unsigned status,
+                                struct MHD_Response *r)
+{
+    enum MHD_Result rc;
+
+    if (r == NULL)
+        return MHD_NO;
+    rc = MHD_queue_response(conn, status, r);
+    MHD_destroy_response(r);
+    return rc;
+}
+
+/* ---- the store's state ---- */
+
+struct sl_store_state {
+    bool shared_down;       /* Redis: this instance is in an outage */
+    double down_since;      /* UNIX seconds, 0: not down */
+    bool ready;
+};
+
+static void sl_admin_store_state(const struct sl_admin *a, struct sl_store_state *st)
+{
+    int64_t since = 0;
+
+    memset(st, 0, sizeof(*st));
+    st->ready = true;
+    if (a->config->store_kind != SL_STORE_REDIS)
+        return;
+    st->shared_down = sl_store_redis_down(&since);
+    st->down_since = since > 0 ? (double)since / 1000.0 : 0;
+    st->ready = sl_store_ready(a->w->store);
+}
+
+static const char *const sl_policy_names[] = {"local", "deny", "allow"};
+
+/* ---- /status ---- */
+
+static json_t *sl_apps_json(const struct sl_usage *u)
+{
+    json_t *o = json_object();
+
+    for (size_t i = 0; o != NULL && i < u->napps; i++)
+        json_object_set_new(o, u->apps[i].name, json_integer((json_int_t)u->apps[i].calls));
+    return o;
+}
+
+/* The figures of bucket U of rule R into O (a rule or a bucket object). */
+static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
+                          const struct sl_usage *u, json_t *o)
+{
+    double util = sl_ratio(u->used, r->limit);
+
+    json_object_set_new(o, "used", json_integer((json_int_t)u->used));
+    if (r->kind == SL_RULE_RATE)
+        json_object_set_new(o, "reserved", json_integer((json_int_t)u->reserved));
+    else
+        json_object_set_new(o, "in_flight", json_integer((json_int_t)u->used));
+    json_object_set_new(o, "remaining", json_integer((json_int_t)u->remaining));
+    json_object_set_new(o, "utilization", json_real(round(util * 10000) / 10000));
+    json_object_set_new(o, "band", json_string(sl_band(c, util)));
+    json_object_set_new(o, "resets_in", u->resets_in_us >= 0
+                                            ? json_real(sl_secs(u->resets_in_us))
+                                            : json_null());
+    json_object_set_new(o, "per_app", sl_apps_json(u));
+    if (r->kind == SL_RULE_RATE)
+        json_object_set_new(o, "provider_remaining",
+                            u->report_left >= 0 ? json_integer(u->report_left)
+                                                : json_null());
+}
+
+static json_t *sl_rule_json(const struct sl_config *c, const struct sl_rule_usage *ru)
+{
+    const struct sl_rule *r = ru->rule;
+    json_t *o = json_object();
+    char win[SL_DURATION_FORMAT_MAX];
+    static const struct sl_usage zero = {.key = "", .resets_in_us = -1,
+                                         .report_left = -1};
+    struct sl_usage none = zero;
+
+    json_object_set_new(o, "name", json_string(r->name));
+    json_object_set_new(o, "kind", json_string(sl_kind_names[r->kind]));
+    json_object_set_new(o, "limit", json_integer((json_int_t)r->limit));
+    if (r->kind == SL_RULE_RATE) {
+        sl_duration_format(r->window_us, win, sizeof(win));
+        json_object_set_new(o, "window", json_string(win));
+        json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
+        none.resets_in_us = 0;
+    } else {
+        json_object_set_new(o, "window", json_null());
+        json_object_set_new(o, "window_s", json_null());
+    }
+    none.remaining = r->limit;
+    json_object_set_new(o, "per", r->per_text ? json_string(r->per_text) : json_null());
+    /* A `per` rule's bar is its busiest bucket. */
+    sl_usage_json(c, r, ru->n > 0 ? &ru->buckets[0] : &none, o);
+    if (r->per_kind != SL_PER_NONE) {
+        json_t *list = json_array();
+        for (size_t i = 0; i < ru->n && i < c->status_top; i++) {
+            json_t *b = json_object();
+            json_object_set_new(b, "key", json_string(ru->buckets[i].key));
+            sl_usage_json(c, r, &ru->buckets[i], b);
+            json_array_append_new(list, b);
+        }
+        json_object_set_new(o, "buckets", list);
+        json_object_set_new(o, "buckets_total", json_integer((json_int_t)ru->nbuckets));
+    }
+    return o;
+}
+
+static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap,
+                              bool shared)
+{
+    const struct sl_config *c = a->config;
+    struct sl_proxy *proxy = a->w->proxy;
+    struct sl_store_state st;
+    double now = sl_wall_now();
+    int64_t mono = sl_now_ms();
+    json_t *root = json_object(), *store = json_object(), *ups = json_array();
+    char iso[32];
+
+    sl_admin_store_state(a, &st);
+    sl_iso_time(now, iso, sizeof(iso));
+    json_object_set_new(root, "version", json_string(SLUICE_VERSION));
+    json_object_set_new(root, "now", json_string(iso));
+    json_object_set_new(root, "now_unix", json_real(round(now * 1000) / 1000));
+    json_object_set_new(root, "uptime_s",
+                        json_real(round(now * 1000 - (double)proxy->started_ms) / 1000));
+    json_object_set_new(store, "kind", json_string(c->store_kind == SL_STORE_REDIS
+                                                       ? "redis" : "memory"));
+    json_object_set_new(store, "state", json_string(st.shared_down ? "down" : "up"));
+    json_object_set_new(store, "ready", json_boolean(st.ready));
+    if (c->store_kind == SL_STORE_REDIS) {
+        char addr[300];
+        snprintf(addr, sizeof(addr), "%s:%d/%d", c->redis_host, c->redis_port,
+                 c->redis_db);
+        json_object_set_new(store, "address", json_string(addr));
+        json_object_set_new(store, "on_store_error",
+                            json_string(sl_policy_names[c->on_store_error]));
+    } else {
+        json_object_set_new(store, "address", json_null());
+        json_object_set_new(store, "on_store_error", json_null());
+    }
+    if (st.shared_down) {
+        sl_iso_time(st.down_since, iso, sizeof(iso));
+        json_object_set_new(store, "down_since", json_string(iso));
+        json_object_set_new(store, "down_since_unix", json_real(st.down_since));
+        json_object_set_new(store, "fallback",
+                            json_string(sl_policy_names[c->on_store_error]));
+    } else {
+        json_object_set_new(store, "down_since", json_null());
+        json_object_set_new(store, "down_since_unix", json_null());
+        json_object_set_new(store, "fallback", json_null());
+    }
+    json_object_set_new(store, "figures", json_string(shared ? "shared" : "local"));
+    json_object_set_new(root, "store", store);
+    json_object_set_new(root, "bands", json_pack("{s:f,s:f}", "warn", c->warn_at,
+                                                 "critical", c->critical_at));
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        const struct sl_upstream_usage *uu = &snap->ups[i];
+        json_t *u = json_object(), *rules = json_array(), *queue = json_object();
+        int64_t oldest = 0;
+
+        json_object_set_new(u, "name", json_string(up->name));
+        json_object_set_new(u, "prefix", json_string(up->prefix));
+        if (uu->paused_us > 0) {
+            double until = now + (double)uu->paused_us / 1e6;
+            sl_iso_time(until + 0.999, iso, sizeof(iso));
+            json_object_set_new(u, "paused", json_pack(
+                "{s:s,s:s,s:f,s:f}", "reason", uu->pause_reason[0] ? uu->pause_reason
+                                                                   : "the provider asked to stop",
+                "resumes_at", iso, "resumes_at_unix", round(until * 1000) / 1000,
+                "resumes_in", sl_secs(uu->paused_us)));
+        } else {
+            json_object_set_new(u, "paused", json_null());
+        }
+        for (int k = 0; k < proxy->nworkers; k++) {
+            int64_t t = sl_queue_oldest_ms(&proxy->workers[k].queue, i);
+            if (t > 0 && (oldest == 0 || t < oldest))
+                oldest = t;
+        }
+        json_object_set_new(queue, "depth", json_integer(
+            sl_queue_count(&a->w->queue, i)));
+        json_object_set_new(queue, "oldest_wait", oldest > 0
+            ? json_real((double)(mono - oldest) / 1000.0) : json_null());
+        json_object_set_new(queue, "max_queue", json_integer(up->max_queue));
+        json_object_set_new(u, "queue", queue);
+        for (size_t k = 0; k < up->nrules; k++)
+            json_array_append_new(rules, sl_rule_json(c, &uu->rules[k]));
+        json_object_set_new(u, "rules", rules);
+        json_array_append_new(ups, u);
+    }
+    json_object_set_new(root, "upstreams", ups);
+    return root;
+}
+
+/* ---- /metrics ---- */
+
+/* A growing text buffer; on OOM it stops growing and `oom` is set. */
+struct sl_text {
+    char *buf;
+    size_t len, cap;
+    bool oom;
+};
+
+static void sl_tprintf(struct sl_text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void sl_tprintf(struct sl_text *t, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (t->oom)
+        return;
+    for (;;) {
+        va_start(ap, fmt);
+        n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
+        va_end(ap);
+        if (n < 0) {
+            t->oom = true;
+            return;
+        }
+        if ((size_t)n < t->cap - t->len) {
+            t->len += (size_t)n;
+            return;
+        }
+        size_t ncap = t->cap ? t->cap * 2 : 16384;
+        while (ncap - t->len <= (size_t)n)
+            ncap *= 2;
+        char *nb = realloc(t->buf, ncap);
+        if (nb == NULL) {
+            t->oom = true;
+            return;
+        }
+        t->buf = nb;
+        t->cap = ncap;
+    }
+}
+
+/* A label value with \, " and newline escaped (exposition format). */
+static const char *sl_label(const char *s, char *buf, size_t len)
+{
+    size_t n = 0;
+
+    for (; *s && n + 3 < len; s++) {
+        if (*s == '\\' || *s == '"') {
+            buf[n++] = '\\';
+            buf[n++] = *s;
+        } else if (*s == '\n') {
+            buf[n++] = '\\';
+            buf[n++] = 'n';
+        } else {
+            buf[n++] = *s;
+        }
+    }
+    buf[n] = '\0';
+    return buf;
+}
+
+static void sl_help(struct sl_text *t, const char *name, const char *type,
+                    const char *help)
+{
+    sl_tprintf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+/* Sum of counter C (an index into a worker's metrics) over all workers. */
+#define SL_SUM(proxy, field, idx)                                              \
+    ({                                                                         \
+        uint64_t _s = 0;                                                       \
+        for (int _k = 0; _k < (proxy)->nworkers; _k++)                         \
+            _s += sl_metric_get(&(proxy)->workers[_k].metrics.field[idx]);     \
+        _s;                                                                    \
+    })
+
+static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *name,
+                         const char *labels, size_t up, bool held,
+                         const double *bounds)
+{
+    uint64_t cum = 0, count = 0, sum = 0;
+
+    for (size_t b = 0; b <= SL_HIST_BOUNDS; b++) {
+        for (int k = 0; k < proxy->nworkers; k++) {
+            struct sl_hist *h = held ? &proxy->workers[k].metrics.held[up]
+                                     : &proxy->workers[k].metrics.latency[up];
+            cum += sl_metric_get(&h->buckets[b]);
+            if (b == 0) {
+                count += sl_metric_get(&h->count);
+                sum += sl_metric_get(&h->sum_us);
+            }
+        }
+        if (b < SL_HIST_BOUNDS)
+            sl_tprintf(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[b],
+                       (unsigned long long)cum);
+        else
+            sl_tprintf(t, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+                       (unsigned long long)cum);
+    }
+    sl_tprintf(t, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels,
+               (double)sum / 1e6, name, labels, (unsigned long long)count);
+}
+
+static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
+                            struct sl_text *t)
+{
+    const struct sl_config *c = a->config;
+    struct sl_proxy *proxy = a->w->proxy;
+    struct sl_metrics *m0 = &a->w->metrics;
+    struct sl_store_state st;
+    char ul[200], rl[200], al[200], labels[700];
+    unsigned napps = sl_apps_count(proxy->apps);
+
+    sl_admin_store_state(a, &st);
+    sl_help(t, "sluice_build_info", "gauge", "Version of this sluice (always 1).");
+    sl_tprintf(t, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
+    sl_help(t, "sluice_start_time_seconds", "gauge",
+            "When this sluice started, seconds since the Unix epoch.");
+    sl_tprintf(t, "sluice_start_time_seconds %.3f\n", (double)proxy->started_ms / 1000.0);
+
+    sl_help(t, "sluice_calls_total", "counter",
+            "Calls by upstream and outcome (forwarded and released went "
+            "upstream; queued counts calls held, which end released or expired).");
+    for (size_t i = 0; i <= c->nupstreams; i++) {
+        sl_label(i < c->nupstreams ? c->upstreams[i].name : "-", ul, sizeof(ul));
+        for (int o = 0; o < SL_OUT_COUNT; o++)
+            sl_tprintf(t, "sluice_calls_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+                       ul, sl_outcome_names[o],
+                       (unsigned long long)SL_SUM(proxy, calls, i * SL_OUT_COUNT + (size_t)o));
+    }
+
+    sl_help(t, "sluice_decisions_total", "counter",
+            "Store decisions by rule and result (a call counts in every rule "
+            "it matched when allowed, in the rule that held it back when denied).");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k <= up->nrules; k++) {
+            size_t slot = sl_metrics_slot(m0, i, k);
+            sl_label(sl_upstream_rule(up, k)->name, rl, sizeof(rl));
+            for (int res = 0; res < 2; res++)
+                sl_tprintf(t, "sluice_decisions_total{upstream=\"%s\",rule=\"%s\","
+                           "result=\"%s\"} %llu\n", ul, rl, res ? "denied" : "allowed",
+                           (unsigned long long)SL_SUM(proxy, decisions, slot * 2 + (size_t)res));
+        }
+    }
+
+    sl_help(t, "sluice_app_calls_total", "counter",
+            "Calls allowed by app and rule, on this instance (apps are bounded "
+            "by max_apps; the rest count as \"other\").");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k < up->nrules; k++) {
+            size_t slot = sl_metrics_slot(m0, i, k);
+            sl_label(up->rules[k].name, rl, sizeof(rl));
+            for (unsigned app = 0; app < napps && app < m0->napps; app++) {
+                uint64_t v = SL_SUM(proxy, app_calls, slot * m0->napps + app);
+                if (v == 0)
+                    continue;
+                sl_tprintf(t, "sluice_app_calls_total{upstream=\"%s\",rule=\"%s\","
+                           "app=\"%s\"} %llu\n", ul, rl,
+                           sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
+                                    sizeof(al)),
+                           (unsigned long long)v);
+            }
+        }
+    }
+
+    /* Gauges from the snapshot: per rule, the busiest bucket. */
+    static const struct {
+        const char *name, *help;
+    } gauges[] = {
+        {"sluice_rule_limit", "The rule's limit (calls per window, or in flight)."},
+        {"sluice_rule_used", "Calls counted now (busiest bucket of a per rule)."},
+        {"sluice_rule_remaining", "Calls that fit now."},
+        {"sluice_rule_utilization_ratio", "Used over limit, 0 to 1."},
+        {"sluice_rule_reset_seconds", "Until the oldest counted call leaves the window."},
+        {"sluice_rule_buckets", "Buckets (per values) the rule holds now."},
+    };
+    for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
+        sl_help(t, gauges[g].name, "gauge", gauges[g].help);
+        for (size_t i = 0; snap != NULL && i < c->nupstreams; i++) {
+            const struct sl_upstream_conf *up = &c->upstreams[i];
+            sl_label(up->name, ul, sizeof(ul));
+            for (size_t k = 0; k < up->nrules; k++) {
+                const struct sl_rule_usage *ru = &snap->ups[i].rules[k];
+                const struct sl_rule *r = ru->rule;
+                const struct sl_usage *u = ru->n > 0 ? &ru->buckets[0] : NULL;
+                uint64_t used = u ? u->used : 0;
+                double v = 0;
+                switch (g) {
+                case 0: v = (double)r->limit; break;
+                case 1: v = (double)used; break;
+                case 2: v = u ? (double)u->remaining : (double)r->limit; break;
+                case 3: v = sl_ratio(used, r->limit); break;
+                case 4: v = u && u->resets_in_us > 0 ? sl_secs(u->resets_in_us) : 0; break;
+                default: v = (double)(r->per_kind != SL_PER_NONE ? ru->nbuckets
+                                                                  : u && used ? 1 : 0);
+                }
+                snprintf(labels, sizeof(labels), "upstream=\"%s\",rule=\"%s\"", ul,
+                         sl_label(r->name, rl, sizeof(rl)));
+                sl_tprintf(t, "%s{%s} %.6g\n", gauges[g].name, labels, v);
+            }
+        }
+    }
+    sl_help(t, "sluice_rule_app_used", "gauge",
+            "Calls each app has in the rule's current window (busiest bucket of "
+            "a per rule; shared figures with Redis).");
+    for (size_t i = 0; snap != NULL && i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k < up->nrules; k++) {
+            const struct sl_rule_usage *ru = &snap->ups[i].rules[k];
+            if (ru->n == 0)
+                continue;
+            sl_label(up->rules[k].name, rl, sizeof(rl));
+            for (size_t p = 0; p < ru->buckets[0].napps; p++)
+                sl_tprintf(t, "sluice_rule_app_used{upstream=\"%s\",rule=\"%s\","
+                           "app=\"%s\"} %llu\n", ul, rl,
+                           sl_label(ru->buckets[0].apps[p].name, al, sizeof(al)),
+                           (unsigned long long)ru->buckets[0].apps[p].calls);
+        }
+    }
+
+    sl_help(t, "sluice_queue_depth", "gauge", "Calls held in queue mode now.");
+    for (size_t i = 0; i < c->nupstreams; i++)
+        sl_tprintf(t, "sluice_queue_depth{upstream=\"%s\"} %u\n",
+                   sl_label(c->upstreams[i].name, ul, sizeof(ul)),
+                   sl_queue_count(&a->w->queue, i));
+    sl_help(t, "sluice_queue_wait_seconds", "histogram",
+            "Time calls spent held in the queue (observed when they leave it).");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        snprintf(labels, sizeof(labels), "upstream=\"%s\"",
+                 sl_label(c->upstreams[i].name, ul, sizeof(ul)));
+        sl_hist_text(t, proxy, "sluice_queue_wait_seconds", labels, i, true,
+                     sl_hist_held_bounds);
+    }
+    sl_help(t, "sluice_upstream_duration_seconds", "histogram",
+            "Upstream exchanges, from sending the request to the last byte.");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        snprintf(labels, sizeof(labels), "upstream=\"%s\"",
+                 sl_label(c->upstreams[i].name, ul, sizeof(ul)));
+        sl_hist_text(t, proxy, "sluice_upstream_duration_seconds", labels, i, false,
+                     sl_hist_latency_bounds);
+    }
+    sl_help(t, "sluice_provider_pauses_total", "counter",
+            "Pauses the provider asked for (429/503 with Retry-After, limit signals).");
+    for (size_t i = 0; i < c->nupstreams; i++)
+        sl_tprintf(t, "sluice_provider_pauses_total{upstream=\"%s\"} %llu\n",
+                   sl_label(c->upstreams[i].name, ul, sizeof(ul)),
+                   (unsigned long long)SL_SUM(proxy, pauses, i));
+    sl_help(t, "sluice_provider_pause_remaining_seconds", "gauge",
+            "Time left in the provider's pause (0: not paused).");
+    for (size_t i = 0; snap != NULL && i < c->nupstreams; i++)
+        sl_tprintf(t, "sluice_provider_pause_remaining_seconds{upstream=\"%s\"} %.3f\n",
+                   sl_label(c->upstreams[i].name, ul, sizeof(ul)),
+                   sl_secs(snap->ups[i].paused_us));
+    sl_help(t, "sluice_store_up", "gauge",
+            "1 when the limit store answers (always with the memory store).");
+    sl_tprintf(t, "sluice_store_up{store=\"%s\"} %d\n",
+               c->store_kind == SL_STORE_REDIS ? "redis" : "memory", !st.shared_down);
+    sl_help(t, "sluice_store_errors_total", "counter",
+            "Failures talking to Redis (lost links, timeouts, refused scripts).");
+    sl_tprintf(t, "sluice_store_errors_total{store=\"%s\"} %llu\n",
+               c->store_kind == SL_STORE_REDIS ? "redis" : "memory",
+               (unsigned long long)(c->store_kind == SL_STORE_REDIS
+                                        ? sl_store_redis_errors() : 0));
+    sl_help(t, "sluice_apps", "gauge", "Distinct app names tracked (max_apps + 2).");
+    sl_tprintf(t, "sluice_apps %u\n", napps);
+    {
+        uint64_t n[SL_ALERT_RESULTS] = {0};
+        sl_alerts_counts(a->w->alerts, n);
+        sl_help(t, "sluice_alerts_total", "counter",
+                "Alert webhooks by result (sent: a 2xx answer; failed: no 2xx "
+                "after every retry; dropped: the alert queue was full).");
+        for (int i = 0; i < SL_ALERT_RESULTS; i++)
+            sl_tprintf(t, "sluice_alerts_total{result=\"%s\"} %llu\n",
+                       sl_alert_result_names[i], (unsigned long long)n[i]);
+    }
+}
+
+/* ---- requests ---- */
+
+static struct MHD_Response *sl_admin_render(struct sl_admin *a,
+                                            enum sl_admin_what what,
+                                            const struct sl_snapshot *snap,
+                                            bool shared, unsigned *status)
+{
+    *status = MHD_HTTP_OK;
+    if (what == SL_ADMIN_STATUS) {
+        json_t *j = sl_status_json(a, snap, shared);
+        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        json_decref(j);
+        if (text == NULL)
+            return NULL;
+        return sl_owned(text, strlen(text), "application/json");
+    } else {
+        struct sl_text t = {0};
+        sl_metrics_text(a, snap, &t);
+        if (t.oom) {
+            free(t.buf);
+            return NULL;
+        }
+        return sl_owned(t.buf, t.len, "text/plain; version=0.0.4; charset=utf-8");
+    }
+}
+
+/* sl_snapshot_cb: the figures are in (or the store could not answer). */
+static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
+                                   const char *error)
+{
+    struct sl_admin_req *ar = arg;
+    struct sl_admin *a = ar->a;
+    bool shared = snap != NULL;
+
+    ar->waiting = false;
+    if (ar->gone) {
+        sl_snapshot_free(snap);
+        free(ar);
+        return;
+    }
+    if (snap == NULL) {
+        /* The shared store did not answer: this instance's own view. */
+        struct sl_snapshot_req req = {.top = a->config->status_top,
+                                      .apps = a->w->proxy->apps};
+        if (error != NULL)
+            sl_debug("admin: shared figures unavailable (%s): showing local ones",
+                     error);
+        if (sl_store_snapshot(a->w->proxy->memory, &req, sl_admin_snapshot_done,
+                              ar) == 0)
+            return;
+    }
+    ar->resp = sl_admin_render(a, ar->what, snap, shared, &ar->status);
+    if (ar->resp == NULL) {
+        ar->resp = sl_text("{\"error\":\"out of memory\"}\n", "application/json");
+        ar->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    }
+    sl_snapshot_free(snap);
+    if (ar->suspended) {
+        ar->suspended = false;
+        MHD_resume_connection(ar->conn);
+        a->kick = true;
+    }
+}
+
+static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
+                                       const char *url, const char *method,
+                                       const char *version, const char *upload,
+                                       size_t *upload_size, void **con_cls)
+{
+    struct sl_admin *a = cls;
+    struct sl_admin_req *ar = *con_cls;
+    struct MHD_Response *r;
+    struct sl_snapshot_req req;
+    enum sl_admin_what what;
+
+    (void)version;
+    (void)upload;
+    if (ar != NULL) {
+        /* Resumed (or called again): answer when the figures are in. */
+        if (ar->resp == NULL)
+            return MHD_YES;
+        r = ar->resp;
+        ar->resp = NULL;
+        return sl_queue(conn, ar->status, r);
+    }
+    if (*upload_size > 0) {
+        *upload_size = 0;  /* no admin endpoint takes a body */
+        return MHD_YES;
+    }
+    if (!sl_admin_authorized(a, conn)) {
+        r = sl_text("{\"error\":\"unauthorized\",\"message\":\"this admin listener "
+                    "needs its token: Authorization: Bearer TOKEN\"}\n",
+                    "application/json");
+        if (r != NULL) {
+            MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"sluice\"");
+            MHD_add_response_header(r, "WWW-Authenticate",
+                                    "Basic realm=\"sluice admin\", charset=\"UTF-8\"");
+        }
+        return sl_queue(conn, MHD_HTTP_UNAUTHORIZED, r);
+    }
+    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+        r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"the admin "
+                    "listener only answers GET and HEAD\"}\n", "application/json");
+        if (r != NULL)
+            MHD_add_response_header(r, "Allow", "GET, HEAD");
+        return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
+    }
+    if (strcmp(url, "/healthz") == 0)
+        return sl_queue(conn, MHD_HTTP_OK, sl_text("ok\n", "text/plain; charset=utf-8"));
+    if (strcmp(url, "/readyz") == 0) {
+        struct sl_store_state st;
+        sl_admin_store_state(a, &st);
+        if (st.ready)
+            return sl_queue(conn, MHD_HTTP_OK, sl_text("ready\n",
+                                                       "text/plain; charset=utf-8"));
+        return sl_queue(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
+                        sl_text(a->config->on_store_error == SL_STORE_ERROR_DENY
+                                    ? "not ready: the shared limit store (Redis) does "
+                                      "not answer and on_store_error is \"deny\"\n"
+                                    : "not ready: the shared limit store (Redis) has "
+                                      "not answered yet\n",
+                                "text/plain; charset=utf-8"));
+    }
+    if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
+        r = MHD_create_response_from_buffer(sl_admin_page_len, (void *)sl_admin_page,
+                                            MHD_RESPMEM_PERSISTENT);
+        if (r != NULL) {
+            MHD_add_response_header(r, "Content-Type", "text/html; charset=utf-8");
+            MHD_add_response_header(r, "Cache-Control", "no-store");
+            MHD_add_response_header(r, "Content-Security-Policy",
+                                    "default-src 'none'; script-src 'unsafe-inline'; "
+                                    "style-src 'unsafe-inline'; connect-src 'self'; "
+                                    "img-src 'self' data:");
+            MHD_add_response_header(r, "X-Content-Type-Options", "nosniff");
+        }
+        return sl_queue(conn, MHD_HTTP_OK, r);
+    }
+    if (strcmp(url, "/status") == 0)
+        what = SL_ADMIN_STATUS;
+    else if (strcmp(url, "/metrics") == 0)
+        what = SL_ADMIN_METRICS;
+    else
+        return sl_queue(conn, MHD_HTTP_NOT_FOUND,
+                        sl_text("{\"error\":\"not_found\",\"message\":\"the admin "
+                                "listener serves /, /status, /metrics, /healthz and "
+                                "/readyz\"}\n", "application/json"));
+
+    ar = calloc(1, sizeof(*ar));
+    if (ar == NULL)
+        return MHD_NO;
+    ar->a = a;
+    ar->conn = conn;
+    ar->what = what;
+    ar->waiting = true;
+    ar->next = a->reqs;
+    if (a->reqs != NULL)
+        a->reqs->prev = ar;
+    a->reqs = ar;
+    *con_cls = ar;
+    req.top = a->config->status_top;
+    req.flags = 0;
+    req.apps = a->w->proxy->apps;
+    if (sl_store_snapshot(a->w->store, &req, sl_admin_snapshot_done, ar) != 0)
+        sl_admin_snapshot_done(ar, NULL, "the store cannot answer now");
+    if (ar->resp != NULL) {
+        r = ar->resp;
+        ar->resp = NULL;
+        return sl_queue(conn, ar->status, r);
+    }
+    ar->suspended = true;
+    MHD_suspend_connection(conn);
+    return MHD_YES;
+}
+
+static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
+                               void **con_cls, enum MHD_RequestTerminationCode toe)
+{
+    struct sl_admin *a = cls;
+    struct sl_admin_req *ar = *con_cls;
+
+    (void)conn;
+    (void)toe;
+    if (ar == NULL)
+        return;
+    *con_cls = NULL;
+    if (ar->prev != NULL)
+        ar->prev->next = ar->next;
+    else
+        a->reqs = ar->next;
+    if (ar->next != NULL)
+        ar->next->prev = ar->prev;
+    if (ar->resp != NULL)
+        MHD_destroy_response(ar->resp);
+    ar->resp = NULL;
+    if (ar->waiting) {
+        ar->gone = true;  /* the snapshot's callback frees it */
+        return;
+    }
+    free(ar);
+}
+
+static void sl_admin_log(void *cls, const char *fmt, va_list ap)
+{
+    char buf[512];
+    size_t n;
+
+    (void)cls;
+    vsnprintf(buf, sizeof(buf), fmt, ap);
+    n = strlen(buf);
+    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
+        buf[--n] = '\0';
+    sl_debug("admin http: %s", buf);
+}
+
+/* A listening socket for "host:port" of the admin listener. */
+static int sl_admin_socket(const struct sl_config *c)
+{
+    struct addrinfo hints = {0}, *res = NULL;
+    char port[16];
+    int fd = -1, one = 1, rc;
+
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_PASSIVE;
+    snprintf(port, sizeof(port), "%d", c->admin_port);
+    rc = getaddrinfo(c->admin_host && *c->admin_host ? c->admin_host : NULL, port,
+                     &hints, &res);
+    if (rc != 0) {
+        sl_error("admin.listen %s: %s", c->admin_listen, gai_strerror(rc));
+        return -1;
+    }
+    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
+        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
+        sl_error("admin.listen %s: %s", c->admin_listen, strerror(errno));
+        if (fd >= 0)
+            close(fd);
+        fd = -1;
+    }
+    freeaddrinfo(res);
+    return fd;
+}
+
+struct sl_admin *sl_admin_new(struct sl_worker *w)
+{
+    const struct sl_config *c = w->proxy->config;
+    struct sl_admin *a = calloc(1, sizeof(*a));
+    const union MHD_DaemonInfo *info;
+    int fd;
+
+    if (a == NULL)
+        return NULL;
+    a->w = w;
+    a->config = c;
+    fd = sl_admin_socket(c);
+    if (fd < 0) {
+        free(a);
+        return NULL;
+    }
+    a->mhd = MHD_start_daemon(
+        MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
+        sl_admin_handle, a,
+        MHD_OPTION_EXTERNAL_LOGGER, sl_admin_log, NULL,
+        MHD_OPTION_LISTEN_SOCKET, fd,
+        MHD_OPTION_NOTIFY_COMPLETED, sl_admin_completed, a,
+        MHD_OPTION_CONNECTION_LIMIT, 64u,
+        MHD_OPTION_CONNECTION_TIMEOUT, 30u,
+        MHD_OPTION_END);
+    if (a->mhd == NULL) {
+        sl_error("admin.listen %s: cannot start the HTTP daemon", c->admin_listen);
+        close(fd);
+        free(a);
+        return NULL;
+    }
+    info = MHD_get_daemon_info(a->mhd, MHD_DAEMON_INFO_EPOLL_FD);
+    if (info == NULL) {
+        MHD_stop_daemon(a->mhd);
+        free(a);
+        return NULL;
+    }
+    a->fd = info->epoll_fd;
+    sl_info("admin listener on %s%s", c->admin_listen,
+            c->admin_token ? " (token required)" : "");
+    return a;
+}
+
+int sl_admin_fd(const struct sl_admin *a) { return a->fd; }
+
+void sl_admin_run(struct sl_admin *a)
+{
+    a->kick = false;
+    MHD_run(a->mhd);
+}
+
+int64_t sl_admin_timeout(struct sl_admin *a)
+{
+    MHD_UNSIGNED_LONG_LONG ms;
+
+    if (a->kick)
+        return 0;
+    if (MHD_get_timeout(a->mhd, &ms) == MHD_YES)
+        return (int64_t)ms;
+    return -1;
+}
+
+void sl_admin_free(struct sl_admin *a)
+{
+    if (a == NULL)
+        return;
+    /* MHD refuses to stop with suspended connections: resume them all. */
+    for (struct sl_admin_req *ar = a->reqs; ar != NULL; ar = ar->next) {
+        if (ar->suspended) {
+            ar->suspended = false;
+            MHD_resume_connection(ar->conn);
+        }
+    }
+    MHD_run(a->mhd);
+    MHD_stop_daemon(a->mhd);
+    free(a);
+}

@@ -1,0 +1,480 @@
+/*
+ * sl_alerts — see sl_alerts.h.
+ *
+ * A message is one POST to one receiver.  It waits in a FIFO (at most
+ * SL_ALERT_QUEUE_MAX; past that new ones are dropped and counted), goes
+ * out when fewer than SL_ALERT_INFLIGHT are in flight, and on a failure
+ * (no 2xx, or no answer within SL_ALERT_TIMEOUT_MS) is tried again after
+ * 1, 2 and 4 seconds before it is given up and counted as failed.  The
+ * alert itself is logged when it is raised, whatever becomes of its POSTs.
+ */
+#include "sl_alerts.h"
+
+#include "sl_duration.h"
+#include "sl_log.h"
+#include "sl_proxy.h"
+
+#include <jansson.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#define SL_ALERT_QUEUE_MAX 256
+#define SL_ALERT_INFLIGHT 4
+#define SL_ALERT_ATTEMPTS 4         /* the first try and three retries */
+#define SL_ALERT_TIMEOUT_MS 5000
+#define SL_ALERT_CHECK_MS 1000
+
+const char *const sl_alert_result_names[SL_ALERT_RESULTS] = {"sent", "failed",
+                                                             "dropped"};
+
+struct sl_alert_msg {
+    struct sl_alert_msg *next;
+    const struct sl_alert_conf *to;
+    char *body;                     /* owned JSON text */
+    int attempts;                   /* POSTs made */
+    int64_t due_ms;                 /* next attempt */
+    CURL *easy;                     /* in flight, or NULL */
+    struct curl_slist *headers;
+};
+
+struct sl_alerts {
+    struct sl_worker *w;
+    const struct sl_config *config;
+    struct sl_alert_msg *head, *tail;   /* waiting, FIFO */
+    size_t nqueued;
+    struct sl_alert_msg *inflight[SL_ALERT_INFLIGHT];
+    int64_t next_check_ms;
+    bool checking;                  /* a snapshot is outstanding */
+    bool thresholds;                /* some rule has thresholds */
+    bool store_down;                /* as last seen */
+    int64_t dropped_logged_ms;
+    char instance[128];             /* host:pid, in every payload */
+    _Atomic uint64_t counts[SL_ALERT_RESULTS];
+};
+
+static void sl_alerts_count(struct sl_alerts *a, int result)
+{
+    atomic_fetch_add(&a->counts[result], 1);
+}
+
+static void sl_iso(char *buf, size_t len)
+{
+    struct timespec ts;
+    struct tm tm;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    gmtime_r(&ts.tv_sec, &tm);
+    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
+}
+
+/* Queue BODY (owned) for receiver TO. */
+static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *to,
+                              char *body)
+{
+    struct sl_alert_msg *m;
+
+    if (body == NULL)
+        return;
+    if (a->nqueued >= SL_ALERT_QUEUE_MAX || (m = calloc(1, sizeof(*m))) == NULL) {
+        int64_t now = sl_now_ms();
+        free(body);
+        sl_alerts_count(a, SL_ALERT_DROPPED);
+        if (now - a->dropped_logged_ms >= 60000) {
+            a->dropped_logged_ms = now;
+            sl_warn("alerts: queue full (%d waiting): alerts are being dropped; "
+                    "is %s answering?", SL_ALERT_QUEUE_MAX, to->url);
+        }
+        return;
+    }
+    m->to = to;
+    m->body = body;
+    m->due_ms = sl_now_ms();
+    if (a->tail != NULL)
+        a->tail->next = m;
+    else
+        a->head = m;
+    a->tail = m;
+    a->nqueued++;
+}
+
+/* Send the event J (its "text" set) to every receiver WANTS accepts. */
+static void sl_alerts_raise(struct sl_alerts *a, json_t *j,
+                            bool (*wants)(const struct sl_alert_conf *, const void *),
+                            const void *ctx)
+{
+    char iso[32];
+
+    sl_iso(iso, sizeof(iso));
+    json_object_set_new(j, "time", json_string(iso));
+    json_object_set_new(j, "instance", json_string(a->instance));
+    sl_warn("alert: %s", json_string_value(json_object_get(j, "text")));
+    for (size_t i = 0; i < a->config->nalerts; i++) {
+        const struct sl_alert_conf *to = &a->config->alerts[i];
+        if (wants(to, ctx))
+            sl_alerts_enqueue(a, to, json_dumps(j, JSON_COMPACT));
+    }
+    json_decref(j);
+}
+
+/* ---- events ---- */
+
+struct sl_threshold_ctx {
+    const struct sl_rule *rule;
+    double at;
+};
+
+static bool sl_wants_threshold(const struct sl_alert_conf *to, const void *p)
+{
+    const struct sl_threshold_ctx *t = p;
+    bool named = to->rules == NULL, at = false;
+
+    for (size_t i = 0; !named && i < to->nrules; i++)
+        named = strcmp(to->rules[i], t->rule->name) == 0;
+    for (size_t i = 0; i < to->nat; i++)
+        at = at || to->at[i] == t->at;
+    return named && at;
+}
+
+static bool sl_wants_pause(const struct sl_alert_conf *to, const void *p)
+{
+    (void)p;
+    return to->on_pause;
+}
+
+static bool sl_wants_store(const struct sl_alert_conf *to, const void *p)
+{
+    (void)p;
+    return to->on_store;
+}
+
+static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_conf *up,
+                                const struct sl_rule *r, const struct sl_usage *u,
+                                double at)
+{
+    struct sl_threshold_ctx ctx = {r, at};
+    json_t *j = json_object(), *apps = json_object();
+    char win[SL_DURATION_FORMAT_MAX], text[1024], who[400] = "";
+    size_t wl = 0;
+    double util = r->limit ? (double)u->used / (double)r->limit : 1.0;
+
+    for (size_t i = 0; i < u->napps; i++) {
+        json_object_set_new(apps, u->apps[i].name,
+                            json_integer((json_int_t)u->apps[i].calls));
+        if (i < 5 && wl < sizeof(who) - 80)
+            wl += (size_t)snprintf(who + wl, sizeof(who) - wl, "%s%s %llu",
+                                   i ? ", " : "; by app: ", u->apps[i].name,
+                                   (unsigned long long)u->apps[i].calls);
+    }
+    if (r->kind == SL_RULE_RATE)
+        sl_duration_format(r->window_us, win, sizeof(win));
+    snprintf(text, sizeof(text),
+             "sluice: %s rule \"%s\"%s%s%s reached %.0f%% of its limit: %llu of "
+             "%llu %s%s%s",
+             up->name, r->name, u->key[0] ? " [" : "", u->key,
+             u->key[0] ? "]" : "", at * 100, (unsigned long long)u->used,
+             (unsigned long long)r->limit,
+             r->kind == SL_RULE_RATE ? "calls per " : "calls in flight",
+             r->kind == SL_RULE_RATE ? win : "", who);
+    json_object_set_new(j, "event", json_string("threshold"));
+    json_object_set_new(j, "upstream", json_string(up->name));
+    json_object_set_new(j, "rule", json_string(r->name));
+    json_object_set_new(j, "key", u->key[0] ? json_string(u->key) : json_null());
+    json_object_set_new(j, "threshold", json_real(at));
+    json_object_set_new(j, "used", json_integer((json_int_t)u->used));
+    json_object_set_new(j, "limit", json_integer((json_int_t)r->limit));
+    json_object_set_new(j, "remaining", json_integer((json_int_t)u->remaining));
+    json_object_set_new(j, "utilization", json_real(round(util * 10000) / 10000));
+    json_object_set_new(j, "window", r->kind == SL_RULE_RATE ? json_string(win)
+                                                             : json_null());
+    json_object_set_new(j, "resets_in", u->resets_in_us >= 0
+        ? json_real(round((double)u->resets_in_us / 1000.0) / 1000.0) : json_null());
+    json_object_set_new(j, "per_app", apps);
+    json_object_set_new(j, "text", json_string(text));
+    sl_alerts_raise(a, j, sl_wants_threshold, &ctx);
+}
+
+static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage *uu)
+{
+    json_t *j = json_object();
+    char text[512], iso[32];
+    struct timespec ts;
+    struct tm tm;
+    time_t until;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    until = ts.tv_sec + (time_t)((uu->paused_us + 999999) / 1000000);
+    gmtime_r(&until, &tm);
+    strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    snprintf(text, sizeof(text), "sluice: the provider paused %s until %s (%s); "
+             "calls wait or get 429 until then", uu->up->name, iso,
+             uu->pause_reason[0] ? uu->pause_reason : "it asked to stop");
+    json_object_set_new(j, "event", json_string("pause"));
+    json_object_set_new(j, "upstream", json_string(uu->up->name));
+    json_object_set_new(j, "reason", json_string(uu->pause_reason));
+    json_object_set_new(j, "resumes_at", json_string(iso));
+    json_object_set_new(j, "resumes_in",
+                        json_real(round((double)uu->paused_us / 1000.0) / 1000.0));
+    json_object_set_new(j, "text", json_string(text));
+    sl_alerts_raise(a, j, sl_wants_pause, NULL);
+}
+
+static void sl_alerts_store(struct sl_alerts *a, bool down)
+{
+    const struct sl_config *c = a->config;
+    static const char *const policy[] = {
+        "each instance enforces its share of the limits locally",
+        "calls get 503", "calls are forwarded uncounted"};
+    json_t *j = json_object();
+    char text[512], addr[300];
+
+    snprintf(addr, sizeof(addr), "redis %s:%d", c->redis_host, c->redis_port);
+    if (down)
+        snprintf(text, sizeof(text), "sluice: the shared limit store (%s) is "
+                 "unreachable from %s; %s until it answers", addr, a->instance,
+                 policy[c->on_store_error]);
+    else
+        snprintf(text, sizeof(text), "sluice: the shared limit store (%s) answers "
+                 "%s again; limits are shared again", addr, a->instance);
+    json_object_set_new(j, "event", json_string(down ? "store_down" : "store_up"));
+    json_object_set_new(j, "store", json_string(addr));
+    json_object_set_new(j, "text", json_string(text));
+    sl_alerts_raise(a, j, sl_wants_store, NULL);
+}
+
+/* sl_snapshot_cb for the once-a-second check. */
+static void sl_alerts_checked(void *arg, struct sl_snapshot *snap, const char *error)
+{
+    struct sl_alerts *a = arg;
+
+    (void)error;
+    a->checking = false;
+    if (snap == NULL)
+        return;  /* the store did not answer: store events say why */
+    for (size_t i = 0; i < snap->nups; i++) {
+        const struct sl_upstream_usage *uu = &snap->ups[i];
+        if (uu->pause_new)
+            sl_alerts_pause(a, uu);
+        for (size_t k = 0; k < uu->up->nrules; k++) {
+            const struct sl_rule_usage *ru = &uu->rules[k];
+            for (size_t b = 0; b < ru->n; b++) {
+                const struct sl_usage *u = &ru->buckets[b];
+                for (unsigned lv = u->level_was + 1; lv <= u->level; lv++)
+                    if (lv <= ru->rule->nalert_at)
+                        sl_alerts_threshold(a, uu->up, ru->rule, u,
+                                            ru->rule->alert_at[lv - 1]);
+            }
+        }
+    }
+    sl_snapshot_free(snap);
+}
+
+/* ---- sending ---- */
+
+static size_t sl_alerts_discard(char *p, size_t size, size_t n, void *arg)
+{
+    (void)p;
+    (void)arg;
+    return size * n;
+}
+
+static int sl_alerts_start(struct sl_alerts *a, struct sl_alert_msg *m)
+{
+    CURL *e = curl_easy_init();
+
+    if (e == NULL)
+        return -1;
+    m->headers = curl_slist_append(NULL, "Content-Type: application/json");
+    for (size_t i = 0; i < m->to->nheaders; i++)
+        m->headers = curl_slist_append(m->headers, m->to->headers[i]);
+    curl_easy_setopt(e, CURLOPT_URL, m->to->url);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, m->body);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE, (long)strlen(m->body));
+    curl_easy_setopt(e, CURLOPT_HTTPHEADER, m->headers);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, "sluice-alerts");
+    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)SL_ALERT_TIMEOUT_MS);
+    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, 2000L);
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_alerts_discard);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_PRIVATE, NULL);
+    if (curl_multi_add_handle(a->w->multi, e) != CURLM_OK) {
+        curl_easy_cleanup(e);
+        curl_slist_free_all(m->headers);
+        m->headers = NULL;
+        return -1;
+    }
+    m->easy = e;
+    m->attempts++;
+    return 0;
+}
+
+static void sl_alerts_msg_free(struct sl_alert_msg *m)
+{
+    curl_slist_free_all(m->headers);
+    free(m->body);
+    free(m);
+}
+
+/* Start the due messages while there is room in flight. */
+static void sl_alerts_pump(struct sl_alerts *a, int64_t now)
+{
+    struct sl_alert_msg **pp = &a->head, *prev = NULL;
+
+    while (*pp != NULL) {
+        struct sl_alert_msg *m = *pp;
+        int slot = -1;
+        for (int i = 0; i < SL_ALERT_INFLIGHT && slot < 0; i++)
+            if (a->inflight[i] == NULL)
+                slot = i;
+        if (slot < 0)
+            return;
+        if (m->due_ms > now) {
+            prev = m;
+            pp = &m->next;
+            continue;
+        }
+        *pp = m->next;
+        if (a->tail == m)
+            a->tail = prev;
+        a->nqueued--;
+        m->next = NULL;
+        if (sl_alerts_start(a, m) != 0) {
+            sl_alerts_count(a, SL_ALERT_FAILED);
+            sl_alerts_msg_free(m);
+            continue;
+        }
+        a->inflight[slot] = m;
+    }
+}
+
+bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result)
+{
+    struct sl_alert_msg *m = NULL;
+    long code = 0;
+
+    if (a == NULL)
+        return false;
+    for (int i = 0; i < SL_ALERT_INFLIGHT && m == NULL; i++) {
+        if (a->inflight[i] != NULL && a->inflight[i]->easy == easy) {
+            m = a->inflight[i];
+            a->inflight[i] = NULL;
+        }
+    }
+    if (m == NULL)
+        return false;
+    curl_easy_getinfo(easy, CURLINFO_RESPONSE_CODE, &code);
+    curl_multi_remove_handle(a->w->multi, easy);
+    curl_easy_cleanup(easy);
+    curl_slist_free_all(m->headers);
+    m->headers = NULL;
+    m->easy = NULL;
+    if (result == CURLE_OK && code >= 200 && code < 300) {
+        sl_alerts_count(a, SL_ALERT_SENT);
+        sl_alerts_msg_free(m);
+    } else if (m->attempts >= SL_ALERT_ATTEMPTS) {
+        sl_alerts_count(a, SL_ALERT_FAILED);
+        sl_warn("alerts: %s: giving up after %d attempts (%s)", m->to->url,
+                m->attempts, result != CURLE_OK ? curl_easy_strerror(result)
+                                                : "no 2xx answer");
+        sl_alerts_msg_free(m);
+    } else {
+        /* Back off 1, 2, 4 s; to the front of the line (it is the oldest). */
+        m->due_ms = sl_now_ms() + (1000LL << (m->attempts - 1));
+        m->next = a->head;
+        a->head = m;
+        if (a->tail == NULL)
+            a->tail = m;
+        a->nqueued++;
+    }
+    return true;
+}
+
+void sl_alerts_run(struct sl_alerts *a, int64_t now)
+{
+    if (a == NULL)
+        return;
+    if (now >= a->next_check_ms) {
+        a->next_check_ms = now + SL_ALERT_CHECK_MS;
+        if (a->config->store_kind == SL_STORE_REDIS) {
+            bool down = sl_store_redis_down(NULL);
+            if (down != a->store_down) {
+                a->store_down = down;
+                sl_alerts_store(a, down);
+            }
+        }
+        if (!a->checking) {
+            struct sl_snapshot_req req = {
+                .top = a->config->status_top, .flags = SL_SNAP_ALERTS,
+                .apps = a->w->proxy->apps};
+            a->checking = true;
+            if (sl_store_snapshot(a->w->store, &req, sl_alerts_checked, a) != 0)
+                a->checking = false;
+        }
+    }
+    sl_alerts_pump(a, now);
+}
+
+int64_t sl_alerts_next_ms(const struct sl_alerts *a)
+{
+    int64_t next;
+    bool room = false;
+
+    if (a == NULL)
+        return -1;
+    next = a->next_check_ms;
+    for (int i = 0; i < SL_ALERT_INFLIGHT; i++)
+        room = room || a->inflight[i] == NULL;
+    for (const struct sl_alert_msg *m = a->head; room && m != NULL; m = m->next)
+        if (m->due_ms < next)
+            next = m->due_ms;
+    return next;
+}
+
+void sl_alerts_counts(const struct sl_alerts *a, uint64_t out[SL_ALERT_RESULTS])
+{
+    for (int i = 0; i < SL_ALERT_RESULTS; i++)
+        out[i] = a != NULL ? atomic_load(&((struct sl_alerts *)a)->counts[i]) : 0;
+}
+
+struct sl_alerts *sl_alerts_new(struct sl_worker *w)
+{
+    const struct sl_config *c = w->proxy->config;
+    struct sl_alerts *a;
+    char host[64] = "sluice";
+
+    if (c->nalerts == 0)
+        return NULL;
+    a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return NULL;
+    a->w = w;
+    a->config = c;
+    gethostname(host, sizeof(host) - 1);
+    snprintf(a->instance, sizeof(a->instance), "%s:%d", host, (int)getpid());
+    a->next_check_ms = sl_now_ms() + SL_ALERT_CHECK_MS;
+    return a;
+}
+
+void sl_alerts_free(struct sl_alerts *a)
+{
+    if (a == NULL)
+        return;
+    for (int i = 0; i < SL_ALERT_INFLIGHT; i++) {
+        struct sl_alert_msg *m = a->inflight[i];
+        if (m == NULL)
+            continue;
+        curl_multi_remove_handle(a->w->multi, m->easy);
+        curl_easy_cleanup(m->easy);
+        sl_alerts_msg_free(m);
+    }
+    while (a->head != NULL) {
+        struct sl_alert_msg *m = a->head;
+        a->head = m->next;
+        sl_alerts_msg_free(m);
+    }
+    free(a);
+}

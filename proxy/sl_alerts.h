@@ -1,0 +1,41 @@
+/*
+ * sl_alerts — webhooks when a rule's usage crosses a threshold upward,
+ * when the provider pauses an upstream, and when the shared store goes
+ * down or comes back.
+ *
+ * Runs on worker 0's loop.  Once a second it takes a snapshot of the
+ * store with SL_SNAP_ALERTS: the store compares each bucket's usage with
+ * its rule's thresholds and records which it has reached, atomically and,
+ * with Redis, once for the whole fleet, so each upward crossing is
+ * reported by exactly one snapshot of one instance and re-armed when
+ * usage falls back below.  Messages are POSTed as JSON through worker 0's
+ * libcurl multi (never blocking a proxied call), with retries and backoff,
+ * from a bounded queue; each is also logged.
+ */
+#ifndef SL_ALERTS_H
+#define SL_ALERTS_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+struct sl_worker;
+struct sl_alerts;
+
+enum { SL_ALERT_SENT, SL_ALERT_FAILED, SL_ALERT_DROPPED, SL_ALERT_RESULTS };
+extern const char *const sl_alert_result_names[SL_ALERT_RESULTS];
+
+/* Alerts for W's config (NULL when it has none, or out of memory). */
+struct sl_alerts *sl_alerts_new(struct sl_worker *w);
+/* Do what is due (a check, a send, a retry).  NOW in CLOCK_MONOTONIC ms. */
+void sl_alerts_run(struct sl_alerts *a, int64_t now_ms);
+/* When sl_alerts_run() is next due (ms), or -1. */
+int64_t sl_alerts_next_ms(const struct sl_alerts *a);
+/* EASY finished: true if it was an alert's (then handled). */
+bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result);
+/* Counts by result (A may be NULL: zeros). */
+void sl_alerts_counts(const struct sl_alerts *a, uint64_t out[SL_ALERT_RESULTS]);
+/* Abort what is in flight and free everything. */
+void sl_alerts_free(struct sl_alerts *a);
+
+#endif

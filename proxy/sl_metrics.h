@@ -1,0 +1,87 @@
+/*
+ * sl_metrics — the counters behind /metrics, one set per worker.
+ *
+ * Each worker writes only its own set, so an increment is a relaxed load
+ * and store (no locked instruction on the hot path); the admin listener
+ * sums the sets of all workers when it is scraped, with relaxed loads:
+ * a scrape may miss an increment made during it, never tear one.
+ *
+ * Label cardinality is bounded by the configuration: upstreams, rules
+ * (each upstream's rules plus its provider pause), outcomes, and apps
+ * (max_apps + "-" and "other").  No `per` value ever becomes a label.
+ */
+#ifndef SL_METRICS_H
+#define SL_METRICS_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "sl_config.h"
+
+/* What happened to a call, as /metrics counts it. */
+enum sl_outcome {
+    SL_OUT_FORWARDED,   /* sent upstream (the provider's answer relayed) */
+    SL_OUT_REJECTED,    /* answered 429 by sluice: over a limit */
+    SL_OUT_QUEUED,      /* held in queue mode (counted when held) */
+    SL_OUT_RELEASED,    /* a held call that got room and went upstream */
+    SL_OUT_EXPIRED,     /* a held call that waited max_wait: 429 */
+    SL_OUT_PAUSED,      /* answered 429: the provider paused the upstream */
+    SL_OUT_ERROR,       /* 5xx from sluice: store, upstream or memory failure */
+    SL_OUT_INVALID,     /* 4xx from sluice: bad request, no route */
+    SL_OUT_COUNT,
+};
+
+extern const char *const sl_outcome_names[SL_OUT_COUNT];
+
+/* Histogram bounds (seconds); one more bucket counts everything. */
+#define SL_HIST_BOUNDS 14
+extern const double sl_hist_latency_bounds[SL_HIST_BOUNDS];
+extern const double sl_hist_held_bounds[SL_HIST_BOUNDS];
+
+struct sl_hist {
+    _Atomic uint64_t buckets[SL_HIST_BOUNDS + 1];  /* not cumulative */
+    _Atomic uint64_t count;
+    _Atomic uint64_t sum_us;
+};
+
+struct sl_metrics {
+    size_t nups;
+    size_t nslots;                /* rule slots: sum of (nrules + 1) */
+    size_t *slot_base;            /* per upstream: its first rule slot */
+    size_t napps;                 /* app ids counted (max_apps + 2) */
+    _Atomic uint64_t *calls;      /* [upstream][outcome]; index nups: no route */
+    _Atomic uint64_t *decisions;  /* [slot][0 allow, 1 deny] */
+    _Atomic uint64_t *app_calls;  /* [slot][app]: calls forwarded */
+    struct sl_hist *latency;      /* [upstream]: send to last byte */
+    struct sl_hist *held;         /* [upstream]: time held in the queue */
+    _Atomic uint64_t *pauses;     /* [upstream]: provider pauses started */
+};
+
+int sl_metrics_init(struct sl_metrics *m, const struct sl_config *c);
+void sl_metrics_free(struct sl_metrics *m);
+
+/* Single writer (the owning worker): no locked instruction. */
+static inline void sl_metric_add(_Atomic uint64_t *c, uint64_t n)
+{
+    atomic_store_explicit(c, atomic_load_explicit(c, memory_order_relaxed) + n,
+                          memory_order_relaxed);
+}
+
+static inline uint64_t sl_metric_get(_Atomic uint64_t *c)
+{
+    return atomic_load_explicit(c, memory_order_relaxed);
+}
+
+/* The slot of rule RULE_INDEX of UPSTREAM (nrules: its pause). */
+static inline size_t sl_metrics_slot(const struct sl_metrics *m, size_t upstream,
+                                     size_t rule_index)
+{
+    return m->slot_base[upstream] + rule_index;
+}
+
+void sl_metrics_call(struct sl_metrics *m, const struct sl_upstream_conf *up,
+                     enum sl_outcome outcome);
+void sl_hist_observe(struct sl_hist *h, const double *bounds, int64_t us);
+
+#endif
