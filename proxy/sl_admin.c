@@ -54,6 +54,7 @@ struct sl_admin_req {
     bool waiting;                       /* the store's callback is due */
     bool suspended;
     bool gone;                          /* MHD finished with it first */
+    bool local;                         /* the memory store's figures */
     struct MHD_Response *resp;          /* the answer, once built */
     unsigned status;
 };
@@ -724,28 +725,33 @@ static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
 {
     struct sl_admin_req *ar = arg;
     struct sl_admin *a = ar->a;
-    bool shared = snap != NULL;
 
-    ar->waiting = false;
     if (ar->gone) {
         sl_snapshot_free(snap);
         free(ar);
         return;
     }
-    if (snap == NULL) {
-        /* The shared store did not answer: this instance's own view. */
+    if (snap == NULL && !ar->local) {
+        /* The shared store did not answer: this instance's own view (the
+         * memory store answers before it returns). */
         struct sl_snapshot_req req = {.top = a->config->status_top,
                                       .apps = a->w->proxy->apps};
         if (error != NULL)
             sl_debug("admin: shared figures unavailable (%s): showing local ones",
                      error);
+        ar->local = true;
         if (sl_store_snapshot(a->w->proxy->memory, &req, sl_admin_snapshot_done,
                               ar) == 0)
             return;
     }
-    ar->resp = sl_admin_render(a, ar->what, snap, shared, &ar->status);
+    ar->waiting = false;
+    ar->resp = snap != NULL ? sl_admin_render(a, ar->what, snap, !ar->local,
+                                              &ar->status)
+                            : NULL;
     if (ar->resp == NULL) {
-        ar->resp = sl_text("{\"error\":\"out of memory\"}\n", "application/json");
+        ar->resp = sl_text("{\"error\":\"unavailable\",\"message\":\"sluice "
+                           "could not read its limit state (out of memory)\"}\n",
+                           "application/json");
         ar->status = MHD_HTTP_SERVICE_UNAVAILABLE;
     }
     sl_snapshot_free(snap);
