@@ -984,6 +984,122 @@ static void test_store_and_listen_numbers_are_digits(void **state)
     }
 }
 
+#define UP1 "\"upstreams\": [{\"name\": \"a\", \"prefix\": \"/a\", " \
+            "\"url\": \"http://x\", \"rules\": [{\"name\": \"daily\", " \
+            "\"limit\": 10, \"window\": \"1d\"}, {\"name\": \"c\", " \
+            "\"concurrency\": 2}]}]"
+
+static void test_operator_view_keys(void **state)
+{
+    const char *text =
+        "{\"app\": \"header:X-Sluice-App\", \"max_apps\": 7, \"log_format\": \"json\","
+        "\"admin\": {\"listen\": \"0.0.0.0:9901\", \"token\": \"0123456789abcdef\","
+        "  \"warn\": 0.7, \"critical\": 0.95, \"top\": 5},"
+        "\"alerts\": [{\"url\": \"http://hooks.example/x\"},"
+        "  {\"url\": \"https://h/y\", \"at\": [1.0, 0.5], \"rules\": [\"daily\"],"
+        "   \"events\": [\"store\"], \"headers\": {\"X-Key\": \"k\"}}],"
+        "\"upstreams\": [{\"name\": \"a\", \"prefix\": \"/a\", \"url\": \"http://x\","
+        "  \"rules\": [{\"name\": \"daily\", \"limit\": 10, \"window\": \"1d\"},"
+        "               {\"name\": \"c\", \"concurrency\": 2}]},"
+        " {\"name\": \"b\", \"prefix\": \"/b\", \"url\": \"http://x\", \"app\": \"client_ip\","
+        "  \"forward_app_header\": true}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    assert_int_equal(c->app_kind, SL_APP_HEADER);
+    assert_string_equal(c->app_header, "X-Sluice-App");
+    assert_int_equal(c->max_apps, 7);
+    assert_int_equal(c->log_format, SL_LOG_FORMAT_JSON);
+    assert_int_equal(c->admin_port, 9901);
+    assert_string_equal(c->admin_token, "0123456789abcdef");
+    assert_true(c->warn_at == 0.7 && c->critical_at == 0.95);
+    assert_int_equal(c->status_top, 5);
+    /* The upstream inherits the top level's app; b has its own. */
+    assert_int_equal(c->upstreams[0].app_kind, SL_APP_HEADER);
+    assert_string_equal(c->upstreams[0].app_header, "X-Sluice-App");
+    assert_false(c->upstreams[0].forward_app_header);
+    assert_int_equal(c->upstreams[1].app_kind, SL_APP_CLIENT_IP);
+    assert_true(c->upstreams[1].forward_app_header);
+    /* Receivers: defaults, sorted thresholds, events, headers. */
+    assert_int_equal(c->nalerts, 2);
+    assert_int_equal(c->alerts[0].nat, 3);
+    assert_true(c->alerts[0].on_pause && c->alerts[0].on_store);
+    assert_true(c->alerts[1].at[0] == 0.5 && c->alerts[1].at[1] == 1.0);
+    assert_false(c->alerts[1].on_pause);
+    assert_true(c->alerts[1].on_store);
+    assert_string_equal(c->alerts[1].headers[0], "X-Key: k");
+    /* The rules' thresholds: the union of the receivers naming them. */
+    const struct sl_rule *daily = &c->upstreams[0].rules[0];
+    assert_int_equal(daily->nalert_at, 4);
+    assert_true(daily->alert_at[0] == 0.5 && daily->alert_at[1] == 0.8 &&
+                daily->alert_at[2] == 0.9 && daily->alert_at[3] == 1.0);
+    assert_int_equal(c->upstreams[0].rules[1].nalert_at, 3);
+    sl_config_free(c);
+
+    /* Loopback needs no token; no admin key, no listener. */
+    assert_int_equal(sl_config_parse("{\"admin\": {\"listen\": \"127.0.0.1:9901\"}," UP1 "}",
+                                     "t", false, &c, &e), 0);
+    assert_null(c->admin_token);
+    assert_int_equal(c->upstreams[0].app_kind, SL_APP_NOBODY);
+    sl_config_free(c);
+    assert_int_equal(sl_config_parse("{" UP1 "}", "t", false, &c, &e), 0);
+    assert_null(c->admin_listen);
+    assert_int_equal(c->nalerts, 0);
+    sl_config_free(c);
+}
+
+static void test_operator_view_errors(void **state)
+{
+    static const struct {
+        const char *json, *error;
+    } cases[] = {
+        {"\"admin\": {\"listen\": \"0.0.0.0:9901\"}", "admin.token: required because"},
+        {"\"admin\": {\"listen\": \"[::]:9901\"}", "admin.token: required because"},
+        {"\"admin\": {\"listen\": \"10.0.0.1:9901\", \"token\": \"short\"}",
+         "admin.token: must be 16 to 256"},
+        {"\"admin\": {}", "admin.listen: missing"},
+        {"\"admin\": {\"listen\": \"nope\"}", "admin.listen: \"nope\" is not HOST:PORT"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:1\", \"warn\": 0.9, \"critical\": 0.8}",
+         "admin.warn: must be below admin.critical"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:1\", \"warn\": 1.5}", "admin.warn: 1.5 must be"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:8080\"}", "admin.listen: must differ from listen"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:1\", \"tokn\": \"x\"}", "admin.tokn: unknown key"},
+        {"\"app\": \"cookie:x\"", "app: \"cookie:x\" must be"},
+        {"\"app\": \"header:\"", "app: \"header:\" must be"},
+        {"\"log_format\": \"xml\"", "log_format: \"xml\" must be"},
+        {"\"max_apps\": 0", "max_apps: 0 must be between"},
+        {"\"alerts\": {}", "alerts: must be an array"},
+        {"\"alerts\": [{}]", "alerts[0].url: missing"},
+        {"\"alerts\": [{\"url\": \"ftp://x\"}]", "alerts[0].url:"},
+        {"\"alerts\": [{\"url\": \"http://h\", \"at\": [0]}]", "alerts[0].at[0]: 0 must be"},
+        {"\"alerts\": [{\"url\": \"http://h\", \"at\": []}]", "alerts[0].at: must be an array"},
+        {"\"alerts\": [{\"url\": \"http://h\", \"rules\": [\"nope\"]}]",
+         "alerts[0].rules[0]: \"nope\" is not the name of any rule"},
+        {"\"alerts\": [{\"url\": \"http://h\", \"events\": [\"fire\"]}]",
+         "alerts[0].events[0]: \"fire\" must be"},
+        {"\"alerts\": [{\"url\": \"http://h\", \"headers\": {\"X\": \"a\\nb\"}}]",
+         "alerts[0].headers.\"X\": must be a header name"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        char text[1024];
+        struct sl_errors e = {0};
+        struct sl_config *c = NULL;
+        snprintf(text, sizeof(text), "{%s, " UP1 "}", cases[i].json);
+        if (sl_config_parse(text, "t", false, &c, &e) == 0 || !has_error(&e, cases[i].error)) {
+            print_error("case %zu (%s): expected \"%s\", got:\n", i, cases[i].json,
+                        cases[i].error);
+            for (size_t k = 0; k < e.count; k++)
+                print_error("  %s\n", e.lines[k]);
+            fail();
+        }
+        sl_errors_free(&e);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1010,6 +1126,8 @@ int main(void)
         cmocka_unit_test(test_many_upstreams),
         cmocka_unit_test(test_duplicate_rule_names),
         cmocka_unit_test(test_store_and_listen_numbers_are_digits),
+        cmocka_unit_test(test_operator_view_keys),
+        cmocka_unit_test(test_operator_view_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -10,6 +10,7 @@
 
 #include "sl_config.h"
 #include "sl_duration.h"
+#include "sl_apps.h"
 #include "sl_store.h"
 
 #define S SL_USEC_PER_SEC
@@ -437,6 +438,146 @@ static void test_local_share_and_mirror(void **state)
     sl_check_clear(&chk);
 }
 
+static int setup_snapshot(void **state)
+{
+    return setup(state,
+        "{\"alerts\": [{\"url\": \"http://h\", \"at\": [0.5, 1.0]}],"
+        "\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"all\", \"limit\": 4, \"window\": \"10s\"},"
+        "{\"name\": \"per\", \"path\": \"/p/{k}/**\", \"per\": \"{k}\", \"limit\": 2,"
+        " \"window\": \"10s\"}, {\"name\": \"conc\", \"concurrency\": 3}]}]}");
+}
+
+static struct sl_snapshot *last_snap;
+
+static void on_snapshot(void *arg, struct sl_snapshot *snap, const char *error)
+{
+    (void)arg;
+    assert_null(error);
+    last_snap = snap;
+}
+
+static struct sl_snapshot *snapshot(struct fixture *f, struct sl_apps *apps,
+                                    unsigned flags)
+{
+    struct sl_snapshot_req req = {.top = 10, .flags = flags, .apps = apps};
+
+    last_snap = NULL;
+    assert_int_equal(sl_store_snapshot(f->store, &req, on_snapshot, NULL), 0);
+    assert_non_null(last_snap);
+    return last_snap;
+}
+
+/* A whole call by APP. */
+static struct result app_call(struct fixture *f, struct sl_apps *apps,
+                              const char *app, const char *path)
+{
+    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false};
+    struct sl_check chk;
+    struct result r = {0};
+
+    assert_int_equal(sl_match(&f->config->upstreams[0], &c, &chk), 0);
+    chk.app = sl_apps_id(apps, app, strlen(app));
+    chk.app_name = sl_apps_name(apps, chk.app);
+    assert_int_equal(sl_store_decide(f->store, &chk, on_decision, &r), 0);
+    sl_check_clear(&chk);
+    if (r.lease != NULL) {
+        sl_store_commit(f->store, r.lease);
+        sl_store_release(f->store, r.lease);
+    }
+    return r;
+}
+
+static uint64_t app_calls(const struct sl_usage *u, const char *name)
+{
+    for (size_t i = 0; i < u->napps; i++)
+        if (strcmp(u->apps[i].name, name) == 0)
+            return u->apps[i].calls;
+    return 0;
+}
+
+/* Figures, per-app splits, `per` buckets, alert levels and pauses. */
+static void test_snapshot_figures(void **state)
+{
+    struct fixture *f = *state;
+    struct sl_apps *apps = sl_apps_new(10);
+    struct sl_snapshot *s;
+    const struct sl_rule_usage *all, *per, *conc;
+    struct result held;
+
+    s = snapshot(f, apps, 0);
+    all = &s->ups[0].rules[0];
+    assert_int_equal(all->n, 1);  /* a rule without per: its one bucket */
+    assert_int_equal(all->buckets[0].used, 0);
+    assert_int_equal(all->buckets[0].remaining, 4);
+    assert_int_equal(s->ups[0].rules[1].n, 0);  /* no per bucket yet */
+    sl_snapshot_free(s);
+
+    app_call(f, apps, "billing", "/p/a/x");
+    fake_now += 1 * S;
+    app_call(f, apps, "sync", "/p/a/x");
+    app_call(f, apps, "billing", "/p/b/x");
+    held = call_keep(f, "GET", "/x");  /* reserved, not sent: counts, no app */
+    assert_int_equal(held.d.verdict, SL_VERDICT_ALLOW);
+
+    s = snapshot(f, apps, SL_SNAP_ALERTS);
+    all = &s->ups[0].rules[0];
+    per = &s->ups[0].rules[1];
+    conc = &s->ups[0].rules[2];
+    assert_int_equal(all->buckets[0].used, 4);
+    assert_int_equal(all->buckets[0].reserved, 1);
+    assert_int_equal(all->buckets[0].remaining, 0);
+    assert_int_equal(all->buckets[0].resets_in_us, 9 * S);
+    assert_int_equal(all->buckets[0].napps, 2);
+    assert_string_equal(all->buckets[0].apps[0].name, "billing");  /* busiest */
+    assert_int_equal(app_calls(&all->buckets[0], "billing"), 2);
+    assert_int_equal(app_calls(&all->buckets[0], "sync"), 1);
+    /* Alerts at 0.5 and 1.0: both crossed since the last look. */
+    assert_int_equal(all->buckets[0].level_was, 0);
+    assert_int_equal(all->buckets[0].level, 2);
+    assert_int_equal(per->nbuckets, 2);
+    assert_int_equal(per->n, 2);
+    assert_string_equal(per->buckets[0].key, "a");
+    assert_int_equal(per->buckets[0].used, 2);
+    assert_string_equal(per->buckets[1].key, "b");
+    assert_int_equal(per->buckets[1].used, 1);
+    assert_int_equal(conc->buckets[0].used, 1);  /* the held call's slot */
+    assert_int_equal(conc->buckets[0].resets_in_us, -1);
+    sl_snapshot_free(s);
+
+    /* Looked at again: nothing new to alert. */
+    s = snapshot(f, apps, SL_SNAP_ALERTS);
+    assert_int_equal(s->ups[0].rules[0].buckets[0].level_was, 2);
+    assert_int_equal(s->ups[0].rules[0].buckets[0].level, 2);
+    sl_snapshot_free(s);
+
+    /* The window empties: the levels fall (re-armed). */
+    sl_store_release(f->store, held.lease);
+    fake_now += 10 * S;
+    s = snapshot(f, apps, SL_SNAP_ALERTS);
+    assert_int_equal(s->ups[0].rules[0].buckets[0].used, 0);
+    assert_int_equal(s->ups[0].rules[0].buckets[0].level, 0);
+    sl_snapshot_free(s);
+
+    /* A pause is new once; extending it is the same pause. */
+    sl_store_pause(f->store, &f->config->upstreams[0], 5 * S, "status 429, Retry-After");
+    s = snapshot(f, apps, SL_SNAP_ALERTS);
+    assert_int_equal(s->ups[0].paused_us, 5 * S);
+    assert_string_equal(s->ups[0].pause_reason, "status 429, Retry-After");
+    assert_true(s->ups[0].pause_new);
+    sl_snapshot_free(s);
+    sl_store_pause(f->store, &f->config->upstreams[0], 8 * S, "again");
+    s = snapshot(f, apps, SL_SNAP_ALERTS);
+    assert_false(s->ups[0].pause_new);
+    sl_snapshot_free(s);
+    /* A read-only snapshot never moves the levels. */
+    fake_now += 20 * S;
+    s = snapshot(f, apps, 0);
+    assert_int_equal(s->ups[0].paused_us, 0);
+    sl_snapshot_free(s);
+    sl_apps_free(apps);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -453,6 +594,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_reservations, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_margin_widens_the_window, setup_margin, teardown),
         cmocka_unit_test_setup_teardown(test_local_share_and_mirror, setup_share, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_figures, setup_snapshot, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

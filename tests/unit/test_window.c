@@ -4,6 +4,7 @@
 #include <stddef.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 #include <cmocka.h>
 
 #include "sl_window.h"
@@ -108,6 +109,45 @@ static void test_ring_grows_only_with_use(void **state)
     sl_window_free(&w);
 }
 
+/* Each entry keeps its app tag through growth, wrap-around and pruning. */
+static void test_tags_follow_their_entries(void **state)
+{
+    struct sl_window w = {0};
+    uint64_t counts[4];
+    (void)state;
+
+    for (int i = 0; i < 6; i++)
+        assert_int_equal(sl_window_record_tag(&w, 8, 100 + i, (uint16_t)(i % 3)), 0);
+    memset(counts, 0, sizeof(counts));
+    sl_window_tally(&w, counts, 4);
+    assert_int_equal(counts[0], 2);
+    assert_int_equal(counts[1], 2);
+    assert_int_equal(counts[2], 2);
+    /* Prune the three oldest (times 100..102: tags 0, 1, 2), wrap around. */
+    sl_window_prune(&w, 10, 112);
+    assert_int_equal(w.count, 3);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(sl_window_record_tag(&w, 8, 120 + i, 3), 0);
+    memset(counts, 0, sizeof(counts));
+    sl_window_tally(&w, counts, 4);
+    assert_int_equal(counts[0], 1);
+    assert_int_equal(counts[1], 1);
+    assert_int_equal(counts[2], 1);
+    assert_int_equal(counts[3], 5);
+    /* Tags beyond the array count in its last cell. */
+    memset(counts, 0, sizeof(counts));
+    sl_window_tally(&w, counts, 2);
+    assert_int_equal(counts[0], 1);
+    assert_int_equal(counts[1], 7);
+    /* Plain records are tag 0. */
+    sl_window_free(&w);
+    assert_int_equal(sl_window_record(&w, 4, 1), 0);
+    memset(counts, 0, sizeof(counts));
+    sl_window_tally(&w, counts, 4);
+    assert_int_equal(counts[0], 1);
+    sl_window_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -116,6 +156,7 @@ int main(void)
         cmocka_unit_test(test_clock_step_back),
         cmocka_unit_test(test_reservations_and_count_after),
         cmocka_unit_test(test_ring_grows_only_with_use),
+        cmocka_unit_test(test_tags_follow_their_entries),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
