@@ -1636,11 +1636,12 @@ static int sl_get_ratio(json_t *v, const char *path, double *out,
     return 0;
 }
 
-static void sl_parse_admin(json_t *v, struct sl_config *c, struct sl_errors *errs)
+static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
+                           struct sl_errors *errs)
 {
     static const char *const keys[] = {"listen", "token", "warn", "critical",
                                        "top", NULL};
-    const char *s;
+    const char *s = NULL, *env;
     char q[96];
     json_t *f;
     long long n;
@@ -1663,13 +1664,20 @@ static void sl_parse_admin(json_t *v, struct sl_config *c, struct sl_errors *err
                           "\"127.0.0.1:9901\")", sl_quote(s, q, sizeof(q)));
     }
     f = json_object_get(v, "token");
-    if (f != NULL && sl_get_string(f, "admin.token", &s, errs) == 0) {
+    env = apply_env ? getenv("SLUICE_ADMIN_TOKEN") : NULL;
+    if (env != NULL && *env) {
+        /* A secret kept out of the file (a Kubernetes Secret, say). */
+        s = env;
+        f = v;
+    }
+    if (f != NULL && (f == v || sl_get_string(f, "admin.token", &s, errs) == 0)) {
         bool ok = strlen(s) >= 16 && strlen(s) <= 256;
         for (const char *p = s; ok && *p; p++)
             ok = *p > 0x20 && *p < 0x7f;
         if (!ok)
-            sl_errors_add(errs, "admin.token: must be 16 to 256 printable "
-                          "characters without spaces");
+            sl_errors_add(errs, "admin.token%s: must be 16 to 256 printable "
+                          "characters without spaces",
+                          f == v ? " (from SLUICE_ADMIN_TOKEN)" : "");
         else
             c->admin_token = strdup(s);
     }
@@ -2049,7 +2057,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
             sl_errors_add(errs, "log_format: %s must be \"text\" or \"json\"",
                           sl_quote(s, q, sizeof(q)));
     }
-    sl_parse_admin(json_object_get(root, "admin"), c, errs);
+    sl_parse_admin(json_object_get(root, "admin"), apply_env, c, errs);
 
     sl_parse_upstreams(json_object_get(root, "upstreams"), c, errs);
     for (size_t i = 0; i < c->nupstreams; i++) {

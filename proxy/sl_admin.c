@@ -787,17 +787,6 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         *upload_size = 0;  /* no admin endpoint takes a body */
         return MHD_YES;
     }
-    if (!sl_admin_authorized(a, conn)) {
-        r = sl_text("{\"error\":\"unauthorized\",\"message\":\"this admin listener "
-                    "needs its token: Authorization: Bearer TOKEN\"}\n",
-                    "application/json");
-        if (r != NULL) {
-            MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"sluice\"");
-            MHD_add_response_header(r, "WWW-Authenticate",
-                                    "Basic realm=\"sluice admin\", charset=\"UTF-8\"");
-        }
-        return sl_queue(conn, MHD_HTTP_UNAUTHORIZED, r);
-    }
     if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
         r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"the admin "
                     "listener only answers GET and HEAD\"}\n", "application/json");
@@ -805,6 +794,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
             MHD_add_response_header(r, "Allow", "GET, HEAD");
         return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
     }
+    /* The probes say only "ok" or "ready": open, so that a kubelet (which
+     * cannot send a secret header) can ask them. */
     if (strcmp(url, "/healthz") == 0)
         return sl_queue(conn, MHD_HTTP_OK, sl_text("ok\n", "text/plain; charset=utf-8"));
     if (strcmp(url, "/readyz") == 0) {
@@ -820,6 +811,17 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
                                     : "not ready: the shared limit store (Redis) has "
                                       "not answered yet\n",
                                 "text/plain; charset=utf-8"));
+    }
+    if (!sl_admin_authorized(a, conn)) {
+        r = sl_text("{\"error\":\"unauthorized\",\"message\":\"this admin listener "
+                    "needs its token: Authorization: Bearer TOKEN\"}\n",
+                    "application/json");
+        if (r != NULL) {
+            MHD_add_response_header(r, "WWW-Authenticate", "Bearer realm=\"sluice\"");
+            MHD_add_response_header(r, "WWW-Authenticate",
+                                    "Basic realm=\"sluice admin\", charset=\"UTF-8\"");
+        }
+        return sl_queue(conn, MHD_HTTP_UNAUTHORIZED, r);
     }
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
         r = MHD_create_response_from_buffer(sl_admin_page_len, (void *)sl_admin_page,
