@@ -8,6 +8,9 @@
 #              that never triggers -> upstream
 #   sluice-redis  the same with the Redis store (a local redis-server),
 #              so every call costs one Lua script run in Redis
+#   sluice-ops, sluice-redis-ops  the same two with the operator view on:
+#              every call names its app (X-Sluice-App), the admin listener
+#              runs, and /metrics is scraped every second during the run
 # Prints requests/s and p50/p99 latency for each, the ratios against
 # NGINX, and the latency added over calling the upstream directly.
 #
@@ -36,6 +39,7 @@ trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); HA=$(port); SL=$(port); SR=$(port); RD=$(port)
+SO=$(port); SOR=$(port); AD=$(port); ADR=$(port)
 
 cat > "$TMP/upstream.conf" <<CONF
 worker_processes 1;
@@ -104,6 +108,12 @@ CONF
 sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SR\", \"store\": \"redis:\/\/127.0.0.1:$RD\"/" \
     "$TMP/sluice.json" > "$TMP/sluice-redis.json"
 
+# The operator view on: app identity, the admin listener (scraped below).
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SO\", \"app\": \"header:X-Sluice-App\", \"admin\": {\"listen\": \"127.0.0.1:$AD\"}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-ops.json"
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SOR\", \"store\": \"redis:\/\/127.0.0.1:$RD\", \"store_prefix\": \"ops:\", \"app\": \"header:X-Sluice-App\", \"admin\": {\"listen\": \"127.0.0.1:$ADR\"}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-redis-ops.json"
+
 redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no \
     --loglevel warning >/dev/null & PIDS="$PIDS $!"
 nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err" & PIDS="$PIDS $!"
@@ -112,7 +122,9 @@ haproxy -q -f "$TMP/haproxy.cfg" & PIDS="$PIDS $!"
 "$SLUICE_BIN" -c "$TMP/sluice.json" 2>"$TMP/sluice.log" & PIDS="$PIDS $!"
 sleep 0.3  # redis-server up before the second sluice connects
 "$SLUICE_BIN" -c "$TMP/sluice-redis.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-for p in $UP $NG $HA $SL $SR; do
+"$SLUICE_BIN" -c "$TMP/sluice-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
+"$SLUICE_BIN" -c "$TMP/sluice-redis-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
+for p in $UP $NG $HA $SL $SR $SO $SOR; do
     i=0
     until curl -fsS -o /dev/null "http://127.0.0.1:$p/up/x" 2>/dev/null ||
           curl -fsS -o /dev/null "http://127.0.0.1:$p/x" 2>/dev/null; do
@@ -121,10 +133,12 @@ for p in $UP $NG $HA $SL $SR; do
     done
 done
 
-# run NAME URL -> "NAME rps p50_ms p99_ms"
+# run NAME URL [wrk options] -> "NAME rps p50_ms p99_ms non2xx"
 run() {
-    wrk -t2 -c"$CONNS" -d1s "$2" >/dev/null 2>&1 || true   # warm-up
-    wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$2" > "$TMP/$1.out"
+    name=$1 url=$2
+    shift 2
+    wrk -t2 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
+    wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url" > "$TMP/$name.out"
     awk -v name="$1" '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         /Requests\/sec/ { rps = $2 }
@@ -132,7 +146,17 @@ run() {
         /^ +99%/ { p99 = ms($2) }
         /Non-2xx/ { bad = $NF }
         END { printf "%s %.0f %.3f %.3f %s\n", name, rps, p50, p99, (bad == "" ? 0 : bad) }
-    ' "$TMP/$1.out"
+    ' "$TMP/$name.out"
+}
+
+# run_scraped NAME URL ADMIN_PORT: run with the app header while /metrics
+# is scraped every second (as a Prometheus server would, only faster).
+run_scraped() {
+    ( while :; do curl -fsS -o /dev/null "http://127.0.0.1:$3/metrics" || exit 1; sleep 1; done ) &
+    scraper=$!
+    run "$1" "$2" -H "X-Sluice-App: bench-app"
+    kill "$scraper" 2>/dev/null || true
+    wait "$scraper" 2>/dev/null || true
 }
 
 echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORKERS proxy workers, $(nproc) cores"
@@ -142,14 +166,21 @@ echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORK
     run haproxy "http://127.0.0.1:$HA/up/x"
     run sluice "http://127.0.0.1:$SL/up/x"
     run sluice-redis "http://127.0.0.1:$SR/up/x"
+    run_scraped sluice-ops "http://127.0.0.1:$SO/up/x" "$AD"
+    run_scraped sluice-redis-ops "http://127.0.0.1:$SOR/up/x" "$ADR"
 } > "$TMP/results"
+# The figures the operator sees must match what was sent.
+for a in $AD $ADR; do
+    curl -fsS "http://127.0.0.1:$a/metrics" | grep -q 'sluice_app_calls_total{upstream="up",rule="never",app="bench-app"}' ||
+        { echo "the app's calls are missing from /metrics on $a" >&2; exit 1; }
+done
 awk '
     { rps[$1] = $2; p50[$1] = $3; p99[$1] = $4; bad[$1] = $5; order[NR] = $1 }
     END {
-        printf "%-12s %12s %10s %10s %12s %12s %8s %8s\n", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "x nginx", "non-2xx"
+        printf "%-16s %12s %10s %10s %12s %12s %8s %8s\n", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "x nginx", "non-2xx"
         for (i = 1; i <= NR; i++) {
             n = order[i]
-            printf "%-12s %12.0f %10.3f %10.3f %12.3f %12.3f %8.2f %8s\n", n, rps[n], p50[n], p99[n],
+            printf "%-16s %12.0f %10.3f %10.3f %12.3f %12.3f %8.2f %8s\n", n, rps[n], p50[n], p99[n],
                    p50[n] - p50["direct"], p99[n] - p99["direct"], rps[n] / rps["nginx"], bad[n]
         }
     }' "$TMP/results"
