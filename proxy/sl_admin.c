@@ -514,6 +514,20 @@ static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *
                (double)sum / 1e6, name, labels, (unsigned long long)count);
 }
 
+/* Histogram NAME of every upstream. */
+static void sl_hists_text(struct sl_text *t, struct sl_proxy *proxy,
+                          const char *name, bool held, const double *bounds)
+{
+    const struct sl_config *c = proxy->config;
+    char ul[200], labels[300];
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        snprintf(labels, sizeof(labels), "upstream=\"%s\"",
+                 sl_label(c->upstreams[i].name, ul, sizeof(ul)));
+        sl_hist_text(t, proxy, name, labels, i, held, bounds);
+    }
+}
+
 static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                             struct sl_text *t)
 {
@@ -643,20 +657,11 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                    sl_queue_count(&a->w->queue, i));
     sl_help(t, "sluice_queue_wait_seconds", "histogram",
             "Time calls spent held in the queue (observed when they leave it).");
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        snprintf(labels, sizeof(labels), "upstream=\"%s\"",
-                 sl_label(c->upstreams[i].name, ul, sizeof(ul)));
-        sl_hist_text(t, proxy, "sluice_queue_wait_seconds", labels, i, true,
-                     sl_hist_held_bounds);
-    }
+    sl_hists_text(t, proxy, "sluice_queue_wait_seconds", true, sl_hist_held_bounds);
     sl_help(t, "sluice_upstream_duration_seconds", "histogram",
             "Upstream exchanges, from sending the request to the last byte.");
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        snprintf(labels, sizeof(labels), "upstream=\"%s\"",
-                 sl_label(c->upstreams[i].name, ul, sizeof(ul)));
-        sl_hist_text(t, proxy, "sluice_upstream_duration_seconds", labels, i, false,
-                     sl_hist_latency_bounds);
-    }
+    sl_hists_text(t, proxy, "sluice_upstream_duration_seconds", false,
+                  sl_hist_latency_bounds);
     sl_help(t, "sluice_provider_pauses_total", "counter",
             "Pauses the provider asked for (429/503 with Retry-After, limit signals).");
     for (size_t i = 0; i < c->nupstreams; i++)
@@ -901,19 +906,6 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
     free(ar);
 }
 
-static void sl_admin_log(void *cls, const char *fmt, va_list ap)
-{
-    char buf[512];
-    size_t n;
-
-    (void)cls;
-    vsnprintf(buf, sizeof(buf), fmt, ap);
-    n = strlen(buf);
-    while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
-        buf[--n] = '\0';
-    sl_debug("admin http: %s", buf);
-}
-
 /* A listening socket for "host:port" of the admin listener. */
 static int sl_admin_socket(const struct sl_config *c)
 {
@@ -963,7 +955,7 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
     a->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         sl_admin_handle, a,
-        MHD_OPTION_EXTERNAL_LOGGER, sl_admin_log, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, sl_worker_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_NOTIFY_COMPLETED, sl_admin_completed, a,
         MHD_OPTION_CONNECTION_LIMIT, 64u,

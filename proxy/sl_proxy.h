@@ -17,6 +17,7 @@
 #include <curl/curl.h>
 #include <microhttpd.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stdint.h>
 
@@ -145,6 +146,8 @@ void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
 int64_t sl_now_ms(void);
+/* libmicrohttpd's messages, into sluice's log (MHD_OPTION_EXTERNAL_LOGGER). */
+void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap);
 CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);

@@ -411,7 +411,7 @@ fail:
     return -1;
 }
 
-static void sl_mhd_log(void *cls, const char *fmt, va_list ap)
+void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap)
 {
     char buf[512];
     size_t n;
@@ -459,7 +459,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         MHD_USE_EPOLL | MHD_USE_TURBO | MHD_ALLOW_SUSPEND_RESUME |
             MHD_USE_SUPPRESS_DATE_NO_CLOCK | MHD_USE_ERROR_LOG,
         0, NULL, NULL, sl_request_handle, w,
-        MHD_OPTION_EXTERNAL_LOGGER, sl_mhd_log, NULL,
+        MHD_OPTION_EXTERNAL_LOGGER, sl_worker_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, w->listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, sl_request_uri_log, w,
         MHD_OPTION_NOTIFY_COMPLETED, sl_request_completed, w,
