@@ -27,7 +27,7 @@ import urllib.request
 
 import pytest
 
-from harness import Sluice, Upstream, free_port, parallel
+from harness import Upstream, free_port, parallel
 
 PROMETHEUS = os.environ.get("PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
@@ -105,8 +105,8 @@ def admin_get(port, path, token=None, timeout=10):
 
 
 def metrics(port, token=None):
-    status, headers, body = admin_get(port, "/metrics", token)
-    assert status == 200, body
+    code, headers, body = admin_get(port, "/metrics", token)
+    assert code == 200, body
     assert headers["Content-Type"].startswith("text/plain; version=0.0.4")
     return body.decode()
 
@@ -165,9 +165,9 @@ class Served:
         self.leads = []  # status
 
 
-def serve(sl, crm_up, leads_up, calls=CRM_CALLS, served=None):
-    served = served or Served()
-    for app, path in calls:
+def serve(sl):
+    served = Served()
+    for app, path in CRM_CALLS:
         served.crm.append((app or "-", path, send(sl, app, path)))
     served.leads += parallel(2, lambda i: send(sl, "leads-sync", "/leads/lead/%d" % i))
     assert send(sl, "billing", "/nowhere") == 404
@@ -306,7 +306,7 @@ def test_promtool_accepts_metrics_and_figures_match(sluice):
     try:
         admin = free_port()
         sl = sluice(config(crm, leads, admin))
-        served = serve(sl, crm, leads)
+        served = serve(sl)
         text = settle(admin, crm, leads)
         promtool_check(text)
         check_figures(text, served, crm, leads, status(admin))
@@ -496,7 +496,7 @@ def test_prometheus_scrapes_the_admin_listener(prometheus, sluice):
     try:
         admin = free_port()
         sl = sluice(config(crm, leads, admin))
-        served = serve(sl, crm, leads)
+        served = serve(sl)
         settle(admin, crm, leads)
         prom = prometheus([job("sluice", admin)])
         check_scraped(prom, "sluice", served, crm, leads)
@@ -523,7 +523,7 @@ def test_prometheus_scrapes_a_token_protected_admin_listener(prometheus, sluice)
         code, headers, _ = admin_get(admin, "/metrics")
         assert code == 401 and "Bearer" in headers["WWW-Authenticate"]
         assert admin_get(admin, "/metrics", token=TOKEN[:-1] + "X")[0] == 401
-        served = serve(sl, crm, leads)
+        served = serve(sl)
         settle(admin, crm, leads, token=TOKEN)
         prom = prometheus([
             job("sluice", admin, authorization={"type": "Bearer", "credentials": TOKEN}),
