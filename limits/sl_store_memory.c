@@ -40,6 +40,12 @@
 #define SL_MEM_INITIAL_SLOTS 64
 #define SL_MEM_SWEEP_SLOTS 4096   /* slots examined per table per tick */
 
+/* Calls in flight of one app, in a concurrency bucket. */
+struct sl_mem_app_count {
+    uint16_t app;
+    uint32_t n;
+};
+
 struct sl_mem_bucket {
     struct sl_mem_bucket *next;   /* hash chain */
     uint32_t hash;
@@ -57,6 +63,9 @@ struct sl_mem_bucket {
     int64_t report_until;         /* one span after the reporting call */
     int64_t probe_at;             /* next call let through to learn more */
     unsigned alert_level;         /* alert thresholds reached, last looked */
+    /* concurrency: who holds the `inflight` slots (owned, nin entries) */
+    struct sl_mem_app_count *in_apps;
+    uint32_t nin, capin;
     struct sl_window win;         /* rate: admission log */
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
@@ -127,7 +136,39 @@ static uint32_t sl_mem_hash(uint32_t rule, const char *key, size_t len)
 
 static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
 {
-    return sizeof(*b) + b->key_len + 1 + sl_window_bytes(&b->win);
+    return sizeof(*b) + b->key_len + 1 + sl_window_bytes(&b->win) +
+           b->capin * sizeof(*b->in_apps);
+}
+
+/* One more (DELTA 1) or one less (-1) call of APP in flight in B.  The
+ * split is best effort: a count that cannot grow (out of memory) leaves
+ * the call out of it, never out of `inflight`.  Lock held. */
+static void sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                          uint16_t app, int delta)
+{
+    uint32_t i;
+
+    for (i = 0; i < b->nin && b->in_apps[i].app != app; i++)
+        ;
+    if (delta < 0) {
+        if (i < b->nin && --b->in_apps[i].n == 0)
+            b->in_apps[i] = b->in_apps[--b->nin];
+        return;
+    }
+    if (i == b->nin) {
+        if (b->nin == b->capin) {
+            uint32_t cap = b->capin ? b->capin * 2 : 4;
+            struct sl_mem_app_count *na = realloc(b->in_apps, cap * sizeof(*na));
+            if (na == NULL)
+                return;
+            atomic_fetch_add(&s->bytes, (cap - b->capin) * sizeof(*na));
+            b->in_apps = na;
+            b->capin = cap;
+        }
+        b->in_apps[b->nin].app = app;
+        b->in_apps[b->nin++].n = 0;
+    }
+    b->in_apps[i].n++;
 }
 
 static struct sl_mem_bucket *sl_mem_find(struct sl_mem_table *t, uint32_t rule,
@@ -219,6 +260,7 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
             atomic_fetch_sub(&s->bytes, sl_mem_bucket_bytes(b));
             atomic_fetch_sub(&s->keys, 1);
             sl_window_free(&b->win);
+            free(b->in_apps);
             free(b);
             t->count--;
         }
@@ -301,8 +343,10 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
 {
     struct sl_lease_slot *sl = &lease->slots[i];
 
-    if (sl->rule->kind == SL_RULE_CONCURRENCY)
+    if (sl->rule->kind == SL_RULE_CONCURRENCY) {
         sl->bucket->inflight--;
+        sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
+    }
     else if (!sl->committed)
         sl->bucket->reserved--;
 }
@@ -388,6 +432,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         sl->committed = false;
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
+            sl_mem_in_app(s, bk[i], c->app, 1);
         } else {
             size_t before = sl_window_bytes(&bk[i]->win);
             /* The log's slot for this call is taken now, so that logging
@@ -594,6 +639,7 @@ static void sl_mem_destroy(struct sl_store *store)
             for (; b != NULL; b = next) {
                 next = b->next;
                 sl_window_free(&b->win);
+                free(b->in_apps);
                 free(b);
             }
         }
@@ -617,6 +663,11 @@ static unsigned sl_mem_level(const struct sl_rule *r, uint64_t used)
     return level;
 }
 
+static const char *sl_mem_app_name(const struct sl_snapshot_req *req, uint16_t id)
+{
+    return req->apps != NULL ? sl_apps_name(req->apps, id) : "-";
+}
+
 /* Fill U from bucket B of rule R (B may be NULL: nothing held).  Lock held. */
 static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
                         const struct sl_rule *r, int64_t now,
@@ -632,6 +683,18 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
     u->report_left = -1;
     if (r->kind == SL_RULE_CONCURRENCY) {
         u->used = b != NULL ? b->inflight : 0;
+        if (b != NULL && b->nin > 0) {
+            u->apps = calloc(b->nin, sizeof(*u->apps));
+            if (u->apps == NULL)
+                return -1;
+            for (uint32_t i = 0; i < b->nin; i++) {
+                u->apps[u->napps].name = strdup(sl_mem_app_name(req, b->in_apps[i].app));
+                u->apps[u->napps].calls = b->in_apps[i].n;
+                if (u->apps[u->napps++].name == NULL)
+                    return -1;
+            }
+            sl_snapshot_sort_apps(u);
+        }
     } else if (b != NULL) {
         int64_t room;
         sl_window_prune(&b->win, r->span_us, now);
@@ -655,7 +718,7 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
             for (size_t i = 0; i < ntally; i++) {
                 if (tally[i] == 0)
                     continue;
-                u->apps[u->napps].name = strdup(sl_apps_name(req->apps, (uint16_t)i));
+                u->apps[u->napps].name = strdup(sl_mem_app_name(req, (uint16_t)i));
                 u->apps[u->napps].calls = tally[i];
                 if (u->apps[u->napps++].name == NULL)
                     return -1;

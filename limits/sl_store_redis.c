@@ -148,6 +148,7 @@
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
 #define SL_REDIS_UNDO_MAX 1000      /* batches to undo on the next connection */
 #define SL_REDIS_SNAP_CANDIDATES 1000 /* `per` buckets a snapshot looks at */
+#define SL_REDIS_MEMBER_MAX 160     /* base:n|app */
 #define SL_REDIS_CLOCK_REFRESH_US (2 * SL_USEC_PER_SEC)
 /* Bound on the drift between Redis's clock and ours: 1 ms per second. */
 #define SL_REDIS_DRIFT_DIV 1000
@@ -237,10 +238,11 @@
  *   KEYS  the commit section's, then per call, per rule: rate r, v, a
  *         [, s if sync]; concurrency c [, k if per]; pause p
  *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
- *         commit section, ncalls, then per call: nrules, then per rule:
+ *         commit section, ncalls, then per call: app, nrules, then per rule:
  *         kind, limit, span_us, probe_us (-1: no sync; concurrency: -2
  *         when the bucket is entered in its rule's index k)
- * A call's member is base..':'..call_number.  Reply: {now, 0} when past the
+ * A call's member is base..':'..call_number..'|'..app (app names have no
+ * '|': the snapshot reads a concurrency slot's app from its member).  Reply: {now, 0} when past the
  * deadline (no decision written), else {now, 1, per call: {1, best_rule,
  * remaining, reset_us} or {0, denying_rule, wait_us}}.
  */
@@ -253,9 +255,9 @@ static const char sl_lua_decide[] =
     "local out, ncalls = {now, 1}, tonumber(ARGV[a])\n"
     "a = a + 1\n"
     "for c = 1, ncalls do\n"
-    "  local n = tonumber(ARGV[a])\n"
-    "  a = a + 1\n"
-    "  local member, deny, wait, st, ka = base .. ':' .. c, 0, 0, {}, k\n"
+    "  local app, n = ARGV[a], tonumber(ARGV[a + 1])\n"
+    "  a = a + 2\n"
+    "  local member, deny, wait, st, ka = base .. ':' .. c .. '|' .. app, 0, 0, {}, k\n"
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
@@ -525,7 +527,8 @@ static const char sl_lua_snapshot[] =
     "      end\n"
     "    end\n"
     "  else\n"
-    "    f.used = redis.call('ZCOUNT', c, '(' .. fmt(now), '+inf')\n"
+    "    local live = redis.call('ZRANGEBYSCORE', c, '(' .. fmt(now), '+inf')\n"
+    "    f.used, f.held = #live, live\n"
     "  end\n"
     "  return f\n"
     "end\n"
@@ -555,15 +558,18 @@ static const char sl_lua_snapshot[] =
     "    end\n"
     "  end\n"
     "  local apps = {}\n"
-    "  if f.n > 0 then\n"
-    "    local tally, names = {}, {}\n"
-    "    local list = redis.call('LRANGE', f.ap, 0, f.n - 1)\n"
+    "  if f.n > 0 or f.held then\n"
+    "    local tally, names, list = {}, {}, {}\n"
+    "    if f.held then\n"
+    /* a concurrency slot's member ends in |app */
+    "      for i = 1, #f.held do list[i] = string.match(f.held[i], '|([^|]*)$') or '-' end\n"
+    "    else list = redis.call('LRANGE', f.ap, 0, f.n - 1) end\n"
     "    for i = 1, #list do\n"
     "      local x = list[i]\n"
     "      if not tally[x] then tally[x] = 0; names[#names + 1] = x end\n"
     "      tally[x] = tally[x] + 1\n"
     "    end\n"
-    "    if #list < f.n then\n"
+    "    if not f.held and #list < f.n then\n"
     "      if not tally['-'] then tally['-'] = 0; names[#names + 1] = '-' end\n"
     "      tally['-'] = tally['-'] + f.n - #list\n"
     "    end\n"
@@ -744,7 +750,7 @@ struct sl_redis_lease {
     bool release_owed;                    /* release not yet written */
     bool has_rate, has_conc;
     int64_t commit_us;                    /* local time of the commit */
-    char member[64];                      /* "" when decided locally */
+    char member[SL_REDIS_MEMBER_MAX];     /* "" when decided locally */
     char app[SL_APP_NAME_MAX + 1];        /* the caller's app */
     uint16_t app_id;                      /* ... its id, for the mirror */
     size_t nhits;
@@ -1402,6 +1408,15 @@ static void sl_redis_connect(struct sl_redis_link *link)
 
 /* A script op removing every member batch B's decisions may have taken,
  * or NULL (out of memory, or nothing to remove). */
+/* Call I's member in batch B's script: "base:I+1|app".  Its length. */
+static int sl_redis_member(char *buf, const struct sl_redis_batch *b, size_t i)
+{
+    const char *app = b->calls[i].check->app_name;
+
+    return snprintf(buf, SL_REDIS_MEMBER_MAX, "%s:%zu|%s", b->base, i + 1,
+                    app != NULL ? app : "-");
+}
+
 static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
                                             const struct sl_redis_batch *b)
 {
@@ -1412,8 +1427,8 @@ static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
     sl_args_str(&op->args, r->channel);
     for (size_t i = 0; i < b->ncalls; i++) {
         const struct sl_check *c = b->calls[i].check;
-        char member[64];
-        int mlen = snprintf(member, sizeof(member), "%s:%zu", b->base, i + 1);
+        char member[SL_REDIS_MEMBER_MAX];
+        int mlen = sl_redis_member(member, b, i);
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_hit *hit = &c->hits[h];
             char type = hit->rule->kind == SL_RULE_RATE ? 'v'
@@ -1673,6 +1688,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
     sl_args_int(a, (long long)b->ncalls);
     for (size_t i = 0; i < b->ncalls; i++) {
         const struct sl_check *c = b->calls[i].check;
+        sl_args_str(a, c->app_name != NULL ? c->app_name : "-");
         sl_args_int(a, (long long)c->nhits);
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_rule *rule = c->hits[h].rule;
@@ -1870,14 +1886,14 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
         d.wait_us = sl_reply_int(rep, 2);
         d.reset_us = d.wait_us;
     } else {
-        char member[64];
+        char member[SL_REDIS_MEMBER_MAX];
         d.verdict = SL_VERDICT_ALLOW;
         if (idx >= 1 && (size_t)idx <= c->nhits && rep->elements >= 4) {
             d.rule = c->hits[idx - 1].rule;
             d.remaining = (uint64_t)sl_reply_int(rep, 2);
             d.reset_us = sl_reply_int(rep, 3);
         }
-        snprintf(member, sizeof(member), "%s:%zu", b->base, i + 1);
+        sl_redis_member(member, b, i);
         lease = sl_redis_lease_new(r, c, member);
         /* Out of memory: no lease; the reservation lapses into an entry and
          * the slot expires, both on the safe side. */

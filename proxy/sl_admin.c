@@ -112,6 +112,36 @@ static double sl_secs(int64_t us)
     return round((double)us / 1000.0) / 1000.0;
 }
 
+json_t *sl_json_text(const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    json_t *j = json_string(s);
+    size_t n = strlen(s);
+    char *out;
+
+    if (j != NULL)
+        return j;
+    /* Not UTF-8 (a per value decoded from %E9, say): its bytes above
+     * 0x7f written as %XX, so the key is still shown and still unique. */
+    out = malloc(3 * n + 1);
+    if (out == NULL)
+        return json_null();
+    n = 0;
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        if (*p < 0x80 && *p != '%') {
+            out[n++] = (char)*p;
+        } else {
+            out[n++] = '%';
+            out[n++] = hex[*p >> 4];
+            out[n++] = hex[*p & 15];
+        }
+    }
+    out[n] = '\0';
+    j = json_string(out);
+    free(out);
+    return j != NULL ? j : json_null();
+}
+
 /* Constant-time comparison of A (LEN bytes) with the NUL-terminated B. */
 static bool sl_token_equal(const char *a, size_t len, const char *b)
 {
@@ -255,6 +285,7 @@ static json_t *sl_apps_json(const struct sl_usage *u)
 
     for (size_t i = 0; o != NULL && i < u->napps; i++)
         json_object_set_new(o, u->apps[i].name, json_integer((json_int_t)u->apps[i].calls));
+    /* (App names are ASCII by construction: sl_apps.) */
     return o;
 }
 
@@ -311,7 +342,7 @@ static json_t *sl_rule_json(const struct sl_config *c, const struct sl_rule_usag
         json_t *list = json_array();
         for (size_t i = 0; i < ru->n && i < c->status_top; i++) {
             json_t *b = json_object();
-            json_object_set_new(b, "key", json_string(ru->buckets[i].key));
+            json_object_set_new(b, "key", sl_json_text(ru->buckets[i].key));
             sl_usage_json(c, r, &ru->buckets[i], b);
             json_array_append_new(list, b);
         }
@@ -380,11 +411,12 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         if (uu->paused_us > 0) {
             double until = now + (double)uu->paused_us / 1e6;
             sl_iso_time(until + 0.999, iso, sizeof(iso));
-            json_object_set_new(u, "paused", json_pack(
-                "{s:s,s:s,s:f,s:f}", "reason", uu->pause_reason[0] ? uu->pause_reason
-                                                                   : "the provider asked to stop",
-                "resumes_at", iso, "resumes_at_unix", round(until * 1000) / 1000,
-                "resumes_in", sl_secs(uu->paused_us)));
+            json_t *p = json_pack("{s:s,s:f,s:f}", "resumes_at", iso,
+                                  "resumes_at_unix", round(until * 1000) / 1000,
+                                  "resumes_in", sl_secs(uu->paused_us));
+            json_object_set_new(p, "reason", sl_json_text(
+                uu->pause_reason[0] ? uu->pause_reason : "the provider asked to stop"));
+            json_object_set_new(u, "paused", p);
         } else {
             json_object_set_new(u, "paused", json_null());
         }
@@ -627,7 +659,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                 }
                 snprintf(labels, sizeof(labels), "upstream=\"%s\",rule=\"%s\"", ul,
                          sl_label(r->name, rl, sizeof(rl)));
-                sl_tprintf(t, "%s{%s} %.6g\n", gauges[g].name, labels, v);
+                sl_tprintf(t, "%s{%s} %.15g\n", gauges[g].name, labels, v);
             }
         }
     }
@@ -708,7 +740,7 @@ static struct MHD_Response *sl_admin_render(struct sl_admin *a,
     *status = MHD_HTTP_OK;
     if (what == SL_ADMIN_STATUS) {
         json_t *j = sl_status_json(a, snap, shared);
-        char *text = j ? json_dumps(j, JSON_COMPACT) : NULL;
+        char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
         json_decref(j);
         if (text == NULL)
             return NULL;

@@ -24,6 +24,10 @@
 struct sl_worker;
 struct sl_admin;
 struct sl_snapshot;
+struct json_t;
+
+/* S as a JSON string; bytes of S that are not UTF-8 become %XX. */
+struct json_t *sl_json_text(const char *s);
 
 /* Start the listener of W's config on W's loop.  NULL (logged) on error. */
 struct sl_admin *sl_admin_new(struct sl_worker *w);

@@ -10,6 +10,7 @@
  */
 #include "sl_alerts.h"
 
+#include "sl_admin.h"
 #include "sl_duration.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
@@ -115,7 +116,7 @@ static void sl_alerts_raise(struct sl_alerts *a, json_t *j,
     for (size_t i = 0; i < a->config->nalerts; i++) {
         const struct sl_alert_conf *to = &a->config->alerts[i];
         if (wants(to, ctx))
-            sl_alerts_enqueue(a, to, json_dumps(j, JSON_COMPACT));
+            sl_alerts_enqueue(a, to, json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)));
     }
     json_decref(j);
 }
@@ -182,7 +183,7 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     json_object_set_new(j, "event", json_string("threshold"));
     json_object_set_new(j, "upstream", json_string(up->name));
     json_object_set_new(j, "rule", json_string(r->name));
-    json_object_set_new(j, "key", u->key[0] ? json_string(u->key) : json_null());
+    json_object_set_new(j, "key", u->key[0] ? sl_json_text(u->key) : json_null());
     json_object_set_new(j, "threshold", json_real(at));
     json_object_set_new(j, "used", json_integer((json_int_t)u->used));
     json_object_set_new(j, "limit", json_integer((json_int_t)r->limit));
@@ -193,7 +194,7 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     json_object_set_new(j, "resets_in", u->resets_in_us >= 0
         ? json_real(round((double)u->resets_in_us / 1000.0) / 1000.0) : json_null());
     json_object_set_new(j, "per_app", apps);
-    json_object_set_new(j, "text", json_string(text));
+    json_object_set_new(j, "text", sl_json_text(text));
     sl_alerts_raise(a, j, sl_wants_threshold, &ctx);
 }
 
@@ -214,11 +215,11 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
              uu->pause_reason[0] ? uu->pause_reason : "it asked to stop");
     json_object_set_new(j, "event", json_string("pause"));
     json_object_set_new(j, "upstream", json_string(uu->up->name));
-    json_object_set_new(j, "reason", json_string(uu->pause_reason));
+    json_object_set_new(j, "reason", sl_json_text(uu->pause_reason));
     json_object_set_new(j, "resumes_at", json_string(iso));
     json_object_set_new(j, "resumes_in",
                         json_real(round((double)uu->paused_us / 1000.0) / 1000.0));
-    json_object_set_new(j, "text", json_string(text));
+    json_object_set_new(j, "text", sl_json_text(text));
     sl_alerts_raise(a, j, sl_wants_pause, NULL);
 }
 

@@ -28,7 +28,7 @@ starts completes before the clock moves on, however slow the server is
 exactly 4 polls -- at virtual 0, 1, 2 and 3 s -- in about 2.5 s of real time;
 with a prompt server the same 4 polls take about 0.2 s). So for a page that
 polls once per second, wait_ms=3000 means "first poll plus three more",
-deterministically; any wait_ms >= 0 includes the first poll started at load.
+deterministically; use wait_ms >= 1000 (wait_ms=0 stalls Chromium until the timeout).
 A fetch that never completes stalls virtual time: the real-time `timeout`
 (default 30 s + 2 x wait_ms) then kills Chromium and ChromiumError is raised.
 

@@ -564,3 +564,40 @@ def test_log_format_json(upstream, sluice):
     # Every other line is JSON too.
     assert any("listening on" in o.get("msg", "") for o in objs)
     assert "SECRET" not in log
+
+
+@pytest.mark.parametrize("store", ["memory", "redis"])
+def test_in_flight_calls_by_app(upstream, sluice, store):
+    redis = RedisServer() if store == "redis" else None
+    try:
+        extra = {"store": redis.url} if redis else {}
+        sl = start(sluice, upstream, [
+            {"name": "conc", "concurrency": 4},
+            {"name": "per-conc", "per": "header:X-Tenant", "concurrency": 2}], **extra)
+        calls = [("billing", "t1"), ("billing", "t2"), ("sync", "t1")]
+        threads = [threading.Thread(target=call, args=(sl, "/crm/slow", app,
+                                                       {"X-Test-Delay": "1.5",
+                                                        "X-Tenant": tenant}))
+                   for app, tenant in calls]
+        for t in threads:
+            t.start()
+        # Until all three are at the upstream (bounded: they take ms).
+        deadline = time.time() + 5
+        while upstream.count() < 3 and time.time() < deadline:
+            time.sleep(0.02)
+        st = status(sl)
+        conc = rule(st, "conc")
+        assert conc["in_flight"] == 3
+        assert conc["per_app"] == {"billing": 2, "sync": 1}
+        per = rule(st, "per-conc")
+        assert per["buckets_total"] == 2
+        assert {b["key"]: (b["in_flight"], b["per_app"]) for b in per["buckets"]} == \
+            {"t1": (2, {"billing": 1, "sync": 1}), "t2": (1, {"billing": 1})}
+        for t in threads:
+            t.join()
+        st = status(sl)
+        assert rule(st, "conc")["in_flight"] == 0
+        assert rule(st, "conc")["per_app"] == {}
+    finally:
+        if redis:
+            redis.stop()

@@ -303,12 +303,6 @@ def test_bars_figures_bands_and_apps(upstream, sluices):
         slow.join()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sluice bug: the memory store never tallies apps for a concurrency rule "
-    "(sl_mem_usage fills u->apps for rate rules only), so /status has "
-    "\"per_app\": {} next to \"in_flight\": 1 and the page shows "
-    "\"1 / 2 (50.0%)\" above \"none in flight\"; remove this mark once "
-    "in-flight calls are attributed to their apps"))
 def test_in_flight_calls_show_their_apps(upstream, sluices):
     sl = sluices.start(crm_config(upstream))
     slow = Background()
@@ -526,12 +520,6 @@ def test_bucket_keys_are_shown_as_text(upstream, sluices):
     assert "busiest bucket: " + evil in row.find(cls="note").text
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sluice bug: a per value that is not UTF-8 (here the Latin-1 path "
-    "/crm/pub/caf%E9/x) makes jansson's json_string() return NULL, so "
-    "sl_rule_json() silently drops the bucket's \"key\" from /status and the "
-    "page shows an empty key cell with data-key=\"undefined\"; remove this "
-    "mark once such keys are shown (escaped or replaced)"))
 def test_non_utf8_bucket_key_is_shown(upstream, sluices):
     sl = sluices.start(crm_config(upstream))
     assert send(sl, "billing", "/crm/pub/caf%E9/x") == 200

@@ -321,10 +321,6 @@ def test_promtool_accepts_metrics_and_figures_match(sluice):
         leads.close()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "sluice bug: the rule gauges are printed with %.6g (sl_metrics_text), so a "
-    "limit of 1234567 reads 1.23457e+06 and remaining 1234566 reads 1.23457e+06; "
-    "remove this mark once they are printed exactly"))
 def test_large_rule_figures_are_exact(upstream, sluice):
     admin = free_port()
     sl = sluice({"admin": {"listen": "127.0.0.1:%d" % admin},
