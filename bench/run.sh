@@ -139,7 +139,7 @@ run() {
     shift 2
     wrk -t2 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
     wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url" > "$TMP/$name.out"
-    awk -v name="$1" '
+    awk -v name="$name" '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         /Requests\/sec/ { rps = $2 }
         /^ +50%/ { p50 = ms($2) }
