@@ -482,7 +482,9 @@ static const char sl_lua_sync[] =
  *         kind, per (0/1), limit, span_us, sync (0/1), name, nlevels,
  *         levels..., heads r, v, a, s, c (keys without the per value)
  * Reply: {now, paused_until, reason, pause_new, per rule: {nbuckets,
- * {bucket, ...}}}
+ * {bucket, ...}}}, or only the first four when ARGV alerts is set and
+ * another check of this upstream ran less than 0.9 s ago (whoever runs the
+ * check records every crossing: the others need not repeat it).
  * with bucket = {key, used, reserved, remaining, resets_in_us,
  * report_left, level_was, level, {app, calls, app, calls, ...}}.
  */
@@ -501,6 +503,14 @@ static const char sl_lua_snapshot[] =
     "    redis.call('HSET', KEYS[1], '\\npause', fmt(pu))\n"
     "    redis.call('PEXPIRE', KEYS[1], xttl)\n"
     "  end\n"
+    "end\n"
+    /* the fleet checks thresholds once a second, not once per instance:
+     * an alert check that finds a recent one done answers only the above */
+    "if alerts then\n"
+    "  local last = tonumber(redis.call('HGET', KEYS[1], '\\nchecked') or 0)\n"
+    "  if now - last < 900000 and now >= last then return out end\n"
+    "  redis.call('HSET', KEYS[1], '\\nchecked', fmt(now))\n"
+    "  redis.call('PEXPIRE', KEYS[1], xttl)\n"
     "end\n"
     /* entries of list l newer than horizon (newest first: binary search) */
     "local function newer(l, horizon)\n"
@@ -2701,7 +2711,8 @@ static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
     const struct sl_upstream_conf *up = uu->up;
     int64_t now, until;
 
-    if (rep->type != REDIS_REPLY_ARRAY || rep->elements != 4 + up->nrules)
+    if (rep->type != REDIS_REPLY_ARRAY ||
+        (rep->elements != 4 + up->nrules && rep->elements != 4))
         return -1;
     uu->pause_new = sl_reply_int(rep, 3) == 1;
     now = sl_reply_int(rep, 0);
@@ -2714,7 +2725,8 @@ static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
                      (int)w->len, w->str);
     }
     (void)r;
-    for (size_t i = 0; i < up->nrules; i++) {
+    /* Only the header: another instance ran this second's alert check. */
+    for (size_t i = 0; rep->elements > 4 && i < up->nrules; i++) {
         const redisReply *ru = rep->element[4 + i], *list;
         struct sl_rule_usage *out = &uu->rules[i];
         if (ru->type != REDIS_REPLY_ARRAY || ru->elements != 2 ||
