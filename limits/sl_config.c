@@ -1718,6 +1718,8 @@ static int sl_double_cmp(const void *a, const void *b)
 /* Add the thresholds of A to every rule it names (after the upstreams). */
 static int sl_alert_apply(struct sl_config *c, const struct sl_alert_conf *a)
 {
+    if (a->nat == 0)
+        return 0;
     for (size_t i = 0; i < c->nupstreams; i++) {
         for (size_t k = 0; k < c->upstreams[i].nrules; k++) {
             struct sl_rule *r = &c->upstreams[i].rules[k];
@@ -1802,7 +1804,8 @@ static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
             if (sl_get_ratio(e, esub, &a->at[a->nat], errs) == 0)
                 a->nat++;
         }
-        qsort(a->at, a->nat, sizeof(double), sl_double_cmp);
+        if (a->nat > 1)
+            qsort(a->at, a->nat, sizeof(double), sl_double_cmp);
     }
     snprintf(sub, sizeof(sub), "%s.rules", path);
     v = json_object_get(ja, "rules");

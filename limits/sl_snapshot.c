@@ -75,6 +75,8 @@ void sl_snapshot_trim(struct sl_rule_usage *ru, unsigned top)
 {
     size_t keep = 0;
 
+    if (ru->n == 0)
+        return;
     qsort(ru->buckets, ru->n, sizeof(*ru->buckets), sl_usage_cmp);
     for (size_t i = 0; i < ru->n; i++) {
         struct sl_usage *u = &ru->buckets[i];
