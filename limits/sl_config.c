@@ -602,7 +602,8 @@ static void sl_parse_rule(json_t *jr, const char *path,
 {
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
-                                       "max_wait", "sync", "sync_probe", NULL};
+                                       "max_wait", "sync", "sync_probe", "mode",
+                                       NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -688,6 +689,18 @@ static void sl_parse_rule(json_t *jr, const char *path,
         if (sl_get_duration(v, sub, 0, SL_HOURS(24), false, &r->max_wait_us,
                             errs) == 0)
             r->max_wait_set = true;
+    }
+
+    v = json_object_get(jr, "mode");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.mode", path);
+        if (sl_get_string(v, sub, &s, errs) == 0) {
+            if (strcmp(s, "shadow") == 0)
+                r->shadow = true;
+            else if (strcmp(s, "enforce") != 0)
+                sl_errors_add(errs, "%s: %s must be \"enforce\" or \"shadow\"",
+                              sub, sl_quote(s, q, sizeof(q)));
+        }
     }
 
     sl_parse_sync(jr, path, r, errs);
@@ -1959,7 +1972,8 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                                        "header_timeout", "max_retry_after",
                                        "max_connections", "upstreams", "app",
                                        "forward_app_header", "max_apps",
-                                       "log_format", "admin", "alerts", NULL};
+                                       "log_format", "admin", "alerts", "shadow",
+                                       NULL};
     const char *s, *env;
     char q[96];
     json_t *v;
@@ -2074,6 +2088,11 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
             u->forward_app_header = c->forward_app_header;
     }
     sl_parse_alerts(json_object_get(root, "alerts"), c, errs);
+    v = json_object_get(root, "shadow");
+    if (v != NULL && sl_get_bool(v, "shadow", &c->shadow, errs) == 0 && c->shadow)
+        for (size_t i = 0; i < c->nupstreams; i++)
+            for (size_t k = 0; k < c->upstreams[i].nrules; k++)
+                c->upstreams[i].rules[k].shadow = true;
 }
 
 int sl_config_parse(const char *text, const char *name, bool apply_env,

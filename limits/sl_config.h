@@ -110,6 +110,10 @@ struct sl_rule {
     /* sync: while the provider's last report says "nothing left", let one
      * call through this often to learn its count again (0: never). */
     int64_t sync_probe_us;
+    /* "mode": "shadow": matched and counted like an enforced rule, but it
+     * never denies, queues or delays a call (it reports what it would
+     * have denied). */
+    bool shadow;
     /* Alert thresholds on this rule: the union of every receiver's `at`
      * that names it, ascending (the store tracks which were crossed). */
     double *alert_at;
@@ -196,6 +200,7 @@ struct sl_config {
     bool forward_app_header;
     unsigned max_apps;            /* distinct app names tracked */
     enum sl_log_format log_format;
+    bool shadow;                  /* every rule in shadow mode */
     /* The admin listener (off when admin_listen is NULL). */
     char *admin_listen;
     char *admin_host;

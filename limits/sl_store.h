@@ -66,6 +66,11 @@ struct sl_decision {
     uint64_t remaining;     /* calls left in `rule` after this one */
     int64_t reset_us;       /* until `rule` gets room back */
     const char *reason;     /* UNAVAILABLE: a static sentence */
+    /* ALLOW: a shadow rule that would have denied the call (the one with
+     * the longest wait), or NULL.  It took nothing from that rule. */
+    const struct sl_rule *shadow;
+    int64_t shadow_wait_us;
+    uint64_t shadow_mask;   /* ALLOW: every such rule, bit = rule->index */
 };
 
 struct sl_lease;
@@ -189,6 +194,11 @@ struct sl_store_ops {
     /* Is the store answering (Redis up, or its fallback in force)?  May be
      * NULL: always. */
     bool (*ready)(struct sl_store *store);
+    /* Write now what must reach the store before the proxy answers a
+     * client (a released concurrency slot: the client's next call, on
+     * another worker's connection, must not be decided before it).  May be
+     * NULL.  Call it between finishing transfers and answering clients. */
+    void (*flush)(struct sl_store *store);
 };
 
 struct sl_store {
@@ -219,6 +229,12 @@ static inline void sl_store_pause(struct sl_store *s,
                                   const char *reason)
 {
     s->ops->pause(s, u, us, reason);
+}
+
+static inline void sl_store_flush(struct sl_store *s)
+{
+    if (s->ops->flush != NULL)
+        s->ops->flush(s);
 }
 
 static inline int sl_store_snapshot(struct sl_store *s,

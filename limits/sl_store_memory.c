@@ -359,6 +359,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     struct sl_mem_bucket *bk[SL_MAX_HITS];
     uint32_t hashes[SL_MAX_HITS];
     bool probe[SL_MAX_HITS];
+    bool skip[SL_MAX_HITS];       /* a shadow rule that would deny: untouched */
     struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
     struct sl_lease *lease = NULL;
     size_t nheld = 0;
@@ -378,6 +379,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         int64_t wait = 0;
 
         probe[i] = false;
+        skip[i] = false;
         hashes[i] = sl_mem_hash((uint32_t)r->index, c->hits[i].key,
                                 c->hits[i].key_len);
         bk[i] = sl_mem_find(t, (uint32_t)r->index, c->hits[i].key,
@@ -395,6 +397,17 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             nheld++;
             wait = sl_mem_rate_wait(s, bk[i], r, now, &probe[i]);
         }
+        if (wait > 0 && r->shadow) {
+            /* Would deny: say so, take nothing from it, deny nothing. */
+            skip[i] = true;
+            nheld--;
+            d.shadow_mask |= UINT64_C(1) << r->index;
+            if (d.shadow == NULL || wait > d.shadow_wait_us) {
+                d.shadow = r;
+                d.shadow_wait_us = wait;
+            }
+            continue;
+        }
         if (wait > 0 && (d.verdict != SL_VERDICT_DENY || wait > d.wait_us)) {
             d.verdict = SL_VERDICT_DENY;
             d.rule = r;
@@ -403,6 +416,10 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.reset_us = wait;
         }
     }
+    if (d.verdict == SL_VERDICT_DENY)
+        d.shadow = NULL;  /* denied anyway: nothing to report */
+    if (d.verdict == SL_VERDICT_DENY)
+        d.shadow_mask = 0;
     if (d.verdict == SL_VERDICT_DENY || nheld == 0)
         goto out;
 
@@ -418,7 +435,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         const struct sl_rule *r = c->hits[i].rule;
         struct sl_lease_slot *sl;
 
-        if (r->kind == SL_RULE_PAUSE)
+        if (r->kind == SL_RULE_PAUSE || skip[i])
             continue;
         if (bk[i] == NULL) {
             bk[i] = sl_mem_create(s, t, (uint32_t)r->index, c->hits[i].key,
@@ -454,7 +471,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         const struct sl_rule *r = c->hits[i].rule;
         uint64_t rem;
 
-        if (r->kind != SL_RULE_RATE)
+        /* A shadow rule is not what a client runs into. */
+        if (r->kind != SL_RULE_RATE || r->shadow)
             continue;
         rem = sl_mem_rate_remaining(s, bk[i], r, now);
         if (d.rule == NULL || rem < d.remaining) {

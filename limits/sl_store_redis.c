@@ -242,9 +242,12 @@
  *         kind, limit, span_us, probe_us (-1: no sync; concurrency: -2
  *         when the bucket is entered in its rule's index k)
  * A call's member is base..':'..call_number..'|'..app (app names have no
- * '|': the snapshot reads a concurrency slot's app from its member).  Reply: {now, 0} when past the
- * deadline (no decision written), else {now, 1, per call: {1, best_rule,
- * remaining, reset_us} or {0, denying_rule, wait_us}}.
+ * '|': the snapshot reads a concurrency slot's app from its member).
+ * Reply: {now, 0} when past the deadline (no decision written), else {now, 1, per call: {1, best_rule,
+ * remaining, reset_us, shadow_rule, shadow_wait_us, {every shadow rule
+ * that would deny}} or {0, denying_rule,
+ * wait_us}}.  A rule's kind in upper case (R, C) is in shadow mode: when
+ * it would deny, the call goes on and takes nothing from it.
  */
 static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
@@ -258,12 +261,15 @@ static const char sl_lua_decide[] =
     "  local app, n = ARGV[a], tonumber(ARGV[a + 1])\n"
     "  a = a + 2\n"
     "  local member, deny, wait, st, ka = base .. ':' .. c .. '|' .. app, 0, 0, {}, k\n"
+    "  local skip, shadow, swait, shadows = {}, 0, 0, {}\n"
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
     "    local p = a + 4 * (i - 1)\n"
     "    local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
     "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
+    "    local sh = kind == 'R' or kind == 'C'\n"
+    "    kind = string.lower(kind)\n"
     "    local w = 0\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
@@ -313,7 +319,12 @@ static const char sl_lua_decide[] =
     "      ka = ka + 1\n"
     "      if probe == -2 then ka = ka + 1 end\n"
     "    end\n"
-    "    if w > wait then deny, wait = i, w end\n"
+    /* a shadow rule that would deny: reported, untouched, denies nothing */
+    "    if sh and w > 0 then\n"
+    "      skip[i] = true\n"
+    "      shadows[#shadows + 1] = i\n"
+    "      if w > swait then shadow, swait = i, w end\n"
+    "    elseif w > wait then deny, wait = i, w end\n"
     "  end\n"
     "  if deny > 0 then\n"
     "    out[#out + 1] = {0, deny, wait}\n"
@@ -325,7 +336,15 @@ static const char sl_lua_decide[] =
     "      local p = a + 4 * (i - 1)\n"
     "      local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
     "        tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
-    "      if kind == 'r' then\n"
+    "      local sh = kind == 'R' or kind == 'C'\n"
+    "      kind = string.lower(kind)\n"
+    "      if kind == 'r' and skip[i] then\n"
+    "        ka = ka + 3\n"
+    "        if probe >= 0 then ka = ka + 1 end\n"
+    "      elseif kind == 'c' and skip[i] then\n"
+    "        ka = ka + 1\n"
+    "        if probe == -2 then ka = ka + 1 end\n"
+    "      elseif kind == 'r' then\n"
     "        local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
@@ -346,7 +365,7 @@ static const char sl_lua_decide[] =
     "        local used, left = len + nres + 1, 0\n"
     "        if used < limit then left = limit - used end\n"
     "        if room and room - 1 < left then left = math.max(room - 1, 0) end\n"
-    "        if best == 0 or left < rem then\n"
+    "        if not sh and (best == 0 or left < rem) then\n"
     "          best, rem, reset = i, left, span\n"
     "          if tail then reset = math.max(tonumber(tail) + span - now, 0) end\n"
     "        end\n"
@@ -365,7 +384,7 @@ static const char sl_lua_decide[] =
     "        end\n"
     "      end\n"
     "    end\n"
-    "    out[#out + 1] = {1, best, rem, reset}\n"
+    "    out[#out + 1] = {1, best, rem, reset, shadow, swait, shadows}\n"
     "  end\n"
     "  a, k = a + 4 * n, ka\n"
     "end\n"
@@ -808,6 +827,7 @@ struct sl_redis {
     int64_t next_renew_ms;
     int64_t last_error_log_ms;
     uint64_t expired;                     /* batches Redis answered "expired" */
+    bool flush_now;                       /* a slot was released: write now */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -1703,8 +1723,9 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_rule *rule = c->hits[h].rule;
             sl_args_hit_keys(k, r, up, &c->hits[h]);
-            sl_args_str(a, rule->kind == SL_RULE_RATE ? "r"
-                           : rule->kind == SL_RULE_PAUSE ? "p" : "c");
+            sl_args_str(a, rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
+                           : rule->kind == SL_RULE_PAUSE ? "p"
+                           : rule->shadow ? "C" : "c");
             sl_args_int(a, (long long)rule->limit);
             sl_args_int(a, rule->kind == SL_RULE_RATE ? rule->span_us : 0);
             if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
@@ -1902,6 +1923,19 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
             d.rule = c->hits[idx - 1].rule;
             d.remaining = (uint64_t)sl_reply_int(rep, 2);
             d.reset_us = sl_reply_int(rep, 3);
+        }
+        idx = rep->elements >= 6 ? sl_reply_int(rep, 4) : 0;
+        if (idx >= 1 && (size_t)idx <= c->nhits) {
+            d.shadow = c->hits[idx - 1].rule;
+            d.shadow_wait_us = sl_reply_int(rep, 5);
+        }
+        if (rep->elements >= 7 && rep->element[6]->type == REDIS_REPLY_ARRAY) {
+            const redisReply *sh = rep->element[6];
+            for (size_t k = 0; k < sh->elements; k++) {
+                long long h = sl_reply_int(sh, k);
+                if (h >= 1 && (size_t)h <= c->nhits)
+                    d.shadow_mask |= UINT64_C(1) << c->hits[h - 1].rule->index;
+            }
         }
         sl_redis_member(member, b, i);
         lease = sl_redis_lease_new(r, c, member);
@@ -2248,7 +2282,23 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
         sl_redis_op_free(op);
         return -1;
     }
+    if (l->has_conc)
+        r->flush_now = true;
     return 0;
+}
+
+/* ops->flush: a released slot is written before its client is answered,
+ * so a client's next call, decided on another worker's connection, never
+ * finds the slot it just gave back still taken. */
+static void sl_redis_flush_now(struct sl_store *store)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+
+    if (!r->flush_now)
+        return;
+    r->flush_now = false;
+    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP)
+        redisAsyncHandleWrite(r->main.ac);
 }
 
 /* Keep released lease L while it owes Redis something (bounded). */
@@ -2846,6 +2896,7 @@ static const struct sl_store_ops sl_redis_ops = {
     .destroy = sl_redis_destroy,
     .snapshot = sl_redis_snapshot,
     .ready = sl_redis_ready,
+    .flush = sl_redis_flush_now,
 };
 
 struct sl_store *sl_store_redis_new(const struct sl_config *config,

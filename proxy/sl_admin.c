@@ -279,6 +279,16 @@ static const char *const sl_policy_names[] = {"local", "deny", "allow"};
 
 /* ---- /status ---- */
 
+/* Sum of counter C (an index into a worker's metrics) over all workers. */
+#define SL_SUM(proxy, field, idx)                                              \
+    ({                                                                         \
+        uint64_t _s = 0;                                                       \
+        for (int _k = 0; _k < (proxy)->nworkers; _k++)                         \
+            _s += sl_metric_get(&(proxy)->workers[_k].metrics.field[idx]);     \
+        _s;                                                                    \
+    })
+
+
 static json_t *sl_apps_json(const struct sl_usage *u)
 {
     json_t *o = json_object();
@@ -313,8 +323,12 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
                                                 : json_null());
 }
 
-static json_t *sl_rule_json(const struct sl_config *c, const struct sl_rule_usage *ru)
+static json_t *sl_rule_json(struct sl_admin *a, size_t upstream,
+                            const struct sl_rule_usage *ru)
 {
+    const struct sl_config *c = a->config;
+    struct sl_proxy *proxy = a->w->proxy;
+    size_t slot = sl_metrics_slot(&a->w->metrics, upstream, ru->rule->index);
     const struct sl_rule *r = ru->rule;
     json_t *o = json_object();
     char win[SL_DURATION_FORMAT_MAX];
@@ -336,6 +350,10 @@ static json_t *sl_rule_json(const struct sl_config *c, const struct sl_rule_usag
     }
     none.remaining = r->limit;
     json_object_set_new(o, "per", r->per_text ? json_string(r->per_text) : json_null());
+    json_object_set_new(o, "mode", json_string(r->shadow ? "shadow" : "enforce"));
+    if (r->shadow)
+        json_object_set_new(o, "shadow_denied", json_integer((json_int_t)SL_SUM(
+            proxy, decisions, slot * SL_DECISION_RESULTS + SL_DECISION_SHADOW_DENIED)));
     /* A `per` rule's bar is its busiest bucket. */
     sl_usage_json(c, r, ru->n > 0 ? &ru->buckets[0] : &none, o);
     if (r->per_kind != SL_PER_NONE) {
@@ -432,7 +450,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(queue, "max_queue", json_integer(up->max_queue));
         json_object_set_new(u, "queue", queue);
         for (size_t k = 0; k < up->nrules; k++)
-            json_array_append_new(rules, sl_rule_json(c, &uu->rules[k]));
+            json_array_append_new(rules, sl_rule_json(a, i, &uu->rules[k]));
         json_object_set_new(u, "rules", rules);
         json_array_append_new(ups, u);
     }
@@ -510,14 +528,6 @@ static void sl_help(struct sl_text *t, const char *name, const char *type,
     sl_tprintf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-/* Sum of counter C (an index into a worker's metrics) over all workers. */
-#define SL_SUM(proxy, field, idx)                                              \
-    ({                                                                         \
-        uint64_t _s = 0;                                                       \
-        for (int _k = 0; _k < (proxy)->nworkers; _k++)                         \
-            _s += sl_metric_get(&(proxy)->workers[_k].metrics.field[idx]);     \
-        _s;                                                                    \
-    })
 
 static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *name,
                          const char *labels, size_t up, bool held,
@@ -590,17 +600,19 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
 
     sl_help(t, "sluice_decisions_total", "counter",
             "Store decisions by rule and result (a call counts in every rule "
-            "it matched when allowed, in the rule that held it back when denied).");
+            "it matched when allowed, in the rule that held it back when denied, "
+            "and in a shadow rule that would have denied it).");
     for (size_t i = 0; i < c->nupstreams; i++) {
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
         for (size_t k = 0; k <= up->nrules; k++) {
             size_t slot = sl_metrics_slot(m0, i, k);
             sl_label(sl_upstream_rule(up, k)->name, rl, sizeof(rl));
-            for (int res = 0; res < 2; res++)
+            for (int res = 0; res < SL_DECISION_RESULTS; res++)
                 sl_tprintf(t, "sluice_decisions_total{upstream=\"%s\",rule=\"%s\","
-                           "result=\"%s\"} %llu\n", ul, rl, res ? "denied" : "allowed",
-                           (unsigned long long)SL_SUM(proxy, decisions, slot * 2 + (size_t)res));
+                           "result=\"%s\"} %llu\n", ul, rl, sl_decision_names[res],
+                           (unsigned long long)SL_SUM(proxy, decisions,
+                                                      slot * SL_DECISION_RESULTS + (size_t)res));
         }
     }
 

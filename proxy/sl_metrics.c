@@ -11,6 +11,10 @@ const char *const sl_outcome_names[SL_OUT_COUNT] = {
     "expired", "paused", "error", "invalid",
 };
 
+const char *const sl_decision_names[SL_DECISION_RESULTS] = {
+    "allowed", "denied", "shadow_denied",
+};
+
 /* Upstream exchanges: 5 ms to a minute. */
 const double sl_hist_latency_bounds[SL_HIST_BOUNDS] = {
     0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 20, 30, 60,
@@ -34,7 +38,7 @@ int sl_metrics_init(struct sl_metrics *m, const struct sl_config *c)
     }
     m->slot_base[c->nupstreams] = m->nslots;
     m->calls = calloc((m->nups + 1) * SL_OUT_COUNT, sizeof(*m->calls));
-    m->decisions = calloc(m->nslots * 2, sizeof(*m->decisions));
+    m->decisions = calloc(m->nslots * SL_DECISION_RESULTS, sizeof(*m->decisions));
     m->app_calls = calloc(m->nslots * m->napps, sizeof(*m->app_calls));
     m->latency = calloc(m->nups, sizeof(*m->latency));
     m->held = calloc(m->nups, sizeof(*m->held));

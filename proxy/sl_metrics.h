@@ -34,6 +34,15 @@ enum sl_outcome {
 
 extern const char *const sl_outcome_names[SL_OUT_COUNT];
 
+/* A store decision as one rule saw it. */
+enum {
+    SL_DECISION_ALLOWED,
+    SL_DECISION_DENIED,
+    SL_DECISION_SHADOW_DENIED,  /* a shadow rule would have denied it */
+    SL_DECISION_RESULTS,
+};
+extern const char *const sl_decision_names[SL_DECISION_RESULTS];
+
 /* Histogram bounds (seconds); one more bucket counts everything. */
 #define SL_HIST_BOUNDS 14
 extern const double sl_hist_latency_bounds[SL_HIST_BOUNDS];
@@ -51,7 +60,7 @@ struct sl_metrics {
     size_t *slot_base;            /* per upstream: its first rule slot */
     size_t napps;                 /* app ids counted (max_apps + 2) */
     _Atomic uint64_t *calls;      /* [upstream][outcome]; index nups: no route */
-    _Atomic uint64_t *decisions;  /* [slot][0 allow, 1 deny] */
+    _Atomic uint64_t *decisions;  /* [slot][SL_DECISION_*] */
     _Atomic uint64_t *app_calls;  /* [slot][app]: calls forwarded */
     struct sl_hist *latency;      /* [upstream]: send to last byte */
     struct sl_hist *held;         /* [upstream]: time held in the queue */

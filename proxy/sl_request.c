@@ -406,7 +406,8 @@ static void sl_req_count_decision(struct sl_request *req,
     size_t up = req->up->index;
 
     if (d->verdict == SL_VERDICT_DENY && d->rule != NULL) {
-        sl_metric_add(&m->decisions[sl_metrics_slot(m, up, d->rule->index) * 2 + 1], 1);
+        sl_metric_add(&m->decisions[sl_metrics_slot(m, up, d->rule->index) *
+                                    SL_DECISION_RESULTS + SL_DECISION_DENIED], 1);
         return;
     }
     if (d->verdict != SL_VERDICT_ALLOW)
@@ -417,7 +418,12 @@ static void sl_req_count_decision(struct sl_request *req,
         if (r->kind == SL_RULE_PAUSE)
             continue;
         slot = sl_metrics_slot(m, up, r->index);
-        sl_metric_add(&m->decisions[slot * 2], 1);
+        if (d->shadow_mask & (UINT64_C(1) << r->index)) {
+            sl_metric_add(&m->decisions[slot * SL_DECISION_RESULTS +
+                                        SL_DECISION_SHADOW_DENIED], 1);
+            continue;  /* it took nothing from that rule */
+        }
+        sl_metric_add(&m->decisions[slot * SL_DECISION_RESULTS + SL_DECISION_ALLOWED], 1);
         if (req->check.app < m->napps)
             sl_metric_add(&m->app_calls[slot * m->napps + req->check.app], 1);
     }
@@ -667,8 +673,19 @@ static void sl_req_access_log(struct sl_request *req)
     const char *per = "-";
     char remaining[24] = "-", up_ms[24] = "-";
     int64_t total = sl_now_ms() - req->start_ms;
+    char shadows[512] = "";
+    size_t sn = 0;
 
     sl_req_client_address(req);
+    /* Shadow rules that would have denied it, comma-separated. */
+    for (size_t i = 0; d->verdict == SL_VERDICT_ALLOW && d->shadow_mask &&
+                       i < req->check.nhits; i++) {
+        const struct sl_rule *r = req->check.hits[i].rule;
+        if (r->kind != SL_RULE_PAUSE && (d->shadow_mask & (UINT64_C(1) << r->index)) &&
+            sn + strlen(r->name) + 2 < sizeof(shadows))
+            sn += (size_t)snprintf(shadows + sn, sizeof(shadows) - sn, "%s%s",
+                                   sn ? "," : "", r->name);
+    }
     if (rule != NULL && rule->kind != SL_RULE_PAUSE) {
         for (size_t i = 0; i < req->check.nhits; i++)
             if (req->check.hits[i].rule == rule && rule->per_kind != SL_PER_NONE)
@@ -709,6 +726,8 @@ static void sl_req_access_log(struct sl_request *req)
                  strlen(req->outcome ? req->outcome : "-"));
         SL_F_STR("rule", rule ? rule->name : "-", strlen(rule ? rule->name : "-"));
         SL_F_STR("per", per, strlen(per));
+        if (shadows[0] != '\0')
+            SL_F_STR("shadow_denied", shadows, strlen(shadows));
         n += (size_t)snprintf(f + n, sizeof(f) - n,
                               ",\"remaining\":%s,\"held_ms\":%lld,"
                               "\"upstream_ms\":%s,\"ms\":%lld,\"bytes_out\":%llu",
@@ -723,14 +742,15 @@ static void sl_req_access_log(struct sl_request *req)
     }
     sl_info("access client=%s app=%s upstream=%s method=%s path=%.*s status=%u "
             "outcome=%s rule=%s per=%s remaining=%s held_ms=%lld upstream_ms=%s "
-            "ms=%lld bytes_out=%llu",
+            "ms=%lld bytes_out=%llu%s%s",
             req->client[0] ? req->client : "-",
             req->check.app_name ? req->check.app_name : "-",
             req->up ? req->up->name : "-", req->method ? req->method : "-",
             (int)plen, req->uri, req->status_sent,
             req->outcome ? req->outcome : "-", rule ? rule->name : "-", per,
             remaining, (long long)req->held_ms, up_ms, (long long)total,
-            (unsigned long long)req->bytes_out);
+            (unsigned long long)req->bytes_out,
+            shadows[0] ? " shadow_denied=" : "", shadows);
 }
 
 void sl_request_completed(void *cls, struct MHD_Connection *conn,

@@ -680,6 +680,8 @@ static void *sl_worker_main(void *arg)
                 progress = true;
             }
             sl_worker_curl_done(w);
+            /* Released slots reach the store before their clients hear. */
+            sl_store_flush(w->store);
             /* MHD keeps connections with pending work on an internal
              * ready list that neither its epoll fd nor MHD_get_timeout()
              * reflects: run it on the first round of every pass, and again

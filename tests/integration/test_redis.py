@@ -233,3 +233,13 @@ def test_window_edges_in_redis_match_the_memory_store(upstream, redis, sluice):
     assert [sl.request("GET", "/leads/x")[0] for _ in range(6)] == [200] * 5 + [429]
     assert int(redis.cli("LLEN", "sluice:{leads}:r:1:w:")) == 5
     assert upstream.count() == 10
+
+
+def test_a_sequential_client_never_finds_its_own_slot_taken(upstream, redis, sluice):
+    """A concurrency slot is released in Redis before its client gets the
+    answer: the client's next call, on a new connection that may land on
+    another worker (another Redis connection), never finds it taken."""
+    sl = sluice(cfg(upstream, redis, [{"name": "one", "concurrency": 1}]), workers=2)
+    codes = [sl.request("GET", "/leads/x")[0] for _ in range(300)]
+    assert codes.count(429) == 0, codes.count(429)
+    assert upstream.count() == 300

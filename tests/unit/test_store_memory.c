@@ -578,6 +578,56 @@ static void test_snapshot_figures(void **state)
     sl_apps_free(apps);
 }
 
+static int setup_shadow(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"shadow\", \"path\": \"/x\", \"limit\": 2, \"window\": \"10s\", \"mode\": \"shadow\"},"
+        "{\"name\": \"sconc\", \"path\": \"/slow\", \"concurrency\": 1, \"mode\": \"shadow\"},"
+        "{\"name\": \"real\", \"limit\": 4, \"window\": \"10s\"}]}]}");
+}
+
+/* A shadow rule counts what it would admit, reports what it would deny,
+ * and denies nothing; an enforced rule still does. */
+static void test_shadow_rules(void **state)
+{
+    struct fixture *f = *state;
+    struct result r, held;
+
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_null(r.d.shadow);
+    /* RateLimit headers name the enforced rule, never the shadow one. */
+    assert_string_equal(r.d.rule->name, "real");
+    assert_null(call(f, "GET", "/x").d.shadow);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_non_null(r.d.shadow);
+    assert_string_equal(r.d.shadow->name, "shadow");
+    assert_int_equal(r.d.shadow_wait_us, 10 * S);
+    /* The enforced rule has had 3 of 4: one more, then 429. */
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "real");
+    assert_null(r.d.shadow);  /* denied anyway: nothing to report */
+    /* Shadow concurrency: a second call in flight goes on, reported. */
+    fake_now += 11 * S;
+    held = call_keep(f, "GET", "/slow");
+    assert_int_equal(held.d.verdict, SL_VERDICT_ALLOW);
+    assert_null(held.d.shadow);
+    r = call_keep(f, "GET", "/slow");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_string_equal(r.d.shadow->name, "sconc");
+    sl_store_release(f->store, r.lease);
+    sl_store_release(f->store, held.lease);
+    /* The one it took back: free again. */
+    r = call_keep(f, "GET", "/slow");
+    assert_null(r.d.shadow);
+    sl_store_release(f->store, r.lease);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -595,6 +645,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_margin_widens_the_window, setup_margin, teardown),
         cmocka_unit_test_setup_teardown(test_local_share_and_mirror, setup_share, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_figures, setup_snapshot, teardown),
+        cmocka_unit_test_setup_teardown(test_shadow_rules, setup_shadow, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
