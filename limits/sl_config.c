@@ -1973,7 +1973,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                                        "max_connections", "upstreams", "app",
                                        "forward_app_header", "max_apps",
                                        "log_format", "admin", "alerts", "shadow",
-                                       NULL};
+                                       "state_file", "state_interval", NULL};
     const char *s, *env;
     char q[96];
     json_t *v;
@@ -1994,6 +1994,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     c->warn_at = 0.8;
     c->critical_at = 0.9;
     c->status_top = 20;
+    c->state_interval_us = SL_SECONDS(10);
     if (!json_is_object(root)) {
         sl_errors_add(errs, "(root): the configuration must be a JSON object");
         return;
@@ -2088,6 +2089,20 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
             u->forward_app_header = c->forward_app_header;
     }
     sl_parse_alerts(json_object_get(root, "alerts"), c, errs);
+    v = json_object_get(root, "state_file");
+    if (v != NULL && sl_get_string(v, "state_file", &s, errs) == 0) {
+        if (*s == '\0' || strlen(s) > 4000)
+            sl_errors_add(errs, "state_file: must be a file path");
+        else if (c->store_kind == SL_STORE_REDIS)
+            sl_errors_add(errs, "state_file: keeps the memory store's windows; "
+                          "with a Redis store they live in Redis (remove it)");
+        else
+            c->state_file = strdup(s);
+    }
+    v = json_object_get(root, "state_interval");
+    if (v != NULL)
+        sl_get_duration(v, "state_interval", SL_SECONDS(1), SL_HOURS(1), false,
+                        &c->state_interval_us, errs);
     v = json_object_get(root, "shadow");
     if (v != NULL && sl_get_bool(v, "shadow", &c->shadow, errs) == 0 && c->shadow)
         for (size_t i = 0; i < c->nupstreams; i++)
@@ -2227,6 +2242,7 @@ void sl_config_free(struct sl_config *c)
     free(c->admin_listen);
     free(c->admin_host);
     free(c->admin_token);
+    free(c->state_file);
     free(c->upstreams);
     free(c->listen);
     free(c->listen_host);

@@ -201,6 +201,8 @@ struct sl_config {
     unsigned max_apps;            /* distinct app names tracked */
     enum sl_log_format log_format;
     bool shadow;                  /* every rule in shadow mode */
+    char *state_file;             /* memory store: windows kept here, or NULL */
+    int64_t state_interval_us;    /* ... written this often (and at stop) */
     /* The admin listener (off when admin_listen is NULL). */
     char *admin_listen;
     char *admin_host;

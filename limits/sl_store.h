@@ -355,6 +355,37 @@ static inline bool sl_store_ready(struct sl_store *s)
  */
 void sl_store_memory_record(struct sl_store *memory, const struct sl_check *check);
 
+/* ---- the memory store's state, for the state file (sl_state.c) ---- */
+
+struct sl_window;
+
+/* One bucket handed out by sl_store_memory_export(): a rate bucket (WIN
+ * its log, PAUSED_UNTIL 0) or the upstream's pause (WIN NULL).  Called
+ * with the table's lock held: copy what is needed and return 0 (or -1 to
+ * stop). */
+typedef int (*sl_mem_export_cb)(void *arg, const struct sl_upstream_conf *up,
+                                const struct sl_rule *rule, const char *key,
+                                size_t key_len, const struct sl_window *win,
+                                int64_t paused_until, const char *reason);
+
+/* Every non-empty rate window and running pause of MEMORY.  Returns 0 or
+ * the callback's -1. */
+int sl_store_memory_export(struct sl_store *memory, sl_mem_export_cb cb, void *arg);
+
+/*
+ * Log N calls sent at TIMES (the store's clock, ascending), of apps TAGS,
+ * in bucket (RULE, KEY) of MEMORY: those still inside the rule's span, at
+ * most its limit (the newest).  Returns how many were logged, or -1
+ * (memory_limit, OOM).
+ */
+int sl_store_memory_import(struct sl_store *memory, const struct sl_upstream_conf *up,
+                           const struct sl_rule *rule, const char *key,
+                           size_t key_len, const int64_t *times,
+                           const uint16_t *tags, uint32_t n);
+
+/* The memory store's clock now (µs). */
+int64_t sl_store_memory_now(struct sl_store *memory);
+
 /* Bytes of limit state held now (for tests and stats). */
 uint64_t sl_store_memory_bytes(struct sl_store *store);
 

@@ -908,3 +908,86 @@ size_t sl_store_memory_keys(struct sl_store *store)
 {
     return atomic_load(&((struct sl_mem_store *)store)->keys);
 }
+
+/* ---- state file support (sl_state.c) ---- */
+
+int64_t sl_store_memory_now(struct sl_store *store)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+
+    return s->clock(s->clock_arg);
+}
+
+int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    int rc = 0;
+
+    for (size_t i = 0; i < s->ntables && rc == 0; i++) {
+        struct sl_mem_table *t = &s->tables[i];
+        int64_t now;
+        pthread_mutex_lock(&t->lock);
+        now = s->clock(s->clock_arg);
+        for (size_t k = 0; k < t->nslots && rc == 0; k++) {
+            for (struct sl_mem_bucket *b = t->slots[k]; b != NULL && rc == 0;
+                 b = b->next) {
+                const struct sl_rule *r = sl_upstream_rule(t->up, b->rule);
+                if (r->kind == SL_RULE_PAUSE) {
+                    if (b->paused_until > now)
+                        rc = cb(arg, t->up, r, b->key, b->key_len, NULL,
+                                b->paused_until, t->pause_reason);
+                } else if (r->kind == SL_RULE_RATE) {
+                    sl_window_prune(&b->win, r->span_us, now);
+                    if (b->win.count > 0)
+                        rc = cb(arg, t->up, r, b->key, b->key_len, &b->win, 0, NULL);
+                }
+            }
+        }
+        pthread_mutex_unlock(&t->lock);
+    }
+    return rc;
+}
+
+int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf *up,
+                           const struct sl_rule *r, const char *key, size_t key_len,
+                           const int64_t *times, const uint16_t *tags, uint32_t n)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = &s->tables[up->index];
+    struct sl_mem_bucket *b;
+    uint32_t first = 0;
+    int64_t now;
+    int rc = 0, logged = 0;
+
+    if (r->kind != SL_RULE_RATE || r->limit == 0)
+        return 0;
+    pthread_mutex_lock(&t->lock);
+    now = s->clock(s->clock_arg);
+    /* Only what is still inside the span, and at most `limit` (the
+     * newest: a lowered limit keeps the most recent calls). */
+    while (first < n && times[first] <= now - r->span_us)
+        first++;
+    if (n - first > r->limit)
+        first = n - (uint32_t)r->limit;
+    if (first < n) {
+        b = sl_mem_bucket_for(s, t, r, key, key_len);
+        if (b == NULL) {
+            rc = -1;
+        } else {
+            for (uint32_t i = first; i < n && rc == 0; i++) {
+                size_t before = sl_window_bytes(&b->win);
+                if (b->win.count >= r->limit)
+                    break;
+                rc = sl_window_record_tag(&b->win, r->limit,
+                                          times[i] > now ? now : times[i], tags[i]);
+                atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+                if (rc == 0) {
+                    b->sent++;
+                    logged++;
+                }
+            }
+        }
+    }
+    pthread_mutex_unlock(&t->lock);
+    return rc != 0 ? -1 : logged;
+}

@@ -11,8 +11,10 @@
 
 #include "sl_apps.h"
 #include "sl_log.h"
+#include "sl_state.h"
 
 #include <getopt.h>
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -41,6 +43,15 @@ static void sl_usage(FILE *out)
             "\n"
             "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
             "overrides \"store\".\n");
+}
+
+static void sl_save_state(struct sl_proxy *proxy)
+{
+    char why[512];
+
+    if (sl_state_save(proxy->memory, proxy->config, proxy->apps,
+                      proxy->config->state_file, why, sizeof(why)) != 0)
+        sl_error("state_file: %s (the previous file, if any, is kept)", why);
 }
 
 int main(int argc, char **argv)
@@ -132,6 +143,25 @@ int main(int argc, char **argv)
         sl_error("cannot create the memory store");
         goto out;
     }
+    if (config->state_file != NULL) {
+        char why[512];
+        size_t restored = 0;
+        int lr = sl_state_load(proxy.memory, config, proxy.apps, config->state_file,
+                               &restored, why, sizeof(why));
+        if (lr < 0) {
+            /* Starting empty would grant room the provider may refuse. */
+            sl_error("state_file %s: %s; refusing to start with unknown counts "
+                     "(move the file aside to start with empty windows)",
+                     config->state_file, why);
+            goto out;
+        }
+        if (lr > 0)
+            sl_info("state_file %s: restored %zu calls still inside their windows",
+                    config->state_file, restored);
+        else
+            sl_info("state_file %s: none yet; starting with empty windows",
+                    config->state_file);
+    }
     proxy.nworkers = config->workers > 0 ? config->workers
                                          : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (proxy.nworkers < 1)
@@ -169,8 +199,20 @@ int main(int argc, char **argv)
                 proxy.nworkers == 1 ? "" : "s", config->nupstreams,
                 config->nupstreams == 1 ? "" : "s");
     for (;;) {
-        if (sigwait(&sigs, &sig) != 0)
+        if (config->state_file != NULL) {
+            /* The main thread keeps the state file: no worker ever waits
+             * for the disk. */
+            struct timespec ts = {
+                .tv_sec = config->state_interval_us / 1000000,
+                .tv_nsec = (config->state_interval_us % 1000000) * 1000};
+            sig = sigtimedwait(&sigs, NULL, &ts);
+            if (sig < 0) {
+                sl_save_state(&proxy);
+                continue;
+            }
+        } else if (sigwait(&sigs, &sig) != 0) {
             continue;
+        }
         if (sig == SIGHUP) {
             sl_info("SIGHUP ignored: restart sluice to load a new configuration");
             continue;
@@ -187,6 +229,9 @@ stop:
         sl_worker_join(&proxy.workers[i]);
         sl_worker_cleanup(&proxy.workers[i]);
     }
+    /* Every call has finished: the windows are complete. */
+    if (config->state_file != NULL && started > 0)
+        sl_save_state(&proxy);
     if (rc == 0)
         sl_info("stopped");
 out:

@@ -63,6 +63,17 @@ def test_dockerfile_copies_what_exists_and_runs_unprivileged():
     assert re.search(r"^USER sluice$", text, re.M)
     assert "FROM debian:bookworm AS build" in text
     assert "SLUICE_CONFIG=/etc/sluice/sluice.json" in text
+    # Everything the build reads (but the tests, which it skips) is copied
+    # into the build stage: sources, the page, cmake/ helpers.
+    copied = set(re.findall(r"^COPY (?!--from)(\S+)", text, re.M))
+    cmake = open(os.path.join(ROOT, "CMakeLists.txt")).read()
+    used = set(re.findall(r"^\s+(\w+)/\S+\.c\b", cmake, re.M))
+    used |= set(re.findall(r"\$\{CMAKE_SOURCE_DIR\}/(\w+)/", cmake))
+    used.discard("tests")
+    assert used <= {c.rstrip("/") for c in copied}, used - copied
+    # The state file's directory is a volume the unprivileged user owns.
+    assert re.search(r"^VOLUME /var/lib/sluice$", text, re.M)
+    assert "chown sluice /var/lib/sluice" in text
 
 
 def test_kubernetes_probes_reach_the_admin_listener(upstream):
@@ -86,6 +97,10 @@ def test_kubernetes_probes_reach_the_admin_listener(upstream):
     # Run it here: loopback ports, the local upstream.
     admin = free_port()
     cfg["admin"]["listen"] = "0.0.0.0:%d" % admin
+    assert cfg["state_file"].startswith("/var/lib/sluice/")
+    mounts = {m["mountPath"] for m in side["volumeMounts"]}
+    assert "/var/lib/sluice" in mounts
+    cfg["state_file"] = os.path.join(tempfile.mkdtemp(), "state")
     cfg.pop("listen", None)
     for u in cfg["upstreams"]:
         u["url"] = upstream.url
