@@ -1738,8 +1738,11 @@ static int sl_alert_apply(struct sl_config *c, const struct sl_alert_conf *a)
             struct sl_rule *r = &c->upstreams[i].rules[k];
             bool named = a->rules == NULL;
             double *at;
+            /* A rule whose name was refused has none (the config fails). */
+            if (r->name == NULL)
+                continue;
             for (size_t j = 0; !named && j < a->nrules; j++)
-                named = strcmp(a->rules[j], r->name) == 0;
+                named = a->rules[j] != NULL && strcmp(a->rules[j], r->name) == 0;
             if (!named)
                 continue;
             at = realloc(r->alert_at, (r->nalert_at + a->nat) * sizeof(*at));
