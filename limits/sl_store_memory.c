@@ -774,6 +774,41 @@ static struct sl_usage *sl_mem_push_usage(struct sl_rule_usage *ru, size_t *cap)
     return &ru->buckets[ru->n++];
 }
 
+/* A bucket considered for a snapshot: cheap figures only. */
+struct sl_mem_cand {
+    struct sl_mem_bucket *b;
+    uint64_t used;
+    bool pick;                    /* gets its full figures */
+};
+
+static int sl_mem_cand_cmp(const void *pa, const void *pb)
+{
+    const struct sl_mem_cand *a = pa, *b = pb;
+
+    if (a->b->rule != b->b->rule)
+        return a->b->rule < b->b->rule ? -1 : 1;
+    if (a->used != b->used)
+        return a->used > b->used ? -1 : 1;
+    return strcmp(a->b->key, b->b->key);
+}
+
+/* Cheap: buckets used now (no tally, no allocation).  Lock held. */
+static uint64_t sl_mem_used(struct sl_mem_bucket *b, const struct sl_rule *r,
+                            int64_t now)
+{
+    if (r->kind == SL_RULE_CONCURRENCY)
+        return b->inflight;
+    sl_window_prune(&b->win, r->span_us, now);
+    return b->win.count + b->reserved;
+}
+
+/*
+ * One upstream's figures.  Under the table's lock, every bucket gets only
+ * its cheap count (and alert level); the busiest `top` of each `per` rule,
+ * and those whose alert level moved, then get their full figures (the
+ * per-app tally walks a window): the lock is held for O(buckets) cheap
+ * steps and a sort, not for a tally of every window.
+ */
 static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
                                  const struct sl_snapshot_req *req,
                                  struct sl_upstream_usage *uu)
@@ -782,17 +817,22 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
     size_t ntally = req->apps != NULL ? sl_apps_count(req->apps) : 1;
     uint64_t *tally = calloc(ntally, sizeof(*tally));
     size_t *cap = calloc(up->nrules + 1, sizeof(*cap));
+    size_t *seen = calloc(up->nrules + 1, sizeof(*seen));
+    struct sl_mem_cand *cand = NULL;
+    size_t ncand = 0;
     int64_t now;
     int rc = -1;
 
-    if (tally == NULL || cap == NULL)
+    if (tally == NULL || cap == NULL || seen == NULL)
         goto out;
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
+    cand = malloc((t->count ? t->count : 1) * sizeof(*cand));
+    if (cand == NULL)
+        goto unlock;
     for (size_t k = 0; k < t->nslots; k++) {
         for (struct sl_mem_bucket *b = t->slots[k]; b != NULL; b = b->next) {
             const struct sl_rule *r = sl_upstream_rule(up, b->rule);
-            struct sl_usage *u;
             if (r->kind == SL_RULE_PAUSE) {
                 if (b->paused_until > now) {
                     uu->paused_us = b->paused_until - now;
@@ -808,10 +848,28 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
                 continue;
             }
             uu->rules[b->rule].nbuckets++;
-            u = sl_mem_push_usage(&uu->rules[b->rule], &cap[b->rule]);
-            if (u == NULL || sl_mem_usage(s, b, r, now, req, tally, ntally, u) != 0)
-                goto unlock;
+            cand[ncand].b = b;
+            cand[ncand].used = sl_mem_used(b, r, now);
+            /* Without `per`: its one bucket.  A level that moved: always
+             * (alerts must see it, and it is recorded below). */
+            cand[ncand].pick = r->per_kind == SL_PER_NONE ||
+                               ((req->flags & SL_SNAP_ALERTS) &&
+                                sl_mem_level(r, cand[ncand].used) != b->alert_level);
+            ncand++;
         }
+    }
+    qsort(cand, ncand, sizeof(*cand), sl_mem_cand_cmp);
+    for (size_t i = 0; i < ncand; i++) {
+        struct sl_usage *u;
+        uint32_t ri = cand[i].b->rule;
+        if (seen[ri]++ < req->top && cand[i].used > 0)
+            cand[i].pick = true;
+        if (!cand[i].pick)
+            continue;
+        u = sl_mem_push_usage(&uu->rules[ri], &cap[ri]);
+        if (u == NULL || sl_mem_usage(s, cand[i].b, sl_upstream_rule(up, ri), now,
+                                      req, tally, ntally, u) != 0)
+            goto unlock;
     }
     /* A rule without `per` always shows its one bucket, used or not. */
     for (size_t k = 0; k < up->nrules; k++) {
@@ -830,8 +888,10 @@ unlock:
         sl_snapshot_trim(&uu->rules[k], up->rules[k].per_kind != SL_PER_NONE
                                             ? req->top : 1);
 out:
+    free(cand);
     free(tally);
     free(cap);
+    free(seen);
     return rc;
 }
 
