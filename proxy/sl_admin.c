@@ -20,15 +20,11 @@
 #include "sl_log.h"
 #include "sl_proxy.h"
 
-#include <arpa/inet.h>
-#include <errno.h>
 #include <jansson.h>
 #include <math.h>
-#include <netdb.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -72,7 +68,7 @@ static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
 
 /* ---- small helpers ---- */
 
-static double sl_wall_now(void)
+double sl_wall_now(void)
 {
     struct timespec ts;
 
@@ -80,8 +76,7 @@ static double sl_wall_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-/* "2026-11-24T14:32:05Z" for UNIX seconds T. */
-static void sl_iso_time(double t, char *buf, size_t len)
+void sl_iso_time(double t, char *buf, size_t len)
 {
     time_t s = (time_t)t;
     struct tm tm;
@@ -950,36 +945,6 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
     free(ar);
 }
 
-/* A listening socket for "host:port" of the admin listener. */
-static int sl_admin_socket(const struct sl_config *c)
-{
-    struct addrinfo hints = {0}, *res = NULL;
-    char port[16];
-    int fd = -1, one = 1, rc;
-
-    hints.ai_family = AF_UNSPEC;
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_PASSIVE;
-    snprintf(port, sizeof(port), "%d", c->admin_port);
-    rc = getaddrinfo(c->admin_host && *c->admin_host ? c->admin_host : NULL, port,
-                     &hints, &res);
-    if (rc != 0) {
-        sl_error("admin.listen %s: %s", c->admin_listen, gai_strerror(rc));
-        return -1;
-    }
-    fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-    if (fd < 0 ||
-        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) != 0 ||
-        bind(fd, res->ai_addr, res->ai_addrlen) != 0 || listen(fd, 64) != 0) {
-        sl_error("admin.listen %s: %s", c->admin_listen, strerror(errno));
-        if (fd >= 0)
-            close(fd);
-        fd = -1;
-    }
-    freeaddrinfo(res);
-    return fd;
-}
-
 struct sl_admin *sl_admin_new(struct sl_worker *w)
 {
     const struct sl_config *c = w->proxy->config;
@@ -991,7 +956,8 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
         return NULL;
     a->w = w;
     a->config = c;
-    fd = sl_admin_socket(c);
+    fd = sl_listen_socket(c->admin_host, c->admin_port, false, 64, "admin.listen",
+                          c->admin_listen);
     if (fd < 0) {
         free(a);
         return NULL;

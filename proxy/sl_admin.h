@@ -19,12 +19,18 @@
 #ifndef SL_ADMIN_H
 #define SL_ADMIN_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 struct sl_worker;
 struct sl_admin;
 struct sl_snapshot;
 struct json_t;
+
+/* Wall-clock seconds since the Unix epoch. */
+double sl_wall_now(void);
+/* "2026-11-24T14:32:05Z" for Unix seconds T, into BUF (LEN >= 21). */
+void sl_iso_time(double t, char *buf, size_t len);
 
 /* S as a JSON string; bytes of S that are not UTF-8 become %XX. */
 struct json_t *sl_json_text(const char *s);

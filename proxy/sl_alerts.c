@@ -20,7 +20,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SL_ALERT_QUEUE_MAX 256
@@ -62,16 +61,6 @@ static void sl_alerts_count(struct sl_alerts *a, int result)
     atomic_fetch_add(&a->counts[result], 1);
 }
 
-static void sl_iso(char *buf, size_t len)
-{
-    struct timespec ts;
-    struct tm tm;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 /* Queue BODY (owned) for receiver TO. */
 static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *to,
                               char *body)
@@ -109,7 +98,7 @@ static void sl_alerts_raise(struct sl_alerts *a, json_t *j,
 {
     char iso[32];
 
-    sl_iso(iso, sizeof(iso));
+    sl_iso_time(sl_wall_now(), iso, sizeof(iso));
     json_object_set_new(j, "time", json_string(iso));
     json_object_set_new(j, "instance", json_string(a->instance));
     sl_warn("alert: %s", json_string_value(json_object_get(j, "text")));
@@ -202,14 +191,9 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
 {
     json_t *j = json_object();
     char text[512], iso[32];
-    struct timespec ts;
-    struct tm tm;
-    time_t until;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    until = ts.tv_sec + (time_t)((uu->paused_us + 999999) / 1000000);
-    gmtime_r(&until, &tm);
-    strftime(iso, sizeof(iso), "%Y-%m-%dT%H:%M:%SZ", &tm);
+    /* Rounded up to the second: never earlier than the pause's end. */
+    sl_iso_time(ceil(sl_wall_now() + (double)uu->paused_us / 1e6), iso, sizeof(iso));
     snprintf(text, sizeof(text), "sluice: the provider paused %s until %s (%s); "
              "calls wait or get 429 until then", uu->up->name, iso,
              uu->pause_reason[0] ? uu->pause_reason : "it asked to stop");

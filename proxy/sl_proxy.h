@@ -146,6 +146,8 @@ void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
 int64_t sl_now_ms(void);
+int sl_listen_socket(const char *host, int port, bool reuseport, int backlog,
+                     const char *what, const char *text);
 /* libmicrohttpd's messages, into sluice's log (MHD_OPTION_EXTERNAL_LOGGER). */
 void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap);
 CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream);

@@ -31,7 +31,6 @@
 #include "sl_http.h"
 #include "sl_log.h"
 
-#include <arpa/inet.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -458,8 +457,7 @@ static int sl_add_header(struct sl_request *req, const char *line)
 static int sl_req_build_headers(struct sl_request *req)
 {
     struct sl_hdr_ctx ctx = {.req = req};
-    const union MHD_ConnectionInfo *ci;
-    char ip[INET6_ADDRSTRLEN] = "unknown";
+    const char *ip;
     char *line;
     int rc;
 
@@ -471,16 +469,8 @@ static int sl_req_build_headers(struct sl_request *req)
                               &ctx);
     if (ctx.failed)
         return -1;
-    ci = MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
-    if (ci != NULL && ci->client_addr != NULL) {
-        const struct sockaddr *sa = ci->client_addr;
-        if (sa->sa_family == AF_INET)
-            inet_ntop(AF_INET, &((const struct sockaddr_in *)sa)->sin_addr, ip,
-                      sizeof(ip));
-        else if (sa->sa_family == AF_INET6)
-            inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)sa)->sin6_addr, ip,
-                      sizeof(ip));
-    }
+    sl_req_client_address(req);
+    ip = req->client[0] != '\0' ? req->client : "unknown";
     if (ctx.xff != NULL && *ctx.xff)
         rc = asprintf(&line, "X-Forwarded-For: %s, %s", ctx.xff, ip);
     else

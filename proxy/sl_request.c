@@ -44,7 +44,6 @@
 
 static void sl_req_free(struct sl_request *req);
 static void sl_req_identify_app(struct sl_request *req);
-static void sl_req_client_address(struct sl_request *req);
 
 /* ---- suspension and hang-up watching ---- */
 
@@ -429,8 +428,7 @@ static void sl_req_count_decision(struct sl_request *req,
     }
 }
 
-/* The peer's address as text into req->client ("" when unknown). */
-static void sl_req_client_address(struct sl_request *req)
+void sl_req_client_address(struct sl_request *req)
 {
     const union MHD_ConnectionInfo *ci;
 

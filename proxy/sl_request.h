@@ -136,6 +136,9 @@ enum MHD_Result sl_req_queue_pending(struct sl_request *req);
  * sl_store_decide()). */
 void sl_req_decided(void *arg, const struct sl_decision *d,
                     struct sl_lease *lease);
+/* The peer's address as text into req->client, once ("" when unknown):
+ * the app (client_ip), X-Forwarded-For and the access log share it. */
+void sl_req_client_address(struct sl_request *req);
 /* The raw request target past the upstream's prefix (path and query). */
 const char *sl_req_rest(const struct sl_request *req);
 

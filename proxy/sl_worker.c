@@ -373,38 +373,44 @@ static void sl_loop_unwatch(void *ctx, int fd)
 
 /* ---- listening socket ---- */
 
-static int sl_listen_socket(const struct sl_config *c)
+/*
+ * A non-blocking listening socket on HOST ("" or NULL: every address) and
+ * PORT; REUSEPORT lets every worker bind its own.  Errors are logged as
+ * "WHAT TEXT: reason" (e.g. "listen 127.0.0.1:8080: ...").  Returns the
+ * descriptor or -1.
+ */
+int sl_listen_socket(const char *host, int port, bool reuseport, int backlog,
+                     const char *what, const char *text)
 {
     struct addrinfo hints = {0}, *res = NULL;
-    char port[16];
+    char sport[16];
     int fd = -1, one = 1, rc;
 
     hints.ai_family = AF_UNSPEC;
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-    snprintf(port, sizeof(port), "%d", c->listen_port);
-    rc = getaddrinfo(c->listen_host && *c->listen_host ? c->listen_host : NULL,
-                     port, &hints, &res);
+    snprintf(sport, sizeof(sport), "%d", port);
+    rc = getaddrinfo(host && *host ? host : NULL, sport, &hints, &res);
     if (rc != 0) {
-        sl_error("listen %s: %s", c->listen, gai_strerror(rc));
+        sl_error("%s %s: %s", what, text, gai_strerror(rc));
         return -1;
     }
     fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0)
         goto fail;
     setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-    if (setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
+    if (reuseport && setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one)) != 0)
         goto fail;
     if (res->ai_family == AF_INET6)
         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
     if (bind(fd, res->ai_addr, res->ai_addrlen) != 0)
         goto fail;
-    if (listen(fd, 1024) != 0)
+    if (listen(fd, backlog) != 0)
         goto fail;
     freeaddrinfo(res);
     return fd;
 fail:
-    sl_error("listen %s: %s", c->listen, strerror(errno));
+    sl_error("%s %s: %s", what, text, strerror(errno));
     if (fd >= 0)
         close(fd);
     freeaddrinfo(res);
@@ -452,7 +458,8 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->easy_pool == NULL || w->easy_pool_up == NULL)
         return -1;
 
-    w->listen_fd = sl_listen_socket(c);
+    w->listen_fd = sl_listen_socket(c->listen_host, c->listen_port, true, 1024,
+                                    "listen", c->listen);
     if (w->listen_fd < 0)
         return -1;
     w->mhd = MHD_start_daemon(
@@ -564,8 +571,11 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         if (at >= 0 && at < t)
             t = at;
     }
-    if (w->alerts != NULL && sl_alerts_next_ms(w->alerts) - now < t)
-        t = sl_alerts_next_ms(w->alerts) - now;
+    if (w->alerts != NULL) {
+        int64_t next = sl_alerts_next_ms(w->alerts);
+        if (next - now < t)
+            t = next - now;
+    }
     if (w->queue_kick)
         t = 0;
     else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
