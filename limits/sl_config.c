@@ -1936,11 +1936,15 @@ static void sl_parse_upstreams(json_t *v, struct sl_config *c,
         goto out;
     }
     c->nupstreams = json_array_size(v);
+    if (c->nupstreams > SL_MAX_UPSTREAMS)
+        sl_errors_add(errs, "upstreams: %zu upstreams; at most %d", c->nupstreams,
+                      SL_MAX_UPSTREAMS);
     for (size_t i = 0; i < c->nupstreams; i++) {
         char path[64];
         struct sl_upstream_conf *u = &c->upstreams[i];
         snprintf(path, sizeof(path), "upstreams[%zu]", i);
         u->index = i;
+        u->config = c;
         sl_parse_upstream(json_array_get(v, i), path, u, errs);
         if (u->name != NULL) {
             if ((prev = json_object_get(names, u->name)) != NULL)
@@ -2139,6 +2143,8 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
         sl_errors_add(errs, "out of memory");
         return -1;
     }
+    atomic_init(&c->refs, 1);
+    c->generation = 1;
     sl_parse_root(root, apply_env, c, errs);
     json_decref(root);
     if (errs->count > before) {
@@ -2147,6 +2153,95 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
     }
     *out = c;
     return 0;
+}
+
+const struct sl_config *sl_config_ref(const struct sl_config *c)
+{
+    atomic_fetch_add(&((struct sl_config *)c)->refs, 1);
+    return c;
+}
+
+void sl_config_unref(const struct sl_config *c)
+{
+    if (c != NULL && atomic_fetch_sub(&((struct sl_config *)c)->refs, 1) == 1)
+        sl_config_free((struct sl_config *)c);
+}
+
+const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,
+                                                  const char *name)
+{
+    for (size_t i = 0; i < c->nupstreams; i++)
+        if (strcmp(c->upstreams[i].name, name) == 0)
+            return &c->upstreams[i];
+    return NULL;
+}
+
+const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,
+                                            const struct sl_rule *r)
+{
+    if (r->kind == SL_RULE_PAUSE)
+        return &u->pause_rule;
+    for (size_t i = 0; i < u->nrules; i++)
+        if (u->rules[i].kind == r->kind && strcmp(u->rules[i].name, r->name) == 0)
+            return &u->rules[i];
+    return NULL;
+}
+
+static bool sl_str_differ(const char *a, const char *b)
+{
+    if (a == NULL || b == NULL)
+        return a != b;
+    return strcmp(a, b) != 0;
+}
+
+static void sl_restart_line(struct sl_errors *errs, size_t *n, const char *what,
+                            const char *was, const char *now)
+{
+    sl_errors_add(errs, "%s: changed from %s to %s; applying it needs a restart "
+                  "(the running configuration is kept)", what, was, now);
+    (*n)++;
+}
+
+size_t sl_config_restart_diff(const struct sl_config *a, const struct sl_config *b,
+                              struct sl_errors *errs)
+{
+    char x[64], y[64];
+    size_t n = 0;
+
+#define SL_DIFF_STR(field, name)                                               \
+    if (sl_str_differ(a->field, b->field))                                     \
+        sl_restart_line(errs, &n, name, a->field ? a->field : "(none)",       \
+                        b->field ? b->field : "(none)");
+#define SL_DIFF_NUM(field, name, fmt, conv)                                    \
+    if (a->field != b->field) {                                                \
+        snprintf(x, sizeof(x), fmt, conv(a->field));                           \
+        snprintf(y, sizeof(y), fmt, conv(b->field));                           \
+        sl_restart_line(errs, &n, name, x, y);                                 \
+    }
+#define SL_ID(v) (v)
+#define SL_MS(v) ((long long)((v) / 1000))
+    SL_DIFF_STR(listen, "listen")
+    SL_DIFF_NUM(workers, "workers", "%d", SL_ID)
+    /* The URL may hold a password: never printed. */
+    if (sl_str_differ(a->store, b->store))
+        sl_restart_line(errs, &n, "store", "one store", "another");
+    SL_DIFF_STR(store_prefix, "store_prefix")
+    if (a->on_store_error != b->on_store_error)
+        sl_restart_line(errs, &n, "on_store_error", "one policy", "another");
+    SL_DIFF_NUM(store_timeout_us, "store_timeout (ms)", "%lld", SL_MS)
+    SL_DIFF_NUM(lease_ttl_us, "concurrency_lease (ms)", "%lld", SL_MS)
+    SL_DIFF_NUM(memory_limit, "memory_limit", "%llu", (unsigned long long))
+    SL_DIFF_NUM(local_share, "local_share", "%g", (double))
+    SL_DIFF_NUM(max_connections, "max_connections", "%u", SL_ID)
+    SL_DIFF_NUM(client_timeout_us, "client_timeout (ms)", "%lld", SL_MS)
+    SL_DIFF_NUM(max_apps, "max_apps", "%u", SL_ID)
+    SL_DIFF_STR(state_file, "state_file")
+    SL_DIFF_STR(admin_listen, "admin.listen")
+#undef SL_DIFF_STR
+#undef SL_DIFF_NUM
+#undef SL_ID
+#undef SL_MS
+    return n;
 }
 
 int sl_config_load(const char *path, bool apply_env, struct sl_config **out,

@@ -9,11 +9,19 @@
 #ifndef SL_CONFIG_H
 #define SL_CONFIG_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 struct sl_pattern;
+struct sl_config;
+struct sl_errors;
+
+/* Upstreams one configuration may name (per-upstream arrays that other
+ * threads read are sized once for this many, so a reload never moves
+ * them). */
+#define SL_MAX_UPSTREAMS 4096
 
 enum sl_rule_kind {
     SL_RULE_RATE,         /* at most `limit` per `window_us` */
@@ -118,11 +126,17 @@ struct sl_rule {
      * that names it, ascending (the store tracks which were crossed). */
     double *alert_at;
     size_t nalert_at;
+    /* Its counters in /metrics: an id given by name (upstream, rule) when
+     * the configuration is installed, the same in every later generation
+     * that keeps the name (see sl_metric_ids). */
+    size_t metric_slot;
 };
 
 struct sl_upstream_conf {
     char *name;
     size_t index;                 /* position in the config's upstreams */
+    const struct sl_config *config;   /* the configuration it belongs to */
+    size_t metric_id;             /* its counters in /metrics (by name) */
     char *prefix;                 /* "/leads"; "/" routes everything */
     size_t prefix_len;
     char *url;                    /* base URL, no trailing '/' */
@@ -212,7 +226,37 @@ struct sl_config {
     unsigned status_top;          /* busiest buckets shown per `per` rule */
     struct sl_alert_conf *alerts;
     size_t nalerts;
+    /* Reload: configurations are reference counted.  Whoever keeps a
+     * pointer into one (an upstream, a rule) past the current event-loop
+     * pass holds a reference; the last one frees it.  GENERATION counts
+     * loads, 1 at start; LOADED_MS is when it was installed (wall clock). */
+    _Atomic long refs;
+    uint64_t generation;
+    int64_t loaded_ms;
 };
+
+/* Take a reference to C (returns C). */
+const struct sl_config *sl_config_ref(const struct sl_config *c);
+/* Drop one; the last frees C.  NULL is ignored. */
+void sl_config_unref(const struct sl_config *c);
+
+/*
+ * Settings a reload cannot change in a running process (listeners, worker
+ * count, the store, ...): one line per difference between OLD and NEW
+ * added to ERRS, "NAME: changed from A to B; needs a restart".  Returns
+ * how many.
+ */
+size_t sl_config_restart_diff(const struct sl_config *old,
+                              const struct sl_config *new_config,
+                              struct sl_errors *errs);
+
+/* The upstream of C named NAME, or NULL. */
+const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,
+                                                  const char *name);
+/* The rule of U named like R and of R's kind (U's pause rule for a pause
+ * rule), or NULL. */
+const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,
+                                            const struct sl_rule *r);
 
 /* A list of human-readable error lines, each "path: sentence". */
 struct sl_errors {

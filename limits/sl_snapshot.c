@@ -15,6 +15,7 @@ struct sl_snapshot *sl_snapshot_new(const struct sl_config *config)
 
     if (snap == NULL)
         return NULL;
+    snap->config = sl_config_ref(config);
     snap->ups = calloc(config->nupstreams, sizeof(*snap->ups));
     if (snap->ups == NULL)
         goto fail;
@@ -59,6 +60,7 @@ void sl_snapshot_free(struct sl_snapshot *snap)
         free(uu->rules);
     }
     free(snap->ups);
+    sl_config_unref(snap->config);
     free(snap);
 }
 

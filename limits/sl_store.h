@@ -55,6 +55,9 @@ enum sl_verdict {
     SL_VERDICT_ALLOW,       /* forwarded; recorded in every rule */
     SL_VERDICT_DENY,        /* over a limit; nothing recorded */
     SL_VERDICT_UNAVAILABLE, /* the store cannot decide (full, down) */
+    /* The check was matched under an older configuration than the store
+     * now serves (a reload): match the call again and ask again. */
+    SL_VERDICT_STALE,
 };
 
 struct sl_decision {
@@ -121,6 +124,7 @@ struct sl_upstream_usage {
 };
 
 struct sl_snapshot {
+    const struct sl_config *config;   /* referenced: ups point into it */
     size_t nups;
     struct sl_upstream_usage *ups; /* owned, one per upstream */
 };
@@ -199,6 +203,12 @@ struct sl_store_ops {
      * another worker's connection, must not be decided before it).  May be
      * NULL.  Call it between finishing transfers and answering clients. */
     void (*flush)(struct sl_store *store);
+    /* Serve CONFIG, a newer generation of the configuration, from now on:
+     * counts carry over for every upstream and rule whose name (and kind)
+     * survive.  0, or -1 (out of memory: the old generation stays).  May
+     * be NULL.  Calls matched under an older generation are answered
+     * SL_VERDICT_STALE from then on. */
+    int (*adopt)(struct sl_store *store, const struct sl_config *config);
 };
 
 struct sl_store {
@@ -229,6 +239,11 @@ static inline void sl_store_pause(struct sl_store *s,
                                   const char *reason)
 {
     s->ops->pause(s, u, us, reason);
+}
+
+static inline int sl_store_adopt(struct sl_store *s, const struct sl_config *c)
+{
+    return s->ops->adopt != NULL ? s->ops->adopt(s, c) : 0;
 }
 
 static inline void sl_store_flush(struct sl_store *s)

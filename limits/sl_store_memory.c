@@ -22,6 +22,20 @@
  * buckets keep working.
  *
  * Time: CLOCK_MONOTONIC, so wall-clock steps never shift a window.
+ *
+ * Reload (ops->adopt).  Tables are found through a layout (one per
+ * configuration generation) that maps upstream indexes to tables.  A new
+ * generation keeps the table of every upstream whose name survives, and in
+ * it every bucket whose rule (name and kind) survives, renumbered and
+ * rehashed under the table's lock; leases keep pointing at the same
+ * buckets, so reservations and slots taken before the reload are given
+ * back where they were taken.  A rate log whose limit fell keeps its
+ * newest `limit` entries (exactly what decides when the next call fits); a
+ * window that changed keeps the entries logged.  Buckets of removed rules
+ * become orphans: nothing matches them again, leases on them are given
+ * back normally, and the sweeper frees them.  A check matched under an
+ * older generation is answered SL_VERDICT_STALE (match again); one from a
+ * newer generation makes the store adopt that generation first.
  */
 #include "sl_store.h"
 
@@ -38,6 +52,7 @@
 #include <time.h>
 
 #define SL_MEM_INITIAL_SLOTS 64
+#define SL_MEM_ORPHAN UINT32_MAX      /* a bucket whose rule was removed */
 #define SL_MEM_SWEEP_SLOTS 4096   /* slots examined per table per tick */
 
 /* Calls in flight of one app, in a concurrency bucket. */
@@ -73,7 +88,8 @@ struct sl_mem_bucket {
 
 struct sl_mem_table {
     pthread_mutex_t lock;
-    const struct sl_upstream_conf *up;
+    const struct sl_upstream_conf *up;    /* NULL once its upstream is gone */
+    struct sl_mem_table *all_next;        /* every table ever made */
     struct sl_mem_bucket **slots; /* owned */
     size_t nslots;                /* power of two */
     size_t count;
@@ -82,17 +98,28 @@ struct sl_mem_table {
     int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
 
+/* Which table serves each upstream of one configuration generation.
+ * Layouts are never freed before the store (a decision may still read an
+ * old one); a reload adds one, a few pointers per upstream. */
+struct sl_mem_layout {
+    struct sl_mem_layout *prev;   /* older layouts */
+    uint64_t generation;
+    const struct sl_config *config;   /* referenced while current */
+    size_t ntables;
+    struct sl_mem_table *tables[];
+};
+
 struct sl_mem_store {
     struct sl_store base;
-    struct sl_mem_table *tables;  /* one per upstream, owned */
-    size_t ntables;
+    _Atomic(struct sl_mem_layout *) layout;   /* the current one */
+    pthread_mutex_t adopt_lock;   /* reloads, and name lookups in layouts */
+    struct sl_mem_table *all;     /* every table, owned (all_next) */
     _Atomic uint64_t bytes;       /* accounted bytes of state */
     _Atomic size_t keys;
     uint64_t limit;               /* memory_limit */
     double share;                 /* of each limit this store may grant */
     sl_clock_fn clock;
     void *clock_arg;
-    const struct sl_config *config;
 };
 
 /* One bucket a call holds something in: a reservation or a slot. */
@@ -243,10 +270,13 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
 
         while (*pp != NULL) {
             struct sl_mem_bucket *b = *pp;
-            const struct sl_rule *r = sl_upstream_rule(t->up, b->rule);
+            const struct sl_rule *r = b->rule == SL_MEM_ORPHAN
+                                          ? NULL : sl_upstream_rule(t->up, b->rule);
             int idle = b->inflight == 0 && b->reserved == 0;
 
-            if (r->kind == SL_RULE_PAUSE)
+            if (r == NULL)
+                ;  /* an orphan lives only as long as leases pin it */
+            else if (r->kind == SL_RULE_PAUSE)
                 idle = b->paused_until <= now;
             else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, r->span_us, now);
@@ -351,11 +381,205 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
         sl->bucket->reserved--;
 }
 
+
+/* ---- generations ---- */
+
+static struct sl_mem_table *sl_mem_table_new(struct sl_mem_store *s,
+                                             const struct sl_upstream_conf *up)
+{
+    struct sl_mem_table *t = calloc(1, sizeof(*t));
+
+    if (t == NULL)
+        return NULL;
+    t->slots = calloc(SL_MEM_INITIAL_SLOTS, sizeof(*t->slots));
+    if (t->slots == NULL) {
+        free(t);
+        return NULL;
+    }
+    t->nslots = SL_MEM_INITIAL_SLOTS;
+    t->up = up;
+    pthread_mutex_init(&t->lock, NULL);
+    t->all_next = s->all;
+    s->all = t;
+    return t;
+}
+
+/*
+ * Renumber T's buckets for NU (the same upstream in the new generation;
+ * NULL: it is gone).  Lock held; T->up is still the old upstream.
+ */
+static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *nu)
+{
+    const struct sl_upstream_conf *ou = t->up;
+    struct sl_mem_bucket *list = NULL, *b, *next;
+
+    for (size_t k = 0; k < t->nslots; k++) {
+        for (b = t->slots[k]; b != NULL; b = next) {
+            next = b->next;
+            b->next = list;
+            list = b;
+        }
+        t->slots[k] = NULL;
+    }
+    for (b = list; b != NULL; b = next) {
+        const struct sl_rule *nr = NULL;
+        next = b->next;
+        if (b->rule != SL_MEM_ORPHAN && ou != NULL && nu != NULL)
+            nr = sl_upstream_rule_like(nu, sl_upstream_rule(ou, b->rule));
+        b->rule = nr != NULL ? (uint32_t)nr->index : SL_MEM_ORPHAN;
+        if (nr != NULL && nr->kind == SL_RULE_RATE) {
+            /* A lower limit: the newest `limit` calls decide from now on
+             * (the ring keeps its size: the bytes accounted stay true). */
+            sl_window_keep_newest(&b->win, nr->limit);
+        }
+        if (nr == NULL || nr->kind != SL_RULE_RATE)
+            b->report = false;
+        b->alert_level = 0;
+        b->hash = sl_mem_hash(b->rule, b->key, b->key_len);
+        b->next = t->slots[b->hash & (t->nslots - 1)];
+        t->slots[b->hash & (t->nslots - 1)] = b;
+    }
+    t->up = nu;
+    t->sweep_cursor = 0;
+    if (nu == NULL)
+        t->pause_reason[0] = '\0';
+}
+
+/* Serve CONFIG (a newer generation than the current layout's).  0 or -1
+ * (out of memory: the old layout stays). */
+static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *config)
+{
+    struct sl_mem_layout *old = atomic_load(&s->layout), *nl;
+    bool *kept;
+
+    if (old != NULL && config->generation <= old->generation)
+        return 0;
+    nl = calloc(1, sizeof(*nl) + config->nupstreams * sizeof(nl->tables[0]));
+    kept = calloc(old != NULL ? old->ntables + 1 : 1, sizeof(*kept));
+    if (nl == NULL || kept == NULL) {
+        free(nl);
+        free(kept);
+        return -1;
+    }
+    nl->generation = config->generation;
+    nl->ntables = config->nupstreams;
+    for (size_t i = 0; i < config->nupstreams; i++) {
+        const struct sl_upstream_conf *nu = &config->upstreams[i];
+        const struct sl_upstream_conf *ou =
+            old != NULL ? sl_config_upstream(old->config, nu->name) : NULL;
+        if (ou != NULL) {
+            nl->tables[i] = old->tables[ou->index];
+            kept[ou->index] = true;
+        } else if ((nl->tables[i] = sl_mem_table_new(s, nu)) == NULL) {
+            /* Tables made so far stay on s->all, empty; freed at the end. */
+            free(nl);
+            free(kept);
+            return -1;
+        }
+    }
+    for (size_t i = 0; i < config->nupstreams; i++) {
+        struct sl_mem_table *t = nl->tables[i];
+        pthread_mutex_lock(&t->lock);
+        if (t->up != &config->upstreams[i])
+            sl_mem_remap(t, &config->upstreams[i]);
+        pthread_mutex_unlock(&t->lock);
+    }
+    for (size_t i = 0; old != NULL && i < old->ntables; i++) {
+        struct sl_mem_table *t = old->tables[i];
+        if (kept[i])
+            continue;
+        pthread_mutex_lock(&t->lock);
+        sl_mem_remap(t, NULL);
+        pthread_mutex_unlock(&t->lock);
+    }
+    free(kept);
+    nl->config = sl_config_ref(config);
+    nl->prev = old;
+    atomic_store(&s->layout, nl);
+    if (old != NULL) {
+        sl_config_unref(old->config);
+        old->config = NULL;
+    }
+    return 0;
+}
+
+static int sl_mem_adopt(struct sl_store *store, const struct sl_config *config)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    int rc;
+
+    pthread_mutex_lock(&s->adopt_lock);
+    rc = sl_mem_adopt_locked(s, config);
+    pthread_mutex_unlock(&s->adopt_lock);
+    return rc;
+}
+
+/*
+ * Lock and return the table serving UP, whose generation must be the
+ * store's (a newer one is adopted first).  NULL: UP belongs to an older
+ * generation (the call must be matched again).
+ */
+static struct sl_mem_table *sl_mem_lock(struct sl_mem_store *s,
+                                        const struct sl_upstream_conf *up)
+{
+    uint64_t g = up->config->generation;
+
+    for (;;) {
+        struct sl_mem_layout *l = atomic_load(&s->layout);
+        struct sl_mem_table *t;
+
+        if (g > l->generation) {
+            if (sl_mem_adopt(&s->base, up->config) != 0)
+                return NULL;
+            continue;
+        }
+        if (g < l->generation || up->index >= l->ntables)
+            return NULL;
+        t = l->tables[up->index];
+        pthread_mutex_lock(&t->lock);
+        if (t->up == up)
+            return t;
+        pthread_mutex_unlock(&t->lock);
+        /* Remapped for a newer generation since the layout was read. */
+        if (atomic_load(&s->layout) == l)
+            return NULL;
+    }
+}
+
+/*
+ * The same for a call of any generation: the table serving UP's name now,
+ * locked, and in *RULE the rule there like *RULE.  NULL when the upstream
+ * or the rule is gone.
+ */
+static struct sl_mem_table *sl_mem_lock_current(struct sl_mem_store *s,
+                                                const struct sl_upstream_conf *up,
+                                                const struct sl_rule **rule)
+{
+    struct sl_mem_table *t = sl_mem_lock(s, up);
+    const struct sl_upstream_conf *nu;
+    const struct sl_rule *nr;
+    struct sl_mem_layout *l;
+
+    if (t != NULL)
+        return t;
+    pthread_mutex_lock(&s->adopt_lock);
+    l = atomic_load(&s->layout);
+    nu = sl_config_upstream(l->config, up->name);
+    nr = nu != NULL ? sl_upstream_rule_like(nu, *rule) : NULL;
+    if (nr != NULL) {
+        t = l->tables[nu->index];
+        pthread_mutex_lock(&t->lock);
+        *rule = nr;
+    }
+    pthread_mutex_unlock(&s->adopt_lock);
+    return t;
+}
+
 static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                          sl_decide_cb cb, void *arg)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_mem_table *t = &s->tables[c->upstream->index];
+    struct sl_mem_table *t;
     struct sl_mem_bucket *bk[SL_MAX_HITS];
     uint32_t hashes[SL_MAX_HITS];
     bool probe[SL_MAX_HITS];
@@ -365,7 +589,13 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     size_t nheld = 0;
     int64_t now;
 
-    pthread_mutex_lock(&t->lock);
+    t = sl_mem_lock(s, c->upstream);
+    if (t == NULL) {
+        d.verdict = SL_VERDICT_STALE;
+        d.reason = "the configuration was reloaded";
+        cb(arg, &d, NULL);
+        return 0;
+    }
     now = s->clock(s->clock_arg);
 
     /* Near the memory bound: reclaim idle buckets of this table first (never
@@ -507,9 +737,8 @@ static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
     size_t before = sl_window_bytes(&b->win);
 
     sl_window_prune(&b->win, r->span_us, now);
-    /* A full log stays as it is: nothing more could fit in it anyway. */
-    if (b->win.count >= r->limit ||
-        sl_window_record_tag(&b->win, r->limit, now, app) != 0)
+    /* A full log keeps its newest entries (sl_window_record_tag). */
+    if (r->limit == 0 || sl_window_record_tag(&b->win, r->limit, now, app) != 0)
         return;
     b->sent++;
     atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
@@ -529,7 +758,11 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             continue;
         sl->committed = true;
         sl->bucket->reserved--;
-        sl_mem_log(s, sl->bucket, sl->rule, now, lease->app);
+        /* Logged under the rule as it is now (a reload may have changed
+         * its limit); a removed rule's bucket logs nothing. */
+        if (sl->bucket->rule != SL_MEM_ORPHAN && t->up != NULL)
+            sl_mem_log(s, sl->bucket, sl_upstream_rule(t->up, sl->bucket->rule),
+                       now, lease->app);
     }
     pthread_mutex_unlock(&t->lock);
 }
@@ -560,13 +793,15 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
                          int64_t duration_us, const char *reason)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_mem_table *t = &s->tables[up->index];
+    const struct sl_rule *pr = &up->pause_rule;
+    struct sl_mem_table *t = sl_mem_lock_current(s, up, &pr);
     struct sl_mem_bucket *b;
     int64_t now;
 
-    pthread_mutex_lock(&t->lock);
+    if (t == NULL)
+        return;  /* the upstream was removed by a reload */
     now = s->clock(s->clock_arg);
-    b = sl_mem_bucket_for(s, t, &up->pause_rule, "", 0);
+    b = sl_mem_bucket_for(s, t, pr, "", 0);
     if (b != NULL && now + duration_us > b->paused_until) {
         b->paused_until = now + duration_us;
         snprintf(t->pause_reason, sizeof(t->pause_reason), "%s",
@@ -585,7 +820,7 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
                         int64_t age_us)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_mem_table *t = &s->tables[up->index];
+    struct sl_mem_table *t;
     const struct sl_rule *r = hit->rule;
     struct sl_mem_bucket *b;
     int64_t now, sent_at;
@@ -594,9 +829,11 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
         return;
     if (age_us < 0)
         age_us = 0;
+    t = sl_mem_lock_current(s, up, &r);
+    if (t == NULL)
+        return;  /* the rule was removed by a reload */
     if (remaining > r->limit)
         remaining = r->limit;
-    pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len);
     if (b != NULL) {
@@ -617,29 +854,32 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
 void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_mem_table *t = &s->tables[c->upstream->index];
+    struct sl_mem_table *t;
     int64_t now;
 
-    pthread_mutex_lock(&t->lock);
-    now = s->clock(s->clock_arg);
     for (size_t i = 0; i < c->nhits; i++) {
         const struct sl_rule *r = c->hits[i].rule;
         struct sl_mem_bucket *b;
         if (r->kind != SL_RULE_RATE)
             continue;
+        /* Per hit: a call of an older generation maps by name. */
+        t = sl_mem_lock_current(s, c->upstream, &r);
+        if (t == NULL)
+            continue;
+        now = s->clock(s->clock_arg);
         b = sl_mem_bucket_for(s, t, r, c->hits[i].key, c->hits[i].key_len);
         if (b != NULL)
             sl_mem_log(s, b, r, now, c->app);
+        pthread_mutex_unlock(&t->lock);
     }
-    pthread_mutex_unlock(&t->lock);
 }
 
 static void sl_mem_tick(struct sl_store *store)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
 
-    for (size_t i = 0; i < s->ntables; i++) {
-        struct sl_mem_table *t = &s->tables[i];
+    /* Tables are never freed before the store: the list is stable. */
+    for (struct sl_mem_table *t = s->all; t != NULL; t = t->all_next) {
         pthread_mutex_lock(&t->lock);
         sl_mem_sweep(s, t, SL_MEM_SWEEP_SLOTS, s->clock(s->clock_arg));
         pthread_mutex_unlock(&t->lock);
@@ -650,8 +890,11 @@ static void sl_mem_destroy(struct sl_store *store)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
 
-    for (size_t i = 0; i < s->ntables; i++) {
-        struct sl_mem_table *t = &s->tables[i];
+    struct sl_mem_table *t, *tn;
+    struct sl_mem_layout *l, *ln;
+
+    for (t = s->all; t != NULL; t = tn) {
+        tn = t->all_next;
         for (size_t k = 0; k < t->nslots; k++) {
             struct sl_mem_bucket *b = t->slots[k], *next;
             for (; b != NULL; b = next) {
@@ -663,8 +906,14 @@ static void sl_mem_destroy(struct sl_store *store)
         }
         free(t->slots);
         pthread_mutex_destroy(&t->lock);
+        free(t);
     }
-    free(s->tables);
+    for (l = atomic_load(&s->layout); l != NULL; l = ln) {
+        ln = l->prev;
+        sl_config_unref(l->config);
+        free(l);
+    }
+    pthread_mutex_destroy(&s->adopt_lock);
     free(s);
 }
 
@@ -832,7 +1081,10 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
         goto unlock;
     for (size_t k = 0; k < t->nslots; k++) {
         for (struct sl_mem_bucket *b = t->slots[k]; b != NULL; b = b->next) {
-            const struct sl_rule *r = sl_upstream_rule(up, b->rule);
+            const struct sl_rule *r;
+            if (b->rule == SL_MEM_ORPHAN)
+                continue;
+            r = sl_upstream_rule(up, b->rule);
             if (r->kind == SL_RULE_PAUSE) {
                 if (b->paused_until > now) {
                     uu->paused_us = b->paused_until - now;
@@ -899,18 +1151,27 @@ static int sl_mem_snapshot(struct sl_store *store, const struct sl_snapshot_req 
                            sl_snapshot_cb cb, void *arg)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_snapshot *snap = sl_snapshot_new(s->config);
+    struct sl_snapshot *snap;
+    struct sl_mem_layout *l;
+    int rc = 0;
 
+    /* The layout's tables serve its configuration's upstreams as long as
+     * no reload runs: hold reloads off while reading. */
+    pthread_mutex_lock(&s->adopt_lock);
+    l = atomic_load(&s->layout);
+    snap = sl_snapshot_new(l->config);
     if (snap == NULL)
-        return -1;
-    for (size_t i = 0; i < s->ntables; i++) {
-        if (sl_mem_snapshot_table(s, &s->tables[i], req, &snap->ups[i]) != 0) {
+        rc = -1;
+    for (size_t i = 0; rc == 0 && i < l->ntables; i++) {
+        if (sl_mem_snapshot_table(s, l->tables[i], req, &snap->ups[i]) != 0) {
             sl_snapshot_free(snap);
-            return -1;
+            rc = -1;
         }
     }
-    cb(arg, snap, NULL);
-    return 0;
+    pthread_mutex_unlock(&s->adopt_lock);
+    if (rc == 0)
+        cb(arg, snap, NULL);
+    return rc;
 }
 
 static const struct sl_store_ops sl_mem_ops = {
@@ -922,6 +1183,7 @@ static const struct sl_store_ops sl_mem_ops = {
     .tick = sl_mem_tick,
     .destroy = sl_mem_destroy,
     .snapshot = sl_mem_snapshot,
+    .adopt = sl_mem_adopt,
 };
 
 struct sl_store *sl_store_memory_new(const struct sl_config *config,
@@ -933,30 +1195,18 @@ struct sl_store *sl_store_memory_new(const struct sl_config *config,
         return NULL;
     s->base.ops = &sl_mem_ops;
     s->limit = config->memory_limit;
-    s->config = config;
     /* As Redis's fallback, each instance grants only its share. */
     s->share = config->store_kind == SL_STORE_REDIS ? config->local_share : 1.0;
     if (s->share <= 0.0 || s->share > 1.0)
         s->share = 1.0;
     s->clock = clock ? clock : sl_clock_monotonic;
     s->clock_arg = clock_arg;
-    s->tables = calloc(config->nupstreams, sizeof(*s->tables));
-    if (s->tables == NULL)
-        goto fail;
-    for (size_t i = 0; i < config->nupstreams; i++) {
-        struct sl_mem_table *t = &s->tables[i];
-        t->up = &config->upstreams[i];
-        t->slots = calloc(SL_MEM_INITIAL_SLOTS, sizeof(*t->slots));
-        if (t->slots == NULL)
-            goto fail;
-        t->nslots = SL_MEM_INITIAL_SLOTS;
-        pthread_mutex_init(&t->lock, NULL);
-        s->ntables = i + 1;
+    pthread_mutex_init(&s->adopt_lock, NULL);
+    if (sl_mem_adopt_locked(s, config) != 0) {
+        sl_mem_destroy(&s->base);
+        return NULL;
     }
     return &s->base;
-fail:
-    sl_mem_destroy(&s->base);
-    return NULL;
 }
 
 uint64_t sl_store_memory_bytes(struct sl_store *store)
@@ -983,15 +1233,22 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     int rc = 0;
 
-    for (size_t i = 0; i < s->ntables && rc == 0; i++) {
-        struct sl_mem_table *t = &s->tables[i];
+    struct sl_mem_layout *l;
+
+    pthread_mutex_lock(&s->adopt_lock);
+    l = atomic_load(&s->layout);
+    for (size_t i = 0; i < l->ntables && rc == 0; i++) {
+        struct sl_mem_table *t = l->tables[i];
         int64_t now;
         pthread_mutex_lock(&t->lock);
         now = s->clock(s->clock_arg);
         for (size_t k = 0; k < t->nslots && rc == 0; k++) {
             for (struct sl_mem_bucket *b = t->slots[k]; b != NULL && rc == 0;
                  b = b->next) {
-                const struct sl_rule *r = sl_upstream_rule(t->up, b->rule);
+                const struct sl_rule *r;
+                if (b->rule == SL_MEM_ORPHAN)
+                    continue;
+                r = sl_upstream_rule(t->up, b->rule);
                 if (r->kind == SL_RULE_PAUSE) {
                     if (b->paused_until > now)
                         rc = cb(arg, t->up, r, b->key, b->key_len, NULL,
@@ -1005,6 +1262,7 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
         }
         pthread_mutex_unlock(&t->lock);
     }
+    pthread_mutex_unlock(&s->adopt_lock);
     return rc;
 }
 
@@ -1013,7 +1271,7 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
                            const int64_t *times, const uint16_t *tags, uint32_t n)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
-    struct sl_mem_table *t = &s->tables[up->index];
+    struct sl_mem_table *t;
     struct sl_mem_bucket *b;
     uint32_t first = 0;
     int64_t now;
@@ -1021,7 +1279,9 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
 
     if (r->kind != SL_RULE_RATE || r->limit == 0)
         return 0;
-    pthread_mutex_lock(&t->lock);
+    t = sl_mem_lock_current(s, up, &r);
+    if (t == NULL)
+        return 0;
     now = s->clock(s->clock_arg);
     /* Only what is still inside the span, and at most `limit` (the
      * newest: a lowered limit keeps the most recent calls). */

@@ -849,6 +849,7 @@ static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
+static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
 static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
 {
@@ -1622,7 +1623,10 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
     l = calloc(1, sizeof(*l) + n * sizeof(l->hits[0]) + bytes);
     if (l == NULL)
         return NULL;
+    /* Its rules' names and limits are read until it is freed, possibly
+     * after a reload retired its configuration. */
     l->up = c->upstream;
+    sl_config_ref(l->up->config);
     snprintf(l->member, sizeof(l->member), "%s", member);
     snprintf(l->app, sizeof(l->app), "%s", c->app_name != NULL ? c->app_name : "-");
     l->app_id = c->app;
@@ -1653,6 +1657,7 @@ static void sl_redis_lease_free(struct sl_redis *r, struct sl_redis_lease *l)
     sl_redis_unlist(r, l);
     if (l->commit_owed || l->release_owed)
         r->nowed--;
+    sl_config_unref(l->up->config);
     free(l);
 }
 
@@ -1820,6 +1825,38 @@ static void sl_redis_flush_all(struct sl_redis *r)
 }
 
 /*
+ * ops->adopt: serve CONFIG from now on.  Keys are named by upstream and
+ * rule names, so every count in Redis carries over by itself, and the
+ * scripts take each rule's limit and span from the call: a raised limit has
+ * room at once, a lowered one is full until enough calls leave the window.
+ * What this worker keeps per upstream index is sized for SL_MAX_UPSTREAMS
+ * once, so leases and batches of the older generation keep their indexes;
+ * only the pauses owed to Redis are renumbered.
+ */
+static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    const struct sl_config *old = r->config;
+    int64_t owed[SL_MAX_UPSTREAMS] = {0};
+
+    if (config->generation <= old->generation)
+        return 0;
+    sl_redis_flush_all(r);
+    for (size_t i = 0; i < old->nupstreams; i++) {
+        const struct sl_upstream_conf *nu;
+        if (r->owed_pause_until[i] == 0)
+            continue;
+        nu = sl_config_upstream(config, old->upstreams[i].name);
+        if (nu != NULL && r->owed_pause_until[i] > owed[nu->index])
+            owed[nu->index] = r->owed_pause_until[i];
+    }
+    memcpy(r->owed_pause_until, owed, sizeof(owed));
+    r->config = sl_config_ref(config);
+    sl_config_unref(old);
+    return 0;
+}
+
+/*
  * Calls are not sent one by one: those decided in one event-loop pass are
  * collected per upstream and sent as one script run when the pass ends
  * (sl_redis_timers), which divides Redis's per-command cost and sluice's
@@ -1833,6 +1870,14 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
     struct sl_redis_batch *batch;
     size_t u = c->upstream->index;
 
+    if (c->upstream->config->generation > r->config->generation)
+        sl_redis_adopt(store, c->upstream->config);
+    if (c->upstream->config->generation < r->config->generation) {
+        struct sl_decision d = {.verdict = SL_VERDICT_STALE,
+                                .reason = "the configuration was reloaded"};
+        cb(arg, &d, NULL);
+        return 0;
+    }
     if (c->nhits == 0) {
         struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
         cb(arg, &d, NULL);
@@ -1843,7 +1888,10 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         return 0;
     }
     batch = r->pending[u];
-    if (batch == NULL || batch->ncalls == SL_REDIS_BATCH_MAX) {
+    /* A batch still waiting from before a reload may be another upstream's
+     * at this index: never mix them. */
+    if (batch == NULL || batch->ncalls == SL_REDIS_BATCH_MAX ||
+        batch->up != c->upstream) {
         /* A full batch is still here only while Redis's clock is not known
          * yet: chain a new one in front of it. */
         struct sl_redis_batch *nb = calloc(1, sizeof(*nb));
@@ -2360,7 +2408,8 @@ static void sl_redis_settle_owed(struct sl_redis *r)
     for (l = r->owed; l != NULL; l = l->next)
         if (l->commit_owed)
             sl_redis_queue_commit(r, l);
-    for (size_t i = 0; i < r->config->nupstreams; i++)
+    /* Leases of an older configuration generation sit at its indexes. */
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++)
         sl_redis_flush_commits(r, i);
     for (l = r->owed; l != NULL; l = next) {
         next = l->next;
@@ -2410,7 +2459,11 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
     if (r->local != NULL)
         sl_store_pause(r->local, up, duration_us, reason);
     if (!sl_redis_usable(r)) {
-        /* Tell the other instances once Redis answers again. */
+        /* Tell the other instances once Redis answers again (by this
+         * generation's index: a call of an older one maps by name). */
+        if (up->config != r->config &&
+            (up = sl_config_upstream(r->config, up->name)) == NULL)
+            return;
         if (now + duration_us > r->owed_pause_until[up->index])
             r->owed_pause_until[up->index] = now + duration_us;
         return;
@@ -2611,7 +2664,7 @@ static void sl_redis_destroy(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
 
-    for (size_t i = 0; i < r->config->nupstreams; i++) {
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++) {
         while (r->pending[i] != NULL) {
             struct sl_redis_batch *b = r->pending[i];
             r->pending[i] = (struct sl_redis_batch *)b->op.next;
@@ -2642,9 +2695,10 @@ static void sl_redis_destroy(struct sl_store *store)
         sl_redis_op_free(op);
     }
     sl_redis_mark_up(r);  /* keep the process-wide count right */
-    for (size_t i = 0; i < r->config->nupstreams; i++)
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++)
         free(r->commits[i].leases);
     sl_redis_free_arrays(r);
+    sl_config_unref(r->config);
     free(r);
 }
 
@@ -2897,6 +2951,7 @@ static const struct sl_store_ops sl_redis_ops = {
     .snapshot = sl_redis_snapshot,
     .ready = sl_redis_ready,
     .flush = sl_redis_flush_now,
+    .adopt = sl_redis_adopt,
 };
 
 struct sl_store *sl_store_redis_new(const struct sl_config *config,
@@ -2909,7 +2964,7 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     if (r == NULL)
         return NULL;
     r->base.ops = &sl_redis_ops;
-    r->config = config;
+    r->config = sl_config_ref(config);
     r->local = local;
     r->loop = *loop;
     r->worker_id = worker_id;
@@ -2920,15 +2975,16 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->sub = r->main;
     r->sub.sub = true;
     snprintf(r->channel, sizeof(r->channel), "%sroom", config->store_prefix);
-    r->pending = calloc(config->nupstreams, sizeof(*r->pending));
-    r->commits = calloc(config->nupstreams, sizeof(*r->commits));
-    r->owed_pause_until = calloc(config->nupstreams, sizeof(*r->owed_pause_until));
-    r->dirty = calloc(config->nupstreams, sizeof(*r->dirty));
-    r->dirty_spare = calloc(config->nupstreams, sizeof(*r->dirty_spare));
-    r->is_dirty = calloc(config->nupstreams, sizeof(*r->is_dirty));
+    r->pending = calloc(SL_MAX_UPSTREAMS, sizeof(*r->pending));
+    r->commits = calloc(SL_MAX_UPSTREAMS, sizeof(*r->commits));
+    r->owed_pause_until = calloc(SL_MAX_UPSTREAMS, sizeof(*r->owed_pause_until));
+    r->dirty = calloc(SL_MAX_UPSTREAMS, sizeof(*r->dirty));
+    r->dirty_spare = calloc(SL_MAX_UPSTREAMS, sizeof(*r->dirty_spare));
+    r->is_dirty = calloc(SL_MAX_UPSTREAMS, sizeof(*r->is_dirty));
     if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL ||
         r->dirty == NULL || r->dirty_spare == NULL || r->is_dirty == NULL) {
         sl_redis_free_arrays(r);
+        sl_config_unref(r->config);
         free(r);
         return NULL;
     }

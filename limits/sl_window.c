@@ -121,9 +121,24 @@ void sl_window_tally(const struct sl_window *w, uint64_t *counts, size_t n)
     }
 }
 
+void sl_window_keep_newest(struct sl_window *w, uint64_t n)
+{
+    while (w->count > n) {
+        w->head = (w->head + 1) % w->cap;
+        w->count--;
+    }
+    if (w->count == 0)
+        w->head = 0;
+}
+
 int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
                          uint16_t tag)
 {
+    /* A full log (a limit lowered by a reload, a mirror of calls decided
+     * elsewhere) keeps the newest LIMIT calls: they alone decide when the
+     * next one fits. */
+    if (limit > 0 && w->count >= limit)
+        sl_window_keep_newest(w, limit - 1);
     if (w->count == w->cap && sl_window_grow(w, limit) != 0)
         return -1;
     /* A clock that stepped back must not reorder the log: clamp. */

@@ -53,7 +53,12 @@ uint32_t sl_window_count_after(const struct sl_window *w, int64_t t);
  */
 int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
 
-/* The same, tagging the entry with TAG (the call's app id). */
+/* Forget the oldest entries until at most N are left. */
+void sl_window_keep_newest(struct sl_window *w, uint64_t n);
+
+/* The same, tagging the entry with TAG (the call's app id).  A log that
+ * already holds LIMIT entries drops its oldest: it keeps the newest LIMIT
+ * (the only ones that decide when the next call fits). */
 int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
                          uint16_t tag);
 

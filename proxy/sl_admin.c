@@ -56,8 +56,7 @@ struct sl_admin_req {
 };
 
 struct sl_admin {
-    struct sl_worker *w;
-    const struct sl_config *config;
+    struct sl_worker *w;                /* its configuration is w->config */
     struct MHD_Daemon *mhd;
     int fd;                             /* the daemon's epoll fd */
     bool kick;                          /* a connection was resumed */
@@ -182,7 +181,7 @@ static long sl_base64_decode(const char *s, size_t len, char *out, size_t cap)
 static bool sl_admin_authorized(const struct sl_admin *a,
                                 struct MHD_Connection *conn)
 {
-    const char *h, *token = a->config->admin_token;
+    const char *h, *token = a->w->config->admin_token;
     char dec[600];
     long n;
 
@@ -263,7 +262,7 @@ static void sl_admin_store_state(const struct sl_admin *a, struct sl_store_state
 
     memset(st, 0, sizeof(*st));
     st->ready = true;
-    if (a->config->store_kind != SL_STORE_REDIS)
+    if (a->w->config->store_kind != SL_STORE_REDIS)
         return;
     st->shared_down = sl_store_redis_down(&since);
     st->down_since = since > 0 ? (double)since / 1000.0 : 0;
@@ -274,15 +273,24 @@ static const char *const sl_policy_names[] = {"local", "deny", "allow"};
 
 /* ---- /status ---- */
 
-/* Sum of counter C (an index into a worker's metrics) over all workers. */
-#define SL_SUM(proxy, field, idx)                                              \
+/* Sum of counter FIELD[IDX] over all workers (callers hold the proxy's
+ * metrics_lock for reading).  A worker that has not moved to the newest
+ * configuration yet may have fewer rows (ROWS, computed from its metrics
+ * M): it has counted nothing there yet. */
+#define SL_SUM(proxy, field, idx, rows)                                        \
     ({                                                                         \
         uint64_t _s = 0;                                                       \
-        for (int _k = 0; _k < (proxy)->nworkers; _k++)                         \
-            _s += sl_metric_get(&(proxy)->workers[_k].metrics.field[idx]);     \
+        for (int _k = 0; _k < (proxy)->nworkers; _k++) {                       \
+            struct sl_metrics *m = &(proxy)->workers[_k].metrics;              \
+            if ((size_t)(idx) < (size_t)(rows))                                \
+                _s += sl_metric_get(&m->field[idx]);                           \
+        }                                                                      \
         _s;                                                                    \
     })
-
+#define SL_CALLS_ROWS ((m->nups + 1) * SL_OUT_COUNT)
+#define SL_DECISION_ROWS (m->nslots * SL_DECISION_RESULTS)
+#define SL_APP_ROWS (m->nslots * m->napps)
+#define SL_UP_ROWS (m->nups)
 
 static json_t *sl_apps_json(const struct sl_usage *u)
 {
@@ -318,12 +326,11 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
                                                 : json_null());
 }
 
-static json_t *sl_rule_json(struct sl_admin *a, size_t upstream,
+static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
                             const struct sl_rule_usage *ru)
 {
-    const struct sl_config *c = a->config;
     struct sl_proxy *proxy = a->w->proxy;
-    size_t slot = sl_metrics_slot(&a->w->metrics, upstream, ru->rule->index);
+    size_t slot = ru->rule->metric_slot;
     const struct sl_rule *r = ru->rule;
     json_t *o = json_object();
     char win[SL_DURATION_FORMAT_MAX];
@@ -348,7 +355,8 @@ static json_t *sl_rule_json(struct sl_admin *a, size_t upstream,
     json_object_set_new(o, "mode", json_string(r->shadow ? "shadow" : "enforce"));
     if (r->shadow)
         json_object_set_new(o, "shadow_denied", json_integer((json_int_t)SL_SUM(
-            proxy, decisions, slot * SL_DECISION_RESULTS + SL_DECISION_SHADOW_DENIED)));
+            proxy, decisions, slot * SL_DECISION_RESULTS + SL_DECISION_SHADOW_DENIED,
+            SL_DECISION_ROWS)));
     /* A `per` rule's bar is its busiest bucket. */
     sl_usage_json(c, r, ru->n > 0 ? &ru->buckets[0] : &none, o);
     if (r->per_kind != SL_PER_NONE) {
@@ -368,7 +376,8 @@ static json_t *sl_rule_json(struct sl_admin *a, size_t upstream,
 static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap,
                               bool shared)
 {
-    const struct sl_config *c = a->config;
+    /* The snapshot's generation: its upstreams and rules are these. */
+    const struct sl_config *c = snap->config;
     struct sl_proxy *proxy = a->w->proxy;
     struct sl_store_state st;
     double now = sl_wall_now();
@@ -383,6 +392,24 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     json_object_set_new(root, "now_unix", json_real(round(now * 1000) / 1000));
     json_object_set_new(root, "uptime_s",
                         json_real(round(now * 1000 - (double)proxy->started_ms) / 1000));
+    {
+        json_t *cf = json_object();
+        char loaded[32];
+        sl_iso_time((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
+        json_object_set_new(cf, "generation", json_integer((json_int_t)c->generation));
+        json_object_set_new(cf, "loaded_at", json_string(loaded));
+        json_object_set_new(cf, "loaded_at_unix",
+                            json_real((double)c->loaded_ms / 1000.0));
+        json_object_set_new(cf, "file", proxy->config_path != NULL
+                                            ? sl_json_text(proxy->config_path)
+                                            : json_null());
+        json_object_set_new(cf, "reloads", json_pack(
+            "{s:I,s:I,s:I}",
+            "ok", (json_int_t)atomic_load(&proxy->reloads[SL_RELOAD_OK]),
+            "invalid", (json_int_t)atomic_load(&proxy->reloads[SL_RELOAD_INVALID]),
+            "refused", (json_int_t)atomic_load(&proxy->reloads[SL_RELOAD_REFUSED])));
+        json_object_set_new(root, "config", cf);
+    }
     json_object_set_new(store, "kind", json_string(c->store_kind == SL_STORE_REDIS
                                                        ? "redis" : "memory"));
     json_object_set_new(store, "state", json_string(st.shared_down ? "down" : "up"));
@@ -445,7 +472,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(queue, "max_queue", json_integer(up->max_queue));
         json_object_set_new(u, "queue", queue);
         for (size_t k = 0; k < up->nrules; k++)
-            json_array_append_new(rules, sl_rule_json(a, i, &uu->rules[k]));
+            json_array_append_new(rules, sl_rule_json(a, c, &uu->rules[k]));
         json_object_set_new(u, "rules", rules);
         json_array_append_new(ups, u);
     }
@@ -532,8 +559,11 @@ static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *
 
     for (size_t b = 0; b <= SL_HIST_BOUNDS; b++) {
         for (int k = 0; k < proxy->nworkers; k++) {
-            struct sl_hist *h = held ? &proxy->workers[k].metrics.held[up]
-                                     : &proxy->workers[k].metrics.latency[up];
+            struct sl_metrics *m = &proxy->workers[k].metrics;
+            struct sl_hist *h;
+            if (up >= m->nups)
+                continue;
+            h = held ? &m->held[up] : &m->latency[up];
             cum += sl_metric_get(&h->buckets[b]);
             if (b == 0) {
                 count += sl_metric_get(&h->count);
@@ -553,24 +583,25 @@ static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *
 
 /* Histogram NAME of every upstream. */
 static void sl_hists_text(struct sl_text *t, struct sl_proxy *proxy,
-                          const char *name, bool held, const double *bounds)
+                          const struct sl_config *c, const char *name, bool held,
+                          const double *bounds)
 {
-    const struct sl_config *c = proxy->config;
     char ul[200], labels[300];
 
     for (size_t i = 0; i < c->nupstreams; i++) {
         snprintf(labels, sizeof(labels), "upstream=\"%s\"",
                  sl_label(c->upstreams[i].name, ul, sizeof(ul)));
-        sl_hist_text(t, proxy, name, labels, i, held, bounds);
+        sl_hist_text(t, proxy, name, labels, c->upstreams[i].metric_id, held, bounds);
     }
 }
 
 static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                             struct sl_text *t)
 {
-    const struct sl_config *c = a->config;
+    /* The snapshot's generation (worker 0's when there is none). */
+    const struct sl_config *c = snap != NULL ? snap->config : a->w->config;
     struct sl_proxy *proxy = a->w->proxy;
-    struct sl_metrics *m0 = &a->w->metrics;
+    size_t napps_counted = a->w->metrics.napps;
     struct sl_store_state st;
     char ul[200], rl[200], al[200], labels[700];
     unsigned napps = sl_apps_count(proxy->apps);
@@ -581,16 +612,35 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     sl_help(t, "sluice_start_time_seconds", "gauge",
             "When this sluice started, seconds since the Unix epoch.");
     sl_tprintf(t, "sluice_start_time_seconds %.3f\n", (double)proxy->started_ms / 1000.0);
+    sl_help(t, "sluice_config_reloads_total", "counter",
+            "Configuration reloads (SIGHUP, POST /reload) by result: ok, invalid "
+            "(the file has errors), refused (it changes what needs a restart).");
+    for (int i = 0; i < SL_RELOAD_RESULTS; i++)
+        sl_tprintf(t, "sluice_config_reloads_total{result=\"%s\"} %llu\n",
+                   sl_reload_result_names[i],
+                   (unsigned long long)atomic_load(&proxy->reloads[i]));
+    sl_help(t, "sluice_config_generation", "gauge",
+            "Generation of the configuration in force (1 at start, +1 per reload "
+            "that took effect).");
+    sl_tprintf(t, "sluice_config_generation %llu\n",
+               (unsigned long long)atomic_load(&proxy->generation));
+    sl_help(t, "sluice_config_loaded_timestamp_seconds", "gauge",
+            "When the configuration in force was loaded, seconds since the Unix epoch.");
+    sl_tprintf(t, "sluice_config_loaded_timestamp_seconds %.3f\n",
+               (double)c->loaded_ms / 1000.0);
 
     sl_help(t, "sluice_calls_total", "counter",
             "Calls by upstream and outcome (forwarded and released went "
             "upstream; queued counts calls held, which end released or expired).");
     for (size_t i = 0; i <= c->nupstreams; i++) {
+        size_t row = i < c->nupstreams ? c->upstreams[i].metric_id + 1 : 0;
         sl_label(i < c->nupstreams ? c->upstreams[i].name : "-", ul, sizeof(ul));
         for (int o = 0; o < SL_OUT_COUNT; o++)
             sl_tprintf(t, "sluice_calls_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
                        ul, sl_outcome_names[o],
-                       (unsigned long long)SL_SUM(proxy, calls, i * SL_OUT_COUNT + (size_t)o));
+                       (unsigned long long)SL_SUM(proxy, calls,
+                                                  row * SL_OUT_COUNT + (size_t)o,
+                                                  SL_CALLS_ROWS));
     }
 
     sl_help(t, "sluice_decisions_total", "counter",
@@ -601,13 +651,14 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
         for (size_t k = 0; k <= up->nrules; k++) {
-            size_t slot = sl_metrics_slot(m0, i, k);
+            size_t slot = sl_upstream_rule(up, k)->metric_slot;
             sl_label(sl_upstream_rule(up, k)->name, rl, sizeof(rl));
             for (int res = 0; res < SL_DECISION_RESULTS; res++)
                 sl_tprintf(t, "sluice_decisions_total{upstream=\"%s\",rule=\"%s\","
                            "result=\"%s\"} %llu\n", ul, rl, sl_decision_names[res],
                            (unsigned long long)SL_SUM(proxy, decisions,
-                                                      slot * SL_DECISION_RESULTS + (size_t)res));
+                                                      slot * SL_DECISION_RESULTS + (size_t)res,
+                                                      SL_DECISION_ROWS));
         }
     }
 
@@ -618,10 +669,11 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
         for (size_t k = 0; k < up->nrules; k++) {
-            size_t slot = sl_metrics_slot(m0, i, k);
+            size_t slot = up->rules[k].metric_slot;
             sl_label(up->rules[k].name, rl, sizeof(rl));
-            for (unsigned app = 0; app < napps && app < m0->napps; app++) {
-                uint64_t v = SL_SUM(proxy, app_calls, slot * m0->napps + app);
+            for (unsigned app = 0; app < napps && app < napps_counted; app++) {
+                uint64_t v = SL_SUM(proxy, app_calls, slot * napps_counted + app,
+                                    SL_APP_ROWS);
                 if (v == 0)
                     continue;
                 sl_tprintf(t, "sluice_app_calls_total{upstream=\"%s\",rule=\"%s\","
@@ -696,17 +748,18 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                    sl_queue_count(&a->w->queue, i));
     sl_help(t, "sluice_queue_wait_seconds", "histogram",
             "Time calls spent held in the queue (observed when they leave it).");
-    sl_hists_text(t, proxy, "sluice_queue_wait_seconds", true, sl_hist_held_bounds);
+    sl_hists_text(t, proxy, c, "sluice_queue_wait_seconds", true, sl_hist_held_bounds);
     sl_help(t, "sluice_upstream_duration_seconds", "histogram",
             "Upstream exchanges, from sending the request to the last byte.");
-    sl_hists_text(t, proxy, "sluice_upstream_duration_seconds", false,
+    sl_hists_text(t, proxy, c, "sluice_upstream_duration_seconds", false,
                   sl_hist_latency_bounds);
     sl_help(t, "sluice_provider_pauses_total", "counter",
             "Pauses the provider asked for (429/503 with Retry-After, limit signals).");
     for (size_t i = 0; i < c->nupstreams; i++)
         sl_tprintf(t, "sluice_provider_pauses_total{upstream=\"%s\"} %llu\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
-                   (unsigned long long)SL_SUM(proxy, pauses, i));
+                   (unsigned long long)SL_SUM(proxy, pauses, c->upstreams[i].metric_id,
+                                              SL_UP_ROWS));
     sl_help(t, "sluice_provider_pause_remaining_seconds", "gauge",
             "Time left in the provider's pause (0: not paused).");
     for (size_t i = 0; snap != NULL && i < c->nupstreams; i++)
@@ -746,7 +799,10 @@ static struct MHD_Response *sl_admin_render(struct sl_admin *a,
 {
     *status = MHD_HTTP_OK;
     if (what == SL_ADMIN_STATUS) {
-        json_t *j = sl_status_json(a, snap, shared);
+        json_t *j;
+        pthread_rwlock_rdlock(&a->w->proxy->metrics_lock);
+        j = sl_status_json(a, snap, shared);
+        pthread_rwlock_unlock(&a->w->proxy->metrics_lock);
         char *text = j ? json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
         json_decref(j);
         if (text == NULL)
@@ -754,7 +810,9 @@ static struct MHD_Response *sl_admin_render(struct sl_admin *a,
         return sl_owned(text, strlen(text), "application/json");
     } else {
         struct sl_text t = {0};
+        pthread_rwlock_rdlock(&a->w->proxy->metrics_lock);
         sl_metrics_text(a, snap, &t);
+        pthread_rwlock_unlock(&a->w->proxy->metrics_lock);
         if (t.oom) {
             free(t.buf);
             return NULL;
@@ -778,7 +836,7 @@ static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
     if (snap == NULL && !ar->local) {
         /* The shared store did not answer: this instance's own view (the
          * memory store answers before it returns). */
-        struct sl_snapshot_req req = {.top = a->config->status_top,
+        struct sl_snapshot_req req = {.top = a->w->config->status_top,
                                       .apps = a->w->proxy->apps};
         if (error != NULL)
             sl_debug("admin: shared figures unavailable (%s): showing local ones",
@@ -803,6 +861,47 @@ static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
         ar->suspended = false;
         MHD_resume_connection(ar->conn);
         a->kick = true;
+    }
+}
+
+/*
+ * POST /reload: the same as SIGHUP, answered with the result.  200 when the
+ * new configuration serves, 400 when the file has errors, 409 when it
+ * changes what needs a restart; in both failures the running one stays.
+ */
+static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection *conn)
+{
+    struct sl_proxy *proxy = a->w->proxy;
+    struct sl_errors errs = {0};
+    enum sl_reload_result res = sl_proxy_reload(proxy, "POST /reload", &errs);
+    const struct sl_config *c = sl_proxy_config(proxy);
+    json_t *j = json_object(), *list = json_array();
+    char *text;
+    unsigned status = res == SL_RELOAD_OK ? MHD_HTTP_OK
+                      : res == SL_RELOAD_INVALID ? MHD_HTTP_BAD_REQUEST
+                                                 : MHD_HTTP_CONFLICT;
+
+    for (size_t i = 0; i < errs.count; i++)
+        json_array_append_new(list, sl_json_text(errs.lines[i]));
+    sl_errors_free(&errs);
+    json_object_set_new(j, "result", json_string(sl_reload_result_names[res]));
+    json_object_set_new(j, "generation", json_integer((json_int_t)c->generation));
+    json_object_set_new(j, "errors", list);
+    sl_config_unref(c);
+    text = json_dumps(j, JSON_COMPACT);
+    json_decref(j);
+    if (text == NULL)
+        return MHD_NO;
+    {
+        size_t n = strlen(text);
+        char *body = realloc(text, n + 2);
+        if (body == NULL) {
+            free(text);
+            return MHD_NO;
+        }
+        body[n] = '\n';
+        body[n + 1] = '\0';
+        return sl_queue(conn, status, sl_owned(body, n + 1, "application/json"));
     }
 }
 
@@ -831,9 +930,18 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         *upload_size = 0;  /* no admin endpoint takes a body */
         return MHD_YES;
     }
-    if (strcmp(method, "GET") != 0 && strcmp(method, "HEAD") != 0) {
+    if (strcmp(url, "/reload") == 0 && strcmp(method, "POST") != 0) {
+        r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"/reload "
+                    "takes POST\"}\n", "application/json");
+        if (r != NULL)
+            MHD_add_response_header(r, "Allow", "POST");
+        return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
+    }
+    if (strcmp(url, "/reload") != 0 && strcmp(method, "GET") != 0 &&
+        strcmp(method, "HEAD") != 0) {
         r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"the admin "
-                    "listener only answers GET and HEAD\"}\n", "application/json");
+                    "listener answers GET and HEAD (and POST /reload)\"}\n",
+                    "application/json");
         if (r != NULL)
             MHD_add_response_header(r, "Allow", "GET, HEAD");
         return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
@@ -849,7 +957,7 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
             return sl_queue(conn, MHD_HTTP_OK, sl_text("ready\n",
                                                        "text/plain; charset=utf-8"));
         return sl_queue(conn, MHD_HTTP_SERVICE_UNAVAILABLE,
-                        sl_text(a->config->on_store_error == SL_STORE_ERROR_DENY
+                        sl_text(a->w->config->on_store_error == SL_STORE_ERROR_DENY
                                     ? "not ready: the shared limit store (Redis) does "
                                       "not answer and on_store_error is \"deny\"\n"
                                     : "not ready: the shared limit store (Redis) has "
@@ -867,6 +975,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         }
         return sl_queue(conn, MHD_HTTP_UNAUTHORIZED, r);
     }
+    if (strcmp(url, "/reload") == 0)
+        return sl_admin_reload(a, conn);
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
         r = MHD_create_response_from_buffer(sl_admin_page_len, (void *)sl_admin_page,
                                             MHD_RESPMEM_PERSISTENT);
@@ -903,7 +1013,7 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         a->reqs->prev = ar;
     a->reqs = ar;
     *con_cls = ar;
-    req.top = a->config->status_top;
+    req.top = a->w->config->status_top;
     req.flags = 0;
     req.apps = a->w->proxy->apps;
     if (sl_store_snapshot(a->w->store, &req, sl_admin_snapshot_done, ar) != 0)
@@ -947,7 +1057,7 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
 
 struct sl_admin *sl_admin_new(struct sl_worker *w)
 {
-    const struct sl_config *c = w->proxy->config;
+    const struct sl_config *c = w->config;
     struct sl_admin *a = calloc(1, sizeof(*a));
     const union MHD_DaemonInfo *info;
     int fd;
@@ -955,7 +1065,6 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
     if (a == NULL)
         return NULL;
     a->w = w;
-    a->config = c;
     fd = sl_listen_socket(c->admin_host, c->admin_port, false, 64, "admin.listen",
                           c->admin_listen);
     if (fd < 0) {

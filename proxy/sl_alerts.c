@@ -34,6 +34,7 @@ const char *const sl_alert_result_names[SL_ALERT_RESULTS] = {"sent", "failed",
 struct sl_alert_msg {
     struct sl_alert_msg *next;
     const struct sl_alert_conf *to;
+    const struct sl_config *config; /* TO's, referenced (reloads) */
     char *body;                     /* owned JSON text */
     int attempts;                   /* POSTs made */
     int64_t due_ms;                 /* next attempt */
@@ -42,8 +43,7 @@ struct sl_alert_msg {
 };
 
 struct sl_alerts {
-    struct sl_worker *w;
-    const struct sl_config *config;
+    struct sl_worker *w;                /* its configuration: w->config */
     struct sl_alert_msg *head, *tail;   /* waiting, FIFO */
     size_t nqueued;
     struct sl_alert_msg *inflight[SL_ALERT_INFLIGHT];
@@ -81,6 +81,7 @@ static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *t
         return;
     }
     m->to = to;
+    m->config = sl_config_ref(a->w->config);
     m->body = body;
     m->due_ms = sl_now_ms();
     if (a->tail != NULL)
@@ -102,8 +103,8 @@ static void sl_alerts_raise(struct sl_alerts *a, json_t *j,
     json_object_set_new(j, "time", json_string(iso));
     json_object_set_new(j, "instance", json_string(a->instance));
     sl_warn("alert: %s", json_string_value(json_object_get(j, "text")));
-    for (size_t i = 0; i < a->config->nalerts; i++) {
-        const struct sl_alert_conf *to = &a->config->alerts[i];
+    for (size_t i = 0; i < a->w->config->nalerts; i++) {
+        const struct sl_alert_conf *to = &a->w->config->alerts[i];
         if (wants(to, ctx))
             sl_alerts_enqueue(a, to, json_dumps(j, JSON_COMPACT | JSON_REAL_PRECISION(15)));
     }
@@ -209,7 +210,7 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
 
 static void sl_alerts_store(struct sl_alerts *a, bool down)
 {
-    const struct sl_config *c = a->config;
+    const struct sl_config *c = a->w->config;
     static const char *const policy[] = {
         "each instance enforces its share of the limits locally",
         "calls get 503", "calls are forwarded uncounted"};
@@ -301,6 +302,7 @@ static void sl_alerts_msg_free(struct sl_alert_msg *m)
 {
     curl_slist_free_all(m->headers);
     free(m->body);
+    sl_config_unref(m->config);
     free(m);
 }
 
@@ -384,16 +386,18 @@ void sl_alerts_run(struct sl_alerts *a, int64_t now)
         return;
     if (now >= a->next_check_ms) {
         a->next_check_ms = now + SL_ALERT_CHECK_MS;
-        if (a->config->store_kind == SL_STORE_REDIS) {
+        if (a->w->config->store_kind == SL_STORE_REDIS && a->w->config->nalerts > 0) {
             bool down = sl_store_redis_down(NULL);
             if (down != a->store_down) {
                 a->store_down = down;
                 sl_alerts_store(a, down);
             }
         }
-        if (!a->checking) {
+        /* Thresholds and pauses are looked for only when someone listens
+         * (a reload may add or remove receivers). */
+        if (!a->checking && a->w->config->nalerts > 0) {
             struct sl_snapshot_req req = {
-                .top = a->config->status_top, .flags = SL_SNAP_ALERTS,
+                .top = a->w->config->status_top, .flags = SL_SNAP_ALERTS,
                 .apps = a->w->proxy->apps};
             a->checking = true;
             if (sl_store_snapshot(a->w->store, &req, sl_alerts_checked, a) != 0)
@@ -427,17 +431,13 @@ void sl_alerts_counts(const struct sl_alerts *a, uint64_t out[SL_ALERT_RESULTS])
 
 struct sl_alerts *sl_alerts_new(struct sl_worker *w)
 {
-    const struct sl_config *c = w->proxy->config;
     struct sl_alerts *a;
     char host[64] = "sluice";
 
-    if (c->nalerts == 0)
-        return NULL;
     a = calloc(1, sizeof(*a));
     if (a == NULL)
         return NULL;
     a->w = w;
-    a->config = c;
     gethostname(host, sizeof(host) - 1);
     snprintf(a->instance, sizeof(a->instance), "%s:%d", host, (int)getpid());
     a->next_check_ms = sl_now_ms() + SL_ALERT_CHECK_MS;

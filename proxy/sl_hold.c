@@ -28,7 +28,7 @@ void sl_req_unhold(struct sl_request *req)
     sl_queue_remove(&req->w->queue, &req->held);
     req->is_held = false;
     req->held_ms += sl_now_ms() - req->held.since_ms;
-    sl_hist_observe(&req->w->metrics.held[req->up->index], sl_hist_held_bounds,
+    sl_hist_observe(&req->w->metrics.held[req->up->metric_id], sl_hist_held_bounds,
                     (sl_now_ms() - req->held.since_ms) * 1000);
 }
 
@@ -45,13 +45,17 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     const struct sl_rule *r = d->rule;
     int64_t now = sl_now_ms(), wait_ms;
 
-    if (w->stop || r == NULL || (r->on_limit != SL_ON_LIMIT_QUEUE && !force))
+    if (w->stop || r == NULL || (r->on_limit != SL_ON_LIMIT_QUEUE && !force)) {
+        req->rehold = false;
         return -1;
+    }
     for (size_t i = 0; i < req->check.nhits; i++)
         if (req->check.hits[i].rule == r)
             waiting = &req->check.hits[i];
-    if (waiting == NULL)
+    if (waiting == NULL) {
+        req->rehold = false;
         return -1;
+    }
     /* Room in a rate window comes back at a known time; a concurrency slot
      * freed anywhere wakes the first waiter (sl_waitlists_room); the poll
      * is only a safety net. */
@@ -62,17 +66,27 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     if (!req->is_held) {
         if (sl_queue_count(&w->queue, req->up->index) >= req->up->max_queue)
             return -1;
+        /* Matched again after a reload: the same place in line, the same
+         * max_wait clock, counted as queued once. */
+        bool again = req->rehold;
+        int64_t since = again ? req->rehold_since_ms : now;
+
+        req->rehold = false;
+        if (!again && sl_queue_count(&w->queue, req->up->index) >= req->up->max_queue)
+            return -1;
         req->held.upstream = req->up->index;
         req->held.check = &req->check;
         req->held.waiting = waiting;
         req->held.owner = req;
-        req->held.deadline_ms = now + r->max_wait_us / 1000;
-        req->held.since_ms = now;
+        req->held.deadline_ms = since + r->max_wait_us / 1000;
+        req->held.since_ms = since;
+        req->held.ticket = again ? req->rehold_ticket : 0;
         atomic_store(&req->held.kicked, false);
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
         req->is_held = true;
-        sl_metrics_call(&w->metrics, req->up, SL_OUT_QUEUED);
+        if (!again)
+            sl_metrics_call(&w->metrics, req->up, SL_OUT_QUEUED);
         if (r->kind == SL_RULE_RATE) {
             /* Those ahead in its bucket go first, `limit` per span: its
              * turn cannot come before this.  Say so now, not at max_wait. */
@@ -129,7 +143,7 @@ static void sl_req_expire(struct sl_request *req, int64_t now)
  */
 void sl_request_pump(struct sl_worker *w, int64_t now)
 {
-    for (size_t u = 0; u < w->queue.nupstreams; u++) {
+    for (size_t u = 0; u < w->queue.used; u++) {
         struct sl_held *h, *next;
 
         for (h = w->queue.heads[u]; h != NULL; h = next) {

@@ -4,8 +4,9 @@
  *
  * Signals are blocked in every thread and taken synchronously by the main
  * thread with sigwait(), so no handler ever runs inside a library call.
- * SIGTERM/SIGINT ask each worker to stop accepting and drain; SIGPIPE is
- * ignored (a client that vanished is an error return, not a death).
+ * SIGTERM/SIGINT ask each worker to stop accepting and drain; SIGHUP
+ * reloads the configuration file (sl_reload.c); SIGPIPE is ignored (a
+ * client that vanished is an error return, not a death).
  */
 #include "sl_proxy.h"
 
@@ -47,11 +48,23 @@ static void sl_usage(FILE *out)
 
 static void sl_save_state(struct sl_proxy *proxy)
 {
+    const struct sl_config *c = sl_proxy_config(proxy);
     char why[512];
 
-    if (sl_state_save(proxy->memory, proxy->config, proxy->apps,
-                      proxy->config->state_file, why, sizeof(why)) != 0)
+    if (sl_state_save(proxy->memory, c, proxy->apps, c->state_file, why,
+                      sizeof(why)) != 0)
         sl_error("state_file: %s (the previous file, if any, is kept)", why);
+    sl_config_unref(c);
+}
+
+static void sl_free_ids(struct sl_metric_ids *ids)
+{
+    for (size_t i = 0; i < ids->nups; i++)
+        free(ids->ups[i]);
+    for (size_t i = 0; i < ids->nslots; i++)
+        free(ids->slots[i]);
+    free(ids->ups);
+    free(ids->slots);
 }
 
 int main(int argc, char **argv)
@@ -71,6 +84,7 @@ int main(int argc, char **argv)
     struct sl_proxy proxy = {0};
     sigset_t sigs;
     int opt, sig, started = 0, rc = 1;
+    bool config_has_state = false;  /* state_file: a reload keeps it */
 
     while ((opt = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
         switch (opt) {
@@ -122,16 +136,28 @@ int main(int argc, char **argv)
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
 
+    proxy.config = config;
+    /* main()'s own reference: CONFIG stays readable here after reloads. */
+    sl_config_ref(config);
     if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
         sl_error("cannot initialise libcurl");
         goto out;
     }
-    proxy.config = config;
+    proxy.config_path = config_path;
+    pthread_mutex_init(&proxy.config_lock, NULL);
+    pthread_mutex_init(&proxy.reload_lock, NULL);
+    pthread_rwlock_init(&proxy.metrics_lock, NULL);
     sl_log_set_json(config->log_format == SL_LOG_FORMAT_JSON);
     {
         struct timespec ts;
         clock_gettime(CLOCK_REALTIME, &ts);
         proxy.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    }
+    config->loaded_ms = proxy.started_ms;
+    atomic_store(&proxy.generation, config->generation);
+    if (sl_proxy_metric_ids(&proxy, config) != 0) {
+        sl_error("out of memory");
+        goto out;
     }
     proxy.apps = sl_apps_new(config->max_apps);
     if (proxy.apps == NULL) {
@@ -162,6 +188,7 @@ int main(int argc, char **argv)
             sl_info("state_file %s: none yet; starting with empty windows",
                     config->state_file);
     }
+    config_has_state = config->state_file != NULL;
     proxy.nworkers = config->workers > 0 ? config->workers
                                          : (int)sysconf(_SC_NPROCESSORS_ONLN);
     if (proxy.nworkers < 1)
@@ -169,7 +196,8 @@ int main(int argc, char **argv)
     proxy.workers = calloc((size_t)proxy.nworkers, sizeof(*proxy.workers));
     if (proxy.workers == NULL)
         goto out;
-    proxy.waitlists = sl_waitlists_new(config->nupstreams, sl_worker_wake_queue,
+    /* Sized for any configuration a reload may bring. */
+    proxy.waitlists = sl_waitlists_new(SL_MAX_UPSTREAMS, sl_worker_wake_queue,
                                        &proxy);
     if (proxy.waitlists == NULL)
         goto out;
@@ -199,12 +227,16 @@ int main(int argc, char **argv)
                 proxy.nworkers == 1 ? "" : "s", config->nupstreams,
                 config->nupstreams == 1 ? "" : "s");
     for (;;) {
-        if (config->state_file != NULL) {
+        /* A reload may change the interval (never the file). */
+        const struct sl_config *cur = sl_proxy_config(&proxy);
+        int64_t interval = cur->state_interval_us;
+        sl_config_unref(cur);
+        if (config_has_state) {
             /* The main thread keeps the state file: no worker ever waits
              * for the disk. */
             struct timespec ts = {
-                .tv_sec = config->state_interval_us / 1000000,
-                .tv_nsec = (config->state_interval_us % 1000000) * 1000};
+                .tv_sec = interval / 1000000,
+                .tv_nsec = (interval % 1000000) * 1000};
             sig = sigtimedwait(&sigs, NULL, &ts);
             if (sig < 0) {
                 sl_save_state(&proxy);
@@ -214,7 +246,9 @@ int main(int argc, char **argv)
             continue;
         }
         if (sig == SIGHUP) {
-            sl_info("SIGHUP ignored: restart sluice to load a new configuration");
+            struct sl_errors errs = {0};
+            sl_proxy_reload(&proxy, "SIGHUP", &errs);
+            sl_errors_free(&errs);
             continue;
         }
         sl_info("%s received: finishing calls in flight",
@@ -230,7 +264,7 @@ stop:
         sl_worker_cleanup(&proxy.workers[i]);
     }
     /* Every call has finished: the windows are complete. */
-    if (config->state_file != NULL && started > 0)
+    if (config_has_state && started > 0)
         sl_save_state(&proxy);
     if (rc == 0)
         sl_info("stopped");
@@ -239,7 +273,10 @@ out:
     sl_waitlists_free(proxy.waitlists);
     sl_store_destroy(proxy.memory);
     sl_apps_free(proxy.apps);
-    sl_config_free(config);
+    /* The proxy's reference and main()'s; every worker has dropped its own. */
+    sl_config_unref(proxy.config);
+    sl_config_unref(config);
+    sl_free_ids(&proxy.ids);
     curl_global_cleanup();
     return rc;
 }

@@ -5,6 +5,7 @@
 #include "sl_metrics.h"
 
 #include <stdlib.h>
+#include <string.h>
 
 const char *const sl_outcome_names[SL_OUT_COUNT] = {
     "forwarded", "rejected", "queued", "released",
@@ -25,40 +26,56 @@ const double sl_hist_held_bounds[SL_HIST_BOUNDS] = {
     0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600,
 };
 
-int sl_metrics_init(struct sl_metrics *m, const struct sl_config *c)
+/* Grow array *P of N rows of SIZE bytes to NEW rows, zeroing the new. */
+static int sl_rows(void *p, size_t size, size_t n, size_t new_n)
 {
-    m->nups = c->nupstreams;
-    m->napps = (size_t)c->max_apps + 2;
-    m->slot_base = calloc(c->nupstreams + 1, sizeof(*m->slot_base));
-    if (m->slot_base == NULL)
+    void **pp = p;
+    char *q;
+
+    if (new_n <= n && *pp != NULL)
+        return 0;
+    q = realloc(*pp, (new_n ? new_n : 1) * size);
+    if (q == NULL)
         return -1;
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        m->slot_base[i] = m->nslots;
-        m->nslots += c->upstreams[i].nrules + 1;
-    }
-    m->slot_base[c->nupstreams] = m->nslots;
-    m->calls = calloc((m->nups + 1) * SL_OUT_COUNT, sizeof(*m->calls));
-    m->decisions = calloc(m->nslots * SL_DECISION_RESULTS, sizeof(*m->decisions));
-    m->app_calls = calloc(m->nslots * m->napps, sizeof(*m->app_calls));
-    m->latency = calloc(m->nups, sizeof(*m->latency));
-    m->held = calloc(m->nups, sizeof(*m->held));
-    m->pauses = calloc(m->nups, sizeof(*m->pauses));
-    if (m->calls == NULL || m->decisions == NULL || m->app_calls == NULL ||
-        m->latency == NULL || m->held == NULL || m->pauses == NULL)
-        return -1;
+    memset(q + n * size, 0, (new_n - n) * size);
+    *pp = q;
     return 0;
+}
+
+int sl_metrics_grow(struct sl_metrics *m, size_t nups, size_t nslots)
+{
+    if (nups < m->nups)
+        nups = m->nups;
+    if (nslots < m->nslots)
+        nslots = m->nslots;
+    if (sl_rows(&m->calls, SL_OUT_COUNT * sizeof(*m->calls), m->nups + 1, nups + 1) ||
+        sl_rows(&m->latency, sizeof(*m->latency), m->nups, nups) ||
+        sl_rows(&m->held, sizeof(*m->held), m->nups, nups) ||
+        sl_rows(&m->pauses, sizeof(*m->pauses), m->nups, nups) ||
+        sl_rows(&m->decisions, SL_DECISION_RESULTS * sizeof(*m->decisions),
+                m->nslots, nslots) ||
+        sl_rows(&m->app_calls, m->napps * sizeof(*m->app_calls), m->nslots, nslots))
+        return -1;  /* arrays grown so far keep their old rows: still right */
+    m->nups = nups;
+    m->nslots = nslots;
+    return 0;
+}
+
+int sl_metrics_init(struct sl_metrics *m, size_t nups, size_t nslots, size_t napps)
+{
+    memset(m, 0, sizeof(*m));
+    m->napps = napps;
+    return sl_metrics_grow(m, nups, nslots);
 }
 
 void sl_metrics_free(struct sl_metrics *m)
 {
-    free(m->slot_base);
     free((void *)m->calls);
     free((void *)m->decisions);
     free((void *)m->app_calls);
     free(m->latency);
     free(m->held);
     free((void *)m->pauses);
-    m->slot_base = NULL;
     m->calls = m->decisions = m->app_calls = m->pauses = NULL;
     m->latency = m->held = NULL;
 }
@@ -66,7 +83,7 @@ void sl_metrics_free(struct sl_metrics *m)
 void sl_metrics_call(struct sl_metrics *m, const struct sl_upstream_conf *up,
                      enum sl_outcome outcome)
 {
-    size_t u = up != NULL ? up->index : m->nups;
+    size_t u = up != NULL ? up->metric_id + 1 : 0;
 
     sl_metric_add(&m->calls[u * SL_OUT_COUNT + outcome], 1);
 }

@@ -54,20 +54,28 @@ struct sl_hist {
     _Atomic uint64_t sum_us;
 };
 
+/*
+ * Rows are metric ids (sl_proxy.h, struct sl_metric_ids), not positions in
+ * one configuration: a reload that keeps an upstream's or a rule's name
+ * keeps its counters.  The arrays grow when a reload brings new names
+ * (sl_metrics_grow, under the proxy's metrics_lock).
+ */
 struct sl_metrics {
-    size_t nups;
-    size_t nslots;                /* rule slots: sum of (nrules + 1) */
-    size_t *slot_base;            /* per upstream: its first rule slot */
+    size_t nups;                  /* upstream ids covered */
+    size_t nslots;                /* rule slots covered */
     size_t napps;                 /* app ids counted (max_apps + 2) */
-    _Atomic uint64_t *calls;      /* [upstream][outcome]; index nups: no route */
+    _Atomic uint64_t *calls;      /* [1 + upstream id][outcome]; row 0: no route */
     _Atomic uint64_t *decisions;  /* [slot][SL_DECISION_*] */
     _Atomic uint64_t *app_calls;  /* [slot][app]: calls forwarded */
-    struct sl_hist *latency;      /* [upstream]: send to last byte */
-    struct sl_hist *held;         /* [upstream]: time held in the queue */
-    _Atomic uint64_t *pauses;     /* [upstream]: provider pauses started */
+    struct sl_hist *latency;      /* [upstream id]: send to last byte */
+    struct sl_hist *held;         /* [upstream id]: time held in the queue */
+    _Atomic uint64_t *pauses;     /* [upstream id]: provider pauses started */
 };
 
-int sl_metrics_init(struct sl_metrics *m, const struct sl_config *c);
+int sl_metrics_init(struct sl_metrics *m, size_t nups, size_t nslots, size_t napps);
+/* Cover at least NUPS upstream ids and NSLOTS rule slots (new rows
+ * zero).  0, or -1 (out of memory: M unchanged). */
+int sl_metrics_grow(struct sl_metrics *m, size_t nups, size_t nslots);
 void sl_metrics_free(struct sl_metrics *m);
 
 /* Single writer (the owning worker): no locked instruction. */
@@ -80,13 +88,6 @@ static inline void sl_metric_add(_Atomic uint64_t *c, uint64_t n)
 static inline uint64_t sl_metric_get(_Atomic uint64_t *c)
 {
     return atomic_load_explicit(c, memory_order_relaxed);
-}
-
-/* The slot of rule RULE_INDEX of UPSTREAM (nrules: its pause). */
-static inline size_t sl_metrics_slot(const struct sl_metrics *m, size_t upstream,
-                                     size_t rule_index)
-{
-    return m->slot_base[upstream] + rule_index;
 }
 
 void sl_metrics_call(struct sl_metrics *m, const struct sl_upstream_conf *up,

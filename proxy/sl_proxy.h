@@ -34,9 +34,40 @@ struct sl_alerts;
 
 #define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
 
-/* The process: config and store, shared read-only by workers. */
+/* Reload outcomes, as sluice_config_reloads_total{result} counts them. */
+enum sl_reload_result {
+    SL_RELOAD_OK,           /* the new configuration serves */
+    SL_RELOAD_INVALID,      /* the file has errors: nothing changed */
+    SL_RELOAD_REFUSED,      /* it changes what needs a restart: nothing changed */
+    SL_RELOAD_RESULTS,
+};
+extern const char *const sl_reload_result_names[SL_RELOAD_RESULTS];
+
+/* Names behind the metric ids of upstreams and rules (sl_reload.c): ids
+ * are given by name and never reused, so a counter keeps its value
+ * across reloads for as long as its upstream and rule keep their names. */
+struct sl_metric_ids {
+    char **ups;                   /* upstream names, by id */
+    size_t nups, capups;
+    char **slots;                 /* "upstream\nkind\nrule", by slot */
+    size_t nslots, capslots;
+};
+
+/* The process: config and store, shared by workers. */
 struct sl_proxy {
+    /* The configuration in force (its newest generation), referenced by
+     * the proxy; read it with sl_proxy_config(), which takes a reference
+     * under config_lock.  Workers keep their own reference (w->config) and
+     * move to a new generation at the start of a loop pass. */
     const struct sl_config *config;
+    pthread_mutex_t config_lock;
+    _Atomic uint64_t generation;  /* config->generation, readable lock-free */
+    const char *config_path;      /* what a reload reads */
+    pthread_mutex_t reload_lock;  /* one reload at a time (SIGHUP, /reload) */
+    struct sl_metric_ids ids;     /* under reload_lock */
+    _Atomic uint64_t reloads[SL_RELOAD_RESULTS];
+    /* Workers' metric arrays grow (write) while /metrics reads them. */
+    pthread_rwlock_t metrics_lock;
     /* The memory store: the store itself with "store": "memory", the local
      * fallback with Redis.  Shared by all workers. */
     struct sl_store *memory;
@@ -92,6 +123,8 @@ enum { SL_DL_NONE = -1, SL_DL_HEADERS = 0, SL_DL_IDLE = 1 };
 struct sl_worker {
     int id;
     struct sl_proxy *proxy;
+    /* The configuration generation this worker serves (referenced). */
+    const struct sl_config *config;
     struct sl_store *store;       /* this worker's view of the limit store */
     struct sl_watch store_watch[SL_STORE_WATCHES]; /* the store's sockets */
     pthread_t thread;
@@ -137,8 +170,29 @@ struct sl_worker {
     int ncurl_fds;
 };
 
+/* sl_reload.c */
+/* The configuration in force, referenced (the caller unrefs it). */
+const struct sl_config *sl_proxy_config(struct sl_proxy *p);
+/* Give C's upstreams and rules their metric ids (reload_lock held, or
+ * before the workers start).  0 or -1 (out of memory). */
+int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c);
+/*
+ * Re-read the configuration file (SIGHUP, POST /reload): validate it in
+ * full, refuse what needs a restart, else install it as the next
+ * generation and wake every worker.  WHY says who asked (for the log).
+ * Errors, one per line, go to ERRS.  Any thread.
+ */
+enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
+                                      struct sl_errors *errs);
+/* Move worker W to the configuration in force, if newer than its own:
+ * its store, its metrics, and its held calls (matched and decided again).
+ * W's thread only. */
+void sl_worker_adopt(struct sl_worker *w);
+
 /* sl_worker.c */
 int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id);
+/* Wake worker W's loop (any thread). */
+void sl_worker_wake(struct sl_worker *w);
 /* sl_wake_fn for the shared wait lists: wake worker ID to pump its queue. */
 void sl_worker_wake_queue(void *proxy, int id);
 int sl_worker_start(struct sl_worker *w);

@@ -200,15 +200,26 @@ int sl_queue_add(struct sl_queue *q, struct sl_held *h)
 
     h->worker = q->worker;
     pthread_mutex_lock(&wl->lock);
-    h->ticket = ++wl->next_ticket;
+    /* A call matched again after a reload keeps its ticket (its place):
+     * count who is ahead.  The newest ticket joins at the end: everyone
+     * else is ahead. */
+    bool newest = h->ticket == 0;
+    if (newest)
+        h->ticket = ++wl->next_ticket;
     rc = sl_wjoin(wl, h, h->waiting);
-    /* The newest ticket joins at the end: everyone else is ahead. */
-    h->ahead = rc == 0 ? h->bucket->n - 1 : 0;
+    h->ahead = 0;
+    if (rc == 0 && newest)
+        h->ahead = h->bucket->n - 1;
+    for (const struct sl_held *p = rc == 0 && !newest ? h->wprev : NULL; p != NULL;
+         p = p->wprev)
+        h->ahead++;
     pthread_mutex_unlock(&wl->lock);
     if (rc != 0)
         return -1;
     atomic_fetch_add(&wl->counts[h->upstream], 1);
     atomic_fetch_add(&wl->total, 1);
+    if (h->upstream >= q->used)
+        q->used = h->upstream + 1;
     h->next = NULL;
     h->prev = q->tails[h->upstream];
     if (h->prev != NULL)
@@ -323,7 +334,7 @@ int64_t sl_queue_next_ms(const struct sl_queue *q)
 
     if (q->total == 0)
         return -1;
-    for (size_t u = 0; u < q->nupstreams; u++) {
+    for (size_t u = 0; u < q->used; u++) {
         for (const struct sl_held *h = q->heads[u]; h != NULL; h = h->next) {
             int64_t t = h->deciding || h->parked ? h->deadline_ms
                         : h->retry_at_ms < h->deadline_ms ? h->retry_at_ms

@@ -54,7 +54,8 @@ typedef void (*sl_wake_fn)(void *arg, int worker);
 
 struct sl_queue {
     struct sl_held **heads, **tails;  /* per upstream (owned arrays) */
-    size_t nupstreams;
+    size_t nupstreams;                /* their size */
+    size_t used;                      /* indexes below this were ever used */
     unsigned total;                   /* calls this worker holds */
     /* Per upstream: since when this worker's oldest held call waits (0:
      * none); read by the admin listener on another thread. */

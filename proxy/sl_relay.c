@@ -327,7 +327,7 @@ void sl_req_abort_transfer(struct sl_request *req)
     req->xfer_done = true;
     if (req->sent_us > 0) {
         req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
-        sl_hist_observe(&req->w->metrics.latency[req->up->index],
+        sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
     req->result = CURLE_ABORTED_BY_CALLBACK;
@@ -346,7 +346,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     req->xfer_done = true;
     if (req->sent_us > 0) {
         req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
-        sl_hist_observe(&req->w->metrics.latency[req->up->index],
+        sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
     req->result = result;
@@ -770,7 +770,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         snprintf(reason, sizeof(reason), "status %ld, %s", req->status, why);
         sl_store_pause(req->w->store, up, pause, reason);
     }
-    sl_metric_add(&req->w->metrics.pauses[up->index], 1);
+    sl_metric_add(&req->w->metrics.pauses[up->metric_id], 1);
     sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
             up->name, req->status, why, (double)pause / SL_USEC_PER_SEC);
     *pause_out = pause;

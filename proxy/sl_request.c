@@ -159,7 +159,7 @@ void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
     req->decision = *d;
     sl_metrics_call(&req->w->metrics, req->up, o);
     sl_req_set_pending(req, status,
-                       sl_respond_limited(req->w->proxy->config, req->up, d),
+                       sl_respond_limited(req->config, req->up, d),
                        req->expired ? "expired" : o == SL_OUT_PAUSED ? "paused"
                                                                      : "rejected");
 }
@@ -248,20 +248,93 @@ static enum MHD_Result sl_req_refuse(struct sl_request *req, unsigned status,
     return sl_req_queue_pending(req);
 }
 
-/* First call: check, route, match, decide.  Returns what the handler returns. */
-static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
+/*
+ * Route the call and match its rules under req->config: req->up and
+ * req->check.  Returns 0, or -1 with the answer set (404, 400, 503).
+ */
+static int sl_req_match(struct sl_request *req)
 {
-    const struct sl_config *c = req->w->proxy->config;
+    const struct sl_config *c = req->config;
     const char *q = strchr(req->uri, '?');
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
-    const char *path, *why;
+    const char *path;
     size_t canon_len, skip, path_len;
     char *canon = NULL;
     char msg[256];
     struct sl_call call;
     bool trailing;
-    unsigned status;
     int rc;
+
+    sl_check_clear(&req->check);
+    req->up = NULL;
+    canon = malloc(plen + 2);
+    if (canon == NULL)
+        goto oom;
+    /* The whole path, canonical: it must route where the raw one does, or
+     * some server could read the target as another upstream's. */
+    rc = sl_path_canonical(req->uri, plen, 0, canon, &canon_len, &trailing);
+    if (rc != SL_PATH_OK) {
+        free(canon);
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     sl_path_strerror(rc), 0, "bad_request");
+        return -1;
+    }
+    req->up = sl_route(c, req->uri, plen);
+    if (sl_route(c, canon, canon_len) != req->up) {
+        free(canon);
+        req->up = NULL;
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     "the path routes differently once decoded and normalized "
+                     "(encoded or doubled slashes, backslashes or \";\" around "
+                     "the prefix)", 0, "bad_request");
+        return -1;
+    }
+    if (req->up == NULL) {
+        free(canon);
+        snprintf(msg, sizeof(msg), "no upstream is configured for this path "
+                 "(%.*s)", plen > 120 ? 120 : (int)plen, req->uri);
+        sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
+        return -1;
+    }
+    /* Prefixes are canonical themselves (--check), and the canonical path
+     * routes where the raw one does: so past the prefix it is the
+     * canonical form of the rest, "/" when the rest is empty. */
+    skip = req->up->prefix_len == 1 ? 0 : req->up->prefix_len;
+    path = canon + skip;
+    path_len = canon_len - skip;
+    if (path_len == 0) {
+        path = "/";
+        path_len = 1;
+        trailing = false;
+    } else if (!req->up->path_case_sensitive) {
+        sl_path_fold(canon + skip, path_len);
+    }
+    call.method = req->method;
+    call.path = path;
+    call.path_len = path_len;
+    call.header = sl_call_header;
+    call.header_ctx = req->conn;
+    call.trailing_slash = trailing;
+    rc = sl_match(req->up, &call, &req->check);
+    free(canon);
+    if (rc != 0)
+        goto oom;
+    sl_req_identify_app(req);
+    return 0;
+
+oom:
+    sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                 "sluice is out of memory", 1, "out_of_memory");
+    return -1;
+}
+
+/* First call: check, route, match, decide.  Returns what the handler returns. */
+static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
+{
+    const char *q = strchr(req->uri, '?');
+    size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
+    const char *why;
+    unsigned status;
 
     req->phase = SL_PHASE_ACTIVE;
     status = sl_req_check_framing(req, version, &why);
@@ -293,60 +366,9 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
                      "bad_request");
         return sl_req_answer_early(req);
     }
-    canon = malloc(plen + 2);
-    if (canon == NULL)
-        goto oom;
-    /* The whole path, canonical: it must route where the raw one does, or
-     * some server could read the target as another upstream's. */
-    rc = sl_path_canonical(req->uri, plen, 0, canon, &canon_len, &trailing);
-    if (rc != SL_PATH_OK) {
-        free(canon);
-        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
-                     sl_path_strerror(rc), 0, "bad_request");
+    req->config = sl_config_ref(req->w->config);
+    if (sl_req_match(req) != 0)
         return sl_req_answer_early(req);
-    }
-    req->up = sl_route(c, req->uri, plen);
-    if (sl_route(c, canon, canon_len) != req->up) {
-        free(canon);
-        req->up = NULL;
-        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
-                     "the path routes differently once decoded and normalized "
-                     "(encoded or doubled slashes, backslashes or \";\" around "
-                     "the prefix)", 0, "bad_request");
-        return sl_req_answer_early(req);
-    }
-    if (req->up == NULL) {
-        free(canon);
-        snprintf(msg, sizeof(msg), "no upstream is configured for this path "
-                 "(%.*s)", plen > 120 ? 120 : (int)plen, req->uri);
-        sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
-        return sl_req_answer_early(req);
-    }
-    /* Prefixes are canonical themselves (--check), and the canonical path
-     * routes where the raw one does: so past the prefix it is the
-     * canonical form of the rest, "/" when the rest is empty. */
-    skip = req->up->prefix_len == 1 ? 0 : req->up->prefix_len;
-    path = canon + skip;
-    path_len = canon_len - skip;
-    if (path_len == 0) {
-        path = "/";
-        path_len = 1;
-        trailing = false;
-    } else if (!req->up->path_case_sensitive) {
-        sl_path_fold(canon + skip, path_len);
-    }
-    call.method = req->method;
-    call.path = path;
-    call.path_len = path_len;
-    call.header = sl_call_header;
-    call.header_ctx = req->conn;
-    call.trailing_slash = trailing;
-    rc = sl_match(req->up, &call, &req->check);
-    free(canon);
-    if (rc != 0)
-        goto oom;
-    sl_req_identify_app(req);
-
     /* Held calls wait for one of this call's buckets: queue behind them. */
     {
         int64_t head_retry, now_ms = sl_now_ms();
@@ -390,11 +412,6 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     if (req->pending != NULL)
         return sl_req_answer_early(req);
     return MHD_YES;
-
-oom:
-    sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
-                 "sluice is out of memory", 1, "out_of_memory");
-    return sl_req_answer_early(req);
 }
 
 /* Count decision D by rule; an allowed call by app in each of its rules. */
@@ -402,11 +419,10 @@ static void sl_req_count_decision(struct sl_request *req,
                                   const struct sl_decision *d)
 {
     struct sl_metrics *m = &req->w->metrics;
-    size_t up = req->up->index;
 
     if (d->verdict == SL_VERDICT_DENY && d->rule != NULL) {
-        sl_metric_add(&m->decisions[sl_metrics_slot(m, up, d->rule->index) *
-                                    SL_DECISION_RESULTS + SL_DECISION_DENIED], 1);
+        sl_metric_add(&m->decisions[d->rule->metric_slot * SL_DECISION_RESULTS +
+                                    SL_DECISION_DENIED], 1);
         return;
     }
     if (d->verdict != SL_VERDICT_ALLOW)
@@ -416,7 +432,7 @@ static void sl_req_count_decision(struct sl_request *req,
         size_t slot;
         if (r->kind == SL_RULE_PAUSE)
             continue;
-        slot = sl_metrics_slot(m, up, r->index);
+        slot = r->metric_slot;
         if (d->shadow_mask & (UINT64_C(1) << r->index)) {
             sl_metric_add(&m->decisions[slot * SL_DECISION_RESULTS +
                                         SL_DECISION_SHADOW_DENIED], 1);
@@ -498,8 +514,16 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         sl_req_resume(req);
         return;
     }
+    if (d->verdict == SL_VERDICT_STALE) {
+        /* Matched under a configuration a reload replaced. */
+        sl_req_redecide(req);
+        return;
+    }
+    req->stale = 0;
     sl_req_count_decision(req, d);
     switch (d->verdict) {
+    case SL_VERDICT_STALE:
+        break;
     case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
         struct sl_decision dd = *d;
@@ -510,12 +534,14 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         break;
     }
     case SL_VERDICT_UNAVAILABLE:
+        req->rehold = false;
         sl_req_unhold(req);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "limit_state_unavailable",
                      d->reason, 1, "store_error");
         break;
     case SL_VERDICT_ALLOW:
-        released = req->is_held;
+        released = req->is_held || req->rehold;
+        req->rehold = false;
         if (req->is_held) {
             /* Released: the next held call of its bucket may fit too. */
             sl_req_unhold(req);
@@ -549,6 +575,50 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     }
     if (req->susp == SL_SUSP_DECIDE || req->susp == SL_SUSP_HELD)
         sl_req_resume(req);
+}
+
+void sl_req_redecide(struct sl_request *req)
+{
+    struct sl_worker *w = req->w;
+    bool held = req->is_held;
+
+    /* The store serves a newer generation than the worker may have seen. */
+    sl_worker_adopt(w);
+    if (++req->stale > 4) {
+        /* Reloads faster than a decision: say so rather than loop. */
+        sl_req_unhold(req);
+        sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "reloading",
+                     "the configuration is being reloaded; retry the call", 1,
+                     "store_error");
+        sl_req_resume(req);
+        return;
+    }
+    if (held) {
+        req->rehold = true;
+        req->rehold_ticket = req->held.ticket;
+        req->rehold_since_ms = req->held.since_ms;
+        sl_queue_remove(&w->queue, &req->held);
+        req->is_held = false;
+    }
+    if (req->config != w->config) {
+        sl_config_unref(req->config);
+        req->config = sl_config_ref(w->config);
+    }
+    if (sl_req_match(req) != 0) {
+        req->rehold = false;
+        sl_req_resume(req);
+        return;
+    }
+    req->deciding = true;
+    req->held.deciding = held;
+    if (sl_store_decide(w->store, &req->check, sl_req_decided, req) != 0) {
+        req->deciding = false;
+        req->held.deciding = false;
+        req->rehold = false;
+        sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
+                     "the limit store cannot decide this call", 1, "store_error");
+        sl_req_resume(req);
+    }
 }
 
 /* ---- MHD callbacks ---- */
@@ -653,6 +723,7 @@ static void sl_req_free(struct sl_request *req)
     sl_buf_free(&req->down);
     free(req->saved);
     free(req->uri);
+    sl_config_unref(req->config);
     free(req);
 }
 
@@ -773,7 +844,7 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
     if (toe != MHD_REQUEST_TERMINATED_COMPLETED_OK && req->outcome != NULL &&
         strcmp(req->outcome, "forwarded") == 0)
         req->outcome = "client_gone";
-    if (w->proxy->config->access_log && req->phase != SL_PHASE_NEW)
+    if (w->config->access_log && req->phase != SL_PHASE_NEW)
         sl_req_access_log(req);
     if (req->deciding) {
         /* The store still holds a pointer: its callback frees the lease. */

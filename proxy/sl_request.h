@@ -57,7 +57,16 @@ struct sl_request {
     char *uri;                        /* raw request target (owned) */
     const char *raw_uri;              /* ... where MHD parsed it (its buffer) */
     const char *method;               /* MHD-owned, valid until completion */
+    /* The configuration generation it was matched under (referenced):
+     * up, check, decision and lease point into it. */
+    const struct sl_config *config;
     const struct sl_upstream_conf *up;
+    unsigned stale;                   /* STALE answers in a row (reloads) */
+    /* Matched again after a reload while held: keep its place and its
+     * max_wait clock (sl_req_hold). */
+    bool rehold;
+    uint64_t rehold_ticket;
+    int64_t rehold_since_ms;
     enum sl_phase phase;
 
     bool suspended;
@@ -141,6 +150,12 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
 void sl_req_client_address(struct sl_request *req);
 /* The raw request target past the upstream's prefix (path and query). */
 const char *sl_req_rest(const struct sl_request *req);
+/*
+ * A reload made the call's match stale: match it again under the worker's
+ * configuration and ask the store again (a held call keeps its place in
+ * line).  A call that no longer routes gets the answer a new call would.
+ */
+void sl_req_redecide(struct sl_request *req);
 
 /* sl_framing.c: 0, or the status to answer (400, 501) with *WHY set. */
 unsigned sl_req_check_framing(struct sl_request *req, const char *version,

@@ -229,7 +229,7 @@ static void sl_conn_unlist(struct sl_worker *w, struct sl_conn *c)
 
 void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list)
 {
-    const struct sl_config *cf = w->proxy->config;
+    const struct sl_config *cf = w->config;
 
     if (c == NULL)
         return;
@@ -447,6 +447,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     memset(w, 0, sizeof(*w));
     w->id = id;
     w->proxy = proxy;
+    w->config = sl_config_ref(c);
     w->curl_deadline_ms = -1;
     w->store_deadline_ms = -1;
     w->epfd = epoll_create1(EPOLL_CLOEXEC);
@@ -512,7 +513,8 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->multi == NULL)
         return -1;
     w->queue_next_ms = -1;
-    if (sl_queue_init(&w->queue, c->nupstreams, id, proxy->waitlists) != 0)
+    /* Sized for any configuration a reload may bring. */
+    if (sl_queue_init(&w->queue, SL_MAX_UPSTREAMS, id, proxy->waitlists) != 0)
         return -1;
     if (c->store_kind == SL_STORE_REDIS) {
         struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch, sl_loop_room};
@@ -528,7 +530,8 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     curl_multi_setopt(w->multi, CURLMOPT_TIMERDATA, w);
     /* The keep-alive pool towards upstreams. */
     curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 512L);
-    if (sl_metrics_init(&w->metrics, c) != 0)
+    if (sl_metrics_init(&w->metrics, proxy->ids.nups, proxy->ids.nslots,
+                        (size_t)c->max_apps + 2) != 0)
         return -1;
     if (id == 0 && c->admin_listen != NULL) {
         w->admin = sl_admin_new(w);
@@ -542,7 +545,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->admin_watch.fd, &ev) != 0)
             return -1;
     }
-    if (id == 0 && c->nalerts > 0) {
+    /* Worker 0 keeps the alerts, even without receivers: a reload may
+     * add some. */
+    if (id == 0) {
         w->alerts = sl_alerts_new(w);
         if (w->alerts == NULL)
             return -1;
@@ -591,7 +596,7 @@ static void sl_worker_begin_stop(struct sl_worker *w)
         return;
     w->quiesced = true;
     w->stop_deadline_ms =
-        sl_now_ms() + w->proxy->config->shutdown_timeout_us / 1000;
+        sl_now_ms() + w->config->shutdown_timeout_us / 1000;
     fd = MHD_quiesce_daemon(w->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
@@ -630,6 +635,11 @@ static void *sl_worker_main(void *arg)
             break;
         }
         w->mhd_kick = false;
+        /* A reload installed a newer configuration: serve it from this
+         * pass on (one atomic load when nothing changed). */
+        if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
+            w->config->generation)
+            sl_worker_adopt(w);
         for (int i = 0; i < n; i++) {
             struct sl_watch *watch = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -778,6 +788,14 @@ void sl_worker_wake_queue(void *arg, int id)
         sl_warn("worker %d: cannot wake: %s", id, strerror(errno));
 }
 
+void sl_worker_wake(struct sl_worker *w)
+{
+    uint64_t one = 1;
+
+    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+        sl_warn("worker %d: cannot wake: %s", w->id, strerror(errno));
+}
+
 void sl_worker_request_stop(struct sl_worker *w)
 {
     uint64_t one = 1;
@@ -812,6 +830,8 @@ void sl_worker_cleanup(struct sl_worker *w)
     free(w->easy_pool);
     free(w->easy_pool_up);
     sl_queue_free(&w->queue);
+    sl_config_unref(w->config);
+    w->config = NULL;
     if (w->wake_watch.fd > 0)
         close(w->wake_watch.fd);
     if (w->epfd >= 0)

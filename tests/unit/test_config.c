@@ -919,10 +919,11 @@ static void test_errors_never_echo_raw_bytes(void **state)
     sl_errors_free(&e);
 }
 
-/* 50,000 upstreams: duplicates are found through hash sets, not pairs. */
+/* The most upstreams a configuration may have: duplicates are found
+ * through hash sets, not pairs; one more is refused with its reason. */
 static void test_many_upstreams(void **state)
 {
-    const size_t n = 50000;
+    const size_t n = SL_MAX_UPSTREAMS;
     size_t cap = n * 96 + 256, o = 0;
     char *text = malloc(cap);
     struct sl_errors e = {0};
@@ -938,7 +939,7 @@ static void test_many_upstreams(void **state)
     snprintf(text + o, cap - o, "]}");
     assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
     assert_int_equal(c->nupstreams, n);
-    assert_string_equal(c->upstreams[n - 1].prefix, "/p/49999");
+    assert_string_equal(c->upstreams[n - 1].prefix, "/p/4095");
     sl_config_free(c);
 
     /* The last two reuse a name and a prefix of early ones. */
@@ -946,9 +947,10 @@ static void test_many_upstreams(void **state)
     snprintf(text + o, cap - o, ",{\"name\": \"u7\", \"prefix\": \"/q\", \"url\": \"http://h\"},"
              "{\"name\": \"v\", \"prefix\": \"/p/12\", \"url\": \"http://h\"}]}");
     assert_int_equal(sl_config_parse(text, "t", false, &c, &e), -1);
-    assert_int_equal(e.count, 2);
-    assert_true(has_error(&e, "upstreams[50000].name: \"u7\" is already the name of upstreams[7]"));
-    assert_true(has_error(&e, "upstreams[50001].prefix: \"/p/12\" is already the prefix of upstreams[12]"));
+    assert_int_equal(e.count, 3);
+    assert_true(has_error(&e, "upstreams: 4098 upstreams; at most 4096"));
+    assert_true(has_error(&e, "upstreams[4096].name: \"u7\" is already the name of upstreams[7]"));
+    assert_true(has_error(&e, "upstreams[4097].prefix: \"/p/12\" is already the prefix of upstreams[12]"));
     sl_errors_free(&e);
     free(text);
 }

@@ -1,0 +1,226 @@
+/*
+ * sl_reload — a new configuration while calls keep flowing.
+ *
+ * A reload (SIGHUP or POST /reload) reads and validates the whole file
+ * first; a file with errors, or one that changes what a running process
+ * cannot change (listeners, workers, the store), changes nothing.  A good
+ * one becomes the next *generation*: the proxy's pointer moves to it under
+ * config_lock and every worker is woken.  Nothing stops: each worker moves
+ * at the start of its next loop pass (sl_worker_adopt), and calls already
+ * matched keep the generation they were matched under (each holds a
+ * reference) until they end.
+ *
+ * Counts carry over by name.  The memory store renumbers its buckets by
+ * (upstream name, rule name) under each table's lock; Redis keys are named
+ * that way already.  A call that reaches the store with a check matched
+ * under an older generation than the store now serves is answered
+ * SL_VERDICT_STALE and matched again (sl_req_redecide); held calls are
+ * matched again and decided again as soon as their worker moves.  So no
+ * decision is ever taken with one generation's rules against another's
+ * counts, and no call is dropped.
+ *
+ * Metric ids are given by name too (struct sl_metric_ids): a counter keeps
+ * counting across reloads as long as its upstream and rule keep their
+ * names.
+ */
+#include "sl_request.h"
+
+#include "sl_log.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+const char *const sl_reload_result_names[SL_RELOAD_RESULTS] = {
+    "ok", "invalid", "refused",
+};
+
+const struct sl_config *sl_proxy_config(struct sl_proxy *p)
+{
+    const struct sl_config *c;
+
+    pthread_mutex_lock(&p->config_lock);
+    c = sl_config_ref(p->config);
+    pthread_mutex_unlock(&p->config_lock);
+    return c;
+}
+
+/* The id of NAME in *NAMES (added if new), or SIZE_MAX (out of memory). */
+static size_t sl_metric_id(char ***names, size_t *n, size_t *cap, const char *name)
+{
+    for (size_t i = 0; i < *n; i++)
+        if (strcmp((*names)[i], name) == 0)
+            return i;
+    if (*n == *cap) {
+        size_t ncap = *cap ? *cap * 2 : 16;
+        char **nn = realloc(*names, ncap * sizeof(*nn));
+        if (nn == NULL)
+            return SIZE_MAX;
+        *names = nn;
+        *cap = ncap;
+    }
+    if (((*names)[*n] = strdup(name)) == NULL)
+        return SIZE_MAX;
+    return (*n)++;
+}
+
+int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c)
+{
+    struct sl_metric_ids *ids = &p->ids;
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        struct sl_upstream_conf *u = &c->upstreams[i];
+        u->metric_id = sl_metric_id(&ids->ups, &ids->nups, &ids->capups, u->name);
+        if (u->metric_id == SIZE_MAX)
+            return -1;
+        for (size_t k = 0; k <= u->nrules; k++) {
+            struct sl_rule *r = k < u->nrules ? &u->rules[k] : &u->pause_rule;
+            char *key;
+            if (asprintf(&key, "%s\n%d\n%s", u->name, (int)r->kind, r->name) < 0)
+                return -1;
+            r->metric_slot = sl_metric_id(&ids->slots, &ids->nslots, &ids->capslots,
+                                          key);
+            free(key);
+            if (r->metric_slot == SIZE_MAX)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static int64_t sl_wall_ms(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+}
+
+enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
+                                      struct sl_errors *errs)
+{
+    struct sl_config *nc = NULL;
+    const struct sl_config *cur, *old;
+    enum sl_reload_result res = SL_RELOAD_OK;
+    size_t before;
+
+    pthread_mutex_lock(&p->reload_lock);
+    cur = sl_proxy_config(p);
+    before = errs->count;
+    if (sl_config_load(p->config_path, true, &nc, errs) != 0) {
+        res = SL_RELOAD_INVALID;
+    } else if (sl_config_restart_diff(cur, nc, errs) > 0) {
+        res = SL_RELOAD_REFUSED;
+    } else if (sl_proxy_metric_ids(p, nc) != 0) {
+        sl_errors_add(errs, "out of memory");
+        res = SL_RELOAD_INVALID;
+    }
+    if (res != SL_RELOAD_OK) {
+        sl_config_free(nc);
+        if (res == SL_RELOAD_INVALID)
+            sl_error("%s: %s has %zu error%s; the running configuration "
+                     "(generation %llu) keeps serving:", why, p->config_path,
+                     errs->count - before, errs->count - before == 1 ? "" : "s",
+                     (unsigned long long)cur->generation);
+        else
+            sl_warn("%s: %s changes settings a running sluice cannot change; "
+                    "nothing was applied (generation %llu keeps serving):", why,
+                    p->config_path, (unsigned long long)cur->generation);
+        for (size_t i = before; i < errs->count; i++)
+            sl_error("  %s", errs->lines[i]);
+        goto out;
+    }
+    nc->generation = cur->generation + 1;
+    nc->loaded_ms = sl_wall_ms();
+    pthread_mutex_lock(&p->config_lock);
+    old = p->config;
+    p->config = nc;
+    atomic_store_explicit(&p->generation, nc->generation, memory_order_release);
+    pthread_mutex_unlock(&p->config_lock);
+    /* The memory store moves now (a worker's newer call would make it move
+     * anyway): its snapshots and the state file follow the new names. */
+    if (sl_store_adopt(p->memory, nc) != 0)
+        sl_warn("%s: the memory store could not renumber its buckets yet (out of "
+                "memory); it will on the next call", why);
+    sl_log_set_json(nc->log_format == SL_LOG_FORMAT_JSON);
+    for (int i = 0; i < p->nworkers; i++)
+        sl_worker_wake(&p->workers[i]);
+    sl_info("%s: configuration reloaded from %s: generation %llu, %zu upstream%s",
+            why, p->config_path, (unsigned long long)nc->generation, nc->nupstreams,
+            nc->nupstreams == 1 ? "" : "s");
+    sl_config_unref(old);
+out:
+    atomic_fetch_add(&p->reloads[res], 1);
+    sl_config_unref(cur);
+    pthread_mutex_unlock(&p->reload_lock);
+    return res;
+}
+
+static int sl_by_ticket(const void *a, const void *b)
+{
+    const struct sl_request *x = *(struct sl_request *const *)a;
+    const struct sl_request *y = *(struct sl_request *const *)b;
+
+    return x->held.ticket < y->held.ticket ? -1 : x->held.ticket > y->held.ticket;
+}
+
+void sl_worker_adopt(struct sl_worker *w)
+{
+    struct sl_proxy *p = w->proxy;
+    const struct sl_config *c, *old = w->config;
+    size_t nups = 0, nslots = 0;
+
+    if (atomic_load_explicit(&p->generation, memory_order_acquire) == old->generation)
+        return;
+    c = sl_proxy_config(p);
+    if (c->generation <= old->generation) {
+        sl_config_unref(c);
+        return;
+    }
+    if (sl_store_adopt(w->store, c) != 0)
+        sl_warn("worker %d: the store could not move to the new configuration "
+                "yet (out of memory)", w->id);
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *u = &c->upstreams[i];
+        if (u->metric_id + 1 > nups)
+            nups = u->metric_id + 1;
+        for (size_t k = 0; k <= u->nrules; k++)
+            if (sl_upstream_rule(u, k)->metric_slot + 1 > nslots)
+                nslots = sl_upstream_rule(u, k)->metric_slot + 1;
+    }
+    pthread_rwlock_wrlock(&p->metrics_lock);
+    if (sl_metrics_grow(&w->metrics, nups, nslots) != 0) {
+        /* Counting into rows that do not exist is not an option: stay on
+         * the old generation and try again on the next pass. */
+        pthread_rwlock_unlock(&p->metrics_lock);
+        sl_config_unref(c);
+        sl_warn("worker %d: out of memory growing its metrics; the new "
+                "configuration waits", w->id);
+        return;
+    }
+    w->config = c;
+    pthread_rwlock_unlock(&p->metrics_lock);
+    /* Pooled handles may carry the old TLS settings of an upstream index. */
+    for (int i = 0; i < w->npool; i++)
+        w->easy_pool_up[i] = SIZE_MAX;
+    /* Held calls are decided again under the new rules, in line order
+     * (by ticket); one whose decision is out is matched again when its
+     * answer comes back STALE. */
+    if (w->queue.total > 0) {
+        struct sl_request **list = calloc(w->queue.total, sizeof(*list));
+        size_t n = 0;
+        for (size_t u = 0; list != NULL && u < w->queue.used; u++)
+            for (struct sl_held *h = w->queue.heads[u]; h != NULL && n < w->queue.total;
+                 h = h->next)
+                if (!h->deciding && !((struct sl_request *)h->owner)->deciding)
+                    list[n++] = h->owner;
+        if (list != NULL)
+            qsort(list, n, sizeof(*list), sl_by_ticket);
+        for (size_t i = 0; i < n; i++)
+            sl_req_redecide(list[i]);
+        free(list);
+    }
+    w->queue_kick = true;
+    sl_config_unref(old);
+}
