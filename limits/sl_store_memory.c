@@ -29,9 +29,9 @@
  * it every bucket whose rule (name and kind) survives, renumbered and
  * rehashed under the table's lock; leases keep pointing at the same
  * buckets, so reservations and slots taken before the reload are given
- * back where they were taken.  A rate log whose limit fell keeps its
- * newest `limit` entries (exactly what decides when the next call fits); a
- * window that changed keeps the entries logged.  Buckets of removed rules
+ * back where they were taken.  A rate log whose limit fell keeps all its
+ * entries: it is full until enough of them leave the window; a window that
+ * changed keeps the entries logged.  Buckets of removed rules
  * become orphans: nothing matches them again, leases on them are given
  * back normally, and the sweeper frees them.  A check matched under an
  * older generation is answered SL_VERDICT_STALE (match again); one from a
@@ -427,11 +427,9 @@ static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *
         if (b->rule != SL_MEM_ORPHAN && ou != NULL && nu != NULL)
             nr = sl_upstream_rule_like(nu, sl_upstream_rule(ou, b->rule));
         b->rule = nr != NULL ? (uint32_t)nr->index : SL_MEM_ORPHAN;
-        if (nr != NULL && nr->kind == SL_RULE_RATE) {
-            /* A lower limit: the newest `limit` calls decide from now on
-             * (the ring keeps its size: the bytes accounted stay true). */
-            sl_window_keep_newest(&b->win, nr->limit);
-        }
+        /* A rate log keeps every entry, even past a lowered limit: the
+         * window is full until enough of them age out, and the operator
+         * sees what the provider counts. */
         if (nr == NULL || nr->kind != SL_RULE_RATE)
             b->report = false;
         b->alert_level = 0;
