@@ -48,7 +48,8 @@ int sl_metrics_grow(struct sl_metrics *m, size_t nups, size_t nslots)
         nups = m->nups;
     if (nslots < m->nslots)
         nslots = m->nslots;
-    if (sl_rows(&m->calls, SL_OUT_COUNT * sizeof(*m->calls), m->nups + 1, nups + 1) ||
+    if (sl_rows(&m->calls, SL_OUT_COUNT * sizeof(*m->calls),
+                m->calls != NULL ? m->nups + 1 : 0, nups + 1) ||
         sl_rows(&m->latency, sizeof(*m->latency), m->nups, nups) ||
         sl_rows(&m->held, sizeof(*m->held), m->nups, nups) ||
         sl_rows(&m->pauses, sizeof(*m->pauses), m->nups, nups) ||
