@@ -595,6 +595,68 @@ static void sl_parse_per(json_t *v, const char *sub, struct sl_rule *r,
     }
 }
 
+/* "reset" and "timezone" of rate rule R (its window parsed). */
+static void sl_parse_calendar(json_t *jr, const char *path, struct sl_rule *r,
+                              struct sl_errors *errs)
+{
+    json_t *jreset = json_object_get(jr, "reset");
+    json_t *jtz = json_object_get(jr, "timezone");
+    char sub[768], q[96], why[256];
+    const char *s;
+
+    if (jreset != NULL) {
+        snprintf(sub, sizeof(sub), "%s.reset", path);
+        if (sl_get_string(jreset, sub, &s, errs) == 0) {
+            if (strcmp(s, "calendar") == 0) {
+                r->calendar = true;
+            } else if (strcmp(s, "rolling") == 0) {
+                if (r->cal.month) {
+                    sl_errors_add(errs, "%s: \"1mo\" is a calendar month; it "
+                                  "resets on the calendar (remove \"reset\" or "
+                                  "make it \"calendar\")", sub);
+                }
+            } else {
+                sl_errors_add(errs, "%s: %s must be \"rolling\" or \"calendar\"",
+                              sub, sl_quote(s, q, sizeof(q)));
+            }
+        }
+    }
+    if (jtz != NULL && !r->calendar) {
+        sl_errors_add(errs, "%s.timezone: only calendar windows have a time zone "
+                      "(add \"reset\": \"calendar\")", path);
+        return;
+    }
+    if (!r->calendar)
+        return;
+    if (!r->cal.month) {
+        /* Periods start at local midnight and every window after it. */
+        if (r->window_us > 0 &&
+            (r->window_us % SL_USEC_PER_SEC != 0 ||
+             SL_DAYS(1) % r->window_us != 0)) {
+            sl_errors_add(errs, "%s.window: a calendar window divides a day "
+                          "(\"1d\", \"12h\", \"1h\", \"15m\", \"1s\"...) or is a "
+                          "month (\"1mo\")", path);
+            return;
+        }
+        r->cal.span_s = r->window_us / SL_USEC_PER_SEC;
+    }
+    if (jtz != NULL) {
+        snprintf(sub, sizeof(sub), "%s.timezone", path);
+        if (sl_get_string(jtz, sub, &s, errs) != 0)
+            return;
+    } else {
+        s = "UTC";
+    }
+    r->timezone = strdup(s);
+    r->tz = sl_tz_load(s, NULL, why, sizeof(why));
+    if (r->tz == NULL) {
+        sl_errors_add(errs, "%s.timezone: %s %s", path, sl_quote(s, q, sizeof(q)),
+                      why);
+        return;
+    }
+    r->cal.tz = r->tz;
+}
+
 /* Parse rule JR of upstream U (whose margin and defaults are known). */
 static void sl_parse_rule(json_t *jr, const char *path,
                           const struct sl_upstream_conf *u, struct sl_rule *r,
@@ -603,7 +665,7 @@ static void sl_parse_rule(json_t *jr, const char *path,
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
                                        "max_wait", "sync", "sync_probe", "mode",
-                                       NULL};
+                                       "reset", "timezone", NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -666,12 +728,18 @@ static void sl_parse_rule(json_t *jr, const char *path,
             if (sl_get_int(jl, sub, 1, 100000000LL, &n, errs) == 0)
                 r->limit = (uint64_t)n;
         }
-        if (jw != NULL) {
+        if (jw != NULL && json_is_string(jw) && strcmp(json_string_value(jw), "1mo") == 0) {
+            /* A calendar month: 31 days at most (what keeps its calls). */
+            r->calendar = true;
+            r->cal.month = true;
+            r->window_us = SL_DAYS(31);
+        } else if (jw != NULL) {
             snprintf(sub, sizeof(sub), "%s.window", path);
             if (sl_get_duration(jw, sub, SL_USEC_PER_MSEC, SL_DAYS(366), false,
                                 &d, errs) == 0)
                 r->window_us = d;
         }
+        sl_parse_calendar(jr, path, r, errs);
         /* Stamped when sent, counted by the provider on arrival: the
          * margin absorbs the jitter between the two (README, "margin"). */
         r->span_us = r->window_us + u->margin_us;
@@ -704,6 +772,9 @@ static void sl_parse_rule(json_t *jr, const char *path,
     }
 
     sl_parse_sync(jr, path, r, errs);
+    if (r->calendar && r->sync != SL_SYNC_NONE)
+        sl_errors_add(errs, "%s.sync: not available with a calendar window "
+                      "(a provider report is read against a rolling window)", path);
 
     v = json_object_get(jr, "per");
     if (v != NULL) {
@@ -2301,6 +2372,8 @@ static void sl_rule_free(struct sl_rule *r)
     free(r->per_text);
     free(r->per_header);
     free(r->alert_at);
+    free(r->timezone);
+    sl_tz_free(r->tz);
 }
 
 void sl_config_free(struct sl_config *c)

@@ -14,6 +14,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "sl_calendar.h"
+
 struct sl_pattern;
 struct sl_config;
 struct sl_errors;
@@ -126,6 +128,13 @@ struct sl_rule {
      * that names it, ascending (the store tracks which were crossed). */
     double *alert_at;
     size_t nalert_at;
+    /* "reset": "calendar": the window is a calendar period (CAL, in time
+     * zone TZ, owned) instead of a rolling one: calls count from the last
+     * boundary (minus the margin) and room comes back at the next. */
+    bool calendar;
+    struct sl_calendar cal;
+    struct sl_tz *tz;
+    char *timezone;               /* as written ("UTC" by default) */
     /* Its counters in /metrics: an id given by name (upstream, rule) when
      * the configuration is installed, the same in every later generation
      * that keeps the name (see sl_metric_ids). */

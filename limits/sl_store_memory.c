@@ -139,6 +139,8 @@ struct sl_lease {
 
 static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                          size_t max_slots, int64_t now);
+static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
+                           int64_t now, int64_t *reset);
 
 int64_t sl_clock_monotonic(void *arg)
 {
@@ -279,7 +281,7 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
             else if (r->kind == SL_RULE_PAUSE)
                 idle = b->paused_until <= now;
             else if (idle && r->kind == SL_RULE_RATE) {
-                sl_window_prune(&b->win, r->span_us, now);
+                sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
                 idle = b->win.count == 0 && (!b->report || b->report_until <= now);
             }
             if (!idle) {
@@ -304,6 +306,45 @@ static uint64_t sl_mem_limit(const struct sl_mem_store *s, uint64_t limit)
     if (s->share >= 1.0)
         return limit;
     return (uint64_t)((double)limit * s->share);
+}
+
+/* Microseconds to add to the store's clock to get the wall clock (UTC µs
+ * since the epoch): calendar periods are wall-clock periods.  A test clock
+ * is taken as wall time itself. */
+static int64_t sl_mem_wall_offset(const struct sl_mem_store *s)
+{
+    struct timespec rt, mono;
+
+    if (s->clock != sl_clock_monotonic)
+        return 0;
+    clock_gettime(CLOCK_REALTIME, &rt);
+    clock_gettime(CLOCK_MONOTONIC, &mono);
+    return ((int64_t)rt.tv_sec - mono.tv_sec) * SL_USEC_PER_SEC +
+           (rt.tv_nsec - mono.tv_nsec) / 1000;
+}
+
+/*
+ * How far back rate rule R counts at NOW: its span (window + margin), or,
+ * for a calendar window, back to its period's start minus the margin (a
+ * call sent just before the boundary may reach the provider after it).
+ * *RESET (may be NULL): for a calendar window, until the next boundary;
+ * else -1.
+ */
+static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
+                           int64_t now, int64_t *reset)
+{
+    int64_t wall, start, end;
+
+    if (!r->calendar) {
+        if (reset != NULL)
+            *reset = -1;
+        return r->span_us;
+    }
+    wall = now + sl_mem_wall_offset(s);
+    sl_calendar_period(&r->cal, wall, &start, &end);
+    if (reset != NULL)
+        *reset = end - wall;
+    return wall - start + (r->span_us - r->window_us);
 }
 
 /*
@@ -338,6 +379,12 @@ static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
         return r->span_us;  /* this instance has no share of it */
     if (b == NULL)
         return 0;
+    if (r->calendar) {
+        /* Full until the next boundary, whatever the calls' ages. */
+        int64_t reset, span = sl_mem_span(s, r, now, &reset);
+        sl_window_prune(&b->win, span, now);
+        return b->win.count + b->reserved < limit ? 0 : reset;
+    }
     wait = sl_window_wait_reserved(&b->win, limit, b->reserved, r->span_us, now);
     room = sl_mem_report_room(b, now);
     if (wait == 0 && room <= 0) {
@@ -706,9 +753,13 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         if (d.rule == NULL || rem < d.remaining) {
             d.rule = r;
             d.remaining = rem;
-            d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
-            if (d.reset_us == 0 && bk[i]->reserved > 0)
-                d.reset_us = r->span_us;
+            if (r->calendar) {
+                sl_mem_span(s, r, now, &d.reset_us);
+            } else {
+                d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
+                if (d.reset_us == 0 && bk[i]->reserved > 0)
+                    d.reset_us = r->span_us;
+            }
         }
     }
     goto out;
@@ -734,7 +785,7 @@ static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
 {
     size_t before = sl_window_bytes(&b->win);
 
-    sl_window_prune(&b->win, r->span_us, now);
+    sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
     /* A full log keeps its newest entries (sl_window_record_tag). */
     if (r->limit == 0 || sl_window_record_tag(&b->win, r->limit, now, app) != 0)
         return;
@@ -962,12 +1013,15 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
         }
     } else if (b != NULL) {
         int64_t room;
-        sl_window_prune(&b->win, r->span_us, now);
+        int64_t reset, span = sl_mem_span(s, r, now, &reset);
+        sl_window_prune(&b->win, span, now);
         u->used = b->win.count + b->reserved;
         u->reserved = b->reserved;
         u->resets_in_us = sl_window_next_expiry(&b->win, r->span_us, now);
         if (b->win.count == 0)
             u->resets_in_us = b->reserved > 0 ? r->span_us : 0;
+        if (r->calendar)
+            u->resets_in_us = u->used > 0 ? reset : 0;
         room = sl_mem_report_room(b, now);
         if (room != INT64_MAX)
             u->report_left = room > 0 ? room : 0;
@@ -1040,12 +1094,12 @@ static int sl_mem_cand_cmp(const void *pa, const void *pb)
 }
 
 /* Cheap: buckets used now (no tally, no allocation).  Lock held. */
-static uint64_t sl_mem_used(struct sl_mem_bucket *b, const struct sl_rule *r,
-                            int64_t now)
+static uint64_t sl_mem_used(const struct sl_mem_store *s, struct sl_mem_bucket *b,
+                            const struct sl_rule *r, int64_t now)
 {
     if (r->kind == SL_RULE_CONCURRENCY)
         return b->inflight;
-    sl_window_prune(&b->win, r->span_us, now);
+    sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
     return b->win.count + b->reserved;
 }
 
@@ -1099,7 +1153,7 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
             }
             uu->rules[b->rule].nbuckets++;
             cand[ncand].b = b;
-            cand[ncand].used = sl_mem_used(b, r, now);
+            cand[ncand].used = sl_mem_used(s, b, r, now);
             /* Without `per`: its one bucket.  A level that moved: always
              * (alerts must see it, and it is recorded below). */
             cand[ncand].pick = r->per_kind == SL_PER_NONE ||
@@ -1252,7 +1306,7 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
                         rc = cb(arg, t->up, r, b->key, b->key_len, NULL,
                                 b->paused_until, t->pause_reason);
                 } else if (r->kind == SL_RULE_RATE) {
-                    sl_window_prune(&b->win, r->span_us, now);
+                    sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
                     if (b->win.count > 0)
                         rc = cb(arg, t->up, r, b->key, b->key_len, &b->win, 0, NULL);
                 }
@@ -1283,7 +1337,7 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
     now = s->clock(s->clock_arg);
     /* Only what is still inside the span, and at most `limit` (the
      * newest: a lowered limit keeps the most recent calls). */
-    while (first < n && times[first] <= now - r->span_us)
+    while (first < n && times[first] <= now - sl_mem_span(s, r, now, NULL))
         first++;
     if (n - first > r->limit)
         first = n - (uint32_t)r->limit;

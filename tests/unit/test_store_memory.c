@@ -628,6 +628,121 @@ static void test_shadow_rules(void **state)
     sl_store_release(f->store, r.lease);
 }
 
+/* ---- calendar windows (the fake clock is wall time) ---- */
+
+static int setup_calendar(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"margin\": \"1s\", \"rules\": ["
+        "{\"name\": \"daily\", \"limit\": 3, \"window\": \"1d\", \"reset\": \"calendar\","
+        "\"timezone\": \"+02:00\"}]}]}");
+}
+
+static void test_calendar_day(void **state)
+{
+    struct fixture *f = *state;
+    /* 2026-11-24 23:59:50 at +02:00 = 21:59:50Z: ten seconds to midnight. */
+    const int64_t midnight = INT64_C(1795989600) * S;   /* 2026-11-25T00:00+02:00 */
+    struct result r;
+
+    fake_now = midnight - 10 * S;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    /* Room at the boundary, whatever the calls' ages. */
+    assert_int_equal(r.d.wait_us, 10 * S);
+    /* Just past midnight, the margin (1 s) still counts the calls sent in
+     * the last second of the day before: none here, so all is free... */
+    fake_now = midnight;
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(r.d.remaining, 2);
+    assert_int_equal(r.d.reset_us, 86400 * S);
+    /* ...and a call sent 0.5 s before the next midnight counts in both days. */
+    fake_now = midnight + 86400 * S - S / 2;
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    fake_now = midnight + 86400 * S;
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(r.d.remaining, 1);
+    /* It counts for the whole new day (the provider may have counted it
+     * there): three calls now, none left until the next midnight. */
+    fake_now = midnight + 86400 * S + 2 * S;
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(r.d.remaining, 0);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+}
+
+/* ---- reload: counts carried by name ---- */
+
+static void test_adopt_carries_counts(void **state)
+{
+    struct fixture *f = *state;
+    struct sl_errors e = {0};
+    struct sl_config *next;
+    struct result r, held;
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false};
+    struct sl_check old_check;
+
+    /* Three of four "all", one slot of "conc" held across the reload. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    held = call_keep(f, "GET", "/slow");
+    assert_int_equal(held.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(sl_match(&f->config->upstreams[0], &c, &old_check), 0);
+    assert_int_equal(sl_config_parse(
+        "{\"upstreams\": [{\"name\": \"other\", \"prefix\": \"/o\", \"url\": \"http://x\"},"
+        "{\"name\": \"leads\", \"prefix\": \"/l\", \"url\": \"http://x\", \"rules\": ["
+        "{\"name\": \"conc\", \"path\": \"/slow\", \"concurrency\": 1},"
+        "{\"name\": \"all\", \"limit\": 5, \"window\": \"1m\"}]}]}",
+        "t", false, &next, &e), 0);
+    next->generation = 2;
+    assert_int_equal(sl_store_adopt(f->store, next), 0);
+    /* A call matched under the old configuration: match again. */
+    assert_int_equal(sl_store_decide(f->store, &old_check, on_decision, &r), 0);
+    assert_int_equal(r.d.verdict, SL_VERDICT_STALE);
+    sl_check_clear(&old_check);
+    /* Under the new one: "all" keeps its 4 (3 + the slow call), raised to
+     * 5: one more; the slot is still taken. */
+    {
+        struct sl_config *prev = f->config;
+        f->config = next;
+        next = prev;
+    }
+    /* f->config->upstreams[0] is "other" now: call "leads" by hand. */
+    {
+        struct sl_call cs = {"GET", "/slow", 5, lookup, NULL, false};
+        struct sl_check chk;
+        struct sl_config *cfg = f->config;
+        assert_int_equal(sl_match(&cfg->upstreams[1], &cs, &chk), 0);
+        r = (struct result){0};
+        sl_store_decide(f->store, &chk, on_decision, &r);
+        assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+        assert_string_equal(r.d.rule->name, "conc");
+        sl_check_clear(&chk);
+        cs.path = "/x";
+        cs.path_len = 2;
+        assert_int_equal(sl_match(&cfg->upstreams[1], &cs, &chk), 0);
+        r = (struct result){0};
+        sl_store_decide(f->store, &chk, on_decision, &r);
+        assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+        assert_int_equal(r.d.remaining, 0);
+        sl_store_commit(f->store, r.lease);
+        sl_store_release(f->store, r.lease);
+        r = (struct result){0};
+        sl_store_decide(f->store, &chk, on_decision, &r);
+        assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+        sl_check_clear(&chk);
+    }
+    /* The slot taken before the reload is given back where it was taken. */
+    sl_store_commit(f->store, held.lease);
+    sl_store_release(f->store, held.lease);
+    sl_config_unref(next);   /* the old one: the store dropped its own */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -646,6 +761,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_local_share_and_mirror, setup_share, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_figures, setup_snapshot, teardown),
         cmocka_unit_test_setup_teardown(test_shadow_rules, setup_shadow, teardown),
+        cmocka_unit_test_setup_teardown(test_calendar_day, setup_calendar, teardown),
+        cmocka_unit_test_setup_teardown(test_adopt_carries_counts, setup_leads, teardown),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
