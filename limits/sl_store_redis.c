@@ -240,7 +240,11 @@
  *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
  *         commit section, ncalls, then per call: app, nrules, then per rule:
  *         kind, limit, span_us, probe_us (-1: no sync; concurrency: -2
- *         when the bucket is entered in its rule's index k)
+ *         when the bucket is entered in its rule's index k); a calendar
+ *         rule (kind k, K) has the margin for span_us and three more: its
+ *         period's start and end and the next period's end (Redis µs, as
+ *         this instance estimates Redis's clock: the script moves to the
+ *         next period itself when its TIME is already past the end)
  * A call's member is base..':'..call_number..'|'..app (app names have no
  * '|': the snapshot reads a concurrency slot's app from its member).
  * Reply: {now, 0} when past the deadline (no decision written), else {now, 1, per call: {1, best_rule,
@@ -262,14 +266,35 @@ static const char sl_lua_decide[] =
     "  a = a + 2\n"
     "  local member, deny, wait, st, ka = base .. ':' .. c .. '|' .. app, 0, 0, {}, k\n"
     "  local skip, shadow, swait, shadows = {}, 0, 0, {}\n"
+    /* where each rule's arguments start: a calendar rule (k, K) has three
+     * more (its period's start and end, the next period's end) */
+    "  local pos, q = {}, a\n"
+    "  for i = 1, n do\n"
+    "    pos[i] = q\n"
+    "    local kd = ARGV[q]\n"
+    "    if kd == 'k' or kd == 'K' then q = q + 7 else q = q + 4 end\n"
+    "  end\n"
+    /* a calendar rule counts from its period's start minus the margin
+     * (its span field) and is full until the period's end */
+    "  local function rule(i)\n"
+    "    local p = pos[i]\n"
+    "    local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
+    "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
+    "    local sh = kind == 'R' or kind == 'C' or kind == 'K'\n"
+    "    kind = string.lower(kind)\n"
+    "    local pend, ttl = nil, span\n"
+    "    if kind == 'k' then\n"
+    "      local ps, pe = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])\n"
+    "      if now >= pe then ps, pe = pe, tonumber(ARGV[p + 6]) end\n"
+    "      kind, pend, ttl = 'r', pe, pe - now + span\n"
+    "      span = math.max(now - ps + span, 0)\n"
+    "    end\n"
+    "    return kind, limit, span, probe, sh, pend, ttl\n"
+    "  end\n"
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
-    "    local p = a + 4 * (i - 1)\n"
-    "    local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
-    "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
-    "    local sh = kind == 'R' or kind == 'C'\n"
-    "    kind = string.lower(kind)\n"
+    "    local kind, limit, span, probe, sh, pend, ttl = rule(i)\n"
     "    local w = 0\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
@@ -280,17 +305,17 @@ static const char sl_lua_decide[] =
     "        local gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
     "        if gone > 0 then\n"
     "          nres = nres - gone\n"
-    "          log(l, ap, now, gone, limit, span, '-')\n"
+    "          log(l, ap, now, gone, limit, ttl, '-')\n"
     "          if s and redis.call('EXISTS', s) == 1 then\n"
     "            redis.call('HINCRBY', s, 'sent', gone)\n"
     "          end\n"
     "        end\n"
     "      end\n"
     "      local len, m = redis.call('LLEN', l), limit - nres\n"
-    "      if m <= 0 then w = span\n"
+    "      if m <= 0 then w = pend and pend - now or span\n"
     "      elseif len >= m then\n"
     "        local e = tonumber(redis.call('LINDEX', l, m - 1))\n"
-    "        if e > now - span then w = e + span - now end\n"
+    "        if e > now - span then w = pend and pend - now or e + span - now end\n"
     "      end\n"
     "      local room, isprobe = nil, false\n"
     "      if s then\n"
@@ -333,11 +358,7 @@ static const char sl_lua_decide[] =
     "    local best, rem, reset = 0, 0, 0\n"
     "    ka = k\n"
     "    for i = 1, n do\n"
-    "      local p = a + 4 * (i - 1)\n"
-    "      local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
-    "        tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
-    "      local sh = kind == 'R' or kind == 'C'\n"
-    "      kind = string.lower(kind)\n"
+    "      local kind, limit, span, probe, sh, pend, ttl = rule(i)\n"
     "      if kind == 'r' and skip[i] then\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then ka = ka + 1 end\n"
@@ -360,7 +381,7 @@ static const char sl_lua_decide[] =
     "          if len > 0 then redis.call('LTRIM', ap, 0, len - 1) else redis.call('DEL', ap) end\n"
     "        end\n"
     "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
-    "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + span) / 1000) + 1000))\n"
+    "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))\n"
     "        if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
     "        local used, left = len + nres + 1, 0\n"
     "        if used < limit then left = limit - used end\n"
@@ -368,6 +389,7 @@ static const char sl_lua_decide[] =
     "        if not sh and (best == 0 or left < rem) then\n"
     "          best, rem, reset = i, left, span\n"
     "          if tail then reset = math.max(tonumber(tail) + span - now, 0) end\n"
+    "          if pend then reset = pend - now end\n"
     "        end\n"
     "      elseif kind == 'p' then\n"
     "        ka = ka + 1\n"
@@ -386,7 +408,7 @@ static const char sl_lua_decide[] =
     "    end\n"
     "    out[#out + 1] = {1, best, rem, reset, shadow, swait, shadows}\n"
     "  end\n"
-    "  a, k = a + 4 * n, ka\n"
+    "  a, k = q, ka\n"
     "end\n"
     "return out\n";
 
@@ -540,7 +562,7 @@ static const char sl_lua_snapshot[] =
     "  end\n"
     "  return lo\n"
     "end\n"
-    "local function figures(kind, key, r, v, ap, s, c, limit, span)\n"
+    "local function figures(kind, key, r, v, ap, s, c, limit, span, pend)\n"
     "  local f = {key = key, used = 0, res = 0, resets = -1, left = -1, n = 0, ap = ap}\n"
     "  if kind == 'r' then\n"
     "    f.n = newer(r, now - span)\n"
@@ -549,6 +571,7 @@ static const char sl_lua_snapshot[] =
     "    if f.n > 0 then\n"
     "      f.resets = math.max(tonumber(redis.call('LINDEX', r, f.n - 1)) + span - now, 0)\n"
     "    elseif f.res > 0 then f.resets = span else f.resets = 0 end\n"
+    "    if pend > 0 then f.resets = f.used > 0 and math.max(pend - now, 0) or 0 end\n"
     "    if s then\n"
     "      local h = redis.call('HMGET', s, 'left', 'sent', 'until')\n"
     "      if h[1] and tonumber(h[3]) > now then\n"
@@ -609,9 +632,13 @@ static const char sl_lua_snapshot[] =
     "for i = 1, nrules do\n"
     "  local kind, per, limit, span, sync, name = ARGV[a], ARGV[a + 1] == '1',\n"
     "    tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3]), ARGV[a + 4] == '1', ARGV[a + 5]\n"
-    "  local nl, levels = tonumber(ARGV[a + 6]), {}\n"
-    "  for j = 1, nl do levels[j] = tonumber(ARGV[a + 6 + j]) end\n"
-    "  a = a + 7 + nl\n"
+    /* a calendar rule: its period's end (Redis µs; 0: rolling); its span
+     * reaches back to the period's start minus the margin */
+    "  local pend = tonumber(ARGV[a + 6])\n"
+    "  if pend > 0 and now >= pend then span = 0 end\n"
+    "  local nl, levels = tonumber(ARGV[a + 7]), {}\n"
+    "  for j = 1, nl do levels[j] = tonumber(ARGV[a + 7 + j]) end\n"
+    "  a = a + 8 + nl\n"
     "  local hr, hv, ha, hs, hc = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]\n"
     "  a = a + 5\n"
     "  local rule = {}\n"
@@ -620,11 +647,11 @@ static const char sl_lua_snapshot[] =
     "    if kind == 'r' then\n"
     "      local s = nil\n"
     "      if sync then s = KEYS[k + 3] end\n"
-    "      f = figures(kind, '', KEYS[k], KEYS[k + 1], KEYS[k + 2], s, nil, limit, span)\n"
+    "      f = figures(kind, '', KEYS[k], KEYS[k + 1], KEYS[k + 2], s, nil, limit, span, pend)\n"
     "      k = k + 3\n"
     "      if sync then k = k + 1 end\n"
     "    else\n"
-    "      f = figures(kind, '', nil, nil, nil, nil, KEYS[k], limit, span)\n"
+    "      f = figures(kind, '', nil, nil, nil, nil, KEYS[k], limit, span, pend)\n"
     "      k = k + 1\n"
     "    end\n"
     "    rule = {1, {emit(f, limit, name, levels)}}\n"
@@ -643,9 +670,9 @@ static const char sl_lua_snapshot[] =
     "        local key = string.sub(m, #hr + 1)\n"
     "        local s = nil\n"
     "        if sync then s = hs .. key end\n"
-    "        f = figures(kind, key, m, hv .. key, ha .. key, s, nil, limit, span)\n"
+    "        f = figures(kind, key, m, hv .. key, ha .. key, s, nil, limit, span, pend)\n"
     "      else\n"
-    "        f = figures(kind, string.sub(m, #hc + 1), nil, nil, nil, nil, m, limit, span)\n"
+    "        f = figures(kind, string.sub(m, #hc + 1), nil, nil, nil, nil, m, limit, span, pend)\n"
     "      end\n"
     "      fs[#fs + 1] = f\n"
     "    end\n"
@@ -902,6 +929,45 @@ static void sl_redis_learn_clock(struct sl_redis *r, int64_t redis_now,
         r->off_value = s;
         r->off_at = local_now;
     }
+}
+
+/*
+ * Calendar rule RULE's period at this worker's estimate of Redis's clock
+ * (the wall clock until Redis has answered): its start and end, and the
+ * next period's end, in µs.  The estimate is a lower bound: a script that
+ * runs past *END moves on to [*END, *NEXT) itself.
+ */
+static int64_t sl_redis_est_now(const struct sl_redis *r)
+{
+    struct timespec ts;
+
+    if (r->have_offset) {
+        int64_t now = sl_redis_now_us();
+        return now + sl_redis_offset(r, now);
+    }
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
+static void sl_redis_period(const struct sl_redis *r, const struct sl_rule *rule,
+                            int64_t *start, int64_t *end, int64_t *next)
+{
+    int64_t s2;
+
+    sl_calendar_period(&rule->cal, sl_redis_est_now(r), start, end);
+    sl_calendar_period(&rule->cal, *end, &s2, next);
+}
+
+/* How long rule RULE's entries must be kept from now: its span, or for a
+ * calendar rule until the next period ends (plus the margin). */
+static int64_t sl_redis_keep_us(const struct sl_redis *r, const struct sl_rule *rule)
+{
+    int64_t s, e, n;
+
+    if (rule->kind != SL_RULE_RATE || !rule->calendar)
+        return rule->span_us;
+    sl_redis_period(r, rule, &s, &e, &n);
+    return (n - s) + (rule->span_us - rule->window_us);
 }
 
 /* Deadline, in Redis time, for a command written now (0: none known). */
@@ -1728,16 +1794,26 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         for (size_t h = 0; h < c->nhits; h++) {
             const struct sl_rule *rule = c->hits[h].rule;
             sl_args_hit_keys(k, r, up, &c->hits[h]);
-            sl_args_str(a, rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
+            bool cal = rule->kind == SL_RULE_RATE && rule->calendar;
+            sl_args_str(a, cal ? (rule->shadow ? "K" : "k")
+                           : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
                            : rule->kind == SL_RULE_PAUSE ? "p"
                            : rule->shadow ? "C" : "c");
             sl_args_int(a, (long long)rule->limit);
-            sl_args_int(a, rule->kind == SL_RULE_RATE ? rule->span_us : 0);
+            sl_args_int(a, cal ? rule->span_us - rule->window_us   /* the margin */
+                           : rule->kind == SL_RULE_RATE ? rule->span_us : 0);
             if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
                 sl_args_int(a, rule->sync_probe_us);
             else
                 sl_args_int(a, rule->kind == SL_RULE_CONCURRENCY &&
                                        rule->per_kind != SL_PER_NONE ? -2 : -1);
+            if (cal) {
+                int64_t ps, pe, pn;
+                sl_redis_period(r, rule, &ps, &pe, &pn);
+                sl_args_int(a, ps);
+                sl_args_int(a, pe);
+                sl_args_int(a, pn);
+            }
         }
     }
 }
@@ -2212,7 +2288,7 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             if (per)
                 sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
-            sl_args_int(args, rule->span_us);
+            sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0));
         }
     }
@@ -2723,8 +2799,8 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
     sl_args_key(k, r, up, &up->pause_rule, 'p', "", 0);
     sl_args_key(k, r, up, &up->pause_rule, 'w', "", 0);
     for (size_t i = 0; i < up->nrules; i++)
-        if (up->rules[i].span_us > maxspan)
-            maxspan = up->rules[i].span_us;
+        if (sl_redis_keep_us(r, &up->rules[i]) > maxspan)
+            maxspan = sl_redis_keep_us(r, &up->rules[i]);
     sl_args_str(a, req->flags & SL_SNAP_ALERTS ? "1" : "0");
     sl_args_int(a, req->top);
     sl_args_int(a, SL_REDIS_SNAP_CANDIDATES);
@@ -2742,12 +2818,20 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
             struct sl_hit h = {.rule = rule, .key = "", .key_len = 0};
             sl_args_hit_keys(k, r, up, &h);
         }
+        int64_t span = rate ? rule->span_us : 0, pend = 0;
+        if (rate && rule->calendar) {
+            /* Back to the period's start, minus the margin. */
+            int64_t ps, pn;
+            sl_redis_period(r, rule, &ps, &pend, &pn);
+            span = sl_redis_est_now(r) - ps + (rule->span_us - rule->window_us);
+        }
         sl_args_str(a, rate ? "r" : "c");
         sl_args_str(a, per ? "1" : "0");
         sl_args_int(a, (long long)rule->limit);
-        sl_args_int(a, rate ? rule->span_us : 0);
+        sl_args_int(a, span);
         sl_args_str(a, rate && rule->sync != SL_SYNC_NONE ? "1" : "0");
         sl_args_str(a, rule->name);
+        sl_args_int(a, pend);
         sl_args_int(a, (long long)rule->nalert_at);
         for (size_t j = 0; j < rule->nalert_at; j++) {
             char num[32];

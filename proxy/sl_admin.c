@@ -342,13 +342,21 @@ static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
     json_object_set_new(o, "kind", json_string(sl_kind_names[r->kind]));
     json_object_set_new(o, "limit", json_integer((json_int_t)r->limit));
     if (r->kind == SL_RULE_RATE) {
-        sl_duration_format(r->window_us, win, sizeof(win));
+        if (r->calendar && r->cal.month)
+            snprintf(win, sizeof(win), "1mo");
+        else
+            sl_duration_format(r->window_us, win, sizeof(win));
         json_object_set_new(o, "window", json_string(win));
         json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
+        json_object_set_new(o, "reset", json_string(r->calendar ? "calendar" : "rolling"));
+        json_object_set_new(o, "timezone", r->calendar ? json_string(r->timezone)
+                                                        : json_null());
         none.resets_in_us = 0;
     } else {
         json_object_set_new(o, "window", json_null());
         json_object_set_new(o, "window_s", json_null());
+        json_object_set_new(o, "reset", json_null());
+        json_object_set_new(o, "timezone", json_null());
     }
     none.remaining = r->limit;
     json_object_set_new(o, "per", r->per_text ? json_string(r->per_text) : json_null());
