@@ -7,6 +7,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 
 from harness import ROOT, SLUICE_BIN, free_port
@@ -114,3 +115,50 @@ def test_kubernetes_probes_reach_the_admin_listener(upstream):
             c.close()
     finally:
         sl.stop()
+
+
+def test_container_and_systemd_reload_with_sighup(upstream):
+    """`docker kill -s HUP` reaches sluice itself (the entry point execs
+    it) and reloads the mounted file, with the environment overrides kept;
+    the systemd unit's reload sends the same signal."""
+    port = free_port()
+    d = tempfile.mkdtemp()
+    cfg = os.path.join(d, "sluice.json")
+
+    def write(limit):
+        with open(cfg, "w") as f:
+            json.dump({"upstreams": [{"name": "up", "prefix": "/up", "url": upstream.url,
+                                      "rules": [{"name": "r", "limit": limit,
+                                                 "window": "1h"}]}]}, f)
+
+    def get():
+        try:
+            return urllib.request.urlopen("http://127.0.0.1:%d/up/x" % port).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    write(1)
+    env = dict(os.environ, SLUICE_BIN=SLUICE_BIN, SLUICE_CONFIG=cfg,
+               SLUICE_LISTEN="127.0.0.1:%d" % port)
+    p = subprocess.Popen(["sh", ENTRY], env=env, stderr=subprocess.PIPE, text=True)
+    try:
+        for _ in range(100):
+            try:
+                assert get() == 200
+                break
+            except OSError:
+                time.sleep(0.05)
+        assert get() == 429
+        write(2)
+        p.send_signal(signal.SIGHUP)
+        deadline = time.time() + 5
+        while get() != 200 and time.time() < deadline:
+            time.sleep(0.05)
+        assert get() == 429            # exactly one more: the count was kept
+        assert upstream.count() == 2
+    finally:
+        p.send_signal(signal.SIGTERM)
+        assert p.wait(20) == 0
+    assert "SIGHUP: configuration reloaded" in p.stderr.read()
+    unit = open(os.path.join(ROOT, "deploy", "sluice.service")).read()
+    assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", unit, re.M)
