@@ -41,3 +41,15 @@ def redis():
     r = RedisServer()
     yield r
     r.stop()
+
+
+@pytest.fixture(params=["memory", "redis"])
+def store(request):
+    """The same test with each store: None (the memory store), or the URL of
+    a real redis-server started for it."""
+    if request.param == "memory":
+        yield None
+        return
+    r = RedisServer()
+    yield r.url
+    r.stop()

@@ -9,17 +9,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from harness import RedisServer, Sluice, free_port
-
-
-@pytest.fixture(params=["memory", "redis"])
-def store(request):
-    if request.param == "memory":
-        yield None
-        return
-    r = RedisServer()
-    yield r.url
-    r.stop()
+from harness import Sluice, free_port
 
 
 def start(up, rule, store, **top):

@@ -7,8 +7,6 @@ import signal
 import threading
 import time
 
-import pytest
-
 from harness import Sluice, free_port, max_in_window
 
 
@@ -75,21 +73,6 @@ def status(sl):
 
 def codes(sl, n, path="/crm/x"):
     return [sl.request("GET", path)[0] for _ in range(n)]
-
-
-STORES = ["memory", "redis"]
-
-
-@pytest.fixture(params=STORES)
-def store(request):
-    """None for the memory store, a redis:// URL with a real redis-server."""
-    if request.param == "memory":
-        yield None
-        return
-    from harness import RedisServer
-    r = RedisServer()
-    yield r.url
-    r.stop()
 
 
 def test_limit_raised_and_lowered_keeps_counts(upstream, store):
