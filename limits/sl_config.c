@@ -474,6 +474,7 @@ static void sl_parse_rule_name(json_t *v, const char *sub, struct sl_rule *r,
         char def[32];
         snprintf(def, sizeof(def), "rule-%zu", r->index);
         r->name = strdup(def);
+        r->unnamed = true;
         return;
     }
     if (sl_get_string(v, sub, &s, errs) != 0)
@@ -695,6 +696,7 @@ static void sl_parse_rule(json_t *jr, const char *path,
         snprintf(sub, sizeof(sub), "%s.path", path);
         if (sl_get_string(v, sub, &s, errs) == 0) {
             const char *flaw;
+            r->path_text = strdup(s);
             r->path = sl_pattern_compile(s, &flaw);
             if (r->path == NULL)
                 sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)),
@@ -2238,6 +2240,55 @@ void sl_config_unref(const struct sl_config *c)
         sl_config_free((struct sl_config *)c);
 }
 
+static bool sl_str_differ(const char *a, const char *b);
+
+/* Do A and B match the same calls (kind, methods, path, per)? */
+static bool sl_rule_same_calls(const struct sl_rule *a, const struct sl_rule *b)
+{
+    if (a->kind != b->kind || a->nmethods != b->nmethods ||
+        sl_str_differ(a->path_text, b->path_text) ||
+        sl_str_differ(a->per_text, b->per_text))
+        return false;
+    for (size_t i = 0; i < a->nmethods; i++)
+        if (strcmp(a->methods[i], b->methods[i]) != 0)
+            return false;
+    return true;
+}
+
+size_t sl_config_reload_diff(const struct sl_config *a, const struct sl_config *b,
+                             struct sl_errors *errs)
+{
+    size_t n = 0;
+
+    for (size_t i = 0; i < b->nupstreams; i++) {
+        const struct sl_upstream_conf *nu = &b->upstreams[i];
+        const struct sl_upstream_conf *ou = sl_config_upstream(a, nu->name);
+        if (ou == NULL)
+            continue;
+        for (size_t k = 0; k < nu->nrules; k++) {
+            const struct sl_rule *nr = &nu->rules[k];
+            const struct sl_rule *same = sl_upstream_rule_like(ou, nr);
+            const struct sl_rule *moved = NULL;
+            if (!nr->unnamed)
+                continue;
+            for (size_t j = 0; j < ou->nrules && moved == NULL; j++)
+                if (ou->rules[j].unnamed && sl_rule_same_calls(&ou->rules[j], nr) &&
+                    strcmp(ou->rules[j].name, nr->name) != 0)
+                    moved = &ou->rules[j];
+            if (moved != NULL || (same != NULL && !sl_rule_same_calls(same, nr))) {
+                sl_errors_add(errs, "upstreams[%zu].rules[%zu]: a rule without a "
+                              "\"name\" is known by its position (%s), and %s; give "
+                              "the rules names so that their counts follow them "
+                              "(the running configuration is kept)", i, k, nr->name,
+                              moved != NULL ? "this one was another position's before"
+                                            : "that position held another rule before");
+                n++;
+            }
+        }
+    }
+    return n;
+}
+
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,
                                                   const char *name)
 {
@@ -2374,6 +2425,7 @@ static void sl_rule_free(struct sl_rule *r)
     free(r->alert_at);
     free(r->timezone);
     sl_tz_free(r->tz);
+    free(r->path_text);
 }
 
 void sl_config_free(struct sl_config *c)

@@ -131,6 +131,8 @@ struct sl_rule {
     /* "reset": "calendar": the window is a calendar period (CAL, in time
      * zone TZ, owned) instead of a rolling one: calls count from the last
      * boundary (minus the margin) and room comes back at the next. */
+    bool unnamed;                 /* "name" omitted: known as rule-INDEX */
+    char *path_text;              /* `path` as written, or NULL */
     bool calendar;
     struct sl_calendar cal;
     struct sl_tz *tz;
@@ -258,6 +260,17 @@ void sl_config_unref(const struct sl_config *c);
 size_t sl_config_restart_diff(const struct sl_config *old,
                               const struct sl_config *new_config,
                               struct sl_errors *errs);
+
+/*
+ * Changes a reload refuses because counts could not follow them: a rule
+ * without a name is known by its position (rule-N), so a rule without a
+ * name that moved, or a position that now holds another unnamed rule,
+ * would carry one rule's counts into another.  One line per rule added to
+ * ERRS; returns how many.
+ */
+size_t sl_config_reload_diff(const struct sl_config *old,
+                             const struct sl_config *new_config,
+                             struct sl_errors *errs);
 
 /* The upstream of C named NAME, or NULL. */
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,

@@ -917,8 +917,13 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
             continue;
         now = s->clock(s->clock_arg);
         b = sl_mem_bucket_for(s, t, r, c->hits[i].key, c->hits[i].key_len);
-        if (b != NULL)
+        if (b != NULL) {
+            /* A mirror keeps the newest `limit` calls at most: only those
+             * decide when this instance's next call fits. */
+            if (b->win.count >= r->limit)
+                sl_window_keep_newest(&b->win, r->limit - 1);
             sl_mem_log(s, b, r, now, c->app);
+        }
         pthread_mutex_unlock(&t->lock);
     }
 }

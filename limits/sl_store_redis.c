@@ -21,7 +21,8 @@
  *
  * Rate buckets, three keys with the upstream's hash tag:
  *   r  LIST of send times (µs of Redis time), newest at the head, at most
- *      `limit` long, ordered (a stamp is never earlier than the head);
+ *      `limit` long (but after a reload that lowered the limit under calls
+ *      already admitted), ordered (a stamp is never earlier than the head);
  *   v  ZSET of reservations: member = the call, score = when it lapses;
  *   s  HASH, rules with `sync` only: the provider's last usage report.
  * An allowed call gets a *reservation* (ZADD v), not a log entry: it counts
@@ -199,9 +200,11 @@
 
 /* Shared by the scripts below: the time, number formatting, and logging
  * N sends at STAMP by APP in rate list L and its app list AP (keeps both
- * ordered newest first, at most LIMIT long, index for index the same
- * calls; refreshes their TTLs).  Stale entries are popped by decisions;
- * the LIMIT newest entries are all a decision ever looks at. */
+ * ordered newest first, index for index the same calls; refreshes their
+ * TTLs).  Stale entries are popped by decisions.  A list is at most LIMIT
+ * long, except when the limit was lowered (a reload) under calls already
+ * admitted: those are all kept (up to 2 x LIMIT + 64), so that raising the
+ * limit again grants nothing they used. */
 #define SL_LUA_PRELUDE                                                         \
     "local t = redis.call('TIME')\n"                                           \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
@@ -221,9 +224,10 @@
     "    len = redis.call('LPUSH', l, fmt(stamp))\n"                           \
     "    redis.call('LPUSH', ap, app)\n"                                       \
     "  end\n"                                                                  \
-    "  if len > limit then\n"                                                  \
-    "    redis.call('LTRIM', l, 0, limit - 1)\n"                               \
-    "    redis.call('LTRIM', ap, 0, limit - 1)\n"                              \
+    "  local most = 2 * limit + 64\n"                                         \
+    "  if len > most then\n"                                                   \
+    "    redis.call('LTRIM', l, 0, most - 1)\n"                                \
+    "    redis.call('LTRIM', ap, 0, most - 1)\n"                               \
     "  end\n"                                                                  \
     "  local ttl = fmt(math.ceil(span / 1000) + 1000)\n"                       \
     "  redis.call('PEXPIRE', l, ttl)\n"                                        \

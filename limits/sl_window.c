@@ -134,12 +134,15 @@ void sl_window_keep_newest(struct sl_window *w, uint64_t n)
 int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
                          uint16_t tag)
 {
-    /* A full log (a limit lowered by a reload, a mirror of calls decided
-     * elsewhere) keeps the newest LIMIT calls: they alone decide when the
-     * next one fits. */
-    if (limit > 0 && w->count >= limit)
-        sl_window_keep_newest(w, limit - 1);
-    if (w->count == w->cap && sl_window_grow(w, limit) != 0)
+    /* Past LIMIT only when the limit was lowered under calls already
+     * admitted (a reload): they are all kept, so that raising the limit
+     * again grants nothing they used; twice the limit bounds the ring. */
+    uint64_t most = limit * 2 + 64;
+
+    if (w->count >= most)
+        sl_window_keep_newest(w, most - 1);
+    if (w->count == w->cap &&
+        sl_window_grow(w, w->count >= limit ? (uint64_t)w->count + 1 : limit) != 0)
         return -1;
     /* A clock that stepped back must not reorder the log: clamp. */
     if (w->count > 0) {

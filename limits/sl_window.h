@@ -56,9 +56,9 @@ int sl_window_record(struct sl_window *w, uint64_t limit, int64_t now);
 /* Forget the oldest entries until at most N are left. */
 void sl_window_keep_newest(struct sl_window *w, uint64_t n);
 
-/* The same, tagging the entry with TAG (the call's app id).  A log that
- * already holds LIMIT entries drops its oldest: it keeps the newest LIMIT
- * (the only ones that decide when the next call fits). */
+/* The same, tagging the entry with TAG (the call's app id).  A log may
+ * hold more than LIMIT entries when the limit was lowered under calls
+ * already admitted (up to 2 x LIMIT + 64; past that the oldest go). */
 int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
                          uint16_t tag);
 

@@ -64,8 +64,6 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     if (wait_ms < 1)
         wait_ms = 1;
     if (!req->is_held) {
-        if (sl_queue_count(&w->queue, req->up->index) >= req->up->max_queue)
-            return -1;
         /* Matched again after a reload: the same place in line, the same
          * max_wait clock, counted as queued once. */
         bool again = req->rehold;

@@ -204,6 +204,13 @@ int sl_listen_socket(const char *host, int port, bool reuseport, int backlog,
                      const char *what, const char *text);
 /* libmicrohttpd's messages, into sluice's log (MHD_OPTION_EXTERNAL_LOGGER). */
 void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap);
+/* The pool's tag for UP's handles: its upstream in its configuration
+ * generation (a handle of another one, whose TLS settings may differ, is
+ * reset before reuse). */
+static inline size_t sl_easy_tag(const struct sl_upstream_conf *up)
+{
+    return (size_t)(up->config->generation << 24) ^ up->metric_id;
+}
 CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);

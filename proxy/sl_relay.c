@@ -322,7 +322,7 @@ void sl_req_abort_transfer(struct sl_request *req)
     if (req->easy == NULL)
         return;
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy, req->up->index);
+    sl_worker_put_easy(req->w, req->easy, sl_easy_tag(req->up));
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
@@ -341,7 +341,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
 
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy, req->up->index);
+    sl_worker_put_easy(req->w, req->easy, sl_easy_tag(req->up));
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
@@ -498,7 +498,7 @@ int sl_req_start_transfer(struct sl_request *req, const char *url)
 
     if (sl_req_build_headers(req) != 0)
         return -1;
-    e = sl_worker_get_easy(req->w, up->index);
+    e = sl_worker_get_easy(req->w, sl_easy_tag(up));
     if (e == NULL)
         return -1;
     req->easy = e;
@@ -559,7 +559,7 @@ int sl_req_start_transfer(struct sl_request *req, const char *url)
         req->up_done = true;
     }
     if (curl_multi_add_handle(req->w->multi, e) != CURLM_OK) {
-        sl_worker_put_easy(req->w, e, up->index);
+        sl_worker_put_easy(req->w, e, sl_easy_tag(up));
         req->easy = NULL;
         return -1;
     }

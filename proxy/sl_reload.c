@@ -110,7 +110,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     before = errs->count;
     if (sl_config_load(p->config_path, true, &nc, errs) != 0) {
         res = SL_RELOAD_INVALID;
-    } else if (sl_config_restart_diff(cur, nc, errs) > 0) {
+    } else if (sl_config_restart_diff(cur, nc, errs) +
+               sl_config_reload_diff(cur, nc, errs) > 0) {
         res = SL_RELOAD_REFUSED;
     } else if (sl_proxy_metric_ids(p, nc) != 0) {
         sl_errors_add(errs, "out of memory");
@@ -124,8 +125,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
                      errs->count - before, errs->count - before == 1 ? "" : "s",
                      (unsigned long long)cur->generation);
         else
-            sl_warn("%s: %s changes settings a running sluice cannot change; "
-                    "nothing was applied (generation %llu keeps serving):", why,
+            sl_warn("%s: %s changes what a running sluice cannot change in "
+                    "place; nothing was applied (generation %llu keeps serving):", why,
                     p->config_path, (unsigned long long)cur->generation);
         for (size_t i = before; i < errs->count; i++)
             sl_error("  %s", errs->lines[i]);
@@ -178,9 +179,6 @@ void sl_worker_adopt(struct sl_worker *w)
         sl_config_unref(c);
         return;
     }
-    if (sl_store_adopt(w->store, c) != 0)
-        sl_warn("worker %d: the store could not move to the new configuration "
-                "yet (out of memory)", w->id);
     for (size_t i = 0; i < c->nupstreams; i++) {
         const struct sl_upstream_conf *u = &c->upstreams[i];
         if (u->metric_id + 1 > nups)
@@ -201,9 +199,10 @@ void sl_worker_adopt(struct sl_worker *w)
     }
     w->config = c;
     pthread_rwlock_unlock(&p->metrics_lock);
-    /* Pooled handles may carry the old TLS settings of an upstream index. */
-    for (int i = 0; i < w->npool; i++)
-        w->easy_pool_up[i] = SIZE_MAX;
+    /* The store moves after the metrics could (never ahead of the worker). */
+    if (sl_store_adopt(w->store, c) != 0)
+        sl_warn("worker %d: the store could not move to the new configuration "
+                "yet (out of memory)", w->id);
     /* Held calls are decided again under the new rules, in line order
      * (by ticket); one whose decision is out is matched again when its
      * answer comes back STALE. */
@@ -217,8 +216,11 @@ void sl_worker_adopt(struct sl_worker *w)
                     list[n++] = h->owner;
         if (list != NULL)
             qsort(list, n, sizeof(*list), sl_by_ticket);
+        /* A decision made meanwhile (a nested move for yet another
+         * reload) may have settled a call further down the list. */
         for (size_t i = 0; i < n; i++)
-            sl_req_redecide(list[i]);
+            if (list[i]->is_held && !list[i]->held.deciding && !list[i]->deciding)
+                sl_req_redecide(list[i]);
         free(list);
     }
     w->queue_kick = true;

@@ -527,7 +527,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
         struct sl_decision dd = *d;
-        if (sl_req_hold(req, &dd, req->is_held && req->retries > 0) == 0)
+        if (sl_req_hold(req, &dd, (req->is_held || req->rehold) && req->retries > 0) == 0)
             break;
         sl_req_unhold(req);
         sl_req_limited(req, &dd);
@@ -580,10 +580,15 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
 void sl_req_redecide(struct sl_request *req)
 {
     struct sl_worker *w = req->w;
-    bool held = req->is_held;
+    bool held;
 
-    /* The store serves a newer generation than the worker may have seen. */
+    /* The store serves a newer generation than the worker may have seen.
+     * Marked deciding meanwhile, so that the worker's move (which decides
+     * its held calls again) leaves this one to us. */
+    req->deciding = true;
     sl_worker_adopt(w);
+    req->deciding = false;
+    held = req->is_held;
     if (++req->stale > 4) {
         /* Reloads faster than a decision: say so rather than loop. */
         sl_req_unhold(req);

@@ -337,3 +337,29 @@ def test_reload_under_load(upstream, store):
         assert status(sl)["config"]["generation"] >= 8
     finally:
         sl.stop()
+
+
+def test_unnamed_rules_that_move_are_refused(upstream):
+    """A rule without a name is known by its position: a reload that moves
+    one would carry one rule's counts into another, so it is refused."""
+    rules = [{"path": "/x", "limit": 1, "window": "1h"},
+             {"path": "/y", "limit": 1, "window": "1h"}]
+    sl = start(upstream, rules)
+    try:
+        assert sl.request("GET", "/crm/y")[0] == 200
+        rewrite(sl, upstream, list(reversed(rules)))
+        code, body = reload_http(sl)
+        assert code == 409 and body["result"] == "refused"
+        assert any("known by its position (rule-0)" in e for e in body["errors"])
+        assert sl.request("GET", "/crm/y")[0] == 429     # still counted
+        # Named, the same move is applied and the counts follow the names.
+        named = [dict(rules[0], name="x"), dict(rules[1], name="y")]
+        sl.stop()
+        sl = start(upstream, named)
+        assert sl.request("GET", "/crm/y")[0] == 200
+        rewrite(sl, upstream, list(reversed(named)))
+        assert reload_http(sl)[0] == 200
+        assert sl.request("GET", "/crm/y")[0] == 429
+        assert sl.request("GET", "/crm/x")[0] == 200
+    finally:
+        sl.stop()

@@ -148,9 +148,32 @@ static void test_tags_follow_their_entries(void **state)
     sl_window_free(&w);
 }
 
+/* A limit lowered under calls already admitted (a reload): the log keeps
+ * them all, so raising the limit again grants nothing they used; twice the
+ * limit (+ 64) bounds it. */
+static void test_lowered_limit_keeps_every_call(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    for (int i = 0; i < 8; i++)
+        assert_int_equal(sl_window_record(&w, 10, 100 * S + i), 0);
+    /* Lowered to 5; a call admitted before the reload is sent now. */
+    assert_int_equal(sl_window_record(&w, 5, 100 * S + 9), 0);
+    assert_int_equal(w.count, 9);
+    assert_true(sl_window_wait(&w, 5, 10 * S, 101 * S) > 0);
+    /* Raised back to 10: one more fits, not six. */
+    assert_int_equal(sl_window_remaining(&w, 10, 10 * S, 101 * S), 1);
+    /* Bounded: at limit 1, at most 2 x 1 + 64 entries. */
+    for (int i = 0; i < 200; i++)
+        assert_int_equal(sl_window_record(&w, 1, 100 * S + 10 + i), 0);
+    assert_int_equal(w.count, 66);
+    sl_window_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_lowered_limit_keeps_every_call),
         cmocka_unit_test(test_admits_limit_then_waits_for_oldest),
         cmocka_unit_test(test_never_more_than_n_in_any_window),
         cmocka_unit_test(test_clock_step_back),
