@@ -85,6 +85,15 @@ static const char *sl_tz_name(const char *p)
     return p - s >= 3 ? p : NULL;
 }
 
+/* Two digits into *V: past them, or NULL. */
+static const char *sl_tz_2d(const char *p, long *v)
+{
+    if (!isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]))
+        return NULL;
+    *v = (p[0] - '0') * 10 + (p[1] - '0');
+    return p + 2;
+}
+
 /* [+-]hh[:mm[:ss]] into *SECS; hours up to MAXH. */
 static const char *sl_tz_hms(const char *p, int maxh, int32_t *secs)
 {
@@ -99,20 +108,10 @@ static const char *sl_tz_hms(const char *p, int maxh, int32_t *secs)
         h = h * 10 + (*p++ - '0');
     if (h > maxh)
         return NULL;
-    if (*p == ':') {
-        p++;
-        if (!isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]))
-            return NULL;
-        m = (p[0] - '0') * 10 + (p[1] - '0');
-        p += 2;
-        if (*p == ':') {
-            p++;
-            if (!isdigit((unsigned char)p[0]) || !isdigit((unsigned char)p[1]))
-                return NULL;
-            s = (p[0] - '0') * 10 + (p[1] - '0');
-            p += 2;
-        }
-    }
+    if (*p == ':' && (p = sl_tz_2d(p + 1, &m)) != NULL && *p == ':')
+        p = sl_tz_2d(p + 1, &s);
+    if (p == NULL)
+        return NULL;
     if (m > 59 || s > 59)
         return NULL;
     *secs = (int32_t)(sign * (h * 3600 + m * 60 + s));

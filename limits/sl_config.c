@@ -341,6 +341,25 @@ static int sl_get_string(json_t *v, const char *path, const char **out,
     return 0;
 }
 
+/* One of two words: *OUT is false for NO, true for YES.  0 or -1 (an
+ * error added, *OUT untouched). */
+static int sl_get_either(json_t *v, const char *path, const char *no,
+                         const char *yes, bool *out, struct sl_errors *errs)
+{
+    const char *s;
+    char q[96];
+
+    if (sl_get_string(v, path, &s, errs) != 0)
+        return -1;
+    if (strcmp(s, yes) == 0 || strcmp(s, no) == 0) {
+        *out = strcmp(s, yes) == 0;
+        return 0;
+    }
+    sl_errors_add(errs, "%s: %s must be \"%s\" or \"%s\"", path,
+                  sl_quote(s, q, sizeof(q)), no, yes);
+    return -1;
+}
+
 static int sl_get_bool(json_t *v, const char *path, bool *out,
                        struct sl_errors *errs)
 {
@@ -606,20 +625,15 @@ static void sl_parse_calendar(json_t *jr, const char *path, struct sl_rule *r,
     const char *s;
 
     if (jreset != NULL) {
+        bool cal;
         snprintf(sub, sizeof(sub), "%s.reset", path);
-        if (sl_get_string(jreset, sub, &s, errs) == 0) {
-            if (strcmp(s, "calendar") == 0) {
+        if (sl_get_either(jreset, sub, "rolling", "calendar", &cal, errs) == 0) {
+            if (cal)
                 r->calendar = true;
-            } else if (strcmp(s, "rolling") == 0) {
-                if (r->cal.month) {
-                    sl_errors_add(errs, "%s: \"1mo\" is a calendar month; it "
-                                  "resets on the calendar (remove \"reset\" or "
-                                  "make it \"calendar\")", sub);
-                }
-            } else {
-                sl_errors_add(errs, "%s: %s must be \"rolling\" or \"calendar\"",
-                              sub, sl_quote(s, q, sizeof(q)));
-            }
+            else if (r->cal.month)
+                sl_errors_add(errs, "%s: \"1mo\" is a calendar month; it "
+                              "resets on the calendar (remove \"reset\" or "
+                              "make it \"calendar\")", sub);
         }
     }
     if (jtz != NULL && !r->calendar) {
@@ -764,13 +778,7 @@ static void sl_parse_rule(json_t *jr, const char *path,
     v = json_object_get(jr, "mode");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.mode", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strcmp(s, "shadow") == 0)
-                r->shadow = true;
-            else if (strcmp(s, "enforce") != 0)
-                sl_errors_add(errs, "%s: %s must be \"enforce\" or \"shadow\"",
-                              sub, sl_quote(s, q, sizeof(q)));
-        }
+        sl_get_either(v, sub, "enforce", "shadow", &r->shadow, errs);
     }
 
     sl_parse_sync(jr, path, r, errs);
@@ -1402,13 +1410,8 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     v = json_object_get(ju, "path_case");
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.path_case", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strcmp(s, "sensitive") == 0)
-                u->path_case_sensitive = true;
-            else if (strcmp(s, "insensitive") != 0)
-                sl_errors_add(errs, "%s: %s must be \"insensitive\" or "
-                              "\"sensitive\"", sub, sl_quote(s, q, sizeof(q)));
-        }
+        sl_get_either(v, sub, "insensitive", "sensitive", &u->path_case_sensitive,
+                      errs);
     }
     v = json_object_get(ju, "app");
     if (v != NULL) {
@@ -2289,12 +2292,28 @@ size_t sl_config_reload_diff(const struct sl_config *a, const struct sl_config *
     return n;
 }
 
+const struct sl_upstream_conf *sl_config_upstream_n(const struct sl_config *c,
+                                                    const char *name, size_t len)
+{
+    for (size_t i = 0; c != NULL && i < c->nupstreams; i++)
+        if (strlen(c->upstreams[i].name) == len &&
+            memcmp(c->upstreams[i].name, name, len) == 0)
+            return &c->upstreams[i];
+    return NULL;
+}
+
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,
                                                   const char *name)
 {
-    for (size_t i = 0; i < c->nupstreams; i++)
-        if (strcmp(c->upstreams[i].name, name) == 0)
-            return &c->upstreams[i];
+    return sl_config_upstream_n(c, name, strlen(name));
+}
+
+const struct sl_rule *sl_upstream_rule_named(const struct sl_upstream_conf *u,
+                                             const char *name, size_t len)
+{
+    for (size_t i = 0; u != NULL && i < u->nrules; i++)
+        if (strlen(u->rules[i].name) == len && memcmp(u->rules[i].name, name, len) == 0)
+            return &u->rules[i];
     return NULL;
 }
 

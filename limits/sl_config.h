@@ -275,6 +275,13 @@ size_t sl_config_reload_diff(const struct sl_config *old,
 /* The upstream of C named NAME, or NULL. */
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,
                                                   const char *name);
+/* The same for a name of LEN bytes (not NUL-terminated); C may be NULL. */
+const struct sl_upstream_conf *sl_config_upstream_n(const struct sl_config *c,
+                                                    const char *name, size_t len);
+/* The rule (not the pause) of U named NAME (LEN bytes), or NULL; U may be
+ * NULL. */
+const struct sl_rule *sl_upstream_rule_named(const struct sl_upstream_conf *u,
+                                             const char *name, size_t len);
 /* The rule of U named like R and of R's kind (U's pause rule for a pause
  * rule), or NULL. */
 const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,

@@ -57,14 +57,6 @@ static uint64_t sl_fnv64(const unsigned char *p, size_t n)
     return h;
 }
 
-static int64_t sl_wall_us(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000000 + ts.tv_nsec / 1000;
-}
-
 static void sl_err(char *err, size_t len, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
@@ -185,8 +177,8 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
     int fd = -1, rc = -1;
 
     (void)config;
-    sv.offset = sl_wall_us() - sl_store_memory_now(memory);
-    sl_put_u(&sv.out, (uint64_t)sl_wall_us(), 8);
+    sv.offset = sl_clock_wall() - sl_store_memory_now(memory);
+    sl_put_u(&sv.out, (uint64_t)sl_clock_wall(), 8);
     sl_put_u(&sv.out, napps, 4);
     for (unsigned i = 0; i < napps; i++) {
         const char *name = sl_apps_name(apps, (uint16_t)i);
@@ -277,26 +269,6 @@ static const char *sl_get_str(struct sl_in *in, int lenbytes, size_t *len)
     return s;
 }
 
-static const struct sl_upstream_conf *sl_find_up(const struct sl_config *c,
-                                                 const char *name, size_t len)
-{
-    for (size_t i = 0; c != NULL && i < c->nupstreams; i++)
-        if (strlen(c->upstreams[i].name) == len &&
-            memcmp(c->upstreams[i].name, name, len) == 0)
-            return &c->upstreams[i];
-    return NULL;
-}
-
-static const struct sl_rule *sl_find_rule(const struct sl_upstream_conf *up,
-                                          const char *name, size_t len)
-{
-    for (size_t i = 0; up != NULL && i < up->nrules; i++)
-        if (strlen(up->rules[i].name) == len &&
-            memcmp(up->rules[i].name, name, len) == 0)
-            return &up->rules[i];
-    return NULL;
-}
-
 /*
  * One pass over the payload: check (APPLY false) or apply (true).
  * Returns 0 or -1 with ERR.
@@ -339,7 +311,7 @@ static int sl_state_walk(const unsigned char *buf, size_t len, bool apply,
     }
     nrec = (uint32_t)sl_get_u(&in, 4);
     if (apply)
-        offset = sl_store_memory_now(memory) - sl_wall_us();
+        offset = sl_store_memory_now(memory) - sl_clock_wall();
     for (uint32_t r = 0; r < nrec; r++) {
         size_t ulen, rlen, klen;
         unsigned type = (unsigned)sl_get_u(&in, 1);
@@ -354,8 +326,8 @@ static int sl_state_walk(const unsigned char *buf, size_t len, bool apply,
             sl_err(err, errlen, "record %u of %u is damaged", r + 1, nrec);
             goto out;
         }
-        up = sl_find_up(config, uname, ulen);
-        rule = sl_find_rule(up, rname, rlen);
+        up = sl_config_upstream_n(config, uname, ulen);
+        rule = sl_upstream_rule_named(up, rname, rlen);
         if (type == SL_REC_RATE) {
             uint32_t n = (uint32_t)sl_get_u(&in, 4);
             int64_t prev = INT64_MIN;

@@ -314,6 +314,9 @@ typedef int64_t (*sl_clock_fn)(void *arg);
 
 int64_t sl_clock_monotonic(void *arg);
 
+/* The wall clock: microseconds since the Unix epoch (CLOCK_REALTIME). */
+int64_t sl_clock_wall(void);
+
 /*
  * An in-process store shared by all worker threads.  MEMORY_LIMIT bounds
  * the bytes of limit state.  CLOCK may be NULL for the monotonic clock.

@@ -142,6 +142,14 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
 
+int64_t sl_clock_wall(void)
+{
+    struct timespec ts;
+
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+}
+
 int64_t sl_clock_monotonic(void *arg)
 {
     struct timespec ts;
@@ -313,14 +321,9 @@ static uint64_t sl_mem_limit(const struct sl_mem_store *s, uint64_t limit)
  * is taken as wall time itself. */
 static int64_t sl_mem_wall_offset(const struct sl_mem_store *s)
 {
-    struct timespec rt, mono;
-
     if (s->clock != sl_clock_monotonic)
         return 0;
-    clock_gettime(CLOCK_REALTIME, &rt);
-    clock_gettime(CLOCK_MONOTONIC, &mono);
-    return ((int64_t)rt.tv_sec - mono.tv_sec) * SL_USEC_PER_SEC +
-           (rt.tv_nsec - mono.tv_nsec) / 1000;
+    return sl_clock_wall() - sl_clock_monotonic(NULL);
 }
 
 /*
@@ -365,11 +368,13 @@ static int64_t sl_mem_report_room(struct sl_mem_bucket *b, int64_t now)
 
 /*
  * Phase one for one rate bucket: microseconds until a call fits (0: now).
- * *PROBE is set when the call fits only as the provider-count probe.
+ * SPAN and RESET are sl_mem_span()'s for R at NOW.  *PROBE is set when the
+ * call fits only as the provider-count probe.
  */
 static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
                                 struct sl_mem_bucket *b, const struct sl_rule *r,
-                                int64_t now, bool *probe)
+                                int64_t span, int64_t reset, int64_t now,
+                                bool *probe)
 {
     uint64_t limit = sl_mem_limit(s, r->limit);
     int64_t wait, room;
@@ -381,11 +386,10 @@ static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
         return 0;
     if (r->calendar) {
         /* Full until the next boundary, whatever the calls' ages. */
-        int64_t reset, span = sl_mem_span(s, r, now, &reset);
         sl_window_prune(&b->win, span, now);
         return b->win.count + b->reserved < limit ? 0 : reset;
     }
-    wait = sl_window_wait_reserved(&b->win, limit, b->reserved, r->span_us, now);
+    wait = sl_window_wait_reserved(&b->win, limit, b->reserved, span, now);
     room = sl_mem_report_room(b, now);
     if (wait == 0 && room <= 0) {
         /* Our own log has room, the provider's report has none. */
@@ -629,6 +633,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     uint32_t hashes[SL_MAX_HITS];
     bool probe[SL_MAX_HITS];
     bool skip[SL_MAX_HITS];       /* a shadow rule that would deny: untouched */
+    int64_t reset[SL_MAX_HITS];   /* rate: sl_mem_span()'s RESET (calendar) */
     struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
     struct sl_lease *lease = NULL;
     size_t nheld = 0;
@@ -670,7 +675,9 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                 wait = SL_USEC_PER_SEC;
         } else {
             nheld++;
-            wait = sl_mem_rate_wait(s, bk[i], r, now, &probe[i]);
+            /* A calendar rule's period, found once per decision. */
+            int64_t span = sl_mem_span(s, r, now, &reset[i]);
+            wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now, &probe[i]);
         }
         if (wait > 0 && r->shadow) {
             /* Would deny: say so, take nothing from it, deny nothing. */
@@ -754,7 +761,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.rule = r;
             d.remaining = rem;
             if (r->calendar) {
-                sl_mem_span(s, r, now, &d.reset_us);
+                d.reset_us = reset[i];
             } else {
                 d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
                 if (d.reset_us == 0 && bk[i]->reserved > 0)

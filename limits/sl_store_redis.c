@@ -943,14 +943,11 @@ static void sl_redis_learn_clock(struct sl_redis *r, int64_t redis_now,
  */
 static int64_t sl_redis_est_now(const struct sl_redis *r)
 {
-    struct timespec ts;
-
     if (r->have_offset) {
         int64_t now = sl_redis_now_us();
         return now + sl_redis_offset(r, now);
     }
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return sl_clock_wall();
 }
 
 static void sl_redis_period(const struct sl_redis *r, const struct sl_rule *rule,
@@ -1022,10 +1019,7 @@ static _Atomic int64_t sl_redis_down_since_ms;
 
 static int64_t sl_wall_ms(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+    return sl_clock_wall() / 1000;
 }
 
 bool sl_store_redis_down(int64_t *since_ms)
@@ -2623,13 +2617,7 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
     p += plen;
     if (*p++ != '{' || (close = memchr(p, '}', (size_t)(end - p))) == NULL)
         return;
-    for (size_t i = 0; i < r->config->nupstreams; i++) {
-        const struct sl_upstream_conf *u = &r->config->upstreams[i];
-        if (strlen(u->name) == (size_t)(close - p) && memcmp(u->name, p, (size_t)(close - p)) == 0) {
-            up = u;
-            break;
-        }
-    }
+    up = sl_config_upstream_n(r->config, p, (size_t)(close - p));
     p = close + 1;
     /* ":<t>:" */
     if (up == NULL || end - p < 4 || p[0] != ':' || p[2] != ':')
@@ -2642,13 +2630,7 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
     p = num_end + 1;
     if ((size_t)(end - p) < rlen + 1 || p[rlen] != ':')
         return;
-    for (size_t i = 0; i < up->nrules; i++) {
-        const struct sl_rule *ru = &up->rules[i];
-        if (strlen(ru->name) == rlen && memcmp(ru->name, p, rlen) == 0) {
-            rule = ru;
-            break;
-        }
-    }
+    rule = sl_upstream_rule_named(up, p, rlen);
     if (rule == NULL)
         return;  /* an instance with another config: nothing of ours */
     p += rlen + 1;
@@ -2802,9 +2784,11 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
     sl_args_key(k, r, up, &up->pause_rule, 'x', "", 0);
     sl_args_key(k, r, up, &up->pause_rule, 'p', "", 0);
     sl_args_key(k, r, up, &up->pause_rule, 'w', "", 0);
-    for (size_t i = 0; i < up->nrules; i++)
-        if (sl_redis_keep_us(r, &up->rules[i]) > maxspan)
-            maxspan = sl_redis_keep_us(r, &up->rules[i]);
+    for (size_t i = 0; i < up->nrules; i++) {
+        int64_t keep = sl_redis_keep_us(r, &up->rules[i]);
+        if (keep > maxspan)
+            maxspan = keep;
+    }
     sl_args_str(a, req->flags & SL_SNAP_ALERTS ? "1" : "0");
     sl_args_int(a, req->top);
     sl_args_int(a, SL_REDIS_SNAP_CANDIDATES);

@@ -69,10 +69,7 @@ static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
 
 double sl_wall_now(void)
 {
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    return (double)sl_clock_wall() / 1e6;
 }
 
 void sl_iso_time(double t, char *buf, size_t len)

@@ -162,17 +162,7 @@ void sl_request_pump(struct sl_worker *w, int64_t now)
             }
             h->parked = false;
             atomic_store(&h->kicked, false);
-            h->deciding = true;
-            req->deciding = true;
-            if (sl_store_decide(w->store, &req->check, sl_req_decided, req) != 0) {
-                req->deciding = false;
-                h->deciding = false;
-                sl_req_unhold(req);
-                sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
-                             "the limit store cannot decide this call", 1,
-                             "store_error");
-                sl_req_resume(req);
-            }
+            sl_req_ask_again(req);
         }
     }
 }

@@ -148,11 +148,7 @@ int main(int argc, char **argv)
     pthread_mutex_init(&proxy.reload_lock, NULL);
     pthread_rwlock_init(&proxy.metrics_lock, NULL);
     sl_log_set_json(config->log_format == SL_LOG_FORMAT_JSON);
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        proxy.started_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-    }
+    proxy.started_ms = sl_clock_wall() / 1000;
     config->loaded_ms = proxy.started_ms;
     atomic_store(&proxy.generation, config->generation);
     if (sl_proxy_metric_ids(&proxy, config) != 0) {

@@ -30,7 +30,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 const char *const sl_reload_result_names[SL_RELOAD_RESULTS] = {
     "ok", "invalid", "refused",
@@ -89,14 +88,6 @@ int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c)
     return 0;
 }
 
-static int64_t sl_wall_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
 enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
                                       struct sl_errors *errs)
 {
@@ -133,7 +124,7 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
         goto out;
     }
     nc->generation = cur->generation + 1;
-    nc->loaded_ms = sl_wall_ms();
+    nc->loaded_ms = sl_clock_wall() / 1000;
     pthread_mutex_lock(&p->config_lock);
     old = p->config;
     p->config = nc;

@@ -614,12 +614,18 @@ void sl_req_redecide(struct sl_request *req)
         sl_req_resume(req);
         return;
     }
+    sl_req_ask_again(req);
+}
+
+void sl_req_ask_again(struct sl_request *req)
+{
     req->deciding = true;
-    req->held.deciding = held;
-    if (sl_store_decide(w->store, &req->check, sl_req_decided, req) != 0) {
+    req->held.deciding = req->is_held || req->rehold;
+    if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req) != 0) {
         req->deciding = false;
         req->held.deciding = false;
         req->rehold = false;
+        sl_req_unhold(req);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
                      "the limit store cannot decide this call", 1, "store_error");
         sl_req_resume(req);

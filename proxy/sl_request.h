@@ -156,6 +156,10 @@ const char *sl_req_rest(const struct sl_request *req);
  * line).  A call that no longer routes gets the answer a new call would.
  */
 void sl_req_redecide(struct sl_request *req);
+/* Ask the store again for a call answered once before (held, or matched
+ * again after a reload); if it cannot ask, the call gets the 503 a new
+ * call would. */
+void sl_req_ask_again(struct sl_request *req);
 
 /* sl_framing.c: 0, or the status to answer (400, 501) with *WHY set. */
 unsigned sl_req_check_framing(struct sl_request *req, const char *version,
