@@ -832,6 +832,7 @@ struct sl_redis {
     struct sl_redis_link main;            /* decisions and updates */
     struct sl_redis_link sub;             /* SUBSCRIBE <prefix>room */
     bool outage;                          /* this worker counts as down */
+    size_t setup_left;                    /* connection set-up replies to come */
     struct sl_redis_op *fifo_head, *fifo_tail;
     char sha[SL_LUA_COUNT][41];           /* "" unknown */
     char channel[128];                    /* <prefix>room */
@@ -1496,9 +1497,18 @@ static void sl_redis_connect(struct sl_redis_link *link)
         const char *argv[] = {"SELECT", db};
         sl_redis_send_setup(r, SL_OP_SETUP, 2, argv, NULL);
     }
-    /* The clock first: its answer also says the link works again. */
+    /* The clock first. */
     sl_redis_ask_clock(r);
     sl_redis_load_scripts(r);
+    /* The link counts as working again only once every one of these is
+     * answered: the set-up is ~30 KB, which Redis reads and answers over
+     * several passes of its loop, so a first answer can come while the
+     * last is still due.  Marking the link up on the first one would let a
+     * link that then misses its deadline fall back into the outage right
+     * after "is back". */
+    r->setup_left = 0;
+    for (struct sl_redis_op *op = r->fifo_head; op != NULL; op = op->next)
+        r->setup_left++;  /* the FIFO held nothing else (a new connection) */
 }
 
 /* A script op removing every member batch B's decisions may have taken,
@@ -2079,12 +2089,14 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
 
     (void)ac;
     sl_redis_pop(r, op);
+    if (r->setup_left > 0)
+        r->setup_left--;  /* replies come in order: the set-up's first */
     if (rep != NULL && rep->type != REDIS_REPLY_ERROR) {
         if (op->kind == SL_OP_CLOCK)
             sl_redis_sample_time(r, rep);
         else
             sl_redis_sample(r, rep);
-        if (r->outage) {
+        if (r->outage && r->setup_left == 0) {
             /* Redis answers again: calls use it from now on, and what was
              * owed while it could not is written behind this. */
             sl_redis_mark_up(r);

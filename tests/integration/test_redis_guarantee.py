@@ -6,6 +6,7 @@ recording upstream, and asserts what a user would see: statuses, what the
 upstream received and when, and what Redis holds.
 """
 import json
+import re
 import socket
 import subprocess
 import threading
@@ -54,6 +55,39 @@ class CutRelay(DelayRelay):
         with self.cut_lock:
             cut, self.cut_next = self.cut_next, False
         return None if cut else data
+
+
+class SplitSetupRelay(DelayRelay):
+    """A TCP relay to Redis scripted in three phases.  "pass": as is.
+    "silent": every reply is swallowed (Redis hangs, connections stay open).
+    "split": the next connection whose first answer is TIME's gets that
+    answer and nothing after it (the rest of its set-up is late, as when
+    Redis answers a large pipeline over several passes of its loop); later
+    connections pass."""
+
+    TIME_REPLY = re.compile(rb"\A\*2\r\n\$\d+\r\n\d+\r\n\$\d+\r\n\d+\r\n")
+
+    def __init__(self, target_port):
+        super().__init__(target_port, 0.0)
+        self.mode = "pass"
+        self.lock = threading.Lock()
+        self.conn = threading.local()  # one pipe thread per direction
+
+    def forward(self, data, towards_target, first):
+        if towards_target:
+            return data
+        if first:
+            self.conn.cut = False
+            with self.lock:
+                m = self.TIME_REPLY.match(data)
+                if self.mode == "split" and m:
+                    self.mode = "pass"
+                    self.conn.cut = True
+                    return data[:m.end()]
+        if self.conn.cut:
+            return b""
+        with self.lock:
+            return b"" if self.mode == "silent" else data
 
 
 @pytest.fixture
@@ -154,6 +188,39 @@ def test_a_stall_leaves_no_phantom_in_redis(upstream, dredis, sluice, policy, st
     assert int(redis.cli("LLEN", RATE)) == logged
     # No reservation and no slot is left behind.
     assert keys(redis, "v") == [] and keys(redis, "c") == []
+
+
+def test_back_means_back_when_the_set_up_answers_late(upstream, redis, sluice):
+    """A reconnection whose first answer comes in time but whose remaining
+    set-up does not is not "back": the instance says so only once a whole
+    set-up was answered, and from then on calls are decided by Redis (no
+    relapse into the outage right after "is back")."""
+    relay = SplitSetupRelay(redis.port)
+    try:
+        conf = cfg(upstream, redis, [{"name": "w", "limit": 100, "window": "1m"}],
+                   on_store_error="deny", store_timeout="200ms",
+                   store="redis://127.0.0.1:%d" % relay.port)
+        sl = sluice(conf, workers=1)
+        assert sl.request("GET", "/leads/warm")[0] == 200
+        with relay.lock:
+            relay.mode = "silent"
+        assert sl.request("GET", "/leads/x")[0] == 503
+        assert "unreachable" in sl.wait_log("unreachable", timeout=3)
+        with relay.lock:
+            relay.mode = "split"
+        # The split connection is given up on after store_timeout; the next
+        # one (50 ms of backoff later) is answered in full.
+        assert "is back" in sl.wait_log("is back", timeout=5)
+        with relay.lock:
+            assert relay.mode == "pass"  # the split did happen
+        for i in range(5):
+            assert sl.request("GET", "/leads/after%d" % i)[0] == 200
+        log = sl.read_log()
+        assert log.count("unreachable") == 1, log
+        assert log.count("is back") == 1, log
+        assert int(redis.cli("LLEN", RATE)) == 6
+    finally:
+        relay.close()
 
 
 def test_late_logged_local_calls_carry_their_send_time(upstream, redis, sluice):
