@@ -29,6 +29,8 @@
  */
 #include "sl_config.h"
 
+#include "sl_apps.h"
+
 #include "sl_duration.h"
 #include "sl_http.h"
 #include "sl_pattern.h"
@@ -60,7 +62,8 @@
 
 /* The names a reject body template may use (sl_upstream_conf.reject_body). */
 static const char *const sl_reject_placeholders[] = {
-    "upstream", "rule", "limit", "window", "retry_after", "message", NULL,
+    "upstream", "rule", "limit", "window", "retry_after", "message", "app",
+    "share", NULL,
 };
 
 static void sl_check_keys(json_t *obj, const char *path,
@@ -673,6 +676,232 @@ static void sl_parse_calendar(json_t *jr, const char *path, struct sl_rule *r,
 }
 
 /* Parse rule JR of upstream U (whose margin and defaults are known). */
+/* ---- shares ("apps") ---- */
+
+/* A share: a count of calls (a JSON integer) or a fraction of the limit (a
+ * JSON real in (0, 1]).  Returns 0, or adds an error and returns -1. */
+static int sl_get_share_value(json_t *v, const char *path, uint64_t *count,
+                              double *frac, struct sl_errors *errs)
+{
+    char brief[96];
+
+    if (json_is_integer(v) && json_integer_value(v) >= 0 &&
+        json_integer_value(v) <= 100000000) {
+        *count = (uint64_t)json_integer_value(v);
+        *frac = 0.0;
+        return 0;
+    }
+    if (json_is_real(v) && json_real_value(v) > 0.0 && json_real_value(v) <= 1.0) {
+        *count = 0;
+        *frac = json_real_value(v);
+        return 0;
+    }
+    sl_json_brief(v, brief, sizeof(brief));
+    sl_errors_add(errs, "%s: %s must be a count of calls (an integer such as "
+                  "600) or a fraction of the limit (a number such as 0.5, "
+                  "above 0 and at most 1.0)", path, brief);
+    return -1;
+}
+
+static void sl_shares_free(struct sl_share *v, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        free(v[i].app);
+    free(v);
+}
+
+/* Parse an "apps" object at PATH into *OUT (as written: fractions not
+ * resolved).  ON_UPSTREAM: "priority" is allowed. */
+static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
+                            struct sl_share **out, size_t *nout,
+                            struct sl_errors *errs)
+{
+    static const char *const keys[] = {"max", "reserve", "priority", NULL};
+    static const char *const rule_keys[] = {"max", "reserve", NULL};
+    char sub[900], q[96];
+    const char *name;
+    json_t *je;
+    size_t n = 0;
+
+    *out = NULL;
+    *nout = 0;
+    if (!json_is_object(v)) {
+        sl_errors_add(errs, "%s: must be an object mapping app names (or \"*\", "
+                      "every other app) to shares, e.g. {\"sync\": {\"max\": 0.5}}",
+                      path);
+        return;
+    }
+    if (json_object_size(v) > 256) {
+        sl_errors_add(errs, "%s: at most 256 apps", path);
+        return;
+    }
+    *out = calloc(json_object_size(v) + 1, sizeof(**out));
+    if (*out == NULL) {
+        sl_errors_add(errs, "%s: out of memory", path);
+        return;
+    }
+    json_object_foreach(v, name, je) {
+        struct sl_share *sh = &(*out)[n];
+        json_t *x;
+        snprintf(sub, sizeof(sub), "%.700s.%.100s", path, name);
+        if (strcmp(name, "*") != 0 && !sl_apps_valid(name, strlen(name))) {
+            sl_errors_add(errs, "%s: %s is not an app name (1 to %d letters, "
+                          "digits or ._:@/+-), nor \"*\"", path,
+                          sl_quote(name, q, sizeof(q)), SL_APP_NAME_MAX);
+            continue;
+        }
+        if (!json_is_object(je)) {
+            sl_errors_add(errs, "%s: must be an object such as {\"max\": 0.5} or "
+                          "{\"reserve\": 100}", sub);
+            continue;
+        }
+        if (!on_upstream && json_object_get(je, "priority") != NULL)
+            sl_errors_add(errs, "%s.priority: is set in the upstream's \"apps\" "
+                          "(a call has one priority, whichever rules it counts in)",
+                          sub);
+        else
+            sl_check_keys(je, sub, on_upstream ? keys : rule_keys, errs);
+        sh->app = strdup(name);
+        sh->app_id = SL_APP_UNBOUND;
+        char vsub[960];
+        if ((x = json_object_get(je, "max")) != NULL) {
+            snprintf(vsub, sizeof(vsub), "%s.max", sub);
+            sh->max_set = sl_get_share_value(x, vsub, &sh->max, &sh->max_frac,
+                                             errs) == 0;
+        }
+        if ((x = json_object_get(je, "reserve")) != NULL) {
+            snprintf(vsub, sizeof(vsub), "%s.reserve", sub);
+            sh->reserve_set = sl_get_share_value(x, vsub, &sh->reserve,
+                                                 &sh->reserve_frac, errs) == 0;
+        }
+        if (on_upstream && (x = json_object_get(je, "priority")) != NULL) {
+            long long p;
+            snprintf(vsub, sizeof(vsub), "%s.priority", sub);
+            if (sl_get_int(x, vsub, 0, SL_PRIORITY_LEVELS - 1, &p, errs) == 0) {
+                sh->priority = (int)p;
+                sh->priority_set = true;
+            }
+        }
+        n++;
+    }
+    *nout = n;
+}
+
+/* The count a share value stands for on a rule of LIMIT. */
+static uint64_t sl_share_count(uint64_t count, double frac, uint64_t limit)
+{
+    if (frac > 0.0) {
+        /* Rounded down, with a hair of slack for 0.3 * 10 = 2.9999... */
+        double x = frac * (double)limit + 1e-9;
+        return x >= (double)limit ? limit : (uint64_t)x;
+    }
+    return count;
+}
+
+/* Give rule R its shares from SRC (N entries, as written), resolved
+ * against its limit.  PATH names where they were written. */
+static void sl_resolve_shares(struct sl_rule *r, const struct sl_share *src,
+                              size_t n, const char *path, struct sl_errors *errs)
+{
+    size_t k = 0;
+
+    r->shares = calloc(n + 1, sizeof(*r->shares));
+    if (r->shares == NULL) {
+        sl_errors_add(errs, "%s: out of memory", path);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        struct sl_share *sh = &r->shares[k];
+        if (!src[i].max_set && !src[i].reserve_set)
+            continue;  /* a priority only */
+        *sh = src[i];
+        sh->app = strdup(src[i].app);
+        sh->priority_set = false;
+        sh->max = src[i].max_set
+                      ? sl_share_count(src[i].max, src[i].max_frac, r->limit)
+                      : r->limit;
+        if (sh->max > r->limit)
+            sh->max = r->limit;
+        sh->reserve = src[i].reserve_set
+                          ? sl_share_count(src[i].reserve, src[i].reserve_frac,
+                                           r->limit)
+                          : 0;
+        if (src[i].max_set && src[i].max_frac > 0.0 && sh->max == 0)
+            sl_errors_add(errs, "%s.%s.max: %g of the limit (%llu) is less than "
+                          "one call", path, sh->app, src[i].max_frac,
+                          (unsigned long long)r->limit);
+        if (src[i].reserve_set && src[i].reserve_frac > 0.0 && sh->reserve == 0)
+            sl_errors_add(errs, "%s.%s.reserve: %g of the limit (%llu) is less "
+                          "than one call", path, sh->app, src[i].reserve_frac,
+                          (unsigned long long)r->limit);
+        if (sh->reserve > sh->max)
+            sl_errors_add(errs, "%s.%s: reserve (%llu calls) is more than max "
+                          "(%llu calls)", path, sh->app,
+                          (unsigned long long)sh->reserve,
+                          (unsigned long long)sh->max);
+        r->reserve_sum += sh->reserve;
+        k++;
+    }
+    r->nshares = k;
+    for (size_t i = 0; i < k; i++)
+        if (strcmp(r->shares[i].app, "*") == 0)
+            r->share_other = &r->shares[i];
+    if (r->reserve_sum > r->limit)
+        sl_errors_add(errs, "%s: reservations add up to %llu calls, more than "
+                      "the rule's limit of %llu", path,
+                      (unsigned long long)r->reserve_sum,
+                      (unsigned long long)r->limit);
+    if (k == 0) {
+        free(r->shares);
+        r->shares = NULL;
+    }
+}
+
+const struct sl_share *sl_rule_share(const struct sl_rule *r, uint16_t app_id,
+                                     bool *named)
+{
+    for (size_t i = 0; i < r->nshares; i++)
+        if (r->shares[i].app_id == app_id) {
+            *named = true;
+            return &r->shares[i];
+        }
+    *named = false;
+    return r->share_other;
+}
+
+int sl_upstream_priority(const struct sl_upstream_conf *u, uint16_t app_id)
+{
+    const struct sl_share *other = NULL;
+
+    for (size_t i = 0; i < u->napps; i++) {
+        if (!u->apps[i].priority_set)
+            continue;
+        if (u->apps[i].app_id == app_id)
+            return u->apps[i].priority;
+        if (strcmp(u->apps[i].app, "*") == 0)
+            other = &u->apps[i];
+    }
+    return other != NULL ? other->priority : 0;
+}
+
+static void sl_bind_shares(struct sl_share *v, size_t n, struct sl_apps *apps)
+{
+    for (size_t i = 0; i < n; i++)
+        v[i].app_id = strcmp(v[i].app, "*") == 0
+                          ? SL_APP_UNBOUND
+                          : sl_apps_id(apps, v[i].app, strlen(v[i].app));
+}
+
+void sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps)
+{
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        struct sl_upstream_conf *u = &c->upstreams[i];
+        sl_bind_shares(u->apps, u->napps, apps);
+        for (size_t k = 0; k < u->nrules; k++)
+            sl_bind_shares(u->rules[k].shares, u->rules[k].nshares, apps);
+    }
+}
+
 static void sl_parse_rule(json_t *jr, const char *path,
                           const struct sl_upstream_conf *u, struct sl_rule *r,
                           struct sl_errors *errs)
@@ -680,7 +909,7 @@ static void sl_parse_rule(json_t *jr, const char *path,
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
                                        "max_wait", "sync", "sync_probe", "mode",
-                                       "reset", "timezone", NULL};
+                                       "reset", "timezone", "apps", NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -790,6 +1019,24 @@ static void sl_parse_rule(json_t *jr, const char *path,
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.per", path);
         sl_parse_per(v, sub, r, errs);
+    }
+
+    v = json_object_get(jr, "apps");
+    snprintf(sub, sizeof(sub), "%s.apps", path);
+    if (v != NULL && r->kind != SL_RULE_RATE) {
+        sl_errors_add(errs, "%s: shares apply to rate rules (\"limit\" and "
+                      "\"window\"), not to concurrency", sub);
+    } else if (v != NULL) {
+        struct sl_share *own;
+        size_t nown;
+        sl_parse_shares(v, sub, false, &own, &nown, errs);
+        if (r->limit > 0)
+            sl_resolve_shares(r, own, nown, sub, errs);
+        sl_shares_free(own, nown);
+    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && r->limit > 0) {
+        char usub[900];
+        snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", path);
+        sl_resolve_shares(r, u->apps, u->napps, usub, errs);
     }
 }
 
@@ -1058,7 +1305,8 @@ static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
                     snprintf(word, sizeof(word), "%.*s", (int)(w + 1 < 70 ? w + 1 : 70), p);
                     sl_errors_add(errs, "%s: %s is not a placeholder: use "
                                   "{upstream}, {rule}, {limit}, {window}, "
-                                  "{retry_after} or {message} (\"{{\" for a "
+                                  "{retry_after}, {message}, {app} or {share} "
+                                  "(\"{{\" for a "
                                   "literal \"{\")", sub, sl_quote(word, q, sizeof(q)));
                 }
                 filled[o++] = '0';
@@ -1313,7 +1561,8 @@ static void sl_parse_upstream(json_t *ju, const char *path,
                                        "retry_unsafe", "tls_verify", "ca_file",
                                        "connect_timeout", "timeout", "margin",
                                        "path_case", "reject", "rules", "app",
-                                       "forward_app_header", NULL};
+                                       "forward_app_header", "apps", "priority",
+                                       "priority_aging", NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -1428,6 +1677,31 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.reject", path);
         sl_parse_reject(v, sub, u, errs);
+    }
+
+    v = json_object_get(ju, "apps");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.apps", path);
+        sl_parse_shares(v, sub, true, &u->apps, &u->napps, errs);
+    }
+    v = json_object_get(ju, "priority");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.priority", path);
+        if (sl_get_string(v, sub, &s, errs) == 0) {
+            if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7) &&
+                strlen(s + 7) <= 64)
+                u->priority_header = strdup(s + 7);
+            else
+                sl_errors_add(errs, "%s: %s must be \"header:NAME\" (a header "
+                              "whose value is a level from 0 to %d; the apps' "
+                              "own priorities are set in \"apps\")", sub,
+                              sl_quote(s, q, sizeof(q)), SL_PRIORITY_LEVELS - 1);
+        }
+    }
+    v = json_object_get(ju, "priority_aging");
+    if (v != NULL) {
+        snprintf(sub, sizeof(sub), "%s.priority_aging", path);
+        sl_get_duration(v, sub, 0, SL_HOURS(24), true, &u->priority_aging_us, errs);
     }
 
     v = json_object_get(ju, "rules");
@@ -2445,6 +2719,7 @@ static void sl_rule_free(struct sl_rule *r)
     free(r->timezone);
     sl_tz_free(r->tz);
     free(r->path_text);
+    sl_shares_free(r->shares, r->nshares);
 }
 
 void sl_config_free(struct sl_config *c)
@@ -2467,6 +2742,8 @@ void sl_config_free(struct sl_config *c)
         free(u->reject_body);
         free(u->reject_content_type);
         free(u->app_header);
+        sl_shares_free(u->apps, u->napps);
+        free(u->priority_header);
     }
     for (size_t i = 0; i < c->nalerts; i++) {
         struct sl_alert_conf *a = &c->alerts[i];

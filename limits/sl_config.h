@@ -96,6 +96,26 @@ struct sl_alert_conf {
     size_t nheaders;
 };
 
+/*
+ * One app's part of a rate rule's limit ("apps": see README, "Sharing a
+ * limit between apps").  MAX: at most this many of the app's calls in any
+ * window; RESERVE: this many are kept for it (other apps cannot take the
+ * part it has not used).  For "*" (every app not named), MAX applies to
+ * each such app and RESERVE to all of them together.  A value written as
+ * a fraction is resolved against the rule's limit (rounded down).
+ */
+#define SL_PRIORITY_LEVELS 10     /* priorities 0 (lowest) .. 9 */
+#define SL_APP_UNBOUND UINT16_MAX /* sl_share.app_id before binding */
+
+struct sl_share {
+    char *app;                    /* an app name, or "*" */
+    uint16_t app_id;              /* its id (sl_config_bind_apps) */
+    bool max_set, reserve_set, priority_set;
+    uint64_t max, reserve;        /* calls; resolved on rules */
+    double max_frac, reserve_frac;/* as written when a fraction, else 0 */
+    int priority;                 /* upstream "apps" only: queue lane */
+};
+
 struct sl_rule {
     char *name;
     size_t index;                 /* position in its upstream's rules */
@@ -141,7 +161,18 @@ struct sl_rule {
      * the configuration is installed, the same in every later generation
      * that keeps the name (see sl_metric_ids). */
     size_t metric_slot;
+    /* "apps" (its own, or its upstream's): rate rules only.  NULL: the
+     * limit is shared first come, first served. */
+    struct sl_share *shares;      /* owned, nshares entries */
+    size_t nshares;
+    const struct sl_share *share_other;  /* the "*" entry, or NULL */
+    uint64_t reserve_sum;         /* every entry's reserve */
 };
+
+/* The share of rule R that applies to app APP_ID, or NULL (no cap, no
+ * reservation).  *NAMED tells whether APP_ID has its own entry. */
+const struct sl_share *sl_rule_share(const struct sl_rule *r, uint16_t app_id,
+                                     bool *named);
 
 struct sl_upstream_conf {
     char *name;
@@ -180,7 +211,17 @@ struct sl_upstream_conf {
     char *app_header;             /* SL_APP_HEADER: its name */
     bool forward_app_header;      /* keep that header on the forwarded call */
     bool forward_app_set;         /* ... given on the upstream itself */
+    /* "apps" on the upstream: the default shares of its rate rules (as
+     * written: fractions unresolved) and each app's queue priority. */
+    struct sl_share *apps;        /* owned, napps entries */
+    size_t napps;
+    char *priority_header;        /* "priority": "header:NAME", or NULL */
+    int64_t priority_aging_us;    /* a held call goes up one level this often (0: never) */
 };
+
+/* The queue priority of a call of app APP_ID on U (0 .. 9) when no header
+ * gives one. */
+int sl_upstream_priority(const struct sl_upstream_conf *u, uint16_t app_id);
 
 /* Rule INDEX of U; INDEX == nrules is the pause rule. */
 static inline const struct sl_rule *sl_upstream_rule(
@@ -271,6 +312,15 @@ size_t sl_config_restart_diff(const struct sl_config *old,
 size_t sl_config_reload_diff(const struct sl_config *old,
                              const struct sl_config *new_config,
                              struct sl_errors *errs);
+
+/*
+ * Give every app named in C's shares its app id in APPS (registering the
+ * name: apps named in the configuration are never lumped into "other").
+ * Called once on a new configuration, before it serves.  APPS is a
+ * struct sl_apps.
+ */
+struct sl_apps;
+void sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps);
 
 /* The upstream of C named NAME, or NULL. */
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,

@@ -74,7 +74,18 @@ struct sl_decision {
     const struct sl_rule *shadow;
     int64_t shadow_wait_us;
     uint64_t shadow_mask;   /* ALLOW: every such rule, bit = rule->index */
+    /* DENY by a share of `rule` ("apps"): SL_SHARE_MAX when the app used
+     * its max, SL_SHARE_RESERVED when what is left of the limit is kept
+     * for other apps' reservations; SL_SHARE_NONE: the limit itself. */
+    enum sl_share_denial {
+        SL_SHARE_NONE,
+        SL_SHARE_MAX,
+        SL_SHARE_RESERVED,
+    } share;
 };
+
+/* "max" or "reserved" (NULL for SL_SHARE_NONE). */
+const char *sl_share_denial_name(enum sl_share_denial d);
 
 struct sl_lease;
 struct sl_store;

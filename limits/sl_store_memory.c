@@ -49,6 +49,7 @@
 #include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define SL_MEM_INITIAL_SLOTS 64
@@ -127,6 +128,7 @@ struct sl_lease_slot {
     struct sl_mem_bucket *bucket;
     const struct sl_rule *rule;
     bool committed;               /* rate: logged (no longer reserved) */
+    bool app_held;                /* rate with shares: counted in in_apps */
 };
 
 /* What a call holds (pins its buckets against the sweeper). */
@@ -177,11 +179,13 @@ static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
            b->capin * sizeof(*b->in_apps);
 }
 
-/* One more (DELTA 1) or one less (-1) call of APP in flight in B.  The
- * split is best effort: a count that cannot grow (out of memory) leaves
- * the call out of it, never out of `inflight`.  Lock held. */
-static void sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
-                          uint16_t app, int delta)
+/* One more (DELTA 1) or one less (-1) call of APP in B: in flight
+ * (concurrency; the split is best effort: a count that cannot grow leaves
+ * the call out of it, never out of `inflight`), or admitted and not yet
+ * sent (rate rules with shares).  Returns 0, or -1 when out of memory.
+ * Lock held. */
+static int sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                         uint16_t app, int delta)
 {
     uint32_t i;
 
@@ -190,14 +194,14 @@ static void sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
     if (delta < 0) {
         if (i < b->nin && --b->in_apps[i].n == 0)
             b->in_apps[i] = b->in_apps[--b->nin];
-        return;
+        return 0;
     }
     if (i == b->nin) {
         if (b->nin == b->capin) {
             uint32_t cap = b->capin ? b->capin * 2 : 4;
             struct sl_mem_app_count *na = realloc(b->in_apps, cap * sizeof(*na));
             if (na == NULL)
-                return;
+                return -1;
             atomic_fetch_add(&s->bytes, (cap - b->capin) * sizeof(*na));
             b->in_apps = na;
             b->capin = cap;
@@ -206,6 +210,7 @@ static void sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
         b->in_apps[b->nin++].n = 0;
     }
     b->in_apps[i].n++;
+    return 0;
 }
 
 static struct sl_mem_bucket *sl_mem_find(struct sl_mem_table *t, uint32_t rule,
@@ -404,6 +409,191 @@ static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
     return wait;
 }
 
+/* ---- shares ("apps") ---- */
+
+const char *sl_share_denial_name(enum sl_share_denial d)
+{
+    return d == SL_SHARE_MAX ? "max" : d == SL_SHARE_RESERVED ? "reserved" : NULL;
+}
+
+/* A share's count scaled like the limit (the local fallback of Redis). */
+static uint64_t sl_mem_share_scaled(const struct sl_mem_store *s,
+                                    const struct sl_rule *r, uint64_t x)
+{
+    if (s->share >= 1.0 || r->limit == 0)
+        return x;
+    return (uint64_t)((double)x * (double)sl_mem_limit(s, r->limit) /
+                      (double)r->limit);
+}
+
+/* Admitted, not yet sent calls of APP in rate bucket B (kept only for
+ * rules with shares, in in_apps).  Lock held. */
+static uint64_t sl_mem_app_held(const struct sl_mem_bucket *b, uint16_t app)
+{
+    for (uint32_t i = 0; i < b->nin; i++)
+        if (b->in_apps[i].app == app)
+            return b->in_apps[i].n;
+    return 0;
+}
+
+/* APP's use of B: logged in the window (pruned) plus held. */
+static uint64_t sl_mem_app_used(const struct sl_mem_bucket *b, uint16_t app)
+{
+    return sl_window_tag_count(&b->win, app) + sl_mem_app_held(b, app);
+}
+
+/*
+ * The reservations other apps than APP have not used in B: for each named
+ * app with a reserve, reserve - used (when positive); for "*", the pooled
+ * reserve of every app not named, less their use together.  APP's own
+ * (its entry, or the pool when it is not named) is left out.
+ */
+struct sl_mem_reserve_class {
+    uint16_t app;       /* a named app, or SL_APP_UNBOUND for the pool */
+    uint64_t reserve;   /* scaled */
+    uint64_t used;
+};
+
+static size_t sl_mem_reserve_classes(const struct sl_mem_store *s,
+                                     const struct sl_mem_bucket *b,
+                                     const struct sl_rule *r, uint16_t app,
+                                     bool named, struct sl_mem_reserve_class *out)
+{
+    size_t n = 0;
+    uint64_t named_used = 0;
+
+    for (size_t i = 0; i < r->nshares; i++) {
+        const struct sl_share *sh = &r->shares[i];
+        if (sh == r->share_other)
+            continue;
+        uint64_t u = sl_mem_app_used(b, sh->app_id);
+        named_used += u;
+        if (sh->reserve == 0 || sh->app_id == app)
+            continue;
+        out[n].app = sh->app_id;
+        out[n].reserve = sl_mem_share_scaled(s, r, sh->reserve);
+        out[n].used = u;
+        n++;
+    }
+    if (named && r->share_other != NULL && r->share_other->reserve > 0) {
+        uint64_t all = (uint64_t)b->win.count + b->reserved;
+        out[n].app = SL_APP_UNBOUND;
+        out[n].reserve = sl_mem_share_scaled(s, r, r->share_other->reserve);
+        out[n].used = all > named_used ? all - named_used : 0;
+        n++;
+    }
+    return n;
+}
+
+static uint64_t sl_mem_unused(const struct sl_mem_reserve_class *c, size_t n)
+{
+    uint64_t sum = 0;
+
+    for (size_t i = 0; i < n; i++)
+        if (c[i].used < c[i].reserve)
+            sum += c[i].reserve - c[i].used;
+    return sum;
+}
+
+/* The class an entry tagged TAG counts in (index into C), or -1. */
+static ssize_t sl_mem_class_of(const struct sl_rule *r,
+                               const struct sl_mem_reserve_class *c, size_t n,
+                               uint16_t tag)
+{
+    bool named = false;
+
+    for (size_t i = 0; i < n; i++)
+        if (c[i].app == tag)
+            return (ssize_t)i;
+    (void)sl_rule_share(r, tag, &named);
+    if (!named && n > 0 && c[n - 1].app == SL_APP_UNBOUND)
+        return (ssize_t)(n - 1);
+    return -1;
+}
+
+/*
+ * Phase one for a rate bucket with shares whose limit has room: the wait
+ * until the call of app APP also fits its share (0: now).  *WHY says which
+ * part denied it; *LEFT (when it fits) the calls the app has left after
+ * this one.  SPAN and RESET as sl_mem_rate_wait's.  Lock held; B may be
+ * NULL (nothing used yet).
+ */
+static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
+                                 struct sl_mem_bucket *b, const struct sl_rule *r,
+                                 uint16_t app, int64_t span, int64_t reset,
+                                 int64_t now, enum sl_share_denial *why,
+                                 uint64_t *left)
+{
+    struct sl_mem_reserve_class cls[258];
+    uint64_t limit = sl_mem_limit(s, r->limit), max, used, all, unused;
+    bool named = false;
+    const struct sl_share *sh = sl_rule_share(r, app, &named);
+    size_t ncls;
+
+    *why = SL_SHARE_NONE;
+    max = sh != NULL ? sl_mem_share_scaled(s, r, sh->max) : limit;
+    if (b == NULL) {
+        /* Nothing used: room unless the app's max or the others'
+         * reservations leave none. */
+        uint64_t others = r->reserve_sum - (named && sh != NULL ? sh->reserve : 0);
+        if (!named && r->share_other != NULL)
+            others = r->reserve_sum - r->share_other->reserve;
+        others = sl_mem_share_scaled(s, r, others);
+        if (max == 0) {
+            *why = SL_SHARE_MAX;
+            return r->calendar ? reset : span;
+        }
+        if (1 + others > limit) {
+            *why = SL_SHARE_RESERVED;
+            return r->calendar ? reset : span;
+        }
+        *left = max - 1 < limit - 1 - others ? max - 1 : limit - 1 - others;
+        return 0;
+    }
+    if (sl_window_count_tags(&b->win) != 0) {
+        *why = SL_SHARE_RESERVED;
+        return SL_USEC_PER_SEC;  /* out of memory: cannot tell; deny briefly */
+    }
+    sl_window_prune(&b->win, span, now);
+    used = sl_mem_app_used(b, app);
+    all = (uint64_t)b->win.count + b->reserved;
+    if (used + 1 > max) {
+        /* Room when enough of the app's own calls leave the window: the
+         * (used - max)-th oldest of them (held ones are not logged yet). */
+        uint64_t k = used - max;
+        int64_t t = sl_window_tag_time(&b->win, app, (uint32_t)k);
+        *why = SL_SHARE_MAX;
+        if (r->calendar)
+            return reset;
+        return t == INT64_MIN ? span : (t + span - now > 0 ? t + span - now : 1);
+    }
+    ncls = sl_mem_reserve_classes(s, b, r, app, named, cls);
+    unused = sl_mem_unused(cls, ncls);
+    if (all + 1 + unused > limit) {
+        /* Walk the log from its oldest entry: each one leaving frees a
+         * call, unless it was part of a reservation still unused then. */
+        *why = SL_SHARE_RESERVED;
+        if (r->calendar)
+            return reset;
+        for (uint32_t i = 0; i < b->win.count; i++) {
+            uint32_t j = (b->win.head + i) % b->win.cap;
+            ssize_t c = sl_mem_class_of(r, cls, ncls, b->win.tags[j]);
+            all--;
+            if (c >= 0 && cls[c].used-- <= cls[c].reserve)
+                unused++;
+            if (all + 1 + unused <= limit) {
+                int64_t t = b->win.times[j] + span - now;
+                return t > 0 ? t : 1;
+            }
+        }
+        return span;  /* held calls must be sent (logged) and leave first */
+    }
+    *left = max - used - 1;
+    if (limit - all - 1 - unused < *left)
+        *left = limit - all - 1 - unused;
+    return 0;
+}
+
 /* Calls left in rate bucket B after this one (for RateLimit headers). */
 static uint64_t sl_mem_rate_remaining(const struct sl_mem_store *s,
                                       struct sl_mem_bucket *b,
@@ -427,9 +617,11 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
     if (sl->rule->kind == SL_RULE_CONCURRENCY) {
         sl->bucket->inflight--;
         sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
-    }
-    else if (!sl->committed)
+    } else if (!sl->committed) {
         sl->bucket->reserved--;
+        if (sl->app_held)
+            sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
+    }
 }
 
 
@@ -634,6 +826,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     bool probe[SL_MAX_HITS];
     bool skip[SL_MAX_HITS];       /* a shadow rule that would deny: untouched */
     int64_t reset[SL_MAX_HITS];   /* rate: sl_mem_span()'s RESET (calendar) */
+    enum sl_share_denial why[SL_MAX_HITS];  /* rate with shares */
+    uint64_t share_left[SL_MAX_HITS];       /* ... the app's calls left */
     struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
     struct sl_lease *lease = NULL;
     size_t nheld = 0;
@@ -678,6 +872,18 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             /* A calendar rule's period, found once per decision. */
             int64_t span = sl_mem_span(s, r, now, &reset[i]);
             wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now, &probe[i]);
+            why[i] = SL_SHARE_NONE;
+            share_left[i] = UINT64_MAX;
+            if (wait == 0 && r->nshares > 0) {
+                if (bk[i] != NULL && bk[i]->win.tc == NULL) {
+                    size_t before = sl_window_bytes(&bk[i]->win);
+                    if (sl_window_count_tags(&bk[i]->win) == 0)
+                        atomic_fetch_add(&s->bytes,
+                                         sl_window_bytes(&bk[i]->win) - before);
+                }
+                wait = sl_mem_share_wait(s, bk[i], r, c->app, span, reset[i], now,
+                                         &why[i], &share_left[i]);
+            }
         }
         if (wait > 0 && r->shadow) {
             /* Would deny: say so, take nothing from it, deny nothing. */
@@ -696,6 +902,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.wait_us = wait;
             d.remaining = 0;
             d.reset_us = wait;
+            d.share = r->kind == SL_RULE_RATE ? why[i] : SL_SHARE_NONE;
         }
     }
     if (d.verdict == SL_VERDICT_DENY)
@@ -729,6 +936,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         sl->bucket = bk[i];
         sl->rule = r;
         sl->committed = false;
+        sl->app_held = false;
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
             sl_mem_in_app(s, bk[i], c->app, 1);
@@ -742,6 +950,18 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                 goto rollback;
             }
             atomic_fetch_add(&s->bytes, sl_window_bytes(&bk[i]->win) - before);
+            if (r->nshares > 0) {
+                /* The app's part of this bucket: exact, or no call. */
+                if (bk[i]->win.tc == NULL && sl_window_count_tags(&bk[i]->win) != 0) {
+                    lease->n--;
+                    goto rollback;
+                }
+                if (sl_mem_in_app(s, bk[i], c->app, 1) != 0) {
+                    lease->n--;
+                    goto rollback;
+                }
+                sl->app_held = true;
+            }
             bk[i]->reserved++;
             if (probe[i])
                 bk[i]->probe_at = now + r->sync_probe_us;
@@ -757,6 +977,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         if (r->kind != SL_RULE_RATE || r->shadow)
             continue;
         rem = sl_mem_rate_remaining(s, bk[i], r, now);
+        if (share_left[i] < rem)
+            rem = share_left[i];  /* what this app has left */
         if (d.rule == NULL || rem < d.remaining) {
             d.rule = r;
             d.remaining = rem;
@@ -814,6 +1036,8 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             continue;
         sl->committed = true;
         sl->bucket->reserved--;
+        if (sl->app_held)
+            sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
         /* Logged under the rule as it is now (a reload may have changed
          * its limit); a removed rule's bucket logs nothing. */
         if (sl->bucket->rule != SL_MEM_ORPHAN && t->up != NULL)

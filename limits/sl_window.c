@@ -18,6 +18,52 @@
 
 #define SL_WINDOW_MIN_CAP 4
 
+/* Count one more (DELTA 1) or one less (-1) logged entry of TAG, when
+ * counts are kept.  Growing can fail only for a new tag; that entry then
+ * goes uncounted (and the counts are dropped: see sl_window_count_tags). */
+static void sl_window_tc(struct sl_window *w, uint16_t tag, int delta)
+{
+    uint32_t i;
+
+    if (w->tc == NULL)
+        return;
+    for (i = 0; i < w->ntc && w->tc[i].tag != tag; i++)
+        ;
+    if (delta < 0) {
+        if (i < w->ntc && --w->tc[i].n == 0)
+            w->tc[i] = w->tc[--w->ntc];
+        return;
+    }
+    if (i == w->ntc) {
+        if (w->ntc == w->captc) {
+            uint32_t cap = w->captc * 2;
+            struct sl_tag_count *tc = realloc(w->tc, cap * sizeof(*tc));
+            if (tc == NULL) {
+                /* Out of memory: stop keeping counts rather than keep wrong
+                 * ones; the next sl_window_count_tags() recounts. */
+                free(w->tc);
+                w->tc = NULL;
+                w->ntc = w->captc = 0;
+                return;
+            }
+            w->tc = tc;
+            w->captc = cap;
+        }
+        w->tc[i].tag = tag;
+        w->tc[i].n = 0;
+        w->ntc++;
+    }
+    w->tc[i].n++;
+}
+
+/* Drop the oldest entry. */
+static void sl_window_pop(struct sl_window *w)
+{
+    sl_window_tc(w, w->tags[w->head], -1);
+    w->head = (w->head + 1) % w->cap;
+    w->count--;
+}
+
 static int sl_window_grow(struct sl_window *w, uint64_t limit)
 {
     uint64_t want = w->cap ? (uint64_t)w->cap * 2 : SL_WINDOW_MIN_CAP;
@@ -52,10 +98,8 @@ void sl_window_prune(struct sl_window *w, int64_t window_us, int64_t now)
 {
     int64_t horizon = now - window_us;
 
-    while (w->count > 0 && w->times[w->head] <= horizon) {
-        w->head = (w->head + 1) % w->cap;
-        w->count--;
-    }
+    while (w->count > 0 && w->times[w->head] <= horizon)
+        sl_window_pop(w);
     if (w->count == 0)
         w->head = 0;
 }
@@ -123,10 +167,8 @@ void sl_window_tally(const struct sl_window *w, uint64_t *counts, size_t n)
 
 void sl_window_keep_newest(struct sl_window *w, uint64_t n)
 {
-    while (w->count > n) {
-        w->head = (w->head + 1) % w->cap;
-        w->count--;
-    }
+    while (w->count > n)
+        sl_window_pop(w);
     if (w->count == 0)
         w->head = 0;
 }
@@ -153,7 +195,40 @@ int sl_window_record_tag(struct sl_window *w, uint64_t limit, int64_t now,
     w->times[(w->head + w->count) % w->cap] = now;
     w->tags[(w->head + w->count) % w->cap] = tag;
     w->count++;
+    sl_window_tc(w, tag, 1);
     return 0;
+}
+
+int sl_window_count_tags(struct sl_window *w)
+{
+    if (w->tc != NULL)
+        return 0;
+    w->tc = malloc(4 * sizeof(*w->tc));
+    if (w->tc == NULL)
+        return -1;
+    w->captc = 4;
+    w->ntc = 0;
+    for (uint32_t i = 0; i < w->count && w->tc != NULL; i++)
+        sl_window_tc(w, w->tags[(w->head + i) % w->cap], 1);
+    return w->tc != NULL ? 0 : -1;
+}
+
+uint32_t sl_window_tag_count(const struct sl_window *w, uint16_t tag)
+{
+    for (uint32_t i = 0; i < w->ntc; i++)
+        if (w->tc[i].tag == tag)
+            return w->tc[i].n;
+    return 0;
+}
+
+int64_t sl_window_tag_time(const struct sl_window *w, uint16_t tag, uint32_t k)
+{
+    for (uint32_t i = 0; i < w->count; i++) {
+        uint32_t j = (w->head + i) % w->cap;
+        if (w->tags[j] == tag && k-- == 0)
+            return w->times[j];
+    }
+    return INT64_MIN;
 }
 
 uint64_t sl_window_remaining(struct sl_window *w, uint64_t limit,
@@ -183,11 +258,13 @@ int64_t sl_window_newest(const struct sl_window *w)
 
 size_t sl_window_bytes(const struct sl_window *w)
 {
-    return (size_t)w->cap * (sizeof(int64_t) + sizeof(uint16_t));
+    return (size_t)w->cap * (sizeof(int64_t) + sizeof(uint16_t)) +
+           (size_t)w->captc * sizeof(struct sl_tag_count);
 }
 
 void sl_window_free(struct sl_window *w)
 {
+    free(w->tc);
     free(w->times);
     memset(w, 0, sizeof(*w));
 }

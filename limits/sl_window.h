@@ -15,12 +15,23 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* Logged entries of one tag (see sl_window_count_tags). */
+struct sl_tag_count {
+    uint16_t tag;
+    uint32_t n;
+};
+
 struct sl_window {
     int64_t *times;     /* ring of admission times (owned), capacity `cap` */
     uint16_t *tags;     /* ring of the calls' app ids, in the same block */
     uint32_t cap;       /* allocated slots, <= limit */
     uint32_t head;      /* index of the oldest entry */
     uint32_t count;     /* entries logged (after the last prune) */
+    /* Per-tag counts of the logged entries, kept by every function that
+     * adds or removes one, once sl_window_count_tags() was called (owned;
+     * NULL: not kept).  Few tags per window: a short array. */
+    struct sl_tag_count *tc;
+    uint32_t ntc, captc;
 };
 
 /* Forget entries that left the window at NOW (time <= now - window). */
@@ -83,6 +94,21 @@ int64_t sl_window_next_expiry(const struct sl_window *w, int64_t window_us,
 
 /* Newest logged time, or INT64_MIN when empty. */
 int64_t sl_window_newest(const struct sl_window *w);
+
+/*
+ * Keep per-tag counts of the logged entries from now on (the entries
+ * already logged are counted now).  Returns 0, or -1 when out of memory
+ * (then nothing is kept).  Idempotent.
+ */
+int sl_window_count_tags(struct sl_window *w);
+
+/* Logged entries tagged TAG (sl_window_count_tags() must have been
+ * called; no pruning). */
+uint32_t sl_window_tag_count(const struct sl_window *w, uint16_t tag);
+
+/* The time of the K-th oldest (0: the oldest) logged entry tagged TAG, or
+ * INT64_MIN when there are not that many.  A scan from the oldest. */
+int64_t sl_window_tag_time(const struct sl_window *w, uint16_t tag, uint32_t k);
 
 /* Bytes held by the ring. */
 size_t sl_window_bytes(const struct sl_window *w);

@@ -160,6 +160,7 @@ int main(int argc, char **argv)
         sl_error("out of memory");
         goto out;
     }
+    sl_config_bind_apps(config, proxy.apps);
     proxy.memory = sl_store_memory_new(config, NULL, NULL);
     if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");

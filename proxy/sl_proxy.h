@@ -255,10 +255,12 @@ struct sl_error_reply {
 
 struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
 /* The over-limit answer: the upstream's reject template or sluice's JSON,
- * with Retry-After (bounded by max_retry_after) and RateLimit fields. */
+ * with Retry-After (bounded by max_retry_after) and RateLimit fields.
+ * APP_ID and APP name the caller's app (APP may be NULL). */
 struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                                         const struct sl_upstream_conf *up,
-                                        const struct sl_decision *d);
+                                        const struct sl_decision *d,
+                                        uint16_t app_id, const char *app);
 /* RateLimit saying "nothing left for PAUSE_US" (the provider said stop). */
 void sl_respond_pause_headers(struct MHD_Response *resp, int64_t pause_us);
 /* Add RateLimit-Policy / RateLimit for decision D to RESP. */

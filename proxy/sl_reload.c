@@ -123,6 +123,7 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
             sl_error("  %s", errs->lines[i]);
         goto out;
     }
+    sl_config_bind_apps(nc, p->apps);
     nc->generation = cur->generation + 1;
     nc->loaded_ms = sl_clock_wall() / 1000;
     pthread_mutex_lock(&p->config_lock);

@@ -159,7 +159,8 @@ void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
     req->decision = *d;
     sl_metrics_call(&req->w->metrics, req->up, o);
     sl_req_set_pending(req, status,
-                       sl_respond_limited(req->config, req->up, d),
+                       sl_respond_limited(req->config, req->up, d, req->check.app,
+                                          req->check.app_name),
                        req->expired ? "expired" : o == SL_OUT_PAUSED ? "paused"
                                                                      : "rejected");
 }

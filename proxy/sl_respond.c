@@ -206,19 +206,45 @@ static int64_t sl_retry_after_bounded(const struct sl_config *c, int64_t wait_us
 
 struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                                         const struct sl_upstream_conf *up,
-                                        const struct sl_decision *d)
+                                        const struct sl_decision *d,
+                                        uint16_t app_id, const char *app)
 {
     const struct sl_rule *r = d->rule;
     int64_t retry = sl_retry_after_bounded(c, d->wait_us);
     json_t *body;
     struct MHD_Response *resp;
-    char msg[512], ra[32], lim[32], win[SL_DURATION_FORMAT_MAX], rs[32];
+    char msg[640], ra[32], lim[32], win[SL_DURATION_FORMAT_MAX], rs[32];
+    const char *share = r->kind == SL_RULE_RATE ? sl_share_denial_name(d->share) : NULL;
+    const struct sl_share *sh = NULL;
+    bool named = false;
+
+    if (app == NULL)
+        app = "-";
+    if (share != NULL)
+        sh = sl_rule_share(r, app_id, &named);
 
     if (r->kind == SL_RULE_PAUSE) {
         snprintf(msg, sizeof(msg),
                  "upstream \"%s\" asked callers to pause (it signalled a limit); "
                  "retry in %llds", up->name, (long long)retry);
         win[0] = lim[0] = '\0';
+    } else if (r->kind == SL_RULE_RATE && d->share == SL_SHARE_MAX && sh != NULL) {
+        sl_duration_format(r->window_us, win, sizeof(win));
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
+        snprintf(msg, sizeof(msg),
+                 "app \"%s\" used its share of rule \"%s\" of upstream \"%s\": "
+                 "at most %llu of its %llu calls per %s; retry in %llds",
+                 app, r->name, up->name, (unsigned long long)sh->max,
+                 (unsigned long long)r->limit, win, (long long)retry);
+    } else if (r->kind == SL_RULE_RATE && d->share == SL_SHARE_RESERVED) {
+        sl_duration_format(r->window_us, win, sizeof(win));
+        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
+        snprintf(msg, sizeof(msg),
+                 "rule \"%s\" of upstream \"%s\" allows %llu calls per %s, and "
+                 "what is left is reserved for other apps than \"%s\"; "
+                 "retry in %llds",
+                 r->name, up->name, (unsigned long long)r->limit, win, app,
+                 (long long)retry);
     } else if (r->kind == SL_RULE_RATE) {
         sl_duration_format(r->window_us, win, sizeof(win));
         snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
@@ -240,7 +266,8 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
 
     if (up->reject_body != NULL) {
         static const char *const names[] = {"upstream", "rule", "limit",
-                                            "window", "retry_after", "message"};
+                                            "window", "retry_after", "message",
+                                            "app", "share"};
         /* A pause has no limit or window, a concurrency rule no window:
          * "null" keeps a JSON template valid. */
         char secs[48] = "null";
@@ -255,8 +282,8 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                 secs[--n] = '\0';
         }
         const char *values[] = {up->name, r->name, lim[0] ? lim : "null", secs,
-                                rs, msg};
-        char *text = sl_render_reject(up->reject_body, names, values, 6);
+                                rs, msg, app, share != NULL ? share : ""};
+        char *text = sl_render_reject(up->reject_body, names, values, 8);
         if (text == NULL)
             return NULL;
         resp = MHD_create_response_from_buffer(strlen(text), text,
@@ -286,6 +313,12 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
             json_object_set_new(body, "window", json_null());
             json_object_set_new(body, "concurrency",
                                 json_integer((json_int_t)r->limit));
+        }
+        if (share != NULL) {
+            json_object_set_new(body, "app", json_string(app));
+            json_object_set_new(body, "share", json_string(share));
+            if (d->share == SL_SHARE_MAX && sh != NULL)
+                json_object_set_new(body, "app_max", json_integer((json_int_t)sh->max));
         }
         json_object_set_new(body, "retry_after", json_integer(retry));
         json_object_set_new(body, "message", json_string(msg));
