@@ -162,7 +162,7 @@
  * [, s if sync] [, k if per].  ARGV: ncalls, then per call: member (""
  * for a call decided locally during an outage: logged unconditionally),
  * delay_us, app, nrules, then per rule: limit, span_us, flags (1: sync, 2:
- * per).  A call with a member is logged only if its reservation was still
+ * per, 4: shares: an h key after s).  A call with a member is logged only if its reservation was still
  * there; its stamp is now minus the delay since it was sent.  A `per`
  * bucket's r key is (re)entered in its rule's index k, scored by now.
  */
@@ -176,15 +176,16 @@
     "    for i = 1, nr do\n"                                                   \
     "      local limit, span, flags = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])\n" \
     "      a = a + 3\n"                                                        \
-    "      local l, v, ap, s, idx = KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil\n" \
+    "      local l, v, ap, s, idx, h = KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil, nil\n" \
     "      k = k + 3\n"                                                        \
     "      if flags % 2 == 1 then s = KEYS[k]; k = k + 1 end\n"                \
-    "      if flags >= 2 then idx = KEYS[k]; k = k + 1 end\n"                  \
+    "      if flags % 8 >= 4 then h = KEYS[k]; k = k + 1 end\n"                \
+    "      if flags % 4 >= 2 then idx = KEYS[k]; k = k + 1 end\n"              \
     "      local stamp, go = now - delay, false\n"                             \
     "      if member == '' then go = stamp > now - span\n"                     \
     "      else go = redis.call('ZREM', v, member) == 1 end\n"                 \
     "      if go then\n"                                                       \
-    "        log(l, ap, stamp, 1, limit, span, app)\n"                         \
+    "        log(l, ap, stamp, 1, limit, span, app, h)\n"                      \
     "        if s and redis.call('EXISTS', s) == 1 then\n"                     \
     "          redis.call('HINCRBY', s, 'sent', 1)\n"                          \
     "        end\n"                                                            \
@@ -201,7 +202,10 @@
 /* Shared by the scripts below: the time, number formatting, and logging
  * N sends at STAMP by APP in rate list L and its app list AP (keeps both
  * ordered newest first, index for index the same calls; refreshes their
- * TTLs).  Stale entries are popped by decisions.  A list is at most LIMIT
+ * TTLs).  H (rules with shares, else nil): a hash of each app's entries in
+ * L, with '#n' the number of entries it accounts for; kept by every
+ * script that adds or drops entries, and rebuilt from AP by a decision
+ * that finds '#n' differing from L's length (see hsync).  Stale entries are popped by decisions.  A list is at most LIMIT
  * long, except when the limit was lowered (a reload) under calls already
  * admitted: those are all kept (up to 2 x LIMIT + 64), so that raising the
  * limit again grants nothing they used. */
@@ -209,7 +213,12 @@
     "local t = redis.call('TIME')\n"                                           \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
     "local function fmt(x) return string.format('%.0f', x) end\n"             \
-    "local function log(l, ap, stamp, n, limit, span, app)\n"                  \
+    "local function hadd(h, app, n)\n"                                         \
+    "  if not h or n == 0 then return end\n"                                  \
+    "  if redis.call('HINCRBY', h, app, n) <= 0 then redis.call('HDEL', h, app) end\n" \
+    "  redis.call('HINCRBY', h, '#n', n)\n"                                    \
+    "end\n"                                                                    \
+    "local function log(l, ap, stamp, n, limit, span, app, h)\n"               \
     "  local head = redis.call('LINDEX', l, 0)\n"                              \
     "  if head and tonumber(head) > stamp then stamp = tonumber(head) end\n"   \
     "  local len, alen = redis.call('LLEN', l), redis.call('LLEN', ap)\n"     \
@@ -219,19 +228,25 @@
     "  if alen < len then\n"                                                   \
     "    redis.call('DEL', ap)\n"                                              \
     "    for i = 1, len do redis.call('RPUSH', ap, '-') end\n"                 \
+    "    if h then redis.call('DEL', h) end\n"                                 \
     "  end\n"                                                                  \
     "  for i = 1, n do\n"                                                      \
     "    len = redis.call('LPUSH', l, fmt(stamp))\n"                           \
     "    redis.call('LPUSH', ap, app)\n"                                       \
     "  end\n"                                                                  \
+    "  hadd(h, app, n)\n"                                                      \
     "  local most = 2 * limit + 64\n"                                         \
     "  if len > most then\n"                                                   \
+    "    if h then\n"                                                          \
+    "      for _, x in ipairs(redis.call('LRANGE', ap, most, -1)) do hadd(h, x, -1) end\n" \
+    "    end\n"                                                                \
     "    redis.call('LTRIM', l, 0, most - 1)\n"                                \
     "    redis.call('LTRIM', ap, 0, most - 1)\n"                               \
     "  end\n"                                                                  \
     "  local ttl = fmt(math.ceil(span / 1000) + 1000)\n"                       \
     "  redis.call('PEXPIRE', l, ttl)\n"                                        \
     "  redis.call('PEXPIRE', ap, ttl)\n"                                       \
+    "  if h then redis.call('PEXPIRE', h, ttl) end\n"                          \
     "end\n"                                                                    \
     SL_LUA_COMMITS
 
@@ -251,14 +266,130 @@
  *         next period itself when its TIME is already past the end)
  * A call's member is base..':'..call_number..'|'..app (app names have no
  * '|': the snapshot reads a concurrency slot's app from its member).
+ * A rate rule's arguments end with its shares ("apps"): a count, then per
+ * share: app ('*': every app not named), max, reserve (in calls); with a
+ * count above 0 its KEYS have h after s (each app's entries in r).
  * Reply: {now, 0} when past the deadline (no decision written), else {now, 1, per call: {1, best_rule,
  * remaining, reset_us, shadow_rule, shadow_wait_us, {every shadow rule
  * that would deny}} or {0, denying_rule,
- * wait_us}}.  A rule's kind in upper case (R, C) is in shadow mode: when
+ * wait_us, share (0: the rule's limit, 1: the app's max, 2: other apps'
+ * reservations)}}.  A rule's kind in upper case (R, C) is in shadow mode: when
  * it would deny, the call goes on and takes nothing from it.
  */
 static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
+    /* Drop the entries of L that left the window (the oldest, at its
+     * tail), and their apps from AP and H (nil: no shares).  LEN: L's
+     * length.  Returns the new length. */
+    "local function prune(l, ap, h, len, span)\n"
+    "  local n, tail = len, redis.call('LINDEX', l, -1)\n"
+    "  while tail and tonumber(tail) <= now - span do\n"
+    "    redis.call('RPOP', l)\n"
+    "    n = n - 1\n"
+    "    tail = redis.call('LINDEX', l, -1)\n"
+    "  end\n"
+    "  if n < len then\n"
+    "    if h then\n"
+    "      local cnt = {}\n"
+    "      for _, x in ipairs(redis.call('LRANGE', ap, n, len - 1)) do cnt[x] = (cnt[x] or 0) + 1 end\n"
+    "      for x, c in pairs(cnt) do hadd(h, x, -c) end\n"
+    "    end\n"
+    /* the app list keeps the same calls, index for index from the head */
+    "    if n > 0 then redis.call('LTRIM', ap, 0, n - 1) else redis.call('DEL', ap) end\n"
+    "  end\n"
+    "  return n\n"
+    "end\n"
+    /* Shares: the wait until a call of APP also fits its share of the
+     * rule (0: now), why it waits (1: the app's max, 2: other apps'
+     * reservations), and when it fits, the calls the app has left after
+     * it.  L, AP, H: the bucket's log, apps and per-app counts, LEN
+     * entries in the window (pruned); NRES reservations in V.  SHR: {app,
+     * max, reserve} per share ('*': every app not named).  The same
+     * arithmetic as the memory store (sl_mem_share_wait). */
+    "local function share_wait(l, ap, v, h, len, nres, limit, span, pend, app, shr)\n"
+    "  if tonumber(redis.call('HGET', h, '#n') or 0) ~= len then\n"
+    /* counts missing or out of step: rebuilt from the app list */
+    "    redis.call('DEL', h)\n"
+    "    if len > 0 then\n"
+    "      local cnt = {}\n"
+    "      for _, x in ipairs(redis.call('LRANGE', ap, 0, len - 1)) do cnt[x] = (cnt[x] or 0) + 1 end\n"
+    "      local alen = redis.call('LLEN', ap)\n"
+    "      if alen < len then cnt['-'] = (cnt['-'] or 0) + len - alen end\n"
+    "      for x, c in pairs(cnt) do redis.call('HSET', h, x, c) end\n"
+    "      redis.call('HSET', h, '#n', len)\n"
+    "      local pt = redis.call('PTTL', l)\n"
+    "      if pt > 0 then redis.call('PEXPIRE', h, pt) end\n"
+    "    end\n"
+    "  end\n"
+    "  local cnt, held = {}, {}\n"
+    "  local hv = redis.call('HGETALL', h)\n"
+    "  for j = 1, #hv, 2 do cnt[hv[j]] = tonumber(hv[j + 1]) end\n"
+    "  if nres > 0 then\n"
+    "    for _, mb in ipairs(redis.call('ZRANGE', v, 0, -1)) do\n"
+    "      local x = string.match(mb, '|([^|]*)$') or '-'\n"
+    "      held[x] = (held[x] or 0) + 1\n"
+    "    end\n"
+    "  end\n"
+    "  local function used(x) return (cnt[x] or 0) + (held[x] or 0) end\n"
+    "  local mine, other, names = nil, nil, {}\n"
+    "  for _, e in ipairs(shr) do\n"
+    "    if e[1] == '*' then other = e else names[e[1]] = e end\n"
+    "  end\n"
+    "  local named = names[app] ~= nil\n"
+    "  if named then mine = names[app] else mine = other end\n"
+    "  local max = mine and mine[2] or limit\n"
+    "  local all, u = len + nres, used(app)\n"
+    "  if u + 1 > max then\n"
+    "    if pend then return pend - now, 1 end\n"
+    /* room when the (u - max)-th oldest of its calls leaves (held ones
+     * are not logged yet) */
+    "    local k, seen = u - max, 0\n"
+    "    local apps = redis.call('LRANGE', ap, 0, len - 1)\n"
+    "    for j = #apps, 1, -1 do\n"
+    "      if apps[j] == app then\n"
+    "        if seen == k then\n"
+    "          return math.max(tonumber(redis.call('LINDEX', l, j - 1)) + span - now, 1), 1\n"
+    "        end\n"
+    "        seen = seen + 1\n"
+    "      end\n"
+    "    end\n"
+    "    return span, 1\n"
+    "  end\n"
+    "  local cls, nused, pool = {}, 0, nil\n"
+    "  for x, e in pairs(names) do\n"
+    "    local ue = used(x)\n"
+    "    nused = nused + ue\n"
+    "    if e[3] > 0 and x ~= app then cls[x] = {e[3], ue} end\n"
+    "  end\n"
+    "  if named and other and other[3] > 0 then pool = {other[3], math.max(all - nused, 0)} end\n"
+    "  local unused = 0\n"
+    "  for _, c in pairs(cls) do if c[2] < c[1] then unused = unused + c[1] - c[2] end end\n"
+    "  if pool and pool[2] < pool[1] then unused = unused + pool[1] - pool[2] end\n"
+    "  if all + 1 + unused > limit then\n"
+    "    if pend then return pend - now, 2 end\n"
+    /* walk the log from its oldest entry: each one leaving frees a call,
+     * unless it was part of a reservation still unused then */
+    "    local apps = redis.call('LRANGE', ap, 0, len - 1)\n"
+    "    local times = redis.call('LRANGE', l, 0, len - 1)\n"
+    "    for j = len, 1, -1 do\n"
+    "      local x = apps[j] or '-'\n"
+    "      local c = cls[x]\n"
+    "      if not c and pool and not names[x] then c = pool end\n"
+    "      all = all - 1\n"
+    "      if c then\n"
+    "        if c[2] <= c[1] then unused = unused + 1 end\n"
+    "        c[2] = c[2] - 1\n"
+    "      end\n"
+    "      if all + 1 + unused <= limit then\n"
+    "        return math.max(tonumber(times[j]) + span - now, 1), 2\n"
+    "      end\n"
+    "    end\n"
+    "    return span, 2\n"
+    "  end\n"
+    "  local left = max - u - 1\n"
+    "  if limit - all - 1 - unused < left then left = limit - all - 1 - unused end\n"
+    "  return 0, 0, left\n"
+    "end\n"
     "local deadline = tonumber(ARGV[4])\n"
     "local a, k = commits(5, 1)\n"
     "if deadline > 0 and now > deadline then return {now, 0} end\n"
@@ -271,12 +402,16 @@ static const char sl_lua_decide[] =
     "  local member, deny, wait, st, ka = base .. ':' .. c .. '|' .. app, 0, 0, {}, k\n"
     "  local skip, shadow, swait, shadows = {}, 0, 0, {}\n"
     /* where each rule's arguments start: a calendar rule (k, K) has three
-     * more (its period's start and end, the next period's end) */
+     * more (its period's start and end, the next period's end); a rate
+     * rule then has its shares: a count and (app, max, reserve) each */
     "  local pos, q = {}, a\n"
     "  for i = 1, n do\n"
     "    pos[i] = q\n"
     "    local kd = ARGV[q]\n"
     "    if kd == 'k' or kd == 'K' then q = q + 7 else q = q + 4 end\n"
+    "    if kd == 'r' or kd == 'R' or kd == 'k' or kd == 'K' then\n"
+    "      q = q + 1 + 3 * tonumber(ARGV[q])\n"
+    "    end\n"
     "  end\n"
     /* a calendar rule counts from its period's start minus the margin
      * (its span field) and is full until the period's end */
@@ -286,36 +421,60 @@ static const char sl_lua_decide[] =
     "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
     "    local sh = kind == 'R' or kind == 'C' or kind == 'K'\n"
     "    kind = string.lower(kind)\n"
-    "    local pend, ttl = nil, span\n"
+    "    local pend, ttl, shr = nil, span, nil\n"
     "    if kind == 'k' then\n"
     "      local ps, pe = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])\n"
     "      if now >= pe then ps, pe = pe, tonumber(ARGV[p + 6]) end\n"
     "      kind, pend, ttl = 'r', pe, pe - now + span\n"
     "      span = math.max(now - ps + span, 0)\n"
+    "      p = p + 3\n"
     "    end\n"
-    "    return kind, limit, span, probe, sh, pend, ttl\n"
+    "    if kind == 'r' then\n"
+    "      local m = tonumber(ARGV[p + 4])\n"
+    "      if m > 0 then\n"
+    "        shr = {}\n"
+    "        for j = 1, m do\n"
+    "          local b = p + 2 + 3 * j\n"
+    "          shr[j] = {ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])}\n"
+    "        end\n"
+    "      end\n"
+    "    end\n"
+    "    return kind, limit, span, probe, sh, pend, ttl, shr\n"
     "  end\n"
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
-    "    local kind, limit, span, probe, sh, pend, ttl = rule(i)\n"
-    "    local w = 0\n"
+    "    local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
+    "    local w, why, sleft = 0, 0, nil\n"
     "    if kind == 'r' then\n"
-    "      local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
+    "      local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "      ka = ka + 3\n"
     "      if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
+    "      if shr then h = KEYS[ka]; ka = ka + 1 end\n"
     "      local nres = redis.call('ZCARD', v)\n"
     "      if nres > 0 then\n"
-    "        local gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
+    "        local gone = 0\n"
+    "        if h then\n"
+    /* with shares, each lapsed reservation is logged as its app's */
+    "          for _, mb in ipairs(redis.call('ZRANGEBYSCORE', v, '-inf', fmt(now))) do\n"
+    "            log(l, ap, now, 1, limit, ttl, string.match(mb, '|([^|]*)$') or '-', h)\n"
+    "            gone = gone + 1\n"
+    "          end\n"
+    "          if gone > 0 then redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now)) end\n"
+    "        else\n"
+    "          gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
+    "          if gone > 0 then log(l, ap, now, gone, limit, ttl, '-') end\n"
+    "        end\n"
     "        if gone > 0 then\n"
     "          nres = nres - gone\n"
-    "          log(l, ap, now, gone, limit, ttl, '-')\n"
     "          if s and redis.call('EXISTS', s) == 1 then\n"
     "            redis.call('HINCRBY', s, 'sent', gone)\n"
     "          end\n"
     "        end\n"
     "      end\n"
-    "      local len, m = redis.call('LLEN', l), limit - nres\n"
+    "      local len = redis.call('LLEN', l)\n"
+    "      if h then len = prune(l, ap, h, len, span) end\n"
+    "      local m = limit - nres\n"
     "      if m <= 0 then w = pend and pend - now or span\n"
     "      elseif len >= m then\n"
     "        local e = tonumber(redis.call('LINDEX', l, m - 1))\n"
@@ -336,7 +495,10 @@ static const char sl_lua_decide[] =
     "          end\n"
     "        end\n"
     "      end\n"
-    "      st[i] = {len, nres, room, isprobe}\n"
+    "      if h and w == 0 then\n"
+    "        w, why, sleft = share_wait(l, ap, v, h, len, nres, limit, span, pend, app, shr)\n"
+    "      end\n"
+    "      st[i] = {len, nres, room, isprobe, sleft, why}\n"
     "    elseif kind == 'p' then\n"
     "      local u = tonumber(redis.call('GET', KEYS[ka]) or 0)\n"
     "      ka = ka + 1\n"
@@ -356,40 +518,35 @@ static const char sl_lua_decide[] =
     "    elseif w > wait then deny, wait = i, w end\n"
     "  end\n"
     "  if deny > 0 then\n"
-    "    out[#out + 1] = {0, deny, wait}\n"
+    "    out[#out + 1] = {0, deny, wait, st[deny] and st[deny][6] or 0}\n"
     "  else\n"
     /* phase two: take room in every bucket */
     "    local best, rem, reset = 0, 0, 0\n"
     "    ka = k\n"
     "    for i = 1, n do\n"
-    "      local kind, limit, span, probe, sh, pend, ttl = rule(i)\n"
+    "      local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
     "      if kind == 'r' and skip[i] then\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then ka = ka + 1 end\n"
+    "        if shr then ka = ka + 1 end\n"
     "      elseif kind == 'c' and skip[i] then\n"
     "        ka = ka + 1\n"
     "        if probe == -2 then ka = ka + 1 end\n"
     "      elseif kind == 'r' then\n"
-    "        local l, v, ap, s = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil\n"
+    "        local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
+    "        if shr then h = KEYS[ka]; ka = ka + 1 end\n"
     "        local len, nres, room = st[i][1], st[i][2], st[i][3]\n"
-    "        local tail, popped = redis.call('LINDEX', l, -1), false\n"
-    "        while tail and tonumber(tail) <= now - span do\n"
-    "          redis.call('RPOP', l)\n"
-    "          len, popped = len - 1, true\n"
-    "          tail = redis.call('LINDEX', l, -1)\n"
-    "        end\n"
-    /* the app list keeps the same calls, index for index from the head */
-    "        if popped then\n"
-    "          if len > 0 then redis.call('LTRIM', ap, 0, len - 1) else redis.call('DEL', ap) end\n"
-    "        end\n"
+    "        len = prune(l, ap, h, len, span)\n"
+    "        local tail = redis.call('LINDEX', l, -1)\n"
     "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
     "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))\n"
     "        if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
     "        local used, left = len + nres + 1, 0\n"
     "        if used < limit then left = limit - used end\n"
     "        if room and room - 1 < left then left = math.max(room - 1, 0) end\n"
+    "        if st[i][5] and st[i][5] < left then left = st[i][5] end\n"
     "        if not sh and (best == 0 or left < rem) then\n"
     "          best, rem, reset = i, left, span\n"
     "          if tail then reset = math.max(tonumber(tail) + span - now, 0) end\n"
@@ -1182,6 +1339,25 @@ static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
     return 0;
 }
 
+/* A rate rule's shares for the decision script: the count, then app,
+ * max, reserve per share (scaled like the limit); and its h key when it
+ * has any. */
+static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
+                           struct sl_args *a, const struct sl_upstream_conf *up,
+                           const struct sl_hit *hit)
+{
+    const struct sl_rule *rule = hit->rule;
+
+    sl_args_int(a, (long long)rule->nshares);
+    for (size_t i = 0; i < rule->nshares; i++) {
+        sl_args_str(a, rule->shares[i].app);
+        sl_args_int(a, (long long)rule->shares[i].max);
+        sl_args_int(a, (long long)rule->shares[i].reserve);
+    }
+    if (rule->nshares > 0)
+        sl_args_key(k, r, up, rule, 'h', hit->key, hit->key_len);
+}
+
 /* ---- FIFO of commands in flight ---- */
 
 static void sl_redis_push(struct sl_redis *r, struct sl_redis_op *op)
@@ -1822,6 +1998,8 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
                 sl_args_int(a, pe);
                 sl_args_int(a, pn);
             }
+            if (rule->kind == SL_RULE_RATE)
+                sl_args_shares(r, k, a, up, &c->hits[h]);
         }
     }
 }
@@ -2048,6 +2226,11 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
         d.rule = c->hits[idx - 1].rule;
         d.wait_us = sl_reply_int(rep, 2);
         d.reset_us = d.wait_us;
+        switch (sl_reply_int(rep, 3)) {
+        case 1: d.share = SL_SHARE_MAX; break;
+        case 2: d.share = SL_SHARE_RESERVED; break;
+        default: d.share = SL_SHARE_NONE; break;
+        }
     } else {
         char member[SL_REDIS_MEMBER_MAX];
         d.verdict = SL_VERDICT_ALLOW;
@@ -2295,11 +2478,15 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             if (rule->kind != SL_RULE_RATE)
                 continue;
             sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
+            if (rule->nshares > 0)
+                sl_args_key(keys, r, l->up, rule, 'h', l->hits[h].key,
+                            l->hits[h].key_len);
             if (per)
                 sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
-            sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0));
+            sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
+                              (rule->nshares > 0 ? 4 : 0));
         }
     }
 }
