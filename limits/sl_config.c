@@ -716,8 +716,8 @@ static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
                             struct sl_share **out, size_t *nout,
                             struct sl_errors *errs)
 {
-    static const char *const keys[] = {"max", "reserve", "priority", NULL};
-    static const char *const rule_keys[] = {"max", "reserve", NULL};
+    static const char *const keys[] = {"max", "reserve", "lend", "priority", NULL};
+    static const char *const rule_keys[] = {"max", "reserve", "lend", NULL};
     char sub[900], q[96];
     const char *name;
     json_t *je;
@@ -773,6 +773,10 @@ static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
             snprintf(vsub, sizeof(vsub), "%s.reserve", sub);
             sh->reserve_set = sl_get_share_value(x, vsub, &sh->reserve,
                                                  &sh->reserve_frac, errs) == 0;
+        }
+        if ((x = json_object_get(je, "lend")) != NULL) {
+            snprintf(vsub, sizeof(vsub), "%s.lend", sub);
+            sl_get_bool(x, vsub, &sh->lend, errs);
         }
         if (on_upstream && (x = json_object_get(je, "priority")) != NULL) {
             long long p;

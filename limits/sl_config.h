@@ -111,6 +111,8 @@ struct sl_share {
     char *app;                    /* an app name, or "*" */
     uint16_t app_id;              /* its id (sl_config_bind_apps) */
     bool max_set, reserve_set, priority_set;
+    bool lend;                    /* the reserve is lent while the app has
+                                   * no call in the window ("lend": true) */
     uint64_t max, reserve;        /* calls; resolved on rules */
     double max_frac, reserve_frac;/* as written when a fraction, else 0 */
     int priority;                 /* upstream "apps" only: queue lane */

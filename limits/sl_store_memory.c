@@ -452,7 +452,16 @@ struct sl_mem_reserve_class {
     uint16_t app;       /* a named app, or SL_APP_UNBOUND for the pool */
     uint64_t reserve;   /* scaled */
     uint64_t used;
+    bool lend;          /* lent while used is 0 */
 };
+
+/* What class C keeps from other apps now. */
+static uint64_t sl_mem_kept(const struct sl_mem_reserve_class *c)
+{
+    if (c->used >= c->reserve || (c->lend && c->used == 0))
+        return 0;
+    return c->reserve - c->used;
+}
 
 static size_t sl_mem_reserve_classes(const struct sl_mem_store *s,
                                      const struct sl_mem_bucket *b,
@@ -473,6 +482,7 @@ static size_t sl_mem_reserve_classes(const struct sl_mem_store *s,
         out[n].app = sh->app_id;
         out[n].reserve = sl_mem_share_scaled(s, r, sh->reserve);
         out[n].used = u;
+        out[n].lend = sh->lend;
         n++;
     }
     if (named && r->share_other != NULL && r->share_other->reserve > 0) {
@@ -480,6 +490,7 @@ static size_t sl_mem_reserve_classes(const struct sl_mem_store *s,
         out[n].app = SL_APP_UNBOUND;
         out[n].reserve = sl_mem_share_scaled(s, r, r->share_other->reserve);
         out[n].used = all > named_used ? all - named_used : 0;
+        out[n].lend = r->share_other->lend;
         n++;
     }
     return n;
@@ -490,8 +501,7 @@ static uint64_t sl_mem_unused(const struct sl_mem_reserve_class *c, size_t n)
     uint64_t sum = 0;
 
     for (size_t i = 0; i < n; i++)
-        if (c[i].used < c[i].reserve)
-            sum += c[i].reserve - c[i].used;
+        sum += sl_mem_kept(&c[i]);
     return sum;
 }
 
@@ -535,10 +545,15 @@ static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
     if (b == NULL) {
         /* Nothing used: room unless the app's max or the others'
          * reservations leave none. */
-        uint64_t others = r->reserve_sum - (named && sh != NULL ? sh->reserve : 0);
-        if (!named && r->share_other != NULL)
-            others = r->reserve_sum - r->share_other->reserve;
-        others = sl_mem_share_scaled(s, r, others);
+        /* The others' reservations, all unused (a lent one is not kept:
+         * its app has no call in the window either). */
+        uint64_t others = 0;
+        for (size_t i = 0; i < r->nshares; i++) {
+            const struct sl_share *e = &r->shares[i];
+            if (e == sh || e->lend)
+                continue;  /* its own (for an unnamed app, the pool) */
+            others += sl_mem_share_scaled(s, r, e->reserve);
+        }
         if (max == 0) {
             *why = SL_SHARE_MAX;
             return r->calendar ? reset : span;
@@ -579,8 +594,11 @@ static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
             uint32_t j = (b->win.head + i) % b->win.cap;
             ssize_t c = sl_mem_class_of(r, cls, ncls, b->win.tags[j]);
             all--;
-            if (c >= 0 && cls[c].used-- <= cls[c].reserve)
-                unused++;
+            if (c >= 0 && cls[c].used > 0) {
+                uint64_t before = sl_mem_kept(&cls[c]);
+                cls[c].used--;
+                unused = unused - before + sl_mem_kept(&cls[c]);
+            }
             if (all + 1 + unused <= limit) {
                 int64_t t = b->win.times[j] + span - now;
                 return t > 0 ? t : 1;

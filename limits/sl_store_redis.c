@@ -359,12 +359,18 @@ static const char sl_lua_decide[] =
     "  for x, e in pairs(names) do\n"
     "    local ue = used(x)\n"
     "    nused = nused + ue\n"
-    "    if e[3] > 0 and x ~= app then cls[x] = {e[3], ue} end\n"
+    "    if e[3] ~= 0 and x ~= app then cls[x] = {math.abs(e[3]), ue, e[3] < 0} end\n"
     "  end\n"
-    "  if named and other and other[3] > 0 then pool = {other[3], math.max(all - nused, 0)} end\n"
+    "  if named and other and other[3] ~= 0 then\n"
+    "    pool = {math.abs(other[3]), math.max(all - nused, 0), other[3] < 0}\n"
+    "  end\n"
+    "  local function kept(c)\n"
+    "    if c[2] >= c[1] or (c[3] and c[2] == 0) then return 0 end\n"
+    "    return c[1] - c[2]\n"
+    "  end\n"
     "  local unused = 0\n"
-    "  for _, c in pairs(cls) do if c[2] < c[1] then unused = unused + c[1] - c[2] end end\n"
-    "  if pool and pool[2] < pool[1] then unused = unused + pool[1] - pool[2] end\n"
+    "  for _, c in pairs(cls) do unused = unused + kept(c) end\n"
+    "  if pool then unused = unused + kept(pool) end\n"
     "  if all + 1 + unused > limit then\n"
     "    if pend then return pend - now, 2 end\n"
     /* walk the log from its oldest entry: each one leaving frees a call,
@@ -376,9 +382,10 @@ static const char sl_lua_decide[] =
     "      local c = cls[x]\n"
     "      if not c and pool and not names[x] then c = pool end\n"
     "      all = all - 1\n"
-    "      if c then\n"
-    "        if c[2] <= c[1] then unused = unused + 1 end\n"
+    "      if c and c[2] > 0 then\n"
+    "        local before = kept(c)\n"
     "        c[2] = c[2] - 1\n"
+    "        unused = unused - before + kept(c)\n"
     "      end\n"
     "      if all + 1 + unused <= limit then\n"
     "        return math.max(tonumber(times[j]) + span - now, 1), 2\n"
@@ -1352,7 +1359,9 @@ static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
     for (size_t i = 0; i < rule->nshares; i++) {
         sl_args_str(a, rule->shares[i].app);
         sl_args_int(a, (long long)rule->shares[i].max);
-        sl_args_int(a, (long long)rule->shares[i].reserve);
+        /* A reserve that is lent while its app is idle goes negative. */
+        sl_args_int(a, rule->shares[i].lend ? -(long long)rule->shares[i].reserve
+                                            : (long long)rule->shares[i].reserve);
     }
     if (rule->nshares > 0)
         sl_args_key(k, r, up, rule, 'h', hit->key, hit->key_len);

@@ -299,6 +299,46 @@ static json_t *sl_apps_json(const struct sl_usage *u)
     return o;
 }
 
+/* Rule R's shares with each one's use in bucket U: app -> {max, reserve,
+ * lend, used, left}; "*" counts every app not named, together. */
+static json_t *sl_shares_json(const struct sl_rule *r, const struct sl_usage *u)
+{
+    json_t *o = json_object();
+    uint64_t named = 0, all = 0;
+
+    for (size_t i = 0; i < u->napps; i++)
+        all += u->apps[i].calls;
+    for (size_t k = 0; o != NULL && k < r->nshares; k++) {
+        const struct sl_share *sh = &r->shares[k];
+        uint64_t used = 0;
+        json_t *e = json_object();
+        if (sh == r->share_other)
+            continue;
+        for (size_t i = 0; i < u->napps; i++)
+            if (strcmp(u->apps[i].name, sh->app) == 0)
+                used = u->apps[i].calls;
+        named += used;
+        json_object_set_new(e, "max", json_integer((json_int_t)sh->max));
+        json_object_set_new(e, "reserve", json_integer((json_int_t)sh->reserve));
+        json_object_set_new(e, "lend", json_boolean(sh->lend));
+        json_object_set_new(e, "used", json_integer((json_int_t)used));
+        json_object_set_new(e, "left", json_integer((json_int_t)(
+            used >= sh->max ? 0 : sh->max - used)));
+        json_object_set_new(o, sh->app, e);
+    }
+    if (o != NULL && r->share_other != NULL) {
+        const struct sl_share *sh = r->share_other;
+        json_t *e = json_object();
+        json_object_set_new(e, "max", json_integer((json_int_t)sh->max));
+        json_object_set_new(e, "reserve", json_integer((json_int_t)sh->reserve));
+        json_object_set_new(e, "lend", json_boolean(sh->lend));
+        json_object_set_new(e, "used", json_integer((json_int_t)(
+            all > named ? all - named : 0)));
+        json_object_set_new(o, "*", e);
+    }
+    return o;
+}
+
 /* The figures of bucket U of rule R into O (a rule or a bucket object). */
 static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
                           const struct sl_usage *u, json_t *o)
@@ -317,6 +357,8 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
                                             ? json_real(sl_secs(u->resets_in_us))
                                             : json_null());
     json_object_set_new(o, "per_app", sl_apps_json(u));
+    if (r->nshares > 0)
+        json_object_set_new(o, "shares", sl_shares_json(r, u));
     if (r->kind == SL_RULE_RATE)
         json_object_set_new(o, "provider_remaining",
                             u->report_left >= 0 ? json_integer(u->report_left)
@@ -743,6 +785,27 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                            "app=\"%s\"} %llu\n", ul, rl,
                            sl_label(ru->buckets[0].apps[p].name, al, sizeof(al)),
                            (unsigned long long)ru->buckets[0].apps[p].calls);
+        }
+    }
+
+    sl_help(t, "sluice_rule_app_share", "gauge",
+            "An app's share of the rule (\"apps\"), in calls per window: its "
+            "max, or its reserve; app \"*\" is every app not named.");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k < up->nrules; k++) {
+            const struct sl_rule *r = &up->rules[k];
+            sl_label(r->name, rl, sizeof(rl));
+            for (size_t p = 0; p < r->nshares; p++) {
+                sl_label(r->shares[p].app, al, sizeof(al));
+                sl_tprintf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
+                           "app=\"%s\",kind=\"max\"} %llu\n", ul, rl, al,
+                           (unsigned long long)r->shares[p].max);
+                sl_tprintf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
+                           "app=\"%s\",kind=\"reserve\"} %llu\n", ul, rl, al,
+                           (unsigned long long)r->shares[p].reserve);
+            }
         }
     }
 

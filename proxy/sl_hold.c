@@ -79,6 +79,10 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
         req->held.deadline_ms = since + r->max_wait_us / 1000;
         req->held.since_ms = since;
         req->held.ticket = again ? req->rehold_ticket : 0;
+        req->held.priority = req->priority;
+        req->held.aging_ms = req->up->priority_aging_us / 1000;
+        req->held.app = req->check.app;
+        req->held.app_blocked = d->share != SL_SHARE_NONE;
         atomic_store(&req->held.kicked, false);
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
@@ -105,6 +109,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
             return -1;
         if (sl_queue_rewait(&w->queue, &req->held, waiting) != 0)
             return -1;
+        sl_queue_set_app_blocked(&w->queue, &req->held, d->share != SL_SHARE_NONE);
     }
     req->held.retry_at_ms = now + wait_ms;
     req->held.deciding = false;

@@ -53,7 +53,57 @@ static struct sl_wbucket **sl_wfind(struct sl_waitlists *wl,
     return pp;
 }
 
-/* Insert H into the wait list of HIT by ticket.  Lock held. */
+/*
+ * Does A go before B in a wait list?  Higher priority first, then arrival
+ * (ticket).  With aging, a call's effective priority is priority +
+ * waited / aging: the difference between two calls' effective priorities
+ * does not change as time passes, so the order is by priority * aging -
+ * since (a call aged upward ranks as if it had arrived one aging period
+ * earlier per level), and a list sorted once stays sorted.
+ */
+static bool sl_held_before(const struct sl_held *a, const struct sl_held *b)
+{
+    if (a->aging_ms > 0 && a->aging_ms == b->aging_ms) {
+        int64_t ka = (int64_t)a->priority * a->aging_ms - a->since_ms;
+        int64_t kb = (int64_t)b->priority * b->aging_ms - b->since_ms;
+        if (ka != kb)
+            return ka > kb;
+    } else if (a->priority != b->priority) {
+        return a->priority > b->priority;
+    }
+    return a->ticket < b->ticket;
+}
+
+/* Every call ahead of H waits for its own app's share, none of H's app.
+ * Lock held; H is in a list. */
+static bool sl_held_may_ask(const struct sl_held *h)
+{
+    for (const struct sl_held *p = h->bucket->head; p != h; p = p->wnext)
+        if (!p->app_blocked || p->app == h->app)
+            return false;
+    return true;
+}
+
+/* Wake (and with KICK, kick) the workers of B's waiters that may ask now:
+ * from the head up to the first one not waiting for its app's share.  In
+ * a bucket without shares, the head alone.  Lock held. */
+static void sl_wake_askers(struct sl_waitlists *wl, struct sl_wbucket *b,
+                           const struct sl_held *from, bool kick)
+{
+    for (struct sl_held *p = b->head; p != NULL; p = p->wnext) {
+        if (from == NULL || p == from)
+            from = NULL;
+        if (from == NULL && sl_held_may_ask(p)) {
+            if (kick)
+                atomic_store(&p->kicked, true);
+            wl->wake(wl->wake_arg, p->worker);
+        }
+        if (!p->app_blocked)
+            break;
+    }
+}
+
+/* Insert H into the wait list of HIT in its place.  Lock held. */
 static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
                     const struct sl_hit *hit)
 {
@@ -70,7 +120,7 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
         *pp = b;
     }
     after = b->tail;
-    while (after != NULL && after->ticket > h->ticket)
+    while (after != NULL && sl_held_before(h, after))
         after = after->wprev;
     h->wprev = after;
     h->wnext = after != NULL ? after->wnext : b->head;
@@ -91,7 +141,7 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
 static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
 {
     struct sl_wbucket *b = h->bucket;
-    bool was_head = b->head == h;
+    bool was_head = sl_held_may_ask(h);
 
     if (h->wprev != NULL)
         h->wprev->wnext = h->wnext;
@@ -111,7 +161,7 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
         *pp = b->next;
         free(b);
     } else if (was_head) {
-        wl->wake(wl->wake_arg, b->head->worker);
+        sl_wake_askers(wl, b, NULL, false);
     }
 }
 
@@ -200,18 +250,13 @@ int sl_queue_add(struct sl_queue *q, struct sl_held *h)
 
     h->worker = q->worker;
     pthread_mutex_lock(&wl->lock);
-    /* A call matched again after a reload keeps its ticket (its place):
-     * count who is ahead.  The newest ticket joins at the end: everyone
-     * else is ahead. */
-    bool newest = h->ticket == 0;
-    if (newest)
+    /* A call matched again after a reload keeps its ticket (its place).
+     * Count who is ahead (a higher lane, or earlier in its own). */
+    if (h->ticket == 0)
         h->ticket = ++wl->next_ticket;
     rc = sl_wjoin(wl, h, h->waiting);
     h->ahead = 0;
-    if (rc == 0 && newest)
-        h->ahead = h->bucket->n - 1;
-    for (const struct sl_held *p = rc == 0 && !newest ? h->wprev : NULL; p != NULL;
-         p = p->wprev)
+    for (const struct sl_held *p = rc == 0 ? h->wprev : NULL; p != NULL; p = p->wprev)
         h->ahead++;
     pthread_mutex_unlock(&wl->lock);
     if (rc != 0)
@@ -283,28 +328,54 @@ bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h)
     bool head;
 
     pthread_mutex_lock(&wl->lock);
-    head = h->bucket != NULL && h->bucket->head == h;
+    head = h->bucket != NULL && sl_held_may_ask(h);
     pthread_mutex_unlock(&wl->lock);
     return head;
 }
 
+void sl_queue_set_app_blocked(struct sl_queue *q, struct sl_held *h, bool blocked)
+{
+    struct sl_waitlists *wl = q->shared;
+
+    pthread_mutex_lock(&wl->lock);
+    if (h->app_blocked != blocked) {
+        h->app_blocked = blocked;
+        if (blocked && h->bucket != NULL && h->wnext != NULL)
+            sl_wake_askers(wl, h->bucket, h->wnext, false);
+    }
+    pthread_mutex_unlock(&wl->lock);
+}
+
 const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
-                                     const struct sl_check *c,
-                                     int64_t *head_retry_ms)
+                                     const struct sl_check *c, int priority,
+                                     int64_t aging_ms, int64_t now_ms,
+                                     int64_t *head_retry_ms, bool *own_app)
 {
     struct sl_waitlists *wl = q->shared;
     const struct sl_hit *found = NULL;
+    struct sl_held me = {.priority = priority, .aging_ms = aging_ms,
+                         .since_ms = now_ms, .ticket = UINT64_MAX, .app = c->app};
 
     *head_retry_ms = -1;
+    *own_app = false;
     if (atomic_load(&wl->counts[c->upstream->index]) == 0)
         return NULL;  /* the common case: nothing held, no lock */
     pthread_mutex_lock(&wl->lock);
     for (size_t i = 0; i < c->nhits && found == NULL; i++) {
         struct sl_wbucket *b = *sl_wfind(wl, &c->hits[i]);
-        if (b != NULL) {
-            found = &c->hits[i];
-            /* Another worker's field, read as an estimate only. */
-            *head_retry_ms = b->head->retry_at_ms;
+        /* Ahead of it: the waiters that sort before it (a higher lane,
+         * or its own and earlier); the first that is not waiting for
+         * another app's share holds it up. */
+        for (struct sl_held *p = b != NULL ? b->head : NULL; p != NULL; p = p->wnext) {
+            if (!sl_held_before(p, &me))
+                break;
+            if (!p->app_blocked || p->app == c->app) {
+                found = &c->hits[i];
+                /* Another worker's field, read as an estimate only. */
+                *head_retry_ms = p->retry_at_ms;
+                *own_app = p->app_blocked;
+                break;
+            }
         }
     }
     pthread_mutex_unlock(&wl->lock);
@@ -321,10 +392,8 @@ void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
         return;  /* nobody is held: no lock */
     pthread_mutex_lock(&wl->lock);
     b = *sl_wfind(wl, &hit);
-    if (b != NULL && b->head != NULL) {
-        atomic_store(&b->head->kicked, true);
-        wl->wake(wl->wake_arg, b->head->worker);
-    }
+    if (b != NULL && b->head != NULL)
+        sl_wake_askers(wl, b, NULL, true);
     pthread_mutex_unlock(&wl->lock);
 }
 

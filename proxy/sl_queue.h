@@ -34,6 +34,15 @@ struct sl_held {
     struct sl_held *wprev, *wnext;/* its bucket's wait list (shared) */
     struct sl_wbucket *bucket;    /* the bucket it waits on (shared) */
     uint64_t ticket;              /* arrival order, process-wide */
+    /* Queue lane: higher priorities go first; with AGING_MS > 0 a call
+     * goes up one level per AGING_MS waited (see sl_held_before). */
+    int priority;
+    int64_t aging_ms;
+    /* The call's app, and whether its last denial was its app's share of
+     * the rule (its max, or other apps' reservations): such a waiter does
+     * not hold up other apps' calls behind it (see sl_queue_is_head). */
+    uint16_t app;
+    bool app_blocked;             /* written under the wait lists' lock */
     size_t upstream;
     int worker;                   /* the worker that holds it */
     const struct sl_check *check; /* the buckets the call counts in */
@@ -86,14 +95,25 @@ void sl_queue_remove(struct sl_queue *q, struct sl_held *h);
 /* H now waits on WAITING (keeping its place by arrival).  0 or -1 (OOM). */
 int sl_queue_rewait(struct sl_queue *q, struct sl_held *h,
                     const struct sl_hit *waiting);
-/* Is H first in its bucket's wait list? */
+/* May H ask the store now?  When every call ahead of it in its bucket's
+ * wait list waits for its own app's share (and none is of H's app): the
+ * first in line, in the common case. */
 bool sl_queue_is_head(const struct sl_queue *q, const struct sl_held *h);
 
-/* A bucket of C that held calls wait on, or NULL; *HEAD_RETRY_MS is when
- * the first of them asks the store again (an estimate), or -1. */
+/* H's last denial was (BLOCKED) or was not its app's share.  Calls behind
+ * it that may ask now are woken. */
+void sl_queue_set_app_blocked(struct sl_queue *q, struct sl_held *h, bool blocked);
+
+/* A bucket of C in which a held call goes before a new call of
+ * PRIORITY (with AGING_MS) arriving at NOW_MS, or NULL: a waiter of a
+ * higher or equal lane that is not waiting for another app's share.
+ * *HEAD_RETRY_MS is when it asks the store again (an estimate), or -1;
+ * *OWN_APP: that waiter is of C's app and waits for their app's share
+ * (the new call then waits for it too). */
 const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
-                                     const struct sl_check *c,
-                                     int64_t *head_retry_ms);
+                                     const struct sl_check *c, int priority,
+                                     int64_t aging_ms, int64_t now_ms,
+                                     int64_t *head_retry_ms, bool *own_app);
 
 /*
  * Room appeared in bucket (RULE, KEY) (a slot or reservation given back,

@@ -373,13 +373,18 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     /* Held calls wait for one of this call's buckets: queue behind them. */
     {
         int64_t head_retry, now_ms = sl_now_ms();
-        const struct sl_hit *blocked = sl_queue_blocks(&req->w->queue, &req->check,
-                                                       &head_retry);
+        bool own_app;
+        const struct sl_hit *blocked = sl_queue_blocks(
+            &req->w->queue, &req->check, req->priority,
+            req->up->priority_aging_us / 1000, now_ms, &head_retry, &own_app);
         if (blocked != NULL) {
             /* It waits at least as long as the first in line. */
             struct sl_decision d = {
                 .verdict = SL_VERDICT_DENY, .rule = blocked->rule,
-                .wait_us = head_retry > now_ms ? (head_retry - now_ms) * 1000 : 0};
+                .wait_us = head_retry > now_ms ? (head_retry - now_ms) * 1000 : 0,
+                /* Behind its own app's calls waiting for that app's share:
+                 * it waits for that share too, not for the bucket. */
+                .share = own_app ? SL_SHARE_MAX : SL_SHARE_NONE};
             if (sl_req_hold(req, &d, false) == 0) {
                 req->replay_headers = true;
                 sl_req_suspend(req, SL_SUSP_HELD);
@@ -485,6 +490,16 @@ static void sl_req_identify_app(struct sl_request *req)
     }
     req->check.app = id;
     req->check.app_name = sl_apps_name(apps, id);
+
+    /* Its queue lane: the priority header when it holds a level, else
+     * the app's priority in the upstream's "apps". */
+    req->priority = sl_upstream_priority(req->up, id);
+    if (req->up->priority_header != NULL) {
+        const char *p = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                    req->up->priority_header);
+        if (p != NULL && p[0] >= '0' && p[0] < '0' + SL_PRIORITY_LEVELS && p[1] == '\0')
+            req->priority = p[0] - '0';
+    }
 }
 
 /* The store's answer.  May run inside sl_store_decide(). */
@@ -756,6 +771,9 @@ static void sl_req_access_log(struct sl_request *req)
     int64_t total = sl_now_ms() - req->start_ms;
     char shadows[512] = "";
     size_t sn = 0;
+    const char *share = d->verdict == SL_VERDICT_DENY && rule != NULL &&
+                                rule->kind == SL_RULE_RATE
+                            ? sl_share_denial_name(d->share) : NULL;
 
     sl_req_client_address(req);
     /* Shadow rules that would have denied it, comma-separated. */
@@ -809,6 +827,8 @@ static void sl_req_access_log(struct sl_request *req)
         SL_F_STR("per", per, strlen(per));
         if (shadows[0] != '\0')
             SL_F_STR("shadow_denied", shadows, strlen(shadows));
+        if (share != NULL)
+            SL_F_STR("share", share, strlen(share));
         n += (size_t)snprintf(f + n, sizeof(f) - n,
                               ",\"remaining\":%s,\"held_ms\":%lld,"
                               "\"upstream_ms\":%s,\"ms\":%lld,\"bytes_out\":%llu",
@@ -823,7 +843,7 @@ static void sl_req_access_log(struct sl_request *req)
     }
     sl_info("access client=%s app=%s upstream=%s method=%s path=%.*s status=%u "
             "outcome=%s rule=%s per=%s remaining=%s held_ms=%lld upstream_ms=%s "
-            "ms=%lld bytes_out=%llu%s%s",
+            "ms=%lld bytes_out=%llu%s%s%s%s",
             req->client[0] ? req->client : "-",
             req->check.app_name ? req->check.app_name : "-",
             req->up ? req->up->name : "-", req->method ? req->method : "-",
@@ -831,7 +851,8 @@ static void sl_req_access_log(struct sl_request *req)
             req->outcome ? req->outcome : "-", rule ? rule->name : "-", per,
             remaining, (long long)req->held_ms, up_ms, (long long)total,
             (unsigned long long)req->bytes_out,
-            shadows[0] ? " shadow_denied=" : "", shadows);
+            shadows[0] ? " shadow_denied=" : "", shadows,
+            share != NULL ? " share=" : "", share != NULL ? share : "");
 }
 
 void sl_request_completed(void *cls, struct MHD_Connection *conn,

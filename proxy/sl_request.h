@@ -86,6 +86,7 @@ struct sl_request {
     bool deciding;                    /* store's answer outstanding */
     bool replay_headers;              /* MHD will repeat the headers call */
     struct sl_held held;              /* its place in the queue */
+    int priority;                     /* its queue lane (0 .. 9) */
     bool is_held;
     struct sl_decision last_deny;     /* why it is held */
     bool feedback_done;               /* provider's signals read */
