@@ -1,6 +1,7 @@
 /* Unit tests: the memory store's decisions, on a fake clock. */
 #include <setjmp.h>
 #include <stdarg.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -743,6 +744,169 @@ static void test_adopt_carries_counts(void **state)
     sl_config_unref(next);   /* the old one: the store dropped its own */
 }
 
+
+/* ---- shares ("apps"): the arithmetic on a fake clock ---- */
+
+static struct sl_apps *share_apps;
+
+static int setup_shares(void **state)
+{
+    int rc = setup(state,
+        "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/c\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"quota\", \"limit\": 10, \"window\": \"10s\","
+        "\"apps\": {\"sync\": {\"max\": 0.5}, \"ui\": {\"reserve\": 4},"
+        "          \"bulk\": {\"reserve\": 2, \"lend\": true},"
+        "          \"*\": {\"max\": 3}}}]}]}");
+    if (rc == 0) {
+        share_apps = sl_apps_new(100);
+        sl_config_bind_apps(((struct fixture *)*state)->config, share_apps);
+    }
+    return rc;
+}
+
+static int teardown_shares(void **state)
+{
+    sl_apps_free(share_apps);
+    share_apps = NULL;
+    return teardown(state);
+}
+
+/* A call of APP, decided; committed (sent now) unless KEEP. */
+static struct result share_call(struct fixture *f, const char *app, bool keep)
+{
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false};
+    struct sl_check chk;
+    struct result r = {0};
+
+    assert_int_equal(sl_match(&f->config->upstreams[0], &c, &chk), 0);
+    chk.app = sl_apps_id(share_apps, app, strlen(app));
+    chk.app_name = sl_apps_name(share_apps, chk.app);
+    assert_int_equal(sl_store_decide(f->store, &chk, on_decision, &r), 0);
+    assert_int_equal(r.calls, 1);
+    sl_check_clear(&chk);
+    if (r.lease != NULL && !keep) {
+        sl_store_commit(f->store, r.lease);
+        sl_store_release(f->store, r.lease);
+        r.lease = NULL;
+    }
+    return r;
+}
+
+static void test_share_max(void **state)
+{
+    struct fixture *f = *state;
+    int64_t t0 = fake_now;
+    struct result r;
+
+    /* sync may use 5 of 10: one a second. */
+    for (int i = 0; i < 5; i++) {
+        r = share_call(f, "sync", false);
+        assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+        /* What sync has left after this call. */
+        assert_int_equal(r.d.remaining, 4 - i);
+        fake_now += S;
+    }
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.share, SL_SHARE_MAX);
+    /* Its oldest call (t0) leaves at t0 + 10 s; it is t0 + 5 s. */
+    assert_int_equal(r.d.wait_us, 5 * S);
+    /* Others are not held back by sync's cap: ui takes the rest (unnamed
+     * apps are capped at 3 each, and bulk's idle reserve is lent). */
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(share_call(f, "ui", false).d.verdict, SL_VERDICT_ALLOW);
+    r = share_call(f, "ui", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.share, SL_SHARE_NONE);  /* the rule is full */
+    /* The window moves on: sync's first call left. */
+    fake_now = t0 + 10 * S + 1;
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(share_call(f, "sync", false).d.verdict, SL_VERDICT_DENY);
+}
+
+static void test_share_reserve_is_kept_and_lent(void **state)
+{
+    struct fixture *f = *state;
+    int64_t t0 = fake_now;
+    struct result r;
+
+    /* ui (reserve 4, kept) makes one call; "x" is unnamed (max 3 each),
+     * "bulk" (reserve 2, lent while idle) makes none. */
+    assert_int_equal(share_call(f, "ui", false).d.verdict, SL_VERDICT_ALLOW);
+    fake_now += S;
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(share_call(f, "x", false).d.verdict, SL_VERDICT_ALLOW);
+    r = share_call(f, "x", false);
+    assert_int_equal(r.d.share, SL_SHARE_MAX);
+    /* sync: 10 - 1 (ui) - 3 (x) - 3 (ui's unused reserve) = 3; bulk's
+     * reserve is lent (bulk is idle). */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(share_call(f, "sync", false).d.verdict, SL_VERDICT_ALLOW);
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.share, SL_SHARE_RESERVED);
+    /* Room for sync comes when enough calls leave: ui's at t0 leaves
+     * (but frees nothing: ui's unused reserve grows back to 4), then x's
+     * first at t0 + 1 s frees one. */
+    assert_int_equal(r.d.wait_us, 1 * S + 10 * S - (fake_now - t0));
+    /* ui still gets its 3, and then one more: the rule has room. */
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(share_call(f, "ui", false).d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(share_call(f, "sync", false).d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(share_call(f, "ui", false).d.verdict, SL_VERDICT_DENY);
+    (void)t0;
+}
+
+static void test_share_lend_idle_only(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+
+    /* bulk is active (one call): its reserve of 2 is kept, 1 unused. */
+    assert_int_equal(share_call(f, "bulk", false).d.verdict, SL_VERDICT_ALLOW);
+    /* sync: max 5; ui's 4 and bulk's 1 unused are kept: 10 - 1 - 5 = 4. */
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(share_call(f, "sync", false).d.verdict, SL_VERDICT_ALLOW);
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.share, SL_SHARE_RESERVED);
+    assert_int_equal(share_call(f, "bulk", false).d.verdict, SL_VERDICT_ALLOW);
+}
+
+static void test_share_held_calls_count(void **state)
+{
+    struct fixture *f = *state;
+    struct result held[5], r;
+
+    /* Admitted, not sent yet: they count against sync's max all the same. */
+    for (int i = 0; i < 5; i++) {
+        held[i] = share_call(f, "sync", true);
+        assert_int_equal(held[i].d.verdict, SL_VERDICT_ALLOW);
+    }
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.share, SL_SHARE_MAX);
+    /* Held calls are not logged yet: room only a window after they are. */
+    assert_int_equal(r.d.wait_us, 10 * S);
+    /* One is never sent (the client left): its room is back at once. */
+    sl_store_release(f->store, held[0].lease);
+    r = share_call(f, "sync", true);
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    sl_store_release(f->store, r.lease);
+    for (int i = 1; i < 5; i++) {
+        sl_store_commit(f->store, held[i].lease);
+        sl_store_release(f->store, held[i].lease);
+    }
+    fake_now += 2 * S;
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    r = share_call(f, "sync", false);
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    /* The four sent 2 s ago leave 8 s from now. */
+    assert_int_equal(r.d.wait_us, 8 * S);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -763,6 +927,13 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shadow_rules, setup_shadow, teardown),
         cmocka_unit_test_setup_teardown(test_calendar_day, setup_calendar, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_carries_counts, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_share_max, setup_shares, teardown_shares),
+        cmocka_unit_test_setup_teardown(test_share_reserve_is_kept_and_lent, setup_shares,
+                                        teardown_shares),
+        cmocka_unit_test_setup_teardown(test_share_lend_idle_only, setup_shares,
+                                        teardown_shares),
+        cmocka_unit_test_setup_teardown(test_share_held_calls_count, setup_shares,
+                                        teardown_shares),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
