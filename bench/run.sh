@@ -11,6 +11,10 @@
 #   sluice-ops, sluice-redis-ops  the same two with the operator view on:
 #              every call names its app (X-Sluice-App), the admin listener
 #              runs, and /metrics is scraped every second during the run
+#   sluice-shares, sluice-redis-shares  the first two with the rule split
+#              between apps ("apps": a max for the caller's app, a
+#              reservation for another): every decision also checks the
+#              shares, still one store round trip
 # Prints requests/s and p50/p99 latency for each, the ratios against
 # NGINX, and the latency added over calling the upstream directly.
 #
@@ -39,7 +43,7 @@ trap cleanup EXIT INT TERM
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); HA=$(port); SL=$(port); SR=$(port); RD=$(port)
-SO=$(port); SOR=$(port); AD=$(port); ADR=$(port)
+SO=$(port); SOR=$(port); AD=$(port); ADR=$(port); SH=$(port); SRH=$(port)
 
 cat > "$TMP/upstream.conf" <<CONF
 worker_processes 1;
@@ -114,6 +118,16 @@ sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SO\", \"app\": 
 sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SOR\", \"store\": \"redis:\/\/127.0.0.1:$RD\", \"store_prefix\": \"ops:\", \"app\": \"header:X-Sluice-App\", \"admin\": {\"listen\": \"127.0.0.1:$ADR\"}/" \
     "$TMP/sluice.json" > "$TMP/sluice-redis-ops.json"
 
+# Shares on the rule: the calling app may use at most half, another keeps
+# a tenth (never triggered at this rate, but checked on every call).
+SHARES='"apps": {"bench-app": {"max": 0.5}, "ui": {"reserve": 0.1}}'
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SH\", \"app\": \"header:X-Sluice-App\"/" \
+    -e "s/\"window\": \"1s\"}/\"window\": \"1s\", $SHARES}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-shares.json"
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SRH\", \"store\": \"redis:\/\/127.0.0.1:$RD\", \"store_prefix\": \"sh:\", \"app\": \"header:X-Sluice-App\"/" \
+    -e "s/\"window\": \"1s\"}/\"window\": \"1s\", $SHARES}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-redis-shares.json"
+
 redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no \
     --loglevel warning >/dev/null & PIDS="$PIDS $!"
 nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err" & PIDS="$PIDS $!"
@@ -124,7 +138,9 @@ sleep 0.3  # redis-server up before the second sluice connects
 "$SLUICE_BIN" -c "$TMP/sluice-redis.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
 "$SLUICE_BIN" -c "$TMP/sluice-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
 "$SLUICE_BIN" -c "$TMP/sluice-redis-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-for p in $UP $NG $HA $SL $SR $SO $SOR; do
+"$SLUICE_BIN" -c "$TMP/sluice-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
+"$SLUICE_BIN" -c "$TMP/sluice-redis-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
+for p in $UP $NG $HA $SL $SR $SO $SOR $SH $SRH; do
     i=0
     until curl -fsS -o /dev/null "http://127.0.0.1:$p/up/x" 2>/dev/null ||
           curl -fsS -o /dev/null "http://127.0.0.1:$p/x" 2>/dev/null; do
@@ -168,6 +184,8 @@ echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORK
     run sluice-redis "http://127.0.0.1:$SR/up/x"
     run_scraped sluice-ops "http://127.0.0.1:$SO/up/x" "$AD"
     run_scraped sluice-redis-ops "http://127.0.0.1:$SOR/up/x" "$ADR"
+    run sluice-shares "http://127.0.0.1:$SH/up/x" -H "X-Sluice-App: bench-app"
+    run sluice-redis-shares "http://127.0.0.1:$SRH/up/x" -H "X-Sluice-App: bench-app"
 } > "$TMP/results"
 # The figures the operator sees must match what was sent.
 for a in $AD $ADR; do
