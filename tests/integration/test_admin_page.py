@@ -4,7 +4,8 @@ The page is loaded in headless Chromium (chromium.py), which runs its
 script, polls /status and renders; the assertions read the rendered DOM:
 bar widths and colours, bands, figures, the per-app legends, the bucket
 table of a `per` rule, the store line, the provider-pause banner, and what
-happens with a token-protected listener.
+happens with a token-protected listener, and the app shares of a rule
+with "apps" (each app's calls against its max, its reserve).
 
 Waiting: Chromium runs the page on a virtual clock that stands still while
 a fetch is pending (see chromium.py), so "wait_ms=N" means "the first poll
@@ -125,12 +126,13 @@ def band(util, warn, critical):
 
 
 def check_bar(row, used, limit, warn, critical):
-    """A rule row (or a bucket row) shows USED of LIMIT the way a person reads it."""
+    """A rule row (or a bucket row, or an app's share row) shows USED of
+    LIMIT the way a person reads it."""
     util = used / limit
     b = band(util, warn, critical)
     pct = "%.1f%%" % (min(util, 1) * 100)
     assert row["data-band"] == b, (row, used, limit)
-    fill = row.find(cls="fill") or row.find(cls="bfill")
+    fill = row.find(cls="fill") or row.find(cls="bfill") or row.find(cls="sfill")
     assert fill.style == {"width": pct, "background": BAND_COLOUR[b]}, (fill.style, used, limit)
     return b
 
@@ -319,6 +321,103 @@ def test_in_flight_calls_show_their_apps(upstream, sluices):
     finally:
         sl.stop()
         slow.join()
+
+
+# ---------------------------------------------------------------- app shares
+
+def shares_of(row):
+    """{app: [cell texts]} of a rule row's share table, in the page's order."""
+    table = row.find("table", cls="shares")
+    return {tr["data-app"]: [td.text for td in tr.find_all("td")]
+            for tr in table.find_all("tr", cls="share")}
+
+
+def share_conf(up, rule):
+    return {"upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
+                           "app": "header:X-App", "rules": [rule]}]}
+
+
+def test_app_shares_show_use_against_max_and_reserve(upstream, sluices):
+    sl = sluices.start(share_conf(upstream, {
+        "name": "quota", "limit": 10, "window": "1m", "apps": {
+            "sync": {"max": 0.5}, "ui": {"reserve": 3},
+            "*": {"max": 2, "reserve": 1, "lend": True}}}))
+
+    def calls(app, n):
+        return [send(sl, None, "/crm/x", headers={"X-App": app}) for _ in range(n)]
+
+    assert calls("ui", 1) == [200]
+    assert calls("sync", 6) == [200] * 5 + [429]   # sync's max: half of 10
+    assert calls("batch", 3) == [200] * 2 + [429]  # "*": at most 2 each
+    assert upstream.count() == 8
+    st = status(sl.admin)
+    root = chromium.parse(chromium.dump_dom(sl.page, wait_ms=1000))
+
+    row = root.find(cls="rule", data_rule="quota")
+    assert row.find(cls="figures").text == "8 / 10 (80.0%)"
+    assert legend(row) == [("sync", 5), ("batch", 2), ("ui", 1)]
+    table = row.find("table", cls="shares")
+    assert table.find("caption").text == "app shares"
+    assert [th.text for th in table.find_all("th")] == ["app", "used / max", "", "reserve"]
+    # Named apps in the order written, then every app not named.
+    assert shares_of(row) == {
+        "sync": ["sync", "5 / 5", "", "—"],
+        "ui": ["ui", "1 / 10", "", "3 · kept while idle"],
+        "*": ["every other app", "2 in all · max 2 each", "", "1 in all · lent while idle"],
+    }
+    assert list(shares_of(row)) == ["sync", "ui", "*"]
+    # A bar per named app, of its calls against its max: sync is at its
+    # max (critical, full), ui has used a tenth of what it may.
+    bands = st["bands"]
+    rows = {tr["data-app"]: tr for tr in table.find_all("tr", cls="share")}
+    assert check_bar(rows["sync"], 5, 5, bands["warn"], bands["critical"]) == "critical"
+    assert check_bar(rows["ui"], 1, 10, bands["warn"], bands["critical"]) == "ok"
+    assert rows["*"].find(cls="minibar") is None  # 2 in all, not of one app's max
+    assert rows["*"].get("data-band") is None
+    # The app's colour is its colour in the legend above.
+    legend_colour = {li["data-app"]: li.find(cls="swatch").style["background"]
+                     for li in row.find(cls="legend").find_all("li", cls="app")}
+    for app in ("sync", "ui"):
+        assert rows[app].find(cls="swatch").style["background"] == legend_colour[app]
+    assert rows["*"].find(cls="swatch") is None
+    # What is shown is what /status says.
+    shares = rules_of(st, "crm")["quota"]["shares"]
+    assert {a: (s["used"], s["max"], s["reserve"], s["lend"]) for a, s in shares.items()} == {
+        "sync": (5, 5, 0, False), "ui": (1, 10, 3, False), "*": (2, 2, 1, True)}
+
+    # A rule without shares has no share table.
+    plain = sluices.start(crm_config(upstream))
+    assert send(plain, "billing", "/crm/x") == 200
+    root = chromium.parse(chromium.dump_dom(plain.page, wait_ms=1000))
+    assert root.find(cls="rule", data_rule="daily") is not None
+    assert root.find("table", cls="shares") is None
+
+
+def test_app_shares_of_a_per_rule_are_its_busiest_buckets(upstream, sluices):
+    sl = sluices.start(share_conf(upstream, {
+        "name": "team", "per": "header:X-Team", "limit": 6, "window": "1h",
+        "apps": {"sync": {"max": 3}, "ui": {"reserve": 2, "lend": True}}}))
+
+    def calls(app, team, n):
+        return [send(sl, None, "/crm/x", headers={"X-App": app, "X-Team": team})
+                for _ in range(n)]
+
+    assert calls("sync", "red", 4) == [200] * 3 + [429]
+    assert calls("ui", "red", 1) == [200]
+    assert calls("sync", "blue", 1) == [200]
+    root = chromium.parse(chromium.dump_dom(sl.page, wait_ms=1000))
+    row = root.find(cls="rule", data_rule="team")
+    assert row.find(cls="figures").text == "4 / 6 (66.7%)"
+    assert row.find("table", cls="shares").find("caption").text == "app shares in bucket red"
+    assert shares_of(row) == {
+        "sync": ["sync", "3 / 3", "", "—"],
+        "ui": ["ui", "1 / 6", "", "2 · lent while idle"],
+    }
+    buckets = [tr["data-key"] for tr in row.find("table", cls="buckets").find_all("tr", cls="bucket")]
+    assert buckets == ["red", "blue"]
+    # The buckets' own shares are in /status; the page draws the busiest.
+    st = rules_of(status(sl.admin), "crm")["team"]
+    assert [b["shares"]["sync"]["used"] for b in st["buckets"]] == [3, 1]
 
 
 # ---------------------------------------------------------------- the pause
@@ -535,20 +634,22 @@ def test_non_utf8_bucket_key_is_shown(upstream, sluices):
 # ---------------------------------------------------------------- screenshot
 
 def test_screenshot_of_a_busy_day(sluices):
-    """A realistic state: two providers, five rules in all three bands, three
-    apps, a per-account rule with three buckets, and the second provider
-    paused with calls held.  Written to docs/usage-page.png when
-    SLUICE_SCREENSHOT=1.  (No concurrency rule: it would show "none in
-    flight" under its in-flight calls, see test_in_flight_calls_show_their_apps;
-    and without it the page fits 1280x900.)"""
+    """A realistic state: two providers, four rules in all three bands, three
+    apps sharing the daily quota (the sync capped near its max, billing's
+    reserve, the others' pool), a per-account rule with three buckets, and
+    the second provider paused with calls held.  Written to
+    docs/usage-page.png when SLUICE_SCREENSHOT=1.  (No concurrency rule: it
+    would show "none in flight" under its in-flight calls, see
+    test_in_flight_calls_show_their_apps; and without it, and with the share
+    table in place of a fifth rule, the page fits 1280x900.)"""
     crm, leads = Upstream(), Upstream()
     bg = Background()
     try:
         config = {"upstreams": [
             {"name": "crm", "prefix": "/crm", "url": crm.url, "rules": [
-                {"name": "api-daily", "limit": 1000, "window": "24h"},
-                {"name": "bulk-jobs", "methods": ["POST"], "path": "/jobs/**",
-                 "limit": 20, "window": "1h"},
+                {"name": "api-daily", "limit": 1000, "window": "24h", "apps": {
+                    "crm-sync": {"max": 0.1}, "billing": {"reserve": 0.2},
+                    "*": {"max": 0.25, "reserve": 50, "lend": True}}},
                 {"name": "logins", "methods": ["POST"], "path": "/oauth/token",
                  "limit": 10, "window": "5m"},
                 {"name": "per-account", "path": "/accounts/{account}/**",
@@ -584,12 +685,19 @@ def test_screenshot_of_a_busy_day(sluices):
         root = chromium.parse(chromium.dump_dom(sl.page, wait_ms=1500, env={"TZ": "UTC"}))
         bands = {r["data-rule"]: r["data-band"] for r in root.find_all(cls="rule")
                  if r.get("data-rule")}
-        assert bands == {"api-daily": "ok", "bulk-jobs": "warn", "logins": "critical",
+        assert bands == {"api-daily": "ok", "logins": "critical",
                          "per-account": "warn", "lead-results": "ok"}
         daily = root.find(cls="rule", data_rule="api-daily")
         assert daily.find(cls="figures").text == "321 / 1000 (32.1%)"
         assert sorted(a for a, _ in legend(daily)) == sorted(apps)
         assert sum(n for _, n in legend(daily)) == 321
+        calls = dict(legend(daily))
+        assert shares_of(daily) == {
+            "crm-sync": ["crm-sync", "%d / 100" % calls["crm-sync"], "", "—"],
+            "billing": ["billing", "%d / 1000" % calls["billing"], "", "200 · kept while idle"],
+            "*": ["every other app", "%d in all · max 250 each" % calls["reports"], "",
+                  "50 in all · lent while idle"]}
+        assert daily.find("tr", cls="share", data_app="crm-sync")["data-band"] == "warn"
         assert [tr["data-key"] for tr in root.find_all("tr", cls="bucket")] == [
             "acme", "globex", "initech"]
         banner = root.find("section", data_upstream="leads").find(cls="banner")
