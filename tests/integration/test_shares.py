@@ -3,6 +3,7 @@
 queue mode, and three instances sharing one Redis.  Every figure is read
 at the upstream (what the provider would count), or from what a client
 sees (status, headers, body)."""
+import http.client
 import json
 import subprocess
 import threading
@@ -349,3 +350,33 @@ def test_three_instances_share_one_quota_fairly(upstream, redis, sluice):
     # bursts' part, in a busy window.
     assert max_in_window(sync_t, 3.0) >= 12
     assert max_in_window(all_t, 3.0) >= 24
+
+
+# ---- reload ----
+
+def test_shares_added_by_a_reload_count_calls_already_made(upstream, store, sluice):
+    """A reload that adds shares counts the calls already in the window:
+    an app that already used its new max is capped at once, and a new
+    reservation is kept from the room left."""
+    port = free_port()
+    c = conf(upstream, {"limit": 10, "window": "1m"}, store,
+             admin={"listen": "127.0.0.1:%d" % port})
+    sl = sluice(c)
+    assert [call(sl, "sync")[0] for _ in range(4)] == [200] * 4
+    c2 = conf(upstream, {"limit": 10, "window": "1m",
+                         "apps": {"sync": {"max": 4}, "ui": {"reserve": 3}}}, store,
+              admin={"listen": "127.0.0.1:%d" % port})
+    c2["listen"] = "127.0.0.1:%d" % sl.port
+    with open(sl.config_path, "w") as f:
+        json.dump(c2, f)
+    h = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    h.request("POST", "/reload")
+    r = h.getresponse()
+    assert r.status == 200, r.read()
+    h.close()
+    r = call(sl, "sync")
+    assert r[0] == 429 and json.loads(r[2])["share"] == "max"
+    # 10 - 4 (sync) - 3 (ui's reserve) = 3 for another app.
+    assert [call(sl, "mkt")[0] for _ in range(4)] == [200, 200, 200, 429]
+    assert [call(sl, "ui")[0] for _ in range(3)] == [200] * 3
+    assert upstream.count() == 10
