@@ -311,9 +311,10 @@ static json_t *sl_shares_json(const struct sl_rule *r, const struct sl_usage *u)
     for (size_t k = 0; o != NULL && k < r->nshares; k++) {
         const struct sl_share *sh = &r->shares[k];
         uint64_t used = 0;
-        json_t *e = json_object();
+        json_t *e;
         if (sh == r->share_other)
             continue;
+        e = json_object();
         for (size_t i = 0; i < u->napps; i++)
             if (strcmp(u->apps[i].name, sh->app) == 0)
                 used = u->apps[i].calls;
