@@ -280,7 +280,7 @@ static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
     /* Drop the entries of L that left the window (the oldest, at its
      * tail), and their apps from AP and H (nil: no shares).  LEN: L's
-     * length.  Returns the new length. */
+     * length.  Returns the new length and the oldest entry left. */
     "local function prune(l, ap, h, len, span)\n"
     "  local n, tail = len, redis.call('LINDEX', l, -1)\n"
     "  while tail and tonumber(tail) <= now - span do\n"
@@ -297,7 +297,7 @@ static const char sl_lua_decide[] =
     /* the app list keeps the same calls, index for index from the head */
     "    if n > 0 then redis.call('LTRIM', ap, 0, n - 1) else redis.call('DEL', ap) end\n"
     "  end\n"
-    "  return n\n"
+    "  return n, tail\n"
     "end\n"
     /* Shares: the wait until a call of APP also fits its share of the
      * rule (0: now), why it waits (1: the app's max, 2: other apps'
@@ -545,8 +545,8 @@ static const char sl_lua_decide[] =
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
     "        if shr then h = KEYS[ka]; ka = ka + 1 end\n"
     "        local len, nres, room = st[i][1], st[i][2], st[i][3]\n"
-    "        len = prune(l, ap, h, len, span)\n"
-    "        local tail = redis.call('LINDEX', l, -1)\n"
+    "        local tail\n"
+    "        len, tail = prune(l, ap, h, len, span)\n"
     "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
     "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))\n"
     "        if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"

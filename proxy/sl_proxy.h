@@ -211,7 +211,7 @@ static inline size_t sl_easy_tag(const struct sl_upstream_conf *up)
 {
     return (size_t)(up->config->generation << 24) ^ up->metric_id;
 }
-CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream);
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);
 void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream);

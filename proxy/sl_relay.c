@@ -494,44 +494,51 @@ int sl_req_start_transfer(struct sl_request *req, const char *url)
 {
     const struct sl_upstream_conf *up = req->up;
     const char *cl, *te;
+    bool fresh;
     CURL *e;
 
     if (sl_req_build_headers(req) != 0)
         return -1;
-    e = sl_worker_get_easy(req->w, sl_easy_tag(up));
+    e = sl_worker_get_easy(req->w, sl_easy_tag(up), &fresh);
     if (e == NULL)
         return -1;
     req->easy = e;
     req->content_length = -1;
     req->hdrs_tail = &req->hdrs;
+    /* What varies per call. */
     curl_easy_setopt(e, CURLOPT_URL, url);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, sl_worker_close_socket);
-    curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, req->w);
-    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-    curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
-    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-    /* Upstream traffic goes straight to the upstream: an http_proxy in the
-     * environment must not reroute it (and is not looked up per call). */
-    curl_easy_setopt(e, CURLOPT_PROXY, "");
-    curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
-    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, sl_curl_prereq);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
-    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
-    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_curl_write);
     curl_easy_setopt(e, CURLOPT_WRITEDATA, req);
     curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->req_headers);
     curl_easy_setopt(e, CURLOPT_ERRORBUFFER, req->errbuf);
-    curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
-    curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
-    curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
-                     (long)(up->connect_timeout_us / 1000));
-    curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
-    if (up->ca_file != NULL)
-        curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+    if (fresh) {
+        /* What depends only on the worker and the upstream's settings: a
+         * pooled handle of the same upstream and generation keeps it. */
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETFUNCTION, sl_worker_close_socket);
+        curl_easy_setopt(e, CURLOPT_CLOSESOCKETDATA, req->w);
+        curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+        curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
+        curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+        /* Upstream traffic goes straight to the upstream: an http_proxy in
+         * the environment must not reroute it (and is not looked up per
+         * call). */
+        curl_easy_setopt(e, CURLOPT_PROXY, "");
+        curl_easy_setopt(e, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+        curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, sl_curl_prereq);
+        curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, sl_curl_header);
+        curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, sl_curl_write);
+        curl_easy_setopt(e, CURLOPT_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+        curl_easy_setopt(e, CURLOPT_UPLOAD_BUFFERSIZE, (long)SL_CURL_BUFSIZE);
+        curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
+                         (long)(up->connect_timeout_us / 1000));
+        curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)(up->timeout_us / 1000));
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, up->tls_verify ? 1L : 0L);
+        curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
+        if (up->ca_file != NULL)
+            curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
+    }
 
     cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
     te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,

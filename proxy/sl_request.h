@@ -20,7 +20,10 @@
 #define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
 #define SL_SIGNAL_PEEK (64 * 1024)  /* body bytes searched for limit signals */
 #define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
-#define SL_CURL_BUFSIZE (64 * 1024)
+/* libcurl's receive and upload buffers, allocated per transfer: 16 KiB
+ * (curl's default) rather than 64 KiB, which made every transfer allocate
+ * and free 128 KiB, past the heap's trim threshold (docs/benchmarks.md). */
+#define SL_CURL_BUFSIZE (16 * 1024)
 
 /* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
 struct sl_buf {

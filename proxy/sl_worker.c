@@ -171,19 +171,24 @@ static void sl_worker_curl_done(struct sl_worker *w)
 /*
  * Easy handles are reused without curl_easy_reset(), which would rebuild
  * the handle's state on every call: a handle last used for the same
- * upstream has every option that varies per call set again by the caller
+ * upstream (and configuration generation) keeps the options that depend
+ * only on them, and the caller sets again those that vary per call
  * (sl_req_start_transfer); one from another upstream (other TLS settings)
- * is reset first.
+ * is reset first.  *FRESH: the handle is new or reset (every option must
+ * be set).
  */
-CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream)
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh)
 {
     CURL *e;
 
+    *fresh = true;
     if (w->npool == 0)
         return curl_easy_init();
     e = w->easy_pool[--w->npool];
     if (w->easy_pool_up[w->npool] != upstream)
         curl_easy_reset(e);
+    else
+        *fresh = false;
     return e;
 }
 
