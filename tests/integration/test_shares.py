@@ -380,3 +380,26 @@ def test_shares_added_by_a_reload_count_calls_already_made(upstream, store, slui
     assert [call(sl, "mkt")[0] for _ in range(4)] == [200, 200, 200, 429]
     assert [call(sl, "ui")[0] for _ in range(3)] == [200] * 3
     assert upstream.count() == 10
+
+
+def test_denials_deep_in_a_long_log(upstream, store, sluice):
+    """The wait of a share denial is found past the first entries of a
+    long log (Redis reads it in chunks of 128 from the oldest end)."""
+    sl = sluice(conf(upstream, {"limit": 400, "window": "1m",
+                                "apps": {"sync": {"max": 20}, "ui": {"reserve": 200}}},
+                     store))
+    # 150 of ui's calls first: leaving, each gives back nothing to others
+    # (ui's reservation stays unused by as much).
+    assert {call(sl, "ui")[0] for _ in range(150)} == {200}
+    # sync's max: its first call is 151 entries in from the oldest.
+    assert {call(sl, "sync")[0] for _ in range(20)} == {200}
+    r = call(sl, "sync")
+    assert r[0] == 429 and json.loads(r[2])["share"] == "max"
+    assert 55 <= int(r[1]["retry-after"]) <= 61
+    # mkt gets 400 - 150 - 20 - 50 kept for ui = 180; then room comes only
+    # when sync's first call leaves, past ui's 150.
+    assert {call(sl, "mkt")[0] for _ in range(180)} == {200}
+    r = call(sl, "mkt")
+    assert r[0] == 429 and json.loads(r[2])["share"] == "reserved"
+    assert 55 <= int(r[1]["retry-after"]) <= 61
+    assert upstream.count() == 350
