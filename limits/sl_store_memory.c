@@ -184,13 +184,21 @@ static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
  * the call out of it, never out of `inflight`), or admitted and not yet
  * sent (rate rules with shares).  Returns 0, or -1 when out of memory.
  * Lock held. */
-static int sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
-                         uint16_t app, int delta)
+/* Where APP's count is in B's in_apps, or nin when it has none. */
+static uint32_t sl_mem_in_app_index(const struct sl_mem_bucket *b, uint16_t app)
 {
     uint32_t i;
 
     for (i = 0; i < b->nin && b->in_apps[i].app != app; i++)
         ;
+    return i;
+}
+
+static int sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                         uint16_t app, int delta)
+{
+    uint32_t i = sl_mem_in_app_index(b, app);
+
     if (delta < 0) {
         if (i < b->nin && --b->in_apps[i].n == 0)
             b->in_apps[i] = b->in_apps[--b->nin];
@@ -426,20 +434,32 @@ static uint64_t sl_mem_share_scaled(const struct sl_mem_store *s,
                       (double)r->limit);
 }
 
-/* Admitted, not yet sent calls of APP in rate bucket B (kept only for
- * rules with shares, in in_apps).  Lock held. */
-static uint64_t sl_mem_app_held(const struct sl_mem_bucket *b, uint16_t app)
-{
-    for (uint32_t i = 0; i < b->nin; i++)
-        if (b->in_apps[i].app == app)
-            return b->in_apps[i].n;
-    return 0;
-}
-
-/* APP's use of B: logged in the window (pruned) plus held. */
+/* APP's use of rate bucket B: logged in the window (pruned) plus
+ * admitted, not yet sent (kept in in_apps for rules with shares).  B may
+ * be NULL (nothing used).  Lock held. */
 static uint64_t sl_mem_app_used(const struct sl_mem_bucket *b, uint16_t app)
 {
-    return sl_window_tag_count(&b->win, app) + sl_mem_app_held(b, app);
+    uint32_t i;
+
+    if (b == NULL)
+        return 0;
+    i = sl_mem_in_app_index(b, app);
+    return sl_window_tag_count(&b->win, app) + (i < b->nin ? b->in_apps[i].n : 0);
+}
+
+/* Keep per-app counts in B's window from now on (a rule with shares),
+ * with the bytes they take counted.  Returns 0, or -1 when out of
+ * memory.  Lock held. */
+static int sl_mem_count_tags(struct sl_mem_store *s, struct sl_mem_bucket *b)
+{
+    size_t before = sl_window_bytes(&b->win);
+
+    if (b->win.tc != NULL)
+        return 0;
+    if (sl_window_count_tags(&b->win) != 0)
+        return -1;
+    atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+    return 0;
 }
 
 /*
@@ -486,7 +506,7 @@ static size_t sl_mem_reserve_classes(const struct sl_mem_store *s,
         n++;
     }
     if (named && r->share_other != NULL && r->share_other->reserve > 0) {
-        uint64_t all = (uint64_t)b->win.count + b->reserved;
+        uint64_t all = b != NULL ? (uint64_t)b->win.count + b->reserved : 0;
         out[n].app = SL_APP_UNBOUND;
         out[n].reserve = sl_mem_share_scaled(s, r, r->share_other->reserve);
         out[n].used = all > named_used ? all - named_used : 0;
@@ -526,7 +546,8 @@ static ssize_t sl_mem_class_of(const struct sl_rule *r,
  * until the call of app APP also fits its share (0: now).  *WHY says which
  * part denied it; *LEFT (when it fits) the calls the app has left after
  * this one.  SPAN and RESET as sl_mem_rate_wait's.  Lock held; B may be
- * NULL (nothing used yet).
+ * NULL (nothing used yet), else it keeps per-app counts
+ * (sl_mem_count_tags).
  */
 static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
                                  struct sl_mem_bucket *b, const struct sl_rule *r,
@@ -542,41 +563,20 @@ static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
 
     *why = SL_SHARE_NONE;
     max = sh != NULL ? sl_mem_share_scaled(s, r, sh->max) : limit;
-    if (b == NULL) {
-        /* Nothing used: room unless the app's max or the others'
-         * reservations leave none. */
-        /* The others' reservations, all unused (a lent one is not kept:
-         * its app has no call in the window either). */
-        uint64_t others = 0;
-        for (size_t i = 0; i < r->nshares; i++) {
-            const struct sl_share *e = &r->shares[i];
-            if (e == sh || e->lend)
-                continue;  /* its own (for an unnamed app, the pool) */
-            others += sl_mem_share_scaled(s, r, e->reserve);
-        }
-        if (max == 0) {
-            *why = SL_SHARE_MAX;
-            return r->calendar ? reset : span;
-        }
-        if (1 + others > limit) {
-            *why = SL_SHARE_RESERVED;
-            return r->calendar ? reset : span;
-        }
-        *left = max - 1 < limit - 1 - others ? max - 1 : limit - 1 - others;
-        return 0;
-    }
-    if (sl_window_count_tags(&b->win) != 0) {
+    if (b != NULL && b->win.tc == NULL) {
         *why = SL_SHARE_RESERVED;
         return SL_USEC_PER_SEC;  /* out of memory: cannot tell; deny briefly */
     }
-    sl_window_prune(&b->win, span, now);
+    if (b != NULL)
+        sl_window_prune(&b->win, span, now);
     used = sl_mem_app_used(b, app);
-    all = (uint64_t)b->win.count + b->reserved;
+    all = b != NULL ? (uint64_t)b->win.count + b->reserved : 0;
     if (used + 1 > max) {
         /* Room when enough of the app's own calls leave the window: the
          * (used - max)-th oldest of them (held ones are not logged yet). */
         uint64_t k = used - max;
-        int64_t t = sl_window_tag_time(&b->win, app, (uint32_t)k);
+        int64_t t = b != NULL ? sl_window_tag_time(&b->win, app, (uint32_t)k)
+                              : INT64_MIN;
         *why = SL_SHARE_MAX;
         if (r->calendar)
             return reset;
@@ -590,7 +590,7 @@ static int64_t sl_mem_share_wait(const struct sl_mem_store *s,
         *why = SL_SHARE_RESERVED;
         if (r->calendar)
             return reset;
-        for (uint32_t i = 0; i < b->win.count; i++) {
+        for (uint32_t i = 0; b != NULL && i < b->win.count; i++) {
             uint32_t j = (b->win.head + i) % b->win.cap;
             ssize_t c = sl_mem_class_of(r, cls, ncls, b->win.tags[j]);
             all--;
@@ -893,12 +893,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             why[i] = SL_SHARE_NONE;
             share_left[i] = UINT64_MAX;
             if (wait == 0 && r->nshares > 0) {
-                if (bk[i] != NULL && bk[i]->win.tc == NULL) {
-                    size_t before = sl_window_bytes(&bk[i]->win);
-                    if (sl_window_count_tags(&bk[i]->win) == 0)
-                        atomic_fetch_add(&s->bytes,
-                                         sl_window_bytes(&bk[i]->win) - before);
-                }
+                if (bk[i] != NULL)
+                    (void)sl_mem_count_tags(s, bk[i]);  /* else denied briefly */
                 wait = sl_mem_share_wait(s, bk[i], r, c->app, span, reset[i], now,
                                          &why[i], &share_left[i]);
             }
@@ -970,11 +966,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             atomic_fetch_add(&s->bytes, sl_window_bytes(&bk[i]->win) - before);
             if (r->nshares > 0) {
                 /* The app's part of this bucket: exact, or no call. */
-                if (bk[i]->win.tc == NULL && sl_window_count_tags(&bk[i]->win) != 0) {
-                    lease->n--;
-                    goto rollback;
-                }
-                if (sl_mem_in_app(s, bk[i], c->app, 1) != 0) {
+                if (sl_mem_count_tags(s, bk[i]) != 0 ||
+                    sl_mem_in_app(s, bk[i], c->app, 1) != 0) {
                     lease->n--;
                     goto rollback;
                 }

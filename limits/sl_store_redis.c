@@ -205,7 +205,7 @@
  * TTLs).  H (rules with shares, else nil): a hash of each app's entries in
  * L, with '#n' the number of entries it accounts for; kept by every
  * script that adds or drops entries, and rebuilt from AP by a decision
- * that finds '#n' differing from L's length (see hsync).  Stale entries are popped by decisions.  A list is at most LIMIT
+ * that finds '#n' differing from L's length (see share_wait).  Stale entries are popped by decisions.  A list is at most LIMIT
  * long, except when the limit was lowered (a reload) under calls already
  * admitted: those are all kept (up to 2 x LIMIT + 64), so that raising the
  * limit again grants nothing they used. */
@@ -1358,9 +1358,17 @@ static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
     return 0;
 }
 
+/* The h key (per-app counts) of HIT's rule when it has shares. */
+static void sl_args_share_key(struct sl_args *k, const struct sl_redis *r,
+                              const struct sl_upstream_conf *up,
+                              const struct sl_hit *hit)
+{
+    if (hit->rule->nshares > 0)
+        sl_args_key(k, r, up, hit->rule, 'h', hit->key, hit->key_len);
+}
+
 /* A rate rule's shares for the decision script: the count, then app,
- * max, reserve per share (scaled like the limit); and its h key when it
- * has any. */
+ * max, reserve per share; and its h key when it has any. */
 static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
                            struct sl_args *a, const struct sl_upstream_conf *up,
                            const struct sl_hit *hit)
@@ -1375,8 +1383,7 @@ static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
         sl_args_int(a, rule->shares[i].lend ? -(long long)rule->shares[i].reserve
                                             : (long long)rule->shares[i].reserve);
     }
-    if (rule->nshares > 0)
-        sl_args_key(k, r, up, rule, 'h', hit->key, hit->key_len);
+    sl_args_share_key(k, r, up, hit);
 }
 
 /* ---- FIFO of commands in flight ---- */
@@ -2499,9 +2506,7 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             if (rule->kind != SL_RULE_RATE)
                 continue;
             sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
-            if (rule->nshares > 0)
-                sl_args_key(keys, r, l->up, rule, 'h', l->hits[h].key,
-                            l->hits[h].key_len);
+            sl_args_share_key(keys, r, l->up, &l->hits[h]);
             if (per)
                 sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);

@@ -299,6 +299,18 @@ static json_t *sl_apps_json(const struct sl_usage *u)
     return o;
 }
 
+/* One share as configured: {max, reserve, lend, used}. */
+static json_t *sl_share_json(const struct sl_share *sh, uint64_t used)
+{
+    json_t *e = json_object();
+
+    json_object_set_new(e, "max", json_integer((json_int_t)sh->max));
+    json_object_set_new(e, "reserve", json_integer((json_int_t)sh->reserve));
+    json_object_set_new(e, "lend", json_boolean(sh->lend));
+    json_object_set_new(e, "used", json_integer((json_int_t)used));
+    return e;
+}
+
 /* Rule R's shares with each one's use in bucket U: app -> {max, reserve,
  * lend, used, left}; "*" counts every app not named, together. */
 static json_t *sl_shares_json(const struct sl_rule *r, const struct sl_usage *u)
@@ -314,29 +326,18 @@ static json_t *sl_shares_json(const struct sl_rule *r, const struct sl_usage *u)
         json_t *e;
         if (sh == r->share_other)
             continue;
-        e = json_object();
         for (size_t i = 0; i < u->napps; i++)
             if (strcmp(u->apps[i].name, sh->app) == 0)
                 used = u->apps[i].calls;
         named += used;
-        json_object_set_new(e, "max", json_integer((json_int_t)sh->max));
-        json_object_set_new(e, "reserve", json_integer((json_int_t)sh->reserve));
-        json_object_set_new(e, "lend", json_boolean(sh->lend));
-        json_object_set_new(e, "used", json_integer((json_int_t)used));
+        e = sl_share_json(sh, used);
         json_object_set_new(e, "left", json_integer((json_int_t)(
             used >= sh->max ? 0 : sh->max - used)));
         json_object_set_new(o, sh->app, e);
     }
-    if (o != NULL && r->share_other != NULL) {
-        const struct sl_share *sh = r->share_other;
-        json_t *e = json_object();
-        json_object_set_new(e, "max", json_integer((json_int_t)sh->max));
-        json_object_set_new(e, "reserve", json_integer((json_int_t)sh->reserve));
-        json_object_set_new(e, "lend", json_boolean(sh->lend));
-        json_object_set_new(e, "used", json_integer((json_int_t)(
-            all > named ? all - named : 0)));
-        json_object_set_new(o, "*", e);
-    }
+    if (o != NULL && r->share_other != NULL)
+        json_object_set_new(o, "*", sl_share_json(r->share_other,
+                                                  all > named ? all - named : 0));
     return o;
 }
 

@@ -228,31 +228,28 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                  "upstream \"%s\" asked callers to pause (it signalled a limit); "
                  "retry in %llds", up->name, (long long)retry);
         win[0] = lim[0] = '\0';
-    } else if (r->kind == SL_RULE_RATE && d->share == SL_SHARE_MAX && sh != NULL) {
-        sl_duration_format(r->window_us, win, sizeof(win));
-        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
-        snprintf(msg, sizeof(msg),
-                 "app \"%s\" used its share of rule \"%s\" of upstream \"%s\": "
-                 "at most %llu of its %llu calls per %s; retry in %llds",
-                 app, r->name, up->name, (unsigned long long)sh->max,
-                 (unsigned long long)r->limit, win, (long long)retry);
-    } else if (r->kind == SL_RULE_RATE && d->share == SL_SHARE_RESERVED) {
-        sl_duration_format(r->window_us, win, sizeof(win));
-        snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
-        snprintf(msg, sizeof(msg),
-                 "rule \"%s\" of upstream \"%s\" allows %llu calls per %s, and "
-                 "what is left is reserved for other apps than \"%s\"; "
-                 "retry in %llds",
-                 r->name, up->name, (unsigned long long)r->limit, win, app,
-                 (long long)retry);
     } else if (r->kind == SL_RULE_RATE) {
         sl_duration_format(r->window_us, win, sizeof(win));
         snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
-        snprintf(msg, sizeof(msg),
-                 "rule \"%s\" of upstream \"%s\" allows %llu calls per %s; "
-                 "retry in %llds",
-                 r->name, up->name, (unsigned long long)r->limit, win,
-                 (long long)retry);
+        if (d->share == SL_SHARE_MAX && sh != NULL)
+            snprintf(msg, sizeof(msg),
+                     "app \"%s\" used its share of rule \"%s\" of upstream "
+                     "\"%s\": at most %llu of its %llu calls per %s; retry in %llds",
+                     app, r->name, up->name, (unsigned long long)sh->max,
+                     (unsigned long long)r->limit, win, (long long)retry);
+        else if (d->share == SL_SHARE_RESERVED)
+            snprintf(msg, sizeof(msg),
+                     "rule \"%s\" of upstream \"%s\" allows %llu calls per %s, "
+                     "and what is left is reserved for other apps than \"%s\"; "
+                     "retry in %llds",
+                     r->name, up->name, (unsigned long long)r->limit, win, app,
+                     (long long)retry);
+        else
+            snprintf(msg, sizeof(msg),
+                     "rule \"%s\" of upstream \"%s\" allows %llu calls per %s; "
+                     "retry in %llds",
+                     r->name, up->name, (unsigned long long)r->limit, win,
+                     (long long)retry);
     } else {
         snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
         win[0] = '\0';
