@@ -163,6 +163,7 @@ struct sl_worker {
     struct sl_watch admin_watch;
     struct sl_alerts *alerts;
     CURL **easy_pool;             /* idle easy handles for reuse */
+    CURLU **easy_pool_url;        /* each one's parsed upstream URL */
     size_t *easy_pool_up;         /* the upstream each was last used for */
     int npool;
     struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
@@ -211,10 +212,12 @@ static inline size_t sl_easy_tag(const struct sl_upstream_conf *up)
 {
     return (size_t)(up->config->generation << 24) ^ up->metric_id;
 }
-CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh);
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh,
+                         CURLU **url);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);
-void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream);
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
+                        size_t upstream);
 void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
                                  void **socket_context,
                                  enum MHD_ConnectionNotificationCode toe);

@@ -322,7 +322,7 @@ void sl_req_abort_transfer(struct sl_request *req)
     if (req->easy == NULL)
         return;
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy, sl_easy_tag(req->up));
+    sl_worker_put_easy(req->w, req->easy, req->easy_url, sl_easy_tag(req->up));
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
@@ -341,7 +341,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
 
     curl_multi_remove_handle(req->w->multi, req->easy);
-    sl_worker_put_easy(req->w, req->easy, sl_easy_tag(req->up));
+    sl_worker_put_easy(req->w, req->easy, req->easy_url, sl_easy_tag(req->up));
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
@@ -489,8 +489,15 @@ static int sl_req_build_headers(struct sl_request *req)
     return 0;
 }
 
-/* Start the upstream transfer.  Returns 0, or -1 (caller answers 502/503). */
-int sl_req_start_transfer(struct sl_request *req, const char *url)
+/*
+ * Start the upstream transfer of TARGET, the request target to send (the
+ * upstream's base path and the client's path and query, byte for byte).
+ * The handle's URL names only the upstream's origin, parsed once per
+ * handle (CURLOPT_CURLU), and TARGET goes on the request line as it is
+ * (CURLOPT_REQUEST_TARGET): no URL is parsed per call, and no byte of
+ * the path is rewritten.  Returns 0, or -1 (caller answers 502/503).
+ */
+int sl_req_start_transfer(struct sl_request *req, const char *target)
 {
     const struct sl_upstream_conf *up = req->up;
     const char *cl, *te;
@@ -499,14 +506,20 @@ int sl_req_start_transfer(struct sl_request *req, const char *url)
 
     if (sl_req_build_headers(req) != 0)
         return -1;
-    e = sl_worker_get_easy(req->w, sl_easy_tag(up), &fresh);
+    e = sl_worker_get_easy(req->w, sl_easy_tag(up), &fresh, &req->easy_url);
     if (e == NULL)
         return -1;
     req->easy = e;
     req->content_length = -1;
     req->hdrs_tail = &req->hdrs;
+    if (fresh && (curl_url_set(req->easy_url, CURLUPART_URL, up->url, 0) != CURLUE_OK ||
+                  curl_easy_setopt(e, CURLOPT_CURLU, req->easy_url) != CURLE_OK)) {
+        sl_worker_put_easy(req->w, e, req->easy_url, 0);
+        req->easy = NULL;
+        return -1;
+    }
     /* What varies per call. */
-    curl_easy_setopt(e, CURLOPT_URL, url);
+    curl_easy_setopt(e, CURLOPT_REQUEST_TARGET, target);
     curl_easy_setopt(e, CURLOPT_PRIVATE, (char *)req);
     curl_easy_setopt(e, CURLOPT_PREREQDATA, req);
     curl_easy_setopt(e, CURLOPT_HEADERDATA, req);
@@ -566,7 +579,7 @@ int sl_req_start_transfer(struct sl_request *req, const char *url)
         req->up_done = true;
     }
     if (curl_multi_add_handle(req->w->multi, e) != CURLM_OK) {
-        sl_worker_put_easy(req->w, e, sl_easy_tag(up));
+        sl_worker_put_easy(req->w, e, req->easy_url, sl_easy_tag(up));
         req->easy = NULL;
         return -1;
     }

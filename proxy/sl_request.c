@@ -508,7 +508,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
 {
     struct sl_request *req = arg;
     const struct sl_upstream_conf *up = req->up;
-    char *url = NULL;
+    char *target = NULL;
     bool released;
 
     req->deciding = false;
@@ -567,12 +567,14 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
             const char *rest = sl_req_rest(req);
             bool empty = rest[0] == '\0' || rest[0] == '?';
             const char *base_path = strchr(strstr(up->url, "://") + 3, '/');
-            /* "/leads" alone maps to the base URL, or "/" without a path. */
-            if (asprintf(&url, "%s%s%s", up->url,
+            /* The request target: the upstream's base path, then the rest
+             * of the client's; "/leads" alone maps to the base path, or to
+             * "/" without one. */
+            if (asprintf(&target, "%s%s%s", base_path != NULL ? base_path : "",
                          empty && base_path == NULL ? "/" : "", rest) < 0)
-                url = NULL;
+                target = NULL;
         }
-        if (url == NULL || sl_req_start_transfer(req, url) != 0) {
+        if (target == NULL || sl_req_start_transfer(req, target) != 0) {
             sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
                          "sluice could not start the upstream call", 1,
                          "out_of_memory");
@@ -581,7 +583,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
             sl_metrics_call(&req->w->metrics, up,
                             released ? SL_OUT_RELEASED : SL_OUT_FORWARDED);
         }
-        free(url);
+        free(target);
         break;
     }
     if (req->is_held) {

@@ -104,6 +104,7 @@ struct sl_request {
     unsigned pending_status;
 
     CURL *easy;                       /* owned while the transfer runs */
+    CURLU *easy_url;                  /* its parsed upstream URL (CURLOPT_CURLU) */
     struct curl_slist *req_headers;
     bool has_body;
     bool up_done;                     /* client body fully received */
@@ -173,7 +174,7 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
 size_t sl_buf_len(const struct sl_buf *b);
 void sl_buf_free(struct sl_buf *b);
 /* Start the upstream transfer to URL.  Returns 0, or -1 (answer 503). */
-int sl_req_start_transfer(struct sl_request *req, const char *url);
+int sl_req_start_transfer(struct sl_request *req, const char *target);
 void sl_req_abort_transfer(struct sl_request *req);
 void sl_req_update_pause(struct sl_request *req);
 void sl_req_release_lease(struct sl_request *req);

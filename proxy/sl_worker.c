@@ -175,16 +175,26 @@ static void sl_worker_curl_done(struct sl_worker *w)
  * only on them, and the caller sets again those that vary per call
  * (sl_req_start_transfer); one from another upstream (other TLS settings)
  * is reset first.  *FRESH: the handle is new or reset (every option must
- * be set).
+ * be set).  *URL: the handle's own parsed URL (CURLOPT_CURLU), which goes
+ * back to the pool with it; on a fresh handle it must be set again.
  */
-CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh)
+CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh,
+                         CURLU **url)
 {
     CURL *e;
 
     *fresh = true;
-    if (w->npool == 0)
-        return curl_easy_init();
+    if (w->npool == 0) {
+        e = curl_easy_init();
+        *url = e != NULL ? curl_url() : NULL;
+        if (e != NULL && *url == NULL) {
+            curl_easy_cleanup(e);
+            e = NULL;
+        }
+        return e;
+    }
     e = w->easy_pool[--w->npool];
+    *url = w->easy_pool_url[w->npool];
     if (w->easy_pool_up[w->npool] != upstream)
         curl_easy_reset(e);
     else
@@ -192,14 +202,17 @@ CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh)
     return e;
 }
 
-/* Ownership: EASY passes to the pool (it must not be in the multi). */
-void sl_worker_put_easy(struct sl_worker *w, CURL *easy, size_t upstream)
+/* Ownership: EASY and URL pass to the pool (EASY must not be in the multi). */
+void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
+                        size_t upstream)
 {
     if (w->npool < SL_EASY_POOL_MAX && w->easy_pool != NULL) {
         w->easy_pool_up[w->npool] = upstream;
+        w->easy_pool_url[w->npool] = url;
         w->easy_pool[w->npool++] = easy;
     } else {
         curl_easy_cleanup(easy);
+        curl_url_cleanup(url);
     }
 }
 
@@ -460,8 +473,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->epfd < 0)
         return -1;
     w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(CURL *));
+    w->easy_pool_url = calloc(SL_EASY_POOL_MAX, sizeof(CURLU *));
     w->easy_pool_up = calloc(SL_EASY_POOL_MAX, sizeof(size_t));
-    if (w->easy_pool == NULL || w->easy_pool_up == NULL)
+    if (w->easy_pool == NULL || w->easy_pool_url == NULL || w->easy_pool_up == NULL)
         return -1;
 
     w->listen_fd = sl_listen_socket(c->listen_host, c->listen_port, true, 1024,
@@ -696,6 +710,8 @@ static void *sl_worker_main(void *arg)
          * epoll_wait: a call crosses the loop fewer times. */
         for (int round = 0; round < 8; round++) {
             bool progress = false;
+            bool mhd_ready = false;
+            MHD_UNSIGNED_LONG_LONG mhd_ms;
 
             now = sl_now_ms();
             if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
@@ -716,6 +732,11 @@ static void *sl_worker_main(void *arg)
                 w->mhd_kick = false;
                 MHD_run(w->mhd);
                 progress = true;
+                /* A connection MHD still holds ready (a response just sent
+                 * moves to its next request over more runs): run it again
+                 * here, not after an epoll_wait that cannot block. */
+                mhd_ready = MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES && mhd_ms == 0;
+                w->mhd_kick = w->mhd_kick || mhd_ready;
             }
             /* Go round again only for work that is due right now. */
             now = sl_now_ms();
@@ -830,9 +851,12 @@ void sl_worker_cleanup(struct sl_worker *w)
         free(w->curl_fds[i]);
     free(w->curl_fds);
     sl_worker_free_dead(w);
-    for (int i = 0; i < w->npool; i++)
+    for (int i = 0; i < w->npool; i++) {
         curl_easy_cleanup(w->easy_pool[i]);
+        curl_url_cleanup(w->easy_pool_url[i]);
+    }
     free(w->easy_pool);
+    free(w->easy_pool_url);
     free(w->easy_pool_up);
     sl_queue_free(&w->queue);
     sl_config_unref(w->config);
