@@ -104,11 +104,6 @@ void sl_buf_free(struct sl_buf *b)
 
 /* ---- upstream transfer: libcurl callbacks ---- */
 
-/* Upstream response headers sluice relays at most (NGINX's default
- * proxy_buffer_size is 4-8 KiB); they must fit the client connection's
- * memory pool beside the request's. */
-#define SL_RESP_HEADERS_MAX (16 * 1024)
-
 /* Record a Content-Length value of the upstream's response. */
 static void sl_resp_content_length(struct sl_request *req, const char *v)
 {

@@ -329,6 +329,40 @@ oom:
     return -1;
 }
 
+static enum MHD_Result sl_count_cookie_bytes(void *cls, enum MHD_ValueKind kind,
+                                             const char *key, size_t key_size,
+                                             const char *value, size_t value_size)
+{
+    size_t *n = cls;
+
+    (void)kind;
+    (void)value;
+    if (key_size == 6 && strncasecmp(key, "Cookie", 6) == 0)
+        *n += value_size + 1;
+    return MHD_YES;
+}
+
+/*
+ * What the request's head takes of its connection's memory, as
+ * libmicrohttpd lays it out: the head itself, a record per header line,
+ * query argument and cookie, and a copy of every Cookie header (which it
+ * splits into cookies).  See SL_CONN_MEMORY.
+ */
+static size_t sl_req_head_cost(struct sl_request *req)
+{
+    const union MHD_ConnectionInfo *ci =
+        MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
+    size_t cookies = 0;
+    int records = MHD_get_connection_values(
+        req->conn, MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND, NULL,
+        NULL);
+
+    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, sl_count_cookie_bytes,
+                                &cookies);
+    return (ci != NULL ? ci->header_size : 0) +
+           (size_t)(records > 0 ? records : 0) * SL_HEAD_LINE_COST + cookies;
+}
+
 /* First call: check, route, match, decide.  Returns what the handler returns. */
 static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
 {
@@ -344,6 +378,16 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
                              status == MHD_HTTP_NOT_IMPLEMENTED
                                  ? "unsupported_transfer_coding" : "bad_request",
                              why);
+    if (sl_req_head_cost(req) > SL_REQ_HEAD_MAX) {
+        char msg[256];
+        snprintf(msg, sizeof(msg),
+                 "the request head is too large: sluice accepts %u bytes, "
+                 "counting %u more per header line, query argument and "
+                 "cookie, and the Cookie header twice",
+                 (unsigned)SL_REQ_HEAD_MAX, (unsigned)SL_HEAD_LINE_COST);
+        return sl_req_refuse(req, MHD_HTTP_REQUEST_HEADER_FIELDS_TOO_LARGE,
+                             "request_header_too_large", msg);
+    }
     for (const char *p = req->uri; *p; p++) {
         if ((unsigned char)*p <= 0x20 || *p == 0x7f)
             return sl_req_refuse(req, MHD_HTTP_BAD_REQUEST, "bad_request",

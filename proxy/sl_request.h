@@ -24,6 +24,22 @@
  * (curl's default) rather than 64 KiB, which made every transfer allocate
  * and free 128 KiB, past the heap's trim threshold (docs/benchmarks.md). */
 #define SL_CURL_BUFSIZE (16 * 1024)
+/*
+ * A client connection's memory (libmicrohttpd's per-connection pool, set
+ * once, not grown): the request head stays in it, parsed in place, with a
+ * header record per line taken from its other end, and the response head
+ * is built in what is left.  So every request head sluice accepts must
+ * leave room for the largest response head it relays: upstream headers up
+ * to SL_RESP_HEADERS_MAX (NGINX's proxy_buffer_size is 4-8 KiB) and
+ * sluice's own, within SL_RESP_HEAD_SLACK.  A larger head is refused with
+ * 431 before it is forwarded (sl_req_begin); one too large for the pool
+ * itself gets libmicrohttpd's own 431.
+ */
+#define SL_CONN_MEMORY (48 * 1024)
+#define SL_RESP_HEADERS_MAX (16 * 1024)
+#define SL_RESP_HEAD_SLACK (2 * 1024)
+#define SL_HEAD_LINE_COST 64        /* a header record: 56 bytes, aligned */
+#define SL_REQ_HEAD_MAX (SL_CONN_MEMORY - SL_RESP_HEADERS_MAX - SL_RESP_HEAD_SLACK)
 
 /* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
 struct sl_buf {

@@ -28,6 +28,7 @@
 #include "sl_alerts.h"
 
 #include "sl_log.h"
+#include "sl_request.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -492,6 +493,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         MHD_OPTION_NOTIFY_COMPLETED, sl_request_completed, w,
         MHD_OPTION_NOTIFY_CONNECTION, sl_worker_notify_connection, w,
         MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
+        MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)SL_CONN_MEMORY,
         MHD_OPTION_CONNECTION_TIMEOUT,
         (unsigned int)(c->client_timeout_us / 1000000),
         MHD_OPTION_END);

@@ -661,3 +661,105 @@ def test_oversized_upstream_headers_are_502_saying_so(upstream, sluice, headers)
         assert_still_serving(sl, upstream)
     finally:
         raw.close()
+
+
+# ---------------------------------------------------------------------------
+# Request heads and the response head beside them.  A client connection's
+# memory holds the request head and then the response head; sluice accepts
+# only request heads that leave room for the largest response head it
+# relays (16 KiB of upstream headers), and refuses larger ones with a JSON
+# 431 before forwarding anything.  Each spelling of "a large head" (one
+# long header, many short ones, cookies split into many, query arguments)
+# is tried just under and just over the limit: every call gets a whole
+# answer, never a connection closed without one.
+
+REQ_HEAD_MAX = 48 * 1024 - 16 * 1024 - 2 * 1024   # SL_REQ_HEAD_MAX
+LINE_COST = 64                                    # SL_HEAD_LINE_COST
+
+
+def head_one_header(budget):
+    return b"/raw/x", b"X-Token: " + b"t" * max(budget - 11, 1) + b"\r\n"
+
+
+def head_many_headers(budget):
+    # 40-byte lines, each also costing a 64-byte record.
+    n = max(budget // (40 + LINE_COST), 1)
+    return b"/raw/x", b"".join(b"X-H%05d: %s\r\n" % (i, b"h" * 29) for i in range(n))
+
+
+def head_cookies(budget):
+    # The Cookie header counts twice (libmicrohttpd copies it to split it),
+    # plus a record per cookie.
+    n = max(budget // (2 * 12 + LINE_COST), 1)
+    return b"/raw/x", b"Cookie: " + b"; ".join(b"c%05d=abc" % i for i in range(n)) + b"\r\n"
+
+
+def head_query_args(budget):
+    n = max(budget // (10 + LINE_COST), 1)
+    return b"/raw/x?" + b"&".join(b"a%05d=1" % i for i in range(n)), b""
+
+
+HEAD_SPELLINGS = {
+    "one-long-header": head_one_header,
+    "many-short-headers": head_many_headers,
+    "many-cookies": head_cookies,
+    "many-query-arguments": head_query_args,
+}
+
+# The largest upstream response head sluice relays, less a margin for the
+# status line: 15 lines of 1063 bytes.
+BIG_RESPONSE = (b"HTTP/1.1 200 OK\r\n" +
+                b"".join(b"X-Resp-%02d: %s\r\n" % (i, b"r" * 1050) for i in range(15)) +
+                b"Content-Length: 2\r\n\r\nok")
+
+
+# Budgets around the limit.  "just-under" leaves 1,500 bytes for what the
+# spelling does not count (request line, Host and Connection lines with
+# their records: under 300 bytes) and its rounding: it must be forwarded.
+# "at-the-limit" is within 200 bytes of it, where either answer is right
+# as long as it is whole: forwarded with the big response head, or 431.
+BUDGETS = {"half": REQ_HEAD_MAX // 2, "just-under": REQ_HEAD_MAX - 1500,
+           "at-the-limit": REQ_HEAD_MAX - 200, "just-over": REQ_HEAD_MAX + 1500,
+           "well-over": REQ_HEAD_MAX + 8000}
+
+
+@pytest.mark.parametrize("spelling", list(HEAD_SPELLINGS.values()), ids=list(HEAD_SPELLINGS))
+@pytest.mark.parametrize("budget", list(BUDGETS.values()), ids=list(BUDGETS))
+def test_large_request_heads_always_get_a_whole_answer(upstream, sluice, spelling, budget):
+    assert len(BIG_RESPONSE) > 15.5 * 1024
+    raw = RawUpstream(BIG_RESPONSE)
+    try:
+        sl = sluice(raw_config(upstream, raw))
+        target, lines = spelling(budget)
+        reply = exchange(sl.port, b"GET " + target + b" HTTP/1.1\r\nHost: h\r\n" + lines +
+                         b"Connection: close\r\n\r\n", deadline=10)
+        assert reply.status in (200, 431), reply
+        if budget <= BUDGETS["just-under"]:
+            assert reply.status == 200, reply
+        elif budget > REQ_HEAD_MAX:
+            assert reply.status == 431, reply
+        if reply.status == 200:
+            # Forwarded, and the big response head relayed whole.
+            assert reply.body == b"ok", reply
+            assert reply.headers.get("x-resp-14") == "r" * 1050, reply
+            assert raw.requests == 1
+        else:
+            e = reply.json()
+            assert e["error"] == "request_header_too_large", e
+            assert str(REQ_HEAD_MAX) in e["message"], e
+            assert reply.closed, reply
+            time.sleep(0.2)
+            assert raw.requests == 0
+        assert_still_serving(sl, upstream)
+    finally:
+        raw.close()
+
+
+def test_a_head_past_the_connection_memory_is_431_and_closes(upstream, sluice):
+    """Too large even to be read: libmicrohttpd's own 431 page, then close."""
+    sl = sluice(config(upstream))
+    reply = exchange(sl.port, b"GET /up/x HTTP/1.1\r\nHost: h\r\n" +
+                     big_headers(60, 1024) + b"\r\n", deadline=10)
+    assert_refused_and_closed(reply, 431)
+    settle_and_assert_nothing_forwarded(upstream)
+    assert_still_serving(sl, upstream)
