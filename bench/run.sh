@@ -16,11 +16,30 @@
 #              reservation for another): every decision also checks the
 #              shares, still one store round trip
 # Prints requests/s and p50/p99 latency for each, the ratios against
-# NGINX, and the latency added over calling the upstream directly.
+# NGINX, the latency added over calling the upstream directly, and the
+# proxy's CPU per call (perf stat -e task-clock on its processes for the
+# run, divided by the calls; for the Redis targets also redis-server's).
+#
+# Then, in the same run:
+#   one connection   direct, nginx, sluice, sluice-redis with wrk -c1: CPU
+#                    per call when every call crosses the event loops alone
+#   10,000 buckets   sluice and sluice-redis with a `per` rule keyed by a
+#                    header: one key for every call, then 10,000 keys in
+#                    turn; CPU per call for both, and the idle CPU of each
+#                    sluice (ms per second) for 5 s afterwards, while the
+#                    buckets are still alive
+#   TLS upstream     the same upstream over HTTPS (a local CA made with
+#                    openssl): nginx (proxy_ssl_session_reuse on, keep-alive)
+#                    and sluice (ca_file), req/s and CPU per call
+#   fixed rate       bench/openloop.c at 500 and 2,000 calls/s (64
+#                    connections): p50/p99/p99.9 from each call's due time,
+#                    and what each proxy adds over calling the upstream
+#                    directly, for nginx, sluice and sluice-redis
 #
 # Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 #   env: SLUICE_BIN (default build/sluice), WORKERS (default: nproc),
-#        BENCH_SKIP_DEPS=1 to skip installing nginx/haproxy/wrk.
+#        BENCH_SKIP_DEPS=1 to skip installing nginx/haproxy/wrk/perf,
+#        OPENLOOP_SECONDS (default: DURATION_SECONDS).
 set -eu
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -44,6 +63,18 @@ trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); HA=$(port); SL=$(port); SR=$(port); RD=$(port)
 SO=$(port); SOR=$(port); AD=$(port); ADR=$(port); SH=$(port); SRH=$(port)
+SP=$(port); SRP=$(port); UPT=$(port); SLT=$(port)
+OL_DUR=${OPENLOOP_SECONDS:-$DUR}
+
+# A local CA and a certificate for 127.0.0.1, for the TLS upstream.
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj "/CN=bench CA" \
+    -keyout "$TMP/ca.key" -out "$TMP/ca.pem" >/dev/null 2>&1
+openssl req -newkey rsa:2048 -nodes -subj "/CN=127.0.0.1" \
+    -keyout "$TMP/up.key" -out "$TMP/up.csr" >/dev/null 2>&1
+printf 'subjectAltName=IP:127.0.0.1\n' > "$TMP/san.ext"
+openssl x509 -req -in "$TMP/up.csr" -CA "$TMP/ca.pem" -CAkey "$TMP/ca.key" \
+    -CAcreateserial -days 2 -extfile "$TMP/san.ext" -out "$TMP/up.pem" >/dev/null 2>&1
+cc -O2 -o "$TMP/openloop" bench/openloop.c
 
 cat > "$TMP/upstream.conf" <<CONF
 worker_processes 1;
@@ -58,6 +89,13 @@ http {
         listen 127.0.0.1:$UP reuseport backlog=4096;
         location / { return 200 "hello from the upstream\n"; }
     }
+    server {
+        listen 127.0.0.1:$UPT ssl reuseport backlog=4096;
+        ssl_certificate $TMP/up.pem;
+        ssl_certificate_key $TMP/up.key;
+        ssl_session_cache shared:up:10m;
+        location / { return 200 "hello from the upstream\n"; }
+    }
 }
 CONF
 cat > "$TMP/proxy.conf" <<CONF
@@ -70,12 +108,22 @@ http {
     access_log off;
     keepalive_requests 1000000;
     upstream up { server 127.0.0.1:$UP; keepalive 256; }
+    upstream uptls { server 127.0.0.1:$UPT; keepalive 256; }
     server {
         listen 127.0.0.1:$NG reuseport backlog=4096;
         location /up/ {
             proxy_pass http://up/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
+        }
+        location /tls/ {
+            proxy_pass https://uptls/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_ssl_session_reuse on;
+            proxy_ssl_verify on;
+            proxy_ssl_name 127.0.0.1;
+            proxy_ssl_trusted_certificate $TMP/ca.pem;
         }
     }
 }
@@ -128,80 +176,221 @@ sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SRH\", \"store\
     -e "s/\"window\": \"1s\"}/\"window\": \"1s\", $SHARES}/" \
     "$TMP/sluice.json" > "$TMP/sluice-redis-shares.json"
 
+# A `per` rule keyed by a header (60 s window, so the buckets outlive the
+# run and the idle measurement after it).
+PER='"per": "header:X-Key"'
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SP\"/" \
+    -e "s/\"window\": \"1s\"}/\"window\": \"60s\", $PER}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-per.json"
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SRP\", \"store\": \"redis:\/\/127.0.0.1:$RD\", \"store_prefix\": \"per:\"/" \
+    -e "s/\"window\": \"1s\"}/\"window\": \"60s\", $PER}/" \
+    "$TMP/sluice.json" > "$TMP/sluice-redis-per.json"
+# The TLS upstream.
+sed -e "s/\"listen\": \"127.0.0.1:$SL\"/\"listen\": \"127.0.0.1:$SLT\"/" \
+    -e "s|\"prefix\": \"/up\", \"url\": \"http://127.0.0.1:$UP\"|\"prefix\": \"/tls\", \"url\": \"https://127.0.0.1:$UPT\", \"ca_file\": \"$TMP/ca.pem\"|" \
+    "$TMP/sluice.json" > "$TMP/sluice-tls.json"
+cat > "$TMP/keys.lua" <<'LUA'
+-- 10,000 keys in turn (each wrk thread runs its own copy).
+local n = 0
+request = function()
+  n = n + 1
+  return wrk.format(nil, nil, {["X-Key"] = tostring(n % 10000)})
+end
+LUA
+
 redis-server --port "$RD" --bind 127.0.0.1 --save "" --appendonly no \
-    --loglevel warning >/dev/null & PIDS="$PIDS $!"
+    --loglevel warning >/dev/null & PIDS="$PIDS $!"; REDIS_PID=$!
 nginx -c "$TMP/upstream.conf" -e "$TMP/upstream.err" & PIDS="$PIDS $!"
 nginx -c "$TMP/proxy.conf" -e "$TMP/proxy.err" & PIDS="$PIDS $!"
 haproxy -q -f "$TMP/haproxy.cfg" & PIDS="$PIDS $!"
-"$SLUICE_BIN" -c "$TMP/sluice.json" 2>"$TMP/sluice.log" & PIDS="$PIDS $!"
+HA_PID=$!
+"$SLUICE_BIN" -c "$TMP/sluice.json" 2>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SL=$!
 sleep 0.3  # redis-server up before the second sluice connects
-"$SLUICE_BIN" -c "$TMP/sluice-redis.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-"$SLUICE_BIN" -c "$TMP/sluice-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-"$SLUICE_BIN" -c "$TMP/sluice-redis-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-"$SLUICE_BIN" -c "$TMP/sluice-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-"$SLUICE_BIN" -c "$TMP/sluice-redis-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"
-for p in $UP $NG $HA $SL $SR $SO $SOR $SH $SRH; do
+"$SLUICE_BIN" -c "$TMP/sluice-redis.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SR=$!
+"$SLUICE_BIN" -c "$TMP/sluice-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SO=$!
+"$SLUICE_BIN" -c "$TMP/sluice-redis-ops.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SOR=$!
+"$SLUICE_BIN" -c "$TMP/sluice-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SH=$!
+"$SLUICE_BIN" -c "$TMP/sluice-redis-shares.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SRH=$!
+"$SLUICE_BIN" -c "$TMP/sluice-per.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SP=$!
+"$SLUICE_BIN" -c "$TMP/sluice-redis-per.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SRP=$!
+"$SLUICE_BIN" -c "$TMP/sluice-tls.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SLT=$!
+for p in $UP $NG $HA $SL $SR $SO $SOR $SH $SRH $SP $SRP $SLT; do
     i=0
     until curl -fsS -o /dev/null "http://127.0.0.1:$p/up/x" 2>/dev/null ||
+          curl -fsS -o /dev/null "http://127.0.0.1:$p/tls/x" 2>/dev/null ||
           curl -fsS -o /dev/null "http://127.0.0.1:$p/x" 2>/dev/null; do
         i=$((i + 1)); [ $i -lt 100 ] || { echo "port $p did not come up" >&2; cat "$TMP"/*.err "$TMP/sluice.log" >&2; exit 1; }
         sleep 0.1
     done
 done
 
-# run NAME URL [wrk options] -> "NAME rps p50_ms p99_ms non2xx"
+NGINX_PIDS="$(cat "$TMP/proxy.pid")"
+for c in $(pgrep -P "$NGINX_PIDS"); do NGINX_PIDS="$NGINX_PIDS,$c"; done
+UP_PIDS="$(cat "$TMP/upstream.pid")"
+for c in $(pgrep -P "$UP_PIDS"); do UP_PIDS="$UP_PIDS,$c"; done
+HAVE_PERF=0
+perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
+
+# cpu_ms PERF_OUTPUT -> task-clock in ms, or "-"
+cpu_ms() { awk -F, '/task-clock/ { print $1; found = 1 } END { if (!found) print "-" }' "$1" 2>/dev/null || echo -; }
+
+# run NAME URL PIDS REDIS(0|1) CONNS [wrk options]
+#   -> "NAME rps p50_ms p99_ms non2xx cpu_us_per_call redis_us_per_call"
+# PIDS (comma-separated) are the proxy's processes, measured with perf stat
+# for exactly the wrk run; REDIS=1 also measures redis-server.
 run() {
-    name=$1 url=$2
-    shift 2
-    wrk -t2 -c"$CONNS" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
-    wrk -t2 -c"$CONNS" -d"${DUR}s" --latency "$@" "$url" > "$TMP/$name.out"
-    awk -v name="$name" '
+    name=$1 url=$2 pids=$3 redis=$4 conns=$5
+    shift 5
+    threads=2; [ "$conns" -ge 2 ] || threads=1
+    wrk -t$threads -c"$conns" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
+    set -- wrk -t$threads -c"$conns" -d"${DUR}s" --latency "$@" "$url"
+    if [ "$HAVE_PERF" = 1 ] && [ "$redis" = 1 ]; then
+        set -- perf stat -x, -e task-clock -p "$REDIS_PID" -o "$TMP/$name.redis.perf" -- "$@"
+    fi
+    if [ "$HAVE_PERF" = 1 ]; then
+        set -- perf stat -x, -e task-clock -p "$pids" -o "$TMP/$name.perf" -- "$@"
+    fi
+    "$@" > "$TMP/$name.out"
+    awk -v name="$name" -v cpu="$(cpu_ms "$TMP/$name.perf")" \
+        -v rcpu="$(if [ "$redis" = 1 ]; then cpu_ms "$TMP/$name.redis.perf"; else echo -; fi)" '
         function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
+        /requests in/ { n = $1 }
         /Requests\/sec/ { rps = $2 }
         /^ +50%/ { p50 = ms($2) }
         /^ +99%/ { p99 = ms($2) }
         /Non-2xx/ { bad = $NF }
-        END { printf "%s %.0f %.3f %.3f %s\n", name, rps, p50, p99, (bad == "" ? 0 : bad) }
+        END {
+            printf "%s %.0f %.3f %.3f %s %s %s\n", name, rps, p50, p99, (bad == "" ? 0 : bad),
+                   (cpu == "-" || n == 0 ? "-" : sprintf("%.1f", cpu * 1000 / n)),
+                   (rcpu == "-" || n == 0 ? "-" : sprintf("%.1f", rcpu * 1000 / n))
+        }
     ' "$TMP/$name.out"
 }
 
-# run_scraped NAME URL ADMIN_PORT: run with the app header while /metrics
-# is scraped every second (as a Prometheus server would, only faster).
+# run_scraped NAME URL PIDS REDIS ADMIN_PORT: with the app header while
+# /metrics is scraped every second (as a Prometheus server would, only faster).
 run_scraped() {
-    ( while :; do curl -fsS -o /dev/null "http://127.0.0.1:$3/metrics" || exit 1; sleep 1; done ) &
+    ( while :; do curl -fsS -o /dev/null "http://127.0.0.1:$5/metrics" || exit 1; sleep 1; done ) &
     scraper=$!
-    run "$1" "$2" -H "X-Sluice-App: bench-app"
+    run "$1" "$2" "$3" "$4" "$CONNS" -H "X-Sluice-App: bench-app"
     kill "$scraper" 2>/dev/null || true
     wait "$scraper" 2>/dev/null || true
 }
 
+# idle NAME PIDS: CPU (ms per second) over 5 s with no calls.
+idle() {
+    if [ "$HAVE_PERF" = 1 ]; then
+        perf stat -x, -e task-clock -p "$2" -o "$TMP/$1.idle" -- sleep 5 >/dev/null 2>&1
+        echo "$1 $(cpu_ms "$TMP/$1.idle")" | awk '{ printf "%s %s\n", $1, ($2 == "-" ? "-" : sprintf("%.2f", $2 / 5)) }'
+    else
+        echo "$1 -"
+    fi
+}
+
+# table FILE: the wrk results with ratios against nginx and direct.
+table() {
+    awk '
+        { rps[$1] = $2; p50[$1] = $3; p99[$1] = $4; bad[$1] = $5; cpu[$1] = $6; rcpu[$1] = $7; order[NR] = $1 }
+        END {
+            ng = ""; for (i = 1; i <= NR; i++) if (order[i] ~ /^nginx/) { ng = order[i]; break }
+            dr = ""; for (i = 1; i <= NR; i++) if (order[i] ~ /^direct/) { dr = order[i]; break }
+            printf "%-24s %10s %8s %8s %8s %8s %8s %9s %9s %8s\n", "target", "req/s", "p50 ms", "p99 ms",
+                   "+p50 ms", "+p99 ms", "x nginx", "cpu us/c", "x ngx cpu", "redis us"
+            for (i = 1; i <= NR; i++) {
+                n = order[i]
+                printf "%-24s %10.0f %8.3f %8.3f %8s %8s %8s %9s %9s %8s%s\n", n, rps[n], p50[n], p99[n],
+                       dr == "" ? "-" : sprintf("%.3f", p50[n] - p50[dr]),
+                       dr == "" ? "-" : sprintf("%.3f", p99[n] - p99[dr]),
+                       ng == "" ? "-" : sprintf("%.2f", rps[n] / rps[ng]), cpu[n],
+                       (ng == "" || cpu[n] == "-" || cpu[ng] == "-" || cpu[ng] == 0) ? "-" : sprintf("%.2f", cpu[n] / cpu[ng]),
+                       rcpu[n], (bad[n] > 0 ? "  (non-2xx: " bad[n] ")" : "")
+            }
+        }' "$1"
+}
+
 echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORKERS proxy workers, $(nproc) cores"
+[ "$HAVE_PERF" = 1 ] || echo "(perf stat is not available here: no CPU figures)"
 {
-    run direct "http://127.0.0.1:$UP/x"
-    run nginx "http://127.0.0.1:$NG/up/x"
-    run haproxy "http://127.0.0.1:$HA/up/x"
-    run sluice "http://127.0.0.1:$SL/up/x"
-    run sluice-redis "http://127.0.0.1:$SR/up/x"
-    run_scraped sluice-ops "http://127.0.0.1:$SO/up/x" "$AD"
-    run_scraped sluice-redis-ops "http://127.0.0.1:$SOR/up/x" "$ADR"
-    run sluice-shares "http://127.0.0.1:$SH/up/x" -H "X-Sluice-App: bench-app"
-    run sluice-redis-shares "http://127.0.0.1:$SRH/up/x" -H "X-Sluice-App: bench-app"
+    run direct "http://127.0.0.1:$UP/x" "$UP_PIDS" 0 "$CONNS"
+    run nginx "http://127.0.0.1:$NG/up/x" "$NGINX_PIDS" 0 "$CONNS"
+    run haproxy "http://127.0.0.1:$HA/up/x" "$HA_PID" 0 "$CONNS"
+    run sluice "http://127.0.0.1:$SL/up/x" "$P_SL" 0 "$CONNS"
+    run sluice-redis "http://127.0.0.1:$SR/up/x" "$P_SR" 1 "$CONNS"
+    run_scraped sluice-ops "http://127.0.0.1:$SO/up/x" "$P_SO" 0 "$AD"
+    run_scraped sluice-redis-ops "http://127.0.0.1:$SOR/up/x" "$P_SOR" 1 "$ADR"
+    run sluice-shares "http://127.0.0.1:$SH/up/x" "$P_SH" 0 "$CONNS" -H "X-Sluice-App: bench-app"
+    run sluice-redis-shares "http://127.0.0.1:$SRH/up/x" "$P_SRH" 1 "$CONNS" -H "X-Sluice-App: bench-app"
 } > "$TMP/results"
 # The figures the operator sees must match what was sent.
 for a in $AD $ADR; do
     curl -fsS "http://127.0.0.1:$a/metrics" | grep -q 'sluice_app_calls_total{upstream="up",rule="never",app="bench-app"}' ||
         { echo "the app's calls are missing from /metrics on $a" >&2; exit 1; }
 done
+table "$TMP/results"
+
+echo
+echo "== one connection (wrk -t1 -c1)"
+{
+    run direct-c1 "http://127.0.0.1:$UP/x" "$UP_PIDS" 0 1
+    run nginx-c1 "http://127.0.0.1:$NG/up/x" "$NGINX_PIDS" 0 1
+    run sluice-c1 "http://127.0.0.1:$SL/up/x" "$P_SL" 0 1
+    run sluice-redis-c1 "http://127.0.0.1:$SR/up/x" "$P_SR" 1 1
+} > "$TMP/results-c1"
+table "$TMP/results-c1"
+
+echo
+echo "== a per rule: one bucket, then 10,000 buckets (keys in turn), $CONNS connections"
+{
+    run nginx-ref "http://127.0.0.1:$NG/up/x" "$NGINX_PIDS" 0 "$CONNS"
+    run sluice-1-bucket "http://127.0.0.1:$SP/up/x" "$P_SP" 0 "$CONNS" -H "X-Key: one"
+    run sluice-redis-1-bucket "http://127.0.0.1:$SRP/up/x" "$P_SRP" 1 "$CONNS" -H "X-Key: one"
+} > "$TMP/results-per"
+idle sluice-1-bucket "$P_SP" > "$TMP/idle"
+idle sluice-redis-1-bucket "$P_SRP" >> "$TMP/idle"
+{
+    run sluice-10k-buckets "http://127.0.0.1:$SP/up/x" "$P_SP" 0 "$CONNS" -s "$TMP/keys.lua"
+    run sluice-redis-10k-buckets "http://127.0.0.1:$SRP/up/x" "$P_SRP" 1 "$CONNS" -s "$TMP/keys.lua"
+} >> "$TMP/results-per"
+idle sluice-10k-buckets "$P_SP" >> "$TMP/idle"
+idle sluice-redis-10k-buckets "$P_SRP" >> "$TMP/idle"
+table "$TMP/results-per"
+echo "idle CPU afterwards (ms per second, buckets still alive):"
+awk '{ printf "  %-26s %s\n", $1, $2 }' "$TMP/idle"
+
+echo
+echo "== TLS upstream (HTTPS to the upstream, keep-alive, sessions reused), $CONNS connections"
+{
+    run nginx-tls "http://127.0.0.1:$NG/tls/x" "$NGINX_PIDS" 0 "$CONNS"
+    run sluice-tls "http://127.0.0.1:$SLT/tls/x" "$P_SLT" 0 "$CONNS"
+} > "$TMP/results-tls"
+table "$TMP/results-tls"
+
+echo
+echo "== fixed rate (bench/openloop.c, 64 connections, ${OL_DUR}s each): latency from each call's due time"
+for rate in 500 2000; do
+    for t in "direct $UP /x" "nginx $NG /up/x" "sluice $SL /up/x" "sluice-redis $SR /up/x"; do
+        set -- $t
+        "$TMP/openloop" 127.0.0.1 "$2" "$3" 1 1 4 >/dev/null 2>&1 || true   # warm-up
+        echo "$1 $rate $("$TMP/openloop" 127.0.0.1 "$2" "$3" "$rate" "$OL_DUR" 64)"
+    done
+done > "$TMP/results-ol"
 awk '
-    { rps[$1] = $2; p50[$1] = $3; p99[$1] = $4; bad[$1] = $5; order[NR] = $1 }
+    { split($0, f, " "); name = f[1]; rate = f[2]
+      for (i = 3; i <= NF; i++) { split($i, kv, "="); v[name, rate, kv[1]] = kv[2] }
+      if (!(rate in seen)) { seen[rate] = 1; rates[++nr] = rate }
+      if (!((name) in known)) { known[name] = 1; names[++nn] = name } }
     END {
-        printf "%-16s %12s %10s %10s %12s %12s %8s %8s\n", "target", "req/s", "p50 ms", "p99 ms", "+p50 ms", "+p99 ms", "x nginx", "non-2xx"
-        for (i = 1; i <= NR; i++) {
-            n = order[i]
-            printf "%-16s %12.0f %10.3f %10.3f %12.3f %12.3f %8.2f %8s\n", n, rps[n], p50[n], p99[n],
-                   p50[n] - p50["direct"], p99[n] - p99["direct"], rps[n] / rps["nginx"], bad[n]
+        printf "%-14s %6s %9s %9s %9s %10s %10s %11s %6s\n", "target", "rate", "p50 ms", "p99 ms", "p99.9 ms",
+               "+p50 ms", "+p99 ms", "+p99.9 ms", "bad"
+        for (r = 1; r <= nr; r++) for (k = 1; k <= nn; k++) {
+            n = names[k]; R = rates[r]
+            printf "%-14s %6s %9.3f %9.3f %9.3f %10.3f %10.3f %11.3f %6s\n", n, R,
+                   v[n, R, "p50_ms"], v[n, R, "p99_ms"], v[n, R, "p999_ms"],
+                   v[n, R, "p50_ms"] - v["direct", R, "p50_ms"], v[n, R, "p99_ms"] - v["direct", R, "p99_ms"],
+                   v[n, R, "p999_ms"] - v["direct", R, "p999_ms"], v[n, R, "bad"]
         }
-    }' "$TMP/results"
+    }' "$TMP/results-ol"
+
 if grep -Eq "Z (warn|error) " "$TMP/sluice.log"; then
     echo "sluice logged warnings or errors:" >&2
     cat "$TMP/sluice.log" >&2

@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install what sluice needs to build and test on Debian 12 (bookworm).
-# Usage: scripts/install-deps.sh [--bench]   (--bench adds nginx, haproxy, wrk)
+# Usage: scripts/install-deps.sh [--bench]   (--bench adds nginx, haproxy, wrk, perf)
 # prometheus (promtool and a server that scrapes sluice) and chromium (the
 # usage page, headless) are for the integration tests.
 set -eu
@@ -11,7 +11,7 @@ PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
       python3-pytest python3-yaml curl ca-certificates openssl clang prometheus
       chromium"
 if [ "${1:-}" = "--bench" ]; then
-    PKGS="$PKGS nginx-light haproxy wrk"
+    PKGS="$PKGS nginx-light haproxy wrk linux-perf"
 fi
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
