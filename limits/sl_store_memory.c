@@ -54,7 +54,14 @@
 
 #define SL_MEM_INITIAL_SLOTS 64
 #define SL_MEM_ORPHAN UINT32_MAX      /* a bucket whose rule was removed */
-#define SL_MEM_SWEEP_SLOTS 4096   /* slots examined per table per tick */
+#define SL_MEM_SWEEP_SLOTS 4096   /* slots examined per table per tick, at most */
+/* The timer's sweep goes once round a table in half its shortest window,
+ * kept between these: an idle bucket is reclaimed within that plus its
+ * window, and a live one is looked at a few times per window, not ten
+ * times a second (with 10,000 buckets, that walk was most of sluice's
+ * idle CPU). */
+#define SL_MEM_SWEEP_ROUND_MIN (1 * SL_USEC_PER_SEC)
+#define SL_MEM_SWEEP_ROUND_MAX (30 * SL_USEC_PER_SEC)
 
 /* Calls in flight of one app, in a concurrency bucket. */
 struct sl_mem_app_count {
@@ -95,6 +102,8 @@ struct sl_mem_table {
     size_t nslots;                /* power of two */
     size_t count;
     size_t sweep_cursor;
+    int64_t sweep_at;             /* when the timer's sweep last ran */
+    double sweep_owed;            /* slots due to it, not yet examined */
     char pause_reason[96];        /* why the provider's pause was set */
     int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
@@ -659,6 +668,7 @@ static struct sl_mem_table *sl_mem_table_new(struct sl_mem_store *s,
     }
     t->nslots = SL_MEM_INITIAL_SLOTS;
     t->up = up;
+    t->sweep_at = s->clock(s->clock_arg);
     pthread_mutex_init(&t->lock, NULL);
     t->all_next = s->all;
     s->all = t;
@@ -1170,14 +1180,43 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
     }
 }
 
+/* How long the timer's sweep takes to go once round T.  Lock held. */
+static int64_t sl_mem_sweep_round(const struct sl_mem_store *s,
+                                  const struct sl_mem_table *t, int64_t now)
+{
+    int64_t round = SL_MEM_SWEEP_ROUND_MAX;
+
+    if (t->up == NULL)
+        return SL_MEM_SWEEP_ROUND_MIN;
+    for (size_t i = 0; i < t->up->nrules; i++) {
+        const struct sl_rule *r = &t->up->rules[i];
+        if (r->kind == SL_RULE_RATE && sl_mem_span(s, r, now, NULL) / 2 < round)
+            round = sl_mem_span(s, r, now, NULL) / 2;
+    }
+    return round < SL_MEM_SWEEP_ROUND_MIN ? SL_MEM_SWEEP_ROUND_MIN : round;
+}
+
 static void sl_mem_tick(struct sl_store *store)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
+    int64_t now = s->clock(s->clock_arg);
 
     /* Tables are never freed before the store: the list is stable. */
     for (struct sl_mem_table *t = s->all; t != NULL; t = t->all_next) {
+        size_t n;
+
         pthread_mutex_lock(&t->lock);
-        sl_mem_sweep(s, t, SL_MEM_SWEEP_SLOTS, s->clock(s->clock_arg));
+        if (now > t->sweep_at)
+            t->sweep_owed += (double)t->nslots * (double)(now - t->sweep_at) /
+                             (double)sl_mem_sweep_round(s, t, now);
+        t->sweep_at = now;
+        if (t->sweep_owed > SL_MEM_SWEEP_SLOTS)
+            t->sweep_owed = SL_MEM_SWEEP_SLOTS;
+        n = (size_t)t->sweep_owed;
+        if (n > 0) {
+            t->sweep_owed -= (double)n;
+            sl_mem_sweep(s, t, n, now);
+        }
         pthread_mutex_unlock(&t->lock);
     }
 }
