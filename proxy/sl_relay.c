@@ -509,8 +509,11 @@ int sl_req_start_transfer(struct sl_request *req, const char *target)
     req->hdrs_tail = &req->hdrs;
     if (fresh && (curl_url_set(req->easy_url, CURLUPART_URL, up->url, 0) != CURLUE_OK ||
                   curl_easy_setopt(e, CURLOPT_CURLU, req->easy_url) != CURLE_OK)) {
-        sl_worker_put_easy(req->w, e, req->easy_url, 0);
+        /* Not pooled: its options are half set. */
+        curl_easy_cleanup(e);
+        curl_url_cleanup(req->easy_url);
         req->easy = NULL;
+        req->easy_url = NULL;
         return -1;
     }
     /* What varies per call. */
