@@ -79,7 +79,7 @@ static int dial(const char *host, int port)
 static long response_len(const char *buf, size_t len, int *status)
 {
     const char *end = memmem(buf, len, "\r\n\r\n", 4);
-    const char *p;
+    const char *p, *eol;
     size_t head, body;
     long cl = -1;
     int chunked = 0;
@@ -89,14 +89,15 @@ static long response_len(const char *buf, size_t len, int *status)
     head = (size_t)(end - buf) + 4;
     if (sscanf(buf, "HTTP/1.%*d %d", status) != 1)
         return -1;
-    for (p = buf; p < end; p = memchr(p, '\n', (size_t)(end - p)) + 1) {
+    for (p = buf; p < end; p = eol + 1) {
+        eol = memchr(p, '\n', (size_t)(end - p));
+        if (eol == NULL)
+            eol = end;
         if (strncasecmp(p, "content-length:", 15) == 0)
             cl = strtol(p + 15, NULL, 10);
         else if (strncasecmp(p, "transfer-encoding:", 18) == 0 &&
-                 memmem(p, (size_t)(end - p), "chunked", 7) != NULL)
+                 memmem(p, (size_t)(eol - p), "chunked", 7) != NULL)
             chunked = 1;
-        if (memchr(p, '\n', (size_t)(end - p)) == NULL)
-            break;
     }
     if (!chunked)
         return cl < 0 ? -1 : (head + (size_t)cl <= len ? (long)(head + (size_t)cl) : 0);

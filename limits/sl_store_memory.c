@@ -188,11 +188,6 @@ static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
            b->capin * sizeof(*b->in_apps);
 }
 
-/* One more (DELTA 1) or one less (-1) call of APP in B: in flight
- * (concurrency; the split is best effort: a count that cannot grow leaves
- * the call out of it, never out of `inflight`), or admitted and not yet
- * sent (rate rules with shares).  Returns 0, or -1 when out of memory.
- * Lock held. */
 /* Where APP's count is in B's in_apps, or nin when it has none. */
 static uint32_t sl_mem_in_app_index(const struct sl_mem_bucket *b, uint16_t app)
 {
@@ -203,6 +198,11 @@ static uint32_t sl_mem_in_app_index(const struct sl_mem_bucket *b, uint16_t app)
     return i;
 }
 
+/* One more (DELTA 1) or one less (-1) call of APP in B: in flight
+ * (concurrency; the split is best effort: a count that cannot grow leaves
+ * the call out of it, never out of `inflight`), or admitted and not yet
+ * sent (rate rules with shares).  Returns 0, or -1 when out of memory.
+ * Lock held. */
 static int sl_mem_in_app(struct sl_mem_store *s, struct sl_mem_bucket *b,
                          uint16_t app, int delta)
 {
@@ -1190,8 +1190,11 @@ static int64_t sl_mem_sweep_round(const struct sl_mem_store *s,
         return SL_MEM_SWEEP_ROUND_MIN;
     for (size_t i = 0; i < t->up->nrules; i++) {
         const struct sl_rule *r = &t->up->rules[i];
-        if (r->kind == SL_RULE_RATE && sl_mem_span(s, r, now, NULL) / 2 < round)
-            round = sl_mem_span(s, r, now, NULL) / 2;
+        if (r->kind == SL_RULE_RATE) {
+            int64_t half = sl_mem_span(s, r, now, NULL) / 2;
+            if (half < round)
+                round = half;
+        }
     }
     return round < SL_MEM_SWEEP_ROUND_MIN ? SL_MEM_SWEEP_ROUND_MIN : round;
 }

@@ -120,6 +120,13 @@ struct sl_conn {
 
 enum { SL_DL_NONE = -1, SL_DL_HEADERS = 0, SL_DL_IDLE = 1 };
 
+/* An idle easy handle in a worker's pool. */
+struct sl_idle_easy {
+    CURL *easy;
+    CURLU *url;                   /* its parsed upstream URL (CURLOPT_CURLU) */
+    size_t upstream;              /* the tag it was last used for */
+};
+
 struct sl_worker {
     int id;
     struct sl_proxy *proxy;
@@ -162,9 +169,7 @@ struct sl_worker {
     struct sl_admin *admin;
     struct sl_watch admin_watch;
     struct sl_alerts *alerts;
-    CURL **easy_pool;             /* idle easy handles for reuse */
-    CURLU **easy_pool_url;        /* each one's parsed upstream URL */
-    size_t *easy_pool_up;         /* the upstream each was last used for */
+    struct sl_idle_easy *easy_pool;   /* idle easy handles for reuse */
     int npool;
     struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
     struct sl_watch *dead;        /* retired watches, freed after a batch */

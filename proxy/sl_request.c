@@ -329,16 +329,18 @@ oom:
     return -1;
 }
 
-static enum MHD_Result sl_count_cookie_bytes(void *cls, enum MHD_ValueKind kind,
-                                             const char *key, size_t key_size,
-                                             const char *value, size_t value_size)
+/* sl_req_head_cost's walk: a record per value of any kind, and the copy
+ * of every Cookie header. */
+static enum MHD_Result sl_head_cost_value(void *cls, enum MHD_ValueKind kind,
+                                          const char *key, size_t key_size,
+                                          const char *value, size_t value_size)
 {
-    size_t *n = cls;
+    size_t *cost = cls;
 
-    (void)kind;
     (void)value;
-    if (key_size == 6 && strncasecmp(key, "Cookie", 6) == 0)
-        *n += value_size + 1;
+    *cost += SL_HEAD_LINE_COST;
+    if (kind == MHD_HEADER_KIND && key_size == 6 && strncasecmp(key, "Cookie", 6) == 0)
+        *cost += value_size + 1;
     return MHD_YES;
 }
 
@@ -352,15 +354,12 @@ static size_t sl_req_head_cost(struct sl_request *req)
 {
     const union MHD_ConnectionInfo *ci =
         MHD_get_connection_info(req->conn, MHD_CONNECTION_INFO_REQUEST_HEADER_SIZE);
-    size_t cookies = 0;
-    int records = MHD_get_connection_values(
-        req->conn, MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND, NULL,
-        NULL);
+    size_t cost = ci != NULL ? ci->header_size : 0;
 
-    MHD_get_connection_values_n(req->conn, MHD_HEADER_KIND, sl_count_cookie_bytes,
-                                &cookies);
-    return (ci != NULL ? ci->header_size : 0) +
-           (size_t)(records > 0 ? records : 0) * SL_HEAD_LINE_COST + cookies;
+    MHD_get_connection_values_n(req->conn,
+                                MHD_HEADER_KIND | MHD_COOKIE_KIND | MHD_GET_ARGUMENT_KIND,
+                                sl_head_cost_value, &cost);
+    return cost;
 }
 
 /* First call: check, route, match, decide.  Returns what the handler returns. */

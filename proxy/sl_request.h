@@ -189,7 +189,8 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
 /* sl_relay.c */
 size_t sl_buf_len(const struct sl_buf *b);
 void sl_buf_free(struct sl_buf *b);
-/* Start the upstream transfer to URL.  Returns 0, or -1 (answer 503). */
+/* Start the upstream transfer of request target TARGET (path and query).
+ * Returns 0, or -1 (answer 503). */
 int sl_req_start_transfer(struct sl_request *req, const char *target);
 void sl_req_abort_transfer(struct sl_request *req);
 void sl_req_update_pause(struct sl_request *req);

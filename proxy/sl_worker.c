@@ -194,9 +194,9 @@ CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh,
         }
         return e;
     }
-    e = w->easy_pool[--w->npool];
-    *url = w->easy_pool_url[w->npool];
-    if (w->easy_pool_up[w->npool] != upstream)
+    e = w->easy_pool[--w->npool].easy;
+    *url = w->easy_pool[w->npool].url;
+    if (w->easy_pool[w->npool].upstream != upstream)
         curl_easy_reset(e);
     else
         *fresh = false;
@@ -208,9 +208,7 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
                         size_t upstream)
 {
     if (w->npool < SL_EASY_POOL_MAX && w->easy_pool != NULL) {
-        w->easy_pool_up[w->npool] = upstream;
-        w->easy_pool_url[w->npool] = url;
-        w->easy_pool[w->npool++] = easy;
+        w->easy_pool[w->npool++] = (struct sl_idle_easy){easy, url, upstream};
     } else {
         curl_easy_cleanup(easy);
         curl_url_cleanup(url);
@@ -473,10 +471,8 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->listen_fd = -1;
     if (w->epfd < 0)
         return -1;
-    w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(CURL *));
-    w->easy_pool_url = calloc(SL_EASY_POOL_MAX, sizeof(CURLU *));
-    w->easy_pool_up = calloc(SL_EASY_POOL_MAX, sizeof(size_t));
-    if (w->easy_pool == NULL || w->easy_pool_url == NULL || w->easy_pool_up == NULL)
+    w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(*w->easy_pool));
+    if (w->easy_pool == NULL)
         return -1;
 
     w->listen_fd = sl_listen_socket(c->listen_host, c->listen_port, true, 1024,
@@ -712,7 +708,6 @@ static void *sl_worker_main(void *arg)
          * epoll_wait: a call crosses the loop fewer times. */
         for (int round = 0; round < 8; round++) {
             bool progress = false;
-            bool mhd_ready = false;
             MHD_UNSIGNED_LONG_LONG mhd_ms;
 
             now = sl_now_ms();
@@ -737,8 +732,8 @@ static void *sl_worker_main(void *arg)
                 /* A connection MHD still holds ready (a response just sent
                  * moves to its next request over more runs): run it again
                  * here, not after an epoll_wait that cannot block. */
-                mhd_ready = MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES && mhd_ms == 0;
-                w->mhd_kick = w->mhd_kick || mhd_ready;
+                if (MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES && mhd_ms == 0)
+                    w->mhd_kick = true;
             }
             /* Go round again only for work that is due right now. */
             now = sl_now_ms();
@@ -854,12 +849,10 @@ void sl_worker_cleanup(struct sl_worker *w)
     free(w->curl_fds);
     sl_worker_free_dead(w);
     for (int i = 0; i < w->npool; i++) {
-        curl_easy_cleanup(w->easy_pool[i]);
-        curl_url_cleanup(w->easy_pool_url[i]);
+        curl_easy_cleanup(w->easy_pool[i].easy);
+        curl_url_cleanup(w->easy_pool[i].url);
     }
     free(w->easy_pool);
-    free(w->easy_pool_url);
-    free(w->easy_pool_up);
     sl_queue_free(&w->queue);
     sl_config_unref(w->config);
     w->config = NULL;
