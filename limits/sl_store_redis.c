@@ -159,16 +159,19 @@
 /*
  * Log sent calls: the commit section, ARGV from A and KEYS from K, returns
  * where the next section starts.  KEYS: per call, per rate rule: r, v, a
- * [, s if sync] [, k if per].  ARGV: ncalls, then per call: member (""
- * for a call decided locally during an outage: logged unconditionally),
- * delay_us, app, nrules, then per rule: limit, span_us, flags (1: sync, 2:
- * per, 4: shares: an h key after s).  A call with a member is logged only if its reservation was still
- * there; its stamp is now minus the delay since it was sent.  A `per`
- * bucket's r key is (re)entered in its rule's index k, scored by now.
+ * [, s if sync] [, h if shares] [, k if per].  ARGV: ncalls, then per call:
+ * member ("" for a call decided locally during an outage: logged
+ * unconditionally), delay_us, app, nrules, then per rule: limit, span_us,
+ * flags (1: sync, 2: per, 4: shares).  A call with a member is logged only
+ * if its reservation was still there; its stamp is now minus the delay
+ * since it was sent.  The calls going to one bucket are written together,
+ * in their order (one LPUSH of all their stamps), and a `per` bucket's r
+ * key is (re)entered in its rule's index k, scored by now.
  */
 #define SL_LUA_COMMITS                                                         \
     "local function commits(a, k)\n"                                           \
     "  local n = tonumber(ARGV[a])\n"                                          \
+    "  local g, order = {}, {}\n"                                              \
     "  a = a + 1\n"                                                            \
     "  for c = 1, n do\n"                                                      \
     "    local member, delay, app, nr = ARGV[a], tonumber(ARGV[a + 1]), ARGV[a + 2], tonumber(ARGV[a + 3])\n" \
@@ -185,60 +188,103 @@
     "      if member == '' then go = stamp > now - span\n"                     \
     "      else go = redis.call('ZREM', v, member) == 1 end\n"                 \
     "      if go then\n"                                                       \
-    "        log(l, ap, stamp, 1, limit, span, app, h)\n"                      \
-    "        if s and redis.call('EXISTS', s) == 1 then\n"                     \
-    "          redis.call('HINCRBY', s, 'sent', 1)\n"                          \
+    /* a reload between two calls' commits may have changed the rule: the   \
+     * larger limit and span keep more, the safe side */                     \
+    "        local b = g[l]\n"                                                 \
+    "        if not b then\n"                                                  \
+    "          b = {ap = ap, h = h, s = s, idx = idx, limit = limit, span = span, st = {}, apps = {}}\n" \
+    "          g[l] = b\n"                                                     \
+    "          order[#order + 1] = l\n"                                        \
     "        end\n"                                                            \
-    "        if idx then\n"                                                    \
-    "          redis.call('ZADD', idx, fmt(now), l)\n"                         \
-    "          redis.call('PEXPIRE', idx, fmt(math.ceil(span / 1000) + 1000))\n" \
-    "        end\n"                                                            \
+    "        if limit > b.limit then b.limit = limit end\n"                    \
+    "        if span > b.span then b.span = span end\n"                        \
+    "        b.st[#b.st + 1] = stamp\n"                                        \
+    "        b.apps[#b.apps + 1] = app\n"                                      \
     "      end\n"                                                              \
+    "    end\n"                                                                \
+    "  end\n"                                                                  \
+    "  for _, l in ipairs(order) do\n"                                         \
+    "    local b = g[l]\n"                                                     \
+    "    log(l, b.ap, b.st, b.apps, b.limit, b.span, b.h)\n"                   \
+    "    if b.s and redis.call('EXISTS', b.s) == 1 then\n"                     \
+    "      redis.call('HINCRBY', b.s, 'sent', #b.st)\n"                        \
+    "    end\n"                                                                \
+    "    if b.idx then\n"                                                      \
+    "      redis.call('ZADD', b.idx, NOW, l)\n"                                \
+    "      redis.call('PEXPIRE', b.idx, fmt(math.ceil(b.span / 1000) + 1000))\n" \
     "    end\n"                                                                \
     "  end\n"                                                                  \
     "  return a, k\n"                                                          \
     "end\n"
 
-/* Shared by the scripts below: the time, number formatting, and logging
- * N sends at STAMP by APP in rate list L and its app list AP (keeps both
- * ordered newest first, index for index the same calls; refreshes their
- * TTLs).  H (rules with shares, else nil): a hash of each app's entries in
- * L, with '#n' the number of entries it accounts for; kept by every
- * script that adds or drops entries, and rebuilt from AP by a decision
- * that finds '#n' differing from L's length (see share_wait).  Stale entries are popped by decisions.  A list is at most LIMIT
- * long, except when the limit was lowered (a reload) under calls already
- * admitted: those are all kept (up to 2 x LIMIT + 64), so that raising the
- * limit again grants nothing they used. */
+/* Shared by the scripts below: the time (NOW: as Redis writes it), number
+ * formatting, and logging sends in rate list L and its app list AP (keeps
+ * both ordered newest first, index for index the same calls; refreshes
+ * their TTLs): STAMPS, in the order they were sent, by APPS (one each).
+ * A stamp earlier than the list's newest entry is written as that entry
+ * (the list stays ordered; later is the safe side).  H (rules with
+ * shares, else nil): a hash of each app's entries in L, with '#n' the
+ * number of entries it accounts for; kept by every script that adds or
+ * drops entries, and rebuilt from AP by a decision that finds '#n'
+ * differing from L's length (see share_wait).  Stale entries are popped by
+ * decisions.  A list is at most LIMIT long, except when the limit was
+ * lowered (a reload) under calls already admitted: those are all kept (up
+ * to 2 x LIMIT + 64), so that raising the limit again grants nothing they
+ * used.  One LPUSH per list, whatever the number of sends: each returns
+ * the list's length, so the two lengths are compared after the fact. */
 #define SL_LUA_PRELUDE                                                         \
     "local t = redis.call('TIME')\n"                                           \
     "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"                  \
     "local function fmt(x) return string.format('%.0f', x) end\n"             \
+    "local NOW = fmt(now)\n"                                                   \
     "local function hadd(h, app, n)\n"                                         \
     "  if not h or n == 0 then return end\n"                                  \
     "  if redis.call('HINCRBY', h, app, n) <= 0 then redis.call('HDEL', h, app) end\n" \
     "  redis.call('HINCRBY', h, '#n', n)\n"                                    \
     "end\n"                                                                    \
-    "local function log(l, ap, stamp, n, limit, span, app, h)\n"               \
-    "  local head = redis.call('LINDEX', l, 0)\n"                              \
-    "  if head and tonumber(head) > stamp then stamp = tonumber(head) end\n"   \
-    "  local len, alen = redis.call('LLEN', l), redis.call('LLEN', ap)\n"     \
-    "  if alen > len then\n"                                                   \
-    "    if len > 0 then redis.call('LTRIM', ap, 0, len - 1) else redis.call('DEL', ap) end\n" \
+    /* LPUSH VALS (in order) onto KEY, at most 1000 a command (Lua's stack \
+     * bounds unpack); returns the list's length */                          \
+    "local function push(cmd, key, vals, from)\n"                              \
+    "  local len, i = 0, from or 1\n"                                          \
+    "  while i <= #vals do\n"                                                  \
+    "    local j = math.min(i + 999, #vals)\n"                                 \
+    "    len = redis.call(cmd, key, unpack(vals, i, j))\n"                     \
+    "    i = j + 1\n"                                                          \
     "  end\n"                                                                  \
-    "  if alen < len then\n"                                                   \
+    "  return len\n"                                                           \
+    "end\n"                                                                    \
+    "local function log(l, ap, stamps, apps, limit, span, h)\n"                \
+    "  local n, sv = #stamps, {}\n"                                            \
+    "  local cur = tonumber(redis.call('LINDEX', l, 0) or 0)\n"                \
+    "  for i = 1, n do\n"                                                      \
+    "    if stamps[i] > cur then cur = stamps[i] end\n"                        \
+    "    sv[i] = fmt(cur)\n"                                                   \
+    "  end\n"                                                                  \
+    "  local len = push('LPUSH', l, sv)\n"                                     \
+    "  local alen = push('LPUSH', ap, apps)\n"                                 \
+    "  if alen > len then\n"                                                   \
+    "    redis.call('LTRIM', ap, 0, len - 1)\n"                                \
+    "  elseif alen < len then\n"                                               \
+    /* the app list lost step with the log (it expired, or an older       \
+     * version did not keep it): the older entries' apps are unknown */      \
     "    redis.call('DEL', ap)\n"                                              \
-    "    for i = 1, len do redis.call('RPUSH', ap, '-') end\n"                 \
+    "    local pad = {}\n"                                                     \
+    "    for i = 1, len - n do pad[i] = '-' end\n"                             \
+    "    push('RPUSH', ap, pad)\n"                                             \
+    "    push('LPUSH', ap, apps)\n"                                            \
     "    if h then redis.call('DEL', h) end\n"                                 \
     "  end\n"                                                                  \
-    "  for i = 1, n do\n"                                                      \
-    "    len = redis.call('LPUSH', l, fmt(stamp))\n"                           \
-    "    redis.call('LPUSH', ap, app)\n"                                       \
+    "  if h then\n"                                                            \
+    "    local cnt = {}\n"                                                     \
+    "    for i = 1, n do cnt[apps[i]] = (cnt[apps[i]] or 0) + 1 end\n"        \
+    "    for x, c in pairs(cnt) do hadd(h, x, c) end\n"                        \
     "  end\n"                                                                  \
-    "  hadd(h, app, n)\n"                                                      \
     "  local most = 2 * limit + 64\n"                                         \
     "  if len > most then\n"                                                   \
     "    if h then\n"                                                          \
-    "      for _, x in ipairs(redis.call('LRANGE', ap, most, -1)) do hadd(h, x, -1) end\n" \
+    "      local cnt = {}\n"                                                   \
+    "      for _, x in ipairs(redis.call('LRANGE', ap, most, -1)) do cnt[x] = (cnt[x] or 0) + 1 end\n" \
+    "      for x, c in pairs(cnt) do hadd(h, x, -c) end\n"                     \
     "    end\n"                                                                \
     "    redis.call('LTRIM', l, 0, most - 1)\n"                                \
     "    redis.call('LTRIM', ap, 0, most - 1)\n"                               \
@@ -413,6 +459,12 @@ static const char sl_lua_decide[] =
     "local a, k = commits(5, 1)\n"
     "if deadline > 0 and now > deadline then return {now, 0} end\n"
     "local base, lease, rttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])\n"
+    /* what this run learnt of each bucket, so that the calls of a batch
+     * that share one read it once: bk[r key] = {len (entries in the list,
+     * pruned once pruned), nres (live reservations), pruned, tail (the
+     * oldest entry, once pruned), vttl (v's TTL set)}; pz[p key] = the
+     * pause.  Only this run writes to them meanwhile, and NOW is fixed. */
+    "local bk, pz, LAPSE = {}, {}, fmt(now + rttl)\n"
     "local out, ncalls = {now, 1}, tonumber(ARGV[a])\n"
     "a = a + 1\n"
     "for c = 1, ncalls do\n"
@@ -423,7 +475,7 @@ static const char sl_lua_decide[] =
     /* where each rule's arguments start: a calendar rule (k, K) has three
      * more (its period's start and end, the next period's end); a rate
      * rule then has its shares: a count and (app, max, reserve) each */
-    "  local pos, q = {}, a\n"
+    "  local pos, q, R = {}, a, {}\n"
     "  for i = 1, n do\n"
     "    pos[i] = q\n"
     "    local kd = ARGV[q]\n"
@@ -463,36 +515,42 @@ static const char sl_lua_decide[] =
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
-    "    local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
+    "    R[i] = {rule(i)}\n"
+    "    local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
     "    local w, why, sleft = 0, 0, nil\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "      ka = ka + 3\n"
     "      if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
     "      if shr then h = KEYS[ka]; ka = ka + 1 end\n"
-    "      local nres = redis.call('ZCARD', v)\n"
-    "      if nres > 0 then\n"
-    "        local gone = 0\n"
-    "        if h then\n"
+    "      local b, len, nres = bk[l], 0, 0\n"
+    "      if b then len, nres = b.len, b.nres\n"
+    "      else\n"
+    "        nres = redis.call('ZCARD', v)\n"
+    "        if nres > 0 then\n"
     /* with shares, each lapsed reservation is logged as its app's */
-    "          for _, mb in ipairs(redis.call('ZRANGEBYSCORE', v, '-inf', fmt(now))) do\n"
-    "            log(l, ap, now, 1, limit, ttl, string.match(mb, '|([^|]*)$') or '-', h)\n"
-    "            gone = gone + 1\n"
+    "          local lapsed = redis.call('ZRANGEBYSCORE', v, '-inf', NOW)\n"
+    "          local gone = #lapsed\n"
+    "          if gone > 0 then\n"
+    "            local st, apps = {}, {}\n"
+    "            for j, mb in ipairs(lapsed) do\n"
+    "              st[j] = now\n"
+    "              apps[j] = h and (string.match(mb, '|([^|]*)$') or '-') or '-'\n"
+    "            end\n"
+    "            redis.call('ZREMRANGEBYSCORE', v, '-inf', NOW)\n"
+    "            log(l, ap, st, apps, limit, ttl, h)\n"
+    "            nres = nres - gone\n"
+    "            if s and redis.call('EXISTS', s) == 1 then\n"
+    "              redis.call('HINCRBY', s, 'sent', gone)\n"
+    "            end\n"
     "          end\n"
-    "          if gone > 0 then redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now)) end\n"
-    "        else\n"
-    "          gone = redis.call('ZREMRANGEBYSCORE', v, '-inf', fmt(now))\n"
-    "          if gone > 0 then log(l, ap, now, gone, limit, ttl, '-') end\n"
     "        end\n"
-    "        if gone > 0 then\n"
-    "          nres = nres - gone\n"
-    "          if s and redis.call('EXISTS', s) == 1 then\n"
-    "            redis.call('HINCRBY', s, 'sent', gone)\n"
-    "          end\n"
-    "        end\n"
+    "        len = redis.call('LLEN', l)\n"
+    "        b = {len = len, nres = nres}\n"
+    "        if h then b.len, b.tail = prune(l, ap, h, len, span); b.pruned = true end\n"
+    "        len = b.len\n"
+    "        bk[l] = b\n"
     "      end\n"
-    "      local len = redis.call('LLEN', l)\n"
-    "      if h then len = prune(l, ap, h, len, span) end\n"
     "      local m = limit - nres\n"
     "      if m <= 0 then w = pend and pend - now or span\n"
     "      elseif len >= m then\n"
@@ -519,11 +577,15 @@ static const char sl_lua_decide[] =
     "      end\n"
     "      st[i] = {len, nres, room, isprobe, sleft, why}\n"
     "    elseif kind == 'p' then\n"
-    "      local u = tonumber(redis.call('GET', KEYS[ka]) or 0)\n"
+    "      local u = pz[KEYS[ka]]\n"
+    "      if not u then\n"
+    "        u = tonumber(redis.call('GET', KEYS[ka]) or 0)\n"
+    "        pz[KEYS[ka]] = u\n"
+    "      end\n"
     "      ka = ka + 1\n"
     "      if u > now then w = u - now end\n"
     "    else\n"
-    "      if redis.call('ZCOUNT', KEYS[ka], '(' .. fmt(now), '+inf') >= limit then\n"
+    "      if redis.call('ZCOUNT', KEYS[ka], '(' .. NOW, '+inf') >= limit then\n"
     "        w = 1000000\n"
     "      end\n"
     "      ka = ka + 1\n"
@@ -543,7 +605,7 @@ static const char sl_lua_decide[] =
     "    local best, rem, reset = 0, 0, 0\n"
     "    ka = k\n"
     "    for i = 1, n do\n"
-    "      local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
+    "      local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
     "      if kind == 'r' and skip[i] then\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then ka = ka + 1 end\n"
@@ -556,11 +618,18 @@ static const char sl_lua_decide[] =
     "        ka = ka + 3\n"
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
     "        if shr then h = KEYS[ka]; ka = ka + 1 end\n"
-    "        local len, nres, room = st[i][1], st[i][2], st[i][3]\n"
-    "        local tail\n"
-    "        len, tail = prune(l, ap, h, len, span)\n"
-    "        redis.call('ZADD', v, fmt(now + rttl), member)\n"
-    "        redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))\n"
+    "        local nres, room, b = st[i][2], st[i][3], bk[l]\n"
+    "        if not b.pruned then\n"
+    "          b.len, b.tail = prune(l, ap, h, b.len, span)\n"
+    "          b.pruned = true\n"
+    "        end\n"
+    "        local len, tail = b.len, b.tail\n"
+    "        redis.call('ZADD', v, LAPSE, member)\n"
+    "        b.nres = nres + 1\n"
+    "        if not b.vttl then\n"
+    "          redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))\n"
+    "          b.vttl = true\n"
+    "        end\n"
     "        if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
     "        local used, left = len + nres + 1, 0\n"
     "        if used < limit then left = limit - used end\n"
@@ -576,7 +645,7 @@ static const char sl_lua_decide[] =
     "      else\n"
     "        local key = KEYS[ka]\n"
     "        ka = ka + 1\n"
-    "        redis.call('ZREMRANGEBYSCORE', key, '-inf', fmt(now))\n"
+    "        redis.call('ZREMRANGEBYSCORE', key, '-inf', NOW)\n"
     "        redis.call('ZADD', key, fmt(now + lease), member)\n"
     "        redis.call('PEXPIRE', key, fmt(math.ceil(lease / 1000) * 2 + 1000))\n"
     "        if probe == -2 then\n"

@@ -403,3 +403,41 @@ def test_denials_deep_in_a_long_log(upstream, store, sluice):
     assert r[0] == 429 and json.loads(r[2])["share"] == "reserved"
     assert 55 <= int(r[1]["retry-after"]) <= 61
     assert upstream.count() == 350
+
+
+@pytest.mark.parametrize("damage", ["deleted", "shorter", "longer"])
+def test_an_app_list_out_of_step_with_its_log_loses_no_count(upstream, redis, sluice,
+                                                             damage):
+    """With Redis, each rate log (r) has an app list (a) beside it, the app
+    of each entry, index for index.  When the two fall out of step (the
+    app list expired or was evicted on its own, or was written by another
+    version), the log still counts every call: the limit holds at the
+    upstream, the entries whose app is no longer known count as nobody's,
+    and the two lists are in step again from the next write."""
+    sl = sluice(conf(upstream, {"limit": 10, "window": "1m",
+                                "apps": {"sync": {"max": 6}}}, redis.url))
+    assert [call(sl, "sync")[0] for _ in range(4)] == [200] * 4
+    [r] = [k for k in redis.cli("KEYS", "*:r:*").split()]
+    a = r.replace(":r:", ":a:", 1)
+    assert redis.cli("LLEN", a) == "4"
+    if damage == "deleted":
+        redis.cli("DEL", a)
+    elif damage == "shorter":
+        redis.cli("LTRIM", a, 0, 1)
+    else:
+        redis.cli("RPUSH", a, "ghost", "ghost", "ghost")
+    if damage == "longer":
+        # Every app is still known: sync has 2 calls left of its max...
+        assert [call(sl, "sync")[0] for _ in range(3)] == [200, 200, 429]
+        assert [call(sl, "mkt")[0] for _ in range(5)] == [200] * 4 + [429]
+    else:
+        # ...else its first calls count as nobody's: the limit still holds.
+        assert [call(sl, "sync")[0] for _ in range(7)] == [200] * 6 + [429]
+    assert upstream.count() == 10
+    assert redis.cli("LLEN", r) == redis.cli("LLEN", a) == "10"
+    apps = redis.cli("LRANGE", a, 0, -1).split()
+    assert apps.count("ghost") == 0
+    if damage == "shorter":
+        # The two it kept of sync's first calls are dropped with the rest:
+        # an out-of-step list is not trusted index for index.
+        assert apps.count("-") == 4
