@@ -35,11 +35,19 @@
 #                    connections): p50/p99/p99.9 from each call's due time,
 #                    and what each proxy adds over calling the upstream
 #                    directly, for nginx, sluice and sluice-redis
+#   Redis decisions  bench/redis_decide.c drives sluice's own Redis store
+#                    (no HTTP) at batches of 1, 6 and 32 calls a script run,
+#                    4 batches in flight, for a plain rate rule, a rule
+#                    with shares and a per rule over 10,000 buckets:
+#                    Redis's CPU per decision (INFO cpu), so the decisions
+#                    per second one Redis core sustains, and the
+#                    redis.call()s a decision costs
 #
 # Usage: bench/run.sh [DURATION_SECONDS] [CONNECTIONS]
 #   env: SLUICE_BIN (default build/sluice), WORKERS (default: nproc),
 #        BENCH_SKIP_DEPS=1 to skip installing nginx/haproxy/wrk/perf,
-#        OPENLOOP_SECONDS (default: DURATION_SECONDS).
+#        OPENLOOP_SECONDS (default: DURATION_SECONDS),
+#        REDIS_DECIDE (default: redis_decide beside SLUICE_BIN).
 set -eu
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -393,6 +401,23 @@ awk '
                    v[n, R, "p999_ms"] - v["direct", R, "p999_ms"], v[n, R, "bad"]
         }
     }' "$TMP/results-ol"
+
+REDIS_DECIDE=${REDIS_DECIDE:-$(dirname "$SLUICE_BIN")/redis_decide}
+if [ -x "$REDIS_DECIDE" ]; then
+    echo
+    echo "== Redis decisions: one Redis core, the store's own code, ${DUR}s each, 4 batches in flight"
+    printf "%-8s %6s %13s %16s %13s\n" rule batch "redis us/dec" "per core dec/s" "calls/dec"
+    for rule in rate shares per; do
+        for b in 1 6 32; do
+            "$REDIS_DECIDE" 127.0.0.1 "$RD" "$b" "$DUR" 4 "$rule" |
+                awk -v rule="$rule" '{ for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                    printf "%-8s %6s %13.1f %16.0f %13.2f\n", rule, v["batch"], v["us_per_decision"],
+                           v["per_core"], v["calls_per_decision"] }'
+        done
+    done
+else
+    echo "(no $REDIS_DECIDE: Redis decisions per core not measured)" >&2
+fi
 
 if grep -Eq "Z (warn|error) " "$TMP/sluice.log"; then
     echo "sluice logged warnings or errors:" >&2

@@ -475,7 +475,7 @@ static const char sl_lua_decide[] =
     /* where each rule's arguments start: a calendar rule (k, K) has three
      * more (its period's start and end, the next period's end); a rate
      * rule then has its shares: a count and (app, max, reserve) each */
-    "  local pos, q, R = {}, a, {}\n"
+    "  local pos, q = {}, a\n"
     "  for i = 1, n do\n"
     "    pos[i] = q\n"
     "    local kd = ARGV[q]\n"
@@ -515,8 +515,7 @@ static const char sl_lua_decide[] =
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
-    "    R[i] = {rule(i)}\n"
-    "    local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
+    "    local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
     "    local w, why, sleft = 0, 0, nil\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
@@ -605,7 +604,7 @@ static const char sl_lua_decide[] =
     "    local best, rem, reset = 0, 0, 0\n"
     "    ka = k\n"
     "    for i = 1, n do\n"
-    "      local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
+    "      local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
     "      if kind == 'r' and skip[i] then\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then ka = ka + 1 end\n"

@@ -475,6 +475,21 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (w->easy_pool == NULL)
         return -1;
 
+    /* The admin listener before the proxy's port: once that port accepts
+     * connections, every listener is up (one readiness check is enough). */
+    if (id == 0 && c->admin_listen != NULL) {
+        w->admin = sl_admin_new(w);
+        if (w->admin == NULL)
+            return -1;
+        w->admin_watch.kind = SL_WATCH_ADMIN;
+        w->admin_watch.fd = sl_admin_fd(w->admin);
+        w->admin_watch.obj = w->admin;
+        ev.events = EPOLLIN;
+        ev.data.ptr = &w->admin_watch;
+        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->admin_watch.fd, &ev) != 0)
+            return -1;
+    }
+
     w->listen_fd = sl_listen_socket(c->listen_host, c->listen_port, true, 1024,
                                     "listen", c->listen);
     if (w->listen_fd < 0)
@@ -550,18 +565,6 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (sl_metrics_init(&w->metrics, proxy->ids.nups, proxy->ids.nslots,
                         (size_t)c->max_apps + 2) != 0)
         return -1;
-    if (id == 0 && c->admin_listen != NULL) {
-        w->admin = sl_admin_new(w);
-        if (w->admin == NULL)
-            return -1;
-        w->admin_watch.kind = SL_WATCH_ADMIN;
-        w->admin_watch.fd = sl_admin_fd(w->admin);
-        w->admin_watch.obj = w->admin;
-        ev.events = EPOLLIN;
-        ev.data.ptr = &w->admin_watch;
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->admin_watch.fd, &ev) != 0)
-            return -1;
-    }
     /* Worker 0 keeps the alerts, even without receivers: a reload may
      * add some. */
     if (id == 0) {
