@@ -17,6 +17,9 @@
  * decided in one loop pass are batched per upstream into one run (one round
  * trip per decision, however many calls share it).  Phase one looks at
  * every bucket and writes nothing; phase two takes room in all of them.
+ * A run reads each bucket once: the calls after the first to a bucket
+ * reuse what the run learnt of it (only the run writes meanwhile, and its
+ * TIME is fixed), and commits to one bucket are one LPUSH.
  * Time is Redis's TIME inside the scripts: instances' clocks never matter.
  *
  * Rate buckets, three keys with the upstream's hash tag:
