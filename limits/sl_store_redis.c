@@ -303,21 +303,24 @@
  * The decision script: one run logs the upstream's calls sent in this loop
  * pass (the commit section, first: safe however late it runs), then
  * decides a batch of calls, each all-or-nothing, in order.
- *   KEYS  the commit section's, then per call, per rule: rate r, v, a
- *         [, s if sync]; concurrency c [, k if per]; pause p
+ *   KEYS  the commit section's, then each bucket of the batch once: rate
+ *         r, v, a [, s if sync] [, h if shares]; concurrency c [, k if
+ *         per]; pause p
  *   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
- *         commit section, ncalls, then per call: app, nrules, then per rule:
- *         kind, limit, span_us, probe_us (-1: no sync; concurrency: -2
- *         when the bucket is entered in its rule's index k); a calendar
- *         rule (kind k, K) has the margin for span_us and three more: its
- *         period's start and end and the next period's end (Redis µs, as
- *         this instance estimates Redis's clock: the script moves to the
- *         next period itself when its TIME is already past the end)
+ *         commit section, then the batch's rules, each once: a count, then
+ *         per rule: kind, limit, span_us, probe_us (-1: no sync;
+ *         concurrency: -2 when the bucket is entered in its rule's index
+ *         k); a calendar rule (kind k, K) has the margin for span_us and
+ *         three more: its period's start and end and the next period's end
+ *         (Redis µs, as this instance estimates Redis's clock: the script
+ *         moves to the next period itself when its TIME is already past
+ *         the end); a rate rule's arguments end with its shares ("apps"):
+ *         a count, then per share: app ('*': every app not named), max,
+ *         reserve (in calls).  Then ncalls, then per call: app, nrules,
+ *         then per rule: its number among the batch's rules and the index
+ *         in KEYS of its bucket's first key.
  * A call's member is base..':'..call_number..'|'..app (app names have no
  * '|': the snapshot reads a concurrency slot's app from its member).
- * A rate rule's arguments end with its shares ("apps"): a count, then per
- * share: app ('*': every app not named), max, reserve (in calls); with a
- * count above 0 its KEYS have h after s (each app's entries in r).
  * Reply: {now, 0} when past the deadline (no decision written), else {now, 1, per call: {1, best_rule,
  * remaining, reset_us, shadow_rule, shadow_wait_us, {every shadow rule
  * that would deny}} or {0, denying_rule,
@@ -474,63 +477,60 @@ static const char sl_lua_decide[] =
      * oldest entry, once pruned), vttl (v's TTL set)}; pz[p key] = the
      * pause.  Only this run writes to them meanwhile, and NOW is fixed. */
     "local bk, pz, LAPSE = {}, {}, fmt(now + rttl)\n"
+    /* the batch's rules, each once (a calendar rule counts from its
+     * period's start minus the margin, its span field, and is full until
+     * the period's end) */
+    "local SP, nsp = {}, tonumber(ARGV[a])\n"
+    "a = a + 1\n"
+    "for j = 1, nsp do\n"
+    "  local kind, limit, span, probe = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])\n"
+    "  local sh = kind == 'R' or kind == 'C' or kind == 'K'\n"
+    "  local pend, ttl, shr = nil, span, nil\n"
+    "  kind = string.lower(kind)\n"
+    "  a = a + 4\n"
+    "  if kind == 'k' then\n"
+    "    local ps, pe = tonumber(ARGV[a]), tonumber(ARGV[a + 1])\n"
+    "    if now >= pe then ps, pe = pe, tonumber(ARGV[a + 2]) end\n"
+    "    kind, pend, ttl = 'r', pe, pe - now + span\n"
+    "    span = math.max(now - ps + span, 0)\n"
+    "    a = a + 3\n"
+    "  end\n"
+    "  if kind == 'r' then\n"
+    "    local m = tonumber(ARGV[a])\n"
+    "    a = a + 1\n"
+    "    if m > 0 then\n"
+    "      shr = {}\n"
+    "      for x = 1, m do\n"
+    "        shr[x] = {ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])}\n"
+    "        a = a + 3\n"
+    "      end\n"
+    "    end\n"
+    "  end\n"
+    "  SP[j] = {kind, limit, span, probe, sh, pend, ttl, shr}\n"
+    "end\n"
     "local out, ncalls = {now, 1}, tonumber(ARGV[a])\n"
     "a = a + 1\n"
     "for c = 1, ncalls do\n"
     "  local app, n = ARGV[a], tonumber(ARGV[a + 1])\n"
-    "  a = a + 2\n"
-    "  local member, deny, wait, st, ka = base .. ':' .. c .. '|' .. app, 0, 0, {}, k\n"
+    "  local member, deny, wait, st = base .. ':' .. c .. '|' .. app, 0, 0, {}\n"
     "  local skip, shadow, swait, shadows = {}, 0, 0, {}\n"
-    /* where each rule's arguments start: a calendar rule (k, K) has three
-     * more (its period's start and end, the next period's end); a rate
-     * rule then has its shares: a count and (app, max, reserve) each */
-    "  local pos, q = {}, a\n"
+    /* each rule: its entry in SP, and where its bucket's keys start */
+    "  local R, K = {}, {}\n"
     "  for i = 1, n do\n"
-    "    pos[i] = q\n"
-    "    local kd = ARGV[q]\n"
-    "    if kd == 'k' or kd == 'K' then q = q + 7 else q = q + 4 end\n"
-    "    if kd == 'r' or kd == 'R' or kd == 'k' or kd == 'K' then\n"
-    "      q = q + 1 + 3 * tonumber(ARGV[q])\n"
-    "    end\n"
+    "    R[i] = SP[tonumber(ARGV[a + 2 * i])]\n"
+    "    K[i] = tonumber(ARGV[a + 2 * i + 1])\n"
     "  end\n"
-    /* a calendar rule counts from its period's start minus the margin
-     * (its span field) and is full until the period's end */
-    "  local function rule(i)\n"
-    "    local p = pos[i]\n"
-    "    local kind, limit, span, probe = ARGV[p], tonumber(ARGV[p + 1]),\n"
-    "      tonumber(ARGV[p + 2]), tonumber(ARGV[p + 3])\n"
-    "    local sh = kind == 'R' or kind == 'C' or kind == 'K'\n"
-    "    kind = string.lower(kind)\n"
-    "    local pend, ttl, shr = nil, span, nil\n"
-    "    if kind == 'k' then\n"
-    "      local ps, pe = tonumber(ARGV[p + 4]), tonumber(ARGV[p + 5])\n"
-    "      if now >= pe then ps, pe = pe, tonumber(ARGV[p + 6]) end\n"
-    "      kind, pend, ttl = 'r', pe, pe - now + span\n"
-    "      span = math.max(now - ps + span, 0)\n"
-    "      p = p + 3\n"
-    "    end\n"
-    "    if kind == 'r' then\n"
-    "      local m = tonumber(ARGV[p + 4])\n"
-    "      if m > 0 then\n"
-    "        shr = {}\n"
-    "        for j = 1, m do\n"
-    "          local b = p + 2 + 3 * j\n"
-    "          shr[j] = {ARGV[b], tonumber(ARGV[b + 1]), tonumber(ARGV[b + 2])}\n"
-    "        end\n"
-    "      end\n"
-    "    end\n"
-    "    return kind, limit, span, probe, sh, pend, ttl, shr\n"
-    "  end\n"
+    "  a = a + 2 + 2 * n\n"
     /* phase one: look (lapsed reservations become entries: they count
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
-    "    local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
-    "    local w, why, sleft = 0, 0, nil\n"
+    "    local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
+    "    local w, why, sleft, ka = 0, 0, nil, K[i]\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "      ka = ka + 3\n"
     "      if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
-    "      if shr then h = KEYS[ka]; ka = ka + 1 end\n"
+    "      if shr then h = KEYS[ka] end\n"
     "      local b, len, nres = bk[l], 0, 0\n"
     "      if b then len, nres = b.len, b.nres\n"
     "      else\n"
@@ -590,14 +590,11 @@ static const char sl_lua_decide[] =
     "        u = tonumber(redis.call('GET', KEYS[ka]) or 0)\n"
     "        pz[KEYS[ka]] = u\n"
     "      end\n"
-    "      ka = ka + 1\n"
     "      if u > now then w = u - now end\n"
     "    else\n"
     "      if redis.call('ZCOUNT', KEYS[ka], '(' .. NOW, '+inf') >= limit then\n"
     "        w = 1000000\n"
     "      end\n"
-    "      ka = ka + 1\n"
-    "      if probe == -2 then ka = ka + 1 end\n"
     "    end\n"
     /* a shadow rule that would deny: reported, untouched, denies nothing */
     "    if sh and w > 0 then\n"
@@ -611,21 +608,16 @@ static const char sl_lua_decide[] =
     "  else\n"
     /* phase two: take room in every bucket */
     "    local best, rem, reset = 0, 0, 0\n"
-    "    ka = k\n"
     "    for i = 1, n do\n"
-    "      local kind, limit, span, probe, sh, pend, ttl, shr = rule(i)\n"
-    "      if kind == 'r' and skip[i] then\n"
-    "        ka = ka + 3\n"
-    "        if probe >= 0 then ka = ka + 1 end\n"
-    "        if shr then ka = ka + 1 end\n"
-    "      elseif kind == 'c' and skip[i] then\n"
-    "        ka = ka + 1\n"
-    "        if probe == -2 then ka = ka + 1 end\n"
+    "      local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
+    "      local ka = K[i]\n"
+    "      if skip[i] or kind == 'p' then\n"
+    /* a shadow rule that would deny takes nothing; a pause takes nothing */
     "      elseif kind == 'r' then\n"
     "        local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "        ka = ka + 3\n"
     "        if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end\n"
-    "        if shr then h = KEYS[ka]; ka = ka + 1 end\n"
+    "        if shr then h = KEYS[ka] end\n"
     "        local nres, room, b = st[i][2], st[i][3], bk[l]\n"
     "        if not b.pruned then\n"
     "          b.len, b.tail = prune(l, ap, h, b.len, span)\n"
@@ -649,8 +641,6 @@ static const char sl_lua_decide[] =
     "          if tail then reset = math.max(tonumber(tail) + span - now, 0) end\n"
     "          if pend then reset = pend - now end\n"
     "        end\n"
-    "      elseif kind == 'p' then\n"
-    "        ka = ka + 1\n"
     "      else\n"
     "        local key = KEYS[ka]\n"
     "        ka = ka + 1\n"
@@ -660,13 +650,11 @@ static const char sl_lua_decide[] =
     "        if probe == -2 then\n"
     "          redis.call('ZADD', KEYS[ka], fmt(now + lease), key)\n"
     "          redis.call('PEXPIRE', KEYS[ka], fmt(math.ceil(lease / 1000) * 2 + 1000))\n"
-    "          ka = ka + 1\n"
     "        end\n"
     "      end\n"
     "    end\n"
     "    out[#out + 1] = {1, best, rem, reset, shadow, swait, shadows}\n"
     "  end\n"
-    "  a, k = q, ka\n"
     "end\n"
     "return out\n";
 
@@ -1446,13 +1434,9 @@ static void sl_args_share_key(struct sl_args *k, const struct sl_redis *r,
 }
 
 /* A rate rule's shares for the decision script: the count, then app,
- * max, reserve per share; and its h key when it has any. */
-static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
-                           struct sl_args *a, const struct sl_upstream_conf *up,
-                           const struct sl_hit *hit)
+ * max, reserve per share. */
+static void sl_args_shares(struct sl_args *a, const struct sl_rule *rule)
 {
-    const struct sl_rule *rule = hit->rule;
-
     sl_args_int(a, (long long)rule->nshares);
     for (size_t i = 0; i < rule->nshares; i++) {
         sl_args_str(a, rule->shares[i].app);
@@ -1461,7 +1445,6 @@ static void sl_args_shares(const struct sl_redis *r, struct sl_args *k,
         sl_args_int(a, rule->shares[i].lend ? -(long long)rule->shares[i].reserve
                                             : (long long)rule->shares[i].reserve);
     }
-    sl_args_share_key(k, r, up, hit);
 }
 
 /* ---- FIFO of commands in flight ---- */
@@ -2065,9 +2048,28 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
     struct sl_args *k = &b->op.keys, *a = &b->op.args;
     int64_t reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us +
                       SL_USEC_PER_SEC;
+    /* The batch's distinct rules (all of one upstream: at most its rules
+     * and its pause), and per call, per hit: the rule's index among them
+     * and where its bucket's keys start in KEYS (1-based, as Lua counts). */
+    const struct sl_rule *spec[SL_MAX_HITS];
+    size_t nspec = 0, nhits = 0;
+    struct { uint8_t spec; uint32_t key; } *ref;
+    /* Each bucket once: its hit (for the rule and per value) and keys. */
+    struct { const struct sl_hit *hit; uint32_t key; } *bucket;
+    size_t nbucket = 0;
 
     sl_args_free(k);
     sl_args_free(a);
+    for (size_t i = 0; i < b->ncalls; i++)
+        nhits += b->calls[i].check->nhits;
+    ref = malloc((nhits + 1) * sizeof(*ref));
+    bucket = malloc((nhits + 1) * sizeof(*bucket));
+    if (ref == NULL || bucket == NULL) {
+        free(ref);
+        free(bucket);
+        a->oom = true;
+        return;
+    }
     sl_args_str(a, b->base);
     sl_args_int(a, r->config->lease_ttl_us);
     sl_args_int(a, reserve);
@@ -2076,38 +2078,81 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         sl_redis_commit_args(r, up->index, k, a);
     else
         sl_args_int(a, 0);
+    nhits = 0;
+    for (size_t i = 0; i < b->ncalls; i++) {
+        const struct sl_check *c = b->calls[i].check;
+        for (size_t h = 0; h < c->nhits; h++, nhits++) {
+            const struct sl_hit *hit = &c->hits[h];
+            size_t j, m;
+            for (j = 0; j < nspec && spec[j] != hit->rule; j++)
+                ;
+            if (j == nspec) {
+                if (nspec == SL_MAX_HITS) {     /* not one upstream's rules */
+                    a->oom = true;
+                    goto out;
+                }
+                spec[nspec++] = hit->rule;
+            }
+            /* A batch holds at most 32 calls: a linear search is cheap,
+             * and most hits find their bucket at once. */
+            for (m = 0; m < nbucket; m++) {
+                const struct sl_hit *o = bucket[m].hit;
+                if (o->rule == hit->rule && o->key_len == hit->key_len &&
+                    memcmp(o->key, hit->key, hit->key_len) == 0)
+                    break;
+            }
+            if (m == nbucket) {
+                bucket[m].hit = hit;
+                bucket[m].key = (uint32_t)k->n + 1;
+                sl_args_hit_keys(k, r, up, hit);
+                if (hit->rule->kind == SL_RULE_RATE)
+                    sl_args_share_key(k, r, up, hit);
+                nbucket++;
+            }
+            ref[nhits].spec = (uint8_t)(j + 1);
+            ref[nhits].key = bucket[m].key;
+        }
+    }
+    sl_args_int(a, (long long)nspec);
+    for (size_t j = 0; j < nspec; j++) {
+        const struct sl_rule *rule = spec[j];
+        bool cal = rule->kind == SL_RULE_RATE && rule->calendar;
+        sl_args_str(a, cal ? (rule->shadow ? "K" : "k")
+                       : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
+                       : rule->kind == SL_RULE_PAUSE ? "p"
+                       : rule->shadow ? "C" : "c");
+        sl_args_int(a, (long long)rule->limit);
+        sl_args_int(a, cal ? rule->span_us - rule->window_us   /* the margin */
+                       : rule->kind == SL_RULE_RATE ? rule->span_us : 0);
+        if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
+            sl_args_int(a, rule->sync_probe_us);
+        else
+            sl_args_int(a, rule->kind == SL_RULE_CONCURRENCY &&
+                                   rule->per_kind != SL_PER_NONE ? -2 : -1);
+        if (cal) {
+            int64_t ps, pe, pn;
+            sl_redis_period(r, rule, &ps, &pe, &pn);
+            sl_args_int(a, ps);
+            sl_args_int(a, pe);
+            sl_args_int(a, pn);
+        }
+        if (rule->kind == SL_RULE_RATE)
+            sl_args_shares(a, rule);
+    }
     sl_args_int(a, (long long)b->ncalls);
+    nhits = 0;
     for (size_t i = 0; i < b->ncalls; i++) {
         const struct sl_check *c = b->calls[i].check;
         sl_args_str(a, c->app_name != NULL ? c->app_name : "-");
         sl_args_int(a, (long long)c->nhits);
-        for (size_t h = 0; h < c->nhits; h++) {
-            const struct sl_rule *rule = c->hits[h].rule;
-            sl_args_hit_keys(k, r, up, &c->hits[h]);
-            bool cal = rule->kind == SL_RULE_RATE && rule->calendar;
-            sl_args_str(a, cal ? (rule->shadow ? "K" : "k")
-                           : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
-                           : rule->kind == SL_RULE_PAUSE ? "p"
-                           : rule->shadow ? "C" : "c");
-            sl_args_int(a, (long long)rule->limit);
-            sl_args_int(a, cal ? rule->span_us - rule->window_us   /* the margin */
-                           : rule->kind == SL_RULE_RATE ? rule->span_us : 0);
-            if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
-                sl_args_int(a, rule->sync_probe_us);
-            else
-                sl_args_int(a, rule->kind == SL_RULE_CONCURRENCY &&
-                                       rule->per_kind != SL_PER_NONE ? -2 : -1);
-            if (cal) {
-                int64_t ps, pe, pn;
-                sl_redis_period(r, rule, &ps, &pe, &pn);
-                sl_args_int(a, ps);
-                sl_args_int(a, pe);
-                sl_args_int(a, pn);
-            }
-            if (rule->kind == SL_RULE_RATE)
-                sl_args_shares(r, k, a, up, &c->hits[h]);
+        for (size_t h = 0; h < c->nhits; h++, nhits++) {
+            sl_args_int(a, ref[nhits].spec);
+            sl_args_int(a, ref[nhits].key);
         }
     }
+out:
+    free(ref);
+    free(bucket);
 }
 
 /* Send batch B as one script run, carrying the upstream's commits of this
