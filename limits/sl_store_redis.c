@@ -245,10 +245,10 @@
     "  if redis.call('HINCRBY', h, app, n) <= 0 then redis.call('HDEL', h, app) end\n" \
     "  redis.call('HINCRBY', h, '#n', n)\n"                                    \
     "end\n"                                                                    \
-    /* LPUSH VALS (in order) onto KEY, at most 1000 a command (Lua's stack \
-     * bounds unpack); returns the list's length */                          \
-    "local function push(cmd, key, vals, from)\n"                              \
-    "  local len, i = 0, from or 1\n"                                          \
+    /* CMD (LPUSH or RPUSH) VALS, in order, onto list KEY, at most 1000 \
+     * a command (Lua's stack bounds unpack); returns the list's length */  \
+    "local function push(cmd, key, vals)\n"                                    \
+    "  local len, i = 0, 1\n"                                                  \
     "  while i <= #vals do\n"                                                  \
     "    local j = math.min(i + 999, #vals)\n"                                 \
     "    len = redis.call(cmd, key, unpack(vals, i, j))\n"                     \
@@ -474,8 +474,10 @@ static const char sl_lua_decide[] =
     /* what this run learnt of each bucket, so that the calls of a batch
      * that share one read it once: bk[r key] = {len (entries in the list,
      * pruned once pruned), nres (live reservations), pruned, tail (the
-     * oldest entry, once pruned), vttl (v's TTL set)}; pz[p key] = the
-     * pause.  Only this run writes to them meanwhile, and NOW is fixed. */
+     * oldest entry, once pruned), vttl (v's TTL set), and with shares
+     * cnt and held (each app's entries and reservations, see share_wait)};
+     * pz[p key] = the pause.  Only this run writes to them meanwhile, and
+     * NOW is fixed. */
     "local bk, pz, LAPSE = {}, {}, fmt(now + rttl)\n"
     /* the batch's rules, each once (a calendar rule counts from its
      * period's start minus the margin, its span field, and is full until

@@ -441,3 +441,22 @@ def test_an_app_list_out_of_step_with_its_log_loses_no_count(upstream, redis, sl
         # The two it kept of sync's first calls are dropped with the rest:
         # an out-of-step list is not trusted index for index.
         assert apps.count("-") == 4
+
+
+def test_an_app_list_lost_under_a_long_log_is_rebuilt_in_chunks(upstream, redis, sluice):
+    """The same with a log longer than one command writes at once (the app
+    list is rebuilt 1,000 entries a command): every entry is still counted
+    and the two lists end in step."""
+    sl = sluice(conf(upstream, {"limit": 2600, "window": "1m",
+                                "apps": {"sync": {"max": 2500}}}, redis.url))
+    assert {call(sl, "sync")[0] for _ in range(2500)} == {200}
+    [r] = redis.cli("KEYS", "*:r:*").split()
+    a = r.replace(":r:", ":a:", 1)
+    redis.cli("DEL", a)
+    # Another app's first call finds the app list gone and rebuilds it:
+    # sync's 2,500 calls are nobody's there, but the log counts them all.
+    assert [call(sl, "mkt")[0] for _ in range(101)] == [200] * 100 + [429]
+    assert upstream.count() == 2600
+    assert redis.cli("LLEN", r) == redis.cli("LLEN", a) == "2600"
+    apps = redis.cli("LRANGE", a, 0, -1).split()
+    assert apps.count("-") == 2500 and apps.count("mkt") == 100
