@@ -634,6 +634,16 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
             req->susp = SL_SUSP_HELD;  /* stays suspended, body unread */
         return;
     }
+    if ((req->susp == SL_SUSP_DECIDE || req->susp == SL_SUSP_HELD) &&
+        req->easy != NULL && !req->has_body && req->pending == NULL &&
+        !req->headers_ready && !req->xfer_done) {
+        /* Forwarded, and no body to read: nothing for the connection to do
+         * until the upstream's headers arrive, which resume it (as does the
+         * transfer's end).  Resuming now would cost a pass of MHD over it,
+         * two handler calls and a suspension again. */
+        req->susp = SL_SUSP_HEADERS;
+        return;
+    }
     if (req->susp == SL_SUSP_DECIDE || req->susp == SL_SUSP_HELD)
         sl_req_resume(req);
 }
