@@ -150,6 +150,11 @@
 #define SL_REDIS_BACKOFF_MAX_MS 1000
 #define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
+/* Commits wait for the next decision batch of their upstream to ride in,
+ * for at most this long, or until this many wait: a run of its own costs
+ * Redis as much as a decision (see sl_redis_flush_all). */
+#define SL_REDIS_COMMIT_HOLD_US 10000
+#define SL_REDIS_COMMIT_HOLD_MAX 256
 #define SL_REDIS_UNDO_MAX 1000      /* batches to undo on the next connection */
 #define SL_REDIS_SNAP_CANDIDATES 1000 /* `per` buckets a snapshot looks at */
 #define SL_REDIS_MEMBER_MAX 160     /* base:n|app */
@@ -988,7 +993,8 @@ struct sl_redis_link {
     redisAsyncContext *ac;
     enum sl_redis_state state;
     bool freeing;           /* inside redisAsyncFree */
-    bool want_read, want_write;
+    bool want_read, want_write;     /* what hiredis asks for */
+    bool reg_read, reg_write;       /* what the loop watches */
     int fd;                 /* watched descriptor, or -1 */
     int64_t reconnect_at_ms;
     int64_t connect_deadline_ms;
@@ -1065,6 +1071,7 @@ struct sl_redis_lease {
 struct sl_redis_commits {
     struct sl_redis_lease **leases;       /* owned array, not the leases */
     size_t n, cap;
+    int64_t since_us;                     /* when the first of them came */
 };
 
 struct sl_redis {
@@ -1104,6 +1111,7 @@ struct sl_redis {
     int64_t last_error_log_ms;
     uint64_t expired;                     /* batches Redis answered "expired" */
     bool flush_now;                       /* a slot was released: write now */
+    bool ev_defer;                        /* main link's watch: see sl_redis_ev_update */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -1112,7 +1120,7 @@ static _Atomic int sl_redis_down_workers;
 static void sl_redis_fail(struct sl_redis_link *link, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
 static void sl_redis_flush(struct sl_redis *r, size_t upstream);
-static void sl_redis_flush_all(struct sl_redis *r);
+static int64_t sl_redis_flush_all(struct sl_redis *r, bool force);
 static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream);
 static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
                                  struct sl_args *keys, struct sl_args *args);
@@ -1573,17 +1581,30 @@ static void sl_redis_io(void *arg, bool readable, bool writable)
         redisAsyncHandleWrite(ac);
 }
 
+/* Tell the loop what LINK waits for, when that changed.  hiredis asks
+ * again for reading after every read and write, and for writing with
+ * every command: on the main link inside sl_redis_timers (ev_defer) only
+ * the last word counts, so a batch written at once costs no epoll_ctl. */
 static void sl_redis_ev_update(struct sl_redis_link *link)
 {
     struct sl_redis *r = link->r;
 
-    if (link->fd < 0)
+    if (link->fd < 0 || (link == &r->main && r->ev_defer))
         return;
-    if (link->want_read || link->want_write)
-        r->loop.watch(r->loop.ctx, link->fd, link->want_read, link->want_write,
-                      sl_redis_io, link);
-    else
+    if (link->want_read == link->reg_read && link->want_write == link->reg_write)
+        return;
+    if (link->want_read || link->want_write) {
+        if (r->loop.watch(r->loop.ctx, link->fd, link->want_read,
+                          link->want_write, sl_redis_io, link) != 0) {
+            /* Not watched: the next change tries again. */
+            link->reg_read = link->reg_write = false;
+            return;
+        }
+    } else {
         r->loop.unwatch(r->loop.ctx, link->fd);
+    }
+    link->reg_read = link->want_read;
+    link->reg_write = link->want_write;
 }
 
 static void sl_redis_add_read(void *p)
@@ -1621,6 +1642,7 @@ static void sl_redis_cleanup(void *p)
     link->want_read = link->want_write = false;
     if (link->fd >= 0)
         link->r->loop.unwatch(link->r->loop.ctx, link->fd);
+    link->reg_read = link->reg_write = false;
     link->fd = -1;
 }
 
@@ -1723,6 +1745,8 @@ static void sl_redis_connect(struct sl_redis_link *link)
     link->state = SL_REDIS_CONNECTING;
     link->connect_deadline_ms = sl_redis_now_ms() + c->store_timeout_us / 1000;
     link->fd = ac->c.fd;
+    link->want_read = link->want_write = false;
+    link->reg_read = link->reg_write = false;
     ac->data = link;
     ac->ev.data = link;
     ac->ev.addRead = sl_redis_add_read;
@@ -2217,11 +2241,26 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     }
 }
 
-/* Write every upstream's pending batches and commits (those on the dirty
- * list: a loop pass costs nothing per idle upstream). */
-static void sl_redis_flush_all(struct sl_redis *r)
+/*
+ * Write every upstream's pending batches (those on the dirty list: a loop
+ * pass costs nothing per idle upstream), and their commits with them.
+ * Commits with no batch to ride in wait for one: at moderate rates a
+ * decision follows within a fraction of a millisecond, and a commit run
+ * of its own would cost Redis as much as the decision.  They go alone
+ * when FORCE, when no call of this store is in progress (so that an idle
+ * instance's status, its `per` buckets and each app's calls, is current
+ * once its calls are answered), when the first has waited
+ * SL_REDIS_COMMIT_HOLD_US, or when SL_REDIS_COMMIT_HOLD_MAX wait.  Waiting
+ * changes no count: a call's
+ * reservation stands for it until its commit turns it into an entry,
+ * stamped when the call was sent (sl_redis_commit_args), and a
+ * reservation lasts more than a second (sl_redis_batch_args).  Returns
+ * when the earliest waiting commits are due (ms), or -1.
+ */
+static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
 {
     size_t *list = r->dirty, n = r->ndirty;
+    int64_t now = sl_redis_now_us(), due = -1;
 
     /* Flushing may dirty upstreams again (callbacks decide new calls, a
      * batch waits for the clock): they go on the other list. */
@@ -2232,11 +2271,22 @@ static void sl_redis_flush_all(struct sl_redis *r)
         r->is_dirty[list[i]] = false;
     for (size_t i = 0; i < n; i++) {
         size_t u = list[i];
+        struct sl_redis_commits *cs = &r->commits[u];
         sl_redis_flush(r, u);
-        sl_redis_flush_commits(r, u);
-        if (r->pending[u] != NULL || r->commits[u].n > 0)
+        if (cs->n > 0 && (force || r->leases == NULL ||
+                          cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
+                          now - cs->since_us >= SL_REDIS_COMMIT_HOLD_US ||
+                          !sl_redis_usable(r)))
+            sl_redis_flush_commits(r, u);
+        if (cs->n > 0) {
+            int64_t t = (cs->since_us + SL_REDIS_COMMIT_HOLD_US + 999) / 1000;
+            if (due < 0 || t < due)
+                due = t;
+        }
+        if (r->pending[u] != NULL || cs->n > 0)
             sl_redis_mark_dirty(r, u);
     }
+    return due;
 }
 
 /*
@@ -2256,7 +2306,7 @@ static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config
 
     if (config->generation <= old->generation)
         return 0;
-    sl_redis_flush_all(r);
+    sl_redis_flush_all(r, true);
     for (size_t i = 0; i < old->nupstreams; i++) {
         const struct sl_upstream_conf *nu;
         if (r->owed_pause_until[i] == 0)
@@ -2457,7 +2507,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         if (r->have_offset && rep != NULL && rep->type == REDIS_REPLY_ARRAY) {
             /* Batches waiting for the clock go now. */
             if (!r->main.freeing)
-                sl_redis_flush_all(r);
+                sl_redis_flush_all(r, false);
         } else if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             sl_redis_mark_down(r, rep->str);
             sl_redis_log_error(r, "connection setup", rep->str);
@@ -2590,6 +2640,8 @@ static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
 
     if (l->in_batch)
         return;
+    if (cs->n == 0)
+        cs->since_us = sl_redis_now_us();
     if (cs->n == cs->cap) {
         size_t cap = cs->cap ? cs->cap * 2 : 16;
         struct sl_redis_lease **p = realloc(cs->leases, cap * sizeof(*p));
@@ -2795,8 +2847,8 @@ static void sl_redis_release(struct sl_store *store, struct sl_lease *lease)
     struct sl_redis *r = (struct sl_redis *)store;
     struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
 
-    if (l->in_batch)
-        sl_redis_flush_commits(r, l->up->index);  /* no pointer left behind */
+    /* A commit still waiting (in_batch) keeps L on the owed list until it
+     * is written (sl_redis_commits_written frees it then). */
     if (l->local != NULL) {
         sl_store_release(r->local, l->local);
         l->local = NULL;
@@ -3010,7 +3062,18 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     int64_t now_us = sl_redis_now_us();
 
 #define SL_NEXT(x) do { if ((x) >= 0 && (next < 0 || (x) < next)) next = (x); } while (0)
-    sl_redis_flush_all(r);
+    /* The pass's batches are written now, not after an epoll_wait that
+     * reports the socket writable: one loop crossing and the two watch
+     * changes (write on, write off) fewer per batch.  What cannot be
+     * written at once stays asked for, and the loop finishes it. */
+    r->ev_defer = true;
+    t = sl_redis_flush_all(r, false);
+    SL_NEXT(t);
+    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP &&
+        r->main.want_write)
+        redisAsyncHandleWrite(r->main.ac);
+    r->ev_defer = false;
+    sl_redis_ev_update(&r->main);
     t = sl_redis_link_timers(&r->main, now);
     SL_NEXT(t);
     if (r->fifo_head != NULL && now_us >= r->fifo_head->deadline_us) {
