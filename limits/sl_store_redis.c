@@ -211,6 +211,7 @@
     "      end\n"                                                              \
     "    end\n"                                                                \
     "  end\n"                                                                  \
+    "  local ix, ixo = {}, {}\n"                                              \
     "  for _, l in ipairs(order) do\n"                                         \
     "    local b = g[l]\n"                                                     \
     "    log(l, b.ap, b.st, b.apps, b.limit, b.span, b.h)\n"                   \
@@ -218,9 +219,18 @@
     "      redis.call('HINCRBY', b.s, 'sent', #b.st)\n"                        \
     "    end\n"                                                                \
     "    if b.idx then\n"                                                      \
-    "      redis.call('ZADD', b.idx, NOW, l)\n"                                \
-    "      redis.call('PEXPIRE', b.idx, fmt(math.ceil(b.span / 1000) + 1000))\n" \
+    "      local e = ix[b.idx]\n"                                              \
+    "      if not e then e = {span = 0, m = {}}; ix[b.idx] = e; ixo[#ixo + 1] = b.idx end\n" \
+    "      e.m[#e.m + 1] = NOW\n"                                              \
+    "      e.m[#e.m + 1] = l\n"                                                \
+    "      if b.span > e.span then e.span = b.span end\n"                      \
     "    end\n"                                                                \
+    "  end\n"                                                                  \
+    /* each index once a run: its buckets in one ZADD (pairs stay whole: \
+     * push() cuts after an even count) */                                   \
+    "  for _, idx in ipairs(ixo) do\n"                                         \
+    "    push('ZADD', idx, ix[idx].m)\n"                                       \
+    "    redis.call('PEXPIRE', idx, fmt(math.ceil(ix[idx].span / 1000) + 1000))\n" \
     "  end\n"                                                                  \
     "  return a, k\n"                                                          \
     "end\n"
@@ -337,15 +347,22 @@ static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
     /* Drop the entries of L that left the window (the oldest, at its
      * tail), and their apps from AP and H (nil: no shares).  LEN: L's
-     * length.  Returns the new length and the oldest entry left. */
+     * length.  Returns the new length and the oldest entry left (nil:
+     * none).  The tail is read 16 entries a command, and what left is cut
+     * with one LTRIM: a batch's worth of entries leaving costs two
+     * commands, not two per entry. */
     "local function prune(l, ap, h, len, span)\n"
-    "  local n, tail = len, redis.call('LINDEX', l, -1)\n"
-    "  while tail and tonumber(tail) <= now - span do\n"
-    "    redis.call('RPOP', l)\n"
-    "    n = n - 1\n"
-    "    tail = redis.call('LINDEX', l, -1)\n"
+    "  local n, tail, cut = len, nil, now - span\n"
+    "  while n > 0 do\n"
+    "    local lo = math.max(n - 16, 0)\n"
+    "    local chunk = redis.call('LRANGE', l, lo, n - 1)\n"
+    "    local j = #chunk\n"
+    "    while j >= 1 and tonumber(chunk[j]) <= cut do j = j - 1 end\n"
+    "    n = lo + j\n"
+    "    if j >= 1 then tail = chunk[j]; break end\n"
     "  end\n"
     "  if n < len then\n"
+    "    if n > 0 then redis.call('LTRIM', l, 0, n - 1) else redis.call('DEL', l) end\n"
     "    if h then\n"
     "      local cnt = {}\n"
     "      for _, x in ipairs(redis.call('LRANGE', ap, n, len - 1)) do cnt[x] = (cnt[x] or 0) + 1 end\n"
@@ -1112,6 +1129,7 @@ struct sl_redis {
     uint64_t expired;                     /* batches Redis answered "expired" */
     bool flush_now;                       /* a slot was released: write now */
     bool ev_defer;                        /* main link's watch: see sl_redis_ev_update */
+    size_t nlive;                         /* leases on r->leases */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -1955,6 +1973,8 @@ static void sl_redis_unlist(struct sl_redis *r, struct sl_redis_lease *l)
 {
     if (!l->listed)
         return;
+    if (!l->released)
+        r->nlive--;
     if (l->prev != NULL)
         l->prev->next = l->next;
     else if (l->released)
@@ -2014,6 +2034,7 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
             l->has_conc = true;
     }
     sl_redis_list_add(&r->leases, l);
+    r->nlive++;
     return l;
 }
 
@@ -2247,9 +2268,10 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
  * Commits with no batch to ride in wait for one: at moderate rates a
  * decision follows within a fraction of a millisecond, and a commit run
  * of its own would cost Redis as much as the decision.  They go alone
- * when FORCE, when no call of this store is in progress (so that an idle
- * instance's status, its `per` buckets and each app's calls, is current
- * once its calls are answered), when the first has waited
+ * when FORCE, when no other call of this store is in progress (at low
+ * rates nothing would follow them soon, and an idle instance's status,
+ * its `per` buckets and each app's calls, stays as current as it was),
+ * when the first has waited
  * SL_REDIS_COMMIT_HOLD_US, or when SL_REDIS_COMMIT_HOLD_MAX wait.  Waiting
  * changes no count: a call's
  * reservation stands for it until its commit turns it into an entry,
@@ -2273,7 +2295,7 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
         size_t u = list[i];
         struct sl_redis_commits *cs = &r->commits[u];
         sl_redis_flush(r, u);
-        if (cs->n > 0 && (force || r->leases == NULL ||
+        if (cs->n > 0 && (force || r->nlive <= cs->n ||
                           cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
                           now - cs->since_us >= SL_REDIS_COMMIT_HOLD_US ||
                           !sl_redis_usable(r)))

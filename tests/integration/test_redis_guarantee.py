@@ -553,3 +553,76 @@ def test_a_decision_whose_answer_was_lost_is_undone(upstream, redis, sluice):
         assert upstream.count() == 2
     finally:
         relay.close()
+
+
+# ---- commits that wait for a decision to ride in ----
+
+def redis_time_us(redis):
+    s, us = redis.cli("TIME").split()
+    return int(s) * 1000000 + int(us)
+
+
+def test_commits_behind_a_call_in_progress_reach_redis_within_the_hold(
+        upstream, redis, sluice):
+    """While other calls are in progress, an instance lets its commits wait
+    for its next decision to ride in, 10 ms at most.  With no further
+    decision they are still written then (not when the slow call ends),
+    each stamped no earlier than its call was sent, and the status counts
+    them for their apps."""
+    sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 100, "window": "1m"}],
+                    app="header:X-Sluice-App"), workers=1)
+    slow = socket.create_connection(("127.0.0.1", sl.port))
+    try:
+        slow.sendall(b"GET /leads/slow HTTP/1.1\r\nHost: x\r\nX-Sluice-App: a\r\n"
+                     b"X-Test-Delay: 4\r\n\r\n")
+        assert wait_for(lambda: upstream.count() == 1, 2)
+        # The slow call alone in progress: its commit went at once.
+        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 1, 1)
+        t0 = time.monotonic()
+        before = []
+        for app in ("b", "c", "c"):
+            before.append(redis_time_us(redis))
+            assert sl.request("GET", "/leads/x",
+                              headers={"X-Sluice-App": app})[0] == 200
+        # The hold is 10 ms; the bound leaves a loaded machine's scheduling
+        # plenty of room and is far below the slow call's 4 s, which is
+        # when the commits would go if the hold had no deadline.
+        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 4, 1.5)
+        assert time.monotonic() - t0 < 2.5
+        slow.setblocking(False)
+        try:
+            assert slow.recv(1) == b"", "the slow call answered early"
+        except BlockingIOError:
+            pass  # still in progress, as it should be
+        # Newest first: the three quick calls, each sent after its "before".
+        stamps = [int(x) for x in redis.cli("LRANGE", RATE, 0, 2).split()][::-1]
+        assert all(s >= b for s, b in zip(stamps, before)), (stamps, before)
+        assert redis.cli("LRANGE", "sluice:{leads}:a:1:w:", 0, -1).split() == \
+            ["c", "c", "b", "a"]
+    finally:
+        slow.close()
+
+
+@pytest.mark.parametrize("method,body", [("GET", b""), ("HEAD", b""),
+                                         ("DELETE", b""), ("POST", b"x" * 100)])
+def test_client_hangup_while_a_redis_decided_call_waits_for_the_upstream(
+        upstream, redis, sluice, method, body):
+    """A call decided by Redis waits suspended for its upstream's answer
+    (with no body to read, without being resumed in between).  A client
+    that hangs up meanwhile is noticed: its transfer is aborted and its
+    slot comes back at once."""
+    sl = sluice(cfg(upstream, redis, [{"name": "one", "concurrency": 1}]), workers=1)
+    s = socket.create_connection(("127.0.0.1", sl.port))
+    head = "%s /leads/slow HTTP/1.1\r\nHost: x\r\nX-Test-Delay: 3\r\n" % method
+    if body:
+        head += "Content-Length: %d\r\n" % len(body)
+    s.sendall(head.encode() + b"\r\n" + body)
+    assert wait_for(lambda: upstream.active == 1, 2)
+    assert sl.request("GET", "/leads/now")[0] == 429
+    s.close()
+    assert "outcome=client_gone" in sl.wait_log("outcome=client_gone")
+    t0 = time.monotonic()
+    assert sl.request("GET", "/leads/now")[0] == 200
+    # The slot came back with the hang-up, not when the 3 s upstream call
+    # would have ended.
+    assert time.monotonic() - t0 < 1.5
