@@ -562,45 +562,51 @@ def redis_time_us(redis):
     return int(s) * 1000000 + int(us)
 
 
-def test_commits_behind_a_call_in_progress_reach_redis_within_the_hold(
+def test_commits_behind_calls_in_progress_reach_redis_within_the_hold(
         upstream, redis, sluice):
-    """While other calls are in progress, an instance lets its commits wait
-    for its next decision to ride in, 10 ms at most.  With no further
-    decision they are still written then (not when the slow call ends),
-    each stamped no earlier than its call was sent, and the status counts
-    them for their apps."""
+    """While more calls of an instance are in progress than commits wait,
+    its commits wait for its next decision to ride in, 10 ms at most.  With
+    no further decision they are still written then (not when the slow
+    calls end), each stamped no earlier than its call was sent, with its
+    app."""
     sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 100, "window": "1m"}],
                     app="header:X-Sluice-App"), workers=1)
-    slow = socket.create_connection(("127.0.0.1", sl.port))
+    slow = []
     try:
-        slow.sendall(b"GET /leads/slow HTTP/1.1\r\nHost: x\r\nX-Sluice-App: a\r\n"
-                     b"X-Test-Delay: 4\r\n\r\n")
-        assert wait_for(lambda: upstream.count() == 1, 2)
-        # The slow call alone in progress: its commit went at once.
-        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 1, 1)
+        for _ in range(2):
+            s = socket.create_connection(("127.0.0.1", sl.port))
+            s.sendall(b"GET /leads/slow HTTP/1.1\r\nHost: x\r\nX-Sluice-App: a\r\n"
+                      b"X-Test-Delay: 4\r\n\r\n")
+            slow.append(s)
+            assert wait_for(lambda: upstream.count() == len(slow), 2)
         t0 = time.monotonic()
+        # The second slow call's commit waited behind the first call.
+        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 2, 1.5)
         before = []
         for app in ("b", "c", "c"):
             before.append(redis_time_us(redis))
             assert sl.request("GET", "/leads/x",
                               headers={"X-Sluice-App": app})[0] == 200
-        # The hold is 10 ms; the bound leaves a loaded machine's scheduling
-        # plenty of room and is far below the slow call's 4 s, which is
+        # Each quick call's commit waits behind the two slow calls.  The
+        # hold is 10 ms; the bound leaves a loaded machine's scheduling
+        # plenty of room and is far below the slow calls' 4 s, which is
         # when the commits would go if the hold had no deadline.
-        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 4, 1.5)
-        assert time.monotonic() - t0 < 2.5
-        slow.setblocking(False)
-        try:
-            assert slow.recv(1) == b"", "the slow call answered early"
-        except BlockingIOError:
-            pass  # still in progress, as it should be
+        assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 5, 1.5)
+        assert time.monotonic() - t0 < 3
+        for s in slow:
+            s.setblocking(False)
+            try:
+                assert s.recv(1) == b"", "a slow call answered early"
+            except BlockingIOError:
+                pass  # still in progress, as it should be
         # Newest first: the three quick calls, each sent after its "before".
         stamps = [int(x) for x in redis.cli("LRANGE", RATE, 0, 2).split()][::-1]
         assert all(s >= b for s, b in zip(stamps, before)), (stamps, before)
         assert redis.cli("LRANGE", "sluice:{leads}:a:1:w:", 0, -1).split() == \
-            ["c", "c", "b", "a"]
+            ["c", "c", "b", "a", "a"]
     finally:
-        slow.close()
+        for s in slow:
+            s.close()
 
 
 @pytest.mark.parametrize("method,body", [("GET", b""), ("HEAD", b""),
