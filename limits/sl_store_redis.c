@@ -347,12 +347,18 @@ static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
     /* Drop the entries of L that left the window (the oldest, at its
      * tail), and their apps from AP and H (nil: no shares).  LEN: L's
-     * length.  Returns the new length and the oldest entry left (nil:
-     * none).  The tail is read 16 entries a command, and what left is cut
-     * with one LTRIM: a batch's worth of entries leaving costs two
-     * commands, not two per entry. */
+     * length.  Returns the new length and the oldest entry left (nil or
+     * false: none).  The oldest entry is read first: when it is still in
+     * the window, as in long windows, that is all.  Otherwise the tail is
+     * read 16 entries a command, and what left is cut with one LTRIM: a
+     * batch's worth of entries leaving costs a few commands, not two per
+     * entry. */
     "local function prune(l, ap, h, len, span)\n"
-    "  local n, tail, cut = len, nil, now - span\n"
+    "  local cut = now - span\n"
+    "  local tail = redis.call('LINDEX', l, -1)\n"
+    "  if not tail or tonumber(tail) > cut then return len, tail end\n"
+    "  local n = len - 1\n"
+    "  tail = nil\n"
     "  while n > 0 do\n"
     "    local lo = math.max(n - 16, 0)\n"
     "    local chunk = redis.call('LRANGE', l, lo, n - 1)\n"
