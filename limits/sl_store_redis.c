@@ -2274,16 +2274,15 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
  * Commits with no batch to ride in wait for one: at moderate rates a
  * decision follows within a fraction of a millisecond, and a commit run
  * of its own would cost Redis as much as the decision.  They go alone
- * when FORCE, when no other call of this store is in progress (at low
- * rates nothing would follow them soon, and an idle instance's status,
- * its `per` buckets and each app's calls, stays as current as it was),
- * when the first has waited
- * SL_REDIS_COMMIT_HOLD_US, or when SL_REDIS_COMMIT_HOLD_MAX wait.  Waiting
- * changes no count: a call's
- * reservation stands for it until its commit turns it into an entry,
- * stamped when the call was sent (sl_redis_commit_args), and a
- * reservation lasts more than a second (sl_redis_batch_args).  Returns
- * when the earliest waiting commits are due (ms), or -1.
+ * when FORCE; when no more calls of this store are in progress than
+ * commits wait (nothing may follow soon, and a lone call's commit goes at
+ * once, as an idle instance's status expects); when the first has waited
+ * SL_REDIS_COMMIT_HOLD_US; or when SL_REDIS_COMMIT_HOLD_MAX wait.  Waiting
+ * changes no count: a call's reservation stands for it until its commit
+ * turns it into an entry, stamped when the call was sent
+ * (sl_redis_commit_args), and a reservation lasts more than a second
+ * (sl_redis_batch_args).  Returns when the earliest waiting commits are
+ * due (ms), or -1.
  */
 static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
 {
