@@ -151,8 +151,9 @@
 #define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
 /* Commits wait for the next decision batch of their upstream to ride in,
- * for at most this long, or until this many wait: a run of its own costs
- * Redis as much as a decision (see sl_redis_flush_all). */
+ * for at most this long (and at most store_timeout), or until this many
+ * wait: a run of its own costs Redis as much as a decision (see
+ * sl_redis_flush_all). */
 #define SL_REDIS_COMMIT_HOLD_US 10000
 #define SL_REDIS_COMMIT_HOLD_MAX 256
 #define SL_REDIS_UNDO_MAX 1000      /* batches to undo on the next connection */
@@ -347,8 +348,9 @@ static const char sl_lua_decide[] =
     SL_LUA_PRELUDE
     /* Drop the entries of L that left the window (the oldest, at its
      * tail), and their apps from AP and H (nil: no shares).  LEN: L's
-     * length.  Returns the new length and the oldest entry left (nil or
-     * false: none).  The oldest entry is read first: when it is still in
+     * length (as read in this run: entries are counted by index).
+     * Returns the new length and the oldest entry left (nil or false:
+     * none).  The oldest entry is read first: when it is still in
      * the window, as in long windows, that is all.  Otherwise the tail is
      * read 16 entries a command, and what left is cut with one LTRIM: a
      * batch's worth of entries leaving costs a few commands, not two per
@@ -1135,6 +1137,7 @@ struct sl_redis {
     uint64_t expired;                     /* batches Redis answered "expired" */
     bool flush_now;                       /* a slot was released: write now */
     bool ev_defer;                        /* main link's watch: see sl_redis_ev_update */
+    bool flushing, flush_again, flush_force;  /* sl_redis_flush_all running */
     size_t nlive;                         /* leases on r->leases */
 };
 
@@ -1674,6 +1677,12 @@ static void sl_redis_cleanup(void *p)
 
 static void sl_redis_schedule_reconnect(struct sl_redis_link *link)
 {
+    /* A connection that failed to open is reported (sl_redis_on_connect)
+     * before hiredis cleans up, and its socket is still open: stop
+     * watching it here, or its watch slot would stay taken. */
+    if (link->fd >= 0)
+        link->r->loop.unwatch(link->r->loop.ctx, link->fd);
+    link->reg_read = link->reg_write = false;
     link->ac = NULL;
     link->fd = -1;
     link->state = SL_REDIS_DOWN;
@@ -2286,33 +2295,57 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
  */
 static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
 {
-    size_t *list = r->dirty, n = r->ndirty;
-    int64_t now = sl_redis_now_us(), due = -1;
+    int64_t due = -1;
 
-    /* Flushing may dirty upstreams again (callbacks decide new calls, a
-     * batch waits for the clock): they go on the other list. */
-    r->dirty = r->dirty_spare;
-    r->dirty_spare = list;
-    r->ndirty = 0;
-    for (size_t i = 0; i < n; i++)
-        r->is_dirty[list[i]] = false;
-    for (size_t i = 0; i < n; i++) {
-        size_t u = list[i];
-        struct sl_redis_commits *cs = &r->commits[u];
-        sl_redis_flush(r, u);
-        if (cs->n > 0 && (force || r->nlive <= cs->n ||
-                          cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
-                          now - cs->since_us >= SL_REDIS_COMMIT_HOLD_US ||
-                          !sl_redis_usable(r)))
-            sl_redis_flush_commits(r, u);
-        if (cs->n > 0) {
-            int64_t t = (cs->since_us + SL_REDIS_COMMIT_HOLD_US + 999) / 1000;
-            if (due < 0 || t < due)
-                due = t;
-        }
-        if (r->pending[u] != NULL || cs->n > 0)
-            sl_redis_mark_dirty(r, u);
+    if (r->flushing) {
+        /* Called back from inside a flush (a fallback's decision adopting
+         * a reload): the running flush goes round again, so that its
+         * dirty list is not swapped under it. */
+        r->flush_again = true;
+        r->flush_force = r->flush_force || force;
+        return -1;
     }
+    r->flushing = true;
+    do {
+        size_t *list = r->dirty, n = r->ndirty;
+        int64_t now = sl_redis_now_us();
+        /* At most store_timeout: a report (sl_redis_sync) counts every entry
+         * stamped within store_timeout before its call as sent after it,
+         * so a commit held no longer is never one the report already
+         * counted (it would then be counted twice: on the safe side, but
+         * wrong). */
+        int64_t hold = r->config->store_timeout_us < SL_REDIS_COMMIT_HOLD_US
+                           ? r->config->store_timeout_us : SL_REDIS_COMMIT_HOLD_US;
+
+        force = force || r->flush_force;
+        r->flush_again = r->flush_force = false;
+        due = -1;
+        /* Flushing may dirty upstreams again (callbacks decide new calls,
+         * a batch waits for the clock): they go on the other list. */
+        r->dirty = r->dirty_spare;
+        r->dirty_spare = list;
+        r->ndirty = 0;
+        for (size_t i = 0; i < n; i++)
+            r->is_dirty[list[i]] = false;
+        for (size_t i = 0; i < n; i++) {
+            size_t u = list[i];
+            struct sl_redis_commits *cs = &r->commits[u];
+            sl_redis_flush(r, u);
+            if (cs->n > 0 && (force || r->nlive <= cs->n ||
+                              cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
+                              now - cs->since_us >= hold ||
+                              !sl_redis_usable(r)))
+                sl_redis_flush_commits(r, u);
+            if (cs->n > 0) {
+                int64_t t = (cs->since_us + hold + 999) / 1000;
+                if (due < 0 || t < due)
+                    due = t;
+            }
+            if (r->pending[u] != NULL || cs->n > 0)
+                sl_redis_mark_dirty(r, u);
+        }
+    } while (r->flush_again);
+    r->flushing = false;
     return due;
 }
 

@@ -112,6 +112,20 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self):
         up = self.server.owner
         arrived = time.monotonic()
+        ended = []
+
+        def end():
+            # The call ends, for the provider's count of calls in flight,
+            # just before its last bytes go: the proxy cannot see the answer
+            # complete (and free its slot) any earlier.  Counting it down
+            # after the write instead would count, on a loaded machine, the
+            # time this thread waits to run again, and a next call that
+            # arrived in that gap as overlapping.
+            if not ended:
+                ended.append(True)
+                with up.lock:
+                    up.active -= 1
+
         with up.lock:
             up.active += 1
             up.max_active = max(up.max_active, up.active)
@@ -137,7 +151,10 @@ class _Handler(BaseHTTPRequestHandler):
                     name, _, value = hdr.partition(":")
                     self.send_header(name.strip(), value.strip())
                 self.send_header("Content-Length", str(len(body)))
+                if not body:
+                    end()
                 self.end_headers()
+                end()
                 self.wfile.write(body)
                 return
             size = self.headers.get("X-Test-Body-Size")
@@ -167,6 +184,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self.send_header(name.strip(), value.strip())
             if self.command == "HEAD" or status in (204, 304):
                 self.send_header("Content-Length", str(total))
+                end()
                 self.end_headers()
                 return
             if chunked:
@@ -174,15 +192,21 @@ class _Handler(BaseHTTPRequestHandler):
                 self.end_headers()
                 for c in chunks:
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(c), c))
+                end()
                 self.wfile.write(b"0\r\n\r\n")
             else:
                 self.send_header("Content-Length", str(total))
+                if total == 0:
+                    end()
                 self.end_headers()
+                sent = 0
                 for c in chunks:
+                    sent += len(c)
+                    if sent >= total:
+                        end()
                     self.wfile.write(c)
         finally:
-            with up.lock:
-                up.active -= 1
+            end()
 
     do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_OPTIONS = do_HEAD = _handle
 
