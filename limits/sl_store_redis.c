@@ -2871,6 +2871,15 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
     return 0;
 }
 
+/* Write what the main link has queued now, rather than when the loop
+ * next finds its socket writable (only while it is up). */
+static void sl_redis_write_now(struct sl_redis *r)
+{
+    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP &&
+        r->main.want_write)
+        redisAsyncHandleWrite(r->main.ac);
+}
+
 /* ops->flush: a released slot is written before its client is answered,
  * so a client's next call, decided on another worker's connection, never
  * finds the slot it just gave back still taken. */
@@ -2881,8 +2890,7 @@ static void sl_redis_flush_now(struct sl_store *store)
     if (!r->flush_now)
         return;
     r->flush_now = false;
-    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP)
-        redisAsyncHandleWrite(r->main.ac);
+    sl_redis_write_now(r);
 }
 
 /* Keep released lease L while it owes Redis something (bounded). */
@@ -3129,9 +3137,7 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     r->ev_defer = true;
     t = sl_redis_flush_all(r, false);
     SL_NEXT(t);
-    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP &&
-        r->main.want_write)
-        redisAsyncHandleWrite(r->main.ac);
+    sl_redis_write_now(r);
     r->ev_defer = false;
     sl_redis_ev_update(&r->main);
     t = sl_redis_link_timers(&r->main, now);
