@@ -4,14 +4,19 @@
  * Rules are tried in config order; a rule matches when its method list (if
  * any) holds the method and its path pattern (if any) matches the whole
  * upstream path.  The bucket key is the "per" value: a captured segment or
- * a header's value ("" when the header is absent).  Keys are copied into
+ * a header's value ("" when the header is absent).  A path that servers
+ * may read in more than one way (sl_path.h, "Readings") comes with every
+ * reading: a rule is charged when any reading matches it, once per
+ * distinct key, so no reading of the path escapes a rule.  Keys are copied into
  * one buffer owned by the check, so the check outlives the request's
  * header storage (a networked store may answer later).
  */
 #include "sl_store.h"
 
+#include "sl_path.h"
 #include "sl_pattern.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -28,9 +33,9 @@ static int sl_rule_method_ok(const struct sl_rule *r, const char *method)
     return 0;
 }
 
-/* Does R's path pattern match CALL's path, in either trailing form? */
+/* Does R's path pattern match PATH, in either trailing form? */
 static int sl_rule_path_ok(const struct sl_upstream_conf *up,
-                           const struct sl_rule *r, const struct sl_call *call,
+                           const struct sl_rule *r, const struct sl_reading *path,
                            struct sl_capture *caps)
 {
     int fold = !up->path_case_sensitive;
@@ -38,27 +43,39 @@ static int sl_rule_path_ok(const struct sl_upstream_conf *up,
 
     if (r->path == NULL)
         return 1;
-    if (sl_pattern_match_fold(r->path, call->path, call->path_len, caps, fold))
+    if (sl_pattern_match_fold(r->path, path->path, path->path_len, caps, fold))
         return 1;
-    if (!call->trailing_slash || call->path_len + 1 > SL_PATTERN_MAX_PATH ||
-        (call->path_len == 1 && call->path[0] == '/'))
+    if (!path->trailing_slash || path->path_len + 1 > SL_PATTERN_MAX_PATH ||
+        (path->path_len == 1 && path->path[0] == '/'))
         return 0;
-    memcpy(with_slash, call->path, call->path_len);
-    with_slash[call->path_len] = '/';
-    if (!sl_pattern_match_fold(r->path, with_slash, call->path_len + 1, caps, fold))
+    memcpy(with_slash, path->path, path->path_len);
+    with_slash[path->path_len] = '/';
+    if (!sl_pattern_match_fold(r->path, with_slash, path->path_len + 1, caps, fold))
         return 0;
     /* Captures point into the local copy: re-aim them at the caller's path
      * (a capture never holds the added '/', which ends the copy). */
     for (int i = 0; caps != NULL && i < SL_PATTERN_MAX_CAPTURES; i++)
-        if (caps[i].ptr >= with_slash && caps[i].ptr < with_slash + call->path_len + 1)
-            caps[i].ptr = call->path + (caps[i].ptr - with_slash);
+        if (caps[i].ptr >= with_slash && caps[i].ptr < with_slash + path->path_len + 1)
+            caps[i].ptr = path->path + (caps[i].ptr - with_slash);
     return 1;
+}
+
+/* Is (R, VAL) already among the first N hits? */
+static bool sl_hit_seen(const struct sl_check *check, const char *const *vals,
+                        const size_t *lens, size_t n, const struct sl_rule *r,
+                        const char *val, size_t len)
+{
+    for (size_t i = 0; i < n; i++)
+        if (check->hits[i].rule == r && lens[i] == len && memcmp(vals[i], val, len) == 0)
+            return true;
+    return false;
 }
 
 int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
              struct sl_check *check)
 {
     struct sl_capture caps[SL_PATTERN_MAX_CAPTURES];
+    struct sl_reading first = {call->path, call->path_len, call->trailing_slash};
     const char *vals[SL_MAX_HITS];
     size_t lens[SL_MAX_HITS];
     size_t total = 0, n = 0;
@@ -66,28 +83,43 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
 
     memset(check, 0, sizeof(*check));
     check->upstream = up;
-    for (size_t i = 0; i < up->nrules && n < SL_MAX_HITS - 1; i++) {
+    for (size_t i = 0; i < up->nrules; i++) {
         const struct sl_rule *r = &up->rules[i];
 
         if (!sl_rule_method_ok(r, call->method))
             continue;
-        if (!sl_rule_path_ok(up, r, call, caps))
-            continue;
-        vals[n] = "";
-        lens[n] = 0;
-        if (r->per_kind == SL_PER_CAPTURE) {
-            vals[n] = caps[r->per_capture].ptr;
-            lens[n] = caps[r->per_capture].len;
-        } else if (r->per_kind == SL_PER_HEADER) {
-            const char *h = call->header(call->header_ctx, r->per_header);
-            if (h != NULL) {
-                vals[n] = h;
-                lens[n] = strlen(h);
+        for (size_t k = 0; k <= call->nmore; k++) {
+            const struct sl_reading *rd = k == 0 ? &first : &call->more[k - 1];
+            const char *val = "";
+            size_t len = 0;
+
+            if (!sl_rule_path_ok(up, r, rd, caps))
+                continue;
+            if (r->per_kind == SL_PER_CAPTURE) {
+                val = caps[r->per_capture].ptr;
+                len = caps[r->per_capture].len;
+            } else if (r->per_kind == SL_PER_HEADER) {
+                const char *h = call->header(call->header_ctx, r->per_header);
+                if (h != NULL) {
+                    val = h;
+                    len = strlen(h);
+                }
             }
+            if (sl_hit_seen(check, vals, lens, n, r, val, len))
+                continue;
+            if (n == SL_MAX_HITS - 1) {
+                memset(check->hits, 0, sizeof(check->hits));
+                return SL_MATCH_TOO_MANY;
+            }
+            vals[n] = val;
+            lens[n] = len;
+            check->hits[n].rule = r;
+            total += len + 1;
+            n++;
+            /* Only a captured key can differ between readings. */
+            if (r->per_kind != SL_PER_CAPTURE)
+                break;
         }
-        check->hits[n].rule = r;
-        total += lens[n] + 1;
-        n++;
     }
     /* Every call counts in its upstream's pause bucket. */
     vals[n] = "";
@@ -108,6 +140,60 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
     }
     check->nhits = n;
     return 0;
+}
+
+int sl_match_raw(const struct sl_upstream_conf *up, const char *method,
+                 const char *rest, size_t len,
+                 const char *(*header)(void *ctx, const char *name), void *header_ctx,
+                 struct sl_check *check)
+{
+    unsigned fold = up->path_case_sensitive ? 0 : SL_PATH_FOLD_CASE;
+    unsigned bits = sl_path_reading_bits(rest, len);
+    size_t nsub = (size_t)1 << __builtin_popcount(bits), n = 0;
+    struct sl_reading more[SL_PATH_MAX_READINGS];
+    struct sl_call call;
+    char *buf;
+    int rc = 0;
+
+    memset(check, 0, sizeof(*check));
+    buf = malloc(nsub * (len + 2));
+    if (buf == NULL)
+        return -1;
+    /* Every subset of BITS, the full one (the canonical reading) first:
+     * (sub - 1) & bits counts down through BITS' bits alone. */
+    for (unsigned sub = bits, done = 0; !done; sub = (sub - 1) & bits) {
+        unsigned reading = (SL_READ_CANONICAL & ~bits) | sub;
+        struct sl_reading *rd = &more[n];
+        char *out = buf + n * (len + 2);
+        bool dup = false;
+
+        done = sub == 0;
+        rc = sl_path_read(rest, len, reading, fold, out, &rd->path_len,
+                          &rd->trailing_slash);
+        if (rc != SL_PATH_OK) {
+            rc = SL_MATCH_BAD_PATH;
+            goto out;
+        }
+        rd->path = out;
+        for (size_t k = 0; k < n && !dup; k++)
+            dup = more[k].path_len == rd->path_len &&
+                  more[k].trailing_slash == rd->trailing_slash &&
+                  memcmp(more[k].path, out, rd->path_len) == 0;
+        if (!dup)
+            n++;
+    }
+    call.method = method;
+    call.path = more[0].path;
+    call.path_len = more[0].path_len;
+    call.trailing_slash = more[0].trailing_slash;
+    call.header = header;
+    call.header_ctx = header_ctx;
+    call.more = more + 1;
+    call.nmore = n - 1;
+    rc = sl_match(up, &call, check);
+out:
+    free(buf);
+    return rc;
 }
 
 void sl_check_clear(struct sl_check *check)

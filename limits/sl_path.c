@@ -1,13 +1,15 @@
 /*
  * sl_path — canonical request paths (see sl_path.h for the form and why).
  *
- * Two passes over a buffer the caller provides, both in place and both
- * only ever shrinking the text: the first decodes escapes and folds '\'
- * into '/', the second walks segments, drops ";params" and empty
- * segments, refuses dot segments and lower-cases if asked.  The checks
- * that guard the upstream's base path (dot segments, double encoding) run
- * on the decoded text, so every spelling of "..", "%2e%2e", "%2E.",
- * "..;x", "..%5c" meets the same test.
+ * A reading walks the raw path once, unit by unit (a byte or an escape),
+ * and writes segments into a buffer the caller provides, never longer
+ * than the input: what the reading's bits make a separator ends a
+ * segment, a parameter start drops the rest of it, and a segment of dots
+ * is refused.  The canonical form is the reading with every bit set, after
+ * a first pass that decodes everything to look for a second layer of
+ * escapes.  So every spelling of "..", "%2e%2e", "%2E.", "..;x", "..%5c"
+ * meets the same test, and every reading a provider may make of a path
+ * comes from the same walk.
  */
 #include "sl_path.h"
 
@@ -97,12 +99,70 @@ void sl_path_fold(char *p, size_t len)
             p[i] = (char)(p[i] - 'A' + 'a');
 }
 
-int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
-                      size_t *out_len, bool *trailing)
+/* What one unit of a raw path is under a reading. */
+enum sl_unit {
+    SL_UNIT_BYTES,  /* text of the segment (emitted) */
+    SL_UNIT_SEP,    /* a segment separator */
+    SL_UNIT_PARAM,  /* the start of a dropped ";param" */
+};
+
+/*
+ * Read the unit at PATH[*I] under READING and step past it: a separator,
+ * a parameter start, or 1 to 3 bytes to emit into EMIT (*NEMIT).
+ * Returns SL_PATH_OK or a negative status.
+ */
+static int sl_path_unit(const char *path, size_t len, size_t *i, unsigned reading,
+                        char emit[3], size_t *nemit, enum sl_unit *kind)
 {
-    long dlen;
-    size_t o = 0, i = 0, n;
-    bool last_empty = false;
+    unsigned char c = (unsigned char)path[*i];
+    bool escaped = false;
+
+    *kind = SL_UNIT_BYTES;
+    *nemit = 1;
+    if (sl_path_is_control(c))
+        return SL_PATH_CONTROL;
+    if (c == '%') {
+        int hi, lo;
+        if (*i + 2 >= len)
+            return SL_PATH_BAD_ESCAPE;
+        hi = sl_path_hex((unsigned char)path[*i + 1]);
+        lo = sl_path_hex((unsigned char)path[*i + 2]);
+        if (hi < 0 || lo < 0)
+            return SL_PATH_BAD_ESCAPE;
+        c = (unsigned char)(hi * 16 + lo);
+        if (sl_path_is_control(c))
+            return SL_PATH_CONTROL;
+        escaped = true;
+        *i += 3;
+    } else {
+        *i += 1;
+    }
+    if (c == '/' && (!escaped || (reading & SL_READ_ENC_SLASH))) {
+        *kind = SL_UNIT_SEP;
+    } else if (c == '/') {
+        memcpy(emit, "%2F", 3);
+        *nemit = 3;
+        return SL_PATH_OK;
+    } else if (c == '\\' &&
+               (reading & (escaped ? SL_READ_ENC_BSLASH : SL_READ_BACKSLASH))) {
+        *kind = SL_UNIT_SEP;
+    } else if (c == ';' &&
+               (reading & (escaped ? SL_READ_ENC_PARAMS : SL_READ_PARAMS))) {
+        *kind = SL_UNIT_PARAM;
+    }
+    emit[0] = (char)c;
+    return SL_PATH_OK;
+}
+
+int sl_path_read(const char *path, size_t len, unsigned reading, unsigned flags,
+                 char *out, size_t *out_len, bool *trailing)
+{
+    size_t i = 0, o = 0, mark = 0;
+    bool in_param = false, last_empty = false;
+    char emit[3];
+    size_t nemit;
+    enum sl_unit kind;
+    int rc;
 
     if (len == 0) {
         memcpy(out, "/", 2);
@@ -111,42 +171,45 @@ int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
             *trailing = false;
         return SL_PATH_OK;
     }
-    if (path[0] != '/' && path[0] != '\\')
+    rc = sl_path_unit(path, len, &i, reading, emit, &nemit, &kind);
+    if (rc != SL_PATH_OK)
+        return rc;
+    if (kind != SL_UNIT_SEP)
         return SL_PATH_NOT_ABSOLUTE;
-    dlen = sl_path_decode(path, len, out);
-    if (dlen < 0)
-        return (int)dlen;
-    n = (size_t)dlen;
-    if (sl_path_double_encoded(out, n))
-        return SL_PATH_DOUBLE_ENCODED;
+    /* A segment is written as '/' and its text from MARK on; it is taken
+     * back when it ends empty and empties are merged, or ends the path. */
+    out[o++] = '/';
+    for (;;) {
+        bool end = i >= len;
 
-    /* Pass two, in place: the write position never passes the read one. */
-    while (i < n) {
-        size_t start, end, keep;
-
-        while (i < n && out[i] == '/')
-            i++;
-        if (i >= n) {
-            last_empty = true;
-            break;
+        if (!end) {
+            rc = sl_path_unit(path, len, &i, reading, emit, &nemit, &kind);
+            if (rc != SL_PATH_OK)
+                return rc;
         }
-        start = i;
-        while (i < n && out[i] != '/')
-            i++;
-        end = i;
-        keep = start;
-        while (keep < end && out[keep] != ';')
-            keep++;
-        if (keep == start) {
-            last_empty = true;  /* ";x" alone: an empty segment */
+        if (end || kind == SL_UNIT_SEP) {
+            size_t seg = o - mark - 1;
+
+            if (sl_path_dot_segment(out + mark + 1, seg))
+                return SL_PATH_DOT_SEGMENT;
+            last_empty = seg == 0;
+            if (seg == 0 && (end || (reading & SL_READ_MERGE)))
+                o = mark;
+            if (end)
+                break;
+            mark = o;
+            out[o++] = '/';
+            in_param = false;
             continue;
         }
-        if (sl_path_dot_segment(out + start, keep - start))
-            return SL_PATH_DOT_SEGMENT;
-        out[o++] = '/';
-        memmove(out + o, out + start, keep - start);
-        o += keep - start;
-        last_empty = false;
+        if (in_param)
+            continue;
+        if (kind == SL_UNIT_PARAM) {
+            in_param = true;
+            continue;
+        }
+        memcpy(out + o, emit, nemit);
+        o += nemit;
     }
     if (o == 0) {
         out[o++] = '/';
@@ -159,6 +222,53 @@ int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
     if (trailing != NULL)
         *trailing = last_empty;
     return SL_PATH_OK;
+}
+
+int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
+                      size_t *out_len, bool *trailing)
+{
+    long dlen;
+
+    if (len > 0 && path[0] != '/' && path[0] != '\\')
+        return SL_PATH_NOT_ABSOLUTE;
+    /* The fully decoded text first: only it shows a second layer of
+     * escapes.  It is then overwritten by the canonical reading. */
+    dlen = sl_path_decode(path, len, out);
+    if (dlen < 0)
+        return (int)dlen;
+    if (sl_path_double_encoded(out, (size_t)dlen))
+        return SL_PATH_DOUBLE_ENCODED;
+    return sl_path_read(path, len, SL_READ_CANONICAL, flags, out, out_len, trailing);
+}
+
+/* Does PATH hold the escape of C ("%2F" or "%2f" for '/')? */
+static bool sl_path_has_escape(const char *path, size_t len, unsigned char c)
+{
+    for (size_t i = 0; i + 2 < len; i++)
+        if (path[i] == '%' && sl_path_hex((unsigned char)path[i + 1]) == c / 16 &&
+            sl_path_hex((unsigned char)path[i + 2]) == c % 16)
+            return true;
+    return false;
+}
+
+unsigned sl_path_reading_bits(const char *path, size_t len)
+{
+    unsigned bits = 0;
+
+    if (memchr(path, '\\', len) != NULL)
+        bits |= SL_READ_BACKSLASH;
+    if (memchr(path, ';', len) != NULL)
+        bits |= SL_READ_PARAMS;
+    if (sl_path_has_escape(path, len, '/'))
+        bits |= SL_READ_ENC_SLASH;
+    if (sl_path_has_escape(path, len, '\\'))
+        bits |= SL_READ_ENC_BSLASH;
+    if (sl_path_has_escape(path, len, ';'))
+        bits |= SL_READ_ENC_PARAMS;
+    /* Any of those can leave an empty segment, and so can "//". */
+    if (bits != 0 || memmem(path, len, "//", 2) != NULL)
+        bits |= SL_READ_MERGE;
+    return bits;
 }
 
 const char *sl_path_strerror(int status)

@@ -56,6 +56,53 @@ enum sl_path_status {
 int sl_path_canonical(const char *path, size_t len, unsigned flags, char *out,
                       size_t *out_len, bool *trailing);
 
+/*
+ * Readings.  The canonical form is the most reduced reading of a path;
+ * a provider may read less of it as structure.  Frameworks that route on
+ * the raw path (Express, Go's ServeMux, Rails, ASP.NET) read "x%2Fy" as
+ * one segment "x/y", some servers read '\' as a plain character, Tomcat
+ * drops ";params" but not "%3B...", Express keeps empty segments.  A rule
+ * that matches a path under one of these readings must be charged however
+ * sluice itself would read it, or "lead-result/x%2Fy" (one segment to the
+ * provider, two to the canonical form) dodges "lead-result/{lead}".  So
+ * the proxy reads a path every way these choices combine and charges
+ * every rule that any reading matches (sl_match).
+ *
+ * A reading is a set of the bits below; the canonical form is all of them.
+ * Where a reading does not split at an escaped slash it keeps "%2F" in its
+ * text (upper-case, so "%2f" reads the same); an unsplit '\' or "%5C" is
+ * a '\'; an undropped ';' stays.  So no rule literal (decoded text) can
+ * take an unsplit escape for a separator, and a capture holds one segment
+ * as the provider sees it.
+ */
+#define SL_READ_ENC_SLASH  0x01u  /* "%2F" separates segments */
+#define SL_READ_BACKSLASH  0x02u  /* a raw '\' separates segments */
+#define SL_READ_ENC_BSLASH 0x04u  /* "%5C" separates segments */
+#define SL_READ_PARAMS     0x08u  /* a raw ';' starts a dropped parameter */
+#define SL_READ_ENC_PARAMS 0x10u  /* so does "%3B" */
+#define SL_READ_MERGE      0x20u  /* empty segments are dropped */
+#define SL_READ_CANONICAL  0x3fu
+/* Every subset of the six bits: the most readings one path can have. */
+#define SL_PATH_MAX_READINGS 64
+
+/*
+ * Read the LEN bytes at PATH (no query) under READING into OUT (at least
+ * LEN + 2 bytes, NUL-terminated), folding case under SL_PATH_FOLD_CASE in
+ * FLAGS.  TRAILING as for sl_path_canonical().  Returns SL_PATH_OK or the
+ * same negative statuses, bar SL_PATH_DOUBLE_ENCODED, which only the
+ * fully decoded form can show: call sl_path_canonical() first.
+ * sl_path_read(..., SL_READ_CANONICAL, ...) is the canonical form.
+ */
+int sl_path_read(const char *path, size_t len, unsigned reading, unsigned flags,
+                 char *out, size_t *out_len, bool *trailing);
+
+/*
+ * The reading bits that can change how PATH reads: the others make no
+ * difference to it.  Reading under every subset of these (the others set)
+ * gives every distinct reading; some may still coincide.
+ */
+unsigned sl_path_reading_bits(const char *path, size_t len);
+
 /* Lower-case the ASCII letters of the LEN bytes at P (step 6 above). */
 void sl_path_fold(char *p, size_t len);
 

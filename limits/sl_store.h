@@ -307,14 +307,43 @@ struct sl_call {
     /* The path ended in '/' before canonicalization: a rule matches when
      * it matches either form, so neither spelling dodges it. */
     bool trailing_slash;
+    /* Other readings of the same path (sl_path_read), matched as PATH is:
+     * a rule that any reading matches is charged, once per distinct key.
+     * NULL and 0 when the path reads only one way. */
+    const struct sl_reading *more;
+    size_t nmore;
+};
+
+/* One reading of a call's path, in the same form as sl_call's. */
+struct sl_reading {
+    const char *path;
+    size_t path_len;
+    bool trailing_slash;
 };
 
 /*
- * Fill CHECK with every rule of UPSTREAM that CALL falls under.
- * Returns 0, or -1 when out of memory.  Free with sl_check_clear().
+ * Fill CHECK with every rule of UPSTREAM that CALL falls under, under any
+ * of its readings.  Returns 0, -1 when out of memory, or
+ * SL_MATCH_TOO_MANY when the readings' distinct (rule, key) pairs do not
+ * fit a check (CHECK is then empty).  Free with sl_check_clear().
  */
+#define SL_MATCH_TOO_MANY (-100)
 int sl_match(const struct sl_upstream_conf *upstream, const struct sl_call *call,
              struct sl_check *check);
+
+/*
+ * Match the raw upstream path REST (LEN bytes past the prefix, no query)
+ * under every reading a server may make of it (sl_path.h, "Readings"):
+ * sl_match() over them all.  HEADER and HEADER_CTX as in sl_call.
+ * Returns 0, -1 when out of memory, SL_MATCH_TOO_MANY, or
+ * SL_MATCH_BAD_PATH when a reading is refused (a dot segment, a bad
+ * escape: the canonical form, checked first, refuses every such path).
+ */
+#define SL_MATCH_BAD_PATH (-101)
+int sl_match_raw(const struct sl_upstream_conf *upstream, const char *method,
+                 const char *rest, size_t len,
+                 const char *(*header)(void *ctx, const char *name), void *header_ctx,
+                 struct sl_check *check);
 
 void sl_check_clear(struct sl_check *check);
 

@@ -258,11 +258,9 @@ static int sl_req_match(struct sl_request *req)
     const struct sl_config *c = req->config;
     const char *q = strchr(req->uri, '?');
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
-    const char *path;
-    size_t canon_len, skip, path_len;
+    size_t canon_len, skip;
     char *canon = NULL;
     char msg[256];
-    struct sl_call call;
     bool trailing;
     int rc;
 
@@ -297,29 +295,24 @@ static int sl_req_match(struct sl_request *req)
         sl_req_error(req, MHD_HTTP_NOT_FOUND, "no_route", msg, 0, "no_route");
         return -1;
     }
-    /* Prefixes are canonical themselves (--check), and the canonical path
-     * routes where the raw one does: so past the prefix it is the
-     * canonical form of the rest, "/" when the rest is empty. */
+    /* Prefixes are canonical themselves (--check), and the raw path
+     * routes where the canonical one does: so the raw path holds the
+     * prefix verbatim, and what follows it is read on its own. */
     skip = req->up->prefix_len == 1 ? 0 : req->up->prefix_len;
-    path = canon + skip;
-    path_len = canon_len - skip;
-    if (path_len == 0) {
-        path = "/";
-        path_len = 1;
-        trailing = false;
-    } else if (!req->up->path_case_sensitive) {
-        sl_path_fold(canon + skip, path_len);
-    }
-    call.method = req->method;
-    call.path = path;
-    call.path_len = path_len;
-    call.header = sl_call_header;
-    call.header_ctx = req->conn;
-    call.trailing_slash = trailing;
-    rc = sl_match(req->up, &call, &req->check);
+    rc = sl_match_raw(req->up, req->method, req->uri + skip, plen - skip,
+                      sl_call_header, req->conn, &req->check);
     free(canon);
-    if (rc != 0)
+    if (rc == -1)
         goto oom;
+    if (rc != 0) {
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
+                     rc == SL_MATCH_TOO_MANY
+                         ? "the path reads as too many different endpoints "
+                           "(escaped slashes, backslashes or \";\" in many segments)"
+                         : "the path holds a dot segment or a malformed escape "
+                           "in some reading", 0, "bad_request");
+        return -1;
+    }
     sl_req_identify_app(req);
     return 0;
 

@@ -288,3 +288,80 @@ def test_no_route_around_a_prefix(sluice):
     finally:
         guarded.close()
         other.close()
+
+
+# Segment-level spellings of a lead-result call.  Frameworks that route on
+# the raw path (Express, Go's ServeMux, Rails, ASP.NET) read "x%2Fy" as one
+# segment "x/y"; some servers read '\' as a plain character; Tomcat drops
+# ";params" but not "%3B..."; Express keeps empty segments.  Each target
+# below is a lead-result call under at least one of those readings (and
+# some are not under the canonical one), so each must meet the rule.
+LEAD_RULE = {"name": "lead", "path": "/api/v2/publisher/{publisher}/lead-result/{lead}",
+             "limit": 1, "window": "5m"}
+LEAD_SPELLINGS = [
+    "/leads/api/v2/publisher/P/lead-result/x%2Fy",
+    "/leads/api/v2/publisher/P/lead-result/x%2fy",
+    "/leads/api/v2/publisher/P/lead-result/a%2Fb%2Fc",
+    "/leads/api/v2/publisher/P/lead-result/%2F",
+    "/leads/api/v2/publisher/P/lead-result/x%2F",
+    "/leads/api/v2/publisher/p2%2Fz/lead-result/L3",
+    "/leads/api/v2/publisher/P/lead-result/x%5Cy",
+    "/leads/api/v2/publisher/P/lead-result/x%5cy",
+    "/leads/api/v2/publisher/P/lead-result/x\\y",
+    "/leads/api/v2/publisher/P/lead-result/a\\b\\c",
+    "/leads/api/v2/publisher/p\\q/lead-result/L3",
+    "/leads/api/v2/publisher/P/lead-result/;x",
+    "/leads/api/v2/publisher/P/lead-result/%3Bx",
+    "/leads/api/v2/publisher/P/lead-result;a/%3Bx",
+    "/leads/api/v2/publisher/P/lead-result/L4;a=b",
+    "/leads/api/v2/publisher/;x/lead-result/L3",
+    "/leads/api/v2/publisher/P%2Flead-result%2FL9",
+    "/leads/api/v2/publisher/P//lead-result/x",
+]
+
+
+def test_no_reading_of_a_segment_dodges_a_rule(upstream, sluice):
+    sl = sluice({"upstreams": [leads(upstream, [LEAD_RULE])]})
+    assert raw(sl, "GET", "/leads/api/v2/publisher/P/lead-result/L1")[0] == 200
+    assert raw(sl, "GET", "/leads/api/v2/publisher/P/lead-result/L2")[0] == 429
+    failures = []
+    for target in LEAD_SPELLINGS:
+        status, h, body = raw(sl, "GET", target)
+        try:
+            e = json.loads(body)
+        except ValueError:
+            e = {}
+        if status != 429 or e.get("rule") != "lead":
+            failures.append((target, status, body[:200]))
+    assert failures == [], "\n".join(map(repr, failures))
+    # A dot segment under the reading that splits at "%2F" is refused, as
+    # every other spelling of ".." is.
+    assert raw(sl, "GET", "/leads/api/v2/publisher/P/lead-result/x%2F..%2Fy")[0] == 400
+    # One lead-result call reached the provider, whatever it reads as one.
+    assert [r.target for r in upstream.records] == [
+        "/base/api/v2/publisher/P/lead-result/L1"]
+    # Paths that are no lead-result call under any reading still pass.
+    # (No server splits one "%2F" and not the other; none reads an empty
+    # segment as a publisher.)
+    for target in ("/leads/api/v2/publisher/P/lead-result",
+                   "/leads/api/v2/publisher/P/lead-result/x/y",
+                   "/leads/api%2Fv2/publisher/P/lead-result/x%2Fy",
+                   "/leads/api/v2/publisher//lead-result/L3",
+                   "/leads/api/v2/publisher/P/other/x%2Fy"):
+        assert raw(sl, "GET", target)[0] == 200, target
+
+
+def test_an_escaped_slash_is_one_key_as_the_provider_reads_it(upstream, sluice):
+    # Per lead: "x%2Fy" and "x%2fy" are one lead ("x/y") to a provider that
+    # routes on the raw path, and "x%2Fz" another.  The canonical reading
+    # ("/x/y", no lead-result call) must not hide it from its bucket.
+    rule = dict(LEAD_RULE, per="{lead}")
+    sl = sluice({"upstreams": [leads(upstream, [rule])]})
+    base = "/leads/api/v2/publisher/P/lead-result/"
+    assert raw(sl, "GET", base + "x%2Fy")[0] == 200
+    status, _, body = raw(sl, "GET", base + "x%2fy")
+    assert (status, json.loads(body)["rule"]) == (429, "lead")
+    assert raw(sl, "GET", base + "x%2Fz")[0] == 200
+    assert raw(sl, "GET", base + "x\\y")[0] == 200
+    assert raw(sl, "GET", base + "x%5Cy")[0] == 429   # '\' and %5C: one lead
+    assert upstream.count() == 3

@@ -144,6 +144,8 @@ static size_t hits_for(const struct sl_config *c, const char *method,
     call.header = no_header;
     call.header_ctx = NULL;
     call.trailing_slash = trailing;
+    call.more = NULL;
+    call.nmore = 0;
     assert_int_equal(sl_match(up, &call, &chk), 0);
     for (size_t i = 0; i < chk.nhits; i++)
         if (strcmp(chk.hits[i].rule->name, want_rule) == 0)
@@ -205,6 +207,77 @@ static void test_case_sensitive_upstream(void **state)
     sl_config_free(c);
 }
 
+static void expect_read(const char *raw, unsigned reading, const char *want, bool want_trailing)
+{
+    char out[256];
+    size_t n;
+    bool trailing;
+
+    assert_int_equal(sl_path_read(raw, strlen(raw), reading, 0, out, &n, &trailing),
+                     SL_PATH_OK);
+    assert_string_equal(out, want);
+    assert_int_equal(n, strlen(want));
+    assert_int_equal(trailing, want_trailing);
+}
+
+static void test_readings(void **state)
+{
+    const unsigned all = SL_READ_CANONICAL;
+    (void)state;
+
+    expect_read("/a/x%2Fy", all, "/a/x/y", false);
+    expect_read("/a/x%2fy", all & ~SL_READ_ENC_SLASH, "/a/x%2Fy", false);
+    expect_read("/a/x\\y", all & ~SL_READ_BACKSLASH, "/a/x\\y", false);
+    expect_read("/a/x%5cy", all & ~SL_READ_ENC_BSLASH, "/a/x\\y", false);
+    expect_read("/a/x%5cy", all, "/a/x/y", false);
+    expect_read("/a/;x", all, "/a", true);
+    expect_read("/a/;x", all & ~SL_READ_PARAMS, "/a/;x", false);
+    expect_read("/a;b/%3Bx", all & ~SL_READ_ENC_PARAMS, "/a/;x", false);
+    expect_read("/a//b", all & ~SL_READ_MERGE, "/a//b", false);
+    expect_read("/a//b/", all & ~SL_READ_MERGE, "/a//b", true);
+    expect_read("", 0, "/", false);
+    /* The canonical reading is the canonical form. */
+    for (unsigned r = 0; r <= all; r++)
+        expect_read("/x", r, "/x", false);
+    assert_int_equal(sl_path_reading_bits("/a/b", 4), 0);
+    assert_int_equal(sl_path_reading_bits("/a//b", 5), SL_READ_MERGE);
+    assert_int_equal(sl_path_reading_bits("/a%2fb;c", 8),
+                     SL_READ_ENC_SLASH | SL_READ_PARAMS | SL_READ_MERGE);
+}
+
+/* A rule that one reading matches is charged, with that reading's key. */
+static void test_match_every_reading(void **state)
+{
+    const char *text =
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": ["
+        "{\"name\": \"lead\", \"path\": \"/lead/{id}\", \"per\": \"{id}\","
+        " \"limit\": 1, \"window\": \"5m\"},"
+        "{\"name\": \"deep\", \"path\": \"/lead/*/*\", \"limit\": 1, \"window\": \"5m\"}]}]}";
+    struct sl_errors e = {0};
+    struct sl_config *c;
+    struct sl_check chk;
+    const char *raw = "/lead/x%2Fy";
+    (void)state;
+
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    assert_int_equal(sl_match_raw(&c->upstreams[0], "GET", raw, strlen(raw), no_header,
+                                  NULL, &chk), 0);
+    /* deep (split reading), lead with key "x%2fy" (folded), the pause. */
+    assert_int_equal(chk.nhits, 3);
+    assert_string_equal(chk.hits[0].rule->name, "lead");
+    assert_string_equal(chk.hits[0].key, "x%2fy");
+    assert_string_equal(chk.hits[1].rule->name, "deep");
+    sl_check_clear(&chk);
+    raw = "/lead/a";
+    assert_int_equal(sl_match_raw(&c->upstreams[0], "GET", raw, strlen(raw), no_header,
+                                  NULL, &chk), 0);
+    assert_int_equal(chk.nhits, 2);
+    assert_string_equal(chk.hits[0].key, "a");
+    sl_check_clear(&chk);
+    sl_config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +287,8 @@ int main(void)
         cmocka_unit_test(test_utf8_kept),
         cmocka_unit_test(test_rules_cannot_be_dodged_by_spelling),
         cmocka_unit_test(test_case_sensitive_upstream),
+        cmocka_unit_test(test_readings),
+        cmocka_unit_test(test_match_every_reading),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -60,7 +60,7 @@ static void on_cap(void *arg, const struct sl_decision *d, struct sl_lease *l)
 static enum sl_verdict sent(struct sl_store *st, struct sl_config *c,
                             struct sl_apps *apps, const char *app, const char *a)
 {
-    struct sl_call call = {"GET", "/x", 2, lookup, NULL, false};
+    struct sl_call call = {"GET", "/x", 2, lookup, NULL, false, NULL, 0};
     struct sl_check chk;
     struct cap r = {0};
 

@@ -54,7 +54,7 @@ static const char *lookup(void *ctx, const char *name)
 /* Decide a call and keep what it holds (not sent yet: nothing logged). */
 static struct result call_keep(struct fixture *f, const char *method, const char *path)
 {
-    struct sl_call c = {method, path, strlen(path), lookup, NULL, false};
+    struct sl_call c = {method, path, strlen(path), lookup, NULL, false, NULL, 0};
     struct sl_check chk;
     struct result r = {0};
 
@@ -274,7 +274,7 @@ static void test_pause_denies_every_call_until_it_ends(void **state)
 static const struct sl_hit *hit_of(struct fixture *f, struct sl_check *chk,
                                    const char *path, const char *name)
 {
-    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false};
+    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false, NULL, 0};
 
     assert_int_equal(sl_match(&f->config->upstreams[0], &c, chk), 0);
     for (size_t i = 0; i < chk->nhits; i++)
@@ -473,7 +473,7 @@ static struct sl_snapshot *snapshot(struct fixture *f, struct sl_apps *apps,
 static struct result app_call(struct fixture *f, struct sl_apps *apps,
                               const char *app, const char *path)
 {
-    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false};
+    struct sl_call c = {"GET", path, strlen(path), lookup, NULL, false, NULL, 0};
     struct sl_check chk;
     struct result r = {0};
 
@@ -685,7 +685,7 @@ static void test_adopt_carries_counts(void **state)
     struct sl_errors e = {0};
     struct sl_config *next;
     struct result r, held;
-    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false};
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false, NULL, 0};
     struct sl_check old_check;
 
     /* Three of four "all", one slot of "conc" held across the reload. */
@@ -715,7 +715,7 @@ static void test_adopt_carries_counts(void **state)
     }
     /* f->config->upstreams[0] is "other" now: call "leads" by hand. */
     {
-        struct sl_call cs = {"GET", "/slow", 5, lookup, NULL, false};
+        struct sl_call cs = {"GET", "/slow", 5, lookup, NULL, false, NULL, 0};
         struct sl_check chk;
         struct sl_config *cfg = f->config;
         assert_int_equal(sl_match(&cfg->upstreams[1], &cs, &chk), 0);
@@ -774,7 +774,7 @@ static int teardown_shares(void **state)
 /* A call of APP, decided; committed (sent now) unless KEEP. */
 static struct result share_call(struct fixture *f, const char *app, bool keep)
 {
-    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false};
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false, NULL, 0};
     struct sl_check chk;
     struct result r = {0};
 
