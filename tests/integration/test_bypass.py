@@ -351,12 +351,19 @@ def test_no_reading_of_a_segment_dodges_a_rule(upstream, sluice):
         assert raw(sl, "GET", target)[0] == 200, target
 
 
-def test_an_escaped_slash_is_one_key_as_the_provider_reads_it(upstream, sluice):
+def test_an_escaped_slash_is_one_key_as_the_provider_reads_it(upstream, sluice, store):
     # Per lead: "x%2Fy" and "x%2fy" are one lead ("x/y") to a provider that
     # routes on the raw path, and "x%2Fz" another.  The canonical reading
     # ("/x/y", no lead-result call) must not hide it from its bucket.
+    # A call charged under two keys of one rule (and a "deep" rule only the
+    # splitting reading matches), in one atomic step, in either store.
     rule = dict(LEAD_RULE, per="{lead}")
-    sl = sluice({"upstreams": [leads(upstream, [rule])]})
+    deep = {"name": "deep", "path": "/api/v2/publisher/*/lead-result/*/*",
+            "limit": 4, "window": "5m"}
+    cfg = {"upstreams": [leads(upstream, [rule, deep])]}
+    if store:
+        cfg["store"] = store
+    sl = sluice(cfg)
     base = "/leads/api/v2/publisher/P/lead-result/"
     assert raw(sl, "GET", base + "x%2Fy")[0] == 200
     status, _, body = raw(sl, "GET", base + "x%2fy")
@@ -365,3 +372,9 @@ def test_an_escaped_slash_is_one_key_as_the_provider_reads_it(upstream, sluice):
     assert raw(sl, "GET", base + "x\\y")[0] == 200
     assert raw(sl, "GET", base + "x%5Cy")[0] == 429   # '\' and %5C: one lead
     assert upstream.count() == 3
+    # Each of x%2Fy, x%2Fz, x\y also read as two segments: "deep" counted
+    # them (and not the refused ones): room for one more.
+    assert raw(sl, "GET", base + "a%2Fb")[0] == 200
+    status, _, body = raw(sl, "GET", base + "c%2Fd")
+    assert (status, json.loads(body)["rule"]) == (429, "deep")
+    assert upstream.count() == 4
