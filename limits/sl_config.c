@@ -50,6 +50,8 @@
 
 #define SL_DEFAULT_LISTEN "127.0.0.1:8080"
 #define SL_DEFAULT_MEMORY_LIMIT (UINT64_C(64) << 20)
+/* A per rule's distinct keys held at once, unless it says "max_keys". */
+#define SL_DEFAULT_MAX_KEYS 10000
 
 #define SL_SECONDS(n) ((int64_t)(n) * SL_USEC_PER_SEC)
 #define SL_MINUTES(n) (SL_SECONDS(n) * 60)
@@ -913,7 +915,7 @@ static void sl_parse_rule(json_t *jr, const char *path,
     static const char *const keys[] = {"name", "methods", "path", "per", "limit",
                                        "window", "concurrency", "on_limit",
                                        "max_wait", "sync", "sync_probe", "mode",
-                                       "reset", "timezone", "apps", NULL};
+                                       "reset", "timezone", "apps", "max_keys", NULL};
     char sub[768], q[96], why[256];
     json_t *v;
     const char *s;
@@ -1023,6 +1025,19 @@ static void sl_parse_rule(json_t *jr, const char *path,
     if (v != NULL) {
         snprintf(sub, sizeof(sub), "%s.per", path);
         sl_parse_per(v, sub, r, errs);
+    }
+    r->max_keys = SL_DEFAULT_MAX_KEYS;
+    v = json_object_get(jr, "max_keys");
+    if (v != NULL && v != json_null()) {
+        if (r->per_kind == SL_PER_NONE)
+            sl_errors_add(errs, "%s.max_keys: only a rule with \"per\" has more "
+                          "than one key", path);
+        else if (!json_is_integer(v) || json_integer_value(v) < 1 ||
+                 json_integer_value(v) > 100000000)
+            sl_errors_add(errs, "%s.max_keys: must be a whole number from 1 to "
+                          "100000000", path);
+        else
+            r->max_keys = (uint32_t)json_integer_value(v);
     }
 
     v = json_object_get(jr, "apps");

@@ -128,6 +128,9 @@ struct sl_rule {
     char *per_text;               /* as written: "{publisher}", "header:X-App" */
     char *per_header;             /* header name for SL_PER_HEADER */
     int per_capture;              /* capture index for SL_PER_CAPTURE */
+    /* A per rule's bound on distinct keys held at once (memory store):
+     * one rule's keys never take another rule's room. */
+    uint32_t max_keys;
     enum sl_rule_kind kind;
     uint64_t limit;               /* calls per window, or concurrent calls */
     int64_t window_us;            /* rate rules only, as configured */

@@ -7,7 +7,9 @@
  * a header's value ("" when the header is absent).  A path that servers
  * may read in more than one way (sl_path.h, "Readings") comes with every
  * reading: a rule is charged when any reading matches it, once per
- * distinct key, so no reading of the path escapes a rule.  Keys are copied into
+ * distinct key, so no reading of the path escapes a rule.  A key longer
+ * than SL_KEY_MAX is stored shortened, with a hash of the whole
+ * (sl_key_store), so no client sizes a bucket by its header.  Keys are copied into
  * one buffer owned by the check, so the check outlives the request's
  * header storage (a networked store may answer later).
  */
@@ -17,6 +19,8 @@
 #include "sl_pattern.h"
 
 #include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -58,6 +62,44 @@ static int sl_rule_path_ok(const struct sl_upstream_conf *up,
         if (caps[i].ptr >= with_slash && caps[i].ptr < with_slash + path->path_len + 1)
             caps[i].ptr = path->path + (caps[i].ptr - with_slash);
     return 1;
+}
+
+/* 64-bit FNV-1a from SEED, finished with splitmix64's mixer. */
+static uint64_t sl_key_hash(const char *p, size_t len, uint64_t seed)
+{
+    uint64_t h = seed;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)p[i];
+        h *= UINT64_C(0x100000001b3);
+    }
+    h ^= h >> 30;
+    h *= UINT64_C(0xbf58476d1ce4e5b9);
+    h ^= h >> 27;
+    h *= UINT64_C(0x94d049bb133111eb);
+    return h ^ (h >> 31);
+}
+
+/*
+ * Write key VAL (LEN bytes) at OUT, NUL-terminated, shortened when longer
+ * than SL_KEY_MAX: its first SL_KEY_PREFIX bytes, '~', and 32 hex digits
+ * of a 128-bit hash of the whole.  Two keys that shorten alike share a
+ * bucket, which can only count more, never less; a client choosing its
+ * key can name any bucket it likes anyway.  Returns the length written
+ * (never more than LEN).
+ */
+static size_t sl_key_store(char *out, const char *val, size_t len)
+{
+    if (len <= SL_KEY_MAX) {
+        memcpy(out, val, len);
+        out[len] = '\0';
+        return len;
+    }
+    memcpy(out, val, SL_KEY_PREFIX);
+    snprintf(out + SL_KEY_PREFIX, 34, "~%016llx%016llx",
+             (unsigned long long)sl_key_hash(val, len, UINT64_C(0xcbf29ce484222325)),
+             (unsigned long long)sl_key_hash(val, len, UINT64_C(0x84222325cbf29ce4)));
+    return SL_KEY_PREFIX + 33;
 }
 
 /* Is (R, VAL) already among the first N hits? */
@@ -132,11 +174,10 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
         return -1;
     p = check->keys;
     for (size_t i = 0; i < n; i++) {
-        memcpy(p, vals[i], lens[i]);
-        p[lens[i]] = '\0';
+        size_t len = sl_key_store(p, vals[i], lens[i]);
         check->hits[i].key = p;
-        check->hits[i].key_len = lens[i];
-        p += lens[i] + 1;
+        check->hits[i].key_len = len;
+        p += len + 1;
     }
     check->nhits = n;
     return 0;

@@ -33,6 +33,10 @@
 #include "sl_config.h"
 
 #define SL_MAX_HITS 65  /* 64 rules and the upstream's pause */
+/* A per key longer than SL_KEY_MAX bytes is kept as its first
+ * SL_KEY_PREFIX bytes, '~' and 32 hex digits of a hash of the whole. */
+#define SL_KEY_MAX 128
+#define SL_KEY_PREFIX 80
 
 /* One rule a call falls under, and the bucket it counts in. */
 struct sl_hit {

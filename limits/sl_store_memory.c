@@ -19,7 +19,13 @@
  * at once; if there is still no room the call is answered UNAVAILABLE (the
  * proxy says 503) rather than evicting live state, because evicting a log
  * with calls in its window would let the quota overshoot.  Existing
- * buckets keep working.
+ * buckets keep working.  So that one rule's keys cannot take the others'
+ * room, a `per` rule holds at most its `max_keys` buckets (counted per
+ * table and rule; a rule at its bound sweeps its table at most ten times
+ * a second before refusing a new key), and `per` buckets may use only
+ * memory_limit less a reserve (SL_MEM_RESERVE_DIV): a rule without `per`
+ * has one bucket, and always finds room for it.  Keys are at most
+ * SL_KEY_MAX bytes (sl_match shortens longer ones).
  *
  * Time: CLOCK_MONOTONIC, so wall-clock steps never shift a window.
  *
@@ -61,6 +67,10 @@
  * times a second (with 10,000 buckets, that walk was most of sluice's
  * idle CPU). */
 #define SL_MEM_SWEEP_ROUND_MIN (1 * SL_USEC_PER_SEC)
+/* memory_limit / this is kept for buckets of rules without "per". */
+#define SL_MEM_RESERVE_DIV 16
+/* A rule at its max_keys sweeps its table at most this often. */
+#define SL_MEM_FULL_SWEEP_EVERY (SL_USEC_PER_SEC / 10)
 #define SL_MEM_SWEEP_ROUND_MAX (30 * SL_USEC_PER_SEC)
 
 /* Calls in flight of one app, in a concurrency bucket. */
@@ -104,6 +114,8 @@ struct sl_mem_table {
     size_t sweep_cursor;
     int64_t sweep_at;             /* when the timer's sweep last ran */
     double sweep_owed;            /* slots due to it, not yet examined */
+    uint32_t rule_keys[SL_MAX_HITS];  /* buckets held per rule index */
+    int64_t full_sweep_at;        /* when a rule at max_keys last swept */
     char pause_reason[96];        /* why the provider's pause was set */
     int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
@@ -272,8 +284,13 @@ static struct sl_mem_bucket *sl_mem_create(struct sl_mem_store *s,
 {
     struct sl_mem_bucket *b;
     size_t need = sizeof(*b) + len + 1;
+    uint64_t limit = s->limit;
 
-    if (atomic_load(&s->bytes) + need > s->limit)
+    /* A per rule's bucket leaves the reserve to rules without "per". */
+    if (rule != SL_MEM_ORPHAN && t->up != NULL &&
+        sl_upstream_rule(t->up, rule)->per_kind != SL_PER_NONE)
+        limit -= s->limit / SL_MEM_RESERVE_DIV;
+    if (atomic_load(&s->bytes) + need > limit)
         return NULL;
     b = calloc(1, need);
     if (b == NULL)
@@ -288,6 +305,8 @@ static struct sl_mem_bucket *sl_mem_create(struct sl_mem_store *s,
     b->next = t->slots[hash & (t->nslots - 1)];
     t->slots[hash & (t->nslots - 1)] = b;
     t->count++;
+    if (rule < SL_MAX_HITS)
+        t->rule_keys[rule]++;
     atomic_fetch_add(&s->bytes, need);
     atomic_fetch_add(&s->keys, 1);
     return b;
@@ -319,6 +338,8 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                 continue;
             }
             *pp = b->next;
+            if (b->rule < SL_MAX_HITS)
+                t->rule_keys[b->rule]--;
             atomic_fetch_sub(&s->bytes, sl_mem_bucket_bytes(b));
             atomic_fetch_sub(&s->keys, 1);
             sl_window_free(&b->win);
@@ -328,6 +349,22 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
         }
         t->sweep_cursor = (t->sweep_cursor + 1) & (t->nslots - 1);
     }
+}
+
+/*
+ * Rule R of T holds max_keys buckets: is it still full once idle buckets
+ * are reclaimed?  The sweep runs at most every SL_MEM_FULL_SWEEP_EVERY, so
+ * a client that keeps offering new keys to a full rule does not walk the
+ * table on every call.  Lock held.
+ */
+static bool sl_mem_rule_full(struct sl_mem_store *s, struct sl_mem_table *t,
+                             const struct sl_rule *r, int64_t now)
+{
+    if (now - t->full_sweep_at >= SL_MEM_FULL_SWEEP_EVERY) {
+        t->full_sweep_at = now;
+        sl_mem_sweep(s, t, t->nslots, now);
+    }
+    return t->rule_keys[r->index] >= r->max_keys;
 }
 
 /* A limit scaled by the store's share (the local fallback of Redis). */
@@ -692,6 +729,7 @@ static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *
         }
         t->slots[k] = NULL;
     }
+    memset(t->rule_keys, 0, sizeof(t->rule_keys));
     for (b = list; b != NULL; b = next) {
         const struct sl_rule *nr = NULL;
         next = b->next;
@@ -704,6 +742,8 @@ static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *
         if (nr == NULL || nr->kind != SL_RULE_RATE)
             b->report = false;
         b->alert_level = 0;
+        if (b->rule < SL_MAX_HITS)
+            t->rule_keys[b->rule]++;
         b->hash = sl_mem_hash(b->rule, b->key, b->key_len);
         b->next = t->slots[b->hash & (t->nslots - 1)];
         t->slots[b->hash & (t->nslots - 1)] = b;
@@ -858,6 +898,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
     uint64_t share_left[SL_MAX_HITS];       /* ... the app's calls left */
     struct sl_decision d = {.verdict = SL_VERDICT_ALLOW};
     struct sl_lease *lease = NULL;
+    const struct sl_rule *full = NULL;
     size_t nheld = 0;
     int64_t now;
 
@@ -872,7 +913,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
 
     /* Near the memory bound: reclaim idle buckets of this table first (never
      * during the phases below, which hold pointers to buckets). */
-    if (atomic_load(&s->bytes) + c->nhits * 512 > s->limit)
+    if (atomic_load(&s->bytes) + c->nhits * 512 + s->limit / SL_MEM_RESERVE_DIV > s->limit)
         sl_mem_sweep(s, t, t->nslots, now);
 
     /* Phase one: look, write nothing. */
@@ -886,6 +927,11 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                                 c->hits[i].key_len);
         bk[i] = sl_mem_find(t, (uint32_t)r->index, c->hits[i].key,
                             c->hits[i].key_len, hashes[i]);
+        if (bk[i] == NULL && r->per_kind != SL_PER_NONE &&
+            t->rule_keys[r->index] >= r->max_keys && sl_mem_rule_full(s, t, r, now)) {
+            full = r;
+            goto unavailable;
+        }
         if (r->kind == SL_RULE_PAUSE) {
             if (bk[i] != NULL && bk[i]->paused_until > now)
                 wait = bk[i]->paused_until - now;
@@ -1021,8 +1067,11 @@ unavailable:
     free(lease);
     lease = NULL;
     d.verdict = SL_VERDICT_UNAVAILABLE;
-    d.rule = NULL;
-    d.reason = "the memory store is full (raise memory_limit)";
+    d.rule = full;
+    d.reason = full != NULL
+                   ? "this rule holds max_keys keys with calls in their window; a "
+                     "new key gets room when one empties (raise max_keys)"
+                   : "the memory store is full (raise memory_limit)";
 out:
     pthread_mutex_unlock(&t->lock);
     cb(arg, &d, lease);

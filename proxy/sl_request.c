@@ -585,12 +585,17 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         sl_req_limited(req, &dd);
         break;
     }
-    case SL_VERDICT_UNAVAILABLE:
+    case SL_VERDICT_UNAVAILABLE: {
+        char msg[320];
         req->rehold = false;
         sl_req_unhold(req);
+        /* A rule named: its own bound (max_keys), not the store's. */
+        if (d->rule != NULL)
+            snprintf(msg, sizeof(msg), "rule \"%s\": %s", d->rule->name, d->reason);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "limit_state_unavailable",
-                     d->reason, 1, "store_error");
+                     d->rule != NULL ? msg : d->reason, 1, "store_error");
         break;
+    }
     case SL_VERDICT_ALLOW:
         released = req->is_held || req->rehold;
         req->rehold = false;
