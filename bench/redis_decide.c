@@ -231,7 +231,7 @@ int main(int argc, char **argv)
     apps = sl_apps_new(config->max_apps);
     if (apps == NULL)
         return 1;
-    sl_config_bind_apps(config, apps);
+    { const char *bad; if (sl_config_bind_apps(config, apps, &bad) != 0) return 1; }
     app_id = sl_apps_id(apps, "bench-app", strlen("bench-app"));
 
     /* The checks, matched once: 10,000 buckets for "per", else one. */

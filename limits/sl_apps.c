@@ -1,6 +1,7 @@
 /*
  * sl_apps — see sl_apps.h.  The table has twice as many slots as names can
- * ever be added, so a probe sequence always ends at an empty slot.  A slot
+ * ever be added (both pools), so a probe sequence always ends at an empty
+ * slot.  A slot
  * goes from NULL to a name exactly once, under the mutex, published with a
  * release store; readers probe with acquire loads and never lock.
  */
@@ -23,7 +24,9 @@ struct sl_app_name {
 
 struct sl_apps {
     pthread_mutex_t lock;
-    unsigned max;                         /* names besides "-" and "other" */
+    unsigned max;                         /* each pool's bound (max_apps) */
+    unsigned seen;                        /* names added by calls */
+    unsigned named;                       /* names added by configurations */
     _Atomic unsigned count;               /* ids handed out */
     bool warned;                          /* "too many apps" logged */
     size_t nslots;                        /* power of two, > 2 * (max + 2) */
@@ -94,18 +97,19 @@ static struct sl_app_name *sl_apps_find(struct sl_apps *a, const char *name,
 struct sl_apps *sl_apps_new(unsigned max_apps)
 {
     struct sl_apps *a = calloc(1, sizeof(*a));
-    size_t want = 2 * ((size_t)max_apps + 2) + 1;
+    size_t want;
 
     if (a == NULL)
         return NULL;
-    if (max_apps > UINT16_MAX - 2)
-        max_apps = UINT16_MAX - 2;
+    if (max_apps > (UINT16_MAX - 2) / 2)
+        max_apps = (UINT16_MAX - 2) / 2;
     a->max = max_apps;
+    want = 2 * ((size_t)SL_APPS_CAPACITY(max_apps)) + 1;
     a->nslots = 16;
     while (a->nslots < want)
         a->nslots *= 2;
     a->slots = calloc(a->nslots, sizeof(*a->slots));
-    a->byid = calloc((size_t)max_apps + 2, sizeof(*a->byid));
+    a->byid = calloc(SL_APPS_CAPACITY(max_apps), sizeof(*a->byid));
     pthread_mutex_init(&a->lock, NULL);
     if (a->slots == NULL || a->byid == NULL ||
         sl_apps_insert(a, "-", 1, sl_apps_hash("-", 1)) == NULL ||
@@ -143,8 +147,10 @@ uint16_t sl_apps_id(struct sl_apps *a, const char *name, size_t len)
         return n->id;
     pthread_mutex_lock(&a->lock);
     n = sl_apps_find(a, name, len, hash);
-    if (n == NULL && atomic_load(&a->count) < a->max + 2)
+    if (n == NULL && a->seen < a->max) {
         n = sl_apps_insert(a, name, len, hash);
+        a->seen += n != NULL;
+    }
     if (n == NULL && !a->warned) {
         a->warned = true;
         sl_warn("more than %u distinct apps: calls of new apps count as "
@@ -152,6 +158,29 @@ uint16_t sl_apps_id(struct sl_apps *a, const char *name, size_t len)
     }
     pthread_mutex_unlock(&a->lock);
     return n != NULL ? n->id : SL_APP_OTHER;
+}
+
+int sl_apps_configure(struct sl_apps *a, const char *name, size_t len)
+{
+    uint32_t hash;
+    struct sl_app_name *n;
+
+    if (!sl_apps_valid(name, len))
+        return -1;
+    hash = sl_apps_hash(name, len);
+    pthread_mutex_lock(&a->lock);
+    n = sl_apps_find(a, name, len, hash);
+    if (n == NULL && a->named < a->max) {
+        n = sl_apps_insert(a, name, len, hash);
+        a->named += n != NULL;
+    }
+    pthread_mutex_unlock(&a->lock);
+    return n != NULL ? n->id : -1;
+}
+
+unsigned sl_apps_capacity(const struct sl_apps *a)
+{
+    return SL_APPS_CAPACITY(a->max);
 }
 
 const char *sl_apps_name(const struct sl_apps *a, uint16_t id)

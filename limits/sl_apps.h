@@ -6,7 +6,10 @@
  * names reach status, metrics and the store's per-app usage, so the set is
  * bounded three ways: a name longer than SL_APP_NAME_MAX, or with a byte
  * outside [A-Za-z0-9._:@/+-], counts as "other"; so does every new name
- * once `max_apps` distinct names are known (a warning is logged once).
+ * once `max_apps` distinct names have come with calls (a warning is logged
+ * once).  Names a configuration gives shares to come from a pool of their
+ * own, also `max_apps` large: calls with made-up names can never take a
+ * configured app's id, so its reservation cannot go to "other".
  *
  * Ids are small integers, stable for the life of the process: 0 is "-",
  * 1 is "other", then names in order of first sight.  Lookups are lock-free
@@ -26,7 +29,11 @@
 
 struct sl_apps;
 
-/* A set of at most MAX_APPS names besides "-" and "other".  NULL: OOM. */
+/* Ids an sl_apps of MAX_APPS can hand out: "-", "other", both pools. */
+#define SL_APPS_CAPACITY(max_apps) (2u * (unsigned)(max_apps) + 2u)
+
+/* A set of at most MAX_APPS names seen in calls and MAX_APPS configured
+ * names, besides "-" and "other".  NULL: OOM. */
 struct sl_apps *sl_apps_new(unsigned max_apps);
 void sl_apps_free(struct sl_apps *apps);
 
@@ -34,6 +41,15 @@ void sl_apps_free(struct sl_apps *apps);
  * room.  Thread-safe.  Never fails: SL_APP_OTHER is the answer of last
  * resort. */
 uint16_t sl_apps_id(struct sl_apps *apps, const char *name, size_t len);
+
+/* The id of a configured app NAME (LEN bytes), adding it to the
+ * configured pool if it is not known yet.  Thread-safe.  Returns the id,
+ * or -1 when NAME is not a valid app name or the pool is full (the names
+ * of every configuration since start count). */
+int sl_apps_configure(struct sl_apps *apps, const char *name, size_t len);
+
+/* Every id this set can hand out (ids are below it). */
+unsigned sl_apps_capacity(const struct sl_apps *apps);
 
 /* The name of ID ("other" for an unknown id). */
 const char *sl_apps_name(const struct sl_apps *apps, uint16_t id);

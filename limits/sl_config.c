@@ -890,22 +890,41 @@ int sl_upstream_priority(const struct sl_upstream_conf *u, uint16_t app_id)
     return other != NULL ? other->priority : 0;
 }
 
-static void sl_bind_shares(struct sl_share *v, size_t n, struct sl_apps *apps)
+/* Bind each share's app to its configured id.  0, or -1 with *BAD set to
+ * the name that found no room. */
+static int sl_bind_shares(struct sl_share *v, size_t n, struct sl_apps *apps,
+                          const char **bad)
 {
-    for (size_t i = 0; i < n; i++)
-        v[i].app_id = strcmp(v[i].app, "*") == 0
-                          ? SL_APP_UNBOUND
-                          : sl_apps_id(apps, v[i].app, strlen(v[i].app));
+    for (size_t i = 0; i < n; i++) {
+        int id;
+        if (strcmp(v[i].app, "*") == 0 || strcmp(v[i].app, "other") == 0 ||
+            strcmp(v[i].app, "-") == 0) {
+            v[i].app_id = strcmp(v[i].app, "*") == 0
+                              ? SL_APP_UNBOUND
+                              : sl_apps_id(apps, v[i].app, strlen(v[i].app));
+            continue;
+        }
+        id = sl_apps_configure(apps, v[i].app, strlen(v[i].app));
+        if (id < 0) {
+            *bad = v[i].app;
+            return -1;
+        }
+        v[i].app_id = (uint16_t)id;
+    }
+    return 0;
 }
 
-void sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps)
+int sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps, const char **bad)
 {
     for (size_t i = 0; i < c->nupstreams; i++) {
         struct sl_upstream_conf *u = &c->upstreams[i];
-        sl_bind_shares(u->apps, u->napps, apps);
+        if (sl_bind_shares(u->apps, u->napps, apps, bad) != 0)
+            return -1;
         for (size_t k = 0; k < u->nrules; k++)
-            sl_bind_shares(u->rules[k].shares, u->rules[k].nshares, apps);
+            if (sl_bind_shares(u->rules[k].shares, u->rules[k].nshares, apps, bad) != 0)
+                return -1;
     }
+    return 0;
 }
 
 static void sl_parse_rule(json_t *jr, const char *path,
@@ -2337,6 +2356,55 @@ out:
     json_decref(prefixes);
 }
 
+/* Is NAME one of the first N shares of V, or of any earlier list? */
+static bool sl_named_before(const struct sl_share *v, size_t n, const char *name)
+{
+    for (size_t i = 0; i < n; i++)
+        if (strcmp(v[i].app, name) == 0)
+            return true;
+    return false;
+}
+
+/*
+ * Every app a share names gets an id of its own, from a pool of max_apps
+ * (sl_apps): a configuration naming more could not serve.  Counts the
+ * distinct names ("*", "other" and "-" are not names of their own).
+ */
+static void sl_check_named_apps(const struct sl_config *c, struct sl_errors *errs)
+{
+    size_t named = 0;
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *u = &c->upstreams[i];
+        for (size_t k = 0; k <= u->nrules; k++) {
+            const struct sl_share *v = k < u->nrules ? u->rules[k].shares : u->apps;
+            size_t n = k < u->nrules ? u->rules[k].nshares : u->napps;
+            for (size_t j = 0; j < n; j++) {
+                bool seen = sl_named_before(v, j, v[j].app);
+                const char *a = v[j].app;
+                if (seen || strcmp(a, "*") == 0 || strcmp(a, "other") == 0 ||
+                    strcmp(a, "-") == 0)
+                    continue;
+                /* Earlier lists of this and earlier upstreams. */
+                for (size_t ui = 0; ui <= i && !seen; ui++) {
+                    const struct sl_upstream_conf *w = &c->upstreams[ui];
+                    size_t kmax = ui < i ? w->nrules + 1 : k;
+                    for (size_t kk = 0; kk < kmax && !seen; kk++)
+                        seen = kk < w->nrules
+                                   ? sl_named_before(w->rules[kk].shares,
+                                                     w->rules[kk].nshares, a)
+                                   : sl_named_before(w->apps, w->napps, a);
+                }
+                named += !seen;
+            }
+        }
+    }
+    if (named > c->max_apps)
+        sl_errors_add(errs, "max_apps: the shares name %zu distinct apps, more than "
+                      "max_apps (%u); each named app needs an id of its own "
+                      "(raise max_apps)", named, c->max_apps);
+}
+
 static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                           struct sl_errors *errs)
 {
@@ -2464,6 +2532,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         if (!u->forward_app_set)
             u->forward_app_header = c->forward_app_header;
     }
+    sl_check_named_apps(c, errs);
     sl_parse_alerts(json_object_get(root, "alerts"), c, errs);
     v = json_object_get(root, "state_file");
     if (v != NULL && sl_get_string(v, "state_file", &s, errs) == 0) {

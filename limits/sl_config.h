@@ -320,12 +320,14 @@ size_t sl_config_reload_diff(const struct sl_config *old,
 
 /*
  * Give every app named in C's shares its app id in APPS (registering the
- * name: apps named in the configuration are never lumped into "other").
- * Called once on a new configuration, before it serves.  APPS is a
- * struct sl_apps.
+ * name in the configured pool: apps named in the configuration are never
+ * lumped into "other", however many names calls made up).  Called once
+ * on a new configuration, before it serves.  Returns 0, or -1 with *BAD
+ * naming an app the configured pool (max_apps names since start) has no
+ * room for: the configuration must not serve.
  */
 struct sl_apps;
-void sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps);
+int sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps, const char **bad);
 
 /* The upstream of C named NAME, or NULL. */
 const struct sl_upstream_conf *sl_config_upstream(const struct sl_config *c,

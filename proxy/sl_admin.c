@@ -846,7 +846,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                c->store_kind == SL_STORE_REDIS ? "redis" : "memory",
                (unsigned long long)(c->store_kind == SL_STORE_REDIS
                                         ? sl_store_redis_errors() : 0));
-    sl_help(t, "sluice_apps", "gauge", "Distinct app names tracked (max_apps + 2).");
+    sl_help(t, "sluice_apps", "gauge", "Distinct app names tracked (at most 2 x max_apps + 2: names from calls, configured names, \"-\" and \"other\").");
     sl_tprintf(t, "sluice_apps %u\n", napps);
     {
         uint64_t n[SL_ALERT_RESULTS] = {0};

@@ -82,6 +82,7 @@ int main(int argc, char **argv)
     struct sl_errors errs = {0};
     struct sl_config *config = NULL;
     struct sl_proxy proxy = {0};
+    const char *bad_app = NULL;
     sigset_t sigs;
     int opt, sig, started = 0, rc = 1;
     bool config_has_state = false;  /* state_file: a reload keeps it */
@@ -160,7 +161,11 @@ int main(int argc, char **argv)
         sl_error("out of memory");
         goto out;
     }
-    sl_config_bind_apps(config, proxy.apps);
+    if (sl_config_bind_apps(config, proxy.apps, &bad_app) != 0) {
+        sl_error("apps: \"%s\" finds no id: the configuration names more than "
+                 "max_apps (%u) apps", bad_app, config->max_apps);
+        goto out;
+    }
     proxy.memory = sl_store_memory_new(config, NULL, NULL);
     if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");

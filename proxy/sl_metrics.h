@@ -63,7 +63,7 @@ struct sl_hist {
 struct sl_metrics {
     size_t nups;                  /* upstream ids covered */
     size_t nslots;                /* rule slots covered */
-    size_t napps;                 /* app ids counted (max_apps + 2) */
+    size_t napps;                 /* app ids counted (sl_apps_capacity) */
     _Atomic uint64_t *calls;      /* [1 + upstream id][outcome]; row 0: no route */
     _Atomic uint64_t *decisions;  /* [slot][SL_DECISION_*] */
     _Atomic uint64_t *app_calls;  /* [slot][app]: calls forwarded */

@@ -94,6 +94,7 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     struct sl_config *nc = NULL;
     const struct sl_config *cur, *old;
     enum sl_reload_result res = SL_RELOAD_OK;
+    const char *bad_app = NULL;
     size_t before;
 
     pthread_mutex_lock(&p->reload_lock);
@@ -106,6 +107,12 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
         res = SL_RELOAD_REFUSED;
     } else if (sl_proxy_metric_ids(p, nc) != 0) {
         sl_errors_add(errs, "out of memory");
+        res = SL_RELOAD_INVALID;
+    } else if (sl_config_bind_apps(nc, p->apps, &bad_app) != 0) {
+        sl_errors_add(errs, "apps: \"%s\" finds no id: the configurations since "
+                      "start have named more than max_apps (%u) apps; restart "
+                      "sluice (or raise max_apps) to name new ones", bad_app,
+                      cur->max_apps);
         res = SL_RELOAD_INVALID;
     }
     if (res != SL_RELOAD_OK) {
@@ -123,7 +130,6 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
             sl_error("  %s", errs->lines[i]);
         goto out;
     }
-    sl_config_bind_apps(nc, p->apps);
     nc->generation = cur->generation + 1;
     nc->loaded_ms = sl_clock_wall() / 1000;
     pthread_mutex_lock(&p->config_lock);

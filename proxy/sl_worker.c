@@ -25,6 +25,7 @@
 #include "sl_proxy.h"
 
 #include "sl_admin.h"
+#include "sl_apps.h"
 #include "sl_alerts.h"
 
 #include "sl_log.h"
@@ -563,7 +564,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     /* The keep-alive pool towards upstreams. */
     curl_multi_setopt(w->multi, CURLMOPT_MAXCONNECTS, 512L);
     if (sl_metrics_init(&w->metrics, proxy->ids.nups, proxy->ids.nslots,
-                        (size_t)c->max_apps + 2) != 0)
+                        sl_apps_capacity(proxy->apps)) != 0)
         return -1;
     /* Worker 0 keeps the alerts, even without receivers: a reload may
      * add some. */

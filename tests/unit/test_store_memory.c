@@ -759,7 +759,7 @@ static int setup_shares(void **state)
         "          \"*\": {\"max\": 3}}}]}]}");
     if (rc == 0) {
         share_apps = sl_apps_new(100);
-        sl_config_bind_apps(((struct fixture *)*state)->config, share_apps);
+        { const char *bad; assert_int_equal(sl_config_bind_apps(((struct fixture *)*state)->config, share_apps, &bad), 0); }
     }
     return rc;
 }
