@@ -51,6 +51,7 @@
 #include "sl_apps.h"
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -71,6 +72,8 @@
 #define SL_MEM_RESERVE_DIV 16
 /* A rule at its max_keys sweeps its table at most this often. */
 #define SL_MEM_FULL_SWEEP_EVERY (SL_USEC_PER_SEC / 10)
+/* Slots a snapshot walks per hold of a table's lock. */
+#define SL_MEM_SNAP_CHUNK 512
 #define SL_MEM_SWEEP_ROUND_MAX (30 * SL_USEC_PER_SEC)
 
 /* Calls in flight of one app, in a concurrency bucket. */
@@ -116,6 +119,8 @@ struct sl_mem_table {
     double sweep_owed;            /* slots due to it, not yet examined */
     uint32_t rule_keys[SL_MAX_HITS];  /* buckets held per rule index */
     int64_t full_sweep_at;        /* when a rule at max_keys last swept */
+    unsigned walking;             /* snapshots walking the slots: no grow */
+    _Atomic unsigned waiters;     /* threads waiting for the lock */
     char pause_reason[96];        /* why the provider's pause was set */
     int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
@@ -159,6 +164,15 @@ struct sl_lease {
     size_t n;
     struct sl_lease_slot slots[];
 };
+
+/* Take T's lock, counted among its waiters until it is ours (a snapshot's
+ * walk lets waiters go first between its chunks). */
+static void sl_mem_table_lock(struct sl_mem_table *t)
+{
+    atomic_fetch_add(&t->waiters, 1);
+    pthread_mutex_lock(&t->lock);
+    atomic_fetch_sub(&t->waiters, 1);
+}
 
 static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                          size_t max_slots, int64_t now);
@@ -300,8 +314,8 @@ static struct sl_mem_bucket *sl_mem_create(struct sl_mem_store *s,
     b->key_len = len;
     memcpy(b->key, key, len);
     b->key[len] = '\0';
-    if (t->count + 1 > t->nslots)
-        sl_mem_grow(t);
+    if (t->count + 1 > t->nslots && t->walking == 0)
+        sl_mem_grow(t);  /* else longer chains until the walk ends */
     b->next = t->slots[hash & (t->nslots - 1)];
     t->slots[hash & (t->nslots - 1)] = b;
     t->count++;
@@ -788,7 +802,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
     }
     for (size_t i = 0; i < config->nupstreams; i++) {
         struct sl_mem_table *t = nl->tables[i];
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         if (t->up != &config->upstreams[i])
             sl_mem_remap(t, &config->upstreams[i]);
         pthread_mutex_unlock(&t->lock);
@@ -797,7 +811,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
         struct sl_mem_table *t = old->tables[i];
         if (kept[i])
             continue;
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         sl_mem_remap(t, NULL);
         pthread_mutex_unlock(&t->lock);
     }
@@ -845,7 +859,7 @@ static struct sl_mem_table *sl_mem_lock(struct sl_mem_store *s,
         if (g < l->generation || up->index >= l->ntables)
             return NULL;
         t = l->tables[up->index];
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         if (t->up == up)
             return t;
         pthread_mutex_unlock(&t->lock);
@@ -877,7 +891,7 @@ static struct sl_mem_table *sl_mem_lock_current(struct sl_mem_store *s,
     nr = nu != NULL ? sl_upstream_rule_like(nu, *rule) : NULL;
     if (nr != NULL) {
         t = l->tables[nu->index];
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         *rule = nr;
     }
     pthread_mutex_unlock(&s->adopt_lock);
@@ -1098,7 +1112,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
     struct sl_mem_table *t = lease->table;
     int64_t now;
 
-    pthread_mutex_lock(&t->lock);
+    sl_mem_table_lock(t);
     now = s->clock(s->clock_arg);
     for (size_t i = 0; i < lease->n; i++) {
         struct sl_lease_slot *sl = &lease->slots[i];
@@ -1120,7 +1134,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
 static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
 {
     (void)store;
-    pthread_mutex_lock(&lease->table->lock);
+    sl_mem_table_lock(lease->table);
     for (size_t i = 0; i < lease->n; i++)
         sl_mem_unhold(lease, i);
     pthread_mutex_unlock(&lease->table->lock);
@@ -1257,7 +1271,7 @@ static void sl_mem_tick(struct sl_store *store)
     for (struct sl_mem_table *t = s->all; t != NULL; t = t->all_next) {
         size_t n;
 
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         if (now > t->sweep_at)
             t->sweep_owed += (double)t->nslots * (double)(now - t->sweep_at) /
                              (double)sl_mem_sweep_round(s, t, now);
@@ -1413,22 +1427,72 @@ static struct sl_usage *sl_mem_push_usage(struct sl_rule_usage *ru, size_t *cap)
     return &ru->buckets[ru->n++];
 }
 
-/* A bucket considered for a snapshot: cheap figures only. */
+/* A `per` bucket competing for its rule's top: its cheap count and key. */
 struct sl_mem_cand {
-    struct sl_mem_bucket *b;
     uint64_t used;
-    bool pick;                    /* gets its full figures */
+    char *key;                    /* owned copy */
 };
 
-static int sl_mem_cand_cmp(const void *pa, const void *pb)
-{
-    const struct sl_mem_cand *a = pa, *b = pb;
+/* A rule's busiest buckets so far: a min-heap (the least busy on top). */
+struct sl_mem_top {
+    struct sl_mem_cand *heap;     /* owned, cap entries */
+    size_t n, cap;
+};
 
-    if (a->b->rule != b->b->rule)
-        return a->b->rule < b->b->rule ? -1 : 1;
+/* Is A busier than B (more used; the lower key on a tie)? */
+static bool sl_mem_cand_above(const struct sl_mem_cand *a, const struct sl_mem_cand *b)
+{
     if (a->used != b->used)
-        return a->used > b->used ? -1 : 1;
-    return strcmp(a->b->key, b->b->key);
+        return a->used > b->used;
+    return strcmp(a->key, b->key) < 0;
+}
+
+static void sl_mem_top_sift(struct sl_mem_top *t, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        struct sl_mem_cand tmp;
+        if (l < t->n && sl_mem_cand_above(&t->heap[m], &t->heap[l]))
+            m = l;
+        if (r < t->n && sl_mem_cand_above(&t->heap[m], &t->heap[r]))
+            m = r;
+        if (m == i)
+            return;
+        tmp = t->heap[i];
+        t->heap[i] = t->heap[m];
+        t->heap[m] = tmp;
+        i = m;
+    }
+}
+
+/* Offer bucket B (USED) to T.  0, or -1 when out of memory. */
+static int sl_mem_top_offer(struct sl_mem_top *t, const struct sl_mem_bucket *b,
+                            uint64_t used)
+{
+    struct sl_mem_cand c = {used, (char *)b->key};
+    char *key;
+
+    if (t->cap == 0 || (t->n == t->cap && !sl_mem_cand_above(&c, &t->heap[0])))
+        return 0;
+    key = strdup(b->key);
+    if (key == NULL)
+        return -1;
+    if (t->n < t->cap) {
+        /* Sift up. */
+        size_t i = t->n++;
+        t->heap[i] = (struct sl_mem_cand){used, key};
+        while (i > 0 && sl_mem_cand_above(&t->heap[(i - 1) / 2], &t->heap[i])) {
+            struct sl_mem_cand tmp = t->heap[i];
+            t->heap[i] = t->heap[(i - 1) / 2];
+            t->heap[(i - 1) / 2] = tmp;
+            i = (i - 1) / 2;
+        }
+        return 0;
+    }
+    free(t->heap[0].key);
+    t->heap[0] = (struct sl_mem_cand){used, key};
+    sl_mem_top_sift(t, 0);
+    return 0;
 }
 
 /* Cheap: buckets used now (no tally, no allocation).  Lock held. */
@@ -1442,36 +1506,24 @@ static uint64_t sl_mem_used(const struct sl_mem_store *s, struct sl_mem_bucket *
 }
 
 /*
- * One upstream's figures.  Under the table's lock, every bucket gets only
- * its cheap count (and alert level); the busiest `top` of each `per` rule,
- * and those whose alert level moved, then get their full figures (the
- * per-app tally walks a window): the lock is held for O(buckets) cheap
- * steps and a sort, not for a tally of every window.
+ * Walk slots [*K, *K + SL_MEM_SNAP_CHUNK) of T under its lock: count
+ * buckets, note a pause, give rules without `per` (and any bucket whose
+ * alert level moved) their full figures, and offer `per` buckets to their
+ * rule's top.  0 or -1 (out of memory).  Lock held.
  */
-static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
+static int sl_mem_snapshot_chunk(struct sl_mem_store *s, struct sl_mem_table *t,
                                  const struct sl_snapshot_req *req,
-                                 struct sl_upstream_usage *uu)
+                                 struct sl_upstream_usage *uu, size_t *cap,
+                                 struct sl_mem_top *tops, uint64_t *tally,
+                                 size_t ntally, size_t *k, int64_t now)
 {
     const struct sl_upstream_conf *up = t->up;
-    size_t ntally = req->apps != NULL ? sl_apps_count(req->apps) : 1;
-    uint64_t *tally = calloc(ntally, sizeof(*tally));
-    size_t *cap = calloc(up->nrules + 1, sizeof(*cap));
-    size_t *seen = calloc(up->nrules + 1, sizeof(*seen));
-    struct sl_mem_cand *cand = NULL;
-    size_t ncand = 0;
-    int64_t now;
-    int rc = -1;
+    size_t end = *k + SL_MEM_SNAP_CHUNK;
 
-    if (tally == NULL || cap == NULL || seen == NULL)
-        goto out;
-    pthread_mutex_lock(&t->lock);
-    now = s->clock(s->clock_arg);
-    cand = malloc((t->count ? t->count : 1) * sizeof(*cand));
-    if (cand == NULL)
-        goto unlock;
-    for (size_t k = 0; k < t->nslots; k++) {
-        for (struct sl_mem_bucket *b = t->slots[k]; b != NULL; b = b->next) {
+    for (; *k < t->nslots && *k < end; (*k)++) {
+        for (struct sl_mem_bucket *b = t->slots[*k]; b != NULL; b = b->next) {
             const struct sl_rule *r;
+            uint64_t used;
             if (b->rule == SL_MEM_ORPHAN)
                 continue;
             r = sl_upstream_rule(up, b->rule);
@@ -1490,50 +1542,115 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
                 continue;
             }
             uu->rules[b->rule].nbuckets++;
-            cand[ncand].b = b;
-            cand[ncand].used = sl_mem_used(s, b, r, now);
+            used = sl_mem_used(s, b, r, now);
             /* Without `per`: its one bucket.  A level that moved: always
-             * (alerts must see it, and it is recorded below). */
-            cand[ncand].pick = r->per_kind == SL_PER_NONE ||
-                               ((req->flags & SL_SNAP_ALERTS) &&
-                                sl_mem_level(r, cand[ncand].used) != b->alert_level);
-            ncand++;
+             * (alerts must see it, and it is recorded now). */
+            if (r->per_kind == SL_PER_NONE ||
+                ((req->flags & SL_SNAP_ALERTS) && sl_mem_level(r, used) != b->alert_level)) {
+                struct sl_usage *u = sl_mem_push_usage(&uu->rules[b->rule], &cap[b->rule]);
+                if (u == NULL || sl_mem_usage(s, b, r, now, req, tally, ntally, u) != 0)
+                    return -1;
+            } else if (used > 0 && sl_mem_top_offer(&tops[b->rule], b, used) != 0) {
+                return -1;
+            }
         }
     }
-    qsort(cand, ncand, sizeof(*cand), sl_mem_cand_cmp);
-    for (size_t i = 0; i < ncand; i++) {
-        struct sl_usage *u;
-        uint32_t ri = cand[i].b->rule;
-        if (seen[ri]++ < req->top && cand[i].used > 0)
-            cand[i].pick = true;
-        if (!cand[i].pick)
+    return 0;
+}
+
+/*
+ * One upstream's figures, without holding its table's lock for long: the
+ * table is walked SL_MEM_SNAP_CHUNK slots a lock hold, each `per` rule
+ * keeping a heap of its `top` busiest keys (copies), and only those then
+ * get their full figures (the per-app tally walks a window), found again
+ * by key in one more short hold.  A proxied call waits for one chunk at
+ * most, never for a walk or a sort of every bucket.  The table does not
+ * grow while it is walked (t->walking), so no bucket moves between slots
+ * and none is seen twice; buckets made or reclaimed meanwhile are seen or
+ * not, as a call made a moment later or earlier would be.
+ */
+static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
+                                 const struct sl_snapshot_req *req,
+                                 struct sl_upstream_usage *uu)
+{
+    const struct sl_upstream_conf *up = t->up;
+    size_t ntally = req->apps != NULL ? sl_apps_count(req->apps) : 1;
+    uint64_t *tally = calloc(ntally, sizeof(*tally));
+    size_t *cap = calloc(up->nrules + 1, sizeof(*cap));
+    struct sl_mem_top *tops = calloc(up->nrules + 1, sizeof(*tops));
+    size_t k = 0;
+    int64_t now;
+    int rc = -1;
+
+    if (tally == NULL || cap == NULL || tops == NULL)
+        goto out;
+    for (size_t r = 0; r < up->nrules; r++) {
+        if (up->rules[r].per_kind == SL_PER_NONE)
             continue;
-        u = sl_mem_push_usage(&uu->rules[ri], &cap[ri]);
-        if (u == NULL || sl_mem_usage(s, cand[i].b, sl_upstream_rule(up, ri), now,
-                                      req, tally, ntally, u) != 0)
-            goto unlock;
+        tops[r].cap = req->top;
+        tops[r].heap = calloc(req->top ? req->top : 1, sizeof(*tops[r].heap));
+        if (tops[r].heap == NULL)
+            goto out;
+    }
+    sl_mem_table_lock(t);
+    t->walking++;
+    now = s->clock(s->clock_arg);
+    for (;;) {
+        rc = sl_mem_snapshot_chunk(s, t, req, uu, cap, tops, tally, ntally, &k, now);
+        if (rc != 0 || k >= t->nslots)
+            break;
+        pthread_mutex_unlock(&t->lock);
+        /* A mutex is not fair: locking again at once would beat the calls
+         * woken by the unlock.  Let those waiting go first (bounded). */
+        for (int spin = 0; atomic_load(&t->waiters) > 0 && spin < 1000; spin++)
+            sched_yield();
+        sl_mem_table_lock(t);
+        now = s->clock(s->clock_arg);
+    }
+    t->walking--;
+    /* The tops' full figures, found by key (a bucket reclaimed since it
+     * was counted is left out, as it would be a moment later). */
+    for (size_t r = 0; rc == 0 && r < up->nrules; r++) {
+        for (size_t i = 0; i < tops[r].n; i++) {
+            const char *key = tops[r].heap[i].key;
+            size_t len = strlen(key);
+            struct sl_mem_bucket *b =
+                sl_mem_find(t, (uint32_t)r, key, len, sl_mem_hash((uint32_t)r, key, len));
+            struct sl_usage *u;
+            if (b == NULL)
+                continue;
+            u = sl_mem_push_usage(&uu->rules[r], &cap[r]);
+            if (u == NULL || sl_mem_usage(s, b, &up->rules[r], now, req, tally,
+                                          ntally, u) != 0) {
+                rc = -1;
+                break;
+            }
+        }
     }
     /* A rule without `per` always shows its one bucket, used or not. */
-    for (size_t k = 0; k < up->nrules; k++) {
+    for (size_t r = 0; rc == 0 && r < up->nrules; r++) {
         struct sl_usage *u;
-        if (up->rules[k].per_kind != SL_PER_NONE || uu->rules[k].n > 0)
+        if (up->rules[r].per_kind != SL_PER_NONE || uu->rules[r].n > 0)
             continue;
-        u = sl_mem_push_usage(&uu->rules[k], &cap[k]);
-        if (u == NULL || sl_mem_usage(s, NULL, &up->rules[k], now, req, tally,
+        u = sl_mem_push_usage(&uu->rules[r], &cap[r]);
+        if (u == NULL || sl_mem_usage(s, NULL, &up->rules[r], now, req, tally,
                                       ntally, u) != 0)
-            goto unlock;
+            rc = -1;
     }
-    rc = 0;
-unlock:
     pthread_mutex_unlock(&t->lock);
-    for (size_t k = 0; k < up->nrules; k++)
-        sl_snapshot_trim(&uu->rules[k], up->rules[k].per_kind != SL_PER_NONE
+    /* Sorting and trimming need no lock. */
+    for (size_t r = 0; r < up->nrules; r++)
+        sl_snapshot_trim(&uu->rules[r], up->rules[r].per_kind != SL_PER_NONE
                                             ? req->top : 1);
 out:
-    free(cand);
+    for (size_t r = 0; tops != NULL && r < up->nrules; r++) {
+        for (size_t i = 0; i < tops[r].n; i++)
+            free(tops[r].heap[i].key);
+        free(tops[r].heap);
+    }
+    free(tops);
     free(tally);
     free(cap);
-    free(seen);
     return rc;
 }
 
@@ -1630,7 +1747,7 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
     for (size_t i = 0; i < l->ntables && rc == 0; i++) {
         struct sl_mem_table *t = l->tables[i];
         int64_t now;
-        pthread_mutex_lock(&t->lock);
+        sl_mem_table_lock(t);
         now = s->clock(s->clock_arg);
         for (size_t k = 0; k < t->nslots && rc == 0; k++) {
             for (struct sl_mem_bucket *b = t->slots[k]; b != NULL && rc == 0;

@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
+#include <pthread.h>
+#include <stdatomic.h>
 
 #include "sl_config.h"
 #include "sl_duration.h"
@@ -907,6 +909,101 @@ static void test_share_held_calls_count(void **state)
     assert_int_equal(r.d.wait_us, 8 * S);
 }
 
+static int setup_many(void **state)
+{
+    return setup(state,
+        "{\"memory_limit\": \"1GB\", \"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\","
+        "\"url\": \"http://x\", \"rules\": [{\"name\": \"per\", \"path\": \"/p/{k}/**\","
+        "\"per\": \"{k}\", \"limit\": 2, \"window\": \"10s\", \"max_keys\": 1000000}]}]}");
+}
+
+struct walker {
+    struct fixture *f;
+    atomic_int done;
+    struct sl_snapshot *snap;
+};
+
+/* The walk's progress, as the store's clock sees it: the walker reads the
+ * clock each time it takes the table's lock, a call when it is decided. */
+static _Thread_local bool is_walker;
+static atomic_int walker_holds;   /* the walker's lock holds so far */
+static atomic_int walk_over;      /* set by the snapshot's callback */
+static atomic_int interleaved;    /* calls decided inside the walk */
+
+static int64_t walk_clock(void *arg)
+{
+    (void)arg;
+    if (is_walker)
+        atomic_fetch_add(&walker_holds, 1);
+    else if (atomic_load(&walker_holds) > 0 && !atomic_load(&walk_over))
+        atomic_fetch_add(&interleaved, 1);
+    return fake_now;
+}
+
+static void on_walked(void *arg, struct sl_snapshot *snap, const char *error)
+{
+    struct walker *w = arg;
+    assert_null(error);
+    atomic_store(&walk_over, 1);
+    w->snap = snap;
+}
+
+static void *walk_thread(void *arg)
+{
+    struct walker *w = arg;
+    struct sl_snapshot_req req = {.top = 10};
+
+    is_walker = true;
+    assert_int_equal(sl_store_snapshot(w->f->store, &req, on_walked, w), 0);
+    atomic_store(&w->done, 1);
+    return NULL;
+}
+
+static void test_snapshot_does_not_stall_calls(void **state)
+{
+    struct fixture *f = *state;
+    struct walker w = {.f = f};
+    pthread_t th;
+    char path[64];
+    int during = 0;
+    const struct sl_rule_usage *ru;
+
+    /* The same store, now on a clock that watches the walk. */
+    sl_store_destroy(f->store);
+    f->store = sl_store_memory_new(f->config, walk_clock, NULL);
+    for (int i = 0; i < 200000; i++) {
+        snprintf(path, sizeof(path), "/p/k%d/x", i);
+        assert_int_equal(call(f, "GET", path).d.verdict, SL_VERDICT_ALLOW);
+    }
+    for (int i = 0; i < 10; i++) {
+        snprintf(path, sizeof(path), "/p/k%d/x", i * 1000);
+        assert_int_equal(call(f, "GET", path).d.verdict, SL_VERDICT_ALLOW);
+    }
+    assert_int_equal(pthread_create(&th, NULL, walk_thread, &w), 0);
+    while (!atomic_load(&w.done)) {
+        snprintf(path, sizeof(path), "/p/n%d/x", during);
+        assert_int_equal(call(f, "GET", path).d.verdict, SL_VERDICT_ALLOW);
+        during++;
+    }
+    pthread_join(th, NULL);
+    print_message("walker's lock holds: %d, calls decided inside the walk: %d\n",
+                  atomic_load(&walker_holds), atomic_load(&interleaved));
+    /* 200,000 buckets in 512-slot holds, the waiting call let in between
+     * each: hundreds of calls.  A walk in one hold lets in none until it
+     * ends (at most one slips in between its unlock and its callback). */
+    assert_true(atomic_load(&walker_holds) >= 100);
+    assert_true(atomic_load(&interleaved) >= 20);
+    ru = &w.snap->ups[0].rules[0];
+    assert_true(ru->nbuckets >= 200000);
+    assert_int_equal(ru->n, 10);
+    for (size_t i = 0; i < ru->n; i++) {
+        assert_int_equal(ru->buckets[i].used, 2);
+        assert_int_equal(strncmp(ru->buckets[i].key, "k", 1), 0);
+        assert_int_equal(atoi(ru->buckets[i].key + 1) % 1000, 0);
+    }
+    sl_snapshot_free(w.snap);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -924,6 +1021,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_margin_widens_the_window, setup_margin, teardown),
         cmocka_unit_test_setup_teardown(test_local_share_and_mirror, setup_share, teardown),
         cmocka_unit_test_setup_teardown(test_snapshot_figures, setup_snapshot, teardown),
+        cmocka_unit_test_setup_teardown(test_snapshot_does_not_stall_calls, setup_many,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_shadow_rules, setup_shadow, teardown),
         cmocka_unit_test_setup_teardown(test_calendar_day, setup_calendar, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_carries_counts, setup_leads, teardown),
