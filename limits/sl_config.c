@@ -2555,6 +2555,75 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                 c->upstreams[i].rules[k].shadow = true;
 }
 
+/*
+ * Does pattern TEXT look like a regular expression or a router's
+ * ":param", copied from a provider's documentation?  In sluice's syntax
+ * those are literal characters, so the rule would miss what was meant.
+ * Writes the advice into BUF.
+ */
+static const char *sl_pattern_foreign(const char *text, char *buf, size_t len)
+{
+    const char *p;
+
+    if ((p = strstr(text, ".*")) != NULL || (p = strstr(text, ".+")) != NULL) {
+        snprintf(buf, len, "looks like a regular expression: in a rule's path "
+                 "\"%.2s\" is a literal '%c' then %s, so \"%.*s%.2s\" does not match "
+                 "\"%.*s\"; write \"%.*s*\" for the prefix and anything after it",
+                 p, p[0], p[1] == '*' ? "any run without '/'" : "a literal '+'",
+                 (int)(p - text), text, p, (int)(p - text), text, (int)(p - text), text);
+        return buf;
+    }
+    for (p = text; *p; p++) {
+        if (strchr("^$()[]|+", *p) != NULL) {
+            snprintf(buf, len, "holds '%c', a literal character in a rule's path "
+                     "(it looks like a regular expression): \"*\" matches a run "
+                     "without '/', \"**\" any run, \"{name}\" one segment", *p);
+            return buf;
+        }
+        if (*p == ':' && p > text && p[-1] == '/') {
+            size_t n = strcspn(p + 1, "/");
+            snprintf(buf, len, "has a segment \"%.*s\", which matches only that text; "
+                     "a router's parameter is written \"{%.*s}\" here", (int)n + 1, p,
+                     (int)n, p + 1);
+            return buf;
+        }
+    }
+    return NULL;
+}
+
+/*
+ * Warnings: rules that parse but would not match what they seem to say.
+ * The prefix is removed before matching, so a path that starts with it
+ * again matches only targets that repeat it ("/leads/leads/..."); and
+ * patterns copied from regular expressions or routers match literally.
+ */
+static void sl_config_lint(struct sl_config *c)
+{
+    char why[512];
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *u = &c->upstreams[i];
+        for (size_t k = 0; k < u->nrules; k++) {
+            const struct sl_rule *r = &u->rules[k];
+            const char *t = r->path_text;
+            size_t pl = u->prefix_len;
+            if (t == NULL)
+                continue;
+            if (pl > 1 && strncasecmp(t, u->prefix, pl) == 0 &&
+                (t[pl] == '/' || t[pl] == '\0'))
+                sl_errors_add(&c->warnings, "upstreams[%zu].rules[%zu].path: \"%.200s\" "
+                              "starts with the upstream's prefix \"%s\", which is removed "
+                              "before rules match: it matches %s%.200s, not %.200s "
+                              "(write \"%.200s\" if that is what you mean)",
+                              i, k, t, u->prefix, u->prefix, t, t,
+                              t[pl] == '\0' ? "/" : t + pl);
+            if (sl_pattern_foreign(t, why, sizeof(why)) != NULL)
+                sl_errors_add(&c->warnings, "upstreams[%zu].rules[%zu].path: \"%.200s\" %s",
+                              i, k, t, why);
+        }
+    }
+}
+
 int sl_config_parse(const char *text, const char *name, bool apply_env,
                     struct sl_config **out, struct sl_errors *errs)
 {
@@ -2589,6 +2658,7 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
         sl_config_free(c);
         return -1;
     }
+    sl_config_lint(c);
     *out = c;
     return 0;
 }
@@ -2814,6 +2884,7 @@ void sl_config_free(struct sl_config *c)
 {
     if (c == NULL)
         return;
+    sl_errors_free(&c->warnings);
     for (size_t i = 0; i < c->nupstreams; i++) {
         struct sl_upstream_conf *u = &c->upstreams[i];
         free(u->name);

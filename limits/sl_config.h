@@ -235,6 +235,12 @@ static inline const struct sl_rule *sl_upstream_rule(
     return index < u->nrules ? &u->rules[index] : &u->pause_rule;
 }
 
+/* Lines of a configuration's errors or warnings, each with its JSON path. */
+struct sl_errors {
+    char **lines;
+    size_t count;
+};
+
 struct sl_config {
     char *listen;                 /* "host:port" as written */
     char *listen_host;            /* NULL or "" = all addresses */
@@ -288,6 +294,10 @@ struct sl_config {
      * pass holds a reference; the last one frees it.  GENERATION counts
      * loads, 1 at start; LOADED_MS is when it was installed (wall clock). */
     _Atomic long refs;
+    /* What parses but is probably not what was meant (a rule that can
+     * never match as written): --check prints these, start and reload log
+     * them.  Owned. */
+    struct sl_errors warnings;
     uint64_t generation;
     int64_t loaded_ms;
 };
@@ -345,10 +355,6 @@ const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,
                                             const struct sl_rule *r);
 
 /* A list of human-readable error lines, each "path: sentence". */
-struct sl_errors {
-    char **lines;
-    size_t count;
-};
 
 void sl_errors_add(struct sl_errors *errs, const char *fmt, ...)
     __attribute__((format(printf, 2, 3)));

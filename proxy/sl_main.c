@@ -122,9 +122,16 @@ int main(int argc, char **argv)
         sl_errors_free(&errs);
         return 1;
     }
+    for (size_t i = 0; i < config->warnings.count; i++) {
+        if (check_only)
+            fprintf(stderr, "warning: %s\n", config->warnings.lines[i]);
+        else
+            sl_warn("%s: %s", config_path, config->warnings.lines[i]);
+    }
     if (check_only) {
-        printf("%s: configuration is valid (%zu upstream%s)\n", config_path,
-               config->nupstreams, config->nupstreams == 1 ? "" : "s");
+        printf("%s: configuration is valid (%zu upstream%s%s)\n", config_path,
+               config->nupstreams, config->nupstreams == 1 ? "" : "s",
+               config->warnings.count > 0 ? "; see the warnings above" : "");
         sl_config_free(config);
         return 0;
     }

@@ -130,6 +130,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
             sl_error("  %s", errs->lines[i]);
         goto out;
     }
+    for (size_t i = 0; i < nc->warnings.count; i++)
+        sl_warn("%s: %s", why, nc->warnings.lines[i]);
     nc->generation = cur->generation + 1;
     nc->loaded_ms = sl_clock_wall() / 1000;
     pthread_mutex_lock(&p->config_lock);
