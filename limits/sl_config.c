@@ -50,6 +50,9 @@
 
 #define SL_DEFAULT_LISTEN "127.0.0.1:8080"
 #define SL_DEFAULT_MEMORY_LIMIT (UINT64_C(64) << 20)
+/* An upstream's margin, unless it says: min(SL_MARGIN_DEFAULT, window / 20)
+ * for each rule. */
+#define SL_MARGIN_DEFAULT (100 * SL_USEC_PER_MSEC)
 /* A per rule's distinct keys held at once, unless it says "max_keys". */
 #define SL_DEFAULT_MAX_KEYS 10000
 
@@ -1011,8 +1014,15 @@ static void sl_parse_rule(json_t *jr, const char *path,
         }
         sl_parse_calendar(jr, path, r, errs);
         /* Stamped when sent, counted by the provider on arrival: the
-         * margin absorbs the jitter between the two (README, "margin"). */
-        r->span_us = r->window_us + u->margin_us;
+         * margin absorbs the jitter between the two (README, "margin").
+         * Unless the upstream sets one: 100 ms, which ordinary network
+         * jitter stays under, but never more than 5% of the window, so a
+         * short window keeps most of its throughput. */
+        r->span_us = r->window_us +
+                     (u->margin_us != SL_MARGIN_AUTO
+                          ? u->margin_us
+                          : (r->window_us / 20 < SL_MARGIN_DEFAULT ? r->window_us / 20
+                                                                   : SL_MARGIN_DEFAULT));
     }
 
     v = json_object_get(jr, "on_limit");
@@ -1608,6 +1618,7 @@ static void sl_parse_upstream(json_t *ju, const char *path,
     u->tls_verify = true;
     u->connect_timeout_us = SL_SECONDS(5);
     u->timeout_us = SL_SECONDS(60);
+    u->margin_us = SL_MARGIN_AUTO;
     u->max_wait_us = SL_SECONDS(30);
     u->max_queue = 10000;
     u->default_pause_us = SL_SECONDS(60);

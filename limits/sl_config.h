@@ -204,7 +204,8 @@ struct sl_upstream_conf {
     int64_t default_pause_us;     /* 429 without Retry-After */
     bool retry_on_limit;          /* resend after the pause */
     bool retry_unsafe;            /* ... even non-idempotent methods */
-    int64_t margin_us;            /* jitter allowance added to rate windows */
+    int64_t margin_us;            /* jitter allowance added to rate windows,
+                                   * or SL_MARGIN_AUTO (each rule's own) */
     bool path_case_sensitive;     /* rules match letter case exactly */
     /* The answer to an over-limit call (default: 429 with sluice's JSON).
      * reject_body is a template: {upstream} {rule} {limit} {window}
@@ -234,6 +235,8 @@ static inline const struct sl_rule *sl_upstream_rule(
 {
     return index < u->nrules ? &u->rules[index] : &u->pause_rule;
 }
+
+#define SL_MARGIN_AUTO (-1)
 
 /* Lines of a configuration's errors or warnings, each with its JSON path. */
 struct sl_errors {

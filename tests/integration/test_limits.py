@@ -187,8 +187,15 @@ def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice):
 
 def test_rolling_window_exact_under_load(upstream, sluice):
     """In any interval of length W at most N calls reach the upstream."""
-    n, w = 8, 0.5
-    sl = sluice(one(upstream, [{"name": "w", "limit": n, "window": "500ms"}]))
+    n, w, margin = 8, 0.5, 0.1
+    # The margin is what the assertion below allows for: the upstream (a
+    # Python thread) stamps an arrival late by however long it waits for a
+    # CPU, which on two busy cores (the sanitizer pass beside other work)
+    # has exceeded 10 ms, never 100 ms.  With it, the provider's count over
+    # the whole window is exact.
+    conf = one(upstream, [{"name": "w", "limit": n, "window": "500ms"}])
+    conf["upstreams"][0]["margin"] = "100ms"
+    sl = sluice(conf)
     stop = time.monotonic() + 3.2
     done = []
 
@@ -205,10 +212,10 @@ def test_rolling_window_exact_under_load(upstream, sluice):
 
     parallel(6, lambda i: hammer())
     times = upstream.times()
-    # Arrival jitter between sluice and the upstream is allowed: a few ms.
-    assert max_in_window(times, w - 0.01) <= n
-    # And the quota was used: at least 95% of what 3.2 s allow.
-    assert len(times) >= 0.95 * n * int(3.2 / w)
+    assert max_in_window(times, w) <= n
+    # And the quota was used: at least 95% of what 3.2 s allow (a call
+    # leaves the window a margin after it: w + margin apart).
+    assert len(times) >= 0.95 * n * int(3.2 / (w + margin))
     assert done.count(200) == len(times)
 
 

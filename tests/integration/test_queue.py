@@ -29,9 +29,12 @@ def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice
     assert [s for s, h, b in res] == [200] * 60
     times = upstream.times()
     assert len(times) == 60
-    assert max_in_window(times, 2.0 - 0.01) <= 20
-    # The quota allows 20 at 0 s, 20 at 2 s, 20 at 4 s: done in about 4 s.
-    assert 3.9 <= elapsed <= 5.0, elapsed
+    # The default margin (100 ms for a 2 s window) covers the upstream's
+    # late stamps on a busy machine: the whole window holds at most 20.
+    assert max_in_window(times, 2.0) <= 20
+    # The quota allows 20 at 0 s, 20 at 2.1 s, 20 at 4.2 s: done in about
+    # 4.2 s.
+    assert 4.1 <= elapsed <= 5.3, elapsed
     # Each held call's body was read after its release, intact.
     bodies = sorted(json.loads(b)["body_len"] for s, h, b in res)
     assert bodies == [4] * 60

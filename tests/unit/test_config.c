@@ -330,12 +330,14 @@ static void test_new_key_defaults(void **state)
     assert_int_equal(c->header_timeout_us, 10 * SL_USEC_PER_SEC);
     assert_int_equal(c->max_retry_after_us, 3600 * SL_USEC_PER_SEC);
     assert_true(c->local_share == 1.0);
-    assert_int_equal(u->margin_us, 0);
+    /* The margin: 100 ms, at most 5% of each rule's window. */
+    assert_int_equal(u->margin_us, SL_MARGIN_AUTO);
+    assert_int_equal(u->rules[0].span_us, 60 * SL_USEC_PER_SEC + 100000);
+    assert_int_equal(u->rules[1].span_us, 3600 * SL_USEC_PER_SEC + 100000);
     assert_false(u->path_case_sensitive);
     assert_int_equal(u->reject_status, 429);
     assert_null(u->reject_body);
     assert_null(u->reject_content_type);
-    assert_int_equal(u->rules[0].span_us, 60 * SL_USEC_PER_SEC);
     assert_int_equal(u->rules[0].sync_probe_us, 0);
     assert_int_equal(u->rules[1].sync_probe_us, 60 * SL_USEC_PER_SEC);
     assert_int_equal(u->rules[2].span_us, 0);

@@ -24,7 +24,7 @@ static int64_t fake_a(void *arg) { (void)arg; return clock_a; }
 static int64_t fake_b(void *arg) { (void)arg; return clock_b; }
 
 static const char *cfg_text =
-    "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/crm\", \"url\": \"http://x\","
+    "{\"upstreams\": [{\"name\": \"crm\", \"margin\": 0, \"prefix\": \"/crm\", \"url\": \"http://x\","
     "\"rules\": [{\"name\": \"daily\", \"limit\": 5, \"window\": \"1h\"},"
     "{\"name\": \"per\", \"per\": \"header:X-A\", \"limit\": 3, \"window\": \"1h\"}]}]}";
 
