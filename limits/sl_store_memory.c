@@ -130,6 +130,10 @@ struct sl_mem_store {
     double share;                 /* of each limit this store may grant */
     sl_clock_fn clock;
     void *clock_arg;
+    /* Told of every sent call, under its table's lock (the state file's
+     * journal); NULL: nobody listens. */
+    sl_mem_sent_fn on_sent;
+    void *on_sent_arg;
 };
 
 /* One bucket a call holds something in: a reservation or a slot. */
@@ -153,12 +157,22 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
 
+/* Added to the wall clock: tests stand in for a step of the system clock
+ * (sl_clock_set_wall_offset); 0 in production. */
+static _Atomic int64_t sl_wall_offset_us;
+
+void sl_clock_set_wall_offset(int64_t us)
+{
+    atomic_store(&sl_wall_offset_us, us);
+}
+
 int64_t sl_clock_wall(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000 +
+           atomic_load_explicit(&sl_wall_offset_us, memory_order_relaxed);
 }
 
 int64_t sl_clock_monotonic(void *arg)
@@ -1029,30 +1043,44 @@ out:
     return 0;
 }
 
-/* Log one call in rate bucket B at NOW (room was checked).  Lock held. */
-static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
-                       const struct sl_rule *r, int64_t now, uint16_t app)
+/*
+ * Log one call in rate bucket B at NOW (room was checked).  Returns the
+ * stamp it got, or INT64_MIN when nothing was logged.  Stamps in one log
+ * are strictly increasing (a call in the same microsecond as the last gets
+ * the next one, 1 µs stricter), so a stamp names one call: the state
+ * file's journal is matched against the snapshot by it.  Lock held.
+ */
+static int64_t sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                          const struct sl_rule *r, int64_t now, uint16_t app)
 {
     size_t before = sl_window_bytes(&b->win);
+    int64_t newest;
 
     sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
+    newest = sl_window_newest(&b->win);
+    if (newest >= now)
+        now = newest + 1;
     /* A full log keeps its newest entries (sl_window_record_tag). */
     if (r->limit == 0 || sl_window_record_tag(&b->win, r->limit, now, app) != 0)
-        return;
+        return INT64_MIN;
     b->sent++;
     atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+    return now;
 }
 
 static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = lease->table;
+    struct sl_mem_sent_slot sent[SL_MAX_HITS];
+    size_t nsent = 0;
     int64_t now;
 
     pthread_mutex_lock(&t->lock);
     now = s->clock(s->clock_arg);
     for (size_t i = 0; i < lease->n; i++) {
         struct sl_lease_slot *sl = &lease->slots[i];
+        const struct sl_rule *r;
         if (sl->rule->kind != SL_RULE_RATE || sl->committed)
             continue;
         sl->committed = true;
@@ -1061,10 +1089,21 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
         /* Logged under the rule as it is now (a reload may have changed
          * its limit); a removed rule's bucket logs nothing. */
-        if (sl->bucket->rule != SL_MEM_ORPHAN && t->up != NULL)
-            sl_mem_log(s, sl->bucket, sl_upstream_rule(t->up, sl->bucket->rule),
-                       now, lease->app);
+        if (sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
+            continue;
+        r = sl_upstream_rule(t->up, sl->bucket->rule);
+        sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+        if (sent[nsent].at == INT64_MIN)
+            continue;
+        sent[nsent].rule = r;
+        sent[nsent].key = sl->bucket->key;
+        sent[nsent++].key_len = sl->bucket->key_len;
     }
+    /* Still under the lock: a snapshot that does not hold this call yet
+     * is taken after the journal has it (sl_state.c's rotation relies on
+     * it). */
+    if (s->on_sent != NULL && nsent > 0)
+        s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -1561,6 +1600,19 @@ size_t sl_store_memory_keys(struct sl_store *store)
 }
 
 /* ---- state file support (sl_state.c) ---- */
+
+void sl_store_memory_on_sent(struct sl_store *store, sl_mem_sent_fn fn, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+
+    s->on_sent = fn;
+    s->on_sent_arg = arg;
+}
+
+bool sl_store_memory_monotonic(struct sl_store *store)
+{
+    return ((struct sl_mem_store *)store)->clock == sl_clock_monotonic;
+}
 
 int64_t sl_store_memory_now(struct sl_store *store)
 {
