@@ -31,7 +31,9 @@
  * buckets, so reservations and slots taken before the reload are given
  * back where they were taken.  A rate log whose limit fell keeps all its
  * entries: it is full until enough of them leave the window; a window that
- * changed keeps the entries logged.  Buckets of removed rules
+ * changed keeps the entries logged, and one that shrank keeps a copy of
+ * them aside for the old span (sl_mem_rewindow), so that growing it back
+ * counts them again.  Buckets of removed rules
  * become orphans: nothing matches them again, leases on them are given
  * back normally, and the sweeper frees them.  A check matched under an
  * older generation is answered SL_VERDICT_STALE (match again); one from a
@@ -63,6 +65,12 @@
 #define SL_MEM_SWEEP_ROUND_MIN (1 * SL_USEC_PER_SEC)
 #define SL_MEM_SWEEP_ROUND_MAX (30 * SL_USEC_PER_SEC)
 
+/* A rate log kept aside for a longer window than its rule's now. */
+struct sl_mem_kept {
+    struct sl_window win;
+    int64_t span;                 /* the longest window it was logged for */
+};
+
 /* Calls in flight of one app, in a concurrency bucket. */
 struct sl_mem_app_count {
     uint16_t app;
@@ -90,6 +98,9 @@ struct sl_mem_bucket {
     struct sl_mem_app_count *in_apps;
     uint32_t nin, capin;
     struct sl_window win;         /* rate: admission log */
+    /* rate: a copy of the log when a reload shrank the window, kept for
+     * the longer one in case a reload grows it back (owned, NULL: none) */
+    struct sl_mem_kept *kept;
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
 };
@@ -199,7 +210,32 @@ static uint32_t sl_mem_hash(uint32_t rule, const char *key, size_t len)
 static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
 {
     return sizeof(*b) + b->key_len + 1 + sl_window_bytes(&b->win) +
-           b->capin * sizeof(*b->in_apps);
+           b->capin * sizeof(*b->in_apps) +
+           (b->kept != NULL ? sizeof(*b->kept) + sl_window_bytes(&b->kept->win) : 0);
+}
+
+static void sl_mem_kept_free(struct sl_mem_store *s, struct sl_mem_bucket *b)
+{
+    if (b->kept == NULL)
+        return;
+    atomic_fetch_sub(&s->bytes, sizeof(*b->kept) + sl_window_bytes(&b->kept->win));
+    sl_window_free(&b->kept->win);
+    free(b->kept);
+    b->kept = NULL;
+}
+
+/* Does B still keep calls of a longer window than its rule's now?  Drops
+ * those that left it.  Lock held. */
+static bool sl_mem_kept_any(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                            int64_t now)
+{
+    if (b->kept == NULL)
+        return false;
+    sl_window_prune(&b->kept->win, b->kept->span, now);
+    if (b->kept->win.count > 0)
+        return true;
+    sl_mem_kept_free(s, b);
+    return false;
 }
 
 /* Where APP's count is in B's in_apps, or nin when it has none. */
@@ -326,7 +362,8 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                 idle = b->paused_until <= now;
             else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
-                idle = b->win.count == 0 && (!b->report || b->report_until <= now);
+                idle = b->win.count == 0 && (!b->report || b->report_until <= now) &&
+                       !sl_mem_kept_any(s, b, now);
             }
             if (!idle) {
                 pp = &b->next;
@@ -335,6 +372,10 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
             *pp = b->next;
             atomic_fetch_sub(&s->bytes, sl_mem_bucket_bytes(b));
             atomic_fetch_sub(&s->keys, 1);
+            if (b->kept != NULL) {
+                sl_window_free(&b->kept->win);
+                free(b->kept);
+            }
             sl_window_free(&b->win);
             free(b->in_apps);
             free(b);
@@ -690,13 +731,53 @@ static struct sl_mem_table *sl_mem_table_new(struct sl_mem_store *s,
 }
 
 /*
+ * Rate bucket B's window goes from span OLD to NEW (a reload).  A reload
+ * never grants room: calls are remembered for the longest window their
+ * rule has had since they were sent.  Shrunk: the log is copied aside
+ * (kept) for the old span, while the rule counts only its new window;
+ * grown: what was kept aside and is inside the new window comes back into
+ * the log.  Out of memory, nothing is kept (a warning in the README).
+ * Lock held.
+ */
+static void sl_mem_rewindow(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                            int64_t old, int64_t new, uint64_t limit, int64_t now)
+{
+    size_t before;
+
+    if (new < old) {
+        sl_window_prune(&b->win, old, now);
+        if (b->kept == NULL && b->win.count > 0) {
+            b->kept = calloc(1, sizeof(*b->kept));
+            if (b->kept == NULL)
+                return;
+            atomic_fetch_add(&s->bytes, sizeof(*b->kept));
+        }
+        if (b->kept == NULL)
+            return;
+        before = sl_window_bytes(&b->kept->win);
+        (void)sl_window_merge(&b->kept->win, &b->win, INT64_MIN, UINT32_MAX);
+        atomic_fetch_add(&s->bytes, sl_window_bytes(&b->kept->win) - before);
+        if (old > b->kept->span)
+            b->kept->span = old;
+    } else if (new > old && sl_mem_kept_any(s, b, now)) {
+        before = sl_window_bytes(&b->win);
+        (void)sl_window_merge(&b->win, &b->kept->win, now - new, limit);
+        atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+        if (new >= b->kept->span)
+            sl_mem_kept_free(s, b);
+    }
+}
+
+/*
  * Renumber T's buckets for NU (the same upstream in the new generation;
  * NULL: it is gone).  Lock held; T->up is still the old upstream.
  */
-static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *nu)
+static void sl_mem_remap(struct sl_mem_store *s, struct sl_mem_table *t,
+                         const struct sl_upstream_conf *nu)
 {
     const struct sl_upstream_conf *ou = t->up;
     struct sl_mem_bucket *list = NULL, *b, *next;
+    int64_t now = s->clock(s->clock_arg);
 
     for (size_t k = 0; k < t->nslots; k++) {
         for (b = t->slots[k]; b != NULL; b = next) {
@@ -711,6 +792,9 @@ static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *
         next = b->next;
         if (b->rule != SL_MEM_ORPHAN && ou != NULL && nu != NULL)
             nr = sl_upstream_rule_like(nu, sl_upstream_rule(ou, b->rule));
+        if (nr != NULL && nr->kind == SL_RULE_RATE)
+            sl_mem_rewindow(s, b, sl_mem_span(s, sl_upstream_rule(ou, b->rule), now, NULL),
+                            sl_mem_span(s, nr, now, NULL), nr->limit, now);
         b->rule = nr != NULL ? (uint32_t)nr->index : SL_MEM_ORPHAN;
         /* A rate log keeps every entry, even past a lowered limit: the
          * window is full until enough of them age out, and the operator
@@ -764,7 +848,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
         struct sl_mem_table *t = nl->tables[i];
         pthread_mutex_lock(&t->lock);
         if (t->up != &config->upstreams[i])
-            sl_mem_remap(t, &config->upstreams[i]);
+            sl_mem_remap(s, t, &config->upstreams[i]);
         pthread_mutex_unlock(&t->lock);
     }
     for (size_t i = 0; old != NULL && i < old->ntables; i++) {
@@ -772,7 +856,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
         if (kept[i])
             continue;
         pthread_mutex_lock(&t->lock);
-        sl_mem_remap(t, NULL);
+        sl_mem_remap(s, t, NULL);
         pthread_mutex_unlock(&t->lock);
     }
     free(kept);
@@ -1276,6 +1360,7 @@ static void sl_mem_destroy(struct sl_store *store)
             struct sl_mem_bucket *b = t->slots[k], *next;
             for (; b != NULL; b = next) {
                 next = b->next;
+                sl_mem_kept_free(s, b);
                 sl_window_free(&b->win);
                 free(b->in_apps);
                 free(b);
