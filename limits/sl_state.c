@@ -172,6 +172,13 @@ static int64_t sl_translate(const struct sl_state_clock *ref, int64_t t,
     return ref->wall - (ref->store - t) - now->wall + now->store;
 }
 
+/* Seconds from B to A, for a message: in floating point, so that the
+ * times of a forged file cannot overflow it. */
+static double sl_secs_apart(int64_t a, int64_t b)
+{
+    return ((double)a - (double)b) / SL_USEC_PER_SEC;
+}
+
 static bool sl_time_ok(int64_t t)
 {
     return t > -SL_STATE_TIME_MAX && t < SL_STATE_TIME_MAX;
@@ -788,9 +795,9 @@ static int sl_state_walk(const unsigned char *buf, size_t len, unsigned version,
                  * (no window is longer) and none far after its save. */
                 if (t < ap->saved.store - SL_STATE_MAX_AGE ||
                     t > ap->saved.store + SL_STATE_AHEAD) {
-                    sl_err(err, errlen, "record %u of %u has a send time %lld s "
+                    sl_err(err, errlen, "record %u of %u has a send time %.0f s "
                            "from its save, out of range", r + 1, nrec,
-                           (long long)((t - ap->saved.store) / SL_USEC_PER_SEC));
+                           sl_secs_apart(t, ap->saved.store));
                     goto out;
                 }
                 prev = t;
@@ -814,9 +821,9 @@ static int sl_state_walk(const unsigned char *buf, size_t len, unsigned version,
             if (until < ap->saved.store - SL_STATE_MAX_AGE ||
                 until > ap->saved.store + SL_FEEDBACK_MAX_PAUSE_S * SL_USEC_PER_SEC +
                             SL_STATE_AHEAD) {
-                sl_err(err, errlen, "record %u of %u pauses its upstream %lld s "
-                       "from its save, out of range", r + 1, nrec,
-                       (long long)((until - ap->saved.store) / SL_USEC_PER_SEC));
+                sl_err(err, errlen, "record %u of %u pauses its upstream until "
+                       "%.0f s from its save, out of range", r + 1, nrec,
+                       sl_secs_apart(until, ap->saved.store));
                 goto out;
             }
             if (!apply || up == NULL)
