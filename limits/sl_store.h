@@ -358,8 +358,13 @@ typedef int64_t (*sl_clock_fn)(void *arg);
 
 int64_t sl_clock_monotonic(void *arg);
 
-/* The wall clock: microseconds since the Unix epoch (CLOCK_REALTIME). */
+/* The wall clock: microseconds since the Unix epoch (CLOCK_REALTIME),
+ * plus the offset set below. */
 int64_t sl_clock_wall(void);
+
+/* For tests only: shift sl_clock_wall() by US, as a step of the system
+ * clock would (SLUICE_TEST_WALL_OFFSET_MS). */
+void sl_clock_set_wall_offset(int64_t us);
 
 /*
  * An in-process store shared by all worker threads.  MEMORY_LIMIT bounds
@@ -444,6 +449,29 @@ int sl_store_memory_import(struct sl_store *memory, const struct sl_upstream_con
                            const struct sl_rule *rule, const char *key,
                            size_t key_len, const int64_t *times,
                            const uint16_t *tags, uint32_t n);
+
+/* One rate bucket a sent call was logged in, and the stamp it got. */
+struct sl_mem_sent_slot {
+    const struct sl_rule *rule;
+    const char *key;
+    size_t key_len;
+    int64_t at;             /* the store's clock */
+};
+
+/* A call of APP to UP was sent and logged in N rate buckets.  Called
+ * under the table's lock, from any worker thread: be quick, take no
+ * store lock. */
+typedef void (*sl_mem_sent_fn)(void *arg, const struct sl_upstream_conf *up,
+                               uint16_t app, const struct sl_mem_sent_slot *slots,
+                               size_t n);
+
+/* Tell FN (NULL: nobody) of every call MEMORY logs as sent from now on.
+ * Set it before workers start, clear it after they stopped. */
+void sl_store_memory_on_sent(struct sl_store *memory, sl_mem_sent_fn fn, void *arg);
+
+/* Does MEMORY run on CLOCK_MONOTONIC (not a test's clock)?  Its stamps
+ * then mean the same in every process of this boot. */
+bool sl_store_memory_monotonic(struct sl_store *memory);
 
 /* The memory store's clock now (µs). */
 int64_t sl_store_memory_now(struct sl_store *memory);

@@ -37,7 +37,9 @@
  * buckets, so reservations and slots taken before the reload are given
  * back where they were taken.  A rate log whose limit fell keeps all its
  * entries: it is full until enough of them leave the window; a window that
- * changed keeps the entries logged.  Buckets of removed rules
+ * changed keeps the entries logged, and one that shrank keeps a copy of
+ * them aside for the old span (sl_mem_rewindow), so that growing it back
+ * counts them again.  Buckets of removed rules
  * become orphans: nothing matches them again, leases on them are given
  * back normally, and the sweeper frees them.  A check matched under an
  * older generation is answered SL_VERDICT_STALE (match again); one from a
@@ -76,6 +78,12 @@
 #define SL_MEM_SNAP_CHUNK 512
 #define SL_MEM_SWEEP_ROUND_MAX (30 * SL_USEC_PER_SEC)
 
+/* A rate log kept aside for a longer window than its rule's now. */
+struct sl_mem_kept {
+    struct sl_window win;
+    int64_t span;                 /* the longest window it was logged for */
+};
+
 /* Calls in flight of one app, in a concurrency bucket. */
 struct sl_mem_app_count {
     uint16_t app;
@@ -103,6 +111,9 @@ struct sl_mem_bucket {
     struct sl_mem_app_count *in_apps;
     uint32_t nin, capin;
     struct sl_window win;         /* rate: admission log */
+    /* rate: a copy of the log when a reload shrank the window, kept for
+     * the longer one in case a reload grows it back (owned, NULL: none) */
+    struct sl_mem_kept *kept;
     size_t key_len;
     char key[];                   /* per value, NUL-terminated */
 };
@@ -147,6 +158,10 @@ struct sl_mem_store {
     double share;                 /* of each limit this store may grant */
     sl_clock_fn clock;
     void *clock_arg;
+    /* Told of every sent call, under its table's lock (the state file's
+     * journal); NULL: nobody listens. */
+    sl_mem_sent_fn on_sent;
+    void *on_sent_arg;
 };
 
 /* One bucket a call holds something in: a reservation or a slot. */
@@ -174,17 +189,41 @@ static void sl_mem_table_lock(struct sl_mem_table *t)
     atomic_fetch_sub(&t->waiters, 1);
 }
 
+/*
+ * Between two steps of a walk over T's slots (a snapshot, the state
+ * file's export): give the lock up and take it again.  A mutex is not
+ * fair: locking again at once would beat the calls woken by the unlock,
+ * so those waiting go first (bounded).  Lock held on entry and return.
+ */
+static void sl_mem_walk_pause(struct sl_mem_table *t)
+{
+    pthread_mutex_unlock(&t->lock);
+    for (int spin = 0; atomic_load(&t->waiters) > 0 && spin < 1000; spin++)
+        sched_yield();
+    sl_mem_table_lock(t);
+}
+
 static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                          size_t max_slots, int64_t now);
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
+
+/* Added to the wall clock: tests stand in for a step of the system clock
+ * (sl_clock_set_wall_offset); 0 in production. */
+static _Atomic int64_t sl_wall_offset_us;
+
+void sl_clock_set_wall_offset(int64_t us)
+{
+    atomic_store(&sl_wall_offset_us, us);
+}
 
 int64_t sl_clock_wall(void)
 {
     struct timespec ts;
 
     clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000 +
+           atomic_load_explicit(&sl_wall_offset_us, memory_order_relaxed);
 }
 
 int64_t sl_clock_monotonic(void *arg)
@@ -211,7 +250,32 @@ static uint32_t sl_mem_hash(uint32_t rule, const char *key, size_t len)
 static size_t sl_mem_bucket_bytes(const struct sl_mem_bucket *b)
 {
     return sizeof(*b) + b->key_len + 1 + sl_window_bytes(&b->win) +
-           b->capin * sizeof(*b->in_apps);
+           b->capin * sizeof(*b->in_apps) +
+           (b->kept != NULL ? sizeof(*b->kept) + sl_window_bytes(&b->kept->win) : 0);
+}
+
+static void sl_mem_kept_free(struct sl_mem_store *s, struct sl_mem_bucket *b)
+{
+    if (b->kept == NULL)
+        return;
+    atomic_fetch_sub(&s->bytes, sizeof(*b->kept) + sl_window_bytes(&b->kept->win));
+    sl_window_free(&b->kept->win);
+    free(b->kept);
+    b->kept = NULL;
+}
+
+/* Does B still keep calls of a longer window than its rule's now?  Drops
+ * those that left it.  Lock held. */
+static bool sl_mem_kept_any(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                            int64_t now)
+{
+    if (b->kept == NULL)
+        return false;
+    sl_window_prune(&b->kept->win, b->kept->span, now);
+    if (b->kept->win.count > 0)
+        return true;
+    sl_mem_kept_free(s, b);
+    return false;
 }
 
 /* Where APP's count is in B's in_apps, or nin when it has none. */
@@ -345,7 +409,8 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                 idle = b->paused_until <= now;
             else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
-                idle = b->win.count == 0 && (!b->report || b->report_until <= now);
+                idle = b->win.count == 0 && (!b->report || b->report_until <= now) &&
+                       !sl_mem_kept_any(s, b, now);
             }
             if (!idle) {
                 pp = &b->next;
@@ -356,6 +421,10 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                 t->rule_keys[b->rule]--;
             atomic_fetch_sub(&s->bytes, sl_mem_bucket_bytes(b));
             atomic_fetch_sub(&s->keys, 1);
+            if (b->kept != NULL) {
+                sl_window_free(&b->kept->win);
+                free(b->kept);
+            }
             sl_window_free(&b->win);
             free(b->in_apps);
             free(b);
@@ -727,13 +796,53 @@ static struct sl_mem_table *sl_mem_table_new(struct sl_mem_store *s,
 }
 
 /*
+ * Rate bucket B's window goes from span OLD to NEW (a reload).  A reload
+ * never grants room: calls are remembered for the longest window their
+ * rule has had since they were sent.  Shrunk: the log is copied aside
+ * (kept) for the old span, while the rule counts only its new window;
+ * grown: what was kept aside and is inside the new window comes back into
+ * the log.  Out of memory, nothing is kept (a warning in the README).
+ * Lock held.
+ */
+static void sl_mem_rewindow(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                            int64_t old, int64_t new, uint64_t limit, int64_t now)
+{
+    size_t before;
+
+    if (new < old) {
+        sl_window_prune(&b->win, old, now);
+        if (b->kept == NULL && b->win.count > 0) {
+            b->kept = calloc(1, sizeof(*b->kept));
+            if (b->kept == NULL)
+                return;
+            atomic_fetch_add(&s->bytes, sizeof(*b->kept));
+        }
+        if (b->kept == NULL)
+            return;
+        before = sl_window_bytes(&b->kept->win);
+        (void)sl_window_merge(&b->kept->win, &b->win, INT64_MIN, UINT32_MAX);
+        atomic_fetch_add(&s->bytes, sl_window_bytes(&b->kept->win) - before);
+        if (old > b->kept->span)
+            b->kept->span = old;
+    } else if (new > old && sl_mem_kept_any(s, b, now)) {
+        before = sl_window_bytes(&b->win);
+        (void)sl_window_merge(&b->win, &b->kept->win, now - new, limit);
+        atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+        if (new >= b->kept->span)
+            sl_mem_kept_free(s, b);
+    }
+}
+
+/*
  * Renumber T's buckets for NU (the same upstream in the new generation;
  * NULL: it is gone).  Lock held; T->up is still the old upstream.
  */
-static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *nu)
+static void sl_mem_remap(struct sl_mem_store *s, struct sl_mem_table *t,
+                         const struct sl_upstream_conf *nu)
 {
     const struct sl_upstream_conf *ou = t->up;
     struct sl_mem_bucket *list = NULL, *b, *next;
+    int64_t now = s->clock(s->clock_arg);
 
     for (size_t k = 0; k < t->nslots; k++) {
         for (b = t->slots[k]; b != NULL; b = next) {
@@ -749,6 +858,9 @@ static void sl_mem_remap(struct sl_mem_table *t, const struct sl_upstream_conf *
         next = b->next;
         if (b->rule != SL_MEM_ORPHAN && ou != NULL && nu != NULL)
             nr = sl_upstream_rule_like(nu, sl_upstream_rule(ou, b->rule));
+        if (nr != NULL && nr->kind == SL_RULE_RATE)
+            sl_mem_rewindow(s, b, sl_mem_span(s, sl_upstream_rule(ou, b->rule), now, NULL),
+                            sl_mem_span(s, nr, now, NULL), nr->limit, now);
         b->rule = nr != NULL ? (uint32_t)nr->index : SL_MEM_ORPHAN;
         /* A rate log keeps every entry, even past a lowered limit: the
          * window is full until enough of them age out, and the operator
@@ -804,7 +916,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
         struct sl_mem_table *t = nl->tables[i];
         sl_mem_table_lock(t);
         if (t->up != &config->upstreams[i])
-            sl_mem_remap(t, &config->upstreams[i]);
+            sl_mem_remap(s, t, &config->upstreams[i]);
         pthread_mutex_unlock(&t->lock);
     }
     for (size_t i = 0; old != NULL && i < old->ntables; i++) {
@@ -812,7 +924,7 @@ static int sl_mem_adopt_locked(struct sl_mem_store *s, const struct sl_config *c
         if (kept[i])
             continue;
         sl_mem_table_lock(t);
-        sl_mem_remap(t, NULL);
+        sl_mem_remap(s, t, NULL);
         pthread_mutex_unlock(&t->lock);
     }
     free(kept);
@@ -1092,30 +1204,44 @@ out:
     return 0;
 }
 
-/* Log one call in rate bucket B at NOW (room was checked).  Lock held. */
-static void sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
-                       const struct sl_rule *r, int64_t now, uint16_t app)
+/*
+ * Log one call in rate bucket B at NOW (room was checked).  Returns the
+ * stamp it got, or INT64_MIN when nothing was logged.  Stamps in one log
+ * are strictly increasing (a call in the same microsecond as the last gets
+ * the next one, 1 µs stricter), so a stamp names one call: the state
+ * file's journal is matched against the snapshot by it.  Lock held.
+ */
+static int64_t sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
+                          const struct sl_rule *r, int64_t now, uint16_t app)
 {
     size_t before = sl_window_bytes(&b->win);
+    int64_t newest;
 
     sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
+    newest = sl_window_newest(&b->win);
+    if (newest >= now)
+        now = newest + 1;
     /* A full log keeps its newest entries (sl_window_record_tag). */
     if (r->limit == 0 || sl_window_record_tag(&b->win, r->limit, now, app) != 0)
-        return;
+        return INT64_MIN;
     b->sent++;
     atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+    return now;
 }
 
 static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = lease->table;
+    struct sl_mem_sent_slot sent[SL_MAX_HITS];
+    size_t nsent = 0;
     int64_t now;
 
     sl_mem_table_lock(t);
     now = s->clock(s->clock_arg);
     for (size_t i = 0; i < lease->n; i++) {
         struct sl_lease_slot *sl = &lease->slots[i];
+        const struct sl_rule *r;
         if (sl->rule->kind != SL_RULE_RATE || sl->committed)
             continue;
         sl->committed = true;
@@ -1124,10 +1250,21 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
         /* Logged under the rule as it is now (a reload may have changed
          * its limit); a removed rule's bucket logs nothing. */
-        if (sl->bucket->rule != SL_MEM_ORPHAN && t->up != NULL)
-            sl_mem_log(s, sl->bucket, sl_upstream_rule(t->up, sl->bucket->rule),
-                       now, lease->app);
+        if (sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
+            continue;
+        r = sl_upstream_rule(t->up, sl->bucket->rule);
+        sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+        if (sent[nsent].at == INT64_MIN)
+            continue;
+        sent[nsent].rule = r;
+        sent[nsent].key = sl->bucket->key;
+        sent[nsent++].key_len = sl->bucket->key_len;
     }
+    /* Still under the lock: a snapshot that does not hold this call yet
+     * is taken after the journal has it (sl_state.c's rotation relies on
+     * it). */
+    if (s->on_sent != NULL && nsent > 0)
+        s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -1300,6 +1437,7 @@ static void sl_mem_destroy(struct sl_store *store)
             struct sl_mem_bucket *b = t->slots[k], *next;
             for (; b != NULL; b = next) {
                 next = b->next;
+                sl_mem_kept_free(s, b);
                 sl_window_free(&b->win);
                 free(b->in_apps);
                 free(b);
@@ -1599,12 +1737,7 @@ static int sl_mem_snapshot_table(struct sl_mem_store *s, struct sl_mem_table *t,
         rc = sl_mem_snapshot_chunk(s, t, req, uu, cap, tops, tally, ntally, &k, now);
         if (rc != 0 || k >= t->nslots)
             break;
-        pthread_mutex_unlock(&t->lock);
-        /* A mutex is not fair: locking again at once would beat the calls
-         * woken by the unlock.  Let those waiting go first (bounded). */
-        for (int spin = 0; atomic_load(&t->waiters) > 0 && spin < 1000; spin++)
-            sched_yield();
-        sl_mem_table_lock(t);
+        sl_mem_walk_pause(t);
         now = s->clock(s->clock_arg);
     }
     t->walking--;
@@ -1728,6 +1861,19 @@ size_t sl_store_memory_keys(struct sl_store *store)
 
 /* ---- state file support (sl_state.c) ---- */
 
+void sl_store_memory_on_sent(struct sl_store *store, sl_mem_sent_fn fn, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+
+    s->on_sent = fn;
+    s->on_sent_arg = arg;
+}
+
+bool sl_store_memory_monotonic(struct sl_store *store)
+{
+    return ((struct sl_mem_store *)store)->clock == sl_clock_monotonic;
+}
+
 int64_t sl_store_memory_now(struct sl_store *store)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
@@ -1748,8 +1894,17 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
         struct sl_mem_table *t = l->tables[i];
         int64_t now;
         sl_mem_table_lock(t);
+        t->walking++;
         now = s->clock(s->clock_arg);
         for (size_t k = 0; k < t->nslots && rc == 0; k++) {
+            /* In steps, as a snapshot walks (sl_mem_snapshot_table).  A
+             * call logged before the walk began is in its bucket when the
+             * walk reaches it; one logged during it is in the new journal
+             * (sl_state.c matches it there by its stamp). */
+            if (k > 0 && k % SL_MEM_SNAP_CHUNK == 0) {
+                sl_mem_walk_pause(t);
+                now = s->clock(s->clock_arg);
+            }
             for (struct sl_mem_bucket *b = t->slots[k]; b != NULL && rc == 0;
                  b = b->next) {
                 const struct sl_rule *r;
@@ -1767,6 +1922,7 @@ int sl_store_memory_export(struct sl_store *store, sl_mem_export_cb cb, void *ar
                 }
             }
         }
+        t->walking--;
         pthread_mutex_unlock(&t->lock);
     }
     pthread_mutex_unlock(&s->adopt_lock);

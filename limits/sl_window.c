@@ -13,6 +13,7 @@
  */
 #include "sl_window.h"
 
+#include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -254,6 +255,54 @@ int64_t sl_window_newest(const struct sl_window *w)
     if (w->count == 0)
         return INT64_MIN;
     return w->times[(w->head + w->count - 1) % w->cap];
+}
+
+int sl_window_merge(struct sl_window *w, const struct sl_window *from,
+                    int64_t after, uint64_t most)
+{
+    uint64_t n = 0, cap = (uint64_t)w->count + from->count;
+    uint32_t i = 0, j = 0, skip;
+    int64_t *times;
+    uint16_t *tags;
+    bool counted = w->tc != NULL;
+
+    while (j < from->count && from->times[(from->head + j) % from->cap] <= after)
+        j++;
+    if (j == from->count)
+        return 0;
+    if (cap > UINT32_MAX)
+        cap = UINT32_MAX;
+    times = malloc((size_t)cap * (sizeof(*times) + sizeof(*tags)));
+    if (times == NULL)
+        return -1;
+    tags = (uint16_t *)(times + cap);
+    /* Both logs are ordered: one pass, a stamp in both taken once. */
+    while ((i < w->count || j < from->count) && n < cap) {
+        int64_t a = i < w->count ? w->times[(w->head + i) % w->cap] : INT64_MAX;
+        int64_t b = j < from->count ? from->times[(from->head + j) % from->cap]
+                                    : INT64_MAX;
+        if (a <= b) {
+            times[n] = a;
+            tags[n++] = w->tags[(w->head + i++) % w->cap];
+            if (a == b)
+                j++;
+        } else {
+            times[n] = b;
+            tags[n++] = from->tags[(from->head + j++) % from->cap];
+        }
+    }
+    /* The newest MOST: the oldest beyond them decide nothing. */
+    skip = n > most ? (uint32_t)(n - most) : 0;
+    free(w->tc);
+    free(w->times);
+    w->tc = NULL;
+    w->ntc = w->captc = 0;
+    w->times = times;
+    w->tags = tags;
+    w->cap = (uint32_t)cap;
+    w->head = skip;
+    w->count = (uint32_t)n - skip;
+    return counted ? sl_window_count_tags(w) : 0;
 }
 
 size_t sl_window_bytes(const struct sl_window *w)

@@ -110,6 +110,16 @@ uint32_t sl_window_tag_count(const struct sl_window *w, uint16_t tag);
  * INT64_MIN when there are not that many.  A scan from the oldest. */
 int64_t sl_window_tag_time(const struct sl_window *w, uint16_t tag, uint32_t k);
 
+/*
+ * Add to W the entries of FROM later than AFTER that W does not hold (a
+ * stamp in both is one call: stamps in one bucket are unique), keeping the
+ * newest MOST.  Both are ordered; W stays so.  Per-tag counts are kept if
+ * W kept them.  Returns 0, or -1 when out of memory (W unchanged, or
+ * only its per-tag counts dropped, as sl_window_tc does).
+ */
+int sl_window_merge(struct sl_window *w, const struct sl_window *from,
+                    int64_t after, uint64_t most);
+
 /* Bytes held by the ring. */
 size_t sl_window_bytes(const struct sl_window *w);
 

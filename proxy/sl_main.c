@@ -11,6 +11,7 @@
 #include "sl_proxy.h"
 
 #include "sl_apps.h"
+#include "sl_duration.h"
 #include "sl_log.h"
 #include "sl_state.h"
 
@@ -46,14 +47,43 @@ static void sl_usage(FILE *out)
             "overrides \"store\".\n");
 }
 
-static void sl_save_state(struct sl_proxy *proxy)
+/* Failing state writes, for logging them without flooding the log. */
+struct sl_save_log {
+    unsigned failures;            /* in a row */
+    int64_t logged_at;            /* wall µs of the last line about them */
+};
+
+/*
+ * Write the state file (main thread).  A write that fails (a full disk,
+ * EFBIG past a file size limit, EIO) is never fatal: the previous file and
+ * the journal keep every call, and the failure is logged at once, then at
+ * most once a minute, and its end when a write works again.
+ */
+static void sl_save_state(struct sl_proxy *proxy, struct sl_state *st,
+                          struct sl_save_log *sl)
 {
     const struct sl_config *c = sl_proxy_config(proxy);
+    int64_t now = sl_clock_wall();
+    uint64_t jfail;
+    int jerr = 0;
     char why[512];
 
-    if (sl_state_save(proxy->memory, c, proxy->apps, c->state_file, why,
-                      sizeof(why)) != 0)
-        sl_error("state_file: %s (the previous file, if any, is kept)", why);
+    if (sl_state_write(st, c, why, sizeof(why)) != 0) {
+        if (sl->failures++ == 0 || now - sl->logged_at >= 60 * SL_USEC_PER_SEC) {
+            sl_error("state_file: %s (%u write%s failed in a row; the previous file "
+                     "and the journal are kept, calls are still served)", why,
+                     sl->failures, sl->failures == 1 ? "" : "s");
+            sl->logged_at = now;
+        }
+    } else if (sl->failures > 0) {
+        sl_info("state_file %s: written again after %u failed write%s", c->state_file,
+                sl->failures, sl->failures == 1 ? "" : "s");
+        sl->failures = 0;
+    }
+    jfail = sl_state_journal_failures(st, &jerr);
+    if (jfail > 0)
+        sl_debug("state_file journal: %llu append%s failed since the last write (%s)",
+                 (unsigned long long)jfail, jfail == 1 ? "" : "s", strerror(jerr));
     sl_config_unref(c);
 }
 
@@ -86,6 +116,9 @@ int main(int argc, char **argv)
     sigset_t sigs;
     int opt, sig, started = 0, rc = 1;
     bool config_has_state = false;  /* state_file: a reload keeps it */
+    struct sl_state *state = NULL;
+    struct sl_save_log save_log = {0};
+    const char *offset_ms;
 
     while ((opt = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
         switch (opt) {
@@ -143,6 +176,16 @@ int main(int argc, char **argv)
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
     signal(SIGPIPE, SIG_IGN);
+    /* Past a file size limit (ulimit -f) a write fails with EFBIG and is
+     * logged; the default action would end the process at every start. */
+    signal(SIGXFSZ, SIG_IGN);
+    /* For tests only: a wall clock stepped by this much (see README). */
+    offset_ms = getenv("SLUICE_TEST_WALL_OFFSET_MS");
+    if (offset_ms != NULL && *offset_ms != '\0') {
+        sl_clock_set_wall_offset(strtoll(offset_ms, NULL, 10) * 1000);
+        sl_warn("SLUICE_TEST_WALL_OFFSET_MS=%s: the wall clock is shifted (tests only)",
+                offset_ms);
+    }
 
     proxy.config = config;
     /* main()'s own reference: CONFIG stays readable here after reloads. */
@@ -180,22 +223,33 @@ int main(int argc, char **argv)
     }
     if (config->state_file != NULL) {
         char why[512];
-        size_t restored = 0;
-        int lr = sl_state_load(proxy.memory, config, proxy.apps, config->state_file,
-                               &restored, why, sizeof(why));
-        if (lr < 0) {
+        struct sl_state_stats stats = {0};
+        state = sl_state_open(config->state_file, proxy.memory, config, proxy.apps,
+                              &stats, why, sizeof(why));
+        if (state == NULL) {
             /* Starting empty would grant room the provider may refuse. */
             sl_error("state_file %s: %s; refusing to start with unknown counts "
                      "(move the file aside to start with empty windows)",
                      config->state_file, why);
             goto out;
         }
-        if (lr > 0)
-            sl_info("state_file %s: restored %zu calls still inside their windows",
-                    config->state_file, restored);
+        if (stats.found)
+            sl_info("state_file %s: restored %zu calls still inside their windows "
+                    "(%zu from the journal)", config->state_file, stats.restored,
+                    stats.journaled);
         else
             sl_info("state_file %s: none yet; starting with empty windows",
                     config->state_file);
+        if (stats.clamped > 0)
+            sl_warn("state_file %s: %zu send times lay after now (the wall clock "
+                    "went back across a reboot?); counted as sent now",
+                    config->state_file, stats.clamped);
+        if (stats.skipped > 0)
+            sl_warn("state_file %s: %zu journal bytes were no record (a write torn "
+                    "by a crash, or damage) and were skipped", config->state_file,
+                    stats.skipped);
+        /* Fold the journals in before the first call. */
+        sl_save_state(&proxy, state, &save_log);
     }
     config_has_state = config->state_file != NULL;
     proxy.nworkers = config->workers > 0 ? config->workers
@@ -248,7 +302,7 @@ int main(int argc, char **argv)
                 .tv_nsec = (interval % 1000000) * 1000};
             sig = sigtimedwait(&sigs, NULL, &ts);
             if (sig < 0) {
-                sl_save_state(&proxy);
+                sl_save_state(&proxy, state, &save_log);
                 continue;
             }
         } else if (sigwait(&sigs, &sig) != 0) {
@@ -274,11 +328,12 @@ stop:
     }
     /* Every call has finished: the windows are complete. */
     if (config_has_state && started > 0)
-        sl_save_state(&proxy);
+        sl_save_state(&proxy, state, &save_log);
     if (rc == 0)
         sl_info("stopped");
 out:
     free(proxy.workers);
+    sl_state_close(state);
     sl_waitlists_free(proxy.waitlists);
     sl_store_destroy(proxy.memory);
     sl_apps_free(proxy.apps);

@@ -375,7 +375,7 @@ class DelayRelay:
 class Sluice:
     """The real sluice binary, started on a config, stopped with SIGTERM."""
 
-    def __init__(self, config, env=None, workers=None, port=None):
+    def __init__(self, config, env=None, workers=None, port=None, preexec_fn=None):
         self.port = port or free_port()
         config = dict(config)
         config.setdefault("listen", "127.0.0.1:%d" % self.port)
@@ -389,9 +389,20 @@ class Sluice:
         self.log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.update(env or {})
+        # Limits set by PREEXEC_FN (a file size limit) would bind the log
+        # file too: the log then goes through a pipe, copied by a thread.
+        self._copier = None
         self.proc = subprocess.Popen([SLUICE_BIN, "-c", self.config_path],
-                                     stdout=self.log, stderr=subprocess.STDOUT,
-                                     env=full_env)
+                                     stdout=subprocess.PIPE if preexec_fn else self.log,
+                                     stderr=subprocess.STDOUT,
+                                     env=full_env, preexec_fn=preexec_fn)
+        if preexec_fn is not None:
+            def copy(src=self.proc.stdout, dst=self.log):
+                for line in iter(src.readline, b""):
+                    dst.write(line.decode(errors="replace"))
+                    dst.flush()
+            self._copier = threading.Thread(target=copy, daemon=True)
+            self._copier.start()
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
@@ -452,6 +463,8 @@ class Sluice:
                 self.proc.kill()
                 self.proc.wait()
                 raise AssertionError("sluice did not stop on SIGTERM:\n" + self.read_log())
+        if self._copier is not None:
+            self._copier.join(5)
         self.log.close()
         code = self.proc.returncode
         if expect_code is not None and code != expect_code:

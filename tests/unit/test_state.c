@@ -188,11 +188,313 @@ static void test_every_truncation_and_flip_is_refused(void **state)
     sl_config_free(c);
 }
 
+/* ---- the journal, the clocks, forged files ---- */
+
+#define BOOT_A "AAAAAAAAAAAAAAAA"
+#define BOOT_B "BBBBBBBBBBBBBBBB"
+#define WALL0 (1800000000LL * S)   /* the wall clock when clock_a reads 0 */
+
+/* The journal a running sluice on boot A would write (sl_state_on_sent's
+ * record, on fake clocks). */
+struct jbuf {
+    unsigned char b[16384];
+    size_t len;
+    struct sl_apps *apps;
+};
+
+static void on_sent(void *arg, const struct sl_upstream_conf *up, uint16_t app,
+                    const struct sl_mem_sent_slot *slots, size_t n)
+{
+    struct jbuf *j = arg;
+    struct sl_state_clock at;
+    size_t len;
+
+    memcpy(at.boot_id, BOOT_A, 16);
+    at.store = clock_a;
+    at.wall = WALL0 + clock_a;
+    len = sl_state_journal_record(j->b + j->len, sizeof(j->b) - j->len, &at,
+                                  up->name, sl_apps_name(j->apps, app), slots, n);
+    assert_true(len > 0 && j->len + len <= sizeof(j->b));
+    j->len += len;
+}
+
+/* A snapshot of A as boot A would have written it: its clocks patched in
+ * (sl_state_save reads the real ones), then sealed again. */
+static size_t snapshot_on_boot_a(struct sl_store *a, struct sl_config *c,
+                                 struct sl_apps *apps, unsigned char *buf, size_t cap)
+{
+    char path[] = "/tmp/sluice-state-XXXXXX", err[256];
+    int fd = mkstemp(path);
+    FILE *f;
+    size_t len;
+
+    close(fd);
+    assert_int_equal(sl_state_save(a, c, apps, path, err, sizeof(err)), 0);
+    f = fopen(path, "rb");
+    len = fread(buf, 1, cap, f);
+    fclose(f);
+    unlink(path);
+    for (int i = 0; i < 8; i++) {
+        buf[28 + i] = (unsigned char)((uint64_t)(WALL0 + clock_a) >> (8 * i));
+        buf[36 + i] = (unsigned char)((uint64_t)clock_a >> (8 * i));
+    }
+    memcpy(buf + 44, BOOT_A, 16);
+    return sl_state_seal(buf, buf + 28, len - 28);
+}
+
+static size_t used_daily(struct sl_store *st, struct sl_apps *apps)
+{
+    struct sl_snapshot *snap = NULL;
+    struct sl_snapshot_req req = {.top = 10, .apps = apps};
+    size_t used;
+
+    assert_int_equal(sl_store_snapshot(st, &req, on_snap, &snap), 0);
+    used = snap->ups[0].rules[0].buckets[0].used;
+    sl_snapshot_free(snap);
+    return used;
+}
+
+/* Load SNAP and J into a fresh store on clock NOW: its stats. */
+static struct sl_state_stats load_at(struct sl_config *c, const unsigned char *snap,
+                                     size_t slen, const unsigned char *j, size_t jlen,
+                                     const char *boot, int64_t store, int64_t wall,
+                                     size_t *used)
+{
+    struct sl_state_clock now;
+    struct sl_state_stats st;
+    struct sl_apps *apps = sl_apps_new(10);
+    struct sl_store *b;
+    char err[256];
+
+    memcpy(now.boot_id, boot, 16);
+    now.store = store;
+    now.wall = wall;
+    clock_b = store;
+    b = sl_store_memory_new(c, fake_b, NULL);
+    assert_int_equal(sl_state_apply(snap, slen, j, jlen, NULL, c, apps, &now, &st,
+                                    err, sizeof(err)), 0);
+    assert_int_equal(sl_state_apply(snap, slen, j, jlen, b, c, apps, &now, &st, err,
+                                    sizeof(err)), 0);
+    *used = used_daily(b, apps);
+    sl_store_destroy(b);
+    sl_apps_free(apps);
+    return st;
+}
+
+/* Calls in the snapshot and in the journal count once; calls only the
+ * journal has count too; a journal cut anywhere costs only what it cut. */
+static void test_journal_replay_counts_each_call_once(void **state)
+{
+    struct sl_config *c = load(cfg_text);
+    struct jbuf *j = calloc(1, sizeof(*j));
+    unsigned char snap[8192];
+    struct sl_state_stats st;
+    struct sl_store *a;
+    size_t slen, used;
+    (void)state;
+
+    j->apps = sl_apps_new(10);
+    clock_a = 5000 * S;
+    a = sl_store_memory_new(c, fake_a, NULL);
+    sl_store_memory_on_sent(a, on_sent, j);
+    /* Two in the same microsecond: stamped apart, so both count. */
+    assert_int_equal(sent(a, c, j->apps, "sync", "k1"), SL_VERDICT_ALLOW);
+    assert_int_equal(sent(a, c, j->apps, "sync", "k1"), SL_VERDICT_ALLOW);
+    slen = snapshot_on_boot_a(a, c, j->apps, snap, sizeof(snap));
+    clock_a += S;
+    assert_int_equal(sent(a, c, j->apps, "billing", "k2"), SL_VERDICT_ALLOW);
+
+    /* Same boot, a second later: 2 from the snapshot, 1 from the journal. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_A, clock_a + S,
+                 WALL0 + clock_a + S, &used);
+    assert_int_equal(st.restored, 3 + 3);  /* daily 3, per k1 2 and k2 1 */
+    assert_int_equal(st.journaled, 2);     /* daily and per k2 */
+    assert_int_equal(used, 3);
+    /* The journal twice over (a crash between rotation steps, in the worst
+     * case): records the snapshot holds are matched; the others are
+     * double counted, the safe side. */
+    memcpy(j->b + j->len, j->b, j->len);
+    st = load_at(c, snap, slen, j->b, 2 * j->len, BOOT_A, clock_a + S,
+                 WALL0 + clock_a + S, &used);
+    assert_int_equal(used, 4);
+    /* No snapshot at all (a crash before the first write): the journal. */
+    st = load_at(c, NULL, 0, j->b, j->len, BOOT_A, clock_a + S, WALL0 + clock_a + S,
+                 &used);
+    assert_int_equal(used, 3);
+    /* Every cut of the journal tears its last record (the third call's;
+     * the first two are in the snapshot): that call alone is lost, and
+     * nothing is counted twice or refused. */
+    for (size_t cut = 0; cut < j->len; cut++) {
+        st = load_at(c, snap, slen, j->b, cut, BOOT_A, clock_a + S,
+                     WALL0 + clock_a + S, &used);
+        assert_int_equal(used, 2);
+    }
+    sl_store_destroy(a);
+    sl_apps_free(j->apps);
+    free(j);
+    sl_config_free(c);
+}
+
+/* In one boot the monotonic stamps hold whatever the wall clock says;
+ * across a reboot wall time is all there is, and a stamp it puts in the
+ * future counts as sent now. */
+static void test_clock_steps(void **state)
+{
+    struct sl_config *c = load(cfg_text);
+    struct jbuf *j = calloc(1, sizeof(*j));
+    unsigned char snap[8192];
+    struct sl_state_stats st;
+    struct sl_store *a;
+    size_t slen, used;
+    (void)state;
+
+    j->apps = sl_apps_new(10);
+    clock_a = 5000 * S;
+    a = sl_store_memory_new(c, fake_a, NULL);
+    sl_store_memory_on_sent(a, on_sent, j);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(sent(a, c, j->apps, "sync", "k1"), SL_VERDICT_ALLOW);
+    slen = snapshot_on_boot_a(a, c, j->apps, snap, sizeof(snap));
+
+    /* Same boot, 10 s later, the wall clock stepped 2 h forward: all 3
+     * still in their 1 h window. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_A, clock_a + 10 * S,
+                 WALL0 + clock_a + 7210 * S, &used);
+    assert_int_equal(used, 3);
+    /* ... or 2 h back: the same, nothing clamped. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_A, clock_a + 10 * S,
+                 WALL0 + clock_a - 7190 * S, &used);
+    assert_int_equal(used, 3);
+    assert_int_equal(st.clamped, 0);
+    /* Another boot, 10 s later by the wall clock: found by wall time. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_B, 3 * S, WALL0 + clock_a + 10 * S,
+                 &used);
+    assert_int_equal(used, 3);
+    /* Another boot, 2 h later by the wall clock: aged out, as it must. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_B, 3 * S,
+                 WALL0 + clock_a + 7200 * S, &used);
+    assert_int_equal(st.restored, 0);
+    /* Another boot whose wall clock went back a day: counted as now. */
+    st = load_at(c, snap, slen, j->b, j->len, BOOT_B, 3 * S,
+                 WALL0 + clock_a - 86400 * S, &used);
+    assert_int_equal(used, 3);
+    assert_true(st.clamped >= 3);
+    sl_store_destroy(a);
+    sl_apps_free(j->apps);
+    free(j);
+    sl_config_free(c);
+}
+
+static void put(unsigned char **p, uint64_t v, int bytes)
+{
+    for (int i = 0; i < bytes; i++)
+        *(*p)++ = (unsigned char)(v >> (8 * i));
+}
+
+static void put_str(unsigned char **p, const char *s, int lenbytes)
+{
+    put(p, strlen(s), lenbytes);
+    memcpy(*p, s, strlen(s));
+    *p += strlen(s);
+}
+
+/* A version 2 file with one record, checksum valid: a rate record with
+ * the send time T, or (PAUSE) a pause until T.  Saved at SAVED. */
+static size_t forge(unsigned char *buf, int64_t saved, int64_t t, int pause)
+{
+    unsigned char payload[512], *p = payload;
+
+    put(&p, (uint64_t)saved, 8);
+    put(&p, (uint64_t)saved, 8);
+    memset(p, 0, 16);
+    p += 16;
+    put(&p, 1, 4);
+    put_str(&p, "-", 2);
+    put(&p, 1, 4);
+    put(&p, pause ? 2 : 1, 1);
+    put_str(&p, "crm", 2);
+    put_str(&p, pause ? "" : "daily", 2);
+    put_str(&p, "", 4);
+    if (pause) {
+        put(&p, (uint64_t)t, 8);
+        put_str(&p, "forged", 2);
+    } else {
+        put(&p, 1, 4);
+        put(&p, (uint64_t)t, 8);
+        put(&p, 0, 2);
+    }
+    return sl_state_seal(buf, payload, (size_t)(p - payload));
+}
+
+/* Forged files with valid checksums: times at the ends of int64 are
+ * refused with a reason, never computed with (UBSan watches). */
+static void test_forged_times_are_refused(void **state)
+{
+    struct sl_config *c = load(cfg_text);
+    struct sl_apps *apps = sl_apps_new(10);
+    struct sl_state_clock now = {{0}, WALL0, 100 * S};
+    unsigned char buf[1024];
+    char err[256];
+    size_t len;
+    const struct {
+        int64_t saved, t;
+        int pause;
+        const char *why;
+    } cases[] = {
+        {WALL0, INT64_MIN, 0, "out of range"},
+        {WALL0, INT64_MAX, 0, "out of range"},
+        {WALL0, WALL0 - 401 * 86400 * S, 0, "out of range"},
+        {WALL0, INT64_MAX, 1, "out of range"},
+        {WALL0, INT64_MIN, 1, "out of range"},
+        {WALL0, WALL0 + 9 * 86400 * S, 1, "out of range"},
+        {INT64_MIN, INT64_MIN, 0, "save time"},
+        {INT64_MAX, INT64_MAX, 1, "save time"},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        struct sl_store *m = sl_store_memory_new(c, fake_b, NULL);
+        len = forge(buf, cases[i].saved, cases[i].t, cases[i].pause);
+        assert_int_equal(sl_state_apply(buf, len, NULL, 0, m, c, apps, &now, NULL,
+                                        err, sizeof(err)), -1);
+        assert_non_null(strstr(err, cases[i].why));
+        assert_int_equal(sl_store_memory_keys(m), 0);
+        sl_store_destroy(m);
+    }
+    /* In range, they load: a pause of the longest a provider may ask. */
+    {
+        struct sl_store *m = sl_store_memory_new(c, fake_b, NULL);
+        len = forge(buf, WALL0, WALL0 + 7 * 86400 * S, 1);
+        assert_int_equal(sl_state_apply(buf, len, NULL, 0, m, c, apps, &now, NULL,
+                                        err, sizeof(err)), 0);
+        sl_store_destroy(m);
+    }
+    /* A journal record with extreme times is skipped, not computed with. */
+    {
+        struct sl_state_clock at = {{0}, INT64_MIN, INT64_MAX};
+        struct sl_mem_sent_slot slot = {&c->upstreams[0].rules[0], "", 0, INT64_MIN};
+        struct sl_state_stats st;
+        struct sl_store *m = sl_store_memory_new(c, fake_b, NULL);
+        len = sl_state_journal_record(buf, sizeof(buf), &at, "crm", "-", &slot, 1);
+        assert_true(len > 0);
+        assert_int_equal(sl_state_apply(NULL, 0, buf, len, m, c, apps, &now, &st,
+                                        err, sizeof(err)), 0);
+        assert_int_equal(st.restored, 0);
+        assert_true(st.skipped > 0);
+        sl_store_destroy(m);
+    }
+    sl_apps_free(apps);
+    sl_config_free(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_round_trip_on_other_clocks),
         cmocka_unit_test(test_every_truncation_and_flip_is_refused),
+        cmocka_unit_test(test_journal_replay_counts_each_call_once),
+        cmocka_unit_test(test_clock_steps),
+        cmocka_unit_test(test_forged_times_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

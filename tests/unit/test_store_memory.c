@@ -573,7 +573,10 @@ static void test_snapshot_figures(void **state)
 
     /* The window empties: the levels fall (re-armed). */
     sl_store_release(f->store, held.lease);
-    fake_now += 10 * S;
+    /* Calls logged in one microsecond of the fake clock were stamped a
+     * microsecond apart (stamps in a log are unique): the last leaves a
+     * few microseconds after the first. */
+    fake_now += 10 * S + 10;
     s = snapshot(f, apps, SL_SNAP_ALERTS);
     assert_int_equal(s->ups[0].rules[0].buckets[0].used, 0);
     assert_int_equal(s->ups[0].rules[0].buckets[0].level, 0);
@@ -1021,6 +1024,71 @@ static void test_snapshot_does_not_stall_calls(void **state)
     sl_snapshot_free(w.snap);
 }
 
+/* One call under CFG's only upstream: its verdict (committed if allowed). */
+static enum sl_verdict call_in(struct sl_store *st, struct sl_config *cfg)
+{
+    struct sl_call c = {"GET", "/x", 2, lookup, NULL, false, NULL, 0};
+    struct sl_check chk;
+    struct result r = {0};
+
+    assert_int_equal(sl_match(&cfg->upstreams[0], &c, &chk), 0);
+    assert_int_equal(sl_store_decide(st, &chk, on_decision, &r), 0);
+    sl_check_clear(&chk);
+    if (r.lease != NULL) {
+        sl_store_commit(st, r.lease);
+        sl_store_release(st, r.lease);
+    }
+    return r.d.verdict;
+}
+
+static struct sl_config *window_cfg(const char *window, uint64_t generation)
+{
+    struct sl_errors e = {0};
+    struct sl_config *c = NULL;
+    char text[256];
+
+    snprintf(text, sizeof(text),
+             "{\"upstreams\": [{\"name\": \"u\", \"margin\": 0, \"prefix\": \"/u\", \"url\": "
+             "\"http://x\", \"rules\": [{\"name\": \"w\", \"limit\": 5, "
+             "\"window\": \"%s\"}]}]}", window);
+    assert_int_equal(sl_config_parse(text, "t", false, &c, &e), 0);
+    c->generation = generation;
+    return c;
+}
+
+/* 5 per 20 s, shrunk by a reload to 5 per 2 s, grown back to 20 s: the
+ * calls of the last 20 s count again, and the short window in between
+ * counted only its own 2 s. */
+static void test_a_window_shrunk_and_grown_back(void **state)
+{
+    struct sl_config *c20 = window_cfg("20s", 1), *c2 = window_cfg("2s", 2),
+                     *back = window_cfg("20s", 3);
+    struct sl_store *st;
+    (void)state;
+
+    fake_now = 1000 * S;
+    st = sl_store_memory_new(c20, fake_clock, NULL);
+    for (int i = 0; i < 5; i++)
+        assert_int_equal(call_in(st, c20), SL_VERDICT_ALLOW);
+    assert_int_equal(call_in(st, c20), SL_VERDICT_DENY);
+    assert_int_equal(sl_store_adopt(st, c2), 0);
+    fake_now += 3 * S;
+    /* The 2 s window is empty: exact, the kept copy does not count. */
+    assert_int_equal(call_in(st, c2), SL_VERDICT_ALLOW);
+    fake_now += S / 2;
+    assert_int_equal(sl_store_adopt(st, back), 0);
+    /* 6 calls in the last 20 s: nothing until the first 5 leave. */
+    assert_int_equal(call_in(st, back), SL_VERDICT_DENY);
+    fake_now = 1000 * S + 20 * S + 1000;
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(call_in(st, back), SL_VERDICT_ALLOW);
+    assert_int_equal(call_in(st, back), SL_VERDICT_DENY);
+    sl_store_destroy(st);
+    sl_config_free(c20);
+    sl_config_free(c2);
+    sl_config_free(back);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1043,6 +1111,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_shadow_rules, setup_shadow, teardown),
         cmocka_unit_test_setup_teardown(test_calendar_day, setup_calendar, teardown),
         cmocka_unit_test_setup_teardown(test_adopt_carries_counts, setup_leads, teardown),
+        cmocka_unit_test(test_a_window_shrunk_and_grown_back),
         cmocka_unit_test_setup_teardown(test_share_max, setup_shares, teardown_shares),
         cmocka_unit_test_setup_teardown(test_share_reserve_is_kept_and_lent, setup_shares,
                                         teardown_shares),

@@ -170,6 +170,39 @@ static void test_lowered_limit_keeps_every_call(void **state)
     sl_window_free(&w);
 }
 
+/* A log merged with a kept copy: each stamp once, ordered, the newest
+ * MOST kept, tag counts right. */
+static void test_merge(void **state)
+{
+    struct sl_window w = {0}, k = {0};
+    (void)state;
+
+    for (int i = 1; i <= 5; i++)
+        assert_int_equal(sl_window_record_tag(&k, 100, i * S, (uint16_t)i), 0);
+    /* W holds 4 and 5 (the same calls) and 7. */
+    assert_int_equal(sl_window_record_tag(&w, 100, 4 * S, 4), 0);
+    assert_int_equal(sl_window_record_tag(&w, 100, 5 * S, 5), 0);
+    assert_int_equal(sl_window_record_tag(&w, 100, 7 * S, 7), 0);
+    assert_int_equal(sl_window_count_tags(&w), 0);
+    /* Only what is later than 1 s: 2, 3 come back. */
+    assert_int_equal(sl_window_merge(&w, &k, 1 * S, 100), 0);
+    assert_int_equal(w.count, 5);
+    for (uint32_t i = 0; i < w.count; i++)
+        assert_int_equal(w.times[(w.head + i) % w.cap], (int64_t)(i < 4 ? i + 2 : 7) * S);
+    assert_int_equal(sl_window_tag_count(&w, 3), 1);
+    assert_int_equal(sl_window_tag_count(&w, 7), 1);
+    /* A limit of 3: the newest 3. */
+    assert_int_equal(sl_window_merge(&w, &k, 0, 3), 0);
+    assert_int_equal(w.count, 3);
+    assert_int_equal(w.times[w.head], 4 * S);
+    assert_int_equal(sl_window_tag_count(&w, 1), 0);
+    /* Nothing later than AFTER: unchanged. */
+    assert_int_equal(sl_window_merge(&w, &k, 10 * S, 3), 0);
+    assert_int_equal(w.count, 3);
+    sl_window_free(&w);
+    sl_window_free(&k);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -180,6 +213,7 @@ int main(void)
         cmocka_unit_test(test_reservations_and_count_after),
         cmocka_unit_test(test_ring_grows_only_with_use),
         cmocka_unit_test(test_tags_follow_their_entries),
+        cmocka_unit_test(test_merge),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
