@@ -136,7 +136,8 @@ def test_status_figures_equal_upstream_counts_and_per_app_adds_up(upstream, slui
     assert sum(daily["per_app"].values()) + daily["reserved"] == daily["used"]
     assert daily["window"] == "1h" and daily["window_s"] == 3600
     # resets_in: the oldest call leaves the window in just under an hour.
-    assert 3590 < daily["resets_in"] <= 3600
+    # (plus the default margin of 100 ms: the call counts that much longer)
+    assert 3590 < daily["resets_in"] <= 3600.1
     # per rule: the busiest bucket is the rule's bar; every bucket is listed.
     pub = rule(st, "per-pub")
     keys = {b["key"]: b for b in pub["buckets"]}

@@ -62,7 +62,7 @@ def test_429_headers_and_body(upstream, sluice):
     status, h, body = sl.request("GET", "/leads/a")
     assert status == 429
     retry = int(h["retry-after"])
-    assert 29 <= retry <= 30
+    assert 29 <= retry <= 31  # the window + the default 100 ms margin, rounded up
     assert h["ratelimit-policy"] == '"all";q=2;w=30'
     assert h["ratelimit"] == '"all";r=0;t=%d' % retry
     assert h["content-type"] == "application/json"
@@ -82,7 +82,7 @@ def test_retry_after_is_honest(upstream, sluice):
     status, h, body = sl.request("GET", "/leads/a")
     assert status == 429
     wait = int(h["retry-after"])
-    assert 1 <= wait <= 2
+    assert 1 <= wait <= 3  # the window + the default 100 ms margin, rounded up
     time.sleep(wait)
     status, h, body = sl.request("GET", "/leads/a")
     assert status == 200
@@ -246,5 +246,6 @@ def test_retry_after_is_bounded_by_max_retry_after(upstream, sluice):
         assert int(h["retry-after"]) == want
         assert json.loads(body)["retry_after"] == want
         # RateLimit's t= still tells when room really comes back.
-        assert "t=86400" in h["ratelimit"] or "t=86399" in h["ratelimit"]
+        # A day plus the default margin (100 ms), rounded either way.
+        assert any("t=%d" % t in h["ratelimit"] for t in (86399, 86400, 86401))
         sl.stop()
