@@ -1328,7 +1328,11 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
     if (a == NULL)
         return NULL;
     a->w = w;
-    fd = sl_listen_socket(c->admin_host, c->admin_port, false, 64, "admin.listen",
+    /* A backlog well above the connection limit: under a flood of new
+     * connections a probe's SYN waits in the queue (the guard makes room
+     * as fast as the loop accepts) instead of being dropped and resent a
+     * second later. */
+    fd = sl_listen_socket(c->admin_host, c->admin_port, false, 1024, "admin.listen",
                           c->admin_listen);
     if (fd < 0 || sl_admin_check_bound(c, fd) != 0) {
         if (fd >= 0)
