@@ -117,7 +117,7 @@ def main():
             limit = 11 - limit
             a = http.client.HTTPConnection("127.0.0.1", admin_port, timeout=10)
             t0 = time.monotonic()
-            a.request("POST", "/reload")
+            a.request("POST", "/reload", headers={"X-Sluice-Admin": "1"})
             r = a.getresponse()
             r.read()
             answers.append((r.status, time.monotonic() - t0))

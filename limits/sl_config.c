@@ -2022,13 +2022,66 @@ static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
     }
 }
 
-/* Is HOST (as in "listen") an address only this machine can reach? */
+/*
+ * Is HOST (as in "listen") an address only this machine can reach?
+ * Decided on the parsed address (127.0.0.0/8, ::1, and 127/8 mapped into
+ * IPv6), never on how it is spelled: "127.0.0.1.example" is a name.  The
+ * one name taken is "localhost"; the admin listener checks the address it
+ * resolved to once it is bound (sl_admin.c).
+ */
 static bool sl_host_is_loopback(const char *host)
 {
+    struct in_addr a4;
+    struct in6_addr a6;
+
     if (host == NULL || *host == '\0')
         return false;  /* every address */
-    return strcmp(host, "localhost") == 0 || strcmp(host, "::1") == 0 ||
-           strncmp(host, "127.", 4) == 0;
+    if (strcasecmp(host, "localhost") == 0)
+        return true;
+    if (inet_pton(AF_INET, host, &a4) == 1)
+        return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1)
+        return IN6_IS_ADDR_LOOPBACK(&a6) ||
+               (IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127);
+    return false;
+}
+
+/* admin.hosts: names (or addresses) a Host header may give besides the
+ * listener's own address; "*" turns the check off. */
+static void sl_parse_admin_hosts(json_t *v, struct sl_config *c,
+                                 struct sl_errors *errs)
+{
+    size_t i;
+    json_t *e;
+
+    if (!json_is_array(v) || json_array_size(v) > 32) {
+        sl_errors_add(errs, "admin.hosts: must be an array of at most 32 host "
+                      "names such as [\"sluice.internal\"] (or [\"*\"]: any)");
+        return;
+    }
+    c->admin_hosts = calloc(json_array_size(v) + 1, sizeof(char *));
+    if (c->admin_hosts == NULL)
+        return;
+    json_array_foreach(v, i, e) {
+        const char *s = json_is_string(e) ? json_string_value(e) : NULL;
+        char path[48], brief[96];
+        bool ok = s != NULL && *s && strlen(s) <= 253;
+        for (const char *p = s; ok && *p; p++)
+            ok = isalnum((unsigned char)*p) || strchr(".-_:", *p) != NULL ||
+                 (*p == '*' && strcmp(s, "*") == 0);
+        snprintf(path, sizeof(path), "admin.hosts[%zu]", i);
+        if (!ok) {
+            sl_json_brief(e, brief, sizeof(brief));
+            sl_errors_add(errs, "%s: %s must be a host name or address without "
+                          "port or brackets (e.g. \"sluice.internal\", \"::1\"), "
+                          "or \"*\"", path, brief);
+            continue;
+        }
+        c->admin_hosts[c->nadmin_hosts] = strdup(s);
+        for (char *p = c->admin_hosts[c->nadmin_hosts]; p != NULL && *p; p++)
+            *p = (char)tolower((unsigned char)*p);
+        c->nadmin_hosts++;
+    }
 }
 
 /* A threshold in (0, 1].  Returns 0, or adds an error and returns -1. */
@@ -2052,7 +2105,7 @@ static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
                            struct sl_errors *errs)
 {
     static const char *const keys[] = {"listen", "token", "warn", "critical",
-                                       "top", NULL};
+                                       "top", "hosts", NULL};
     const char *s = NULL, *env;
     char q[96];
     json_t *f;
@@ -2118,6 +2171,9 @@ static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
     f = json_object_get(v, "top");
     if (f != NULL && sl_get_int(f, "admin.top", 1, 1000, &n, errs) == 0)
         c->status_top = (unsigned)n;
+    f = json_object_get(v, "hosts");
+    if (f != NULL)
+        sl_parse_admin_hosts(f, c, errs);
 }
 
 static int sl_double_cmp(const void *a, const void *b)
@@ -2931,6 +2987,9 @@ void sl_config_free(struct sl_config *c)
     free(c->admin_listen);
     free(c->admin_host);
     free(c->admin_token);
+    for (size_t i = 0; i < c->nadmin_hosts; i++)
+        free(c->admin_hosts[i]);
+    free(c->admin_hosts);
     free(c->state_file);
     free(c->upstreams);
     free(c->listen);

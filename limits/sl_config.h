@@ -288,6 +288,10 @@ struct sl_config {
     char *admin_host;
     int admin_port;
     char *admin_token;            /* NULL: no token (loopback only) */
+    /* Host names the admin listener answers to besides its own address
+     * (lower case; "*": any Host), from admin.hosts. */
+    char **admin_hosts;
+    size_t nadmin_hosts;
     double warn_at, critical_at;  /* utilization bands */
     unsigned status_top;          /* busiest buckets shown per `per` rule */
     struct sl_alert_conf *alerts;

@@ -20,11 +20,16 @@
 #include "sl_log.h"
 #include "sl_proxy.h"
 
+#include <arpa/inet.h>
+#include <ctype.h>
 #include <jansson.h>
 #include <math.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
+#include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -61,7 +66,19 @@ struct sl_admin {
     int fd;                             /* the daemon's epoll fd */
     bool kick;                          /* a connection was resumed */
     struct sl_admin_req *reqs;
+    struct sl_guard guard;              /* header deadlines, connection bounds */
 };
+
+/*
+ * Connections: MHD's hard limit, and the guard's bounds below it (see
+ * sl_guard.c).  Past SL_ADMIN_SOFT_LIMIT each new connection closes the
+ * oldest one waiting for its request, so the spare slots always take a
+ * probe in; one client address may keep SL_ADMIN_PER_ADDRESS waiting (a
+ * browser opens 6, Prometheus and the kubelet 1 or 2).
+ */
+#define SL_ADMIN_CONNECTIONS 64u
+#define SL_ADMIN_SOFT_LIMIT 56u
+#define SL_ADMIN_PER_ADDRESS 16u
 
 static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
 
@@ -204,6 +221,121 @@ static bool sl_admin_authorized(const struct sl_admin *a,
         return sl_token_equal(colon + 1, (size_t)(dec + n - colon - 1), token);
     }
     return false;
+}
+
+/* ---- who may ask ---- */
+
+/* Is SA a loopback address (127.0.0.0/8, ::1, 127/8 mapped into IPv6)? */
+static bool sl_addr_is_loopback(const struct sockaddr *sa)
+{
+    if (sa->sa_family == AF_INET)
+        return (ntohl(((const struct sockaddr_in *)sa)->sin_addr.s_addr) >> 24) == 127;
+    if (sa->sa_family == AF_INET6) {
+        const struct in6_addr *a6 = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+        return IN6_IS_ADDR_LOOPBACK(a6) ||
+               (IN6_IS_ADDR_V4MAPPED(a6) && a6->s6_addr[12] == 127);
+    }
+    return false;
+}
+
+/* Does the address literal TEXT equal SA (IPv4 also when SA maps it)? */
+static bool sl_addr_equals(const char *text, const struct sockaddr *sa)
+{
+    struct in_addr a4;
+    struct in6_addr a6;
+
+    if (inet_pton(AF_INET, text, &a4) == 1) {
+        if (sa->sa_family == AF_INET)
+            return ((const struct sockaddr_in *)sa)->sin_addr.s_addr == a4.s_addr;
+        if (sa->sa_family == AF_INET6) {
+            const struct in6_addr *l = &((const struct sockaddr_in6 *)sa)->sin6_addr;
+            return IN6_IS_ADDR_V4MAPPED(l) && memcmp(l->s6_addr + 12, &a4, 4) == 0;
+        }
+        return false;
+    }
+    if (inet_pton(AF_INET6, text, &a6) == 1 && sa->sa_family == AF_INET6)
+        return memcmp(&((const struct sockaddr_in6 *)sa)->sin6_addr, &a6,
+                      sizeof(a6)) == 0;
+    return false;
+}
+
+/*
+ * Does the request's Host name this listener?  A page on another site can
+ * make a browser send requests here, and with DNS rebinding read the
+ * answers, but its Host is then that site's name.  So the host part must
+ * be the address the connection came in on (as ip, or [ipv6]), "localhost"
+ * when that address is loopback, or a name in admin.hosts ("*": any).  The
+ * port is not compared: port-forwards and published container ports
+ * change it, and a rebinding page cannot choose the name.  No Host at all
+ * (HTTP/1.0; MHD refuses HTTP/1.1 without one) is no browser's request.
+ */
+static bool sl_admin_host_ok(const struct sl_admin *a, struct MHD_Connection *conn)
+{
+    const struct sl_config *c = a->w->config;
+    const char *h = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Host");
+    const union MHD_ConnectionInfo *ci;
+    struct sockaddr_storage local;
+    socklen_t llen = sizeof(local);
+    const char *end, *port;
+    char host[256];
+    size_t n;
+
+    if (h == NULL)
+        return true;
+    if (h[0] == '[') {
+        end = strchr(h, ']');
+        if (end == NULL)
+            return false;
+        port = end + 1;
+        h++;
+    } else {
+        end = strchr(h, ':');
+        port = end != NULL ? end : h + strlen(h);
+        end = port;
+    }
+    if (*port != '\0' && (*port != ':' || strspn(port + 1, "0123456789") !=
+                                               strlen(port + 1)))
+        return false;
+    n = (size_t)(end - h);
+    if (n > 0 && h[n - 1] == '.')
+        n--;  /* "localhost." is "localhost" */
+    if (n == 0 || n >= sizeof(host))
+        return false;
+    for (size_t i = 0; i < n; i++)
+        host[i] = (char)tolower((unsigned char)h[i]);
+    host[n] = '\0';
+    for (size_t i = 0; i < c->nadmin_hosts; i++)
+        if (strcmp(c->admin_hosts[i], "*") == 0 || strcmp(c->admin_hosts[i], host) == 0)
+            return true;
+    ci = MHD_get_connection_info(conn, MHD_CONNECTION_INFO_CONNECTION_FD);
+    if (ci == NULL || getsockname(ci->connect_fd, (struct sockaddr *)&local, &llen) != 0)
+        return false;
+    if (strcmp(host, "localhost") == 0)
+        return sl_addr_is_loopback((struct sockaddr *)&local);
+    return sl_addr_equals(host, (struct sockaddr *)&local);
+}
+
+/*
+ * Is this POST one a web page cannot send without asking first?  A form or
+ * a no-cors fetch sends only "simple" requests (a Content-Type of
+ * text/plain, a form's or multipart; no custom header); anything else
+ * needs a CORS preflight, which this listener never grants.  So a
+ * state-changing POST must carry Content-Type: application/json or
+ * X-Sluice-Admin, and a cross-site page can then never make one.
+ */
+static bool sl_admin_post_ok(struct MHD_Connection *conn)
+{
+    const char *t = MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "Content-Type");
+    size_t n;
+
+    if (MHD_lookup_connection_value(conn, MHD_HEADER_KIND, "X-Sluice-Admin") != NULL)
+        return true;
+    if (t == NULL)
+        return false;
+    while (*t == ' ' || *t == '\t')
+        t++;
+    n = strcspn(t, "; \t");
+    return n == 16 && strncasecmp(t, "application/json", 16) == 0;
 }
 
 static struct MHD_Response *sl_text(const char *text, const char *type)
@@ -1000,6 +1132,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         *upload_size = 0;  /* no admin endpoint takes a body */
         return MHD_YES;
     }
+    /* The headers are in: no deadline while the request is answered. */
+    sl_conn_deadline(a->w, sl_conn_of(conn), SL_DL_NONE);
     if (strcmp(url, "/reload") == 0 && strcmp(method, "POST") != 0) {
         r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"/reload "
                     "takes POST\"}\n", "application/json");
@@ -1034,6 +1168,20 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
                                       "not answered yet\n",
                                 "text/plain; charset=utf-8"));
     }
+    if (!sl_admin_host_ok(a, conn))
+        return sl_queue(conn, MHD_HTTP_MISDIRECTED_REQUEST,
+                        sl_text("{\"error\":\"misdirected\",\"message\":\"this "
+                                "admin listener answers only requests whose Host is "
+                                "its own address (or localhost on loopback); add "
+                                "other names to admin.hosts\"}\n",
+                                "application/json"));
+    if (strcmp(method, "POST") == 0 && !sl_admin_post_ok(conn))
+        return sl_queue(conn, MHD_HTTP_FORBIDDEN,
+                        sl_text("{\"error\":\"forbidden\",\"message\":\"a POST to "
+                                "the admin listener needs the header Content-Type: "
+                                "application/json or X-Sluice-Admin: 1 (a web page "
+                                "cannot send those to another site, so a cross-site "
+                                "form cannot reload sluice)\"}\n", "application/json"));
     if (!sl_admin_authorized(a, conn)) {
         r = sl_text("{\"error\":\"unauthorized\",\"message\":\"this admin listener "
                     "needs its token: Authorization: Bearer TOKEN\"}\n",
@@ -1104,8 +1252,10 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
     struct sl_admin *a = cls;
     struct sl_admin_req *ar = *con_cls;
 
-    (void)conn;
-    (void)toe;
+    /* Keep-alive: the next request line within client_timeout (a closing
+     * connection is taken off its list when MHD closes it). */
+    if (toe == MHD_REQUEST_TERMINATED_COMPLETED_OK)
+        sl_conn_deadline(a->w, sl_conn_of(conn), SL_DL_IDLE);
     if (ar == NULL)
         return;
     *con_cls = NULL;
@@ -1125,6 +1275,49 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
     free(ar);
 }
 
+/* MHD_OPTION_URI_LOG_CALLBACK: a request line is in.  A connection that
+ * was idle now has header_timeout for its headers; one still on its
+ * header deadline keeps it (the deadline is for the whole head, counted
+ * from the accept). */
+static void *sl_admin_uri_log(void *cls, const char *uri, struct MHD_Connection *conn)
+{
+    struct sl_admin *a = cls;
+    struct sl_conn *c = sl_conn_of(conn);
+
+    (void)uri;
+    if (c != NULL && c->dlist != SL_DL_HEADERS)
+        sl_conn_deadline(a->w, c, SL_DL_HEADERS);
+    return NULL;
+}
+
+/*
+ * The listener must be reachable only from this machine when it has no
+ * token.  The configuration checked the address as written; this checks
+ * the one bound (a name such as "localhost" resolves at start).  FD is
+ * the listening socket.  0, or -1 (logged).
+ */
+static int sl_admin_check_bound(const struct sl_config *c, int fd)
+{
+    struct sockaddr_storage ss;
+    socklen_t len = sizeof(ss);
+
+    if (c->admin_token != NULL)
+        return 0;
+    if (getsockname(fd, (struct sockaddr *)&ss, &len) == 0 &&
+        sl_addr_is_loopback((struct sockaddr *)&ss))
+        return 0;
+    sl_error("admin.listen %s: bound to an address that is not loopback; "
+             "without admin.token the admin listener must be reachable only "
+             "from this machine (listen on 127.0.0.1 or [::1], or set a token)",
+             c->admin_listen);
+    return -1;
+}
+
+void sl_admin_tick(struct sl_admin *a, int64_t now_ms)
+{
+    sl_guard_expire(&a->guard, now_ms);
+}
+
 struct sl_admin *sl_admin_new(struct sl_worker *w)
 {
     const struct sl_config *c = w->config;
@@ -1135,19 +1328,31 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
     if (a == NULL)
         return NULL;
     a->w = w;
-    fd = sl_listen_socket(c->admin_host, c->admin_port, false, 64, "admin.listen",
+    /* A backlog well above the connection limit: under a flood of new
+     * connections a probe's SYN waits in the queue (the guard makes room
+     * as fast as the loop accepts) instead of being dropped and resent a
+     * second later. */
+    fd = sl_listen_socket(c->admin_host, c->admin_port, false, 1024, "admin.listen",
                           c->admin_listen);
-    if (fd < 0) {
+    if (fd < 0 || sl_admin_check_bound(c, fd) != 0) {
+        if (fd >= 0)
+            close(fd);
         free(a);
         return NULL;
     }
+    /* No hang-up watch: an admin request is suspended only for a store
+     * snapshot, which the store's timeout bounds. */
+    sl_guard_init(&a->guard, w, "admin", false, SL_ADMIN_SOFT_LIMIT,
+                  SL_ADMIN_PER_ADDRESS);
     a->mhd = MHD_start_daemon(
         MHD_USE_EPOLL | MHD_ALLOW_SUSPEND_RESUME | MHD_USE_ERROR_LOG, 0, NULL, NULL,
         sl_admin_handle, a,
         MHD_OPTION_EXTERNAL_LOGGER, sl_worker_mhd_log, NULL,
         MHD_OPTION_LISTEN_SOCKET, fd,
         MHD_OPTION_NOTIFY_COMPLETED, sl_admin_completed, a,
-        MHD_OPTION_CONNECTION_LIMIT, 64u,
+        MHD_OPTION_NOTIFY_CONNECTION, sl_guard_notify, &a->guard,
+        MHD_OPTION_URI_LOG_CALLBACK, sl_admin_uri_log, a,
+        MHD_OPTION_CONNECTION_LIMIT, SL_ADMIN_CONNECTIONS,
         MHD_OPTION_CONNECTION_TIMEOUT, 30u,
         MHD_OPTION_END);
     if (a->mhd == NULL) {
@@ -1172,8 +1377,16 @@ int sl_admin_fd(const struct sl_admin *a) { return a->fd; }
 
 void sl_admin_run(struct sl_admin *a)
 {
+    unsigned long closed = a->guard.closed;
+
     a->kick = false;
     MHD_run(a->mhd);
+    /* A daemon at its connection limit takes its listening socket out of
+     * its epoll set and puts it back only in a later run, which nothing
+     * else may cause soon (the connections waiting in the backlog signal
+     * nothing): after any close, run it again. */
+    if (a->guard.closed != closed)
+        a->kick = true;
 }
 
 int64_t sl_admin_timeout(struct sl_admin *a)

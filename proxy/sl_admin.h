@@ -41,6 +41,9 @@ struct sl_admin *sl_admin_new(struct sl_worker *w);
 int sl_admin_fd(const struct sl_admin *a);
 /* Run its daemon (events or timeout). */
 void sl_admin_run(struct sl_admin *a);
+/* Close its connections past their header or idle deadline (NOW_MS:
+ * sl_now_ms(); on W's loop, as often as the proxy's own). */
+void sl_admin_tick(struct sl_admin *a, int64_t now_ms);
 /* Milliseconds until the daemon needs running (or a kick), -1: none. */
 int64_t sl_admin_timeout(struct sl_admin *a);
 /* Stop: resume and close every admin connection, stop the daemon. */

@@ -7,6 +7,18 @@
  * (no 2xx, or no answer within SL_ALERT_TIMEOUT_MS) is tried again after
  * 1, 2 and 4 seconds before it is given up and counted as failed.  The
  * alert itself is logged when it is raised, whatever becomes of its POSTs.
+ *
+ * The "text" of an alert is read by people in a chat (Slack and its
+ * look-alikes render it as mrkdwn), and part of it comes from outside: a
+ * bucket's key is whatever a client put in the path or header a `per`
+ * names, a pause's reason quotes the provider.  Every value put into a
+ * text goes through sl_text_value(): Slack's escapes for & < > (so no key
+ * can be a <!channel> ping, a <@U123> mention or a <https://...|link>),
+ * control characters, bidirectional overrides and bytes that are not
+ * UTF-8 written as \uXXXX or \xNN, and at most a bounded number of bytes
+ * shown.  The JSON fields beside it keep the value whole (JSON-escaped).
+ * A receiver's URL may be its secret (a Slack webhook's path is); the log
+ * names a receiver by scheme://host:port only.
  */
 #include "sl_alerts.h"
 
@@ -17,6 +29,7 @@
 
 #include <jansson.h>
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -27,6 +40,8 @@
 #define SL_ALERT_ATTEMPTS 4         /* the first try and three retries */
 #define SL_ALERT_TIMEOUT_MS 5000
 #define SL_ALERT_CHECK_MS 1000
+#define SL_ALERT_KEY_SHOWN 64       /* bytes of a key or an app name in a text */
+#define SL_ALERT_NAME_SHOWN 128     /* ... of a configured name, a reason */
 
 const char *const sl_alert_result_names[SL_ALERT_RESULTS] = {"sent", "failed",
                                                              "dropped"};
@@ -56,6 +71,144 @@ struct sl_alerts {
     _Atomic uint64_t counts[SL_ALERT_RESULTS];
 };
 
+/* An alert's text, built in place; anything past its end is dropped. */
+struct sl_text {
+    char buf[1024];
+    size_t len;
+};
+
+/* Append sluice's own words (a printf format). */
+static void sl_text_add(struct sl_text *t, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void sl_text_add(struct sl_text *t, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (t->len >= sizeof(t->buf) - 1)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(t->buf + t->len, sizeof(t->buf) - t->len, fmt, ap);
+    va_end(ap);
+    if (n > 0)
+        t->len += (size_t)n < sizeof(t->buf) - t->len ? (size_t)n
+                                                       : sizeof(t->buf) - 1 - t->len;
+}
+
+/*
+ * The length of the UTF-8 sequence at P (at most N bytes), 0 when it is
+ * not one (a stray continuation, an overlong form, a surrogate, past
+ * U+10FFFF, cut short); its code point in *CP.
+ */
+static size_t sl_utf8_seq(const unsigned char *p, size_t n, unsigned *cp)
+{
+    size_t len;
+    unsigned min;
+
+    if (p[0] < 0x80) {
+        *cp = p[0];
+        return 1;
+    }
+    if (p[0] >= 0xc2 && p[0] <= 0xdf) {
+        len = 2, min = 0x80, *cp = p[0] & 0x1f;
+    } else if (p[0] >= 0xe0 && p[0] <= 0xef) {
+        len = 3, min = 0x800, *cp = p[0] & 0x0f;
+    } else if (p[0] >= 0xf0 && p[0] <= 0xf4) {
+        len = 4, min = 0x10000, *cp = p[0] & 0x07;
+    } else {
+        return 0;
+    }
+    if (len > n)
+        return 0;
+    for (size_t i = 1; i < len; i++) {
+        if ((p[i] & 0xc0) != 0x80)
+            return 0;
+        *cp = (*cp << 6) | (p[i] & 0x3f);
+    }
+    if (*cp < min || *cp > 0x10ffff || (*cp >= 0xd800 && *cp <= 0xdfff))
+        return 0;
+    return len;
+}
+
+/* Characters a reader cannot see, or that reorder what follows them. */
+static bool sl_text_hidden(unsigned cp)
+{
+    return cp < 0x20 || (cp >= 0x7f && cp <= 0x9f) || cp == 0x2028 ||
+           cp == 0x2029 || (cp >= 0x202a && cp <= 0x202e) ||
+           (cp >= 0x2066 && cp <= 0x2069) || cp == 0x200e || cp == 0x200f ||
+           cp == 0x061c || cp == 0xfeff;
+}
+
+/*
+ * Append a value from outside (a key, an app name, a reason) to T as
+ * chat-safe text: & < > as &amp; &lt; &gt; (Slack's escapes, which its
+ * look-alikes share), a backslash doubled, hidden characters as \uXXXX,
+ * bytes that are not UTF-8 as \xNN; at most MAX bytes written for it,
+ * then "...(N bytes)" saying how long it was.
+ */
+static void sl_text_value(struct sl_text *t, const char *s, size_t max)
+{
+    const unsigned char *p = (const unsigned char *)s;
+    size_t n = strlen(s), start = t->len;
+
+    for (size_t i = 0; i < n;) {
+        char esc[16];
+        const char *out = esc;
+        unsigned cp = 0;
+        size_t len = sl_utf8_seq(p + i, n - i, &cp), olen;
+
+        if (len == 0) {
+            snprintf(esc, sizeof(esc), "\\x%02X", p[i]);
+            len = 1;
+        } else if (cp == '&') {
+            out = "&amp;";
+        } else if (cp == '<') {
+            out = "&lt;";
+        } else if (cp == '>') {
+            out = "&gt;";
+        } else if (cp == '\\') {
+            out = "\\\\";
+        } else if (sl_text_hidden(cp)) {
+            snprintf(esc, sizeof(esc), "\\u%04X", cp);
+        } else {
+            memcpy(esc, p + i, len);
+            esc[len] = '\0';
+        }
+        olen = strlen(out);
+        if (t->len - start + olen > max || t->len + olen >= sizeof(t->buf) - 24) {
+            sl_text_add(t, "...(%zu bytes)", n);
+            return;
+        }
+        memcpy(t->buf + t->len, out, olen);
+        t->len += olen;
+        t->buf[t->len] = '\0';
+        i += len;
+    }
+}
+
+/*
+ * URL as the log may show it: scheme://host:port, never its path, query
+ * or user info (a Slack webhook's path is its secret).  Into BUF.
+ */
+static const char *sl_alerts_origin(const char *url, char *buf, size_t cap)
+{
+    CURLU *u = curl_url();
+    char *scheme = NULL, *host = NULL, *port = NULL;
+
+    snprintf(buf, cap, "(a receiver whose URL does not parse)");
+    if (u != NULL && curl_url_set(u, CURLUPART_URL, url, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_SCHEME, &scheme, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_HOST, &host, 0) == CURLUE_OK &&
+        curl_url_get(u, CURLUPART_PORT, &port, CURLU_DEFAULT_PORT) == CURLUE_OK)
+        snprintf(buf, cap, "%s://%s:%s", scheme, host, port);
+    curl_free(scheme);
+    curl_free(host);
+    curl_free(port);
+    curl_url_cleanup(u);
+    return buf;
+}
+
 static void sl_alerts_count(struct sl_alerts *a, int result)
 {
     atomic_fetch_add(&a->counts[result], 1);
@@ -74,9 +227,11 @@ static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *t
         free(body);
         sl_alerts_count(a, SL_ALERT_DROPPED);
         if (now - a->dropped_logged_ms >= 60000) {
+            char origin[300];
             a->dropped_logged_ms = now;
             sl_warn("alerts: queue full (%d waiting): alerts are being dropped; "
-                    "is %s answering?", SL_ALERT_QUEUE_MAX, to->url);
+                    "is %s answering?", SL_ALERT_QUEUE_MAX,
+                    sl_alerts_origin(to->url, origin, sizeof(origin)));
         }
         return;
     }
@@ -148,28 +303,35 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
 {
     struct sl_threshold_ctx ctx = {r, at};
     json_t *j = json_object(), *apps = json_object();
-    char win[SL_DURATION_FORMAT_MAX], text[1024], who[400] = "";
-    size_t wl = 0;
+    char win[SL_DURATION_FORMAT_MAX];
+    struct sl_text text = {.len = 0};
     double util = r->limit ? (double)u->used / (double)r->limit : 1.0;
 
+    if (r->kind == SL_RULE_RATE)
+        sl_duration_format(r->window_us, win, sizeof(win));
+    sl_text_add(&text, "sluice: ");
+    sl_text_value(&text, up->name, SL_ALERT_NAME_SHOWN);
+    sl_text_add(&text, " rule \"");
+    sl_text_value(&text, r->name, SL_ALERT_NAME_SHOWN);
+    sl_text_add(&text, "\"");
+    if (u->key[0]) {
+        sl_text_add(&text, " [");
+        sl_text_value(&text, u->key, SL_ALERT_KEY_SHOWN);
+        sl_text_add(&text, "]");
+    }
+    sl_text_add(&text, " reached %.0f%% of its limit: %llu of %llu %s%s", at * 100,
+                (unsigned long long)u->used, (unsigned long long)r->limit,
+                r->kind == SL_RULE_RATE ? "calls per " : "calls in flight",
+                r->kind == SL_RULE_RATE ? win : "");
     for (size_t i = 0; i < u->napps; i++) {
         json_object_set_new(apps, u->apps[i].name,
                             json_integer((json_int_t)u->apps[i].calls));
-        if (i < 5 && wl < sizeof(who) - 80)
-            wl += (size_t)snprintf(who + wl, sizeof(who) - wl, "%s%s %llu",
-                                   i ? ", " : "; by app: ", u->apps[i].name,
-                                   (unsigned long long)u->apps[i].calls);
+        if (i < 5) {
+            sl_text_add(&text, "%s", i ? ", " : "; by app: ");
+            sl_text_value(&text, u->apps[i].name, SL_ALERT_KEY_SHOWN);
+            sl_text_add(&text, " %llu", (unsigned long long)u->apps[i].calls);
+        }
     }
-    if (r->kind == SL_RULE_RATE)
-        sl_duration_format(r->window_us, win, sizeof(win));
-    snprintf(text, sizeof(text),
-             "sluice: %s rule \"%s\"%s%s%s reached %.0f%% of its limit: %llu of "
-             "%llu %s%s%s",
-             up->name, r->name, u->key[0] ? " [" : "", u->key,
-             u->key[0] ? "]" : "", at * 100, (unsigned long long)u->used,
-             (unsigned long long)r->limit,
-             r->kind == SL_RULE_RATE ? "calls per " : "calls in flight",
-             r->kind == SL_RULE_RATE ? win : "", who);
     json_object_set_new(j, "event", json_string("threshold"));
     json_object_set_new(j, "upstream", json_string(up->name));
     json_object_set_new(j, "rule", json_string(r->name));
@@ -184,27 +346,31 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     json_object_set_new(j, "resets_in", u->resets_in_us >= 0
         ? json_real(round((double)u->resets_in_us / 1000.0) / 1000.0) : json_null());
     json_object_set_new(j, "per_app", apps);
-    json_object_set_new(j, "text", sl_json_text(text));
+    json_object_set_new(j, "text", sl_json_text(text.buf));
     sl_alerts_raise(a, j, sl_wants_threshold, &ctx);
 }
 
 static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage *uu)
 {
     json_t *j = json_object();
-    char text[512], iso[32];
+    struct sl_text text = {.len = 0};
+    char iso[32];
 
     /* Rounded up to the second: never earlier than the pause's end. */
     sl_iso_time(ceil(sl_wall_now() + (double)uu->paused_us / 1e6), iso, sizeof(iso));
-    snprintf(text, sizeof(text), "sluice: the provider paused %s until %s (%s); "
-             "calls wait or get 429 until then", uu->up->name, iso,
-             uu->pause_reason[0] ? uu->pause_reason : "it asked to stop");
+    sl_text_add(&text, "sluice: the provider paused ");
+    sl_text_value(&text, uu->up->name, SL_ALERT_NAME_SHOWN);
+    sl_text_add(&text, " until %s (", iso);
+    sl_text_value(&text, uu->pause_reason[0] ? uu->pause_reason : "it asked to stop",
+                  SL_ALERT_NAME_SHOWN);
+    sl_text_add(&text, "); calls wait or get 429 until then");
     json_object_set_new(j, "event", json_string("pause"));
     json_object_set_new(j, "upstream", json_string(uu->up->name));
     json_object_set_new(j, "reason", sl_json_text(uu->pause_reason));
     json_object_set_new(j, "resumes_at", json_string(iso));
     json_object_set_new(j, "resumes_in",
                         json_real(round((double)uu->paused_us / 1000.0) / 1000.0));
-    json_object_set_new(j, "text", sl_json_text(text));
+    json_object_set_new(j, "text", sl_json_text(text.buf));
     sl_alerts_raise(a, j, sl_wants_pause, NULL);
 }
 
@@ -215,19 +381,21 @@ static void sl_alerts_store(struct sl_alerts *a, bool down)
         "each instance enforces its share of the limits locally",
         "calls get 503", "calls are forwarded uncounted"};
     json_t *j = json_object();
-    char text[512], addr[300];
+    struct sl_text text = {.len = 0};
+    char addr[300];
 
     snprintf(addr, sizeof(addr), "redis %s:%d", c->redis_host, c->redis_port);
+    sl_text_add(&text, "sluice: the shared limit store (");
+    sl_text_value(&text, addr, SL_ALERT_NAME_SHOWN);
+    sl_text_add(&text, down ? ") is unreachable from " : ") answers ");
+    sl_text_value(&text, a->instance, SL_ALERT_NAME_SHOWN);
     if (down)
-        snprintf(text, sizeof(text), "sluice: the shared limit store (%s) is "
-                 "unreachable from %s; %s until it answers", addr, a->instance,
-                 policy[c->on_store_error]);
+        sl_text_add(&text, "; %s until it answers", policy[c->on_store_error]);
     else
-        snprintf(text, sizeof(text), "sluice: the shared limit store (%s) answers "
-                 "%s again; limits are shared again", addr, a->instance);
+        sl_text_add(&text, " again; limits are shared again");
     json_object_set_new(j, "event", json_string(down ? "store_down" : "store_up"));
-    json_object_set_new(j, "store", json_string(addr));
-    json_object_set_new(j, "text", json_string(text));
+    json_object_set_new(j, "store", sl_json_text(addr));
+    json_object_set_new(j, "text", sl_json_text(text.buf));
     sl_alerts_raise(a, j, sl_wants_store, NULL);
 }
 
@@ -364,7 +532,9 @@ bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result)
         sl_alerts_msg_free(m);
     } else if (m->attempts >= SL_ALERT_ATTEMPTS) {
         sl_alerts_count(a, SL_ALERT_FAILED);
-        sl_warn("alerts: %s: giving up after %d attempts (%s)", m->to->url,
+        char origin[300];
+        sl_warn("alerts: %s: giving up after %d attempts (%s)",
+                sl_alerts_origin(m->to->url, origin, sizeof(origin)),
                 m->attempts, result != CURLE_OK ? curl_easy_strerror(result)
                                                 : "no 2xx answer");
         sl_alerts_msg_free(m);

@@ -27,6 +27,7 @@
 #include "sl_store.h"
 
 struct sl_worker;
+struct sl_guard;
 struct sl_request;
 struct sl_apps;
 struct sl_admin;
@@ -110,15 +111,38 @@ struct sl_watch {
 struct sl_conn {
     struct sl_watch watch;        /* first member: freed through it */
     bool hung_up;                 /* the client closed its side */
+    bool watched;                 /* its socket is in the worker's epoll set */
+    bool closing;                 /* shut down by its guard; MHD closes it */
     struct sl_request *req;       /* the request in progress, if any */
+    struct sl_guard *guard;       /* its listener's */
     /* Slow-client deadline: the request line and headers must be in by
-     * then (see sl_worker.c); on one of the worker's two deadline lists. */
+     * then (see sl_guard.c); on one of its guard's two deadline lists. */
     int dlist;                    /* SL_DL_NONE, SL_DL_HEADERS, SL_DL_IDLE */
     int64_t deadline_ms;
     struct sl_conn *dprev, *dnext;
+    unsigned char addr[8];        /* the client: IPv4 address, IPv6 /64 */
+    unsigned char addr_len;       /* 4, 8, or 0: unknown */
 };
 
 enum { SL_DL_NONE = -1, SL_DL_HEADERS = 0, SL_DL_IDLE = 1 };
+
+/* One listener's slow-client deadlines and connection bounds (sl_guard.c). */
+struct sl_guard {
+    struct sl_worker *w;          /* the loop (and configuration) it runs on */
+    char name[16];                /* for the log: "worker 0", "admin" */
+    bool watch_hangups;           /* put client sockets in the epoll set */
+    unsigned soft_limit;          /* past this many, close the oldest waiting; 0: off */
+    unsigned per_address;         /* waiting connections per client; 0: off */
+    unsigned nconns;              /* open (MHD's count) */
+    unsigned nclosing;            /* of which shut down, not yet closed */
+    unsigned long closed;         /* connections closed, ever */
+    /* Waiting connections by deadline, one FIFO per timeout (each list's
+     * deadlines are set as now + one constant, so they are sorted). */
+    struct sl_conn *dl_head[2], *dl_tail[2];
+    unsigned long slow_closed;    /* cut for slow headers, since last logged */
+    unsigned long evicted;        /* closed to make room, since last logged */
+    int64_t logged_ms;
+};
 
 /* An idle easy handle in a worker's pool. */
 struct sl_idle_easy {
@@ -159,11 +183,7 @@ struct sl_worker {
     /* libmicrohttpd is the release whose in-place request parsing
      * sl_request.c checks byte by byte (0.9.75). */
     bool raw_head_check;
-    /* Connections with a slow-client deadline, one FIFO per timeout (each
-     * list's deadlines are set as now + one constant, so they are sorted). */
-    struct sl_conn *dl_head[2], *dl_tail[2];
-    unsigned long slow_closed;    /* connections cut for slow headers */
-    int64_t slow_logged_ms;
+    struct sl_guard guard;        /* the proxy port's slow-client deadlines */
     struct sl_metrics metrics;    /* this worker's counters (/metrics) */
     /* Worker 0 only: the admin listener and the alert sender. */
     struct sl_admin *admin;
@@ -223,12 +243,25 @@ CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh,
 int sl_worker_close_socket(void *clientp, curl_socket_t s);
 void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
                         size_t upstream);
-void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
-                                 void **socket_context,
-                                 enum MHD_ConnectionNotificationCode toe);
+
+/* sl_guard.c: slow clients and connection bounds, per listener. */
+/* A guard on W's loop named NAME (for the log); WATCH_HANGUPS: watch each
+ * client socket for EPOLLRDHUP (SL_WATCH_CLIENT).  SOFT_LIMIT and
+ * PER_ADDRESS as in struct sl_guard (0: no bound). */
+void sl_guard_init(struct sl_guard *g, struct sl_worker *w, const char *name,
+                   bool watch_hangups, unsigned soft_limit, unsigned per_address);
+/* MHD_OPTION_NOTIFY_CONNECTION, with the guard as CLS: a connection's
+ * sl_conn is its socket context, on the header deadline from its accept. */
+void sl_guard_notify(void *cls, struct MHD_Connection *connection,
+                     void **socket_context, enum MHD_ConnectionNotificationCode toe);
+/* Close the connections past their deadline (W's thread, every tick). */
+void sl_guard_expire(struct sl_guard *g, int64_t now_ms);
+/* CONN's sl_conn (NULL when it has none: out of memory at accept). */
+struct sl_conn *sl_conn_of(struct MHD_Connection *conn);
 /* Give C's client until now + the timeout of LIST (header_timeout for
  * SL_DL_HEADERS, client_timeout for SL_DL_IDLE) to send its next request
- * line and headers; SL_DL_NONE: no deadline (headers are in). */
+ * line and headers; SL_DL_NONE: no deadline (headers are in).  C may be
+ * NULL (nothing done). */
 void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list);
 
 /* sl_request.c: the MHD callbacks, and curl completion. */

@@ -216,118 +216,6 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
     }
 }
 
-/* ---- slow clients ---- */
-
-/*
- * libmicrohttpd's connection timeout is an idle timeout: every byte
- * received resets it, so a client trickling one header byte every few
- * seconds holds its connection (and its 32 KiB) forever.  sluice adds
- * deadlines of its own, as NGINX's client_header_timeout does: from
- * accepting a connection, and from a request line, the headers must be
- * complete within header_timeout; after a completed request, the next
- * request line must come within client_timeout.  A connection past its
- * deadline is shut down (shutdown(2), not close: the descriptor stays
- * libmicrohttpd's, which sees the end of the stream and closes it).
- */
-static void sl_conn_unlist(struct sl_worker *w, struct sl_conn *c)
-{
-    if (c->dlist == SL_DL_NONE)
-        return;
-    if (c->dprev != NULL)
-        c->dprev->dnext = c->dnext;
-    else
-        w->dl_head[c->dlist] = c->dnext;
-    if (c->dnext != NULL)
-        c->dnext->dprev = c->dprev;
-    else
-        w->dl_tail[c->dlist] = c->dprev;
-    c->dprev = c->dnext = NULL;
-    c->dlist = SL_DL_NONE;
-}
-
-void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list)
-{
-    const struct sl_config *cf = w->config;
-
-    if (c == NULL)
-        return;
-    sl_conn_unlist(w, c);
-    if (list == SL_DL_NONE)
-        return;
-    c->dlist = list;
-    c->deadline_ms = sl_now_ms() + (list == SL_DL_HEADERS ? cf->header_timeout_us
-                                                          : cf->client_timeout_us) / 1000;
-    c->dnext = NULL;
-    c->dprev = w->dl_tail[list];
-    if (c->dprev != NULL)
-        c->dprev->dnext = c;
-    else
-        w->dl_head[list] = c;
-    w->dl_tail[list] = c;
-}
-
-static void sl_worker_expire_conns(struct sl_worker *w, int64_t now)
-{
-    for (int l = 0; l < 2; l++) {
-        struct sl_conn *c;
-        while ((c = w->dl_head[l]) != NULL && c->deadline_ms <= now) {
-            sl_conn_unlist(w, c);
-            shutdown(c->watch.fd, SHUT_RDWR);
-            w->slow_closed++;
-        }
-    }
-    if (w->slow_closed > 0 && now - w->slow_logged_ms >= 10000) {
-        sl_warn("worker %d: closed %lu connection%s that did not send a request's "
-                "headers in time (header_timeout / client_timeout)", w->id,
-                w->slow_closed, w->slow_closed == 1 ? "" : "s");
-        w->slow_logged_ms = now;
-        w->slow_closed = 0;
-    }
-}
-
-void sl_worker_notify_connection(void *cls, struct MHD_Connection *connection,
-                                 void **socket_context,
-                                 enum MHD_ConnectionNotificationCode toe)
-{
-    struct sl_worker *w = cls;
-    struct sl_conn *c = *socket_context;
-    const union MHD_ConnectionInfo *ci;
-
-    if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET};
-        ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
-        c = calloc(1, sizeof(*c));
-        if (c == NULL || ci == NULL) {
-            free(c);  /* no hang-up detection for this one; still served */
-            return;
-        }
-        c->watch.kind = SL_WATCH_CLIENT;
-        c->watch.fd = ci->connect_fd;
-        c->watch.obj = c;
-        c->dlist = SL_DL_NONE;
-        ev.data.ptr = &c->watch;
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->watch.fd, &ev) != 0) {
-            free(c);
-            return;
-        }
-        *socket_context = c;
-        sl_conn_deadline(w, c, SL_DL_HEADERS);
-        return;
-    }
-    if (c == NULL)
-        return;
-    if (c->req != NULL)
-        sl_request_conn_closed(c);
-    sl_conn_unlist(w, c);
-    epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->watch.fd, NULL);
-    /* The watch is the connection's first member: retiring it frees C
-     * after the current event batch, never under a pending event. */
-    c->watch.kind = SL_WATCH_DEAD;
-    c->watch.next_dead = w->dead;
-    w->dead = &c->watch;
-    *socket_context = NULL;
-}
-
 /* ---- the event loop as the store sees it ---- */
 
 static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
@@ -446,9 +334,11 @@ void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap)
     while (n > 0 && (buf[n - 1] == '\n' || buf[n - 1] == '\r'))
         buf[--n] = '\0';
     /* MHD's words for a connection sluice closed on purpose (its client
-     * left mid-call, or shutdown): the access log already says so. */
+     * left mid-call, shutdown, or a slow-client guard cut it): the access
+     * log or the guard's own count already says so. */
     if (strstr(buf, "Application reported internal error") != NULL ||
-        strstr(buf, "closed by remote side with incomplete request") != NULL) {
+        strstr(buf, "closed by remote side with incomplete request") != NULL ||
+        strstr(buf, "detected connection closure") != NULL) {
         sl_debug("http: %s", buf);
         return;
     }
@@ -460,6 +350,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     const struct sl_config *c = proxy->config;
     const union MHD_DaemonInfo *info;
     struct epoll_event ev = {0};
+    char name[16];
     int efd;
 
     memset(w, 0, sizeof(*w));
@@ -491,6 +382,10 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
             return -1;
     }
 
+    /* The proxy's port: deadlines, no bounds (its clients are apps, often
+     * all on one address; max_connections bounds them). */
+    snprintf(name, sizeof(name), "worker %d", id);
+    sl_guard_init(&w->guard, w, name, true, 0, 0);
     w->listen_fd = sl_listen_socket(c->listen_host, c->listen_port, true, 1024,
                                     "listen", c->listen);
     if (w->listen_fd < 0)
@@ -503,7 +398,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         MHD_OPTION_LISTEN_SOCKET, w->listen_fd,
         MHD_OPTION_URI_LOG_CALLBACK, sl_request_uri_log, w,
         MHD_OPTION_NOTIFY_COMPLETED, sl_request_completed, w,
-        MHD_OPTION_NOTIFY_CONNECTION, sl_worker_notify_connection, w,
+        MHD_OPTION_NOTIFY_CONNECTION, sl_guard_notify, &w->guard,
         MHD_OPTION_CONNECTION_LIMIT, c->max_connections,
         MHD_OPTION_CONNECTION_MEMORY_LIMIT, (size_t)SL_CONN_MEMORY,
         MHD_OPTION_CONNECTION_TIMEOUT,
@@ -767,7 +662,9 @@ static void *sl_worker_main(void *arg)
         w->store_deadline_ms = sl_store_timers(w->store, now);
         if (now >= w->next_tick_ms) {
             w->next_tick_ms = now + SL_TICK_MS;
-            sl_worker_expire_conns(w, now);
+            sl_guard_expire(&w->guard, now);
+            if (w->admin != NULL)
+                sl_admin_tick(w->admin, now);
             if (w->id == 0)
                 sl_store_tick(w->proxy->memory);
         }

@@ -42,7 +42,9 @@ def rewrite(sl, up, rules, **kw):
 def admin(sl, method, path):
     c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
     try:
-        c.request(method, path)
+        # A POST must say it is no cross-site form (the admin listener
+        # refuses simple requests).
+        c.request(method, path, headers={"X-Sluice-Admin": "1"} if method == "POST" else {})
         r = c.getresponse()
         return r.status, r.read()
     finally:

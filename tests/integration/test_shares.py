@@ -370,7 +370,7 @@ def test_shares_added_by_a_reload_count_calls_already_made(upstream, store, slui
     with open(sl.config_path, "w") as f:
         json.dump(c2, f)
     h = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    h.request("POST", "/reload")
+    h.request("POST", "/reload", headers={"X-Sluice-Admin": "1"})
     r = h.getresponse()
     assert r.status == 200, r.read()
     h.close()

@@ -1046,6 +1046,17 @@ static void test_operator_view_keys(void **state)
     assert_int_equal(sl_config_parse("{\"admin\": {\"listen\": \"127.0.0.1:9901\"}," UP1 "}",
                                      "t", false, &c, &e), 0);
     assert_null(c->admin_token);
+    assert_int_equal(c->nadmin_hosts, 0);
+    sl_config_free(c);
+    assert_int_equal(sl_config_parse("{\"admin\": {\"listen\": \"127.9.8.7:9901\", "
+                                     "\"hosts\": [\"Sluice.Internal\", \"*\"]}," UP1 "}",
+                                     "t", false, &c, &e), 0);
+    assert_int_equal(c->nadmin_hosts, 2);
+    assert_string_equal(c->admin_hosts[0], "sluice.internal");
+    assert_string_equal(c->admin_hosts[1], "*");
+    sl_config_free(c);
+    assert_int_equal(sl_config_parse("{\"admin\": {\"listen\": \"[::1]:9901\"}," UP1 "}",
+                                     "t", false, &c, &e), 0);
     assert_int_equal(c->upstreams[0].app_kind, SL_APP_NOBODY);
     sl_config_free(c);
     assert_int_equal(sl_config_parse("{" UP1 "}", "t", false, &c, &e), 0);
@@ -1061,6 +1072,16 @@ static void test_operator_view_errors(void **state)
     } cases[] = {
         {"\"admin\": {\"listen\": \"0.0.0.0:9901\"}", "admin.token: required because"},
         {"\"admin\": {\"listen\": \"[::]:9901\"}", "admin.token: required because"},
+        /* Loopback by address, not by a name that starts like one. */
+        {"\"admin\": {\"listen\": \"127.0.0.1.example:9901\"}",
+         "admin.token: required because"},
+        {"\"admin\": {\"listen\": \"127.1:9901\"}", "admin.token: required because"},
+        {"\"admin\": {\"listen\": \"[::ffff:10.0.0.1]:9901\"}",
+         "admin.token: required because"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:1\", \"hosts\": \"x\"}",
+         "admin.hosts: must be an array"},
+        {"\"admin\": {\"listen\": \"127.0.0.1:1\", \"hosts\": [\"a b\"]}",
+         "admin.hosts[0]: \"a b\" must be a host name"},
         {"\"admin\": {\"listen\": \"10.0.0.1:9901\", \"token\": \"short\"}",
          "admin.token: must be 16 to 256"},
         {"\"admin\": {}", "admin.listen: missing"},
