@@ -837,6 +837,7 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
         != req->saved_len)
         return MHD_NO;
     req->retries++;
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     if (sl_req_hold(req, &d, true) != 0) {
         /* Cannot hold it (queue full, stopping): the provider's word still
          * reaches the client, as sluice's own "paused" answer. */

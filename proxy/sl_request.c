@@ -414,6 +414,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     if (sl_req_match(req) != 0)
         return sl_req_answer_early(req);
     /* Held calls wait for one of this call's buckets: queue behind them. */
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     {
         int64_t head_retry, now_ms = sl_now_ms();
         bool own_app;
@@ -690,6 +691,7 @@ void sl_req_redecide(struct sl_request *req)
 
 void sl_req_ask_again(struct sl_request *req)
 {
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     req->deciding = true;
     req->held.deciding = req->is_held || req->rehold;
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req) != 0) {

@@ -86,6 +86,10 @@ struct sl_request {
     bool rehold;
     uint64_t rehold_ticket;
     int64_t rehold_since_ms;
+    /* The room sequence of its buckets when it last asked the store (or
+     * looked for calls ahead of it): changed by the time it is held, it
+     * asks again at once (sl_queue.h, "Wake-ups are never lost"). */
+    uint64_t room_seq;
     enum sl_phase phase;
 
     bool suspended;
