@@ -212,6 +212,18 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
  * request: this is the moment the provider's clock starts for this call,
  * so the store logs the call's reservations now.  A call whose connection
  * took so long that its reservation may have lapsed is not sent at all.
+ *
+ * libcurl calls this again for the same transfer only to send the request
+ * a second time: when a reused keep-alive connection closed before any
+ * byte of the answer came (Curl_retry_request), libcurl sends it again on
+ * a fresh connection, up to five times.  The provider may well have read
+ * and counted the first one (a provider that counts a call and then drops
+ * the connection), so a resend is a second call it counts, one the store
+ * never granted.  It is refused here: the transfer ends with
+ * CURLE_ABORTED_BY_CALLBACK before anything is written, and the client
+ * gets 502 saying the call was sent once and not answered.  Whether to
+ * send it again is the client's call (its retry asks the store like any
+ * call).  The same holds for every method, with or without a body.
  */
 static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           int primary_port, int local_port)
@@ -223,8 +235,10 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     (void)local_ip;
     (void)primary_port;
     (void)local_port;
-    if (req->committed)
-        return CURL_PREREQFUNC_OK;  /* libcurl retried on a fresh connection */
+    if (req->committed) {
+        req->resend_refused = true;
+        return CURL_PREREQFUNC_ABORT;
+    }
     if (req->lease != NULL &&
         now - req->decided_us > req->up->connect_timeout_us + SL_USEC_PER_SEC) {
         req->resp_error = "the upstream connection took longer than "
@@ -331,7 +345,7 @@ void sl_req_abort_transfer(struct sl_request *req)
 
 void sl_request_transfer_done(struct sl_request *req, CURLcode result)
 {
-    char msg[CURL_ERROR_SIZE + 256];
+    char msg[CURL_ERROR_SIZE + 512], sent[CURL_ERROR_SIZE + 256];
     const char *q = strchr(req->uri, '?');
     int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
 
@@ -359,6 +373,24 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
              * sluice's own 16 KiB bound sees it. */
             why = "the upstream's response headers are too large "
                   "(a header line over 100 KiB)";
+        else if (req->committed && req->status == 0 &&
+                 result != CURLE_OPERATION_TIMEDOUT) {
+            /* Written to the provider, no answer: it may have counted the
+             * call, so it is not sent again (sl_curl_prereq); the client
+             * hears exactly that.  libcurl's words say how it ended, unless
+             * they are only about the resend that was refused (or that
+             * libcurl gave up on, unable to rewind the body). */
+            if (req->resend_refused || result == CURLE_SEND_FAIL_REWIND)
+                snprintf(sent, sizeof(sent), "the connection closed after the "
+                         "call was sent and before any answer; the call was not "
+                         "sent again, since the provider may have counted it");
+            else
+                snprintf(sent, sizeof(sent), "the connection closed after the "
+                         "call was sent and before any answer (%s); the call was "
+                         "not sent again, since the provider may have counted it",
+                         why);
+            why = sent;
+        }
         if (result == CURLE_OPERATION_TIMEDOUT) {
             snprintf(msg, sizeof(msg), "upstream \"%s\" timed out: %s",
                      req->up->name, why);

@@ -559,6 +559,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     req->held.deciding = false;
     req->lease = lease;
     req->committed = false;
+    req->resend_refused = false;
     req->decided_us = sl_clock_monotonic(NULL);
     req->decision = *d;
     if (req->orphaned) {

@@ -102,6 +102,7 @@ struct sl_request {
     struct sl_lease *lease;           /* owned, released when the upstream
                                        * exchange ends */
     bool committed;                   /* the lease's reservations are logged */
+    bool resend_refused;              /* libcurl wanted to send it twice */
     int64_t decided_us;               /* when the store allowed it */
     int64_t sent_us;                  /* when its request went upstream */
     bool signalled;                   /* the response said "over the limit" */
