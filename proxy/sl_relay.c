@@ -717,20 +717,17 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
 
 /* ---- what the provider says: limit signals and usage reports ---- */
 
-static const char *sl_resp_header(const struct sl_request *req, const char *name)
+/* The NTH line (from 0) of the upstream's response header NAME, or NULL
+ * (sl_header_fn: the feedback readers take every copy of a field). */
+static const char *sl_resp_header_cb(void *ctx, const char *name, unsigned nth)
 {
+    const struct sl_request *req = ctx;
     size_t len = strlen(name);
 
     for (const struct sl_hdr *h = req->hdrs; h != NULL; h = h->next)
-        if (h->name_len == len && strncasecmp(h->line, name, len) == 0)
+        if (h->name_len == len && strncasecmp(h->line, name, len) == 0 && nth-- == 0)
             return h->value;
     return NULL;
-}
-
-/* sl_header_fn over the upstream's response headers. */
-static const char *sl_resp_header_cb(void *ctx, const char *name)
-{
-    return sl_resp_header(ctx, name);
 }
 
 static bool sl_method_idempotent(const char *m)
@@ -754,8 +751,9 @@ enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
 static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_out)
 {
     const struct sl_upstream_conf *up = req->up;
-    const char *ra_text = sl_resp_header(req, "Retry-After");
-    int64_t ra = sl_feedback_retry_after_us(ra_text, time(NULL)), pause = -1;
+    /* Said twice, the longer wait holds. */
+    int64_t ra = sl_feedback_retry_after_all(sl_resp_header_cb, req, time(NULL));
+    int64_t pause = -1;
     const char *why = NULL;
 
     for (size_t i = 0; i < up->nsignals; i++) {
@@ -783,10 +781,12 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     for (size_t i = 0; i < req->check.nhits; i++) {
         const struct sl_rule *r = req->check.hits[i].rule;
         long long left;
+        unsigned unreadable = 0;
         if (r->sync == SL_SYNC_NONE)
             continue;
-        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req);
-        if (left == SL_FEEDBACK_MALFORMED) {
+        /* Every copy of the report is read; the fewest calls left wins. */
+        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req, &unreadable);
+        if (unreadable > 0) {
             req->w->malformed_reports++;
             if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
                 req->w->malformed_logged_ms = sl_now_ms();
@@ -794,7 +794,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
                         "\"%s\" (%lu on this worker so far)", up->name, r->name,
                         req->w->malformed_reports);
             }
-        } else if (left >= 0) {
+        }
+        if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
             int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
             sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);

@@ -143,3 +143,71 @@ def test_a_call_the_provider_read_is_never_sent_again(sluice, method, body, head
         assert statuses[5:] == [429, 429], statuses
     finally:
         up.close()
+
+
+# ---- the provider says it twice: the most conservative copy wins ----
+
+# (sync kind, a copy that leaves 50, a copy that leaves 2, comma-joinable)
+USAGE = [
+    ("x-ratelimit", "X-RateLimit-Remaining", "50", "2"),
+    ("ratelimit", "RateLimit", '"a";r=50;t=60', '"b";r=2;t=60'),
+    ("ratelimit", "RateLimit-Remaining", "50", "2"),
+    ("shopify", "X-Shopify-Shop-Api-Call-Limit", "50/100", "98/100"),
+    ("sforce-limit-info", "Sforce-Limit-Info", "api-usage=50/100", "api-usage=98/100"),
+]
+SPELLINGS = ["two lines, low last", "two lines, low first", "comma-joined, low last"]
+
+
+def spelled(name, high, low, how):
+    if how == "two lines, low last":
+        return ["%s: %s" % (name, high), "%s: %s" % (name, low)]
+    if how == "two lines, low first":
+        return ["%s: %s" % (name, low), "%s: %s" % (name, high)]
+    return ["%s: %s, %s" % (name, high, low)]
+
+
+@pytest.mark.parametrize("how", SPELLINGS)
+@pytest.mark.parametrize("kind,name,high,low", USAGE,
+                         ids=["x-ratelimit", "ratelimit", "ratelimit-remaining",
+                              "shopify", "sforce"])
+def test_a_usage_report_sent_twice_counts_the_lower(upstream, sluice, kind, name,
+                                                    high, low, how):
+    sl = sluice({"upstreams": [{"name": "p", "prefix": "/p", "url": upstream.url,
+                                "rules": [{"name": "w", "limit": 100, "window": "1m",
+                                           "sync": kind}]}]})
+    upstream.script = [{"status": 200, "headers": spelled(name, high, low, how),
+                        "body": b"ok"}]
+    assert sl.request("GET", "/p/report")[0] == 200
+    upstream.reset()
+    statuses = [sl.request("GET", "/p/x?i=%d" % i)[0] for i in range(6)]
+    # The provider left 2 by one copy and 50 by the other: 2 go through.
+    # Before, the first line alone counted (50 left: all 6 through), and a
+    # comma-joined value was ignored as malformed.
+    assert statuses == [200, 200, 429, 429, 429, 429], statuses
+    assert upstream.count() == 2
+
+
+@pytest.mark.parametrize("lines", [["1", "3"], ["3", "1"], ["1, 3"],
+                                   ["Thu, 01 Jan 1970 00:00:01 GMT, 3"]],
+                         ids=["two lines, long last", "two lines, long first",
+                              "comma-joined", "a past date and seconds"])
+def test_two_retry_afters_pause_for_the_longer(upstream, sluice, lines):
+    sl = sluice({"upstreams": [{"name": "p", "prefix": "/p", "url": upstream.url,
+                                "default_pause": "1s",
+                                "rules": [{"name": "w", "limit": 100, "window": "1m"}]}]})
+    upstream.script = [{"status": 429, "headers": ["Retry-After: %s" % v for v in lines],
+                        "body": b"slow down"}]
+    t0 = time.monotonic()
+    assert sl.request("GET", "/p/first")[0] == 429
+    upstream.reset()
+    status, hdrs, body = sl.request("GET", "/p/next")
+    # Paused for 3 s, the longer of the two (1 s, the shorter or the
+    # default_pause a malformed value falls back to, would say 1).
+    assert status == 429, body
+    assert json.loads(body)["error"] == "upstream_paused"
+    assert int(hdrs["retry-after"]) >= 2, hdrs
+    assert upstream.count() == 0
+    # Still paused after the shorter one has run out.
+    time.sleep(max(0, 1.3 - (time.monotonic() - t0)))
+    assert sl.request("GET", "/p/later")[0] == 429
+    assert upstream.count() == 0
