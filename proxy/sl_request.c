@@ -806,6 +806,7 @@ static void sl_req_free(struct sl_request *req)
     sl_check_clear(&req->check);
     sl_buf_free(&req->upload);
     sl_buf_free(&req->down);
+    sl_req_spool_close(req);
     free(req->saved);
     free(req->uri);
     sl_config_unref(req->config);

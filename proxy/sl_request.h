@@ -141,6 +141,12 @@ struct sl_request {
     bool headers_ready;
     int64_t content_length;           /* -1 unknown */
     struct sl_buf down;
+    /* The response's overflow, once `down` is full (sl_relay.c, "spool"):
+     * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
+     * all of them newer than what `down` holds. */
+    bool spool_open;
+    int spool_fd;
+    uint64_t spool_rpos, spool_wpos;
     bool down_paused;                 /* curl receive side paused */
     bool xfer_done;
     CURLcode result;
@@ -156,6 +162,9 @@ struct sl_request {
     const char *outcome;              /* for the access log */
     uint64_t bytes_out;
 };
+
+/* Close the response's spool file, if any (sl_relay.c). */
+void sl_req_spool_close(struct sl_request *req);
 
 /* sl_request.c */
 void sl_req_suspend(struct sl_request *req, enum sl_susp why);

@@ -211,3 +211,97 @@ def test_two_retry_afters_pause_for_the_longer(upstream, sluice, lines):
     time.sleep(max(0, 1.3 - (time.monotonic() - t0)))
     assert sl.request("GET", "/p/later")[0] == 429
     assert upstream.count() == 0
+
+
+# ---- a client that does not read its large response ----
+
+def start_unread_download(sl, size):
+    """Ask for SIZE bytes and read nothing yet: (socket, reader thread
+    result list).  The caller reads the whole response later."""
+    s = socket.create_connection(("127.0.0.1", sl.port))
+    s.sendall(b"GET /p/big HTTP/1.1\r\nHost: x\r\nX-Test-Body-Size: %d\r\n\r\n" % size)
+    return s
+
+
+def read_response(s, timeout=60):
+    """The whole response on S: (status, body bytes)."""
+    s.settimeout(timeout)
+    f = s.makefile("rb")
+    status = int(f.readline().split()[1])
+    length = None
+    while True:
+        line = f.readline()
+        if line in (b"\r\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    body = f.read(length)
+    return status, body
+
+
+def queue_conf(url, **extra):
+    c = {"upstreams": [{"name": "p", "prefix": "/p", "url": url, "on_limit": "queue",
+                        "max_wait": "20s", "timeout": "60s",
+                        "rules": [{"name": "one", "concurrency": 1}]}]}
+    c.update(extra)
+    return c
+
+
+def test_a_client_that_does_not_read_frees_its_slot_when_the_provider_is_done(
+        upstream, sluice):
+    from harness import pattern_sha256
+    import hashlib
+    size = 20 * 1024 * 1024
+    sl = sluice(queue_conf(upstream.url))
+    s = start_unread_download(sl, size)
+    try:
+        # The provider sends its 20 MB at once; the client reads none of it.
+        deadline = time.monotonic() + 10
+        while upstream.count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        t0 = time.monotonic()
+        status, hdrs, body = sl.request("GET", "/p/next", timeout=30)
+        took = time.monotonic() - t0
+        assert status == 200, body
+        # The slot came free when the upstream had sent the whole answer
+        # (well under a second on loopback, a few more on a busy machine),
+        # not at the 60 s timeout, and not when the first client reads.
+        assert took < 10, took
+        assert upstream.max_active == 1
+        # The first client then reads its whole answer, byte for byte.
+        st, data = read_response(s)
+        assert st == 200
+        assert len(data) == size
+        assert hashlib.sha256(data).hexdigest() == pattern_sha256(size)
+    finally:
+        s.close()
+
+
+def test_with_the_spool_full_a_slow_client_holds_its_slot(upstream, sluice):
+    import hashlib
+    from harness import pattern_sha256
+    size = 20 * 1024 * 1024
+    # 1 MB of spool, 256 KiB of buffer and the sockets' buffers (a few MB on
+    # loopback) hold far less than 20 MB: the transfer waits for the client.
+    sl = sluice(queue_conf(upstream.url, response_spool="1MB"))
+    s = start_unread_download(sl, size)
+    try:
+        deadline = time.monotonic() + 10
+        while upstream.count() < 1 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        result = []
+        t = threading.Thread(target=lambda: result.append(
+            sl.request("GET", "/p/next", timeout=30)))
+        t.start()
+        time.sleep(1.5)
+        # Held: the first call is still in progress at the provider.
+        assert result == [] and upstream.count() == 1
+        st, data = read_response(s)
+        assert st == 200 and len(data) == size
+        assert hashlib.sha256(data).hexdigest() == pattern_sha256(size)
+        t.join(30)
+        assert result and result[0][0] == 200
+        assert upstream.count() == 2 and upstream.max_active == 1
+    finally:
+        s.close()
