@@ -12,7 +12,9 @@ memory store and the Redis store (a real redis-server on a free loopback
 port).  Also timed: bursts of 40 calls at once, each on its own
 connection (the figure issue 19 reported for concurrency 1: 1.15 s);
 the median and the worst of BURSTS bursts.  A hand-over whose wake-up was
-lost waits for the 50 ms safety poll, so it shows in the worst burst.
+lost waits for the 50 ms safety poll, so it shows in the worst burst,
+and in the stalls: 4 connections in a closed loop, where a call takes a
+millisecond or two unless it waited for the poll (40 ms or more).
 
 Usage: bench/handover.py [--seconds S] [--conns N] [--workers W]
                          [--conc 1,10] [--stores memory,redis]
@@ -33,6 +35,7 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SLUICE = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
 BODY = b"hello from the upstream\n"
+SLOW = 0.040  # a call this slow with 4 callers waited for a poll
 
 
 def free_port():
@@ -83,11 +86,12 @@ def upstream_main(port):
 
 # ---- the clients: closed loop over keep-alive connections ----
 
-async def one_conn(port, until, counts):
+async def one_conn(port, until, counts, slow=None):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     req = b"GET /u/x HTTP/1.1\r\nHost: bench\r\n\r\n"
     try:
         while time.monotonic() < until:
+            t0 = time.monotonic()
             writer.write(req)
             head = await reader.readuntil(b"\r\n\r\n")
             status = int(head.split(b" ", 2)[1])
@@ -97,6 +101,8 @@ async def one_conn(port, until, counts):
                     n = int(line.split(b":", 1)[1])
             await reader.readexactly(n)
             counts[status] = counts.get(status, 0) + 1
+            if slow is not None and time.monotonic() - t0 >= SLOW:
+                slow.append(time.monotonic() - t0)
     finally:
         writer.close()
 
@@ -111,6 +117,19 @@ def client_main(port, conns, seconds, start_at, out):
         out.put(counts)
 
     asyncio.run(main())
+
+
+def stalls(port, conns, seconds):
+    """CONNS connections in one process, closed loop: (calls, calls that
+    took SLOW or more).  With few callers a call waits for at most CONNS - 1
+    others, a millisecond or two; one whose wake-up was lost waits for the
+    50 ms safety poll."""
+    async def main():
+        counts, slow = {}, []
+        until = time.monotonic() + seconds
+        await asyncio.gather(*(one_conn(port, until, counts, slow) for _ in range(conns)))
+        return sum(counts.values()), slow
+    return asyncio.run(main())
 
 
 def closed_loop(port, conns, seconds):
@@ -193,9 +212,9 @@ def main():
     wait_port(up_port)
     redis = None
     try:
-        print("%-8s %5s %6s %14s %16s %16s %s" % (
+        print("%-8s %5s %6s %14s %16s %16s %14s %s" % (
             "store", "conc", "conns", "hand-overs/s", "40-burst p50 s", "40-burst max s",
-            "statuses"))
+            "4-conn stalls", "statuses"))
         for store_name in a.stores.split(","):
             store = None
             if store_name == "redis":
@@ -210,12 +229,14 @@ def main():
                     closed_loop(port, conc, 0.3)
                     bursts = [asyncio.run(burst(port, 40)) for _ in range(a.bursts)]
                     rate, counts = closed_loop(port, a.conns, a.seconds)
+                    calls4, slow4 = stalls(port, 4, a.seconds)
                 finally:
                     sl.stop()
                 times = sorted(t for t, st in bursts)
                 bad = sum(1 for t, st in bursts for s in st if s != 200)
-                print("%-8s %5d %6d %14.0f %16.3f %16.3f %s%s" % (
-                    store_name, conc, a.conns, rate, times[len(times) // 2], times[-1], counts,
+                print("%-8s %5d %6d %14.0f %16.3f %16.3f %14s %s%s" % (
+                    store_name, conc, a.conns, rate, times[len(times) // 2], times[-1],
+                    "%d/%d" % (len(slow4), calls4), counts,
                     "" if not bad else " (burst: %d not 200)" % bad))
                 sys.stdout.flush()
             if redis is not None:
