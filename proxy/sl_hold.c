@@ -118,8 +118,10 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     /* Room appeared in one of its buckets after it asked (a slot freed
      * while its decision was out, or the calls it saw ahead have left):
      * the wake-up for it found nobody, so it asks again now, not at its
-     * retry time.  Read after joining the wait list (sl_queue.h). */
-    if (sl_waitlists_seq(w->proxy->waitlists, &req->check) != req->room_seq) {
+     * retry time.  Read after joining the wait list (sl_queue.h).  Only
+     * if it may ask: a call behind others is woken when they leave. */
+    if (sl_waitlists_seq(w->proxy->waitlists, &req->check) != req->room_seq &&
+        sl_queue_is_head(&w->queue, &req->held)) {
         atomic_store(&req->held.kicked, true);
         w->queue_kick = true;
     }

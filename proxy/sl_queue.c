@@ -140,11 +140,17 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
     return 0;
 }
 
-/* Remove H from its wait list; wake the new head's worker.  Lock held. */
+/*
+ * Remove H from its wait list; wake the new head's worker.  A kick H had
+ * not used yet (room appeared for it, and it leaves without asking: its
+ * client left, max_wait ran out) is passed on to the new head, or that
+ * room would wake nobody.  Lock held.
+ */
 static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
 {
     struct sl_wbucket *b = h->bucket;
     bool was_head = sl_held_may_ask(h);
+    bool unused_kick = atomic_load(&h->kicked);
 
     if (h->wprev != NULL)
         h->wprev->wnext = h->wnext;
@@ -166,7 +172,7 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
         *pp = b->next;
         free(b);
     } else if (was_head) {
-        sl_wake_askers(wl, b, NULL, false);
+        sl_wake_askers(wl, b, NULL, unused_kick);
     }
 }
 

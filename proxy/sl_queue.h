@@ -25,7 +25,10 @@
  * over its buckets before it asks (sl_waitlists_seq) and again after it
  * has joined its list, and if it moved, asks again at once.  The second
  * read follows the join, and a notice raises the number before it looks
- * for waiters: one side always sees the other.
+ * for waiters: one side always sees the other.  Only a call that may ask
+ * (first in line) acts on it; the others are woken as those ahead leave.
+ * And a call that leaves its list with a wake-up it has not used (its
+ * client left, max_wait ran out) passes it on to the next in line.
  */
 #ifndef SL_QUEUE_H
 #define SL_QUEUE_H
