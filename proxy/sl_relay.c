@@ -156,11 +156,12 @@ static bool sl_spool_put(struct sl_request *req, const char *data, size_t n)
     uint64_t max = req->config != NULL ? req->config->response_spool : 0;
     size_t done = 0;
 
-    if (max == 0 || req->spool_wpos + n > max)
+    if (max == 0 || req->spool_failed || req->spool_wpos + n > max)
         return false;
     if (!req->spool_open) {
         req->spool_fd = sl_spool_open_file();
         if (req->spool_fd < 0) {
+            req->spool_failed = true;
             if (!atomic_exchange(&warned, true))
                 sl_warn("cannot open a response spool file in %s (%s): slow "
                         "clients hold their upstream calls open until they read",

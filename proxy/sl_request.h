@@ -145,6 +145,7 @@ struct sl_request {
      * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
      * all of them newer than what `down` holds. */
     bool spool_open;
+    bool spool_failed;                /* could not open one: not tried again */
     int spool_fd;
     uint64_t spool_rpos, spool_wpos;
     bool down_paused;                 /* curl receive side paused */

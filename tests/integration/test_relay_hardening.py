@@ -373,3 +373,22 @@ def test_no_held_call_waits_for_the_safety_poll(upstream, sluice, redis):
     # then, not to one call in a hundred.  Before: 3-10% of them.
     assert len(took) > 200, len(took)
     assert len(slow) <= len(took) // 100, (len(slow), len(took), slow[-5:])
+
+
+def test_without_a_usable_spool_directory_responses_still_arrive_whole(upstream, sluice):
+    import hashlib
+    from harness import pattern_sha256
+    size = 8 * 1024 * 1024
+    sl = sluice(queue_conf(upstream.url), env={"TMPDIR": "/nonexistent/sluice-spool"})
+    s = start_unread_download(sl, size)
+    try:
+        time.sleep(0.5)  # the buffer fills; the spool cannot be opened
+        st, data = read_response(s)
+        assert st == 200 and len(data) == size
+        assert hashlib.sha256(data).hexdigest() == pattern_sha256(size)
+    finally:
+        s.close()
+    # Said once, with what it means for slow clients.
+    log = sl.wait_log("cannot open a response spool file")
+    assert log.count("cannot open a response spool file in /nonexistent/sluice-spool") == 1
+    assert "slow clients hold their upstream calls open" in log
