@@ -55,6 +55,9 @@
 #define SL_MARGIN_DEFAULT (100 * SL_USEC_PER_MSEC)
 /* A per rule's distinct keys held at once, unless it says "max_keys". */
 #define SL_DEFAULT_MAX_KEYS 10000
+/* A slow reader's response beyond the in-memory buffer, per call (as
+ * NGINX's proxy_max_temp_file_size, which defaults to 1 GiB). */
+#define SL_DEFAULT_RESPONSE_SPOOL (UINT64_C(64) << 20)
 
 #define SL_SECONDS(n) ((int64_t)(n) * SL_USEC_PER_SEC)
 #define SL_MINUTES(n) (SL_SECONDS(n) * 60)
@@ -2484,7 +2487,8 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
                                        "max_connections", "upstreams", "app",
                                        "forward_app_header", "max_apps",
                                        "log_format", "admin", "alerts", "shadow",
-                                       "state_file", "state_interval", NULL};
+                                       "state_file", "state_interval",
+                                       "response_spool", NULL};
     const char *s, *env;
     char q[96];
     json_t *v;
@@ -2496,6 +2500,7 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     c->client_timeout_us = SL_SECONDS(60);
     c->header_timeout_us = SL_SECONDS(10);
     c->max_retry_after_us = SL_HOURS(1);
+    c->response_spool = SL_DEFAULT_RESPONSE_SPOOL;
     c->local_share = 1.0;
     c->max_connections = 10000;
     c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
@@ -2542,6 +2547,18 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         }
         if (c->memory_limit < 65536)
             sl_errors_add(errs, "memory_limit: must be at least 64KB");
+    }
+    v = json_object_get(root, "response_spool");
+    if (v != NULL) {
+        if (json_is_integer(v) && json_integer_value(v) >= 0)
+            c->response_spool = (uint64_t)json_integer_value(v);
+        else if (!json_is_string(v) ||
+                 sl_size_parse(json_string_value(v), &c->response_spool) != 0) {
+            char brief[96];
+            sl_json_brief(v, brief, sizeof(brief));
+            sl_errors_add(errs, "response_spool: %s is not a size (write e.g. "
+                          "\"64MB\", or 0 to keep responses in memory only)", brief);
+        }
     }
     v = json_object_get(root, "workers");
     if (v != NULL && sl_get_int(v, "workers", 0, 64, &n, errs) == 0)

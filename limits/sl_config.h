@@ -270,6 +270,10 @@ struct sl_config {
      * after connecting); slow-header clients are disconnected. */
     int64_t header_timeout_us;
     int64_t max_retry_after_us;   /* bound on Retry-After sent; 0 = none */
+    /* Per call: response bytes kept in a temporary file once the in-memory
+     * buffer is full, so the upstream exchange ends (and its slots are
+     * freed) while a slow client reads; 0 = never. */
+    uint64_t response_spool;
     /* Redis store, on_store_error "local": the fraction of each limit this
      * instance may use on its own while Redis is away. */
     double local_share;

@@ -115,6 +115,16 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     req->held.deciding = false;
     req->held.parked = false;
     req->last_deny = *d;
+    /* Room appeared in one of its buckets after it asked (a slot freed
+     * while its decision was out, or the calls it saw ahead have left):
+     * the wake-up for it found nobody, so it asks again now, not at its
+     * retry time.  Read after joining the wait list (sl_queue.h).  Only
+     * if it may ask: a call behind others is woken when they leave. */
+    if (sl_waitlists_seq(w->proxy->waitlists, &req->check) != req->room_seq &&
+        sl_queue_is_head(&w->queue, &req->held)) {
+        atomic_store(&req->held.kicked, true);
+        w->queue_kick = true;
+    }
     {
         int64_t due = req->held.retry_at_ms < req->held.deadline_ms
                           ? req->held.retry_at_ms : req->held.deadline_ms;

@@ -27,6 +27,9 @@ struct sl_waitlists {
     size_t nupstreams;
     _Atomic unsigned total;
     uint64_t next_ticket;
+    /* Per hash slot: raised by every room notice and departure (see
+     * sl_queue.h, "Wake-ups are never lost"). */
+    _Atomic uint64_t seq[SL_WAIT_SLOTS];
     sl_wake_fn wake;
     void *wake_arg;
 };
@@ -137,11 +140,17 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
     return 0;
 }
 
-/* Remove H from its wait list; wake the new head's worker.  Lock held. */
+/*
+ * Remove H from its wait list; wake the new head's worker.  A kick H had
+ * not used yet (room appeared for it, and it leaves without asking: its
+ * client left, max_wait ran out) is passed on to the new head, or that
+ * room would wake nobody.  Lock held.
+ */
 static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
 {
     struct sl_wbucket *b = h->bucket;
     bool was_head = sl_held_may_ask(h);
+    bool unused_kick = atomic_load(&h->kicked);
 
     if (h->wprev != NULL)
         h->wprev->wnext = h->wnext;
@@ -154,6 +163,8 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
     h->wprev = h->wnext = NULL;
     h->bucket = NULL;
     b->n--;
+    /* The line moved: a call seen waiting behind H may be first now. */
+    atomic_fetch_add(&wl->seq[sl_whash(b->rule, b->key, b->key_len)], 1);
     if (b->head == NULL) {
         struct sl_wbucket **pp = &wl->slots[sl_whash(b->rule, b->key, b->key_len)];
         while (*pp != b)
@@ -161,7 +172,7 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
         *pp = b->next;
         free(b);
     } else if (was_head) {
-        sl_wake_askers(wl, b, NULL, false);
+        sl_wake_askers(wl, b, NULL, unused_kick);
     }
 }
 
@@ -388,6 +399,8 @@ void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
     struct sl_hit hit = {.rule = rule, .key = key, .key_len = key_len};
     struct sl_wbucket *b;
 
+    /* Before looking for waiters: a call joining now sees the raise. */
+    atomic_fetch_add(&wl->seq[sl_whash(rule, key, key_len)], 1);
     if (atomic_load(&wl->total) == 0)
         return;  /* nobody is held: no lock */
     pthread_mutex_lock(&wl->lock);
@@ -395,6 +408,16 @@ void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
     if (b != NULL && b->head != NULL)
         sl_wake_askers(wl, b, NULL, true);
     pthread_mutex_unlock(&wl->lock);
+}
+
+uint64_t sl_waitlists_seq(struct sl_waitlists *wl, const struct sl_check *c)
+{
+    uint64_t sum = 0;
+
+    for (size_t i = 0; i < c->nhits; i++)
+        sum += atomic_load(&wl->seq[sl_whash(c->hits[i].rule, c->hits[i].key,
+                                             c->hits[i].key_len)]);
+    return sum;
 }
 
 int64_t sl_queue_next_ms(const struct sl_queue *q)

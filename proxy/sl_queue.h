@@ -14,6 +14,21 @@
  * The shared part is touched only when a call is held, released, or
  * arrives while calls are held: the hot path of an unlimited call only
  * reads one counter.
+ *
+ * Wake-ups are never lost.  Room can appear while a call is on its way
+ * into a wait list: its decision is out (asynchronous with Redis, or on
+ * one worker while another frees the slot), or it saw calls ahead of it
+ * that have left since.  A wake-up for it then finds nobody, and it would
+ * sit until its retry time (the 50 ms safety poll for a concurrency slot).
+ * So every hash slot of the wait lists has a sequence number that each
+ * room notice and each departure from a list raises; a call reads the sum
+ * over its buckets before it asks (sl_waitlists_seq) and again after it
+ * has joined its list, and if it moved, asks again at once.  The second
+ * read follows the join, and a notice raises the number before it looks
+ * for waiters: one side always sees the other.  Only a call that may ask
+ * (first in line) acts on it; the others are woken as those ahead leave.
+ * And a call that leaves its list with a wake-up it has not used (its
+ * client left, max_wait ran out) passes it on to the next in line.
  */
 #ifndef SL_QUEUE_H
 #define SL_QUEUE_H
@@ -122,6 +137,13 @@ const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
  */
 void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
                        const char *key, size_t key_len);
+
+/*
+ * The room sequence of C's buckets: it changes whenever room may have
+ * appeared in one of them (sl_waitlists_room, or a call leaving one of
+ * their wait lists).  Any thread, no lock.
+ */
+uint64_t sl_waitlists_seq(struct sl_waitlists *wl, const struct sl_check *c);
 
 /* Earliest retry or deadline among this worker's held calls, or -1. */
 int64_t sl_queue_next_ms(const struct sl_queue *q);

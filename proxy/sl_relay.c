@@ -6,10 +6,17 @@
  * libcurl's read callback drains: when it is full the MHD connection is
  * suspended (curl's read callback resumes it); when it is empty curl's send
  * side is paused (new bytes unpause it).  The response streams through a
- * second bounded buffer the other way: curl's write callback fills it
- * (pausing curl's receive side when full), MHD's content reader drains it
- * (suspending the connection when empty).  A response that completed
- * before it was queued is handed to MHD as one buffer.
+ * second bounded buffer the other way: curl's write callback fills it,
+ * MHD's content reader drains it (suspending the connection when empty).
+ * When that buffer is full, the rest of the response goes to a spool: an
+ * unlinked temporary file of at most `response_spool` bytes, read back in
+ * order after the buffer.  So a client that reads slowly, or not at all,
+ * does not keep the upstream exchange open: the transfer ends when the
+ * provider has sent its answer, and the call's concurrency slots are free
+ * then (as NGINX's proxy_buffering does with its temporary files).  Only
+ * when the spool is full too (or off, or unusable) is curl's receive side
+ * paused until the client catches up.  A response that completed before
+ * it was queued, all of it in memory, is handed to MHD as one buffer.
  *
  * libcurl's pre-request callback marks the moment the request is written
  * to a ready connection (after connect and TLS): the store logs the call's
@@ -31,10 +38,14 @@
 #include "sl_http.h"
 #include "sl_log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <unistd.h>
 
 static enum MHD_Result sl_req_respond(struct sl_request *req);
 
@@ -100,6 +111,115 @@ void sl_buf_free(struct sl_buf *b)
 {
     free(b->data);
     memset(b, 0, sizeof(*b));
+}
+
+/* ---- spool: the response beyond the buffer ---- */
+
+/* Bytes of the response in the spool not yet relayed? */
+static bool sl_spool_unread(const struct sl_request *req)
+{
+    return req->spool_open && req->spool_rpos < req->spool_wpos;
+}
+
+/* An unlinked file in TMPDIR (or /tmp): O_TMPFILE, or where the file
+ * system lacks it, a named file removed at once.  -1 on failure. */
+static int sl_spool_open_file(void)
+{
+    const char *dir = getenv("TMPDIR");
+    char path[4096];
+    int fd;
+
+    if (dir == NULL || *dir == '\0')
+        dir = "/tmp";
+    fd = open(dir, O_TMPFILE | O_RDWR | O_CLOEXEC, 0600);
+    if (fd >= 0)
+        return fd;
+    if ((size_t)snprintf(path, sizeof(path), "%s/sluice-spool-XXXXXX", dir) >=
+        sizeof(path))
+        return -1;
+    fd = mkostemp(path, O_CLOEXEC);
+    if (fd >= 0)
+        unlink(path);
+    return fd;
+}
+
+/*
+ * Append N bytes of the response to REQ's spool, opening it on first use.
+ * Returns true when all were taken; false when the spool is off, would
+ * pass `response_spool`, or cannot be written (the caller then pauses
+ * curl, as without a spool).  Blocking file I/O on the loop's thread, as
+ * NGINX's temporary files are: writes land in the page cache.
+ */
+static bool sl_spool_put(struct sl_request *req, const char *data, size_t n)
+{
+    static atomic_bool warned;
+    uint64_t max = req->config != NULL ? req->config->response_spool : 0;
+    size_t done = 0;
+
+    if (max == 0 || req->spool_failed || req->spool_wpos + n > max)
+        return false;
+    if (!req->spool_open) {
+        req->spool_fd = sl_spool_open_file();
+        if (req->spool_fd < 0) {
+            req->spool_failed = true;
+            if (!atomic_exchange(&warned, true))
+                sl_warn("cannot open a response spool file in %s (%s): slow "
+                        "clients hold their upstream calls open until they read",
+                        getenv("TMPDIR") ? getenv("TMPDIR") : "/tmp", strerror(errno));
+            return false;
+        }
+        req->spool_open = true;
+        req->spool_rpos = req->spool_wpos = 0;
+    }
+    while (done < n) {
+        ssize_t k = pwrite(req->spool_fd, data + done, n - done,
+                           (off_t)(req->spool_wpos + done));
+        if (k < 0 && errno == EINTR)
+            continue;
+        if (k <= 0) {
+            if (!atomic_exchange(&warned, true))
+                sl_warn("cannot write the response spool file (%s): slow "
+                        "clients hold their upstream calls open until they read",
+                        k < 0 ? strerror(errno) : "no progress");
+            return false;  /* nothing counted: curl delivers them again */
+        }
+        done += (size_t)k;
+    }
+    req->spool_wpos += n;
+    return true;
+}
+
+/* Up to MAX bytes from the spool into DST: how many, or -1 on a read
+ * error.  A spool read to its end starts again at offset 0 (and gives its
+ * disk space back). */
+static ssize_t sl_spool_take(struct sl_request *req, char *dst, size_t max)
+{
+    uint64_t left = req->spool_wpos - req->spool_rpos;
+    ssize_t k;
+
+    if (max > left)
+        max = (size_t)left;
+    do
+        k = pread(req->spool_fd, dst, max, (off_t)req->spool_rpos);
+    while (k < 0 && errno == EINTR);
+    if (k <= 0)
+        return -1;
+    req->spool_rpos += (uint64_t)k;
+    if (req->spool_rpos == req->spool_wpos) {
+        req->spool_rpos = req->spool_wpos = 0;
+        if (ftruncate(req->spool_fd, 0) != 0)
+            sl_debug("response spool: ftruncate: %s", strerror(errno));
+    }
+    return k;
+}
+
+void sl_req_spool_close(struct sl_request *req)
+{
+    if (!req->spool_open)
+        return;
+    close(req->spool_fd);
+    req->spool_open = false;
+    req->spool_rpos = req->spool_wpos = 0;
 }
 
 /* ---- upstream transfer: libcurl callbacks ---- */
@@ -212,6 +332,18 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
  * request: this is the moment the provider's clock starts for this call,
  * so the store logs the call's reservations now.  A call whose connection
  * took so long that its reservation may have lapsed is not sent at all.
+ *
+ * libcurl calls this again for the same transfer only to send the request
+ * a second time: when a reused keep-alive connection closed before any
+ * byte of the answer came (Curl_retry_request), libcurl sends it again on
+ * a fresh connection, up to five times.  The provider may well have read
+ * and counted the first one (a provider that counts a call and then drops
+ * the connection), so a resend is a second call it counts, one the store
+ * never granted.  It is refused here: the transfer ends with
+ * CURLE_ABORTED_BY_CALLBACK before anything is written, and the client
+ * gets 502 saying the call was sent once and not answered.  Whether to
+ * send it again is the client's call (its retry asks the store like any
+ * call).  The same holds for every method, with or without a body.
  */
 static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           int primary_port, int local_port)
@@ -223,8 +355,10 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     (void)local_ip;
     (void)primary_port;
     (void)local_port;
-    if (req->committed)
-        return CURL_PREREQFUNC_OK;  /* libcurl retried on a fresh connection */
+    if (req->committed) {
+        req->resend_refused = true;
+        return CURL_PREREQFUNC_ABORT;
+    }
     if (req->lease != NULL &&
         now - req->decided_us > req->up->connect_timeout_us + SL_USEC_PER_SEC) {
         req->resp_error = "the upstream connection took longer than "
@@ -246,12 +380,14 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
 
     if (req->client_gone)
         return 0;  /* aborts the transfer */
-    if (!sl_buf_fits(&req->down, n)) {
+    if (!sl_spool_unread(req) && sl_buf_fits(&req->down, n)) {
+        if (sl_buf_put(&req->down, data, n) != n)
+            return 0;  /* out of memory: abort rather than corrupt the body */
+    } else if (!sl_spool_put(req, data, n)) {
+        /* Once bytes wait in the spool, newer ones follow them there. */
         req->down_paused = true;
         return CURL_WRITEFUNC_PAUSE;
     }
-    if (sl_buf_put(&req->down, data, n) != n)
-        return 0;  /* out of memory: abort rather than corrupt the body */
     if (req->susp == SL_SUSP_BODY ||
         (req->want_body && sl_buf_len(&req->down) >= SL_SIGNAL_PEEK))
         sl_req_resume(req);
@@ -331,7 +467,7 @@ void sl_req_abort_transfer(struct sl_request *req)
 
 void sl_request_transfer_done(struct sl_request *req, CURLcode result)
 {
-    char msg[CURL_ERROR_SIZE + 256];
+    char msg[CURL_ERROR_SIZE + 512], sent[CURL_ERROR_SIZE + 256];
     const char *q = strchr(req->uri, '?');
     int plen = (int)(q ? q - req->uri : (long)strlen(req->uri));
 
@@ -359,6 +495,24 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
              * sluice's own 16 KiB bound sees it. */
             why = "the upstream's response headers are too large "
                   "(a header line over 100 KiB)";
+        else if (req->committed && req->status == 0 &&
+                 result != CURLE_OPERATION_TIMEDOUT) {
+            /* Written to the provider, no answer: it may have counted the
+             * call, so it is not sent again (sl_curl_prereq); the client
+             * hears exactly that.  libcurl's words say how it ended, unless
+             * they are only about the resend that was refused (or that
+             * libcurl gave up on, unable to rewind the body). */
+            if (req->resend_refused || result == CURLE_SEND_FAIL_REWIND)
+                snprintf(sent, sizeof(sent), "the connection closed after the "
+                         "call was sent and before any answer; the call was not "
+                         "sent again, since the provider may have counted it");
+            else
+                snprintf(sent, sizeof(sent), "the connection closed after the "
+                         "call was sent and before any answer (%s); the call was "
+                         "not sent again, since the provider may have counted it",
+                         why);
+            why = sent;
+        }
         if (result == CURLE_OPERATION_TIMEDOUT) {
             snprintf(msg, sizeof(msg), "upstream \"%s\" timed out: %s",
                      req->up->name, why);
@@ -595,9 +749,21 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     if (req->client_gone)
         return MHD_CONTENT_READER_END_WITH_ERROR;
     n = sl_buf_take(&req->down, buf, max);
+    if (n == 0 && sl_spool_unread(req)) {
+        /* The buffer's bytes are older than the spool's: it goes second. */
+        ssize_t k = sl_spool_take(req, buf, max);
+        if (k < 0) {
+            sl_warn("upstream %s: the response spool file could not be read "
+                    "(%s); the response is cut short", req->up->name,
+                    strerror(errno));
+            return MHD_CONTENT_READER_END_WITH_ERROR;
+        }
+        n = (size_t)k;
+    }
     if (n > 0) {
         req->bytes_out += n;
-        if (req->down_paused && sl_buf_fits(&req->down, SL_CURL_BUFSIZE)) {
+        if (req->down_paused && !sl_spool_unread(req) &&
+            sl_buf_fits(&req->down, SL_CURL_BUFSIZE)) {
             req->down_paused = false;
             sl_req_update_pause(req);
         }
@@ -638,7 +804,8 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
                 ours = false;
         }
     }
-    if (req->xfer_done && req->result == CURLE_OK && !is_head) {
+    if (req->xfer_done && req->result == CURLE_OK && !is_head &&
+        !sl_spool_unread(req)) {
         resp = MHD_create_response_from_buffer(sl_buf_len(&req->down),
                                                req->down.data + req->down.rpos,
                                                MHD_RESPMEM_MUST_COPY);
@@ -685,20 +852,17 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
 
 /* ---- what the provider says: limit signals and usage reports ---- */
 
-static const char *sl_resp_header(const struct sl_request *req, const char *name)
+/* The NTH line (from 0) of the upstream's response header NAME, or NULL
+ * (sl_header_fn: the feedback readers take every copy of a field). */
+static const char *sl_resp_header_cb(void *ctx, const char *name, unsigned nth)
 {
+    const struct sl_request *req = ctx;
     size_t len = strlen(name);
 
     for (const struct sl_hdr *h = req->hdrs; h != NULL; h = h->next)
-        if (h->name_len == len && strncasecmp(h->line, name, len) == 0)
+        if (h->name_len == len && strncasecmp(h->line, name, len) == 0 && nth-- == 0)
             return h->value;
     return NULL;
-}
-
-/* sl_header_fn over the upstream's response headers. */
-static const char *sl_resp_header_cb(void *ctx, const char *name)
-{
-    return sl_resp_header(ctx, name);
 }
 
 static bool sl_method_idempotent(const char *m)
@@ -722,8 +886,9 @@ enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
 static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_out)
 {
     const struct sl_upstream_conf *up = req->up;
-    const char *ra_text = sl_resp_header(req, "Retry-After");
-    int64_t ra = sl_feedback_retry_after_us(ra_text, time(NULL)), pause = -1;
+    /* Said twice, the longer wait holds. */
+    int64_t ra = sl_feedback_retry_after_all(sl_resp_header_cb, req, time(NULL));
+    int64_t pause = -1;
     const char *why = NULL;
 
     for (size_t i = 0; i < up->nsignals; i++) {
@@ -751,10 +916,12 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     for (size_t i = 0; i < req->check.nhits; i++) {
         const struct sl_rule *r = req->check.hits[i].rule;
         long long left;
+        unsigned unreadable = 0;
         if (r->sync == SL_SYNC_NONE)
             continue;
-        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req);
-        if (left == SL_FEEDBACK_MALFORMED) {
+        /* Every copy of the report is read; the fewest calls left wins. */
+        left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req, &unreadable);
+        if (unreadable > 0) {
             req->w->malformed_reports++;
             if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
                 req->w->malformed_logged_ms = sl_now_ms();
@@ -762,7 +929,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
                         "\"%s\" (%lu on this worker so far)", up->name, r->name,
                         req->w->malformed_reports);
             }
-        } else if (left >= 0) {
+        }
+        if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
             int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
             sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
@@ -815,6 +983,7 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
     }
     req->hdrs_tail = &req->hdrs;
     req->down.rpos = req->down.wpos = 0;
+    sl_req_spool_close(req);
     req->headers_ready = false;
     req->xfer_done = false;
     req->down_paused = false;
@@ -837,6 +1006,7 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
         != req->saved_len)
         return MHD_NO;
     req->retries++;
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     if (sl_req_hold(req, &d, true) != 0) {
         /* Cannot hold it (queue full, stopping): the provider's word still
          * reaches the client, as sluice's own "paused" answer. */

@@ -407,6 +407,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     if (sl_req_match(req) != 0)
         return sl_req_answer_early(req);
     /* Held calls wait for one of this call's buckets: queue behind them. */
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     {
         int64_t head_retry, now_ms = sl_now_ms();
         bool own_app;
@@ -551,6 +552,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     req->held.deciding = false;
     req->lease = lease;
     req->committed = false;
+    req->resend_refused = false;
     req->decided_us = sl_clock_monotonic(NULL);
     req->decision = *d;
     if (req->orphaned) {
@@ -688,6 +690,7 @@ void sl_req_redecide(struct sl_request *req)
 
 void sl_req_ask_again(struct sl_request *req)
 {
+    req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     req->deciding = true;
     req->held.deciding = req->is_held || req->rehold;
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req) != 0) {
@@ -801,6 +804,7 @@ static void sl_req_free(struct sl_request *req)
     sl_check_clear(&req->check);
     sl_buf_free(&req->upload);
     sl_buf_free(&req->down);
+    sl_req_spool_close(req);
     free(req->saved);
     free(req->uri);
     sl_config_unref(req->config);

@@ -86,6 +86,10 @@ struct sl_request {
     bool rehold;
     uint64_t rehold_ticket;
     int64_t rehold_since_ms;
+    /* The room sequence of its buckets when it last asked the store (or
+     * looked for calls ahead of it): changed by the time it is held, it
+     * asks again at once (sl_queue.h, "Wake-ups are never lost"). */
+    uint64_t room_seq;
     enum sl_phase phase;
 
     bool suspended;
@@ -98,6 +102,7 @@ struct sl_request {
     struct sl_lease *lease;           /* owned, released when the upstream
                                        * exchange ends */
     bool committed;                   /* the lease's reservations are logged */
+    bool resend_refused;              /* libcurl wanted to send it twice */
     int64_t decided_us;               /* when the store allowed it */
     int64_t sent_us;                  /* when its request went upstream */
     bool signalled;                   /* the response said "over the limit" */
@@ -136,6 +141,13 @@ struct sl_request {
     bool headers_ready;
     int64_t content_length;           /* -1 unknown */
     struct sl_buf down;
+    /* The response's overflow, once `down` is full (sl_relay.c, "spool"):
+     * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
+     * all of them newer than what `down` holds. */
+    bool spool_open;
+    bool spool_failed;                /* could not open one: not tried again */
+    int spool_fd;
+    uint64_t spool_rpos, spool_wpos;
     bool down_paused;                 /* curl receive side paused */
     bool xfer_done;
     CURLcode result;
@@ -151,6 +163,9 @@ struct sl_request {
     const char *outcome;              /* for the access log */
     uint64_t bytes_out;
 };
+
+/* Close the response's spool file, if any (sl_relay.c). */
+void sl_req_spool_close(struct sl_request *req);
 
 /* sl_request.c */
 void sl_req_suspend(struct sl_request *req, enum sl_susp why);

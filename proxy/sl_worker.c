@@ -649,12 +649,15 @@ static void *sl_worker_main(void *arg)
          * call that went away costs one pump that finds nothing. */
         if (w->queue.total == 0) {
             w->queue_next_ms = -1;
+            w->queue_kick = false;
         } else if (w->queue_kick ||
                    (w->queue_next_ms >= 0 && now >= w->queue_next_ms)) {
+            /* Cleared before the pump: a call the pump holds again that
+             * must ask at once (sl_req_hold) sets it for the next pass. */
+            w->queue_kick = false;
             sl_request_pump(w, now);
             w->queue_next_ms = sl_queue_next_ms(&w->queue);
         }
-        w->queue_kick = false;
         if (w->admin != NULL && (run_admin || sl_admin_timeout(w->admin) == 0))
             sl_admin_run(w->admin);
         if (w->alerts != NULL)
