@@ -744,12 +744,19 @@ static const char sl_lua_pause[] =
 
 /*
  * The provider's usage report.  KEYS: r, v, s.  ARGV: remaining, age_us,
- * allowance_us, span_us, limit, probe_us, deadline, channel.  With eff =
- * min(now, deadline), the reporting call was sent at the latest at
- * eff - age and (allowance = store_timeout) not before eff - age -
- * allowance: entries after the earliest are counted as not in the report
- * (a walk over those entries only), and the report holds until the latest
- * + span.  Publishes s when it gives room back.  Reply: now.
+ * allowance_us, span_us, limit, probe_us, deadline, channel, cutoff.  With
+ * eff = min(now, deadline), the reporting call was sent at the latest at
+ * eff - age, and not before CUTOFF: its local send time on the instance's
+ * lower bound of Redis's clock (0 when none is known yet: eff - age -
+ * allowance, allowance = store_timeout).  Entries stamped from the cutoff
+ * on are not in the report -- but for the reporting call's own, which is
+ * among them (a stamp is never earlier than its send), or, if its commit
+ * is still on its way, will count in `sent` when it lands: one is taken
+ * off.  So a call sent just before the reporting one (within the clock
+ * bound's error, microseconds on a LAN) counts twice, the safe side, and
+ * calls sent one after the other count once.  The walk reads those
+ * entries only; the report holds until eff - age + span.  Publishes s when
+ * it gives room back.  Reply: now.
  */
 static const char sl_lua_sync[] =
     SL_LUA_PRELUDE
@@ -759,6 +766,8 @@ static const char sl_lua_sync[] =
     "local deadline, eff = tonumber(ARGV[7]), now\n"
     "if deadline > 0 and deadline < now then eff = deadline end\n"
     "local cutoff, untl = eff - age - allow, eff - age + span\n"
+    "local known = tonumber(ARGV[9])\n"
+    "if known > 0 then cutoff = math.min(known, eff - age) end\n"
     "if untl <= now then\n"
     "  redis.call('DEL', s)\n"
     "  return now\n"
@@ -769,7 +778,7 @@ static const char sl_lua_sync[] =
     "  local chunk = redis.call('LRANGE', l, i, i + 63)\n"
     "  if #chunk == 0 then break end\n"
     "  for j = 1, #chunk do\n"
-    "    if tonumber(chunk[j]) > cutoff then after = after + 1\n"
+    "    if tonumber(chunk[j]) >= cutoff then after = after + 1\n"
     "    else more = false; break end\n"
     "  end\n"
     "  i = i + 64\n"
@@ -780,7 +789,7 @@ static const char sl_lua_sync[] =
     "if old[1] and tonumber(old[3]) > now then\n"
     "  oldroom = tonumber(old[1]) - tonumber(old[2] or 0) - nres\n"
     "end\n"
-    "local left = remaining - after\n"
+    "local left = remaining - math.max(after - 1, 0)\n"
     "redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl))\n"
     "local room = left - nres\n"
     "if room <= 0 then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
@@ -3055,6 +3064,13 @@ static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf 
     sl_args_int(&op->args, rule->sync_probe_us);
     sl_args_int(&op->args, sl_redis_deadline(r, sl_redis_now_us()));
     sl_args_str(&op->args, r->channel);
+    /* The reporting call's send, on the lower bound of Redis's clock. */
+    if (r->have_offset) {
+        int64_t now = sl_redis_now_us();
+        sl_args_int(&op->args, now - age_us + sl_redis_offset(r, now));
+    } else {
+        sl_args_int(&op->args, 0);
+    }
     sl_redis_send_script(r, op);
 }
 

@@ -135,11 +135,39 @@ class _Handler(BaseHTTPRequestHandler):
                          body_len, body_sha, self.client_address[1])
             with up.lock:
                 up.records.append(rec)
+                # A provider that counts the whole account (calls made
+                # outside sluice included: account["used"] starts there) and
+                # says so in every answer, refusing past its max.
+                acct = up.account
+                if acct is not None:
+                    acct["used"] += 1
+                    used, cap = acct["used"], acct["max"]
+            if acct is not None:
+                report = {
+                    "sforce": "Sforce-Limit-Info: api-usage=%d/%d" % (min(used, cap), cap),
+                    "x-ratelimit": "X-RateLimit-Remaining: %d" % max(cap - used, 0),
+                    "ratelimit": "RateLimit: limit=%d, remaining=%d, reset=60"
+                                 % (cap, max(cap - used, 0)),
+                    "shopify": "X-Shopify-Shop-Api-Call-Limit: %d/%d" % (min(used, cap), cap),
+                }[acct.get("format", "sforce")]
+                if used > cap:
+                    body = b'[{"errorCode":"REQUEST_LIMIT_EXCEEDED","message":"TotalRequests Limit exceeded."}]'
+                    rec.status = 403
+                    self.send_response(403)
+                    self.send_header(*[x.strip() for x in report.split(":", 1)])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(body)))
+                    self.end_headers()
+                    end()
+                    self.wfile.write(body)
+                    return
             delay = float(self.headers.get("X-Test-Delay", "0"))
             if delay:
                 time.sleep(delay)
             status = int(self.headers.get("X-Test-Status", "200"))
             extra = self.headers.get_all("X-Test-Resp-Header") or []
+            if acct is not None:
+                extra = extra + [report]
             # A scripted answer (the test's up.script), consumed in order.
             with up.lock:
                 step = up.script.pop(0) if up.script else None
@@ -254,6 +282,9 @@ class Upstream:
         self.lock = threading.Lock()
         self.records = []
         self.script = []  # list of {"status", "headers", "body"} answers
+        # {"used": N, "max": M, "format": "sforce"|"x-ratelimit"|"ratelimit"|
+        # "shopify"}: answer as a provider counting the whole account would.
+        self.account = None
         self.active = 0
         self.max_active = 0
         self.errors = 0
