@@ -1015,6 +1015,13 @@ static void sl_parse_rule(json_t *jr, const char *path,
                                 &d, errs) == 0)
                 r->window_us = d;
         }
+        /* What people read (refusals, alerts, /status) says it as written:
+         * "24h" stays "24h".  A number is seconds. */
+        if (jw != NULL && json_is_string(jw))
+            r->window_text = strndup(json_string_value(jw), 32);
+        else if (jw != NULL && json_is_number(jw) &&
+                 asprintf(&r->window_text, "%gs", json_number_value(jw)) < 0)
+            r->window_text = NULL;
         sl_parse_calendar(jr, path, r, errs);
         /* Stamped when sent, counted by the provider on arrival: the
          * margin absorbs the jitter between the two (README, "margin").
@@ -2948,9 +2955,20 @@ out:
     return rc;
 }
 
+const char *sl_rule_window_text(const struct sl_rule *r, char *buf, size_t len)
+{
+    if (r->window_text != NULL) {
+        snprintf(buf, len, "%s", r->window_text);
+        return buf;
+    }
+    sl_duration_format(r->window_us, buf, len);
+    return buf;
+}
+
 static void sl_rule_free(struct sl_rule *r)
 {
     free(r->name);
+    free(r->window_text);
     for (size_t i = 0; i < r->nmethods; i++)
         free(r->methods[i]);
     free(r->methods);

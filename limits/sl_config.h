@@ -134,6 +134,7 @@ struct sl_rule {
     enum sl_rule_kind kind;
     uint64_t limit;               /* calls per window, or concurrent calls */
     int64_t window_us;            /* rate rules only, as configured */
+    char *window_text;            /* ... as written ("24h"), or NULL */
     /* What admission uses: window_us plus the upstream's margin, so that
      * calls stamped when sent stay `window_us` apart at the provider even
      * with that much network jitter (see README, "margin"). */
@@ -237,6 +238,10 @@ static inline const struct sl_rule *sl_upstream_rule(
 }
 
 #define SL_MARGIN_AUTO (-1)
+
+/* Rate rule R's window as its configuration wrote it ("24h"), else as
+ * sl_duration_format() writes it, into BUF (SL_DURATION_FORMAT_MAX). */
+const char *sl_rule_window_text(const struct sl_rule *r, char *buf, size_t len);
 
 /* Lines of a configuration's errors or warnings, each with its JSON path. */
 struct sl_errors {

@@ -86,6 +86,12 @@ struct sl_decision {
         SL_SHARE_MAX,
         SL_SHARE_RESERVED,
     } share;
+    /* DENY by a rate rule with sync because the provider's last report
+     * leaves no room (sluice's own log may): the calls left as the
+     * provider said, and how long ago it said so. */
+    bool by_report;
+    int64_t report_value;
+    int64_t report_age_us;
 };
 
 /* "max" or "reserved" (NULL for SL_SHARE_NONE). */
@@ -113,6 +119,14 @@ struct sl_usage {
     int64_t resets_in_us;   /* rate: until the oldest counted call leaves the
                              * window (room comes back then); -1: n/a */
     int64_t report_left;    /* rate with sync: the report's room, -1: none */
+    /* rate with sync, while a report is in force: `used` and `remaining`
+     * are the provider's count (its report plus the calls sent since),
+     * when that is more than sluice's own.  The report's age, the calls
+     * left as it said, and the calls sluice sent since it. */
+    bool from_provider;
+    int64_t report_age_us;
+    int64_t report_value;
+    uint64_t sent_since_report;
     struct sl_usage_app *apps;  /* owned; busiest first */
     size_t napps;
     /* SL_SNAP_ALERTS: thresholds of rule->alert_at reached at the last

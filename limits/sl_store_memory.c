@@ -105,6 +105,8 @@ struct sl_mem_bucket {
                                    * the reporting call and before the report */
     uint64_t report_sent;         /* `sent` when the report came */
     int64_t report_until;         /* one span after the reporting call */
+    int64_t report_at;            /* when the report came (store clock) */
+    uint64_t report_value;        /* the calls left, as reported */
     int64_t probe_at;             /* next call let through to learn more */
     unsigned alert_level;         /* alert thresholds reached, last looked */
     /* concurrency: who holds the `inflight` slots (owned, nin entries) */
@@ -506,6 +508,24 @@ static int64_t sl_mem_report_room(struct sl_mem_bucket *b, int64_t now)
     }
     return b->report_left - (int64_t)(b->sent - b->report_sent) -
            (int64_t)b->reserved;
+}
+
+/*
+ * What rate rule R's bucket B holds as the provider would count it: OWN
+ * (sluice's log and reservations), or, while a report is in force, the
+ * reported use plus what went through sluice since (the limit less the
+ * report's room), whichever is more.  Lock held.
+ */
+static uint64_t sl_mem_counted(struct sl_mem_bucket *b, const struct sl_rule *r,
+                               uint64_t own, int64_t now)
+{
+    int64_t room = sl_mem_report_room(b, now);
+    int64_t theirs;
+
+    if (room == INT64_MAX)
+        return own;
+    theirs = (int64_t)r->limit - room;
+    return theirs > 0 && (uint64_t)theirs > own ? (uint64_t)theirs : own;
 }
 
 /*
@@ -1099,6 +1119,13 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.remaining = 0;
             d.reset_us = wait;
             d.share = r->kind == SL_RULE_RATE ? why[i] : SL_SHARE_NONE;
+            /* Refused by the provider's word rather than sluice's log. */
+            d.by_report = r->kind == SL_RULE_RATE && bk[i] != NULL && bk[i]->report &&
+                          sl_mem_report_room(bk[i], now) <= 0;
+            if (d.by_report) {
+                d.report_value = (int64_t)bk[i]->report_value;
+                d.report_age_us = now - bk[i]->report_at;
+            }
         }
     }
     if (d.verdict == SL_VERDICT_DENY)
@@ -1346,6 +1373,8 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
                          (int64_t)sl_window_count_after(&b->win, sent_at);
         b->report_sent = b->sent;
         b->report_until = sent_at + r->span_us;
+        b->report_at = now;
+        b->report_value = remaining;
         /* The next probe comes one interval after the latest word. */
         b->probe_at = now + r->sync_probe_us;
     }
@@ -1513,8 +1542,15 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
         if (r->calendar)
             u->resets_in_us = u->used > 0 ? reset : 0;
         room = sl_mem_report_room(b, now);
-        if (room != INT64_MAX)
+        if (room != INT64_MAX) {
             u->report_left = room > 0 ? room : 0;
+            /* One figure: the provider's, when it counts more. */
+            u->used = sl_mem_counted(b, r, u->used, now);
+            u->from_provider = true;
+            u->report_age_us = now - b->report_at;
+            u->report_value = (int64_t)b->report_value;
+            u->sent_since_report = b->sent - b->report_sent;
+        }
         if (ntally > 0 && b->win.count > 0) {
             size_t napps = 0;
             memset(tally, 0, ntally * sizeof(*tally));
@@ -1640,7 +1676,7 @@ static uint64_t sl_mem_used(const struct sl_mem_store *s, struct sl_mem_bucket *
     if (r->kind == SL_RULE_CONCURRENCY)
         return b->inflight;
     sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
-    return b->win.count + b->reserved;
+    return sl_mem_counted(b, r, b->win.count + b->reserved, now);
 }
 
 /*

@@ -341,7 +341,8 @@
  * remaining, reset_us, shadow_rule, shadow_wait_us, {every shadow rule
  * that would deny}} or {0, denying_rule,
  * wait_us, share (0: the rule's limit, 1: the app's max, 2: other apps'
- * reservations)}}.  A rule's kind in upper case (R, C) is in shadow mode: when
+ * reservations), the calls left as the provider's report said when that
+ * report is what refuses (else -1), and that report's age_us (-1)}}.  A rule's kind in upper case (R, C) is in shadow mode: when
  * it would deny, the call goes on and takes nothing from it.
  */
 static const char sl_lua_decide[] =
@@ -557,7 +558,7 @@ static const char sl_lua_decide[] =
      * the same, so this is no decision) */
     "  for i = 1, n do\n"
     "    local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)\n"
-    "    local w, why, sleft, ka = 0, 0, nil, K[i]\n"
+    "    local w, why, sleft, ka, byrep = 0, 0, nil, K[i], nil\n"
     "    if kind == 'r' then\n"
     "      local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil\n"
     "      ka = ka + 3\n"
@@ -599,7 +600,7 @@ static const char sl_lua_decide[] =
     "      end\n"
     "      local room, isprobe = nil, false\n"
     "      if s then\n"
-    "        local h = redis.call('HMGET', s, 'left', 'sent', 'until', 'probe')\n"
+    "        local h = redis.call('HMGET', s, 'left', 'sent', 'until', 'probe', 'rv', 'rat')\n"
     "        if h[1] and tonumber(h[3]) > now then\n"
     "          room = tonumber(h[1]) - tonumber(h[2] or 0) - nres\n"
     "          if w == 0 and room <= 0 then\n"
@@ -608,6 +609,8 @@ static const char sl_lua_decide[] =
     "            else\n"
     "              w = tonumber(h[3]) - now\n"
     "              if probe > 0 and pa - now < w then w = pa - now end\n"
+    /* refused by the provider's word: what it said, and when */
+    "              byrep = {tonumber(h[5] or -1), h[6] and now - tonumber(h[6]) or -1}\n"
     "            end\n"
     "          end\n"
     "        end\n"
@@ -615,7 +618,7 @@ static const char sl_lua_decide[] =
     "      if h and w == 0 then\n"
     "        w, why, sleft = share_wait(b, l, ap, v, h, len, nres, limit, span, pend, app, shr)\n"
     "      end\n"
-    "      st[i] = {len, nres, room, isprobe, sleft, why}\n"
+    "      st[i] = {len, nres, room, isprobe, sleft, why, byrep}\n"
     "    elseif kind == 'p' then\n"
     "      local u = pz[KEYS[ka]]\n"
     "      if not u then\n"
@@ -636,7 +639,9 @@ static const char sl_lua_decide[] =
     "    elseif w > wait then deny, wait = i, w end\n"
     "  end\n"
     "  if deny > 0 then\n"
-    "    out[#out + 1] = {0, deny, wait, st[deny] and st[deny][6] or 0}\n"
+    "    local br = st[deny] and st[deny][7]\n"
+    "    out[#out + 1] = {0, deny, wait, st[deny] and st[deny][6] or 0,\n"
+    "                     br and br[1] or -1, br and br[2] or -1}\n"
     "  else\n"
     /* phase two: take room in every bucket */
     "    local best, rem, reset = 0, 0, 0\n"
@@ -750,9 +755,8 @@ static const char sl_lua_pause[] =
  * lower bound of Redis's clock (0 when none is known yet: eff - age -
  * allowance, allowance = store_timeout).  Entries stamped from the cutoff
  * on are not in the report -- but for the reporting call's own, which is
- * among them (a stamp is never earlier than its send), or, if its commit
- * is still on its way, will count in `sent` when it lands: one is taken
- * off.  So a call sent just before the reporting one (within the clock
+ * among them (a stamp is never earlier than its send; its commit is
+ * written before the report, sl_redis_sync): one is taken off.  So a call sent just before the reporting one (within the clock
  * bound's error, microseconds on a LAN) counts twice, the safe side, and
  * calls sent one after the other count once.  The walk reads those
  * entries only; the report holds until eff - age + span.  Publishes s when
@@ -790,9 +794,13 @@ static const char sl_lua_sync[] =
     "  oldroom = tonumber(old[1]) - tonumber(old[2] or 0) - nres\n"
     "end\n"
     "local left = remaining - math.max(after - 1, 0)\n"
-    "redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl))\n"
+    "redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl),\n"
+    "  'rv', fmt(remaining), 'rat', fmt(now))\n"
     "local room = left - nres\n"
-    "if room <= 0 then redis.call('HSET', s, 'probe', fmt(now + probe)) end\n"
+    /* the next probe comes one interval after the latest word, whatever
+     * room it leaves (as the memory store does): a report that leaves one
+     * call, spent through sluice, must not let a probe through at once */
+    "redis.call('HSET', s, 'probe', fmt(now + probe))\n"
     "redis.call('PEXPIRE', s, fmt(math.ceil((untl - now) / 1000) + 1000))\n"
     "if room > 0 and oldroom and room > oldroom then\n"
     "  redis.call('PUBLISH', ARGV[8], s)\n"
@@ -814,7 +822,10 @@ static const char sl_lua_sync[] =
  * another check of this upstream ran less than 0.9 s ago (whoever runs the
  * check records every crossing: the others need not repeat it).
  * with bucket = {key, used, reserved, remaining, resets_in_us,
- * report_left, level_was, level, {app, calls, app, calls, ...}}.
+ * report_left, level_was, level, {app, calls, app, calls, ...},
+ * from_provider (0/1), reported remaining, sent since the report,
+ * report age_us}.  While a report is in force, used is the provider's
+ * count (limit - the report's room) when that is more than the log's.
  */
 static const char sl_lua_snapshot[] =
     SL_LUA_PRELUDE
@@ -850,7 +861,8 @@ static const char sl_lua_snapshot[] =
     "  return lo\n"
     "end\n"
     "local function figures(kind, key, r, v, ap, s, c, limit, span, pend)\n"
-    "  local f = {key = key, used = 0, res = 0, resets = -1, left = -1, n = 0, ap = ap}\n"
+    "  local f = {key = key, used = 0, res = 0, resets = -1, left = -1, n = 0, ap = ap,\n"
+    "             src = 0, rv = -1, sent = 0, age = -1}\n"
     "  if kind == 'r' then\n"
     "    f.n = newer(r, now - span)\n"
     "    f.res = redis.call('ZCARD', v)\n"
@@ -860,9 +872,14 @@ static const char sl_lua_snapshot[] =
     "    elseif f.res > 0 then f.resets = span else f.resets = 0 end\n"
     "    if pend > 0 then f.resets = f.used > 0 and math.max(pend - now, 0) or 0 end\n"
     "    if s then\n"
-    "      local h = redis.call('HMGET', s, 'left', 'sent', 'until')\n"
+    "      local h = redis.call('HMGET', s, 'left', 'sent', 'until', 'rv', 'rat')\n"
     "      if h[1] and tonumber(h[3]) > now then\n"
-    "        f.left = math.max(tonumber(h[1]) - tonumber(h[2] or 0) - f.res, 0)\n"
+    "        local room = tonumber(h[1]) - tonumber(h[2] or 0) - f.res\n"
+    "        f.left = math.max(room, 0)\n"
+    /* one figure: the provider's count when it is more than ours */
+    "        f.used = math.max(f.used, limit - room)\n"
+    "        f.src, f.rv, f.sent = 1, tonumber(h[4] or -1), tonumber(h[2] or 0)\n"
+    "        f.age = h[5] and math.max(now - tonumber(h[5]), 0) or -1\n"
     "      end\n"
     "    end\n"
     "  else\n"
@@ -914,7 +931,8 @@ static const char sl_lua_snapshot[] =
     "    end\n"
     "    for i = 1, #names do apps[#apps + 1] = names[i]; apps[#apps + 1] = tally[names[i]] end\n"
     "  end\n"
-    "  return {f.key, f.used, f.res, rem, f.resets, f.left, was, level, apps}\n"
+    "  return {f.key, f.used, f.res, rem, f.resets, f.left, was, level, apps,\n"
+    "          f.src, f.rv, f.sent, f.age}\n"
     "end\n"
     "for i = 1, nrules do\n"
     "  local kind, per, limit, span, sync, name = ARGV[a], ARGV[a + 1] == '1',\n"
@@ -2503,6 +2521,12 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
         case 2: d.share = SL_SHARE_RESERVED; break;
         default: d.share = SL_SHARE_NONE; break;
         }
+        /* Refused by the provider's last report: what it said, when. */
+        if (rep->elements >= 6 && sl_reply_int(rep, 4) >= 0) {
+            d.by_report = true;
+            d.report_value = sl_reply_int(rep, 4);
+            d.report_age_us = sl_reply_int(rep, 5);
+        }
     } else {
         char member[SL_REDIS_MEMBER_MAX];
         d.verdict = SL_VERDICT_ALLOW;
@@ -3049,6 +3073,12 @@ static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf 
         sl_store_sync(r->local, up, hit, remaining, age_us);
     if (!sl_redis_usable(r))
         return;
+    /* The reporting call's commit, if it waits for a batch to ride in,
+     * goes first: Redis runs a link's scripts in order, so the report then
+     * finds the call in the log (or still reserved) and takes it off
+     * once.  (Written after the report, it would count twice.) */
+    if (up->index < r->config->nupstreams && r->commits[up->index].n > 0)
+        sl_redis_flush_commits(r, up->index);
     op = sl_redis_script_op(r, SL_LUA_SYNC);
     if (op == NULL)
         return;
@@ -3347,7 +3377,7 @@ static int sl_redis_snap_bucket(const redisReply *e, struct sl_usage *u)
 {
     const redisReply *apps;
 
-    if (e->type != REDIS_REPLY_ARRAY || e->elements != 9)
+    if (e->type != REDIS_REPLY_ARRAY || e->elements != 13)
         return -1;
     u->key = sl_reply_strdup(e->element[0]);
     u->used = (uint64_t)sl_reply_int(e, 1);
@@ -3357,6 +3387,10 @@ static int sl_redis_snap_bucket(const redisReply *e, struct sl_usage *u)
     u->report_left = sl_reply_int(e, 5);
     u->level_was = (unsigned)sl_reply_int(e, 6);
     u->level = (unsigned)sl_reply_int(e, 7);
+    u->from_provider = sl_reply_int(e, 9) == 1;
+    u->report_value = sl_reply_int(e, 10);
+    u->sent_since_report = (uint64_t)sl_reply_int(e, 11);
+    u->report_age_us = sl_reply_int(e, 12);
     apps = e->element[8];
     if (u->key == NULL || apps->type != REDIS_REPLY_ARRAY)
         return -1;

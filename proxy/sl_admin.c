@@ -497,6 +497,22 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
         json_object_set_new(o, "provider_remaining",
                             u->report_left >= 0 ? json_integer(u->report_left)
                                                 : json_null());
+    /* Where "used" comes from: the provider's last report (plus the calls
+     * sent since), or sluice's own count. */
+    if (r->kind == SL_RULE_RATE && r->sync != SL_SYNC_NONE)
+        json_object_set_new(o, "source", json_string(u->from_provider ? "provider"
+                                                                      : "sluice"));
+    if (u->from_provider) {
+        json_t *p = json_object();
+        json_object_set_new(p, "reported_remaining", json_integer(u->report_value));
+        json_object_set_new(p, "reported_used",
+                            json_integer((json_int_t)r->limit - u->report_value));
+        json_object_set_new(p, "age", u->report_age_us >= 0
+                                          ? json_real(sl_secs(u->report_age_us))
+                                          : json_null());
+        json_object_set_new(p, "sent_since", json_integer((json_int_t)u->sent_since_report));
+        json_object_set_new(o, "provider", p);
+    }
 }
 
 static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
@@ -515,10 +531,7 @@ static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
     json_object_set_new(o, "kind", json_string(sl_kind_names[r->kind]));
     json_object_set_new(o, "limit", json_integer((json_int_t)r->limit));
     if (r->kind == SL_RULE_RATE) {
-        if (r->calendar && r->cal.month)
-            snprintf(win, sizeof(win), "1mo");
-        else
-            sl_duration_format(r->window_us, win, sizeof(win));
+        sl_rule_window_text(r, win, sizeof(win));
         json_object_set_new(o, "window", json_string(win));
         json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
         json_object_set_new(o, "reset", json_string(r->calendar ? "calendar" : "rolling"));

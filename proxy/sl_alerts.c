@@ -308,7 +308,7 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     double util = r->limit ? (double)u->used / (double)r->limit : 1.0;
 
     if (r->kind == SL_RULE_RATE)
-        sl_duration_format(r->window_us, win, sizeof(win));
+        sl_rule_window_text(r, win, sizeof(win));
     sl_text_add(&text, "sluice: ");
     sl_text_value(&text, up->name, SL_ALERT_NAME_SHOWN);
     sl_text_add(&text, " rule \"");

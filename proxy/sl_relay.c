@@ -934,6 +934,15 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
             const struct sl_hit *hit = &req->check.hits[i];
             int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
             sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
+            /* This answer's RateLimit fields say what the provider just
+             * said, when it leaves fewer calls than the decision did. */
+            if (req->decision.rule != NULL && req->decision.rule->kind == SL_RULE_RATE &&
+                (uint64_t)left < req->decision.remaining) {
+                if (req->decision.rule != r)
+                    req->decision.reset_us = r->window_us;
+                req->decision.rule = r;
+                req->decision.remaining = (uint64_t)left;
+            }
             /* A report may give room back: the first waiter asks again. */
             sl_waitlists_room(req->w->proxy->waitlists, hit->rule, hit->key,
                               hit->key_len);

@@ -229,7 +229,7 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                  "retry in %llds", up->name, (long long)retry);
         win[0] = lim[0] = '\0';
     } else if (r->kind == SL_RULE_RATE) {
-        sl_duration_format(r->window_us, win, sizeof(win));
+        sl_rule_window_text(r, win, sizeof(win));
         snprintf(lim, sizeof(lim), "%llu", (unsigned long long)r->limit);
         if (d->share == SL_SHARE_MAX && sh != NULL)
             snprintf(msg, sizeof(msg),
@@ -244,7 +244,20 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                      "retry in %llds",
                      r->name, up->name, (unsigned long long)r->limit, win, app,
                      (long long)retry);
-        else
+        else if (d->by_report) {
+            /* The provider's own words: its count, and when it said so. */
+            char when[32];
+            time_t at = time(NULL) - (time_t)(d->report_age_us / SL_USEC_PER_SEC);
+            struct tm tm;
+            gmtime_r(&at, &tm);
+            strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            snprintf(msg, sizeof(msg),
+                     "the provider reports %lld of %llu calls per %s used (as of %s): "
+                     "rule \"%s\" of upstream \"%s\" follows its count; retry in %llds",
+                     (long long)r->limit - (long long)d->report_value,
+                     (unsigned long long)r->limit, win, when, r->name, up->name,
+                     (long long)retry);
+        } else
             snprintf(msg, sizeof(msg),
                      "rule \"%s\" of upstream \"%s\" allows %llu calls per %s; "
                      "retry in %llds",

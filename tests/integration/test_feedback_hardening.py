@@ -258,7 +258,8 @@ def test_max_retry_after_bounds_a_providers_pause(upstream, sluice):
 
 
 @pytest.mark.parametrize("window,text,seconds", [
-    ("1d", "1d", 86400), ("24h", "1d", 86400), (300, "5m", 300), ("5m", "5m", 300),
+    # As the operator wrote it: "24h" stays "24h"; a number is seconds.
+    ("1d", "1d", 86400), ("24h", "24h", 86400), (300, "300s", 300), ("5m", "5m", 300),
     ("250ms", "250ms", 0.25), ("1.5s", "1.5s", 1.5), ("36h", "36h", 129600),
     ("90s", "90s", 90), ("1h", "1h", 3600),
 ])
@@ -286,6 +287,9 @@ def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice):
     assert status == 429
     e = json.loads(body)
     assert e["rule"] == "daily"
-    assert 'rule "daily" of upstream "crm" allows 15000 calls per 1d;' in e["message"], e
+    # Refused by the provider's report: the message gives its words.
+    assert ('the provider reports 15000 of 15000 calls per 1d used (as of '
+            in e["message"]), e
+    assert 'rule "daily" of upstream "crm" follows its count;' in e["message"], e
     assert "e+" not in e["message"]
     assert e["window"] == 86400
