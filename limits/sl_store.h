@@ -100,6 +100,8 @@ const char *sl_share_denial_name(enum sl_share_denial d);
 struct sl_lease;
 struct sl_store;
 struct sl_apps;
+struct sl_history;
+struct sl_hist_view;
 
 /* ---- usage snapshots: what an operator sees ---- */
 
@@ -182,6 +184,12 @@ void sl_snapshot_trim(struct sl_rule_usage *ru, unsigned top);
 /* Sort U's apps busiest first. */
 void sl_snapshot_sort_apps(struct sl_usage *u);
 
+/* Ownership: VIEWS (NULL when the store could not answer), one per rule
+ * asked for, passes to the callee, which clears each with
+ * sl_hist_view_clear() and frees the array. */
+typedef void (*sl_history_cb)(void *arg, struct sl_hist_view *views,
+                              const char *error);
+
 /*
  * Ownership: LEASE (may be NULL) passes to the callee, which must hand it
  * back with sl_store_release() exactly once.
@@ -238,6 +246,16 @@ struct sl_store_ops {
      * be NULL.  Calls matched under an older generation are answered
      * SL_VERDICT_STALE from then on. */
     int (*adopt)(struct sl_store *store, const struct sl_config *config);
+    /* Now, in Unix µs, on the clock the store keeps time by: Redis's (as
+     * estimated from its TIME) or the wall clock.  The usage history
+     * stamps calls with it.  May be NULL: the wall clock. */
+    int64_t (*wall)(struct sl_store *store);
+    /* Read the usage history of the N rate rules RULES (sl_history.h) of
+     * the last 24 hours as every instance sharing the store wrote it.
+     * Returns 0 (CB has been or will be called) or a negative code.  May
+     * be NULL: the store keeps no shared history (read the process's). */
+    int (*history)(struct sl_store *store, const struct sl_rule *const *rules,
+                   size_t n, sl_history_cb cb, void *arg);
 };
 
 struct sl_store {
@@ -294,6 +312,22 @@ static inline void sl_store_sync(struct sl_store *s,
                                  int64_t age_us)
 {
     s->ops->sync(s, u, hit, remaining, age_us);
+}
+
+int64_t sl_clock_wall(void);
+static inline int64_t sl_store_wall(struct sl_store *s)
+{
+    return s->ops->wall != NULL ? s->ops->wall(s) : sl_clock_wall();
+}
+
+/* Returns 0 (the callback has been or will be called), or a negative code
+ * (-1; SL_STORE_NO_HISTORY: the store keeps none, read the process's). */
+#define SL_STORE_NO_HISTORY (-2)
+static inline int sl_store_history(struct sl_store *s, const struct sl_rule *const *rules,
+                                   size_t n, sl_history_cb cb, void *arg)
+{
+    return s->ops->history != NULL ? s->ops->history(s, rules, n, cb, arg)
+                                   : SL_STORE_NO_HISTORY;
 }
 
 /* Housekeeping (reclaiming idle state); call about ten times a second. */
@@ -415,6 +449,16 @@ struct sl_loop {
 struct sl_store *sl_store_redis_new(const struct sl_config *config,
                                     struct sl_store *local,
                                     const struct sl_loop *loop, int worker_id);
+
+/*
+ * Write HISTORY's calls (the process's, sl_history.h) to Redis, where the
+ * calls of every instance sharing it add up: at most one script run per
+ * rate rule every SL_REDIS_HISTORY_EVERY_MS, off any call's path; APPS
+ * names the app ids.  Set on one worker's store only (one writer per
+ * process); both stay the caller's and must outlive STORE.
+ */
+void sl_store_redis_history(struct sl_store *store, struct sl_history *history,
+                            const struct sl_apps *apps);
 
 /* Is this process's Redis store in an outage (any worker)?  *SINCE_MS
  * (may be NULL): wall-clock ms when it began. */

@@ -96,6 +96,22 @@
  * bucket ask again at once instead of polling.  The subscriber link's
  * failures never affect decisions.
  *
+ * The usage history.  Every instance counts the calls it sends per rule,
+ * minute and app in the process's sl_history; one worker per process (the
+ * one given it by sl_store_redis_history) writes what is new there every
+ * SL_REDIS_HISTORY_EVERY_MS, one script run per rule with new counts
+ * (never a round trip per call), into a hash per rule and minute (key type
+ * y, the minute as the per value, fields app names, TTL 25 hours) with
+ * HINCRBY, so every instance's calls add up in one history.  A hash keeps
+ * at most SL_REDIS_HISTORY_FIELDS app names; further apps' calls count
+ * under "other".  Minutes are on this worker's estimate of Redis's clock
+ * (sl_redis_est_now), so instances' clocks do not matter.  Counts stay in
+ * the process's history while Redis is away and are written when it
+ * answers; a write lost with its connection is lost (a history, not a
+ * limit).  The page reads one rule with one script run that walks its
+ * 1,440 minute hashes (keys built in the script from the rule's base key,
+ * which carries the upstream's hash tag).
+ *
  * When Redis cannot answer, on_store_error decides: "local" enforces the
  * same rules in this process's memory store, "deny" answers UNAVAILABLE,
  * "allow" forwards uncounted.  The outage is logged once per process (not
@@ -130,6 +146,7 @@
 
 #include "sl_apps.h"
 #include "sl_duration.h"
+#include "sl_history.h"
 #include "sl_log.h"
 
 #include <errno.h>
@@ -160,6 +177,13 @@
 #define SL_REDIS_SNAP_CANDIDATES 1000 /* `per` buckets a snapshot looks at */
 #define SL_REDIS_MEMBER_MAX 160     /* base:n|app */
 #define SL_REDIS_CLOCK_REFRESH_US (2 * SL_USEC_PER_SEC)
+/* The usage history (see above): how often a worker writes it, how long a
+ * minute's hash lives (24 h shown, plus an hour of slack for clock
+ * estimates), app names per minute hash, and counts written per run. */
+#define SL_REDIS_HISTORY_EVERY_MS 2000
+#define SL_REDIS_HISTORY_TTL_MS (25LL * 3600 * 1000)
+#define SL_REDIS_HISTORY_FIELDS 12
+#define SL_REDIS_HISTORY_BATCH 1024
 /* Bound on the drift between Redis's clock and ours: 1 ms per second. */
 #define SL_REDIS_DRIFT_DIV 1000
 
@@ -995,6 +1019,49 @@ static const char sl_lua_snapshot[] =
     "end\n"
     "return out\n";
 
+/*
+ * History write.  KEYS: minute hashes (y keys).  ARGV: ttl_ms, max_fields,
+ * then per key: nfields, then (app, calls) pairs.  An app the hash does
+ * not know yet is counted as "other" once it holds max_fields names.
+ * Returns now (µs of Redis time).
+ */
+static const char sl_lua_hist_add[] =
+    "local t = redis.call('TIME')\n"
+    "local now = tonumber(t[1]) * 1000000 + tonumber(t[2])\n"
+    "local ttl, maxf, a = tonumber(ARGV[1]), tonumber(ARGV[2]), 3\n"
+    "for i = 1, #KEYS do\n"
+    "  local k, nf = KEYS[i], tonumber(ARGV[a])\n"
+    "  a = a + 1\n"
+    "  for j = 1, nf do\n"
+    "    local f, c = ARGV[a], tonumber(ARGV[a + 1])\n"
+    "    a = a + 2\n"
+    "    if f ~= 'other' and redis.call('HEXISTS', k, f) == 0 and\n"
+    "       redis.call('HLEN', k) >= maxf then f = 'other' end\n"
+    "    redis.call('HINCRBY', k, f, c)\n"
+    "  end\n"
+    "  redis.call('PEXPIRE', k, ttl)\n"
+    "end\n"
+    "return now\n";
+
+/*
+ * History read.  KEYS[1]: the rule's y key with an empty per value (the
+ * minute hashes are it plus the minute).  ARGV: first minute, minutes.
+ * Returns {now, minute, {app, calls, ...}, minute, {...}, ...} for the
+ * minutes that hold calls.
+ */
+static const char sl_lua_hist_read[] =
+    "local t = redis.call('TIME')\n"
+    "local out = {tonumber(t[1]) * 1000000 + tonumber(t[2])}\n"
+    "local first, n = tonumber(ARGV[1]), tonumber(ARGV[2])\n"
+    "for m = first, first + n - 1 do\n"
+    "  local f = redis.call('HGETALL', KEYS[1] .. string.format('%d', m))\n"
+    "  if #f > 0 then\n"
+    "    out[#out + 1] = m\n"
+    "    out[#out + 1] = f\n"
+    "  end\n"
+    "end\n"
+    "return out\n";
+
 enum sl_redis_script {
     SL_LUA_DECIDE,
     SL_LUA_COMMIT,
@@ -1003,12 +1070,15 @@ enum sl_redis_script {
     SL_LUA_PAUSE,
     SL_LUA_SYNC,
     SL_LUA_SNAPSHOT,
+    SL_LUA_HIST_ADD,
+    SL_LUA_HIST_READ,
     SL_LUA_COUNT,
 };
 
 static const char *const sl_redis_lua[SL_LUA_COUNT] = {
     sl_lua_decide, sl_lua_commit, sl_lua_release,
     sl_lua_renew, sl_lua_pause, sl_lua_sync, sl_lua_snapshot,
+    sl_lua_hist_add, sl_lua_hist_read,
 };
 
 /* ---- types ---- */
@@ -1025,6 +1095,7 @@ enum sl_redis_op_kind {
     SL_OP_DECIDE,
     SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
     SL_OP_SNAPSHOT,         /* one upstream of a usage snapshot */
+    SL_OP_HISTORY,          /* one rule of a history read */
 };
 
 struct sl_redis;
@@ -1066,6 +1137,18 @@ struct sl_redis_op {
     struct sl_args keys, args;      /* kept for a resend after NOSCRIPT */
     struct sl_redis_snap *snap;     /* SL_OP_SNAPSHOT: what it fills */
     size_t upstream;                /* ... for this upstream */
+    struct sl_redis_hist *hist;     /* SL_OP_HISTORY: what it fills */
+    size_t index;                   /* ... its view */
+};
+
+/* A history read being gathered: one script run per rule. */
+struct sl_redis_hist {
+    struct sl_hist_view *views;     /* owned until handed to cb */
+    size_t n;
+    size_t pending;                 /* runs not yet answered */
+    const char *error;              /* the first failure, or NULL */
+    sl_history_cb cb;
+    void *arg;
 };
 
 /* A usage snapshot being gathered: one script run per upstream. */
@@ -1166,6 +1249,9 @@ struct sl_redis {
     bool ev_defer;                        /* main link's watch: see sl_redis_ev_update */
     bool flushing, flush_again, flush_force;  /* sl_redis_flush_all running */
     size_t nlive;                         /* leases on r->leases */
+    struct sl_history *history;           /* the process's, to write; or NULL */
+    const struct sl_apps *apps;           /* ... naming its app ids */
+    int64_t next_history_ms;              /* the next write */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -1184,6 +1270,9 @@ static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
                                 const redisReply *rep);
+static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                const redisReply *rep);
+static void sl_redis_write_history(struct sl_redis *r);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
@@ -1567,7 +1656,7 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     if (argv == NULL || lens == NULL)
         goto out;
     if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT ||
-        op->kind == SL_OP_SNAPSHOT) {
+        op->kind == SL_OP_SNAPSHOT || op->kind == SL_OP_HISTORY) {
         op->eval = op->eval || r->sha[op->script][0] == '\0';
         argv[argc] = op->eval ? "EVAL" : "EVALSHA";
         lens[argc] = strlen(argv[argc]);
@@ -2680,6 +2769,16 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         }
         sl_redis_snap_reply(r, op, rep);
         break;
+    case SL_OP_HISTORY:
+        if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
+            strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
+            r->main.ac != NULL) {
+            op->eval = true;
+            if (sl_redis_send(r, op) == 0)
+                return;
+        }
+        sl_redis_hist_reply(r, op, rep);
+        break;
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
@@ -3209,6 +3308,13 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     if (sl_redis_usable(r) && r->main.state == SL_REDIS_UP && !r->clock_asked &&
         now_us - r->last_sample_us >= SL_REDIS_CLOCK_REFRESH_US)
         sl_redis_ask_clock(r);
+    if (r->history != NULL && now >= r->next_history_ms) {
+        r->next_history_ms = now + SL_REDIS_HISTORY_EVERY_MS;
+        if (sl_redis_usable(r) && r->main.state == SL_REDIS_UP)
+            sl_redis_write_history(r);
+    }
+    if (r->history != NULL)
+        SL_NEXT(r->next_history_ms);
     if (r->fifo_head != NULL)
         SL_NEXT((r->fifo_head->deadline_us + 999) / 1000);
     if (r->leases != NULL)
@@ -3529,6 +3635,195 @@ static int sl_redis_snapshot(struct sl_store *store, const struct sl_snapshot_re
     return 0;
 }
 
+/* ---- the usage history ---- */
+
+/*
+ * Write what is new in the process's history, one script run per rate rule
+ * (see sl_lua_hist_add).  Counts are taken from the history as they are
+ * written: a run that fails loses them (the history is a picture, not a
+ * limit); a run that cannot be built (out of memory) too.
+ */
+static void sl_redis_write_history(struct sl_redis *r)
+{
+    struct sl_hist_delta *d = malloc(SL_REDIS_HISTORY_BATCH * sizeof(*d));
+    int64_t now_ms = sl_redis_est_now(r) / 1000;
+
+    if (d == NULL)
+        return;
+    for (size_t u = 0; u < r->config->nupstreams; u++) {
+        const struct sl_upstream_conf *up = &r->config->upstreams[u];
+        for (size_t i = 0; i < up->nrules; i++) {
+            const struct sl_rule *rule = &up->rules[i];
+            struct sl_redis_op *op;
+            size_t n;
+            if (rule->kind != SL_RULE_RATE ||
+                !sl_history_dirty(r->history, rule->metric_slot))
+                continue;
+            n = sl_history_unsent(r->history, rule->metric_slot, now_ms, d,
+                                  SL_REDIS_HISTORY_BATCH);
+            if (n == 0 || (op = sl_redis_script_op(r, SL_LUA_HIST_ADD)) == NULL)
+                continue;
+            sl_args_int(&op->args, SL_REDIS_HISTORY_TTL_MS);
+            sl_args_int(&op->args, SL_REDIS_HISTORY_FIELDS);
+            /* Deltas come minute by minute: one key and one field count
+             * per minute, then its pairs. */
+            for (size_t j = 0; j < n;) {
+                size_t end = j;
+                char minute[24];
+                while (end < n && d[end].minute == d[j].minute)
+                    end++;
+                snprintf(minute, sizeof(minute), "%lld", (long long)d[j].minute);
+                sl_args_key(&op->keys, r, up, rule, 'y', minute, strlen(minute));
+                sl_args_int(&op->args, (long long)(end - j));
+                for (; j < end; j++) {
+                    sl_args_str(&op->args, d[j].app == SL_HIST_OTHER_APP || r->apps == NULL
+                                               ? "other"
+                                               : sl_apps_name(r->apps, d[j].app));
+                    sl_args_int(&op->args, (long long)d[j].n);
+                }
+            }
+            sl_redis_send_script(r, op);
+        }
+    }
+    free(d);
+}
+
+void sl_store_redis_history(struct sl_store *store, struct sl_history *history,
+                            const struct sl_apps *apps)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+
+    r->history = history;
+    r->apps = apps;
+    r->next_history_ms = 0;
+}
+
+static int64_t sl_redis_wall(struct sl_store *store)
+{
+    return sl_redis_est_now((struct sl_redis *)store);
+}
+
+/* Fill V from one rule's reply (see sl_lua_hist_read).  0 or -1. */
+static int sl_redis_hist_fill(struct sl_hist_view *v, const redisReply *rep)
+{
+    if (rep->type != REDIS_REPLY_ARRAY || rep->elements < 1 || rep->elements % 2 != 1)
+        return -1;
+    for (size_t i = 1; i + 1 < rep->elements; i += 2) {
+        const redisReply *m = rep->element[i], *f = rep->element[i + 1];
+        if (m->type != REDIS_REPLY_INTEGER || f->type != REDIS_REPLY_ARRAY)
+            return -1;
+        for (size_t j = 0; j + 1 < f->elements; j += 2) {
+            char *name = sl_reply_strdup(f->element[j]);
+            char *end = NULL;
+            long long calls = 0;
+            int rc = -1;
+            if (f->element[j + 1]->type == REDIS_REPLY_STRING)
+                calls = strtoll(f->element[j + 1]->str, &end, 10);
+            if (name != NULL && calls >= 0)
+                rc = sl_hist_view_add(v, m->integer, name, (uint64_t)calls);
+            free(name);
+            if (rc != 0)
+                return -1;
+        }
+    }
+    return 0;
+}
+
+static void sl_redis_hist_done(struct sl_redis_hist *rh)
+{
+    if (rh->error != NULL) {
+        for (size_t i = 0; i < rh->n; i++)
+            sl_hist_view_clear(&rh->views[i]);
+        free(rh->views);
+        rh->views = NULL;
+    }
+    rh->cb(rh->arg, rh->views, rh->error);
+    free(rh);
+}
+
+static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                const redisReply *rep)
+{
+    struct sl_redis_hist *rh = op->hist;
+
+    if (rep == NULL)
+        rh->error = rh->error ? rh->error : "redis did not answer";
+    else if (rep->type == REDIS_REPLY_ERROR) {
+        sl_redis_log_error(r, "the history script", rep->str);
+        rh->error = rh->error ? rh->error : "redis refused the history script";
+    } else if (rh->error == NULL &&
+               sl_redis_hist_fill(&rh->views[op->index], rep) != 0)
+        rh->error = "unexpected history reply (or out of memory)";
+    if (--rh->pending == 0)
+        sl_redis_hist_done(rh);
+}
+
+static int sl_redis_history(struct sl_store *store, const struct sl_rule *const *rules,
+                            size_t n, sl_history_cb cb, void *arg)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_hist *rh;
+    int64_t last = sl_redis_est_now(r) / 1000 / 60000;
+
+    if (!sl_redis_usable(r) || r->main.state != SL_REDIS_UP)
+        return -1;
+    rh = calloc(1, sizeof(*rh));
+    if (rh == NULL)
+        return -1;
+    rh->views = calloc(n ? n : 1, sizeof(*rh->views));
+    if (rh->views == NULL) {
+        free(rh);
+        return -1;
+    }
+    rh->n = n;
+    rh->cb = cb;
+    rh->arg = arg;
+    /* Held until every run is written, so no reply completes it early. */
+    rh->pending = 1;
+    for (size_t i = 0; i < n; i++) {
+        const struct sl_rule *rule = rules[i];
+        const struct sl_upstream_conf *up = NULL;
+        struct sl_redis_op *op;
+        /* The rule's upstream in this store's configuration. */
+        for (size_t u = 0; u < r->config->nupstreams && up == NULL; u++)
+            for (size_t k = 0; k < r->config->upstreams[u].nrules; k++)
+                if (&r->config->upstreams[u].rules[k] == rule)
+                    up = &r->config->upstreams[u];
+        if (up == NULL) {
+            rh->error = "the configuration changed; ask again";
+            break;
+        }
+        op = sl_redis_script_op(r, SL_LUA_HIST_READ);
+        if (op == NULL) {
+            rh->error = "out of memory";
+            break;
+        }
+        op->kind = SL_OP_HISTORY;
+        op->hist = rh;
+        op->index = i;
+        sl_args_key(&op->keys, r, up, rule, 'y', "", 0);
+        sl_args_int(&op->args, (long long)(last - SL_HIST_MINUTES + 1));
+        sl_args_int(&op->args, SL_HIST_MINUTES);
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            rh->error = "redis is unreachable";
+            break;
+        }
+        rh->pending++;
+    }
+    if (rh->pending == 1 && rh->error != NULL) {
+        /* Nothing was written: fail without a callback. */
+        for (size_t i = 0; i < rh->n; i++)
+            sl_hist_view_clear(&rh->views[i]);
+        free(rh->views);
+        free(rh);
+        return -1;
+    }
+    if (--rh->pending == 0)
+        sl_redis_hist_done(rh);
+    return 0;
+}
+
 static bool sl_redis_ready(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
@@ -3553,6 +3848,8 @@ static const struct sl_store_ops sl_redis_ops = {
     .ready = sl_redis_ready,
     .flush = sl_redis_flush_now,
     .adopt = sl_redis_adopt,
+    .wall = sl_redis_wall,
+    .history = sl_redis_history,
 };
 
 struct sl_store *sl_store_redis_new(const struct sl_config *config,

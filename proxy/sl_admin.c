@@ -8,6 +8,13 @@
  * cannot answer, the figures are those of this instance's memory store
  * (the local fallback's view), and say so ("figures": "local").
  *
+ * GET /history reads the usage history (sl_history.h) of the rate rules
+ * asked for: with Redis, the fleet's, one script run per rule on worker
+ * 0's connection, answered asynchronously like a snapshot; with the memory
+ * store, or when Redis cannot answer, this process's own rings, copied a
+ * ring at a time under its mutex and formatted outside it ("figures":
+ * "local" when Redis should have answered).
+ *
  * Everything an admin request reads besides the snapshot is either
  * configuration (immutable), a process-wide atomic (queue depths, the
  * Redis outage flag), or a worker's counters read with relaxed loads.
@@ -17,6 +24,7 @@
 #include "sl_alerts.h"
 #include "sl_apps.h"
 #include "sl_duration.h"
+#include "sl_history.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
 
@@ -44,6 +52,7 @@ extern const unsigned long sl_admin_page_len;
 enum sl_admin_what {
     SL_ADMIN_STATUS,
     SL_ADMIN_METRICS,
+    SL_ADMIN_HISTORY,
 };
 
 /* An admin request waiting for (or answered by) a snapshot. */
@@ -58,7 +67,21 @@ struct sl_admin_req {
     bool local;                         /* the memory store's figures */
     struct MHD_Response *resp;          /* the answer, once built */
     unsigned status;
+    /* SL_ADMIN_HISTORY: the rules asked for, in CONFIG (referenced). */
+    const struct sl_config *config;
+    const struct sl_rule **rules;       /* owned array */
+    const struct sl_upstream_conf **ups;    /* owned: each rule's upstream */
+    size_t nrules;
 };
+
+static void sl_admin_req_free(struct sl_admin_req *ar)
+{
+    if (ar->config != NULL)
+        sl_config_unref(ar->config);
+    free(ar->rules);
+    free(ar->ups);
+    free(ar);
+}
 
 struct sl_admin {
     struct sl_worker *w;                /* its configuration is w->config */
@@ -1005,6 +1028,310 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     }
 }
 
+/* ---- /history ---- */
+
+/* One rule's history as JSON: totals per app (busiest first) and the
+ * minutes that hold calls. */
+static json_t *sl_history_rule_json(const struct sl_rule *r, const struct sl_hist_view *v)
+{
+    json_t *o = json_object(), *apps = json_object(), *mins = json_array();
+    char win[SL_DURATION_FORMAT_MAX];
+    uint64_t *tot = calloc(v->nnames ? v->nnames : 1, sizeof(*tot));
+    size_t *order = calloc(v->nnames ? v->nnames : 1, sizeof(*order));
+    uint64_t all = 0;
+
+    if (o == NULL || apps == NULL || mins == NULL || tot == NULL || order == NULL) {
+        json_decref(o);
+        json_decref(apps);
+        json_decref(mins);
+        free(tot);
+        free(order);
+        return NULL;
+    }
+    json_object_set_new(o, "name", json_string(r->name));
+    json_object_set_new(o, "limit", json_integer((json_int_t)r->limit));
+    if (r->calendar && r->cal.month)
+        snprintf(win, sizeof(win), "1mo");
+    else
+        sl_duration_format(r->window_us, win, sizeof(win));
+    json_object_set_new(o, "window", json_string(win));
+    json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
+    json_object_set_new(o, "reset", json_string(r->calendar ? "calendar" : "rolling"));
+    json_object_set_new(o, "per", r->per_text ? json_string(r->per_text) : json_null());
+    for (size_t i = 0; i < v->ncells;) {
+        json_t *m = json_object(), *ma = json_object();
+        int64_t minute = v->cells[i].minute;
+        uint64_t calls = 0;
+        for (; i < v->ncells && v->cells[i].minute == minute; i++) {
+            const struct sl_hist_cell *c = &v->cells[i];
+            json_object_set_new(ma, v->names[c->name], json_integer((json_int_t)c->n));
+            calls += c->n;
+            tot[c->name] += c->n;
+        }
+        json_object_set_new(m, "t", json_integer((json_int_t)(minute * 60)));
+        json_object_set_new(m, "calls", json_integer((json_int_t)calls));
+        json_object_set_new(m, "apps", ma);
+        json_array_append_new(mins, m);
+        all += calls;
+    }
+    /* Busiest first (insertion sort: a few dozen names at most). */
+    for (size_t i = 0; i < v->nnames; i++) {
+        size_t j = i;
+        for (; j > 0 && (tot[order[j - 1]] < tot[i] ||
+                         (tot[order[j - 1]] == tot[i] &&
+                          strcmp(v->names[order[j - 1]], v->names[i]) > 0)); j--)
+            order[j] = order[j - 1];
+        order[j] = i;
+    }
+    for (size_t i = 0; i < v->nnames; i++)
+        json_object_set_new(apps, v->names[order[i]], json_integer((json_int_t)tot[order[i]]));
+    json_object_set_new(o, "calls", json_integer((json_int_t)all));
+    json_object_set_new(o, "apps", apps);
+    json_object_set_new(o, "minutes", mins);
+    free(tot);
+    free(order);
+    return o;
+}
+
+/* The /history document for AR's rules from VIEWS (one per rule). */
+static struct MHD_Response *sl_history_render(struct sl_admin_req *ar,
+                                              const struct sl_hist_view *views,
+                                              bool shared)
+{
+    const struct sl_config *c = ar->config;
+    json_t *root = json_object(), *ups = json_array(), *cur = NULL;
+    const struct sl_upstream_conf *cur_up = NULL;
+    double now = sl_wall_now();
+    char iso[32], *text;
+
+    sl_iso_time(now, iso, sizeof(iso));
+    json_object_set_new(root, "now", json_string(iso));
+    json_object_set_new(root, "now_unix", json_real(round(now * 1000.0) / 1000.0));
+    json_object_set_new(root, "minutes", json_integer(SL_HIST_MINUTES));
+    json_object_set_new(root, "figures", json_string(shared ? "shared" : "local"));
+    json_object_set_new(root, "bands", json_pack("{s:f,s:f}", "warn", c->warn_at,
+                                                 "critical", c->critical_at));
+    for (size_t i = 0; i < ar->nrules; i++) {
+        json_t *rj = sl_history_rule_json(ar->rules[i], &views[i]);
+        if (rj == NULL) {
+            json_decref(root);
+            json_decref(ups);
+            return NULL;
+        }
+        if (ar->ups[i] != cur_up) {
+            json_t *u = json_object();
+            cur_up = ar->ups[i];
+            cur = json_array();
+            json_object_set_new(u, "name", json_string(cur_up->name));
+            json_object_set_new(u, "rules", cur);
+            json_array_append_new(ups, u);
+        }
+        json_array_append_new(cur, rj);
+    }
+    json_object_set_new(root, "upstreams", ups);
+    text = json_dumps(root, JSON_COMPACT | JSON_REAL_PRECISION(15));
+    json_decref(root);
+    if (text == NULL)
+        return NULL;
+    return sl_owned(text, strlen(text), "application/json");
+}
+
+/* sl_history_cb: the fleet's history is in (or Redis could not answer:
+ * this process's own, then). */
+static void sl_admin_history_done(void *arg, struct sl_hist_view *views,
+                                  const char *error)
+{
+    struct sl_admin_req *ar = arg;
+    struct sl_admin *a = ar->a;
+    struct sl_hist_view *own = NULL;
+    bool shared = views != NULL;
+
+    if (views == NULL && !ar->gone) {
+        int64_t now_ms = sl_store_wall(a->w->store) / 1000;
+        if (error != NULL)
+            sl_debug("admin: the shared history is unavailable (%s): showing "
+                     "this instance's", error);
+        own = calloc(ar->nrules ? ar->nrules : 1, sizeof(*own));
+        for (size_t i = 0; own != NULL && i < ar->nrules; i++)
+            if (sl_history_view(a->w->proxy->history, ar->rules[i]->metric_slot,
+                                now_ms, a->w->proxy->apps, &own[i]) != 0) {
+                for (size_t k = 0; k < i; k++)
+                    sl_hist_view_clear(&own[k]);
+                free(own);
+                own = NULL;
+            }
+        views = own;
+        shared = a->w->config->store_kind != SL_STORE_REDIS;
+    }
+    if (!ar->gone) {
+        ar->waiting = false;
+        ar->resp = views != NULL ? sl_history_render(ar, views, shared) : NULL;
+        ar->status = MHD_HTTP_OK;
+        if (ar->resp == NULL) {
+            ar->resp = sl_text("{\"error\":\"unavailable\",\"message\":\"sluice "
+                               "could not read its usage history (out of memory)\"}\n",
+                               "application/json");
+            ar->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+        }
+    }
+    for (size_t i = 0; views != NULL && i < ar->nrules; i++)
+        sl_hist_view_clear(&views[i]);
+    free(views);
+    if (ar->gone) {
+        sl_admin_req_free(ar);
+        return;
+    }
+    if (ar->suspended) {
+        ar->suspended = false;
+        MHD_resume_connection(ar->conn);
+        a->kick = true;
+    }
+}
+
+/* The query of a /history request. */
+struct sl_history_query {
+    const char *upstream, *rule;
+    const char *bad;                    /* an unknown or repeated parameter */
+    bool repeated;
+};
+
+static enum MHD_Result sl_history_arg(void *cls, enum MHD_ValueKind kind,
+                                      const char *key, const char *value)
+{
+    struct sl_history_query *q = cls;
+    const char **slot = NULL;
+
+    (void)kind;
+    if (strcmp(key, "upstream") == 0)
+        slot = &q->upstream;
+    else if (strcmp(key, "rule") == 0)
+        slot = &q->rule;
+    if (slot == NULL || *slot != NULL) {
+        q->bad = key;
+        q->repeated = slot != NULL;
+        return MHD_NO;
+    }
+    *slot = value != NULL ? value : "";
+    return MHD_YES;
+}
+
+/* A JSON error answer: {"error": CODE, "message": MESSAGE}. */
+static enum MHD_Result sl_json_error(struct MHD_Connection *conn, unsigned status,
+                                     const char *code, const char *message)
+{
+    json_t *j = json_pack("{s:s,s:o}", "error", code, "message", sl_json_text(message));
+    char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
+    size_t n;
+
+    json_decref(j);
+    if (text == NULL)
+        return MHD_NO;
+    n = strlen(text);
+    {
+        char *body = realloc(text, n + 2);
+        if (body == NULL) {
+            free(text);
+            return MHD_NO;
+        }
+        body[n] = '\n';
+        body[n + 1] = '\0';
+        return sl_queue(conn, status, sl_owned(body, n + 1, "application/json"));
+    }
+}
+
+/*
+ * GET /history[?upstream=NAME[&rule=NAME]]: the usage history of every rate
+ * rule (of one upstream, or one rule).  400 for an unknown parameter or a
+ * rule without its upstream, 404 for a name not configured, 400 for a rule
+ * that keeps no history (concurrency).
+ */
+static enum MHD_Result sl_admin_history(struct sl_admin *a, struct MHD_Connection *conn,
+                                        void **con_cls)
+{
+    const struct sl_config *c = a->w->config;
+    struct sl_history_query q = {0};
+    struct sl_admin_req *ar;
+    char msg[256];
+    size_t total = 0;
+    int rc;
+
+    MHD_get_connection_values(conn, MHD_GET_ARGUMENT_KIND, sl_history_arg, &q);
+    if (q.bad != NULL) {
+        snprintf(msg, sizeof(msg), q.repeated
+                     ? "/history takes \"%.64s\" once"
+                     : "/history takes the parameters upstream and rule, not \"%.64s\"",
+                 q.bad);
+        return sl_json_error(conn, MHD_HTTP_BAD_REQUEST, "bad_request", msg);
+    }
+    if (q.rule != NULL && q.upstream == NULL)
+        return sl_json_error(conn, MHD_HTTP_BAD_REQUEST, "bad_request",
+                             "/history?rule= needs upstream= too (rule names are "
+                             "per upstream)");
+    ar = calloc(1, sizeof(*ar));
+    if (ar == NULL)
+        return MHD_NO;
+    ar->a = a;
+    ar->conn = conn;
+    ar->what = SL_ADMIN_HISTORY;
+    ar->config = sl_config_ref(c);
+    for (size_t u = 0; u < c->nupstreams; u++)
+        total += c->upstreams[u].nrules;
+    ar->rules = calloc(total ? total : 1, sizeof(*ar->rules));
+    ar->ups = calloc(total ? total : 1, sizeof(*ar->ups));
+    if (ar->rules == NULL || ar->ups == NULL) {
+        sl_admin_req_free(ar);
+        return MHD_NO;
+    }
+    bool up_found = false, rule_found = false;
+    for (size_t u = 0; u < c->nupstreams; u++) {
+        const struct sl_upstream_conf *up = &c->upstreams[u];
+        if (q.upstream != NULL && strcmp(up->name, q.upstream) != 0)
+            continue;
+        up_found = true;
+        for (size_t i = 0; i < up->nrules; i++) {
+            const struct sl_rule *r = &up->rules[i];
+            if (q.rule != NULL && strcmp(r->name, q.rule) != 0)
+                continue;
+            rule_found = true;
+            if (r->kind != SL_RULE_RATE)
+                continue;
+            ar->ups[ar->nrules] = up;
+            ar->rules[ar->nrules++] = r;
+        }
+    }
+    if (!up_found || (q.rule != NULL && !rule_found)) {
+        snprintf(msg, sizeof(msg), !up_found ? "no upstream is named \"%.64s\""
+                                             : "upstream \"%.64s\" has no rule named \"%.64s\"",
+                 q.upstream != NULL ? q.upstream : "", q.rule != NULL ? q.rule : "");
+        sl_admin_req_free(ar);
+        return sl_json_error(conn, MHD_HTTP_NOT_FOUND, "not_found", msg);
+    }
+    if (q.rule != NULL && ar->nrules == 0) {
+        snprintf(msg, sizeof(msg), "rule \"%.64s\" counts calls in flight "
+                 "(concurrency): only rate rules keep a history", q.rule);
+        sl_admin_req_free(ar);
+        return sl_json_error(conn, MHD_HTTP_BAD_REQUEST, "bad_request", msg);
+    }
+    ar->waiting = true;
+    ar->next = a->reqs;
+    if (a->reqs != NULL)
+        a->reqs->prev = ar;
+    a->reqs = ar;
+    *con_cls = ar;
+    rc = sl_store_history(a->w->store, ar->rules, ar->nrules, sl_admin_history_done, ar);
+    if (rc != 0)
+        sl_admin_history_done(ar, NULL, rc == SL_STORE_NO_HISTORY ? NULL
+                                        : "the store cannot answer now");
+    if (ar->resp != NULL) {
+        struct MHD_Response *r = ar->resp;
+        ar->resp = NULL;
+        return sl_queue(conn, ar->status, r);
+    }
+    ar->suspended = true;
+    MHD_suspend_connection(conn);
+    return MHD_YES;
+}
+
 /* ---- requests ---- */
 
 static struct MHD_Response *sl_admin_render(struct sl_admin *a,
@@ -1045,7 +1372,7 @@ static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
 
     if (ar->gone) {
         sl_snapshot_free(snap);
-        free(ar);
+        sl_admin_req_free(ar);
         return;
     }
     if (snap == NULL && !ar->local) {
@@ -1222,6 +1549,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
         }
         return sl_queue(conn, MHD_HTTP_OK, r);
     }
+    if (strcmp(url, "/history") == 0)
+        return sl_admin_history(a, conn, con_cls);
     if (strcmp(url, "/status") == 0)
         what = SL_ADMIN_STATUS;
     else if (strcmp(url, "/metrics") == 0)
@@ -1229,7 +1558,7 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
     else
         return sl_queue(conn, MHD_HTTP_NOT_FOUND,
                         sl_text("{\"error\":\"not_found\",\"message\":\"the admin "
-                                "listener serves /, /status, /metrics, /healthz and "
+                                "listener serves /, /status, /history, /metrics, /healthz and "
                                 "/readyz\"}\n", "application/json"));
 
     ar = calloc(1, sizeof(*ar));
@@ -1285,7 +1614,7 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
         ar->gone = true;  /* the snapshot's callback frees it */
         return;
     }
-    free(ar);
+    sl_admin_req_free(ar);
 }
 
 /* MHD_OPTION_URI_LOG_CALLBACK: a request line is in.  A connection that

@@ -12,6 +12,7 @@
 
 #include "sl_apps.h"
 #include "sl_duration.h"
+#include "sl_history.h"
 #include "sl_log.h"
 #include "sl_state.h"
 
@@ -216,6 +217,11 @@ int main(int argc, char **argv)
                  "max_apps (%u) apps", bad_app, config->max_apps);
         goto out;
     }
+    proxy.history = sl_history_new(SL_HIST_RINGS_DEFAULT);
+    if (proxy.history == NULL) {
+        sl_error("out of memory");
+        goto out;
+    }
     proxy.memory = sl_store_memory_new(config, NULL, NULL);
     if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");
@@ -337,6 +343,7 @@ out:
     sl_waitlists_free(proxy.waitlists);
     sl_store_destroy(proxy.memory);
     sl_apps_free(proxy.apps);
+    sl_history_free(proxy.history);
     /* The proxy's reference and main()'s; every worker has dropped its own. */
     sl_config_unref(proxy.config);
     sl_config_unref(config);

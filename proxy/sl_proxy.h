@@ -76,6 +76,9 @@ struct sl_proxy {
     int nworkers;
     struct sl_waitlists *waitlists; /* queue mode, shared by workers */
     struct sl_apps *apps;         /* app names seen, shared by workers */
+    /* Calls sent per rule, minute and app over the last 24 hours (by the
+     * rules' metric slots), fed at send time by every worker. */
+    struct sl_history *history;
     int64_t started_ms;           /* wall clock, for uptime */
 };
 

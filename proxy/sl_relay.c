@@ -35,6 +35,7 @@
 
 #include "sl_duration.h"
 #include "sl_feedback.h"
+#include "sl_history.h"
 #include "sl_http.h"
 #include "sl_log.h"
 
@@ -345,6 +346,31 @@ static size_t sl_curl_header(char *line, size_t size, size_t nitems, void *ud)
  * send it again is the client's call (its retry asks the store like any
  * call).  The same holds for every method, with or without a body.
  */
+/*
+ * The call is being sent: count it in the usage history of every rate rule
+ * it falls under (once per rule, however many of its keys it is charged
+ * in), stamped on the store's clock.  Both stores share this one feed.
+ */
+static void sl_req_record_history(struct sl_request *req)
+{
+    struct sl_history *h = req->w->proxy->history;
+    int64_t now_ms;
+
+    if (h == NULL)
+        return;
+    now_ms = sl_store_wall(req->w->store) / 1000;
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_rule *rule = req->check.hits[i].rule;
+        bool seen = false;
+        if (rule->kind != SL_RULE_RATE)
+            continue;
+        for (size_t j = 0; j < i && !seen; j++)
+            seen = req->check.hits[j].rule == rule;
+        if (!seen)
+            sl_history_add(h, rule->metric_slot, req->check.app, now_ms, 1);
+    }
+}
+
 static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           int primary_port, int local_port)
 {
@@ -367,6 +393,7 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     }
     sl_store_commit(req->w->store, req->lease);
     req->committed = true;
+    sl_req_record_history(req);
     /* After the commit: the call's own log entry is not "sent after" the
      * moment its answer will be reported from (sl_store_sync). */
     req->sent_us = sl_clock_monotonic(NULL);

@@ -449,6 +449,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         w->store = sl_store_redis_new(c, proxy->memory, &loop, id);
         if (w->store == NULL)
             return -1;
+        /* One writer of the process's history to Redis: worker 0. */
+        if (id == 0)
+            sl_store_redis_history(w->store, proxy->history, proxy->apps);
     } else {
         w->store = proxy->memory;
     }
