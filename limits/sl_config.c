@@ -2248,7 +2248,7 @@ static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
     size_t i, base;
     json_t *v, *e;
 
-    a->on_pause = a->on_store = true;
+    a->on_pause = a->on_store = a->on_operator = true;
     if (!json_is_object(ja)) {
         sl_errors_add(errs, "%s: an alert must be an object such as "
                       "{\"url\": \"http://hooks.example/x\"}", path);
@@ -2310,10 +2310,10 @@ static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
     snprintf(sub, sizeof(sub), "%s.events", path);
     v = json_object_get(ja, "events");
     if (v != NULL) {
-        a->on_pause = a->on_store = false;
+        a->on_pause = a->on_store = a->on_operator = false;
         if (!json_is_array(v)) {
-            sl_errors_add(errs, "%s: must be an array of \"pause\" and \"store\"",
-                          sub);
+            sl_errors_add(errs, "%s: must be an array of \"pause\", \"store\" "
+                          "and \"operator\"", sub);
         } else {
             json_array_foreach(v, i, e) {
                 char esub[200];
@@ -2324,9 +2324,11 @@ static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
                     a->on_pause = true;
                 else if (strcmp(s, "store") == 0)
                     a->on_store = true;
+                else if (strcmp(s, "operator") == 0)
+                    a->on_operator = true;
                 else
-                    sl_errors_add(errs, "%s: %s must be \"pause\" or \"store\"",
-                                  esub, sl_quote(s, q, sizeof(q)));
+                    sl_errors_add(errs, "%s: %s must be \"pause\", \"store\" "
+                                  "or \"operator\"", esub, sl_quote(s, q, sizeof(q)));
             }
         }
     }

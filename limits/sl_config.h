@@ -92,6 +92,7 @@ struct sl_alert_conf {
     size_t nrules;
     bool on_pause;                /* the provider paused an upstream */
     bool on_store;                /* the shared store went down or came back */
+    bool on_operator;             /* an operator changed an upstream's pause */
     char **headers;               /* "Name: value" lines sent with each POST */
     size_t nheaders;
 };

@@ -107,3 +107,10 @@ void sl_snapshot_sort_apps(struct sl_usage *u)
     if (u->napps > 1)
         qsort(u->apps, u->napps, sizeof(*u->apps), sl_app_cmp);
 }
+
+void sl_snapshot_pause_origin(struct sl_upstream_usage *uu)
+{
+    uu->pause_operator = uu->pause_reason[0] == SL_PAUSE_BY_OPERATOR;
+    if (uu->pause_operator)
+        memmove(uu->pause_reason, uu->pause_reason + 1, strlen(uu->pause_reason));
+}

@@ -148,6 +148,7 @@ struct sl_upstream_usage {
     const struct sl_upstream_conf *up;
     int64_t paused_us;      /* the provider's pause left, 0: none */
     char pause_reason[96];  /* why, when paused */
+    bool pause_operator;    /* set by an operator (pause_reason is theirs) */
     /* SL_SNAP_ALERTS: this pause began since the last snapshot that
      * tracked alerts (fleet-wide with Redis): alert once for it. */
     bool pause_new;
@@ -169,6 +170,15 @@ struct sl_snapshot_req {
     unsigned flags;         /* SL_SNAP_* */
     const struct sl_apps *apps; /* names for the memory store's app ids */
 };
+
+/* A stored pause reason that begins with this byte was set by an operator
+ * (the rest is their reason).  Kept so in both stores and the state file,
+ * so every instance, and a restart, show who set a pause. */
+#define SL_PAUSE_BY_OPERATOR '\x01'
+
+/* UU's pause_reason as stored: strip the operator's mark, if any, into
+ * UU->pause_operator. */
+void sl_snapshot_pause_origin(struct sl_upstream_usage *uu);
 
 /* Ownership: SNAP (NULL when the store could not answer) passes to the
  * callee, which frees it with sl_snapshot_free(). */
@@ -197,6 +207,27 @@ typedef void (*sl_history_cb)(void *arg, struct sl_hist_view *views,
 typedef void (*sl_decide_cb)(void *arg, const struct sl_decision *decision,
                              struct sl_lease *lease);
 
+/* ---- operator actions on a pause ---- */
+
+enum sl_pause_action {
+    SL_PAUSE_SET,           /* pause for DURATION: extends, never shortens */
+    SL_PAUSE_SHORTEN,       /* end within DURATION: never lengthens */
+    SL_PAUSE_CLEAR,         /* end now */
+};
+
+/* What an action found and left (times: left from the store's now). */
+struct sl_pause_change {
+    bool changed;           /* false: the action would have changed nothing */
+    int64_t was_us;         /* pause left before, 0: none */
+    int64_t left_us;        /* ... after */
+    bool was_operator;      /* the pause before was set by an operator */
+    char was_reason[96];    /* ... its reason (mark stripped) */
+};
+
+/* ERROR (a static sentence) set: the store could not act; CH is NULL. */
+typedef void (*sl_pause_cb)(void *arg, const struct sl_pause_change *ch,
+                            const char *error);
+
 struct sl_store_ops {
     int (*decide)(struct sl_store *store, const struct sl_check *check,
                   sl_decide_cb cb, void *arg);
@@ -209,6 +240,19 @@ struct sl_store_ops {
     /* Stop every call of UPSTREAM for DURATION (the provider said so). */
     void (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
                   int64_t duration_us, const char *reason);
+    /*
+     * An operator's ACTION on UPSTREAM's pause, decided atomically against
+     * the pause running now (the provider's or another operator's), for
+     * every instance sharing the store.  REASON (SL_PAUSE_SET) is the
+     * operator's, stored marked SL_PAUSE_BY_OPERATOR.  A pause shortened
+     * or cleared wakes the calls held for it, on every instance.  An
+     * operator's action is announced by the caller: the snapshots' pause
+     * alerts do not announce it again.  Returns 0 (CB has been or will be
+     * called) or a negative code (CB is not called).
+     */
+    int (*set_pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
+                     enum sl_pause_action action, int64_t duration_us,
+                     const char *reason, sl_pause_cb cb, void *arg);
     /*
      * The provider reports REMAINING calls left for HIT's bucket, in its
      * answer to a call sent AGE_US ago.  From then on the bucket's room is
@@ -286,6 +330,14 @@ static inline void sl_store_pause(struct sl_store *s,
                                   const char *reason)
 {
     s->ops->pause(s, u, us, reason);
+}
+
+static inline int sl_store_set_pause(struct sl_store *s,
+                                     const struct sl_upstream_conf *u,
+                                     enum sl_pause_action action, int64_t us,
+                                     const char *reason, sl_pause_cb cb, void *arg)
+{
+    return s->ops->set_pause(s, u, action, us, reason, cb, arg);
 }
 
 static inline int sl_store_adopt(struct sl_store *s, const struct sl_config *c)

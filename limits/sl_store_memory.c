@@ -10,7 +10,7 @@
  *
  * Buckets: a rate bucket is a sliding log (sl_window); a concurrency bucket
  * is a counter of leases; the upstream's pause bucket holds the time until
- * which the provider asked us to stop.  A bucket is reclaimed by the
+ * which the provider (or an operator) asked us to stop.  A bucket is reclaimed by the
  * sweeper once its log is empty, no lease pins it and no pause runs, so
  * idle keys cost nothing.
  *
@@ -1339,6 +1339,63 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
 }
 
 /*
+ * An operator's action, under the table's lock: the same step as a
+ * decision, so no call sees half of it.  The alert bookkeeping follows
+ * (see sl_mem_snapshot): a pause an operator set or cleared counts as
+ * announced (the operator's alert says it), one shortened keeps whether it
+ * was.  Calls held for the pause are woken by the caller (the memory store
+ * knows no wait lists).
+ */
+static int sl_mem_set_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                            enum sl_pause_action action, int64_t duration_us,
+                            const char *reason, sl_pause_cb cb, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    const struct sl_rule *pr = &up->pause_rule;
+    struct sl_mem_table *t = sl_mem_lock_current(s, up, &pr);
+    struct sl_pause_change ch = {0};
+    struct sl_mem_bucket *b;
+    int64_t now, old, until;
+
+    if (t == NULL)
+        return -1;  /* the upstream was removed by a reload */
+    now = s->clock(s->clock_arg);
+    b = sl_mem_bucket_for(s, t, pr, "", 0);
+    if (b == NULL) {
+        pthread_mutex_unlock(&t->lock);
+        cb(arg, NULL, "the memory store is full (memory_limit)");
+        return 0;
+    }
+    old = b->paused_until > now ? b->paused_until : 0;
+    until = old;
+    if (action == SL_PAUSE_SET && now + duration_us > old)
+        until = now + duration_us;
+    else if (action == SL_PAUSE_SHORTEN && old > now + duration_us)
+        until = now + duration_us;
+    else if (action == SL_PAUSE_CLEAR)
+        until = 0;
+    ch.was_us = old > 0 ? old - now : 0;
+    ch.left_us = until > 0 ? until - now : 0;
+    ch.changed = until != old;
+    if (old > 0) {
+        ch.was_operator = t->pause_reason[0] == SL_PAUSE_BY_OPERATOR;
+        snprintf(ch.was_reason, sizeof(ch.was_reason), "%s",
+                 t->pause_reason + (ch.was_operator ? 1 : 0));
+    }
+    if (ch.changed) {
+        if (action == SL_PAUSE_SET)
+            snprintf(t->pause_reason, sizeof(t->pause_reason), "%c%s",
+                     SL_PAUSE_BY_OPERATOR, reason != NULL ? reason : "");
+        if (action != SL_PAUSE_SHORTEN || t->pause_alerted_until == b->paused_until)
+            t->pause_alerted_until = until;
+        b->paused_until = until;
+    }
+    pthread_mutex_unlock(&t->lock);
+    cb(arg, &ch, NULL);
+    return 0;
+}
+
+/*
  * The provider's report replaces the last one: O(log n) here (calls sent
  * after the reporting call are found by binary search in the log), O(1)
  * per decision after.  Whatever the limit, nothing is padded.
@@ -1706,6 +1763,7 @@ static int sl_mem_snapshot_chunk(struct sl_mem_store *s, struct sl_mem_table *t,
                     uu->paused_us = b->paused_until - now;
                     snprintf(uu->pause_reason, sizeof(uu->pause_reason), "%s",
                              t->pause_reason);
+                    sl_snapshot_pause_origin(uu);
                     /* A pause extended while it runs is the same pause. */
                     if ((req->flags & SL_SNAP_ALERTS) &&
                         t->pause_alerted_until != b->paused_until) {
@@ -1855,6 +1913,7 @@ static const struct sl_store_ops sl_mem_ops = {
     .commit = sl_mem_commit,
     .release = sl_mem_release,
     .pause = sl_mem_pause,
+    .set_pause = sl_mem_set_pause,
     .sync = sl_mem_sync,
     .tick = sl_mem_tick,
     .destroy = sl_mem_destroy,

@@ -53,7 +53,8 @@
  * Concurrency buckets (c) are sorted sets of leases whose score is their
  * expiry, renewed by the holder every concurrency_lease/3, so the slots of
  * an instance that died come back by themselves.  The pause bucket (p) is a
- * string holding the time until which the provider asked us to stop.
+ * string holding the time until which the provider (or an operator) asked
+ * us to stop; w says why, marked when an operator set it.
  * Every key has a TTL set by the scripts, so idle keys disappear.
  *
  * Given-up decisions are never recorded.  A batch carries a deadline in
@@ -90,7 +91,8 @@
  * sync_probe goes through to learn the provider's count again.
  *
  * Room notices.  When a release frees a concurrency slot of a full bucket,
- * cancels a reservation, or a report gives room back, the script PUBLISHes
+ * cancels a reservation, a report gives room back, or an operator ends a
+ * pause sooner (its p key is published), the script PUBLISHes
  * the bucket's key on `<store_prefix>room`; every worker of every instance
  * is subscribed and tells its proxy (sl_loop.room), so calls held for that
  * bucket ask again at once instead of polling.  The subscriber link's
@@ -772,6 +774,54 @@ static const char sl_lua_pause[] =
     "return now\n";
 
 /*
+ * An operator's action on the pause.  KEYS: p, w, x (the alert levels).
+ * ARGV: action ("set", "shorten" or "clear"), duration_us, reason (set:
+ * the operator's, marked), channel.  set ends the pause at now + duration
+ * if that is later, shorten at now + duration if that is sooner, clear
+ * now; all on Redis's clock.  The pause alert's record in x (see the
+ * snapshot) follows: a pause set or cleared counts as announced (the
+ * operator's own alert says it), a shortened one keeps whether it was.  A
+ * pause that ends sooner is published on the room channel, so the calls
+ * every instance holds for it ask again at once.
+ * Reply: {now, until before, reason before, changed (0/1), until after}
+ * (untils in Redis µs, 0: none).
+ */
+static const char sl_lua_set_pause[] =
+    SL_LUA_PRELUDE
+    "local p, w, x = KEYS[1], KEYS[2], KEYS[3]\n"
+    "local act, d = ARGV[1], tonumber(ARGV[2])\n"
+    "local old = tonumber(redis.call('GET', p) or 0)\n"
+    "if old <= now then old = 0 end\n"
+    "local why = redis.call('GET', w) or ''\n"
+    "local new = old\n"
+    "if act == 'set' then\n"
+    "  if now + d > old then new = now + d end\n"
+    "elseif act == 'shorten' then\n"
+    "  if old > now + d then new = now + d end\n"
+    "else new = 0 end\n"
+    "if new == old then return {now, old, why, 0, old} end\n"
+    "local seen = tonumber(redis.call('HGET', x, '\\npause') or 0)\n"
+    "if new == 0 then\n"
+    "  redis.call('DEL', p, w)\n"
+    "  redis.call('HDEL', x, '\\npause')\n"
+    "else\n"
+    "  local ttl = fmt(math.ceil((new - now) / 1000) + 1000)\n"
+    "  redis.call('SET', p, fmt(new), 'PX', ttl)\n"
+    "  if act == 'set' then redis.call('SET', w, ARGV[3], 'PX', ttl)\n"
+    "  else redis.call('PEXPIRE', w, ttl) end\n"
+    "  if act == 'set' or seen == old then\n"
+    "    redis.call('HSET', x, '\\npause', fmt(new))\n"
+    "    if redis.call('PTTL', x) < 0 then\n"
+    "      redis.call('PEXPIRE', x, fmt(math.ceil((new - now) / 1000) + 600000))\n"
+    "    end\n"
+    "  end\n"
+    "end\n"
+    "if old > 0 and (new == 0 or new < old) then\n"
+    "  redis.call('PUBLISH', ARGV[4], p)\n"
+    "end\n"
+    "return {now, old, why, 1, new}\n";
+
+/*
  * The provider's usage report.  KEYS: r, v, s.  ARGV: remaining, age_us,
  * allowance_us, span_us, limit, probe_us, deadline, channel, cutoff.  With
  * eff = min(now, deadline), the reporting call was sent at the latest at
@@ -1072,13 +1122,14 @@ enum sl_redis_script {
     SL_LUA_SNAPSHOT,
     SL_LUA_HIST_ADD,
     SL_LUA_HIST_READ,
+    SL_LUA_SET_PAUSE,
     SL_LUA_COUNT,
 };
 
 static const char *const sl_redis_lua[SL_LUA_COUNT] = {
     sl_lua_decide, sl_lua_commit, sl_lua_release,
     sl_lua_renew, sl_lua_pause, sl_lua_sync, sl_lua_snapshot,
-    sl_lua_hist_add, sl_lua_hist_read,
+    sl_lua_hist_add, sl_lua_hist_read, sl_lua_set_pause,
 };
 
 /* ---- types ---- */
@@ -1096,6 +1147,7 @@ enum sl_redis_op_kind {
     SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
     SL_OP_SNAPSHOT,         /* one upstream of a usage snapshot */
     SL_OP_HISTORY,          /* one rule of a history read */
+    SL_OP_SET_PAUSE,        /* an operator's action on a pause */
 };
 
 struct sl_redis;
@@ -1139,6 +1191,13 @@ struct sl_redis_op {
     size_t upstream;                /* ... for this upstream */
     struct sl_redis_hist *hist;     /* SL_OP_HISTORY: what it fills */
     size_t index;                   /* ... its view */
+    /* SL_OP_SET_PAUSE: told the outcome once; the local store follows */
+    sl_pause_cb pause_cb;
+    void *pause_arg;
+    const struct sl_upstream_conf *pause_up;    /* of r->config */
+    enum sl_pause_action pause_action;
+    int64_t pause_us;
+    char pause_reason[96];          /* marked, as stored */
 };
 
 /* A history read being gathered: one script run per rule. */
@@ -1268,6 +1327,8 @@ static void sl_redis_commits_written(struct sl_redis *r, size_t upstream,
                                      bool written);
 static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                     const redisReply *rep);
 static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
                                 const redisReply *rep);
 static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
@@ -1656,7 +1717,8 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     if (argv == NULL || lens == NULL)
         goto out;
     if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT ||
-        op->kind == SL_OP_SNAPSHOT || op->kind == SL_OP_HISTORY) {
+        op->kind == SL_OP_SNAPSHOT || op->kind == SL_OP_HISTORY ||
+        op->kind == SL_OP_SET_PAUSE) {
         op->eval = op->eval || r->sha[op->script][0] == '\0';
         argv[argc] = op->eval ? "EVAL" : "EVALSHA";
         lens[argc] = strlen(argv[argc]);
@@ -2770,6 +2832,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         sl_redis_snap_reply(r, op, rep);
         break;
     case SL_OP_HISTORY:
+    case SL_OP_SET_PAUSE:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
             strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
             r->main.ac != NULL) {
@@ -2777,7 +2840,10 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
             if (sl_redis_send(r, op) == 0)
                 return;
         }
-        sl_redis_hist_reply(r, op, rep);
+        if (op->kind == SL_OP_HISTORY)
+            sl_redis_hist_reply(r, op, rep);
+        else
+            sl_redis_set_pause_reply(r, op, rep);
         break;
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
@@ -3155,6 +3221,104 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
     sl_redis_send_script(r, op);
 }
 
+/*
+ * An operator's action: one script run on the main link, answered through
+ * CB when Redis replies (sl_redis_set_pause_reply).  Nothing is done while
+ * Redis cannot answer: an action meant for every instance is refused
+ * rather than applied to this one alone.
+ */
+static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                              enum sl_pause_action action, int64_t duration_us,
+                              const char *reason, sl_pause_cb cb, void *arg)
+{
+    static const char *const names[] = {"set", "shorten", "clear"};
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_op *op;
+
+    if (up->config != r->config &&
+        (up = sl_config_upstream(r->config, up->name)) == NULL)
+        return -1;
+    if (!sl_redis_usable(r)) {
+        cb(arg, NULL, "the shared store (Redis) does not answer now");
+        return 0;
+    }
+    op = sl_redis_script_op(r, SL_LUA_SET_PAUSE);
+    if (op == NULL)
+        return -1;
+    op->kind = SL_OP_SET_PAUSE;
+    op->pause_cb = cb;
+    op->pause_arg = arg;
+    op->pause_up = up;
+    op->pause_action = action;
+    op->pause_us = duration_us;
+    if (action == SL_PAUSE_SET)
+        snprintf(op->pause_reason, sizeof(op->pause_reason), "%c%s",
+                 SL_PAUSE_BY_OPERATOR, reason != NULL ? reason : "");
+    sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
+    sl_args_key(&op->keys, r, up, &up->pause_rule, 'w', "", 0);
+    sl_args_key(&op->keys, r, up, &up->pause_rule, 'x', "", 0);
+    sl_args_str(&op->args, names[action]);
+    sl_args_int(&op->args, duration_us);
+    sl_args_str(&op->args, op->pause_reason);
+    sl_args_str(&op->args, r->channel);
+    if (sl_redis_send(r, op) != 0) {
+        sl_redis_op_free(op);
+        cb(arg, NULL, "the shared store (Redis) does not answer now");
+    }
+    return 0;
+}
+
+/* sl_pause_cb: the local store followed Redis; nobody waits for it. */
+static void sl_redis_local_followed(void *arg, const struct sl_pause_change *ch,
+                                    const char *error)
+{
+    (void)arg;
+    (void)ch;
+    (void)error;
+}
+
+/* sl_lua_set_pause's reply (NULL: the link was lost).  Redis decided: the
+ * local store, which decides while Redis cannot, is brought in line, and
+ * a pause this instance still owed Redis is not sent after a clear. */
+static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                     const redisReply *rep)
+{
+    struct sl_pause_change ch = {0};
+    int64_t now, old, until;
+
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 5 ||
+        rep->element[2]->type != REDIS_REPLY_STRING) {
+        if (rep != NULL)
+            sl_redis_log_error(r, "the pause script", rep->type == REDIS_REPLY_ERROR
+                                                          ? rep->str
+                                                          : "unexpected reply shape");
+        op->pause_cb(op->pause_arg, NULL, "the shared store (Redis) did not answer");
+        return;
+    }
+    now = sl_reply_int(rep, 0);
+    old = sl_reply_int(rep, 1);
+    until = sl_reply_int(rep, 4);
+    ch.changed = sl_reply_int(rep, 3) == 1;
+    ch.was_us = old > now ? old - now : 0;
+    ch.left_us = until > now ? until - now : 0;
+    if (ch.was_us > 0) {
+        const redisReply *w = rep->element[2];
+        ch.was_operator = w->len > 0 && w->str[0] == SL_PAUSE_BY_OPERATOR;
+        snprintf(ch.was_reason, sizeof(ch.was_reason), "%.*s",
+                 (int)(w->len - (ch.was_operator ? 1 : 0)),
+                 w->str + (ch.was_operator ? 1 : 0));
+    }
+    if (ch.changed && op->pause_action != SL_PAUSE_SET)
+        r->owed_pause_until[op->pause_up->index] = 0;
+    if (ch.changed && r->local != NULL &&
+        r->local->ops->set_pause(r->local, op->pause_up, op->pause_action,
+                                 op->pause_us, op->pause_reason[0] != '\0'
+                                                   ? op->pause_reason + 1 : NULL,
+                                 sl_redis_local_followed, NULL) != 0)
+        sl_debug("store: the local store has no upstream %s", op->pause_up->name);
+    op->pause_cb(op->pause_arg, &ch, NULL);
+}
+
 static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *up,
                           const struct sl_hit *hit, uint64_t remaining,
                           int64_t age_us)
@@ -3216,7 +3380,7 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
     size_t plen = strlen(r->config->store_prefix), rlen;
     const struct sl_upstream_conf *up = NULL;
     const struct sl_rule *rule = NULL;
-    char *num_end;
+    char *num_end, type;
 
     (void)ac;
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
@@ -3237,6 +3401,7 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
     /* ":<t>:" */
     if (up == NULL || end - p < 4 || p[0] != ':' || p[2] != ':')
         return;
+    type = p[1];
     p += 3;
     errno = 0;
     rlen = strtoul(p, &num_end, 10);
@@ -3245,7 +3410,8 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
     p = num_end + 1;
     if ((size_t)(end - p) < rlen + 1 || p[rlen] != ':')
         return;
-    rule = sl_upstream_rule_named(up, p, rlen);
+    /* A pause an operator ended sooner: its key has its own type. */
+    rule = type == 'p' ? &up->pause_rule : sl_upstream_rule_named(up, p, rlen);
     if (rule == NULL)
         return;  /* an instance with another config: nothing of ours */
     p += rlen + 1;
@@ -3534,6 +3700,7 @@ static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
         if (w->type == REDIS_REPLY_STRING)
             snprintf(uu->pause_reason, sizeof(uu->pause_reason), "%.*s",
                      (int)w->len, w->str);
+        sl_snapshot_pause_origin(uu);
     }
     (void)r;
     /* Only the header: another instance ran this second's alert check. */
@@ -3840,6 +4007,7 @@ static const struct sl_store_ops sl_redis_ops = {
     .commit = sl_redis_commit,
     .release = sl_redis_release,
     .pause = sl_redis_pause,
+    .set_pause = sl_redis_set_pause,
     .sync = sl_redis_sync,
     .tick = sl_redis_tick,
     .timers = sl_redis_timers,

@@ -21,6 +21,7 @@
  */
 #include "sl_admin.h"
 
+#include "sl_admin_ops.h"
 #include "sl_alerts.h"
 #include "sl_apps.h"
 #include "sl_duration.h"
@@ -53,6 +54,7 @@ enum sl_admin_what {
     SL_ADMIN_STATUS,
     SL_ADMIN_METRICS,
     SL_ADMIN_HISTORY,
+    SL_ADMIN_OP,            /* an operator action (sl_admin_ops) */
 };
 
 /* An admin request waiting for (or answered by) a snapshot. */
@@ -72,6 +74,8 @@ struct sl_admin_req {
     const struct sl_rule **rules;       /* owned array */
     const struct sl_upstream_conf **ups;    /* owned: each rule's upstream */
     size_t nrules;
+    struct sl_admin_op *op;             /* SL_ADMIN_OP: owned */
+    bool receiving;                     /* ... its body is coming in */
 };
 
 static void sl_admin_req_free(struct sl_admin_req *ar)
@@ -80,6 +84,7 @@ static void sl_admin_req_free(struct sl_admin_req *ar)
         sl_config_unref(ar->config);
     free(ar->rules);
     free(ar->ups);
+    sl_admin_op_free(ar->op);
     free(ar);
 }
 
@@ -673,6 +678,8 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
                                   "resumes_in", sl_secs(uu->paused_us));
             json_object_set_new(p, "reason", sl_json_text(
                 uu->pause_reason[0] ? uu->pause_reason : "the provider asked to stop"));
+            json_object_set_new(p, "set_by", json_string(uu->pause_operator
+                                                             ? "operator" : "provider"));
             json_object_set_new(u, "paused", p);
         } else {
             json_object_set_new(u, "paused", json_null());
@@ -1447,6 +1454,62 @@ static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection
     }
 }
 
+/* ---- operator actions (sl_admin_ops) ---- */
+
+/* sl_admin_op_done_fn: the action's answer is in (as the snapshot's). */
+static void sl_admin_op_finished(void *arg, struct MHD_Response *resp,
+                                 unsigned status)
+{
+    struct sl_admin_req *ar = arg;
+
+    if (ar->gone) {
+        if (resp != NULL)
+            MHD_destroy_response(resp);
+        sl_admin_req_free(ar);
+        return;
+    }
+    ar->waiting = false;
+    ar->resp = resp;
+    ar->status = status;
+    if (ar->resp == NULL) {
+        ar->resp = sl_text("{\"error\":\"unavailable\",\"message\":\"sluice "
+                           "is out of memory\"}\n", "application/json");
+        ar->status = MHD_HTTP_SERVICE_UNAVAILABLE;
+    }
+    if (ar->suspended) {
+        ar->suspended = false;
+        MHD_resume_connection(ar->conn);
+        ar->a->kick = true;
+    }
+}
+
+/* An operator action's request, past the listener's checks: collect its
+ * body, then run it (suspended while the store acts). */
+static enum MHD_Result sl_admin_op_step(struct sl_admin *a, struct sl_admin_req *ar,
+                                        struct MHD_Connection *conn,
+                                        const char *upload, size_t *upload_size)
+{
+    struct MHD_Response *r;
+
+    (void)a;
+    if (*upload_size > 0) {
+        sl_admin_op_body(ar->op, upload, *upload_size);
+        *upload_size = 0;
+        return MHD_YES;
+    }
+    ar->receiving = false;
+    ar->waiting = true;
+    sl_admin_op_run(ar->op, sl_admin_op_finished, ar);
+    if (ar->resp != NULL) {
+        r = ar->resp;
+        ar->resp = NULL;
+        return sl_queue(conn, ar->status, r);
+    }
+    ar->suspended = true;
+    MHD_suspend_connection(conn);
+    return MHD_YES;
+}
+
 static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
                                        const char *url, const char *method,
                                        const char *version, const char *upload,
@@ -1459,7 +1522,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
     enum sl_admin_what what;
 
     (void)version;
-    (void)upload;
+    if (ar != NULL && ar->receiving)
+        return sl_admin_op_step(a, ar, conn, upload, upload_size);
     if (ar != NULL) {
         /* Resumed (or called again): answer when the figures are in. */
         if (ar->resp == NULL)
@@ -1481,7 +1545,16 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
             MHD_add_response_header(r, "Allow", "POST");
         return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
     }
-    if (strcmp(url, "/reload") != 0 && strcmp(method, "GET") != 0 &&
+    if (sl_admin_op_path(url) && !sl_admin_op_method_ok(method)) {
+        r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"operator "
+                    "actions take POST or DELETE (the pause is shown in GET "
+                    "/status)\"}\n", "application/json");
+        if (r != NULL)
+            MHD_add_response_header(r, "Allow", "POST, DELETE");
+        return sl_queue(conn, MHD_HTTP_METHOD_NOT_ALLOWED, r);
+    }
+    if (strcmp(url, "/reload") != 0 && !sl_admin_op_path(url) &&
+        strcmp(method, "GET") != 0 &&
         strcmp(method, "HEAD") != 0) {
         r = sl_text("{\"error\":\"method_not_allowed\",\"message\":\"the admin "
                     "listener answers GET and HEAD (and POST /reload)\"}\n",
@@ -1515,7 +1588,8 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
                                 "its own address (or localhost on loopback); add "
                                 "other names to admin.hosts\"}\n",
                                 "application/json"));
-    if (strcmp(method, "POST") == 0 && !sl_admin_post_ok(conn))
+    if ((strcmp(method, "POST") == 0 || strcmp(method, "DELETE") == 0) &&
+        !sl_admin_post_ok(conn))
         return sl_queue(conn, MHD_HTTP_FORBIDDEN,
                         sl_text("{\"error\":\"forbidden\",\"message\":\"a POST to "
                                 "the admin listener needs the header Content-Type: "
@@ -1535,6 +1609,16 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
     }
     if (strcmp(url, "/reload") == 0)
         return sl_admin_reload(a, conn);
+    if (sl_admin_op_path(url)) {
+        ar = calloc(1, sizeof(*ar));
+        if (ar == NULL || (ar->op = sl_admin_op_new(a->w, conn, url, method)) == NULL) {
+            free(ar);
+            return MHD_NO;
+        }
+        what = SL_ADMIN_OP;
+        ar->receiving = true;
+        goto listed;
+    }
     if (strcmp(url, "/") == 0 || strcmp(url, "/index.html") == 0) {
         r = MHD_create_response_from_buffer(sl_admin_page_len, (void *)sl_admin_page,
                                             MHD_RESPMEM_PERSISTENT);
@@ -1564,15 +1648,18 @@ static enum MHD_Result sl_admin_handle(void *cls, struct MHD_Connection *conn,
     ar = calloc(1, sizeof(*ar));
     if (ar == NULL)
         return MHD_NO;
+listed:
     ar->a = a;
     ar->conn = conn;
     ar->what = what;
-    ar->waiting = true;
+    ar->waiting = what != SL_ADMIN_OP;
     ar->next = a->reqs;
     if (a->reqs != NULL)
         a->reqs->prev = ar;
     a->reqs = ar;
     *con_cls = ar;
+    if (what == SL_ADMIN_OP)
+        return MHD_YES;  /* the body, then sl_admin_op_step */
     req.top = a->w->config->status_top;
     req.flags = 0;
     req.apps = a->w->proxy->apps;
@@ -1611,7 +1698,7 @@ static void sl_admin_completed(void *cls, struct MHD_Connection *conn,
         MHD_destroy_response(ar->resp);
     ar->resp = NULL;
     if (ar->waiting) {
-        ar->gone = true;  /* the snapshot's callback frees it */
+        ar->gone = true;  /* the snapshot's (or action's) callback frees it */
         return;
     }
     sl_admin_req_free(ar);

@@ -291,6 +291,12 @@ static bool sl_wants_pause(const struct sl_alert_conf *to, const void *p)
     return to->on_pause;
 }
 
+static bool sl_wants_operator(const struct sl_alert_conf *to, const void *p)
+{
+    (void)p;
+    return to->on_operator;
+}
+
 static bool sl_wants_store(const struct sl_alert_conf *to, const void *p)
 {
     (void)p;
@@ -358,13 +364,16 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
 
     /* Rounded up to the second: never earlier than the pause's end. */
     sl_iso_time(ceil(sl_wall_now() + (double)uu->paused_us / 1e6), iso, sizeof(iso));
-    sl_text_add(&text, "sluice: the provider paused ");
+    sl_text_add(&text, uu->pause_operator ? "sluice: an operator paused "
+                                          : "sluice: the provider paused ");
     sl_text_value(&text, uu->up->name, SL_ALERT_NAME_SHOWN);
     sl_text_add(&text, " until %s (", iso);
     sl_text_value(&text, uu->pause_reason[0] ? uu->pause_reason : "it asked to stop",
                   SL_ALERT_NAME_SHOWN);
     sl_text_add(&text, "); calls wait or get 429 until then");
     json_object_set_new(j, "event", json_string("pause"));
+    json_object_set_new(j, "set_by", json_string(uu->pause_operator ? "operator"
+                                                                     : "provider"));
     json_object_set_new(j, "upstream", json_string(uu->up->name));
     json_object_set_new(j, "reason", sl_json_text(uu->pause_reason));
     json_object_set_new(j, "resumes_at", json_string(iso));
@@ -372,6 +381,68 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
                         json_real(round((double)uu->paused_us / 1000.0) / 1000.0));
     json_object_set_new(j, "text", sl_json_text(text.buf));
     sl_alerts_raise(a, j, sl_wants_pause, NULL);
+}
+
+/* A pause of US µs as an alert shows it: {resumes_at, resumes_in}. */
+static json_t *sl_pause_json(int64_t us, char *iso, size_t len)
+{
+    /* Rounded up to the second: never earlier than the pause's end. */
+    sl_iso_time(ceil(sl_wall_now() + (double)us / 1e6), iso, len);
+    return json_pack("{s:s,s:f}", "resumes_at", iso, "resumes_in",
+                     round((double)us / 1000.0) / 1000.0);
+}
+
+void sl_alerts_operator(struct sl_alerts *a, const struct sl_operator_action *act)
+{
+    json_t *j, *was;
+    struct sl_text text = {.len = 0};
+    char iso[32];
+
+    if (a == NULL)
+        return;
+    j = json_object();
+    sl_text_add(&text, "sluice: an operator (");
+    sl_text_value(&text, act->by, SL_ALERT_NAME_SHOWN);
+    if (strcmp(act->action, "pause") == 0) {
+        json_object_set_new(j, "paused", sl_pause_json(act->left_us, iso, sizeof(iso)));
+        sl_text_add(&text, ") paused ");
+        sl_text_value(&text, act->upstream, SL_ALERT_NAME_SHOWN);
+        sl_text_add(&text, " until %s (", iso);
+        sl_text_value(&text, act->reason != NULL && act->reason[0] ? act->reason
+                                                                   : "no reason given",
+                      SL_ALERT_NAME_SHOWN);
+        sl_text_add(&text, "); calls wait or get 429 until then, on every instance");
+    } else if (strcmp(act->action, "shorten") == 0) {
+        json_object_set_new(j, "paused", sl_pause_json(act->left_us, iso, sizeof(iso)));
+        sl_text_add(&text, ") shortened the pause of ");
+        sl_text_value(&text, act->upstream, SL_ALERT_NAME_SHOWN);
+        sl_text_add(&text, ": it now ends at %s (it had %.0f s left)", iso,
+                    ceil((double)act->was_us / 1e6));
+    } else {
+        json_object_set_new(j, "paused", json_null());
+        sl_text_add(&text, ") cleared the pause of ");
+        sl_text_value(&text, act->upstream, SL_ALERT_NAME_SHOWN);
+        sl_text_add(&text, " (it had %.0f s left); calls go through again, on "
+                    "every instance", ceil((double)act->was_us / 1e6));
+    }
+    if (act->was_us > 0) {
+        was = sl_pause_json(act->was_us, iso, sizeof(iso));
+        json_object_set_new(was, "set_by", json_string(act->was_operator ? "operator"
+                                                                         : "provider"));
+        json_object_set_new(was, "reason", sl_json_text(act->was_reason != NULL
+                                                            ? act->was_reason : ""));
+    } else {
+        was = json_null();
+    }
+    json_object_set_new(j, "event", json_string("operator"));
+    json_object_set_new(j, "action", json_string(act->action));
+    json_object_set_new(j, "upstream", json_string(act->upstream));
+    json_object_set_new(j, "by", sl_json_text(act->by));
+    json_object_set_new(j, "reason", act->reason != NULL ? sl_json_text(act->reason)
+                                                         : json_null());
+    json_object_set_new(j, "was", was);
+    json_object_set_new(j, "text", sl_json_text(text.buf));
+    sl_alerts_raise(a, j, sl_wants_operator, NULL);
 }
 
 static void sl_alerts_store(struct sl_alerts *a, bool down)

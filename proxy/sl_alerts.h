@@ -1,7 +1,7 @@
 /*
  * sl_alerts — webhooks when a rule's usage crosses a threshold upward,
- * when the provider pauses an upstream, and when the shared store goes
- * down or comes back.
+ * when the provider pauses an upstream, when an operator sets, shortens or
+ * clears a pause, and when the shared store goes down or comes back.
  *
  * Runs on worker 0's loop.  Once a second it takes a snapshot of the
  * store with SL_SNAP_ALERTS: the store compares each bucket's usage with
@@ -27,6 +27,22 @@ extern const char *const sl_alert_result_names[SL_ALERT_RESULTS];
 
 /* Alerts for W's config (NULL when it has none, or out of memory). */
 struct sl_alerts *sl_alerts_new(struct sl_worker *w);
+/* What an operator did to an upstream's pause (POST or DELETE
+ * /upstreams/NAME/pause), for its one alert. */
+struct sl_operator_action {
+    const char *upstream;
+    const char *action;         /* "pause", "shorten" or "clear" */
+    const char *by;             /* the client's address */
+    const char *reason;         /* "pause": the operator's reason, else NULL */
+    int64_t was_us;             /* the pause left before, 0: none */
+    bool was_operator;          /* ... set by an operator */
+    const char *was_reason;     /* ... its reason */
+    int64_t left_us;            /* the pause left now, 0: none */
+};
+
+/* Announce ACT to every receiver that wants "operator" events (A may be
+ * NULL: no receivers).  Worker 0's thread. */
+void sl_alerts_operator(struct sl_alerts *a, const struct sl_operator_action *act);
 /* Do what is due (a check, a send, a retry).  NOW in CLOCK_MONOTONIC ms. */
 void sl_alerts_run(struct sl_alerts *a, int64_t now_ms);
 /* When sl_alerts_run() is next due (ms), or -1. */

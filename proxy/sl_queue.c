@@ -405,8 +405,18 @@ void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
         return;  /* nobody is held: no lock */
     pthread_mutex_lock(&wl->lock);
     b = *sl_wfind(wl, &hit);
-    if (b != NULL && b->head != NULL)
+    if (b != NULL && b->head != NULL && rule->kind == SL_RULE_PAUSE) {
+        /* A pause that ends sooner than it said (an operator's action)
+         * ends for every waiter, and each one's timer is set for the old
+         * end: all are due now.  Those behind the head park, and follow
+         * it one by one as each leaves. */
+        for (struct sl_held *p = b->head; p != NULL; p = p->wnext) {
+            atomic_store(&p->kicked, true);
+            wl->wake(wl->wake_arg, p->worker);
+        }
+    } else if (b != NULL && b->head != NULL) {
         sl_wake_askers(wl, b, NULL, true);
+    }
     pthread_mutex_unlock(&wl->lock);
 }
 

@@ -133,7 +133,9 @@ const struct sl_hit *sl_queue_blocks(const struct sl_queue *q,
 /*
  * Room appeared in bucket (RULE, KEY) (a slot or reservation given back,
  * by this instance or, through the store, by another): the first call
- * waiting for it asks the store again at once.  Any thread.
+ * waiting for it asks the store again at once.  For the upstream's pause
+ * (an operator shortened or cleared it) every call waiting for it is due
+ * at once, and they go in their order.  Any thread.
  */
 void sl_waitlists_room(struct sl_waitlists *wl, const struct sl_rule *rule,
                        const char *key, size_t key_len);

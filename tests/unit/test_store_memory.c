@@ -289,6 +289,50 @@ static void test_pause_denies_every_call_until_it_ends(void **state)
     assert_int_equal(call(f, "GET", "/z").d.remaining, 1);
 }
 
+static struct sl_pause_change last_change;
+
+static void on_change(void *arg, const struct sl_pause_change *ch, const char *error)
+{
+    (void)arg;
+    assert_null(error);
+    last_change = *ch;
+}
+
+/* An operator's actions: shortening never lengthens, pausing by hand never
+ * shortens, clearing ends it now; a pause set by hand carries the mark. */
+static void test_operator_pause_actions(void **state)
+{
+    struct fixture *f = *state;
+    const struct sl_upstream_conf *up = &f->config->upstreams[0];
+
+    assert_int_equal(sl_store_set_pause(f->store, up, SL_PAUSE_CLEAR, 0, NULL,
+                                        on_change, NULL), 0);
+    assert_false(last_change.changed);
+    sl_store_pause(f->store, up, 600 * S, "status 429, Retry-After");
+    sl_store_set_pause(f->store, up, SL_PAUSE_SHORTEN, 2 * S, NULL, on_change, NULL);
+    assert_true(last_change.changed);
+    assert_int_equal(last_change.was_us, 600 * S);
+    assert_int_equal(last_change.left_us, 2 * S);
+    assert_false(last_change.was_operator);
+    assert_string_equal(last_change.was_reason, "status 429, Retry-After");
+    sl_store_set_pause(f->store, up, SL_PAUSE_SHORTEN, 60 * S, NULL, on_change, NULL);
+    assert_false(last_change.changed);
+    assert_int_equal(call(f, "GET", "/y").d.wait_us, 2 * S);
+    sl_store_set_pause(f->store, up, SL_PAUSE_SET, 1 * S, "ops", on_change, NULL);
+    assert_false(last_change.changed);
+    sl_store_set_pause(f->store, up, SL_PAUSE_SET, 10 * S, "ops", on_change, NULL);
+    assert_true(last_change.changed);
+    assert_int_equal(last_change.left_us, 10 * S);
+    fake_now += 1 * S;
+    sl_store_set_pause(f->store, up, SL_PAUSE_CLEAR, 0, NULL, on_change, NULL);
+    assert_true(last_change.changed);
+    assert_true(last_change.was_operator);
+    assert_string_equal(last_change.was_reason, "ops");
+    assert_int_equal(last_change.was_us, 9 * S);
+    assert_int_equal(last_change.left_us, 0);
+    assert_int_equal(call(f, "GET", "/z").d.verdict, SL_VERDICT_ALLOW);
+}
+
 /* The hit of rule NAME for a GET of PATH (the check is the caller's). */
 static const struct sl_hit *hit_of(struct fixture *f, struct sl_check *chk,
                                    const char *path, const char *name)
@@ -1098,6 +1142,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_concurrency_leases, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_idle_keys_are_reclaimed, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_memory_bound_refuses_new_keys, setup_tiny, teardown),
+        cmocka_unit_test_setup_teardown(test_operator_pause_actions, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_pause_denies_every_call_until_it_ends, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_sync_leaves_what_the_provider_reports, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_sync_counts_calls_sent_after_the_report, setup_leads, teardown),
