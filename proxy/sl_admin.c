@@ -543,6 +543,23 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
     }
 }
 
+/* Calls this instance answered over the limit of the rule (or pause) in
+ * metric SLOT, by app: {app: n}, apps with none left out. */
+static json_t *sl_refused_json(struct sl_proxy *proxy, size_t slot)
+{
+    json_t *o = json_object();
+    unsigned napps = sl_apps_count(proxy->apps);
+    size_t counted = proxy->nworkers > 0 ? proxy->workers[0].metrics.napps : 0;
+
+    for (unsigned app = 0; o != NULL && app < napps && app < counted; app++) {
+        uint64_t v = SL_SUM(proxy, app_denied, slot * counted + app, SL_APP_ROWS);
+        if (v > 0)
+            json_object_set_new(o, sl_apps_name(proxy->apps, (uint16_t)app),
+                                json_integer((json_int_t)v));
+    }
+    return o;
+}
+
 static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
                             const struct sl_rule_usage *ru)
 {
@@ -581,6 +598,7 @@ static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
             SL_DECISION_ROWS)));
     /* A `per` rule's bar is its busiest bucket. */
     sl_usage_json(c, r, ru->n > 0 ? &ru->buckets[0] : &none, o);
+    json_object_set_new(o, "refused_per_app", sl_refused_json(proxy, slot));
     if (r->per_kind != SL_PER_NONE) {
         json_t *list = json_array();
         for (size_t i = 0; i < ru->n && i < c->status_top; i++) {
@@ -695,12 +713,27 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
             ? json_real((double)(mono - oldest) / 1000.0) : json_null());
         json_object_set_new(queue, "max_queue", json_integer(up->max_queue));
         json_object_set_new(u, "queue", queue);
+        /* Calls refused while the upstream was paused, by app. */
+        json_object_set_new(u, "paused_refused_per_app",
+                            sl_refused_json(proxy, up->pause_rule.metric_slot));
         for (size_t k = 0; k < up->nrules; k++)
             json_array_append_new(rules, sl_rule_json(a, c, &uu->rules[k]));
         json_object_set_new(u, "rules", rules);
         json_array_append_new(ups, u);
     }
     json_object_set_new(root, "upstreams", ups);
+    {
+        /* Held calls by app, over every upstream (this instance). */
+        json_t *q = json_object();
+        unsigned napps = sl_apps_count(proxy->apps);
+        for (unsigned app = 0; q != NULL && app < napps; app++) {
+            unsigned held = sl_queue_app_count(&a->w->queue, (uint16_t)app);
+            if (held > 0)
+                json_object_set_new(q, sl_apps_name(proxy->apps, (uint16_t)app),
+                                    json_integer(held));
+        }
+        json_object_set_new(root, "queue_by_app", q);
+    }
     return root;
 }
 
@@ -909,6 +942,30 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         }
     }
 
+    sl_help(t, "sluice_app_denied_total", "counter",
+            "Calls answered over the limit, by app and by the rule (or the "
+            "upstream's pause) that refused them, on this instance.");
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k <= up->nrules; k++) {
+            const struct sl_rule *r = k < up->nrules ? &up->rules[k] : &up->pause_rule;
+            size_t slot = r->metric_slot;
+            sl_label(r->name, rl, sizeof(rl));
+            for (unsigned app = 0; app < napps && app < napps_counted; app++) {
+                uint64_t v = SL_SUM(proxy, app_denied, slot * napps_counted + app,
+                                    SL_APP_ROWS);
+                if (v == 0)
+                    continue;
+                sl_tprintf(t, "sluice_app_denied_total{upstream=\"%s\",rule=\"%s\","
+                           "app=\"%s\"} %llu\n", ul, rl,
+                           sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
+                                    sizeof(al)),
+                           (unsigned long long)v);
+            }
+        }
+    }
+
     /* Gauges from the snapshot: per rule, the busiest bucket. */
     static const struct {
         const char *name, *help;
@@ -991,6 +1048,15 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         sl_tprintf(t, "sluice_queue_depth{upstream=\"%s\"} %u\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    sl_queue_count(&a->w->queue, i));
+    sl_help(t, "sluice_app_queue_depth", "gauge",
+            "Calls of an app held in queue mode now, for any upstream.");
+    for (unsigned app = 0; app < napps; app++) {
+        unsigned held = sl_queue_app_count(&a->w->queue, (uint16_t)app);
+        if (held > 0)
+            sl_tprintf(t, "sluice_app_queue_depth{app=\"%s\"} %u\n",
+                       sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al, sizeof(al)),
+                       held);
+    }
     sl_help(t, "sluice_queue_wait_seconds", "histogram",
             "Time calls spent held in the queue (observed when they leave it).");
     sl_hists_text(t, proxy, c, "sluice_queue_wait_seconds", true, sl_hist_held_bounds);

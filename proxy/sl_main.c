@@ -266,8 +266,8 @@ int main(int argc, char **argv)
     if (proxy.workers == NULL)
         goto out;
     /* Sized for any configuration a reload may bring. */
-    proxy.waitlists = sl_waitlists_new(SL_MAX_UPSTREAMS, sl_worker_wake_queue,
-                                       &proxy);
+    proxy.waitlists = sl_waitlists_new(SL_MAX_UPSTREAMS, sl_apps_capacity(proxy.apps),
+                                       sl_worker_wake_queue, &proxy);
     if (proxy.waitlists == NULL)
         goto out;
     for (int i = 0; i < proxy.nworkers; i++) {

@@ -55,7 +55,8 @@ int sl_metrics_grow(struct sl_metrics *m, size_t nups, size_t nslots)
         sl_rows(&m->pauses, sizeof(*m->pauses), m->nups, nups) ||
         sl_rows(&m->decisions, SL_DECISION_RESULTS * sizeof(*m->decisions),
                 m->nslots, nslots) ||
-        sl_rows(&m->app_calls, m->napps * sizeof(*m->app_calls), m->nslots, nslots))
+        sl_rows(&m->app_calls, m->napps * sizeof(*m->app_calls), m->nslots, nslots) ||
+        sl_rows(&m->app_denied, m->napps * sizeof(*m->app_denied), m->nslots, nslots))
         return -1;  /* arrays grown so far keep their old rows: still right */
     m->nups = nups;
     m->nslots = nslots;
@@ -74,10 +75,11 @@ void sl_metrics_free(struct sl_metrics *m)
     free((void *)m->calls);
     free((void *)m->decisions);
     free((void *)m->app_calls);
+    free((void *)m->app_denied);
     free(m->latency);
     free(m->held);
     free((void *)m->pauses);
-    m->calls = m->decisions = m->app_calls = m->pauses = NULL;
+    m->calls = m->decisions = m->app_calls = m->app_denied = m->pauses = NULL;
     m->latency = m->held = NULL;
 }
 

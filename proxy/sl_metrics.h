@@ -67,6 +67,7 @@ struct sl_metrics {
     _Atomic uint64_t *calls;      /* [1 + upstream id][outcome]; row 0: no route */
     _Atomic uint64_t *decisions;  /* [slot][SL_DECISION_*] */
     _Atomic uint64_t *app_calls;  /* [slot][app]: calls forwarded */
+    _Atomic uint64_t *app_denied; /* [slot][app]: calls refused by the rule */
     struct sl_hist *latency;      /* [upstream id]: send to last byte */
     struct sl_hist *held;         /* [upstream id]: time held in the queue */
     _Atomic uint64_t *pauses;     /* [upstream id]: provider pauses started */

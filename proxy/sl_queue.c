@@ -24,6 +24,8 @@ struct sl_waitlists {
     pthread_mutex_t lock;
     struct sl_wbucket *slots[SL_WAIT_SLOTS];
     _Atomic unsigned *counts;     /* held calls per upstream */
+    _Atomic unsigned *app_counts; /* held calls per app (all upstreams) */
+    size_t napps;
     size_t nupstreams;
     _Atomic unsigned total;
     uint64_t next_ticket;
@@ -176,18 +178,22 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
     }
 }
 
-struct sl_waitlists *sl_waitlists_new(size_t nupstreams, sl_wake_fn wake,
-                                      void *wake_arg)
+struct sl_waitlists *sl_waitlists_new(size_t nupstreams, size_t napps,
+                                      sl_wake_fn wake, void *wake_arg)
 {
     struct sl_waitlists *wl = calloc(1, sizeof(*wl));
 
     if (wl == NULL)
         return NULL;
     wl->counts = calloc(nupstreams, sizeof(*wl->counts));
-    if (wl->counts == NULL) {
+    wl->app_counts = calloc(napps ? napps : 1, sizeof(*wl->app_counts));
+    if (wl->counts == NULL || wl->app_counts == NULL) {
+        free((void *)wl->counts);
+        free((void *)wl->app_counts);
         free(wl);
         return NULL;
     }
+    wl->napps = napps;
     pthread_mutex_init(&wl->lock, NULL);
     wl->nupstreams = nupstreams;
     wl->wake = wake;
@@ -208,6 +214,7 @@ void sl_waitlists_free(struct sl_waitlists *wl)
     }
     pthread_mutex_destroy(&wl->lock);
     free((void *)wl->counts);
+    free((void *)wl->app_counts);
     free(wl);
 }
 
@@ -254,6 +261,11 @@ unsigned sl_queue_count(const struct sl_queue *q, size_t upstream)
     return atomic_load(&q->shared->counts[upstream]);
 }
 
+unsigned sl_queue_app_count(const struct sl_queue *q, uint16_t app)
+{
+    return app < q->shared->napps ? atomic_load(&q->shared->app_counts[app]) : 0;
+}
+
 int sl_queue_add(struct sl_queue *q, struct sl_held *h)
 {
     struct sl_waitlists *wl = q->shared;
@@ -273,6 +285,8 @@ int sl_queue_add(struct sl_queue *q, struct sl_held *h)
     if (rc != 0)
         return -1;
     atomic_fetch_add(&wl->counts[h->upstream], 1);
+    if (h->app < wl->napps)
+        atomic_fetch_add(&wl->app_counts[h->app], 1);
     atomic_fetch_add(&wl->total, 1);
     if (h->upstream >= q->used)
         q->used = h->upstream + 1;
@@ -319,6 +333,8 @@ void sl_queue_remove(struct sl_queue *q, struct sl_held *h)
         sl_wleave(wl, h);
     pthread_mutex_unlock(&wl->lock);
     atomic_fetch_sub(&wl->counts[h->upstream], 1);
+    if (h->app < wl->napps)
+        atomic_fetch_sub(&wl->app_counts[h->app], 1);
     atomic_fetch_sub(&wl->total, 1);
     if (h->prev != NULL)
         h->prev->next = h->next;

@@ -88,9 +88,10 @@ struct sl_queue {
     struct sl_waitlists *shared;      /* not owned */
 };
 
-/* The process-wide part.  Returns NULL when out of memory. */
-struct sl_waitlists *sl_waitlists_new(size_t nupstreams, sl_wake_fn wake,
-                                      void *wake_arg);
+/* The process-wide part, for NUPSTREAMS upstreams and NAPPS app ids.
+ * Returns NULL when out of memory. */
+struct sl_waitlists *sl_waitlists_new(size_t nupstreams, size_t napps,
+                                      sl_wake_fn wake, void *wake_arg);
 void sl_waitlists_free(struct sl_waitlists *wl);
 
 int sl_queue_init(struct sl_queue *q, size_t nupstreams, int worker,
@@ -103,6 +104,8 @@ int64_t sl_queue_oldest_ms(const struct sl_queue *q, size_t upstream);
 
 /* Calls held for UPSTREAM by the whole process. */
 unsigned sl_queue_count(const struct sl_queue *q, size_t upstream);
+/* Calls of APP held by the whole process, for any upstream. */
+unsigned sl_queue_app_count(const struct sl_queue *q, uint16_t app);
 
 /* Hold H (upstream, check, waiting and times set).  0 or -1 (OOM). */
 int sl_queue_add(struct sl_queue *q, struct sl_held *h);

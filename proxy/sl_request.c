@@ -158,6 +158,11 @@ void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
 
     req->decision = *d;
     sl_metrics_call(&req->w->metrics, req->up, o);
+    /* Who was refused (answered over the limit), by which rule. */
+    if (d->rule != NULL && req->check.app < req->w->metrics.napps)
+        sl_metric_add(&req->w->metrics.app_denied[d->rule->metric_slot *
+                                                      req->w->metrics.napps +
+                                                  req->check.app], 1);
     sl_req_set_pending(req, status,
                        sl_respond_limited(req->config, req->up, d, req->check.app,
                                           req->check.app_name),

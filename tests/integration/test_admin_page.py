@@ -257,7 +257,7 @@ def test_bars_figures_bands_and_apps(upstream, sluices):
         for name, (used, limit, b, apps) in want.items():
             row = rows[name]
             assert check_bar(row, used, limit, warn, critical) == b, name
-            assert row.find(cls="figures").text == "%d / %d (%.1f%%)" % (
+            assert row.find(cls="figures").text == "{:,} / {:,} ({:.1f}%)".format(
                 used, limit, 100.0 * used / limit), name
             if apps is None:
                 continue
@@ -274,9 +274,12 @@ def test_bars_figures_bands_and_apps(upstream, sluices):
         assert rows["pub"].find(cls="meta").text == "4 per 1h · per {p}"
         assert rows["inflight"].find(cls="meta").text == "concurrency · 2 at once"
         assert rows["inflight"].find(cls="resets").text == "in flight"
-        # 1h window, calls made seconds ago (more on a slow machine).
-        assert re.fullmatch(r"resets in (59m \d\ds|1h 00m)",
-                            rows["daily"].find(cls="resets").text)
+        # A rolling window gives room back call by call: what is left now
+        # (25 - 10), and for a full one when the next call fits (the
+        # oldest of 5 calls made seconds ago leaves its 1m window).
+        assert rows["daily"].find(cls="resets").text == "15 left"
+        assert re.fullmatch(r"room again in (\d+s|1m 00s)",
+                            rows["burst"].find(cls="resets").text)
 
         # The per rule's buckets.
         pub = rows["pub"]
@@ -688,7 +691,7 @@ def test_screenshot_of_a_busy_day(sluices):
         assert bands == {"api-daily": "ok", "logins": "critical",
                          "per-account": "warn", "lead-results": "ok"}
         daily = root.find(cls="rule", data_rule="api-daily")
-        assert daily.find(cls="figures").text == "321 / 1000 (32.1%)"
+        assert daily.find(cls="figures").text == "321 / 1,000 (32.1%)"
         assert sorted(a for a, _ in legend(daily)) == sorted(apps)
         assert sum(n for _, n in legend(daily)) == 321
         calls = dict(legend(daily))

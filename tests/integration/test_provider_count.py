@@ -110,3 +110,66 @@ def test_the_operator_sees_the_providers_count(upstream, sluice, store_kind):
         rx.close()
         if redis:
             redis.stop()
+
+
+def test_the_page_shows_the_providers_figure_and_who_was_refused(upstream, sluice):
+    """What a person sees: the bar at the provider's count with where it
+    comes from, and the app that was refused."""
+    import chromium
+    from harness import free_port
+    upstream.account = {"used": 14985, "max": 15000, "format": "sforce"}
+    port = free_port()
+    c = conf(upstream)
+    c["admin"] = {"listen": "127.0.0.1:%d" % port}
+    c["app"] = "header:X-App"
+    sl = sluice(c)
+    for i in range(15):
+        assert sl.request("GET", "/crm/a%d" % i, headers={"X-App": "sync"})[0] == 200
+    for i in range(3):
+        assert sl.request("GET", "/crm/b%d" % i, headers={"X-App": "reports"})[0] == 429
+    root = chromium.parse(chromium.dump_dom("http://127.0.0.1:%d/" % port, wait_ms=1000))
+    daily = root.find(cls="rule", data_rule="daily")
+    assert daily.find(cls="figures").text == "15,000 / 15,000 (100.0%)"
+    assert daily["data-band"] == "critical"
+    note = daily.find(cls="note").text
+    assert "reported by the provider" in note and "0 through sluice since" in note, note
+    assert "refused: reports 3" in note, note
+    # A full rolling window says when room comes back, not that it resets.
+    assert daily.find(cls="resets").text.startswith("room again in "), daily
+    # The same refusals in /status and /metrics.
+    st = json.loads(admin_get(port, "/status")[1])
+    assert st["upstreams"][0]["rules"][0]["refused_per_app"] == {"reports": 3}
+    metrics = admin_get(port, "/metrics")[1].decode()
+    assert 'sluice_app_denied_total{upstream="crm",rule="daily",app="reports"} 3' in metrics
+
+
+def test_held_calls_are_counted_by_app(upstream, sluice):
+    import threading
+    import time
+    from harness import free_port
+    port = free_port()
+    sl = sluice({"app": "header:X-App", "admin": {"listen": "127.0.0.1:%d" % port},
+                 "upstreams": [{"name": "crm", "prefix": "/crm", "url": upstream.url,
+                                "on_limit": "queue", "max_wait": "20s",
+                                "rules": [{"name": "w", "limit": 1, "window": "3s"}]}]})
+    assert sl.request("GET", "/crm/a", headers={"X-App": "sync"})[0] == 200
+    got = []
+    ts = [threading.Thread(target=lambda i=i: got.append(sl.request(
+        "GET", "/crm/h%d" % i, headers={"X-App": "sync" if i else "ui"}, timeout=30)[0]))
+        for i in range(3)]
+    for t in ts:
+        t.start()
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        st = json.loads(admin_get(port, "/status")[1])
+        if sum(st["queue_by_app"].values()) == 3:
+            break
+        time.sleep(0.05)
+    assert st["queue_by_app"] == {"sync": 2, "ui": 1}
+    metrics = admin_get(port, "/metrics")[1].decode()
+    assert 'sluice_app_queue_depth{app="sync"} 2' in metrics
+    assert 'sluice_app_queue_depth{app="ui"} 1' in metrics
+    for t in ts:
+        t.join(30)
+    assert got == [200] * 3
+    assert json.loads(admin_get(port, "/status")[1])["queue_by_app"] == {}

@@ -35,7 +35,7 @@ static int setup(void **state)
     struct fixture *f = calloc(1, sizeof(*f));
 
     memset(woken, 0, sizeof(woken));
-    f->wl = sl_waitlists_new(1, fake_wake, NULL);
+    f->wl = sl_waitlists_new(1, 4, fake_wake, NULL);
     assert_non_null(f->wl);
     assert_int_equal(sl_queue_init(&f->q, 1, 0, f->wl), 0);
     f->check.nhits = 1;
