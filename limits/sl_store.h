@@ -92,6 +92,7 @@ struct sl_decision {
     bool by_report;
     int64_t report_value;
     int64_t report_age_us;
+    uint64_t report_sent_since;   /* calls sent through sluice since it */
 };
 
 /* "max" or "reserved" (NULL for SL_SHARE_NONE). */

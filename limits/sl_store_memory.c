@@ -1125,6 +1125,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             if (d.by_report) {
                 d.report_value = (int64_t)bk[i]->report_value;
                 d.report_age_us = now - bk[i]->report_at;
+                d.report_sent_since = bk[i]->sent - bk[i]->report_sent;
             }
         }
     }

@@ -368,7 +368,8 @@
  * that would deny}} or {0, denying_rule,
  * wait_us, share (0: the rule's limit, 1: the app's max, 2: other apps'
  * reservations), the calls left as the provider's report said when that
- * report is what refuses (else -1), and that report's age_us (-1)}}.  A rule's kind in upper case (R, C) is in shadow mode: when
+ * report is what refuses (else -1), that report's age_us (-1), and the
+ * calls sent since it}}.  A rule's kind in upper case (R, C) is in shadow mode: when
  * it would deny, the call goes on and takes nothing from it.
  */
 static const char sl_lua_decide[] =
@@ -636,7 +637,8 @@ static const char sl_lua_decide[] =
     "              w = tonumber(h[3]) - now\n"
     "              if probe > 0 and pa - now < w then w = pa - now end\n"
     /* refused by the provider's word: what it said, and when */
-    "              byrep = {tonumber(h[5] or -1), h[6] and now - tonumber(h[6]) or -1}\n"
+    "              byrep = {tonumber(h[5] or -1), h[6] and now - tonumber(h[6]) or -1,\n"
+    "                       tonumber(h[2] or 0)}\n"
     "            end\n"
     "          end\n"
     "        end\n"
@@ -667,7 +669,7 @@ static const char sl_lua_decide[] =
     "  if deny > 0 then\n"
     "    local br = st[deny] and st[deny][7]\n"
     "    out[#out + 1] = {0, deny, wait, st[deny] and st[deny][6] or 0,\n"
-    "                     br and br[1] or -1, br and br[2] or -1}\n"
+    "                     br and br[1] or -1, br and br[2] or -1, br and br[3] or 0}\n"
     "  else\n"
     /* phase two: take room in every bucket */
     "    local best, rem, reset = 0, 0, 0\n"
@@ -2677,6 +2679,7 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
             d.by_report = true;
             d.report_value = sl_reply_int(rep, 4);
             d.report_age_us = sl_reply_int(rep, 5);
+            d.report_sent_since = rep->elements >= 7 ? (uint64_t)sl_reply_int(rep, 6) : 0;
         }
     } else {
         char member[SL_REDIS_MEMBER_MAX];

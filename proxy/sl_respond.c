@@ -251,11 +251,15 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
             struct tm tm;
             gmtime_r(&at, &tm);
             strftime(when, sizeof(when), "%Y-%m-%dT%H:%M:%SZ", &tm);
+            char since[64] = "";
+            if (d->report_sent_since > 0)
+                snprintf(since, sizeof(since), ", and %llu sent through sluice since",
+                         (unsigned long long)d->report_sent_since);
             snprintf(msg, sizeof(msg),
-                     "the provider reports %lld of %llu calls per %s used (as of %s): "
+                     "the provider reports %lld of %llu calls per %s used (as of %s)%s: "
                      "rule \"%s\" of upstream \"%s\" follows its count; retry in %llds",
                      (long long)r->limit - (long long)d->report_value,
-                     (unsigned long long)r->limit, win, when, r->name, up->name,
+                     (unsigned long long)r->limit, win, when, since, r->name, up->name,
                      (long long)retry);
         } else
             snprintf(msg, sizeof(msg),

@@ -146,8 +146,7 @@ class _Handler(BaseHTTPRequestHandler):
                 report = {
                     "sforce": "Sforce-Limit-Info: api-usage=%d/%d" % (min(used, cap), cap),
                     "x-ratelimit": "X-RateLimit-Remaining: %d" % max(cap - used, 0),
-                    "ratelimit": "RateLimit: limit=%d, remaining=%d, reset=60"
-                                 % (cap, max(cap - used, 0)),
+                    "ratelimit": 'RateLimit: "account";r=%d;t=60' % max(cap - used, 0),
                     "shopify": "X-Shopify-Shop-Api-Call-Limit: %d/%d" % (min(used, cap), cap),
                 }[acct.get("format", "sforce")]
                 if used > cap:
