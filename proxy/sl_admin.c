@@ -801,6 +801,43 @@ static const char *sl_label(const char *s, char *buf, size_t len)
     return buf;
 }
 
+enum sl_app_counter { SL_APP_CALLS, SL_APP_DENIED };
+
+/* One per-app counter family (calls allowed, or refused) for every rule of
+ * CONFIG -- and, for refusals, every upstream's pause -- with a line per
+ * app that has any. */
+static void sl_app_counters_text(struct sl_text *t, struct sl_proxy *proxy,
+                                 const struct sl_config *c, const char *name,
+                                 enum sl_app_counter which, unsigned napps)
+{
+    size_t napps_counted = proxy->nworkers > 0 ? proxy->workers[0].metrics.napps : 0;
+    char ul[256], rl[256], al[256];
+
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &c->upstreams[i];
+        size_t nrules = up->nrules + (which == SL_APP_DENIED);
+        sl_label(up->name, ul, sizeof(ul));
+        for (size_t k = 0; k < nrules; k++) {
+            const struct sl_rule *r = k < up->nrules ? &up->rules[k] : &up->pause_rule;
+            size_t slot = r->metric_slot;
+            sl_label(r->name, rl, sizeof(rl));
+            for (unsigned app = 0; app < napps && app < napps_counted; app++) {
+                uint64_t v = which == SL_APP_CALLS
+                                 ? SL_SUM(proxy, app_calls, slot * napps_counted + app,
+                                          SL_APP_ROWS)
+                                 : SL_SUM(proxy, app_denied, slot * napps_counted + app,
+                                          SL_APP_ROWS);
+                if (v == 0)
+                    continue;
+                sl_tprintf(t, "%s{upstream=\"%s\",rule=\"%s\",app=\"%s\"} %llu\n", name,
+                           ul, rl, sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
+                                            sizeof(al)),
+                           (unsigned long long)v);
+            }
+        }
+    }
+}
+
 static void sl_help(struct sl_text *t, const char *name, const char *type,
                     const char *help)
 {
@@ -858,7 +895,6 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     /* The snapshot's generation (worker 0's when there is none). */
     const struct sl_config *c = snap != NULL ? snap->config : a->w->config;
     struct sl_proxy *proxy = a->w->proxy;
-    size_t napps_counted = a->w->metrics.napps;
     struct sl_store_state st;
     char ul[200], rl[200], al[200], labels[700];
     unsigned napps = sl_apps_count(proxy->apps);
@@ -922,49 +958,11 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     sl_help(t, "sluice_app_calls_total", "counter",
             "Calls allowed by app and rule, on this instance (apps are bounded "
             "by max_apps; the rest count as \"other\").");
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        const struct sl_upstream_conf *up = &c->upstreams[i];
-        sl_label(up->name, ul, sizeof(ul));
-        for (size_t k = 0; k < up->nrules; k++) {
-            size_t slot = up->rules[k].metric_slot;
-            sl_label(up->rules[k].name, rl, sizeof(rl));
-            for (unsigned app = 0; app < napps && app < napps_counted; app++) {
-                uint64_t v = SL_SUM(proxy, app_calls, slot * napps_counted + app,
-                                    SL_APP_ROWS);
-                if (v == 0)
-                    continue;
-                sl_tprintf(t, "sluice_app_calls_total{upstream=\"%s\",rule=\"%s\","
-                           "app=\"%s\"} %llu\n", ul, rl,
-                           sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
-                                    sizeof(al)),
-                           (unsigned long long)v);
-            }
-        }
-    }
-
+    sl_app_counters_text(t, proxy, c, "sluice_app_calls_total", SL_APP_CALLS, napps);
     sl_help(t, "sluice_app_denied_total", "counter",
             "Calls answered over the limit, by app and by the rule (or the "
             "upstream's pause) that refused them, on this instance.");
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        const struct sl_upstream_conf *up = &c->upstreams[i];
-        sl_label(up->name, ul, sizeof(ul));
-        for (size_t k = 0; k <= up->nrules; k++) {
-            const struct sl_rule *r = k < up->nrules ? &up->rules[k] : &up->pause_rule;
-            size_t slot = r->metric_slot;
-            sl_label(r->name, rl, sizeof(rl));
-            for (unsigned app = 0; app < napps && app < napps_counted; app++) {
-                uint64_t v = SL_SUM(proxy, app_denied, slot * napps_counted + app,
-                                    SL_APP_ROWS);
-                if (v == 0)
-                    continue;
-                sl_tprintf(t, "sluice_app_denied_total{upstream=\"%s\",rule=\"%s\","
-                           "app=\"%s\"} %llu\n", ul, rl,
-                           sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
-                                    sizeof(al)),
-                           (unsigned long long)v);
-            }
-        }
-    }
+    sl_app_counters_text(t, proxy, c, "sluice_app_denied_total", SL_APP_DENIED, napps);
 
     /* Gauges from the snapshot: per rule, the busiest bucket. */
     static const struct {
