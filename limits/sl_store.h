@@ -256,7 +256,10 @@ struct sl_store_ops {
                      const char *reason, sl_pause_cb cb, void *arg);
     /*
      * The provider reports REMAINING calls left for HIT's bucket, in its
-     * answer to a call sent AGE_US ago.  From then on the bucket's room is
+     * answer to a call sent AGE_US ago (AGE_US counted from just before
+     * that call's commit: its own entry is stamped no earlier, and is the
+     * one call from then on that the report did count).  From then on the
+     * bucket's room is
      * at most REMAINING minus the calls sent after that call (and minus
      * reservations), until a newer report replaces it or one span has
      * passed since that call was sent (everything the provider counted

@@ -1426,9 +1426,14 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
         sent_at = now - age_us;
         sl_window_prune(&b->win, r->span_us, now);
         b->report = true;
-        /* Calls sent after the reporting call were not in its count. */
-        b->report_left = (int64_t)remaining -
-                         (int64_t)sl_window_count_after(&b->win, sent_at);
+        /* Calls sent after the reporting call were not in its count.  The
+         * reporting call itself was: its entry is stamped no earlier than
+         * SENT_AT (taken just before its commit), so it is among those
+         * from SENT_AT on, and is taken off. */
+        {
+            uint32_t from = sl_window_count_after(&b->win, sent_at - 1);
+            b->report_left = (int64_t)remaining - (from > 0 ? (int64_t)from - 1 : 0);
+        }
         b->report_sent = b->sent;
         b->report_until = sent_at + r->span_us;
         b->report_at = now;

@@ -391,12 +391,13 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           "connect_timeout; the call was not sent";
         return CURL_PREREQFUNC_ABORT;
     }
+    /* Just before the commit: every store stamps the call's own log entry
+     * no earlier than this, so a report's sync finds it among the calls
+     * from this moment on, and takes it off (sl_store_sync). */
+    req->sent_us = sl_clock_monotonic(NULL);
     sl_store_commit(req->w->store, req->lease);
     req->committed = true;
     sl_req_record_history(req);
-    /* After the commit: the call's own log entry is not "sent after" the
-     * moment its answer will be reported from (sl_store_sync). */
-    req->sent_us = sl_clock_monotonic(NULL);
     return CURL_PREREQFUNC_OK;
 }
 
