@@ -45,7 +45,8 @@ static void sl_usage(FILE *out)
             "  -h, --help          print this help and exit\n"
             "\n"
             "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
-            "overrides \"store\".\n");
+            "\"store\", SLUICE_ADMIN_LISTEN \"admin.listen\" (and opens the admin\n"
+            "listener if the file has none), SLUICE_ADMIN_TOKEN \"admin.token\".\n");
 }
 
 /* Failing state writes, for logging them without flooding the log. */

@@ -298,6 +298,11 @@ struct sl_error_reply {
 };
 
 struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
+/* A provider's refusal relayed while sluice holds its upstream paused, and
+ * which came without Retry-After: the pause's, as the only field common
+ * client libraries (urllib3's Retry, got, axios-retry) read. */
+void sl_respond_relayed_retry_after(const struct sl_config *c, struct MHD_Response *resp,
+                                    int64_t pause_us);
 /* The over-limit answer: the upstream's reject template or sluice's JSON,
  * with Retry-After (bounded by max_retry_after) and RateLimit fields.
  * APP_ID and APP name the caller's app (APP may be NULL). */
