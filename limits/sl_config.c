@@ -2117,20 +2117,32 @@ static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
     static const char *const keys[] = {"listen", "token", "warn", "critical",
                                        "top", "hosts", NULL};
     const char *s = NULL, *env;
+    const char *listen_env = apply_env ? getenv("SLUICE_ADMIN_LISTEN") : NULL;
     char q[96];
     json_t *f;
     long long n;
 
-    if (v == NULL)
+    /* SLUICE_ADMIN_LISTEN opens (or moves) the admin listener without
+     * editing the file: two instances on one host, one configuration. */
+    if (listen_env != NULL && *listen_env == '\0')
+        listen_env = NULL;
+    if (v == NULL && listen_env == NULL)
         return;
-    if (!json_is_object(v)) {
+    if (v != NULL && !json_is_object(v)) {
         sl_errors_add(errs, "admin: must be an object such as "
                       "{\"listen\": \"127.0.0.1:9901\"}");
         return;
     }
-    sl_check_keys(v, "admin", keys, errs);
-    f = json_object_get(v, "listen");
-    if (f == NULL) {
+    if (v != NULL)
+        sl_check_keys(v, "admin", keys, errs);
+    f = v != NULL ? json_object_get(v, "listen") : NULL;
+    if (listen_env != NULL) {
+        c->admin_listen = strdup(listen_env);
+        if (sl_config_split_listen(listen_env, &c->admin_host, &c->admin_port) != 0)
+            sl_errors_add(errs, "admin.listen (from SLUICE_ADMIN_LISTEN): %s is not "
+                          "HOST:PORT (e.g. \"127.0.0.1:9901\")",
+                          sl_quote(listen_env, q, sizeof(q)));
+    } else if (f == NULL) {
         sl_errors_add(errs, "admin.listen: missing (e.g. \"127.0.0.1:9901\")");
     } else if (sl_get_string(f, "admin.listen", &s, errs) == 0) {
         c->admin_listen = strdup(s);
@@ -2138,6 +2150,10 @@ static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
             sl_errors_add(errs, "admin.listen: %s is not HOST:PORT (e.g. "
                           "\"127.0.0.1:9901\")", sl_quote(s, q, sizeof(q)));
     }
+    if (v == NULL)
+        v = json_object();  /* the env alone: every other key at its default */
+    else
+        json_incref(v);
     f = json_object_get(v, "token");
     env = apply_env ? getenv("SLUICE_ADMIN_TOKEN") : NULL;
     if (env != NULL && *env) {
@@ -2184,6 +2200,7 @@ static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
     f = json_object_get(v, "hosts");
     if (f != NULL)
         sl_parse_admin_hosts(f, c, errs);
+    json_decref(v);
 }
 
 static int sl_double_cmp(const void *a, const void *b)

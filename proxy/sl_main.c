@@ -33,6 +33,8 @@ static void sl_usage(FILE *out)
 {
     fprintf(out,
             "usage: sluice -c FILE [--check]\n"
+            "       sluice health [-c FILE]   (FILE: $SLUICE_CONFIG, else\n"
+            "                                  /etc/sluice/sluice.json)\n"
             "\n"
             "A caller-side API quota proxy: forwards HTTP calls to configured\n"
             "upstreams and enforces their rate, concurrency and quota limits.\n"
@@ -45,7 +47,8 @@ static void sl_usage(FILE *out)
             "  -h, --help          print this help and exit\n"
             "\n"
             "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
-            "overrides \"store\".\n");
+            "\"store\", SLUICE_ADMIN_LISTEN \"admin.listen\" (and opens the admin\n"
+            "listener if the file has none), SLUICE_ADMIN_TOKEN \"admin.token\".\n");
 }
 
 /* Failing state writes, for logging them without flooding the log. */
@@ -121,6 +124,17 @@ int main(int argc, char **argv)
     struct sl_save_log save_log = {0};
     const char *offset_ms;
 
+    /* `sluice health`: a container's health check (sl_health.c). */
+    if (argc >= 2 && strcmp(argv[1], "health") == 0) {
+        const char *path = getenv("SLUICE_CONFIG");
+        if (argc == 4 && (strcmp(argv[2], "-c") == 0 || strcmp(argv[2], "--config") == 0))
+            path = argv[3];
+        else if (argc != 2) {
+            sl_usage(stderr);
+            return 2;
+        }
+        return sl_health_main(path != NULL && *path ? path : "/etc/sluice/sluice.json");
+    }
     while ((opt = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':

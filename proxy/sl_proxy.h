@@ -298,6 +298,15 @@ struct sl_error_reply {
 };
 
 struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
+
+/* `sluice health`: probe the sluice configured in CONFIG_PATH (its admin
+ * listener's /healthz, else its port).  The exit status: 0 healthy, 1 not. */
+int sl_health_main(const char *config_path);
+/* A provider's refusal relayed while sluice holds its upstream paused, and
+ * which came without Retry-After: the pause's, as the only field common
+ * client libraries (urllib3's Retry, got, axios-retry) read. */
+void sl_respond_relayed_retry_after(const struct sl_config *c, struct MHD_Response *resp,
+                                    int64_t pause_us);
 /* The over-limit answer: the upstream's reject template or sluice's JSON,
  * with Retry-After (bounded by max_retry_after) and RateLimit fields.
  * APP_ID and APP name the caller's app (APP may be NULL). */

@@ -586,7 +586,8 @@ static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
         sl_header_connection_lists(ctx->connection, name, nlen) ||
         strcasecmp(name, "Host") == 0 || strcasecmp(name, "Expect") == 0 ||
         strcasecmp(name, "X-Forwarded-For") == 0 ||
-        strcasecmp(name, "X-Forwarded-Proto") == 0)
+        strcasecmp(name, "X-Forwarded-Proto") == 0 ||
+        strcasecmp(name, "X-Request-ID") == 0)  /* sent as sluice keeps it */
         return MHD_YES;
     /* The app-identifying header is sluice's, not the provider's. */
     if (ctx->req->up->app_kind == SL_APP_HEADER && !ctx->req->up->forward_app_header &&
@@ -657,6 +658,13 @@ static int sl_req_build_headers(struct sl_request *req)
     rc = sl_add_header(req, line);
     free(line);
     if (rc != 0 || sl_add_header(req, "X-Forwarded-Proto: http") != 0)
+        return -1;
+    /* One id from the app's log through sluice's to the provider's. */
+    if (asprintf(&line, "X-Request-ID: %s", sl_req_request_id(req)) < 0)
+        return -1;
+    rc = sl_add_header(req, line);
+    free(line);
+    if (rc != 0)
         return -1;
     /* Keep libcurl from inventing headers the client did not send. */
     if (sl_add_header(req, "Expect:") != 0)
@@ -818,12 +826,16 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
     /* Never advertise room on the answer that says stop. */
     bool ours = req->decision.rule != NULL &&
                 req->decision.rule->kind == SL_RULE_RATE && !req->signalled;
-    bool theirs = false;
+    bool theirs = false, has_retry_after = false, has_id = false;
     enum MHD_Result rc;
 
     for (struct sl_hdr *h = req->hdrs; h; h = h->next) {
         if (h->name_len == 10 && strncasecmp(h->line, "Connection", 10) == 0)
             connection = h->value;
+        if (h->name_len == 11 && strncasecmp(h->line, "Retry-After", 11) == 0)
+            has_retry_after = true;
+        if (h->name_len == 12 && strncasecmp(h->line, "X-Request-ID", 12) == 0)
+            has_id = true;
         if (h->name_len == 9 && strncasecmp(h->line, "RateLimit", 9) == 0) {
             long long r = sl_feedback_ratelimit_r(h->value);
             theirs = true;
@@ -864,6 +876,10 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
         sl_respond_ratelimit_headers(resp, &req->decision);
     else if (req->signalled && !theirs)
         sl_respond_pause_headers(resp, req->signal_pause_us);
+    if (req->signalled && !has_retry_after)
+        sl_respond_relayed_retry_after(req->config, resp, req->signal_pause_us);
+    if (!has_id)
+        MHD_add_response_header(resp, "X-Request-ID", sl_req_request_id(req));
     rc = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     if (rc != MHD_YES) {

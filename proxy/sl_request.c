@@ -40,6 +40,8 @@
 
 #include <arpa/inet.h>
 #include <stdlib.h>
+#include <ctype.h>
+#include <sys/random.h>
 #include <string.h>
 
 static void sl_req_free(struct sl_request *req);
@@ -170,6 +172,55 @@ void sl_req_limited(struct sl_request *req, const struct sl_decision *d)
                                                                      : "rejected");
 }
 
+/* A request id: 32 hex digits from a per-thread generator seeded from the
+ * kernel (unique, not a secret: splitmix64 over a random start). */
+static void sl_req_make_id(char out[33])
+{
+    static _Thread_local uint64_t state;
+    static _Thread_local bool seeded;
+    uint64_t x[2];
+
+    if (!seeded) {
+        if (getrandom(&state, sizeof(state), 0) != (ssize_t)sizeof(state))
+            state = (uint64_t)sl_clock_wall() ^ (uint64_t)(uintptr_t)&state;
+        seeded = true;
+    }
+    for (int i = 0; i < 2; i++) {
+        uint64_t z = (state += UINT64_C(0x9e3779b97f4a7c15));
+        z = (z ^ (z >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+        z = (z ^ (z >> 27)) * UINT64_C(0x94d049bb133111eb);
+        x[i] = z ^ (z >> 31);
+    }
+    snprintf(out, 33, "%016llx%016llx", (unsigned long long)x[0],
+             (unsigned long long)x[1]);
+}
+
+/* Is V a request id worth keeping: 1 to 64 of [A-Za-z0-9._:-]? */
+static bool sl_req_id_ok(const char *v)
+{
+    size_t n = 0;
+
+    for (; v[n] != '\0'; n++)
+        if (n >= 64 || !(isalnum((unsigned char)v[n]) || strchr("._:-", v[n]) != NULL))
+            return false;
+    return n > 0;
+}
+
+const char *sl_req_request_id(struct sl_request *req)
+{
+    if (req->request_id[0] == '\0') {
+        const char *v = req->conn != NULL
+                            ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                          "X-Request-ID")
+                            : NULL;
+        if (v != NULL && sl_req_id_ok(v))
+            snprintf(req->request_id, sizeof(req->request_id), "%s", v);
+        else
+            sl_req_make_id(req->request_id);
+    }
+    return req->request_id;
+}
+
 /* Queue the pending synthetic response. */
 enum MHD_Result sl_req_queue_pending(struct sl_request *req)
 {
@@ -177,6 +228,7 @@ enum MHD_Result sl_req_queue_pending(struct sl_request *req)
 
     if (req->pending == NULL)
         return MHD_NO;  /* could not even build it: drop the connection */
+    MHD_add_response_header(req->pending, "X-Request-ID", sl_req_request_id(req));
     rc = MHD_queue_response(req->conn, req->pending_status, req->pending);
     MHD_destroy_response(req->pending);
     req->pending = NULL;
@@ -831,7 +883,7 @@ static void sl_req_access_log(struct sl_request *req)
     const char *per = "-";
     char remaining[24] = "-", up_ms[24] = "-";
     int64_t total = sl_now_ms() - req->start_ms;
-    char shadows[512] = "";
+    char shadows[512] = "", trace[33] = "-";
     size_t sn = 0;
     const char *share = d->verdict == SL_VERDICT_DENY && rule != NULL &&
                                 rule->kind == SL_RULE_RATE
@@ -861,6 +913,20 @@ static void sl_req_access_log(struct sl_request *req)
         snprintf(up_ms, sizeof(up_ms), "%.1f", (double)req->upstream_us / 1000.0);
     if (plen > 1024)
         plen = 1024;
+    /* W3C trace context: the trace id of a well-formed traceparent
+     * ("00-<32 hex>-<16 hex>-<2 hex>"), passed upstream untouched. */
+    {
+        const char *tp = req->conn != NULL
+                             ? MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                           "traceparent")
+                             : NULL;
+        bool ok = tp != NULL && strlen(tp) >= 55 && tp[2] == '-' && tp[35] == '-' &&
+                  tp[52] == '-';
+        for (int i = 3; ok && i < 35; i++)
+            ok = isxdigit((unsigned char)tp[i]) != 0;
+        if (ok)
+            snprintf(trace, sizeof(trace), "%.32s", tp + 3);
+    }
     if (sl_log_is_json()) {
         char f[3072];
         size_t n = 0;
@@ -872,6 +938,8 @@ static void sl_req_access_log(struct sl_request *req)
             n += (size_t)snprintf(f + n, sizeof(f) - n, "\"");                  \
         } while (0)
         n += (size_t)snprintf(f, sizeof(f), "\"msg\":\"access\"");
+        SL_F_STR("request_id", sl_req_request_id(req), strlen(sl_req_request_id(req)));
+        SL_F_STR("trace_id", trace, strlen(trace));
         SL_F_STR("client", req->client[0] ? req->client : "-",
                  strlen(req->client[0] ? req->client : "-"));
         SL_F_STR("app", req->check.app_name ? req->check.app_name : "-",
@@ -905,14 +973,14 @@ static void sl_req_access_log(struct sl_request *req)
     }
     sl_info("access client=%s app=%s upstream=%s method=%s path=%.*s status=%u "
             "outcome=%s rule=%s per=%s remaining=%s held_ms=%lld upstream_ms=%s "
-            "ms=%lld bytes_out=%llu%s%s%s%s",
+            "ms=%lld bytes_out=%llu request_id=%s trace_id=%s%s%s%s%s",
             req->client[0] ? req->client : "-",
             req->check.app_name ? req->check.app_name : "-",
             req->up ? req->up->name : "-", req->method ? req->method : "-",
             (int)plen, req->uri, req->status_sent,
             req->outcome ? req->outcome : "-", rule ? rule->name : "-", per,
             remaining, (long long)req->held_ms, up_ms, (long long)total,
-            (unsigned long long)req->bytes_out,
+            (unsigned long long)req->bytes_out, sl_req_request_id(req), trace,
             shadows[0] ? " shadow_denied=" : "", shadows,
             share != NULL ? " share=" : "", share != NULL ? share : "");
 }

@@ -159,6 +159,10 @@ struct sl_request {
     int64_t upstream_us;              /* send to the exchange's end */
     bool expired;                     /* held past max_wait */
     char client[48];                  /* the peer's address, for app/logs */
+    /* X-Request-ID: the client's (if it is a plain token of at most 64
+     * characters) or one made here; sent upstream, returned to the client,
+     * logged.  "" until sl_req_request_id(). */
+    char request_id[65];
     unsigned status_sent;
     const char *outcome;              /* for the access log */
     uint64_t bytes_out;
@@ -177,6 +181,8 @@ void sl_req_error(struct sl_request *req, unsigned status, const char *error,
 /* The over-limit answer for decision D (the upstream's reject status). */
 void sl_req_limited(struct sl_request *req, const struct sl_decision *d);
 enum MHD_Result sl_req_queue_pending(struct sl_request *req);
+/* The call's request id (see request_id), made on first use. */
+const char *sl_req_request_id(struct sl_request *req);
 /* sl_decide_cb: the store's answer for a call (may run inside
  * sl_store_decide()). */
 void sl_req_decided(void *arg, const struct sl_decision *d,

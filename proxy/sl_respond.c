@@ -77,6 +77,8 @@ struct MHD_Response *sl_respond_error(const struct sl_error_reply *e)
 }
 
 /* Retry-After: whole seconds, rounded up, at least 1. */
+static int64_t sl_retry_after_bounded(const struct sl_config *c, int64_t wait_us);
+
 static int64_t sl_retry_after(int64_t wait_us)
 {
     int64_t s = sl_duration_ceil_seconds(wait_us);
@@ -108,6 +110,15 @@ void sl_respond_pause_headers(struct MHD_Response *resp, int64_t pause_us)
     snprintf(buf, sizeof(buf), "\"upstream-pause\";r=0;t=%lld",
              (long long)sl_retry_after(pause_us));
     MHD_add_response_header(resp, "RateLimit", buf);
+}
+
+void sl_respond_relayed_retry_after(const struct sl_config *c, struct MHD_Response *resp,
+                                    int64_t pause_us)
+{
+    char buf[32];
+
+    snprintf(buf, sizeof(buf), "%lld", (long long)sl_retry_after_bounded(c, pause_us));
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, buf);
 }
 
 /* A growing string for the reject template. */

@@ -1,18 +1,28 @@
 #!/bin/sh
-# Install what sluice needs to build and test on Debian 12 (bookworm).
-# Usage: scripts/install-deps.sh [--bench]   (--bench adds nginx, haproxy, wrk, perf)
-# prometheus (promtool and a server that scrapes sluice) and chromium (the
-# usage page, headless) are for the integration tests.
+# Install what sluice needs on Debian 12 (bookworm).
+#   scripts/install-deps.sh           building and running sluice
+#   scripts/install-deps.sh --test    ... and the test suite (tests/run uses it):
+#                                     redis-server, cmocka, pytest, clang (libFuzzer),
+#                                     Prometheus, Chromium, stress-ng, podman
+#   scripts/install-deps.sh --bench   ... and the benchmark (nginx, haproxy, wrk, perf)
 set -eu
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
-      libjansson-dev libhiredis-dev libcmocka-dev redis-server python3
-      python3-pytest python3-yaml curl ca-certificates openssl clang prometheus
-      chromium"
-if [ "${1:-}" = "--bench" ]; then
-    PKGS="$PKGS nginx-light haproxy wrk linux-perf"
-fi
+      libjansson-dev libhiredis-dev ca-certificates"
+for arg in "$@"; do
+    case "$arg" in
+    --test)
+        PKGS="$PKGS libcmocka-dev redis-server python3 python3-pytest python3-yaml
+              curl openssl clang prometheus chromium stress-ng
+              podman runc mmdebstrap uidmap" ;;
+    --bench)
+        PKGS="$PKGS redis-server python3 curl nginx-light haproxy wrk linux-perf" ;;
+    *)
+        echo "usage: scripts/install-deps.sh [--test] [--bench]" >&2
+        exit 2 ;;
+    esac
+done
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $PKGS

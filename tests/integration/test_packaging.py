@@ -167,3 +167,52 @@ def test_container_and_systemd_reload_with_sighup(upstream):
     assert "SIGHUP: configuration reloaded" in p.stderr.read()
     unit = open(os.path.join(ROOT, "deploy", "sluice.service")).read()
     assert re.search(r"^ExecReload=/bin/kill -HUP \$MAINPID$", unit, re.M)
+
+
+def test_health_subcommand(upstream, tmp_path):
+    """`sluice health` (the image's HEALTHCHECK): 0 while the configured
+    sluice answers, 1 with a reason when it does not."""
+    from harness import Sluice
+    port, admin = free_port(), free_port()
+    cfg = {"listen": "127.0.0.1:%d" % port,
+           "admin": {"listen": "127.0.0.1:%d" % admin},
+           "upstreams": [{"name": "up", "prefix": "/up", "url": upstream.url}]}
+    path = os.path.join(str(tmp_path), "sluice.json")
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+
+    def health(**env):
+        e = dict(os.environ, **env)
+        return subprocess.run([SLUICE_BIN, "health", "-c", path], capture_output=True,
+                              text=True, timeout=20, env=e)
+
+    r = health()
+    assert r.returncode == 1 and "/healthz" in r.stderr and "connect" in r.stderr
+    sl = Sluice(cfg, port=port)
+    try:
+        r = health()
+        assert r.returncode == 0 and "ok" in r.stdout, r.stderr
+        # From the environment, as in the image (SLUICE_CONFIG).
+        r = subprocess.run([SLUICE_BIN, "health"], capture_output=True, text=True,
+                           timeout=20, env=dict(os.environ, SLUICE_CONFIG=path))
+        assert r.returncode == 0, r.stderr
+    finally:
+        sl.stop()
+    # Without an admin listener: the proxy's port.
+    del cfg["admin"]
+    with open(path, "w") as f:
+        json.dump(cfg, f)
+    sl = Sluice(cfg, port=port)
+    try:
+        r = health()
+        assert r.returncode == 0 and "accepts connections" in r.stdout, r.stderr
+    finally:
+        sl.stop()
+    r = health()
+    assert r.returncode == 1
+
+
+def test_dockerfile_has_a_healthcheck_without_extra_tools():
+    text = open(os.path.join(ROOT, "docker", "Dockerfile")).read()
+    assert re.search(r'^\s+CMD \["/usr/local/bin/sluice", "health"\]$', text, re.M)
+    assert "curl" not in text.split("FROM debian:bookworm-slim")[1]
