@@ -216,5 +216,6 @@ def test_dockerfile_has_a_healthcheck_without_extra_tools():
     text = open(os.path.join(ROOT, "docker", "Dockerfile")).read()
     assert re.search(r'^\s+CMD \["/usr/local/bin/sluice", "health"\]$', text, re.M)
     # No curl or wget installed in the runtime stage (libcurl4 is a library).
-    runtime = text.split("FROM debian:bookworm-slim")[1]
+    runtime = "\n".join(l for l in text.split("FROM debian:bookworm-slim")[1].splitlines()
+                        if not l.lstrip().startswith("#"))
     assert not re.search(r"\s(curl|wget)\s", runtime), runtime
