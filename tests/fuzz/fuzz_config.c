@@ -66,7 +66,11 @@ static void sl_fuzz_valid_config(const struct sl_config *c)
             sl_fuzz_check(r->name != NULL);
             if (r->kind == SL_RULE_RATE) {
                 sl_fuzz_check(r->window_us > 0);
-                sl_fuzz_check(r->span_us == r->window_us + u->margin_us);
+                /* The margin: the upstream's, or min(100 ms, window / 20). */
+                int64_t m = u->margin_us != SL_MARGIN_AUTO ? u->margin_us
+                            : r->window_us / 20 < 100000 ? r->window_us / 20 : 100000;
+                sl_fuzz_check(u->margin_us == SL_MARGIN_AUTO || u->margin_us >= 0);
+                sl_fuzz_check(r->span_us == r->window_us + m);
                 sl_fuzz_round_trip(r->window_us);
             }
             sl_fuzz_round_trip(r->sync_probe_us);
