@@ -1331,6 +1331,33 @@ static void sl_redis_settle_owed(struct sl_redis *r);
 static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
 static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                                      const redisReply *rep);
+static void sl_redis_log_error(struct sl_redis *r, const char *what,
+                               const char *detail);
+
+/*
+ * One run of a read gathered from several (a snapshot per upstream, a
+ * history per rule): true when REP is missing or an error (logged as
+ * SCRIPT's), with *ERROR set to the first failure's sentence (REFUSED for
+ * an error reply).  False: REP is a reply to read.
+ */
+static bool sl_redis_part_failed(struct sl_redis *r, const redisReply *rep,
+                                 const char **error, const char *script,
+                                 const char *refused)
+{
+    if (rep == NULL) {
+        if (*error == NULL)
+            *error = "redis did not answer";
+        return true;
+    }
+    if (rep->type == REDIS_REPLY_ERROR) {
+        sl_redis_log_error(r, script, rep->str);
+        if (*error == NULL)
+            *error = refused;
+        return true;
+    }
+    return false;
+}
+
 static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
                                 const redisReply *rep);
 static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
@@ -3734,13 +3761,11 @@ static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
 {
     struct sl_redis_snap *rs = op->snap;
 
-    if (rep == NULL)
-        rs->error = rs->error ? rs->error : "redis did not answer";
-    else if (rep->type == REDIS_REPLY_ERROR) {
-        sl_redis_log_error(r, "the snapshot script", rep->str);
-        rs->error = rs->error ? rs->error : "redis refused the snapshot script";
-    } else if (rs->error == NULL &&
-               sl_redis_snap_fill(r, &rs->snap->ups[op->upstream], rep) != 0)
+    if (sl_redis_part_failed(r, rep, &rs->error, "the snapshot script",
+                             "redis refused the snapshot script"))
+        ;
+    else if (rs->error == NULL &&
+             sl_redis_snap_fill(r, &rs->snap->ups[op->upstream], rep) != 0)
         rs->error = "unexpected snapshot reply (or out of memory)";
     if (--rs->pending > 0)
         return;
@@ -3916,13 +3941,11 @@ static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
 {
     struct sl_redis_hist *rh = op->hist;
 
-    if (rep == NULL)
-        rh->error = rh->error ? rh->error : "redis did not answer";
-    else if (rep->type == REDIS_REPLY_ERROR) {
-        sl_redis_log_error(r, "the history script", rep->str);
-        rh->error = rh->error ? rh->error : "redis refused the history script";
-    } else if (rh->error == NULL &&
-               sl_redis_hist_fill(&rh->views[op->index], rep) != 0)
+    if (sl_redis_part_failed(r, rep, &rh->error, "the history script",
+                             "redis refused the history script"))
+        ;
+    else if (rh->error == NULL &&
+             sl_redis_hist_fill(&rh->views[op->index], rep) != 0)
         rh->error = "unexpected history reply (or out of memory)";
     if (--rh->pending == 0)
         sl_redis_hist_done(rh);

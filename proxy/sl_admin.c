@@ -1287,10 +1287,10 @@ static enum MHD_Result sl_history_arg(void *cls, enum MHD_ValueKind kind,
 }
 
 /* A JSON error answer: {"error": CODE, "message": MESSAGE}. */
-static enum MHD_Result sl_json_error(struct MHD_Connection *conn, unsigned status,
-                                     const char *code, const char *message)
+/* Answer J (taken) with STATUS as one JSON line. */
+static enum MHD_Result sl_queue_json(struct MHD_Connection *conn, unsigned status,
+                                     json_t *j)
 {
-    json_t *j = json_pack("{s:s,s:o}", "error", code, "message", sl_json_text(message));
     char *text = j != NULL ? json_dumps(j, JSON_COMPACT) : NULL;
     size_t n;
 
@@ -1298,16 +1298,15 @@ static enum MHD_Result sl_json_error(struct MHD_Connection *conn, unsigned statu
     if (text == NULL)
         return MHD_NO;
     n = strlen(text);
-    {
-        char *body = realloc(text, n + 2);
-        if (body == NULL) {
-            free(text);
-            return MHD_NO;
-        }
-        body[n] = '\n';
-        body[n + 1] = '\0';
-        return sl_queue(conn, status, sl_owned(body, n + 1, "application/json"));
-    }
+    text[n] = '\n';  /* json_dumps' NUL becomes the line's end */
+    return sl_queue(conn, status, sl_owned(text, n + 1, "application/json"));
+}
+
+static enum MHD_Result sl_json_error(struct MHD_Connection *conn, unsigned status,
+                                     const char *code, const char *message)
+{
+    return sl_queue_json(conn, status, json_pack("{s:s,s:o}", "error", code, "message",
+                                                 sl_json_text(message)));
 }
 
 /*
@@ -1489,7 +1488,6 @@ static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection
     enum sl_reload_result res = sl_proxy_reload(proxy, "POST /reload", &errs);
     const struct sl_config *c = sl_proxy_config(proxy);
     json_t *j = json_object(), *list = json_array();
-    char *text;
     unsigned status = res == SL_RELOAD_OK ? MHD_HTTP_OK
                       : res == SL_RELOAD_INVALID ? MHD_HTTP_BAD_REQUEST
                                                  : MHD_HTTP_CONFLICT;
@@ -1501,21 +1499,7 @@ static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection
     json_object_set_new(j, "generation", json_integer((json_int_t)c->generation));
     json_object_set_new(j, "errors", list);
     sl_config_unref(c);
-    text = json_dumps(j, JSON_COMPACT);
-    json_decref(j);
-    if (text == NULL)
-        return MHD_NO;
-    {
-        size_t n = strlen(text);
-        char *body = realloc(text, n + 2);
-        if (body == NULL) {
-            free(text);
-            return MHD_NO;
-        }
-        body[n] = '\n';
-        body[n + 1] = '\0';
-        return sl_queue(conn, status, sl_owned(body, n + 1, "application/json"));
-    }
+    return sl_queue_json(conn, status, j);
 }
 
 /* ---- operator actions (sl_admin_ops) ---- */

@@ -1,23 +1,13 @@
 """The usage history (GET /history): calls per minute per app over the last
 24 hours, per rate rule, against the real binary, a recording upstream and
 a real redis-server shared by two instances."""
-import http.client
 import json
 import time
 
 from harness import free_port
+from test_admin import admin_get
 
 TOKEN = "s3cret-admin-token-0123"
-
-
-def admin_get(sl, path, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-    try:
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
 
 
 def history(sl, query="", headers=None):
