@@ -517,6 +517,16 @@ def parallel(n, fn):
     return out
 
 
+def wait_for(pred, timeout=10, step=0.05):
+    """PRED's first true value within TIMEOUT seconds, else its last value."""
+    deadline = time.monotonic() + timeout
+    while True:
+        v = pred()
+        if v or time.monotonic() > deadline:
+            return v
+        time.sleep(step)
+
+
 def max_in_window(times, window):
     """Largest number of times inside any half-open interval of length WINDOW."""
     best = 0

@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import SLUICE_BIN, _Server, free_port
+from harness import SLUICE_BIN, _Server, free_port, wait_for
 
 TOKEN = "s3cret-admin-token-0123"
 
@@ -77,15 +77,6 @@ def is_closed(s):
         return True
     finally:
         s.setblocking(True)
-
-
-def wait_until(pred, timeout):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if pred():
-            return True
-        time.sleep(0.02)
-    return pred()
 
 
 # ---- slow and slot-filling clients ----
@@ -199,7 +190,7 @@ def test_one_address_keeps_at_most_16_waiting_connections(upstream, sluice):
             mine.append(trickler(sl.admin_port, "127.0.0.3"))
             time.sleep(0.005)  # in order of arrival
         # Each connection past 16 closed that address's oldest waiting one.
-        assert wait_until(lambda: all(is_closed(s) for s in mine[:24]), 3)
+        assert wait_for(lambda: all(is_closed(s) for s in mine[:24]), 3, 0.02)
         assert not any(is_closed(s) for s in mine[24:])
         # Another address's connections were not touched.
         assert not any(is_closed(s) for s in others)
@@ -383,7 +374,7 @@ class RawReceiver:
             return [json.loads(b) for _, b in self.posts]
 
     def wait(self, n, timeout=10):
-        wait_until(lambda: len(self.posts) >= n, timeout)
+        wait_for(lambda: len(self.posts) >= n, timeout)
         return self.events()
 
     def close(self):

@@ -4,7 +4,7 @@ import socket
 import threading
 import time
 
-from harness import max_in_window, parallel
+from harness import max_in_window, parallel, wait_for
 
 
 def one(up, rules, **extra):
@@ -177,7 +177,7 @@ def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice):
     sl = sluice(one(upstream, [{"name": "one", "concurrency": 1}]))
     s = socket.create_connection(("127.0.0.1", sl.port))
     s.sendall(b"GET /leads/slow HTTP/1.1\r\nHost: x\r\nX-Test-Delay: 3\r\n\r\n")
-    time.sleep(0.3)
+    assert wait_for(lambda: upstream.active == 1, 2)  # its slot is taken
     assert sl.request("GET", "/leads/now")[0] == 429
     s.close()  # gone while its call waits for the upstream
     time.sleep(0.3)

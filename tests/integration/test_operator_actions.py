@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import free_port
+from harness import free_port, wait_for
 from test_admin import Receiver
 
 TOKEN = "operator-token-0123456789"
@@ -63,16 +63,6 @@ def provider_pause(sl, retry_after=FAR):
     # With Redis the pause is written behind the answer (another worker's
     # connection): an operator acts on what /status shows.
     assert wait_for(lambda: paused(sl) is not None)
-
-
-def wait_for(pred, timeout=10):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = pred()
-        if v:
-            return v
-        time.sleep(0.05)
-    return pred()
 
 
 def test_clear_a_far_future_pause_on_every_instance(upstream, redis, sluice):

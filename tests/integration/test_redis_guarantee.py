@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from harness import DelayRelay, RedisServer, Upstream, max_in_window, parallel
+from harness import DelayRelay, RedisServer, Upstream, max_in_window, parallel, wait_for
 
 
 class DebugRedis(RedisServer):
@@ -108,15 +108,6 @@ def cfg(up, redis, rules, upstream=None, **top):
 def keys(redis, kind):
     """Keys of one kind ('r' log, 'v' reservations, 'c' slots, 's' report)."""
     return [k for k in redis.cli("KEYS", "*").split() if (":%s:" % kind) in k]
-
-
-def wait_for(pred, timeout, step=0.05):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v or time.monotonic() > deadline:
-            return v
-        time.sleep(step)
 
 
 RATE = "sluice:{leads}:r:1:w:"
