@@ -14,9 +14,16 @@
 # copyright file and a compressed changelog), dependencies computed from
 # the binary's libraries by dpkg-shlibdeps. lintian reports no error on
 # it (tests/integration/test_packaging.py).
+#
+# -DSLUICE_PACKAGING=OFF installs the binary alone (the container image's
+# build, which copies only the sources).
 include(GNUInstallDirs)
+option(SLUICE_PACKAGING "Install the man page, the unit, the docs; cpack" ON)
 
 install(TARGETS sluice RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+if(NOT SLUICE_PACKAGING)
+  return()
+endif()
 
 # The man page, compressed at build time as Debian policy asks.
 set(SL_MAN_GZ ${CMAKE_BINARY_DIR}/sluice.8.gz)
