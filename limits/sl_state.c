@@ -46,6 +46,7 @@
 #include "sl_log.h"
 #include "sl_store.h"
 #include "sl_window.h"
+#include "sl_time.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -142,7 +143,7 @@ void sl_state_clock_now(struct sl_store *memory, struct sl_state_clock *now)
     /* A test's clock is nobody else's: only wall time links it to others. */
     if (sl_store_memory_monotonic(memory))
         sl_boot_id(now->boot_id);
-    now->wall = sl_clock_wall();
+    now->wall = sl_time_wall_us();
     now->store = sl_store_memory_now(memory);
 }
 
@@ -972,7 +973,7 @@ int sl_state_parse(const unsigned char *buf, size_t len, struct sl_store *memory
     if (memory != NULL)
         sl_state_clock_now(memory, &now);
     else
-        now.wall = sl_clock_wall();
+        now.wall = sl_time_wall_us();
     /* The check pass first: a refused file changes nothing. */
     rc = sl_state_apply(buf, len, NULL, 0, NULL, config, apps, &now, &stats, err,
                         errlen);
@@ -1118,7 +1119,7 @@ struct sl_state {
 
 static void sl_state_failed(struct sl_state *st, int e)
 {
-    int64_t now = sl_clock_wall(), last = atomic_load(&st->logged_at);
+    int64_t now = sl_time_wall_us(), last = atomic_load(&st->logged_at);
 
     atomic_fetch_add(&st->failures, 1);
     atomic_store(&st->last_errno, e);
@@ -1143,7 +1144,7 @@ static void sl_state_on_sent(void *arg, const struct sl_upstream_conf *up,
 
     memcpy(at.boot_id, st->boot_id, 16);
     at.store = sl_store_memory_now(st->memory);
-    at.wall = sl_clock_wall();
+    at.wall = sl_time_wall_us();
     len = sl_state_journal_record(buf, sizeof(stack), &at, up->name,
                                   sl_apps_name(st->apps, app), slots, n);
     if (len > sizeof(stack)) {

@@ -150,6 +150,7 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -1378,9 +1379,7 @@ static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
 
 static int64_t sl_redis_now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return sl_time_mono_us();
 }
 
 static int64_t sl_redis_now_ms(void)
@@ -1433,7 +1432,7 @@ static int64_t sl_redis_est_now(const struct sl_redis *r)
         int64_t now = sl_redis_now_us();
         return now + sl_redis_offset(r, now);
     }
-    return sl_clock_wall();
+    return sl_time_wall_us();
 }
 
 static void sl_redis_period(const struct sl_redis *r, const struct sl_rule *rule,
@@ -1505,7 +1504,7 @@ static _Atomic int64_t sl_redis_down_since_ms;
 
 static int64_t sl_wall_ms(void)
 {
-    return sl_clock_wall() / 1000;
+    return sl_time_wall_us() / 1000;
 }
 
 bool sl_store_redis_down(int64_t *since_ms)

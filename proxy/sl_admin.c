@@ -28,6 +28,8 @@
 #include "sl_history.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
+#include "sl_time.h"
+#include "sl_json.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -112,20 +114,6 @@ static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
 
 /* ---- small helpers ---- */
 
-double sl_wall_now(void)
-{
-    return (double)sl_clock_wall() / 1e6;
-}
-
-void sl_iso_time(double t, char *buf, size_t len)
-{
-    time_t s = (time_t)t;
-    struct tm tm;
-
-    gmtime_r(&s, &tm);
-    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 static const char *sl_band(const struct sl_config *c, double utilization)
 {
     if (utilization >= c->critical_at)
@@ -146,36 +134,6 @@ static double sl_ratio(uint64_t used, uint64_t limit)
 static double sl_secs(int64_t us)
 {
     return round((double)us / 1000.0) / 1000.0;
-}
-
-json_t *sl_json_text(const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    json_t *j = json_string(s);
-    size_t n = strlen(s);
-    char *out;
-
-    if (j != NULL)
-        return j;
-    /* Not UTF-8 (a per value decoded from %E9, say): its bytes above
-     * 0x7f written as %XX, so the key is still shown and still unique. */
-    out = malloc(3 * n + 1);
-    if (out == NULL)
-        return json_null();
-    n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p < 0x80 && *p != '%') {
-            out[n++] = (char)*p;
-        } else {
-            out[n++] = '%';
-            out[n++] = hex[*p >> 4];
-            out[n++] = hex[*p & 15];
-        }
-    }
-    out[n] = '\0';
-    j = json_string(out);
-    free(out);
-    return j != NULL ? j : json_null();
 }
 
 /* Constant-time comparison of A (LEN bytes) with the NUL-terminated B. */
@@ -620,13 +578,13 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     const struct sl_config *c = snap->config;
     struct sl_proxy *proxy = a->w->proxy;
     struct sl_store_state st;
-    double now = sl_wall_now();
-    int64_t mono = sl_now_ms();
+    double now = sl_time_wall();
+    int64_t mono = sl_time_mono_ms();
     json_t *root = json_object(), *store = json_object(), *ups = json_array();
     char iso[32];
 
     sl_admin_store_state(a, &st);
-    sl_iso_time(now, iso, sizeof(iso));
+    sl_time_iso(now, iso, sizeof(iso));
     json_object_set_new(root, "version", json_string(SLUICE_VERSION));
     json_object_set_new(root, "now", json_string(iso));
     json_object_set_new(root, "now_unix", json_real(round(now * 1000) / 1000));
@@ -635,7 +593,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     {
         json_t *cf = json_object();
         char loaded[32];
-        sl_iso_time((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
+        sl_time_iso((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
         json_object_set_new(cf, "generation", json_integer((json_int_t)c->generation));
         json_object_set_new(cf, "loaded_at", json_string(loaded));
         json_object_set_new(cf, "loaded_at_unix",
@@ -666,7 +624,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(store, "on_store_error", json_null());
     }
     if (st.shared_down) {
-        sl_iso_time(st.down_since, iso, sizeof(iso));
+        sl_time_iso(st.down_since, iso, sizeof(iso));
         json_object_set_new(store, "down_since", json_string(iso));
         json_object_set_new(store, "down_since_unix", json_real(st.down_since));
         json_object_set_new(store, "fallback",
@@ -690,7 +648,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(u, "prefix", json_string(up->prefix));
         if (uu->paused_us > 0) {
             double until = now + (double)uu->paused_us / 1e6;
-            sl_iso_time(until + 0.999, iso, sizeof(iso));
+            sl_time_iso(until + 0.999, iso, sizeof(iso));
             json_t *p = json_pack("{s:s,s:f,s:f}", "resumes_at", iso,
                                   "resumes_at_unix", round(until * 1000) / 1000,
                                   "resumes_in", sl_secs(uu->paused_us));
@@ -1172,10 +1130,10 @@ static struct MHD_Response *sl_history_render(struct sl_admin_req *ar,
     const struct sl_config *c = ar->config;
     json_t *root = json_object(), *ups = json_array(), *cur = NULL;
     const struct sl_upstream_conf *cur_up = NULL;
-    double now = sl_wall_now();
+    double now = sl_time_wall();
     char iso[32], *text;
 
-    sl_iso_time(now, iso, sizeof(iso));
+    sl_time_iso(now, iso, sizeof(iso));
     json_object_set_new(root, "now", json_string(iso));
     json_object_set_new(root, "now_unix", json_real(round(now * 1000.0) / 1000.0));
     json_object_set_new(root, "minutes", json_integer(SL_HIST_MINUTES));

@@ -33,6 +33,8 @@
 #include "sl_feedback.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
+#include "sl_time.h"
+#include "sl_json.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -192,13 +194,13 @@ static void sl_op_refuse(struct sl_admin_op *op, unsigned status, const char *co
 /* A pause of US µs as /status shows it, or null. */
 static json_t *sl_op_pause_json(int64_t us, bool by_operator, const char *reason)
 {
-    double now = sl_wall_now(), until = now + (double)us / 1e6;
+    double now = sl_time_wall(), until = now + (double)us / 1e6;
     char iso[32];
     json_t *p;
 
     if (us <= 0)
         return json_null();
-    sl_iso_time(until + 0.999, iso, sizeof(iso));
+    sl_time_iso(until + 0.999, iso, sizeof(iso));
     p = json_pack("{s:s,s:f,s:f}", "resumes_at", iso, "resumes_at_unix",
                   round(until * 1000) / 1000, "resumes_in",
                   round((double)us / 1000.0) / 1000.0);

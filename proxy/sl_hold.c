@@ -15,6 +15,7 @@
 #include "sl_request.h"
 
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <stdlib.h>
 
@@ -27,9 +28,9 @@ void sl_req_unhold(struct sl_request *req)
         return;
     sl_queue_remove(&req->w->queue, &req->held);
     req->is_held = false;
-    req->held_ms += sl_now_ms() - req->held.since_ms;
+    req->held_ms += sl_time_mono_ms() - req->held.since_ms;
     sl_hist_observe(&req->w->metrics.held[req->up->metric_id], sl_hist_held_bounds,
-                    (sl_now_ms() - req->held.since_ms) * 1000);
+                    (sl_time_mono_ms() - req->held.since_ms) * 1000);
 }
 
 /*
@@ -43,7 +44,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     struct sl_worker *w = req->w;
     const struct sl_hit *waiting = NULL;
     const struct sl_rule *r = d->rule;
-    int64_t now = sl_now_ms(), wait_ms;
+    int64_t now = sl_time_mono_ms(), wait_ms;
 
     if (w->stop || r == NULL || (r->on_limit != SL_ON_LIMIT_QUEUE && !force)) {
         req->rehold = false;

@@ -228,7 +228,6 @@ int sl_worker_start(struct sl_worker *w);
 void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
-int64_t sl_now_ms(void);
 int sl_listen_socket(const char *host, int port, bool reuseport, int backlog,
                      const char *what, const char *text);
 /* libmicrohttpd's messages, into sluice's log (MHD_OPTION_EXTERNAL_LOGGER). */

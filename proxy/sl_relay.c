@@ -38,6 +38,7 @@
 #include "sl_history.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -375,7 +376,7 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           int primary_port, int local_port)
 {
     struct sl_request *req = ud;
-    int64_t now = sl_clock_monotonic(NULL);
+    int64_t now = sl_time_mono_us();
 
     (void)primary_ip;
     (void)local_ip;
@@ -394,7 +395,7 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     /* Just before the commit: every store stamps the call's own log entry
      * no earlier than this, so a report's sync finds it among the calls
      * from this moment on, and takes it off (sl_store_sync). */
-    req->sent_us = sl_clock_monotonic(NULL);
+    req->sent_us = sl_time_mono_us();
     sl_store_commit(req->w->store, req->lease);
     req->committed = true;
     sl_req_record_history(req);
@@ -450,7 +451,7 @@ void sl_req_update_pause(struct sl_request *req)
          * transfer is unpaused from outside its callbacks: drive it in this
          * loop pass ourselves. */
         if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
-            req->w->curl_deadline_ms = sl_now_ms();
+            req->w->curl_deadline_ms = sl_time_mono_ms();
     }
 }
 
@@ -485,7 +486,7 @@ void sl_req_abort_transfer(struct sl_request *req)
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
-        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        req->upstream_us = sl_time_mono_us() - req->sent_us;
         sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
@@ -504,7 +505,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
-        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        req->upstream_us = sl_time_mono_us() - req->sent_us;
         sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
@@ -967,8 +968,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req, &unreadable);
         if (unreadable > 0) {
             req->w->malformed_reports++;
-            if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
-                req->w->malformed_logged_ms = sl_now_ms();
+            if (sl_time_mono_ms() - req->w->malformed_logged_ms > 10000) {
+                req->w->malformed_logged_ms = sl_time_mono_ms();
                 sl_warn("upstream %s: ignored a malformed usage report for rule "
                         "\"%s\" (%lu on this worker so far)", up->name, r->name,
                         req->w->malformed_reports);
@@ -976,7 +977,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         }
         if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
-            int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
+            int64_t age = req->sent_us > 0 ? sl_time_mono_us() - req->sent_us : 0;
             sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
             /* This answer's RateLimit fields say what the provider just
              * said, when it leaves fewer calls than the decision did. */

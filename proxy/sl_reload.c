@@ -26,6 +26,7 @@
 #include "sl_request.h"
 
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -133,7 +134,7 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     for (size_t i = 0; i < nc->warnings.count; i++)
         sl_warn("%s: %s", why, nc->warnings.lines[i]);
     nc->generation = cur->generation + 1;
-    nc->loaded_ms = sl_clock_wall() / 1000;
+    nc->loaded_ms = sl_time_wall_us() / 1000;
     pthread_mutex_lock(&p->config_lock);
     old = p->config;
     p->config = nc;

@@ -37,6 +37,7 @@
 #include "sl_log.h"
 #include "sl_path.h"
 #include "sl_pattern.h"
+#include "sl_time.h"
 
 #include <arpa/inet.h>
 #include <stdlib.h>
@@ -182,7 +183,7 @@ static void sl_req_make_id(char out[33])
 
     if (!seeded) {
         if (getrandom(&state, sizeof(state), 0) != (ssize_t)sizeof(state))
-            state = (uint64_t)sl_clock_wall() ^ (uint64_t)(uintptr_t)&state;
+            state = (uint64_t)sl_time_wall_us() ^ (uint64_t)(uintptr_t)&state;
         seeded = true;
     }
     for (int i = 0; i < 2; i++) {
@@ -466,7 +467,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     /* Held calls wait for one of this call's buckets: queue behind them. */
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     {
-        int64_t head_retry, now_ms = sl_now_ms();
+        int64_t head_retry, now_ms = sl_time_mono_ms();
         bool own_app;
         const struct sl_hit *blocked = sl_queue_blocks(
             &req->w->queue, &req->check, req->priority,
@@ -610,7 +611,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     req->lease = lease;
     req->committed = false;
     req->resend_refused = false;
-    req->decided_us = sl_clock_monotonic(NULL);
+    req->decided_us = sl_time_mono_us();
     req->decision = *d;
     if (req->orphaned) {
         /* MHD finished with the connection while the store was deciding. */
@@ -778,7 +779,7 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
     req->w = w;
     req->conn = c;
     req->raw_uri = uri;
-    req->start_ms = sl_now_ms();
+    req->start_ms = sl_time_mono_ms();
     {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -882,7 +883,7 @@ static void sl_req_access_log(struct sl_request *req)
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
     const char *per = "-";
     char remaining[24] = "-", up_ms[24] = "-";
-    int64_t total = sl_now_ms() - req->start_ms;
+    int64_t total = sl_time_mono_ms() - req->start_ms;
     char shadows[512] = "", trace[33] = "-";
     size_t sn = 0;
     const char *share = d->verdict == SL_VERDICT_DENY && rule != NULL &&
