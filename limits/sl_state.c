@@ -40,6 +40,7 @@
 #include "sl_state.h"
 
 #include "sl_apps.h"
+#include "sl_buf.h"
 #include "sl_config.h"
 #include "sl_duration.h"
 #include "sl_feedback.h"
@@ -187,55 +188,28 @@ static bool sl_time_ok(int64_t t)
 
 /* ---- writing ---- */
 
-struct sl_out {
-    unsigned char *buf;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sl_put(struct sl_out *o, const void *p, size_t n)
-{
-    if (o->oom)
-        return;
-    if (o->len + n > o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 65536;
-        unsigned char *nb;
-        while (cap < o->len + n)
-            cap *= 2;
-        nb = realloc(o->buf, cap);
-        if (nb == NULL) {
-            o->oom = true;
-            return;
-        }
-        o->buf = nb;
-        o->cap = cap;
-    }
-    memcpy(o->buf + o->len, p, n);
-    o->len += n;
-}
-
 static void sl_le(unsigned char *b, uint64_t v, int bytes)
 {
     for (int i = 0; i < bytes; i++)
         b[i] = (unsigned char)(v >> (8 * i));
 }
 
-static void sl_put_u(struct sl_out *o, uint64_t v, int bytes)
+static void sl_put_u(struct sl_buf *o, uint64_t v, int bytes)
 {
     unsigned char b[8];
 
     sl_le(b, v, bytes);
-    sl_put(o, b, (size_t)bytes);
+    sl_buf_add(o, b, (size_t)bytes);
 }
 
-static void sl_put_str(struct sl_out *o, const char *s, size_t n, int lenbytes)
+static void sl_put_str(struct sl_buf *o, const char *s, size_t n, int lenbytes)
 {
     sl_put_u(o, n, lenbytes);
-    sl_put(o, s, n);
+    sl_buf_add(o, s, n);
 }
 
 struct sl_save {
-    struct sl_out out;
+    struct sl_buf out;
     uint32_t nrecords;
 };
 
@@ -245,7 +219,7 @@ static int sl_save_bucket(void *arg, const struct sl_upstream_conf *up,
                           int64_t paused_until, const char *reason)
 {
     struct sl_save *sv = arg;
-    struct sl_out *o = &sv->out;
+    struct sl_buf *o = &sv->out;
 
     if (key_len > UINT32_MAX)
         return 0;
@@ -266,7 +240,7 @@ static int sl_save_bucket(void *arg, const struct sl_upstream_conf *up,
         sl_put_str(o, reason, rl > 0xffff ? 0xffff : rl, 2);
     }
     sv->nrecords++;
-    return o->oom ? -1 : 0;
+    return sl_buf_result(o) != 0 ? -1 : 0;
 }
 
 /* Write all of BUF to FD.  Returns 0 or -1 (errno). */
@@ -326,34 +300,38 @@ static int sl_tmp_beside(const char *path, const char *suffix, char *tmp, size_t
     return mkostemp(tmp, O_CLOEXEC | flags);
 }
 
-/* The snapshot of MEMORY, header included, in *OUT.  0 or -1 (OOM). */
+/* The snapshot of MEMORY, header included, in OUT (empty; the caller frees
+ * it).  0 or -1 (OOM). */
 static int sl_snapshot_bytes(struct sl_store *memory, const struct sl_apps *apps,
-                             struct sl_out *out)
+                             struct sl_buf *out)
 {
     struct sl_save sv = {0};
     struct sl_state_clock now;
     unsigned napps = sl_apps_count(apps);
     size_t nrec_at;
+    unsigned char *bytes;
 
+    sl_buf_init(&sv.out, SL_BUF_UNCAPPED);
     sl_state_clock_now(memory, &now);
-    sl_put(&sv.out, (unsigned char[SL_STATE_HEADER]){0}, SL_STATE_HEADER);
+    sl_buf_add(&sv.out, (unsigned char[SL_STATE_HEADER]){0}, SL_STATE_HEADER);
     sl_put_u(&sv.out, (uint64_t)now.wall, 8);
     sl_put_u(&sv.out, (uint64_t)now.store, 8);
-    sl_put(&sv.out, now.boot_id, 16);
+    sl_buf_add(&sv.out, now.boot_id, 16);
     sl_put_u(&sv.out, napps, 4);
     for (unsigned i = 0; i < napps; i++) {
         const char *name = sl_apps_name(apps, (uint16_t)i);
         sl_put_str(&sv.out, name, strlen(name), 2);
     }
-    nrec_at = sv.out.len;
+    nrec_at = sl_buf_len(&sv.out);
     sl_put_u(&sv.out, 0, 4);  /* the record count, filled in below */
-    if (sl_store_memory_export(memory, sl_save_bucket, &sv) != 0 || sv.out.oom) {
-        free(sv.out.buf);
+    if (sl_store_memory_export(memory, sl_save_bucket, &sv) != 0 ||
+        sl_buf_result(&sv.out) != 0) {
+        sl_buf_free(&sv.out);
         return -1;
     }
-    sl_le(sv.out.buf + nrec_at, sv.nrecords, 4);
-    sl_state_seal(sv.out.buf, sv.out.buf + SL_STATE_HEADER,
-                  sv.out.len - SL_STATE_HEADER);
+    bytes = (unsigned char *)sv.out.data;
+    sl_le(bytes + nrec_at, sv.nrecords, 4);
+    sl_state_seal(bytes, bytes + SL_STATE_HEADER, sl_buf_len(&sv.out) - SL_STATE_HEADER);
     *out = sv.out;
     return 0;
 }
@@ -362,11 +340,12 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
                   const struct sl_apps *apps, const char *path, char *err,
                   size_t errlen)
 {
-    struct sl_out o = {0};
+    struct sl_buf o;
     char tmp[4096];
     int fd = -1, rc = -1;
 
     (void)config;
+    sl_buf_init(&o, SL_BUF_UNCAPPED);
     if (sl_snapshot_bytes(memory, apps, &o) != 0) {
         sl_err(err, errlen, "out of memory");
         goto out;
@@ -377,7 +356,7 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
                strerror(errno));
         goto out;
     }
-    if (fchmod(fd, 0600) != 0 || sl_write_all(fd, o.buf, o.len) != 0 ||
+    if (fchmod(fd, 0600) != 0 || sl_write_all(fd, (const unsigned char *)sl_buf_str(&o), sl_buf_len(&o)) != 0 ||
         fsync(fd) != 0) {
         sl_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);
@@ -394,7 +373,7 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
     sl_sync_dir(path);
     rc = 0;
 out:
-    free(o.buf);
+    sl_buf_free(&o);
     return rc;
 }
 

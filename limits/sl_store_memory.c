@@ -46,6 +46,7 @@
  * newer generation makes the store adopt that generation first.
  */
 #include "sl_store.h"
+#include "sl_assert.h"
 
 #include "sl_duration.h"
 #include "sl_window.h"
@@ -762,9 +763,11 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
     struct sl_lease_slot *sl = &lease->slots[i];
 
     if (sl->rule->kind == SL_RULE_CONCURRENCY) {
+        SL_ASSERT(sl->bucket->inflight > 0);
         sl->bucket->inflight--;
         sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     } else if (!sl->committed) {
+        SL_ASSERT(sl->bucket->reserved > 0);
         sl->bucket->reserved--;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);

@@ -31,6 +31,7 @@
  * at once, and its upstream transfer aborted.
  */
 #include "sl_request.h"
+#include "sl_assert.h"
 
 #include "sl_apps.h"
 #include "sl_duration.h"
@@ -779,6 +780,7 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
     req->w = w;
     req->conn = c;
     req->raw_uri = uri;
+    sl_buf_init(&req->saved, SL_SAVE_MAX);
     req->start_ms = sl_time_mono_ms();
     {
         const union MHD_ConnectionInfo *ci =
@@ -850,6 +852,7 @@ static void sl_req_free(struct sl_request *req)
         w->requests = req->next;
     if (req->next != NULL)
         req->next->prev = req->prev;
+    SL_ASSERT(w->nrequests > 0);
     w->nrequests--;
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
@@ -860,10 +863,10 @@ static void sl_req_free(struct sl_request *req)
         MHD_destroy_response(req->pending);
     curl_slist_free_all(req->req_headers);
     sl_check_clear(&req->check);
-    sl_buf_free(&req->upload);
-    sl_buf_free(&req->down);
+    sl_pipe_free(&req->upload);
+    sl_pipe_free(&req->down);
     sl_req_spool_close(req);
-    free(req->saved);
+    sl_buf_free(&req->saved);
     free(req->uri);
     sl_config_unref(req->config);
     free(req);

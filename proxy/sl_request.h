@@ -14,10 +14,11 @@
 #ifndef SL_REQUEST_H
 #define SL_REQUEST_H
 
+#include "sl_buf.h"
 #include "sl_metrics.h"
 #include "sl_proxy.h"
 
-#define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
+#define SL_PIPE_MAX (256 * 1024)     /* per direction, per call */
 #define SL_SIGNAL_PEEK (64 * 1024)  /* body bytes searched for limit signals */
 #define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
 /* libcurl's receive and upload buffers, allocated per transfer: 16 KiB
@@ -41,8 +42,9 @@
 #define SL_HEAD_LINE_COST 64        /* a header record: 56 bytes, aligned */
 #define SL_REQ_HEAD_MAX (SL_CONN_MEMORY - SL_RESP_HEADERS_MAX - SL_RESP_HEAD_SLACK)
 
-/* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
-struct sl_buf {
+/* A bounded byte queue between the client and libcurl: [rpos, wpos) of
+ * data holds unread bytes. */
+struct sl_pipe {
     char *data;
     size_t cap, rpos, wpos;
 };
@@ -115,8 +117,7 @@ struct sl_request {
     struct sl_decision last_deny;     /* why it is held */
     bool feedback_done;               /* provider's signals read */
     bool want_body;                   /* a signal needs the body's start */
-    char *saved;                      /* request body kept for a retry */
-    size_t saved_len;
+    struct sl_buf saved;              /* request body kept for a retry */
     bool saved_ok;                    /* the whole body is in `saved` */
     int retries;
     bool orphaned;                    /* completed while deciding */
@@ -130,7 +131,7 @@ struct sl_request {
     bool has_body;
     bool up_done;                     /* client body fully received */
     bool up_paused;                   /* curl send side paused */
-    struct sl_buf upload;             /* client body towards curl */
+    struct sl_pipe upload;            /* client body towards curl */
 
     long status;                      /* upstream status (final) */
     struct sl_hdr *hdrs, **hdrs_tail;
@@ -140,7 +141,7 @@ struct sl_request {
     const char *resp_error;           /* why sluice refused the response */
     bool headers_ready;
     int64_t content_length;           /* -1 unknown */
-    struct sl_buf down;
+    struct sl_pipe down;
     /* The response's overflow, once `down` is full (sl_relay.c, "spool"):
      * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
      * all of them newer than what `down` holds. */
@@ -208,8 +209,8 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
                               const char **why);
 
 /* sl_relay.c */
-size_t sl_buf_len(const struct sl_buf *b);
-void sl_buf_free(struct sl_buf *b);
+size_t sl_pipe_len(const struct sl_pipe *b);
+void sl_pipe_free(struct sl_pipe *b);
 /* Start the upstream transfer of request target TARGET (path and query).
  * Returns 0, or -1 (answer 503). */
 int sl_req_start_transfer(struct sl_request *req, const char *target);
