@@ -713,11 +713,13 @@ void sl_req_redecide(struct sl_request *req)
     bool held;
 
     /* The store serves a newer generation than the worker may have seen.
-     * Marked deciding meanwhile, so that the worker's move (which decides
-     * its held calls again) leaves this one to us. */
-    req->deciding = true;
+     * The move only marks the held calls; this one is matched here. */
     sl_worker_adopt(w);
-    req->deciding = false;
+    if (req->rematch) {
+        req->rematch = false;
+        SL_ASSERT(w->nrematch > 0);
+        w->nrematch--;
+    }
     held = req->is_held;
     if (++req->stale > 4) {
         /* Reloads faster than a decision: say so rather than loop. */
@@ -854,6 +856,10 @@ static void sl_req_free(struct sl_request *req)
         req->next->prev = req->prev;
     SL_ASSERT(w->nrequests > 0);
     w->nrequests--;
+    if (req->rematch) {
+        SL_ASSERT(w->nrematch > 0);
+        w->nrematch--;
+    }
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
         req->hdrs = h->next;

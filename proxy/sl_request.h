@@ -88,6 +88,10 @@ struct sl_request {
     bool rehold;
     uint64_t rehold_ticket;
     int64_t rehold_since_ms;
+    /* Held when a reload moved its worker: matched again by the loop's
+     * rematch phase (counted in the worker's nrematch).  A fact beside its
+     * phase: a held call may or may not be marked. */
+    bool rematch;
     /* The room sequence of its buckets when it last asked the store (or
      * looked for calls ahead of it): changed by the time it is held, it
      * asks again at once (sl_queue.h, "Wake-ups are never lost"). */

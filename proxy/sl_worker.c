@@ -494,7 +494,7 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         if (next - now < t)
             t = next - now;
     }
-    if (w->queue_kick)
+    if (w->queue_kick || w->nrematch > 0)
         t = 0;
     else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
         t = w->queue_next_ms - now;
@@ -553,6 +553,7 @@ static void *sl_worker_main(void *arg)
         if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
             w->config->generation)
             sl_worker_adopt(w);
+        sl_request_rematch(w);
         for (int i = 0; i < n; i++) {
             struct sl_watch *watch = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -638,7 +639,10 @@ static void *sl_worker_main(void *arg)
                   (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
                 break;
         }
-        /* Held calls first: their renewed decisions join this pass's batch. */
+        /* Held calls first: their renewed decisions join this pass's batch.
+         * A move during this pass (a STALE answer) marked some for
+         * matching again: before the pump, so they keep their turn. */
+        sl_request_rematch(w);
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
         /* The earliest retry or deadline is walked for only after a pump;
