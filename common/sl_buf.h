@@ -75,7 +75,8 @@ static inline const char *sl_buf_str(const struct sl_buf *b)
 void sl_buf_reset(struct sl_buf *b);
 
 /* Hand the bytes to the caller, who frees them with free(): NULL when the
- * buffer failed or never allocated (an append of 0 bytes allocates: "" then).  *LEN (if not NULL) gets their length.  The
+ * buffer failed or never allocated (an append of 0 bytes allocates, so
+ * that "" can be handed over).  *LEN (if not NULL) gets their length.  The
  * buffer is left empty, as after sl_buf_init with the same cap. */
 char *sl_buf_take(struct sl_buf *b, size_t *len);
 

@@ -356,7 +356,8 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
                strerror(errno));
         goto out;
     }
-    if (fchmod(fd, 0600) != 0 || sl_write_all(fd, (const unsigned char *)sl_buf_str(&o), sl_buf_len(&o)) != 0 ||
+    if (fchmod(fd, 0600) != 0 ||
+        sl_write_all(fd, (const unsigned char *)sl_buf_str(&o), sl_buf_len(&o)) != 0 ||
         fsync(fd) != 0) {
         sl_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);

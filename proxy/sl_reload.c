@@ -192,7 +192,7 @@ void sl_request_rematch(struct sl_worker *w)
      * may settle a call further down the list, or a STALE one move the
      * worker again, which marks the calls then held for the next pass. */
     for (size_t i = 0; i < n; i++)
-        if (list[i]->is_held && !list[i]->held.deciding && !list[i]->deciding)
+        if (list[i]->phase == SL_PHASE_HELD && !list[i]->held.deciding)
             sl_req_redecide(list[i]);
     free(list);
 }
@@ -240,7 +240,7 @@ void sl_worker_adopt(struct sl_worker *w)
     for (size_t u = 0; u < w->queue.used; u++)
         for (struct sl_held *h = w->queue.heads[u]; h != NULL; h = h->next) {
             struct sl_request *req = h->owner;
-            if (!h->deciding && !req->deciding && !req->rematch) {
+            if (!h->deciding && !sl_req_deciding(req) && !req->rematch) {
                 req->rematch = true;
                 w->nrematch++;
             }

@@ -422,7 +422,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     const char *why;
     unsigned status;
 
-    req->phase = SL_PHASE_ACTIVE;
+    sl_req_set_phase(req, SL_PHASE_ACTIVE);
     status = sl_req_check_framing(req, version, &why);
     if (status != 0)
         return sl_req_refuse(req, status,
@@ -495,20 +495,20 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
             }
         }
     }
-    req->deciding = true;
+    sl_req_set_phase(req, SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
         != 0) {
-        req->deciding = false;
+        sl_req_set_phase(req, SL_PHASE_ACTIVE);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
                      "the limit store cannot decide this call", 1,
                      "store_error");
         return sl_req_answer_early(req);
     }
-    if (req->deciding || req->is_held) {
+    if (sl_req_deciding(req) || sl_req_is_held(req)) {
         /* Suspended inside the headers call: after the resume MHD calls
          * the handler for the headers again before any body bytes. */
         req->replay_headers = true;
-        sl_req_suspend(req, req->deciding ? SL_SUSP_DECIDE : SL_SUSP_HELD);
+        sl_req_suspend(req, sl_req_deciding(req) ? SL_SUSP_DECIDE : SL_SUSP_HELD);
         return MHD_YES;
     }
     if (req->pending != NULL)
@@ -607,19 +607,20 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     char *target = NULL;
     bool released;
 
-    req->deciding = false;
     req->held.deciding = false;
     req->lease = lease;
     req->committed = false;
     req->resend_refused = false;
     req->decided_us = sl_time_mono_us();
     req->decision = *d;
-    if (req->orphaned) {
+    if (req->phase == SL_PHASE_ORPHANED) {
         /* MHD finished with the connection while the store was deciding. */
         sl_req_release_lease(req);
         sl_req_free(req);
         return;
     }
+    sl_req_set_phase(req, req->phase == SL_PHASE_HELD_DECIDING ? SL_PHASE_HELD
+                                                              : SL_PHASE_ACTIVE);
     if (req->client_gone) {
         /* Nothing will be sent: give back what the store just granted. */
         sl_req_release_lease(req);
@@ -640,7 +641,8 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
         struct sl_decision dd = *d;
-        if (sl_req_hold(req, &dd, (req->is_held || req->rehold) && req->retries > 0) == 0)
+        bool again = (sl_req_is_held(req) || req->rehold) && req->retries > 0;
+        if (sl_req_hold(req, &dd, again) == 0)
             break;
         sl_req_unhold(req);
         sl_req_limited(req, &dd);
@@ -658,9 +660,9 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         break;
     }
     case SL_VERDICT_ALLOW:
-        released = req->is_held || req->rehold;
+        released = sl_req_is_held(req) || req->rehold;
         req->rehold = false;
-        if (req->is_held) {
+        if (sl_req_is_held(req)) {
             /* Released: the next held call of its bucket may fit too. */
             sl_req_unhold(req);
             req->w->queue_kick = true;
@@ -688,7 +690,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         free(target);
         break;
     }
-    if (req->is_held) {
+    if (sl_req_is_held(req)) {
         if (req->susp == SL_SUSP_DECIDE)
             req->susp = SL_SUSP_HELD;  /* stays suspended, body unread */
         return;
@@ -720,7 +722,7 @@ void sl_req_redecide(struct sl_request *req)
         SL_ASSERT(w->nrematch > 0);
         w->nrematch--;
     }
-    held = req->is_held;
+    held = sl_req_is_held(req);
     if (++req->stale > 4) {
         /* Reloads faster than a decision: say so rather than loop. */
         sl_req_unhold(req);
@@ -735,7 +737,7 @@ void sl_req_redecide(struct sl_request *req)
         req->rehold_ticket = req->held.ticket;
         req->rehold_since_ms = req->held.since_ms;
         sl_queue_remove(&w->queue, &req->held);
-        req->is_held = false;
+        sl_req_set_phase(req, SL_PHASE_ACTIVE);
     }
     if (req->config != w->config) {
         sl_config_unref(req->config);
@@ -752,10 +754,12 @@ void sl_req_redecide(struct sl_request *req)
 void sl_req_ask_again(struct sl_request *req)
 {
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
-    req->deciding = true;
-    req->held.deciding = req->is_held || req->rehold;
+    bool held = sl_req_is_held(req);
+
+    req->held.deciding = held || req->rehold;
+    sl_req_set_phase(req, held ? SL_PHASE_HELD_DECIDING : SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req) != 0) {
-        req->deciding = false;
+        sl_req_set_phase(req, held ? SL_PHASE_HELD : SL_PHASE_ACTIVE);
         req->held.deciding = false;
         req->rehold = false;
         sl_req_unhold(req);
@@ -1019,9 +1023,9 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
         req->outcome = "client_gone";
     if (w->config->access_log && req->phase != SL_PHASE_NEW)
         sl_req_access_log(req);
-    if (req->deciding) {
+    if (sl_req_deciding(req)) {
         /* The store still holds a pointer: its callback frees the lease. */
-        req->orphaned = true;
+        sl_req_set_phase(req, SL_PHASE_ORPHANED);
         return;
     }
     sl_req_free(req);
