@@ -14,6 +14,7 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_notify.h"
 #include "sl_state.h"
 #include "sl_time.h"
 
@@ -247,6 +248,13 @@ int main(int argc, char **argv)
         struct sl_state_stats stats = {0};
         state = sl_state_open(config->state_file, proxy.memory, config, proxy.apps,
                               &stats, why, sizeof(why));
+        if (state == NULL && stats.unwritable) {
+            sl_error("state_file %s: %s; refusing to start: the windows could not "
+                     "be kept (make its directory writable by sluice; under "
+                     "systemd, StateDirectory= gives /var/lib/NAME)",
+                     config->state_file, why);
+            goto out;
+        }
         if (state == NULL) {
             /* Starting empty would grant room the provider may refuse. */
             sl_error("state_file %s: %s; refusing to start with unknown counts "
@@ -310,6 +318,12 @@ int main(int argc, char **argv)
                 SLUICE_VERSION, config->listen, proxy.nworkers,
                 proxy.nworkers == 1 ? "" : "s", config->nupstreams,
                 config->nupstreams == 1 ? "" : "s");
+    {
+        char status[160];
+        snprintf(status, sizeof(status), "serving on %s (configuration generation %llu)",
+                 config->listen, (unsigned long long)config->generation);
+        sl_notify_ready(status);
+    }
     for (;;) {
         /* A reload may change the interval (never the file). */
         const struct sl_config *cur = sl_proxy_config(&proxy);
@@ -337,6 +351,7 @@ int main(int argc, char **argv)
         }
         sl_info("%s received: finishing calls in flight",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        sl_notify_stopping();
         break;
     }
     rc = 0;
