@@ -553,7 +553,8 @@ static void *sl_worker_main(void *arg)
         if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
             w->config->generation)
             sl_worker_adopt(w);
-        sl_request_rematch(w);
+        if (w->nrematch > 0)
+            sl_request_rematch(w);
         for (int i = 0; i < n; i++) {
             struct sl_watch *watch = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -642,7 +643,8 @@ static void *sl_worker_main(void *arg)
         /* Held calls first: their renewed decisions join this pass's batch.
          * A move during this pass (a STALE answer) marked some for
          * matching again: before the pump, so they keep their turn. */
-        sl_request_rematch(w);
+        if (w->nrematch > 0)
+            sl_request_rematch(w);
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
         /* The earliest retry or deadline is walked for only after a pump;
