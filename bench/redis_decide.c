@@ -27,6 +27,7 @@
 #include "sl_apps.h"
 #include "sl_config.h"
 #include "sl_store.h"
+#include "sl_time.h"
 
 #include <hiredis/hiredis.h>
 #include <poll.h>
@@ -73,13 +74,6 @@ static void loop_unwatch(void *ctx, int fd)
             return;
         }
     }
-}
-
-static int64_t now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
 }
 
 /* One pass of the loop: poll every watched descriptor for up to
@@ -270,27 +264,27 @@ int main(int argc, char **argv)
         return 1;
     }
     /* Connected, and Redis's clock learnt (a batch waits for it). */
-    start = now_ms();
+    start = sl_time_mono_ms();
     while (!sl_store_ready(store) || nwatches == 0) {
-        int64_t next = sl_store_timers(store, now_ms());
+        int64_t next = sl_store_timers(store, sl_time_mono_ms());
         loop_pass(next < 0 ? 10 : 1);
-        if (now_ms() - start > 5000) {
+        if (sl_time_mono_ms() - start > 5000) {
             fprintf(stderr, "Redis did not answer\n");
             return 1;
         }
     }
     for (int i = 0; i < 50; i++) {
-        sl_store_timers(store, now_ms());
+        sl_store_timers(store, sl_time_mono_ms());
         loop_pass(1);
     }
 
     /* One second of warm-up, then SECONDS measured. */
-    warm_until = now_ms() + 1000;
+    warm_until = sl_time_mono_ms() + 1000;
     until = warm_until + (int64_t)secs * 1000;
     calls0 = 0;
     cpu0 = 0;
     for (bool measuring = false;;) {
-        int64_t t = now_ms();
+        int64_t t = sl_time_mono_ms();
         if (!measuring && t >= warm_until) {
             measuring = true;
             decided0 = answered;
@@ -310,7 +304,7 @@ int main(int argc, char **argv)
             }
         }
         /* Ends the pass: writes the batch and the commits. */
-        sl_store_timers(store, now_ms());
+        sl_store_timers(store, sl_time_mono_ms());
         for (size_t i = 0; i < nrelease; i++)
             sl_store_release(store, to_release[i]);
         nrelease = 0;
@@ -335,13 +329,13 @@ int main(int argc, char **argv)
     }
     /* Let the last commits and releases reach Redis. */
     for (int i = 0; i < 100 && outstanding > 0; i++) {
-        sl_store_timers(store, now_ms());
+        sl_store_timers(store, sl_time_mono_ms());
         loop_pass(5);
     }
     for (size_t i = 0; i < nrelease; i++)
         sl_store_release(store, to_release[i]);
     for (int i = 0; i < 20; i++) {
-        sl_store_timers(store, now_ms());
+        sl_store_timers(store, sl_time_mono_ms());
         loop_pass(2);
     }
     sl_store_destroy(store);

@@ -4,6 +4,7 @@
  * rather than split, so concurrent writers never interleave.
  */
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -59,17 +60,15 @@ void sl_log_json_escape(char *buf, size_t cap, size_t *pos, const char *s,
 /* "TIME" and the level, as the start of a JSON line. */
 static size_t sl_log_json_head(char *line, size_t cap, enum sl_log_level level)
 {
-    struct timespec ts;
-    struct tm tm;
-    size_t len;
+    char now[32];
     int n;
 
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    len = strftime(line, cap, "{\"time\":\"%Y-%m-%dT%H:%M:%S", &tm);
-    n = snprintf(line + len, cap - len, ".%03ldZ\",\"level\":\"%s\",",
-                 ts.tv_nsec / 1000000L, sl_log_names[level]);
-    return n > 0 ? len + (size_t)n : len;
+    sl_time_iso_now_ms(now, sizeof(now));
+    n = snprintf(line, cap, "{\"time\":\"%sZ\",\"level\":\"%s\",", now,
+                 sl_log_names[level]);
+    if (n < 0)
+        return 0;
+    return (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
 static void sl_log_write(char *line, size_t len, size_t cap, int json)
@@ -101,8 +100,6 @@ void sl_log_json(enum sl_log_level level, const char *fields)
 void sl_log(enum sl_log_level level, const char *fmt, ...)
 {
     char line[2048];
-    struct timespec ts;
-    struct tm tm;
     size_t len;
     int n;
     va_list ap;
@@ -124,11 +121,8 @@ void sl_log(enum sl_log_level level, const char *fmt, ...)
         sl_log_write(line, len, sizeof(line), 1);
         return;
     }
-    clock_gettime(CLOCK_REALTIME, &ts);
-    gmtime_r(&ts.tv_sec, &tm);
-    len = strftime(line, sizeof(line), "%Y-%m-%dT%H:%M:%S", &tm);
-    n = snprintf(line + len, sizeof(line) - len, ".%03ldZ %s ",
-                 ts.tv_nsec / 1000000L, sl_log_names[level]);
+    len = sl_time_iso_now_ms(line, sizeof(line));
+    n = snprintf(line + len, sizeof(line) - len, "Z %s ", sl_log_names[level]);
     if (n > 0)
         len += (size_t)n;
     va_start(ap, fmt);

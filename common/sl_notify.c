@@ -8,6 +8,7 @@
  * becomes a NUL byte and the length counts exactly the name).
  */
 #include "sl_notify.h"
+#include "sl_time.h"
 
 #include <errno.h>
 #include <stddef.h>
@@ -16,7 +17,6 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
-#include <time.h>
 #include <unistd.h>
 
 int sl_notify(const char *state)
@@ -60,12 +60,11 @@ int sl_notify_ready(const char *status)
 
 int sl_notify_reloading(void)
 {
-    struct timespec ts;
     char msg[96];
 
-    clock_gettime(CLOCK_MONOTONIC, &ts);
+    /* systemd compares it with its own CLOCK_MONOTONIC reading. */
     snprintf(msg, sizeof(msg), "RELOADING=1\nMONOTONIC_USEC=%lld",
-             (long long)ts.tv_sec * 1000000 + ts.tv_nsec / 1000);
+             (long long)sl_time_mono_us());
     return sl_notify(msg);
 }
 

@@ -40,12 +40,14 @@
 #include "sl_state.h"
 
 #include "sl_apps.h"
+#include "sl_buf.h"
 #include "sl_config.h"
 #include "sl_duration.h"
 #include "sl_feedback.h"
 #include "sl_log.h"
 #include "sl_store.h"
 #include "sl_window.h"
+#include "sl_time.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -142,7 +144,7 @@ void sl_state_clock_now(struct sl_store *memory, struct sl_state_clock *now)
     /* A test's clock is nobody else's: only wall time links it to others. */
     if (sl_store_memory_monotonic(memory))
         sl_boot_id(now->boot_id);
-    now->wall = sl_clock_wall();
+    now->wall = sl_time_wall_us();
     now->store = sl_store_memory_now(memory);
 }
 
@@ -186,55 +188,28 @@ static bool sl_time_ok(int64_t t)
 
 /* ---- writing ---- */
 
-struct sl_out {
-    unsigned char *buf;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sl_put(struct sl_out *o, const void *p, size_t n)
-{
-    if (o->oom)
-        return;
-    if (o->len + n > o->cap) {
-        size_t cap = o->cap ? o->cap * 2 : 65536;
-        unsigned char *nb;
-        while (cap < o->len + n)
-            cap *= 2;
-        nb = realloc(o->buf, cap);
-        if (nb == NULL) {
-            o->oom = true;
-            return;
-        }
-        o->buf = nb;
-        o->cap = cap;
-    }
-    memcpy(o->buf + o->len, p, n);
-    o->len += n;
-}
-
 static void sl_le(unsigned char *b, uint64_t v, int bytes)
 {
     for (int i = 0; i < bytes; i++)
         b[i] = (unsigned char)(v >> (8 * i));
 }
 
-static void sl_put_u(struct sl_out *o, uint64_t v, int bytes)
+static void sl_put_u(struct sl_buf *o, uint64_t v, int bytes)
 {
     unsigned char b[8];
 
     sl_le(b, v, bytes);
-    sl_put(o, b, (size_t)bytes);
+    sl_buf_add(o, b, (size_t)bytes);
 }
 
-static void sl_put_str(struct sl_out *o, const char *s, size_t n, int lenbytes)
+static void sl_put_str(struct sl_buf *o, const char *s, size_t n, int lenbytes)
 {
     sl_put_u(o, n, lenbytes);
-    sl_put(o, s, n);
+    sl_buf_add(o, s, n);
 }
 
 struct sl_save {
-    struct sl_out out;
+    struct sl_buf out;
     uint32_t nrecords;
 };
 
@@ -244,7 +219,7 @@ static int sl_save_bucket(void *arg, const struct sl_upstream_conf *up,
                           int64_t paused_until, const char *reason)
 {
     struct sl_save *sv = arg;
-    struct sl_out *o = &sv->out;
+    struct sl_buf *o = &sv->out;
 
     if (key_len > UINT32_MAX)
         return 0;
@@ -265,7 +240,7 @@ static int sl_save_bucket(void *arg, const struct sl_upstream_conf *up,
         sl_put_str(o, reason, rl > 0xffff ? 0xffff : rl, 2);
     }
     sv->nrecords++;
-    return o->oom ? -1 : 0;
+    return sl_buf_result(o) != 0 ? -1 : 0;
 }
 
 /* Write all of BUF to FD.  Returns 0 or -1 (errno). */
@@ -325,34 +300,38 @@ static int sl_tmp_beside(const char *path, const char *suffix, char *tmp, size_t
     return mkostemp(tmp, O_CLOEXEC | flags);
 }
 
-/* The snapshot of MEMORY, header included, in *OUT.  0 or -1 (OOM). */
+/* The snapshot of MEMORY, header included, in OUT (empty; the caller frees
+ * it).  0 or -1 (OOM). */
 static int sl_snapshot_bytes(struct sl_store *memory, const struct sl_apps *apps,
-                             struct sl_out *out)
+                             struct sl_buf *out)
 {
     struct sl_save sv = {0};
     struct sl_state_clock now;
     unsigned napps = sl_apps_count(apps);
     size_t nrec_at;
+    unsigned char *bytes;
 
+    sl_buf_init(&sv.out, SL_BUF_UNCAPPED);
     sl_state_clock_now(memory, &now);
-    sl_put(&sv.out, (unsigned char[SL_STATE_HEADER]){0}, SL_STATE_HEADER);
+    sl_buf_add(&sv.out, (unsigned char[SL_STATE_HEADER]){0}, SL_STATE_HEADER);
     sl_put_u(&sv.out, (uint64_t)now.wall, 8);
     sl_put_u(&sv.out, (uint64_t)now.store, 8);
-    sl_put(&sv.out, now.boot_id, 16);
+    sl_buf_add(&sv.out, now.boot_id, 16);
     sl_put_u(&sv.out, napps, 4);
     for (unsigned i = 0; i < napps; i++) {
         const char *name = sl_apps_name(apps, (uint16_t)i);
         sl_put_str(&sv.out, name, strlen(name), 2);
     }
-    nrec_at = sv.out.len;
+    nrec_at = sl_buf_len(&sv.out);
     sl_put_u(&sv.out, 0, 4);  /* the record count, filled in below */
-    if (sl_store_memory_export(memory, sl_save_bucket, &sv) != 0 || sv.out.oom) {
-        free(sv.out.buf);
+    if (sl_store_memory_export(memory, sl_save_bucket, &sv) != 0 ||
+        sl_buf_result(&sv.out) != 0) {
+        sl_buf_free(&sv.out);
         return -1;
     }
-    sl_le(sv.out.buf + nrec_at, sv.nrecords, 4);
-    sl_state_seal(sv.out.buf, sv.out.buf + SL_STATE_HEADER,
-                  sv.out.len - SL_STATE_HEADER);
+    bytes = (unsigned char *)sv.out.data;
+    sl_le(bytes + nrec_at, sv.nrecords, 4);
+    sl_state_seal(bytes, bytes + SL_STATE_HEADER, sl_buf_len(&sv.out) - SL_STATE_HEADER);
     *out = sv.out;
     return 0;
 }
@@ -361,11 +340,12 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
                   const struct sl_apps *apps, const char *path, char *err,
                   size_t errlen)
 {
-    struct sl_out o = {0};
+    struct sl_buf o;
     char tmp[4096];
     int fd = -1, rc = -1;
 
     (void)config;
+    sl_buf_init(&o, SL_BUF_UNCAPPED);
     if (sl_snapshot_bytes(memory, apps, &o) != 0) {
         sl_err(err, errlen, "out of memory");
         goto out;
@@ -376,7 +356,8 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
                strerror(errno));
         goto out;
     }
-    if (fchmod(fd, 0600) != 0 || sl_write_all(fd, o.buf, o.len) != 0 ||
+    if (fchmod(fd, 0600) != 0 ||
+        sl_write_all(fd, (const unsigned char *)sl_buf_str(&o), sl_buf_len(&o)) != 0 ||
         fsync(fd) != 0) {
         sl_err(err, errlen, "cannot write %s: %s", tmp, strerror(errno));
         close(fd);
@@ -393,7 +374,7 @@ int sl_state_save(struct sl_store *memory, const struct sl_config *config,
     sl_sync_dir(path);
     rc = 0;
 out:
-    free(o.buf);
+    sl_buf_free(&o);
     return rc;
 }
 
@@ -972,7 +953,7 @@ int sl_state_parse(const unsigned char *buf, size_t len, struct sl_store *memory
     if (memory != NULL)
         sl_state_clock_now(memory, &now);
     else
-        now.wall = sl_clock_wall();
+        now.wall = sl_time_wall_us();
     /* The check pass first: a refused file changes nothing. */
     rc = sl_state_apply(buf, len, NULL, 0, NULL, config, apps, &now, &stats, err,
                         errlen);
@@ -1118,7 +1099,7 @@ struct sl_state {
 
 static void sl_state_failed(struct sl_state *st, int e)
 {
-    int64_t now = sl_clock_wall(), last = atomic_load(&st->logged_at);
+    int64_t now = sl_time_wall_us(), last = atomic_load(&st->logged_at);
 
     atomic_fetch_add(&st->failures, 1);
     atomic_store(&st->last_errno, e);
@@ -1143,7 +1124,7 @@ static void sl_state_on_sent(void *arg, const struct sl_upstream_conf *up,
 
     memcpy(at.boot_id, st->boot_id, 16);
     at.store = sl_store_memory_now(st->memory);
-    at.wall = sl_clock_wall();
+    at.wall = sl_time_wall_us();
     len = sl_state_journal_record(buf, sizeof(stack), &at, up->name,
                                   sl_apps_name(st->apps, app), slots, n);
     if (len > sizeof(stack)) {

@@ -31,6 +31,7 @@
 #include <stdint.h>
 
 #include "sl_config.h"
+#include "sl_time.h"
 
 #define SL_MAX_HITS 65  /* 64 rules and the upstream's pause */
 /* A per key longer than SL_KEY_MAX bytes is kept as its first
@@ -370,10 +371,9 @@ static inline void sl_store_sync(struct sl_store *s,
     s->ops->sync(s, u, hit, remaining, age_us);
 }
 
-int64_t sl_clock_wall(void);
 static inline int64_t sl_store_wall(struct sl_store *s)
 {
-    return s->ops->wall != NULL ? s->ops->wall(s) : sl_clock_wall();
+    return s->ops->wall != NULL ? s->ops->wall(s) : sl_time_wall_us();
 }
 
 /* Returns 0 (the callback has been or will be called), or a negative code
@@ -460,15 +460,9 @@ void sl_check_clear(struct sl_check *check);
 /* Monotonic microseconds; replaceable for tests. */
 typedef int64_t (*sl_clock_fn)(void *arg);
 
+/* The default sl_clock_fn: sl_time_mono_us(), ARG unused. */
 int64_t sl_clock_monotonic(void *arg);
 
-/* The wall clock: microseconds since the Unix epoch (CLOCK_REALTIME),
- * plus the offset set below. */
-int64_t sl_clock_wall(void);
-
-/* For tests only: shift sl_clock_wall() by US, as a step of the system
- * clock would (SLUICE_TEST_WALL_OFFSET_MS). */
-void sl_clock_set_wall_offset(int64_t us);
 
 /*
  * An in-process store shared by all worker threads.  MEMORY_LIMIT bounds

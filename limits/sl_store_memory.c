@@ -46,11 +46,13 @@
  * newer generation makes the store adopt that generation first.
  */
 #include "sl_store.h"
+#include "sl_assert.h"
 
 #include "sl_duration.h"
 #include "sl_window.h"
 
 #include "sl_apps.h"
+#include "sl_time.h"
 
 #include <pthread.h>
 #include <sched.h>
@@ -210,31 +212,10 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
 
-/* Added to the wall clock: tests stand in for a step of the system clock
- * (sl_clock_set_wall_offset); 0 in production. */
-static _Atomic int64_t sl_wall_offset_us;
-
-void sl_clock_set_wall_offset(int64_t us)
-{
-    atomic_store(&sl_wall_offset_us, us);
-}
-
-int64_t sl_clock_wall(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_REALTIME, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000 +
-           atomic_load_explicit(&sl_wall_offset_us, memory_order_relaxed);
-}
-
 int64_t sl_clock_monotonic(void *arg)
 {
-    struct timespec ts;
-
     (void)arg;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return sl_time_mono_us();
 }
 
 static uint32_t sl_mem_hash(uint32_t rule, const char *key, size_t len)
@@ -467,7 +448,7 @@ static int64_t sl_mem_wall_offset(const struct sl_mem_store *s)
 {
     if (s->clock != sl_clock_monotonic)
         return 0;
-    return sl_clock_wall() - sl_clock_monotonic(NULL);
+    return sl_time_wall_us() - sl_time_mono_us();
 }
 
 /*
@@ -782,9 +763,11 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
     struct sl_lease_slot *sl = &lease->slots[i];
 
     if (sl->rule->kind == SL_RULE_CONCURRENCY) {
+        SL_ASSERT(sl->bucket->inflight > 0);
         sl->bucket->inflight--;
         sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     } else if (!sl->committed) {
+        SL_ASSERT(sl->bucket->reserved > 0);
         sl->bucket->reserved--;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);

@@ -147,9 +147,11 @@
 #include "sl_store.h"
 
 #include "sl_apps.h"
+#include "sl_buf.h"
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <errno.h>
 #include <hiredis/async.h>
@@ -1156,11 +1158,11 @@ struct sl_redis;
 
 /* Arguments of a command, copied into one buffer. */
 struct sl_args {
-    char *buf;              /* owned */
-    size_t len, cap;
-    size_t *ends;           /* owned: argument i ends at ends[i] */
-    size_t n, ncap;
-    bool oom;               /* an append failed: do not send */
+    struct sl_buf bytes;    /* the arguments, end to end */
+    struct sl_buf ends;     /* size_t each: argument i ends at ends[i] */
+    size_t n;               /* arguments */
+    bool unbuildable;       /* one could not be built (too long, too many
+                             * rules): do not send; memory is the buffers' */
 };
 
 /* One connection: the main link or the subscriber. */
@@ -1378,9 +1380,7 @@ static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
 
 static int64_t sl_redis_now_us(void)
 {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * SL_USEC_PER_SEC + ts.tv_nsec / 1000;
+    return sl_time_mono_us();
 }
 
 static int64_t sl_redis_now_ms(void)
@@ -1433,7 +1433,7 @@ static int64_t sl_redis_est_now(const struct sl_redis *r)
         int64_t now = sl_redis_now_us();
         return now + sl_redis_offset(r, now);
     }
-    return sl_clock_wall();
+    return sl_time_wall_us();
 }
 
 static void sl_redis_period(const struct sl_redis *r, const struct sl_rule *rule,
@@ -1505,7 +1505,7 @@ static _Atomic int64_t sl_redis_down_since_ms;
 
 static int64_t sl_wall_ms(void)
 {
-    return sl_clock_wall() / 1000;
+    return sl_time_wall_us() / 1000;
 }
 
 bool sl_store_redis_down(int64_t *since_ms)
@@ -1550,48 +1550,40 @@ static void sl_redis_mark_up(struct sl_redis *r)
 
 static void sl_args_free(struct sl_args *a)
 {
-    free(a->buf);
-    free(a->ends);
+    sl_buf_free(&a->bytes);
+    sl_buf_free(&a->ends);
     memset(a, 0, sizeof(*a));
+}
+
+/* Can A be sent: every argument built, no allocation failed? */
+static bool sl_args_ok(const struct sl_args *a)
+{
+    return !a->unbuildable && sl_buf_result(&a->bytes) == 0 &&
+           sl_buf_result(&a->ends) == 0;
+}
+
+/* Argument I of A (A is sl_args_ok) and its length. */
+static const char *sl_args_at(const struct sl_args *a, size_t i, size_t *len)
+{
+    const size_t *ends = (const size_t *)(const void *)sl_buf_str(&a->ends);
+    size_t start = i ? ends[i - 1] : 0;
+
+    *len = ends[i] - start;
+    return sl_buf_str(&a->bytes) + start;
 }
 
 /* Append one argument made of two pieces (P2 may be NULL). */
 static void sl_args_add2(struct sl_args *a, const char *p1, size_t n1,
                          const char *p2, size_t n2)
 {
-    size_t n = n1 + n2;
+    size_t end;
 
-    if (a->oom)
-        return;
-    if (a->len + n > a->cap) {
-        size_t cap = a->cap ? a->cap : 256;
-        char *buf;
-        while (cap < a->len + n)
-            cap *= 2;
-        buf = realloc(a->buf, cap);
-        if (buf == NULL) {
-            a->oom = true;
-            return;
-        }
-        a->buf = buf;
-        a->cap = cap;
-    }
-    if (a->n == a->ncap) {
-        size_t ncap = a->ncap ? a->ncap * 2 : 16;
-        size_t *ends = realloc(a->ends, ncap * sizeof(*ends));
-        if (ends == NULL) {
-            a->oom = true;
-            return;
-        }
-        a->ends = ends;
-        a->ncap = ncap;
-    }
-    if (n1 > 0)
-        memcpy(a->buf + a->len, p1, n1);
+    sl_buf_add(&a->bytes, p1, n1);
     if (n2 > 0)
-        memcpy(a->buf + a->len + n1, p2, n2);
-    a->len += n;
-    a->ends[a->n++] = a->len;
+        sl_buf_add(&a->bytes, p2, n2);
+    end = sl_buf_len(&a->bytes);
+    sl_buf_add(&a->ends, &end, sizeof(end));
+    a->n++;
 }
 
 static void sl_args_add(struct sl_args *a, const char *p, size_t n)
@@ -1630,7 +1622,7 @@ static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
                      rule->name);
 
     if (n < 0 || (size_t)n >= sizeof(head)) {
-        a->oom = true;
+        a->unbuildable = true;
         return;
     }
     sl_args_add2(a, head, (size_t)n, per, per_len);
@@ -1739,7 +1731,7 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     char nkeys[24];
     int rc = -1;
 
-    if (r->main.ac == NULL || op->keys.oom || op->args.oom)
+    if (r->main.ac == NULL || !sl_args_ok(&op->keys) || !sl_args_ok(&op->args))
         return -1;
     argv = malloc(n * sizeof(*argv));
     lens = malloc(n * sizeof(*lens));
@@ -1759,16 +1751,10 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
         argv[argc] = nkeys;
         lens[argc++] = strlen(nkeys);
     }
-    for (size_t i = 0; i < op->keys.n; i++, argc++) {
-        size_t start = i ? op->keys.ends[i - 1] : 0;
-        argv[argc] = op->keys.buf + start;
-        lens[argc] = op->keys.ends[i] - start;
-    }
-    for (size_t i = 0; i < op->args.n; i++, argc++) {
-        size_t start = i ? op->args.ends[i - 1] : 0;
-        argv[argc] = op->args.buf + start;
-        lens[argc] = op->args.ends[i] - start;
-    }
+    for (size_t i = 0; i < op->keys.n; i++, argc++)
+        argv[argc] = sl_args_at(&op->keys, i, &lens[argc]);
+    for (size_t i = 0; i < op->args.n; i++, argc++)
+        argv[argc] = sl_args_at(&op->args, i, &lens[argc]);
     if (redisAsyncCommandArgv(r->main.ac, sl_redis_on_reply, op, (int)argc, argv,
                               lens) != REDIS_OK)
         goto out;
@@ -2076,7 +2062,7 @@ static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
             sl_args_int(&op->args, 0);
         }
     }
-    if (op->keys.n == 0 || op->keys.oom || op->args.oom) {
+    if (op->keys.n == 0 || !sl_args_ok(&op->keys) || !sl_args_ok(&op->args)) {
         sl_redis_op_free(op);
         return NULL;
     }
@@ -2336,7 +2322,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
     if (ref == NULL || bucket == NULL) {
         free(ref);
         free(bucket);
-        a->oom = true;
+        a->unbuildable = true;
         return;
     }
     sl_args_str(a, b->base);
@@ -2357,7 +2343,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
                 ;
             if (j == nspec) {
                 if (nspec == SL_MAX_HITS) {     /* not one upstream's rules */
-                    a->oom = true;
+                    a->unbuildable = true;
                     goto out;
                 }
                 spec[nspec++] = hit->rule;

@@ -22,12 +22,15 @@
 #include "sl_admin.h"
 
 #include "sl_admin_ops.h"
+#include "sl_buf.h"
 #include "sl_alerts.h"
 #include "sl_apps.h"
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
+#include "sl_time.h"
+#include "sl_json.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -112,20 +115,6 @@ static const char *const sl_kind_names[] = {"rate", "concurrency", "pause"};
 
 /* ---- small helpers ---- */
 
-double sl_wall_now(void)
-{
-    return (double)sl_clock_wall() / 1e6;
-}
-
-void sl_iso_time(double t, char *buf, size_t len)
-{
-    time_t s = (time_t)t;
-    struct tm tm;
-
-    gmtime_r(&s, &tm);
-    strftime(buf, len, "%Y-%m-%dT%H:%M:%SZ", &tm);
-}
-
 static const char *sl_band(const struct sl_config *c, double utilization)
 {
     if (utilization >= c->critical_at)
@@ -146,36 +135,6 @@ static double sl_ratio(uint64_t used, uint64_t limit)
 static double sl_secs(int64_t us)
 {
     return round((double)us / 1000.0) / 1000.0;
-}
-
-json_t *sl_json_text(const char *s)
-{
-    static const char hex[] = "0123456789ABCDEF";
-    json_t *j = json_string(s);
-    size_t n = strlen(s);
-    char *out;
-
-    if (j != NULL)
-        return j;
-    /* Not UTF-8 (a per value decoded from %E9, say): its bytes above
-     * 0x7f written as %XX, so the key is still shown and still unique. */
-    out = malloc(3 * n + 1);
-    if (out == NULL)
-        return json_null();
-    n = 0;
-    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
-        if (*p < 0x80 && *p != '%') {
-            out[n++] = (char)*p;
-        } else {
-            out[n++] = '%';
-            out[n++] = hex[*p >> 4];
-            out[n++] = hex[*p & 15];
-        }
-    }
-    out[n] = '\0';
-    j = json_string(out);
-    free(out);
-    return j != NULL ? j : json_null();
 }
 
 /* Constant-time comparison of A (LEN bytes) with the NUL-terminated B. */
@@ -620,13 +579,13 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     const struct sl_config *c = snap->config;
     struct sl_proxy *proxy = a->w->proxy;
     struct sl_store_state st;
-    double now = sl_wall_now();
-    int64_t mono = sl_now_ms();
+    double now = sl_time_wall();
+    int64_t mono = sl_time_mono_ms();
     json_t *root = json_object(), *store = json_object(), *ups = json_array();
     char iso[32];
 
     sl_admin_store_state(a, &st);
-    sl_iso_time(now, iso, sizeof(iso));
+    sl_time_iso(now, iso, sizeof(iso));
     json_object_set_new(root, "version", json_string(SLUICE_VERSION));
     json_object_set_new(root, "now", json_string(iso));
     json_object_set_new(root, "now_unix", json_real(round(now * 1000) / 1000));
@@ -635,7 +594,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     {
         json_t *cf = json_object();
         char loaded[32];
-        sl_iso_time((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
+        sl_time_iso((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
         json_object_set_new(cf, "generation", json_integer((json_int_t)c->generation));
         json_object_set_new(cf, "loaded_at", json_string(loaded));
         json_object_set_new(cf, "loaded_at_unix",
@@ -666,7 +625,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(store, "on_store_error", json_null());
     }
     if (st.shared_down) {
-        sl_iso_time(st.down_since, iso, sizeof(iso));
+        sl_time_iso(st.down_since, iso, sizeof(iso));
         json_object_set_new(store, "down_since", json_string(iso));
         json_object_set_new(store, "down_since_unix", json_real(st.down_since));
         json_object_set_new(store, "fallback",
@@ -690,7 +649,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         json_object_set_new(u, "prefix", json_string(up->prefix));
         if (uu->paused_us > 0) {
             double until = now + (double)uu->paused_us / 1e6;
-            sl_iso_time(until + 0.999, iso, sizeof(iso));
+            sl_time_iso(until + 0.999, iso, sizeof(iso));
             json_t *p = json_pack("{s:s,s:f,s:f}", "resumes_at", iso,
                                   "resumes_at_unix", round(until * 1000) / 1000,
                                   "resumes_in", sl_secs(uu->paused_us));
@@ -739,48 +698,6 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
 
 /* ---- /metrics ---- */
 
-/* A growing text buffer; on OOM it stops growing and `oom` is set. */
-struct sl_text {
-    char *buf;
-    size_t len, cap;
-    bool oom;
-};
-
-static void sl_tprintf(struct sl_text *t, const char *fmt, ...)
-    __attribute__((format(printf, 2, 3)));
-
-static void sl_tprintf(struct sl_text *t, const char *fmt, ...)
-{
-    va_list ap;
-    int n;
-
-    if (t->oom)
-        return;
-    for (;;) {
-        va_start(ap, fmt);
-        n = vsnprintf(t->buf + t->len, t->cap - t->len, fmt, ap);
-        va_end(ap);
-        if (n < 0) {
-            t->oom = true;
-            return;
-        }
-        if ((size_t)n < t->cap - t->len) {
-            t->len += (size_t)n;
-            return;
-        }
-        size_t ncap = t->cap ? t->cap * 2 : 16384;
-        while (ncap - t->len <= (size_t)n)
-            ncap *= 2;
-        char *nb = realloc(t->buf, ncap);
-        if (nb == NULL) {
-            t->oom = true;
-            return;
-        }
-        t->buf = nb;
-        t->cap = ncap;
-    }
-}
-
 /* A label value with \, " and newline escaped (exposition format). */
 static const char *sl_label(const char *s, char *buf, size_t len)
 {
@@ -806,7 +723,7 @@ enum sl_app_counter { SL_APP_CALLS, SL_APP_DENIED };
 /* One per-app counter family (calls allowed, or refused) for every rule of
  * CONFIG -- and, for refusals, every upstream's pause -- with a line per
  * app that has any. */
-static void sl_app_counters_text(struct sl_text *t, struct sl_proxy *proxy,
+static void sl_app_counters_text(struct sl_buf *t, struct sl_proxy *proxy,
                                  const struct sl_config *c, const char *name,
                                  enum sl_app_counter which, unsigned napps)
 {
@@ -829,7 +746,7 @@ static void sl_app_counters_text(struct sl_text *t, struct sl_proxy *proxy,
                                           SL_APP_ROWS);
                 if (v == 0)
                     continue;
-                sl_tprintf(t, "%s{upstream=\"%s\",rule=\"%s\",app=\"%s\"} %llu\n", name,
+                sl_buf_printf(t, "%s{upstream=\"%s\",rule=\"%s\",app=\"%s\"} %llu\n", name,
                            ul, rl, sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al,
                                             sizeof(al)),
                            (unsigned long long)v);
@@ -838,14 +755,14 @@ static void sl_app_counters_text(struct sl_text *t, struct sl_proxy *proxy,
     }
 }
 
-static void sl_help(struct sl_text *t, const char *name, const char *type,
+static void sl_help(struct sl_buf *t, const char *name, const char *type,
                     const char *help)
 {
-    sl_tprintf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    sl_buf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
 
-static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *name,
+static void sl_hist_text(struct sl_buf *t, struct sl_proxy *proxy, const char *name,
                          const char *labels, size_t up, bool held,
                          const double *bounds)
 {
@@ -865,18 +782,18 @@ static void sl_hist_text(struct sl_text *t, struct sl_proxy *proxy, const char *
             }
         }
         if (b < SL_HIST_BOUNDS)
-            sl_tprintf(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[b],
+            sl_buf_printf(t, "%s_bucket{%s,le=\"%g\"} %llu\n", name, labels, bounds[b],
                        (unsigned long long)cum);
         else
-            sl_tprintf(t, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
+            sl_buf_printf(t, "%s_bucket{%s,le=\"+Inf\"} %llu\n", name, labels,
                        (unsigned long long)cum);
     }
-    sl_tprintf(t, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels,
+    sl_buf_printf(t, "%s_sum{%s} %.6f\n%s_count{%s} %llu\n", name, labels,
                (double)sum / 1e6, name, labels, (unsigned long long)count);
 }
 
 /* Histogram NAME of every upstream. */
-static void sl_hists_text(struct sl_text *t, struct sl_proxy *proxy,
+static void sl_hists_text(struct sl_buf *t, struct sl_proxy *proxy,
                           const struct sl_config *c, const char *name, bool held,
                           const double *bounds)
 {
@@ -890,7 +807,7 @@ static void sl_hists_text(struct sl_text *t, struct sl_proxy *proxy,
 }
 
 static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
-                            struct sl_text *t)
+                            struct sl_buf *t)
 {
     /* The snapshot's generation (worker 0's when there is none). */
     const struct sl_config *c = snap != NULL ? snap->config : a->w->config;
@@ -901,25 +818,25 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
 
     sl_admin_store_state(a, &st);
     sl_help(t, "sluice_build_info", "gauge", "Version of this sluice (always 1).");
-    sl_tprintf(t, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
+    sl_buf_printf(t, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
     sl_help(t, "sluice_start_time_seconds", "gauge",
             "When this sluice started, seconds since the Unix epoch.");
-    sl_tprintf(t, "sluice_start_time_seconds %.3f\n", (double)proxy->started_ms / 1000.0);
+    sl_buf_printf(t, "sluice_start_time_seconds %.3f\n", (double)proxy->started_ms / 1000.0);
     sl_help(t, "sluice_config_reloads_total", "counter",
             "Configuration reloads (SIGHUP, POST /reload) by result: ok, invalid "
             "(the file has errors), refused (it changes what needs a restart).");
     for (int i = 0; i < SL_RELOAD_RESULTS; i++)
-        sl_tprintf(t, "sluice_config_reloads_total{result=\"%s\"} %llu\n",
+        sl_buf_printf(t, "sluice_config_reloads_total{result=\"%s\"} %llu\n",
                    sl_reload_result_names[i],
                    (unsigned long long)atomic_load(&proxy->reloads[i]));
     sl_help(t, "sluice_config_generation", "gauge",
             "Generation of the configuration in force (1 at start, +1 per reload "
             "that took effect).");
-    sl_tprintf(t, "sluice_config_generation %llu\n",
+    sl_buf_printf(t, "sluice_config_generation %llu\n",
                (unsigned long long)atomic_load(&proxy->generation));
     sl_help(t, "sluice_config_loaded_timestamp_seconds", "gauge",
             "When the configuration in force was loaded, seconds since the Unix epoch.");
-    sl_tprintf(t, "sluice_config_loaded_timestamp_seconds %.3f\n",
+    sl_buf_printf(t, "sluice_config_loaded_timestamp_seconds %.3f\n",
                (double)c->loaded_ms / 1000.0);
 
     sl_help(t, "sluice_calls_total", "counter",
@@ -929,7 +846,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         size_t row = i < c->nupstreams ? c->upstreams[i].metric_id + 1 : 0;
         sl_label(i < c->nupstreams ? c->upstreams[i].name : "-", ul, sizeof(ul));
         for (int o = 0; o < SL_OUT_COUNT; o++)
-            sl_tprintf(t, "sluice_calls_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
+            sl_buf_printf(t, "sluice_calls_total{upstream=\"%s\",outcome=\"%s\"} %llu\n",
                        ul, sl_outcome_names[o],
                        (unsigned long long)SL_SUM(proxy, calls,
                                                   row * SL_OUT_COUNT + (size_t)o,
@@ -947,7 +864,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
             size_t slot = sl_upstream_rule(up, k)->metric_slot;
             sl_label(sl_upstream_rule(up, k)->name, rl, sizeof(rl));
             for (int res = 0; res < SL_DECISION_RESULTS; res++)
-                sl_tprintf(t, "sluice_decisions_total{upstream=\"%s\",rule=\"%s\","
+                sl_buf_printf(t, "sluice_decisions_total{upstream=\"%s\",rule=\"%s\","
                            "result=\"%s\"} %llu\n", ul, rl, sl_decision_names[res],
                            (unsigned long long)SL_SUM(proxy, decisions,
                                                       slot * SL_DECISION_RESULTS + (size_t)res,
@@ -997,7 +914,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                 }
                 snprintf(labels, sizeof(labels), "upstream=\"%s\",rule=\"%s\"", ul,
                          sl_label(r->name, rl, sizeof(rl)));
-                sl_tprintf(t, "%s{%s} %.15g\n", gauges[g].name, labels, v);
+                sl_buf_printf(t, "%s{%s} %.15g\n", gauges[g].name, labels, v);
             }
         }
     }
@@ -1013,7 +930,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                 continue;
             sl_label(up->rules[k].name, rl, sizeof(rl));
             for (size_t p = 0; p < ru->buckets[0].napps; p++)
-                sl_tprintf(t, "sluice_rule_app_used{upstream=\"%s\",rule=\"%s\","
+                sl_buf_printf(t, "sluice_rule_app_used{upstream=\"%s\",rule=\"%s\","
                            "app=\"%s\"} %llu\n", ul, rl,
                            sl_label(ru->buckets[0].apps[p].name, al, sizeof(al)),
                            (unsigned long long)ru->buckets[0].apps[p].calls);
@@ -1031,10 +948,10 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
             sl_label(r->name, rl, sizeof(rl));
             for (size_t p = 0; p < r->nshares; p++) {
                 sl_label(r->shares[p].app, al, sizeof(al));
-                sl_tprintf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
+                sl_buf_printf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
                            "app=\"%s\",kind=\"max\"} %llu\n", ul, rl, al,
                            (unsigned long long)r->shares[p].max);
-                sl_tprintf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
+                sl_buf_printf(t, "sluice_rule_app_share{upstream=\"%s\",rule=\"%s\","
                            "app=\"%s\",kind=\"reserve\"} %llu\n", ul, rl, al,
                            (unsigned long long)r->shares[p].reserve);
             }
@@ -1043,7 +960,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
 
     sl_help(t, "sluice_queue_depth", "gauge", "Calls held in queue mode now.");
     for (size_t i = 0; i < c->nupstreams; i++)
-        sl_tprintf(t, "sluice_queue_depth{upstream=\"%s\"} %u\n",
+        sl_buf_printf(t, "sluice_queue_depth{upstream=\"%s\"} %u\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    sl_queue_count(&a->w->queue, i));
     sl_help(t, "sluice_app_queue_depth", "gauge",
@@ -1051,7 +968,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     for (unsigned app = 0; app < napps; app++) {
         unsigned held = sl_queue_app_count(&a->w->queue, (uint16_t)app);
         if (held > 0)
-            sl_tprintf(t, "sluice_app_queue_depth{app=\"%s\"} %u\n",
+            sl_buf_printf(t, "sluice_app_queue_depth{app=\"%s\"} %u\n",
                        sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al, sizeof(al)),
                        held);
     }
@@ -1065,28 +982,28 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     sl_help(t, "sluice_provider_pauses_total", "counter",
             "Pauses the provider asked for (429/503 with Retry-After, limit signals).");
     for (size_t i = 0; i < c->nupstreams; i++)
-        sl_tprintf(t, "sluice_provider_pauses_total{upstream=\"%s\"} %llu\n",
+        sl_buf_printf(t, "sluice_provider_pauses_total{upstream=\"%s\"} %llu\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    (unsigned long long)SL_SUM(proxy, pauses, c->upstreams[i].metric_id,
                                               SL_UP_ROWS));
     sl_help(t, "sluice_provider_pause_remaining_seconds", "gauge",
             "Time left in the provider's pause (0: not paused).");
     for (size_t i = 0; snap != NULL && i < c->nupstreams; i++)
-        sl_tprintf(t, "sluice_provider_pause_remaining_seconds{upstream=\"%s\"} %.3f\n",
+        sl_buf_printf(t, "sluice_provider_pause_remaining_seconds{upstream=\"%s\"} %.3f\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    sl_secs(snap->ups[i].paused_us));
     sl_help(t, "sluice_store_up", "gauge",
             "1 when the limit store answers (always with the memory store).");
-    sl_tprintf(t, "sluice_store_up{store=\"%s\"} %d\n",
+    sl_buf_printf(t, "sluice_store_up{store=\"%s\"} %d\n",
                c->store_kind == SL_STORE_REDIS ? "redis" : "memory", !st.shared_down);
     sl_help(t, "sluice_store_errors_total", "counter",
             "Failures talking to Redis (lost links, timeouts, refused scripts).");
-    sl_tprintf(t, "sluice_store_errors_total{store=\"%s\"} %llu\n",
+    sl_buf_printf(t, "sluice_store_errors_total{store=\"%s\"} %llu\n",
                c->store_kind == SL_STORE_REDIS ? "redis" : "memory",
                (unsigned long long)(c->store_kind == SL_STORE_REDIS
                                         ? sl_store_redis_errors() : 0));
     sl_help(t, "sluice_apps", "gauge", "Distinct app names tracked (at most 2 x max_apps + 2: names from calls, configured names, \"-\" and \"other\").");
-    sl_tprintf(t, "sluice_apps %u\n", napps);
+    sl_buf_printf(t, "sluice_apps %u\n", napps);
     {
         uint64_t n[SL_ALERT_RESULTS] = {0};
         sl_alerts_counts(a->w->alerts, n);
@@ -1094,7 +1011,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                 "Alert webhooks by result (sent: a 2xx answer; failed: no 2xx "
                 "after every retry; dropped: the alert queue was full).");
         for (int i = 0; i < SL_ALERT_RESULTS; i++)
-            sl_tprintf(t, "sluice_alerts_total{result=\"%s\"} %llu\n",
+            sl_buf_printf(t, "sluice_alerts_total{result=\"%s\"} %llu\n",
                        sl_alert_result_names[i], (unsigned long long)n[i]);
     }
 }
@@ -1172,10 +1089,10 @@ static struct MHD_Response *sl_history_render(struct sl_admin_req *ar,
     const struct sl_config *c = ar->config;
     json_t *root = json_object(), *ups = json_array(), *cur = NULL;
     const struct sl_upstream_conf *cur_up = NULL;
-    double now = sl_wall_now();
+    double now = sl_time_wall();
     char iso[32], *text;
 
-    sl_iso_time(now, iso, sizeof(iso));
+    sl_time_iso(now, iso, sizeof(iso));
     json_object_set_new(root, "now", json_string(iso));
     json_object_set_new(root, "now_unix", json_real(round(now * 1000.0) / 1000.0));
     json_object_set_new(root, "minutes", json_integer(SL_HIST_MINUTES));
@@ -1421,15 +1338,17 @@ static struct MHD_Response *sl_admin_render(struct sl_admin *a,
             return NULL;
         return sl_owned(text, strlen(text), "application/json");
     } else {
-        struct sl_text t = {0};
+        struct sl_buf t;
+        size_t len;
+        char *text;
+        sl_buf_init(&t, SL_BUF_UNCAPPED);
         pthread_rwlock_rdlock(&a->w->proxy->metrics_lock);
         sl_metrics_text(a, snap, &t);
         pthread_rwlock_unlock(&a->w->proxy->metrics_lock);
-        if (t.oom) {
-            free(t.buf);
+        text = sl_buf_take(&t, &len);  /* NULL when out of memory */
+        if (text == NULL)
             return NULL;
-        }
-        return sl_owned(t.buf, t.len, "text/plain; version=0.0.4; charset=utf-8");
+        return sl_owned(text, len, "text/plain; version=0.0.4; charset=utf-8");
     }
 }
 

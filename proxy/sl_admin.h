@@ -25,15 +25,6 @@
 struct sl_worker;
 struct sl_admin;
 struct sl_snapshot;
-struct json_t;
-
-/* Wall-clock seconds since the Unix epoch. */
-double sl_wall_now(void);
-/* "2026-11-24T14:32:05Z" for Unix seconds T, into BUF (LEN >= 21). */
-void sl_iso_time(double t, char *buf, size_t len);
-
-/* S as a JSON string; bytes of S that are not UTF-8 become %XX. */
-struct json_t *sl_json_text(const char *s);
 
 /* Start the listener of W's config on W's loop.  NULL (logged) on error. */
 struct sl_admin *sl_admin_new(struct sl_worker *w);
@@ -42,7 +33,7 @@ int sl_admin_fd(const struct sl_admin *a);
 /* Run its daemon (events or timeout). */
 void sl_admin_run(struct sl_admin *a);
 /* Close its connections past their header or idle deadline (NOW_MS:
- * sl_now_ms(); on W's loop, as often as the proxy's own). */
+ * sl_time_mono_ms(); on W's loop, as often as the proxy's own). */
 void sl_admin_tick(struct sl_admin *a, int64_t now_ms);
 /* Milliseconds until the daemon needs running (or a kick), -1: none. */
 int64_t sl_admin_timeout(struct sl_admin *a);

@@ -26,6 +26,7 @@
  * character, so it cannot forge a log line; alerts escape it for chat.
  */
 #include "sl_admin_ops.h"
+#include "sl_buf.h"
 
 #include "sl_admin.h"
 #include "sl_alerts.h"
@@ -33,6 +34,8 @@
 #include "sl_feedback.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
+#include "sl_time.h"
+#include "sl_json.h"
 
 #include <arpa/inet.h>
 #include <jansson.h>
@@ -55,9 +58,7 @@ struct sl_admin_op {
     char *name;                         /* the path's upstream (owned) */
     bool bad_path;                      /* /upstreams/... but not NAME/pause */
     bool is_delete;
-    char *body;                         /* owned, len bytes */
-    size_t len;
-    bool too_big;                       /* the body passed SL_OP_BODY_MAX */
+    struct sl_buf body;                 /* capped at SL_OP_BODY_MAX */
     enum sl_pause_action action;
     int64_t duration_us;
     char reason[SL_OP_REASON_MAX + 1];
@@ -89,6 +90,7 @@ struct sl_admin_op *sl_admin_op_new(struct sl_worker *w, struct MHD_Connection *
     if (op == NULL)
         return NULL;
     op->w = w;
+    sl_buf_init(&op->body, SL_OP_BODY_MAX);
     op->is_delete = strcmp(method, "DELETE") == 0;
     slash = strlen(url) > 11 ? strchr(name, '/') : NULL;
     if (slash == NULL || slash == name || strcmp(slash, "/pause") != 0)
@@ -113,21 +115,9 @@ struct sl_admin_op *sl_admin_op_new(struct sl_worker *w, struct MHD_Connection *
 
 void sl_admin_op_body(struct sl_admin_op *op, const char *data, size_t len)
 {
-    char *nb;
-
-    if (op->too_big || op->len + len > SL_OP_BODY_MAX) {
-        op->too_big = true;
-        return;
-    }
-    nb = realloc(op->body, op->len + len + 1);
-    if (nb == NULL) {
-        op->too_big = true;  /* answered as too large: nothing is done */
-        return;
-    }
-    memcpy(nb + op->len, data, len);
-    op->len += len;
-    nb[op->len] = '\0';
-    op->body = nb;
+    /* A failure (past the cap, or out of memory) is sticky and answered
+     * as too large: nothing is done. */
+    sl_buf_add(&op->body, data, len);
 }
 
 void sl_admin_op_free(struct sl_admin_op *op)
@@ -137,7 +127,7 @@ void sl_admin_op_free(struct sl_admin_op *op)
     if (op->config != NULL)
         sl_config_unref(op->config);
     free(op->name);
-    free(op->body);
+    sl_buf_free(&op->body);
     free(op);
 }
 
@@ -192,13 +182,13 @@ static void sl_op_refuse(struct sl_admin_op *op, unsigned status, const char *co
 /* A pause of US µs as /status shows it, or null. */
 static json_t *sl_op_pause_json(int64_t us, bool by_operator, const char *reason)
 {
-    double now = sl_wall_now(), until = now + (double)us / 1e6;
+    double now = sl_time_wall(), until = now + (double)us / 1e6;
     char iso[32];
     json_t *p;
 
     if (us <= 0)
         return json_null();
-    sl_iso_time(until + 0.999, iso, sizeof(iso));
+    sl_time_iso(until + 0.999, iso, sizeof(iso));
     p = json_pack("{s:s,s:f,s:f}", "resumes_at", iso, "resumes_at_unix",
                   round(until * 1000) / 1000, "resumes_in",
                   round((double)us / 1000.0) / 1000.0);
@@ -324,13 +314,14 @@ static int sl_op_parse(struct sl_admin_op *op)
         op->action = SL_PAUSE_CLEAR;
         return 0;
     }
-    if (op->body == NULL || op->len == 0) {
+    if (sl_buf_len(&op->body) == 0) {
         sl_op_refuse(op, 400, "bad_request", NULL, "the body must be a JSON object: "
                      "{\"for\": \"10m\", \"reason\": \"...\"} pauses, "
                      "{\"resume_in\": \"30s\"} shortens, {\"clear\": true} clears");
         return -1;
     }
-    j = json_loadb(op->body, op->len, JSON_REJECT_DUPLICATES, &jerr);
+    j = json_loadb(sl_buf_str(&op->body), sl_buf_len(&op->body), JSON_REJECT_DUPLICATES,
+                   &jerr);
     if (j == NULL || !json_is_object(j)) {
         sl_op_refuse(op, 400, "bad_request", NULL, "the body must be a JSON object "
                      "(%s)", j == NULL ? jerr.text : "not an object");
@@ -406,7 +397,7 @@ void sl_admin_op_run(struct sl_admin_op *op, sl_admin_op_done_fn done, void *arg
                      "/upstreams/NAME/pause (POST or DELETE)");
         return;
     }
-    if (op->too_big) {
+    if (sl_buf_result(&op->body) != 0) {
         sl_op_refuse(op, 413, "too_large", NULL, "the body may be at most %d bytes",
                      SL_OP_BODY_MAX);
         return;

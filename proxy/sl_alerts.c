@@ -22,10 +22,11 @@
  */
 #include "sl_alerts.h"
 
-#include "sl_admin.h"
 #include "sl_duration.h"
 #include "sl_log.h"
 #include "sl_proxy.h"
+#include "sl_time.h"
+#include "sl_json.h"
 
 #include <jansson.h>
 #include <math.h>
@@ -223,7 +224,7 @@ static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *t
     if (body == NULL)
         return;
     if (a->nqueued >= SL_ALERT_QUEUE_MAX || (m = calloc(1, sizeof(*m))) == NULL) {
-        int64_t now = sl_now_ms();
+        int64_t now = sl_time_mono_ms();
         free(body);
         sl_alerts_count(a, SL_ALERT_DROPPED);
         if (now - a->dropped_logged_ms >= 60000) {
@@ -238,7 +239,7 @@ static void sl_alerts_enqueue(struct sl_alerts *a, const struct sl_alert_conf *t
     m->to = to;
     m->config = sl_config_ref(a->w->config);
     m->body = body;
-    m->due_ms = sl_now_ms();
+    m->due_ms = sl_time_mono_ms();
     if (a->tail != NULL)
         a->tail->next = m;
     else
@@ -254,7 +255,7 @@ static void sl_alerts_raise(struct sl_alerts *a, json_t *j,
 {
     char iso[32];
 
-    sl_iso_time(sl_wall_now(), iso, sizeof(iso));
+    sl_time_iso(sl_time_wall(), iso, sizeof(iso));
     json_object_set_new(j, "time", json_string(iso));
     json_object_set_new(j, "instance", json_string(a->instance));
     sl_warn("alert: %s", json_string_value(json_object_get(j, "text")));
@@ -363,7 +364,7 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
     char iso[32];
 
     /* Rounded up to the second: never earlier than the pause's end. */
-    sl_iso_time(ceil(sl_wall_now() + (double)uu->paused_us / 1e6), iso, sizeof(iso));
+    sl_time_iso(ceil(sl_time_wall() + (double)uu->paused_us / 1e6), iso, sizeof(iso));
     sl_text_add(&text, uu->pause_operator ? "sluice: an operator paused "
                                           : "sluice: the provider paused ");
     sl_text_value(&text, uu->up->name, SL_ALERT_NAME_SHOWN);
@@ -387,7 +388,7 @@ static void sl_alerts_pause(struct sl_alerts *a, const struct sl_upstream_usage 
 static json_t *sl_pause_json(int64_t us, char *iso, size_t len)
 {
     /* Rounded up to the second: never earlier than the pause's end. */
-    sl_iso_time(ceil(sl_wall_now() + (double)us / 1e6), iso, len);
+    sl_time_iso(ceil(sl_time_wall() + (double)us / 1e6), iso, len);
     return json_pack("{s:s,s:f}", "resumes_at", iso, "resumes_in",
                      round((double)us / 1000.0) / 1000.0);
 }
@@ -611,7 +612,7 @@ bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result)
         sl_alerts_msg_free(m);
     } else {
         /* Back off 1, 2, 4 s; to the front of the line (it is the oldest). */
-        m->due_ms = sl_now_ms() + (1000LL << (m->attempts - 1));
+        m->due_ms = sl_time_mono_ms() + (1000LL << (m->attempts - 1));
         m->next = a->head;
         a->head = m;
         if (a->tail == NULL)
@@ -681,7 +682,7 @@ struct sl_alerts *sl_alerts_new(struct sl_worker *w)
     a->w = w;
     gethostname(host, sizeof(host) - 1);
     snprintf(a->instance, sizeof(a->instance), "%s:%d", host, (int)getpid());
-    a->next_check_ms = sl_now_ms() + SL_ALERT_CHECK_MS;
+    a->next_check_ms = sl_time_mono_ms() + SL_ALERT_CHECK_MS;
     return a;
 }
 

@@ -44,6 +44,7 @@
 
 #include "sl_log.h"
 #include "sl_request.h"
+#include "sl_time.h"
 
 #include <netinet/in.h>
 #include <stdio.h>
@@ -80,7 +81,7 @@ void sl_conn_deadline(struct sl_worker *w, struct sl_conn *c, int list)
     if (list == SL_DL_NONE || c->closing)
         return;
     c->dlist = list;
-    c->deadline_ms = sl_now_ms() + (list == SL_DL_HEADERS ? cf->header_timeout_us
+    c->deadline_ms = sl_time_mono_ms() + (list == SL_DL_HEADERS ? cf->header_timeout_us
                                                           : cf->client_timeout_us) / 1000;
     c->dnext = NULL;
     c->dprev = g->dl_tail[list];
@@ -210,7 +211,7 @@ static void sl_guard_make_room(struct sl_guard *g, struct sl_conn *c)
             g->evicted++;
         }
     }
-    sl_guard_report(g, sl_now_ms());
+    sl_guard_report(g, sl_time_mono_ms());
 }
 
 void sl_guard_notify(void *cls, struct MHD_Connection *connection,

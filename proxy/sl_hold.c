@@ -15,6 +15,7 @@
 #include "sl_request.h"
 
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <stdlib.h>
 
@@ -23,13 +24,14 @@
 
 void sl_req_unhold(struct sl_request *req)
 {
-    if (!req->is_held)
+    if (!sl_req_is_held(req))
         return;
     sl_queue_remove(&req->w->queue, &req->held);
-    req->is_held = false;
-    req->held_ms += sl_now_ms() - req->held.since_ms;
+    sl_req_set_phase(req, req->phase == SL_PHASE_HELD_DECIDING ? SL_PHASE_DECIDING
+                                                              : SL_PHASE_ACTIVE);
+    req->held_ms += sl_time_mono_ms() - req->held.since_ms;
     sl_hist_observe(&req->w->metrics.held[req->up->metric_id], sl_hist_held_bounds,
-                    (sl_now_ms() - req->held.since_ms) * 1000);
+                    (sl_time_mono_ms() - req->held.since_ms) * 1000);
 }
 
 /*
@@ -43,7 +45,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     struct sl_worker *w = req->w;
     const struct sl_hit *waiting = NULL;
     const struct sl_rule *r = d->rule;
-    int64_t now = sl_now_ms(), wait_ms;
+    int64_t now = sl_time_mono_ms(), wait_ms;
 
     if (w->stop || r == NULL || (r->on_limit != SL_ON_LIMIT_QUEUE && !force)) {
         req->rehold = false;
@@ -63,7 +65,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
                                              : SL_QUEUE_POLL_MS;
     if (wait_ms < 1)
         wait_ms = 1;
-    if (!req->is_held) {
+    if (!sl_req_is_held(req)) {
         /* Matched again after a reload: the same place in line, the same
          * max_wait clock, counted as queued once. */
         bool again = req->rehold;
@@ -86,7 +88,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
         atomic_store(&req->held.kicked, false);
         if (sl_queue_add(&w->queue, &req->held) != 0)
             return -1;
-        req->is_held = true;
+        sl_req_set_phase(req, SL_PHASE_HELD);
         if (!again)
             sl_metrics_call(&w->metrics, req->up, SL_OUT_QUEUED);
         if (r->kind == SL_RULE_RATE) {
@@ -185,7 +187,7 @@ void sl_request_pump(struct sl_worker *w, int64_t now)
 void sl_request_release_held(struct sl_worker *w)
 {
     for (struct sl_request *r = w->requests; r != NULL; r = r->next) {
-        if (!r->is_held || r->held.deciding)
+        if (!sl_req_is_held(r) || r->held.deciding)
             continue;
         sl_req_unhold(r);
         sl_req_error(r, MHD_HTTP_SERVICE_UNAVAILABLE, "shutting_down",

@@ -17,6 +17,7 @@
 #include "sl_notify.h"
 #include "sl_state.h"
 #include "sl_cfgwatch.h"
+#include "sl_time.h"
 
 #include <getopt.h>
 #include <errno.h>
@@ -73,7 +74,7 @@ static void sl_save_state(struct sl_proxy *proxy, struct sl_state *st,
                           struct sl_save_log *sl)
 {
     const struct sl_config *c = sl_proxy_config(proxy);
-    int64_t now = sl_clock_wall();
+    int64_t now = sl_time_wall_us();
     uint64_t jfail;
     int jerr = 0;
     char why[512];
@@ -215,7 +216,7 @@ int main(int argc, char **argv)
     /* For tests only: a wall clock stepped by this much (see README). */
     offset_ms = getenv("SLUICE_TEST_WALL_OFFSET_MS");
     if (offset_ms != NULL && *offset_ms != '\0') {
-        sl_clock_set_wall_offset(strtoll(offset_ms, NULL, 10) * 1000);
+        sl_time_set_wall_offset(strtoll(offset_ms, NULL, 10) * 1000);
         sl_warn("SLUICE_TEST_WALL_OFFSET_MS=%s: the wall clock is shifted (tests only)",
                 offset_ms);
     }
@@ -232,7 +233,7 @@ int main(int argc, char **argv)
     pthread_mutex_init(&proxy.reload_lock, NULL);
     pthread_rwlock_init(&proxy.metrics_lock, NULL);
     sl_log_set_json(config->log_format == SL_LOG_FORMAT_JSON);
-    proxy.started_ms = sl_clock_wall() / 1000;
+    proxy.started_ms = sl_time_wall_us() / 1000;
     config->loaded_ms = proxy.started_ms;
     atomic_store(&proxy.generation, config->generation);
     if (sl_proxy_metric_ids(&proxy, config) != 0) {

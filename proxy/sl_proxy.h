@@ -183,6 +183,10 @@ struct sl_worker {
     unsigned long malformed_reports;  /* provider usage reports ignored */
     int64_t malformed_logged_ms;
     unsigned long nrequests;
+    /* Held calls a reload left matched under a replaced generation
+     * (sl_request.rematch): matched and decided again by the loop's
+     * rematch phase (sl_request_rematch), never from inside a move. */
+    unsigned long nrematch;
     /* libmicrohttpd is the release whose in-place request parsing
      * sl_request.c checks byte by byte (0.9.75). */
     bool raw_head_check;
@@ -214,9 +218,13 @@ int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c);
 enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
                                       struct sl_errors *errs);
 /* Move worker W to the configuration in force, if newer than its own:
- * its store, its metrics, and its held calls (matched and decided again).
+ * its store and its metrics; its held calls are marked for the rematch
+ * phase, not decided here (a decision's answer may itself move the worker).
  * W's thread only. */
 void sl_worker_adopt(struct sl_worker *w);
+/* The rematch phase: match again, and ask the store again for, the held
+ * calls the last move marked, in line order (by ticket).  W's thread. */
+void sl_request_rematch(struct sl_worker *w);
 
 /* sl_worker.c */
 int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id);
@@ -228,7 +236,6 @@ int sl_worker_start(struct sl_worker *w);
 void sl_worker_request_stop(struct sl_worker *w);
 void sl_worker_join(struct sl_worker *w);
 void sl_worker_cleanup(struct sl_worker *w);
-int64_t sl_now_ms(void);
 int sl_listen_socket(const char *host, int port, bool reuseport, int backlog,
                      const char *what, const char *text);
 /* libmicrohttpd's messages, into sluice's log (MHD_OPTION_EXTERNAL_LOGGER). */

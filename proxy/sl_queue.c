@@ -5,6 +5,7 @@
  * last waiter leaves.
  */
 #include "sl_queue.h"
+#include "sl_assert.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -137,6 +138,9 @@ static int sl_wjoin(struct sl_waitlists *wl, struct sl_held *h,
         after->wnext = h;
     else
         b->head = h;
+    /* The list stays sorted by ticket (arrival order). */
+    SL_ASSERT(h->wprev == NULL || sl_held_before(h->wprev, h));
+    SL_ASSERT(h->wnext == NULL || sl_held_before(h, h->wnext));
     h->bucket = b;
     b->n++;
     return 0;
@@ -164,7 +168,9 @@ static void sl_wleave(struct sl_waitlists *wl, struct sl_held *h)
         b->tail = h->wprev;
     h->wprev = h->wnext = NULL;
     h->bucket = NULL;
+    SL_ASSERT(b->n > 0);
     b->n--;
+    SL_ASSERT((b->n == 0) == (b->head == NULL));
     /* The line moved: a call seen waiting behind H may be first now. */
     atomic_fetch_add(&wl->seq[sl_whash(b->rule, b->key, b->key_len)], 1);
     if (b->head == NULL) {
@@ -332,9 +338,13 @@ void sl_queue_remove(struct sl_queue *q, struct sl_held *h)
     if (h->bucket != NULL)
         sl_wleave(wl, h);
     pthread_mutex_unlock(&wl->lock);
+    SL_ASSERT(atomic_load(&wl->counts[h->upstream]) > 0);
     atomic_fetch_sub(&wl->counts[h->upstream], 1);
-    if (h->app < wl->napps)
+    if (h->app < wl->napps) {
+        SL_ASSERT(atomic_load(&wl->app_counts[h->app]) > 0);
         atomic_fetch_sub(&wl->app_counts[h->app], 1);
+    }
+    SL_ASSERT(atomic_load(&wl->total) > 0);
     atomic_fetch_sub(&wl->total, 1);
     if (h->prev != NULL)
         h->prev->next = h->next;
@@ -345,6 +355,7 @@ void sl_queue_remove(struct sl_queue *q, struct sl_held *h)
     else
         q->tails[h->upstream] = h->prev;
     h->prev = h->next = NULL;
+    SL_ASSERT(q->total > 0);
     q->total--;
     sl_queue_publish_oldest(q, h->upstream);
 }

@@ -38,6 +38,7 @@
 #include "sl_history.h"
 #include "sl_http.h"
 #include "sl_log.h"
+#include "sl_time.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -52,22 +53,22 @@ static enum MHD_Result sl_req_respond(struct sl_request *req);
 
 /* ---- buffers ---- */
 
-size_t sl_buf_len(const struct sl_buf *b) { return b->wpos - b->rpos; }
+size_t sl_pipe_len(const struct sl_pipe *b) { return b->wpos - b->rpos; }
 
-/* Room for N more bytes within SL_BUF_MAX (an empty buffer always fits). */
-static bool sl_buf_fits(const struct sl_buf *b, size_t n)
+/* Room for N more bytes within SL_PIPE_MAX (an empty buffer always fits). */
+static bool sl_pipe_fits(const struct sl_pipe *b, size_t n)
 {
-    return sl_buf_len(b) == 0 || sl_buf_len(b) + n <= SL_BUF_MAX;
+    return sl_pipe_len(b) == 0 || sl_pipe_len(b) + n <= SL_PIPE_MAX;
 }
 
 /* Append up to N bytes; returns how many were taken. */
-static size_t sl_buf_put(struct sl_buf *b, const char *src, size_t n)
+static size_t sl_pipe_put(struct sl_pipe *b, const char *src, size_t n)
 {
-    size_t len = sl_buf_len(b);
-    size_t room = len >= SL_BUF_MAX ? 0 : SL_BUF_MAX - len;
+    size_t len = sl_pipe_len(b);
+    size_t room = len >= SL_PIPE_MAX ? 0 : SL_PIPE_MAX - len;
 
     if (len == 0)
-        room = n > SL_BUF_MAX ? n : SL_BUF_MAX;
+        room = n > SL_PIPE_MAX ? n : SL_PIPE_MAX;
     if (n > room)
         n = room;
     if (n == 0)
@@ -93,9 +94,9 @@ static size_t sl_buf_put(struct sl_buf *b, const char *src, size_t n)
     return n;
 }
 
-static size_t sl_buf_take(struct sl_buf *b, char *dst, size_t max)
+static size_t sl_pipe_take(struct sl_pipe *b, char *dst, size_t max)
 {
-    size_t n = sl_buf_len(b);
+    size_t n = sl_pipe_len(b);
 
     if (n > max)
         n = max;
@@ -108,7 +109,7 @@ static size_t sl_buf_take(struct sl_buf *b, char *dst, size_t max)
     return n;
 }
 
-void sl_buf_free(struct sl_buf *b)
+void sl_pipe_free(struct sl_pipe *b)
 {
     free(b->data);
     memset(b, 0, sizeof(*b));
@@ -375,7 +376,7 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
                           int primary_port, int local_port)
 {
     struct sl_request *req = ud;
-    int64_t now = sl_clock_monotonic(NULL);
+    int64_t now = sl_time_mono_us();
 
     (void)primary_ip;
     (void)local_ip;
@@ -394,7 +395,7 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     /* Just before the commit: every store stamps the call's own log entry
      * no earlier than this, so a report's sync finds it among the calls
      * from this moment on, and takes it off (sl_store_sync). */
-    req->sent_us = sl_clock_monotonic(NULL);
+    req->sent_us = sl_time_mono_us();
     sl_store_commit(req->w->store, req->lease);
     req->committed = true;
     sl_req_record_history(req);
@@ -408,8 +409,8 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
 
     if (req->client_gone)
         return 0;  /* aborts the transfer */
-    if (!sl_spool_unread(req) && sl_buf_fits(&req->down, n)) {
-        if (sl_buf_put(&req->down, data, n) != n)
+    if (!sl_spool_unread(req) && sl_pipe_fits(&req->down, n)) {
+        if (sl_pipe_put(&req->down, data, n) != n)
             return 0;  /* out of memory: abort rather than corrupt the body */
     } else if (!sl_spool_put(req, data, n)) {
         /* Once bytes wait in the spool, newer ones follow them there. */
@@ -417,7 +418,7 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
         return CURL_WRITEFUNC_PAUSE;
     }
     if (req->susp == SL_SUSP_BODY ||
-        (req->want_body && sl_buf_len(&req->down) >= SL_SIGNAL_PEEK))
+        (req->want_body && sl_pipe_len(&req->down) >= SL_SIGNAL_PEEK))
         sl_req_resume(req);
     return n;
 }
@@ -425,7 +426,7 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
 static size_t sl_curl_read(char *dst, size_t size, size_t nitems, void *ud)
 {
     struct sl_request *req = ud;
-    size_t n = sl_buf_take(&req->upload, dst, size * nitems);
+    size_t n = sl_pipe_take(&req->upload, dst, size * nitems);
 
     if (n > 0) {
         if (req->susp == SL_SUSP_UPLOAD)
@@ -450,7 +451,7 @@ void sl_req_update_pause(struct sl_request *req)
          * transfer is unpaused from outside its callbacks: drive it in this
          * loop pass ourselves. */
         if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
-            req->w->curl_deadline_ms = sl_now_ms();
+            req->w->curl_deadline_ms = sl_time_mono_ms();
     }
 }
 
@@ -485,7 +486,7 @@ void sl_req_abort_transfer(struct sl_request *req)
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
-        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        req->upstream_us = sl_time_mono_us() - req->sent_us;
         sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
@@ -504,7 +505,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     req->easy = NULL;
     req->xfer_done = true;
     if (req->sent_us > 0) {
-        req->upstream_us = sl_clock_monotonic(NULL) - req->sent_us;
+        req->upstream_us = sl_time_mono_us() - req->sent_us;
         sl_hist_observe(&req->w->metrics.latency[req->up->metric_id],
                         sl_hist_latency_bounds, req->upstream_us);
     }
@@ -784,7 +785,7 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (req->client_gone)
         return MHD_CONTENT_READER_END_WITH_ERROR;
-    n = sl_buf_take(&req->down, buf, max);
+    n = sl_pipe_take(&req->down, buf, max);
     if (n == 0 && sl_spool_unread(req)) {
         /* The buffer's bytes are older than the spool's: it goes second. */
         ssize_t k = sl_spool_take(req, buf, max);
@@ -799,7 +800,7 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     if (n > 0) {
         req->bytes_out += n;
         if (req->down_paused && !sl_spool_unread(req) &&
-            sl_buf_fits(&req->down, SL_CURL_BUFSIZE)) {
+            sl_pipe_fits(&req->down, SL_CURL_BUFSIZE)) {
             req->down_paused = false;
             sl_req_update_pause(req);
         }
@@ -811,8 +812,8 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     if (req->down_paused) {
         req->down_paused = false;
         sl_req_update_pause(req);
-        if (sl_buf_len(&req->down) > 0)
-            return (ssize_t)sl_buf_take(&req->down, buf, max);
+        if (sl_pipe_len(&req->down) > 0)
+            return (ssize_t)sl_pipe_take(&req->down, buf, max);
     }
     sl_req_suspend(req, SL_SUSP_BODY);
     return 0;
@@ -846,10 +847,10 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
     }
     if (req->xfer_done && req->result == CURLE_OK && !is_head &&
         !sl_spool_unread(req)) {
-        resp = MHD_create_response_from_buffer(sl_buf_len(&req->down),
+        resp = MHD_create_response_from_buffer(sl_pipe_len(&req->down),
                                                req->down.data + req->down.rpos,
                                                MHD_RESPMEM_MUST_COPY);
-        req->bytes_out = sl_buf_len(&req->down);
+        req->bytes_out = sl_pipe_len(&req->down);
     } else {
         uint64_t size = req->content_length >= 0 ? (uint64_t)req->content_length
                                                  : MHD_SIZE_UNKNOWN;
@@ -940,7 +941,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         if (sg->status != (unsigned)req->status)
             continue;
         if (sg->body_contains != NULL) {
-            size_t have = sl_buf_len(&req->down);
+            size_t have = sl_pipe_len(&req->down);
             if (!req->xfer_done && have < SL_SIGNAL_PEEK) {
                 req->want_body = true;
                 return SL_FEEDBACK_WAIT;
@@ -967,8 +968,8 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         left = sl_feedback_remaining(r->sync, sl_resp_header_cb, req, &unreadable);
         if (unreadable > 0) {
             req->w->malformed_reports++;
-            if (sl_now_ms() - req->w->malformed_logged_ms > 10000) {
-                req->w->malformed_logged_ms = sl_now_ms();
+            if (sl_time_mono_ms() - req->w->malformed_logged_ms > 10000) {
+                req->w->malformed_logged_ms = sl_time_mono_ms();
                 sl_warn("upstream %s: ignored a malformed usage report for rule "
                         "\"%s\" (%lu on this worker so far)", up->name, r->name,
                         req->w->malformed_reports);
@@ -976,7 +977,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         }
         if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
-            int64_t age = req->sent_us > 0 ? sl_clock_monotonic(NULL) - req->sent_us : 0;
+            int64_t age = req->sent_us > 0 ? sl_time_mono_us() - req->sent_us : 0;
             sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
             /* This answer's RateLimit fields say what the provider just
              * said, when it leaves fewer calls than the decision did. */
@@ -1055,8 +1056,9 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
     req->signalled = false;
     sl_req_release_lease(req);
     req->upload.rpos = req->upload.wpos = 0;
-    if (req->saved_len > 0 && sl_buf_put(&req->upload, req->saved, req->saved_len)
-        != req->saved_len)
+    if (sl_buf_len(&req->saved) > 0 &&
+        sl_pipe_put(&req->upload, sl_buf_str(&req->saved), sl_buf_len(&req->saved))
+        != sl_buf_len(&req->saved))
         return MHD_NO;
     req->retries++;
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
@@ -1109,22 +1111,15 @@ enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
         return MHD_YES;
     }
     while (*size > 0) {
-        size_t n = sl_buf_put(&req->upload, data, *size);
+        size_t n = sl_pipe_put(&req->upload, data, *size);
         if (n == 0)
             break;
         if (req->saved_ok) {
-            /* Keep a copy for a retry after a pause; big bodies are not. */
-            char *s = req->saved_len + n <= SL_SAVE_MAX
-                          ? realloc(req->saved, req->saved_len + n) : NULL;
-            if (s == NULL) {
-                free(req->saved);
-                req->saved = NULL;
-                req->saved_len = 0;
+            /* Keep a copy for a retry after a pause; big bodies (past the
+             * buffer's cap, SL_SAVE_MAX) are not. */
+            if (sl_buf_add(&req->saved, data, n) != 0) {
+                sl_buf_free(&req->saved);
                 req->saved_ok = false;
-            } else {
-                memcpy(s + req->saved_len, data, n);
-                req->saved = s;
-                req->saved_len += n;
             }
         }
         data += n;

@@ -15,7 +15,9 @@
  * that way already.  A call that reaches the store with a check matched
  * under an older generation than the store now serves is answered
  * SL_VERDICT_STALE and matched again (sl_req_redecide); held calls are
- * matched again and decided again as soon as their worker moves.  So no
+ * marked when their worker moves and matched and decided again by the
+ * loop's rematch phase right after (sl_request_rematch), so a move never
+ * decides and a decision's answer never nests a move inside a move.  So no
  * decision is ever taken with one generation's rules against another's
  * counts, and no call is dropped.
  *
@@ -25,8 +27,10 @@
  */
 #include "sl_request.h"
 
+#include "sl_assert.h"
 #include "sl_log.h"
 #include "sl_notify.h"
+#include "sl_time.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -136,7 +140,7 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     for (size_t i = 0; i < nc->warnings.count; i++)
         sl_warn("%s: %s", why, nc->warnings.lines[i]);
     nc->generation = cur->generation + 1;
-    nc->loaded_ms = sl_clock_wall() / 1000;
+    nc->loaded_ms = sl_time_wall_us() / 1000;
     pthread_mutex_lock(&p->config_lock);
     old = p->config;
     p->config = nc;
@@ -177,6 +181,33 @@ static int sl_by_ticket(const void *a, const void *b)
     return x->held.ticket < y->held.ticket ? -1 : x->held.ticket > y->held.ticket;
 }
 
+void sl_request_rematch(struct sl_worker *w)
+{
+    struct sl_request **list;
+    size_t n = 0, want = w->nrematch;
+
+    if (want == 0)
+        return;
+    list = calloc(want, sizeof(*list));
+    if (list == NULL)
+        return;  /* tried again on the next pass (the loop does not sleep) */
+    for (struct sl_request *r = w->requests; r != NULL && n < want; r = r->next)
+        if (r->rematch) {
+            r->rematch = false;
+            list[n++] = r;
+        }
+    SL_ASSERT(n == want);
+    w->nrematch = 0;
+    qsort(list, n, sizeof(*list), sl_by_ticket);
+    /* Each asks the store again; an answer given at once (memory store)
+     * may settle a call further down the list, or a STALE one move the
+     * worker again, which marks the calls then held for the next pass. */
+    for (size_t i = 0; i < n; i++)
+        if (list[i]->phase == SL_PHASE_HELD && !list[i]->held.deciding)
+            sl_req_redecide(list[i]);
+    free(list);
+}
+
 void sl_worker_adopt(struct sl_worker *w)
 {
     struct sl_proxy *p = w->proxy;
@@ -214,26 +245,17 @@ void sl_worker_adopt(struct sl_worker *w)
     if (sl_store_adopt(w->store, c) != 0)
         sl_warn("worker %d: the store could not move to the new configuration "
                 "yet (out of memory)", w->id);
-    /* Held calls are decided again under the new rules, in line order
-     * (by ticket); one whose decision is out is matched again when its
-     * answer comes back STALE. */
-    if (w->queue.total > 0) {
-        struct sl_request **list = calloc(w->queue.total, sizeof(*list));
-        size_t n = 0;
-        for (size_t u = 0; list != NULL && u < w->queue.used; u++)
-            for (struct sl_held *h = w->queue.heads[u]; h != NULL && n < w->queue.total;
-                 h = h->next)
-                if (!h->deciding && !((struct sl_request *)h->owner)->deciding)
-                    list[n++] = h->owner;
-        if (list != NULL)
-            qsort(list, n, sizeof(*list), sl_by_ticket);
-        /* A decision made meanwhile (a nested move for yet another
-         * reload) may have settled a call further down the list. */
-        for (size_t i = 0; i < n; i++)
-            if (list[i]->is_held && !list[i]->held.deciding && !list[i]->deciding)
-                sl_req_redecide(list[i]);
-        free(list);
-    }
+    /* Held calls are decided again under the new rules by the loop's
+     * rematch phase, in line order; one whose decision is out is matched
+     * again when its answer comes back STALE. */
+    for (size_t u = 0; u < w->queue.used; u++)
+        for (struct sl_held *h = w->queue.heads[u]; h != NULL; h = h->next) {
+            struct sl_request *req = h->owner;
+            if (!h->deciding && !sl_req_deciding(req) && !req->rematch) {
+                req->rematch = true;
+                w->nrematch++;
+            }
+        }
     w->queue_kick = true;
     sl_config_unref(old);
 }

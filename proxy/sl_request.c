@@ -31,12 +31,14 @@
  * at once, and its upstream transfer aborted.
  */
 #include "sl_request.h"
+#include "sl_assert.h"
 
 #include "sl_apps.h"
 #include "sl_duration.h"
 #include "sl_log.h"
 #include "sl_path.h"
 #include "sl_pattern.h"
+#include "sl_time.h"
 
 #include <arpa/inet.h>
 #include <stdlib.h>
@@ -182,7 +184,7 @@ static void sl_req_make_id(char out[33])
 
     if (!seeded) {
         if (getrandom(&state, sizeof(state), 0) != (ssize_t)sizeof(state))
-            state = (uint64_t)sl_clock_wall() ^ (uint64_t)(uintptr_t)&state;
+            state = (uint64_t)sl_time_wall_us() ^ (uint64_t)(uintptr_t)&state;
         seeded = true;
     }
     for (int i = 0; i < 2; i++) {
@@ -420,7 +422,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     const char *why;
     unsigned status;
 
-    req->phase = SL_PHASE_ACTIVE;
+    sl_req_set_phase(req, SL_PHASE_ACTIVE);
     status = sl_req_check_framing(req, version, &why);
     if (status != 0)
         return sl_req_refuse(req, status,
@@ -466,7 +468,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     /* Held calls wait for one of this call's buckets: queue behind them. */
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     {
-        int64_t head_retry, now_ms = sl_now_ms();
+        int64_t head_retry, now_ms = sl_time_mono_ms();
         bool own_app;
         const struct sl_hit *blocked = sl_queue_blocks(
             &req->w->queue, &req->check, req->priority,
@@ -493,20 +495,20 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
             }
         }
     }
-    req->deciding = true;
+    sl_req_set_phase(req, SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
         != 0) {
-        req->deciding = false;
+        sl_req_set_phase(req, SL_PHASE_ACTIVE);
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
                      "the limit store cannot decide this call", 1,
                      "store_error");
         return sl_req_answer_early(req);
     }
-    if (req->deciding || req->is_held) {
+    if (sl_req_deciding(req) || sl_req_is_held(req)) {
         /* Suspended inside the headers call: after the resume MHD calls
          * the handler for the headers again before any body bytes. */
         req->replay_headers = true;
-        sl_req_suspend(req, req->deciding ? SL_SUSP_DECIDE : SL_SUSP_HELD);
+        sl_req_suspend(req, sl_req_deciding(req) ? SL_SUSP_DECIDE : SL_SUSP_HELD);
         return MHD_YES;
     }
     if (req->pending != NULL)
@@ -605,19 +607,20 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     char *target = NULL;
     bool released;
 
-    req->deciding = false;
     req->held.deciding = false;
     req->lease = lease;
     req->committed = false;
     req->resend_refused = false;
-    req->decided_us = sl_clock_monotonic(NULL);
+    req->decided_us = sl_time_mono_us();
     req->decision = *d;
-    if (req->orphaned) {
+    if (req->phase == SL_PHASE_ORPHANED) {
         /* MHD finished with the connection while the store was deciding. */
         sl_req_release_lease(req);
         sl_req_free(req);
         return;
     }
+    sl_req_set_phase(req, req->phase == SL_PHASE_HELD_DECIDING ? SL_PHASE_HELD
+                                                              : SL_PHASE_ACTIVE);
     if (req->client_gone) {
         /* Nothing will be sent: give back what the store just granted. */
         sl_req_release_lease(req);
@@ -638,7 +641,8 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
     case SL_VERDICT_DENY: {
         /* Queue mode holds; so does a call already held for a retry. */
         struct sl_decision dd = *d;
-        if (sl_req_hold(req, &dd, (req->is_held || req->rehold) && req->retries > 0) == 0)
+        bool again = (sl_req_is_held(req) || req->rehold) && req->retries > 0;
+        if (sl_req_hold(req, &dd, again) == 0)
             break;
         sl_req_unhold(req);
         sl_req_limited(req, &dd);
@@ -656,9 +660,9 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         break;
     }
     case SL_VERDICT_ALLOW:
-        released = req->is_held || req->rehold;
+        released = sl_req_is_held(req) || req->rehold;
         req->rehold = false;
-        if (req->is_held) {
+        if (sl_req_is_held(req)) {
             /* Released: the next held call of its bucket may fit too. */
             sl_req_unhold(req);
             req->w->queue_kick = true;
@@ -686,7 +690,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         free(target);
         break;
     }
-    if (req->is_held) {
+    if (sl_req_is_held(req)) {
         if (req->susp == SL_SUSP_DECIDE)
             req->susp = SL_SUSP_HELD;  /* stays suspended, body unread */
         return;
@@ -711,12 +715,14 @@ void sl_req_redecide(struct sl_request *req)
     bool held;
 
     /* The store serves a newer generation than the worker may have seen.
-     * Marked deciding meanwhile, so that the worker's move (which decides
-     * its held calls again) leaves this one to us. */
-    req->deciding = true;
+     * The move only marks the held calls; this one is matched here. */
     sl_worker_adopt(w);
-    req->deciding = false;
-    held = req->is_held;
+    if (req->rematch) {
+        req->rematch = false;
+        SL_ASSERT(w->nrematch > 0);
+        w->nrematch--;
+    }
+    held = sl_req_is_held(req);
     if (++req->stale > 4) {
         /* Reloads faster than a decision: say so rather than loop. */
         sl_req_unhold(req);
@@ -731,7 +737,7 @@ void sl_req_redecide(struct sl_request *req)
         req->rehold_ticket = req->held.ticket;
         req->rehold_since_ms = req->held.since_ms;
         sl_queue_remove(&w->queue, &req->held);
-        req->is_held = false;
+        sl_req_set_phase(req, SL_PHASE_ACTIVE);
     }
     if (req->config != w->config) {
         sl_config_unref(req->config);
@@ -748,10 +754,12 @@ void sl_req_redecide(struct sl_request *req)
 void sl_req_ask_again(struct sl_request *req)
 {
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
-    req->deciding = true;
-    req->held.deciding = req->is_held || req->rehold;
+    bool held = sl_req_is_held(req);
+
+    req->held.deciding = held || req->rehold;
+    sl_req_set_phase(req, held ? SL_PHASE_HELD_DECIDING : SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req) != 0) {
-        req->deciding = false;
+        sl_req_set_phase(req, held ? SL_PHASE_HELD : SL_PHASE_ACTIVE);
         req->held.deciding = false;
         req->rehold = false;
         sl_req_unhold(req);
@@ -778,7 +786,8 @@ void *sl_request_uri_log(void *cls, const char *uri, struct MHD_Connection *c)
     req->w = w;
     req->conn = c;
     req->raw_uri = uri;
-    req->start_ms = sl_now_ms();
+    sl_buf_init(&req->saved, SL_SAVE_MAX);
+    req->start_ms = sl_time_mono_ms();
     {
         const union MHD_ConnectionInfo *ci =
             MHD_get_connection_info(c, MHD_CONNECTION_INFO_SOCKET_CONTEXT);
@@ -849,7 +858,12 @@ static void sl_req_free(struct sl_request *req)
         w->requests = req->next;
     if (req->next != NULL)
         req->next->prev = req->prev;
+    SL_ASSERT(w->nrequests > 0);
     w->nrequests--;
+    if (req->rematch) {
+        SL_ASSERT(w->nrematch > 0);
+        w->nrematch--;
+    }
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
         req->hdrs = h->next;
@@ -859,10 +873,10 @@ static void sl_req_free(struct sl_request *req)
         MHD_destroy_response(req->pending);
     curl_slist_free_all(req->req_headers);
     sl_check_clear(&req->check);
-    sl_buf_free(&req->upload);
-    sl_buf_free(&req->down);
+    sl_pipe_free(&req->upload);
+    sl_pipe_free(&req->down);
     sl_req_spool_close(req);
-    free(req->saved);
+    sl_buf_free(&req->saved);
     free(req->uri);
     sl_config_unref(req->config);
     free(req);
@@ -882,7 +896,7 @@ static void sl_req_access_log(struct sl_request *req)
     size_t plen = q ? (size_t)(q - req->uri) : strlen(req->uri);
     const char *per = "-";
     char remaining[24] = "-", up_ms[24] = "-";
-    int64_t total = sl_now_ms() - req->start_ms;
+    int64_t total = sl_time_mono_ms() - req->start_ms;
     char shadows[512] = "", trace[33] = "-";
     size_t sn = 0;
     const char *share = d->verdict == SL_VERDICT_DENY && rule != NULL &&
@@ -1009,9 +1023,9 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
         req->outcome = "client_gone";
     if (w->config->access_log && req->phase != SL_PHASE_NEW)
         sl_req_access_log(req);
-    if (req->deciding) {
+    if (sl_req_deciding(req)) {
         /* The store still holds a pointer: its callback frees the lease. */
-        req->orphaned = true;
+        sl_req_set_phase(req, SL_PHASE_ORPHANED);
         return;
     }
     sl_req_free(req);

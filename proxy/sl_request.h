@@ -14,10 +14,12 @@
 #ifndef SL_REQUEST_H
 #define SL_REQUEST_H
 
+#include "sl_assert.h"
+#include "sl_buf.h"
 #include "sl_metrics.h"
 #include "sl_proxy.h"
 
-#define SL_BUF_MAX (256 * 1024)     /* per direction, per call */
+#define SL_PIPE_MAX (256 * 1024)     /* per direction, per call */
 #define SL_SIGNAL_PEEK (64 * 1024)  /* body bytes searched for limit signals */
 #define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
 /* libcurl's receive and upload buffers, allocated per transfer: 16 KiB
@@ -41,15 +43,37 @@
 #define SL_HEAD_LINE_COST 64        /* a header record: 56 bytes, aligned */
 #define SL_REQ_HEAD_MAX (SL_CONN_MEMORY - SL_RESP_HEADERS_MAX - SL_RESP_HEAD_SLACK)
 
-/* A bounded byte queue: [rpos, wpos) of data holds unread bytes. */
-struct sl_buf {
+/* A bounded byte queue between the client and libcurl: [rpos, wpos) of
+ * data holds unread bytes. */
+struct sl_pipe {
     char *data;
     size_t cap, rpos, wpos;
 };
 
+/*
+ * Where a call is in its life as the store and the queue see it: one
+ * variable, changed only by sl_req_set_phase(), which checks (SL_ASSERT)
+ * that the step is one of these:
+ *
+ *   NEW -> ACTIVE                      headers handled (routed or refused)
+ *   ACTIVE -> DECIDING -> ACTIVE       the store asked, and its answer
+ *   ACTIVE -> HELD -> ACTIVE           queue mode: held, then let go
+ *   HELD -> HELD_DECIDING -> HELD      a held call asks again
+ *   HELD_DECIDING -> DECIDING          let go while its answer is out
+ *   DECIDING -> ORPHANED               MHD finished with it meanwhile: the
+ *                                      store's answer frees it
+ *
+ * What the upstream exchange and the connection do (body sent, headers in,
+ * transfer done, suspended, client gone) are separate facts, kept in the
+ * flags below: they move on their own, in either order.
+ */
 enum sl_phase {
-    SL_PHASE_NEW,       /* request line seen, headers not yet handled */
-    SL_PHASE_ACTIVE,    /* routed and decided */
+    SL_PHASE_NEW,           /* request line seen, headers not yet handled */
+    SL_PHASE_ACTIVE,        /* past the headers; nothing outstanding */
+    SL_PHASE_DECIDING,      /* the store's answer is outstanding */
+    SL_PHASE_HELD,          /* queue mode: waiting for room */
+    SL_PHASE_HELD_DECIDING, /* held, its renewed decision outstanding */
+    SL_PHASE_ORPHANED,      /* completed while deciding; freed by the answer */
 };
 
 enum sl_susp {
@@ -69,6 +93,26 @@ struct sl_hdr {
     char line[];
 };
 
+/* Is FROM -> TO a step enum sl_phase allows? */
+static inline bool sl_phase_step_ok(enum sl_phase from, enum sl_phase to)
+{
+    switch (from) {
+    case SL_PHASE_NEW:
+        return to == SL_PHASE_ACTIVE;
+    case SL_PHASE_ACTIVE:  /* to ACTIVE: matched again after a reload */
+        return to == SL_PHASE_ACTIVE || to == SL_PHASE_DECIDING || to == SL_PHASE_HELD;
+    case SL_PHASE_DECIDING:
+        return to == SL_PHASE_ACTIVE || to == SL_PHASE_ORPHANED;
+    case SL_PHASE_HELD:
+        return to == SL_PHASE_ACTIVE || to == SL_PHASE_HELD_DECIDING;
+    case SL_PHASE_HELD_DECIDING:
+        return to == SL_PHASE_HELD || to == SL_PHASE_DECIDING;
+    case SL_PHASE_ORPHANED:
+        return false;
+    }
+    return false;
+}
+
 struct sl_request {
     struct sl_request *prev, *next;   /* worker's list of live requests */
     struct sl_worker *w;
@@ -86,16 +130,20 @@ struct sl_request {
     bool rehold;
     uint64_t rehold_ticket;
     int64_t rehold_since_ms;
+    /* Held when a reload moved its worker: matched again by the loop's
+     * rematch phase (counted in the worker's nrematch).  A fact beside its
+     * phase: a held call may or may not be marked. */
+    bool rematch;
     /* The room sequence of its buckets when it last asked the store (or
      * looked for calls ahead of it): changed by the time it is held, it
      * asks again at once (sl_queue.h, "Wake-ups are never lost"). */
     uint64_t room_seq;
-    enum sl_phase phase;
+    enum sl_phase phase;              /* see enum sl_phase; sl_req_set_phase */
 
-    bool suspended;
+    bool suspended;                   /* MHD connection suspended (why: susp) */
     enum sl_susp susp;
     struct sl_conn *sconn;            /* the connection's watch, or NULL */
-    bool client_gone;
+    bool client_gone;                 /* the client left: may happen in any phase */
 
     struct sl_check check;            /* rules matched (owned keys) */
     struct sl_decision decision;
@@ -107,19 +155,15 @@ struct sl_request {
     int64_t sent_us;                  /* when its request went upstream */
     bool signalled;                   /* the response said "over the limit" */
     int64_t signal_pause_us;          /* ... and asked for this pause */
-    bool deciding;                    /* store's answer outstanding */
     bool replay_headers;              /* MHD will repeat the headers call */
     struct sl_held held;              /* its place in the queue */
     int priority;                     /* its queue lane (0 .. 9) */
-    bool is_held;
     struct sl_decision last_deny;     /* why it is held */
     bool feedback_done;               /* provider's signals read */
     bool want_body;                   /* a signal needs the body's start */
-    char *saved;                      /* request body kept for a retry */
-    size_t saved_len;
+    struct sl_buf saved;              /* request body kept for a retry */
     bool saved_ok;                    /* the whole body is in `saved` */
     int retries;
-    bool orphaned;                    /* completed while deciding */
 
     struct MHD_Response *pending;     /* synthetic response to queue */
     unsigned pending_status;
@@ -127,10 +171,10 @@ struct sl_request {
     CURL *easy;                       /* owned while the transfer runs */
     CURLU *easy_url;                  /* its parsed upstream URL (CURLOPT_CURLU) */
     struct curl_slist *req_headers;
-    bool has_body;
+    bool has_body;                    /* the client sends a body */
     bool up_done;                     /* client body fully received */
     bool up_paused;                   /* curl send side paused */
-    struct sl_buf upload;             /* client body towards curl */
+    struct sl_pipe upload;            /* client body towards curl */
 
     long status;                      /* upstream status (final) */
     struct sl_hdr *hdrs, **hdrs_tail;
@@ -138,20 +182,20 @@ struct sl_request {
     unsigned resp_cl_lines, resp_te_lines;
     bool resp_cl_bad;                 /* unreadable or differing lengths */
     const char *resp_error;           /* why sluice refused the response */
-    bool headers_ready;
+    bool headers_ready;               /* the upstream's final headers are in */
     int64_t content_length;           /* -1 unknown */
-    struct sl_buf down;
+    struct sl_pipe down;
     /* The response's overflow, once `down` is full (sl_relay.c, "spool"):
      * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
      * all of them newer than what `down` holds. */
-    bool spool_open;
+    bool spool_open;                  /* spool_fd is an open file */
     bool spool_failed;                /* could not open one: not tried again */
     int spool_fd;
     uint64_t spool_rpos, spool_wpos;
     bool down_paused;                 /* curl receive side paused */
-    bool xfer_done;
+    bool xfer_done;                   /* the upstream exchange ended (result) */
     CURLcode result;
-    bool queued;
+    bool queued;                      /* a response is queued with MHD */
     char errbuf[CURL_ERROR_SIZE];
 
     int64_t start_ms;
@@ -167,6 +211,27 @@ struct sl_request {
     const char *outcome;              /* for the access log */
     uint64_t bytes_out;
 };
+
+/* Move REQ to phase TO (a step enum sl_phase lists).  Checked in the
+ * sanitizer build; a plain store otherwise, so free on the decide path. */
+static inline void sl_req_set_phase(struct sl_request *req, enum sl_phase to)
+{
+    SL_ASSERT(sl_phase_step_ok(req->phase, to));
+    req->phase = to;
+}
+
+/* Is the store's answer for REQ outstanding? */
+static inline bool sl_req_deciding(const struct sl_request *req)
+{
+    return req->phase == SL_PHASE_DECIDING || req->phase == SL_PHASE_HELD_DECIDING ||
+           req->phase == SL_PHASE_ORPHANED;
+}
+
+/* Is REQ in its worker's queue (held)? */
+static inline bool sl_req_is_held(const struct sl_request *req)
+{
+    return req->phase == SL_PHASE_HELD || req->phase == SL_PHASE_HELD_DECIDING;
+}
 
 /* Close the response's spool file, if any (sl_relay.c). */
 void sl_req_spool_close(struct sl_request *req);
@@ -208,8 +273,8 @@ unsigned sl_req_check_framing(struct sl_request *req, const char *version,
                               const char **why);
 
 /* sl_relay.c */
-size_t sl_buf_len(const struct sl_buf *b);
-void sl_buf_free(struct sl_buf *b);
+size_t sl_pipe_len(const struct sl_pipe *b);
+void sl_pipe_free(struct sl_pipe *b);
 /* Start the upstream transfer of request target TARGET (path and query).
  * Returns 0, or -1 (answer 503). */
 int sl_req_start_transfer(struct sl_request *req, const char *target);

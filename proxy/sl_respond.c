@@ -11,6 +11,8 @@
  */
 #include "sl_proxy.h"
 
+#include "sl_buf.h"
+
 #include "sl_duration.h"
 
 #include <jansson.h>
@@ -121,46 +123,20 @@ void sl_respond_relayed_retry_after(const struct sl_config *c, struct MHD_Respon
     MHD_add_response_header(resp, MHD_HTTP_HEADER_RETRY_AFTER, buf);
 }
 
-/* A growing string for the reject template. */
-struct sl_strbuf {
-    char *data;
-    size_t len, cap;
-    bool failed;
-};
-
-static void sl_sb_put(struct sl_strbuf *b, const char *p, size_t n)
-{
-    if (b->failed)
-        return;
-    if (b->len + n + 1 > b->cap) {
-        size_t cap = (b->cap ? b->cap * 2 : 256) + n;
-        char *t = realloc(b->data, cap);
-        if (t == NULL) {
-            b->failed = true;
-            return;
-        }
-        b->data = t;
-        b->cap = cap;
-    }
-    memcpy(b->data + b->len, p, n);
-    b->len += n;
-    b->data[b->len] = '\0';
-}
-
 /* V as the inside of a JSON string: the template is usually JSON. */
-static void sl_sb_put_escaped(struct sl_strbuf *b, const char *v)
+static void sl_reject_put_escaped(struct sl_buf *b, const char *v)
 {
     for (; *v; v++) {
         char e[8];
         if (*v == '"' || *v == '\\') {
             e[0] = '\\';
             e[1] = *v;
-            sl_sb_put(b, e, 2);
+            sl_buf_add(b, e, 2);
         } else if ((unsigned char)*v < 0x20) {
             snprintf(e, sizeof(e), "\\u%04x", (unsigned char)*v);
-            sl_sb_put(b, e, 6);
+            sl_buf_add(b, e, 6);
         } else {
-            sl_sb_put(b, v, 1);
+            sl_buf_add(b, v, 1);
         }
     }
 }
@@ -173,12 +149,13 @@ static void sl_sb_put_escaped(struct sl_strbuf *b, const char *v)
 static char *sl_render_reject(const char *tpl, const char *const *names,
                               const char *const *values, size_t n)
 {
-    struct sl_strbuf b = {0};
+    struct sl_buf b;
 
-    sl_sb_put(&b, "", 0);
-    for (const char *p = tpl; *p && !b.failed;) {
+    sl_buf_init(&b, SL_BUF_UNCAPPED);
+    sl_buf_add(&b, "", 0);  /* an empty template renders as "", not NULL */
+    for (const char *p = tpl; *p && sl_buf_result(&b) == 0;) {
         if ((p[0] == '{' && p[1] == '{') || (p[0] == '}' && p[1] == '}')) {
-            sl_sb_put(&b, p, 1);
+            sl_buf_add(&b, p, 1);
             p += 2;
             continue;
         }
@@ -187,7 +164,7 @@ static char *sl_render_reject(const char *tpl, const char *const *names,
             for (i = 0; i < n; i++) {
                 size_t nl = strlen(names[i]);
                 if (strncmp(p + 1, names[i], nl) == 0 && p[1 + nl] == '}') {
-                    sl_sb_put_escaped(&b, values[i]);
+                    sl_reject_put_escaped(&b, values[i]);
                     p += nl + 2;
                     break;
                 }
@@ -195,14 +172,10 @@ static char *sl_render_reject(const char *tpl, const char *const *names,
             if (i < n)
                 continue;
         }
-        sl_sb_put(&b, p, 1);
+        sl_buf_add(&b, p, 1);
         p++;
     }
-    if (b.failed) {
-        free(b.data);
-        return NULL;
-    }
-    return b.data;
+    return sl_buf_take(&b, NULL);
 }
 
 /* Retry-After for WAIT, bounded by max_retry_after (0: no bound). */

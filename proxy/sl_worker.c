@@ -30,6 +30,7 @@
 
 #include "sl_log.h"
 #include "sl_request.h"
+#include "sl_time.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -46,13 +47,6 @@
 
 #define SL_EASY_POOL_MAX 256
 #define SL_TICK_MS 100
-
-int64_t sl_now_ms(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- libcurl socket interface ---- */
 
@@ -148,7 +142,7 @@ static int sl_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     struct sl_worker *w = userp;
 
     (void)multi;
-    w->curl_deadline_ms = timeout_ms < 0 ? -1 : sl_now_ms() + timeout_ms;
+    w->curl_deadline_ms = timeout_ms < 0 ? -1 : sl_time_mono_ms() + timeout_ms;
     return 0;
 }
 
@@ -500,7 +494,7 @@ static int sl_worker_timeout(struct sl_worker *w, int64_t now)
         if (next - now < t)
             t = next - now;
     }
-    if (w->queue_kick)
+    if (w->queue_kick || w->nrematch > 0)
         t = 0;
     else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
         t = w->queue_next_ms - now;
@@ -515,7 +509,7 @@ static void sl_worker_begin_stop(struct sl_worker *w)
         return;
     w->quiesced = true;
     w->stop_deadline_ms =
-        sl_now_ms() + w->config->shutdown_timeout_us / 1000;
+        sl_time_mono_ms() + w->config->shutdown_timeout_us / 1000;
     fd = MHD_quiesce_daemon(w->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
@@ -540,11 +534,11 @@ static void *sl_worker_main(void *arg)
     struct epoll_event evs[64];
     int running;
 
-    w->next_tick_ms = sl_now_ms() + SL_TICK_MS;
+    w->next_tick_ms = sl_time_mono_ms() + SL_TICK_MS;
     /* Connect the store (Redis) before the first call can arrive. */
-    w->store_deadline_ms = sl_store_timers(w->store, sl_now_ms());
+    w->store_deadline_ms = sl_store_timers(w->store, sl_time_mono_ms());
     for (;;) {
-        int64_t now = sl_now_ms();
+        int64_t now = sl_time_mono_ms();
         int n = epoll_wait(w->epfd, evs, 64, sl_worker_timeout(w, now));
         bool run_mhd = w->mhd_kick;
         bool run_admin = false;
@@ -559,6 +553,8 @@ static void *sl_worker_main(void *arg)
         if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
             w->config->generation)
             sl_worker_adopt(w);
+        if (w->nrematch > 0)
+            sl_request_rematch(w);
         for (int i = 0; i < n; i++) {
             struct sl_watch *watch = evs[i].data.ptr;
             uint32_t e = evs[i].events;
@@ -612,7 +608,7 @@ static void *sl_worker_main(void *arg)
             bool progress = false;
             MHD_UNSIGNED_LONG_LONG mhd_ms;
 
-            now = sl_now_ms();
+            now = sl_time_mono_ms();
             if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
                 w->curl_deadline_ms = -1;
                 curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0,
@@ -638,13 +634,17 @@ static void *sl_worker_main(void *arg)
                     w->mhd_kick = true;
             }
             /* Go round again only for work that is due right now. */
-            now = sl_now_ms();
+            now = sl_time_mono_ms();
             if (!progress || w->stop ||
                 !(w->mhd_kick ||
                   (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
                 break;
         }
-        /* Held calls first: their renewed decisions join this pass's batch. */
+        /* Held calls first: their renewed decisions join this pass's batch.
+         * A move during this pass (a STALE answer) marked some for
+         * matching again: before the pump, so they keep their turn. */
+        if (w->nrematch > 0)
+            sl_request_rematch(w);
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
         /* The earliest retry or deadline is walked for only after a pump;
