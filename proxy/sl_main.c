@@ -45,6 +45,8 @@ static void sl_usage(FILE *out)
             "  -v, --verbose       log debug lines too\n"
             "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n"
+            "      --print-metrics print the reference of /metrics (Markdown,\n"
+            "                      docs/metrics.md) and exit\n"
             "\n"
             "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
             "\"store\", SLUICE_ADMIN_LISTEN \"admin.listen\" (and opens the admin\n"
@@ -109,6 +111,7 @@ int main(int argc, char **argv)
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
+        {"print-metrics", no_argument, NULL, 'M'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
@@ -153,6 +156,9 @@ int main(int argc, char **argv)
         case 'h':
             sl_usage(stdout);
             return 0;
+        case 'M':
+            sl_metrics_reference(stdout);
+            return fflush(stdout) == 0 ? 0 : 1;
         default:
             sl_usage(stderr);
             return 2;
