@@ -23,6 +23,14 @@
  * Every value echoed in an error line goes through sl_conf_quote(), so a
  * control character in a config never reaches a terminal or a log raw.
  *
+ * Keys are described by tables (sl_config_table.h), one per JSON object,
+ * each after the handlers of its compound keys: the row gives a key's
+ * type, bounds, default, environment variable and doc, and the same rows
+ * are the defaults, the allowed keys, `--print-reference` and `--help`'s
+ * environment list.  A handler reads what one row cannot say: a value
+ * checked against its siblings (a rule's kind, window and calendar), a
+ * URL, a list, an environment override.
+ *
  * Duplicate names and prefixes are found with hash sets (jansson objects
  * keyed by the name), so a config with 50,000 upstreams checks in linear
  * time.
