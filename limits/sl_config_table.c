@@ -272,7 +272,6 @@ void sl_conf_defaults(const struct sl_conf_table *t, void *base)
                 memcpy(p, &n, sizeof(n));
             break;
         case SL_CONF_RATIO:
-        case SL_CONF_NUMBER:
             x = strtod(k->def, NULL);
             memcpy(p, &x, sizeof(x));
             break;
@@ -414,7 +413,7 @@ static void sl_conf_type_text(const struct sl_conf_key *k, FILE *out)
         [SL_CONF_BOOL] = "boolean", [SL_CONF_INT] = "integer",
         [SL_CONF_DURATION] = "duration", [SL_CONF_RATIO] = "fraction",
         [SL_CONF_WORD] = "word", [SL_CONF_STRING] = "string",
-        [SL_CONF_SIZE] = "size", [SL_CONF_NUMBER] = "number",
+        [SL_CONF_SIZE] = "size",
         [SL_CONF_OBJECT] = "object", [SL_CONF_ARRAY] = "array",
         [SL_CONF_ANY] = "see below",
     };

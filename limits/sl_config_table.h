@@ -36,7 +36,6 @@ enum sl_conf_type {
     SL_CONF_STRING,       /* any string (an owned char *) */
     /* Read by handlers only; named for the reference. */
     SL_CONF_SIZE,         /* "64MB" or a number of bytes */
-    SL_CONF_NUMBER,
     SL_CONF_OBJECT,
     SL_CONF_ARRAY,
     SL_CONF_ANY,          /* the handler says what it takes */
