@@ -20,14 +20,23 @@
  *     no certificate in it, names and messages with control characters;
  *   - a reject body template naming a placeholder that does not exist,
  *     or (for a JSON content type) not JSON once filled in.
- * Every value echoed in an error line goes through sl_quote(), so a
+ * Every value echoed in an error line goes through sl_conf_quote(), so a
  * control character in a config never reaches a terminal or a log raw.
+ *
+ * Keys are described by tables (sl_config_table.h), one per JSON object,
+ * each after the handlers of its compound keys: the row gives a key's
+ * type, bounds, default, environment variable and doc, and the same rows
+ * are the defaults, the allowed keys, `--print-reference` and `--help`'s
+ * environment list.  A handler reads what one row cannot say: a value
+ * checked against its siblings (a rule's kind, window and calendar), a
+ * URL, a list, an environment override.
  *
  * Duplicate names and prefixes are found with hash sets (jansson objects
  * keyed by the name), so a config with 50,000 upstreams checks in linear
  * time.
  */
 #include "sl_config.h"
+#include "sl_config_table.h"
 
 #include "sl_apps.h"
 
@@ -48,25 +57,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define SL_DEFAULT_LISTEN "127.0.0.1:8080"
-#define SL_DEFAULT_MEMORY_LIMIT (UINT64_C(64) << 20)
 /* An upstream's margin, unless it says: min(SL_MARGIN_DEFAULT, window / 20)
  * for each rule. */
 #define SL_MARGIN_DEFAULT (100 * SL_USEC_PER_MSEC)
-/* A per rule's distinct keys held at once, unless it says "max_keys". */
-#define SL_DEFAULT_MAX_KEYS 10000
-/* A slow reader's response beyond the in-memory buffer, per call (as
- * NGINX's proxy_max_temp_file_size, which defaults to 1 GiB). */
-#define SL_DEFAULT_RESPONSE_SPOOL (UINT64_C(64) << 20)
 
 #define SL_SECONDS(n) ((int64_t)(n) * SL_USEC_PER_SEC)
 #define SL_MINUTES(n) (SL_SECONDS(n) * 60)
 #define SL_HOURS(n) (SL_MINUTES(n) * 60)
 #define SL_DAYS(n) (SL_HOURS(n) * 24)
 
-/* Longest reject body template, and longest echoed value in an error. */
+/* Longest reject body template. */
 #define SL_REJECT_BODY_MAX 8192
-#define SL_QUOTE_MAX 60
 
 /* The names a reject body template may use (sl_upstream_conf.reject_body). */
 static const char *const sl_reject_placeholders[] = {
@@ -74,17 +75,11 @@ static const char *const sl_reject_placeholders[] = {
     "share", NULL,
 };
 
-static void sl_check_keys(json_t *obj, const char *path,
-                          const char *const *allowed, struct sl_errors *errs);
-static void sl_parse_upstream(json_t *ju, const char *path,
-                              struct sl_upstream_conf *u, struct sl_errors *errs);
-static void sl_parse_rule(json_t *jr, const char *path,
-                          const struct sl_upstream_conf *u, struct sl_rule *r,
-                          struct sl_errors *errs);
 static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
                          char **header, struct sl_errors *errs);
-static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
-                           struct sl_errors *errs);
+static void sl_check_named_apps(const struct sl_config *c, struct sl_errors *errs);
+/* Handlers read sibling keys' rows (their bounds, defaults and words). */
+static const struct sl_conf_table sl_rule_table;
 
 /* ---- character classes (ASCII only, whatever the locale says) ---- */
 
@@ -155,78 +150,6 @@ void sl_errors_free(struct sl_errors *errs)
     errs->count = 0;
 }
 
-/* ---- echoing values in error lines ---- */
-
-/*
- * S for an error line, into BUF (LEN >= 16): '"' and '\\' escaped when
- * QUOTED (and the whole in double quotes), every byte outside printable
- * ASCII written as \\n, \\t or \\xHH, cut after MAX bytes of S (or when
- * BUF is full) with "...".  Returns BUF.
- */
-static const char *sl_escape(const char *s, size_t max, bool quoted, char *buf,
-                             size_t len)
-{
-    size_t o = 0, i;
-
-    if (quoted)
-        buf[o++] = '"';
-    for (i = 0; s[i] != '\0' && i < max && o + 8 < len; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (quoted && (c == '"' || c == '\\'))
-            o += (size_t)snprintf(buf + o, len - o, "\\%c", c);
-        else if (c == '\n')
-            o += (size_t)snprintf(buf + o, len - o, "\\n");
-        else if (c == '\t')
-            o += (size_t)snprintf(buf + o, len - o, "\\t");
-        else if (c < 0x20 || c >= 0x7f)
-            o += (size_t)snprintf(buf + o, len - o, "\\x%02x", c);
-        else
-            buf[o++] = (char)c;
-    }
-    if (s[i] != '\0')
-        o += (size_t)snprintf(buf + o, len - o, "...");
-    if (quoted)
-        buf[o++] = '"';
-    buf[o] = '\0';
-    return buf;
-}
-
-/* S in double quotes, escaped and cut at SL_QUOTE_MAX bytes. */
-static const char *sl_quote(const char *s, char *buf, size_t len)
-{
-    return sl_escape(s, SL_QUOTE_MAX, true, buf, len);
-}
-
-/* Render a JSON value briefly for an error message: "5x", 12, true. */
-static void sl_json_brief(json_t *v, char *buf, size_t len)
-{
-    char *s;
-
-    if (json_is_string(v)) {
-        sl_quote(json_string_value(v), buf, len);
-        return;
-    }
-    if (json_is_real(v)) {
-        /* As written: the shortest form that reads back the same
-         * (jansson would print 0.1 as 0.10000000000000001). */
-        double d = json_real_value(v);
-        for (int prec = 1; prec <= 17; prec++) {
-            snprintf(buf, len, "%.*g", prec, d);
-            if (strtod(buf, NULL) == d)
-                break;
-        }
-        return;
-    }
-    s = json_dumps(v, JSON_ENCODE_ANY | JSON_COMPACT | JSON_ENSURE_ASCII);
-    if (s == NULL) {
-        snprintf(buf, len, "(value)");
-        return;
-    }
-    /* JSON leaves DEL (0x7f) raw: escape it like the rest. */
-    sl_escape(s, SL_QUOTE_MAX, false, buf, len);
-    free(s);
-}
-
 /* C as a reader would name it: "' '" is "a space", 0x0a is "byte 0x0a". */
 static const char *sl_char_name(unsigned char c, char *buf, size_t len)
 {
@@ -237,152 +160,6 @@ static const char *sl_char_name(unsigned char c, char *buf, size_t len)
     else
         snprintf(buf, len, "byte 0x%02x", c);
     return buf;
-}
-
-static void sl_check_keys(json_t *obj, const char *path,
-                          const char *const *allowed, struct sl_errors *errs)
-{
-    const char *key;
-    json_t *v;
-
-    json_object_foreach(obj, key, v) {
-        bool known = false, plain = *key != '\0' && strlen(key) <= SL_QUOTE_MAX;
-        char q[96];
-        for (const char *const *a = allowed; *a != NULL; a++)
-            if (strcmp(*a, key) == 0)
-                known = true;
-        if (known)
-            continue;
-        /* A plain key reads best as part of the path; others are quoted. */
-        for (const char *c = key; *c; c++)
-            if (!sl_is_alnum((unsigned char)*c) && *c != '_' && *c != '-')
-                plain = false;
-        if (plain)
-            sl_errors_add(errs, "%s%s%s: unknown key", path, *path ? "." : "", key);
-        else
-            sl_errors_add(errs, "%s: unknown key %s", *path ? path : "(root)",
-                          sl_quote(key, q, sizeof(q)));
-    }
-}
-
-/* ---- typed values ---- */
-
-/*
- * Read a duration from V (a string with a unit, or a number of seconds)
- * into *out.  It must lie in [MIN, MAX]; ZERO_OK also lets 0 through
- * below MIN (the settings where 0 means "none" or "never").
- * Returns 0, or adds an error and returns -1.
- */
-static int sl_get_duration(json_t *v, const char *path, int64_t min, int64_t max,
-                           bool zero_ok, int64_t *out, struct sl_errors *errs)
-{
-    char brief[96], bound[SL_DURATION_FORMAT_MAX];
-    int rc = -1;
-
-    sl_json_brief(v, brief, sizeof(brief));
-    if (json_is_string(v)) {
-        rc = sl_duration_parse(json_string_value(v), out);
-    } else if (json_is_integer(v)) {
-        /* Exact for every integer: no detour through a double. */
-        json_int_t n = json_integer_value(v);
-        rc = n > SL_DURATION_MAX / SL_USEC_PER_SEC ? -2 : 0;
-        /* Any negative is refused below; its size does not matter. */
-        if (rc == 0)
-            *out = n < 0 ? -1 : (int64_t)n * SL_USEC_PER_SEC;
-    } else if (json_is_real(v)) {
-        rc = sl_duration_from_seconds(json_real_value(v), out) == 0 ? 0 : -2;
-    }
-    if (rc == -2 || (rc == 0 && *out > max)) {
-        sl_duration_format(max, bound, sizeof(bound));
-        sl_errors_add(errs, "%s: %s is too long: at most %s", path, brief, bound);
-        return -1;
-    }
-    if (rc != 0) {
-        sl_errors_add(errs,
-                      "%s: %s is not a duration (write e.g. \"250ms\", \"10s\", "
-                      "\"5m\", \"24h\", \"1d\" or a number of seconds)",
-                      path, brief);
-        return -1;
-    }
-    if (*out < 0 || (*out == 0 && !zero_ok)) {
-        sl_errors_add(errs, "%s: %s must be %s", path, brief,
-                      zero_ok ? "zero or more" : "more than zero");
-        return -1;
-    }
-    if (*out < min && !(*out == 0 && zero_ok)) {
-        sl_duration_format(min, bound, sizeof(bound));
-        sl_errors_add(errs, "%s: %s is too short: at least %s%s", path, brief,
-                      bound, zero_ok ? " (or 0)" : "");
-        return -1;
-    }
-    return 0;
-}
-
-/* Integer in [min, max]; adds an error and returns -1 otherwise. */
-static int sl_get_int(json_t *v, const char *path, long long min, long long max,
-                      long long *out, struct sl_errors *errs)
-{
-    char brief[96];
-
-    sl_json_brief(v, brief, sizeof(brief));
-    if (!json_is_integer(v)) {
-        sl_errors_add(errs, "%s: %s is not a whole number", path, brief);
-        return -1;
-    }
-    *out = json_integer_value(v);
-    if (*out < min || *out > max) {
-        sl_errors_add(errs, "%s: %s must be between %lld and %lld", path, brief,
-                      min, max);
-        return -1;
-    }
-    return 0;
-}
-
-static int sl_get_string(json_t *v, const char *path, const char **out,
-                         struct sl_errors *errs)
-{
-    char brief[96];
-
-    if (!json_is_string(v)) {
-        sl_json_brief(v, brief, sizeof(brief));
-        sl_errors_add(errs, "%s: %s is not a string", path, brief);
-        return -1;
-    }
-    *out = json_string_value(v);
-    return 0;
-}
-
-/* One of two words: *OUT is false for NO, true for YES.  0 or -1 (an
- * error added, *OUT untouched). */
-static int sl_get_either(json_t *v, const char *path, const char *no,
-                         const char *yes, bool *out, struct sl_errors *errs)
-{
-    const char *s;
-    char q[96];
-
-    if (sl_get_string(v, path, &s, errs) != 0)
-        return -1;
-    if (strcmp(s, yes) == 0 || strcmp(s, no) == 0) {
-        *out = strcmp(s, yes) == 0;
-        return 0;
-    }
-    sl_errors_add(errs, "%s: %s must be \"%s\" or \"%s\"", path,
-                  sl_quote(s, q, sizeof(q)), no, yes);
-    return -1;
-}
-
-static int sl_get_bool(json_t *v, const char *path, bool *out,
-                       struct sl_errors *errs)
-{
-    char brief[96];
-
-    if (!json_is_boolean(v)) {
-        sl_json_brief(v, brief, sizeof(brief));
-        sl_errors_add(errs, "%s: %s is not true or false", path, brief);
-        return -1;
-    }
-    *out = json_is_true(v);
-    return 0;
 }
 
 /*
@@ -451,26 +228,6 @@ int sl_config_split_listen(const char *text, char **host, int *port)
     return 0;
 }
 
-static int sl_get_on_limit(json_t *v, const char *path, enum sl_on_limit *out,
-                           struct sl_errors *errs)
-{
-    const char *s;
-    char q[96];
-
-    if (sl_get_string(v, path, &s, errs) != 0)
-        return -1;
-    if (strcmp(s, "reject") == 0)
-        *out = SL_ON_LIMIT_REJECT;
-    else if (strcmp(s, "queue") == 0)
-        *out = SL_ON_LIMIT_QUEUE;
-    else {
-        sl_errors_add(errs, "%s: %s must be \"reject\" or \"queue\"", path,
-                      sl_quote(s, q, sizeof(q)));
-        return -1;
-    }
-    return 0;
-}
-
 /* ---- rules ---- */
 
 /*
@@ -493,13 +250,16 @@ static const char *sl_pattern_flaw(const char *text, char *buf, size_t len)
     return sl_segment_flaw(text, strlen(text), true);
 }
 
-static void sl_parse_rule_name(json_t *v, const char *sub, struct sl_rule *r,
-                               struct sl_errors *errs)
+static void sl_read_rule_name(json_t *obj, json_t *v, const char *at,
+                              const char *sub, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
 {
+    struct sl_rule *r = base;
     const char *s;
     char q[96];
     bool ok;
 
+    (void)obj, (void)at, (void)k;
     if (v == NULL) {
         char def[32];
         snprintf(def, sizeof(def), "rule-%zu", r->index);
@@ -507,7 +267,7 @@ static void sl_parse_rule_name(json_t *v, const char *sub, struct sl_rule *r,
         r->unnamed = true;
         return;
     }
-    if (sl_get_string(v, sub, &s, errs) != 0)
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
         return;
     /* It goes into RateLimit headers and log lines: visible ASCII only. */
     ok = *s != '\0' && strlen(s) <= 64;
@@ -515,33 +275,45 @@ static void sl_parse_rule_name(json_t *v, const char *sub, struct sl_rule *r,
         if (*c < 0x21 || *c > 0x7e || strchr("\"\\;,=", *c) != NULL)
             ok = false;
     if (!ok)
-        sl_errors_add(errs, "%s: %s must be 1 to 64 visible ASCII characters "
+        sl_errors_add(ctx->errs, "%s: %s must be 1 to 64 visible ASCII characters "
                       "(no spaces, control characters, quotes, backslashes, "
-                      "';', ',' or '=')", sub, sl_quote(s, q, sizeof(q)));
+                      "';', ',' or '=')", sub, sl_conf_quote(s, q, sizeof(q)));
     else
         r->name = strdup(s);
 }
 
-static void sl_parse_methods(json_t *v, const char *sub, struct sl_rule *r,
-                             struct sl_errors *errs)
+static const struct sl_conf_handler sl_rule_name_handler = {
+    sl_read_rule_name,
+    "A rule's name is what refusals, `RateLimit` fields, `/status`, `/metrics` "
+    "and alerts call it: 1 to 64 visible ASCII characters without quotes, "
+    "backslashes, `;`, `,` or `=`.  Unnamed, a rule is `rule-INDEX` (its "
+    "position), and a reload refuses to move an unnamed rule, since its "
+    "counts follow the position.  Names are unique within an upstream.",
+};
+
+static void sl_read_methods(json_t *obj, json_t *v, const char *at, const char *sub,
+                            void *base, const struct sl_conf_key *k,
+                            struct sl_conf_ctx *ctx)
 {
+    struct sl_rule *r = base;
     size_t i;
     json_t *m;
     const char *s;
 
+    (void)obj, (void)at, (void)k;
     if (!json_is_array(v) || json_array_size(v) == 0) {
-        sl_errors_add(errs, "%s: must be a non-empty array of method names", sub);
+        sl_errors_add(ctx->errs, "%s: must be a non-empty array of method names", sub);
         return;
     }
     r->methods = calloc(json_array_size(v), sizeof(char *));
     json_array_foreach(v, i, m) {
         char msub[800], q[96];
         snprintf(msub, sizeof(msub), "%s[%zu]", sub, i);
-        if (sl_get_string(m, msub, &s, errs) != 0)
+        if (sl_conf_get_string(m, msub, &s, ctx->errs) != 0)
             continue;
         if (!sl_is_token(s) || strlen(s) > 32) {
-            sl_errors_add(errs, "%s: %s is not a method name", msub,
-                          sl_quote(s, q, sizeof(q)));
+            sl_errors_add(ctx->errs, "%s: %s is not a method name", msub,
+                          sl_conf_quote(s, q, sizeof(q)));
             continue;
         }
         if (r->methods == NULL)
@@ -557,55 +329,107 @@ static void sl_parse_methods(json_t *v, const char *sub, struct sl_rule *r,
     }
 }
 
-static void sl_parse_sync(json_t *jr, const char *path, struct sl_rule *r,
-                          struct sl_errors *errs)
-{
-    char sub[800], q[96];
-    const char *s;
-    json_t *v = json_object_get(jr, "sync");
-    json_t *jp = json_object_get(jr, "sync_probe");
+static const struct sl_conf_handler sl_methods_handler = {sl_read_methods, NULL};
 
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.sync", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strcmp(s, "sforce-limit-info") == 0)
-                r->sync = SL_SYNC_SFORCE;
-            else if (strcmp(s, "x-ratelimit") == 0)
-                r->sync = SL_SYNC_XRATELIMIT;
-            else if (strcmp(s, "ratelimit") == 0)
-                r->sync = SL_SYNC_RATELIMIT;
-            else if (strcmp(s, "shopify") == 0)
-                r->sync = SL_SYNC_SHOPIFY;
-            else
-                sl_errors_add(errs, "%s: %s must be \"sforce-limit-info\", "
-                              "\"x-ratelimit\", \"ratelimit\" or \"shopify\"", sub,
-                              sl_quote(s, q, sizeof(q)));
-            if (r->sync != SL_SYNC_NONE && r->kind != SL_RULE_RATE)
-                sl_errors_add(errs, "%s: only a rule with \"limit\" and \"window\" "
-                              "can follow the provider's count", sub);
-        }
-    }
-    if (v != NULL)
-        r->sync_probe_us = SL_SECONDS(60);
-    if (jp != NULL) {
-        snprintf(sub, sizeof(sub), "%s.sync_probe", path);
-        if (v == NULL)
-            sl_errors_add(errs, "%s: only a rule with \"sync\" probes the "
-                          "provider's count", sub);
-        else
-            sl_get_duration(jp, sub, SL_SECONDS(1), SL_DURATION_MAX, true,
-                            &r->sync_probe_us, errs);
-    }
+static void sl_read_path(json_t *obj, json_t *v, const char *at, const char *sub,
+                         void *base, const struct sl_conf_key *k,
+                         struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    const char *s, *flaw;
+    char q[96], why[256];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    r->path_text = strdup(s);
+    r->path = sl_pattern_compile(s, &flaw);
+    if (r->path == NULL)
+        sl_errors_add(ctx->errs, "%s: %s %s", sub, sl_conf_quote(s, q, sizeof(q)),
+                      flaw);
+    else if ((flaw = sl_pattern_flaw(s, why, sizeof(why))) != NULL)
+        sl_errors_add(ctx->errs, "%s: %s %s: the rule could never match", sub,
+                      sl_conf_quote(s, q, sizeof(q)), flaw);
 }
 
-static void sl_parse_per(json_t *v, const char *sub, struct sl_rule *r,
-                         struct sl_errors *errs)
+static const struct sl_conf_handler sl_path_handler = {
+    sl_read_path,
+    "A rule's path is matched against the request path after the upstream's "
+    "prefix is removed, in its canonical form (percent-decoded, `\\` read as "
+    "`/`, `;params` dropped, slashes merged, a trailing slash ignored, letter "
+    "case ignored unless `path_case` is `\"sensitive\"`; dot segments are "
+    "refused).  Literal characters match themselves; `*` matches any run of "
+    "characters without `/` (possibly empty), `**` any run including `/`, "
+    "`{name}` one whole non-empty segment and captures it (for `per`); a "
+    "trailing `/**` also matches the path without it.  At most 4 wildcards "
+    "and 8 captures per pattern.  Without `path` the rule counts "
+    "every call of the upstream.  A pattern that no canonical path can equal "
+    "(`//`, `.`, `..`, `%`, `\\`, `;`, `?`, `#`, spaces) is refused; one "
+    "that starts with the upstream's prefix, or looks like a regular "
+    "expression or a router's `:param`, is accepted with a warning.",
+};
+
+/* The sync words, from SL_SYNC_SFORCE on (SL_SYNC_NONE is "absent"). */
+static const char *const sl_sync_words[] = {
+    "sforce-limit-info", "x-ratelimit", "ratelimit", "shopify", NULL,
+};
+
+static void sl_read_sync(json_t *jr, json_t *v, const char *path, const char *sub,
+                         void *base, const struct sl_conf_key *k,
+                         struct sl_conf_ctx *ctx)
 {
+    struct sl_rule *r = base;
+    char psub[800];
+    json_t *jp = json_object_get(jr, "sync_probe");
+    const struct sl_conf_key *probe = sl_conf_key(&sl_rule_table, "sync_probe");
+    int w;
+
+    if (v != NULL && sl_conf_get_word(v, sub, k->words, &w, ctx->errs) == 0) {
+        r->sync = (enum sl_sync_kind)(SL_SYNC_SFORCE + w);
+        if (r->kind != SL_RULE_RATE)
+            sl_errors_add(ctx->errs, "%s: only a rule with \"limit\" and \"window\" "
+                          "can follow the provider's count", sub);
+    }
+    if (v != NULL)
+        sl_duration_parse(probe->def, &r->sync_probe_us);
+    if (jp != NULL) {
+        snprintf(psub, sizeof(psub), "%s.sync_probe", path);
+        if (v == NULL)
+            sl_errors_add(ctx->errs, "%s: only a rule with \"sync\" probes the "
+                          "provider's count", psub);
+        else
+            sl_conf_get_duration(jp, psub, probe->min, probe->max, true,
+                                 &r->sync_probe_us, ctx->errs);
+    }
+    if (r->calendar && r->sync != SL_SYNC_NONE)
+        sl_errors_add(ctx->errs, "%s: not available with a calendar window "
+                      "(a provider report is read against a rolling window)", sub);
+}
+
+static const struct sl_conf_handler sl_sync_handler = {
+    sl_read_sync,
+    "With `sync` a rate rule follows the provider's own count of what is left, "
+    "read from each response: `sforce-limit-info` (`Sforce-Limit-Info: "
+    "api-usage=USED/MAX`), `x-ratelimit` (`X-RateLimit-Remaining`), "
+    "`ratelimit` (the IETF `RateLimit` field, or `RateLimit-Remaining`), "
+    "`shopify` (`X-Shopify-Shop-Api-Call-Limit: USED/MAX`).  Calls made "
+    "outside sluice are then counted too.  While the provider's last report "
+    "says nothing is left, one call goes through every `sync_probe` (60 s by "
+    "default, 0: never) to learn the count again.  Not with a calendar "
+    "window.",
+};
+
+static void sl_read_per(json_t *obj, json_t *v, const char *at, const char *sub,
+                        void *base, const struct sl_conf_key *k,
+                        struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
     const char *s;
     char q[96];
     size_t len;
 
-    if (sl_get_string(v, sub, &s, errs) != 0)
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
         return;
     len = strlen(s);
     r->per_text = strdup(s);
@@ -618,27 +442,61 @@ static void sl_parse_per(json_t *v, const char *sub, struct sl_rule *r,
         r->per_kind = SL_PER_CAPTURE;
         if (r->path == NULL ||
             (r->per_capture = sl_pattern_capture_index(r->path, name)) < 0)
-            sl_errors_add(errs, "%s: %s names no capture of this rule's path",
-                          sub, sl_quote(s, q, sizeof(q)));
+            sl_errors_add(ctx->errs, "%s: %s names no capture of this rule's path",
+                          sub, sl_conf_quote(s, q, sizeof(q)));
     } else {
-        sl_errors_add(errs, "%s: %s must be \"{capture}\" or \"header:NAME\"",
-                      sub, sl_quote(s, q, sizeof(q)));
+        sl_errors_add(ctx->errs, "%s: %s must be \"{capture}\" or \"header:NAME\"",
+                      sub, sl_conf_quote(s, q, sizeof(q)));
     }
 }
 
-/* "reset" and "timezone" of rate rule R (its window parsed). */
-static void sl_parse_calendar(json_t *jr, const char *path, struct sl_rule *r,
-                              struct sl_errors *errs)
+static const struct sl_conf_handler sl_per_handler = {
+    sl_read_per,
+    "`per` splits a rule into one bucket per value: `\"{name}\"` a capture "
+    "of the rule's path (`/lead-result/{lead_id}`), `\"header:NAME\"` a "
+    "request header.  Each bucket has the whole limit, and shares apply "
+    "within each bucket.  A call without the header counts under the empty "
+    "value.  Keys over 128 bytes are kept shortened with a hash.  The memory "
+    "store holds at most `max_keys` keys of one rule at once.",
+};
+
+static void sl_read_max_keys(json_t *obj, json_t *v, const char *at,
+                             const char *sub, void *base,
+                             const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+
+    (void)obj, (void)at;
+    if (v == json_null())
+        return;
+    if (r->per_kind == SL_PER_NONE)
+        sl_errors_add(ctx->errs, "%s: only a rule with \"per\" has more than one "
+                      "key", sub);
+    else if (!json_is_integer(v) || json_integer_value(v) < k->min ||
+             json_integer_value(v) > k->max)
+        sl_errors_add(ctx->errs, "%s: must be a whole number from %lld to %lld",
+                      sub, k->min, k->max);
+    else
+        r->max_keys = (uint32_t)json_integer_value(v);
+}
+
+static const struct sl_conf_handler sl_max_keys_handler = {sl_read_max_keys, NULL};
+
+/* "reset" and "timezone" of rate rule R (its window parsed); JR the rule,
+ * PATH its path. */
+static void sl_read_calendar(json_t *jr, const char *path, struct sl_rule *r,
+                             struct sl_errors *errs)
 {
     json_t *jreset = json_object_get(jr, "reset");
     json_t *jtz = json_object_get(jr, "timezone");
+    const struct sl_conf_key *kreset = sl_conf_key(&sl_rule_table, "reset");
     char sub[768], q[96], why[256];
     const char *s;
 
     if (jreset != NULL) {
-        bool cal;
+        int cal;
         snprintf(sub, sizeof(sub), "%s.reset", path);
-        if (sl_get_either(jreset, sub, "rolling", "calendar", &cal, errs) == 0) {
+        if (sl_conf_get_word(jreset, sub, kreset->words, &cal, errs) == 0) {
             if (cal)
                 r->calendar = true;
             else if (r->cal.month)
@@ -668,22 +526,109 @@ static void sl_parse_calendar(json_t *jr, const char *path, struct sl_rule *r,
     }
     if (jtz != NULL) {
         snprintf(sub, sizeof(sub), "%s.timezone", path);
-        if (sl_get_string(jtz, sub, &s, errs) != 0)
+        if (sl_conf_get_string(jtz, sub, &s, errs) != 0)
             return;
     } else {
-        s = "UTC";
+        s = sl_conf_key(&sl_rule_table, "timezone")->def;
     }
     r->timezone = strdup(s);
     r->tz = sl_tz_load(s, NULL, why, sizeof(why));
     if (r->tz == NULL) {
-        sl_errors_add(errs, "%s.timezone: %s %s", path, sl_quote(s, q, sizeof(q)),
-                      why);
+        sl_errors_add(errs, "%s.timezone: %s %s", path,
+                      sl_conf_quote(s, q, sizeof(q)), why);
         return;
     }
     r->cal.tz = r->tz;
 }
 
-/* Parse rule JR of upstream U (whose margin and defaults are known). */
+/*
+ * What kind of rule JR is: "concurrency", or "limit" per "window" (with
+ * its calendar, "reset" and "timezone").  Then its span: the window plus
+ * the upstream's margin.
+ */
+static void sl_read_rule_kind(json_t *jr, json_t *jl, const char *path,
+                              const char *sub_limit, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    const struct sl_upstream_conf *u = ctx->u;
+    const struct sl_conf_key *kw = sl_conf_key(&sl_rule_table, "window");
+    const struct sl_conf_key *kc = sl_conf_key(&sl_rule_table, "concurrency");
+    json_t *jw = json_object_get(jr, "window");
+    json_t *jc = json_object_get(jr, "concurrency");
+    struct sl_errors *errs = ctx->errs;
+    char sub[768];
+    long long n;
+    int64_t d;
+
+    if (jc != NULL) {
+        r->kind = SL_RULE_CONCURRENCY;
+        snprintf(sub, sizeof(sub), "%s.concurrency", path);
+        if (sl_conf_get_int(jc, sub, kc->min, kc->max, &n, errs) == 0)
+            r->limit = (uint64_t)n;
+        if (jl != NULL || jw != NULL)
+            sl_errors_add(errs, "%s: a rule has either \"concurrency\" or "
+                          "\"limit\" with \"window\", not both", path);
+        return;
+    }
+    r->kind = SL_RULE_RATE;
+    if (jl == NULL || jw == NULL)
+        sl_errors_add(errs, "%s: a rule needs \"limit\" and \"window\" "
+                      "(or \"concurrency\")", path);
+    /* The memory store logs one timestamp per call: keep it sane. */
+    if (jl != NULL && sl_conf_get_int(jl, sub_limit, k->min, k->max, &n, errs) == 0)
+        r->limit = (uint64_t)n;
+    if (jw != NULL && json_is_string(jw) && strcmp(json_string_value(jw), "1mo") == 0) {
+        /* A calendar month: 31 days at most (what keeps its calls). */
+        r->calendar = true;
+        r->cal.month = true;
+        r->window_us = SL_DAYS(31);
+    } else if (jw != NULL) {
+        snprintf(sub, sizeof(sub), "%s.window", path);
+        if (sl_conf_get_duration(jw, sub, kw->min, kw->max, false, &d, errs) == 0)
+            r->window_us = d;
+    }
+    /* What people read (refusals, alerts, /status) says it as written:
+     * "24h" stays "24h".  A number is seconds. */
+    if (jw != NULL && json_is_string(jw))
+        r->window_text = strndup(json_string_value(jw), 32);
+    else if (jw != NULL && json_is_number(jw) &&
+             asprintf(&r->window_text, "%gs", json_number_value(jw)) < 0)
+        r->window_text = NULL;
+    sl_read_calendar(jr, path, r, errs);
+    /* Stamped when sent, counted by the provider on arrival: the margin
+     * absorbs the jitter between the two (see "margin").  Unless the
+     * upstream sets one: 100 ms, which ordinary network jitter stays
+     * under, but never more than 5% of the window, so a short window
+     * keeps most of its throughput. */
+    r->span_us = r->window_us +
+                 (u->margin_us != SL_MARGIN_AUTO
+                      ? u->margin_us
+                      : (r->window_us / 20 < SL_MARGIN_DEFAULT ? r->window_us / 20
+                                                               : SL_MARGIN_DEFAULT));
+}
+
+static const struct sl_conf_handler sl_rule_kind_handler = {
+    sl_read_rule_kind,
+    "A rule is either a rate rule, `limit` calls in any `window` (a "
+    "duration from 1 ms to 366 days such as `\"300ms\"`, `\"1.5s\"`, "
+    "`\"5m\"`, `\"24h\"`, `300`, or `\"1mo\"`, a calendar month), or a "
+    "concurrency rule, at most `concurrency` calls in "
+    "flight at once; never both.  A rate window is rolling: in any interval "
+    "of that length at most `limit` matching calls are forwarded, as the "
+    "provider counts them (each rule's window is widened by the upstream's "
+    "`margin` for that).  With `\"reset\": \"calendar\"` the window is a "
+    "calendar period instead, for providers that reset on the calendar: "
+    "the window must divide a day (`\"1d\"`, `\"1h\"`, `\"15m\"`...) or be "
+    "`\"1mo\"` (always calendar), periods start at local midnight in "
+    "`timezone` (`\"UTC\"` by default, a fixed offset such as `\"+05:30\"`, or "
+    "a zone name such as `\"America/New_York\"` read from the system's zone "
+    "files or `$TZDIR`, following daylight saving time), calls count from the "
+    "last boundary and room comes back all at once at the next; "
+    "`Retry-After` points at that boundary (bounded by `max_retry_after`).  "
+    "Not with `sync`.",
+};
+
 /* ---- shares ("apps") ---- */
 
 /* A share: a count of calls (a JSON integer) or a fraction of the limit (a
@@ -704,7 +649,7 @@ static int sl_get_share_value(json_t *v, const char *path, uint64_t *count,
         *frac = json_real_value(v);
         return 0;
     }
-    sl_json_brief(v, brief, sizeof(brief));
+    sl_conf_brief(v, brief, sizeof(brief));
     sl_errors_add(errs, "%s: %s must be a count of calls (an integer such as "
                   "600) or a fraction of the limit (a number such as 0.5, "
                   "above 0 and at most 1.0)", path, brief);
@@ -718,14 +663,94 @@ static void sl_shares_free(struct sl_share *v, size_t n)
     free(v);
 }
 
+/* "max" or "reserve" of a share (K says which). */
+static void sl_read_share_value(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_share *sh = base;
+    bool max = strcmp(k->key, "max") == 0;
+
+    (void)obj, (void)at;
+    if (sl_get_share_value(v, sub, max ? &sh->max : &sh->reserve,
+                           max ? &sh->max_frac : &sh->reserve_frac, ctx->errs) == 0)
+        *(max ? &sh->max_set : &sh->reserve_set) = true;
+}
+
+static const struct sl_conf_handler sl_share_value_handler = {
+    sl_read_share_value,
+    "`max` and `reserve` are a count of calls (an integer such as `600`) or a "
+    "fraction of the rule's limit (a number above 0 and at most 1.0, such as "
+    "`0.5`, rounded down to whole calls).  `max`: at most this many of the "
+    "app's calls in any window.  `reserve`: this many are kept for the app; "
+    "other apps cannot take the part it has not used (unless `lend`, while "
+    "the app has no call in the window).  For `\"*\"` (every app not named) "
+    "`max` applies to each such app and `reserve` to all of them together.  "
+    "Reservations of one rule add up to at most its limit, and a reserve is "
+    "at most its `max`.",
+};
+
+/* A rule's share cannot set a priority: say where it goes. */
+static void sl_read_rule_priority(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    (void)obj, (void)v, (void)at, (void)base, (void)k;
+    sl_errors_add(ctx->errs, "%s: is set in the upstream's \"apps\" (a call has "
+                  "one priority, whichever rules it counts in)", sub);
+}
+
+static const struct sl_conf_handler sl_rule_priority_handler = {
+    sl_read_rule_priority, NULL,
+};
+
+#define SL_SHARE_KEYS                                                          \
+    {.key = "max", .type = SL_CONF_ANY, .handler = &sl_share_value_handler,    \
+     .doc = "At most this many of the app's calls per window (a count or a "   \
+            "fraction of the limit)."},                                        \
+    {.key = "reserve", .type = SL_CONF_ANY, .handler = &sl_share_value_handler, \
+     .doc = "Calls kept for the app in every window (a count or a fraction of " \
+            "the limit)."},                                                    \
+    {.key = "lend", .type = SL_CONF_BOOL,                                      \
+     SL_CONF_FIELD(struct sl_share, lend), .def = "false",                     \
+     .doc = "Lend the reserve to other apps while this app has no call in "    \
+            "the window."}
+
+static const struct sl_conf_key sl_upstream_share_keys[] = {
+    SL_SHARE_KEYS,
+    {.key = "priority", .type = SL_CONF_INT, SL_CONF_FIELD(struct sl_share, priority),
+     .min = 0, .max = SL_PRIORITY_LEVELS - 1, .def = "0", .flags = SL_CONF_SET,
+     .set_offset = offsetof(struct sl_share, priority_set),
+     .doc = "The app's queue lane: held calls of a higher priority are "
+            "released first (`\"*\"`: every app not named)."},
+};
+
+static const struct sl_conf_key sl_rule_share_keys[] = {
+    SL_SHARE_KEYS,
+    {.key = "priority", .type = SL_CONF_ANY, .handler = &sl_rule_priority_handler,
+     .doc = "Not here: a priority is set in the upstream's `apps`."},
+};
+
+static const struct sl_conf_table sl_upstream_share_table = SL_CONF_TABLE(
+    "upstreams[].apps.APP",
+    "An upstream's `apps` maps app names (or `\"*\"`, every app not named) to "
+    "the default share of each of its rate rules (a rule's own `apps` "
+    "replaces it) and to each app's queue priority.",
+    sl_upstream_share_keys);
+
+static const struct sl_conf_table sl_rule_share_table = SL_CONF_TABLE(
+    "upstreams[].rules[].apps.APP",
+    "A rate rule's own `apps`: app names (or `\"*\"`) mapped to their share "
+    "of this rule's limit, instead of the upstream's `apps`.",
+    sl_rule_share_keys);
+
 /* Parse an "apps" object at PATH into *OUT (as written: fractions not
  * resolved).  ON_UPSTREAM: "priority" is allowed. */
 static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
                             struct sl_share **out, size_t *nout,
-                            struct sl_errors *errs)
+                            struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"max", "reserve", "lend", "priority", NULL};
-    static const char *const rule_keys[] = {"max", "reserve", "lend", NULL};
+    struct sl_errors *errs = ctx->errs;
     char sub[900], q[96];
     const char *name;
     json_t *je;
@@ -750,12 +775,11 @@ static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
     }
     json_object_foreach(v, name, je) {
         struct sl_share *sh = &(*out)[n];
-        json_t *x;
         snprintf(sub, sizeof(sub), "%.700s.%.100s", path, name);
         if (strcmp(name, "*") != 0 && !sl_apps_valid(name, strlen(name))) {
             sl_errors_add(errs, "%s: %s is not an app name (1 to %d letters, "
                           "digits or ._:@/+-), nor \"*\"", path,
-                          sl_quote(name, q, sizeof(q)), SL_APP_NAME_MAX);
+                          sl_conf_quote(name, q, sizeof(q)), SL_APP_NAME_MAX);
             continue;
         }
         if (!json_is_object(je)) {
@@ -763,37 +787,10 @@ static void sl_parse_shares(json_t *v, const char *path, bool on_upstream,
                           "{\"reserve\": 100}", sub);
             continue;
         }
-        if (!on_upstream && json_object_get(je, "priority") != NULL)
-            sl_errors_add(errs, "%s.priority: is set in the upstream's \"apps\" "
-                          "(a call has one priority, whichever rules it counts in)",
-                          sub);
-        else
-            sl_check_keys(je, sub, on_upstream ? keys : rule_keys, errs);
         sh->app = strdup(name);
         sh->app_id = SL_APP_UNBOUND;
-        char vsub[960];
-        if ((x = json_object_get(je, "max")) != NULL) {
-            snprintf(vsub, sizeof(vsub), "%s.max", sub);
-            sh->max_set = sl_get_share_value(x, vsub, &sh->max, &sh->max_frac,
-                                             errs) == 0;
-        }
-        if ((x = json_object_get(je, "reserve")) != NULL) {
-            snprintf(vsub, sizeof(vsub), "%s.reserve", sub);
-            sh->reserve_set = sl_get_share_value(x, vsub, &sh->reserve,
-                                                 &sh->reserve_frac, errs) == 0;
-        }
-        if ((x = json_object_get(je, "lend")) != NULL) {
-            snprintf(vsub, sizeof(vsub), "%s.lend", sub);
-            sl_get_bool(x, vsub, &sh->lend, errs);
-        }
-        if (on_upstream && (x = json_object_get(je, "priority")) != NULL) {
-            long long p;
-            snprintf(vsub, sizeof(vsub), "%s.priority", sub);
-            if (sl_get_int(x, vsub, 0, SL_PRIORITY_LEVELS - 1, &p, errs) == 0) {
-                sh->priority = (int)p;
-                sh->priority_set = true;
-            }
-        }
+        sl_conf_read(on_upstream ? &sl_upstream_share_table : &sl_rule_share_table,
+                     je, sub, sh, ctx);
         n++;
     }
     *nout = n;
@@ -933,169 +930,123 @@ int sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps, const char **
     return 0;
 }
 
-static void sl_parse_rule(json_t *jr, const char *path,
-                          const struct sl_upstream_conf *u, struct sl_rule *r,
-                          struct sl_errors *errs)
+/* A rule's "apps", or its upstream's when it has none. */
+static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
+                              const char *sub, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"name", "methods", "path", "per", "limit",
-                                       "window", "concurrency", "on_limit",
-                                       "max_wait", "sync", "sync_probe", "mode",
-                                       "reset", "timezone", "apps", "max_keys", NULL};
-    char sub[768], q[96], why[256];
-    json_t *v;
-    const char *s;
-    long long n;
-    int64_t d;
+    struct sl_rule *r = base;
+    const struct sl_upstream_conf *u = ctx->u;
 
-    r->per_capture = -1;
-    r->on_limit = u->on_limit;
-    r->max_wait_us = u->max_wait_us;
-    if (!json_is_object(jr)) {
-        sl_errors_add(errs, "%s: a rule must be an object", path);
-        return;
-    }
-    sl_check_keys(jr, path, keys, errs);
-
-    snprintf(sub, sizeof(sub), "%s.name", path);
-    sl_parse_rule_name(json_object_get(jr, "name"), sub, r, errs);
-
-    v = json_object_get(jr, "methods");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.methods", path);
-        sl_parse_methods(v, sub, r, errs);
-    }
-
-    v = json_object_get(jr, "path");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.path", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            const char *flaw;
-            r->path_text = strdup(s);
-            r->path = sl_pattern_compile(s, &flaw);
-            if (r->path == NULL)
-                sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)),
-                              flaw);
-            else if ((flaw = sl_pattern_flaw(s, why, sizeof(why))) != NULL)
-                sl_errors_add(errs, "%s: %s %s: the rule could never match", sub,
-                              sl_quote(s, q, sizeof(q)), flaw);
-        }
-    }
-
-    json_t *jl = json_object_get(jr, "limit");
-    json_t *jw = json_object_get(jr, "window");
-    json_t *jc = json_object_get(jr, "concurrency");
-    if (jc != NULL) {
-        r->kind = SL_RULE_CONCURRENCY;
-        snprintf(sub, sizeof(sub), "%s.concurrency", path);
-        if (sl_get_int(jc, sub, 1, 1000000000LL, &n, errs) == 0)
-            r->limit = (uint64_t)n;
-        if (jl != NULL || jw != NULL)
-            sl_errors_add(errs, "%s: a rule has either \"concurrency\" or "
-                          "\"limit\" with \"window\", not both", path);
-    } else {
-        r->kind = SL_RULE_RATE;
-        if (jl == NULL || jw == NULL) {
-            sl_errors_add(errs, "%s: a rule needs \"limit\" and \"window\" "
-                          "(or \"concurrency\")", path);
-        }
-        if (jl != NULL) {
-            snprintf(sub, sizeof(sub), "%s.limit", path);
-            /* The memory store logs one timestamp per call: keep it sane. */
-            if (sl_get_int(jl, sub, 1, 100000000LL, &n, errs) == 0)
-                r->limit = (uint64_t)n;
-        }
-        if (jw != NULL && json_is_string(jw) && strcmp(json_string_value(jw), "1mo") == 0) {
-            /* A calendar month: 31 days at most (what keeps its calls). */
-            r->calendar = true;
-            r->cal.month = true;
-            r->window_us = SL_DAYS(31);
-        } else if (jw != NULL) {
-            snprintf(sub, sizeof(sub), "%s.window", path);
-            if (sl_get_duration(jw, sub, SL_USEC_PER_MSEC, SL_DAYS(366), false,
-                                &d, errs) == 0)
-                r->window_us = d;
-        }
-        /* What people read (refusals, alerts, /status) says it as written:
-         * "24h" stays "24h".  A number is seconds. */
-        if (jw != NULL && json_is_string(jw))
-            r->window_text = strndup(json_string_value(jw), 32);
-        else if (jw != NULL && json_is_number(jw) &&
-                 asprintf(&r->window_text, "%gs", json_number_value(jw)) < 0)
-            r->window_text = NULL;
-        sl_parse_calendar(jr, path, r, errs);
-        /* Stamped when sent, counted by the provider on arrival: the
-         * margin absorbs the jitter between the two (README, "margin").
-         * Unless the upstream sets one: 100 ms, which ordinary network
-         * jitter stays under, but never more than 5% of the window, so a
-         * short window keeps most of its throughput. */
-        r->span_us = r->window_us +
-                     (u->margin_us != SL_MARGIN_AUTO
-                          ? u->margin_us
-                          : (r->window_us / 20 < SL_MARGIN_DEFAULT ? r->window_us / 20
-                                                                   : SL_MARGIN_DEFAULT));
-    }
-
-    v = json_object_get(jr, "on_limit");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.on_limit", path);
-        sl_get_on_limit(v, sub, &r->on_limit, errs);
-        r->on_limit_set = true;
-    }
-    v = json_object_get(jr, "max_wait");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.max_wait", path);
-        if (sl_get_duration(v, sub, 0, SL_HOURS(24), false, &r->max_wait_us,
-                            errs) == 0)
-            r->max_wait_set = true;
-    }
-
-    v = json_object_get(jr, "mode");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.mode", path);
-        sl_get_either(v, sub, "enforce", "shadow", &r->shadow, errs);
-    }
-
-    sl_parse_sync(jr, path, r, errs);
-    if (r->calendar && r->sync != SL_SYNC_NONE)
-        sl_errors_add(errs, "%s.sync: not available with a calendar window "
-                      "(a provider report is read against a rolling window)", path);
-
-    v = json_object_get(jr, "per");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.per", path);
-        sl_parse_per(v, sub, r, errs);
-    }
-    r->max_keys = SL_DEFAULT_MAX_KEYS;
-    v = json_object_get(jr, "max_keys");
-    if (v != NULL && v != json_null()) {
-        if (r->per_kind == SL_PER_NONE)
-            sl_errors_add(errs, "%s.max_keys: only a rule with \"per\" has more "
-                          "than one key", path);
-        else if (!json_is_integer(v) || json_integer_value(v) < 1 ||
-                 json_integer_value(v) > 100000000)
-            sl_errors_add(errs, "%s.max_keys: must be a whole number from 1 to "
-                          "100000000", path);
-        else
-            r->max_keys = (uint32_t)json_integer_value(v);
-    }
-
-    v = json_object_get(jr, "apps");
-    snprintf(sub, sizeof(sub), "%s.apps", path);
+    (void)obj, (void)k;
     if (v != NULL && r->kind != SL_RULE_RATE) {
-        sl_errors_add(errs, "%s: shares apply to rate rules (\"limit\" and "
+        sl_errors_add(ctx->errs, "%s: shares apply to rate rules (\"limit\" and "
                       "\"window\"), not to concurrency", sub);
     } else if (v != NULL) {
         struct sl_share *own;
         size_t nown;
-        sl_parse_shares(v, sub, false, &own, &nown, errs);
+        sl_parse_shares(v, sub, false, &own, &nown, ctx);
         if (r->limit > 0)
-            sl_resolve_shares(r, own, nown, sub, errs);
+            sl_resolve_shares(r, own, nown, sub, ctx->errs);
         sl_shares_free(own, nown);
     } else if (u->napps > 0 && r->kind == SL_RULE_RATE && r->limit > 0) {
         char usub[900];
-        snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", path);
-        sl_resolve_shares(r, u->apps, u->napps, usub, errs);
+        snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", at);
+        sl_resolve_shares(r, u->apps, u->napps, usub, ctx->errs);
     }
+}
+
+static const struct sl_conf_handler sl_rule_apps_handler = {
+    sl_read_rule_apps,
+    "A rate rule's `apps` shares its limit between apps (see "
+    "`upstreams[].rules[].apps.APP`); without it the rule takes the "
+    "upstream's `apps`, and without either the limit is shared first come, "
+    "first served.  Not for concurrency rules.",
+};
+
+static const char *const sl_on_limit_words[] = {"reject", "queue", NULL};
+
+static const struct sl_conf_key sl_rule_keys[] = {
+    {.key = "name", .type = SL_CONF_STRING, .handler = &sl_rule_name_handler,
+     .flags = SL_CONF_ALWAYS | SL_CONF_PROSE, .def = "rule-INDEX",
+     .doc = "The rule's name in refusals, headers, `/status`, `/metrics` and alerts."},
+    {.key = "methods", .type = SL_CONF_ARRAY, .handler = &sl_methods_handler,
+     .def = "every method", .flags = SL_CONF_PROSE,
+     .doc = "HTTP methods the rule counts (any letter case), e.g. `[\"POST\"]`."},
+    {.key = "path", .type = SL_CONF_STRING, .handler = &sl_path_handler,
+     .def = "every path", .flags = SL_CONF_PROSE,
+     .doc = "Pattern of request paths (after the prefix) the rule counts."},
+    {.key = "limit", .type = SL_CONF_INT, .min = 1, .max = 100000000,
+     .handler = &sl_rule_kind_handler, .flags = SL_CONF_ALWAYS,
+     .doc = "Calls allowed in any `window` (with `window`; or `concurrency`)."},
+    {.key = "window", .type = SL_CONF_DURATION, .min = SL_USEC_PER_MSEC,
+     .max = SL_DAYS(366), .flags = SL_CONF_PART,
+     .doc = "The rate window, a duration or `\"1mo\"` (a calendar month)."},
+    {.key = "concurrency", .type = SL_CONF_INT, .min = 1, .max = 1000000000LL,
+     .flags = SL_CONF_PART,
+     .doc = "Instead of `limit` and `window`: calls in flight at once."},
+    {.key = "reset", .type = SL_CONF_WORD,
+     .words = (const char *const[]){"rolling", "calendar", NULL},
+     .def = "rolling", .flags = SL_CONF_PART,
+     .doc = "`\"calendar\"`: the window is a calendar period (see `limit`)."},
+    {.key = "timezone", .type = SL_CONF_STRING, .def = "UTC", .flags = SL_CONF_PART,
+     .doc = "With `\"reset\": \"calendar\"`: `\"UTC\"`, a fixed offset "
+            "(`\"+02:00\"`, `\"-05:30\"`) or a zone name (`\"Europe/Berlin\"`)."},
+    {.key = "on_limit", .type = SL_CONF_WORD, .words = sl_on_limit_words,
+     SL_CONF_FIELD(struct sl_rule, on_limit), .def = "the upstream's",
+     .flags = SL_CONF_PROSE | SL_CONF_SET,
+     .set_offset = offsetof(struct sl_rule, on_limit_set),
+     .doc = "Over this rule's limit: `reject` (429 at once) or `queue` (hold the call)."},
+    {.key = "max_wait", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_rule, max_wait_us), .min = 0, .max = SL_HOURS(24),
+     .def = "the upstream's", .flags = SL_CONF_PROSE | SL_CONF_SET,
+     .set_offset = offsetof(struct sl_rule, max_wait_set),
+     .doc = "Queue mode: the longest a call of this rule is held."},
+    {.key = "mode", .type = SL_CONF_WORD,
+     .words = (const char *const[]){"enforce", "shadow", NULL},
+     SL_CONF_FIELD(struct sl_rule, shadow), .def = "enforce",
+     .doc = "`shadow`: matched and counted, never denies, queues or delays a "
+            "call (it reports what it would have denied)."},
+    {.key = "sync", .type = SL_CONF_WORD, .words = sl_sync_words,
+     .handler = &sl_sync_handler, .flags = SL_CONF_ALWAYS,
+     .doc = "Follow the provider's own count, read from this response header."},
+    {.key = "sync_probe", .type = SL_CONF_DURATION, .min = SL_SECONDS(1),
+     .max = SL_DURATION_MAX, .def = "60s", .flags = SL_CONF_PART | SL_CONF_ZERO_OK,
+     .doc = "With `sync`: while the provider says nothing is left, one call "
+            "goes through this often (0: never)."},
+    {.key = "per", .type = SL_CONF_STRING, .handler = &sl_per_handler,
+     .doc = "A separate bucket for each value of `\"{capture}\"` (from `path`) or "
+            "`\"header:NAME\"`."},
+    {.key = "max_keys", .type = SL_CONF_INT, SL_CONF_FIELD(struct sl_rule, max_keys),
+     .min = 1, .max = 100000000, .def = "10000", .handler = &sl_max_keys_handler,
+     .doc = "With `per`: at most this many keys with calls in their window "
+            "(memory store; one rule's keys never take another's room); a new key "
+            "beyond it gets 503."},
+    {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_rule_apps_handler,
+     .def = "the upstream's", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
+     .doc = "Rate rules: each app's share of the limit."},
+};
+
+static const struct sl_conf_table sl_rule_table = SL_CONF_TABLE(
+    "upstreams[].rules[]",
+    "A rule of an upstream: the calls it counts (`methods`, `path`) and their "
+    "limit.  A call is checked against every rule it matches in one atomic "
+    "step, and a call that is refused, queued or cancelled consumes nothing "
+    "from any rule.",
+    sl_rule_keys);
+
+/* Parse rule JR of upstream ctx->u (whose margin and defaults are known). */
+static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
+                          struct sl_conf_ctx *ctx)
+{
+    r->per_capture = -1;
+    r->on_limit = ctx->u->on_limit;
+    r->max_wait_us = ctx->u->max_wait_us;
+    if (!json_is_object(jr)) {
+        sl_errors_add(ctx->errs, "%s: a rule must be an object", path);
+        return;
+    }
+    sl_conf_read(&sl_rule_table, jr, path, r, ctx);
 }
 
 /* ---- upstreams ---- */
@@ -1365,7 +1316,7 @@ static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
                                   "{upstream}, {rule}, {limit}, {window}, "
                                   "{retry_after}, {message}, {app} or {share} "
                                   "(\"{{\" for a "
-                                  "literal \"{\")", sub, sl_quote(word, q, sizeof(q)));
+                                  "literal \"{\")", sub, sl_conf_quote(word, q, sizeof(q)));
                 }
                 filled[o++] = '0';
                 p += w + 1;
@@ -1384,7 +1335,7 @@ static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
             sl_errors_add(errs, "%s: is not JSON once its placeholders are filled "
                           "in (%s, at character %d); write a literal \"}}\" as "
                           "\"}}}}\", or set \"content_type\" if the body is not "
-                          "JSON", sub, sl_escape(jerr.text, sizeof(jerr.text), false,
+                          "JSON", sub, sl_conf_escape(jerr.text, sizeof(jerr.text), false,
                                                  etext, sizeof(etext)),
                           jerr.position);
         json_decref(j);
@@ -1392,108 +1343,169 @@ static void sl_check_reject_body(const char *s, const char *sub, bool json_body,
     free(filled);
 }
 
-static void sl_parse_reject(json_t *v, const char *path, struct sl_upstream_conf *u,
-                            struct sl_errors *errs)
+static void sl_read_content_type(json_t *obj, json_t *v, const char *at,
+                                 const char *sub, void *base,
+                                 const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"status", "body", "content_type", NULL};
-    char sub[800], q[96];
+    struct sl_upstream_conf *u = base;
     const char *s;
-    json_t *f;
-    long long n;
-    bool json_body = true;
+    char q[96];
 
-    if (!json_is_object(v)) {
-        sl_errors_add(errs, "%s: must be an object: {\"status\": 429, \"body\": "
-                      "\"...\", \"content_type\": \"application/json\"}", path);
-        return;
-    }
-    sl_check_keys(v, path, keys, errs);
-    f = json_object_get(v, "status");
-    if (f != NULL) {
-        snprintf(sub, sizeof(sub), "%s.status", path);
-        if (sl_get_int(f, sub, 400, 599, &n, errs) == 0)
-            u->reject_status = (unsigned)n;
-    }
-    f = json_object_get(v, "content_type");
-    if (f != NULL) {
-        snprintf(sub, sizeof(sub), "%s.content_type", path);
-        if (sl_get_string(f, sub, &s, errs) != 0) {
-            json_body = false;
-        } else if (!sl_valid_media_type(s)) {
-            sl_errors_add(errs, "%s: %s is not a media type (\"type/subtype\", "
+    (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) == 0) {
+        if (!sl_valid_media_type(s))
+            sl_errors_add(ctx->errs, "%s: %s is not a media type (\"type/subtype\", "
                           "e.g. \"application/json\" or \"text/plain; "
-                          "charset=utf-8\")", sub, sl_quote(s, q, sizeof(q)));
-            json_body = false;
-        } else {
+                          "charset=utf-8\")", sub, sl_conf_quote(s, q, sizeof(q)));
+        else
             u->reject_content_type = strdup(s);
-            json_body = sl_media_is_json(s);
-        }
-        if (json_object_get(v, "body") == NULL)
-            sl_errors_add(errs, "%s: applies only with \"body\" (sluice's own "
-                          "body is JSON)", sub);
     }
-    f = json_object_get(v, "body");
-    if (f != NULL) {
-        snprintf(sub, sizeof(sub), "%s.body", path);
-        if (sl_get_string(f, sub, &s, errs) == 0) {
-            size_t before = errs->count;
-            sl_check_reject_body(s, sub, json_body, errs);
-            if (errs->count == before)
-                u->reject_body = strdup(s);
-        }
+    if (json_object_get(obj, "body") == NULL)
+        sl_errors_add(ctx->errs, "%s: applies only with \"body\" (sluice's own "
+                      "body is JSON)", sub);
+}
+
+static const struct sl_conf_handler sl_content_type_handler = {
+    sl_read_content_type, NULL,
+};
+
+static void sl_read_reject_body(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s;
+    /* JSON unless a valid content type says otherwise (an invalid one has
+     * its own error: the body is not checked as JSON then). */
+    bool json_body = json_object_get(obj, "content_type") == NULL ||
+                     (u->reject_content_type != NULL &&
+                      sl_media_is_json(u->reject_content_type));
+
+    (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) == 0) {
+        size_t before = ctx->errs->count;
+        sl_check_reject_body(s, sub, json_body, ctx->errs);
+        if (ctx->errs->count == before)
+            u->reject_body = strdup(s);
     }
 }
 
-static void sl_parse_signals(json_t *v, const char *sub, struct sl_upstream_conf *u,
-                             struct sl_errors *errs)
+static const struct sl_conf_handler sl_reject_body_handler = {
+    sl_read_reject_body,
+    "The body of sluice's own over-limit answer is a template: `{upstream}`, "
+    "`{rule}`, `{limit}`, `{window}`, `{retry_after}`, `{message}`, `{app}` "
+    "and `{share}` are replaced (JSON-escaped), `{{` and `}}` are literal "
+    "braces, and any other `{word}` is refused.  At most 8 KiB.  With a JSON "
+    "`content_type` (the default) the body must be JSON once its "
+    "placeholders are filled in.",
+};
+
+static const struct sl_conf_key sl_reject_keys[] = {
+    {.key = "status", .type = SL_CONF_INT,
+     SL_CONF_FIELD(struct sl_upstream_conf, reject_status), .min = 400, .max = 599,
+     .def = "429", .doc = "The status of sluice's answer to an over-limit call."},
+    {.key = "content_type", .type = SL_CONF_STRING,
+     .handler = &sl_content_type_handler, .def = "application/json",
+     .flags = SL_CONF_PROSE,
+     .doc = "The media type of `body` (only with `body`)."},
+    {.key = "body", .type = SL_CONF_STRING, .handler = &sl_reject_body_handler,
+     .def = "sluice's JSON", .flags = SL_CONF_PROSE,
+     .doc = "The body of the answer, a template."},
+};
+
+static const struct sl_conf_table sl_reject_table = SL_CONF_TABLE(
+    "upstreams[].reject",
+    "What a call over a limit gets from sluice (by default 429 with a JSON "
+    "body naming the rule, and an honest `Retry-After`).",
+    sl_reject_keys);
+
+static void sl_read_reject(json_t *obj, json_t *v, const char *at,
+                           const char *sub, void *base,
+                           const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
 {
-    static const char *const skeys[] = {"status", "body_contains", "pause", NULL};
-    size_t i;
-    json_t *js;
+    (void)obj, (void)at, (void)k;
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object: {\"status\": 429, \"body\": "
+                      "\"...\", \"content_type\": \"application/json\"}", sub);
+        return;
+    }
+    sl_conf_read(&sl_reject_table, v, sub, base, ctx);
+}
+
+static const struct sl_conf_handler sl_reject_handler = {sl_read_reject, NULL};
+
+static void sl_read_body_contains(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k,
+                                  struct sl_conf_ctx *ctx)
+{
+    struct sl_limit_signal *sg = base;
     const char *s;
 
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (*s == '\0' || strlen(s) > 1024)
+        sl_errors_add(ctx->errs, "%s: must be 1 to 1024 characters", sub);
+    else
+        sg->body_contains = strdup(s);
+}
+
+static const struct sl_conf_handler sl_body_contains_handler = {
+    sl_read_body_contains, NULL,
+};
+
+static const struct sl_conf_key sl_signal_keys[] = {
+    {.key = "status", .type = SL_CONF_INT,
+     SL_CONF_FIELD(struct sl_limit_signal, status), .min = 100, .max = 599,
+     .flags = SL_CONF_REQUIRED, .doc = "The response status that signals the limit."},
+    {.key = "body_contains", .type = SL_CONF_STRING,
+     .handler = &sl_body_contains_handler,
+     .doc = "... only when the body holds this text (1 to 1024 characters, "
+            "searched in the first 64 KiB), e.g. `\"REQUEST_LIMIT_EXCEEDED\"`."},
+    {.key = "pause", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_limit_signal, pause_us), .min = 0, .max = SL_DAYS(7),
+     .def = "the upstream's default_pause", .flags = SL_CONF_PROSE,
+     .doc = "How long the upstream pauses when no `Retry-After` comes with it."},
+};
+
+static const struct sl_conf_table sl_signal_table = SL_CONF_TABLE(
+    "upstreams[].limit_signals[]",
+    "A response that means \"over the limit\" although it is not a 429 (a "
+    "403 with `REQUEST_LIMIT_EXCEEDED`, say): every instance pauses the "
+    "upstream, as for a 429.",
+    sl_signal_keys);
+
+static void sl_read_signals(json_t *obj, json_t *v, const char *at,
+                            const char *sub, void *base,
+                            const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    size_t i;
+    json_t *js;
+
+    (void)obj, (void)at, (void)k;
     if (!json_is_array(v) || json_array_size(v) > 16) {
-        sl_errors_add(errs, "%s: must be an array of at most 16 signals", sub);
+        sl_errors_add(ctx->errs, "%s: must be an array of at most 16 signals", sub);
         return;
     }
     if (json_array_size(v) == 0)
         return;
     u->signals = calloc(json_array_size(v), sizeof(*u->signals));
     json_array_foreach(v, i, js) {
-        char ssub[900], fsub[960];
-        long long st;
-        json_t *f;
+        char ssub[900];
         snprintf(ssub, sizeof(ssub), "%.200s[%zu]", sub, i);
         if (!json_is_object(js) || u->signals == NULL) {
-            sl_errors_add(errs, "%s: a signal must be an object", ssub);
+            sl_errors_add(ctx->errs, "%s: a signal must be an object", ssub);
             continue;
         }
-        sl_check_keys(js, ssub, skeys, errs);
         struct sl_limit_signal *sg = &u->signals[u->nsignals++];
         sg->pause_us = -1;
-        f = json_object_get(js, "status");
-        snprintf(fsub, sizeof(fsub), "%s.status", ssub);
-        if (f == NULL)
-            sl_errors_add(errs, "%s: is required", fsub);
-        else if (sl_get_int(f, fsub, 100, 599, &st, errs) == 0)
-            sg->status = (unsigned)st;
-        f = json_object_get(js, "body_contains");
-        if (f != NULL) {
-            snprintf(fsub, sizeof(fsub), "%s.body_contains", ssub);
-            if (sl_get_string(f, fsub, &s, errs) == 0) {
-                if (*s == '\0' || strlen(s) > 1024)
-                    sl_errors_add(errs, "%s: must be 1 to 1024 characters", fsub);
-                else
-                    sg->body_contains = strdup(s);
-            }
-        }
-        f = json_object_get(js, "pause");
-        if (f != NULL) {
-            snprintf(fsub, sizeof(fsub), "%s.pause", ssub);
-            sl_get_duration(f, fsub, 0, SL_DAYS(7), false, &sg->pause_us, errs);
-        }
+        sl_conf_read(&sl_signal_table, js, ssub, sg, ctx);
     }
 }
+
+static const struct sl_conf_handler sl_signals_handler = {sl_read_signals, NULL};
 
 /*
  * Check that FILE is a readable regular file with at least one PEM
@@ -1561,244 +1573,359 @@ out:
     return result;
 }
 
-static void sl_parse_upstream_id(json_t *ju, const char *path,
-                                 struct sl_upstream_conf *u, struct sl_errors *errs)
+static void sl_read_upstream_name(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k,
+                                  struct sl_conf_ctx *ctx)
 {
-    char sub[768], q[96], why[320];
-    const char *s, *flaw;
-    json_t *v;
+    struct sl_upstream_conf *u = base;
+    const char *s;
+    char q[96];
+    bool ok;
 
-    snprintf(sub, sizeof(sub), "%s.name", path);
-    v = json_object_get(ju, "name");
-    if (v == NULL)
-        sl_errors_add(errs, "%s: is required", sub);
-    else if (sl_get_string(v, sub, &s, errs) == 0) {
-        bool ok = *s != '\0' && strlen(s) <= 64;
-        for (const char *c = s; *c; c++)
-            if (!sl_is_alnum((unsigned char)*c) && !strchr("-_.", *c))
-                ok = false;
-        if (!ok)
-            sl_errors_add(errs, "%s: %s must be 1 to 64 letters, digits, "
-                          "'-', '_' or '.'", sub, sl_quote(s, q, sizeof(q)));
-        else
-            u->name = strdup(s);
-    }
-
-    snprintf(sub, sizeof(sub), "%s.prefix", path);
-    v = json_object_get(ju, "prefix");
-    if (v == NULL)
-        sl_errors_add(errs, "%s: is required", sub);
-    else if (sl_get_string(v, sub, &s, errs) == 0) {
-        if ((flaw = sl_prefix_flaw(s, why, sizeof(why))) != NULL)
-            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
-        else {
-            u->prefix = strdup(s);
-            u->prefix_len = strlen(s);
-        }
-    }
-
-    snprintf(sub, sizeof(sub), "%s.url", path);
-    v = json_object_get(ju, "url");
-    if (v == NULL)
-        sl_errors_add(errs, "%s: is required", sub);
-    else if (sl_get_string(v, sub, &s, errs) == 0) {
-        size_t base = 0;
-        if ((flaw = sl_url_flaw(s, why, sizeof(why), &base)) != NULL)
-            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
-        else
-            u->url = strndup(s, base);
-    }
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    ok = *s != '\0' && strlen(s) <= 64;
+    for (const char *c = s; *c; c++)
+        if (!sl_is_alnum((unsigned char)*c) && !strchr("-_.", *c))
+            ok = false;
+    if (!ok)
+        sl_errors_add(ctx->errs, "%s: %s must be 1 to 64 letters, digits, "
+                      "'-', '_' or '.'", sub, sl_conf_quote(s, q, sizeof(q)));
+    else
+        u->name = strdup(s);
 }
 
-static void sl_parse_upstream(json_t *ju, const char *path,
-                              struct sl_upstream_conf *u, struct sl_errors *errs)
-{
-    static const char *const keys[] = {"name", "prefix", "url", "on_limit",
-                                       "max_wait", "max_queue", "limit_signals",
-                                       "default_pause", "retry_on_limit",
-                                       "retry_unsafe", "tls_verify", "ca_file",
-                                       "connect_timeout", "timeout", "margin",
-                                       "path_case", "reject", "rules", "app",
-                                       "forward_app_header", "apps", "priority",
-                                       "priority_aging", NULL};
-    char sub[768], q[96], why[256];
-    json_t *v;
-    const char *s;
+static const struct sl_conf_handler sl_upstream_name_handler = {
+    sl_read_upstream_name, NULL,
+};
 
-    u->tls_verify = true;
-    u->connect_timeout_us = SL_SECONDS(5);
-    u->timeout_us = SL_SECONDS(60);
+static void sl_read_prefix(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s, *flaw;
+    char q[96], why[320];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if ((flaw = sl_prefix_flaw(s, why, sizeof(why))) != NULL) {
+        sl_errors_add(ctx->errs, "%s: %s %s", sub, sl_conf_quote(s, q, sizeof(q)),
+                      flaw);
+        return;
+    }
+    u->prefix = strdup(s);
+    u->prefix_len = strlen(s);
+}
+
+static const struct sl_conf_handler sl_prefix_handler = {
+    sl_read_prefix,
+    "An upstream's `prefix` is matched at a `/` boundary (`/leads` takes "
+    "`/leads` and `/leads/...`, not `/leadsx`) and removed before the call "
+    "is forwarded to `url` and before its rules match; `\"/\"` routes every "
+    "call.  It is plain path characters (no `*`, escapes, `;`, `?`, `#`, "
+    "spaces, empty or dot segments), starts with `/` and does not end with "
+    "one.  Prefixes are unique.",
+};
+
+static void sl_read_url(json_t *obj, json_t *v, const char *at, const char *sub,
+                        void *base, const struct sl_conf_key *k,
+                        struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s, *flaw;
+    char q[96], why[320];
+    size_t len = 0;
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if ((flaw = sl_url_flaw(s, why, sizeof(why), &len)) != NULL)
+        sl_errors_add(ctx->errs, "%s: %s %s", sub, sl_conf_quote(s, q, sizeof(q)),
+                      flaw);
+    else
+        u->url = strndup(s, len);
+}
+
+static const struct sl_conf_handler sl_url_handler = {
+    sl_read_url,
+    "An upstream's `url` is an `http://` or `https://` URL with a plain host "
+    "(a host name, an IPv4 address or a bracketed IPv6 literal), an optional "
+    "port and an optional base path of plain characters; no credentials, "
+    "query or fragment.  A call to `PREFIX/REST` goes to `URL/REST`.  Only "
+    "configured upstreams are reachable.",
+};
+
+static void sl_read_ca_file(json_t *obj, json_t *v, const char *at,
+                            const char *sub, void *base,
+                            const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s, *flaw;
+    char q[96], why[256];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    flaw = sl_ca_file_flaw(s, why, sizeof(why));
+    if (flaw != NULL)
+        sl_errors_add(ctx->errs, "%s: %s %s", sub, sl_conf_quote(s, q, sizeof(q)),
+                      flaw);
+    else
+        u->ca_file = strdup(s);
+}
+
+static const struct sl_conf_handler sl_ca_file_handler = {sl_read_ca_file, NULL};
+
+static void sl_read_upstream_app(json_t *obj, json_t *v, const char *at,
+                                 const char *sub, void *base,
+                                 const struct sl_conf_key *k,
+                                 struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+
+    (void)obj, (void)at, (void)k;
+    sl_parse_app(v, sub, &u->app_kind, &u->app_header, ctx->errs);
+}
+
+/* The prose of "app", wherever it is set. */
+#define SL_APP_DOC                                                             \
+    "`app` says which app a call comes from, for shares, priorities, "         \
+    "`/status` and `/metrics`: `\"header:NAME\"` the value of a request "      \
+    "header (e.g. `\"header:X-App\"`), `\"client_ip\"` the peer address, "     \
+    "`\"none\"` every call is app `-`.  An upstream's own `app` overrides the " \
+    "top level's.  At most `max_apps` distinct names are tracked; the rest "   \
+    "count as `other`.  The header is removed from the forwarded call unless " \
+    "`forward_app_header` is true."
+
+static const struct sl_conf_handler sl_upstream_app_handler = {
+    sl_read_upstream_app, SL_APP_DOC,
+};
+
+static void sl_read_upstream_apps(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k,
+                                  struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+
+    (void)obj, (void)at, (void)k;
+    sl_parse_shares(v, sub, true, &u->apps, &u->napps, ctx);
+}
+
+static const struct sl_conf_handler sl_upstream_apps_handler = {
+    sl_read_upstream_apps, NULL,
+};
+
+static void sl_read_priority(json_t *obj, json_t *v, const char *at,
+                             const char *sub, void *base,
+                             const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7) && strlen(s + 7) <= 64)
+        u->priority_header = strdup(s + 7);
+    else
+        sl_errors_add(ctx->errs, "%s: %s must be \"header:NAME\" (a header "
+                      "whose value is a level from 0 to %d; the apps' "
+                      "own priorities are set in \"apps\")", sub,
+                      sl_conf_quote(s, q, sizeof(q)), SL_PRIORITY_LEVELS - 1);
+}
+
+static const struct sl_conf_handler sl_priority_handler = {
+    sl_read_priority,
+    "Held calls leave the queue by priority, 0 (lowest) to 9, then in "
+    "arrival order.  An app's priority is set in the upstream's `apps`; "
+    "`\"priority\": \"header:NAME\"` lets a call carry its own level in that "
+    "header instead.  With `priority_aging` a held call goes up one level "
+    "each time that much has passed, so low priorities are never starved.",
+};
+
+static void sl_read_rules(json_t *obj, json_t *v, const char *at, const char *sub,
+                          void *base, const struct sl_conf_key *k,
+                          struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    struct sl_errors *errs = ctx->errs;
+    size_t i;
+    json_t *jr, *names;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (!json_is_array(v)) {
+        sl_errors_add(errs, "%s: must be an array of rules", sub);
+        return;
+    }
+    if (json_array_size(v) > 64) {
+        sl_errors_add(errs, "%s: at most 64 rules per upstream", sub);
+        return;
+    }
+    if (json_array_size(v) == 0)
+        return;
+    names = json_object();
+    u->rules = calloc(json_array_size(v), sizeof(*u->rules));
+    if (u->rules == NULL || names == NULL) {
+        sl_errors_add(errs, "%s: out of memory", sub);
+        json_decref(names);
+        return;
+    }
+    u->nrules = json_array_size(v);
+    ctx->u = u;
+    json_array_foreach(v, i, jr) {
+        char rsub[160];
+        struct sl_rule *r = &u->rules[i];
+        json_t *prev;
+        snprintf(rsub, sizeof(rsub), "%.120s[%zu]", sub, i);
+        r->index = i;
+        sl_parse_rule(jr, rsub, r, ctx);
+        if (r->name == NULL)
+            continue;
+        if ((prev = json_object_get(names, r->name)) != NULL)
+            sl_errors_add(errs, "%s.name: %s is already the name "
+                          "of rules[%lld]", rsub, sl_conf_quote(r->name, q, sizeof(q)),
+                          (long long)json_integer_value(prev));
+        else
+            json_object_set_new(names, r->name, json_integer((json_int_t)i));
+    }
+    json_decref(names);
+}
+
+static const struct sl_conf_handler sl_rules_handler = {sl_read_rules, NULL};
+
+static const struct sl_conf_key sl_upstream_keys[] = {
+    {.key = "name", .type = SL_CONF_STRING, .handler = &sl_upstream_name_handler,
+     .flags = SL_CONF_REQUIRED,
+     .doc = "1 to 64 letters, digits, `-`, `_` or `.`; unique."},
+    {.key = "prefix", .type = SL_CONF_STRING, .handler = &sl_prefix_handler,
+     .flags = SL_CONF_REQUIRED,
+     .doc = "Path prefix that routes to this upstream, e.g. `\"/leads\"`; the "
+            "longest matching prefix wins; `\"/\"` routes everything not routed "
+            "elsewhere."},
+    {.key = "url", .type = SL_CONF_STRING, .handler = &sl_url_handler,
+     .flags = SL_CONF_REQUIRED,
+     .doc = "`http://` or `https://` base URL; a path in it is kept as a base "
+            "(with `\"https://h/base\"`, `/leads/x?y=1` goes to "
+            "`https://h/base/x?y=1`)."},
+    {.key = "on_limit", .type = SL_CONF_WORD, .words = sl_on_limit_words,
+     SL_CONF_FIELD(struct sl_upstream_conf, on_limit), .def = "reject",
+     .doc = "Over a limit: `reject` (429 at once, with `Retry-After`) or "
+            "`queue` (hold the call until there is room)."},
+    {.key = "max_wait", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, max_wait_us), .min = 0,
+     .max = SL_HOURS(24), .def = "30s",
+     .doc = "Queue mode: the longest a call is held; then it gets a 429."},
+    {.key = "max_queue", .type = SL_CONF_INT,
+     SL_CONF_FIELD(struct sl_upstream_conf, max_queue), .min = 0, .max = 10000000,
+     .def = "10000",
+     .doc = "Queue mode: calls held for this upstream by one instance; past it, 429."},
+    {.key = "default_pause", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, default_pause_us), .min = 0,
+     .max = SL_DAYS(7), .def = "60s",
+     .doc = "Pause after a 429 without `Retry-After`, and for signals without "
+            "their own `pause`."},
+    {.key = "retry_on_limit", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_upstream_conf, retry_on_limit), .def = "false",
+     .doc = "After a limit response, hold the call and send it again when the "
+            "pause is over, so the client sees one success (idempotent methods "
+            "only; request bodies up to 64 KiB; at most 3 times)."},
+    {.key = "retry_unsafe", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_upstream_conf, retry_unsafe), .def = "false",
+     .doc = "With `retry_on_limit`: retry non-idempotent methods (POST, PATCH) too."},
+    {.key = "limit_signals", .type = SL_CONF_ARRAY, .handler = &sl_signals_handler,
+     .doc = "At most 16 responses that mean \"over the limit\" (see "
+            "`upstreams[].limit_signals[]`)."},
+    {.key = "tls_verify", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_upstream_conf, tls_verify), .def = "true",
+     .doc = "Verify the upstream's certificate and host name."},
+    {.key = "ca_file", .type = SL_CONF_STRING, .handler = &sl_ca_file_handler,
+     .def = "the system's store", .flags = SL_CONF_PROSE,
+     .doc = "PEM bundle to verify the upstream with: a file holding at least one "
+            "`-----BEGIN CERTIFICATE-----` block (a directory or a key file is "
+            "refused)."},
+    {.key = "connect_timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, connect_timeout_us), .min = 0,
+     .max = SL_MINUTES(10), .def = "5s",
+     .doc = "Connecting to the upstream (502/504 past it)."},
+    {.key = "timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, timeout_us), .min = 0,
+     .max = SL_HOURS(24), .def = "60s", .flags = SL_CONF_ZERO_OK,
+     .doc = "The whole upstream exchange; `0` for none.  Past it: 504 (or a cut "
+            "response if it was already streaming)."},
+    {.key = "margin", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, margin_us), .min = 0,
+     .max = SL_SECONDS(10), .def = "min(100ms, window / 20)",
+     .flags = SL_CONF_ZERO_OK | SL_CONF_PROSE,
+     .doc = "Allowance for network jitter: admission uses `window + margin`, "
+            "calls are stamped when sent, and the provider, counting arrivals, "
+            "sees at most `limit` per `window` while the one-way delay varies by "
+            "less than `margin` (a 5-minute window gives up 0.03% of its "
+            "throughput by default, a 1 s window 5%).  With `0` a saturated "
+            "window overshoots by a call whenever a call reaches the provider "
+            "faster than the one whose room it took; raise it for a provider far "
+            "away or a shaky link."},
+    {.key = "path_case", .type = SL_CONF_WORD,
+     .words = (const char *const[]){"insensitive", "sensitive", NULL},
+     SL_CONF_FIELD(struct sl_upstream_conf, path_case_sensitive),
+     .def = "insensitive",
+     .doc = "Rules match paths case-insensitively by default, so a rule cannot "
+            "be dodged by letter case; `\"sensitive\"` when the upstream "
+            "distinguishes case and rules need to."},
+    {.key = "app", .type = SL_CONF_STRING, .handler = &sl_upstream_app_handler,
+     .def = "the top level's", .flags = SL_CONF_PROSE,
+     .doc = "Which app a call comes from, for this upstream."},
+    {.key = "forward_app_header", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_upstream_conf, forward_app_header),
+     .def = "the top level's", .flags = SL_CONF_PROSE | SL_CONF_SET,
+     .set_offset = offsetof(struct sl_upstream_conf, forward_app_set),
+     .doc = "Keep the `app` header on the forwarded call."},
+    {.key = "reject", .type = SL_CONF_OBJECT, .handler = &sl_reject_handler,
+     .doc = "sluice's answer to an over-limit call (see `upstreams[].reject`)."},
+    {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_upstream_apps_handler,
+     .doc = "Default shares of the rate rules, and queue priorities, by app "
+            "(see `upstreams[].apps.APP`)."},
+    {.key = "priority", .type = SL_CONF_STRING, .handler = &sl_priority_handler,
+     .doc = "`\"header:NAME\"`: a call's queue priority (a digit 0 to 9) is read "
+            "from that header; without it (or with another value) the app's "
+            "`priority` in `apps` applies, else 0."},
+    {.key = "priority_aging", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_upstream_conf, priority_aging_us), .min = 0,
+     .max = SL_HOURS(24), .def = "0", .flags = SL_CONF_ZERO_OK,
+     .doc = "A held call goes up one priority level this often (0: never)."},
+    {.key = "rules", .type = SL_CONF_ARRAY, .handler = &sl_rules_handler,
+     .doc = "At most 64 rules (see `upstreams[].rules[]`); none: calls are only "
+            "paused when the provider asks."},
+};
+
+static const struct sl_conf_table sl_upstream_table = SL_CONF_TABLE(
+    "upstreams[]",
+    "A provider sluice forwards to: calls to `prefix` go to `url`, within "
+    "its `rules`.  When the provider itself signals a limit (429 or 503 with "
+    "`Retry-After`, or a `limit_signals` match), every instance pauses the "
+    "upstream.",
+    sl_upstream_keys);
+
+static void sl_parse_upstream(json_t *ju, const char *path,
+                              struct sl_upstream_conf *u, struct sl_conf_ctx *ctx)
+{
     u->margin_us = SL_MARGIN_AUTO;
-    u->max_wait_us = SL_SECONDS(30);
-    u->max_queue = 10000;
-    u->default_pause_us = SL_SECONDS(60);
-    u->reject_status = 429;
+    sl_conf_defaults(&sl_reject_table, u);
     u->pause_rule.name = strdup("upstream-pause");
     u->pause_rule.kind = SL_RULE_PAUSE;
     u->pause_rule.limit = 1;
     u->pause_rule.per_capture = -1;
     if (!json_is_object(ju)) {
-        sl_errors_add(errs, "%s: an upstream must be an object", path);
+        sl_errors_add(ctx->errs, "%s: an upstream must be an object", path);
         return;
     }
-    sl_check_keys(ju, path, keys, errs);
-    sl_parse_upstream_id(ju, path, u, errs);
-
-    v = json_object_get(ju, "on_limit");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.on_limit", path);
-        sl_get_on_limit(v, sub, &u->on_limit, errs);
-    }
-    v = json_object_get(ju, "max_wait");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.max_wait", path);
-        sl_get_duration(v, sub, 0, SL_HOURS(24), false, &u->max_wait_us, errs);
-    }
-    v = json_object_get(ju, "max_queue");
-    if (v != NULL) {
-        long long n;
-        snprintf(sub, sizeof(sub), "%s.max_queue", path);
-        if (sl_get_int(v, sub, 0, 10000000LL, &n, errs) == 0)
-            u->max_queue = (unsigned)n;
-    }
-    v = json_object_get(ju, "default_pause");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.default_pause", path);
-        sl_get_duration(v, sub, 0, SL_DAYS(7), false, &u->default_pause_us, errs);
-    }
-    v = json_object_get(ju, "retry_on_limit");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.retry_on_limit", path);
-        sl_get_bool(v, sub, &u->retry_on_limit, errs);
-    }
-    v = json_object_get(ju, "retry_unsafe");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.retry_unsafe", path);
-        sl_get_bool(v, sub, &u->retry_unsafe, errs);
-    }
-    v = json_object_get(ju, "limit_signals");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.limit_signals", path);
-        sl_parse_signals(v, sub, u, errs);
-    }
-
-    v = json_object_get(ju, "tls_verify");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.tls_verify", path);
-        sl_get_bool(v, sub, &u->tls_verify, errs);
-    }
-    v = json_object_get(ju, "ca_file");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.ca_file", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            const char *flaw = sl_ca_file_flaw(s, why, sizeof(why));
-            if (flaw != NULL)
-                sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)),
-                              flaw);
-            else
-                u->ca_file = strdup(s);
-        }
-    }
-    v = json_object_get(ju, "connect_timeout");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.connect_timeout", path);
-        sl_get_duration(v, sub, 0, SL_MINUTES(10), false, &u->connect_timeout_us,
-                        errs);
-    }
-    v = json_object_get(ju, "timeout");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.timeout", path);
-        sl_get_duration(v, sub, 0, SL_HOURS(24), true, &u->timeout_us, errs);
-    }
-    v = json_object_get(ju, "margin");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.margin", path);
-        sl_get_duration(v, sub, 0, SL_SECONDS(10), true, &u->margin_us, errs);
-    }
-    v = json_object_get(ju, "path_case");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.path_case", path);
-        sl_get_either(v, sub, "insensitive", "sensitive", &u->path_case_sensitive,
-                      errs);
-    }
-    v = json_object_get(ju, "app");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.app", path);
-        sl_parse_app(v, sub, &u->app_kind, &u->app_header, errs);
-    }
-    v = json_object_get(ju, "forward_app_header");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.forward_app_header", path);
-        if (sl_get_bool(v, sub, &u->forward_app_header, errs) == 0)
-            u->forward_app_set = true;
-    }
-    v = json_object_get(ju, "reject");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.reject", path);
-        sl_parse_reject(v, sub, u, errs);
-    }
-
-    v = json_object_get(ju, "apps");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.apps", path);
-        sl_parse_shares(v, sub, true, &u->apps, &u->napps, errs);
-    }
-    v = json_object_get(ju, "priority");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.priority", path);
-        if (sl_get_string(v, sub, &s, errs) == 0) {
-            if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7) &&
-                strlen(s + 7) <= 64)
-                u->priority_header = strdup(s + 7);
-            else
-                sl_errors_add(errs, "%s: %s must be \"header:NAME\" (a header "
-                              "whose value is a level from 0 to %d; the apps' "
-                              "own priorities are set in \"apps\")", sub,
-                              sl_quote(s, q, sizeof(q)), SL_PRIORITY_LEVELS - 1);
-        }
-    }
-    v = json_object_get(ju, "priority_aging");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.priority_aging", path);
-        sl_get_duration(v, sub, 0, SL_HOURS(24), true, &u->priority_aging_us, errs);
-    }
-
-    v = json_object_get(ju, "rules");
-    if (v != NULL) {
-        snprintf(sub, sizeof(sub), "%s.rules", path);
-        if (!json_is_array(v)) {
-            sl_errors_add(errs, "%s: must be an array of rules", sub);
-        } else if (json_array_size(v) > 64) {
-            sl_errors_add(errs, "%s: at most 64 rules per upstream", sub);
-        } else if (json_array_size(v) > 0) {
-            size_t i;
-            json_t *jr, *names = json_object();
-            u->rules = calloc(json_array_size(v), sizeof(*u->rules));
-            if (u->rules == NULL || names == NULL) {
-                sl_errors_add(errs, "%s: out of memory", sub);
-                json_decref(names);
-                return;
-            }
-            u->nrules = json_array_size(v);
-            json_array_foreach(v, i, jr) {
-                char rsub[160];
-                struct sl_rule *r = &u->rules[i];
-                json_t *prev;
-                snprintf(rsub, sizeof(rsub), "%.120s[%zu]", sub, i);
-                r->index = i;
-                sl_parse_rule(jr, rsub, u, r, errs);
-                if (r->name == NULL)
-                    continue;
-                if ((prev = json_object_get(names, r->name)) != NULL)
-                    sl_errors_add(errs, "%s.name: %s is already the name "
-                                  "of rules[%lld]", rsub, sl_quote(r->name, q, sizeof(q)),
-                                  (long long)json_integer_value(prev));
-                else
-                    json_object_set_new(names, r->name, json_integer((json_int_t)i));
-            }
-            json_decref(names);
-        }
-    }
+    sl_conf_read(&sl_upstream_table, ju, path, u, ctx);
     /* The implicit pause rule (after the rules: its index is nrules).  It
      * has no window, so no span. */
     u->pause_rule.index = u->nrules;
@@ -1925,18 +2052,56 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
 
 /* ---- the whole file ---- */
 
-static void sl_parse_store(json_t *root, bool apply_env, struct sl_config *c,
-                           struct sl_errors *errs)
+/* " (from NAME)" when ENV, row K's environment variable, gave the value;
+ * else "".  Into BUF. */
+static const char *sl_from_env(const struct sl_conf_key *k, const char *env,
+                               char *buf, size_t len)
 {
-    const char *s, *env;
-    char q[96];
-    json_t *v;
+    if (env == NULL || *env == '\0')
+        return "";
+    snprintf(buf, len, " (from %s)", k->env);
+    return buf;
+}
 
-    s = "memory";
-    v = json_object_get(root, "store");
+static void sl_read_listen(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s = k->def, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+
+    (void)obj, (void)at;
     if (v != NULL)
-        sl_get_string(v, "store", &s, errs);
-    env = apply_env ? getenv("SLUICE_STORE") : NULL;
+        sl_conf_get_string(v, sub, &s, ctx->errs);
+    if (env != NULL && *env)
+        s = env;
+    c->listen = strdup(s);
+    if (sl_config_split_listen(s, &c->listen_host, &c->listen_port) != 0)
+        sl_errors_add(ctx->errs, "%s%s: %s is not HOST:PORT (e.g. "
+                      "\"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\")", sub,
+                      sl_from_env(k, env, from, sizeof(from)),
+                      sl_conf_quote(s, q, sizeof(q)));
+}
+
+static const struct sl_conf_handler sl_listen_handler = {
+    sl_read_listen,
+    "`listen` is `HOST:PORT`, `[IPV6]:PORT` or `:PORT` (every address).  "
+    "Apps call sluice there instead of the provider "
+    "(`https://api.provider.com` becomes `http://localhost:8080/PREFIX`).",
+};
+
+static void sl_read_store(json_t *obj, json_t *v, const char *at, const char *sub,
+                          void *base, const struct sl_conf_key *k,
+                          struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s = k->def, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+
+    (void)obj, (void)at;
+    if (v != NULL)
+        sl_conf_get_string(v, sub, &s, ctx->errs);
     if (env != NULL && *env)
         s = env;
     c->store = strdup(s);
@@ -1947,65 +2112,105 @@ static void sl_parse_store(json_t *root, bool apply_env, struct sl_config *c,
         c->store_kind = SL_STORE_REDIS;
         if (sl_config_parse_redis_url(s, c, &why) != 0) {
             /* Never echo a URL that may hold a password. */
-            sl_errors_add(errs, "store%s: %s", env && *env ? " (from SLUICE_STORE)" : "",
-                          why);
+            sl_errors_add(ctx->errs, "%s%s: %s", sub,
+                          sl_from_env(k, env, from, sizeof(from)), why);
             if (strncmp(s, "redis", 5) != 0 && strchr(s, '@') == NULL)
-                sl_errors_add(errs, "store: %s is neither \"memory\" nor a "
-                              "redis:// URL", sl_quote(s, q, sizeof(q)));
+                sl_errors_add(ctx->errs, "%s: %s is neither \"memory\" nor a "
+                              "redis:// URL", sub, sl_conf_quote(s, q, sizeof(q)));
         }
-    }
-
-    c->store_prefix = strdup("sluice:");
-    v = json_object_get(root, "store_prefix");
-    if (v != NULL && sl_get_string(v, "store_prefix", &s, errs) == 0) {
-        if (strpbrk(s, "{}") != NULL || strlen(s) > 64)
-            sl_errors_add(errs, "store_prefix: %s must be at most 64 "
-                          "characters without '{' or '}' (sluice adds its own "
-                          "hash tags)", sl_quote(s, q, sizeof(q)));
-        else {
-            free(c->store_prefix);
-            c->store_prefix = strdup(s);
-        }
-    }
-    c->on_store_error = SL_STORE_ERROR_LOCAL;
-    v = json_object_get(root, "on_store_error");
-    if (v != NULL && sl_get_string(v, "on_store_error", &s, errs) == 0) {
-        if (strcmp(s, "local") == 0)
-            c->on_store_error = SL_STORE_ERROR_LOCAL;
-        else if (strcmp(s, "deny") == 0)
-            c->on_store_error = SL_STORE_ERROR_DENY;
-        else if (strcmp(s, "allow") == 0)
-            c->on_store_error = SL_STORE_ERROR_ALLOW;
-        else
-            sl_errors_add(errs, "on_store_error: %s must be \"local\", "
-                          "\"deny\" or \"allow\"", sl_quote(s, q, sizeof(q)));
-    }
-    v = json_object_get(root, "store_timeout");
-    if (v != NULL)
-        sl_get_duration(v, "store_timeout", SL_USEC_PER_MSEC, SL_SECONDS(60),
-                        false, &c->store_timeout_us, errs);
-    v = json_object_get(root, "concurrency_lease");
-    if (v != NULL)
-        sl_get_duration(v, "concurrency_lease", 300 * SL_USEC_PER_MSEC,
-                        SL_HOURS(1), false, &c->lease_ttl_us, errs);
-    v = json_object_get(root, "local_share");
-    if (v != NULL) {
-        char brief[96];
-        sl_json_brief(v, brief, sizeof(brief));
-        if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
-            json_number_value(v) > 1.0)
-            sl_errors_add(errs, "local_share: %s must be a number more than 0 "
-                          "and at most 1 (the fraction of each limit one "
-                          "instance uses while Redis is away)", brief);
-        else
-            c->local_share = json_number_value(v);
     }
 }
 
-/*
- * The upstreams, with duplicate names and prefixes found through two
- * hash sets (name -> index), not by comparing every pair.
- */
+static const struct sl_conf_handler sl_store_handler = {
+    sl_read_store,
+    "`store` keeps the limits' state: `\"memory\"` in this process (one "
+    "instance), or `\"redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]\"` (port "
+    "6379 and database 0 by default; user and password percent-decoded), "
+    "shared by every instance that names it, so they spend one budget "
+    "exactly; time then comes from Redis.  `rediss://` (TLS) is not "
+    "supported: use a private network or a local TLS tunnel.  An error "
+    "never echoes the URL, which may hold a password.",
+};
+
+static void sl_read_store_prefix(json_t *obj, json_t *v, const char *at,
+                                 const char *sub, void *base,
+                                 const struct sl_conf_key *k,
+                                 struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (strpbrk(s, "{}") != NULL || strlen(s) > 64) {
+        sl_errors_add(ctx->errs, "%s: %s must be at most 64 characters without "
+                      "'{' or '}' (sluice adds its own hash tags)", sub,
+                      sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    free(c->store_prefix);
+    c->store_prefix = strdup(s);
+}
+
+static const struct sl_conf_handler sl_store_prefix_handler = {
+    sl_read_store_prefix, NULL,
+};
+
+static void sl_read_local_share(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k,
+                                struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    char brief[96];
+
+    (void)obj, (void)at, (void)k;
+    sl_conf_brief(v, brief, sizeof(brief));
+    if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
+        json_number_value(v) > 1.0)
+        sl_errors_add(ctx->errs, "%s: %s must be a number more than 0 and at most "
+                      "1 (the fraction of each limit one instance uses while "
+                      "Redis is away)", sub, brief);
+    else
+        c->local_share = json_number_value(v);
+}
+
+static const struct sl_conf_handler sl_local_share_handler = {
+    sl_read_local_share, NULL,
+};
+
+/* A size: "64MB" or a number of bytes, into the uint64_t field of K. */
+static void sl_read_size(json_t *obj, json_t *v, const char *at, const char *sub,
+                         void *base, const struct sl_conf_key *k,
+                         struct sl_conf_ctx *ctx)
+{
+    uint64_t *out = (uint64_t *)(void *)((char *)base + k->offset);
+    bool memory = strcmp(k->key, "memory_limit") == 0;
+    char brief[96];
+
+    (void)obj, (void)at;
+    if (json_is_integer(v) && json_integer_value(v) >= (memory ? 1 : 0))
+        *out = (uint64_t)json_integer_value(v);
+    else if (!json_is_string(v) || sl_size_parse(json_string_value(v), out) != 0 ||
+             (memory && *out == 0)) {
+        sl_conf_brief(v, brief, sizeof(brief));
+        sl_errors_add(ctx->errs, "%s: %s is not a size (write e.g. \"64MB\"%s)",
+                      sub, brief, memory ? " or a number of bytes"
+                                         : ", or 0 to keep responses in memory only");
+    }
+    if (memory && *out < (uint64_t)k->min)
+        sl_errors_add(ctx->errs, "%s: must be at least 64KB", sub);
+}
+
+static const struct sl_conf_handler sl_size_handler = {
+    sl_read_size,
+    "A size is a number of bytes or a string with a unit: `\"64KB\"`, "
+    "`\"64MB\"`, `\"1GB\"` (K, M and G are powers of 1024; `KiB`, `MiB`, "
+    "`GiB` too).",
+};
+
 /* ---- app identity, the admin listener, alerts ---- */
 
 /* "app": "header:NAME", "client_ip" or "none". */
@@ -2015,7 +2220,7 @@ static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
     const char *s;
     char q[96];
 
-    if (sl_get_string(v, path, &s, errs) != 0)
+    if (sl_conf_get_string(v, path, &s, errs) != 0)
         return;
     if (strcmp(s, "client_ip") == 0) {
         *kind = SL_APP_CLIENT_IP;
@@ -2028,9 +2233,61 @@ static void sl_parse_app(json_t *v, const char *path, enum sl_app_kind *kind,
         *header = strdup(s + 7);
     } else {
         sl_errors_add(errs, "%s: %s must be \"header:NAME\", \"client_ip\" or "
-                      "\"none\"", path, sl_quote(s, q, sizeof(q)));
+                      "\"none\"", path, sl_conf_quote(s, q, sizeof(q)));
     }
 }
+
+/* The top level's "app", its default from the row when absent. */
+static void sl_read_app(json_t *obj, json_t *v, const char *at, const char *sub,
+                        void *base, const struct sl_conf_key *k,
+                        struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    json_t *def = v == NULL ? json_string(k->def) : NULL;
+
+    (void)obj, (void)at;
+    sl_parse_app(v != NULL ? v : def, sub, &c->app_kind, &c->app_header, ctx->errs);
+    json_decref(def);
+}
+
+static const struct sl_conf_handler sl_app_handler = {sl_read_app, SL_APP_DOC};
+
+static void sl_read_admin_listen(json_t *obj, json_t *v, const char *at,
+                                 const char *sub, void *base,
+                                 const struct sl_conf_key *k,
+                                 struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+
+    (void)obj, (void)at;
+    if (env != NULL && *env != '\0') {
+        s = env;
+    } else if (v == NULL) {
+        sl_errors_add(ctx->errs, "%s: missing (e.g. \"127.0.0.1:9901\")", sub);
+        return;
+    } else if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0) {
+        return;
+    }
+    c->admin_listen = strdup(s);
+    if (sl_config_split_listen(s, &c->admin_host, &c->admin_port) != 0)
+        sl_errors_add(ctx->errs, "%s%s: %s is not HOST:PORT (e.g. "
+                      "\"127.0.0.1:9901\")", sub, sl_from_env(k, env, from, sizeof(from)),
+                      sl_conf_quote(s, q, sizeof(q)));
+}
+
+static const struct sl_conf_handler sl_admin_listen_handler = {
+    sl_read_admin_listen,
+    "The admin listener serves `/status` (JSON), the usage page, `/metrics` "
+    "(Prometheus), `/history`, `/reload` and the operator actions.  It is "
+    "off unless `admin.listen` (or `SLUICE_ADMIN_LISTEN`, which opens it "
+    "even when the file has no `admin`) names an address, which must differ "
+    "from `listen`.  On an address other than loopback a `token` is "
+    "required; requests then carry `Authorization: Bearer TOKEN`.  Only "
+    "`Host` headers naming the listener's own address or one of `hosts` are "
+    "answered.",
+};
 
 /*
  * Is HOST (as in "listen") an address only this machine can reach?
@@ -2056,17 +2313,61 @@ static bool sl_host_is_loopback(const char *host)
     return false;
 }
 
+static void sl_read_admin_token(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k,
+                                struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+    bool ok;
+
+    (void)obj;
+    /* A secret kept out of the file (a Kubernetes Secret, say). */
+    if (env != NULL && *env != '\0') {
+        s = env;
+    } else if (v == NULL) {
+        if (c->admin_listen != NULL && c->admin_port > 0 &&
+            !sl_host_is_loopback(c->admin_host))
+            sl_errors_add(ctx->errs, "%s: required because %s.listen %s is not a "
+                          "loopback address: anyone who can reach it could read "
+                          "usage and app names (set a token of 16+ characters, or "
+                          "listen on 127.0.0.1)", sub, at,
+                          sl_conf_quote(c->admin_listen, q, sizeof(q)));
+        return;
+    } else if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0) {
+        return;
+    }
+    ok = strlen(s) >= 16 && strlen(s) <= 256;
+    for (const char *p = s; ok && *p; p++)
+        ok = *p > 0x20 && *p < 0x7f;
+    if (!ok)
+        sl_errors_add(ctx->errs, "%s%s: must be 16 to 256 printable characters "
+                      "without spaces", sub, sl_from_env(k, env, from, sizeof(from)));
+    else
+        c->admin_token = strdup(s);
+}
+
+static const struct sl_conf_handler sl_admin_token_handler = {
+    sl_read_admin_token, NULL,
+};
+
 /* admin.hosts: names (or addresses) a Host header may give besides the
  * listener's own address; "*" turns the check off. */
-static void sl_parse_admin_hosts(json_t *v, struct sl_config *c,
-                                 struct sl_errors *errs)
+static void sl_read_admin_hosts(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k,
+                                struct sl_conf_ctx *ctx)
 {
+    struct sl_config *c = base;
     size_t i;
     json_t *e;
 
+    (void)obj, (void)at, (void)k;
     if (!json_is_array(v) || json_array_size(v) > 32) {
-        sl_errors_add(errs, "admin.hosts: must be an array of at most 32 host "
-                      "names such as [\"sluice.internal\"] (or [\"*\"]: any)");
+        sl_errors_add(ctx->errs, "%s: must be an array of at most 32 host names "
+                      "such as [\"sluice.internal\"] (or [\"*\"]: any)", sub);
         return;
     }
     c->admin_hosts = calloc(json_array_size(v) + 1, sizeof(char *));
@@ -2079,12 +2380,12 @@ static void sl_parse_admin_hosts(json_t *v, struct sl_config *c,
         for (const char *p = s; ok && *p; p++)
             ok = isalnum((unsigned char)*p) || strchr(".-_:", *p) != NULL ||
                  (*p == '*' && strcmp(s, "*") == 0);
-        snprintf(path, sizeof(path), "admin.hosts[%zu]", i);
+        snprintf(path, sizeof(path), "%s[%zu]", sub, i);
         if (!ok) {
-            sl_json_brief(e, brief, sizeof(brief));
-            sl_errors_add(errs, "%s: %s must be a host name or address without "
-                          "port or brackets (e.g. \"sluice.internal\", \"::1\"), "
-                          "or \"*\"", path, brief);
+            sl_conf_brief(e, brief, sizeof(brief));
+            sl_errors_add(ctx->errs, "%s: %s must be a host name or address "
+                          "without port or brackets (e.g. \"sluice.internal\", "
+                          "\"::1\"), or \"*\"", path, brief);
             continue;
         }
         c->admin_hosts[c->nadmin_hosts] = strdup(s);
@@ -2094,114 +2395,76 @@ static void sl_parse_admin_hosts(json_t *v, struct sl_config *c,
     }
 }
 
-/* A threshold in (0, 1].  Returns 0, or adds an error and returns -1. */
-static int sl_get_ratio(json_t *v, const char *path, double *out,
-                        struct sl_errors *errs)
-{
-    char brief[96];
+static const struct sl_conf_handler sl_admin_hosts_handler = {
+    sl_read_admin_hosts, NULL,
+};
 
-    if (!json_is_number(v) || !(json_number_value(v) > 0.0) ||
-        json_number_value(v) > 1.0) {
-        sl_json_brief(v, brief, sizeof(brief));
-        sl_errors_add(errs, "%s: %s must be a number above 0 and at most 1 "
-                      "(a fraction of the limit)", path, brief);
-        return -1;
-    }
-    *out = json_number_value(v);
-    return 0;
-}
+static const struct sl_conf_key sl_admin_keys[] = {
+    {.key = "listen", .type = SL_CONF_STRING, .handler = &sl_admin_listen_handler,
+     .env = "SLUICE_ADMIN_LISTEN", .flags = SL_CONF_ALWAYS,
+     .doc = "`HOST:PORT` of the admin listener, e.g. `\"127.0.0.1:9901\"` (required "
+            "with `admin`)."},
+    {.key = "token", .type = SL_CONF_STRING, .handler = &sl_admin_token_handler,
+     .env = "SLUICE_ADMIN_TOKEN", .flags = SL_CONF_ALWAYS,
+     .doc = "16 to 256 printable characters without spaces, asked as "
+            "`Authorization: Bearer TOKEN`; required off loopback."},
+    {.key = "warn", .type = SL_CONF_RATIO, SL_CONF_FIELD(struct sl_config, warn_at),
+     .def = "0.8", .doc = "Utilization from which a rule shows as warning (below `critical`)."},
+    {.key = "critical", .type = SL_CONF_RATIO,
+     SL_CONF_FIELD(struct sl_config, critical_at), .def = "0.9",
+     .doc = "Utilization from which a rule shows as critical."},
+    {.key = "top", .type = SL_CONF_INT, SL_CONF_FIELD(struct sl_config, status_top),
+     .min = 1, .max = 1000, .def = "20",
+     .doc = "Busiest buckets shown for each `per` rule in `/status`."},
+    {.key = "hosts", .type = SL_CONF_ARRAY, .handler = &sl_admin_hosts_handler,
+     .doc = "At most 32 host names a `Host` header may give besides the "
+            "listener's address (`[\"*\"]`: any)."},
+};
 
-static void sl_parse_admin(json_t *v, bool apply_env, struct sl_config *c,
-                           struct sl_errors *errs)
+static const struct sl_conf_table sl_admin_table = SL_CONF_TABLE(
+    "admin",
+    "The admin listener: live usage per rule and per app, metrics, reloads "
+    "and operator actions.  Off unless `listen` is set here or in "
+    "`SLUICE_ADMIN_LISTEN`.",
+    sl_admin_keys);
+
+static void sl_read_admin(json_t *obj, json_t *v, const char *at, const char *sub,
+                          void *base, const struct sl_conf_key *k,
+                          struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"listen", "token", "warn", "critical",
-                                       "top", "hosts", NULL};
-    const char *s = NULL, *env;
-    const char *listen_env = apply_env ? getenv("SLUICE_ADMIN_LISTEN") : NULL;
+    struct sl_config *c = base;
+    const struct sl_conf_key *kl = sl_conf_key(&sl_admin_table, "listen");
+    const char *listen_env = ctx->apply_env ? getenv(kl->env) : NULL;
     char q[96];
-    json_t *f;
-    long long n;
 
+    (void)obj, (void)at, (void)k;
     /* SLUICE_ADMIN_LISTEN opens (or moves) the admin listener without
      * editing the file: two instances on one host, one configuration. */
-    if (listen_env != NULL && *listen_env == '\0')
-        listen_env = NULL;
-    if (v == NULL && listen_env == NULL)
+    if (v == NULL && (listen_env == NULL || *listen_env == '\0'))
         return;
     if (v != NULL && !json_is_object(v)) {
-        sl_errors_add(errs, "admin: must be an object such as "
-                      "{\"listen\": \"127.0.0.1:9901\"}");
+        sl_errors_add(ctx->errs, "%s: must be an object such as "
+                      "{\"listen\": \"127.0.0.1:9901\"}", sub);
         return;
-    }
-    if (v != NULL)
-        sl_check_keys(v, "admin", keys, errs);
-    f = v != NULL ? json_object_get(v, "listen") : NULL;
-    if (listen_env != NULL) {
-        c->admin_listen = strdup(listen_env);
-        if (sl_config_split_listen(listen_env, &c->admin_host, &c->admin_port) != 0)
-            sl_errors_add(errs, "admin.listen (from SLUICE_ADMIN_LISTEN): %s is not "
-                          "HOST:PORT (e.g. \"127.0.0.1:9901\")",
-                          sl_quote(listen_env, q, sizeof(q)));
-    } else if (f == NULL) {
-        sl_errors_add(errs, "admin.listen: missing (e.g. \"127.0.0.1:9901\")");
-    } else if (sl_get_string(f, "admin.listen", &s, errs) == 0) {
-        c->admin_listen = strdup(s);
-        if (sl_config_split_listen(s, &c->admin_host, &c->admin_port) != 0)
-            sl_errors_add(errs, "admin.listen: %s is not HOST:PORT (e.g. "
-                          "\"127.0.0.1:9901\")", sl_quote(s, q, sizeof(q)));
     }
     if (v == NULL)
         v = json_object();  /* the env alone: every other key at its default */
     else
         json_incref(v);
-    f = json_object_get(v, "token");
-    env = apply_env ? getenv("SLUICE_ADMIN_TOKEN") : NULL;
-    if (env != NULL && *env) {
-        /* A secret kept out of the file (a Kubernetes Secret, say). */
-        s = env;
-        f = v;
-    }
-    if (f != NULL && (f == v || sl_get_string(f, "admin.token", &s, errs) == 0)) {
-        bool ok = strlen(s) >= 16 && strlen(s) <= 256;
-        for (const char *p = s; ok && *p; p++)
-            ok = *p > 0x20 && *p < 0x7f;
-        if (!ok)
-            sl_errors_add(errs, "admin.token%s: must be 16 to 256 printable "
-                          "characters without spaces",
-                          f == v ? " (from SLUICE_ADMIN_TOKEN)" : "");
-        else
-            c->admin_token = strdup(s);
-    }
-    if (c->admin_listen != NULL && c->admin_port > 0 && c->admin_token == NULL &&
-        f == NULL && !sl_host_is_loopback(c->admin_host))
-        sl_errors_add(errs, "admin.token: required because admin.listen %s is "
-                      "not a loopback address: anyone who can reach it could "
-                      "read usage and app names (set a token of 16+ characters, "
-                      "or listen on 127.0.0.1)", sl_quote(c->admin_listen, q,
-                                                           sizeof(q)));
+    sl_conf_read(&sl_admin_table, v, sub, c, ctx);
     if (c->admin_listen != NULL && c->listen != NULL &&
         c->admin_port == c->listen_port && c->admin_port > 0 &&
         strcmp(c->admin_host ? c->admin_host : "",
                c->listen_host ? c->listen_host : "") == 0)
-        sl_errors_add(errs, "admin.listen: must differ from listen (%s)",
-                      sl_quote(c->listen, q, sizeof(q)));
-    f = json_object_get(v, "warn");
-    if (f != NULL)
-        sl_get_ratio(f, "admin.warn", &c->warn_at, errs);
-    f = json_object_get(v, "critical");
-    if (f != NULL)
-        sl_get_ratio(f, "admin.critical", &c->critical_at, errs);
+        sl_errors_add(ctx->errs, "%s.listen: must differ from listen (%s)", sub,
+                      sl_conf_quote(c->listen, q, sizeof(q)));
     if (c->warn_at >= c->critical_at)
-        sl_errors_add(errs, "admin.warn: must be below admin.critical (%g >= %g)",
-                      c->warn_at, c->critical_at);
-    f = json_object_get(v, "top");
-    if (f != NULL && sl_get_int(f, "admin.top", 1, 1000, &n, errs) == 0)
-        c->status_top = (unsigned)n;
-    f = json_object_get(v, "hosts");
-    if (f != NULL)
-        sl_parse_admin_hosts(f, c, errs);
+        sl_errors_add(ctx->errs, "%s.warn: must be below %s.critical (%g >= %g)",
+                      sub, sub, c->warn_at, c->critical_at);
     json_decref(v);
 }
+
+static const struct sl_conf_handler sl_admin_handler = {sl_read_admin, NULL};
 
 static int sl_double_cmp(const void *a, const void *b)
 {
@@ -2244,6 +2507,75 @@ static int sl_alert_apply(struct sl_config *c, const struct sl_alert_conf *a)
     return 0;
 }
 
+static void sl_read_alert_url(json_t *obj, json_t *v, const char *at,
+                              const char *sub, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_alert_conf *a = base;
+    const char *s, *flaw;
+    char q[96], why[256];
+    size_t len;
+
+    (void)obj, (void)at, (void)k;
+    if (v == NULL) {
+        sl_errors_add(ctx->errs, "%s: missing (the webhook to POST to)", sub);
+        return;
+    }
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    flaw = sl_url_flaw(s, why, sizeof(why), &len);
+    if (flaw != NULL)
+        sl_errors_add(ctx->errs, "%s: %s %s", sub, sl_conf_quote(s, q, sizeof(q)),
+                      flaw);
+    else
+        a->url = strdup(s);
+}
+
+static const struct sl_conf_handler sl_alert_url_handler = {
+    sl_read_alert_url,
+    "An alert fires when a rule's usage crosses one of `at` upward, once per "
+    "crossing (re-armed when usage falls back below it); `per` rules alert "
+    "per bucket.  Usage is checked once a second, off the path of any call; "
+    "with Redis the check runs in Redis for the whole fleet, which sends one "
+    "alert per crossing, not one per instance.  `events` adds the provider "
+    "pausing an upstream (`pause`), the shared store going down or coming "
+    "back (`store`, per instance) and an operator pausing, shortening or "
+    "clearing a pause (`operator`); `[]`: thresholds only.  Each `POST` has "
+    "5 s; a failure is retried after 1, 2 and 4 s; at most 256 wait, past "
+    "that new ones are dropped and counted.  A slow or dead receiver delays "
+    "no call.",
+};
+
+/* "at": thresholds, ascending; the row's default when absent. */
+static void sl_read_alert_at(json_t *obj, json_t *v, const char *at,
+                             const char *sub, void *base,
+                             const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_alert_conf *a = base;
+    json_t *def = NULL, *e;
+    size_t i;
+
+    (void)obj, (void)at;
+    if (v == NULL)
+        v = def = json_loads(k->def, 0, NULL);
+    if (!json_is_array(v) || json_array_size(v) == 0 || json_array_size(v) > 16) {
+        sl_errors_add(ctx->errs, "%s: must be an array of 1 to 16 thresholds such "
+                      "as [0.8, 0.9, 1.0]", sub);
+    } else if ((a->at = calloc(json_array_size(v), sizeof(double))) != NULL) {
+        json_array_foreach(v, i, e) {
+            char esub[200];
+            snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+            if (sl_conf_get_ratio(e, esub, &a->at[a->nat], ctx->errs) == 0)
+                a->nat++;
+        }
+        if (a->nat > 1)
+            qsort(a->at, a->nat, sizeof(double), sl_double_cmp);
+    }
+    json_decref(def);
+}
+
+static const struct sl_conf_handler sl_alert_at_handler = {sl_read_alert_at, NULL};
+
 static bool sl_config_has_rule(const struct sl_config *c, const char *name)
 {
     for (size_t i = 0; i < c->nupstreams; i++)
@@ -2254,203 +2586,172 @@ static bool sl_config_has_rule(const struct sl_config *c, const char *name)
     return false;
 }
 
-static void sl_parse_alert(json_t *ja, const char *path, struct sl_config *c,
-                           struct sl_alert_conf *a, struct sl_errors *errs)
+static void sl_read_alert_rules(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k,
+                                struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"url", "at", "rules", "events", "headers",
-                                       NULL};
-    static const double defaults[] = {0.8, 0.9, 1.0};
-    char sub[160], q[96], why[256];
-    const char *s, *flaw, *key;
-    size_t i, base;
-    json_t *v, *e;
+    struct sl_alert_conf *a = base;
+    const char *s;
+    char q[96];
+    json_t *e;
+    size_t i;
 
-    a->on_pause = a->on_store = a->on_operator = true;
-    if (!json_is_object(ja)) {
-        sl_errors_add(errs, "%s: an alert must be an object such as "
-                      "{\"url\": \"http://hooks.example/x\"}", path);
+    (void)obj, (void)at, (void)k;
+    if (!json_is_array(v) || json_array_size(v) == 0) {
+        sl_errors_add(ctx->errs, "%s: must be a non-empty array of rule names "
+                      "(omit it for every rule)", sub);
         return;
     }
-    sl_check_keys(ja, path, keys, errs);
-    snprintf(sub, sizeof(sub), "%s.url", path);
-    v = json_object_get(ja, "url");
-    if (v == NULL) {
-        sl_errors_add(errs, "%s: missing (the webhook to POST to)", sub);
-    } else if (sl_get_string(v, sub, &s, errs) == 0) {
-        flaw = sl_url_flaw(s, why, sizeof(why), &base);
-        if (flaw != NULL)
-            sl_errors_add(errs, "%s: %s %s", sub, sl_quote(s, q, sizeof(q)), flaw);
-        else
-            a->url = strdup(s);
-    }
-    snprintf(sub, sizeof(sub), "%s.at", path);
-    v = json_object_get(ja, "at");
-    if (v == NULL) {
-        a->at = malloc(sizeof(defaults));
-        if (a->at != NULL) {
-            memcpy(a->at, defaults, sizeof(defaults));
-            a->nat = 3;
-        }
-    } else if (!json_is_array(v) || json_array_size(v) == 0 ||
-               json_array_size(v) > 16) {
-        sl_errors_add(errs, "%s: must be an array of 1 to 16 thresholds such "
-                      "as [0.8, 0.9, 1.0]", sub);
-    } else if ((a->at = calloc(json_array_size(v), sizeof(double))) != NULL) {
-        json_array_foreach(v, i, e) {
-            char esub[200];
-            snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
-            if (sl_get_ratio(e, esub, &a->at[a->nat], errs) == 0)
-                a->nat++;
-        }
-        if (a->nat > 1)
-            qsort(a->at, a->nat, sizeof(double), sl_double_cmp);
-    }
-    snprintf(sub, sizeof(sub), "%s.rules", path);
-    v = json_object_get(ja, "rules");
-    if (v != NULL) {
-        if (!json_is_array(v) || json_array_size(v) == 0) {
-            sl_errors_add(errs, "%s: must be a non-empty array of rule names "
-                          "(omit it for every rule)", sub);
-        } else if ((a->rules = calloc(json_array_size(v), sizeof(char *))) != NULL) {
-            json_array_foreach(v, i, e) {
-                char esub[200];
-                snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
-                if (sl_get_string(e, esub, &s, errs) != 0)
-                    continue;
-                if (!sl_config_has_rule(c, s))
-                    sl_errors_add(errs, "%s: %s is not the name of any rule",
-                                  esub, sl_quote(s, q, sizeof(q)));
-                a->rules[a->nrules++] = strdup(s);
-            }
-        }
-    }
-    snprintf(sub, sizeof(sub), "%s.events", path);
-    v = json_object_get(ja, "events");
-    if (v != NULL) {
-        a->on_pause = a->on_store = a->on_operator = false;
-        if (!json_is_array(v)) {
-            sl_errors_add(errs, "%s: must be an array of \"pause\", \"store\" "
-                          "and \"operator\"", sub);
-        } else {
-            json_array_foreach(v, i, e) {
-                char esub[200];
-                snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
-                if (sl_get_string(e, esub, &s, errs) != 0)
-                    continue;
-                if (strcmp(s, "pause") == 0)
-                    a->on_pause = true;
-                else if (strcmp(s, "store") == 0)
-                    a->on_store = true;
-                else if (strcmp(s, "operator") == 0)
-                    a->on_operator = true;
-                else
-                    sl_errors_add(errs, "%s: %s must be \"pause\", \"store\" "
-                                  "or \"operator\"", esub, sl_quote(s, q, sizeof(q)));
-            }
-        }
-    }
-    snprintf(sub, sizeof(sub), "%s.headers", path);
-    v = json_object_get(ja, "headers");
-    if (v != NULL) {
-        if (!json_is_object(v)) {
-            sl_errors_add(errs, "%s: must be an object of header names and "
-                          "values", sub);
-            return;
-        }
-        a->headers = calloc(json_object_size(v) + 1, sizeof(char *));
-        json_object_foreach(v, key, e) {
-            char line[1024];
-            bool ok = json_is_string(e);
-            if (a->headers == NULL)
-                break;
-            for (const char *p = ok ? json_string_value(e) : ""; ok && *p; p++)
-                ok = (unsigned char)*p >= 0x20 && *p != 0x7f;
-            if (!sl_is_token(key) || !ok ||
-                strlen(key) + strlen(json_string_value(e)) + 3 > sizeof(line)) {
-                sl_errors_add(errs, "%s.%s: must be a header name with a string "
-                              "value (no control characters, under 1 KiB)",
-                              sub, sl_quote(key, q, sizeof(q)));
-                continue;
-            }
-            snprintf(line, sizeof(line), "%s: %s", key, json_string_value(e));
-            a->headers[a->nheaders++] = strdup(line);
-        }
+    if ((a->rules = calloc(json_array_size(v), sizeof(char *))) == NULL)
+        return;
+    json_array_foreach(v, i, e) {
+        char esub[200];
+        snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+        if (sl_conf_get_string(e, esub, &s, ctx->errs) != 0)
+            continue;
+        if (!sl_config_has_rule(ctx->c, s))
+            sl_errors_add(ctx->errs, "%s: %s is not the name of any rule", esub,
+                          sl_conf_quote(s, q, sizeof(q)));
+        a->rules[a->nrules++] = strdup(s);
     }
 }
 
-static void sl_parse_alerts(json_t *v, struct sl_config *c, struct sl_errors *errs)
+static const struct sl_conf_handler sl_alert_rules_handler = {
+    sl_read_alert_rules, NULL,
+};
+
+static const char *const sl_event_words[] = {"pause", "store", "operator", NULL};
+
+static void sl_read_alert_events(json_t *obj, json_t *v, const char *at,
+                                 const char *sub, void *base,
+                                 const struct sl_conf_key *k,
+                                 struct sl_conf_ctx *ctx)
 {
-    if (v == NULL)
+    struct sl_alert_conf *a = base;
+    bool *on[] = {&a->on_pause, &a->on_store, &a->on_operator};
+    json_t *e;
+    size_t i;
+    int w;
+
+    (void)obj, (void)at;
+    a->on_pause = a->on_store = a->on_operator = false;
+    if (!json_is_array(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an array of \"pause\", \"store\" "
+                      "and \"operator\"", sub);
         return;
+    }
+    json_array_foreach(v, i, e) {
+        char esub[200];
+        snprintf(esub, sizeof(esub), "%s[%zu]", sub, i);
+        if (sl_conf_get_word(e, esub, k->words, &w, ctx->errs) == 0)
+            *on[w] = true;
+    }
+}
+
+static const struct sl_conf_handler sl_alert_events_handler = {
+    sl_read_alert_events, NULL,
+};
+
+static void sl_read_alert_headers(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k,
+                                  struct sl_conf_ctx *ctx)
+{
+    struct sl_alert_conf *a = base;
+    const char *key;
+    char q[96];
+    json_t *e;
+
+    (void)obj, (void)at, (void)k;
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object of header names and "
+                      "values", sub);
+        return;
+    }
+    a->headers = calloc(json_object_size(v) + 1, sizeof(char *));
+    json_object_foreach(v, key, e) {
+        char line[1024];
+        bool ok = json_is_string(e);
+        if (a->headers == NULL)
+            break;
+        for (const char *p = ok ? json_string_value(e) : ""; ok && *p; p++)
+            ok = (unsigned char)*p >= 0x20 && *p != 0x7f;
+        if (!sl_is_token(key) || !ok ||
+            strlen(key) + strlen(json_string_value(e)) + 3 > sizeof(line)) {
+            sl_errors_add(ctx->errs, "%s.%s: must be a header name with a string "
+                          "value (no control characters, under 1 KiB)",
+                          sub, sl_conf_quote(key, q, sizeof(q)));
+            continue;
+        }
+        snprintf(line, sizeof(line), "%s: %s", key, json_string_value(e));
+        a->headers[a->nheaders++] = strdup(line);
+    }
+}
+
+static const struct sl_conf_handler sl_alert_headers_handler = {
+    sl_read_alert_headers, NULL,
+};
+
+static const struct sl_conf_key sl_alert_keys[] = {
+    {.key = "url", .type = SL_CONF_STRING, .handler = &sl_alert_url_handler,
+     .flags = SL_CONF_ALWAYS,
+     .doc = "The webhook to `POST` to (required; `http://` or `https://`)."},
+    {.key = "at", .type = SL_CONF_ARRAY, .handler = &sl_alert_at_handler,
+     .def = "[0.8, 0.9, 1.0]", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
+     .doc = "1 to 16 utilization thresholds, each above 0 and at most 1."},
+    {.key = "rules", .type = SL_CONF_ARRAY, .handler = &sl_alert_rules_handler,
+     .def = "every rule", .flags = SL_CONF_PROSE,
+     .doc = "Rule names (of any upstream) whose thresholds this receiver wants."},
+    {.key = "events", .type = SL_CONF_ARRAY, .handler = &sl_alert_events_handler,
+     .words = sl_event_words, .def = "[\"pause\", \"store\", \"operator\"]",
+     .flags = SL_CONF_PROSE,
+     .doc = "Events posted besides thresholds: `pause`, `store`, `operator`."},
+    {.key = "headers", .type = SL_CONF_OBJECT, .handler = &sl_alert_headers_handler,
+     .doc = "Headers sent with each `POST`, e.g. `{\"Authorization\": \"Bearer ...\"}`."},
+};
+
+static const struct sl_conf_table sl_alert_table = SL_CONF_TABLE(
+    "alerts[]",
+    "A webhook receiver of threshold and event alerts (at most 32).",
+    sl_alert_keys);
+
+static void sl_read_alerts(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+
+    (void)obj, (void)at, (void)k;
     if (!json_is_array(v) || json_array_size(v) > 32) {
-        sl_errors_add(errs, "alerts: must be an array of at most 32 receivers "
-                      "such as [{\"url\": \"http://hooks.example/x\"}]");
+        sl_errors_add(ctx->errs, "%s: must be an array of at most 32 receivers "
+                      "such as [{\"url\": \"http://hooks.example/x\"}]", sub);
         return;
     }
     c->alerts = calloc(json_array_size(v) + 1, sizeof(*c->alerts));
     if (c->alerts == NULL) {
-        sl_errors_add(errs, "alerts: out of memory");
+        sl_errors_add(ctx->errs, "%s: out of memory", sub);
         return;
     }
     for (size_t i = 0; i < json_array_size(v); i++) {
+        struct sl_alert_conf *a = &c->alerts[i];
+        json_t *ja = json_array_get(v, i);
         char path[32];
-        snprintf(path, sizeof(path), "alerts[%zu]", i);
-        sl_parse_alert(json_array_get(v, i), path, c, &c->alerts[i], errs);
+        snprintf(path, sizeof(path), "%s[%zu]", sub, i);
         c->nalerts = i + 1;
-        if (sl_alert_apply(c, &c->alerts[i]) != 0)
-            sl_errors_add(errs, "%s: out of memory", path);
+        a->on_pause = a->on_store = a->on_operator = true;
+        if (!json_is_object(ja)) {
+            sl_errors_add(ctx->errs, "%s: an alert must be an object such as "
+                          "{\"url\": \"http://hooks.example/x\"}", path);
+            continue;
+        }
+        sl_conf_read(&sl_alert_table, ja, path, a, ctx);
+        if (sl_alert_apply(c, a) != 0)
+            sl_errors_add(ctx->errs, "%s: out of memory", path);
     }
 }
 
-static void sl_parse_upstreams(json_t *v, struct sl_config *c,
-                               struct sl_errors *errs)
-{
-    json_t *names = NULL, *prefixes = NULL, *prev;
-    char q[96];
-
-    if (v == NULL || !json_is_array(v) || json_array_size(v) == 0) {
-        sl_errors_add(errs, "upstreams: must be a non-empty array of upstreams");
-        return;
-    }
-    c->upstreams = calloc(json_array_size(v), sizeof(*c->upstreams));
-    names = json_object();
-    prefixes = json_object();
-    if (c->upstreams == NULL || names == NULL || prefixes == NULL) {
-        sl_errors_add(errs, "upstreams: out of memory");
-        goto out;
-    }
-    c->nupstreams = json_array_size(v);
-    if (c->nupstreams > SL_MAX_UPSTREAMS)
-        sl_errors_add(errs, "upstreams: %zu upstreams; at most %d", c->nupstreams,
-                      SL_MAX_UPSTREAMS);
-    for (size_t i = 0; i < c->nupstreams; i++) {
-        char path[64];
-        struct sl_upstream_conf *u = &c->upstreams[i];
-        snprintf(path, sizeof(path), "upstreams[%zu]", i);
-        u->index = i;
-        u->config = c;
-        sl_parse_upstream(json_array_get(v, i), path, u, errs);
-        if (u->name != NULL) {
-            if ((prev = json_object_get(names, u->name)) != NULL)
-                sl_errors_add(errs, "%s.name: %s is already the name of "
-                              "upstreams[%lld]", path, sl_quote(u->name, q, sizeof(q)),
-                              (long long)json_integer_value(prev));
-            else
-                json_object_set_new(names, u->name, json_integer((json_int_t)i));
-        }
-        if (u->prefix != NULL) {
-            if ((prev = json_object_get(prefixes, u->prefix)) != NULL)
-                sl_errors_add(errs, "%s.prefix: %s is already the prefix of "
-                              "upstreams[%lld]", path, sl_quote(u->prefix, q, sizeof(q)),
-                              (long long)json_integer_value(prev));
-            else
-                json_object_set_new(prefixes, u->prefix, json_integer((json_int_t)i));
-        }
-    }
-out:
-    json_decref(names);
-    json_decref(prefixes);
-}
+static const struct sl_conf_handler sl_alerts_handler = {sl_read_alerts, NULL};
 
 /* Is NAME one of the first N shares of V, or of any earlier list? */
 static bool sl_named_before(const struct sl_share *v, size_t n, const char *name)
@@ -2501,137 +2802,62 @@ static void sl_check_named_apps(const struct sl_config *c, struct sl_errors *err
                       "(raise max_apps)", named, c->max_apps);
 }
 
-static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
-                          struct sl_errors *errs)
+/*
+ * The upstreams, with duplicate names and prefixes found through two
+ * hash sets (name -> index), not by comparing every pair.  Then what each
+ * upstream takes from the top level, and the apps the shares name.
+ */
+static void sl_read_upstreams(json_t *obj, json_t *v, const char *at,
+                              const char *sub, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
 {
-    static const char *const keys[] = {"listen", "store", "store_prefix",
-                                       "on_store_error", "store_timeout",
-                                       "concurrency_lease", "local_share",
-                                       "memory_limit", "workers", "access_log",
-                                       "shutdown_timeout", "client_timeout",
-                                       "header_timeout", "max_retry_after",
-                                       "max_connections", "upstreams", "app",
-                                       "forward_app_header", "max_apps",
-                                       "log_format", "admin", "alerts", "shadow",
-                                       "state_file", "state_interval",
-                                       "response_spool", NULL};
-    const char *s, *env;
+    struct sl_config *c = base;
+    struct sl_errors *errs = ctx->errs;
+    json_t *names = NULL, *prefixes = NULL, *prev;
     char q[96];
-    json_t *v;
-    long long n;
 
-    c->memory_limit = SL_DEFAULT_MEMORY_LIMIT;
-    c->access_log = true;
-    c->shutdown_timeout_us = SL_SECONDS(10);
-    c->client_timeout_us = SL_SECONDS(60);
-    c->header_timeout_us = SL_SECONDS(10);
-    c->max_retry_after_us = SL_HOURS(1);
-    c->response_spool = SL_DEFAULT_RESPONSE_SPOOL;
-    c->local_share = 1.0;
-    c->max_connections = 10000;
-    c->store_timeout_us = 200 * SL_USEC_PER_MSEC;
-    c->lease_ttl_us = SL_SECONDS(10);
-    c->app_kind = SL_APP_NOBODY;
-    c->max_apps = 100;
-    c->warn_at = 0.8;
-    c->critical_at = 0.9;
-    c->status_top = 20;
-    c->state_interval_us = SL_SECONDS(10);
-    if (!json_is_object(root)) {
-        sl_errors_add(errs, "(root): the configuration must be a JSON object");
+    (void)obj, (void)at, (void)k;
+    if (v == NULL || !json_is_array(v) || json_array_size(v) == 0) {
+        sl_errors_add(errs, "%s: must be a non-empty array of upstreams", sub);
         return;
     }
-    sl_check_keys(root, "", keys, errs);
-
-    s = SL_DEFAULT_LISTEN;
-    v = json_object_get(root, "listen");
-    if (v != NULL)
-        sl_get_string(v, "listen", &s, errs);
-    env = apply_env ? getenv("SLUICE_LISTEN") : NULL;
-    if (env != NULL && *env)
-        s = env;
-    c->listen = strdup(s);
-    if (sl_config_split_listen(s, &c->listen_host, &c->listen_port) != 0)
-        sl_errors_add(errs, "listen%s: %s is not HOST:PORT (e.g. "
-                      "\"127.0.0.1:8080\", \"[::1]:8080\" or \":8080\")",
-                      env && *env ? " (from SLUICE_LISTEN)" : "",
-                      sl_quote(s, q, sizeof(q)));
-
-    sl_parse_store(root, apply_env, c, errs);
-
-    v = json_object_get(root, "memory_limit");
-    if (v != NULL) {
-        if (json_is_integer(v) && json_integer_value(v) > 0)
-            c->memory_limit = (uint64_t)json_integer_value(v);
-        else if (!json_is_string(v) ||
-                 sl_size_parse(json_string_value(v), &c->memory_limit) != 0 ||
-                 c->memory_limit == 0) {
-            char brief[96];
-            sl_json_brief(v, brief, sizeof(brief));
-            sl_errors_add(errs, "memory_limit: %s is not a size (write e.g. "
-                          "\"64MB\" or a number of bytes)", brief);
-        }
-        if (c->memory_limit < 65536)
-            sl_errors_add(errs, "memory_limit: must be at least 64KB");
+    c->upstreams = calloc(json_array_size(v), sizeof(*c->upstreams));
+    names = json_object();
+    prefixes = json_object();
+    if (c->upstreams == NULL || names == NULL || prefixes == NULL) {
+        sl_errors_add(errs, "%s: out of memory", sub);
+        goto out;
     }
-    v = json_object_get(root, "response_spool");
-    if (v != NULL) {
-        if (json_is_integer(v) && json_integer_value(v) >= 0)
-            c->response_spool = (uint64_t)json_integer_value(v);
-        else if (!json_is_string(v) ||
-                 sl_size_parse(json_string_value(v), &c->response_spool) != 0) {
-            char brief[96];
-            sl_json_brief(v, brief, sizeof(brief));
-            sl_errors_add(errs, "response_spool: %s is not a size (write e.g. "
-                          "\"64MB\", or 0 to keep responses in memory only)", brief);
+    c->nupstreams = json_array_size(v);
+    if (c->nupstreams > SL_MAX_UPSTREAMS)
+        sl_errors_add(errs, "%s: %zu upstreams; at most %d", sub, c->nupstreams,
+                      SL_MAX_UPSTREAMS);
+    for (size_t i = 0; i < c->nupstreams; i++) {
+        char path[64];
+        struct sl_upstream_conf *u = &c->upstreams[i];
+        snprintf(path, sizeof(path), "%s[%zu]", sub, i);
+        u->index = i;
+        u->config = c;
+        sl_parse_upstream(json_array_get(v, i), path, u, ctx);
+        if (u->name != NULL) {
+            if ((prev = json_object_get(names, u->name)) != NULL)
+                sl_errors_add(errs, "%s.name: %s is already the name of "
+                              "upstreams[%lld]", path,
+                              sl_conf_quote(u->name, q, sizeof(q)),
+                              (long long)json_integer_value(prev));
+            else
+                json_object_set_new(names, u->name, json_integer((json_int_t)i));
+        }
+        if (u->prefix != NULL) {
+            if ((prev = json_object_get(prefixes, u->prefix)) != NULL)
+                sl_errors_add(errs, "%s.prefix: %s is already the prefix of "
+                              "upstreams[%lld]", path,
+                              sl_conf_quote(u->prefix, q, sizeof(q)),
+                              (long long)json_integer_value(prev));
+            else
+                json_object_set_new(prefixes, u->prefix, json_integer((json_int_t)i));
         }
     }
-    v = json_object_get(root, "workers");
-    if (v != NULL && sl_get_int(v, "workers", 0, 64, &n, errs) == 0)
-        c->workers = (int)n;
-    v = json_object_get(root, "access_log");
-    if (v != NULL)
-        sl_get_bool(v, "access_log", &c->access_log, errs);
-    v = json_object_get(root, "shutdown_timeout");
-    if (v != NULL)
-        sl_get_duration(v, "shutdown_timeout", 0, SL_HOURS(1), true,
-                        &c->shutdown_timeout_us, errs);
-    v = json_object_get(root, "client_timeout");
-    if (v != NULL)
-        sl_get_duration(v, "client_timeout", SL_SECONDS(1), SL_HOURS(24), false,
-                        &c->client_timeout_us, errs);
-    v = json_object_get(root, "header_timeout");
-    if (v != NULL)
-        sl_get_duration(v, "header_timeout", 100 * SL_USEC_PER_MSEC, SL_HOURS(1),
-                        false, &c->header_timeout_us, errs);
-    v = json_object_get(root, "max_retry_after");
-    if (v != NULL)
-        sl_get_duration(v, "max_retry_after", SL_SECONDS(1), SL_DURATION_MAX, true,
-                        &c->max_retry_after_us, errs);
-    v = json_object_get(root, "max_connections");
-    if (v != NULL && sl_get_int(v, "max_connections", 1, 1000000, &n, errs) == 0)
-        c->max_connections = (unsigned)n;
-
-    v = json_object_get(root, "app");
-    if (v != NULL)
-        sl_parse_app(v, "app", &c->app_kind, &c->app_header, errs);
-    v = json_object_get(root, "forward_app_header");
-    if (v != NULL)
-        sl_get_bool(v, "forward_app_header", &c->forward_app_header, errs);
-    v = json_object_get(root, "max_apps");
-    if (v != NULL && sl_get_int(v, "max_apps", 1, 10000, &n, errs) == 0)
-        c->max_apps = (unsigned)n;
-    v = json_object_get(root, "log_format");
-    if (v != NULL && sl_get_string(v, "log_format", &s, errs) == 0) {
-        if (strcmp(s, "json") == 0)
-            c->log_format = SL_LOG_FORMAT_JSON;
-        else if (strcmp(s, "text") != 0)
-            sl_errors_add(errs, "log_format: %s must be \"text\" or \"json\"",
-                          sl_quote(s, q, sizeof(q)));
-    }
-    sl_parse_admin(json_object_get(root, "admin"), apply_env, c, errs);
-
-    sl_parse_upstreams(json_object_get(root, "upstreams"), c, errs);
     for (size_t i = 0; i < c->nupstreams; i++) {
         struct sl_upstream_conf *u = &c->upstreams[i];
         if (u->app_kind == SL_APP_UNSET) {
@@ -2643,26 +2869,213 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
             u->forward_app_header = c->forward_app_header;
     }
     sl_check_named_apps(c, errs);
-    sl_parse_alerts(json_object_get(root, "alerts"), c, errs);
-    v = json_object_get(root, "state_file");
-    if (v != NULL && sl_get_string(v, "state_file", &s, errs) == 0) {
-        if (*s == '\0' || strlen(s) > 4000)
-            sl_errors_add(errs, "state_file: must be a file path");
-        else if (c->store_kind == SL_STORE_REDIS)
-            sl_errors_add(errs, "state_file: keeps the memory store's windows; "
-                          "with a Redis store they live in Redis (remove it)");
-        else
-            c->state_file = strdup(s);
+out:
+    json_decref(names);
+    json_decref(prefixes);
+}
+
+static const struct sl_conf_handler sl_upstreams_handler = {sl_read_upstreams, NULL};
+
+static void sl_read_state_file(json_t *obj, json_t *v, const char *at,
+                               const char *sub, void *base,
+                               const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s;
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (*s == '\0' || strlen(s) > 4000)
+        sl_errors_add(ctx->errs, "%s: must be a file path", sub);
+    else if (c->store_kind == SL_STORE_REDIS)
+        sl_errors_add(ctx->errs, "%s: keeps the memory store's windows; with a "
+                      "Redis store they live in Redis (remove it)", sub);
+    else
+        c->state_file = strdup(s);
+}
+
+static const struct sl_conf_handler sl_state_file_handler = {
+    sl_read_state_file,
+    "With the memory store, `state_file` keeps every window across restarts: "
+    "the file is rewritten every `state_interval` and at stop, and each "
+    "call is appended to a journal beside it in between, so a crash or "
+    "restart never grants room the provider would not.  With Redis the "
+    "windows live in Redis (no `state_file`).",
+};
+
+static const char *const sl_store_error_words[] = {"local", "deny", "allow", NULL};
+
+static const struct sl_conf_key sl_root_keys[] = {
+    {.key = "listen", .type = SL_CONF_STRING, .handler = &sl_listen_handler,
+     .def = "127.0.0.1:8080", .env = "SLUICE_LISTEN", .flags = SL_CONF_ALWAYS,
+     .doc = "Where apps call sluice: `HOST:PORT`."},
+    {.key = "store", .type = SL_CONF_STRING, .handler = &sl_store_handler,
+     .def = "memory", .env = "SLUICE_STORE", .flags = SL_CONF_ALWAYS,
+     .doc = "Where limit state lives: `\"memory\"` or a `redis://` URL."},
+    {.key = "store_prefix", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_config, store_prefix), .def = "sluice:",
+     .handler = &sl_store_prefix_handler,
+     .doc = "Redis key prefix (at most 64 characters, no `{` or `}`): deployments "
+            "sharing one Redis use different prefixes."},
+    {.key = "on_store_error", .type = SL_CONF_WORD, .words = sl_store_error_words,
+     SL_CONF_FIELD(struct sl_config, on_store_error), .def = "local",
+     .doc = "While Redis cannot answer: `local` enforces the same rules per "
+            "instance in memory (with `local_share` of each limit), `deny` "
+            "answers 503 with `Retry-After: 1`, `allow` forwards calls uncounted."},
+    {.key = "store_timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, store_timeout_us), .min = SL_USEC_PER_MSEC,
+     .max = SL_SECONDS(60), .def = "200ms",
+     .doc = "Longest wait for a Redis answer (and for connecting); past it the "
+            "connection is dropped and re-established, and calls are decided by "
+            "`on_store_error`."},
+    {.key = "concurrency_lease", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, lease_ttl_us), .min = 300 * SL_USEC_PER_MSEC,
+     .max = SL_HOURS(1), .def = "10s",
+     .doc = "Redis: a concurrency slot expires this long after its holder "
+            "stopped renewing it (every third of it while the call runs), so a "
+            "crashed instance's slots come back by themselves."},
+    {.key = "local_share", .type = SL_CONF_RATIO,
+     SL_CONF_FIELD(struct sl_config, local_share), .def = "1",
+     .handler = &sl_local_share_handler,
+     .doc = "With `on_store_error` `local`: the fraction of each limit (above 0, "
+            "at most 1) one instance uses while Redis is away."},
+    {.key = "memory_limit", .type = SL_CONF_SIZE,
+     SL_CONF_FIELD(struct sl_config, memory_limit), .min = 65536, .def = "64MB",
+     .handler = &sl_size_handler,
+     .doc = "Bound on the memory store's state (at least `64KB`); see the "
+            "size format below."},
+    {.key = "response_spool", .type = SL_CONF_SIZE,
+     SL_CONF_FIELD(struct sl_config, response_spool), .def = "64MB",
+     .handler = &sl_size_handler,
+     .doc = "Per call: how much of a response a slow client has not read yet "
+            "is kept in a temporary file (unlinked, in `$TMPDIR` or `/tmp`) "
+            "beyond the 256 KiB in memory, so the upstream exchange ends and its "
+            "concurrency slot is freed (as NGINX's `proxy_max_temp_file_size`).  "
+            "`0`: memory only (the upstream transfer then waits for the client)."},
+    {.key = "workers", .type = SL_CONF_INT, SL_CONF_FIELD(struct sl_config, workers),
+     .min = 0, .max = 64, .def = "0",
+     .doc = "Event-loop threads (0: one per CPU)."},
+    {.key = "access_log", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_config, access_log), .def = "true",
+     .doc = "Log one line per call."},
+    {.key = "shutdown_timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, shutdown_timeout_us), .min = 0,
+     .max = SL_HOURS(1), .def = "10s", .flags = SL_CONF_ZERO_OK,
+     .doc = "How long calls in flight may take to finish after `SIGTERM`."},
+    {.key = "client_timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, client_timeout_us), .min = SL_SECONDS(1),
+     .max = SL_HOURS(24), .def = "60s",
+     .doc = "Idle client connections are closed after this."},
+    {.key = "header_timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, header_timeout_us),
+     .min = 100 * SL_USEC_PER_MSEC, .max = SL_HOURS(1), .def = "10s",
+     .doc = "A client must send a request's whole header block within this long "
+            "of its request line (and its first request line within this long "
+            "of connecting); slower clients are disconnected."},
+    {.key = "max_retry_after", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, max_retry_after_us), .min = SL_SECONDS(1),
+     .max = SL_DURATION_MAX, .def = "1h", .flags = SL_CONF_ZERO_OK,
+     .doc = "sluice never tells a client to wait longer than this "
+            "(`Retry-After`, `retry_after`); a client retrying then gets a fresh "
+            "answer.  `0`: no bound."},
+    {.key = "max_connections", .type = SL_CONF_INT,
+     SL_CONF_FIELD(struct sl_config, max_connections), .min = 1, .max = 1000000,
+     .def = "10000", .doc = "Client connections per worker."},
+    {.key = "app", .type = SL_CONF_STRING, .handler = &sl_app_handler,
+     .def = "none", .flags = SL_CONF_ALWAYS,
+     .doc = "Which app a call comes from: `\"header:NAME\"`, `\"client_ip\"` or `\"none\"`."},
+    {.key = "forward_app_header", .type = SL_CONF_BOOL,
+     SL_CONF_FIELD(struct sl_config, forward_app_header), .def = "false",
+     .doc = "Keep the app header on the forwarded call (by default it is "
+            "removed: it is sluice's, not the provider's)."},
+    {.key = "max_apps", .type = SL_CONF_INT, SL_CONF_FIELD(struct sl_config, max_apps),
+     .min = 1, .max = 10000, .def = "100",
+     .doc = "Distinct app names tracked; past it new names seen in calls count "
+            "as `other` (a warning is logged once).  Apps named in shares have a "
+            "pool of their own of the same size, so made-up names never take a "
+            "configured app's id; shares naming more apps are refused."},
+    {.key = "log_format", .type = SL_CONF_WORD,
+     .words = (const char *const[]){"text", "json", NULL},
+     SL_CONF_FIELD(struct sl_config, log_format), .def = "text",
+     .doc = "Log lines as `key=value` text or one JSON object per line."},
+    {.key = "admin", .type = SL_CONF_OBJECT, .handler = &sl_admin_handler,
+     .flags = SL_CONF_ALWAYS, .doc = "The admin listener (see `admin`)."},
+    {.key = "upstreams", .type = SL_CONF_ARRAY, .handler = &sl_upstreams_handler,
+     .flags = SL_CONF_ALWAYS,
+     .doc = "The providers, at least one (see `upstreams[]`; required)."},
+    {.key = "alerts", .type = SL_CONF_ARRAY, .handler = &sl_alerts_handler,
+     .doc = "Webhook receivers (see `alerts[]`)."},
+    {.key = "state_file", .type = SL_CONF_STRING, .handler = &sl_state_file_handler,
+     .doc = "Memory store: keep the windows in this file so a restart never "
+            "grants room the provider would refuse (not with Redis)."},
+    {.key = "state_interval", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_config, state_interval_us), .min = SL_SECONDS(1),
+     .max = SL_HOURS(1), .def = "10s",
+     .doc = "How often the state file is written (and at every stop)."},
+    {.key = "shadow", .type = SL_CONF_BOOL, SL_CONF_FIELD(struct sl_config, shadow),
+     .def = "false",
+     .doc = "Every rule in shadow mode: counted and reported, never enforced."},
+};
+
+static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
+    "",
+    "The configuration file is one JSON object.  Only `upstreams` is required.",
+    sl_root_keys);
+
+/* Every table, in the order the reference shows them. */
+static const struct sl_conf_table *const sl_tables[] = {
+    &sl_root_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
+    &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
+    &sl_rule_share_table, &sl_alert_table,
+};
+
+static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
+                          struct sl_errors *errs)
+{
+    struct sl_conf_ctx ctx = {c, NULL, apply_env, errs};
+
+    /* The admin table's defaults hold without an admin listener too. */
+    sl_conf_defaults(&sl_admin_table, c);
+    if (!json_is_object(root)) {
+        sl_conf_defaults(&sl_root_table, c);
+        sl_errors_add(errs, "(root): the configuration must be a JSON object");
+        return;
     }
-    v = json_object_get(root, "state_interval");
-    if (v != NULL)
-        sl_get_duration(v, "state_interval", SL_SECONDS(1), SL_HOURS(1), false,
-                        &c->state_interval_us, errs);
-    v = json_object_get(root, "shadow");
-    if (v != NULL && sl_get_bool(v, "shadow", &c->shadow, errs) == 0 && c->shadow)
+    sl_conf_read(&sl_root_table, root, "", c, &ctx);
+    if (c->shadow)
         for (size_t i = 0; i < c->nupstreams; i++)
             for (size_t k = 0; k < c->upstreams[i].nrules; k++)
                 c->upstreams[i].rules[k].shadow = true;
+}
+
+void sl_config_reference(FILE *out)
+{
+    sl_conf_reference(sl_tables, sizeof(sl_tables) / sizeof(sl_tables[0]),
+                      "# Configuration reference\n"
+                      "\n"
+                      "<!-- Generated by `sluice --print-reference > "
+                      "docs/configuration.md`; edit\n"
+                      "     the tables in limits/sl_config.c, not this file. -->\n"
+                      "\n"
+                      "sluice reads one JSON file (`sluice -c FILE`; `sluice -c FILE "
+                      "--check` validates it and lists every error, each with its "
+                      "JSON path).  Unknown keys are errors: a typo must not "
+                      "silently disable a quota.  A reload (`SIGHUP` or `POST "
+                      "/reload`) takes a new file without dropping counts; what "
+                      "needs a restart (listeners, workers, the store) is refused.\n"
+                      "\n"
+                      "A **duration** is a string with a unit, `\"250ms\"`, `\"10s\"`, "
+                      "`\"5m\"`, `\"24h\"`, `\"1d\"`, or a number of seconds.  A "
+                      "**fraction** is a number above 0 and at most 1.  A "
+                      "**word** is one of the strings listed.  Bounds are "
+                      "inclusive.\n",
+                      out);
+}
+
+void sl_config_env_help(FILE *out)
+{
+    sl_conf_env_help(sl_tables, sizeof(sl_tables) / sizeof(sl_tables[0]), out);
 }
 
 /*
@@ -2748,9 +3161,9 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
         /* jansson quotes the offending bytes ("near '\x15'") raw. */
         char ename[512], etext[4 * JSON_ERROR_TEXT_LENGTH];
         sl_errors_add(errs, "%s:%d:%d: %s",
-                      sl_escape(name, 400, false, ename, sizeof(ename)),
+                      sl_conf_escape(name, 400, false, ename, sizeof(ename)),
                       jerr.line, jerr.column,
-                      sl_escape(jerr.text, sizeof(jerr.text), false, etext,
+                      sl_conf_escape(jerr.text, sizeof(jerr.text), false, etext,
                                 sizeof(etext)));
         return -1;
     }
@@ -2937,7 +3350,7 @@ int sl_config_load(const char *path, bool apply_env, struct sl_config **out,
     char epath[512];
 
     *out = NULL;
-    sl_escape(path, 400, false, epath, sizeof(epath));
+    sl_conf_escape(path, 400, false, epath, sizeof(epath));
     if (f == NULL) {
         sl_errors_add(errs, "%s: cannot open: %s", epath, strerror(errno));
         return -1;

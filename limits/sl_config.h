@@ -13,6 +13,7 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "sl_calendar.h"
 
@@ -378,8 +379,16 @@ void sl_errors_add(struct sl_errors *errs, const char *fmt, ...)
 void sl_errors_free(struct sl_errors *errs);
 
 /*
+ * The configuration reference (Markdown: docs/configuration.md), printed
+ * from the tables the parser reads by, to OUT.
+ */
+void sl_config_reference(FILE *out);
+/* One line per environment variable that overrides a key, for --help. */
+void sl_config_env_help(FILE *out);
+
+/*
  * Load and validate the file at PATH.  Environment overrides
- * (SLUICE_LISTEN, SLUICE_STORE) are applied when APPLY_ENV is true.
+ * (sl_config_env_help) are applied when APPLY_ENV is true.
  * Returns 0 and sets *out (caller frees with sl_config_free), or -1 with
  * at least one line added to ERRS.
  */

@@ -755,10 +755,12 @@ static void sl_app_counters_text(struct sl_buf *t, struct sl_proxy *proxy,
     }
 }
 
-static void sl_help(struct sl_buf *t, const char *name, const char *type,
-                    const char *help)
+/* The HELP and TYPE lines of family F, from its row (sl_metrics.c). */
+static void sl_help(struct sl_buf *t, enum sl_metric_family f)
 {
-    sl_buf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    const struct sl_metric_desc *d = &sl_metric_families[f];
+
+    sl_buf_printf(t, "# HELP %s %s\n# TYPE %s %s\n", d->name, d->help, d->name, d->type);
 }
 
 
@@ -817,31 +819,23 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
     unsigned napps = sl_apps_count(proxy->apps);
 
     sl_admin_store_state(a, &st);
-    sl_help(t, "sluice_build_info", "gauge", "Version of this sluice (always 1).");
+    sl_help(t, SL_MF_BUILD_INFO);
     sl_buf_printf(t, "sluice_build_info{version=\"%s\"} 1\n", SLUICE_VERSION);
-    sl_help(t, "sluice_start_time_seconds", "gauge",
-            "When this sluice started, seconds since the Unix epoch.");
+    sl_help(t, SL_MF_START_TIME);
     sl_buf_printf(t, "sluice_start_time_seconds %.3f\n", (double)proxy->started_ms / 1000.0);
-    sl_help(t, "sluice_config_reloads_total", "counter",
-            "Configuration reloads (SIGHUP, POST /reload) by result: ok, invalid "
-            "(the file has errors), refused (it changes what needs a restart).");
+    sl_help(t, SL_MF_CONFIG_RELOADS);
     for (int i = 0; i < SL_RELOAD_RESULTS; i++)
         sl_buf_printf(t, "sluice_config_reloads_total{result=\"%s\"} %llu\n",
                    sl_reload_result_names[i],
                    (unsigned long long)atomic_load(&proxy->reloads[i]));
-    sl_help(t, "sluice_config_generation", "gauge",
-            "Generation of the configuration in force (1 at start, +1 per reload "
-            "that took effect).");
+    sl_help(t, SL_MF_CONFIG_GENERATION);
     sl_buf_printf(t, "sluice_config_generation %llu\n",
                (unsigned long long)atomic_load(&proxy->generation));
-    sl_help(t, "sluice_config_loaded_timestamp_seconds", "gauge",
-            "When the configuration in force was loaded, seconds since the Unix epoch.");
+    sl_help(t, SL_MF_CONFIG_LOADED);
     sl_buf_printf(t, "sluice_config_loaded_timestamp_seconds %.3f\n",
                (double)c->loaded_ms / 1000.0);
 
-    sl_help(t, "sluice_calls_total", "counter",
-            "Calls by upstream and outcome (forwarded and released went "
-            "upstream; queued counts calls held, which end released or expired).");
+    sl_help(t, SL_MF_CALLS);
     for (size_t i = 0; i <= c->nupstreams; i++) {
         size_t row = i < c->nupstreams ? c->upstreams[i].metric_id + 1 : 0;
         sl_label(i < c->nupstreams ? c->upstreams[i].name : "-", ul, sizeof(ul));
@@ -853,10 +847,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                                                   SL_CALLS_ROWS));
     }
 
-    sl_help(t, "sluice_decisions_total", "counter",
-            "Store decisions by rule and result (a call counts in every rule "
-            "it matched when allowed, in the rule that held it back when denied, "
-            "and in a shadow rule that would have denied it).");
+    sl_help(t, SL_MF_DECISIONS);
     for (size_t i = 0; i < c->nupstreams; i++) {
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
@@ -872,28 +863,14 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         }
     }
 
-    sl_help(t, "sluice_app_calls_total", "counter",
-            "Calls allowed by app and rule, on this instance (apps are bounded "
-            "by max_apps; the rest count as \"other\").");
-    sl_app_counters_text(t, proxy, c, "sluice_app_calls_total", SL_APP_CALLS, napps);
-    sl_help(t, "sluice_app_denied_total", "counter",
-            "Calls answered over the limit, by app and by the rule (or the "
-            "upstream's pause) that refused them, on this instance.");
-    sl_app_counters_text(t, proxy, c, "sluice_app_denied_total", SL_APP_DENIED, napps);
+    sl_help(t, SL_MF_APP_CALLS);
+    sl_app_counters_text(t, proxy, c, sl_metric_families[SL_MF_APP_CALLS].name, SL_APP_CALLS, napps);
+    sl_help(t, SL_MF_APP_DENIED);
+    sl_app_counters_text(t, proxy, c, sl_metric_families[SL_MF_APP_DENIED].name, SL_APP_DENIED, napps);
 
     /* Gauges from the snapshot: per rule, the busiest bucket. */
-    static const struct {
-        const char *name, *help;
-    } gauges[] = {
-        {"sluice_rule_limit", "The rule's limit (calls per window, or in flight)."},
-        {"sluice_rule_used", "Calls counted now (busiest bucket of a per rule)."},
-        {"sluice_rule_remaining", "Calls that fit now."},
-        {"sluice_rule_utilization_ratio", "Used over limit, 0 to 1."},
-        {"sluice_rule_reset_seconds", "Until the oldest counted call leaves the window."},
-        {"sluice_rule_buckets", "Buckets (per values) the rule holds now."},
-    };
-    for (size_t g = 0; g < sizeof(gauges) / sizeof(gauges[0]); g++) {
-        sl_help(t, gauges[g].name, "gauge", gauges[g].help);
+    for (int g = SL_MF_RULE_LIMIT; g <= SL_MF_RULE_BUCKETS; g++) {
+        sl_help(t, (enum sl_metric_family)g);
         for (size_t i = 0; snap != NULL && i < c->nupstreams; i++) {
             const struct sl_upstream_conf *up = &c->upstreams[i];
             sl_label(up->name, ul, sizeof(ul));
@@ -904,23 +881,25 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                 uint64_t used = u ? u->used : 0;
                 double v = 0;
                 switch (g) {
-                case 0: v = (double)r->limit; break;
-                case 1: v = (double)used; break;
-                case 2: v = u ? (double)u->remaining : (double)r->limit; break;
-                case 3: v = sl_ratio(used, r->limit); break;
-                case 4: v = u && u->resets_in_us > 0 ? sl_secs(u->resets_in_us) : 0; break;
+                case SL_MF_RULE_LIMIT: v = (double)r->limit; break;
+                case SL_MF_RULE_USED: v = (double)used; break;
+                case SL_MF_RULE_REMAINING:
+                    v = u ? (double)u->remaining : (double)r->limit;
+                    break;
+                case SL_MF_RULE_UTILIZATION: v = sl_ratio(used, r->limit); break;
+                case SL_MF_RULE_RESET:
+                    v = u && u->resets_in_us > 0 ? sl_secs(u->resets_in_us) : 0;
+                    break;
                 default: v = (double)(r->per_kind != SL_PER_NONE ? ru->nbuckets
                                                                   : u && used ? 1 : 0);
                 }
                 snprintf(labels, sizeof(labels), "upstream=\"%s\",rule=\"%s\"", ul,
                          sl_label(r->name, rl, sizeof(rl)));
-                sl_buf_printf(t, "%s{%s} %.15g\n", gauges[g].name, labels, v);
+                sl_buf_printf(t, "%s{%s} %.15g\n", sl_metric_families[g].name, labels, v);
             }
         }
     }
-    sl_help(t, "sluice_rule_app_used", "gauge",
-            "Calls each app has in the rule's current window (busiest bucket of "
-            "a per rule; shared figures with Redis).");
+    sl_help(t, SL_MF_RULE_APP_USED);
     for (size_t i = 0; snap != NULL && i < c->nupstreams; i++) {
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
@@ -937,9 +916,7 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         }
     }
 
-    sl_help(t, "sluice_rule_app_share", "gauge",
-            "An app's share of the rule (\"apps\"), in calls per window: its "
-            "max, or its reserve; app \"*\" is every app not named.");
+    sl_help(t, SL_MF_RULE_APP_SHARE);
     for (size_t i = 0; i < c->nupstreams; i++) {
         const struct sl_upstream_conf *up = &c->upstreams[i];
         sl_label(up->name, ul, sizeof(ul));
@@ -958,13 +935,12 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
         }
     }
 
-    sl_help(t, "sluice_queue_depth", "gauge", "Calls held in queue mode now.");
+    sl_help(t, SL_MF_QUEUE_DEPTH);
     for (size_t i = 0; i < c->nupstreams; i++)
         sl_buf_printf(t, "sluice_queue_depth{upstream=\"%s\"} %u\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    sl_queue_count(&a->w->queue, i));
-    sl_help(t, "sluice_app_queue_depth", "gauge",
-            "Calls of an app held in queue mode now, for any upstream.");
+    sl_help(t, SL_MF_APP_QUEUE_DEPTH);
     for (unsigned app = 0; app < napps; app++) {
         unsigned held = sl_queue_app_count(&a->w->queue, (uint16_t)app);
         if (held > 0)
@@ -972,44 +948,37 @@ static void sl_metrics_text(struct sl_admin *a, const struct sl_snapshot *snap,
                        sl_label(sl_apps_name(proxy->apps, (uint16_t)app), al, sizeof(al)),
                        held);
     }
-    sl_help(t, "sluice_queue_wait_seconds", "histogram",
-            "Time calls spent held in the queue (observed when they leave it).");
-    sl_hists_text(t, proxy, c, "sluice_queue_wait_seconds", true, sl_hist_held_bounds);
-    sl_help(t, "sluice_upstream_duration_seconds", "histogram",
-            "Upstream exchanges, from sending the request to the last byte.");
-    sl_hists_text(t, proxy, c, "sluice_upstream_duration_seconds", false,
+    sl_help(t, SL_MF_QUEUE_WAIT);
+    sl_hists_text(t, proxy, c, sl_metric_families[SL_MF_QUEUE_WAIT].name, true, sl_hist_held_bounds);
+    sl_help(t, SL_MF_UPSTREAM_DURATION);
+    sl_hists_text(t, proxy, c, sl_metric_families[SL_MF_UPSTREAM_DURATION].name,
+                  false,
                   sl_hist_latency_bounds);
-    sl_help(t, "sluice_provider_pauses_total", "counter",
-            "Pauses the provider asked for (429/503 with Retry-After, limit signals).");
+    sl_help(t, SL_MF_PROVIDER_PAUSES);
     for (size_t i = 0; i < c->nupstreams; i++)
         sl_buf_printf(t, "sluice_provider_pauses_total{upstream=\"%s\"} %llu\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    (unsigned long long)SL_SUM(proxy, pauses, c->upstreams[i].metric_id,
                                               SL_UP_ROWS));
-    sl_help(t, "sluice_provider_pause_remaining_seconds", "gauge",
-            "Time left in the provider's pause (0: not paused).");
+    sl_help(t, SL_MF_PROVIDER_PAUSE_REMAINING);
     for (size_t i = 0; snap != NULL && i < c->nupstreams; i++)
         sl_buf_printf(t, "sluice_provider_pause_remaining_seconds{upstream=\"%s\"} %.3f\n",
                    sl_label(c->upstreams[i].name, ul, sizeof(ul)),
                    sl_secs(snap->ups[i].paused_us));
-    sl_help(t, "sluice_store_up", "gauge",
-            "1 when the limit store answers (always with the memory store).");
+    sl_help(t, SL_MF_STORE_UP);
     sl_buf_printf(t, "sluice_store_up{store=\"%s\"} %d\n",
                c->store_kind == SL_STORE_REDIS ? "redis" : "memory", !st.shared_down);
-    sl_help(t, "sluice_store_errors_total", "counter",
-            "Failures talking to Redis (lost links, timeouts, refused scripts).");
+    sl_help(t, SL_MF_STORE_ERRORS);
     sl_buf_printf(t, "sluice_store_errors_total{store=\"%s\"} %llu\n",
                c->store_kind == SL_STORE_REDIS ? "redis" : "memory",
                (unsigned long long)(c->store_kind == SL_STORE_REDIS
                                         ? sl_store_redis_errors() : 0));
-    sl_help(t, "sluice_apps", "gauge", "Distinct app names tracked (at most 2 x max_apps + 2: names from calls, configured names, \"-\" and \"other\").");
+    sl_help(t, SL_MF_APPS);
     sl_buf_printf(t, "sluice_apps %u\n", napps);
     {
         uint64_t n[SL_ALERT_RESULTS] = {0};
         sl_alerts_counts(a->w->alerts, n);
-        sl_help(t, "sluice_alerts_total", "counter",
-                "Alert webhooks by result (sent: a 2xx answer; failed: no 2xx "
-                "after every retry; dropped: the alert queue was full).");
+        sl_help(t, SL_MF_ALERTS);
         for (int i = 0; i < SL_ALERT_RESULTS; i++)
             sl_buf_printf(t, "sluice_alerts_total{result=\"%s\"} %llu\n",
                        sl_alert_result_names[i], (unsigned long long)n[i]);

@@ -52,10 +52,25 @@ static void sl_usage(FILE *out)
             "  -v, --verbose       log debug lines too\n"
             "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n"
+            "      --print-metrics print the reference of /metrics (Markdown,\n"
+            "                      docs/metrics.md) and exit\n"
+            "      --print-reference\n"
+            "                      print the configuration reference (Markdown,\n"
+            "                      docs/configuration.md) and exit\n"
             "\n"
-            "Environment: SLUICE_LISTEN overrides \"listen\", SLUICE_STORE\n"
-            "\"store\", SLUICE_ADMIN_LISTEN \"admin.listen\" (and opens the admin\n"
-            "listener if the file has none), SLUICE_ADMIN_TOKEN \"admin.token\".\n");
+            "Environment (the overrides apply when set and not empty):\n");
+    /* The overrides come from the configuration's own tables. */
+    sl_config_env_help(out);
+    fprintf(out,
+            "  %-22s the file `sluice health` reads\n"
+            "  %-22s where response_spool files go (default /tmp)\n"
+            "  %-22s time zone files (default /usr/share/zoneinfo)\n"
+            "  %-22s shifts the wall clock by this much (tests only)\n"
+            "  %-22s systemd's notify socket: readiness, reloads, stopping\n"
+            "  %-22s systemd's watchdog interval: pinged at half of it\n"
+            "  %-22s the process the watchdog is meant for\n",
+            "SLUICE_CONFIG", "TMPDIR", "TZDIR", "SLUICE_TEST_WALL_OFFSET_MS",
+            "NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID");
 }
 
 /* Failing state writes, for logging them without flooding the log. */
@@ -117,6 +132,8 @@ int main(int argc, char **argv)
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
+        {"print-metrics", no_argument, NULL, 'M'},
+        {"print-reference", no_argument, NULL, 'R'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
@@ -172,6 +189,12 @@ int main(int argc, char **argv)
         case 'h':
             sl_usage(stdout);
             return 0;
+        case 'M':
+            sl_metrics_reference(stdout);
+            return fflush(stdout) == 0 ? 0 : 1;
+        case 'R':
+            sl_config_reference(stdout);
+            return fflush(stdout) == 0 ? 0 : 1;
         default:
             sl_usage(stderr);
             return 2;

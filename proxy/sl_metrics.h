@@ -9,15 +9,66 @@
  * Label cardinality is bounded by the configuration: upstreams, rules
  * (each upstream's rules plus its provider pause), outcomes, and apps
  * (max_apps + "-" and "other").  No `per` value ever becomes a label.
+ *
+ * Every family /metrics writes is described once, by a row of
+ * sl_metric_families (name, type, help, labels): the admin listener writes
+ * its HELP and TYPE lines from the row, and `sluice --print-metrics`
+ * prints the table docs/metrics.md is.
  */
 #ifndef SL_METRICS_H
 #define SL_METRICS_H
 
 #include <stdatomic.h>
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "sl_config.h"
+
+/* The metric families of /metrics, in the order it writes them. */
+enum sl_metric_family {
+    SL_MF_BUILD_INFO,
+    SL_MF_START_TIME,
+    SL_MF_CONFIG_RELOADS,
+    SL_MF_CONFIG_GENERATION,
+    SL_MF_CONFIG_LOADED,
+    SL_MF_CALLS,
+    SL_MF_DECISIONS,
+    SL_MF_APP_CALLS,
+    SL_MF_APP_DENIED,
+    SL_MF_RULE_LIMIT,
+    SL_MF_RULE_USED,
+    SL_MF_RULE_REMAINING,
+    SL_MF_RULE_UTILIZATION,
+    SL_MF_RULE_RESET,
+    SL_MF_RULE_BUCKETS,
+    SL_MF_RULE_APP_USED,
+    SL_MF_RULE_APP_SHARE,
+    SL_MF_QUEUE_DEPTH,
+    SL_MF_APP_QUEUE_DEPTH,
+    SL_MF_QUEUE_WAIT,
+    SL_MF_UPSTREAM_DURATION,
+    SL_MF_PROVIDER_PAUSES,
+    SL_MF_PROVIDER_PAUSE_REMAINING,
+    SL_MF_STORE_UP,
+    SL_MF_STORE_ERRORS,
+    SL_MF_APPS,
+    SL_MF_ALERTS,
+    SL_MF_COUNT,
+};
+
+/* One family: what a scraper and the reference say about it. */
+struct sl_metric_desc {
+    const char *name;             /* "sluice_calls_total" */
+    const char *type;             /* "counter", "gauge" or "histogram" */
+    const char *help;             /* the HELP line: one sentence or two */
+    const char *labels;           /* "upstream,outcome"; "" for none */
+};
+
+extern const struct sl_metric_desc sl_metric_families[SL_MF_COUNT];
+
+/* Print the Markdown reference of every family (docs/metrics.md) to OUT. */
+void sl_metrics_reference(FILE *out);
 
 /* What happened to a call, as /metrics counts it. */
 enum sl_outcome {

@@ -2,6 +2,7 @@
 import glob
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -33,6 +34,31 @@ def test_version_and_help():
     assert r.returncode == 0 and "--check" in r.stdout
     r = run([])
     assert r.returncode == 2 and "usage" in r.stderr
+
+
+def test_help_lists_every_environment_variable_read():
+    # The overrides come from the configuration's tables (the same rows the
+    # reference prints); the rest are the literal getenv() calls.
+    r = run(["--help"])
+    assert r.returncode == 0
+    listed = set(re.findall(r"^  ([A-Z][A-Z0-9_]+) ", r.stdout, re.M))
+    overrides = dict(re.findall(r'^  (SLUICE_[A-Z_]+) +overrides "([a-z_.]+)"$',
+                                r.stdout, re.M))
+    assert overrides == {"SLUICE_LISTEN": "listen", "SLUICE_STORE": "store",
+                         "SLUICE_ADMIN_LISTEN": "admin.listen",
+                         "SLUICE_ADMIN_TOKEN": "admin.token"}
+    read = set()
+    for d in ("proxy", "limits", "common"):
+        for path in glob.glob(os.path.join(ROOT, d, "*.c")):
+            with open(path) as f:
+                read |= set(re.findall(r'getenv\("([A-Z0-9_]+)"\)', f.read()))
+    assert read and read <= listed, read - listed
+    ref = run(["--print-reference"])
+    assert ref.returncode == 0
+    for name, key in overrides.items():
+        row = re.search(r"^\| `%s` \|.*\| `%s` \|" % (key.split(".")[-1], name),
+                        ref.stdout, re.M)
+        assert row, (name, key)
 
 
 def test_example_configs_are_valid():

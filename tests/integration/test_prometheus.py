@@ -27,7 +27,7 @@ import urllib.request
 
 import pytest
 
-from harness import Upstream, free_port, parallel
+from harness import SLUICE_BIN, Upstream, free_port, parallel
 
 PROMETHEUS = os.environ.get("PROMETHEUS", "/usr/bin/prometheus")
 PROMTOOL = os.environ.get("PROMTOOL", "/usr/bin/promtool")
@@ -316,6 +316,22 @@ def test_promtool_accepts_metrics_and_figures_match(sluice):
         assert ("sluice_calls_total", "counter") in types
         assert ("sluice_upstream_duration_seconds", "histogram") in types
         assert ("sluice_rule_utilization_ratio", "gauge") in types
+        # The reference (sluice --print-metrics, docs/metrics.md) names every
+        # family with the type and the labels the scrape gives it.
+        ref = subprocess.run([SLUICE_BIN, "--print-metrics"],
+                             capture_output=True, text=True, timeout=30,
+                             check=True).stdout
+        rows = {m.group(1): (m.group(2), set(re.findall(r"`(\w+)`", m.group(3))))
+                for m in re.finditer(r"^\| `(\w+)` \| (\w+) \| ([^|]*) \|",
+                                     ref, re.M)}
+        assert [name for name, _ in types] == list(rows)
+        for name, kind in types:
+            assert rows[name][0] == kind, name
+            samples = re.findall(r"^%s(?:_bucket|_sum|_count)?\{([^}]*)\}" % name,
+                                 text, re.M)
+            for labels in samples:
+                seen = set(re.findall(r"(\w+)=", labels)) - {"le"}
+                assert seen == rows[name][1], (name, labels)
     finally:
         crm.close()
         leads.close()
