@@ -10,9 +10,10 @@ import time
 from harness import Sluice, free_port, max_in_window
 
 
-def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), **top):
+def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), margin="50ms",
+            **top):
     cfg = {"upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                          "margin": "50ms", "rules": rules}] + list(extra_upstreams)}
+                          "margin": margin, "rules": rules}] + list(extra_upstreams)}
     if store is not None:
         cfg["store"] = store
     if admin_port is not None:
@@ -284,10 +285,16 @@ def test_reload_under_load(upstream, store):
     than the limit in any window -- before, during and after."""
     limit, window = 10, 1.0
     rules = [{"name": "r", "limit": limit, "window": "1s"}]
-    sl = start(upstream, rules, store, workers=2)
     # The upstream stamps arrivals in a busy Python thread: its clock lags
-    # sluice's by a few ms to tens of ms under this load.  The margin is
-    # the documented allowance for that gap (README, "margin"): 50 ms.
+    # sluice's by a few ms to tens of ms under this load, and by over 50 ms
+    # now and then when the machine is busy besides (two cores, the
+    # sanitizer build or stress-ng beside the suite: 50 ms failed about one
+    # run in three there).  The margin is the documented allowance for that
+    # gap between sluice's clock and the provider's (docs/configuration.md,
+    # "margin"): 250 ms, several times the lags seen there, so the assertion
+    # below, made at the upstream's arrival times, tests sluice and not
+    # the scheduler.
+    sl = start(upstream, rules, store, workers=2, margin="250ms")
     stop = threading.Event()
     errors, answers = [], []
 
