@@ -10,7 +10,7 @@ set -eu
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
-      libjansson-dev libhiredis-dev ca-certificates"
+      libjansson-dev libhiredis-dev libssl-dev ca-certificates"
 for arg in "$@"; do
     case "$arg" in
     --test)
