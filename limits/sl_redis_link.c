@@ -87,6 +87,7 @@
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -485,6 +486,7 @@ static bool sl_rl_is_push(const redisReply *rep)
     if (kind->type != REDIS_REPLY_STRING)
         return false;
     return (rep->elements == 3 && kind->len == 7 && memcmp(kind->str, "message", 7) == 0) ||
+           (rep->elements == 3 && kind->len == 8 && memcmp(kind->str, "smessage", 8) == 0) ||
            (rep->elements == 4 && kind->len == 8 && memcmp(kind->str, "pmessage", 8) == 0);
 }
 
@@ -827,6 +829,43 @@ int sl_redis_link_flush(struct sl_redis_link *link)
     return rc;
 }
 
+int sl_redis_link_flush_wait(struct sl_redis_link *link, int wait_ms)
+{
+    int64_t end = sl_redis_link_now_ms() + wait_ms;
+    int rc = 0;
+
+    if (link->state != SL_REDIS_LINK_HANDSHAKE && link->state != SL_REDIS_LINK_UP)
+        return -1;
+    sl_rl_enter(link);
+    for (;;) {
+        struct pollfd pfd = {.fd = link->fd};
+        int64_t left;
+        if (!link->write_wants_read && sl_rl_write(link) != 0) {
+            rc = -1;
+            break;
+        }
+        left = end - sl_redis_link_now_ms();
+        if (link->opos == link->olen || left <= 0)
+            break;
+        pfd.events = link->write_wants_read ? POLLIN : POLLOUT;
+        if (poll(&pfd, 1, (int)left) < 0 && errno != EINTR) {
+            rc = -1;
+            break;
+        }
+        if (link->write_wants_read && (pfd.revents & (POLLIN | POLLHUP | POLLERR)) &&
+            sl_rl_write(link) != 0) {
+            rc = -1;
+            break;
+        }
+    }
+    if (rc == 0 && link->opos < link->olen)
+        rc = -1;
+    if (link->state != SL_REDIS_LINK_DEAD && !link->free_asked)
+        sl_rl_watch(link);
+    sl_rl_leave(link);
+    return rc;
+}
+
 int64_t sl_redis_link_check(struct sl_redis_link *link, int64_t now_ms)
 {
     int64_t next = -1;
@@ -974,14 +1013,16 @@ fail:
     return NULL;
 }
 
+/* 1: a command that subscribes, 2: one that unsubscribes, 0: neither.
+ * Each is answered once per channel it names. */
 static int sl_rl_subscribe_kind(const char *s, size_t n)
 {
-    static const char *const names[] = {"SUBSCRIBE", "PSUBSCRIBE", "UNSUBSCRIBE",
-                                        "PUNSUBSCRIBE"};
+    static const char *const names[] = {"SUBSCRIBE", "PSUBSCRIBE", "SSUBSCRIBE",
+                                        "UNSUBSCRIBE", "PUNSUBSCRIBE", "SUNSUBSCRIBE"};
 
-    for (int i = 0; i < 4; i++)
+    for (int i = 0; i < 6; i++)
         if (strlen(names[i]) == n && strncasecmp(s, names[i], n) == 0)
-            return i + 1;
+            return i < 3 ? 1 : 2;
     return 0;
 }
 
@@ -1011,7 +1052,7 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
     c->privdata = privdata;
     c->at_ms = sl_redis_link_now_ms();
     c->replies = sub != 0 ? (unsigned)(argc - 1) : 1;
-    if (sub == 1 || sub == 2)
+    if (sub == 1)
         link->subscribed = true;
     sl_rl_push(link, c);
     /* Inside the link's own functions the watch is set on the way out,

@@ -88,7 +88,7 @@ struct sl_redis_link_conf {
     int db;                   /* SELECT it when not 0 */
     struct sl_redis_tls *tls; /* NULL: plain TCP; referenced, not owned */
     /* Connecting (TCP, TLS, handshake) must finish within it, and the
-     * oldest unanswered command must be answered within it. */
+     * oldest unanswered command must be answered within it.  > 0. */
     int64_t timeout_ms;
 };
 
@@ -109,8 +109,8 @@ struct sl_redis_link_cbs {
     /* Once, only for a link that was UP: why it went down.  Not called
      * for sl_redis_link_free().  May be NULL. */
     sl_redis_status_fn on_disconnect;
-    /* Subscriber mode: every "message" and "pmessage" pushed after a
-     * SUBSCRIBE or PSUBSCRIBE, with ARG as privdata.  May be NULL. */
+    /* Subscriber mode: every "message", "pmessage" and "smessage" pushed
+     * after a (P|S)SUBSCRIBE, with ARG as privdata.  May be NULL. */
     sl_redis_reply_fn on_message;
     void *arg;
 };
@@ -131,9 +131,9 @@ struct sl_redis_link *sl_redis_link_new(const struct sl_redis_link_conf *conf,
 /*
  * Queue the command ARGV[0..ARGC) (LENS[i] bytes each; LENS NULL: C
  * strings).  It is written when the socket takes it (or at
- * sl_redis_link_flush()).  SUBSCRIBE and PSUBSCRIBE put the link in
- * subscriber mode; CB then gets the confirmation of the last channel
- * named.  (P)UNSUBSCRIBE must name its channels.  Returns 0 (CB will be
+ * sl_redis_link_flush()).  SUBSCRIBE, PSUBSCRIBE and SSUBSCRIBE put the
+ * link in subscriber mode; CB then gets the confirmation of the last
+ * channel named.  (P|S)UNSUBSCRIBE must name its channels.  Returns 0 (CB will be
  * called exactly once) or -1 (dead link, out of memory, unnamed
  * UNSUBSCRIBE: CB is never called).
  */
@@ -144,6 +144,16 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
  * when the loop next finds it writable.  Returns 0, or -1 (the link is
  * dead, or died now: its callbacks ran). */
 int sl_redis_link_flush(struct sl_redis_link *link);
+
+/*
+ * For shutting down: write everything queued, waiting for the socket up
+ * to WAIT_MS (blocking the thread; never on a request's path), so what
+ * the owner must tell Redis before closing (releases, undos) is sent.
+ * Replies are not waited for.  Returns 0 (all written), or -1 (not all:
+ * time ran out, the link is not connected, or it died: its callbacks
+ * ran).  Then sl_redis_link_free().
+ */
+int sl_redis_link_flush_wait(struct sl_redis_link *link, int wait_ms);
 
 /*
  * The deadline, from the owner's timers.  NOW_MS is sl_redis_link_now_ms()

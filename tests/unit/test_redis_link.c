@@ -977,6 +977,25 @@ static void test_free_rules(void **state)
         assert_int_equal(nwatches, 0);
     }
 
+    /* Written before the free, not answered: what an owner shutting
+     * down must still tell Redis. */
+    {
+        struct status ust = {0};
+        struct answer set = {0}, get = {0};
+        struct sl_redis_link *link = connect_link(&conf, &ust);
+        assert_int_equal(sl_redis_link_flush_wait(link, 100), -1);  /* not connected */
+        assert_true(run_until(&link, 1, &ust.up, 3000));
+        assert_int_equal(cmd(link, &set, 3, "SET", "last", "words"), 0);
+        assert_int_equal(sl_redis_link_flush_wait(link, 2000), 0);
+        sl_redis_link_free(link);
+        assert_int_equal(set.calls, 1);
+        link = connect_link(&conf, &ust);
+        assert_int_equal(cmd(link, &get, 2, "GET", "last"), 0);
+        assert_true(run_until(&link, 1, &get.calls, 3000));
+        assert_string_equal(get.str, "words");
+        sl_redis_link_free(link);
+    }
+
     /* Nothing listens there: refused, at once or through the callback. */
     {
         struct server gone = {.port = free_port()};
