@@ -17,8 +17,9 @@
  *     died or was freed first;
  *   - no callback runs after sl_redis_link_free() has returned; every
  *     command still unanswered is called back with NULL inside it;
- *   - callbacks run from the loop's I/O callback, from
- *     sl_redis_link_check() and from sl_redis_link_free() only, never
+ *   - callbacks run from the loop's I/O callback and from
+ *     sl_redis_link_check(), sl_redis_link_flush(),
+ *     sl_redis_link_flush_wait() and sl_redis_link_free() only, never
  *     from sl_redis_link_new() or sl_redis_link_command().  A callback may
  *     send commands on the link and may free it.
  */
