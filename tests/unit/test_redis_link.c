@@ -683,6 +683,25 @@ static void test_tls(void **state)
         sl_redis_link_free(link);
     }
 
+    /* A stopped server accepts the connection (the kernel does) and says
+     * nothing: the deadline ends the TLS handshake. */
+    {
+        struct sl_redis_link_conf conf = conf_for(&s);
+        struct status tst = {0};
+        struct sl_redis_link *link;
+        kill(s.pid, SIGSTOP);
+        conf.tls = tls_with("ca.crt", NULL, NULL, NULL);
+        conf.timeout_ms = 300;
+        link = connect_link(&conf, &tst);
+        sl_redis_tls_free(conf.tls);
+        assert_true(run_until(&link, 1, &tst.done, 3000));
+        assert_int_equal(tst.status, SL_REDIS_LINK_ERR_TIMEOUT);
+        assert_non_null(strstr(tst.reason, "in the TLS handshake"));
+        assert_string_equal(sl_redis_link_error(link), tst.reason);
+        sl_redis_link_free(link);
+        kill(s.pid, SIGCONT);
+    }
+
     /* Configurations that cannot work are refused when built. */
     {
         struct sl_redis_tls_conf c = {.ca_file = "/nonexistent/ca.pem"};
@@ -1043,6 +1062,125 @@ static void test_free_rules(void **state)
     stop_redis(&s);
 }
 
+/* The owner frees the link from its status callbacks: on a failure
+ * always, on a connect when free_on_up says so. */
+static struct sl_redis_link *self_freeing;
+static bool free_on_up;
+
+static void on_status_free(struct sl_redis_link *link, int status, const char *reason,
+                           void *arg)
+{
+    struct status *st = arg;
+    assert_ptr_equal(link, self_freeing);
+    st->status = status;
+    snprintf(st->reason, sizeof(st->reason), "%s", reason ? reason : "");
+    if (status == SL_REDIS_LINK_OK)
+        st->up = 1;
+    else
+        st->done = 1;
+    if (status != SL_REDIS_LINK_OK || free_on_up) {
+        sl_redis_link_free(link);
+        self_freeing = NULL;
+    }
+}
+
+static void test_free_from_status_callbacks(void **state)
+{
+    struct server s = start_redis(false, false, NULL);
+    struct sl_redis_link_conf conf = conf_for(&s);
+    struct sl_redis_link_cbs cbs;
+    struct status st = {0};
+    struct answer a[3] = {{0}};
+    char why[256];
+    (void)state;
+
+    /* Freed on its connect. */
+    free_on_up = true;
+    cbs = (struct sl_redis_link_cbs){on_status_free, on_status_free, NULL, &st};
+    self_freeing = sl_redis_link_new(&conf, &test_loop, &cbs, why, sizeof(why));
+    assert_non_null(self_freeing);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(cmd(self_freeing, &a[i], 1, "PING"), 0);
+    assert_true(run_until(&self_freeing, 1, &st.up, 3000));
+    assert_null(self_freeing);
+    /* Freed inside on_connect, before their replies were read. */
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a[i].calls, 1);
+        assert_int_equal(a[i].type, 0);
+    }
+    assert_int_equal(nwatches, 0);
+
+    /* Freed on its disconnect, with commands out. */
+    free_on_up = false;
+    st = (struct status){0};
+    memset(a, 0, sizeof(a));
+    cbs = (struct sl_redis_link_cbs){on_status_free, on_status_free, NULL, &st};
+    self_freeing = sl_redis_link_new(&conf, &test_loop, &cbs, why, sizeof(why));
+    assert_non_null(self_freeing);
+    assert_true(run_until(&self_freeing, 1, &st.up, 3000));
+    assert_non_null(self_freeing);
+    {
+        const char *argv[] = {"BLPOP", "never", "0"};
+        for (int i = 0; i < 3; i++)
+            assert_int_equal(sl_redis_link_command(self_freeing, 3, argv, NULL, on_reply,
+                                                   &a[i]), 0);
+    }
+    loop_once(&self_freeing, 1, 50);
+    kill(s.pid, SIGKILL);
+    assert_true(run_until(&self_freeing, 1, &st.done, 3000));
+    assert_null(self_freeing);
+    assert_int_equal(st.status, SL_REDIS_LINK_ERR_IO);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(a[i].calls, 1);
+        assert_int_equal(a[i].type, 0);
+    }
+    assert_int_equal(nwatches, 0);
+    stop_redis(&s);
+}
+
+static void test_ipv6(void **state)
+{
+    static const char *const extra[] = {"--bind", "127.0.0.1", "::1", NULL};
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    int fd = socket(AF_INET6, SOCK_STREAM, 0);
+    struct server s;
+    struct sl_redis_link_conf conf;
+    struct status st = {0};
+    struct answer pong = {0};
+    struct sl_redis_link *link;
+    bool have_v6 = fd >= 0 && bind(fd, (struct sockaddr *)&a6, sizeof(a6)) == 0;
+    (void)state;
+
+    if (fd >= 0)
+        close(fd);
+    if (!have_v6)
+        skip();  /* no IPv6 loopback on this machine */
+    s = start_redis(false, false, extra);
+    conf = conf_for(&s);
+    conf.host = "::1";
+    link = connect_link(&conf, &st);
+    assert_int_equal(cmd(link, &pong, 1, "PING"), 0);
+    assert_true(run_until(&link, 1, &pong.calls, 3000));
+    assert_string_equal(pong.str, "PONG");
+    sl_redis_link_free(link);
+
+    /* Its sentences write the address in brackets. */
+    stop_redis(&s);
+    st = (struct status){0};
+    {
+        struct sl_redis_link_cbs cbs = {on_connect, on_disconnect, NULL, &st};
+        char why[256];
+        link = sl_redis_link_new(&conf, &test_loop, &cbs, why, sizeof(why));
+        if (link == NULL) {
+            assert_non_null(strstr(why, "[::1]:"));
+        } else {
+            assert_true(run_until(&link, 1, &st.done, 3000));
+            assert_non_null(strstr(st.reason, "[::1]:"));
+            sl_redis_link_free(link);
+        }
+    }
+}
+
 static int setup_all(void **state)
 {
     (void)state;
@@ -1081,6 +1219,8 @@ int main(void)
         cmocka_unit_test(test_killed_mid_pipeline),
         cmocka_unit_test(test_subscribe),
         cmocka_unit_test(test_free_rules),
+        cmocka_unit_test(test_free_from_status_callbacks),
+        cmocka_unit_test(test_ipv6),
     };
     return cmocka_run_group_tests(tests, setup_all, teardown_all);
 }
