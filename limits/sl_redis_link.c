@@ -62,6 +62,11 @@
  * certificate", "hostname mismatch"); other TLS failures with the first
  * reason in the error queue ("tlsv13 alert certificate required").
  *
+ * The output buffer is the link's own rather than an sl_buf: it is
+ * consumed from the front as the socket takes bytes, and a failed append
+ * must leave the commands already queued in it intact (an sl_buf that
+ * fails empties itself), since each of them has an entry in the FIFO.
+ *
  * Ownership.  The link owns its socket, its SSL (and a reference to the
  * shared SSL_CTX, so sl_redis_tls_free() may come first), its output
  * buffer, its reader and the FIFO entries; replies are the link's and are
@@ -74,7 +79,9 @@
  */
 #include "sl_redis_link.h"
 
+#include "sl_assert.h"
 #include "sl_store.h"
+#include "sl_time.h"
 
 #include <arpa/inet.h>
 #include <errno.h>
@@ -93,7 +100,6 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
-#include <time.h>
 #include <unistd.h>
 
 #define SL_RL_READ_CHUNK 16384
@@ -151,14 +157,6 @@ struct sl_redis_link {
 static void sl_rl_fail(struct sl_redis_link *link, int status, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 static void sl_rl_io(void *arg, bool readable, bool writable);
-
-int64_t sl_redis_link_now_ms(void)
-{
-    struct timespec ts;
-
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
 
 /* ---- TLS contexts ---- */
 
@@ -326,8 +324,11 @@ static struct sl_rl_cmd *sl_rl_pop(struct sl_redis_link *link)
     link->head = c->next;
     if (link->head == NULL)
         link->tail = NULL;
-    if (c->cb != NULL)
+    if (c->cb != NULL) {
+        SL_ASSERT(link->npending > 0);
         link->npending--;
+    }
+    SL_ASSERT(link->head != NULL || link->npending == 0);
     return c;
 }
 
@@ -499,6 +500,7 @@ static void sl_rl_handshake_reply(struct sl_redis_link *link, const struct sl_rl
                    c->what, (int)(rep->len < 200 ? rep->len : 200), rep->str);
         return;
     }
+    SL_ASSERT(link->handshake_left > 0 && link->state == SL_REDIS_LINK_HANDSHAKE);
     if (--link->handshake_left > 0)
         return;
     link->state = SL_REDIS_LINK_UP;
@@ -531,6 +533,8 @@ static void sl_rl_dispatch(struct sl_redis_link *link, redisReply *rep)
         return;
     }
     c = sl_rl_pop(link);
+    /* The link's own commands are answered before any of the owner's. */
+    SL_ASSERT(c->cb != NULL || link->state == SL_REDIS_LINK_HANDSHAKE);
     if (c->cb == NULL)
         sl_rl_handshake_reply(link, c, rep);
     else
@@ -773,6 +777,7 @@ static void sl_rl_destroy(struct sl_redis_link *link);
  * free was asked meanwhile. */
 static void sl_rl_leave(struct sl_redis_link *link)
 {
+    SL_ASSERT(link->depth > 0);
     if (--link->depth == 0 && link->free_asked)
         sl_rl_destroy(link);
 }
@@ -831,7 +836,7 @@ int sl_redis_link_flush(struct sl_redis_link *link)
 
 int sl_redis_link_flush_wait(struct sl_redis_link *link, int wait_ms)
 {
-    int64_t end = sl_redis_link_now_ms() + wait_ms;
+    int64_t end = sl_time_mono_ms() + wait_ms;
     int rc = 0;
 
     if (link->state != SL_REDIS_LINK_HANDSHAKE && link->state != SL_REDIS_LINK_UP)
@@ -844,7 +849,7 @@ int sl_redis_link_flush_wait(struct sl_redis_link *link, int wait_ms)
             rc = -1;
             break;
         }
-        left = end - sl_redis_link_now_ms();
+        left = end - sl_time_mono_ms();
         if (link->opos == link->olen || left <= 0)
             break;
         pfd.events = link->write_wants_read ? POLLIN : POLLOUT;
@@ -948,7 +953,7 @@ struct sl_redis_link *sl_redis_link_new(const struct sl_redis_link_conf *conf,
     if (cbs != NULL)
         link->cbs = *cbs;
     link->timeout_ms = conf->timeout_ms > 0 ? conf->timeout_ms : 1;
-    link->start_ms = sl_redis_link_now_ms();
+    link->start_ms = sl_time_mono_ms();
     snprintf(link->name, sizeof(link->name), strchr(conf->host, ':') ? "[%s]:%d" : "%s:%d",
              conf->host, conf->port);
     link->reader = redisReaderCreate();
@@ -1050,7 +1055,7 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
     free(cmd);
     c->cb = cb;
     c->privdata = privdata;
-    c->at_ms = sl_redis_link_now_ms();
+    c->at_ms = sl_time_mono_ms();
     c->replies = sub != 0 ? (unsigned)(argc - 1) : 1;
     if (sub == 1)
         link->subscribed = true;
@@ -1065,6 +1070,9 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
 static void sl_rl_destroy(struct sl_redis_link *link)
 {
     struct sl_rl_cmd *c;
+
+    /* Every command the owner gave was answered before this. */
+    SL_ASSERT(link->free_asked && link->depth == 0 && link->npending == 0);
 
     sl_rl_close_socket(link);
     while ((c = sl_rl_pop(link)) != NULL)

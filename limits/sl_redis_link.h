@@ -157,7 +157,7 @@ int sl_redis_link_flush(struct sl_redis_link *link);
 int sl_redis_link_flush_wait(struct sl_redis_link *link, int wait_ms);
 
 /*
- * The deadline, from the owner's timers.  NOW_MS is sl_redis_link_now_ms()
+ * The deadline, from the owner's timers.  NOW_MS is sl_time_mono_ms()
  * time.  A link that is not UP within timeout_ms of its creation, or
  * whose oldest unanswered command is older than timeout_ms (replies that
  * have already arrived are read first), dies here: SL_REDIS_LINK_ERR_TIMEOUT.
@@ -177,8 +177,5 @@ const char *sl_redis_link_error(const struct sl_redis_link *link);
 
 /* Commands accepted and not yet answered. */
 size_t sl_redis_link_pending(const struct sl_redis_link *link);
-
-/* CLOCK_MONOTONIC in milliseconds: the clock of deadlines. */
-int64_t sl_redis_link_now_ms(void);
 
 #endif

@@ -33,6 +33,7 @@
 
 #include "sl_redis_link.h"
 #include "sl_store.h"
+#include "sl_time.h"
 
 /* ---- a poll() loop implementing struct sl_loop ---- */
 
@@ -105,16 +106,16 @@ static void loop_once(struct sl_redis_link **links, int nlinks, int wait_ms)
     }
     for (int i = 0; i < nlinks; i++)
         if (links[i] != NULL)
-            sl_redis_link_check(links[i], sl_redis_link_now_ms());
+            sl_redis_link_check(links[i], sl_time_mono_ms());
 }
 
 /* Run until *FLAG is set or TIMEOUT_MS passed.  Returns *FLAG. */
 static bool run_until(struct sl_redis_link **links, int nlinks, const int *flag,
                       int timeout_ms)
 {
-    int64_t end = sl_redis_link_now_ms() + timeout_ms;
+    int64_t end = sl_time_mono_ms() + timeout_ms;
 
-    while (!*flag && sl_redis_link_now_ms() < end)
+    while (!*flag && sl_time_mono_ms() < end)
         loop_once(links, nlinks, 10);
     return *flag != 0;
 }
@@ -770,14 +771,14 @@ static void test_deadline_stopped_server(void **state)
     assert_true(run_until(&link, 1, &st.up, 3000));
     kill(s.pid, SIGSTOP);
     null_calls = reply_calls = 0;
-    t0 = sl_redis_link_now_ms();
+    t0 = sl_time_mono_ms();
     for (int i = 0; i < 50; i++) {
         const char *argv[] = {"PING"};
         assert_int_equal(sl_redis_link_command(link, 1, argv, NULL, on_counted_any,
                                                &calls[i]), 0);
     }
     assert_true(run_until(&link, 1, &st.done, 3000));
-    assert_true(sl_redis_link_now_ms() - t0 >= 300);
+    assert_true(sl_time_mono_ms() - t0 >= 300);
     assert_int_equal(st.disconnects, 1);
     assert_int_equal(st.status, SL_REDIS_LINK_ERR_TIMEOUT);
     assert_non_null(strstr(st.reason, "did not answer within 300 ms"));
@@ -785,7 +786,7 @@ static void test_deadline_stopped_server(void **state)
     assert_int_equal(reply_calls, 0);
     for (int i = 0; i < 50; i++)
         assert_int_equal(calls[i], 1);
-    assert_int_equal(sl_redis_link_check(link, sl_redis_link_now_ms()), -1);
+    assert_int_equal(sl_redis_link_check(link, sl_time_mono_ms()), -1);
     sl_redis_link_free(link);
     for (int i = 0; i < 50; i++)
         assert_int_equal(calls[i], 1);
@@ -923,7 +924,7 @@ static void test_subscribe(void **state)
     assert_string_equal(pong.elem[0], "pong");
     assert_int_equal(m.n, 2);
     /* An idle subscriber has no deadline. */
-    assert_int_equal(sl_redis_link_check(links[0], sl_redis_link_now_ms()), -1);
+    assert_int_equal(sl_redis_link_check(links[0], sl_time_mono_ms()), -1);
 
     sl_redis_link_free(links[0]);
     sl_redis_link_free(links[1]);
