@@ -496,6 +496,32 @@ static void test_acl(void **state)
     assert_true(run_until(&link, 1, &who.calls, 3000));
     assert_true(st.up);
     assert_string_equal(who.str, "app");
+
+    /* A user made at run time (ACL SETUSER), allowed some keys and
+     * commands only: a refusal is a reply with Redis's text, the link
+     * stays up. */
+    {
+        struct answer made = {0}, ok = {0}, denied = {0};
+        struct sl_redis_link_conf lc = conf_for(&s);
+        struct status lst = {0};
+        struct sl_redis_link *limited;
+        assert_int_equal(cmd(link, &made, 8, "ACL", "SETUSER", "limited", "on", ">lim pw",
+                             "~lim:*", "+get", "+set"), 0);
+        assert_true(run_until(&link, 1, &made.calls, 3000));
+        assert_string_equal(made.str, "OK");
+        lc.user = "limited";
+        lc.password = "lim pw";
+        limited = connect_link(&lc, &lst);
+        assert_int_equal(cmd(limited, &ok, 3, "SET", "lim:a", "1"), 0);
+        assert_int_equal(cmd(limited, &denied, 3, "SET", "other", "1"), 0);
+        assert_true(run_until(&limited, 1, &denied.calls, 3000));
+        assert_true(lst.up);
+        assert_string_equal(ok.str, "OK");
+        assert_int_equal(denied.type, REDIS_REPLY_ERROR);
+        assert_non_null(strstr(denied.str, "NOPERM"));
+        assert_int_equal(sl_redis_link_state(limited), SL_REDIS_LINK_UP);
+        sl_redis_link_free(limited);
+    }
     sl_redis_link_free(link);
 
     /* A wrong password: Redis's words, and the command queued behind it
