@@ -287,7 +287,8 @@ def test_reload_under_load(upstream, store):
     sl = start(upstream, rules, store, workers=2)
     # The upstream stamps arrivals in a busy Python thread: its clock lags
     # sluice's by a few ms to tens of ms under this load.  The margin is
-    # the documented allowance for that gap (README, "margin"): 50 ms.
+    # the documented allowance for that gap (docs/guides/rules.md, "The
+    # margin"): 50 ms.
     stop = threading.Event()
     errors, answers = [], []
 
