@@ -131,6 +131,7 @@ struct rl_call {
     enum rl_susp susp;
     bool started, in_multi, has_body, is_head, up_done, up_paused, down_paused;
     bool headers_ready, xfer_done, responded;
+    bool replay_headers;               /* the next call repeats the first */
     CURLcode result;
 };
 
@@ -746,10 +747,20 @@ static enum MHD_Result rl_handle(void *cls, struct MHD_Connection *conn,
             return rl_answer(conn, 404, "{\"error\":\"no_route\"}\n");
         if (rl_start(c, method, rest) != 0)
             return rl_answer(conn, 503, "{\"error\":\"out_of_memory\"}\n");
-        if (!c->has_body)
+        if (!c->has_body) {
             rl_suspend(c, RL_SUSP_HEADERS);
+            c->replay_headers = true;
+        }
         return MHD_YES;
     }
+    if (c->replay_headers && *upload_data_size == 0) {
+        /* libmicrohttpd repeats the headers call after a resume; an answer
+         * queued then, before the (empty) body is read, would close the
+         * connection.  The next call is the body's end. */
+        c->replay_headers = false;
+        return MHD_YES;
+    }
+    c->replay_headers = false;
     if (*upload_data_size > 0 && c->xfer_done) {
         *upload_data_size = 0;  /* the upstream answered already: drop it */
         return MHD_YES;
