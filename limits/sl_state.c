@@ -1305,8 +1305,11 @@ struct sl_state *sl_state_open(const char *path, struct sl_store *memory,
     sl_state_tidy(path);
     if (sl_read_file(path, true, &snap, &slen, err, errlen) != 0 ||
         sl_read_file(st->jold, false, &j1, &l1, err, errlen) != 0 ||
-        sl_read_file(st->jpath, false, &j2, &l2, err, errlen) != 0)
+        sl_read_file(st->jpath, false, &j2, &l2, err, errlen) != 0) {
+        /* The path, not the contents: no file to move aside. */
+        stats->unwritable = errno == ENOTDIR || errno == EACCES;
         goto out;
+    }
     /* Records are self-delimiting: the two journals read as one. */
     jall = malloc(l1 + l2 + 1);
     if (jall == NULL) {
@@ -1329,10 +1332,18 @@ struct sl_state *sl_state_open(const char *path, struct sl_store *memory,
      * any snapshot yet.  The first sl_state_write() folds it. */
     st->fd = j2 != NULL ? open(st->jpath, O_WRONLY | O_APPEND | O_NOFOLLOW | O_CLOEXEC)
                         : sl_journal_create(st, err, errlen);
-    if (st->fd < 0)
-        sl_error("state_file journal %s: cannot open it (%s): calls are served, "
-                 "but a crash would forget those sent since the last state write",
-                 st->jpath, j2 != NULL ? strerror(errno) : err);
+    if (st->fd < 0) {
+        /* Serving without a journal would forget, at the next crash, every
+         * call sent since the last snapshot, and one that cannot be made
+         * now (a missing or read-only directory) will not be made later:
+         * refuse at start, where the operator is looking. A write that
+         * fails later (a full disk) is logged and served around. */
+        if (j2 != NULL)
+            sl_err(err, errlen, "cannot open the journal %s: %s", st->jpath,
+                   strerror(errno));
+        stats->unwritable = true;
+        goto out;
+    }
     st->old_pending = j1 != NULL;
     sl_store_memory_on_sent(memory, sl_state_on_sent, st);
     ok = true;

@@ -87,6 +87,9 @@ struct sl_state_stats {
     size_t clamped;         /* send times after now, counted as now */
     size_t skipped;         /* journal bytes that were no record (a torn
                              * last write, damage) */
+    bool unwritable;        /* the failure was writing beside the file (a
+                             * missing or read-only directory), not its
+                             * contents */
 };
 
 /* ---- the state file with its journal (the proxy's interface) ---- */

@@ -4,7 +4,9 @@
  * For container health checks (Docker's HEALTHCHECK, Podman's) that must
  * not need curl or wget in the image.  It reads the same configuration the
  * server does (the same environment overrides), and asks the admin
- * listener's /healthz when there is one; otherwise it only checks that the
+ * listener's /healthz (with --ready, its /readyz: serving *and* its store
+ * answering, for a readiness probe) when there is one; otherwise it only
+ * checks that the
  * proxy's port accepts a connection.  A wildcard listen address is probed
  * on loopback.  Exit status 0 when healthy, 1 otherwise, with one line
  * saying what was asked and what came back.  Plain sockets, a 3 s bound on
@@ -65,16 +67,17 @@ static int sl_health_connect(const char *host, int port, char *why, size_t len)
     return fd;
 }
 
-/* GET /healthz on FD (Host: HOST:PORT): 0 on a 200, else -1 with WHY. */
-static int sl_health_get(int fd, const char *host, int port, char *why, size_t len)
+/* GET PATH on FD (Host: HOST:PORT): 0 on a 200, else -1 with WHY. */
+static int sl_health_get(int fd, const char *host, int port, const char *path,
+                         char *why, size_t len)
 {
     char req[512], buf[256];
     size_t got = 0;
     int n;
 
     n = snprintf(req, sizeof(req),
-                 "GET /healthz HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n",
-                 host != NULL && *host && strcmp(host, "0.0.0.0") != 0 ? host : "127.0.0.1",
+                 "GET %s HTTP/1.1\r\nHost: %s:%d\r\nConnection: close\r\n\r\n",
+                 path, host != NULL && *host && strcmp(host, "0.0.0.0") != 0 ? host : "127.0.0.1",
                  port);
     if (send(fd, req, (size_t)n, MSG_NOSIGNAL) != n) {
         snprintf(why, len, "cannot send the request: %s", strerror(errno));
@@ -97,14 +100,15 @@ static int sl_health_get(int fd, const char *host, int port, char *why, size_t l
     buf[got] = '\0';
     if (strncmp(buf, "HTTP/1.1 200", 12) != 0 && strncmp(buf, "HTTP/1.0 200", 12) != 0) {
         buf[strcspn(buf, "\r\n")] = '\0';
-        snprintf(why, len, "/healthz answered \"%.80s\"", buf);
+        snprintf(why, len, "%s answered \"%.80s\"", path, buf);
         return -1;
     }
     return 0;
 }
 
-int sl_health_main(const char *config_path)
+int sl_health_main(const char *config_path, bool ready)
 {
+    const char *path = ready ? "/readyz" : "/healthz";
     struct sl_errors errs = {0};
     struct sl_config *c = NULL;
     char why[300] = "";
@@ -119,14 +123,14 @@ int sl_health_main(const char *config_path)
     if (c->admin_listen != NULL && c->admin_port > 0) {
         fd = sl_health_connect(c->admin_host, c->admin_port, why, sizeof(why));
         if (fd >= 0) {
-            rc = sl_health_get(fd, c->admin_host, c->admin_port, why, sizeof(why)) == 0
-                     ? 0 : 1;
+            rc = sl_health_get(fd, c->admin_host, c->admin_port, path, why,
+                               sizeof(why)) == 0 ? 0 : 1;
             close(fd);
         }
         if (rc == 0)
-            printf("sluice health: %s/healthz: ok\n", c->admin_listen);
+            printf("sluice health: %s%s: ok\n", c->admin_listen, path);
         else
-            fprintf(stderr, "sluice health: %s/healthz: %s\n", c->admin_listen, why);
+            fprintf(stderr, "sluice health: %s%s: %s\n", c->admin_listen, path, why);
     } else {
         fd = sl_health_connect(c->listen_host, c->listen_port, why, sizeof(why));
         if (fd >= 0) {

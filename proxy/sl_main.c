@@ -14,7 +14,9 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_notify.h"
 #include "sl_state.h"
+#include "sl_cfgwatch.h"
 
 #include <getopt.h>
 #include <errno.h>
@@ -32,9 +34,10 @@
 static void sl_usage(FILE *out)
 {
     fprintf(out,
-            "usage: sluice -c FILE [--check]\n"
-            "       sluice health [-c FILE]   (FILE: $SLUICE_CONFIG, else\n"
-            "                                  /etc/sluice/sluice.json)\n"
+            "usage: sluice -c FILE [--check] [--watch-config]\n"
+            "       sluice health [-c FILE] [--ready]\n"
+            "                     (FILE: $SLUICE_CONFIG, else /etc/sluice/sluice.json;\n"
+            "                     asks /healthz, or /readyz with --ready)\n"
             "\n"
             "A caller-side API quota proxy: forwards HTTP calls to configured\n"
             "upstreams and enforces their rate, concurrency and quota limits.\n"
@@ -42,6 +45,9 @@ static void sl_usage(FILE *out)
             "  -c, --config FILE   configuration file (JSON)\n"
             "      --check         validate the configuration and exit:\n"
             "                      0 if valid, 1 with every error found\n"
+            "  -w, --watch-config  reload the configuration when its file changes\n"
+            "                      (edits, renames over it, Kubernetes' ConfigMap\n"
+            "                      updates); SIGHUP reloads it either way\n"
             "  -v, --verbose       log debug lines too\n"
             "  -V, --version       print the version and exit\n"
             "  -h, --help          print this help and exit\n"
@@ -106,13 +112,15 @@ int main(int argc, char **argv)
     static const struct option opts[] = {
         {"config", required_argument, NULL, 'c'},
         {"check", no_argument, NULL, 'k'},
+        {"watch-config", no_argument, NULL, 'w'},
         {"verbose", no_argument, NULL, 'v'},
         {"version", no_argument, NULL, 'V'},
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
     const char *config_path = NULL;
-    bool check_only = false;
+    bool check_only = false, watch_config = false;
+    struct sl_cfgwatch *watch = NULL;
     struct sl_errors errs = {0};
     struct sl_config *config = NULL;
     struct sl_proxy proxy = {0};
@@ -127,21 +135,31 @@ int main(int argc, char **argv)
     /* `sluice health`: a container's health check (sl_health.c). */
     if (argc >= 2 && strcmp(argv[1], "health") == 0) {
         const char *path = getenv("SLUICE_CONFIG");
-        if (argc == 4 && (strcmp(argv[2], "-c") == 0 || strcmp(argv[2], "--config") == 0))
-            path = argv[3];
-        else if (argc != 2) {
-            sl_usage(stderr);
-            return 2;
+        bool ready = false;
+        for (int i = 2; i < argc; i++) {
+            if ((strcmp(argv[i], "-c") == 0 || strcmp(argv[i], "--config") == 0) &&
+                i + 1 < argc) {
+                path = argv[++i];
+            } else if (strcmp(argv[i], "--ready") == 0) {
+                ready = true;
+            } else {
+                sl_usage(stderr);
+                return 2;
+            }
         }
-        return sl_health_main(path != NULL && *path ? path : "/etc/sluice/sluice.json");
+        return sl_health_main(path != NULL && *path ? path : "/etc/sluice/sluice.json",
+                              ready);
     }
-    while ((opt = getopt_long(argc, argv, "c:vVh", opts, NULL)) != -1) {
+    while ((opt = getopt_long(argc, argv, "c:wvVh", opts, NULL)) != -1) {
         switch (opt) {
         case 'c':
             config_path = optarg;
             break;
         case 'k':
             check_only = true;
+            break;
+        case 'w':
+            watch_config = true;
             break;
         case 'v':
             sl_log_set_level(SL_LOG_DEBUG);
@@ -247,6 +265,13 @@ int main(int argc, char **argv)
         struct sl_state_stats stats = {0};
         state = sl_state_open(config->state_file, proxy.memory, config, proxy.apps,
                               &stats, why, sizeof(why));
+        if (state == NULL && stats.unwritable) {
+            sl_error("state_file %s: %s; refusing to start: the windows could not "
+                     "be kept (make its directory writable by sluice; under "
+                     "systemd, StateDirectory= gives /var/lib/NAME)",
+                     config->state_file, why);
+            goto out;
+        }
         if (state == NULL) {
             /* Starting empty would grant room the provider may refuse. */
             sl_error("state_file %s: %s; refusing to start with unknown counts "
@@ -310,6 +335,15 @@ int main(int argc, char **argv)
                 SLUICE_VERSION, config->listen, proxy.nworkers,
                 proxy.nworkers == 1 ? "" : "s", config->nupstreams,
                 config->nupstreams == 1 ? "" : "s");
+    {
+        char status[160];
+        snprintf(status, sizeof(status), "serving on %s (configuration generation %llu)",
+                 config->listen, (unsigned long long)config->generation);
+        sl_notify_ready(status);
+    }
+    /* Without it (no inotify thread to be had), SIGHUP still reloads. */
+    if (watch_config)
+        watch = sl_cfgwatch_start(&proxy);
     for (;;) {
         /* A reload may change the interval (never the file). */
         const struct sl_config *cur = sl_proxy_config(&proxy);
@@ -337,10 +371,13 @@ int main(int argc, char **argv)
         }
         sl_info("%s received: finishing calls in flight",
                 sig == SIGTERM ? "SIGTERM" : "SIGINT");
+        sl_notify_stopping();
         break;
     }
     rc = 0;
 stop:
+    /* No reload may start while the workers stop. */
+    sl_cfgwatch_stop(watch);
     for (int i = 0; i < started; i++)
         sl_worker_request_stop(&proxy.workers[i]);
     for (int i = 0; i < started; i++) {

@@ -300,8 +300,9 @@ struct sl_error_reply {
 struct MHD_Response *sl_respond_error(const struct sl_error_reply *e);
 
 /* `sluice health`: probe the sluice configured in CONFIG_PATH (its admin
- * listener's /healthz, else its port).  The exit status: 0 healthy, 1 not. */
-int sl_health_main(const char *config_path);
+ * listener's /healthz, or /readyz when READY, else its port).  The exit
+ * status: 0 healthy (ready), 1 not. */
+int sl_health_main(const char *config_path, bool ready);
 /* A provider's refusal relayed while sluice holds its upstream paused, and
  * which came without Retry-After: the pause's, as the only field common
  * client libraries (urllib3's Retry, got, axios-retry) read. */

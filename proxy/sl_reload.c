@@ -26,6 +26,7 @@
 #include "sl_request.h"
 
 #include "sl_log.h"
+#include "sl_notify.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -98,6 +99,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     size_t before;
 
     pthread_mutex_lock(&p->reload_lock);
+    /* The service manager shows "reloading" until the READY=1 below. */
+    sl_notify_reloading();
     cur = sl_proxy_config(p);
     before = errs->count;
     if (sl_config_load(p->config_path, true, &nc, errs) != 0) {
@@ -153,6 +156,14 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     sl_config_unref(old);
 out:
     atomic_fetch_add(&p->reloads[res], 1);
+    {
+        char status[160];
+        snprintf(status, sizeof(status), res == SL_RELOAD_OK
+                 ? "serving configuration generation %llu"
+                 : "serving configuration generation %llu; the last reload was refused",
+                 (unsigned long long)(res == SL_RELOAD_OK ? nc->generation : cur->generation));
+        sl_notify_ready(status);
+    }
     sl_config_unref(cur);
     pthread_mutex_unlock(&p->reload_lock);
     return res;

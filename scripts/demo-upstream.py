@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """A stand-in provider for trying sluice: answers every method with 200 and
-a short JSON echo.  Listens on loopback only.
+a short JSON echo.  Listens on loopback unless told otherwise.
 
-    scripts/demo-upstream.py [PORT]        (default 9000)
+    scripts/demo-upstream.py [PORT [HOST]]   (default 9000 127.0.0.1;
+                                              deploy/compose.yaml runs it
+                                              on 0.0.0.0 in its container)
 """
 import json
 import sys
@@ -32,4 +34,5 @@ class Handler(BaseHTTPRequestHandler):
 
 if __name__ == "__main__":
     port = int(sys.argv[1]) if len(sys.argv) > 1 else 9000
-    ThreadingHTTPServer(("127.0.0.1", port), Handler).serve_forever()
+    host = sys.argv[2] if len(sys.argv) > 2 else "127.0.0.1"
+    ThreadingHTTPServer((host, port), Handler).serve_forever()

@@ -3,7 +3,8 @@
 #   scripts/install-deps.sh           building and running sluice
 #   scripts/install-deps.sh --test    ... and the test suite (tests/run uses it):
 #                                     redis-server, cmocka, pytest, clang (libFuzzer),
-#                                     Prometheus, Chromium, stress-ng, podman
+#                                     Prometheus, Chromium, stress-ng, podman,
+#                                     lintian, systemd-analyze, docker-compose
 #   scripts/install-deps.sh --bench   ... and the benchmark (nginx, haproxy, wrk, perf,
 #                                     Node.js and bench/node's locked packages)
 set -eu
@@ -18,7 +19,8 @@ for arg in "$@"; do
     --test)
         PKGS="$PKGS libcmocka-dev redis-server python3 python3-pytest python3-yaml
               curl openssl clang prometheus chromium stress-ng
-              podman runc mmdebstrap uidmap" ;;
+              podman runc mmdebstrap uidmap
+              dpkg-dev lintian man-db systemd docker-compose" ;;
     --bench)
         PKGS="$PKGS redis-server python3 curl nginx-light haproxy wrk linux-perf nodejs"
         BENCH=1 ;;
