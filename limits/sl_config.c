@@ -1024,10 +1024,10 @@ static void sl_parse_rule(json_t *jr, const char *path,
             r->window_text = NULL;
         sl_parse_calendar(jr, path, r, errs);
         /* Stamped when sent, counted by the provider on arrival: the
-         * margin absorbs the jitter between the two (docs/guides/rules.md,
-         * "The margin").  Unless the upstream sets one: 100 ms, which
-         * ordinary network jitter stays under, but never more than 5% of
-         * the window, so a short window keeps most of its throughput. */
+         * margin absorbs the jitter between the two (README, "margin").
+         * Unless the upstream sets one: 100 ms, which ordinary network
+         * jitter stays under, but never more than 5% of the window, so a
+         * short window keeps most of its throughput. */
         r->span_us = r->window_us +
                      (u->margin_us != SL_MARGIN_AUTO
                           ? u->margin_us
