@@ -2,8 +2,18 @@
 # Benchmark: the same load, in one run, on the same machine, against the
 # same upstream (an nginx answering a small body):
 #   direct     wrk -> upstream
+#   relay      wrk -> bench/relay.c -> upstream: a bare relay built from the
+#              same two libraries as sluice (libmicrohttpd, libcurl) with the
+#              same options, deciding nothing: the floor under sluice's cost
+#              and the ceiling of its design
 #   nginx      wrk -> nginx proxy_pass (keep-alive pool) -> upstream
+#   nginx-limit  the same nginx with limit_req (one zone, one key for every
+#              call, a rate and burst that never trigger, like sluice's rule)
 #   haproxy    wrk -> haproxy (http-reuse always) -> upstream
+#   fastify    wrk -> Fastify, @fastify/http-proxy and @fastify/rate-limit
+#              counting in Redis (bench/node/proxy.js, one Node process per
+#              core, a limit that never triggers) -> upstream: what a Node
+#              team would put in front of a provider
 #   sluice     wrk -> sluice, memory store, a rule matching every call
 #              that never triggers -> upstream
 #   sluice-redis  the same with the Redis store (a local redis-server),
@@ -16,12 +26,13 @@
 #              reservation for another): every decision also checks the
 #              shares, still one store round trip
 # Prints requests/s and p50/p99 latency for each, the ratios against
-# NGINX, the latency added over calling the upstream directly, and the
-# proxy's CPU per call (perf stat -e task-clock on its processes for the
-# run, divided by the calls; for the Redis targets also redis-server's).
+# NGINX and against the relay, the latency added over calling the upstream
+# directly, and the proxy's CPU per call (perf stat -e task-clock on its
+# processes for the run, divided by the calls; for the Redis targets, the
+# Node one included, also redis-server's).
 #
 # Then, in the same run:
-#   one connection   direct, nginx, sluice, sluice-redis with wrk -c1: CPU
+#   one connection   direct, relay, nginx, sluice, sluice-redis with wrk -c1: CPU
 #                    per call when every call crosses the event loops alone
 #   10,000 buckets   sluice and sluice-redis with a `per` rule keyed by a
 #                    header: one key for every call, then 10,000 keys in
@@ -34,7 +45,7 @@
 #   fixed rate       bench/openloop.c at 500 and 2,000 calls/s (64
 #                    connections): p50/p99/p99.9 from each call's due time,
 #                    and what each proxy adds over calling the upstream
-#                    directly, for nginx, sluice and sluice-redis
+#                    directly, for the relay, nginx, sluice and sluice-redis
 #   Redis decisions  bench/redis_decide.c drives sluice's own Redis store
 #                    (no HTTP) at batches of 1, 6 and 32 calls a script run,
 #                    4 batches in flight, for a plain rate rule, a rule
@@ -47,7 +58,11 @@
 #   env: SLUICE_BIN (default build/sluice), WORKERS (default: nproc),
 #        BENCH_SKIP_DEPS=1 to skip installing nginx/haproxy/wrk/perf,
 #        OPENLOOP_SECONDS (default: DURATION_SECONDS),
-#        REDIS_DECIDE (default: redis_decide beside SLUICE_BIN).
+#        REDIS_DECIDE (default: redis_decide beside SLUICE_BIN),
+#        RELAY (default: relay beside SLUICE_BIN; built if missing),
+#        BENCH_TARGETS="relay nginx-limit fastify": run only these targets of
+#          the first table and skip the other sections (to check that a
+#          target works; compare figures only from whole runs).
 set -eu
 cd "$(dirname "$0")/.."
 DUR=${1:-10}
@@ -58,6 +73,11 @@ if [ "${BENCH_SKIP_DEPS:-0}" != 1 ]; then
     scripts/install-deps.sh --bench >/dev/null
 fi
 [ -x "$SLUICE_BIN" ] || { cmake -S . -B build >/dev/null && cmake --build build -j "$(nproc)" >/dev/null; }
+RELAY=${RELAY:-$(dirname "$SLUICE_BIN")/relay}
+[ -x "$RELAY" ] || { cmake -S . -B build -DSLUICE_BENCH=ON >/dev/null &&
+                     cmake --build build -j "$(nproc)" --target relay >/dev/null; }
+[ -d bench/node/node_modules ] ||
+    { echo "bench/node/node_modules is missing: run scripts/install-deps.sh --bench" >&2; exit 1; }
 
 TMP=$(mktemp -d)
 PIDS=""
@@ -71,7 +91,7 @@ trap cleanup EXIT INT TERM
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 UP=$(port); NG=$(port); HA=$(port); SL=$(port); SR=$(port); RD=$(port)
 SO=$(port); SOR=$(port); AD=$(port); ADR=$(port); SH=$(port); SRH=$(port)
-SP=$(port); SRP=$(port); UPT=$(port); SLT=$(port)
+SP=$(port); SRP=$(port); UPT=$(port); SLT=$(port); RL=$(port); FZ=$(port)
 OL_DUR=${OPENLOOP_SECONDS:-$DUR}
 
 # A local CA and a certificate for 127.0.0.1, for the TLS upstream.
@@ -116,10 +136,20 @@ http {
     access_log off;
     keepalive_requests 1000000;
     upstream up { server 127.0.0.1:$UP; keepalive 256; }
+    # nginx-limit: one key for every call, as sluice's one rule; limit_req
+    # counts by the millisecond, so the burst lets any number of calls share
+    # one millisecond, and the rate is never reached.
+    limit_req_zone all zone=bench:10m rate=100000000r/s;
     upstream uptls { server 127.0.0.1:$UPT; keepalive 256; }
     server {
         listen 127.0.0.1:$NG reuseport backlog=4096;
         location /up/ {
+            proxy_pass http://up/;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+        }
+        location /limit/ {
+            limit_req zone=bench burst=100000 nodelay;
             proxy_pass http://up/;
             proxy_http_version 1.1;
             proxy_set_header Connection "";
@@ -225,7 +255,10 @@ sleep 0.3  # redis-server up before the second sluice connects
 "$SLUICE_BIN" -c "$TMP/sluice-per.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SP=$!
 "$SLUICE_BIN" -c "$TMP/sluice-redis-per.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SRP=$!
 "$SLUICE_BIN" -c "$TMP/sluice-tls.json" 2>>"$TMP/sluice.log" & PIDS="$PIDS $!"; P_SLT=$!
-for p in $UP $NG $HA $SL $SR $SO $SOR $SH $SRH $SP $SRP $SLT; do
+"$RELAY" "127.0.0.1:$RL" /up "http://127.0.0.1:$UP" "$WORKERS" 2>"$TMP/relay.err" & PIDS="$PIDS $!"; P_RL=$!
+node bench/node/proxy.js "127.0.0.1:$FZ" /up "http://127.0.0.1:$UP" "redis://127.0.0.1:$RD" "$WORKERS" \
+    2>"$TMP/fastify.err" & PIDS="$PIDS $!"; P_FZ=$!
+for p in $UP $NG $HA $SL $SR $SO $SOR $SH $SRH $SP $SRP $SLT $RL $FZ; do
     i=0
     until curl -fsS -o /dev/null "http://127.0.0.1:$p/up/x" 2>/dev/null ||
           curl -fsS -o /dev/null "http://127.0.0.1:$p/tls/x" 2>/dev/null ||
@@ -239,11 +272,22 @@ NGINX_PIDS="$(cat "$TMP/proxy.pid")"
 for c in $(pgrep -P "$NGINX_PIDS"); do NGINX_PIDS="$NGINX_PIDS,$c"; done
 UP_PIDS="$(cat "$TMP/upstream.pid")"
 for c in $(pgrep -P "$UP_PIDS"); do UP_PIDS="$UP_PIDS,$c"; done
+# The Node peer: its cluster's primary and one process per worker.
+FZ_PIDS="$P_FZ"
+for c in $(pgrep -P "$P_FZ"); do FZ_PIDS="$FZ_PIDS,$c"; done
 HAVE_PERF=0
 perf stat -e task-clock true >/dev/null 2>&1 && HAVE_PERF=1
 
 # cpu_ms PERF_OUTPUT -> task-clock in ms, or "-"
 cpu_ms() { awk -F, '/task-clock/ { print $1; found = 1 } END { if (!found) print "-" }' "$1" 2>/dev/null || echo -; }
+
+# want NAME: whether NAME is to be run (every target, unless BENCH_TARGETS
+# names some).
+want() {
+    [ -n "${BENCH_TARGETS:-}" ] || return 0
+    case " $BENCH_TARGETS " in *" $1 "*) return 0 ;; esac
+    return 1
+}
 
 # run NAME URL PIDS REDIS(0|1) CONNS [wrk options]
 #   -> "NAME rps p50_ms p99_ms non2xx cpu_us_per_call redis_us_per_call"
@@ -252,6 +296,7 @@ cpu_ms() { awk -F, '/task-clock/ { print $1; found = 1 } END { if (!found) print
 run() {
     name=$1 url=$2 pids=$3 redis=$4 conns=$5
     shift 5
+    want "$name" || return 0
     threads=2; [ "$conns" -ge 2 ] || threads=1
     wrk -t$threads -c"$conns" -d1s "$@" "$url" >/dev/null 2>&1 || true   # warm-up
     set -- wrk -t$threads -c"$conns" -d"${DUR}s" --latency "$@" "$url"
@@ -281,6 +326,7 @@ run() {
 # run_scraped NAME URL PIDS REDIS ADMIN_PORT: with the app header while
 # /metrics is scraped every second (as a Prometheus server would, only faster).
 run_scraped() {
+    want "$1" || return 0
     ( while :; do curl -fsS -o /dev/null "http://127.0.0.1:$5/metrics" || exit 1; sleep 1; done ) &
     scraper=$!
     run "$1" "$2" "$3" "$4" "$CONNS" -H "X-Sluice-App: bench-app"
@@ -298,22 +344,25 @@ idle() {
     fi
 }
 
-# table FILE: the wrk results with ratios against nginx and direct.
+# table FILE: the wrk results with ratios against nginx, the relay and
+# direct.
 table() {
     awk '
+        function ratio(a, b) { return (b == "" || a == "-" || b == "-" || b == 0) ? "-" : sprintf("%.2f", a / b) }
         { rps[$1] = $2; p50[$1] = $3; p99[$1] = $4; bad[$1] = $5; cpu[$1] = $6; rcpu[$1] = $7; order[NR] = $1 }
         END {
             ng = ""; for (i = 1; i <= NR; i++) if (order[i] ~ /^nginx/) { ng = order[i]; break }
+            rl = ""; for (i = 1; i <= NR; i++) if (order[i] ~ /^relay/) { rl = order[i]; break }
             dr = ""; for (i = 1; i <= NR; i++) if (order[i] ~ /^direct/) { dr = order[i]; break }
-            printf "%-24s %10s %8s %8s %8s %8s %8s %9s %9s %8s\n", "target", "req/s", "p50 ms", "p99 ms",
-                   "+p50 ms", "+p99 ms", "x nginx", "cpu us/c", "x ngx cpu", "redis us"
+            printf "%-24s %10s %8s %8s %8s %8s %8s %8s %9s %9s %9s %8s\n", "target", "req/s", "p50 ms", "p99 ms",
+                   "+p50 ms", "+p99 ms", "x nginx", "x relay", "cpu us/c", "x ngx cpu", "x rly cpu", "redis us"
             for (i = 1; i <= NR; i++) {
                 n = order[i]
-                printf "%-24s %10.0f %8.3f %8.3f %8s %8s %8s %9s %9s %8s%s\n", n, rps[n], p50[n], p99[n],
+                printf "%-24s %10.0f %8.3f %8.3f %8s %8s %8s %8s %9s %9s %9s %8s%s\n", n, rps[n], p50[n], p99[n],
                        dr == "" ? "-" : sprintf("%.3f", p50[n] - p50[dr]),
                        dr == "" ? "-" : sprintf("%.3f", p99[n] - p99[dr]),
-                       ng == "" ? "-" : sprintf("%.2f", rps[n] / rps[ng]), cpu[n],
-                       (ng == "" || cpu[n] == "-" || cpu[ng] == "-" || cpu[ng] == 0) ? "-" : sprintf("%.2f", cpu[n] / cpu[ng]),
+                       ng == "" ? "-" : ratio(rps[n], rps[ng]), rl == "" ? "-" : ratio(rps[n], rps[rl]),
+                       cpu[n], ng == "" ? "-" : ratio(cpu[n], cpu[ng]), rl == "" ? "-" : ratio(cpu[n], cpu[rl]),
                        rcpu[n], (bad[n] > 0 ? "  (non-2xx: " bad[n] ")" : "")
             }
         }' "$1"
@@ -323,8 +372,11 @@ echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORK
 [ "$HAVE_PERF" = 1 ] || echo "(perf stat is not available here: no CPU figures)"
 {
     run direct "http://127.0.0.1:$UP/x" "$UP_PIDS" 0 "$CONNS"
+    run relay "http://127.0.0.1:$RL/up/x" "$P_RL" 0 "$CONNS"
     run nginx "http://127.0.0.1:$NG/up/x" "$NGINX_PIDS" 0 "$CONNS"
+    run nginx-limit "http://127.0.0.1:$NG/limit/x" "$NGINX_PIDS" 0 "$CONNS"
     run haproxy "http://127.0.0.1:$HA/up/x" "$HA_PID" 0 "$CONNS"
+    run fastify "http://127.0.0.1:$FZ/up/x" "$FZ_PIDS" 1 "$CONNS"
     run sluice "http://127.0.0.1:$SL/up/x" "$P_SL" 0 "$CONNS"
     run sluice-redis "http://127.0.0.1:$SR/up/x" "$P_SR" 1 "$CONNS"
     run_scraped sluice-ops "http://127.0.0.1:$SO/up/x" "$P_SO" 0 "$AD"
@@ -334,15 +386,30 @@ echo "sluice bench: ${DUR}s per target, $CONNS connections, 2 wrk threads, $WORK
 } > "$TMP/results"
 # The figures the operator sees must match what was sent.
 for a in $AD $ADR; do
+    { [ "$a" = "$AD" ] && want sluice-ops; } || { [ "$a" = "$ADR" ] && want sluice-redis-ops; } || continue
     curl -fsS "http://127.0.0.1:$a/metrics" | grep -q 'sluice_app_calls_total{upstream="up",rule="never",app="bench-app"}' ||
         { echo "the app's calls are missing from /metrics on $a" >&2; exit 1; }
 done
 table "$TMP/results"
 
+# sluice_log_check: warnings or errors sluice logged during the run.
+sluice_log_check() {
+    if grep -Eq "Z (warn|error) " "$TMP/sluice.log"; then
+        echo "sluice logged warnings or errors:" >&2
+        cat "$TMP/sluice.log" >&2
+    fi
+}
+if [ -n "${BENCH_TARGETS:-}" ]; then
+    echo "(BENCH_TARGETS: only $BENCH_TARGETS; the other sections are skipped)"
+    sluice_log_check
+    exit 0
+fi
+
 echo
 echo "== one connection (wrk -t1 -c1)"
 {
     run direct-c1 "http://127.0.0.1:$UP/x" "$UP_PIDS" 0 1
+    run relay-c1 "http://127.0.0.1:$RL/up/x" "$P_RL" 0 1
     run nginx-c1 "http://127.0.0.1:$NG/up/x" "$NGINX_PIDS" 0 1
     run sluice-c1 "http://127.0.0.1:$SL/up/x" "$P_SL" 0 1
     run sluice-redis-c1 "http://127.0.0.1:$SR/up/x" "$P_SR" 1 1
@@ -379,7 +446,7 @@ table "$TMP/results-tls"
 echo
 echo "== fixed rate (bench/openloop.c, 64 connections, ${OL_DUR}s each): latency from each call's due time"
 for rate in 500 2000; do
-    for t in "direct $UP /x" "nginx $NG /up/x" "sluice $SL /up/x" "sluice-redis $SR /up/x"; do
+    for t in "direct $UP /x" "relay $RL /up/x" "nginx $NG /up/x" "sluice $SL /up/x" "sluice-redis $SR /up/x"; do
         set -- $t
         "$TMP/openloop" 127.0.0.1 "$2" "$3" 1 1 4 >/dev/null 2>&1 || true   # warm-up
         echo "$1 $rate $("$TMP/openloop" 127.0.0.1 "$2" "$3" "$rate" "$OL_DUR" 64)"
@@ -419,7 +486,4 @@ else
     echo "(no $REDIS_DECIDE: Redis decisions per core not measured)" >&2
 fi
 
-if grep -Eq "Z (warn|error) " "$TMP/sluice.log"; then
-    echo "sluice logged warnings or errors:" >&2
-    cat "$TMP/sluice.log" >&2
-fi
+sluice_log_check

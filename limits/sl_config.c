@@ -1185,7 +1185,7 @@ static const char *sl_url_flaw(const char *s, char *buf, size_t len, size_t *bas
     return NULL;
 }
 
-/* Check prefix S (see the README: matched at a '/' boundary). */
+/* Check prefix S (see docs/guides/rules.md: matched at a '/' boundary). */
 static const char *sl_prefix_flaw(const char *s, char *buf, size_t len)
 {
     size_t n = strlen(s);

@@ -99,8 +99,8 @@ struct sl_alert_conf {
 };
 
 /*
- * One app's part of a rate rule's limit ("apps": see README, "Sharing a
- * limit between apps").  MAX: at most this many of the app's calls in any
+ * One app's part of a rate rule's limit ("apps": see
+ * docs/guides/shares.md).  MAX: at most this many of the app's calls in any
  * window; RESERVE: this many are kept for it (other apps cannot take the
  * part it has not used).  For "*" (every app not named), MAX applies to
  * each such app and RESERVE to all of them together.  A value written as
@@ -139,7 +139,8 @@ struct sl_rule {
     char *window_text;            /* ... as written ("24h"), or NULL */
     /* What admission uses: window_us plus the upstream's margin, so that
      * calls stamped when sent stay `window_us` apart at the provider even
-     * with that much network jitter (see README, "margin"). */
+     * with that much network jitter (see docs/guides/rules.md, "The
+     * margin"). */
     int64_t span_us;
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */

@@ -804,7 +804,7 @@ static struct sl_mem_table *sl_mem_table_new(struct sl_mem_store *s,
  * rule has had since they were sent.  Shrunk: the log is copied aside
  * (kept) for the old span, while the rule counts only its new window;
  * grown: what was kept aside and is inside the new window comes back into
- * the log.  Out of memory, nothing is kept (a warning in the README).
+ * the log.  Out of memory, nothing is kept (a warning in docs/operations.md).
  * Lock held.
  */
 static void sl_mem_rewindow(struct sl_mem_store *s, struct sl_mem_bucket *b,

@@ -236,7 +236,8 @@ int main(int argc, char **argv)
     /* Past a file size limit (ulimit -f) a write fails with EFBIG and is
      * logged; the default action would end the process at every start. */
     signal(SIGXFSZ, SIG_IGN);
-    /* For tests only: a wall clock stepped by this much (see README). */
+    /* For tests only: a wall clock stepped by this much (see
+     * docs/operations.md). */
     offset_ms = getenv("SLUICE_TEST_WALL_OFFSET_MS");
     if (offset_ms != NULL && *offset_ms != '\0') {
         sl_time_set_wall_offset(strtoll(offset_ms, NULL, 10) * 1000);

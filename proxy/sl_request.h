@@ -24,7 +24,8 @@
 #define SL_SAVE_MAX (64 * 1024)     /* request body kept for a retry */
 /* libcurl's receive and upload buffers, allocated per transfer: 16 KiB
  * (curl's default) rather than 64 KiB, which made every transfer allocate
- * and free 128 KiB, past the heap's trim threshold (docs/benchmarks.md). */
+ * and free 128 KiB, past the heap's trim threshold
+ * (docs/internals/benchmark-log.md). */
 #define SL_CURL_BUFSIZE (16 * 1024)
 /*
  * A client connection's memory (libmicrohttpd's per-connection pool, set

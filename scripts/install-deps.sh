@@ -5,8 +5,11 @@
 #                                     redis-server, cmocka, pytest, clang (libFuzzer),
 #                                     Prometheus, Chromium, stress-ng, podman,
 #                                     lintian, systemd-analyze, docker-compose
-#   scripts/install-deps.sh --bench   ... and the benchmark (nginx, haproxy, wrk, perf)
+#   scripts/install-deps.sh --bench   ... and the benchmark (nginx, haproxy, wrk, perf,
+#                                     Node.js and bench/node's locked packages)
 set -eu
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+BENCH=0
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo
 PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
@@ -19,7 +22,8 @@ for arg in "$@"; do
               podman runc mmdebstrap uidmap
               dpkg-dev lintian man-db systemd docker-compose" ;;
     --bench)
-        PKGS="$PKGS redis-server python3 curl nginx-light haproxy wrk linux-perf" ;;
+        PKGS="$PKGS redis-server python3 curl nginx-light haproxy wrk linux-perf nodejs"
+        BENCH=1 ;;
     *)
         echo "usage: scripts/install-deps.sh [--test] [--bench]" >&2
         exit 2 ;;
@@ -28,3 +32,11 @@ done
 $SUDO apt-get update -qq
 # shellcheck disable=SC2086
 DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $PKGS
+if [ "$BENCH" = 1 ]; then
+    # Debian's nodejs leaves npm to a package of its own; a Node.js from
+    # elsewhere may bring its own npm, which that package would conflict with.
+    command -v npm >/dev/null 2>&1 ||
+        DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends npm
+    # The Node peer's packages, exactly as locked (bench/node/package-lock.json).
+    (cd "$ROOT/bench/node" && npm ci --no-audit --no-fund --loglevel=error)
+fi

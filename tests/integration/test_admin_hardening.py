@@ -442,8 +442,8 @@ def test_alert_texts_escape_keys_a_client_chose(upstream, sluice):
             assert "<" not in t and ">" not in t, t
             assert not any(ord(ch) < 0x20 or 0x7f <= ord(ch) <= 0x9f for ch in t), t
         # The 10 KB key is kept as its first 80 bytes, '~' and a hash (113
-        # bytes, README "Memory"); the text shows its first 64 bytes and
-        # its length, nothing more.
+        # bytes, docs/operations.md "Memory"); the text shows its first 64
+        # bytes and its length, nothing more.
         long_text = [t for t in texts if "AAAA" in t]
         assert len(long_text) == 1
         assert "[" + "A" * 64 + "...(113 bytes)]" in long_text[0]

@@ -290,8 +290,8 @@ def test_reload_under_load(upstream, store):
     # now and then when the machine is busy besides (two cores, the
     # sanitizer build or stress-ng beside the suite: 50 ms failed about one
     # run in three there).  The margin is the documented allowance for that
-    # gap between sluice's clock and the provider's (docs/configuration.md,
-    # "margin"): 250 ms, several times the lags seen there, so the assertion
+    # gap between sluice's clock and the provider's (docs/guides/rules.md,
+    # "The margin"): 250 ms, several times the lags seen there, so the assertion
     # below, made at the upstream's arrival times, tests sluice and not
     # the scheduler.
     sl = start(upstream, rules, store, workers=2, margin="250ms")

@@ -17,8 +17,9 @@ from harness import SLUICE_BIN, free_port, max_in_window
 def conf(up, rule, store=None, upstream=None, **top):
     # The margin absorbs the jitter between a call's send (when sluice
     # stamps it) and its arrival (when the upstream counts it): 50 ms is
-    # the documented allowance on loopback (README, "margin"); the
-    # assertions on arrival times hold as long as the jitter stays below.
+    # the documented allowance on loopback (docs/guides/rules.md, "The
+    # margin"); the assertions on arrival times hold as long as the
+    # jitter stays below.
     u = {"name": "crm", "prefix": "/crm", "url": up.url, "app": "header:X-App",
          "margin": "50ms", "rules": [dict({"name": "quota"}, **rule)]}
     u.update(upstream or {})

@@ -437,7 +437,8 @@ static void test_reject(void **state)
     struct sl_config *c;
     (void)state;
 
-    /* The CRM's own answer, with the placeholders the README lists. */
+    /* The CRM's own answer, with the placeholders docs/guides/clients.md
+     * lists. */
     c = parse_ok("", "\"reject\": {\"status\": 403, \"body\": "
                  "\"[{\\\"errorCode\\\":\\\"REQUEST_LIMIT_EXCEEDED\\\",\\\"message\\\":\\\"{message}\\\"}]\"}");
     assert_int_equal(c->upstreams[0].reject_status, 403);

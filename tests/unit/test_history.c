@@ -72,7 +72,7 @@ static void test_bounded_memory(void **state)
     (void)state;
 
     /* A slot is 72 bytes whatever the apps, a ring 1,440 of them: the
-     * bound README states (about 101 KiB a rule). */
+     * bound docs/guides/usage.md states (about 101 KiB a rule). */
     assert_int_equal(sizeof(struct sl_hist_slot), 72);
     assert_int_equal(sl_history_bytes(h), 0);
     for (int m = 0; m < 3 * SL_HIST_MINUTES; m++)
