@@ -16,6 +16,11 @@ is up.ca_file); Upstream(close=True) closes every connection after one
 answer, so each call needs a fresh connection (and TLS handshake).
 DelayRelay sits between sluice and an upstream and delays every piece of
 data towards the upstream by a random time, like a jittery network.
+
+Shared by the test files: upstream_config() writes the common
+configuration (one upstream, its rules, a store, an admin listener),
+admin_request() makes one call to an admin listener, wait_for() polls a
+condition instead of sleeping for it.
 """
 import hashlib
 import http.client
@@ -40,6 +45,47 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def upstream_config(up, rules=None, store=None, name="leads", prefix="/leads",
+                    admin=None, top=None, **options):
+    """The configuration most tests start from: one upstream NAME at PREFIX
+    forwarding to UP (an Upstream), with RULES (None: no "rules" key) and
+    the upstream OPTIONS given as keyword arguments (on_limit, max_wait,
+    margin, limit_signals, ...).  STORE: None for the memory store, or a
+    Redis URL.  ADMIN: None for no admin listener, True for one on a free
+    port, or a dict of admin settings (its "listen" defaults to a free
+    port); Sluice reads the port back into sl.admin_port.  TOP: more
+    top-level keys."""
+    u = {"name": name, "prefix": prefix, "url": up.url}
+    if rules is not None:
+        u["rules"] = list(rules)
+    u.update(options)
+    c = {"upstreams": [u]}
+    if store:
+        c["store"] = store
+    if admin is not None:
+        a = dict(admin) if isinstance(admin, dict) else {}
+        a.setdefault("listen", "127.0.0.1:%d" % free_port())
+        c["admin"] = a
+    c.update(top or {})
+    return c
+
+
+def admin_request(port, method, path, body=None, headers=None, timeout=10):
+    """One call to the admin listener on PORT: (status, headers with
+    lower-case names, body bytes).  BODY: bytes, or an object sent as JSON.
+    HEADERS are sent as given: a POST says it is no cross-site form
+    (X-Sluice-Admin: 1 or a JSON Content-Type) only when the caller does."""
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
 
 
 def pattern_bytes(n):
@@ -411,6 +457,10 @@ class Sluice:
         config.setdefault("listen", "127.0.0.1:%d" % self.port)
         if workers is not None:
             config["workers"] = workers
+        # The admin listener's port, when the config has one on loopback.
+        admin = config.get("admin")
+        port_text = str(admin.get("listen", "")).rsplit(":", 1)[-1] if isinstance(admin, dict) else ""
+        self.admin_port = int(port_text) if port_text.isdigit() else None
         self.dir = tempfile.mkdtemp(prefix="sluice-test-")
         self.config_path = os.path.join(self.dir, "sluice.json")
         with open(self.config_path, "w") as f:
@@ -459,6 +509,10 @@ class Sluice:
             if needle in log or time.time() > deadline:
                 return log
             time.sleep(0.02)
+
+    def admin(self, method, path, body=None, headers=None, timeout=10):
+        """One call to this sluice's admin listener (see admin_request)."""
+        return admin_request(self.admin_port, method, path, body, headers, timeout)
 
     def conn(self, timeout=30):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)

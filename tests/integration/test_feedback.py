@@ -4,14 +4,12 @@ import json
 import threading
 import time
 
-from harness import max_in_window, parallel
+from harness import parallel, upstream_config
 
 
-def up_conf(up, rules, **extra):
-    u = {"name": "crm", "prefix": "/crm", "url": up.url, "rules": rules}
-    u.update(extra)
-    return u
-
+def crm(up, rules, store=None, **options):
+    """One upstream "crm" at /crm."""
+    return upstream_config(up, rules, store, name="crm", prefix="/crm", **options)
 
 
 def ok_count(up):
@@ -20,7 +18,7 @@ def ok_count(up):
 
 
 def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100, "window": "1m"}])]})
+    sl = sluice(crm(upstream, [{"name": "all", "limit": 100, "window": "1m"}]))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 2"], "body": b"slow down"}]
     status, h, body = sl.request("GET", "/crm/a")
     assert status == 429 and body == b"slow down"  # passed on unchanged
@@ -35,7 +33,7 @@ def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
 
 
 def test_http_date_retry_after_on_503(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [])]})
+    sl = sluice(crm(upstream, []))
     when = email.utils.formatdate(time.time() + 3, usegmt=True)
     upstream.script = [{"status": 503, "headers": ["Retry-After: " + when]}]
     assert sl.request("GET", "/crm/a")[0] == 503
@@ -49,8 +47,8 @@ def test_http_date_retry_after_on_503(upstream, sluice):
 
 
 def test_limit_signal_in_a_403_body(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [], limit_signals=[
-        {"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED", "pause": "1500ms"}])]})
+    sl = sluice(crm(upstream, [], limit_signals=[
+        {"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED", "pause": "1500ms"}]))
     upstream.script = [{"status": 403, "body": b'[{"errorCode":"INSUFFICIENT_ACCESS"}]'}]
     assert sl.request("GET", "/crm/a")[0] == 403
     assert sl.request("GET", "/crm/b")[0] == 200  # another 403: no pause
@@ -66,7 +64,7 @@ def test_limit_signal_in_a_403_body(upstream, sluice):
 
 
 def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [], retry_on_limit=True)]})
+    sl = sluice(crm(upstream, [], retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     t0 = time.monotonic()
     status, h, body = sl.request("PUT", "/crm/obj", body=b'{"name":"x"}')
@@ -82,8 +80,8 @@ def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
 
 
 def test_queued_calls_all_succeed_after_a_pause(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100, "window": "1m"}],
-                                       on_limit="queue", retry_on_limit=True)]})
+    sl = sluice(crm(upstream, [{"name": "all", "limit": 100, "window": "1m"}],
+                                       on_limit="queue", retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     res = parallel(12, lambda i: (time.sleep(0.02 * i),
                                   sl.request("GET", "/crm/x?i=%d" % i, timeout=20))[1])
@@ -94,9 +92,8 @@ def test_queued_calls_all_succeed_after_a_pause(upstream, sluice):
 
 
 def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
-    conf = {"store": redis.url, "upstreams": [up_conf(
-        upstream, [{"name": "all", "limit": 1000, "window": "1m"}],
-        on_limit="queue", retry_on_limit=True)]}
+    conf = crm(upstream, [{"name": "all", "limit": 1000, "window": "1m"}], redis.url,
+               on_limit="queue", retry_on_limit=True)
     instances = [sluice(conf) for _ in range(3)]
     upstream.script = [{"status": 429, "headers": ["Retry-After: 2"]}]
     first = {}
@@ -116,8 +113,8 @@ def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
 
 
 def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [
-        {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}])]})
+    sl = sluice(crm(upstream, [
+        {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}]))
     upstream.script = [{"status": 200, "headers": ["Sforce-Limit-Info: api-usage=14990/15000"]}]
     assert sl.request("GET", "/crm/a")[0] == 200
     statuses = [sl.request("GET", "/crm/b")[0] for _ in range(11)]
@@ -127,13 +124,14 @@ def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
 
 
 def test_other_usage_formats(upstream, sluice):
-    sl = sluice({"upstreams": [
-        up_conf(upstream, [{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}]),
+    conf = crm(upstream, [{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}])
+    conf["upstreams"] += [
         {"name": "x", "prefix": "/x", "url": upstream.url,
          "rules": [{"name": "x", "limit": 50, "window": "1m", "sync": "x-ratelimit"}]},
         {"name": "ietf", "prefix": "/ietf", "url": upstream.url,
          "rules": [{"name": "i", "limit": 50, "window": "1m", "sync": "ratelimit"}]},
-    ]})
+    ]
+    sl = sluice(conf)
     upstream.script = [{"headers": ["X-Shopify-Shop-Api-Call-Limit: 38/40"]}]
     assert [sl.request("GET", "/crm/a")[0] for _ in range(4)] == [200, 200, 200, 429]
     upstream.script = [{"headers": ["X-RateLimit-Limit: 50", "X-RateLimit-Remaining: 1"]}]
@@ -144,8 +142,8 @@ def test_other_usage_formats(upstream, sluice):
 
 
 def test_malformed_usage_reports_are_ignored(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [
-        {"name": "daily", "limit": 5, "window": "1m", "sync": "sforce-limit-info"}])]})
+    sl = sluice(crm(upstream, [
+        {"name": "daily", "limit": 5, "window": "1m", "sync": "sforce-limit-info"}]))
     upstream.script = [{"headers": ["Sforce-Limit-Info: api-usage=lots/15000"]},
                        {"headers": ["Sforce-Limit-Info: per-app-api-usage=4/5"]}]
     assert [sl.request("GET", "/crm/a")[0] for _ in range(6)] == [200] * 5 + [429]

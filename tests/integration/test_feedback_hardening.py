@@ -8,13 +8,12 @@ import time
 
 import pytest
 
-from harness import parallel
+from harness import parallel, upstream_config
 
 
-def up_conf(up, rules, **extra):
-    u = {"name": "crm", "prefix": "/crm", "url": up.url, "rules": rules}
-    u.update(extra)
-    return u
+def crm(up, rules, store=None, **options):
+    """One upstream "crm" at /crm."""
+    return upstream_config(up, rules, store, name="crm", prefix="/crm", **options)
 
 
 def all_headers(sl, method, path, headers=None):
@@ -49,9 +48,9 @@ REPORTS = [
                          ids=["x-ratelimit", "ratelimit", "ratelimit-remaining",
                               "shopify", "sforce"])
 def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, kind, empty, room):
-    sl = sluice({"upstreams": [up_conf(upstream, [
+    sl = sluice(crm(upstream, [
         {"name": "daily", "limit": 50000000, "window": "1d", "sync": kind,
-         "sync_probe": "1s"}])]})
+         "sync_probe": "1s"}]))
     assert sl.request("GET", "/crm/warm-up")[0] == 200
     rss0 = sl.proc_status_kib("VmRSS")
 
@@ -116,10 +115,10 @@ def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, kind, em
 
 @pytest.mark.parametrize("how", ["429", "503", "403-signal"])
 def test_the_answer_that_says_stop_never_advertises_room(upstream, sluice, how):
-    sl = sluice({"upstreams": [up_conf(
+    sl = sluice(crm(
         upstream, [{"name": "all", "limit": 100, "window": "1m"}],
         limit_signals=[{"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED",
-                        "pause": "5s"}])]})
+                        "pause": "5s"}]))
     # A normal answer carries sluice's RateLimit with room left.
     status, hdrs, body = all_headers(sl, "GET", "/crm/ok")
     assert status == 200
@@ -154,8 +153,7 @@ def test_the_answer_that_says_stop_never_advertises_room(upstream, sluice, how):
 
 
 def test_the_providers_own_ratelimit_is_passed_on_alone(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100,
-                                                   "window": "1m"}])]})
+    sl = sluice(crm(upstream, [{"name": "all", "limit": 100, "window": "1m"}]))
     status, hdrs, body = all_headers(sl, "GET", "/crm/a", headers={
         "X-Test-Status": "429", "X-Test-Resp-Header": 'RateLimit: "prov";r=0;t=5'})
     assert status == 429
@@ -166,9 +164,9 @@ TEMPLATE = '[{"errorCode":"REQUEST_LIMIT_EXCEEDED","message":"{message}"}]'
 
 
 def test_custom_reject_answer(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(
+    sl = sluice(crm(
         upstream, [{"name": "all", "limit": 1, "window": "30s"}],
-        reject={"status": 403, "body": TEMPLATE})]})
+        reject={"status": 403, "body": TEMPLATE}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 403
@@ -193,9 +191,9 @@ def test_custom_reject_answer_with_every_field(upstream, sluice):
     # {window} is the window in seconds, a JSON number.
     tpl = ('{{"u":"{upstream}","r":"{rule}","l":{limit},"w":{window},'
            '"ra":{retry_after},"m":"{message}"}}')
-    sl = sluice({"upstreams": [up_conf(
+    sl = sluice(crm(
         upstream, [{"name": "all", "limit": 1, "window": "30s"}],
-        reject={"status": 403, "body": tpl})]})
+        reject={"status": 403, "body": tpl}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 403
@@ -207,9 +205,9 @@ def test_custom_reject_answer_with_every_field(upstream, sluice):
 
 
 def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(
+    sl = sluice(crm(
         upstream, [{"name": "one", "concurrency": 1}],
-        reject={"status": 403, "body": TEMPLATE})]})
+        reject={"status": 403, "body": TEMPLATE}))
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/crm/slow", headers={"X-Test-Delay": "1"}))
     slow.start()
@@ -227,8 +225,8 @@ def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice):
 
 @pytest.mark.parametrize("window,expect", [("1h", 10), ("11s", 10), ("10s", 10), ("5s", 5)])
 def test_max_retry_after_bounds_retry_after(upstream, sluice, window, expect):
-    sl = sluice({"max_retry_after": "10s", "upstreams": [up_conf(
-        upstream, [{"name": "w", "limit": 1, "window": window}])]})
+    sl = sluice(crm(upstream, [{"name": "w", "limit": 1, "window": window}],
+                    top={"max_retry_after": "10s"}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 429
@@ -246,7 +244,7 @@ def test_max_retry_after_bounds_retry_after(upstream, sluice, window, expect):
 
 
 def test_max_retry_after_bounds_a_providers_pause(upstream, sluice):
-    sl = sluice({"max_retry_after": "10s", "upstreams": [up_conf(upstream, [])]})
+    sl = sluice(crm(upstream, [], top={"max_retry_after": "10s"}))
     status, h, body = sl.request("GET", "/crm/a", headers={
         "X-Test-Status": "429", "X-Test-Resp-Header": "Retry-After: 3600"})
     assert status == 429 and h["retry-after"] == "3600"  # theirs, passed on
@@ -264,8 +262,7 @@ def test_max_retry_after_bounds_a_providers_pause(upstream, sluice):
     ("90s", "90s", 90), ("1h", "1h", 3600),
 ])
 def test_window_is_written_as_configured_in_the_message(upstream, sluice, window, text, seconds):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "w", "limit": 1,
-                                                   "window": window}])]})
+    sl = sluice(crm(upstream, [{"name": "w", "limit": 1, "window": window}]))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 429
@@ -277,9 +274,9 @@ def test_window_is_written_as_configured_in_the_message(upstream, sluice, window
 
 def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice):
     # Spend the quota through a usage report rather than 15,000 calls.
-    sl = sluice({"upstreams": [up_conf(upstream, [
+    sl = sluice(crm(upstream, [
         {"name": "daily", "limit": 15000, "window": "1d", "sync": "sforce-limit-info",
-         "sync_probe": "1h"}])]})
+         "sync_probe": "1h"}]))
     status, h, body = sl.request("GET", "/crm/a", headers={
         "X-Test-Resp-Header": "Sforce-Limit-Info: api-usage=15000/15000"})
     assert status == 200

@@ -4,13 +4,7 @@ import socket
 import threading
 import time
 
-from harness import max_in_window, parallel, wait_for
-
-
-def one(up, rules, **extra):
-    u = {"name": "leads", "prefix": "/leads", "url": up.url, "rules": rules}
-    u.update(extra)
-    return {"upstreams": [u]}
+from harness import max_in_window, parallel, upstream_config, wait_for
 
 
 def burst(sl, n, path="/leads/x", method="GET", headers=None, threads=8):
@@ -45,7 +39,7 @@ def burst(sl, n, path="/leads/x", method="GET", headers=None, threads=8):
 
 
 def test_exact_count_at_upstream(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "all", "limit": 10, "window": "1m"}]))
+    sl = sluice(upstream_config(upstream, [{"name": "all", "limit": 10, "window": "1m"}]))
     statuses = burst(sl, 40)
     assert statuses.count(200) == 10
     assert statuses.count(429) == 30
@@ -53,7 +47,7 @@ def test_exact_count_at_upstream(upstream, sluice):
 
 
 def test_429_headers_and_body(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "all", "limit": 2, "window": "30s"}]))
+    sl = sluice(upstream_config(upstream, [{"name": "all", "limit": 2, "window": "30s"}]))
     for i in range(2):
         status, h, body = sl.request("GET", "/leads/a")
         assert status == 200
@@ -77,7 +71,7 @@ def test_429_headers_and_body(upstream, sluice):
 
 
 def test_retry_after_is_honest(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "w", "limit": 3, "window": "2s"}]))
+    sl = sluice(upstream_config(upstream, [{"name": "w", "limit": 3, "window": "2s"}]))
     assert burst(sl, 3, threads=1) == [200] * 3
     status, h, body = sl.request("GET", "/leads/a")
     assert status == 429
@@ -89,7 +83,7 @@ def test_retry_after_is_honest(upstream, sluice):
 
 
 def test_rejected_calls_consume_nothing(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "w", "limit": 3, "window": "1s"}]))
+    sl = sluice(upstream_config(upstream, [{"name": "w", "limit": 3, "window": "1s"}]))
     t0 = time.monotonic()
     assert burst(sl, 3, threads=1) == [200] * 3
     # Hammer for a while: all rejected, none recorded.
@@ -104,7 +98,7 @@ def test_rejected_calls_consume_nothing(upstream, sluice):
 
 
 def test_all_or_nothing_across_rules(upstream, sluice):
-    sl = sluice(one(upstream, [
+    sl = sluice(upstream_config(upstream, [
         {"name": "logins", "methods": ["POST"], "path": "/api/v2/login",
          "limit": 2, "window": "1m"},
         {"name": "all", "limit": 5, "window": "1m"},
@@ -121,7 +115,7 @@ def test_all_or_nothing_across_rules(upstream, sluice):
 
 
 def test_methods_and_path_patterns(upstream, sluice):
-    sl = sluice(one(upstream, [
+    sl = sluice(upstream_config(upstream, [
         {"name": "lead-results",
          "path": "/api/v2*/publisher/{publisher}/lead-result/{lead}",
          "limit": 2, "window": "1m"},
@@ -136,7 +130,7 @@ def test_methods_and_path_patterns(upstream, sluice):
 
 
 def test_per_capture_and_per_header_buckets(upstream, sluice):
-    sl = sluice(one(upstream, [
+    sl = sluice(upstream_config(upstream, [
         {"name": "per-publisher", "path": "/api/v2*/publisher/{publisher}/**",
          "per": "{publisher}", "limit": 2, "window": "1m"},
         {"name": "per-app", "path": "/apps/**", "per": "header:X-App",
@@ -156,7 +150,7 @@ def test_per_capture_and_per_header_buckets(upstream, sluice):
 
 
 def test_concurrency_limit(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "in-flight", "concurrency": 3}]))
+    sl = sluice(upstream_config(upstream, [{"name": "in-flight", "concurrency": 3}]))
 
     def call(i):
         s, h, b = sl.request("GET", "/leads/slow", headers={"X-Test-Delay": "1"})
@@ -174,7 +168,7 @@ def test_concurrency_limit(upstream, sluice):
 
 
 def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice):
-    sl = sluice(one(upstream, [{"name": "one", "concurrency": 1}]))
+    sl = sluice(upstream_config(upstream, [{"name": "one", "concurrency": 1}]))
     s = socket.create_connection(("127.0.0.1", sl.port))
     s.sendall(b"GET /leads/slow HTTP/1.1\r\nHost: x\r\nX-Test-Delay: 3\r\n\r\n")
     assert wait_for(lambda: upstream.active == 1, 2)  # its slot is taken
@@ -195,7 +189,7 @@ def test_rolling_window_exact_under_load(upstream, sluice):
     # CPU, which on two busy cores (the sanitizer pass beside other work)
     # has exceeded 10 ms, never 100 ms.  With it, the provider's count over
     # the whole window is exact.
-    conf = one(upstream, [{"name": "w", "limit": n, "window": "500ms"}])
+    conf = upstream_config(upstream, [{"name": "w", "limit": n, "window": "500ms"}])
     conf["upstreams"][0]["margin"] = "100ms"
     sl = sluice(conf)
     stop = time.monotonic() + 3.2
@@ -222,7 +216,7 @@ def test_rolling_window_exact_under_load(upstream, sluice):
 
 
 def test_windows_of_minutes_and_days_coexist(upstream, sluice):
-    conf = one(upstream, [
+    conf = upstream_config(upstream, [
         {"name": "daily", "limit": 5, "window": "1d"},
         {"name": "fast", "limit": 100, "window": "250ms"},
         {"name": "secs", "limit": 1000, "window": 86400},
@@ -239,7 +233,7 @@ def test_windows_of_minutes_and_days_coexist(upstream, sluice):
 
 def test_retry_after_is_bounded_by_max_retry_after(upstream, sluice):
     for bound, want in (("10s", 10), ("1h", 3600), ("90m", 5400)):
-        conf = one(upstream, [{"name": "daily", "limit": 1, "window": "1d"}])
+        conf = upstream_config(upstream, [{"name": "daily", "limit": 1, "window": "1d"}])
         conf["max_retry_after"] = bound
         sl = sluice(conf)
         assert sl.request("GET", "/leads/d")[0] == 200

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from harness import RedisServer
+from harness import RedisServer, admin_request
 
 
 def conf(up, store=None, fmt="sforce-limit-info", limit=15000, window="24h"):
@@ -63,14 +63,8 @@ def test_exactly_the_providers_remaining_calls_go_through(upstream, sluice, stor
 
 
 def admin_get(port, path):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    code, _, body = admin_request(port, "GET", path)
+    return code, body
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])

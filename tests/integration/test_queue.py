@@ -6,18 +6,12 @@ import socket
 import threading
 import time
 
-from harness import max_in_window, parallel, pattern_bytes, pattern_sha256
+from harness import max_in_window, parallel, pattern_bytes, pattern_sha256, upstream_config
 
 
-def conf(up, rules, store=None, **upstream):
-    u = {"name": "leads", "prefix": "/leads", "url": up.url, "on_limit": "queue",
-         "rules": rules}
-    u.update(upstream)
-    c = {"upstreams": [u]}
-    if store:
-        c["store"] = store
-    return c
-
+def conf(up, rules, store=None, **options):
+    """One upstream in queue mode."""
+    return upstream_config(up, rules, store, on_limit="queue", **options)
 
 
 def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice):

@@ -1,7 +1,6 @@
 """Hot reload: SIGHUP and POST /reload change the configuration of a
 running sluice without dropping a call and without losing a count, with
 the memory store and with Redis."""
-import http.client
 import json
 import signal
 import threading
@@ -24,7 +23,6 @@ def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), **top):
 def start(up, rules, store=None, **kw):
     port = free_port()
     sl = Sluice(cfg_for(up, rules, store=store, admin_port=port, **kw))
-    sl.admin_port = port
     sl.base_cfg = dict(store=store, admin_port=port, **kw)
     return sl
 
@@ -40,15 +38,11 @@ def rewrite(sl, up, rules, **kw):
 
 
 def admin(sl, method, path):
-    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-    try:
-        # A POST must say it is no cross-site form (the admin listener
-        # refuses simple requests).
-        c.request(method, path, headers={"X-Sluice-Admin": "1"} if method == "POST" else {})
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    # A POST must say it is no cross-site form (the admin listener
+    # refuses simple requests).
+    code, _, body = sl.admin(method, path,
+                             headers={"X-Sluice-Admin": "1"} if method == "POST" else {})
+    return code, body
 
 
 def reload_http(sl):

@@ -6,34 +6,26 @@ import time
 
 import pytest
 
-from harness import RedisServer, free_port
+from harness import RedisServer, upstream_config
 from test_admin import admin_get, rule, status
 
 
 def shadow_config(up, store=None, **top):
-    port = free_port()
-    cfg = {"app": "header:X-Sluice-App",
-           "admin": {"listen": "127.0.0.1:%d" % port},
-           "upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                          "on_limit": "queue", "max_wait": "5s",
-                          "rules": [
-                              {"name": "new-limit", "limit": 3, "window": "1h",
-                               "mode": "shadow"},
-                              {"name": "new-conc", "concurrency": 1, "mode": "shadow"},
-                              {"name": "enforced", "limit": 100, "window": "1h"}]}]}
-    if store:
-        cfg["store"] = store
-    cfg.update(top)
-    return cfg, port
+    return upstream_config(up, [
+        {"name": "new-limit", "limit": 3, "window": "1h", "mode": "shadow"},
+        {"name": "new-conc", "concurrency": 1, "mode": "shadow"},
+        {"name": "enforced", "limit": 100, "window": "1h"}],
+        store, name="crm", prefix="/crm", admin=True,
+        top=dict({"app": "header:X-Sluice-App"}, **top),
+        on_limit="queue", max_wait="5s")
 
 
 @pytest.mark.parametrize("store", ["memory", "redis"])
 def test_shadow_rule_denies_nothing_and_reports(upstream, sluice, store):
     redis = RedisServer() if store == "redis" else None
     try:
-        cfg, port = shadow_config(upstream, redis.url if redis else None)
+        cfg = shadow_config(upstream, redis.url if redis else None)
         sl = sluice(cfg)
-        sl.admin_port = port
         t0 = time.monotonic()
         codes = [sl.request("GET", "/crm/x", headers={"X-Sluice-App": "a"})[0]
                  for _ in range(8)]
@@ -70,10 +62,9 @@ def test_shadow_rule_denies_nothing_and_reports(upstream, sluice, store):
 
 
 def test_top_level_shadow_puts_every_rule_in_shadow(upstream, sluice):
-    cfg, port = shadow_config(upstream, shadow=True)
+    cfg = shadow_config(upstream, shadow=True)
     cfg["upstreams"][0]["rules"][2]["limit"] = 2
     sl = sluice(cfg)
-    sl.admin_port = port
     assert [sl.request("GET", "/crm/x")[0] for _ in range(5)] == [200] * 5
     st = status(sl)
     assert all(r["mode"] == "shadow" for r in st["upstreams"][0]["rules"])
@@ -82,9 +73,8 @@ def test_top_level_shadow_puts_every_rule_in_shadow(upstream, sluice):
 
 def test_shadow_concurrency_rule_never_holds(upstream, sluice):
     import threading
-    cfg, port = shadow_config(upstream)
+    cfg = shadow_config(upstream)
     sl = sluice(cfg)
-    sl.admin_port = port
     res = []
     ts = [threading.Thread(target=lambda: res.append(sl.request(
         "GET", "/crm/slow", headers={"X-Test-Delay": "1"})[0])) for _ in range(3)]
