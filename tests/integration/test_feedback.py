@@ -4,7 +4,7 @@ import json
 import threading
 import time
 
-from harness import parallel, upstream_config
+from harness import parallel, upstream_config, wait_for
 
 
 def crm(up, rules, store=None, **options):
@@ -17,8 +17,8 @@ def ok_count(up):
         return sum(1 for r in up.records if r.status == 200)
 
 
-def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
-    sl = sluice(crm(upstream, [{"name": "all", "limit": 100, "window": "1m"}]))
+def test_429_with_retry_after_pauses_the_upstream(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}]))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 2"], "body": b"slow down"}]
     status, h, body = sl.request("GET", "/crm/a")
     assert status == 429 and body == b"slow down"  # passed on unchanged
@@ -32,8 +32,8 @@ def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
     assert sl.request("GET", "/crm/c")[0] == 200
 
 
-def test_http_date_retry_after_on_503(upstream, sluice):
-    sl = sluice(crm(upstream, []))
+def test_http_date_retry_after_on_503(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[]))
     when = email.utils.formatdate(time.time() + 3, usegmt=True)
     upstream.script = [{"status": 503, "headers": ["Retry-After: " + when]}]
     assert sl.request("GET", "/crm/a")[0] == 503
@@ -46,8 +46,8 @@ def test_http_date_retry_after_on_503(upstream, sluice):
     assert sl.request("GET", "/crm/d")[0] == 200
 
 
-def test_limit_signal_in_a_403_body(upstream, sluice):
-    sl = sluice(crm(upstream, [], limit_signals=[
+def test_limit_signal_in_a_403_body(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[], admin=True, limit_signals=[
         {"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED", "pause": "1500ms"}]))
     upstream.script = [{"status": 403, "body": b'[{"errorCode":"INSUFFICIENT_ACCESS"}]'}]
     assert sl.request("GET", "/crm/a")[0] == 403
@@ -56,6 +56,12 @@ def test_limit_signal_in_a_403_body(upstream, sluice):
                                                b'"errorCode":"REQUEST_LIMIT_EXCEEDED"}]'}]
     status, h, body = sl.request("GET", "/crm/c")
     assert status == 403 and b"REQUEST_LIMIT_EXCEEDED" in body
+    if store:
+        # With Redis the pause is written behind the relayed answer (the
+        # body had to be read to match): the next call waits for it to
+        # show, as a call from another instance would.
+        assert wait_for(lambda: json.loads(sl.admin("GET", "/status")[2])
+                        ["upstreams"][0]["paused"] is not None)
     status, h, body = sl.request("GET", "/crm/d")
     assert status == 429 and h["retry-after"] in ("1", "2")
     time.sleep(1.6)
@@ -63,8 +69,8 @@ def test_limit_signal_in_a_403_body(upstream, sluice):
     assert "signalled a limit (status 403, a configured limit signal)" in sl.read_log()
 
 
-def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
-    sl = sluice(crm(upstream, [], retry_on_limit=True))
+def test_retry_on_limit_gives_the_client_one_success(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[], retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     t0 = time.monotonic()
     status, h, body = sl.request("PUT", "/crm/obj", body=b'{"name":"x"}')
@@ -79,8 +85,8 @@ def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
     assert sl.request("POST", "/crm/obj", body=b"{}")[0] == 429
 
 
-def test_queued_calls_all_succeed_after_a_pause(upstream, sluice):
-    sl = sluice(crm(upstream, [{"name": "all", "limit": 100, "window": "1m"}],
+def test_queued_calls_all_succeed_after_a_pause(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}],
                                        on_limit="queue", retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     res = parallel(12, lambda i: (time.sleep(0.02 * i),
@@ -112,8 +118,8 @@ def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
     assert int(redis.cli("EXISTS", "sluice:{crm}:p:14:upstream-pause:")) == 1
 
 
-def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
-    sl = sluice(crm(upstream, [
+def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}]))
     upstream.script = [{"status": 200, "headers": ["Sforce-Limit-Info: api-usage=14990/15000"]}]
     assert sl.request("GET", "/crm/a")[0] == 200
@@ -123,8 +129,8 @@ def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
     assert json.loads(body)["rule"] == "daily"
 
 
-def test_other_usage_formats(upstream, sluice):
-    conf = crm(upstream, [{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}])
+def test_other_usage_formats(upstream, sluice, store):
+    conf = crm(upstream, store=store, rules=[{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}])
     conf["upstreams"] += [
         {"name": "x", "prefix": "/x", "url": upstream.url,
          "rules": [{"name": "x", "limit": 50, "window": "1m", "sync": "x-ratelimit"}]},
@@ -141,8 +147,8 @@ def test_other_usage_formats(upstream, sluice):
     assert [sl.request("GET", "/ietf/a")[0] for _ in range(2)] == [200, 429]
 
 
-def test_malformed_usage_reports_are_ignored(upstream, sluice):
-    sl = sluice(crm(upstream, [
+def test_malformed_usage_reports_are_ignored(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 5, "window": "1m", "sync": "sforce-limit-info"}]))
     upstream.script = [{"headers": ["Sforce-Limit-Info: api-usage=lots/15000"]},
                        {"headers": ["Sforce-Limit-Info: per-app-api-usage=4/5"]}]

@@ -1,5 +1,4 @@
 """Queue mode: over-limit calls wait for room instead of failing."""
-import hashlib
 import json
 import signal
 import socket
@@ -14,8 +13,8 @@ def conf(up, rules, store=None, **options):
     return upstream_config(up, rules, store, on_limit="queue", **options)
 
 
-def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 20, "window": "2s"}]))
+def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 20, "window": "2s"}]))
     t0 = time.monotonic()
     res = parallel(60, lambda i: sl.request("POST", "/leads/x?i=%d" % i,
                                             body=b"%04d" % i, timeout=30))
@@ -34,8 +33,8 @@ def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice
     assert bodies == [4] * 60
 
 
-def test_held_upload_is_not_read_until_released(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "1500ms"}]))
+def test_held_upload_is_not_read_until_released(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "1500ms"}]))
     assert sl.request("GET", "/leads/first")[0] == 200
     size = 8 * 1024 * 1024
     c = sl.conn(timeout=30)
@@ -55,8 +54,8 @@ def test_held_upload_is_not_read_until_released(upstream, sluice):
     c.close()
 
 
-def test_arrival_order_within_a_bucket(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "250ms"}]))
+def test_arrival_order_within_a_bucket(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "250ms"}]))
     order = []
 
     def call(i):
@@ -70,8 +69,8 @@ def test_arrival_order_within_a_bucket(upstream, sluice):
     assert order == sorted(order)
 
 
-def test_client_leaving_while_held_is_forgotten(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "2s"}]))
+def test_client_leaving_while_held_is_forgotten(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "2s"}]))
     assert sl.request("GET", "/leads/a")[0] == 200
     s = socket.create_connection(("127.0.0.1", sl.port))
     s.sendall(b"GET /leads/held HTTP/1.1\r\nHost: x\r\n\r\n")
@@ -86,8 +85,8 @@ def test_client_leaving_while_held_is_forgotten(upstream, sluice):
     assert [r.target for r in upstream.records] == ["/a", "/c"]
 
 
-def test_max_wait_answers_429(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "10s"},
+def test_max_wait_answers_429(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "10s"},
                                 {"name": "one", "concurrency": 1}], max_wait="600ms"))
     assert sl.request("GET", "/leads/a")[0] == 200
     # Room comes back only in ~10 s, past max_wait: 429 at once, honestly.
@@ -98,8 +97,8 @@ def test_max_wait_answers_429(upstream, sluice):
     assert json.loads(body)["rule"] == "w"
 
 
-def test_max_wait_for_a_concurrency_slot(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "one", "concurrency": 1}], max_wait="500ms"))
+def test_max_wait_for_a_concurrency_slot(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "one", "concurrency": 1}], max_wait="500ms"))
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/leads/slow", headers={"X-Test-Delay": "2"}))
     slow.start()
@@ -113,8 +112,8 @@ def test_max_wait_for_a_concurrency_slot(upstream, sluice):
     slow.join()
 
 
-def test_concurrency_queue_serves_everyone(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "two", "concurrency": 2}]))
+def test_concurrency_queue_serves_everyone(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "two", "concurrency": 2}]))
     t0 = time.monotonic()
     res = parallel(6, lambda i: sl.request("GET", "/leads/s", headers={"X-Test-Delay": "0.5"}))
     assert [s for s, h, b in res] == [200] * 6
@@ -122,8 +121,8 @@ def test_concurrency_queue_serves_everyone(upstream, sluice):
     assert 1.4 <= time.monotonic() - t0 <= 2.5
 
 
-def test_max_queue_overflow_is_429(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "3s"}], max_queue=2))
+def test_max_queue_overflow_is_429(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "3s"}], max_queue=2))
     assert sl.request("GET", "/leads/a")[0] == 200
     res = parallel(3, lambda i: (time.sleep(0.1 * i), sl.request("GET", "/leads/q", timeout=30))[1])
     statuses = sorted(s for s, h, b in res)
@@ -131,19 +130,18 @@ def test_max_queue_overflow_is_429(upstream, sluice):
     assert statuses[0] == 200 and statuses[2] == 429
 
 
-def test_rule_overrides_upstream_mode(upstream, sluice):
-    sl = sluice({"upstreams": [{"name": "leads", "prefix": "/leads", "url": upstream.url,
-                                "on_limit": "reject", "rules": [
-                                    {"name": "logins", "path": "/login", "limit": 1,
-                                     "window": "1s", "on_limit": "queue"},
-                                    {"name": "all", "path": "/other", "limit": 1, "window": "1m"}]}]})
+def test_rule_overrides_upstream_mode(upstream, sluice, store):
+    sl = sluice(upstream_config(upstream, [
+        {"name": "logins", "path": "/login", "limit": 1, "window": "1s", "on_limit": "queue"},
+        {"name": "all", "path": "/other", "limit": 1, "window": "1m"}],
+        store, on_limit="reject"))
     assert [sl.request("GET", "/leads/login")[0] for _ in range(2)] == [200, 200]
     assert [sl.request("GET", "/leads/other")[0] for _ in range(2)] == [200, 429]
 
 
-def test_shutdown_answers_held_calls(upstream, sluice):
+def test_shutdown_answers_held_calls(upstream, sluice, store):
     # 20 s (+ the margin) is within the default max_wait of 30 s: held.
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "20s"}]))
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "20s"}]))
     assert sl.request("GET", "/leads/a")[0] == 200
     got = {}
 
