@@ -569,6 +569,16 @@ class Sluice:
         """One call to this sluice's admin listener (see admin_request)."""
         return admin_request(self.admin_port, method, path, body, headers, timeout)
 
+    def status(self):
+        """/status of this sluice's admin listener, parsed."""
+        code, _, body = self.admin("GET", "/status")
+        assert code == 200, body
+        return json.loads(body)
+
+    def held(self, upstream=0):
+        """Calls held in the queue of UPSTREAM (its index), as /status says."""
+        return self.status()["upstreams"][upstream]["queue"]["depth"]
+
     def conn(self, timeout=30):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
 

@@ -106,7 +106,8 @@ def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
     t = threading.Thread(target=lambda: first.setdefault(
         "r", instances[0].request("GET", "/crm/first", timeout=20)))
     t.start()
-    time.sleep(0.3)  # the 429 has paused the upstream for every instance
+    # The 429 has paused the upstream for every instance: in Redis.
+    assert wait_for(lambda: redis.cli("EXISTS", "sluice:{crm}:p:14:upstream-pause:") == "1")
     res = parallel(15, lambda i: instances[i % 3].request("GET", "/crm/x", timeout=20))
     t.join()
     statuses = [s for s, h, b in res]

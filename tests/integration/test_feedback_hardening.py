@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness import parallel, upstream_config
+from harness import parallel, upstream_config, wait_for
 
 
 def crm(up, rules, store=None, **options):
@@ -212,7 +212,7 @@ def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice, store):
         "GET", "/crm/slow", headers={"X-Test-Delay": "1"}))
     slow.start()
     try:
-        time.sleep(0.3)
+        assert wait_for(lambda: upstream.active == 1)  # it holds the slot
         status, h, body = sl.request("GET", "/crm/b")
         assert status == 403
         data = json.loads(body)

@@ -174,10 +174,9 @@ def test_client_hangup_while_waiting_releases_its_slot(upstream, sluice, store):
     assert wait_for(lambda: upstream.active == 1, 2)  # its slot is taken
     assert sl.request("GET", "/leads/now")[0] == 429
     s.close()  # gone while its call waits for the upstream
-    time.sleep(0.3)
-    t0 = time.monotonic()
-    assert sl.request("GET", "/leads/now")[0] == 200
-    assert time.monotonic() - t0 < 1.5
+    # Its slot comes back within 1.5 s of the hang-up (with Redis the
+    # release is a script behind it: ask until then).
+    assert wait_for(lambda: sl.request("GET", "/leads/now")[0] == 200, 1.5)
     assert "outcome=client_gone" in sl.wait_log("outcome=client_gone")
 
 

@@ -5,7 +5,8 @@ import socket
 import threading
 import time
 
-from harness import max_in_window, parallel, pattern_bytes, pattern_sha256, upstream_config
+from harness import (max_in_window, parallel, pattern_bytes, pattern_sha256, upstream_config,
+                     wait_for)
 
 
 def conf(up, rules, store=None, **options):
@@ -70,14 +71,18 @@ def test_arrival_order_within_a_bucket(upstream, sluice, store):
 
 
 def test_client_leaving_while_held_is_forgotten(upstream, sluice, store):
-    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "2s"}]))
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "2s"}],
+                     admin=True))
+    t_first = time.monotonic()
     assert sl.request("GET", "/leads/a")[0] == 200
     s = socket.create_connection(("127.0.0.1", sl.port))
     s.sendall(b"GET /leads/held HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.5)
+    assert wait_for(lambda: sl.held() == 1)
     s.close()
     sl.wait_log("outcome=client_gone")
-    time.sleep(1.7)
+    # Wait out the first call's window: 2 s and the default margin (100
+    # ms), with 100 ms to spare.
+    time.sleep(max(0, t_first + 2.2 - time.monotonic()))
     # The slot the leaver would have taken is free: this one goes through.
     t0 = time.monotonic()
     assert sl.request("GET", "/leads/c")[0] == 200
@@ -102,7 +107,7 @@ def test_max_wait_for_a_concurrency_slot(upstream, sluice, store):
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/leads/slow", headers={"X-Test-Delay": "2"}))
     slow.start()
-    time.sleep(0.2)
+    assert wait_for(lambda: upstream.active == 1)  # it holds the slot
     t0 = time.monotonic()
     status, h, body = sl.request("GET", "/leads/b")
     waited = time.monotonic() - t0
@@ -141,7 +146,8 @@ def test_rule_overrides_upstream_mode(upstream, sluice, store):
 
 def test_shutdown_answers_held_calls(upstream, sluice, store):
     # 20 s (+ the margin) is within the default max_wait of 30 s: held.
-    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "20s"}]))
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "20s"}],
+                     admin=True))
     assert sl.request("GET", "/leads/a")[0] == 200
     got = {}
 
@@ -150,7 +156,7 @@ def test_shutdown_answers_held_calls(upstream, sluice, store):
 
     t = threading.Thread(target=held)
     t.start()
-    time.sleep(0.3)
+    assert wait_for(lambda: sl.held() == 1)
     sl.proc.send_signal(signal.SIGTERM)
     t.join()
     status, h, body = got["r"]
