@@ -6,7 +6,7 @@ import signal
 import threading
 import time
 
-from harness import Sluice, free_port, max_in_window
+from harness import Sluice, free_port, max_in_window, wait_for
 
 
 def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), **top):
@@ -218,7 +218,7 @@ def test_held_calls_keep_waiting_under_an_unchanged_rule(upstream):
         out = {}
         t = threading.Thread(target=lambda: out.setdefault("r", sl.request("GET", "/crm/y")))
         t.start()
-        time.sleep(0.5)
+        assert wait_for(lambda: sl.held() == 1)
         rewrite(sl, upstream, rules, access_log=False)
         assert reload_http(sl)[0] == 200
         t.join(10)
@@ -239,7 +239,7 @@ def test_concurrency_slots_in_use_stay_counted(upstream, store):
         t = threading.Thread(target=lambda: slow.setdefault(
             "r", sl.request("GET", "/crm/slow", headers={"X-Test-Delay": "2"})))
         t.start()
-        time.sleep(0.5)
+        assert wait_for(lambda: upstream.active == 1)  # it holds the slot
         rewrite(sl, upstream, rules(1), access_log=False)
         assert reload_http(sl)[0] == 200
         # The slot taken before the reload is still in use.
