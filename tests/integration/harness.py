@@ -81,14 +81,14 @@ def _address_in_use(log):
 def upstream_config(up, rules=None, store=None, name="leads", prefix="/leads",
                     admin=None, top=None, **options):
     """The configuration most tests start from: one upstream NAME at PREFIX
-    forwarding to UP (an Upstream), with RULES (None: no "rules" key) and
+    forwarding to UP (an Upstream, or a URL), with RULES (None: no "rules" key) and
     the upstream OPTIONS given as keyword arguments (on_limit, max_wait,
     margin, limit_signals, ...).  STORE: None for the memory store, or a
     Redis URL.  ADMIN: None for no admin listener, True for one on a free
     port, or a dict of admin settings (its "listen" defaults to a free
     port); Sluice reads the port back into sl.admin_port.  TOP: more
     top-level keys."""
-    u = {"name": name, "prefix": prefix, "url": up.url}
+    u = {"name": name, "prefix": prefix, "url": up if isinstance(up, str) else up.url}
     if rules is not None:
         u["rules"] = list(rules)
     u.update(options)

@@ -8,16 +8,12 @@ import re
 
 import pytest
 
-from harness import RedisServer, admin_request
+from harness import RedisServer, admin_request, upstream_config
 
 
 def conf(up, store=None, fmt="sforce-limit-info", limit=15000, window="24h"):
-    c = {"upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                        "rules": [{"name": "daily", "limit": limit, "window": window,
-                                   "sync": fmt}]}]}
-    if store:
-        c["store"] = store
-    return c
+    return upstream_config(up, [{"name": "daily", "limit": limit, "window": window,
+                                 "sync": fmt}], store, name="crm", prefix="/crm")
 
 
 FORMATS = {  # sync setting: (the harness's report format, the provider's max)
