@@ -5,7 +5,15 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from harness import RedisServer, Sluice, Upstream  # noqa: E402
+from harness import RedisServer, Sluice, Upstream, release_ports  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _ports():
+    """The ports free_port() held for this test are let go after it (its
+    processes are stopped by then: fixtures finish after the test's own)."""
+    yield
+    release_ports()
 
 
 @pytest.fixture

@@ -16,12 +16,18 @@ is up.ca_file); Upstream(close=True) closes every connection after one
 answer, so each call needs a fresh connection (and TLS handshake).
 DelayRelay sits between sluice and an upstream and delays every piece of
 data towards the upstream by a random time, like a jittery network.
+
+Shared by the test files: upstream_config() writes the common
+configuration (one upstream, its rules, a store, an admin listener),
+admin_request() makes one call to an admin listener, wait_for() polls a
+condition instead of sleeping for it.
 """
 import hashlib
 import http.client
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import ssl
@@ -36,10 +42,81 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 SLUICE_BIN = os.environ.get("SLUICE_BIN", os.path.join(ROOT, "build", "sluice"))
 
 
+# Ports handed out by free_port(), each held by a bound socket until
+# release_ports() (conftest calls it after every test).
+_reserved = []
+_reserved_lock = threading.Lock()
+
+
 def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A loopback port for a process that must be told its port beforehand
+    (sluice, redis-server, prometheus), and that nobody else can be handed
+    meanwhile: a socket bound to it with SO_REUSEADDR, never listening, is
+    kept until release_ports().  The kernel gives no other port-0 bind (in
+    this or a concurrent test process) a port in use, while the process
+    started on it, which sets SO_REUSEADDR as servers do, can still bind
+    and listen there.  Connecting to it before then is refused, as to a
+    free port.  Python servers bind port 0 themselves instead."""
+    s = socket.socket()
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    s.bind(("127.0.0.1", 0))
+    with _reserved_lock:
+        _reserved.append(s)
+    return s.getsockname()[1]
+
+
+def release_ports():
+    """Let go of every port free_port() has handed out."""
+    with _reserved_lock:
+        held = list(_reserved)
+        del _reserved[:]
+    for s in held:
+        s.close()
+
+
+def _address_in_use(log):
+    return "address already in use" in log.lower()
+
+
+def upstream_config(up, rules=None, store=None, name="leads", prefix="/leads",
+                    admin=None, top=None, **options):
+    """The configuration most tests start from: one upstream NAME at PREFIX
+    forwarding to UP (an Upstream, or a URL), with RULES (None: no "rules" key) and
+    the upstream OPTIONS given as keyword arguments (on_limit, max_wait,
+    margin, limit_signals, ...).  STORE: None for the memory store, or a
+    Redis URL.  ADMIN: None for no admin listener, True for one on a free
+    port, or a dict of admin settings (its "listen" defaults to a free
+    port); Sluice reads the port back into sl.admin_port.  TOP: more
+    top-level keys."""
+    u = {"name": name, "prefix": prefix, "url": up if isinstance(up, str) else up.url}
+    if rules is not None:
+        u["rules"] = list(rules)
+    u.update(options)
+    c = {"upstreams": [u]}
+    if store:
+        c["store"] = store
+    if admin is not None:
+        a = dict(admin) if isinstance(admin, dict) else {}
+        a.setdefault("listen", "127.0.0.1:%d" % free_port())
+        c["admin"] = a
+    c.update(top or {})
+    return c
+
+
+def admin_request(port, method, path, body=None, headers=None, timeout=10):
+    """One call to the admin listener on PORT: (status, headers with
+    lower-case names, body bytes).  BODY: bytes, or an object sent as JSON.
+    HEADERS are sent as given: a POST says it is no cross-site form
+    (X-Sluice-Admin: 1 or a JSON Content-Type) only when the caller does."""
+    if body is not None and not isinstance(body, bytes):
+        body = json.dumps(body)
+    c = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        c.request(method, path, body=body, headers=headers or {})
+        r = c.getresponse()
+        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
+    finally:
+        c.close()
 
 
 def pattern_bytes(n):
@@ -289,18 +366,19 @@ class Upstream:
         self.errors = 0
         self.close_each = close
         self.tls = tls
-        self.port = free_port()
         self.dir = None
         self.ca_file = None
+        # Port 0: the listening socket is ours from the start, no race.
         if tls:
             self.dir = tempfile.mkdtemp(prefix="sluice-tls-")
             cert, key = make_cert(self.dir)
             ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
             ctx.load_cert_chain(cert, key)
             self.ca_file = cert
-            self.server = _TLSServer(("127.0.0.1", self.port), _Handler, ctx)
+            self.server = _TLSServer(("127.0.0.1", 0), _Handler, ctx)
         else:
-            self.server = _Server(("127.0.0.1", self.port), _Handler)
+            self.server = _Server(("127.0.0.1", 0), _Handler)
+        self.port = self.server.server_address[1]
         self.server.owner = self
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -339,11 +417,10 @@ class DelayRelay:
         self.max_delay = max_delay
         self.rng = random.Random(seed)
         self.rng_lock = threading.Lock()
-        self.port = free_port()
         self.sock = socket.socket()
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(256)
+        self.port = self.sock.getsockname()[1]
         self.closed = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -405,17 +482,43 @@ class DelayRelay:
 class Sluice:
     """The real sluice binary, started on a config, stopped with SIGTERM."""
 
+    START_ATTEMPTS = 3  # ports of its own tried when one turns out taken
+
     def __init__(self, config, env=None, workers=None, port=None, preexec_fn=None):
-        self.port = port or free_port()
         config = dict(config)
-        config.setdefault("listen", "127.0.0.1:%d" % self.port)
         if workers is not None:
             config["workers"] = workers
+        # The harness chooses the port unless the test did (config or PORT).
+        chosen = port is None and "listen" not in config
+        self.port = port or free_port()
+        config.setdefault("listen", "127.0.0.1:%d" % self.port)
         self.dir = tempfile.mkdtemp(prefix="sluice-test-")
         self.config_path = os.path.join(self.dir, "sluice.json")
+        self.log_path = os.path.join(self.dir, "sluice.log")
+        self.log = None
+        for attempt in range(self.START_ATTEMPTS):
+            if self._start(config, env, preexec_fn):
+                return
+            # Its port was taken after all (free_port holds it against
+            # port-0 binds, not against a bind to that very port): take
+            # another one, if the harness chose it.
+            if not (chosen and _address_in_use(self.read_log())):
+                break
+            self.port = free_port()
+            config["listen"] = "127.0.0.1:%d" % self.port
+        raise RuntimeError("sluice exited early:\n" + self.read_log())
+
+    def _start(self, config, env, preexec_fn):
+        """Start on CONFIG: True once it accepts connections, False if it
+        exited first (its log says why); raises if it hangs."""
+        # The admin listener's port, when the config has one on loopback.
+        admin = config.get("admin")
+        port_text = str(admin.get("listen", "")).rsplit(":", 1)[-1] if isinstance(admin, dict) else ""
+        self.admin_port = int(port_text) if port_text.isdigit() else None
         with open(self.config_path, "w") as f:
             json.dump(config, f)
-        self.log_path = os.path.join(self.dir, "sluice.log")
+        if self.log is not None:
+            self.log.close()
         self.log = open(self.log_path, "w")
         full_env = dict(os.environ)
         full_env.update(env or {})
@@ -436,10 +539,12 @@ class Sluice:
         deadline = time.time() + 15
         while time.time() < deadline:
             if self.proc.poll() is not None:
-                raise RuntimeError("sluice exited early:\n" + self.read_log())
+                if self._copier is not None:
+                    self._copier.join(5)
+                return False
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return
+                return True
             except OSError:
                 time.sleep(0.05)
         self.proc.kill()
@@ -459,6 +564,20 @@ class Sluice:
             if needle in log or time.time() > deadline:
                 return log
             time.sleep(0.02)
+
+    def admin(self, method, path, body=None, headers=None, timeout=10):
+        """One call to this sluice's admin listener (see admin_request)."""
+        return admin_request(self.admin_port, method, path, body, headers, timeout)
+
+    def status(self):
+        """/status of this sluice's admin listener, parsed."""
+        code, _, body = self.admin("GET", "/status")
+        assert code == 200, body
+        return json.loads(body)
+
+    def held(self, upstream=0):
+        """Calls held in the queue of UPSTREAM (its index), as /status says."""
+        return self.status()["upstreams"][upstream]["queue"]["depth"]
 
     def conn(self, timeout=30):
         return http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
@@ -538,13 +657,26 @@ def max_in_window(times, window):
     return best
 
 
+class _PortTaken(Exception):
+    pass
+
+
 class RedisServer:
     """A real redis-server on a free loopback port (no persistence)."""
+
+    START_ATTEMPTS = 3
 
     def __init__(self, port=None):
         self.port = port or free_port()
         self.proc = None
-        self.start()
+        for attempt in range(self.START_ATTEMPTS):
+            try:
+                self.start()
+                return
+            except _PortTaken:
+                if port is not None or attempt == self.START_ATTEMPTS - 1:
+                    raise RuntimeError("redis-server could not bind port %d" % self.port)
+                self.port = free_port()
 
     @property
     def url(self):
@@ -557,15 +689,29 @@ class RedisServer:
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--loglevel", "warning",
              *self.EXTRA_ARGS],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        # Its log (warnings only) is read if it exits; drained meanwhile.
+        said = []
+        drain = threading.Thread(target=lambda out=self.proc.stdout: said.extend(out),
+                                 daemon=True)
+        drain.start()
         deadline = time.time() + 10
         while time.time() < deadline:
+            if self.proc.poll() is not None:
+                drain.join(5)
+                log = b"".join(said).decode(errors="replace")
+                if _address_in_use(log):
+                    raise _PortTaken()
+                raise RuntimeError("redis-server exited:\n" + log)
             try:
-                if self.cli("PING") == "PONG":
+                # Answered by this process, not another one on the port.
+                m = re.search(r"process_id:(\d+)", self.cli("INFO", "server"))
+                if m and int(m.group(1)) == self.proc.pid:
                     return
             except (OSError, subprocess.CalledProcessError):
                 pass
             time.sleep(0.05)
+        self.kill()
         raise RuntimeError("redis-server did not start")
 
     def cli(self, *args):

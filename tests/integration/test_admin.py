@@ -13,7 +13,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import SLUICE_BIN, RedisServer, Sluice, _Server, free_port, parallel
+from harness import SLUICE_BIN, RedisServer, Sluice, _Server, free_port, upstream_config
 
 TOKEN = "s3cret-admin-token-0123"
 
@@ -25,7 +25,6 @@ class Receiver:
         self.bodies = []
         self.lock = threading.Lock()
         self.status = status
-        self.port = free_port()
         owner = self
 
         class H(BaseHTTPRequestHandler):
@@ -43,7 +42,8 @@ class Receiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = _Server(("127.0.0.1", self.port), H)
+        self.server = _Server(("127.0.0.1", 0), H)  # port 0: ours from the start
+        self.port = self.server.server_address[1]
         self.server.owner = self
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -69,13 +69,7 @@ class Receiver:
 
 
 def admin_get(sl, path, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-    try:
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, r.read()
-    finally:
-        c.close()
+    return sl.admin("GET", path, headers=headers)
 
 
 def status(sl, headers=None):
@@ -90,15 +84,9 @@ def rule(st, name, upstream=0):
 
 def start(sluice, up, rules, admin=None, upstream_extra=None, **top):
     """sluice with an admin listener on a free port (sl.admin_port)."""
-    port = free_port()
-    cfg = {"app": "header:X-Sluice-App",
-           "admin": dict({"listen": "127.0.0.1:%d" % port}, **(admin or {})),
-           "upstreams": [dict({"name": "crm", "prefix": "/crm", "url": up.url,
-                               "rules": rules}, **(upstream_extra or {}))]}
-    cfg.update(top)
-    sl = sluice(cfg)
-    sl.admin_port = port
-    return sl
+    return sluice(upstream_config(up, rules, name="crm", prefix="/crm", admin=admin or True,
+                                  top=dict({"app": "header:X-Sluice-App"}, **top),
+                                  **(upstream_extra or {})))
 
 
 def call(sl, path, app=None, headers=None):

@@ -345,7 +345,6 @@ class RawReceiver:
         self.posts = []
         self.lock = threading.Lock()
         self.status = status
-        self.port = free_port()
         owner = self
 
         class H(BaseHTTPRequestHandler):
@@ -362,7 +361,8 @@ class RawReceiver:
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
-        self.server = _Server(("127.0.0.1", self.port), H)
+        self.server = _Server(("127.0.0.1", 0), H)  # port 0: ours from the start
+        self.port = self.server.server_address[1]
         self.server.owner = self
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 

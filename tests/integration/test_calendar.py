@@ -9,20 +9,12 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from harness import Sluice, free_port
+from harness import Sluice, upstream_config
 
 
 def start(up, rule, store, **top):
-    port = free_port()
-    cfg = {"admin": {"listen": "127.0.0.1:%d" % port},
-           "upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                          "rules": [dict({"name": "quota"}, **rule)]}]}
-    if store is not None:
-        cfg["store"] = store
-    cfg.update(top)
-    sl = Sluice(cfg)
-    sl.admin_port = port
-    return sl
+    return Sluice(upstream_config(up, [dict({"name": "quota"}, **rule)], store, name="crm",
+                                  prefix="/crm", admin=True, top=top))
 
 
 def wait_until_after_boundary(period, after):
@@ -62,13 +54,9 @@ def test_short_calendar_window_resets_at_the_boundary(upstream, store):
 def test_margin_counts_calls_sent_just_before_the_boundary(upstream, store):
     # A call sent within the margin before a boundary may reach the
     # provider after it: it counts in the new period too.
-    cfg = {"upstreams": [{"name": "crm", "prefix": "/crm", "url": upstream.url,
-                          "margin": "1s",
-                          "rules": [{"name": "quota", "limit": 2, "window": "4s",
-                                     "reset": "calendar"}]}]}
-    if store is not None:
-        cfg["store"] = store
-    sl = Sluice(cfg)
+    sl = Sluice(upstream_config(upstream, [{"name": "quota", "limit": 2, "window": "4s",
+                                            "reset": "calendar"}],
+                                store, name="crm", prefix="/crm", margin="1s"))
     try:
         wait_until_after_boundary(4, 3.4)       # 0.6 s before the next one
         assert sl.request("GET", "/crm/x")[0] == 200
@@ -100,10 +88,7 @@ def test_hour_in_a_half_hour_zone(upstream, store, tz):
         want = seconds_to(nxt)
         assert int(headers["retry-after"]) == pytest.approx(want, abs=2)
         assert "t=%s" % headers["retry-after"] in headers["ratelimit"]
-        import http.client
-        c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-        c.request("GET", "/status")
-        st = json.loads(c.getresponse().read())
+        st = json.loads(sl.admin("GET", "/status")[2])
         r = st["upstreams"][0]["rules"][0]
         assert (r["reset"], r["timezone"], r["used"]) == ("calendar", tz, 1)
         assert r["resets_in"] == pytest.approx(want, abs=2)

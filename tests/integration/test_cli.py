@@ -10,7 +10,7 @@ import tempfile
 import threading
 import time
 
-from harness import ROOT, SLUICE_BIN, Sluice, free_port
+from harness import ROOT, SLUICE_BIN, Sluice, free_port, wait_for
 
 
 def run(args, env=None):
@@ -163,7 +163,7 @@ def test_sigterm_finishes_calls_in_flight(upstream):
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    assert wait_for(lambda: upstream.active == 1)  # the slow call is upstream
     s.proc.send_signal(signal.SIGTERM)
     t.join()
     assert result["r"][0] == 200
@@ -190,7 +190,7 @@ def test_shutdown_timeout_bounds_the_drain(upstream):
 
     t = threading.Thread(target=slow)
     t.start()
-    time.sleep(0.3)
+    assert wait_for(lambda: upstream.active == 1)  # the slow call is upstream
     t0 = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
     assert s.stop() == 0

@@ -4,14 +4,12 @@ import json
 import threading
 import time
 
-from harness import max_in_window, parallel
+from harness import parallel, upstream_config, wait_for
 
 
-def up_conf(up, rules, **extra):
-    u = {"name": "crm", "prefix": "/crm", "url": up.url, "rules": rules}
-    u.update(extra)
-    return u
-
+def crm(up, rules, store=None, **options):
+    """One upstream "crm" at /crm."""
+    return upstream_config(up, rules, store, name="crm", prefix="/crm", **options)
 
 
 def ok_count(up):
@@ -19,8 +17,8 @@ def ok_count(up):
         return sum(1 for r in up.records if r.status == 200)
 
 
-def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100, "window": "1m"}])]})
+def test_429_with_retry_after_pauses_the_upstream(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}]))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 2"], "body": b"slow down"}]
     status, h, body = sl.request("GET", "/crm/a")
     assert status == 429 and body == b"slow down"  # passed on unchanged
@@ -34,8 +32,8 @@ def test_429_with_retry_after_pauses_the_upstream(upstream, sluice):
     assert sl.request("GET", "/crm/c")[0] == 200
 
 
-def test_http_date_retry_after_on_503(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [])]})
+def test_http_date_retry_after_on_503(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[]))
     when = email.utils.formatdate(time.time() + 3, usegmt=True)
     upstream.script = [{"status": 503, "headers": ["Retry-After: " + when]}]
     assert sl.request("GET", "/crm/a")[0] == 503
@@ -48,9 +46,9 @@ def test_http_date_retry_after_on_503(upstream, sluice):
     assert sl.request("GET", "/crm/d")[0] == 200
 
 
-def test_limit_signal_in_a_403_body(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [], limit_signals=[
-        {"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED", "pause": "1500ms"}])]})
+def test_limit_signal_in_a_403_body(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[], limit_signals=[
+        {"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED", "pause": "1500ms"}]))
     upstream.script = [{"status": 403, "body": b'[{"errorCode":"INSUFFICIENT_ACCESS"}]'}]
     assert sl.request("GET", "/crm/a")[0] == 403
     assert sl.request("GET", "/crm/b")[0] == 200  # another 403: no pause
@@ -65,8 +63,8 @@ def test_limit_signal_in_a_403_body(upstream, sluice):
     assert "signalled a limit (status 403, a configured limit signal)" in sl.read_log()
 
 
-def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [], retry_on_limit=True)]})
+def test_retry_on_limit_gives_the_client_one_success(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[], retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     t0 = time.monotonic()
     status, h, body = sl.request("PUT", "/crm/obj", body=b'{"name":"x"}')
@@ -81,9 +79,9 @@ def test_retry_on_limit_gives_the_client_one_success(upstream, sluice):
     assert sl.request("POST", "/crm/obj", body=b"{}")[0] == 429
 
 
-def test_queued_calls_all_succeed_after_a_pause(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100, "window": "1m"}],
-                                       on_limit="queue", retry_on_limit=True)]})
+def test_queued_calls_all_succeed_after_a_pause(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}],
+                                       on_limit="queue", retry_on_limit=True))
     upstream.script = [{"status": 429, "headers": ["Retry-After: 1"]}]
     res = parallel(12, lambda i: (time.sleep(0.02 * i),
                                   sl.request("GET", "/crm/x?i=%d" % i, timeout=20))[1])
@@ -94,16 +92,16 @@ def test_queued_calls_all_succeed_after_a_pause(upstream, sluice):
 
 
 def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
-    conf = {"store": redis.url, "upstreams": [up_conf(
-        upstream, [{"name": "all", "limit": 1000, "window": "1m"}],
-        on_limit="queue", retry_on_limit=True)]}
+    conf = crm(upstream, [{"name": "all", "limit": 1000, "window": "1m"}], redis.url,
+               on_limit="queue", retry_on_limit=True)
     instances = [sluice(conf) for _ in range(3)]
     upstream.script = [{"status": 429, "headers": ["Retry-After: 2"]}]
     first = {}
     t = threading.Thread(target=lambda: first.setdefault(
         "r", instances[0].request("GET", "/crm/first", timeout=20)))
     t.start()
-    time.sleep(0.3)  # the 429 has paused the upstream for every instance
+    # The 429 has paused the upstream for every instance: in Redis.
+    assert wait_for(lambda: redis.cli("EXISTS", "sluice:{crm}:p:14:upstream-pause:") == "1")
     res = parallel(15, lambda i: instances[i % 3].request("GET", "/crm/x", timeout=20))
     t.join()
     statuses = [s for s, h, b in res]
@@ -115,9 +113,9 @@ def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
     assert int(redis.cli("EXISTS", "sluice:{crm}:p:14:upstream-pause:")) == 1
 
 
-def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [
-        {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}])]})
+def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[
+        {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}]))
     upstream.script = [{"status": 200, "headers": ["Sforce-Limit-Info: api-usage=14990/15000"]}]
     assert sl.request("GET", "/crm/a")[0] == 200
     statuses = [sl.request("GET", "/crm/b")[0] for _ in range(11)]
@@ -126,14 +124,15 @@ def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
     assert json.loads(body)["rule"] == "daily"
 
 
-def test_other_usage_formats(upstream, sluice):
-    sl = sluice({"upstreams": [
-        up_conf(upstream, [{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}]),
+def test_other_usage_formats(upstream, sluice, store):
+    conf = crm(upstream, store=store, rules=[{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}])
+    conf["upstreams"] += [
         {"name": "x", "prefix": "/x", "url": upstream.url,
          "rules": [{"name": "x", "limit": 50, "window": "1m", "sync": "x-ratelimit"}]},
         {"name": "ietf", "prefix": "/ietf", "url": upstream.url,
          "rules": [{"name": "i", "limit": 50, "window": "1m", "sync": "ratelimit"}]},
-    ]})
+    ]
+    sl = sluice(conf)
     upstream.script = [{"headers": ["X-Shopify-Shop-Api-Call-Limit: 38/40"]}]
     assert [sl.request("GET", "/crm/a")[0] for _ in range(4)] == [200, 200, 200, 429]
     upstream.script = [{"headers": ["X-RateLimit-Limit: 50", "X-RateLimit-Remaining: 1"]}]
@@ -143,9 +142,9 @@ def test_other_usage_formats(upstream, sluice):
     assert [sl.request("GET", "/ietf/a")[0] for _ in range(2)] == [200, 429]
 
 
-def test_malformed_usage_reports_are_ignored(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [
-        {"name": "daily", "limit": 5, "window": "1m", "sync": "sforce-limit-info"}])]})
+def test_malformed_usage_reports_are_ignored(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[
+        {"name": "daily", "limit": 5, "window": "1m", "sync": "sforce-limit-info"}]))
     upstream.script = [{"headers": ["Sforce-Limit-Info: api-usage=lots/15000"]},
                        {"headers": ["Sforce-Limit-Info: per-app-api-usage=4/5"]}]
     assert [sl.request("GET", "/crm/a")[0] for _ in range(6)] == [200] * 5 + [429]

@@ -8,13 +8,12 @@ import time
 
 import pytest
 
-from harness import parallel
+from harness import parallel, upstream_config, wait_for
 
 
-def up_conf(up, rules, **extra):
-    u = {"name": "crm", "prefix": "/crm", "url": up.url, "rules": rules}
-    u.update(extra)
-    return u
+def crm(up, rules, store=None, **options):
+    """One upstream "crm" at /crm."""
+    return upstream_config(up, rules, store, name="crm", prefix="/crm", **options)
 
 
 def all_headers(sl, method, path, headers=None):
@@ -48,10 +47,10 @@ REPORTS = [
 @pytest.mark.parametrize("kind,empty,room", REPORTS,
                          ids=["x-ratelimit", "ratelimit", "ratelimit-remaining",
                               "shopify", "sforce"])
-def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, kind, empty, room):
-    sl = sluice({"upstreams": [up_conf(upstream, [
+def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, store, kind, empty, room):
+    sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 50000000, "window": "1d", "sync": kind,
-         "sync_probe": "1s"}])]})
+         "sync_probe": "1s"}]))
     assert sl.request("GET", "/crm/warm-up")[0] == 200
     rss0 = sl.proc_status_kib("VmRSS")
 
@@ -115,11 +114,11 @@ def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, kind, em
 
 
 @pytest.mark.parametrize("how", ["429", "503", "403-signal"])
-def test_the_answer_that_says_stop_never_advertises_room(upstream, sluice, how):
-    sl = sluice({"upstreams": [up_conf(
-        upstream, [{"name": "all", "limit": 100, "window": "1m"}],
+def test_the_answer_that_says_stop_never_advertises_room(upstream, sluice, store, how):
+    sl = sluice(crm(
+        upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}],
         limit_signals=[{"status": 403, "body_contains": "REQUEST_LIMIT_EXCEEDED",
-                        "pause": "5s"}])]})
+                        "pause": "5s"}]))
     # A normal answer carries sluice's RateLimit with room left.
     status, hdrs, body = all_headers(sl, "GET", "/crm/ok")
     assert status == 200
@@ -153,9 +152,8 @@ def test_the_answer_that_says_stop_never_advertises_room(upstream, sluice, how):
     assert upstream.count() == 2
 
 
-def test_the_providers_own_ratelimit_is_passed_on_alone(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "all", "limit": 100,
-                                                   "window": "1m"}])]})
+def test_the_providers_own_ratelimit_is_passed_on_alone(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "all", "limit": 100, "window": "1m"}]))
     status, hdrs, body = all_headers(sl, "GET", "/crm/a", headers={
         "X-Test-Status": "429", "X-Test-Resp-Header": 'RateLimit: "prov";r=0;t=5'})
     assert status == 429
@@ -165,10 +163,10 @@ def test_the_providers_own_ratelimit_is_passed_on_alone(upstream, sluice):
 TEMPLATE = '[{"errorCode":"REQUEST_LIMIT_EXCEEDED","message":"{message}"}]'
 
 
-def test_custom_reject_answer(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(
-        upstream, [{"name": "all", "limit": 1, "window": "30s"}],
-        reject={"status": 403, "body": TEMPLATE})]})
+def test_custom_reject_answer(upstream, sluice, store):
+    sl = sluice(crm(
+        upstream, store=store, rules=[{"name": "all", "limit": 1, "window": "30s"}],
+        reject={"status": 403, "body": TEMPLATE}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 403
@@ -189,13 +187,13 @@ def test_custom_reject_answer(upstream, sluice):
     assert upstream.count() == 1
 
 
-def test_custom_reject_answer_with_every_field(upstream, sluice):
+def test_custom_reject_answer_with_every_field(upstream, sluice, store):
     # {window} is the window in seconds, a JSON number.
     tpl = ('{{"u":"{upstream}","r":"{rule}","l":{limit},"w":{window},'
            '"ra":{retry_after},"m":"{message}"}}')
-    sl = sluice({"upstreams": [up_conf(
-        upstream, [{"name": "all", "limit": 1, "window": "30s"}],
-        reject={"status": 403, "body": tpl})]})
+    sl = sluice(crm(
+        upstream, store=store, rules=[{"name": "all", "limit": 1, "window": "30s"}],
+        reject={"status": 403, "body": tpl}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 403
@@ -206,15 +204,15 @@ def test_custom_reject_answer_with_every_field(upstream, sluice):
     assert "retry in %ds" % ra in e["m"]
 
 
-def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice):
-    sl = sluice({"upstreams": [up_conf(
-        upstream, [{"name": "one", "concurrency": 1}],
-        reject={"status": 403, "body": TEMPLATE})]})
+def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice, store):
+    sl = sluice(crm(
+        upstream, store=store, rules=[{"name": "one", "concurrency": 1}],
+        reject={"status": 403, "body": TEMPLATE}))
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/crm/slow", headers={"X-Test-Delay": "1"}))
     slow.start()
     try:
-        time.sleep(0.3)
+        assert wait_for(lambda: upstream.active == 1)  # it holds the slot
         status, h, body = sl.request("GET", "/crm/b")
         assert status == 403
         data = json.loads(body)
@@ -226,9 +224,9 @@ def test_custom_reject_answer_for_a_concurrency_rule(upstream, sluice):
 
 
 @pytest.mark.parametrize("window,expect", [("1h", 10), ("11s", 10), ("10s", 10), ("5s", 5)])
-def test_max_retry_after_bounds_retry_after(upstream, sluice, window, expect):
-    sl = sluice({"max_retry_after": "10s", "upstreams": [up_conf(
-        upstream, [{"name": "w", "limit": 1, "window": window}])]})
+def test_max_retry_after_bounds_retry_after(upstream, sluice, store, window, expect):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": window}],
+                    top={"max_retry_after": "10s"}))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 429
@@ -245,8 +243,8 @@ def test_max_retry_after_bounds_retry_after(upstream, sluice, window, expect):
     assert "retry in %ds" % ra in e["message"]
 
 
-def test_max_retry_after_bounds_a_providers_pause(upstream, sluice):
-    sl = sluice({"max_retry_after": "10s", "upstreams": [up_conf(upstream, [])]})
+def test_max_retry_after_bounds_a_providers_pause(upstream, sluice, store):
+    sl = sluice(crm(upstream, store=store, rules=[], top={"max_retry_after": "10s"}))
     status, h, body = sl.request("GET", "/crm/a", headers={
         "X-Test-Status": "429", "X-Test-Resp-Header": "Retry-After: 3600"})
     assert status == 429 and h["retry-after"] == "3600"  # theirs, passed on
@@ -263,9 +261,8 @@ def test_max_retry_after_bounds_a_providers_pause(upstream, sluice):
     ("250ms", "250ms", 0.25), ("1.5s", "1.5s", 1.5), ("36h", "36h", 129600),
     ("90s", "90s", 90), ("1h", "1h", 3600),
 ])
-def test_window_is_written_as_configured_in_the_message(upstream, sluice, window, text, seconds):
-    sl = sluice({"upstreams": [up_conf(upstream, [{"name": "w", "limit": 1,
-                                                   "window": window}])]})
+def test_window_is_written_as_configured_in_the_message(upstream, sluice, store, window, text, seconds):
+    sl = sluice(crm(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": window}]))
     assert sl.request("GET", "/crm/a")[0] == 200
     status, h, body = sl.request("GET", "/crm/b")
     assert status == 429
@@ -275,11 +272,11 @@ def test_window_is_written_as_configured_in_the_message(upstream, sluice, window
     assert e["window"] == seconds
 
 
-def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice):
+def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice, store):
     # Spend the quota through a usage report rather than 15,000 calls.
-    sl = sluice({"upstreams": [up_conf(upstream, [
+    sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 15000, "window": "1d", "sync": "sforce-limit-info",
-         "sync_probe": "1h"}])]})
+         "sync_probe": "1h"}]))
     status, h, body = sl.request("GET", "/crm/a", headers={
         "X-Test-Resp-Header": "Sforce-Limit-Info: api-usage=15000/15000"})
     assert status == 200

@@ -7,13 +7,11 @@ import socket
 import threading
 import time
 
-from harness import Upstream, pattern_bytes, pattern_sha256
+from harness import Upstream, pattern_bytes, pattern_sha256, upstream_config
 
 
 def simple(up, **extra):
-    u = {"name": "up", "prefix": "/up", "url": up.url}
-    u.update(extra)
-    return {"upstreams": [u]}
+    return upstream_config(up, name="up", prefix="/up", **extra)
 
 
 def echo(sl, method, path, body=None, headers=None):

@@ -4,7 +4,7 @@ a real redis-server shared by two instances."""
 import json
 import time
 
-from harness import free_port
+from harness import upstream_config
 from test_admin import admin_get
 
 TOKEN = "s3cret-admin-token-0123"
@@ -32,16 +32,8 @@ def per_app(r):
 
 
 def start(sluice, up, rules, store=None, admin=None):
-    port = free_port()
-    cfg = {"app": "header:X-Sluice-App",
-           "admin": dict({"listen": "127.0.0.1:%d" % port}, **(admin or {})),
-           "upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                          "rules": rules}]}
-    if store is not None:
-        cfg["store"] = store
-    sl = sluice(cfg)
-    sl.admin_port = port
-    return sl
+    return sluice(upstream_config(up, rules, store, name="crm", prefix="/crm",
+                                  admin=admin or True, top={"app": "header:X-Sluice-App"}))
 
 
 def call(sl, path, app=None):

@@ -4,14 +4,13 @@ POST /upstreams/NAME/pause ({"for": ..., "reason": ...} pauses by hand,
 /upstreams/NAME/pause (clears).  Against the real binary, a recording
 upstream, a webhook receiver, the memory store and a real redis-server
 shared by two instances."""
-import http.client
 import json
 import threading
 import time
 
 import pytest
 
-from harness import free_port, wait_for
+from harness import upstream_config, wait_for
 from test_admin import Receiver
 
 TOKEN = "operator-token-0123456789"
@@ -20,19 +19,11 @@ AUTH = {"Authorization": "Bearer " + TOKEN}
 
 
 def start(sluice, upstream, store=None, rx=None, **up_extra):
-    port = free_port()
-    up = {"name": "crm", "prefix": "/crm", "url": upstream.url,
-          "rules": [{"name": "all", "limit": 1000, "window": "1m"}]}
-    up.update(up_extra)
-    conf = {"admin": {"listen": "127.0.0.1:%d" % port, "token": TOKEN},
-            "upstreams": [up]}
-    if store is not None:
-        conf["store"] = store
+    conf = upstream_config(upstream, [{"name": "all", "limit": 1000, "window": "1m"}], store,
+                           name="crm", prefix="/crm", admin={"token": TOKEN}, **up_extra)
     if rx is not None:
         conf["alerts"] = [{"url": rx.url}]
-    sl = sluice(conf)
-    sl.admin_port = port
-    return sl
+    return sluice(conf)
 
 
 def admin(sl, method, path, body=None, headers=None, auth=True):
@@ -40,15 +31,8 @@ def admin(sl, method, path, body=None, headers=None, auth=True):
     if auth:
         h.update(AUTH)
     h.update(headers or {})
-    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-    try:
-        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body)
-        c.request(method, path, body=data, headers=h)
-        r = c.getresponse()
-        raw = r.read()
-        return r.status, {k.lower(): v for k, v in r.getheaders()}, json.loads(raw)
-    finally:
-        c.close()
+    code, headers, raw = sl.admin(method, path, body, h)
+    return code, headers, json.loads(raw)
 
 
 def paused(sl):

@@ -369,8 +369,9 @@ class Prometheus:
                            capture_output=True, text=True, timeout=60)
         assert p.returncode == 0, p.stdout + p.stderr
         self.log_path = os.path.join(self.dir, "prometheus.log")
-        # free_port() can race with another process taking the port: a
-        # Prometheus that could not bind exits at once; try another port.
+        # free_port() holds its port against port-0 binds, not against a
+        # bind to that very port: a Prometheus that could not bind exits at
+        # once; try another port.
         for attempt in range(3):
             self.port = free_port()
             if self._start():

@@ -16,15 +16,13 @@ import socket
 import threading
 import time
 
-from harness import DelayRelay, Upstream, max_in_window, parallel
+from harness import DelayRelay, Upstream, max_in_window, parallel, upstream_config
 
 JITTER = 0.1
 
 
 def conf(url, rules, **extra):
-    u = {"name": "prov", "prefix": "/p", "url": url, "rules": rules}
-    u.update(extra)
-    return {"upstreams": [u]}
+    return upstream_config(url, rules, name="prov", prefix="/p", **extra)
 
 
 def ms(seconds):

@@ -8,16 +8,12 @@ import re
 
 import pytest
 
-from harness import RedisServer
+from harness import RedisServer, admin_request, upstream_config
 
 
 def conf(up, store=None, fmt="sforce-limit-info", limit=15000, window="24h"):
-    c = {"upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                        "rules": [{"name": "daily", "limit": limit, "window": window,
-                                   "sync": fmt}]}]}
-    if store:
-        c["store"] = store
-    return c
+    return upstream_config(up, [{"name": "daily", "limit": limit, "window": window,
+                                 "sync": fmt}], store, name="crm", prefix="/crm")
 
 
 FORMATS = {  # sync setting: (the harness's report format, the provider's max)
@@ -63,14 +59,8 @@ def test_exactly_the_providers_remaining_calls_go_through(upstream, sluice, stor
 
 
 def admin_get(port, path):
-    import http.client
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path)
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    code, _, body = admin_request(port, "GET", path)
+    return code, body
 
 
 @pytest.mark.parametrize("store_kind", ["memory", "redis"])

@@ -1,27 +1,21 @@
 """Queue mode: over-limit calls wait for room instead of failing."""
-import hashlib
 import json
 import signal
 import socket
 import threading
 import time
 
-from harness import max_in_window, parallel, pattern_bytes, pattern_sha256
+from harness import (max_in_window, parallel, pattern_bytes, pattern_sha256, upstream_config,
+                     wait_for)
 
 
-def conf(up, rules, store=None, **upstream):
-    u = {"name": "leads", "prefix": "/leads", "url": up.url, "on_limit": "queue",
-         "rules": rules}
-    u.update(upstream)
-    c = {"upstreams": [u]}
-    if store:
-        c["store"] = store
-    return c
+def conf(up, rules, store=None, **options):
+    """One upstream in queue mode."""
+    return upstream_config(up, rules, store, on_limit="queue", **options)
 
 
-
-def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 20, "window": "2s"}]))
+def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 20, "window": "2s"}]))
     t0 = time.monotonic()
     res = parallel(60, lambda i: sl.request("POST", "/leads/x?i=%d" % i,
                                             body=b"%04d" % i, timeout=30))
@@ -40,8 +34,8 @@ def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice
     assert bodies == [4] * 60
 
 
-def test_held_upload_is_not_read_until_released(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "1500ms"}]))
+def test_held_upload_is_not_read_until_released(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "1500ms"}]))
     assert sl.request("GET", "/leads/first")[0] == 200
     size = 8 * 1024 * 1024
     c = sl.conn(timeout=30)
@@ -61,8 +55,8 @@ def test_held_upload_is_not_read_until_released(upstream, sluice):
     c.close()
 
 
-def test_arrival_order_within_a_bucket(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "250ms"}]))
+def test_arrival_order_within_a_bucket(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "250ms"}]))
     order = []
 
     def call(i):
@@ -76,15 +70,19 @@ def test_arrival_order_within_a_bucket(upstream, sluice):
     assert order == sorted(order)
 
 
-def test_client_leaving_while_held_is_forgotten(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "2s"}]))
+def test_client_leaving_while_held_is_forgotten(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "2s"}],
+                     admin=True))
+    t_first = time.monotonic()
     assert sl.request("GET", "/leads/a")[0] == 200
     s = socket.create_connection(("127.0.0.1", sl.port))
     s.sendall(b"GET /leads/held HTTP/1.1\r\nHost: x\r\n\r\n")
-    time.sleep(0.5)
+    assert wait_for(lambda: sl.held() == 1)
     s.close()
     sl.wait_log("outcome=client_gone")
-    time.sleep(1.7)
+    # Wait out the first call's window: 2 s and the default margin (100
+    # ms), with 100 ms to spare.
+    time.sleep(max(0, t_first + 2.2 - time.monotonic()))
     # The slot the leaver would have taken is free: this one goes through.
     t0 = time.monotonic()
     assert sl.request("GET", "/leads/c")[0] == 200
@@ -92,8 +90,8 @@ def test_client_leaving_while_held_is_forgotten(upstream, sluice):
     assert [r.target for r in upstream.records] == ["/a", "/c"]
 
 
-def test_max_wait_answers_429(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "10s"},
+def test_max_wait_answers_429(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "10s"},
                                 {"name": "one", "concurrency": 1}], max_wait="600ms"))
     assert sl.request("GET", "/leads/a")[0] == 200
     # Room comes back only in ~10 s, past max_wait: 429 at once, honestly.
@@ -104,12 +102,12 @@ def test_max_wait_answers_429(upstream, sluice):
     assert json.loads(body)["rule"] == "w"
 
 
-def test_max_wait_for_a_concurrency_slot(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "one", "concurrency": 1}], max_wait="500ms"))
+def test_max_wait_for_a_concurrency_slot(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "one", "concurrency": 1}], max_wait="500ms"))
     slow = threading.Thread(target=lambda: sl.request(
         "GET", "/leads/slow", headers={"X-Test-Delay": "2"}))
     slow.start()
-    time.sleep(0.2)
+    assert wait_for(lambda: upstream.active == 1)  # it holds the slot
     t0 = time.monotonic()
     status, h, body = sl.request("GET", "/leads/b")
     waited = time.monotonic() - t0
@@ -119,8 +117,8 @@ def test_max_wait_for_a_concurrency_slot(upstream, sluice):
     slow.join()
 
 
-def test_concurrency_queue_serves_everyone(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "two", "concurrency": 2}]))
+def test_concurrency_queue_serves_everyone(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "two", "concurrency": 2}]))
     t0 = time.monotonic()
     res = parallel(6, lambda i: sl.request("GET", "/leads/s", headers={"X-Test-Delay": "0.5"}))
     assert [s for s, h, b in res] == [200] * 6
@@ -128,8 +126,8 @@ def test_concurrency_queue_serves_everyone(upstream, sluice):
     assert 1.4 <= time.monotonic() - t0 <= 2.5
 
 
-def test_max_queue_overflow_is_429(upstream, sluice):
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "3s"}], max_queue=2))
+def test_max_queue_overflow_is_429(upstream, sluice, store):
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "3s"}], max_queue=2))
     assert sl.request("GET", "/leads/a")[0] == 200
     res = parallel(3, lambda i: (time.sleep(0.1 * i), sl.request("GET", "/leads/q", timeout=30))[1])
     statuses = sorted(s for s, h, b in res)
@@ -137,19 +135,19 @@ def test_max_queue_overflow_is_429(upstream, sluice):
     assert statuses[0] == 200 and statuses[2] == 429
 
 
-def test_rule_overrides_upstream_mode(upstream, sluice):
-    sl = sluice({"upstreams": [{"name": "leads", "prefix": "/leads", "url": upstream.url,
-                                "on_limit": "reject", "rules": [
-                                    {"name": "logins", "path": "/login", "limit": 1,
-                                     "window": "1s", "on_limit": "queue"},
-                                    {"name": "all", "path": "/other", "limit": 1, "window": "1m"}]}]})
+def test_rule_overrides_upstream_mode(upstream, sluice, store):
+    sl = sluice(upstream_config(upstream, [
+        {"name": "logins", "path": "/login", "limit": 1, "window": "1s", "on_limit": "queue"},
+        {"name": "all", "path": "/other", "limit": 1, "window": "1m"}],
+        store, on_limit="reject"))
     assert [sl.request("GET", "/leads/login")[0] for _ in range(2)] == [200, 200]
     assert [sl.request("GET", "/leads/other")[0] for _ in range(2)] == [200, 429]
 
 
-def test_shutdown_answers_held_calls(upstream, sluice):
+def test_shutdown_answers_held_calls(upstream, sluice, store):
     # 20 s (+ the margin) is within the default max_wait of 30 s: held.
-    sl = sluice(conf(upstream, [{"name": "w", "limit": 1, "window": "20s"}]))
+    sl = sluice(conf(upstream, store=store, rules=[{"name": "w", "limit": 1, "window": "20s"}],
+                     admin=True))
     assert sl.request("GET", "/leads/a")[0] == 200
     got = {}
 
@@ -158,7 +156,7 @@ def test_shutdown_answers_held_calls(upstream, sluice):
 
     t = threading.Thread(target=held)
     t.start()
-    time.sleep(0.3)
+    assert wait_for(lambda: sl.held() == 1)
     sl.proc.send_signal(signal.SIGTERM)
     t.join()
     status, h, body = got["r"]

@@ -5,14 +5,11 @@ import signal
 import threading
 import time
 
-from harness import max_in_window
+from harness import max_in_window, upstream_config
 
 
 def cfg(up, redis, rules, **top):
-    c = {"store": redis.url, "upstreams": [
-        {"name": "leads", "prefix": "/leads", "url": up.url, "rules": rules}]}
-    c.update(top)
-    return c
+    return upstream_config(up, rules, redis.url, top=top)
 
 
 def hammer(instances, seconds, per_instance=3, path="/leads/x", pause=0.005):

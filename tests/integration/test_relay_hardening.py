@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import Upstream, parallel
+from harness import Upstream, parallel, upstream_config
 
 
 # ---- an upstream that reads a call on a kept-alive connection and hangs up ----
@@ -99,10 +99,8 @@ class HangUpUpstream:
 
 
 def rate_conf(url, limit, window="20s", **up):
-    u = {"name": "p", "prefix": "/p", "url": url,
-         "rules": [{"name": "w", "limit": limit, "window": window}]}
-    u.update(up)
-    return {"upstreams": [u], "workers": 1}
+    return upstream_config(url, [{"name": "w", "limit": limit, "window": window}],
+                           name="p", prefix="/p", top={"workers": 1}, **up)
 
 
 CASES = [("GET", None), ("HEAD", None), ("DELETE", None), ("DELETE", b"gone"),
@@ -241,11 +239,8 @@ def read_response(s, timeout=60):
 
 
 def queue_conf(url, **extra):
-    c = {"upstreams": [{"name": "p", "prefix": "/p", "url": url, "on_limit": "queue",
-                        "max_wait": "20s", "timeout": "60s",
-                        "rules": [{"name": "one", "concurrency": 1}]}]}
-    c.update(extra)
-    return c
+    return upstream_config(url, [{"name": "one", "concurrency": 1}], name="p", prefix="/p",
+                           top=extra, on_limit="queue", max_wait="20s", timeout="60s")
 
 
 def test_a_client_that_does_not_read_frees_its_slot_when_the_provider_is_done(

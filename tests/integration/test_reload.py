@@ -1,13 +1,12 @@
 """Hot reload: SIGHUP and POST /reload change the configuration of a
 running sluice without dropping a call and without losing a count, with
 the memory store and with Redis."""
-import http.client
 import json
 import signal
 import threading
 import time
 
-from harness import Sluice, free_port, max_in_window
+from harness import Sluice, free_port, max_in_window, wait_for
 
 
 def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), margin="50ms",
@@ -25,7 +24,6 @@ def cfg_for(up, rules, store=None, admin_port=None, extra_upstreams=(), margin="
 def start(up, rules, store=None, **kw):
     port = free_port()
     sl = Sluice(cfg_for(up, rules, store=store, admin_port=port, **kw))
-    sl.admin_port = port
     sl.base_cfg = dict(store=store, admin_port=port, **kw)
     return sl
 
@@ -41,15 +39,11 @@ def rewrite(sl, up, rules, **kw):
 
 
 def admin(sl, method, path):
-    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
-    try:
-        # A POST must say it is no cross-site form (the admin listener
-        # refuses simple requests).
-        c.request(method, path, headers={"X-Sluice-Admin": "1"} if method == "POST" else {})
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    # A POST must say it is no cross-site form (the admin listener
+    # refuses simple requests).
+    code, _, body = sl.admin(method, path,
+                             headers={"X-Sluice-Admin": "1"} if method == "POST" else {})
+    return code, body
 
 
 def reload_http(sl):
@@ -225,7 +219,7 @@ def test_held_calls_keep_waiting_under_an_unchanged_rule(upstream):
         out = {}
         t = threading.Thread(target=lambda: out.setdefault("r", sl.request("GET", "/crm/y")))
         t.start()
-        time.sleep(0.5)
+        assert wait_for(lambda: sl.held() == 1)
         rewrite(sl, upstream, rules, access_log=False)
         assert reload_http(sl)[0] == 200
         t.join(10)
@@ -246,7 +240,7 @@ def test_concurrency_slots_in_use_stay_counted(upstream, store):
         t = threading.Thread(target=lambda: slow.setdefault(
             "r", sl.request("GET", "/crm/slow", headers={"X-Test-Delay": "2"})))
         t.start()
-        time.sleep(0.5)
+        assert wait_for(lambda: upstream.active == 1)  # it holds the slot
         rewrite(sl, upstream, rules(1), access_log=False)
         assert reload_http(sl)[0] == 200
         # The slot taken before the reload is still in use.

@@ -8,14 +8,12 @@ import os
 import re
 import time
 
-from harness import Sluice, free_port
+from harness import Sluice, free_port, upstream_config
 
 
 def conf(up, **extra):
-    u = {"name": "crm", "prefix": "/crm", "url": up.url,
-         "rules": [{"name": "w", "limit": 2, "window": "1m"}]}
-    u.update(extra)
-    return {"access_log": True, "upstreams": [u]}
+    return upstream_config(up, [{"name": "w", "limit": 2, "window": "1m"}], name="crm",
+                           prefix="/crm", top={"access_log": True}, **extra)
 
 
 def sent_header(rec, name):

@@ -4,87 +4,69 @@ memory store and with Redis."""
 import json
 import time
 
-import pytest
-
-from harness import RedisServer, free_port
+from harness import upstream_config
 from test_admin import admin_get, rule, status
 
 
 def shadow_config(up, store=None, **top):
-    port = free_port()
-    cfg = {"app": "header:X-Sluice-App",
-           "admin": {"listen": "127.0.0.1:%d" % port},
-           "upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                          "on_limit": "queue", "max_wait": "5s",
-                          "rules": [
-                              {"name": "new-limit", "limit": 3, "window": "1h",
-                               "mode": "shadow"},
-                              {"name": "new-conc", "concurrency": 1, "mode": "shadow"},
-                              {"name": "enforced", "limit": 100, "window": "1h"}]}]}
-    if store:
-        cfg["store"] = store
-    cfg.update(top)
-    return cfg, port
+    return upstream_config(up, [
+        {"name": "new-limit", "limit": 3, "window": "1h", "mode": "shadow"},
+        {"name": "new-conc", "concurrency": 1, "mode": "shadow"},
+        {"name": "enforced", "limit": 100, "window": "1h"}],
+        store, name="crm", prefix="/crm", admin=True,
+        top=dict({"app": "header:X-Sluice-App"}, **top),
+        on_limit="queue", max_wait="5s")
 
 
-@pytest.mark.parametrize("store", ["memory", "redis"])
 def test_shadow_rule_denies_nothing_and_reports(upstream, sluice, store):
-    redis = RedisServer() if store == "redis" else None
-    try:
-        cfg, port = shadow_config(upstream, redis.url if redis else None)
-        sl = sluice(cfg)
-        sl.admin_port = port
-        t0 = time.monotonic()
-        codes = [sl.request("GET", "/crm/x", headers={"X-Sluice-App": "a"})[0]
-                 for _ in range(8)]
-        elapsed = time.monotonic() - t0
-        # Nothing denied, nothing held: 8 answers from the upstream at once
-        # (a held call would wait; queue mode is on).
-        assert codes == [200] * 8 and upstream.count() == 8
-        assert elapsed < 2.0, elapsed
-        st = status(sl)
-        shadow = rule(st, "new-limit")
-        assert shadow["mode"] == "shadow"
-        # Counted as enforcement would have: 3 admitted, 5 it would deny.
-        assert shadow["used"] == 3 and shadow["remaining"] == 0
-        assert shadow["band"] == "critical"
-        assert shadow["shadow_denied"] == 5
-        assert rule(st, "enforced")["used"] == 8
-        assert rule(st, "enforced")["mode"] == "enforce"
-        assert "shadow_denied" not in rule(st, "enforced")
-        log = sl.wait_log("shadow_denied=new-limit")
-        lines = [l for l in log.splitlines() if " access " in l]
-        assert sum("shadow_denied=new-limit" in l for l in lines) == 5
-        assert all("outcome=forwarded" in l for l in lines)
-        _, _, m = admin_get(sl, "/metrics")
-        assert ('sluice_decisions_total{upstream="crm",rule="new-limit",'
-                'result="shadow_denied"} 5') in m.decode()
-        assert ('sluice_decisions_total{upstream="crm",rule="new-limit",'
-                'result="allowed"} 3') in m.decode()
-        # The client never sees a shadow rule in RateLimit headers.
-        _, h, _ = sl.request("GET", "/crm/x")
-        assert "new-limit" not in h.get("ratelimit-policy", "")
-    finally:
-        if redis:
-            redis.stop()
+    cfg = shadow_config(upstream, store)
+    sl = sluice(cfg)
+    t0 = time.monotonic()
+    codes = [sl.request("GET", "/crm/x", headers={"X-Sluice-App": "a"})[0]
+             for _ in range(8)]
+    elapsed = time.monotonic() - t0
+    # Nothing denied, nothing held: 8 answers from the upstream at once
+    # (a held call would wait; queue mode is on).
+    assert codes == [200] * 8 and upstream.count() == 8
+    assert elapsed < 2.0, elapsed
+    st = status(sl)
+    shadow = rule(st, "new-limit")
+    assert shadow["mode"] == "shadow"
+    # Counted as enforcement would have: 3 admitted, 5 it would deny.
+    assert shadow["used"] == 3 and shadow["remaining"] == 0
+    assert shadow["band"] == "critical"
+    assert shadow["shadow_denied"] == 5
+    assert rule(st, "enforced")["used"] == 8
+    assert rule(st, "enforced")["mode"] == "enforce"
+    assert "shadow_denied" not in rule(st, "enforced")
+    log = sl.wait_log("shadow_denied=new-limit")
+    lines = [l for l in log.splitlines() if " access " in l]
+    assert sum("shadow_denied=new-limit" in l for l in lines) == 5
+    assert all("outcome=forwarded" in l for l in lines)
+    _, _, m = admin_get(sl, "/metrics")
+    assert ('sluice_decisions_total{upstream="crm",rule="new-limit",'
+            'result="shadow_denied"} 5') in m.decode()
+    assert ('sluice_decisions_total{upstream="crm",rule="new-limit",'
+            'result="allowed"} 3') in m.decode()
+    # The client never sees a shadow rule in RateLimit headers.
+    _, h, _ = sl.request("GET", "/crm/x")
+    assert "new-limit" not in h.get("ratelimit-policy", "")
 
 
-def test_top_level_shadow_puts_every_rule_in_shadow(upstream, sluice):
-    cfg, port = shadow_config(upstream, shadow=True)
+def test_top_level_shadow_puts_every_rule_in_shadow(upstream, sluice, store):
+    cfg = shadow_config(upstream, store, shadow=True)
     cfg["upstreams"][0]["rules"][2]["limit"] = 2
     sl = sluice(cfg)
-    sl.admin_port = port
     assert [sl.request("GET", "/crm/x")[0] for _ in range(5)] == [200] * 5
     st = status(sl)
     assert all(r["mode"] == "shadow" for r in st["upstreams"][0]["rules"])
     assert rule(st, "enforced")["shadow_denied"] == 3
 
 
-def test_shadow_concurrency_rule_never_holds(upstream, sluice):
+def test_shadow_concurrency_rule_never_holds(upstream, sluice, store):
     import threading
-    cfg, port = shadow_config(upstream)
+    cfg = shadow_config(upstream, store)
     sl = sluice(cfg)
-    sl.admin_port = port
     res = []
     ts = [threading.Thread(target=lambda: res.append(sl.request(
         "GET", "/crm/slow", headers={"X-Test-Delay": "1"})[0])) for _ in range(3)]

@@ -11,15 +11,13 @@ import subprocess
 import threading
 import time
 
-from harness import SLUICE_BIN, Sluice, max_in_window
+from harness import SLUICE_BIN, Sluice, max_in_window, upstream_config
 
 
 def cfg(up, path, limit, window, interval="1s", **top):
-    c = {"state_file": path, "state_interval": interval,
-         "upstreams": [{"name": "crm", "prefix": "/crm", "url": up.url,
-                        "rules": [{"name": "w", "limit": limit, "window": window}]}]}
-    c.update(top)
-    return c
+    return upstream_config(up, [{"name": "w", "limit": limit, "window": window}],
+                           name="crm", prefix="/crm",
+                           top=dict({"state_file": path, "state_interval": interval}, **top))
 
 
 def codes(sl, n, path="/crm/x"):
