@@ -581,6 +581,12 @@ void sl_store_memory_on_sent(struct sl_store *memory, sl_mem_sent_fn fn, void *a
  * then mean the same in every process of this boot. */
 bool sl_store_memory_monotonic(struct sl_store *memory);
 
+/* UPSTREAM's pause in MEMORY: the time left (0: none) and, when there is
+ * one, how long ago it was last set or changed (*SET_AGO_US; else
+ * INT64_MAX).  Any worker thread. */
+int64_t sl_store_memory_pause_left(struct sl_store *memory, const struct sl_upstream_conf *up,
+                                   int64_t *set_ago_us);
+
 /* The memory store's clock now (µs). */
 int64_t sl_store_memory_now(struct sl_store *memory);
 

@@ -137,6 +137,7 @@ struct sl_mem_table {
     unsigned walking;             /* snapshots walking the slots: no grow */
     _Atomic unsigned waiters;     /* threads waiting for the lock */
     char pause_reason[96];        /* why the provider's pause was set */
+    int64_t pause_set_at;         /* when the pause last changed (store clock) */
     int64_t pause_alerted_until;  /* the pause an alert was sent for */
 };
 
@@ -1316,10 +1317,33 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
     b = sl_mem_bucket_for(s, t, pr, "", 0);
     if (b != NULL && now + duration_us > b->paused_until) {
         b->paused_until = now + duration_us;
+        t->pause_set_at = now;
         snprintf(t->pause_reason, sizeof(t->pause_reason), "%s",
                  reason != NULL ? reason : "");
     }
     pthread_mutex_unlock(&t->lock);
+}
+
+int64_t sl_store_memory_pause_left(struct sl_store *store, const struct sl_upstream_conf *up,
+                                   int64_t *set_ago_us)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    const struct sl_rule *pr = &up->pause_rule;
+    struct sl_mem_table *t = sl_mem_lock_current(s, up, &pr);
+    struct sl_mem_bucket *b;
+    int64_t now, left = 0;
+
+    *set_ago_us = INT64_MAX;
+    if (t == NULL)
+        return 0;
+    now = s->clock(s->clock_arg);
+    b = sl_mem_find(t, (uint32_t)pr->index, "", 0, sl_mem_hash((uint32_t)pr->index, "", 0));
+    if (b != NULL && b->paused_until > now) {
+        left = b->paused_until - now;
+        *set_ago_us = now - t->pause_set_at;
+    }
+    pthread_mutex_unlock(&t->lock);
+    return left;
 }
 
 /*
@@ -1373,6 +1397,7 @@ static int sl_mem_set_pause(struct sl_store *store, const struct sl_upstream_con
         if (action != SL_PAUSE_SHORTEN || t->pause_alerted_until == b->paused_until)
             t->pause_alerted_until = until;
         b->paused_until = until;
+        t->pause_set_at = now;
     }
     pthread_mutex_unlock(&t->lock);
     cb(arg, &ch, NULL);

@@ -2575,6 +2575,35 @@ static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config
 }
 
 /*
+ * The provider said stop (a 429, a limit signal) on some worker of this
+ * process: the pause is written to Redis behind that worker's own queue,
+ * so a call decided meanwhile by another worker, on its own connection,
+ * could reach Redis first and be let through to a provider that has just
+ * refused. The local store has the pause at once (sl_redis_pause sets it
+ * there first), so for a while after it was set, the local pause refuses
+ * here too. The while is two store_timeouts: by then the pause script has
+ * run in Redis, or its link was declared dead and the pause is owed (and
+ * decisions fall back to the local store meanwhile). Bounded so that an
+ * operator's clear on another instance, which reaches this process only
+ * through Redis, is not outlived here. True if the call was answered.
+ */
+static bool sl_redis_pause_fenced(struct sl_redis *r, const struct sl_check *c,
+                                  sl_decide_cb cb, void *arg)
+{
+    int64_t ago, left;
+
+    if (r->local == NULL)
+        return false;
+    left = sl_store_memory_pause_left(r->local, c->upstream, &ago);
+    if (left <= 0 || ago > 2 * r->config->store_timeout_us)
+        return false;
+    struct sl_decision d = {.verdict = SL_VERDICT_DENY, .rule = &c->upstream->pause_rule,
+                            .wait_us = left, .reset_us = left};
+    cb(arg, &d, NULL);
+    return true;
+}
+
+/*
  * Calls are not sent one by one: those decided in one event-loop pass are
  * collected per upstream and sent as one script run when the pass ends
  * (sl_redis_timers), which divides Redis's per-command cost and sluice's
@@ -2605,6 +2634,8 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
+    if (sl_redis_pause_fenced(r, c, cb, arg))
+        return 0;
     batch = r->pending[u];
     /* A batch still waiting from before a reload may be another upstream's
      * at this index: never mix them. */
