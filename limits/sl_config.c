@@ -1800,6 +1800,342 @@ static void sl_read_rules(json_t *obj, json_t *v, const char *at, const char *su
 
 static const struct sl_conf_handler sl_rules_handler = {sl_read_rules, NULL};
 
+/* ---- the token broker ("auth") ---- */
+
+static const char *const sl_grant_words[] = {
+    "client_credentials", "refresh_token", "password", "jwt_bearer", NULL,
+};
+
+/* Longest secret read from a file (a PEM key is a few KiB). */
+#define SL_SECRET_FILE_MAX (64 * 1024)
+
+/*
+ * A secret as written: "env:NAME" (the variable's value), "file:PATH" (the
+ * file's contents, one trailing newline dropped) or the literal.  Errors
+ * name the variable or the file, never the value.  Returns an owned
+ * string, or NULL with an error added.
+ */
+static char *sl_read_secret_text(const char *s, const char *path, struct sl_errors *errs)
+{
+    char q[96];
+
+    if (strncmp(s, "env:", 4) == 0) {
+        const char *v = getenv(s + 4);
+        if (s[4] == '\0' || v == NULL || v[0] == '\0') {
+            sl_errors_add(errs, "%s: the environment variable %s is not set", path,
+                          sl_conf_quote(s + 4, q, sizeof(q)));
+            return NULL;
+        }
+        return strdup(v);
+    }
+    if (strncmp(s, "file:", 5) == 0) {
+        FILE *f = fopen(s + 5, "r");
+        char *buf;
+        size_t n;
+
+        if (f == NULL) {
+            sl_errors_add(errs, "%s: cannot read %s: %s", path,
+                          sl_conf_quote(s + 5, q, sizeof(q)), strerror(errno));
+            return NULL;
+        }
+        buf = malloc(SL_SECRET_FILE_MAX + 1);
+        if (buf == NULL) {
+            fclose(f);
+            sl_errors_add(errs, "%s: out of memory", path);
+            return NULL;
+        }
+        n = fread(buf, 1, SL_SECRET_FILE_MAX + 1, f);
+        fclose(f);
+        if (n > SL_SECRET_FILE_MAX || n == 0) {
+            sl_errors_add(errs, "%s: %s is %s", path, sl_conf_quote(s + 5, q, sizeof(q)),
+                          n == 0 ? "empty" : "larger than 64 KiB");
+            free(buf);
+            return NULL;
+        }
+        if (buf[n - 1] == '\n')
+            n--;
+        if (n > 0 && buf[n - 1] == '\r')
+            n--;
+        buf[n] = '\0';
+        return buf;
+    }
+    return strdup(s);
+}
+
+static void sl_read_auth_secret(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    const char *s;
+
+    (void)obj, (void)at;
+    if (!json_is_string(v)) {
+        sl_errors_add(ctx->errs, "%s: must be a string: \"env:NAME\", "
+                      "\"file:PATH\" or the value itself", sub);
+        return;
+    }
+    s = json_string_value(v);
+    *(char **)((char *)base + k->offset) = sl_read_secret_text(s, sub, ctx->errs);
+}
+
+static const struct sl_conf_handler sl_auth_secret_handler = {
+    sl_read_auth_secret,
+    "A secret is written `\"env:NAME\"` (read from the environment at start "
+    "and reload), `\"file:PATH\"` (the file's contents, a trailing newline "
+    "dropped) or as the value itself.  No secret and no token is ever "
+    "written to the log, `/status`, `/metrics`, the page, alerts, error "
+    "bodies or the state file.",
+};
+
+static void sl_read_auth_key(json_t *obj, json_t *v, const char *at,
+                             const char *sub, void *base,
+                             const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_auth_conf *a = base;
+    const char *s;
+    char *pem, q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (strncmp(s, "file:", 5) == 0)
+        s += 5;
+    if (asprintf(&pem, "file:%s", s) < 0)
+        return;
+    a->jwt_key = sl_read_secret_text(pem, sub, ctx->errs);
+    free(pem);
+    if (a->jwt_key != NULL && (strstr(a->jwt_key, "-----BEGIN") == NULL ||
+                               strstr(a->jwt_key, "PRIVATE KEY-----") == NULL)) {
+        sl_errors_add(ctx->errs, "%s: %s holds no PEM private key (-----BEGIN "
+                      "PRIVATE KEY-----)", sub, sl_conf_quote(s, q, sizeof(q)));
+        free(a->jwt_key);
+        a->jwt_key = NULL;
+    }
+    a->jwt_key_file = strdup(s);
+}
+
+static const struct sl_conf_handler sl_auth_key_handler = {sl_read_auth_key, NULL};
+
+static void sl_read_auth_url(json_t *obj, json_t *v, const char *at,
+                             const char *sub, void *base,
+                             const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_auth_conf *a = base;
+    const char *s;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if ((strncmp(s, "http://", 7) != 0 && strncmp(s, "https://", 8) != 0) ||
+        strpbrk(s, " \t\r\n") != NULL || strchr(s, '@') != NULL) {
+        sl_errors_add(ctx->errs, "%s: %s must be an http:// or https:// URL "
+                      "without spaces or user information", sub,
+                      sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    a->token_url = strdup(s);
+}
+
+static const struct sl_conf_handler sl_auth_url_handler = {sl_read_auth_url, NULL};
+
+static void sl_read_auth_params(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_auth_conf *a = base;
+    const char *name;
+    json_t *jv;
+
+    (void)obj, (void)at, (void)k;
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object of form fields: "
+                      "{\"resource\": \"https://...\"}", sub);
+        return;
+    }
+    a->params = calloc(json_object_size(v) + 1, sizeof(*a->params));
+    if (a->params == NULL)
+        return;
+    json_object_foreach(v, name, jv) {
+        char q[96];
+        if (!json_is_string(jv)) {
+            sl_errors_add(ctx->errs, "%s.%s: must be a string", sub,
+                          sl_conf_escape(name, SL_QUOTE_MAX, false, q, sizeof(q)));
+            continue;
+        }
+        a->params[a->nparams].name = strdup(name);
+        a->params[a->nparams].value = strdup(json_string_value(jv));
+        a->nparams++;
+    }
+}
+
+static const struct sl_conf_handler sl_auth_params_handler = {sl_read_auth_params, NULL};
+
+static const struct sl_conf_key sl_auth_keys[] = {
+    {.key = "token_url", .type = SL_CONF_STRING, .handler = &sl_auth_url_handler,
+     .flags = SL_CONF_REQUIRED,
+     .doc = "The provider's token endpoint (`http://` or `https://`); the "
+            "upstream's `tls_verify` and `ca_file` apply to it."},
+    {.key = "grant", .type = SL_CONF_WORD, .words = sl_grant_words,
+     SL_CONF_FIELD(struct sl_auth_conf, grant), .def = "client_credentials",
+     .doc = "`client_credentials`, `refresh_token`, `password`, or "
+            "`jwt_bearer` (RFC 7523: a JWT signed with `jwt_key_file`, RS256)."},
+    {.key = "client_id", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, client_id),
+     .doc = "Sent as `client_id` (for `jwt_bearer`, the JWT's issuer by default)."},
+    {.key = "client_secret", .type = SL_CONF_STRING,
+     .offset = offsetof(struct sl_auth_conf, client_secret),
+     .handler = &sl_auth_secret_handler, .doc = "Sent as `client_secret`; a secret."},
+    {.key = "scope", .type = SL_CONF_STRING, SL_CONF_FIELD(struct sl_auth_conf, scope),
+     .doc = "Sent as `scope`."},
+    {.key = "audience", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, audience), .doc = "Sent as `audience`."},
+    {.key = "params", .type = SL_CONF_OBJECT, .handler = &sl_auth_params_handler,
+     .doc = "Other form fields sent with every login, by name."},
+    {.key = "refresh_token", .type = SL_CONF_STRING,
+     .offset = offsetof(struct sl_auth_conf, refresh_token),
+     .handler = &sl_auth_secret_handler,
+     .doc = "`refresh_token` grant: the refresh token; a secret.  A new one "
+            "in the answer replaces it until the next start."},
+    {.key = "username", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, username), .doc = "`password` grant."},
+    {.key = "password", .type = SL_CONF_STRING,
+     .offset = offsetof(struct sl_auth_conf, password),
+     .handler = &sl_auth_secret_handler, .doc = "`password` grant; a secret."},
+    {.key = "jwt_key_file", .type = SL_CONF_STRING, .handler = &sl_auth_key_handler,
+     .doc = "`jwt_bearer`: the PEM file of the RSA private key that signs the JWT."},
+    {.key = "jwt_issuer", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, jwt_issuer), .def = "client_id",
+     .flags = SL_CONF_PROSE, .doc = "`jwt_bearer`: the JWT's `iss`."},
+    {.key = "jwt_subject", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, jwt_subject),
+     .doc = "`jwt_bearer`: the JWT's `sub` (the integration user)."},
+    {.key = "jwt_audience", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, jwt_audience), .def = "token_url",
+     .flags = SL_CONF_PROSE, .doc = "`jwt_bearer`: the JWT's `aud`."},
+    {.key = "refresh_before", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_auth_conf, refresh_before_us), .min = 0,
+     .max = SL_HOURS(24), .def = "60s", .flags = SL_CONF_ZERO_OK,
+     .doc = "Renew the token this long before it expires (at most half its "
+            "life before)."},
+    {.key = "lifetime", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_auth_conf, lifetime_us), .min = SL_SECONDS(1),
+     .max = SL_DAYS(30), .def = "1h",
+     .doc = "A token's life when the answer has no `expires_in`."},
+    {.key = "timeout", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_auth_conf, timeout_us), .min = 100 * SL_USEC_PER_MSEC,
+     .max = SL_MINUTES(5), .def = "10s",
+     .doc = "One login exchange, at most; past it the login failed."},
+    {.key = "rule", .type = SL_CONF_STRING, SL_CONF_FIELD(struct sl_auth_conf, rule_name),
+     .doc = "The name of a rate rule of this upstream that sluice's own logins "
+            "count against: it never logs in past it."},
+    {.key = "reauth_on", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_auth_conf, reauth_on),
+     .doc = "Text in a response body (status 401 or 403) that also means the "
+            "token is no longer good, e.g. `\"INVALID_SESSION_ID\"`."},
+};
+
+static const struct sl_conf_table sl_auth_table = SL_CONF_TABLE(
+    "upstreams[].auth",
+    "sluice logs in to the provider itself (once per process), injects "
+    "`Authorization: Bearer TOKEN` into every forwarded call of the upstream "
+    "(replacing what the app sent), renews the token before it expires, and "
+    "on a 401 with the current token logs in again once and sends the call "
+    "again once (idempotent methods, bodies up to 64 KiB).  An "
+    "`instance_url` in the token answer sends the calls there.  Calls wait "
+    "for a token up to the upstream's `max_wait`; a failed login answers "
+    "them 502 or 503 saying why.  See docs/guides/auth.md.",
+    sl_auth_keys);
+
+static void sl_read_auth(json_t *obj, json_t *v, const char *at,
+                         const char *sub, void *base,
+                         const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    struct sl_auth_conf *a;
+
+    (void)obj, (void)at, (void)k;
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object: {\"token_url\": "
+                      "\"https://...\", \"grant\": \"client_credentials\", ...}", sub);
+        return;
+    }
+    a = calloc(1, sizeof(*a));
+    if (a == NULL)
+        return;
+    u->auth = a;
+    sl_conf_read(&sl_auth_table, v, sub, a, ctx);
+    switch (a->grant) {
+    case SL_GRANT_CLIENT_CREDENTIALS:
+        if (a->client_id == NULL)
+            sl_errors_add(ctx->errs, "%s: grant \"client_credentials\" needs "
+                          "client_id", sub);
+        break;
+    case SL_GRANT_REFRESH_TOKEN:
+        if (a->refresh_token == NULL && json_object_get(v, "refresh_token") == NULL)
+            sl_errors_add(ctx->errs, "%s: grant \"refresh_token\" needs "
+                          "refresh_token", sub);
+        break;
+    case SL_GRANT_PASSWORD:
+        if ((a->username == NULL || json_object_get(v, "password") == NULL))
+            sl_errors_add(ctx->errs, "%s: grant \"password\" needs username and "
+                          "password", sub);
+        break;
+    case SL_GRANT_JWT_BEARER:
+        if (json_object_get(v, "jwt_key_file") == NULL ||
+            (a->jwt_issuer == NULL && a->client_id == NULL) || a->jwt_subject == NULL)
+            sl_errors_add(ctx->errs, "%s: grant \"jwt_bearer\" needs jwt_key_file, "
+                          "jwt_subject, and jwt_issuer or client_id", sub);
+        break;
+    }
+}
+
+static const struct sl_conf_handler sl_auth_handler = {sl_read_auth, NULL};
+
+/* "auth.rule" names a rate rule of its upstream (read after the rules). */
+static void sl_resolve_auth_rule(struct sl_upstream_conf *u, const char *path,
+                                 struct sl_errors *errs)
+{
+    struct sl_auth_conf *a = u->auth;
+    char q[96];
+
+    if (a == NULL || a->rule_name == NULL)
+        return;
+    a->rule = sl_upstream_rule_named(u, a->rule_name, strlen(a->rule_name));
+    if (a->rule == NULL || a->rule->kind != SL_RULE_RATE) {
+        sl_errors_add(errs, "%s.auth.rule: %s is not a rate rule of this upstream",
+                      path, sl_conf_quote(a->rule_name, q, sizeof(q)));
+        a->rule = NULL;
+    }
+}
+
+static void sl_auth_free(struct sl_auth_conf *a)
+{
+    if (a == NULL)
+        return;
+    free(a->token_url);
+    free(a->client_id);
+    free(a->client_secret);
+    free(a->scope);
+    free(a->audience);
+    free(a->refresh_token);
+    free(a->username);
+    free(a->password);
+    free(a->jwt_key);
+    free(a->jwt_key_file);
+    free(a->jwt_issuer);
+    free(a->jwt_subject);
+    free(a->jwt_audience);
+    for (size_t i = 0; i < a->nparams; i++) {
+        free(a->params[i].name);
+        free(a->params[i].value);
+    }
+    free(a->params);
+    free(a->rule_name);
+    free(a->reauth_on);
+    free(a);
+}
+
 static const struct sl_conf_key sl_upstream_keys[] = {
     {.key = "name", .type = SL_CONF_STRING, .handler = &sl_upstream_name_handler,
      .flags = SL_CONF_REQUIRED,
@@ -1899,6 +2235,9 @@ static const struct sl_conf_key sl_upstream_keys[] = {
      SL_CONF_FIELD(struct sl_upstream_conf, priority_aging_us), .min = 0,
      .max = SL_HOURS(24), .def = "0", .flags = SL_CONF_ZERO_OK,
      .doc = "A held call goes up one priority level this often (0: never)."},
+    {.key = "auth", .type = SL_CONF_OBJECT, .handler = &sl_auth_handler,
+     .doc = "sluice logs in for every app and injects the token (see "
+            "`upstreams[].auth`)."},
     {.key = "rules", .type = SL_CONF_ARRAY, .handler = &sl_rules_handler,
      .doc = "At most 64 rules (see `upstreams[].rules[]`); none: calls are only "
             "paused when the provider asks."},
@@ -1926,6 +2265,7 @@ static void sl_parse_upstream(json_t *ju, const char *path,
         return;
     }
     sl_conf_read(&sl_upstream_table, ju, path, u, ctx);
+    sl_resolve_auth_rule(u, path, ctx->errs);
     /* The implicit pause rule (after the rules: its index is nrules).  It
      * has no window, so no span. */
     u->pause_rule.index = u->nrules;
@@ -3027,7 +3367,7 @@ static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
 static const struct sl_conf_table *const sl_tables[] = {
     &sl_root_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
     &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
-    &sl_rule_share_table, &sl_alert_table,
+    &sl_rule_share_table, &sl_alert_table, &sl_auth_table,
 };
 
 static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
@@ -3200,6 +3540,40 @@ void sl_config_unref(const struct sl_config *c)
 
 static bool sl_str_differ(const char *a, const char *b);
 
+/* Do two "auth" objects log in differently (secrets compared, never shown)? */
+static bool sl_auth_differ(const struct sl_auth_conf *a, const struct sl_auth_conf *b)
+{
+    if (a == NULL || b == NULL)
+        return a != b;
+    if (a->grant != b->grant || a->refresh_before_us != b->refresh_before_us ||
+        a->lifetime_us != b->lifetime_us || a->timeout_us != b->timeout_us ||
+        a->nparams != b->nparams)
+        return true;
+    {
+        const char *const sa[] = {a->token_url, a->client_id, a->client_secret, a->scope,
+                                  a->audience, a->refresh_token, a->username,
+                                  a->password, a->jwt_key, a->jwt_issuer,
+                                  a->jwt_subject, a->jwt_audience, a->rule_name,
+                                  a->reauth_on};
+        const char *const sb[] = {b->token_url, b->client_id, b->client_secret, b->scope,
+                                  b->audience, b->refresh_token, b->username,
+                                  b->password, b->jwt_key, b->jwt_issuer,
+                                  b->jwt_subject, b->jwt_audience, b->rule_name,
+                                  b->reauth_on};
+        for (size_t i = 0; i < sizeof(sa) / sizeof(sa[0]); i++)
+            if (sl_str_differ(sa[i], sb[i]))
+                return true;
+    }
+    for (size_t i = 0; i < a->nparams; i++)
+        if (sl_str_differ(a->params[i].name, b->params[i].name) ||
+            sl_str_differ(a->params[i].value, b->params[i].value))
+            return true;
+    return false;
+}
+
+static bool sl_str_differ(const char *a, const char *b);
+static bool sl_auth_differ(const struct sl_auth_conf *a, const struct sl_auth_conf *b);
+
 /* Do A and B match the same calls (kind, methods, path, per)? */
 static bool sl_rule_same_calls(const struct sl_rule *a, const struct sl_rule *b)
 {
@@ -3333,6 +3707,24 @@ size_t sl_config_restart_diff(const struct sl_config *a, const struct sl_config 
     SL_DIFF_NUM(max_apps, "max_apps", "%u", SL_ID)
     SL_DIFF_STR(state_file, "state_file")
     SL_DIFF_STR(admin_listen, "admin.listen")
+    /* The token broker starts with the process: secrets are never printed. */
+    for (size_t i = 0; i < b->nupstreams; i++) {
+        const struct sl_upstream_conf *ub = &b->upstreams[i];
+        const struct sl_upstream_conf *ua = sl_config_upstream(a, ub->name);
+        if ((ua != NULL || ub->auth != NULL) &&
+            sl_auth_differ(ua != NULL ? ua->auth : NULL, ub->auth)) {
+            char what[96];
+            snprintf(what, sizeof(what), "upstreams \"%s\" auth", ub->name);
+            sl_restart_line(errs, &n, what, "one login", "another");
+        }
+    }
+    for (size_t i = 0; i < a->nupstreams; i++)
+        if (a->upstreams[i].auth != NULL &&
+            sl_config_upstream(b, a->upstreams[i].name) == NULL) {
+            char what[96];
+            snprintf(what, sizeof(what), "upstreams \"%s\" auth", a->upstreams[i].name);
+            sl_restart_line(errs, &n, what, "one login", "none");
+        }
 #undef SL_DIFF_STR
 #undef SL_DIFF_NUM
 #undef SL_ID
@@ -3437,6 +3829,7 @@ void sl_config_free(struct sl_config *c)
         free(u->app_header);
         sl_shares_free(u->apps, u->napps);
         free(u->priority_header);
+        sl_auth_free(u->auth);
     }
     for (size_t i = 0; i < c->nalerts; i++) {
         struct sl_alert_conf *a = &c->alerts[i];

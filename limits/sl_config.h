@@ -183,6 +183,52 @@ struct sl_rule {
 const struct sl_share *sl_rule_share(const struct sl_rule *r, uint16_t app_id,
                                      bool *named);
 
+/* How the token broker logs in (sl_auth_conf.grant). */
+enum sl_auth_grant {
+    SL_GRANT_CLIENT_CREDENTIALS,
+    SL_GRANT_REFRESH_TOKEN,
+    SL_GRANT_PASSWORD,
+    SL_GRANT_JWT_BEARER,      /* RFC 7523: a JWT signed with jwt_key (RS256) */
+};
+
+/* A form field sent with every login ("params"). */
+struct sl_auth_param {
+    char *name;
+    char *value;
+};
+
+/*
+ * An upstream's "auth": sluice logs in itself and injects the token into
+ * every forwarded call (proxy/sl_auth.c).  Secrets (client_secret,
+ * refresh_token, password, jwt_key) hold the resolved value ("env:NAME"
+ * and "file:PATH" are read at load) and are never printed or compared in
+ * a message.
+ */
+struct sl_auth_conf {
+    char *token_url;
+    enum sl_auth_grant grant;
+    char *client_id;              /* NULL: not sent */
+    char *client_secret;          /* secret; NULL: not sent */
+    char *scope;
+    char *audience;
+    char *refresh_token;          /* secret; grant refresh_token */
+    char *username;
+    char *password;               /* secret; grant password */
+    char *jwt_key;                /* secret: the PEM private key's text */
+    char *jwt_key_file;           /* where it was read (for messages) */
+    char *jwt_issuer, *jwt_subject, *jwt_audience;
+    struct sl_auth_param *params; /* extra form fields, owned */
+    size_t nparams;
+    int64_t refresh_before_us;    /* renew this long before expiry */
+    int64_t lifetime_us;          /* when the answer has no expires_in */
+    int64_t timeout_us;           /* one login exchange, at most */
+    char *rule_name;              /* the rule logins count against, or NULL */
+    const struct sl_rule *rule;   /* ... resolved (a rate rule), or NULL */
+    /* A response that means "this token is no longer good" besides 401:
+     * its body contains this text (the CRM's INVALID_SESSION_ID). */
+    char *reauth_on;
+};
+
 struct sl_upstream_conf {
     char *name;
     size_t index;                 /* position in the config's upstreams */
@@ -227,6 +273,7 @@ struct sl_upstream_conf {
     size_t napps;
     char *priority_header;        /* "priority": "header:NAME", or NULL */
     int64_t priority_aging_us;    /* a held call goes up one level this often (0: never) */
+    struct sl_auth_conf *auth;    /* "auth": the token broker, or NULL */
 };
 
 /* The queue priority of a call of app APP_ID on U (0 .. 9) when no header

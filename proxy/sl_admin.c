@@ -19,6 +19,7 @@
  * configuration (immutable), a process-wide atomic (queue depths, the
  * Redis outage flag), or a worker's counters read with relaxed loads.
  */
+#include "sl_auth.h"
 #include "sl_admin.h"
 
 #include "sl_admin_ops.h"
@@ -678,6 +679,11 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         for (size_t k = 0; k < up->nrules; k++)
             json_array_append_new(rules, sl_rule_json(a, c, &uu->rules[k]));
         json_object_set_new(u, "rules", rules);
+        if (up->auth != NULL) {
+            /* The token broker's state: never a secret or the token. */
+            struct sl_auth *ba = sl_auth_of(proxy, up);
+            json_object_set_new(u, "auth", ba != NULL ? sl_auth_status(ba) : json_null());
+        }
         json_array_append_new(ups, u);
     }
     json_object_set_new(root, "upstreams", ups);

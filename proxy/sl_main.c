@@ -11,6 +11,7 @@
 #include "sl_proxy.h"
 
 #include "sl_apps.h"
+#include "sl_auth.h"
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
@@ -334,6 +335,10 @@ int main(int argc, char **argv)
                                        sl_worker_wake_queue, &proxy);
     if (proxy.waitlists == NULL)
         goto out;
+    if (sl_auth_create(&proxy, config) != 0) {
+        sl_error("out of memory");
+        goto out;
+    }
     for (int i = 0; i < proxy.nworkers; i++) {
         if (sl_worker_init(&proxy.workers[i], &proxy, i) != 0) {
             sl_error("cannot start worker %d on %s", i, config->listen);
@@ -346,6 +351,8 @@ int main(int argc, char **argv)
         }
         started++;
     }
+    if (sl_auth_start(&proxy, started) != 0)
+        goto stop;
     if (config->store_kind == SL_STORE_REDIS)
         sl_info("sluice %s listening on %s with %d worker%s, store redis %s:%d "
                 "(db %d, prefix \"%s\"), %zu upstream%s",
@@ -402,6 +409,9 @@ int main(int argc, char **argv)
 stop:
     /* No reload may start while the workers stop. */
     sl_cfgwatch_stop(watch);
+    /* No login starts or wakes a worker any more (calls still waiting for
+     * one are answered as the workers stop). */
+    sl_auth_stop(&proxy);
     for (int i = 0; i < started; i++)
         sl_worker_request_stop(&proxy.workers[i]);
     for (int i = 0; i < started; i++) {
@@ -414,6 +424,7 @@ stop:
     if (rc == 0)
         sl_info("stopped");
 out:
+    sl_auth_destroy(&proxy);
     free(proxy.workers);
     sl_state_close(state);
     sl_waitlists_free(proxy.waitlists);

@@ -32,6 +32,7 @@ struct sl_request;
 struct sl_apps;
 struct sl_admin;
 struct sl_alerts;
+struct sl_auth;
 
 #define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
 
@@ -80,6 +81,10 @@ struct sl_proxy {
      * rules' metric slots), fed at send time by every worker. */
     struct sl_history *history;
     int64_t started_ms;           /* wall clock, for uptime */
+    /* Token brokers, one per upstream with "auth" (sl_auth.c), made at
+     * start; owned. */
+    struct sl_auth **auth;
+    size_t nauth;
 };
 
 /* What an epoll registration points at. */
@@ -178,6 +183,8 @@ struct sl_worker {
     struct sl_queue queue;        /* calls held in queue mode */
     bool queue_kick;              /* something freed room: pump now */
     _Atomic bool remote_kick;     /* set by another worker: pump now */
+    _Atomic bool auth_kick;       /* set by a token broker: a login ended */
+    unsigned long nauth_wait;     /* calls waiting for a token */
     int64_t queue_next_ms;        /* next retry or deadline (or earlier), -1: none */
     struct sl_request *requests;  /* live requests (list head) */
     unsigned long malformed_reports;  /* provider usage reports ignored */

@@ -32,6 +32,7 @@
  * goes back to the worker's pool when the transfer ends.
  */
 #include "sl_request.h"
+#include "sl_auth.h"
 
 #include "sl_duration.h"
 #include "sl_feedback.h"
@@ -594,6 +595,9 @@ static enum MHD_Result sl_copy_req_header(void *cls, enum MHD_ValueKind kind,
     if (ctx->req->up->app_kind == SL_APP_HEADER && !ctx->req->up->forward_app_header &&
         strcasecmp(name, ctx->req->up->app_header) == 0)
         return MHD_YES;
+    /* With "auth", sluice's token replaces whatever the app sent. */
+    if (ctx->req->up->auth != NULL && strcasecmp(name, "Authorization") == 0)
+        return MHD_YES;
     if (strcasecmp(name, "Accept") == 0)
         ctx->has_accept = true;
     vlen = value != NULL ? strlen(value) : 0;
@@ -667,6 +671,8 @@ static int sl_req_build_headers(struct sl_request *req)
     free(line);
     if (rc != 0)
         return -1;
+    if (req->auth_header != NULL && sl_add_header(req, req->auth_header) != 0)
+        return -1;
     /* Keep libcurl from inventing headers the client did not send. */
     if (sl_add_header(req, "Expect:") != 0)
         return -1;
@@ -705,6 +711,16 @@ int sl_req_start_transfer(struct sl_request *req, const char *target)
         curl_url_cleanup(req->easy_url);
         req->easy = NULL;
         req->easy_url = NULL;
+        return -1;
+    }
+    /* The instance the token answer named (the handle may have served
+     * another, or none): only its origin, the base path stays this
+     * upstream's. */
+    if (up->auth != NULL &&
+        curl_url_set(req->easy_url, CURLUPART_URL,
+                     req->auth_base != NULL ? req->auth_base : up->url, 0) != CURLUE_OK) {
+        sl_worker_put_easy(req->w, e, req->easy_url, sl_easy_tag(up));
+        req->easy = NULL;
         return -1;
     }
     /* What varies per call. */
@@ -755,8 +771,8 @@ int sl_req_start_transfer(struct sl_request *req, const char *target)
     } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     }
-    if (req->retries == 0)
-        req->saved_ok = up->retry_on_limit;
+    if (req->retries == 0 && !req->auth_retried)
+        req->saved_ok = up->retry_on_limit || up->auth != NULL;
     if (req->has_body && strcmp(req->method, "HEAD") != 0) {
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, sl_curl_read);
@@ -1023,12 +1039,10 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     return SL_FEEDBACK_DONE;
 }
 
-/* Drop the signal response and hold the call until the pause is over. */
-static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
+/* Drop the exchange so far (the response, the lease), keeping the saved
+ * body for the next send.  0, or -1 (out of memory). */
+static int sl_req_reset_exchange(struct sl_request *req)
 {
-    struct sl_decision d = {.verdict = SL_VERDICT_DENY,
-                            .rule = &req->up->pause_rule, .wait_us = pause};
-
     sl_req_abort_transfer(req);
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
@@ -1059,6 +1073,17 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
     if (sl_buf_len(&req->saved) > 0 &&
         sl_pipe_put(&req->upload, sl_buf_str(&req->saved), sl_buf_len(&req->saved))
         != sl_buf_len(&req->saved))
+        return -1;
+    return 0;
+}
+
+/* Drop the signal response and hold the call until the pause is over. */
+static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
+{
+    struct sl_decision d = {.verdict = SL_VERDICT_DENY,
+                            .rule = &req->up->pause_rule, .wait_us = pause};
+
+    if (sl_req_reset_exchange(req) != 0)
         return MHD_NO;
     req->retries++;
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
@@ -1074,6 +1099,64 @@ static enum MHD_Result sl_req_retry(struct sl_request *req, int64_t pause)
     return MHD_YES;
 }
 
+enum sl_reauth { SL_REAUTH_NO, SL_REAUTH_WAIT, SL_REAUTH_YES };
+
+/*
+ * With "auth": did the provider refuse the token this call carried (401,
+ * or 401/403 with `reauth_on` in the body), and may the call be sent
+ * again (once; the rules of retry_on_limit)?  WAIT: the body's start is
+ * needed first.
+ */
+static enum sl_reauth sl_req_wants_reauth(struct sl_request *req)
+{
+    const struct sl_auth_conf *ac = req->up->auth;
+    bool refused = req->status == 401 && ac->reauth_on == NULL;
+
+    if (req->auth_retried || req->auth_header == NULL ||
+        (req->status != 401 && req->status != 403))
+        return SL_REAUTH_NO;
+    if (ac->reauth_on != NULL) {
+        size_t have = sl_pipe_len(&req->down);
+        if (!req->xfer_done && have < SL_SIGNAL_PEEK) {
+            req->want_body = true;
+            return SL_REAUTH_WAIT;
+        }
+        refused = req->status == 401 ||
+                  (have > 0 && memmem(req->down.data + req->down.rpos,
+                                      have < SL_SIGNAL_PEEK ? have : SL_SIGNAL_PEEK,
+                                      ac->reauth_on, strlen(ac->reauth_on)) != NULL);
+    }
+    req->want_body = false;
+    if (!refused)
+        return SL_REAUTH_NO;
+    /* The token is bad whether or not this call may go again. */
+    sl_auth_rejected(sl_auth_of(req->w->proxy, req->up), req->auth_serial);
+    if (!req->up_done || (req->has_body && !req->saved_ok) ||
+        !(req->up->retry_unsafe || sl_method_idempotent(req->method)))
+        return SL_REAUTH_NO;
+    return SL_REAUTH_YES;
+}
+
+/* Drop the refused answer, wait for the new token, send the call again. */
+static enum MHD_Result sl_req_reauth(struct sl_request *req)
+{
+    int gate;
+
+    if (sl_req_reset_exchange(req) != 0)
+        return MHD_NO;
+    req->auth_retried = true;
+    sl_info("upstream %s: the provider refused the token; the call is sent "
+            "again with a new one", req->up->name);
+    gate = sl_auth_gate(req);
+    if (gate < 0)
+        return sl_req_queue_pending(req);
+    if (gate == 0) {
+        sl_req_suspend(req, SL_SUSP_DECIDE);
+        sl_req_ask_again(req);
+    }
+    return MHD_YES;
+}
+
 /* Body complete (or never expected): answer now or wait for the upstream. */
 enum MHD_Result sl_req_try_respond(struct sl_request *req)
 {
@@ -1081,6 +1164,17 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
         return MHD_YES;
     if (req->pending != NULL)
         return sl_req_queue_pending(req);
+    if (req->headers_ready && !req->feedback_done && req->up->auth != NULL) {
+        switch (sl_req_wants_reauth(req)) {
+        case SL_REAUTH_WAIT:
+            sl_req_suspend(req, SL_SUSP_HEADERS);
+            return MHD_YES;
+        case SL_REAUTH_YES:
+            return sl_req_reauth(req);
+        case SL_REAUTH_NO:
+            break;
+        }
+    }
     if (req->headers_ready && !req->feedback_done) {
         int64_t pause = 0;
         switch (sl_req_feedback(req, &pause)) {

@@ -31,6 +31,7 @@
  * at once, and its upstream transfer aborted.
  */
 #include "sl_request.h"
+#include "sl_auth.h"
 #include "sl_assert.h"
 
 #include "sl_apps.h"
@@ -495,6 +496,16 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
             }
         }
     }
+    if (req->up->auth != NULL) {
+        /* A token first: a call waiting for one consumes nothing. */
+        int gate = sl_auth_gate(req);
+        if (gate > 0) {
+            req->replay_headers = true;
+            return MHD_YES;
+        }
+        if (gate < 0)
+            return sl_req_answer_early(req);
+    }
     sl_req_set_phase(req, SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
         != 0) {
@@ -864,6 +875,8 @@ static void sl_req_free(struct sl_request *req)
         SL_ASSERT(w->nrematch > 0);
         w->nrematch--;
     }
+    if (req->up != NULL && req->up->auth != NULL)
+        sl_auth_forget(req);
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
         req->hdrs = h->next;

@@ -165,6 +165,16 @@ struct sl_request {
     struct sl_buf saved;              /* request body kept for a retry */
     bool saved_ok;                    /* the whole body is in `saved` */
     int retries;
+    /* Upstreams with "auth" (sl_auth.c): the token line injected, its
+     * number, the instance it names; waiting for a login (counted in the
+     * worker's nauth_wait) until auth_deadline_ms; sent again once after
+     * the provider refused the token. */
+    char *auth_header;
+    char *auth_base;
+    uint64_t auth_serial;
+    bool auth_wait;
+    bool auth_retried;
+    int64_t auth_deadline_ms;
 
     struct MHD_Response *pending;     /* synthetic response to queue */
     unsigned pending_status;

@@ -29,6 +29,7 @@
 #include "sl_alerts.h"
 
 #include "sl_log.h"
+#include "sl_auth.h"
 #include "sl_request.h"
 #include "sl_time.h"
 
@@ -647,6 +648,10 @@ static void *sl_worker_main(void *arg)
             sl_request_rematch(w);
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
+        /* Calls waiting for a token: a login ended, or a deadline may have. */
+        if (atomic_exchange(&w->auth_kick, false) ||
+            (w->nauth_wait > 0 && now >= w->next_tick_ms))
+            sl_auth_pump(w, now);
         /* The earliest retry or deadline is walked for only after a pump;
          * holding a call lowers it (sl_req_hold).  A value left early by a
          * call that went away costs one pump that finds nothing. */
