@@ -1,0 +1,468 @@
+"""The token broker ("auth"): sluice logs in once for every app and
+injects the token.
+
+A fake OAuth provider (FakeProvider) serves a token endpoint that counts
+logins and checks each grant (the jwt_bearer assertion's RS256 signature
+with the test key's public half), and an API that answers 200 only to
+the bearer token it issued last and has not revoked or let expire.
+"""
+import base64
+import json
+import os
+import secrets
+import socket
+import threading
+import time
+import urllib.parse
+from http.server import BaseHTTPRequestHandler
+
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+from harness import Sluice, _Server, free_port, max_in_window, parallel, wait_for
+
+CLIENT_ID = "sluice-test-client"
+CLIENT_SECRET = "cs-" + secrets.token_hex(12)
+PASSWORD = "pw-" + secrets.token_hex(12)
+REFRESH = "rt-" + secrets.token_hex(12)
+
+
+def b64url_decode(s):
+    return base64.urlsafe_b64decode(s + "=" * (-len(s) % 4))
+
+
+class FakeProvider:
+    """A token endpoint (/token) and an API (everything else)."""
+
+    def __init__(self, grant="client_credentials", expires_in=3600, public_key=None,
+                 instance_url=None, token_mode="ok"):
+        self.grant = grant
+        self.expires_in = expires_in
+        self.public_key = public_key
+        self.instance_url = instance_url
+        self.token_mode = token_mode        # ok, 500, nonjson, slow, badsecret
+        self.lock = threading.Lock()
+        self.logins = []                    # monotonic times of accepted logins
+        self.login_attempts = 0
+        self.tokens = {}                    # token -> expiry (monotonic)
+        self.issued = []                    # every token ever issued
+        self.api_calls = []                 # (path, authorization)
+        self.jwt_claims = []
+        self.port = free_port()
+        owner = self
+
+        class H(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a):
+                pass
+
+            def answer(self, status, body, ctype="application/json"):
+                data = body.encode() if isinstance(body, str) else body
+                self.send_response(status)
+                self.send_header("Content-Type", ctype)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_POST(self):
+                n = int(self.headers.get("Content-Length", "0"))
+                body = self.rfile.read(n).decode()
+                if self.path != "/token":
+                    return self.api()
+                owner.token_endpoint(self, urllib.parse.parse_qs(body))
+
+            def do_GET(self):
+                self.api()
+
+            def api(self):
+                owner.api(self)
+
+        self.server = _Server(("127.0.0.1", self.port), H)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def url(self):
+        return "http://127.0.0.1:%d" % self.port
+
+    def token_endpoint(self, h, form):
+        def one(name):
+            v = form.get(name)
+            return v[0] if v else None
+
+        with self.lock:
+            self.login_attempts += 1
+            mode = self.token_mode
+        if mode == "slow":
+            time.sleep(3)
+        if mode == "500":
+            return h.answer(500, '{"error":"server_error"}')
+        if mode == "nonjson":
+            return h.answer(200, "<html>maintenance</html>", "text/html")
+        grant = one("grant_type")
+        ok = False
+        if self.grant == "client_credentials":
+            ok = (grant == "client_credentials" and one("client_id") == CLIENT_ID and
+                  one("client_secret") == CLIENT_SECRET)
+        elif self.grant == "refresh_token":
+            ok = grant == "refresh_token" and one("refresh_token") == REFRESH
+        elif self.grant == "password":
+            ok = (grant == "password" and one("username") == "integration" and
+                  one("password") == PASSWORD and one("client_id") == CLIENT_ID)
+        elif self.grant == "jwt_bearer":
+            ok = (grant == "urn:ietf:params:oauth:grant-type:jwt-bearer" and
+                  self.check_jwt(one("assertion")))
+        if not ok or mode == "badsecret":
+            # A careless provider quotes what it was sent.
+            return h.answer(401, json.dumps({
+                "error": "invalid_client",
+                "error_description": "bad credentials %s" % one("client_secret")}))
+        token = "tok-" + secrets.token_hex(16)
+        with self.lock:
+            self.logins.append(time.monotonic())
+            self.tokens = {token: time.monotonic() + self.expires_in}
+            self.issued.append(token)
+        answer = {"access_token": token, "token_type": "Bearer",
+                  "expires_in": self.expires_in}
+        if self.instance_url:
+            answer["instance_url"] = self.instance_url
+        h.answer(200, json.dumps(answer))
+
+    def check_jwt(self, assertion):
+        try:
+            head, claims, sig = assertion.split(".")
+            self.public_key.verify(b64url_decode(sig), (head + "." + claims).encode(),
+                                   padding.PKCS1v15(), hashes.SHA256())
+            header = json.loads(b64url_decode(head))
+            c = json.loads(b64url_decode(claims))
+        except Exception:
+            return False
+        with self.lock:
+            self.jwt_claims.append(c)
+        return (header.get("alg") == "RS256" and c.get("iss") == CLIENT_ID and
+                c.get("sub") == "integration@example.com" and
+                c.get("aud") == "https://login.example.com" and
+                c["exp"] > time.time())
+
+    def api(self, h):
+        auth = h.headers.get("Authorization", "")
+        with self.lock:
+            self.api_calls.append((h.path, auth))
+            tok = auth[7:] if auth.startswith("Bearer ") else None
+            good = tok in self.tokens and self.tokens[tok] > time.monotonic()
+        if not good:
+            return h.answer(401, '[{"errorCode":"INVALID_SESSION_ID"}]')
+        h.answer(200, json.dumps({"ok": True, "port": self.port}))
+
+    def revoke(self):
+        with self.lock:
+            self.tokens = {}
+
+    def nlogins(self):
+        with self.lock:
+            return len(self.logins)
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def config(provider, auth=None, rules=None, upstream=None, admin_port=None):
+    a = {"token_url": provider.url + "/token", "grant": "client_credentials",
+         "client_id": CLIENT_ID, "client_secret": "env:TEST_CLIENT_SECRET"}
+    a.update(auth or {})
+    a = {k: v for k, v in a.items() if v is not None}
+    up = {"name": "crm", "prefix": "/crm", "url": provider.url, "auth": a,
+          "rules": rules or []}
+    up.update(upstream or {})
+    c = {"upstreams": [up]}
+    if admin_port:
+        c["admin"] = {"listen": "127.0.0.1:%d" % admin_port}
+    return c
+
+
+def start(provider, workers=2, **kw):
+    port = free_port()
+    sl = Sluice(config(provider, admin_port=port, **kw), workers=workers,
+                env={"TEST_CLIENT_SECRET": CLIENT_SECRET})
+    sl.admin_port = port
+    return sl
+
+
+def admin(sl, path):
+    import http.client
+    c = http.client.HTTPConnection("127.0.0.1", sl.admin_port, timeout=10)
+    try:
+        c.request("GET", path)
+        r = c.getresponse()
+        return r.status, r.read()
+    finally:
+        c.close()
+
+
+def auth_status(sl):
+    code, body = admin(sl, "/status")
+    assert code == 200
+    return json.loads(body)["upstreams"][0]["auth"]
+
+
+def assert_no_secret(sl, provider, bodies=()):
+    """No secret and no token anywhere a user or operator can read."""
+    outputs = [sl.read_log(), admin(sl, "/status")[1].decode(),
+               admin(sl, "/metrics")[1].decode()] + [b.decode() for b in bodies]
+    with provider.lock:
+        tokens = list(provider.issued)
+    for text in outputs:
+        for s in [CLIENT_SECRET, PASSWORD, REFRESH] + tokens:
+            assert s not in text, "a secret or token leaked: %r" % s[:6]
+
+
+def get(sl, path="/crm/data", headers=None):
+    return sl.request("GET", path, headers=headers)
+
+
+def test_sixty_calls_without_credentials_one_login():
+    p = FakeProvider()
+    sl = start(p)
+    try:
+        # Some apps still send their own (stale) credentials: replaced.
+        res = parallel(60, lambda i: get(sl, "/crm/data/%d" % i,
+                                         {"Authorization": "Bearer app-own"} if i % 3 == 0
+                                         else None))
+        assert [r[0] for r in res] == [200] * 60, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 1
+        assert {a for _, a in p.api_calls} == {"Bearer " + p.issued[0]}
+        st = auth_status(sl)
+        assert st["state"] == "valid" and st["logins"] == 1
+        assert st["valid_until"] is not None and st["last_login"] is not None
+        assert st["last_error"] is None
+        assert_no_secret(sl, p, [r[2] for r in res])
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_revocation_one_relogin_every_call_200():
+    p = FakeProvider()
+    sl = start(p)
+    try:
+        assert get(sl)[0] == 200
+        p.revoke()
+        res = parallel(30, lambda i: get(sl, "/crm/after/%d" % i))
+        assert [r[0] for r in res] == [200] * 30, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 2
+        # A POST is not sent twice: the app gets the provider's 401.
+        p.revoke()
+        code, _, body = sl.request("POST", "/crm/create", body=b"{}")
+        assert code == 401 and b"INVALID_SESSION_ID" in body
+        assert wait_for(lambda: p.nlogins() == 3, 5)
+        assert get(sl)[0] == 200 and p.nlogins() == 3
+        assert_no_secret(sl, p, [r[2] for r in res] + [body])
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_renewal_before_expiry():
+    p = FakeProvider(expires_in=4)
+    sl = start(p, auth={"refresh_before": "2s"})
+    try:
+        codes = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 3.2:
+            codes.append(get(sl)[0])
+            time.sleep(0.05)
+        assert set(codes) == {200}
+        # Logged in at start, renewed once at about 2 s, before the first
+        # token's expiry at 4 s.
+        assert p.nlogins() == 2
+        assert 1.5 < p.logins[1] - p.logins[0] < 3.0
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_repeated_revocations_stay_within_the_login_rule():
+    p = FakeProvider()
+    rules = [{"name": "logins", "path": "/token", "limit": 2, "window": "3s"}]
+    sl = start(p, auth={"rule": "logins"}, rules=rules,
+               upstream={"max_wait": "10s"})
+    try:
+        results = []
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < 4:
+            p.revoke()
+            results += parallel(4, lambda i: get(sl)[0])
+        assert set(results) == {200}
+        assert max_in_window(p.logins, 3.0) <= 2
+        assert p.nlogins() >= 3
+        st = auth_status(sl)
+        assert st["rule"] == "logins" and st["rule_limit"] == 2
+        assert 0 < st["logins_in_window"] <= 2
+        assert "login rule" in sl.read_log()
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_login_rule_full_past_max_wait_gives_a_clear_503():
+    p = FakeProvider()
+    rules = [{"name": "logins", "path": "/token", "limit": 1, "window": "30s"}]
+    sl = start(p, auth={"rule": "logins"}, rules=rules, upstream={"max_wait": "1s"})
+    try:
+        assert get(sl)[0] == 200
+        p.revoke()
+        code, headers, body = get(sl)
+        assert code == 503
+        err = json.loads(body)
+        assert err["error"] == "login_pending"
+        assert 'login rule "logins"' in err["message"]
+        assert p.nlogins() == 1
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_grant_refresh_token():
+    p = FakeProvider(grant="refresh_token")
+    sl = start(p, auth={"grant": "refresh_token", "client_secret": None,
+                        "refresh_token": REFRESH})
+    try:
+        assert get(sl)[0] == 200 and p.nlogins() == 1
+        assert_no_secret(sl, p)
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_grant_password_from_a_file(tmp_path):
+    p = FakeProvider(grant="password")
+    f = tmp_path / "password"
+    f.write_text(PASSWORD + "\n")
+    sl = start(p, auth={"grant": "password", "username": "integration",
+                        "password": "file:%s" % f})
+    try:
+        assert get(sl)[0] == 200 and p.nlogins() == 1
+        assert_no_secret(sl, p)
+    finally:
+        sl.stop()
+        p.close()
+
+
+def rsa_key(tmp_path):
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path / "jwt.pem"
+    path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                       serialization.PrivateFormat.PKCS8,
+                                       serialization.NoEncryption()))
+    return key, str(path)
+
+
+def test_grant_jwt_bearer_with_instance_url(tmp_path):
+    key, path = rsa_key(tmp_path)
+    instance = FakeProvider(grant="jwt_bearer", public_key=key.public_key())
+    # The login host names the instance; calls go there, on the base path.
+    login = FakeProvider(grant="jwt_bearer", public_key=key.public_key(),
+                         instance_url=instance.url + "/ignored/path")
+    sl = start(login, auth={"grant": "jwt_bearer", "client_secret": None,
+                            "jwt_key_file": path, "jwt_subject": "integration@example.com",
+                            "jwt_audience": "https://login.example.com"},
+               upstream={"url": login.url + "/services/data"})
+    try:
+        # The instance checks tokens the login host issued.
+        def share():
+            with login.lock, instance.lock:
+                instance.tokens = dict(login.tokens)
+                instance.issued = list(login.issued)
+        assert wait_for(lambda: login.nlogins() == 1, 5)
+        share()
+        code, _, body = get(sl, "/crm/sobjects/Lead")
+        assert code == 200, body
+        assert json.loads(body)["port"] == instance.port
+        assert instance.api_calls[-1][0] == "/services/data/sobjects/Lead"
+        assert login.api_calls == []
+        c = login.jwt_claims[0]
+        assert c["exp"] - c["iat"] <= 300
+        assert auth_status(sl)["instance_url"] == instance.url
+        assert_no_secret(sl, login)
+        assert key.private_bytes(serialization.Encoding.PEM,
+                                 serialization.PrivateFormat.PKCS8,
+                                 serialization.NoEncryption()).decode() \
+            .splitlines()[1] not in sl.read_log()
+    finally:
+        sl.stop()
+        login.close()
+        instance.close()
+
+
+def test_token_endpoint_down_gives_a_clear_503_logged_once():
+    p = FakeProvider()
+    dead = free_port()
+    sl = start(p, auth={"token_url": "http://127.0.0.1:%d/token" % dead})
+    try:
+        bodies = []
+        for _ in range(4):
+            code, headers, body = get(sl)
+            assert code == 503
+            err = json.loads(body)
+            assert err["error"] == "login_failed"
+            assert "could not be reached" in err["message"]
+            bodies.append(body)
+        log = sl.read_log()
+        assert log.count("login failed") == 1
+        st = auth_status(sl)
+        assert st["state"] == "failed" and "could not be reached" in st["last_error"]
+        assert p.api_calls == []
+        assert_no_secret(sl, p, bodies)
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_token_endpoint_errors_give_502_without_secrets():
+    for mode, text in [("500", "answered 500: server_error"),
+                       ("nonjson", "not a JSON object"),
+                       ("badsecret", "answered 401: invalid_client")]:
+        p = FakeProvider(token_mode=mode)
+        sl = start(p)
+        try:
+            code, _, body = get(sl)
+            assert code == 502, (mode, body)
+            err = json.loads(body)
+            assert err["error"] == "login_failed" and text in err["message"], err
+            assert_no_secret(sl, p, [body])
+        finally:
+            sl.stop()
+            p.close()
+
+
+def test_token_endpoint_slow():
+    p = FakeProvider(token_mode="slow")
+    sl = start(p, auth={"timeout": "1s"})
+    try:
+        code, _, body = get(sl)
+        assert code == 503
+        assert "did not answer in time" in json.loads(body)["message"]
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_configuration_errors_name_the_path(tmp_path):
+    import subprocess
+    from harness import SLUICE_BIN
+    cfg = tmp_path / "c.json"
+    cfg.write_text(json.dumps({"upstreams": [{
+        "name": "crm", "prefix": "/crm", "url": "http://127.0.0.1:9",
+        "rules": [{"name": "logins", "concurrency": 2}],
+        "auth": {"token_url": "ftp://x/token", "grant": "jwt_bearer",
+                 "client_secret": "env:SLUICE_TEST_NOT_SET", "rule": "logins"}}]}))
+    r = subprocess.run([SLUICE_BIN, "--check", "-c", str(cfg)], capture_output=True,
+                       text=True, env={"PATH": os.environ["PATH"]})
+    out = r.stdout + r.stderr
+    assert r.returncode != 0
+    assert "upstreams[0].auth.token_url" in out
+    assert "upstreams[0].auth.client_secret: the environment variable " \
+           "\"SLUICE_TEST_NOT_SET\" is not set" in out
+    assert "upstreams[0].auth.rule" in out and "not a rate rule" in out
+    assert "needs jwt_key_file" in out
