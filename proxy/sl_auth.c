@@ -311,6 +311,8 @@ static void sl_auth_prune(struct sl_auth *a, int64_t now)
         return;
     while (k < a->nlog && now - a->log[k] >= r->span_us / 1000)
         k++;
+    if (k == 0)
+        return;
     memmove(a->log, a->log + k, (a->nlog - k) * sizeof(*a->log));
     a->nlog -= k;
 }
