@@ -940,11 +940,15 @@ void sl_auth_pump(struct sl_worker *w, int64_t now_ms)
             sl_req_resume(req);
             break;
         case SL_AUTH_WAIT:
-            if (now_ms < req->auth_deadline_ms)
+            if (now_ms < req->auth_deadline_ms && !w->stop)
                 break;
             sl_auth_unwait(req);
-            sl_auth_fail(req, 503, "login_pending",
-                         "no token within max_wait for", why);
+            if (w->stop)
+                sl_req_error(req, 503, "shutting_down",
+                             "sluice is shutting down; retry the call", 1, "shutdown");
+            else
+                sl_auth_fail(req, 503, "login_pending",
+                             "no token within max_wait for", why);
             sl_req_resume(req);
             break;
         }

@@ -71,7 +71,7 @@ json_t *sl_auth_status(struct sl_auth *a);
 /*
  * Worker W's calls waiting for a token: those whose broker now answers
  * go on (to the store, then upstream) or get the failure; those past
- * their max_wait get 503.  W's thread (its loop, on auth_kick or a tick).
+ * their max_wait (or all, when W stops) get 503.  W's thread (its loop, on auth_kick or a tick).
  */
 void sl_auth_pump(struct sl_worker *w, int64_t now_ms);
 

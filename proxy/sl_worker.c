@@ -649,8 +649,8 @@ static void *sl_worker_main(void *arg)
         if (atomic_exchange(&w->remote_kick, false))
             w->queue_kick = true;
         /* Calls waiting for a token: a login ended, or a deadline may have. */
-        if (atomic_exchange(&w->auth_kick, false) ||
-            (w->nauth_wait > 0 && now >= w->next_tick_ms))
+        if ((atomic_load(&w->auth_kick) && atomic_exchange(&w->auth_kick, false)) ||
+            (w->nauth_wait > 0 && (now >= w->next_tick_ms || w->stop)))
             sl_auth_pump(w, now);
         /* The earliest retry or deadline is walked for only after a pump;
          * holding a call lowers it (sl_req_hold).  A value left early by a
