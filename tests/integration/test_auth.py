@@ -41,6 +41,7 @@ class FakeProvider:
         self.public_key = public_key
         self.instance_url = instance_url
         self.token_mode = token_mode        # ok, 500, nonjson, slow, badsecret
+        self.reject_status = 401            # the API's answer to a bad token
         self.lock = threading.Lock()
         self.logins = []                    # monotonic times of accepted logins
         self.login_attempts = 0
@@ -48,6 +49,7 @@ class FakeProvider:
         self.issued = []                    # every token ever issued
         self.api_calls = []                 # (path, authorization)
         self.jwt_claims = []
+        self.errors = 0                     # exchanges cut short (harness's _Server)
         self.port = free_port()
         owner = self
 
@@ -79,6 +81,7 @@ class FakeProvider:
                 owner.api(self)
 
         self.server = _Server(("127.0.0.1", self.port), H)
+        self.server.owner = self
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
     @property
@@ -151,7 +154,7 @@ class FakeProvider:
             tok = auth[7:] if auth.startswith("Bearer ") else None
             good = tok in self.tokens and self.tokens[tok] > time.monotonic()
         if not good:
-            return h.answer(401, '[{"errorCode":"INVALID_SESSION_ID"}]')
+            return h.answer(self.reject_status, '[{"errorCode":"INVALID_SESSION_ID"}]')
         h.answer(200, json.dumps({"ok": True, "port": self.port}))
 
     def revoke(self):
@@ -466,3 +469,58 @@ def test_configuration_errors_name_the_path(tmp_path):
            "\"SLUICE_TEST_NOT_SET\" is not set" in out
     assert "upstreams[0].auth.rule" in out and "not a rate rule" in out
     assert "needs jwt_key_file" in out
+
+
+def test_reauth_on_a_configured_signal():
+    p = FakeProvider()
+    p.reject_status = 403
+    sl = start(p, auth={"reauth_on": "INVALID_SESSION_ID"})
+    try:
+        assert get(sl)[0] == 200
+        p.revoke()
+        res = parallel(10, lambda i: get(sl)[0])
+        assert res == [200] * 10
+        assert p.nlogins() == 2
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_a_reload_that_changes_auth_needs_a_restart():
+    import signal as sig
+    p = FakeProvider()
+    sl = start(p)
+    try:
+        assert get(sl)[0] == 200
+        with open(sl.config_path) as f:
+            c = json.load(f)
+        c["upstreams"][0]["auth"]["client_id"] = "another"
+        with open(sl.config_path, "w") as f:
+            json.dump(c, f)
+        sl.proc.send_signal(sig.SIGHUP)
+        log = sl.wait_log("needs a restart")
+        assert 'upstreams "crm" auth: changed from one login to another; applying it needs a restart' in log
+        assert get(sl)[0] == 200 and p.nlogins() == 1
+        assert_no_secret(sl, p)
+    finally:
+        sl.stop()
+        p.close()
+
+
+def test_stopping_answers_calls_waiting_for_a_token():
+    p = FakeProvider(token_mode="slow")
+    sl = start(p, auth={"timeout": "5s"}, upstream={"max_wait": "20s"})
+    try:
+        out = []
+        t = threading.Thread(target=lambda: out.append(get(sl)))
+        t.start()
+        time.sleep(0.5)
+        t0 = time.monotonic()
+        sl.stop()
+        t.join(10)
+        assert time.monotonic() - t0 < 8
+        # Either the slow login ended first (200), or the call was told.
+        code, _, body = out[0]
+        assert code == 200 or (code == 503 and b"shutting" in body), body
+    finally:
+        p.close()
