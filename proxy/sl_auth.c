@@ -34,6 +34,10 @@
  *                   login is made only while fewer than `limit` were made
  *                   in the rule's span (window plus margin), whatever
  *                   asks for it; calls wait meanwhile, up to max_wait.
+ *                   With the memory store the login is also asked of the
+ *                   store as a call of that rule (sl_auth_charge), so the
+ *                   apps' own logins through sluice and the broker's share
+ *                   the one count.
  *
  * Waiting calls.  A call of such an upstream asks for the token before it
  * asks the store (sl_auth_gate): with none, it is suspended and counted in
@@ -50,6 +54,7 @@
  */
 #include "sl_auth.h"
 
+#include "sl_apps.h"
 #include "sl_buf.h"
 #include "sl_log.h"
 #include "sl_request.h"
@@ -698,6 +703,76 @@ out:
 
 /* ---- the broker's thread ---- */
 
+struct sl_charge {
+    bool answered;
+    struct sl_decision d;
+    struct sl_lease *lease;
+};
+
+static void sl_auth_charged(void *arg, const struct sl_decision *d, struct sl_lease *lease)
+{
+    struct sl_charge *ch = arg;
+
+    ch->answered = true;
+    ch->d = *d;
+    ch->lease = lease;
+}
+
+/*
+ * With the memory store, a login is a call of the login rule, in the
+ * rule's own count (where apps' own logins through sluice are counted):
+ * asked of the store as a call would be (the rule of the configuration
+ * in force), and committed as sent.  0: go on (*LEASE, possibly NULL, is
+ * released after the login); 1: no room for *WAIT_MS.  Lock held.
+ */
+static int sl_auth_charge(struct sl_auth *a, struct sl_lease **lease, int64_t *wait_ms)
+{
+    const struct sl_config *c;
+    const struct sl_upstream_conf *up;
+    const struct sl_rule *r;
+    struct sl_check check;
+    struct sl_charge ch = {0};
+    int rc = 0;
+
+    *lease = NULL;
+    if (a->conf->rule == NULL || a->proxy->memory == NULL ||
+        a->config->store_kind != SL_STORE_MEMORY)
+        return 0;
+    c = sl_proxy_config(a->proxy);
+    up = sl_config_upstream(c, a->up->name);
+    r = up != NULL ? sl_upstream_rule_named(up, a->conf->rule_name,
+                                            strlen(a->conf->rule_name)) : NULL;
+    if (r != NULL && r->kind == SL_RULE_RATE) {
+        memset(&check, 0, sizeof(check));
+        check.upstream = up;
+        check.app = SL_APP_NONE;
+        check.app_name = "-";
+        check.nhits = 1;
+        check.hits[0].rule = r;
+        check.hits[0].key = "";
+        check.hits[0].key_len = 0;
+        if (sl_store_decide(a->proxy->memory, &check, sl_auth_charged, &ch) == 0 &&
+            ch.answered) {
+            if (ch.d.verdict == SL_VERDICT_ALLOW) {
+                sl_store_commit(a->proxy->memory, ch.lease);
+                *lease = ch.lease;
+            } else if (ch.d.verdict == SL_VERDICT_DENY) {
+                *wait_ms = (ch.d.wait_us + 999) / 1000;
+                if (*wait_ms < 1)
+                    *wait_ms = 1;
+                rc = 1;
+            } else {
+                /* STALE (a reload in between) or full: ask again soon. */
+                sl_store_release(a->proxy->memory, ch.lease);
+                *wait_ms = 50;
+                rc = 1;
+            }
+        }
+    }
+    sl_config_unref(c);
+    return rc;
+}
+
 /* Tell every worker a login ended (its waiting calls go on). */
 static void sl_auth_wake_workers(struct sl_auth *a)
 {
@@ -789,6 +864,7 @@ static void *sl_auth_main(void *arg)
         bool renewal = a->token != NULL && now < a->expires_ms;
         bool due;
         struct sl_login l;
+        struct sl_lease *lease = NULL;
         char *refresh;
         int rc;
 
@@ -830,6 +906,21 @@ static void *sl_auth_main(void *arg)
             }
             a->log[a->nlog++] = now;
         }
+        {
+            int64_t wait_ms = 0;
+            if (sl_auth_charge(a, &lease, &wait_ms) != 0) {
+                /* The local log's entry goes: this login was not made. */
+                if (r != NULL && a->nlog > 0)
+                    a->nlog--;
+                if (a->limited_until_ms <= now)
+                    sl_warn("upstream %s: the login rule \"%s\" has no room in the "
+                            "store; the next login in %lld ms", a->up->name,
+                            a->conf->rule_name, (long long)wait_ms);
+                a->limited_until_ms = now + wait_ms;
+                sl_auth_sleep(a, now + wait_ms);
+                continue;
+            }
+        }
         a->limited_until_ms = 0;
         a->busy = true;
         a->logins++;
@@ -840,6 +931,9 @@ static void *sl_auth_main(void *arg)
         memset(&l, 0, sizeof(l));
         rc = sl_login(a, refresh, &l);
         sl_secret_free(refresh);
+        if (lease != NULL)
+            sl_store_release(a->proxy->memory, lease);
+        lease = NULL;
 
         pthread_mutex_lock(&a->lock);
         sl_auth_apply(a, rc, &l, renewal);

@@ -524,3 +524,31 @@ def test_stopping_answers_calls_waiting_for_a_token():
         assert code == 200 or (code == 503 and b"shutting" in body), body
     finally:
         p.close()
+
+
+def test_apps_own_logins_and_the_brokers_share_the_login_rule():
+    p = FakeProvider()
+    rules = [{"name": "logins", "path": "/token", "limit": 3, "window": "4s"}]
+    sl = start(p, auth={"rule": "logins"}, rules=rules, upstream={"max_wait": "10s"})
+    try:
+        assert get(sl)[0] == 200                 # the broker's login at start
+        form = "grant_type=client_credentials&client_id=%s&client_secret=%s" % (
+            CLIENT_ID, CLIENT_SECRET)
+        for _ in range(2):                       # an app that still logs in itself
+            code, _, body = sl.request("POST", "/crm/token", body=form.encode(),
+                                       headers={"Content-Type":
+                                                "application/x-www-form-urlencoded"})
+            assert code == 200, body
+        assert p.nlogins() == 3
+        p.revoke()
+        t0 = time.monotonic()
+        code, _, body = get(sl)
+        assert code == 200, body
+        # The broker's login waited for room in the rule the apps used.
+        assert time.monotonic() - t0 > 2
+        assert p.nlogins() == 4
+        assert max_in_window(p.logins, 4.0) <= 3
+        assert 'the login rule "logins" has no room in the store' in sl.read_log()
+    finally:
+        sl.stop()
+        p.close()
