@@ -2037,7 +2037,7 @@ static const struct sl_conf_key sl_auth_keys[] = {
 
 static const struct sl_conf_table sl_auth_table = SL_CONF_TABLE(
     "upstreams[].auth",
-    "sluice logs in to the provider itself (once per process), injects "
+    "sluice logs in to the provider itself (once for the fleet with Redis, once per process with the memory store), injects "
     "`Authorization: Bearer TOKEN` into every forwarded call of the upstream "
     "(replacing what the app sent), renews the token before it expires, and "
     "on a 401 with the current token logs in again once and sends the call "

@@ -2,7 +2,8 @@
  * sl_auth — the token broker (see sl_auth.h; the user's view is in
  * docs/guides/auth.md).
  *
- * One broker per upstream with "auth", per process, created at start from
+ * One broker per upstream with "auth", per process (shared by the fleet
+ * through Redis, below), created at start from
  * the configuration in force (a reload that changes an "auth" object is
  * refused as needing a restart, so a broker's settings never change under
  * it; it keeps a reference to the generation it was made from).
@@ -47,6 +48,20 @@
  * waiting call does nothing.  Deadlines (max_wait) are checked on the
  * loop's tick.
  *
+ * The fleet.  With the Redis store the broker shares its login with
+ * every instance (limits/sl_auth_store.c keeps the keys): before logging
+ * in it reads the fleet's token, encrypted in Redis, and takes it when a
+ * newer login made it (its fencing token is higher than the one of our
+ * own token); otherwise it takes the login lease (a fencing token and a
+ * TTL of the login timeout plus 5 s, so a crashed holder's lease
+ * expires), or, held by another, waits for that holder's announcement on
+ * the channel and looks again.  The holder stores its result only while
+ * it still holds the lease with its fencing token.  So sixty calls on
+ * three instances refused with one revoked token cause one login for the
+ * fleet, and a renewal is made by the first instance whose time comes
+ * (the others renew half a second later, and find it).  When Redis cannot
+ * answer, each instance logs in by itself (logged once).
+ *
  * Secrets.  The client secret, password, refresh token, JWT key and the
  * token itself live only here, in the configuration and in the header
  * line built for a call; no message prints them, and a provider's error
@@ -55,6 +70,7 @@
 #include "sl_auth.h"
 
 #include "sl_apps.h"
+#include "sl_auth_store.h"
 #include "sl_buf.h"
 #include "sl_log.h"
 #include "sl_request.h"
@@ -109,6 +125,12 @@ struct sl_auth {
     size_t nlog, caplog;
     uint64_t logins, failures;
     double last_login;                /* wall clock of the last login, or 0 */
+    /* With Redis: the fleet's shared login (thread only), the fencing
+     * token of the login our token came from, Redis unusable (logged). */
+    struct sl_auth_store *fleet;
+    uint64_t fleet_fence;
+    bool fleet_down;
+    uint64_t adopted;                 /* tokens taken from the fleet */
 };
 
 /* What one login exchange gave. */
@@ -120,6 +142,7 @@ struct sl_login {
 };
 
 static void *sl_auth_main(void *arg);
+static void sl_secret_free(char *s);
 
 /* ---- the set of brokers (the proxy's) ---- */
 
@@ -158,6 +181,25 @@ int sl_auth_create(struct sl_proxy *p, const struct sl_config *c)
         pthread_condattr_destroy(&ca);
         if (up->auth->refresh_token != NULL)
             a->refresh_token = strdup(up->auth->refresh_token);
+        if (c->store_kind == SL_STORE_REDIS) {
+            /* The key the fleet's token is sealed with: from the login's
+             * own secret, so that only holders of it can read the token. */
+            const struct sl_auth_conf *ac = up->auth;
+            const char *secret = ac->client_secret != NULL ? ac->client_secret
+                                 : ac->jwt_key != NULL ? ac->jwt_key
+                                 : ac->password != NULL ? ac->password
+                                 : ac->refresh_token;
+            unsigned char key[32];
+            char *material;
+
+            if (asprintf(&material, "sluice auth token key\n%s\n%s", up->name,
+                         secret != NULL ? secret : "") < 0)
+                return -1;
+            EVP_Digest(material, strlen(material), key, NULL, EVP_sha256(), NULL);
+            sl_secret_free(material);
+            a->fleet = sl_auth_store_new(c, up, key);
+            memset(key, 0, sizeof(key));
+        }
         p->auth[p->nauth++] = a;
     }
     return 0;
@@ -210,6 +252,7 @@ void sl_auth_destroy(struct sl_proxy *p)
         sl_secret_free(a->refresh_token);
         free(a->instance);
         free(a->log);
+        sl_auth_store_free(a->fleet);
         pthread_mutex_destroy(&a->lock);
         pthread_cond_destroy(&a->cond);
         sl_config_unref(a->config);
@@ -353,6 +396,11 @@ json_t *sl_auth_status(struct sl_auth *a)
     json_object_set_new(o, "instance_url", a->instance != NULL
                                                ? json_string(a->instance) : json_null());
     json_object_set_new(o, "last_error", a->failed ? json_string(a->why) : json_null());
+    json_object_set_new(o, "shared", json_string(a->fleet == NULL ? "process"
+                                                 : a->fleet_down ? "process (Redis down)"
+                                                 : "redis"));
+    json_object_set_new(o, "tokens_from_other_instances",
+                        json_integer((json_int_t)a->adopted));
     pthread_mutex_unlock(&a->lock);
     return o;
 }
@@ -853,6 +901,80 @@ static void sl_auth_sleep(struct sl_auth *a, int64_t until_ms)
     pthread_cond_timedwait(&a->cond, &a->lock, &ts);
 }
 
+/*
+ * With Redis, before a login: take the fleet's token if it is newer than
+ * ours (another instance logged in), else take the login lease, else wait
+ * for the holder's announcement.  0: log in now (*FENCE: the lease, 0
+ * without Redis); 1: done or waited, look again.  Lock held (released
+ * around Redis).
+ */
+static int sl_auth_fleet(struct sl_auth *a, uint64_t *fence)
+{
+    char *token = NULL, *instance = NULL;
+    int64_t ttl = 0;
+    uint64_t their = 0;
+    int64_t lease_ms = a->conf->timeout_us / 1000 + 5000;
+    int rc, lr;
+
+    *fence = 0;
+    if (a->fleet == NULL)
+        return 0;
+    pthread_mutex_unlock(&a->lock);
+    rc = sl_auth_store_get(a->fleet, &token, &instance, &ttl, &their);
+    pthread_mutex_lock(&a->lock);
+    if (rc < 0)
+        goto down;
+    if (rc == 1 && their > a->fleet_fence && ttl > 1000) {
+        int64_t now = sl_time_mono_ms();
+        int64_t ahead = a->conf->refresh_before_us / 1000;
+
+        if (ahead > ttl / 2)
+            ahead = ttl / 2;
+        sl_secret_free(a->token);
+        a->token = token;
+        free(a->instance);
+        a->instance = instance;
+        a->serial++;
+        a->fleet_fence = their;
+        a->expires_ms = now + ttl;
+        /* Spread the fleet's renewals: the holder renews first. */
+        a->renew_ms = now + ttl - ahead + 500;
+        a->valid_until = sl_time_wall() + (double)ttl / 1000.0;
+        a->want = false;
+        a->failed = false;
+        a->adopted++;
+        sl_info("upstream %s: using the token another instance logged in for "
+                "(valid for %lld s)", a->up->name, (long long)(ttl / 1000));
+        pthread_mutex_unlock(&a->lock);
+        sl_auth_wake_workers(a);
+        pthread_mutex_lock(&a->lock);
+        return 1;
+    }
+    sl_secret_free(token);
+    free(instance);
+    pthread_mutex_unlock(&a->lock);
+    lr = sl_auth_store_listen(a->fleet) == 0
+             ? sl_auth_store_lease(a->fleet, lease_ms, fence) : -1;
+    if (lr == 0)
+        sl_auth_store_wait(a->fleet, lease_ms);
+    pthread_mutex_lock(&a->lock);
+    if (lr == 1) {
+        a->fleet_down = false;
+        return 0;
+    }
+    if (lr == 0) {
+        a->fleet_down = false;
+        return 1;
+    }
+down:
+    if (!a->fleet_down)
+        sl_warn("upstream %s: Redis cannot share the login; this instance logs "
+                "in by itself until it can", a->up->name);
+    a->fleet_down = true;
+    *fence = 0;
+    return 0;
+}
+
 static void *sl_auth_main(void *arg)
 {
     struct sl_auth *a = arg;
@@ -865,6 +987,7 @@ static void *sl_auth_main(void *arg)
         bool due;
         struct sl_login l;
         struct sl_lease *lease = NULL;
+        uint64_t fence = 0;
         char *refresh;
         int rc;
 
@@ -922,6 +1045,15 @@ static void *sl_auth_main(void *arg)
             }
         }
         a->limited_until_ms = 0;
+        if (sl_auth_fleet(a, &fence) != 0) {
+            /* Another instance's token, or its login to wait for: this
+             * one made no login. */
+            if (r != NULL && a->nlog > 0)
+                a->nlog--;
+            if (lease != NULL)
+                sl_store_release(a->proxy->memory, lease);
+            continue;
+        }
         a->busy = true;
         a->logins++;
         a->last_login = sl_time_wall();
@@ -935,7 +1067,17 @@ static void *sl_auth_main(void *arg)
             sl_store_release(a->proxy->memory, lease);
         lease = NULL;
 
+        if (fence != 0) {
+            /* The fleet's result: stored under our lease and announced. */
+            int64_t life = l.expires_in_ms > 0 ? l.expires_in_ms
+                                                : a->conf->lifetime_us / 1000;
+            if (rc != 0 || sl_auth_store_put(a->fleet, fence, l.token, l.instance,
+                                             life) != 1)
+                sl_auth_store_drop(a->fleet, fence);
+        }
         pthread_mutex_lock(&a->lock);
+        if (fence != 0 && rc == 0)
+            a->fleet_fence = fence;
         sl_auth_apply(a, rc, &l, renewal);
         sl_secret_free(l.token);
         sl_secret_free(l.refresh_token);

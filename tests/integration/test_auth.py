@@ -19,7 +19,8 @@ from http.server import BaseHTTPRequestHandler
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
-from harness import Sluice, _Server, free_port, max_in_window, parallel, wait_for
+from harness import (RedisServer, Sluice, _Server, free_port, max_in_window, parallel,
+                     wait_for)
 
 CLIENT_ID = "sluice-test-client"
 CLIENT_SECRET = "cs-" + secrets.token_hex(12)
@@ -184,10 +185,12 @@ def config(provider, auth=None, rules=None, upstream=None, admin_port=None):
     return c
 
 
-def start(provider, workers=2, **kw):
+def start(provider, workers=2, store=None, **kw):
     port = free_port()
-    sl = Sluice(config(provider, admin_port=port, **kw), workers=workers,
-                env={"TEST_CLIENT_SECRET": CLIENT_SECRET})
+    c = config(provider, admin_port=port, **kw)
+    if store:
+        c["store"] = store
+    sl = Sluice(c, workers=workers, env={"TEST_CLIENT_SECRET": CLIENT_SECRET})
     sl.admin_port = port
     return sl
 
@@ -551,4 +554,101 @@ def test_apps_own_logins_and_the_brokers_share_the_login_rule():
         assert 'the login rule "logins" has no room in the store' in sl.read_log()
     finally:
         sl.stop()
+        p.close()
+
+
+# ---- the fleet: three instances sharing one Redis ----
+
+def redis_dump(redis):
+    """Every key's name and value, as a reader of Redis sees them."""
+    out = []
+    for k in redis.cli("--scan").split():
+        out.append(k)
+        kind = redis.cli("TYPE", k)
+        if kind == "string":
+            out.append(subprocess_bytes(redis, "GET", k))
+    return "\n".join(out)
+
+
+def subprocess_bytes(redis, *args):
+    import subprocess
+    r = subprocess.run(["redis-cli", "-p", str(redis.port), "--no-raw"] + list(args),
+                       capture_output=True, timeout=10)
+    return r.stdout.decode(errors="replace")
+
+
+def test_fleet_one_login_one_relogin_encrypted_in_redis():
+    p = FakeProvider()
+    redis = RedisServer()
+    fleet = []
+    try:
+        for _ in range(3):
+            fleet.append(start(p, store=redis.url, workers=1))
+        res = parallel(60, lambda i: get(fleet[i % 3], "/crm/x/%d" % i))
+        assert [r[0] for r in res] == [200] * 60, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 1
+        p.revoke()
+        res = parallel(30, lambda i: get(fleet[i % 3], "/crm/y/%d" % i))
+        assert [r[0] for r in res] == [200] * 30, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 2
+        dump = redis_dump(redis)
+        assert "auth:crm:token" in dump
+        for secret in [CLIENT_SECRET] + p.issued:
+            assert secret not in dump
+        for sl in fleet:
+            assert_no_secret(sl, p)
+        assert sum("another instance logged in" in sl.read_log() for sl in fleet) >= 2
+    finally:
+        for sl in fleet:
+            sl.stop()
+        redis.stop()
+        p.close()
+
+
+def test_fleet_renews_once_before_expiry():
+    p = FakeProvider(expires_in=5)
+    redis = RedisServer()
+    fleet = []
+    try:
+        for _ in range(3):
+            fleet.append(start(p, store=redis.url, workers=1,
+                               auth={"refresh_before": "2s"}))
+        codes = []
+        t0 = time.monotonic()
+        i = 0
+        while time.monotonic() - t0 < 4.2:
+            codes.append(get(fleet[i % 3])[0])
+            i += 1
+            time.sleep(0.03)
+        assert set(codes) == {200}
+        assert p.nlogins() == 2
+    finally:
+        for sl in fleet:
+            sl.stop()
+        redis.stop()
+        p.close()
+
+
+def test_fleet_lease_holder_killed_mid_login():
+    p = FakeProvider(token_mode="slow")
+    redis = RedisServer()
+    first = start(p, store=redis.url, workers=1, auth={"timeout": "2s"})
+    second = None
+    try:
+        assert wait_for(lambda: p.login_attempts == 1, 5)
+        first.proc.kill()
+        first.proc.wait()
+        p.token_mode = "ok"
+        t0 = time.monotonic()
+        second = start(p, store=redis.url, workers=1, auth={"timeout": "2s"},
+                       upstream={"max_wait": "20s"})
+        code, _, body = get(second)
+        assert code == 200, body
+        # The lease (timeout + 5 s) held the second instance back.
+        assert time.monotonic() - t0 > 3
+    finally:
+        first.stop(expect_code=None)
+        if second:
+            second.stop()
+        redis.stop()
         p.close()

@@ -1,0 +1,360 @@
+/*
+ * sl_auth_store — the token broker's keys in Redis (see sl_auth_store.h).
+ *
+ * The token is stored as nonce (12 bytes) | tag (16) | ciphertext of
+ * "INSTANCE\nTOKEN", AES-256-GCM with the key the broker derives from its
+ * secrets, and the key name as additional data: a reader of Redis without
+ * the secret cannot use the token, and a value moved to another key does
+ * not decrypt.  Time is Redis's: the token's life is its key's TTL (PTTL
+ * on read), never a timestamp from an instance's clock.
+ *
+ * Blocking hiredis contexts with a timeout, on the broker's thread: a
+ * login is rare, and the thread blocks in the token endpoint anyway.  A
+ * context that failed (a timeout leaves hiredis's context unusable) is
+ * dropped and connected again at the next call.
+ */
+#include "sl_auth_store.h"
+
+#include <hiredis/hiredis.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+
+#define SL_AUTH_NONCE 12
+#define SL_AUTH_TAG 16
+
+struct sl_auth_store {
+    char *host, *user, *password;
+    int port, db;
+    int64_t timeout_ms;
+    char *k_token, *k_lease, *k_fence, *channel;
+    unsigned char key[32];
+    redisContext *cmd;            /* commands */
+    redisContext *sub;            /* subscribed to the channel */
+};
+
+/* Store the token under lease ARGV[1]: KEYS token, lease; ARGV fence,
+ * value, ttl ms, channel. */
+static const char sl_put_script[] =
+    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
+    "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
+    "redis.call('DEL', KEYS[2]) "
+    "redis.call('PUBLISH', ARGV[4], 'token ' .. ARGV[1]) "
+    "return 1";
+/* Drop lease ARGV[1] and announce the failure: KEYS lease; ARGV fence, channel. */
+static const char sl_drop_script[] =
+    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
+    "redis.call('PUBLISH', ARGV[2], 'failed ' .. ARGV[1]) "
+    "return 1";
+/* The token and its life: KEYS token. */
+static const char sl_get_script[] =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v then return nil end "
+    "return {v, redis.call('PTTL', KEYS[1])}";
+
+static redisContext *sl_connect(struct sl_auth_store *s)
+{
+    struct timeval tv = {.tv_sec = s->timeout_ms / 1000,
+                         .tv_usec = (s->timeout_ms % 1000) * 1000};
+    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    redisReply *r = NULL;
+
+    if (c == NULL || c->err) {
+        if (c != NULL)
+            redisFree(c);
+        return NULL;
+    }
+    redisSetTimeout(c, tv);
+    if (s->password != NULL) {
+        r = s->user != NULL ? redisCommand(c, "AUTH %s %s", s->user, s->password)
+                            : redisCommand(c, "AUTH %s", s->password);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (s->db != 0) {
+        r = redisCommand(c, "SELECT %d", s->db);
+        if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    return c;
+fail:
+    if (r != NULL)
+        freeReplyObject(r);
+    redisFree(c);
+    return NULL;
+}
+
+static redisContext *sl_cmd(struct sl_auth_store *s)
+{
+    if (s->cmd == NULL)
+        s->cmd = sl_connect(s);
+    return s->cmd;
+}
+
+/* A reply, or NULL (the context is dropped). */
+static redisReply *sl_reply(struct sl_auth_store *s, redisReply *r)
+{
+    if (r == NULL && s->cmd != NULL) {
+        redisFree(s->cmd);
+        s->cmd = NULL;
+    }
+    return r;
+}
+
+struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
+                                        const struct sl_upstream_conf *up,
+                                        const unsigned char key[32])
+{
+    struct sl_auth_store *s = calloc(1, sizeof(*s));
+    const char *p = c->store_prefix != NULL ? c->store_prefix : "sluice:";
+
+    if (s == NULL)
+        return NULL;
+    s->host = strdup(c->redis_host);
+    s->user = c->redis_user != NULL ? strdup(c->redis_user) : NULL;
+    s->password = c->redis_password != NULL ? strdup(c->redis_password) : NULL;
+    s->port = c->redis_port;
+    s->db = c->redis_db;
+    s->timeout_ms = c->store_timeout_us / 1000 > 0 ? c->store_timeout_us / 1000 : 200;
+    memcpy(s->key, key, 32);
+    if (s->host == NULL ||
+        asprintf(&s->k_token, "%sauth:%s:token", p, up->name) < 0 ||
+        asprintf(&s->k_lease, "%sauth:%s:lease", p, up->name) < 0 ||
+        asprintf(&s->k_fence, "%sauth:%s:fence", p, up->name) < 0 ||
+        asprintf(&s->channel, "%sauth:%s", p, up->name) < 0) {
+        sl_auth_store_free(s);
+        return NULL;
+    }
+    return s;
+}
+
+void sl_auth_store_free(struct sl_auth_store *s)
+{
+    if (s == NULL)
+        return;
+    if (s->cmd != NULL)
+        redisFree(s->cmd);
+    if (s->sub != NULL)
+        redisFree(s->sub);
+    free(s->host);
+    free(s->user);
+    free(s->password);
+    free(s->k_token);
+    free(s->k_lease);
+    free(s->k_fence);
+    free(s->channel);
+    memset(s->key, 0, sizeof(s->key));
+    free(s);
+}
+
+/* AES-256-GCM of PLAIN (N bytes) into an owned blob (*LEN).  NULL on failure. */
+static unsigned char *sl_seal(struct sl_auth_store *s, const char *plain, size_t n,
+                              size_t *len)
+{
+    unsigned char *out = malloc(SL_AUTH_NONCE + SL_AUTH_TAG + n + 16);
+    EVP_CIPHER_CTX *x = EVP_CIPHER_CTX_new();
+    int k = 0, f = 0, ok = 0;
+
+    if (out != NULL && x != NULL && RAND_bytes(out, SL_AUTH_NONCE) == 1 &&
+        EVP_EncryptInit_ex(x, EVP_aes_256_gcm(), NULL, s->key, out) == 1 &&
+        EVP_EncryptUpdate(x, NULL, &k, (unsigned char *)s->k_token,
+                          (int)strlen(s->k_token)) == 1 &&
+        EVP_EncryptUpdate(x, out + SL_AUTH_NONCE + SL_AUTH_TAG, &k,
+                          (const unsigned char *)plain, (int)n) == 1 &&
+        EVP_EncryptFinal_ex(x, out + SL_AUTH_NONCE + SL_AUTH_TAG + k, &f) == 1 &&
+        EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_GET_TAG, SL_AUTH_TAG,
+                            out + SL_AUTH_NONCE) == 1)
+        ok = 1;
+    EVP_CIPHER_CTX_free(x);
+    if (!ok) {
+        free(out);
+        return NULL;
+    }
+    *len = SL_AUTH_NONCE + SL_AUTH_TAG + (size_t)(k + f);
+    return out;
+}
+
+/* The plain text of BLOB (owned, NUL-terminated), or NULL (not ours). */
+static char *sl_open(struct sl_auth_store *s, const unsigned char *blob, size_t len)
+{
+    EVP_CIPHER_CTX *x;
+    char *out;
+    int k = 0, f = 0, ok = 0;
+
+    if (len < SL_AUTH_NONCE + SL_AUTH_TAG)
+        return NULL;
+    out = malloc(len + 1);
+    x = EVP_CIPHER_CTX_new();
+    if (out != NULL && x != NULL &&
+        EVP_DecryptInit_ex(x, EVP_aes_256_gcm(), NULL, s->key, blob) == 1 &&
+        EVP_DecryptUpdate(x, NULL, &k, (unsigned char *)s->k_token,
+                          (int)strlen(s->k_token)) == 1 &&
+        EVP_DecryptUpdate(x, (unsigned char *)out, &k,
+                          blob + SL_AUTH_NONCE + SL_AUTH_TAG,
+                          (int)(len - SL_AUTH_NONCE - SL_AUTH_TAG)) == 1 &&
+        EVP_CIPHER_CTX_ctrl(x, EVP_CTRL_GCM_SET_TAG, SL_AUTH_TAG,
+                            (void *)(blob + SL_AUTH_NONCE)) == 1 &&
+        EVP_DecryptFinal_ex(x, (unsigned char *)out + k, &f) == 1)
+        ok = 1;
+    EVP_CIPHER_CTX_free(x);
+    if (!ok) {
+        free(out);
+        return NULL;
+    }
+    out[k + f] = '\0';
+    return out;
+}
+
+int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
+                      int64_t *ttl_ms, uint64_t *fence)
+{
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+    char *plain, *nl;
+    int rc = 0;
+
+    *token = *instance = NULL;
+    if (c == NULL)
+        return -1;
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_get_script, s->k_token));
+    if (r == NULL)
+        return -1;
+    if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+        r->element[0]->type != REDIS_REPLY_STRING) {
+        rc = r->type == REDIS_REPLY_ERROR ? -1 : 0;
+        freeReplyObject(r);
+        return rc;
+    }
+    plain = sl_open(s, (unsigned char *)r->element[0]->str, r->element[0]->len);
+    *ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : 0;
+    freeReplyObject(r);
+    /* "FENCE\nINSTANCE\nTOKEN" */
+    if (plain == NULL || (nl = strchr(plain, '\n')) == NULL ||
+        strchr(nl + 1, '\n') == NULL) {
+        free(plain);
+        return 0;
+    }
+    *fence = strtoull(plain, NULL, 10);
+    {
+        char *inst = nl + 1, *nl2 = strchr(inst, '\n');
+        *nl2 = '\0';
+        *instance = inst[0] != '\0' ? strdup(inst) : NULL;
+        *token = strdup(nl2 + 1);
+    }
+    memset(plain, 0, strlen(plain));
+    free(plain);
+    return *token != NULL && *ttl_ms > 0 ? 1 : 0;
+}
+
+int sl_auth_store_lease(struct sl_auth_store *s, int64_t ttl_ms, uint64_t *fence)
+{
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+    int rc;
+
+    if (c == NULL)
+        return -1;
+    r = sl_reply(s, redisCommand(c, "INCR %s", s->k_fence));
+    if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
+        if (r != NULL)
+            freeReplyObject(r);
+        return -1;
+    }
+    *fence = (uint64_t)r->integer;
+    freeReplyObject(r);
+    r = sl_reply(s, redisCommand(c, "SET %s %llu NX PX %lld", s->k_lease,
+                                 (unsigned long long)*fence, (long long)ttl_ms));
+    if (r == NULL)
+        return -1;
+    rc = r->type == REDIS_REPLY_STATUS ? 1 : r->type == REDIS_REPLY_NIL ? 0 : -1;
+    freeReplyObject(r);
+    return rc;
+}
+
+int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token,
+                      const char *instance, int64_t ttl_ms)
+{
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+    char *plain, fs[24];
+    unsigned char *blob;
+    size_t len = 0;
+    int rc;
+
+    if (c == NULL)
+        return -1;
+    if (asprintf(&plain, "%llu\n%s\n%s", (unsigned long long)fence,
+                 instance != NULL ? instance : "", token) < 0)
+        return -1;
+    blob = sl_seal(s, plain, strlen(plain), &len);
+    memset(plain, 0, strlen(plain));
+    free(plain);
+    if (blob == NULL)
+        return -1;
+    snprintf(fs, sizeof(fs), "%llu", (unsigned long long)fence);
+    r = sl_reply(s, redisCommand(c, "EVAL %s 2 %s %s %s %b %lld %s", sl_put_script,
+                                 s->k_token, s->k_lease, fs, blob, len,
+                                 (long long)(ttl_ms > 0 ? ttl_ms : 1), s->channel));
+    free(blob);
+    if (r == NULL)
+        return -1;
+    rc = r->type == REDIS_REPLY_INTEGER ? (int)r->integer : -1;
+    freeReplyObject(r);
+    return rc;
+}
+
+void sl_auth_store_drop(struct sl_auth_store *s, uint64_t fence)
+{
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+
+    if (c == NULL)
+        return;
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", sl_drop_script, s->k_lease,
+                                 (unsigned long long)fence, s->channel));
+    if (r != NULL)
+        freeReplyObject(r);
+}
+
+int sl_auth_store_listen(struct sl_auth_store *s)
+{
+    redisReply *r;
+
+    if (s->sub != NULL)
+        return 0;
+    s->sub = sl_connect(s);
+    if (s->sub == NULL)
+        return -1;
+    r = redisCommand(s->sub, "SUBSCRIBE %s", s->channel);
+    if (r == NULL) {
+        redisFree(s->sub);
+        s->sub = NULL;
+        return -1;
+    }
+    freeReplyObject(r);
+    return 0;
+}
+
+int sl_auth_store_wait(struct sl_auth_store *s, int64_t timeout_ms)
+{
+    struct timeval tv = {.tv_sec = timeout_ms / 1000,
+                         .tv_usec = (timeout_ms % 1000) * 1000};
+    void *reply = NULL;
+
+    if (sl_auth_store_listen(s) != 0)
+        return -1;
+    redisSetTimeout(s->sub, tv);
+    if (redisGetReply(s->sub, &reply) != REDIS_OK) {
+        /* A timeout leaves the context unusable: subscribe afresh next time. */
+        redisFree(s->sub);
+        s->sub = NULL;
+        return 0;
+    }
+    freeReplyObject(reply);
+    return 1;
+}
