@@ -78,6 +78,7 @@
 
 #include <curl/curl.h>
 #include <errno.h>
+#include <math.h>
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
@@ -383,7 +384,11 @@ json_t *sl_auth_status(struct sl_auth *a)
     json_object_set_new(o, "grant", json_string(grants[a->conf->grant]));
     json_object_set_new(o, "valid_until", a->token != NULL ? sl_auth_time(a->valid_until)
                                                            : json_null());
+    json_object_set_new(o, "valid_until_unix", a->token != NULL
+                        ? json_real(round(a->valid_until * 1000) / 1000) : json_null());
     json_object_set_new(o, "last_login", sl_auth_time(a->last_login));
+    json_object_set_new(o, "last_login_unix", a->last_login > 0
+                        ? json_real(round(a->last_login * 1000) / 1000) : json_null());
     json_object_set_new(o, "logins", json_integer((json_int_t)a->logins));
     json_object_set_new(o, "failures", json_integer((json_int_t)a->failures));
     if (a->conf->rule != NULL) {

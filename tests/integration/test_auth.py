@@ -652,3 +652,21 @@ def test_fleet_lease_holder_killed_mid_login():
             second.stop()
         redis.stop()
         p.close()
+
+
+def test_the_page_shows_the_brokers_state_never_the_token():
+    import chromium
+    p = FakeProvider()
+    rules = [{"name": "logins", "path": "/token", "limit": 100, "window": "5m"}]
+    sl = start(p, auth={"rule": "logins"}, rules=rules)
+    try:
+        assert get(sl)[0] == 200
+        dom = chromium.dump_dom("http://127.0.0.1:%d/" % sl.admin_port, wait_ms=1500)
+        line = chromium.parse(dom).find(cls="auth")
+        assert line is not None and line.get("data-state") == "valid"
+        assert "login: valid" in line.text and 'logins in "logins": 1 of 100' in line.text
+        for s in [CLIENT_SECRET] + p.issued:
+            assert s not in dom
+    finally:
+        sl.stop()
+        p.close()
