@@ -906,6 +906,57 @@ static void sl_auth_sleep(struct sl_auth *a, int64_t until_ms)
     pthread_cond_timedwait(&a->cond, &a->lock, &ts);
 }
 
+/* Take the fleet's TOKEN (owned; INSTANCE owned, may be NULL), made by
+ * login FENCE, with TTL_MS left.  Lock held; released to wake workers. */
+static void sl_auth_adopt(struct sl_auth *a, char *token, char *instance,
+                          int64_t ttl, uint64_t fence)
+{
+    int64_t now = sl_time_mono_ms();
+    int64_t ahead = a->conf->refresh_before_us / 1000;
+
+    if (ahead > ttl / 2)
+        ahead = ttl / 2;
+    sl_secret_free(a->token);
+    a->token = token;
+    free(a->instance);
+    a->instance = instance;
+    a->serial++;
+    a->fleet_fence = fence;
+    a->expires_ms = now + ttl;
+    /* Spread the fleet's renewals: the holder renews first. */
+    a->renew_ms = now + ttl - ahead + 500;
+    a->valid_until = sl_time_wall() + (double)ttl / 1000.0;
+    a->want = false;
+    a->failed = false;
+    a->adopted++;
+    sl_info("upstream %s: using the token another instance logged in for "
+            "(valid for %lld s)", a->up->name, (long long)(ttl / 1000));
+    pthread_mutex_unlock(&a->lock);
+    sl_auth_wake_workers(a);
+    pthread_mutex_lock(&a->lock);
+}
+
+/* The fleet's token if a newer login than ours made it: 1 taken, 0 not,
+ * -1 Redis error.  Lock held (released around Redis). */
+static int sl_auth_take_newer(struct sl_auth *a)
+{
+    char *token = NULL, *instance = NULL;
+    int64_t ttl = 0;
+    uint64_t their = 0;
+    int rc;
+
+    pthread_mutex_unlock(&a->lock);
+    rc = sl_auth_store_get(a->fleet, &token, &instance, &ttl, &their);
+    pthread_mutex_lock(&a->lock);
+    if (rc == 1 && their > a->fleet_fence && ttl > 1000) {
+        sl_auth_adopt(a, token, instance, ttl, their);
+        return 1;
+    }
+    sl_secret_free(token);
+    free(instance);
+    return rc < 0 ? -1 : 0;
+}
+
 /*
  * With Redis, before a login: take the fleet's token if it is newer than
  * ours (another instance logged in), else take the login lease, else wait
@@ -915,62 +966,44 @@ static void sl_auth_sleep(struct sl_auth *a, int64_t until_ms)
  */
 static int sl_auth_fleet(struct sl_auth *a, uint64_t *fence)
 {
-    char *token = NULL, *instance = NULL;
-    int64_t ttl = 0;
-    uint64_t their = 0;
     int64_t lease_ms = a->conf->timeout_us / 1000 + 5000;
     int rc, lr;
 
     *fence = 0;
     if (a->fleet == NULL)
         return 0;
-    pthread_mutex_unlock(&a->lock);
-    rc = sl_auth_store_get(a->fleet, &token, &instance, &ttl, &their);
-    pthread_mutex_lock(&a->lock);
+    rc = sl_auth_take_newer(a);
     if (rc < 0)
         goto down;
-    if (rc == 1 && their > a->fleet_fence && ttl > 1000) {
-        int64_t now = sl_time_mono_ms();
-        int64_t ahead = a->conf->refresh_before_us / 1000;
-
-        if (ahead > ttl / 2)
-            ahead = ttl / 2;
-        sl_secret_free(a->token);
-        a->token = token;
-        free(a->instance);
-        a->instance = instance;
-        a->serial++;
-        a->fleet_fence = their;
-        a->expires_ms = now + ttl;
-        /* Spread the fleet's renewals: the holder renews first. */
-        a->renew_ms = now + ttl - ahead + 500;
-        a->valid_until = sl_time_wall() + (double)ttl / 1000.0;
-        a->want = false;
-        a->failed = false;
-        a->adopted++;
-        sl_info("upstream %s: using the token another instance logged in for "
-                "(valid for %lld s)", a->up->name, (long long)(ttl / 1000));
-        pthread_mutex_unlock(&a->lock);
-        sl_auth_wake_workers(a);
-        pthread_mutex_lock(&a->lock);
+    if (rc == 1)
         return 1;
-    }
-    sl_secret_free(token);
-    free(instance);
     pthread_mutex_unlock(&a->lock);
     lr = sl_auth_store_listen(a->fleet) == 0
              ? sl_auth_store_lease(a->fleet, lease_ms, fence) : -1;
     if (lr == 0)
         sl_auth_store_wait(a->fleet, lease_ms);
     pthread_mutex_lock(&a->lock);
-    if (lr == 1) {
-        a->fleet_down = false;
-        return 0;
-    }
     if (lr == 0) {
         a->fleet_down = false;
         return 1;
     }
+    if (lr < 0)
+        goto down;
+    a->fleet_down = false;
+    /* The previous holder may have stored its token between our look and
+     * our lease: look again, now that no one else can log in. */
+    rc = sl_auth_take_newer(a);
+    if (rc != 0) {
+        uint64_t f = *fence;
+        pthread_mutex_unlock(&a->lock);
+        sl_auth_store_drop(a->fleet, f);
+        pthread_mutex_lock(&a->lock);
+        *fence = 0;
+        if (rc < 0)
+            goto down;
+        return 1;
+    }
+    return 0;
 down:
     if (!a->fleet_down)
         sl_warn("upstream %s: Redis cannot share the login; this instance logs "
