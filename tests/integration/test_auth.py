@@ -670,3 +670,23 @@ def test_the_page_shows_the_brokers_state_never_the_token():
     finally:
         sl.stop()
         p.close()
+
+
+def test_the_guides_examples_are_valid(tmp_path):
+    """The worked examples of docs/guides/auth.md pass --check as written
+    (the CRM's key file moved to a test key)."""
+    import re
+    import subprocess
+    from harness import ROOT, SLUICE_BIN
+    _, key = rsa_key(tmp_path)
+    text = open(os.path.join(ROOT, "docs", "guides", "auth.md")).read()
+    blocks = [b for b in re.findall(r"```json\n(.*?)```", text, re.S) if '"upstreams"' in b]
+    assert len(blocks) == 2
+    for i, b in enumerate(blocks):
+        cfg = tmp_path / ("example%d.json" % i)
+        cfg.write_text(b.replace("/etc/sluice/crm-jwt.pem", key))
+        r = subprocess.run([SLUICE_BIN, "--check", "-c", str(cfg)], capture_output=True,
+                           text=True, env={"PATH": os.environ["PATH"],
+                                           "LEADS_CLIENT_SECRET": "x"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "warning" not in r.stdout + r.stderr
