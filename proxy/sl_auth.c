@@ -1199,6 +1199,15 @@ void sl_auth_pump(struct sl_worker *w, int64_t now_ms)
             continue;
         }
         a = sl_auth_of(w->proxy, req->up);
+        if (a == NULL) {
+            /* Only a broker made at start serves (a reload cannot add one). */
+            sl_auth_unwait(req);
+            sl_req_error(req, 503, "login_unavailable",
+                         "this upstream's auth starts with the next restart", 1,
+                         "login_failed");
+            sl_req_resume(req);
+            continue;
+        }
         free(req->auth_header);
         free(req->auth_base);
         req->auth_header = req->auth_base = NULL;
