@@ -55,8 +55,10 @@ struct sl_auth *sl_auth_of(struct sl_proxy *p, const struct sl_upstream_conf *up
  * ..." line, *SERIAL the token's number (for sl_auth_rejected), *BASE an
  * owned instance URL ("https://host", from the token answer) or NULL.
  * WAIT: a login is asked for; every worker is woken (its auth_kick set)
- * when it ends, since a login serves them all (WORKER names the caller).  FAILED: WHY (SL_AUTH_WHY_MAX + 64 bytes) says what went
- * wrong and *STATUS is the status to answer with (502, 503).  Any thread.
+ * when it ends, since a login serves them all (WORKER names the caller);
+ * WHY says what is awaited.  FAILED: WHY (SL_AUTH_WHY_MAX + 64 bytes) says
+ * what went wrong and *STATUS is the status to answer with (502, 503).
+ * Any thread.
  */
 enum sl_auth_answer sl_auth_take(struct sl_auth *a, int worker, char **header,
                                  uint64_t *serial, char **base, char *why,
