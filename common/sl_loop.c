@@ -43,6 +43,7 @@
 #include <errno.h>
 #include <limits.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <unistd.h>
@@ -221,7 +222,8 @@ static void sl_loop_run_timers(struct sl_evloop *loop, int64_t now)
         if (t->at_ms > now || t->seq > last)
             break;
         sl_heap_remove(loop, 0);
-        t->fn(t->arg);
+        if (t->fn != NULL)
+            t->fn(t->arg);
     }
 }
 
@@ -346,6 +348,22 @@ int sl_loop_hook(struct sl_evloop *loop, enum sl_loop_phase phase, sl_hook_fn fn
     return 0;
 }
 
+void sl_loop_unhook(struct sl_evloop *loop, enum sl_loop_phase phase, sl_hook_fn fn,
+                    void *arg)
+{
+    struct sl_loop_hook *h = loop->hooks[phase];
+    size_t n = loop->nhooks[phase];
+
+    for (size_t i = 0; i < n; i++) {
+        if (h[i].fn == fn && h[i].arg == arg) {
+            /* Shifted, not swapped: the others keep their order. */
+            memmove(&h[i], &h[i + 1], (n - i - 1) * sizeof(*h));
+            loop->nhooks[phase] = n - 1;
+            return;
+        }
+    }
+}
+
 void sl_loop_nowait(struct sl_evloop *loop) { loop->nowait = true; }
 
 int sl_loop_wake(struct sl_evloop *loop)
@@ -362,7 +380,8 @@ int64_t sl_loop_now(const struct sl_evloop *loop) { return loop->clock(); }
 
 static void sl_loop_run_hooks(struct sl_evloop *loop, enum sl_loop_phase phase)
 {
-    /* Indexed, not by pointer: a hook may add another. */
+    /* Indexed, not by pointer: a hook may add another (or remove
+     * itself, which makes the next one skip this pass). */
     for (size_t i = 0; i < loop->nhooks[phase]; i++)
         loop->hooks[phase][i].fn(loop->hooks[phase][i].arg);
 }

@@ -19,7 +19,8 @@ struct sl_watch;
 /* A ready descriptor: EVENTS are epoll's (EPOLLIN, EPOLLOUT, EPOLLRDHUP,
  * EPOLLERR, EPOLLHUP); FD is the one watched. */
 typedef void (*sl_watch_fn)(void *arg, int fd, uint32_t events);
-/* A timer whose time has come (it is no longer in the heap). */
+/* A timer whose time has come (it is no longer in the heap).  May be NULL
+ * in a timer that only bounds the poll: its owner's hook does the work. */
 typedef void (*sl_timer_fn)(void *arg);
 /* Work done on every pass (see enum sl_loop_phase). */
 typedef void (*sl_hook_fn)(void *arg);
@@ -94,9 +95,13 @@ static inline bool sl_loop_timer_active(const struct sl_timer *t)
 }
 
 /* Call FN(ARG) on every pass in PHASE, after the hooks added before it.
- * 0 or -1 (out of memory).  Hooks stay until sl_loop_free(). */
+ * 0 or -1 (out of memory). */
 int sl_loop_hook(struct sl_evloop *loop, enum sl_loop_phase phase, sl_hook_fn fn,
                  void *arg);
+
+/* Remove the hook FN(ARG) of PHASE (nothing if absent). */
+void sl_loop_unhook(struct sl_evloop *loop, enum sl_loop_phase phase, sl_hook_fn fn,
+                    void *arg);
 
 /* The next poll returns at once (work is due now).  Cleared by that poll. */
 void sl_loop_nowait(struct sl_evloop *loop);

@@ -125,13 +125,12 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     if (sl_waitlists_seq(w->proxy->waitlists, &req->check) != req->room_seq &&
         sl_queue_is_head(&w->queue, &req->held)) {
         atomic_store(&req->held.kicked, true);
-        w->queue_kick = true;
+        sl_worker_kick_queue(w);
     }
     {
         int64_t due = req->held.retry_at_ms < req->held.deadline_ms
                           ? req->held.retry_at_ms : req->held.deadline_ms;
-        if (w->queue_next_ms < 0 || due < w->queue_next_ms)
-            w->queue_next_ms = due;
+        sl_worker_hold_until(w, due);
     }
     return 0;
 }

@@ -451,7 +451,7 @@ void sl_req_update_pause(struct sl_request *req)
          * transfer is unpaused from outside its callbacks: drive it in this
          * loop pass ourselves. */
         if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
-            req->w->curl_deadline_ms = sl_time_mono_ms();
+            sl_worker_drive_curl(req->w);
     }
 }
 
@@ -474,7 +474,7 @@ void sl_req_release_lease(struct sl_request *req)
             (h->rule->kind == SL_RULE_RATE && !req->committed))
             sl_waitlists_room(w->proxy->waitlists, h->rule, h->key, h->key_len);
     }
-    w->queue_kick = true;
+    sl_worker_kick_queue(w);
 }
 
 void sl_req_abort_transfer(struct sl_request *req)
