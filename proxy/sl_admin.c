@@ -1724,7 +1724,7 @@ static void sl_admin_kick(struct sl_admin *a)
     sl_loop_nowait(a->w->loop);
 }
 
-/* The daemon's epoll fd is ready, or its timeout came. */
+/* The daemon's epoll fd is ready. */
 static void sl_admin_ready(void *arg, int fd, uint32_t events)
 {
     struct sl_admin *a = arg;
@@ -1734,6 +1734,7 @@ static void sl_admin_ready(void *arg, int fd, uint32_t events)
     a->kick = true;
 }
 
+/* The daemon's timeout came. */
 static void sl_admin_due(void *arg)
 {
     struct sl_admin *a = arg;
