@@ -50,6 +50,9 @@
 
 #define SL_LOOP_EVENTS 64       /* events taken per epoll_wait */
 #define SL_LOOP_SPARE_MAX 256   /* watches kept for reuse */
+/* Heap slots made with the loop: starting one of the first this many
+ * timers never allocates, so it cannot fail. */
+#define SL_LOOP_TIMERS 16
 
 struct sl_watch {
     int fd;
@@ -174,7 +177,7 @@ int sl_loop_timer_start(struct sl_evloop *loop, struct sl_timer *t, int64_t at_m
 {
     if (t->index == SL_TIMER_IDLE) {
         if (loop->nheap == loop->capheap) {
-            size_t cap = loop->capheap ? 2 * loop->capheap : 16;
+            size_t cap = 2 * loop->capheap;
             struct sl_timer **h = realloc(loop->heap, cap * sizeof(*h));
             if (h == NULL)
                 return -1;
@@ -440,7 +443,14 @@ struct sl_evloop *sl_loop_new(int64_t (*clock)(void))
     if (loop == NULL)
         return NULL;
     loop->clock = clock != NULL ? clock : sl_time_mono_ms;
+    loop->epfd = -1;
     loop->wake_fd = -1;
+    loop->heap = malloc(SL_LOOP_TIMERS * sizeof(*loop->heap));
+    if (loop->heap == NULL) {
+        errno = ENOMEM;
+        goto fail;
+    }
+    loop->capheap = SL_LOOP_TIMERS;
     loop->epfd = epoll_create1(EPOLL_CLOEXEC);
     if (loop->epfd < 0)
         goto fail;

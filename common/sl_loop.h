@@ -83,7 +83,8 @@ void sl_loop_unwatch(struct sl_evloop *loop, struct sl_watch *w);
 void sl_loop_timer_init(struct sl_timer *t, sl_timer_fn fn, void *arg);
 /* (Re)start T to fire at AT_MS on the loop's clock (a time already past
  * fires on the next pass).  O(log n), no system call.  0, or -1 when the
- * heap cannot grow (T left as it was). */
+ * heap cannot grow (T left as it was), which never happens while at most
+ * 16 timers are started at once. */
 int sl_loop_timer_start(struct sl_evloop *loop, struct sl_timer *t, int64_t at_ms);
 /* The same, AFTER_MS from now. */
 int sl_loop_timer_after(struct sl_evloop *loop, struct sl_timer *t, int64_t after_ms);
