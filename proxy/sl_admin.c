@@ -92,8 +92,6 @@ static void sl_admin_req_free(struct sl_admin_req *ar)
     free(ar);
 }
 
-static void sl_admin_kick(struct sl_admin *a);
-
 struct sl_admin {
     struct sl_worker *w;                /* its configuration is w->config */
     struct MHD_Daemon *mhd;
@@ -1177,7 +1175,7 @@ static void sl_admin_history_done(void *arg, struct sl_hist_view *views,
     if (ar->suspended) {
         ar->suspended = false;
         MHD_resume_connection(ar->conn);
-        sl_admin_kick(a);
+        a->kick = true;
     }
 }
 
@@ -1396,7 +1394,7 @@ static void sl_admin_snapshot_done(void *arg, struct sl_snapshot *snap,
     if (ar->suspended) {
         ar->suspended = false;
         MHD_resume_connection(ar->conn);
-        sl_admin_kick(a);
+        a->kick = true;
     }
 }
 
@@ -1451,7 +1449,7 @@ static void sl_admin_op_finished(void *arg, struct MHD_Response *resp,
     if (ar->suspended) {
         ar->suspended = false;
         MHD_resume_connection(ar->conn);
-        sl_admin_kick(ar->a);
+        ar->a->kick = true;
     }
 }
 
@@ -1716,12 +1714,14 @@ static int sl_admin_check_bound(const struct sl_config *c, int fd)
 
 /* ---- on worker 0's loop ---- */
 
-/* Run the daemon in this pass (a connection was resumed), not after a
- * poll that would wait. */
-static void sl_admin_kick(struct sl_admin *a)
+/* PREPARE: a run still asked for (a connection resumed by a store answer,
+ * a close, MHD's zero timeout) keeps the poll from waiting. */
+static void sl_admin_prepare(void *arg)
 {
-    a->kick = true;
-    sl_loop_nowait(a->w->loop);
+    struct sl_admin *a = arg;
+
+    if (a->kick)
+        sl_loop_nowait(a->w->loop);
 }
 
 /* The daemon's epoll fd is ready. */
@@ -1769,11 +1769,11 @@ static void sl_admin_pass(void *arg)
      * else may cause soon (the connections waiting in the backlog signal
      * nothing): after any close, run it again. */
     if (a->guard.closed != closed)
-        sl_admin_kick(a);
+        a->kick = true;
     if (MHD_get_timeout(a->mhd, &ms) != MHD_YES)
         sl_loop_timer_stop(a->w->loop, &a->timer);
     else if (ms == 0)
-        sl_admin_kick(a);
+        a->kick = true;
     else
         sl_loop_timer_start(a->w->loop, &a->timer,
                             sl_loop_now(a->w->loop) + (int64_t)ms);
@@ -1833,8 +1833,11 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
     a->watch = sl_loop_watch(w->loop, info->epoll_fd, EPOLLIN, sl_admin_ready, a);
     if (a->watch == NULL ||
         sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_admin_pass, a) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a) != 0 ||
         sl_loop_timer_after(w->loop, &a->tick, SL_TICK_MS) != 0) {
         sl_loop_unwatch(w->loop, a->watch);
+        sl_loop_unhook(w->loop, SL_LOOP_CHECK, sl_admin_pass, a);
+        sl_loop_unhook(w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a);
         sl_loop_timer_stop(w->loop, &a->tick);
         MHD_stop_daemon(a->mhd);
         free(a);
@@ -1852,6 +1855,7 @@ void sl_admin_free(struct sl_admin *a)
     if (a == NULL)
         return;
     sl_loop_unhook(a->w->loop, SL_LOOP_CHECK, sl_admin_pass, a);
+    sl_loop_unhook(a->w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a);
     sl_loop_unwatch(a->w->loop, a->watch);
     sl_loop_timer_stop(a->w->loop, &a->timer);
     sl_loop_timer_stop(a->w->loop, &a->tick);

@@ -125,7 +125,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     if (sl_waitlists_seq(w->proxy->waitlists, &req->check) != req->room_seq &&
         sl_queue_is_head(&w->queue, &req->held)) {
         atomic_store(&req->held.kicked, true);
-        sl_worker_kick_queue(w);
+        w->queue_kick = true;
     }
     {
         int64_t due = req->held.retry_at_ms < req->held.deadline_ms

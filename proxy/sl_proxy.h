@@ -164,14 +164,14 @@ struct sl_worker {
     struct sl_timer mhd_timer;    /* MHD_get_timeout() after its last run */
     CURLM *multi;
     struct sl_timer curl_timer;   /* CURLMOPT_TIMERFUNCTION's */
-    bool mhd_kick;                /* run MHD in this pass (sl_worker_kick_mhd) */
+    bool mhd_kick;                /* a connection was resumed: run MHD now */
     _Atomic bool stop;            /* set by the main thread */
     bool quiesced;
     bool stop_expired;            /* shutdown_timeout is over */
     struct sl_timer stop_timer;   /* quiesced: shutdown_timeout */
     struct sl_timer tick_timer;   /* every SL_TICK_MS: slow clients, ... */
     struct sl_queue queue;        /* calls held in queue mode */
-    bool queue_kick;              /* pump in this pass (sl_worker_kick_queue) */
+    bool queue_kick;              /* something freed room: pump now */
     _Atomic bool remote_kick;     /* set by another worker: pump now */
     /* The earliest retry or deadline of a held call (or earlier: one that
      * left costs a pump that finds nothing); fires a pump. */
@@ -198,19 +198,6 @@ struct sl_worker {
     int ncurl_socks;
 };
 
-/* Run W's daemon in this pass (a connection was resumed). */
-static inline void sl_worker_kick_mhd(struct sl_worker *w)
-{
-    w->mhd_kick = true;
-    sl_loop_nowait(w->loop);
-}
-
-/* Pump W's queue in this pass (room appeared, a held call must ask). */
-static inline void sl_worker_kick_queue(struct sl_worker *w)
-{
-    w->queue_kick = true;
-    sl_loop_nowait(w->loop);
-}
 
 /* sl_reload.c */
 /* The configuration in force, referenced (the caller unrefs it). */

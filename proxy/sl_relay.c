@@ -474,7 +474,7 @@ void sl_req_release_lease(struct sl_request *req)
             (h->rule->kind == SL_RULE_RATE && !req->committed))
             sl_waitlists_room(w->proxy->waitlists, h->rule, h->key, h->key_len);
     }
-    sl_worker_kick_queue(w);
+    w->queue_kick = true;
 }
 
 void sl_req_abort_transfer(struct sl_request *req)

@@ -256,6 +256,6 @@ void sl_worker_adopt(struct sl_worker *w)
                 w->nrematch++;
             }
         }
-    sl_worker_kick_queue(w);
+    w->queue_kick = true;
     sl_config_unref(old);
 }

@@ -90,7 +90,7 @@ void sl_req_resume(struct sl_request *req)
     req->suspended = false;
     req->susp = SL_SUSP_NONE;
     MHD_resume_connection(req->conn);
-    sl_worker_kick_mhd(req->w);
+    req->w->mhd_kick = true;
 }
 
 void sl_request_client_gone(struct sl_request *req)
@@ -665,7 +665,7 @@ void sl_req_decided(void *arg, const struct sl_decision *d,
         if (sl_req_is_held(req)) {
             /* Released: the next held call of its bucket may fit too. */
             sl_req_unhold(req);
-            sl_worker_kick_queue(req->w);
+            req->w->queue_kick = true;
         }
         {
             const char *rest = sl_req_rest(req);

@@ -466,7 +466,7 @@ static void sl_worker_serve(void *arg)
             if (MHD_get_timeout(w->mhd, &mhd_ms) != MHD_YES)
                 sl_loop_timer_stop(w->loop, &w->mhd_timer);
             else if (mhd_ms == 0)
-                sl_worker_kick_mhd(w);
+                w->mhd_kick = true;
             else
                 sl_loop_timer_start(w->loop, &w->mhd_timer,
                                     sl_loop_now(w->loop) + (int64_t)mhd_ms);
@@ -518,7 +518,19 @@ static void sl_worker_pump(void *arg)
         else
             sl_loop_timer_start(w->loop, &w->queue_timer, next);
     }
-    if (w->nrematch > 0)
+}
+
+/*
+ * PREPARE, after the store's hook (whose answers may resume connections or
+ * free room): work left for right now keeps the poll from waiting.  Read
+ * here, not latched when set: a kick the same pass already served (a
+ * resume, then MHD_run) costs no extra epoll_wait.
+ */
+static void sl_worker_prepare(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    if (w->mhd_kick || w->queue_kick || w->nrematch > 0)
         sl_loop_nowait(w->loop);
 }
 
@@ -564,7 +576,8 @@ static int sl_worker_loop_init(struct sl_worker *w)
     if (sl_loop_hook(w->loop, SL_LOOP_POLLED, sl_worker_polled, w) != 0 ||
         sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_worker_serve, w) != 0 ||
         sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_worker_pump, w) != 0 ||
-        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_store_prepare, w) != 0)
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_store_prepare, w) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_worker_prepare, w) != 0)
         return -1;
     return sl_loop_timer_after(w->loop, &w->tick_timer, SL_TICK_MS);
 }
