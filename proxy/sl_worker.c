@@ -6,7 +6,7 @@
  * timers and per-pass hooks at init:
  *   - libmicrohttpd runs with external polling: its own epoll fd is a
  *     watch, its MHD_get_timeout() a timer re-armed after each run, and a
- *     resumed connection a kick (sl_worker_kick_mhd: run it in this pass);
+ *     resumed connection a kick (mhd_kick: run it in this pass);
  *   - every socket libcurl asks to watch (CURLMOPT_SOCKETFUNCTION) is a
  *     watch driven with curl_multi_socket_action(); curl's timer
  *     (CURLMOPT_TIMERFUNCTION) is a timer;
@@ -29,7 +29,9 @@
  *            then the rematch phase again and the queue pump; then the
  *            admin listener's and the alerts' hooks;
  *   PREPARE  (before the next poll) the store's timers, which also write
- *            the pass's batch of commands to Redis.
+ *            the pass's batch of commands to Redis; then the kicks still
+ *            unserved (a resume, room in the queue, calls to rematch)
+ *            keep the poll from waiting.
  * sl_worker_main is only that pass, repeated, and the graceful stop.
  *
  * Nothing blocks: a request waiting for its upstream is a suspended MHD
