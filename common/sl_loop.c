@@ -473,10 +473,13 @@ void sl_loop_free(struct sl_evloop *loop)
 {
     if (loop == NULL)
         return;
-    /* Watches still live are dropped with the epoll set (their
+    /* Watches still live go with the epoll set, closed below (their
      * descriptors stay open: they are their owners'). */
-    while (loop->live != NULL)
-        sl_loop_unwatch(loop, loop->live);
+    while (loop->live != NULL) {
+        struct sl_watch *w = loop->live;
+        loop->live = w->lnext;
+        free(w);
+    }
     while (loop->dead != NULL) {
         struct sl_watch *w = loop->dead;
         loop->dead = w->next;
