@@ -42,6 +42,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
@@ -95,8 +96,10 @@ static void sl_admin_req_free(struct sl_admin_req *ar)
 struct sl_admin {
     struct sl_worker *w;                /* its configuration is w->config */
     struct MHD_Daemon *mhd;
-    int fd;                             /* the daemon's epoll fd */
-    bool kick;                          /* a connection was resumed */
+    struct sl_watch *watch;             /* on the daemon's epoll fd */
+    struct sl_timer timer;              /* MHD_get_timeout() after a run */
+    struct sl_timer tick;               /* the guard's deadlines */
+    bool kick;                          /* run the daemon in this pass */
     struct sl_admin_req *reqs;
     struct sl_guard guard;              /* header deadlines, connection bounds */
 };
@@ -1684,9 +1687,71 @@ static int sl_admin_check_bound(const struct sl_config *c, int fd)
     return -1;
 }
 
-void sl_admin_tick(struct sl_admin *a, int64_t now_ms)
+/* ---- on worker 0's loop ---- */
+
+/* PREPARE: a run still asked for (a connection resumed by a store answer,
+ * a close, MHD's zero timeout) keeps the poll from waiting. */
+static void sl_admin_prepare(void *arg)
 {
-    sl_guard_expire(&a->guard, now_ms);
+    struct sl_admin *a = arg;
+
+    if (a->kick)
+        sl_loop_nowait(a->w->loop);
+}
+
+/* The daemon's epoll fd is ready. */
+static void sl_admin_ready(void *arg, int fd, uint32_t events)
+{
+    struct sl_admin *a = arg;
+
+    (void)fd;
+    (void)events;
+    a->kick = true;
+}
+
+/* The daemon's timeout came. */
+static void sl_admin_due(void *arg)
+{
+    struct sl_admin *a = arg;
+
+    a->kick = true;
+}
+
+/* Every SL_TICK_MS: close connections past their header or idle deadline. */
+static void sl_admin_tick(void *arg)
+{
+    struct sl_admin *a = arg;
+    int64_t now = sl_loop_now(a->w->loop);
+
+    sl_loop_timer_start(a->w->loop, &a->tick, now + SL_TICK_MS);
+    sl_guard_expire(&a->guard, now);
+}
+
+/* CHECK phase (after the proxy's own work): run the daemon if anything
+ * asked, then keep its timeout as a timer. */
+static void sl_admin_pass(void *arg)
+{
+    struct sl_admin *a = arg;
+    unsigned long closed = a->guard.closed;
+    MHD_UNSIGNED_LONG_LONG ms;
+
+    if (!a->kick)
+        return;
+    a->kick = false;
+    MHD_run(a->mhd);
+    /* A daemon at its connection limit takes its listening socket out of
+     * its epoll set and puts it back only in a later run, which nothing
+     * else may cause soon (the connections waiting in the backlog signal
+     * nothing): after any close, run it again. */
+    if (a->guard.closed != closed)
+        a->kick = true;
+    if (MHD_get_timeout(a->mhd, &ms) != MHD_YES)
+        sl_loop_timer_stop(a->w->loop, &a->timer);
+    else if (ms == 0)
+        a->kick = true;
+    else
+        sl_loop_timer_start(a->w->loop, &a->timer,
+                            sl_loop_now(a->w->loop) + (int64_t)ms);
 }
 
 struct sl_admin *sl_admin_new(struct sl_worker *w)
@@ -1738,43 +1803,37 @@ struct sl_admin *sl_admin_new(struct sl_worker *w)
         free(a);
         return NULL;
     }
-    a->fd = info->epoll_fd;
+    sl_loop_timer_init(&a->timer, sl_admin_due, a);
+    sl_loop_timer_init(&a->tick, sl_admin_tick, a);
+    a->watch = sl_loop_watch(w->loop, info->epoll_fd, EPOLLIN, sl_admin_ready, a);
+    if (a->watch == NULL ||
+        sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_admin_pass, a) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a) != 0 ||
+        sl_loop_timer_after(w->loop, &a->tick, SL_TICK_MS) != 0) {
+        sl_loop_unwatch(w->loop, a->watch);
+        sl_loop_unhook(w->loop, SL_LOOP_CHECK, sl_admin_pass, a);
+        sl_loop_unhook(w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a);
+        sl_loop_timer_stop(w->loop, &a->tick);
+        MHD_stop_daemon(a->mhd);
+        free(a);
+        return NULL;
+    }
+    /* One run on the first pass. */
+    a->kick = true;
     sl_info("admin listener on %s%s", c->admin_listen,
             c->admin_token ? " (token required)" : "");
     return a;
-}
-
-int sl_admin_fd(const struct sl_admin *a) { return a->fd; }
-
-void sl_admin_run(struct sl_admin *a)
-{
-    unsigned long closed = a->guard.closed;
-
-    a->kick = false;
-    MHD_run(a->mhd);
-    /* A daemon at its connection limit takes its listening socket out of
-     * its epoll set and puts it back only in a later run, which nothing
-     * else may cause soon (the connections waiting in the backlog signal
-     * nothing): after any close, run it again. */
-    if (a->guard.closed != closed)
-        a->kick = true;
-}
-
-int64_t sl_admin_timeout(struct sl_admin *a)
-{
-    MHD_UNSIGNED_LONG_LONG ms;
-
-    if (a->kick)
-        return 0;
-    if (MHD_get_timeout(a->mhd, &ms) == MHD_YES)
-        return (int64_t)ms;
-    return -1;
 }
 
 void sl_admin_free(struct sl_admin *a)
 {
     if (a == NULL)
         return;
+    sl_loop_unhook(a->w->loop, SL_LOOP_CHECK, sl_admin_pass, a);
+    sl_loop_unhook(a->w->loop, SL_LOOP_PREPARE, sl_admin_prepare, a);
+    sl_loop_unwatch(a->w->loop, a->watch);
+    sl_loop_timer_stop(a->w->loop, &a->timer);
+    sl_loop_timer_stop(a->w->loop, &a->tick);
     /* MHD refuses to stop with suspended connections: resume them all. */
     for (struct sl_admin_req *ar = a->reqs; ar != NULL; ar = ar->next) {
         if (ar->suspended) {

@@ -4,7 +4,7 @@
  * live usage page at /.
  *
  * It runs on worker 0's event loop: its own libmicrohttpd daemon (external
- * polling, epoll) whose descriptor sits in that worker's epoll set, so an
+ * polling, epoll) whose descriptor that worker's loop watches, so an
  * admin request never blocks a proxied call and never needs a lock to
  * reach the worker's store.  Figures come from one place: the store's
  * snapshot (sl_store_snapshot), taken for each /status or /metrics
@@ -26,17 +26,9 @@ struct sl_worker;
 struct sl_admin;
 struct sl_snapshot;
 
-/* Start the listener of W's config on W's loop.  NULL (logged) on error. */
+/* Start the listener of W's config on W's loop, where it registers its
+ * own watch, timers and per-pass hook.  NULL (logged) on error. */
 struct sl_admin *sl_admin_new(struct sl_worker *w);
-/* Its daemon's epoll descriptor, for the worker's epoll set. */
-int sl_admin_fd(const struct sl_admin *a);
-/* Run its daemon (events or timeout). */
-void sl_admin_run(struct sl_admin *a);
-/* Close its connections past their header or idle deadline (NOW_MS:
- * sl_time_mono_ms(); on W's loop, as often as the proxy's own). */
-void sl_admin_tick(struct sl_admin *a, int64_t now_ms);
-/* Milliseconds until the daemon needs running (or a kick), -1: none. */
-int64_t sl_admin_timeout(struct sl_admin *a);
 /* Stop: resume and close every admin connection, stop the daemon. */
 void sl_admin_free(struct sl_admin *a);
 

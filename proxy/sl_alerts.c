@@ -64,6 +64,9 @@ struct sl_alerts {
     size_t nqueued;
     struct sl_alert_msg *inflight[SL_ALERT_INFLIGHT];
     int64_t next_check_ms;
+    /* When sl_alerts_run() is next due: only bounds the loop's poll, since
+     * the run itself is a per-pass hook (sl_alerts_pass). */
+    struct sl_timer timer;
     bool checking;                  /* a snapshot is outstanding */
     bool thresholds;                /* some rule has thresholds */
     bool store_down;                /* as last seen */
@@ -622,10 +625,9 @@ bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result)
     return true;
 }
 
-void sl_alerts_run(struct sl_alerts *a, int64_t now)
+/* Do what is due (a check, a send, a retry).  NOW in CLOCK_MONOTONIC ms. */
+static void sl_alerts_run(struct sl_alerts *a, int64_t now)
 {
-    if (a == NULL)
-        return;
     if (now >= a->next_check_ms) {
         a->next_check_ms = now + SL_ALERT_CHECK_MS;
         if (a->w->config->store_kind == SL_STORE_REDIS && a->w->config->nalerts > 0) {
@@ -649,13 +651,12 @@ void sl_alerts_run(struct sl_alerts *a, int64_t now)
     sl_alerts_pump(a, now);
 }
 
-int64_t sl_alerts_next_ms(const struct sl_alerts *a)
+/* When sl_alerts_run() is next due (ms). */
+static int64_t sl_alerts_next_ms(const struct sl_alerts *a)
 {
     int64_t next;
     bool room = false;
 
-    if (a == NULL)
-        return -1;
     next = a->next_check_ms;
     for (int i = 0; i < SL_ALERT_INFLIGHT; i++)
         room = room || a->inflight[i] == NULL;
@@ -663,6 +664,16 @@ int64_t sl_alerts_next_ms(const struct sl_alerts *a)
         if (m->due_ms < next)
             next = m->due_ms;
     return next;
+}
+
+/* CHECK phase of worker 0's loop, every pass (a message queued by any
+ * phase goes out in the same pass, as an operator's alert must). */
+static void sl_alerts_pass(void *arg)
+{
+    struct sl_alerts *a = arg;
+
+    sl_alerts_run(a, sl_loop_now(a->w->loop));
+    sl_loop_timer_start(a->w->loop, &a->timer, sl_alerts_next_ms(a));
 }
 
 void sl_alerts_counts(const struct sl_alerts *a, uint64_t out[SL_ALERT_RESULTS])
@@ -683,6 +694,11 @@ struct sl_alerts *sl_alerts_new(struct sl_worker *w)
     gethostname(host, sizeof(host) - 1);
     snprintf(a->instance, sizeof(a->instance), "%s:%d", host, (int)getpid());
     a->next_check_ms = sl_time_mono_ms() + SL_ALERT_CHECK_MS;
+    sl_loop_timer_init(&a->timer, NULL, a);
+    if (sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_alerts_pass, a) != 0) {
+        free(a);
+        return NULL;
+    }
     return a;
 }
 
@@ -690,6 +706,8 @@ void sl_alerts_free(struct sl_alerts *a)
 {
     if (a == NULL)
         return;
+    sl_loop_unhook(a->w->loop, SL_LOOP_CHECK, sl_alerts_pass, a);
+    sl_loop_timer_stop(a->w->loop, &a->timer);
     for (int i = 0; i < SL_ALERT_INFLIGHT; i++) {
         struct sl_alert_msg *m = a->inflight[i];
         if (m == NULL)

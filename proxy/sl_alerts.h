@@ -3,7 +3,7 @@
  * when the provider pauses an upstream, when an operator sets, shortens or
  * clears a pause, and when the shared store goes down or comes back.
  *
- * Runs on worker 0's loop.  Once a second it takes a snapshot of the
+ * Runs on worker 0's loop (its own hook and timer there).  Once a second it takes a snapshot of the
  * store with SL_SNAP_ALERTS: the store compares each bucket's usage with
  * its rule's thresholds and records which it has reached, atomically and,
  * with Redis, once for the whole fleet, so each upward crossing is
@@ -25,7 +25,8 @@ struct sl_alerts;
 enum { SL_ALERT_SENT, SL_ALERT_FAILED, SL_ALERT_DROPPED, SL_ALERT_RESULTS };
 extern const char *const sl_alert_result_names[SL_ALERT_RESULTS];
 
-/* Alerts for W's config (NULL when it has none, or out of memory). */
+/* Alerts for W's config, registered on W's loop (a hook that runs every
+ * pass, a timer for its next due time).  NULL when out of memory. */
 struct sl_alerts *sl_alerts_new(struct sl_worker *w);
 /* What an operator did to an upstream's pause (POST or DELETE
  * /upstreams/NAME/pause), for its one alert. */
@@ -43,10 +44,6 @@ struct sl_operator_action {
 /* Announce ACT to every receiver that wants "operator" events (A may be
  * NULL: no receivers).  Worker 0's thread. */
 void sl_alerts_operator(struct sl_alerts *a, const struct sl_operator_action *act);
-/* Do what is due (a check, a send, a retry).  NOW in CLOCK_MONOTONIC ms. */
-void sl_alerts_run(struct sl_alerts *a, int64_t now_ms);
-/* When sl_alerts_run() is next due (ms), or -1. */
-int64_t sl_alerts_next_ms(const struct sl_alerts *a);
 /* EASY finished: true if it was an alert's (then handled). */
 bool sl_alerts_done(struct sl_alerts *a, CURL *easy, CURLcode result);
 /* Counts by result (A may be NULL: zeros). */

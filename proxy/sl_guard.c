@@ -38,7 +38,9 @@
  *
  * Ownership and threads: a guard and its sl_conn records belong to one
  * worker's thread (the one that runs the daemon); MHD's connection
- * notification creates and retires the records.
+ * notification creates and retires the records.  A guard that watches
+ * hang-ups gives each record a watch on the worker's loop (EPOLLRDHUP,
+ * edge-triggered) for the connection's life.
  */
 #include "sl_proxy.h"
 
@@ -104,7 +106,7 @@ struct sl_conn *sl_conn_of(struct MHD_Connection *conn)
 static void sl_guard_close(struct sl_guard *g, struct sl_conn *c)
 {
     sl_conn_unlist(g, c);
-    shutdown(c->watch.fd, SHUT_RDWR);
+    shutdown(c->fd, SHUT_RDWR);
     c->closing = true;
     g->nclosing++;
 }
@@ -214,6 +216,14 @@ static void sl_guard_make_room(struct sl_guard *g, struct sl_conn *c)
     sl_guard_report(g, sl_time_mono_ms());
 }
 
+/* The client's socket reported EPOLLRDHUP (a watch on the worker's loop). */
+static void sl_guard_hung_up(void *arg, int fd, uint32_t events)
+{
+    (void)fd;
+    (void)events;
+    sl_request_conn_hung_up(arg);
+}
+
 void sl_guard_notify(void *cls, struct MHD_Connection *connection,
                      void **socket_context, enum MHD_ConnectionNotificationCode toe)
 {
@@ -223,7 +233,6 @@ void sl_guard_notify(void *cls, struct MHD_Connection *connection,
     const union MHD_ConnectionInfo *ci;
 
     if (toe == MHD_CONNECTION_NOTIFY_STARTED) {
-        struct epoll_event ev = {.events = EPOLLRDHUP | EPOLLET};
         g->nconns++;
         ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CONNECTION_FD);
         c = calloc(1, sizeof(*c));
@@ -234,19 +243,17 @@ void sl_guard_notify(void *cls, struct MHD_Connection *connection,
             return;
         }
         c->guard = g;
-        c->watch.kind = SL_WATCH_CLIENT;
-        c->watch.fd = ci->connect_fd;
-        c->watch.obj = c;
+        c->fd = ci->connect_fd;
         c->dlist = SL_DL_NONE;
         ci = MHD_get_connection_info(connection, MHD_CONNECTION_INFO_CLIENT_ADDRESS);
         sl_conn_set_client(c, ci != NULL ? ci->client_addr : NULL);
         if (g->watch_hangups) {
-            ev.data.ptr = &c->watch;
-            if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, c->watch.fd, &ev) != 0) {
+            c->watch = sl_loop_watch(w->loop, c->fd, EPOLLRDHUP | EPOLLET,
+                                     sl_guard_hung_up, c);
+            if (c->watch == NULL) {
                 free(c);
                 return;
             }
-            c->watched = true;
         }
         *socket_context = c;
         sl_conn_deadline(w, c, SL_DL_HEADERS);
@@ -262,13 +269,10 @@ void sl_guard_notify(void *cls, struct MHD_Connection *connection,
     if (c->req != NULL)
         sl_request_conn_closed(c);
     sl_conn_unlist(g, c);
-    if (c->watched)
-        epoll_ctl(w->epfd, EPOLL_CTL_DEL, c->watch.fd, NULL);
-    /* The watch is the connection's first member: retiring it frees C
-     * after the current event batch, never under a pending event. */
-    c->watch.kind = SL_WATCH_DEAD;
-    c->watch.next_dead = w->dead;
-    w->dead = &c->watch;
+    /* The loop never calls an unwatched watch's handler, not even for an
+     * event of the batch it is dispatching: C may go at once. */
+    sl_loop_unwatch(w->loop, c->watch);
+    free(c);
     *socket_context = NULL;
 }
 

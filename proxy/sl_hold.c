@@ -130,8 +130,7 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
     {
         int64_t due = req->held.retry_at_ms < req->held.deadline_ms
                           ? req->held.retry_at_ms : req->held.deadline_ms;
-        if (w->queue_next_ms < 0 || due < w->queue_next_ms)
-            w->queue_next_ms = due;
+        sl_worker_hold_until(w, due);
     }
     return 0;
 }

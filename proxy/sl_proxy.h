@@ -2,9 +2,9 @@
  * sl_proxy — the HTTP side of sluice: workers, their event loops, requests.
  *
  * One worker per core, sharing nothing on the hot path (as NGINX does).
- * Each worker thread owns an epoll loop, its own libmicrohttpd daemon
- * (external polling, its own SO_REUSEPORT listening socket), its own
- * libcurl multi handle (socket interface, keep-alive pool), and every
+ * Each worker thread owns an event loop (common/sl_loop), its own
+ * libmicrohttpd daemon (external polling, its own SO_REUSEPORT listening
+ * socket), its own libcurl multi handle (socket interface, keep-alive pool), and every
  * request accepted on its daemon.  All callbacks for a request therefore
  * run on the thread that owns it; the only structure shared by workers is
  * the limit store, which does its own locking.
@@ -22,6 +22,7 @@
 #include <stdint.h>
 
 #include "sl_config.h"
+#include "sl_loop.h"
 #include "sl_metrics.h"
 #include "sl_queue.h"
 #include "sl_store.h"
@@ -35,6 +36,7 @@ struct sl_alerts;
 struct sl_auth;
 
 #define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
+#define SL_TICK_MS 100      /* how often the guards look at deadlines */
 
 /* Reload outcomes, as sluice_config_reloads_total{result} counts them. */
 enum sl_reload_result {
@@ -87,39 +89,31 @@ struct sl_proxy {
     size_t nauth;
 };
 
-/* What an epoll registration points at. */
-enum sl_watch_kind {
-    SL_WATCH_MHD,       /* the daemon's own epoll fd */
-    SL_WATCH_CURL,      /* a socket libcurl asked us to watch */
-    SL_WATCH_WAKE,      /* the worker's eventfd (stop requests) */
-    SL_WATCH_CLIENT,    /* a client's socket, for hang-ups */
-    SL_WATCH_STORE,     /* the store's connection (Redis) */
-    SL_WATCH_ADMIN,     /* the admin listener's MHD epoll fd (worker 0) */
-    SL_WATCH_DEAD,      /* retired this pass; freed after the event batch */
+/* A socket the store asked the loop to watch (struct sl_loop, the store's
+ * view of the worker's loop). */
+struct sl_store_sock {
+    int fd;
+    struct sl_watch *watch;       /* NULL: slot free */
+    sl_io_cb cb;                  /* the store's handler */
+    void *arg;
 };
 
-struct sl_watch {
-    enum sl_watch_kind kind;
-    int fd;
-    void *obj;          /* sl_worker or sl_conn */
-    uint32_t events;    /* SL_WATCH_CURL: events registered in epoll */
-    uint32_t wanted;    /* SL_WATCH_CURL: events libcurl asks for now */
-    bool registered;    /* SL_WATCH_CURL/STORE: present in the epoll set */
-    sl_io_cb io_cb;     /* SL_WATCH_STORE: the store's handler */
-    void *io_arg;
-    struct sl_watch *next_dead;   /* SL_WATCH_DEAD: the retired list */
+/* A socket libcurl asked the loop to watch (CURLMOPT_SOCKETFUNCTION). */
+struct sl_curl_sock {
+    struct sl_watch *watch;       /* NULL: not in the loop */
+    uint32_t wanted;              /* events libcurl asks for now, 0: none */
 };
 
 /*
- * One client connection.  Its socket sits in the worker's epoll set for its
- * whole life, edge-triggered on EPOLLRDHUP only: no event while the client
- * behaves, one when it hangs up.  Registering once per connection (not per
- * suspension) keeps the hot path free of epoll_ctl calls.
+ * One client connection.  Its socket is watched by the worker's loop for
+ * its whole life, edge-triggered on EPOLLRDHUP only: no event while the
+ * client behaves, one when it hangs up.  Watching once per connection (not
+ * per suspension) keeps the hot path free of epoll_ctl calls.
  */
 struct sl_conn {
-    struct sl_watch watch;        /* first member: freed through it */
+    int fd;                       /* the client's socket (MHD's) */
+    struct sl_watch *watch;       /* its hang-up watch, NULL: none */
     bool hung_up;                 /* the client closed its side */
-    bool watched;                 /* its socket is in the worker's epoll set */
     bool closing;                 /* shut down by its guard; MHD closes it */
     struct sl_request *req;       /* the request in progress, if any */
     struct sl_guard *guard;       /* its listener's */
@@ -138,7 +132,7 @@ enum { SL_DL_NONE = -1, SL_DL_HEADERS = 0, SL_DL_IDLE = 1 };
 struct sl_guard {
     struct sl_worker *w;          /* the loop (and configuration) it runs on */
     char name[16];                /* for the log: "worker 0", "admin" */
-    bool watch_hangups;           /* put client sockets in the epoll set */
+    bool watch_hangups;           /* watch client sockets for hang-ups */
     unsigned soft_limit;          /* past this many, close the oldest waiting; 0: off */
     unsigned per_address;         /* waiting connections per client; 0: off */
     unsigned nconns;              /* open (MHD's count) */
@@ -165,27 +159,30 @@ struct sl_worker {
     /* The configuration generation this worker serves (referenced). */
     const struct sl_config *config;
     struct sl_store *store;       /* this worker's view of the limit store */
-    struct sl_watch store_watch[SL_STORE_WATCHES]; /* the store's sockets */
+    struct sl_store_sock store_socks[SL_STORE_WATCHES]; /* the store's sockets */
+    struct sl_timer store_timer;  /* the store's next deadline */
     pthread_t thread;
-    int epfd;
+    struct sl_evloop *loop;       /* this thread's event loop (owned) */
     int listen_fd;                /* handed to MHD, which closes it */
     struct MHD_Daemon *mhd;
-    struct sl_watch mhd_watch;
-    struct sl_watch wake_watch;
+    struct sl_watch *mhd_watch;   /* the daemon's own epoll fd */
+    struct sl_timer mhd_timer;    /* MHD_get_timeout() after its last run */
     CURLM *multi;
-    int64_t curl_deadline_ms;     /* -1: no curl timer armed */
-    int64_t store_deadline_ms;    /* -1: no store timer armed */
+    struct sl_timer curl_timer;   /* CURLMOPT_TIMERFUNCTION's */
     bool mhd_kick;                /* a connection was resumed: run MHD now */
     _Atomic bool stop;            /* set by the main thread */
     bool quiesced;
-    int64_t stop_deadline_ms;
-    int64_t next_tick_ms;
+    bool stop_expired;            /* shutdown_timeout is over */
+    struct sl_timer stop_timer;   /* quiesced: shutdown_timeout */
+    struct sl_timer tick_timer;   /* every SL_TICK_MS: slow clients, ... */
     struct sl_queue queue;        /* calls held in queue mode */
     bool queue_kick;              /* something freed room: pump now */
     _Atomic bool remote_kick;     /* set by another worker: pump now */
     _Atomic bool auth_kick;       /* set by a token broker: a login ended */
     unsigned long nauth_wait;     /* calls waiting for a token */
-    int64_t queue_next_ms;        /* next retry or deadline (or earlier), -1: none */
+    /* The earliest retry or deadline of a held call (or earlier: one that
+     * left costs a pump that finds nothing); fires a pump. */
+    struct sl_timer queue_timer;
     struct sl_request *requests;  /* live requests (list head) */
     unsigned long malformed_reports;  /* provider usage reports ignored */
     int64_t malformed_logged_ms;
@@ -201,14 +198,13 @@ struct sl_worker {
     struct sl_metrics metrics;    /* this worker's counters (/metrics) */
     /* Worker 0 only: the admin listener and the alert sender. */
     struct sl_admin *admin;
-    struct sl_watch admin_watch;
     struct sl_alerts *alerts;
     struct sl_idle_easy *easy_pool;   /* idle easy handles for reuse */
     int npool;
-    struct sl_watch **curl_fds;   /* by fd: libcurl's sockets (owned) */
-    struct sl_watch *dead;        /* retired watches, freed after a batch */
-    int ncurl_fds;
+    struct sl_curl_sock *curl_socks;  /* by fd: libcurl's sockets (owned) */
+    int ncurl_socks;
 };
+
 
 /* sl_reload.c */
 /* The configuration in force, referenced (the caller unrefs it). */
@@ -256,6 +252,11 @@ static inline size_t sl_easy_tag(const struct sl_upstream_conf *up)
 }
 CURL *sl_worker_get_easy(struct sl_worker *w, size_t upstream, bool *fresh,
                          CURLU **url);
+/* Drive W's multi in this pass, as if curl's timer were due (libcurl does
+ * not always re-arm it when a transfer is unpaused from outside). */
+void sl_worker_drive_curl(struct sl_worker *w);
+/* A held call's retry or deadline at AT_MS: pump W's queue by then. */
+void sl_worker_hold_until(struct sl_worker *w, int64_t at_ms);
 /* CURLOPT_CLOSESOCKETFUNCTION: forget the socket's watch, then close it. */
 int sl_worker_close_socket(void *clientp, curl_socket_t s);
 void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
@@ -263,7 +264,7 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
 
 /* sl_guard.c: slow clients and connection bounds, per listener. */
 /* A guard on W's loop named NAME (for the log); WATCH_HANGUPS: watch each
- * client socket for EPOLLRDHUP (SL_WATCH_CLIENT).  SOFT_LIMIT and
+ * client socket for EPOLLRDHUP.  SOFT_LIMIT and
  * PER_ADDRESS as in struct sl_guard (0: no bound). */
 void sl_guard_init(struct sl_guard *g, struct sl_worker *w, const char *name,
                    bool watch_hangups, unsigned soft_limit, unsigned per_address);
@@ -291,7 +292,7 @@ void sl_request_completed(void *cls, struct MHD_Connection *conn,
                           void **con_cls, enum MHD_RequestTerminationCode toe);
 void sl_request_transfer_done(struct sl_request *req, CURLcode result);
 void sl_request_client_gone(struct sl_request *req);
-/* The client of connection C hung up (from the worker's epoll). */
+/* The client of connection C hung up (its watch, on the worker's loop). */
 void sl_request_conn_hung_up(struct sl_conn *c);
 /* Connection C is going away: its request must not reach it any more. */
 void sl_request_conn_closed(struct sl_conn *c);

@@ -452,7 +452,7 @@ void sl_req_update_pause(struct sl_request *req)
          * transfer is unpaused from outside its callbacks: drive it in this
          * loop pass ourselves. */
         if (mask != (CURLPAUSE_SEND | CURLPAUSE_RECV))
-            req->w->curl_deadline_ms = sl_time_mono_ms();
+            sl_worker_drive_curl(req->w);
     }
 }
 

@@ -1,17 +1,38 @@
 /*
- * sl_worker — one event loop per worker thread.
+ * sl_worker — one worker thread: its HTTP daemon, its libcurl multi, its
+ * view of the store, and the event loop (common/sl_loop) that drives them.
  *
- * The loop owns an epoll set holding:
- *   - libmicrohttpd's own epoll fd (the daemon runs with external polling:
- *     we call MHD_run() when it is readable, when its timeout expires, and
- *     after any connection was resumed);
- *   - every socket libcurl asks to watch (CURLMOPT_SOCKETFUNCTION), driven
- *     with curl_multi_socket_action(); curl's timer is a deadline folded
- *     into the epoll_wait timeout (CURLMOPT_TIMERFUNCTION);
- *   - an eventfd the main thread writes to ask for a graceful stop;
- *   - the sockets of suspended client connections, watched for EPOLLRDHUP,
- *     because libmicrohttpd does not notice a client that hangs up while
- *     its connection is suspended.
+ * The loop knows none of them.  Each source registers its own watches,
+ * timers and per-pass hooks at init:
+ *   - libmicrohttpd runs with external polling: its own epoll fd is a
+ *     watch, its MHD_get_timeout() a timer re-armed after each run, and a
+ *     resumed connection a kick (mhd_kick: run it in this pass);
+ *   - every socket libcurl asks to watch (CURLMOPT_SOCKETFUNCTION) is a
+ *     watch driven with curl_multi_socket_action(); curl's timer
+ *     (CURLMOPT_TIMERFUNCTION) is a timer;
+ *   - the store's sockets are watches made through struct sl_loop (the
+ *     store's view of this loop), its deadline a timer;
+ *   - the sockets of client connections are watched for EPOLLRDHUP by the
+ *     guard (sl_guard.c), because libmicrohttpd does not notice a client
+ *     that hangs up while its connection is suspended;
+ *   - the admin listener and the alerts (worker 0) register their own;
+ *   - the main thread and the other workers wake the loop through its
+ *     wake fd (sl_loop_wake): a stop, a reload, room in a shared queue.
+ *
+ * A pass of the loop, as its phases run:
+ *   POLLED   a newer configuration is adopted (one atomic load when none),
+ *            and calls a move marked are matched again (rematch phase);
+ *   watches  ready descriptors, each to its own handler;
+ *   timers   due deadlines, earliest first;
+ *   CHECK    serve: curl's due work, finished transfers, the store's
+ *            releases, MHD's runs, repeated while work is due right now;
+ *            then the rematch phase again and the queue pump; then the
+ *            admin listener's and the alerts' hooks;
+ *   PREPARE  (before the next poll) the store's timers, which also write
+ *            the pass's batch of commands to Redis; then the kicks still
+ *            unserved (a resume, room in the queue, calls to rematch)
+ *            keep the poll from waiting.
+ * sl_worker_main is only that pass, repeated, and the graceful stop.
  *
  * Nothing blocks: a request waiting for its upstream is a suspended MHD
  * connection plus an easy handle in the multi, nothing more.
@@ -40,14 +61,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/epoll.h>
-#include <sys/eventfd.h>
 #include <sys/socket.h>
 #include <stdatomic.h>
 #include <time.h>
 #include <unistd.h>
 
 #define SL_EASY_POOL_MAX 256
-#define SL_TICK_MS 100
 
 /* ---- libcurl socket interface ---- */
 
@@ -55,85 +74,86 @@
  * libcurl says which events a socket needs; it says CURL_POLL_REMOVE when a
  * transfer ends even though the connection stays in its keep-alive pool.
  * Removing and re-adding a pooled socket around every call would cost two
- * epoll_ctl calls per request, so a socket stays registered until libcurl
+ * epoll_ctl calls per request, so a socket stays watched until libcurl
  * closes it (sl_worker_close_socket) or it turns readable while no
  * transfer wants it (the upstream closed an idle connection).
  */
-static struct sl_watch *sl_curl_watch(struct sl_worker *w, curl_socket_t s)
+static struct sl_curl_sock *sl_curl_sock(struct sl_worker *w, curl_socket_t s)
 {
     if (s < 0)
         return NULL;
-    if (s >= w->ncurl_fds) {
-        int n = w->ncurl_fds ? w->ncurl_fds : 256;
-        struct sl_watch **t;
+    if (s >= w->ncurl_socks) {
+        int n = w->ncurl_socks ? w->ncurl_socks : 256;
+        struct sl_curl_sock *t;
         while (n <= s)
             n *= 2;
-        t = realloc(w->curl_fds, (size_t)n * sizeof(*t));
+        t = realloc(w->curl_socks, (size_t)n * sizeof(*t));
         if (t == NULL)
             return NULL;
-        memset(t + w->ncurl_fds, 0, (size_t)(n - w->ncurl_fds) * sizeof(*t));
-        w->curl_fds = t;
-        w->ncurl_fds = n;
+        memset(t + w->ncurl_socks, 0, (size_t)(n - w->ncurl_socks) * sizeof(*t));
+        w->curl_socks = t;
+        w->ncurl_socks = n;
     }
-    if (w->curl_fds[s] == NULL) {
-        struct sl_watch *watch = calloc(1, sizeof(*watch));
-        if (watch == NULL)
-            return NULL;
-        watch->kind = SL_WATCH_CURL;
-        watch->fd = s;
-        watch->obj = w;
-        w->curl_fds[s] = watch;
+    return &w->curl_socks[s];
+}
+
+static void sl_curl_io(void *arg, int fd, uint32_t events)
+{
+    struct sl_worker *w = arg;
+    struct sl_curl_sock *cs = &w->curl_socks[fd];
+    int flags = 0, running;
+
+    if (cs->wanted == 0) {
+        /* An idle pooled connection stirred (closed by the upstream): stop
+         * watching until libcurl asks again. */
+        sl_loop_unwatch(w->loop, cs->watch);
+        cs->watch = NULL;
+        return;
     }
-    return w->curl_fds[s];
+    if (events & EPOLLIN)
+        flags |= CURL_CSELECT_IN;
+    if (events & EPOLLOUT)
+        flags |= CURL_CSELECT_OUT;
+    if (events & (EPOLLERR | EPOLLHUP))
+        flags |= CURL_CSELECT_ERR;
+    curl_multi_socket_action(w->multi, fd, flags, &running);
 }
 
 static int sl_curl_socket_cb(CURL *easy, curl_socket_t s, int what, void *userp,
                              void *socketp)
 {
     struct sl_worker *w = userp;
-    struct sl_watch *watch = sl_curl_watch(w, s);
-    struct epoll_event ev = {0};
+    struct sl_curl_sock *cs = sl_curl_sock(w, s);
 
     (void)easy;
     (void)socketp;
-    if (watch == NULL)
+    if (cs == NULL)
         return -1;
     if (what == CURL_POLL_REMOVE) {
-        watch->wanted = 0;
+        cs->wanted = 0;
         return 0;
     }
-    watch->wanted = (what & CURL_POLL_IN ? EPOLLIN : 0) |
-                    (what & CURL_POLL_OUT ? EPOLLOUT : 0);
-    if (watch->registered && watch->events == watch->wanted)
-        return 0;
-    ev.events = watch->wanted;
-    ev.data.ptr = watch;
-    if (epoll_ctl(w->epfd, watch->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, s,
-                  &ev) != 0) {
-        /* The fd may have been closed and reused behind our back. */
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, s, &ev) != 0 &&
-            epoll_ctl(w->epfd, EPOLL_CTL_MOD, s, &ev) != 0)
-            return -1;
+    cs->wanted = (what & CURL_POLL_IN ? EPOLLIN : 0) |
+                 (what & CURL_POLL_OUT ? EPOLLOUT : 0);
+    if (cs->watch == NULL) {
+        cs->watch = sl_loop_watch(w->loop, s, cs->wanted, sl_curl_io, w);
+        return cs->watch != NULL ? 0 : -1;
     }
-    watch->registered = true;
-    watch->events = watch->wanted;
-    return 0;
+    if (sl_loop_watch_events(cs->watch) == cs->wanted)
+        return 0;
+    return sl_loop_modify(w->loop, cs->watch, cs->wanted);
 }
 
 int sl_worker_close_socket(void *clientp, curl_socket_t s)
 {
     struct sl_worker *w = clientp;
 
-    if (s >= 0 && s < w->ncurl_fds && w->curl_fds[s] != NULL) {
-        struct sl_watch *watch = w->curl_fds[s];
-        if (watch->registered)
-            epoll_ctl(w->epfd, EPOLL_CTL_DEL, s, NULL);
-        /* Events of the batch being dispatched may still point at it:
-         * retire it, free it once the batch is done. */
-        watch->kind = SL_WATCH_DEAD;
-        watch->next_dead = w->dead;
-        w->dead = watch;
-        w->curl_fds[s] = NULL;
+    if (s >= 0 && s < w->ncurl_socks && w->curl_socks[s].watch != NULL) {
+        /* An event of the batch being dispatched may still name it: the
+         * loop skips it. */
+        sl_loop_unwatch(w->loop, w->curl_socks[s].watch);
+        w->curl_socks[s].watch = NULL;
+        w->curl_socks[s].wanted = 0;
     }
     return close(s);
 }
@@ -143,26 +163,25 @@ static int sl_curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
     struct sl_worker *w = userp;
 
     (void)multi;
-    w->curl_deadline_ms = timeout_ms < 0 ? -1 : sl_time_mono_ms() + timeout_ms;
-    return 0;
+    if (timeout_ms < 0) {
+        sl_loop_timer_stop(w->loop, &w->curl_timer);
+        return 0;
+    }
+    return sl_loop_timer_after(w->loop, &w->curl_timer, timeout_ms);
 }
 
-/* Collect finished transfers. */
-static void sl_worker_curl_done(struct sl_worker *w)
+/* curl's timer fired (or is due now): let it do its work. */
+static void sl_curl_timeout(void *arg)
 {
-    CURLMsg *msg;
-    int left;
+    struct sl_worker *w = arg;
+    int running;
 
-    while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
-        struct sl_request *req = NULL;
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        if (sl_alerts_done(w->alerts, msg->easy_handle, msg->data.result))
-            continue;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&req);
-        if (req != NULL)
-            sl_request_transfer_done(req, msg->data.result);
-    }
+    curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0, &running);
+}
+
+void sl_worker_drive_curl(struct sl_worker *w)
+{
+    sl_loop_timer_start(w->loop, &w->curl_timer, sl_loop_now(w->loop));
 }
 
 /*
@@ -213,45 +232,48 @@ void sl_worker_put_easy(struct sl_worker *w, CURL *easy, CURLU *url,
 
 /* ---- the event loop as the store sees it ---- */
 
-static int sl_loop_watch(void *ctx, int fd, bool want_read, bool want_write,
-                         sl_io_cb cb, void *arg)
+static void sl_store_io(void *arg, int fd, uint32_t events)
 {
-    struct sl_worker *w = ctx;
-    struct sl_watch *watch = NULL, *free_slot = NULL;
-    struct epoll_event ev = {0};
-    int op;
+    struct sl_store_sock *ss = arg;
 
-    for (int i = 0; i < SL_STORE_WATCHES; i++) {
-        struct sl_watch *s = &w->store_watch[i];
-        if (s->registered && s->fd == fd)
-            watch = s;
-        else if (!s->registered && free_slot == NULL)
-            free_slot = s;
-    }
-    if (watch == NULL) {
-        if (free_slot == NULL)
-            return -1;
-        watch = free_slot;
-    }
-    watch->kind = SL_WATCH_STORE;
-    watch->fd = fd;
-    watch->obj = w;
-    watch->io_cb = cb;
-    watch->io_arg = arg;
-    ev.events = (want_read ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0);
-    ev.data.ptr = watch;
-    op = watch->registered ? EPOLL_CTL_MOD : EPOLL_CTL_ADD;
-    /* The fd may have been closed and reused behind our back. */
-    if (epoll_ctl(w->epfd, op, fd, &ev) != 0 &&
-        epoll_ctl(w->epfd, op == EPOLL_CTL_ADD ? EPOLL_CTL_MOD : EPOLL_CTL_ADD, fd,
-                  &ev) != 0)
-        return -1;
-    watch->registered = true;
-    return 0;
+    (void)fd;
+    ss->cb(ss->arg, (events & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0,
+           (events & EPOLLOUT) != 0);
 }
 
-static void sl_loop_room(void *ctx, const struct sl_upstream_conf *up,
-                         const struct sl_rule *rule, const char *key, size_t len)
+static int sl_store_watch(void *ctx, int fd, bool want_read, bool want_write,
+                          sl_io_cb cb, void *arg)
+{
+    struct sl_worker *w = ctx;
+    struct sl_store_sock *ss = NULL, *free_slot = NULL;
+    uint32_t events = (want_read ? EPOLLIN : 0) | (want_write ? EPOLLOUT : 0);
+
+    for (int i = 0; i < SL_STORE_WATCHES; i++) {
+        struct sl_store_sock *s = &w->store_socks[i];
+        if (s->watch != NULL && s->fd == fd)
+            ss = s;
+        else if (s->watch == NULL && free_slot == NULL)
+            free_slot = s;
+    }
+    if (ss == NULL) {
+        if (free_slot == NULL)
+            return -1;
+        ss = free_slot;
+        ss->fd = fd;
+        ss->cb = cb;
+        ss->arg = arg;
+        ss->watch = sl_loop_watch(w->loop, fd, events, sl_store_io, ss);
+        return ss->watch != NULL ? 0 : -1;
+    }
+    ss->cb = cb;
+    ss->arg = arg;
+    /* Asked again even when unchanged: the fd may have been closed and
+     * reused behind our back, which only a registration brings back. */
+    return sl_loop_modify(w->loop, ss->watch, events);
+}
+
+static void sl_store_room(void *ctx, const struct sl_upstream_conf *up,
+                          const struct sl_rule *rule, const char *key, size_t len)
 {
     struct sl_worker *w = ctx;
 
@@ -259,17 +281,34 @@ static void sl_loop_room(void *ctx, const struct sl_upstream_conf *up,
     sl_waitlists_room(w->proxy->waitlists, rule, key, len);
 }
 
-static void sl_loop_unwatch(void *ctx, int fd)
+static void sl_store_unwatch(void *ctx, int fd)
 {
     struct sl_worker *w = ctx;
 
     for (int i = 0; i < SL_STORE_WATCHES; i++) {
-        struct sl_watch *s = &w->store_watch[i];
-        if (s->registered && s->fd == fd) {
-            epoll_ctl(w->epfd, EPOLL_CTL_DEL, fd, NULL);
-            s->registered = false;
+        struct sl_store_sock *s = &w->store_socks[i];
+        if (s->watch != NULL && s->fd == fd) {
+            sl_loop_unwatch(w->loop, s->watch);
+            s->watch = NULL;
         }
     }
+}
+
+/*
+ * Before each poll: the store's due timers, which also write the commands
+ * the pass queued (one batch per pass with Redis), and its next deadline.
+ * In the PREPARE phase, so whatever any phase of the pass asked of the
+ * store leaves before the loop sleeps.
+ */
+static void sl_store_prepare(void *arg)
+{
+    struct sl_worker *w = arg;
+    int64_t at = sl_store_timers(w->store, sl_loop_now(w->loop));
+
+    if (at < 0)
+        sl_loop_timer_stop(w->loop, &w->store_timer);
+    else
+        sl_loop_timer_start(w->loop, &w->store_timer, at);
 }
 
 /* ---- listening socket ---- */
@@ -340,23 +379,231 @@ void sl_worker_mhd_log(void *cls, const char *fmt, va_list ap)
     sl_warn("http: %s", buf);
 }
 
+/* ---- the worker's own watches, timers and phases ---- */
+
+static void sl_mhd_io(void *arg, int fd, uint32_t events)
+{
+    struct sl_worker *w = arg;
+
+    (void)fd;
+    (void)events;
+    w->mhd_kick = true;
+}
+
+/* MHD's timeout: the serve phase runs the daemon on every pass anyway; the
+ * timer only keeps the poll from sleeping past it. */
+static void sl_mhd_due(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    w->mhd_kick = true;
+}
+
+/* Collect finished transfers. */
+static void sl_worker_curl_done(struct sl_worker *w)
+{
+    CURLMsg *msg;
+    int left;
+
+    while ((msg = curl_multi_info_read(w->multi, &left)) != NULL) {
+        struct sl_request *req = NULL;
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        if (sl_alerts_done(w->alerts, msg->easy_handle, msg->data.result))
+            continue;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&req);
+        if (req != NULL)
+            sl_request_transfer_done(req, msg->data.result);
+    }
+}
+
+/*
+ * POLLED: a reload installed a newer configuration: serve it from this
+ * pass on (one atomic load when nothing changed); the held calls the move
+ * marked are decided again before any event of the pass.
+ */
+static void sl_worker_polled(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
+        w->config->generation)
+        sl_worker_adopt(w);
+    if (w->nrematch > 0)
+        sl_request_rematch(w);
+}
+
+/*
+ * CHECK, first: serve.  Work that is due now (curl's zero timer after a new
+ * transfer, a resumed MHD connection) is done in this pass, not after
+ * another epoll_wait: a call crosses the loop fewer times.
+ */
+static void sl_worker_serve(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    for (int round = 0; round < 8; round++) {
+        bool progress = false;
+        MHD_UNSIGNED_LONG_LONG mhd_ms;
+        int64_t now = sl_loop_now(w->loop);
+
+        if (sl_loop_timer_active(&w->curl_timer) && now >= w->curl_timer.at_ms) {
+            sl_loop_timer_stop(w->loop, &w->curl_timer);
+            sl_curl_timeout(w);
+            progress = true;
+        }
+        sl_worker_curl_done(w);
+        /* Released slots reach the store before their clients hear. */
+        sl_store_flush(w->store);
+        /* MHD keeps connections with pending work on an internal ready
+         * list that neither its epoll fd nor MHD_get_timeout() reflects:
+         * run it on the first round of every pass, and again whenever a
+         * connection was resumed. */
+        if (round == 0 || w->mhd_kick || w->stop) {
+            w->mhd_kick = false;
+            MHD_run(w->mhd);
+            progress = true;
+            /* A connection MHD still holds ready (a response just sent
+             * moves to its next request over more runs): run it again
+             * here, not after an epoll_wait that cannot block. */
+            if (MHD_get_timeout(w->mhd, &mhd_ms) != MHD_YES)
+                sl_loop_timer_stop(w->loop, &w->mhd_timer);
+            else if (mhd_ms == 0)
+                w->mhd_kick = true;
+            else
+                sl_loop_timer_start(w->loop, &w->mhd_timer,
+                                    sl_loop_now(w->loop) + (int64_t)mhd_ms);
+        }
+        /* Go round again only for work that is due right now. */
+        now = sl_loop_now(w->loop);
+        if (!progress || w->stop ||
+            !(w->mhd_kick || (sl_loop_timer_active(&w->curl_timer) &&
+                              w->curl_timer.at_ms <= now)))
+            break;
+    }
+}
+
+/* The queue's timer: a held call's retry or deadline is due. */
+static void sl_queue_due(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    w->queue_kick = true;
+}
+
+/*
+ * CHECK, after serve: held calls first: their renewed decisions join this
+ * pass's batch.  A move during this pass (a STALE answer) marked some for
+ * matching again: before the pump, so they keep their turn.
+ */
+static void sl_worker_pump(void *arg)
+{
+    struct sl_worker *w = arg;
+    int64_t next;
+
+    if (w->nrematch > 0)
+        sl_request_rematch(w);
+    if (atomic_exchange(&w->remote_kick, false))
+        w->queue_kick = true;
+    /* Calls waiting for a token: a login ended (a broker's kick, with a
+     * wake), or the worker stops; their deadlines are the tick's. */
+    if ((atomic_load(&w->auth_kick) && atomic_exchange(&w->auth_kick, false)) ||
+        (w->nauth_wait > 0 && w->stop))
+        sl_auth_pump(w, sl_loop_now(w->loop));
+    if (w->queue.total == 0) {
+        sl_loop_timer_stop(w->loop, &w->queue_timer);
+        w->queue_kick = false;
+    } else if (w->queue_kick) {
+        /* Cleared before the pump: a call the pump holds again that must
+         * ask at once (sl_req_hold) kicks the next pass. */
+        w->queue_kick = false;
+        sl_request_pump(w, sl_loop_now(w->loop));
+        /* The earliest retry or deadline is walked for only after a pump;
+         * holding a call moves the timer earlier (sl_req_hold). */
+        next = sl_queue_next_ms(&w->queue);
+        if (next < 0)
+            sl_loop_timer_stop(w->loop, &w->queue_timer);
+        else
+            sl_loop_timer_start(w->loop, &w->queue_timer, next);
+    }
+}
+
+/*
+ * PREPARE, after the store's hook (whose answers may resume connections or
+ * free room): work left for right now keeps the poll from waiting.  Read
+ * here, not latched when set: a kick the same pass already served (a
+ * resume, then MHD_run) costs no extra epoll_wait.
+ */
+static void sl_worker_prepare(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    if (w->mhd_kick || w->queue_kick || w->nrematch > 0)
+        sl_loop_nowait(w->loop);
+}
+
+void sl_worker_hold_until(struct sl_worker *w, int64_t at_ms)
+{
+    if (!sl_loop_timer_active(&w->queue_timer) || at_ms < w->queue_timer.at_ms)
+        sl_loop_timer_start(w->loop, &w->queue_timer, at_ms);
+}
+
+/* Every SL_TICK_MS: slow clients on the proxy port, the memory store's
+ * housekeeping (once per process: worker 0). */
+static void sl_worker_tick(void *arg)
+{
+    struct sl_worker *w = arg;
+    int64_t now = sl_loop_now(w->loop);
+
+    sl_loop_timer_start(w->loop, &w->tick_timer, now + SL_TICK_MS);
+    sl_guard_expire(&w->guard, now);
+    if (w->id == 0)
+        sl_store_tick(w->proxy->memory);
+    if (w->nauth_wait > 0)
+        sl_auth_pump(w, now);
+}
+
+static void sl_worker_stop_due(void *arg)
+{
+    struct sl_worker *w = arg;
+
+    w->stop_expired = true;
+}
+
+/* The loop, and the worker's own registrations on it, before any module
+ * adds its own: the hooks of a phase run in the order they were added. */
+static int sl_worker_loop_init(struct sl_worker *w)
+{
+    w->loop = sl_loop_new(NULL);
+    if (w->loop == NULL)
+        return -1;
+    sl_loop_timer_init(&w->curl_timer, sl_curl_timeout, w);
+    sl_loop_timer_init(&w->mhd_timer, sl_mhd_due, w);
+    sl_loop_timer_init(&w->store_timer, NULL, w);
+    sl_loop_timer_init(&w->queue_timer, sl_queue_due, w);
+    sl_loop_timer_init(&w->tick_timer, sl_worker_tick, w);
+    sl_loop_timer_init(&w->stop_timer, sl_worker_stop_due, w);
+    if (sl_loop_hook(w->loop, SL_LOOP_POLLED, sl_worker_polled, w) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_worker_serve, w) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_CHECK, sl_worker_pump, w) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_store_prepare, w) != 0 ||
+        sl_loop_hook(w->loop, SL_LOOP_PREPARE, sl_worker_prepare, w) != 0)
+        return -1;
+    return sl_loop_timer_after(w->loop, &w->tick_timer, SL_TICK_MS);
+}
+
 int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
 {
     const struct sl_config *c = proxy->config;
     const union MHD_DaemonInfo *info;
-    struct epoll_event ev = {0};
     char name[16];
-    int efd;
 
     memset(w, 0, sizeof(*w));
     w->id = id;
     w->proxy = proxy;
     w->config = sl_config_ref(c);
-    w->curl_deadline_ms = -1;
-    w->store_deadline_ms = -1;
-    w->epfd = epoll_create1(EPOLL_CLOEXEC);
     w->listen_fd = -1;
-    if (w->epfd < 0)
+    if (sl_worker_loop_init(w) != 0)
         return -1;
     w->easy_pool = calloc(SL_EASY_POOL_MAX, sizeof(*w->easy_pool));
     if (w->easy_pool == NULL)
@@ -367,13 +614,6 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     if (id == 0 && c->admin_listen != NULL) {
         w->admin = sl_admin_new(w);
         if (w->admin == NULL)
-            return -1;
-        w->admin_watch.kind = SL_WATCH_ADMIN;
-        w->admin_watch.fd = sl_admin_fd(w->admin);
-        w->admin_watch.obj = w->admin;
-        ev.events = EPOLLIN;
-        ev.data.ptr = &w->admin_watch;
-        if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, w->admin_watch.fd, &ev) != 0)
             return -1;
     }
 
@@ -408,23 +648,8 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     info = MHD_get_daemon_info(w->mhd, MHD_DAEMON_INFO_EPOLL_FD);
     if (info == NULL)
         return -1;
-    w->mhd_watch.kind = SL_WATCH_MHD;
-    w->mhd_watch.fd = info->epoll_fd;
-    w->mhd_watch.obj = w;
-    ev.events = EPOLLIN;
-    ev.data.ptr = &w->mhd_watch;
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, info->epoll_fd, &ev) != 0)
-        return -1;
-
-    efd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
-    if (efd < 0)
-        return -1;
-    w->wake_watch.kind = SL_WATCH_WAKE;
-    w->wake_watch.fd = efd;
-    w->wake_watch.obj = w;
-    ev.events = EPOLLIN;
-    ev.data.ptr = &w->wake_watch;
-    if (epoll_ctl(w->epfd, EPOLL_CTL_ADD, efd, &ev) != 0)
+    w->mhd_watch = sl_loop_watch(w->loop, info->epoll_fd, EPOLLIN, sl_mhd_io, w);
+    if (w->mhd_watch == NULL)
         return -1;
 
     w->raw_head_check = strcmp(MHD_get_version(), "0.9.75") == 0;
@@ -435,13 +660,12 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->multi = curl_multi_init();
     if (w->multi == NULL)
         return -1;
-    w->queue_next_ms = -1;
     /* Sized for any configuration a reload may bring. */
     if (sl_queue_init(&w->queue, SL_MAX_UPSTREAMS, id, proxy->waitlists) != 0)
         return -1;
     if (c->store_kind == SL_STORE_REDIS) {
-        struct sl_loop loop = {w, sl_loop_watch, sl_loop_unwatch, sl_loop_room};
-        w->store = sl_store_redis_new(c, proxy->memory, &loop, id);
+        struct sl_loop view = {w, sl_store_watch, sl_store_unwatch, sl_store_room};
+        w->store = sl_store_redis_new(c, proxy->memory, &view, id);
         if (w->store == NULL)
             return -1;
         /* One writer of the process's history to Redis: worker 0. */
@@ -469,39 +693,6 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     return 0;
 }
 
-static int sl_worker_timeout(struct sl_worker *w, int64_t now)
-{
-    int64_t t = w->next_tick_ms - now;
-    MHD_UNSIGNED_LONG_LONG mhd_ms;
-
-    if (w->mhd_kick)
-        return 0;
-    if (w->curl_deadline_ms >= 0 && w->curl_deadline_ms - now < t)
-        t = w->curl_deadline_ms - now;
-    if (w->mhd != NULL && MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES &&
-        (int64_t)mhd_ms < t)
-        t = (int64_t)mhd_ms;
-    if (w->stop && w->stop_deadline_ms - now < t)
-        t = w->stop_deadline_ms - now;
-    if (w->store_deadline_ms >= 0 && w->store_deadline_ms - now < t)
-        t = w->store_deadline_ms - now;
-    if (w->admin != NULL) {
-        int64_t at = sl_admin_timeout(w->admin);
-        if (at >= 0 && at < t)
-            t = at;
-    }
-    if (w->alerts != NULL) {
-        int64_t next = sl_alerts_next_ms(w->alerts);
-        if (next - now < t)
-            t = next - now;
-    }
-    if (w->queue_kick || w->nrematch > 0)
-        t = 0;
-    else if (w->queue_next_ms >= 0 && w->queue_next_ms - now < t)
-        t = w->queue_next_ms - now;
-    return t < 0 ? 0 : (int)t;
-}
-
 static void sl_worker_begin_stop(struct sl_worker *w)
 {
     MHD_socket fd;
@@ -509,8 +700,8 @@ static void sl_worker_begin_stop(struct sl_worker *w)
     if (w->quiesced)
         return;
     w->quiesced = true;
-    w->stop_deadline_ms =
-        sl_time_mono_ms() + w->config->shutdown_timeout_us / 1000;
+    sl_loop_timer_after(w->loop, &w->stop_timer,
+                        w->config->shutdown_timeout_us / 1000);
     fd = MHD_quiesce_daemon(w->mhd);
     if (fd != MHD_INVALID_SOCKET)
         close(fd);
@@ -520,168 +711,20 @@ static void sl_worker_begin_stop(struct sl_worker *w)
                 w->nrequests);
 }
 
-static void sl_worker_free_dead(struct sl_worker *w)
-{
-    while (w->dead != NULL) {
-        struct sl_watch *d = w->dead;
-        w->dead = d->next_dead;
-        free(d);
-    }
-}
-
 static void *sl_worker_main(void *arg)
 {
     struct sl_worker *w = arg;
-    struct epoll_event evs[64];
-    int running;
 
-    w->next_tick_ms = sl_time_mono_ms() + SL_TICK_MS;
-    /* Connect the store (Redis) before the first call can arrive. */
-    w->store_deadline_ms = sl_store_timers(w->store, sl_time_mono_ms());
+    /* Connect the store (Redis) before the first call can arrive: the
+     * first pass's PREPARE phase starts it. */
     for (;;) {
-        int64_t now = sl_time_mono_ms();
-        int n = epoll_wait(w->epfd, evs, 64, sl_worker_timeout(w, now));
-        bool run_mhd = w->mhd_kick;
-        bool run_admin = false;
-
-        if (n < 0 && errno != EINTR) {
+        if (sl_loop_run_once(w->loop) != 0) {
             sl_error("worker %d: epoll_wait: %s", w->id, strerror(errno));
             break;
         }
-        w->mhd_kick = false;
-        /* A reload installed a newer configuration: serve it from this
-         * pass on (one atomic load when nothing changed). */
-        if (atomic_load_explicit(&w->proxy->generation, memory_order_acquire) !=
-            w->config->generation)
-            sl_worker_adopt(w);
-        if (w->nrematch > 0)
-            sl_request_rematch(w);
-        for (int i = 0; i < n; i++) {
-            struct sl_watch *watch = evs[i].data.ptr;
-            uint32_t e = evs[i].events;
-            int flags = 0;
-
-            switch (watch->kind) {
-            case SL_WATCH_MHD:
-                run_mhd = true;
-                break;
-            case SL_WATCH_CURL:
-                if (watch->wanted == 0) {
-                    /* An idle pooled connection stirred (closed by the
-                     * upstream): stop watching until libcurl asks again. */
-                    epoll_ctl(w->epfd, EPOLL_CTL_DEL, watch->fd, NULL);
-                    watch->registered = false;
-                    break;
-                }
-                if (e & EPOLLIN)
-                    flags |= CURL_CSELECT_IN;
-                if (e & EPOLLOUT)
-                    flags |= CURL_CSELECT_OUT;
-                if (e & (EPOLLERR | EPOLLHUP))
-                    flags |= CURL_CSELECT_ERR;
-                curl_multi_socket_action(w->multi, watch->fd, flags, &running);
-                break;
-            case SL_WATCH_WAKE: {
-                uint64_t v;
-                if (read(watch->fd, &v, sizeof(v)) < 0 && errno != EAGAIN)
-                    sl_warn("worker %d: eventfd read: %s", w->id, strerror(errno));
-                break;
-            }
-            case SL_WATCH_CLIENT:
-                sl_request_conn_hung_up(watch->obj);
-                break;
-            case SL_WATCH_STORE:
-                watch->io_cb(watch->io_arg, (e & (EPOLLIN | EPOLLHUP | EPOLLERR)) != 0,
-                             (e & EPOLLOUT) != 0);
-                break;
-            case SL_WATCH_ADMIN:
-                run_admin = true;
-                break;
-            case SL_WATCH_DEAD:
-                break;  /* its socket was closed earlier in this batch */
-            }
-        }
-        sl_worker_free_dead(w);
-        /* Work that is due now (curl's zero timer after a new transfer, a
-         * resumed MHD connection) is done in this pass, not after another
-         * epoll_wait: a call crosses the loop fewer times. */
-        for (int round = 0; round < 8; round++) {
-            bool progress = false;
-            MHD_UNSIGNED_LONG_LONG mhd_ms;
-
-            now = sl_time_mono_ms();
-            if (w->curl_deadline_ms >= 0 && now >= w->curl_deadline_ms) {
-                w->curl_deadline_ms = -1;
-                curl_multi_socket_action(w->multi, CURL_SOCKET_TIMEOUT, 0,
-                                         &running);
-                progress = true;
-            }
-            sl_worker_curl_done(w);
-            /* Released slots reach the store before their clients hear. */
-            sl_store_flush(w->store);
-            /* MHD keeps connections with pending work on an internal
-             * ready list that neither its epoll fd nor MHD_get_timeout()
-             * reflects: run it on the first round of every pass, and again
-             * whenever a connection was resumed. */
-            if (round == 0 || run_mhd || w->mhd_kick || w->stop) {
-                run_mhd = false;
-                w->mhd_kick = false;
-                MHD_run(w->mhd);
-                progress = true;
-                /* A connection MHD still holds ready (a response just sent
-                 * moves to its next request over more runs): run it again
-                 * here, not after an epoll_wait that cannot block. */
-                if (MHD_get_timeout(w->mhd, &mhd_ms) == MHD_YES && mhd_ms == 0)
-                    w->mhd_kick = true;
-            }
-            /* Go round again only for work that is due right now. */
-            now = sl_time_mono_ms();
-            if (!progress || w->stop ||
-                !(w->mhd_kick ||
-                  (w->curl_deadline_ms >= 0 && w->curl_deadline_ms <= now)))
-                break;
-        }
-        /* Held calls first: their renewed decisions join this pass's batch.
-         * A move during this pass (a STALE answer) marked some for
-         * matching again: before the pump, so they keep their turn. */
-        if (w->nrematch > 0)
-            sl_request_rematch(w);
-        if (atomic_exchange(&w->remote_kick, false))
-            w->queue_kick = true;
-        /* Calls waiting for a token: a login ended, or a deadline may have. */
-        if ((atomic_load(&w->auth_kick) && atomic_exchange(&w->auth_kick, false)) ||
-            (w->nauth_wait > 0 && (now >= w->next_tick_ms || w->stop)))
-            sl_auth_pump(w, now);
-        /* The earliest retry or deadline is walked for only after a pump;
-         * holding a call lowers it (sl_req_hold).  A value left early by a
-         * call that went away costs one pump that finds nothing. */
-        if (w->queue.total == 0) {
-            w->queue_next_ms = -1;
-            w->queue_kick = false;
-        } else if (w->queue_kick ||
-                   (w->queue_next_ms >= 0 && now >= w->queue_next_ms)) {
-            /* Cleared before the pump: a call the pump holds again that
-             * must ask at once (sl_req_hold) sets it for the next pass. */
-            w->queue_kick = false;
-            sl_request_pump(w, now);
-            w->queue_next_ms = sl_queue_next_ms(&w->queue);
-        }
-        if (w->admin != NULL && (run_admin || sl_admin_timeout(w->admin) == 0))
-            sl_admin_run(w->admin);
-        if (w->alerts != NULL)
-            sl_alerts_run(w->alerts, now);
-        w->store_deadline_ms = sl_store_timers(w->store, now);
-        if (now >= w->next_tick_ms) {
-            w->next_tick_ms = now + SL_TICK_MS;
-            sl_guard_expire(&w->guard, now);
-            if (w->admin != NULL)
-                sl_admin_tick(w->admin, now);
-            if (w->id == 0)
-                sl_store_tick(w->proxy->memory);
-        }
         if (w->stop) {
             sl_worker_begin_stop(w);
-            if (w->nrequests == 0 || now >= w->stop_deadline_ms)
+            if (w->nrequests == 0 || w->stop_expired)
                 break;
         }
     }
@@ -693,6 +736,8 @@ static void *sl_worker_main(void *arg)
     sl_request_abort_all(w);
     MHD_run(w->mhd);
     sl_worker_curl_done(w);
+    sl_loop_unwatch(w->loop, w->mhd_watch);
+    w->mhd_watch = NULL;
     MHD_stop_daemon(w->mhd);
     w->mhd = NULL;
     sl_admin_free(w->admin);
@@ -716,28 +761,21 @@ void sl_worker_wake_queue(void *arg, int id)
 {
     struct sl_proxy *proxy = arg;
     struct sl_worker *w = &proxy->workers[id];
-    uint64_t one = 1;
 
     atomic_store(&w->remote_kick, true);
-    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
-        sl_warn("worker %d: cannot wake: %s", id, strerror(errno));
+    sl_worker_wake(w);
 }
 
 void sl_worker_wake(struct sl_worker *w)
 {
-    uint64_t one = 1;
-
-    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0 && errno != EAGAIN)
+    if (w->loop != NULL && sl_loop_wake(w->loop) != 0)
         sl_warn("worker %d: cannot wake: %s", w->id, strerror(errno));
 }
 
 void sl_worker_request_stop(struct sl_worker *w)
 {
-    uint64_t one = 1;
-
     w->stop = true;
-    if (write(w->wake_watch.fd, &one, sizeof(one)) < 0)
-        sl_warn("worker %d: cannot wake: %s", w->id, strerror(errno));
+    sl_worker_wake(w);
 }
 
 void sl_worker_join(struct sl_worker *w) { pthread_join(w->thread, NULL); }
@@ -754,22 +792,18 @@ void sl_worker_cleanup(struct sl_worker *w)
     sl_alerts_free(w->alerts);
     w->alerts = NULL;
     sl_metrics_free(&w->metrics);
+    /* Before the loop: closing pooled connections unwatches them. */
     if (w->multi != NULL)
         curl_multi_cleanup(w->multi);
-    for (int i = 0; i < w->ncurl_fds; i++)
-        free(w->curl_fds[i]);
-    free(w->curl_fds);
-    sl_worker_free_dead(w);
     for (int i = 0; i < w->npool; i++) {
         curl_easy_cleanup(w->easy_pool[i].easy);
         curl_url_cleanup(w->easy_pool[i].url);
     }
     free(w->easy_pool);
+    free(w->curl_socks);
     sl_queue_free(&w->queue);
     sl_config_unref(w->config);
     w->config = NULL;
-    if (w->wake_watch.fd > 0)
-        close(w->wake_watch.fd);
-    if (w->epfd >= 0)
-        close(w->epfd);
+    sl_loop_free(w->loop);
+    w->loop = NULL;
 }
