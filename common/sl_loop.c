@@ -41,6 +41,7 @@
 #include "sl_time.h"
 
 #include <errno.h>
+#include <stdatomic.h>
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
@@ -85,6 +86,7 @@ struct sl_evloop {
     uint64_t seq;               /* the last seq given */
     struct sl_loop_hook *hooks[SL_LOOP_PHASES];
     size_t nhooks[SL_LOOP_PHASES];
+    _Atomic uint64_t passes;    /* sl_loop_run_once calls begun */
 };
 
 /* ---- the timer heap ---- */
@@ -404,11 +406,17 @@ static int sl_loop_timeout(struct sl_evloop *loop)
     return t > INT_MAX ? INT_MAX : (int)t;
 }
 
+uint64_t sl_loop_passes(const struct sl_evloop *loop)
+{
+    return atomic_load_explicit(&((struct sl_evloop *)loop)->passes, memory_order_relaxed);
+}
+
 int sl_loop_run_once(struct sl_evloop *loop)
 {
     struct epoll_event evs[SL_LOOP_EVENTS];
     int n, timeout;
 
+    atomic_fetch_add_explicit(&loop->passes, 1, memory_order_relaxed);
     sl_loop_run_hooks(loop, SL_LOOP_PREPARE);
     timeout = sl_loop_timeout(loop);
     loop->nowait = false;

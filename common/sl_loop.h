@@ -107,6 +107,10 @@ void sl_loop_unhook(struct sl_evloop *loop, enum sl_loop_phase phase, sl_hook_fn
 /* The next poll returns at once (work is due now).  Cleared by that poll. */
 void sl_loop_nowait(struct sl_evloop *loop);
 
+/* Passes the loop has begun, readable from any thread: a loop whose count
+ * moves after sl_loop_wake() still turns (the service watchdog asks). */
+uint64_t sl_loop_passes(const struct sl_evloop *loop);
+
 /* Wake the loop from any thread: its poll returns.  0 or -1 (errno). */
 int sl_loop_wake(struct sl_evloop *loop);
 

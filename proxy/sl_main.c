@@ -15,6 +15,7 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_loop.h"
 #include "sl_notify.h"
 #include "sl_state.h"
 #include "sl_cfgwatch.h"
@@ -114,6 +115,32 @@ static void sl_save_state(struct sl_proxy *proxy, struct sl_state *st,
     sl_config_unref(c);
 }
 
+/*
+ * systemd's watchdog (WatchdogSec=): ping only if every worker's loop has
+ * made a pass since the last look, and wake them all so that an idle one
+ * makes a pass before the next. A worker stuck in a handler (a deadlock, a
+ * runaway loop) stops its count: the pings stop and systemd restarts the
+ * service, which is what the watchdog is for. SEEN: each loop's count at
+ * the last look (zero at first: any count is a pass).
+ */
+static void sl_watchdog(struct sl_proxy *p, uint64_t *seen)
+{
+    int stuck = -1;
+
+    for (int i = 0; i < p->nworkers; i++) {
+        uint64_t n = sl_loop_passes(p->workers[i].loop);
+        if (n == seen[i] && stuck < 0)
+            stuck = i;
+        seen[i] = n;
+        sl_worker_wake(&p->workers[i]);
+    }
+    if (stuck < 0)
+        sl_notify_watchdog();
+    else
+        sl_error("worker %d has made no pass since the last watchdog look: "
+                 "systemd's watchdog is not fed", stuck);
+}
+
 static void sl_free_ids(struct sl_metric_ids *ids)
 {
     for (size_t i = 0; i < ids->nups; i++)
@@ -139,6 +166,8 @@ int main(int argc, char **argv)
     };
     const char *config_path = NULL;
     bool check_only = false, watch_config = false;
+    int64_t watchdog_us, next_save_us, next_watchdog_us;
+    uint64_t *passes_seen = NULL;   /* the watchdog's last look at each loop */
     struct sl_cfgwatch *watch = NULL;
     struct sl_errors errs = {0};
     struct sl_config *config = NULL;
@@ -375,24 +404,51 @@ int main(int argc, char **argv)
     /* Without it (no inotify thread to be had), SIGHUP still reloads. */
     if (watch_config)
         watch = sl_cfgwatch_start(&proxy);
+    /* The main thread keeps the state file (no worker ever waits for the
+     * disk) and feeds systemd's watchdog; between the two it waits for
+     * signals. */
+    watchdog_us = sl_notify_watchdog_interval_us();
+    if (watchdog_us > 0) {
+        passes_seen = calloc((size_t)proxy.nworkers, sizeof(*passes_seen));
+        if (passes_seen == NULL)
+            watchdog_us = 0;
+        else
+            sl_info("systemd watchdog: pinged every %lld ms while every worker turns",
+                    (long long)(watchdog_us / 1000));
+    }
+    next_watchdog_us = sl_time_mono_us();
+    /* A snapshot was written just before the workers started. */
+    next_save_us = next_watchdog_us + config->state_interval_us;
     for (;;) {
         /* A reload may change the interval (never the file). */
         const struct sl_config *cur = sl_proxy_config(&proxy);
-        int64_t interval = cur->state_interval_us;
+        int64_t interval = cur->state_interval_us, now = sl_time_mono_us(), due = INT64_MAX;
         sl_config_unref(cur);
         if (config_has_state) {
-            /* The main thread keeps the state file: no worker ever waits
-             * for the disk. */
-            struct timespec ts = {
-                .tv_sec = interval / 1000000,
-                .tv_nsec = (interval % 1000000) * 1000};
-            sig = sigtimedwait(&sigs, NULL, &ts);
-            if (sig < 0) {
+            if (now >= next_save_us) {
                 sl_save_state(&proxy, state, &save_log);
-                continue;
+                next_save_us = now + interval;
             }
-        } else if (sigwait(&sigs, &sig) != 0) {
-            continue;
+            due = next_save_us;
+        }
+        if (watchdog_us > 0) {
+            if (now >= next_watchdog_us) {
+                sl_watchdog(&proxy, passes_seen);
+                next_watchdog_us = now + watchdog_us;
+            }
+            if (next_watchdog_us < due)
+                due = next_watchdog_us;
+        }
+        if (due == INT64_MAX) {
+            if (sigwait(&sigs, &sig) != 0)
+                continue;
+        } else {
+            int64_t wait = due > now ? due - now : 0;
+            struct timespec ts = {.tv_sec = wait / 1000000,
+                                  .tv_nsec = (wait % 1000000) * 1000};
+            sig = sigtimedwait(&sigs, NULL, &ts);
+            if (sig < 0)
+                continue;  /* something is due: the top of the loop does it */
         }
         if (sig == SIGHUP) {
             struct sl_errors errs = {0};
@@ -425,6 +481,7 @@ stop:
         sl_info("stopped");
 out:
     sl_auth_destroy(&proxy);
+    free(passes_seen);
     free(proxy.workers);
     sl_state_close(state);
     sl_waitlists_free(proxy.waitlists);

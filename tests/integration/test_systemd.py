@@ -12,6 +12,8 @@ import subprocess
 import tempfile
 import time
 
+import pytest
+
 from harness import SLUICE_BIN
 
 
@@ -118,5 +120,47 @@ def test_unwritable_state_file_is_an_error_at_start(upstream, tmp_path):
                 assert mgr.sock.recv(4096) is None, "nothing may be announced"
             except BlockingIOError:
                 pass
+    finally:
+        mgr.close()
+
+
+def test_watchdog_is_fed_while_the_workers_turn(upstream, sluice):
+    """With WatchdogSec= systemd sets WATCHDOG_USEC: sluice pings at half of
+    it, each ping after every worker's loop has made a pass (idle workers
+    are woken for it), and keeps serving meanwhile."""
+    mgr = Manager()
+    try:
+        # 400 ms: pings every 200 ms.
+        sl = sluice(conf(upstream), workers=2,
+                    env={"NOTIFY_SOCKET": mgr.path, "WATCHDOG_USEC": "400000"})
+        mgr.until("READY")
+        assert "systemd watchdog: pinged every 200 ms" in sl.wait_log("systemd watchdog")
+        pings = []
+        deadline = time.monotonic() + 2.0
+        while time.monotonic() < deadline:
+            m = mgr.next(timeout=2.0)
+            if m.get("WATCHDOG") == "1":
+                pings.append(time.monotonic())
+            assert sl.request("GET", "/api/x")[0] == 200
+        # Every 200 ms for 2 s: 10, give or take the first and the last;
+        # at least 5 even if this machine is busy (a ping late by up to the
+        # interval is still a ping before systemd's 400 ms are up).
+        assert len(pings) >= 5, pings
+        gaps = [b - a for a, b in zip(pings, pings[1:])]
+        assert max(gaps) < 1.0, gaps
+    finally:
+        mgr.close()
+
+
+def test_watchdog_meant_for_another_process_is_ignored(upstream, sluice):
+    mgr = Manager()
+    try:
+        sl = sluice(conf(upstream), env={"NOTIFY_SOCKET": mgr.path, "WATCHDOG_USEC": "400000",
+                                         "WATCHDOG_PID": "1"})
+        mgr.until("READY")
+        with pytest.raises(socket.timeout):
+            while True:
+                assert "WATCHDOG" not in mgr.next(timeout=1.0)
+        assert "systemd watchdog" not in sl.read_log()
     finally:
         mgr.close()
