@@ -98,7 +98,7 @@ static bool sl_heap_less(const struct sl_timer *a, const struct sl_timer *b)
 
 /* Every node no earlier than its parent, and where its index says
  * (O(n): only SL_ASSERT calls it, in the sanitizer build). */
-static bool sl_heap_ok(const struct sl_evloop *loop)
+static __attribute__((unused)) bool sl_heap_ok(const struct sl_evloop *loop)
 {
     for (size_t i = 0; i < loop->nheap; i++) {
         if (loop->heap[i]->index != i)
