@@ -12,7 +12,7 @@ import tempfile
 
 import yaml
 
-from harness import ROOT, SLUICE_BIN, RedisServer, free_port, wait_for
+from harness import ROOT, SLUICE_BIN, RedisServer, admin_request, free_port, wait_for
 
 COMPOSE = os.path.join(ROOT, "deploy", "compose.yaml")
 TOKEN = "compose-test-token-0123456789"
@@ -100,16 +100,9 @@ def test_compose_topology_runs_and_shares_one_quota():
                                           stdout=log, stderr=subprocess.STDOUT))
             instances.append((name, port, admin, env))
 
-        import http.client
-
         def call(port, path, headers=None):
-            c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-            try:
-                c.request("GET", path, headers=headers or {})
-                r = c.getresponse()
-                return r.status, r.read()
-            finally:
-                c.close()
+            status, _, body = admin_request(port, "GET", path, headers=headers)
+            return status, body
 
         # Each service's health check, as compose runs it, turns healthy.
         for name, port, admin, env in instances:

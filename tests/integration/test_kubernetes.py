@@ -7,7 +7,6 @@ runs from its own ConfigMap as two instances on the Redis of redis.yaml,
 sharing one quota, probes answering; and a ConfigMap update, made the way
 the kubelet makes it (a new timestamped directory and the "..data" link
 swapped by a rename), is reloaded by --watch-config with counts kept."""
-import http.client
 import json
 import os
 import subprocess
@@ -16,7 +15,7 @@ import time
 
 import yaml
 
-from harness import ROOT, SLUICE_BIN, RedisServer, Upstream, free_port, wait_for
+from harness import ROOT, SLUICE_BIN, RedisServer, Upstream, admin_request, free_port, wait_for
 
 K8S = os.path.join(ROOT, "deploy", "kubernetes")
 TOKEN = "k8s-test-token-0123456789abcdef"
@@ -155,13 +154,8 @@ class ConfigMapDir:
 
 
 def get(port, path, headers=None):
-    c = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        c.request("GET", path, headers=headers or {})
-        r = c.getresponse()
-        return r.status, r.read()
-    finally:
-        c.close()
+    status, _, body = admin_request(port, "GET", path, headers=headers)
+    return status, body
 
 
 def test_shared_service_runs_and_reloads_a_swapped_configmap():
