@@ -2587,12 +2587,18 @@ static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config
  * operator's clear on another instance, which reaches this process only
  * through Redis, is not outlived here. True if the call was answered.
  */
+/* When any worker of this process last paused an upstream (monotonic µs):
+ * decisions look at the local store's table only shortly after one, so
+ * the usual decision takes no lock for this. */
+static _Atomic int64_t sl_redis_paused_at_us = INT64_MIN / 2;
+
 static bool sl_redis_pause_fenced(struct sl_redis *r, const struct sl_check *c,
                                   sl_decide_cb cb, void *arg)
 {
     int64_t ago, left;
 
-    if (r->local == NULL)
+    if (r->local == NULL ||
+        sl_redis_now_us() - atomic_load(&sl_redis_paused_at_us) > 2 * r->config->store_timeout_us)
         return false;
     left = sl_store_memory_pause_left(r->local, c->upstream, &ago);
     if (left <= 0 || ago > 2 * r->config->store_timeout_us)
@@ -3244,9 +3250,12 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
     int64_t now = sl_redis_now_us();
     struct sl_redis_op *op;
 
-    /* The local store pauses too: it decides while Redis cannot. */
-    if (r->local != NULL)
+    /* The local store pauses too: it decides while Redis cannot, and
+     * fences this process's decisions until Redis has the pause. */
+    if (r->local != NULL) {
         sl_store_pause(r->local, up, duration_us, reason);
+        atomic_store(&sl_redis_paused_at_us, now);
+    }
     if (!sl_redis_usable(r)) {
         /* Tell the other instances once Redis answers again (by this
          * generation's index: a call of an older one maps by name). */
