@@ -230,6 +230,11 @@ struct sl_pause_change {
 typedef void (*sl_pause_cb)(void *arg, const struct sl_pause_change *ch,
                             const char *error);
 
+/* A provider's report or pause has reached the shared store (or the store
+ * gave up on it): every decision asked from now on, on any worker and any
+ * instance, sees it.  Called once. */
+typedef void (*sl_store_done_cb)(void *arg);
+
 struct sl_store_ops {
     int (*decide)(struct sl_store *store, const struct sl_check *check,
                   sl_decide_cb cb, void *arg);
@@ -239,9 +244,13 @@ struct sl_store_ops {
     /* Give back what the lease holds: concurrency slots, and reservations
      * never committed.  Frees the lease. */
     void (*release)(struct sl_store *store, struct sl_lease *lease);
-    /* Stop every call of UPSTREAM for DURATION (the provider said so). */
-    void (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
-                  int64_t duration_us, const char *reason);
+    /* Stop every call of UPSTREAM for DURATION (the provider said so).
+     * Returns 1 when DONE (may be NULL) has been or will be called once the
+     * pause is in force for every later decision, or 0 when it already is
+     * (DONE is not called), as with sync. */
+    int (*pause)(struct sl_store *store, const struct sl_upstream_conf *upstream,
+                 int64_t duration_us, const char *reason, sl_store_done_cb done,
+                 void *arg);
     /*
      * An operator's ACTION on UPSTREAM's pause, decided atomically against
      * the pause running now (the provider's or another operator's), for
@@ -267,10 +276,16 @@ struct sl_store_ops {
      * then has left its window).  A later report may give room back.
      * While a report leaves no room, one call is let through every
      * rule->sync_probe_us to learn the provider's count again.  O(1) in
-     * the limit.
+     * the limit.  Returns 1 when DONE (may be NULL) has been or will be
+     * called once the report is in force for every later decision (a
+     * shared store: when it has applied it, or given up), or 0 when it
+     * already is (DONE is not called).  The proxy holds the reporting
+     * call's answer until then, so that a call its client makes next is
+     * decided on the report, wherever it is decided.
      */
-    void (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
-                 const struct sl_hit *hit, uint64_t remaining, int64_t age_us);
+    int (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
+                const struct sl_hit *hit, uint64_t remaining, int64_t age_us,
+                sl_store_done_cb done, void *arg);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -334,7 +349,17 @@ static inline void sl_store_pause(struct sl_store *s,
                                   const struct sl_upstream_conf *u, int64_t us,
                                   const char *reason)
 {
-    s->ops->pause(s, u, us, reason);
+    (void)s->ops->pause(s, u, us, reason, NULL, NULL);
+}
+
+/* sl_store_pause, telling DONE when the pause is in force everywhere
+ * (see struct sl_store_ops): 1, or 0 (in force now, DONE not called). */
+static inline int sl_store_pause_then(struct sl_store *s,
+                                      const struct sl_upstream_conf *u, int64_t us,
+                                      const char *reason, sl_store_done_cb done,
+                                      void *arg)
+{
+    return s->ops->pause(s, u, us, reason, done, arg);
 }
 
 static inline int sl_store_set_pause(struct sl_store *s,
@@ -368,7 +393,18 @@ static inline void sl_store_sync(struct sl_store *s,
                                  const struct sl_hit *hit, uint64_t remaining,
                                  int64_t age_us)
 {
-    s->ops->sync(s, u, hit, remaining, age_us);
+    (void)s->ops->sync(s, u, hit, remaining, age_us, NULL, NULL);
+}
+
+/* sl_store_sync, telling DONE when the report is in force everywhere
+ * (see struct sl_store_ops): 1, or 0 (in force now, DONE not called). */
+static inline int sl_store_sync_then(struct sl_store *s,
+                                     const struct sl_upstream_conf *u,
+                                     const struct sl_hit *hit, uint64_t remaining,
+                                     int64_t age_us, sl_store_done_cb done,
+                                     void *arg)
+{
+    return s->ops->sync(s, u, hit, remaining, age_us, done, arg);
 }
 
 static inline int64_t sl_store_wall(struct sl_store *s)

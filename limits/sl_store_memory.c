@@ -1302,8 +1302,10 @@ static struct sl_mem_bucket *sl_mem_bucket_for(struct sl_mem_store *s,
     return b != NULL ? b : sl_mem_create(s, t, (uint32_t)r->index, key, len, hash);
 }
 
-static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *up,
-                         int64_t duration_us, const char *reason)
+/* In force for every later decision on return: DONE is never called. */
+static int sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                        int64_t duration_us, const char *reason,
+                        sl_store_done_cb done, void *arg)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     const struct sl_rule *pr = &up->pause_rule;
@@ -1311,8 +1313,10 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
     struct sl_mem_bucket *b;
     int64_t now;
 
+    (void)done;
+    (void)arg;
     if (t == NULL)
-        return;  /* the upstream was removed by a reload */
+        return 0;  /* the upstream was removed by a reload */
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, pr, "", 0);
     if (b != NULL && now + duration_us > b->paused_until) {
@@ -1322,6 +1326,7 @@ static void sl_mem_pause(struct sl_store *store, const struct sl_upstream_conf *
                  reason != NULL ? reason : "");
     }
     pthread_mutex_unlock(&t->lock);
+    return 0;
 }
 
 int64_t sl_store_memory_pause_left(struct sl_store *store, const struct sl_upstream_conf *up,
@@ -1409,9 +1414,9 @@ static int sl_mem_set_pause(struct sl_store *store, const struct sl_upstream_con
  * after the reporting call are found by binary search in the log), O(1)
  * per decision after.  Whatever the limit, nothing is padded.
  */
-static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up,
-                        const struct sl_hit *hit, uint64_t remaining,
-                        int64_t age_us)
+static int sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up,
+                       const struct sl_hit *hit, uint64_t remaining,
+                       int64_t age_us, sl_store_done_cb done, void *arg)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t;
@@ -1419,13 +1424,15 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
     struct sl_mem_bucket *b;
     int64_t now, sent_at;
 
+    (void)done;  /* in force on return: never called */
+    (void)arg;
     if (r->kind != SL_RULE_RATE)
-        return;
+        return 0;
     if (age_us < 0)
         age_us = 0;
     t = sl_mem_lock_current(s, up, &r);
     if (t == NULL)
-        return;  /* the rule was removed by a reload */
+        return 0;  /* the rule was removed by a reload */
     if (remaining > r->limit)
         remaining = r->limit;
     now = s->clock(s->clock_arg);
@@ -1450,6 +1457,7 @@ static void sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *u
         b->probe_at = now + r->sync_probe_us;
     }
     pthread_mutex_unlock(&t->lock);
+    return 0;
 }
 
 void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)

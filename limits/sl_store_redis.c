@@ -1202,6 +1202,10 @@ struct sl_redis_op {
     enum sl_pause_action pause_action;
     int64_t pause_us;
     char pause_reason[96];          /* marked, as stored */
+    /* SL_OP_SCRIPT of a sync or pause: told once the script has run (or
+     * was given up), when the op is freed (sl_redis_op_free) */
+    sl_store_done_cb done;
+    void *done_arg;
 };
 
 /* A history read being gathered: one script run per rule. */
@@ -1713,6 +1717,11 @@ static void sl_redis_pop(struct sl_redis *r, struct sl_redis_op *op)
 
 static void sl_redis_op_free(struct sl_redis_op *op)
 {
+    if (op->done != NULL) {
+        sl_store_done_cb done = op->done;
+        op->done = NULL;
+        done(op->done_arg);
+    }
     sl_args_free(&op->keys);
     sl_args_free(&op->args);
     free(op);
@@ -3243,8 +3252,11 @@ static void sl_redis_renew(struct sl_redis *r, struct sl_redis_lease *l)
 
 /* ---- provider feedback ---- */
 
-static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
-                           int64_t duration_us, const char *reason)
+/* Returns 1 when DONE is told once Redis has the pause (the script was
+ * sent; its op tells DONE when freed, whatever the outcome), else 0. */
+static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
+                          int64_t duration_us, const char *reason,
+                          sl_store_done_cb done, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
     int64_t now = sl_redis_now_us();
@@ -3261,20 +3273,23 @@ static void sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf
          * generation's index: a call of an older one maps by name). */
         if (up->config != r->config &&
             (up = sl_config_upstream(r->config, up->name)) == NULL)
-            return;
+            return 0;
         if (now + duration_us > r->owed_pause_until[up->index])
             r->owed_pause_until[up->index] = now + duration_us;
-        return;
+        return 0;
     }
     op = sl_redis_script_op(r, SL_LUA_PAUSE);
     if (op == NULL)
-        return;
+        return 0;
     sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
     sl_args_key(&op->keys, r, up, &up->pause_rule, 'w', "", 0);
     sl_args_int(&op->args, duration_us);
     sl_args_int(&op->args, sl_redis_deadline(r, now));
     sl_args_str(&op->args, reason != NULL ? reason : "");
+    op->done = done;
+    op->done_arg = arg;
     sl_redis_send_script(r, op);
+    return done != NULL;
 }
 
 /*
@@ -3375,23 +3390,26 @@ static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
     op->pause_cb(op->pause_arg, &ch, NULL);
 }
 
-static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *up,
-                          const struct sl_hit *hit, uint64_t remaining,
-                          int64_t age_us)
+/* Returns 1 when DONE is told once Redis has applied the report (the
+ * script was sent; its op tells DONE when freed, whatever the outcome),
+ * else 0. */
+static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *up,
+                         const struct sl_hit *hit, uint64_t remaining,
+                         int64_t age_us, sl_store_done_cb done, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
     const struct sl_rule *rule = hit->rule;
     struct sl_redis_op *op;
 
     if (rule->kind != SL_RULE_RATE)
-        return;
+        return 0;
     if (age_us < 0)
         age_us = 0;
     /* The local fallback learns the provider's count too. */
     if (r->local != NULL && r->config->on_store_error == SL_STORE_ERROR_LOCAL)
         sl_store_sync(r->local, up, hit, remaining, age_us);
     if (!sl_redis_usable(r))
-        return;
+        return 0;
     /* The reporting call's commit, if it waits for a batch to ride in,
      * goes first: Redis runs a link's scripts in order, so the report then
      * finds the call in the log (or still reserved) and takes it off
@@ -3400,7 +3418,7 @@ static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf 
         sl_redis_flush_commits(r, up->index);
     op = sl_redis_script_op(r, SL_LUA_SYNC);
     if (op == NULL)
-        return;
+        return 0;
     sl_args_key(&op->keys, r, up, rule, 'r', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 'v', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 's', hit->key, hit->key_len);
@@ -3420,7 +3438,10 @@ static void sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf 
     } else {
         sl_args_int(&op->args, 0);
     }
+    op->done = done;
+    op->done_arg = arg;
     sl_redis_send_script(r, op);
+    return done != NULL;
 }
 
 /* ---- room notices ---- */

@@ -561,7 +561,7 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
         sl_warn("upstream %s: response cut short: %s", req->up->name,
                 req->errbuf[0] ? req->errbuf : curl_easy_strerror(result));
     }
-    if (req->suspended && req->susp != SL_SUSP_DECIDE)
+    if (req->suspended && req->susp != SL_SUSP_DECIDE && req->susp != SL_SUSP_SETTLE)
         sl_req_resume(req);
 }
 
@@ -938,6 +938,75 @@ static bool sl_method_idempotent(const char *m)
 
 enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
 
+/* sl_store_done_cb: one of the answer's reports (or its pause) is in
+ * force everywhere.  The last lets the held answer go. */
+static void sl_req_settled(void *arg)
+{
+    struct sl_settle *t = arg;
+    struct sl_request *req = t->req;
+
+    SL_ASSERT(t->pending > 0);
+    if (--t->pending > 0)
+        return;
+    free(t);
+    if (req == NULL)
+        return;
+    req->settle = NULL;
+    if (req->susp == SL_SUSP_SETTLE)
+        sl_req_resume(req);
+}
+
+/* The ticket the store's words count down, made on first use (NULL: out
+ * of memory; the answer is then not held). */
+static struct sl_settle *sl_req_settle_ticket(struct sl_request *req)
+{
+    if (req->settle == NULL) {
+        req->settle = calloc(1, sizeof(*req->settle));
+        if (req->settle != NULL)
+            req->settle->req = req;
+    }
+    return req->settle;
+}
+
+/* Apply HIT's report of LEFT calls; count it on the ticket if the store
+ * tells us later that it is in force. */
+static void sl_req_sync(struct sl_request *req, const struct sl_hit *hit,
+                        long long left, int64_t age)
+{
+    struct sl_settle *t = sl_req_settle_ticket(req);
+
+    if (t != NULL)
+        t->pending++;
+    if (sl_store_sync_then(req->w->store, req->up, hit, (uint64_t)left, age,
+                           t != NULL ? sl_req_settled : NULL, t) == 0 && t != NULL)
+        t->pending--;
+}
+
+/* The same for the upstream's pause. */
+static void sl_req_pause(struct sl_request *req, int64_t pause, const char *reason)
+{
+    struct sl_settle *t = sl_req_settle_ticket(req);
+
+    if (t != NULL)
+        t->pending++;
+    if (sl_store_pause_then(req->w->store, req->up, pause, reason,
+                            t != NULL ? sl_req_settled : NULL, t) == 0 && t != NULL)
+        t->pending--;
+}
+
+/* After the feedback: is the answer to wait for the store (the ticket
+ * has words outstanding)?  A ticket with none left is dropped. */
+static bool sl_req_settling(struct sl_request *req)
+{
+    if (req->settle == NULL)
+        return false;
+    if (req->settle->pending > 0)
+        return true;
+    free(req->settle);
+    req->settle = NULL;
+    return false;
+}
+
 /*
  * The response headers are in: follow the provider's usage reports, and
  * pause the upstream if the response says "over the limit".  WAIT: a
@@ -994,7 +1063,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
             int64_t age = req->sent_us > 0 ? sl_time_mono_us() - req->sent_us : 0;
-            sl_store_sync(req->w->store, up, hit, (uint64_t)left, age);
+            sl_req_sync(req, hit, left, age);
             /* This answer's RateLimit fields say what the provider just
              * said, when it leaves fewer calls than the decision did. */
             if (req->decision.rule != NULL && req->decision.rule->kind == SL_RULE_RATE &&
@@ -1024,7 +1093,7 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     {
         char reason[96];
         snprintf(reason, sizeof(reason), "status %ld, %s", req->status, why);
-        sl_store_pause(req->w->store, up, pause, reason);
+        sl_req_pause(req, pause, reason);
     }
     sl_metric_add(&req->w->metrics.pauses[up->metric_id], 1);
     sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
@@ -1164,6 +1233,13 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
         return MHD_YES;
     if (req->pending != NULL)
         return sl_req_queue_pending(req);
+    if (sl_req_settling(req) && req->feedback_done) {
+        /* The answer's report (or pause) is not yet in the shared store:
+         * a call its client makes next must be decided on it, so the
+         * answer waits (at most store_timeout: the store gives up). */
+        sl_req_suspend(req, SL_SUSP_SETTLE);
+        return MHD_YES;
+    }
     if (req->headers_ready && !req->feedback_done && req->up->auth != NULL) {
         switch (sl_req_wants_reauth(req)) {
         case SL_REAUTH_WAIT:
@@ -1182,8 +1258,18 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
             sl_req_suspend(req, SL_SUSP_HEADERS);
             return MHD_YES;
         case SL_FEEDBACK_RETRY:
+            /* The retry waits for the pause anyway: the ticket, if any
+             * word is outstanding, goes on alone. */
+            if (sl_req_settling(req)) {
+                req->settle->req = NULL;
+                req->settle = NULL;
+            }
             return sl_req_retry(req, pause);
         case SL_FEEDBACK_DONE:
+            if (sl_req_settling(req)) {
+                sl_req_suspend(req, SL_SUSP_SETTLE);
+                return MHD_YES;
+            }
             break;
         }
     }

@@ -877,6 +877,8 @@ static void sl_req_free(struct sl_request *req)
     }
     if (req->up != NULL && req->up->auth != NULL)
         sl_auth_forget(req);
+    if (req->settle != NULL)
+        req->settle->req = NULL;  /* the store's word frees it */
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
         req->hdrs = h->next;

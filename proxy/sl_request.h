@@ -84,6 +84,15 @@ enum sl_susp {
     SL_SUSP_HEADERS,    /* body sent, waiting for response headers */
     SL_SUSP_BODY,       /* response buffer empty */
     SL_SUSP_HELD,       /* queue mode: waiting for room */
+    SL_SUSP_SETTLE,     /* answer in, the store applying its report */
+};
+
+/* The store's word that an answer's usage reports and pause are in force
+ * everywhere (sl_store_done_cb), counted down by each; detached from its
+ * request if the request ends first. */
+struct sl_settle {
+    struct sl_request *req;     /* NULL: the request ended */
+    unsigned pending;           /* reports and pauses not yet applied */
 };
 
 /* One upstream response header line, "Name: value" split in place. */
@@ -161,6 +170,7 @@ struct sl_request {
     int priority;                     /* its queue lane (0 .. 9) */
     struct sl_decision last_deny;     /* why it is held */
     bool feedback_done;               /* provider's signals read */
+    struct sl_settle *settle;         /* its reports being applied, or NULL */
     bool want_body;                   /* a signal needs the body's start */
     struct sl_buf saved;              /* request body kept for a retry */
     bool saved_ok;                    /* the whole body is in `saved` */

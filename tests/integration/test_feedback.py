@@ -113,13 +113,7 @@ def test_pause_is_shared_by_every_instance(upstream, redis, sluice):
     assert int(redis.cli("EXISTS", "sluice:{crm}:p:14:upstream-pause:")) == 1
 
 
-# The memory store only: the call right after the reporting answer must
-# see the report. On Redis the report lands one store round trip behind
-# the answer (a known defect, recorded with the Redis work; see
-# test_nothing_left_against_a_huge_limit_then_probe in
-# test_feedback_hardening.py).
-def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
-    store = None
+def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice, store):
     sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 15000, "window": "24h", "sync": "sforce-limit-info"}]))
     upstream.script = [{"status": 200, "headers": ["Sforce-Limit-Info: api-usage=14990/15000"]}]
@@ -130,13 +124,7 @@ def test_usage_report_leaves_exactly_what_the_provider_says(upstream, sluice):
     assert json.loads(body)["rule"] == "daily"
 
 
-# The memory store only: the call right after the reporting answer must
-# see the report. On Redis the report lands one store round trip behind
-# the answer (a known defect, recorded with the Redis work; see
-# test_nothing_left_against_a_huge_limit_then_probe in
-# test_feedback_hardening.py).
-def test_other_usage_formats(upstream, sluice):
-    store = None
+def test_other_usage_formats(upstream, sluice, store):
     conf = crm(upstream, store=store, rules=[{"name": "shop", "limit": 40, "window": "1m", "sync": "shopify"}])
     conf["upstreams"] += [
         {"name": "x", "prefix": "/x", "url": upstream.url,

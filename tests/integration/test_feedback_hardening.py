@@ -44,20 +44,10 @@ REPORTS = [
 ]
 
 
-# The memory store only: it asserts that the call right after an answer
-# sees that answer's report, at once, both ways (nothing left, then room).
-# With Redis the report is written one store round trip behind the answer
-# the client already has, so a call made at once can still be decided on
-# the report before (seen here: a 200 right after "nothing left", a 429
-# right after "room"). That gap is a known defect, recorded with issue 22's
-# work (the answer is to be held until the store has applied what it
-# reported); the Redis store's own report arithmetic is tested in
-# test_provider_count.py.
 @pytest.mark.parametrize("kind,empty,room", REPORTS,
                          ids=["x-ratelimit", "ratelimit", "ratelimit-remaining",
                               "shopify", "sforce"])
-def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, kind, empty, room):
-    store = None
+def test_nothing_left_against_a_huge_limit_then_probe(upstream, sluice, store, kind, empty, room):
     sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 50000000, "window": "1d", "sync": kind,
          "sync_probe": "1s"}]))
@@ -282,13 +272,7 @@ def test_window_is_written_as_configured_in_the_message(upstream, sluice, store,
     assert e["window"] == seconds
 
 
-# The memory store only: the call right after the reporting answer must
-# see the report. On Redis the report lands one store round trip behind
-# the answer (a known defect, recorded with the Redis work; see
-# test_nothing_left_against_a_huge_limit_then_probe in
-# test_feedback_hardening.py).
-def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice):
-    store = None
+def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice, store):
     # Spend the quota through a usage report rather than 15,000 calls.
     sl = sluice(crm(upstream, store=store, rules=[
         {"name": "daily", "limit": 15000, "window": "1d", "sync": "sforce-limit-info",
@@ -306,3 +290,64 @@ def test_a_daily_limit_of_15000_reads_per_1d(upstream, sluice):
     assert 'rule "daily" of upstream "crm" follows its count;' in e["message"], e
     assert "e+" not in e["message"]
     assert e["window"] == 86400
+
+
+# An answer's word on the provider's count is in force everywhere before its
+# client has the answer: the client's next call, made at once on another
+# instance (or another worker of the same one), is decided on it. Each round
+# uses a bucket (sync: a `per` key) or an upstream (pause) of its own, so every
+# round starts fresh and one lucky ordering cannot hide a gap in another.
+# Before the answer waited for the store, Redis applied the word one round
+# trip behind the answer, and a call made at once could pass.
+EVERYWHERE = [(kind, empty) for kind, empty, room in REPORTS] + [
+    ("pause", "429 Retry-After: 30"),
+    ("pause", "503 Retry-After: 30"),
+    ("pause", "429 without Retry-After"),
+]
+
+
+@pytest.mark.parametrize("kind,word", EVERYWHERE,
+                         ids=["x-ratelimit", "ratelimit", "ratelimit-remaining",
+                              "shopify", "sforce", "429-retry-after",
+                              "503-retry-after", "429-default-pause"])
+@pytest.mark.parametrize("where", ["other-instance", "other-worker"])
+def test_the_next_call_anywhere_sees_the_answers_word(upstream, sluice, redis, kind, word,
+                                                     where):
+    rounds = 12
+    if kind == "pause":
+        # One upstream per round: a pause stops a whole upstream.
+        conf = upstream_config(upstream, [{"name": "all", "limit": 1000, "window": "1h"}],
+                               redis.url, name="u0", prefix="/u0", default_pause="30s")
+        conf["upstreams"] += [dict(conf["upstreams"][0], name="u%d" % i, prefix="/u%d" % i)
+                              for i in range(1, rounds)]
+    else:
+        conf = crm(upstream, store=redis.url, rules=[
+            {"name": "daily", "limit": 50000000, "window": "1d", "sync": kind,
+             "sync_probe": "1h", "per": "header:X-User"}])
+    if where == "other-instance":
+        a, b = sluice(conf), sluice(conf)
+    else:
+        # Two workers, and a fresh connection per call: the kernel spreads
+        # the connections over both listeners (SO_REUSEPORT), so about half
+        # the rounds cross workers and the rest stay on one.
+        a = b = sluice(conf, workers=2)
+    for i in range(rounds):
+        if kind == "pause":
+            status_word, _, hdr = word.partition(" ")
+            headers = {"X-Test-Status": status_word}
+            if hdr.startswith("Retry-After"):
+                headers["X-Test-Resp-Header"] = hdr
+            first = a.request("GET", "/u%d/a" % i, headers=headers)[0]
+            assert first == int(status_word)
+            status, h, body = b.request("GET", "/u%d/b" % i)
+            assert status == 429, (i, status, body)
+            assert json.loads(body)["error"] == "upstream_paused"
+        else:
+            user = {"X-User": "round-%d" % i}
+            assert a.request("GET", "/crm/a", headers=dict(
+                user, **{"X-Test-Resp-Header": word}))[0] == 200
+            status, h, body = b.request("GET", "/crm/b", headers=user)
+            assert status == 429, (i, status, body)
+            assert json.loads(body)["rule"] == "daily"
+    # At the provider: exactly the reporting calls arrived, none after them.
+    assert upstream.count() == rounds
