@@ -166,17 +166,24 @@ def test_shutdown_answers_held_calls(upstream, sluice, store):
 
 
 def test_queue_across_three_instances_on_redis(upstream, redis, sluice):
-    c = conf(upstream, [{"name": "w", "limit": 10, "window": "1s"}], store=redis.url)
+    # Held calls are released in bursts of ten at each window edge, onto a
+    # thread-per-connection test upstream. On a busy machine (this suite
+    # beside a CPU hog and other builds) its arrival stamps lag sluice's
+    # sends by up to ~100 ms more for some calls of a burst than for
+    # others: 50 ms, the default margin of a 1 s window, was seen to be too
+    # little (11 arrivals within 0.96 s). The margin is what covers such
+    # jitter (docs/guides/rules.md, "The margin"), so the test configures
+    # 200 ms and asserts the window exactly as the provider counts it.
+    c = conf(upstream, [{"name": "w", "limit": 10, "window": "1s"}], store=redis.url,
+             margin="200ms")
     instances = [sluice(c) for _ in range(3)]
     t0 = time.monotonic()
     res = parallel(45, lambda i: instances[i % 3].request("GET", "/leads/x", timeout=30))
     elapsed = time.monotonic() - t0
     assert [s for s, h, b in res] == [200] * 45
     times = upstream.times()
-    # Held calls are released in bursts of ten at each window edge, onto a
-    # thread-per-connection test upstream: its arrival stamps spread by a
-    # few tens of milliseconds (the exactness itself is checked with
-    # steady traffic in test_redis.py).
-    assert max_in_window(times, 1.0 - 0.04) <= 10
-    # 45 calls at 10 per second: bursts at 0, 1, 2, 3, 4 s.
-    assert 3.9 <= elapsed <= 6.0, elapsed
+    assert max_in_window(times, 1.0) <= 10
+    # 45 calls at 10 per 1.2 s (window + margin): bursts at 0, 1.2, 2.4,
+    # 3.6, 4.8 s; the last answered within ~1 s of its release even when
+    # the machine is busy.
+    assert 4.7 <= elapsed <= 6.5, elapsed
