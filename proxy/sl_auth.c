@@ -31,14 +31,26 @@
  *   failed, why     the last login failed: calls that arrive before
  *                   retry_ms get its reason at once (502 or 503); after,
  *                   a call asks for a new try and waits for it;
- *   log             when the last logins were made, for the login rule: a
- *                   login is made only while fewer than `limit` were made
- *                   in the rule's span (window plus margin), whatever
- *                   asks for it; calls wait meanwhile, up to max_wait.
- *                   With the memory store the login is also asked of the
- *                   store as a call of that rule (sl_auth_charge), so the
- *                   apps' own logins through sluice and the broker's share
- *                   the one count.
+ *   charge          the next login's room in the login rule (below);
+ *   log             this instance's own logins in the rule's span, for
+ *                   /status only.
+ *
+ * The login rule.  A login is a call of its rule, decided by the store
+ * like any call: with the memory store in the process's count, with
+ * Redis in the fleet's, where every instance's apps' own logins through
+ * sluice are counted too.  A store is driven by a worker's loop (a Redis
+ * store is one worker's connection), so the broker hands the steps to
+ * worker 0 through `charge`, a mailbox under the lock: ASK (worker 0
+ * asks its store; the answer comes back to the broker, a reservation
+ * with ALLOW), then COMMIT when the login's connection is up, just
+ * before it is sent (CURLOPT_PREREQFUNCTION, as for a forwarded call: the
+ * store logs it on the clock it keeps, never before the provider can see
+ * it), or RELEASE when no login was sent (another instance's token came,
+ * or the endpoint could not be reached), which gives the room back.
+ * Without room the broker sleeps until the store says there is; calls
+ * wait meanwhile, up to max_wait.  A step worker 0 has not served within
+ * SL_AUTH_CHARGE_WAIT_MS is abandoned (its answer, when it comes, is
+ * released) and the login is not sent.
  *
  * Waiting calls.  A call of such an upstream asks for the token before it
  * asks the store (sl_auth_gate): with none, it is suspended and counted in
@@ -59,8 +71,17 @@
  * it still holds the lease with its fencing token.  So sixty calls on
  * three instances refused with one revoked token cause one login for the
  * fleet, and a renewal is made by the first instance whose time comes
- * (the others renew half a second later, and find it).  When Redis cannot
- * answer, each instance logs in by itself (logged once).
+ * (the others renew half a second later, and find it).  A failed login
+ * is written under the lease with the fleet's back-off (1 s, doubling to
+ * 60 s, reset by a login that works); every instance reads it before
+ * trying and answers its calls with it until the back-off ends, so the
+ * fleet tries once per back-off.  When Redis cannot answer, each
+ * instance logs in by itself (logged once).
+ *
+ * Stopping.  The login runs on a multi handle whose poll also watches
+ * stop_fd (an eventfd written by sl_auth_stop), and the wait for another
+ * instance's announcement polls it too, so stopping never waits for a
+ * slow token endpoint (up to auth.timeout) or a lease (timeout + 5 s).
  *
  * Secrets.  The client secret, password, refresh token, JWT key and the
  * token itself live only here, in the configuration and in the header
