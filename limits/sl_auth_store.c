@@ -8,20 +8,37 @@
  * not decrypt.  Time is Redis's: the token's life is its key's TTL (PTTL
  * on read), never a timestamp from an instance's clock.
  *
+ * A failed login is shared too: the lease holder writes the failure
+ * (its status and cleaned reason, no secret) with a TTL of the fleet's
+ * back-off, and the back-off itself (doubled at each failure, reset by a
+ * login that works) in a key of its own, in one script under its lease.
+ * Every instance that wants a token meanwhile reads the failure and
+ * answers its calls with it until the TTL ends, so the fleet makes one
+ * try per back-off, not one per instance.
+ *
+ * A token sealed under another key (token_key rotated, or another
+ * secret) does not open: it is treated as absent, and the instance logs
+ * in again under the lease; its token then replaces the other.
+ *
  * Blocking hiredis contexts with a timeout, on the broker's thread: a
  * login is rare, and the thread blocks in the token endpoint anyway.  A
  * context that failed (a timeout leaves hiredis's context unusable) is
- * dropped and connected again at the next call.
+ * dropped and connected again at the next call.  The one long wait, for
+ * an announcement, polls the subscribed socket together with the
+ * broker's stop descriptor, so that stopping never waits for it.
  */
 #include "sl_auth_store.h"
 
+#include <errno.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/time.h>
+#include <time.h>
 
 #define SL_AUTH_NONCE 12
 #define SL_AUTH_TAG 16
@@ -30,18 +47,19 @@ struct sl_auth_store {
     char *host, *user, *password;
     int port, db;
     int64_t timeout_ms;
-    char *k_token, *k_lease, *k_fence, *channel;
+    char *k_token, *k_lease, *k_fence, *k_fail, *k_backoff, *channel;
     unsigned char key[32];
     redisContext *cmd;            /* commands */
     redisContext *sub;            /* subscribed to the channel */
 };
 
-/* Store the token under lease ARGV[1]: KEYS token, lease; ARGV fence,
- * value, ttl ms, channel. */
+/* Store the token under lease ARGV[1] (a login that works ends the
+ * fleet's back-off): KEYS token, lease, fail, backoff; ARGV fence, value,
+ * ttl ms, channel. */
 static const char sl_put_script[] =
     "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
     "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
-    "redis.call('DEL', KEYS[2]) "
+    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) "
     "redis.call('PUBLISH', ARGV[4], 'token ' .. ARGV[1]) "
     "return 1";
 /* Drop lease ARGV[1] and announce the failure: KEYS lease; ARGV fence, channel. */
@@ -49,6 +67,26 @@ static const char sl_drop_script[] =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
     "redis.call('PUBLISH', ARGV[2], 'failed ' .. ARGV[1]) "
     "return 1";
+/* Under lease ARGV[1]: the login failed.  The failure (ARGV[2]) is in
+ * force for this try's back-off (the fleet's, from KEYS[4], else ARGV[4]);
+ * the next one is twice that, at most ARGV[5], and is kept past the
+ * back-off so that the next failure finds it.  Returns this try's
+ * back-off in ms, or 0 (the lease was lost).  KEYS lease, fail, backoff... */
+static const char sl_fail_script[] =
+    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
+    "local b = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 "
+    "if b < tonumber(ARGV[4]) then b = tonumber(ARGV[4]) end "
+    "local nb = math.min(b * 2, tonumber(ARGV[5])) "
+    "redis.call('SET', KEYS[2], ARGV[2], 'PX', b) "
+    "redis.call('SET', KEYS[3], nb, 'PX', b + nb + tonumber(ARGV[5])) "
+    "redis.call('DEL', KEYS[1]) "
+    "redis.call('PUBLISH', ARGV[3], 'failed ' .. ARGV[1]) "
+    "return b";
+/* The failure in force and its time left: KEYS fail. */
+static const char sl_failure_script[] =
+    "local v = redis.call('GET', KEYS[1]) "
+    "if not v then return nil end "
+    "return {v, redis.call('PTTL', KEYS[1])}";
 /* The token and its life: KEYS token. */
 static const char sl_get_script[] =
     "local v = redis.call('GET', KEYS[1]) "
@@ -126,6 +164,8 @@ struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
         asprintf(&s->k_token, "%sauth:%s:token", p, up->name) < 0 ||
         asprintf(&s->k_lease, "%sauth:%s:lease", p, up->name) < 0 ||
         asprintf(&s->k_fence, "%sauth:%s:fence", p, up->name) < 0 ||
+        asprintf(&s->k_fail, "%sauth:%s:failed", p, up->name) < 0 ||
+        asprintf(&s->k_backoff, "%sauth:%s:backoff", p, up->name) < 0 ||
         asprintf(&s->channel, "%sauth:%s", p, up->name) < 0) {
         sl_auth_store_free(s);
         return NULL;
@@ -147,6 +187,8 @@ void sl_auth_store_free(struct sl_auth_store *s)
     free(s->k_token);
     free(s->k_lease);
     free(s->k_fence);
+    free(s->k_fail);
+    free(s->k_backoff);
     free(s->channel);
     memset(s->key, 0, sizeof(s->key));
     free(s);
@@ -211,7 +253,7 @@ static char *sl_open(struct sl_auth_store *s, const unsigned char *blob, size_t 
 }
 
 int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
-                      int64_t *ttl_ms, uint64_t *fence)
+                      int64_t *ttl_ms, uint64_t *fence, bool *foreign)
 {
     redisContext *c = sl_cmd(s);
     redisReply *r;
@@ -219,6 +261,7 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
     int rc = 0;
 
     *token = *instance = NULL;
+    *foreign = false;
     if (c == NULL)
         return -1;
     r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_get_script, s->k_token));
@@ -233,6 +276,8 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
     plain = sl_open(s, (unsigned char *)r->element[0]->str, r->element[0]->len);
     *ttl_ms = r->element[1]->type == REDIS_REPLY_INTEGER ? r->element[1]->integer : 0;
     freeReplyObject(r);
+    /* Sealed under another key: as if absent (a login replaces it). */
+    *foreign = plain == NULL;
     /* "FENCE\nINSTANCE\nTOKEN" */
     if (plain == NULL || (nl = strchr(plain, '\n')) == NULL ||
         strchr(nl + 1, '\n') == NULL) {
@@ -297,8 +342,9 @@ int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token
     if (blob == NULL)
         return -1;
     snprintf(fs, sizeof(fs), "%llu", (unsigned long long)fence);
-    r = sl_reply(s, redisCommand(c, "EVAL %s 2 %s %s %s %b %lld %s", sl_put_script,
-                                 s->k_token, s->k_lease, fs, blob, len,
+    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", sl_put_script,
+                                 s->k_token, s->k_lease, s->k_fail, s->k_backoff,
+                                 fs, blob, len,
                                  (long long)(ttl_ms > 0 ? ttl_ms : 1), s->channel));
     free(blob);
     if (r == NULL)
@@ -340,21 +386,102 @@ int sl_auth_store_listen(struct sl_auth_store *s)
     return 0;
 }
 
-int sl_auth_store_wait(struct sl_auth_store *s, int64_t timeout_ms)
+int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned status,
+                           const char *why, int64_t min_ms, int64_t max_ms)
 {
-    struct timeval tv = {.tv_sec = timeout_ms / 1000,
-                         .tv_usec = (timeout_ms % 1000) * 1000};
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+    char *value;
+    int64_t rc;
+
+    if (c == NULL)
+        return -1;
+    if (asprintf(&value, "%u\n%s", status, why) < 0)
+        return -1;
+    r = sl_reply(s, redisCommand(c, "EVAL %s 3 %s %s %s %llu %s %s %lld %lld",
+                                 sl_fail_script, s->k_lease, s->k_fail, s->k_backoff,
+                                 (unsigned long long)fence, value, s->channel,
+                                 (long long)min_ms, (long long)max_ms));
+    free(value);
+    if (r == NULL)
+        return -1;
+    rc = r->type == REDIS_REPLY_INTEGER ? (int64_t)r->integer : -1;
+    freeReplyObject(r);
+    return rc;
+}
+
+int sl_auth_store_failure(struct sl_auth_store *s, int64_t *left_ms, unsigned *status,
+                          char *why, size_t whylen)
+{
+    redisContext *c = sl_cmd(s);
+    redisReply *r;
+    const char *v, *nl;
+    int rc = 0;
+
+    if (c == NULL)
+        return -1;
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_failure_script, s->k_fail));
+    if (r == NULL)
+        return -1;
+    if (r->type == REDIS_REPLY_ERROR)
+        rc = -1;
+    else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+             r->element[0]->type == REDIS_REPLY_STRING &&
+             r->element[1]->type == REDIS_REPLY_INTEGER && r->element[1]->integer > 0 &&
+             (nl = memchr(v = r->element[0]->str, '\n', r->element[0]->len)) != NULL) {
+        *left_ms = r->element[1]->integer;
+        *status = (unsigned)strtoul(v, NULL, 10);
+        if (*status != 502 && *status != 503)
+            *status = 502;
+        snprintf(why, whylen, "%.*s", (int)(r->element[0]->len - (size_t)(nl + 1 - v)),
+                 nl + 1);
+        rc = 1;
+    }
+    freeReplyObject(r);
+    return rc;
+}
+
+int sl_auth_store_wait(struct sl_auth_store *s, int64_t timeout_ms, int cancel_fd)
+{
+    int64_t end = 0;
     void *reply = NULL;
 
     if (sl_auth_store_listen(s) != 0)
         return -1;
-    redisSetTimeout(s->sub, tv);
-    if (redisGetReply(s->sub, &reply) != REDIS_OK) {
-        /* A timeout leaves the context unusable: subscribe afresh next time. */
-        redisFree(s->sub);
-        s->sub = NULL;
-        return 0;
+    {
+        struct timespec ts;
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        end = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout_ms;
     }
-    freeReplyObject(reply);
-    return 1;
+    for (;;) {
+        struct pollfd pf[2] = {{.fd = s->sub->fd, .events = POLLIN},
+                               {.fd = cancel_fd, .events = POLLIN}};
+        struct timespec ts;
+        int64_t left;
+        int n;
+
+        /* A message already read with an earlier one. */
+        if (redisGetReplyFromReader(s->sub, &reply) != REDIS_OK)
+            goto broken;
+        if (reply != NULL) {
+            freeReplyObject(reply);
+            return 1;
+        }
+        clock_gettime(CLOCK_MONOTONIC, &ts);
+        left = end - ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
+        if (left <= 0)
+            return 0;
+        n = poll(pf, cancel_fd >= 0 ? 2 : 1, (int)left);
+        if (n < 0 && errno != EINTR)
+            goto broken;
+        if (n > 0 && (pf[1].revents & POLLIN) && cancel_fd >= 0)
+            return 0;
+        if (n > 0 && pf[0].revents != 0 && redisBufferRead(s->sub) != REDIS_OK)
+            goto broken;
+    }
+broken:
+    /* Subscribe afresh next time. */
+    redisFree(s->sub);
+    s->sub = NULL;
+    return -1;
 }

@@ -49,6 +49,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <openssl/evp.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -1916,6 +1917,75 @@ static void sl_read_auth_key(json_t *obj, json_t *v, const char *at,
 
 static const struct sl_conf_handler sl_auth_key_handler = {sl_read_auth_key, NULL};
 
+/* PBKDF2 rounds that stretch a token_key passphrase (about 0.1 s once, at
+ * load: a reader of Redis who guesses passphrases pays it per guess). */
+#define SL_TOKEN_KEY_ROUNDS 200000
+#define SL_TOKEN_KEY_MIN_PASSPHRASE 16
+
+static int sl_hex_digit(int c)
+{
+    return c >= '0' && c <= '9' ? c - '0'
+           : c >= 'a' && c <= 'f' ? c - 'a' + 10
+           : c >= 'A' && c <= 'F' ? c - 'A' + 10
+           : -1;
+}
+
+/* "token_key": 64 hex digits or the base64 of 32 bytes (`openssl rand
+ * -hex 32`, `-base64 32`) are the key; anything else is a passphrase of at
+ * least 16 characters, stretched with PBKDF2-HMAC-SHA256. */
+static void sl_read_token_key(json_t *obj, json_t *v, const char *at,
+                              const char *sub, void *base,
+                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_auth_conf *a = base;
+    static const char salt[] = "sluice auth token_key";
+    unsigned char dec[48];
+    char *text;
+    size_t n;
+    bool hex = true;
+
+    (void)obj, (void)at, (void)k;
+    if (!json_is_string(v)) {
+        sl_errors_add(ctx->errs, "%s: must be a string: \"env:NAME\", "
+                      "\"file:PATH\" or the value itself", sub);
+        return;
+    }
+    text = sl_read_secret_text(json_string_value(v), sub, ctx->errs);
+    if (text == NULL)
+        return;
+    n = strlen(text);
+    for (size_t i = 0; i < n && hex; i++)
+        hex = sl_hex_digit((unsigned char)text[i]) >= 0;
+    if (n == 64 && hex) {
+        for (size_t i = 0; i < 32; i++)
+            a->token_key[i] = (unsigned char)(sl_hex_digit((unsigned char)text[2 * i]) * 16 +
+                                              sl_hex_digit((unsigned char)text[2 * i + 1]));
+        a->has_token_key = true;
+    } else if (n == 44 && text[43] == '=' && text[42] != '=' &&
+               EVP_DecodeBlock(dec, (unsigned char *)text, 44) == 33) {
+        /* 44 characters, one '=': 33 bytes decoded, the last is padding. */
+        memcpy(a->token_key, dec, 32);
+        a->has_token_key = true;
+    } else if (n >= SL_TOKEN_KEY_MIN_PASSPHRASE) {
+        a->has_token_key =
+            PKCS5_PBKDF2_HMAC(text, (int)n, (const unsigned char *)salt,
+                              (int)sizeof(salt) - 1, SL_TOKEN_KEY_ROUNDS, EVP_sha256(),
+                              32, a->token_key) == 1;
+        if (!a->has_token_key)
+            sl_errors_add(ctx->errs, "%s: the passphrase could not be stretched "
+                          "(OpenSSL)", sub);
+    } else {
+        sl_errors_add(ctx->errs, "%s: must be 64 hex digits, the base64 of 32 bytes, "
+                      "or a passphrase of at least %d characters (the value is not "
+                      "shown)", sub, SL_TOKEN_KEY_MIN_PASSPHRASE);
+    }
+    memset(dec, 0, sizeof(dec));
+    memset(text, 0, n);
+    free(text);
+}
+
+static const struct sl_conf_handler sl_token_key_handler = {sl_read_token_key, NULL};
+
 static void sl_read_auth_url(json_t *obj, json_t *v, const char *at,
                              const char *sub, void *base,
                              const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
@@ -2033,6 +2103,14 @@ static const struct sl_conf_key sl_auth_keys[] = {
      SL_CONF_FIELD(struct sl_auth_conf, reauth_on),
      .doc = "Text in a response body (status 401 or 403) that also means the "
             "token is no longer good, e.g. `\"INVALID_SESSION_ID\"`."},
+    {.key = "token_key", .type = SL_CONF_STRING, .handler = &sl_token_key_handler,
+     .def = "derived from the login's secret", .flags = SL_CONF_PROSE,
+     .doc = "With Redis: the key the fleet's token is sealed with (AES-256-GCM), "
+            "a secret (`\"env:NAME\"`, `\"file:PATH\"`): 64 hex digits or the "
+            "base64 of 32 bytes (`openssl rand -hex 32`), or a passphrase of at "
+            "least 16 characters (PBKDF2-HMAC-SHA256).  A token sealed under "
+            "another key is treated as absent: rotating it makes one login "
+            "under the lease."},
 };
 
 static const struct sl_conf_table sl_auth_table = SL_CONF_TABLE(
@@ -2133,6 +2211,7 @@ static void sl_auth_free(struct sl_auth_conf *a)
     free(a->params);
     free(a->rule_name);
     free(a->reauth_on);
+    memset(a->token_key, 0, sizeof(a->token_key));
     free(a);
 }
 
@@ -3564,6 +3643,9 @@ static bool sl_auth_differ(const struct sl_auth_conf *a, const struct sl_auth_co
             if (sl_str_differ(sa[i], sb[i]))
                 return true;
     }
+    if (a->has_token_key != b->has_token_key ||
+        memcmp(a->token_key, b->token_key, sizeof(a->token_key)) != 0)
+        return true;
     for (size_t i = 0; i < a->nparams; i++)
         if (sl_str_differ(a->params[i].name, b->params[i].name) ||
             sl_str_differ(a->params[i].value, b->params[i].value))

@@ -227,6 +227,11 @@ struct sl_auth_conf {
     /* A response that means "this token is no longer good" besides 401:
      * its body contains this text (the CRM's INVALID_SESSION_ID). */
     char *reauth_on;
+    /* "token_key": the key the fleet's token is sealed with in Redis (32
+     * bytes, as written or stretched from a passphrase); without it, a
+     * key derived from the login's secret. */
+    bool has_token_key;
+    unsigned char token_key[32];  /* secret */
 };
 
 struct sl_upstream_conf {

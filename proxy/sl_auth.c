@@ -31,14 +31,26 @@
  *   failed, why     the last login failed: calls that arrive before
  *                   retry_ms get its reason at once (502 or 503); after,
  *                   a call asks for a new try and waits for it;
- *   log             when the last logins were made, for the login rule: a
- *                   login is made only while fewer than `limit` were made
- *                   in the rule's span (window plus margin), whatever
- *                   asks for it; calls wait meanwhile, up to max_wait.
- *                   With the memory store the login is also asked of the
- *                   store as a call of that rule (sl_auth_charge), so the
- *                   apps' own logins through sluice and the broker's share
- *                   the one count.
+ *   charge          the next login's room in the login rule (below);
+ *   log             this instance's own logins in the rule's span, for
+ *                   /status only.
+ *
+ * The login rule.  A login is a call of its rule, decided by the store
+ * like any call: with the memory store in the process's count, with
+ * Redis in the fleet's, where every instance's apps' own logins through
+ * sluice are counted too.  A store is driven by a worker's loop (a Redis
+ * store is one worker's connection), so the broker hands the steps to
+ * worker 0 through `charge`, a mailbox under the lock: ASK (worker 0
+ * asks its store; the answer comes back to the broker, a reservation
+ * with ALLOW), then COMMIT when the login's connection is up, just
+ * before it is sent (CURLOPT_PREREQFUNCTION, as for a forwarded call: the
+ * store logs it on the clock it keeps, never before the provider can see
+ * it), or RELEASE when no login was sent (another instance's token came,
+ * or the endpoint could not be reached), which gives the room back.
+ * Without room the broker sleeps until the store says there is; calls
+ * wait meanwhile, up to max_wait.  A step worker 0 has not served within
+ * SL_AUTH_CHARGE_WAIT_MS is abandoned (its answer, when it comes, is
+ * released) and the login is not sent.
  *
  * Waiting calls.  A call of such an upstream asks for the token before it
  * asks the store (sl_auth_gate): with none, it is suspended and counted in
@@ -59,8 +71,17 @@
  * it still holds the lease with its fencing token.  So sixty calls on
  * three instances refused with one revoked token cause one login for the
  * fleet, and a renewal is made by the first instance whose time comes
- * (the others renew half a second later, and find it).  When Redis cannot
- * answer, each instance logs in by itself (logged once).
+ * (the others renew half a second later, and find it).  A failed login
+ * is written under the lease with the fleet's back-off (1 s, doubling to
+ * 60 s, reset by a login that works); every instance reads it before
+ * trying and answers its calls with it until the back-off ends, so the
+ * fleet tries once per back-off.  When Redis cannot answer, each
+ * instance logs in by itself (logged once).
+ *
+ * Stopping.  The login runs on a multi handle whose poll also watches
+ * stop_fd (an eventfd written by sl_auth_stop), and the wait for another
+ * instance's announcement polls it too, so stopping never waits for a
+ * slow token endpoint (up to auth.timeout) or a lease (timeout + 5 s).
  *
  * Secrets.  The client secret, password, refresh token, JWT key and the
  * token itself live only here, in the configuration and in the header
@@ -86,7 +107,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/eventfd.h>
 #include <time.h>
+#include <unistd.h>
 
 /* The longest token answer read. */
 #define SL_AUTH_ANSWER_MAX (1024 * 1024)
@@ -95,6 +118,31 @@
 #define SL_AUTH_BACKOFF_MAX_MS 60000
 /* A JWT assertion's life (RFC 7523 asks for a short one). */
 #define SL_AUTH_JWT_LIFE_S 180
+/* Longest wait for worker 0 to serve a charge step (it answers within a
+ * loop pass; a Redis decision within the store's timeout and fallback). */
+#define SL_AUTH_CHARGE_WAIT_MS 3000
+
+/* A login's charge in the login rule, asked of worker 0's store (see the
+ * design note "The login rule"): who acts next. */
+enum sl_charge_state {
+    SL_CHARGE_IDLE,           /* nothing asked, nothing held */
+    SL_CHARGE_ASK,            /* worker 0 is to ask its store */
+    SL_CHARGE_ASKED,          /* ... asked it: the answer is awaited */
+    SL_CHARGE_ANSWERED,       /* verdict (and, ALLOW, the reservation) here */
+    SL_CHARGE_COMMIT,         /* the login is being sent: commit, release */
+    SL_CHARGE_RELEASE,        /* no login was sent: give the room back */
+    SL_CHARGE_ABANDONED,      /* the broker stopped waiting: release on answer */
+};
+
+struct sl_auth_charge {
+    enum sl_charge_state state;
+    enum sl_verdict verdict;          /* ANSWERED */
+    int64_t wait_us;                  /* ANSWERED, DENY: until room */
+    struct sl_lease *lease;           /* ANSWERED, ALLOW: the reservation */
+    struct sl_store *store;           /* the store it was asked of */
+    const struct sl_config *config;   /* referenced while a lease may exist */
+    struct sl_check check;            /* the login as a call of the rule */
+};
 
 struct sl_auth {
     struct sl_proxy *proxy;
@@ -106,8 +154,11 @@ struct sl_auth {
     bool running;
     pthread_mutex_t lock;
     pthread_cond_t cond;              /* the thread waits on it (monotonic) */
+    int stop_fd;                      /* eventfd, readable once stopping */
     /* Under lock. */
     bool stop;
+    struct sl_auth_charge charge;     /* the next login's room in the rule */
+    bool sent;                        /* the login under way was sent */
     char *token;                      /* secret; NULL: none valid */
     char *instance;                   /* "https://host[:port]" or NULL */
     char *refresh_token;              /* the refresh token in use (secret) */
@@ -122,7 +173,8 @@ struct sl_auth {
     int64_t retry_ms;                 /* no new try before (monotonic) */
     int64_t backoff_ms;
     int64_t limited_until_ms;         /* the rule has no room until then */
-    int64_t *log;                     /* login times (monotonic ms), oldest first */
+    int64_t *log;                     /* this instance's login times (monotonic
+                                       * ms), oldest first, for /status */
     size_t nlog, caplog;
     uint64_t logins, failures;
     double last_login;                /* wall clock of the last login, or 0 */
@@ -131,6 +183,8 @@ struct sl_auth {
     struct sl_auth_store *fleet;
     uint64_t fleet_fence;
     bool fleet_down;
+    bool fleet_foreign;               /* the fleet's token is sealed under
+                                       * another key (logged once) */
     uint64_t adopted;                 /* tokens taken from the fleet */
 };
 
@@ -139,11 +193,13 @@ struct sl_login {
     char *token, *instance, *refresh_token;
     int64_t expires_in_ms;            /* -1: not said */
     unsigned status;                  /* on failure: 502 or 503 */
+    bool cancelled;                   /* cut short: sluice is stopping */
     char why[SL_AUTH_WHY_MAX + 64];
 };
 
 static void *sl_auth_main(void *arg);
 static void sl_secret_free(char *s);
+static int sl_auth_settle(struct sl_auth *a, bool commit);
 
 /* ---- the set of brokers (the proxy's) ---- */
 
@@ -175,6 +231,12 @@ int sl_auth_create(struct sl_proxy *p, const struct sl_config *c)
         a->conf = up->auth;
         a->want = true;               /* log in at start */
         a->backoff_ms = SL_AUTH_BACKOFF_MIN_MS;
+        a->stop_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+        if (a->stop_fd < 0) {
+            sl_config_unref(a->config);
+            free(a);
+            return -1;
+        }
         pthread_mutex_init(&a->lock, NULL);
         pthread_condattr_init(&ca);
         pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
@@ -182,7 +244,10 @@ int sl_auth_create(struct sl_proxy *p, const struct sl_config *c)
         pthread_condattr_destroy(&ca);
         if (up->auth->refresh_token != NULL)
             a->refresh_token = strdup(up->auth->refresh_token);
-        if (c->store_kind == SL_STORE_REDIS) {
+        if (c->store_kind == SL_STORE_REDIS && up->auth->has_token_key) {
+            /* The key the fleet's token is sealed with, as configured. */
+            a->fleet = sl_auth_store_new(c, up, up->auth->token_key);
+        } else if (c->store_kind == SL_STORE_REDIS) {
             /* The key the fleet's token is sealed with: from the login's
              * own secret, so that only holders of it can read the token. */
             const struct sl_auth_conf *ac = up->auth;
@@ -237,8 +302,11 @@ void sl_auth_stop(struct sl_proxy *p)
             continue;
         pthread_mutex_lock(&a->lock);
         a->stop = true;
-        pthread_cond_signal(&a->cond);
+        pthread_cond_broadcast(&a->cond);
         pthread_mutex_unlock(&a->lock);
+        /* Cuts a login exchange or a wait for the fleet short. */
+        if (eventfd_write(a->stop_fd, 1) != 0)
+            sl_warn("upstream %s: cannot wake the token broker", a->up->name);
         pthread_join(a->thread, NULL);
         a->running = false;
     }
@@ -254,6 +322,13 @@ void sl_auth_destroy(struct sl_proxy *p)
         free(a->instance);
         free(a->log);
         sl_auth_store_free(a->fleet);
+        close(a->stop_fd);
+        /* A step no worker served before they stopped (the memory store
+         * outlives the brokers; a Redis store's leases went with it). */
+        if (a->charge.lease != NULL && a->charge.store == p->memory)
+            sl_store_release(p->memory, a->charge.lease);
+        if (a->charge.config != NULL)
+            sl_config_unref(a->charge.config);
         pthread_mutex_destroy(&a->lock);
         pthread_cond_destroy(&a->cond);
         sl_config_unref(a->config);
@@ -649,6 +724,71 @@ static int sl_login_parse(struct sl_auth *a, long http, const struct sl_buf *bod
     return l->token != NULL ? 0 : -1;
 }
 
+/* The login is about to be sent (its connection is up): its reservation
+ * in the login rule is logged as sent now, on the provider's clock as the
+ * store keeps it.  A login whose charge could not be committed is not
+ * sent (it is counted all the same, on the safe side). */
+static int sl_login_prereq(void *ud, char *primary_ip, char *local_ip,
+                           int primary_port, int local_port)
+{
+    struct sl_auth *a = ud;
+    int rc = 0;
+
+    (void)primary_ip;
+    (void)local_ip;
+    (void)primary_port;
+    (void)local_port;
+    pthread_mutex_lock(&a->lock);
+    if (a->sent)
+        rc = -1;              /* libcurl would send it again: not counted */
+    else if (a->charge.state == SL_CHARGE_ANSWERED)
+        rc = sl_auth_settle(a, true);
+    a->sent = rc == 0;
+    pthread_mutex_unlock(&a->lock);
+    return rc == 0 ? CURL_PREREQFUNC_OK : CURL_PREREQFUNC_ABORT;
+}
+
+/*
+ * Run E to its end, or until sluice stops (A's stop_fd).  Returns libcurl's
+ * result; *CANCELLED set when stopped.  A multi handle rather than
+ * curl_easy_perform: its poll also watches stop_fd, so that stopping never
+ * waits for a slow token endpoint (up to auth.timeout).
+ */
+static CURLcode sl_login_run(struct sl_auth *a, CURL *e, bool *cancelled)
+{
+    CURLM *m = curl_multi_init();
+    CURLcode rc = CURLE_OUT_OF_MEMORY;
+    int running = 1;
+
+    *cancelled = false;
+    if (m == NULL || curl_multi_add_handle(m, e) != CURLM_OK)
+        goto out;
+    while (running) {
+        struct curl_waitfd stop = {.fd = a->stop_fd, .events = CURL_WAIT_POLLIN};
+        CURLMsg *msg;
+        int left;
+
+        if (curl_multi_perform(m, &running) != CURLM_OK)
+            break;
+        while ((msg = curl_multi_info_read(m, &left)) != NULL)
+            if (msg->msg == CURLMSG_DONE)
+                rc = msg->data.result;
+        if (!running)
+            break;
+        if (curl_multi_poll(m, &stop, 1, 1000, NULL) != CURLM_OK)
+            break;
+        if (stop.revents != 0) {
+            *cancelled = true;
+            rc = CURLE_ABORTED_BY_CALLBACK;
+            break;
+        }
+    }
+    curl_multi_remove_handle(m, e);
+out:
+    curl_multi_cleanup(m);
+    return rc;
+}
+
 /* One login exchange with REFRESH (the refresh token in use, or NULL). */
 static int sl_login(struct sl_auth *a, const char *refresh, struct sl_login *l)
 {
@@ -718,7 +858,20 @@ static int sl_login(struct sl_auth *a, const char *refresh, struct sl_login *l)
     curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, up->tls_verify ? 2L : 0L);
     if (up->ca_file != NULL)
         curl_easy_setopt(e, CURLOPT_CAINFO, up->ca_file);
-    rc = curl_easy_perform(e);
+    curl_easy_setopt(e, CURLOPT_PREREQFUNCTION, sl_login_prereq);
+    curl_easy_setopt(e, CURLOPT_PREREQDATA, a);
+    rc = sl_login_run(a, e, &l->cancelled);
+    if (l->cancelled) {
+        snprintf(l->why, sizeof(l->why), "sluice is stopping");
+        l->status = 503;
+        goto out;
+    }
+    if (rc == CURLE_ABORTED_BY_CALLBACK) {
+        snprintf(l->why, sizeof(l->why), "the login could not be counted in the "
+                 "login rule in time; it was not sent");
+        l->status = 503;
+        goto out;
+    }
     if (rc != CURLE_OK && !(rc == CURLE_WRITE_ERROR && sl_buf_result(&body) != 0)) {
         char text[SL_AUTH_WHY_MAX];
         sl_clean_text(errbuf[0] ? errbuf : curl_easy_strerror(rc), text, sizeof(text));
@@ -756,74 +909,190 @@ out:
 
 /* ---- the broker's thread ---- */
 
-struct sl_charge {
-    bool answered;
-    struct sl_decision d;
-    struct sl_lease *lease;
-};
-
-static void sl_auth_charged(void *arg, const struct sl_decision *d, struct sl_lease *lease)
+/* Wake worker 0, which serves the brokers' charges (any thread). */
+static void sl_auth_kick_charger(struct sl_auth *a)
 {
-    struct sl_charge *ch = arg;
+    struct sl_worker *w = &a->proxy->workers[0];
 
-    ch->answered = true;
-    ch->d = *d;
-    ch->lease = lease;
+    atomic_store(&w->auth_kick, true);
+    sl_worker_wake(w);
+}
+
+/* Wait until the charge leaves state FROM, for at most
+ * SL_AUTH_CHARGE_WAIT_MS or until stopping.  0 it left, -1 not.  Lock held. */
+static int sl_auth_charge_wait(struct sl_auth *a, enum sl_charge_state from)
+{
+    int64_t until = sl_time_mono_ms() + SL_AUTH_CHARGE_WAIT_MS;
+
+    while (a->charge.state == from && !a->stop && sl_time_mono_ms() < until) {
+        struct timespec ts = {.tv_sec = (time_t)(until / 1000),
+                              .tv_nsec = (long)(until % 1000) * 1000000L};
+        pthread_cond_timedwait(&a->cond, &a->lock, &ts);
+    }
+    return a->charge.state == from ? -1 : 0;
 }
 
 /*
- * With the memory store, a login is a call of the login rule, in the
- * rule's own count (where apps' own logins through sluice are counted):
- * asked of the store as a call would be (the rule of the configuration
- * in force), and committed as sent.  0: go on (*LEASE, possibly NULL, is
- * released after the login); 1: no room for *WAIT_MS.  Lock held.
+ * Room for a login in the login rule, asked of the store as a call of
+ * that rule would be (worker 0 asks its own store: the memory store, or
+ * Redis, where every instance's calls and logins of the rule are
+ * counted).  0: room reserved (commit it as the login is sent,
+ * sl_auth_settle); 1: no room for *WAIT_MS (or the store cannot say:
+ * ask again then); -1: stopping.  Lock held (released while waiting).
  */
-static int sl_auth_charge(struct sl_auth *a, struct sl_lease **lease, int64_t *wait_ms)
+static int sl_auth_charge(struct sl_auth *a, int64_t *wait_ms)
 {
-    const struct sl_config *c;
+    struct sl_auth_charge *ch = &a->charge;
+
+    if (a->conf->rule == NULL)
+        return 0;
+    /* A step abandoned earlier is still to be served: wait for it. */
+    while (ch->state != SL_CHARGE_IDLE && sl_auth_charge_wait(a, ch->state) == 0)
+        ;
+    if (ch->state != SL_CHARGE_IDLE) {
+        *wait_ms = 1000;
+        return a->stop ? -1 : 1;
+    }
+    ch->state = SL_CHARGE_ASK;
+    sl_auth_kick_charger(a);
+    while (sl_auth_charge_wait(a, SL_CHARGE_ASK) == 0 &&
+           sl_auth_charge_wait(a, SL_CHARGE_ASKED) == 0 &&
+           ch->state != SL_CHARGE_ANSWERED)
+        ;
+    if (ch->state != SL_CHARGE_ANSWERED) {
+        /* Not asked yet: withdrawn.  Asked: released when answered. */
+        ch->state = ch->state == SL_CHARGE_ASK ? SL_CHARGE_IDLE : SL_CHARGE_ABANDONED;
+        *wait_ms = 1000;
+        return a->stop ? -1 : 1;
+    }
+    if (ch->verdict == SL_VERDICT_ALLOW)
+        return 0;
+    ch->state = SL_CHARGE_IDLE;
+    if (ch->verdict == SL_VERDICT_DENY) {
+        *wait_ms = (ch->wait_us + 999) / 1000;
+        if (*wait_ms < 1)
+            *wait_ms = 1;
+    } else {
+        /* STALE (a reload in between): ask again soon; UNAVAILABLE (the
+         * store refuses calls): as calls would be, later. */
+        *wait_ms = ch->verdict == SL_VERDICT_STALE ? 50 : 1000;
+    }
+    return 1;
+}
+
+/*
+ * The reservation the last sl_auth_charge made: COMMIT (the login is
+ * being sent) or give back.  0 done (or nothing held), -1 worker 0 did
+ * not serve it in time (it will).  Lock held (released while waiting).
+ */
+static int sl_auth_settle(struct sl_auth *a, bool commit)
+{
+    if (a->charge.state != SL_CHARGE_ANSWERED)
+        return 0;
+    a->charge.state = commit ? SL_CHARGE_COMMIT : SL_CHARGE_RELEASE;
+    sl_auth_kick_charger(a);
+    return sl_auth_charge_wait(a, a->charge.state);
+}
+
+/* Worker 0's store answered the charge (worker 0's thread). */
+static void sl_auth_charged(void *arg, const struct sl_decision *d, struct sl_lease *lease)
+{
+    struct sl_auth *a = arg;
+    struct sl_auth_charge *ch = &a->charge;
+    struct sl_store *store = ch->store;
+    const struct sl_config *unref = NULL;
+
+    pthread_mutex_lock(&a->lock);
+    if (ch->state == SL_CHARGE_ASKED) {
+        ch->verdict = d->verdict;
+        ch->wait_us = d->wait_us;
+        ch->state = SL_CHARGE_ANSWERED;
+        if (d->verdict == SL_VERDICT_ALLOW) {
+            ch->lease = lease;
+            lease = NULL;
+        } else {
+            unref = ch->config;
+            ch->config = NULL;
+        }
+        pthread_cond_broadcast(&a->cond);
+    } else {
+        /* The broker stopped waiting: nothing is sent on this answer. */
+        ch->state = SL_CHARGE_IDLE;
+        unref = ch->config;
+        ch->config = NULL;
+    }
+    pthread_mutex_unlock(&a->lock);
+    sl_store_release(store, lease);
+    if (unref != NULL)
+        sl_config_unref(unref);
+}
+
+/* Serve A's charge step, if any (worker W's thread). */
+static void sl_auth_serve_one(struct sl_worker *w, struct sl_auth *a)
+{
+    struct sl_auth_charge *ch = &a->charge;
     const struct sl_upstream_conf *up;
     const struct sl_rule *r;
-    struct sl_check check;
-    struct sl_charge ch = {0};
-    int rc = 0;
+    struct sl_lease *lease;
+    const struct sl_config *unref;
+    bool commit;
 
-    *lease = NULL;
-    if (a->conf->rule == NULL || a->proxy->memory == NULL ||
-        a->config->store_kind != SL_STORE_MEMORY)
-        return 0;
-    c = sl_proxy_config(a->proxy);
-    up = sl_config_upstream(c, a->up->name);
-    r = up != NULL ? sl_upstream_rule_named(up, a->conf->rule_name,
-                                            strlen(a->conf->rule_name)) : NULL;
-    if (r != NULL && r->kind == SL_RULE_RATE) {
-        memset(&check, 0, sizeof(check));
-        check.upstream = up;
-        check.app = SL_APP_NONE;
-        check.app_name = "-";
-        check.nhits = 1;
-        check.hits[0].rule = r;
-        check.hits[0].key = "";
-        check.hits[0].key_len = 0;
-        if (sl_store_decide(a->proxy->memory, &check, sl_auth_charged, &ch) == 0 &&
-            ch.answered) {
-            if (ch.d.verdict == SL_VERDICT_ALLOW) {
-                sl_store_commit(a->proxy->memory, ch.lease);
-                *lease = ch.lease;
-            } else if (ch.d.verdict == SL_VERDICT_DENY) {
-                *wait_ms = (ch.d.wait_us + 999) / 1000;
-                if (*wait_ms < 1)
-                    *wait_ms = 1;
-                rc = 1;
-            } else {
-                /* STALE (a reload in between) or full: ask again soon. */
-                sl_store_release(a->proxy->memory, ch.lease);
-                *wait_ms = 50;
-                rc = 1;
-            }
+    pthread_mutex_lock(&a->lock);
+    switch (ch->state) {
+    case SL_CHARGE_ASK:
+        /* The rule as the worker's configuration has it (a reload may
+         * have changed its limit; the store answers STALE to an older one). */
+        up = sl_config_upstream(w->config, a->up->name);
+        r = up != NULL ? sl_upstream_rule_named(up, a->conf->rule_name,
+                                                strlen(a->conf->rule_name)) : NULL;
+        if (r == NULL || r->kind != SL_RULE_RATE) {
+            /* A reload removed the rule: the login is not held back. */
+            ch->verdict = SL_VERDICT_ALLOW;
+            ch->lease = NULL;
+            ch->state = SL_CHARGE_ANSWERED;
+            pthread_cond_broadcast(&a->cond);
+            pthread_mutex_unlock(&a->lock);
+            return;
         }
+        memset(&ch->check, 0, sizeof(ch->check));
+        ch->check.upstream = up;
+        ch->check.app = SL_APP_NONE;
+        ch->check.app_name = "-";
+        ch->check.nhits = 1;
+        ch->check.hits[0].rule = r;
+        ch->check.hits[0].key = "";
+        ch->check.hits[0].key_len = 0;
+        ch->store = w->store;
+        ch->config = sl_config_ref(w->config);
+        ch->state = SL_CHARGE_ASKED;
+        pthread_mutex_unlock(&a->lock);
+        if (sl_store_decide(w->store, &ch->check, sl_auth_charged, a) != 0) {
+            struct sl_decision d = {.verdict = SL_VERDICT_UNAVAILABLE};
+            sl_auth_charged(a, &d, NULL);
+        }
+        return;
+    case SL_CHARGE_COMMIT:
+    case SL_CHARGE_RELEASE:
+        commit = ch->state == SL_CHARGE_COMMIT;
+        lease = ch->lease;
+        unref = ch->config;
+        ch->lease = NULL;
+        ch->config = NULL;
+        pthread_mutex_unlock(&a->lock);
+        if (commit)
+            sl_store_commit(ch->store, lease);
+        sl_store_release(ch->store, lease);
+        if (unref != NULL)
+            sl_config_unref(unref);
+        pthread_mutex_lock(&a->lock);
+        ch->state = SL_CHARGE_IDLE;
+        pthread_cond_broadcast(&a->cond);
+        pthread_mutex_unlock(&a->lock);
+        return;
+    default:
+        pthread_mutex_unlock(&a->lock);
+        return;
     }
-    sl_config_unref(c);
-    return rc;
 }
 
 /* Tell every worker a login ended (its waiting calls go on). */
@@ -943,11 +1212,17 @@ static int sl_auth_take_newer(struct sl_auth *a)
     char *token = NULL, *instance = NULL;
     int64_t ttl = 0;
     uint64_t their = 0;
+    bool foreign = false;
     int rc;
 
     pthread_mutex_unlock(&a->lock);
-    rc = sl_auth_store_get(a->fleet, &token, &instance, &ttl, &their);
+    rc = sl_auth_store_get(a->fleet, &token, &instance, &ttl, &their, &foreign);
     pthread_mutex_lock(&a->lock);
+    if (foreign && !a->fleet_foreign)
+        sl_warn("upstream %s: the fleet's token in Redis is sealed under another "
+                "key (token_key or the login's secret differs between instances); "
+                "this instance logs in again under the lease", a->up->name);
+    a->fleet_foreign = foreign;
     if (rc == 1 && their > a->fleet_fence && ttl > 1000) {
         sl_auth_adopt(a, token, instance, ttl, their);
         return 1;
@@ -957,11 +1232,76 @@ static int sl_auth_take_newer(struct sl_auth *a)
     return rc < 0 ? -1 : 0;
 }
 
+/* Another instance's login failed and its back-off is in force: calls get
+ * its reason until it ends, and no login is tried meanwhile.  1 taken, 0
+ * none, -1 Redis error.  Lock held (released around Redis and to wake
+ * the workers). */
+static int sl_auth_take_failure(struct sl_auth *a)
+{
+    char why[SL_AUTH_WHY_MAX + 64];
+    int64_t left = 0;
+    unsigned status = 502;
+    int rc;
+
+    pthread_mutex_unlock(&a->lock);
+    rc = sl_auth_store_failure(a->fleet, &left, &status, why, sizeof(why));
+    pthread_mutex_lock(&a->lock);
+    if (rc != 1)
+        return rc;
+    if (!a->failed || strcmp(a->why, why) != 0)
+        sl_warn("upstream %s: the fleet's last login failed: %s (calls of this "
+                "upstream get %u; the fleet tries again in %lld ms)", a->up->name,
+                why, status, (long long)left);
+    a->failed = true;
+    snprintf(a->why, sizeof(a->why), "%s", why);
+    a->fail_status = status;
+    a->retry_ms = sl_time_mono_ms() + left;
+    a->want = false;
+    if (a->token != NULL)
+        a->renew_ms = a->retry_ms < a->expires_ms ? a->retry_ms : a->expires_ms;
+    pthread_mutex_unlock(&a->lock);
+    sl_auth_wake_workers(a);
+    pthread_mutex_lock(&a->lock);
+    return 1;
+}
+
+/* Redis cannot share the login: this instance logs in by itself (logged
+ * once).  Lock held. */
+static void sl_auth_fleet_down(struct sl_auth *a)
+{
+    if (!a->fleet_down)
+        sl_warn("upstream %s: Redis cannot share the login; this instance logs "
+                "in by itself until it can", a->up->name);
+    a->fleet_down = true;
+}
+
 /*
- * With Redis, before a login: take the fleet's token if it is newer than
- * ours (another instance logged in), else take the login lease, else wait
- * for the holder's announcement.  0: log in now (*FENCE: the lease, 0
- * without Redis); 1: done or waited, look again.  Lock held (released
+ * With Redis, before asking for room: the fleet's token if newer than
+ * ours, or the fleet's failure in force.  1: taken, look again; 0: go on.
+ * Lock held (released around Redis).
+ */
+static int sl_auth_fleet_look(struct sl_auth *a)
+{
+    int rc;
+
+    if (a->fleet == NULL)
+        return 0;
+    rc = sl_auth_take_newer(a);
+    if (rc == 0)
+        rc = sl_auth_take_failure(a);
+    if (rc < 0) {
+        sl_auth_fleet_down(a);
+        return 0;
+    }
+    a->fleet_down = false;
+    return rc;
+}
+
+/*
+ * With Redis, with room for a login: take the login lease.  0: log in now
+ * (*FENCE: the lease, 0 without Redis); 1: another holder's token or
+ * failure came meanwhile, look again; 2: another instance holds the
+ * lease, wait for its announcement (sl_auth_await).  Lock held (released
  * around Redis).
  */
 static int sl_auth_fleet(struct sl_auth *a, uint64_t *fence)
@@ -972,27 +1312,21 @@ static int sl_auth_fleet(struct sl_auth *a, uint64_t *fence)
     *fence = 0;
     if (a->fleet == NULL)
         return 0;
-    rc = sl_auth_take_newer(a);
-    if (rc < 0)
-        goto down;
-    if (rc == 1)
-        return 1;
     pthread_mutex_unlock(&a->lock);
     lr = sl_auth_store_listen(a->fleet) == 0
              ? sl_auth_store_lease(a->fleet, lease_ms, fence) : -1;
-    if (lr == 0)
-        sl_auth_store_wait(a->fleet, lease_ms);
     pthread_mutex_lock(&a->lock);
-    if (lr == 0) {
-        a->fleet_down = false;
-        return 1;
-    }
     if (lr < 0)
         goto down;
     a->fleet_down = false;
-    /* The previous holder may have stored its token between our look and
-     * our lease: look again, now that no one else can log in. */
+    if (lr == 0)
+        return 2;
+    /* The previous holder may have stored its token (or its failure)
+     * between our look and our lease: look again, now that no one else
+     * can log in. */
     rc = sl_auth_take_newer(a);
+    if (rc == 0)
+        rc = sl_auth_take_failure(a);
     if (rc != 0) {
         uint64_t f = *fence;
         pthread_mutex_unlock(&a->lock);
@@ -1005,26 +1339,49 @@ static int sl_auth_fleet(struct sl_auth *a, uint64_t *fence)
     }
     return 0;
 down:
-    if (!a->fleet_down)
-        sl_warn("upstream %s: Redis cannot share the login; this instance logs "
-                "in by itself until it can", a->up->name);
-    a->fleet_down = true;
+    sl_auth_fleet_down(a);
     *fence = 0;
     return 0;
+}
+
+/* Wait for the lease holder's announcement (at most its lease), or until
+ * sluice stops.  Lock held (released while waiting). */
+static void sl_auth_await(struct sl_auth *a)
+{
+    int64_t lease_ms = a->conf->timeout_us / 1000 + 5000;
+
+    pthread_mutex_unlock(&a->lock);
+    sl_auth_store_wait(a->fleet, lease_ms, a->stop_fd);
+    pthread_mutex_lock(&a->lock);
+}
+
+/* Note a login made now in this instance's log (for /status).  Lock held. */
+static void sl_auth_note_login(struct sl_auth *a, int64_t now)
+{
+    if (a->conf->rule == NULL)
+        return;
+    sl_auth_prune(a, now);
+    if (a->nlog == a->caplog) {
+        size_t cap = a->caplog ? a->caplog * 2 : 8;
+        int64_t *g = realloc(a->log, cap * sizeof(*g));
+        if (g == NULL)
+            return;
+        a->log = g;
+        a->caplog = cap;
+    }
+    a->log[a->nlog++] = now;
 }
 
 static void *sl_auth_main(void *arg)
 {
     struct sl_auth *a = arg;
-    const struct sl_rule *r = a->conf->rule;
 
     pthread_mutex_lock(&a->lock);
     while (!a->stop) {
-        int64_t now = sl_time_mono_ms(), wake = -1;
+        int64_t now = sl_time_mono_ms(), wake = -1, wait_ms = 0;
         bool renewal = a->token != NULL && now < a->expires_ms;
         bool due;
         struct sl_login l;
-        struct sl_lease *lease = NULL;
         uint64_t fence = 0;
         char *refresh;
         int rc;
@@ -1041,79 +1398,77 @@ static void *sl_auth_main(void *arg)
             sl_auth_sleep(a, wake);
             continue;
         }
-        /* Within the login rule, whoever asks. */
-        if (r != NULL) {
-            sl_auth_prune(a, now);
-            if (a->nlog >= r->limit) {
-                int64_t next = a->log[0] + r->span_us / 1000;
-                if (a->limited_until_ms != next)
-                    sl_warn("upstream %s: the login rule \"%s\" (%llu logins) has "
-                            "no room; the next login in %lld ms", a->up->name,
-                            r->name, (unsigned long long)r->limit,
-                            (long long)(next - now));
-                a->limited_until_ms = next;
-                sl_auth_sleep(a, next);
-                continue;
-            }
-            if (a->nlog == a->caplog) {
-                size_t cap = a->caplog ? a->caplog * 2 : 8;
-                int64_t *g = realloc(a->log, cap * sizeof(*g));
-                if (g == NULL) {
-                    sl_auth_sleep(a, now + SL_AUTH_BACKOFF_MIN_MS);
-                    continue;
-                }
-                a->log = g;
-                a->caplog = cap;
-            }
-            a->log[a->nlog++] = now;
-        }
-        {
-            int64_t wait_ms = 0;
-            if (sl_auth_charge(a, &lease, &wait_ms) != 0) {
-                /* The local log's entry goes: this login was not made. */
-                if (r != NULL && a->nlog > 0)
-                    a->nlog--;
-                if (a->limited_until_ms <= now)
-                    sl_warn("upstream %s: the login rule \"%s\" has no room in the "
-                            "store; the next login in %lld ms", a->up->name,
-                            a->conf->rule_name, (long long)wait_ms);
-                a->limited_until_ms = now + wait_ms;
-                sl_auth_sleep(a, now + wait_ms);
-                continue;
-            }
+        /* The fleet's newer token, or its failure's back-off. */
+        if (sl_auth_fleet_look(a) != 0)
+            continue;
+        /* Room in the login rule, whoever asks, counted where the apps'
+         * own logins through sluice are (the store: the fleet's count
+         * with Redis). */
+        rc = sl_auth_charge(a, &wait_ms);
+        if (rc < 0)
+            break;
+        if (rc > 0) {
+            if (a->limited_until_ms <= now)
+                sl_warn("upstream %s: the login rule \"%s\" has no room in the "
+                        "store; the next login in %lld ms", a->up->name,
+                        a->conf->rule_name, (long long)wait_ms);
+            a->limited_until_ms = now + wait_ms;
+            sl_auth_sleep(a, now + wait_ms);
+            continue;
         }
         a->limited_until_ms = 0;
-        if (sl_auth_fleet(a, &fence) != 0) {
-            /* Another instance's token, or its login to wait for: this
-             * one made no login. */
-            if (r != NULL && a->nlog > 0)
-                a->nlog--;
-            if (lease != NULL)
-                sl_store_release(a->proxy->memory, lease);
+        rc = sl_auth_fleet(a, &fence);
+        if (rc != 0) {
+            /* Another instance's token, or its login to wait for: this one
+             * makes no login, and gives its room back first. */
+            sl_auth_settle(a, false);
+            if (rc == 2)
+                sl_auth_await(a);
             continue;
         }
         a->busy = true;
-        a->logins++;
-        a->last_login = sl_time_wall();
+        a->sent = false;
         refresh = a->refresh_token != NULL ? strdup(a->refresh_token) : NULL;
         pthread_mutex_unlock(&a->lock);
 
         memset(&l, 0, sizeof(l));
         rc = sl_login(a, refresh, &l);
         sl_secret_free(refresh);
-        if (lease != NULL)
-            sl_store_release(a->proxy->memory, lease);
-        lease = NULL;
 
-        if (fence != 0) {
+        pthread_mutex_lock(&a->lock);
+        /* Not sent (never connected, or stopped): the room goes back. */
+        sl_auth_settle(a, false);
+        pthread_mutex_unlock(&a->lock);
+        if (fence != 0 && l.cancelled) {
+            /* Stopping: no token and no failure for the fleet. */
+            sl_auth_store_drop(a->fleet, fence);
+        } else if (fence != 0 && rc == 0) {
             /* The fleet's result: stored under our lease and announced. */
             int64_t life = l.expires_in_ms > 0 ? l.expires_in_ms
                                                 : a->conf->lifetime_us / 1000;
-            if (rc != 0 || sl_auth_store_put(a->fleet, fence, l.token, l.instance,
-                                             life) != 1)
+            if (sl_auth_store_put(a->fleet, fence, l.token, l.instance, life) != 1)
                 sl_auth_store_drop(a->fleet, fence);
+        } else if (fence != 0) {
+            /* The fleet's failure: one try per back-off for every instance. */
+            int64_t b = sl_auth_store_fail(a->fleet, fence, l.status, l.why,
+                                           SL_AUTH_BACKOFF_MIN_MS,
+                                           SL_AUTH_BACKOFF_MAX_MS);
+            pthread_mutex_lock(&a->lock);
+            if (b > 0)
+                a->backoff_ms = b;
+            pthread_mutex_unlock(&a->lock);
         }
         pthread_mutex_lock(&a->lock);
+        if (l.cancelled) {
+            a->busy = false;
+            sl_secret_free(l.token);
+            sl_secret_free(l.refresh_token);
+            free(l.instance);
+            break;
+        }
+        a->logins++;
+        a->last_login = sl_time_wall();
+        sl_auth_note_login(a, sl_time_mono_ms());
         if (fence != 0 && rc == 0)
             a->fleet_fence = fence;
         sl_auth_apply(a, rc, &l, renewal);
@@ -1124,6 +1479,9 @@ static void *sl_auth_main(void *arg)
         sl_auth_wake_workers(a);
         pthread_mutex_lock(&a->lock);
     }
+    /* A reservation still held gives its room back. */
+    if (a->charge.state == SL_CHARGE_ANSWERED)
+        sl_auth_settle(a, false);
     pthread_mutex_unlock(&a->lock);
     return NULL;
 }
@@ -1185,6 +1543,11 @@ int sl_auth_gate(struct sl_request *req)
 void sl_auth_pump(struct sl_worker *w, int64_t now_ms)
 {
     struct sl_request *req, *next;
+
+    /* Worker 0 serves the brokers' charges in their login rules. */
+    if (w->id == 0)
+        for (size_t i = 0; i < w->proxy->nauth; i++)
+            sl_auth_serve_one(w, w->proxy->auth[i]);
 
     for (req = w->requests; req != NULL && w->nauth_wait > 0; req = next) {
         struct sl_auth *a;

@@ -46,6 +46,8 @@ class FakeProvider:
         self.lock = threading.Lock()
         self.logins = []                    # monotonic times of accepted logins
         self.login_attempts = 0
+        self.attempt_times = []             # monotonic arrival of every token request
+        self.slow_s = 3                     # token_mode "slow": answer after this
         self.tokens = {}                    # token -> expiry (monotonic)
         self.issued = []                    # every token ever issued
         self.api_calls = []                 # (path, authorization)
@@ -96,9 +98,10 @@ class FakeProvider:
 
         with self.lock:
             self.login_attempts += 1
+            self.attempt_times.append(time.monotonic())
             mode = self.token_mode
         if mode == "slow":
-            time.sleep(3)
+            time.sleep(self.slow_s)
         if mode == "500":
             return h.answer(500, '{"error":"server_error"}')
         if mode == "nonjson":
@@ -690,3 +693,189 @@ def test_the_guides_examples_are_valid(tmp_path):
                                            "LEADS_CLIENT_SECRET": "x"})
         assert r.returncode == 0, r.stdout + r.stderr
         assert "warning" not in r.stdout + r.stderr
+
+
+# ---- the login rule, failures and the sealing key across the fleet ----
+
+def app_login(sl):
+    """An app that still logs in itself, through sluice."""
+    form = "grant_type=client_credentials&client_id=%s&client_secret=%s" % (
+        CLIENT_ID, CLIENT_SECRET)
+    return sl.request("POST", "/crm/token", body=form.encode(),
+                      headers={"Content-Type": "application/x-www-form-urlencoded"})[0]
+
+
+def test_fleet_broker_and_apps_logins_stay_within_the_rule_in_redis():
+    """Three instances: the brokers' logins (forced by revocations) and the
+    apps' own logins through sluice are one count in Redis.  Checked at the
+    provider, by arrival: the store logs a login when its connection is up,
+    just before it is sent, so the provider sees it no earlier than the
+    store counts it and any window of 3 s at the provider holds at most 4
+    (no timing margin is needed for that direction)."""
+    p = FakeProvider()
+    redis = RedisServer()
+    rules = [{"name": "logins", "path": "/token", "limit": 4, "window": "3s"}]
+    fleet = []
+    try:
+        for _ in range(3):
+            fleet.append(start(p, store=redis.url, workers=1, auth={"rule": "logins"},
+                               rules=rules, upstream={"max_wait": "10s"}))
+        assert wait_for(lambda: p.nlogins() >= 1, 5)
+        t0 = time.monotonic()
+        app_codes, call_codes = [], []
+        while time.monotonic() - t0 < 7:
+            p.revoke()
+            out = parallel(6, lambda i: app_login(fleet[i % 3]) if i % 2
+                           else get(fleet[i % 3])[0])
+            app_codes += out[1::2]
+            call_codes += out[0::2]
+        with p.lock:
+            arrivals = sorted(p.attempt_times)
+        assert max_in_window(arrivals, 3.0) <= 4, arrivals
+        # Both kinds of login were made, and the rule held some back.
+        assert 200 in app_codes and 429 in app_codes, app_codes
+        assert sum(st["logins"] for st in map(auth_status, fleet)) >= 2
+        # 401: an app's own login replaced the token a call was resent with
+        # (this provider keeps one token); 503: no room within max_wait.
+        assert 200 in call_codes and set(call_codes) <= {200, 401, 503}, call_codes
+    finally:
+        for sl in fleet:
+            sl.stop()
+        redis.stop()
+        p.close()
+
+
+def test_fleet_failed_login_is_tried_once_per_backoff_for_the_fleet():
+    """The token endpoint answers 500.  Calls keep coming to all three
+    instances; the fleet tries once, then once after 1 s, once after 2 s
+    more (next at about 7 s): 3 tries in the 6 s from the first, where
+    each instance on its own back-off would make three times as many.
+    The gaps are at least the back-off (less 100 ms for the time between
+    the try's arrival here and its failure being written to Redis)."""
+    p = FakeProvider(token_mode="500")
+    redis = RedisServer()
+    fleet = []
+    try:
+        for _ in range(3):
+            fleet.append(start(p, store=redis.url, workers=1))
+        assert wait_for(lambda: p.login_attempts >= 1, 5)
+        first = p.attempt_times[0]
+        codes = []
+        i = 0
+        while time.monotonic() - first < 6:
+            codes.append(get(fleet[i % 3])[0])
+            i += 1
+            time.sleep(0.02)
+        with p.lock:
+            tries = list(p.attempt_times)
+        assert len(tries) == 3, [round(t - first, 2) for t in tries]
+        assert tries[1] - tries[0] > 0.9 and tries[2] - tries[1] > 1.9, tries
+        assert set(codes) <= {502, 503} and 502 in codes
+        logs = [sl.read_log() for sl in fleet]
+        assert sum("the fleet's last login failed" in g for g in logs) >= 1
+        for g in logs:
+            assert CLIENT_SECRET not in g
+    finally:
+        for sl in fleet:
+            sl.stop()
+        redis.stop()
+        p.close()
+
+
+def test_fleet_token_key_rotation(tmp_path):
+    """token_key seals the fleet's token.  An instance started with a new
+    key finds the old token sealed under another key: it logs in again
+    under the lease, and the fleet keeps answering; instances with the
+    same key share one login."""
+    old_key = secrets.token_hex(32)
+    key_file = tmp_path / "token.key"
+    key_file.write_text("a passphrase long enough " + secrets.token_hex(4) + "\n")
+    p = FakeProvider()
+    redis = RedisServer()
+    fleet = []
+    try:
+        for _ in range(2):
+            fleet.append(start(p, store=redis.url, workers=1,
+                               auth={"token_key": old_key}))
+        assert all(get(sl)[0] == 200 for sl in fleet)
+        assert p.nlogins() == 1
+        fleet.append(start(p, store=redis.url, workers=1,
+                           auth={"token_key": "file:" + str(key_file)}))
+        assert get(fleet[2])[0] == 200
+        assert p.nlogins() == 2
+        assert "sealed under another key" in fleet[2].read_log()
+        # Mid-rotation every instance still answers (the provider keeps one
+        # token: a refused one makes a login and the call is sent again).
+        assert [get(sl)[0] for sl in fleet] == [200, 200, 200]
+        # The rotation ends: old instances go, a new one shares the token.
+        for sl in fleet[:2]:
+            sl.stop()
+        del fleet[:2]
+        assert get(fleet[0])[0] == 200
+        before = p.nlogins()
+        fleet.append(start(p, store=redis.url, workers=1,
+                           auth={"token_key": "file:" + str(key_file)}))
+        assert get(fleet[1])[0] == 200
+        assert p.nlogins() == before
+        assert "another instance logged in" in fleet[1].read_log()
+        dump = redis_dump(redis)
+        for s in [CLIENT_SECRET, old_key] + p.issued:
+            assert s not in dump
+        for sl in fleet:
+            assert old_key not in sl.read_log()
+    finally:
+        for sl in fleet:
+            sl.stop()
+        redis.stop()
+        p.close()
+
+
+def test_token_key_errors(tmp_path):
+    import subprocess
+    from harness import SLUICE_BIN
+    p = FakeProvider()
+    try:
+        for key, err in [("short", "passphrase of at least 16 characters"),
+                         ("env:NO_SUCH_TOKEN_KEY", "NO_SUCH_TOKEN_KEY")]:
+            c = config(p, auth={"token_key": key})
+            cfg = tmp_path / "c.json"
+            cfg.write_text(json.dumps(c))
+            r = subprocess.run([SLUICE_BIN, "--check", "-c", str(cfg)], capture_output=True,
+                               text=True, env={"PATH": os.environ["PATH"],
+                                               "TEST_CLIENT_SECRET": "x"})
+            assert r.returncode != 0
+            out = r.stdout + r.stderr
+            assert "upstreams[0].auth.token_key" in out and err in out, out
+            assert key != "short" or "short" not in out.replace("shorter", "")
+    finally:
+        p.close()
+
+
+def test_stopping_during_a_slow_login_is_prompt():
+    """The token endpoint takes 10 s to answer, and auth.timeout is 30 s.
+    Stopping cuts the login short (the broker's poll watches its stop
+    descriptor) and the second instance's wait for the lease holder's
+    announcement too.  Measured: under 2.5 s each, where waiting for the
+    exchange would take over 9 s, and for the lease 35 s; 2.5 s leaves room
+    for a loaded machine (the workers' own stop, a pass of each loop)."""
+    p = FakeProvider(token_mode="slow")
+    p.slow_s = 10
+    redis = RedisServer()
+    holder = waiter = None
+    try:
+        holder = start(p, store=redis.url, workers=1, auth={"timeout": "30s"})
+        assert wait_for(lambda: p.login_attempts == 1, 5)
+        waiter = start(p, store=redis.url, workers=1, auth={"timeout": "30s"})
+        time.sleep(0.5)
+        for sl in (waiter, holder):
+            t0 = time.monotonic()
+            sl.stop()
+            assert time.monotonic() - t0 < 2.5
+        assert p.login_attempts == 1
+        assert "login failed" not in holder.read_log()
+    finally:
+        for sl in (holder, waiter):
+            if sl is not None:
+                sl.stop(expect_code=None)
+        redis.stop()
+        p.close()

@@ -109,3 +109,28 @@ def test_readme_quick_start_shows_a_429(sluice):
     m = re.search(r"retry-after: (\d+)", head)
     assert m and 1 <= int(m.group(1)) <= 10, head
     assert re.search(r'ratelimit: "all";r=0;t=%s' % m.group(1), head), head
+
+
+def test_readme_login_examples_pass_check(tmp_path):
+    """README's "Logging in for every app": both configurations pass
+    --check as written (the CRM's key file moved to a test key)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Logging in for every app", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    assert len(blocks) == 2
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem = tmp_path / "crm-jwt.pem"
+    pem.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                      serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption()))
+    for i, b in enumerate(blocks):
+        assert json.loads(b)["upstreams"][0]["auth"]
+        cfg = tmp_path / ("readme%d.json" % i)
+        cfg.write_text(b.replace("/etc/sluice/crm-jwt.pem", str(pem)))
+        r = subprocess.run([SLUICE_BIN, "--check", "-c", str(cfg)], capture_output=True,
+                           text=True, env={"PATH": os.environ["PATH"],
+                                           "LEADS_CLIENT_SECRET": "x"})
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "warning" not in r.stdout + r.stderr
