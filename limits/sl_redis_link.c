@@ -147,6 +147,7 @@ struct sl_redis_link {
     size_t npending;                /* the owner's commands in it */
     unsigned handshake_left;        /* handshake replies to come */
     bool subscribed;                /* a SUBSCRIBE was sent */
+    bool corked;                    /* commands leave the watch alone */
     int64_t timeout_ms;
     int64_t start_ms;               /* creation: the connect deadline's base */
     int depth;                      /* the link's functions on the stack */
@@ -1062,9 +1063,37 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
     sl_rl_push(link, c);
     /* Inside the link's own functions the watch is set on the way out,
      * once for the whole batch. */
-    if (link->depth == 0)
+    if (link->depth == 0 && !link->corked)
         sl_rl_watch(link);
     return 0;
+}
+
+void sl_redis_link_cork(struct sl_redis_link *link)
+{
+    link->corked = true;
+}
+
+int sl_redis_link_uncork(struct sl_redis_link *link)
+{
+    link->corked = false;
+    return sl_redis_link_flush(link);
+}
+
+int sl_redis_link_read(struct sl_redis_link *link)
+{
+    int rc = 0;
+
+    if (link->state == SL_REDIS_LINK_DEAD || link->free_asked)
+        return -1;
+    if (link->state != SL_REDIS_LINK_HANDSHAKE && link->state != SL_REDIS_LINK_UP)
+        return 0;  /* nothing can have been answered yet */
+    sl_rl_enter(link);
+    if (sl_rl_read(link) != 0)
+        rc = -1;
+    else if (!link->free_asked)
+        sl_rl_watch(link);
+    sl_rl_leave(link);
+    return rc;
 }
 
 static void sl_rl_destroy(struct sl_redis_link *link)
