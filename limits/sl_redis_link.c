@@ -225,9 +225,17 @@ struct sl_redis_tls *sl_redis_tls_new(const struct sl_redis_tls_conf *conf,
             goto fail;
         }
         if (SSL_CTX_use_PrivateKey_file(tls->ctx, conf->key_file, SSL_FILETYPE_PEM) != 1) {
+            /* OpenSSL checks the key against the certificate here already. */
+            unsigned long e = ERR_peek_error();
+            bool mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                            ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
             sl_ssl_reason(reason, sizeof(reason), "no key in it");
-            snprintf(why, why_len, "cannot read the client key %s: %s",
-                     conf->key_file, reason);
+            if (mismatch)
+                snprintf(why, why_len, "the client key %s is not the key of %s: %s",
+                         conf->key_file, conf->cert_file, reason);
+            else
+                snprintf(why, why_len, "cannot read the client key %s: %s",
+                         conf->key_file, reason);
             goto fail;
         }
         if (SSL_CTX_check_private_key(tls->ctx) != 1) {
