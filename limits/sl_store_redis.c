@@ -1,17 +1,19 @@
 /*
  * sl_store_redis — one quota shared exactly by every sluice instance.
  *
- * Each worker thread owns one of these: a hiredis asynchronous connection
- * (the main link) and a second one subscribed to room notices (the
- * subscriber link), both driven by the worker's event loop through struct
- * sl_loop, so every reply is handled on the thread that asked.  Many
- * commands are in flight on the main link at once (pipelining); replies
- * arrive in order, so the FIFO of pending operations below is both the
- * bookkeeping and the timeout mechanism: hiredis 0.14 has no command
- * timeouts, so when the oldest pending operation is older than
- * `store_timeout`, the link is declared dead, freed (every pending
- * operation is answered with a NULL reply and falls back), and
- * re-established with backoff.
+ * Each worker thread owns one of these: a connection (the main link) and
+ * a second one subscribed to room notices (the subscriber link), each an
+ * sl_redis_link (sl_redis_link.h: the socket, TLS, AUTH and SELECT, its
+ * own deadline) driven by the worker's event loop through struct sl_loop,
+ * so every reply is handled on the thread that asked.  Many commands are
+ * in flight on the main link at once (pipelining); replies arrive in
+ * order, so the FIFO of pending operations below is the bookkeeping
+ * (batches, undos, setup) and the store's own deadline: when the oldest
+ * pending operation is older than `store_timeout`, the store gives the
+ * link up itself, writing an undo behind every unanswered batch first,
+ * then frees it (every pending operation is answered with a NULL reply
+ * and falls back), and connects again with backoff.  The link's deadline,
+ * a millisecond later, only bounds connecting and backs the store's up.
  *
  * Decisions.  All rules a call matches go to one Lua script run; calls
  * decided in one loop pass are batched per upstream into one run (one round
