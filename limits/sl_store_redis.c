@@ -3458,8 +3458,11 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     if (corked != NULL && r->main.link == corked)
         (void)sl_redis_link_uncork(corked);
     /* The store's deadline before the link's (see sl_redis_connect), so
-     * that a batch given up is undone behind itself. */
-    if (r->fifo_head != NULL && now_us >= r->fifo_head->deadline_us) {
+     * that a batch given up is undone behind itself.  Before the link is
+     * up, its own connect deadline (as long) ends it, with a reason that
+     * says where connecting stopped. */
+    if (r->main.state == SL_REDIS_UP && r->fifo_head != NULL &&
+        now_us >= r->fifo_head->deadline_us) {
         /* Replies that are already here are not given up on. */
         if (r->main.link != NULL)
             (void)sl_redis_link_read(r->main.link);
@@ -3488,7 +3491,7 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     }
     if (r->history != NULL)
         SL_NEXT(r->next_history_ms);
-    if (r->fifo_head != NULL)
+    if (r->main.state == SL_REDIS_UP && r->fifo_head != NULL)
         SL_NEXT((r->fifo_head->deadline_us + 999) / 1000);
     if (r->leases != NULL)
         SL_NEXT(r->next_renew_ms);
