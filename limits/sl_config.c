@@ -43,6 +43,8 @@
 #include "sl_duration.h"
 #include "sl_http.h"
 #include "sl_pattern.h"
+#include "sl_redis_link.h"
+#include "sl_redis_url.h"
 
 #include <arpa/inet.h>
 #include <ctype.h>
@@ -2357,116 +2359,41 @@ static void sl_parse_upstream(json_t *ju, const char *path,
 
 /* ---- the store ---- */
 
-static char *sl_pct_decode(const char *s, size_t len)
-{
-    char *out = malloc(len + 1), *o = out;
-
-    if (out == NULL)
-        return NULL;
-    for (size_t i = 0; i < len; i++) {
-        if (s[i] == '%' && i + 2 < len &&
-            isxdigit((unsigned char)s[i + 1]) && isxdigit((unsigned char)s[i + 2])) {
-            char hex[3] = {s[i + 1], s[i + 2], 0};
-            *o++ = (char)strtol(hex, NULL, 16);
-            i += 2;
-        } else {
-            *o++ = s[i];
-        }
-    }
-    *o = '\0';
-    return out;
-}
-
-/* A decimal number of digits only (strtol alone takes " 5" and "+5"),
- * from P to END, at most MAX.  Returns it, or -1. */
-static long sl_plain_number(const char *p, const char *end, long max)
-{
-    long v = 0;
-
-    if (p >= end)
-        return -1;
-    for (; p < end; p++) {
-        if (!sl_is_digit((unsigned char)*p) || v > max)
-            return -1;
-        v = v * 10 + (*p - '0');
-    }
-    return v > max ? -1 : v;
-}
-
 int sl_config_parse_redis_url(const char *url, struct sl_config *c,
                               const char **why)
 {
-    const char *p, *at, *slash, *host, *colon;
-    size_t hlen;
-    long v;
+    struct sl_redis_url u;
+    const char *what = NULL;
+    int rc = -1;
 
-    if (strncmp(url, "rediss://", 9) == 0) {
-        *why = "TLS to Redis (rediss://) is not supported: the hiredis 0.14 "
-               "library sluice is built on has no TLS; use redis:// on a "
-               "private network or a local TLS tunnel (e.g. stunnel)";
+    if (sl_redis_url_parse(url, &u, &what) != 0) {
+        *why = what != NULL ? what : "could not be read";
         return -1;
     }
-    if (strncmp(url, "redis://", 8) != 0) {
-        *why = "is not a store: use \"memory\" or \"redis://[:password@]host:port[/db]\"";
-        return -1;
+    if (u.kind == SL_REDIS_URL_SENTINEL) {
+        *why = "is a Redis Sentinel URL, which is not supported yet: name the "
+               "master itself (redis:// or rediss://)";
+        goto out;
     }
-    p = url + 8;
-    slash = strchr(p, '/');
-    at = memchr(p, '@', slash ? (size_t)(slash - p) : strlen(p));
-    if (at != NULL) {
-        const char *cred_colon = memchr(p, ':', (size_t)(at - p));
-        if (cred_colon == NULL) {
-            *why = "has credentials without a ':' (write redis://:password@host or "
-                   "redis://user:password@host)";
-            return -1;
-        }
-        if (cred_colon > p)
-            c->redis_user = sl_pct_decode(p, (size_t)(cred_colon - p));
-        c->redis_password = sl_pct_decode(cred_colon + 1, (size_t)(at - cred_colon - 1));
-        p = at + 1;
+    if (u.kind == SL_REDIS_URL_CLUSTER) {
+        *why = "is a Redis Cluster URL, which is not supported yet: name one "
+               "server (redis:// or rediss://)";
+        goto out;
     }
-    host = p;
-    hlen = slash ? (size_t)(slash - p) : strlen(p);
-    c->redis_port = 6379;
-    if (hlen > 0 && host[0] == '[') {
-        const char *close = memchr(host, ']', hlen);
-        if (close == NULL) {
-            *why = "has an unclosed IPv6 address";
-            return -1;
-        }
-        c->redis_host = strndup(host + 1, (size_t)(close - host - 1));
-        colon = close + 1;
-        if (colon < host + hlen && *colon != ':') {
-            *why = "has something other than \":port\" after the IPv6 address";
-            return -1;
-        }
-        if (colon == host + hlen)
-            colon = NULL;
-    } else {
-        colon = memchr(host, ':', hlen);
-        c->redis_host = strndup(host, colon ? (size_t)(colon - host) : hlen);
-    }
-    if (c->redis_host == NULL || c->redis_host[0] == '\0') {
-        *why = "has no host";
-        return -1;
-    }
-    if (colon != NULL) {
-        v = sl_plain_number(colon + 1, host + hlen, 65535);
-        if (v < 1) {
-            *why = "has a port that is not a number from 1 to 65535";
-            return -1;
-        }
-        c->redis_port = (int)v;
-    }
-    if (slash != NULL && slash[1] != '\0') {
-        v = sl_plain_number(slash + 1, slash + strlen(slash), 1000000);
-        if (v < 0) {
-            *why = "has a database that is not a number (redis://host:port/0)";
-            return -1;
-        }
-        c->redis_db = (int)v;
-    }
-    return 0;
+    /* The URL's strings move into C. */
+    c->redis_host = u.addrs[0].host;
+    u.addrs[0].host = NULL;
+    c->redis_port = u.addrs[0].port;
+    c->redis_user = u.user;
+    u.user = NULL;
+    c->redis_password = u.password;
+    u.password = NULL;
+    c->redis_db = u.db;
+    c->redis_use_tls = u.tls;
+    rc = 0;
+out:
+    sl_redis_url_clear(&u);
+    return rc;
 }
 
 /* ---- the whole file ---- */
@@ -2535,7 +2462,8 @@ static void sl_read_store(json_t *obj, json_t *v, const char *at, const char *su
                           sl_from_env(k, env, from, sizeof(from)), why);
             if (strncmp(s, "redis", 5) != 0 && strchr(s, '@') == NULL)
                 sl_errors_add(ctx->errs, "%s: %s is neither \"memory\" nor a "
-                              "redis:// URL", sub, sl_conf_quote(s, q, sizeof(q)));
+                              "redis:// or rediss:// URL", sub,
+                              sl_conf_quote(s, q, sizeof(q)));
         }
     }
 }
@@ -2544,12 +2472,116 @@ static const struct sl_conf_handler sl_store_handler = {
     sl_read_store,
     "`store` keeps the limits' state: `\"memory\"` in this process (one "
     "instance), or `\"redis://[[USER]:PASSWORD@]HOST[:PORT][/DB]\"` (port "
-    "6379 and database 0 by default; user and password percent-decoded), "
-    "shared by every instance that names it, so they spend one budget "
-    "exactly; time then comes from Redis.  `rediss://` (TLS) is not "
-    "supported: use a private network or a local TLS tunnel.  An error "
-    "never echoes the URL, which may hold a password.",
+    "6379 and database 0 by default; user and password percent-decoded, an "
+    "IPv6 address in brackets), shared by every instance that names it, so "
+    "they spend one budget exactly; time then comes from Redis.  "
+    "`rediss://...` is the same over TLS (see `store_tls`).  Redis Sentinel "
+    "and Cluster URLs (`redis-sentinel://`, `redis-cluster://`) are refused: "
+    "not supported yet.  An error never echoes the URL, which may hold a "
+    "password.",
 };
+
+static const struct sl_conf_key sl_store_tls_keys[] = {
+    {.key = "ca_file", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_config, tls_ca_file), .def = "the system's CAs",
+     .flags = SL_CONF_PROSE,
+     .doc = "PEM file of the CA (or CAs) that signed the Redis server's "
+            "certificate."},
+    {.key = "cert_file", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_config, tls_cert_file),
+     .doc = "Mutual TLS: PEM file of sluice's client certificate (with "
+            "`key_file`), for a Redis run with `--tls-auth-clients yes`."},
+    {.key = "key_file", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_config, tls_key_file),
+     .doc = "Mutual TLS: PEM file of the client certificate's private key "
+            "(unencrypted); it must be the key of `cert_file`."},
+    {.key = "server_name", .type = SL_CONF_STRING,
+     SL_CONF_FIELD(struct sl_config, tls_server_name), .def = "the URL's host",
+     .flags = SL_CONF_PROSE,
+     .doc = "The name sent in SNI and verified in the server's certificate "
+            "(an IP address is verified as one)."},
+    {.key = "verify", .type = SL_CONF_BOOL, SL_CONF_FIELD(struct sl_config, tls_verify),
+     .def = "true",
+     .doc = "Verify the server's certificate and name.  `false` accepts any "
+            "certificate: encryption without knowing who answers (tests only)."},
+};
+
+static const struct sl_conf_table sl_store_tls_table = SL_CONF_TABLE(
+    "store_tls",
+    "TLS to Redis, for a `rediss://` store.  Every file is read, and the key "
+    "checked against its certificate, when the configuration is loaded, so "
+    "`--check` reports a missing or unreadable one.  A certificate Redis "
+    "presents that does not verify is logged with the reason, and calls are "
+    "decided by `on_store_error` until Redis can be reached.",
+    sl_store_tls_keys);
+
+/* Row KEY's file FILE (may be NULL) can be opened for reading; else an
+ * error at SUB.KEY. */
+static void sl_tls_file_readable(const char *sub, const char *key, const char *file,
+                                 struct sl_errors *errs)
+{
+    char q[96];
+    FILE *f;
+
+    if (file == NULL)
+        return;
+    f = fopen(file, "r");
+    if (f == NULL) {
+        sl_errors_add(errs, "%s.%s: cannot read %s: %s", sub, key,
+                      sl_conf_quote(file, q, sizeof(q)), strerror(errno));
+        return;
+    }
+    fclose(f);
+}
+
+static void sl_read_store_tls(json_t *obj, json_t *v, const char *at, const char *sub,
+                              void *base, const struct sl_conf_key *k,
+                              struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    bool tls = c->store_kind == SL_STORE_REDIS && c->redis_use_tls;
+    size_t before = ctx->errs->count;
+    struct sl_redis_tls_conf tc;
+    char why[512];
+
+    (void)obj, (void)at, (void)k;
+    if (v == NULL) {
+        sl_conf_defaults(&sl_store_tls_table, c);
+    } else if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object such as "
+                      "{\"ca_file\": \"/etc/sluice/redis-ca.pem\"}", sub);
+        return;
+    } else {
+        sl_conf_read(&sl_store_tls_table, v, sub, c, ctx);
+        if (!tls) {
+            sl_errors_add(ctx->errs, "%s: applies to a rediss:// store only (store "
+                          "is not one): remove it, or write rediss://", sub);
+            return;
+        }
+    }
+    if (!tls)
+        return;
+    if ((c->tls_cert_file != NULL) != (c->tls_key_file != NULL))
+        sl_errors_add(ctx->errs, "%s: cert_file and key_file go together (a client "
+                      "certificate needs its key)", sub);
+    sl_tls_file_readable(sub, "ca_file", c->tls_ca_file, ctx->errs);
+    sl_tls_file_readable(sub, "cert_file", c->tls_cert_file, ctx->errs);
+    sl_tls_file_readable(sub, "key_file", c->tls_key_file, ctx->errs);
+    if (ctx->errs->count != before)
+        return;
+    tc = (struct sl_redis_tls_conf){
+        .ca_file = c->tls_ca_file,
+        .cert_file = c->tls_cert_file,
+        .key_file = c->tls_key_file,
+        .server_name = c->tls_server_name,
+        .no_verify = !c->tls_verify,
+    };
+    c->redis_tls = sl_redis_tls_new(&tc, why, sizeof(why));
+    if (c->redis_tls == NULL)
+        sl_errors_add(ctx->errs, "%s: %s", sub, why);
+}
+
+static const struct sl_conf_handler sl_store_tls_handler = {sl_read_store_tls, NULL};
 
 static void sl_read_store_prefix(json_t *obj, json_t *v, const char *at,
                                  const char *sub, void *base,
@@ -3331,7 +3363,11 @@ static const struct sl_conf_key sl_root_keys[] = {
      .doc = "Where apps call sluice: `HOST:PORT`."},
     {.key = "store", .type = SL_CONF_STRING, .handler = &sl_store_handler,
      .def = "memory", .env = "SLUICE_STORE", .flags = SL_CONF_ALWAYS,
-     .doc = "Where limit state lives: `\"memory\"` or a `redis://` URL."},
+     .doc = "Where limit state lives: `\"memory\"` or a `redis://` or `rediss://` URL."},
+    {.key = "store_tls", .type = SL_CONF_OBJECT, .handler = &sl_store_tls_handler,
+     .flags = SL_CONF_ALWAYS,
+     .doc = "With a `rediss://` store: the CA, client certificate and name to "
+            "verify (see `store_tls`)."},
     {.key = "store_prefix", .type = SL_CONF_STRING,
      SL_CONF_FIELD(struct sl_config, store_prefix), .def = "sluice:",
      .handler = &sl_store_prefix_handler,
@@ -3444,7 +3480,7 @@ static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
 
 /* Every table, in the order the reference shows them. */
 static const struct sl_conf_table *const sl_tables[] = {
-    &sl_root_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
+    &sl_root_table, &sl_store_tls_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
     &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
     &sl_rule_share_table, &sl_alert_table, &sl_auth_table,
 };
@@ -3462,6 +3498,14 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
         return;
     }
     sl_conf_read(&sl_root_table, root, "", c, &ctx);
+    /* The token broker's Redis connection (sl_auth_store.c) is hiredis's
+     * own, which has no TLS. */
+    if (c->store_kind == SL_STORE_REDIS && c->redis_use_tls)
+        for (size_t i = 0; i < c->nupstreams; i++)
+            if (c->upstreams[i].auth != NULL)
+                sl_errors_add(errs, "upstreams[%zu].auth: the shared login does not "
+                              "reach Redis over TLS yet: with a rediss:// store, "
+                              "use redis:// or remove auth", i);
     if (c->shadow)
         for (size_t i = 0; i < c->nupstreams; i++)
             for (size_t k = 0; k < c->upstreams[i].nrules; k++)
@@ -3778,6 +3822,13 @@ size_t sl_config_restart_diff(const struct sl_config *a, const struct sl_config 
     if (sl_str_differ(a->store, b->store))
         sl_restart_line(errs, &n, "store", "one store", "another");
     SL_DIFF_STR(store_prefix, "store_prefix")
+    SL_DIFF_STR(tls_ca_file, "store_tls.ca_file")
+    SL_DIFF_STR(tls_cert_file, "store_tls.cert_file")
+    SL_DIFF_STR(tls_key_file, "store_tls.key_file")
+    SL_DIFF_STR(tls_server_name, "store_tls.server_name")
+    if (a->tls_verify != b->tls_verify)
+        sl_restart_line(errs, &n, "store_tls.verify", a->tls_verify ? "true" : "false",
+                        b->tls_verify ? "true" : "false");
     if (a->on_store_error != b->on_store_error)
         sl_restart_line(errs, &n, "on_store_error", "one policy", "another");
     SL_DIFF_NUM(store_timeout_us, "store_timeout (ms)", "%lld", SL_MS)
@@ -3940,6 +3991,11 @@ void sl_config_free(struct sl_config *c)
     free(c->redis_host);
     free(c->redis_user);
     free(c->redis_password);
+    free(c->tls_ca_file);
+    free(c->tls_cert_file);
+    free(c->tls_key_file);
+    free(c->tls_server_name);
+    sl_redis_tls_free(c->redis_tls);
     free(c->store_prefix);
     free(c);
 }

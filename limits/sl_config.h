@@ -18,6 +18,7 @@
 #include "sl_calendar.h"
 
 struct sl_pattern;
+struct sl_redis_tls;
 struct sl_config;
 struct sl_errors;
 
@@ -315,6 +316,15 @@ struct sl_config {
     char *redis_user;             /* NULL: AUTH with the password only */
     char *redis_password;         /* NULL: no AUTH */
     int redis_db;
+    bool redis_use_tls;           /* rediss:// */
+    /* store_tls, as written (owned; NULL: not given) */
+    char *tls_ca_file;            /* NULL: the system's CAs */
+    char *tls_cert_file, *tls_key_file;   /* mutual TLS, or NULL */
+    char *tls_server_name;        /* NULL: the URL's host */
+    bool tls_verify;
+    /* rediss://: the TLS context built from the above when the file was
+     * read (files checked then); owned, NULL for redis:// */
+    struct sl_redis_tls *redis_tls;
     char *store_prefix;           /* key prefix, default "sluice:" */
     enum sl_on_store_error on_store_error;
     int64_t store_timeout_us;     /* one Redis round trip, at most */
@@ -455,8 +465,10 @@ int sl_config_parse(const char *text, const char *name, bool apply_env,
 void sl_config_free(struct sl_config *config);
 
 /*
- * Parse "redis://[[user]:password@]host[:port][/db]" into C (redis_* fields).
- * Returns 0, or -1 with a sentence in *why.
+ * Parse "redis[s]://[[user]:password@]host[:port][/db]" into C (redis_*
+ * fields) with sl_redis_url_parse().  Sentinel and Cluster URLs are read
+ * and refused (not supported yet).  Returns 0, or -1 with a sentence in
+ * *why that completes "store: " and never quotes the URL.
  */
 int sl_config_parse_redis_url(const char *url, struct sl_config *c,
                               const char **why);

@@ -147,6 +147,7 @@ struct sl_redis_link {
     size_t npending;                /* the owner's commands in it */
     unsigned handshake_left;        /* handshake replies to come */
     bool subscribed;                /* a SUBSCRIBE was sent */
+    bool corked;                    /* commands leave the watch alone */
     int64_t timeout_ms;
     int64_t start_ms;               /* creation: the connect deadline's base */
     int depth;                      /* the link's functions on the stack */
@@ -224,9 +225,17 @@ struct sl_redis_tls *sl_redis_tls_new(const struct sl_redis_tls_conf *conf,
             goto fail;
         }
         if (SSL_CTX_use_PrivateKey_file(tls->ctx, conf->key_file, SSL_FILETYPE_PEM) != 1) {
+            /* OpenSSL checks the key against the certificate here already. */
+            unsigned long e = ERR_peek_error();
+            bool mismatch = ERR_GET_LIB(e) == ERR_LIB_X509 &&
+                            ERR_GET_REASON(e) == X509_R_KEY_VALUES_MISMATCH;
             sl_ssl_reason(reason, sizeof(reason), "no key in it");
-            snprintf(why, why_len, "cannot read the client key %s: %s",
-                     conf->key_file, reason);
+            if (mismatch)
+                snprintf(why, why_len, "the client key %s is not the key of %s: %s",
+                         conf->key_file, conf->cert_file, reason);
+            else
+                snprintf(why, why_len, "cannot read the client key %s: %s",
+                         conf->key_file, reason);
             goto fail;
         }
         if (SSL_CTX_check_private_key(tls->ctx) != 1) {
@@ -1062,9 +1071,37 @@ int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **arg
     sl_rl_push(link, c);
     /* Inside the link's own functions the watch is set on the way out,
      * once for the whole batch. */
-    if (link->depth == 0)
+    if (link->depth == 0 && !link->corked)
         sl_rl_watch(link);
     return 0;
+}
+
+void sl_redis_link_cork(struct sl_redis_link *link)
+{
+    link->corked = true;
+}
+
+int sl_redis_link_uncork(struct sl_redis_link *link)
+{
+    link->corked = false;
+    return sl_redis_link_flush(link);
+}
+
+int sl_redis_link_read(struct sl_redis_link *link)
+{
+    int rc = 0;
+
+    if (link->state == SL_REDIS_LINK_DEAD || link->free_asked)
+        return -1;
+    if (link->state != SL_REDIS_LINK_HANDSHAKE && link->state != SL_REDIS_LINK_UP)
+        return 0;  /* nothing can have been answered yet */
+    sl_rl_enter(link);
+    if (sl_rl_read(link) != 0)
+        rc = -1;
+    else if (!link->free_asked)
+        sl_rl_watch(link);
+    sl_rl_leave(link);
+    return rc;
 }
 
 static void sl_rl_destroy(struct sl_redis_link *link)

@@ -18,7 +18,8 @@
  *   - no callback runs after sl_redis_link_free() has returned; every
  *     command still unanswered is called back with NULL inside it;
  *   - callbacks run from the loop's I/O callback and from
- *     sl_redis_link_check(), sl_redis_link_flush(),
+ *     sl_redis_link_check(), sl_redis_link_read(), sl_redis_link_flush(),
+ *     sl_redis_link_uncork(),
  *     sl_redis_link_flush_wait() and sl_redis_link_free() only, never
  *     from sl_redis_link_new() or sl_redis_link_command().  A callback may
  *     send commands on the link and may free it.
@@ -140,6 +141,22 @@ struct sl_redis_link *sl_redis_link_new(const struct sl_redis_link_conf *conf,
  */
 int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **argv,
                           const size_t *lens, sl_redis_reply_fn cb, void *privdata);
+
+/*
+ * Queue many commands with one watch change: until sl_redis_link_uncork(),
+ * sl_redis_link_command() leaves the loop's watch as it is (a batch of
+ * commands would otherwise ask for writability with the first and give it
+ * up after the write).  Uncorking writes what the socket takes now and sets
+ * the watch once, as sl_redis_link_flush(), whose result it returns.  The
+ * owner uncorks in the function that corked, with no callback in between.
+ */
+void sl_redis_link_cork(struct sl_redis_link *link);
+int sl_redis_link_uncork(struct sl_redis_link *link);
+
+/* Read what has already arrived and hand its replies out, without waiting
+ * (an owner about to give a command up looks first).  Returns 0, or -1
+ * (the link is dead, died now or was freed by a callback). */
+int sl_redis_link_read(struct sl_redis_link *link);
 
 /* Write what is queued now, as far as the socket takes it, rather than
  * when the loop next finds it writable.  Returns 0, or -1 (the link is

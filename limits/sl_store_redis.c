@@ -1,17 +1,19 @@
 /*
  * sl_store_redis — one quota shared exactly by every sluice instance.
  *
- * Each worker thread owns one of these: a hiredis asynchronous connection
- * (the main link) and a second one subscribed to room notices (the
- * subscriber link), both driven by the worker's event loop through struct
- * sl_loop, so every reply is handled on the thread that asked.  Many
- * commands are in flight on the main link at once (pipelining); replies
- * arrive in order, so the FIFO of pending operations below is both the
- * bookkeeping and the timeout mechanism: hiredis 0.14 has no command
- * timeouts, so when the oldest pending operation is older than
- * `store_timeout`, the link is declared dead, freed (every pending
- * operation is answered with a NULL reply and falls back), and
- * re-established with backoff.
+ * Each worker thread owns one of these: a connection (the main link) and
+ * a second one subscribed to room notices (the subscriber link), each an
+ * sl_redis_link (sl_redis_link.h: the socket, TLS, AUTH and SELECT, its
+ * own deadline) driven by the worker's event loop through struct sl_loop,
+ * so every reply is handled on the thread that asked.  Many commands are
+ * in flight on the main link at once (pipelining); replies arrive in
+ * order, so the FIFO of pending operations below is the bookkeeping
+ * (batches, undos, setup) and the store's own deadline: when the oldest
+ * pending operation is older than `store_timeout`, the store gives the
+ * link up itself, writing an undo behind every unanswered batch first,
+ * then frees it (every pending operation is answered with a NULL reply
+ * and falls back), and connects again with backoff.  The link's deadline,
+ * a millisecond later, only bounds connecting and backs the store's up.
  *
  * Decisions.  All rules a call matches go to one Lua script run; calls
  * decided in one loop pass are batched per upstream into one run (one round
@@ -151,13 +153,12 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_redis_link.h"
 #include "sl_time.h"
 
 #include <errno.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 #include <limits.h>
-#include <poll.h>
 #include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -169,6 +170,9 @@
 
 #define SL_REDIS_BACKOFF_MIN_MS 50
 #define SL_REDIS_BACKOFF_MAX_MS 1000
+/* At shutdown, what is queued (commits, releases, undos) gets this long to
+ * be written before the link is closed. */
+#define SL_REDIS_CLOSE_WAIT_MS 100
 #define SL_REDIS_BATCH_MAX 32       /* calls decided by one script run */
 #define SL_REDIS_OWED_MAX 10000     /* leases kept for owed commits/releases */
 /* Commits wait for the next decision batch of their upstream to ride in,
@@ -1139,13 +1143,13 @@ static const char *const sl_redis_lua[SL_LUA_COUNT] = {
 /* ---- types ---- */
 
 enum sl_redis_state {
-    SL_REDIS_DOWN,          /* no context; reconnect at reconnect_at_ms */
-    SL_REDIS_CONNECTING,    /* context, connect(2) in progress */
-    SL_REDIS_UP,            /* connected */
+    SL_REDIS_DOWN,          /* no link; reconnect at reconnect_at_ms */
+    SL_REDIS_CONNECTING,    /* a link, not yet through its handshake */
+    SL_REDIS_UP,            /* the link answered its handshake */
 };
 
 enum sl_redis_op_kind {
-    SL_OP_SETUP,            /* AUTH, SELECT, SCRIPT LOAD */
+    SL_OP_SETUP,            /* SCRIPT LOAD */
     SL_OP_CLOCK,            /* TIME */
     SL_OP_DECIDE,
     SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
@@ -1165,18 +1169,18 @@ struct sl_args {
                              * rules): do not send; memory is the buffers' */
 };
 
-/* One connection: the main link or the subscriber. */
-struct sl_redis_link {
+/* One connection: the main link or the subscriber.  The link (socket,
+ * TLS, AUTH, SELECT, its own deadline) is sl_redis_link's; this is what
+ * the store keeps around it. */
+struct sl_redis_conn {
     struct sl_redis *r;
     bool sub;               /* the subscriber link */
-    redisAsyncContext *ac;
+    struct sl_redis_link *link;     /* owned; NULL while down */
     enum sl_redis_state state;
-    bool freeing;           /* inside redisAsyncFree */
-    bool want_read, want_write;     /* what hiredis asks for */
-    bool reg_read, reg_write;       /* what the loop watches */
-    int fd;                 /* watched descriptor, or -1 */
+    /* Inside sl_redis_link_free(): the NULL replies it hands out are for
+     * commands this store gave up itself (their undo, if any, is written). */
+    bool freeing;
     int64_t reconnect_at_ms;
-    int64_t connect_deadline_ms;
     int backoff_ms;
 };
 
@@ -1282,8 +1286,8 @@ struct sl_redis {
     struct sl_store *local;               /* shared memory store, not owned */
     struct sl_loop loop;
     int worker_id;
-    struct sl_redis_link main;            /* decisions and updates */
-    struct sl_redis_link sub;             /* SUBSCRIBE <prefix>room */
+    struct sl_redis_conn main;            /* decisions and updates */
+    struct sl_redis_conn sub;             /* SUBSCRIBE <prefix>room */
     bool outage;                          /* this worker counts as down */
     size_t setup_left;                    /* connection set-up replies to come */
     struct sl_redis_op *fifo_head, *fifo_tail;
@@ -1313,7 +1317,6 @@ struct sl_redis {
     int64_t last_error_log_ms;
     uint64_t expired;                     /* batches Redis answered "expired" */
     bool flush_now;                       /* a slot was released: write now */
-    bool ev_defer;                        /* main link's watch: see sl_redis_ev_update */
     bool flushing, flush_again, flush_force;  /* sl_redis_flush_all running */
     size_t nlive;                         /* leases on r->leases */
     struct sl_history *history;           /* the process's, to write; or NULL */
@@ -1324,7 +1327,7 @@ struct sl_redis {
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
 
-static void sl_redis_fail(struct sl_redis_link *link, const char *why);
+static void sl_redis_fail(struct sl_redis_conn *conn, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
 static void sl_redis_flush(struct sl_redis *r, size_t upstream);
 static int64_t sl_redis_flush_all(struct sl_redis *r, bool force);
@@ -1334,7 +1337,8 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
 static void sl_redis_commits_written(struct sl_redis *r, size_t upstream,
                                      bool written);
 static void sl_redis_settle_owed(struct sl_redis *r);
-static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata);
+static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
+                              void *privdata);
 static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                                      const redisReply *rep);
 static void sl_redis_log_error(struct sl_redis *r, const char *what,
@@ -1688,10 +1692,11 @@ static void sl_args_shares(struct sl_args *a, const struct sl_rule *rule)
 
 /* ---- FIFO of commands in flight ---- */
 
-static void sl_redis_push(struct sl_redis *r, struct sl_redis_op *op)
+/* OP was written at local time NOW (µs). */
+static void sl_redis_push(struct sl_redis *r, struct sl_redis_op *op, int64_t now)
 {
     op->next = NULL;
-    op->deadline_us = sl_redis_now_us() + r->config->store_timeout_us;
+    op->deadline_us = now + r->config->store_timeout_us;
     if (r->fifo_tail != NULL)
         r->fifo_tail->next = op;
     else
@@ -1738,9 +1743,11 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     const char **argv = NULL;
     size_t *lens = NULL;
     char nkeys[24];
+    int64_t now = sl_redis_now_us();
     int rc = -1;
 
-    if (r->main.ac == NULL || !sl_args_ok(&op->keys) || !sl_args_ok(&op->args))
+    if (r->main.link == NULL || r->main.freeing || !sl_args_ok(&op->keys) ||
+        !sl_args_ok(&op->args))
         return -1;
     argv = malloc(n * sizeof(*argv));
     lens = malloc(n * sizeof(*lens));
@@ -1764,10 +1771,12 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
         argv[argc] = sl_args_at(&op->keys, i, &lens[argc]);
     for (size_t i = 0; i < op->args.n; i++, argc++)
         argv[argc] = sl_args_at(&op->args, i, &lens[argc]);
-    if (redisAsyncCommandArgv(r->main.ac, sl_redis_on_reply, op, (int)argc, argv,
-                              lens) != REDIS_OK)
+    if (sl_redis_link_command(r->main.link, (int)argc, argv, lens, sl_redis_on_reply,
+                              op) != 0)
         goto out;
-    sl_redis_push(r, op);
+    /* Stamped before the link stamped it: the store's deadline comes first
+     * (see sl_redis_connect). */
+    sl_redis_push(r, op, now);
     rc = 0;
 out:
     free(argv);
@@ -1794,132 +1803,52 @@ static struct sl_redis_op *sl_redis_script_op(struct sl_redis *r, int script)
     return op;
 }
 
-/* ---- event loop adapter for hiredis ---- */
-
-static void sl_redis_io(void *arg, bool readable, bool writable)
-{
-    struct sl_redis_link *link = arg;
-    redisAsyncContext *ac = link->ac;
-
-    if (ac == NULL)
-        return;
-    if (readable)
-        redisAsyncHandleRead(ac);
-    /* The read may have freed the context. */
-    if (writable && link->ac == ac)
-        redisAsyncHandleWrite(ac);
-}
-
-/* Tell the loop what LINK waits for, when that changed.  hiredis asks
- * again for reading after every read and write, and for writing with
- * every command: on the main link inside sl_redis_timers (ev_defer) only
- * the last word counts, so a batch written at once costs no epoll_ctl. */
-static void sl_redis_ev_update(struct sl_redis_link *link)
-{
-    struct sl_redis *r = link->r;
-
-    if (link->fd < 0 || (link == &r->main && r->ev_defer))
-        return;
-    if (link->want_read == link->reg_read && link->want_write == link->reg_write)
-        return;
-    if (link->want_read || link->want_write) {
-        if (r->loop.watch(r->loop.ctx, link->fd, link->want_read,
-                          link->want_write, sl_redis_io, link) != 0) {
-            /* Not watched: the next change tries again. */
-            link->reg_read = link->reg_write = false;
-            return;
-        }
-    } else {
-        r->loop.unwatch(r->loop.ctx, link->fd);
-    }
-    link->reg_read = link->want_read;
-    link->reg_write = link->want_write;
-}
-
-static void sl_redis_add_read(void *p)
-{
-    struct sl_redis_link *link = p;
-    link->want_read = true;
-    sl_redis_ev_update(link);
-}
-
-static void sl_redis_del_read(void *p)
-{
-    struct sl_redis_link *link = p;
-    link->want_read = false;
-    sl_redis_ev_update(link);
-}
-
-static void sl_redis_add_write(void *p)
-{
-    struct sl_redis_link *link = p;
-    link->want_write = true;
-    sl_redis_ev_update(link);
-}
-
-static void sl_redis_del_write(void *p)
-{
-    struct sl_redis_link *link = p;
-    link->want_write = false;
-    sl_redis_ev_update(link);
-}
-
-static void sl_redis_cleanup(void *p)
-{
-    struct sl_redis_link *link = p;
-
-    link->want_read = link->want_write = false;
-    if (link->fd >= 0)
-        link->r->loop.unwatch(link->r->loop.ctx, link->fd);
-    link->reg_read = link->reg_write = false;
-    link->fd = -1;
-}
-
 /* ---- connection life ---- */
 
-static void sl_redis_schedule_reconnect(struct sl_redis_link *link)
+/* CONN has no link any more: connect again after the backoff. */
+static void sl_redis_schedule_reconnect(struct sl_redis_conn *conn)
 {
-    /* A connection that failed to open is reported (sl_redis_on_connect)
-     * before hiredis cleans up, and its socket is still open: stop
-     * watching it here, or its watch slot would stay taken. */
-    if (link->fd >= 0)
-        link->r->loop.unwatch(link->r->loop.ctx, link->fd);
-    link->reg_read = link->reg_write = false;
-    link->ac = NULL;
-    link->fd = -1;
-    link->state = SL_REDIS_DOWN;
-    link->reconnect_at_ms = sl_redis_now_ms() + link->backoff_ms;
-    link->backoff_ms *= 2;
-    if (link->backoff_ms > SL_REDIS_BACKOFF_MAX_MS)
-        link->backoff_ms = SL_REDIS_BACKOFF_MAX_MS;
+    conn->link = NULL;
+    conn->state = SL_REDIS_DOWN;
+    conn->reconnect_at_ms = sl_redis_now_ms() + conn->backoff_ms;
+    conn->backoff_ms *= 2;
+    if (conn->backoff_ms > SL_REDIS_BACKOFF_MAX_MS)
+        conn->backoff_ms = SL_REDIS_BACKOFF_MAX_MS;
 }
 
-static void sl_redis_on_connect(const redisAsyncContext *ac, int status)
+/* The link answered its handshake (AUTH, SELECT or a PING), or never will:
+ * STATUS and REASON say why (Redis's own text for a refused AUTH, the
+ * certificate's fault for TLS).  Every command queued on it has already
+ * been answered with NULL. */
+static void sl_redis_on_connect(struct sl_redis_link *link, int status,
+                                const char *reason, void *arg)
 {
-    struct sl_redis_link *link = ac->data;
+    struct sl_redis_conn *conn = arg;
 
-    if (status != REDIS_OK) {
-        /* hiredis frees the context after this returns. */
-        if (!link->sub)
-            sl_redis_mark_down(link->r,
-                               ac->errstr[0] ? ac->errstr : "connection failed");
-        sl_redis_schedule_reconnect(link);
+    if (status == SL_REDIS_LINK_OK) {
+        conn->state = SL_REDIS_UP;
+        conn->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
         return;
     }
-    link->state = SL_REDIS_UP;
-    link->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    if (!conn->sub)
+        sl_redis_mark_down(conn->r, reason != NULL ? reason : "connection failed");
+    /* Freed once its callback returns (the link's rule). */
+    sl_redis_link_free(link);
+    sl_redis_schedule_reconnect(conn);
 }
 
-static void sl_redis_on_disconnect(const redisAsyncContext *ac, int status)
+/* A link that was up went down (closed, reset, its own deadline passed);
+ * every command it carried has been answered with NULL. */
+static void sl_redis_on_disconnect(struct sl_redis_link *link, int status,
+                                   const char *reason, void *arg)
 {
-    struct sl_redis_link *link = ac->data;
+    struct sl_redis_conn *conn = arg;
 
     (void)status;
-    if (link->freeing)
-        return;  /* sl_redis_fail() is handling it */
-    if (!link->sub)
-        sl_redis_mark_down(link->r, ac->errstr[0] ? ac->errstr : "connection closed");
-    sl_redis_schedule_reconnect(link);
+    if (!conn->sub)
+        sl_redis_mark_down(conn->r, reason != NULL ? reason : "connection closed");
+    sl_redis_link_free(link);
+    sl_redis_schedule_reconnect(conn);
 }
 
 /* A setup command (no script); SHA_DST receives SCRIPT LOAD's answer.
@@ -1958,72 +1887,69 @@ static void sl_redis_ask_clock(struct sl_redis *r)
     r->clock_asked = sl_redis_send_setup(r, SL_OP_CLOCK, 1, argv, NULL) == 0;
 }
 
-static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privdata);
+static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, void *arg);
 
-/* Start connecting LINK: its context, loop hooks and first commands. */
-static void sl_redis_connect(struct sl_redis_link *link)
+/* The subscriber's SUBSCRIBE was confirmed (or the link died first: its
+ * disconnect callback deals with that). */
+static void sl_redis_on_subscribed(struct sl_redis_link *link, redisReply *rep,
+                                   void *privdata)
 {
-    struct sl_redis *r = link->r;
+    (void)link, (void)rep, (void)privdata;
+}
+
+/* Start connecting CONN: a new link and its first commands. */
+static void sl_redis_connect(struct sl_redis_conn *conn)
+{
+    struct sl_redis *r = conn->r;
     const struct sl_config *c = r->config;
-    redisAsyncContext *ac;
+    const struct sl_redis_link_cbs cbs = {
+        .on_connect = sl_redis_on_connect,
+        .on_disconnect = sl_redis_on_disconnect,
+        .on_message = conn->sub ? sl_redis_on_message : NULL,
+        .arg = conn,
+    };
+    /*
+     * The link gives a command up timeout_ms after it queued it; the store
+     * gives it up store_timeout after its own stamp, taken before the
+     * link's (sl_redis_send).  One millisecond more for the link (its
+     * stamps are whole ms, truncated) keeps the store's deadline first, so
+     * the store is the one that gives a batch up, and writes its undo
+     * behind it on the same connection (sl_redis_fail); the link's
+     * deadline is the backstop, and the bound on connecting.
+     */
+    const struct sl_redis_link_conf lc = {
+        .host = c->redis_host,
+        .port = c->redis_port,
+        .user = c->redis_user,
+        .password = c->redis_password,
+        .db = c->redis_db,
+        .tls = c->redis_tls,
+        .timeout_ms = c->store_timeout_us / 1000 + 1,
+    };
+    char why[256];
 
-    ac = redisAsyncConnect(c->redis_host, c->redis_port);
-    if (ac == NULL || ac->err) {
-        if (!link->sub)
-            sl_redis_mark_down(r, ac ? ac->errstr : "out of memory");
-        if (ac != NULL)
-            redisAsyncFree(ac);
-        sl_redis_schedule_reconnect(link);
+    conn->link = sl_redis_link_new(&lc, &r->loop, &cbs, why, sizeof(why));
+    if (conn->link == NULL) {
+        if (!conn->sub)
+            sl_redis_mark_down(r, why);
+        sl_redis_schedule_reconnect(conn);
         return;
     }
-    link->ac = ac;
-    link->state = SL_REDIS_CONNECTING;
-    link->connect_deadline_ms = sl_redis_now_ms() + c->store_timeout_us / 1000;
-    link->fd = ac->c.fd;
-    link->want_read = link->want_write = false;
-    link->reg_read = link->reg_write = false;
-    ac->data = link;
-    ac->ev.data = link;
-    ac->ev.addRead = sl_redis_add_read;
-    ac->ev.delRead = sl_redis_del_read;
-    ac->ev.addWrite = sl_redis_add_write;
-    ac->ev.delWrite = sl_redis_del_write;
-    ac->ev.cleanup = sl_redis_cleanup;
-    redisAsyncSetConnectCallback(ac, sl_redis_on_connect);
-    redisAsyncSetDisconnectCallback(ac, sl_redis_on_disconnect);
+    conn->state = SL_REDIS_CONNECTING;
 
-    if (link->sub) {
-        /* Nobody answers on a subscribed link but the messages: no FIFO.
-         * Keep-alive notices a peer that vanished without a word. */
-        redisEnableKeepAlive(&ac->c);
-        if (c->redis_password != NULL) {
-            if (c->redis_user != NULL)
-                redisAsyncCommand(ac, NULL, NULL, "AUTH %s %s", c->redis_user,
-                                  c->redis_password);
-            else
-                redisAsyncCommand(ac, NULL, NULL, "AUTH %s", c->redis_password);
+    if (conn->sub) {
+        /* Nobody answers on a subscribed link but the messages: no FIFO. */
+        const char *argv[] = {"SUBSCRIBE", r->channel};
+        if (sl_redis_link_command(conn->link, 2, argv, NULL, sl_redis_on_subscribed,
+                                  NULL) != 0) {
+            sl_redis_link_free(conn->link);
+            sl_redis_schedule_reconnect(conn);
         }
-        redisAsyncCommand(ac, sl_redis_on_message, link, "SUBSCRIBE %s", r->channel);
         return;
     }
 
-    /* Queued now, written as soon as the connection is up. */
-    if (c->redis_password != NULL) {
-        if (c->redis_user != NULL) {
-            const char *argv[] = {"AUTH", c->redis_user, c->redis_password};
-            sl_redis_send_setup(r, SL_OP_SETUP, 3, argv, NULL);
-        } else {
-            const char *argv[] = {"AUTH", c->redis_password};
-            sl_redis_send_setup(r, SL_OP_SETUP, 2, argv, NULL);
-        }
-    }
-    if (c->redis_db != 0) {
-        char db[16];
-        snprintf(db, sizeof(db), "%d", c->redis_db);
-        const char *argv[] = {"SELECT", db};
-        sl_redis_send_setup(r, SL_OP_SETUP, 2, argv, NULL);
-    }
-    /* The clock first. */
+    /* Queued now, written behind the link's AUTH and SELECT.  The clock
+     * first. */
     sl_redis_ask_clock(r);
     sl_redis_load_scripts(r);
     /* The link counts as working again only once every one of these is
@@ -2036,7 +1962,6 @@ static void sl_redis_connect(struct sl_redis_link *link)
     for (struct sl_redis_op *op = r->fifo_head; op != NULL; op = op->next)
         r->setup_left++;  /* the FIFO held nothing else (a new connection) */
 }
-
 /* A script op removing every member batch B's decisions may have taken,
  * or NULL (out of memory, or nothing to remove). */
 /* Call I's member in batch B's script: "base:I+1|app".  Its length. */
@@ -2108,55 +2033,54 @@ static void sl_redis_owe_undo(struct sl_redis *r, struct sl_redis_batch *b)
     r->nundo++;
 }
 
+/* Free CONN's link: commands it still carries are answered with NULL now,
+ * as given up by this store. */
+static void sl_redis_close(struct sl_redis_conn *conn)
+{
+    struct sl_redis_link *link = conn->link;
+
+    if (link == NULL)
+        return;
+    conn->freeing = true;
+    sl_redis_link_free(link);
+    conn->freeing = false;
+    conn->link = NULL;
+}
+
 /*
- * Give up on LINK.  For the main link: every unanswered decision batch is
+ * Give up on CONN.  For the main link: every unanswered decision batch is
  * undone behind itself, what can be written is written (without waiting),
  * and every pending operation is answered with a NULL reply (decisions
  * fall back).
  */
-static void sl_redis_fail(struct sl_redis_link *link, const char *why)
+static void sl_redis_fail(struct sl_redis_conn *conn, const char *why)
 {
-    struct sl_redis *r = link->r;
-    redisAsyncContext *ac = link->ac;
+    struct sl_redis *r = conn->r;
 
     atomic_fetch_add(&sl_redis_errors, 1);
-    if (!link->sub)
+    if (!conn->sub)
         sl_redis_mark_down(r, why);
-    if (ac == NULL)
+    if (conn->link == NULL)
         return;
-    if (!link->sub) {
+    if (!conn->sub) {
         struct sl_redis_op *op, *last = r->fifo_tail;
-        int done = 0;
         for (op = r->fifo_head; op != NULL; op = op->next) {
             if (op->kind == SL_OP_DECIDE)
                 sl_redis_undo_batch(r, (struct sl_redis_batch *)op);
             if (op == last)
                 break;
         }
-        if (link->state == SL_REDIS_UP)
-            (void)redisBufferWrite(&ac->c, &done);
+        /* A write that fails here ends the link through its disconnect
+         * callback: the batches then owe their undo to the next
+         * connection (the link is NULL afterwards). */
+        if (conn->state == SL_REDIS_UP)
+            (void)sl_redis_link_flush(conn->link);
+        if (conn->link == NULL)
+            return;
     }
-    link->freeing = true;
-    link->ac = NULL;
-    redisAsyncFree(ac);  /* pending callbacks run now, with NULL replies */
-    link->freeing = false;
-    sl_redis_schedule_reconnect(link);
+    sl_redis_close(conn);  /* pending callbacks run now, with NULL replies */
+    sl_redis_schedule_reconnect(conn);
 }
-
-/* Process replies that have already arrived (before giving up on them). */
-static void sl_redis_read_ready(struct sl_redis_link *link)
-{
-    struct pollfd pfd;
-
-    if (link->ac == NULL || link->state != SL_REDIS_UP)
-        return;
-    pfd.fd = link->ac->c.fd;
-    pfd.events = POLLIN;
-    pfd.revents = 0;
-    if (poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLIN | POLLHUP | POLLERR)))
-        redisAsyncHandleRead(link->ac);
-}
-
 /* ---- decisions ---- */
 
 /* Decide through the local fallback (or the configured policy). */
@@ -2443,7 +2367,7 @@ static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_batch *b
 
 static bool sl_redis_usable(const struct sl_redis *r)
 {
-    if (r->main.ac == NULL || r->main.freeing)
+    if (r->main.link == NULL || r->main.freeing)
         return false;
     /* While in an outage, calls do not wait on a reconnection attempt:
      * the link is used again once Redis has answered on it. */
@@ -2773,13 +2697,13 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
     call->cb(call->arg, &d, (struct sl_lease *)lease);
 }
 
-static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata)
+static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
+                              void *privdata)
 {
     struct sl_redis_op *op = privdata;
     struct sl_redis *r = op->r;
-    redisReply *rep = reply;
 
-    (void)ac;
+    (void)link;
     sl_redis_pop(r, op);
     if (r->setup_left > 0)
         r->setup_left--;  /* replies come in order: the set-up's first */
@@ -2831,7 +2755,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
         }
         if (rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
-                !r->main.freeing && r->main.ac != NULL) {
+                !r->main.freeing && r->main.link != NULL) {
                 /* Script cache flushed (restart, SCRIPT FLUSH): resend this
                  * batch with the body, and learn the SHAs again. */
                 if (r->sha[SL_LUA_DECIDE][0] != '\0') {
@@ -2886,7 +2810,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
     case SL_OP_SNAPSHOT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
             strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
-            r->main.ac != NULL) {
+            r->main.link != NULL) {
             op->eval = true;
             if (sl_redis_send(r, op) == 0)
                 return;
@@ -2897,7 +2821,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
     case SL_OP_SET_PAUSE:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
             strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
-            r->main.ac != NULL) {
+            r->main.link != NULL) {
             op->eval = true;
             if (sl_redis_send(r, op) == 0)
                 return;
@@ -2910,7 +2834,7 @@ static void sl_redis_on_reply(redisAsyncContext *ac, void *reply, void *privdata
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
-                !r->main.freeing && r->main.ac != NULL) {
+                !r->main.freeing && r->main.link != NULL) {
                 if (r->sha[op->script][0] != '\0') {
                     memset(r->sha, 0, sizeof(r->sha));
                     sl_redis_load_scripts(r);
@@ -3135,9 +3059,8 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
  * next finds its socket writable (only while it is up). */
 static void sl_redis_write_now(struct sl_redis *r)
 {
-    if (r->main.ac != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP &&
-        r->main.want_write)
-        redisAsyncHandleWrite(r->main.ac);
+    if (r->main.link != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP)
+        (void)sl_redis_link_flush(r->main.link);
 }
 
 /* ops->flush: a released slot is written before its client is answered,
@@ -3448,18 +3371,18 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
 
 /* Parse a published key "<prefix>{<up>}:<t>:<len>:<rule>:<per>" and tell the
  * proxy which bucket has room. */
-static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privdata)
+static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, void *arg)
 {
-    struct sl_redis_link *link = privdata;
-    struct sl_redis *r = link->r;
-    const redisReply *rep = reply, *msg;
+    struct sl_redis_conn *conn = arg;
+    struct sl_redis *r = conn->r;
+    const redisReply *msg;
     const char *p, *end, *close;
     size_t plen = strlen(r->config->store_prefix), rlen;
     const struct sl_upstream_conf *up = NULL;
     const struct sl_rule *rule = NULL;
     char *num_end, type;
 
-    (void)ac;
+    (void)link;
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
         rep->element[0]->type != REDIS_REPLY_STRING ||
         strcmp(rep->element[0]->str, "message") != 0 ||
@@ -3497,22 +3420,25 @@ static void sl_redis_on_message(redisAsyncContext *ac, void *reply, void *privda
 
 /* ---- timers ---- */
 
-static int64_t sl_redis_link_timers(struct sl_redis_link *link, int64_t now_ms)
+/* CONN's reconnection and its link's deadline (connecting, and the
+ * backstop for commands).  Returns when to look again (ms), or -1. */
+static int64_t sl_redis_conn_timers(struct sl_redis_conn *conn, int64_t now_ms)
 {
-    if (link->state == SL_REDIS_DOWN && now_ms >= link->reconnect_at_ms)
-        sl_redis_connect(link);
-    if (link->state == SL_REDIS_CONNECTING && now_ms >= link->connect_deadline_ms)
-        sl_redis_fail(link, "connect timed out");
-    if (link->state == SL_REDIS_DOWN)
-        return link->reconnect_at_ms;
-    if (link->state == SL_REDIS_CONNECTING)
-        return link->connect_deadline_ms;
-    return -1;
+    int64_t next = -1;
+
+    if (conn->state == SL_REDIS_DOWN && now_ms >= conn->reconnect_at_ms)
+        sl_redis_connect(conn);
+    if (conn->link != NULL)
+        next = sl_redis_link_check(conn->link, sl_redis_now_ms());
+    if (conn->state == SL_REDIS_DOWN)
+        return conn->reconnect_at_ms;
+    return next;
 }
 
 static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
 {
     struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_link *corked;
     int64_t next = -1, t;
     int64_t renew_every = r->config->lease_ttl_us / 3000;
     int64_t now_us = sl_redis_now_us();
@@ -3522,24 +3448,31 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
      * reports the socket writable: one loop crossing and the two watch
      * changes (write on, write off) fewer per batch.  What cannot be
      * written at once stays asked for, and the loop finishes it. */
-    r->ev_defer = true;
+    corked = r->main.link;
+    if (corked != NULL)
+        sl_redis_link_cork(corked);
     t = sl_redis_flush_all(r, false);
     SL_NEXT(t);
-    sl_redis_write_now(r);
-    r->ev_defer = false;
-    sl_redis_ev_update(&r->main);
-    t = sl_redis_link_timers(&r->main, now);
-    SL_NEXT(t);
-    if (r->fifo_head != NULL && now_us >= r->fifo_head->deadline_us) {
+    /* Still the same link: nothing in flush_all ends one.  Before the
+     * handshake is done, the link writes it all once connected. */
+    if (corked != NULL && r->main.link == corked)
+        (void)sl_redis_link_uncork(corked);
+    /* The store's deadline before the link's (see sl_redis_connect), so
+     * that a batch given up is undone behind itself.  Before the link is
+     * up, its own connect deadline (as long) ends it, with a reason that
+     * says where connecting stopped. */
+    if (r->main.state == SL_REDIS_UP && r->fifo_head != NULL &&
+        now_us >= r->fifo_head->deadline_us) {
         /* Replies that are already here are not given up on. */
-        sl_redis_read_ready(&r->main);
+        if (r->main.link != NULL)
+            (void)sl_redis_link_read(r->main.link);
         if (r->fifo_head != NULL && sl_redis_now_us() >= r->fifo_head->deadline_us)
             sl_redis_fail(&r->main, "no answer within store_timeout");
-        t = sl_redis_link_timers(&r->main, now);
-        SL_NEXT(t);
     }
+    t = sl_redis_conn_timers(&r->main, now);
+    SL_NEXT(t);
     if (r->loop.room != NULL) {
-        t = sl_redis_link_timers(&r->sub, now);
+        t = sl_redis_conn_timers(&r->sub, now);
         SL_NEXT(t);
     }
     if (now >= r->next_renew_ms) {
@@ -3558,7 +3491,7 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     }
     if (r->history != NULL)
         SL_NEXT(r->next_history_ms);
-    if (r->fifo_head != NULL)
+    if (r->main.state == SL_REDIS_UP && r->fifo_head != NULL)
         SL_NEXT((r->fifo_head->deadline_us + 999) / 1000);
     if (r->leases != NULL)
         SL_NEXT(r->next_renew_ms);
@@ -3574,16 +3507,6 @@ static void sl_redis_tick(struct sl_store *store)
 
     if (r->local != NULL)
         sl_store_tick(r->local);
-}
-
-static void sl_redis_close(struct sl_redis_link *link)
-{
-    if (link->ac == NULL)
-        return;
-    link->freeing = true;
-    redisAsyncFree(link->ac);
-    link->ac = NULL;
-    link->freeing = false;
 }
 
 static void sl_redis_free_arrays(struct sl_redis *r)
@@ -3608,18 +3531,10 @@ static void sl_redis_destroy(struct sl_store *store)
         }
         sl_redis_flush_commits(r, i);
     }
-    if (r->main.ac != NULL) {
-        /* Flush what is queued (commits, releases) for a moment, then close. */
-        int done = 0;
-        for (int i = 0; i < 20 && r->main.state == SL_REDIS_UP && !done; i++) {
-            struct pollfd pfd = {.fd = r->main.ac->c.fd, .events = POLLOUT};
-            if (redisBufferWrite(&r->main.ac->c, &done) != REDIS_OK)
-                break;
-            if (!done)
-                poll(&pfd, 1, 5);
-        }
-        sl_redis_close(&r->main);
-    }
+    /* Write what is queued (commits, releases) for a moment, then close. */
+    if (r->main.link != NULL && r->main.state == SL_REDIS_UP)
+        (void)sl_redis_link_flush_wait(r->main.link, SL_REDIS_CLOSE_WAIT_MS);
+    sl_redis_close(&r->main);
     sl_redis_close(&r->sub);
     while (r->leases != NULL)
         sl_redis_lease_free(r, r->leases);
@@ -4108,7 +4023,6 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->loop = *loop;
     r->worker_id = worker_id;
     r->main.r = r;
-    r->main.fd = -1;
     r->main.state = SL_REDIS_DOWN;
     r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
     r->sub = r->main;

@@ -383,10 +383,11 @@ int main(int argc, char **argv)
     if (sl_auth_start(&proxy, started) != 0)
         goto stop;
     if (config->store_kind == SL_STORE_REDIS)
-        sl_info("sluice %s listening on %s with %d worker%s, store redis %s:%d "
+        sl_info("sluice %s listening on %s with %d worker%s, store redis%s %s:%d "
                 "(db %d, prefix \"%s\"), %zu upstream%s",
                 SLUICE_VERSION, config->listen, proxy.nworkers,
-                proxy.nworkers == 1 ? "" : "s", config->redis_host,
+                proxy.nworkers == 1 ? "" : "s",
+                config->redis_use_tls ? " over TLS" : "", config->redis_host,
                 config->redis_port, config->redis_db, config->store_prefix,
                 config->nupstreams, config->nupstreams == 1 ? "" : "s");
     else

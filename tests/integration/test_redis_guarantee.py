@@ -60,12 +60,14 @@ class CutRelay(DelayRelay):
 class SplitSetupRelay(DelayRelay):
     """A TCP relay to Redis scripted in three phases.  "pass": as is.
     "silent": every reply is swallowed (Redis hangs, connections stay open).
-    "split": the next connection whose first answer is TIME's gets that
-    answer and nothing after it (the rest of its set-up is late, as when
-    Redis answers a large pipeline over several passes of its loop); later
+    "split": the next connection whose first answers are the link's PING's
+    (its handshake without AUTH or SELECT) and TIME's gets those answers
+    and nothing after them (the rest of its set-up is late, as when Redis
+    answers a large pipeline over several passes of its loop); later
     connections pass."""
 
-    TIME_REPLY = re.compile(rb"\A\*2\r\n\$\d+\r\n\d+\r\n\$\d+\r\n\d+\r\n")
+    TIME_REPLY = re.compile(
+        rb"\A\+PONG\r\n\*2\r\n\$\d+\r\n\d+\r\n\$\d+\r\n\d+\r\n")
 
     def __init__(self, target_port):
         super().__init__(target_port, 0.0)

@@ -165,8 +165,28 @@ static void test_redis_urls(void **state)
     free(c.redis_password);
 
     memset(&c, 0, sizeof(c));
-    assert_int_equal(sl_config_parse_redis_url("rediss://h:6379", &c, &why), -1);
-    assert_non_null(strstr(why, "TLS"));
+    assert_int_equal(sl_config_parse_redis_url("rediss://u:p@h:6380/3", &c, &why), 0);
+    assert_true(c.redis_use_tls);
+    assert_string_equal(c.redis_host, "h");
+    assert_int_equal(c.redis_port, 6380);
+    assert_int_equal(c.redis_db, 3);
+    assert_string_equal(c.redis_user, "u");
+    assert_string_equal(c.redis_password, "p");
+    free(c.redis_host);
+    free(c.redis_user);
+    free(c.redis_password);
+
+    /* Not silently read as one server: refused, saying so. */
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("redis-sentinel://h1,h2/mymaster", &c,
+                                               &why), -1);
+    assert_non_null(strstr(why, "not supported yet"));
+    assert_null(c.redis_host);
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("rediss-cluster://h1:7000,h2:7001", &c,
+                                               &why), -1);
+    assert_non_null(strstr(why, "not supported yet"));
+    assert_null(c.redis_host);
     const char *bad[] = {"redis://", "redis://h:0", "redis://h:99999", "redis://h/x",
                          "redis://user@h", "http://h", NULL};
     for (int i = 0; bad[i]; i++) {

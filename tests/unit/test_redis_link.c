@@ -478,6 +478,58 @@ static void test_pipeline(void **state)
     stop_redis(&s);
 }
 
+/* The watch a link has asked for, or -1 for neither. */
+static int watched_for_write(const struct sl_redis_link *link, int fd)
+{
+    (void)link;
+    for (int i = 0; i < nwatches; i++)
+        if (watches[i].fd == fd)
+            return watches[i].w;
+    return -1;
+}
+
+/* Corked, commands leave the watch alone; uncorking writes them and sets
+ * it once.  sl_redis_link_read() hands out what has arrived without the
+ * loop. */
+static void test_cork_and_read(void **state)
+{
+    struct server s = start_redis(false, false, NULL);
+    struct sl_redis_link_conf conf = conf_for(&s);
+    struct status st = {0};
+    struct answer a = {0}, b = {0};
+    struct sl_redis_link *link = connect_link(&conf, &st);
+    int fd;
+    (void)state;
+
+    assert_true(run_until(&link, 1, &st.up, 3000));
+    assert_int_equal(nwatches, 1);
+    fd = watches[0].fd;
+    assert_int_equal(watched_for_write(link, fd), 0);
+    sl_redis_link_cork(link);
+    assert_int_equal(cmd(link, &a, 3, "SET", "k", "v"), 0);
+    assert_int_equal(cmd(link, &b, 2, "GET", "k"), 0);
+    /* Not asked for writability: nothing went out yet. */
+    assert_int_equal(watched_for_write(link, fd), 0);
+    assert_int_equal(sl_redis_link_uncork(link), 0);
+    /* Written at once (a small write fits the socket): still no write watch. */
+    assert_int_equal(watched_for_write(link, fd), 0);
+    /* The replies, read without the loop, once they are here. */
+    for (int i = 0; i < 300 && b.calls == 0; i++) {
+        assert_int_equal(sl_redis_link_read(link), 0);
+        if (b.calls == 0)
+            usleep(10000);
+    }
+    assert_int_equal(a.calls, 1);
+    assert_string_equal(a.str, "OK");
+    assert_int_equal(b.calls, 1);
+    assert_string_equal(b.str, "v");
+    /* Nothing arrived: nothing happens. */
+    assert_int_equal(sl_redis_link_read(link), 0);
+    assert_int_equal(sl_redis_link_pending(link), 0);
+    sl_redis_link_free(link);
+    stop_redis(&s);
+}
+
 static void test_acl(void **state)
 {
     static const char *const extra[] = {"--user", "app", "on", ">app pass", "~*", "&*",
@@ -1239,6 +1291,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_commands),
         cmocka_unit_test(test_pipeline),
+        cmocka_unit_test(test_cork_and_read),
         cmocka_unit_test(test_acl),
         cmocka_unit_test(test_tls),
         cmocka_unit_test(test_mutual_tls),
