@@ -24,6 +24,7 @@ condition instead of sleeping for it.
 """
 import hashlib
 import http.client
+import io
 import json
 import os
 import random
@@ -32,6 +33,7 @@ import shutil
 import signal
 import ssl
 import socket
+import struct
 import subprocess
 import tempfile
 import threading
@@ -147,9 +149,69 @@ class Record:
         self.body_sha = body_sha
 
 
+# The kernel's receive stamp of a segment (struct timespec, CLOCK_REALTIME),
+# asked for with SO_TIMESTAMPNS; Linux numbers, as Python does not name them.
+_SO_TIMESTAMPNS = getattr(socket, "SO_TIMESTAMPNS", 35)
+_STAMP_SPACE = socket.CMSG_SPACE(16)
+
+
+class _StampedRaw(io.RawIOBase):
+    """A plain socket read through recvmsg, keeping the kernel's receive
+    stamp of the first bytes read since the last take_stamp(): when a
+    request reached the upstream's host, as a provider counts arrivals at
+    its edge, not when a Python thread of this test server got to run
+    (on a busy machine that lags by a hundred milliseconds and more, and
+    unevenly, which made "at the upstream" assertions fail on the server's
+    scheduling rather than on sluice's sends)."""
+
+    def __init__(self, sock):
+        super().__init__()
+        self.sock = sock
+        self.stamp = None
+
+    def readable(self):
+        return True
+
+    def readinto(self, b):
+        n, anc, _flags, _addr = self.sock.recvmsg_into([b], _STAMP_SPACE)
+        if n > 0 and self.stamp is None:
+            self.stamp = time.monotonic()
+            for level, kind, data in anc:
+                if level == socket.SOL_SOCKET and kind == _SO_TIMESTAMPNS and len(data) >= 16:
+                    sec, nsec = struct.unpack("qq", data[:16])
+                    # Onto the monotonic clock the tests use: the offset
+                    # between the two clocks, read now (a step of the wall
+                    # clock within a test would show; none is made).
+                    self.stamp = sec + nsec / 1e9 - (time.time() - time.monotonic())
+                    break
+        return n
+
+    def take_stamp(self):
+        t, self.stamp = self.stamp, None
+        return t
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # headers and body go out as separate writes
+
+    def setup(self):
+        super().setup()
+        self.stamped = None
+        if type(self.connection) is socket.socket:
+            # Plain TCP: read through recvmsg for the kernel's stamps (TLS
+            # connections keep the thread's clock). One request at a time
+            # per connection (no pipelining from a proxy), so the first
+            # bytes read after a request was handled are the next one's.
+            self.connection.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+            self.stamped = _StampedRaw(self.connection)
+            self.rfile = io.BufferedReader(self.stamped, self.rbufsize
+                                           if self.rbufsize > 0 else io.DEFAULT_BUFFER_SIZE)
+
+    def handle_one_request(self):
+        if self.stamped is not None:
+            self.stamped.take_stamp()  # the last request's body is not the next one
+        super().handle_one_request()
 
     def log_message(self, fmt, *args):
         pass
@@ -188,7 +250,9 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _handle(self):
         up = self.server.owner
-        arrived = time.monotonic()
+        arrived = self.stamped.take_stamp() if self.stamped is not None else None
+        if arrived is None:
+            arrived = time.monotonic()
         ended = []
 
         def end():
@@ -318,6 +382,12 @@ class _Handler(BaseHTTPRequestHandler):
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     request_queue_size = 256
+
+    def server_bind(self):
+        # Receive stamps on from the start (inherited by accepted sockets),
+        # so a request that arrives before its handler runs is stamped too.
+        self.socket.setsockopt(socket.SOL_SOCKET, _SO_TIMESTAMPNS, 1)
+        super().server_bind()
 
     def handle_error(self, request, client_address):
         # Clients that hang up mid-exchange are part of the tests; count them.
