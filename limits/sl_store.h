@@ -242,8 +242,14 @@ struct sl_store_ops {
      * stamped now.  Idempotent; the lease stays the caller's. */
     void (*commit)(struct sl_store *store, struct sl_lease *lease);
     /* Give back what the lease holds: concurrency slots, and reservations
-     * never committed.  Frees the lease. */
-    void (*release)(struct sl_store *store, struct sl_lease *lease);
+     * never committed.  Frees the lease.  Returns 1 when DONE (may be NULL)
+     * has been or will be called once the freed concurrency slots are free
+     * for every later decision (a shared store: when it has applied the
+     * release, or given up), or 0 when they already are (DONE is not
+     * called).  The proxy holds the end of the call's answer until then, so
+     * that the client's next call never finds its own slot still taken. */
+    int (*release)(struct sl_store *store, struct sl_lease *lease,
+                   sl_store_done_cb done, void *arg);
     /* Stop every call of UPSTREAM for DURATION (the provider said so).
      * Returns 1 when DONE (may be NULL) has been or will be called once the
      * pause is in force for every later decision, or 0 when it already is
@@ -342,7 +348,15 @@ static inline void sl_store_commit(struct sl_store *s, struct sl_lease *lease)
 static inline void sl_store_release(struct sl_store *s, struct sl_lease *lease)
 {
     if (lease != NULL)
-        s->ops->release(s, lease);
+        (void)s->ops->release(s, lease, NULL, NULL);
+}
+
+/* sl_store_release, telling DONE when the slots are free everywhere (see
+ * struct sl_store_ops): 1, or 0 (free now, DONE not called). */
+static inline int sl_store_release_then(struct sl_store *s, struct sl_lease *lease,
+                                        sl_store_done_cb done, void *arg)
+{
+    return lease != NULL ? s->ops->release(s, lease, done, arg) : 0;
 }
 
 static inline void sl_store_pause(struct sl_store *s,

@@ -1280,14 +1280,19 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
     pthread_mutex_unlock(&t->lock);
 }
 
-static void sl_mem_release(struct sl_store *store, struct sl_lease *lease)
+/* Free for every later decision on return: DONE is never called. */
+static int sl_mem_release(struct sl_store *store, struct sl_lease *lease,
+                          sl_store_done_cb done, void *arg)
 {
     (void)store;
+    (void)done;
+    (void)arg;
     sl_mem_table_lock(lease->table);
     for (size_t i = 0; i < lease->n; i++)
         sl_mem_unhold(lease, i);
     pthread_mutex_unlock(&lease->table->lock);
     free(lease);
+    return 0;
 }
 
 /* Find or create the bucket of HIT.  Lock held.  NULL when full. */

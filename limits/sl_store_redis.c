@@ -3020,7 +3020,10 @@ static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
 
 /* Write L's release: its concurrency slots, and its reservations if the
  * call was never sent.  Returns 0, or -1 (not written). */
-static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
+/* 0 (sent, or nothing to send: *TOLD says whether DONE will be told when
+ * Redis has run it), or -1 (not sent; DONE not told). */
+static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l,
+                                 sl_store_done_cb done, void *arg, bool *told)
 {
     struct sl_redis_op *op;
 
@@ -3050,8 +3053,14 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l)
         sl_redis_op_free(op);
         return -1;
     }
-    if (l->has_conc)
+    if (l->has_conc) {
         r->flush_now = true;
+        /* Only slots are waited for: a rate reservation never sent is
+         * given back, and nobody's next call depends on that at once. */
+        op->done = done;
+        op->done_arg = arg;
+        *told = done != NULL;
+    }
     return 0;
 }
 
@@ -3093,23 +3102,30 @@ static void sl_redis_keep_owed(struct sl_redis *r, struct sl_redis_lease *l)
     }
 }
 
-static void sl_redis_release(struct sl_store *store, struct sl_lease *lease)
+/* Returns 1 when DONE is told once Redis has freed the lease's slots (the
+ * release was sent; its op tells DONE when freed, whatever the outcome),
+ * else 0: decided locally, nothing to wait for, or owed until Redis
+ * answers again (calls are decided by on_store_error meanwhile). */
+static int sl_redis_release(struct sl_store *store, struct sl_lease *lease,
+                            sl_store_done_cb done, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
     struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
+    bool told = false;
 
     /* A commit still waiting (in_batch) keeps L on the owed list until it
      * is written (sl_redis_commits_written frees it then). */
     if (l->local != NULL) {
         sl_store_release(r->local, l->local);
         l->local = NULL;
-    } else if (sl_redis_send_release(r, l) != 0) {
+    } else if (sl_redis_send_release(r, l, done, arg, &told) != 0) {
         sl_redis_owe(r, l, false, true);
     }
     if (l->commit_owed || l->release_owed)
         sl_redis_keep_owed(r, l);
     else
         sl_redis_lease_free(r, l);
+    return told;
 }
 
 /*
@@ -3120,6 +3136,7 @@ static void sl_redis_settle_owed(struct sl_redis *r)
 {
     struct sl_redis_lease *l, *next;
     int64_t now = sl_redis_now_us();
+    bool told;
 
     if (!sl_redis_usable(r))
         return;
@@ -3140,7 +3157,7 @@ static void sl_redis_settle_owed(struct sl_redis *r)
         sl_redis_flush_commits(r, i);
     for (l = r->owed; l != NULL; l = next) {
         next = l->next;
-        if (l->release_owed && sl_redis_send_release(r, l) == 0)
+        if (l->release_owed && sl_redis_send_release(r, l, NULL, NULL, &told) == 0)
             sl_redis_paid(r, l, false, true);
         if (!l->commit_owed && !l->release_owed)
             sl_redis_lease_free(r, l);

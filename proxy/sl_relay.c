@@ -456,18 +456,77 @@ void sl_req_update_pause(struct sl_request *req)
     }
 }
 
+/* ---- waiting for the store before the client hears ---- */
+
+/*
+ * What a call's answer tells its client must be true for the client's next
+ * call, wherever that is decided: a usage report or pause the answer
+ * carried is in force, and the call's concurrency slots are free.  With a
+ * shared store those writes land one round trip later, so the answer (or,
+ * once streaming, its last byte) waits for the store's word, counted on a
+ * ticket (struct sl_settle).
+ */
+
+/* sl_store_done_cb: one of the store's words on the ticket has come.  The
+ * last lets the held answer go. */
+static void sl_req_settled(void *arg)
+{
+    struct sl_settle *t = arg;
+    struct sl_request *req = t->req;
+
+    SL_ASSERT(t->pending > 0);
+    if (--t->pending > 0)
+        return;
+    free(t);
+    if (req == NULL)
+        return;
+    req->settle = NULL;
+    if (req->susp == SL_SUSP_SETTLE)
+        sl_req_resume(req);
+}
+
+/* The ticket the store's words count down, made on first use (NULL: out
+ * of memory; the answer is then not held). */
+static struct sl_settle *sl_req_settle_ticket(struct sl_request *req)
+{
+    if (req->settle == NULL) {
+        req->settle = calloc(1, sizeof(*req->settle));
+        if (req->settle != NULL)
+            req->settle->req = req;
+    }
+    return req->settle;
+}
+
+/* Is the answer to wait for the store (the ticket has words
+ * outstanding)?  A ticket with none left is dropped. */
+static bool sl_req_settling(struct sl_request *req)
+{
+    if (req->settle == NULL)
+        return false;
+    if (req->settle->pending > 0)
+        return true;
+    free(req->settle);
+    req->settle = NULL;
+    return false;
+}
+
 /*
  * Give back what the call holds in the store: its concurrency slots, and
  * its rate reservations if the request was never sent.  Held calls waiting
  * for those buckets ask again at once.
  */
-void sl_req_release_lease(struct sl_request *req)
+static void sl_req_give_back(struct sl_request *req, bool wait)
 {
     struct sl_worker *w = req->w;
+    struct sl_settle *t = NULL;
 
     if (req->lease == NULL)
         return;
-    sl_store_release(w->store, req->lease);
+    if (wait && (t = sl_req_settle_ticket(req)) != NULL)
+        t->pending++;
+    if (sl_store_release_then(w->store, req->lease, t != NULL ? sl_req_settled : NULL,
+                              t) == 0 && t != NULL)
+        t->pending--;
     req->lease = NULL;
     for (size_t i = 0; i < req->check.nhits; i++) {
         const struct sl_hit *h = &req->check.hits[i];
@@ -476,6 +535,22 @@ void sl_req_release_lease(struct sl_request *req)
             sl_waitlists_room(w->proxy->waitlists, h->rule, h->key, h->key_len);
     }
     w->queue_kick = true;
+}
+
+void sl_req_release_lease(struct sl_request *req)
+{
+    sl_req_give_back(req, false);
+}
+
+/* Does REQ hold concurrency slots (its lease, once allowed)? */
+static bool sl_req_holds_slots(const struct sl_request *req)
+{
+    if (req->lease == NULL)
+        return false;
+    for (size_t i = 0; i < req->check.nhits; i++)
+        if (req->check.hits[i].rule->kind == SL_RULE_CONCURRENCY)
+            return true;
+    return false;
 }
 
 void sl_req_abort_transfer(struct sl_request *req)
@@ -512,8 +587,9 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
     }
     req->result = result;
     /* The provider is done with the call: concurrency slots free now, not
-     * when a slow client has finished reading (or sending). */
-    sl_req_release_lease(req);
+     * when a slow client has finished reading (or sending); the end of the
+     * answer waits until they are free in the store (a ticket). */
+    sl_req_give_back(req, true);
     if (!req->headers_ready) {
         const char *why = req->errbuf[0] ? req->errbuf : curl_easy_strerror(result);
         if (req->resp_error != NULL)
@@ -801,6 +877,19 @@ static ssize_t sl_req_read_body(void *cls, uint64_t pos, char *buf, size_t max)
     (void)pos;
     if (req->client_gone)
         return MHD_CONTENT_READER_END_WITH_ERROR;
+    if (req->xfer_done && req->settle != NULL && !sl_spool_unread(req) &&
+        sl_req_settling(req)) {
+        /* The last byte tells the client the answer is whole: it waits for
+         * the store (the call's slots free everywhere).  A spooled answer
+         * is read long after the release and is not held. */
+        size_t have = sl_pipe_len(&req->down);
+        if (have <= 1) {
+            sl_req_suspend(req, SL_SUSP_SETTLE);
+            return 0;
+        }
+        if (max > have - 1)
+            max = have - 1;
+    }
     n = sl_pipe_take(&req->down, buf, max);
     if (n == 0 && sl_spool_unread(req)) {
         /* The buffer's bytes are older than the spool's: it goes second. */
@@ -938,36 +1027,6 @@ static bool sl_method_idempotent(const char *m)
 
 enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
 
-/* sl_store_done_cb: one of the answer's reports (or its pause) is in
- * force everywhere.  The last lets the held answer go. */
-static void sl_req_settled(void *arg)
-{
-    struct sl_settle *t = arg;
-    struct sl_request *req = t->req;
-
-    SL_ASSERT(t->pending > 0);
-    if (--t->pending > 0)
-        return;
-    free(t);
-    if (req == NULL)
-        return;
-    req->settle = NULL;
-    if (req->susp == SL_SUSP_SETTLE)
-        sl_req_resume(req);
-}
-
-/* The ticket the store's words count down, made on first use (NULL: out
- * of memory; the answer is then not held). */
-static struct sl_settle *sl_req_settle_ticket(struct sl_request *req)
-{
-    if (req->settle == NULL) {
-        req->settle = calloc(1, sizeof(*req->settle));
-        if (req->settle != NULL)
-            req->settle->req = req;
-    }
-    return req->settle;
-}
-
 /* Apply HIT's report of LEFT calls; count it on the ticket if the store
  * tells us later that it is in force. */
 static void sl_req_sync(struct sl_request *req, const struct sl_hit *hit,
@@ -994,18 +1053,6 @@ static void sl_req_pause(struct sl_request *req, int64_t pause, const char *reas
         t->pending--;
 }
 
-/* After the feedback: is the answer to wait for the store (the ticket
- * has words outstanding)?  A ticket with none left is dropped. */
-static bool sl_req_settling(struct sl_request *req)
-{
-    if (req->settle == NULL)
-        return false;
-    if (req->settle->pending > 0)
-        return true;
-    free(req->settle);
-    req->settle = NULL;
-    return false;
-}
 
 /*
  * The response headers are in: follow the provider's usage reports, and
@@ -1272,6 +1319,15 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
             }
             break;
         }
+    }
+    if (req->headers_ready && !req->xfer_done && sl_req_holds_slots(req) &&
+        (req->content_length == 0 || strcmp(req->method, "HEAD") == 0 ||
+         req->status == 204 || req->status == 304)) {
+        /* An answer complete with its headers: its slots must be free
+         * before they go, so it waits for the transfer's end (moments
+         * after), which releases them. */
+        sl_req_suspend(req, SL_SUSP_HEADERS);
+        return MHD_YES;
     }
     if (req->headers_ready)
         return sl_req_respond(req);

@@ -1,11 +1,13 @@
 """The Redis store: one quota shared exactly by several sluice instances."""
 import json
 import os
+import random
+import socket
 import signal
 import threading
 import time
 
-from harness import max_in_window, upstream_config
+from harness import max_in_window, upstream_config, wait_for
 
 
 def cfg(up, redis, rules, **top):
@@ -247,3 +249,74 @@ def test_a_sequential_client_never_finds_its_own_slot_taken(upstream, redis, slu
     codes = [sl.request("GET", "/leads/x")[0] for _ in range(300)]
     assert codes.count(429) == 0, codes.count(429)
     assert upstream.count() == 300
+
+
+class JitterRelay:
+    """A TCP relay to Redis that holds each piece a client sends for a
+    random 0-20 ms (in order within a connection), as a busy network or a
+    busy Redis would: writes made on two connections one after the other
+    may then reach Redis in the other order."""
+
+    def __init__(self, redis_port):
+        self.target = redis_port
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.rng = random.Random(7)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                c, _ = self.listener.accept()
+            except OSError:
+                return
+            r = socket.create_connection(("127.0.0.1", self.target))
+            for a, b, jitter in ((c, r, True), (r, c, False)):
+                threading.Thread(target=self._pipe, args=(a, b, jitter), daemon=True).start()
+
+    def _pipe(self, src, dst, jitter):
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                if jitter:
+                    time.sleep(self.rng.random() * 0.02)
+                dst.sendall(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+    def close(self):
+        self.listener.close()
+
+
+def test_a_slot_is_free_in_redis_before_its_answer_ends_even_on_a_jittery_link(
+        upstream, redis, sluice):
+    """The class of the test above, forced: the release of a call's slot and
+    the next call's decision travel on two Redis connections (two workers),
+    each piece held a random 0-20 ms on its way. Writing the release before
+    answering is not enough (it can reach Redis after the next decision);
+    the answer's end waits for Redis to have run it. Answers with a body,
+    with none (HEAD, 204) and streamed in chunks."""
+    relay = JitterRelay(redis.port)
+    try:
+        conf = upstream_config(upstream, [{"name": "one", "concurrency": 1}],
+                               "redis://127.0.0.1:%d" % relay.port,
+                               top={"store_timeout": "500ms"})
+        sl = sluice(conf, workers=2)
+        assert wait_for(lambda: sl.request("GET", "/leads/warm")[0] == 200)
+        kinds = [("GET", {}), ("HEAD", {}), ("GET", {"X-Test-Status": "204"}),
+                 ("GET", {"X-Test-Chunked": "1", "X-Test-Body-Size": "3000"})]
+        codes = [sl.request(kinds[i % 4][0], "/leads/x%d" % i, headers=kinds[i % 4][1])[0]
+                 for i in range(120)]
+        assert codes.count(429) == 0, codes
+    finally:
+        relay.close()
