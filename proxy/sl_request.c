@@ -13,7 +13,10 @@
  *               never uploads its body), or, in queue mode, hold the call
  *               (sl_hold.c): the connection stays suspended inside this
  *               call, body unread.  After any suspension inside this call
- *               MHD repeats it once resumed.
+ *               MHD repeats it once resumed.  The one exception: a login
+ *               of a rule with "login_cache" (a POST of at most 16 KiB) is
+ *               read whole first, then looked up in the cache and, if not
+ *               answered from it, decided at the final call ("logins").
  *   handle #n   body bytes, towards the transfer (sl_relay.c).
  *   handle last the body is complete: answer (sl_relay.c).
  *   completed   MHD is done with the connection's request (relayed, client
