@@ -446,28 +446,41 @@ static enum MHD_Result sl_req_answer_now(struct sl_request *req, bool at_headers
 static const char *const sl_login_never[] = {
     "authorization_code", "refresh_token",
     "urn:ietf:params:oauth:grant-type:device_code", NULL};
+/* ... and the fields that carry those. */
+static const char *const sl_login_never_fields[] = {"code", "refresh_token",
+                                                    "device_code", NULL};
 
 /* Does the login body B (N bytes, media type CT) name a grant in
- * sl_login_never?  Form fields and JSON are read; a grant_type sluice
- * cannot read counts as one (never cached). */
+ * sl_login_never, or carry a field of sl_login_never_fields?  Form fields
+ * and JSON are read; a grant_type sluice cannot read counts as one (never
+ * cached). */
 static bool sl_login_grant_refused(const char *b, size_t n, const char *ct)
 {
     const char *p = NULL, *end = b + n, *v;
     size_t vlen;
 
     if (ct != NULL && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0) {
+        const char *vend = NULL;
         for (const char *f = b; f < end;) {
             const char *amp = memchr(f, '&', (size_t)(end - f));
             const char *fe = amp != NULL ? amp : end;
-            if ((size_t)(fe - f) >= 11 && memcmp(f, "grant_type=", 11) == 0) {
+            size_t fl = (size_t)(fe - f);
+            if (fl >= 11 && memcmp(f, "grant_type=", 11) == 0) {
+                if (p != NULL)
+                    return true;  /* named twice: which counts is the provider's */
                 p = f + 11;
-                end = fe;
-                break;
-            }
-            if ((size_t)(fe - f) >= 10 && memcmp(f, "grant_type", 10) == 0)
+                vend = fe;
+            } else if (fl >= 10 && memcmp(f, "grant_type", 10) == 0) {
                 return true;  /* escaped or odd: not read, not cached */
+            }
+            /* A one-time code or a refresh token, whatever the grant says. */
+            for (const char *const *w = sl_login_never_fields; *w != NULL; w++)
+                if (fl > strlen(*w) && memcmp(f, *w, strlen(*w)) == 0 &&
+                    f[strlen(*w)] == '=')
+                    return true;
             f = fe + 1;
         }
+        end = vend;
         if (p == NULL)
             return false;
         v = p;
@@ -477,6 +490,12 @@ static bool sl_login_grant_refused(const char *b, size_t n, const char *ct)
                            * assertion differs on every login anyway) */
     } else {
         /* JSON (or anything else): the string after "grant_type" and ':'. */
+        for (const char *const *w = sl_login_never_fields; *w != NULL; w++) {
+            char quoted[24];
+            int ql = snprintf(quoted, sizeof(quoted), "\"%s\"", *w);
+            if (memmem(b, n, quoted, (size_t)ql) != NULL)
+                return true;
+        }
         p = memmem(b, n, "grant_type", 10);
         if (p == NULL)
             return false;

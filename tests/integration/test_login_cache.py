@@ -259,12 +259,14 @@ def test_what_is_not_looked_up_goes_through(provider, sluice):
             (big, None),                                            # over 16 KiB
             (form(grant_type="refresh_token", refresh_token="r"), None),
             (form(grant_type="authorization_code", code="c"), None),
+            (form(code="c"), None),                                 # a code, any grant
+            (form() + b"&grant_type=refresh_token", None),          # named twice
             (form(), {"X-Api-Key": "k"}),                           # a credential header
             (form(), {"Cookie": "s=1"})]:
         for _ in range(2):
             code, h, _ = login(sl, body, headers)
             assert h["x-sluice-login-cache"] == "bypass"
-    assert provider.logins() == 10
+    assert provider.logins() == 14
     # Not a POST: a GET of the token path is a call like any other.
     code, h, _ = sl.request("GET", "/leads/token")
     assert code == 200 and h["x-sluice-login-cache"] == "bypass"
@@ -280,7 +282,7 @@ def test_what_is_not_looked_up_goes_through(provider, sluice):
     r.read()
     conn.close()
     assert r.status == 200 and r.getheader("X-Sluice-Login-Cache") == "bypass"
-    assert provider.logins() == 11
+    assert provider.logins() == 15
     # JSON logins are read too.
     jbody = json.dumps({"grant_type": "client_credentials", "client_id": "app-a",
                         "client_secret": CLIENTS["app-a"]}).encode()
