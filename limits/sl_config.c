@@ -967,6 +967,63 @@ static const struct sl_conf_handler sl_rule_apps_handler = {
     "first served.  Not for concurrency rules.",
 };
 
+static const struct sl_conf_key sl_login_cache_keys[] = {
+    {.key = "max_entries", .type = SL_CONF_INT,
+     SL_CONF_FIELD(struct sl_rule, login_cache_max), .min = 1, .max = 100000,
+     .def = "1000",
+     .doc = "Answers kept for this rule at most (one per set of credentials); "
+            "the least recently used goes first."},
+    {.key = "margin", .type = SL_CONF_DURATION,
+     SL_CONF_FIELD(struct sl_rule, login_cache_margin_us), .min = SL_SECONDS(1),
+     .max = SL_HOURS(24), .def = "60s", .flags = SL_CONF_ZERO_OK,
+     .doc = "Taken off the answer's `expires_in`: an answer is served until "
+            "then, so a cached token is never handed out in its last `margin`."},
+};
+
+static const struct sl_conf_table sl_login_cache_table = SL_CONF_TABLE(
+    "upstreams[].rules[].login_cache",
+    "`true` or an object: logins of this rule (a `POST` with a body of at most "
+    "16 KiB and a `Content-Length`) that are identical to one already answered "
+    "(same path, body, `Authorization` and `Content-Type`, compared by a keyed "
+    "hash) get that answer from sluice while its token is valid, without a call "
+    "to the provider and without counting against any rule.  Only a 2xx JSON "
+    "answer with `access_token` and a numeric `expires_in` is kept (at most "
+    "64 KiB), for `expires_in` minus `margin`; `authorization_code`, "
+    "`refresh_token` and `device_code` grants are never cached.  Per process; "
+    "off by default.  When it is safe: docs/guides/auth.md, \"Apps that log in "
+    "themselves\".",
+    sl_login_cache_keys);
+
+static void sl_read_login_cache(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+
+    (void)obj, (void)at, (void)k;
+    sl_conf_defaults(&sl_login_cache_table, r);
+    if (v == json_false())
+        return;
+    if (v != json_true() && !json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be true, false or an object: "
+                      "{\"max_entries\": 1000, \"margin\": \"60s\"}", sub);
+        return;
+    }
+    if (r->kind != SL_RULE_RATE) {
+        /* A login is one call that is answered: it has a rate (the
+         * provider's login budget), not a number in flight. */
+        sl_errors_add(ctx->errs, "%s: a login cache belongs on the rate rule "
+                      "(\"limit\" and \"window\") that matches the token "
+                      "endpoint, not on a concurrency rule", sub);
+        return;
+    }
+    if (json_is_object(v))
+        sl_conf_read(&sl_login_cache_table, v, sub, r, ctx);
+    r->login_cache = true;
+}
+
+static const struct sl_conf_handler sl_login_cache_handler = {sl_read_login_cache, NULL};
+
 static const char *const sl_on_limit_words[] = {"reject", "queue", NULL};
 
 static const struct sl_conf_key sl_rule_keys[] = {
@@ -1028,6 +1085,11 @@ static const struct sl_conf_key sl_rule_keys[] = {
     {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_rule_apps_handler,
      .def = "the upstream's", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
      .doc = "Rate rules: each app's share of the limit."},
+    {.key = "login_cache", .type = SL_CONF_ANY, .handler = &sl_login_cache_handler,
+     .def = "false",  .flags = SL_CONF_PROSE,
+     .doc = "Rate rules matching a token endpoint: answer identical logins from "
+            "a cache while the token is valid (see "
+            "`upstreams[].rules[].login_cache`)."},
 };
 
 static const struct sl_conf_table sl_rule_table = SL_CONF_TABLE(
@@ -3482,7 +3544,7 @@ static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
 static const struct sl_conf_table *const sl_tables[] = {
     &sl_root_table, &sl_store_tls_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
     &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
-    &sl_rule_share_table, &sl_alert_table, &sl_auth_table,
+    &sl_rule_share_table, &sl_login_cache_table, &sl_alert_table, &sl_auth_table,
 };
 
 static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
@@ -3593,6 +3655,11 @@ static void sl_config_lint(struct sl_config *c)
             const struct sl_rule *r = &u->rules[k];
             const char *t = r->path_text;
             size_t pl = u->prefix_len;
+            if (r->login_cache && t == NULL)
+                sl_errors_add(&c->warnings, "upstreams[%zu].rules[%zu].login_cache: "
+                              "the rule has no \"path\", so every POST of the "
+                              "upstream with a small body is looked up as a login; "
+                              "give it the token endpoint's path", i, k);
             if (t == NULL)
                 continue;
             if (pl > 1 && strncasecmp(t, u->prefix, pl) == 0 &&

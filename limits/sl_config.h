@@ -177,6 +177,11 @@ struct sl_rule {
     size_t nshares;
     const struct sl_share *share_other;  /* the "*" entry, or NULL */
     uint64_t reserve_sum;         /* every entry's reserve */
+    /* "login_cache" (rate rules): identical logins are answered from this
+     * process's cache while their token is valid (proxy/sl_login_cache.c). */
+    bool login_cache;
+    uint32_t login_cache_max;     /* answers kept for this rule at most */
+    int64_t login_cache_margin_us; /* taken off each answer's expires_in */
 };
 
 /* The share of rule R that applies to app APP_ID, or NULL (no cap, no

@@ -20,6 +20,7 @@
  * Redis outage flag), or a worker's counters read with relaxed loads.
  */
 #include "sl_auth.h"
+#include "sl_login_cache.h"
 #include "sl_admin.h"
 
 #include "sl_admin_ops.h"
@@ -679,8 +680,26 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         /* Calls refused while the upstream was paused, by app. */
         json_object_set_new(u, "paused_refused_per_app",
                             sl_refused_json(proxy, up->pause_rule.metric_slot));
-        for (size_t k = 0; k < up->nrules; k++)
-            json_array_append_new(rules, sl_rule_json(a, c, &uu->rules[k]));
+        for (size_t k = 0; k < up->nrules; k++) {
+            const struct sl_rule *r = uu->rules[k].rule;
+            json_t *ro = sl_rule_json(a, c, &uu->rules[k]);
+            if (ro != NULL && r->login_cache && proxy->login_cache != NULL) {
+                /* Figures only: never a digest, a credential or a token. */
+                struct sl_login_stats ls;
+                json_t *lo = json_object();
+                sl_login_cache_stats(proxy->login_cache,
+                                     sl_login_cache_tag(up->name, r->name),
+                                     sl_time_mono_ms(), &ls);
+                json_object_set_new(lo, "entries", json_integer((json_int_t)ls.entries));
+                json_object_set_new(lo, "hits", json_integer((json_int_t)ls.hits));
+                json_object_set_new(lo, "misses", json_integer((json_int_t)ls.misses));
+                json_object_set_new(lo, "stored", json_integer((json_int_t)ls.stored));
+                json_object_set_new(lo, "max_entries",
+                                    json_integer((json_int_t)r->login_cache_max));
+                json_object_set_new(ro, "login_cache", lo);
+            }
+            json_array_append_new(rules, ro);
+        }
         json_object_set_new(u, "rules", rules);
         if (up->auth != NULL) {
             /* The token broker's state: never a secret or the token. */

@@ -15,6 +15,7 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_login_cache.h"
 #include "sl_loop.h"
 #include "sl_notify.h"
 #include "sl_state.h"
@@ -309,6 +310,12 @@ int main(int argc, char **argv)
         sl_error("out of memory");
         goto out;
     }
+    proxy.login_cache = sl_login_cache_new();
+    if (proxy.login_cache == NULL) {
+        sl_error("the login cache could not be made (out of memory, or no "
+                 "randomness from the kernel)");
+        goto out;
+    }
     proxy.memory = sl_store_memory_new(config, NULL, NULL);
     if (proxy.memory == NULL) {
         sl_error("cannot create the memory store");
@@ -489,6 +496,7 @@ out:
     sl_store_destroy(proxy.memory);
     sl_apps_free(proxy.apps);
     sl_history_free(proxy.history);
+    sl_login_cache_free(proxy.login_cache);
     /* The proxy's reference and main()'s; every worker has dropped its own. */
     sl_config_unref(proxy.config);
     sl_config_unref(config);

@@ -12,7 +12,7 @@
 
 const char *const sl_outcome_names[SL_OUT_COUNT] = {
     "forwarded", "rejected", "queued", "released",
-    "expired", "paused", "error", "invalid",
+    "expired", "paused", "error", "invalid", "login_cached",
 };
 
 const char *const sl_decision_names[SL_DECISION_RESULTS] = {
@@ -36,7 +36,8 @@ const struct sl_metric_desc sl_metric_families[SL_MF_COUNT] = {
         "epoch.", ""},
     [SL_MF_CALLS] = {"sluice_calls_total", "counter",
         "Calls by upstream and outcome (forwarded and released went "
-        "upstream; queued counts calls held, which end released or expired).",
+        "upstream; queued counts calls held, which end released or expired; "
+        "login_cached counts logins answered from a rule's login_cache).",
         "upstream,outcome"},
     [SL_MF_DECISIONS] = {"sluice_decisions_total", "counter",
         "Store decisions by rule and result (a call counts in every rule "

@@ -80,6 +80,7 @@ enum sl_outcome {
     SL_OUT_PAUSED,      /* answered 429: the provider paused the upstream */
     SL_OUT_ERROR,       /* 5xx from sluice: store, upstream or memory failure */
     SL_OUT_INVALID,     /* 4xx from sluice: bad request, no route */
+    SL_OUT_LOGIN_CACHED, /* a login answered from its rule's login_cache */
     SL_OUT_COUNT,
 };
 

@@ -34,6 +34,7 @@ struct sl_apps;
 struct sl_admin;
 struct sl_alerts;
 struct sl_auth;
+struct sl_login_cache;
 
 #define SL_STORE_WATCHES 4  /* sockets a store may watch at once */
 #define SL_TICK_MS 100      /* how often the guards look at deadlines */
@@ -87,6 +88,9 @@ struct sl_proxy {
      * start; owned. */
     struct sl_auth **auth;
     size_t nauth;
+    /* Token answers kept for identical logins (rules' "login_cache"),
+     * shared by every worker; owned; NULL if it could not be made. */
+    struct sl_login_cache *login_cache;
 };
 
 /* A socket the store asked the loop to watch (struct sl_loop, the store's

@@ -42,6 +42,7 @@
 #include "sl_time.h"
 
 #include <errno.h>
+#include <jansson.h>
 #include <fcntl.h>
 #include <stdatomic.h>
 #include <stdlib.h>
@@ -847,8 +848,19 @@ int sl_req_start_transfer(struct sl_request *req, const char *target)
     } else if (strcmp(req->method, "GET") != 0 || req->has_body) {
         curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
     }
-    if (req->retries == 0 && !req->auth_retried)
+    if (req->retries == 0 && !req->auth_retried && req->login_body) {
+        /* A login read before its decision: its whole body is at hand. */
+        req->upload.rpos = req->upload.wpos = 0;
+        if (sl_buf_len(&req->saved) > 0 &&
+            sl_pipe_put(&req->upload, sl_buf_str(&req->saved), sl_buf_len(&req->saved))
+            != sl_buf_len(&req->saved)) {
+            sl_worker_put_easy(req->w, e, req->easy_url, sl_easy_tag(up));
+            req->easy = NULL;
+            return -1;
+        }
+    } else if (req->retries == 0 && !req->auth_retried) {
         req->saved_ok = up->retry_on_limit || up->auth != NULL;
+    }
     if (req->has_body && strcmp(req->method, "HEAD") != 0) {
         curl_easy_setopt(e, CURLOPT_UPLOAD, 1L);
         curl_easy_setopt(e, CURLOPT_READFUNCTION, sl_curl_read);
@@ -986,6 +998,8 @@ static enum MHD_Result sl_req_respond(struct sl_request *req)
         sl_respond_relayed_retry_after(req->config, resp, req->signal_pause_us);
     if (!has_id)
         MHD_add_response_header(resp, "X-Request-ID", sl_req_request_id(req));
+    if (sl_req_login_word(req) != NULL)
+        MHD_add_response_header(resp, "X-Sluice-Login-Cache", sl_req_login_word(req));
     rc = MHD_queue_response(req->conn, (unsigned)req->status, resp);
     MHD_destroy_response(resp);
     if (rc != MHD_YES) {
@@ -1273,6 +1287,82 @@ static enum MHD_Result sl_req_reauth(struct sl_request *req)
     return MHD_YES;
 }
 
+const char *sl_req_login_word(const struct sl_request *req)
+{
+    switch (req->login) {
+    case SL_LOGIN_SENT:
+        return "miss";
+    case SL_LOGIN_STORED:
+        return "stored";
+    case SL_LOGIN_BYPASS:
+        return "bypass";
+    default:
+        return NULL;
+    }
+}
+
+/* The whole of a login's answer is needed before it is relayed. */
+enum sl_capture { SL_CAPTURE_DONE, SL_CAPTURE_WAIT };
+
+/*
+ * A login its rule's cache missed (req->login SL_LOGIN_SENT), its answer's
+ * headers in: keep the answer if it is a token a second caller may have.
+ * Only a 2xx JSON object with a non-empty string `access_token` and an
+ * `expires_in` (a number, or a string of digits) above the rule's margin,
+ * all of it within SL_LOGIN_ANSWER_MAX, is kept, for `expires_in` minus the
+ * margin from now.  An answer without `expires_in` is not kept: how long
+ * its token lives is unknown.  WAIT: the rest of the body is on its way
+ * (the transfer's end resumes the call).
+ */
+static enum sl_capture sl_req_login_capture(struct sl_request *req)
+{
+    struct sl_login_answer a = {0};
+    json_t *doc, *tok, *exp;
+    int64_t ttl_ms = -1, now_ms;
+    size_t len = sl_pipe_len(&req->down);
+
+    if (req->status < 200 || req->status > 299 || req->signalled ||
+        (req->content_length > SL_LOGIN_ANSWER_MAX) || sl_spool_unread(req) ||
+        req->spool_open || len > SL_LOGIN_ANSWER_MAX)
+        return SL_CAPTURE_DONE;
+    if (!req->xfer_done) {
+        req->want_body = true;  /* resumed at SL_SIGNAL_PEEK bytes or the end */
+        return SL_CAPTURE_WAIT;
+    }
+    req->want_body = false;
+    if (req->result != CURLE_OK || len == 0)
+        return SL_CAPTURE_DONE;
+    doc = json_loadb(req->down.data + req->down.rpos, len, JSON_REJECT_DUPLICATES, NULL);
+    if (doc == NULL)
+        return SL_CAPTURE_DONE;
+    tok = json_object_get(doc, "access_token");
+    exp = json_object_get(doc, "expires_in");
+    if (json_is_integer(exp) && json_integer_value(exp) > 0 &&
+        json_integer_value(exp) < INT32_MAX)
+        ttl_ms = (int64_t)json_integer_value(exp) * 1000;
+    else if (json_is_real(exp) && json_real_value(exp) > 0 &&
+             json_real_value(exp) < INT32_MAX)
+        ttl_ms = (int64_t)(json_real_value(exp) * 1000.0);
+    else if (json_is_string(exp) && json_string_length(exp) > 0 &&
+             json_string_length(exp) < 10 &&
+             strspn(json_string_value(exp), "0123456789") == json_string_length(exp))
+        ttl_ms = strtoll(json_string_value(exp), NULL, 10) * 1000;
+    ttl_ms -= req->login_margin_ms;
+    if (json_is_string(tok) && json_string_length(tok) > 0 && ttl_ms > 0) {
+        now_ms = sl_time_mono_ms();
+        a.status = (unsigned)req->status;
+        a.content_type = (char *)sl_resp_header_cb(req, "Content-Type", 0);
+        a.body = req->down.data + req->down.rpos;
+        a.len = len;
+        if (sl_login_cache_put(req->w->proxy->login_cache, req->login_tag,
+                               req->login_max, req->login_key, now_ms,
+                               now_ms + ttl_ms, &a) == 0)
+            req->login = SL_LOGIN_STORED;
+    }
+    json_decref(doc);
+    return SL_CAPTURE_DONE;
+}
+
 /* Body complete (or never expected): answer now or wait for the upstream. */
 enum MHD_Result sl_req_try_respond(struct sl_request *req)
 {
@@ -1320,6 +1410,11 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
             break;
         }
     }
+    if (req->headers_ready && req->login == SL_LOGIN_SENT &&
+        sl_req_login_capture(req) == SL_CAPTURE_WAIT) {
+        sl_req_suspend(req, SL_SUSP_HEADERS);
+        return MHD_YES;
+    }
     if (req->headers_ready && !req->xfer_done && sl_req_holds_slots(req) &&
         (req->content_length == 0 || strcmp(req->method, "HEAD") == 0 ||
          req->status == 204 || req->status == 304)) {
@@ -1340,6 +1435,15 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
 enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
                                      size_t *size)
 {
+    if (req->login == SL_LOGIN_READING) {
+        /* A login: its body is read before it is decided (sl_request.c,
+         * "logins"), within its Content-Length (at most 16 KiB). */
+        if (req->pending == NULL && sl_buf_add(&req->saved, data, *size) != 0)
+            sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                         "sluice is out of memory", 1, "out_of_memory");
+        *size = 0;
+        return MHD_YES;
+    }
     /* Nothing to forward to (answered already, or the upstream finished):
      * read and drop the body so the connection stays usable. */
     if (req->easy == NULL || req->xfer_done || req->pending != NULL) {

@@ -13,7 +13,10 @@
  *               never uploads its body), or, in queue mode, hold the call
  *               (sl_hold.c): the connection stays suspended inside this
  *               call, body unread.  After any suspension inside this call
- *               MHD repeats it once resumed.
+ *               MHD repeats it once resumed.  The one exception: a login
+ *               of a rule with "login_cache" (a POST of at most 16 KiB) is
+ *               read whole first, then looked up in the cache and, if not
+ *               answered from it, decided at the final call ("logins").
  *   handle #n   body bytes, towards the transfer (sl_relay.c).
  *   handle last the body is complete: answer (sl_relay.c).
  *   completed   MHD is done with the connection's request (relayed, client
@@ -37,6 +40,7 @@
 #include "sl_apps.h"
 #include "sl_duration.h"
 #include "sl_log.h"
+#include "sl_login_cache.h"
 #include "sl_path.h"
 #include "sl_pattern.h"
 #include "sl_time.h"
@@ -49,6 +53,7 @@
 
 static void sl_req_free(struct sl_request *req);
 static void sl_req_identify_app(struct sl_request *req);
+static enum MHD_Result sl_req_admit(struct sl_request *req, bool at_headers);
 
 /* ---- suspension and hang-up watching ---- */
 
@@ -415,6 +420,265 @@ static size_t sl_req_head_cost(struct sl_request *req)
     return cost;
 }
 
+/* A synthetic answer: at the headers call as sl_req_answer_early says, at
+ * the final call at once. */
+static enum MHD_Result sl_req_answer_now(struct sl_request *req, bool at_headers)
+{
+    return at_headers ? sl_req_answer_early(req) : sl_req_queue_pending(req);
+}
+
+/* ---- logins: a rule's "login_cache" (sl_login_cache.c) ----
+ *
+ * A call of a rule with "login_cache" that can be a login (a POST with a
+ * Content-Length of at most SL_LOGIN_BODY_MAX, no other transfer coding)
+ * is not decided at its headers: its body is read first, into req->saved
+ * (sl_req_upload), and at the final call its digest is looked up.  A hit
+ * is answered there, with nothing asked of the store: no rule counts it,
+ * and the provider never sees it.  A miss is admitted as any call
+ * (sl_req_admit at the final call), its body sent from req->saved
+ * (sl_req_start_transfer), and its answer may be kept (sl_relay.c,
+ * sl_req_login_capture).  Every other call of the upstream is decided at
+ * its headers, as before.
+ */
+
+/* Grants whose answer must never be handed to a second caller: a code is
+ * used once, and a refresh token may be rotated by each answer. */
+static const char *const sl_login_never[] = {
+    "authorization_code", "refresh_token",
+    "urn:ietf:params:oauth:grant-type:device_code", NULL};
+/* ... and the fields that carry those. */
+static const char *const sl_login_never_fields[] = {"code", "refresh_token",
+                                                    "device_code", NULL};
+
+/* Does the login body B (N bytes, media type CT) name a grant in
+ * sl_login_never, or carry a field of sl_login_never_fields?  Form fields
+ * and JSON are read; a grant_type sluice cannot read counts as one (never
+ * cached). */
+static bool sl_login_grant_refused(const char *b, size_t n, const char *ct)
+{
+    const char *p = NULL, *end = b + n, *v;
+    size_t vlen;
+
+    if (ct != NULL && strncasecmp(ct, "application/x-www-form-urlencoded", 33) == 0) {
+        const char *vend = NULL;
+        for (const char *f = b; f < end;) {
+            const char *amp = memchr(f, '&', (size_t)(end - f));
+            const char *fe = amp != NULL ? amp : end;
+            size_t fl = (size_t)(fe - f);
+            if (fl >= 11 && memcmp(f, "grant_type=", 11) == 0) {
+                if (p != NULL)
+                    return true;  /* named twice: which counts is the provider's */
+                p = f + 11;
+                vend = fe;
+            } else if (fl >= 10 && memcmp(f, "grant_type", 10) == 0) {
+                return true;  /* escaped or odd: not read, not cached */
+            }
+            /* A one-time code or a refresh token, whatever the grant says. */
+            for (const char *const *w = sl_login_never_fields; *w != NULL; w++)
+                if (fl > strlen(*w) && memcmp(f, *w, strlen(*w)) == 0 &&
+                    f[strlen(*w)] == '=')
+                    return true;
+            f = fe + 1;
+        }
+        end = vend;
+        if (p == NULL)
+            return false;
+        v = p;
+        vlen = (size_t)(end - p);
+        if (memchr(v, '%', vlen) != NULL || memchr(v, '+', vlen) != NULL)
+            return true;  /* escaped: not read, not cached (a JWT bearer
+                           * assertion differs on every login anyway) */
+    } else {
+        /* JSON (or anything else): the string after "grant_type" and ':'. */
+        for (const char *const *w = sl_login_never_fields; *w != NULL; w++) {
+            char quoted[24];
+            int ql = snprintf(quoted, sizeof(quoted), "\"%s\"", *w);
+            if (memmem(b, n, quoted, (size_t)ql) != NULL)
+                return true;
+        }
+        p = memmem(b, n, "grant_type", 10);
+        if (p == NULL)
+            return false;
+        p += 10;
+        if (p < end && *p == '"')
+            p++;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+        if (p >= end || *p != ':')
+            return true;
+        p++;
+        while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+            p++;
+        if (p >= end || *p != '"')
+            return true;
+        v = ++p;
+        while (p < end && *p != '"' && *p != '\\')
+            p++;
+        if (p >= end || *p == '\\')
+            return true;
+        vlen = (size_t)(p - v);
+        if (memmem(p, (size_t)(end - p), "grant_type", 10) != NULL)
+            return true;  /* named twice: which one counts is the provider's */
+    }
+    for (const char *const *g = sl_login_never; *g != NULL; g++)
+        if (vlen == strlen(*g) && memcmp(v, *g, vlen) == 0)
+            return true;
+    return false;
+}
+
+struct sl_login_scan {
+    unsigned authorization, content_type;
+    bool other;     /* a cookie, or a header that may carry a credential */
+};
+
+/* sl_req_login_head's walk over the request's headers. */
+static enum MHD_Result sl_login_scan_header(void *cls, enum MHD_ValueKind kind,
+                                            const char *key, const char *value)
+{
+    struct sl_login_scan *s = cls;
+    static const char *const secretish[] = {"key", "secret", "token", "passw",
+                                            "auth", "session", "credential", NULL};
+
+    (void)kind, (void)value;
+    if (strcasecmp(key, "Authorization") == 0) {
+        s->authorization++;
+        return MHD_YES;
+    }
+    if (strcasecmp(key, "Content-Type") == 0) {
+        s->content_type++;
+        return MHD_YES;
+    }
+    if (strcasecmp(key, "Cookie") == 0)
+        s->other = true;
+    for (const char *const *w = secretish; *w != NULL; w++)
+        if (strcasestr(key, *w) != NULL)
+            s->other = true;
+    return MHD_YES;
+}
+
+/*
+ * At the headers: is this call a login its rule's cache may answer?  True:
+ * req->login is SL_LOGIN_READING (the body is read before any decision).
+ * A call of a login_cache rule that cannot be looked up is marked
+ * SL_LOGIN_BYPASS and goes on as any call.
+ */
+static bool sl_req_login_head(struct sl_request *req)
+{
+    const struct sl_rule *rule = NULL;
+    struct sl_login_scan scan = {0};
+    const char *cl, *te;
+    char *endp;
+    long long n;
+
+    req->login = SL_LOGIN_NONE;
+    for (size_t i = 0; i < req->check.nhits && rule == NULL; i++)
+        if (req->check.hits[i].rule->login_cache)
+            rule = req->check.hits[i].rule;
+    if (rule == NULL || req->w->proxy->login_cache == NULL)
+        return false;
+    req->login = SL_LOGIN_BYPASS;
+    if (strcmp(req->method, "POST") != 0)
+        return false;
+    cl = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Content-Length");
+    te = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND, "Transfer-Encoding");
+    if (cl == NULL || te != NULL)
+        return false;
+    n = strtoll(cl, &endp, 10);
+    if (*endp != '\0' || n <= 0 || n > SL_LOGIN_BODY_MAX)
+        return false;
+    /* Credentials only where the key reads them: one Authorization, the
+     * body.  A cookie or a header that may hold a secret could tell two
+     * callers apart that the key would not: such a call is not looked up. */
+    MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sl_login_scan_header, &scan);
+    if (scan.authorization > 1 || scan.content_type > 1 || scan.other)
+        return false;
+    req->login = SL_LOGIN_READING;
+    req->login_tag = sl_login_cache_tag(req->up->name, rule->name);
+    req->login_max = rule->login_cache_max;
+    req->login_margin_ms = rule->login_cache_margin_us / 1000;
+    req->login_body = true;
+    req->saved_ok = true;  /* sl_req_upload keeps the body in req->saved */
+    return true;
+}
+
+/* The login's answer from the cache, A: queued now.  Consumes A. */
+static enum MHD_Result sl_req_login_hit(struct sl_request *req,
+                                        struct sl_login_answer *a)
+{
+    struct MHD_Response *resp =
+        MHD_create_response_from_buffer(a->len, a->body, MHD_RESPMEM_MUST_COPY);
+
+    if (resp == NULL) {
+        free(a->body);
+        free(a->content_type);
+        sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "out_of_memory",
+                     "sluice is out of memory", 1, "out_of_memory");
+        return sl_req_queue_pending(req);
+    }
+    if (a->content_type != NULL)
+        MHD_add_response_header(resp, MHD_HTTP_HEADER_CONTENT_TYPE, a->content_type);
+    /* RFC 6749 5.1: a token answer is never cached by anyone else. */
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_CACHE_CONTROL, "no-store");
+    MHD_add_response_header(resp, MHD_HTTP_HEADER_PRAGMA, "no-cache");
+    MHD_add_response_header(resp, "X-Sluice-Login-Cache", "hit");
+    free(a->body);
+    free(a->content_type);
+    sl_metrics_call(&req->w->metrics, req->up, SL_OUT_LOGIN_CACHED);
+    sl_req_set_pending(req, a->status, resp, "login_cached");
+    return sl_req_queue_pending(req);
+}
+
+/*
+ * The final call of a login being read (req->login SL_LOGIN_READING): the
+ * body is in req->saved.  A hit is answered; anything else is admitted
+ * now as any call (a miss as SL_LOGIN_SENT: its answer may be kept).
+ */
+static enum MHD_Result sl_req_login_final(struct sl_request *req)
+{
+    const char *body = sl_buf_len(&req->saved) > 0 ? sl_buf_str(&req->saved) : "";
+    size_t blen = sl_buf_len(&req->saved);
+    const char *ct = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                 "Content-Type");
+    const char *authz = MHD_lookup_connection_value(req->conn, MHD_HEADER_KIND,
+                                                    "Authorization");
+    struct sl_login_answer a;
+    enum MHD_Result rc;
+    int found;
+
+    req->login = SL_LOGIN_BYPASS;
+    if (req->pending == NULL && req->saved_ok &&
+        !sl_login_grant_refused(body, blen, ct)) {
+        /* What makes two logins the same one; the names come first, so a
+         * rule's answers are never another's. */
+        const char *parts[] = {req->up->name, req->up->url,
+                               NULL /* rule: in the tag */, req->method,
+                               sl_req_rest(req), body, authz, ct};
+        size_t lens[8];
+        char tag[24];
+        snprintf(tag, sizeof(tag), "%016llx", (unsigned long long)req->login_tag);
+        parts[2] = tag;
+        for (size_t i = 0; i < 8; i++)
+            lens[i] = parts[i] != NULL ? strlen(parts[i]) : 0;
+        lens[5] = blen;
+        if (sl_login_cache_key(req->w->proxy->login_cache, parts, lens, 8,
+                               req->login_key) == 0) {
+            found = sl_login_cache_get(req->w->proxy->login_cache, req->login_tag,
+                                       req->login_key, sl_time_mono_ms(), &a);
+            if (found == 1)
+                return sl_req_login_hit(req, &a);
+            if (found == 0)
+                req->login = SL_LOGIN_SENT;
+        }
+    }
+    if (req->pending != NULL)
+        return sl_req_queue_pending(req);
+    rc = sl_req_admit(req, false);
+    if (req->suspended || req->queued)
+        return rc;
+    /* Decided at once (the memory store): wait for the answer. */
+    return sl_req_try_respond(req);
+}
+
 /* First call: check, route, match, decide.  Returns what the handler returns. */
 static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
 {
@@ -466,6 +730,21 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
     req->config = sl_config_ref(req->w->config);
     if (sl_req_match(req) != 0)
         return sl_req_answer_early(req);
+    if (sl_req_login_head(req))
+        return MHD_YES;  /* its body first: decided at the final call */
+    return sl_req_admit(req, true);
+}
+
+/*
+ * Admit a routed and matched call: behind held calls of its buckets, after
+ * a token (upstreams with "auth"), then the store's decision.  AT_HEADERS:
+ * in MHD's headers call (the usual case); false: at the final call, the
+ * body read (a login its rule's cache did not answer, sl_req_login_final),
+ * where a synthetic answer is queued at once and a suspension makes MHD
+ * repeat the final call.  Returns what the handler returns.
+ */
+static enum MHD_Result sl_req_admit(struct sl_request *req, bool at_headers)
+{
     /* Held calls wait for one of this call's buckets: queue behind them. */
     req->room_seq = sl_waitlists_seq(req->w->proxy->waitlists, &req->check);
     {
@@ -483,7 +762,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
                  * it waits for that share too, not for the bucket. */
                 .share = own_app ? SL_SHARE_MAX : SL_SHARE_NONE};
             if (sl_req_hold(req, &d, false) == 0) {
-                req->replay_headers = true;
+                req->replay_headers = at_headers;
                 sl_req_suspend(req, SL_SUSP_HELD);
                 return MHD_YES;
             }
@@ -492,7 +771,7 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
                 if (d.wait_us <= 0)
                     d.wait_us = SL_USEC_PER_SEC;
                 sl_req_limited(req, &d);
-                return sl_req_answer_early(req);
+                return sl_req_answer_now(req, at_headers);
             }
         }
     }
@@ -500,11 +779,11 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
         /* A token first: a call waiting for one consumes nothing. */
         int gate = sl_auth_gate(req);
         if (gate > 0) {
-            req->replay_headers = true;
+            req->replay_headers = at_headers;
             return MHD_YES;
         }
         if (gate < 0)
-            return sl_req_answer_early(req);
+            return sl_req_answer_now(req, at_headers);
     }
     sl_req_set_phase(req, SL_PHASE_DECIDING);
     if (sl_store_decide(req->w->store, &req->check, sl_req_decided, req)
@@ -513,17 +792,18 @@ static enum MHD_Result sl_req_begin(struct sl_request *req, const char *version)
         sl_req_error(req, MHD_HTTP_SERVICE_UNAVAILABLE, "store_unavailable",
                      "the limit store cannot decide this call", 1,
                      "store_error");
-        return sl_req_answer_early(req);
+        return sl_req_answer_now(req, at_headers);
     }
     if (sl_req_deciding(req) || sl_req_is_held(req)) {
         /* Suspended inside the headers call: after the resume MHD calls
-         * the handler for the headers again before any body bytes. */
-        req->replay_headers = true;
+         * the handler for the headers again before any body bytes (at the
+         * final call: the final call again). */
+        req->replay_headers = at_headers;
         sl_req_suspend(req, sl_req_deciding(req) ? SL_SUSP_DECIDE : SL_SUSP_HELD);
         return MHD_YES;
     }
     if (req->pending != NULL)
-        return sl_req_answer_early(req);
+        return sl_req_answer_now(req, at_headers);
     return MHD_YES;
 }
 
@@ -856,6 +1136,8 @@ enum MHD_Result sl_request_handle(void *cls, struct MHD_Connection *conn,
             sl_req_update_pause(req);
         }
     }
+    if (req->login == SL_LOGIN_READING)
+        return sl_req_login_final(req);
     return sl_req_try_respond(req);
 }
 

@@ -16,6 +16,7 @@
 
 #include "sl_assert.h"
 #include "sl_buf.h"
+#include "sl_login_cache.h"
 #include "sl_metrics.h"
 #include "sl_proxy.h"
 
@@ -85,6 +86,15 @@ enum sl_susp {
     SL_SUSP_BODY,       /* response buffer empty */
     SL_SUSP_HELD,       /* queue mode: waiting for room */
     SL_SUSP_SETTLE,     /* answer in, the store applying its report */
+};
+
+/* A call of a rule with "login_cache", as its X-Sluice-Login-Cache says. */
+enum sl_login_state {
+    SL_LOGIN_NONE,      /* no login_cache rule: no header */
+    SL_LOGIN_READING,   /* its body is being read, nothing decided yet */
+    SL_LOGIN_BYPASS,    /* not looked up (method, size, grant, headers) */
+    SL_LOGIN_SENT,      /* a miss, sent: its answer may be kept ("miss") */
+    SL_LOGIN_STORED,    /* its answer was kept ("stored") */
 };
 
 /* The store's word that an answer's usage reports and pause are in force
@@ -185,6 +195,16 @@ struct sl_request {
     bool auth_wait;
     bool auth_retried;
     int64_t auth_deadline_ms;
+
+    /* A call of a rule with "login_cache" (sl_request.c, "logins"): where
+     * its lookup is; its rule's tag, bound and margin, and its digest. */
+    enum sl_login_state login;
+    bool login_body;                  /* its body was read before the
+                                       * decision, into `saved` */
+    uint64_t login_tag;
+    uint32_t login_max;
+    int64_t login_margin_ms;
+    unsigned char login_key[SL_LOGIN_DIGEST];
 
     struct MHD_Response *pending;     /* synthetic response to queue */
     unsigned pending_status;
@@ -307,6 +327,8 @@ enum MHD_Result sl_req_upload(struct sl_request *req, const char *data,
                               size_t *size);
 /* The body is complete (or none): answer now or wait for the upstream. */
 enum MHD_Result sl_req_try_respond(struct sl_request *req);
+/* The X-Sluice-Login-Cache value of REQ's answer, or NULL for none. */
+const char *sl_req_login_word(const struct sl_request *req);
 
 /* sl_hold.c */
 #define SL_QUEUE_POLL_MS 50   /* safety-net retry for concurrency slots */
