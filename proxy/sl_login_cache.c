@@ -60,15 +60,30 @@ struct sl_login_cache {
     struct sl_login_entry *entries;
     size_t nentries, cap;
     uint64_t clock;                         /* ticks on every use: LRU order */
+    size_t bytes;                           /* kept answers' bytes, all rules */
     struct sl_login_rule_stats *stats;
     size_t nstats;
 };
+
+/* What answer A keeps in memory (its body and content type). */
+static size_t sl_login_answer_size(const struct sl_login_answer *a)
+{
+    return a->len + (a->content_type != NULL ? strlen(a->content_type) : 0);
+}
 
 static void sl_login_answer_free(struct sl_login_answer *a)
 {
     free(a->content_type);
     free(a->body);
     memset(a, 0, sizeof(*a));
+}
+
+/* Forget entry E's answer (expired, evicted or replaced).  Lock held. */
+static void sl_login_entry_drop(struct sl_login_cache *lc, struct sl_login_entry *e)
+{
+    lc->bytes -= sl_login_answer_size(&e->answer);
+    sl_login_answer_free(&e->answer);
+    e->expires_ms = 0;
 }
 
 /* Copy A into *OUT.  0, or -1 (out of memory: *OUT empty). */
@@ -204,8 +219,7 @@ int sl_login_cache_get(struct sl_login_cache *lc, uint64_t tag,
             memcmp(e->key, key, SL_LOGIN_DIGEST) != 0)
             continue;
         if (e->expires_ms <= now_ms) {
-            sl_login_answer_free(&e->answer);
-            e->expires_ms = 0;
+            sl_login_entry_drop(lc, e);
             break;
         }
         if (sl_login_answer_copy(out, &e->answer) != 0) {
@@ -242,10 +256,8 @@ int sl_login_cache_put(struct sl_login_cache *lc, uint64_t tag, uint32_t max,
     pthread_mutex_lock(&lc->lock);
     for (size_t i = 0; i < lc->nentries; i++) {
         struct sl_login_entry *e = &lc->entries[i];
-        if (e->expires_ms != 0 && e->expires_ms <= now_ms) {
-            sl_login_answer_free(&e->answer);  /* no token past its time */
-            e->expires_ms = 0;
-        }
+        if (e->expires_ms != 0 && e->expires_ms <= now_ms)
+            sl_login_entry_drop(lc, e);  /* no token past its time */
         if (e->expires_ms == 0) {
             if (expired == NULL)
                 expired = e;
@@ -280,12 +292,26 @@ int sl_login_cache_put(struct sl_login_cache *lc, uint64_t tag, uint32_t max,
         slot = &lc->entries[lc->nentries++];
         memset(slot, 0, sizeof(*slot));
     }
-    sl_login_answer_free(&slot->answer);
+    if (slot->expires_ms != 0)
+        sl_login_entry_drop(lc, slot);
+    /* The process's byte budget: the least recently used answers go. */
+    while (lc->bytes + sl_login_answer_size(&copy) > SL_LOGIN_CACHE_BYTES) {
+        struct sl_login_entry *lru = NULL;
+        for (size_t i = 0; i < lc->nentries; i++) {
+            struct sl_login_entry *e = &lc->entries[i];
+            if (e->expires_ms != 0 && e != slot && (lru == NULL || e->used < lru->used))
+                lru = e;
+        }
+        if (lru == NULL)
+            break;
+        sl_login_entry_drop(lc, lru);
+    }
     slot->tag = tag;
     memcpy(slot->key, key, SL_LOGIN_DIGEST);
     slot->expires_ms = expires_ms;
     slot->used = ++lc->clock;
     slot->answer = copy;
+    lc->bytes += sl_login_answer_size(&copy);
     s = sl_login_stats_of(lc, tag);
     if (s != NULL)
         s->stored++;

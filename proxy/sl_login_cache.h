@@ -11,6 +11,9 @@
 #define SL_LOGIN_DIGEST 32              /* HMAC-SHA256 */
 #define SL_LOGIN_BODY_MAX (16 * 1024)   /* a login's body, looked up */
 #define SL_LOGIN_ANSWER_MAX (64 * 1024) /* an answer's body, kept */
+/* Every kept answer of the process together: past it, the least recently
+ * used answers (of any rule) go first. */
+#define SL_LOGIN_CACHE_BYTES (16 * 1024 * 1024)
 
 struct sl_login_cache;
 

@@ -1323,8 +1323,10 @@ static enum sl_capture sl_req_login_capture(struct sl_request *req)
 
     if (req->status < 200 || req->status > 299 || req->signalled ||
         (req->content_length > SL_LOGIN_ANSWER_MAX) || sl_spool_unread(req) ||
-        req->spool_open || len > SL_LOGIN_ANSWER_MAX)
+        req->spool_open || len > SL_LOGIN_ANSWER_MAX) {
+        req->want_body = false;
         return SL_CAPTURE_DONE;
+    }
     if (!req->xfer_done) {
         req->want_body = true;  /* resumed at SL_SIGNAL_PEEK bytes or the end */
         return SL_CAPTURE_WAIT;
@@ -1348,7 +1350,12 @@ static enum sl_capture sl_req_login_capture(struct sl_request *req)
              strspn(json_string_value(exp), "0123456789") == json_string_length(exp))
         ttl_ms = strtoll(json_string_value(exp), NULL, 10) * 1000;
     ttl_ms -= req->login_margin_ms;
-    if (json_is_string(tok) && json_string_length(tok) > 0 && ttl_ms > 0) {
+    /* An answer with a refresh token (which the provider may rotate with
+     * each answer) or an identity token (whose nonce and audience are one
+     * caller's) is never another caller's. */
+    if (json_is_string(tok) && json_string_length(tok) > 0 && ttl_ms > 0 &&
+        json_object_get(doc, "refresh_token") == NULL &&
+        json_object_get(doc, "id_token") == NULL) {
         now_ms = sl_time_mono_ms();
         a.status = (unsigned)req->status;
         a.content_type = (char *)sl_resp_header_cb(req, "Content-Type", 0);
@@ -1368,15 +1375,17 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
 {
     if (req->queued)
         return MHD_YES;
-    if (req->pending != NULL)
-        return sl_req_queue_pending(req);
-    if (sl_req_settling(req) && req->feedback_done) {
-        /* The answer's report (or pause) is not yet in the shared store:
-         * a call its client makes next must be decided on it, so the
-         * answer waits (at most store_timeout: the store gives up). */
+    if (sl_req_settling(req)) {
+        /* What the answer tells its client (a report or pause in force,
+         * the call's slots free) is not yet in the shared store: a call
+         * the client makes next must be decided on it, so the answer,
+         * sluice's own error included, waits (at most store_timeout: the
+         * store gives up). */
         sl_req_suspend(req, SL_SUSP_SETTLE);
         return MHD_YES;
     }
+    if (req->pending != NULL)
+        return sl_req_queue_pending(req);
     if (req->headers_ready && !req->feedback_done && req->up->auth != NULL) {
         switch (sl_req_wants_reauth(req)) {
         case SL_REAUTH_WAIT:
@@ -1395,12 +1404,8 @@ enum MHD_Result sl_req_try_respond(struct sl_request *req)
             sl_req_suspend(req, SL_SUSP_HEADERS);
             return MHD_YES;
         case SL_FEEDBACK_RETRY:
-            /* The retry waits for the pause anyway: the ticket, if any
-             * word is outstanding, goes on alone. */
-            if (sl_req_settling(req)) {
-                req->settle->req = NULL;
-                req->settle = NULL;
-            }
+            /* The ticket stays: if the call cannot be held for its
+             * retry, the answer it then gets waits for the pause too. */
             return sl_req_retry(req, pause);
         case SL_FEEDBACK_DONE:
             if (sl_req_settling(req)) {

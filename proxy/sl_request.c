@@ -442,13 +442,16 @@ static enum MHD_Result sl_req_answer_now(struct sl_request *req, bool at_headers
  */
 
 /* Grants whose answer must never be handed to a second caller: a code is
- * used once, and a refresh token may be rotated by each answer. */
+ * used once, and a refresh token may be rotated by each answer.  A signed
+ * assertion (JWT bearer, a client assertion) differs on every login, so
+ * its answers would only fill the cache. */
 static const char *const sl_login_never[] = {
     "authorization_code", "refresh_token",
     "urn:ietf:params:oauth:grant-type:device_code", NULL};
 /* ... and the fields that carry those. */
 static const char *const sl_login_never_fields[] = {"code", "refresh_token",
-                                                    "device_code", NULL};
+                                                    "device_code", "assertion",
+                                                    "client_assertion", NULL};
 
 /* Does the login body B (N bytes, media type CT) name a grant in
  * sl_login_never, or carry a field of sl_login_never_fields?  Form fields
@@ -528,16 +531,24 @@ static bool sl_login_grant_refused(const char *b, size_t n, const char *ct)
 
 struct sl_login_scan {
     unsigned authorization, content_type;
-    bool other;     /* a cookie, or a header that may carry a credential */
+    const char *app_header;   /* the upstream's app header, or NULL */
+    bool other;     /* a header that could tell two callers apart */
 };
 
-/* sl_req_login_head's walk over the request's headers. */
+/* sl_req_login_head's walk over the request's headers.  The key reads
+ * Authorization, Content-Type and the body; every other header must be
+ * one that says nothing about who logs in (an allow-list, not a list of
+ * names that look secret: a DPoP proof, a tenant or a signature header
+ * are named freely), or the call is not looked up. */
 static enum MHD_Result sl_login_scan_header(void *cls, enum MHD_ValueKind kind,
                                             const char *key, const char *value)
 {
     struct sl_login_scan *s = cls;
-    static const char *const secretish[] = {"key", "secret", "token", "passw",
-                                            "auth", "session", "credential", NULL};
+    static const char *const neutral[] = {
+        "Host", "User-Agent", "Accept", "Accept-Encoding", "Accept-Language",
+        "Content-Length", "Connection", "Keep-Alive", "Expect", "Cache-Control",
+        "Pragma", "X-Request-ID", "traceparent", "tracestate", "X-Forwarded-For",
+        "X-Forwarded-Proto", "X-Forwarded-Host", "Forwarded", "Via", NULL};
 
     (void)kind, (void)value;
     if (strcasecmp(key, "Authorization") == 0) {
@@ -548,11 +559,13 @@ static enum MHD_Result sl_login_scan_header(void *cls, enum MHD_ValueKind kind,
         s->content_type++;
         return MHD_YES;
     }
-    if (strcasecmp(key, "Cookie") == 0)
-        s->other = true;
-    for (const char *const *w = secretish; *w != NULL; w++)
-        if (strcasestr(key, *w) != NULL)
-            s->other = true;
+    /* The app's name (it is the point to answer every app alike). */
+    if (s->app_header != NULL && strcasecmp(key, s->app_header) == 0)
+        return MHD_YES;
+    for (const char *const *w = neutral; *w != NULL; w++)
+        if (strcasecmp(key, *w) == 0)
+            return MHD_YES;
+    s->other = true;
     return MHD_YES;
 }
 
@@ -587,8 +600,9 @@ static bool sl_req_login_head(struct sl_request *req)
     if (*endp != '\0' || n <= 0 || n > SL_LOGIN_BODY_MAX)
         return false;
     /* Credentials only where the key reads them: one Authorization, the
-     * body.  A cookie or a header that may hold a secret could tell two
-     * callers apart that the key would not: such a call is not looked up. */
+     * body.  Any header the key does not read and that could tell two
+     * callers apart (a cookie, a proof, a tenant) means: not looked up. */
+    scan.app_header = req->up->app_kind == SL_APP_HEADER ? req->up->app_header : NULL;
     MHD_get_connection_values(req->conn, MHD_HEADER_KIND, sl_login_scan_header, &scan);
     if (scan.authorization > 1 || scan.content_type > 1 || scan.other)
         return false;
@@ -1159,8 +1173,12 @@ static void sl_req_free(struct sl_request *req)
     }
     if (req->up != NULL && req->up->auth != NULL)
         sl_auth_forget(req);
-    if (req->settle != NULL)
-        req->settle->req = NULL;  /* the store's word frees it */
+    if (req->settle != NULL) {
+        if (req->settle->pending > 0)
+            req->settle->req = NULL;  /* the store's last word frees it */
+        else
+            free(req->settle);
+    }
     while (req->hdrs != NULL) {
         struct sl_hdr *h = req->hdrs;
         req->hdrs = h->next;

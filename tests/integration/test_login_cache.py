@@ -104,6 +104,10 @@ class LoginProvider:
             del answer["access_token"]
         if mode == "noexpiry":
             del answer["expires_in"]
+        if mode == "refresh":
+            answer["refresh_token"] = "rt-" + secrets.token_hex(8)
+        if mode == "idtoken":
+            answer["id_token"] = "eyJ.id.sig"
         h.answer(200, json.dumps(answer))
 
     def logins(self):
@@ -237,7 +241,8 @@ def test_an_expiring_token_is_fetched_again(provider, sluice):
 
 
 @pytest.mark.parametrize("mode,status", [("401", 401), ("400", 400), ("nonjson", 200),
-                                         ("notoken", 200), ("noexpiry", 200)])
+                                         ("notoken", 200), ("noexpiry", 200),
+                                         ("refresh", 200), ("idtoken", 200)])
 def test_answers_without_a_usable_token_are_never_kept(provider, sluice, mode, status):
     provider.mode = mode
     sl = sluice(make_config(provider), workers=2)
@@ -261,12 +266,15 @@ def test_what_is_not_looked_up_goes_through(provider, sluice):
             (form(grant_type="authorization_code", code="c"), None),
             (form(code="c"), None),                                 # a code, any grant
             (form() + b"&grant_type=refresh_token", None),          # named twice
+            (form(client_assertion="eyJ.x.y"), None),               # a signed assertion
             (form(), {"X-Api-Key": "k"}),                           # a credential header
-            (form(), {"Cookie": "s=1"})]:
+            (form(), {"Cookie": "s=1"}),
+            (form(), {"DPoP": "eyJ.proof"}),                        # a proof of possession
+            (form(), {"X-Tenant-Id": "t1"})]:                       # any other caller header
         for _ in range(2):
             code, h, _ = login(sl, body, headers)
             assert h["x-sluice-login-cache"] == "bypass"
-    assert provider.logins() == 14
+    assert provider.logins() == 20
     # Not a POST: a GET of the token path is a call like any other.
     code, h, _ = sl.request("GET", "/leads/token")
     assert code == 200 and h["x-sluice-login-cache"] == "bypass"
@@ -282,7 +290,7 @@ def test_what_is_not_looked_up_goes_through(provider, sluice):
     r.read()
     conn.close()
     assert r.status == 200 and r.getheader("X-Sluice-Login-Cache") == "bypass"
-    assert provider.logins() == 15
+    assert provider.logins() == 21
     # JSON logins are read too.
     jbody = json.dumps({"grant_type": "client_credentials", "client_id": "app-a",
                         "client_secret": CLIENTS["app-a"]}).encode()
