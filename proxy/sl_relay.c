@@ -486,16 +486,32 @@ static void sl_req_settled(void *arg)
         sl_req_resume(req);
 }
 
-/* The ticket the store's words count down, made on first use (NULL: out
- * of memory; the answer is then not held). */
-static struct sl_settle *sl_req_settle_ticket(struct sl_request *req)
+/* Before asking the store for a word: REQ's ticket (made on first use),
+ * counting one more, or NULL (out of memory: the answer is then not held). */
+static struct sl_settle *sl_req_expect(struct sl_request *req)
 {
     if (req->settle == NULL) {
         req->settle = calloc(1, sizeof(*req->settle));
         if (req->settle != NULL)
             req->settle->req = req;
     }
+    if (req->settle != NULL)
+        req->settle->pending++;
     return req->settle;
+}
+
+/* What the store is to tell when T's word comes (nothing without T). */
+static sl_store_done_cb sl_req_tell(const struct sl_settle *t)
+{
+    return t != NULL ? sl_req_settled : NULL;
+}
+
+/* After asking: TOLD is the store's answer (0: in force already, it will
+ * not tell), so the count sl_req_expect raised is taken back. */
+static void sl_req_expected(struct sl_settle *t, int told)
+{
+    if (t != NULL && told == 0)
+        t->pending--;
 }
 
 /* Is the answer to wait for the store (the ticket has words
@@ -519,15 +535,12 @@ static bool sl_req_settling(struct sl_request *req)
 static void sl_req_give_back(struct sl_request *req, bool wait)
 {
     struct sl_worker *w = req->w;
-    struct sl_settle *t = NULL;
+    struct sl_settle *t;
 
     if (req->lease == NULL)
         return;
-    if (wait && (t = sl_req_settle_ticket(req)) != NULL)
-        t->pending++;
-    if (sl_store_release_then(w->store, req->lease, t != NULL ? sl_req_settled : NULL,
-                              t) == 0 && t != NULL)
-        t->pending--;
+    t = wait ? sl_req_expect(req) : NULL;
+    sl_req_expected(t, sl_store_release_then(w->store, req->lease, sl_req_tell(t), t));
     req->lease = NULL;
     for (size_t i = 0; i < req->check.nhits; i++) {
         const struct sl_hit *h = &req->check.hits[i];
@@ -1041,33 +1054,6 @@ static bool sl_method_idempotent(const char *m)
 
 enum sl_feedback { SL_FEEDBACK_DONE, SL_FEEDBACK_WAIT, SL_FEEDBACK_RETRY };
 
-/* Apply HIT's report of LEFT calls; count it on the ticket if the store
- * tells us later that it is in force. */
-static void sl_req_sync(struct sl_request *req, const struct sl_hit *hit,
-                        long long left, int64_t age)
-{
-    struct sl_settle *t = sl_req_settle_ticket(req);
-
-    if (t != NULL)
-        t->pending++;
-    if (sl_store_sync_then(req->w->store, req->up, hit, (uint64_t)left, age,
-                           t != NULL ? sl_req_settled : NULL, t) == 0 && t != NULL)
-        t->pending--;
-}
-
-/* The same for the upstream's pause. */
-static void sl_req_pause(struct sl_request *req, int64_t pause, const char *reason)
-{
-    struct sl_settle *t = sl_req_settle_ticket(req);
-
-    if (t != NULL)
-        t->pending++;
-    if (sl_store_pause_then(req->w->store, req->up, pause, reason,
-                            t != NULL ? sl_req_settled : NULL, t) == 0 && t != NULL)
-        t->pending--;
-}
-
-
 /*
  * The response headers are in: follow the provider's usage reports, and
  * pause the upstream if the response says "over the limit".  WAIT: a
@@ -1124,7 +1110,9 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
         if (left >= 0) {
             const struct sl_hit *hit = &req->check.hits[i];
             int64_t age = req->sent_us > 0 ? sl_time_mono_us() - req->sent_us : 0;
-            sl_req_sync(req, hit, left, age);
+            struct sl_settle *t = sl_req_expect(req);
+            sl_req_expected(t, sl_store_sync_then(req->w->store, up, hit, (uint64_t)left,
+                                                  age, sl_req_tell(t), t));
             /* This answer's RateLimit fields say what the provider just
              * said, when it leaves fewer calls than the decision did. */
             if (req->decision.rule != NULL && req->decision.rule->kind == SL_RULE_RATE &&
@@ -1153,8 +1141,11 @@ static enum sl_feedback sl_req_feedback(struct sl_request *req, int64_t *pause_o
     req->signal_pause_us = pause;
     {
         char reason[96];
+        struct sl_settle *t;
         snprintf(reason, sizeof(reason), "status %ld, %s", req->status, why);
-        sl_req_pause(req, pause, reason);
+        t = sl_req_expect(req);
+        sl_req_expected(t, sl_store_pause_then(req->w->store, up, pause, reason,
+                                               sl_req_tell(t), t));
     }
     sl_metric_add(&req->w->metrics.pauses[up->metric_id], 1);
     sl_warn("upstream %s signalled a limit (status %ld, %s): calls paused for %.1fs",
