@@ -719,11 +719,18 @@ def test_fleet_broker_and_apps_logins_stay_within_the_rule_in_redis():
     try:
         for _ in range(3):
             fleet.append(start(p, store=redis.url, workers=1, auth={"rule": "logins"},
-                               rules=rules, upstream={"max_wait": "10s"}))
+                               rules=rules, upstream={"max_wait": "2s"}))
         assert wait_for(lambda: p.nlogins() >= 1, 5)
         t0 = time.monotonic()
         app_codes, call_codes = [], []
-        while time.monotonic() - t0 < 7:
+        # Each round asks for 3 app logins (and up to 3 brokers' logins
+        # after the revocation) and lasts at most about max_wait, 2 s: at
+        # least 1.5 logins a second against the rule's 1.33, so the queue
+        # grows until a login would wait more than 2 s and is refused.
+        # How many rounds that takes depends on the machine's speed, so
+        # the loop runs until it has happened (at least 7 s, at most 30 s).
+        while time.monotonic() - t0 < 7 or (
+                429 not in app_codes and time.monotonic() - t0 < 30):
             p.revoke()
             out = parallel(6, lambda i: app_login(fleet[i % 3]) if i % 2
                            else get(fleet[i % 3])[0])

@@ -261,7 +261,7 @@ def test_an_acl_user_with_the_least_permissions(upstream, tls_redis, certs, slui
 
 def test_check_reads_the_tls_files(upstream, certs):
     rules = [{"name": "w", "limit": 3, "window": "1m"}]
-    url = "rediss://:pw@127.0.0.1:6380"
+    url = "rediss://:Pw-never-shown-9q@127.0.0.1:6380"
     good = conf(upstream, url, certs, rules, tls={
         "cert_file": os.path.join(certs, "client.crt"),
         "key_file": os.path.join(certs, "client.key")})
@@ -270,7 +270,7 @@ def test_check_reads_the_tls_files(upstream, certs):
     code, err = check(missing)
     assert code == 1
     assert "store_tls.ca_file: cannot read" in err and "no-such-ca.crt" in err, err
-    assert "No such file or directory" in err and "pw" not in err
+    assert "No such file or directory" in err and "Pw-never-shown-9q" not in err
     # A key that is not the certificate's.
     wrong_key = conf(upstream, url, certs, rules, tls={
         "cert_file": os.path.join(certs, "client.crt"),
