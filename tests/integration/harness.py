@@ -731,6 +731,48 @@ class _PortTaken(Exception):
     pass
 
 
+class RedisError(Exception):
+    pass
+
+
+def resp_encode(*args):
+    out = [b"*%d\r\n" % len(args)]
+    for a in args:
+        b = a if isinstance(a, bytes) else str(a).encode()
+        out.append(b"$%d\r\n%s\r\n" % (len(b), b))
+    return b"".join(out)
+
+
+def resp_read(f):
+    """One RESP2 reply from file F (a socket's makefile('rb'))."""
+    line = f.readline()
+    if not line.endswith(b"\r\n"):
+        raise OSError("Redis closed the connection")
+    kind, rest = line[:1], line[1:-2]
+    if kind == b"+":
+        return rest
+    if kind == b"-":
+        raise RedisError(rest.decode(errors="replace"))
+    if kind == b":":
+        return int(rest)
+    if kind == b"$":
+        n = int(rest)
+        if n < 0:
+            return None
+        data = f.read(n + 2)
+        return data[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [resp_read(f) for _ in range(n)]
+    raise OSError("not a RESP reply: %r" % line)
+
+
+def resp_command(port, *args):
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+        s.sendall(resp_encode(*args))
+        return resp_read(s.makefile("rb"))
+
+
 class RedisServer:
     """A real redis-server on a free loopback port (no persistence)."""
 
@@ -783,6 +825,11 @@ class RedisServer:
             time.sleep(0.05)
         self.kill()
         raise RuntimeError("redis-server did not start")
+
+    def command(self, *args):
+        """One command on a fresh connection; the reply as Python values
+        (bytes for strings, int, None, lists; an error raises RedisError)."""
+        return resp_command(self.port, *args)
 
     def cli(self, *args):
         out = subprocess.run(["redis-cli", "-p", str(self.port)] + [str(a) for a in args],

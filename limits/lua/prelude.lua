@@ -1,0 +1,78 @@
+-- Shared by the scripts below: the time (NOW: as Redis writes it), number
+-- formatting, and logging sends in rate list L and its app list AP (keeps
+-- both ordered newest first, index for index the same calls; refreshes
+-- their TTLs): STAMPS, in the order they were sent, by APPS (one each).
+-- A stamp earlier than the list's newest entry is written as that entry
+-- (the list stays ordered; later is the safe side).  H (rules with
+-- shares, else nil): a hash of each app's entries in L, with '#n' the
+-- number of entries it accounts for; kept by every script that adds or
+-- drops entries, and rebuilt from AP by a decision that finds '#n'
+-- differing from L's length (see share_wait).  Stale entries are popped by
+-- decisions.  A list is at most LIMIT long, except when the limit was
+-- lowered (a reload) under calls already admitted: those are all kept (up
+-- to 2 x LIMIT + 64), so that raising the limit again grants nothing they
+-- used.  One LPUSH per list, whatever the number of sends: each returns
+-- the list's length, so the two lengths are compared after the fact.
+
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local function fmt(x) return string.format('%.0f', x) end
+local NOW = fmt(now)
+local function hadd(h, app, n)
+  if not h or n == 0 then return end
+  if redis.call('HINCRBY', h, app, n) <= 0 then redis.call('HDEL', h, app) end
+  redis.call('HINCRBY', h, '#n', n)
+end
+-- CMD (LPUSH or RPUSH) VALS, in order, onto list KEY, at most 1000
+-- a command (Lua's stack bounds unpack); returns the list's length
+local function push(cmd, key, vals)
+  local len, i = 0, 1
+  while i <= #vals do
+    local j = math.min(i + 999, #vals)
+    len = redis.call(cmd, key, unpack(vals, i, j))
+    i = j + 1
+  end
+  return len
+end
+local function log(l, ap, stamps, apps, limit, span, h)
+  local n, sv = #stamps, {}
+  local cur = tonumber(redis.call('LINDEX', l, 0) or 0)
+  for i = 1, n do
+    if stamps[i] > cur then cur = stamps[i] end
+    sv[i] = fmt(cur)
+  end
+  local len = push('LPUSH', l, sv)
+  local alen = push('LPUSH', ap, apps)
+  if alen > len then
+    redis.call('LTRIM', ap, 0, len - 1)
+  elseif alen < len then
+    -- the app list lost step with the log (it expired, or an older
+    -- version did not keep it): the older entries' apps are unknown
+    redis.call('DEL', ap)
+    local pad = {}
+    for i = 1, len - n do pad[i] = '-' end
+    push('RPUSH', ap, pad)
+    push('LPUSH', ap, apps)
+    if h then redis.call('DEL', h) end
+  end
+  if h then
+    local cnt = {}
+    for i = 1, n do cnt[apps[i]] = (cnt[apps[i]] or 0) + 1 end
+    for x, c in pairs(cnt) do hadd(h, x, c) end
+  end
+  local most = 2 * limit + 64
+  if len > most then
+    if h then
+      local cnt = {}
+      for _, x in ipairs(redis.call('LRANGE', ap, most, -1)) do cnt[x] = (cnt[x] or 0) + 1 end
+      for x, c in pairs(cnt) do hadd(h, x, -c) end
+    end
+    redis.call('LTRIM', l, 0, most - 1)
+    redis.call('LTRIM', ap, 0, most - 1)
+  end
+  local ttl = fmt(math.ceil(span / 1000) + 1000)
+  redis.call('PEXPIRE', l, ttl)
+  redis.call('PEXPIRE', ap, ttl)
+  if h then redis.call('PEXPIRE', h, ttl) end
+end
+--! include commits.lua

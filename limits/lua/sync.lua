@@ -1,0 +1,57 @@
+-- The provider's usage report.  KEYS: r, v, s.  ARGV: remaining, age_us,
+-- allowance_us, span_us, limit, probe_us, deadline, channel, cutoff.  With
+-- eff = min(now, deadline), the reporting call was sent at the latest at
+-- eff - age, and not before CUTOFF: its local send time on the instance's
+-- lower bound of Redis's clock (0 when none is known yet: eff - age -
+-- allowance, allowance = store_timeout).  Entries stamped from the cutoff
+-- on are not in the report -- but for the reporting call's own, which is
+-- among them (a stamp is never earlier than its send; its commit is
+-- written before the report, sl_redis_sync): one is taken off.  So a call sent just before the reporting one (within the clock
+-- bound's error, microseconds on a LAN) counts twice, the safe side, and
+-- calls sent one after the other count once.  The walk reads those
+-- entries only; the report holds until eff - age + span.  Publishes s when
+-- it gives room back.  Reply: now.
+
+--! include prelude.lua
+local l, v, s = KEYS[1], KEYS[2], KEYS[3]
+local remaining, age, allow = tonumber(ARGV[1]), tonumber(ARGV[2]), tonumber(ARGV[3])
+local span, limit, probe = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
+local deadline, eff = tonumber(ARGV[7]), now
+if deadline > 0 and deadline < now then eff = deadline end
+local cutoff, untl = eff - age - allow, eff - age + span
+local known = tonumber(ARGV[9])
+if known > 0 then cutoff = math.min(known, eff - age) end
+if untl <= now then
+  redis.call('DEL', s)
+  return now
+end
+if remaining > limit then remaining = limit end
+local after, i, more = 0, 0, true
+while more do
+  local chunk = redis.call('LRANGE', l, i, i + 63)
+  if #chunk == 0 then break end
+  for j = 1, #chunk do
+    if tonumber(chunk[j]) >= cutoff then after = after + 1
+    else more = false; break end
+  end
+  i = i + 64
+end
+local nres = redis.call('ZCOUNT', v, '(' .. fmt(now), '+inf')
+local old = redis.call('HMGET', s, 'left', 'sent', 'until')
+local oldroom = nil
+if old[1] and tonumber(old[3]) > now then
+  oldroom = tonumber(old[1]) - tonumber(old[2] or 0) - nres
+end
+local left = remaining - math.max(after - 1, 0)
+redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl),
+  'rv', fmt(remaining), 'rat', fmt(now))
+local room = left - nres
+-- the next probe comes one interval after the latest word, whatever
+-- room it leaves (as the memory store does): a report that leaves one
+-- call, spent through sluice, must not let a probe through at once
+redis.call('HSET', s, 'probe', fmt(now + probe))
+redis.call('PEXPIRE', s, fmt(math.ceil((untl - now) / 1000) + 1000))
+if room > 0 and oldroom and room > oldroom then
+  redis.call('PUBLISH', ARGV[8], s)
+end
+return now

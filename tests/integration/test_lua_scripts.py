@@ -1,0 +1,317 @@
+"""The Redis store's scripts (limits/lua/*.lua), each run on a real
+redis-server with known arguments and checked against known answers: what
+the script replies and what it leaves in Redis.  The scripts are read as
+the build embeds them (a line "--! include FILE" replaced by FILE), and
+the embedded copy next to the binary is checked to be the same bytes."""
+
+import os
+import re
+import socket
+import time
+
+import pytest
+
+from harness import ROOT, SLUICE_BIN, RedisServer, RedisError, resp_encode, resp_read
+
+LUA = os.path.join(ROOT, "limits", "lua")
+SCRIPTS = ["decide", "commit", "release", "renew", "pause", "sync", "snapshot",
+           "hist_add", "hist_read", "set_pause"]
+S = 1000000  # µs
+
+
+def script(name):
+    text = open(os.path.join(LUA, name + ".lua")).read()
+    while True:
+        m = re.search(r"--! include ([a-z_]+\.lua)\n", text)
+        if not m:
+            return text
+        inc = open(os.path.join(LUA, m.group(1))).read()
+        text = text.replace(m.group(0), inc)
+
+
+@pytest.fixture(scope="module")
+def redis():
+    r = RedisServer()
+    yield r
+    r.stop()
+
+
+@pytest.fixture(autouse=True)
+def clean(redis):
+    redis.command("FLUSHALL")
+
+
+def run(redis, name, keys, args):
+    return redis.command("EVAL", script(name), len(keys), *keys, *args)
+
+
+def now_us(redis):
+    t = redis.command("TIME")
+    return int(t[0]) * S + int(t[1])
+
+
+def test_every_script_loads_and_opens_with_its_contract(redis):
+    for name in SCRIPTS:
+        text = open(os.path.join(LUA, name + ".lua")).read()
+        assert text.startswith("-- "), name
+        head = text.split("\n\n")[0]
+        assert "KEYS" in head or "ARGV" in head or name == "commit", (name, head)
+        sha = redis.command("SCRIPT", "LOAD", script(name)).decode()
+        assert re.fullmatch(r"[0-9a-f]{40}", sha)
+
+
+def test_the_binary_embeds_the_same_scripts():
+    gen = os.path.join(os.path.dirname(SLUICE_BIN), "sl_redis_lua.c")
+    if not os.path.exists(gen):
+        pytest.skip("no build tree next to %s (an installed binary)" % SLUICE_BIN)
+    c = open(gen).read()
+    for name in SCRIPTS:
+        m = re.search(r"sl_lua_%s\[\] = \{\n(.*?)0x00\};" % name, c, re.S)
+        assert m, name
+        data = bytes(int(x, 16) for x in re.findall(r"0x([0-9a-f]{2})", m.group(1)))
+        assert data.decode() == script(name), name
+
+
+# ---- decide ----
+
+def decide_args(ncalls, rules, calls, base="b", lease=S, reserve=5 * S, deadline=0):
+    """ARGV of a decision with no commits: RULES a list of (kind, limit,
+    span_us, probe_us) (rate rules without shares), CALLS a list of (app,
+    [(rule number, first key index), ...])."""
+    a = [base, lease, reserve, deadline, 0, len(rules)]
+    for kind, limit, span, probe in rules:
+        a += [kind, limit, span, probe]
+        if kind.lower() == "r":
+            a += [0]
+    a += [ncalls]
+    for app, rs in calls:
+        a += [app, len(rs)]
+        for num, ka in rs:
+            a += [num, ka]
+    return a
+
+
+def test_decide_admits_up_to_the_limit_and_says_how_long_to_wait(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    out = run(redis, "decide", keys,
+              decide_args(3, [("r", 2, 10 * S, -1)], [("x", [(1, 1)])] * 3))
+    assert out[1] == 1  # decided (not past its deadline)
+    first, second, third = out[2:]
+    # allowed, by rule 1, with 1 then 0 left; resets after the span
+    assert first[:3] == [1, 1, 1] and first[3] == 10 * S
+    assert second[:3] == [1, 1, 0]
+    # refused by rule 1, for the whole span (two reservations, no entries)
+    assert third[:4] == [0, 1, 10 * S, 0]
+    # two reservations, nothing logged yet (a call is logged when sent)
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:1|x", b"b:2|x"]
+    assert redis.command("LLEN", "{u}r") == 0
+
+
+def test_decide_past_its_deadline_writes_nothing(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    out = run(redis, "decide", keys,
+              decide_args(1, [("r", 2, 10 * S, -1)], [("x", [(1, 1)])], deadline=1))
+    assert out[1] == 0 and len(out) == 2
+    assert redis.command("EXISTS", "{u}v") == 0
+
+
+def test_decide_turns_a_lapsed_reservation_into_an_entry(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    run(redis, "decide", keys,
+        decide_args(1, [("r", 5, 10 * S, -1)], [("x", [(1, 1)])], reserve=0))
+    time.sleep(0.01)
+    out = run(redis, "decide", keys,
+              decide_args(1, [("r", 5, 10 * S, -1)], [("x", [(1, 1)])], base="c"))
+    # the lapsed one counts as sent (the safe side): 5 - 1 logged - 1 now
+    assert out[2][:3] == [1, 1, 3]
+    assert redis.command("LLEN", "{u}r") == 1
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"c:1|x"]
+
+
+def test_decide_is_all_or_nothing_across_rules(redis):
+    # rule 1: rate 5 per 10 s; rule 2: concurrency 1.  The second call
+    # fits the rate but not the concurrency: it takes nothing from either.
+    keys = ["{u}r", "{u}v", "{u}a", "{u}c"]
+    out = run(redis, "decide", keys, decide_args(
+        2, [("r", 5, 10 * S, -1), ("c", 1, 0, -1)],
+        [("x", [(1, 1), (2, 4)])] * 2))
+    assert out[2][0] == 1
+    assert out[3][:3] == [0, 2, S]
+    assert redis.command("ZCARD", "{u}v") == 1
+    assert redis.command("ZRANGE", "{u}c", 0, -1) == [b"b:1|x"]
+
+
+def test_a_shadow_rule_reports_but_denies_nothing(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    out = run(redis, "decide", keys,
+              decide_args(2, [("R", 1, 10 * S, -1)], [("x", [(1, 1)])] * 2))
+    assert out[2][0] == 1 and out[3][0] == 1
+    # the second would have been denied by rule 1, for 10 s
+    assert out[3][4:7] == [1, 10 * S, [1]]
+    assert redis.command("ZCARD", "{u}v") == 1
+
+
+def test_decide_honours_a_pause(redis):
+    redis.command("SET", "{u}p", now_us(redis) + 3 * S)
+    out = run(redis, "decide", ["{u}p"], decide_args(1, [("p", 0, 0, -1)], [("x", [(1, 1)])]))
+    assert out[2][:2] == [0, 1] and 2 * S < out[2][2] <= 3 * S
+
+
+# ---- commit ----
+
+def commit_args(calls):
+    """CALLS: (member, delay_us, app), each to one rate rule (limit 5, 10 s)."""
+    a = [len(calls)]
+    for member, delay, app in calls:
+        a += [member, delay, app, 1, 5, 10 * S, 0]
+    return a
+
+
+def test_commit_logs_a_reserved_call_once_and_an_outage_call_always(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    run(redis, "decide", keys, decide_args(2, [("r", 5, 10 * S, -1)], [("x", [(1, 1)])] * 2))
+    t0 = now_us(redis)
+    run(redis, "commit", keys, commit_args([("b:1|x", 2000, "x")]))
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:2|x"]
+    stamps = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
+    # stamped at its send: the script's time less the delay
+    assert len(stamps) == 1 and t0 - 2000 <= stamps[0] < t0 + S
+    # committed again (a resend of the commit): nothing more
+    run(redis, "commit", keys, commit_args([("b:1|x", 0, "x")]))
+    assert redis.command("LLEN", "{u}r") == 1
+    # a call decided locally during an outage ("" member): logged
+    run(redis, "commit", keys, commit_args([("", 0, "y")]))
+    assert redis.command("LLEN", "{u}r") == 2
+    assert redis.command("LRANGE", "{u}a", 0, -1) == [b"y", b"x"]
+    # a stamp older than the newest entry is written as that entry (ordered)
+    run(redis, "commit", keys, commit_args([("", 1000000, "z")]))
+    s = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
+    assert s == sorted(s, reverse=True)
+
+
+# ---- release, renew ----
+
+def test_release_frees_a_slot_and_announces_room_when_the_bucket_was_full(redis):
+    keys = ["{u}c"]
+    redis.command("ZADD", "{u}c", now_us(redis) + 10 * S, "m1")
+    sub = socket.create_connection(("127.0.0.1", redis.port), timeout=5)
+    f = sub.makefile("rb")
+    sub.sendall(resp_encode("SUBSCRIBE", "room"))
+    assert resp_read(f)[0] == b"subscribe"
+    run(redis, "release", keys, ["room", "m1", 1])
+    assert redis.command("ZCARD", "{u}c") == 0
+    assert resp_read(f) == [b"message", b"room", b"{u}c"]
+    # a member not there: nothing removed, nothing announced
+    run(redis, "release", keys, ["room", "m1", 1])
+    sub.settimeout(0.3)
+    with pytest.raises(socket.timeout):
+        resp_read(f)
+    sub.close()
+
+
+def test_renew_extends_a_live_lease_and_never_revives_a_lapsed_one(redis):
+    n = now_us(redis)
+    redis.command("ZADD", "{u}c", n + S, "m1")
+    run(redis, "renew", ["{u}c"], ["m1", 30 * S])
+    assert int(redis.command("ZSCORE", "{u}c", "m1")) >= n + 30 * S
+    run(redis, "renew", ["{u}c"], ["gone", 30 * S])
+    assert redis.command("ZSCORE", "{u}c", "gone") is None
+
+
+# ---- pause, set_pause ----
+
+def test_pause_counts_from_its_deadline_when_late(redis):
+    n = run(redis, "pause", ["{u}p", "{u}w"], [2 * S, 0, "429"])
+    assert n + 2 * S - 1000 <= int(redis.command("GET", "{u}p")) <= n + 2 * S
+    assert redis.command("GET", "{u}w") == b"429"
+    redis.command("DEL", "{u}p", "{u}w")
+    # it arrived 1.5 s after its deadline: a 1 s pause is already over
+    n = now_us(redis)
+    run(redis, "pause", ["{u}p", "{u}w"], [S, n - 3 * S // 2, "late"])
+    assert redis.command("EXISTS", "{u}p") == 0
+
+
+def test_set_pause_sets_shortens_and_clears(redis):
+    keys = ["{u}p", "{u}w", "{u}x"]
+    out = run(redis, "set_pause", keys, ["set", 5 * S, "maintenance", "room"])
+    assert out[1:4] == [0, b"", 1] and out[4] == out[0] + 5 * S
+    out = run(redis, "set_pause", keys, ["shorten", S, "", "room"])
+    assert out[2] == b"maintenance" and out[3] == 1 and out[4] == out[0] + S
+    out = run(redis, "set_pause", keys, ["shorten", 3 * S, "", "room"])
+    assert out[3] == 0  # not sooner: unchanged
+    out = run(redis, "set_pause", keys, ["clear", 0, "", "room"])
+    assert out[3] == 1 and out[4] == 0
+    assert redis.command("EXISTS", "{u}p") == 0
+
+
+# ---- sync ----
+
+def sync_args(remaining, age=0, span=10 * S, limit=10, probe=0, cutoff=0):
+    return [remaining, age, 0, span, limit, probe, 0, "room", cutoff]
+
+
+def test_sync_keeps_the_providers_word_minus_calls_sent_after_it(redis):
+    keys = ["{u}r", "{u}v", "{u}s"]
+    run(redis, "sync", keys, sync_args(3))
+    assert redis.command("HGET", "{u}s", "left") == b"3"
+    # more than the limit: clipped to the limit
+    run(redis, "sync", keys, sync_args(50))
+    assert redis.command("HGET", "{u}s", "left") == b"10"
+    # two calls logged after the cutoff: the reporting call's own is one
+    # of them, so one is taken off the report
+    n = now_us(redis)
+    redis.command("LPUSH", "{u}r", n - 1000, n - 500)
+    run(redis, "sync", keys, sync_args(6, cutoff=n - 2000))
+    assert redis.command("HGET", "{u}s", "left") == b"5"
+    # a report older than its span: forgotten
+    run(redis, "sync", keys, sync_args(1, age=11 * S))
+    assert redis.command("EXISTS", "{u}s") == 0
+
+
+def test_decide_refuses_on_the_providers_word(redis):
+    keys = ["{u}r", "{u}v", "{u}a", "{u}s"]
+    run(redis, "sync", ["{u}r", "{u}v", "{u}s"], sync_args(1))
+    out = run(redis, "decide", keys,
+              decide_args(2, [("r", 10, 10 * S, 0)], [("x", [(1, 1)])] * 2))
+    assert out[2][:3] == [1, 1, 0]
+    # refused by the report, though the log holds one call of ten; the
+    # reply says what the provider said (1 left)
+    assert out[3][:2] == [0, 1] and out[3][4] == 1
+
+
+# ---- snapshot ----
+
+def test_snapshot_shows_a_rate_bucket_and_its_apps(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    run(redis, "decide", keys, decide_args(3, [("r", 5, 10 * S, -1)],
+                                          [("x", [(1, 1)]), ("x", [(1, 1)]), ("y", [(1, 1)])]))
+    # each call names its rule's keys
+    run(redis, "commit", keys * 2, commit_args([("b:1|x", 0, "x"), ("b:3|y", 0, "y")]))
+    args = [0, 5, 5, 60000, 1,
+            "r", 0, 5, 10 * S, 0, "calls", 0, 0, "{u}r", "{u}v", "{u}a", "{u}s", "{u}c"]
+    out = run(redis, "snapshot", ["{u}x", "{u}p", "{u}w"] + keys, args)
+    assert out[1] == 0  # not paused
+    nb, buckets = out[4]
+    assert nb == 1
+    key, used, res, rem = buckets[0][:4]
+    assert (used, res, rem) == (3, 1, 2)  # 2 sent + 1 reserved, of 5
+    apps = buckets[0][8]
+    assert dict(zip(apps[0::2], apps[1::2])) == {b"x": 1, b"y": 1}
+
+
+# ---- the usage history ----
+
+def test_history_adds_up_and_caps_the_apps_it_names(redis):
+    run(redis, "hist_add", ["{u}y100"], [60000, 2, 2, "a", 2, "b", 3])
+    run(redis, "hist_add", ["{u}y100"], [60000, 2, 2, "a", 1, "c", 4])
+    out = run(redis, "hist_read", ["{u}y"], [99, 3])
+    assert out[1] == 100 and len(out) == 3
+    got = dict(zip(out[2][0::2], out[2][1::2]))
+    # a third app past the 2 named ones counts under "other"
+    assert got == {b"a": b"3", b"b": b"3", b"other": b"4"}
+    assert 0 < redis.command("PTTL", "{u}y100") <= 60000
+
+
+def test_a_script_error_is_an_error_not_a_wrong_answer(redis):
+    with pytest.raises(RedisError):
+        run(redis, "decide", ["{u}r"], ["b", "not-a-number"])
