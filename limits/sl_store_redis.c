@@ -156,6 +156,7 @@
 #include "sl_log.h"
 #include "sl_redis_link.h"
 #include "sl_redis_lua.h"
+#include "sl_redis_repair.h"
 #include "sl_time.h"
 
 #include <errno.h>
@@ -218,6 +219,8 @@ enum sl_redis_op_kind {
     SL_OP_SNAPSHOT,         /* one upstream of a usage snapshot */
     SL_OP_HISTORY,          /* one rule of a history read */
     SL_OP_SET_PAUSE,        /* an operator's action on a pause */
+    SL_OP_FLEET,            /* a heartbeat of one upstream (fleet.lua) */
+    SL_OP_REPAIR,           /* putting calls back (repair.lua) */
 };
 
 struct sl_redis;
@@ -260,6 +263,7 @@ struct sl_redis_op {
     struct sl_redis_snap *snap;     /* SL_OP_SNAPSHOT: what it fills */
     size_t upstream;                /* ... for this upstream */
     struct sl_redis_hist *hist;     /* SL_OP_HISTORY: what it fills */
+    int64_t since;                  /* SL_OP_REPAIR: the phase it answers */
     size_t index;                   /* ... its view */
     /* SL_OP_SET_PAUSE: told the outcome once; the local store follows */
     sl_pause_cb pause_cb;
@@ -384,6 +388,7 @@ struct sl_redis {
     struct sl_history *history;           /* the process's, to write; or NULL */
     const struct sl_apps *apps;           /* ... naming its app ids */
     int64_t next_history_ms;              /* the next write */
+    struct sl_fleet fleet;                /* heartbeats, repair phases */
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -437,6 +442,8 @@ static void sl_redis_hist_reply(struct sl_redis *r, struct sl_redis_op *op,
 static void sl_redis_write_history(struct sl_redis *r);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
+static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                 const redisReply *rep);
 static bool sl_redis_usable(const struct sl_redis *r);
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
@@ -698,6 +705,22 @@ static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
     sl_args_add2(a, head, (size_t)n, per, per_len);
 }
 
+/* Append the fleet's key "<prefix>{<upstream>}:<type>" (sl_redis_repair.h:
+ * m the marker, f the members, k those that put their calls back). */
+static void sl_args_fleet_key(struct sl_args *a, const struct sl_redis *r,
+                              const struct sl_upstream_conf *up, char type)
+{
+    char key[512];
+    int n = snprintf(key, sizeof(key), "%s{%s}:%c", r->config->store_prefix,
+                     up->name, type);
+
+    if (n < 0 || (size_t)n >= sizeof(key)) {
+        a->unbuildable = true;
+        return;
+    }
+    sl_args_add(a, key, (size_t)n);
+}
+
 /* The bucket keys of HIT, in the order the scripts take them. */
 static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
                                const struct sl_upstream_conf *up,
@@ -817,7 +840,8 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
         goto out;
     if (op->kind == SL_OP_DECIDE || op->kind == SL_OP_SCRIPT ||
         op->kind == SL_OP_SNAPSHOT || op->kind == SL_OP_HISTORY ||
-        op->kind == SL_OP_SET_PAUSE) {
+        op->kind == SL_OP_SET_PAUSE || op->kind == SL_OP_FLEET ||
+        op->kind == SL_OP_REPAIR) {
         op->eval = op->eval || r->sha[op->script][0] == '\0';
         argv[argc] = op->eval ? "EVAL" : "EVALSHA";
         lens[argc] = strlen(argv[argc]);
@@ -1012,6 +1036,7 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
 
     /* Queued now, written behind the link's AUTH and SELECT.  The clock
      * first. */
+    sl_fleet_reset(&r->fleet);
     sl_redis_ask_clock(r);
     sl_redis_load_scripts(r);
     /* The link counts as working again only once every one of these is
@@ -1363,6 +1388,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             ref[nhits].key = bucket[m].key;
         }
     }
+    sl_args_fleet_key(k, r, up, 'm');   /* the last KEYS (decide.lua) */
     sl_args_int(a, (long long)nspec);
     for (size_t j = 0; j < nspec; j++) {
         const struct sl_rule *rule = spec[j];
@@ -1445,8 +1471,9 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     if (b == NULL)
         return;
     /* A deadline needs Redis's clock: wait for the TIME asked at connect
-     * (bounded by store_timeout like any command). */
-    if (sl_redis_usable(r) && !r->have_offset)
+     * (bounded by store_timeout like any command), and the first
+     * heartbeat, which sees a Redis that lost data (sl_redis_repair.c). */
+    if (sl_redis_usable(r) && (!r->have_offset || !r->fleet.seen))
         return;
     r->pending[upstream] = NULL;
     /* The chain is newest first: send the oldest first. */
@@ -1759,6 +1786,30 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
     call->cb(call->arg, &d, (struct sl_lease *)lease);
 }
 
+/*
+ * Batch B's run found that Redis lost data, or that the fleet is putting
+ * its calls back (sl_redis_repair.c): it decided nothing.  What it may
+ * have reserved before it found out (a rate log found empty mid-batch) is
+ * undone behind it; each call is refused as if the upstream were paused
+ * for a moment (a held call asks again then, or when the phase's end is
+ * published); the upstream's heartbeat goes at once.  B is freed.
+ */
+static void sl_redis_lost(struct sl_redis *r, struct sl_redis_batch *b)
+{
+    sl_redis_undo_batch(r, b);
+    if (b->up->index < SL_MAX_UPSTREAMS)
+        r->fleet.next_beat_us[b->up->index] = 0;
+    for (size_t i = 0; i < b->ncalls; i++) {
+        const struct sl_check *c = b->calls[i].check;
+        struct sl_decision d = {.verdict = SL_VERDICT_DENY,
+                                .rule = &c->upstream->pause_rule,
+                                .wait_us = SL_FLEET_WAIT_US,
+                                .reset_us = SL_FLEET_WAIT_US};
+        b->calls[i].cb(b->calls[i].arg, &d, NULL);
+    }
+    sl_redis_op_free(&b->op);
+}
+
 static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
                               void *privdata)
 {
@@ -1840,6 +1891,10 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
             sl_redis_batch_fallback(r, b);
             return;
         }
+        if (sl_reply_int(rep, 1) == 2) {
+            sl_redis_lost(r, b);
+            return;
+        }
         if (sl_reply_int(rep, 1) != 1) {
             /* Redis ran it past its deadline, having written nothing: we
              * may have given up on it, so it must not count. */
@@ -1879,6 +1934,8 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         }
         sl_redis_snap_reply(r, op, rep);
         break;
+    case SL_OP_FLEET:
+    case SL_OP_REPAIR:
     case SL_OP_HISTORY:
     case SL_OP_SET_PAUSE:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
@@ -1890,8 +1947,10 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         }
         if (op->kind == SL_OP_HISTORY)
             sl_redis_hist_reply(r, op, rep);
-        else
+        else if (op->kind == SL_OP_SET_PAUSE)
             sl_redis_set_pause_reply(r, op, rep);
+        else
+            sl_redis_fleet_reply(r, op, rep);
         break;
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
@@ -2039,12 +2098,14 @@ static void sl_redis_flush_commits(struct sl_redis *r, size_t upstream)
 }
 
 /* Record L's rate hits in the memory store (the local fallback's view of
- * what this instance sent). */
+ * what this instance sent, and what it puts back after Redis lost it). */
 static void sl_redis_mirror(struct sl_redis *r, const struct sl_redis_lease *l)
 {
     struct sl_check c;
 
-    if (r->local == NULL || r->config->on_store_error != SL_STORE_ERROR_LOCAL)
+    /* Whatever on_store_error says: the log is also what a repair puts
+     * back after Redis lost data (sl_redis_repair.c). */
+    if (r->local == NULL)
         return;
     c.upstream = l->up;
     c.app = l->app_id;
@@ -2497,6 +2558,178 @@ static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, voi
     r->loop.room(r->loop.ctx, up, rule, p, (size_t)(end - p));
 }
 
+/* ---- the fleet: heartbeats and repairs (sl_redis_repair.c) ---- */
+
+static void sl_repair_out_key(void *ctx, const struct sl_upstream_conf *up,
+                              const struct sl_rule *rule, char type, const char *per,
+                              size_t per_len)
+{
+    struct sl_redis_op *op = ctx;
+
+    if (rule == NULL)
+        sl_args_fleet_key(&op->keys, op->r, up, type);
+    else
+        sl_args_key(&op->keys, op->r, up, rule, type, per, per_len);
+}
+
+static void sl_repair_out_arg(void *ctx, const char *s, size_t len)
+{
+    sl_args_add(&((struct sl_redis_op *)ctx)->args, s, len);
+}
+
+static void sl_repair_out_num(void *ctx, long long v)
+{
+    sl_args_int(&((struct sl_redis_op *)ctx)->args, v);
+}
+
+static struct sl_redis_op *sl_redis_fleet_op(struct sl_redis *r, enum sl_redis_op_kind kind,
+                                             int script, size_t upstream,
+                                             struct sl_repair_out *out)
+{
+    struct sl_redis_op *op = sl_redis_script_op(r, script);
+
+    if (op == NULL)
+        return NULL;
+    op->kind = kind;
+    op->upstream = upstream;
+    *out = (struct sl_repair_out){.ctx = op, .key = sl_repair_out_key,
+                                  .arg = sl_repair_out_arg, .num = sl_repair_out_num};
+    return op;
+}
+
+/*
+ * Put back, for upstream U and the phase SINCE, every call this process
+ * has in its windows, this worker's reservations and leases, and the
+ * pause it knows of (repair.lua).
+ */
+static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
+{
+    const struct sl_upstream_conf *up = &r->config->upstreams[u];
+    struct sl_repair_slot *slots = NULL;
+    size_t nslots = 0, cap = 0;
+    struct sl_repair_out out;
+    struct sl_redis_op *op;
+    int64_t pause_left = 0, ago;
+    int64_t reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us +
+                      SL_USEC_PER_SEC;
+
+    for (struct sl_redis_lease *l = r->leases; l != NULL; l = l->next) {
+        if (l->member[0] == '\0' || strcmp(l->up->name, up->name) != 0)
+            continue;
+        for (size_t i = 0; i < l->nhits; i++) {
+            const struct sl_hit *h = &l->hits[i];
+            const struct sl_rule *rule = sl_upstream_rule_named(up, h->rule->name,
+                                                                strlen(h->rule->name));
+            bool rate = h->rule->kind == SL_RULE_RATE;
+            if (rule == NULL || rule->kind != h->rule->kind || (rate && l->committed))
+                continue;
+            if (nslots == cap) {
+                size_t nc = cap != 0 ? 2 * cap : 16;
+                struct sl_repair_slot *ns = realloc(slots, nc * sizeof(*ns));
+                if (ns == NULL)
+                    goto out;
+                slots = ns;
+                cap = nc;
+            }
+            slots[nslots++] = (struct sl_repair_slot){
+                .rule = rule, .per = h->key, .per_len = h->key_len,
+                .type = rate ? 'v' : 'c', .member = l->member,
+                .ttl_us = rate ? reserve : r->config->lease_ttl_us};
+        }
+    }
+    if (r->local != NULL)
+        pause_left = sl_store_memory_pause_left(r->local, up, &ago);
+    op = sl_redis_fleet_op(r, SL_OP_REPAIR, SL_LUA_REPAIR, u, &out);
+    if (op == NULL)
+        goto out;
+    op->since = since;
+    if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, pause_left,
+                       &out) != 0 || sl_redis_send(r, op) != 0) {
+        sl_redis_op_free(op);
+        goto out;
+    }
+    r->fleet.repairing[u] = true;
+out:
+    free(slots);
+}
+
+/* A heartbeat's or a repair's answer (NULL: given up). */
+static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
+                                 const redisReply *rep)
+{
+    size_t u = op->upstream;
+    int64_t now = sl_redis_now_us();
+    bool ok = rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 3;
+    const struct sl_upstream_conf *up;
+
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
+        sl_redis_log_error(r, op->kind == SL_OP_FLEET ? "the heartbeat" : "a repair",
+                           rep->str);
+    if (op->kind == SL_OP_REPAIR) {
+        r->fleet.repairing[u] = false;
+        if (ok && sl_reply_int(rep, 2) == 1)
+            r->fleet.repaired[u] = op->since;
+        return;
+    }
+    r->fleet.beating[u] = false;
+    /* Decisions waited for the first answer on this link; an error (an
+     * ACL without +info) must not hold them for ever. */
+    r->fleet.seen = true;
+    r->fleet.next_beat_us[u] = now + SL_FLEET_BEAT_US;
+    if (!ok || rep->elements < 5 || u >= r->config->nupstreams)
+        return;
+    up = &r->config->upstreams[u];
+    if (sl_reply_int(rep, 4) == 1)
+        sl_warn("store: redis lost data (a flush, a restart, a failover or an "
+                "eviction) under upstream %s; every instance puts its calls back "
+                "before calls are decided again", up->name);
+    if (sl_reply_int(rep, 1) == 1) {
+        const redisReply *e = rep->element[2];
+        int64_t since = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10)
+                        : e->type == REDIS_REPLY_INTEGER ? e->integer : 0;
+        r->fleet.phase[u] = true;
+        r->fleet.next_beat_us[u] = now + SL_FLEET_PHASE_BEAT_US;
+        if (sl_reply_int(rep, 3) != 1 && !r->fleet.repairing[u] && since > 0)
+            sl_redis_send_repair(r, u, since);
+    } else if (r->fleet.phase[u]) {
+        r->fleet.phase[u] = false;
+        if (r->worker_id == 0)
+            sl_info("store: upstream %s is decided in redis again, every live "
+                    "instance's calls put back", up->name);
+    }
+}
+
+/* Heartbeats that are due.  Returns when the next is (ms), or -1. */
+static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
+{
+    int64_t next = -1;
+
+    if (!sl_redis_usable(r) || r->main.state != SL_REDIS_UP || r->setup_left > 0)
+        return -1;
+    for (size_t u = 0; u < r->config->nupstreams; u++) {
+        struct sl_repair_out out;
+        struct sl_redis_op *op;
+        if (r->fleet.beating[u])
+            continue;
+        if (now_us < r->fleet.next_beat_us[u]) {
+            int64_t t = (r->fleet.next_beat_us[u] + 999) / 1000;
+            if (next < 0 || t < next)
+                next = t;
+            continue;
+        }
+        op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u, &out);
+        if (op == NULL)
+            continue;
+        sl_fleet_beat_args(&r->config->upstreams[u], r->instance, r->channel, &out);
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            continue;
+        }
+        r->fleet.beating[u] = true;
+    }
+    return next;
+}
+
 /* ---- timers ---- */
 
 /* CONN's reconnection and its link's deadline (connecting, and the
@@ -2554,6 +2787,8 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         t = sl_redis_conn_timers(&r->sub, now);
         SL_NEXT(t);
     }
+    t = sl_redis_fleet_timers(r, now_us);
+    SL_NEXT(t);
     if (now >= r->next_renew_ms) {
         r->next_renew_ms = now + (renew_every > 0 ? renew_every : 1);
         for (struct sl_redis_lease *l = r->leases; l != NULL; l = l->next)
@@ -2628,6 +2863,7 @@ static void sl_redis_destroy(struct sl_store *store)
     for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++)
         free(r->commits[i].leases);
     sl_redis_free_arrays(r);
+    sl_fleet_free(&r->fleet);
     sl_config_unref(r->config);
     free(r);
 }
@@ -3114,7 +3350,8 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->dirty_spare = calloc(SL_MAX_UPSTREAMS, sizeof(*r->dirty_spare));
     r->is_dirty = calloc(SL_MAX_UPSTREAMS, sizeof(*r->is_dirty));
     if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL ||
-        r->dirty == NULL || r->dirty_spare == NULL || r->is_dirty == NULL) {
+        r->dirty == NULL || r->dirty_spare == NULL || r->is_dirty == NULL ||
+        sl_fleet_init(&r->fleet) != 0) {
         sl_redis_free_arrays(r);
         sl_config_unref(r->config);
         free(r);

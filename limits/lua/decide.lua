@@ -19,7 +19,9 @@
 --         in KEYS of its bucket's first key.
 -- A call's member is base..':'..call_number..'|'..app (app names have no
 -- '|': the snapshot reads a concurrency slot's app from its member).
--- Reply: {now, 0} when past the deadline (no decision written), else {now, 1, per call: {1, best_rule,
+-- Reply: {now, 0} when past the deadline (no decision written), {now, 2}
+-- when Redis lost data or the fleet is putting its calls back (no
+-- decision; what the run reserved before it found out is undone), else {now, 1, per call: {1, best_rule,
 -- remaining, reset_us, shadow_rule, shadow_wait_us, {every shadow rule
 -- that would deny}} or {0, denying_rule,
 -- wait_us, share (0: the rule's limit, 1: the app's max, 2: other apps'
@@ -183,6 +185,16 @@ end
 local deadline = tonumber(ARGV[4])
 local a, k = commits(5, 1)
 if deadline > 0 and now > deadline then return {now, 0} end
+-- the fleet's marker, the last key (fleet.lua): missing, or a repair
+-- phase, and no decision is made ({now, 2}); nor when a rate log is
+-- found empty while Redis has evicted keys since the marker was set
+-- (lost(): INFO, only for an empty log)
+local mk = redis.call('GET', KEYS[#KEYS])
+if not mk or string.sub(mk, 1, 1) ~= 'o' then return {now, 2} end
+local function lost()
+  local ev = string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)')
+  return tonumber(ev or 0) > tonumber(string.match(mk, '^o|(%d+)|') or 0)
+end
 local base, lease, rttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])
 -- what this run learnt of each bucket, so that the calls of a batch
 -- that share one read it once: bk[r key] = {len (entries in the list,
@@ -269,6 +281,7 @@ for c = 1, ncalls do
           end
         end
         len = redis.call('LLEN', l)
+        if len == 0 and lost() then return {now, 2} end
         b = {len = len, nres = nres}
         if h then b.len, b.tail = prune(l, ap, h, len, span); b.pruned = true end
         len = b.len

@@ -1,0 +1,64 @@
+-- The fleet's heartbeat and repair phase, one upstream (sl_redis_repair.c).
+--   KEYS  m (the marker), f (live members: hash member -> last seen, µs),
+--         k (members that put their calls back in this phase: set),
+--         p (the upstream's pause key: published when the phase ends)
+--   ARGV  member, expiry_us (a member not seen for this long is not
+--         waited for), min_us, max_us (a phase lasts at least / at most),
+--         channel
+-- The marker is "state|evicted|run_id|since": state o (decisions run) or
+-- r (a repair phase since `since`, Redis µs), and Redis's run_id and
+-- evicted_keys when it was set.  A repair phase starts when the marker is
+-- missing (FLUSHALL, a restart without persistence, a failover to a
+-- replica without it, its eviction), names another run_id (a restart, a
+-- failover) or fewer evicted keys than Redis reports now.  It ends when
+-- it is min_us old and every member seen within expiry_us is in k, or
+-- when it is max_us old.
+-- Reply: {now, in_phase (0/1), since, this member put its calls back (0/1),
+-- this run started the phase (0/1)}.
+
+--! include prelude.lua
+local m, f, k, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local me, expiry = ARGV[1], tonumber(ARGV[2])
+local pmin, pmax, chan = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '-'
+local ev = tonumber(string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)') or 0)
+local st, mev, mrid, since = nil, 0, nil, 0
+local cur = redis.call('GET', m)
+if cur then
+  local a, b, c, d = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)$')
+  st, mev, mrid, since = a, tonumber(b or 0), c, tonumber(d or 0)
+end
+local started = 0
+if not st or mrid ~= rid or ev > mev then
+  st, since, started, mev = 'r', now, 1, ev
+  redis.call('SET', m, 'r|' .. ev .. '|' .. rid .. '|' .. NOW)
+  redis.call('DEL', k)
+end
+redis.call('HSET', f, me, NOW)
+local all = redis.call('HGETALL', f)
+local live = {}
+for j = 1, #all, 2 do
+  if tonumber(all[j + 1]) > now - expiry then live[#live + 1] = all[j]
+  else redis.call('HDEL', f, all[j]) end
+end
+redis.call('PEXPIRE', f, fmt(math.ceil(expiry / 1000) * 2))
+if st == 'r' then
+  local age, done = now - since, false
+  if age >= pmax then done = true
+  elseif age >= pmin then
+    done = true
+    for _, x in ipairs(live) do
+      if redis.call('SISMEMBER', k, x) == 0 then done = false; break end
+    end
+  end
+  if done then
+    -- evictions during the phase may have taken what it put back: the
+    -- count from its start stays, so that they start another
+    redis.call('SET', m, 'o|' .. mev .. '|' .. rid .. '|' .. fmt(since))
+    redis.call('PUBLISH', chan, p)
+    st = 'o'
+  end
+end
+local acked = 0
+if st == 'r' and redis.call('SISMEMBER', k, me) == 1 then acked = 1 end
+return {now, st == 'r' and 1 or 0, fmt(since), acked, started}

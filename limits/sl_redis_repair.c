@@ -1,0 +1,280 @@
+/*
+ * sl_redis_repair — no count lost when Redis loses data.
+ *
+ * Redis forgets: FLUSHALL, a restart without persistence, a failover to a
+ * replica that had not received the last writes, eviction under an
+ * allkeys-* or volatile-* policy (every key of sluice has a TTL).  Each
+ * time, the logs of calls already sent are gone, and an empty bucket would
+ * grant the whole quota again.  What was sent is still known: every
+ * instance logs each call it sends in its memory store (sl_store_redis.c,
+ * sl_redis_mirror), and each worker knows the reservations and concurrency
+ * leases it holds.  This file puts them back, and keeps the fleet from
+ * deciding until every live instance has.
+ *
+ * Detection, cheapest first.  Each upstream has a marker key m
+ * ("state|evicted_keys|run_id|since", its hash tag, so it stays in the
+ * upstream's Cluster slot), read by every decision run (one GET: the last
+ * KEYS of decide.lua).  A missing marker is a Redis that lost everything
+ * (flush, restart, failover to an empty replica, the marker evicted): the
+ * run decides nothing and answers "lost".  What the marker cannot see is
+ * seen by the heartbeat (fleet.lua, every SL_FLEET_BEAT_US per worker and
+ * upstream, and at once on every new connection, before any decision on
+ * it): Redis's run_id differing from the one in the marker (a restart that
+ * loaded an older snapshot, a failover to a replica that kept the marker
+ * but not the last writes) and evicted_keys greater than when the marker
+ * was set (eviction that spared the marker).  Between two heartbeats, a
+ * decision that finds a rate log empty compares evicted_keys itself (one
+ * INFO, only for an empty log, so the steady state pays nothing): a log
+ * evicted under calls in its window is never read as an empty window.
+ * Role changes need no check of their own: a new primary has its own
+ * run_id, and a demoted one refuses the scripts (READONLY).
+ *
+ * The repair phase.  The first heartbeat that finds the marker missing or
+ * stale sets it to "r" (repairing since now), empties the set k of
+ * members that put their calls back, and each worker registers in the
+ * hash f (member -> last seen) on every heartbeat.  While the marker says
+ * "r", decisions answer "lost" and the store refuses the call as paused
+ * for SL_FLEET_WAIT_US (held calls ask again then, or at once when the
+ * phase's end is published on the room channel).  A worker that sees the
+ * phase (heartbeats every SL_FLEET_PHASE_BEAT_US meanwhile) sends
+ * repair.lua: every call of its process in the upstream's windows, its
+ * own reservations and leases, the upstream's pause; the script adds the
+ * member to k.  The phase ends, in the next heartbeat after it, when it
+ * is SL_FLEET_PHASE_MIN_US old and every member seen within
+ * SL_FLEET_EXPIRY_US is in k, or when it is SL_FLEET_PHASE_MAX_US old.
+ * The minimum covers a FLUSHALL, which empties f as well: every live
+ * worker heartbeats within SL_FLEET_BEAT_US (plus scheduling), so after
+ * 1.2 s each has registered and is waited for.  The maximum bounds a
+ * member that registered and cannot finish: service resumes within 5 s of
+ * the loss being seen, about 1.3 s when every instance answers.
+ *
+ * Idempotent.  A call is put back with an id: the process's random id,
+ * its send time on the process's monotonic clock, and an ordinal among
+ * calls of that bucket sent in the same microsecond.  repair.lua adds the
+ * id to the bucket's set x, and only when it was new, the call's stamp to
+ * the log: the workers of one process (which share the memory store), a
+ * repair sent again, two repairs racing, all put a call back once.
+ * Reservations and leases are sorted-set members, the same as before, so
+ * writing them again changes nothing.  A stamp is Redis's TIME minus the
+ * delay since the send measured when the script was built: never earlier
+ * than the real send (the same rule as commits), merged into the log in
+ * order.
+ *
+ * What is not put back: the provider's usage reports (the next answer
+ * that carries one writes it again; until then sluice counts the calls
+ * it sent, which are all in the log), the apps of restored entries (they
+ * count under "-", so shares count them as another app's until they
+ * leave the window) and the index of a `per` rule's buckets (the status
+ * page's list; limits do not read it).  Entries logged by commits carry no
+ * id, so a repair after a partial loss (a run_id change over a snapshot,
+ * an eviction that spared some logs) counts the calls that were not lost
+ * twice, for at most one window: the safe side.
+ */
+#include "sl_redis_repair.h"
+
+#include "sl_window.h"
+
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/random.h>
+#include <time.h>
+#include <unistd.h>
+
+/* The process's id in the ids of calls put back: the same for all its
+ * workers (they share the memory store), different for every process. */
+static char sl_repair_pid[24];
+static pthread_once_t sl_repair_pid_once = PTHREAD_ONCE_INIT;
+
+static void sl_repair_make_pid(void)
+{
+    unsigned char rnd[6] = {0};
+
+    if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        uint64_t t = (uint64_t)ts.tv_nsec ^ ((uint64_t)getpid() << 20);
+        memcpy(rnd, &t, sizeof(rnd));
+    }
+    snprintf(sl_repair_pid, sizeof(sl_repair_pid), "%02x%02x%02x%02x%02x%02x",
+             rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
+}
+
+int sl_fleet_init(struct sl_fleet *f)
+{
+    memset(f, 0, sizeof(*f));
+    f->next_beat_us = calloc(SL_MAX_UPSTREAMS, sizeof(*f->next_beat_us));
+    f->beating = calloc(SL_MAX_UPSTREAMS, sizeof(*f->beating));
+    f->phase = calloc(SL_MAX_UPSTREAMS, sizeof(*f->phase));
+    f->repaired = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repaired));
+    f->repairing = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repairing));
+    if (f->next_beat_us == NULL || f->beating == NULL || f->phase == NULL ||
+        f->repaired == NULL || f->repairing == NULL) {
+        sl_fleet_free(f);
+        return -1;
+    }
+    pthread_once(&sl_repair_pid_once, sl_repair_make_pid);
+    return 0;
+}
+
+void sl_fleet_free(struct sl_fleet *f)
+{
+    free(f->next_beat_us);
+    free(f->beating);
+    free(f->phase);
+    free(f->repaired);
+    free(f->repairing);
+    memset(f, 0, sizeof(*f));
+}
+
+void sl_fleet_reset(struct sl_fleet *f)
+{
+    /* Heartbeats and repairs in flight were answered NULL with their link. */
+    memset(f->next_beat_us, 0, SL_MAX_UPSTREAMS * sizeof(*f->next_beat_us));
+    f->seen = false;
+}
+
+void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
+                        const char *channel, const struct sl_repair_out *out)
+{
+    out->key(out->ctx, up, NULL, 'm', "", 0);
+    out->key(out->ctx, up, NULL, 'f', "", 0);
+    out->key(out->ctx, up, NULL, 'k', "", 0);
+    out->key(out->ctx, up, &up->pause_rule, 'p', "", 0);
+    out->arg(out->ctx, member, strlen(member));
+    out->num(out->ctx, SL_FLEET_EXPIRY_US);
+    out->num(out->ctx, SL_FLEET_PHASE_MIN_US);
+    out->num(out->ctx, SL_FLEET_PHASE_MAX_US);
+    out->arg(out->ctx, channel, strlen(channel));
+}
+
+/* One rate bucket of the memory store, copied out of its lock. */
+struct sl_repair_bucket {
+    const struct sl_rule *rule;
+    char *per;
+    size_t per_len;
+    int64_t *times;               /* oldest first, the memory store's clock */
+    uint32_t n;
+};
+
+struct sl_repair_walk {
+    const struct sl_upstream_conf *up;    /* the worker's */
+    struct sl_repair_bucket *b;
+    size_t n, cap;
+    bool oom;
+};
+
+/* sl_mem_export_cb: keep UP's rate buckets (matched by name: the memory
+ * store may serve another generation of the configuration). */
+static int sl_repair_collect(void *arg, const struct sl_upstream_conf *up,
+                             const struct sl_rule *rule, const char *key,
+                             size_t key_len, const struct sl_window *win,
+                             int64_t paused_until, const char *reason)
+{
+    struct sl_repair_walk *w = arg;
+    struct sl_repair_bucket *b;
+    const struct sl_rule *mine = NULL;
+
+    (void)paused_until, (void)reason;
+    if (win == NULL || win->count == 0 || strcmp(up->name, w->up->name) != 0)
+        return 0;
+    for (size_t i = 0; i < w->up->nrules; i++)
+        if (w->up->rules[i].kind == SL_RULE_RATE &&
+            strcmp(w->up->rules[i].name, rule->name) == 0)
+            mine = &w->up->rules[i];
+    if (mine == NULL)
+        return 0;           /* not a rule of the configuration this worker runs */
+    if (w->n == w->cap) {
+        size_t cap = w->cap != 0 ? 2 * w->cap : 16;
+        struct sl_repair_bucket *nb = realloc(w->b, cap * sizeof(*nb));
+        if (nb == NULL) {
+            w->oom = true;
+            return -1;
+        }
+        w->b = nb;
+        w->cap = cap;
+    }
+    b = &w->b[w->n];
+    b->rule = mine;
+    b->per = malloc(key_len + 1);
+    b->times = malloc(win->count * sizeof(*b->times));
+    if (b->per == NULL || b->times == NULL) {
+        free(b->per);
+        free(b->times);
+        w->oom = true;
+        return -1;
+    }
+    memcpy(b->per, key, key_len);
+    b->per[key_len] = '\0';
+    b->per_len = key_len;
+    for (uint32_t i = 0; i < win->count; i++)
+        b->times[i] = win->times[(win->head + i) % win->cap];
+    b->n = win->count;
+    w->n++;
+    return 0;
+}
+
+int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
+                   const char *member, int64_t since,
+                   const struct sl_repair_slot *slots, size_t nslots,
+                   int64_t pause_left_us, const struct sl_repair_out *out)
+{
+    struct sl_repair_walk w = {.up = up};
+    int64_t now = 0;
+    int rc = -1;
+    char id[96];
+
+    if (memory != NULL) {
+        (void)sl_store_memory_export(memory, sl_repair_collect, &w);
+        if (w.oom)
+            goto out;
+        /* Taken before the script is written, so before it runs: a stamp
+         * of TIME - (now - sent) is never earlier than the send. */
+        now = sl_store_memory_now(memory);
+    }
+    out->key(out->ctx, up, NULL, 'm', "", 0);
+    out->key(out->ctx, up, NULL, 'k', "", 0);
+    out->arg(out->ctx, member, strlen(member));
+    out->num(out->ctx, since);
+    out->num(out->ctx, (long long)w.n);
+    for (size_t i = 0; i < w.n; i++) {
+        const struct sl_repair_bucket *b = &w.b[i];
+        bool h = b->rule->nshares > 0;
+        out->key(out->ctx, up, b->rule, 'r', b->per, b->per_len);
+        out->key(out->ctx, up, b->rule, 'a', b->per, b->per_len);
+        out->key(out->ctx, up, b->rule, 'x', b->per, b->per_len);
+        if (h)
+            out->key(out->ctx, up, b->rule, 'h', b->per, b->per_len);
+        out->num(out->ctx, (long long)b->rule->limit);
+        out->num(out->ctx, b->rule->span_us);
+        out->num(out->ctx, h ? 1 : 0);
+        out->num(out->ctx, b->n);
+        for (uint32_t j = 0, same = 0; j < b->n; j++) {
+            int len;
+            same = j > 0 && b->times[j] == b->times[j - 1] ? same + 1 : 0;
+            len = snprintf(id, sizeof(id), "%s:%lld:%u", sl_repair_pid,
+                           (long long)b->times[j], same);
+            out->arg(out->ctx, id, (size_t)len);
+            out->num(out->ctx, now > b->times[j] ? now - b->times[j] : 0);
+        }
+    }
+    out->num(out->ctx, (long long)nslots);
+    for (size_t i = 0; i < nslots; i++) {
+        const struct sl_repair_slot *s = &slots[i];
+        out->key(out->ctx, up, s->rule, s->type, s->per, s->per_len);
+        out->arg(out->ctx, s->member, strlen(s->member));
+        out->num(out->ctx, s->ttl_us);
+    }
+    if (pause_left_us > 0)
+        out->key(out->ctx, up, &up->pause_rule, 'p', "", 0);
+    out->num(out->ctx, pause_left_us > 0 ? pause_left_us : 0);
+    rc = 0;
+out:
+    for (size_t i = 0; i < w.n; i++) {
+        free(w.b[i].per);
+        free(w.b[i].times);
+    }
+    free(w.b);
+    return rc;
+}

@@ -1,0 +1,84 @@
+/*
+ * sl_redis_repair — internal to the Redis store: what sl_store_redis.c
+ * shares with sl_redis_repair.c (the fleet's heartbeat and the repair
+ * after Redis lost data).  Not a public header: only those two include it.
+ */
+#ifndef SL_REDIS_REPAIR_H
+#define SL_REDIS_REPAIR_H
+
+#include "sl_store.h"
+
+#include <stdbool.h>
+#include <stdint.h>
+
+/* A member's heartbeat, outside and inside a repair phase (µs). */
+#define SL_FLEET_BEAT_US (500 * 1000)
+#define SL_FLEET_PHASE_BEAT_US (100 * 1000)
+/* A member not seen for this long is not waited for. */
+#define SL_FLEET_EXPIRY_US (3 * 1000 * 1000)
+/* A repair phase lasts at least this (two heartbeats and margin: after
+ * a FLUSHALL the registry is gone too, and every live member must have
+ * registered again and put its calls back), at most this. */
+#define SL_FLEET_PHASE_MIN_US (1200 * 1000)
+#define SL_FLEET_PHASE_MAX_US (5 * 1000 * 1000)
+/* A call refused during a phase is asked again after this long (sooner
+ * when the phase's end is announced on the room channel). */
+#define SL_FLEET_WAIT_US (250 * 1000)
+
+/* One worker's view of the fleet, per upstream index (arrays of
+ * SL_MAX_UPSTREAMS, owned). */
+struct sl_fleet {
+    int64_t *next_beat_us;        /* local µs: the next heartbeat */
+    bool *beating;                /* a heartbeat is in flight */
+    bool *phase;                  /* the last heartbeat saw a repair phase */
+    int64_t *repaired;            /* the phase (its `since`) put back, or 0 */
+    bool *repairing;              /* a repair is in flight */
+    bool seen;                    /* a heartbeat answered on this link */
+};
+
+int sl_fleet_init(struct sl_fleet *f);
+void sl_fleet_free(struct sl_fleet *f);
+/* A new connection: every upstream's heartbeat is due now, and decisions
+ * wait for the first answer (a restart that kept an older snapshot keeps
+ * the marker, and only the heartbeat sees the new run_id). */
+void sl_fleet_reset(struct sl_fleet *f);
+
+/* Where a script's KEYS and ARGV go (sl_store_redis.c builds the keys:
+ * RULE NULL names the upstream's fleet keys m, f, k). */
+struct sl_repair_out {
+    void *ctx;
+    void (*key)(void *ctx, const struct sl_upstream_conf *up,
+                const struct sl_rule *rule, char type, const char *per,
+                size_t per_len);
+    void (*arg)(void *ctx, const char *s, size_t len);
+    void (*num)(void *ctx, long long v);
+};
+
+/* Something this worker holds in Redis, to put back: a reservation (type
+ * v) or a concurrency lease (type c) of MEMBER, for TTL_US from then. */
+struct sl_repair_slot {
+    const struct sl_rule *rule;
+    const char *per;
+    size_t per_len;
+    char type;
+    const char *member;
+    int64_t ttl_us;
+};
+
+/* fleet.lua's KEYS and ARGV for UP, as member MEMBER. */
+void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
+                        const char *channel, const struct sl_repair_out *out);
+
+/*
+ * repair.lua's KEYS and ARGV for UP: every call MEMORY (the process's
+ * memory store, which logs every call the process sent) has in UP's rate
+ * windows, SLOTS, and the pause left (PAUSE_LEFT_US, 0: none), answering
+ * the phase SINCE as MEMBER.  Returns 0, or -1 (out of memory: nothing
+ * usable was built).
+ */
+int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
+                   const char *member, int64_t since,
+                   const struct sl_repair_slot *slots, size_t nslots,
+                   int64_t pause_left_us, const struct sl_repair_out *out);
+
+#endif
