@@ -132,6 +132,7 @@ void sl_fleet_reset(struct sl_fleet *f)
 {
     /* Heartbeats and repairs in flight were answered NULL with their link. */
     memset(f->next_beat_us, 0, SL_MAX_UPSTREAMS * sizeof(*f->next_beat_us));
+    memset(f->phase, 0, SL_MAX_UPSTREAMS * sizeof(*f->phase));
     f->seen = false;
 }
 

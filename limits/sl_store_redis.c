@@ -304,6 +304,13 @@ struct sl_redis_call {
     void *arg;
 };
 
+/* A call waiting for a repair phase to end (sl_redis_repair.c). */
+struct sl_redis_waiting {
+    struct sl_redis_waiting *next;
+    struct sl_redis_call call;
+    int64_t since_us;               /* local µs: when it began to wait */
+};
+
 /* The calls of one upstream decided by one script run. */
 struct sl_redis_batch {
     struct sl_redis_op op;          /* first: a batch is an op */
@@ -389,6 +396,9 @@ struct sl_redis {
     const struct sl_apps *apps;           /* ... naming its app ids */
     int64_t next_history_ms;              /* the next write */
     struct sl_fleet fleet;                /* heartbeats, repair phases */
+    /* Calls waiting for their upstream's repair phase to end, oldest
+     * first (owned entries; the checks are the callers'). */
+    struct sl_redis_waiting *waiting, **waiting_tail;
 };
 
 /* Workers of this process currently in an outage (log once per outage). */
@@ -444,6 +454,10 @@ static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
                                  const redisReply *rep);
+static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
+                           sl_decide_cb cb, void *arg);
+static void sl_redis_wait(struct sl_redis *r, const struct sl_check *c,
+                          sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
@@ -1664,6 +1678,10 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
     }
     if (sl_redis_pause_fenced(r, c, cb, arg))
         return 0;
+    if (r->fleet.phase[u]) {
+        sl_redis_wait(r, c, cb, arg);     /* Redis would answer "lost" */
+        return 0;
+    }
     batch = r->pending[u];
     /* A batch still waiting from before a reload may be another upstream's
      * at this index: never mix them. */
@@ -1787,6 +1805,67 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
 }
 
 /*
+ * Hold call C until its upstream's repair phase ends (sl_redis_waited).
+ * Out of memory: decided by on_store_error at once.
+ */
+static void sl_redis_wait(struct sl_redis *r, const struct sl_check *c,
+                          sl_decide_cb cb, void *arg)
+{
+    struct sl_redis_waiting *w = calloc(1, sizeof(*w));
+
+    if (w == NULL) {
+        sl_redis_fallback(r, c, cb, arg);
+        return;
+    }
+    w->call = (struct sl_redis_call){.check = c, .cb = cb, .arg = arg};
+    w->since_us = sl_redis_now_us();
+    if (r->waiting == NULL)
+        r->waiting_tail = &r->waiting;
+    *r->waiting_tail = w;
+    r->waiting_tail = &w->next;
+}
+
+/*
+ * Decide again the waiting calls whose upstream's phase is over (its
+ * heartbeat said so), whose Redis is away (on_store_error decides), or
+ * that waited longer than a phase can last (SL_FLEET_PHASE_MAX_US and a
+ * second: a heartbeat that cannot be answered; on_store_error decides).
+ * With ALL, every one (the store is going away).
+ */
+static void sl_redis_waited(struct sl_redis *r, bool all)
+{
+    struct sl_redis_waiting *w = r->waiting, *keep = NULL, **tail = &keep;
+    int64_t now = sl_redis_now_us();
+
+    r->waiting = NULL;
+    while (w != NULL) {
+        struct sl_redis_waiting *next = w->next;
+        size_t u = w->call.check->upstream->index;
+        bool late = now - w->since_us > SL_FLEET_PHASE_MAX_US + SL_USEC_PER_SEC;
+        w->next = NULL;
+        if (all || late || !sl_redis_usable(r) ||
+            (r->fleet.seen && u < SL_MAX_UPSTREAMS && !r->fleet.phase[u])) {
+            if (all || late)
+                sl_redis_fallback(r, w->call.check, w->call.cb, w->call.arg);
+            else
+                sl_redis_decide(&r->base, w->call.check, w->call.cb, w->call.arg);
+            free(w);
+        } else {
+            *tail = w;
+            tail = &w->next;
+        }
+        w = next;
+    }
+    /* Deciding may have added waiting calls meanwhile: keep them after. */
+    if (keep != NULL) {
+        *tail = r->waiting;
+        if (r->waiting == NULL)
+            r->waiting_tail = tail;
+        r->waiting = keep;
+    }
+}
+
+/*
  * Batch B's run found that Redis lost data, or that the fleet is putting
  * its calls back (sl_redis_repair.c): it decided nothing.  What it may
  * have reserved before it found out (a rate log found empty mid-batch) is
@@ -1797,16 +1876,12 @@ static void sl_redis_decided(struct sl_redis *r, struct sl_redis_batch *b,
 static void sl_redis_lost(struct sl_redis *r, struct sl_redis_batch *b)
 {
     sl_redis_undo_batch(r, b);
-    if (b->up->index < SL_MAX_UPSTREAMS)
+    if (b->up->index < SL_MAX_UPSTREAMS) {
         r->fleet.next_beat_us[b->up->index] = 0;
-    for (size_t i = 0; i < b->ncalls; i++) {
-        const struct sl_check *c = b->calls[i].check;
-        struct sl_decision d = {.verdict = SL_VERDICT_DENY,
-                                .rule = &c->upstream->pause_rule,
-                                .wait_us = SL_FLEET_WAIT_US,
-                                .reset_us = SL_FLEET_WAIT_US};
-        b->calls[i].cb(b->calls[i].arg, &d, NULL);
+        r->fleet.phase[b->up->index] = true;
     }
+    for (size_t i = 0; i < b->ncalls; i++)
+        sl_redis_wait(r, b->calls[i].check, b->calls[i].cb, b->calls[i].arg);
     sl_redis_op_free(&b->op);
 }
 
@@ -2760,6 +2835,11 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
      * reports the socket writable: one loop crossing and the two watch
      * changes (write on, write off) fewer per batch.  What cannot be
      * written at once stays asked for, and the loop finishes it. */
+    if (r->waiting != NULL) {
+        sl_redis_waited(r, false);
+        if (r->waiting != NULL)
+            SL_NEXT(sl_redis_now_ms() + SL_FLEET_PHASE_BEAT_US / 1000);
+    }
     corked = r->main.link;
     if (corked != NULL)
         sl_redis_link_cork(corked);
@@ -2837,6 +2917,7 @@ static void sl_redis_destroy(struct sl_store *store)
 {
     struct sl_redis *r = (struct sl_redis *)store;
 
+    sl_redis_waited(r, true);
     for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++) {
         while (r->pending[i] != NULL) {
             struct sl_redis_batch *b = r->pending[i];

@@ -192,7 +192,8 @@ if deadline > 0 and now > deadline then return {now, 0} end
 local mk = redis.call('GET', KEYS[#KEYS])
 if not mk or string.sub(mk, 1, 1) ~= 'o' then return {now, 2} end
 local function lost()
-  local ev = string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)')
+  local s = redis.pcall('INFO', 'stats')
+  local ev = type(s) == 'string' and string.match(s, 'evicted_keys:(%d+)')
   return tonumber(ev or 0) > tonumber(string.match(mk, '^o|(%d+)|') or 0)
 end
 local base, lease, rttl = ARGV[1], tonumber(ARGV[2]), tonumber(ARGV[3])

@@ -20,20 +20,30 @@
 local m, f, k, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local me, expiry = ARGV[1], tonumber(ARGV[2])
 local pmin, pmax, chan = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
-local rid = string.match(redis.call('INFO', 'server'), 'run_id:(%x+)') or '-'
-local ev = tonumber(string.match(redis.call('INFO', 'stats'), 'evicted_keys:(%d+)') or 0)
+-- (a user without +info: the marker alone detects a loss)
+local function info(section, field)
+  local s = redis.pcall('INFO', section)
+  if type(s) ~= 'string' then return nil end
+  return string.match(s, field .. ':(%w+)')
+end
+local rid = info('server', 'run_id') or '-'
+local ev = tonumber(info('stats', 'evicted_keys') or 0)
 local st, mev, mrid, since = nil, 0, nil, 0
 local cur = redis.call('GET', m)
 if cur then
   local a, b, c, d = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)$')
   st, mev, mrid, since = a, tonumber(b or 0), c, tonumber(d or 0)
 end
+-- the marker outlives every heartbeat (renewed by each) by a day: only a
+-- fleet stopped that long starts with a repair phase
+local MTTL = 86400000
 local started = 0
 if not st or mrid ~= rid or ev > mev then
   st, since, started, mev = 'r', now, 1, ev
-  redis.call('SET', m, 'r|' .. ev .. '|' .. rid .. '|' .. NOW)
+  redis.call('SET', m, 'r|' .. ev .. '|' .. rid .. '|' .. NOW, 'PX', MTTL)
   redis.call('DEL', k)
 end
+if started == 0 then redis.call('PEXPIRE', m, MTTL) end
 redis.call('HSET', f, me, NOW)
 local all = redis.call('HGETALL', f)
 local live = {}
@@ -54,7 +64,7 @@ if st == 'r' then
   if done then
     -- evictions during the phase may have taken what it put back: the
     -- count from its start stays, so that they start another
-    redis.call('SET', m, 'o|' .. mev .. '|' .. rid .. '|' .. fmt(since))
+    redis.call('SET', m, 'o|' .. mev .. '|' .. rid .. '|' .. fmt(since), 'PX', MTTL)
     redis.call('PUBLISH', chan, p)
     st = 'o'
   end

@@ -15,7 +15,7 @@ from harness import ROOT, SLUICE_BIN, RedisServer, RedisError, resp_encode, resp
 
 LUA = os.path.join(ROOT, "limits", "lua")
 SCRIPTS = ["decide", "commit", "release", "renew", "pause", "sync", "snapshot",
-           "hist_add", "hist_read", "set_pause"]
+           "hist_add", "hist_read", "set_pause", "fleet", "repair"]
 S = 1000000  # µs
 
 
@@ -42,6 +42,12 @@ def clean(redis):
 
 
 def run(redis, name, keys, args):
+    if name == "decide" and keys[-1] != "{u}m":
+        # decide.lua's last key is the fleet's marker (fleet.lua): set as
+        # a fleet that lost nothing keeps it
+        if not redis.command("EXISTS", "{u}m"):
+            redis.command("SET", "{u}m", "o|0|-|0")
+        keys = list(keys) + ["{u}m"]
     return redis.command("EVAL", script(name), len(keys), *keys, *args)
 
 
@@ -315,3 +321,81 @@ def test_history_adds_up_and_caps_the_apps_it_names(redis):
 def test_a_script_error_is_an_error_not_a_wrong_answer(redis):
     with pytest.raises(RedisError):
         run(redis, "decide", ["{u}r"], ["b", "not-a-number"])
+
+
+# ---- fleet and repair (sl_redis_repair.c) ----
+
+FLEET_KEYS = ["{u}m", "{u}f", "{u}k", "{u}p"]
+
+
+def fleet(redis, member, pmin=0, pmax=10 * S, expiry=3 * S):
+    return run(redis, "fleet", FLEET_KEYS, [member, expiry, pmin, pmax, "room"])
+
+
+def test_decide_answers_lost_without_its_marker_and_during_a_phase(redis):
+    keys = ["{u}r", "{u}v", "{u}a", "{u}m"]
+    args = decide_args(1, [("r", 2, 10 * S, -1)], [("x", [(1, 1)])])
+    assert run(redis, "decide", keys, args)[1] == 2      # no marker
+    redis.command("SET", "{u}m", "r|0|-|1")
+    assert run(redis, "decide", keys, args)[1] == 2      # a repair phase
+    assert redis.command("EXISTS", "{u}v") == 0          # nothing decided
+    redis.command("SET", "{u}m", "o|0|-|1")
+    assert run(redis, "decide", keys, args)[1] == 1
+
+
+def test_a_lost_marker_starts_a_phase_that_waits_for_every_live_member(redis):
+    rid = re.search(r"run_id:(\w+)", redis.command("INFO", "server").decode()).group(1)
+    out = fleet(redis, "A")
+    assert out[1] == 1 and out[3] == 0 and out[4] == 1   # started, not acked
+    since = out[2]
+    assert redis.command("GET", "{u}m") == ("r|0|%s|" % rid).encode() + since
+    assert fleet(redis, "B")[1:5] == [1, since, 0, 0]    # joined, not started
+    # A puts its calls back; B has not: the phase goes on
+    assert run(redis, "repair", ["{u}m", "{u}k"], ["A", since, 0, 0, 0])[2] == 1
+    assert fleet(redis, "A")[1:4] == [1, since, 1]
+    run(redis, "repair", ["{u}m", "{u}k"], ["B", since, 0, 0, 0])
+    out = fleet(redis, "A")
+    assert out[1] == 0                                   # over: decisions run
+    assert redis.command("GET", "{u}m").startswith(b"o|0|" + rid.encode())
+    # a marker naming another run_id (a restart that kept a snapshot, a
+    # failover) starts a new phase
+    redis.command("SET", "{u}m", "o|0|0123abcd|1")
+    assert fleet(redis, "A")[4] == 1
+
+
+def test_a_phase_ends_at_its_bound_without_a_member_that_never_answers(redis):
+    fleet(redis, "A")
+    fleet(redis, "B")
+    assert fleet(redis, "A", pmax=10 * S)[1] == 1
+    assert fleet(redis, "A", pmax=0)[1] == 0
+
+
+def test_repair_puts_a_call_back_once_and_in_order(redis):
+    redis.command("SET", "{u}m", "r|0|-|7")
+    t = now_us(redis)
+    # an entry logged since the loss, 1 s ago
+    redis.command("RPUSH", "{u}r", str(t - S))
+    redis.command("RPUSH", "{u}a", "app")
+    keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}v"]
+    # two calls sent 3 s and 0.5 s ago, one 20 s ago (out of the span),
+    # and a reservation to hold again
+    args = ["A", "7", 1, 5, 10 * S, 0, 3, "p:1:0", 3 * S, "p:2:0", S // 2,
+            "p:3:0", 20 * S, 1, "b:1|x", 5 * S, 0]
+    out = run(redis, "repair", keys, args)
+    assert out[1:] == [2, 1]                     # two put back, acknowledged
+    stamps = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
+    assert len(stamps) == 3 and stamps == sorted(stamps, reverse=True)
+    # never earlier than the send: now - delay, with now no earlier than t
+    assert stamps[0] >= t - S // 2 and stamps[2] >= t - 3 * S
+    assert redis.command("LRANGE", "{u}a", 0, -1) == [b"-", b"app", b"-"]
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:1|x"]
+    assert redis.command("SMEMBERS", "{u}k") == [b"A"]
+    # sent again (another worker of the process, a resend): nothing added
+    keys2 = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}v"]
+    assert run(redis, "repair", keys2, args)[1] == 0
+    assert redis.command("LLEN", "{u}r") == 3
+    assert redis.command("ZCARD", "{u}v") == 1
+    # a repair for another phase writes, but acknowledges nothing
+    redis.command("DEL", "{u}k")
+    args[1] = "8"
+    assert run(redis, "repair", keys2, args)[2] == 0

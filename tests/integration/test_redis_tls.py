@@ -15,7 +15,8 @@ from test_redis import hammer
 
 # The commands sluice's Redis store sends (sl_store_redis.c): EVALSHA (EVAL
 # after a NOSCRIPT), SCRIPT LOAD and TIME at connect, SUBSCRIBE on the
-# subscriber link, and what its Lua scripts call.  AUTH needs no permission;
+# subscriber link, and what its Lua scripts call (INFO: the heartbeat's
+# run_id and evicted_keys, sl_redis_repair.c).  AUTH needs no permission;
 # a URL naming a database other than 0 needs +select as well.
 ACL_COMMANDS = (
     "+evalsha +eval +script|load +time +subscribe "
@@ -23,7 +24,7 @@ ACL_COMMANDS = (
     "+lpush +rpush +lindex +llen +lrange +ltrim "
     "+hget +hmget +hset +hdel +hexists +hgetall +hincrby +hlen "
     "+zadd +zcard +zcount +zrange +zrangebyscore +zrevrange +zrem "
-    "+zremrangebyscore").split()
+    "+zremrangebyscore +sadd +sismember +info").split()
 
 
 @pytest.fixture(scope="module")
