@@ -614,11 +614,42 @@ class Sluice:
                 return False
             try:
                 socket.create_connection(("127.0.0.1", self.port), 0.2).close()
-                return True
             except OSError:
                 time.sleep(0.05)
+                continue
+            self._wait_fleet(config)
+            return True
         self.proc.kill()
         raise RuntimeError("sluice did not start:\n" + self.read_log())
+
+    @staticmethod
+    def _wait_fleet(config, timeout=8):
+        """On a Redis that has not seen sluice (a new one, as every test's),
+        the fleet's first repair phase holds decisions for about 1.3 s
+        (limits/sl_redis_repair.c): wait until each upstream's marker says
+        decisions run, so that a test's timing starts from a working
+        store.  Plain redis:// URLs without credentials only; nothing when
+        Redis is not there."""
+        store = config.get("store") or ""
+        m = re.match(r"redis://([0-9.]+|localhost):(\d+)/?(\d*)$", store)
+        if not m or m.group(3) not in ("", "0"):
+            return
+        port = int(m.group(2))
+        prefix = config.get("store_prefix", "sluice:")
+        names = [u.get("name") for u in config.get("upstreams", [])]
+        deadline = time.monotonic() + timeout
+        for name in names:
+            key = "%s{%s}:m" % (prefix, name)
+            while time.monotonic() < deadline:
+                try:
+                    with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                        c.sendall(resp_encode("GET", key))
+                        v = resp_read(c.makefile("rb"))
+                except (OSError, RedisError):
+                    return
+                if v and v.startswith(b"o"):
+                    break
+                time.sleep(0.05)
 
     def read_log(self):
         if not self.log.closed:
