@@ -11,9 +11,11 @@
 --         ttl_us member: a reservation or a concurrency lease, the same
 --         member as before, so resending adds nothing); then the pause:
 --         left_us (0: none).
--- An id (the process, its send time, an ordinal) is added to x once, and
--- only then its stamp to r: two workers of one process, a resent repair
--- or two racing repairs put a call back once.  Stamps are merged into r in
+-- An id (the process, its send time, an ordinal) is added to x once per
+-- phase, and only then its stamp to r: two workers of one process, a
+-- resent repair or two racing repairs put a call back once.  A later
+-- phase puts it back again (its log may have been lost again while x
+-- was not).  Stamps are merged into r in
 -- order (newest first), with '-' as their app in a; h is dropped, rebuilt
 -- by the next decision.  The member is added to k only if the marker
 -- still names this phase.
@@ -34,7 +36,7 @@ for _ = 1, nb do
   local add = {}
   for j = 1, n do
     local st = now - tonumber(ARGV[a + 2 * j - 1])
-    if st > now - span and redis.call('SADD', x, ARGV[a + 2 * j - 2]) == 1 then
+    if st > now - span and redis.call('SADD', x, since .. '/' .. ARGV[a + 2 * j - 2]) == 1 then
       add[#add + 1] = st
     end
   end
