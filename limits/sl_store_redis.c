@@ -142,10 +142,21 @@
  * Redis answering again, the reconnection backoff), so windows that span
  * the outage's end are exact from then on for the calls Redis decides.
  * Owed entries are best effort: an instance that dies before Redis comes
- * back, or owes more than SL_REDIS_OWED_MAX, loses them.  Instances cut off
+ * back, or owes more than SL_REDIS_OWED_MAX, loses them.  (The memory log
+ * is kept whatever on_store_error says: it is also what is put back when
+ * Redis loses data, see below.)  Instances cut off
  * from Redis while others are not (a partition) each add up to f per window
  * on top of what Redis grants.  "deny" sends nothing while Redis is away;
  * "allow" sends without counting, in Redis or locally.
+ *
+ * When Redis loses data (a flush, a restart without persistence, a
+ * failover, eviction), sl_redis_repair.c's fleet puts every instance's
+ * calls back before anything is decided again: each decision run reads
+ * the upstream's marker (the last KEYS) and answers "lost" without it or
+ * during a repair phase; the calls then wait in r->waiting until this
+ * worker's heartbeat (SL_OP_FLEET) sees the phase over.  A worker that
+ * sees a phase sends its repair (SL_OP_REPAIR).  A new connection's
+ * decisions wait for its first heartbeat, which sees a new run_id.
  */
 #include "sl_store.h"
 
