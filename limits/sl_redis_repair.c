@@ -178,7 +178,7 @@ static int sl_repair_collect(void *arg, const struct sl_upstream_conf *up,
     const struct sl_rule *mine = NULL;
 
     (void)paused_until, (void)reason;
-    if (win == NULL || win->count == 0 || strcmp(up->name, w->up->name) != 0)
+    if (win == NULL || win->count == 0 || up == NULL || strcmp(up->name, w->up->name) != 0)
         return 0;
     for (size_t i = 0; i < w->up->nrules; i++)
         if (w->up->rules[i].kind == SL_RULE_RATE &&
