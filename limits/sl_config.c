@@ -2432,20 +2432,27 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
         *why = what != NULL ? what : "could not be read";
         return -1;
     }
-    if (u.kind == SL_REDIS_URL_SENTINEL) {
-        *why = "is a Redis Sentinel URL, which is not supported yet: name the "
-               "master itself (redis:// or rediss://)";
-        goto out;
-    }
     if (u.kind == SL_REDIS_URL_CLUSTER) {
         *why = "is a Redis Cluster URL, which is not supported yet: name one "
-               "server (redis:// or rediss://)";
+               "server (redis:// or rediss://) or its Sentinels "
+               "(redis-sentinel://)";
         goto out;
     }
     /* The URL's strings move into C. */
-    c->redis_host = u.addrs[0].host;
-    u.addrs[0].host = NULL;
-    c->redis_port = u.addrs[0].port;
+    if (u.kind == SL_REDIS_URL_SENTINEL) {
+        c->redis_master = u.master;
+        u.master = NULL;
+        for (size_t i = 0; i < u.naddrs && i < SL_CONFIG_SENTINELS_MAX; i++) {
+            c->redis_sentinel_host[i] = u.addrs[i].host;
+            u.addrs[i].host = NULL;
+            c->redis_sentinel_port[i] = u.addrs[i].port;
+            c->redis_nsentinels = i + 1;
+        }
+    } else {
+        c->redis_host = u.addrs[0].host;
+        u.addrs[0].host = NULL;
+        c->redis_port = u.addrs[0].port;
+    }
     c->redis_user = u.user;
     u.user = NULL;
     c->redis_password = u.password;
@@ -2456,6 +2463,31 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
 out:
     sl_redis_url_clear(&u);
     return rc;
+}
+
+const char *sl_config_store_address(const struct sl_config *c, char *buf, size_t cap)
+{
+    size_t n;
+
+    if (cap == 0)
+        return buf;
+    buf[0] = '\0';
+    if (c->redis_master == NULL) {
+        if (c->redis_db != 0)
+            snprintf(buf, cap, "%s:%d/%d", c->redis_host != NULL ? c->redis_host : "-",
+                     c->redis_port, c->redis_db);
+        else
+            snprintf(buf, cap, "%s:%d", c->redis_host != NULL ? c->redis_host : "-",
+                     c->redis_port);
+        return buf;
+    }
+    n = (size_t)snprintf(buf, cap, "%s via Sentinel ", c->redis_master);
+    for (size_t i = 0; i < c->redis_nsentinels && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s:%d", i > 0 ? "," : "",
+                              c->redis_sentinel_host[i], c->redis_sentinel_port[i]);
+    if (n < cap && c->redis_db != 0)
+        snprintf(buf + n, cap - n, " db %d", c->redis_db);
+    return buf;
 }
 
 /* ---- the whole file ---- */
@@ -2537,10 +2569,15 @@ static const struct sl_conf_handler sl_store_handler = {
     "6379 and database 0 by default; user and password percent-decoded, an "
     "IPv6 address in brackets), shared by every instance that names it, so "
     "they spend one budget exactly; time then comes from Redis.  "
-    "`rediss://...` is the same over TLS (see `store_tls`).  Redis Sentinel "
-    "and Cluster URLs (`redis-sentinel://`, `redis-cluster://`) are refused: "
-    "not supported yet.  An error never echoes the URL, which may hold a "
-    "password.",
+    "`rediss://...` is the same over TLS (see `store_tls`).  "
+    "`\"redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]\"` "
+    "asks those Sentinels (port 26379 by default), in turn, for the primary "
+    "named MASTER, confirms it with `ROLE`, follows `+switch-master` and "
+    "asks again after any failure (`rediss-sentinel://`: TLS to the Sentinels "
+    "and the primary); the URL's user and password are the primary's, the "
+    "Sentinels' own are `store_sentinel`.  Redis Cluster URLs "
+    "(`redis-cluster://`) are refused: not supported yet.  An error never "
+    "echoes the URL, which may hold a password.",
 };
 
 static const struct sl_conf_key sl_store_tls_keys[] = {
@@ -2644,6 +2681,52 @@ static void sl_read_store_tls(json_t *obj, json_t *v, const char *at, const char
 }
 
 static const struct sl_conf_handler sl_store_tls_handler = {sl_read_store_tls, NULL};
+
+static const struct sl_conf_key sl_store_sentinel_keys[] = {
+    {.key = "user", .type = SL_CONF_STRING, SL_CONF_FIELD(struct sl_config, sentinel_user),
+     .doc = "The ACL user sluice presents to the Sentinels (with `password`)."},
+    {.key = "password", .type = SL_CONF_STRING,
+     .offset = offsetof(struct sl_config, sentinel_password),
+     .handler = &sl_auth_secret_handler,
+     .doc = "The Sentinels' password (their `requirepass`, or the user's); a "
+            "secret: `\"env:NAME\"`, `\"file:PATH\"` or the value."},
+};
+
+static const struct sl_conf_table sl_store_sentinel_table = SL_CONF_TABLE(
+    "store_sentinel",
+    "The Sentinels' own credentials, for a `redis-sentinel://` store whose "
+    "Sentinels ask for one (without it sluice sends them no `AUTH`).  The "
+    "URL's user and password are the primary's.",
+    sl_store_sentinel_keys);
+
+static void sl_read_store_sentinel(json_t *obj, json_t *v, const char *at,
+                                   const char *sub, void *base,
+                                   const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+
+    (void)obj, (void)at, (void)k;
+    if (v == NULL) {
+        sl_conf_defaults(&sl_store_sentinel_table, c);
+        return;
+    }
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object such as "
+                      "{\"password\": \"env:SENTINEL_PASSWORD\"}", sub);
+        return;
+    }
+    sl_conf_read(&sl_store_sentinel_table, v, sub, c, ctx);
+    if (c->redis_master == NULL) {
+        sl_errors_add(ctx->errs, "%s: applies to a redis-sentinel:// store only "
+                      "(store is not one): remove it", sub);
+        return;
+    }
+    if (c->sentinel_user != NULL && c->sentinel_password == NULL)
+        sl_errors_add(ctx->errs, "%s: user needs a password", sub);
+}
+
+static const struct sl_conf_handler sl_store_sentinel_handler = {
+    sl_read_store_sentinel, NULL};
 
 static void sl_read_store_prefix(json_t *obj, json_t *v, const char *at,
                                  const char *sub, void *base,
@@ -3425,11 +3508,16 @@ static const struct sl_conf_key sl_root_keys[] = {
      .doc = "Where apps call sluice: `HOST:PORT`."},
     {.key = "store", .type = SL_CONF_STRING, .handler = &sl_store_handler,
      .def = "memory", .env = "SLUICE_STORE", .flags = SL_CONF_ALWAYS,
-     .doc = "Where limit state lives: `\"memory\"` or a `redis://` or `rediss://` URL."},
+     .doc = "Where limit state lives: `\"memory\"`, or a `redis://`, `rediss://` or "
+            "`redis-sentinel://` URL."},
     {.key = "store_tls", .type = SL_CONF_OBJECT, .handler = &sl_store_tls_handler,
      .flags = SL_CONF_ALWAYS,
      .doc = "With a `rediss://` store: the CA, client certificate and name to "
             "verify (see `store_tls`)."},
+    {.key = "store_sentinel", .type = SL_CONF_OBJECT,
+     .handler = &sl_store_sentinel_handler, .flags = SL_CONF_ALWAYS,
+     .doc = "With a `redis-sentinel://` store: the Sentinels' own user and "
+            "password (see `store_sentinel`)."},
     {.key = "store_prefix", .type = SL_CONF_STRING,
      SL_CONF_FIELD(struct sl_config, store_prefix), .def = "sluice:",
      .handler = &sl_store_prefix_handler,
@@ -3542,7 +3630,7 @@ static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
 
 /* Every table, in the order the reference shows them. */
 static const struct sl_conf_table *const sl_tables[] = {
-    &sl_root_table, &sl_store_tls_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
+    &sl_root_table, &sl_store_tls_table, &sl_store_sentinel_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
     &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
     &sl_rule_share_table, &sl_login_cache_table, &sl_alert_table, &sl_auth_table,
 };
@@ -3896,6 +3984,9 @@ size_t sl_config_restart_diff(const struct sl_config *a, const struct sl_config 
     if (a->tls_verify != b->tls_verify)
         sl_restart_line(errs, &n, "store_tls.verify", a->tls_verify ? "true" : "false",
                         b->tls_verify ? "true" : "false");
+    SL_DIFF_STR(sentinel_user, "store_sentinel.user")
+    if (sl_str_differ(a->sentinel_password, b->sentinel_password))
+        sl_restart_line(errs, &n, "store_sentinel.password", "one", "another");
     if (a->on_store_error != b->on_store_error)
         sl_restart_line(errs, &n, "on_store_error", "one policy", "another");
     SL_DIFF_NUM(store_timeout_us, "store_timeout (ms)", "%lld", SL_MS)
@@ -4058,6 +4149,11 @@ void sl_config_free(struct sl_config *c)
     free(c->redis_host);
     free(c->redis_user);
     free(c->redis_password);
+    free(c->redis_master);
+    for (size_t i = 0; i < c->redis_nsentinels; i++)
+        free(c->redis_sentinel_host[i]);
+    free(c->sentinel_user);
+    free(c->sentinel_password);
     free(c->tls_ca_file);
     free(c->tls_cert_file);
     free(c->tls_key_file);

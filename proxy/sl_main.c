@@ -389,14 +389,16 @@ int main(int argc, char **argv)
     }
     if (sl_auth_start(&proxy, started) != 0)
         goto stop;
-    if (config->store_kind == SL_STORE_REDIS)
-        sl_info("sluice %s listening on %s with %d worker%s, store redis%s %s:%d "
-                "(db %d, prefix \"%s\"), %zu upstream%s",
+    if (config->store_kind == SL_STORE_REDIS) {
+        char addr[600];
+        sl_info("sluice %s listening on %s with %d worker%s, store redis%s %s "
+                "(prefix \"%s\"), %zu upstream%s",
                 SLUICE_VERSION, config->listen, proxy.nworkers,
                 proxy.nworkers == 1 ? "" : "s",
-                config->redis_use_tls ? " over TLS" : "", config->redis_host,
-                config->redis_port, config->redis_db, config->store_prefix,
+                config->redis_use_tls ? " over TLS" : "",
+                sl_config_store_address(config, addr, sizeof(addr)), config->store_prefix,
                 config->nupstreams, config->nupstreams == 1 ? "" : "s");
+    }
     else
         sl_info("sluice %s listening on %s with %d worker%s, store memory, "
                 "%zu upstream%s",
