@@ -451,6 +451,7 @@ static void sl_redis_write_history(struct sl_redis *r);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
+static bool sl_redis_finding_primary(const struct sl_redis *r);
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
 static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
@@ -1089,6 +1090,10 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
      * a replica (a Sentinel's stale answer, a demoted primary, a URL naming
      * one) must never be taken for the primary; then the clock. */
     r->not_primary = false;
+    /* Another server (a failover, a restart elsewhere) has another clock:
+     * batches wait for this connection's TIME before their deadlines are
+     * reckoned in it. */
+    r->have_offset = false;
     {
         const char *argv[] = {"ROLE"};
         sl_redis_send_setup(r, SL_OP_ROLE, 1, argv, NULL);
@@ -1508,6 +1513,13 @@ static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_batch *b
     sl_redis_op_free(&b->op);
 }
 
+/* A Sentinel store asking for its primary before it ever had an outage
+ * (at start): decisions wait for the link, as they do while connecting. */
+static bool sl_redis_finding_primary(const struct sl_redis *r)
+{
+    return r->main.state == SL_REDIS_RESOLVING && !r->outage;
+}
+
 static bool sl_redis_usable(const struct sl_redis *r)
 {
     if (r->main.link == NULL || r->main.freeing)
@@ -1526,8 +1538,10 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     if (b == NULL)
         return;
     /* A deadline needs Redis's clock: wait for the TIME asked at connect
-     * (bounded by store_timeout like any command). */
-    if (sl_redis_usable(r) && !r->have_offset)
+     * (bounded by store_timeout like any command), and for a link: a
+     * Sentinel store's first one waits for the Sentinels' answer (bounded
+     * by store_timeout per Sentinel; then the outage decides). */
+    if ((sl_redis_usable(r) && !r->have_offset) || sl_redis_finding_primary(r))
         return;
     r->pending[upstream] = NULL;
     /* The chain is newest first: send the oldest first. */
@@ -1712,7 +1726,7 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         cb(arg, &d, NULL);
         return 0;
     }
-    if (!sl_redis_usable(r)) {
+    if (!sl_redis_usable(r) && !sl_redis_finding_primary(r)) {
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
