@@ -139,10 +139,14 @@ const char *sl_preset_dir(const char *dir, char *buf, size_t len)
         char *slash;
         exe[n] = '\0';
         if ((slash = strrchr(exe, '/')) != NULL) {
+            char rel[PATH_MAX + 32], *real;
             *slash = '\0';
-            snprintf(buf, len, "%s/../share/sluice/presets", exe);
-            if (sl_is_dir(buf))
+            snprintf(rel, sizeof(rel), "%s/../share/sluice/presets", exe);
+            if (sl_is_dir(rel) && (real = realpath(rel, NULL)) != NULL) {
+                snprintf(buf, len, "%s", real);
+                free(real);
                 return buf;
+            }
         }
     }
     snprintf(buf, len, "%s", SLUICE_PRESETS_INSTALL_DIR);
