@@ -3,6 +3,7 @@ upstream, --check's account of what a preset added, --print-preset, and a
 preset's figures enforced against a fake provider speaking its headers."""
 import json
 import os
+import re
 import subprocess
 import tempfile
 
@@ -305,3 +306,31 @@ def test_salesforce_concurrency_of_the_org_type(upstream, sluice):
                                             headers={"X-Test-Delay": "0.4"}))
     assert [s for s, h, b in res] == [200] * 12
     assert upstream.max_active == 5   # developer org: 5
+
+
+def test_readme_preset_example_passes_check(tmp_path):
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Provider presets", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    cfg = tmp_path / "readme.json"
+    cfg.write_text(blocks[0])
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 0, r.stderr
+    assert "overridden by you: rules.long-running.concurrency (preset: 25, yours: 10)" \
+        in r.stdout
+
+
+def test_presets_readme_override_example_passes_check(tmp_path):
+    text = open(os.path.join(PRESETS, "README.md")).read()
+    section = text.split("### Overriding", 1)[1]
+    blocks = re.findall(r"```json\n(.*?)```", section, re.S)
+    assert len(blocks) == 1
+    cfg = tmp_path / "hubspot.json"
+    cfg.write_text('{"upstreams": [%s]}' % blocks[0])
+    r = run(["--check", "-c", str(cfg)])
+    assert r.returncode == 0, r.stderr
+    assert "overridden by you: rules.crm-search.limit (preset: 4, yours: 1000)" in r.stdout
+    # The table of presets waiting for rule kinds matches WAITING.
+    for name in WAITING:
+        assert "| `%s` |" % name in text
