@@ -118,6 +118,24 @@ static const char *sl_placeholder(json_t *v)
     return s[1] != '\0' ? s + 1 : NULL;
 }
 
+/* Is S an identifier (a parameter's name, as "$NAME" can say it)? */
+static bool sl_is_ident(const char *s)
+{
+    if (*s == '\0' || strlen(s) > SL_PRESET_NAME_MAX || (*s >= '0' && *s <= '9'))
+        return false;
+    for (; *s; s++)
+        if (!((*s >= 'a' && *s <= 'z') || (*s >= 'A' && *s <= 'Z') || *s == '_' ||
+              (*s >= '0' && *s <= '9')))
+            return false;
+    return true;
+}
+
+/* Key S for an error line (control bytes escaped, cut), into BUF. */
+static const char *sl_esc(const char *s, char *buf, size_t len)
+{
+    return sl_conf_escape(s, SL_PRESET_NAME_MAX, false, buf, len);
+}
+
 static bool sl_is_dir(const char *path)
 {
     struct stat st;
@@ -215,9 +233,11 @@ static int sl_preset_check_file(struct sl_preset *p, const char *at,
     size_t before = errs->count;
     const char *k, *pk;
     json_t *v, *pv, *name = json_object_get(p->file, "name");
+    char e1[96];
 
     json_object_foreach(p->file, k, v) if (!sl_in_list(k, top))
-        sl_errors_add(errs, "%s.preset: %s: unknown key \"%.64s\"", at, p->path, k);
+        sl_errors_add(errs, "%s.preset: %s: unknown key \"%s\"", at, p->path,
+                      sl_esc(k, e1, sizeof(e1)));
     if (!json_is_string(name) || strcmp(json_string_value(name), p->name) != 0)
         sl_errors_add(errs, "%s.preset: %s: \"name\" must be \"%s\", the file's name",
                       at, p->path, p->name);
@@ -237,35 +257,41 @@ static int sl_preset_check_file(struct sl_preset *p, const char *at,
     json_object_foreach(p->params, k, v) {
         json_t *values = json_object_get(v, "values"), *type = json_object_get(v, "type");
         size_t i;
+        if (!sl_is_ident(k)) {
+            sl_errors_add(errs, "%s.preset: %s: parameters: \"%s\" is not a name "
+                          "(letters, digits and '_')", at, p->path, sl_esc(k, e1, sizeof(e1)));
+            continue;
+        }
         if (!json_is_object(v) || !json_is_string(json_object_get(v, "description"))) {
-            sl_errors_add(errs, "%s.preset: %s: parameters.%.64s must be an object "
+            sl_errors_add(errs, "%s.preset: %s: parameters.%s must be an object "
                           "with a \"description\"", at, p->path, k);
             continue;
         }
         json_object_foreach(v, pk, pv) if (!sl_in_list(pk, pkeys))
-            sl_errors_add(errs, "%s.preset: %s: parameters.%.64s: unknown key \"%.64s\"",
-                          at, p->path, k, pk);
+            sl_errors_add(errs, "%s.preset: %s: parameters.%s: unknown key \"%s\"",
+                          at, p->path, k, sl_esc(pk, e1, sizeof(e1)));
         if (json_object_get(v, "required") != NULL &&
             !json_is_boolean(json_object_get(v, "required")))
-            sl_errors_add(errs, "%s.preset: %s: parameters.%.64s.required must be true "
+            sl_errors_add(errs, "%s.preset: %s: parameters.%s.required must be true "
                           "or false", at, p->path, k);
         if (type != NULL && !(json_is_string(type) &&
                               sl_in_list(json_string_value(type), sl_preset_types)))
-            sl_errors_add(errs, "%s.preset: %s: parameters.%.64s.type must be "
+            sl_errors_add(errs, "%s.preset: %s: parameters.%s.type must be "
                           "\"integer\", \"rate\", \"timezone\" or \"string\"", at,
                           p->path, k);
         if (values != NULL && !json_is_array(values))
-            values = NULL, sl_errors_add(errs, "%s.preset: %s: parameters.%.64s.values "
+            values = NULL, sl_errors_add(errs, "%s.preset: %s: parameters.%s.values "
                                          "must be an array of words", at, p->path, k);
         json_array_foreach(values, i, pv) if (!json_is_string(pv))
-            sl_errors_add(errs, "%s.preset: %s: parameters.%.64s.values must be an "
+            sl_errors_add(errs, "%s.preset: %s: parameters.%s.values must be an "
                           "array of words", at, p->path, k);
     }
     json_object_foreach(p->choose, k, v) {
         json_t *values = json_object_get(json_object_get(p->params, k), "values");
         if (values == NULL || !json_is_object(v)) {
-            sl_errors_add(errs, "%s.preset: %s: choose.%.64s must be an object keyed by "
-                          "the values of parameter %.64s", at, p->path, k, k);
+            sl_errors_add(errs, "%s.preset: %s: choose.%s must be an object keyed by "
+                          "the values of parameter %s", at, p->path,
+                          sl_esc(k, e1, sizeof(e1)), e1);
             continue;
         }
         json_object_foreach(v, pk, pv) {
@@ -275,8 +301,9 @@ static int sl_preset_check_file(struct sl_preset *p, const char *at,
             json_array_foreach(values, i, w) if (strcmp(json_string_value(w), pk) == 0)
                 known = true;
             if (!known || !json_is_object(pv))
-                sl_errors_add(errs, "%s.preset: %s: choose.%.64s.%.64s: must be an object "
-                              "and a value of parameter %.64s", at, p->path, k, pk, k);
+                sl_errors_add(errs, "%s.preset: %s: choose.%s.%s: must be an object "
+                              "and a value of parameter %s", at, p->path, k,
+                              sl_esc(pk, e1, sizeof(e1)), k);
         }
     }
     json_object_foreach(p->upstream, k, v) if (sl_in_list(k, sl_preset_user_keys))
@@ -289,7 +316,7 @@ static int sl_preset_check_file(struct sl_preset *p, const char *at,
 static int sl_preset_load(const char *name, const char *dir, const char *at,
                           struct sl_preset *p, struct sl_errors *errs)
 {
-    char q[96], where[PATH_MAX];
+    char q[320], where[PATH_MAX];
     json_error_t jerr;
     struct sl_buf b = {0};
     struct stat st;
@@ -308,6 +335,13 @@ static int sl_preset_load(const char *name, const char *dir, const char *at,
                       at, sl_conf_escape(where, 300, true, q, sizeof(q)));
         return -1;
     }
+    for (const char *c = where; *c; c++)
+        if ((unsigned char)*c < 0x20 || *c == 0x7f) {
+            sl_errors_add(errs, "%s.preset: the presets directory %s has control "
+                          "characters in its path", at,
+                          sl_conf_escape(where, 200, true, q, sizeof(q)));
+            return -1;
+        }
     if (strlen(where) > 3000) {
         sl_errors_add(errs, "%s.preset: the presets directory's path is too long", at);
         return -1;
@@ -524,11 +558,11 @@ static int sl_preset_check_params(const struct sl_preset *p, json_t *given,
     size_t before = errs->count;
     const char *k;
     json_t *v;
-    char sub[256], desc[640], takes[512];
+    char sub[256], desc[640], takes[512], e1[96];
 
     json_object_foreach(given, k, v) {
         json_t *def = json_object_get(p->params, k);
-        snprintf(sub, sizeof(sub), "%s.preset_params.%.64s", at, k);
+        snprintf(sub, sizeof(sub), "%s.preset_params.%s", at, sl_esc(k, e1, sizeof(e1)));
         if (def == NULL) {
             struct sl_buf names = {0};
             const char *n;

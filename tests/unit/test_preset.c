@@ -230,6 +230,9 @@ static void test_parameter_errors(void **state)
     expect_error("\"preset_params\": {\"plan\": \"big\"}",
                  "upstreams[0].preset_params: given without \"preset\"");
     expect_error("\"preset\": 5", "upstreams[0].preset: must be the name of a preset");
+    /* Names echoed in errors never carry raw control bytes. */
+    expect_error("\"preset\": \"toy\", \"preset_params\": {\"plan\": \"big\", \"a\\u001bb\": 1}",
+                 "upstreams[0].preset_params.a\\x1bb: unknown parameter");
 }
 
 static void test_names_and_files(void **state)
