@@ -4,6 +4,7 @@ preset's figures enforced against a fake provider speaking its headers."""
 import json
 import os
 import re
+import signal
 import subprocess
 import tempfile
 
@@ -334,3 +335,25 @@ def test_presets_readme_override_example_passes_check(tmp_path):
     # The table of presets waiting for rule kinds matches WAITING.
     for name in WAITING:
         assert "| `%s` |" % name in text
+
+
+def test_reload_reads_the_preset_again_and_keeps_counts(upstream, sluice, tmp_path):
+    """A preset is expanded at every load: a corrected figure in its file
+    takes effect on SIGHUP, and the calls already counted stay counted."""
+    d = tmp_path / "presets"
+    d.mkdir()
+
+    def write(limit):
+        (d / "tiny.json").write_text(json.dumps({
+            "name": "tiny",
+            "upstream": {"rules": [{"name": "r", "limit": limit, "window": "1h"}]}}))
+
+    write(2)
+    sl = sluice(upstream_config(upstream, preset="tiny", top={"presets_dir": str(d)}),
+                env={"SLUICE_PRESETS_DIR": ""})
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(3)] == [200, 200, 429]
+    write(3)
+    sl.proc.send_signal(signal.SIGHUP)
+    sl.wait_log("SIGHUP: configuration reloaded")
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(2)] == [200, 429]
+    assert upstream.count() == 3
