@@ -26,7 +26,7 @@ struct sl_errors;
  * binary (an install moved with `cmake --install --prefix`), the
  * installed DATADIR/sluice/presets compiled in, and the source tree's
  * presets/ (a binary run from its build tree).  Returns BUF, or NULL when
- * none exists (BUF then lists what was looked for).
+ * none is a directory (BUF then names DIR, or the installed directory).
  */
 const char *sl_preset_dir(const char *dir, char *buf, size_t len);
 
