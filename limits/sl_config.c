@@ -43,6 +43,7 @@
 #include "sl_duration.h"
 #include "sl_http.h"
 #include "sl_pattern.h"
+#include "sl_preset.h"
 #include "sl_redis_link.h"
 #include "sl_redis_url.h"
 
@@ -2279,6 +2280,48 @@ static void sl_auth_free(struct sl_auth_conf *a)
     free(a);
 }
 
+/* "preset" and "preset_params" were applied before the upstream was read
+ * (sl_preset_expand); here the name is only kept for the operator. */
+static void sl_read_preset(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s;
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) == 0)
+        u->preset = strdup(s);
+}
+
+static const struct sl_conf_handler sl_preset_handler = {
+    sl_read_preset,
+    "`preset` fills in a provider's published limits from `presets/NAME.json` "
+    "(see presets/README.md for the presets and their figures): the "
+    "preset's rules, `limit_signals`, `sync` and pause settings, with its "
+    "`$NAME` placeholders taken from `preset_params`, from the row of its "
+    "`choose` table a parameter selects, or from a parameter's default.  "
+    "Unknown parameters, values outside a parameter's list or type, and "
+    "missing required ones are errors.  Everything stays overridable: a key "
+    "written on the upstream replaces the preset's (`null` removes it); in "
+    "`rules`, a rule whose `name` is one of the preset's is merged into it key "
+    "by key (`{\"name\": \"daily\", \"limit\": 500}` changes that figure "
+    "only; `null` removes a key) and other rules are added.  `sluice "
+    "--print-preset NAME --preset-param KEY=VALUE` prints the expansion; "
+    "`sluice --check` lists what each preset added and what was overridden.",
+};
+
+static void sl_read_preset_params(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    (void)obj, (void)v, (void)at, (void)sub, (void)base, (void)k, (void)ctx;
+}
+
+static const struct sl_conf_handler sl_preset_params_handler = {
+    sl_read_preset_params, NULL,
+};
+
 static const struct sl_conf_key sl_upstream_keys[] = {
     {.key = "name", .type = SL_CONF_STRING, .handler = &sl_upstream_name_handler,
      .flags = SL_CONF_REQUIRED,
@@ -2293,6 +2336,15 @@ static const struct sl_conf_key sl_upstream_keys[] = {
      .doc = "`http://` or `https://` base URL; a path in it is kept as a base "
             "(with `\"https://h/base\"`, `/leads/x?y=1` goes to "
             "`https://h/base/x?y=1`)."},
+    {.key = "preset", .type = SL_CONF_STRING, .handler = &sl_preset_handler,
+     .doc = "A provider preset's name, e.g. `\"salesforce\"`: its rules and "
+            "settings are filled in before the upstream is read; every key "
+            "written here overrides them."},
+    {.key = "preset_params", .type = SL_CONF_OBJECT,
+     .handler = &sl_preset_params_handler,
+     .doc = "The preset's parameters, e.g. `{\"org_type\": \"production\", "
+            "\"daily_allocation\": 115000}` (`sluice --print-preset NAME` lists "
+            "them)."},
     {.key = "on_limit", .type = SL_CONF_WORD, .words = sl_on_limit_words,
      SL_CONF_FIELD(struct sl_upstream_conf, on_limit), .def = "reject",
      .doc = "Over a limit: `reject` (429 at once, with `Retry-After`) or "
@@ -2397,6 +2449,9 @@ static const struct sl_conf_table sl_upstream_table = SL_CONF_TABLE(
 static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_conf_ctx *ctx)
 {
+    size_t before;
+    json_t *x;
+
     u->margin_us = SL_MARGIN_AUTO;
     sl_conf_defaults(&sl_reject_table, u);
     u->pause_rule.name = strdup("upstream-pause");
@@ -2407,7 +2462,18 @@ static void sl_parse_upstream(json_t *ju, const char *path,
         sl_errors_add(ctx->errs, "%s: an upstream must be an object", path);
         return;
     }
-    sl_conf_read(&sl_upstream_table, ju, path, u, ctx);
+    /* A preset is expanded into the upstream as JSON, then read as if the
+     * user had written it all. */
+    x = sl_preset_expand(ju, path, ctx->c->presets_dir, &u->preset_report, ctx->errs);
+    if (x == NULL)
+        return;
+    before = ctx->errs->count;
+    sl_conf_read(&sl_upstream_table, x, path, u, ctx);
+    if (ctx->errs->count > before && u->preset_report != NULL)
+        sl_errors_add(ctx->errs, "%s: the errors above may be in what preset \"%s\" "
+                      "filled in (sluice --print-preset %s shows it)", path,
+                      u->preset, u->preset);
+    json_decref(x);
     sl_resolve_auth_rule(u, path, ctx->errs);
     /* The implicit pause rule (after the rules: its index is nrules).  It
      * has no window, so no span. */
@@ -3502,6 +3568,47 @@ static const struct sl_conf_handler sl_state_file_handler = {
 
 static const char *const sl_store_error_words[] = {"local", "deny", "allow", NULL};
 
+static bool sl_dir_exists(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static void sl_read_presets_dir(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s = NULL, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+
+    (void)obj, (void)at;
+    if (v != NULL && sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (env != NULL && *env)
+        s = env;
+    if (s == NULL)
+        return;
+    if (*s == '\0' || strlen(s) > 4000 || !sl_dir_exists(s))
+        sl_errors_add(ctx->errs, "%s%s: %s is not a directory", sub,
+                      sl_from_env(k, env, from, sizeof(from)),
+                      sl_conf_escape(s, 200, true, q, sizeof(q)));
+    else
+        c->presets_dir = strdup(s);
+}
+
+static const struct sl_conf_handler sl_presets_dir_handler = {
+    sl_read_presets_dir,
+    "Presets (`upstreams[].preset`) are read from `presets_dir` when it is "
+    "given (or `SLUICE_PRESETS_DIR`, which wins), else from the first of "
+    "these that exists: `share/sluice/presets` beside the binary's `bin/` "
+    "(an install moved with `cmake --install --prefix`), the installed "
+    "`DATADIR/sluice/presets` (`/usr/share/sluice/presets` in the Debian "
+    "package, `/usr/local/share/sluice/presets` in the container image), "
+    "and the source tree's `presets/` for a binary run from its build tree.",
+};
+
 static const struct sl_conf_key sl_root_keys[] = {
     {.key = "listen", .type = SL_CONF_STRING, .handler = &sl_listen_handler,
      .def = "127.0.0.1:8080", .env = "SLUICE_LISTEN", .flags = SL_CONF_ALWAYS,
@@ -3606,6 +3713,10 @@ static const struct sl_conf_key sl_root_keys[] = {
      .doc = "Log lines as `key=value` text or one JSON object per line."},
     {.key = "admin", .type = SL_CONF_OBJECT, .handler = &sl_admin_handler,
      .flags = SL_CONF_ALWAYS, .doc = "The admin listener (see `admin`)."},
+    {.key = "presets_dir", .type = SL_CONF_STRING, .handler = &sl_presets_dir_handler,
+     .env = "SLUICE_PRESETS_DIR", .def = "the installed presets",
+     .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
+     .doc = "The directory `preset` names are looked up in (`NAME.json`)."},
     {.key = "upstreams", .type = SL_CONF_ARRAY, .handler = &sl_upstreams_handler,
      .flags = SL_CONF_ALWAYS,
      .doc = "The providers, at least one (see `upstreams[]`; required)."},
@@ -4121,6 +4232,8 @@ void sl_config_free(struct sl_config *c)
         sl_shares_free(u->apps, u->napps);
         free(u->priority_header);
         sl_auth_free(u->auth);
+        free(u->preset);
+        free(u->preset_report);
     }
     for (size_t i = 0; i < c->nalerts; i++) {
         struct sl_alert_conf *a = &c->alerts[i];
@@ -4142,6 +4255,7 @@ void sl_config_free(struct sl_config *c)
         free(c->admin_hosts[i]);
     free(c->admin_hosts);
     free(c->state_file);
+    free(c->presets_dir);
     free(c->upstreams);
     free(c->listen);
     free(c->listen_host);

@@ -285,6 +285,10 @@ struct sl_upstream_conf {
     char *priority_header;        /* "priority": "header:NAME", or NULL */
     int64_t priority_aging_us;    /* a held call goes up one level this often (0: never) */
     struct sl_auth_conf *auth;    /* "auth": the token broker, or NULL */
+    char *preset;                 /* "preset": the provider preset applied, or NULL */
+    /* What the preset added and what the user overrode, for --check
+     * (sl_preset.h); NULL without a preset. */
+    char *preset_report;
 };
 
 /* The queue priority of a call of app APP_ID on U (0 .. 9) when no header
@@ -362,6 +366,9 @@ struct sl_config {
     /* Redis store, on_store_error "local": the fraction of each limit this
      * instance may use on its own while Redis is away. */
     double local_share;
+    /* "presets_dir" or SLUICE_PRESETS_DIR; NULL: the installed presets
+     * (sl_preset.h) */
+    char *presets_dir;
     struct sl_upstream_conf *upstreams;
     size_t nupstreams;
     enum sl_app_kind app_kind;    /* top level "app" */

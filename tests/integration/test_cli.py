@@ -46,7 +46,8 @@ def test_help_lists_every_environment_variable_read():
                                 r.stdout, re.M))
     assert overrides == {"SLUICE_LISTEN": "listen", "SLUICE_STORE": "store",
                          "SLUICE_ADMIN_LISTEN": "admin.listen",
-                         "SLUICE_ADMIN_TOKEN": "admin.token"}
+                         "SLUICE_ADMIN_TOKEN": "admin.token",
+                         "SLUICE_PRESETS_DIR": "presets_dir"}
     read = set()
     for d in ("proxy", "limits", "common"):
         for path in glob.glob(os.path.join(ROOT, d, "*.c")):
