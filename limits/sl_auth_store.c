@@ -28,6 +28,7 @@
  * broker's stop descriptor, so that stopping never waits for it.
  */
 #include "sl_auth_store.h"
+#include "sl_redis_lua.h"
 #include "sl_redis_sentinel.h"
 
 #include <errno.h>
@@ -55,45 +56,8 @@ struct sl_auth_store {
     redisContext *sub;            /* subscribed to the channel */
 };
 
-/* Store the token under lease ARGV[1] (a login that works ends the
- * fleet's back-off): KEYS token, lease, fail, backoff; ARGV fence, value,
- * ttl ms, channel. */
-static const char sl_put_script[] =
-    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
-    "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
-    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) "
-    "redis.call('PUBLISH', ARGV[4], 'token ' .. ARGV[1]) "
-    "return 1";
-/* Drop lease ARGV[1] and announce the failure: KEYS lease; ARGV fence, channel. */
-static const char sl_drop_script[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
-    "redis.call('PUBLISH', ARGV[2], 'failed ' .. ARGV[1]) "
-    "return 1";
-/* Under lease ARGV[1]: the login failed.  The failure (ARGV[2]) is in
- * force for this try's back-off (the fleet's, from KEYS[4], else ARGV[4]);
- * the next one is twice that, at most ARGV[5], and is kept past the
- * back-off so that the next failure finds it.  Returns this try's
- * back-off in ms, or 0 (the lease was lost).  KEYS lease, fail, backoff... */
-static const char sl_fail_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "local b = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 "
-    "if b < tonumber(ARGV[4]) then b = tonumber(ARGV[4]) end "
-    "local nb = math.min(b * 2, tonumber(ARGV[5])) "
-    "redis.call('SET', KEYS[2], ARGV[2], 'PX', b) "
-    "redis.call('SET', KEYS[3], nb, 'PX', b + nb + tonumber(ARGV[5])) "
-    "redis.call('DEL', KEYS[1]) "
-    "redis.call('PUBLISH', ARGV[3], 'failed ' .. ARGV[1]) "
-    "return b";
-/* The failure in force and its time left: KEYS fail. */
-static const char sl_failure_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
-/* The token and its life: KEYS token. */
-static const char sl_get_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
+/* The scripts are limits/lua/auth_*.lua (sl_redis_lua.h). */
+#define SL_SCRIPT(name) (sl_auth_lua[SL_AUTH_LUA_AUTH_##name])
 
 static redisContext *sl_connect(struct sl_auth_store *s)
 {
@@ -288,7 +252,7 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
     *foreign = false;
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_get_script, s->k_token));
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_token));
     if (r == NULL)
         return -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -366,7 +330,7 @@ int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token
     if (blob == NULL)
         return -1;
     snprintf(fs, sizeof(fs), "%llu", (unsigned long long)fence);
-    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", sl_put_script,
+    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", SL_SCRIPT(PUT),
                                  s->k_token, s->k_lease, s->k_fail, s->k_backoff,
                                  fs, blob, len,
                                  (long long)(ttl_ms > 0 ? ttl_ms : 1), s->channel));
@@ -385,7 +349,7 @@ void sl_auth_store_drop(struct sl_auth_store *s, uint64_t fence)
 
     if (c == NULL)
         return;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", sl_drop_script, s->k_lease,
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", SL_SCRIPT(DROP), s->k_lease,
                                  (unsigned long long)fence, s->channel));
     if (r != NULL)
         freeReplyObject(r);
@@ -423,7 +387,7 @@ int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned sta
     if (asprintf(&value, "%u\n%s", status, why) < 0)
         return -1;
     r = sl_reply(s, redisCommand(c, "EVAL %s 3 %s %s %s %llu %s %s %lld %lld",
-                                 sl_fail_script, s->k_lease, s->k_fail, s->k_backoff,
+                                 SL_SCRIPT(FAIL), s->k_lease, s->k_fail, s->k_backoff,
                                  (unsigned long long)fence, value, s->channel,
                                  (long long)min_ms, (long long)max_ms));
     free(value);
@@ -444,7 +408,7 @@ int sl_auth_store_failure(struct sl_auth_store *s, int64_t *left_ms, unsigned *s
 
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_failure_script, s->k_fail));
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_fail));
     if (r == NULL)
         return -1;
     if (r->type == REDIS_REPLY_ERROR)
