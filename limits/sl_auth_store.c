@@ -28,6 +28,8 @@
  * broker's stop descriptor, so that stopping never waits for it.
  */
 #include "sl_auth_store.h"
+#include "sl_redis_lua.h"
+#include "sl_redis_sentinel.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -44,6 +46,7 @@
 #define SL_AUTH_TAG 16
 
 struct sl_auth_store {
+    const struct sl_config *config;   /* a reference: the Sentinels, if any */
     char *host, *user, *password;
     int port, db;
     int64_t timeout_ms;
@@ -53,53 +56,27 @@ struct sl_auth_store {
     redisContext *sub;            /* subscribed to the channel */
 };
 
-/* Store the token under lease ARGV[1] (a login that works ends the
- * fleet's back-off): KEYS token, lease, fail, backoff; ARGV fence, value,
- * ttl ms, channel. */
-static const char sl_put_script[] =
-    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
-    "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
-    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) "
-    "redis.call('PUBLISH', ARGV[4], 'token ' .. ARGV[1]) "
-    "return 1";
-/* Drop lease ARGV[1] and announce the failure: KEYS lease; ARGV fence, channel. */
-static const char sl_drop_script[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
-    "redis.call('PUBLISH', ARGV[2], 'failed ' .. ARGV[1]) "
-    "return 1";
-/* Under lease ARGV[1]: the login failed.  The failure (ARGV[2]) is in
- * force for this try's back-off (the fleet's, from KEYS[4], else ARGV[4]);
- * the next one is twice that, at most ARGV[5], and is kept past the
- * back-off so that the next failure finds it.  Returns this try's
- * back-off in ms, or 0 (the lease was lost).  KEYS lease, fail, backoff... */
-static const char sl_fail_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "local b = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 "
-    "if b < tonumber(ARGV[4]) then b = tonumber(ARGV[4]) end "
-    "local nb = math.min(b * 2, tonumber(ARGV[5])) "
-    "redis.call('SET', KEYS[2], ARGV[2], 'PX', b) "
-    "redis.call('SET', KEYS[3], nb, 'PX', b + nb + tonumber(ARGV[5])) "
-    "redis.call('DEL', KEYS[1]) "
-    "redis.call('PUBLISH', ARGV[3], 'failed ' .. ARGV[1]) "
-    "return b";
-/* The failure in force and its time left: KEYS fail. */
-static const char sl_failure_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
-/* The token and its life: KEYS token. */
-static const char sl_get_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
+/* The scripts are limits/lua/auth_*.lua (sl_redis_lua.h). */
+#define SL_SCRIPT(name) (sl_auth_lua[SL_AUTH_LUA_AUTH_##name])
 
 static redisContext *sl_connect(struct sl_auth_store *s)
 {
     struct timeval tv = {.tv_sec = s->timeout_ms / 1000,
                          .tv_usec = (s->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    redisContext *c;
     redisReply *r = NULL;
 
+    /* A Sentinel store: ask the Sentinels each time (the primary may have
+     * moved since), and confirm with ROLE below. */
+    if (s->config->redis_master != NULL) {
+        char why[512];
+        free(s->host);
+        s->host = NULL;
+        if (sl_redis_sentinel_resolve(s->config, (int)s->timeout_ms, &s->host, &s->port, why,
+                                      sizeof(why)) != 0)
+            return NULL;
+    }
+    c = redisConnectWithTimeout(s->host, s->port, tv);
     if (c == NULL || c->err) {
         if (c != NULL)
             redisFree(c);
@@ -116,6 +93,14 @@ static redisContext *sl_connect(struct sl_auth_store *s)
     if (s->db != 0) {
         r = redisCommand(c, "SELECT %d", s->db);
         if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (s->config->redis_master != NULL) {
+        r = redisCommand(c, "ROLE");
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(r->element[0]->str, "master") != 0)
             goto fail;
         freeReplyObject(r);
     }
@@ -153,14 +138,15 @@ struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
 
     if (s == NULL)
         return NULL;
-    s->host = strdup(c->redis_host);
+    s->config = sl_config_ref(c);
+    s->host = c->redis_host != NULL ? strdup(c->redis_host) : NULL;
     s->user = c->redis_user != NULL ? strdup(c->redis_user) : NULL;
     s->password = c->redis_password != NULL ? strdup(c->redis_password) : NULL;
     s->port = c->redis_port;
     s->db = c->redis_db;
     s->timeout_ms = c->store_timeout_us / 1000 > 0 ? c->store_timeout_us / 1000 : 200;
     memcpy(s->key, key, 32);
-    if (s->host == NULL ||
+    if ((s->host == NULL && c->redis_master == NULL) ||
         asprintf(&s->k_token, "%sauth:%s:token", p, up->name) < 0 ||
         asprintf(&s->k_lease, "%sauth:%s:lease", p, up->name) < 0 ||
         asprintf(&s->k_fence, "%sauth:%s:fence", p, up->name) < 0 ||
@@ -182,6 +168,8 @@ void sl_auth_store_free(struct sl_auth_store *s)
     if (s->sub != NULL)
         redisFree(s->sub);
     free(s->host);
+    if (s->config != NULL)
+        sl_config_unref(s->config);
     free(s->user);
     free(s->password);
     free(s->k_token);
@@ -264,7 +252,7 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
     *foreign = false;
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_get_script, s->k_token));
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_token));
     if (r == NULL)
         return -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -342,7 +330,7 @@ int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token
     if (blob == NULL)
         return -1;
     snprintf(fs, sizeof(fs), "%llu", (unsigned long long)fence);
-    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", sl_put_script,
+    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", SL_SCRIPT(PUT),
                                  s->k_token, s->k_lease, s->k_fail, s->k_backoff,
                                  fs, blob, len,
                                  (long long)(ttl_ms > 0 ? ttl_ms : 1), s->channel));
@@ -361,7 +349,7 @@ void sl_auth_store_drop(struct sl_auth_store *s, uint64_t fence)
 
     if (c == NULL)
         return;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", sl_drop_script, s->k_lease,
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", SL_SCRIPT(DROP), s->k_lease,
                                  (unsigned long long)fence, s->channel));
     if (r != NULL)
         freeReplyObject(r);
@@ -399,7 +387,7 @@ int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned sta
     if (asprintf(&value, "%u\n%s", status, why) < 0)
         return -1;
     r = sl_reply(s, redisCommand(c, "EVAL %s 3 %s %s %s %llu %s %s %lld %lld",
-                                 sl_fail_script, s->k_lease, s->k_fail, s->k_backoff,
+                                 SL_SCRIPT(FAIL), s->k_lease, s->k_fail, s->k_backoff,
                                  (unsigned long long)fence, value, s->channel,
                                  (long long)min_ms, (long long)max_ms));
     free(value);
@@ -420,7 +408,7 @@ int sl_auth_store_failure(struct sl_auth_store *s, int64_t *left_ms, unsigned *s
 
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_failure_script, s->k_fail));
+    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_fail));
     if (r == NULL)
         return -1;
     if (r->type == REDIS_REPLY_ERROR)
