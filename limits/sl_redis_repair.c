@@ -48,6 +48,17 @@
  * member that registered and cannot finish: service resumes within 5 s of
  * the loss being seen, about 1.3 s when every instance answers.
  *
+ * What is put back.  After a flush, a restart without persistence or an
+ * eviction: every call in the open windows.  When the marker survived on
+ * a server with another run_id (a failover, a restart that loaded a
+ * snapshot), only what that server may lack: a replica and a snapshot
+ * hold a primary's writes in order, so every commit that ran before the
+ * marker's last heartbeat is there, and a commit runs at most
+ * store_timeout and its hold after its call was sent (or the link is
+ * given up and the commit owed); calls sent from the last heartbeat less
+ * that margin (and 50 ms for the servers' clocks) are put back.  The
+ * calls sent just before the failover count twice then, the safe side.
+ *
  * Idempotent.  A call is put back with an id: the process's random id,
  * its send time on the process's monotonic clock, and an ordinal among
  * calls of that bucket sent in the same microsecond.  repair.lua adds the
@@ -66,9 +77,10 @@
  * count under "-", so shares count them as another app's until they
  * leave the window) and the index of a `per` rule's buckets (the status
  * page's list; limits do not read it).  Entries logged by commits carry no
- * id, so a repair after a partial loss (a run_id change over a snapshot,
- * an eviction that spared some logs) counts the calls that were not lost
- * twice, for at most one window: the safe side.
+ * id, so a repair after an eviction that spared some logs counts the
+ * calls that were not lost twice, for at most one window: the safe side.
+ * A commit held past store_timeout by a stall at the very moment of a
+ * failover may be missed (its link is given up, the commit is not owed).
  */
 #include "sl_redis_repair.h"
 
@@ -137,7 +149,8 @@ void sl_fleet_reset(struct sl_fleet *f)
 }
 
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
-                        const char *channel, const struct sl_repair_out *out)
+                        const char *channel, int64_t margin_us,
+                        const struct sl_repair_out *out)
 {
     out->key(out->ctx, up, NULL, 'm', "", 0);
     out->key(out->ctx, up, NULL, 'f', "", 0);
@@ -148,6 +161,7 @@ void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
     out->num(out->ctx, SL_FLEET_PHASE_MIN_US);
     out->num(out->ctx, SL_FLEET_PHASE_MAX_US);
     out->arg(out->ctx, channel, strlen(channel));
+    out->num(out->ctx, margin_us);
 }
 
 /* One rate bucket of the memory store, copied out of its lock. */

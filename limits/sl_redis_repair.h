@@ -65,9 +65,12 @@ struct sl_repair_slot {
     int64_t ttl_us;
 };
 
-/* fleet.lua's KEYS and ARGV for UP, as member MEMBER. */
+/* fleet.lua's KEYS and ARGV for UP, as member MEMBER.  MARGIN_US: how
+ * long after its call was sent a commit may still run (store_timeout and
+ * the commit's hold, and the servers' clock skew). */
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
-                        const char *channel, const struct sl_repair_out *out);
+                        const char *channel, int64_t margin_us,
+                        const struct sl_repair_out *out);
 
 /*
  * repair.lua's KEYS and ARGV for UP: every call MEMORY (the process's

@@ -2914,7 +2914,9 @@ static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
         op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u, &out);
         if (op == NULL)
             continue;
-        sl_fleet_beat_args(&r->config->upstreams[u], r->instance, r->channel, &out);
+        sl_fleet_beat_args(&r->config->upstreams[u], r->instance, r->channel,
+                           r->config->store_timeout_us + SL_REDIS_COMMIT_HOLD_US +
+                               SL_USEC_PER_SEC / 20, &out);
         if (sl_redis_send(r, op) != 0) {
             sl_redis_op_free(op);
             continue;

@@ -4,15 +4,22 @@
 --         p (the upstream's pause key: published when the phase ends)
 --   ARGV  member, expiry_us (a member not seen for this long is not
 --         waited for), min_us, max_us (a phase lasts at least / at most),
---         channel
--- The marker is "state|evicted|run_id|since": state o (decisions run) or
--- r (a repair phase since `since`, Redis µs), and Redis's run_id and
--- evicted_keys when it was set.  A repair phase starts when the marker is
--- missing (FLUSHALL, a restart without persistence, a failover to a
--- replica without it, its eviction), names another run_id (a restart, a
--- failover) or fewer evicted keys than Redis reports now.  It ends when
--- it is min_us old and every member seen within expiry_us is in k, or
--- when it is max_us old.
+--         channel, margin_us (how long a commit may run after its call
+--         was sent: store_timeout and the commit's hold)
+-- The marker is "state|evicted|run_id|since|cutoff|beat": state o
+-- (decisions run) or r (a repair phase since `since`, Redis µs), Redis's
+-- run_id and evicted_keys when it was set, the phase's cutoff, and the
+-- last heartbeat (Redis µs; every heartbeat writes it).  A repair phase
+-- starts when the marker is missing (FLUSHALL, a restart without
+-- persistence, a failover to a replica without it, its eviction), names
+-- another run_id (a restart that loaded a snapshot, a failover) or fewer
+-- evicted keys than Redis reports now.  The cutoff says which calls are
+-- put back: those sent from then on.  0 (all) unless the marker survived
+-- on another server: replication and snapshots keep a primary's writes in
+-- order, so every commit that ran before the surviving heartbeat survived
+-- too, and only calls sent from that heartbeat less margin_us may be
+-- missing.  A phase ends when it is min_us old and every member seen
+-- within expiry_us is in k, or when it is max_us old.
 -- Reply: {now, in_phase (0/1), since, this member put its calls back (0/1),
 -- this run started the phase (0/1)}.
 
@@ -20,6 +27,7 @@
 local m, f, k, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local me, expiry = ARGV[1], tonumber(ARGV[2])
 local pmin, pmax, chan = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
+local margin = tonumber(ARGV[6])
 -- (a user without +info: the marker alone detects a loss)
 local function info(section, field)
   local s = redis.pcall('INFO', section)
@@ -28,22 +36,29 @@ local function info(section, field)
 end
 local rid = info('server', 'run_id') or '-'
 local ev = tonumber(info('stats', 'evicted_keys') or 0)
-local st, mev, mrid, since = nil, 0, nil, 0
+local st, mev, mrid, since, beat = nil, 0, nil, 0, 0
 local cur = redis.call('GET', m)
 if cur then
-  local a, b, c, d = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)$')
-  st, mev, mrid, since = a, tonumber(b or 0), c, tonumber(d or 0)
+  local a, b, c, d, e = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)|%d+|(%d+)$')
+  st, mev, mrid, since, beat = a, tonumber(b or 0), c, tonumber(d or 0), tonumber(e or 0)
 end
 -- the marker outlives every heartbeat (renewed by each) by a day: only a
 -- fleet stopped that long starts with a repair phase
 local MTTL = 86400000
+local function mark(s, cut)
+  redis.call('SET', m, s .. '|' .. mev .. '|' .. rid .. '|' .. fmt(since) .. '|' ..
+    fmt(cut) .. '|' .. NOW, 'PX', MTTL)
+end
 local started = 0
 if not st or mrid ~= rid or ev > mev then
+  local cut = 0
+  if st and mrid ~= rid and beat > 0 then cut = math.max(beat - margin, 0) end
   st, since, started, mev = 'r', now, 1, ev
-  redis.call('SET', m, 'r|' .. ev .. '|' .. rid .. '|' .. NOW, 'PX', MTTL)
+  mark('r', cut)
   redis.call('DEL', k)
+elseif st == 'o' then
+  mark('o', 0)
 end
-if started == 0 then redis.call('PEXPIRE', m, MTTL) end
 redis.call('HSET', f, me, NOW)
 local all = redis.call('HGETALL', f)
 local live = {}
@@ -64,7 +79,7 @@ if st == 'r' then
   if done then
     -- evictions during the phase may have taken what it put back: the
     -- count from its start stays, so that they start another
-    redis.call('SET', m, 'o|' .. mev .. '|' .. rid .. '|' .. fmt(since), 'PX', MTTL)
+    mark('o', 0)
     redis.call('PUBLISH', chan, p)
     st = 'o'
   end

@@ -15,15 +15,19 @@
 -- phase, and only then its stamp to r: two workers of one process, a
 -- resent repair or two racing repairs put a call back once.  A later
 -- phase puts it back again (its log may have been lost again while x
--- was not).  Stamps are merged into r in
--- order (newest first), with '-' as their app in a; h is dropped, rebuilt
--- by the next decision.  The member is added to k only if the marker
--- still names this phase.
+-- was not).  Only calls stamped from the phase's cutoff on (in the
+-- marker, see fleet.lua) are put back: the others survived.  Stamps are
+-- merged into r in order (newest first), with '-' as their app in a; h is
+-- dropped, rebuilt by the next decision.  The member is added to k only
+-- if the marker still names this phase.
 -- Reply: {now, calls put back, acknowledged (0/1)}.
 
 --! include prelude.lua
 local m, k = KEYS[1], KEYS[2]
 local me, since = ARGV[1], ARGV[2]
+-- the phase's cutoff (fleet.lua): calls sent before it survived
+local cur = redis.call('GET', m)
+local cut = tonumber(cur and string.match(cur, '^r|%d+|[^|]*|%d+|(%d+)|') or 0)
 local a, kk, put = 3, 3, 0
 local nb = tonumber(ARGV[a])
 a = a + 1
@@ -36,7 +40,7 @@ for _ = 1, nb do
   local add = {}
   for j = 1, n do
     local st = now - tonumber(ARGV[a + 2 * j - 1])
-    if st > now - span and redis.call('SADD', x, since .. '/' .. ARGV[a + 2 * j - 2]) == 1 then
+    if st > now - span and st >= cut and redis.call('SADD', x, since .. '/' .. ARGV[a + 2 * j - 2]) == 1 then
       add[#add + 1] = st
     end
   end
@@ -81,8 +85,7 @@ if left > 0 then
   end
 end
 local acked = 0
-local cur = redis.call('GET', m)
-if cur and string.match(cur, '^r|%d+|[^|]*|(%d+)$') == since then
+if cur and string.match(cur, '^r|%d+|[^|]*|(%d+)|') == since then
   redis.call('SADD', k, me)
   redis.call('PEXPIRE', k, 60000)
   acked = 1

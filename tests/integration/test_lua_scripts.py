@@ -47,7 +47,7 @@ def run(redis, name, keys, args):
         # decide.lua's last key is the fleet's marker (fleet.lua): set as
         # a fleet that lost nothing keeps it
         if not redis.command("EXISTS", "{u}m"):
-            redis.command("SET", "{u}m", "o|0|-|0")
+            redis.command("SET", "{u}m", "o|0|-|0|0|0")
         keys = list(keys) + ["{u}m"]
     return redis.command("EVAL", script(name), len(keys), *keys, *args)
 
@@ -331,17 +331,17 @@ FLEET_KEYS = ["{u}m", "{u}f", "{u}k", "{u}p"]
 
 
 def fleet(redis, member, pmin=0, pmax=10 * S, expiry=3 * S):
-    return run(redis, "fleet", FLEET_KEYS, [member, expiry, pmin, pmax, "room"])
+    return run(redis, "fleet", FLEET_KEYS, [member, expiry, pmin, pmax, "room", S // 4])
 
 
 def test_decide_answers_lost_without_its_marker_and_during_a_phase(redis):
     keys = ["{u}r", "{u}v", "{u}a", "{u}m"]
     args = decide_args(1, [("r", 2, 10 * S, -1)], [("x", [(1, 1)])])
     assert run(redis, "decide", keys, args)[1] == 2      # no marker
-    redis.command("SET", "{u}m", "r|0|-|1")
+    redis.command("SET", "{u}m", "r|0|-|1|0|0")
     assert run(redis, "decide", keys, args)[1] == 2      # a repair phase
     assert redis.command("EXISTS", "{u}v") == 0          # nothing decided
-    redis.command("SET", "{u}m", "o|0|-|1")
+    redis.command("SET", "{u}m", "o|0|-|1|0|0")
     assert run(redis, "decide", keys, args)[1] == 1
 
 
@@ -350,7 +350,8 @@ def test_a_lost_marker_starts_a_phase_that_waits_for_every_live_member(redis):
     out = fleet(redis, "A")
     assert out[1] == 1 and out[3] == 0 and out[4] == 1   # started, not acked
     since = out[2]
-    assert redis.command("GET", "{u}m") == ("r|0|%s|" % rid).encode() + since
+    # all lost: the cutoff is 0, every call is put back
+    assert redis.command("GET", "{u}m").startswith(("r|0|%s|" % rid).encode() + since + b"|0|")
     assert fleet(redis, "B")[1:5] == [1, since, 0, 0]    # joined, not started
     # A puts its calls back; B has not: the phase goes on
     assert run(redis, "repair", ["{u}m", "{u}k"], ["A", since, 0, 0, 0])[2] == 1
@@ -361,8 +362,11 @@ def test_a_lost_marker_starts_a_phase_that_waits_for_every_live_member(redis):
     assert redis.command("GET", "{u}m").startswith(b"o|0|" + rid.encode())
     # a marker naming another run_id (a restart that kept a snapshot, a
     # failover) starts a new phase
-    redis.command("SET", "{u}m", "o|0|0123abcd|1")
+    redis.command("SET", "{u}m", "o|0|0123abcd|1|0|%d" % (10 * S))
     assert fleet(redis, "A")[4] == 1
+    # ... and the marker survived: the writes before its last heartbeat
+    # did too; calls from the heartbeat less the margin are put back
+    assert redis.command("GET", "{u}m").split(b"|")[4] == str(10 * S - S // 4).encode()
 
 
 def test_a_phase_ends_at_its_bound_without_a_member_that_never_answers(redis):
@@ -373,7 +377,7 @@ def test_a_phase_ends_at_its_bound_without_a_member_that_never_answers(redis):
 
 
 def test_repair_puts_a_call_back_once_and_in_order(redis):
-    redis.command("SET", "{u}m", "r|0|-|7")
+    redis.command("SET", "{u}m", "r|0|-|7|0|0")
     t = now_us(redis)
     # an entry logged since the loss, 1 s ago
     redis.command("RPUSH", "{u}r", str(t - S))
@@ -401,6 +405,16 @@ def test_repair_puts_a_call_back_once_and_in_order(redis):
     redis.command("DEL", "{u}k")
     args[1] = "8"
     assert run(redis, "repair", keys2, args)[2] == 0
+
+
+def test_repair_puts_back_only_calls_from_the_cutoff(redis):
+    t = now_us(redis)
+    redis.command("SET", "{u}m", "r|0|-|7|%d|0" % (t - 2 * S))
+    keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x"]
+    # sent 3 s ago (before the cutoff: it survived) and 1 s ago
+    args = ["A", "7", 1, 5, 10 * S, 0, 2, "p:1:0", 3 * S, "p:2:0", S, 0, 0]
+    assert run(redis, "repair", keys, args)[1:] == [1, 1]
+    assert redis.command("LLEN", "{u}r") == 1
 
 
 # ---- the token broker's ----
