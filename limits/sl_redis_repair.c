@@ -33,9 +33,13 @@
  * stale sets it to "r" (repairing since now), empties the set k of
  * members that put their calls back, and each worker registers in the
  * hash f (member -> last seen) on every heartbeat.  While the marker says
- * "r", decisions answer "lost" and the store refuses the call as paused
- * for SL_FLEET_WAIT_US (held calls ask again then, or at once when the
- * phase's end is published on the room channel).  A worker that sees the
+ * "r", decisions answer "lost" and the call waits in its worker (neither
+ * refused nor sent: a fallback to the local share would let an instance
+ * that sent little before the loss grant its share on top of the others'
+ * calls) until the worker's heartbeat sees the phase over, or by
+ * on_store_error after SL_FLEET_PHASE_MAX_US and a second (the end is
+ * also published on the room channel, as the pause key's: a call the
+ * proxy holds for the pause asks again).  A worker that sees the
  * phase (heartbeats every SL_FLEET_PHASE_BEAT_US meanwhile) sends
  * repair.lua: every call of its process in the upstream's windows, its
  * own reservations and leases, the upstream's pause; the script adds the

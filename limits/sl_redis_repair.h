@@ -21,9 +21,6 @@
  * registered again and put its calls back), at most this. */
 #define SL_FLEET_PHASE_MIN_US (1200 * 1000)
 #define SL_FLEET_PHASE_MAX_US (5 * 1000 * 1000)
-/* A call refused during a phase is asked again after this long (sooner
- * when the phase's end is announced on the room channel). */
-#define SL_FLEET_WAIT_US (250 * 1000)
 
 /* One worker's view of the fleet, per upstream index (arrays of
  * SL_MAX_UPSTREAMS, owned). */
