@@ -278,8 +278,8 @@ struct sl_redis_op {
     struct sl_redis_snap *snap;     /* SL_OP_SNAPSHOT: what it fills */
     size_t upstream;                /* ... for this upstream */
     struct sl_redis_hist *hist;     /* SL_OP_HISTORY: what it fills */
-    int64_t since;                  /* SL_OP_REPAIR: the phase it answers */
     size_t index;                   /* ... its view */
+    int64_t since;                  /* SL_OP_REPAIR: the phase it answers */
     /* SL_OP_SET_PAUSE: told the outcome once; the local store follows */
     sl_pause_cb pause_cb;
     void *pause_arg;
