@@ -638,13 +638,22 @@ class Sluice:
         prefix = config.get("store_prefix", "sluice:")
         names = [u.get("name") for u in config.get("upstreams", [])]
         deadline = time.monotonic() + timeout
+
+        def ask(*args):
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
+                c.sendall(resp_encode(*args))
+                return resp_read(c.makefile("rb"))
+        try:
+            # A replica is refused by sluice: nothing to wait for.
+            if b"role:master" not in ask("INFO", "replication"):
+                return
+        except (OSError, RedisError):
+            return
         for name in names:
             key = "%s{%s}:m" % (prefix, name)
             while time.monotonic() < deadline:
                 try:
-                    with socket.create_connection(("127.0.0.1", port), timeout=1) as c:
-                        c.sendall(resp_encode("GET", key))
-                        v = resp_read(c.makefile("rb"))
+                    v = ask("GET", key)
                 except (OSError, RedisError):
                     return
                 if v and v.startswith(b"o"):

@@ -377,8 +377,9 @@ def test_a_plain_url_naming_a_replica_is_refused_not_written(upstream, sentinels
     after = int(re.search(r"total_connections_received:(\d+)",
                           replica.cli("INFO", "stats")).group(1))
     # The backoff doubles from 50 ms to 1 s: about 7 tries in 2 s, not 40
-    # (the test's own redis-cli calls are 2 more).
-    assert after - before <= 14, after - before
+    # (the test's own redis-cli calls are 2 more, and the harness's look at
+    # the server's role, harness.Sluice._wait_fleet, one).
+    assert after - before <= 15, after - before
     assert upstream.times() == []
 
 
