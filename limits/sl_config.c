@@ -545,6 +545,66 @@ static void sl_read_calendar(json_t *jr, const char *path, struct sl_rule *r,
 }
 
 /*
+ * A leaky bucket: "bucket" calls draining "leak".  Its margin comes off the
+ * capacity (rate x margin), and the log of sends it keeps for sync covers
+ * the time a full bucket takes to drain, plus the margin.
+ */
+static void sl_read_leaky(json_t *jr, json_t *jb, json_t *jleak, const char *path,
+                          struct sl_rule *r, struct sl_conf_ctx *ctx)
+{
+    const struct sl_upstream_conf *u = ctx->u;
+    const struct sl_conf_key *kb = sl_conf_key(&sl_rule_table, "bucket");
+    struct sl_errors *errs = ctx->errs;
+    char sub[768], q[96];
+    const char *s;
+    long long n;
+    int64_t one, margin;
+
+    r->kind = SL_RULE_RATE;
+    r->leaky = true;
+    if (jb == NULL || jleak == NULL) {
+        sl_errors_add(errs, "%s: a leaky bucket needs both \"bucket\" (calls it "
+                      "holds) and \"leak\" (how fast it drains, \"2/s\")", path);
+        return;
+    }
+    snprintf(sub, sizeof(sub), "%s.bucket", path);
+    if (sl_conf_get_int(jb, sub, kb->min, kb->max, &n, errs) != 0)
+        return;
+    r->limit = (uint64_t)n;
+    snprintf(sub, sizeof(sub), "%s.leak", path);
+    if (sl_conf_get_string(jleak, sub, &s, errs) != 0)
+        return;
+    if (sl_leak_parse(s, &r->leak) != 0) {
+        sl_errors_add(errs, "%s: %s must be calls per second, minute or hour: "
+                      "\"2/s\", \"40/m\", \"0.5/s\", \"3600/h\" (at most 6 "
+                      "decimals, above 0)", sub, sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    r->leak_text = strdup(s);
+    if (r->leak.per_us > SL_BUCKET_MAX_UNITS / (int64_t)r->limit) {
+        sl_errors_add(errs, "%s: a bucket of %llu calls draining %s is too fine to "
+                      "count in integers; write the leak per second", sub,
+                      (unsigned long long)r->limit, s);
+        return;
+    }
+    if (json_object_get(jr, "reset") != NULL || json_object_get(jr, "timezone") != NULL)
+        sl_errors_add(errs, "%s: a leaky bucket drains continuously; \"reset\" and "
+                      "\"timezone\" belong to windows", path);
+    /* One call's drain time; the auto margin is 5% of it, at most 100 ms. */
+    one = (r->leak.per_us + r->leak.n - 1) / r->leak.n;
+    margin = u->margin_us != SL_MARGIN_AUTO
+                 ? u->margin_us
+                 : (one / 20 < SL_MARGIN_DEFAULT ? one / 20 : SL_MARGIN_DEFAULT);
+    r->window_us = ((int64_t)r->limit * r->leak.per_us + r->leak.n - 1) / r->leak.n;
+    r->span_us = r->window_us + margin;
+    r->bucket_cap = sl_bucket_cap(r->limit, &r->leak, margin);
+    if (r->bucket_cap < r->leak.per_us)
+        sl_errors_add(errs, "%s: the upstream's margin (%lld ms) drains more than "
+                      "the whole bucket at %s: no call could ever fit", path,
+                      (long long)(margin / SL_USEC_PER_MSEC), s);
+}
+
+/*
  * What kind of rule JR is: "concurrency", or "limit" per "window" (with
  * its calendar, "reset" and "timezone").  Then its span: the window plus
  * the upstream's margin.
@@ -559,11 +619,20 @@ static void sl_read_rule_kind(json_t *jr, json_t *jl, const char *path,
     const struct sl_conf_key *kc = sl_conf_key(&sl_rule_table, "concurrency");
     json_t *jw = json_object_get(jr, "window");
     json_t *jc = json_object_get(jr, "concurrency");
+    json_t *jb = json_object_get(jr, "bucket");
+    json_t *jleak = json_object_get(jr, "leak");
     struct sl_errors *errs = ctx->errs;
     char sub[768];
     long long n;
     int64_t d;
 
+    if (jb != NULL || jleak != NULL) {
+        sl_read_leaky(jr, jb, jleak, path, r, ctx);
+        if (jc != NULL || jl != NULL || jw != NULL)
+            sl_errors_add(errs, "%s: a leaky bucket (\"bucket\" and \"leak\") "
+                          "has no \"limit\", \"window\" or \"concurrency\"", path);
+        return;
+    }
     if (jc != NULL) {
         r->kind = SL_RULE_CONCURRENCY;
         snprintf(sub, sizeof(sub), "%s.concurrency", path);
@@ -942,7 +1011,13 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
     const struct sl_upstream_conf *u = ctx->u;
 
     (void)obj, (void)k;
-    if (v != NULL && r->kind != SL_RULE_RATE) {
+    if (v != NULL && r->leaky) {
+        /* A share is a count of calls in the window; a bucket has no
+         * window whose calls could be counted per app. */
+        sl_errors_add(ctx->errs, "%s: shares apply to windows (\"limit\" and "
+                      "\"window\"), not to a leaky bucket; put the apps' shares "
+                      "on a window rule beside it", sub);
+    } else if (v != NULL && r->kind != SL_RULE_RATE) {
         sl_errors_add(ctx->errs, "%s: shares apply to rate rules (\"limit\" and "
                       "\"window\"), not to concurrency", sub);
     } else if (v != NULL) {
@@ -952,7 +1027,7 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
         if (r->limit > 0)
             sl_resolve_shares(r, own, nown, sub, ctx->errs);
         sl_shares_free(own, nown);
-    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && r->limit > 0) {
+    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && !r->leaky && r->limit > 0) {
         char usub[900];
         snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", at);
         sl_resolve_shares(r, u->apps, u->napps, usub, ctx->errs);
@@ -964,7 +1039,8 @@ static const struct sl_conf_handler sl_rule_apps_handler = {
     "A rate rule's `apps` shares its limit between apps (see "
     "`upstreams[].rules[].apps.APP`); without it the rule takes the "
     "upstream's `apps`, and without either the limit is shared first come, "
-    "first served.  Not for concurrency rules.",
+    "first served.  Not for concurrency rules or leaky buckets (a bucket "
+    "ignores the upstream's `apps`).",
 };
 
 static const struct sl_conf_key sl_login_cache_keys[] = {
@@ -1045,6 +1121,13 @@ static const struct sl_conf_key sl_rule_keys[] = {
     {.key = "concurrency", .type = SL_CONF_INT, .min = 1, .max = 1000000000LL,
      .flags = SL_CONF_PART,
      .doc = "Instead of `limit` and `window`: calls in flight at once."},
+    {.key = "bucket", .type = SL_CONF_INT, .min = 1, .max = 1000000,
+     .flags = SL_CONF_PART,
+     .doc = "Instead of `limit` and `window`: a leaky bucket of this many calls "
+            "(with `leak`)."},
+    {.key = "leak", .type = SL_CONF_STRING, .flags = SL_CONF_PART,
+     .doc = "With `bucket`: how fast it drains, `\"2/s\"`, `\"40/m\"`, "
+            "`\"0.5/s\"`, `\"3600/h\"`."},
     {.key = "reset", .type = SL_CONF_WORD,
      .words = (const char *const[]){"rolling", "calendar", NULL},
      .def = "rolling", .flags = SL_CONF_PART,
@@ -3845,7 +3928,8 @@ const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,
     if (r->kind == SL_RULE_PAUSE)
         return &u->pause_rule;
     for (size_t i = 0; i < u->nrules; i++)
-        if (u->rules[i].kind == r->kind && strcmp(u->rules[i].name, r->name) == 0)
+        if (u->rules[i].kind == r->kind && u->rules[i].leaky == r->leaky &&
+            strcmp(u->rules[i].name, r->name) == 0)
             return &u->rules[i];
     return NULL;
 }
@@ -3993,6 +4077,7 @@ static void sl_rule_free(struct sl_rule *r)
 {
     free(r->name);
     free(r->window_text);
+    free(r->leak_text);
     for (size_t i = 0; i < r->nmethods; i++)
         free(r->methods[i]);
     free(r->methods);

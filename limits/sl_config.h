@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "sl_bucket.h"
 #include "sl_calendar.h"
 
 struct sl_pattern;
@@ -28,7 +29,9 @@ struct sl_errors;
 #define SL_MAX_UPSTREAMS 4096
 
 enum sl_rule_kind {
-    SL_RULE_RATE,         /* at most `limit` per `window_us` */
+    /* at most `limit` per `window_us`; or, with `leaky`, a leaky bucket of
+     * `limit` calls: reserved, sent and released as a window's calls are */
+    SL_RULE_RATE,
     SL_RULE_CONCURRENCY,  /* at most `limit` in flight */
     SL_RULE_PAUSE,        /* the upstream asked us to stop until a time */
 };
@@ -143,6 +146,14 @@ struct sl_rule {
      * with that much network jitter (see docs/guides/rules.md, "The
      * margin"). */
     int64_t span_us;
+    /* "bucket" and "leak": a leaky bucket of `limit` calls draining LEAK
+     * (sl_bucket.h).  window_us is then the time a full bucket takes to
+     * drain (the log of sends that sync reads keeps that long), and
+     * BUCKET_CAP the capacity in level units, the margin taken off. */
+    bool leaky;
+    struct sl_leak leak;
+    char *leak_text;              /* as written ("2/s") */
+    int64_t bucket_cap;
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */
