@@ -8,7 +8,9 @@
  * call in all of them.  Critical sections are a few hash lookups and ring
  * operations; workers on different upstreams never contend.
  *
- * Buckets: a rate bucket is a sliding log (sl_window); a concurrency bucket
+ * Buckets: a rate bucket is a sliding log (sl_window), and for a leaky
+ * bucket also a level (sl_bucket: the log then only serves sync and the
+ * per-app view); a concurrency bucket
  * is a counter of leases; the upstream's pause bucket holds the time until
  * which the provider (or an operator) asked us to stop.  A bucket is reclaimed by the
  * sweeper once its log is empty, no lease pins it and no pause runs, so
@@ -48,6 +50,7 @@
 #include "sl_store.h"
 #include "sl_assert.h"
 
+#include "sl_bucket.h"
 #include "sl_duration.h"
 #include "sl_window.h"
 
@@ -115,6 +118,10 @@ struct sl_mem_bucket {
     struct sl_mem_app_count *in_apps;
     uint32_t nin, capin;
     struct sl_window win;         /* rate: admission log */
+    /* leaky bucket: its level, in units of LB_LEAK (the rule's leak when
+     * it was last written: a reload may change the rule's) */
+    struct sl_bucket lb;
+    struct sl_leak lb_leak;
     /* rate: a copy of the log when a reload shrank the window, kept for
      * the longer one in case a reload grows it back (owned, NULL: none) */
     struct sl_mem_kept *kept;
@@ -212,6 +219,7 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                          size_t max_slots, int64_t now);
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
+static struct sl_bucket *sl_mem_lb(struct sl_mem_bucket *b, const struct sl_rule *r);
 
 int64_t sl_clock_monotonic(void *arg)
 {
@@ -394,7 +402,8 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
             else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
                 idle = b->win.count == 0 && (!b->report || b->report_until <= now) &&
-                       !sl_mem_kept_any(s, b, now);
+                       !sl_mem_kept_any(s, b, now) &&
+                       (!r->leaky || sl_bucket_level(sl_mem_lb(b, r), &r->leak, now) == 0);
             }
             if (!idle) {
                 pp = &b->next;
@@ -440,6 +449,35 @@ static uint64_t sl_mem_limit(const struct sl_mem_store *s, uint64_t limit)
     if (s->share >= 1.0)
         return limit;
     return (uint64_t)((double)limit * s->share);
+}
+
+/* Leaky rule R's capacity in level units, scaled by the store's share. */
+static int64_t sl_mem_cap(const struct sl_mem_store *s, const struct sl_rule *r)
+{
+    if (s->share >= 1.0)
+        return r->bucket_cap;
+    return (int64_t)((double)r->bucket_cap * s->share);
+}
+
+/* B's level, in units of leaky rule R's leak (rescaled first when a reload
+ * changed it).  Lock held. */
+static struct sl_bucket *sl_mem_lb(struct sl_mem_bucket *b, const struct sl_rule *r)
+{
+    if (b->lb_leak.per_us != r->leak.per_us || b->lb_leak.n != r->leak.n) {
+        if (b->lb_leak.per_us > 0)
+            sl_bucket_rescale(&b->lb, &b->lb_leak, &r->leak);
+        b->lb_leak = r->leak;
+    }
+    return &b->lb;
+}
+
+/* Leaky rule R's bucket B: until its level and reservations drain
+ * (RateLimit's reset).  Lock held. */
+static int64_t sl_mem_lb_reset(struct sl_mem_bucket *b, const struct sl_rule *r,
+                               int64_t now)
+{
+    return sl_bucket_empty_in(sl_mem_lb(b, r), &r->leak, now) +
+           (int64_t)b->reserved * (r->leak.per_us / r->leak.n);
 }
 
 /* Microseconds to add to the store's clock to get the wall clock (UTC µs
@@ -528,6 +566,9 @@ static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
         return r->span_us;  /* this instance has no share of it */
     if (b == NULL)
         return 0;
+    if (r->leaky)
+        return sl_bucket_wait(sl_mem_lb(b, r), &r->leak, sl_mem_cap(s, r),
+                              b->reserved, 1, now);
     if (r->calendar) {
         /* Full until the next boundary, whatever the calls' ages. */
         sl_window_prune(&b->win, span, now);
@@ -752,6 +793,10 @@ static uint64_t sl_mem_rate_remaining(const struct sl_mem_store *s,
     uint64_t used = b->win.count + b->reserved;
     int64_t room = sl_mem_report_room(b, now);
     uint64_t left = used >= limit ? 0 : limit - used;
+
+    if (r->leaky)
+        return sl_bucket_room(sl_mem_lb(b, r), &r->leak, sl_mem_cap(s, r),
+                              b->reserved, now);
 
     if (room < (int64_t)left)
         left = room > 0 ? (uint64_t)room : 0;
@@ -1189,6 +1234,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.remaining = rem;
             if (r->calendar) {
                 d.reset_us = reset[i];
+            } else if (r->leaky) {
+                d.reset_us = sl_mem_lb_reset(bk[i], r, now);
             } else {
                 d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
                 if (d.reset_us == 0 && bk[i]->reserved > 0)
@@ -1265,6 +1312,8 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
         if (sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
             continue;
         r = sl_upstream_rule(t->up, sl->bucket->rule);
+        if (r->leaky)
+            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, 1, now);
         sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
         if (sent[nsent].at == INT64_MIN)
             continue;
@@ -1442,7 +1491,17 @@ static int sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up
         remaining = r->limit;
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len);
-    if (b != NULL) {
+    if (b != NULL && r->leaky) {
+        /* The provider's level when it answered, which held the reporting
+         * call, drained since; each call sent after it counted whole (the
+         * safe side).  It replaces sluice's own level, up or down. */
+        uint32_t from;
+        sent_at = now - age_us;
+        sl_window_prune(&b->win, r->span_us, now);
+        from = sl_window_count_after(&b->win, sent_at - 1);
+        sl_bucket_set(sl_mem_lb(b, r), &r->leak, r->limit - remaining, sent_at,
+                      from > 0 ? from - 1 : 0, now);
+    } else if (b != NULL) {
         sent_at = now - age_us;
         sl_window_prune(&b->win, r->span_us, now);
         b->report = true;
@@ -1487,6 +1546,8 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
              * decide when this instance's next call fits. */
             if (b->win.count >= r->limit)
                 sl_window_keep_newest(&b->win, r->limit - 1);
+            if (r->leaky)
+                sl_bucket_add(sl_mem_lb(b, r), &r->leak, 1, now);
             sl_mem_log(s, b, r, now, c->app);
         }
         pthread_mutex_unlock(&t->lock);
@@ -1614,6 +1675,18 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
             }
             sl_snapshot_sort_apps(u);
         }
+    } else if (b != NULL && r->leaky) {
+        /* A bucket: its level in whole calls (rounded up) and the calls
+         * admitted, not yet sent; what fits now, after both.  Its log is
+         * sends of one drain time, not what the level holds: no per-app
+         * split. */
+        struct sl_bucket *lb = sl_mem_lb(b, r);
+        int64_t level = sl_bucket_level(lb, &r->leak, now);
+        u->used = (uint64_t)((level + r->leak.per_us - 1) / r->leak.per_us) + b->reserved;
+        u->reserved = b->reserved;
+        u->resets_in_us = sl_mem_lb_reset(b, r, now);
+        u->remaining = sl_bucket_room(lb, &r->leak, sl_mem_cap(s, r), b->reserved, now);
+        goto levels;
     } else if (b != NULL) {
         int64_t room;
         int64_t reset, span = sl_mem_span(s, r, now, &reset);
@@ -1660,6 +1733,9 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
     u->remaining = u->used >= limit ? 0 : limit - u->used;
     if (u->report_left >= 0 && (uint64_t)u->report_left < u->remaining)
         u->remaining = (uint64_t)u->report_left;
+    if (r->leaky && b == NULL)
+        u->remaining = (uint64_t)(sl_mem_cap(s, r) / r->leak.per_us);
+levels:
     u->level = sl_mem_level(r, u->used);
     u->level_was = u->level;
     if (b != NULL) {
@@ -2059,6 +2135,7 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
     struct sl_mem_table *t;
     struct sl_mem_bucket *b;
     uint32_t first = 0;
+    uint64_t most;
     int64_t now;
     int rc = 0, logged = 0;
 
@@ -2072,8 +2149,11 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
      * newest: a lowered limit keeps the most recent calls). */
     while (first < n && times[first] <= now - sl_mem_span(s, r, now, NULL))
         first++;
-    if (n - first > r->limit)
-        first = n - (uint32_t)r->limit;
+    /* A leaky bucket's log holds every send of one drain time (up to
+     * twice the bucket): its level is replayed from them. */
+    most = r->leaky ? 2 * r->limit + 64 : r->limit;
+    if (n - first > most)
+        first = n - (uint32_t)most;
     if (first < n) {
         b = sl_mem_bucket_for(s, t, r, key, key_len);
         if (b == NULL) {
@@ -2081,11 +2161,13 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
         } else {
             for (uint32_t i = first; i < n && rc == 0; i++) {
                 size_t before = sl_window_bytes(&b->win);
-                if (b->win.count >= r->limit)
+                int64_t at = times[i] > now ? now : times[i];
+                if (b->win.count >= most)
                     break;
-                rc = sl_window_record_tag(&b->win, r->limit,
-                                          times[i] > now ? now : times[i], tags[i]);
+                rc = sl_window_record_tag(&b->win, r->limit, at, tags[i]);
                 atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+                if (rc == 0 && r->leaky)
+                    sl_bucket_add(sl_mem_lb(b, r), &r->leak, 1, at);
                 if (rc == 0) {
                     b->sent++;
                     logged++;
