@@ -736,6 +736,8 @@ static void sl_args_share_key(struct sl_args *k, const struct sl_redis *r,
 {
     if (hit->rule->nshares > 0)
         sl_args_key(k, r, up, hit->rule, 'h', hit->key, hit->key_len);
+    if (hit->rule->leaky)   /* its level (never with shares) */
+        sl_args_key(k, r, up, hit->rule, 'b', hit->key, hit->key_len);
 }
 
 /* A rate rule's shares for the decision script: the count, then app,
@@ -1368,6 +1370,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         const struct sl_rule *rule = spec[j];
         bool cal = rule->kind == SL_RULE_RATE && rule->calendar;
         sl_args_str(a, cal ? (rule->shadow ? "K" : "k")
+                       : rule->leaky ? (rule->shadow ? "B" : "b")
                        : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
                        : rule->kind == SL_RULE_PAUSE ? "p"
                        : rule->shadow ? "C" : "c");
@@ -1385,6 +1388,11 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             sl_args_int(a, ps);
             sl_args_int(a, pe);
             sl_args_int(a, pn);
+        }
+        if (rule->leaky) {
+            sl_args_int(a, rule->leak.n);
+            sl_args_int(a, rule->leak.per_us);
+            sl_args_int(a, rule->bucket_cap);
         }
         if (rule->kind == SL_RULE_RATE)
             sl_args_shares(a, rule);
@@ -1995,7 +2003,11 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
-                              (rule->nshares > 0 ? 4 : 0));
+                              (rule->nshares > 0 ? 4 : 0) | (rule->leaky ? 8 : 0));
+            if (rule->leaky) {
+                sl_args_int(args, rule->leak.n);
+                sl_args_int(args, rule->leak.per_us);
+            }
         }
     }
 }
@@ -2424,6 +2436,8 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
     sl_args_key(&op->keys, r, up, rule, 'r', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 'v', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 's', hit->key, hit->key_len);
+    if (rule->leaky)
+        sl_args_key(&op->keys, r, up, rule, 'b', hit->key, hit->key_len);
     sl_args_int(&op->args, remaining > (uint64_t)LLONG_MAX ? LLONG_MAX
                                                            : (long long)remaining);
     sl_args_int(&op->args, age_us);
@@ -2439,6 +2453,10 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
         sl_args_int(&op->args, now - age_us + sl_redis_offset(r, now));
     } else {
         sl_args_int(&op->args, 0);
+    }
+    if (rule->leaky) {
+        sl_args_int(&op->args, rule->leak.n);
+        sl_args_int(&op->args, rule->leak.per_us);
     }
     op->done = done;
     op->done_arg = arg;
@@ -2673,6 +2691,8 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         } else {
             struct sl_hit h = {.rule = rule, .key = "", .key_len = 0};
             sl_args_hit_keys(k, r, up, &h);
+            if (rule->leaky)
+                sl_args_key(k, r, up, rule, 'b', "", 0);
         }
         int64_t span = rate ? rule->span_us : 0, pend = 0;
         if (rate && rule->calendar) {
@@ -2681,7 +2701,7 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
             sl_redis_period(r, rule, &ps, &pend, &pn);
             span = sl_redis_est_now(r) - ps + (rule->span_us - rule->window_us);
         }
-        sl_args_str(a, rate ? "r" : "c");
+        sl_args_str(a, rule->leaky ? "b" : rate ? "r" : "c");
         sl_args_str(a, per ? "1" : "0");
         sl_args_int(a, (long long)rule->limit);
         sl_args_int(a, span);
@@ -2696,6 +2716,12 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         }
         for (size_t t = 0; t < 5; t++)
             sl_args_key(a, r, up, rule, types[t], "", 0);
+        if (rule->leaky) {
+            sl_args_int(a, rule->leak.n);
+            sl_args_int(a, rule->leak.per_us);
+            sl_args_int(a, rule->bucket_cap);
+            sl_args_key(a, r, up, rule, 'b', "", 0);
+        }
     }
     return op;
 }

@@ -487,7 +487,7 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
         json_object_set_new(o, "shares", sl_shares_json(r, u));
     if (r->kind == SL_RULE_RATE)
         json_object_set_new(o, "provider_remaining",
-                            u->report_left >= 0 ? json_integer(u->report_left)
+                            u->report_left >= 0 && !r->leaky ? json_integer(u->report_left)
                                                 : json_null());
     /* Where "used" comes from: the provider's last report (plus the calls
      * sent since), or sluice's own count. */

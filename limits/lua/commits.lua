@@ -1,13 +1,17 @@
 -- Log sent calls: the commit section, ARGV from A and KEYS from K, returns
 -- where the next section starts.  KEYS: per call, per rate rule: r, v, a
--- [, s if sync] [, h if shares] [, k if per].  ARGV: ncalls, then per call:
--- member ("" for a call decided locally during an outage: logged
--- unconditionally), delay_us, app, nrules, then per rule: limit, span_us,
--- flags (1: sync, 2: per, 4: shares).  A call with a member is logged only
+-- [, s if sync] [, h if shares] [, b if a leaky bucket] [, k if per].
+-- ARGV: ncalls, then per call: member ("" for a call decided locally during
+-- an outage: logged unconditionally), delay_us, app, nrules, then per rule:
+-- limit, span_us, flags (1: sync, 2: per, 4: shares, 8: a leaky bucket,
+-- followed by its leak: n, p).  A call with a member is logged only
 -- if its reservation was still there; its stamp is now minus the delay
 -- since it was sent.  The calls going to one bucket are written together,
 -- in their order (one LPUSH of all their stamps), and a `per` bucket's r
--- key is (re)entered in its rule's index k, scored by now.
+-- key is (re)entered in its rule's index k, scored by now.  A leaky
+-- bucket's level takes one call's worth (p) per call logged, at now (a
+-- reservation becomes level when its send is known: the bucket's proof,
+-- docs/internals/design.md, "Leaky buckets").
 
 local function commits(a, k)
   local n = tonumber(ARGV[a])
@@ -19,10 +23,14 @@ local function commits(a, k)
     for i = 1, nr do
       local limit, span, flags = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
       a = a + 3
-      local l, v, ap, s, idx, h = KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil, nil
+      local l, v, ap, s, idx, h, lb, ln, lp = KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil, nil, nil, nil, nil
       k = k + 3
       if flags % 2 == 1 then s = KEYS[k]; k = k + 1 end
       if flags % 8 >= 4 then h = KEYS[k]; k = k + 1 end
+      if flags % 16 >= 8 then
+        lb, ln, lp = KEYS[k], tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+        k, a = k + 1, a + 2
+      end
       if flags % 4 >= 2 then idx = KEYS[k]; k = k + 1 end
       local stamp, go = now - delay, false
       if member == '' then go = stamp > now - span
@@ -32,7 +40,8 @@ local function commits(a, k)
         -- larger limit and span keep more, the safe side
         local b = g[l]
         if not b then
-          b = {ap = ap, h = h, s = s, idx = idx, limit = limit, span = span, st = {}, apps = {}}
+          b = {ap = ap, h = h, s = s, idx = idx, limit = limit, span = span, st = {}, apps = {},
+               lb = lb, ln = ln, lp = lp}
           g[l] = b
           order[#order + 1] = l
         end
@@ -47,6 +56,9 @@ local function commits(a, k)
   for _, l in ipairs(order) do
     local b = g[l]
     log(l, b.ap, b.st, b.apps, b.limit, b.span, b.h)
+    if b.lb then
+      set_level(b.lb, level(b.lb, b.ln, b.lp) + #b.st * b.lp, b.ln, b.lp, b.span)
+    end
     if b.s and redis.call('EXISTS', b.s) == 1 then
       redis.call('HINCRBY', b.s, 'sent', #b.st)
     end

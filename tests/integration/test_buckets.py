@@ -112,3 +112,19 @@ def test_refusal_says_when_one_call_has_leaked(upstream, sluice):
     # 3.2, this call took one: 2 or 3 left.  Empty in about 19 s.
     assert hdrs["ratelimit"] in ('"rest";r=2;t=19', '"rest";r=3;t=19',
                                  '"rest";r=2;t=18', '"rest";r=3;t=18'), hdrs["ratelimit"]
+
+
+def test_redis_bucket_lets_the_burst_then_the_leak_through(upstream, redis, sluice):
+    sl = sluice(upstream_config(upstream, [rest_rule()], redis.url, margin=MARGIN))
+    statuses = hammer([sl], 8.0, per_instance=6)
+    check_burst_then_rate(upstream, statuses, 8.0)
+
+
+def test_three_instances_share_one_bucket(upstream, redis, sluice):
+    conf = upstream_config(upstream, [rest_rule()], redis.url, margin=MARGIN)
+    instances = [sluice(conf) for _ in range(3)]
+    statuses = hammer(instances, 8.0, per_instance=2)
+    check_burst_then_rate(upstream, statuses, 8.0)
+    # Every instance forwarded some: one bucket, shared.
+    ports = {r.peer for r in upstream.records}
+    assert len(ports) >= 3
