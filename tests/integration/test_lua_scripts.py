@@ -299,6 +299,98 @@ def test_snapshot_shows_a_rate_bucket_and_its_apps(redis):
     assert dict(zip(apps[0::2], apps[1::2])) == {b"x": 1, b"y": 1}
 
 
+# ---- leaky buckets ----
+
+BKEYS = ["{u}r", "{u}v", "{u}a", "{u}b"]
+
+
+def bucket_decide_args(ncalls, bucket=3, n=1, p=S, cap=None, base="b", reserve=5 * S):
+    """A decision on one leaky bucket of BUCKET calls leaking N per P µs
+    (capacity CAP level units: BUCKET x P unless given)."""
+    cap = bucket * p if cap is None else cap
+    return [base, S, reserve, 0, 0, 1, "b", bucket, bucket * p // n, -1, n, p, cap, 0,
+            ncalls] + ["x", 1, 1, 1] * ncalls
+
+
+def bucket_commit_args(members, n=1, p=S):
+    a = [len(members)]
+    for m in members:
+        a += [m, 0, "x", 1, 3, 3 * S, 8, n, p]
+    return a
+
+
+def test_a_bucket_admits_its_size_then_waits_for_one_call_to_leak(redis):
+    out = run(redis, "decide", BKEYS, bucket_decide_args(4))
+    # three fit (reservations count), with 2, 1, 0 left; the fourth cannot
+    # fit until the three are sent and one of them leaks: one call's leak
+    # (1 s) at least
+    assert [c[:3] for c in out[2:5]] == [[1, 1, 2], [1, 1, 1], [1, 1, 0]]
+    assert out[5][:3] == [0, 1, S]
+    # sent: the level holds three calls (3 x p), the reservations are gone
+    run(redis, "commit", BKEYS * 3, bucket_commit_args(["b:1|x", "b:2|x", "b:3|x"]))
+    assert redis.command("ZCARD", "{u}v") == 0
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    # committed again: nothing more
+    run(redis, "commit", BKEYS, bucket_commit_args(["b:1|x"]))
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    # full: the next call waits until one call has leaked, exactly
+    t0 = now_us(redis)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(1, base="c"))
+    assert out[2][:2] == [0, 1]
+    waited = now_us(redis) - t0
+    assert S - waited - 1000 <= out[2][2] <= S
+
+
+def test_a_bucket_leaks_and_a_lapsed_reservation_fills_it(redis):
+    # two calls' worth, written 1.5 s ago at 1 per second: half a call left
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis) - 1500000,
+                  "n", 1, "p", S)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(3, reserve=0))
+    # 0.5 call in it: two fit (2.5 of 3), the third waits 0.5 s
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+    assert 400000 < out[4][2] <= 500000
+    time.sleep(0.01)
+    # the two reservations lapsed uncommitted: sent, as far as anyone knows
+    out = run(redis, "decide", BKEYS, bucket_decide_args(1, base="c"))
+    assert out[2][0] == 0
+    assert redis.command("ZCARD", "{u}v") == 0
+    assert int(redis.command("HGET", "{u}b", "l")) > 2 * S
+    assert redis.command("LLEN", "{u}r") == 2
+
+
+def test_a_bucket_written_with_another_leak_is_rescaled(redis):
+    # one call at 1 per 2 s (units of 2,000,000), read at 1 per second
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis), "n", 1, "p", 2 * S)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(3))
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+
+
+def test_sync_sets_a_buckets_level_from_the_providers_word(redis):
+    keys = ["{u}r", "{u}v", "{u}s", "{u}b"]
+    n = now_us(redis)
+    # "2 left of 3" (1 used) about the reporting call just sent, one more
+    # call sent after it: 1 + 1 calls in the bucket, whatever it held
+    redis.command("HSET", "{u}b", "l", 3 * S, "at", n, "n", 1, "p", S)
+    redis.command("LPUSH", "{u}r", n - 1000, n - 500)
+    run(redis, "sync", keys, [2, 0, 200000, 4 * S, 3, 60 * S, 0, "room", n - 2000, 1, S])
+    lvl = int(redis.command("HGET", "{u}b", "l"))
+    assert 2 * S - 100000 <= lvl <= 2 * S
+    assert redis.command("EXISTS", "{u}s") == 0  # a bucket keeps no report
+
+
+def test_snapshot_shows_a_buckets_level(redis):
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis), "n", 1, "p", S)
+    redis.command("ZADD", "{u}v", now_us(redis) + 5 * S, "m|x")
+    args = [0, 5, 5, 60000, 1,
+            "b", 0, 3, 3 * S, 0, "rest", 0, 0, "{u}r", "{u}v", "{u}a", "{u}s", "{u}c",
+            1, S, 3 * S, "{u}b"]
+    out = run(redis, "snapshot", ["{u}x", "{u}p", "{u}w"] + BKEYS, args)
+    key, used, res, rem, resets = out[4][1][0][:5]
+    # two calls in the level and one reserved: full; empty in about 3 s
+    assert (used, res, rem) == (3, 1, 0)
+    assert 2 * S < resets <= 3 * S
+
+
 # ---- the usage history ----
 
 def test_history_adds_up_and_caps_the_apps_it_names(redis):
