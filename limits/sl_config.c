@@ -1027,11 +1027,18 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
         if (r->limit > 0)
             sl_resolve_shares(r, own, nown, sub, ctx->errs);
         sl_shares_free(own, nown);
-    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && !r->leaky && r->limit > 0) {
+    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && !r->leaky && r->limit > 0 &&
+               r->cost_kind == SL_COST_FIXED && r->cost == 1) {
         char usub[900];
         snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", at);
         sl_resolve_shares(r, u->apps, u->napps, usub, ctx->errs);
     }
+    /* Shares count calls: a weighted call has no place in them (the
+     * upstream's apps then leave this rule alone). */
+    if (r->nshares > 0 && (r->cost_kind != SL_COST_FIXED || r->cost != 1))
+        sl_errors_add(ctx->errs, "%s: shares count calls; a rule with a \"cost\" "
+                      "cannot have them (put the shares on a rule without a cost)",
+                      sub);
 }
 
 static const struct sl_conf_handler sl_rule_apps_handler = {
@@ -1100,6 +1107,88 @@ static void sl_read_login_cache(json_t *obj, json_t *v, const char *at,
 
 static const struct sl_conf_handler sl_login_cache_handler = {sl_read_login_cache, NULL};
 
+/* A cost of rule R: a whole number from 1 to the rule's limit. */
+static int sl_get_cost(json_t *v, const char *sub, const struct sl_rule *r,
+                       uint32_t *out, struct sl_errors *errs)
+{
+    long long most = r->limit > 0 && r->limit < UINT32_MAX ? (long long)r->limit
+                                                           : UINT32_MAX;
+    long long n;
+
+    if (sl_conf_get_int(v, sub, 1, most, &n, errs) != 0)
+        return -1;
+    *out = (uint32_t)n;
+    return 0;
+}
+
+static void sl_read_cost(json_t *obj, json_t *v, const char *at, const char *sub,
+                         void *base, const struct sl_conf_key *k,
+                         struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    char q[96], msub[800];
+    const char *s, *m;
+    json_t *jc;
+
+    (void)obj, (void)at, (void)k;
+    r->cost_kind = SL_COST_FIXED;
+    r->cost = 1;
+    if (v == NULL)
+        return;
+    if (json_is_string(v)) {
+        s = json_string_value(v);
+        if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
+            r->cost_kind = SL_COST_HEADER;
+            r->cost_header = strdup(s + 7);
+        } else {
+            sl_errors_add(ctx->errs, "%s: %s must be a number of units, "
+                          "\"header:NAME\" or an object of costs per method "
+                          "({\"GET\": 1, \"POST\": 5, \"*\": 1})", sub,
+                          sl_conf_quote(s, q, sizeof(q)));
+        }
+    } else if (json_is_object(v)) {
+        r->cost_kind = SL_COST_METHOD;
+        r->cost_methods = calloc(json_object_size(v), sizeof(*r->cost_methods));
+        if (r->cost_methods == NULL)
+            return;
+        json_object_foreach(v, m, jc) {
+            uint32_t c;
+            snprintf(msub, sizeof(msub), "%s.%s", sub, m);
+            if (sl_get_cost(jc, msub, r, &c, ctx->errs) != 0)
+                continue;
+            if (strcmp(m, "*") == 0) {
+                r->cost = c;
+                continue;
+            }
+            if (!sl_is_token(m)) {
+                sl_errors_add(ctx->errs, "%s: a method name or \"*\"", msub);
+                continue;
+            }
+            struct sl_method_cost *mc = &r->cost_methods[r->ncost_methods++];
+            mc->method = strdup(m);
+            for (char *p = mc->method; p != NULL && *p; p++)
+                *p = (char)toupper((unsigned char)*p);
+            mc->cost = c;
+        }
+    } else {
+        (void)sl_get_cost(v, sub, r, &r->cost, ctx->errs);
+    }
+}
+
+static const struct sl_conf_handler sl_cost_handler = {
+    sl_read_cost,
+    "A call takes `cost` units from a rate rule (`cost` entries in its "
+    "window) or a leaky bucket (`cost` calls' worth of level), and is admitted "
+    "only when its whole cost fits in every rule it matches.  A number (1 by "
+    "default, at most the rule's `limit` or `bucket`); `\"header:NAME\"`: "
+    "the request says what it costs, a whole number from 1 to the rule's "
+    "limit (a call without it, or with anything else, is answered 400 and "
+    "never forwarded; the header is forwarded); or an object of costs per "
+    "method, `\"*\"` for the others (1 when absent).  A concurrency rule "
+    "counts calls in flight and ignores `cost` (--check warns).  Not with "
+    "`apps` shares.",
+};
+
 static const char *const sl_on_limit_words[] = {"reject", "queue", NULL};
 
 static const struct sl_conf_key sl_rule_keys[] = {
@@ -1165,6 +1254,10 @@ static const struct sl_conf_key sl_rule_keys[] = {
      .doc = "With `per`: at most this many keys with calls in their window "
             "(memory store; one rule's keys never take another's room); a new key "
             "beyond it gets 503."},
+    {.key = "cost", .type = SL_CONF_ANY, .handler = &sl_cost_handler,
+     .def = "1", .flags = SL_CONF_ALWAYS,
+     .doc = "Units one call takes: a number, `\"header:NAME\"`, or per method "
+            "(`{\"GET\": 1, \"POST\": 5, \"*\": 1}`)."},
     {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_rule_apps_handler,
      .def = "the upstream's", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
      .doc = "Rate rules: each app's share of the limit."},
@@ -3743,6 +3836,11 @@ static void sl_config_lint(struct sl_config *c)
                               "the rule has no \"path\", so every POST of the "
                               "upstream with a small body is looked up as a login; "
                               "give it the token endpoint's path", i, k);
+            if (r->kind == SL_RULE_CONCURRENCY &&
+                (r->cost_kind != SL_COST_FIXED || r->cost != 1))
+                sl_errors_add(&c->warnings, "upstreams[%zu].rules[%zu].cost: a "
+                              "concurrency rule counts calls in flight; the cost is "
+                              "ignored", i, k);
             if (t == NULL)
                 continue;
             if (pl > 1 && strncasecmp(t, u->prefix, pl) == 0 &&
@@ -4078,6 +4176,10 @@ static void sl_rule_free(struct sl_rule *r)
     free(r->name);
     free(r->window_text);
     free(r->leak_text);
+    free(r->cost_header);
+    for (size_t i = 0; i < r->ncost_methods; i++)
+        free(r->cost_methods[i].method);
+    free(r->cost_methods);
     for (size_t i = 0; i < r->nmethods; i++)
         free(r->methods[i]);
     free(r->methods);

@@ -45,6 +45,19 @@ enum sl_sync_kind {
     SL_SYNC_SHOPIFY,      /* X-Shopify-Shop-Api-Call-Limit: USED/MAX */
 };
 
+/* What one call costs in a rule ("cost"): a number, a request header's
+ * value, or a number per method. */
+enum sl_cost_kind {
+    SL_COST_FIXED,        /* `cost` units (1 by default) */
+    SL_COST_HEADER,       /* the value of request header `cost_header` */
+    SL_COST_METHOD,       /* `cost_methods`, else `cost` (the "*" entry) */
+};
+
+struct sl_method_cost {
+    char *method;                 /* upper case */
+    uint32_t cost;
+};
+
 /* A response that means "over the limit" although it is not a 429. */
 struct sl_limit_signal {
     unsigned status;
@@ -154,6 +167,13 @@ struct sl_rule {
     struct sl_leak leak;
     char *leak_text;              /* as written ("2/s") */
     int64_t bucket_cap;
+    /* "cost": units one call takes from a rate rule or a bucket (1 to
+     * `limit`; a concurrency rule counts calls and ignores it). */
+    enum sl_cost_kind cost_kind;
+    uint32_t cost;                /* FIXED; METHOD: a method not listed */
+    char *cost_header;            /* HEADER: its name */
+    struct sl_method_cost *cost_methods;  /* METHOD: owned */
+    size_t ncost_methods;
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */

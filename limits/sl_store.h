@@ -44,11 +44,23 @@ struct sl_hit {
     const struct sl_rule *rule;
     const char *key;        /* per value (NUL-terminated), "" without "per" */
     size_t key_len;
+    /* Units this call takes from a rate rule or bucket (the rule's
+     * "cost", >= 1); 1 for a concurrency rule and the pause. */
+    uint32_t cost;
 };
+
+/* H's cost, at least 1. */
+static inline uint64_t sl_hit_cost(const struct sl_hit *h)
+{
+    return h->cost > 0 ? h->cost : 1;
+}
 
 /* Everything a store needs to decide one call. */
 struct sl_check {
     const struct sl_upstream_conf *upstream;
+    /* sl_match() returned SL_MATCH_BAD_COST: the rule whose cost header
+     * was missing or not a whole number from 1 to its limit. */
+    const struct sl_rule *bad_cost;
     uint16_t app;           /* the caller's app id (sl_apps) */
     const char *app_name;   /* ... and its name (owned by sl_apps) */
     size_t nhits;
@@ -498,6 +510,8 @@ int sl_match(const struct sl_upstream_conf *upstream, const struct sl_call *call
  * escape: the canonical form, checked first, refuses every such path).
  */
 #define SL_MATCH_BAD_PATH (-101)
+/* A rule's "header:NAME" cost is missing or out of range (check->bad_cost). */
+#define SL_MATCH_BAD_COST (-102)
 int sl_match_raw(const struct sl_upstream_conf *upstream, const char *method,
                  const char *rest, size_t len,
                  const char *(*header)(void *ctx, const char *name), void *header_ctx,

@@ -181,6 +181,7 @@ struct sl_lease_slot {
     struct sl_mem_bucket *bucket;
     const struct sl_rule *rule;
     bool committed;               /* rate: logged (no longer reserved) */
+    uint32_t cost;                /* rate: units reserved, then logged */
     bool app_held;                /* rate with shares: counted in in_apps */
 };
 
@@ -549,34 +550,35 @@ static uint64_t sl_mem_counted(struct sl_mem_bucket *b, const struct sl_rule *r,
 }
 
 /*
- * Phase one for one rate bucket: microseconds until a call fits (0: now).
- * SPAN and RESET are sl_mem_span()'s for R at NOW.  *PROBE is set when the
- * call fits only as the provider-count probe.
+ * Phase one for one rate bucket: microseconds until a call of COST units
+ * fits (0: now).  SPAN and RESET are sl_mem_span()'s for R at NOW.
+ * *PROBE is set when the call fits only as the provider-count probe.
  */
 static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
                                 struct sl_mem_bucket *b, const struct sl_rule *r,
                                 int64_t span, int64_t reset, int64_t now,
-                                bool *probe)
+                                uint64_t cost, bool *probe)
 {
     uint64_t limit = sl_mem_limit(s, r->limit);
     int64_t wait, room;
 
     *probe = false;
-    if (limit == 0)
-        return r->span_us;  /* this instance has no share of it */
+    if (limit < cost)
+        return r->span_us;  /* this instance has no share of it that fits */
     if (b == NULL)
         return 0;
     if (r->leaky)
         return sl_bucket_wait(sl_mem_lb(b, r), &r->leak, sl_mem_cap(s, r),
-                              b->reserved, 1, now);
+                              b->reserved, cost, now);
     if (r->calendar) {
         /* Full until the next boundary, whatever the calls' ages. */
         sl_window_prune(&b->win, span, now);
-        return b->win.count + b->reserved < limit ? 0 : reset;
+        return b->win.count + b->reserved + cost <= limit ? 0 : reset;
     }
-    wait = sl_window_wait_reserved(&b->win, limit, b->reserved, span, now);
+    /* COST units fit iff logged + reserved + cost - 1 < limit. */
+    wait = sl_window_wait_reserved(&b->win, limit, b->reserved + cost - 1, span, now);
     room = sl_mem_report_room(b, now);
-    if (wait == 0 && room <= 0) {
+    if (wait == 0 && room < (int64_t)cost) {
         /* Our own log has room, the provider's report has none. */
         if (r->sync_probe_us > 0 && now >= b->probe_at) {
             *probe = true;
@@ -813,8 +815,8 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
         sl->bucket->inflight--;
         sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     } else if (!sl->committed) {
-        SL_ASSERT(sl->bucket->reserved > 0);
-        sl->bucket->reserved--;
+        SL_ASSERT(sl->bucket->reserved >= sl->cost);
+        sl->bucket->reserved -= sl->cost;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     }
@@ -1120,7 +1122,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             nheld++;
             /* A calendar rule's period, found once per decision. */
             int64_t span = sl_mem_span(s, r, now, &reset[i]);
-            wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now, &probe[i]);
+            wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now,
+                                    sl_hit_cost(&c->hits[i]), &probe[i]);
             why[i] = SL_SHARE_NONE;
             share_left[i] = UINT64_MAX;
             if (wait == 0 && r->nshares > 0) {
@@ -1150,7 +1153,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.share = r->kind == SL_RULE_RATE ? why[i] : SL_SHARE_NONE;
             /* Refused by the provider's word rather than sluice's log. */
             d.by_report = r->kind == SL_RULE_RATE && bk[i] != NULL && bk[i]->report &&
-                          sl_mem_report_room(bk[i], now) <= 0;
+                          sl_mem_report_room(bk[i], now) <
+                              (int64_t)sl_hit_cost(&c->hits[i]);
             if (d.by_report) {
                 d.report_value = (int64_t)bk[i]->report_value;
                 d.report_age_us = now - bk[i]->report_at;
@@ -1190,6 +1194,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         sl->rule = r;
         sl->committed = false;
         sl->app_held = false;
+        sl->cost = (uint32_t)sl_hit_cost(&c->hits[i]);
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
             sl_mem_in_app(s, bk[i], c->app, 1);
@@ -1198,7 +1203,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             /* The log's slot for this call is taken now, so that logging
              * it when it is sent cannot fail. */
             if (sl_window_ensure(&bk[i]->win, r->limit,
-                                 (uint64_t)bk[i]->win.count + bk[i]->reserved + 1) != 0) {
+                                 (uint64_t)bk[i]->win.count + bk[i]->reserved + sl->cost) != 0) {
                 lease->n--;
                 goto rollback;
             }
@@ -1212,7 +1217,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                 }
                 sl->app_held = true;
             }
-            bk[i]->reserved++;
+            bk[i]->reserved += sl->cost;
             if (probe[i])
                 bk[i]->probe_at = now + r->sync_probe_us;
         }
@@ -1304,7 +1309,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
         if (sl->rule->kind != SL_RULE_RATE || sl->committed)
             continue;
         sl->committed = true;
-        sl->bucket->reserved--;
+        sl->bucket->reserved -= sl->cost;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
         /* Logged under the rule as it is now (a reload may have changed
@@ -1313,13 +1318,22 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             continue;
         r = sl_upstream_rule(t->up, sl->bucket->rule);
         if (r->leaky)
-            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, 1, now);
-        sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
-        if (sent[nsent].at == INT64_MIN)
-            continue;
-        sent[nsent].rule = r;
-        sent[nsent].key = sl->bucket->key;
-        sent[nsent++].key_len = sl->bucket->key_len;
+            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, sl->cost, now);
+        /* A call of cost n is n entries, each its own stamp (a
+         * microsecond apart); the journal hears of them in batches. */
+        for (uint32_t k = 0; k < sl->cost; k++) {
+            if (nsent == SL_MAX_HITS) {
+                if (s->on_sent != NULL)
+                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+                nsent = 0;
+            }
+            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+            if (sent[nsent].at == INT64_MIN)
+                break;
+            sent[nsent].rule = r;
+            sent[nsent].key = sl->bucket->key;
+            sent[nsent++].key_len = sl->bucket->key_len;
+        }
     }
     /* Still under the lock: a snapshot that does not hold this call yet
      * is taken after the journal has it (sl_state.c's rotation relies on
@@ -1547,8 +1561,9 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
             if (b->win.count >= r->limit)
                 sl_window_keep_newest(&b->win, r->limit - 1);
             if (r->leaky)
-                sl_bucket_add(sl_mem_lb(b, r), &r->leak, 1, now);
-            sl_mem_log(s, b, r, now, c->app);
+                sl_bucket_add(sl_mem_lb(b, r), &r->leak, sl_hit_cost(&c->hits[i]), now);
+            for (uint64_t k = 0; k < sl_hit_cost(&c->hits[i]); k++)
+                sl_mem_log(s, b, r, now, c->app);
         }
         pthread_mutex_unlock(&t->lock);
     }

@@ -1037,6 +1037,27 @@ static int sl_redis_member(char *buf, const struct sl_redis_batch *b, size_t i)
                     app != NULL ? app : "-");
 }
 
+/* Does rule R take other costs than 1 ("cost")?  Its reservations are
+ * then weighed members (the decision script sums them). */
+static bool sl_redis_weighted(const struct sl_rule *r)
+{
+    return r->cost_kind != SL_COST_FIXED || r->cost != 1;
+}
+
+/* MEMBER ("base:n|app") as the reservation of a call of COST units holds
+ * it: "base:n*COST|app" when COST > 1 (as the scripts' weigh() writes it),
+ * into BUF (SL_REDIS_MEMBER_MAX + 16). */
+static const char *sl_redis_weigh(char *buf, const char *member, uint64_t cost)
+{
+    const char *bar = strrchr(member, '|');
+
+    if (cost <= 1 || bar == NULL)
+        return member;
+    snprintf(buf, SL_REDIS_MEMBER_MAX + 16, "%.*s*%llu%s", (int)(bar - member), member,
+             (unsigned long long)cost, bar);
+    return buf;
+}
+
 static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
                                             const struct sl_redis_batch *b)
 {
@@ -1053,10 +1074,14 @@ static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
             const struct sl_hit *hit = &c->hits[h];
             char type = hit->rule->kind == SL_RULE_RATE ? 'v'
                         : hit->rule->kind == SL_RULE_CONCURRENCY ? 'c' : 0;
+            char wbuf[SL_REDIS_MEMBER_MAX + 16];
+            const char *m = member;
             if (type == 0)
                 continue;
+            if (type == 'v')
+                m = sl_redis_weigh(wbuf, member, sl_hit_cost(hit));
             sl_args_key(&op->keys, r, b->up, hit->rule, type, hit->key, hit->key_len);
-            sl_args_add(&op->args, member, (size_t)mlen);
+            sl_args_add(&op->args, m, m == member ? (size_t)mlen : strlen(m));
             sl_args_int(&op->args, 0);
         }
     }
@@ -1228,6 +1253,7 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
             continue;
         d = &l->hits[l->nhits++];
         d->rule = h->rule;
+        d->cost = h->cost;
         memcpy(keys, h->key, h->key_len);
         keys[h->key_len] = '\0';
         d->key = keys;
@@ -1374,7 +1400,9 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
                        : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
                        : rule->kind == SL_RULE_PAUSE ? "p"
                        : rule->shadow ? "C" : "c");
-        sl_args_int(a, (long long)rule->limit);
+        /* Negative: the rule has costs (reservations are weighed). */
+        sl_args_int(a, sl_redis_weighted(rule) ? -(long long)rule->limit
+                                               : (long long)rule->limit);
         sl_args_int(a, cal ? rule->span_us - rule->window_us   /* the margin */
                        : rule->kind == SL_RULE_RATE ? rule->span_us : 0);
         if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
@@ -1406,6 +1434,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         for (size_t h = 0; h < c->nhits; h++, nhits++) {
             sl_args_int(a, ref[nhits].spec);
             sl_args_int(a, ref[nhits].key);
+            sl_args_int(a, (long long)sl_hit_cost(&c->hits[h]));
         }
     }
 out:
@@ -2003,11 +2032,14 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
-                              (rule->nshares > 0 ? 4 : 0) | (rule->leaky ? 8 : 0));
+                              (rule->nshares > 0 ? 4 : 0) | (rule->leaky ? 8 : 0) |
+                              (sl_hit_cost(&l->hits[h]) > 1 ? 16 : 0));
             if (rule->leaky) {
                 sl_args_int(args, rule->leak.n);
                 sl_args_int(args, rule->leak.per_us);
             }
+            if (sl_hit_cost(&l->hits[h]) > 1)
+                sl_args_int(args, (long long)sl_hit_cost(&l->hits[h]));
         }
     }
 }
@@ -2114,8 +2146,9 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l,
             sl_args_str(&op->args, l->member);
             sl_args_int(&op->args, (long long)h->rule->limit);
         } else if (h->rule->kind == SL_RULE_RATE && !l->committed) {
+            char wbuf[SL_REDIS_MEMBER_MAX + 16];
             sl_args_key(&op->keys, r, l->up, h->rule, 'v', h->key, h->key_len);
-            sl_args_str(&op->args, l->member);
+            sl_args_str(&op->args, sl_redis_weigh(wbuf, l->member, sl_hit_cost(h)));
             sl_args_int(&op->args, 0);
         }
     }

@@ -4,7 +4,8 @@
 -- ARGV: ncalls, then per call: member ("" for a call decided locally during
 -- an outage: logged unconditionally), delay_us, app, nrules, then per rule:
 -- limit, span_us, flags (1: sync, 2: per, 4: shares, 8: a leaky bucket,
--- followed by its leak: n, p).  A call with a member is logged only
+-- followed by its leak: n, p; 16: the call's cost in this rule follows, its
+-- reservation is the member weighed, and it logs that many entries).  A call with a member is logged only
 -- if its reservation was still there; its stamp is now minus the delay
 -- since it was sent.  The calls going to one bucket are written together,
 -- in their order (one LPUSH of all their stamps), and a `per` bucket's r
@@ -32,9 +33,11 @@ local function commits(a, k)
         k, a = k + 1, a + 2
       end
       if flags % 4 >= 2 then idx = KEYS[k]; k = k + 1 end
+      local cost = 1
+      if flags % 32 >= 16 then cost = tonumber(ARGV[a]); a = a + 1 end
       local stamp, go = now - delay, false
       if member == '' then go = stamp > now - span
-      else go = redis.call('ZREM', v, member) == 1 end
+      else go = redis.call('ZREM', v, weigh(member, cost)) == 1 end
       if go then
         -- a reload between two calls' commits may have changed the rule: the
         -- larger limit and span keep more, the safe side
@@ -47,8 +50,10 @@ local function commits(a, k)
         end
         if limit > b.limit then b.limit = limit end
         if span > b.span then b.span = span end
-        b.st[#b.st + 1] = stamp
-        b.apps[#b.apps + 1] = app
+        for _ = 1, cost do
+          b.st[#b.st + 1] = stamp
+          b.apps[#b.apps + 1] = app
+        end
       end
     end
   end

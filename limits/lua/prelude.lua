@@ -97,4 +97,20 @@ local function set_level(lb, l, n, p, span)
   redis.call('HSET', lb, 'l', fmt(l), 'at', NOW, 'n', fmt(n), 'p', fmt(p))
   redis.call('PEXPIRE', lb, fmt(math.ceil((l / n + span) / 1000) + 1000))
 end
+-- A call of cost n (> 1) holds one reservation member, MEMBER with '*n'
+-- before its '|app' (base:call*n|app); UNITS reads it back (1 without).
+local function weigh(member, n)
+  if n <= 1 then return member end
+  local head, app = string.match(member, '^(.*)|([^|]*)$')
+  return head .. '*' .. n .. '|' .. app
+end
+local function units(mb) return tonumber(string.match(mb, '%*(%d+)|[^|]*$') or 1) end
+-- Units reserved in V: its members, each weighed (WEIGHTED: the rule has
+-- costs, else each member is one).
+local function reserved(v, weighted)
+  if not weighted then return redis.call('ZCARD', v) end
+  local n = 0
+  for _, mb in ipairs(redis.call('ZRANGE', v, 0, -1)) do n = n + units(mb) end
+  return n
+end
 --! include commits.lua

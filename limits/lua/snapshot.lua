@@ -59,13 +59,13 @@ local function figures(kind, key, r, v, ap, s, c, limit, span, pend, lb, leak)
     -- fits now after both; no per-app split (the log is not the level)
     local n, p, cap = leak[1], leak[2], leak[3]
     local lvl = level(lb, n, p)
-    f.res = redis.call('ZCARD', v)
+    f.res = reserved(v, true)
     f.used = math.ceil(lvl / p) + f.res
     f.left = math.max(math.floor((cap - lvl) / p) - f.res, 0)
     f.resets = math.ceil((lvl + f.res * p) / n)
   elseif kind == 'r' then
     f.n = newer(r, now - span)
-    f.res = redis.call('ZCARD', v)
+    f.res = reserved(v, true)
     f.used = f.n + f.res
     if f.n > 0 then
       f.resets = math.max(tonumber(redis.call('LINDEX', r, f.n - 1)) + span - now, 0)

@@ -77,7 +77,7 @@ def test_the_binary_embeds_the_same_scripts():
 def decide_args(ncalls, rules, calls, base="b", lease=S, reserve=5 * S, deadline=0):
     """ARGV of a decision with no commits: RULES a list of (kind, limit,
     span_us, probe_us) (rate rules without shares), CALLS a list of (app,
-    [(rule number, first key index), ...])."""
+    [(rule number, first key index[, cost]), ...])."""
     a = [base, lease, reserve, deadline, 0, len(rules)]
     for kind, limit, span, probe in rules:
         a += [kind, limit, span, probe]
@@ -86,8 +86,8 @@ def decide_args(ncalls, rules, calls, base="b", lease=S, reserve=5 * S, deadline
     a += [ncalls]
     for app, rs in calls:
         a += [app, len(rs)]
-        for num, ka in rs:
-            a += [num, ka]
+        for r in rs:
+            a += [r[0], r[1], r[2] if len(r) > 2 else 1]
     return a
 
 
@@ -299,6 +299,46 @@ def test_snapshot_shows_a_rate_bucket_and_its_apps(redis):
     assert dict(zip(apps[0::2], apps[1::2])) == {b"x": 1, b"y": 1}
 
 
+# ---- costs ----
+
+def test_a_weighted_call_fits_only_whole(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    # limit 10 (negative: the rule has costs); calls of cost 4, 4, 4: the
+    # third would need 12
+    out = run(redis, "decide", keys,
+              decide_args(3, [("r", -10, 10 * S, -1)], [("x", [(1, 1, 4)])] * 3))
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+    assert out[2][2] == 6 and out[3][2] == 2
+    # one weighed member per call
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:1*4|x", b"b:2*4|x"]
+    # a call of cost 2 still fits
+    out = run(redis, "decide", keys,
+              decide_args(1, [("r", -10, 10 * S, -1)], [("x", [(1, 1, 2)])], base="c"))
+    assert out[2][:3] == [1, 1, 0]
+    # sent: four entries, then the others lapse into entries by weight
+    a = [1, "b:1|x", 0, "x", 1, 10, 10 * S, 16, 4]
+    run(redis, "commit", keys, a)
+    assert redis.command("LLEN", "{u}r") == 4
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:2*4|x", b"c:1*2|x"]
+
+
+def test_a_weighted_call_in_a_bucket(redis):
+    # bucket 3, 1 call a second: a call of cost 3 fits an empty bucket,
+    # the next of cost 2 waits until two calls have leaked... after the
+    # first is sent; while it is reserved, as long as its drain at least
+    out = run(redis, "decide", BKEYS, [
+        "b", S, 5 * S, 0, 0, 1, "b", -3, 3 * S, -1, 1, S, 3 * S, 0,
+        2, "x", 1, 1, 1, 3, "x", 1, 1, 1, 2])
+    assert out[2][:3] == [1, 1, 0]
+    assert out[3][0] == 0
+    run(redis, "commit", BKEYS, [1, "b:1|x", 0, "x", 1, 3, 3 * S, 8 + 16, 1, S, 3])
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    out = run(redis, "decide", BKEYS, [
+        "c", S, 5 * S, 0, 0, 1, "b", -3, 3 * S, -1, 1, S, 3 * S, 0,
+        1, "x", 1, 1, 1, 2])
+    assert out[2][0] == 0 and 2 * S - 100000 < out[2][2] <= 2 * S
+
+
 # ---- leaky buckets ----
 
 BKEYS = ["{u}r", "{u}v", "{u}a", "{u}b"]
@@ -309,7 +349,7 @@ def bucket_decide_args(ncalls, bucket=3, n=1, p=S, cap=None, base="b", reserve=5
     (capacity CAP level units: BUCKET x P unless given)."""
     cap = bucket * p if cap is None else cap
     return [base, S, reserve, 0, 0, 1, "b", bucket, bucket * p // n, -1, n, p, cap, 0,
-            ncalls] + ["x", 1, 1, 1] * ncalls
+            ncalls] + ["x", 1, 1, 1, 1] * ncalls
 
 
 def bucket_commit_args(members, n=1, p=S):
