@@ -1111,8 +1111,8 @@ static const struct sl_conf_handler sl_login_cache_handler = {sl_read_login_cach
 static int sl_get_cost(json_t *v, const char *sub, const struct sl_rule *r,
                        uint32_t *out, struct sl_errors *errs)
 {
-    long long most = r->limit > 0 && r->limit < UINT32_MAX ? (long long)r->limit
-                                                           : UINT32_MAX;
+    long long most = r->kind == SL_RULE_RATE && r->limit > 0 && r->limit < UINT32_MAX
+                         ? (long long)r->limit : UINT32_MAX;
     long long n;
 
     if (sl_conf_get_int(v, sub, 1, most, &n, errs) != 0)
