@@ -1028,14 +1028,15 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
             sl_resolve_shares(r, own, nown, sub, ctx->errs);
         sl_shares_free(own, nown);
     } else if (u->napps > 0 && r->kind == SL_RULE_RATE && !r->leaky && r->limit > 0 &&
-               r->cost_kind == SL_COST_FIXED && r->cost == 1) {
+               r->cost_kind == SL_COST_FIXED && r->cost == 1 && r->settle == SL_SETTLE_NONE) {
         char usub[900];
         snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", at);
         sl_resolve_shares(r, u->apps, u->napps, usub, ctx->errs);
     }
     /* Shares count calls: a weighted call has no place in them (the
      * upstream's apps then leave this rule alone). */
-    if (r->nshares > 0 && (r->cost_kind != SL_COST_FIXED || r->cost != 1))
+    if (r->nshares > 0 &&
+        (r->cost_kind != SL_COST_FIXED || r->cost != 1 || r->settle != SL_SETTLE_NONE))
         sl_errors_add(ctx->errs, "%s: shares count calls; a rule with a \"cost\" "
                       "cannot have them (put the shares on a rule without a cost)",
                       sub);
@@ -1189,6 +1190,46 @@ static const struct sl_conf_handler sl_cost_handler = {
     "`apps` shares.",
 };
 
+static void sl_read_settle(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    const char *s;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (strcmp(s, "graphql-cost") == 0) {
+        r->settle = SL_SETTLE_GRAPHQL;
+    } else if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
+        r->settle = SL_SETTLE_HEADER;
+        r->settle_header = strdup(s + 7);
+    } else {
+        sl_errors_add(ctx->errs, "%s: %s must be \"header:NAME\" or "
+                      "\"graphql-cost\"", sub, sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    if (r->kind != SL_RULE_RATE)
+        sl_errors_add(ctx->errs, "%s: a concurrency rule counts calls in flight; "
+                      "only a rate rule or a bucket settles a cost", sub);
+}
+
+static const struct sl_conf_handler sl_settle_handler = {
+    sl_read_settle,
+    "With `settle` the cost a call was admitted with (its `cost`) is an "
+    "estimate, corrected once the response says what the call really cost: "
+    "`\"header:NAME\"` reads a response header (a whole number), "
+    "`\"graphql-cost\"` the provider's `extensions.cost.actualQueryCost` in "
+    "a JSON body, read from the first 64 KiB of the body as it streams past "
+    "(the body is never held back for it).  Lower, the difference is given "
+    "back; higher, it is charged (even past the limit: the provider charged "
+    "it); once per call, with Redis on every instance's count.  A response "
+    "that says nothing, or says it unreadably, leaves the estimate.  Not "
+    "with `apps` shares.",
+};
+
 static const char *const sl_on_limit_words[] = {"reject", "queue", NULL};
 
 static const struct sl_conf_key sl_rule_keys[] = {
@@ -1258,6 +1299,9 @@ static const struct sl_conf_key sl_rule_keys[] = {
      .def = "1", .flags = SL_CONF_ALWAYS,
      .doc = "Units one call takes: a number, `\"header:NAME\"`, or per method "
             "(`{\"GET\": 1, \"POST\": 5, \"*\": 1}`)."},
+    {.key = "settle", .type = SL_CONF_STRING, .handler = &sl_settle_handler,
+     .doc = "Correct the call's cost from its response: `\"header:NAME\"` or "
+            "`\"graphql-cost\"`."},
     {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_rule_apps_handler,
      .def = "the upstream's", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
      .doc = "Rate rules: each app's share of the limit."},
@@ -4177,6 +4221,7 @@ static void sl_rule_free(struct sl_rule *r)
     free(r->window_text);
     free(r->leak_text);
     free(r->cost_header);
+    free(r->settle_header);
     for (size_t i = 0; i < r->ncost_methods; i++)
         free(r->cost_methods[i].method);
     free(r->cost_methods);

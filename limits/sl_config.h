@@ -53,6 +53,13 @@ enum sl_cost_kind {
     SL_COST_METHOD,       /* `cost_methods`, else `cost` (the "*" entry) */
 };
 
+/* Where the provider says what a call really cost ("settle"). */
+enum sl_settle_kind {
+    SL_SETTLE_NONE,
+    SL_SETTLE_HEADER,     /* a response header's value */
+    SL_SETTLE_GRAPHQL,    /* extensions.cost.actualQueryCost in a JSON body */
+};
+
 struct sl_method_cost {
     char *method;                 /* upper case */
     uint32_t cost;
@@ -174,6 +181,10 @@ struct sl_rule {
     char *cost_header;            /* HEADER: its name */
     struct sl_method_cost *cost_methods;  /* METHOD: owned */
     size_t ncost_methods;
+    /* "settle": the call's recorded cost becomes what the response says
+     * it cost (refunded or charged once it is known). */
+    enum sl_settle_kind settle;
+    char *settle_header;          /* SL_SETTLE_HEADER: its name */
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */

@@ -304,6 +304,17 @@ struct sl_store_ops {
     int (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
                 const struct sl_hit *hit, uint64_t remaining, int64_t age_us,
                 sl_store_done_cb done, void *arg);
+    /*
+     * The provider says the call of LEASE cost ACTUAL units in HIT's rule
+     * (a rule with "settle"): the units it was recorded with become
+     * ACTUAL, once.  Lower: the difference is given back (in a window, the
+     * call's own newest entries, or entries sent before it where they
+     * cannot be told apart: the later ones stay, the safe side); higher:
+     * the difference is logged now.  A call never sent is not settled.
+     * The lease stays the caller's.
+     */
+    void (*settle)(struct sl_store *store, struct sl_lease *lease,
+                   const struct sl_hit *hit, uint64_t actual);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -349,6 +360,13 @@ static inline int sl_store_decide(struct sl_store *s, const struct sl_check *c,
                                   sl_decide_cb cb, void *arg)
 {
     return s->ops->decide(s, c, cb, arg);
+}
+
+static inline void sl_store_settle(struct sl_store *s, struct sl_lease *lease,
+                                   const struct sl_hit *hit, uint64_t actual)
+{
+    if (lease != NULL && s->ops->settle != NULL)
+        s->ops->settle(s, lease, hit, actual);
 }
 
 static inline void sl_store_commit(struct sl_store *s, struct sl_lease *lease)

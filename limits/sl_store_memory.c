@@ -182,6 +182,8 @@ struct sl_lease_slot {
     const struct sl_rule *rule;
     bool committed;               /* rate: logged (no longer reserved) */
     uint32_t cost;                /* rate: units reserved, then logged */
+    bool settled;                 /* rate: its cost was settled ("settle") */
+    int64_t last_stamp;           /* rate: its newest entry, once logged */
     bool app_held;                /* rate with shares: counted in in_apps */
 };
 
@@ -1194,6 +1196,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         sl->rule = r;
         sl->committed = false;
         sl->app_held = false;
+        sl->settled = false;
+        sl->last_stamp = INT64_MIN;
         sl->cost = (uint32_t)sl_hit_cost(&c->hits[i]);
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
@@ -1330,6 +1334,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
             sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
             if (sent[nsent].at == INT64_MIN)
                 break;
+            sl->last_stamp = sent[nsent].at;
             sent[nsent].rule = r;
             sent[nsent].key = sl->bucket->key;
             sent[nsent++].key_len = sl->bucket->key_len;
@@ -1340,6 +1345,95 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
      * it). */
     if (s->on_sent != NULL && nsent > 0)
         s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+    pthread_mutex_unlock(&t->lock);
+}
+
+/* Leaky rule R's level replayed from W's log of sends (one drain time of
+ * them: what is older has drained out), as it is at NOW. */
+static int64_t sl_mem_replay(const struct sl_window *w, const struct sl_rule *r,
+                             int64_t now)
+{
+    struct sl_bucket x = {0, 0};
+
+    for (uint32_t i = 0; i < w->count; i++) {
+        int64_t at = w->times[(w->head + i) % w->cap];
+        if (i == 0)
+            x.at = at;
+        sl_bucket_add(&x, &r->leak, 1, at);
+    }
+    return sl_bucket_level(&x, &r->leak, now);
+}
+
+/*
+ * The call's cost in one rule becomes ACTUAL (see struct sl_store_ops).
+ * Charged: logged now, as a send would be.  Refunded: the call's own
+ * newest entries leave the log (its stamps are consecutive, the newest
+ * LAST_STAMP); a bucket's level drops by what the log's replay loses with
+ * them, which is never more than the level owes them (a level raised by a
+ * provider's report empties less often than the log's replay).  A refund
+ * is not journaled: after a restart the state file still has the entries
+ * (the safe side).
+ */
+static void sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
+                          const struct sl_hit *hit, uint64_t actual)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = lease->table;
+    struct sl_mem_sent_slot sent[SL_MAX_HITS];
+    size_t nsent = 0;
+    struct sl_lease_slot *sl = NULL;
+    const struct sl_rule *r;
+    int64_t now;
+
+    sl_mem_table_lock(t);
+    for (size_t i = 0; i < lease->n && sl == NULL; i++)
+        if (lease->slots[i].rule == hit->rule &&
+            lease->slots[i].bucket->key_len == hit->key_len &&
+            memcmp(lease->slots[i].bucket->key, hit->key, hit->key_len) == 0)
+            sl = &lease->slots[i];
+    if (sl == NULL || !sl->committed || sl->settled || actual == sl->cost ||
+        sl->last_stamp == INT64_MIN || sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
+        goto out;
+    sl->settled = true;
+    r = sl_upstream_rule(t->up, sl->bucket->rule);
+    now = s->clock(s->clock_arg);
+    if (actual > sl->cost) {
+        uint64_t more = actual - sl->cost;
+        if (r->leaky)
+            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, more, now);
+        for (uint64_t k = 0; k < more; k++) {
+            if (nsent == SL_MAX_HITS) {
+                if (s->on_sent != NULL)
+                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+                nsent = 0;
+            }
+            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+            if (sent[nsent].at == INT64_MIN)
+                break;
+            sent[nsent].rule = r;
+            sent[nsent].key = sl->bucket->key;
+            sent[nsent++].key_len = sl->bucket->key_len;
+        }
+        if (s->on_sent != NULL && nsent > 0)
+            s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+    } else {
+        uint32_t back = (uint32_t)(sl->cost - actual);
+        struct sl_mem_bucket *b = sl->bucket;
+        if (r->leaky) {
+            struct sl_bucket *lb = sl_mem_lb(b, r);
+            int64_t before = sl_mem_replay(&b->win, r, now), owed;
+            (void)sl_window_remove(&b->win, sl->last_stamp, back);
+            owed = before - sl_mem_replay(&b->win, r, now);
+            lb->level = sl_bucket_level(lb, &r->leak, now) - owed;
+            if (lb->level < 0)
+                lb->level = 0;
+            lb->at = now;
+        } else {
+            (void)sl_window_remove(&b->win, sl->last_stamp, back);
+        }
+    }
+    sl->cost = (uint32_t)actual;
+out:
     pthread_mutex_unlock(&t->lock);
 }
 
@@ -2029,6 +2123,7 @@ static int sl_mem_snapshot(struct sl_store *store, const struct sl_snapshot_req 
 static const struct sl_store_ops sl_mem_ops = {
     .decide = sl_mem_decide,
     .commit = sl_mem_commit,
+    .settle = sl_mem_settle,
     .release = sl_mem_release,
     .pause = sl_mem_pause,
     .set_pause = sl_mem_set_pause,

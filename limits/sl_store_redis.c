@@ -327,6 +327,7 @@ struct sl_redis_lease {
     bool in_batch;                        /* in r->commits[up] */
     bool release_owed;                    /* release not yet written */
     bool has_rate, has_conc;
+    uint64_t settled;                     /* hits settled (bit = index) */
     int64_t commit_us;                    /* local time of the commit */
     char member[SL_REDIS_MEMBER_MAX];     /* "" when decided locally */
     char app[SL_APP_NAME_MAX + 1];        /* the caller's app */
@@ -2027,13 +2028,16 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
                 continue;
             sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
             sl_args_share_key(keys, r, l->up, &l->hits[h]);
+            if (rule->settle != SL_SETTLE_NONE)
+                sl_args_key(keys, r, l->up, rule, 'z', l->hits[h].key, l->hits[h].key_len);
             if (per)
                 sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
                               (rule->nshares > 0 ? 4 : 0) | (rule->leaky ? 8 : 0) |
-                              (sl_hit_cost(&l->hits[h]) > 1 ? 16 : 0));
+                              (sl_hit_cost(&l->hits[h]) > 1 ? 16 : 0) |
+                              (rule->settle != SL_SETTLE_NONE ? 32 : 0));
             if (rule->leaky) {
                 sl_args_int(args, rule->leak.n);
                 sl_args_int(args, rule->leak.per_us);
@@ -2122,6 +2126,64 @@ static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
     sl_redis_owe(r, l, true, false);
     if (sl_redis_usable(r))
         sl_redis_queue_commit(r, l);
+}
+
+/*
+ * The provider says the call cost ACTUAL units in HIT's rule: once per
+ * hit, settle.lua corrects the log (and a bucket's level) in Redis; the
+ * call's commit goes first if it still waits for a batch (one link runs
+ * its scripts in order).  A call decided locally settles in the memory
+ * store.  Unwritable (Redis away): the estimate stands.
+ */
+static void sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
+                            const struct sl_hit *hit, uint64_t actual)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
+    const struct sl_rule *rule = hit->rule;
+    struct sl_redis_op *op;
+    size_t i;
+
+    for (i = 0; i < l->nhits; i++)
+        if (l->hits[i].rule == rule && l->hits[i].key_len == hit->key_len &&
+            memcmp(l->hits[i].key, hit->key, hit->key_len) == 0)
+            break;
+    if (i == l->nhits || i >= 64 || (l->settled & (UINT64_C(1) << i)) || !l->committed ||
+        rule->kind != SL_RULE_RATE)
+        return;
+    l->settled |= UINT64_C(1) << i;
+    if (l->local != NULL) {
+        sl_store_settle(r->local, l->local, hit, actual);
+        return;
+    }
+    if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
+        !r->have_offset)
+        return;
+    if (l->up->index < r->config->nupstreams && r->commits[l->up->index].n > 0)
+        sl_redis_flush_commits(r, l->up->index);
+    op = sl_redis_script_op(r, SL_LUA_SETTLE);
+    if (op == NULL)
+        return;
+    sl_args_key(&op->keys, r, l->up, rule, 'r', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'v', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'a', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'z', hit->key, hit->key_len);
+    if (rule->leaky)
+        sl_args_key(&op->keys, r, l->up, rule, 'b', hit->key, hit->key_len);
+    sl_args_str(&op->args, l->member);
+    sl_args_int(&op->args, (long long)sl_hit_cost(&l->hits[i]));
+    sl_args_int(&op->args, (long long)actual);
+    sl_args_int(&op->args, (long long)rule->limit);
+    sl_args_int(&op->args, sl_redis_keep_us(r, rule));
+    sl_args_str(&op->args, l->app);
+    /* The call's send on the lower bound of Redis's clock: its entries
+     * are stamped no earlier. */
+    sl_args_int(&op->args, l->commit_us + sl_redis_offset(r, l->commit_us));
+    if (rule->leaky) {
+        sl_args_int(&op->args, rule->leak.n);
+        sl_args_int(&op->args, rule->leak.per_us);
+    }
+    sl_redis_send_script(r, op);
 }
 
 /* Write L's release: its concurrency slots, and its reservations if the
@@ -3131,6 +3193,7 @@ static bool sl_redis_ready(struct sl_store *store)
 static const struct sl_store_ops sl_redis_ops = {
     .decide = sl_redis_decide,
     .commit = sl_redis_commit,
+    .settle = sl_redis_settle,
     .release = sl_redis_release,
     .pause = sl_redis_pause,
     .set_pause = sl_redis_set_pause,

@@ -1203,6 +1203,7 @@ static void sl_req_free(struct sl_request *req)
     sl_pipe_free(&req->down);
     sl_req_spool_close(req);
     sl_buf_free(&req->saved);
+    sl_buf_free(&req->scan);
     free(req->uri);
     sl_config_unref(req->config);
     free(req);

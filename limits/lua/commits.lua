@@ -1,11 +1,14 @@
 -- Log sent calls: the commit section, ARGV from A and KEYS from K, returns
 -- where the next section starts.  KEYS: per call, per rate rule: r, v, a
--- [, s if sync] [, h if shares] [, b if a leaky bucket] [, k if per].
+-- [, s if sync] [, h if shares] [, b if a leaky bucket] [, z if it settles]
+-- [, k if per].
 -- ARGV: ncalls, then per call: member ("" for a call decided locally during
 -- an outage: logged unconditionally), delay_us, app, nrules, then per rule:
 -- limit, span_us, flags (1: sync, 2: per, 4: shares, 8: a leaky bucket,
 -- followed by its leak: n, p; 16: the call's cost in this rule follows, its
--- reservation is the member weighed, and it logs that many entries).  A call with a member is logged only
+-- reservation is the member weighed, and it logs that many entries; 32: the
+-- rule settles costs: KEYS has its z after b, where the call's member gets
+-- the stamp its entries were written with, for settle.lua).  A call with a member is logged only
 -- if its reservation was still there; its stamp is now minus the delay
 -- since it was sent.  The calls going to one bucket are written together,
 -- in their order (one LPUSH of all their stamps), and a `per` bucket's r
@@ -32,6 +35,8 @@ local function commits(a, k)
         lb, ln, lp = KEYS[k], tonumber(ARGV[a]), tonumber(ARGV[a + 1])
         k, a = k + 1, a + 2
       end
+      local z = nil
+      if flags % 64 >= 32 then z = KEYS[k]; k = k + 1 end
       if flags % 4 >= 2 then idx = KEYS[k]; k = k + 1 end
       local cost = 1
       if flags % 32 >= 16 then cost = tonumber(ARGV[a]); a = a + 1 end
@@ -44,7 +49,7 @@ local function commits(a, k)
         local b = g[l]
         if not b then
           b = {ap = ap, h = h, s = s, idx = idx, limit = limit, span = span, st = {}, apps = {},
-               lb = lb, ln = ln, lp = lp}
+               lb = lb, ln = ln, lp = lp, z = z, zm = {}}
           g[l] = b
           order[#order + 1] = l
         end
@@ -54,12 +59,23 @@ local function commits(a, k)
           b.st[#b.st + 1] = stamp
           b.apps[#b.apps + 1] = app
         end
+        if z then b.zm[#b.st] = member end
       end
     end
   end
   local ix, ixo = {}, {}
   for _, l in ipairs(order) do
     local b = g[l]
+    if b.z then
+      -- each settling call's stamp as log() writes it (never earlier than
+      -- the list's head): its newest entry's
+      local cur = tonumber(redis.call('LINDEX', l, 0) or 0)
+      for i = 1, #b.st do
+        if b.st[i] > cur then cur = b.st[i] end
+        if b.zm[i] then redis.call('HSET', b.z, b.zm[i], fmt(cur)) end
+      end
+      redis.call('PEXPIRE', b.z, fmt(math.ceil(b.span / 1000) + 1000))
+    end
     log(l, b.ap, b.st, b.apps, b.limit, b.span, b.h)
     if b.lb then
       set_level(b.lb, level(b.lb, b.ln, b.lp) + #b.st * b.lp, b.ln, b.lp, b.span)
