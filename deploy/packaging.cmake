@@ -15,12 +15,19 @@
 # the binary's libraries by dpkg-shlibdeps. lintian reports no error on
 # it (tests/integration/test_packaging.py).
 #
-# -DSLUICE_PACKAGING=OFF installs the binary alone (the container image's
-# build, which copies only the sources).
+# The provider presets go to PREFIX/share/sluice/presets (the binary looks
+# there, and in share/sluice/presets beside its own bin/).
+#
+# -DSLUICE_PACKAGING=OFF installs the binary and the presets alone (the
+# container image's build, which copies only the sources).
 include(GNUInstallDirs)
 option(SLUICE_PACKAGING "Install the man page, the unit, the docs; cpack" ON)
 
 install(TARGETS sluice RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR})
+# The provider presets, where the binary looks for them (sl_preset.h).
+install(DIRECTORY ${CMAKE_SOURCE_DIR}/presets/
+        DESTINATION ${CMAKE_INSTALL_DATADIR}/sluice/presets
+        FILES_MATCHING PATTERN "*.json")
 if(NOT SLUICE_PACKAGING)
   return()
 endif()

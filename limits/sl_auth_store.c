@@ -28,6 +28,7 @@
  * broker's stop descriptor, so that stopping never waits for it.
  */
 #include "sl_auth_store.h"
+#include "sl_redis_sentinel.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
@@ -44,6 +45,7 @@
 #define SL_AUTH_TAG 16
 
 struct sl_auth_store {
+    const struct sl_config *config;   /* a reference: the Sentinels, if any */
     char *host, *user, *password;
     int port, db;
     int64_t timeout_ms;
@@ -97,9 +99,20 @@ static redisContext *sl_connect(struct sl_auth_store *s)
 {
     struct timeval tv = {.tv_sec = s->timeout_ms / 1000,
                          .tv_usec = (s->timeout_ms % 1000) * 1000};
-    redisContext *c = redisConnectWithTimeout(s->host, s->port, tv);
+    redisContext *c;
     redisReply *r = NULL;
 
+    /* A Sentinel store: ask the Sentinels each time (the primary may have
+     * moved since), and confirm with ROLE below. */
+    if (s->config->redis_master != NULL) {
+        char why[512];
+        free(s->host);
+        s->host = NULL;
+        if (sl_redis_sentinel_resolve(s->config, (int)s->timeout_ms, &s->host, &s->port, why,
+                                      sizeof(why)) != 0)
+            return NULL;
+    }
+    c = redisConnectWithTimeout(s->host, s->port, tv);
     if (c == NULL || c->err) {
         if (c != NULL)
             redisFree(c);
@@ -116,6 +129,14 @@ static redisContext *sl_connect(struct sl_auth_store *s)
     if (s->db != 0) {
         r = redisCommand(c, "SELECT %d", s->db);
         if (r == NULL || r->type == REDIS_REPLY_ERROR)
+            goto fail;
+        freeReplyObject(r);
+    }
+    if (s->config->redis_master != NULL) {
+        r = redisCommand(c, "ROLE");
+        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
+            r->element[0]->type != REDIS_REPLY_STRING ||
+            strcmp(r->element[0]->str, "master") != 0)
             goto fail;
         freeReplyObject(r);
     }
@@ -153,14 +174,15 @@ struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
 
     if (s == NULL)
         return NULL;
-    s->host = strdup(c->redis_host);
+    s->config = sl_config_ref(c);
+    s->host = c->redis_host != NULL ? strdup(c->redis_host) : NULL;
     s->user = c->redis_user != NULL ? strdup(c->redis_user) : NULL;
     s->password = c->redis_password != NULL ? strdup(c->redis_password) : NULL;
     s->port = c->redis_port;
     s->db = c->redis_db;
     s->timeout_ms = c->store_timeout_us / 1000 > 0 ? c->store_timeout_us / 1000 : 200;
     memcpy(s->key, key, 32);
-    if (s->host == NULL ||
+    if ((s->host == NULL && c->redis_master == NULL) ||
         asprintf(&s->k_token, "%sauth:%s:token", p, up->name) < 0 ||
         asprintf(&s->k_lease, "%sauth:%s:lease", p, up->name) < 0 ||
         asprintf(&s->k_fence, "%sauth:%s:fence", p, up->name) < 0 ||
@@ -182,6 +204,8 @@ void sl_auth_store_free(struct sl_auth_store *s)
     if (s->sub != NULL)
         redisFree(s->sub);
     free(s->host);
+    if (s->config != NULL)
+        sl_config_unref(s->config);
     free(s->user);
     free(s->password);
     free(s->k_token);

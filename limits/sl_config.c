@@ -43,6 +43,7 @@
 #include "sl_duration.h"
 #include "sl_http.h"
 #include "sl_pattern.h"
+#include "sl_preset.h"
 #include "sl_redis_link.h"
 #include "sl_redis_url.h"
 
@@ -2499,6 +2500,48 @@ static void sl_auth_free(struct sl_auth_conf *a)
     free(a);
 }
 
+/* "preset" and "preset_params" were applied before the upstream was read
+ * (sl_preset_expand); here the name is only kept for the operator. */
+static void sl_read_preset(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_upstream_conf *u = base;
+    const char *s;
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) == 0)
+        u->preset = strdup(s);
+}
+
+static const struct sl_conf_handler sl_preset_handler = {
+    sl_read_preset,
+    "`preset` fills in a provider's published limits from `presets/NAME.json` "
+    "(see presets/README.md for the presets and their figures): the "
+    "preset's rules, `limit_signals`, `sync` and pause settings, with its "
+    "`$NAME` placeholders taken from `preset_params`, from the row of its "
+    "`choose` table a parameter selects, or from a parameter's default.  "
+    "Unknown parameters, values outside a parameter's list or type, and "
+    "missing required ones are errors.  Everything stays overridable: a key "
+    "written on the upstream replaces the preset's (`null` removes it); in "
+    "`rules`, a rule whose `name` is one of the preset's is merged into it key "
+    "by key (`{\"name\": \"daily\", \"limit\": 500}` changes that figure "
+    "only; `null` removes a key) and other rules are added.  `sluice "
+    "--print-preset NAME --preset-param KEY=VALUE` prints the expansion; "
+    "`sluice --check` lists what each preset added and what was overridden.",
+};
+
+static void sl_read_preset_params(json_t *obj, json_t *v, const char *at,
+                                  const char *sub, void *base,
+                                  const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    (void)obj, (void)v, (void)at, (void)sub, (void)base, (void)k, (void)ctx;
+}
+
+static const struct sl_conf_handler sl_preset_params_handler = {
+    sl_read_preset_params, NULL,
+};
+
 static const struct sl_conf_key sl_upstream_keys[] = {
     {.key = "name", .type = SL_CONF_STRING, .handler = &sl_upstream_name_handler,
      .flags = SL_CONF_REQUIRED,
@@ -2513,6 +2556,15 @@ static const struct sl_conf_key sl_upstream_keys[] = {
      .doc = "`http://` or `https://` base URL; a path in it is kept as a base "
             "(with `\"https://h/base\"`, `/leads/x?y=1` goes to "
             "`https://h/base/x?y=1`)."},
+    {.key = "preset", .type = SL_CONF_STRING, .handler = &sl_preset_handler,
+     .doc = "A provider preset's name, e.g. `\"salesforce\"`: its rules and "
+            "settings are filled in before the upstream is read; every key "
+            "written here overrides them."},
+    {.key = "preset_params", .type = SL_CONF_OBJECT,
+     .handler = &sl_preset_params_handler,
+     .doc = "The preset's parameters, e.g. `{\"org_type\": \"production\", "
+            "\"daily_allocation\": 115000}` (`sluice --print-preset NAME` lists "
+            "them)."},
     {.key = "on_limit", .type = SL_CONF_WORD, .words = sl_on_limit_words,
      SL_CONF_FIELD(struct sl_upstream_conf, on_limit), .def = "reject",
      .doc = "Over a limit: `reject` (429 at once, with `Retry-After`) or "
@@ -2617,6 +2669,9 @@ static const struct sl_conf_table sl_upstream_table = SL_CONF_TABLE(
 static void sl_parse_upstream(json_t *ju, const char *path,
                               struct sl_upstream_conf *u, struct sl_conf_ctx *ctx)
 {
+    size_t before;
+    json_t *x;
+
     u->margin_us = SL_MARGIN_AUTO;
     sl_conf_defaults(&sl_reject_table, u);
     u->pause_rule.name = strdup("upstream-pause");
@@ -2627,7 +2682,18 @@ static void sl_parse_upstream(json_t *ju, const char *path,
         sl_errors_add(ctx->errs, "%s: an upstream must be an object", path);
         return;
     }
-    sl_conf_read(&sl_upstream_table, ju, path, u, ctx);
+    /* A preset is expanded into the upstream as JSON, then read as if the
+     * user had written it all. */
+    x = sl_preset_expand(ju, path, ctx->c->presets_dir, &u->preset_report, ctx->errs);
+    if (x == NULL)
+        return;
+    before = ctx->errs->count;
+    sl_conf_read(&sl_upstream_table, x, path, u, ctx);
+    if (ctx->errs->count > before && u->preset_report != NULL)
+        sl_errors_add(ctx->errs, "%s: the errors above may be in what preset \"%s\" "
+                      "filled in (sluice --print-preset %s shows it)", path,
+                      u->preset, u->preset);
+    json_decref(x);
     sl_resolve_auth_rule(u, path, ctx->errs);
     /* The implicit pause rule (after the rules: its index is nrules).  It
      * has no window, so no span. */
@@ -2652,20 +2718,27 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
         *why = what != NULL ? what : "could not be read";
         return -1;
     }
-    if (u.kind == SL_REDIS_URL_SENTINEL) {
-        *why = "is a Redis Sentinel URL, which is not supported yet: name the "
-               "master itself (redis:// or rediss://)";
-        goto out;
-    }
     if (u.kind == SL_REDIS_URL_CLUSTER) {
         *why = "is a Redis Cluster URL, which is not supported yet: name one "
-               "server (redis:// or rediss://)";
+               "server (redis:// or rediss://) or its Sentinels "
+               "(redis-sentinel://)";
         goto out;
     }
     /* The URL's strings move into C. */
-    c->redis_host = u.addrs[0].host;
-    u.addrs[0].host = NULL;
-    c->redis_port = u.addrs[0].port;
+    if (u.kind == SL_REDIS_URL_SENTINEL) {
+        c->redis_master = u.master;
+        u.master = NULL;
+        for (size_t i = 0; i < u.naddrs && i < SL_CONFIG_SENTINELS_MAX; i++) {
+            c->redis_sentinel_host[i] = u.addrs[i].host;
+            u.addrs[i].host = NULL;
+            c->redis_sentinel_port[i] = u.addrs[i].port;
+            c->redis_nsentinels = i + 1;
+        }
+    } else {
+        c->redis_host = u.addrs[0].host;
+        u.addrs[0].host = NULL;
+        c->redis_port = u.addrs[0].port;
+    }
     c->redis_user = u.user;
     u.user = NULL;
     c->redis_password = u.password;
@@ -2676,6 +2749,31 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
 out:
     sl_redis_url_clear(&u);
     return rc;
+}
+
+const char *sl_config_store_address(const struct sl_config *c, char *buf, size_t cap)
+{
+    size_t n;
+
+    if (cap == 0)
+        return buf;
+    buf[0] = '\0';
+    if (c->redis_master == NULL) {
+        if (c->redis_db != 0)
+            snprintf(buf, cap, "%s:%d/%d", c->redis_host != NULL ? c->redis_host : "-",
+                     c->redis_port, c->redis_db);
+        else
+            snprintf(buf, cap, "%s:%d", c->redis_host != NULL ? c->redis_host : "-",
+                     c->redis_port);
+        return buf;
+    }
+    n = (size_t)snprintf(buf, cap, "%s via Sentinel ", c->redis_master);
+    for (size_t i = 0; i < c->redis_nsentinels && n < cap; i++)
+        n += (size_t)snprintf(buf + n, cap - n, "%s%s:%d", i > 0 ? "," : "",
+                              c->redis_sentinel_host[i], c->redis_sentinel_port[i]);
+    if (n < cap && c->redis_db != 0)
+        snprintf(buf + n, cap - n, " db %d", c->redis_db);
+    return buf;
 }
 
 /* ---- the whole file ---- */
@@ -2757,10 +2855,15 @@ static const struct sl_conf_handler sl_store_handler = {
     "6379 and database 0 by default; user and password percent-decoded, an "
     "IPv6 address in brackets), shared by every instance that names it, so "
     "they spend one budget exactly; time then comes from Redis.  "
-    "`rediss://...` is the same over TLS (see `store_tls`).  Redis Sentinel "
-    "and Cluster URLs (`redis-sentinel://`, `redis-cluster://`) are refused: "
-    "not supported yet.  An error never echoes the URL, which may hold a "
-    "password.",
+    "`rediss://...` is the same over TLS (see `store_tls`).  "
+    "`\"redis-sentinel://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]/MASTER[/DB]\"` "
+    "asks those Sentinels (port 26379 by default), in turn, for the primary "
+    "named MASTER, confirms it with `ROLE`, follows `+switch-master` and "
+    "asks again after any failure (`rediss-sentinel://`: TLS to the Sentinels "
+    "and the primary); the URL's user and password are the primary's, the "
+    "Sentinels' own are `store_sentinel`.  Redis Cluster URLs "
+    "(`redis-cluster://`) are refused: not supported yet.  An error never "
+    "echoes the URL, which may hold a password.",
 };
 
 static const struct sl_conf_key sl_store_tls_keys[] = {
@@ -2864,6 +2967,52 @@ static void sl_read_store_tls(json_t *obj, json_t *v, const char *at, const char
 }
 
 static const struct sl_conf_handler sl_store_tls_handler = {sl_read_store_tls, NULL};
+
+static const struct sl_conf_key sl_store_sentinel_keys[] = {
+    {.key = "user", .type = SL_CONF_STRING, SL_CONF_FIELD(struct sl_config, sentinel_user),
+     .doc = "The ACL user sluice presents to the Sentinels (with `password`)."},
+    {.key = "password", .type = SL_CONF_STRING,
+     .offset = offsetof(struct sl_config, sentinel_password),
+     .handler = &sl_auth_secret_handler,
+     .doc = "The Sentinels' password (their `requirepass`, or the user's); a "
+            "secret: `\"env:NAME\"`, `\"file:PATH\"` or the value."},
+};
+
+static const struct sl_conf_table sl_store_sentinel_table = SL_CONF_TABLE(
+    "store_sentinel",
+    "The Sentinels' own credentials, for a `redis-sentinel://` store whose "
+    "Sentinels ask for one (without it sluice sends them no `AUTH`).  The "
+    "URL's user and password are the primary's.",
+    sl_store_sentinel_keys);
+
+static void sl_read_store_sentinel(json_t *obj, json_t *v, const char *at,
+                                   const char *sub, void *base,
+                                   const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+
+    (void)obj, (void)at, (void)k;
+    if (v == NULL) {
+        sl_conf_defaults(&sl_store_sentinel_table, c);
+        return;
+    }
+    if (!json_is_object(v)) {
+        sl_errors_add(ctx->errs, "%s: must be an object such as "
+                      "{\"password\": \"env:SENTINEL_PASSWORD\"}", sub);
+        return;
+    }
+    sl_conf_read(&sl_store_sentinel_table, v, sub, c, ctx);
+    if (c->redis_master == NULL) {
+        sl_errors_add(ctx->errs, "%s: applies to a redis-sentinel:// store only "
+                      "(store is not one): remove it", sub);
+        return;
+    }
+    if (c->sentinel_user != NULL && c->sentinel_password == NULL)
+        sl_errors_add(ctx->errs, "%s: user needs a password", sub);
+}
+
+static const struct sl_conf_handler sl_store_sentinel_handler = {
+    sl_read_store_sentinel, NULL};
 
 static void sl_read_store_prefix(json_t *obj, json_t *v, const char *at,
                                  const char *sub, void *base,
@@ -3639,17 +3788,63 @@ static const struct sl_conf_handler sl_state_file_handler = {
 
 static const char *const sl_store_error_words[] = {"local", "deny", "allow", NULL};
 
+static bool sl_dir_exists(const char *path)
+{
+    struct stat st;
+
+    return stat(path, &st) == 0 && S_ISDIR(st.st_mode);
+}
+
+static void sl_read_presets_dir(json_t *obj, json_t *v, const char *at,
+                                const char *sub, void *base,
+                                const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
+{
+    struct sl_config *c = base;
+    const char *s = NULL, *env = ctx->apply_env ? getenv(k->env) : NULL;
+    char q[96], from[64];
+
+    (void)obj, (void)at;
+    if (v != NULL && sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (env != NULL && *env)
+        s = env;
+    if (s == NULL)
+        return;
+    if (*s == '\0' || strlen(s) > 4000 || !sl_dir_exists(s))
+        sl_errors_add(ctx->errs, "%s%s: %s is not a directory", sub,
+                      sl_from_env(k, env, from, sizeof(from)),
+                      sl_conf_escape(s, 200, true, q, sizeof(q)));
+    else
+        c->presets_dir = strdup(s);
+}
+
+static const struct sl_conf_handler sl_presets_dir_handler = {
+    sl_read_presets_dir,
+    "Presets (`upstreams[].preset`) are read from `presets_dir` when it is "
+    "given (or `SLUICE_PRESETS_DIR`, which wins), else from the first of "
+    "these that exists: `share/sluice/presets` beside the binary's `bin/` "
+    "(an install moved with `cmake --install --prefix`), the installed "
+    "`DATADIR/sluice/presets` (`/usr/share/sluice/presets` in the Debian "
+    "package, `/usr/local/share/sluice/presets` in the container image), "
+    "and the source tree's `presets/` for a binary run from its build tree.",
+};
+
 static const struct sl_conf_key sl_root_keys[] = {
     {.key = "listen", .type = SL_CONF_STRING, .handler = &sl_listen_handler,
      .def = "127.0.0.1:8080", .env = "SLUICE_LISTEN", .flags = SL_CONF_ALWAYS,
      .doc = "Where apps call sluice: `HOST:PORT`."},
     {.key = "store", .type = SL_CONF_STRING, .handler = &sl_store_handler,
      .def = "memory", .env = "SLUICE_STORE", .flags = SL_CONF_ALWAYS,
-     .doc = "Where limit state lives: `\"memory\"` or a `redis://` or `rediss://` URL."},
+     .doc = "Where limit state lives: `\"memory\"`, or a `redis://`, `rediss://` or "
+            "`redis-sentinel://` URL."},
     {.key = "store_tls", .type = SL_CONF_OBJECT, .handler = &sl_store_tls_handler,
      .flags = SL_CONF_ALWAYS,
      .doc = "With a `rediss://` store: the CA, client certificate and name to "
             "verify (see `store_tls`)."},
+    {.key = "store_sentinel", .type = SL_CONF_OBJECT,
+     .handler = &sl_store_sentinel_handler, .flags = SL_CONF_ALWAYS,
+     .doc = "With a `redis-sentinel://` store: the Sentinels' own user and "
+            "password (see `store_sentinel`)."},
     {.key = "store_prefix", .type = SL_CONF_STRING,
      SL_CONF_FIELD(struct sl_config, store_prefix), .def = "sluice:",
      .handler = &sl_store_prefix_handler,
@@ -3738,6 +3933,10 @@ static const struct sl_conf_key sl_root_keys[] = {
      .doc = "Log lines as `key=value` text or one JSON object per line."},
     {.key = "admin", .type = SL_CONF_OBJECT, .handler = &sl_admin_handler,
      .flags = SL_CONF_ALWAYS, .doc = "The admin listener (see `admin`)."},
+    {.key = "presets_dir", .type = SL_CONF_STRING, .handler = &sl_presets_dir_handler,
+     .env = "SLUICE_PRESETS_DIR", .def = "the installed presets",
+     .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
+     .doc = "The directory `preset` names are looked up in (`NAME.json`)."},
     {.key = "upstreams", .type = SL_CONF_ARRAY, .handler = &sl_upstreams_handler,
      .flags = SL_CONF_ALWAYS,
      .doc = "The providers, at least one (see `upstreams[]`; required)."},
@@ -3762,7 +3961,7 @@ static const struct sl_conf_table sl_root_table = SL_CONF_TABLE(
 
 /* Every table, in the order the reference shows them. */
 static const struct sl_conf_table *const sl_tables[] = {
-    &sl_root_table, &sl_store_tls_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
+    &sl_root_table, &sl_store_tls_table, &sl_store_sentinel_table, &sl_admin_table, &sl_upstream_table, &sl_reject_table,
     &sl_signal_table, &sl_upstream_share_table, &sl_rule_table,
     &sl_rule_share_table, &sl_login_cache_table, &sl_alert_table, &sl_auth_table,
 };
@@ -4122,6 +4321,9 @@ size_t sl_config_restart_diff(const struct sl_config *a, const struct sl_config 
     if (a->tls_verify != b->tls_verify)
         sl_restart_line(errs, &n, "store_tls.verify", a->tls_verify ? "true" : "false",
                         b->tls_verify ? "true" : "false");
+    SL_DIFF_STR(sentinel_user, "store_sentinel.user")
+    if (sl_str_differ(a->sentinel_password, b->sentinel_password))
+        sl_restart_line(errs, &n, "store_sentinel.password", "one", "another");
     if (a->on_store_error != b->on_store_error)
         sl_restart_line(errs, &n, "on_store_error", "one policy", "another");
     SL_DIFF_NUM(store_timeout_us, "store_timeout (ms)", "%lld", SL_MS)
@@ -4262,6 +4464,8 @@ void sl_config_free(struct sl_config *c)
         sl_shares_free(u->apps, u->napps);
         free(u->priority_header);
         sl_auth_free(u->auth);
+        free(u->preset);
+        free(u->preset_report);
     }
     for (size_t i = 0; i < c->nalerts; i++) {
         struct sl_alert_conf *a = &c->alerts[i];
@@ -4283,6 +4487,7 @@ void sl_config_free(struct sl_config *c)
         free(c->admin_hosts[i]);
     free(c->admin_hosts);
     free(c->state_file);
+    free(c->presets_dir);
     free(c->upstreams);
     free(c->listen);
     free(c->listen_host);
@@ -4290,6 +4495,11 @@ void sl_config_free(struct sl_config *c)
     free(c->redis_host);
     free(c->redis_user);
     free(c->redis_password);
+    free(c->redis_master);
+    for (size_t i = 0; i < c->redis_nsentinels; i++)
+        free(c->redis_sentinel_host[i]);
+    free(c->sentinel_user);
+    free(c->sentinel_password);
     free(c->tls_ca_file);
     free(c->tls_cert_file);
     free(c->tls_key_file);

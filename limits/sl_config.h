@@ -327,6 +327,10 @@ struct sl_upstream_conf {
     char *priority_header;        /* "priority": "header:NAME", or NULL */
     int64_t priority_aging_us;    /* a held call goes up one level this often (0: never) */
     struct sl_auth_conf *auth;    /* "auth": the token broker, or NULL */
+    char *preset;                 /* "preset": the provider preset applied, or NULL */
+    /* What the preset added and what the user overrode, for --check
+     * (sl_preset.h); NULL without a preset. */
+    char *preset_report;
 };
 
 /* The queue priority of a call of app APP_ID on U (0 .. 9) when no header
@@ -352,6 +356,8 @@ struct sl_errors {
     size_t count;
 };
 
+#define SL_CONFIG_SENTINELS_MAX 16   /* = SL_REDIS_URL_MAX_HOSTS */
+
 struct sl_config {
     char *listen;                 /* "host:port" as written */
     char *listen_host;            /* NULL or "" = all addresses */
@@ -364,6 +370,14 @@ struct sl_config {
     char *redis_password;         /* NULL: no AUTH */
     int redis_db;
     bool redis_use_tls;           /* rediss:// */
+    /* redis-sentinel:// (redis_master set): the Sentinels to ask for the
+     * primary named redis_master (redis_host is NULL then), and their own
+     * AUTH from store_sentinel (NULL: none) */
+    char *redis_master;
+    size_t redis_nsentinels;
+    char *redis_sentinel_host[SL_CONFIG_SENTINELS_MAX];
+    int redis_sentinel_port[SL_CONFIG_SENTINELS_MAX];
+    char *sentinel_user, *sentinel_password;
     /* store_tls, as written (owned; NULL: not given) */
     char *tls_ca_file;            /* NULL: the system's CAs */
     char *tls_cert_file, *tls_key_file;   /* mutual TLS, or NULL */
@@ -394,6 +408,9 @@ struct sl_config {
     /* Redis store, on_store_error "local": the fraction of each limit this
      * instance may use on its own while Redis is away. */
     double local_share;
+    /* "presets_dir" or SLUICE_PRESETS_DIR; NULL: the installed presets
+     * (sl_preset.h) */
+    char *presets_dir;
     struct sl_upstream_conf *upstreams;
     size_t nupstreams;
     enum sl_app_kind app_kind;    /* top level "app" */
@@ -513,12 +530,19 @@ void sl_config_free(struct sl_config *config);
 
 /*
  * Parse "redis[s]://[[user]:password@]host[:port][/db]" into C (redis_*
- * fields) with sl_redis_url_parse().  Sentinel and Cluster URLs are read
- * and refused (not supported yet).  Returns 0, or -1 with a sentence in
- * *why that completes "store: " and never quotes the URL.
+ * fields) with sl_redis_url_parse().  A Sentinel URL fills the
+ * redis_master and redis_sentinel_* fields instead of redis_host and
+ * redis_port; Cluster URLs are read and refused (not supported yet).
+ * Returns 0, or -1 with a sentence in *why that completes "store: " and
+ * never quotes the URL.
  */
 int sl_config_parse_redis_url(const char *url, struct sl_config *c,
                               const char **why);
+
+/* Where the Redis store is, for people (no credentials): "HOST:PORT", or
+ * "MASTER via Sentinel HOST:PORT,...", each followed by "/DB" (" db DB")
+ * for a database other than 0.  Into BUF (CAP bytes). */
+const char *sl_config_store_address(const struct sl_config *c, char *buf, size_t cap);
 
 /* Split "host:port", "[v6]:port" or ":port".  Returns 0 or -1. */
 int sl_config_split_listen(const char *text, char **host, int *port);

@@ -13,8 +13,9 @@
  * The port defaults to 6379 (26379 for a Sentinel); the database to 0.
  * User, password and master name are percent-decoded ("%40" is '@'); a
  * '%' not followed by two hex digits is kept as it is, as sluice always
- * read it.  Credentials are given to every server of the URL (Sentinels
- * and masters alike; Redis's own sentinel-auth is the same shape).
+ * read it.  The credentials are the data servers' (the primary's, a
+ * Cluster's nodes'); a Sentinel store's Sentinels have their own
+ * (store_sentinel in the configuration).
  */
 #ifndef SL_REDIS_URL_H
 #define SL_REDIS_URL_H

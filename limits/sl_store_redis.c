@@ -156,6 +156,7 @@
 #include "sl_log.h"
 #include "sl_redis_link.h"
 #include "sl_redis_lua.h"
+#include "sl_redis_sentinel.h"
 #include "sl_time.h"
 
 #include <errno.h>
@@ -206,6 +207,7 @@
 
 enum sl_redis_state {
     SL_REDIS_DOWN,          /* no link; reconnect at reconnect_at_ms */
+    SL_REDIS_RESOLVING,     /* no link; the Sentinels are asked for the primary */
     SL_REDIS_CONNECTING,    /* a link, not yet through its handshake */
     SL_REDIS_UP,            /* the link answered its handshake */
 };
@@ -213,6 +215,7 @@ enum sl_redis_state {
 enum sl_redis_op_kind {
     SL_OP_SETUP,            /* SCRIPT LOAD */
     SL_OP_CLOCK,            /* TIME */
+    SL_OP_ROLE,             /* ROLE: a Sentinel's primary is one */
     SL_OP_DECIDE,
     SL_OP_SCRIPT,           /* commit, release, renew, pause, sync */
     SL_OP_SNAPSHOT,         /* one upstream of a usage snapshot */
@@ -244,6 +247,7 @@ struct sl_redis_conn {
     bool freeing;
     int64_t reconnect_at_ms;
     int backoff_ms;
+    bool resolved;          /* main, Sentinel: connect to r->primary now */
 };
 
 /* One command in flight on the main link.  Owned by the FIFO until its
@@ -351,6 +355,15 @@ struct sl_redis {
     int worker_id;
     struct sl_redis_conn main;            /* decisions and updates */
     struct sl_redis_conn sub;             /* SUBSCRIBE <prefix>room */
+    /* redis-sentinel://: who finds the primary, and where it was found
+     * (both links go there; the main link asks again each time it
+     * connects) */
+    struct sl_redis_sentinel *sentinel;
+    char primary_host[256];               /* "" until found */
+    int primary_port;
+    bool not_primary;                     /* ROLE or READONLY said "replica" */
+    bool switched;                        /* +switch-master for our primary */
+    char switched_to[300];
     bool outage;                          /* this worker counts as down */
     size_t setup_left;                    /* connection set-up replies to come */
     struct sl_redis_op *fifo_head, *fifo_tail;
@@ -439,6 +452,7 @@ static void sl_redis_write_history(struct sl_redis *r);
 static void sl_redis_fallback(struct sl_redis *r, const struct sl_check *c,
                               sl_decide_cb cb, void *arg);
 static bool sl_redis_usable(const struct sl_redis *r);
+static bool sl_redis_finding_primary(const struct sl_redis *r);
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
 static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
@@ -598,9 +612,10 @@ static void sl_redis_mark_down(struct sl_redis *r, const char *why)
         return;
     r->outage = true;
     if (atomic_fetch_add(&sl_redis_down_workers, 1) == 0) {
+        char addr[600];
         atomic_store(&sl_redis_down_since_ms, sl_wall_ms());
-        sl_error("store: redis %s:%d unreachable (%s); %s until it answers again",
-                 r->config->redis_host, r->config->redis_port, why,
+        sl_error("store: redis %s unreachable (%s); %s until it answers again",
+                 sl_config_store_address(r->config, addr, sizeof(addr)), why,
                  policy[r->config->on_store_error]);
     }
 }
@@ -611,9 +626,10 @@ static void sl_redis_mark_up(struct sl_redis *r)
         return;
     r->outage = false;
     if (atomic_fetch_sub(&sl_redis_down_workers, 1) == 1) {
+        char addr[600];
         atomic_store(&sl_redis_down_since_ms, 0);
-        sl_info("store: redis %s:%d is back; limits are shared again",
-                r->config->redis_host, r->config->redis_port);
+        sl_info("store: redis %s is back; limits are shared again",
+                sl_config_store_address(r->config, addr, sizeof(addr)));
     }
 }
 
@@ -962,11 +978,71 @@ static void sl_redis_on_subscribed(struct sl_redis_link *link, redisReply *rep,
     (void)link, (void)rep, (void)privdata;
 }
 
-/* Start connecting CONN: a new link and its first commands. */
+static void sl_redis_connect(struct sl_redis_conn *conn);
+
+/* The Sentinels' answer to the main link's ask (sl_redis_sentinel_ask):
+ * connect there, or wait the backoff and ask again. */
+static void sl_redis_on_primary(void *arg, const char *host, int port, const char *why)
+{
+    struct sl_redis *r = arg;
+
+    if (r->main.state != SL_REDIS_RESOLVING)
+        return;
+    if (host == NULL) {
+        sl_redis_mark_down(r, why);
+        sl_redis_log_error(r, "the Sentinels' question", why);
+        sl_redis_schedule_reconnect(&r->main);
+        return;
+    }
+    if (r->worker_id == 0 && (strcmp(host, r->primary_host) != 0 || port != r->primary_port))
+        sl_info("store: the Sentinels name %s:%d as the primary \"%s\"", host, port,
+                r->config->redis_master);
+    snprintf(r->primary_host, sizeof(r->primary_host), "%s", host);
+    r->primary_port = port;
+    r->main.resolved = true;
+    sl_redis_connect(&r->main);
+    /* The subscriber waits for an address: it has one now. */
+    if (r->sub.state == SL_REDIS_DOWN) {
+        r->sub.reconnect_at_ms = 0;
+        r->sub.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+    }
+}
+
+/* The Sentinels moved our primary: the links go, and the main one asks
+ * again (sl_redis_timers acts on it, outside the watch's callback). */
+static void sl_redis_on_switch(void *arg, const char *host, int port)
+{
+    struct sl_redis *r = arg;
+
+    snprintf(r->switched_to, sizeof(r->switched_to),
+             "the Sentinels moved the primary to %s:%d", host, port);
+    r->switched = true;
+}
+
+/* Start connecting CONN: a new link and its first commands (for a
+ * Sentinel store's main link, first the question to the Sentinels). */
 static void sl_redis_connect(struct sl_redis_conn *conn)
 {
     struct sl_redis *r = conn->r;
     const struct sl_config *c = r->config;
+    const char *host = c->redis_host;
+    int port = c->redis_port;
+
+    if (r->sentinel != NULL) {
+        if (!conn->sub && !conn->resolved) {
+            conn->state = SL_REDIS_RESOLVING;
+            if (sl_redis_sentinel_ask(r->sentinel, sl_redis_on_primary, r) != 0)
+                sl_redis_schedule_reconnect(conn);
+            return;
+        }
+        if (r->primary_host[0] == '\0') {
+            sl_redis_schedule_reconnect(conn);  /* the subscriber waits */
+            return;
+        }
+        conn->resolved = false;
+        host = r->primary_host;
+        port = r->primary_port;
+    }
     const struct sl_redis_link_cbs cbs = {
         .on_connect = sl_redis_on_connect,
         .on_disconnect = sl_redis_on_disconnect,
@@ -983,8 +1059,8 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
      * deadline is the backstop, and the bound on connecting.
      */
     const struct sl_redis_link_conf lc = {
-        .host = c->redis_host,
-        .port = c->redis_port,
+        .host = host,
+        .port = port,
         .user = c->redis_user,
         .password = c->redis_password,
         .db = c->redis_db,
@@ -1013,8 +1089,18 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
         return;
     }
 
-    /* Queued now, written behind the link's AUTH and SELECT.  The clock
-     * first. */
+    /* Queued now, written behind the link's AUTH and SELECT.  First ROLE:
+     * a replica (a Sentinel's stale answer, a demoted primary, a URL naming
+     * one) must never be taken for the primary; then the clock. */
+    r->not_primary = false;
+    /* Another server (a failover, a restart elsewhere) has another clock:
+     * batches wait for this connection's TIME before their deadlines are
+     * reckoned in it. */
+    r->have_offset = false;
+    {
+        const char *argv[] = {"ROLE"};
+        sl_redis_send_setup(r, SL_OP_ROLE, 1, argv, NULL);
+    }
     sl_redis_ask_clock(r);
     sl_redis_load_scripts(r);
     /* The link counts as working again only once every one of these is
@@ -1465,6 +1551,13 @@ static void sl_redis_batch_fallback(struct sl_redis *r, struct sl_redis_batch *b
     sl_redis_op_free(&b->op);
 }
 
+/* A Sentinel store asking for its primary before it ever had an outage
+ * (at start): decisions wait for the link, as they do while connecting. */
+static bool sl_redis_finding_primary(const struct sl_redis *r)
+{
+    return r->main.state == SL_REDIS_RESOLVING && !r->outage;
+}
+
 static bool sl_redis_usable(const struct sl_redis *r)
 {
     if (r->main.link == NULL || r->main.freeing)
@@ -1483,8 +1576,10 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
     if (b == NULL)
         return;
     /* A deadline needs Redis's clock: wait for the TIME asked at connect
-     * (bounded by store_timeout like any command). */
-    if (sl_redis_usable(r) && !r->have_offset)
+     * (bounded by store_timeout like any command), and for a link: a
+     * Sentinel store's first one waits for the Sentinels' answer (bounded
+     * by store_timeout per Sentinel; then the outage decides). */
+    if ((sl_redis_usable(r) && !r->have_offset) || sl_redis_finding_primary(r))
         return;
     r->pending[upstream] = NULL;
     /* The chain is newest first: send the oldest first. */
@@ -1669,7 +1764,7 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         cb(arg, &d, NULL);
         return 0;
     }
-    if (!sl_redis_usable(r)) {
+    if (!sl_redis_usable(r) && !sl_redis_finding_primary(r)) {
         sl_redis_fallback(r, c, cb, arg);
         return 0;
     }
@@ -1807,7 +1902,17 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
     sl_redis_pop(r, op);
     if (r->setup_left > 0)
         r->setup_left--;  /* replies come in order: the set-up's first */
-    if (rep != NULL && rep->type != REDIS_REPLY_ERROR) {
+    /* A replica (a demoted primary, or a URL naming one) takes no write:
+     * the timers drop the link and find the primary again. */
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "READONLY", 8) == 0)
+        r->not_primary = true;
+    /* ROLE refused (an ACL without +role) tells nothing: READONLY still
+     * catches a replica at the first write. */
+    if (op->kind == SL_OP_ROLE && rep != NULL && rep->type == REDIS_REPLY_ARRAY &&
+        rep->elements > 0 && rep->element[0]->type == REDIS_REPLY_STRING &&
+        strcmp(rep->element[0]->str, "master") != 0)
+        r->not_primary = true;
+    if (rep != NULL && rep->type != REDIS_REPLY_ERROR && !r->not_primary) {
         if (op->kind == SL_OP_CLOCK)
             sl_redis_sample_time(r, rep);
         else
@@ -1821,6 +1926,8 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         }
     }
     switch (op->kind) {
+    case SL_OP_ROLE:
+        break;
     case SL_OP_SETUP:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             /* AUTH or SELECT refused: nothing will work on this link. */
@@ -2620,6 +2727,8 @@ static int64_t sl_redis_conn_timers(struct sl_redis_conn *conn, int64_t now_ms)
 
     if (conn->state == SL_REDIS_DOWN && now_ms >= conn->reconnect_at_ms)
         sl_redis_connect(conn);
+    if (conn->state == SL_REDIS_RESOLVING)
+        return -1;  /* the Sentinels' timers */
     if (conn->link != NULL)
         next = sl_redis_link_check(conn->link, sl_redis_now_ms());
     if (conn->state == SL_REDIS_DOWN)
@@ -2661,10 +2770,31 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         if (r->fifo_head != NULL && sl_redis_now_us() >= r->fifo_head->deadline_us)
             sl_redis_fail(&r->main, "no answer within store_timeout");
     }
+    if (r->switched || r->not_primary) {
+        /* Not the primary (any more): both links go at once, and the main
+         * one finds the primary again without waiting a backoff. */
+        const char *why = r->switched ? r->switched_to
+                                      : "the server is a replica, not the primary";
+        if (r->switched) {
+            r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+            r->sub.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+        }
+        if (r->main.link != NULL)
+            sl_redis_fail(&r->main, why);
+        if (r->switched && r->main.state == SL_REDIS_DOWN)
+            r->main.reconnect_at_ms = now;
+        r->switched = r->not_primary = false;
+        if (r->sub.link != NULL)
+            sl_redis_fail(&r->sub, why);
+    }
     t = sl_redis_conn_timers(&r->main, now);
     SL_NEXT(t);
     if (r->loop.room != NULL) {
         t = sl_redis_conn_timers(&r->sub, now);
+        SL_NEXT(t);
+    }
+    if (r->sentinel != NULL) {
+        t = sl_redis_sentinel_timers(r->sentinel, sl_redis_now_ms());
         SL_NEXT(t);
     }
     if (now >= r->next_renew_ms) {
@@ -2728,6 +2858,8 @@ static void sl_redis_destroy(struct sl_store *store)
         (void)sl_redis_link_flush_wait(r->main.link, SL_REDIS_CLOSE_WAIT_MS);
     sl_redis_close(&r->main);
     sl_redis_close(&r->sub);
+    sl_redis_sentinel_free(r->sentinel);
+    r->sentinel = NULL;
     while (r->leases != NULL)
         sl_redis_lease_free(r, r->leases);
     while (r->owed != NULL)
@@ -3248,5 +3380,14 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     }
     snprintf(r->instance, sizeof(r->instance), "%02x%02x%02x%02x%02x%02x-%d", rnd[0],
              rnd[1], rnd[2], rnd[3], rnd[4], rnd[5], (int)getpid());
+    if (config->redis_master != NULL) {
+        r->sentinel = sl_redis_sentinel_new(config, loop, sl_redis_on_switch, r);
+        if (r->sentinel == NULL) {
+            sl_redis_free_arrays(r);
+            sl_config_unref(r->config);
+            free(r);
+            return NULL;
+        }
+    }
     return &r->base;
 }

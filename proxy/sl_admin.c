@@ -632,9 +632,12 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     json_object_set_new(store, "state", json_string(st.shared_down ? "down" : "up"));
     json_object_set_new(store, "ready", json_boolean(st.ready));
     if (c->store_kind == SL_STORE_REDIS) {
-        char addr[300];
-        snprintf(addr, sizeof(addr), "%s:%d/%d", c->redis_host, c->redis_port,
-                 c->redis_db);
+        char addr[600];
+        if (c->redis_master == NULL)
+            snprintf(addr, sizeof(addr), "%s:%d/%d", c->redis_host, c->redis_port,
+                     c->redis_db);
+        else
+            sl_config_store_address(c, addr, sizeof(addr));
         json_object_set_new(store, "address", json_string(addr));
         json_object_set_new(store, "on_store_error",
                             json_string(sl_policy_names[c->on_store_error]));

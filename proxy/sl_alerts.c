@@ -457,11 +457,11 @@ static void sl_alerts_store(struct sl_alerts *a, bool down)
         "calls get 503", "calls are forwarded uncounted"};
     json_t *j = json_object();
     struct sl_text text = {.len = 0};
-    char addr[300];
+    char addr[600], where[620];
 
-    snprintf(addr, sizeof(addr), "redis %s:%d", c->redis_host, c->redis_port);
+    snprintf(where, sizeof(where), "redis %s", sl_config_store_address(c, addr, sizeof(addr)));
     sl_text_add(&text, "sluice: the shared limit store (");
-    sl_text_value(&text, addr, SL_ALERT_NAME_SHOWN);
+    sl_text_value(&text, where, SL_ALERT_NAME_SHOWN);
     sl_text_add(&text, down ? ") is unreachable from " : ") answers ");
     sl_text_value(&text, a->instance, SL_ALERT_NAME_SHOWN);
     if (down)
@@ -469,7 +469,7 @@ static void sl_alerts_store(struct sl_alerts *a, bool down)
     else
         sl_text_add(&text, " again; limits are shared again");
     json_object_set_new(j, "event", json_string(down ? "store_down" : "store_up"));
-    json_object_set_new(j, "store", sl_json_text(addr));
+    json_object_set_new(j, "store", sl_json_text(where));
     json_object_set_new(j, "text", sl_json_text(text.buf));
     sl_alerts_raise(a, j, sl_wants_store, NULL);
 }

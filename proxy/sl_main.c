@@ -18,6 +18,7 @@
 #include "sl_login_cache.h"
 #include "sl_loop.h"
 #include "sl_notify.h"
+#include "sl_preset.h"
 #include "sl_state.h"
 #include "sl_cfgwatch.h"
 #include "sl_time.h"
@@ -60,6 +61,12 @@ static void sl_usage(FILE *out)
             "      --print-reference\n"
             "                      print the configuration reference (Markdown,\n"
             "                      docs/configuration.md) and exit\n"
+            "      --print-preset NAME\n"
+            "                      print provider preset NAME (its parameters,\n"
+            "                      sources, notes and, given its required\n"
+            "                      parameters, the expanded upstream) and exit\n"
+            "      --preset-param NAME=VALUE\n"
+            "                      a parameter for --print-preset (repeatable)\n"
             "\n"
             "Environment (the overrides apply when set and not empty):\n");
     /* The overrides come from the configuration's own tables. */
@@ -163,8 +170,13 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {"print-metrics", no_argument, NULL, 'M'},
         {"print-reference", no_argument, NULL, 'R'},
+        {"print-preset", required_argument, NULL, 'P'},
+        {"preset-param", required_argument, NULL, 'p'},
         {NULL, 0, NULL, 0},
     };
+    const char *print_preset = NULL;
+    const char *preset_params[64];
+    size_t npreset_params = 0;
     const char *config_path = NULL;
     bool check_only = false, watch_config = false;
     int64_t watchdog_us, next_save_us, next_watchdog_us;
@@ -226,10 +238,29 @@ int main(int argc, char **argv)
         case 'R':
             sl_config_reference(stdout);
             return fflush(stdout) == 0 ? 0 : 1;
+        case 'P':
+            print_preset = optarg;
+            break;
+        case 'p':
+            if (npreset_params == sizeof(preset_params) / sizeof(preset_params[0])) {
+                fprintf(stderr, "sluice: at most 64 --preset-param\n");
+                return 2;
+            }
+            preset_params[npreset_params++] = optarg;
+            break;
         default:
             sl_usage(stderr);
             return 2;
         }
+    }
+    if (print_preset != NULL && optind == argc) {
+        rc = sl_preset_print(print_preset, getenv("SLUICE_PRESETS_DIR"), preset_params,
+                             npreset_params, stdout, stderr);
+        return fflush(stdout) == 0 ? rc : 1;
+    }
+    if (npreset_params > 0 && print_preset == NULL) {
+        fprintf(stderr, "sluice: --preset-param goes with --print-preset\n");
+        return 2;
     }
     if (config_path == NULL || optind != argc) {
         sl_usage(stderr);
@@ -250,6 +281,9 @@ int main(int argc, char **argv)
             sl_warn("%s: %s", config_path, config->warnings.lines[i]);
     }
     if (check_only) {
+        for (size_t i = 0; i < config->nupstreams; i++)
+            if (config->upstreams[i].preset_report != NULL)
+                printf("%s\n", config->upstreams[i].preset_report);
         printf("%s: configuration is valid (%zu upstream%s%s)\n", config_path,
                config->nupstreams, config->nupstreams == 1 ? "" : "s",
                config->warnings.count > 0 ? "; see the warnings above" : "");
@@ -389,14 +423,16 @@ int main(int argc, char **argv)
     }
     if (sl_auth_start(&proxy, started) != 0)
         goto stop;
-    if (config->store_kind == SL_STORE_REDIS)
-        sl_info("sluice %s listening on %s with %d worker%s, store redis%s %s:%d "
-                "(db %d, prefix \"%s\"), %zu upstream%s",
+    if (config->store_kind == SL_STORE_REDIS) {
+        char addr[600];
+        sl_info("sluice %s listening on %s with %d worker%s, store redis%s %s "
+                "(prefix \"%s\"), %zu upstream%s",
                 SLUICE_VERSION, config->listen, proxy.nworkers,
                 proxy.nworkers == 1 ? "" : "s",
-                config->redis_use_tls ? " over TLS" : "", config->redis_host,
-                config->redis_port, config->redis_db, config->store_prefix,
+                config->redis_use_tls ? " over TLS" : "",
+                sl_config_store_address(config, addr, sizeof(addr)), config->store_prefix,
                 config->nupstreams, config->nupstreams == 1 ? "" : "s");
+    }
     else
         sl_info("sluice %s listening on %s with %d worker%s, store memory, "
                 "%zu upstream%s",

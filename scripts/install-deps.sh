@@ -2,7 +2,7 @@
 # Install what sluice needs on Debian 12 (bookworm).
 #   scripts/install-deps.sh           building and running sluice
 #   scripts/install-deps.sh --test    ... and the test suite (tests/run uses it):
-#                                     redis-server, cmocka, pytest, clang (libFuzzer),
+#                                     redis-server, redis-sentinel, cmocka, pytest, clang (libFuzzer),
 #                                     Prometheus, Chromium, stress-ng, podman,
 #                                     lintian, systemd-analyze, docker-compose
 #   scripts/install-deps.sh --bench   ... and the benchmark (nginx, haproxy, wrk, perf,
@@ -17,7 +17,7 @@ PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
 for arg in "$@"; do
     case "$arg" in
     --test)
-        PKGS="$PKGS libcmocka-dev redis-server python3 python3-pytest python3-yaml python3-cryptography
+        PKGS="$PKGS libcmocka-dev redis-server redis-sentinel python3 python3-pytest python3-yaml python3-cryptography
               curl openssl clang prometheus chromium stress-ng
               podman runc mmdebstrap uidmap
               dpkg-dev lintian man-db systemd docker-compose" ;;

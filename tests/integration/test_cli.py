@@ -46,7 +46,8 @@ def test_help_lists_every_environment_variable_read():
                                 r.stdout, re.M))
     assert overrides == {"SLUICE_LISTEN": "listen", "SLUICE_STORE": "store",
                          "SLUICE_ADMIN_LISTEN": "admin.listen",
-                         "SLUICE_ADMIN_TOKEN": "admin.token"}
+                         "SLUICE_ADMIN_TOKEN": "admin.token",
+                         "SLUICE_PRESETS_DIR": "presets_dir"}
     read = set()
     for d in ("proxy", "limits", "common"):
         for path in glob.glob(os.path.join(ROOT, d, "*.c")):
@@ -199,16 +200,17 @@ def test_shutdown_timeout_bounds_the_drain(upstream):
     assert "e" in result
 
 
-def test_check_refuses_sentinel_and_cluster_with_a_reason(upstream):
+def test_check_refuses_cluster_with_a_reason(upstream):
     # Not read as one plain server: refused, saying why, password unechoed.
-    for url, what in (("redis-sentinel://:Pw-never-shown-9q@s1:26379,s2/mymaster", "Sentinel"),
-                      ("rediss-cluster://:Pw-never-shown-9q@n1:7000,n2:7001", "Cluster")):
+    for url in ("redis-cluster://:Pw-never-shown-9q@n1:7000,n2:7001",
+                "rediss-cluster://:Pw-never-shown-9q@n1:7000"):
         path = write(json.dumps({"store": url, "upstreams": [
             {"name": "up", "prefix": "/up", "url": upstream.url}]}))
         r = run(["--check", "-c", path])
         assert r.returncode == 1
-        assert "store: is a Redis %s URL, which is not supported yet" % what in r.stderr
+        assert "store: is a Redis Cluster URL, which is not supported yet" in r.stderr
         assert "Pw-never-shown-9q" not in r.stderr
-    ok = write(json.dumps({"store": "redis://127.0.0.1:6379/1", "upstreams": [
-        {"name": "up", "prefix": "/up", "url": upstream.url}]}))
-    assert run(["--check", "-c", ok]).returncode == 0
+    for url in ("redis://127.0.0.1:6379/1", "redis-sentinel://s1:26379,s2/mymaster/2"):
+        ok = write(json.dumps({"store": url, "upstreams": [
+            {"name": "up", "prefix": "/up", "url": upstream.url}]}))
+        assert run(["--check", "-c", ok]).returncode == 0

@@ -61,13 +61,15 @@ class SplitSetupRelay(DelayRelay):
     """A TCP relay to Redis scripted in three phases.  "pass": as is.
     "silent": every reply is swallowed (Redis hangs, connections stay open).
     "split": the next connection whose first answers are the link's PING's
-    (its handshake without AUTH or SELECT) and TIME's gets those answers
+    (its handshake without AUTH or SELECT), ROLE's and TIME's gets those answers
     and nothing after them (the rest of its set-up is late, as when Redis
     answers a large pipeline over several passes of its loop); later
     connections pass."""
 
+    # PONG, ROLE's answer (a primary with no replica), TIME's.
     TIME_REPLY = re.compile(
-        rb"\A\+PONG\r\n\*2\r\n\$\d+\r\n\d+\r\n\$\d+\r\n\d+\r\n")
+        rb"\A\+PONG\r\n\*3\r\n\$6\r\nmaster\r\n:\d+\r\n\*0\r\n"
+        rb"\*2\r\n\$\d+\r\n\d+\r\n\$\d+\r\n\d+\r\n")
 
     def __init__(self, target_port):
         super().__init__(target_port, 0.0)

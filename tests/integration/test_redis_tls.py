@@ -14,11 +14,11 @@ from harness import (SLUICE_BIN, RedisServer, free_port, max_in_window,
 from test_redis import hammer
 
 # The commands sluice's Redis store sends (sl_store_redis.c): EVALSHA (EVAL
-# after a NOSCRIPT), SCRIPT LOAD and TIME at connect, SUBSCRIBE on the
+# after a NOSCRIPT), SCRIPT LOAD, TIME and ROLE at connect, SUBSCRIBE on the
 # subscriber link, and what its Lua scripts call.  AUTH needs no permission;
 # a URL naming a database other than 0 needs +select as well.
 ACL_COMMANDS = (
-    "+evalsha +eval +script|load +time +subscribe "
+    "+evalsha +eval +script|load +time +role +subscribe "
     "+get +set +del +exists +pexpire +pttl +publish "
     "+lpush +rpush +lindex +llen +lrange +ltrim "
     "+hget +hmget +hset +hdel +hexists +hgetall +hincrby +hlen "

@@ -176,12 +176,28 @@ static void test_redis_urls(void **state)
     free(c.redis_user);
     free(c.redis_password);
 
-    /* Not silently read as one server: refused, saying so. */
+    /* A Sentinel URL names the Sentinels and the primary's name, never a
+     * server to use as the primary. */
     memset(&c, 0, sizeof(c));
-    assert_int_equal(sl_config_parse_redis_url("redis-sentinel://h1,h2/mymaster", &c,
-                                               &why), -1);
-    assert_non_null(strstr(why, "not supported yet"));
+    assert_int_equal(sl_config_parse_redis_url("redis-sentinel://:pw@h1,h2:26380/mymaster/2",
+                                               &c, &why), 0);
     assert_null(c.redis_host);
+    assert_string_equal(c.redis_master, "mymaster");
+    assert_int_equal(c.redis_nsentinels, 2);
+    assert_string_equal(c.redis_sentinel_host[0], "h1");
+    assert_int_equal(c.redis_sentinel_port[0], 26379);
+    assert_string_equal(c.redis_sentinel_host[1], "h2");
+    assert_int_equal(c.redis_sentinel_port[1], 26380);
+    assert_int_equal(c.redis_db, 2);
+    assert_string_equal(c.redis_password, "pw");
+    char addr[128];
+    assert_string_equal(sl_config_store_address(&c, addr, sizeof(addr)),
+                        "mymaster via Sentinel h1:26379,h2:26380 db 2");
+    free(c.redis_master);
+    free(c.redis_sentinel_host[0]);
+    free(c.redis_sentinel_host[1]);
+    free(c.redis_password);
+    /* Not silently read as one server: refused, saying so. */
     memset(&c, 0, sizeof(c));
     assert_int_equal(sl_config_parse_redis_url("rediss-cluster://h1:7000,h2:7001", &c,
                                                &why), -1);
