@@ -11,7 +11,10 @@
  * than SL_KEY_MAX is stored shortened, with a hash of the whole
  * (sl_key_store), so no client sizes a bucket by its header.  Keys are copied into
  * one buffer owned by the check, so the check outlives the request's
- * header storage (a networked store may answer later).
+ * header storage (a networked store may answer later).  Each hit carries
+ * the call's cost in its rule ("cost": fixed, per method, or a request
+ * header, which must hold a whole number from 1 to the rule's limit: a
+ * call that says it badly matches nothing and is refused, never guessed).
  */
 #include "sl_store.h"
 

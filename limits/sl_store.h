@@ -22,6 +22,10 @@
  * the client left first) is given back by sl_store_release() and costs
  * nothing.  For a concurrency rule the lease is the in-flight slot, held
  * until sl_store_release() when the upstream exchange ends.
+ *
+ * A call may cost more than one unit in a rule (sl_hit.cost): every
+ * figure above is then in units, and a rule with "settle" corrects the
+ * units once the response says what the call cost (sl_store_settle()).
  */
 #ifndef SL_STORE_H
 #define SL_STORE_H

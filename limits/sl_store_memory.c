@@ -9,8 +9,10 @@
  * operations; workers on different upstreams never contend.
  *
  * Buckets: a rate bucket is a sliding log (sl_window), and for a leaky
- * bucket also a level (sl_bucket: the log then only serves sync and the
- * per-app view); a concurrency bucket
+ * bucket also a level (sl_bucket: the log then serves sync, settlement
+ * and the state file); a call of cost n reserves, logs and gives back n
+ * units (a lease slot keeps its cost and, once sent, its newest stamp, so
+ * a settlement finds its entries); a concurrency bucket
  * is a counter of leases; the upstream's pause bucket holds the time until
  * which the provider (or an operator) asked us to stop.  A bucket is reclaimed by the
  * sweeper once its log is empty, no lease pins it and no pause runs, so

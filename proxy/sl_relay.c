@@ -26,7 +26,10 @@
  * reports (sync), limit signals that pause the upstream, and with
  * retry_on_limit the call may be held and sent again after the pause.
  * What the call holds in the store is given back when the transfer ends:
- * the provider is done with it, whatever the client still does.
+ * the provider is done with it, whatever the client still does.  Just
+ * before, a rule with "settle" takes the cost the provider says the call
+ * had: from a response header, or from the first 64 KiB of the body,
+ * copied as they pass to the client (never held back for it).
  *
  * The easy handle is owned by the request while it is in the multi, and
  * goes back to the worker's pool when the transfer ends.
