@@ -265,3 +265,17 @@ def test_the_state_file_keeps_the_level(upstream, tmp_path):
         assert codes(sl, 4) == [200, 200, 200, 429]
     finally:
         sl.stop()
+
+
+def test_a_bucket_per_key(upstream, sluice, store):
+    sl = sluice(upstream_config(upstream, [rest_rule(bucket=3, leak="1/m",
+                                                     per="header:X-Shop")],
+                                store, admin=True, margin="0ms"))
+    a, b = {"X-Shop": "a"}, {"X-Shop": "b"}
+    assert [sl.request("GET", "/leads/x", headers=a)[0] for _ in range(4)] == \
+        [200, 200, 200, 429]
+    assert [sl.request("GET", "/leads/x", headers=b)[0] for _ in range(2)] == [200, 200]
+    code, _, body = sl.admin("GET", "/status")
+    r = json.loads(body)["upstreams"][0]["rules"][0]
+    got = {k["key"]: (k["used"], k["remaining"]) for k in r["buckets"]}
+    assert got == {"a": (3, 0), "b": (2, 1)}, got
