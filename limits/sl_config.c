@@ -1155,15 +1155,17 @@ static void sl_read_cost(json_t *obj, json_t *v, const char *at, const char *sub
             return;
         json_object_foreach(v, m, jc) {
             uint32_t c;
-            snprintf(msub, sizeof(msub), "%s.%s", sub, m);
+            /* The name is checked first: only a valid one is echoed raw. */
+            if (strcmp(m, "*") != 0 && (!sl_is_token(m) || strlen(m) > 32)) {
+                sl_errors_add(ctx->errs, "%s: %s is not a method name, nor \"*\"", sub,
+                              sl_conf_quote(m, q, sizeof(q)));
+                continue;
+            }
+            snprintf(msub, sizeof(msub), "%.700s.%s", sub, m);
             if (sl_get_cost(jc, msub, r, &c, ctx->errs) != 0)
                 continue;
             if (strcmp(m, "*") == 0) {
                 r->cost = c;
-                continue;
-            }
-            if (!sl_is_token(m)) {
-                sl_errors_add(ctx->errs, "%s: a method name or \"*\"", msub);
                 continue;
             }
             struct sl_method_cost *mc = &r->cost_methods[r->ncost_methods++];
