@@ -1,8 +1,15 @@
 # Turn the Redis scripts in DIR (NAMES: a comma-separated list of script
-# names, each DIR/NAME.lua) into a C source OUT defining sl_redis_lua[],
-# indexed by enum sl_redis_script (limits/sl_redis_lua.h: NAME in upper case
-# after SL_LUA_).  A line "--! include FILE" is replaced by FILE's text (from
-# DIR, itself expanded the same way), so a script is sent to Redis whole.
+# names, each DIR/NAME.lua) into a C source OUT defining the table TABLE[]
+# (default sl_redis_lua), indexed by the enum in limits/sl_redis_lua.h
+# whose names are PREFIX (default SL_LUA_) and NAME in upper case.  A line
+# "--! include FILE" is replaced by FILE's text (from DIR, itself expanded
+# the same way), so a script is sent to Redis whole.
+if(NOT TABLE)
+  set(TABLE sl_redis_lua)
+endif()
+if(NOT PREFIX)
+  set(PREFIX SL_LUA_)
+endif()
 string(REPLACE "," ";" names "${NAMES}")
 file(WRITE ${OUT} "/* Generated from the scripts in ${DIR} by cmake/embed_lua.cmake; do not edit. */\n"
   "#include \"sl_redis_lua.h\"\n")
@@ -24,6 +31,6 @@ foreach(name IN LISTS names)
   string(REGEX REPLACE "(0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,0x..,)" "\\1\n" bytes "${bytes}")
   string(TOUPPER ${name} up)
   file(APPEND ${OUT} "static const char sl_lua_${name}[] = {\n${bytes}0x00};\n")
-  string(APPEND table "    [SL_LUA_${up}] = sl_lua_${name},\n")
+  string(APPEND table "    [${PREFIX}${up}] = sl_lua_${name},\n")
 endforeach()
-file(APPEND ${OUT} "const char *const sl_redis_lua[SL_LUA_COUNT] = {\n${table}};\n")
+file(APPEND ${OUT} "const char *const ${TABLE}[${PREFIX}COUNT] = {\n${table}};\n")

@@ -28,13 +28,15 @@
  * broker's stop descriptor, so that stopping never waits for it.
  */
 #include "sl_auth_store.h"
+#include "sl_redis_block.h"
+#include "sl_redis_link.h"
+#include "sl_redis_lua.h"
 #include "sl_redis_sentinel.h"
 
 #include <errno.h>
 #include <hiredis/hiredis.h>
 #include <openssl/evp.h>
 #include <openssl/rand.h>
-#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -51,115 +53,70 @@ struct sl_auth_store {
     int64_t timeout_ms;
     char *k_token, *k_lease, *k_fence, *k_fail, *k_backoff, *channel;
     unsigned char key[32];
-    redisContext *cmd;            /* commands */
-    redisContext *sub;            /* subscribed to the channel */
+    struct sl_redis_block *cmd;   /* commands */
+    struct sl_redis_block *sub;   /* subscribed to the channel */
 };
 
-/* Store the token under lease ARGV[1] (a login that works ends the
- * fleet's back-off): KEYS token, lease, fail, backoff; ARGV fence, value,
- * ttl ms, channel. */
-static const char sl_put_script[] =
-    "if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end "
-    "redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3]) "
-    "redis.call('DEL', KEYS[2], KEYS[3], KEYS[4]) "
-    "redis.call('PUBLISH', ARGV[4], 'token ' .. ARGV[1]) "
-    "return 1";
-/* Drop lease ARGV[1] and announce the failure: KEYS lease; ARGV fence, channel. */
-static const char sl_drop_script[] =
-    "if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end "
-    "redis.call('PUBLISH', ARGV[2], 'failed ' .. ARGV[1]) "
-    "return 1";
-/* Under lease ARGV[1]: the login failed.  The failure (ARGV[2]) is in
- * force for this try's back-off (the fleet's, from KEYS[4], else ARGV[4]);
- * the next one is twice that, at most ARGV[5], and is kept past the
- * back-off so that the next failure finds it.  Returns this try's
- * back-off in ms, or 0 (the lease was lost).  KEYS lease, fail, backoff... */
-static const char sl_fail_script[] =
-    "if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end "
-    "local b = tonumber(redis.call('GET', KEYS[3]) or '0') or 0 "
-    "if b < tonumber(ARGV[4]) then b = tonumber(ARGV[4]) end "
-    "local nb = math.min(b * 2, tonumber(ARGV[5])) "
-    "redis.call('SET', KEYS[2], ARGV[2], 'PX', b) "
-    "redis.call('SET', KEYS[3], nb, 'PX', b + nb + tonumber(ARGV[5])) "
-    "redis.call('DEL', KEYS[1]) "
-    "redis.call('PUBLISH', ARGV[3], 'failed ' .. ARGV[1]) "
-    "return b";
-/* The failure in force and its time left: KEYS fail. */
-static const char sl_failure_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
-/* The token and its life: KEYS token. */
-static const char sl_get_script[] =
-    "local v = redis.call('GET', KEYS[1]) "
-    "if not v then return nil end "
-    "return {v, redis.call('PTTL', KEYS[1])}";
+/* The scripts are limits/lua/auth_*.lua (sl_redis_lua.h). */
+#define SL_SCRIPT(name) (sl_auth_lua[SL_AUTH_LUA_AUTH_##name])
 
-static redisContext *sl_connect(struct sl_auth_store *s)
+static struct sl_redis_block *sl_connect(struct sl_auth_store *s)
 {
-    struct timeval tv = {.tv_sec = s->timeout_ms / 1000,
-                         .tv_usec = (s->timeout_ms % 1000) * 1000};
-    redisContext *c;
-    redisReply *r = NULL;
+    struct sl_redis_link_conf lc;
+    struct sl_redis_block *c;
+    redisReply *r;
+    char why[512];
 
     /* A Sentinel store: ask the Sentinels each time (the primary may have
-     * moved since), and confirm with ROLE below. */
+     * moved since). */
     if (s->config->redis_master != NULL) {
-        char why[512];
         free(s->host);
         s->host = NULL;
         if (sl_redis_sentinel_resolve(s->config, (int)s->timeout_ms, &s->host, &s->port, why,
                                       sizeof(why)) != 0)
             return NULL;
     }
-    c = redisConnectWithTimeout(s->host, s->port, tv);
-    if (c == NULL || c->err) {
-        if (c != NULL)
-            redisFree(c);
+    /* The same link as the store's: TLS, the ACL user, SELECT. */
+    lc = (struct sl_redis_link_conf){
+        .host = s->host,
+        .port = s->port,
+        .user = s->user,
+        .password = s->password,
+        .db = s->db,
+        .tls = s->config->redis_use_tls ? s->config->redis_tls : NULL,
+        .timeout_ms = s->timeout_ms,
+    };
+    c = sl_redis_block_connect(&lc, why, sizeof(why));
+    if (c == NULL)
+        return NULL;
+    /* Never a replica (a Sentinel's stale answer, a demoted primary); a
+     * refused ROLE (an ACL without +role) tells nothing. */
+    r = sl_redis_block_command(c, "ROLE");
+    if (r == NULL || (r->type == REDIS_REPLY_ARRAY && r->elements > 0 &&
+                      r->element[0]->type == REDIS_REPLY_STRING &&
+                      strcmp(r->element[0]->str, "master") != 0)) {
+        if (r != NULL)
+            freeReplyObject(r);
+        sl_redis_block_free(c);
         return NULL;
     }
-    redisSetTimeout(c, tv);
-    if (s->password != NULL) {
-        r = s->user != NULL ? redisCommand(c, "AUTH %s %s", s->user, s->password)
-                            : redisCommand(c, "AUTH %s", s->password);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    if (s->db != 0) {
-        r = redisCommand(c, "SELECT %d", s->db);
-        if (r == NULL || r->type == REDIS_REPLY_ERROR)
-            goto fail;
-        freeReplyObject(r);
-    }
-    if (s->config->redis_master != NULL) {
-        r = redisCommand(c, "ROLE");
-        if (r == NULL || r->type != REDIS_REPLY_ARRAY || r->elements == 0 ||
-            r->element[0]->type != REDIS_REPLY_STRING ||
-            strcmp(r->element[0]->str, "master") != 0)
-            goto fail;
-        freeReplyObject(r);
-    }
+    freeReplyObject(r);
     return c;
-fail:
-    if (r != NULL)
-        freeReplyObject(r);
-    redisFree(c);
-    return NULL;
 }
 
-static redisContext *sl_cmd(struct sl_auth_store *s)
+static struct sl_redis_block *sl_cmd(struct sl_auth_store *s)
 {
     if (s->cmd == NULL)
         s->cmd = sl_connect(s);
     return s->cmd;
 }
 
-/* A reply, or NULL (the context is dropped). */
+/* A reply, or NULL (the connection is dropped; the next call connects
+ * again). */
 static redisReply *sl_reply(struct sl_auth_store *s, redisReply *r)
 {
     if (r == NULL && s->cmd != NULL) {
-        redisFree(s->cmd);
+        sl_redis_block_free(s->cmd);
         s->cmd = NULL;
     }
     return r;
@@ -199,10 +156,8 @@ void sl_auth_store_free(struct sl_auth_store *s)
 {
     if (s == NULL)
         return;
-    if (s->cmd != NULL)
-        redisFree(s->cmd);
-    if (s->sub != NULL)
-        redisFree(s->sub);
+    sl_redis_block_free(s->cmd);
+    sl_redis_block_free(s->sub);
     free(s->host);
     if (s->config != NULL)
         sl_config_unref(s->config);
@@ -279,7 +234,7 @@ static char *sl_open(struct sl_auth_store *s, const unsigned char *blob, size_t 
 int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
                       int64_t *ttl_ms, uint64_t *fence, bool *foreign)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
     char *plain, *nl;
     int rc = 0;
@@ -288,7 +243,7 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
     *foreign = false;
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_get_script, s->k_token));
+    r = sl_reply(s, sl_redis_block_command(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_token));
     if (r == NULL)
         return -1;
     if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
@@ -322,13 +277,13 @@ int sl_auth_store_get(struct sl_auth_store *s, char **token, char **instance,
 
 int sl_auth_store_lease(struct sl_auth_store *s, int64_t ttl_ms, uint64_t *fence)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
     int rc;
 
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "INCR %s", s->k_fence));
+    r = sl_reply(s, sl_redis_block_command(c, "INCR %s", s->k_fence));
     if (r == NULL || r->type != REDIS_REPLY_INTEGER) {
         if (r != NULL)
             freeReplyObject(r);
@@ -336,7 +291,7 @@ int sl_auth_store_lease(struct sl_auth_store *s, int64_t ttl_ms, uint64_t *fence
     }
     *fence = (uint64_t)r->integer;
     freeReplyObject(r);
-    r = sl_reply(s, redisCommand(c, "SET %s %llu NX PX %lld", s->k_lease,
+    r = sl_reply(s, sl_redis_block_command(c, "SET %s %llu NX PX %lld", s->k_lease,
                                  (unsigned long long)*fence, (long long)ttl_ms));
     if (r == NULL)
         return -1;
@@ -348,7 +303,7 @@ int sl_auth_store_lease(struct sl_auth_store *s, int64_t ttl_ms, uint64_t *fence
 int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token,
                       const char *instance, int64_t ttl_ms)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
     char *plain, fs[24];
     unsigned char *blob;
@@ -366,7 +321,7 @@ int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token
     if (blob == NULL)
         return -1;
     snprintf(fs, sizeof(fs), "%llu", (unsigned long long)fence);
-    r = sl_reply(s, redisCommand(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", sl_put_script,
+    r = sl_reply(s, sl_redis_block_command(c, "EVAL %s 4 %s %s %s %s %s %b %lld %s", SL_SCRIPT(PUT),
                                  s->k_token, s->k_lease, s->k_fail, s->k_backoff,
                                  fs, blob, len,
                                  (long long)(ttl_ms > 0 ? ttl_ms : 1), s->channel));
@@ -380,12 +335,12 @@ int sl_auth_store_put(struct sl_auth_store *s, uint64_t fence, const char *token
 
 void sl_auth_store_drop(struct sl_auth_store *s, uint64_t fence)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
 
     if (c == NULL)
         return;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s %llu %s", sl_drop_script, s->k_lease,
+    r = sl_reply(s, sl_redis_block_command(c, "EVAL %s 1 %s %llu %s", SL_SCRIPT(DROP), s->k_lease,
                                  (unsigned long long)fence, s->channel));
     if (r != NULL)
         freeReplyObject(r);
@@ -393,27 +348,23 @@ void sl_auth_store_drop(struct sl_auth_store *s, uint64_t fence)
 
 int sl_auth_store_listen(struct sl_auth_store *s)
 {
-    redisReply *r;
-
     if (s->sub != NULL)
         return 0;
     s->sub = sl_connect(s);
     if (s->sub == NULL)
         return -1;
-    r = redisCommand(s->sub, "SUBSCRIBE %s", s->channel);
-    if (r == NULL) {
-        redisFree(s->sub);
+    if (sl_redis_block_subscribe(s->sub, s->channel) != 0) {
+        sl_redis_block_free(s->sub);
         s->sub = NULL;
         return -1;
     }
-    freeReplyObject(r);
     return 0;
 }
 
 int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned status,
                            const char *why, int64_t min_ms, int64_t max_ms)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
     char *value;
     int64_t rc;
@@ -422,8 +373,8 @@ int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned sta
         return -1;
     if (asprintf(&value, "%u\n%s", status, why) < 0)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 3 %s %s %s %llu %s %s %lld %lld",
-                                 sl_fail_script, s->k_lease, s->k_fail, s->k_backoff,
+    r = sl_reply(s, sl_redis_block_command(c, "EVAL %s 3 %s %s %s %llu %s %s %lld %lld",
+                                 SL_SCRIPT(FAIL), s->k_lease, s->k_fail, s->k_backoff,
                                  (unsigned long long)fence, value, s->channel,
                                  (long long)min_ms, (long long)max_ms));
     free(value);
@@ -437,14 +388,14 @@ int64_t sl_auth_store_fail(struct sl_auth_store *s, uint64_t fence, unsigned sta
 int sl_auth_store_failure(struct sl_auth_store *s, int64_t *left_ms, unsigned *status,
                           char *why, size_t whylen)
 {
-    redisContext *c = sl_cmd(s);
+    struct sl_redis_block *c = sl_cmd(s);
     redisReply *r;
     const char *v, *nl;
     int rc = 0;
 
     if (c == NULL)
         return -1;
-    r = sl_reply(s, redisCommand(c, "EVAL %s 1 %s", sl_failure_script, s->k_fail));
+    r = sl_reply(s, sl_redis_block_command(c, "EVAL %s 1 %s", SL_SCRIPT(GET), s->k_fail));
     if (r == NULL)
         return -1;
     if (r->type == REDIS_REPLY_ERROR)
@@ -467,45 +418,15 @@ int sl_auth_store_failure(struct sl_auth_store *s, int64_t *left_ms, unsigned *s
 
 int sl_auth_store_wait(struct sl_auth_store *s, int64_t timeout_ms, int cancel_fd)
 {
-    int64_t end = 0;
-    void *reply = NULL;
+    int rc;
 
     if (sl_auth_store_listen(s) != 0)
         return -1;
-    {
-        struct timespec ts;
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        end = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000 + timeout_ms;
+    rc = sl_redis_block_wait_message(s->sub, timeout_ms, cancel_fd);
+    if (rc < 0) {
+        /* Subscribe afresh next time. */
+        sl_redis_block_free(s->sub);
+        s->sub = NULL;
     }
-    for (;;) {
-        struct pollfd pf[2] = {{.fd = s->sub->fd, .events = POLLIN},
-                               {.fd = cancel_fd, .events = POLLIN}};
-        struct timespec ts;
-        int64_t left;
-        int n;
-
-        /* A message already read with an earlier one. */
-        if (redisGetReplyFromReader(s->sub, &reply) != REDIS_OK)
-            goto broken;
-        if (reply != NULL) {
-            freeReplyObject(reply);
-            return 1;
-        }
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        left = end - ((int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000);
-        if (left <= 0)
-            return 0;
-        n = poll(pf, cancel_fd >= 0 ? 2 : 1, (int)left);
-        if (n < 0 && errno != EINTR)
-            goto broken;
-        if (n > 0 && (pf[1].revents & POLLIN) && cancel_fd >= 0)
-            return 0;
-        if (n > 0 && pf[0].revents != 0 && redisBufferRead(s->sub) != REDIS_OK)
-            goto broken;
-    }
-broken:
-    /* Subscribe afresh next time. */
-    redisFree(s->sub);
-    s->sub = NULL;
-    return -1;
+    return rc;
 }

@@ -3983,12 +3983,6 @@ static void sl_parse_root(json_t *root, bool apply_env, struct sl_config *c,
     sl_conf_read(&sl_root_table, root, "", c, &ctx);
     /* The token broker's Redis connection (sl_auth_store.c) is hiredis's
      * own, which has no TLS. */
-    if (c->store_kind == SL_STORE_REDIS && c->redis_use_tls)
-        for (size_t i = 0; i < c->nupstreams; i++)
-            if (c->upstreams[i].auth != NULL)
-                sl_errors_add(errs, "upstreams[%zu].auth: the shared login does not "
-                              "reach Redis over TLS yet: with a rediss:// store, "
-                              "use redis:// or remove auth", i);
     if (c->shadow)
         for (size_t i = 0; i < c->nupstreams; i++)
             for (size_t k = 0; k < c->upstreams[i].nrules; k++)

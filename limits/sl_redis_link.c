@@ -1040,35 +1040,80 @@ static int sl_rl_subscribe_kind(const char *s, size_t n)
     return 0;
 }
 
+/* Queue the command CMD (N bytes of RESP) expecting REPLIES replies;
+ * SUB: sl_rl_subscribe_kind's.  0 or -1 (nothing queued). */
+static int sl_rl_queue(struct sl_redis_link *link, const char *cmd, size_t n,
+                       unsigned replies, int sub, sl_redis_reply_fn cb, void *privdata)
+{
+    struct sl_rl_cmd *c = calloc(1, sizeof(*c));
+
+    if (c == NULL)
+        return -1;
+    if (sl_rl_append(link, cmd, n) != 0) {
+        free(c);
+        return -1;
+    }
+    c->cb = cb;
+    c->privdata = privdata;
+    c->at_ms = sl_time_mono_ms();
+    c->replies = replies;
+    if (sub == 1)
+        link->subscribed = true;
+    sl_rl_push(link, c);
+    return 0;
+}
+
+int sl_redis_link_commandv(struct sl_redis_link *link, sl_redis_reply_fn cb, void *privdata,
+                           const char *fmt, va_list ap)
+{
+    char *cmd = NULL;
+    int n, rc;
+
+    if (link->state == SL_REDIS_LINK_DEAD || link->free_asked || cb == NULL)
+        return -1;
+    n = redisvFormatCommand(&cmd, fmt, ap);
+    if (n < 0)
+        return -1;
+    /* One reply: (P|S)(UN)SUBSCRIBE are not for this entry.  The name is
+     * the first bulk string: "*N\r\n$LEN\r\nNAME\r\n...". */
+    {
+        const char *p = strchr(cmd, '\n'), *name;
+        long len = 0;
+        if (p != NULL && p[1] == '$') {
+            len = strtol(p + 2, NULL, 10);
+            name = strchr(p + 1, '\n');
+            if (name != NULL && len > 0 &&
+                sl_rl_subscribe_kind(name + 1, (size_t)len) != 0) {
+                free(cmd);
+                return -1;
+            }
+        }
+    }
+    rc = sl_rl_queue(link, cmd, (size_t)n, 1, 0, cb, privdata);
+    free(cmd);
+    if (rc == 0 && link->depth == 0 && !link->corked)
+        sl_rl_watch(link);
+    return rc;
+}
+
 int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **argv,
                           const size_t *lens, sl_redis_reply_fn cb, void *privdata)
 {
-    struct sl_rl_cmd *c;
     char *cmd = NULL;
-    int n, sub;
+    int n, sub, rc;
 
     if (link->state == SL_REDIS_LINK_DEAD || link->free_asked || argc < 1 || cb == NULL)
         return -1;
     sub = sl_rl_subscribe_kind(argv[0], lens != NULL ? lens[0] : strlen(argv[0]));
     if (sub != 0 && argc < 2)
         return -1;  /* its number of replies is unknown */
-    c = calloc(1, sizeof(*c));
-    if (c == NULL)
-        return -1;
     n = redisFormatCommandArgv(&cmd, argc, argv, lens);
-    if (n < 0 || sl_rl_append(link, cmd, (size_t)n) != 0) {
-        free(cmd);
-        free(c);
-        return -1;
-    }
+    rc = n < 0 ? -1
+               : sl_rl_queue(link, cmd, (size_t)n, sub != 0 ? (unsigned)(argc - 1) : 1, sub,
+                             cb, privdata);
     free(cmd);
-    c->cb = cb;
-    c->privdata = privdata;
-    c->at_ms = sl_time_mono_ms();
-    c->replies = sub != 0 ? (unsigned)(argc - 1) : 1;
-    if (sub == 1)
-        link->subscribed = true;
-    sl_rl_push(link, c);
+    if (rc != 0)
+        return -1;
     /* Inside the link's own functions the watch is set on the way out,
      * once for the whole batch. */
     if (link->depth == 0 && !link->corked)

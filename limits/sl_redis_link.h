@@ -27,6 +27,7 @@
 #ifndef SL_REDIS_LINK_H
 #define SL_REDIS_LINK_H
 
+#include <stdarg.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -141,6 +142,14 @@ struct sl_redis_link *sl_redis_link_new(const struct sl_redis_link_conf *conf,
  */
 int sl_redis_link_command(struct sl_redis_link *link, int argc, const char **argv,
                           const size_t *lens, sl_redis_reply_fn cb, void *privdata);
+
+/*
+ * The same for a command formatted as hiredis's redisCommand formats it
+ * (FMT and AP: "SET %s %b", ...), expecting one reply: not for
+ * (P|S)(UN)SUBSCRIBE (-1).
+ */
+int sl_redis_link_commandv(struct sl_redis_link *link, sl_redis_reply_fn cb, void *privdata,
+                           const char *fmt, va_list ap);
 
 /*
  * Queue many commands with one watch change: until sl_redis_link_uncork(),

@@ -7,7 +7,8 @@
  * sl_redis_lua[] is one whole script, loaded with SCRIPT LOAD and run with
  * EVALSHA.  prelude.lua (Redis's time, number formatting, logging sends)
  * and commits.lua (the commit section) are shared by the scripts that
- * include them.  tests/integration/test_lua_scripts.py runs each script
+ * include them.  The token broker's few scripts (auth_*.lua) are a table
+ * of their own.  tests/integration/test_lua_scripts.py runs each script
  * against a real redis-server with known answers.
  */
 #ifndef SL_REDIS_LUA_H
@@ -31,5 +32,17 @@ enum sl_redis_script {
 };
 
 extern const char *const sl_redis_lua[SL_LUA_COUNT];
+
+/* The token broker's (sl_auth_store.c): SL_AUTH_SCRIPTS in CMakeLists.txt,
+ * files auth_NAME.lua. */
+enum sl_auth_script {
+    SL_AUTH_LUA_AUTH_PUT,
+    SL_AUTH_LUA_AUTH_DROP,
+    SL_AUTH_LUA_AUTH_FAIL,
+    SL_AUTH_LUA_AUTH_GET,
+    SL_AUTH_LUA_COUNT,
+};
+
+extern const char *const sl_auth_lua[SL_AUTH_LUA_COUNT];
 
 #endif

@@ -18,6 +18,7 @@
 #include "sl_redis_sentinel.h"
 
 #include "sl_config.h"
+#include "sl_redis_block.h"
 #include "sl_redis_link.h"
 #include "sl_store.h"
 #include "sl_time.h"
@@ -27,7 +28,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/time.h>
 
 #define SL_SENTINEL_WATCH_RETRY_MS 500
 
@@ -348,56 +348,42 @@ void sl_redis_sentinel_free(struct sl_redis_sentinel *s)
 int sl_redis_sentinel_resolve(const struct sl_config *c, int timeout_ms,
                               char **host, int *port, char *why, size_t why_len)
 {
-    struct timeval tv = {.tv_sec = timeout_ms / 1000, .tv_usec = (timeout_ms % 1000) * 1000};
+    struct sl_redis_sentinel probe = {.config = c, .timeout_ms = timeout_ms};
     size_t n = 0;
 
     why[0] = '\0';
     for (size_t i = 0; i < c->redis_nsentinels; i++) {
-        redisContext *ctx = redisConnectWithTimeout(c->redis_sentinel_host[i],
-                                                    c->redis_sentinel_port[i], tv);
+        struct sl_redis_link_conf lc = sl_sentinel_conf(&probe, i);
+        char what[300] = "does not know it";
+        struct sl_redis_block *b = sl_redis_block_connect(&lc, what, sizeof(what));
         redisReply *r = NULL;
-        const char *what = "does not know it";
 
-        if (ctx == NULL || ctx->err) {
-            what = ctx != NULL ? ctx->errstr : "out of memory";
-            goto next;
-        }
-        redisSetTimeout(ctx, tv);
-        if (c->sentinel_password != NULL) {
-            r = c->sentinel_user != NULL
-                    ? redisCommand(ctx, "AUTH %s %s", c->sentinel_user, c->sentinel_password)
-                    : redisCommand(ctx, "AUTH %s", c->sentinel_password);
-            if (r == NULL || r->type == REDIS_REPLY_ERROR) {
-                what = r == NULL ? ctx->errstr : "refused AUTH";
-                goto next;
+        if (b != NULL) {
+            r = sl_redis_block_command(b, "SENTINEL get-master-addr-by-name %s",
+                                       c->redis_master);
+            if (r == NULL) {
+                snprintf(what, sizeof(what), "did not answer");
+            } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
+                       r->element[0]->type == REDIS_REPLY_STRING &&
+                       r->element[1]->type == REDIS_REPLY_STRING) {
+                long p = strtol(r->element[1]->str, NULL, 10);
+                if (p >= 1 && p <= 65535 && (*host = strdup(r->element[0]->str)) != NULL) {
+                    *port = (int)p;
+                    freeReplyObject(r);
+                    sl_redis_block_free(b);
+                    return 0;
+                }
+                snprintf(what, sizeof(what), "gave no address");
+            } else if (r->type == REDIS_REPLY_ERROR) {
+                snprintf(what, sizeof(what), "answered %.200s", r->str);
             }
-            freeReplyObject(r);
         }
-        r = redisCommand(ctx, "SENTINEL get-master-addr-by-name %s", c->redis_master);
-        if (r == NULL) {
-            what = ctx->errstr;
-        } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
-                   r->element[0]->type == REDIS_REPLY_STRING &&
-                   r->element[1]->type == REDIS_REPLY_STRING) {
-            long p = strtol(r->element[1]->str, NULL, 10);
-            if (p >= 1 && p <= 65535 && (*host = strdup(r->element[0]->str)) != NULL) {
-                *port = (int)p;
-                freeReplyObject(r);
-                redisFree(ctx);
-                return 0;
-            }
-            what = "gave no address";
-        } else if (r->type == REDIS_REPLY_ERROR) {
-            what = "answered an error";
-        }
-next:
         if (n < why_len)
             n += (size_t)snprintf(why + n, why_len - n, "%s%s:%d %s", n > 0 ? "; " : "",
                                   c->redis_sentinel_host[i], c->redis_sentinel_port[i], what);
         if (r != NULL)
             freeReplyObject(r);
-        if (ctx != NULL)
-            redisFree(ctx);
+        sl_redis_block_free(b);
     }
     return -1;
 }

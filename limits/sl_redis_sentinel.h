@@ -23,7 +23,7 @@
  * the deadlines and the watch's reconnection.  Used from one thread.
  *
  * sl_redis_sentinel_resolve() is the blocking form, for a thread of its
- * own (the token broker's), with hiredis's synchronous client.
+ * own (the token broker's), over sl_redis_block (TLS and AUTH the same).
  */
 #ifndef SL_REDIS_SENTINEL_H
 #define SL_REDIS_SENTINEL_H
@@ -65,8 +65,8 @@ void sl_redis_sentinel_free(struct sl_redis_sentinel *s);
 
 /* Blocking: the primary's address as the first Sentinel that knows it
  * says, into *HOST (owned) and *PORT; each Sentinel within TIMEOUT_MS.
- * Plain TCP only.  The caller confirms with ROLE.  Returns 0, or -1 with
- * a sentence in WHY. */
+ * The caller confirms with ROLE.  Returns 0, or -1 with a sentence in
+ * WHY. */
 int sl_redis_sentinel_resolve(const struct sl_config *config, int timeout_ms,
                               char **host, int *port, char *why, size_t why_len);
 

@@ -614,6 +614,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
         char loaded[32];
         sl_time_iso((double)c->loaded_ms / 1000.0, loaded, sizeof(loaded));
         json_object_set_new(cf, "generation", json_integer((json_int_t)c->generation));
+        json_object_set_new(cf, "serving", json_integer((json_int_t)sl_proxy_serving(proxy)));
         json_object_set_new(cf, "loaded_at", json_string(loaded));
         json_object_set_new(cf, "loaded_at_unix",
                             json_real((double)c->loaded_ms / 1000.0));
@@ -1417,7 +1418,7 @@ static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection
 {
     struct sl_proxy *proxy = a->w->proxy;
     struct sl_errors errs = {0};
-    enum sl_reload_result res = sl_proxy_reload(proxy, "POST /reload", &errs);
+    enum sl_reload_result res = sl_proxy_reload(proxy, a->w, "POST /reload", &errs);
     const struct sl_config *c = sl_proxy_config(proxy);
     json_t *j = json_object(), *list = json_array();
     unsigned status = res == SL_RELOAD_OK ? MHD_HTTP_OK
@@ -1429,6 +1430,7 @@ static enum MHD_Result sl_admin_reload(struct sl_admin *a, struct MHD_Connection
     sl_errors_free(&errs);
     json_object_set_new(j, "result", json_string(sl_reload_result_names[res]));
     json_object_set_new(j, "generation", json_integer((json_int_t)c->generation));
+    json_object_set_new(j, "serving", json_integer((json_int_t)sl_proxy_serving(proxy)));
     json_object_set_new(j, "errors", list);
     sl_config_unref(c);
     return sl_queue_json(conn, status, j);

@@ -116,7 +116,7 @@ static void sl_cfgwatch_check(struct sl_cfgwatch *w)
                 w->proxy->config_path);
         return;
     }
-    sl_proxy_reload(w->proxy, "config file changed", &errs);
+    sl_proxy_reload(w->proxy, NULL, "config file changed", &errs);
     sl_errors_free(&errs);
 }
 

@@ -496,7 +496,7 @@ int main(int argc, char **argv)
         }
         if (sig == SIGHUP) {
             struct sl_errors errs = {0};
-            sl_proxy_reload(&proxy, "SIGHUP", &errs);
+            sl_proxy_reload(&proxy, NULL, "SIGHUP", &errs);
             sl_errors_free(&errs);
             continue;
         }

@@ -160,8 +160,10 @@ struct sl_idle_easy {
 struct sl_worker {
     int id;
     struct sl_proxy *proxy;
-    /* The configuration generation this worker serves (referenced). */
+    /* The configuration generation this worker serves (referenced), and
+     * its number for other threads (sl_proxy_serving). */
     const struct sl_config *config;
+    _Atomic uint64_t serving;
     struct sl_store *store;       /* this worker's view of the limit store */
     struct sl_store_sock store_socks[SL_STORE_WATCHES]; /* the store's sockets */
     struct sl_timer store_timer;  /* the store's next deadline */
@@ -219,16 +221,24 @@ int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c);
 /*
  * Re-read the configuration file (SIGHUP, POST /reload): validate it in
  * full, refuse what needs a restart, else install it as the next
- * generation and wake every worker.  WHY says who asked (for the log).
- * Errors, one per line, go to ERRS.  Any thread.
+ * generation, wake every worker, and return once every worker serves it
+ * (each moves at its next loop pass; at most SL_RELOAD_WAIT_MS, then a
+ * warning names who lags), so that a call made after the answer is
+ * decided under it.  SELF: the worker whose thread this is (it moves here),
+ * or NULL from any other thread.  WHY says who asked (for the log).
+ * Errors, one per line, go to ERRS.
  */
-enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
-                                      struct sl_errors *errs);
+enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, struct sl_worker *self,
+                                      const char *why, struct sl_errors *errs);
 /* Move worker W to the configuration in force, if newer than its own:
  * its store and its metrics; its held calls are marked for the rematch
  * phase, not decided here (a decision's answer may itself move the worker).
  * W's thread only. */
 void sl_worker_adopt(struct sl_worker *w);
+
+/* The generation every worker serves: the oldest any of them still does
+ * (a reload is in force for every new call once this reaches it). */
+uint64_t sl_proxy_serving(struct sl_proxy *p);
 /* The rematch phase: match again, and ask the store again for, the held
  * calls the last move marked, in line order (by ticket).  W's thread. */
 void sl_request_rematch(struct sl_worker *w);

@@ -8,7 +8,9 @@
  * config_lock and every worker is woken.  Nothing stops: each worker moves
  * at the start of its next loop pass (sl_worker_adopt), and calls already
  * matched keep the generation they were matched under (each holds a
- * reference) until they end.
+ * reference) until they end.  The reload is answered (and logged) once
+ * every worker serves the new generation, so a call made after the answer
+ * is decided under it, whichever worker takes it.
  *
  * Counts carry over by name.  The memory store renumbers its buckets by
  * (upstream name, rule name) under each table's lock; Redis keys are named
@@ -35,6 +37,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 const char *const sl_reload_result_names[SL_RELOAD_RESULTS] = {
     "ok", "invalid", "refused",
@@ -93,8 +96,29 @@ int sl_proxy_metric_ids(struct sl_proxy *p, struct sl_config *c)
     return 0;
 }
 
-enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
-                                      struct sl_errors *errs)
+/* How long a reload waits for every worker to move (they move within a
+ * loop pass: microseconds when idle, a pass's work when busy). */
+#define SL_RELOAD_WAIT_MS 2000
+
+/* Wait until every worker serves GENERATION (SELF moves here), at most
+ * SL_RELOAD_WAIT_MS.  True when they all do. */
+static bool sl_reload_wait(struct sl_proxy *p, struct sl_worker *self, uint64_t generation)
+{
+    int64_t until = sl_time_mono_ms() + SL_RELOAD_WAIT_MS;
+
+    if (self != NULL)
+        sl_worker_adopt(self);
+    while (sl_proxy_serving(p) < generation) {
+        struct timespec ts = {.tv_sec = 0, .tv_nsec = 500000};
+        if (sl_time_mono_ms() >= until)
+            return false;
+        nanosleep(&ts, NULL);
+    }
+    return true;
+}
+
+enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, struct sl_worker *self,
+                                      const char *why, struct sl_errors *errs)
 {
     struct sl_config *nc = NULL;
     const struct sl_config *cur, *old;
@@ -154,6 +178,10 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, const char *why,
     sl_log_set_json(nc->log_format == SL_LOG_FORMAT_JSON);
     for (int i = 0; i < p->nworkers; i++)
         sl_worker_wake(&p->workers[i]);
+    if (!sl_reload_wait(p, self, nc->generation))
+        sl_warn("%s: a worker has not moved to generation %llu within %d ms (it "
+                "is busy); it moves at its next loop pass", why,
+                (unsigned long long)nc->generation, SL_RELOAD_WAIT_MS);
     sl_info("%s: configuration reloaded from %s: generation %llu, %zu upstream%s",
             why, p->config_path, (unsigned long long)nc->generation, nc->nupstreams,
             nc->nupstreams == 1 ? "" : "s");
@@ -208,6 +236,18 @@ void sl_request_rematch(struct sl_worker *w)
     free(list);
 }
 
+uint64_t sl_proxy_serving(struct sl_proxy *p)
+{
+    uint64_t min = atomic_load_explicit(&p->generation, memory_order_acquire);
+
+    for (int i = 0; i < p->nworkers; i++) {
+        uint64_t g = atomic_load_explicit(&p->workers[i].serving, memory_order_acquire);
+        if (g < min)
+            min = g;
+    }
+    return min;
+}
+
 void sl_worker_adopt(struct sl_worker *w)
 {
     struct sl_proxy *p = w->proxy;
@@ -240,6 +280,7 @@ void sl_worker_adopt(struct sl_worker *w)
         return;
     }
     w->config = c;
+    atomic_store_explicit(&w->serving, c->generation, memory_order_release);
     pthread_rwlock_unlock(&p->metrics_lock);
     /* The store moves after the metrics could (never ahead of the worker). */
     if (sl_store_adopt(w->store, c) != 0)

@@ -602,6 +602,7 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
     w->id = id;
     w->proxy = proxy;
     w->config = sl_config_ref(c);
+    atomic_store_explicit(&w->serving, c->generation, memory_order_release);
     w->listen_fd = -1;
     if (sl_worker_loop_init(w) != 0)
         return -1;

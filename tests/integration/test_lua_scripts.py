@@ -16,6 +16,7 @@ from harness import ROOT, SLUICE_BIN, RedisServer, RedisError, resp_encode, resp
 LUA = os.path.join(ROOT, "limits", "lua")
 SCRIPTS = ["decide", "commit", "release", "renew", "pause", "sync", "snapshot",
            "hist_add", "hist_read", "set_pause", "settle"]
+AUTH_SCRIPTS = ["auth_put", "auth_drop", "auth_fail", "auth_get"]
 S = 1000000  # µs
 
 
@@ -51,7 +52,7 @@ def now_us(redis):
 
 
 def test_every_script_loads_and_opens_with_its_contract(redis):
-    for name in SCRIPTS:
+    for name in SCRIPTS + AUTH_SCRIPTS:
         text = open(os.path.join(LUA, name + ".lua")).read()
         assert text.startswith("-- "), name
         head = text.split("\n\n")[0]
@@ -64,12 +65,13 @@ def test_the_binary_embeds_the_same_scripts():
     gen = os.path.join(os.path.dirname(SLUICE_BIN), "sl_redis_lua.c")
     if not os.path.exists(gen):
         pytest.skip("no build tree next to %s (an installed binary)" % SLUICE_BIN)
-    c = open(gen).read()
-    for name in SCRIPTS:
-        m = re.search(r"sl_lua_%s\[\] = \{\n(.*?)0x00\};" % name, c, re.S)
-        assert m, name
-        data = bytes(int(x, 16) for x in re.findall(r"0x([0-9a-f]{2})", m.group(1)))
-        assert data.decode() == script(name), name
+    for table, names in (("sl_redis_lua.c", SCRIPTS), ("sl_auth_lua.c", AUTH_SCRIPTS)):
+        c = open(os.path.join(os.path.dirname(SLUICE_BIN), table)).read()
+        for name in names:
+            m = re.search(r"sl_lua_%s\[\] = \{\n(.*?)0x00\};" % name, c, re.S)
+            assert m, name
+            data = bytes(int(x, 16) for x in re.findall(r"0x([0-9a-f]{2})", m.group(1)))
+            assert data.decode() == script(name), name
 
 
 # ---- decide ----
@@ -489,3 +491,43 @@ def test_history_adds_up_and_caps_the_apps_it_names(redis):
 def test_a_script_error_is_an_error_not_a_wrong_answer(redis):
     with pytest.raises(RedisError):
         run(redis, "decide", ["{u}r"], ["b", "not-a-number"])
+
+
+# ---- the token broker's ----
+
+def test_the_broker_stores_a_token_only_under_its_own_lease(redis):
+    keys = ["t", "l", "f", "b"]
+    redis.command("SET", "l", "7")
+    redis.command("SET", "f", "old failure")
+    assert run(redis, "auth_put", keys, ["6", "sealed", 60000, "ch"]) == 0
+    assert redis.command("EXISTS", "t") == 0  # another lease: nothing
+    assert run(redis, "auth_put", keys, ["7", "sealed", 60000, "ch"]) == 1
+    assert redis.command("GET", "t") == b"sealed"
+    # the lease, the failure and the back-off are gone with a good login
+    assert redis.command("EXISTS", "l", "f", "b") == 0
+    v, ttl = run(redis, "auth_get", ["t"], [])
+    assert v == b"sealed" and 59000 < ttl <= 60000
+    assert run(redis, "auth_get", ["none"], []) is None
+
+
+def test_the_broker_drops_only_its_own_lease(redis):
+    redis.command("SET", "l", "7")
+    assert run(redis, "auth_drop", ["l"], ["6", "ch"]) == 1
+    assert redis.command("GET", "l") == b"7"
+    assert run(redis, "auth_drop", ["l"], ["7", "ch"]) == 1
+    assert redis.command("EXISTS", "l") == 0
+
+
+def test_a_failed_login_doubles_the_fleets_back_off_up_to_its_most(redis):
+    keys = ["l", "f", "b"]
+    waits = []
+    for fence in ("1", "2", "3", "4", "5", "6", "7"):
+        redis.command("SET", "l", fence)
+        waits.append(run(redis, "auth_fail", keys, [fence, "500\nboom", "ch", 1000, 8000]))
+        assert redis.command("EXISTS", "l") == 0
+        assert redis.command("GET", "f") == b"500\nboom"
+    assert waits == [1000, 2000, 4000, 8000, 8000, 8000, 8000]
+    # a lease lost meanwhile: nothing written
+    redis.command("SET", "l", "9")
+    assert run(redis, "auth_fail", keys, ["8", "x", "ch", 1000, 8000]) == 0
+    assert redis.command("GET", "l") == b"9"

@@ -285,3 +285,36 @@ def test_check_reads_the_tls_files(upstream, certs):
     plain = conf(upstream, "redis://127.0.0.1:6379", certs, rules)
     code, err = check(plain)
     assert code == 1 and "store_tls: applies to a rediss:// store only" in err, err
+
+
+def test_the_token_broker_reaches_redis_over_tls_too(upstream, tls_redis, certs):
+    """The broker's own connection (a blocking client on its thread) is the
+    same link as the store's: TLS with the private CA, a client
+    certificate.  Three instances, thirty calls, one login for the fleet,
+    the token sealed in Redis, and no plain connection from sluice."""
+    from harness import Sluice, parallel
+    from test_auth import CLIENT_SECRET, FakeProvider, config, get
+    p = FakeProvider()
+    fleet = []
+    try:
+        for _ in range(3):
+            c = config(p, admin_port=free_port())
+            c["store"] = tls_redis.tls_url()
+            c["store_tls"] = {"ca_file": os.path.join(certs, "ca.crt"),
+                              "cert_file": os.path.join(certs, "client.crt"),
+                              "key_file": os.path.join(certs, "client.key")}
+            fleet.append(Sluice(c, workers=1, env={"TEST_CLIENT_SECRET": CLIENT_SECRET}))
+        res = parallel(30, lambda i: get(fleet[i % 3], "/crm/x/%d" % i))
+        assert [r[0] for r in res] == [200] * 30, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 1
+        assert "auth:crm:token" in tls_redis.cli("KEYS", "*")
+        # Every connection from sluice is on the TLS port (the test's own
+        # redis-cli, on the plain port, is the only other client).
+        plain = [c for c in tls_redis.cli("CLIENT", "LIST").splitlines()
+                 if "laddr=127.0.0.1:%d " % tls_redis.port in c and "cmd=client" not in c]
+        assert plain == [], plain
+        assert len(tls_redis.tls_clients()) >= 3
+    finally:
+        for sl in fleet:
+            sl.stop()
+        p.close()

@@ -52,11 +52,14 @@ def reload_http(sl):
 
 
 def sighup(sl, generation):
-    """SIGHUP, then wait until /status shows GENERATION."""
+    """SIGHUP, then wait until /status shows GENERATION served by every
+    worker (a call accepted by one still on the older generation would be
+    decided under it)."""
     sl.proc.send_signal(signal.SIGHUP)
     deadline = time.time() + 5
     while time.time() < deadline:
-        if status(sl)["config"]["generation"] == generation:
+        cf = status(sl)["config"]
+        if cf["generation"] == generation and cf["serving"] == generation:
             return
         time.sleep(0.02)
     raise AssertionError("generation %d never came:\n%s" % (generation, sl.read_log()))
@@ -86,6 +89,7 @@ def test_limit_raised_and_lowered_keeps_counts(upstream, store):
         rewrite(sl, upstream, rate(4))
         code, body = reload_http(sl)
         assert (code, body["result"], body["generation"]) == (200, "ok", 3)
+        assert wait_for(lambda: status(sl)["config"]["serving"] == 3, 5)
         assert codes(sl, 2) == [429, 429]
         assert upstream.count() == 8
         st = status(sl)
