@@ -20,12 +20,14 @@
  * secret) does not open: it is treated as absent, and the instance logs
  * in again under the lease; its token then replaces the other.
  *
- * Blocking hiredis contexts with a timeout, on the broker's thread: a
- * login is rare, and the thread blocks in the token endpoint anyway.  A
- * context that failed (a timeout leaves hiredis's context unusable) is
- * dropped and connected again at the next call.  The one long wait, for
- * an announcement, polls the subscribed socket together with the
- * broker's stop descriptor, so that stopping never waits for it.
+ * Blocking clients (sl_redis_block: the store's own link, so TLS, the ACL
+ * user and SELECT are the same, and ROLE is asked first) on the broker's
+ * thread: a login is rare, and the thread blocks in the token endpoint
+ * anyway.  A client that failed, or found a replica (READONLY), is dropped
+ * and connected again at the next call (a Sentinel store asks the
+ * Sentinels again).  The one long wait, for an announcement, polls the
+ * subscribed link together with the broker's stop descriptor, so that
+ * stopping never waits for it.
  */
 #include "sl_auth_store.h"
 #include "sl_redis_block.h"
@@ -115,6 +117,14 @@ static struct sl_redis_block *sl_cmd(struct sl_auth_store *s)
  * again). */
 static redisReply *sl_reply(struct sl_auth_store *s, redisReply *r)
 {
+    /* A replica (a demoted primary) takes no write: leave it, and find
+     * the primary again on the next call. */
+    if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL) {
+        freeReplyObject(r);
+        r = NULL;
+        sl_redis_block_free(s->sub);
+        s->sub = NULL;
+    }
     if (r == NULL && s->cmd != NULL) {
         sl_redis_block_free(s->cmd);
         s->cmd = NULL;

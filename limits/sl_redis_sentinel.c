@@ -18,6 +18,7 @@
 #include "sl_redis_sentinel.h"
 
 #include "sl_config.h"
+#include "sl_log.h"
 #include "sl_redis_block.h"
 #include "sl_redis_link.h"
 #include "sl_store.h"
@@ -49,6 +50,7 @@ struct sl_redis_sentinel {
     struct sl_redis_link *watch;
     size_t watch_i;
     bool watching;                  /* make and keep a watch */
+    bool watch_refused_logged;
     int64_t watch_at_ms;            /* when to make it again (0: now) */
 };
 
@@ -196,6 +198,11 @@ static void sl_ask_next(struct sl_redis_sentinel *s)
     sl_ask_done(s, NULL, 0);
 }
 
+void sl_redis_sentinel_distrust(struct sl_redis_sentinel *s)
+{
+    s->first = (s->first + 1) % s->config->redis_nsentinels;
+}
+
 int sl_redis_sentinel_ask(struct sl_redis_sentinel *s, sl_sentinel_found_fn cb, void *arg)
 {
     if (s->cb != NULL)
@@ -251,9 +258,25 @@ static void sl_watch_message(struct sl_redis_link *link, redisReply *rep, void *
         s->on_switch(s->arg, newh, newp);
 }
 
+/* The watch's SUBSCRIBE answered.  Refused (an ACL without the channel):
+ * logged once, and the next Sentinel is tried after the backoff. */
 static void sl_watch_subscribed(struct sl_redis_link *link, redisReply *rep, void *arg)
 {
-    (void)link, (void)rep, (void)arg;
+    struct sl_redis_sentinel *s = arg;
+
+    if (rep == NULL || rep->type != REDIS_REPLY_ERROR || link != s->watch)
+        return;
+    if (!s->watch_refused_logged) {
+        s->watch_refused_logged = true;
+        sl_warn("store: Sentinel %s:%d refused SUBSCRIBE +switch-master (%.200s): "
+                "failovers are then noticed only when the old primary's link fails",
+                s->config->redis_sentinel_host[s->watch_i],
+                s->config->redis_sentinel_port[s->watch_i], rep->str);
+    }
+    s->watch = NULL;
+    sl_redis_link_free(link);
+    s->watch_i = (s->watch_i + 1) % s->config->redis_nsentinels;
+    s->watch_at_ms = sl_time_mono_ms() + SL_SENTINEL_WATCH_RETRY_MS;
 }
 
 static void sl_watch_start(struct sl_redis_sentinel *s)
@@ -366,8 +389,10 @@ int sl_redis_sentinel_resolve(const struct sl_config *c, int timeout_ms,
             } else if (r->type == REDIS_REPLY_ARRAY && r->elements == 2 &&
                        r->element[0]->type == REDIS_REPLY_STRING &&
                        r->element[1]->type == REDIS_REPLY_STRING) {
-                long p = strtol(r->element[1]->str, NULL, 10);
-                if (p >= 1 && p <= 65535 && (*host = strdup(r->element[0]->str)) != NULL) {
+                char *end;
+                long p = strtol(r->element[1]->str, &end, 10);
+                if (*end == '\0' && p >= 1 && p <= 65535 &&
+                    (*host = strdup(r->element[0]->str)) != NULL) {
                     *port = (int)p;
                     freeReplyObject(r);
                     sl_redis_block_free(b);
@@ -376,6 +401,8 @@ int sl_redis_sentinel_resolve(const struct sl_config *c, int timeout_ms,
                 snprintf(what, sizeof(what), "gave no address");
             } else if (r->type == REDIS_REPLY_ERROR) {
                 snprintf(what, sizeof(what), "answered %.200s", r->str);
+            } else if (r->type != REDIS_REPLY_NIL) {
+                snprintf(what, sizeof(what), "gave no address");
             }
         }
         if (n < why_len)

@@ -56,6 +56,11 @@ struct sl_redis_sentinel *sl_redis_sentinel_new(const struct sl_config *config,
 int sl_redis_sentinel_ask(struct sl_redis_sentinel *s, sl_sentinel_found_fn cb,
                           void *arg);
 
+/* The address the last ask gave was not the primary (ROLE said replica):
+ * the next ask starts with the next Sentinel, not that one (its view is
+ * stale, and would be given again). */
+void sl_redis_sentinel_distrust(struct sl_redis_sentinel *s);
+
 /* Deadlines and the watch.  NOW_MS: sl_time_mono_ms().  Returns when to
  * call it again (ms), or -1. */
 int64_t sl_redis_sentinel_timers(struct sl_redis_sentinel *s, int64_t now_ms);

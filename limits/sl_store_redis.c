@@ -361,6 +361,10 @@ struct sl_redis {
     struct sl_redis_sentinel *sentinel;
     char primary_host[256];               /* "" until found */
     int primary_port;
+    char sub_host[256];                   /* where the subscriber connected */
+    int sub_port;
+    char switch_host[256];                /* +switch-master's new primary, */
+    int switch_port;                      /* until an ask names it (0: none) */
     bool not_primary;                     /* ROLE or READONLY said "replica" */
     bool switched;                        /* +switch-master for our primary */
     char switched_to[300];
@@ -908,7 +912,11 @@ static void sl_redis_on_connect(struct sl_redis_link *link, int status,
 
     if (status == SL_REDIS_LINK_OK) {
         conn->state = SL_REDIS_UP;
-        conn->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+        /* The main link's backoff is reset once its set-up is answered by
+         * a primary (sl_redis_on_reply): a replica that answers the
+         * handshake is dropped and tried again no faster than the backoff. */
+        if (conn->sub)
+            conn->backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
         return;
     }
     if (!conn->sub)
@@ -994,6 +1002,19 @@ static void sl_redis_on_primary(void *arg, const char *host, int port, const cha
         sl_redis_schedule_reconnect(&r->main);
         return;
     }
+    /* A switch was announced: a Sentinel still naming another server
+     * has not heard of it yet (the old primary may not be demoted yet,
+     * and would take writes that are then lost).  Ask again. */
+    if (r->switch_port != 0 && (strcmp(host, r->switch_host) != 0 || port != r->switch_port)) {
+        char why2[600];
+        snprintf(why2, sizeof(why2), "a Sentinel still names %s:%d after the switch to %s:%d",
+                 host, port, r->switch_host, r->switch_port);
+        sl_redis_sentinel_distrust(r->sentinel);
+        sl_redis_mark_down(r, why2);
+        sl_redis_schedule_reconnect(&r->main);
+        return;
+    }
+    r->switch_port = 0;
     if (r->worker_id == 0 && (strcmp(host, r->primary_host) != 0 || port != r->primary_port))
         sl_info("store: the Sentinels name %s:%d as the primary \"%s\"", host, port,
                 r->config->redis_master);
@@ -1001,7 +1022,10 @@ static void sl_redis_on_primary(void *arg, const char *host, int port, const cha
     r->primary_port = port;
     r->main.resolved = true;
     sl_redis_connect(&r->main);
-    /* The subscriber waits for an address: it has one now. */
+    /* The subscriber waits for an address: it has one now; one connected
+     * elsewhere (the old primary) moves too. */
+    if (r->sub.link != NULL && (strcmp(r->sub_host, host) != 0 || r->sub_port != port))
+        sl_redis_fail(&r->sub, "the primary moved");
     if (r->sub.state == SL_REDIS_DOWN) {
         r->sub.reconnect_at_ms = 0;
         r->sub.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
@@ -1014,8 +1038,13 @@ static void sl_redis_on_switch(void *arg, const char *host, int port)
 {
     struct sl_redis *r = arg;
 
+    /* Already there (this worker asked after the switch). */
+    if (r->main.link != NULL && strcmp(host, r->primary_host) == 0 && port == r->primary_port)
+        return;
     snprintf(r->switched_to, sizeof(r->switched_to),
              "the Sentinels moved the primary to %s:%d", host, port);
+    snprintf(r->switch_host, sizeof(r->switch_host), "%s", host);
+    r->switch_port = port;
     r->switched = true;
 }
 
@@ -1042,6 +1071,10 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
         conn->resolved = false;
         host = r->primary_host;
         port = r->primary_port;
+        if (conn->sub) {
+            snprintf(r->sub_host, sizeof(r->sub_host), "%s", host);
+            r->sub_port = port;
+        }
     }
     const struct sl_redis_link_cbs cbs = {
         .on_connect = sl_redis_on_connect,
@@ -1560,7 +1593,7 @@ static bool sl_redis_finding_primary(const struct sl_redis *r)
 
 static bool sl_redis_usable(const struct sl_redis *r)
 {
-    if (r->main.link == NULL || r->main.freeing)
+    if (r->main.link == NULL || r->main.freeing || r->not_primary)
         return false;
     /* While in an outage, calls do not wait on a reconnection attempt:
      * the link is used again once Redis has answered on it. */
@@ -1904,7 +1937,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         r->setup_left--;  /* replies come in order: the set-up's first */
     /* A replica (a demoted primary, or a URL naming one) takes no write:
      * the timers drop the link and find the primary again. */
-    if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strncmp(rep->str, "READONLY", 8) == 0)
+    if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "READONLY") != NULL)
         r->not_primary = true;
     /* ROLE refused (an ACL without +role) tells nothing: READONLY still
      * catches a replica at the first write. */
@@ -1913,6 +1946,8 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         strcmp(rep->element[0]->str, "master") != 0)
         r->not_primary = true;
     if (rep != NULL && rep->type != REDIS_REPLY_ERROR && !r->not_primary) {
+        if (r->setup_left == 0)
+            r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
         if (op->kind == SL_OP_CLOCK)
             sl_redis_sample_time(r, rep);
         else
@@ -2745,6 +2780,28 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     int64_t now_us = sl_redis_now_us();
 
 #define SL_NEXT(x) do { if ((x) >= 0 && (next < 0 || (x) < next)) next = (x); } while (0)
+    /* Not the primary (any more), before anything is written to it: both
+     * links go at once.  After a switch the main link asks again without
+     * waiting a backoff; a replica a Sentinel named is distrusted (the next
+     * ask starts with another Sentinel), and tried again after the
+     * backoff. */
+    if (r->switched || r->not_primary) {
+        const char *why = r->switched ? r->switched_to
+                                      : "the server is a replica, not the primary";
+        if (r->switched) {
+            r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+            r->sub.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
+        } else if (r->sentinel != NULL) {
+            sl_redis_sentinel_distrust(r->sentinel);
+        }
+        if (r->main.link != NULL)
+            sl_redis_fail(&r->main, why);
+        if (r->switched && r->main.state == SL_REDIS_DOWN)
+            r->main.reconnect_at_ms = now;
+        r->switched = r->not_primary = false;
+        if (r->sub.link != NULL)
+            sl_redis_fail(&r->sub, why);
+    }
     /* The pass's batches are written now, not after an epoll_wait that
      * reports the socket writable: one loop crossing and the two watch
      * changes (write on, write off) fewer per batch.  What cannot be
@@ -2770,22 +2827,11 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         if (r->fifo_head != NULL && sl_redis_now_us() >= r->fifo_head->deadline_us)
             sl_redis_fail(&r->main, "no answer within store_timeout");
     }
-    if (r->switched || r->not_primary) {
-        /* Not the primary (any more): both links go at once, and the main
-         * one finds the primary again without waiting a backoff. */
-        const char *why = r->switched ? r->switched_to
-                                      : "the server is a replica, not the primary";
-        if (r->switched) {
-            r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
-            r->sub.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
-        }
-        if (r->main.link != NULL)
-            sl_redis_fail(&r->main, why);
-        if (r->switched && r->main.state == SL_REDIS_DOWN)
-            r->main.reconnect_at_ms = now;
-        r->switched = r->not_primary = false;
-        if (r->sub.link != NULL)
-            sl_redis_fail(&r->sub, why);
+    /* The Sentinels first: an answer connects the main link (whose
+     * deadline is then watched below), a failed ask schedules its retry. */
+    if (r->sentinel != NULL) {
+        t = sl_redis_sentinel_timers(r->sentinel, sl_redis_now_ms());
+        SL_NEXT(t);
     }
     t = sl_redis_conn_timers(&r->main, now);
     SL_NEXT(t);
@@ -2793,7 +2839,8 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         t = sl_redis_conn_timers(&r->sub, now);
         SL_NEXT(t);
     }
-    if (r->sentinel != NULL) {
+    /* An ask the main link began just now starts in this pass. */
+    if (r->sentinel != NULL && r->main.state == SL_REDIS_RESOLVING) {
         t = sl_redis_sentinel_timers(r->sentinel, sl_redis_now_ms());
         SL_NEXT(t);
     }

@@ -124,7 +124,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, struct sl_worker *self
     const struct sl_config *cur, *old;
     enum sl_reload_result res = SL_RELOAD_OK;
     const char *bad_app = NULL;
-    size_t before;
+    size_t before, nups = 0;
+    uint64_t generation = 0;
 
     pthread_mutex_lock(&p->reload_lock);
     /* The service manager shows "reloading" until the READY=1 below. */
@@ -178,13 +179,8 @@ enum sl_reload_result sl_proxy_reload(struct sl_proxy *p, struct sl_worker *self
     sl_log_set_json(nc->log_format == SL_LOG_FORMAT_JSON);
     for (int i = 0; i < p->nworkers; i++)
         sl_worker_wake(&p->workers[i]);
-    if (!sl_reload_wait(p, self, nc->generation))
-        sl_warn("%s: a worker has not moved to generation %llu within %d ms (it "
-                "is busy); it moves at its next loop pass", why,
-                (unsigned long long)nc->generation, SL_RELOAD_WAIT_MS);
-    sl_info("%s: configuration reloaded from %s: generation %llu, %zu upstream%s",
-            why, p->config_path, (unsigned long long)nc->generation, nc->nupstreams,
-            nc->nupstreams == 1 ? "" : "s");
+    generation = nc->generation;
+    nups = nc->nupstreams;
     sl_config_unref(old);
 out:
     atomic_fetch_add(&p->reloads[res], 1);
@@ -198,6 +194,25 @@ out:
     }
     sl_config_unref(cur);
     pthread_mutex_unlock(&p->reload_lock);
+    /* Outside the lock: a reload asked meanwhile (on worker 0, through
+     * POST /reload) must not hold worker 0 while this waits for it. */
+    if (res == SL_RELOAD_OK) {
+        if (!sl_reload_wait(p, self, generation)) {
+            char lag[128];
+            size_t n = 0;
+            lag[0] = '\0';
+            for (int i = 0; i < p->nworkers && n < sizeof(lag); i++)
+                if (atomic_load_explicit(&p->workers[i].serving, memory_order_acquire) <
+                    generation)
+                    n += (size_t)snprintf(lag + n, sizeof(lag) - n, "%s%d", n ? ", " : "", i);
+            sl_warn("%s: worker %s has not moved to generation %llu within %d ms (busy); "
+                    "it moves at its next loop pass", why, lag,
+                    (unsigned long long)generation, SL_RELOAD_WAIT_MS);
+        }
+        sl_info("%s: configuration reloaded from %s: generation %llu, %zu upstream%s",
+                why, p->config_path, (unsigned long long)generation, nups,
+                nups == 1 ? "" : "s");
+    }
     return res;
 }
 

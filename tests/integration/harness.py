@@ -800,6 +800,9 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--loglevel", "warning",
+             # A replica's full sync writes an RDB file even without
+             # --save: into a directory of its own, never the checkout.
+             "--dir", tempfile.gettempdir(), "--dbfilename", "sluice-test-%d.rdb" % self.port,
              *self.EXTRA_ARGS],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # Its log (warnings only) is read if it exits; drained meanwhile.

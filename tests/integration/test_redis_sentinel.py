@@ -5,6 +5,7 @@ a failover (SENTINEL FAILOVER, and kill -9 of the primary), and the
 quota stays one count, checked at the upstream."""
 
 import os
+import re
 import shutil
 import subprocess
 import tempfile
@@ -327,11 +328,12 @@ class FakeSentinel:
 
 
 def test_a_stale_sentinel_naming_a_replica_is_caught_by_role(upstream, sentinels, sluice):
-    """The first Sentinel asked names the replica (its view is stale): ROLE
-    says "slave", sluice drops that link and asks again; the stale one now
-    names the primary.  No decision is ever written to the replica."""
-    fake = FakeSentinel([("127.0.0.1", sentinels.replica.port),
-                         ("127.0.0.1", sentinels.primary.port)])
+    """The first Sentinel listed always names the replica (its view is
+    stale, as a Sentinel cut off from the others would keep it): ROLE says
+    "slave", sluice drops that link, and asks another Sentinel first next
+    time, which names the primary.  No decision is ever written to the
+    replica."""
+    fake = FakeSentinel([("127.0.0.1", sentinels.replica.port)])
     try:
         url = "redis-sentinel://127.0.0.1:%d,127.0.0.1:%d/%s" % (
             fake.port, sentinels.ports[0], MASTER)
@@ -339,24 +341,49 @@ def test_a_stale_sentinel_naming_a_replica_is_caught_by_role(upstream, sentinels
                         on_store_error="deny"))
         # Dropped as a replica (an outage, logged), then found on the primary.
         assert wait_for(lambda: "is back" in sl.read_log(), 10)
-        assert store_up(sl) and fake.asked >= 2
+        assert store_up(sl) and fake.asked >= 1
         assert calls([sl], 6) == [200] * 5 + [429]
         assert int(sentinels.primary.cli("LLEN", "sluice:{leads}:r:3:all:")) == 5
         log = sl.read_log()
         assert "127.0.0.1:%d as the primary" % sentinels.replica.port in log
         assert "a replica, not the primary" in log
+        # The replica ran no script of sluice's (SCRIPT LOAD at connect is
+        # no write; a decision would be an EVALSHA or EVAL).
+        stats = sentinels.replica.cli("INFO", "commandstats")
+        assert "cmdstat_evalsha" not in stats and "cmdstat_eval:" not in stats, stats
     finally:
         fake.close()
 
 
 def test_a_plain_url_naming_a_replica_is_refused_not_written(upstream, sentinels, sluice):
-    # READONLY from the replica: the link is dropped and calls decided by
-    # on_store_error, never counted there.
-    sl = sluice(cfg(upstream, "redis://127.0.0.1:%d" % sentinels.replica.port,
+    # ROLE says "slave": the link is dropped (and tried again no faster than
+    # the backoff), calls decided by on_store_error, never counted there.
+    replica = sentinels.replica
+    before = int(re.search(r"total_connections_received:(\d+)",
+                           replica.cli("INFO", "stats")).group(1))
+    sl = sluice(cfg(upstream, "redis://127.0.0.1:%d" % replica.port,
                     [{"name": "all", "limit": 5, "window": "1m"}], on_store_error="deny"))
     assert wait_for(lambda: "a replica, not the primary" in sl.read_log(), 10)
     assert sl.request("GET", "/leads/x")[0] == 503
+    time.sleep(2)
+    after = int(re.search(r"total_connections_received:(\d+)",
+                          replica.cli("INFO", "stats")).group(1))
+    # The backoff doubles from 50 ms to 1 s: about 7 tries in 2 s, not 40
+    # (the test's own redis-cli calls are 2 more).
+    assert after - before <= 14, after - before
     assert upstream.times() == []
+
+
+def test_readonly_catches_a_replica_when_role_is_not_allowed(upstream, sentinels, sluice):
+    """An ACL user without +role: ROLE is refused (an answer that tells
+    nothing), and the first decision's READONLY drops the link."""
+    replica = sentinels.replica
+    replica.cli("ACL", "SETUSER", "norole", "reset", "on", ">pw", "~*", "&*", "+@all", "-role")
+    sl = sluice(cfg(upstream, "redis://norole:pw@127.0.0.1:%d" % replica.port,
+                    [{"name": "all", "limit": 5, "window": "1m"}], on_store_error="deny"))
+    codes = [sl.request("GET", "/leads/x")[0] for _ in range(3)]
+    assert wait_for(lambda: "a replica, not the primary" in sl.read_log(), 10)
+    assert 200 not in codes and upstream.times() == []
 
 
 def test_the_token_broker_finds_the_primary_through_the_sentinels(sentinels):
