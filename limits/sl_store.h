@@ -315,10 +315,15 @@ struct sl_store_ops {
      * call's own newest entries, or entries sent before it where they
      * cannot be told apart: the later ones stay, the safe side); higher:
      * the difference is logged now.  A call never sent is not settled.
-     * The lease stays the caller's.
+     * The lease stays the caller's.  Returns 1 when DONE (may be NULL)
+     * has been or will be called once the settlement is in force for
+     * every later decision (a shared store: when it has applied it, or
+     * given up), or 0 when it already is (DONE is not called), as with
+     * sync: the proxy holds the end of the call's answer until then.
      */
-    void (*settle)(struct sl_store *store, struct sl_lease *lease,
-                   const struct sl_hit *hit, uint64_t actual);
+    int (*settle)(struct sl_store *store, struct sl_lease *lease,
+                  const struct sl_hit *hit, uint64_t actual,
+                  sl_store_done_cb done, void *arg);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -370,7 +375,18 @@ static inline void sl_store_settle(struct sl_store *s, struct sl_lease *lease,
                                    const struct sl_hit *hit, uint64_t actual)
 {
     if (lease != NULL && s->ops->settle != NULL)
-        s->ops->settle(s, lease, hit, actual);
+        (void)s->ops->settle(s, lease, hit, actual, NULL, NULL);
+}
+
+/* sl_store_settle, telling DONE when the settlement is in force everywhere
+ * (see struct sl_store_ops): 1, or 0 (in force now, DONE not called). */
+static inline int sl_store_settle_then(struct sl_store *s, struct sl_lease *lease,
+                                       const struct sl_hit *hit, uint64_t actual,
+                                       sl_store_done_cb done, void *arg)
+{
+    if (lease == NULL || s->ops->settle == NULL)
+        return 0;
+    return s->ops->settle(s, lease, hit, actual, done, arg);
 }
 
 static inline void sl_store_commit(struct sl_store *s, struct sl_lease *lease)

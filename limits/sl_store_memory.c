@@ -1376,8 +1376,9 @@ static int64_t sl_mem_replay(const struct sl_window *w, const struct sl_rule *r,
  * is not journaled: after a restart the state file still has the entries
  * (the safe side).
  */
-static void sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
-                          const struct sl_hit *hit, uint64_t actual)
+static int sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
+                         const struct sl_hit *hit, uint64_t actual,
+                         sl_store_done_cb done, void *arg)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = lease->table;
@@ -1437,6 +1438,9 @@ static void sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
     sl->cost = (uint32_t)actual;
 out:
     pthread_mutex_unlock(&t->lock);
+    (void)done;  /* in force on return: never called */
+    (void)arg;
+    return 0;
 }
 
 /* Free for every later decision on return: DONE is never called. */

@@ -2277,8 +2277,9 @@ static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
  * its scripts in order).  A call decided locally settles in the memory
  * store.  Unwritable (Redis away): the estimate stands.
  */
-static void sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
-                            const struct sl_hit *hit, uint64_t actual)
+static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
+                           const struct sl_hit *hit, uint64_t actual,
+                           sl_store_done_cb done, void *arg)
 {
     struct sl_redis *r = (struct sl_redis *)store;
     struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
@@ -2292,20 +2293,20 @@ static void sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
             break;
     if (i == l->nhits || i >= 64 || (l->settled & (UINT64_C(1) << i)) || !l->committed ||
         rule->kind != SL_RULE_RATE)
-        return;
+        return 0;
     l->settled |= UINT64_C(1) << i;
     if (l->local != NULL) {
         sl_store_settle(r->local, l->local, hit, actual);
-        return;
+        return 0;
     }
     if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
         !r->have_offset)
-        return;
+        return 0;
     if (l->up->index < r->config->nupstreams && r->commits[l->up->index].n > 0)
         sl_redis_flush_commits(r, l->up->index);
     op = sl_redis_script_op(r, SL_LUA_SETTLE);
     if (op == NULL)
-        return;
+        return 0;
     sl_args_key(&op->keys, r, l->up, rule, 'r', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, l->up, rule, 'v', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, l->up, rule, 'a', hit->key, hit->key_len);
@@ -2325,7 +2326,12 @@ static void sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
         sl_args_int(&op->args, rule->leak.n);
         sl_args_int(&op->args, rule->leak.per_us);
     }
+    /* The answer's end waits for it, as for a report: the client's next
+     * call, on any instance, is decided on the corrected count. */
+    op->done = done;
+    op->done_arg = arg;
     sl_redis_send_script(r, op);
+    return done != NULL;
 }
 
 /* Write L's release: its concurrency slots, and its reservations if the

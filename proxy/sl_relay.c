@@ -667,7 +667,8 @@ static long long sl_req_actual_cost(struct sl_request *req, const struct sl_rule
 }
 
 /* The call was answered: each rule with "settle" takes the cost the
- * provider says (at most the rule's limit), once, before the lease goes. */
+ * provider says (at most the rule's limit), once, before the lease goes;
+ * the end of the answer waits on REQ's ticket until the store has it. */
 static void sl_req_settle_costs(struct sl_request *req)
 {
     if (req->lease == NULL || !req->committed || !req->headers_ready)
@@ -682,7 +683,10 @@ static void sl_req_settle_costs(struct sl_request *req)
             continue;
         if ((unsigned long long)actual > h->rule->limit)
             actual = (long long)h->rule->limit;
-        sl_store_settle(req->w->store, req->lease, h, (uint64_t)actual);
+        /* The answer's end waits until the correction is in force. */
+        struct sl_settle *t = sl_req_expect(req);
+        sl_req_expected(t, sl_store_settle_then(req->w->store, req->lease, h,
+                                                (uint64_t)actual, sl_req_tell(t), t));
     }
 }
 
