@@ -546,6 +546,66 @@ static void sl_read_calendar(json_t *jr, const char *path, struct sl_rule *r,
 }
 
 /*
+ * A leaky bucket: "bucket" calls draining "leak".  Its margin comes off the
+ * capacity (rate x margin), and the log of sends it keeps for sync covers
+ * the time a full bucket takes to drain, plus the margin.
+ */
+static void sl_read_leaky(json_t *jr, json_t *jb, json_t *jleak, const char *path,
+                          struct sl_rule *r, struct sl_conf_ctx *ctx)
+{
+    const struct sl_upstream_conf *u = ctx->u;
+    const struct sl_conf_key *kb = sl_conf_key(&sl_rule_table, "bucket");
+    struct sl_errors *errs = ctx->errs;
+    char sub[768], q[96];
+    const char *s;
+    long long n;
+    int64_t one, margin;
+
+    r->kind = SL_RULE_RATE;
+    r->leaky = true;
+    if (jb == NULL || jleak == NULL) {
+        sl_errors_add(errs, "%s: a leaky bucket needs both \"bucket\" (calls it "
+                      "holds) and \"leak\" (how fast it drains, \"2/s\")", path);
+        return;
+    }
+    snprintf(sub, sizeof(sub), "%s.bucket", path);
+    if (sl_conf_get_int(jb, sub, kb->min, kb->max, &n, errs) != 0)
+        return;
+    r->limit = (uint64_t)n;
+    snprintf(sub, sizeof(sub), "%s.leak", path);
+    if (sl_conf_get_string(jleak, sub, &s, errs) != 0)
+        return;
+    if (sl_leak_parse(s, &r->leak) != 0) {
+        sl_errors_add(errs, "%s: %s must be calls per second, minute or hour: "
+                      "\"2/s\", \"40/m\", \"0.5/s\", \"3600/h\" (at most 6 "
+                      "decimals, above 0)", sub, sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    r->leak_text = strdup(s);
+    if (r->leak.per_us > SL_BUCKET_MAX_UNITS / (int64_t)r->limit) {
+        sl_errors_add(errs, "%s: a bucket of %llu calls draining %s is too fine to "
+                      "count in integers; write the leak per second", sub,
+                      (unsigned long long)r->limit, s);
+        return;
+    }
+    if (json_object_get(jr, "reset") != NULL || json_object_get(jr, "timezone") != NULL)
+        sl_errors_add(errs, "%s: a leaky bucket drains continuously; \"reset\" and "
+                      "\"timezone\" belong to windows", path);
+    /* One call's drain time; the auto margin is 5% of it, at most 100 ms. */
+    one = (r->leak.per_us + r->leak.n - 1) / r->leak.n;
+    margin = u->margin_us != SL_MARGIN_AUTO
+                 ? u->margin_us
+                 : (one / 20 < SL_MARGIN_DEFAULT ? one / 20 : SL_MARGIN_DEFAULT);
+    r->window_us = ((int64_t)r->limit * r->leak.per_us + r->leak.n - 1) / r->leak.n;
+    r->span_us = r->window_us + margin;
+    r->bucket_cap = sl_bucket_cap(r->limit, &r->leak, margin);
+    if (r->bucket_cap < r->leak.per_us)
+        sl_errors_add(errs, "%s: the upstream's margin (%lld ms) drains more than "
+                      "the whole bucket at %s: no call could ever fit", path,
+                      (long long)(margin / SL_USEC_PER_MSEC), s);
+}
+
+/*
  * What kind of rule JR is: "concurrency", or "limit" per "window" (with
  * its calendar, "reset" and "timezone").  Then its span: the window plus
  * the upstream's margin.
@@ -560,11 +620,20 @@ static void sl_read_rule_kind(json_t *jr, json_t *jl, const char *path,
     const struct sl_conf_key *kc = sl_conf_key(&sl_rule_table, "concurrency");
     json_t *jw = json_object_get(jr, "window");
     json_t *jc = json_object_get(jr, "concurrency");
+    json_t *jb = json_object_get(jr, "bucket");
+    json_t *jleak = json_object_get(jr, "leak");
     struct sl_errors *errs = ctx->errs;
     char sub[768];
     long long n;
     int64_t d;
 
+    if (jb != NULL || jleak != NULL) {
+        sl_read_leaky(jr, jb, jleak, path, r, ctx);
+        if (jc != NULL || jl != NULL || jw != NULL)
+            sl_errors_add(errs, "%s: a leaky bucket (\"bucket\" and \"leak\") "
+                          "has no \"limit\", \"window\" or \"concurrency\"", path);
+        return;
+    }
     if (jc != NULL) {
         r->kind = SL_RULE_CONCURRENCY;
         snprintf(sub, sizeof(sub), "%s.concurrency", path);
@@ -943,7 +1012,13 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
     const struct sl_upstream_conf *u = ctx->u;
 
     (void)obj, (void)k;
-    if (v != NULL && r->kind != SL_RULE_RATE) {
+    if (v != NULL && r->leaky) {
+        /* A share is a count of calls in the window; a bucket has no
+         * window whose calls could be counted per app. */
+        sl_errors_add(ctx->errs, "%s: shares apply to windows (\"limit\" and "
+                      "\"window\"), not to a leaky bucket; put the apps' shares "
+                      "on a window rule beside it", sub);
+    } else if (v != NULL && r->kind != SL_RULE_RATE) {
         sl_errors_add(ctx->errs, "%s: shares apply to rate rules (\"limit\" and "
                       "\"window\"), not to concurrency", sub);
     } else if (v != NULL) {
@@ -953,11 +1028,19 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
         if (r->limit > 0)
             sl_resolve_shares(r, own, nown, sub, ctx->errs);
         sl_shares_free(own, nown);
-    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && r->limit > 0) {
+    } else if (u->napps > 0 && r->kind == SL_RULE_RATE && !r->leaky && r->limit > 0 &&
+               r->cost_kind == SL_COST_FIXED && r->cost == 1 && r->settle == SL_SETTLE_NONE) {
         char usub[900];
         snprintf(usub, sizeof(usub), "%s (the upstream's \"apps\")", at);
         sl_resolve_shares(r, u->apps, u->napps, usub, ctx->errs);
     }
+    /* Shares count calls: a weighted call has no place in them (the
+     * upstream's apps then leave this rule alone). */
+    if (r->nshares > 0 &&
+        (r->cost_kind != SL_COST_FIXED || r->cost != 1 || r->settle != SL_SETTLE_NONE))
+        sl_errors_add(ctx->errs, "%s: shares count calls; a rule with a \"cost\" "
+                      "cannot have them (put the shares on a rule without a cost)",
+                      sub);
 }
 
 static const struct sl_conf_handler sl_rule_apps_handler = {
@@ -965,7 +1048,8 @@ static const struct sl_conf_handler sl_rule_apps_handler = {
     "A rate rule's `apps` shares its limit between apps (see "
     "`upstreams[].rules[].apps.APP`); without it the rule takes the "
     "upstream's `apps`, and without either the limit is shared first come, "
-    "first served.  Not for concurrency rules.",
+    "first served.  Not for concurrency rules or leaky buckets (a bucket "
+    "ignores the upstream's `apps`).",
 };
 
 static const struct sl_conf_key sl_login_cache_keys[] = {
@@ -1025,6 +1109,130 @@ static void sl_read_login_cache(json_t *obj, json_t *v, const char *at,
 
 static const struct sl_conf_handler sl_login_cache_handler = {sl_read_login_cache, NULL};
 
+/* A cost of rule R: a whole number from 1 to the rule's limit. */
+static int sl_get_cost(json_t *v, const char *sub, const struct sl_rule *r,
+                       uint32_t *out, struct sl_errors *errs)
+{
+    long long most = r->kind == SL_RULE_RATE && r->limit > 0 && r->limit < UINT32_MAX
+                         ? (long long)r->limit : UINT32_MAX;
+    long long n;
+
+    if (sl_conf_get_int(v, sub, 1, most, &n, errs) != 0)
+        return -1;
+    *out = (uint32_t)n;
+    return 0;
+}
+
+static void sl_read_cost(json_t *obj, json_t *v, const char *at, const char *sub,
+                         void *base, const struct sl_conf_key *k,
+                         struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    char q[96], msub[800];
+    const char *s, *m;
+    json_t *jc;
+
+    (void)obj, (void)at, (void)k;
+    r->cost_kind = SL_COST_FIXED;
+    r->cost = 1;
+    if (v == NULL)
+        return;
+    if (json_is_string(v)) {
+        s = json_string_value(v);
+        if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
+            r->cost_kind = SL_COST_HEADER;
+            r->cost_header = strdup(s + 7);
+        } else {
+            sl_errors_add(ctx->errs, "%s: %s must be a number of units, "
+                          "\"header:NAME\" or an object of costs per method "
+                          "({\"GET\": 1, \"POST\": 5, \"*\": 1})", sub,
+                          sl_conf_quote(s, q, sizeof(q)));
+        }
+    } else if (json_is_object(v)) {
+        r->cost_kind = SL_COST_METHOD;
+        r->cost_methods = calloc(json_object_size(v), sizeof(*r->cost_methods));
+        if (r->cost_methods == NULL)
+            return;
+        json_object_foreach(v, m, jc) {
+            uint32_t c;
+            /* The name is checked first: only a valid one is echoed raw. */
+            if (strcmp(m, "*") != 0 && (!sl_is_token(m) || strlen(m) > 32)) {
+                sl_errors_add(ctx->errs, "%s: %s is not a method name, nor \"*\"", sub,
+                              sl_conf_quote(m, q, sizeof(q)));
+                continue;
+            }
+            snprintf(msub, sizeof(msub), "%.700s.%s", sub, m);
+            if (sl_get_cost(jc, msub, r, &c, ctx->errs) != 0)
+                continue;
+            if (strcmp(m, "*") == 0) {
+                r->cost = c;
+                continue;
+            }
+            struct sl_method_cost *mc = &r->cost_methods[r->ncost_methods++];
+            mc->method = strdup(m);
+            for (char *p = mc->method; p != NULL && *p; p++)
+                *p = (char)toupper((unsigned char)*p);
+            mc->cost = c;
+        }
+    } else {
+        (void)sl_get_cost(v, sub, r, &r->cost, ctx->errs);
+    }
+}
+
+static const struct sl_conf_handler sl_cost_handler = {
+    sl_read_cost,
+    "A call takes `cost` units from a rate rule (`cost` entries in its "
+    "window) or a leaky bucket (`cost` calls' worth of level), and is admitted "
+    "only when its whole cost fits in every rule it matches.  A number (1 by "
+    "default, at most the rule's `limit` or `bucket`); `\"header:NAME\"`: "
+    "the request says what it costs, a whole number from 1 to the rule's "
+    "limit (a call without it, or with anything else, is answered 400 and "
+    "never forwarded; the header is forwarded); or an object of costs per "
+    "method, `\"*\"` for the others (1 when absent).  A concurrency rule "
+    "counts calls in flight and ignores `cost` (--check warns).  Not with "
+    "`apps` shares.",
+};
+
+static void sl_read_settle(json_t *obj, json_t *v, const char *at, const char *sub,
+                           void *base, const struct sl_conf_key *k,
+                           struct sl_conf_ctx *ctx)
+{
+    struct sl_rule *r = base;
+    const char *s;
+    char q[96];
+
+    (void)obj, (void)at, (void)k;
+    if (sl_conf_get_string(v, sub, &s, ctx->errs) != 0)
+        return;
+    if (strcmp(s, "graphql-cost") == 0) {
+        r->settle = SL_SETTLE_GRAPHQL;
+    } else if (strncasecmp(s, "header:", 7) == 0 && sl_is_token(s + 7)) {
+        r->settle = SL_SETTLE_HEADER;
+        r->settle_header = strdup(s + 7);
+    } else {
+        sl_errors_add(ctx->errs, "%s: %s must be \"header:NAME\" or "
+                      "\"graphql-cost\"", sub, sl_conf_quote(s, q, sizeof(q)));
+        return;
+    }
+    if (r->kind != SL_RULE_RATE)
+        sl_errors_add(ctx->errs, "%s: a concurrency rule counts calls in flight; "
+                      "only a rate rule or a bucket settles a cost", sub);
+}
+
+static const struct sl_conf_handler sl_settle_handler = {
+    sl_read_settle,
+    "With `settle` the cost a call was admitted with (its `cost`) is an "
+    "estimate, corrected once the response says what the call really cost: "
+    "`\"header:NAME\"` reads a response header (a whole number), "
+    "`\"graphql-cost\"` the provider's `extensions.cost.actualQueryCost` in "
+    "a JSON body, read from the first 64 KiB of the body as it streams past "
+    "(the body is never held back for it).  Lower, the difference is given "
+    "back; higher, it is charged (even past the limit: the provider charged "
+    "it); once per call, with Redis on every instance's count.  A response "
+    "that says nothing, or says it unreadably, leaves the estimate.  Not "
+    "with `apps` shares.",
+};
+
 static const char *const sl_on_limit_words[] = {"reject", "queue", NULL};
 
 static const struct sl_conf_key sl_rule_keys[] = {
@@ -1046,6 +1254,13 @@ static const struct sl_conf_key sl_rule_keys[] = {
     {.key = "concurrency", .type = SL_CONF_INT, .min = 1, .max = 1000000000LL,
      .flags = SL_CONF_PART,
      .doc = "Instead of `limit` and `window`: calls in flight at once."},
+    {.key = "bucket", .type = SL_CONF_INT, .min = 1, .max = 1000000,
+     .flags = SL_CONF_PART,
+     .doc = "Instead of `limit` and `window`: a leaky bucket of this many calls "
+            "(with `leak`)."},
+    {.key = "leak", .type = SL_CONF_STRING, .flags = SL_CONF_PART,
+     .doc = "With `bucket`: how fast it drains, `\"2/s\"`, `\"40/m\"`, "
+            "`\"0.5/s\"`, `\"3600/h\"`."},
     {.key = "reset", .type = SL_CONF_WORD,
      .words = (const char *const[]){"rolling", "calendar", NULL},
      .def = "rolling", .flags = SL_CONF_PART,
@@ -1083,6 +1298,13 @@ static const struct sl_conf_key sl_rule_keys[] = {
      .doc = "With `per`: at most this many keys with calls in their window "
             "(memory store; one rule's keys never take another's room); a new key "
             "beyond it gets 503."},
+    {.key = "cost", .type = SL_CONF_ANY, .handler = &sl_cost_handler,
+     .def = "1", .flags = SL_CONF_ALWAYS,
+     .doc = "Units one call takes: a number, `\"header:NAME\"`, or per method "
+            "(`{\"GET\": 1, \"POST\": 5, \"*\": 1}`)."},
+    {.key = "settle", .type = SL_CONF_STRING, .handler = &sl_settle_handler,
+     .doc = "Correct the call's cost from its response: `\"header:NAME\"` or "
+            "`\"graphql-cost\"`."},
     {.key = "apps", .type = SL_CONF_OBJECT, .handler = &sl_rule_apps_handler,
      .def = "the upstream's", .flags = SL_CONF_ALWAYS | SL_CONF_PROSE,
      .doc = "Rate rules: each app's share of the limit."},
@@ -3853,6 +4075,11 @@ static void sl_config_lint(struct sl_config *c)
                               "the rule has no \"path\", so every POST of the "
                               "upstream with a small body is looked up as a login; "
                               "give it the token endpoint's path", i, k);
+            if (r->kind == SL_RULE_CONCURRENCY &&
+                (r->cost_kind != SL_COST_FIXED || r->cost != 1))
+                sl_errors_add(&c->warnings, "upstreams[%zu].rules[%zu].cost: a "
+                              "concurrency rule counts calls in flight; the cost is "
+                              "ignored", i, k);
             if (t == NULL)
                 continue;
             if (pl > 1 && strncasecmp(t, u->prefix, pl) == 0 &&
@@ -4038,7 +4265,8 @@ const struct sl_rule *sl_upstream_rule_like(const struct sl_upstream_conf *u,
     if (r->kind == SL_RULE_PAUSE)
         return &u->pause_rule;
     for (size_t i = 0; i < u->nrules; i++)
-        if (u->rules[i].kind == r->kind && strcmp(u->rules[i].name, r->name) == 0)
+        if (u->rules[i].kind == r->kind && u->rules[i].leaky == r->leaky &&
+            strcmp(u->rules[i].name, r->name) == 0)
             return &u->rules[i];
     return NULL;
 }
@@ -4189,6 +4417,12 @@ static void sl_rule_free(struct sl_rule *r)
 {
     free(r->name);
     free(r->window_text);
+    free(r->leak_text);
+    free(r->cost_header);
+    free(r->settle_header);
+    for (size_t i = 0; i < r->ncost_methods; i++)
+        free(r->cost_methods[i].method);
+    free(r->cost_methods);
     for (size_t i = 0; i < r->nmethods; i++)
         free(r->methods[i]);
     free(r->methods);

@@ -15,6 +15,7 @@
 #include <stdint.h>
 #include <stdio.h>
 
+#include "sl_bucket.h"
 #include "sl_calendar.h"
 
 struct sl_pattern;
@@ -28,7 +29,9 @@ struct sl_errors;
 #define SL_MAX_UPSTREAMS 4096
 
 enum sl_rule_kind {
-    SL_RULE_RATE,         /* at most `limit` per `window_us` */
+    /* at most `limit` per `window_us`; or, with `leaky`, a leaky bucket of
+     * `limit` calls: reserved, sent and released as a window's calls are */
+    SL_RULE_RATE,
     SL_RULE_CONCURRENCY,  /* at most `limit` in flight */
     SL_RULE_PAUSE,        /* the upstream asked us to stop until a time */
 };
@@ -40,6 +43,26 @@ enum sl_sync_kind {
     SL_SYNC_XRATELIMIT,   /* X-RateLimit-Remaining */
     SL_SYNC_RATELIMIT,    /* RateLimit (draft 11) or RateLimit-Remaining */
     SL_SYNC_SHOPIFY,      /* X-Shopify-Shop-Api-Call-Limit: USED/MAX */
+};
+
+/* What one call costs in a rule ("cost"): a number, a request header's
+ * value, or a number per method. */
+enum sl_cost_kind {
+    SL_COST_FIXED,        /* `cost` units (1 by default) */
+    SL_COST_HEADER,       /* the value of request header `cost_header` */
+    SL_COST_METHOD,       /* `cost_methods`, else `cost` (the "*" entry) */
+};
+
+/* Where the provider says what a call really cost ("settle"). */
+enum sl_settle_kind {
+    SL_SETTLE_NONE,
+    SL_SETTLE_HEADER,     /* a response header's value */
+    SL_SETTLE_GRAPHQL,    /* extensions.cost.actualQueryCost in a JSON body */
+};
+
+struct sl_method_cost {
+    char *method;                 /* upper case */
+    uint32_t cost;
 };
 
 /* A response that means "over the limit" although it is not a 429. */
@@ -143,6 +166,25 @@ struct sl_rule {
      * with that much network jitter (see docs/guides/rules.md, "The
      * margin"). */
     int64_t span_us;
+    /* "bucket" and "leak": a leaky bucket of `limit` calls draining LEAK
+     * (sl_bucket.h).  window_us is then the time a full bucket takes to
+     * drain (the log of sends that sync reads keeps that long), and
+     * BUCKET_CAP the capacity in level units, the margin taken off. */
+    bool leaky;
+    struct sl_leak leak;
+    char *leak_text;              /* as written ("2/s") */
+    int64_t bucket_cap;
+    /* "cost": units one call takes from a rate rule or a bucket (1 to
+     * `limit`; a concurrency rule counts calls and ignores it). */
+    enum sl_cost_kind cost_kind;
+    uint32_t cost;                /* FIXED; METHOD: a method not listed */
+    char *cost_header;            /* HEADER: its name */
+    struct sl_method_cost *cost_methods;  /* METHOD: owned */
+    size_t ncost_methods;
+    /* "settle": the call's recorded cost becomes what the response says
+     * it cost (refunded or charged once it is known). */
+    enum sl_settle_kind settle;
+    char *settle_header;          /* SL_SETTLE_HEADER: its name */
     enum sl_on_limit on_limit;    /* the upstream's unless overridden */
     int64_t max_wait_us;          /* queue mode: longest hold */
     bool on_limit_set, max_wait_set; /* given on the rule itself */

@@ -11,7 +11,10 @@
  * than SL_KEY_MAX is stored shortened, with a hash of the whole
  * (sl_key_store), so no client sizes a bucket by its header.  Keys are copied into
  * one buffer owned by the check, so the check outlives the request's
- * header storage (a networked store may answer later).
+ * header storage (a networked store may answer later).  Each hit carries
+ * the call's cost in its rule ("cost": fixed, per method, or a request
+ * header, which must hold a whole number from 1 to the rule's limit: a
+ * call that says it badly matches nothing and is refused, never guessed).
  */
 #include "sl_store.h"
 
@@ -102,6 +105,40 @@ static size_t sl_key_store(char *out, const char *val, size_t len)
     return SL_KEY_PREFIX + 33;
 }
 
+/*
+ * What a call of METHOD costs in rule R (1 for a concurrency rule), or 0
+ * when R takes its cost from a header the call lacks or gives badly: a
+ * whole number from 1 to the rule's limit, digits only (no sign, space or
+ * fraction: a cost is never guessed).
+ */
+static uint32_t sl_rule_cost(const struct sl_rule *r, const struct sl_call *call)
+{
+    const char *h;
+    uint64_t v = 0;
+
+    if (r->kind != SL_RULE_RATE)
+        return 1;
+    switch (r->cost_kind) {
+    case SL_COST_HEADER:
+        h = call->header(call->header_ctx, r->cost_header);
+        if (h == NULL || *h == '\0' || strlen(h) > 10)
+            return 0;
+        for (; *h; h++) {
+            if (*h < '0' || *h > '9')
+                return 0;
+            v = v * 10 + (uint64_t)(*h - '0');
+        }
+        return v >= 1 && v <= r->limit ? (uint32_t)v : 0;
+    case SL_COST_METHOD:
+        for (size_t i = 0; i < r->ncost_methods; i++)
+            if (strcasecmp(r->cost_methods[i].method, call->method) == 0)
+                return r->cost_methods[i].cost;
+        return r->cost;
+    default:
+        return r->cost;
+    }
+}
+
 /* Is (R, VAL) already among the first N hits? */
 static bool sl_hit_seen(const struct sl_check *check, const char *const *vals,
                         const size_t *lens, size_t n, const struct sl_rule *r,
@@ -156,6 +193,12 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
             vals[n] = val;
             lens[n] = len;
             check->hits[n].rule = r;
+            check->hits[n].cost = sl_rule_cost(r, call);
+            if (check->hits[n].cost == 0) {
+                memset(check->hits, 0, sizeof(check->hits));
+                check->bad_cost = r;
+                return SL_MATCH_BAD_COST;
+            }
             total += len + 1;
             n++;
             /* Only a captured key can differ between readings. */
@@ -167,6 +210,7 @@ int sl_match(const struct sl_upstream_conf *up, const struct sl_call *call,
     vals[n] = "";
     lens[n] = 0;
     check->hits[n].rule = &up->pause_rule;
+    check->hits[n].cost = 1;
     total += 1;
     n++;
     check->keys = malloc(total ? total : 1);

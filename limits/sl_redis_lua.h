@@ -27,6 +27,7 @@ enum sl_redis_script {
     SL_LUA_HIST_ADD,
     SL_LUA_HIST_READ,
     SL_LUA_SET_PAUSE,
+    SL_LUA_SETTLE,
     SL_LUA_FLEET,
     SL_LUA_REPAIR,
     SL_LUA_COUNT,

@@ -22,6 +22,10 @@
  * the client left first) is given back by sl_store_release() and costs
  * nothing.  For a concurrency rule the lease is the in-flight slot, held
  * until sl_store_release() when the upstream exchange ends.
+ *
+ * A call may cost more than one unit in a rule (sl_hit.cost): every
+ * figure above is then in units, and a rule with "settle" corrects the
+ * units once the response says what the call cost (sl_store_settle()).
  */
 #ifndef SL_STORE_H
 #define SL_STORE_H
@@ -44,11 +48,23 @@ struct sl_hit {
     const struct sl_rule *rule;
     const char *key;        /* per value (NUL-terminated), "" without "per" */
     size_t key_len;
+    /* Units this call takes from a rate rule or bucket (the rule's
+     * "cost", >= 1); 1 for a concurrency rule and the pause. */
+    uint32_t cost;
 };
+
+/* H's cost, at least 1. */
+static inline uint64_t sl_hit_cost(const struct sl_hit *h)
+{
+    return h->cost > 0 ? h->cost : 1;
+}
 
 /* Everything a store needs to decide one call. */
 struct sl_check {
     const struct sl_upstream_conf *upstream;
+    /* sl_match() returned SL_MATCH_BAD_COST: the rule whose cost header
+     * was missing or not a whole number from 1 to its limit. */
+    const struct sl_rule *bad_cost;
     uint16_t app;           /* the caller's app id (sl_apps) */
     const char *app_name;   /* ... and its name (owned by sl_apps) */
     size_t nhits;
@@ -292,6 +308,22 @@ struct sl_store_ops {
     int (*sync)(struct sl_store *store, const struct sl_upstream_conf *upstream,
                 const struct sl_hit *hit, uint64_t remaining, int64_t age_us,
                 sl_store_done_cb done, void *arg);
+    /*
+     * The provider says the call of LEASE cost ACTUAL units in HIT's rule
+     * (a rule with "settle"): the units it was recorded with become
+     * ACTUAL, once.  Lower: the difference is given back (in a window, the
+     * call's own newest entries, or entries sent before it where they
+     * cannot be told apart: the later ones stay, the safe side); higher:
+     * the difference is logged now.  A call never sent is not settled.
+     * The lease stays the caller's.  Returns 1 when DONE (may be NULL)
+     * has been or will be called once the settlement is in force for
+     * every later decision (a shared store: when it has applied it, or
+     * given up), or 0 when it already is (DONE is not called), as with
+     * sync: the proxy holds the end of the call's answer until then.
+     */
+    int (*settle)(struct sl_store *store, struct sl_lease *lease,
+                  const struct sl_hit *hit, uint64_t actual,
+                  sl_store_done_cb done, void *arg);
     void (*tick)(struct sl_store *store);
     /* Run due timers; return the next deadline (ms, CLOCK_MONOTONIC) or -1.
      * May be NULL (no timers). */
@@ -337,6 +369,24 @@ static inline int sl_store_decide(struct sl_store *s, const struct sl_check *c,
                                   sl_decide_cb cb, void *arg)
 {
     return s->ops->decide(s, c, cb, arg);
+}
+
+static inline void sl_store_settle(struct sl_store *s, struct sl_lease *lease,
+                                   const struct sl_hit *hit, uint64_t actual)
+{
+    if (lease != NULL && s->ops->settle != NULL)
+        (void)s->ops->settle(s, lease, hit, actual, NULL, NULL);
+}
+
+/* sl_store_settle, telling DONE when the settlement is in force everywhere
+ * (see struct sl_store_ops): 1, or 0 (in force now, DONE not called). */
+static inline int sl_store_settle_then(struct sl_store *s, struct sl_lease *lease,
+                                       const struct sl_hit *hit, uint64_t actual,
+                                       sl_store_done_cb done, void *arg)
+{
+    if (lease == NULL || s->ops->settle == NULL)
+        return 0;
+    return s->ops->settle(s, lease, hit, actual, done, arg);
 }
 
 static inline void sl_store_commit(struct sl_store *s, struct sl_lease *lease)
@@ -498,6 +548,8 @@ int sl_match(const struct sl_upstream_conf *upstream, const struct sl_call *call
  * escape: the canonical form, checked first, refuses every such path).
  */
 #define SL_MATCH_BAD_PATH (-101)
+/* A rule's "header:NAME" cost is missing or out of range (check->bad_cost). */
+#define SL_MATCH_BAD_COST (-102)
 int sl_match_raw(const struct sl_upstream_conf *upstream, const char *method,
                  const char *rest, size_t len,
                  const char *(*header)(void *ctx, const char *name), void *header_ctx,

@@ -8,7 +8,11 @@
  * call in all of them.  Critical sections are a few hash lookups and ring
  * operations; workers on different upstreams never contend.
  *
- * Buckets: a rate bucket is a sliding log (sl_window); a concurrency bucket
+ * Buckets: a rate bucket is a sliding log (sl_window), and for a leaky
+ * bucket also a level (sl_bucket: the log then serves sync, settlement
+ * and the state file); a call of cost n reserves, logs and gives back n
+ * units (a lease slot keeps its cost and, once sent, its newest stamp, so
+ * a settlement finds its entries); a concurrency bucket
  * is a counter of leases; the upstream's pause bucket holds the time until
  * which the provider (or an operator) asked us to stop.  A bucket is reclaimed by the
  * sweeper once its log is empty, no lease pins it and no pause runs, so
@@ -48,6 +52,7 @@
 #include "sl_store.h"
 #include "sl_assert.h"
 
+#include "sl_bucket.h"
 #include "sl_duration.h"
 #include "sl_window.h"
 
@@ -115,6 +120,10 @@ struct sl_mem_bucket {
     struct sl_mem_app_count *in_apps;
     uint32_t nin, capin;
     struct sl_window win;         /* rate: admission log */
+    /* leaky bucket: its level, in units of LB_LEAK (the rule's leak when
+     * it was last written: a reload may change the rule's) */
+    struct sl_bucket lb;
+    struct sl_leak lb_leak;
     /* rate: a copy of the log when a reload shrank the window, kept for
      * the longer one in case a reload grows it back (owned, NULL: none) */
     struct sl_mem_kept *kept;
@@ -174,6 +183,9 @@ struct sl_lease_slot {
     struct sl_mem_bucket *bucket;
     const struct sl_rule *rule;
     bool committed;               /* rate: logged (no longer reserved) */
+    uint32_t cost;                /* rate: units reserved, then logged */
+    bool settled;                 /* rate: its cost was settled ("settle") */
+    int64_t last_stamp;           /* rate: its newest entry, once logged */
     bool app_held;                /* rate with shares: counted in in_apps */
 };
 
@@ -212,6 +224,7 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
                          size_t max_slots, int64_t now);
 static int64_t sl_mem_span(const struct sl_mem_store *s, const struct sl_rule *r,
                            int64_t now, int64_t *reset);
+static struct sl_bucket *sl_mem_lb(struct sl_mem_bucket *b, const struct sl_rule *r);
 
 int64_t sl_clock_monotonic(void *arg)
 {
@@ -394,7 +407,8 @@ static void sl_mem_sweep(struct sl_mem_store *s, struct sl_mem_table *t,
             else if (idle && r->kind == SL_RULE_RATE) {
                 sl_window_prune(&b->win, sl_mem_span(s, r, now, NULL), now);
                 idle = b->win.count == 0 && (!b->report || b->report_until <= now) &&
-                       !sl_mem_kept_any(s, b, now);
+                       !sl_mem_kept_any(s, b, now) &&
+                       (!r->leaky || sl_bucket_level(sl_mem_lb(b, r), &r->leak, now) == 0);
             }
             if (!idle) {
                 pp = &b->next;
@@ -440,6 +454,35 @@ static uint64_t sl_mem_limit(const struct sl_mem_store *s, uint64_t limit)
     if (s->share >= 1.0)
         return limit;
     return (uint64_t)((double)limit * s->share);
+}
+
+/* Leaky rule R's capacity in level units, scaled by the store's share. */
+static int64_t sl_mem_cap(const struct sl_mem_store *s, const struct sl_rule *r)
+{
+    if (s->share >= 1.0)
+        return r->bucket_cap;
+    return (int64_t)((double)r->bucket_cap * s->share);
+}
+
+/* B's level, in units of leaky rule R's leak (rescaled first when a reload
+ * changed it).  Lock held. */
+static struct sl_bucket *sl_mem_lb(struct sl_mem_bucket *b, const struct sl_rule *r)
+{
+    if (b->lb_leak.per_us != r->leak.per_us || b->lb_leak.n != r->leak.n) {
+        if (b->lb_leak.per_us > 0)
+            sl_bucket_rescale(&b->lb, &b->lb_leak, &r->leak);
+        b->lb_leak = r->leak;
+    }
+    return &b->lb;
+}
+
+/* Leaky rule R's bucket B: until its level and reservations drain
+ * (RateLimit's reset).  Lock held. */
+static int64_t sl_mem_lb_reset(struct sl_mem_bucket *b, const struct sl_rule *r,
+                               int64_t now)
+{
+    return sl_bucket_empty_in(sl_mem_lb(b, r), &r->leak, now) +
+           (int64_t)b->reserved * (r->leak.per_us / r->leak.n);
 }
 
 /* Microseconds to add to the store's clock to get the wall clock (UTC µs
@@ -511,31 +554,35 @@ static uint64_t sl_mem_counted(struct sl_mem_bucket *b, const struct sl_rule *r,
 }
 
 /*
- * Phase one for one rate bucket: microseconds until a call fits (0: now).
- * SPAN and RESET are sl_mem_span()'s for R at NOW.  *PROBE is set when the
- * call fits only as the provider-count probe.
+ * Phase one for one rate bucket: microseconds until a call of COST units
+ * fits (0: now).  SPAN and RESET are sl_mem_span()'s for R at NOW.
+ * *PROBE is set when the call fits only as the provider-count probe.
  */
 static int64_t sl_mem_rate_wait(const struct sl_mem_store *s,
                                 struct sl_mem_bucket *b, const struct sl_rule *r,
                                 int64_t span, int64_t reset, int64_t now,
-                                bool *probe)
+                                uint64_t cost, bool *probe)
 {
     uint64_t limit = sl_mem_limit(s, r->limit);
     int64_t wait, room;
 
     *probe = false;
-    if (limit == 0)
-        return r->span_us;  /* this instance has no share of it */
+    if (limit < cost)
+        return r->span_us;  /* this instance has no share of it that fits */
     if (b == NULL)
         return 0;
+    if (r->leaky)
+        return sl_bucket_wait(sl_mem_lb(b, r), &r->leak, sl_mem_cap(s, r),
+                              b->reserved, cost, now);
     if (r->calendar) {
         /* Full until the next boundary, whatever the calls' ages. */
         sl_window_prune(&b->win, span, now);
-        return b->win.count + b->reserved < limit ? 0 : reset;
+        return b->win.count + b->reserved + cost <= limit ? 0 : reset;
     }
-    wait = sl_window_wait_reserved(&b->win, limit, b->reserved, span, now);
+    /* COST units fit iff logged + reserved + cost - 1 < limit. */
+    wait = sl_window_wait_reserved(&b->win, limit, b->reserved + cost - 1, span, now);
     room = sl_mem_report_room(b, now);
-    if (wait == 0 && room <= 0) {
+    if (wait == 0 && room < (int64_t)cost) {
         /* Our own log has room, the provider's report has none. */
         if (r->sync_probe_us > 0 && now >= b->probe_at) {
             *probe = true;
@@ -753,6 +800,10 @@ static uint64_t sl_mem_rate_remaining(const struct sl_mem_store *s,
     int64_t room = sl_mem_report_room(b, now);
     uint64_t left = used >= limit ? 0 : limit - used;
 
+    if (r->leaky)
+        return sl_bucket_room(sl_mem_lb(b, r), &r->leak, sl_mem_cap(s, r),
+                              b->reserved, now);
+
     if (room < (int64_t)left)
         left = room > 0 ? (uint64_t)room : 0;
     return left;
@@ -768,8 +819,8 @@ static void sl_mem_unhold(struct sl_lease *lease, size_t i)
         sl->bucket->inflight--;
         sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     } else if (!sl->committed) {
-        SL_ASSERT(sl->bucket->reserved > 0);
-        sl->bucket->reserved--;
+        SL_ASSERT(sl->bucket->reserved >= sl->cost);
+        sl->bucket->reserved -= sl->cost;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
     }
@@ -1075,7 +1126,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             nheld++;
             /* A calendar rule's period, found once per decision. */
             int64_t span = sl_mem_span(s, r, now, &reset[i]);
-            wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now, &probe[i]);
+            wait = sl_mem_rate_wait(s, bk[i], r, span, reset[i], now,
+                                    sl_hit_cost(&c->hits[i]), &probe[i]);
             why[i] = SL_SHARE_NONE;
             share_left[i] = UINT64_MAX;
             if (wait == 0 && r->nshares > 0) {
@@ -1105,7 +1157,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.share = r->kind == SL_RULE_RATE ? why[i] : SL_SHARE_NONE;
             /* Refused by the provider's word rather than sluice's log. */
             d.by_report = r->kind == SL_RULE_RATE && bk[i] != NULL && bk[i]->report &&
-                          sl_mem_report_room(bk[i], now) <= 0;
+                          sl_mem_report_room(bk[i], now) <
+                              (int64_t)sl_hit_cost(&c->hits[i]);
             if (d.by_report) {
                 d.report_value = (int64_t)bk[i]->report_value;
                 d.report_age_us = now - bk[i]->report_at;
@@ -1145,6 +1198,9 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
         sl->rule = r;
         sl->committed = false;
         sl->app_held = false;
+        sl->settled = false;
+        sl->last_stamp = INT64_MIN;
+        sl->cost = (uint32_t)sl_hit_cost(&c->hits[i]);
         if (r->kind == SL_RULE_CONCURRENCY) {
             bk[i]->inflight++;
             sl_mem_in_app(s, bk[i], c->app, 1);
@@ -1153,7 +1209,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             /* The log's slot for this call is taken now, so that logging
              * it when it is sent cannot fail. */
             if (sl_window_ensure(&bk[i]->win, r->limit,
-                                 (uint64_t)bk[i]->win.count + bk[i]->reserved + 1) != 0) {
+                                 (uint64_t)bk[i]->win.count + bk[i]->reserved + sl->cost) != 0) {
                 lease->n--;
                 goto rollback;
             }
@@ -1167,7 +1223,7 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
                 }
                 sl->app_held = true;
             }
-            bk[i]->reserved++;
+            bk[i]->reserved += sl->cost;
             if (probe[i])
                 bk[i]->probe_at = now + r->sync_probe_us;
         }
@@ -1189,6 +1245,8 @@ static int sl_mem_decide(struct sl_store *store, const struct sl_check *c,
             d.remaining = rem;
             if (r->calendar) {
                 d.reset_us = reset[i];
+            } else if (r->leaky) {
+                d.reset_us = sl_mem_lb_reset(bk[i], r, now);
             } else {
                 d.reset_us = sl_window_next_expiry(&bk[i]->win, r->span_us, now);
                 if (d.reset_us == 0 && bk[i]->reserved > 0)
@@ -1257,7 +1315,7 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
         if (sl->rule->kind != SL_RULE_RATE || sl->committed)
             continue;
         sl->committed = true;
-        sl->bucket->reserved--;
+        sl->bucket->reserved -= sl->cost;
         if (sl->app_held)
             sl_mem_in_app(NULL, sl->bucket, lease->app, -1);
         /* Logged under the rule as it is now (a reload may have changed
@@ -1265,12 +1323,24 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
         if (sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
             continue;
         r = sl_upstream_rule(t->up, sl->bucket->rule);
-        sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
-        if (sent[nsent].at == INT64_MIN)
-            continue;
-        sent[nsent].rule = r;
-        sent[nsent].key = sl->bucket->key;
-        sent[nsent++].key_len = sl->bucket->key_len;
+        if (r->leaky)
+            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, sl->cost, now);
+        /* A call of cost n is n entries, each its own stamp (a
+         * microsecond apart); the journal hears of them in batches. */
+        for (uint32_t k = 0; k < sl->cost; k++) {
+            if (nsent == SL_MAX_HITS) {
+                if (s->on_sent != NULL)
+                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+                nsent = 0;
+            }
+            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+            if (sent[nsent].at == INT64_MIN)
+                break;
+            sl->last_stamp = sent[nsent].at;
+            sent[nsent].rule = r;
+            sent[nsent].key = sl->bucket->key;
+            sent[nsent++].key_len = sl->bucket->key_len;
+        }
     }
     /* Still under the lock: a snapshot that does not hold this call yet
      * is taken after the journal has it (sl_state.c's rotation relies on
@@ -1278,6 +1348,99 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
     if (s->on_sent != NULL && nsent > 0)
         s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
     pthread_mutex_unlock(&t->lock);
+}
+
+/* Leaky rule R's level replayed from W's log of sends (one drain time of
+ * them: what is older has drained out), as it is at NOW. */
+static int64_t sl_mem_replay(const struct sl_window *w, const struct sl_rule *r,
+                             int64_t now)
+{
+    struct sl_bucket x = {0, 0};
+
+    for (uint32_t i = 0; i < w->count; i++) {
+        int64_t at = w->times[(w->head + i) % w->cap];
+        if (i == 0)
+            x.at = at;
+        sl_bucket_add(&x, &r->leak, 1, at);
+    }
+    return sl_bucket_level(&x, &r->leak, now);
+}
+
+/*
+ * The call's cost in one rule becomes ACTUAL (see struct sl_store_ops).
+ * Charged: logged now, as a send would be.  Refunded: the call's own
+ * newest entries leave the log (its stamps are consecutive, the newest
+ * LAST_STAMP); a bucket's level drops by what the log's replay loses with
+ * them, which is never more than the level owes them (a level raised by a
+ * provider's report empties less often than the log's replay).  A refund
+ * is not journaled: after a restart the state file still has the entries
+ * (the safe side).
+ */
+static int sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
+                         const struct sl_hit *hit, uint64_t actual,
+                         sl_store_done_cb done, void *arg)
+{
+    struct sl_mem_store *s = (struct sl_mem_store *)store;
+    struct sl_mem_table *t = lease->table;
+    struct sl_mem_sent_slot sent[SL_MAX_HITS];
+    size_t nsent = 0;
+    struct sl_lease_slot *sl = NULL;
+    const struct sl_rule *r;
+    int64_t now;
+
+    sl_mem_table_lock(t);
+    for (size_t i = 0; i < lease->n && sl == NULL; i++)
+        if (lease->slots[i].rule == hit->rule &&
+            lease->slots[i].bucket->key_len == hit->key_len &&
+            memcmp(lease->slots[i].bucket->key, hit->key, hit->key_len) == 0)
+            sl = &lease->slots[i];
+    if (sl == NULL || !sl->committed || sl->settled || actual == sl->cost ||
+        sl->last_stamp == INT64_MIN || sl->bucket->rule == SL_MEM_ORPHAN || t->up == NULL)
+        goto out;
+    sl->settled = true;
+    r = sl_upstream_rule(t->up, sl->bucket->rule);
+    now = s->clock(s->clock_arg);
+    if (actual > sl->cost) {
+        uint64_t more = actual - sl->cost;
+        if (r->leaky)
+            sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, more, now);
+        for (uint64_t k = 0; k < more; k++) {
+            if (nsent == SL_MAX_HITS) {
+                if (s->on_sent != NULL)
+                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+                nsent = 0;
+            }
+            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
+            if (sent[nsent].at == INT64_MIN)
+                break;
+            sent[nsent].rule = r;
+            sent[nsent].key = sl->bucket->key;
+            sent[nsent++].key_len = sl->bucket->key_len;
+        }
+        if (s->on_sent != NULL && nsent > 0)
+            s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
+    } else {
+        uint32_t back = (uint32_t)(sl->cost - actual);
+        struct sl_mem_bucket *b = sl->bucket;
+        if (r->leaky) {
+            struct sl_bucket *lb = sl_mem_lb(b, r);
+            int64_t before = sl_mem_replay(&b->win, r, now), owed;
+            (void)sl_window_remove(&b->win, sl->last_stamp, back);
+            owed = before - sl_mem_replay(&b->win, r, now);
+            lb->level = sl_bucket_level(lb, &r->leak, now) - owed;
+            if (lb->level < 0)
+                lb->level = 0;
+            lb->at = now;
+        } else {
+            (void)sl_window_remove(&b->win, sl->last_stamp, back);
+        }
+    }
+    sl->cost = (uint32_t)actual;
+out:
+    pthread_mutex_unlock(&t->lock);
+    (void)done;  /* in force on return: never called */
+    (void)arg;
+    return 0;
 }
 
 /* Free for every later decision on return: DONE is never called. */
@@ -1442,7 +1605,17 @@ static int sl_mem_sync(struct sl_store *store, const struct sl_upstream_conf *up
         remaining = r->limit;
     now = s->clock(s->clock_arg);
     b = sl_mem_bucket_for(s, t, r, hit->key, hit->key_len);
-    if (b != NULL) {
+    if (b != NULL && r->leaky) {
+        /* The provider's level when it answered, which held the reporting
+         * call, drained since; each call sent after it counted whole (the
+         * safe side).  It replaces sluice's own level, up or down. */
+        uint32_t from;
+        sent_at = now - age_us;
+        sl_window_prune(&b->win, r->span_us, now);
+        from = sl_window_count_after(&b->win, sent_at - 1);
+        sl_bucket_set(sl_mem_lb(b, r), &r->leak, r->limit - remaining, sent_at,
+                      from > 0 ? from - 1 : 0, now);
+    } else if (b != NULL) {
         sent_at = now - age_us;
         sl_window_prune(&b->win, r->span_us, now);
         b->report = true;
@@ -1487,7 +1660,10 @@ void sl_store_memory_record(struct sl_store *store, const struct sl_check *c)
              * decide when this instance's next call fits. */
             if (b->win.count >= r->limit)
                 sl_window_keep_newest(&b->win, r->limit - 1);
-            sl_mem_log(s, b, r, now, c->app);
+            if (r->leaky)
+                sl_bucket_add(sl_mem_lb(b, r), &r->leak, sl_hit_cost(&c->hits[i]), now);
+            for (uint64_t k = 0; k < sl_hit_cost(&c->hits[i]); k++)
+                sl_mem_log(s, b, r, now, c->app);
         }
         pthread_mutex_unlock(&t->lock);
     }
@@ -1614,6 +1790,18 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
             }
             sl_snapshot_sort_apps(u);
         }
+    } else if (b != NULL && r->leaky) {
+        /* A bucket: its level in whole calls (rounded up) and the calls
+         * admitted, not yet sent; what fits now, after both.  Its log is
+         * sends of one drain time, not what the level holds: no per-app
+         * split. */
+        struct sl_bucket *lb = sl_mem_lb(b, r);
+        int64_t level = sl_bucket_level(lb, &r->leak, now);
+        u->used = (uint64_t)((level + r->leak.per_us - 1) / r->leak.per_us) + b->reserved;
+        u->reserved = b->reserved;
+        u->resets_in_us = sl_mem_lb_reset(b, r, now);
+        u->remaining = sl_bucket_room(lb, &r->leak, sl_mem_cap(s, r), b->reserved, now);
+        goto levels;
     } else if (b != NULL) {
         int64_t room;
         int64_t reset, span = sl_mem_span(s, r, now, &reset);
@@ -1660,6 +1848,9 @@ static int sl_mem_usage(const struct sl_mem_store *s, struct sl_mem_bucket *b,
     u->remaining = u->used >= limit ? 0 : limit - u->used;
     if (u->report_left >= 0 && (uint64_t)u->report_left < u->remaining)
         u->remaining = (uint64_t)u->report_left;
+    if (r->leaky && b == NULL)
+        u->remaining = (uint64_t)(sl_mem_cap(s, r) / r->leak.per_us);
+levels:
     u->level = sl_mem_level(r, u->used);
     u->level_was = u->level;
     if (b != NULL) {
@@ -1938,6 +2129,7 @@ static int sl_mem_snapshot(struct sl_store *store, const struct sl_snapshot_req 
 static const struct sl_store_ops sl_mem_ops = {
     .decide = sl_mem_decide,
     .commit = sl_mem_commit,
+    .settle = sl_mem_settle,
     .release = sl_mem_release,
     .pause = sl_mem_pause,
     .set_pause = sl_mem_set_pause,
@@ -2059,6 +2251,7 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
     struct sl_mem_table *t;
     struct sl_mem_bucket *b;
     uint32_t first = 0;
+    uint64_t most;
     int64_t now;
     int rc = 0, logged = 0;
 
@@ -2072,8 +2265,11 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
      * newest: a lowered limit keeps the most recent calls). */
     while (first < n && times[first] <= now - sl_mem_span(s, r, now, NULL))
         first++;
-    if (n - first > r->limit)
-        first = n - (uint32_t)r->limit;
+    /* A leaky bucket's log holds every send of one drain time (up to
+     * twice the bucket): its level is replayed from them. */
+    most = r->leaky ? 2 * r->limit + 64 : r->limit;
+    if (n - first > most)
+        first = n - (uint32_t)most;
     if (first < n) {
         b = sl_mem_bucket_for(s, t, r, key, key_len);
         if (b == NULL) {
@@ -2081,11 +2277,13 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
         } else {
             for (uint32_t i = first; i < n && rc == 0; i++) {
                 size_t before = sl_window_bytes(&b->win);
-                if (b->win.count >= r->limit)
+                int64_t at = times[i] > now ? now : times[i];
+                if (b->win.count >= most)
                     break;
-                rc = sl_window_record_tag(&b->win, r->limit,
-                                          times[i] > now ? now : times[i], tags[i]);
+                rc = sl_window_record_tag(&b->win, r->limit, at, tags[i]);
                 atomic_fetch_add(&s->bytes, sl_window_bytes(&b->win) - before);
+                if (rc == 0 && r->leaky)
+                    sl_bucket_add(sl_mem_lb(b, r), &r->leak, 1, at);
                 if (rc == 0) {
                     b->sent++;
                     logged++;

@@ -353,6 +353,7 @@ struct sl_redis_lease {
     bool in_batch;                        /* in r->commits[up] */
     bool release_owed;                    /* release not yet written */
     bool has_rate, has_conc;
+    uint64_t settled;                     /* hits settled (bit = index) */
     int64_t commit_us;                    /* local time of the commit */
     char member[SL_REDIS_MEMBER_MAX];     /* "" when decided locally */
     char app[SL_APP_NAME_MAX + 1];        /* the caller's app */
@@ -804,6 +805,8 @@ static void sl_args_share_key(struct sl_args *k, const struct sl_redis *r,
 {
     if (hit->rule->nshares > 0)
         sl_args_key(k, r, up, hit->rule, 'h', hit->key, hit->key_len);
+    if (hit->rule->leaky)   /* its level (never with shares) */
+        sl_args_key(k, r, up, hit->rule, 'b', hit->key, hit->key_len);
 }
 
 /* A rate rule's shares for the decision script: the count, then app,
@@ -1204,6 +1207,27 @@ static int sl_redis_member(char *buf, const struct sl_redis_batch *b, size_t i)
                     app != NULL ? app : "-");
 }
 
+/* Does rule R take other costs than 1 ("cost")?  Its reservations are
+ * then weighed members (the decision script sums them). */
+static bool sl_redis_weighted(const struct sl_rule *r)
+{
+    return r->cost_kind != SL_COST_FIXED || r->cost != 1;
+}
+
+/* MEMBER ("base:n|app") as the reservation of a call of COST units holds
+ * it: "base:n*COST|app" when COST > 1 (as the scripts' weigh() writes it),
+ * into BUF (SL_REDIS_MEMBER_MAX + 16). */
+static const char *sl_redis_weigh(char *buf, const char *member, uint64_t cost)
+{
+    const char *bar = strrchr(member, '|');
+
+    if (cost <= 1 || bar == NULL)
+        return member;
+    snprintf(buf, SL_REDIS_MEMBER_MAX + 16, "%.*s*%llu%s", (int)(bar - member), member,
+             (unsigned long long)cost, bar);
+    return buf;
+}
+
 static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
                                             const struct sl_redis_batch *b)
 {
@@ -1220,10 +1244,14 @@ static struct sl_redis_op *sl_redis_undo_op(struct sl_redis *r,
             const struct sl_hit *hit = &c->hits[h];
             char type = hit->rule->kind == SL_RULE_RATE ? 'v'
                         : hit->rule->kind == SL_RULE_CONCURRENCY ? 'c' : 0;
+            char wbuf[SL_REDIS_MEMBER_MAX + 16];
+            const char *m = member;
             if (type == 0)
                 continue;
+            if (type == 'v')
+                m = sl_redis_weigh(wbuf, member, sl_hit_cost(hit));
             sl_args_key(&op->keys, r, b->up, hit->rule, type, hit->key, hit->key_len);
-            sl_args_add(&op->args, member, (size_t)mlen);
+            sl_args_add(&op->args, m, m == member ? (size_t)mlen : strlen(m));
             sl_args_int(&op->args, 0);
         }
     }
@@ -1395,6 +1423,7 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
             continue;
         d = &l->hits[l->nhits++];
         d->rule = h->rule;
+        d->cost = h->cost;
         memcpy(keys, h->key, h->key_len);
         keys[h->key_len] = '\0';
         d->key = keys;
@@ -1538,10 +1567,13 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         const struct sl_rule *rule = spec[j];
         bool cal = rule->kind == SL_RULE_RATE && rule->calendar;
         sl_args_str(a, cal ? (rule->shadow ? "K" : "k")
+                       : rule->leaky ? (rule->shadow ? "B" : "b")
                        : rule->kind == SL_RULE_RATE ? (rule->shadow ? "R" : "r")
                        : rule->kind == SL_RULE_PAUSE ? "p"
                        : rule->shadow ? "C" : "c");
-        sl_args_int(a, (long long)rule->limit);
+        /* Negative: the rule has costs (reservations are weighed). */
+        sl_args_int(a, sl_redis_weighted(rule) ? -(long long)rule->limit
+                                               : (long long)rule->limit);
         sl_args_int(a, cal ? rule->span_us - rule->window_us   /* the margin */
                        : rule->kind == SL_RULE_RATE ? rule->span_us : 0);
         if (rule->kind == SL_RULE_RATE && rule->sync != SL_SYNC_NONE)
@@ -1556,6 +1588,11 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             sl_args_int(a, pe);
             sl_args_int(a, pn);
         }
+        if (rule->leaky) {
+            sl_args_int(a, rule->leak.n);
+            sl_args_int(a, rule->leak.per_us);
+            sl_args_int(a, rule->bucket_cap);
+        }
         if (rule->kind == SL_RULE_RATE)
             sl_args_shares(a, rule);
     }
@@ -1568,6 +1605,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
         for (size_t h = 0; h < c->nhits; h++, nhits++) {
             sl_args_int(a, ref[nhits].spec);
             sl_args_int(a, ref[nhits].key);
+            sl_args_int(a, (long long)sl_hit_cost(&c->hits[h]));
         }
     }
 out:
@@ -2278,12 +2316,22 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
                 continue;
             sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
             sl_args_share_key(keys, r, l->up, &l->hits[h]);
+            if (rule->settle != SL_SETTLE_NONE)
+                sl_args_key(keys, r, l->up, rule, 'z', l->hits[h].key, l->hits[h].key_len);
             if (per)
                 sl_args_key(keys, r, l->up, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
-                              (rule->nshares > 0 ? 4 : 0));
+                              (rule->nshares > 0 ? 4 : 0) | (rule->leaky ? 8 : 0) |
+                              (sl_hit_cost(&l->hits[h]) > 1 ? 16 : 0) |
+                              (rule->settle != SL_SETTLE_NONE ? 32 : 0));
+            if (rule->leaky) {
+                sl_args_int(args, rule->leak.n);
+                sl_args_int(args, rule->leak.per_us);
+            }
+            if (sl_hit_cost(&l->hits[h]) > 1)
+                sl_args_int(args, (long long)sl_hit_cost(&l->hits[h]));
         }
     }
 }
@@ -2370,6 +2418,70 @@ static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
         sl_redis_queue_commit(r, l);
 }
 
+/*
+ * The provider says the call cost ACTUAL units in HIT's rule: once per
+ * hit, settle.lua corrects the log (and a bucket's level) in Redis; the
+ * call's commit goes first if it still waits for a batch (one link runs
+ * its scripts in order).  A call decided locally settles in the memory
+ * store.  Unwritable (Redis away): the estimate stands.
+ */
+static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
+                           const struct sl_hit *hit, uint64_t actual,
+                           sl_store_done_cb done, void *arg)
+{
+    struct sl_redis *r = (struct sl_redis *)store;
+    struct sl_redis_lease *l = (struct sl_redis_lease *)lease;
+    const struct sl_rule *rule = hit->rule;
+    struct sl_redis_op *op;
+    size_t i;
+
+    for (i = 0; i < l->nhits; i++)
+        if (l->hits[i].rule == rule && l->hits[i].key_len == hit->key_len &&
+            memcmp(l->hits[i].key, hit->key, hit->key_len) == 0)
+            break;
+    if (i == l->nhits || i >= 64 || (l->settled & (UINT64_C(1) << i)) || !l->committed ||
+        rule->kind != SL_RULE_RATE)
+        return 0;
+    l->settled |= UINT64_C(1) << i;
+    if (l->local != NULL) {
+        sl_store_settle(r->local, l->local, hit, actual);
+        return 0;
+    }
+    if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
+        !r->have_offset)
+        return 0;
+    if (l->up->index < r->config->nupstreams && r->commits[l->up->index].n > 0)
+        sl_redis_flush_commits(r, l->up->index);
+    op = sl_redis_script_op(r, SL_LUA_SETTLE);
+    if (op == NULL)
+        return 0;
+    sl_args_key(&op->keys, r, l->up, rule, 'r', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'v', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'a', hit->key, hit->key_len);
+    sl_args_key(&op->keys, r, l->up, rule, 'z', hit->key, hit->key_len);
+    if (rule->leaky)
+        sl_args_key(&op->keys, r, l->up, rule, 'b', hit->key, hit->key_len);
+    sl_args_str(&op->args, l->member);
+    sl_args_int(&op->args, (long long)sl_hit_cost(&l->hits[i]));
+    sl_args_int(&op->args, (long long)actual);
+    sl_args_int(&op->args, (long long)rule->limit);
+    sl_args_int(&op->args, sl_redis_keep_us(r, rule));
+    sl_args_str(&op->args, l->app);
+    /* The call's send on the lower bound of Redis's clock: its entries
+     * are stamped no earlier. */
+    sl_args_int(&op->args, l->commit_us + sl_redis_offset(r, l->commit_us));
+    if (rule->leaky) {
+        sl_args_int(&op->args, rule->leak.n);
+        sl_args_int(&op->args, rule->leak.per_us);
+    }
+    /* The answer's end waits for it, as for a report: the client's next
+     * call, on any instance, is decided on the corrected count. */
+    op->done = done;
+    op->done_arg = arg;
+    sl_redis_send_script(r, op);
+    return done != NULL;
+}
+
 /* Write L's release: its concurrency slots, and its reservations if the
  * call was never sent.  Returns 0, or -1 (not written). */
 /* 0 (sent, or nothing to send: *TOLD says whether DONE will be told when
@@ -2392,8 +2504,9 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l,
             sl_args_str(&op->args, l->member);
             sl_args_int(&op->args, (long long)h->rule->limit);
         } else if (h->rule->kind == SL_RULE_RATE && !l->committed) {
+            char wbuf[SL_REDIS_MEMBER_MAX + 16];
             sl_args_key(&op->keys, r, l->up, h->rule, 'v', h->key, h->key_len);
-            sl_args_str(&op->args, l->member);
+            sl_args_str(&op->args, sl_redis_weigh(wbuf, l->member, sl_hit_cost(h)));
             sl_args_int(&op->args, 0);
         }
     }
@@ -2714,6 +2827,8 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
     sl_args_key(&op->keys, r, up, rule, 'r', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 'v', hit->key, hit->key_len);
     sl_args_key(&op->keys, r, up, rule, 's', hit->key, hit->key_len);
+    if (rule->leaky)
+        sl_args_key(&op->keys, r, up, rule, 'b', hit->key, hit->key_len);
     sl_args_int(&op->args, remaining > (uint64_t)LLONG_MAX ? LLONG_MAX
                                                            : (long long)remaining);
     sl_args_int(&op->args, age_us);
@@ -2729,6 +2844,10 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
         sl_args_int(&op->args, now - age_us + sl_redis_offset(r, now));
     } else {
         sl_args_int(&op->args, 0);
+    }
+    if (rule->leaky) {
+        sl_args_int(&op->args, rule->leak.n);
+        sl_args_int(&op->args, rule->leak.per_us);
     }
     op->done = done;
     op->done_arg = arg;
@@ -3183,6 +3302,8 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         } else {
             struct sl_hit h = {.rule = rule, .key = "", .key_len = 0};
             sl_args_hit_keys(k, r, up, &h);
+            if (rule->leaky)
+                sl_args_key(k, r, up, rule, 'b', "", 0);
         }
         int64_t span = rate ? rule->span_us : 0, pend = 0;
         if (rate && rule->calendar) {
@@ -3191,7 +3312,7 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
             sl_redis_period(r, rule, &ps, &pend, &pn);
             span = sl_redis_est_now(r) - ps + (rule->span_us - rule->window_us);
         }
-        sl_args_str(a, rate ? "r" : "c");
+        sl_args_str(a, rule->leaky ? "b" : rate ? "r" : "c");
         sl_args_str(a, per ? "1" : "0");
         sl_args_int(a, (long long)rule->limit);
         sl_args_int(a, span);
@@ -3206,6 +3327,12 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         }
         for (size_t t = 0; t < 5; t++)
             sl_args_key(a, r, up, rule, types[t], "", 0);
+        if (rule->leaky) {
+            sl_args_int(a, rule->leak.n);
+            sl_args_int(a, rule->leak.per_us);
+            sl_args_int(a, rule->bucket_cap);
+            sl_args_key(a, r, up, rule, 'b', "", 0);
+        }
     }
     return op;
 }
@@ -3582,6 +3709,7 @@ static bool sl_redis_ready(struct sl_store *store)
 static const struct sl_store_ops sl_redis_ops = {
     .decide = sl_redis_decide,
     .commit = sl_redis_commit,
+    .settle = sl_redis_settle,
     .release = sl_redis_release,
     .pause = sl_redis_pause,
     .set_pause = sl_redis_set_pause,

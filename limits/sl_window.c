@@ -317,3 +317,25 @@ void sl_window_free(struct sl_window *w)
     free(w->times);
     memset(w, 0, sizeof(*w));
 }
+
+uint32_t sl_window_remove(struct sl_window *w, int64_t t, uint32_t k)
+{
+    uint32_t end = w->count, m;
+
+    /* Entries [end - m, end) go: the newest at or before T. */
+    while (end > 0 && w->times[(w->head + end - 1) % w->cap] > t)
+        end--;
+    m = k < end ? k : end;
+    if (m == 0)
+        return 0;
+    for (uint32_t j = end - m; j < end; j++)
+        sl_window_tc(w, w->tags[(w->head + j) % w->cap], -1);
+    for (uint32_t j = end; j < w->count; j++) {
+        w->times[(w->head + j - m) % w->cap] = w->times[(w->head + j) % w->cap];
+        w->tags[(w->head + j - m) % w->cap] = w->tags[(w->head + j) % w->cap];
+    }
+    w->count -= m;
+    if (w->count == 0)
+        w->head = 0;
+    return m;
+}

@@ -120,6 +120,14 @@ int64_t sl_window_tag_time(const struct sl_window *w, uint16_t tag, uint32_t k);
 int sl_window_merge(struct sl_window *w, const struct sl_window *from,
                     int64_t after, uint64_t most);
 
+/*
+ * Forget up to K of the newest entries stamped no later than T (a call's
+ * cost refunded: its own entries, or, where they cannot be told apart,
+ * entries sent before it, which keeps the later ones: the safe side).
+ * Returns how many were forgotten.
+ */
+uint32_t sl_window_remove(struct sl_window *w, int64_t t, uint32_t k);
+
 /* Bytes held by the ring. */
 size_t sl_window_bytes(const struct sl_window *w);
 

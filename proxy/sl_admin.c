@@ -487,11 +487,11 @@ static void sl_usage_json(const struct sl_config *c, const struct sl_rule *r,
         json_object_set_new(o, "shares", sl_shares_json(r, u));
     if (r->kind == SL_RULE_RATE)
         json_object_set_new(o, "provider_remaining",
-                            u->report_left >= 0 ? json_integer(u->report_left)
+                            u->report_left >= 0 && !r->leaky ? json_integer(u->report_left)
                                                 : json_null());
     /* Where "used" comes from: the provider's last report (plus the calls
      * sent since), or sluice's own count. */
-    if (r->kind == SL_RULE_RATE && r->sync != SL_SYNC_NONE)
+    if (r->kind == SL_RULE_RATE && !r->leaky && r->sync != SL_SYNC_NONE)
         json_object_set_new(o, "source", json_string(u->from_provider ? "provider"
                                                                       : "sluice"));
     if (u->from_provider) {
@@ -537,9 +537,21 @@ static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
     struct sl_usage none = zero;
 
     json_object_set_new(o, "name", json_string(r->name));
-    json_object_set_new(o, "kind", json_string(sl_kind_names[r->kind]));
+    json_object_set_new(o, "kind", json_string(r->leaky ? "bucket"
+                                                        : sl_kind_names[r->kind]));
     json_object_set_new(o, "limit", json_integer((json_int_t)r->limit));
-    if (r->kind == SL_RULE_RATE) {
+    if (r->leaky) {
+        /* "window": the time a full bucket takes to drain. */
+        sl_duration_format(r->window_us, win, sizeof(win));
+        json_object_set_new(o, "bucket", json_integer((json_int_t)r->limit));
+        json_object_set_new(o, "leak", json_string(r->leak_text));
+        json_object_set_new(o, "window", json_string(win));
+        json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
+        json_object_set_new(o, "reset", json_string("leak"));
+        json_object_set_new(o, "timezone", json_null());
+        none.resets_in_us = 0;
+        none.remaining = (uint64_t)(r->bucket_cap / r->leak.per_us);
+    } else if (r->kind == SL_RULE_RATE) {
         sl_rule_window_text(r, win, sizeof(win));
         json_object_set_new(o, "window", json_string(win));
         json_object_set_new(o, "window_s", json_real(sl_secs(r->window_us)));
@@ -553,7 +565,8 @@ static json_t *sl_rule_json(struct sl_admin *a, const struct sl_config *c,
         json_object_set_new(o, "reset", json_null());
         json_object_set_new(o, "timezone", json_null());
     }
-    none.remaining = r->limit;
+    if (!r->leaky)
+        none.remaining = r->limit;
     json_object_set_new(o, "per", r->per_text ? json_string(r->per_text) : json_null());
     json_object_set_new(o, "mode", json_string(r->shadow ? "shadow" : "enforce"));
     if (r->shadow)

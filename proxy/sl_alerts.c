@@ -317,7 +317,9 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     struct sl_text text = {.len = 0};
     double util = r->limit ? (double)u->used / (double)r->limit : 1.0;
 
-    if (r->kind == SL_RULE_RATE)
+    if (r->leaky)   /* "40 calls in a bucket leaking 2/s" */
+        snprintf(win, sizeof(win), "%s", r->leak_text);
+    else if (r->kind == SL_RULE_RATE)
         sl_rule_window_text(r, win, sizeof(win));
     sl_text_add(&text, "sluice: ");
     sl_text_value(&text, up->name, SL_ALERT_NAME_SHOWN);
@@ -331,7 +333,8 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     }
     sl_text_add(&text, " reached %.0f%% of its limit: %llu of %llu %s%s", at * 100,
                 (unsigned long long)u->used, (unsigned long long)r->limit,
-                r->kind == SL_RULE_RATE ? "calls per " : "calls in flight",
+                r->leaky ? "calls in a bucket leaking "
+                : r->kind == SL_RULE_RATE ? "calls per " : "calls in flight",
                 r->kind == SL_RULE_RATE ? win : "");
     for (size_t i = 0; i < u->napps; i++) {
         json_object_set_new(apps, u->apps[i].name,
@@ -351,8 +354,10 @@ static void sl_alerts_threshold(struct sl_alerts *a, const struct sl_upstream_co
     json_object_set_new(j, "limit", json_integer((json_int_t)r->limit));
     json_object_set_new(j, "remaining", json_integer((json_int_t)u->remaining));
     json_object_set_new(j, "utilization", json_real(round(util * 10000) / 10000));
-    json_object_set_new(j, "window", r->kind == SL_RULE_RATE ? json_string(win)
-                                                             : json_null());
+    json_object_set_new(j, "window", r->kind == SL_RULE_RATE && !r->leaky
+                                         ? json_string(win) : json_null());
+    if (r->leaky)
+        json_object_set_new(j, "leak", json_string(r->leak_text));
     json_object_set_new(j, "resets_in", u->resets_in_us >= 0
         ? json_real(round((double)u->resets_in_us / 1000.0) / 1000.0) : json_null());
     json_object_set_new(j, "per_app", apps);

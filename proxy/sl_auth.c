@@ -1062,6 +1062,7 @@ static void sl_auth_serve_one(struct sl_worker *w, struct sl_auth *a)
         ch->check.hits[0].rule = r;
         ch->check.hits[0].key = "";
         ch->check.hits[0].key_len = 0;
+        ch->check.hits[0].cost = 1;
         ch->store = w->store;
         ch->config = sl_config_ref(w->config);
         ch->state = SL_CHARGE_ASKED;

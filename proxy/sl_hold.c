@@ -97,6 +97,9 @@ int sl_req_hold(struct sl_request *req, struct sl_decision *d, bool force)
             int64_t span_ms = (r->span_us + 999) / 1000;
             int64_t earliest = now + wait_ms +
                                (int64_t)(req->held.ahead / r->limit) * span_ms;
+            if (r->leaky)   /* a bucket lets them through at its leak */
+                earliest = now + wait_ms + (int64_t)req->held.ahead *
+                                               (r->leak.per_us / r->leak.n) / 1000;
             if (earliest > req->held.deadline_ms) {
                 sl_req_unhold(req);
                 d->wait_us = (earliest - now) * 1000;

@@ -52,15 +52,18 @@ const struct sl_metric_desc sl_metric_families[SL_MF_COUNT] = {
         "upstream's pause) that refused them, on this instance.",
         "upstream,rule,app"},
     [SL_MF_RULE_LIMIT] = {"sluice_rule_limit", "gauge",
-        "The rule's limit (calls per window, or in flight).", "upstream,rule"},
+        "The rule's limit (calls per window, in flight, or a leaky bucket's "
+        "size).", "upstream,rule"},
     [SL_MF_RULE_USED] = {"sluice_rule_used", "gauge",
-        "Calls counted now (busiest bucket of a per rule).", "upstream,rule"},
+        "Calls counted now (busiest bucket of a per rule; a leaky bucket: its "
+        "level, rounded up, and the calls admitted not yet sent).", "upstream,rule"},
     [SL_MF_RULE_REMAINING] = {"sluice_rule_remaining", "gauge",
         "Calls that fit now.", "upstream,rule"},
     [SL_MF_RULE_UTILIZATION] = {"sluice_rule_utilization_ratio", "gauge",
         "Used over limit, 0 to 1.", "upstream,rule"},
     [SL_MF_RULE_RESET] = {"sluice_rule_reset_seconds", "gauge",
-        "Until the oldest counted call leaves the window.", "upstream,rule"},
+        "Until the oldest counted call leaves the window (a leaky bucket: "
+        "until it is empty).", "upstream,rule"},
     [SL_MF_RULE_BUCKETS] = {"sluice_rule_buckets", "gauge",
         "Buckets (per values) the rule holds now.", "upstream,rule"},
     [SL_MF_RULE_APP_USED] = {"sluice_rule_app_used", "gauge",

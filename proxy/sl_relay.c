@@ -26,7 +26,10 @@
  * reports (sync), limit signals that pause the upstream, and with
  * retry_on_limit the call may be held and sent again after the pause.
  * What the call holds in the store is given back when the transfer ends:
- * the provider is done with it, whatever the client still does.
+ * the provider is done with it, whatever the client still does.  Just
+ * before, a rule with "settle" takes the cost the provider says the call
+ * had: from a response header, or from the first 64 KiB of the body,
+ * copied as they pass to the client (never held back for it).
  *
  * The easy handle is owned by the request while it is in the multi, and
  * goes back to the worker's pool when the transfer ends.
@@ -52,6 +55,7 @@
 #include <unistd.h>
 
 static enum MHD_Result sl_req_respond(struct sl_request *req);
+static const char *sl_resp_header_cb(void *ctx, const char *name, unsigned nth);
 
 /* ---- buffers ---- */
 
@@ -404,6 +408,9 @@ static int sl_curl_prereq(void *ud, char *primary_ip, char *local_ip,
     return CURL_PREREQFUNC_OK;
 }
 
+/* Bytes of a response body read for "settle": "graphql-cost". */
+#define SL_SETTLE_PEEK (64 * 1024)
+
 static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
 {
     struct sl_request *req = ud;
@@ -411,6 +418,14 @@ static size_t sl_curl_write(char *data, size_t size, size_t nmemb, void *ud)
 
     if (req->client_gone)
         return 0;  /* aborts the transfer */
+    if (req->scan_body) {
+        /* A copy of the body's start for the settlement; the bytes go on
+         * to the client whatever happens to it. */
+        size_t room = SL_SETTLE_PEEK - sl_buf_len(&req->scan);
+        if (room > 0)
+            (void)sl_buf_add(&req->scan, data, n < room ? n : room);
+        req->scan_total += n;
+    }
     if (!sl_spool_unread(req) && sl_pipe_fits(&req->down, n)) {
         if (sl_pipe_put(&req->down, data, n) != n)
             return 0;  /* out of memory: abort rather than corrupt the body */
@@ -584,6 +599,97 @@ void sl_req_abort_transfer(struct sl_request *req)
     sl_req_release_lease(req);
 }
 
+/* A whole number of at most 15 digits at S (after spaces), or -1. */
+static long long sl_settle_number(const char *s, size_t len)
+{
+    long long v = 0;
+    size_t i = 0, digits = 0;
+
+    while (i < len && (s[i] == ' ' || s[i] == '\t'))
+        i++;
+    for (; i < len && s[i] >= '0' && s[i] <= '9' && digits < 15; i++, digits++)
+        v = v * 10 + (s[i] - '0');
+    if (digits == 0 || (i < len && s[i] >= '0' && s[i] <= '9'))
+        return -1;
+    return v;
+}
+
+/*
+ * What the provider says the call cost in rule R, or -1: a response
+ * header's value, or extensions.cost.actualQueryCost of a JSON body.  A
+ * body that fitted the peek is parsed whole; one that did not is searched
+ * for the key's last occurrence in its first SL_SETTLE_PEEK bytes (a
+ * provider puts extensions after data; a longer body may not say it
+ * there, and the estimate then stands).
+ */
+static long long sl_req_actual_cost(struct sl_request *req, const struct sl_rule *r)
+{
+    static const char key[] = "\"actualQueryCost\"";
+    const char *body = sl_buf_str(&req->scan), *p, *last = NULL;
+    size_t len = sl_buf_len(&req->scan);
+
+    if (r->settle == SL_SETTLE_HEADER) {
+        const char *v = sl_resp_header_cb(req, r->settle_header, 0);
+        size_t vlen;
+        if (v == NULL)
+            return -1;
+        /* Digits only, nothing after them: a cost is never guessed. */
+        vlen = strlen(v);
+        while (vlen > 0 && (v[vlen - 1] == ' ' || v[vlen - 1] == '\t'))
+            vlen--;
+        if (vlen == 0 || strspn(v, " \t0123456789") < vlen ||
+            strcspn(v, "0123456789") + strspn(v + strcspn(v, "0123456789"), "0123456789") != vlen)
+            return -1;
+        return sl_settle_number(v, vlen);
+    }
+    if (len == 0)
+        return -1;
+    if (req->scan_total == len) {
+        json_t *j = json_loadb(body, len, 0, NULL);
+        json_t *c = json_object_get(json_object_get(json_object_get(j, "extensions"),
+                                                    "cost"), "actualQueryCost");
+        long long n = json_is_integer(c) && json_integer_value(c) >= 0
+                          ? (long long)json_integer_value(c) : -1;
+        json_decref(j);
+        return n;
+    }
+    for (p = body; (p = memmem(p, len - (size_t)(p - body), key, sizeof(key) - 1)) != NULL;
+         p += sizeof(key) - 1)
+        last = p;
+    if (last == NULL)
+        return -1;
+    p = last + sizeof(key) - 1;
+    while (p < body + len && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r'))
+        p++;
+    if (p >= body + len || *p != ':')
+        return -1;
+    return sl_settle_number(p + 1, len - (size_t)(p + 1 - body));
+}
+
+/* The call was answered: each rule with "settle" takes the cost the
+ * provider says (at most the rule's limit), once, before the lease goes;
+ * the end of the answer waits on REQ's ticket until the store has it. */
+static void sl_req_settle_costs(struct sl_request *req)
+{
+    if (req->lease == NULL || !req->committed || !req->headers_ready)
+        return;
+    for (size_t i = 0; i < req->check.nhits; i++) {
+        const struct sl_hit *h = &req->check.hits[i];
+        long long actual;
+        if (h->rule->settle == SL_SETTLE_NONE)
+            continue;
+        actual = sl_req_actual_cost(req, h->rule);
+        if (actual < 0)
+            continue;
+        if ((unsigned long long)actual > h->rule->limit)
+            actual = (long long)h->rule->limit;
+        /* The answer's end waits until the correction is in force. */
+        struct sl_settle *t = sl_req_expect(req);
+        sl_req_expected(t, sl_store_settle_then(req->w->store, req->lease, h,
+                                                (uint64_t)actual, sl_req_tell(t), t));
+    }
+}
+
 void sl_request_transfer_done(struct sl_request *req, CURLcode result)
 {
     char msg[CURL_ERROR_SIZE + 512], sent[CURL_ERROR_SIZE + 256];
@@ -600,6 +706,8 @@ void sl_request_transfer_done(struct sl_request *req, CURLcode result)
                         sl_hist_latency_bounds, req->upstream_us);
     }
     req->result = result;
+    if (result == CURLE_OK)
+        sl_req_settle_costs(req);
     /* The provider is done with the call: concurrency slots free now, not
      * when a slow client has finished reading (or sending); the end of the
      * answer waits until they are free in the store (a ticket). */
@@ -788,6 +896,10 @@ int sl_req_start_transfer(struct sl_request *req, const char *target)
 
     if (sl_req_build_headers(req) != 0)
         return -1;
+    req->scan_body = false;
+    for (size_t i = 0; i < req->check.nhits; i++)
+        if (req->check.hits[i].rule->settle == SL_SETTLE_GRAPHQL)
+            req->scan_body = true;
     e = sl_worker_get_easy(req->w, sl_easy_tag(up), &fresh, &req->easy_url);
     if (e == NULL)
         return -1;
@@ -1191,6 +1303,8 @@ static int sl_req_reset_exchange(struct sl_request *req)
     req->signalled = false;
     sl_req_release_lease(req);
     req->upload.rpos = req->upload.wpos = 0;
+    sl_buf_reset(&req->scan);
+    req->scan_total = 0;
     if (sl_buf_len(&req->saved) > 0 &&
         sl_pipe_put(&req->upload, sl_buf_str(&req->saved), sl_buf_len(&req->saved))
         != sl_buf_len(&req->saved))

@@ -369,6 +369,17 @@ static int sl_req_match(struct sl_request *req)
     free(canon);
     if (rc == -1)
         goto oom;
+    if (rc == SL_MATCH_BAD_COST) {
+        /* The call says what it costs, and says it badly: never guessed,
+         * never forwarded. */
+        const struct sl_rule *r = req->check.bad_cost;
+        snprintf(msg, sizeof(msg), "rule \"%.64s\" takes its cost from the "
+                 "request header %.64s: a whole number from 1 to %llu is "
+                 "required", r->name, r->cost_header,
+                 (unsigned long long)r->limit);
+        sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_cost", msg, 0, "bad_request");
+        return -1;
+    }
     if (rc != 0) {
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_request",
                      rc == SL_MATCH_TOO_MANY
@@ -1192,6 +1203,7 @@ static void sl_req_free(struct sl_request *req)
     sl_pipe_free(&req->down);
     sl_req_spool_close(req);
     sl_buf_free(&req->saved);
+    sl_buf_free(&req->scan);
     free(req->uri);
     sl_config_unref(req->config);
     free(req);

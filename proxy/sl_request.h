@@ -226,6 +226,12 @@ struct sl_request {
     bool headers_ready;               /* the upstream's final headers are in */
     int64_t content_length;           /* -1 unknown */
     struct sl_pipe down;
+    /* "settle": "graphql-cost" on a rule of the call: the response body's
+     * first SL_SETTLE_PEEK bytes, copied as they pass (never held back),
+     * and how many bytes the body had in all. */
+    bool scan_body;
+    struct sl_buf scan;
+    uint64_t scan_total;
     /* The response's overflow, once `down` is full (sl_relay.c, "spool"):
      * an unlinked temporary file, bytes [spool_rpos, spool_wpos) unread,
      * all of them newer than what `down` holds. */

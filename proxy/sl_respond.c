@@ -245,7 +245,13 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
                      (long long)r->limit - (long long)d->report_value,
                      (unsigned long long)r->limit, win, when, since, r->name, up->name,
                      (long long)retry);
-        } else
+        } else if (r->leaky)
+            snprintf(msg, sizeof(msg),
+                     "rule \"%s\" of upstream \"%s\" is a bucket of %llu calls "
+                     "draining %s; retry in %llds",
+                     r->name, up->name, (unsigned long long)r->limit, r->leak_text,
+                     (long long)retry);
+        else
             snprintf(msg, sizeof(msg),
                      "rule \"%s\" of upstream \"%s\" allows %llu calls per %s; "
                      "retry in %llds",
@@ -306,6 +312,10 @@ struct MHD_Response *sl_respond_limited(const struct sl_config *c,
             json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
             json_object_set_new(body, "window",
                                 json_real((double)r->window_us / SL_USEC_PER_SEC));
+            if (r->leaky) {
+                json_object_set_new(body, "bucket", json_integer((json_int_t)r->limit));
+                json_object_set_new(body, "leak", json_string(r->leak_text));
+            }
         } else if (r->kind == SL_RULE_CONCURRENCY) {
             json_object_set_new(body, "limit", json_integer((json_int_t)r->limit));
             json_object_set_new(body, "window", json_null());

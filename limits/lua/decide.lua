@@ -2,8 +2,8 @@
 -- pass (the commit section, first: safe however late it runs), then
 -- decides a batch of calls, each all-or-nothing, in order.
 --   KEYS  the commit section's, then each bucket of the batch once: rate
---         r, v, a [, s if sync] [, h if shares]; concurrency c [, k if
---         per]; pause p
+--         r, v, a [, s if sync] [, h if shares]; leaky bucket r, v, a
+--         [, s if sync], b; concurrency c [, k if per]; pause p
 --   ARGV  base, lease_us, reserve_us, deadline (Redis µs, 0: none), the
 --         commit section, then the batch's rules, each once: a count, then
 --         per rule: kind, limit, span_us, probe_us (-1: no sync;
@@ -12,11 +12,17 @@
 --         three more: its period's start and end and the next period's end
 --         (Redis µs, as this instance estimates Redis's clock: the script
 --         moves to the next period itself when its TIME is already past
---         the end); a rate rule's arguments end with its shares ("apps"):
+--         the end); a leaky bucket (kind b, B) has three more: its leak
+--         (n calls per p µs) and its capacity in units of 1/p call (the
+--         margin taken off); a rate or bucket rule's arguments end with
+--         its shares ("apps", always none for a bucket):
 --         a count, then per share: app ('*': every app not named), max,
 --         reserve (in calls).  Then ncalls, then per call: app, nrules,
 --         then per rule: its number among the batch's rules and the index
---         in KEYS of its bucket's first key.
+--         in KEYS of its bucket's first key, and the call's cost in it (a
+--         call of cost n > 1 holds one reservation, its member weighed:
+--         base:call*n|app).  A rule's limit field is negative when the
+--         rule has costs: its reservations are then summed by weight.
 -- A call's member is base..':'..call_number..'|'..app (app names have no
 -- '|': the snapshot reads a concurrency slot's app from its member).
 -- Reply: {now, 0} when past the deadline (no decision written), {now, 2}
@@ -27,7 +33,7 @@
 -- wait_us, share (0: the rule's limit, 1: the app's max, 2: other apps'
 -- reservations), the calls left as the provider's report said when that
 -- report is what refuses (else -1), that report's age_us (-1), and the
--- calls sent since it}}.  A rule's kind in upper case (R, C) is in shadow mode: when
+-- calls sent since it}}.  A rule's kind in upper case (R, B, C) is in shadow mode: when
 -- it would deny, the call goes on and takes nothing from it.
 
 --! include prelude.lua
@@ -212,8 +218,10 @@ local SP, nsp = {}, tonumber(ARGV[a])
 a = a + 1
 for j = 1, nsp do
   local kind, limit, span, probe = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), tonumber(ARGV[a + 3])
-  local sh = kind == 'R' or kind == 'C' or kind == 'K'
-  local pend, ttl, shr = nil, span, nil
+  local weighted = limit < 0
+  limit = math.abs(limit)
+  local sh = kind == 'R' or kind == 'C' or kind == 'K' or kind == 'B'
+  local pend, ttl, shr, leak = nil, span, nil, nil
   kind = string.lower(kind)
   a = a + 4
   if kind == 'k' then
@@ -223,7 +231,11 @@ for j = 1, nsp do
     span = math.max(now - ps + span, 0)
     a = a + 3
   end
-  if kind == 'r' then
+  if kind == 'b' then
+    leak = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])}
+    a = a + 3
+  end
+  if kind == 'r' or kind == 'b' then
     local m = tonumber(ARGV[a])
     a = a + 1
     if m > 0 then
@@ -234,7 +246,7 @@ for j = 1, nsp do
       end
     end
   end
-  SP[j] = {kind, limit, span, probe, sh, pend, ttl, shr}
+  SP[j] = {kind, limit, span, probe, sh, pend, ttl, shr, leak, weighted}
 end
 local out, ncalls = {now, 1}, tonumber(ARGV[a])
 a = a + 1
@@ -243,18 +255,54 @@ for c = 1, ncalls do
   local member, deny, wait, st = base .. ':' .. c .. '|' .. app, 0, 0, {}
   local skip, shadow, swait, shadows = {}, 0, 0, {}
   -- each rule: its entry in SP, and where its bucket's keys start
-  local R, K = {}, {}
+  local R, K, W = {}, {}, {}
   for i = 1, n do
-    R[i] = SP[tonumber(ARGV[a + 2 * i])]
-    K[i] = tonumber(ARGV[a + 2 * i + 1])
+    R[i] = SP[tonumber(ARGV[a + 3 * i - 1])]
+    K[i] = tonumber(ARGV[a + 3 * i])
+    W[i] = tonumber(ARGV[a + 3 * i + 1])
   end
-  a = a + 2 + 2 * n
+  a = a + 2 + 3 * n
   -- phase one: look (lapsed reservations become entries: they count
   -- the same, so this is no decision)
   for i = 1, n do
-    local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)
-    local w, why, sleft, ka, byrep = 0, 0, nil, K[i], nil
-    if kind == 'r' then
+    local kind, limit, span, probe, sh, pend, ttl, shr, leak, weighted = unpack(R[i], 1, 10)
+    local w, why, sleft, ka, byrep, cost = 0, 0, nil, K[i], nil, W[i]
+    if kind == 'b' then
+      -- a leaky bucket: level + (reservations + 1) x p <= cap
+      local l, v, ap = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2]
+      ka = ka + 3
+      if probe >= 0 then ka = ka + 1 end  -- a report goes into the level
+      local lb, n, p, cap = KEYS[ka], leak[1], leak[2], leak[3]
+      local b = bk[l]
+      if not b then
+        local nres, lvl = reserved(v, weighted), level(lb, n, p)
+        if nres > 0 then
+          -- lapsed reservations count as sent now: into the log and level
+          local lapsed = redis.call('ZRANGEBYSCORE', v, '-inf', NOW)
+          if #lapsed > 0 then
+            local st, apps = {}, {}
+            for j = 1, #lapsed do
+              for _ = 1, units(lapsed[j]) do st[#st + 1] = now; apps[#apps + 1] = '-' end
+            end
+            redis.call('ZREMRANGEBYSCORE', v, '-inf', NOW)
+            log(l, ap, st, apps, limit, ttl, nil)
+            lvl = lvl + #st * p
+            set_level(lb, lvl, n, p, span)
+            nres = nres - #st
+          end
+        end
+        b = {nres = nres, lvl = lvl}
+        bk[l] = b
+      end
+      if (b.nres + cost) * p > cap then
+        -- never fits as things stand: the level's drain, one call's at least
+        w = math.max(math.ceil(b.lvl / n), math.ceil(p / n))
+      else
+        local need = b.lvl + (b.nres + cost) * p - cap
+        if need > 0 then w = math.ceil(need / n) end
+      end
+      st[i] = {0, b.nres, nil, false, nil, 0, nil}
+    elseif kind == 'r' then
       local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil
       ka = ka + 3
       if probe >= 0 then s = KEYS[ka]; ka = ka + 1 end
@@ -262,17 +310,20 @@ for c = 1, ncalls do
       local b, len, nres = bk[l], 0, 0
       if b then len, nres = b.len, b.nres
       else
-        nres = redis.call('ZCARD', v)
+        nres = reserved(v, weighted)
         if nres > 0 then
           -- with shares, each lapsed reservation is logged as its app's
           local lapsed = redis.call('ZRANGEBYSCORE', v, '-inf', NOW)
           local gone = #lapsed
           if gone > 0 then
             local st, apps = {}, {}
-            for j, mb in ipairs(lapsed) do
-              st[j] = now
-              apps[j] = h and (string.match(mb, '|([^|]*)$') or '-') or '-'
+            for _, mb in ipairs(lapsed) do
+              for _ = 1, units(mb) do
+                st[#st + 1] = now
+                apps[#apps + 1] = h and (string.match(mb, '|([^|]*)$') or '-') or '-'
+              end
             end
+            gone = #st
             redis.call('ZREMRANGEBYSCORE', v, '-inf', NOW)
             log(l, ap, st, apps, limit, ttl, h)
             nres = nres - gone
@@ -288,7 +339,8 @@ for c = 1, ncalls do
         len = b.len
         bk[l] = b
       end
-      local m = limit - nres
+      -- COST units fit iff entries + nres + cost - 1 < limit
+      local m = limit - nres - (cost - 1)
       if m <= 0 then w = pend and pend - now or span
       elseif len >= m then
         local e = tonumber(redis.call('LINDEX', l, m - 1))
@@ -299,7 +351,7 @@ for c = 1, ncalls do
         local h = redis.call('HMGET', s, 'left', 'sent', 'until', 'probe', 'rv', 'rat')
         if h[1] and tonumber(h[3]) > now then
           room = tonumber(h[1]) - tonumber(h[2] or 0) - nres
-          if w == 0 and room <= 0 then
+          if w == 0 and room < cost then
             local pa = tonumber(h[4] or 0)
             if probe > 0 and now >= pa then isprobe = true
             else
@@ -343,10 +395,22 @@ for c = 1, ncalls do
     -- phase two: take room in every bucket
     local best, rem, reset = 0, 0, 0
     for i = 1, n do
-      local kind, limit, span, probe, sh, pend, ttl, shr = unpack(R[i], 1, 8)
-      local ka = K[i]
+      local kind, limit, span, probe, sh, pend, ttl, shr, leak = unpack(R[i], 1, 9)
+      local ka, cost = K[i], W[i]
       if skip[i] or kind == 'p' then
       -- a shadow rule that would deny takes nothing; a pause takes nothing
+      elseif kind == 'b' then
+        local v, b, p = KEYS[ka + 1], bk[KEYS[ka]], leak[2]
+        redis.call('ZADD', v, LAPSE, weigh(member, cost))
+        b.nres = b.nres + cost
+        if not b.vttl then
+          redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))
+          b.vttl = true
+        end
+        local left = math.max(math.floor((leak[3] - b.lvl) / p) - b.nres, 0)
+        if not sh and (best == 0 or left < rem) then
+          best, rem, reset = i, left, math.ceil((b.lvl + b.nres * p) / leak[1])
+        end
       elseif kind == 'r' then
         local l, v, ap, s, h = KEYS[ka], KEYS[ka + 1], KEYS[ka + 2], nil, nil
         ka = ka + 3
@@ -358,17 +422,17 @@ for c = 1, ncalls do
           b.pruned = true
         end
         local len, tail = b.len, b.tail
-        redis.call('ZADD', v, LAPSE, member)
-        b.nres = nres + 1
+        redis.call('ZADD', v, LAPSE, weigh(member, cost))
+        b.nres = nres + cost
         if b.held then b.held[app] = (b.held[app] or 0) + 1 end
         if not b.vttl then
           redis.call('PEXPIRE', v, fmt(math.ceil((rttl + ttl) / 1000) + 1000))
           b.vttl = true
         end
         if st[i][4] then redis.call('HSET', s, 'probe', fmt(now + probe)) end
-        local used, left = len + nres + 1, 0
+        local used, left = len + nres + cost, 0
         if used < limit then left = limit - used end
-        if room and room - 1 < left then left = math.max(room - 1, 0) end
+        if room and room - cost < left then left = math.max(room - cost, 0) end
         if st[i][5] and st[i][5] < left then left = st[i][5] end
         if not sh and (best == 0 or left < rem) then
           best, rem, reset = i, left, span

@@ -75,4 +75,42 @@ local function log(l, ap, stamps, apps, limit, span, h)
   redis.call('PEXPIRE', ap, ttl)
   if h then redis.call('PEXPIRE', h, ttl) end
 end
+-- A leaky bucket's level: hash LB holds l (units of 1/p call), at (µs),
+-- n and p (the leak it was written with: n calls per p µs).  Read in
+-- units of the leak N per P, drained to now (a reload that changed the
+-- leak is rescaled, rounded up: it never grants room).
+local function level(lb, n, p)
+  local h = redis.call('HMGET', lb, 'l', 'at', 'n', 'p')
+  local l = tonumber(h[1] or 0)
+  if l <= 0 then return 0 end
+  local hp = tonumber(h[4] or p)
+  if hp ~= p then l = math.ceil(l * p / hp) end
+  local dt = now - tonumber(h[2] or now)
+  if dt <= 0 then return l end
+  if dt >= math.floor(l / n) + 1 then return 0 end
+  return math.max(l - n * dt, 0)
+end
+-- Write level L (drained to now) to LB, kept until it has drained plus
+-- SPAN (µs) and a second.
+local function set_level(lb, l, n, p, span)
+  if l <= 0 then redis.call('DEL', lb); return end
+  redis.call('HSET', lb, 'l', fmt(l), 'at', NOW, 'n', fmt(n), 'p', fmt(p))
+  redis.call('PEXPIRE', lb, fmt(math.ceil((l / n + span) / 1000) + 1000))
+end
+-- A call of cost n (> 1) holds one reservation member, MEMBER with '*n'
+-- before its '|app' (base:call*n|app); UNITS reads it back (1 without).
+local function weigh(member, n)
+  if n <= 1 then return member end
+  local head, app = string.match(member, '^(.*)|([^|]*)$')
+  return head .. '*' .. n .. '|' .. app
+end
+local function units(mb) return tonumber(string.match(mb, '%*(%d+)|[^|]*$') or 1) end
+-- Units reserved in V: its members, each weighed (WEIGHTED: the rule has
+-- costs, else each member is one).
+local function reserved(v, weighted)
+  if not weighted then return redis.call('ZCARD', v) end
+  local n = 0
+  for _, mb in ipairs(redis.call('ZRANGE', v, 0, -1)) do n = n + units(mb) end
+  return n
+end
 --! include commits.lua

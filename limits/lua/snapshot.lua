@@ -2,11 +2,13 @@
 -- index entries and alert levels that are stale, and with ARGV alerts
 -- records the levels it reports).
 --   KEYS  x (alert levels: HASH rule\nper -> level), p, w, then per rule
---         without per: rate r, v, a [, s]; concurrency c; per rule with
---         per: k (its index: member = the bucket's r or c key)
+--         without per: rate r, v, a [, s]; leaky bucket r, v, a [, s], b;
+--         concurrency c; per rule with per: k (its index: member = the
+--         bucket's r or c key)
 --   ARGV  alerts (0/1), top, candidates, x_ttl_ms, nrules, then per rule:
---         kind, per (0/1), limit, span_us, sync (0/1), name, nlevels,
---         levels..., heads r, v, a, s, c (keys without the per value)
+--         kind (r, b, c), per (0/1), limit, span_us, sync (0/1), name,
+--         nlevels, levels..., heads r, v, a, s, c (keys without the per
+--         value), and for a bucket its leak n, p, its capacity and head b
 -- Reply: {now, paused_until, reason, pause_new, per rule: {nbuckets,
 -- {bucket, ...}}}, or only the first four when ARGV alerts is set and
 -- another check of this upstream ran less than 0.9 s ago (whoever runs the
@@ -49,12 +51,21 @@ local function newer(l, horizon)
   end
   return lo
 end
-local function figures(kind, key, r, v, ap, s, c, limit, span, pend)
+local function figures(kind, key, r, v, ap, s, c, limit, span, pend, lb, leak)
   local f = {key = key, used = 0, res = 0, resets = -1, left = -1, n = 0, ap = ap,
              src = 0, rv = -1, sent = 0, age = -1}
-  if kind == 'r' then
+  if kind == 'b' then
+    -- the level in whole calls (rounded up) and the reservations; what
+    -- fits now after both; no per-app split (the log is not the level)
+    local n, p, cap = leak[1], leak[2], leak[3]
+    local lvl = level(lb, n, p)
+    f.res = reserved(v, true)
+    f.used = math.ceil(lvl / p) + f.res
+    f.left = math.max(math.floor((cap - lvl) / p) - f.res, 0)
+    f.resets = math.ceil((lvl + f.res * p) / n)
+  elseif kind == 'r' then
     f.n = newer(r, now - span)
-    f.res = redis.call('ZCARD', v)
+    f.res = reserved(v, true)
     f.used = f.n + f.res
     if f.n > 0 then
       f.resets = math.max(tonumber(redis.call('LINDEX', r, f.n - 1)) + span - now, 0)
@@ -135,10 +146,21 @@ for i = 1, nrules do
   a = a + 8 + nl
   local hr, hv, ha, hs, hc = ARGV[a], ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4]
   a = a + 5
+  local leak, hb = nil, nil
+  if kind == 'b' then
+    leak, hb = {tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])}, ARGV[a + 3]
+    a = a + 4
+  end
   local rule = {}
   if not per then
     local f
-    if kind == 'r' then
+    if kind == 'b' then
+      local kb = k + 3
+      if sync then kb = kb + 1 end
+      f = figures(kind, '', KEYS[k], KEYS[k + 1], KEYS[k + 2], nil, nil, limit, span, pend,
+                  KEYS[kb], leak)
+      k = kb + 1
+    elseif kind == 'r' then
       local s = nil
       if sync then s = KEYS[k + 3] end
       f = figures(kind, '', KEYS[k], KEYS[k + 1], KEYS[k + 2], s, nil, limit, span, pend)
@@ -152,7 +174,7 @@ for i = 1, nrules do
   else
     local idx = KEYS[k]
     k = k + 1
-    if kind == 'r' then redis.call('ZREMRANGEBYSCORE', idx, '-inf', fmt(now - span))
+    if kind ~= 'c' then redis.call('ZREMRANGEBYSCORE', idx, '-inf', fmt(now - span))
     else redis.call('ZREMRANGEBYSCORE', idx, '-inf', fmt(now)) end
     local total = redis.call('ZCARD', idx)
     local members = redis.call('ZREVRANGE', idx, 0, cand - 1)
@@ -160,7 +182,11 @@ for i = 1, nrules do
     for j = 1, #members do
       local m = members[j]
       local f
-      if kind == 'r' then
+      if kind == 'b' then
+        local key = string.sub(m, #hr + 1)
+        f = figures(kind, key, m, hv .. key, ha .. key, nil, nil, limit, span, pend,
+                    hb .. key, leak)
+      elseif kind == 'r' then
         local key = string.sub(m, #hr + 1)
         local s = nil
         if sync then s = hs .. key end

@@ -10,7 +10,12 @@
 -- bound's error, microseconds on a LAN) counts twice, the safe side, and
 -- calls sent one after the other count once.  The walk reads those
 -- entries only; the report holds until eff - age + span.  Publishes s when
--- it gives room back.  Reply: now.
+-- it gives room back.  A leaky bucket (KEYS b, its level; ARGV n, p, its
+-- leak) keeps no report: the provider's level when it answered (limit -
+-- remaining calls, which held the reporting call), drained from the
+-- reporting call's latest possible send, plus every call sent after it
+-- counted whole (the safe side), becomes the bucket's level, up or down.
+-- Reply: now.
 
 --! include prelude.lua
 local l, v, s = KEYS[1], KEYS[2], KEYS[3]
@@ -21,7 +26,8 @@ if deadline > 0 and deadline < now then eff = deadline end
 local cutoff, untl = eff - age - allow, eff - age + span
 local known = tonumber(ARGV[9])
 if known > 0 then cutoff = math.min(known, eff - age) end
-if untl <= now then
+local lb = KEYS[4]
+if untl <= now and not lb then
   redis.call('DEL', s)
   return now
 end
@@ -35,6 +41,15 @@ while more do
     else more = false; break end
   end
   i = i + 64
+end
+if lb then
+  local n, p = tonumber(ARGV[10]), tonumber(ARGV[11])
+  local was = level(lb, n, p)
+  local theirs = (limit - remaining) * p - n * (now - (eff - age))
+  local l = math.max(theirs, 0) + math.max(after - 1, 0) * p
+  set_level(lb, l, n, p, span)
+  if l < was then redis.call('PUBLISH', ARGV[8], s) end
+  return now
 end
 local nres = redis.call('ZCOUNT', v, '(' .. fmt(now), '+inf')
 local old = redis.call('HMGET', s, 'left', 'sent', 'until')

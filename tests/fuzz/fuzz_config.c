@@ -64,7 +64,18 @@ static void sl_fuzz_valid_config(const struct sl_config *c)
         for (size_t k = 0; k <= u->nrules; k++) {
             const struct sl_rule *r = sl_upstream_rule(u, k);
             sl_fuzz_check(r->name != NULL);
-            if (r->kind == SL_RULE_RATE) {
+            if (r->kind == SL_RULE_RATE && r->leaky) {
+                /* A bucket: the margin is the upstream's, or min(100 ms,
+                 * one call's leak / 20), and comes off the capacity. */
+                int64_t one = (r->leak.per_us + r->leak.n - 1) / r->leak.n;
+                int64_t m = u->margin_us != SL_MARGIN_AUTO ? u->margin_us
+                            : one / 20 < 100000 ? one / 20 : 100000;
+                sl_fuzz_check(r->leak.n > 0 && r->leak.per_us > 0);
+                sl_fuzz_check(r->span_us == r->window_us + m);
+                sl_fuzz_check(r->bucket_cap == sl_bucket_cap(r->limit, &r->leak, m));
+                sl_fuzz_check(r->bucket_cap >= r->leak.per_us);
+                sl_fuzz_check(r->cost >= 1 && r->cost <= r->limit);
+            } else if (r->kind == SL_RULE_RATE) {
                 sl_fuzz_check(r->window_us > 0);
                 /* The margin: the upstream's, or min(100 ms, window / 20). */
                 int64_t m = u->margin_us != SL_MARGIN_AUTO ? u->margin_us

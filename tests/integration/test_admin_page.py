@@ -721,3 +721,18 @@ def test_screenshot_of_a_busy_day(sluices):
         bg.join()
         crm.close()
         leads.close()
+
+
+def test_a_leaky_bucket_shows_its_level_and_leak(upstream, sluices):
+    up = {"name": "shop", "prefix": "/shop", "url": upstream.url, "margin": "0ms",
+          "rules": [{"name": "rest", "bucket": 10, "leak": "1/m"}]}
+    sl = sluices.start({"upstreams": [up]}, admin={"warn": 0.5, "critical": 0.9})
+    for _ in range(10):
+        assert send(sl, "billing", "/shop/x") == 200
+    root = chromium.parse(chromium.dump_dom(sl.page, wait_ms=500))
+    row = root.find(cls="rule", data_rule="rest")
+    assert row.find(cls="meta").text == "bucket of 10 · leaks 1/m"
+    check_bar(row, 10, 10, 0.5, 0.9)
+    assert row.find(cls="figures").text == "10 / 10 (100.0%)"
+    # Full: empty again once all ten have leaked, at one a minute.
+    assert re.fullmatch(r"empty in (9m 5\d|10m 00)s", row.find(cls="resets").text)

@@ -15,7 +15,7 @@ from harness import ROOT, SLUICE_BIN, RedisServer, RedisError, resp_encode, resp
 
 LUA = os.path.join(ROOT, "limits", "lua")
 SCRIPTS = ["decide", "commit", "release", "renew", "pause", "sync", "snapshot",
-           "hist_add", "hist_read", "set_pause", "fleet", "repair"]
+           "hist_add", "hist_read", "set_pause", "settle", "fleet", "repair"]
 AUTH_SCRIPTS = ["auth_put", "auth_drop", "auth_fail", "auth_get"]
 S = 1000000  # µs
 
@@ -85,7 +85,7 @@ def test_the_binary_embeds_the_same_scripts():
 def decide_args(ncalls, rules, calls, base="b", lease=S, reserve=5 * S, deadline=0):
     """ARGV of a decision with no commits: RULES a list of (kind, limit,
     span_us, probe_us) (rate rules without shares), CALLS a list of (app,
-    [(rule number, first key index), ...])."""
+    [(rule number, first key index[, cost]), ...])."""
     a = [base, lease, reserve, deadline, 0, len(rules)]
     for kind, limit, span, probe in rules:
         a += [kind, limit, span, probe]
@@ -94,8 +94,8 @@ def decide_args(ncalls, rules, calls, base="b", lease=S, reserve=5 * S, deadline
     a += [ncalls]
     for app, rs in calls:
         a += [app, len(rs)]
-        for num, ka in rs:
-            a += [num, ka]
+        for r in rs:
+            a += [r[0], r[1], r[2] if len(r) > 2 else 1]
     return a
 
 
@@ -305,6 +305,180 @@ def test_snapshot_shows_a_rate_bucket_and_its_apps(redis):
     assert (used, res, rem) == (3, 1, 2)  # 2 sent + 1 reserved, of 5
     apps = buckets[0][8]
     assert dict(zip(apps[0::2], apps[1::2])) == {b"x": 1, b"y": 1}
+
+
+# ---- costs ----
+
+def test_a_weighted_call_fits_only_whole(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    # limit 10 (negative: the rule has costs); calls of cost 4, 4, 4: the
+    # third would need 12
+    out = run(redis, "decide", keys,
+              decide_args(3, [("r", -10, 10 * S, -1)], [("x", [(1, 1, 4)])] * 3))
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+    assert out[2][2] == 6 and out[3][2] == 2
+    # one weighed member per call
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:1*4|x", b"b:2*4|x"]
+    # a call of cost 2 still fits
+    out = run(redis, "decide", keys,
+              decide_args(1, [("r", -10, 10 * S, -1)], [("x", [(1, 1, 2)])], base="c"))
+    assert out[2][:3] == [1, 1, 0]
+    # sent: four entries, then the others lapse into entries by weight
+    a = [1, "b:1|x", 0, "x", 1, 10, 10 * S, 16, 4]
+    run(redis, "commit", keys, a)
+    assert redis.command("LLEN", "{u}r") == 4
+    assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:2*4|x", b"c:1*2|x"]
+
+
+def test_a_weighted_call_in_a_bucket(redis):
+    # bucket 3, 1 call a second: a call of cost 3 fits an empty bucket,
+    # the next of cost 2 waits until two calls have leaked... after the
+    # first is sent; while it is reserved, as long as its drain at least
+    out = run(redis, "decide", BKEYS, [
+        "b", S, 5 * S, 0, 0, 1, "b", -3, 3 * S, -1, 1, S, 3 * S, 0,
+        2, "x", 1, 1, 1, 3, "x", 1, 1, 1, 2])
+    assert out[2][:3] == [1, 1, 0]
+    assert out[3][0] == 0
+    run(redis, "commit", BKEYS, [1, "b:1|x", 0, "x", 1, 3, 3 * S, 8 + 16, 1, S, 3])
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    out = run(redis, "decide", BKEYS, [
+        "c", S, 5 * S, 0, 0, 1, "b", -3, 3 * S, -1, 1, S, 3 * S, 0,
+        1, "x", 1, 1, 1, 2])
+    assert out[2][0] == 0 and 2 * S - 100000 < out[2][2] <= 2 * S
+
+
+# ---- leaky buckets ----
+
+BKEYS = ["{u}r", "{u}v", "{u}a", "{u}b"]
+
+
+def bucket_decide_args(ncalls, bucket=3, n=1, p=S, cap=None, base="b", reserve=5 * S):
+    """A decision on one leaky bucket of BUCKET calls leaking N per P µs
+    (capacity CAP level units: BUCKET x P unless given)."""
+    cap = bucket * p if cap is None else cap
+    return [base, S, reserve, 0, 0, 1, "b", bucket, bucket * p // n, -1, n, p, cap, 0,
+            ncalls] + ["x", 1, 1, 1, 1] * ncalls
+
+
+def bucket_commit_args(members, n=1, p=S):
+    a = [len(members)]
+    for m in members:
+        a += [m, 0, "x", 1, 3, 3 * S, 8, n, p]
+    return a
+
+
+def test_a_bucket_admits_its_size_then_waits_for_one_call_to_leak(redis):
+    out = run(redis, "decide", BKEYS, bucket_decide_args(4))
+    # three fit (reservations count), with 2, 1, 0 left; the fourth cannot
+    # fit until the three are sent and one of them leaks: one call's leak
+    # (1 s) at least
+    assert [c[:3] for c in out[2:5]] == [[1, 1, 2], [1, 1, 1], [1, 1, 0]]
+    assert out[5][:3] == [0, 1, S]
+    # sent: the level holds three calls (3 x p), the reservations are gone
+    t0 = now_us(redis)
+    run(redis, "commit", BKEYS * 3, bucket_commit_args(["b:1|x", "b:2|x", "b:3|x"]))
+    assert redis.command("ZCARD", "{u}v") == 0
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    # committed again: nothing more
+    run(redis, "commit", BKEYS, bucket_commit_args(["b:1|x"]))
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S
+    # full: the next call waits until one call has leaked, exactly (from
+    # the commit, which happened after T0)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(1, base="c"))
+    assert out[2][:2] == [0, 1]
+    waited = now_us(redis) - t0
+    assert S - waited <= out[2][2] <= S
+
+
+def test_a_bucket_leaks_and_a_lapsed_reservation_fills_it(redis):
+    # two calls' worth, written 1.5 s ago at 1 per second: half a call left
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis) - 1500000,
+                  "n", 1, "p", S)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(3, reserve=0))
+    # 0.5 call in it: two fit (2.5 of 3), the third waits 0.5 s
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+    assert 400000 < out[4][2] <= 500000
+    time.sleep(0.01)
+    # the two reservations lapsed uncommitted: sent, as far as anyone knows
+    out = run(redis, "decide", BKEYS, bucket_decide_args(1, base="c"))
+    assert out[2][0] == 0
+    assert redis.command("ZCARD", "{u}v") == 0
+    assert int(redis.command("HGET", "{u}b", "l")) > 2 * S
+    assert redis.command("LLEN", "{u}r") == 2
+
+
+def test_a_bucket_written_with_another_leak_is_rescaled(redis):
+    # one call at 1 per 2 s (units of 2,000,000), read at 1 per second
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis), "n", 1, "p", 2 * S)
+    out = run(redis, "decide", BKEYS, bucket_decide_args(3))
+    assert [c[0] for c in out[2:5]] == [1, 1, 0]
+
+
+def test_sync_sets_a_buckets_level_from_the_providers_word(redis):
+    keys = ["{u}r", "{u}v", "{u}s", "{u}b"]
+    n = now_us(redis)
+    # "2 left of 3" (1 used) about the reporting call just sent, one more
+    # call sent after it: 1 + 1 calls in the bucket, whatever it held
+    redis.command("HSET", "{u}b", "l", 3 * S, "at", n, "n", 1, "p", S)
+    redis.command("LPUSH", "{u}r", n - 1000, n - 500)
+    run(redis, "sync", keys, [2, 0, 200000, 4 * S, 3, 60 * S, 0, "room", n - 2000, 1, S])
+    lvl = int(redis.command("HGET", "{u}b", "l"))
+    assert 2 * S - 100000 <= lvl <= 2 * S
+    assert redis.command("EXISTS", "{u}s") == 0  # a bucket keeps no report
+
+
+def test_snapshot_shows_a_buckets_level(redis):
+    redis.command("HSET", "{u}b", "l", 2 * S, "at", now_us(redis), "n", 1, "p", S)
+    redis.command("ZADD", "{u}v", now_us(redis) + 5 * S, "m|x")
+    args = [0, 5, 5, 60000, 1,
+            "b", 0, 3, 3 * S, 0, "rest", 0, 0, "{u}r", "{u}v", "{u}a", "{u}s", "{u}c",
+            1, S, 3 * S, "{u}b"]
+    out = run(redis, "snapshot", ["{u}x", "{u}p", "{u}w"] + BKEYS, args)
+    key, used, res, rem, resets = out[4][1][0][:5]
+    # two calls in the level and one reserved: full; empty in about 3 s
+    assert (used, res, rem) == (3, 1, 0)
+    assert 2 * S < resets <= 3 * S
+
+
+# ---- settlement ----
+
+def test_settle_refunds_the_calls_own_entries_once_and_charges(redis):
+    keys = ["{u}r", "{u}v", "{u}a"]
+    zkeys = keys + ["{u}z"]
+    run(redis, "decide", keys, decide_args(2, [("r", -10, 10 * S, -1)],
+                                           [("x", [(1, 1, 5)]), ("y", [(1, 1, 1)])]))
+    # the first (cost 5) is sent, then the second: the commit notes the
+    # first's stamp in z (flags 16 + 32)
+    run(redis, "commit", zkeys, [1, "b:1|x", 0, "x", 1, 10, 10 * S, 48, 5])
+    run(redis, "commit", keys, commit_args([("b:2|y", 0, "y")]))
+    assert redis.command("LLEN", "{u}r") == 6
+    stamp = int(redis.command("HGET", "{u}z", "b:1|x"))
+    # it cost 2: three of its own entries go, the later call's stays
+    args = ["b:1|x", 5, 2, 10, 10 * S, "x", 0]
+    run(redis, "settle", zkeys, args)
+    left = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
+    assert len(left) == 3 and left[1:] == [stamp, stamp] and left[0] >= stamp
+    assert redis.command("LRANGE", "{u}a", 0, -1) == [b"y", b"x", b"x"]
+    # settled once: the same word again changes nothing
+    run(redis, "settle", zkeys, args)
+    assert redis.command("LLEN", "{u}r") == 3
+    # the second call cost 4 (estimated 1): 3 more, logged now
+    run(redis, "settle", zkeys, ["b:2|y", 1, 4, 10, 10 * S, "y", 0])
+    assert redis.command("LLEN", "{u}r") == 6
+    assert redis.command("LRANGE", "{u}a", 0, 2) == [b"y", b"y", b"y"]
+
+
+def test_settle_lowers_a_buckets_level_by_what_its_log_owes(redis):
+    keys = BKEYS + ["{u}z"]
+    run(redis, "decide", BKEYS, bucket_decide_args(1))
+    run(redis, "commit", ["{u}r", "{u}v", "{u}a", "{u}b", "{u}z"],
+        [1, "b:1|x", 0, "x", 1, 3, 3 * S, 8 + 32, 1, S])
+    # one call of 1 in the level; it cost... 0 (the provider's word): the
+    # level drops by the call's worth, less what leaked since
+    run(redis, "settle", ["{u}r", "{u}v", "{u}a", "{u}z", "{u}b"],
+        ["b:1|x", 1, 0, 3, 3 * S, "x", 0, 1, S])
+    assert redis.command("EXISTS", "{u}b") == 0   # empty: deleted
+    assert redis.command("LLEN", "{u}r") == 0
 
 
 # ---- the usage history ----

@@ -355,6 +355,70 @@ static void parse_fails(const char *root_fields, const char *up_fields,
     sl_errors_free(&e);
 }
 
+/* Leaky buckets: the leak in integers, the margin off the capacity. */
+static void test_leaky_bucket_keys(void **state)
+{
+    (void)state;
+    struct sl_config *c = parse_ok("", "\"margin\": \"100ms\", \"rules\": ["
+                                   "{\"name\": \"rest\", \"bucket\": 40, \"leak\": \"2/s\"}]");
+    const struct sl_rule *r = &c->upstreams[0].rules[0];
+    assert_true(r->leaky);
+    assert_int_equal(r->kind, SL_RULE_RATE);
+    assert_int_equal(r->limit, 40);
+    assert_int_equal(r->leak.n, 1);
+    assert_int_equal(r->leak.per_us, 500000);
+    assert_int_equal(r->window_us, 20000000);          /* drains in 20 s */
+    assert_int_equal(r->bucket_cap, 40 * 500000 - 100000);  /* 0.2 call off */
+    sl_config_free(c);
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 40}]",
+                "needs both \"bucket\"");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 40, \"leak\": \"2/d\"}]",
+                "must be calls per second, minute or hour");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 40, \"leak\": \"2/s\", "
+                "\"window\": \"1s\"}]", "has no \"limit\", \"window\"");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 40, \"leak\": \"2/s\", "
+                "\"apps\": {\"a\": {\"max\": 5}}}]", "not to a leaky bucket");
+    parse_fails("", "\"margin\": \"10s\", \"rules\": [{\"name\": \"r\", \"bucket\": 2, "
+                "\"leak\": \"1/s\"}]", "no call could ever fit");
+}
+
+/* Costs: a number, a header, or per method; bounded by the limit. */
+static void test_cost_keys(void **state)
+{
+    (void)state;
+    struct sl_config *c = parse_ok("", "\"rules\": ["
+        "{\"name\": \"a\", \"limit\": 10, \"window\": \"1s\"},"
+        "{\"name\": \"b\", \"limit\": 10, \"window\": \"1s\", \"cost\": 3},"
+        "{\"name\": \"c\", \"bucket\": 10, \"leak\": \"1/s\", \"cost\": \"header:X-Cost\"},"
+        "{\"name\": \"d\", \"limit\": 10, \"window\": \"1s\", "
+        "\"cost\": {\"post\": 5, \"*\": 2}}]");
+    const struct sl_rule *r = c->upstreams[0].rules;
+    assert_int_equal(r[0].cost_kind, SL_COST_FIXED);
+    assert_int_equal(r[0].cost, 1);
+    assert_int_equal(r[1].cost, 3);
+    assert_int_equal(r[2].cost_kind, SL_COST_HEADER);
+    assert_string_equal(r[2].cost_header, "X-Cost");
+    assert_int_equal(r[3].cost_kind, SL_COST_METHOD);
+    assert_int_equal(r[3].ncost_methods, 1);
+    assert_string_equal(r[3].cost_methods[0].method, "POST");
+    assert_int_equal(r[3].cost_methods[0].cost, 5);
+    assert_int_equal(r[3].cost, 2);
+    sl_config_free(c);
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"limit\": 10, \"window\": \"1s\", "
+                "\"cost\": 11}]", "rules[0].cost");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"limit\": 10, \"window\": \"1s\", "
+                "\"cost\": 0}]", "rules[0].cost");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"limit\": 10, \"window\": \"1s\", "
+                "\"cost\": \"body\"}]", "\"header:NAME\" or an object");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"limit\": 10, \"window\": \"1s\", "
+                "\"cost\": {\"GET\": 20}}]", "rules[0].cost.GET");
+    /* A concurrency rule ignores its cost: a warning. */
+    c = parse_ok("", "\"rules\": [{\"name\": \"r\", \"concurrency\": 2, \"cost\": 3}]");
+    assert_int_equal(c->warnings.count, 1);
+    assert_non_null(strstr(c->warnings.lines[0], "the cost is ignored"));
+    sl_config_free(c);
+}
+
 static void test_new_key_defaults(void **state)
 {
     (void)state;
@@ -1182,6 +1246,8 @@ int main(void)
         cmocka_unit_test(test_prefixes),
         cmocka_unit_test(test_dead_patterns),
         cmocka_unit_test(test_upstream_urls),
+        cmocka_unit_test(test_leaky_bucket_keys),
+        cmocka_unit_test(test_cost_keys),
         cmocka_unit_test(test_duration_bounds),
         cmocka_unit_test(test_ca_file),
         cmocka_unit_test(test_errors_never_echo_raw_bytes),

@@ -7,7 +7,9 @@
  * whole (a piece is never split for lack of room in an empty buffer).
  * Bytes come out in the order they went in, across compactions and
  * growth.  retry_on_limit sends a call again only if its method is
- * idempotent (RFC 9110, 9.2.2): never a POST or a PATCH.
+ * idempotent (RFC 9110, 9.2.2): never a POST or a PATCH.  A settlement
+ * reads the provider's word on a call's cost from a header or the
+ * body's start, and guesses nothing.
  *
  * sl_relay.c calls into libcurl and the rest of the proxy from functions
  * these tests do not reach; the test is linked with unused sections
@@ -128,6 +130,80 @@ static void test_idempotent_methods(void **state)
     assert_false(sl_method_idempotent(""));
 }
 
+/* A request whose response had header LINE (NAME_LEN bytes of name; NULL:
+ * none) and whose body began with BODY (TOTAL bytes in all).  Free with
+ * forget_answer(). */
+static void fake_answer(struct sl_request *req, const char *line, size_t name_len,
+                        const char *body, uint64_t total)
+{
+    memset(req, 0, sizeof(*req));
+    if (line != NULL) {
+        struct sl_hdr *h = calloc(1, sizeof(*h) + strlen(line) + 1);
+        assert_non_null(h);
+        strcpy(h->line, line);
+        h->name_len = name_len;
+        h->value = h->line + name_len + 2;
+        req->hdrs = h;
+    }
+    if (body != NULL)
+        assert_int_equal(sl_buf_add(&req->scan, body, strlen(body)), 0);
+    req->scan_total = total;
+}
+
+static void forget_answer(struct sl_request *req)
+{
+    free(req->hdrs);
+    sl_buf_free(&req->scan);
+}
+
+/* What a provider says a call cost: a header of digits only, or
+ * extensions.cost.actualQueryCost of a JSON body (parsed whole when it
+ * fitted the peek, else searched for in it). */
+static void test_actual_costs(void **state)
+{
+    struct sl_rule hr = {.settle = SL_SETTLE_HEADER, .settle_header = "X-Cost"};
+    struct sl_rule gr = {.settle = SL_SETTLE_GRAPHQL};
+    struct sl_request req;
+    static const struct {
+        const char *line;
+        long long want;
+    } hdrs[] = {
+        {"X-Cost: 12", 12}, {"X-Cost: 0", 0}, {"X-Cost: 12 ", 12}, {"X-Cost: 1.5", -1},
+        {"X-Cost: -3", -1}, {"X-Cost: 12abc", -1}, {"X-Cost: ", -1},
+        {"X-Cost: 9999999999999999", -1},
+    };
+    (void)state;
+
+    for (size_t i = 0; i < sizeof(hdrs) / sizeof(hdrs[0]); i++) {
+        fake_answer(&req, hdrs[i].line, 6, NULL, 0);
+        assert_int_equal(sl_req_actual_cost(&req, &hr), hdrs[i].want);
+        forget_answer(&req);
+    }
+    fake_answer(&req, "Other: 3", 5, NULL, 0);
+    assert_int_equal(sl_req_actual_cost(&req, &hr), -1);
+    forget_answer(&req);
+
+    const char *whole = "{\"data\": {\"actualQueryCost\": 99}, \"extensions\": "
+                        "{\"cost\": {\"requestedQueryCost\": 50, \"actualQueryCost\": 7}}}";
+    fake_answer(&req, NULL, 0, whole, strlen(whole));
+    assert_int_equal(sl_req_actual_cost(&req, &gr), 7);     /* the path, not data's */
+    forget_answer(&req);
+    fake_answer(&req, NULL, 0, "{\"extensions\": {\"cost\": {\"actualQueryCost\": \"7\"}}}",
+                60);
+    assert_int_equal(sl_req_actual_cost(&req, &gr), -1);     /* complete, not a number */
+    forget_answer(&req);
+    /* Longer than the peek: the last occurrence in what was seen. */
+    fake_answer(&req, NULL, 0, "{\"extensions\": {\"cost\": {\"actualQueryCost\" : 31,",
+                1 << 20);
+    assert_int_equal(sl_req_actual_cost(&req, &gr), 31);
+    forget_answer(&req);
+    fake_answer(&req, NULL, 0, "{\"data\": [1, 2, 3", 1 << 20);
+    assert_int_equal(sl_req_actual_cost(&req, &gr), -1);
+    forget_answer(&req);
+    fake_answer(&req, NULL, 0, NULL, 0);
+    assert_int_equal(sl_req_actual_cost(&req, &gr), -1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -135,6 +211,7 @@ int main(void)
         cmocka_unit_test(test_at_most_buf_max_unless_empty),
         cmocka_unit_test(test_compaction_keeps_the_order),
         cmocka_unit_test(test_idempotent_methods),
+        cmocka_unit_test(test_actual_costs),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -125,6 +125,74 @@ static int setup_leads(void **state)
         "{\"name\": \"conc\", \"path\": \"/slow\", \"concurrency\": 1}]}]}");
 }
 
+/* A leaky bucket of 3 leaking 1 a second, whose calls say their cost in
+ * X-App (the header the fixture's lookup serves), beside a window. */
+static int setup_bucket(void **state)
+{
+    return setup(state,
+        "{\"upstreams\": [{\"name\": \"u\", \"prefix\": \"/u\", \"url\": \"http://x\","
+        "\"rules\": [{\"name\": \"b\", \"bucket\": 3, \"leak\": \"1/s\","
+        "\"cost\": \"header:X-App\"},"
+        "{\"name\": \"w\", \"limit\": 10, \"window\": \"1h\", \"cost\": {\"POST\": 4}}]}]}");
+}
+
+static void test_bucket_burst_leak_and_cost(void **state)
+{
+    struct fixture *f = *state;
+    struct result r;
+
+    hdr_app = "1";
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "b");
+    assert_int_equal(r.d.wait_us, S);             /* one call leaks in 1 s */
+    fake_now += S;
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    /* Cost 2 needs two calls' worth: 2 s from now. */
+    hdr_app = "2";
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_int_equal(r.d.wait_us, 2 * S);
+    fake_now += 2 * S;
+    r = call(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(r.d.remaining, 0);   /* full again */
+    /* A reserved call counts by its cost until sent; given back whole. */
+    fake_now += 10 * S;
+    hdr_app = "3";
+    r = call_keep(f, "GET", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    hdr_app = "1";
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_DENY);
+    sl_store_release(f->store, r.lease);
+    assert_int_equal(call(f, "GET", "/x").d.verdict, SL_VERDICT_ALLOW);
+    /* The window counts a POST as 4 entries: 6 GETs so far + 4 = 10. */
+    fake_now += 10 * S;
+    r = call(f, "POST", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_ALLOW);
+    assert_int_equal(r.d.remaining, 0);
+    r = call(f, "POST", "/x");
+    assert_int_equal(r.d.verdict, SL_VERDICT_DENY);
+    assert_string_equal(r.d.rule->name, "w");
+}
+
+static void test_a_bad_cost_header_matches_nothing(void **state)
+{
+    struct fixture *f = *state;
+    const char *bad[] = {NULL, "", "0", "4", "x", "-1", "1.0", "99999999999"};
+    (void)state;
+    for (size_t i = 0; i < sizeof(bad) / sizeof(bad[0]); i++) {
+        struct sl_call c = {"GET", "/x", 2, lookup, NULL, false, NULL, 0};
+        struct sl_check chk;
+        hdr_app = bad[i];
+        assert_int_equal(sl_match(&f->config->upstreams[0], &c, &chk), SL_MATCH_BAD_COST);
+        assert_string_equal(chk.bad_cost->name, "b");
+        assert_int_equal(chk.nhits, 0);
+    }
+}
+
 static int setup_tiny(void **state)
 {
     return setup(state,
@@ -1137,6 +1205,9 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test_setup_teardown(test_all_or_nothing, setup_leads, teardown),
+        cmocka_unit_test_setup_teardown(test_bucket_burst_leak_and_cost, setup_bucket, teardown),
+        cmocka_unit_test_setup_teardown(test_a_bad_cost_header_matches_nothing, setup_bucket,
+                                        teardown),
         cmocka_unit_test_setup_teardown(test_longest_wait_names_the_rule, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_per_buckets, setup_leads, teardown),
         cmocka_unit_test_setup_teardown(test_concurrency_leases, setup_leads, teardown),

@@ -203,6 +203,33 @@ static void test_merge(void **state)
     sl_window_free(&k);
 }
 
+/* A refund forgets the newest entries at or before a time, wherever they
+ * sit in the ring, and keeps the rest in order. */
+static void test_remove(void **state)
+{
+    struct sl_window w = {0};
+    (void)state;
+    assert_int_equal(sl_window_count_tags(&w), 0);
+    for (int i = 1; i <= 10; i++)
+        assert_int_equal(sl_window_record_tag(&w, 100, i * S, (uint16_t)(i % 2)), 0);
+    sl_window_prune(&w, 100 * S, 3 * S + 100 * S);  /* 1..3 go: head moves */
+    for (int i = 11; i <= 12; i++)
+        assert_int_equal(sl_window_record_tag(&w, 100, i * S, (uint16_t)(i % 2)), 0);
+    /* 4..12 left; forget 2 at or before 8 s: 8 and 7. */
+    assert_int_equal(sl_window_remove(&w, 8 * S, 2), 2);
+    assert_int_equal(w.count, 7);
+    int64_t want[] = {4, 5, 6, 9, 10, 11, 12};
+    for (uint32_t i = 0; i < w.count; i++)
+        assert_int_equal(w.times[(w.head + i) % w.cap], want[i] * S);
+    assert_int_equal(sl_window_tag_count(&w, 0), 4);   /* 4 6 10 12 */
+    assert_int_equal(sl_window_tag_count(&w, 1), 3);   /* 5 9 11 */
+    /* Nothing at or before 3 s; at most what there is. */
+    assert_int_equal(sl_window_remove(&w, 3 * S, 5), 0);
+    assert_int_equal(sl_window_remove(&w, 100 * S, 50), 7);
+    assert_int_equal(w.count, 0);
+    sl_window_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -214,6 +241,7 @@ int main(void)
         cmocka_unit_test(test_ring_grows_only_with_use),
         cmocka_unit_test(test_tags_follow_their_entries),
         cmocka_unit_test(test_merge),
+        cmocka_unit_test(test_remove),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
