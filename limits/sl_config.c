@@ -1004,6 +1004,43 @@ int sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps, const char **
 }
 
 /* A rule's "apps", or its upstream's when it has none. */
+/*
+ * The most one call of rule R can cost and still ever be admitted
+ * (r->cost_max), and no cost written above it: a call costing more would
+ * wait forever.  A bucket admits a call when its level plus the cost fits
+ * the capacity less what the margin takes (bucket_cap), so a cost equal to
+ * the bucket never fits.
+ */
+static void sl_rule_cost_bound(struct sl_rule *r, const char *at, struct sl_errors *errs)
+{
+    uint64_t most = r->limit;
+
+    if (r->kind != SL_RULE_RATE) {
+        r->cost_max = 1;
+        return;
+    }
+    if (r->leaky && r->leak.per_us > 0)
+        most = (uint64_t)(r->bucket_cap / r->leak.per_us);
+    if (most > UINT32_MAX)
+        most = UINT32_MAX;
+    r->cost_max = (uint32_t)most;
+    if (most == 0)
+        return;  /* reported with the bucket */
+    if (r->cost_kind != SL_COST_HEADER && r->cost > most)
+        sl_errors_add(errs, "%s.cost: %u is more than the rule can ever admit (%llu%s): "
+                      "lower it%s", at, r->cost, (unsigned long long)most,
+                      r->leaky ? ", the bucket less what the upstream's margin takes" : "",
+                      r->leaky ? ", or the margin" : "");
+    for (size_t i = 0; i < r->ncost_methods; i++)
+        if (r->cost_methods[i].cost > most)
+            sl_errors_add(errs, "%s.cost.%s: %u is more than the rule can ever admit "
+                          "(%llu%s): lower it%s", at, r->cost_methods[i].method,
+                          r->cost_methods[i].cost, (unsigned long long)most,
+                          r->leaky ? ", the bucket less what the upstream's margin takes"
+                                   : "",
+                          r->leaky ? ", or the margin" : "");
+}
+
 static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
                               const char *sub, void *base,
                               const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
@@ -1041,6 +1078,7 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
         sl_errors_add(ctx->errs, "%s: shares count calls; a rule with a \"cost\" "
                       "cannot have them (put the shares on a rule without a cost)",
                       sub);
+    sl_rule_cost_bound(r, at, ctx->errs);
 }
 
 static const struct sl_conf_handler sl_rule_apps_handler = {
@@ -1184,9 +1222,11 @@ static const struct sl_conf_handler sl_cost_handler = {
     "A call takes `cost` units from a rate rule (`cost` entries in its "
     "window) or a leaky bucket (`cost` calls' worth of level), and is admitted "
     "only when its whole cost fits in every rule it matches.  A number (1 by "
-    "default, at most the rule's `limit` or `bucket`); `\"header:NAME\"`: "
-    "the request says what it costs, a whole number from 1 to the rule's "
-    "limit (a call without it, or with anything else, is answered 400 and "
+    "default, at most what the rule can ever admit: its `limit`, or a "
+    "bucket's size less the margin's share, so a cost equal to the whole "
+    "bucket is refused); `\"header:NAME\"`: the request says what it costs, "
+    "a whole number from 1 to that most (a call without it, or with anything "
+    "else, is answered 400 and "
     "never forwarded; the header is forwarded); or an object of costs per "
     "method, `\"*\"` for the others (1 when absent).  A concurrency rule "
     "counts calls in flight and ignores `cost` (--check warns).  Not with "

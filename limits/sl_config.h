@@ -178,6 +178,9 @@ struct sl_rule {
      * `limit`; a concurrency rule counts calls and ignores it). */
     enum sl_cost_kind cost_kind;
     uint32_t cost;                /* FIXED; METHOD: a method not listed */
+    /* The most one call can cost and still ever be admitted: a window's
+     * limit, a bucket's capacity less what the margin takes (in calls) */
+    uint32_t cost_max;
     char *cost_header;            /* HEADER: its name */
     struct sl_method_cost *cost_methods;  /* METHOD: owned */
     size_t ncost_methods;

@@ -128,7 +128,7 @@ static uint32_t sl_rule_cost(const struct sl_rule *r, const struct sl_call *call
                 return 0;
             v = v * 10 + (uint64_t)(*h - '0');
         }
-        return v >= 1 && v <= r->limit ? (uint32_t)v : 0;
+        return v >= 1 && v <= r->cost_max ? (uint32_t)v : 0;
     case SL_COST_METHOD:
         for (size_t i = 0; i < r->ncost_methods; i++)
             if (strcasecmp(r->cost_methods[i].method, call->method) == 0)

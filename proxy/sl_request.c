@@ -376,7 +376,7 @@ static int sl_req_match(struct sl_request *req)
         snprintf(msg, sizeof(msg), "rule \"%.64s\" takes its cost from the "
                  "request header %.64s: a whole number from 1 to %llu is "
                  "required", r->name, r->cost_header,
-                 (unsigned long long)r->limit);
+                 (unsigned long long)r->cost_max);
         sl_req_error(req, MHD_HTTP_BAD_REQUEST, "bad_cost", msg, 0, "bad_request");
         return -1;
     }

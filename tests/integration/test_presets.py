@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import tempfile
+import time
 
 import pytest
 
@@ -340,3 +341,178 @@ def test_reload_reads_the_preset_again_and_keeps_counts(upstream, sluice, tmp_pa
     sl.wait_log("SIGHUP: configuration reloaded")
     assert [sl.request("GET", "/leads/x")[0] for _ in range(2)] == [200, 429]
     assert upstream.count() == 3
+
+
+# ---- every other provider's figures, against a fake provider speaking its
+# headers ----
+
+def provider(upstream, preset, params, store=None, **options):
+    return upstream_config(upstream, store=store, name="p", prefix="/p", preset=preset,
+                           preset_params=params, **options)
+
+
+def rule_of(response):
+    return json.loads(response[2])["rule"]
+
+
+def test_hubspot_search_burst_and_daily_signal(upstream, sluice):
+    """CRM search: 4 per second (5th refused, by that rule); the 10-second
+    burst figure (overridden to 6 here: the tier's 100 is the preset's);
+    a 429 whose body says DAILY pauses the upstream for 15 minutes."""
+    sl = sluice(provider(upstream, "hubspot", {"tier": "starter", "timezone": "UTC",
+                                               "burst_limit": 6}, retry_on_limit=False))
+    search = [sl.request("POST", "/p/crm/v3/objects/contacts/search", body=b"{}")
+              for _ in range(5)]
+    assert [r[0] for r in search] == [200] * 4 + [429]
+    assert rule_of(search[4]) == "crm-search"
+    more = [sl.request("GET", "/p/crm/v3/objects/contacts/%d" % i) for i in range(3)]
+    # 4 searches + 2 reads fill the burst of 6.
+    assert [r[0] for r in more] == [200, 200, 429] and rule_of(more[2]) == "burst"
+    assert upstream.count() == 6
+
+    sl2 = sluice(provider(upstream, "hubspot", {"tier": "professional", "timezone": "UTC"},
+                          retry_on_limit=False))
+    upstream.script = [{"status": 429, "body": b'{"status":"error","policyName":"DAILY"}'}]
+    assert sl2.request("GET", "/p/crm/v3/objects/contacts")[0] == 429
+    status, headers, body = sl2.request("GET", "/p/crm/v3/objects/contacts")
+    assert json.loads(body)["rule"] == "upstream-pause"
+    assert 850 <= int(headers["retry-after"]) <= 900
+    assert upstream.count() == 7
+
+
+def test_zendesk_follows_the_ratelimit_field(upstream, sluice, store):
+    """The account rule reads RateLimit-Remaining (sync ratelimit): the
+    provider says 3 calls are left, so exactly 3 more go through."""
+    sl = sluice(provider(upstream, "zendesk", {"plan": "team"}, store=store))
+    upstream.script = [{"headers": ["RateLimit-Limit: 200", "RateLimit-Remaining: 3",
+                                    "RateLimit-Reset: 50"]}]
+    assert sl.request("GET", "/p/api/v2/tickets.json")[0] == 200
+    got = [sl.request("GET", "/p/api/v2/users/%d.json" % i) for i in range(4)]
+    assert [r[0] for r in got] == [200] * 3 + [429] and rule_of(got[3]) == "account"
+    assert upstream.count() == 4
+
+
+def test_zendesk_ticket_updates_per_minute(upstream, sluice):
+    sl = sluice(provider(upstream, "zendesk", {"plan": "enterprise"},
+                         rules=[{"name": "update-ticket", "limit": 3}]))
+    got = [sl.request("PUT", "/p/api/v2/tickets/%d" % (i % 2), body=b"{}") for i in range(4)]
+    assert [r[0] for r in got] == [200] * 3 + [429] and rule_of(got[3]) == "update-ticket"
+    assert int(got[3][1]["retry-after"]) > 50  # the preset's minute
+
+
+def test_slack_tiers_by_method(upstream, sluice):
+    """An unlisted app: conversations.history at 1 per minute; the
+    Tier 2 list method at 20 per minute; each method its own count."""
+    sl = sluice(provider(upstream, "slack", {"distribution": "unlisted"}))
+    hist = [sl.request("GET", "/p/conversations.history?channel=C1") for _ in range(2)]
+    assert [r[0] for r in hist] == [200, 429] and rule_of(hist[1]) == "conversations.history"
+    lists = [sl.request("GET", "/p/conversations.list")[0] for _ in range(21)]
+    assert lists == [200] * 20 + [429]
+    assert sl.request("POST", "/p/chat.update", body=b"{}")[0] == 200
+    assert upstream.count() == 22
+
+
+def test_github_primary_limit_follows_x_ratelimit(upstream, sluice, store):
+    sl = sluice(provider(upstream, "github", {"token_kind": "user"}, store=store))
+    upstream.script = [{"headers": ["X-RateLimit-Limit: 5000", "X-RateLimit-Remaining: 2",
+                                    "X-RateLimit-Used: 4998",
+                                    "X-RateLimit-Reset: %d" % (int(time.time()) + 3000)]}]
+    assert sl.request("GET", "/p/repos/o/r")[0] == 200
+    got = [sl.request("GET", "/p/repos/o/r/issues/%d" % i) for i in range(3)]
+    assert [r[0] for r in got] == [200, 200, 429] and rule_of(got[2]) == "primary"
+    assert upstream.count() == 3
+
+
+def test_github_content_creation_and_code_search(upstream, sluice):
+    """80 content-creating requests per minute (the 81st refused by that
+    rule, though its 5 points each fit the 900); code search 9 per minute."""
+    sl = sluice(provider(upstream, "github", {"token_kind": "enterprise_cloud"}))
+    posts = parallel(81, lambda i: sl.request("POST", "/p/repos/o/r/issues", body=b"{}"))
+    codes = sorted(r[0] for r in posts)
+    assert codes == [200] * 80 + [429]
+    assert [rule_of(r) for r in posts if r[0] == 429] == ["content-per-minute"]
+    search = [sl.request("GET", "/p/search/code?q=x") for _ in range(10)]
+    assert [r[0] for r in search] == [200] * 9 + [429] and rule_of(search[9]) == "search-code"
+    assert upstream.count() == 89
+
+
+def test_shopify_rest_bucket_and_call_limit_header(upstream, sluice, store):
+    """A standard store: 40 at once, then refused with an honest Retry-After
+    (half a second leaks one call; rounded up).  Then the provider's
+    X-Shopify-Shop-Api-Call-Limit says the bucket is at 38/40: the calls
+    after it fit in what is left of 40 (less the margin), never more."""
+    sl = sluice(provider(upstream, "shopify-rest", {"plan": "standard"}, store=store))
+    burst = parallel(41, lambda i: sl.request("GET", "/p/admin/api/2024-10/products/%d.json" % i))
+    assert sorted(r[0] for r in burst) == [200] * 40 + [429]
+    refused = [r for r in burst if r[0] == 429][0]
+    assert rule_of(refused) == "rest-bucket" and int(refused[1]["retry-after"]) == 1
+    assert upstream.count() == 40
+
+
+def test_shopify_rest_level_from_the_provider(upstream, sluice):
+    sl = sluice(provider(upstream, "shopify-rest", {"plan": "standard"}))
+    upstream.script = [{"headers": ["X-Shopify-Shop-Api-Call-Limit: 38/40"]}]
+    assert sl.request("GET", "/p/admin/api/2024-10/shop.json")[0] == 200
+    after = [sl.request("GET", "/p/admin/api/2024-10/orders/%d.json" % i)[0] for i in range(4)]
+    # 38 of 40 used at the report: at most 2 more (less the 0.2 the margin
+    # takes off the bucket, plus what leaks meanwhile at 2/s: the four
+    # calls take well under half a second here, so 1 or 2).
+    assert after[0] == 200 and after.count(200) <= 2 and after[-1] == 429, after
+
+
+GRAPHQL = "/p/admin/api/2024-10/graphql.json"
+
+
+def graphql_answer(actual):
+    return json.dumps({"data": {}, "extensions": {"cost": {
+        "requestedQueryCost": 1000, "actualQueryCost": actual,
+        "throttleStatus": {"maximumAvailable": 1000.0, "currentlyAvailable": 1000 - actual,
+                           "restoreRate": 100.0}}}}).encode()
+
+
+def test_shopify_graphql_reserves_the_estimate_and_settles_the_actual_cost(upstream, sluice,
+                                                                           store):
+    """A 1,000-point bucket leaking 100/s; each query reserves the preset's
+    estimate (999: the whole bucket less the margin's share) and is settled
+    to the actualQueryCost the provider reports: a query that cost 10
+    leaves room for the next at once, one that cost 1,000 does not (it
+    takes about 10 s to leak)."""
+    sl = sluice(provider(upstream, "shopify-graphql", {"plan": "standard", "bucket": 1000},
+                         store=store))
+    upstream.script = [{"headers": ["Content-Type: application/json"],
+                        "body": graphql_answer(10)},
+                       {"headers": ["Content-Type: application/json"],
+                        "body": graphql_answer(1000)}]
+    first = sl.request("POST", GRAPHQL, body=b'{"query":"{shop{name}}"}')
+    assert first[0] == 200
+    # Settled to 10 when its answer ended (the answer waits for it): 999
+    # more fit once those 10 have leaked to under 1 (0.1 s at 100/s);
+    # unsettled, its 999 would take 10 s.  0.3 s leaves room for a slow
+    # machine and is far from 10 s.
+    time.sleep(0.3)
+    second = sl.request("POST", GRAPHQL, body=b'{"query":"{products(first:250){edges{node{id}}}}"}')
+    assert second[0] == 200
+    third = sl.request("POST", GRAPHQL, body=b'{"query":"{shop{name}}"}')
+    assert third[0] == 429 and rule_of(third) == "query-cost"
+    # 1,000 actual points leave room for 999 after about 10 s.
+    assert 9 <= int(third[1]["retry-after"]) <= 11
+    assert upstream.count() == 2
+
+
+def test_a_cost_no_bucket_could_admit_is_refused(upstream, sluice, tmp_path):
+    """A cost equal to the whole bucket never fits beside the margin: the
+    configuration is refused, saying so, rather than the call waiting
+    forever; a request header asking for it is answered 400."""
+    cfg = provider(upstream, "shopify-graphql", {"plan": "standard", "bucket": 1000,
+                                                 "cost_estimate": 1000})
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps(cfg))
+    r = run(["--check", "-c", str(path)])
+    assert r.returncode == 1
+    assert "rules[0].cost: 1000 is more than the rule can ever admit (999" in r.stderr
+    sl = sluice(upstream_config(upstream, rules=[
+        {"name": "q", "bucket": 10, "leak": "1/s", "cost": "header:X-Cost"}]))
+    assert sl.request("GET", "/leads/x", headers={"X-Cost": "9"})[0] == 200
+    status, _, body = sl.request("GET", "/leads/x", headers={"X-Cost": "10"})
+    assert status == 400 and "1 to 9" in json.loads(body)["message"]
+    assert upstream.count() == 1
