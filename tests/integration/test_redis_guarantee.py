@@ -223,6 +223,11 @@ def test_late_logged_local_calls_carry_their_send_time(upstream, redis, sluice):
     sl = sluice(cfg(upstream, redis, [{"name": "w", "limit": 100, "window": "1m"}],
                     store_timeout="100ms"), workers=1)
     assert sl.request("GET", "/leads/x")[0] == 200
+    # The first call's commit follows its answer: wait until Redis holds it.
+    # Stopped before it ran, Redis would stamp it when it runs (after the
+    # resume, later than the send: the safe side), and the calls logged
+    # after it would be written no earlier than it (the log stays ordered).
+    assert wait_for(lambda: int(redis.cli("LLEN", RATE)) == 1, 3)
     redis.proc.send_signal(19)
     try:
         time.sleep(0.05)
