@@ -1299,13 +1299,44 @@ static int64_t sl_mem_log(struct sl_mem_store *s, struct sl_mem_bucket *b,
     return now;
 }
 
+/* Log N sends of APP in bucket B of rule R at NOW (a call of cost n is n
+ * entries, each its own stamp, a microsecond apart), adding each to the
+ * journal's batch SENT (*NSENT of SL_MAX_HITS), which is handed over when
+ * full; the caller hands over the rest.  Under T's lock.  Returns the
+ * last stamp written, or INT64_MIN when none was (a full store). */
+static int64_t sl_mem_log_sends(struct sl_mem_store *s, struct sl_mem_table *t,
+                                struct sl_mem_bucket *b, const struct sl_rule *r,
+                                int64_t now, uint16_t app, uint64_t n,
+                                struct sl_mem_sent_slot *sent, size_t *nsent)
+{
+    int64_t last = INT64_MIN;
+
+    for (uint64_t k = 0; k < n; k++) {
+        int64_t at;
+        if (*nsent == SL_MAX_HITS) {
+            if (s->on_sent != NULL)
+                s->on_sent(s->on_sent_arg, t->up, app, sent, *nsent);
+            *nsent = 0;
+        }
+        at = sl_mem_log(s, b, r, now, app);
+        if (at == INT64_MIN)
+            break;
+        last = at;
+        sent[*nsent].at = at;
+        sent[*nsent].rule = r;
+        sent[*nsent].key = b->key;
+        sent[(*nsent)++].key_len = b->key_len;
+    }
+    return last;
+}
+
 static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
 {
     struct sl_mem_store *s = (struct sl_mem_store *)store;
     struct sl_mem_table *t = lease->table;
     struct sl_mem_sent_slot sent[SL_MAX_HITS];
     size_t nsent = 0;
-    int64_t now;
+    int64_t now, last;
 
     sl_mem_table_lock(t);
     now = s->clock(s->clock_arg);
@@ -1325,22 +1356,10 @@ static void sl_mem_commit(struct sl_store *store, struct sl_lease *lease)
         r = sl_upstream_rule(t->up, sl->bucket->rule);
         if (r->leaky)
             sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, sl->cost, now);
-        /* A call of cost n is n entries, each its own stamp (a
-         * microsecond apart); the journal hears of them in batches. */
-        for (uint32_t k = 0; k < sl->cost; k++) {
-            if (nsent == SL_MAX_HITS) {
-                if (s->on_sent != NULL)
-                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
-                nsent = 0;
-            }
-            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
-            if (sent[nsent].at == INT64_MIN)
-                break;
-            sl->last_stamp = sent[nsent].at;
-            sent[nsent].rule = r;
-            sent[nsent].key = sl->bucket->key;
-            sent[nsent++].key_len = sl->bucket->key_len;
-        }
+        last = sl_mem_log_sends(s, t, sl->bucket, r, now, lease->app, sl->cost,
+                                sent, &nsent);
+        if (last != INT64_MIN)
+            sl->last_stamp = last;
     }
     /* Still under the lock: a snapshot that does not hold this call yet
      * is taken after the journal has it (sl_state.c's rotation relies on
@@ -1404,19 +1423,7 @@ static int sl_mem_settle(struct sl_store *store, struct sl_lease *lease,
         uint64_t more = actual - sl->cost;
         if (r->leaky)
             sl_bucket_add(sl_mem_lb(sl->bucket, r), &r->leak, more, now);
-        for (uint64_t k = 0; k < more; k++) {
-            if (nsent == SL_MAX_HITS) {
-                if (s->on_sent != NULL)
-                    s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
-                nsent = 0;
-            }
-            sent[nsent].at = sl_mem_log(s, sl->bucket, r, now, lease->app);
-            if (sent[nsent].at == INT64_MIN)
-                break;
-            sent[nsent].rule = r;
-            sent[nsent].key = sl->bucket->key;
-            sent[nsent++].key_len = sl->bucket->key_len;
-        }
+        (void)sl_mem_log_sends(s, t, sl->bucket, r, now, lease->app, more, sent, &nsent);
         if (s->on_sent != NULL && nsent > 0)
             s->on_sent(s->on_sent_arg, t->up, lease->app, sent, nsent);
     } else {

@@ -726,6 +726,13 @@ static void sl_args_int(struct sl_args *a, long long v)
     sl_args_add(a, num, (size_t)n);
 }
 
+/* A leaky rule's leak, as the scripts read it: n calls per per_us µs. */
+static void sl_args_leak(struct sl_args *a, const struct sl_rule *rule)
+{
+    sl_args_int(a, rule->leak.n);
+    sl_args_int(a, rule->leak.per_us);
+}
+
 /*
  * Append the key "<prefix>{<upstream>}:<type>:<len>:<rule>:<per>".  TYPE is
  * r (rate log), v (reservations), a (the apps of r's entries), s (sync
@@ -1589,8 +1596,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             sl_args_int(a, pn);
         }
         if (rule->leaky) {
-            sl_args_int(a, rule->leak.n);
-            sl_args_int(a, rule->leak.per_us);
+            sl_args_leak(a, rule);
             sl_args_int(a, rule->bucket_cap);
         }
         if (rule->kind == SL_RULE_RATE)
@@ -2327,8 +2333,7 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
                               (sl_hit_cost(&l->hits[h]) > 1 ? 16 : 0) |
                               (rule->settle != SL_SETTLE_NONE ? 32 : 0));
             if (rule->leaky) {
-                sl_args_int(args, rule->leak.n);
-                sl_args_int(args, rule->leak.per_us);
+                sl_args_leak(args, rule);
             }
             if (sl_hit_cost(&l->hits[h]) > 1)
                 sl_args_int(args, (long long)sl_hit_cost(&l->hits[h]));
@@ -2471,8 +2476,7 @@ static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
      * are stamped no earlier. */
     sl_args_int(&op->args, l->commit_us + sl_redis_offset(r, l->commit_us));
     if (rule->leaky) {
-        sl_args_int(&op->args, rule->leak.n);
-        sl_args_int(&op->args, rule->leak.per_us);
+        sl_args_leak(&op->args, rule);
     }
     /* The answer's end waits for it, as for a report: the client's next
      * call, on any instance, is decided on the corrected count. */
@@ -2846,8 +2850,7 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
         sl_args_int(&op->args, 0);
     }
     if (rule->leaky) {
-        sl_args_int(&op->args, rule->leak.n);
-        sl_args_int(&op->args, rule->leak.per_us);
+        sl_args_leak(&op->args, rule);
     }
     op->done = done;
     op->done_arg = arg;
@@ -3328,8 +3331,7 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         for (size_t t = 0; t < 5; t++)
             sl_args_key(a, r, up, rule, types[t], "", 0);
         if (rule->leaky) {
-            sl_args_int(a, rule->leak.n);
-            sl_args_int(a, rule->leak.per_us);
+            sl_args_leak(a, rule);
             sl_args_int(a, rule->bucket_cap);
             sl_args_key(a, r, up, rule, 'b', "", 0);
         }

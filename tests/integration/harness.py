@@ -746,6 +746,38 @@ def parallel(n, fn):
     return out
 
 
+def hammer(instances, seconds, per_instance=3, path="/leads/x", headers=None,
+           pause=0.005):
+    """PER_INSTANCE clients on each of INSTANCES, each calling PATH over one
+    keep-alive connection as fast as it can for SECONDS; after a non-200 a
+    client waits PAUSE (a retry loop, not a sleep to Retry-After, so demand
+    stays above any limit the whole time).  Returns (port, status) per
+    call, in the order they were answered."""
+    stop = time.monotonic() + seconds
+    results = []
+    lock = threading.Lock()
+
+    def run(sl):
+        c = sl.conn()
+        while time.monotonic() < stop:
+            c.request("GET", path, headers=headers or {})
+            r = c.getresponse()
+            r.read()
+            with lock:
+                results.append((sl.port, r.status))
+            if r.status != 200:
+                time.sleep(pause)
+        c.close()
+
+    ts = [threading.Thread(target=run, args=(sl,))
+          for sl in instances for _ in range(per_instance)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return results
+
+
 def wait_for(pred, timeout=10, step=0.05):
     """PRED's first true value within TIMEOUT seconds, else its last value."""
     deadline = time.monotonic() + timeout

@@ -508,9 +508,9 @@ def test_dead_alert_receiver_delays_no_call(upstream, sluice):
             worst = max(worst, time.time() - t0)
         # Calls to a local upstream take milliseconds; an alert sent on the
         # call path would stall one for the receiver's 2 s connect or 5 s
-        # request timeout.  Half a second is far above the one and far
-        # below the other.
-        assert worst < 0.5, worst
+        # request timeout.  1.5 s is far above the one (a loaded machine's
+        # stall included) and below the other.
+        assert worst < 1.5, worst
         assert "alert: sluice: crm rule" in sl.read_log()
     finally:
         dead.close()

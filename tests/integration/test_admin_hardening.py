@@ -16,7 +16,6 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler
 
-import pytest
 
 from harness import SLUICE_BIN, _Server, free_port, wait_for
 

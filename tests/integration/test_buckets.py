@@ -4,10 +4,9 @@ Redis, and across instances sharing one Redis; asserted at the upstream's
 arrival times (the kernel's receive stamps)."""
 import json
 import os
-import threading
 import time
 
-from harness import Sluice, free_port, parallel, upstream_config, wait_for
+from harness import Sluice, free_port, hammer, parallel, upstream_config
 
 BUCKET, RATE = 40, 2.0
 # The margin every bucket test configures.  It comes off the bucket's
@@ -35,35 +34,6 @@ def worst_excess(times, bucket=BUCKET, rate=RATE):
     return worst
 
 
-def hammer(instances, seconds, per_instance=3, path="/leads/x", headers=None):
-    """Clients on INSTANCES calling as fast as they can for SECONDS; a 429
-    makes the client wait 20 ms (a retry loop, not a sleep to Retry-After,
-    so demand stays above the leak the whole time)."""
-    stop = time.monotonic() + seconds
-    statuses = []
-    lock = threading.Lock()
-
-    def run(sl):
-        c = sl.conn()
-        while time.monotonic() < stop:
-            c.request("GET", path, headers=headers or {})
-            r = c.getresponse()
-            r.read()
-            with lock:
-                statuses.append(r.status)
-            if r.status != 200:
-                time.sleep(0.02)
-        c.close()
-
-    ts = [threading.Thread(target=run, args=(sl,))
-          for sl in instances for _ in range(per_instance)]
-    for t in ts:
-        t.start()
-    for t in ts:
-        t.join()
-    return statuses
-
-
 def check_burst_then_rate(upstream, statuses, seconds):
     times = upstream.times()
     t0 = times[0]
@@ -84,21 +54,24 @@ def check_burst_then_rate(upstream, statuses, seconds):
 
 def test_memory_bucket_lets_the_burst_then_the_leak_through(upstream, sluice):
     sl = sluice(upstream_config(upstream, [rest_rule()], margin=MARGIN))
-    statuses = hammer([sl], 8.0, per_instance=6)
+    statuses = [s for _, s in hammer([sl], 8.0, per_instance=6, pause=0.02)]
     check_burst_then_rate(upstream, statuses, 8.0)
 
 
 def test_refusal_says_when_one_call_has_leaked(upstream, sluice):
     sl = sluice(upstream_config(upstream, [rest_rule()], margin=MARGIN))
     ok = 0
+    t0 = time.monotonic()
     while True:
         st, hdrs, body = sl.request("GET", "/leads/x")
         if st != 200:
             break
         ok += 1
+    took = time.monotonic() - t0
     # 39.8 calls of room: 39 at once, the 40th once 100 ms have passed
-    # (these calls may take that long), then 2 a second.
-    assert 39 <= ok <= 41, ok
+    # (these calls may take that long), then 2 a second for as long as the
+    # calls took (a fraction of a second, more on a loaded machine).
+    assert 39 <= ok <= 40 + 2 * took, (ok, took)
     assert st == 429, st
     assert hdrs["retry-after"] == "1"
     b = json.loads(body)
@@ -117,14 +90,14 @@ def test_refusal_says_when_one_call_has_leaked(upstream, sluice):
 
 def test_redis_bucket_lets_the_burst_then_the_leak_through(upstream, redis, sluice):
     sl = sluice(upstream_config(upstream, [rest_rule()], redis.url, margin=MARGIN))
-    statuses = hammer([sl], 8.0, per_instance=6)
+    statuses = [s for _, s in hammer([sl], 8.0, per_instance=6, pause=0.02)]
     check_burst_then_rate(upstream, statuses, 8.0)
 
 
 def test_three_instances_share_one_bucket(upstream, redis, sluice):
     conf = upstream_config(upstream, [rest_rule()], redis.url, margin=MARGIN)
     instances = [sluice(conf) for _ in range(3)]
-    statuses = hammer(instances, 8.0, per_instance=2)
+    statuses = [s for _, s in hammer(instances, 8.0, per_instance=2, pause=0.02)]
     check_burst_then_rate(upstream, statuses, 8.0)
     # Every instance forwarded some: one bucket, shared.
     ports = {r.peer for r in upstream.records}

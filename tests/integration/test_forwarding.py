@@ -1,6 +1,5 @@
 """Forwarding fidelity: what a client and the upstream see through sluice."""
 import hashlib
-import http.client
 import json
 import os
 import socket

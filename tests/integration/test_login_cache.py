@@ -18,7 +18,7 @@ from http.server import BaseHTTPRequestHandler
 
 import pytest
 
-from harness import SLUICE_BIN, RedisServer, _Server, free_port, parallel, wait_for
+from harness import SLUICE_BIN, RedisServer, _Server, free_port, parallel
 
 CLIENTS = {"app-a": "sa-" + secrets.token_hex(12), "app-b": "sb-" + secrets.token_hex(12)}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}

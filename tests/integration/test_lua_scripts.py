@@ -469,7 +469,6 @@ def test_settle_refunds_the_calls_own_entries_once_and_charges(redis):
 
 
 def test_settle_lowers_a_buckets_level_by_what_its_log_owes(redis):
-    keys = BKEYS + ["{u}z"]
     run(redis, "decide", BKEYS, bucket_decide_args(1))
     run(redis, "commit", ["{u}r", "{u}v", "{u}a", "{u}b", "{u}z"],
         [1, "b:1|x", 0, "x", 1, 3, 3 * S, 8 + 32, 1, S])

@@ -8,7 +8,6 @@ import json
 import threading
 import time
 
-import pytest
 
 from harness import upstream_config, wait_for
 from test_admin import Receiver

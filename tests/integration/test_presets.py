@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from harness import ROOT, SLUICE_BIN, parallel, upstream_config, wait_for
+from harness import ROOT, SLUICE_BIN, parallel, upstream_config
 
 PRESETS = os.path.join(ROOT, "presets")
 

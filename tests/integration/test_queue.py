@@ -26,9 +26,14 @@ def test_sixty_calls_against_twenty_per_two_seconds_all_succeed(upstream, sluice
     # The default margin (100 ms for a 2 s window) covers the upstream's
     # late stamps on a busy machine: the whole window holds at most 20.
     assert max_in_window(times, 2.0) <= 20
-    # The quota allows 20 at 0 s, 20 at 2.1 s, 20 at 4.2 s: done in about
-    # 4.2 s.
-    assert 4.1 <= elapsed <= 5.3, elapsed
+    # The quota allows 20 at 0 s, 20 at 2.1 s, 20 at 4.2 s: the last
+    # arrives about 4.2 s after the first.  Timed at the upstream (starting
+    # 60 client threads on a busy machine shifts the client's clock, not
+    # the windows); 0.6 s over covers late wake-ups of a loaded machine,
+    # and a held call waiting for something other than its window (a poll,
+    # a lost wake-up) shows as more.  The client's own wait bounds it too.
+    assert 4.1 <= times[-1] - times[0] <= 4.8, times[-1] - times[0]
+    assert elapsed <= 7.0, elapsed
     # Each held call's body was read after its release, intact.
     bodies = sorted(json.loads(b)["body_len"] for s, h, b in res)
     assert bodies == [4] * 60
@@ -60,7 +65,10 @@ def test_arrival_order_within_a_bucket(upstream, sluice, store):
     order = []
 
     def call(i):
-        time.sleep(0.03 * i)  # arrive in order 0, 1, 2, ...
+        # Arrive in order 0, 1, 2, ... (each on its own connection, which
+        # may land on either worker: 100 ms apart, well beyond a scheduling
+        # hiccup; every call after the first is held for a window of 275 ms)
+        time.sleep(0.1 * i)
         return sl.request("GET", "/leads/seq?n=%d" % i, timeout=30)[0]
 
     res = parallel(8, call)

@@ -8,7 +8,6 @@ upstream received and when, and what Redis holds.
 import json
 import re
 import socket
-import subprocess
 import threading
 import time
 
@@ -167,7 +166,7 @@ def test_a_stall_leaves_no_phantom_in_redis(upstream, dredis, sluice, policy, st
     assert "is back" in sl.wait_log("is back", timeout=4)
     t0 = time.monotonic()
     assert sl.request("GET", "/leads/after")[0] == 200
-    assert time.monotonic() - t0 < 0.5
+    assert time.monotonic() - t0 < 2.0  # a loaded machine's stall, far below 10 s
 
     sent = upstream.count()
     if policy == "allow":
@@ -279,19 +278,21 @@ def test_a_slot_freed_by_another_instance_wakes_held_calls_at_once(upstream, red
     assert a.request("GET", "/leads/warm")[0] == 200
     assert b.request("GET", "/leads/warm")[0] == 200
     upstream.reset()
-    t0 = time.monotonic()
     statuses = parallel(30, lambda i: (a, b)[i % 2].request(
         "GET", "/leads/x", headers={"X-Test-Delay": "0.02", "X-Via": "ab"[i % 2]})[0])
-    took = time.monotonic() - t0
     assert statuses == [200] * 30
     assert upstream.max_active == 1
-    # Serial by construction: 30 x 20 ms upstream time at least.  Each
-    # hand-over costs a release, its notice and a new decision (three Redis
-    # round trips, well under 1 ms each) plus the proxy's and the Python
-    # upstream's own per-call work (a few ms on this 2-core machine): under
-    # 10 ms each.  Polling every 50 ms, as before, cost 30 x 50 ms at worst
-    # (1.97 s measured).
-    assert took < 30 * 0.020 + 30 * 0.010, took
+    # Serial by construction, timed where the calls arrive.  Between one
+    # arrival and the next: the call's 20 ms at the upstream, its answer,
+    # the release, its notice and a new decision (three Redis round trips,
+    # well under 1 ms each) and the send: a few ms on top of the 20.  Held
+    # calls woken by the 50 ms poll that notices replace would make the
+    # typical gap 20 ms plus half a poll or more.  The median ignores a
+    # rare stall of a loaded machine (the wall time of the whole run,
+    # thread start-up included, does not).
+    times = upstream.times()
+    gaps = sorted(y - x for x, y in zip(times, times[1:]))
+    assert gaps[len(gaps) // 2] < 0.020 + 0.015, [round(g, 3) for g in gaps]
 
 
 def test_each_hand_over_between_instances_is_prompt(upstream, redis, sluice):
@@ -326,7 +327,10 @@ def test_each_hand_over_between_instances_is_prompt(upstream, redis, sluice):
     # the 50 ms polling that notices replace, the held call lost every other
     # hand-over to the other client's next call (15 of 29 crossed).
     assert len(gaps) >= 25, "".join(via)
-    assert sum(gaps) / len(gaps) < 0.020 + 0.008, gaps
+    # The median, not the mean: one stall of a loaded machine skews a mean,
+    # and 15 ms over the call's 20 is still well under a 50 ms poll.
+    gaps.sort()
+    assert gaps[len(gaps) // 2] < 0.020 + 0.015, [round(g, 3) for g in gaps]
 
 
 # ---- sync reports cost O(1), whatever the limit ----
@@ -361,14 +365,17 @@ def test_sync_report_is_o1_and_a_probe_learns_the_room_back(upstream, redis, slu
         t0 = time.monotonic()
         status, h, body = sl.request("GET", "/leads/x")
         assert status == 429, body
-        assert time.monotonic() - t0 < 0.2
+        # Writing 5,000,000 entries (what an O(n) report would) takes Redis
+        # seconds; 0.5 s leaves a loaded machine's scheduling room.
+        assert time.monotonic() - t0 < 0.5
         assert json.loads(body)["rule"] == "day"
         assert h["retry-after"] == "1"  # the probe, not the day
     finally:
         stop.set()
         pinger.join()
         conn.close()
-    assert pings and max(pings) < 0.1, max(pings)
+    # The same argument for Redis's own stall, seen by a PING every 10 ms.
+    assert pings and max(pings) < 0.5, max(pings)
     for k in redis.cli("KEYS", "*").split():
         assert int(redis.cli("MEMORY", "USAGE", k)) < 512, k
     assert upstream.count() == 1
@@ -395,7 +402,9 @@ def test_sync_report_counts_calls_sent_after_the_reporting_call(upstream, redis,
         "GET", "/leads/slow", headers={"X-Test-Delay": "0.5",
                                        "X-Test-Resp-Header": "X-RateLimit-Remaining: 3"}))
     slow.start()
-    time.sleep(0.2)
+    # The upstream records a call as it arrives, before its delay: the slow
+    # call was sent before the two below.
+    assert wait_for(lambda: upstream.count() == 1, 5)
     # Two calls sent after the slow one, answered before it.
     assert [sl.request("GET", "/leads/x")[0] for _ in range(2)] == [200, 200]
     slow.join()
@@ -498,10 +507,10 @@ def test_an_instance_killed_between_decision_and_send_still_counts(redis, sluice
             "connect_timeout": "2s",
             "rules": [{"name": "w", "limit": 1, "window": "30s"}]}]}
         a, b = sluice(conf), sluice(conf)
-        t0 = time.monotonic()
         threading.Thread(target=lambda: _quiet(a.request, "GET", "/leads/x", timeout=5),
                          daemon=True).start()
         assert wait_for(lambda: keys(redis, "v"), 2)
+        t0 = time.monotonic()  # the decision was made before now
         a.proc.kill()
         a.proc.wait()
         a.proc = type("Gone", (), {"poll": lambda self: 0, "returncode": 0})()

@@ -145,6 +145,22 @@ def calls(instances, n, path="/leads/x"):
     return [instances[i % len(instances)].request("GET", path)[0] for i in range(n)]
 
 
+def heartbeat_past_the_calls(primary):
+    """Wait until a fleet heartbeat, written on PRIMARY after the calls made
+    so far, is far enough past them that a failover puts none of them back
+    twice: repair (limits/sl_redis_repair.c) puts back the calls sent from
+    the surviving heartbeat less store_timeout, the commit's hold and 50 ms
+    (about 0.26 s here); 0.4 s past the calls is past that margin."""
+    sec, usec = primary.cli("TIME").split()
+    after = int(sec) * 1000000 + int(usec) + 400000
+
+    def beat():
+        m = primary.command("GET", "sluice:{leads}:m") or b""
+        return int(m.split(b"|")[-1] or 0) > after if m.count(b"|") == 5 else False
+
+    assert wait_for(beat, 10)
+
+
 def store_up(sl):
     return sl.status()["store"]["state"] == "up"
 
@@ -178,9 +194,9 @@ def test_a_failover_moves_every_instance_to_the_new_primary_and_keeps_the_count(
     # The new primary has another run_id: the instances put back the calls
     # it may lack (limits/sl_redis_repair.c), those sent from the last
     # heartbeat it has less store_timeout and a little: a call sent just
-    # before the switch counts twice.  A heartbeat (0.5 s) after the calls,
-    # every call is known to be there, and the count below stays exact.
-    time.sleep(1.0)
+    # before the switch counts twice.  A heartbeat past the calls (every
+    # 0.5 s) says every call is there, and the count below stays exact.
+    heartbeat_past_the_calls(old)
     assert sentinels.ask(0, "SENTINEL", "FAILOVER", MASTER) == b"OK"
     assert wait_for(lambda: sentinels.primary_port() == new.port, 15)
     # Both instances follow +switch-master (or their closed link) to the
@@ -213,8 +229,8 @@ def test_kill_9_of_the_primary_service_resumes_on_the_replica(upstream, sentinel
     assert calls([a, b], 6) == [200] * 6
     new = sentinels.replica
     assert wait_for(lambda: new.cli("LLEN", "sluice:{leads}:r:3:all:") == "6", 5)
-    # (A heartbeat after the calls: see the test above.)
-    time.sleep(1.0)
+    # (A heartbeat past the calls: see the test above.)
+    heartbeat_past_the_calls(sentinels.primary)
     t0 = time.monotonic()
     sentinels.primary.kill()
     # Resumes within 15 s: 1 s to be seen down, the Sentinels' election and

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from harness import Upstream, parallel, upstream_config
+from harness import parallel, upstream_config
 
 
 # ---- an upstream that reads a call on a kept-alive connection and hangs up ----

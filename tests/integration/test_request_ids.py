@@ -3,10 +3,7 @@ provider's: X-Request-ID kept or made, sent upstream, returned to the
 client, logged with the W3C trace id; and two small deployment helpers
 (SLUICE_ADMIN_LISTEN, Retry-After on a relayed refusal)."""
 import http.client
-import json
-import os
 import re
-import time
 
 from harness import Sluice, free_port, upstream_config
 

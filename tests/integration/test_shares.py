@@ -336,7 +336,9 @@ def test_three_instances_share_one_quota_fairly(upstream, redis, sluice):
         t.join(30)
 
     assert [s for s, _ in seen["ui"]] == [200] * len(seen["ui"])
-    assert len(seen["ui"]) >= 10
+    # 7 s at one call per 0.6 s plus the call itself: 12 on an idle
+    # machine; at least 8 even when each call takes 0.25 s under load.
+    assert len(seen["ui"]) >= 8
     sync_t = upstream.times(lambda r: app_of(r) == "sync")
     all_t = upstream.times()
     assert max_in_window(sync_t, 3.0) <= 15
