@@ -1004,43 +1004,6 @@ int sl_config_bind_apps(struct sl_config *c, struct sl_apps *apps, const char **
 }
 
 /* A rule's "apps", or its upstream's when it has none. */
-/*
- * The most one call of rule R can cost and still ever be admitted
- * (r->cost_max), and no cost written above it: a call costing more would
- * wait forever.  A bucket admits a call when its level plus the cost fits
- * the capacity less what the margin takes (bucket_cap), so a cost equal to
- * the bucket never fits.
- */
-static void sl_rule_cost_bound(struct sl_rule *r, const char *at, struct sl_errors *errs)
-{
-    uint64_t most = r->limit;
-
-    if (r->kind != SL_RULE_RATE) {
-        r->cost_max = 1;
-        return;
-    }
-    if (r->leaky && r->leak.per_us > 0)
-        most = (uint64_t)(r->bucket_cap / r->leak.per_us);
-    if (most > UINT32_MAX)
-        most = UINT32_MAX;
-    r->cost_max = (uint32_t)most;
-    if (most == 0)
-        return;  /* reported with the bucket */
-    if (r->cost_kind != SL_COST_HEADER && r->cost > most)
-        sl_errors_add(errs, "%s.cost: %u is more than the rule can ever admit (%llu%s): "
-                      "lower it%s", at, r->cost, (unsigned long long)most,
-                      r->leaky ? ", the bucket less what the upstream's margin takes" : "",
-                      r->leaky ? ", or the margin" : "");
-    for (size_t i = 0; i < r->ncost_methods; i++)
-        if (r->cost_methods[i].cost > most)
-            sl_errors_add(errs, "%s.cost.%s: %u is more than the rule can ever admit "
-                          "(%llu%s): lower it%s", at, r->cost_methods[i].method,
-                          r->cost_methods[i].cost, (unsigned long long)most,
-                          r->leaky ? ", the bucket less what the upstream's margin takes"
-                                   : "",
-                          r->leaky ? ", or the margin" : "");
-}
-
 static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
                               const char *sub, void *base,
                               const struct sl_conf_key *k, struct sl_conf_ctx *ctx)
@@ -1078,7 +1041,6 @@ static void sl_read_rule_apps(json_t *obj, json_t *v, const char *at,
         sl_errors_add(ctx->errs, "%s: shares count calls; a rule with a \"cost\" "
                       "cannot have them (put the shares on a rule without a cost)",
                       sub);
-    sl_rule_cost_bound(r, at, ctx->errs);
 }
 
 static const struct sl_conf_handler sl_rule_apps_handler = {
@@ -1363,6 +1325,49 @@ static const struct sl_conf_table sl_rule_table = SL_CONF_TABLE(
     "from any rule.",
     sl_rule_keys);
 
+/* A cost of COST written at AT.WHAT, above MOST (what rule R can ever
+ * admit): an error saying so. */
+static void sl_cost_over(const struct sl_rule *r, const char *at, const char *what,
+                         uint32_t cost, uint64_t most, struct sl_errors *errs)
+{
+    if (cost > most)
+        sl_errors_add(errs, "%s.%s: %u is more than the rule can ever admit (%llu%s): "
+                      "lower it%s", at, what, cost, (unsigned long long)most,
+                      r->leaky ? ", the bucket less what the upstream's margin takes" : "",
+                      r->leaky ? ", or the margin" : "");
+}
+
+/*
+ * The most one call of rule R can cost and still ever be admitted
+ * (r->cost_max), and no cost written above it: a call costing more would
+ * wait forever.  A bucket admits a call when its level plus the cost fits
+ * the capacity less what the margin takes (bucket_cap), so a cost equal to
+ * the bucket never fits.  Once every key of the rule is read.
+ */
+static void sl_rule_cost_bound(struct sl_rule *r, const char *at, struct sl_errors *errs)
+{
+    uint64_t most = r->limit;
+    char what[96];
+
+    if (r->kind != SL_RULE_RATE) {
+        r->cost_max = 1;
+        return;
+    }
+    if (r->leaky && r->leak.per_us > 0)
+        most = (uint64_t)(r->bucket_cap / r->leak.per_us);
+    if (most > UINT32_MAX)
+        most = UINT32_MAX;
+    r->cost_max = (uint32_t)most;
+    if (most == 0)
+        return;  /* reported with the bucket */
+    if (r->cost_kind != SL_COST_HEADER)
+        sl_cost_over(r, at, "cost", r->cost, most, errs);
+    for (size_t i = 0; i < r->ncost_methods; i++) {
+        snprintf(what, sizeof(what), "cost.%.80s", r->cost_methods[i].method);
+        sl_cost_over(r, at, what, r->cost_methods[i].cost, most, errs);
+    }
+}
+
 /* Parse rule JR of upstream ctx->u (whose margin and defaults are known). */
 static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
                           struct sl_conf_ctx *ctx)
@@ -1375,6 +1380,7 @@ static void sl_parse_rule(json_t *jr, const char *path, struct sl_rule *r,
         return;
     }
     sl_conf_read(&sl_rule_table, jr, path, r, ctx);
+    sl_rule_cost_bound(r, path, ctx->errs);
 }
 
 /* ---- upstreams ---- */

@@ -412,6 +412,17 @@ static void test_cost_keys(void **state)
                 "\"cost\": \"body\"}]", "\"header:NAME\" or an object");
     parse_fails("", "\"rules\": [{\"name\": \"r\", \"limit\": 10, \"window\": \"1s\", "
                 "\"cost\": {\"GET\": 20}}]", "rules[0].cost.GET");
+    /* A bucket admits less than its size (the margin takes its share): a
+     * cost of the whole bucket could never fit, fixed or per method. */
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 10, \"leak\": \"1/s\", "
+                "\"cost\": 10}]", "rules[0].cost: 10 is more than the rule can ever admit (9");
+    parse_fails("", "\"rules\": [{\"name\": \"r\", \"bucket\": 10, \"leak\": \"1/s\", "
+                "\"cost\": {\"post\": 10}}]",
+                "rules[0].cost.POST: 10 is more than the rule can ever admit (9");
+    c = parse_ok("", "\"rules\": [{\"name\": \"r\", \"bucket\": 10, \"leak\": \"1/s\", "
+                 "\"cost\": {\"post\": 9}}]");
+    assert_int_equal(c->upstreams[0].rules[0].cost_max, 9);
+    sl_config_free(c);
     /* A concurrency rule ignores its cost: a warning. */
     c = parse_ok("", "\"rules\": [{\"name\": \"r\", \"concurrency\": 2, \"cost\": 3}]");
     assert_int_equal(c->warnings.count, 1);
