@@ -17,7 +17,7 @@ PKGS="build-essential cmake pkg-config libmicrohttpd-dev libcurl4-openssl-dev
 for arg in "$@"; do
     case "$arg" in
     --test)
-        PKGS="$PKGS libcmocka-dev redis-server redis-sentinel python3 python3-pytest python3-yaml python3-cryptography
+        PKGS="$PKGS libcmocka-dev redis-server redis-sentinel python3 python3-pytest python3-pytest-xdist python3-yaml python3-cryptography
               curl openssl clang prometheus chromium stress-ng
               podman runc mmdebstrap uidmap
               dpkg-dev lintian man-db systemd docker-compose" ;;
