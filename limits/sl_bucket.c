@@ -154,6 +154,51 @@ void sl_bucket_add(struct sl_bucket *b, const struct sl_leak *leak, uint64_t cos
         b->level += (int64_t)cost * leak->per_us;
 }
 
+void sl_bucket_refill(struct sl_bucket *b, const struct sl_leak *leak, uint64_t bucket,
+                      const int64_t *at, size_t n, int64_t span_us, int64_t now)
+{
+    /* Level units: PER a call, N drained a microsecond.  N is the sends
+     * of one span, at most 2 x BUCKET + 64 (the logs' bound), and times
+     * are clamped, so every product stays far below INT64_MAX. */
+    int64_t full, least, level;
+    size_t i = n;
+
+    if (bucket > (uint64_t)(SL_BUCKET_MAX_UNITS / leak->per_us))
+        full = SL_BUCKET_MAX_UNITS;
+    else
+        full = (int64_t)bucket * leak->per_us;
+    if (span_us < 0)
+        span_us = 0;
+    if (span_us > SL_BUCKET_MAX_UNITS / leak->n)
+        span_us = SL_BUCKET_MAX_UNITS / leak->n;
+    /* the span's start: every send came after it */
+    least = (int64_t)n * leak->per_us - leak->n * span_us;
+    /* just after each send (sends at one moment are one anchor) */
+    while (i > 0) {
+        size_t j = i - 1;
+        int64_t ago = now > at[j] ? now - at[j] : 0, term;
+        while (j > 0 && at[j - 1] == at[i - 1])
+            j--;
+        if (ago > SL_BUCKET_MAX_UNITS / leak->n)
+            ago = SL_BUCKET_MAX_UNITS / leak->n;
+        term = (int64_t)(n - i) * leak->per_us - leak->n * ago;
+        if (term < least)
+            least = term;
+        i = j;
+    }
+    if (least >= 0)
+        least = 0;
+    if (full + least <= 0)
+        return;
+    if (now < b->at)
+        now = b->at;
+    level = sl_bucket_level(b, leak, now);
+    if (level >= full + least)
+        return;
+    b->level = full + least;
+    b->at = now;
+}
+
 void sl_bucket_set(struct sl_bucket *b, const struct sl_leak *leak, uint64_t used,
                    int64_t sent_at, uint64_t after, int64_t now)
 {

@@ -20,6 +20,7 @@
 #define SL_BUCKET_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 /* A leak rate: N calls every PER_US microseconds (both > 0, reduced). */
@@ -79,6 +80,21 @@ int64_t sl_bucket_empty_in(const struct sl_bucket *b, const struct sl_leak *leak
  * B->at adds them at B->at. */
 void sl_bucket_add(struct sl_bucket *b, const struct sl_leak *leak, uint64_t cost,
                    int64_t now);
+
+/*
+ * B was replayed from the sends of the last SPAN_US only, AT[0..N) (oldest
+ * first, none after NOW: a state file, or Redis's log after it lost the
+ * level), as if empty before them.  Count what may have been in it: by
+ * the queue's reflection formula, for any moment u the level now is at
+ * most max(the replay, Q(u) + the sends after u - N x (NOW - u)), and
+ * Q(u) is at most full = BUCKET x PER at the span's start and just after
+ * each send (it was admitted).  B becomes the least of these bounds over
+ * those moments if above its level, at most full: exact for a bucket
+ * empty a drain time before a burst, full for one kept full at the leak
+ * rate.  limits/lua/repair.lua has the same arithmetic.
+ */
+void sl_bucket_refill(struct sl_bucket *b, const struct sl_leak *leak, uint64_t bucket,
+                      const int64_t *at, size_t n, int64_t span_us, int64_t now);
 
 /* The provider says its bucket held USED calls when it answered the call
  * sent at SENT_AT, and AFTER calls were sent since (not in its count): B

@@ -26,6 +26,8 @@
  * decision that finds a rate log empty compares evicted_keys itself (one
  * INFO, only for an empty log, so the steady state pays nothing): a log
  * evicted under calls in its window is never read as an empty window.
+ * The same for a leaky bucket's level (its own key) found missing beside
+ * a log that is not empty.
  * Role changes need no check of their own: a new primary has its own
  * run_id, and a demoted one refuses the scripts (READONLY).
  *
@@ -53,7 +55,10 @@
  * the loss being seen, about 1.3 s when every instance answers.
  *
  * What is put back.  After a flush, a restart without persistence or an
- * eviction: every call in the open windows.  When the marker survived on
+ * eviction: every call in the open windows, and a leaky bucket's level,
+ * rebuilt from its merged log (repair.lua's refill: the replay, plus what
+ * the bucket may have held before the oldest call kept, sl_bucket_refill;
+ * never lowered).  When the marker survived on
  * a server with another run_id (a failover, a restart that loaded a
  * snapshot), only what that server may lack: a replica and a snapshot
  * hold a primary's writes in order, so every commit that ran before the
@@ -259,15 +264,21 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
     out->num(out->ctx, (long long)w.n);
     for (size_t i = 0; i < w.n; i++) {
         const struct sl_repair_bucket *b = &w.b[i];
-        bool h = b->rule->nshares > 0;
+        bool h = b->rule->nshares > 0, leaky = b->rule->leaky;
         out->key(out->ctx, up, b->rule, 'r', b->per, b->per_len);
         out->key(out->ctx, up, b->rule, 'a', b->per, b->per_len);
         out->key(out->ctx, up, b->rule, 'x', b->per, b->per_len);
         if (h)
             out->key(out->ctx, up, b->rule, 'h', b->per, b->per_len);
+        if (leaky)
+            out->key(out->ctx, up, b->rule, 'b', b->per, b->per_len);
         out->num(out->ctx, (long long)b->rule->limit);
         out->num(out->ctx, b->rule->span_us);
-        out->num(out->ctx, h ? 1 : 0);
+        out->num(out->ctx, (h ? 1 : 0) | (leaky ? 2 : 0));
+        if (leaky) {
+            out->num(out->ctx, b->rule->leak.n);
+            out->num(out->ctx, b->rule->leak.per_us);
+        }
         out->num(out->ctx, b->n);
         for (uint32_t j = 0, same = 0; j < b->n; j++) {
             int len;

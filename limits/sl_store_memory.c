@@ -2296,6 +2296,11 @@ int sl_store_memory_import(struct sl_store *store, const struct sl_upstream_conf
                     logged++;
                 }
             }
+            /* The replay saw one span of sends: what was in the bucket
+             * before them counts too (sl_bucket_refill). */
+            if (rc == 0 && r->leaky && logged > 0)
+                sl_bucket_refill(sl_mem_lb(b, r), &r->leak, r->limit, times + first,
+                                 (size_t)logged, sl_mem_span(s, r, now, NULL), now);
         }
     }
     pthread_mutex_unlock(&t->lock);

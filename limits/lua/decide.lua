@@ -275,7 +275,12 @@ for c = 1, ncalls do
       local lb, n, p, cap = KEYS[ka], leak[1], leak[2], leak[3]
       local b = bk[l]
       if not b then
-        local nres, lvl = reserved(v, weighted), level(lb, n, p)
+        local nres = reserved(v, weighted)
+        local lvl, had = level(lb, n, p)
+        -- a level missing beside calls still logged was evicted (the
+        -- heartbeat then has the fleet put it back, repair.lua); set_level
+        -- deletes a level only at 0, and it outlives its log
+        if not had and redis.call('LLEN', l) > 0 and lost() then return {now, 2} end
         if nres > 0 then
           -- lapsed reservations count as sent now: into the log and level
           local lapsed = redis.call('ZRANGEBYSCORE', v, '-inf', NOW)

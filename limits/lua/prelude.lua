@@ -78,17 +78,20 @@ end
 -- A leaky bucket's level: hash LB holds l (units of 1/p call), at (µs),
 -- n and p (the leak it was written with: n calls per p µs).  Read in
 -- units of the leak N per P, drained to now (a reload that changed the
--- leak is rescaled, rounded up: it never grants room).
+-- leak is rescaled, rounded up: it never grants room).  Also whether LB
+-- exists (a level drained to 0 keeps its key until its TTL; a missing one
+-- beside a log that is not empty was lost: decide.lua).
 local function level(lb, n, p)
   local h = redis.call('HMGET', lb, 'l', 'at', 'n', 'p')
-  local l = tonumber(h[1] or 0)
-  if l <= 0 then return 0 end
+  if not h[1] then return 0, false end
+  local l = tonumber(h[1])
+  if l <= 0 then return 0, true end
   local hp = tonumber(h[4] or p)
   if hp ~= p then l = math.ceil(l * p / hp) end
   local dt = now - tonumber(h[2] or now)
-  if dt <= 0 then return l end
-  if dt >= math.floor(l / n) + 1 then return 0 end
-  return math.max(l - n * dt, 0)
+  if dt <= 0 then return l, true end
+  if dt >= math.floor(l / n) + 1 then return 0, true end
+  return math.max(l - n * dt, 0), true
 end
 -- Write level L (drained to now) to LB, kept until it has drained plus
 -- SPAN (µs) and a second.

@@ -1,10 +1,11 @@
 -- Put one member's calls back after Redis lost data (sl_redis_repair.c),
 -- for one upstream, and acknowledge the repair phase.
 --   KEYS  m, k (as fleet.lua), then per rate bucket: r, a, x (ids put
---         back, a set) [, h if shares]; then one key per slot; then the
---         pause key p if there is a pause
+--         back, a set) [, h if shares] [, b if a leaky bucket]; then one
+--         key per slot; then the pause key p if there is a pause
 --   ARGV  member, since (the phase this repair answers), then nbuckets,
---         per bucket: limit, span_us, has_h (0/1), n, then n pairs: id,
+--         per bucket: limit, span_us, flags (1: shares, 2: a leaky bucket,
+--         followed by its leak: n calls per p µs), n, then n pairs: id,
 --         delay_us (the call was sent delay_us before this script was
 --         written: it is stamped now - delay_us, never earlier than its
 --         send); then nslots, per slot: member, ttl_us (ZADD key now +
@@ -18,11 +19,54 @@
 -- was not).  Only calls stamped from the phase's cutoff on (in the
 -- marker, see fleet.lua) are put back: the others survived.  Stamps are
 -- merged into r in order (newest first), with '-' as their app in a; h is
--- dropped, rebuilt by the next decision.  The member is added to k only
--- if the marker still names this phase.
+-- dropped, rebuilt by the next decision.  A leaky bucket's level is
+-- replayed from its merged log (refill() below), never lowered.  The
+-- member is added to k only if the marker still names this phase.
 -- Reply: {now, calls put back, acknowledged (0/1)}.
 
 --! include prelude.lua
+-- A leaky bucket's level after Redis lost it: replayed from log L (newest
+-- first) over SPAN (a drain time of the full bucket, plus the margin),
+-- as an empty bucket before its calls would have filled -- and what may
+-- have been in it.  By the queue's reflection formula, for any moment u
+-- the level now is at most max(the replay, Q(u) + A(u) - n x (now - u)),
+-- A(u) the calls' worth sent after u, and Q(u) is at most the bucket
+-- (LIMIT x p) at the span's start and just after each call (it was
+-- admitted): the least of these bounds, at most the bucket
+-- (sl_bucket_refill's arithmetic).  Exact for a bucket empty a drain
+-- time before a burst; one that was being kept full comes back full.
+-- Written only if above the level found (other members' repairs,
+-- commits since).
+local function refill(l, lb, limit, span, n, p)
+  local all, cut = redis.call('LRANGE', l, 0, -1), now - span
+  local st = {}
+  for i = 1, #all do
+    local x = tonumber(all[i])
+    if x <= cut then break end
+    st[i] = x
+  end
+  if #st == 0 then return end
+  -- the replay, oldest first
+  local q, prev = 0, nil
+  for i = #st, 1, -1 do
+    if prev and st[i] > prev then q = math.max(q - n * (st[i] - prev), 0) end
+    q, prev = q + p, math.max(prev or st[i], st[i])
+  end
+  if now > prev then q = math.max(q - n * (now - prev), 0) end
+  -- the least bound: the span's start, then just after each moment sent
+  local least, i = #st * p - n * span, 1
+  while i <= #st do
+    local j = i
+    while j < #st and st[j + 1] == st[i] do j = j + 1 end
+    local term = (i - 1) * p - n * math.max(now - st[i], 0)
+    if term < least then least = term end
+    i = j + 1
+  end
+  local full = limit * p
+  q = math.max(q, full + math.min(least, 0))
+  if q > full then q = full end
+  if q > level(lb, n, p) then set_level(lb, q, n, p, span) end
+end
 local m, k = KEYS[1], KEYS[2]
 local me, since = ARGV[1], ARGV[2]
 -- the phase's cutoff (fleet.lua): calls sent before it survived
@@ -32,11 +76,17 @@ local a, kk, put = 3, 3, 0
 local nb = tonumber(ARGV[a])
 a = a + 1
 for _ = 1, nb do
-  local limit, span, hash, n = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), ARGV[a + 2] == '1', tonumber(ARGV[a + 3])
-  a = a + 4
-  local l, ap, x, h = KEYS[kk], KEYS[kk + 1], KEYS[kk + 2], nil
+  local limit, span, flags = tonumber(ARGV[a]), tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  a = a + 3
+  local l, ap, x, h, lb, ln, lp = KEYS[kk], KEYS[kk + 1], KEYS[kk + 2], nil, nil, nil, nil
   kk = kk + 3
-  if hash then h = KEYS[kk]; kk = kk + 1 end
+  if flags % 2 == 1 then h = KEYS[kk]; kk = kk + 1 end
+  if flags % 4 >= 2 then
+    lb, ln, lp = KEYS[kk], tonumber(ARGV[a]), tonumber(ARGV[a + 1])
+    kk, a = kk + 1, a + 2
+  end
+  local n = tonumber(ARGV[a])
+  a = a + 1
   local add = {}
   for j = 1, n do
     local st = now - tonumber(ARGV[a + 2 * j - 1])
@@ -65,6 +115,7 @@ for _ = 1, nb do
     if h then redis.call('DEL', h) end
     put = put + #add
   end
+  if lb then refill(l, lb, limit, span, ln, lp) end
   redis.call('PEXPIRE', x, fmt(math.ceil(span / 1000) + 1000))
 end
 local ns = tonumber(ARGV[a])

@@ -590,6 +590,68 @@ def test_repair_puts_back_only_calls_from_the_cutoff(redis):
     assert redis.command("LLEN", "{u}r") == 1
 
 
+def test_repair_refills_a_leaky_buckets_level(redis):
+    """A bucket of 4 draining 1/s (span 4 s): its level is replayed from
+    the merged log, plus what the bucket may have held at the span's
+    start (sl_bucket_refill's arithmetic)."""
+    redis.command("SET", "{u}m", "r|0|-|7|0|0")
+    keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}b"]
+    head = ["A", "7", 1, 4, 4 * S, 2, 1, S]     # limit, span, flags (leaky), n, p
+    # four calls 1 s apart (the leak rate) over the span: the replay
+    # leaves half a call; the bucket may have been full just after the
+    # first (3.5 s ago), which leaves 4 - 3.5 + 3 = 3.5
+    args = head + [4, "p:1:0", 3 * S + S // 2, "p:2:0", 2 * S + S // 2,
+                   "p:3:0", S + S // 2, "p:4:0", S // 2, 0, 0]
+    assert run(redis, "repair", keys, args)[1] == 4
+    assert int(redis.command("HGET", "{u}b", "l")) == 3 * S + S // 2
+    # one call 0.5 s ago: a bucket full at the span's start (4 s ago) has
+    # drained 4 calls' worth and taken this one: 1 (the replay: 0.5)
+    redis.command("DEL", "{u}r", "{u}a", "{u}x", "{u}b")
+    args = head + [1, "p:9:0", S // 2, 0, 0]
+    assert run(redis, "repair", keys, args)[1] == 1
+    assert int(redis.command("HGET", "{u}b", "l")) == S
+    # a level already higher (a commit since) is not lowered
+    redis.command("HSET", "{u}b", "l", 3 * S)
+    args = head + [1, "p:10:0", S // 2, 0, 0]
+    run(redis, "repair", keys, args)
+    assert int(redis.command("HGET", "{u}b", "l")) >= 3 * S - S // 1000
+
+
+def test_decide_answers_lost_for_a_bucket_whose_level_was_evicted(redis):
+    """A leaky bucket's level missing beside its log, after Redis evicted
+    keys since the marker was set: no decision ({now, 2})."""
+    # real evictions first (junk keys under allkeys-random), then none
+    used = int(redis.command("INFO", "memory").decode().split("used_memory:")[1].split()[0])
+    redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
+    redis.command("CONFIG", "SET", "maxmemory", str(used + 256 * 1024))
+    try:
+        for i in range(20000):
+            redis.command("SET", "junk:%d" % i, "x" * 200)
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    redis.command("FLUSHALL")
+    ev = int(redis.command("INFO", "stats").decode().split("evicted_keys:")[1].split()[0])
+    assert ev > 0
+    t = now_us(redis)
+    redis.command("LPUSH", "{u}r", str(t - S))
+    keys = ["{u}r", "{u}v", "{u}a", "{u}b", "{u}m"]
+    args = ["base", S, S, 0, 0, 1, "b", 4, 4 * S, -1, 1, S, 4 * S, 0,
+            1, "app", 1, 1, 1, 1]
+    # no eviction since the marker was set: a missing level is drained
+    redis.command("SET", "{u}m", "o|%d|-|0|0|0" % ev)
+    assert run(redis, "decide", keys, args)[1] == 1
+    redis.command("DEL", "{u}b")
+    redis.command("ZREM", "{u}v", "base:1|app")
+    # evictions since the marker: the missing level was lost, not drained
+    redis.command("SET", "{u}m", "o|0|-|0|0|0")
+    assert run(redis, "decide", keys, args)[1] == 2
+    # a level that exists is read as it is, evictions or not (the steady
+    # state asks INFO nothing)
+    redis.command("HSET", "{u}b", "l", 0, "at", t, "n", 1, "p", S)
+    assert run(redis, "decide", keys, args)[1] == 1
+
+
 # ---- the token broker's ----
 
 def test_the_broker_stores_a_token_only_under_its_own_lease(redis):

@@ -12,7 +12,7 @@ and every call is answered.
 import threading
 import time
 
-from harness import max_in_window, upstream_config, wait_for
+from harness import hammer, max_in_window, upstream_config, wait_for
 
 LIMIT, WINDOW = 30, 10.0
 BEFORE = 21                 # calls sent before the loss: 7 per instance
@@ -137,3 +137,59 @@ def test_eviction_loses_no_count(upstream, redis, sluice):
         redis.command("CONFIG", "SET", "maxmemory", "0")
         return t
     scenario(upstream, redis, sluice, lose)
+
+
+# ---- leaky buckets: the level is state of its own, put back from the log
+# (repair.lua's refill, sl_bucket_refill) ----
+
+def bucket_conf(up, redis, bucket, leak, margin):
+    return upstream_config(
+        up, [{"name": "rest", "bucket": bucket, "leak": leak}], redis.url,
+        top={"on_store_error": "local", "local_share": 0.5}, margin=margin)
+
+
+def test_flushall_keeps_a_full_bucket_full(upstream, redis, sluice):
+    """A bucket filled by a burst, then FLUSHALL: the level (its own key)
+    is gone with the log, and the burst is not granted again."""
+    c = bucket_conf(upstream, redis, 10, "1/m", "0ms")
+    instances = [sluice(c) for _ in range(2)]
+    codes = [instances[i % 2].request("GET", "/leads/x")[0] for i in range(12)]
+    assert codes == [200] * 10 + [429] * 2
+    assert wait_for(lambda: int(redis.command("LLEN", "sluice:{leads}:r:4:rest:")) == 10,
+                    timeout=2)
+    redis.command("FLUSHALL")
+    # 3 s of demand on both instances (a call leaks out each minute, so
+    # none is due): every call is answered, none is sent.
+    statuses = [s for _, s in hammer(instances, 3.0, per_instance=2, pause=0.05)]
+    assert statuses and set(statuses) == {429}, set(statuses)
+    assert upstream.count() == 10
+    assert any("redis lost data" in sl.read_log() for sl in instances)
+
+
+def test_flushall_under_demand_at_the_leak_rate_keeps_the_bound(upstream, redis, sluice):
+    """Demand above the leak for long enough keeps the bucket full, calls
+    going at the leak rate; then FLUSHALL.  The log holds one drain time
+    of calls spaced at the leak rate, which replayed into an empty bucket
+    would leave it nearly empty: what was in it before counts too.  At
+    the upstream, no interval t holds more than bucket + rate x t."""
+    bucket, rate = 6, 2.0
+    c = bucket_conf(upstream, redis, bucket, "2/s", "100ms")
+    instances = [sluice(c) for _ in range(2)]
+    # The drain time (3 s) is longer than the repair phase (about 1.3 s),
+    # so the bucket is still more than half full when calls resume; and
+    # demand has kept it full for more than a span (3.1 s) when it is
+    # lost at 4.5 s.
+    flush = threading.Timer(4.5, lambda: redis.command("FLUSHALL"))
+    flush.start()
+    statuses = [s for _, s in hammer(instances, 8.0, per_instance=2, pause=0.02)]
+    flush.join()
+    times = upstream.times()
+    worst = max((j - i + 1) - (bucket + rate * (times[j] - times[i]))
+                for i in range(len(times)) for j in range(i, len(times)))
+    assert worst <= 0, worst
+    assert set(statuses) <= {200, 429}
+    # Service went on after the repair: calls at the leak rate in the last
+    # two seconds (4; the margin and the last call's drain cost about one).
+    end = times[-1]
+    assert len([t for t in times if t > end - 2.0]) >= 3
+    assert any("redis lost data" in sl.read_log() for sl in instances)

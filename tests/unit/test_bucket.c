@@ -161,6 +161,87 @@ static void test_never_more_than_bucket_plus_rate(void **state)
     }
 }
 
+/* A bucket rebuilt from one span of sends (a state file, or Redis's log
+ * after it lost the level) plus sl_bucket_refill is never below the
+ * bucket's real level: known cases, then random histories. */
+static void test_refill_never_below_the_real_level(void **state)
+{
+    struct sl_leak l = {1, S / 2};            /* 2/s: one call drains in 500 ms */
+    const uint64_t bucket = 10;
+    const int64_t full = 10 * (S / 2), span = 5 * S;   /* span: a full drain */
+    int64_t at[16];
+    struct sl_bucket b;
+    (void)state;
+    /* Kept full: a call every 500 ms (the leak rate) for a whole span.
+     * The replay alone ends at one call's level; the bucket was full. */
+    b = (struct sl_bucket){0, 0};
+    for (int i = 0; i < 10; i++) {
+        at[i] = 100 * S + i * (S / 2);
+        sl_bucket_add(&b, &l, 1, at[i]);
+    }
+    assert_int_equal(sl_bucket_level(&b, &l, at[9]), S / 2);
+    sl_bucket_refill(&b, &l, bucket, at, 10, span, at[9]);
+    assert_int_equal(sl_bucket_level(&b, &l, at[9]), full);
+    /* Half the leak rate, 5 calls a second apart: a bucket full at the
+     * span's start (1 s before the first) drained 10 calls' worth and
+     * took 5: 5 of 10; full just after the first, 8 drained, 4 taken: 6.
+     * The least: 5. */
+    b = (struct sl_bucket){0, 0};
+    for (int i = 0; i < 5; i++) {
+        at[i] = 100 * S + i * S;
+        sl_bucket_add(&b, &l, 1, at[i]);
+    }
+    sl_bucket_refill(&b, &l, bucket, at, 5, span, 104 * S);
+    assert_int_equal(sl_bucket_level(&b, &l, 104 * S), full / 2);
+    /* A burst of 7 at once, seen 1 s later: full at the span's start (4 s
+     * before it) leaves 2 then, 9 with the burst, 7 now: as much as the
+     * burst can prove; a drain time later, empty either way. */
+    for (int i = 0; i < 7; i++)
+        at[i] = 100 * S;
+    b = (struct sl_bucket){0, 0};
+    sl_bucket_add(&b, &l, 7, 100 * S);
+    sl_bucket_refill(&b, &l, bucket, at, 7, span, 101 * S);
+    assert_int_equal(sl_bucket_level(&b, &l, 101 * S), 7 * (S / 2));
+    b = (struct sl_bucket){0, 0};
+    sl_bucket_add(&b, &l, 7, 100 * S);
+    sl_bucket_refill(&b, &l, bucket, at, 7, span, 100 * S + span);
+    assert_int_equal(sl_bucket_level(&b, &l, 100 * S + span), 0);
+    /* Nothing in the span: nothing to count. */
+    b = (struct sl_bucket){0, 0};
+    sl_bucket_refill(&b, &l, bucket, at, 0, span, 104 * S);
+    assert_int_equal(sl_bucket_level(&b, &l, 104 * S), 0);
+
+    /* Random histories: calls admitted when they fit; at random moments
+     * the bucket is rebuilt from the sends of the last span. */
+    enum { N = 40000 };
+    static int64_t sent[N];
+    int n = 0, checked = 0;
+    int64_t t = 0, cap = sl_bucket_cap(bucket, &l, 0);
+    b = (struct sl_bucket){0, 0};
+    srand(11);
+    for (int i = 0; i < 40000 && n < N; i++) {
+        /* bursts and lulls: demand from far under to far over the leak */
+        t += (i / 500) % 2 ? rand() % 1200000 : rand() % 150000;
+        if (sl_bucket_wait(&b, &l, cap, 0, 1, t) == 0) {
+            sl_bucket_add(&b, &l, 1, t);
+            sent[n++] = t;
+        }
+        if (i % 37 == 0) {
+            struct sl_bucket r = {0, 0};
+            int k0 = n;
+            while (k0 > 0 && sent[k0 - 1] > t - span)
+                k0--;
+            for (int k = k0; k < n; k++)
+                sl_bucket_add(&r, &l, 1, sent[k]);
+            sl_bucket_refill(&r, &l, bucket, sent + k0, (size_t)(n - k0), span, t);
+            assert_true(sl_bucket_level(&r, &l, t) >= sl_bucket_level(&b, &l, t));
+            assert_true(sl_bucket_level(&r, &l, t) <= full);
+            checked++;
+        }
+    }
+    assert_true(n > 1000 && checked > 500);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -169,6 +250,7 @@ int main(void)
         cmocka_unit_test(test_margin),
         cmocka_unit_test(test_set_and_rescale),
         cmocka_unit_test(test_never_more_than_bucket_plus_rate),
+        cmocka_unit_test(test_refill_never_below_the_real_level),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
