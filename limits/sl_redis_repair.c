@@ -80,9 +80,16 @@
  * than the real send (the same rule as commits), merged into the log in
  * order.
  *
- * What is not put back: the provider's usage reports (the next answer
- * that carries one writes it again; until then sluice counts the calls
- * it sent, which are all in the log), the apps of restored entries (they
+ * The provider's usage reports: each worker keeps the newest report per
+ * bucket it passed to Redis (sl_fleet_report, at most SL_FLEET_REPORTS,
+ * the oldest dropped first) and puts it back with its calls, written from
+ * the merged log as sync.lua writes one, unless the bucket holds a newer
+ * report.  The report keeps its cutoff; calls other members put back
+ * after it, sent from the cutoff on, are added to its count, so each call
+ * counts once against it, whichever order the repairs run in.  A leaky
+ * bucket's report raises the rebuilt level as sync.lua's would.
+ *
+ * What is not put back: the apps of restored entries (they
  * count under "-", so shares count them as another app's until they
  * leave the window) and the index of a `per` rule's buckets (the status
  * page's list; limits do not read it).  Entries logged by commits carry no
@@ -95,6 +102,7 @@
 
 #include "sl_window.h"
 
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -139,8 +147,61 @@ int sl_fleet_init(struct sl_fleet *f)
     return 0;
 }
 
+static void sl_fleet_report_free(struct sl_fleet_report *rp)
+{
+    free(rp->upstream);
+    free(rp->rule);
+    free(rp->per);
+}
+
+void sl_fleet_report(struct sl_fleet *f, const struct sl_upstream_conf *up,
+                     const struct sl_rule *rule, const char *per, size_t per_len,
+                     uint64_t remaining, int64_t sent_us)
+{
+    struct sl_fleet_report *rp = NULL, nr;
+
+    for (size_t i = 0; i < f->nreports; i++) {
+        struct sl_fleet_report *e = &f->reports[i];
+        if (strcmp(e->upstream, up->name) == 0 && strcmp(e->rule, rule->name) == 0 &&
+            e->per_len == per_len && memcmp(e->per, per, per_len) == 0) {
+            if (e->sent_us > sent_us)
+                return;         /* a newer report of this bucket is kept */
+            e->remaining = remaining;
+            e->sent_us = sent_us;
+            return;
+        }
+    }
+    if (f->reports == NULL) {
+        f->reports = calloc(SL_FLEET_REPORTS, sizeof(*f->reports));
+        if (f->reports == NULL)
+            return;
+    }
+    nr = (struct sl_fleet_report){
+        .upstream = strdup(up->name), .rule = strdup(rule->name), .per = malloc(per_len + 1),
+        .per_len = per_len, .remaining = remaining, .sent_us = sent_us};
+    if (nr.upstream == NULL || nr.rule == NULL || nr.per == NULL) {
+        sl_fleet_report_free(&nr);
+        return;
+    }
+    memcpy(nr.per, per, per_len);
+    nr.per[per_len] = '\0';
+    if (f->nreports < SL_FLEET_REPORTS) {
+        rp = &f->reports[f->nreports++];
+    } else {
+        rp = &f->reports[0];
+        for (size_t i = 1; i < f->nreports; i++)
+            if (f->reports[i].sent_us < rp->sent_us)
+                rp = &f->reports[i];
+        sl_fleet_report_free(rp);
+    }
+    *rp = nr;
+}
+
 void sl_fleet_free(struct sl_fleet *f)
 {
+    for (size_t i = 0; i < f->nreports; i++)
+        sl_fleet_report_free(&f->reports[i]);
+    free(f->reports);
     free(f->next_beat_us);
     free(f->beating);
     free(f->phase);
@@ -239,9 +300,62 @@ static int sl_repair_collect(void *arg, const struct sl_upstream_conf *up,
     return 0;
 }
 
+/* UP's rule of a kept report, if it still follows reports. */
+static const struct sl_rule *sl_repair_report_rule(const struct sl_upstream_conf *up,
+                                                   const struct sl_fleet_report *rp)
+{
+    if (strcmp(rp->upstream, up->name) != 0)
+        return NULL;
+    for (size_t i = 0; i < up->nrules; i++)
+        if (up->rules[i].kind == SL_RULE_RATE && up->rules[i].sync != SL_SYNC_NONE &&
+            strcmp(up->rules[i].name, rp->rule) == 0)
+            return &up->rules[i];
+    return NULL;
+}
+
+/* The reports section of repair.lua: FLEET's reports of UP still in force
+ * at NOW_US. */
+static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upstream_conf *up,
+                              int64_t now_us, int64_t allowance_us,
+                              const struct sl_repair_out *out)
+{
+    size_t n = 0;
+
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            out->num(out->ctx, (long long)n);
+        for (size_t i = 0; fleet != NULL && i < fleet->nreports; i++) {
+            const struct sl_fleet_report *rp = &fleet->reports[i];
+            const struct sl_rule *rule = sl_repair_report_rule(up, rp);
+            int64_t ago = now_us > rp->sent_us ? now_us - rp->sent_us : 0;
+            if (rule == NULL || ago >= rule->span_us)
+                continue;
+            if (pass == 0) {
+                n++;
+                continue;
+            }
+            out->key(out->ctx, up, rule, 'r', rp->per, rp->per_len);
+            out->key(out->ctx, up, rule, rule->leaky ? 'b' : 's', rp->per, rp->per_len);
+            out->num(out->ctx, rule->leaky ? 1 : 0);
+            out->num(out->ctx, rp->remaining > (uint64_t)LLONG_MAX ? LLONG_MAX
+                                                                   : (long long)rp->remaining);
+            out->num(out->ctx, ago);
+            out->num(out->ctx, allowance_us);
+            out->num(out->ctx, rule->span_us);
+            out->num(out->ctx, (long long)rule->limit);
+            out->num(out->ctx, rule->sync_probe_us);
+            if (rule->leaky) {
+                out->num(out->ctx, rule->leak.n);
+                out->num(out->ctx, rule->leak.per_us);
+            }
+        }
+    }
+}
+
 int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
+                   const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
                    int64_t pause_left_us, const struct sl_repair_out *out)
 {
     struct sl_repair_walk w = {.up = up};
@@ -265,6 +379,7 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
     for (size_t i = 0; i < w.n; i++) {
         const struct sl_repair_bucket *b = &w.b[i];
         bool h = b->rule->nshares > 0, leaky = b->rule->leaky;
+        bool sync = !leaky && b->rule->sync != SL_SYNC_NONE;
         out->key(out->ctx, up, b->rule, 'r', b->per, b->per_len);
         out->key(out->ctx, up, b->rule, 'a', b->per, b->per_len);
         out->key(out->ctx, up, b->rule, 'x', b->per, b->per_len);
@@ -272,9 +387,11 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
             out->key(out->ctx, up, b->rule, 'h', b->per, b->per_len);
         if (leaky)
             out->key(out->ctx, up, b->rule, 'b', b->per, b->per_len);
+        if (sync)
+            out->key(out->ctx, up, b->rule, 's', b->per, b->per_len);
         out->num(out->ctx, (long long)b->rule->limit);
         out->num(out->ctx, b->rule->span_us);
-        out->num(out->ctx, (h ? 1 : 0) | (leaky ? 2 : 0));
+        out->num(out->ctx, (h ? 1 : 0) | (leaky ? 2 : 0) | (sync ? 4 : 0));
         if (leaky) {
             out->num(out->ctx, b->rule->leak.n);
             out->num(out->ctx, b->rule->leak.per_us);
@@ -296,6 +413,7 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
         out->arg(out->ctx, s->member, strlen(s->member));
         out->num(out->ctx, s->ttl_us);
     }
+    sl_repair_reports(fleet, up, now_us, allowance_us, out);
     if (pause_left_us > 0)
         out->key(out->ctx, up, &up->pause_rule, 'p', "", 0);
     out->num(out->ctx, pause_left_us > 0 ? pause_left_us : 0);

@@ -24,6 +24,15 @@
 
 /* One worker's view of the fleet, per upstream index (arrays of
  * SL_MAX_UPSTREAMS, owned). */
+/* A usage report this worker passed to Redis (sl_fleet_report), kept to
+ * be put back when Redis loses it. */
+struct sl_fleet_report {
+    char *upstream, *rule, *per;  /* names, owned ("" per: no `per`) */
+    size_t per_len;
+    uint64_t remaining;           /* what the provider said was left */
+    int64_t sent_us;              /* local µs: the reporting call's send */
+};
+
 struct sl_fleet {
     int64_t *next_beat_us;        /* local µs: the next heartbeat */
     bool *beating;                /* a heartbeat is in flight */
@@ -31,7 +40,19 @@ struct sl_fleet {
     int64_t *repaired;            /* the phase (its `since`) put back, or 0 */
     bool *repairing;              /* a repair is in flight */
     bool seen;                    /* a heartbeat answered on this link */
+    /* the newest report per bucket, at most SL_FLEET_REPORTS (the
+     * oldest goes first) */
+    struct sl_fleet_report *reports;
+    size_t nreports;
 };
+
+#define SL_FLEET_REPORTS 64
+
+/* Keep RULE's usage report for bucket PER of UP (REMAINING left, its call
+ * sent at SENT_US, local µs), replacing an older one of that bucket. */
+void sl_fleet_report(struct sl_fleet *f, const struct sl_upstream_conf *up,
+                     const struct sl_rule *rule, const char *per, size_t per_len,
+                     uint64_t remaining, int64_t sent_us);
 
 int sl_fleet_init(struct sl_fleet *f);
 void sl_fleet_free(struct sl_fleet *f);
@@ -72,13 +93,16 @@ void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
 /*
  * repair.lua's KEYS and ARGV for UP: every call MEMORY (the process's
  * memory store, which logs every call the process sent) has in UP's rate
- * windows, SLOTS, and the pause left (PAUSE_LEFT_US, 0: none), answering
- * the phase SINCE as MEMBER.  Returns 0, or -1 (out of memory: nothing
- * usable was built).
+ * windows, SLOTS, FLEET's usage reports still in force at NOW_US (local
+ * µs; ALLOWANCE_US: how much earlier than measured a report's call may
+ * have been sent, on Redis's clock), and the pause left (PAUSE_LEFT_US, 0:
+ * none), answering the phase SINCE as MEMBER.  Returns 0, or -1 (out of
+ * memory: nothing usable was built).
  */
 int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
+                   const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
                    int64_t pause_left_us, const struct sl_repair_out *out);
 
 #endif

@@ -2814,9 +2814,12 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
         return 0;
     if (age_us < 0)
         age_us = 0;
-    /* The local fallback learns the provider's count too. */
+    /* The local fallback learns the provider's count too; and the fleet
+     * keeps it, to put it back if Redis loses it (sl_redis_repair.c). */
     if (r->local != NULL && r->config->on_store_error == SL_STORE_ERROR_LOCAL)
         sl_store_sync(r->local, up, hit, remaining, age_us);
+    sl_fleet_report(&r->fleet, up, rule, hit->key, hit->key_len, remaining,
+                    sl_redis_now_us() - age_us);
     if (!sl_redis_usable(r))
         return 0;
     /* The reporting call's commit, if it waits for a batch to ride in,
@@ -2994,7 +2997,8 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
     if (op == NULL)
         goto out;
     op->since = since;
-    if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, pause_left,
+    if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, &r->fleet,
+                       sl_redis_now_us(), r->config->store_timeout_us, pause_left,
                        &out) != 0 || sl_redis_send(r, op) != 0) {
         sl_redis_op_free(op);
         goto out;

@@ -75,6 +75,21 @@ local function log(l, ap, stamps, apps, limit, span, h)
   redis.call('PEXPIRE', ap, ttl)
   if h then redis.call('PEXPIRE', h, ttl) end
 end
+-- The entries of log L stamped from CUTOFF on (read from the newest, 64
+-- a command, up to the first older one).
+local function logged_from(l, cutoff)
+  local after, i, more = 0, 0, true
+  while more do
+    local chunk = redis.call('LRANGE', l, i, i + 63)
+    if #chunk == 0 then break end
+    for j = 1, #chunk do
+      if tonumber(chunk[j]) >= cutoff then after = after + 1
+      else more = false; break end
+    end
+    i = i + 64
+  end
+  return after
+end
 -- A leaky bucket's level: hash LB holds l (units of 1/p call), at (µs),
 -- n and p (the leak it was written with: n calls per p µs).  Read in
 -- units of the leak N per P, drained to now (a reload that changed the

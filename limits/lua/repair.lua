@@ -1,17 +1,27 @@
 -- Put one member's calls back after Redis lost data (sl_redis_repair.c),
 -- for one upstream, and acknowledge the repair phase.
 --   KEYS  m, k (as fleet.lua), then per rate bucket: r, a, x (ids put
---         back, a set) [, h if shares] [, b if a leaky bucket]; then one
---         key per slot; then the pause key p if there is a pause
+--         back, a set) [, h if shares] [, b if a leaky bucket] [, s if it
+--         follows reports]; then one key per slot; then per report: r, and
+--         s (b for a leaky bucket); then the pause key p if there is a pause
 --   ARGV  member, since (the phase this repair answers), then nbuckets,
 --         per bucket: limit, span_us, flags (1: shares, 2: a leaky bucket,
---         followed by its leak: n calls per p µs), n, then n pairs: id,
+--         followed by its leak: n calls per p µs; 4: reports), n, then n
+--         pairs: id,
 --         delay_us (the call was sent delay_us before this script was
 --         written: it is stamped now - delay_us, never earlier than its
 --         send); then nslots, per slot: member, ttl_us (ZADD key now +
 --         ttl_us member: a reservation or a concurrency lease, the same
---         member as before, so resending adds nothing); then the pause:
---         left_us (0: none).
+--         member as before, so resending adds nothing); then nreports,
+--         per report: leaky (0/1), remaining, delay_us (since its call was
+--         sent), allowance_us, span_us, limit, probe_us [, n, p if leaky];
+--         then the pause: left_us (0: none).
+-- A usage report is written as sync.lua writes one, from the merged log,
+-- unless the bucket holds a newer one; its cutoff (the earliest its call
+-- can have been sent) is kept in s as `cut`, and calls put back later by
+-- other members' repairs that were sent from the cutoff on are added to
+-- its `sent`: each call counts once against the report, whichever order
+-- the repairs run in.
 -- An id (the process, its send time, an ordinal) is added to x once per
 -- phase, and only then its stamp to r: two workers of one process, a
 -- resent repair or two racing repairs put a call back once.  A later
@@ -85,6 +95,8 @@ for _ = 1, nb do
     lb, ln, lp = KEYS[kk], tonumber(ARGV[a]), tonumber(ARGV[a + 1])
     kk, a = kk + 1, a + 2
   end
+  local sk = nil
+  if flags % 8 >= 4 then sk = KEYS[kk]; kk = kk + 1 end
   local n = tonumber(ARGV[a])
   a = a + 1
   local add = {}
@@ -114,6 +126,14 @@ for _ = 1, nb do
     redis.call('PEXPIRE', ap, ttl)
     if h then redis.call('DEL', h) end
     put = put + #add
+    -- a report put back before these calls: those sent from its cutoff on
+    -- are not in it
+    local cut = sk and tonumber(redis.call('HGET', sk, 'cut') or 'x')
+    if cut then
+      local late = 0
+      for _, st in ipairs(add) do if st >= cut then late = late + 1 end end
+      if late > 0 then redis.call('HINCRBY', sk, 'sent', late) end
+    end
   end
   if lb then refill(l, lb, limit, span, ln, lp) end
   redis.call('PEXPIRE', x, fmt(math.ceil(span / 1000) + 1000))
@@ -127,6 +147,38 @@ for _ = 1, ns do
     redis.call('PEXPIRE', KEYS[kk], fmt(math.ceil(ttl / 1000) * 2 + 1000))
   end
   kk, a = kk + 1, a + 2
+end
+-- the provider's usage reports (sync.lua's arithmetic)
+local nrep = tonumber(ARGV[a])
+a = a + 1
+for _ = 1, nrep do
+  local l, s = KEYS[kk], KEYS[kk + 1]
+  kk = kk + 2
+  local leaky, remaining, delay = ARGV[a] == '1', tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
+  local allow, span, limit, probe = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
+    tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
+  a = a + 7
+  local ln, lp = nil, nil
+  if leaky then ln, lp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2 end
+  -- its call was sent at the latest at `at` (never earlier than measured),
+  -- at the earliest at the cutoff
+  local at = now - delay
+  local cutoff, untl = at - allow, at + span
+  if remaining > limit then remaining = limit end
+  local after = logged_from(l, cutoff)
+  if leaky then
+    -- the provider's level, drained from the send, and every call after
+    local l2 = math.max((limit - remaining) * lp - ln * (now - at), 0) + math.max(after - 1, 0) * lp
+    if l2 > level(s, ln, lp) then set_level(s, l2, ln, lp, span) end
+  elseif untl > now then
+    local old = redis.call('HGET', s, 'rat')
+    if not old or tonumber(old) < at then
+      redis.call('HSET', s, 'left', fmt(remaining - math.max(after - 1, 0)), 'sent', 0,
+        'until', fmt(untl), 'rv', fmt(remaining), 'rat', fmt(at), 'cut', fmt(cutoff),
+        'probe', fmt(now + probe))
+      redis.call('PEXPIRE', s, fmt(math.ceil((untl - now) / 1000) + 1000))
+    end
+  end
 end
 local left = tonumber(ARGV[a])
 if left > 0 then

@@ -15,6 +15,7 @@
 -- remaining calls, which held the reporting call), drained from the
 -- reporting call's latest possible send, plus every call sent after it
 -- counted whole (the safe side), becomes the bucket's level, up or down.
+-- (`cut` is a report put back by repair.lua's: this one is not.)
 -- Reply: now.
 
 --! include prelude.lua
@@ -32,16 +33,7 @@ if untl <= now and not lb then
   return now
 end
 if remaining > limit then remaining = limit end
-local after, i, more = 0, 0, true
-while more do
-  local chunk = redis.call('LRANGE', l, i, i + 63)
-  if #chunk == 0 then break end
-  for j = 1, #chunk do
-    if tonumber(chunk[j]) >= cutoff then after = after + 1
-    else more = false; break end
-  end
-  i = i + 64
-end
+local after = logged_from(l, cutoff)
 if lb then
   local n, p = tonumber(ARGV[10]), tonumber(ARGV[11])
   local was = level(lb, n, p)
@@ -59,7 +51,7 @@ if old[1] and tonumber(old[3]) > now then
 end
 local left = remaining - math.max(after - 1, 0)
 redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl),
-  'rv', fmt(remaining), 'rat', fmt(now))
+  'rv', fmt(remaining), 'rat', fmt(now), 'cut', '-')
 local room = left - nres
 -- the next probe comes one interval after the latest word, whatever
 -- room it leaves (as the memory store does): a report that leaves one

@@ -527,9 +527,9 @@ def test_a_lost_marker_starts_a_phase_that_waits_for_every_live_member(redis):
     assert redis.command("GET", "{u}m").startswith(("r|0|%s|" % rid).encode() + since + b"|0|")
     assert fleet(redis, "B")[1:5] == [1, since, 0, 0]    # joined, not started
     # A puts its calls back; B has not: the phase goes on
-    assert run(redis, "repair", ["{u}m", "{u}k"], ["A", since, 0, 0, 0])[2] == 1
+    assert run(redis, "repair", ["{u}m", "{u}k"], ["A", since, 0, 0, 0, 0])[2] == 1
     assert fleet(redis, "A")[1:4] == [1, since, 1]
-    run(redis, "repair", ["{u}m", "{u}k"], ["B", since, 0, 0, 0])
+    run(redis, "repair", ["{u}m", "{u}k"], ["B", since, 0, 0, 0, 0])
     out = fleet(redis, "A")
     assert out[1] == 0                                   # over: decisions run
     assert redis.command("GET", "{u}m").startswith(b"o|0|" + rid.encode())
@@ -559,7 +559,7 @@ def test_repair_puts_a_call_back_once_and_in_order(redis):
     # two calls sent 3 s and 0.5 s ago, one 20 s ago (out of the span),
     # and a reservation to hold again
     args = ["A", "7", 1, 5, 10 * S, 0, 3, "p:1:0", 3 * S, "p:2:0", S // 2,
-            "p:3:0", 20 * S, 1, "b:1|x", 5 * S, 0]
+            "p:3:0", 20 * S, 1, "b:1|x", 5 * S, 0, 0]
     out = run(redis, "repair", keys, args)
     assert out[1:] == [2, 1]                     # two put back, acknowledged
     stamps = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
@@ -585,7 +585,7 @@ def test_repair_puts_back_only_calls_from_the_cutoff(redis):
     redis.command("SET", "{u}m", "r|0|-|7|%d|0" % (t - 2 * S))
     keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x"]
     # sent 3 s ago (before the cutoff: it survived) and 1 s ago
-    args = ["A", "7", 1, 5, 10 * S, 0, 2, "p:1:0", 3 * S, "p:2:0", S, 0, 0]
+    args = ["A", "7", 1, 5, 10 * S, 0, 2, "p:1:0", 3 * S, "p:2:0", S, 0, 0, 0]
     assert run(redis, "repair", keys, args)[1:] == [1, 1]
     assert redis.command("LLEN", "{u}r") == 1
 
@@ -601,18 +601,18 @@ def test_repair_refills_a_leaky_buckets_level(redis):
     # leaves half a call; the bucket may have been full just after the
     # first (3.5 s ago), which leaves 4 - 3.5 + 3 = 3.5
     args = head + [4, "p:1:0", 3 * S + S // 2, "p:2:0", 2 * S + S // 2,
-                   "p:3:0", S + S // 2, "p:4:0", S // 2, 0, 0]
+                   "p:3:0", S + S // 2, "p:4:0", S // 2, 0, 0, 0]
     assert run(redis, "repair", keys, args)[1] == 4
     assert int(redis.command("HGET", "{u}b", "l")) == 3 * S + S // 2
     # one call 0.5 s ago: a bucket full at the span's start (4 s ago) has
     # drained 4 calls' worth and taken this one: 1 (the replay: 0.5)
     redis.command("DEL", "{u}r", "{u}a", "{u}x", "{u}b")
-    args = head + [1, "p:9:0", S // 2, 0, 0]
+    args = head + [1, "p:9:0", S // 2, 0, 0, 0]
     assert run(redis, "repair", keys, args)[1] == 1
     assert int(redis.command("HGET", "{u}b", "l")) == S
     # a level already higher (a commit since) is not lowered
     redis.command("HSET", "{u}b", "l", 3 * S)
-    args = head + [1, "p:10:0", S // 2, 0, 0]
+    args = head + [1, "p:10:0", S // 2, 0, 0, 0]
     run(redis, "repair", keys, args)
     assert int(redis.command("HGET", "{u}b", "l")) >= 3 * S - S // 1000
 
@@ -650,6 +650,39 @@ def test_decide_answers_lost_for_a_bucket_whose_level_was_evicted(redis):
     # state asks INFO nothing)
     redis.command("HSET", "{u}b", "l", 0, "at", t, "n", 1, "p", S)
     assert run(redis, "decide", keys, args)[1] == 1
+
+
+def test_repair_puts_a_usage_report_back_and_counts_later_calls_once(redis):
+    """A report put back is written from the merged log (sync.lua's
+    arithmetic); calls another member puts back later that were sent from
+    its cutoff on go to its `sent`; an older report never replaces a
+    newer one."""
+    redis.command("SET", "{u}m", "r|0|-|7|0|0")
+    t = now_us(redis)
+    for ago in (3, 2, 1):
+        redis.command("LPUSH", "{u}r", str(t - ago * S))
+    keys = ["{u}m", "{u}k", "{u}r", "{u}s"]
+    # 5 left when the reporting call was sent, 2.5 s ago: the two calls
+    # logged after it are not in the report, but for the reporting call's
+    # own (one of them): 4 left
+    report = [1, 0, 5, 2 * S + S // 2, 0, 10 * S, 100, S]
+    run(redis, "repair", keys, ["A", "7", 0, 0] + report + [0])
+    assert int(redis.command("HGET", "{u}s", "left")) == 4
+    assert int(redis.command("HGET", "{u}s", "sent")) == 0
+    # another member puts back a call sent 1.5 s ago (after the report)
+    # and one 3.5 s ago (before it): one more against the report
+    keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}s"]
+    run(redis, "repair", keys, ["B", "7", 1, 100, 10 * S, 4, 2, "q:1:0", S + S // 2,
+                                "q:2:0", 3 * S + S // 2, 0, 0, 0])
+    assert redis.command("LLEN", "{u}r") == 5
+    assert int(redis.command("HGET", "{u}s", "sent")) == 1
+    # an older report (sent 5 s ago) leaves the newer one as it is
+    keys = ["{u}m", "{u}k", "{u}r", "{u}s"]
+    run(redis, "repair", keys, ["C", "7", 0, 0, 1, 0, 50, 5 * S, 0, 10 * S, 100, S, 0])
+    assert int(redis.command("HGET", "{u}s", "left")) == 4
+    # a report sync.lua writes is not one put back: no cutoff to count by
+    run(redis, "sync", ["{u}r", "{u}v", "{u}s"], [9, 0, 0, 10 * S, 100, S, 0, "ch", 0])
+    assert redis.command("HGET", "{u}s", "cut") == b"-"
 
 
 # ---- the token broker's ----

@@ -193,3 +193,25 @@ def test_flushall_under_demand_at_the_leak_rate_keeps_the_bound(upstream, redis,
     end = times[-1]
     assert len([t for t in times if t > end - 2.0]) >= 3
     assert any("redis lost data" in sl.read_log() for sl in instances)
+
+
+def test_flushall_puts_the_providers_usage_report_back(upstream, redis, sluice):
+    """The provider's report (it counts calls sluice never sent: 14,990 of
+    15,000 used) is state of its own; after a FLUSHALL the fleet puts it
+    back with the calls, so the provider's count still holds: 10 left at
+    the report, 3 sent since, 7 more and no others."""
+    c = upstream_config(
+        upstream, [{"name": "daily", "limit": 15000, "window": "24h",
+                    "sync": "sforce-limit-info"}], redis.url, name="crm", prefix="/crm")
+    instances = [sluice(c) for _ in range(2)]
+    upstream.script = [{"status": 200, "headers": ["Sforce-Limit-Info: api-usage=14990/15000"]}]
+    assert instances[0].request("GET", "/crm/a")[0] == 200
+    assert [instances[i % 2].request("GET", "/crm/b")[0] for i in range(3)] == [200] * 3
+    assert wait_for(lambda: int(redis.command("LLEN", "sluice:{crm}:r:5:daily:")) == 4,
+                    timeout=2)
+    redis.command("FLUSHALL")
+    statuses = [s for _, s in hammer(instances, 3.0, per_instance=2, path="/crm/c",
+                                     pause=0.05)]
+    assert set(statuses) == {200, 429}, set(statuses)
+    assert upstream.count() == 11, upstream.count()
+    assert any("redis lost data" in sl.read_log() for sl in instances)
