@@ -432,6 +432,9 @@ struct sl_redis {
 
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
+/* A heartbeat of this process found a fleet marker in place: a marker
+ * missing later means Redis lost data, not that it is new to sluice. */
+static _Atomic bool sl_redis_marker_seen;
 
 static void sl_redis_fail(struct sl_redis_conn *conn, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
@@ -3034,10 +3037,16 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     if (!ok || rep->elements < 5 || u >= r->config->nupstreams)
         return;
     up = &r->config->upstreams[u];
-    if (sl_reply_int(rep, 4) == 1)
+    if (sl_reply_int(rep, 4) != 1)
+        atomic_store(&sl_redis_marker_seen, true);
+    else if (atomic_load(&sl_redis_marker_seen))
         sl_warn("store: redis lost data (a flush, a restart, a failover or an "
                 "eviction) under upstream %s; every instance puts its calls back "
                 "before calls are decided again", up->name);
+    else
+        sl_info("store: redis holds no state for upstream %s yet (a new redis, or "
+                "one that lost data); every instance puts its calls back before "
+                "calls are decided, about a second", up->name);
     if (sl_reply_int(rep, 1) == 1) {
         const redisReply *e = rep->element[2];
         int64_t since = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10)
