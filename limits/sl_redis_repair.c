@@ -89,9 +89,10 @@
  * counts once against it, whichever order the repairs run in.  A leaky
  * bucket's report raises the rebuilt level as sync.lua's would.
  *
- * What is not put back: the apps of restored entries (they
- * count under "-", so shares count them as another app's until they
- * leave the window) and the index of a `per` rule's buckets (the status
+ * Calls go back with their apps (the memory store tags each with its app
+ * id), so `apps` shares count them as before.
+ *
+ * What is not put back: the index of a `per` rule's buckets (the status
  * page's list; limits do not read it).  Entries logged by commits carry no
  * id, so a repair after an eviction that spared some logs counts the
  * calls that were not lost twice, for at most one window: the safe side.
@@ -100,6 +101,7 @@
  */
 #include "sl_redis_repair.h"
 
+#include "sl_apps.h"
 #include "sl_window.h"
 
 #include <limits.h>
@@ -240,6 +242,7 @@ struct sl_repair_bucket {
     char *per;
     size_t per_len;
     int64_t *times;               /* oldest first, the memory store's clock */
+    uint16_t *tags;               /* ... each call's app id */
     uint32_t n;
 };
 
@@ -284,17 +287,21 @@ static int sl_repair_collect(void *arg, const struct sl_upstream_conf *up,
     b->rule = mine;
     b->per = malloc(key_len + 1);
     b->times = malloc(win->count * sizeof(*b->times));
-    if (b->per == NULL || b->times == NULL) {
+    b->tags = malloc(win->count * sizeof(*b->tags));
+    if (b->per == NULL || b->times == NULL || b->tags == NULL) {
         free(b->per);
         free(b->times);
+        free(b->tags);
         w->oom = true;
         return -1;
     }
     memcpy(b->per, key, key_len);
     b->per[key_len] = '\0';
     b->per_len = key_len;
-    for (uint32_t i = 0; i < win->count; i++)
+    for (uint32_t i = 0; i < win->count; i++) {
         b->times[i] = win->times[(win->head + i) % win->cap];
+        b->tags[i] = win->tags[(win->head + i) % win->cap];
+    }
     b->n = win->count;
     w->n++;
     return 0;
@@ -356,9 +363,11 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
                    const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
-                   int64_t pause_left_us, const struct sl_repair_out *out)
+                   const struct sl_apps *apps, int64_t pause_left_us,
+                   const struct sl_repair_out *out)
 {
     struct sl_repair_walk w = {.up = up};
+    const char *app;
     int64_t now = 0;
     int rc = -1;
     char id[96];
@@ -404,6 +413,8 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                            (long long)b->times[j], same);
             out->arg(out->ctx, id, (size_t)len);
             out->num(out->ctx, now > b->times[j] ? now - b->times[j] : 0);
+            app = apps != NULL ? sl_apps_name(apps, b->tags[j]) : "-";
+            out->arg(out->ctx, app, strlen(app));
         }
     }
     out->num(out->ctx, (long long)nslots);
@@ -422,6 +433,7 @@ out:
     for (size_t i = 0; i < w.n; i++) {
         free(w.b[i].per);
         free(w.b[i].times);
+        free(w.b[i].tags);
     }
     free(w.b);
     return rc;

@@ -96,13 +96,15 @@ void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
  * windows, SLOTS, FLEET's usage reports still in force at NOW_US (local
  * µs; ALLOWANCE_US: how much earlier than measured a report's call may
  * have been sent, on Redis's clock), and the pause left (PAUSE_LEFT_US, 0:
- * none), answering the phase SINCE as MEMBER.  Returns 0, or -1 (out of
+ * none), answering the phase SINCE as MEMBER.  Calls carry their apps'
+ * names (APPS; NULL: "-").  Returns 0, or -1 (out of
  * memory: nothing usable was built).
  */
 int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
                    const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
-                   int64_t pause_left_us, const struct sl_repair_out *out);
+                   const struct sl_apps *apps, int64_t pause_left_us,
+                   const struct sl_repair_out *out);
 
 #endif

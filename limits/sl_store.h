@@ -606,8 +606,10 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
  * Write HISTORY's calls (the process's, sl_history.h) to Redis, where the
  * calls of every instance sharing it add up: at most one script run per
  * rate rule every SL_REDIS_HISTORY_EVERY_MS, off any call's path; APPS
- * names the app ids.  Set on one worker's store only (one writer per
- * process); both stay the caller's and must outlive STORE.
+ * names the app ids (for the history, and for calls put back after Redis
+ * lost data).  HISTORY on one worker's store only (one writer per
+ * process; NULL on the others); both stay the caller's and must outlive
+ * STORE.
  */
 void sl_store_redis_history(struct sl_store *store, struct sl_history *history,
                             const struct sl_apps *apps);

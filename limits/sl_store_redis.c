@@ -3001,8 +3001,8 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
         goto out;
     op->since = since;
     if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, &r->fleet,
-                       sl_redis_now_us(), r->config->store_timeout_us, pause_left,
-                       &out) != 0 || sl_redis_send(r, op) != 0) {
+                       sl_redis_now_us(), r->config->store_timeout_us, r->apps,
+                       pause_left, &out) != 0 || sl_redis_send(r, op) != 0) {
         sl_redis_op_free(op);
         goto out;
     }

@@ -669,9 +669,9 @@ int sl_worker_init(struct sl_worker *w, struct sl_proxy *proxy, int id)
         w->store = sl_store_redis_new(c, proxy->memory, &view, id);
         if (w->store == NULL)
             return -1;
-        /* One writer of the process's history to Redis: worker 0. */
-        if (id == 0)
-            sl_store_redis_history(w->store, proxy->history, proxy->apps);
+        /* One writer of the process's history to Redis: worker 0; every
+         * worker names apps (a repair puts calls back with theirs). */
+        sl_store_redis_history(w->store, id == 0 ? proxy->history : NULL, proxy->apps);
     } else {
         w->store = proxy->memory;
     }

@@ -7,10 +7,10 @@
 --   ARGV  member, since (the phase this repair answers), then nbuckets,
 --         per bucket: limit, span_us, flags (1: shares, 2: a leaky bucket,
 --         followed by its leak: n calls per p µs; 4: reports), n, then n
---         pairs: id,
+--         triples: id,
 --         delay_us (the call was sent delay_us before this script was
 --         written: it is stamped now - delay_us, never earlier than its
---         send); then nslots, per slot: member, ttl_us (ZADD key now +
+--         send), app; then nslots, per slot: member, ttl_us (ZADD key now +
 --         ttl_us member: a reservation or a concurrency lease, the same
 --         member as before, so resending adds nothing); then nreports,
 --         per report: leaky (0/1), remaining, delay_us (since its call was
@@ -28,7 +28,7 @@
 -- phase puts it back again (its log may have been lost again while x
 -- was not).  Only calls stamped from the phase's cutoff on (in the
 -- marker, see fleet.lua) are put back: the others survived.  Stamps are
--- merged into r in order (newest first), with '-' as their app in a; h is
+-- merged into r in order (newest first), with their apps in a; h is
 -- dropped, rebuilt by the next decision.  A leaky bucket's level is
 -- replayed from its merged log (refill() below), never lowered.  The
 -- member is added to k only if the marker still names this phase.
@@ -99,14 +99,16 @@ for _ = 1, nb do
   if flags % 8 >= 4 then sk = KEYS[kk]; kk = kk + 1 end
   local n = tonumber(ARGV[a])
   a = a + 1
-  local add = {}
+  local add, aps = {}, {}
   for j = 1, n do
-    local st = now - tonumber(ARGV[a + 2 * j - 1])
-    if st > now - span and st >= cut and redis.call('SADD', x, since .. '/' .. ARGV[a + 2 * j - 2]) == 1 then
+    local st = now - tonumber(ARGV[a + 3 * j - 2])
+    if st > now - span and st >= cut and redis.call('SADD', x, since .. '/' .. ARGV[a + 3 * j - 3]) == 1 then
       add[#add + 1] = st
+      aps[st] = aps[st] or {}
+      table.insert(aps[st], ARGV[a + 3 * j - 1])
     end
   end
-  a = a + 2 * n
+  a = a + 3 * n
   if #add > 0 then
     table.sort(add, function(p, q) return p > q end)
     local old, oap = redis.call('LRANGE', l, 0, -1), redis.call('LRANGE', ap, 0, -1)
@@ -115,7 +117,7 @@ for _ = 1, nb do
       if j > #add or (i <= #old and tonumber(old[i]) >= add[j]) then
         sv[#sv + 1] = old[i]; av[#av + 1] = oap[i] or '-'; i = i + 1
       else
-        sv[#sv + 1] = fmt(add[j]); av[#av + 1] = '-'; j = j + 1
+        sv[#sv + 1] = fmt(add[j]); av[#av + 1] = table.remove(aps[add[j]]); j = j + 1
       end
     end
     redis.call('DEL', l, ap)

@@ -558,15 +558,16 @@ def test_repair_puts_a_call_back_once_and_in_order(redis):
     keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}v"]
     # two calls sent 3 s and 0.5 s ago, one 20 s ago (out of the span),
     # and a reservation to hold again
-    args = ["A", "7", 1, 5, 10 * S, 0, 3, "p:1:0", 3 * S, "p:2:0", S // 2,
-            "p:3:0", 20 * S, 1, "b:1|x", 5 * S, 0, 0]
+    args = ["A", "7", 1, 5, 10 * S, 0, 3, "p:1:0", 3 * S, "x", "p:2:0", S // 2, "y",
+            "p:3:0", 20 * S, "x", 1, "b:1|x", 5 * S, 0, 0]
     out = run(redis, "repair", keys, args)
     assert out[1:] == [2, 1]                     # two put back, acknowledged
     stamps = [int(x) for x in redis.command("LRANGE", "{u}r", 0, -1)]
     assert len(stamps) == 3 and stamps == sorted(stamps, reverse=True)
     # never earlier than the send: now - delay, with now no earlier than t
     assert stamps[0] >= t - S // 2 and stamps[2] >= t - 3 * S
-    assert redis.command("LRANGE", "{u}a", 0, -1) == [b"-", b"app", b"-"]
+    # each with its app
+    assert redis.command("LRANGE", "{u}a", 0, -1) == [b"y", b"app", b"x"]
     assert redis.command("ZRANGE", "{u}v", 0, -1) == [b"b:1|x"]
     assert redis.command("SMEMBERS", "{u}k") == [b"A"]
     # sent again (another worker of the process, a resend): nothing added
@@ -585,7 +586,7 @@ def test_repair_puts_back_only_calls_from_the_cutoff(redis):
     redis.command("SET", "{u}m", "r|0|-|7|%d|0" % (t - 2 * S))
     keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x"]
     # sent 3 s ago (before the cutoff: it survived) and 1 s ago
-    args = ["A", "7", 1, 5, 10 * S, 0, 2, "p:1:0", 3 * S, "p:2:0", S, 0, 0, 0]
+    args = ["A", "7", 1, 5, 10 * S, 0, 2, "p:1:0", 3 * S, "-", "p:2:0", S, "-", 0, 0, 0]
     assert run(redis, "repair", keys, args)[1:] == [1, 1]
     assert redis.command("LLEN", "{u}r") == 1
 
@@ -600,19 +601,19 @@ def test_repair_refills_a_leaky_buckets_level(redis):
     # four calls 1 s apart (the leak rate) over the span: the replay
     # leaves half a call; the bucket may have been full just after the
     # first (3.5 s ago), which leaves 4 - 3.5 + 3 = 3.5
-    args = head + [4, "p:1:0", 3 * S + S // 2, "p:2:0", 2 * S + S // 2,
-                   "p:3:0", S + S // 2, "p:4:0", S // 2, 0, 0, 0]
+    args = head + [4, "p:1:0", 3 * S + S // 2, "-", "p:2:0", 2 * S + S // 2, "-",
+                   "p:3:0", S + S // 2, "-", "p:4:0", S // 2, "-", 0, 0, 0]
     assert run(redis, "repair", keys, args)[1] == 4
     assert int(redis.command("HGET", "{u}b", "l")) == 3 * S + S // 2
     # one call 0.5 s ago: a bucket full at the span's start (4 s ago) has
     # drained 4 calls' worth and taken this one: 1 (the replay: 0.5)
     redis.command("DEL", "{u}r", "{u}a", "{u}x", "{u}b")
-    args = head + [1, "p:9:0", S // 2, 0, 0, 0]
+    args = head + [1, "p:9:0", S // 2, "-", 0, 0, 0]
     assert run(redis, "repair", keys, args)[1] == 1
     assert int(redis.command("HGET", "{u}b", "l")) == S
     # a level already higher (a commit since) is not lowered
     redis.command("HSET", "{u}b", "l", 3 * S)
-    args = head + [1, "p:10:0", S // 2, 0, 0, 0]
+    args = head + [1, "p:10:0", S // 2, "-", 0, 0, 0]
     run(redis, "repair", keys, args)
     assert int(redis.command("HGET", "{u}b", "l")) >= 3 * S - S // 1000
 
@@ -672,8 +673,8 @@ def test_repair_puts_a_usage_report_back_and_counts_later_calls_once(redis):
     # another member puts back a call sent 1.5 s ago (after the report)
     # and one 3.5 s ago (before it): one more against the report
     keys = ["{u}m", "{u}k", "{u}r", "{u}a", "{u}x", "{u}s"]
-    run(redis, "repair", keys, ["B", "7", 1, 100, 10 * S, 4, 2, "q:1:0", S + S // 2,
-                                "q:2:0", 3 * S + S // 2, 0, 0, 0])
+    run(redis, "repair", keys, ["B", "7", 1, 100, 10 * S, 4, 2, "q:1:0", S + S // 2, "-",
+                                "q:2:0", 3 * S + S // 2, "-", 0, 0, 0])
     assert redis.command("LLEN", "{u}r") == 5
     assert int(redis.command("HGET", "{u}s", "sent")) == 1
     # an older report (sent 5 s ago) leaves the newer one as it is

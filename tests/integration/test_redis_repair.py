@@ -215,3 +215,27 @@ def test_flushall_puts_the_providers_usage_report_back(upstream, redis, sluice):
     assert set(statuses) == {200, 429}, set(statuses)
     assert upstream.count() == 11, upstream.count()
     assert any("redis lost data" in sl.read_log() for sl in instances)
+
+
+def test_flushall_puts_calls_back_with_their_apps(upstream, redis, sluice):
+    """With shares, a call put back counts as its app's: an app that used
+    its whole share before a FLUSHALL gets nothing more after it, and the
+    other app still gets its half."""
+    c = upstream_config(
+        upstream, [{"name": "quota", "limit": 10, "window": "1m",
+                    "apps": {"sync": {"max": 0.5}}}], redis.url,
+        app="header:X-App", margin="50ms")
+    instances = [sluice(c) for _ in range(2)]
+
+    def call(i, app):
+        return instances[i % 2].request("GET", "/leads/x", headers={"X-App": app})[0]
+
+    assert [call(i, "sync") for i in range(5)] == [200] * 5
+    assert wait_for(lambda: int(redis.command("LLEN", "sluice:{leads}:r:5:quota:")) == 5,
+                    timeout=2)
+    redis.command("FLUSHALL")
+    # The first call waits out the repair phase (about 1.3 s).
+    assert [call(i, "sync") for i in range(3)] == [429] * 3
+    assert [call(i, "ui") for i in range(6)] == [200] * 5 + [429]
+    assert upstream.count() == 10
+    assert redis.command("LRANGE", "sluice:{leads}:a:5:quota:", 0, -1).count(b"sync") == 5
