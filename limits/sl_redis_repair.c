@@ -90,7 +90,9 @@
  * bucket's report raises the rebuilt level as sync.lua's would.
  *
  * Calls go back with their apps (the memory store tags each with its app
- * id), so `apps` shares count them as before.
+ * id), so `apps` shares count them as before, and at their settled cost
+ * when a settlement charged more than the estimate (sl_store_redis.c
+ * mirrors the charge; a refund is not mirrored: the safe side).
  *
  * What is not put back: the index of a `per` rule's buckets (the status
  * page's list; limits do not read it).  Entries logged by commits carry no

@@ -2404,6 +2404,31 @@ static void sl_redis_mirror(struct sl_redis *r, const struct sl_redis_lease *l)
         sl_store_memory_record(r->local, &c);
 }
 
+/* A settlement that charges L's hit I more than its estimate (ACTUAL) is
+ * mirrored too, logged at now as settle.lua logs it: a repair after Redis
+ * lost data puts the call back at its real cost.  (A refund is not: the
+ * estimate, counting more, is the safe side.) */
+static void sl_redis_mirror_charge(struct sl_redis *r, const struct sl_redis_lease *l,
+                                   size_t i, uint64_t actual)
+{
+    uint64_t cost = sl_hit_cost(&l->hits[i]), more;
+    struct sl_check c;
+
+    if (r->local == NULL || actual <= cost)
+        return;
+    more = actual - cost;
+    if (more > l->hits[i].rule->limit)
+        more = l->hits[i].rule->limit;
+    c.upstream = l->up;
+    c.app = l->app_id;
+    c.app_name = l->app;
+    c.keys = NULL;
+    c.nhits = 1;
+    c.hits[0] = l->hits[i];
+    c.hits[0].cost = (uint32_t)(more > UINT32_MAX ? UINT32_MAX : more);
+    sl_store_memory_record(r->local, &c);
+}
+
 static void sl_redis_commit(struct sl_store *store, struct sl_lease *lease)
 {
     struct sl_redis *r = (struct sl_redis *)store;
@@ -2455,6 +2480,7 @@ static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
         sl_store_settle(r->local, l->local, hit, actual);
         return 0;
     }
+    sl_redis_mirror_charge(r, l, i, actual);
     if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
         !r->have_offset)
         return 0;

@@ -239,3 +239,22 @@ def test_flushall_puts_calls_back_with_their_apps(upstream, redis, sluice):
     assert [call(i, "ui") for i in range(6)] == [200] * 5 + [429]
     assert upstream.count() == 10
     assert redis.command("LRANGE", "sluice:{leads}:a:5:quota:", 0, -1).count(b"sync") == 5
+
+
+def test_flushall_puts_a_call_back_at_its_settled_cost(upstream, redis, sluice):
+    """A call admitted at its estimate (1) and charged its real cost (5)
+    when the answer said so is put back at 5 after a FLUSHALL."""
+    c = upstream_config(
+        upstream, [{"name": "points", "limit": 10, "window": "1h", "cost": "header:X-Cost",
+                    "settle": "header:X-Actual-Cost"}], redis.url, margin="0ms")
+    instances = [sluice(c) for _ in range(2)]
+    upstream.script = [{"status": 200, "headers": ["X-Actual-Cost: 5"]}]
+    assert instances[0].request("GET", "/leads/x", headers={"X-Cost": "1"})[0] == 200
+    assert wait_for(lambda: int(redis.command("LLEN", "sluice:{leads}:r:6:points:")) == 5,
+                    timeout=2)
+    redis.command("FLUSHALL")
+    # 5 left, whichever instance asks (the first waits out the repair)
+    codes = [instances[i % 2].request("GET", "/leads/x", headers={"X-Cost": "1"})[0]
+             for i in range(7)]
+    assert codes == [200] * 5 + [429] * 2, codes
+    assert upstream.count() == 6
