@@ -89,9 +89,9 @@ void sl_bucket_add(struct sl_bucket *b, const struct sl_leak *leak, uint64_t cos
  * most max(the replay, Q(u) + the sends after u - N x (NOW - u)), and
  * Q(u) is at most full = BUCKET x PER at the span's start and just after
  * each send (it was admitted).  B becomes the least of these bounds over
- * those moments if above its level, at most full: exact for a bucket
- * empty a drain time before a burst, full for one kept full at the leak
- * rate.  limits/lua/repair.lua has the same arithmetic.
+ * those moments if above its level, at most full: at most the burst,
+ * undrained, for a bucket empty a drain time before one; full for one
+ * kept full at the leak rate.  limits/lua/repair.lua has the same arithmetic.
  */
 void sl_bucket_refill(struct sl_bucket *b, const struct sl_leak *leak, uint64_t bucket,
                       const int64_t *at, size_t n, int64_t span_us, int64_t now);

@@ -26,8 +26,7 @@
  * decision that finds a rate log empty compares evicted_keys itself (one
  * INFO, only for an empty log, so the steady state pays nothing): a log
  * evicted under calls in its window is never read as an empty window.
- * The same for a leaky bucket's level (its own key) found missing beside
- * a log that is not empty.
+ * The same for a leaky bucket's level (its own key) found missing.
  * Role changes need no check of their own: a new primary has its own
  * run_id, and a demoted one refuses the scripts (READONLY).
  *
@@ -325,7 +324,7 @@ static const struct sl_rule *sl_repair_report_rule(const struct sl_upstream_conf
 /* The reports section of repair.lua: FLEET's reports of UP still in force
  * at NOW_US. */
 static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upstream_conf *up,
-                              int64_t now_us, int64_t allowance_us,
+                              const struct sl_repair_clock *clock,
                               const struct sl_repair_out *out)
 {
     size_t n = 0;
@@ -336,7 +335,7 @@ static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upst
         for (size_t i = 0; fleet != NULL && i < fleet->nreports; i++) {
             const struct sl_fleet_report *rp = &fleet->reports[i];
             const struct sl_rule *rule = sl_repair_report_rule(up, rp);
-            int64_t ago = now_us > rp->sent_us ? now_us - rp->sent_us : 0;
+            int64_t ago = clock->now_us > rp->sent_us ? clock->now_us - rp->sent_us : 0;
             if (rule == NULL || ago >= rule->span_us)
                 continue;
             if (pass == 0) {
@@ -349,7 +348,10 @@ static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upst
             out->num(out->ctx, rp->remaining > (uint64_t)LLONG_MAX ? LLONG_MAX
                                                                    : (long long)rp->remaining);
             out->num(out->ctx, ago);
-            out->num(out->ctx, allowance_us);
+            out->num(out->ctx, clock->have_offset
+                                   ? rp->sent_us + clock->offset_us - ago / clock->drift_div
+                                   : 0);
+            out->num(out->ctx, clock->allowance_us);
             out->num(out->ctx, rule->span_us);
             out->num(out->ctx, (long long)rule->limit);
             out->num(out->ctx, rule->sync_probe_us);
@@ -364,7 +366,7 @@ static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upst
 int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
-                   const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
+                   const struct sl_fleet *fleet, const struct sl_repair_clock *clock,
                    const struct sl_apps *apps, int64_t pause_left_us,
                    const struct sl_repair_out *out)
 {
@@ -426,7 +428,7 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
         out->arg(out->ctx, s->member, strlen(s->member));
         out->num(out->ctx, s->ttl_us);
     }
-    sl_repair_reports(fleet, up, now_us, allowance_us, out);
+    sl_repair_reports(fleet, up, clock, out);
     if (pause_left_us > 0)
         out->key(out->ctx, up, &up->pause_rule, 'p', "", 0);
     out->num(out->ctx, pause_left_us > 0 ? pause_left_us : 0);

@@ -83,6 +83,20 @@ struct sl_repair_slot {
     int64_t ttl_us;
 };
 
+/* For putting usage reports back: the worker's local µs now; whether it
+ * knows a lower bound of (Redis's clock - its own) at now, OFFSET_US, and
+ * the clocks' drift bound (1 / DRIFT_DIV: the bound is lowered by the time
+ * back to each report's call); without one, how much earlier than
+ * measured a report's call may have been sent on Redis's clock
+ * (ALLOWANCE_US: store_timeout). */
+struct sl_repair_clock {
+    int64_t now_us;
+    bool have_offset;
+    int64_t offset_us;
+    int64_t drift_div;
+    int64_t allowance_us;
+};
+
 /* fleet.lua's KEYS and ARGV for UP, as member MEMBER.  MARGIN_US: how
  * long after its call was sent a commit may still run (store_timeout and
  * the commit's hold, and the servers' clock skew). */
@@ -93,17 +107,16 @@ void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
 /*
  * repair.lua's KEYS and ARGV for UP: every call MEMORY (the process's
  * memory store, which logs every call the process sent) has in UP's rate
- * windows, SLOTS, FLEET's usage reports still in force at NOW_US (local
- * µs; ALLOWANCE_US: how much earlier than measured a report's call may
- * have been sent, on Redis's clock), and the pause left (PAUSE_LEFT_US, 0:
- * none), answering the phase SINCE as MEMBER.  Calls carry their apps'
+ * windows, SLOTS, FLEET's usage reports still in force (CLOCK: when and
+ * where their calls were sent on Redis's clock), and the pause left
+ * (PAUSE_LEFT_US, 0: none), answering the phase SINCE as MEMBER.  Calls carry their apps'
  * names (APPS; NULL: "-").  Returns 0, or -1 (out of
  * memory: nothing usable was built).
  */
 int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const char *member, int64_t since,
                    const struct sl_repair_slot *slots, size_t nslots,
-                   const struct sl_fleet *fleet, int64_t now_us, int64_t allowance_us,
+                   const struct sl_fleet *fleet, const struct sl_repair_clock *clock,
                    const struct sl_apps *apps, int64_t pause_left_us,
                    const struct sl_repair_out *out);
 

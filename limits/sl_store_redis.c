@@ -432,9 +432,11 @@ struct sl_redis {
 
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
-/* A heartbeat of this process found a fleet marker in place: a marker
- * missing later means Redis lost data, not that it is new to sluice. */
-static _Atomic bool sl_redis_marker_seen;
+/* Per upstream (by index): a heartbeat of this process found its fleet's
+ * marker in place, no phase running.  A phase opened after that is Redis
+ * losing data; one opened before it, a Redis new to this upstream (or one
+ * that lost data before this process first saw it). */
+static _Atomic bool sl_redis_marker_seen[SL_MAX_UPSTREAMS];
 
 static void sl_redis_fail(struct sl_redis_conn *conn, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
@@ -2991,8 +2993,9 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
     struct sl_repair_slot *slots = NULL;
     size_t nslots = 0, cap = 0;
     struct sl_repair_out out;
+    struct sl_repair_clock clock;
     struct sl_redis_op *op;
-    int64_t pause_left = 0, ago;
+    int64_t pause_left = 0, ago, now;
     int64_t reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us +
                       SL_USEC_PER_SEC;
 
@@ -3026,9 +3029,12 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
     if (op == NULL)
         goto out;
     op->since = since;
-    if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, &r->fleet,
-                       sl_redis_now_us(), r->config->store_timeout_us, r->apps,
-                       pause_left, &out) != 0 || sl_redis_send(r, op) != 0) {
+    now = sl_redis_now_us();
+    clock = (struct sl_repair_clock){now, r->have_offset,
+                                     r->have_offset ? sl_redis_offset(r, now) : 0,
+                                     SL_REDIS_DRIFT_DIV, r->config->store_timeout_us};
+    if (sl_repair_args(r->local, up, r->instance, since, slots, nslots, &r->fleet, &clock,
+                       r->apps, pause_left, &out) != 0 || sl_redis_send(r, op) != 0) {
         sl_redis_op_free(op);
         goto out;
     }
@@ -3063,16 +3069,19 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     if (!ok || rep->elements < 5 || u >= r->config->nupstreams)
         return;
     up = &r->config->upstreams[u];
-    if (sl_reply_int(rep, 4) != 1)
-        atomic_store(&sl_redis_marker_seen, true);
-    else if (atomic_load(&sl_redis_marker_seen))
+    if (sl_reply_int(rep, 4) != 1) {
+        /* no phase opened by this heartbeat (another one's says so) */
+        if (sl_reply_int(rep, 1) == 0)
+            atomic_store(&sl_redis_marker_seen[u], true);
+    } else if (atomic_load(&sl_redis_marker_seen[u])) {
         sl_warn("store: redis lost data (a flush, a restart, a failover or an "
                 "eviction) under upstream %s; every instance puts its calls back "
                 "before calls are decided again", up->name);
-    else
+    } else {
         sl_info("store: redis holds no state for upstream %s yet (a new redis, or "
                 "one that lost data); every instance puts its calls back before "
                 "calls are decided, about a second", up->name);
+    }
     if (sl_reply_int(rep, 1) == 1) {
         const redisReply *e = rep->element[2];
         int64_t since = e->type == REDIS_REPLY_STRING ? strtoll(e->str, NULL, 10)

@@ -193,8 +193,8 @@ local a, k = commits(5, 1)
 if deadline > 0 and now > deadline then return {now, 0} end
 -- the fleet's marker, the last key (fleet.lua): missing, or a repair
 -- phase, and no decision is made ({now, 2}); nor when a rate log is
--- found empty while Redis has evicted keys since the marker was set
--- (lost(): INFO, only for an empty log)
+-- found empty, or a leaky bucket's level missing, while Redis has
+-- evicted keys since the marker was set (lost(): INFO, only then)
 local mk = redis.call('GET', KEYS[#KEYS])
 if not mk or string.sub(mk, 1, 1) ~= 'o' then return {now, 2} end
 local function lost()
@@ -277,10 +277,11 @@ for c = 1, ncalls do
       if not b then
         local nres = reserved(v, weighted)
         local lvl, had = level(lb, n, p)
-        -- a level missing beside calls still logged was evicted (the
-        -- heartbeat then has the fleet put it back, repair.lua); set_level
-        -- deletes a level only at 0, and it outlives its log
-        if not had and redis.call('LLEN', l) > 0 and lost() then return {now, 2} end
+        -- a missing level (drained and expired, or deleted at 0) may
+        -- also have been evicted, with its log or without: as for an
+        -- empty rate log, Redis is asked whether it evicted keys since the
+        -- marker (the heartbeat then has the fleet put it back, repair.lua)
+        if not had and lost() then return {now, 2} end
         if nres > 0 then
           -- lapsed reservations count as sent now: into the log and level
           local lapsed = redis.call('ZRANGEBYSCORE', v, '-inf', NOW)

@@ -95,7 +95,7 @@ end
 -- units of the leak N per P, drained to now (a reload that changed the
 -- leak is rescaled, rounded up: it never grants room).  Also whether LB
 -- exists (a level drained to 0 keeps its key until its TTL; a missing one
--- beside a log that is not empty was lost: decide.lua).
+-- may have been evicted: decide.lua).
 local function level(lb, n, p)
   local h = redis.call('HMGET', lb, 'l', 'at', 'n', 'p')
   if not h[1] then return 0, false end

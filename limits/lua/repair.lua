@@ -2,7 +2,8 @@
 -- for one upstream, and acknowledge the repair phase.
 --   KEYS  m, k (as fleet.lua), then per rate bucket: r, a, x (ids put
 --         back, a set) [, h if shares] [, b if a leaky bucket] [, s if it
---         follows reports]; then one key per slot; then per report: r, and
+--         follows reports and is not a leaky bucket, whose reports go into
+--         its level]; then one key per slot; then per report: r, and
 --         s (b for a leaky bucket); then the pause key p if there is a pause
 --   ARGV  member, since (the phase this repair answers), then nbuckets,
 --         per bucket: limit, span_us, flags (1: shares, 2: a leaky bucket,
@@ -14,11 +15,13 @@
 --         ttl_us member: a reservation or a concurrency lease, the same
 --         member as before, so resending adds nothing); then nreports,
 --         per report: leaky (0/1), remaining, delay_us (since its call was
---         sent), allowance_us, span_us, limit, probe_us [, n, p if leaky];
+--         sent), known (its send on the instance's lower bound of Redis's
+--         clock; 0: none, then now - delay_us - allowance_us), allowance_us,
+--         span_us, limit, probe_us [, n, p if leaky];
 --         then the pause: left_us (0: none).
 -- A usage report is written as sync.lua writes one, from the merged log,
--- unless the bucket holds a newer one; its cutoff (the earliest its call
--- can have been sent) is kept in s as `cut`, and calls put back later by
+-- unless the bucket holds one whose call was sent later (`sat`); its
+-- cutoff (the earliest its call can have been sent) is kept in s as `cut`, and calls put back later by
 -- other members' repairs that were sent from the cutoff on are added to
 -- its `sent`: each call counts once against the report, whichever order
 -- the repairs run in.
@@ -43,8 +46,9 @@
 -- A(u) the calls' worth sent after u, and Q(u) is at most the bucket
 -- (LIMIT x p) at the span's start and just after each call (it was
 -- admitted): the least of these bounds, at most the bucket
--- (sl_bucket_refill's arithmetic).  Exact for a bucket empty a drain
--- time before a burst; one that was being kept full comes back full.
+-- (sl_bucket_refill's arithmetic).  A bucket empty a drain time before a
+-- burst comes back with at most the burst, undrained; one that was being
+-- kept full comes back full.
 -- Written only if above the level found (other members' repairs,
 -- commits since).
 local function refill(l, lb, limit, span, n, p)
@@ -157,15 +161,16 @@ for _ = 1, nrep do
   local l, s = KEYS[kk], KEYS[kk + 1]
   kk = kk + 2
   local leaky, remaining, delay = ARGV[a] == '1', tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2])
-  local allow, span, limit, probe = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]),
-    tonumber(ARGV[a + 5]), tonumber(ARGV[a + 6])
-  a = a + 7
+  local known, allow, span = tonumber(ARGV[a + 3]), tonumber(ARGV[a + 4]), tonumber(ARGV[a + 5])
+  local limit, probe = tonumber(ARGV[a + 6]), tonumber(ARGV[a + 7])
+  a = a + 8
   local ln, lp = nil, nil
   if leaky then ln, lp = tonumber(ARGV[a]), tonumber(ARGV[a + 1]); a = a + 2 end
   -- its call was sent at the latest at `at` (never earlier than measured),
   -- at the earliest at the cutoff
   local at = now - delay
   local cutoff, untl = at - allow, at + span
+  if known > 0 then cutoff = math.min(known, at) end
   if remaining > limit then remaining = limit end
   local after = logged_from(l, cutoff)
   if leaky then
@@ -173,10 +178,10 @@ for _ = 1, nrep do
     local l2 = math.max((limit - remaining) * lp - ln * (now - at), 0) + math.max(after - 1, 0) * lp
     if l2 > level(s, ln, lp) then set_level(s, l2, ln, lp, span) end
   elseif untl > now then
-    local old = redis.call('HGET', s, 'rat')
+    local old = redis.call('HGET', s, 'sat')
     if not old or tonumber(old) < at then
       redis.call('HSET', s, 'left', fmt(remaining - math.max(after - 1, 0)), 'sent', 0,
-        'until', fmt(untl), 'rv', fmt(remaining), 'rat', fmt(at), 'cut', fmt(cutoff),
+        'until', fmt(untl), 'rv', fmt(remaining), 'rat', fmt(at), 'cut', fmt(cutoff), 'sat', fmt(at),
         'probe', fmt(now + probe))
       redis.call('PEXPIRE', s, fmt(math.ceil((untl - now) / 1000) + 1000))
     end

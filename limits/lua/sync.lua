@@ -15,7 +15,11 @@
 -- remaining calls, which held the reporting call), drained from the
 -- reporting call's latest possible send, plus every call sent after it
 -- counted whole (the safe side), becomes the bucket's level, up or down.
--- (`cut` is a report put back by repair.lua's: this one is not.)
+-- `cut` keeps the cutoff and `sat` the reporting call's latest send: calls
+-- a repair puts back later (repair.lua), sent from the cutoff on, are
+-- added to `sent` (a call that was committed before Redis lost data too
+-- then counts twice, the safe side), and a report put back is written
+-- over this one only if its call was sent later.
 -- Reply: now.
 
 --! include prelude.lua
@@ -51,7 +55,7 @@ if old[1] and tonumber(old[3]) > now then
 end
 local left = remaining - math.max(after - 1, 0)
 redis.call('HSET', s, 'left', fmt(left), 'sent', 0, 'until', fmt(untl),
-  'rv', fmt(remaining), 'rat', fmt(now), 'cut', '-')
+  'rv', fmt(remaining), 'rat', fmt(now), 'cut', fmt(cutoff), 'sat', fmt(eff - age))
 local room = left - nres
 -- the next probe comes one interval after the latest word, whatever
 -- room it leaves (as the memory store does): a report that leaves one

@@ -666,7 +666,9 @@ def test_repair_puts_a_usage_report_back_and_counts_later_calls_once(redis):
     # 5 left when the reporting call was sent, 2.5 s ago: the two calls
     # logged after it are not in the report, but for the reporting call's
     # own (one of them): 4 left
-    report = [1, 0, 5, 2 * S + S // 2, 0, 10 * S, 100, S]
+    # (leaky 0, remaining 5, sent 2.5 s ago, no clock bound known, no
+    # allowance, span 10 s, limit 100, probe 1 s)
+    report = [1, 0, 5, 2 * S + S // 2, 0, 0, 10 * S, 100, S]
     run(redis, "repair", keys, ["A", "7", 0, 0] + report + [0])
     assert int(redis.command("HGET", "{u}s", "left")) == 4
     assert int(redis.command("HGET", "{u}s", "sent")) == 0
@@ -679,11 +681,23 @@ def test_repair_puts_a_usage_report_back_and_counts_later_calls_once(redis):
     assert int(redis.command("HGET", "{u}s", "sent")) == 1
     # an older report (sent 5 s ago) leaves the newer one as it is
     keys = ["{u}m", "{u}k", "{u}r", "{u}s"]
-    run(redis, "repair", keys, ["C", "7", 0, 0, 1, 0, 50, 5 * S, 0, 10 * S, 100, S, 0])
+    run(redis, "repair", keys, ["C", "7", 0, 0, 1, 0, 50, 5 * S, 0, 0, 10 * S, 100, S, 0])
     assert int(redis.command("HGET", "{u}s", "left")) == 4
-    # a report sync.lua writes is not one put back: no cutoff to count by
+    # a known bound of the send on Redis's clock is the cutoff: sent 0.5 s
+    # ago, known to be no earlier than 2.5 s ago (the log's calls 2, 1.5
+    # and 1 s ago count as after it, the reporting call's own taken off)
+    redis.command("DEL", "{u}s")
+    run(redis, "repair", keys, ["D", "7", 0, 0, 1, 0, 5, S // 2, now_us(redis) - 2 * S - S // 2,
+                                0, 10 * S, 100, S, 0])
+    assert int(redis.command("HGET", "{u}s", "left")) == 5 - (3 - 1)
+    # a report sync.lua writes keeps its cutoff and its call's send, so a
+    # report put back later replaces it only if sent later, and calls put
+    # back later are counted against it
     run(redis, "sync", ["{u}r", "{u}v", "{u}s"], [9, 0, 0, 10 * S, 100, S, 0, "ch", 0])
-    assert redis.command("HGET", "{u}s", "cut") == b"-"
+    sat = int(redis.command("HGET", "{u}s", "sat"))
+    assert sat >= t and int(redis.command("HGET", "{u}s", "cut")) <= sat
+    run(redis, "repair", keys, ["E", "7", 0, 0, 1, 0, 50, S, 0, 0, 10 * S, 100, S, 0])
+    assert int(redis.command("HGET", "{u}s", "rv")) == 9
 
 
 # ---- the token broker's ----
