@@ -700,6 +700,27 @@ def test_repair_puts_a_usage_report_back_and_counts_later_calls_once(redis):
     assert int(redis.command("HGET", "{u}s", "rv")) == 9
 
 
+def test_repair_puts_a_leaky_buckets_report_into_its_level(redis):
+    """A bucket's report (Shopify's X-Shopify-Shop-Api-Call-Limit) lives in
+    its level: put back, the provider's level drained from the reporting
+    call's send, plus the calls logged after it, raises the level."""
+    redis.command("SET", "{u}m", "r|0|-|7|0|0")
+    t = now_us(redis)
+    redis.command("LPUSH", "{u}r", str(t - 2 * S), str(t - S))
+    keys = ["{u}m", "{u}k", "{u}r", "{u}b"]
+    # a bucket of 40 draining 2/s (n 1, p 500 ms): 5 left when the call
+    # sent 2.05 s ago was answered (35 used), 4.1 calls' worth drained
+    # since; of the two calls logged from then on, one is the reporting
+    # call's own (as sync.lua counts): 35 - 4.1 + 1 = 31.9 calls
+    report = [1, 1, 5, 2 * S + S // 20, 0, 0, 20 * S, 40, 0, 1, S // 2]
+    run(redis, "repair", keys, ["A", "7", 0, 0] + report + [0])
+    assert int(redis.command("HGET", "{u}b", "l")) == 35 * (S // 2) - (2 * S + S // 20) + S // 2
+    # a level already higher is not lowered
+    redis.command("HSET", "{u}b", "l", 39 * (S // 2), "at", now_us(redis))
+    run(redis, "repair", keys, ["B", "7", 0, 0] + report + [0])
+    assert int(redis.command("HGET", "{u}b", "l")) >= 39 * (S // 2) - S // 100
+
+
 # ---- the token broker's ----
 
 def test_the_broker_stores_a_token_only_under_its_own_lease(redis):
