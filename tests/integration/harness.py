@@ -778,6 +778,29 @@ def hammer(instances, seconds, per_instance=3, path="/leads/x", headers=None,
     return results
 
 
+def fill_until_evicted(redis, policy, room, done, writes=40000):
+    """Make REDIS evict: maxmemory-policy POLICY, maxmemory ROOM bytes above
+    what it uses, then junk keys until DONE() (asked every 50 writes), or
+    until Redis refuses a write with OOM (memory no eviction frees, the
+    script cache or buffers, can fill the room first: by then Redis has
+    evicted all it could).  No memory limit afterwards."""
+    used = int(redis.command("INFO", "memory").decode().split("used_memory:")[1].split()[0])
+    redis.command("CONFIG", "SET", "maxmemory-policy", policy)
+    redis.command("CONFIG", "SET", "maxmemory", str(used + room))
+    try:
+        for i in range(writes):
+            try:
+                redis.command("SET", "junk:%d" % i, "x" * 200)
+            except RedisError as e:
+                assert "OOM" in str(e), e
+                break
+            if i % 50 == 0 and done():
+                break
+    finally:
+        redis.command("CONFIG", "SET", "maxmemory", "0")
+        redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+
+
 def wait_for(pred, timeout=10, step=0.05):
     """PRED's first true value within TIMEOUT seconds, else its last value."""
     deadline = time.monotonic() + timeout

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from harness import ROOT, SLUICE_BIN, RedisServer, RedisError, resp_encode, resp_read
+from harness import (ROOT, SLUICE_BIN, RedisServer, RedisError, fill_until_evicted,
+                     resp_encode, resp_read)
 
 LUA = os.path.join(ROOT, "limits", "lua")
 SCRIPTS = ["decide", "commit", "release", "renew", "pause", "sync", "snapshot",
@@ -625,24 +626,7 @@ def test_decide_answers_lost_for_a_bucket_whose_level_was_evicted(redis):
     def evicted():
         return int(redis.command("INFO", "stats").decode().split("evicted_keys:")[1].split()[0])
     ev0 = evicted()
-    used = int(redis.command("INFO", "memory").decode().split("used_memory:")[1].split()[0])
-    redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-random")
-    redis.command("CONFIG", "SET", "maxmemory", str(used + 1024 * 1024))
-    try:
-        # until Redis has evicted some (checked every 50 writes); memory
-        # that no eviction frees (buffers, the script cache) can also
-        # make a write fail with OOM first: Redis evicted all it could
-        for i in range(40000):
-            try:
-                redis.command("SET", "junk:%d" % i, "x" * 200)
-            except RedisError as e:
-                assert "OOM" in str(e), e
-                break
-            if i % 50 == 0 and evicted() > ev0:
-                break
-    finally:
-        redis.command("CONFIG", "SET", "maxmemory", "0")
-        redis.command("CONFIG", "SET", "maxmemory-policy", "noeviction")
+    fill_until_evicted(redis, "allkeys-random", 1024 * 1024, lambda: evicted() > ev0)
     redis.command("FLUSHALL")
     ev = evicted()
     assert ev > ev0

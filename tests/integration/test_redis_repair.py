@@ -12,7 +12,7 @@ and every call is answered.
 import threading
 import time
 
-from harness import RedisError, hammer, max_in_window, upstream_config, wait_for
+from harness import fill_until_evicted, hammer, max_in_window, upstream_config, wait_for
 
 LIMIT, WINDOW = 30, 10.0
 BEFORE = 21                 # calls sent before the loss: 7 per instance
@@ -123,24 +123,12 @@ def test_restart_without_persistence_loses_no_count(upstream, redis, sluice):
 
 def test_eviction_loses_no_count(upstream, redis, sluice):
     def lose():
-        used = int(redis.command("INFO", "memory").decode().split("used_memory:")[1].split()[0])
-        redis.command("CONFIG", "SET", "maxmemory-policy", "allkeys-lru")
-        redis.command("CONFIG", "SET", "maxmemory", str(used + 512 * 1024))
         t = time.monotonic()
         # Fill until Redis evicted the rule's log (the least recently used:
         # nothing reads it while no call comes).
-        for i in range(20000):
-            try:
-                redis.command("SET", "junk:%d" % i, "x" * 200)
-            except RedisError as e:
-                # memory no eviction frees can refuse a write first: by
-                # then Redis evicted all it could
-                assert "OOM" in str(e), e
-                break
-            if i % 50 == 0 and not redis.command("EXISTS", RATE):
-                break
+        fill_until_evicted(redis, "allkeys-lru", 512 * 1024,
+                           lambda: not redis.command("EXISTS", RATE), writes=20000)
         assert not redis.command("EXISTS", RATE)
-        redis.command("CONFIG", "SET", "maxmemory", "0")
         return t
     scenario(upstream, redis, sluice, lose)
 
