@@ -25,12 +25,17 @@
  * thread: a login is rare, and the thread blocks in the token endpoint
  * anyway.  A client that failed, or found a replica (READONLY), is dropped
  * and connected again at the next call (a Sentinel store asks the
- * Sentinels again).  The one long wait, for an announcement, polls the
+ * Sentinels again).  On a Redis Cluster the keys carry the upstream's
+ * name as their hash tag ("<prefix>auth:{<upstream>}:token"), so the
+ * broker's scripts run on one primary: the seeds' slot map names it at
+ * each connect, and a MOVED or ASK drops the client, so the next call
+ * finds the slot's owner again.  The one long wait, for an announcement, polls the
  * subscribed link together with the broker's stop descriptor, so that
  * stopping never waits for it.
  */
 #include "sl_auth_store.h"
 #include "sl_redis_block.h"
+#include "sl_redis_cluster.h"
 #include "sl_redis_link.h"
 #include "sl_redis_lua.h"
 #include "sl_redis_sentinel.h"
@@ -78,6 +83,26 @@ static struct sl_redis_block *sl_connect(struct sl_auth_store *s)
                                       sizeof(why)) != 0)
             return NULL;
     }
+    /* A Cluster: the primary that owns the keys' slot, from the map. */
+    if (s->config->redis_nseeds > 0) {
+        const struct sl_redis_link_conf seed = {
+            .user = s->user,
+            .password = s->password,
+            .tls = s->config->redis_use_tls ? s->config->redis_tls : NULL,
+            .timeout_ms = s->timeout_ms,
+        };
+        const struct sl_redis_cluster_conf cc = {
+            .seed = &seed,
+            .seed_host = (const char *const *)s->config->redis_seed_host,
+            .seed_port = s->config->redis_seed_port,
+            .nseeds = s->config->redis_nseeds,
+        };
+        free(s->host);
+        s->host = NULL;
+        if (sl_redis_cluster_resolve(&cc, s->k_token, &s->host, &s->port, why,
+                                     sizeof(why)) != 0)
+            return NULL;
+    }
     /* The same link as the store's: TLS, the ACL user, SELECT. */
     lc = (struct sl_redis_link_conf){
         .host = s->host,
@@ -119,7 +144,9 @@ static redisReply *sl_reply(struct sl_auth_store *s, redisReply *r)
 {
     /* A replica (a demoted primary) takes no write: leave it, and find
      * the primary again on the next call. */
-    if (r != NULL && r->type == REDIS_REPLY_ERROR && strstr(r->str, "READONLY") != NULL) {
+    if (r != NULL && r->type == REDIS_REPLY_ERROR &&
+        (strstr(r->str, "READONLY") != NULL || strncmp(r->str, "MOVED ", 6) == 0 ||
+         strncmp(r->str, "ASK ", 4) == 0)) {
         freeReplyObject(r);
         r = NULL;
         sl_redis_block_free(s->sub);
@@ -138,6 +165,8 @@ struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
 {
     struct sl_auth_store *s = calloc(1, sizeof(*s));
     const char *p = c->store_prefix != NULL ? c->store_prefix : "sluice:";
+    /* On a Cluster, one hash tag for all of them (one slot). */
+    const char *o = c->redis_nseeds > 0 ? "{" : "", *e = c->redis_nseeds > 0 ? "}" : "";
 
     if (s == NULL)
         return NULL;
@@ -150,11 +179,11 @@ struct sl_auth_store *sl_auth_store_new(const struct sl_config *c,
     s->timeout_ms = c->store_timeout_us / 1000 > 0 ? c->store_timeout_us / 1000 : 200;
     memcpy(s->key, key, 32);
     if ((s->host == NULL && c->redis_master == NULL) ||
-        asprintf(&s->k_token, "%sauth:%s:token", p, up->name) < 0 ||
-        asprintf(&s->k_lease, "%sauth:%s:lease", p, up->name) < 0 ||
-        asprintf(&s->k_fence, "%sauth:%s:fence", p, up->name) < 0 ||
-        asprintf(&s->k_fail, "%sauth:%s:failed", p, up->name) < 0 ||
-        asprintf(&s->k_backoff, "%sauth:%s:backoff", p, up->name) < 0 ||
+        asprintf(&s->k_token, "%sauth:%s%s%s:token", p, o, up->name, e) < 0 ||
+        asprintf(&s->k_lease, "%sauth:%s%s%s:lease", p, o, up->name, e) < 0 ||
+        asprintf(&s->k_fence, "%sauth:%s%s%s:fence", p, o, up->name, e) < 0 ||
+        asprintf(&s->k_fail, "%sauth:%s%s%s:failed", p, o, up->name, e) < 0 ||
+        asprintf(&s->k_backoff, "%sauth:%s%s%s:backoff", p, o, up->name, e) < 0 ||
         asprintf(&s->channel, "%sauth:%s", p, up->name) < 0) {
         sl_auth_store_free(s);
         return NULL;

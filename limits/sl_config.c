@@ -2766,12 +2766,6 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
         *why = what != NULL ? what : "could not be read";
         return -1;
     }
-    if (u.kind == SL_REDIS_URL_CLUSTER) {
-        *why = "is a Redis Cluster URL, which is not supported yet: name one "
-               "server (redis:// or rediss://) or its Sentinels "
-               "(redis-sentinel://)";
-        goto out;
-    }
     /* The URL's strings move into C. */
     if (u.kind == SL_REDIS_URL_SENTINEL) {
         c->redis_master = u.master;
@@ -2781,6 +2775,19 @@ int sl_config_parse_redis_url(const char *url, struct sl_config *c,
             u.addrs[i].host = NULL;
             c->redis_sentinel_port[i] = u.addrs[i].port;
             c->redis_nsentinels = i + 1;
+        }
+    } else if (u.kind == SL_REDIS_URL_CLUSTER) {
+        for (size_t i = 0; i < u.naddrs && i < SL_CONFIG_SENTINELS_MAX; i++) {
+            c->redis_seed_host[i] = u.addrs[i].host;
+            u.addrs[i].host = NULL;
+            c->redis_seed_port[i] = u.addrs[i].port;
+            c->redis_nseeds = i + 1;
+        }
+        c->redis_host = strdup(c->redis_seed_host[0]);
+        c->redis_port = c->redis_seed_port[0];
+        if (c->redis_host == NULL) {
+            *why = "could not be read (out of memory)";
+            goto out;
         }
     } else {
         c->redis_host = u.addrs[0].host;
@@ -2806,6 +2813,13 @@ const char *sl_config_store_address(const struct sl_config *c, char *buf, size_t
     if (cap == 0)
         return buf;
     buf[0] = '\0';
+    if (c->redis_nseeds > 0) {
+        n = (size_t)snprintf(buf, cap, "cluster ");
+        for (size_t i = 0; i < c->redis_nseeds && n < cap; i++)
+            n += (size_t)snprintf(buf + n, cap - n, "%s%s:%d", i > 0 ? "," : "",
+                                  c->redis_seed_host[i], c->redis_seed_port[i]);
+        return buf;
+    }
     if (c->redis_master == NULL) {
         if (c->redis_db != 0)
             snprintf(buf, cap, "%s:%d/%d", c->redis_host != NULL ? c->redis_host : "-",
@@ -2909,9 +2923,14 @@ static const struct sl_conf_handler sl_store_handler = {
     "named MASTER, confirms it with `ROLE`, follows `+switch-master` and "
     "asks again after any failure (`rediss-sentinel://`: TLS to the Sentinels "
     "and the primary); the URL's user and password are the primary's, the "
-    "Sentinels' own are `store_sentinel`.  Redis Cluster URLs "
-    "(`redis-cluster://`) are refused: not supported yet.  An error never "
-    "echoes the URL, which may hold a password.",
+    "Sentinels' own are `store_sentinel`.  "
+    "`\"redis-cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]\"` "
+    "names seed nodes of a Redis Cluster (`rediss-cluster://`: TLS to every "
+    "node): the slot map is read from the first that answers, each "
+    "upstream's keys live in its own slot (its name is their hash tag), and "
+    "every script goes to the primary that owns it, following `MOVED` and "
+    "`ASK` and retrying `TRYAGAIN` and `CLUSTERDOWN` within `store_timeout`.  "
+    "An error never echoes the URL, which may hold a password.",
 };
 
 static const struct sl_conf_key sl_store_tls_keys[] = {
@@ -4540,6 +4559,8 @@ void sl_config_free(struct sl_config *c)
     free(c->redis_master);
     for (size_t i = 0; i < c->redis_nsentinels; i++)
         free(c->redis_sentinel_host[i]);
+    for (size_t i = 0; i < c->redis_nseeds; i++)
+        free(c->redis_seed_host[i]);
     free(c->sentinel_user);
     free(c->sentinel_password);
     free(c->tls_ca_file);

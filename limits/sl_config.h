@@ -381,6 +381,11 @@ struct sl_config {
     char *redis_sentinel_host[SL_CONFIG_SENTINELS_MAX];
     int redis_sentinel_port[SL_CONFIG_SENTINELS_MAX];
     char *sentinel_user, *sentinel_password;
+    /* redis-cluster:// (redis_nseeds > 0): the nodes to read the slot
+     * map from, in turn (redis_host and redis_port are the first) */
+    size_t redis_nseeds;
+    char *redis_seed_host[SL_CONFIG_SENTINELS_MAX];
+    int redis_seed_port[SL_CONFIG_SENTINELS_MAX];
     /* store_tls, as written (owned; NULL: not given) */
     char *tls_ca_file;            /* NULL: the system's CAs */
     char *tls_cert_file, *tls_key_file;   /* mutual TLS, or NULL */
@@ -535,7 +540,8 @@ void sl_config_free(struct sl_config *config);
  * Parse "redis[s]://[[user]:password@]host[:port][/db]" into C (redis_*
  * fields) with sl_redis_url_parse().  A Sentinel URL fills the
  * redis_master and redis_sentinel_* fields instead of redis_host and
- * redis_port; Cluster URLs are read and refused (not supported yet).
+ * redis_port; a Cluster URL fills redis_seed_* (and redis_host and
+ * redis_port with the first seed).
  * Returns 0, or -1 with a sentence in *why that completes "store: " and
  * never quotes the URL.
  */

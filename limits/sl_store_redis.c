@@ -165,6 +165,7 @@
 #include "sl_duration.h"
 #include "sl_history.h"
 #include "sl_log.h"
+#include "sl_redis_cluster.h"
 #include "sl_redis_link.h"
 #include "sl_redis_lua.h"
 #include "sl_redis_repair.h"
@@ -255,6 +256,11 @@ struct sl_redis_conn {
     struct sl_redis *r;
     bool sub;               /* the subscriber link */
     struct sl_redis_link *link;     /* owned; NULL while down */
+    /* redis-cluster://, the main connection: a link per primary and the
+     * slot map (sl_redis_cluster.h) instead of LINK; owned, NULL while
+     * down.  The sl_conn_* functions below use whichever there is. */
+    struct sl_redis_cluster *cl;
+    size_t seed_at;         /* cluster: the seed to try first next time */
     enum sl_redis_state state;
     /* Inside sl_redis_link_free(): the NULL replies it hands out are for
      * commands this store gave up itself (their undo, if any, is written). */
@@ -429,6 +435,78 @@ struct sl_redis {
      * first (owned entries; the checks are the callers'). */
     struct sl_redis_waiting *waiting, **waiting_tail;
 };
+
+/* ---- a connection's transport: one link, or a cluster's links ---- */
+
+static bool sl_conn_live(const struct sl_redis_conn *c)
+{
+    return c->link != NULL || c->cl != NULL;
+}
+
+/* Which transport CONN has now (to tell whether it changed). */
+static const void *sl_conn_id(const struct sl_redis_conn *c)
+{
+    return c->cl != NULL ? (const void *)c->cl : (const void *)c->link;
+}
+
+/* KEY: the index of the command's first key in ARGV (-1: none), which
+ * chooses a cluster's node. */
+static int sl_conn_command(struct sl_redis_conn *c, int argc, const char **argv,
+                           const size_t *lens, int key, sl_redis_reply_fn cb, void *privdata)
+{
+    if (c->cl != NULL)
+        return sl_redis_cluster_command(c->cl, argc, argv, lens, key, cb, privdata);
+    return sl_redis_link_command(c->link, argc, argv, lens, cb, privdata);
+}
+
+static int sl_conn_flush(struct sl_redis_conn *c)
+{
+    return c->cl != NULL ? sl_redis_cluster_flush(c->cl) : sl_redis_link_flush(c->link);
+}
+
+static int sl_conn_read(struct sl_redis_conn *c)
+{
+    return c->cl != NULL ? sl_redis_cluster_read(c->cl) : sl_redis_link_read(c->link);
+}
+
+static void sl_conn_cork(struct sl_redis_conn *c)
+{
+    if (c->cl != NULL)
+        sl_redis_cluster_cork(c->cl);
+    else
+        sl_redis_link_cork(c->link);
+}
+
+static int sl_conn_uncork(struct sl_redis_conn *c)
+{
+    return c->cl != NULL ? sl_redis_cluster_uncork(c->cl) : sl_redis_link_uncork(c->link);
+}
+
+static int sl_conn_flush_wait(struct sl_redis_conn *c, int wait_ms)
+{
+    return c->cl != NULL ? sl_redis_cluster_flush_wait(c->cl, wait_ms)
+                         : sl_redis_link_flush_wait(c->link, wait_ms);
+}
+
+static int64_t sl_conn_check(struct sl_redis_conn *c, int64_t now_ms)
+{
+    return c->cl != NULL ? sl_redis_cluster_check(c->cl, now_ms)
+                         : sl_redis_link_check(c->link, now_ms);
+}
+
+/* Free CONN's transport (its commands are answered with NULL now). */
+static void sl_conn_free(struct sl_redis_conn *c)
+{
+    struct sl_redis_link *link = c->link;
+    struct sl_redis_cluster *cl = c->cl;
+
+    c->link = NULL;
+    c->cl = NULL;
+    if (cl != NULL)
+        sl_redis_cluster_free(cl);
+    else
+        sl_redis_link_free(link);
+}
 
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
@@ -889,9 +967,9 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
     size_t *lens = NULL;
     char nkeys[24];
     int64_t now = sl_redis_now_us();
-    int rc = -1;
+    int rc = -1, key = -1;
 
-    if (r->main.link == NULL || r->main.freeing || !sl_args_ok(&op->keys) ||
+    if (!sl_conn_live(&r->main) || r->main.freeing || !sl_args_ok(&op->keys) ||
         !sl_args_ok(&op->args))
         return -1;
     argv = malloc(n * sizeof(*argv));
@@ -912,13 +990,14 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
         snprintf(nkeys, sizeof(nkeys), "%zu", op->keys.n);
         argv[argc] = nkeys;
         lens[argc++] = strlen(nkeys);
+        if (op->keys.n > 0)
+            key = (int)argc;   /* a cluster sends it to this key's primary */
     }
     for (size_t i = 0; i < op->keys.n; i++, argc++)
         argv[argc] = sl_args_at(&op->keys, i, &lens[argc]);
     for (size_t i = 0; i < op->args.n; i++, argc++)
         argv[argc] = sl_args_at(&op->args, i, &lens[argc]);
-    if (sl_redis_link_command(r->main.link, (int)argc, argv, lens, sl_redis_on_reply,
-                              op) != 0)
+    if (sl_conn_command(&r->main, (int)argc, argv, lens, key, sl_redis_on_reply, op) != 0)
         goto out;
     /* Stamped before the link stamped it: the store's deadline comes first
      * (see sl_redis_connect). */
@@ -955,6 +1034,8 @@ static struct sl_redis_op *sl_redis_script_op(struct sl_redis *r, int script)
 static void sl_redis_schedule_reconnect(struct sl_redis_conn *conn)
 {
     conn->link = NULL;
+    conn->cl = NULL;
+    conn->seed_at++;    /* a cluster's next try starts at the next seed */
     conn->state = SL_REDIS_DOWN;
     conn->reconnect_at_ms = sl_redis_now_ms() + conn->backoff_ms;
     conn->backoff_ms *= 2;
@@ -982,8 +1063,15 @@ static void sl_redis_on_connect(struct sl_redis_link *link, int status,
     }
     if (!conn->sub)
         sl_redis_mark_down(conn->r, reason != NULL ? reason : "connection failed");
-    /* Freed once its callback returns (the link's rule). */
-    sl_redis_link_free(link);
+    /* Freed once its callback returns (the link's rule); a cluster's
+     * commands never reached a node (they wait for the map): given up. */
+    if (conn->cl != NULL) {
+        conn->freeing = true;
+        sl_conn_free(conn);
+        conn->freeing = false;
+    } else {
+        sl_redis_link_free(link);
+    }
     sl_redis_schedule_reconnect(conn);
 }
 
@@ -995,6 +1083,14 @@ static void sl_redis_on_disconnect(struct sl_redis_link *link, int status,
     struct sl_redis_conn *conn = arg;
 
     (void)status;
+    if (conn->cl != NULL) {
+        /* One primary's link died (its commands are answered with NULL:
+         * they owe their undos to the next connection); the others' may
+         * still run theirs, so they are given up as the store gives a link
+         * up, each undone behind itself. */
+        sl_redis_fail(conn, reason != NULL ? reason : "connection closed");
+        return;
+    }
     if (!conn->sub)
         sl_redis_mark_down(conn->r, reason != NULL ? reason : "connection closed");
     sl_redis_link_free(link);
@@ -1118,6 +1214,13 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
     const char *host = c->redis_host;
     int port = c->redis_port;
 
+    /* A cluster's subscriber listens on any node (a PUBLISH reaches every
+     * node's subscribers): the seeds in turn. */
+    if (c->redis_nseeds > 0) {
+        host = c->redis_seed_host[conn->seed_at % c->redis_nseeds];
+        port = c->redis_seed_port[conn->seed_at % c->redis_nseeds];
+    }
+
     if (r->sentinel != NULL) {
         if (!conn->sub && !conn->resolved) {
             conn->state = SL_REDIS_RESOLVING;
@@ -1161,10 +1264,23 @@ static void sl_redis_connect(struct sl_redis_conn *conn)
         .tls = c->redis_tls,
         .timeout_ms = c->store_timeout_us / 1000 + 1,
     };
-    char why[256];
+    char why[600];
 
-    conn->link = sl_redis_link_new(&lc, &r->loop, &cbs, why, sizeof(why));
-    if (conn->link == NULL) {
+    if (c->redis_nseeds > 0 && !conn->sub) {
+        /* redis-cluster://: the seeds give the map, a link per primary.
+         * Each new connection starts at the next seed. */
+        const struct sl_redis_cluster_conf cc = {
+            .seed = &lc,
+            .seed_host = (const char *const *)c->redis_seed_host,
+            .seed_port = c->redis_seed_port,
+            .nseeds = c->redis_nseeds,
+            .first_seed = conn->seed_at % c->redis_nseeds,
+        };
+        conn->cl = sl_redis_cluster_new(&cc, &r->loop, &cbs, why, sizeof(why));
+    } else {
+        conn->link = sl_redis_link_new(&lc, &r->loop, &cbs, why, sizeof(why));
+    }
+    if (!sl_conn_live(conn)) {
         if (!conn->sub)
             sl_redis_mark_down(r, why);
         sl_redis_schedule_reconnect(conn);
@@ -1308,14 +1424,11 @@ static void sl_redis_owe_undo(struct sl_redis *r, struct sl_redis_batch *b)
  * as given up by this store. */
 static void sl_redis_close(struct sl_redis_conn *conn)
 {
-    struct sl_redis_link *link = conn->link;
-
-    if (link == NULL)
+    if (!sl_conn_live(conn))
         return;
     conn->freeing = true;
-    sl_redis_link_free(link);
+    sl_conn_free(conn);
     conn->freeing = false;
-    conn->link = NULL;
 }
 
 /*
@@ -1331,7 +1444,7 @@ static void sl_redis_fail(struct sl_redis_conn *conn, const char *why)
     atomic_fetch_add(&sl_redis_errors, 1);
     if (!conn->sub)
         sl_redis_mark_down(r, why);
-    if (conn->link == NULL)
+    if (!sl_conn_live(conn))
         return;
     if (!conn->sub) {
         struct sl_redis_op *op, *last = r->fifo_tail;
@@ -1345,8 +1458,8 @@ static void sl_redis_fail(struct sl_redis_conn *conn, const char *why)
          * callback: the batches then owe their undo to the next
          * connection (the link is NULL afterwards). */
         if (conn->state == SL_REDIS_UP)
-            (void)sl_redis_link_flush(conn->link);
-        if (conn->link == NULL)
+            (void)sl_conn_flush(conn);
+        if (!sl_conn_live(conn))
             return;
     }
     sl_redis_close(conn);  /* pending callbacks run now, with NULL replies */
@@ -1655,7 +1768,7 @@ static bool sl_redis_finding_primary(const struct sl_redis *r)
 
 static bool sl_redis_usable(const struct sl_redis *r)
 {
-    if (r->main.link == NULL || r->main.freeing || r->not_primary)
+    if (!sl_conn_live(&r->main) || r->main.freeing || r->not_primary)
         return false;
     /* While in an outage, calls do not wait on a reconnection attempt:
      * the link is used again once Redis has answered on it. */
@@ -2146,7 +2259,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
         }
         if (rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
-                !r->main.freeing && r->main.link != NULL) {
+                !r->main.freeing && sl_conn_live(&r->main)) {
                 /* Script cache flushed (restart, SCRIPT FLUSH): resend this
                  * batch with the body, and learn the SHAs again. */
                 if (r->sha[SL_LUA_DECIDE][0] != '\0') {
@@ -2205,7 +2318,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
     case SL_OP_SNAPSHOT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
             strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
-            r->main.link != NULL) {
+            sl_conn_live(&r->main)) {
             op->eval = true;
             if (sl_redis_send(r, op) == 0)
                 return;
@@ -2218,7 +2331,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
     case SL_OP_SET_PAUSE:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR && !op->eval &&
             strncmp(rep->str, "NOSCRIPT", 8) == 0 && !r->main.freeing &&
-            r->main.link != NULL) {
+            sl_conn_live(&r->main)) {
             op->eval = true;
             if (sl_redis_send(r, op) == 0)
                 return;
@@ -2233,7 +2346,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
     case SL_OP_SCRIPT:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
             if (!op->eval && strncmp(rep->str, "NOSCRIPT", 8) == 0 &&
-                !r->main.freeing && r->main.link != NULL) {
+                !r->main.freeing && sl_conn_live(&r->main)) {
                 if (r->sha[op->script][0] != '\0') {
                     memset(r->sha, 0, sizeof(r->sha));
                     sl_redis_load_scripts(r);
@@ -2568,8 +2681,8 @@ static int sl_redis_send_release(struct sl_redis *r, struct sl_redis_lease *l,
  * next finds its socket writable (only while it is up). */
 static void sl_redis_write_now(struct sl_redis *r)
 {
-    if (r->main.link != NULL && !r->main.freeing && r->main.state == SL_REDIS_UP)
-        (void)sl_redis_link_flush(r->main.link);
+    if (sl_conn_live(&r->main) && !r->main.freeing && r->main.state == SL_REDIS_UP)
+        (void)sl_conn_flush(&r->main);
 }
 
 /* ops->flush: a released slot is written before its client is answered,
@@ -3143,8 +3256,8 @@ static int64_t sl_redis_conn_timers(struct sl_redis_conn *conn, int64_t now_ms)
         sl_redis_connect(conn);
     if (conn->state == SL_REDIS_RESOLVING)
         return -1;  /* the Sentinels' timers */
-    if (conn->link != NULL)
-        next = sl_redis_link_check(conn->link, sl_redis_now_ms());
+    if (sl_conn_live(conn))
+        next = sl_conn_check(conn, sl_redis_now_ms());
     if (conn->state == SL_REDIS_DOWN)
         return conn->reconnect_at_ms;
     return next;
@@ -3153,7 +3266,7 @@ static int64_t sl_redis_conn_timers(struct sl_redis_conn *conn, int64_t now_ms)
 static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
 {
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_redis_link *corked;
+    const void *corked;
     int64_t next = -1, t;
     int64_t renew_every = r->config->lease_ttl_us / 3000;
     int64_t now_us = sl_redis_now_us();
@@ -3173,7 +3286,7 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         } else if (r->sentinel != NULL) {
             sl_redis_sentinel_distrust(r->sentinel);
         }
-        if (r->main.link != NULL)
+        if (sl_conn_live(&r->main))
             sl_redis_fail(&r->main, why);
         if (r->switched && r->main.state == SL_REDIS_DOWN)
             r->main.reconnect_at_ms = now;
@@ -3190,15 +3303,15 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
         if (r->waiting != NULL)
             SL_NEXT(sl_redis_now_ms() + SL_FLEET_PHASE_BEAT_US / 1000);
     }
-    corked = r->main.link;
+    corked = sl_conn_id(&r->main);
     if (corked != NULL)
-        sl_redis_link_cork(corked);
+        sl_conn_cork(&r->main);
     t = sl_redis_flush_all(r, false);
     SL_NEXT(t);
     /* Still the same link: nothing in flush_all ends one.  Before the
      * handshake is done, the link writes it all once connected. */
-    if (corked != NULL && r->main.link == corked)
-        (void)sl_redis_link_uncork(corked);
+    if (corked != NULL && sl_conn_id(&r->main) == corked)
+        (void)sl_conn_uncork(&r->main);
     /* The store's deadline before the link's (see sl_redis_connect), so
      * that a batch given up is undone behind itself.  Before the link is
      * up, its own connect deadline (as long) ends it, with a reason that
@@ -3206,8 +3319,8 @@ static int64_t sl_redis_timers(struct sl_store *store, int64_t now)
     if (r->main.state == SL_REDIS_UP && r->fifo_head != NULL &&
         now_us >= r->fifo_head->deadline_us) {
         /* Replies that are already here are not given up on. */
-        if (r->main.link != NULL)
-            (void)sl_redis_link_read(r->main.link);
+        if (sl_conn_live(&r->main))
+            (void)sl_conn_read(&r->main);
         if (r->fifo_head != NULL && sl_redis_now_us() >= r->fifo_head->deadline_us)
             sl_redis_fail(&r->main, "no answer within store_timeout");
     }
@@ -3288,8 +3401,8 @@ static void sl_redis_destroy(struct sl_store *store)
         sl_redis_flush_commits(r, i);
     }
     /* Write what is queued (commits, releases) for a moment, then close. */
-    if (r->main.link != NULL && r->main.state == SL_REDIS_UP)
-        (void)sl_redis_link_flush_wait(r->main.link, SL_REDIS_CLOSE_WAIT_MS);
+    if (sl_conn_live(&r->main) && r->main.state == SL_REDIS_UP)
+        (void)sl_conn_flush_wait(&r->main, SL_REDIS_CLOSE_WAIT_MS);
     sl_redis_close(&r->main);
     sl_redis_close(&r->sub);
     sl_redis_sentinel_free(r->sentinel);

@@ -634,7 +634,7 @@ static json_t *sl_status_json(struct sl_admin *a, const struct sl_snapshot *snap
     json_object_set_new(store, "ready", json_boolean(st.ready));
     if (c->store_kind == SL_STORE_REDIS) {
         char addr[600];
-        if (c->redis_master == NULL)
+        if (c->redis_master == NULL && c->redis_nseeds == 0)
             snprintf(addr, sizeof(addr), "%s:%d/%d", c->redis_host, c->redis_port,
                      c->redis_db);
         else
