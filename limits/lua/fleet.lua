@@ -13,7 +13,13 @@
 -- starts when the marker is missing (FLUSHALL, a restart without
 -- persistence, a failover to a replica without it, its eviction), names
 -- another run_id (a restart that loaded a snapshot, a failover) or fewer
--- evicted keys than Redis reports now.  The cutoff says which calls are
+-- evicted keys than Redis reports now.  On a Redis Cluster the run_id
+-- field carries the node's id too ("run_id@node"), and a marker naming
+-- another node that is still a primary, and not failing, came with its
+-- slot by migration: MIGRATE moves keys whole and a script never runs on
+-- keys split between two nodes (TRYAGAIN), so nothing was lost, and the
+-- marker is taken over (this node's names and evicted count) without a
+-- phase.  The cutoff says which calls are
 -- put back: those sent from then on.  0 (all) unless the marker survived
 -- on another server: replication and snapshots keep a primary's writes in
 -- order, so every commit that ran before the surviving heartbeat survived
@@ -35,12 +41,31 @@ local function info(section, field)
   return string.match(s, field .. ':(%w+)')
 end
 local rid = info('server', 'run_id') or '-'
+local node = redis.pcall('CLUSTER', 'MYID')   -- an error outside a cluster
+if type(node) == 'string' then rid = rid .. '@' .. node end
 local ev = tonumber(info('stats', 'evicted_keys') or 0)
-local st, mev, mrid, since, beat = nil, 0, nil, 0, 0
+local st, mev, mrid, since, mcut, beat = nil, 0, nil, 0, 0, 0
 local cur = redis.call('GET', m)
 if cur then
-  local a, b, c, d, e = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)|%d+|(%d+)$')
-  st, mev, mrid, since, beat = a, tonumber(b or 0), c, tonumber(d or 0), tonumber(e or 0)
+  local a, b, c, d, x, e = string.match(cur, '^(%a)|(%d+)|([^|]*)|(%d+)|(%d+)|(%d+)$')
+  st, mev, mrid, since = a, tonumber(b or 0), c, tonumber(d or 0)
+  mcut, beat = tonumber(x or 0), tonumber(e or 0)
+end
+-- the marker's node (a cluster's) is another, alive, and a primary: the
+-- slot moved here with its keys
+local function migrated()
+  local from = mrid and string.match(mrid, '@(%x+)$')
+  if not from or type(node) ~= 'string' or from == node then return false end
+  local all = redis.pcall('CLUSTER', 'NODES')
+  if type(all) ~= 'string' then return false end
+  for line in string.gmatch(all, '[^\n]+') do
+    local id, flags = string.match(line, '^(%x+) %S+ (%S+)')
+    if id == from then
+      return string.find(flags, 'master', 1, true) ~= nil and
+        string.find(flags, 'fail', 1, true) == nil
+    end
+  end
+  return false
 end
 -- the marker outlives every heartbeat (renewed by each) by a day: only a
 -- fleet stopped that long starts with a repair phase
@@ -50,6 +75,11 @@ local function mark(s, cut)
     fmt(cut) .. '|' .. NOW, 'PX', MTTL)
 end
 local started = 0
+if st and mrid ~= rid and migrated() then
+  mev = ev
+  mark(st, mcut)
+  mrid = rid
+end
 if not st or mrid ~= rid or ev > mev then
   local cut = 0
   if st and mrid ~= rid and beat > 0 then cut = math.max(beat - margin, 0) end

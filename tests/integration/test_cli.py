@@ -200,16 +200,24 @@ def test_shutdown_timeout_bounds_the_drain(upstream):
     assert "e" in result
 
 
-def test_check_refuses_cluster_with_a_reason(upstream):
-    # Not read as one plain server: refused, saying why, password unechoed.
+def test_check_reads_cluster_urls_and_refuses_a_database(upstream):
+    # Seeds are read (any number, TLS or not); a database other than 0,
+    # which a Cluster does not have, is refused, saying why, the password
+    # unechoed.
     for url in ("redis-cluster://:Pw-never-shown-9q@n1:7000,n2:7001",
-                "rediss-cluster://:Pw-never-shown-9q@n1:7000"):
-        path = write(json.dumps({"store": url, "upstreams": [
+                "rediss-cluster://:Pw-never-shown-9q@n1:7000",
+                "redis-cluster://n1,n2,n3/0"):
+        ok = write(json.dumps({"store": url, "upstreams": [
             {"name": "up", "prefix": "/up", "url": upstream.url}]}))
-        r = run(["--check", "-c", path])
-        assert r.returncode == 1
-        assert "store: is a Redis Cluster URL, which is not supported yet" in r.stderr
-        assert "Pw-never-shown-9q" not in r.stderr
+        r = run(["--check", "-c", ok])
+        assert r.returncode == 0, r.stderr
+        assert "Pw-never-shown-9q" not in r.stdout + r.stderr
+    bad = write(json.dumps({"store": "redis-cluster://:Pw-never-shown-9q@n1:7000/2",
+                            "upstreams": [{"name": "up", "prefix": "/up", "url": upstream.url}]}))
+    r = run(["--check", "-c", bad])
+    assert r.returncode == 1
+    assert "a database other than 0, which Redis Cluster does not have" in r.stderr
+    assert "Pw-never-shown-9q" not in r.stderr
     for url in ("redis://127.0.0.1:6379/1", "redis-sentinel://s1:26379,s2/mymaster/2"):
         ok = write(json.dumps({"store": url, "upstreams": [
             {"name": "up", "prefix": "/up", "url": upstream.url}]}))

@@ -1,0 +1,401 @@
+"""A redis-cluster:// store against a real Redis Cluster: six redis-server
+processes (three primaries, a replica each) joined by `redis-cli --cluster
+create`, all on loopback ports.  Sluice reads the slot map, sends each
+upstream's scripts to the primary owning its slot, follows MOVED and ASK
+while a slot is moved mid-window (and retries TRYAGAIN), survives a
+primary's failover -- one that lost the last writes too -- and the quota
+stays one count, checked at the upstream."""
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+
+import pytest
+
+from harness import (RedisError, RedisServer, free_port, max_in_window, resp_encode,
+                     resp_read, upstream_config, wait_for)
+
+
+class ClusterNode(RedisServer):
+    """One cluster-enabled redis-server; its cluster bus on a port of its
+    own (cluster-port), its nodes.conf in DIR."""
+
+    def __init__(self, directory, node_timeout):
+        self.dir = directory
+        self.bus = free_port()
+        self.node_timeout = node_timeout
+        super().__init__()
+
+    @property
+    def EXTRA_ARGS(self):
+        return ("--cluster-enabled", "yes", "--cluster-port", str(self.bus),
+                "--cluster-config-file", os.path.join(self.dir, "nodes-%d.conf" % self.port),
+                "--cluster-node-timeout", str(self.node_timeout),
+                # A replica that lost touch with its primary still takes
+                # over (the lost-writes test cuts it off first).
+                "--cluster-replica-validity-factor", "0",
+                # Replicas sync at once, not after the default 5 s wait.
+                "--repl-diskless-sync-delay", "0")
+
+    def info(self, section):
+        return dict(line.strip().split(":", 1)
+                    for line in self.cli("INFO", section).splitlines() if ":" in line)
+
+    def myid(self):
+        return self.cli("CLUSTER", "MYID")
+
+    def readonly_command(self, *args):
+        """A read on a replica (READONLY first, on the same connection)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=10) as s:
+            s.sendall(resp_encode("READONLY") + resp_encode(*args))
+            f = s.makefile("rb")
+            resp_read(f)
+            return resp_read(f)
+
+
+class Cluster:
+    """PRIMARIES primaries with REPLICAS replicas each, every slot covered;
+    a primary not heard from for NODE_TIMEOUT ms is failed over."""
+
+    def __init__(self, primaries=3, replicas=1, node_timeout=1000):
+        self.dir = tempfile.mkdtemp(prefix="sluice-cluster-")
+        self.nprimaries = primaries
+        self.nodes = []
+        try:
+            for _ in range(primaries * (1 + replicas)):
+                self.nodes.append(ClusterNode(self.dir, node_timeout))
+            subprocess.run(["redis-cli", "--cluster", "create"] +
+                           ["127.0.0.1:%d" % n.port for n in self.nodes] +
+                           ["--cluster-replicas", str(replicas), "--cluster-yes"],
+                           check=True, capture_output=True, timeout=60)
+            assert wait_for(self._ready, 30), "the cluster did not come up"
+        except BaseException:
+            self.stop()
+            raise
+
+    def _ready(self):
+        try:
+            for n in self.live():
+                if "cluster_state:ok" not in n.cli("CLUSTER", "INFO"):
+                    return False
+                rep = n.info("replication")
+                if rep.get("role") == "slave" and rep.get("master_link_status") != "up":
+                    return False
+            return len(self.primaries()) == self.nprimaries
+        except (OSError, subprocess.SubprocessError, RedisError):
+            return False
+
+    def live(self):
+        return [n for n in self.nodes if n.proc and n.proc.poll() is None]
+
+    def primaries(self):
+        return [n for n in self.live() if n.info("replication").get("role") == "master"]
+
+    def url(self, scheme="redis-cluster", auth=""):
+        return "%s://%s%s" % (scheme, auth,
+                              ",".join("127.0.0.1:%d" % n.port for n in self.nodes))
+
+    def node(self, port):
+        return next(n for n in self.nodes if n.port == port)
+
+    def slot(self, upstream):
+        return int(self.live()[0].cli("CLUSTER", "KEYSLOT", "{%s}" % upstream))
+
+    def owner(self, upstream, ask=None):
+        """The primary serving UPSTREAM's slot, as node ASK (any live node)
+        sees the map."""
+        slot = self.slot(upstream)
+        for r in (ask or self.live()[0]).command("CLUSTER", "SLOTS"):
+            if r[0] <= slot <= r[1]:
+                return self.node(r[2][1])
+        return None
+
+    def replica_of(self, primary):
+        pid = primary.myid()
+        for n in self.live():
+            if n is not primary and n.info("replication").get("role") == "slave" and \
+                    pid in n.cli("CLUSTER", "NODES").split("myself,slave ")[1].split()[0]:
+                return n
+        return None
+
+    def synced(self, primary, replica):
+        """REPLICA has every write PRIMARY made so far."""
+        want = int(primary.info("replication")["master_repl_offset"])
+        return wait_for(lambda: int(replica.info("replication").get(
+            "slave_repl_offset", -1)) >= want, 10)
+
+    def stop(self):
+        for n in self.nodes:
+            n.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@pytest.fixture
+def cluster():
+    c = Cluster()
+    yield c
+    c.stop()
+
+
+NAMES = ["leads", "crm", "mail", "ads", "billing", "search"]
+
+
+def cfg(up, url, limit=10, window="1m", names=("leads",), **top):
+    """One rate rule per upstream NAMES (all forwarding to UP), one worker
+    unless told (so "up" in /status means the one connection is)."""
+    top.setdefault("workers", 1)
+    c = upstream_config(up, [{"name": "all", "limit": limit, "window": window}], url,
+                        name=names[0], prefix="/" + names[0], admin=True, top=top)
+    for n in names[1:]:
+        u = dict(c["upstreams"][0])
+        u.update(name=n, prefix="/" + n)
+        c["upstreams"].append(u)
+    return c
+
+
+def calls(instances, n, path="/leads/x"):
+    return [instances[i % len(instances)].request("GET", path)[0] for i in range(n)]
+
+
+def store_up(sl):
+    return sl.status()["store"]["state"] == "up"
+
+
+def heartbeat_past_the_calls(node, upstream="leads"):
+    """Wait until a fleet heartbeat written on NODE is 0.4 s past the calls
+    made so far: a repair (a failover, a slot that moved: another run_id)
+    then puts none of them back twice (test_redis_sentinel.py says why
+    0.4 s)."""
+    sec, usec = node.cli("TIME").split()
+    after = int(sec) * 1000000 + int(usec) + 400000
+
+    def beat():
+        m = node.command("GET", "sluice:{%s}:m" % upstream) or b""
+        return int(m.split(b"|")[-1] or 0) > after if m.count(b"|") == 5 else False
+
+    assert wait_for(beat, 10)
+
+
+def rate_key(upstream):
+    return "sluice:{%s}:r:3:all:" % upstream
+
+
+def test_upstreams_spread_over_the_primaries_and_each_keeps_one_count(upstream, cluster,
+                                                                    sluice):
+    """Six upstreams, two instances of two workers each: each upstream's
+    count is exact across both, and their keys live on more than one
+    primary (each upstream's on the primary owning its slot)."""
+    conf = lambda: cfg(upstream, cluster.url(), names=NAMES, workers=2)
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    for name in NAMES:
+        assert calls([a, b], 13, "/%s/x" % name) == [200] * 10 + [429] * 3, name
+    assert len(upstream.times()) == 10 * len(NAMES)
+    owners = set()
+    for name in NAMES:
+        owner = cluster.owner(name)
+        owners.add(owner.port)
+        assert int(owner.cli("LLEN", rate_key(name))) == 10, name
+    assert len(owners) >= 2, owners
+    st = a.status()["store"]
+    assert st["address"].startswith("cluster 127.0.0.1:%d," % cluster.nodes[0].port)
+    assert "Pw" not in st["address"]
+
+
+def errorstats(node):
+    """NODE's error replies so far, by their first word."""
+    return {k[len("errorstat_"):]: int(v.split("=")[1])
+            for k, v in node.info("errorstats").items()}
+
+
+def test_a_slot_moved_mid_window_keeps_the_count(upstream, cluster, sluice):
+    """The upstream's slot moves to another primary, as `redis-cli
+    --cluster reshard` moves it, while calls keep coming.  During the move
+    a decision whose keys are split between the two primaries (or partly
+    absent) is answered TRYAGAIN and sent again; once every key has moved,
+    the old primary answers ASK (the call goes to the new one, behind
+    ASKING); once the move is final, MOVED (the map is read again).  Redis
+    counts each of those answers; every call is answered 200 or 429, and
+    the upstream sees exactly the limit."""
+    limit = 40
+    conf = lambda: cfg(upstream, cluster.url(), limit=limit, store_timeout="3s",
+                       on_store_error="deny")
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    src = cluster.owner("leads")
+    dst = next(n for n in cluster.primaries() if n is not src)
+    slot = cluster.slot("leads")
+    assert calls([a, b], 6) == [200] * 6
+    heartbeat_past_the_calls(src)
+    results, stop = [], threading.Event()
+
+    def load():
+        # One call every 100 ms, alternating instances (below, the bound
+        # on calls counted twice depends on this pace).
+        i = 0
+        while not stop.is_set():
+            try:
+                results.append(calls([(a, b)[i % 2]], 1)[0])
+            except Exception as e:  # an unanswered call: reported below
+                results.append(repr(e))
+            i += 1
+            stop.wait(0.1)
+
+    t = threading.Thread(target=load)
+    t.start()
+    try:
+        time.sleep(0.3)
+        dst_id, src_id = dst.myid(), src.myid()
+        dst.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+        src.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+        time.sleep(0.5)        # keys all on SRC, some absent: TRYAGAIN
+        keys = [k.decode() for k in src.command("CLUSTER", "GETKEYSINSLOT", slot, 1000)]
+        rate = [k for k in keys if ":r:" in k]
+        assert rate, keys
+        src.command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *rate)
+        time.sleep(0.5)        # keys split between the two: TRYAGAIN
+        while True:            # (a heartbeat may write a key meanwhile)
+            left = src.command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
+            if not left:
+                break
+            src.command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS",
+                        *[k.decode() for k in left])
+        time.sleep(0.5)        # all moved, the slot still migrating: ASK
+        for n in cluster.primaries():
+            n.cli("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        time.sleep(1.0)        # final: MOVED, once per connection
+    finally:
+        stop.set()
+        t.join()
+    assert results and set(results) <= {200, 429}, results
+    stats = errorstats(src)
+    assert stats.get("TRYAGAIN", 0) > 0 and stats.get("ASK", 0) > 0 and \
+        stats.get("MOVED", 0) > 0, stats
+    # The rest of the window's room, then 429.
+    got = []
+    while len(got) < 100 and got[-3:] != [429] * 3:
+        got += calls([a, b], 1)
+    assert set(got) <= {200, 429}, got
+    times = upstream.times()
+    assert max_in_window(times, 60.0) <= limit
+    # Exact: the marker came with the slot, naming the old primary, still
+    # a live primary: a migration, which loses nothing, so no repair phase
+    # (which would put the last calls back a second time).
+    assert len(times) == limit, len(times)
+    assert "redis lost data" not in a.read_log() + b.read_log()
+    assert int(dst.cli("LLEN", rate_key("leads"))) == limit
+    assert src.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+
+
+def test_failover_of_a_primary_keeps_the_count_and_resumes(upstream, cluster, sluice):
+    """kill -9 of the primary serving the upstream: the cluster sees it
+    down after 1 s (cluster-node-timeout) and its replica takes over.
+    Calls are refused meanwhile (on_store_error deny), then decided on the
+    promoted replica, the calls made before the crash still counted."""
+    conf = lambda: cfg(upstream, cluster.url(), limit=10, on_store_error="deny")
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    assert calls([a, b], 6) == [200] * 6
+    old = cluster.owner("leads")
+    new = cluster.replica_of(old)
+    assert new is not None
+    heartbeat_past_the_calls(old)
+    assert cluster.synced(old, new)
+    t0 = time.monotonic()
+    old.kill()
+    # Resumes within 10 s: 1 s to be seen down, the replica's election
+    # (about a second more), then the instances' next connection (at most
+    # 1 s of backoff) reads the new map; the rest is room for a loaded
+    # machine.
+    assert wait_for(lambda: cluster.owner("leads", ask=new) is new, 20)
+    assert wait_for(lambda: calls([a], 1) == [200], 20)
+    resumed = time.monotonic() - t0
+    assert resumed < 10, resumed
+    got = calls([a, b], 6)
+    assert got.count(200) == 3 and got.count(429) == 3, got
+    assert len(upstream.times()) == 10
+
+
+def test_failover_that_lost_the_last_writes_loses_no_count(upstream, cluster, sluice):
+    """The replica is cut off from its primary (the primary's default
+    user may no longer run PSYNC or SYNC, and the replication link is
+    killed), calls are made on the primary alone, then the primary is
+    killed: the promoted replica lacks them.  The instances see another
+    run_id in the upstream's marker and put their calls back before
+    anything more is decided: the window holds 20 at the upstream, not
+    20 plus the lost ones."""
+    conf = lambda: cfg(upstream, cluster.url(), limit=20, window="30s",
+                       on_store_error="deny")
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    assert calls([a, b], 8) == [200] * 8
+    old = cluster.owner("leads")
+    new = cluster.replica_of(old)
+    assert cluster.synced(old, new)
+    heartbeat_past_the_calls(old)
+    old.cli("ACL", "SETUSER", "default", "-psync", "-sync")
+    old.cli("CLIENT", "KILL", "TYPE", "replica")
+    assert wait_for(lambda: new.info("replication").get("master_link_status") == "down", 10)
+    assert calls([a, b], 6) == [200] * 6
+    assert int(old.cli("LLEN", rate_key("leads"))) == 14
+    assert new.readonly_command("LLEN", rate_key("leads")) == 8   # really lost
+    old.kill()
+    assert wait_for(lambda: cluster.owner("leads", ask=new) is new, 20)
+    # The repair phase, then 6 more fit: the 14 sent still count.
+    assert wait_for(lambda: store_up(a) and store_up(b), 20)
+    got = []
+    deadline = time.monotonic() + 20
+    while got.count(200) < 6 and time.monotonic() < deadline:
+        got += calls([a, b], 2)
+    assert got.count(200) == 6, got
+    assert calls([a, b], 4) == [429] * 4
+    times = upstream.times()
+    assert len(times) == 20
+    assert max_in_window(times, 30.0) == 20
+    assert int(new.cli("LLEN", rate_key("leads"))) == 20
+    assert "redis lost data" in a.read_log() + b.read_log()
+
+
+def test_a_cluster_that_cannot_be_reached_is_one_clear_line(upstream, sluice):
+    """No seed answers: one line naming the last seed and why, and
+    on_store_error decides meanwhile."""
+    dead = [free_port(), free_port()]
+    url = "redis-cluster://" + ",".join("127.0.0.1:%d" % p for p in dead)
+    sl = sluice(cfg(upstream, url, on_store_error="deny"))
+    assert wait_for(lambda: "unreachable" in sl.read_log(), 10)
+    log = sl.read_log()
+    assert "seed 127.0.0.1:%d" % dead[1] in log or "seed 127.0.0.1:%d" % dead[0] in log, log
+    assert sl.request("GET", "/leads/x")[0] == 503
+
+
+def test_a_plain_redis_named_as_a_cluster_says_so(upstream, redis, sluice):
+    sl = sluice(cfg(upstream, "redis-cluster://127.0.0.1:%d" % redis.port,
+                    on_store_error="deny"))
+    assert wait_for(lambda: "gave no slot map" in sl.read_log(), 10)
+    assert "cluster support disabled" in sl.read_log()
+    assert sl.request("GET", "/leads/x")[0] == 503
+
+
+def test_the_token_broker_finds_its_slots_primary(cluster):
+    """The broker's keys carry the upstream's hash tag on a cluster, so
+    its scripts run on one primary: three instances, one login for the
+    fleet, the token sealed on the primary owning {crm}'s slot."""
+    from test_auth import FakeProvider, get, start
+    from harness import parallel
+    p = FakeProvider()
+    fleet = []
+    try:
+        for _ in range(3):
+            fleet.append(start(p, store=cluster.url(), workers=1))
+        res = parallel(30, lambda i: get(fleet[i % 3], "/crm/x/%d" % i))
+        assert [r[0] for r in res] == [200] * 30, [r[2] for r in res if r[0] != 200][:3]
+        assert p.nlogins() == 1
+        assert "auth:{crm}:token" in cluster.owner("crm").cli("KEYS", "*")
+    finally:
+        for sl in fleet:
+            sl.stop()
+        p.close()
