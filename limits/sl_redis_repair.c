@@ -222,7 +222,7 @@ void sl_fleet_reset(struct sl_fleet *f)
 }
 
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
-                        const char *channel, int64_t margin_us,
+                        const char *channel, int64_t margin_us, bool cluster,
                         const struct sl_repair_out *out)
 {
     out->key(out->ctx, up, NULL, 'm', "", 0);
@@ -235,6 +235,7 @@ void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
     out->num(out->ctx, SL_FLEET_PHASE_MAX_US);
     out->arg(out->ctx, channel, strlen(channel));
     out->num(out->ctx, margin_us);
+    out->num(out->ctx, cluster ? 1 : 0);
 }
 
 /* One rate bucket of the memory store, copied out of its lock. */

@@ -99,9 +99,11 @@ struct sl_repair_clock {
 
 /* fleet.lua's KEYS and ARGV for UP, as member MEMBER.  MARGIN_US: how
  * long after its call was sent a commit may still run (store_timeout and
- * the commit's hold, and the servers' clock skew). */
+ * the commit's hold, and the servers' clock skew).  CLUSTER: Redis is a
+ * Cluster (the marker names the node; a slot that moved by migration is
+ * told from a loss). */
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
-                        const char *channel, int64_t margin_us,
+                        const char *channel, int64_t margin_us, bool cluster,
                         const struct sl_repair_out *out);
 
 /*

@@ -3234,7 +3234,8 @@ static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
             continue;
         sl_fleet_beat_args(&r->config->upstreams[u], r->instance, r->channel,
                            r->config->store_timeout_us + SL_REDIS_COMMIT_HOLD_US +
-                               SL_USEC_PER_SEC / 20, &out);
+                               SL_USEC_PER_SEC / 20,
+                           r->config->redis_nseeds > 0, &out);
         if (sl_redis_send(r, op) != 0) {
             sl_redis_op_free(op);
             continue;

@@ -5,7 +5,8 @@
 --   ARGV  member, expiry_us (a member not seen for this long is not
 --         waited for), min_us, max_us (a phase lasts at least / at most),
 --         channel, margin_us (how long a commit may run after its call
---         was sent: store_timeout and the commit's hold)
+--         was sent: store_timeout and the commit's hold), cluster (1: a
+--         Redis Cluster, whose node ids the marker carries; else 0)
 -- The marker is "state|evicted|run_id|since|cutoff|beat": state o
 -- (decisions run) or r (a repair phase since `since`, Redis µs), Redis's
 -- run_id and evicted_keys when it was set, the phase's cutoff, and the
@@ -34,6 +35,7 @@ local m, f, k, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local me, expiry = ARGV[1], tonumber(ARGV[2])
 local pmin, pmax, chan = tonumber(ARGV[3]), tonumber(ARGV[4]), ARGV[5]
 local margin = tonumber(ARGV[6])
+local cluster = ARGV[7] == '1'
 -- (a user without +info: the marker alone detects a loss)
 local function info(section, field)
   local s = redis.pcall('INFO', section)
@@ -41,7 +43,7 @@ local function info(section, field)
   return string.match(s, field .. ':(%w+)')
 end
 local rid = info('server', 'run_id') or '-'
-local node = redis.pcall('CLUSTER', 'MYID')   -- an error outside a cluster
+local node = cluster and redis.pcall('CLUSTER', 'MYID')
 if type(node) == 'string' then rid = rid .. '@' .. node end
 local ev = tonumber(info('stats', 'evicted_keys') or 0)
 local st, mev, mrid, since, mcut, beat = nil, 0, nil, 0, 0, 0
