@@ -15,13 +15,21 @@
  * redis.call()s per decision (INFO commandstats) and the wall-clock rate
  * this one driver reached.
  *
- * usage: redis_decide HOST PORT BATCH SECONDS [INFLIGHT [RULES]]
+ * usage: redis_decide HOST PORT BATCH SECONDS [INFLIGHT [RULES [UPSTREAMS]]]
+ *   HOST PORT: one Redis; or a store URL and "-" ("redis-cluster://h:p,...":
+ *          a Redis Cluster, whose primaries' CPU is summed);
  *   RULES: "rate" (one rate rule, the default: the bench's proxy config),
  *          "per" (one rate rule keyed per value, 10,000 values in turn),
- *          "shares" (one rate rule split between two apps).
+ *          "shares" (one rate rule split between two apps);
+ *   UPSTREAMS: that many upstreams with those rules (default 1), the
+ *          decisions spread over them in turn (a batch holds one
+ *          upstream's calls, as in the proxy).
  * Prints one line:
  *   batch=B decisions=N secs=S redis_cpu_s=C us_per_decision=U
  *   per_core=D calls_per_decision=K driver_rate=R
+ * and, on a cluster, one more: primaries=P busiest_cpu_s=M capacity=X
+ * (X = decisions per second at which the busiest primary fills its one
+ * core: what the cluster sustains, to set against one Redis's per_core).
  * The keys it writes are under "rdbench:<pid>:" and expire by themselves.
  */
 #include "sl_apps.h"
@@ -37,7 +45,8 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_FDS 8
+#define MAX_FDS 64
+#define MAX_NODES 16
 
 struct watch {
     int fd;
@@ -133,7 +142,7 @@ static void on_decision(void *arg, const struct sl_decision *d,
 
 /* redis-server's CPU seconds so far and, summed over every command,
  * the calls made (INFO cpu and commandstats). */
-static int redis_counters(redisContext *rc, double *cpu, unsigned long long *calls)
+static int redis_counters1(redisContext *rc, double *cpu, unsigned long long *calls)
 {
     redisReply *rep = redisCommand(rc, "INFO everything");
     const char *p;
@@ -161,6 +170,57 @@ static int redis_counters(redisContext *rc, double *cpu, unsigned long long *cal
     return 0;
 }
 
+/* The Redis servers measured: one, or a cluster's primaries. */
+static redisContext *nodes[MAX_NODES];
+static size_t nnodes;
+
+/* Summed over the servers; CPU[i] each. */
+static int redis_counters(double *cpu, unsigned long long *calls, double *each)
+{
+    *cpu = 0;
+    *calls = 0;
+    for (size_t i = 0; i < nnodes; i++) {
+        double c;
+        unsigned long long k;
+        if (redis_counters1(nodes[i], &c, &k) != 0)
+            return -1;
+        each[i] = c;
+        *cpu += c;
+        *calls += k;
+    }
+    return 0;
+}
+
+/* The primaries of the cluster SEED (host:port) belongs to. */
+static int connect_primaries(const char *host, int port)
+{
+    redisContext *seed = redisConnect(host, port);
+    redisReply *rep;
+
+    if (seed == NULL || seed->err)
+        return -1;
+    rep = redisCommand(seed, "CLUSTER SLOTS");
+    if (rep == NULL || rep->type != REDIS_REPLY_ARRAY)
+        return -1;
+    for (size_t i = 0; i < rep->elements; i++) {
+        redisReply *p = rep->element[i]->element[2];
+        const char *h = p->element[0]->str[0] != '\0' ? p->element[0]->str : host;
+        int pt = (int)p->element[1]->integer;
+        bool seen = false;
+        for (size_t j = 0; j < nnodes; j++)
+            seen = seen || (nodes[j]->tcp.port == pt && strcmp(nodes[j]->tcp.host, h) == 0);
+        if (seen || nnodes == MAX_NODES)
+            continue;
+        nodes[nnodes] = redisConnect(h, pt);
+        if (nodes[nnodes] == NULL || nodes[nnodes]->err)
+            return -1;
+        nnodes++;
+    }
+    freeReplyObject(rep);
+    redisFree(seed);
+    return nnodes > 0 ? 0 : -1;
+}
+
 static const char *header_none(void *ctx, const char *name)
 {
     (void)ctx;
@@ -170,7 +230,10 @@ static const char *header_none(void *ctx, const char *name)
 
 int main(int argc, char **argv)
 {
-    char text[2048];
+    char text[65536], store_url[1024], ups[60000];
+    int nups = argc > 7 ? atoi(argv[7]) : 1;
+    bool cluster = strstr(argv[1], "://") != NULL;
+    double each0[MAX_NODES], each1[MAX_NODES];
     const char *rules = argc > 6 ? argv[6] : "rate";
     const char *rule_json;
     struct sl_config *config = NULL;
@@ -178,13 +241,12 @@ int main(int argc, char **argv)
     struct sl_apps *apps;
     struct sl_loop loop = {NULL, loop_watch, loop_unwatch, NULL};
     struct sl_check *checks;
-    redisContext *rc;
     int batch, secs, inflight;
     uint16_t app_id;
     double cpu0, cpu1;
     unsigned long long calls0, calls1;
     int64_t start, until, warm_until;
-    uint64_t decided0 = 0, n = 0;
+    uint64_t decided0 = 0, n = 0, rounds = 0;
     size_t nchecks;
 
     if (argc < 5) {
@@ -195,8 +257,8 @@ int main(int argc, char **argv)
     batch = atoi(argv[3]);
     secs = atoi(argv[4]);
     inflight = argc > 5 ? atoi(argv[5]) : 4;
-    if (batch < 1 || batch > 32 || secs < 1 || inflight < 1) {
-        fprintf(stderr, "BATCH 1..32, SECONDS >= 1, INFLIGHT >= 1\n");
+    if (batch < 1 || batch > 32 || secs < 1 || inflight < 1 || nups < 1 || nups > 200) {
+        fprintf(stderr, "BATCH 1..32, SECONDS >= 1, INFLIGHT >= 1, UPSTREAMS 1..200\n");
         return 2;
     }
     if (strcmp(rules, "rate") == 0)
@@ -211,12 +273,23 @@ int main(int argc, char **argv)
         fprintf(stderr, "RULES: rate, per or shares\n");
         return 2;
     }
+    if (cluster)
+        snprintf(store_url, sizeof(store_url), "%s", argv[1]);
+    else
+        snprintf(store_url, sizeof(store_url), "redis://%s:%s", argv[1], argv[2]);
+    ups[0] = '\0';
+    for (int u = 0; u < nups; u++) {
+        size_t at = strlen(ups);
+        snprintf(ups + at, sizeof(ups) - at,
+                 "%s{\"name\": \"up%d\", \"prefix\": \"/up%d\","
+                 " \"url\": \"http://127.0.0.1:1\", \"rules\": [%s]}",
+                 u > 0 ? ", " : "", u, u, rule_json);
+    }
     snprintf(text, sizeof(text),
-             "{\"listen\": \"127.0.0.1:1\", \"store\": \"redis://%s:%s\","
+             "{\"listen\": \"127.0.0.1:1\", \"store\": \"%s\","
              " \"store_prefix\": \"rdbench:%d:\", \"app\": \"header:X-App\","
-             " \"upstreams\": [{\"name\": \"up\", \"prefix\": \"/up\","
-             " \"url\": \"http://127.0.0.1:1\", \"rules\": [%s]}]}",
-             argv[1], argv[2], (int)getpid(), rule_json);
+             " \"upstreams\": [%s]}",
+             store_url, (int)getpid(), ups);
     if (sl_config_parse(text, "bench", false, &config, &errs) != 0) {
         for (size_t i = 0; i < errs.count; i++)
             fprintf(stderr, "%s\n", errs.lines[i]);
@@ -228,8 +301,9 @@ int main(int argc, char **argv)
     { const char *bad; if (sl_config_bind_apps(config, apps, &bad) != 0) return 1; }
     app_id = sl_apps_id(apps, "bench-app", strlen("bench-app"));
 
-    /* The checks, matched once: 10,000 buckets for "per", else one. */
-    nchecks = strcmp(rules, "per") == 0 ? 10000 : 1;
+    /* The checks, matched once: 10,000 buckets for "per", else one; per
+     * upstream, in turn. */
+    nchecks = (strcmp(rules, "per") == 0 ? 10000 : 1) * (size_t)nups;
     checks = calloc(nchecks, sizeof(*checks));
     if (checks == NULL)
         return 1;
@@ -237,8 +311,9 @@ int main(int argc, char **argv)
         char key[32];
         struct sl_call call = {.method = "GET", .path = "/x", .path_len = 2,
                                .header = header_none};
-        const struct sl_rule *per = &config->upstreams[0].rules[0];
-        if (sl_match(&config->upstreams[0], &call, &checks[i]) != 0)
+        const struct sl_upstream_conf *up = &config->upstreams[i % (size_t)nups];
+        const struct sl_rule *per = &up->rules[0];
+        if (sl_match(up, &call, &checks[i]) != 0)
             return 1;
         checks[i].app = app_id;
         checks[i].app_name = sl_apps_name(apps, app_id);
@@ -258,8 +333,9 @@ int main(int argc, char **argv)
     store = sl_store_redis_new(config, NULL, &loop, 0);
     if (store == NULL)
         return 1;
-    rc = redisConnect(argv[1], atoi(argv[2]));
-    if (rc == NULL || rc->err) {
+    if (cluster ? connect_primaries(config->redis_host, config->redis_port) != 0
+                : (nodes[0] = redisConnect(argv[1], atoi(argv[2]))) == NULL ||
+                      nodes[nnodes++]->err) {
         fprintf(stderr, "cannot connect to Redis\n");
         return 1;
     }
@@ -288,16 +364,18 @@ int main(int argc, char **argv)
         if (!measuring && t >= warm_until) {
             measuring = true;
             decided0 = answered;
-            if (redis_counters(rc, &cpu0, &calls0) != 0)
+            if (redis_counters(&cpu0, &calls0, each0) != 0)
                 return 1;
         }
         if (t >= until)
             break;
         if (outstanding + (uint64_t)batch <= (uint64_t)batch * (uint64_t)inflight) {
+            /* One upstream per round (its calls share a run), in turn. */
+            size_t u = (size_t)(rounds++ % (uint64_t)nups), per_up = nchecks / (size_t)nups;
             for (int i = 0; i < batch; i++) {
                 outstanding++;
-                if (sl_store_decide(store, &checks[n++ % nchecks], on_decision,
-                                    NULL) != 0) {
+                if (sl_store_decide(store, &checks[u + (size_t)nups * (n++ % per_up)],
+                                    on_decision, NULL) != 0) {
                     fprintf(stderr, "decide failed\n");
                     return 1;
                 }
@@ -311,7 +389,7 @@ int main(int argc, char **argv)
         loop_pass(outstanding + (uint64_t)batch <= (uint64_t)batch * (uint64_t)inflight
                   ? 0 : 5);
     }
-    if (redis_counters(rc, &cpu1, &calls1) != 0)
+    if (redis_counters(&cpu1, &calls1, each1) != 0)
         return 1;
     {
         uint64_t d = answered - decided0;
@@ -326,6 +404,17 @@ int main(int argc, char **argv)
                batch, (unsigned long long)d, secs, cpu, cpu * 1e6 / (double)d,
                (double)d / cpu, (double)(calls1 - calls0) / (double)d,
                (double)d / secs, (double)allowed / (double)answered);
+        if (cluster) {
+            double busiest = 0;
+            printf("primaries=%zu", nnodes);
+            for (size_t i = 0; i < nnodes; i++) {
+                double c = each1[i] - each0[i];
+                busiest = c > busiest ? c : busiest;
+                printf(" %s:%d=%.3f", nodes[i]->tcp.host, nodes[i]->tcp.port, c);
+            }
+            printf(" busiest_cpu_s=%.3f capacity=%.0f\n", busiest,
+                   busiest > 0 ? (double)d / busiest : 0.0);
+        }
     }
     /* Let the last commits and releases reach Redis. */
     for (int i = 0; i < 100 && outstanding > 0; i++) {
@@ -339,6 +428,7 @@ int main(int argc, char **argv)
         loop_pass(2);
     }
     sl_store_destroy(store);
-    redisFree(rc);
+    for (size_t i = 0; i < nnodes; i++)
+        redisFree(nodes[i]);
     return 0;
 }
