@@ -134,3 +134,25 @@ def test_readme_login_examples_pass_check(tmp_path):
                                            "LEADS_CLIENT_SECRET": "x"})
         assert r.returncode == 0, r.stdout + r.stderr
         assert "warning" not in r.stdout + r.stderr
+
+
+def test_readme_store_urls_pass_check(tmp_path):
+    """README's "Sharing one quota through Redis": each store line, as
+    written, in a configuration that passes --check (the CA file moved to
+    a test certificate)."""
+    from harness import make_cert
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Sharing one quota through Redis", 1)[1].split("\n## ", 1)[0]
+    block = re.findall(r"```text\n(.*?)```", section, re.S)[0]
+    lines = [ln for ln in block.splitlines() if ln.strip()]
+    assert [json.loads("{%s}" % ln)["store"].split("://")[0] for ln in lines] == \
+        ["redis", "rediss", "redis-sentinel", "redis-cluster"]
+    cert, _ = make_cert(str(tmp_path))
+    for i, ln in enumerate(lines):
+        conf = json.loads("{%s}" % ln.replace("/etc/sluice/ca.pem", cert))
+        conf["upstreams"] = [{"name": "up", "prefix": "/up", "url": "http://127.0.0.1:9"}]
+        path = tmp_path / ("store%d.json" % i)
+        path.write_text(json.dumps(conf))
+        r = subprocess.run([SLUICE_BIN, "--check", "-c", str(path)], capture_output=True,
+                           text=True)
+        assert r.returncode == 0, ln + "\n" + r.stdout + r.stderr
