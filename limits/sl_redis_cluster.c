@@ -171,14 +171,8 @@ static void sl_cl_ignore(struct sl_redis_link *link, redisReply *rep, void *priv
 
 /* ---- the map ---- */
 
-/* Call FN for each range of CLUSTER SLOTS's reply REP: its slots and
- * primary (an empty host is the answering node's, FROM).  -1: not a
- * map. */
-typedef int (*sl_cl_range_fn)(void *ctx, long long start, long long end, const char *host,
-                              int port);
-
-static int sl_cl_parse_map(const redisReply *rep, const char *from, sl_cl_range_fn fn,
-                           void *ctx)
+int sl_redis_cluster_parse_map(const redisReply *rep, const char *from, sl_redis_range_fn fn,
+                               void *ctx)
 {
     size_t ranges = 0;
 
@@ -199,8 +193,13 @@ static int sl_cl_parse_map(const redisReply *rep, const char *from, sl_cl_range_
         host = p->element[0]->len > 0 && strcmp(p->element[0]->str, "?") != 0
                    ? p->element[0]->str : from;
         if (e->element[0]->integer < 0 || e->element[1]->integer >= SL_REDIS_CLUSTER_SLOTS ||
-            e->element[0]->integer > e->element[1]->integer)
+            e->element[0]->integer > e->element[1]->integer ||
+            p->element[1]->integer <= 0 || p->element[1]->integer > 65535 ||
+            strlen(p->element[0]->str) != p->element[0]->len)
             return -1;
+        for (const char *c = host; *c; c++)
+            if ((unsigned char)*c <= ' ' || *c == 0x7f)
+                return -1;
         if (fn(ctx, e->element[0]->integer, e->element[1]->integer, host,
                (int)p->element[1]->integer) != 0)
             return -1;
@@ -240,28 +239,41 @@ static int sl_cl_take_range(void *ctx, long long start, long long end, const cha
     return 0;
 }
 
-/* "<slot> <host>:<port>" after MOVED or ASK; an empty host is FROM's. */
-static bool sl_cl_parse_redirect(const char *s, const char *from, int *slot, char *host,
-                                 size_t host_len, int *port)
+bool sl_redis_cluster_parse_redirect(const char *s, const char *from, int *slot, char *host,
+                                     size_t host_len, int *port)
 {
     char *end;
-    long v = strtol(s, &end, 10);
+    long v, p;
     const char *colon;
+    size_t n;
 
-    if (end == s || *end != ' ' || v < 0 || v >= SL_REDIS_CLUSTER_SLOTS)
+    if (*s < '0' || *s > '9')
+        return false;
+    v = strtol(s, &end, 10);
+    if (*end != ' ' || v < 0 || v >= SL_REDIS_CLUSTER_SLOTS)
         return false;
     s = end + 1;
     colon = strrchr(s, ':');
-    if (colon == NULL)
+    if (colon == NULL || colon[1] < '0' || colon[1] > '9')
         return false;
-    *port = (int)strtol(colon + 1, &end, 10);
-    if (end == colon + 1 || *port <= 0 || *port > 65535)
+    p = strtol(colon + 1, &end, 10);
+    if (*end != '\0' || p <= 0 || p > 65535)
         return false;
     if (colon == s)
-        snprintf(host, host_len, "%s", from);
+        s = from, n = strlen(from);
     else
-        snprintf(host, host_len, "%.*s", (int)(colon - s), s);
+        n = (size_t)(colon - s);
+    /* A host that does not fit, or that holds a space or a control
+     * character, is not one. */
+    if (n == 0 || n >= host_len)
+        return false;
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)s[i] <= ' ' || s[i] == 0x7f)
+            return false;
+    memcpy(host, s, n);
+    host[n] = '\0';
     *slot = (int)v;
+    *port = (int)p;
     return true;
 }
 
@@ -414,7 +426,7 @@ static void sl_cl_on_reply(struct sl_redis_link *link, redisReply *rep, void *pr
             for (size_t i = 0; i < cl->nnodes; i++)
                 if (cl->nodes[i].link == link)
                     from = &cl->nodes[i];
-            if (sl_cl_parse_redirect(rep->str + (moved ? 6 : 4),
+            if (sl_redis_cluster_parse_redirect(rep->str + (moved ? 6 : 4),
                                      from != NULL ? from->host : "", &slot, host,
                                      sizeof(host), &port) &&
                 (to = sl_cl_node(cl, host, port)) >= 0) {
@@ -467,7 +479,7 @@ static void sl_cl_on_refresh(struct sl_redis_link *link, redisReply *rep, void *
         return;
     memcpy(old, cl->slots, sizeof(old));
     memset(cl->slots, 0xff, sizeof(cl->slots));
-    if (sl_cl_parse_map(rep, n->host, sl_cl_take_range, cl) != 0)
+    if (sl_redis_cluster_parse_map(rep, n->host, sl_cl_take_range, cl) != 0)
         memcpy(cl->slots, old, sizeof(old));   /* keep what was known */
 }
 
@@ -493,7 +505,7 @@ static void sl_cl_on_map(struct sl_redis_link *link, redisReply *rep, void *priv
 
     if (rep == NULL || cl->free_asked)
         return;  /* the seed's link died: its disconnect callback moves on */
-    if (rep->type == REDIS_REPLY_ERROR || sl_cl_parse_map(rep, from, sl_cl_take_range, cl) != 0) {
+    if (rep->type == REDIS_REPLY_ERROR || sl_redis_cluster_parse_map(rep, from, sl_cl_take_range, cl) != 0) {
         snprintf(why, sizeof(why), "seed %s:%d gave no slot map (%s)", from,
                  cl->seed_port[cl->seed_at],
                  rep->type == REDIS_REPLY_ERROR ? rep->str : "unreadable CLUSTER SLOTS");
@@ -933,7 +945,7 @@ int sl_redis_cluster_resolve(const struct sl_redis_cluster_conf *conf, const cha
             continue;
         }
         rep = sl_redis_block_command(b, "CLUSTER SLOTS");
-        if (rep != NULL && sl_cl_parse_map(rep, lc.host, sl_cl_find_range, &f) == 0 &&
+        if (rep != NULL && sl_redis_cluster_parse_map(rep, lc.host, sl_cl_find_range, &f) == 0 &&
             f.host != NULL) {
             freeReplyObject(rep);
             sl_redis_block_free(b);

@@ -83,6 +83,24 @@ enum sl_redis_link_state sl_redis_cluster_state(const struct sl_redis_cluster *c
 size_t sl_redis_cluster_nodes(const struct sl_redis_cluster *cl);
 uint64_t sl_redis_cluster_redirects(const struct sl_redis_cluster *cl);
 
+/* ---- the parsers of Redis's answers (for the fuzzer and the tests) ---- */
+
+/* Call FN for each range of CLUSTER SLOTS's reply REP: its first and last
+ * slot and its primary (an empty or "?" host is FROM, the answering
+ * node's).  FN returns 0, or -1 to stop.  0, or -1: not a map (no range,
+ * a malformed one, or FN stopped). */
+struct redisReply;
+typedef int (*sl_redis_range_fn)(void *ctx, long long start, long long end, const char *host,
+                                 int port);
+int sl_redis_cluster_parse_map(const struct redisReply *rep, const char *from,
+                               sl_redis_range_fn fn, void *ctx);
+
+/* "<slot> <host>:<port>", what follows MOVED or ASK: true with the slot
+ * (0..16383), the host (HOST_LEN bytes, NUL-terminated; an empty host is
+ * FROM) and the port (1..65535); false when it is not that. */
+bool sl_redis_cluster_parse_redirect(const char *s, const char *from, int *slot, char *host,
+                                     size_t host_len, int *port);
+
 /*
  * For a blocking client (the token broker's): ask the seeds in turn for
  * the slot map and give the primary owning KEY's slot: *HOST (malloc'd)
