@@ -142,6 +142,7 @@ struct sl_redis_cluster {
     size_t script_len[SL_CL_SCRIPTS_MAX], nscripts;
     size_t npending;
     uint64_t redirects;
+    char doomed[512];                 /* a node could not be tried: fail */
     int depth;
     bool free_asked;
     char error[512];
@@ -171,6 +172,37 @@ static void sl_cl_ignore(struct sl_redis_link *link, redisReply *rep, void *priv
 
 /* ---- the map ---- */
 
+/*
+ * Where a node of CLUSTER SLOTS (P: endpoint, port, id[, metadata]) is
+ * reached: its endpoint; FROM (the answering node's host) for an empty
+ * or nil one (cluster-preferred-endpoint-type unknown-endpoint: "the
+ * host you asked, this port"); for "?" (a hostname was preferred but the
+ * node has none) the "ip" of its metadata, else NULL.  NULL too for an
+ * endpoint with a NUL inside.
+ */
+static const char *sl_cl_endpoint(const redisReply *p, const char *from)
+{
+    const redisReply *h = p->element[0];
+
+    if (h->type == REDIS_REPLY_NIL || h->len == 0)
+        return from;
+    if (strlen(h->str) != h->len)
+        return NULL;
+    if (strcmp(h->str, "?") != 0)
+        return h->str;
+    if (p->elements >= 4 && p->element[3]->type == REDIS_REPLY_ARRAY) {
+        const redisReply *m = p->element[3];
+        for (size_t i = 0; i + 1 < m->elements; i += 2)
+            if (m->element[i]->type == REDIS_REPLY_STRING &&
+                strcmp(m->element[i]->str, "ip") == 0 &&
+                m->element[i + 1]->type == REDIS_REPLY_STRING &&
+                m->element[i + 1]->len > 0 &&
+                strlen(m->element[i + 1]->str) == m->element[i + 1]->len)
+                return m->element[i + 1]->str;
+    }
+    return NULL;
+}
+
 int sl_redis_cluster_parse_map(const redisReply *rep, const char *from, sl_redis_range_fn fn,
                                void *ctx)
 {
@@ -187,15 +219,16 @@ int sl_redis_cluster_parse_map(const redisReply *rep, const char *from, sl_redis
             return -1;
         p = e->element[2];
         if (p->type != REDIS_REPLY_ARRAY || p->elements < 2 ||
-            p->element[0]->type != REDIS_REPLY_STRING ||
+            (p->element[0]->type != REDIS_REPLY_STRING &&
+             p->element[0]->type != REDIS_REPLY_NIL) ||
             p->element[1]->type != REDIS_REPLY_INTEGER)
             return -1;
-        host = p->element[0]->len > 0 && strcmp(p->element[0]->str, "?") != 0
-                   ? p->element[0]->str : from;
+        host = sl_cl_endpoint(p, from);
+        if (host == NULL)
+            return -1;
         if (e->element[0]->integer < 0 || e->element[1]->integer >= SL_REDIS_CLUSTER_SLOTS ||
             e->element[0]->integer > e->element[1]->integer ||
-            p->element[1]->integer <= 0 || p->element[1]->integer > 65535 ||
-            strlen(p->element[0]->str) != p->element[0]->len)
+            p->element[1]->integer <= 0 || p->element[1]->integer > 65535)
             return -1;
         for (const char *c = host; *c; c++)
             if ((unsigned char)*c <= ' ' || *c == 0x7f)
@@ -333,8 +366,16 @@ static struct sl_redis_link *sl_cl_link(struct sl_redis_cluster *cl, int i)
         .arg = n,
     };
     n->link = sl_redis_link_new(&lc, &cl->loop, &cbs, why, sizeof(why));
-    if (n->link == NULL)
+    if (n->link == NULL) {
+        /* A primary that cannot even be tried (its name does not resolve,
+         * no descriptor is left) takes the connection down, as one that
+         * refuses: at the next sl_redis_cluster_check(), since this may be
+         * inside sl_redis_cluster_command(), which calls nothing back. */
+        if (cl->doomed[0] == '\0')
+            snprintf(cl->doomed, sizeof(cl->doomed), "cluster node %s:%d: %s", n->host,
+                     n->port, why);
         return NULL;
+    }
     if (cl->corked)
         sl_redis_link_cork(n->link);
     for (size_t s = 0; s < cl->nscripts; s++) {
@@ -472,15 +513,20 @@ static void sl_cl_on_refresh(struct sl_redis_link *link, redisReply *rep, void *
     struct sl_cl_node *n = privdata;
     struct sl_redis_cluster *cl = n->cl;
     int16_t old[SL_REDIS_CLUSTER_SLOTS];
+    int old_home;
 
     (void)link;
     cl->refreshing = false;
     if (rep == NULL || cl->free_asked)
         return;
     memcpy(old, cl->slots, sizeof(old));
+    old_home = cl->home;
     memset(cl->slots, 0xff, sizeof(cl->slots));
-    if (sl_redis_cluster_parse_map(rep, n->host, sl_cl_take_range, cl) != 0)
+    cl->home = -1;
+    if (sl_redis_cluster_parse_map(rep, n->host, sl_cl_take_range, cl) != 0) {
         memcpy(cl->slots, old, sizeof(old));   /* keep what was known */
+        cl->home = old_home;
+    }
 }
 
 /* Ask for the map again (after MOVED or CLUSTERDOWN), once at a time. */
@@ -506,6 +552,11 @@ static void sl_cl_on_map(struct sl_redis_link *link, redisReply *rep, void *priv
     if (rep == NULL || cl->free_asked)
         return;  /* the seed's link died: its disconnect callback moves on */
     if (rep->type == REDIS_REPLY_ERROR || sl_redis_cluster_parse_map(rep, from, sl_cl_take_range, cl) != 0) {
+        /* What it gave before it failed is not kept for the next seed's
+         * map (no link was made to those nodes yet). */
+        memset(cl->slots, 0xff, sizeof(cl->slots));
+        cl->home = -1;
+        cl->nnodes = 0;
         snprintf(why, sizeof(why), "seed %s:%d gave no slot map (%s)", from,
                  cl->seed_port[cl->seed_at],
                  rep->type == REDIS_REPLY_ERROR ? rep->str : "unreadable CLUSTER SLOTS");
@@ -790,6 +841,8 @@ int64_t sl_redis_cluster_check(struct sl_redis_cluster *cl, int64_t now_ms)
 
 #define SL_CL_NEXT(t) do { int64_t t_ = (t); if (t_ >= 0 && (next < 0 || t_ < next)) next = t_; } while (0)
     sl_cl_hold(cl);
+    if (cl->doomed[0] != '\0')
+        sl_cl_fail(cl, SL_REDIS_LINK_ERR_IO, cl->doomed);
     /* Retries that are due, sent where their slot is now. */
     if (cl->up && !cl->failing) {
         struct sl_cl_cmd *due = NULL, **pp = &cl->retry;
@@ -880,7 +933,7 @@ static void sl_cl_destroy(struct sl_redis_cluster *cl)
 
 enum sl_redis_link_state sl_redis_cluster_state(const struct sl_redis_cluster *cl)
 {
-    if (cl->failing || cl->free_asked)
+    if (cl->failing || cl->free_asked || cl->doomed[0] != '\0')
         return SL_REDIS_LINK_DEAD;
     return cl->up ? SL_REDIS_LINK_UP : SL_REDIS_LINK_CONNECTING;
 }

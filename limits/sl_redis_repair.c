@@ -141,8 +141,9 @@ int sl_fleet_init(struct sl_fleet *f)
     f->phase = calloc(SL_MAX_UPSTREAMS, sizeof(*f->phase));
     f->repaired = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repaired));
     f->repairing = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repairing));
+    f->seen = calloc(SL_MAX_UPSTREAMS, sizeof(*f->seen));
     if (f->next_beat_us == NULL || f->beating == NULL || f->phase == NULL ||
-        f->repaired == NULL || f->repairing == NULL) {
+        f->repaired == NULL || f->repairing == NULL || f->seen == NULL) {
         sl_fleet_free(f);
         return -1;
     }
@@ -210,6 +211,7 @@ void sl_fleet_free(struct sl_fleet *f)
     free(f->phase);
     free(f->repaired);
     free(f->repairing);
+    free(f->seen);
     memset(f, 0, sizeof(*f));
 }
 
@@ -218,7 +220,7 @@ void sl_fleet_reset(struct sl_fleet *f)
     /* Heartbeats and repairs in flight were answered NULL with their link. */
     memset(f->next_beat_us, 0, SL_MAX_UPSTREAMS * sizeof(*f->next_beat_us));
     memset(f->phase, 0, SL_MAX_UPSTREAMS * sizeof(*f->phase));
-    f->seen = false;
+    memset(f->seen, 0, SL_MAX_UPSTREAMS * sizeof(*f->seen));
 }
 
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,

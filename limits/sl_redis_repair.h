@@ -39,7 +39,10 @@ struct sl_fleet {
     bool *phase;                  /* the last heartbeat saw a repair phase */
     int64_t *repaired;            /* the phase (its `since`) put back, or 0 */
     bool *repairing;              /* a repair is in flight */
-    bool seen;                    /* a heartbeat answered on this link */
+    /* a heartbeat of this upstream answered on this connection: its
+     * decisions wait for one (on a cluster, upstreams live on different
+     * primaries, and one primary's answer says nothing of another's) */
+    bool *seen;
     /* the newest report per bucket, at most SL_FLEET_REPORTS (the
      * oldest goes first) */
     struct sl_fleet_report *reports;

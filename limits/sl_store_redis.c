@@ -265,6 +265,9 @@ struct sl_redis_conn {
     /* Inside sl_redis_link_free(): the NULL replies it hands out are for
      * commands this store gave up itself (their undo, if any, is written). */
     bool freeing;
+    /* Inside sl_redis_fail(): a cluster link that dies while it writes
+     * the undos calls it again, which has nothing more to do. */
+    bool failing;
     int64_t reconnect_at_ms;
     int backoff_ms;
     bool resolved;          /* main, Sentinel: connect to r->primary now */
@@ -1441,11 +1444,14 @@ static void sl_redis_fail(struct sl_redis_conn *conn, const char *why)
 {
     struct sl_redis *r = conn->r;
 
+    if (conn->failing)
+        return;
     atomic_fetch_add(&sl_redis_errors, 1);
     if (!conn->sub)
         sl_redis_mark_down(r, why);
     if (!sl_conn_live(conn))
         return;
+    conn->failing = true;
     if (!conn->sub) {
         struct sl_redis_op *op, *last = r->fifo_tail;
         for (op = r->fifo_head; op != NULL; op = op->next) {
@@ -1459,10 +1465,13 @@ static void sl_redis_fail(struct sl_redis_conn *conn, const char *why)
          * connection (the link is NULL afterwards). */
         if (conn->state == SL_REDIS_UP)
             (void)sl_conn_flush(conn);
-        if (!sl_conn_live(conn))
+        if (!sl_conn_live(conn)) {
+            conn->failing = false;
             return;
+        }
     }
     sl_redis_close(conn);  /* pending callbacks run now, with NULL replies */
+    conn->failing = false;
     sl_redis_schedule_reconnect(conn);
 }
 /* ---- decisions ---- */
@@ -1788,7 +1797,8 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
      * which sees a Redis that lost data (sl_redis_repair.c), and for a
      * link: a Sentinel store's first one waits for the Sentinels' answer
      * (bounded by store_timeout per Sentinel; then the outage decides). */
-    if ((sl_redis_usable(r) && (!r->have_offset || !r->fleet.seen)) ||
+    if ((sl_redis_usable(r) &&
+         (!r->have_offset || (upstream < SL_MAX_UPSTREAMS && !r->fleet.seen[upstream]))) ||
         sl_redis_finding_primary(r))
         return;
     r->pending[upstream] = NULL;
@@ -2146,7 +2156,7 @@ static void sl_redis_waited(struct sl_redis *r, bool all)
         bool late = now - w->since_us > SL_FLEET_PHASE_MAX_US + SL_USEC_PER_SEC;
         w->next = NULL;
         if (all || late || !sl_redis_usable(r) ||
-            (r->fleet.seen && u < SL_MAX_UPSTREAMS && !r->fleet.phase[u])) {
+            (u < SL_MAX_UPSTREAMS && r->fleet.seen[u] && !r->fleet.phase[u])) {
             if (all || late)
                 sl_redis_fallback(r, w->call.check, w->call.cb, w->call.arg);
             else
@@ -2195,8 +2205,12 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
 
     (void)link;
     sl_redis_pop(r, op);
-    if (r->setup_left > 0)
-        r->setup_left--;  /* replies come in order: the set-up's first */
+    /* The set-up's replies come first on one link; on a cluster, other
+     * primaries may answer before the set-up's (on the first primary) is
+     * done, so only set-up replies count. */
+    if (r->setup_left > 0 &&
+        (op->kind == SL_OP_SETUP || op->kind == SL_OP_CLOCK || op->kind == SL_OP_ROLE))
+        r->setup_left--;
     /* A replica (a demoted primary, or a URL naming one) takes no write:
      * the timers drop the link and find the primary again. */
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR && strstr(rep->str, "READONLY") != NULL)
@@ -3175,9 +3189,11 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
         return;
     }
     r->fleet.beating[u] = false;
-    /* Decisions waited for the first answer on this link; an error (an
-     * ACL without +info) must not hold them for ever. */
-    r->fleet.seen = true;
+    /* This upstream's decisions waited for its first answer on this
+     * connection; an error (an ACL without +info) must not hold them for
+     * ever. */
+    if (u < SL_MAX_UPSTREAMS)
+        r->fleet.seen[u] = true;
     r->fleet.next_beat_us[u] = now + SL_FLEET_BEAT_US;
     if (!ok || rep->elements < 5 || u >= r->config->nupstreams)
         return;

@@ -197,6 +197,11 @@ if deadline > 0 and now > deadline then return {now, 0} end
 -- evicted keys since the marker was set (lost(): INFO, only then)
 local mk = redis.call('GET', KEYS[#KEYS])
 if not mk or string.sub(mk, 1, 1) ~= 'o' then return {now, 2} end
+-- on a Redis Cluster the marker names the node it was written on: on
+-- another node (the slot moved, or failed over, under a connection that
+-- lived on), the next heartbeat says which, first
+local mnode = string.match(mk, '^o|%d+|[^|@]*@(%x+)@')
+if mnode and mnode ~= redis.call('CLUSTER', 'MYID') then return {now, 2} end
 local function lost()
   local s = redis.pcall('INFO', 'stats')
   local ev = type(s) == 'string' and string.match(s, 'evicted_keys:(%d+)')

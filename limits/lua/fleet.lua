@@ -15,10 +15,13 @@
 -- persistence, a failover to a replica without it, its eviction), names
 -- another run_id (a restart that loaded a snapshot, a failover) or fewer
 -- evicted keys than Redis reports now.  On a Redis Cluster the run_id
--- field carries the node's id too ("run_id@node"), and a marker naming
--- another node that is still a primary, and not failing, came with its
--- slot by migration: MIGRATE moves keys whole and a script never runs on
--- keys split between two nodes (TRYAGAIN), so nothing was lost, and the
+-- field carries the node's id and replication id too
+-- ("run_id@node@replid"), and a marker naming another node that is still
+-- a primary, not failing, and whose replication history this node does
+-- not continue (its master_replid2 is not that node's replid: it was not
+-- promoted from it, by a failover or a takeover) came with its slot by
+-- migration: MIGRATE moves keys whole and a script never runs on keys
+-- split between two nodes (TRYAGAIN), so nothing was lost, and the
 -- marker is taken over (this node's names and evicted count) without a
 -- phase.  The cutoff says which calls are
 -- put back: those sent from then on.  0 (all) unless the marker survived
@@ -44,7 +47,11 @@ local function info(section, field)
 end
 local rid = info('server', 'run_id') or '-'
 local node = cluster and redis.pcall('CLUSTER', 'MYID')
-if type(node) == 'string' then rid = rid .. '@' .. node end
+local replid2
+if type(node) == 'string' then
+  rid = rid .. '@' .. node .. '@' .. (info('replication', 'master_replid') or '-')
+  replid2 = info('replication', 'master_replid2')
+end
 local ev = tonumber(info('stats', 'evicted_keys') or 0)
 local st, mev, mrid, since, mcut, beat = nil, 0, nil, 0, 0, 0
 local cur = redis.call('GET', m)
@@ -56,15 +63,19 @@ end
 -- the marker's node (a cluster's) is another, alive, and a primary: the
 -- slot moved here with its keys
 local function migrated()
-  local from = mrid and string.match(mrid, '@(%x+)$')
-  if not from or type(node) ~= 'string' or from == node then return false end
+  local from, frepl
+  if mrid then from, frepl = string.match(mrid, '@(%x+)@(%w+)$') end
+  if not from or type(node) ~= 'string' or from == node or frepl == replid2 then
+    return false
+  end
   local all = redis.pcall('CLUSTER', 'NODES')
   if type(all) ~= 'string' then return false end
   for line in string.gmatch(all, '[^\n]+') do
     local id, flags = string.match(line, '^(%x+) %S+ (%S+)')
     if id == from then
-      return string.find(flags, 'master', 1, true) ~= nil and
-        string.find(flags, 'fail', 1, true) == nil
+      local set = {}
+      for f in string.gmatch(flags, '[^,]+') do set[f] = true end
+      return set.master == true and not set.fail and not set['fail?']
     end
   end
   return false
