@@ -876,6 +876,10 @@ class RedisServer:
     def __init__(self, port=None):
         self.port = port or free_port()
         self.proc = None
+        # Its own directory: a replica's full sync writes an RDB file even
+        # without --save, and a later server on the same port must not load
+        # it (a cluster node would refuse to join, a test would find keys).
+        self.data_dir = tempfile.mkdtemp(prefix="sluice-redis-")
         for attempt in range(self.START_ATTEMPTS):
             try:
                 self.start()
@@ -895,9 +899,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--loglevel", "warning",
-             # A replica's full sync writes an RDB file even without
-             # --save: into a directory of its own, never the checkout.
-             "--dir", tempfile.gettempdir(), "--dbfilename", "sluice-test-%d.rdb" % self.port,
+             # (see __init__: never the checkout, never another's)
+             "--dir", self.data_dir, "--dbfilename", "dump.rdb",
              *self.EXTRA_ARGS],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
         # Its log (warnings only) is read if it exits; drained meanwhile.
@@ -941,3 +944,4 @@ class RedisServer:
 
     def stop(self):
         self.kill()
+        shutil.rmtree(self.data_dir, ignore_errors=True)

@@ -130,7 +130,7 @@ class Cluster:
 
     def stop(self):
         for n in self.nodes:
-            n.kill()
+            n.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
