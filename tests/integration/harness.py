@@ -778,6 +778,32 @@ def hammer(instances, seconds, per_instance=3, path="/leads/x", headers=None,
     return results
 
 
+def hand_overs(insts, upstream, n=15):
+    """One client per instance (two), N calls each, one at a time with a
+    10 ms pause, each call 20 ms at the upstream, on a rule of one
+    concurrency slot in queue mode: every time one instance frees the slot,
+    the other holds a call that only a notice from Redis can wake before
+    the first client's next call takes the slot again.  Asserts every call
+    was answered 200; returns the order of arrivals by instance ("abab..")
+    and the sorted gaps between arrivals from different instances."""
+    def client(i):
+        time.sleep(0.005 * i)
+        out = []
+        for _ in range(n):
+            out.append(insts[i].request("GET", "/leads/x", headers={
+                "X-Test-Delay": "0.02", "X-Via": "ab"[i]})[0])
+            time.sleep(0.01)
+        return out
+
+    assert parallel(2, client) == [[200] * n] * 2
+    with upstream.lock:
+        recs = sorted(upstream.records, key=lambda r: r.t)
+    via = [dict(r.headers).get("X-Via") for r in recs]
+    gaps = sorted(recs[i + 1].t - recs[i].t for i in range(len(recs) - 1)
+                  if via[i] != via[i + 1])
+    return "".join(via), gaps
+
+
 def fill_until_evicted(redis, policy, room, done, writes=40000):
     """Make REDIS evict: maxmemory-policy POLICY, maxmemory ROOM bytes above
     what it uses, then junk keys until DONE() (asked every 50 writes), or

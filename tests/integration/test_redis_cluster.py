@@ -16,7 +16,7 @@ import time
 
 import pytest
 
-from harness import (RedisError, RedisServer, free_port, max_in_window, parallel,
+from harness import (RedisError, RedisServer, free_port, hand_overs, max_in_window,
                      resp_encode, resp_read, upstream_config, wait_for)
 
 
@@ -333,14 +333,11 @@ def test_failover_of_a_primary_keeps_the_count_and_resumes(upstream, cluster, sl
     assert len(upstream.times()) == 10
 
 
-def test_failover_that_lost_the_last_writes_loses_no_count(upstream, cluster, sluice):
-    """The replica is cut off from its primary (the primary's default
-    user may no longer run PSYNC or SYNC, and the replication link is
-    killed), calls are made on the primary alone, then the primary is
-    killed: the promoted replica lacks them.  The instances see another
-    run_id in the upstream's marker and put their calls back before
-    anything more is decided: the window holds 20 at the upstream, not
-    20 plus the lost ones."""
+def calls_the_replica_lacks(upstream, cluster, sluice):
+    """Two instances, 20 calls per 30 s: 8 calls replicated, then the
+    primary's replica cut off (the primary's default user may no longer
+    run PSYNC or SYNC, and the replication link is killed), then 6 calls
+    on the primary alone.  (a, b, the old primary, its replica.)"""
     conf = lambda: cfg(upstream, cluster.url(), limit=20, window="30s",
                        on_store_error="deny")
     a, b = sluice(conf()), sluice(conf())
@@ -354,23 +351,41 @@ def test_failover_that_lost_the_last_writes_loses_no_count(upstream, cluster, sl
     old.cli("CLIENT", "KILL", "TYPE", "replica")
     assert wait_for(lambda: new.info("replication").get("master_link_status") == "down", 10)
     assert calls([a, b], 6) == [200] * 6
-    assert int(old.cli("LLEN", rate_key("leads"))) == 14
     assert new.readonly_command("LLEN", rate_key("leads")) == 8   # really lost
-    old.kill()
-    assert wait_for(lambda: cluster.owner("leads", ask=new) is new, 20)
-    # The repair phase, then 6 more fit: the 14 sent still count.
-    assert wait_for(lambda: store_up(a) and store_up(b), 20)
+    return a, b, old, new
+
+
+def the_rest_of_the_window(a, b, upstream, new):
+    """After a repair put the 14 calls back: 6 more fit, then 429; the
+    window holds exactly 20 at the upstream."""
     got = []
-    deadline = time.monotonic() + 20
+    deadline = time.monotonic() + 30
     while got.count(200) < 6 and time.monotonic() < deadline:
-        got += calls([a, b], 2)
-    assert got.count(200) == 6, got
+        got += calls([a, b], 1)
+    assert got.count(200) == 6 and set(got) <= {200, 503}, got
     assert calls([a, b], 4) == [429] * 4
     times = upstream.times()
     assert len(times) == 20
     assert max_in_window(times, 30.0) == 20
     assert int(new.cli("LLEN", rate_key("leads"))) == 20
     assert "redis lost data" in a.read_log() + b.read_log()
+
+
+def test_failover_that_lost_the_last_writes_loses_no_count(upstream, cluster, sluice):
+    """The replica is cut off from its primary (the primary's default
+    user may no longer run PSYNC or SYNC, and the replication link is
+    killed), calls are made on the primary alone, then the primary is
+    killed: the promoted replica lacks them.  The instances see another
+    run_id in the upstream's marker and put their calls back before
+    anything more is decided: the window holds 20 at the upstream, not
+    20 plus the lost ones."""
+    a, b, old, new = calls_the_replica_lacks(upstream, cluster, sluice)
+    assert int(old.cli("LLEN", rate_key("leads"))) == 14
+    old.kill()
+    assert wait_for(lambda: cluster.owner("leads", ask=new) is new, 20)
+    # The repair phase, then 6 more fit: the 14 sent still count.
+    assert wait_for(lambda: store_up(a) and store_up(b), 20)
+    the_rest_of_the_window(a, b, upstream, new)
 
 
 def test_a_takeover_by_a_replica_that_lost_writes_is_not_taken_for_a_migration(
@@ -384,31 +399,11 @@ def test_a_takeover_by_a_replica_that_lost_writes_is_not_taken_for_a_migration(
     an operator would pause them: writes it took between the takeover and
     learning of it would be lost by Redis itself (see the guide).  The
     window holds exactly the limit."""
-    conf = lambda: cfg(upstream, cluster.url(), limit=20, window="30s",
-                       on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
-    assert calls([a, b], 8) == [200] * 8
-    old = cluster.owner("leads")
-    new = cluster.replica_of(old)
-    assert cluster.synced(old, new)
-    heartbeat_past_the_calls(old)
-    old.cli("ACL", "SETUSER", "default", "-psync", "-sync")
-    old.cli("CLIENT", "KILL", "TYPE", "replica")
-    assert wait_for(lambda: new.info("replication").get("master_link_status") == "down", 10)
-    assert calls([a, b], 6) == [200] * 6
-    assert new.readonly_command("LLEN", rate_key("leads")) == 8   # lost on NEW
+    a, b, old, new = calls_the_replica_lacks(upstream, cluster, sluice)
     old.cli("CLIENT", "PAUSE", 3000, "WRITE")
     new.cli("CLUSTER", "FAILOVER", "TAKEOVER")
     assert wait_for(lambda: cluster.owner("leads", ask=new) is new, 20)
-    got = []
-    deadline = time.monotonic() + 30
-    while got.count(200) < 6 and time.monotonic() < deadline:
-        got += calls([a, b], 1)
-    assert got.count(200) == 6 and set(got) <= {200, 503}, got
-    assert calls([a, b], 4) == [429] * 4
-    assert len(upstream.times()) == 20
-    assert "redis lost data" in a.read_log() + b.read_log()
+    the_rest_of_the_window(a, b, upstream, new)
 
 
 def test_a_slot_freed_on_one_node_wakes_calls_held_through_another(upstream, cluster,
@@ -433,26 +428,11 @@ def test_a_slot_freed_on_one_node_wakes_calls_held_through_another(upstream, clu
         assert sl.request("GET", "/leads/warm")[0] == 200
     upstream.reset()
 
-    def client(i):
-        time.sleep(0.005 * i)
-        out = []
-        for _ in range(15):
-            out.append(insts[i].request("GET", "/leads/x", headers={
-                "X-Test-Delay": "0.02", "X-Via": "ab"[i]})[0])
-            time.sleep(0.01)
-        return out
-
-    assert parallel(2, client) == [[200] * 15] * 2
-    with upstream.lock:
-        recs = sorted(upstream.records, key=lambda r: r.t)
-    via = [dict(r.headers).get("X-Via") for r in recs]
-    gaps = [recs[i + 1].t - recs[i].t for i in range(len(recs) - 1)
-            if via[i] != via[i + 1]]
+    via, gaps = hand_overs(insts, upstream)
     # (test_redis_guarantee.py's test_each_hand_over_between_instances_is_
     # prompt argues both bounds: without notices, the held call loses
     # every other hand-over to the other client's next call.)
-    assert len(gaps) >= 25, "".join(via)
-    gaps.sort()
+    assert len(gaps) >= 25, via
     assert gaps[len(gaps) // 2] < 0.020 + 0.015, [round(g, 3) for g in gaps]
 
 
