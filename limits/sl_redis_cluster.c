@@ -142,7 +142,7 @@ struct sl_redis_cluster {
     size_t script_len[SL_CL_SCRIPTS_MAX], nscripts;
     size_t npending;
     uint64_t redirects;
-    char doomed[512];                 /* a node could not be tried: fail */
+    char doomed[600];                 /* a node could not be tried: fail */
     int depth;
     bool free_asked;
     char error[512];
@@ -372,7 +372,7 @@ static struct sl_redis_link *sl_cl_link(struct sl_redis_cluster *cl, int i)
          * refuses: at the next sl_redis_cluster_check(), since this may be
          * inside sl_redis_cluster_command(), which calls nothing back. */
         if (cl->doomed[0] == '\0')
-            snprintf(cl->doomed, sizeof(cl->doomed), "cluster node %s:%d: %s", n->host,
+            snprintf(cl->doomed, sizeof(cl->doomed), "cluster node %.255s:%d: %.200s", n->host,
                      n->port, why);
         return NULL;
     }

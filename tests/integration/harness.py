@@ -922,6 +922,7 @@ class RedisServer:
     EXTRA_ARGS = ()  # more redis-server options, for subclasses
 
     def start(self):
+        os.makedirs(self.data_dir, exist_ok=True)   # (a restart after stop())
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
              "--save", "", "--appendonly", "no", "--loglevel", "warning",

@@ -197,11 +197,31 @@ static void test_redis_urls(void **state)
     free(c.redis_sentinel_host[0]);
     free(c.redis_sentinel_host[1]);
     free(c.redis_password);
-    /* Not silently read as one server: refused, saying so. */
+    /* A cluster's seeds, the first also as redis_host (for the
+     * subscriber and the address shown). */
     memset(&c, 0, sizeof(c));
-    assert_int_equal(sl_config_parse_redis_url("rediss-cluster://h1:7000,h2:7001", &c,
-                                               &why), -1);
-    assert_non_null(strstr(why, "not supported yet"));
+    assert_int_equal(sl_config_parse_redis_url("rediss-cluster://u:pw@h1:7000,h2", &c,
+                                               &why), 0);
+    assert_int_equal(c.redis_nseeds, 2);
+    assert_string_equal(c.redis_seed_host[0], "h1");
+    assert_int_equal(c.redis_seed_port[0], 7000);
+    assert_string_equal(c.redis_seed_host[1], "h2");
+    assert_int_equal(c.redis_seed_port[1], 6379);
+    assert_string_equal(c.redis_host, "h1");
+    assert_int_equal(c.redis_port, 7000);
+    assert_true(c.redis_use_tls);
+    assert_string_equal(c.redis_user, "u");
+    assert_string_equal(sl_config_store_address(&c, addr, sizeof(addr)),
+                        "cluster h1:7000,h2:6379");
+    free(c.redis_host);
+    free(c.redis_seed_host[0]);
+    free(c.redis_seed_host[1]);
+    free(c.redis_user);
+    free(c.redis_password);
+    /* A cluster has no database but 0: refused, saying so. */
+    memset(&c, 0, sizeof(c));
+    assert_int_equal(sl_config_parse_redis_url("redis-cluster://h1:7000/3", &c, &why), -1);
+    assert_non_null(strstr(why, "Redis Cluster does not have"));
     assert_null(c.redis_host);
     const char *bad[] = {"redis://", "redis://h:0", "redis://h:99999", "redis://h/x",
                          "redis://user@h", "http://h", NULL};

@@ -128,20 +128,28 @@ static void test_slot_map(void **state)
     struct ranges r;
 
     (void)state;
-    /* Three ranges as Redis 7 writes them (ids, a replica, hostname
-     * metadata), one with an empty host and one with "?". */
-    assert_int_equal(map("*3\r\n"
+    /* Four ranges as Redis 7 writes them (ids, a replica, metadata): an
+     * address; an empty endpoint and a nil one (unknown-endpoint: the
+     * host asked); "?" (no hostname) with the node's ip in its metadata. */
+    assert_int_equal(map("*4\r\n"
                          "*4\r\n:0\r\n:5460\r\n*3\r\n$9\r\n127.0.0.1\r\n:7000\r\n$1\r\na\r\n"
                          "*3\r\n$9\r\n127.0.0.1\r\n:7003\r\n$1\r\nb\r\n"
-                         "*3\r\n:5461\r\n:10922\r\n*3\r\n$0\r\n\r\n:7001\r\n$1\r\nc\r\n"
-                         "*3\r\n:10923\r\n:16383\r\n*4\r\n$1\r\n?\r\n:7002\r\n$1\r\nd\r\n*0\r\n",
+                         "*3\r\n:5461\r\n:9000\r\n*3\r\n$0\r\n\r\n:7001\r\n$1\r\nc\r\n"
+                         "*3\r\n:9001\r\n:10922\r\n*3\r\n$-1\r\n:7004\r\n$1\r\ne\r\n"
+                         "*3\r\n:10923\r\n:16383\r\n*4\r\n$1\r\n?\r\n:7002\r\n$1\r\nd\r\n"
+                         "*2\r\n$2\r\nip\r\n$8\r\n10.1.2.3\r\n",
                          &r), 0);
-    assert_int_equal(r.n, 3);
+    assert_int_equal(r.n, 4);
     assert_true(r.start[0] == 0 && r.end[0] == 5460 && r.port[0] == 7000);
     assert_string_equal(r.host[0], "127.0.0.1");
     assert_string_equal(r.host[1], "seed");
     assert_string_equal(r.host[2], "seed");
-    assert_true(r.start[2] == 10923 && r.end[2] == 16383);
+    assert_int_equal(r.port[2], 7004);
+    assert_string_equal(r.host[3], "10.1.2.3");
+    assert_true(r.start[3] == 10923 && r.end[3] == 16383);
+    /* "?" and no ip to go by: not a map this client can use. */
+    assert_int_equal(map("*1\r\n*3\r\n:0\r\n:1\r\n*4\r\n$1\r\n?\r\n:1\r\n$1\r\nd\r\n"
+                         "*2\r\n$8\r\nhostname\r\n$0\r\n\r\n", &r), -1);
     /* Not maps: an error, no range, a range out of order or past the
      * last slot, a port out of range, a host with a space. */
     assert_int_equal(map("-ERR This instance has cluster support disabled\r\n", &r), -1);
