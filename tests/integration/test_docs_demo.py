@@ -156,3 +156,19 @@ def test_readme_store_urls_pass_check(tmp_path):
         r = subprocess.run([SLUICE_BIN, "--check", "-c", str(path)], capture_output=True,
                            text=True)
         assert r.returncode == 0, ln + "\n" + r.stdout + r.stderr
+
+
+def test_readme_acl_is_the_one_the_tests_use():
+    """README's ACL line grants exactly what test_redis_tls.py's least user
+    has (every script run as that user, ACL LOG empty), plus +incr for the
+    token broker; and the cluster's additions are those test_redis_cluster.py
+    grants."""
+    from test_redis_tls import ACL_COMMANDS
+    text = open(os.path.join(ROOT, "README.md")).read()
+    section = text.split("## Sharing one quota through Redis", 1)[1].split("\n## ", 1)[0]
+    line = next(ln for ln in section.splitlines() if ln.startswith("ACL SETUSER"))
+    grants = {w for w in line.split() if w.startswith("+")}
+    assert grants == set(ACL_COMMANDS) | {"+incr"}, grants ^ (set(ACL_COMMANDS) | {"+incr"})
+    extra = re.search(r"on a cluster, on every node, also `([^`]*)`", section).group(1).split()
+    src = open(os.path.join(ROOT, "tests", "integration", "test_redis_cluster.py")).read()
+    assert 'extra = %r' % extra in src.replace('"', "'")
