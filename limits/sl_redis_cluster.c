@@ -140,8 +140,6 @@ struct sl_redis_cluster {
     struct sl_cl_cmd *retry;                  /* TRYAGAIN, CLUSTERDOWN */
     char *scripts[SL_CL_SCRIPTS_MAX];         /* SCRIPT LOAD bodies, owned */
     size_t script_len[SL_CL_SCRIPTS_MAX], nscripts;
-    size_t npending;
-    uint64_t redirects;
     char doomed[600];                 /* a node could not be tried: fail */
     int depth;
     bool free_asked;
@@ -413,7 +411,6 @@ static void sl_cl_answer(struct sl_redis_cluster *cl, struct sl_cl_cmd *cmd,
     sl_redis_reply_fn cb = cmd->cb;
     void *privdata = cmd->privdata;
 
-    cl->npending--;
     free(cmd);
     sl_cl_hold(cl);
     cb(link, rep, privdata);
@@ -472,7 +469,6 @@ static void sl_cl_on_reply(struct sl_redis_link *link, redisReply *rep, void *pr
                                      sizeof(host), &port) &&
                 (to = sl_cl_node(cl, host, port)) >= 0) {
                 cmd->hops++;
-                cl->redirects++;
                 if (moved) {
                     cl->slots[slot] = (int16_t)to;
                     sl_cl_refresh(cl);
@@ -746,7 +742,6 @@ int sl_redis_cluster_command(struct sl_redis_cluster *cl, int argc, const char *
         else
             cl->wait_head = cmd;
         cl->wait_tail = cmd;
-        cl->npending++;
         return 0;
     }
     {
@@ -754,7 +749,6 @@ int sl_redis_cluster_command(struct sl_redis_cluster *cl, int argc, const char *
         if (to < 0) {
             /* No owner known: a CLUSTERDOWN of our own, retried while the
              * map is read again. */
-            cl->npending++;
             sl_cl_refresh(cl);
             sl_cl_retry_later(cl, cmd);
             return 0;
@@ -764,7 +758,6 @@ int sl_redis_cluster_command(struct sl_redis_cluster *cl, int argc, const char *
             return -1;
         }
     }
-    cl->npending++;
     return 0;
 }
 
@@ -929,31 +922,6 @@ static void sl_cl_destroy(struct sl_redis_cluster *cl)
     for (size_t s = 0; s < cl->nscripts; s++)
         free(cl->scripts[s]);
     free(cl);
-}
-
-enum sl_redis_link_state sl_redis_cluster_state(const struct sl_redis_cluster *cl)
-{
-    if (cl->failing || cl->free_asked || cl->doomed[0] != '\0')
-        return SL_REDIS_LINK_DEAD;
-    return cl->up ? SL_REDIS_LINK_UP : SL_REDIS_LINK_CONNECTING;
-}
-
-size_t sl_redis_cluster_nodes(const struct sl_redis_cluster *cl)
-{
-    size_t n = 0;
-    bool seen[SL_CL_NODES_MAX] = {false};
-
-    for (size_t s = 0; s < SL_REDIS_CLUSTER_SLOTS; s++)
-        if (cl->slots[s] >= 0 && !seen[cl->slots[s]]) {
-            seen[cl->slots[s]] = true;
-            n++;
-        }
-    return n;
-}
-
-uint64_t sl_redis_cluster_redirects(const struct sl_redis_cluster *cl)
-{
-    return cl->redirects;
 }
 
 /* ---- a blocking look-up (the token broker's) ---- */

@@ -76,12 +76,6 @@ int sl_redis_cluster_flush_wait(struct sl_redis_cluster *cl, int wait_ms);
 /* Also sends the commands whose TRYAGAIN/CLUSTERDOWN retry is due. */
 int64_t sl_redis_cluster_check(struct sl_redis_cluster *cl, int64_t now_ms);
 void sl_redis_cluster_free(struct sl_redis_cluster *cl);
-enum sl_redis_link_state sl_redis_cluster_state(const struct sl_redis_cluster *cl);
-
-/* Primaries in the map, and redirections followed so far (for tests and
- * the log). */
-size_t sl_redis_cluster_nodes(const struct sl_redis_cluster *cl);
-uint64_t sl_redis_cluster_redirects(const struct sl_redis_cluster *cl);
 
 /* ---- the parsers of Redis's answers (for the fuzzer and the tests) ---- */
 
