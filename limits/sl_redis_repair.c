@@ -133,15 +133,16 @@ static void sl_repair_make_pid(void)
              rnd[0], rnd[1], rnd[2], rnd[3], rnd[4], rnd[5]);
 }
 
-int sl_fleet_init(struct sl_fleet *f)
+int sl_fleet_init(struct sl_fleet *f, size_t units)
 {
     memset(f, 0, sizeof(*f));
-    f->next_beat_us = calloc(SL_MAX_UPSTREAMS, sizeof(*f->next_beat_us));
-    f->beating = calloc(SL_MAX_UPSTREAMS, sizeof(*f->beating));
-    f->phase = calloc(SL_MAX_UPSTREAMS, sizeof(*f->phase));
-    f->repaired = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repaired));
-    f->repairing = calloc(SL_MAX_UPSTREAMS, sizeof(*f->repairing));
-    f->seen = calloc(SL_MAX_UPSTREAMS, sizeof(*f->seen));
+    f->units = units;
+    f->next_beat_us = calloc(units, sizeof(*f->next_beat_us));
+    f->beating = calloc(units, sizeof(*f->beating));
+    f->phase = calloc(units, sizeof(*f->phase));
+    f->repaired = calloc(units, sizeof(*f->repaired));
+    f->repairing = calloc(units, sizeof(*f->repairing));
+    f->seen = calloc(units, sizeof(*f->seen));
     if (f->next_beat_us == NULL || f->beating == NULL || f->phase == NULL ||
         f->repaired == NULL || f->repairing == NULL || f->seen == NULL) {
         sl_fleet_free(f);
@@ -218,9 +219,9 @@ void sl_fleet_free(struct sl_fleet *f)
 void sl_fleet_reset(struct sl_fleet *f)
 {
     /* Heartbeats and repairs in flight were answered NULL with their link. */
-    memset(f->next_beat_us, 0, SL_MAX_UPSTREAMS * sizeof(*f->next_beat_us));
-    memset(f->phase, 0, SL_MAX_UPSTREAMS * sizeof(*f->phase));
-    memset(f->seen, 0, SL_MAX_UPSTREAMS * sizeof(*f->seen));
+    memset(f->next_beat_us, 0, f->units * sizeof(*f->next_beat_us));
+    memset(f->phase, 0, f->units * sizeof(*f->phase));
+    memset(f->seen, 0, f->units * sizeof(*f->seen));
 }
 
 void sl_fleet_beat_args(const struct sl_upstream_conf *up, const char *member,
@@ -252,6 +253,7 @@ struct sl_repair_bucket {
 
 struct sl_repair_walk {
     const struct sl_upstream_conf *up;    /* the worker's */
+    const struct sl_repair_out *out;      /* its wants() */
     struct sl_repair_bucket *b;
     size_t n, cap;
     bool oom;
@@ -271,6 +273,8 @@ static int sl_repair_collect(void *arg, const struct sl_upstream_conf *up,
     (void)paused_until, (void)reason;
     if (win == NULL || win->count == 0 || up == NULL || strcmp(up->name, w->up->name) != 0)
         return 0;
+    if (w->out->wants != NULL && !w->out->wants(w->out->ctx, key, key_len))
+        return 0;           /* another tenant group's */
     for (size_t i = 0; i < w->up->nrules; i++)
         if (w->up->rules[i].kind == SL_RULE_RATE &&
             strcmp(w->up->rules[i].name, rule->name) == 0)
@@ -339,7 +343,8 @@ static void sl_repair_reports(const struct sl_fleet *fleet, const struct sl_upst
             const struct sl_fleet_report *rp = &fleet->reports[i];
             const struct sl_rule *rule = sl_repair_report_rule(up, rp);
             int64_t ago = clock->now_us > rp->sent_us ? clock->now_us - rp->sent_us : 0;
-            if (rule == NULL || ago >= rule->span_us)
+            if (rule == NULL || ago >= rule->span_us ||
+                (out->wants != NULL && !out->wants(out->ctx, rp->per, rp->per_len)))
                 continue;
             if (pass == 0) {
                 n++;
@@ -373,7 +378,7 @@ int sl_repair_args(struct sl_store *memory, const struct sl_upstream_conf *up,
                    const struct sl_apps *apps, int64_t pause_left_us,
                    const struct sl_repair_out *out)
 {
-    struct sl_repair_walk w = {.up = up};
+    struct sl_repair_walk w = {.up = up, .out = out};
     const char *app;
     int64_t now = 0;
     int rc = -1;

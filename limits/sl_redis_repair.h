@@ -22,8 +22,8 @@
 #define SL_FLEET_PHASE_MIN_US (1200 * 1000)
 #define SL_FLEET_PHASE_MAX_US (5 * 1000 * 1000)
 
-/* One worker's view of the fleet, per upstream index (arrays of
- * SL_MAX_UPSTREAMS, owned). */
+/* One worker's view of the fleet, per unit (an upstream, or one of its
+ * tenant groups: sl_store_redis.c numbers them; arrays of UNITS, owned). */
 /* A usage report this worker passed to Redis (sl_fleet_report), kept to
  * be put back when Redis loses it. */
 struct sl_fleet_report {
@@ -34,13 +34,14 @@ struct sl_fleet_report {
 };
 
 struct sl_fleet {
+    size_t units;
     int64_t *next_beat_us;        /* local µs: the next heartbeat */
     bool *beating;                /* a heartbeat is in flight */
     bool *phase;                  /* the last heartbeat saw a repair phase */
     int64_t *repaired;            /* the phase (its `since`) put back, or 0 */
     bool *repairing;              /* a repair is in flight */
-    /* a heartbeat of this upstream answered on this connection: its
-     * decisions wait for one (on a cluster, upstreams live on different
+    /* a heartbeat of this unit answered on this connection: its
+     * decisions wait for one (on a cluster, units live on different
      * primaries, and one primary's answer says nothing of another's) */
     bool *seen;
     /* the newest report per bucket, at most SL_FLEET_REPORTS (the
@@ -57,7 +58,7 @@ void sl_fleet_report(struct sl_fleet *f, const struct sl_upstream_conf *up,
                      const struct sl_rule *rule, const char *per, size_t per_len,
                      uint64_t remaining, int64_t sent_us);
 
-int sl_fleet_init(struct sl_fleet *f);
+int sl_fleet_init(struct sl_fleet *f, size_t units);
 void sl_fleet_free(struct sl_fleet *f);
 /* A new connection: every upstream's heartbeat is due now, and decisions
  * wait for the first answer (a restart that kept an older snapshot keeps
@@ -65,7 +66,10 @@ void sl_fleet_free(struct sl_fleet *f);
 void sl_fleet_reset(struct sl_fleet *f);
 
 /* Where a script's KEYS and ARGV go (sl_store_redis.c builds the keys:
- * RULE NULL names the upstream's fleet keys m, f, k). */
+ * RULE NULL names the upstream's fleet keys m, f, k; they, and the pause,
+ * are the unit's).  WANTS (NULL: every bucket) says whether the bucket of
+ * per value PER is the unit's: an upstream with tenant groups is repaired
+ * one group at a time, each with its own buckets. */
 struct sl_repair_out {
     void *ctx;
     void (*key)(void *ctx, const struct sl_upstream_conf *up,
@@ -73,6 +77,7 @@ struct sl_repair_out {
                 size_t per_len);
     void (*arg)(void *ctx, const char *s, size_t len);
     void (*num)(void *ctx, long long v);
+    bool (*wants)(void *ctx, const char *per, size_t per_len);
 };
 
 /* Something this worker holds in Redis, to put back: a reservation (type

@@ -166,6 +166,7 @@
 #include "sl_history.h"
 #include "sl_log.h"
 #include "sl_redis_cluster.h"
+#include "sl_redis_groups.h"
 #include "sl_redis_link.h"
 #include "sl_redis_lua.h"
 #include "sl_redis_repair.h"
@@ -285,13 +286,14 @@ struct sl_redis_op {
     bool eval;                      /* sent with the script body */
     struct sl_args keys, args;      /* kept for a resend after NOSCRIPT */
     struct sl_redis_snap *snap;     /* SL_OP_SNAPSHOT: what it fills */
-    size_t upstream;                /* ... for this upstream */
+    size_t upstream;                /* ... for this upstream's unit (below) */
     struct sl_redis_hist *hist;     /* SL_OP_HISTORY: what it fills */
     size_t index;                   /* ... its view */
     int64_t since;                  /* SL_OP_REPAIR: the phase it answers */
-    /* SL_OP_SET_PAUSE: told the outcome once; the local store follows */
-    sl_pause_cb pause_cb;
-    void *pause_arg;
+    size_t group;                   /* fleet and snapshot ops: the tenant group */
+    /* SL_OP_SET_PAUSE: told the outcome once, when every group's run
+     * answered (FAN); the local store follows */
+    struct sl_redis_fan *fan;
     const struct sl_upstream_conf *pause_up;    /* of r->config */
     enum sl_pause_action pause_action;
     int64_t pause_us;
@@ -301,6 +303,43 @@ struct sl_redis_op {
     sl_store_done_cb done;
     void *done_arg;
 };
+
+/* A script sent to every tenant group of an upstream (a pause), told once
+ * when the last run is done: DONE, or (an operator's action) PAUSE_CB
+ * with the first group's answer CH, or ERROR if any run failed. */
+struct sl_redis_fan {
+    size_t left;                    /* runs not yet done */
+    sl_store_done_cb done;
+    void *arg;
+    sl_pause_cb pause_cb;
+    void *pause_arg;
+    const char *error;
+    struct sl_pause_change ch;
+    bool have;                      /* CH is the first group's */
+};
+
+/* sl_store_done_cb of one run of FAN. */
+static void sl_redis_fan_done(void *arg)
+{
+    struct sl_redis_fan *fan = arg;
+
+    if (--fan->left > 0)
+        return;
+    fan->done(fan->arg);
+    free(fan);
+}
+
+/* One run of an operator's FAN is answered (or was not sent). */
+static void sl_redis_fan_pause_done(struct sl_redis_fan *fan)
+{
+    if (--fan->left > 0)
+        return;
+    if (fan->error != NULL)
+        fan->pause_cb(fan->pause_arg, NULL, fan->error);
+    else
+        fan->pause_cb(fan->pause_arg, &fan->ch, NULL);
+    free(fan);
+}
 
 /* A history read being gathered: one script run per rule. */
 struct sl_redis_hist {
@@ -312,9 +351,11 @@ struct sl_redis_hist {
     void *arg;
 };
 
-/* A usage snapshot being gathered: one script run per upstream. */
+/* A usage snapshot being gathered: one script run per unit (an upstream
+ * with tenant groups: one per group, merged). */
 struct sl_redis_snap {
     struct sl_snapshot *snap;       /* owned until handed to cb */
+    unsigned top;                   /* busiest buckets kept per rule */
     size_t pending;                 /* runs not yet answered */
     const char *error;              /* the first failure, or NULL */
     sl_snapshot_cb cb;
@@ -339,6 +380,8 @@ struct sl_redis_waiting {
 struct sl_redis_batch {
     struct sl_redis_op op;          /* first: a batch is an op */
     const struct sl_upstream_conf *up;
+    bool grouped;                   /* UP has tenant groups: keys of GROUP */
+    size_t group;
     size_t ncalls;
     struct sl_redis_call calls[SL_REDIS_BATCH_MAX];
     char base[48];                  /* members are base:1, base:2, ... */
@@ -357,9 +400,11 @@ struct sl_redis_lease {
     bool released;                        /* on r->owed: the store's */
     struct sl_lease *local;               /* decided locally: its lease */
     const struct sl_upstream_conf *up;
+    bool grouped;                         /* its keys are tenant group GROUP's */
+    size_t group;
     bool committed;                       /* sl_store_commit() was called */
     bool commit_owed;                     /* ... not yet written to Redis */
-    bool in_batch;                        /* in r->commits[up] */
+    bool in_batch;                        /* in r->commits[its unit] */
     bool release_owed;                    /* release not yet written */
     bool has_rate, has_conc;
     uint64_t settled;                     /* hits settled (bit = index) */
@@ -417,12 +462,19 @@ struct sl_redis {
     size_t nowed;                         /* leases that owe something */
     struct sl_redis_op *undo;             /* undos for the next connection */
     size_t nundo;
-    struct sl_redis_batch **pending;      /* per upstream: batches being built */
-    /* Upstreams with a batch or commits to write at the end of the pass
+    /* What this worker keeps per upstream is kept per unit: an upstream
+     * with tenant groups (sl_redis_groups.h) is SL_REDIS_GROUPS units,
+     * each decided, committed, beaten and repaired on its own; index
+     * u * stride + g (stride: SL_REDIS_GROUPS + 1 on a cluster, the last
+     * for an upstream without groups; else 1). */
+    size_t stride;
+    bool *grouped;                        /* per upstream of CONFIG */
+    struct sl_redis_batch **pending;      /* per unit: batches being built */
+    /* Units with a batch or commits to write at the end of the pass
      * (two lists swapped while flushing; is_dirty says who is on one). */
     size_t *dirty, *dirty_spare, ndirty;
     bool *is_dirty;
-    struct sl_redis_commits *commits;     /* per upstream */
+    struct sl_redis_commits *commits;     /* per unit */
     int64_t *owed_pause_until;            /* per upstream, local µs; 0: none */
     int64_t next_renew_ms;
     int64_t last_error_log_ms;
@@ -433,7 +485,7 @@ struct sl_redis {
     struct sl_history *history;           /* the process's, to write; or NULL */
     const struct sl_apps *apps;           /* ... naming its app ids */
     int64_t next_history_ms;              /* the next write */
-    struct sl_fleet fleet;                /* heartbeats, repair phases */
+    struct sl_fleet fleet;                /* heartbeats, repair phases, per unit */
     /* Calls waiting for their upstream's repair phase to end, oldest
      * first (owned entries; the checks are the callers'). */
     struct sl_redis_waiting *waiting, **waiting_tail;
@@ -513,11 +565,11 @@ static void sl_conn_free(struct sl_redis_conn *c)
 
 /* Workers of this process currently in an outage (log once per outage). */
 static _Atomic int sl_redis_down_workers;
-/* Per upstream (by index): a heartbeat of this process found its fleet's
+/* Per unit (by index): a heartbeat of this process found its fleet's
  * marker in place, no phase running.  A phase opened after that is Redis
  * losing data; one opened before it, a Redis new to this upstream (or one
  * that lost data before this process first saw it). */
-static _Atomic bool sl_redis_marker_seen[SL_MAX_UPSTREAMS];
+static _Atomic bool sl_redis_marker_seen[SL_MAX_UPSTREAMS * (SL_REDIS_GROUPS + 1)];
 
 static void sl_redis_fail(struct sl_redis_conn *conn, const char *why);
 static void sl_redis_load_scripts(struct sl_redis *r);
@@ -577,12 +629,12 @@ static bool sl_redis_usable(const struct sl_redis *r);
 static bool sl_redis_finding_primary(const struct sl_redis *r);
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config);
 
-static void sl_redis_mark_dirty(struct sl_redis *r, size_t upstream)
+static void sl_redis_mark_dirty(struct sl_redis *r, size_t unit)
 {
-    if (r->is_dirty[upstream])
+    if (r->is_dirty[unit])
         return;
-    r->is_dirty[upstream] = true;
-    r->dirty[r->ndirty++] = upstream;
+    r->is_dirty[unit] = true;
+    r->dirty[r->ndirty++] = unit;
 }
 
 static int64_t sl_redis_now_us(void)
@@ -819,24 +871,92 @@ static void sl_args_leak(struct sl_args *a, const struct sl_rule *rule)
     sl_args_int(a, rule->leak.per_us);
 }
 
+/* ---- units: an upstream, or one of its tenant groups ---- */
+
+/* Does UP (of any generation) have tenant groups (sl_redis_groups.h)? */
+static bool sl_redis_is_grouped(const struct sl_redis *r, const struct sl_upstream_conf *up)
+{
+    if (r->stride == 1)
+        return false;
+    if (up->config == r->config && up->index < r->config->nupstreams)
+        return r->grouped[up->index];
+    return sl_redis_groups(up, true) > 1;
+}
+
+/* UP's units: SL_REDIS_GROUPS with groups, else 1. */
+static size_t sl_redis_ngroups(const struct sl_redis *r, const struct sl_upstream_conf *up)
+{
+    return sl_redis_is_grouped(r, up) ? SL_REDIS_GROUPS : 1;
+}
+
+/* The index of UP's unit: group G of UP when GROUPED, else UP whole. */
+static size_t sl_redis_unit(const struct sl_redis *r, const struct sl_upstream_conf *up,
+                            bool grouped, size_t g)
+{
+    return up->index * r->stride + (grouped ? g : r->stride - 1);
+}
+
+/* The upstream index and the group of unit UNIT of CONFIG (false: no
+ * such unit in it). */
+static bool sl_redis_unit_of(const struct sl_redis *r, size_t unit, size_t *u, size_t *g)
+{
+    *u = unit / r->stride;
+    *g = unit % r->stride;
+    if (*u >= r->config->nupstreams)
+        return false;
+    if (r->stride == 1)
+        return true;
+    return r->grouped[*u] ? *g < SL_REDIS_GROUPS : *g == r->stride - 1;
+}
+
+/* The tenant group of call C's buckets: its first `per` value's (an
+ * upstream with groups counts every rule per that one value); 0 when it
+ * falls under no `per` rule (only the pause, in every group). */
+static size_t sl_redis_check_group(const struct sl_check *c)
+{
+    for (size_t i = 0; i < c->nhits; i++)
+        if (c->hits[i].rule->per_kind != SL_PER_NONE)
+            return sl_redis_group_of(c->hits[i].key, c->hits[i].key_len);
+    return 0;
+}
+
+/* The group of a key: derived from its per value (the key of a `per`
+ * rule's bucket), or the upstream's whole tag (the usage history). */
+#define SL_REDIS_DERIVE SIZE_MAX
+
 /*
- * Append the key "<prefix>{<upstream>}:<type>:<len>:<rule>:<per>".  TYPE is
+ * Append the key "<prefix><tag>:<type>:<len>:<rule>:<per>".  TYPE is
  * r (rate log), v (reservations), a (the apps of r's entries), s (sync
  * report), c (concurrency), p (pause), w (why paused) or, with an empty
- * per value, k (the index of a `per` rule's live buckets).  The upstream's name (no braces) is the hash tag, so all keys of
- * one upstream share a Redis Cluster slot; the rule's name carries its
- * length, so a per value cannot be mistaken for part of it.
+ * per value, k (the index of a `per` rule's live buckets).  The tag is
+ * the upstream's name in braces, a Redis Cluster hash tag, so all keys
+ * of one upstream share a slot; or, for an upstream with tenant groups,
+ * "{name#G}" (sl_redis_groups.h): G is the bucket's per value's group
+ * (SL_REDIS_DERIVE), or given (the keys every group has: k, p, w, x and
+ * the fleet's).  The rule's name carries its length, so a per value
+ * cannot be mistaken for part of it.
  */
-static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
-                        const struct sl_upstream_conf *up,
-                        const struct sl_rule *rule, char type, const char *per,
-                        size_t per_len)
+static void sl_args_key_g(struct sl_args *a, const struct sl_redis *r,
+                          const struct sl_upstream_conf *up, size_t g,
+                          const struct sl_rule *rule, char type, const char *per,
+                          size_t per_len)
 {
-    char head[512];
-    int n = snprintf(head, sizeof(head), "%s{%s}:%c:%zu:%s:",
-                     r->config->store_prefix, up->name, type, strlen(rule->name),
-                     rule->name);
+    char head[512], tag[96];
+    bool grouped = sl_redis_is_grouped(r, up);
+    int n;
 
+    if (grouped && g == SL_REDIS_DERIVE) {
+        if (rule->per_kind != SL_PER_NONE && type != 'y')
+            g = sl_redis_group_of(per, per_len);
+        else
+            grouped = false;    /* the usage history: one tag */
+    }
+    if (sl_redis_tag(tag, sizeof(tag), up->name, grouped, g) < 0) {
+        a->unbuildable = true;
+        return;
+    }
+    n = snprintf(head, sizeof(head), "%s%s:%c:%zu:%s:", r->config->store_prefix, tag, type,
+                 strlen(rule->name), rule->name);
     if (n < 0 || (size_t)n >= sizeof(head)) {
         a->unbuildable = true;
         return;
@@ -844,15 +964,25 @@ static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
     sl_args_add2(a, head, (size_t)n, per, per_len);
 }
 
-/* Append the fleet's key "<prefix>{<upstream>}:<type>" (sl_redis_repair.h:
- * m the marker, f the members, k those that put their calls back). */
-static void sl_args_fleet_key(struct sl_args *a, const struct sl_redis *r,
-                              const struct sl_upstream_conf *up, char type)
+static void sl_args_key(struct sl_args *a, const struct sl_redis *r,
+                        const struct sl_upstream_conf *up,
+                        const struct sl_rule *rule, char type, const char *per,
+                        size_t per_len)
 {
-    char key[512];
-    int n = snprintf(key, sizeof(key), "%s{%s}:%c", r->config->store_prefix,
-                     up->name, type);
+    sl_args_key_g(a, r, up, SL_REDIS_DERIVE, rule, type, per, per_len);
+}
 
+/* Append the fleet's key "<prefix><tag>:<type>" of UP's group G
+ * (sl_redis_repair.h: m the marker, f the members, k those that put
+ * their calls back). */
+static void sl_args_fleet_key(struct sl_args *a, const struct sl_redis *r,
+                              const struct sl_upstream_conf *up, size_t g, char type)
+{
+    char key[512], tag[96];
+    int n = sl_redis_tag(tag, sizeof(tag), up->name, sl_redis_is_grouped(r, up), g);
+
+    if (n >= 0)
+        n = snprintf(key, sizeof(key), "%s%s:%c", r->config->store_prefix, tag, type);
     if (n < 0 || (size_t)n >= sizeof(key)) {
         a->unbuildable = true;
         return;
@@ -860,9 +990,10 @@ static void sl_args_fleet_key(struct sl_args *a, const struct sl_redis *r,
     sl_args_add(a, key, (size_t)n);
 }
 
-/* The bucket keys of HIT, in the order the scripts take them. */
+/* The bucket keys of HIT, in the order the scripts take them (G: the
+ * call's tenant group, for the keys every group has). */
 static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
-                               const struct sl_upstream_conf *up,
+                               const struct sl_upstream_conf *up, size_t g,
                                const struct sl_hit *h)
 {
     const struct sl_rule *rule = h->rule;
@@ -880,12 +1011,12 @@ static size_t sl_args_hit_keys(struct sl_args *a, const struct sl_redis *r,
     case SL_RULE_CONCURRENCY:
         sl_args_key(a, r, up, rule, 'c', h->key, h->key_len);
         if (rule->per_kind != SL_PER_NONE) {
-            sl_args_key(a, r, up, rule, 'k', "", 0);
+            sl_args_key_g(a, r, up, g, rule, 'k', "", 0);
             return 2;
         }
         return 1;
     case SL_RULE_PAUSE:
-        sl_args_key(a, r, up, rule, 'p', h->key, h->key_len);
+        sl_args_key_g(a, r, up, g, rule, 'p', h->key, h->key_len);
         return 1;
     }
     return 0;
@@ -1545,6 +1676,8 @@ static struct sl_redis_lease *sl_redis_lease_new(struct sl_redis *r,
     /* Its rules' names and limits are read until it is freed, possibly
      * after a reload retired its configuration. */
     l->up = c->upstream;
+    l->grouped = sl_redis_is_grouped(r, l->up);
+    l->group = l->grouped ? sl_redis_check_group(c) : 0;
     sl_config_ref(l->up->config);
     snprintf(l->member, sizeof(l->member), "%s", member);
     snprintf(l->app, sizeof(l->app), "%s", c->app_name != NULL ? c->app_name : "-");
@@ -1657,7 +1790,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
     sl_args_int(a, reserve);
     sl_args_int(a, sl_redis_deadline(r, sl_redis_now_us()));
     if (with_commits)
-        sl_redis_commit_args(r, up->index, k, a);
+        sl_redis_commit_args(r, sl_redis_unit(r, up, b->grouped, b->group), k, a);
     else
         sl_args_int(a, 0);
     nhits = 0;
@@ -1686,7 +1819,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             if (m == nbucket) {
                 bucket[m].hit = hit;
                 bucket[m].key = (uint32_t)k->n + 1;
-                sl_args_hit_keys(k, r, up, hit);
+                sl_args_hit_keys(k, r, up, b->group, hit);
                 if (hit->rule->kind == SL_RULE_RATE)
                     sl_args_share_key(k, r, up, hit);
                 nbucket++;
@@ -1695,7 +1828,7 @@ static void sl_redis_batch_args(struct sl_redis *r, struct sl_redis_batch *b,
             ref[nhits].key = bucket[m].key;
         }
     }
-    sl_args_fleet_key(k, r, up, 'm');   /* the last KEYS (decide.lua) */
+    sl_args_fleet_key(k, r, up, b->group, 'm');   /* the last KEYS (decide.lua) */
     sl_args_int(a, (long long)nspec);
     for (size_t j = 0; j < nspec; j++) {
         const struct sl_rule *rule = spec[j];
@@ -1746,17 +1879,34 @@ out:
     free(bucket);
 }
 
-/* Send batch B as one script run, carrying the upstream's commits of this
+/* Do lease L's keys carry the tag of group G of UP (GROUPED)?  A reload
+ * may leave, at one unit's index, leases of another upstream or of one
+ * whose groups changed: their commits never ride in its batches (on a
+ * cluster, they would be keys of another slot). */
+static bool sl_redis_lease_in(const struct sl_redis_lease *l, const struct sl_upstream_conf *up,
+                              bool grouped, size_t g)
+{
+    return l->grouped == grouped && (!grouped || l->group == g) &&
+           (l->up == up || strcmp(l->up->name, up->name) == 0);
+}
+
+/* Send batch B as one script run, carrying its unit's commits of this
  * pass if any are waiting.  Returns 0, or -1 (nothing sent). */
 static int sl_redis_send_batch(struct sl_redis *r, struct sl_redis_batch *b)
 {
-    bool with = r->commits[b->up->index].n > 0;
+    size_t unit = sl_redis_unit(r, b->up, b->grouped, b->group);
+    struct sl_redis_commits *cs = &r->commits[unit];
+    bool with = cs->n > 0;
 
+    if (with && !sl_redis_lease_in(cs->leases[0], b->up, b->grouped, b->group)) {
+        sl_redis_flush_commits(r, unit);
+        with = false;
+    }
     sl_redis_batch_args(r, b, with);
     if (sl_redis_send(r, &b->op) != 0)
         return -1;
     if (with)
-        sl_redis_commits_written(r, b->up->index, true);
+        sl_redis_commits_written(r, unit, true);
     return 0;
 }
 
@@ -1785,10 +1935,10 @@ static bool sl_redis_usable(const struct sl_redis *r)
                           r->main.state == SL_REDIS_CONNECTING);
 }
 
-/* Send the batches being built for UPSTREAM (if any). */
-static void sl_redis_flush(struct sl_redis *r, size_t upstream)
+/* Send the batches being built for unit UNIT (if any). */
+static void sl_redis_flush(struct sl_redis *r, size_t unit)
 {
-    struct sl_redis_batch *b = r->pending[upstream], *rev = NULL;
+    struct sl_redis_batch *b = r->pending[unit], *rev = NULL;
 
     if (b == NULL)
         return;
@@ -1798,10 +1948,10 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
      * link: a Sentinel store's first one waits for the Sentinels' answer
      * (bounded by store_timeout per Sentinel; then the outage decides). */
     if ((sl_redis_usable(r) &&
-         (!r->have_offset || (upstream < SL_MAX_UPSTREAMS && !r->fleet.seen[upstream]))) ||
+         (!r->have_offset || !r->fleet.seen[unit])) ||
         sl_redis_finding_primary(r))
         return;
-    r->pending[upstream] = NULL;
+    r->pending[unit] = NULL;
     /* The chain is newest first: send the oldest first. */
     while (b != NULL) {
         struct sl_redis_batch *next = (struct sl_redis_batch *)b->op.next;
@@ -1819,8 +1969,8 @@ static void sl_redis_flush(struct sl_redis *r, size_t upstream)
 }
 
 /*
- * Write every upstream's pending batches (those on the dirty list: a loop
- * pass costs nothing per idle upstream), and their commits with them.
+ * Write every unit's pending batches (those on the dirty list: a loop
+ * pass costs nothing per idle unit), and their commits with them.
  * Commits with no batch to ride in wait for one: at moderate rates a
  * decision follows within a fraction of a millisecond, and a commit run
  * of its own would cost Redis as much as the decision.  They go alone
@@ -1861,7 +2011,7 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
         force = force || r->flush_force;
         r->flush_again = r->flush_force = false;
         due = -1;
-        /* Flushing may dirty upstreams again (callbacks decide new calls,
+        /* Flushing may dirty units again (callbacks decide new calls,
          * a batch waits for the clock): they go on the other list. */
         r->dirty = r->dirty_spare;
         r->dirty_spare = list;
@@ -1917,6 +2067,8 @@ static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config
             owed[nu->index] = r->owed_pause_until[i];
     }
     memcpy(r->owed_pause_until, owed, sizeof(owed));
+    for (size_t i = 0; r->stride > 1 && i < config->nupstreams; i++)
+        r->grouped[i] = sl_redis_groups(&config->upstreams[i], true) > 1;
     r->config = sl_config_ref(config);
     sl_config_unref(old);
     return 0;
@@ -1969,7 +2121,8 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
 {
     struct sl_redis *r = (struct sl_redis *)store;
     struct sl_redis_batch *batch;
-    size_t u = c->upstream->index;
+    bool grouped;
+    size_t g, u;
 
     if (c->upstream->config->generation > r->config->generation)
         sl_redis_adopt(store, c->upstream->config);
@@ -1990,6 +2143,9 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
     }
     if (sl_redis_pause_fenced(r, c, cb, arg))
         return 0;
+    grouped = sl_redis_is_grouped(r, c->upstream);
+    g = grouped ? sl_redis_check_group(c) : 0;
+    u = sl_redis_unit(r, c->upstream, grouped, g);
     if (r->fleet.phase[u]) {
         sl_redis_wait(r, c, cb, arg);     /* Redis would answer "lost" */
         return 0;
@@ -1998,7 +2154,7 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
     /* A batch still waiting from before a reload may be another upstream's
      * at this index: never mix them. */
     if (batch == NULL || batch->ncalls == SL_REDIS_BATCH_MAX ||
-        batch->up != c->upstream) {
+        batch->up != c->upstream || batch->grouped != grouped || batch->group != g) {
         /* A full batch is still here only while Redis's clock is not known
          * yet: chain a new one in front of it. */
         struct sl_redis_batch *nb = calloc(1, sizeof(*nb));
@@ -2011,6 +2167,8 @@ static int sl_redis_decide(struct sl_store *store, const struct sl_check *c,
         nb->op.script = SL_LUA_DECIDE;
         nb->op.next = batch != NULL ? &batch->op : NULL;
         nb->up = c->upstream;
+        nb->grouped = grouped;
+        nb->group = g;
         snprintf(nb->base, sizeof(nb->base), "%s:%d:%llu", r->instance,
                  r->worker_id, (unsigned long long)++r->counter);
         r->pending[u] = nb;
@@ -2152,11 +2310,14 @@ static void sl_redis_waited(struct sl_redis *r, bool all)
     r->waiting = NULL;
     while (w != NULL) {
         struct sl_redis_waiting *next = w->next;
-        size_t u = w->call.check->upstream->index;
+        const struct sl_check *c = w->call.check;
+        bool grouped = sl_redis_is_grouped(r, c->upstream);
+        size_t u = sl_redis_unit(r, c->upstream, grouped,
+                                 grouped ? sl_redis_check_group(c) : 0);
         bool late = now - w->since_us > SL_FLEET_PHASE_MAX_US + SL_USEC_PER_SEC;
         w->next = NULL;
         if (all || late || !sl_redis_usable(r) ||
-            (u < SL_MAX_UPSTREAMS && r->fleet.seen[u] && !r->fleet.phase[u])) {
+            (r->fleet.seen[u] && !r->fleet.phase[u])) {
             if (all || late)
                 sl_redis_fallback(r, w->call.check, w->call.cb, w->call.arg);
             else
@@ -2187,11 +2348,11 @@ static void sl_redis_waited(struct sl_redis *r, bool all)
  */
 static void sl_redis_lost(struct sl_redis *r, struct sl_redis_batch *b)
 {
+    size_t u = sl_redis_unit(r, b->up, b->grouped, b->group);
+
     sl_redis_undo_batch(r, b);
-    if (b->up->index < SL_MAX_UPSTREAMS) {
-        r->fleet.next_beat_us[b->up->index] = 0;
-        r->fleet.phase[b->up->index] = true;
-    }
+    r->fleet.next_beat_us[u] = 0;
+    r->fleet.phase[u] = true;
     for (size_t i = 0; i < b->ncalls; i++)
         sl_redis_wait(r, b->calls[i].check, b->calls[i].cb, b->calls[i].arg);
     sl_redis_op_free(&b->op);
@@ -2403,13 +2564,23 @@ static void sl_redis_paid(struct sl_redis *r, struct sl_redis_lease *l, bool com
         r->nowed--;
 }
 
-/* Put L's commit into this pass's batch for its upstream. */
+/* L's unit. */
+static size_t sl_redis_lease_unit(const struct sl_redis *r, const struct sl_redis_lease *l)
+{
+    return sl_redis_unit(r, l->up, l->grouped, l->group);
+}
+
+/* Put L's commit into this pass's batch for its unit. */
 static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
 {
-    struct sl_redis_commits *cs = &r->commits[l->up->index];
+    size_t unit = sl_redis_lease_unit(r, l);
+    struct sl_redis_commits *cs = &r->commits[unit];
 
     if (l->in_batch)
         return;
+    /* One run's commits are of one unit's tag (see sl_redis_lease_in). */
+    if (cs->n > 0 && !sl_redis_lease_in(cs->leases[0], l->up, l->grouped, l->group))
+        sl_redis_flush_commits(r, unit);
     if (cs->n == 0)
         cs->since_us = sl_redis_now_us();
     if (cs->n == cs->cap) {
@@ -2422,7 +2593,7 @@ static void sl_redis_queue_commit(struct sl_redis *r, struct sl_redis_lease *l)
     }
     cs->leases[cs->n++] = l;
     l->in_batch = true;
-    sl_redis_mark_dirty(r, l->up->index);
+    sl_redis_mark_dirty(r, unit);
 }
 
 /*
@@ -2452,12 +2623,12 @@ static void sl_redis_commit_args(struct sl_redis *r, size_t upstream,
             bool per = rule->per_kind != SL_PER_NONE;
             if (rule->kind != SL_RULE_RATE)
                 continue;
-            sl_args_hit_keys(keys, r, l->up, &l->hits[h]);
+            sl_args_hit_keys(keys, r, l->up, l->group, &l->hits[h]);
             sl_args_share_key(keys, r, l->up, &l->hits[h]);
             if (rule->settle != SL_SETTLE_NONE)
                 sl_args_key(keys, r, l->up, rule, 'z', l->hits[h].key, l->hits[h].key_len);
             if (per)
-                sl_args_key(keys, r, l->up, rule, 'k', "", 0);
+                sl_args_key_g(keys, r, l->up, l->group, rule, 'k', "", 0);
             sl_args_int(args, (long long)rule->limit);
             sl_args_int(args, sl_redis_keep_us(r, rule));
             sl_args_int(args, (rule->sync != SL_SYNC_NONE ? 1 : 0) | (per ? 2 : 0) |
@@ -2613,8 +2784,8 @@ static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
     if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
         !r->have_offset)
         return 0;
-    if (l->up->index < r->config->nupstreams && r->commits[l->up->index].n > 0)
-        sl_redis_flush_commits(r, l->up->index);
+    if (r->commits[sl_redis_lease_unit(r, l)].n > 0)
+        sl_redis_flush_commits(r, sl_redis_lease_unit(r, l));
     op = sl_redis_script_op(r, SL_LUA_SETTLE);
     if (op == NULL)
         return 0;
@@ -2780,7 +2951,7 @@ static void sl_redis_settle_owed(struct sl_redis *r)
         if (l->commit_owed)
             sl_redis_queue_commit(r, l);
     /* Leases of an older configuration generation sit at its indexes. */
-    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++)
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS * r->stride; i++)
         sl_redis_flush_commits(r, i);
     for (l = r->owed; l != NULL; l = next) {
         next = l->next;
@@ -2845,25 +3016,42 @@ static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf 
             r->owed_pause_until[up->index] = now + duration_us;
         return 0;
     }
-    op = sl_redis_script_op(r, SL_LUA_PAUSE);
-    if (op == NULL)
-        return 0;
-    sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
-    sl_args_key(&op->keys, r, up, &up->pause_rule, 'w', "", 0);
-    sl_args_int(&op->args, duration_us);
-    sl_args_int(&op->args, sl_redis_deadline(r, now));
-    sl_args_str(&op->args, reason != NULL ? reason : "");
-    op->done = done;
-    op->done_arg = arg;
-    sl_redis_send_script(r, op);
+    /* Every tenant group has its copy of the pause: DONE is told once
+     * the last run is done. */
+    size_t ngroups = sl_redis_ngroups(r, up);
+    struct sl_redis_fan *fan = NULL;
+
+    if (done != NULL && ngroups > 1) {
+        fan = calloc(1, sizeof(*fan));
+        if (fan == NULL)
+            return 0;
+        *fan = (struct sl_redis_fan){.left = ngroups, .done = done, .arg = arg};
+    }
+    for (size_t g = 0; g < ngroups; g++) {
+        op = sl_redis_script_op(r, SL_LUA_PAUSE);
+        if (op == NULL) {
+            if (fan != NULL)
+                sl_redis_fan_done(fan);
+            continue;
+        }
+        sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'p', "", 0);
+        sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'w', "", 0);
+        sl_args_int(&op->args, duration_us);
+        sl_args_int(&op->args, sl_redis_deadline(r, now));
+        sl_args_str(&op->args, reason != NULL ? reason : "");
+        op->done = fan != NULL ? sl_redis_fan_done : done;
+        op->done_arg = fan != NULL ? (void *)fan : arg;
+        sl_redis_send_script(r, op);
+    }
     return done != NULL;
 }
 
 /*
- * An operator's action: one script run on the main link, answered through
- * CB when Redis replies (sl_redis_set_pause_reply).  Nothing is done while
- * Redis cannot answer: an action meant for every instance is refused
- * rather than applied to this one alone.
+ * An operator's action: one script run on the main link per tenant group
+ * (one for most upstreams), answered through CB once Redis has replied to
+ * every run (sl_redis_set_pause_reply: the first group's answer is the
+ * one told).  Nothing is done while Redis cannot answer: an action meant
+ * for every instance is refused rather than applied to this one alone.
  */
 static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_conf *up,
                               enum sl_pause_action action, int64_t duration_us,
@@ -2871,7 +3059,8 @@ static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_c
 {
     static const char *const names[] = {"set", "shorten", "clear"};
     struct sl_redis *r = (struct sl_redis *)store;
-    struct sl_redis_op *op;
+    struct sl_redis_fan *fan;
+    size_t ngroups;
 
     if (up->config != r->config &&
         (up = sl_config_upstream(r->config, up->name)) == NULL)
@@ -2880,29 +3069,42 @@ static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_c
         cb(arg, NULL, "the shared store (Redis) does not answer now");
         return 0;
     }
-    op = sl_redis_script_op(r, SL_LUA_SET_PAUSE);
-    if (op == NULL)
+    ngroups = sl_redis_ngroups(r, up);
+    fan = calloc(1, sizeof(*fan));
+    if (fan == NULL)
         return -1;
-    op->kind = SL_OP_SET_PAUSE;
-    op->pause_cb = cb;
-    op->pause_arg = arg;
-    op->pause_up = up;
-    op->pause_action = action;
-    op->pause_us = duration_us;
-    if (action == SL_PAUSE_SET)
-        snprintf(op->pause_reason, sizeof(op->pause_reason), "%c%s",
-                 SL_PAUSE_BY_OPERATOR, reason != NULL ? reason : "");
-    sl_args_key(&op->keys, r, up, &up->pause_rule, 'p', "", 0);
-    sl_args_key(&op->keys, r, up, &up->pause_rule, 'w', "", 0);
-    sl_args_key(&op->keys, r, up, &up->pause_rule, 'x', "", 0);
-    sl_args_str(&op->args, names[action]);
-    sl_args_int(&op->args, duration_us);
-    sl_args_str(&op->args, op->pause_reason);
-    sl_args_str(&op->args, r->channel);
-    if (sl_redis_send(r, op) != 0) {
-        sl_redis_op_free(op);
-        cb(arg, NULL, "the shared store (Redis) does not answer now");
+    /* Held until every run is written, so no reply completes it early. */
+    *fan = (struct sl_redis_fan){.left = 1, .pause_cb = cb, .pause_arg = arg};
+    for (size_t g = 0; g < ngroups; g++) {
+        struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_SET_PAUSE);
+        if (op == NULL) {
+            fan->error = "out of memory";
+            break;
+        }
+        op->kind = SL_OP_SET_PAUSE;
+        op->fan = fan;
+        op->group = g;
+        op->pause_up = up;
+        op->pause_action = action;
+        op->pause_us = duration_us;
+        if (action == SL_PAUSE_SET)
+            snprintf(op->pause_reason, sizeof(op->pause_reason), "%c%s",
+                     SL_PAUSE_BY_OPERATOR, reason != NULL ? reason : "");
+        sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'p', "", 0);
+        sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'w', "", 0);
+        sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'x', "", 0);
+        sl_args_str(&op->args, names[action]);
+        sl_args_int(&op->args, duration_us);
+        sl_args_str(&op->args, op->pause_reason);
+        sl_args_str(&op->args, r->channel);
+        if (sl_redis_send(r, op) != 0) {
+            sl_redis_op_free(op);
+            fan->error = "the shared store (Redis) does not answer now";
+            break;
+        }
+        fan->left++;
     }
+    sl_redis_fan_pause_done(fan);
     return 0;
 }
 
@@ -2915,12 +3117,15 @@ static void sl_redis_local_followed(void *arg, const struct sl_pause_change *ch,
     (void)error;
 }
 
-/* sl_lua_set_pause's reply (NULL: the link was lost).  Redis decided: the
- * local store, which decides while Redis cannot, is brought in line, and
- * a pause this instance still owed Redis is not sent after a clear. */
+/* sl_lua_set_pause's reply for one group (NULL: the link was lost).  Redis
+ * decided: the local store, which decides while Redis cannot, is brought
+ * in line, and a pause this instance still owed Redis is not sent after a
+ * clear.  The first group's answer is what the operator is told, once
+ * every group answered (they hold the same pause). */
 static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                                      const redisReply *rep)
 {
+    struct sl_redis_fan *fan = op->fan;
     struct sl_pause_change ch = {0};
     int64_t now, old, until;
 
@@ -2930,7 +3135,8 @@ static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
             sl_redis_log_error(r, "the pause script", rep->type == REDIS_REPLY_ERROR
                                                           ? rep->str
                                                           : "unexpected reply shape");
-        op->pause_cb(op->pause_arg, NULL, "the shared store (Redis) did not answer");
+        fan->error = "the shared store (Redis) did not answer";
+        sl_redis_fan_pause_done(fan);
         return;
     }
     now = sl_reply_int(rep, 0);
@@ -2946,15 +3152,19 @@ static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                  (int)(w->len - (ch.was_operator ? 1 : 0)),
                  w->str + (ch.was_operator ? 1 : 0));
     }
+    if (op->group == 0 || !fan->have) {
+        fan->ch = ch;
+        fan->have = op->group == 0;
+    }
     if (ch.changed && op->pause_action != SL_PAUSE_SET)
         r->owed_pause_until[op->pause_up->index] = 0;
-    if (ch.changed && r->local != NULL &&
+    if (ch.changed && op->group == 0 && r->local != NULL &&
         r->local->ops->set_pause(r->local, op->pause_up, op->pause_action,
                                  op->pause_us, op->pause_reason[0] != '\0'
                                                    ? op->pause_reason + 1 : NULL,
                                  sl_redis_local_followed, NULL) != 0)
         sl_debug("store: the local store has no upstream %s", op->pause_up->name);
-    op->pause_cb(op->pause_arg, &ch, NULL);
+    sl_redis_fan_pause_done(fan);
 }
 
 /* Returns 1 when DONE is told once Redis has applied the report (the
@@ -2984,8 +3194,13 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
      * goes first: Redis runs a link's scripts in order, so the report then
      * finds the call in the log (or still reserved) and takes it off
      * once.  (Written after the report, it would count twice.) */
-    if (up->index < r->config->nupstreams && r->commits[up->index].n > 0)
-        sl_redis_flush_commits(r, up->index);
+    {
+        bool grouped = sl_redis_is_grouped(r, up);
+        size_t unit = sl_redis_unit(r, up, grouped,
+                                    grouped ? sl_redis_group_of(hit->key, hit->key_len) : 0);
+        if (r->commits[unit].n > 0)
+            sl_redis_flush_commits(r, unit);
+    }
     op = sl_redis_script_op(r, SL_LUA_SYNC);
     if (op == NULL)
         return 0;
@@ -3021,8 +3236,8 @@ static int sl_redis_sync(struct sl_store *store, const struct sl_upstream_conf *
 
 /* ---- room notices ---- */
 
-/* Parse a published key "<prefix>{<up>}:<t>:<len>:<rule>:<per>" and tell the
- * proxy which bucket has room. */
+/* Parse a published key "<prefix>{<up>}:<t>:<len>:<rule>:<per>" (or
+ * "{<up>#<group>}") and tell the proxy which bucket has room. */
 static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, void *arg)
 {
     struct sl_redis_conn *conn = arg;
@@ -3033,6 +3248,7 @@ static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, voi
     const struct sl_upstream_conf *up = NULL;
     const struct sl_rule *rule = NULL;
     char *num_end, type;
+    size_t name_len, group;
 
     (void)link;
     if (rep == NULL || rep->type != REDIS_REPLY_ARRAY || rep->elements != 3 ||
@@ -3046,9 +3262,10 @@ static void sl_redis_on_message(struct sl_redis_link *link, redisReply *rep, voi
     if ((size_t)(end - p) < plen + 2 || memcmp(p, r->config->store_prefix, plen) != 0)
         return;
     p += plen;
-    if (*p++ != '{' || (close = memchr(p, '}', (size_t)(end - p))) == NULL)
+    if (*p++ != '{' || (close = memchr(p, '}', (size_t)(end - p))) == NULL ||
+        !sl_redis_tag_parse(p, (size_t)(close - p), &name_len, &group))
         return;
-    up = sl_config_upstream_n(r->config, p, (size_t)(close - p));
+    up = sl_config_upstream_n(r->config, p, name_len);
     p = close + 1;
     /* ":<t>:" */
     if (up == NULL || end - p < 4 || p[0] != ':' || p[2] != ':')
@@ -3079,9 +3296,19 @@ static void sl_repair_out_key(void *ctx, const struct sl_upstream_conf *up,
     struct sl_redis_op *op = ctx;
 
     if (rule == NULL)
-        sl_args_fleet_key(&op->keys, op->r, up, type);
+        sl_args_fleet_key(&op->keys, op->r, up, op->group, type);
+    else if (rule->per_kind == SL_PER_NONE)   /* the pause: the unit's own */
+        sl_args_key_g(&op->keys, op->r, up, op->group, rule, type, per, per_len);
     else
         sl_args_key(&op->keys, op->r, up, rule, type, per, per_len);
+}
+
+/* A repair of a tenant group puts back its own buckets only. */
+static bool sl_repair_out_wants(void *ctx, const char *per, size_t per_len)
+{
+    struct sl_redis_op *op = ctx;
+
+    return sl_redis_group_of(per, per_len) == op->group;
 }
 
 static void sl_repair_out_arg(void *ctx, const char *s, size_t len)
@@ -3094,38 +3321,49 @@ static void sl_repair_out_num(void *ctx, long long v)
     sl_args_int(&((struct sl_redis_op *)ctx)->args, v);
 }
 
+/* A heartbeat's or a repair's op for unit UNIT (group G of an upstream
+ * with groups when GROUPED). */
 static struct sl_redis_op *sl_redis_fleet_op(struct sl_redis *r, enum sl_redis_op_kind kind,
-                                             int script, size_t upstream,
-                                             struct sl_repair_out *out)
+                                             int script, size_t unit, bool grouped,
+                                             size_t g, struct sl_repair_out *out)
 {
     struct sl_redis_op *op = sl_redis_script_op(r, script);
 
     if (op == NULL)
         return NULL;
     op->kind = kind;
-    op->upstream = upstream;
+    op->upstream = unit;
+    op->group = g;
     *out = (struct sl_repair_out){.ctx = op, .key = sl_repair_out_key,
-                                  .arg = sl_repair_out_arg, .num = sl_repair_out_num};
+                                  .arg = sl_repair_out_arg, .num = sl_repair_out_num,
+                                  .wants = grouped ? sl_repair_out_wants : NULL};
     return op;
 }
 
 /*
- * Put back, for upstream U and the phase SINCE, every call this process
+ * Put back, for unit UNIT and the phase SINCE, every call this process
  * has in its windows, this worker's reservations and leases, and the
- * pause it knows of (repair.lua).
+ * pause it knows of (repair.lua): of its own buckets, when it is a
+ * tenant group.
  */
-static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
+static void sl_redis_send_repair(struct sl_redis *r, size_t unit, int64_t since)
 {
-    const struct sl_upstream_conf *up = &r->config->upstreams[u];
+    size_t u, g;
+    const struct sl_upstream_conf *up;
+    bool grouped;
     struct sl_repair_slot *slots = NULL;
     size_t nslots = 0, cap = 0;
     struct sl_repair_out out;
     struct sl_repair_clock clock;
     struct sl_redis_op *op;
     int64_t pause_left = 0, ago, now;
-    int64_t reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us +
-                      SL_USEC_PER_SEC;
+    int64_t reserve;
 
+    if (!sl_redis_unit_of(r, unit, &u, &g))
+        return;
+    up = &r->config->upstreams[u];
+    grouped = r->stride > 1 && r->grouped[u];
+    reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us + SL_USEC_PER_SEC;
     for (struct sl_redis_lease *l = r->leases; l != NULL; l = l->next) {
         if (l->member[0] == '\0' || strcmp(l->up->name, up->name) != 0)
             continue;
@@ -3134,7 +3372,9 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
             const struct sl_rule *rule = sl_upstream_rule_named(up, h->rule->name,
                                                                 strlen(h->rule->name));
             bool rate = h->rule->kind == SL_RULE_RATE;
-            if (rule == NULL || rule->kind != h->rule->kind || (rate && l->committed))
+            if (rule == NULL || rule->kind != h->rule->kind || (rate && l->committed) ||
+                (grouped && (rule->per_kind == SL_PER_NONE ||
+                             sl_redis_group_of(h->key, h->key_len) != g)))
                 continue;
             if (nslots == cap) {
                 size_t nc = cap != 0 ? 2 * cap : 16;
@@ -3152,7 +3392,7 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
     }
     if (r->local != NULL)
         pause_left = sl_store_memory_pause_left(r->local, up, &ago);
-    op = sl_redis_fleet_op(r, SL_OP_REPAIR, SL_LUA_REPAIR, u, &out);
+    op = sl_redis_fleet_op(r, SL_OP_REPAIR, SL_LUA_REPAIR, unit, grouped, g, &out);
     if (op == NULL)
         goto out;
     op->since = since;
@@ -3165,7 +3405,7 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t u, int64_t since)
         sl_redis_op_free(op);
         goto out;
     }
-    r->fleet.repairing[u] = true;
+    r->fleet.repairing[unit] = true;
 out:
     free(slots);
 }
@@ -3174,10 +3414,11 @@ out:
 static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
                                  const redisReply *rep)
 {
-    size_t u = op->upstream;
+    size_t u = op->upstream, ui, g;     /* the unit; its upstream, group */
     int64_t now = sl_redis_now_us();
     bool ok = rep != NULL && rep->type == REDIS_REPLY_ARRAY && rep->elements >= 3;
     const struct sl_upstream_conf *up;
+    char group[48] = "";
 
     if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
         sl_redis_log_error(r, op->kind == SL_OP_FLEET ? "the heartbeat" : "a repair",
@@ -3192,21 +3433,23 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     /* This upstream's decisions waited for its first answer on this
      * connection; an error (an ACL without +info) must not hold them for
      * ever. */
-    if (u < SL_MAX_UPSTREAMS)
-        r->fleet.seen[u] = true;
+    r->fleet.seen[u] = true;
     r->fleet.next_beat_us[u] = now + SL_FLEET_BEAT_US;
-    if (!ok || rep->elements < 5 || u >= r->config->nupstreams)
+    if (!ok || rep->elements < 5 || !sl_redis_unit_of(r, u, &ui, &g))
         return;
-    up = &r->config->upstreams[u];
+    up = &r->config->upstreams[ui];
+    if (r->stride > 1 && r->grouped[ui])
+        snprintf(group, sizeof(group), " (tenant group %zu of %d)", g, SL_REDIS_GROUPS);
     if (sl_reply_int(rep, 4) != 1) {
         /* no phase opened by this heartbeat (another one's says so) */
         if (sl_reply_int(rep, 1) == 0)
             atomic_store(&sl_redis_marker_seen[u], true);
     } else if (atomic_load(&sl_redis_marker_seen[u])) {
         sl_warn("store: redis lost data (a flush, a restart, a failover or an "
-                "eviction) under upstream %s; every instance puts its calls back "
-                "before calls are decided again", up->name);
-    } else {
+                "eviction) under upstream %s%s; every instance puts its calls back "
+                "before calls are decided again", up->name, group);
+    } else if (g == 0 || group[0] == '\0') {
+        /* (once for an upstream's groups: they all start so) */
         sl_info("store: redis holds no state for upstream %s yet (a new redis, or "
                 "one that lost data); every instance puts its calls back before "
                 "calls are decided, about a second", up->name);
@@ -3222,8 +3465,8 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     } else if (r->fleet.phase[u]) {
         r->fleet.phase[u] = false;
         if (r->worker_id == 0)
-            sl_info("store: upstream %s is decided in redis again, every live "
-                    "instance's calls put back", up->name);
+            sl_info("store: upstream %s%s is decided in redis again, every live "
+                    "instance's calls put back", up->name, group);
     }
 }
 
@@ -3234,10 +3477,11 @@ static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
 
     if (!sl_redis_usable(r) || r->main.state != SL_REDIS_UP || r->setup_left > 0)
         return -1;
-    for (size_t u = 0; u < r->config->nupstreams; u++) {
+    for (size_t unit = 0; unit < r->config->nupstreams * r->stride; unit++) {
         struct sl_repair_out out;
         struct sl_redis_op *op;
-        if (r->fleet.beating[u])
+        size_t ui, g, u = unit;
+        if (!sl_redis_unit_of(r, unit, &ui, &g) || r->fleet.beating[u])
             continue;
         if (now_us < r->fleet.next_beat_us[u]) {
             int64_t t = (r->fleet.next_beat_us[u] + 999) / 1000;
@@ -3245,10 +3489,11 @@ static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
                 next = t;
             continue;
         }
-        op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u, &out);
+        op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u,
+                               r->stride > 1 && r->grouped[ui], g, &out);
         if (op == NULL)
             continue;
-        sl_fleet_beat_args(&r->config->upstreams[u], r->instance, r->channel,
+        sl_fleet_beat_args(&r->config->upstreams[ui], r->instance, r->channel,
                            r->config->store_timeout_us + SL_REDIS_COMMIT_HOLD_US +
                                SL_USEC_PER_SEC / 20,
                            r->config->redis_nseeds > 0, &out);
@@ -3396,6 +3641,7 @@ static void sl_redis_tick(struct sl_store *store)
 
 static void sl_redis_free_arrays(struct sl_redis *r)
 {
+    free(r->grouped);
     free(r->pending);
     free(r->commits);
     free(r->owed_pause_until);
@@ -3409,7 +3655,7 @@ static void sl_redis_destroy(struct sl_store *store)
     struct sl_redis *r = (struct sl_redis *)store;
 
     sl_redis_waited(r, true);
-    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++) {
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS * r->stride; i++) {
         while (r->pending[i] != NULL) {
             struct sl_redis_batch *b = r->pending[i];
             r->pending[i] = (struct sl_redis_batch *)b->op.next;
@@ -3434,7 +3680,7 @@ static void sl_redis_destroy(struct sl_store *store)
         sl_redis_op_free(op);
     }
     sl_redis_mark_up(r);  /* keep the process-wide count right */
-    for (size_t i = 0; i < SL_MAX_UPSTREAMS; i++)
+    for (size_t i = 0; i < SL_MAX_UPSTREAMS * r->stride; i++)
         free(r->commits[i].leases);
     sl_redis_free_arrays(r);
     sl_fleet_free(&r->fleet);
@@ -3445,8 +3691,9 @@ static void sl_redis_destroy(struct sl_store *store)
 /* ---- usage snapshots ---- */
 
 /* One run of the snapshot script for UPSTREAM (see sl_lua_snapshot). */
+/* The snapshot run of group G of UP (any G without groups). */
 static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
-                                            const struct sl_upstream_conf *up,
+                                            const struct sl_upstream_conf *up, size_t g,
                                             const struct sl_snapshot_req *req)
 {
     struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_SNAPSHOT);
@@ -3457,11 +3704,12 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         return NULL;
     op->kind = SL_OP_SNAPSHOT;
     op->upstream = up->index;
+    op->group = g;
     k = &op->keys;
     a = &op->args;
-    sl_args_key(k, r, up, &up->pause_rule, 'x', "", 0);
-    sl_args_key(k, r, up, &up->pause_rule, 'p', "", 0);
-    sl_args_key(k, r, up, &up->pause_rule, 'w', "", 0);
+    sl_args_key_g(k, r, up, g, &up->pause_rule, 'x', "", 0);
+    sl_args_key_g(k, r, up, g, &up->pause_rule, 'p', "", 0);
+    sl_args_key_g(k, r, up, g, &up->pause_rule, 'w', "", 0);
     for (size_t i = 0; i < up->nrules; i++) {
         int64_t keep = sl_redis_keep_us(r, &up->rules[i]);
         if (keep > maxspan)
@@ -3479,10 +3727,10 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
         bool rate = rule->kind == SL_RULE_RATE;
         static const char types[] = "rvasc";
         if (per) {
-            sl_args_key(k, r, up, rule, 'k', "", 0);
+            sl_args_key_g(k, r, up, g, rule, 'k', "", 0);
         } else {
             struct sl_hit h = {.rule = rule, .key = "", .key_len = 0};
-            sl_args_hit_keys(k, r, up, &h);
+            sl_args_hit_keys(k, r, up, g, &h);
             if (rule->leaky)
                 sl_args_key(k, r, up, rule, 'b', "", 0);
         }
@@ -3506,12 +3754,13 @@ static struct sl_redis_op *sl_redis_snap_op(struct sl_redis *r,
             snprintf(num, sizeof(num), "%.6f", rule->alert_at[j]);
             sl_args_str(a, num);
         }
+        /* the heads of the keys: a per rule's are its group's */
         for (size_t t = 0; t < 5; t++)
-            sl_args_key(a, r, up, rule, types[t], "", 0);
+            sl_args_key_g(a, r, up, per ? g : SL_REDIS_DERIVE, rule, types[t], "", 0);
         if (rule->leaky) {
             sl_args_leak(a, rule);
             sl_args_int(a, rule->bucket_cap);
-            sl_args_key(a, r, up, rule, 'b', "", 0);
+            sl_args_key_g(a, r, up, per ? g : SL_REDIS_DERIVE, rule, 'b', "", 0);
         }
     }
     return op;
@@ -3569,7 +3818,8 @@ static int sl_redis_snap_bucket(const redisReply *e, struct sl_usage *u)
     return 0;
 }
 
-/* Read one upstream's reply into the snapshot.  Returns 0 or -1. */
+/* Read one unit's reply into the snapshot: added to what the upstream's
+ * other groups' replies put there.  Returns 0 or -1. */
 static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
                               const redisReply *rep)
 {
@@ -3579,10 +3829,11 @@ static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
     if (rep->type != REDIS_REPLY_ARRAY ||
         (rep->elements != 4 + up->nrules && rep->elements != 4))
         return -1;
-    uu->pause_new = sl_reply_int(rep, 3) == 1;
+    uu->pause_new = uu->pause_new || sl_reply_int(rep, 3) == 1;
     now = sl_reply_int(rep, 0);
     until = sl_reply_int(rep, 1);
-    if (until > now) {
+    /* every group holds the same pause: the longest seen is told */
+    if (until > now && until - now > uu->paused_us) {
         const redisReply *w = rep->element[2];
         uu->paused_us = until - now;
         if (w->type == REDIS_REPLY_STRING)
@@ -3599,19 +3850,41 @@ static int sl_redis_snap_fill(struct sl_redis *r, struct sl_upstream_usage *uu,
             ru->element[1]->type != REDIS_REPLY_ARRAY)
             return -1;
         list = ru->element[1];
-        out->nbuckets = (size_t)sl_reply_int(ru, 0);
+        out->nbuckets += (size_t)sl_reply_int(ru, 0);
         if (list->elements == 0)
             continue;
-        out->buckets = calloc(list->elements, sizeof(*out->buckets));
-        if (out->buckets == NULL)
+        struct sl_usage *nb = realloc(out->buckets,
+                                      (out->n + list->elements) * sizeof(*out->buckets));
+        if (nb == NULL)
             return -1;
+        out->buckets = nb;
+        memset(&nb[out->n], 0, list->elements * sizeof(*nb));
         for (size_t b = 0; b < list->elements; b++) {
-            out->n++;
-            if (sl_redis_snap_bucket(list->element[b], &out->buckets[b]) != 0)
+            if (sl_redis_snap_bucket(list->element[b], &out->buckets[out->n++]) != 0)
                 return -1;
         }
     }
     return 0;
+}
+
+/* Every run of RS answered: the groups' buckets are merged (the busiest
+ * TOP of each rule over all its groups, and those whose alert level
+ * moved), and the snapshot handed over; RS is freed. */
+static void sl_redis_snap_done(struct sl_redis *r, struct sl_redis_snap *rs)
+{
+    if (rs->error != NULL) {
+        sl_snapshot_free(rs->snap);
+        rs->snap = NULL;
+    }
+    for (size_t i = 0; rs->snap != NULL && i < rs->snap->nups; i++) {
+        struct sl_upstream_usage *uu = &rs->snap->ups[i];
+        if (r->stride == 1 || uu->up->config != r->config || !r->grouped[uu->up->index])
+            continue;
+        for (size_t k = 0; uu->rules != NULL && k < uu->up->nrules; k++)
+            sl_snapshot_trim(&uu->rules[k], rs->top);
+    }
+    rs->cb(rs->arg, rs->snap, rs->error);
+    free(rs);
 }
 
 static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
@@ -3627,12 +3900,7 @@ static void sl_redis_snap_reply(struct sl_redis *r, struct sl_redis_op *op,
         rs->error = "unexpected snapshot reply (or out of memory)";
     if (--rs->pending > 0)
         return;
-    if (rs->error != NULL) {
-        sl_snapshot_free(rs->snap);
-        rs->snap = NULL;
-    }
-    rs->cb(rs->arg, rs->snap, rs->error);
-    free(rs);
+    sl_redis_snap_done(r, rs);
 }
 
 static int sl_redis_snapshot(struct sl_store *store, const struct sl_snapshot_req *req,
@@ -3654,21 +3922,25 @@ static int sl_redis_snapshot(struct sl_store *store, const struct sl_snapshot_re
     }
     rs->cb = cb;
     rs->arg = arg;
+    rs->top = req->top;
     /* Held until every run is written, so no reply completes it early. */
     rs->pending = 1;
-    for (size_t i = 0; i < n; i++) {
-        struct sl_redis_op *op = sl_redis_snap_op(r, &r->config->upstreams[i], req);
-        if (op == NULL) {
-            rs->error = "out of memory";
-            break;
+    for (size_t i = 0; i < n && rs->error == NULL; i++) {
+        const struct sl_upstream_conf *up = &r->config->upstreams[i];
+        for (size_t g = 0; g < sl_redis_ngroups(r, up); g++) {
+            struct sl_redis_op *op = sl_redis_snap_op(r, up, g, req);
+            if (op == NULL) {
+                rs->error = "out of memory";
+                break;
+            }
+            op->snap = rs;
+            if (sl_redis_send(r, op) != 0) {
+                sl_redis_op_free(op);
+                rs->error = "redis is unreachable";
+                break;
+            }
+            rs->pending++;
         }
-        op->snap = rs;
-        if (sl_redis_send(r, op) != 0) {
-            sl_redis_op_free(op);
-            rs->error = "redis is unreachable";
-            break;
-        }
-        rs->pending++;
     }
     if (rs->pending == 1 && rs->error != NULL) {
         /* Nothing was written: fail without a callback. */
@@ -3677,14 +3949,8 @@ static int sl_redis_snapshot(struct sl_store *store, const struct sl_snapshot_re
         return -1;
     }
     /* Drop the hold: the callback runs when the last reply is in. */
-    if (--rs->pending == 0) {
-        if (rs->error != NULL) {
-            sl_snapshot_free(rs->snap);
-            rs->snap = NULL;
-        }
-        rs->cb(rs->arg, rs->snap, rs->error);
-        free(rs);
-    }
+    if (--rs->pending == 0)
+        sl_redis_snap_done(r, rs);
     return 0;
 }
 
@@ -3925,20 +4191,26 @@ struct sl_store *sl_store_redis_new(const struct sl_config *config,
     r->sub = r->main;
     r->sub.sub = true;
     snprintf(r->channel, sizeof(r->channel), "%sroom", config->store_prefix);
-    r->pending = calloc(SL_MAX_UPSTREAMS, sizeof(*r->pending));
-    r->commits = calloc(SL_MAX_UPSTREAMS, sizeof(*r->commits));
+    /* (a store is a cluster or not for its life: changing it needs a
+     * restart) */
+    r->stride = config->redis_nseeds > 0 ? SL_REDIS_GROUPS + 1 : 1;
+    r->grouped = calloc(SL_MAX_UPSTREAMS, sizeof(*r->grouped));
+    r->pending = calloc(SL_MAX_UPSTREAMS * r->stride, sizeof(*r->pending));
+    r->commits = calloc(SL_MAX_UPSTREAMS * r->stride, sizeof(*r->commits));
     r->owed_pause_until = calloc(SL_MAX_UPSTREAMS, sizeof(*r->owed_pause_until));
-    r->dirty = calloc(SL_MAX_UPSTREAMS, sizeof(*r->dirty));
-    r->dirty_spare = calloc(SL_MAX_UPSTREAMS, sizeof(*r->dirty_spare));
-    r->is_dirty = calloc(SL_MAX_UPSTREAMS, sizeof(*r->is_dirty));
-    if (r->pending == NULL || r->commits == NULL || r->owed_pause_until == NULL ||
-        r->dirty == NULL || r->dirty_spare == NULL || r->is_dirty == NULL ||
-        sl_fleet_init(&r->fleet) != 0) {
+    r->dirty = calloc(SL_MAX_UPSTREAMS * r->stride, sizeof(*r->dirty));
+    r->dirty_spare = calloc(SL_MAX_UPSTREAMS * r->stride, sizeof(*r->dirty_spare));
+    r->is_dirty = calloc(SL_MAX_UPSTREAMS * r->stride, sizeof(*r->is_dirty));
+    if (r->grouped == NULL || r->pending == NULL || r->commits == NULL ||
+        r->owed_pause_until == NULL || r->dirty == NULL || r->dirty_spare == NULL ||
+        r->is_dirty == NULL || sl_fleet_init(&r->fleet, SL_MAX_UPSTREAMS * r->stride) != 0) {
         sl_redis_free_arrays(r);
         sl_config_unref(r->config);
         free(r);
         return NULL;
     }
+    for (size_t i = 0; r->stride > 1 && i < config->nupstreams; i++)
+        r->grouped[i] = sl_redis_groups(&config->upstreams[i], true) > 1;
     if (getrandom(rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd)) {
         uint64_t t = (uint64_t)sl_redis_now_us() ^ ((uint64_t)getpid() << 20);
         memcpy(rnd, &t, sizeof(rnd));

@@ -55,7 +55,7 @@ static void test_the_newest_report_of_each_bucket_is_kept(void **state)
     struct sl_fleet f;
     char per[16];
     (void)state;
-    assert_int_equal(sl_fleet_init(&f), 0);
+    assert_int_equal(sl_fleet_init(&f, 4), 0);
     sl_fleet_report(&f, &up, &rule, "", 0, 10, 5 * S);
     sl_fleet_report(&f, &up, &rule, "", 0, 7, 6 * S);   /* newer: replaces */
     sl_fleet_report(&f, &up, &rule, "", 0, 50, 4 * S);  /* older: ignored */
@@ -77,12 +77,12 @@ static void test_reports_in_force_are_put_back_with_their_send(void **state)
 {
     struct sl_fleet f;
     struct capture c = {0};
-    struct sl_repair_out out = {&c, cap_key, cap_arg, cap_num};
+    struct sl_repair_out out = {&c, cap_key, cap_arg, cap_num, NULL};
     struct sl_repair_clock clock = {.now_us = 100 * S, .have_offset = true,
                                     .offset_us = 7 * S, .drift_div = 1000,
                                     .allowance_us = S / 2};
     (void)state;
-    assert_int_equal(sl_fleet_init(&f), 0);
+    assert_int_equal(sl_fleet_init(&f, 4), 0);
     sl_fleet_report(&f, &up, &rule, "", 0, 9, 98 * S);        /* 2 s ago: in force */
     sl_fleet_report(&f, &up, &rule, "x", 1, 3, 80 * S);       /* 20 s ago: past the span */
     assert_int_equal(sl_repair_args(NULL, &up, "me", 1, NULL, 0, &f, &clock, NULL, 0, &out), 0);
