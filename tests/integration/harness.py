@@ -778,20 +778,21 @@ def hammer(instances, seconds, per_instance=3, path="/leads/x", headers=None,
     return results
 
 
-def hand_overs(insts, upstream, n=15):
+def hand_overs(insts, upstream, n=15, headers=None):
     """One client per instance (two), N calls each, one at a time with a
     10 ms pause, each call 20 ms at the upstream, on a rule of one
     concurrency slot in queue mode: every time one instance frees the slot,
     the other holds a call that only a notice from Redis can wake before
-    the first client's next call takes the slot again.  Asserts every call
+    the first client's next call takes the slot again (HEADERS: sent with
+    every call besides).  Asserts every call
     was answered 200; returns the order of arrivals by instance ("abab..")
     and the sorted gaps between arrivals from different instances."""
     def client(i):
         time.sleep(0.005 * i)
         out = []
         for _ in range(n):
-            out.append(insts[i].request("GET", "/leads/x", headers={
-                "X-Test-Delay": "0.02", "X-Via": "ab"[i]})[0])
+            out.append(insts[i].request("GET", "/leads/x", headers=dict(
+                headers or {}, **{"X-Test-Delay": "0.02", "X-Via": "ab"[i]}))[0])
             time.sleep(0.01)
         return out
 

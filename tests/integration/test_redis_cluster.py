@@ -628,3 +628,54 @@ def test_a_pause_reaches_every_tenant_group(upstream, cluster, sluice):
         assert n.cli("KEYS", "sluice:{leads#*}:p:*") == ""
     assert a.request("GET", "/leads/x", headers={"X-Tenant": others[0]})[0] == 200
     assert b.status()["upstreams"][0]["paused"] is None
+
+
+def test_a_tenants_freed_slot_wakes_its_held_calls_across_nodes(upstream, cluster, sluice):
+    """Room notices name a tenant group's key ({leads#G}): each instance
+    reads it back to the bucket and wakes the calls held for it, with the
+    subscriber on another primary than the group's (the margins are
+    test_a_slot_freed_on_one_node_wakes_calls_held_through_another's)."""
+    group = "leads#%d" % tenant_group("acme")
+    owner = cluster.owner(group)
+    seeds = [n for n in cluster.primaries() if n is not owner] + [owner]
+    url = "redis-cluster://" + ",".join("127.0.0.1:%d" % n.port for n in seeds)
+    conf = lambda: cfg(upstream, url, rules=[
+        {"name": "one", "per": "header:X-Tenant", "concurrency": 1}],
+        options={"on_limit": "queue", "max_wait": "20s"})
+    insts = [sluice(conf()), sluice(conf())]
+    assert wait_for(lambda: all(store_up(sl) for sl in insts), 15)
+    for sl in insts:
+        assert sl.request("GET", "/leads/warm", headers={"X-Tenant": "acme"})[0] == 200
+    assert owner.cli("EXISTS", "sluice:{%s}:m" % group) == "1"
+    upstream.reset()
+
+    via, gaps = hand_overs(insts, upstream, headers={"X-Tenant": "acme"})
+    assert len(gaps) >= 20, via
+    assert gaps[len(gaps) // 2] < 0.020 + 0.015, [round(g, 3) for g in gaps]
+
+
+def test_tenant_groups_put_their_calls_back_after_every_primary_lost_its_data(
+        upstream, cluster, sluice):
+    """Each group is repaired on its own: every primary flushed mid-window
+    (every group's marker gone), each instance puts back, group by group,
+    the calls of the tenants in that group, and no tenant's window at the
+    upstream holds more than its limit."""
+    conf = lambda: cfg(upstream, cluster.url(), rules=[
+        {"name": "tenant", "per": "header:X-Tenant", "limit": 6, "window": "1m"}], workers=2)
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    tenants = ["t%d" % i for i in range(8)]
+    for t in tenants:
+        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
+               for i in range(4)]
+        assert got == [200] * 4, (t, got)
+    for n in cluster.primaries():
+        n.cli("FLUSHALL")
+    for t in tenants:
+        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
+               for i in range(5)]
+        assert got == [200] * 2 + [429] * 3, (t, got)
+    for t in tenants:
+        times = upstream.times(lambda r: ("X-Tenant", t) in r.headers)
+        assert len(times) == 6 and max_in_window(times, 60.0) == 6, t
+    assert "redis lost data" in a.read_log() + b.read_log()
