@@ -19,14 +19,17 @@
  *   HOST PORT: one Redis; or a store URL and "-" ("redis-cluster://h:p,...":
  *          a Redis Cluster, whose primaries' CPU is summed);
  *   RULES: "rate" (one rate rule, the default: the bench's proxy config),
- *          "per" (one rate rule keyed per value, 10,000 values in turn),
+ *          "per" (one rate rule keyed per value, 10,000 values in turn;
+ *          on a cluster, the upstream's tenant groups spread them over
+ *          the primaries: limits/sl_redis_groups.h),
  *          "shares" (one rate rule split between two apps);
  *   UPSTREAMS: that many upstreams with those rules (default 1), the
  *          decisions spread over them in turn (a batch holds one
  *          upstream's calls, as in the proxy).
  * Prints one line:
  *   batch=B decisions=N secs=S redis_cpu_s=C us_per_decision=U
- *   per_core=D calls_per_decision=K driver_rate=R
+ *   per_core=D calls_per_decision=K runs_per_decision=E driver_rate=R
+ * (E: script runs, decisions and commits that rode in none, per decision)
  * and, on a cluster, one more: primaries=P busiest_cpu_s=M capacity=X
  * (X = decisions per second at which the busiest primary fills its one
  * core: what the cluster sustains, to set against one Redis's per_core).
@@ -142,7 +145,8 @@ static void on_decision(void *arg, const struct sl_decision *d,
 
 /* redis-server's CPU seconds so far and, summed over every command,
  * the calls made (INFO cpu and commandstats). */
-static int redis_counters1(redisContext *rc, double *cpu, unsigned long long *calls)
+static int redis_counters1(redisContext *rc, double *cpu, unsigned long long *calls,
+                           unsigned long long *runs)
 {
     redisReply *rep = redisCommand(rc, "INFO everything");
     const char *p;
@@ -158,11 +162,19 @@ static int redis_counters1(redisContext *rc, double *cpu, unsigned long long *ca
         user = atof(p + 14);
     *cpu = user + sys;
     *calls = 0;
+    *runs = 0;
     for (p = rep->str; (p = strstr(p, "\ncmdstat_")) != NULL; p++) {
         const char *c = strstr(p, ":calls=");
-        /* EVALSHA itself and INFO are not calls a decision makes. */
-        if (c == NULL || strncmp(p, "\ncmdstat_evalsha:", 17) == 0 ||
-            strncmp(p, "\ncmdstat_info:", 14) == 0)
+        if (c == NULL)
+            continue;
+        /* EVALSHA itself and INFO are not calls a decision makes: the
+         * script runs are counted apart. */
+        if (strncmp(p, "\ncmdstat_evalsha:", 17) == 0 ||
+            strncmp(p, "\ncmdstat_eval:", 15) == 0) {
+            *runs += strtoull(c + 7, NULL, 10);
+            continue;
+        }
+        if (strncmp(p, "\ncmdstat_info:", 14) == 0)
             continue;
         *calls += strtoull(c + 7, NULL, 10);
     }
@@ -175,18 +187,21 @@ static redisContext *nodes[MAX_NODES];
 static size_t nnodes;
 
 /* Summed over the servers; CPU[i] each. */
-static int redis_counters(double *cpu, unsigned long long *calls, double *each)
+static int redis_counters(double *cpu, unsigned long long *calls, unsigned long long *runs,
+                          double *each)
 {
     *cpu = 0;
     *calls = 0;
+    *runs = 0;
     for (size_t i = 0; i < nnodes; i++) {
         double c;
-        unsigned long long k;
-        if (redis_counters1(nodes[i], &c, &k) != 0)
+        unsigned long long k, n;
+        if (redis_counters1(nodes[i], &c, &k, &n) != 0)
             return -1;
         each[i] = c;
         *cpu += c;
         *calls += k;
+        *runs += n;
     }
     return 0;
 }
@@ -244,7 +259,7 @@ int main(int argc, char **argv)
     int batch, secs, inflight;
     uint16_t app_id;
     double cpu0, cpu1;
-    unsigned long long calls0, calls1;
+    unsigned long long calls0, calls1, runs0 = 0, runs1;
     int64_t start, until, warm_until;
     uint64_t decided0 = 0, n = 0, rounds = 0;
     size_t nchecks;
@@ -364,7 +379,7 @@ int main(int argc, char **argv)
         if (!measuring && t >= warm_until) {
             measuring = true;
             decided0 = answered;
-            if (redis_counters(&cpu0, &calls0, each0) != 0)
+            if (redis_counters(&cpu0, &calls0, &runs0, each0) != 0)
                 return 1;
         }
         if (t >= until)
@@ -389,7 +404,7 @@ int main(int argc, char **argv)
         loop_pass(outstanding + (uint64_t)batch <= (uint64_t)batch * (uint64_t)inflight
                   ? 0 : 5);
     }
-    if (redis_counters(&cpu1, &calls1, each1) != 0)
+    if (redis_counters(&cpu1, &calls1, &runs1, each1) != 0)
         return 1;
     {
         uint64_t d = answered - decided0;
@@ -400,9 +415,10 @@ int main(int argc, char **argv)
         }
         printf("batch=%d decisions=%llu secs=%d redis_cpu_s=%.3f "
                "us_per_decision=%.2f per_core=%.0f calls_per_decision=%.2f "
-               "driver_rate=%.0f allowed=%.3f\n",
+               "runs_per_decision=%.2f driver_rate=%.0f allowed=%.3f\n",
                batch, (unsigned long long)d, secs, cpu, cpu * 1e6 / (double)d,
                (double)d / cpu, (double)(calls1 - calls0) / (double)d,
+               (double)(runs1 - runs0) / (double)d,
                (double)d / secs, (double)allowed / (double)answered);
         if (cluster) {
             double busiest = 0;

@@ -2022,7 +2022,12 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
             size_t u = list[i];
             struct sl_redis_commits *cs = &r->commits[u];
             sl_redis_flush(r, u);
-            if (cs->n > 0 && (force || r->nlive <= cs->n ||
+            /* (a tenant group's commits wait for the group's next
+             * batch whatever else is in progress: the other calls are
+             * mostly other groups', and a commit that runs alone costs a
+             * decision's run) */
+            bool group = r->stride > 1 && u % r->stride != r->stride - 1;
+            if (cs->n > 0 && (force || (r->nlive <= cs->n && !group) ||
                               cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
                               now - cs->since_us >= hold ||
                               !sl_redis_usable(r)))
