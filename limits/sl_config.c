@@ -2927,7 +2927,9 @@ static const struct sl_conf_handler sl_store_handler = {
     "`\"redis-cluster://[[USER]:PASSWORD@]HOST[:PORT][,HOST[:PORT]...]\"` "
     "names seed nodes of a Redis Cluster (`rediss-cluster://`: TLS to every "
     "node): the slot map is read from the first that answers, each "
-    "upstream's keys live in its own slot (its name is their hash tag), and "
+    "upstream's keys live in its own slot (its name is their hash tag; an "
+    "upstream whose rules all count `per` one value is split into 16 tenant "
+    "groups, each its own slot), and "
     "every script goes to the primary that owns it, following `MOVED` and "
     "`ASK` and retrying `TRYAGAIN` and `CLUSTERDOWN` within `store_timeout`.  "
     "An error never echoes the URL, which may hold a password.",

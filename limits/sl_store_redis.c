@@ -24,6 +24,10 @@
  * reuse what the run learnt of it (only the run writes meanwhile, and its
  * TIME is fixed), and commits to one bucket are one LPUSH.
  * Time is Redis's TIME inside the scripts: instances' clocks never matter.
+ * On a Redis Cluster an upstream whose rules all count `per` one value is
+ * split into tenant groups (sl_redis_groups.h), each a slot of its own:
+ * batches, commits, heartbeats and repairs are then kept per unit (a
+ * group, or an upstream whole) instead of per upstream.
  *
  * Rate buckets, three keys with the upstream's hash tag:
  *   r  LIST of send times (µs of Redis time), newest at the head, at most
@@ -2050,9 +2054,11 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
  * rule names, so every count in Redis carries over by itself, and the
  * scripts take each rule's limit and span from the call: a raised limit has
  * room at once, a lowered one is full until enough calls leave the window.
- * What this worker keeps per upstream index is sized for SL_MAX_UPSTREAMS
- * once, so leases and batches of the older generation keep their indexes;
- * only the pauses owed to Redis are renumbered.
+ * What this worker keeps per unit is sized for SL_MAX_UPSTREAMS upstreams
+ * once, so leases and batches of the older generation keep their indexes
+ * (a commit rides only with its own tag's: sl_redis_lease_in); only the
+ * pauses owed to Redis are renumbered, and which upstreams have tenant
+ * groups is read again.
  */
 static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config)
 {
