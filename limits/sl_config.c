@@ -2928,7 +2928,7 @@ static const struct sl_conf_handler sl_store_handler = {
     "names seed nodes of a Redis Cluster (`rediss-cluster://`: TLS to every "
     "node): the slot map is read from the first that answers, each "
     "upstream's keys live in its own slot (its name is their hash tag; an "
-    "upstream whose rules all count `per` one value is split into 16 tenant "
+    "upstream whose rules all count `per` one header is split into 16 tenant "
     "groups, each its own slot), and "
     "every script goes to the primary that owns it, following `MOVED` and "
     "`ASK` and retrying `TRYAGAIN` and `CLUSTERDOWN` within `store_timeout`.  "

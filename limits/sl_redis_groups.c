@@ -9,25 +9,16 @@
 #include <string.h>
 #include <strings.h>
 
-/* Do A and B count per the same value of every call they both match?  One
- * header (names are case-insensitive), or one capture of one path. */
+/* Do A and B count per the same value of every call they both match?
+ * One header (names are case-insensitive): its value, the same for every
+ * rule.  Never a path capture: a call is matched under more than one
+ * reading of its path (sl_match.c), and each reading may capture another
+ * value, so one call could fall under buckets of two groups. */
 static bool sl_same_per(const struct sl_rule *a, const struct sl_rule *b)
 {
-    if (a->per_kind != b->per_kind)
-        return false;
-    switch (a->per_kind) {
-    case SL_PER_HEADER:
-        return a->per_header != NULL && b->per_header != NULL &&
-               strcasecmp(a->per_header, b->per_header) == 0;
-    case SL_PER_CAPTURE:
-        /* A capture is the index of one rule's own path's capture: two
-         * rules read the same value only with the same path. */
-        return a->per_capture == b->per_capture && a->path_text != NULL &&
-               b->path_text != NULL && strcmp(a->path_text, b->path_text) == 0;
-    case SL_PER_NONE:
-        break;
-    }
-    return false;
+    return a->per_kind == SL_PER_HEADER && b->per_kind == SL_PER_HEADER &&
+           a->per_header != NULL && b->per_header != NULL &&
+           strcasecmp(a->per_header, b->per_header) == 0;
 }
 
 size_t sl_redis_groups(const struct sl_upstream_conf *up, bool cluster)
@@ -35,7 +26,7 @@ size_t sl_redis_groups(const struct sl_upstream_conf *up, bool cluster)
     if (!cluster || up->nrules == 0)
         return 1;
     for (size_t i = 0; i < up->nrules; i++)
-        if (up->rules[i].per_kind == SL_PER_NONE || !sl_same_per(&up->rules[0], &up->rules[i]))
+        if (!sl_same_per(&up->rules[0], &up->rules[i]))
             return 1;
     return SL_REDIS_GROUPS;
 }

@@ -6,10 +6,11 @@
  * marker) runs as one atomic script on one node.  The tag is the
  * upstream's name, "{name}": one slot, one primary per upstream.
  *
- * An upstream whose rules all count per one value (every rule has the
- * same `per`: one header, or one capture of one path) never puts two
- * values' buckets in one decision: a call falls under the buckets of its
- * own value only.  On a Redis Cluster such an upstream is split into
+ * An upstream whose rules all count per one header (every rule has the
+ * same `per`: "header:NAME") never puts two values' buckets in one
+ * decision: a call falls under the buckets of its own value only.  (Not
+ * a path capture: a call is matched under every reading of its path, and
+ * two readings may capture two values.)  On a Redis Cluster such an upstream is split into
  * SL_REDIS_GROUPS tenant groups, "{name#G}", G a hash of the per value:
  * a bucket's keys are in its group's slot, and each group has its own
  * copy of what every decision reads besides (the pause, the fleet's
@@ -31,7 +32,7 @@
 
 /* UP's tenant groups on a cluster (CLUSTER: the store is one): 1 (keys
  * under "{name}"), or SL_REDIS_GROUPS when every rule counts per one
- * value. */
+ * header. */
 size_t sl_redis_groups(const struct sl_upstream_conf *up, bool cluster);
 
 /* The tenant group of a bucket of per value PER (PER_LEN bytes). */

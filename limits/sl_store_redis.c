@@ -24,7 +24,7 @@
  * reuse what the run learnt of it (only the run writes meanwhile, and its
  * TIME is fixed), and commits to one bucket are one LPUSH.
  * Time is Redis's TIME inside the scripts: instances' clocks never matter.
- * On a Redis Cluster an upstream whose rules all count `per` one value is
+ * On a Redis Cluster an upstream whose rules all count `per` one header is
  * split into tenant groups (sl_redis_groups.h), each a slot of its own:
  * batches, commits, heartbeats and repairs are then kept per unit (a
  * group, or an upstream whole) instead of per upstream.
@@ -3041,8 +3041,13 @@ static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf 
     for (size_t g = 0; g < ngroups; g++) {
         op = sl_redis_script_op(r, SL_LUA_PAUSE);
         if (op == NULL) {
-            if (fan != NULL)
-                sl_redis_fan_done(fan);
+            if (fan == NULL && ngroups == 1)
+                return 0;       /* DONE is not told */
+            if (fan == NULL)
+                continue;
+            /* (the last of NGROUPS counts: FAN is freed by the last
+             * iteration's at the earliest) */
+            sl_redis_fan_done(fan);
             continue;
         }
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'p', "", 0);
