@@ -241,6 +241,7 @@ enum sl_redis_op_kind {
     SL_OP_SET_PAUSE,        /* an operator's action on a pause */
     SL_OP_FLEET,            /* a heartbeat of one upstream (fleet.lua) */
     SL_OP_REPAIR,           /* putting calls back (repair.lua) */
+    SL_OP_COMMAND,          /* a plain command on one key (its first argument) */
 };
 
 struct sl_redis;
@@ -295,13 +296,9 @@ struct sl_redis_op {
     size_t index;                   /* ... its view */
     int64_t since;                  /* SL_OP_REPAIR: the phase it answers */
     size_t group;                   /* fleet and snapshot ops: the tenant group */
-    /* SL_OP_SET_PAUSE: told the outcome once, when every group's run
-     * answered (FAN); the local store follows */
+    /* SL_OP_SET_PAUSE: one group's run of an operator's action (FAN:
+     * the action, told once every group's run answered) */
     struct sl_redis_fan *fan;
-    const struct sl_upstream_conf *pause_up;    /* of r->config */
-    enum sl_pause_action pause_action;
-    int64_t pause_us;
-    char pause_reason[96];          /* marked, as stored */
     /* SL_OP_SCRIPT of a sync or pause: told once the script has run (or
      * was given up), when the op is freed (sl_redis_op_free) */
     sl_store_done_cb done;
@@ -315,35 +312,20 @@ struct sl_redis_fan {
     size_t left;                    /* runs not yet done */
     sl_store_done_cb done;
     void *arg;
+    /* an operator's action: its answer merged over the groups (changed
+     * in any; the longest pause before and after), told to PAUSE_CB and
+     * followed by the local store once every group answered */
+    struct sl_redis *r;
     sl_pause_cb pause_cb;
     void *pause_arg;
     const char *error;
+    bool partial;                   /* some group's run was not written */
     struct sl_pause_change ch;
-    bool have;                      /* CH is the first group's */
+    const struct sl_upstream_conf *up;
+    enum sl_pause_action action;
+    int64_t us;
+    char reason[96];                /* marked, as stored */
 };
-
-/* sl_store_done_cb of one run of FAN. */
-static void sl_redis_fan_done(void *arg)
-{
-    struct sl_redis_fan *fan = arg;
-
-    if (--fan->left > 0)
-        return;
-    fan->done(fan->arg);
-    free(fan);
-}
-
-/* One run of an operator's FAN is answered (or was not sent). */
-static void sl_redis_fan_pause_done(struct sl_redis_fan *fan)
-{
-    if (--fan->left > 0)
-        return;
-    if (fan->error != NULL)
-        fan->pause_cb(fan->pause_arg, NULL, fan->error);
-    else
-        fan->pause_cb(fan->pause_arg, &fan->ch, NULL);
-    free(fan);
-}
 
 /* A history read being gathered: one script run per rule. */
 struct sl_redis_hist {
@@ -1130,6 +1112,8 @@ static int sl_redis_send(struct sl_redis *r, struct sl_redis_op *op)
         lens[argc++] = strlen(nkeys);
         if (op->keys.n > 0)
             key = (int)argc;   /* a cluster sends it to this key's primary */
+    } else if (op->kind == SL_OP_COMMAND) {
+        key = 1;
     }
     for (size_t i = 0; i < op->keys.n; i++, argc++)
         argv[argc] = sl_args_at(&op->keys, i, &lens[argc]);
@@ -1943,16 +1927,18 @@ static bool sl_redis_usable(const struct sl_redis *r)
 static void sl_redis_flush(struct sl_redis *r, size_t unit)
 {
     struct sl_redis_batch *b = r->pending[unit], *rev = NULL;
+    size_t u, g;
 
     if (b == NULL)
         return;
     /* A deadline needs Redis's clock: wait for the TIME asked at connect
      * (bounded by store_timeout like any command), the first heartbeat,
-     * which sees a Redis that lost data (sl_redis_repair.c), and for a
-     * link: a Sentinel store's first one waits for the Sentinels' answer
-     * (bounded by store_timeout per Sentinel; then the outage decides). */
+     * which sees a Redis that lost data (sl_redis_repair.c; not for a
+     * unit this generation has no more: none comes), and for a link: a
+     * Sentinel store's first one waits for the Sentinels' answer (bounded
+     * by store_timeout per Sentinel; then the outage decides). */
     if ((sl_redis_usable(r) &&
-         (!r->have_offset || !r->fleet.seen[unit])) ||
+         (!r->have_offset || (!r->fleet.seen[unit] && sl_redis_unit_of(r, unit, &u, &g)))) ||
         sl_redis_finding_primary(r))
         return;
     r->pending[unit] = NULL;
@@ -2050,6 +2036,41 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
 }
 
 /*
+ * Before adopting CONFIG: for each upstream that CONFIG splits into tenant
+ * groups and the running configuration does not, or the other way round,
+ * the fleet's member registry (f) of every unit of the layout being left
+ * is deleted.  Its markers then read as kept by no instance (fleet.lua's
+ * stale rule), so going back to that layout later opens a repair phase
+ * that puts back every call sent since its last heartbeat -- the calls
+ * decided under the other layout meanwhile.  Instances still on the old
+ * layout write their registry again at their next heartbeat (and start
+ * a repair phase there: the safe side).  Nothing is sent while Redis
+ * cannot answer; the registry then lapses by itself in 2 x
+ * SL_FLEET_EXPIRY_US.
+ */
+static void sl_redis_leave_layouts(struct sl_redis *r, const struct sl_config *config)
+{
+    if (r->stride == 1 || !sl_redis_usable(r))
+        return;
+    for (size_t i = 0; i < r->config->nupstreams; i++) {
+        const struct sl_upstream_conf *up = &r->config->upstreams[i];
+        const struct sl_upstream_conf *nu = sl_config_upstream(config, up->name);
+        if (nu == NULL || (sl_redis_groups(nu, true) > 1) == r->grouped[i])
+            continue;
+        for (size_t g = 0; g < sl_redis_ngroups(r, up); g++) {
+            struct sl_redis_op *op = sl_redis_script_op(r, 0);
+            if (op == NULL)
+                return;
+            op->kind = SL_OP_COMMAND;
+            sl_args_str(&op->args, "DEL");
+            sl_args_fleet_key(&op->args, r, up, g, 'f');
+            if (sl_redis_send(r, op) != 0)
+                sl_redis_op_free(op);
+        }
+    }
+}
+
+/*
  * ops->adopt: serve CONFIG from now on.  Keys are named by upstream and
  * rule names, so every count in Redis carries over by itself, and the
  * scripts take each rule's limit and span from the call: a raised limit has
@@ -2069,6 +2090,7 @@ static int sl_redis_adopt(struct sl_store *store, const struct sl_config *config
     if (config->generation <= old->generation)
         return 0;
     sl_redis_flush_all(r, true);
+    sl_redis_leave_layouts(r, config);
     for (size_t i = 0; i < old->nupstreams; i++) {
         const struct sl_upstream_conf *nu;
         if (r->owed_pause_until[i] == 0)
@@ -2398,7 +2420,7 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
             r->main.backoff_ms = SL_REDIS_BACKOFF_MIN_MS;
         if (op->kind == SL_OP_CLOCK)
             sl_redis_sample_time(r, rep);
-        else
+        else if (op->kind != SL_OP_COMMAND)     /* (its answer is no time) */
             sl_redis_sample(r, rep);
         if (r->outage && r->setup_left == 0) {
             /* Redis answers again: calls use it from now on, and what was
@@ -2410,6 +2432,10 @@ static void sl_redis_on_reply(struct sl_redis_link *link, redisReply *rep,
     }
     switch (op->kind) {
     case SL_OP_ROLE:
+        break;
+    case SL_OP_COMMAND:
+        if (rep != NULL && rep->type == REDIS_REPLY_ERROR)
+            sl_redis_log_error(r, "a command", rep->str);
         break;
     case SL_OP_SETUP:
         if (rep != NULL && rep->type == REDIS_REPLY_ERROR) {
@@ -3001,6 +3027,47 @@ static void sl_redis_renew(struct sl_redis *r, struct sl_redis_lease *l)
 
 /* ---- provider feedback ---- */
 
+/* sl_store_done_cb of one run of FAN. */
+static void sl_redis_fan_done(void *arg)
+{
+    struct sl_redis_fan *fan = arg;
+
+    if (--fan->left > 0)
+        return;
+    fan->done(fan->arg);
+    free(fan);
+}
+
+static void sl_redis_local_followed(void *arg, const struct sl_pause_change *ch,
+                                    const char *error);
+
+/* One run of an operator's FAN is answered (or was not sent).  The last
+ * tells the operator; Redis decided, so the local store (which decides
+ * while Redis cannot) is brought in line, and a pause this instance still
+ * owed Redis is not sent after a clear. */
+static void sl_redis_fan_pause_done(struct sl_redis_fan *fan)
+{
+    struct sl_redis *r = fan->r;
+
+    if (--fan->left > 0)
+        return;
+    if (fan->ch.changed && fan->action != SL_PAUSE_SET)
+        r->owed_pause_until[fan->up->index] = 0;
+    if (fan->ch.changed && r->local != NULL &&
+        r->local->ops->set_pause(r->local, fan->up, fan->action, fan->us,
+                                 fan->reason[0] != '\0' ? fan->reason + 1 : NULL,
+                                 sl_redis_local_followed, NULL) != 0)
+        sl_debug("store: the local store has no upstream %s", fan->up->name);
+    if (fan->error != NULL)
+        fan->pause_cb(fan->pause_arg, NULL, fan->partial && fan->ch.changed
+                      ? "the shared store (Redis) applied the action to some of the "
+                        "upstream's tenant groups only; repeat it"
+                      : fan->error);
+    else
+        fan->pause_cb(fan->pause_arg, &fan->ch, NULL);
+    free(fan);
+}
+
 /* Returns 1 when DONE is told once Redis has the pause (the script was
  * sent; its op tells DONE when freed, whatever the outcome), else 0. */
 static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf *up,
@@ -3028,7 +3095,12 @@ static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf 
         return 0;
     }
     /* Every tenant group has its copy of the pause: DONE is told once
-     * the last run is done. */
+     * the last run is done.  Written where this generation's decisions
+     * read it (a reload may have changed the upstream's groups). */
+    const struct sl_upstream_conf *cur = up->config == r->config
+                                             ? up : sl_config_upstream(r->config, up->name);
+    if (cur != NULL)
+        up = cur;
     size_t ngroups = sl_redis_ngroups(r, up);
     struct sl_redis_fan *fan = NULL;
 
@@ -3090,33 +3162,35 @@ static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_c
     if (fan == NULL)
         return -1;
     /* Held until every run is written, so no reply completes it early. */
-    *fan = (struct sl_redis_fan){.left = 1, .pause_cb = cb, .pause_arg = arg};
+    *fan = (struct sl_redis_fan){.left = 1, .r = r, .pause_cb = cb, .pause_arg = arg,
+                                 .up = up, .action = action, .us = duration_us};
+    if (action == SL_PAUSE_SET)
+        snprintf(fan->reason, sizeof(fan->reason), "%c%s", SL_PAUSE_BY_OPERATOR,
+                 reason != NULL ? reason : "");
     for (size_t g = 0; g < ngroups; g++) {
         struct sl_redis_op *op = sl_redis_script_op(r, SL_LUA_SET_PAUSE);
         if (op == NULL) {
             fan->error = "out of memory";
-            break;
+            fan->partial = true;
+            continue;
         }
         op->kind = SL_OP_SET_PAUSE;
         op->fan = fan;
         op->group = g;
-        op->pause_up = up;
-        op->pause_action = action;
-        op->pause_us = duration_us;
-        if (action == SL_PAUSE_SET)
-            snprintf(op->pause_reason, sizeof(op->pause_reason), "%c%s",
-                     SL_PAUSE_BY_OPERATOR, reason != NULL ? reason : "");
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'p', "", 0);
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'w', "", 0);
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'x', "", 0);
         sl_args_str(&op->args, names[action]);
         sl_args_int(&op->args, duration_us);
-        sl_args_str(&op->args, op->pause_reason);
+        sl_args_str(&op->args, fan->reason);
         sl_args_str(&op->args, r->channel);
+        /* (on a cluster, one group's primary may be the one that fails:
+         * the others are still written) */
         if (sl_redis_send(r, op) != 0) {
             sl_redis_op_free(op);
             fan->error = "the shared store (Redis) does not answer now";
-            break;
+            fan->partial = true;
+            continue;
         }
         fan->left++;
     }
@@ -3168,18 +3242,16 @@ static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                  (int)(w->len - (ch.was_operator ? 1 : 0)),
                  w->str + (ch.was_operator ? 1 : 0));
     }
-    if (op->group == 0 || !fan->have) {
-        fan->ch = ch;
-        fan->have = op->group == 0;
+    /* the groups' answers merged: changed in any, the longest pause
+     * before (with its reason) and after */
+    fan->ch.changed = fan->ch.changed || ch.changed;
+    if (ch.was_us > fan->ch.was_us) {
+        fan->ch.was_us = ch.was_us;
+        fan->ch.was_operator = ch.was_operator;
+        memcpy(fan->ch.was_reason, ch.was_reason, sizeof(ch.was_reason));
     }
-    if (ch.changed && op->pause_action != SL_PAUSE_SET)
-        r->owed_pause_until[op->pause_up->index] = 0;
-    if (ch.changed && op->group == 0 && r->local != NULL &&
-        r->local->ops->set_pause(r->local, op->pause_up, op->pause_action,
-                                 op->pause_us, op->pause_reason[0] != '\0'
-                                                   ? op->pause_reason + 1 : NULL,
-                                 sl_redis_local_followed, NULL) != 0)
-        sl_debug("store: the local store has no upstream %s", op->pause_up->name);
+    if (ch.left_us > fan->ch.left_us)
+        fan->ch.left_us = ch.left_us;
     sl_redis_fan_pause_done(fan);
 }
 
@@ -3456,10 +3528,16 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     up = &r->config->upstreams[ui];
     if (r->stride > 1 && r->grouped[ui])
         snprintf(group, sizeof(group), " (tenant group %zu of %d)", g, SL_REDIS_GROUPS);
-    if (sl_reply_int(rep, 4) != 1) {
+    if (sl_reply_int(rep, 4) == 0) {
         /* no phase opened by this heartbeat (another one's says so) */
         if (sl_reply_int(rep, 1) == 0)
             atomic_store(&sl_redis_marker_seen[u], true);
+    } else if (sl_reply_int(rep, 4) == 2) {
+        if (g == 0 || group[0] == '\0')
+            sl_info("store: no instance kept upstream %s's keys in redis for a while "
+                    "(the fleet was stopped, or a reload moved the keys: tenant groups); "
+                    "every instance puts back the calls it sent since, about a second",
+                    up->name);
     } else if (atomic_load(&sl_redis_marker_seen[u])) {
         sl_warn("store: redis lost data (a flush, a restart, a failover or an "
                 "eviction) under upstream %s%s; every instance puts its calls back "
@@ -3894,7 +3972,7 @@ static void sl_redis_snap_done(struct sl_redis *r, struct sl_redis_snap *rs)
     }
     for (size_t i = 0; rs->snap != NULL && i < rs->snap->nups; i++) {
         struct sl_upstream_usage *uu = &rs->snap->ups[i];
-        if (r->stride == 1 || uu->up->config != r->config || !r->grouped[uu->up->index])
+        if (!sl_redis_is_grouped(r, uu->up))
             continue;
         for (size_t k = 0; uu->rules != NULL && k < uu->up->nrules; k++)
             sl_snapshot_trim(&uu->rules[k], rs->top);

@@ -30,8 +30,13 @@
 -- too, and only calls sent from that heartbeat less margin_us may be
 -- missing.  A phase ends when it is min_us old and every member seen
 -- within expiry_us is in k, or when it is max_us old.
+-- A phase also starts when no member has beaten for 2 x expiry_us (the
+-- member registry f expired): the fleet was stopped, or decided under
+-- other keys (a reload that split the upstream into tenant groups, or
+-- joined them, and back); its cutoff is the last heartbeat's.
 -- Reply: {now, in_phase (0/1), since, this member put its calls back (0/1),
--- this run started the phase (0/1)}.
+-- this run started the phase (0: no, 1: a loss, 2: no member beat for a
+-- while)}.
 
 --! include prelude.lua
 local m, f, k, p = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
@@ -93,10 +98,15 @@ if st and mrid ~= rid and migrated() then
   mark(st, mcut)
   mrid = rid
 end
-if not st or mrid ~= rid or ev > mev then
+-- no member beat for a while (the registry f outlives the last heartbeat
+-- by 2 x expiry): the whole fleet was stopped, or decided under other
+-- keys meanwhile (a reload that moved the upstream's keys: tenant groups
+-- on a cluster), so calls sent since the last heartbeat may be missing
+local stale = st == 'o' and mrid == rid and ev <= mev and redis.call('EXISTS', f) == 0
+if not st or mrid ~= rid or ev > mev or stale then
   local cut = 0
-  if st and mrid ~= rid and beat > 0 then cut = math.max(beat - margin, 0) end
-  st, since, started, mev = 'r', now, 1, ev
+  if st and (mrid ~= rid or stale) and beat > 0 then cut = math.max(beat - margin, 0) end
+  st, since, started, mev = 'r', now, stale and 2 or 1, ev
   mark('r', cut)
   redis.call('DEL', k)
 elseif st == 'o' then

@@ -543,6 +543,24 @@ def test_a_lost_marker_starts_a_phase_that_waits_for_every_live_member(redis):
     assert redis.command("GET", "{u}m").split(b"|")[4] == str(10 * S - S // 4).encode()
 
 
+def test_a_marker_no_member_beat_for_a_while_starts_a_phase_from_its_last_beat(redis):
+    """The member registry f outlives the last heartbeat by 2 x expiry:
+    when it is gone but the marker is not, no instance kept these keys
+    for that long (the fleet was stopped, or decided under other keys: a
+    reload that moved an upstream into or out of tenant groups), so the
+    calls sent since the marker's last heartbeat are put back."""
+    since = fleet(redis, "A")[2]
+    run(redis, "repair", ["{u}m", "{u}k"], ["A", since, 0, 0, 0, 0])
+    assert fleet(redis, "A", pmin=0)[1] == 0              # decisions run
+    assert fleet(redis, "A")[1:5] == [0, since, 0, 0]     # a beat: nothing new
+    beat = int(redis.command("GET", "{u}m").split(b"|")[5])
+    redis.command("DEL", "{u}f")                          # (expired)
+    out = fleet(redis, "A")
+    assert out[1] == 1 and out[4] == 2                    # a phase, told why
+    # from the last heartbeat, less the margin: what came before is there
+    assert redis.command("GET", "{u}m").split(b"|")[4] == str(beat - S // 4).encode()
+
+
 def test_a_phase_ends_at_its_bound_without_a_member_that_never_answers(redis):
     fleet(redis, "A")
     fleet(redis, "B")
