@@ -1966,7 +1966,10 @@ static void sl_redis_flush(struct sl_redis *r, size_t unit)
  * of its own would cost Redis as much as the decision.  They go alone
  * when FORCE; when no more calls of this store are in progress than
  * commits wait (nothing may follow soon, and a lone call's commit goes at
- * once, as an idle instance's status expects); when the first has waited
+ * once, as an idle instance's status expects; not a tenant group's, whose
+ * next batch comes with its own tenants' calls, not with the others in
+ * progress: its commits wait, and a status shows them up to the hold
+ * later, counted meanwhile as reservations); when the first has waited
  * SL_REDIS_COMMIT_HOLD_US; or when SL_REDIS_COMMIT_HOLD_MAX wait.  Waiting
  * changes no count: a call's reservation stands for it until its commit
  * turns it into an entry, stamped when the call was sent
