@@ -1,21 +1,26 @@
 /*
  * fuzz_cluster — libFuzzer target for what a Redis Cluster node answers:
- * the slot map (CLUSTER SLOTS) and redirections (MOVED, ASK).
+ * the slot map (CLUSTER SLOTS) and redirections (MOVED, ASK), and the
+ * hash tag of a published room notice ("name" or "name#G").
  *
  * The first byte chooses.  Even: the rest, up to a NUL, is what follows
- * "MOVED " or "ASK ".  Odd: the rest is RESP, read by hiredis's reader (as
+ * "MOVED " or "ASK ", and the inside of a tag.  Odd: the rest is RESP, read by hiredis's reader (as
  * a link reads it) into a reply, which is read as a slot map.  Beyond "no
  * crash, no leak", the properties routing relies on:
  *   - a redirection accepted has a slot 0..16383, a port 1..65535 and a
  *     host that fits, is not empty and has no space or control character;
  *   - a map accepted has ranges within 0..16383, first <= last, ports
- *     1..65535 and such hosts.
+ *     1..65535 and such hosts;
+ *   - a tag accepted names an upstream (1 byte at least) and a group
+ *     below SL_REDIS_GROUPS or none, and the tag written from those
+ *     reads back the same.
  *
  *   CC=clang cmake -S . -B build-fuzz -DSLUICE_FUZZ=ON
  *   cmake --build build-fuzz --target fuzz_cluster
  *   build-fuzz/fuzz_cluster -max_total_time=60 NEW_DIR tests/fuzz/corpus/cluster
  */
 #include "sl_redis_cluster.h"
+#include "sl_redis_groups.h"
 
 #include <hiredis/hiredis.h>
 #include <stdint.h>
@@ -60,6 +65,24 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 strlen(host) >= sizeof(host))
                 abort();
             fz_check_host(host);
+        }
+        size_t len = strlen(s), name_len, g;
+        if (sl_redis_tag_parse(s, len, &name_len, &g)) {
+            char tag[600], *name = strndup(s, name_len);
+            size_t len2, g2;
+            int n;
+            if (name_len == 0 || name_len > len || (g != SIZE_MAX && g >= SL_REDIS_GROUPS) ||
+                (g == SIZE_MAX) != (name_len == len) || name == NULL)
+                abort();
+            /* (-1: a name longer than TAG, refused as it should be) */
+            n = sl_redis_tag(tag, sizeof(tag), name, g != SIZE_MAX, g);
+            if (n >= 0 && name_len + 2 >= sizeof(tag))
+                abort();
+            if (n >= 0 && (n < 2 || tag[0] != '{' || tag[n - 1] != '}' ||
+                !sl_redis_tag_parse(tag + 1, (size_t)n - 2, &len2, &g2) ||
+                len2 != name_len || g2 != g))
+                abort();
+            free(name);
         }
         free(s);
         return 0;
