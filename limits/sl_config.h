@@ -310,6 +310,9 @@ struct sl_upstream_conf {
     int64_t default_pause_us;     /* 429 without Retry-After */
     bool retry_on_limit;          /* resend after the pause */
     bool retry_unsafe;            /* ... even non-idempotent methods */
+    /* On a Redis Cluster, split into tenant groups when every rule counts
+     * per one header (sl_redis_groups.h) */
+    bool tenant_groups;
     int64_t margin_us;            /* jitter allowance added to rate windows,
                                    * or SL_MARGIN_AUTO (each rule's own) */
     bool path_case_sensitive;     /* rules match letter case exactly */

@@ -23,7 +23,7 @@ static bool sl_same_per(const struct sl_rule *a, const struct sl_rule *b)
 
 size_t sl_redis_groups(const struct sl_upstream_conf *up, bool cluster)
 {
-    if (!cluster || up->nrules == 0)
+    if (!cluster || !up->tenant_groups || up->nrules == 0)
         return 1;
     for (size_t i = 0; i < up->nrules; i++)
         if (!sl_same_per(&up->rules[0], &up->rules[i]))

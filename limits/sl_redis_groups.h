@@ -32,7 +32,7 @@
 
 /* UP's tenant groups on a cluster (CLUSTER: the store is one): 1 (keys
  * under "{name}"), or SL_REDIS_GROUPS when every rule counts per one
- * header. */
+ * header and the upstream's `tenant_groups` is on. */
 size_t sl_redis_groups(const struct sl_upstream_conf *up, bool cluster);
 
 /* The tenant group of a bucket of per value PER (PER_LEN bytes). */

@@ -42,6 +42,17 @@ static void test_which_upstreams_have_groups(void **state)
     assert_int_equal(groups("{\"name\": \"a\", \"per\": \"header:X-Tenant\", \"limit\": 3, "
                             "\"window\": \"1m\"}, {\"name\": \"b\", \"per\": \"header:x-tenant\", "
                             "\"concurrency\": 2}", true), SL_REDIS_GROUPS);
+    /* Turned off. */
+    {
+        struct sl_errors e = {0};
+        struct sl_config *c = NULL;
+        assert_int_equal(sl_config_parse(
+            "{\"upstreams\": [{\"name\": \"crm\", \"prefix\": \"/crm\", \"url\": \"http://x\","
+            "\"tenant_groups\": false, \"rules\": [{\"name\": \"a\", \"per\": \"header:X-T\", "
+            "\"limit\": 3, \"window\": \"1m\"}]}]}", "t", false, &c, &e), 0);
+        assert_int_equal(sl_redis_groups(&c->upstreams[0], true), 1);
+        sl_config_unref(c);
+    }
     /* Not on one Redis: groups would only cost heartbeats there. */
     assert_int_equal(groups("{\"name\": \"a\", \"per\": \"header:X-Tenant\", \"limit\": 3, "
                             "\"window\": \"1m\"}", false), 1);
