@@ -724,3 +724,20 @@ def test_a_reload_out_of_tenant_groups_and_back_keeps_each_tenants_count(
     assert got == [200, 200, 429, 429], got
     times = upstream.times(lambda r: ("X-Tenant", "acme") in r.headers)
     assert len(times) == 6 and max_in_window(times, 60.0) == 6
+
+
+def test_tenant_groups_turned_off_keep_the_upstream_in_one_slot(upstream, cluster, sluice):
+    """`"tenant_groups": false`: the same tenant-keyed upstream keeps every
+    key under its one tag, on the primary owning that slot, and each
+    tenant's count is still exact."""
+    conf = lambda: cfg(upstream, cluster.url(), rules=TENANT_RULES,
+                       options={"tenant_groups": False})
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    for t in ("t1", "t2", "t3"):
+        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
+               for i in range(4)]
+        assert got == [200] * 3 + [429], (t, got)
+        assert int(cluster.owner("leads").cli("LLEN", "sluice:{leads}:r:6:tenant:" + t)) == 3
+    for n in cluster.primaries():
+        assert n.cli("KEYS", "sluice:{leads#*") == ""
