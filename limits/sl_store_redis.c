@@ -307,7 +307,7 @@ struct sl_redis_op {
 
 /* A script sent to every tenant group of an upstream (a pause), told once
  * when the last run is done: DONE, or (an operator's action) PAUSE_CB
- * with the first group's answer CH, or ERROR if any run failed. */
+ * with the groups' answers merged in CH, or ERROR if any run failed. */
 struct sl_redis_fan {
     size_t left;                    /* runs not yet done */
     sl_store_done_cb done;
@@ -882,6 +882,12 @@ static size_t sl_redis_unit(const struct sl_redis *r, const struct sl_upstream_c
     return up->index * r->stride + (grouped ? g : r->stride - 1);
 }
 
+/* Is UNIT a tenant group (of whichever generation), not an upstream whole? */
+static bool sl_redis_unit_is_group(const struct sl_redis *r, size_t unit)
+{
+    return r->stride > 1 && unit % r->stride != r->stride - 1;
+}
+
 /* The upstream index and the group of unit UNIT of CONFIG (false: no
  * such unit in it). */
 static bool sl_redis_unit_of(const struct sl_redis *r, size_t unit, size_t *u, size_t *g)
@@ -890,9 +896,8 @@ static bool sl_redis_unit_of(const struct sl_redis *r, size_t unit, size_t *u, s
     *g = unit % r->stride;
     if (*u >= r->config->nupstreams)
         return false;
-    if (r->stride == 1)
-        return true;
-    return r->grouped[*u] ? *g < SL_REDIS_GROUPS : *g == r->stride - 1;
+    return sl_redis_is_grouped(r, &r->config->upstreams[*u]) ==
+           sl_redis_unit_is_group(r, unit);
 }
 
 /* The tenant group of call C's buckets: its first `per` value's (an
@@ -2019,8 +2024,7 @@ static int64_t sl_redis_flush_all(struct sl_redis *r, bool force)
              * batch whatever else is in progress: the other calls are
              * mostly other groups', and a commit that runs alone costs a
              * decision's run) */
-            bool group = r->stride > 1 && u % r->stride != r->stride - 1;
-            if (cs->n > 0 && (force || (r->nlive <= cs->n && !group) ||
+            if (cs->n > 0 && (force || (r->nlive <= cs->n && !sl_redis_unit_is_group(r, u)) ||
                               cs->n >= SL_REDIS_COMMIT_HOLD_MAX ||
                               now - cs->since_us >= hold ||
                               !sl_redis_usable(r)))
@@ -2824,8 +2828,7 @@ static int sl_redis_settle(struct sl_store *store, struct sl_lease *lease,
     if (l->member[0] == '\0' || actual == sl_hit_cost(&l->hits[i]) || !sl_redis_usable(r) ||
         !r->have_offset)
         return 0;
-    if (r->commits[sl_redis_lease_unit(r, l)].n > 0)
-        sl_redis_flush_commits(r, sl_redis_lease_unit(r, l));
+    sl_redis_flush_commits(r, sl_redis_lease_unit(r, l));
     op = sl_redis_script_op(r, SL_LUA_SETTLE);
     if (op == NULL)
         return 0;
@@ -3104,44 +3107,47 @@ static int sl_redis_pause(struct sl_store *store, const struct sl_upstream_conf 
                                              ? up : sl_config_upstream(r->config, up->name);
     if (cur != NULL)
         up = cur;
-    size_t ngroups = sl_redis_ngroups(r, up);
+    size_t ngroups = sl_redis_ngroups(r, up), sent = 0;
     struct sl_redis_fan *fan = NULL;
 
-    if (done != NULL && ngroups > 1) {
+    if (done != NULL) {
         fan = calloc(1, sizeof(*fan));
         if (fan == NULL)
             return 0;
-        *fan = (struct sl_redis_fan){.left = ngroups, .done = done, .arg = arg};
+        /* held until every run is written, so no run's end tells DONE early */
+        *fan = (struct sl_redis_fan){.left = 1, .done = done, .arg = arg};
     }
     for (size_t g = 0; g < ngroups; g++) {
         op = sl_redis_script_op(r, SL_LUA_PAUSE);
-        if (op == NULL) {
-            if (fan == NULL && ngroups == 1)
-                return 0;       /* DONE is not told */
-            if (fan == NULL)
-                continue;
-            /* (the last of NGROUPS counts: FAN is freed by the last
-             * iteration's at the earliest) */
-            sl_redis_fan_done(fan);
+        if (op == NULL)
             continue;
-        }
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'p', "", 0);
         sl_args_key_g(&op->keys, r, up, g, &up->pause_rule, 'w', "", 0);
         sl_args_int(&op->args, duration_us);
         sl_args_int(&op->args, sl_redis_deadline(r, now));
         sl_args_str(&op->args, reason != NULL ? reason : "");
-        op->done = fan != NULL ? sl_redis_fan_done : done;
-        op->done_arg = fan != NULL ? (void *)fan : arg;
+        if (fan != NULL) {
+            fan->left++;
+            op->done = sl_redis_fan_done;
+            op->done_arg = fan;
+        }
+        sent++;
         sl_redis_send_script(r, op);
     }
+    if (fan != NULL && sent == 0) {
+        free(fan);      /* DONE is not told */
+        return 0;
+    }
+    if (fan != NULL)
+        sl_redis_fan_done(fan);     /* the hold */
     return done != NULL;
 }
 
 /*
  * An operator's action: one script run on the main link per tenant group
  * (one for most upstreams), answered through CB once Redis has replied to
- * every run (sl_redis_set_pause_reply: the first group's answer is the
- * one told).  Nothing is done while Redis cannot answer: an action meant
+ * every run (sl_redis_set_pause_reply, sl_redis_fan_pause_done: the
+ * answers merged).  Nothing is done while Redis cannot answer: an action meant
  * for every instance is refused rather than applied to this one alone.
  */
 static int sl_redis_set_pause(struct sl_store *store, const struct sl_upstream_conf *up,
@@ -3210,11 +3216,9 @@ static void sl_redis_local_followed(void *arg, const struct sl_pause_change *ch,
     (void)error;
 }
 
-/* sl_lua_set_pause's reply for one group (NULL: the link was lost).  Redis
- * decided: the local store, which decides while Redis cannot, is brought
- * in line, and a pause this instance still owed Redis is not sent after a
- * clear.  The first group's answer is what the operator is told, once
- * every group answered (they hold the same pause). */
+/* sl_lua_set_pause's reply for one group (NULL: the link was lost), merged
+ * into its FAN's answer (told, and followed by the local store, once
+ * every group answered: sl_redis_fan_pause_done). */
 static void sl_redis_set_pause_reply(struct sl_redis *r, struct sl_redis_op *op,
                                      const redisReply *rep)
 {
@@ -3453,7 +3457,7 @@ static void sl_redis_send_repair(struct sl_redis *r, size_t unit, int64_t since)
     if (!sl_redis_unit_of(r, unit, &u, &g))
         return;
     up = &r->config->upstreams[u];
-    grouped = r->stride > 1 && r->grouped[u];
+    grouped = sl_redis_is_grouped(r, up);
     reserve = up->connect_timeout_us + 2 * r->config->store_timeout_us + SL_USEC_PER_SEC;
     for (struct sl_redis_lease *l = r->leases; l != NULL; l = l->next) {
         if (l->member[0] == '\0' || strcmp(l->up->name, up->name) != 0)
@@ -3529,7 +3533,7 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     if (!ok || rep->elements < 5 || !sl_redis_unit_of(r, u, &ui, &g))
         return;
     up = &r->config->upstreams[ui];
-    if (r->stride > 1 && r->grouped[ui])
+    if (sl_redis_unit_is_group(r, u))
         snprintf(group, sizeof(group), " (tenant group %zu of %d)", g, SL_REDIS_GROUPS);
     if (sl_reply_int(rep, 4) == 0) {
         /* no phase opened by this heartbeat (another one's says so) */
@@ -3586,8 +3590,8 @@ static int64_t sl_redis_fleet_timers(struct sl_redis *r, int64_t now_us)
                 next = t;
             continue;
         }
-        op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u,
-                               r->stride > 1 && r->grouped[ui], g, &out);
+        op = sl_redis_fleet_op(r, SL_OP_FLEET, SL_LUA_FLEET, u, sl_redis_unit_is_group(r, u),
+                               g, &out);
         if (op == NULL)
             continue;
         sl_fleet_beat_args(&r->config->upstreams[ui], r->instance, r->channel,

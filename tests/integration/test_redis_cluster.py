@@ -161,8 +161,9 @@ def cfg(up, url, limit=10, window="1m", names=("leads",), rules=None, options=No
     return c
 
 
-def calls(instances, n, path="/leads/x"):
-    return [instances[i % len(instances)].request("GET", path)[0] for i in range(n)]
+def calls(instances, n, path="/leads/x", headers=None):
+    return [instances[i % len(instances)].request("GET", path, headers=headers)[0]
+            for i in range(n)]
 
 
 def store_up(sl):
@@ -563,8 +564,7 @@ def test_the_tenants_of_one_upstream_spread_over_the_primaries(upstream, cluster
     assert wait_for(lambda: store_up(a) and store_up(b), 15)
     tenants = ["t%d" % i for i in range(24)]
     for t in tenants:
-        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
-               for i in range(5)]
+        got = calls([a, b], 5, headers={"X-Tenant": t})
         assert got == [200] * 3 + [429] * 2, (t, got)
         assert tenant_calls(upstream, t) == 3, t
     assert len(upstream.times()) == 3 * len(tenants)
@@ -666,14 +666,12 @@ def test_tenant_groups_put_their_calls_back_after_every_primary_lost_its_data(
     assert wait_for(lambda: store_up(a) and store_up(b), 15)
     tenants = ["t%d" % i for i in range(8)]
     for t in tenants:
-        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
-               for i in range(4)]
+        got = calls([a, b], 4, headers={"X-Tenant": t})
         assert got == [200] * 4, (t, got)
     for n in cluster.primaries():
         n.cli("FLUSHALL")
     for t in tenants:
-        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
-               for i in range(5)]
+        got = calls([a, b], 5, headers={"X-Tenant": t})
         assert got == [200] * 2 + [429] * 3, (t, got)
     for t in tenants:
         times = upstream.times(lambda r: ("X-Tenant", t) in r.headers)
@@ -709,7 +707,7 @@ def test_a_reload_out_of_tenant_groups_and_back_keeps_each_tenants_count(
     assert wait_for(lambda: store_up(a) and store_up(b), 15)
     t = {"X-Tenant": "acme"}
     group = "leads#%d" % tenant_group("acme")
-    assert [sl.request("GET", "/leads/x", headers=t)[0] for sl in (a, b)] == [200, 200]
+    assert calls([a, b], 2, headers=t) == [200, 200]
     # (a repair puts back the calls from the keys' last heartbeat less a
     # margin: as in the failover tests, a heartbeat past these calls
     # keeps them from being put back twice, the safe side this test would
@@ -717,10 +715,10 @@ def test_a_reload_out_of_tenant_groups_and_back_keeps_each_tenants_count(
     heartbeat_past_the_calls(cluster.owner(group), group)
     for sl in (a, b):
         reload_rules(sl, with_all)
-    assert [sl.request("GET", "/leads/x", headers=t)[0] for sl in (a, b)] == [200, 200]
+    assert calls([a, b], 2, headers=t) == [200, 200]
     for sl in (a, b):
         reload_rules(sl, tenant_only)
-    got = [[a, b][i % 2].request("GET", "/leads/x", headers=t)[0] for i in range(4)]
+    got = calls([a, b], 4, headers=t)
     assert got == [200, 200, 429, 429], got
     times = upstream.times(lambda r: ("X-Tenant", "acme") in r.headers)
     assert len(times) == 6 and max_in_window(times, 60.0) == 6
@@ -735,8 +733,7 @@ def test_tenant_groups_turned_off_keep_the_upstream_in_one_slot(upstream, cluste
     a, b = sluice(conf()), sluice(conf())
     assert wait_for(lambda: store_up(a) and store_up(b), 15)
     for t in ("t1", "t2", "t3"):
-        got = [[a, b][i % 2].request("GET", "/leads/x", headers={"X-Tenant": t})[0]
-               for i in range(4)]
+        got = calls([a, b], 4, headers={"X-Tenant": t})
         assert got == [200] * 3 + [429], (t, got)
         assert int(cluster.owner("leads").cli("LLEN", "sluice:{leads}:r:6:tenant:" + t)) == 3
     for n in cluster.primaries():
