@@ -24,10 +24,13 @@
  * changed.  TRYAGAIN (a multi-key command during a migration) and
  * CLUSTERDOWN (no primary for the slot yet: a failover in progress) are
  * retried after 10 ms, doubling to 200 ms; the owner's own deadline
- * (store_timeout) bounds how long.  At most SL_CL_HOPS redirections per
- * command: past that, the error is its reply.  Redirections never make a
- * script run twice: a node that answers MOVED, ASK, TRYAGAIN or
- * CLUSTERDOWN did not run it.
+ * (store_timeout) bounds how long.  Redis cannot tell a key not yet
+ * written from one moved, so a script naming one (a pause never set, a
+ * new tenant's log) is answered TRYAGAIN or ASK-then-TRYAGAIN for the
+ * whole of its slot's move: decisions wait the move out.  At most
+ * SL_CL_HOPS redirections per attempt (a retry starts again): past that,
+ * the error is its reply.  Redirections never make a script run twice: a
+ * node that answers MOVED, ASK, TRYAGAIN or CLUSTERDOWN did not run it.
  *
  * Failure.  One link dying (reset, refused, its deadline) takes the whole
  * connection down: on_disconnect (or on_connect, while connecting) with
@@ -480,6 +483,12 @@ static void sl_cl_on_reply(struct sl_redis_link *link, redisReply *rep, void *pr
                     strncmp(rep->str, "CLUSTERDOWN", 11) == 0) &&
                    cmd->retries < SL_CL_RETRIES) {
             cmd->retries++;
+            /* The retry starts from the map again, with its own
+             * redirections: a script naming a key that does not exist
+             * is answered ASK by the source of a slot whose keys all
+             * moved and TRYAGAIN by the target, once per attempt, for as
+             * long as the move is not final. */
+            cmd->hops = 0;
             if (strncmp(rep->str, "CLUSTERDOWN", 11) == 0)
                 sl_cl_refresh(cl);
             sl_cl_retry_later(cl, cmd);

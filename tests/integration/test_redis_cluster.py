@@ -219,28 +219,33 @@ def errorstats(node):
 
 def move_slot(cluster, slot, src, dst, pause):
     """Move SLOT from SRC to DST as `redis-cli --cluster reshard` does,
-    waiting PAUSE seconds at each stage: IMPORTING and MIGRATING set (keys
-    all on SRC, some absent: TRYAGAIN), the rate logs moved (keys split:
-    TRYAGAIN), every key moved (the slot still migrating: ASK), then the
-    new owner told to every primary (MOVED)."""
+    waiting PAUSE seconds at each stage (or PAUSE[i] at stage i):
+    IMPORTING and MIGRATING set (keys all on SRC, some absent: TRYAGAIN),
+    the rate logs moved (keys split: TRYAGAIN), every key moved (the slot
+    still migrating: ASK, then TRYAGAIN from DST for a key never written),
+    then the new owner told to every primary (MOVED).  The commands go
+    on the test's own connections, not through redis-cli: a process
+    started per command adds its start-up to every stage on a busy
+    machine."""
+    pauses = pause if isinstance(pause, tuple) else (pause,) * 3
     dst_id, src_id = dst.myid(), src.myid()
-    dst.cli("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
-    src.cli("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
-    time.sleep(pause)
+    dst.command("CLUSTER", "SETSLOT", slot, "IMPORTING", src_id)
+    src.command("CLUSTER", "SETSLOT", slot, "MIGRATING", dst_id)
+    time.sleep(pauses[0])
     keys = [k.decode() for k in src.command("CLUSTER", "GETKEYSINSLOT", slot, 1000)]
     rate = [k for k in keys if ":r:" in k]
     assert rate, keys
     src.command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS", *rate)
-    time.sleep(pause)
+    time.sleep(pauses[1])
     while True:            # (a heartbeat may write a key meanwhile)
         left = src.command("CLUSTER", "GETKEYSINSLOT", slot, 1000)
         if not left:
             break
         src.command("MIGRATE", "127.0.0.1", dst.port, "", 0, 5000, "KEYS",
                     *[k.decode() for k in left])
-    time.sleep(pause)
+    time.sleep(pauses[2])
     for n in cluster.primaries():
-        n.cli("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
+        n.command("CLUSTER", "SETSLOT", slot, "NODE", dst_id)
 
 
 def test_a_slot_moved_mid_window_keeps_the_count(upstream, cluster, sluice):
@@ -281,6 +286,8 @@ def test_a_slot_moved_mid_window_keeps_the_count(upstream, cluster, sluice):
     t.start()
     try:
         time.sleep(0.3)
+        # At most 1.5 s of stages and a 200 ms backoff for a call that
+        # arrives as the move starts, within the 3 s store_timeout.
         move_slot(cluster, slot, src, dst, pause=0.5)
         time.sleep(1.0)        # final: MOVED, once per connection
     finally:
@@ -304,6 +311,57 @@ def test_a_slot_moved_mid_window_keeps_the_count(upstream, cluster, sluice):
     assert "redis lost data" not in a.read_log() + b.read_log()
     assert int(dst.cli("LLEN", rate_key("leads"))) == limit
     assert src.command("CLUSTER", "COUNTKEYSINSLOT", slot) == 0
+
+
+def test_a_slot_move_left_unfinished_is_waited_out(upstream, cluster, sluice):
+    """Every key of the slot moved, the move not made final for 2 s (an
+    operator's reshard stalled between its last MIGRATE and its SETSLOT
+    NODE).  The old primary answers ASK, the new one TRYAGAIN (a
+    decision names keys never written, which Redis cannot tell from keys
+    not yet moved), for as long as that lasts: each retry starts with
+    fresh redirections, so a decision waits the move out within
+    store_timeout instead of giving up after five hops (about 300 ms, as
+    it once did: every call of those 2 s answered 503)."""
+    conf = lambda: cfg(upstream, cluster.url(), limit=200, store_timeout="3s",
+                       on_store_error="deny")
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    assert calls([a, b], 4) == [200] * 4
+    src = cluster.owner("leads")
+    dst = next(n for n in cluster.primaries() if n is not src)
+    results, stop = [], threading.Event()
+
+    def load(i):
+        # Four callers, each one call at a time: a call waiting on the
+        # move holds its caller, the others keep arriving during it.
+        time.sleep(0.1 * i)
+        while not stop.is_set():
+            t0 = time.monotonic()
+            status = calls([(a, b)[i % 2]], 1)[0]
+            results.append((status, time.monotonic() - t0))
+            stop.wait(0.1)
+
+    threads = [threading.Thread(target=load, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        # A call arriving as the move starts waits 0.1 + 0.1 + 2.0 s and
+        # a last backoff (200 ms at most) before its slot is final: 2.4 s
+        # of a 3 s store_timeout.  The stages' commands go on plain
+        # sockets (no process started), milliseconds even beside a CPU
+        # hog; a call arriving later waits less.
+        move_slot(cluster, cluster.slot("leads"), src, dst, pause=(0.1, 0.1, 2.0))
+        time.sleep(0.5)
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    assert set(s for s, _ in results) == {200}, results
+    # Calls waited on the move for longer than five hops' backoffs take.
+    assert max(d for _, d in results) > 1.0, results
+    assert errorstats(src).get("ASK", 0) > 0
+    assert errorstats(dst).get("TRYAGAIN", 0) > 0
+    assert upstream.count() == 4 + len(results)
 
 
 def test_failover_of_a_primary_keeps_the_count_and_resumes(upstream, cluster, sluice):
@@ -515,6 +573,10 @@ def test_an_acl_user_with_the_least_permissions_on_a_cluster(upstream, cluster, 
 
     t = threading.Thread(target=load)
     t.start()
+    # A call arriving as the move starts waits it out: three stages of
+    # 0.5 s and a last backoff of 200 ms at most, 1.7 s of the 3 s
+    # store_timeout (the stages' commands take milliseconds: no process
+    # is started for them).
     move_slot(cluster, cluster.slot("leads"), src, dst, pause=0.5)
     t.join()
     assert set(results) == {200}, results
