@@ -143,8 +143,11 @@ int sl_fleet_init(struct sl_fleet *f, size_t units)
     f->repaired = calloc(units, sizeof(*f->repaired));
     f->repairing = calloc(units, sizeof(*f->repairing));
     f->seen = calloc(units, sizeof(*f->seen));
+    f->loss_logged_us = calloc(units, sizeof(*f->loss_logged_us));
+    f->losses_unlogged = calloc(units, sizeof(*f->losses_unlogged));
     if (f->next_beat_us == NULL || f->beating == NULL || f->phase == NULL ||
-        f->repaired == NULL || f->repairing == NULL || f->seen == NULL) {
+        f->repaired == NULL || f->repairing == NULL || f->seen == NULL ||
+        f->loss_logged_us == NULL || f->losses_unlogged == NULL) {
         sl_fleet_free(f);
         return -1;
     }
@@ -213,6 +216,8 @@ void sl_fleet_free(struct sl_fleet *f)
     free(f->repaired);
     free(f->repairing);
     free(f->seen);
+    free(f->loss_logged_us);
+    free(f->losses_unlogged);
     memset(f, 0, sizeof(*f));
 }
 

@@ -21,6 +21,9 @@
  * registered again and put its calls back), at most this. */
 #define SL_FLEET_PHASE_MIN_US (1200 * 1000)
 #define SL_FLEET_PHASE_MAX_US (5 * 1000 * 1000)
+/* "redis lost data" is logged at most once this often per upstream and
+ * worker; the losses in between are counted in one line at its end. */
+#define SL_FLEET_LOSS_LOG_US (10 * 1000 * 1000)
 
 /* One worker's view of the fleet, per unit (an upstream, or one of its
  * tenant groups: sl_store_redis.c numbers them; arrays of UNITS, owned). */
@@ -44,6 +47,11 @@ struct sl_fleet {
      * decisions wait for one (on a cluster, units live on different
      * primaries, and one primary's answer says nothing of another's) */
     bool *seen;
+    /* "redis lost data", per upstream (its first unit): when it was last
+     * logged (local µs, 0: never) and the losses since, not logged one by
+     * one (sl_store_redis.c: at most one line per SL_FLEET_LOSS_LOG_US) */
+    int64_t *loss_logged_us;
+    uint32_t *losses_unlogged;
     /* the newest report per bucket, at most SL_FLEET_REPORTS (the
      * oldest goes first) */
     struct sl_fleet_report *reports;

@@ -3505,6 +3505,44 @@ out:
     free(slots);
 }
 
+/* A loss of UP's keys (the unit's GROUP: "" or its words), seen by this
+ * worker's heartbeat.  The first is logged at once.  A Redis that keeps
+ * evicting loses the keys its repairs write back, one loss every few
+ * heartbeats: those that follow within SL_FLEET_LOSS_LOG_US are counted
+ * and told in one line when that time is up (sl_redis_losses_due). */
+static void sl_redis_tell_loss(struct sl_redis *r, const struct sl_upstream_conf *up,
+                               const char *group, int64_t now)
+{
+    size_t slot = up->index * r->stride;    /* the upstream's first unit */
+
+    if (r->fleet.loss_logged_us[slot] != 0 &&
+        now - r->fleet.loss_logged_us[slot] < SL_FLEET_LOSS_LOG_US) {
+        r->fleet.losses_unlogged[slot]++;
+        return;
+    }
+    r->fleet.loss_logged_us[slot] = now;
+    sl_warn("store: redis lost data (a flush, a restart, a failover or an "
+            "eviction) under upstream %s%s; every instance puts its calls back "
+            "before calls are decided again", up->name, group);
+}
+
+/* The losses of UP's keys counted and not logged, once their time is up. */
+static void sl_redis_losses_due(struct sl_redis *r, const struct sl_upstream_conf *up,
+                                int64_t now)
+{
+    size_t slot = up->index * r->stride;
+    uint32_t n = r->fleet.losses_unlogged[slot];
+
+    if (n == 0 || now - r->fleet.loss_logged_us[slot] < SL_FLEET_LOSS_LOG_US)
+        return;
+    sl_warn("store: redis lost data %u more time%s under upstream %s in the %d s "
+            "after it was logged, each one repaired; a redis that keeps losing "
+            "sluice's keys is evicting them (maxmemory-policy noeviction keeps them)",
+            n, n == 1 ? "" : "s", up->name, SL_FLEET_LOSS_LOG_US / 1000000);
+    r->fleet.losses_unlogged[slot] = 0;
+    r->fleet.loss_logged_us[slot] = now;
+}
+
 /* A heartbeat's or a repair's answer (NULL: given up). */
 static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
                                  const redisReply *rep)
@@ -3535,6 +3573,7 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
     up = &r->config->upstreams[ui];
     if (sl_redis_unit_is_group(r, u))
         snprintf(group, sizeof(group), " (tenant group %zu of %d)", g, SL_REDIS_GROUPS);
+    sl_redis_losses_due(r, up, now);
     if (sl_reply_int(rep, 4) == 0) {
         /* no phase opened by this heartbeat (another one's says so) */
         if (sl_reply_int(rep, 1) == 0)
@@ -3546,9 +3585,7 @@ static void sl_redis_fleet_reply(struct sl_redis *r, struct sl_redis_op *op,
                     "every instance puts back the calls it sent since, about a second",
                     up->name);
     } else if (atomic_load(&sl_redis_marker_seen[u])) {
-        sl_warn("store: redis lost data (a flush, a restart, a failover or an "
-                "eviction) under upstream %s%s; every instance puts its calls back "
-                "before calls are decided again", up->name, group);
+        sl_redis_tell_loss(r, up, group, now);
     } else if (g == 0 || group[0] == '\0') {
         /* (once for an upstream's groups: they all start so) */
         sl_info("store: redis holds no state for upstream %s yet (a new redis, or "

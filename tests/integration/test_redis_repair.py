@@ -150,6 +150,36 @@ def test_eviction_loses_no_count(upstream, redis, sluice):
     scenario(upstream, redis, sluice, lose)
 
 
+def test_a_redis_that_keeps_evicting_is_logged_once_then_counted(upstream, redis, sluice):
+    """A Redis whose memory stays full under allkeys-lru evicts keys all
+    the time, the ones each repair writes back among them: every
+    heartbeat sees keys evicted and repairs again, a loss each 0.1 to
+    0.5 s for as long as it lasts (it was a warn line each).  The first
+    loss is logged at once; those of the next 10 s are one line at its
+    end, with their count and the likely cause.  Calls are decided again
+    once Redis stops evicting."""
+    sl = sluice(conf(upstream, redis), workers=1)
+    assert [sl.request("GET", "/leads/x")[0] for _ in range(3)] == [200] * 3
+    # The first start's phase is over (the heartbeat ending it has seen
+    # the marker: a loss from now on is a warn, not the first start's info).
+    assert wait_for(lambda: "leads is decided in redis again" in sl.read_log(), 5)
+    t0 = time.monotonic()
+    # 4 s of eviction: 8 heartbeats at least, each seeing keys evicted.
+    fill_until_evicted(redis, "allkeys-lru", 512 * 1024,
+                       lambda: time.monotonic() - t0 > 4.0, writes=10 ** 7)
+    lost = [line for line in sl.read_log().splitlines() if "redis lost data" in line]
+    assert len(lost) == 1 and " warn store: redis lost data (a flush" in lost[0], lost
+    # The count comes with the first heartbeat 10 s after the first line.
+    summary = wait_for(lambda: [line for line in sl.read_log().splitlines()
+                                if "redis lost data" in line and "more time" in line], 10)
+    assert len(summary) == 1, sl.read_log()[-2000:]
+    more = int(summary[0].split("redis lost data ")[1].split()[0])
+    assert more >= 3 and "maxmemory-policy noeviction" in summary[0], summary
+    assert len([line for line in sl.read_log().splitlines()
+                if "redis lost data" in line]) == 2
+    assert wait_for(lambda: sl.request("GET", "/leads/x")[0] == 200, RESUME)
+
+
 # ---- leaky buckets: the level is state of its own, put back from the log
 # (repair.lua's refill, sl_bucket_refill) ----
 
