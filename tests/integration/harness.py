@@ -666,12 +666,16 @@ class Sluice:
         with open(self.log_path) as f:
             return f.read()
 
-    def wait_log(self, needle, timeout=5):
-        """The log once it contains NEEDLE (lines are written at completion)."""
+    def wait_log(self, needle, timeout=5, count=1):
+        """The log once it contains NEEDLE COUNT times.  A call's access
+        line is written when the exchange completes, after its client has
+        the answer, and calls on two workers complete in either order: a
+        test that counts lines waits for as many as it counts
+        (wait_log(" access ", count=N)), not for the first of them."""
         deadline = time.time() + timeout
         while True:
             log = self.read_log()
-            if needle in log or time.time() > deadline:
+            if log.count(needle) >= count or time.time() > deadline:
                 return log
             time.sleep(0.02)
 

@@ -40,9 +40,9 @@ def test_a_request_id_is_made_kept_and_logged(upstream, sluice):
     assert status == 429
     status, h, _ = sl.request("GET", "/nowhere")
     assert status == 404 and re.fullmatch(r"[0-9a-f]{32}", h["x-request-id"])
-    log = sl.wait_log("request_id=app-42.x:1")
-    assert "request_id=%s trace_id=4bf92f3577b34da6a3ce929d0e0e4736" % rid in sl.read_log()
-    assert "request_id=app-42.x:1 trace_id=-" in log
+    first = "request_id=%s trace_id=4bf92f3577b34da6a3ce929d0e0e4736" % rid
+    assert first in sl.wait_log(first)
+    assert "request_id=app-42.x:1 trace_id=-" in sl.wait_log("request_id=app-42.x:1")
 
 
 def test_admin_listen_from_the_environment(upstream):

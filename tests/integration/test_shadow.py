@@ -39,8 +39,9 @@ def test_shadow_rule_denies_nothing_and_reports(upstream, sluice, store):
     assert rule(st, "enforced")["used"] == 8
     assert rule(st, "enforced")["mode"] == "enforce"
     assert "shadow_denied" not in rule(st, "enforced")
-    log = sl.wait_log("shadow_denied=new-limit")
+    log = sl.wait_log(" access ", count=8)
     lines = [l for l in log.splitlines() if " access " in l]
+    assert len(lines) == 8
     assert sum("shadow_denied=new-limit" in l for l in lines) == 5
     assert all("outcome=forwarded" in l for l in lines)
     _, _, m = admin_get(sl, "/metrics")
