@@ -195,8 +195,7 @@ def test_upstreams_spread_over_the_primaries_and_each_keeps_one_count(upstream, 
     count is exact across both, and their keys live on more than one
     primary (each upstream's on the primary owning its slot)."""
     conf = lambda: cfg(upstream, cluster.url(), names=NAMES, workers=2)
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     for name in NAMES:
         assert calls([a, b], 13, "/%s/x" % name) == [200] * 10 + [429] * 3, name
     assert len(upstream.times()) == 10 * len(NAMES)
@@ -215,6 +214,14 @@ def errorstats(node):
     """NODE's error replies so far, by their first word."""
     return {k[len("errorstat_"):]: int(v.split("=")[1])
             for k, v in node.info("errorstats").items()}
+
+
+def two_instances(sluice, conf):
+    """Two sluice instances, each on its own CONF(), once both have
+    reached the cluster."""
+    a, b = sluice(conf()), sluice(conf())
+    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    return a, b
 
 
 def move_slot(cluster, slot, src, dst, pause):
@@ -260,8 +267,7 @@ def test_a_slot_moved_mid_window_keeps_the_count(upstream, cluster, sluice):
     limit = 40
     conf = lambda: cfg(upstream, cluster.url(), limit=limit, store_timeout="3s",
                        on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     src = cluster.owner("leads")
     dst = next(n for n in cluster.primaries() if n is not src)
     slot = cluster.slot("leads")
@@ -324,8 +330,7 @@ def test_a_slot_move_left_unfinished_is_waited_out(upstream, cluster, sluice):
     it once did: every call of those 2 s answered 503)."""
     conf = lambda: cfg(upstream, cluster.url(), limit=200, store_timeout="3s",
                        on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     assert calls([a, b], 4) == [200] * 4
     src = cluster.owner("leads")
     dst = next(n for n in cluster.primaries() if n is not src)
@@ -370,8 +375,7 @@ def test_failover_of_a_primary_keeps_the_count_and_resumes(upstream, cluster, sl
     Calls are refused meanwhile (on_store_error deny), then decided on the
     promoted replica, the calls made before the crash still counted."""
     conf = lambda: cfg(upstream, cluster.url(), limit=10, on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     assert calls([a, b], 6) == [200] * 6
     old = cluster.owner("leads")
     new = cluster.replica_of(old)
@@ -400,8 +404,7 @@ def calls_the_replica_lacks(upstream, cluster, sluice):
     on the primary alone.  (a, b, the old primary, its replica.)"""
     conf = lambda: cfg(upstream, cluster.url(), limit=20, window="30s",
                        on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     assert calls([a, b], 8) == [200] * 8
     old = cluster.owner("leads")
     new = cluster.replica_of(old)
@@ -558,8 +561,7 @@ def test_an_acl_user_with_the_least_permissions_on_a_cluster(upstream, cluster, 
     conf = lambda: cfg(upstream, cluster.url(auth="quota:s3cret@"), limit=30,
                        names=("leads", "crm"), store_prefix="acl:", store_timeout="3s",
                        on_store_error="deny")
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     assert calls([a, b], 4) == [200] * 4
     assert calls([a, b], 4, "/crm/x") == [200] * 4
     src = cluster.owner("leads")
@@ -622,8 +624,7 @@ def test_the_tenants_of_one_upstream_spread_over_the_primaries(upstream, cluster
         c = cfg(upstream, cluster.url(), rules=TENANT_RULES, workers=2)
         c["admin"]["top"] = 30
         return c
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     tenants = ["t%d" % i for i in range(24)]
     for t in tenants:
         got = calls([a, b], 5, headers={"X-Tenant": t})
@@ -661,8 +662,7 @@ def test_a_pause_reaches_every_tenant_group(upstream, cluster, sluice):
     group, so a tenant in another group (another primary) is held too; an
     operator's clear ends it in every group, told once."""
     conf = lambda: cfg(upstream, cluster.url(), rules=TENANT_RULES)
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     assert a.request("GET", "/leads/p", headers={
         "X-Tenant": "t0", "X-Test-Status": "429",
         "X-Test-Resp-Header": "Retry-After: 30"})[0] == 429
@@ -724,8 +724,7 @@ def test_tenant_groups_put_their_calls_back_after_every_primary_lost_its_data(
     upstream holds more than its limit."""
     conf = lambda: cfg(upstream, cluster.url(), rules=[
         {"name": "tenant", "per": "header:X-Tenant", "limit": 6, "window": "1m"}], workers=2)
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     tenants = ["t%d" % i for i in range(8)]
     for t in tenants:
         got = calls([a, b], 4, headers={"X-Tenant": t})
@@ -765,8 +764,7 @@ def test_a_reload_out_of_tenant_groups_and_back_keeps_each_tenants_count(
     tenant_only = [{"name": "tenant", "per": "header:X-Tenant", "limit": 6, "window": "1m"}]
     with_all = tenant_only + [{"name": "all", "limit": 1000, "window": "1m"}]
     conf = lambda: cfg(upstream, cluster.url(), rules=tenant_only, workers=2)
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     t = {"X-Tenant": "acme"}
     group = "leads#%d" % tenant_group("acme")
     assert calls([a, b], 2, headers=t) == [200, 200]
@@ -792,8 +790,7 @@ def test_tenant_groups_turned_off_keep_the_upstream_in_one_slot(upstream, cluste
     tenant's count is still exact."""
     conf = lambda: cfg(upstream, cluster.url(), rules=TENANT_RULES,
                        options={"tenant_groups": False})
-    a, b = sluice(conf()), sluice(conf())
-    assert wait_for(lambda: store_up(a) and store_up(b), 15)
+    a, b = two_instances(sluice, conf)
     for t in ("t1", "t2", "t3"):
         got = calls([a, b], 4, headers={"X-Tenant": t})
         assert got == [200] * 3 + [429], (t, got)
